@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything xtuner.cpp needs to build and test, from Debian's packages.
+# Idempotent: packages already present are left alone. Run as root (or with sudo).
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config
+  libdnnl-dev          # oneDNN: CPU GEMM (see docs/design.md for why not OpenBLAS)
+  libomp-dev           # OpenMP runtime headers (libgomp ships with g++)
+  nlohmann-json3-dev   # JSON: config.json, safetensors headers
+  libcli11-dev         # command-line parsing
+  libgtest-dev googletest libgmock-dev
+  libbenchmark-dev
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

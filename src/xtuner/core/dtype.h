@@ -1,0 +1,40 @@
+// Element types a Tensor can hold, with their safetensors names and the conversions between the
+// 16-bit floats and fp32. Compute is fp32 on the CPU; 16-bit types are storage only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string_view>
+
+namespace xt {
+
+enum class DType : uint8_t { F32, BF16, F16, I32, I64 };
+
+size_t DTypeSize(DType t);
+// The safetensors spelling: "F32", "BF16", "F16", "I32", "I64".
+const char* DTypeName(DType t);
+std::optional<DType> DTypeFromName(std::string_view name);
+bool IsFloat(DType t);
+
+inline float Bf16ToF32(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest, ties to even; NaN stays NaN.
+inline uint16_t F32ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
+
+float F16ToF32(uint16_t h);
+uint16_t F32ToF16(float f);
+
+}  // namespace xt

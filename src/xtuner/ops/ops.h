@@ -1,0 +1,122 @@
+// The op layer: every compute kernel the models use, as plain forward/backward functions over
+// contiguous fp32 buffers (llm.c style: outputs first, then inputs, then sizes; the shape of each
+// buffer is written beside it). model/ calls only these; the CPU implementations live in cpu/,
+// a CUDA backend will provide the same contracts over device memory.
+//
+// Conventions:
+//  - Parameter gradients ACCUMULATE (+=); activation gradients ASSIGN (=), unless a flag says so.
+//  - Results are deterministic for a fixed thread count: no atomics, no order-dependent sums.
+//  - Token-major layouts: T tokens, H hidden, Hq/Hkv heads of D, E experts, k experts per token.
+//  - Sizes are int64_t; ids and offsets are int32_t.
+#pragma once
+
+#include <cstdint>
+
+namespace xt::ops {
+
+// ---------------------------------------------------------------- GEMM (oneDNN sgemm)
+// c (M, N) = op(a) @ op(b) + beta * c. a is (M, K), or (K, M) when ta; b is (K, N), or (N, K)
+// when tb. beta = 0 assigns, 1 accumulates. Row-major, tightly packed.
+void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
+          bool tb, float beta);
+
+// ---------------------------------------------------------------- linear (no bias)
+// out (T, O) = in (T, I) @ w^T, w (O, I).
+void linear_forward(float* out, const float* in, const float* w, int64_t T, int64_t I, int64_t O);
+// din (T, I) = dout @ w (assigned, or added when accumulate_din; skipped when din is null);
+// dw (O, I) += dout^T @ in.
+void linear_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
+                     int64_t T, int64_t I, int64_t O, bool accumulate_din = false);
+
+// ---------------------------------------------------------------- embedding
+// out (T, H) = table (V, H)[ids (T)]. Ids must be in [0, V) (checked by the caller).
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t T, int64_t H);
+// dtable (V, H) += scatter of dout (T, H) by ids; deterministic (tokens summed in order).
+void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t T, int64_t V,
+                        int64_t H);
+
+// ---------------------------------------------------------------- RMSNorm over the last dim
+// out (N, C) = in / sqrt(mean(in^2) + eps) * w (C); rstd (N) saved for backward.
+// Used for the layer norms (N = T, C = H) and per-head q/k norms (N = T * heads, C = D).
+void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N,
+                     int64_t C, float eps);
+// din (N, C) assigned (or added when accumulate_din); dw (C) +=.
+void rmsnorm_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
+                      const float* rstd, int64_t N, int64_t C, bool accumulate_din = false);
+
+// ---------------------------------------------------------------- RoPE (HF rotate_half layout)
+// In place on x (T, Hn, D): for i < D/2, with c = cos (T, D/2), s = sin (T, D/2):
+//   x[i]' = x[i] c[i] - x[i + D/2] s[i];   x[i + D/2]' = x[i + D/2] c[i] + x[i] s[i].
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D);
+// In place on dx (T, Hn, D): the transpose of the rotation above.
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D);
+
+// ---------------------------------------------------------------- attention (packed, causal)
+// cu_seqlens (num_docs + 1): document d holds tokens [cu[d], cu[d+1]); cu[0] = 0, cu[num_docs] = T.
+// Each query attends causally to keys of its own document only. GQA: query head h reads kv head
+// h / (Hq / Hkv). q (T, Hq, D), k (T, Hkv, D), v (T, Hkv, D) -> out (T, Hq, D),
+// lse (T, Hq) = log-sum-exp of the scaled scores of each query (saved for backward).
+// Blocked with an online softmax: extra memory is O(block * D) per thread, never O(T^2).
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                       int64_t Hkv, int64_t D, float scale);
+// dq (T, Hq, D), dk (T, Hkv, D), dv (T, Hkv, D) assigned. Recomputes the probabilities from lse.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                        const float* lse, const float* q, const float* k, const float* v,
+                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                        int64_t Hkv, int64_t D, float scale);
+
+// ---------------------------------------------------------------- SwiGLU
+// h (N, 2I) holds [gate | up] per row -> out (N, I) = silu(gate) * up.
+void swiglu_forward(float* out, const float* h, int64_t N, int64_t I);
+// dh (N, 2I) assigned.
+void swiglu_backward(float* dh, const float* dout, const float* h, int64_t N, int64_t I);
+
+// ---------------------------------------------------------------- MoE router
+// probs (T, E) = softmax(logits (T, E)) in fp32; topk_idx (T, k) the k largest probabilities in
+// descending order (ties: lower expert index first); topk_w (T, k) their probabilities, divided by
+// their sum when norm_topk.
+void router_forward(int32_t* topk_idx, float* topk_w, float* probs, const float* logits,
+                    int64_t T, int64_t E, int64_t k, bool norm_topk);
+// dlogits (T, E) assigned, from dtopk_w (T, k) and an optional extra gradient on the
+// probabilities dprobs (T, E) (the balancing loss; null when absent).
+void router_backward(float* dlogits, const float* dtopk_w, const float* dprobs, const float* probs,
+                     const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, bool norm_topk);
+
+// ---------------------------------------------------------------- MoE dispatch (dropless)
+// Assignments a = t * k + j (token t, slot j), A = T * k of them. The plan sorts them by expert,
+// stably (by a within an expert): expert e owns sorted rows [offsets[e], offsets[e+1]).
+// offsets (E + 1); sorted (A): sorted row p -> assignment a; slot_of (A): assignment a -> row p.
+// No capacity: every assignment gets a row.
+void moe_plan(int32_t* offsets, int32_t* sorted, int32_t* slot_of, const int32_t* topk_idx,
+              int64_t T, int64_t E, int64_t k);
+// xs (A, H): xs[p] = x (T, H)[sorted[p] / k].
+void moe_permute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H);
+// dx (T, H) += sum over slots j of dxs[slot_of[t * k + j]] (slots summed in order j = 0..k-1).
+void moe_permute_backward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T,
+                          int64_t k, int64_t H);
+// Grouped GEMM: for each expert e, rows [offsets[e], offsets[e+1]) of in (A, I) times w[e]^T,
+// w (E, O, I) -> out (A, O). An expert with no rows is skipped.
+void grouped_linear_forward(float* out, const float* in, const float* w, const int32_t* offsets,
+                            int64_t E, int64_t I, int64_t O);
+// din (A, I) assigned; dw (E, O, I) +=.
+void grouped_linear_backward(float* din, float* dw, const float* dout, const float* in,
+                             const float* w, const int32_t* offsets, int64_t E, int64_t I,
+                             int64_t O);
+// Weighted un-permute: y (T, H) = sum_j topk_w (T, k)[t, j] * ys (A, H)[slot_of[t * k + j]],
+// summed in order j = 0..k-1 (fp32). Assigns y.
+void moe_combine_forward(float* y, const float* ys, const float* topk_w, const int32_t* slot_of,
+                         int64_t T, int64_t k, int64_t H);
+// dys (A, H) assigned; dtopk_w (T, k) assigned: dtopk_w[t, j] = <dy[t], ys[slot_of[t*k+j]]>.
+void moe_combine_backward(float* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H);
+
+// ---------------------------------------------------------------- load-balancing statistics
+// For transformers' load_balancing_loss_func (see loss/balance.h), per MoE layer:
+// count (E) += number of times expert e appears in topk_idx (T, k);
+// prob_sum (E) += sum over tokens of probs (T, E)[t, e]. Accumulated in double, in token order.
+void moe_balance_stats(double* count, double* prob_sum, const float* probs,
+                       const int32_t* topk_idx, int64_t T, int64_t E, int64_t k);
+
+}  // namespace xt::ops

@@ -1,0 +1,33 @@
+// Helpers shared by the tests: fixture paths, random data, error norms, finite differences.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace xt::testing {
+
+// Absolute path of a file under tests/data.
+std::string DataPath(const std::string& rel);
+// A fresh empty directory under the system temp dir, unique per call.
+std::string TempDir(const std::string& tag);
+
+// Uniform in [-scale, scale), reproducible from the seed.
+std::vector<float> RandomVector(int64_t n, uint64_t seed, float scale = 1.0f);
+
+// ||a - b|| / ||b|| (b the reference); 0 when both are zero.
+double RelError(const float* a, const double* b, int64_t n);
+double RelError(const float* a, const float* b, int64_t n);
+
+// Central finite differences of a scalar loss with respect to x (perturbed in place and
+// restored). Checks at most `max_points` evenly spread elements. Returns
+// ||numeric - analytic|| / max(||analytic||, ||numeric||, 1e-12) over those elements.
+// The loss should be computed in double from the op's fp32 outputs.
+double GradCheck(std::vector<float>& x, const std::vector<float>& analytic,
+                 const std::function<double()>& loss, double eps = 1e-2, int max_points = 64);
+
+// Dot product of an fp32 output with fixed weights, in double: a handy scalar loss.
+double Dot(const float* out, const std::vector<float>& w);
+
+}  // namespace xt::testing
