@@ -1,0 +1,35 @@
+// SwiGLU on a fused [gate | up] row: out = silu(gate) * up, silu(g) = g * sigmoid(g).
+#include <cmath>
+
+#include "xtuner/ops/ops.h"
+
+namespace xt::ops {
+
+void swiglu_forward(float* out, const float* h, int64_t N, int64_t I) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* g = h + n * 2 * I;
+    const float* u = g + I;
+    float* y = out + n * I;
+    for (int64_t i = 0; i < I; ++i) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  }
+}
+
+// d/dg [g * sig(g)] = sig(g) * (1 + g * (1 - sig(g))).
+void swiglu_backward(float* dh, const float* dout, const float* h, int64_t N, int64_t I) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* g = h + n * 2 * I;
+    const float* u = g + I;
+    const float* dy = dout + n * I;
+    float* dg = dh + n * 2 * I;
+    float* du = dg + I;
+    for (int64_t i = 0; i < I; ++i) {
+      float sig = 1.0f / (1.0f + std::exp(-g[i]));
+      du[i] = dy[i] * g[i] * sig;
+      dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+    }
+  }
+}
+
+}  // namespace xt::ops

@@ -1,0 +1,142 @@
+// Forward against plain references and backward against finite differences for the dense ops:
+// gemm/linear, embedding, RMSNorm, RoPE, SwiGLU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "util/testing.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+namespace {
+
+using testing::Dot;
+using testing::GradCheck;
+using testing::RandomVector;
+using testing::RelError;
+
+TEST(Gemm, AllTransposesAgainstNaive) {
+  for (auto [M, N, K] : {std::tuple{1, 1, 1}, {7, 5, 3}, {33, 17, 65}, {4, 0, 3}}) {
+    for (int ta = 0; ta < 2; ++ta) {
+      for (int tb = 0; tb < 2; ++tb) {
+        auto a = RandomVector(M * K, 1), b = RandomVector(K * N, 2), c = RandomVector(M * N, 3);
+        std::vector<double> ref(M * N);
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < N; ++j) {
+            double s = c[i * N + j];  // beta = 1
+            for (int p = 0; p < K; ++p)
+              s += double(ta ? a[p * M + i] : a[i * K + p]) * (tb ? b[j * K + p] : b[p * N + j]);
+            ref[i * N + j] = s;
+          }
+        ops::gemm(c.data(), a.data(), b.data(), M, N, K, ta, tb, 1.0f);
+        EXPECT_LT(RelError(c.data(), ref.data(), M * N), 1e-6) << M << N << K << ta << tb;
+      }
+    }
+  }
+}
+
+TEST(Linear, BackwardMatchesFiniteDifferences) {
+  const int T = 5, I = 7, O = 3;
+  auto x = RandomVector(T * I, 4), w = RandomVector(O * I, 5), r = RandomVector(T * O, 6);
+  std::vector<float> out(T * O), dx(T * I), dw(O * I, 0.0f);
+  auto loss = [&] {
+    ops::linear_forward(out.data(), x.data(), w.data(), T, I, O);
+    return Dot(out.data(), r);
+  };
+  ops::linear_backward(dx.data(), dw.data(), r.data(), x.data(), w.data(), T, I, O);
+  EXPECT_LT(GradCheck(x, dx, loss), 1e-3);
+  EXPECT_LT(GradCheck(w, dw, loss), 1e-3);
+  // dw accumulates, din assigns (or accumulates on request).
+  std::vector<float> dw2 = dw, dx2 = dx;
+  ops::linear_backward(dx2.data(), dw2.data(), r.data(), x.data(), w.data(), T, I, O, true);
+  for (int i = 0; i < O * I; ++i) EXPECT_FLOAT_EQ(dw2[i], 2 * dw[i]);
+  for (int i = 0; i < T * I; ++i) EXPECT_FLOAT_EQ(dx2[i], 2 * dx[i]);
+}
+
+TEST(Embedding, LookupAndScatterWithRepeatedIds) {
+  const int V = 6, H = 4, T = 7;
+  std::vector<int32_t> ids = {3, 0, 3, 5, 3, 0, 1};
+  auto table = RandomVector(V * H, 7);
+  std::vector<float> out(T * H), dtable(V * H, 0.0f);
+  ops::embedding_forward(out.data(), ids.data(), table.data(), T, H);
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h) EXPECT_EQ(out[t * H + h], table[ids[t] * H + h]);
+  auto dout = RandomVector(T * H, 8);
+  ops::embedding_backward(dtable.data(), dout.data(), ids.data(), T, V, H);
+  for (int v = 0; v < V; ++v)
+    for (int h = 0; h < H; ++h) {
+      float s = 0;
+      for (int t = 0; t < T; ++t)
+        if (ids[t] == v) s += dout[t * H + h];
+      EXPECT_FLOAT_EQ(dtable[v * H + h], s);
+    }
+}
+
+TEST(RmsNorm, ForwardAndBackward) {
+  for (auto [N, C] : {std::pair{3, 8}, {5, 33}, {1, 3}}) {
+    auto x = RandomVector(N * C, 9, 2.0f), w = RandomVector(C, 10), r = RandomVector(N * C, 11);
+    std::vector<float> out(N * C), rstd(N), dx(N * C), dw(C, 0.0f);
+    const float eps = 1e-6f;
+    ops::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, eps);
+    for (int n = 0; n < N; ++n) {
+      double ss = 0;
+      for (int c = 0; c < C; ++c) ss += double(x[n * C + c]) * x[n * C + c];
+      double rr = 1 / std::sqrt(ss / C + eps);
+      for (int c = 0; c < C; ++c) EXPECT_NEAR(out[n * C + c], x[n * C + c] * rr * w[c], 1e-5);
+    }
+    auto loss = [&] {
+      ops::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, eps);
+      return Dot(out.data(), r);
+    };
+    ops::rmsnorm_backward(dx.data(), dw.data(), r.data(), x.data(), w.data(), rstd.data(), N, C);
+    EXPECT_LT(GradCheck(x, dx, loss, 1e-3), 2e-3) << N << "x" << C;
+    EXPECT_LT(GradCheck(w, dw, loss, 1e-3), 2e-3) << N << "x" << C;
+  }
+}
+
+TEST(Rope, RotationMatchesRotateHalfAndBackwardIsTranspose) {
+  const int T = 3, Hn = 2, D = 8, half = D / 2;
+  auto x = RandomVector(T * Hn * D, 12), cs = RandomVector(T * half, 13),
+       sn = RandomVector(T * half, 14), r = RandomVector(T * Hn * D, 15);
+  std::vector<float> y = x;
+  ops::rope_forward(y.data(), cs.data(), sn.data(), T, Hn, D);
+  // HF: q * cos + rotate_half(q) * sin with cos, sin repeated over both halves.
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < Hn; ++h)
+      for (int i = 0; i < D; ++i) {
+        const float* v = &x[(t * Hn + h) * D];
+        float c = cs[t * half + i % half], s = sn[t * half + i % half];
+        float rot = i < half ? -v[i + half] : v[i - half];
+        EXPECT_NEAR(y[(t * Hn + h) * D + i], v[i] * c + rot * s, 1e-6);
+      }
+  auto loss = [&] {
+    std::vector<float> z = x;
+    ops::rope_forward(z.data(), cs.data(), sn.data(), T, Hn, D);
+    return Dot(z.data(), r);
+  };
+  std::vector<float> dx = r;
+  ops::rope_backward(dx.data(), cs.data(), sn.data(), T, Hn, D);
+  EXPECT_LT(GradCheck(x, dx, loss), 1e-3);
+}
+
+TEST(SwiGlu, ForwardAndBackward) {
+  const int N = 4, I = 5;
+  auto h = RandomVector(N * 2 * I, 16, 3.0f), r = RandomVector(N * I, 17);
+  std::vector<float> out(N * I), dh(N * 2 * I);
+  ops::swiglu_forward(out.data(), h.data(), N, I);
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < I; ++i) {
+      double g = h[n * 2 * I + i], u = h[n * 2 * I + I + i];
+      EXPECT_NEAR(out[n * I + i], g / (1 + std::exp(-g)) * u, 1e-5);
+    }
+  auto loss = [&] {
+    ops::swiglu_forward(out.data(), h.data(), N, I);
+    return Dot(out.data(), r);
+  };
+  ops::swiglu_backward(dh.data(), r.data(), h.data(), N, I);
+  EXPECT_LT(GradCheck(h, dh, loss, 1e-3), 1e-3);
+}
+
+}  // namespace
+}  // namespace xt
