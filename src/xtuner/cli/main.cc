@@ -1,2 +1,17 @@
+// xtuner: the command-line front end. One file per subcommand; each registers itself here.
+#include <CLI/CLI.hpp>
 #include <cstdio>
-int main() { std::puts("xtuner"); return 0; }
+
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
+  app.require_subcommand(1);
+  xt::cli::AddDebugDump(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return xt::cli::ExitCode();
+}

@@ -1,0 +1,776 @@
+#include "xtuner/core/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string_view>
+
+namespace xt {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors I/O assumes a little-endian host");
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
+constexpr int kMaxJsonDepth = 32;                   // a valid header needs 3
+
+// Every safetensors dtype with a whole-byte element size, and that size.
+struct DtypeSpec {
+  const char* name;
+  size_t size;
+};
+constexpr DtypeSpec kDtypes[] = {
+    {"BOOL", 1},    {"U8", 1},      {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1},
+    {"I16", 2},     {"U16", 2},     {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+    {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8},     {"C64", 8},
+};
+
+std::optional<size_t> SafetensorsDtypeSize(std::string_view name) {
+  for (const auto& d : kDtypes) {
+    if (name == d.name) return d.size;
+  }
+  return std::nullopt;
+}
+
+std::string KnownDtypes() {
+  std::string s;
+  for (const auto& d : kDtypes) {
+    if (!s.empty()) s += ", ";
+    s += d.name;
+  }
+  return s;
+}
+
+// A JSON value for an error message, shortened.
+std::string Brief(const json& v) {
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
+std::string Errno() { return std::strerror(errno); }
+
+struct JsonFailure {
+  std::string message;
+};
+
+// Parses `text` as JSON. Unlike plain nlohmann::json::parse, fails on a key repeated within
+// one object (nlohmann would keep the last silently) and on nesting deeper than kMaxJsonDepth.
+// A repeated top-level key is reported as a repeated `top_level_key_what` ("tensor name").
+Result<json> ParseJson(std::string_view text, const std::string& top_level_key_what) {
+  std::vector<std::set<std::string>> open_objects;
+  auto callback = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (depth >= kMaxJsonDepth) {
+          throw JsonFailure{"JSON nested more than " + std::to_string(kMaxJsonDepth) +
+                            " levels deep"};
+        }
+        if (event == json::parse_event_t::object_start) open_objects.emplace_back();
+        break;
+      case json::parse_event_t::key: {
+        const auto& key = parsed.get_ref<const std::string&>();
+        if (!open_objects.back().insert(key).second) {
+          throw JsonFailure{"duplicate " +
+                            (open_objects.size() == 1 ? top_level_key_what : std::string("key")) +
+                            " '" + key + "'"};
+        }
+        break;
+      }
+      case json::parse_event_t::object_end:
+        open_objects.pop_back();
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true);
+  } catch (const JsonFailure& e) {
+    return Status::Error(e.message);
+  } catch (const json::exception& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 3: ...".
+    std::string what = e.what();
+    size_t close = what.find("] ");
+    if (what.rfind("[json.exception.", 0) == 0 && close != std::string::npos) {
+      what = what.substr(close + 2);
+    }
+    return Status::Error("not valid JSON: " + what);
+  }
+}
+
+// A non-negative integer that fits in int64, or nothing.
+std::optional<uint64_t> NonNegativeInt(const json& v) {
+  if (v.is_number_unsigned()) {
+    uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return u;
+  }
+  if (v.is_number_integer()) {
+    int64_t i = v.get<int64_t>();
+    if (i < 0) return std::nullopt;
+    return uint64_t(i);
+  }
+  return std::nullopt;
+}
+
+// How a header describes one tensor, after validation.
+struct Entry {
+  std::string dtype;             // the safetensors spelling
+  std::optional<DType> xt_type;  // set when xtuner can hold it
+  size_t elem_size = 0;
+  Shape shape;
+  uint64_t begin = 0, end = 0;  // relative to the data buffer
+};
+
+Status ParseEntry(const json& v, uint64_t buffer_size, uint64_t file_size, uint64_t header_size,
+                  Entry* out) {
+  if (!v.is_object()) {
+    return Status::Error(std::string("entry is not a JSON object (it is a ") + v.type_name() +
+                         ")");
+  }
+  auto dt = v.find("dtype");
+  if (dt == v.end() || !dt->is_string()) return Status::Error("\"dtype\" missing or not a string");
+  out->dtype = dt->get<std::string>();
+  auto size = SafetensorsDtypeSize(out->dtype);
+  if (!size) {
+    return Status::Error("unknown dtype '" + out->dtype + "' (safetensors dtypes: " +
+                         KnownDtypes() + ")");
+  }
+  out->elem_size = *size;
+  out->xt_type = DTypeFromName(out->dtype);
+
+  auto sh = v.find("shape");
+  if (sh == v.end() || !sh->is_array()) {
+    return Status::Error("\"shape\" missing or not a list" +
+                         (sh == v.end() ? std::string() : " (got " + Brief(*sh) + ")"));
+  }
+  // The product of the non-zero dimensions bounds every partial product NumElements() forms,
+  // so checking it here keeps all later size arithmetic free of overflow.
+  uint64_t bytes = out->elem_size;
+  bool overflow = false;
+  for (const auto& d : *sh) {
+    auto n = NonNegativeInt(d);
+    if (!n) {
+      return Status::Error("\"shape\" must be a list of non-negative integers, got " + Brief(*sh));
+    }
+    out->shape.push_back(int64_t(*n));
+    if (*n != 0 && __builtin_mul_overflow(bytes, *n, &bytes)) overflow = true;
+  }
+  if (overflow || bytes > uint64_t(std::numeric_limits<int64_t>::max())) {
+    return Status::Error("shape " + ShapeString(out->shape) + " is impossibly large");
+  }
+  if (NumElements(out->shape) == 0) bytes = 0;
+
+  auto off = v.find("data_offsets");
+  std::optional<uint64_t> b, e;
+  if (off != v.end() && off->is_array() && off->size() == 2) {
+    b = NonNegativeInt((*off)[0]);
+    e = NonNegativeInt((*off)[1]);
+  }
+  if (!b || !e) {
+    return Status::Error("\"data_offsets\" must be two non-negative integers [begin, end], got " +
+                         (off == v.end() ? std::string("nothing") : Brief(*off)));
+  }
+  out->begin = *b;
+  out->end = *e;
+  std::string range = "data_offsets [" + std::to_string(*b) + ", " + std::to_string(*e) + "]";
+  if (*b > *e) return Status::Error(range + " have begin > end");
+  if (*e > buffer_size) {
+    return Status::Error(range + " run past the end of the data buffer, which holds " +
+                         std::to_string(buffer_size) + " bytes (file " + std::to_string(file_size) +
+                         " bytes, header " + std::to_string(header_size) +
+                         " bytes): the file is truncated or corrupt");
+  }
+  if (*e - *b != bytes) {
+    return Status::Error(range + " span " + std::to_string(*e - *b) + " bytes, but dtype " +
+                         out->dtype + " and shape " + ShapeString(out->shape) + " need " +
+                         std::to_string(bytes));
+  }
+  return Status::OK();
+}
+
+std::string ShortFileMessage(size_t size) {
+  return "file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length field";
+}
+
+// Reads 2-, 4- or 8-byte values at possibly unaligned addresses.
+template <class T>
+T Load(const uint8_t* p, int64_t i) {
+  T v;
+  std::memcpy(&v, p + size_t(i) * sizeof(T), sizeof(T));
+  return v;
+}
+
+// Unmaps a file mapping when the last reference goes.
+struct Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  Mapping(void* a, size_t s) : addr(a), size(s) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { ::munmap(addr, size); }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ SafetensorsFile
+
+struct SafetensorsFile::State {
+  std::string path;
+  std::shared_ptr<void> keepalive;
+  const uint8_t* buffer = nullptr;  // start of the data buffer
+  std::map<std::string, Entry> entries;
+  std::map<std::string, std::string> metadata;
+
+  std::string Where() const { return "safetensors file '" + path + "'"; }
+  std::string Where(const std::string& tensor) const {
+    return "tensor '" + tensor + "' in safetensors file '" + path + "'";
+  }
+  Result<const Entry*> Find(const std::string& name) const {
+    auto it = entries.find(name);
+    if (it == entries.end()) return Status::Error(Where() + ": no tensor '" + name + "'");
+    return &it->second;
+  }
+  Status CheckShape(const std::string& name, const Entry& e, const Shape& expected) const {
+    if (e.shape != expected) {
+      return Status::Error(Where(name) + " has shape " + ShapeString(e.shape) + ", expected " +
+                           ShapeString(expected));
+    }
+    return Status::OK();
+  }
+};
+
+Result<SafetensorsFile> SafetensorsFile::FromBuffer(const std::string& name, const void* data,
+                                                    size_t size, std::shared_ptr<void> keepalive) {
+  auto state = std::make_shared<State>();
+  state->path = name;
+  state->keepalive = std::move(keepalive);
+  auto fail = [&](const std::string& msg) { return Status::Error(state->Where() + ": " + msg); };
+
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  if (size < 8) return fail(ShortFileMessage(size));
+  uint64_t header_size;
+  std::memcpy(&header_size, bytes, 8);
+  if (header_size > kMaxHeaderBytes) {
+    return fail("header length " + std::to_string(header_size) + " is over the " +
+                std::to_string(kMaxHeaderBytes) + "-byte limit: not a safetensors file?");
+  }
+  if (header_size > size - 8) {
+    return fail("header length " + std::to_string(header_size) + " runs past the end of the " +
+                std::to_string(size) + "-byte file: truncated, or not a safetensors file?");
+  }
+  const uint64_t buffer_size = size - 8 - header_size;
+  state->buffer = bytes + 8 + header_size;
+
+  auto parsed = ParseJson(
+      std::string_view(reinterpret_cast<const char*>(bytes + 8), size_t(header_size)),
+      "tensor name");
+  if (!parsed.ok()) return fail("header: " + parsed.status().message());
+  const json& header = parsed.value();
+  if (!header.is_object()) {
+    return fail(std::string("header is not a JSON object (it is a ") + header.type_name() + ")");
+  }
+
+  for (const auto& [key, value] : header.items()) {
+    if (key == "__metadata__") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) return fail("\"__metadata__\" is not an object of strings");
+      for (const auto& [mk, mv] : value.items()) {
+        if (!mv.is_string()) {
+          return fail("\"__metadata__\" value for key '" + mk + "' is not a string: " + Brief(mv));
+        }
+        state->metadata[mk] = mv.get<std::string>();
+      }
+      continue;
+    }
+    Entry entry;
+    Status st = ParseEntry(value, buffer_size, size, header_size, &entry);
+    if (!st.ok()) return fail("tensor '" + key + "': " + st.message());
+    state->entries.emplace(key, std::move(entry));
+  }
+
+  // Overlap check over the non-empty byte ranges, in order of their start.
+  std::vector<std::pair<const std::string*, const Entry*>> ranges;
+  for (const auto& [name, e] : state->entries) {
+    if (e.end > e.begin) ranges.emplace_back(&name, &e);
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const auto& a, const auto& b) { return a.second->begin < b.second->begin; });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const auto& [pn, p] = ranges[i - 1];
+    const auto& [cn, c] = ranges[i];
+    if (c->begin < p->end) {
+      return fail("tensors '" + *pn + "' (bytes " + std::to_string(p->begin) + " to " +
+                  std::to_string(p->end) + ") and '" + *cn + "' (bytes " +
+                  std::to_string(c->begin) + " to " + std::to_string(c->end) + ") overlap");
+    }
+  }
+  return SafetensorsFile(std::move(state));
+}
+
+Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  auto where = "safetensors file '" + path + "'";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Error("cannot open " + where + ": " + Errno());
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    std::string err = Errno();
+    ::close(fd);
+    return Status::Error("cannot stat " + where + ": " + err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::Error(where + ": not a regular file" +
+                         std::string(S_ISDIR(st.st_mode) ? " (it is a directory)" : ""));
+  }
+  size_t size = size_t(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    return Status::Error(where + ": " + ShortFileMessage(size));
+  }
+  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  std::string err = Errno();
+  ::close(fd);
+  if (addr == MAP_FAILED) return Status::Error("cannot mmap " + where + ": " + err);
+  auto mapping = std::make_shared<Mapping>(addr, size);
+  return FromBuffer(path, addr, size, std::move(mapping));
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  out.reserve(state_->entries.size());
+  for (const auto& kv : state_->entries) out.push_back(kv.first);
+  return out;
+}
+
+bool SafetensorsFile::contains(const std::string& name) const {
+  return state_->entries.count(name) != 0;
+}
+
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const {
+  return state_->metadata;
+}
+
+const std::string& SafetensorsFile::path() const { return state_->path; }
+
+Result<SafetensorsInfo> SafetensorsFile::Info(const std::string& name) const {
+  XT_ASSIGN_OR_RETURN(const Entry* e, state_->Find(name));
+  SafetensorsInfo info;
+  info.dtype = e->dtype;
+  info.shape = e->shape;
+  info.nbytes = size_t(e->end - e->begin);
+  info.data = state_->buffer + e->begin;
+  return info;
+}
+
+Result<Tensor> SafetensorsFile::Get(const std::string& name) const {
+  XT_ASSIGN_OR_RETURN(const Entry* e, state_->Find(name));
+  if (!e->xt_type) {
+    return Status::Error(state_->Where(name) + " has dtype " + e->dtype +
+                         ", which xtuner tensors cannot hold (F32, BF16, F16, I32, I64)");
+  }
+  const uint8_t* p = state_->buffer + e->begin;
+  if (reinterpret_cast<uintptr_t>(p) % e->elem_size != 0) {
+    Tensor t = Tensor::Empty(*e->xt_type, e->shape);
+    if (t.nbytes()) std::memcpy(t.data(), p, t.nbytes());
+    return t;
+  }
+  return Tensor::Wrap(*e->xt_type, e->shape, const_cast<uint8_t*>(p), state_->keepalive);
+}
+
+Result<Tensor> SafetensorsFile::GetF32(const std::string& name, const Shape& expected) const {
+  XT_ASSIGN_OR_RETURN(const Entry* e, state_->Find(name));
+  XT_RETURN_IF_ERROR(state_->CheckShape(name, *e, expected));
+  Tensor t = Tensor::Empty(DType::F32, e->shape);
+  float* dst = t.f32();
+  const uint8_t* src = state_->buffer + e->begin;
+  const int64_t n = t.numel();
+  if (e->dtype == "F32") {
+    if (n) std::memcpy(dst, src, t.nbytes());
+  } else if (e->dtype == "BF16") {
+    for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(Load<uint16_t>(src, i));
+  } else if (e->dtype == "F16") {
+    for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(Load<uint16_t>(src, i));
+  } else if (e->dtype == "F64") {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float(Load<double>(src, i));
+  } else {
+    return Status::Error(state_->Where(name) + " has dtype " + e->dtype +
+                         ", expected a float dtype (F32, BF16, F16, F64)");
+  }
+  return t;
+}
+
+Result<std::vector<double>> SafetensorsFile::GetF64(const std::string& name,
+                                                    const Shape& expected) const {
+  XT_ASSIGN_OR_RETURN(const Entry* e, state_->Find(name));
+  XT_RETURN_IF_ERROR(state_->CheckShape(name, *e, expected));
+  const int64_t n = NumElements(e->shape);
+  const uint8_t* src = state_->buffer + e->begin;
+  std::vector<double> out(static_cast<size_t>(n));
+  const std::string& d = e->dtype;
+  if (d == "F64") {
+    for (int64_t i = 0; i < n; ++i) out[i] = Load<double>(src, i);
+  } else if (d == "F32") {
+    for (int64_t i = 0; i < n; ++i) out[i] = Load<float>(src, i);
+  } else if (d == "BF16") {
+    for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToF32(Load<uint16_t>(src, i));
+  } else if (d == "F16") {
+    for (int64_t i = 0; i < n; ++i) out[i] = F16ToF32(Load<uint16_t>(src, i));
+  } else if (d == "I32") {
+    for (int64_t i = 0; i < n; ++i) out[i] = Load<int32_t>(src, i);
+  } else if (d == "I64") {
+    for (int64_t i = 0; i < n; ++i) out[i] = double(Load<int64_t>(src, i));
+  } else {
+    return Status::Error(state_->Where(name) + " has dtype " + d +
+                         ", expected F64, F32, BF16, F16, I32 or I64");
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------ SafetensorsCheckpoint
+
+namespace {
+
+Result<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Error("cannot open '" + path + "': " + Errno());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return Status::Error("cannot read '" + path + "'");
+  return ss.str();
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& path_or_dir) {
+  SafetensorsCheckpoint ckpt;
+  ckpt.path_ = path_or_dir;
+  std::error_code ec;
+  fs::path p(path_or_dir);
+  fs::path index_path, single_path;
+  if (fs::is_directory(p, ec)) {
+    if (fs::exists(p / "model.safetensors.index.json", ec)) {
+      index_path = p / "model.safetensors.index.json";
+    } else if (fs::exists(p / "model.safetensors", ec)) {
+      single_path = p / "model.safetensors";
+    } else {
+      return Status::Error("checkpoint directory '" + path_or_dir +
+                           "' holds neither model.safetensors.index.json nor model.safetensors");
+    }
+  } else if (EndsWith(path_or_dir, ".index.json")) {
+    index_path = p;
+  } else {
+    single_path = p;
+  }
+
+  if (!single_path.empty()) {
+    XT_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(single_path.string()));
+    for (const auto& name : f.names()) ckpt.where_[name] = 0;
+    ckpt.files_.push_back(std::move(f));
+    return ckpt;
+  }
+
+  const std::string where = "checkpoint index '" + index_path.string() + "'";
+  auto text = ReadWholeFile(index_path.string());
+  if (!text.ok()) return text.status().With(where);
+  auto parsed = ParseJson(text.value(), "key");
+  if (!parsed.ok()) return parsed.status().With(where);
+  const json& index = parsed.value();
+  auto wm = index.is_object() ? index.find("weight_map") : index.end();
+  if (!index.is_object() || wm == index.end() || !wm->is_object()) {
+    return Status::Error(where + ": no \"weight_map\" object");
+  }
+  // shard file name -> names the index maps to it
+  std::map<std::string, std::vector<std::string>> shards;
+  for (const auto& [name, file] : wm->items()) {
+    if (!file.is_string() || file.get<std::string>().empty()) {
+      return Status::Error(where + ": weight_map entry for tensor '" + name +
+                           "' is not a file name: " + Brief(file));
+    }
+    shards[file.get<std::string>()].push_back(name);
+  }
+  const fs::path dir = index_path.parent_path();
+  for (const auto& [file, tensor_names] : shards) {
+    const std::string shard_path = (dir / file).string();
+    auto shard = SafetensorsFile::Open(shard_path);
+    if (!shard.ok()) {
+      return shard.status().With(where + ": shard '" + file + "' (holding tensor '" +
+                                 tensor_names.front() + "')");
+    }
+    for (const auto& name : tensor_names) {
+      if (!shard->contains(name)) {
+        return Status::Error(where + " maps tensor '" + name + "' to '" + shard_path +
+                             "', which does not contain it");
+      }
+      ckpt.where_[name] = ckpt.files_.size();
+    }
+    for (const auto& name : shard->names()) {
+      auto it = wm->find(name);
+      if (it == wm->end()) {
+        return Status::Error("tensor '" + name + "' in shard '" + shard_path +
+                             "' is not listed in " + where);
+      }
+      if (it->get<std::string>() != file) {
+        return Status::Error("tensor '" + name + "' in shard '" + shard_path + "' is mapped by " +
+                             where + " to another shard, '" + it->get<std::string>() + "'");
+      }
+    }
+    ckpt.files_.push_back(std::move(shard).value());
+  }
+  return ckpt;
+}
+
+std::vector<std::string> SafetensorsCheckpoint::names() const {
+  std::vector<std::string> out;
+  out.reserve(where_.size());
+  for (const auto& kv : where_) out.push_back(kv.first);
+  return out;
+}
+
+bool SafetensorsCheckpoint::contains(const std::string& name) const {
+  return where_.count(name) != 0;
+}
+
+std::string SafetensorsCheckpoint::FileOf(const std::string& name) const {
+  auto it = where_.find(name);
+  return it == where_.end() ? std::string() : files_[it->second].path();
+}
+
+Result<const SafetensorsFile*> SafetensorsCheckpoint::FileFor(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) {
+    return Status::Error("checkpoint '" + path_ + "': no tensor '" + name + "'");
+  }
+  return &files_[it->second];
+}
+
+Result<SafetensorsInfo> SafetensorsCheckpoint::Info(const std::string& name) const {
+  XT_ASSIGN_OR_RETURN(const SafetensorsFile* f, FileFor(name));
+  return f->Info(name);
+}
+Result<Tensor> SafetensorsCheckpoint::Get(const std::string& name) const {
+  XT_ASSIGN_OR_RETURN(const SafetensorsFile* f, FileFor(name));
+  return f->Get(name);
+}
+Result<Tensor> SafetensorsCheckpoint::GetF32(const std::string& name, const Shape& expected) const {
+  XT_ASSIGN_OR_RETURN(const SafetensorsFile* f, FileFor(name));
+  return f->GetF32(name, expected);
+}
+Result<std::vector<double>> SafetensorsCheckpoint::GetF64(const std::string& name,
+                                                          const Shape& expected) const {
+  XT_ASSIGN_OR_RETURN(const SafetensorsFile* f, FileFor(name));
+  return f->GetF64(name, expected);
+}
+
+// ------------------------------------------------------------------------------------- writing
+
+namespace {
+
+struct Chunk {
+  const void* data;
+  size_t size;
+};
+
+// Writes `chunks` to `path` via "<path>.tmp.<pid>", fsync and rename; then fsyncs the directory
+// (best effort: some file systems refuse). Removes the temporary file on failure.
+Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::Error("cannot create '" + tmp + "': " + Errno());
+  auto fail = [&](const std::string& what) {
+    std::string msg = what + " '" + tmp + "': " + Errno();
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    return Status::Error(msg + " (writing '" + path + "')");
+  };
+  for (const Chunk& c : chunks) {
+    const auto* p = static_cast<const char*>(c.data);
+    size_t left = c.size;
+    while (left > 0) {
+      ssize_t n = ::write(fd, p, std::min<size_t>(left, size_t(1) << 30));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0) errno = EIO;
+        return fail("cannot write");
+      }
+      p += n;
+      left -= size_t(n);
+    }
+  }
+  if (::fsync(fd) != 0) return fail("cannot fsync");
+  int rc = ::close(fd);
+  fd = -1;
+  if (rc != 0) return fail("cannot close");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + Errno();
+    ::unlink(tmp.c_str());
+    return Status::Error(msg);
+  }
+  std::string dir = fs::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status::OK();
+}
+
+Status CheckTensorsToWrite(const std::string& path,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::set<std::string> seen;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__") {
+      return Status::Error("writing '" + path + "': '__metadata__' cannot be a tensor name");
+    }
+    if (!seen.insert(name).second) {
+      return Status::Error("writing '" + path + "': tensor name '" + name + "' given twice");
+    }
+    if (!t.defined()) {
+      return Status::Error("writing '" + path + "': tensor '" + name + "' has no data");
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status WriteSafetensors(const std::string& path,
+                        const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  XT_RETURN_IF_ERROR(CheckTensorsToWrite(path, tensors));
+  // Data order: element size descending, then name (what the reference writer does), so each
+  // tensor starts aligned to its element size.
+  std::vector<const std::pair<std::string, Tensor>*> order;
+  for (const auto& kv : tensors) order.push_back(&kv);
+  std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+    size_t sa = DTypeSize(a->second.dtype()), sb = DTypeSize(b->second.dtype());
+    return sa != sb ? sa > sb : a->first < b->first;
+  });
+
+  json header = json::object();  // std::map underneath: keys come out sorted
+  uint64_t offset = 0;
+  std::vector<Chunk> chunks(2);
+  for (const auto* kv : order) {
+    const Tensor& t = kv->second;
+    const uint64_t n = t.nbytes();
+    header[kv->first] = {{"dtype", DTypeName(t.dtype())},
+                         {"shape", t.shape()},
+                         {"data_offsets", {offset, offset + n}}};
+    offset += n;
+    if (n) chunks.push_back({t.data(), size_t(n)});
+  }
+  json meta = json::object();
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  if (!meta.contains("format")) meta["format"] = "pt";
+  header["__metadata__"] = meta;
+
+  std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t header_size = text.size();
+  chunks[0] = {&header_size, 8};
+  chunks[1] = {text.data(), text.size()};
+  return WriteFileAtomically(path, chunks);
+}
+
+Status WriteSafetensorsSharded(const std::string& dir,
+                               const std::vector<std::pair<std::string, Tensor>>& tensors,
+                               size_t max_shard_bytes) {
+  XT_RETURN_IF_ERROR(CheckTensorsToWrite(dir, tensors));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::Error("cannot create checkpoint directory '" + dir + "': " + ec.message());
+
+  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+  size_t current = 0;
+  uint64_t total = 0;
+  for (const auto& kv : tensors) {
+    const size_t n = kv.second.nbytes();
+    if (!shards.back().empty() && current + n > max_shard_bytes) {
+      shards.emplace_back();
+      current = 0;
+    }
+    shards.back().push_back(kv);
+    current += n;
+    total += n;
+  }
+
+  const fs::path d(dir);
+  const std::string index_name = "model.safetensors.index.json";
+  std::set<std::string> keep;
+  if (shards.size() == 1) {
+    keep.insert("model.safetensors");
+    XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shards[0]));
+  } else {
+    json weight_map = json::object();
+    const size_t count = shards.size();
+    for (size_t i = 0; i < count; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, count);
+      keep.insert(name);
+      XT_RETURN_IF_ERROR(WriteSafetensors((d / name).string(), shards[i]));
+      for (const auto& kv : shards[i]) weight_map[kv.first] = name;
+    }
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    keep.insert(index_name);
+    XT_RETURN_IF_ERROR(WriteFileAtomically((d / index_name).string(), {{text.data(), text.size()}}));
+  }
+
+  // Remove what an earlier save left and this one does not use.
+  auto is_ours = [&](const std::string& f) {
+    if (f == "model.safetensors" || f == index_name) return true;
+    // model-NNNNN-of-NNNNN.safetensors
+    if (f.size() != 32 || f.compare(0, 6, "model-") != 0 || f.compare(11, 4, "-of-") != 0 ||
+        f.compare(20, 12, ".safetensors") != 0) {
+      return false;
+    }
+    for (int i : {6, 7, 8, 9, 10, 15, 16, 17, 18, 19}) {
+      if (f[i] < '0' || f[i] > '9') return false;
+    }
+    return true;
+  };
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string f = it->path().filename().string();
+    if (is_ours(f) && !keep.count(f)) stale.push_back(it->path());
+  }
+  if (ec) return Status::Error("cannot list checkpoint directory '" + dir + "': " + ec.message());
+  // The index first: once it is gone, a directory with a new model.safetensors is consistent.
+  std::sort(stale.begin(), stale.end(), [&](const fs::path& a, const fs::path& b) {
+    return (a.filename() == index_name) > (b.filename() == index_name);
+  });
+  for (const auto& p : stale) {
+    if (!fs::remove(p, ec) && ec) {
+      return Status::Error("cannot remove stale checkpoint file '" + p.string() +
+                           "': " + ec.message());
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace xt

@@ -1,0 +1,19 @@
+// The MoE load-balancing auxiliary loss exactly as transformers' load_balancing_loss_func
+// defines it for Qwen3-MoE and Mixtral: the router outputs of all MoE layers are concatenated
+// into N = layers * T rows, then
+//   aux = E * sum_e (count_e / N) * (prob_sum_e / N)
+// where count_e counts the top-k selections of expert e and prob_sum_e sums its softmax
+// probability over all N rows. (Not the mean of per-layer losses: the layers are pooled.)
+#pragma once
+
+#include <cstdint>
+
+namespace xt {
+
+// count, prob_sum (E): the pooled statistics (ops::moe_balance_stats over every MoE layer).
+// Returns aux; dprob_e (E) receives d aux / d probs[n, e] = E * count_e / N^2, the same for every
+// row n (the top-k selection carries no gradient).
+double balance_loss(double* dprob_e, const double* count, const double* prob_sum, int64_t N,
+                    int64_t E);
+
+}  // namespace xt

@@ -1,0 +1,24 @@
+// The language-model head fused with cross-entropy, computed in chunks of rows so that training
+// never holds the full (T, V) logits: at most chunk_rows x V floats live at once.
+#pragma once
+
+#include <cstdint>
+
+namespace xt {
+
+constexpr int32_t kIgnoreIndex = -100;
+
+// h (T, H) final hidden states, w (V, H) the lm_head, targets (T) with kIgnoreIndex for tokens
+// that carry no loss (targets must otherwise be in [0, V); checked by the caller).
+// Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]], in double (unweighted).
+// When dh is not null: the gradient of weight * that sum: dh (T, H) assigned (rows without a
+// target get 0) and dw (V, H) +=.
+// Rows without a target cost nothing. chunk_rows <= 0 picks a chunk of about 32 Mi logits.
+double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* w,
+                             const int32_t* targets, int64_t T, int64_t H, int64_t V, double weight,
+                             int64_t chunk_rows = 0);
+
+// logits (T, V) = h (T, H) @ w (V, H)^T: for inspection (debug-dump), not for training.
+void lm_head_logits(float* logits, const float* h, const float* w, int64_t T, int64_t H, int64_t V);
+
+}  // namespace xt

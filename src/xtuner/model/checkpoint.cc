@@ -1,0 +1,74 @@
+#include "xtuner/model/checkpoint.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "xtuner/core/safetensors.h"
+
+namespace xt {
+
+namespace {
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+Status LoadHfWeights(Transformer* model, const std::string& path) {
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
+  const ParamLayout& layout = model->layout();
+  float* slab = model->params().f32();
+  for (const ParamInfo& p : layout.params()) {
+    if (!ckpt.contains(p.name))
+      return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
+                           ShapeString(p.shape) + ") that a " + model->config().model_type +
+                           " model with this config.json needs");
+    XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(p.name, p.shape));
+    std::memcpy(slab + p.offset, t.f32(), t.nbytes());
+  }
+  for (const std::string& name : ckpt.names()) {
+    if (layout.Find(name)) continue;
+    if (EndsWith(name, "rotary_emb.inv_freq")) continue;
+    if (name == "lm_head.weight" && model->config().tie_word_embeddings) continue;
+    return Status::Error(ckpt.FileOf(name) + ": unexpected tensor \"" + name +
+                         "\": no parameter of a " + model->config().model_type +
+                         " model with this config.json has that name");
+  }
+  return Status::OK();
+}
+
+Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir) {
+  XT_ASSIGN_OR_RETURN(ModelConfig cfg, ModelConfig::Load(dir));
+  auto model = std::make_unique<Transformer>(std::move(cfg));
+  XT_RETURN_IF_ERROR(LoadHfWeights(model.get(), dir));
+  return model;
+}
+
+Status SaveHfModel(const Transformer& model, const std::string& dir, bool bf16,
+                   size_t max_shard_bytes) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  const float* slab = model.params().f32();
+  for (const ParamInfo& p : model.layout().params()) {
+    Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
+    tensors.emplace_back(p.name, bf16 ? t.To(DType::BF16) : t);
+  }
+  XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
+  nlohmann::json cfg = model.config().ToJson();
+  cfg["dtype"] = bf16 ? "bfloat16" : "float32";
+  const std::string path = (fs::path(dir) / "config.json").string();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << cfg.dump(2) << "\n";
+    if (!out.flush()) return Status::Error(tmp + ": write failed");
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) return Status::Error(path + ": rename failed: " + ec.message());
+  return Status::OK();
+}
+
+}  // namespace xt

@@ -1,0 +1,28 @@
+// Hugging Face checkpoints in and out: config.json + safetensors (single or sharded; F32, BF16
+// or F16 weights, upcast to fp32 on load) under the hub's tensor names.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/transformer.h"
+
+namespace xt {
+
+// Reads every parameter of `model` from the checkpoint at `path` (a directory, an index file or
+// one .safetensors file). Errors name the file and tensor: a tensor missing, of the wrong shape
+// or of a non-float dtype, or a tensor the model has no place for. Tolerated extras: rotary
+// inv_freq buffers, and lm_head.weight in a model with tied embeddings (HF ignores it too).
+Status LoadHfWeights(Transformer* model, const std::string& path);
+
+// config.json from `dir`, then its weights.
+Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir);
+
+// Writes config.json and the weights (fp32, or BF16 when `bf16`) into `dir`, sharded when
+// larger than max_shard_bytes. Each file is written atomically.
+Status SaveHfModel(const Transformer& model, const std::string& dir, bool bf16 = false,
+                   size_t max_shard_bytes = size_t(5) << 30);
+
+}  // namespace xt

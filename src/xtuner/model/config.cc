@@ -1,0 +1,262 @@
+#include "xtuner/model/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace xt {
+
+namespace {
+
+using nlohmann::json;
+
+// Reads a key with the given JSON type; absent or null leaves `out` unchanged unless required.
+class Reader {
+ public:
+  Reader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  Status Int(const char* key, int64_t* out, bool required) const {
+    if (!has(key)) return Missing(key, required);
+    const json& v = j_[key];
+    if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == int64_t(v.get<double>())))
+      return Bad(key, "an integer", v);
+    *out = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
+    return Status::OK();
+  }
+  Status Double(const char* key, double* out, bool required) const {
+    if (!has(key)) return Missing(key, required);
+    const json& v = j_[key];
+    if (!v.is_number()) return Bad(key, "a number", v);
+    *out = v.get<double>();
+    return Status::OK();
+  }
+  Status Bool(const char* key, bool* out, bool required) const {
+    if (!has(key)) return Missing(key, required);
+    const json& v = j_[key];
+    if (!v.is_boolean()) return Bad(key, "true or false", v);
+    *out = v.get<bool>();
+    return Status::OK();
+  }
+  Status Error(const std::string& msg) const { return Status::Error(source_ + ": " + msg); }
+
+ private:
+  Status Missing(const char* key, bool required) const {
+    return required ? Error(std::string("missing required key \"") + key + "\"") : Status::OK();
+  }
+  Status Bad(const char* key, const char* want, const json& v) const {
+    return Error(std::string("key \"") + key + "\" must be " + want + ", found " + v.dump());
+  }
+  const json& j_;
+  std::string source_;
+};
+
+// rope_parameters (v5) or rope_theta + rope_scaling (v4). Only the default rope is implemented.
+Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
+  const char* kSupported = "supported: \"default\" (no scaling)";
+  if (r.has("rope_parameters")) {
+    const json& p = j["rope_parameters"];
+    if (!p.is_object()) return r.Error("key \"rope_parameters\" must be an object");
+    Reader pr(p, "");
+    std::string type = p.value("rope_type", p.value("type", std::string("default")));
+    if (type != "default")
+      return r.Error("rope_parameters.rope_type \"" + type + "\" is not implemented; " + kSupported);
+    if (pr.has("rope_theta")) {
+      if (!p["rope_theta"].is_number()) return r.Error("rope_parameters.rope_theta must be a number");
+      c->rope_theta = p["rope_theta"].get<double>();
+    } else if (!r.has("rope_theta")) {
+      return r.Error("missing rope_parameters.rope_theta");
+    }
+  }
+  XT_RETURN_IF_ERROR(r.Double("rope_theta", &c->rope_theta, false));
+  if (r.has("rope_scaling")) {
+    const json& s = j["rope_scaling"];
+    if (!s.is_object()) return r.Error("key \"rope_scaling\" must be an object or null");
+    std::string type = s.value("rope_type", s.value("type", std::string("default")));
+    if (type != "default")
+      return r.Error("rope_scaling type \"" + type + "\" is not implemented; " + kSupported);
+  }
+  if (!(c->rope_theta > 0)) return r.Error("rope_theta must be positive");
+  return Status::OK();
+}
+
+Status Positive(const Reader& r, const char* name, int64_t v) {
+  return v > 0 ? Status::OK()
+               : r.Error(std::string("\"") + name + "\" must be positive, found " + std::to_string(v));
+}
+
+}  // namespace
+
+int64_t ModelConfig::num_moe_layers() const {
+  int64_t n = 0;
+  for (bool m : layer_is_moe) n += m;
+  return n;
+}
+
+Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& source) {
+  if (!j.is_object()) return Status::Error(source + ": config must be a JSON object");
+  Reader r(j, source);
+  ModelConfig c;
+  if (!j.contains("model_type") || !j["model_type"].is_string())
+    return r.Error("missing \"model_type\" (supported: qwen3, qwen3_moe, mixtral)");
+  c.model_type = j["model_type"].get<std::string>();
+  if (c.model_type == "qwen3") {
+    c.arch = Arch::kQwen3;
+  } else if (c.model_type == "qwen3_moe") {
+    c.arch = Arch::kQwen3Moe;
+  } else if (c.model_type == "mixtral") {
+    c.arch = Arch::kMixtral;
+  } else {
+    return r.Error("model_type \"" + c.model_type +
+                   "\" is not supported (supported: qwen3, qwen3_moe, mixtral)");
+  }
+
+  XT_RETURN_IF_ERROR(r.Int("vocab_size", &c.vocab_size, true));
+  XT_RETURN_IF_ERROR(r.Int("hidden_size", &c.hidden_size, true));
+  XT_RETURN_IF_ERROR(r.Int("num_hidden_layers", &c.num_layers, true));
+  XT_RETURN_IF_ERROR(r.Int("num_attention_heads", &c.num_heads, true));
+  c.num_kv_heads = c.num_heads;
+  XT_RETURN_IF_ERROR(r.Int("num_key_value_heads", &c.num_kv_heads, false));
+  XT_RETURN_IF_ERROR(r.Int("intermediate_size", &c.intermediate_size, c.arch != Arch::kQwen3Moe));
+  XT_RETURN_IF_ERROR(r.Double("rms_norm_eps", &c.rms_norm_eps, false));
+  XT_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c.tie_word_embeddings, false));
+  XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
+  for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+                         {"num_hidden_layers", c.num_layers}, {"num_attention_heads", c.num_heads},
+                         {"num_key_value_heads", c.num_kv_heads}}) {
+    XT_RETURN_IF_ERROR(Positive(r, name, v));
+  }
+  if (c.num_heads % c.num_kv_heads != 0)
+    return r.Error("num_attention_heads (" + std::to_string(c.num_heads) +
+                   ") must be a multiple of num_key_value_heads (" +
+                   std::to_string(c.num_kv_heads) + ")");
+  if (r.has("head_dim")) {
+    XT_RETURN_IF_ERROR(r.Int("head_dim", &c.head_dim, true));
+  } else {
+    if (c.hidden_size % c.num_heads != 0)
+      return r.Error("no \"head_dim\" and hidden_size is not a multiple of num_attention_heads");
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  XT_RETURN_IF_ERROR(Positive(r, "head_dim", c.head_dim));
+  if (c.head_dim % 2 != 0) return r.Error("head_dim must be even for RoPE");
+
+  // Options that change the maths and are not implemented: refuse rather than compute wrong.
+  std::string act = j.value("hidden_act", std::string("silu"));
+  if (act != "silu") return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
+  bool flag = false;
+  XT_RETURN_IF_ERROR(r.Bool("attention_bias", &flag, false));
+  if (flag) return r.Error("attention_bias=true is not implemented (supported: false)");
+  flag = false;
+  XT_RETURN_IF_ERROR(r.Bool("use_sliding_window", &flag, false));
+  if (flag) return r.Error("use_sliding_window=true is not implemented (supported: false)");
+  if (c.arch == Arch::kMixtral && r.has("sliding_window"))
+    return r.Error("sliding_window attention is not implemented (supported: null)");
+  double jitter = 0;
+  XT_RETURN_IF_ERROR(r.Double("router_jitter_noise", &jitter, false));
+  if (jitter != 0) return r.Error("router_jitter_noise != 0 is not implemented (supported: 0)");
+
+  c.qk_norm = c.arch != Arch::kMixtral;
+  c.layer_is_moe.assign(c.num_layers, false);
+  if (c.arch == Arch::kQwen3) {
+    XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
+    return c;
+  }
+
+  // MoE.
+  if (r.has("num_local_experts")) {
+    XT_RETURN_IF_ERROR(r.Int("num_local_experts", &c.num_experts, true));
+  } else if (r.has("num_experts")) {
+    XT_RETURN_IF_ERROR(r.Int("num_experts", &c.num_experts, true));
+  } else {
+    return r.Error("missing the expert count (\"num_local_experts\" or \"num_experts\")");
+  }
+  XT_RETURN_IF_ERROR(r.Int("num_experts_per_tok", &c.top_k, true));
+  XT_RETURN_IF_ERROR(Positive(r, "num_experts", c.num_experts));
+  XT_RETURN_IF_ERROR(Positive(r, "num_experts_per_tok", c.top_k));
+  if (c.top_k > c.num_experts)
+    return r.Error("num_experts_per_tok (" + std::to_string(c.top_k) + ") exceeds the expert count (" +
+                   std::to_string(c.num_experts) + ")");
+  XT_RETURN_IF_ERROR(r.Double("router_aux_loss_coef", &c.router_aux_loss_coef, false));
+
+  if (c.arch == Arch::kMixtral) {
+    c.moe_intermediate_size = c.intermediate_size;
+    c.norm_topk_prob = true;  // Mixtral always renormalises the top-k weights
+    c.layer_is_moe.assign(c.num_layers, true);
+  } else {  // qwen3_moe
+    XT_RETURN_IF_ERROR(r.Int("moe_intermediate_size", &c.moe_intermediate_size, true));
+    XT_RETURN_IF_ERROR(Positive(r, "moe_intermediate_size", c.moe_intermediate_size));
+    c.norm_topk_prob = false;
+    XT_RETURN_IF_ERROR(r.Bool("norm_topk_prob", &c.norm_topk_prob, false));
+    int64_t step = 1;
+    XT_RETURN_IF_ERROR(r.Int("decoder_sparse_step", &step, false));
+    XT_RETURN_IF_ERROR(Positive(r, "decoder_sparse_step", step));
+    std::vector<int64_t> mlp_only;
+    if (r.has("mlp_only_layers")) {
+      const json& m = j["mlp_only_layers"];
+      if (!m.is_array()) return r.Error("key \"mlp_only_layers\" must be a list of layer indices");
+      for (const json& v : m) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.num_layers)
+          return r.Error("mlp_only_layers entry " + v.dump() + " is not a layer index in [0, " +
+                         std::to_string(c.num_layers) + ")");
+        mlp_only.push_back(v.get<int64_t>());
+      }
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      bool only_mlp = std::find(mlp_only.begin(), mlp_only.end(), l) != mlp_only.end();
+      c.layer_is_moe[l] = !only_mlp && (l + 1) % step == 0;
+    }
+    bool any_dense = c.num_moe_layers() < c.num_layers;
+    if (any_dense) XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
+  }
+  return c;
+}
+
+Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
+  namespace fs = std::filesystem;
+  std::string path = dir_or_file;
+  if (fs::is_directory(path)) path = (fs::path(path) / "config.json").string();
+  std::ifstream in(path);
+  if (!in) return Status::Error(path + ": cannot open the model config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::Error(path + ": not valid JSON");
+  return FromJson(j, path);
+}
+
+json ModelConfig::ToJson() const {
+  json j;
+  static const char* kArch[] = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM"};
+  j["architectures"] = {kArch[int(arch)]};
+  j["model_type"] = model_type;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["num_hidden_layers"] = num_layers;
+  j["num_attention_heads"] = num_heads;
+  j["num_key_value_heads"] = num_kv_heads;
+  j["head_dim"] = head_dim;
+  j["intermediate_size"] = intermediate_size;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_parameters"] = {{"rope_theta", rope_theta}, {"rope_type", "default"}};
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["hidden_act"] = "silu";
+  j["dtype"] = "float32";
+  if (is_moe()) {
+    j["num_local_experts"] = num_experts;
+    j["num_experts_per_tok"] = top_k;
+    j["router_aux_loss_coef"] = router_aux_loss_coef;
+    if (arch == Arch::kQwen3Moe) {
+      j["moe_intermediate_size"] = moe_intermediate_size;
+      j["norm_topk_prob"] = norm_topk_prob;
+      j["decoder_sparse_step"] = 1;
+      json only = json::array();
+      for (int64_t l = 0; l < num_layers; ++l)
+        if (!layer_is_moe[l]) only.push_back(l);
+      j["mlp_only_layers"] = only;
+    }
+  }
+  return j;
+}
+
+}  // namespace xt

@@ -1,0 +1,268 @@
+// Causal attention over packed documents, FlashAttention-2 style, fp32 on the CPU.
+//
+// Each document is cut into blocks of kBlock tokens counted from its first token, used both as
+// query blocks and as key blocks, so query block b sees key blocks doc_begin .. b (the last one,
+// the diagonal, masked). A work item is (block, head); it owns its outputs, reads keys/values one
+// block at a time and keeps O(kBlock * D) scratch. Every output element is reduced in a fixed
+// order inside one work item: results are bit-identical for any thread count. No atomics.
+//
+//   forward:   s = q k^T * scale, online softmax (running max m, sum l), out = acc / l,
+//              lse = m + log(l).
+//   backward:  p = exp(s - lse), delta_i = <dout_i, out_i>, dp = dout v^T, ds = p (dp - delta),
+//              dv = p^T dout, dk = ds^T q * scale   (items: key block x kv head, all its q heads)
+//              dq = ds k * scale                    (items: query block x q head)
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt::ops {
+namespace {
+
+constexpr int64_t kBlock = 64;
+
+// Tokens [begin, begin + n) of the document [doc_begin, doc_end); n = min(kBlock, doc_end - begin).
+struct Block {
+  int64_t doc_begin, doc_end, begin, n;
+};
+
+std::vector<Block> MakeBlocks(const int32_t* cu, int64_t num_docs, int64_t T) {
+  XT_CHECK(cu[0] == 0 && cu[num_docs] == T, "attention: cu_seqlens must run from 0 to T");
+  std::vector<Block> blocks;
+  for (int64_t d = 0; d < num_docs; ++d) {
+    int64_t b0 = cu[d], b1 = cu[d + 1];
+    XT_CHECK(b0 <= b1, "attention: cu_seqlens must be non-decreasing");
+    for (int64_t b = b0; b < b1; b += kBlock)
+      blocks.push_back({b0, b1, b, std::min(kBlock, b1 - b)});
+  }
+  return blocks;
+}
+
+// exp(x) for x <= 88 as plain arithmetic (Cephes expf: 2^n * poly(r)), so that loops over it
+// vectorize (std::exp and std::floor do not without -ffast-math); relative error ~2e-7; 0 below
+// -87 (and for -inf).
+inline float Exp(float x) {
+  float xc = std::max(x, -87.0f);
+  float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;      // r = x - n ln2, |r| <= ln2 / 2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  float two_n = std::bit_cast<float>((int32_t(n) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * two_n;
+}
+
+// xt (D, kBlock) = rows [b.begin, b.begin + b.n) of head h of x (T, Hn, D), transposed; the
+// columns past b.n are zero.
+void PackTransposed(float* xt, const float* x, const Block& b, int64_t h, int64_t Hn, int64_t D) {
+  std::fill(xt, xt + D * kBlock, 0.0f);
+  for (int64_t j = 0; j < b.n; ++j) {
+    const float* row = x + ((b.begin + j) * Hn + h) * D;
+    for (int64_t d = 0; d < D; ++d) xt[d * kBlock + j] = row[d];
+  }
+}
+
+// s (kBlock, kBlock) = a (n, D; row stride lda) @ bt (D, kBlock) * scale; rows >= n untouched.
+// Two rows at a time (eight independent vector accumulators); each row sums over d in order.
+void ScoreTile(float* s, const float* a, int64_t lda, int64_t n, const float* bt, int64_t D,
+               float scale) {
+  for (int64_t i = 0; i < n; i += 2) {
+    const float* a0 = a + i * lda;
+    const float* a1 = i + 1 < n ? a0 + lda : a0;  // odd n: the last row twice
+    float acc0[kBlock] = {}, acc1[kBlock] = {};
+    for (int64_t d = 0; d < D; ++d) {  // (two j loops, not one: keeps acc in registers)
+      const float* col = bt + d * kBlock;
+      const float x0 = a0[d], x1 = a1[d];
+      for (int64_t j = 0; j < kBlock; ++j) acc0[j] += x0 * col[j];
+      for (int64_t j = 0; j < kBlock; ++j) acc1[j] += x1 * col[j];
+    }
+    for (int64_t j = 0; j < kBlock; ++j) s[i * kBlock + j] = acc0[j] * scale;
+    if (i + 1 < n)
+      for (int64_t j = 0; j < kBlock; ++j) s[(i + 1) * kBlock + j] = acc1[j] * scale;
+  }
+}
+
+// y (D) += sum_{j < n} c[j * cs] * x_j (D), x_j = x + j * xs; four rows at a time, in order.
+void AddRows(float* y, const float* c, int64_t cs, const float* x, int64_t xs, int64_t n,
+             int64_t D) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float c0 = c[j * cs], c1 = c[(j + 1) * cs], c2 = c[(j + 2) * cs], c3 = c[(j + 3) * cs];
+    const float *x0 = x + j * xs, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;
+    for (int64_t d = 0; d < D; ++d) y[d] += c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d];
+  }
+  for (; j < n; ++j) {
+    const float cj = c[j * cs], *xj = x + j * xs;
+    for (int64_t d = 0; d < D; ++d) y[d] += cj * xj[d];
+  }
+}
+
+// Key block starting at kb0 of the document of block b.
+Block KeyBlock(const Block& b, int64_t kb0) {
+  return {b.doc_begin, b.doc_end, kb0, std::min(kBlock, b.doc_end - kb0)};
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                       int64_t Hkv, int64_t D, float scale) {
+  XT_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention: Hq must be a multiple of Hkv");
+  const int64_t group = Hq / Hkv;
+  const std::vector<Block> blocks = MakeBlocks(cu_seqlens, num_docs, T);
+  const int64_t items = int64_t(blocks.size()) * Hq;
+#pragma omp parallel
+  {
+    // Per-thread scratch: kt (D, kBlock), s (kBlock, kBlock), acc (kBlock, D).
+    std::vector<float> kt(D * kBlock), s(kBlock * kBlock), acc(kBlock * D);
+    float m[kBlock], l[kBlock];  // running max and sum of exp per query row
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const Block& qb = blocks[it / Hq];
+      const int64_t h = it % Hq, g = h / group;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(m, m + kBlock, -std::numeric_limits<float>::infinity());
+      std::fill(l, l + kBlock, 0.0f);
+      for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
+        const Block kb = KeyBlock(qb, kb0);
+        PackTransposed(kt.data(), k, kb, g, Hkv, D);
+        ScoreTile(s.data(), q + (qb.begin * Hq + h) * D, Hq * D, qb.n, kt.data(), D, scale);
+        for (int64_t i = 0; i < qb.n; ++i) {
+          const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);  // causal keys; n >= 1
+          float* p = s.data() + i * kBlock;                          // (n) scores -> exp
+          float mx = m[i];
+          for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
+          for (int64_t j = 0; j < n; ++j) p[j] = Exp(p[j] - mx);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < n; ++j) sum += p[j];
+          const float corr = Exp(m[i] - mx);  // rescales the old sum and accumulator; 0 at first
+          l[i] = l[i] * corr + sum;
+          m[i] = mx;
+          float* a = acc.data() + i * D;  // (D)
+          for (int64_t d = 0; d < D; ++d) a[d] *= corr;
+          AddRows(a, p, 1, v + (kb0 * Hkv + g) * D, Hkv * D, n, D);
+        }
+      }
+      for (int64_t i = 0; i < qb.n; ++i) {
+        const int64_t r = (qb.begin + i) * Hq + h;
+        const float inv = 1.0f / l[i];
+        for (int64_t d = 0; d < D; ++d) out[r * D + d] = acc[i * D + d] * inv;
+        lse[r] = m[i] + std::log(l[i]);
+      }
+    }
+  }
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                        const float* lse, const float* q, const float* k, const float* v,
+                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                        int64_t Hkv, int64_t D, float scale) {
+  XT_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention: Hq must be a multiple of Hkv");
+  const int64_t group = Hq / Hkv;
+  const std::vector<Block> blocks = MakeBlocks(cu_seqlens, num_docs, T);
+
+  // delta (T, Hq) = rowsum(dout * out).
+  std::vector<float> delta(T * Hq);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < T * Hq; ++r) {
+    float sum = 0.0f;
+    for (int64_t d = 0; d < D; ++d) sum += dout[r * D + d] * out[r * D + d];
+    delta[r] = sum;
+  }
+
+  // Tile of query block qb (head h) x key block kb (packed kt, vt (D, kBlock)):
+  // p (kBlock, kBlock) = exp(s - lse), ds (kBlock, kBlock) = p * (dout v^T - delta). Only the
+  // causal entries (row i: j <= qb.begin + i - kb.begin) are meaningful.
+  auto tile = [&](float* p, float* ds, const Block& qb, int64_t h, const Block& kb, const float* kt,
+                  const float* vt) {
+    ScoreTile(p, q + (qb.begin * Hq + h) * D, Hq * D, qb.n, kt, D, scale);
+    ScoreTile(ds, dout + (qb.begin * Hq + h) * D, Hq * D, qb.n, vt, D, 1.0f);  // dp
+    for (int64_t i = 0; i < qb.n; ++i) {
+      const int64_t r = (qb.begin + i) * Hq + h, n = std::min(kb.n, qb.begin + i - kb.begin + 1);
+      float *pi = p + i * kBlock, *dsi = ds + i * kBlock;
+      for (int64_t j = 0; j < n; ++j) pi[j] = Exp(pi[j] - lse[r]);
+      for (int64_t j = 0; j < n; ++j) dsi[j] = pi[j] * (dsi[j] - delta[r]);
+    }
+  };
+
+  // dk, dv: one item per (key block, kv head); it walks the group's q heads, then the causal
+  // query blocks, in order.
+  const int64_t kv_items = int64_t(blocks.size()) * Hkv;
+#pragma omp parallel
+  {
+    std::vector<float> kt(D * kBlock), vt(D * kBlock), p(kBlock * kBlock), ds(kBlock * kBlock);
+    std::vector<float> dk_acc(kBlock * D), dv_acc(kBlock * D);  // (kBlock, D)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < kv_items; ++it) {
+      const Block& kb = blocks[it / Hkv];
+      const int64_t g = it % Hkv;
+      PackTransposed(kt.data(), k, kb, g, Hkv, D);
+      PackTransposed(vt.data(), v, kb, g, Hkv, D);
+      std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
+      std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        for (int64_t qb0 = kb.begin; qb0 < kb.doc_end; qb0 += kBlock) {
+          const Block qb = KeyBlock(kb, qb0);
+          tile(p.data(), ds.data(), qb, h, kb, kt.data(), vt.data());
+          const float* qh = q + (qb0 * Hq + h) * D;      // row i at qh + i * Hq * D
+          const float* doh = dout + (qb0 * Hq + h) * D;  // likewise
+          for (int64_t j = 0; j < kb.n; ++j) {
+            const int64_t i0 = std::max<int64_t>(0, kb.begin + j - qb0);  // first causal row
+            const int64_t off = i0 * kBlock + j, rows = qb.n - i0;
+            AddRows(dv_acc.data() + j * D, p.data() + off, kBlock, doh + i0 * Hq * D, Hq * D, rows,
+                    D);
+            AddRows(dk_acc.data() + j * D, ds.data() + off, kBlock, qh + i0 * Hq * D, Hq * D, rows,
+                    D);
+          }
+        }
+      }
+      for (int64_t j = 0; j < kb.n; ++j) {
+        const int64_t r = (kb.begin + j) * Hkv + g;
+        for (int64_t d = 0; d < D; ++d) {
+          dk[r * D + d] = dk_acc[j * D + d] * scale;
+          dv[r * D + d] = dv_acc[j * D + d];
+        }
+      }
+    }
+  }
+
+  // dq: one item per (query block, q head); it walks its causal key blocks in order.
+  const int64_t q_items = int64_t(blocks.size()) * Hq;
+#pragma omp parallel
+  {
+    std::vector<float> kt(D * kBlock), vt(D * kBlock), p(kBlock * kBlock), ds(kBlock * kBlock);
+    std::vector<float> dq_acc(kBlock * D);  // (kBlock, D)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < q_items; ++it) {
+      const Block& qb = blocks[it / Hq];
+      const int64_t h = it % Hq, g = h / group;
+      std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
+      for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
+        const Block kb = KeyBlock(qb, kb0);
+        PackTransposed(kt.data(), k, kb, g, Hkv, D);
+        PackTransposed(vt.data(), v, kb, g, Hkv, D);
+        tile(p.data(), ds.data(), qb, h, kb, kt.data(), vt.data());
+        for (int64_t i = 0; i < qb.n; ++i) {
+          const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);
+          AddRows(dq_acc.data() + i * D, ds.data() + i * kBlock, 1, k + (kb0 * Hkv + g) * D,
+                  Hkv * D, n, D);
+        }
+      }
+      for (int64_t i = 0; i < qb.n; ++i) {
+        const int64_t r = (qb.begin + i) * Hq + h;
+        for (int64_t d = 0; d < D; ++d) dq[r * D + d] = dq_acc[i * D + d] * scale;
+      }
+    }
+  }
+}
+
+}  // namespace xt::ops

@@ -1,0 +1,151 @@
+// config.json parsing: both transformers spellings, sparse-layer rules, and clear errors.
+#include "xtuner/model/config.h"
+
+#include <gtest/gtest.h>
+
+#include "util/testing.h"
+
+namespace xt {
+namespace {
+
+using nlohmann::json;
+
+json Qwen3MoeV5() {
+  return json::parse(R"({
+    "model_type": "qwen3_moe", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 4,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128,
+    "moe_intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "rms_norm_eps": 1e-6,
+    "router_aux_loss_coef": 0.01, "tie_word_embeddings": false, "hidden_act": "silu",
+    "attention_bias": false, "use_sliding_window": false, "sliding_window": null})");
+}
+
+std::string ErrorOf(const json& j) {
+  auto r = ModelConfig::FromJson(j, "cfg.json");
+  return r.ok() ? "" : r.status().message();
+}
+
+TEST(ModelConfig, ReadsTheFixtures) {
+  auto moe = ModelConfig::Load(testing::DataPath("qwen3_moe_tiny"));
+  ASSERT_TRUE(moe.ok()) << moe.status().message();
+  EXPECT_EQ(moe->arch, Arch::kQwen3Moe);
+  EXPECT_EQ(moe->num_experts, 8);
+  EXPECT_EQ(moe->top_k, 2);
+  EXPECT_TRUE(moe->qk_norm);
+  EXPECT_EQ(moe->num_moe_layers(), 2);
+  auto mix = ModelConfig::Load(testing::DataPath("mixtral_tiny"));
+  ASSERT_TRUE(mix.ok()) << mix.status().message();
+  EXPECT_EQ(mix->num_experts, 4);
+  EXPECT_FALSE(mix->qk_norm);
+  EXPECT_TRUE(mix->norm_topk_prob);
+  EXPECT_DOUBLE_EQ(mix->rope_theta, 1e6);
+  EXPECT_EQ(mix->moe_intermediate_size, 48);
+  auto dense = ModelConfig::Load(testing::DataPath("qwen3_dense_tiny"));
+  ASSERT_TRUE(dense.ok()) << dense.status().message();
+  EXPECT_FALSE(dense->is_moe());
+  EXPECT_EQ(dense->num_moe_layers(), 0);
+}
+
+TEST(ModelConfig, TransformersV4SpellingsGiveTheSameConfig) {
+  json v4 = Qwen3MoeV5();
+  v4.erase("num_local_experts");
+  v4["num_experts"] = 8;
+  v4.erase("rope_parameters");
+  v4["rope_theta"] = 1000000;  // an integer, as some hub configs write it
+  v4["rope_scaling"] = nullptr;
+  auto a = ModelConfig::FromJson(Qwen3MoeV5(), "v5");
+  auto b = ModelConfig::FromJson(v4, "v4");
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status().message();
+  EXPECT_EQ(b->num_experts, 8);
+  EXPECT_DOUBLE_EQ(b->rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(a->rope_theta, 1e4);
+}
+
+TEST(ModelConfig, SparseLayersFollowStepAndMlpOnlyLayers) {
+  json j = Qwen3MoeV5();
+  j["decoder_sparse_step"] = 2;
+  j["mlp_only_layers"] = {3};
+  auto c = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  // transformers: sparse iff layer not in mlp_only_layers and (layer + 1) % step == 0.
+  EXPECT_EQ(c->layer_is_moe, (std::vector<bool>{false, true, false, false}));
+}
+
+TEST(ModelConfig, HeadDimDefaultsToHiddenOverHeads) {
+  json j = Qwen3MoeV5();
+  j.erase("head_dim");
+  auto c = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->head_dim, 16);
+}
+
+TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
+  json j = Qwen3MoeV5();
+  j["model_type"] = "llama";
+  EXPECT_NE(ErrorOf(j).find("cfg.json: model_type \"llama\" is not supported (supported: qwen3, "
+                            "qwen3_moe, mixtral)"),
+            std::string::npos);
+  j = Qwen3MoeV5();
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", 4.0}};
+  EXPECT_NE(ErrorOf(j).find("\"yarn\" is not implemented"), std::string::npos) << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j.erase("rope_parameters");
+  j["rope_theta"] = 1e4;
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_NE(ErrorOf(j).find("rope_scaling type \"linear\" is not implemented"), std::string::npos);
+  j = Qwen3MoeV5();
+  j.erase("hidden_size");
+  EXPECT_NE(ErrorOf(j).find("cfg.json: missing required key \"hidden_size\""), std::string::npos);
+  j = Qwen3MoeV5();
+  j["num_attention_heads"] = "four";
+  EXPECT_NE(ErrorOf(j).find("\"num_attention_heads\" must be an integer"), std::string::npos);
+  j = Qwen3MoeV5();
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(ErrorOf(j).find("must be a multiple of num_key_value_heads"), std::string::npos);
+  j = Qwen3MoeV5();
+  j["num_experts_per_tok"] = 9;
+  EXPECT_NE(ErrorOf(j).find("exceeds the expert count"), std::string::npos);
+  j = Qwen3MoeV5();
+  j.erase("num_local_experts");
+  EXPECT_NE(ErrorOf(j).find("num_local_experts"), std::string::npos);
+  j = Qwen3MoeV5();
+  j["attention_bias"] = true;
+  EXPECT_NE(ErrorOf(j).find("attention_bias=true is not implemented"), std::string::npos);
+  j = Qwen3MoeV5();
+  j["hidden_act"] = "gelu";
+  EXPECT_NE(ErrorOf(j).find("hidden_act \"gelu\""), std::string::npos);
+  j = Qwen3MoeV5();
+  j["mlp_only_layers"] = {7};
+  EXPECT_NE(ErrorOf(j).find("mlp_only_layers entry 7"), std::string::npos);
+  EXPECT_NE(ErrorOf(json::array()).find("must be a JSON object"), std::string::npos);
+}
+
+TEST(ModelConfig, LoadReportsMissingAndInvalidFiles) {
+  auto r = ModelConfig::Load("/nonexistent/dir");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("/nonexistent/dir"), std::string::npos);
+  std::string dir = testing::TempDir("cfg");
+  FILE* f = std::fopen((dir + "/config.json").c_str(), "w");
+  std::fputs("{\"model_type\": ", f);
+  std::fclose(f);
+  r = ModelConfig::Load(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("config.json: not valid JSON"), std::string::npos);
+}
+
+TEST(ModelConfig, ToJsonRoundTrips) {
+  json j = Qwen3MoeV5();
+  j["mlp_only_layers"] = {0, 2};
+  auto a = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(a.ok());
+  auto b = ModelConfig::FromJson(a->ToJson(), "y");
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ(a->layer_is_moe, b->layer_is_moe);
+  EXPECT_EQ(a->num_experts, b->num_experts);
+  EXPECT_EQ(a->norm_topk_prob, b->norm_topk_prob);
+  EXPECT_DOUBLE_EQ(a->rope_theta, b->rope_theta);
+}
+
+}  // namespace
+}  // namespace xt

