@@ -43,6 +43,7 @@ void ExpectParity(const std::string& dir, const std::string& batch_path) {
   auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
   auto got = SafetensorsFile::Open(out);
   ASSERT_TRUE(ref.ok() && got.ok());
+  auto exact = SafetensorsFile::Open(dir + "/exact.safetensors");  // optional
 
   int compared = 0, grads = 0;
   double worst = 0;
@@ -58,7 +59,18 @@ void ExpectParity(const std::string& dir, const std::string& batch_path) {
     ASSERT_TRUE(want.ok()) << want.status().message();
     ASSERT_TRUE(have.ok()) << name << ": " << have.status().message();
     double err = testing::RelError(have->f32(), want->data(), have->numel());
-    EXPECT_LE(err, kTol) << dir << ": " << name;
+    if (exact.ok() && exact->contains(name)) {
+      // transformers' own fp32 round-off dominates this reference tensor (see exact.safetensors
+      // in the variants README): hold the engine to the true float64 value instead, and to the
+      // HF value within that round-off.
+      auto truth = exact->GetF64(name, info->shape);
+      ASSERT_TRUE(truth.ok()) << truth.status().message();
+      EXPECT_LE(testing::RelError(have->f32(), truth->data(), have->numel()), kTol) << name;
+      EXPECT_LE(err, 5e-5) << dir << ": " << name;
+      err = testing::RelError(have->f32(), truth->data(), have->numel());
+    } else {
+      EXPECT_LE(err, kTol) << dir << ": " << name;
+    }
     if (err > worst) worst = err, worst_name = name;
     ++compared;
     grads += name.rfind("grad.", 0) == 0;
@@ -99,6 +111,16 @@ TEST_P(FixtureParity, DebugDumpMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
                          ::testing::Values("qwen3_moe_tiny", "qwen3_dense_tiny", "mixtral_tiny"));
+
+// Checkpoints made by tools/reference/make_reference.py (tests/data/variants/README.md): v4
+// config spellings, tied embeddings, dense layers among MoE layers, norm_topk_prob=false, top-1,
+// top-E, MQA, head_dim 12, sharded files and BF16 weights.
+INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
+                         ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
+                                           "variants/qwen3_dense_gqa4_tied",
+                                           "variants/mixtral_k1_mqa",
+                                           "variants/qwen3_moe_bf16_kE"),
+                         [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace
 }  // namespace xt

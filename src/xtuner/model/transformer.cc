@@ -285,7 +285,12 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   vector<float> dx(T * H);
   ops::rmsnorm_backward(dx.data(), G + layout_.final_norm, dh.data(), acts.x_final.data(),
                         P + layout_.final_norm, acts.rstd_final.data(), T, H);
-  for (double& g : dprob_e) g *= cfg_.router_aux_loss_coef * aux_weight;
+  // The softmax backward ignores a constant added to d probs (the probabilities sum to 1), so
+  // centre the gradient: the experts' gradients differ only by their counts, and without the
+  // common part the fp32 softmax backward no longer cancels most of its digits.
+  double mean_dprob = 0;
+  for (double g : dprob_e) mean_dprob += g / double(E);
+  for (double& g : dprob_e) g = (g - mean_dprob) * cfg_.router_aux_loss_coef * aux_weight;
   const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
   for (int64_t l = L - 1; l >= 0; --l)
     LayerBackward(l, b, dx.data(), &acts, aux_grad ? dprob_e.data() : nullptr);

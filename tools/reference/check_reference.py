@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Independent check of fixture dirs (shared/fixtures/* or tests/data/variants/*).
+
+A from-scratch float64 PyTorch implementation of Qwen3 / Qwen3-MoE / Mixtral that uses only
+config.json (v4 or v5 spellings) and the hub-named safetensors (single file or sharded, float32
+or bf16), i.e. what a C++ engine sees; no transformers. It recomputes logits, hidden states,
+router logits, ce/aux/loss, all gradients (autograd) and the packed logits (one packed row with a
+block-diagonal causal mask and restarting positions) and prints the max abs/rel differences
+against reference.safetensors. It computes everything in true float64 (transformers rounds
+RMSNorm, the eager attention softmax, RoPE cos/sin and the router softmax through float32), so
+differences of ~1e-6 are expected; anything >= --tol fails.
+
+Usage: python tools/reference/check_reference.py DIR [DIR ...] [--tol 1e-4] [--write-exact NAMES]
+
+--write-exact NAMES (comma-separated hub tensor names) also writes DIR/exact.safetensors with the
+true float64 gradients `grad.<name>` of those tensors: for gradients that transformers' float32
+roundings make inexact (e.g. Mixtral's top-1 router, whose renormalised weight is exactly 1, so
+its CE gradient is round-off only), the engine's tests compare against these instead.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+
+def load_weights(d):
+    w = {}
+    for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        if os.path.basename(f) != "reference.safetensors":
+            w.update(load_file(f))
+    return {k: v.to(torch.float64).requires_grad_(True) for k, v in w.items()}
+
+
+def parse_config(c):
+    mt = c["model_type"]
+    H = c["hidden_size"]
+    nh = c["num_attention_heads"]
+    rope = c.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+    E = c.get("num_local_experts", c.get("num_experts", 0)) if mt != "qwen3" else 0
+    L = c["num_hidden_layers"]
+    if mt == "qwen3_moe":
+        mlp_only = c.get("mlp_only_layers") or []
+        step = c.get("decoder_sparse_step", 1)
+        moe = [i for i in range(L) if i not in mlp_only and E > 0 and (i + 1) % step == 0]
+    elif mt == "mixtral":
+        moe = list(range(L))
+    else:
+        moe = []
+    return dict(
+        mt=mt, H=H, nh=nh, nkv=c["num_key_value_heads"], hd=c.get("head_dim") or H // nh, L=L,
+        eps=c["rms_norm_eps"], theta=float(theta), E=E, k=c.get("num_experts_per_tok", 0),
+        norm_topk=(c.get("norm_topk_prob", False) if mt == "qwen3_moe" else True),
+        coef=c.get("router_aux_loss_coef", 0.0), tied=c.get("tie_word_embeddings", False),
+        V=c["vocab_size"], moe=moe, qk_norm=mt in ("qwen3", "qwen3_moe"),
+    )
+
+
+def rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rope(x, pos, theta):  # x [B, h, S, hd], pos [B, S]; rotate_half convention
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = pos[:, None, :, None].double() * inv  # [B,1,S,hd/2]
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def forward(w, p, ids, pos, mask):
+    """ids [B,S]; pos [B,S]; mask [B,S,S] bool (True = may attend). Returns logits, hs, router."""
+    B, S = ids.shape
+    x = w["model.embed_tokens.weight"][ids]
+    hs, router = [x], {}
+    for i in range(p["L"]):
+        pre = f"model.layers.{i}."
+        h = rms(x, w[pre + "input_layernorm.weight"], p["eps"])
+        q = (h @ w[pre + "self_attn.q_proj.weight"].T).view(B, S, p["nh"], p["hd"])
+        k = (h @ w[pre + "self_attn.k_proj.weight"].T).view(B, S, p["nkv"], p["hd"])
+        v = (h @ w[pre + "self_attn.v_proj.weight"].T).view(B, S, p["nkv"], p["hd"])
+        if p["qk_norm"]:  # per head over head_dim, before RoPE
+            q = rms(q, w[pre + "self_attn.q_norm.weight"], p["eps"])
+            k = rms(k, w[pre + "self_attn.k_norm.weight"], p["eps"])
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = rope(q, pos, p["theta"]), rope(k, pos, p["theta"])
+        rep = p["nh"] // p["nkv"]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = (q @ k.transpose(-1, -2)) * p["hd"] ** -0.5
+        s = s.masked_fill(~mask[:, None], float("-inf"))
+        a = torch.softmax(s, -1) @ v
+        x = x + a.transpose(1, 2).reshape(B, S, -1) @ w[pre + "self_attn.o_proj.weight"].T
+        h = rms(x, w[pre + "post_attention_layernorm.weight"], p["eps"])
+        if i in p["moe"]:
+            mix = p["mt"] == "mixtral"
+            mp = pre + ("block_sparse_moe." if mix else "mlp.")
+            t = h.reshape(-1, p["H"])
+            lg = t @ w[mp + "gate.weight"].T
+            router[i] = lg
+            probs = torch.softmax(lg, -1)
+            top, idx = torch.topk(probs, p["k"], -1)
+            if p["norm_topk"]:
+                top = top / top.sum(-1, keepdim=True)
+            out = torch.zeros_like(t)
+            for e in range(p["E"]):
+                g_, u_, d_ = (("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj"))
+                ex = lambda n: w[f"{mp}experts.{e}.{n}.weight"]  # noqa: E731
+                y = (F.silu(t @ ex(g_).T) * (t @ ex(u_).T)) @ ex(d_).T
+                wt = (top * (idx == e)).sum(-1, keepdim=True)
+                out = out + wt * y
+            x = x + out.view(B, S, -1)
+        else:
+            mp = pre + "mlp."
+            x = x + (F.silu(h @ w[mp + "gate_proj.weight"].T) * (h @ w[mp + "up_proj.weight"].T)) \
+                @ w[mp + "down_proj.weight"].T
+        hs.append(x)
+    x = rms(x, w["model.norm.weight"], p["eps"])
+    hs[-1] = x  # transformers' last hidden state is after the final norm
+    head = w["model.embed_tokens.weight"] if p["tied"] else w["lm_head.weight"]
+    return x @ head.T, hs, router
+
+
+def aux_loss(router, E, k):
+    f = torch.zeros(E, dtype=torch.float64)
+    pr = torch.zeros(E, dtype=torch.float64)
+    n = 0
+    for lg in router.values():
+        probs = torch.softmax(lg, -1)
+        f = f + torch.bincount(torch.topk(probs, k, -1).indices.reshape(-1), minlength=E).double()
+        pr = pr + probs.sum(0)
+        n += lg.shape[0]
+    return E * torch.sum((f / n) * (pr / n))
+
+
+def check(d, tol, exact_names=()):
+    c = json.load(open(os.path.join(d, "config.json")))
+    p = parse_config(c)
+    w = load_weights(d)
+    r = load_file(os.path.join(d, "reference.safetensors"))
+    ids, labels = r["input_ids"], r["labels"]
+    B, S = ids.shape
+    causal = torch.ones(S, S, dtype=torch.bool).tril()[None].expand(B, S, S)
+    pos = torch.arange(S)[None].expand(B, S)
+    logits, hs, router = forward(w, p, ids, pos, causal)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, p["V"]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss = ce
+    res = {}
+    if p["moe"]:
+        aux = aux_loss(router, p["E"], p["k"])
+        loss = ce + p["coef"] * aux
+        res["aux_loss"] = abs(float(aux) - float(r["aux_loss"]))
+        for i, lg in router.items():
+            res[f"router_logits.{i}"] = float((lg - r[f"router_logits.{i}"]).abs().max())
+        extra = sorted(k for k in r if k.startswith("router_logits.") and int(k.split(".")[1]) not in router)
+        assert not extra, f"reference has router logits for non-MoE layers {extra}"
+    loss.backward()
+    res["ce_loss"] = abs(float(ce) - float(r["ce_loss"]))
+    res["loss"] = abs(float(loss) - float(r["loss"]))
+    res["logits"] = float((logits - r["logits"]).abs().max())
+    for i, h in enumerate(hs):
+        res[f"hidden_states.{i}"] = float((h - r[f"hidden_states.{i}"]).abs().max())
+    gkeys = {k[5:] for k in r if k.startswith("grad.")}
+    assert gkeys == set(w), f"grad names != weight names: {gkeys ^ set(w)}"
+    gmax = 0.0
+    for k, t in w.items():
+        ref = r["grad." + k]
+        scale = max(float(ref.abs().max()), 1e-3)
+        gmax = max(gmax, float((t.grad - ref).abs().max()) / scale)
+    res["grads (max abs diff / max |grad|)"] = gmax
+    if exact_names:
+        from safetensors.torch import save_file
+        save_file({"grad." + k: w[k].grad.detach().clone() for k in exact_names},
+                  os.path.join(d, "exact.safetensors"))
+    # packed: one row, block-diagonal causal mask, positions restart per document
+    pid, cu = r["packed.input_ids"], r["packed.cu_seqlens"].tolist()
+    N = pid.shape[1]
+    doc = torch.zeros(N, dtype=torch.long)
+    for j in range(len(cu) - 1):
+        doc[cu[j]:cu[j + 1]] = j
+    m = (doc[:, None] == doc[None, :]) & torch.ones(N, N, dtype=torch.bool).tril()
+    ppos = torch.cat([torch.arange(cu[j + 1] - cu[j]) for j in range(len(cu) - 1)])[None]
+    assert torch.equal(ppos, r["packed.position_ids"]), "packed.position_ids"
+    with torch.no_grad():
+        plog, _, _ = forward(w, p, pid, ppos, m[None])
+    res["packed.logits"] = float((plog - r["packed.logits"]).abs().max())
+    bad = {k: v for k, v in res.items() if not v < tol}
+    print(f"== {d}: moe layers {p['moe']}, {'FAIL' if bad else 'ok'}")
+    for k, v in res.items():
+        print(f"   {k:40s} {v:.3g}")
+    return not bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--write-exact", default="")
+    a = ap.parse_args()
+    names = [n for n in a.write_exact.split(",") if n]
+    ok = all([check(d, a.tol, names) for d in a.dirs])
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
