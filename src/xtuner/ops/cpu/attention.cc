@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -106,6 +105,25 @@ void AddRows(float* y, const float* c, int64_t cs, const float* x, int64_t xs, i
   }
 }
 
+// Max and sum of x (kBlock), reduced in kLanes interleaved partial results then across them: a
+// fixed order that vectorizes without -ffast-math.
+constexpr int64_t kLanes = 16;
+float RowMax(const float* x) {
+  float lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[l];
+  for (int64_t j = kLanes; j < kBlock; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+  return *std::max_element(lanes, lanes + kLanes);
+}
+float RowSum(const float* x) {
+  float lanes[kLanes] = {};
+  for (int64_t j = 0; j < kBlock; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
+  float sum = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
 // Key block starting at kb0 of the document of block b.
 Block KeyBlock(const Block& b, int64_t kb0) {
   return {b.doc_begin, b.doc_end, kb0, std::min(kBlock, b.doc_end - kb0)};
@@ -127,7 +145,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
     float m[kBlock], l[kBlock];  // running max and sum of exp per query row
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
-      const Block& qb = blocks[it / Hq];
+      const Block& qb = blocks[blocks.size() - 1 - it / Hq];  // late (costly) blocks first
       const int64_t h = it % Hq, g = h / group;
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(m, m + kBlock, -std::numeric_limits<float>::infinity());
@@ -138,12 +156,11 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
         ScoreTile(s.data(), q + (qb.begin * Hq + h) * D, Hq * D, qb.n, kt.data(), D, scale);
         for (int64_t i = 0; i < qb.n; ++i) {
           const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);  // causal keys; n >= 1
-          float* p = s.data() + i * kBlock;                          // (n) scores -> exp
-          float mx = m[i];
-          for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
-          for (int64_t j = 0; j < n; ++j) p[j] = Exp(p[j] - mx);
-          float sum = 0.0f;
-          for (int64_t j = 0; j < n; ++j) sum += p[j];
+          float* p = s.data() + i * kBlock;  // (kBlock) scores -> exp(score - max)
+          std::fill(p + n, p + kBlock, -std::numeric_limits<float>::infinity());  // masked
+          const float mx = std::max(m[i], RowMax(p));
+          for (int64_t j = 0; j < kBlock; ++j) p[j] = Exp(p[j] - mx);
+          const float sum = RowSum(p);
           const float corr = Exp(m[i] - mx);  // rescales the old sum and accumulator; 0 at first
           l[i] = l[i] * corr + sum;
           m[i] = mx;
@@ -243,7 +260,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     std::vector<float> dq_acc(kBlock * D);  // (kBlock, D)
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < q_items; ++it) {
-      const Block& qb = blocks[it / Hq];
+      const Block& qb = blocks[blocks.size() - 1 - it / Hq];  // late (costly) blocks first
       const int64_t h = it % Hq, g = h / group;
       std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
       for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
