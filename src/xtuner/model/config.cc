@@ -215,6 +215,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
 Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
   namespace fs = std::filesystem;
   std::string path = dir_or_file;
+  if (!fs::exists(path))
+    return Status::Error(path + ": no such model directory (expected config.json and safetensors)");
   if (fs::is_directory(path)) path = (fs::path(path) / "config.json").string();
   std::ifstream in(path);
   if (!in) return Status::Error(path + ": cannot open the model config");
