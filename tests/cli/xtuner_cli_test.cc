@@ -1,10 +1,10 @@
 // The xtuner binary as a user runs it: exit codes and messages.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <string>
-#include <sys/wait.h>
 
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
@@ -31,8 +31,8 @@ CliRun Xtuner(const std::string& args) {
 TEST(XtunerCli, DebugDumpWritesTheComparisonFile) {
   const std::string dir = testing::DataPath("qwen3_moe_tiny");
   const std::string out = testing::TempDir("cli") + "/dump.safetensors";
-  CliRun r = Xtuner("debug-dump --model " + dir + " --batch " + dir + "/reference.safetensors --out " +
-                 out);
+  CliRun r = Xtuner("debug-dump --model " + dir + " --batch " + dir +
+                    "/reference.safetensors --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("debug-dump: qwen3_moe: 32 tokens, loss 5.7687"), std::string::npos)
       << r.output;
@@ -56,7 +56,7 @@ TEST(XtunerCli, BadInputsNameTheFile) {
   const std::string dir = testing::DataPath("qwen3_moe_tiny");
   const std::string tmp = testing::TempDir("clibad");
   CliRun r = Xtuner("debug-dump --model /no/such/model --batch " + dir +
-                 "/reference.safetensors --out " + tmp + "/o.safetensors");
+                    "/reference.safetensors --out " + tmp + "/o.safetensors");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("xtuner: error: /no/such/model"), std::string::npos) << r.output;
   // A batch file that is not safetensors.
@@ -68,7 +68,9 @@ TEST(XtunerCli, BadInputsNameTheFile) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find(junk), std::string::npos) << r.output;
   // A batch without input_ids.
-  ASSERT_TRUE(WriteSafetensors(tmp + "/b.safetensors", {{"labels", Tensor::Zeros(DType::I64, {1, 4})}}).ok());
+  ASSERT_TRUE(
+      WriteSafetensors(tmp + "/b.safetensors", {{"labels", Tensor::Zeros(DType::I64, {1, 4})}})
+          .ok());
   r = Xtuner("debug-dump --model " + dir + " --batch " + tmp + "/b.safetensors --out " + tmp +
              "/o.safetensors");
   EXPECT_EQ(r.code, 1);

@@ -82,7 +82,8 @@ TEST(Checkpoint, TiedModelIgnoresAStrayLmHeadLikeTransformers) {
 
 TEST(Checkpoint, MissingTensorIsNamed) {
   auto tensors = FixtureTensors("qwen3_moe_tiny");
-  std::erase_if(tensors, [](auto& p) { return p.first == "model.layers.1.mlp.experts.3.up_proj.weight"; });
+  std::erase_if(tensors,
+                [](auto& p) { return p.first == "model.layers.1.mlp.experts.3.up_proj.weight"; });
   std::string err = LoadError(WriteCheckpoint("qwen3_moe_tiny", tensors));
   EXPECT_NE(err.find("no tensor \"model.layers.1.mlp.experts.3.up_proj.weight\" (shape [32, 64])"),
             std::string::npos)

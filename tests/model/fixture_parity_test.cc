@@ -81,10 +81,12 @@ void ExpectParity(const std::string& dir, const std::string& batch_path) {
                     name == "packed.logits" || name.rfind("grad.", 0) == 0 ||
                     name.rfind("hidden_states.", 0) == 0 || name.rfind("router_logits.", 0) == 0 ||
                     (name == "aux_loss" && cfg->is_moe());
-    if (expected) EXPECT_TRUE(got->contains(name)) << dir << ": dump lacks " << name;
+    if (expected) {
+      EXPECT_TRUE(got->contains(name)) << dir << ": dump lacks " << name;
+    }
   }
-  std::printf("parity %s: %d tensors (%d gradients), worst relative error %.2e (%s)\n",
-              dir.c_str(), compared, grads, worst, worst_name.c_str());
+  std::printf("parity %s: %d tensors (%d gradients), worst relative error %.2e (%s)\n", dir.c_str(),
+              compared, grads, worst, worst_name.c_str());
   EXPECT_GT(grads, 5);
   EXPECT_GT(compared, grads);
 
@@ -118,8 +120,7 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
-                                           "variants/mixtral_k1_mqa",
-                                           "variants/qwen3_moe_bf16_kE"),
+                                           "variants/mixtral_k1_mqa", "variants/qwen3_moe_bf16_kE"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

@@ -23,9 +23,15 @@ struct Case {
 };
 
 json Base(const char* model_type) {
-  return json{{"model_type", model_type}, {"vocab_size", 37},        {"hidden_size", 24},
-              {"num_hidden_layers", 2},   {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-              {"head_dim", 8},            {"intermediate_size", 20},  {"rms_norm_eps", 1e-6},
+  return json{{"model_type", model_type},
+              {"vocab_size", 37},
+              {"hidden_size", 24},
+              {"num_hidden_layers", 2},
+              {"num_attention_heads", 4},
+              {"num_key_value_heads", 2},
+              {"head_dim", 8},
+              {"intermediate_size", 20},
+              {"rms_norm_eps", 1e-6},
               {"rope_theta", 10000.0}};
 }
 
@@ -36,9 +42,13 @@ std::vector<Case> Cases() {
   dense["num_key_value_heads"] = 1;
   cases.push_back({"qwen3_tied_mqa", dense});
   json moe = Base("qwen3_moe");
-  moe.update(json{{"num_experts", 5}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 12},
-                  {"norm_topk_prob", false}, {"router_aux_loss_coef", 0.1},
-                  {"decoder_sparse_step", 1}, {"mlp_only_layers", {0}}});
+  moe.update(json{{"num_experts", 5},
+                  {"num_experts_per_tok", 2},
+                  {"moe_intermediate_size", 12},
+                  {"norm_topk_prob", false},
+                  {"router_aux_loss_coef", 0.1},
+                  {"decoder_sparse_step", 1},
+                  {"mlp_only_layers", {0}}});
   cases.push_back({"qwen3_moe_unnormalised_mixed_layers", moe});
   json all = moe;
   all["num_experts"] = 3;
@@ -47,8 +57,10 @@ std::vector<Case> Cases() {
   all["mlp_only_layers"] = json::array();
   cases.push_back({"qwen3_moe_k_equals_E", all});
   json mix = Base("mixtral");
-  mix.update(json{{"num_local_experts", 4}, {"num_experts_per_tok", 1},
-                  {"router_aux_loss_coef", 0.05}, {"tie_word_embeddings", true}});
+  mix.update(json{{"num_local_experts", 4},
+                  {"num_experts_per_tok", 1},
+                  {"router_aux_loss_coef", 0.05},
+                  {"tie_word_embeddings", true}});
   cases.push_back({"mixtral_top1_tied", mix});
   return cases;
 }
@@ -85,7 +97,9 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
   model.ZeroGrads();
   auto info = model.ForwardBackward(*batch);
   ASSERT_TRUE(info.ok());
-  if (cfg->is_moe()) EXPECT_GT(info->aux_loss, 0.5);
+  if (cfg->is_moe()) {
+    EXPECT_GT(info->aux_loss, 0.5);
+  }
   std::vector<float> grads(model.grads().f32(), model.grads().f32() + model.layout().total());
   float* p = model.params().f32();
   // The routing is piecewise constant: a perturbation that changes some token's top-k makes the

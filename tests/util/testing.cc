@@ -1,11 +1,11 @@
 #include "util/testing.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <random>
-
-#include <unistd.h>
 
 namespace xt::testing {
 
@@ -13,9 +13,9 @@ std::string DataPath(const std::string& rel) { return std::string(XT_TEST_DATA_D
 
 std::string TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
-  auto dir = std::filesystem::temp_directory_path() /
-             ("xtuner_test_" + tag + "_" + std::to_string(::getpid()) + "_" +
-              std::to_string(counter++));
+  auto dir =
+      std::filesystem::temp_directory_path() /
+      ("xtuner_test_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();

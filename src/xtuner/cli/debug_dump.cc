@@ -12,8 +12,9 @@ void AddDebugDump(CLI::App& app) {
       "and hidden states to a safetensors file, to compare with transformers");
   static std::string model, batch, out;
   cmd->add_option("--model", model, "model directory (config.json + safetensors)")->required();
-  cmd->add_option("--batch", batch, "safetensors file with input_ids [B,S], labels [B,S] and "
-                                    "optionally packed.input_ids [1,N], packed.cu_seqlens")
+  cmd->add_option("--batch", batch,
+                  "safetensors file with input_ids [B,S], labels [B,S] and "
+                  "optionally packed.input_ids [1,N], packed.cu_seqlens")
       ->required();
   cmd->add_option("--out", out, "output safetensors file")->required();
   cmd->callback([] { Finish(DebugDump(model, batch, out)); });

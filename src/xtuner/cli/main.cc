@@ -5,7 +5,8 @@
 #include "cli/commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
+  CLI::App app{
+      "xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
   app.require_subcommand(1);
   xt::cli::AddDebugDump(app);
   try {

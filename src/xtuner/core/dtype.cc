@@ -6,22 +6,32 @@ namespace xt {
 
 size_t DTypeSize(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 const char* DTypeName(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
@@ -66,8 +76,8 @@ uint16_t F32ToF16(float f) {
   uint16_t sign = uint16_t((bits >> 16) & 0x8000);
   float a = std::fabs(f);
   if (std::isnan(f)) return sign | 0x7e00;
-  if (a >= 65520.0f) return sign | 0x7c00;            // overflow to inf
-  if (a < 6.103515625e-05f) {                          // subnormal or zero
+  if (a >= 65520.0f) return sign | 0x7c00;                    // overflow to inf
+  if (a < 6.103515625e-05f) {                                 // subnormal or zero
     return sign | uint16_t(std::nearbyint(a * 16777216.0f));  // a / 2^-24
   }
   uint32_t abits = bits & 0x7fffffffu;

@@ -128,10 +128,11 @@ class SafetensorsCheckpoint {
   std::map<std::string, size_t> where_;  // tensor name -> index into files_
 };
 
-// Writes `tensors` (any dtype xtuner holds; names unique, not "__metadata__") to `path`, in the
-// layout of the reference implementation: header keys sorted, header padded with spaces so the
-// buffer starts 8-byte aligned, data contiguous, ordered by element size (largest first) then
-// name, so every tensor is aligned to its element size. `metadata` goes to "__metadata__", with
+// Writes `tensors` (any dtype xtuner holds; names unique, valid UTF-8, not "__metadata__") to
+// `path` exactly as the reference implementation (safetensors.torch.save_file) would: data
+// contiguous, ordered by dtype (I64, F32, I32, BF16, F16) then name, so every tensor is aligned
+// to its element size; header "__metadata__" first, then the tensors in data order, padded with
+// spaces so the data buffer starts 8-byte aligned. `metadata` goes to "__metadata__", with
 // "format": "pt" added unless given (transformers requires it).
 //
 // Atomic: the bytes go to "<path>.tmp.<pid>", which is fsynced and renamed over `path`, then the

@@ -36,7 +36,7 @@ class [[nodiscard]] Status {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit on purpose
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit on purpose
   Result(Status status) : status_(std::move(status)) {  // NOLINT
     if (status_.ok()) status_ = Status::Error("Result built from an OK status without a value");
   }
@@ -77,22 +77,23 @@ class [[nodiscard]] Result {
 #define XT_CONCAT(a, b) XT_CONCAT_INNER(a, b)
 
 // Returns the Status of `expr` from the enclosing function if it is an error.
-#define XT_RETURN_IF_ERROR(expr)               \
-  do {                                         \
-    ::xt::Status xt_status_ = (expr);          \
-    if (!xt_status_.ok()) return xt_status_;   \
+#define XT_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::xt::Status xt_status_ = (expr);        \
+    if (!xt_status_.ok()) return xt_status_; \
   } while (0)
 
 // `lhs = value of Result expr`, or return its Status from the enclosing function.
-#define XT_ASSIGN_OR_RETURN(lhs, expr) XT_ASSIGN_OR_RETURN_IMPL(XT_CONCAT(xt_result_, __LINE__), lhs, expr)
+#define XT_ASSIGN_OR_RETURN(lhs, expr) \
+  XT_ASSIGN_OR_RETURN_IMPL(XT_CONCAT(xt_result_, __LINE__), lhs, expr)
 #define XT_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                             \
   if (!tmp.ok()) return tmp.status();            \
   lhs = std::move(tmp).value()
 
 // Internal invariant: a failure is a bug in xtuner, never bad user input.
-#define XT_CHECK(cond, ...)                                                              \
-  do {                                                                                   \
+#define XT_CHECK(cond, ...)                                                                     \
+  do {                                                                                          \
     if (!(cond)) ::xt::CheckFailed(__FILE__, __LINE__, #cond, ::xt::CheckMessage(__VA_ARGS__)); \
   } while (0)
 

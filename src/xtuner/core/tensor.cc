@@ -94,7 +94,9 @@ Tensor Tensor::ToF32() const {
   float* dst = t.f32();
   int64_t n = numel();
   switch (dtype_) {
-    case DType::F32: std::memcpy(dst, data_, nbytes()); break;
+    case DType::F32:
+      std::memcpy(dst, data_, nbytes());
+      break;
     case DType::BF16: {
       auto* src = static_cast<const uint16_t*>(data_);
       for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(src[i]);
@@ -130,7 +132,8 @@ Tensor Tensor::To(DType dtype) const {
   } else if (dtype == DType::I64 && dtype_ == DType::I32) {
     for (int64_t i = 0; i < n; ++i) t.i64()[i] = i32()[i];
   } else {
-    XT_CHECK(false, std::string("unsupported conversion ") + DTypeName(dtype_) + " -> " + DTypeName(dtype));
+    XT_CHECK(false, std::string("unsupported conversion ") + DTypeName(dtype_) + " -> " +
+                        DTypeName(dtype));
   }
   return t;
 }

@@ -1,6 +1,7 @@
 // Tensor: a dtype, a shape and a pointer into shared storage (owned heap memory or a mapped
 // file). Always contiguous, row-major. Copying a Tensor shares its storage (like a view); use
-// Clone() for a deep copy. Not thread-safe to resize; concurrent reads and disjoint writes are fine.
+// Clone() for a deep copy. Not thread-safe to resize; concurrent reads and disjoint writes are
+// fine.
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,8 @@ class Reader {
   Status Int(const char* key, int64_t* out, bool required) const {
     if (!has(key)) return Missing(key, required);
     const json& v = j_[key];
-    if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == int64_t(v.get<double>())))
+    if (!v.is_number_integer() &&
+        !(v.is_number_float() && v.get<double>() == int64_t(v.get<double>())))
       return Bad(key, "an integer", v);
     *out = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
     return Status::OK();
@@ -61,9 +62,11 @@ Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
     Reader pr(p, "");
     std::string type = p.value("rope_type", p.value("type", std::string("default")));
     if (type != "default")
-      return r.Error("rope_parameters.rope_type \"" + type + "\" is not implemented; " + kSupported);
+      return r.Error("rope_parameters.rope_type \"" + type + "\" is not implemented; " +
+                     kSupported);
     if (pr.has("rope_theta")) {
-      if (!p["rope_theta"].is_number()) return r.Error("rope_parameters.rope_theta must be a number");
+      if (!p["rope_theta"].is_number())
+        return r.Error("rope_parameters.rope_theta must be a number");
       c->rope_theta = p["rope_theta"].get<double>();
     } else if (!r.has("rope_theta")) {
       return r.Error("missing rope_parameters.rope_theta");
@@ -83,7 +86,8 @@ Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
 
 Status Positive(const Reader& r, const char* name, int64_t v) {
   return v > 0 ? Status::OK()
-               : r.Error(std::string("\"") + name + "\" must be positive, found " + std::to_string(v));
+               : r.Error(std::string("\"") + name + "\" must be positive, found " +
+                         std::to_string(v));
 }
 
 }  // namespace
@@ -122,8 +126,10 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Double("rms_norm_eps", &c.rms_norm_eps, false));
   XT_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c.tie_word_embeddings, false));
   XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
-  for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-                         {"num_hidden_layers", c.num_layers}, {"num_attention_heads", c.num_heads},
+  for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size},
+                         {"hidden_size", c.hidden_size},
+                         {"num_hidden_layers", c.num_layers},
+                         {"num_attention_heads", c.num_heads},
                          {"num_key_value_heads", c.num_kv_heads}}) {
     XT_RETURN_IF_ERROR(Positive(r, name, v));
   }
@@ -143,7 +149,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
 
   // Options that change the maths and are not implemented: refuse rather than compute wrong.
   std::string act = j.value("hidden_act", std::string("silu"));
-  if (act != "silu") return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
+  if (act != "silu")
+    return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
   bool flag = false;
   XT_RETURN_IF_ERROR(r.Bool("attention_bias", &flag, false));
   if (flag) return r.Error("attention_bias=true is not implemented (supported: false)");
@@ -175,8 +182,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(Positive(r, "num_experts", c.num_experts));
   XT_RETURN_IF_ERROR(Positive(r, "num_experts_per_tok", c.top_k));
   if (c.top_k > c.num_experts)
-    return r.Error("num_experts_per_tok (" + std::to_string(c.top_k) + ") exceeds the expert count (" +
-                   std::to_string(c.num_experts) + ")");
+    return r.Error("num_experts_per_tok (" + std::to_string(c.top_k) +
+                   ") exceeds the expert count (" + std::to_string(c.num_experts) + ")");
   XT_RETURN_IF_ERROR(r.Double("router_aux_loss_coef", &c.router_aux_loss_coef, false));
 
   if (c.arch == Arch::kMixtral) {

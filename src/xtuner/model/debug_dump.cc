@@ -64,8 +64,7 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
   XT_ASSIGN_OR_RETURN(ForwardOutputs fwd, model->Forward(batch, true, true));
   out.emplace_back("logits", fwd.logits.Reshape({B, S, V}));
   for (size_t i = 0; i < fwd.hidden_states.size(); ++i)
-    out.emplace_back("hidden_states." + std::to_string(i),
-                     fwd.hidden_states[i].Reshape({B, S, H}));
+    out.emplace_back("hidden_states." + std::to_string(i), fwd.hidden_states[i].Reshape({B, S, H}));
   size_t moe_index = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l)
     if (cfg.layer_is_moe[l])
@@ -85,7 +84,8 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
     XT_ASSIGN_OR_RETURN(std::vector<int64_t> pids,
                         ReadIds(batch_file, "packed.input_ids", &pshape));
     if (!batch_file.contains("packed.cu_seqlens"))
-      return Status::Error(batch_path + ": \"packed.input_ids\" given without \"packed.cu_seqlens\"");
+      return Status::Error(batch_path +
+                           ": \"packed.input_ids\" given without \"packed.cu_seqlens\"");
     XT_ASSIGN_OR_RETURN(std::vector<int64_t> cu, ReadIds(batch_file, "packed.cu_seqlens", &cshape));
     if (pshape.size() != 2 || pshape[0] != 1)
       return Status::Error(batch_path + ": \"packed.input_ids\" must be [1, N], found " +

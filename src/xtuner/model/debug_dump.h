@@ -12,8 +12,8 @@ namespace xt {
 // Reads `input_ids` [B, S] and `labels` [B, S] (integer or float tensors; labels optional) and,
 // when present, `packed.input_ids` [1, N] and `packed.cu_seqlens` [docs + 1] from batch_path;
 // loads the model from model_dir; writes to out_path (atomically) as F32:
-//   logits [B, S, V], ce_loss [1], aux_loss [1] (MoE), loss [1], grad.<hub name> for every parameter,
-//   hidden_states.<i> [B, S, H], router_logits.<layer> [B*S, E] (MoE layers),
+//   logits [B, S, V], ce_loss [1], aux_loss [1] (MoE), loss [1], grad.<hub name> for every
+//   parameter, hidden_states.<i> [B, S, H], router_logits.<layer> [B*S, E] (MoE layers),
 //   packed.logits [1, N, V] (when packed inputs were given).
 // Losses follow the fixtures: ce = mean CE over non-ignored labels after the causal shift;
 // loss = ce + router_aux_loss_coef * aux. Prints a one-line summary to stdout.

@@ -1,7 +1,8 @@
 // The parameter layout: every weight of a model lives in one fp32 slab (and its gradient in a
 // second slab of the same layout). Each Hugging Face tensor maps to one contiguous range of the
 // slab, so loading and saving are copies, and the layout suits the kernels:
-//   - an MLP's gate_proj (I, H) and up_proj (I, H) are adjacent: one fused (2I, H) matrix [gate|up];
+//   - an MLP's gate_proj (I, H) and up_proj (I, H) are adjacent: one fused (2I, H) matrix
+//   [gate|up];
 //   - an MoE layer's experts are stacked: gate_up (E, 2I, H) and down (E, H, I), expert e's
 //     gate_proj, up_proj and down_proj being slices of those.
 #pragma once
@@ -19,7 +20,7 @@ namespace xt {
 struct ParamInfo {
   std::string name;  // the Hugging Face tensor name
   Shape shape;
-  int64_t offset = 0;  // in floats, into the slab
+  int64_t offset = 0;    // in floats, into the slab
   bool is_norm = false;  // a norm weight (no weight decay by default)
 };
 

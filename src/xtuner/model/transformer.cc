@@ -13,20 +13,20 @@ using std::vector;
 
 // Everything one layer's backward needs (kept from the forward).
 struct Transformer::LayerActs {
-  vector<float> x_in;               // (T, H) layer input
-  vector<float> h1, rstd1;          // (T, H), (T): input_layernorm
-  vector<float> q_pre, k_pre;       // (T, Hq*D), (T, Hkv*D): projections before the q/k norm
-  vector<float> q_rstd, k_rstd;     // (T*Hq), (T*Hkv)
-  vector<float> q, k, v;            // after norm + RoPE: (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
-  vector<float> attn, lse;          // (T, Hq*D), (T, Hq)
-  vector<float> x_mid;              // (T, H) after the attention residual
-  vector<float> h2, rstd2;          // (T, H), (T): post_attention_layernorm
+  vector<float> x_in;            // (T, H) layer input
+  vector<float> h1, rstd1;       // (T, H), (T): input_layernorm
+  vector<float> q_pre, k_pre;    // (T, Hq*D), (T, Hkv*D): projections before the q/k norm
+  vector<float> q_rstd, k_rstd;  // (T*Hq), (T*Hkv)
+  vector<float> q, k, v;         // after norm + RoPE: (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
+  vector<float> attn, lse;       // (T, Hq*D), (T, Hq)
+  vector<float> x_mid;           // (T, H) after the attention residual
+  vector<float> h2, rstd2;       // (T, H), (T): post_attention_layernorm
   // Dense MLP: gu (T, 2I), act (T, I). MoE: the same per assignment row (A = T*k).
   vector<float> gu, act;
   // MoE only.
-  vector<float> router_logits, probs, topk_w;   // (T, E), (T, E), (T, k)
+  vector<float> router_logits, probs, topk_w;          // (T, E), (T, E), (T, k)
   vector<int32_t> topk_idx, offsets, sorted, slot_of;  // (T, k), (E+1), (A), (A)
-  vector<float> xs, ys;                         // (A, H), (A, H)
+  vector<float> xs, ys;                                // (A, H), (A, H)
 };
 
 struct Transformer::Acts {
@@ -170,8 +170,8 @@ void Transformer::LayerBackward(int64_t l, const Batch& b, float* dx, Acts* acts
     ops::grouped_linear_backward(dact.data(), G + o.down, dys.data(), a.act.data(), P + o.down,
                                  a.offsets.data(), E, I, H);
     ops::swiglu_backward(dgu.data(), dact.data(), a.gu.data(), A, I);
-    ops::grouped_linear_backward(dxs.data(), G + o.gate_up, dgu.data(), a.xs.data(),
-                                 P + o.gate_up, a.offsets.data(), E, H, 2 * I);
+    ops::grouped_linear_backward(dxs.data(), G + o.gate_up, dgu.data(), a.xs.data(), P + o.gate_up,
+                                 a.offsets.data(), E, H, 2 * I);
     ops::moe_permute_backward(dh2.data(), dxs.data(), a.slot_of.data(), T, k, H);  // dh2 += ...
     vector<float> dprobs, dlogits(T * E);
     if (dprob_e) {
@@ -205,10 +205,8 @@ void Transformer::LayerBackward(int64_t l, const Batch& b, float* dx, Acts* acts
     dk.swap(dk_pre);
   }
   ops::linear_backward(dh1.data(), G + o.wq, dq.data(), a.h1.data(), P + o.wq, T, H, Hq * D);
-  ops::linear_backward(dh1.data(), G + o.wk, dk.data(), a.h1.data(), P + o.wk, T, H, Hkv * D,
-                       true);
-  ops::linear_backward(dh1.data(), G + o.wv, dv.data(), a.h1.data(), P + o.wv, T, H, Hkv * D,
-                       true);
+  ops::linear_backward(dh1.data(), G + o.wk, dk.data(), a.h1.data(), P + o.wk, T, H, Hkv * D, true);
+  ops::linear_backward(dh1.data(), G + o.wv, dv.data(), a.h1.data(), P + o.wv, T, H, Hkv * D, true);
   ops::rmsnorm_backward(dx, G + o.ln1, dh1.data(), a.x_in.data(), P + o.ln1, a.rstd1.data(), T, H,
                         /*accumulate_din=*/true);
 }
@@ -256,8 +254,8 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   acts.x_final = x;
   acts.h_final.resize(T * H);
   acts.rstd_final.resize(T);
-  ops::rmsnorm_forward(acts.h_final.data(), acts.rstd_final.data(), x.data(), P + layout_.final_norm,
-                       T, H, float(cfg_.rms_norm_eps));
+  ops::rmsnorm_forward(acts.h_final.data(), acts.rstd_final.data(), x.data(),
+                       P + layout_.final_norm, T, H, float(cfg_.rms_norm_eps));
   if (want_hidden) keep_hidden(acts.h_final);
   if (want_logits) {
     out->logits = Tensor::Empty(DType::F32, {T, V});
@@ -268,16 +266,16 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   info.num_loss_tokens = b.num_loss_tokens();
   const int64_t n_moe = cfg_.num_moe_layers();
   vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0) info.aux_loss = balance_loss(dprob_e.data(), count.data(), prob_sum.data(), n_moe * T, E);
+  if (n_moe > 0)
+    info.aux_loss = balance_loss(dprob_e.data(), count.data(), prob_sum.data(), n_moe * T, E);
   if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
   if (aux_weight < 0) aux_weight = 1.0;
 
   float* G = grads_.f32();
   vector<float> dh(backward ? T * H : 0);
-  const double ce_sum = chunked_cross_entropy(backward ? dh.data() : nullptr,
-                                              backward ? G + layout_.lm_head : nullptr,
-                                              acts.h_final.data(), P + layout_.lm_head,
-                                              b.targets.data(), T, H, V, ce_weight);
+  const double ce_sum = chunked_cross_entropy(
+      backward ? dh.data() : nullptr, backward ? G + layout_.lm_head : nullptr, acts.h_final.data(),
+      P + layout_.lm_head, b.targets.data(), T, H, V, ce_weight);
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
   info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
   if (!backward) return info;

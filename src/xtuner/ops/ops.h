@@ -38,8 +38,8 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* ids, in
 // ---------------------------------------------------------------- RMSNorm over the last dim
 // out (N, C) = in / sqrt(mean(in^2) + eps) * w (C); rstd (N) saved for backward.
 // Used for the layer norms (N = T, C = H) and per-head q/k norms (N = T * heads, C = D).
-void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N,
-                     int64_t C, float eps);
+void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N, int64_t C,
+                     float eps);
 // din (N, C) assigned (or added when accumulate_din); dw (C) +=.
 void rmsnorm_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
                       const float* rstd, int64_t N, int64_t C, bool accumulate_din = false);
@@ -76,8 +76,8 @@ void swiglu_backward(float* dh, const float* dout, const float* h, int64_t N, in
 // probs (T, E) = softmax(logits (T, E)) in fp32; topk_idx (T, k) the k largest probabilities in
 // descending order (ties: lower expert index first); topk_w (T, k) their probabilities, divided by
 // their sum when norm_topk.
-void router_forward(int32_t* topk_idx, float* topk_w, float* probs, const float* logits,
-                    int64_t T, int64_t E, int64_t k, bool norm_topk);
+void router_forward(int32_t* topk_idx, float* topk_w, float* probs, const float* logits, int64_t T,
+                    int64_t E, int64_t k, bool norm_topk);
 // dlogits (T, E) assigned, from dtopk_w (T, k) and an optional extra gradient on the
 // probabilities dprobs (T, E) (the balancing loss; null when absent).
 void router_backward(float* dlogits, const float* dtopk_w, const float* dprobs, const float* probs,
@@ -93,8 +93,8 @@ void moe_plan(int32_t* offsets, int32_t* sorted, int32_t* slot_of, const int32_t
 // xs (A, H): xs[p] = x (T, H)[sorted[p] / k].
 void moe_permute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H);
 // dx (T, H) += sum over slots j of dxs[slot_of[t * k + j]] (slots summed in order j = 0..k-1).
-void moe_permute_backward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T,
-                          int64_t k, int64_t H);
+void moe_permute_backward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H);
 // Grouped GEMM: for each expert e, rows [offsets[e], offsets[e+1]) of in (A, I) times w[e]^T,
 // w (E, O, I) -> out (A, O). An expert with no rows is skipped.
 void grouped_linear_forward(float* out, const float* in, const float* w, const int32_t* offsets,
@@ -116,7 +116,7 @@ void moe_combine_backward(float* dys, float* dtopk_w, const float* dy, const flo
 // For transformers' load_balancing_loss_func (see loss/balance.h), per MoE layer:
 // count (E) += number of times expert e appears in topk_idx (T, k);
 // prob_sum (E) += sum over tokens of probs (T, E)[t, e]. Accumulated in double, in token order.
-void moe_balance_stats(double* count, double* prob_sum, const float* probs,
-                       const int32_t* topk_idx, int64_t T, int64_t E, int64_t k);
+void moe_balance_stats(double* count, double* prob_sum, const float* probs, const int32_t* topk_idx,
+                       int64_t T, int64_t E, int64_t k);
 
 }  // namespace xt::ops

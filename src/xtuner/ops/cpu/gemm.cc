@@ -16,8 +16,8 @@ void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_
   }
   dnnl_dim_t lda = ta ? M : K;
   dnnl_dim_t ldb = tb ? K : N;
-  dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a, lda, b, ldb,
-                                beta, c, N);
+  dnnl_status_t st =
+      dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a, lda, b, ldb, beta, c, N);
   XT_CHECK(st == dnnl_success, "dnnl_sgemm failed with status " + std::to_string(int(st)));
 }
 

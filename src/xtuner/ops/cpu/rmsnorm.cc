@@ -6,8 +6,8 @@
 
 namespace xt::ops {
 
-void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N,
-                     int64_t C, float eps) {
+void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N, int64_t C,
+                     float eps) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* x = in + n * C;
