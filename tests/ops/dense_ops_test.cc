@@ -71,6 +71,11 @@ TEST(Embedding, LookupAndScatterWithRepeatedIds) {
         if (ids[t] == v) s += dout[t * H + h];
       EXPECT_FLOAT_EQ(dtable[v * H + h], s);
     }
+  auto loss = [&] {
+    ops::embedding_forward(out.data(), ids.data(), table.data(), T, H);
+    return Dot(out.data(), dout);
+  };
+  EXPECT_LT(GradCheck(table, dtable, loss), 1e-3);
 }
 
 TEST(RmsNorm, ForwardAndBackward) {
