@@ -9,6 +9,9 @@ PKGS=(
   libomp-dev           # OpenMP runtime headers (libgomp ships with g++)
   nlohmann-json3-dev   # JSON: config.json, safetensors headers
   libcli11-dev         # command-line parsing
+  libpcre2-dev         # tokenizer pre-tokenizer regexes (JIT)
+  libutf8proc-dev      # Unicode normalization (NFC/NFKC) for tokenizers
+  libxxhash-dev        # content hashes of the tokenized cache
   libgtest-dev googletest libgmock-dev
   libbenchmark-dev
 )
