@@ -25,11 +25,21 @@ Tensor Filled(DType dtype, Shape shape, uint64_t seed) {
   std::vector<float> v = testing::RandomVector(t.numel(), seed, 4.0f);
   for (int64_t i = 0; i < t.numel(); ++i) {
     switch (dtype) {
-      case DType::F32: t.f32()[i] = v[i]; break;
-      case DType::BF16: static_cast<uint16_t*>(t.data())[i] = F32ToBf16(v[i]); break;
-      case DType::F16: static_cast<uint16_t*>(t.data())[i] = F32ToF16(v[i]); break;
-      case DType::I32: t.i32()[i] = int32_t(v[i] * 1000); break;
-      case DType::I64: t.i64()[i] = int64_t(v[i] * 1000) * (int64_t(1) << 40); break;
+      case DType::F32:
+        t.f32()[i] = v[i];
+        break;
+      case DType::BF16:
+        static_cast<uint16_t*>(t.data())[i] = F32ToBf16(v[i]);
+        break;
+      case DType::F16:
+        static_cast<uint16_t*>(t.data())[i] = F32ToF16(v[i]);
+        break;
+      case DType::I32:
+        t.i32()[i] = int32_t(v[i] * 1000);
+        break;
+      case DType::I64:
+        t.i64()[i] = int64_t(v[i] * 1000) * (int64_t(1) << 40);
+        break;
     }
   }
   return t;
@@ -54,6 +64,7 @@ void ExpectError(const R& r, const std::vector<std::string>& parts) {
     st = r.status();
   }
   ASSERT_FALSE(st.ok()) << "expected an error mentioning " << parts.front();
+  // XT_PRINT_ERRORS=1 ./safetensors_test shows every message, to review their wording.
   if (std::getenv("XT_PRINT_ERRORS")) std::printf("  error: %s\n", st.message().c_str());
   for (const auto& p : parts) {
     EXPECT_NE(st.message().find(p), std::string::npos)
@@ -111,10 +122,14 @@ std::vector<std::string> TempFilesIn(const std::string& dir) {
 TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
   std::string path = testing::TempDir("st_rt") + "/all.safetensors";
   Tensors in = {
-      {"f32", Filled(DType::F32, {3, 5}, 1)},    {"bf16", Filled(DType::BF16, {7}, 2)},
-      {"f16", Filled(DType::F16, {2, 3, 3}, 3)}, {"i32", Filled(DType::I32, {5}, 4)},
-      {"i64", Filled(DType::I64, {3, 1}, 5)},    {"scalar_f32", Filled(DType::F32, {}, 6)},
-      {"scalar_i64", Filled(DType::I64, {}, 7)}, {"scalar_bf16", Filled(DType::BF16, {}, 8)},
+      {"f32", Filled(DType::F32, {3, 5}, 1)},
+      {"bf16", Filled(DType::BF16, {7}, 2)},
+      {"f16", Filled(DType::F16, {2, 3, 3}, 3)},
+      {"i32", Filled(DType::I32, {5}, 4)},
+      {"i64", Filled(DType::I64, {3, 1}, 5)},
+      {"scalar_f32", Filled(DType::F32, {}, 6)},
+      {"scalar_i64", Filled(DType::I64, {}, 7)},
+      {"scalar_bf16", Filled(DType::BF16, {}, 8)},
       {"empty_f32", Tensor::Empty(DType::F32, {0, 4})},
       {"empty_f16", Tensor::Empty(DType::F16, {4, 0})},
       {"empty_i64", Tensor::Empty(DType::I64, {0})},
@@ -147,24 +162,44 @@ TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
 TEST(Safetensors, LayoutMatchesTheReferenceWriter) {
   std::string path = testing::TempDir("st_layout") + "/l.safetensors";
   Tensors in = {{"b_bf16", Filled(DType::BF16, {3}, 1)},
-                {"a_f32", Filled(DType::F32, {3}, 2)},
+                {"z_f32", Filled(DType::F32, {3}, 2)},
                 {"c_i64", Filled(DType::I64, {1}, 3)},
-                {"a_f16", Filled(DType::F16, {1}, 4)}};
+                {"a_f16", Filled(DType::F16, {1}, 4)},
+                {"a_i32", Filled(DType::I32, {1}, 5)}};
   ASSERT_TRUE(WriteSafetensors(path, in, {{"step", "7"}}).ok());
   std::string bytes = ReadAll(path);
   uint64_t n;
   std::memcpy(&n, bytes.data(), 8);
   EXPECT_EQ(n % 8, 0u);
-  auto header = nlohmann::json::parse(bytes.substr(8, n));  // padding spaces are valid JSON
-  EXPECT_EQ(header["__metadata__"], (nlohmann::json{{"format", "pt"}, {"step", "7"}}));
-  // Contiguous from 0, element size descending then name; the buffer ends at the file's end.
-  EXPECT_EQ(header["c_i64"]["data_offsets"], (nlohmann::json{0, 8}));
-  EXPECT_EQ(header["a_f32"]["data_offsets"], (nlohmann::json{8, 20}));
-  EXPECT_EQ(header["a_f16"]["data_offsets"], (nlohmann::json{20, 22}));
-  EXPECT_EQ(header["b_bf16"]["data_offsets"], (nlohmann::json{22, 28}));
-  EXPECT_EQ(bytes.size(), 8 + n + 28);
-  EXPECT_EQ(header["b_bf16"]["dtype"], "BF16");
-  EXPECT_EQ(header["b_bf16"]["shape"], (nlohmann::json{3}));
+  // What safetensors' serialize() writes: metadata first, then data order (dtype I64 > F32 >
+  // I32 > BF16 > F16, then name), contiguous; padded with spaces; the buffer ends the file.
+  std::string want = R"({"__metadata__":{"format":"pt","step":"7"},)"
+                     R"("c_i64":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
+                     R"("z_f32":{"dtype":"F32","shape":[3],"data_offsets":[8,20]},)"
+                     R"("a_i32":{"dtype":"I32","shape":[1],"data_offsets":[20,24]},)"
+                     R"("b_bf16":{"dtype":"BF16","shape":[3],"data_offsets":[24,30]},)"
+                     R"("a_f16":{"dtype":"F16","shape":[1],"data_offsets":[30,32]}})";
+  want.append((8 - want.size() % 8) % 8, ' ');
+  EXPECT_EQ(bytes.substr(8, n), want);
+  EXPECT_EQ(bytes.size(), 8 + n + 32);
+  EXPECT_EQ(std::memcmp(bytes.data() + 8 + n, in[2].second.data(), 8), 0);  // c_i64 first
+}
+
+// Reading a file transformers wrote and writing its tensors back gives the same bytes.
+TEST(Safetensors, RewritingTransformersFilesIsByteIdentical) {
+  std::string dir = testing::TempDir("st_ident");
+  for (const char* rel :
+       {"qwen3_moe_tiny/model.safetensors", "variants/qwen3_moe_bf16_kE/model.safetensors",
+        "variants/qwen3_dense_gqa4_tied/model-00002-of-00003.safetensors"}) {
+    std::string src = testing::DataPath(rel);
+    auto f = SafetensorsFile::Open(src);
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    Tensors all;
+    for (const auto& name : f->names()) all.emplace_back(name, f->Get(name).value());
+    std::string out = dir + "/copy.safetensors";
+    ASSERT_TRUE(WriteSafetensors(out, all, f->metadata()).ok());
+    EXPECT_TRUE(ReadAll(out) == ReadAll(src)) << rel;
+  }
 }
 
 TEST(Safetensors, CustomMetadataAndFormatKept) {
@@ -213,9 +248,8 @@ TEST(Safetensors, FromBufferAndMisalignedData) {
 }
 
 TEST(Safetensors, ForeignDtypesOpenButGetSaysWhy) {
-  std::string header =
-      R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-      R"("u":{"dtype":"U8","shape":[3],"data_offsets":[16,19]}})";
+  std::string header = R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+                       R"("u":{"dtype":"U8","shape":[3],"data_offsets":[16,19]}})";
   double d[2] = {0.1, -3.0};
   std::string data(reinterpret_cast<const char*>(d), 16);
   data += "abc";
@@ -298,6 +332,34 @@ TEST(Safetensors, ReadsTheTransformersFixture) {
   for (double v : logits.value()) ASSERT_TRUE(std::isfinite(v));
 }
 
+TEST(Safetensors, ReadsATransformersShardedCheckpoint) {
+  std::string dir = testing::DataPath("variants/qwen3_dense_gqa4_tied");
+  auto ck = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(ck.ok()) << ck.status().message();
+  auto index = nlohmann::json::parse(ReadAll(dir + "/model.safetensors.index.json"));
+  std::vector<std::string> names;
+  size_t total = 0;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    names.push_back(name);
+    EXPECT_EQ(ck->FileOf(name), dir + "/" + file.get<std::string>());
+    auto t = ck->Get(name);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    total += t->nbytes();
+  }
+  EXPECT_EQ(ck->names(), names);
+  EXPECT_EQ(total, index["metadata"]["total_size"].get<size_t>());
+
+  // Written back sharded and read again: the same tensors.
+  Tensors all;
+  for (const auto& name : names) all.emplace_back(name, ck->Get(name).value());
+  std::string out = testing::TempDir("st_hfshard");
+  ASSERT_TRUE(WriteSafetensorsSharded(out, all, 100 * 1000).ok());
+  auto again = SafetensorsCheckpoint::Open(out);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_GT(again->FileOf(names.back()), again->FileOf(names.front()));  // several shards
+  for (const auto& [name, t] : all) ExpectSameTensor(again->Get(name).value(), t, name);
+}
+
 // ------------------------------------------------------------------------- malformed files
 
 TEST_F(Malformed, ShorterThan8Bytes) {
@@ -360,8 +422,8 @@ TEST_F(Malformed, BadShape) {
 
 TEST_F(Malformed, BadDataOffsets) {
   for (const char* off : {"[0]", "[0, 4, 8]", "[-4, 0]", "[0, 4.0]", "{}", "[\"0\", 4]"}) {
-    std::string h = std::string(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": )") +
-                    off + "}}";
+    std::string h =
+        std::string(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": )") + off + "}}";
     ExpectError(OpenRaw(h, "abcd"), {"bad.safetensors", "'w'", "data_offsets"});
   }
   ExpectError(OpenRaw(R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [4, 0]}})", "abcd"),
@@ -428,12 +490,12 @@ TEST_F(Malformed, NotAFile) {
 // ------------------------------------------------------------------------------- checkpoints
 
 Tensors SomeTensors() {
-  return {{"model.embed.weight", Filled(DType::BF16, {10, 8}, 1)},   // 160 bytes
-          {"model.layers.0.w", Filled(DType::F32, {8, 8}, 2)},       // 256
-          {"model.layers.0.norm", Filled(DType::F32, {8}, 3)},       // 32
-          {"model.layers.1.w", Filled(DType::F32, {8, 8}, 4)},       // 256
-          {"model.scalar", Filled(DType::I64, {}, 5)},               // 8
-          {"model.empty", Tensor::Empty(DType::F16, {0, 8})}};       // 0
+  return {{"model.embed.weight", Filled(DType::BF16, {10, 8}, 1)},  // 160 bytes
+          {"model.layers.0.w", Filled(DType::F32, {8, 8}, 2)},      // 256
+          {"model.layers.0.norm", Filled(DType::F32, {8}, 3)},      // 32
+          {"model.layers.1.w", Filled(DType::F32, {8, 8}, 4)},      // 256
+          {"model.scalar", Filled(DType::I64, {}, 5)},              // 8
+          {"model.empty", Tensor::Empty(DType::F16, {0, 8})}};      // 0
 }
 
 void ExpectCheckpointHolds(const SafetensorsCheckpoint& ck, const Tensors& want) {
@@ -493,7 +555,8 @@ TEST(SafetensorsCheckpoint, ShardedRoundTrip) {
 class BadCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(WriteSafetensors(dir_ + "/s1.safetensors", {{"a", Filled(DType::F32, {2}, 1)}}).ok());
+    ASSERT_TRUE(
+        WriteSafetensors(dir_ + "/s1.safetensors", {{"a", Filled(DType::F32, {2}, 1)}}).ok());
     ASSERT_TRUE(WriteSafetensors(dir_ + "/s2.safetensors", {{"b", Filled(DType::F32, {2}, 2)},
                                                             {"c", Filled(DType::F32, {2}, 3)}})
                     .ok());
@@ -530,9 +593,10 @@ TEST_F(BadCheckpoint, ShardMissing) {
 
 TEST_F(BadCheckpoint, ShardInvalid) {
   WriteAll(dir_ + "/s1.safetensors", "abc");
-  ExpectError(OpenWithIndex(
-                  R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"}})"),
-              {index_, "s1.safetensors", "shorter than"});
+  ExpectError(
+      OpenWithIndex(
+          R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"}})"),
+      {index_, "s1.safetensors", "shorter than"});
 }
 
 TEST_F(BadCheckpoint, TensorListedButAbsentFromShard) {
@@ -550,9 +614,10 @@ TEST_F(BadCheckpoint, TensorMappedToAnotherShard) {
   ASSERT_TRUE(WriteSafetensors(dir_ + "/s1.safetensors", {{"a", Filled(DType::F32, {2}, 1)},
                                                           {"b", Filled(DType::F32, {2}, 2)}})
                   .ok());
-  ExpectError(OpenWithIndex(
-                  R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"}})"),
-              {index_, "'b'", "s1.safetensors", "another shard"});
+  ExpectError(
+      OpenWithIndex(
+          R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"}})"),
+      {index_, "'b'", "s1.safetensors", "another shard"});
 }
 
 TEST_F(BadCheckpoint, EmptyDirectory) {
@@ -573,6 +638,10 @@ TEST(SafetensorsWrite, RejectsBadInput) {
               {"x.safetensors", "__metadata__"});
   ExpectError(WriteSafetensors(dir + "/x.safetensors", {{"u", Tensor()}}),
               {"x.safetensors", "'u'", "no data"});
+  ExpectError(WriteSafetensors(dir + "/x.safetensors", {{"bad\xff", t}}),
+              {"x.safetensors", "'bad\xff'", "not UTF-8"});
+  ExpectError(WriteSafetensors(dir + "/x.safetensors", {{"a", t}}, {{"k", "\xff"}}),
+              {"x.safetensors", "metadata 'k'", "not UTF-8"});
   EXPECT_TRUE(fs::is_empty(dir));
 }
 

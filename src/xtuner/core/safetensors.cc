@@ -1,3 +1,5 @@
+// The reading half of safetensors.h: SafetensorsFile and SafetensorsCheckpoint
+// (writing: safetensors_write.cc).
 #include "xtuner/core/safetensors.h"
 
 #include <fcntl.h>
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -30,7 +33,7 @@ using json = nlohmann::json;
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
-constexpr int kMaxJsonDepth = 32;                   // a valid header needs 3
+constexpr int kMaxJsonDepth = 32;                  // a valid header needs 3
 
 // Every safetensors dtype with a whole-byte element size, and that size.
 struct DtypeSpec {
@@ -38,9 +41,9 @@ struct DtypeSpec {
   size_t size;
 };
 constexpr DtypeSpec kDtypes[] = {
-    {"BOOL", 1},    {"U8", 1},      {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1},
-    {"I16", 2},     {"U16", 2},     {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
-    {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8},     {"C64", 8},
+    {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1},
+    {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+    {"F32", 4},  {"I64", 8}, {"U64", 8}, {"F64", 8},     {"C64", 8},
 };
 
 std::optional<size_t> SafetensorsDtypeSize(std::string_view name) {
@@ -64,6 +67,13 @@ std::string Brief(const json& v) {
   std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
   if (s.size() > 80) s = s.substr(0, 77) + "...";
   return s;
+}
+
+// "an array", "a number", ...: for "it is <...>" in messages.
+std::string KindOf(const json& v) {
+  std::string t = v.type_name();
+  if (t == "null") return t;
+  return (t == "array" || t == "object" ? "an " : "a ") + t;
 }
 
 std::string Errno() { return std::strerror(errno); }
@@ -146,16 +156,15 @@ struct Entry {
 Status ParseEntry(const json& v, uint64_t buffer_size, uint64_t file_size, uint64_t header_size,
                   Entry* out) {
   if (!v.is_object()) {
-    return Status::Error(std::string("entry is not a JSON object (it is a ") + v.type_name() +
-                         ")");
+    return Status::Error("entry is not a JSON object (it is " + KindOf(v) + ")");
   }
   auto dt = v.find("dtype");
   if (dt == v.end() || !dt->is_string()) return Status::Error("\"dtype\" missing or not a string");
   out->dtype = dt->get<std::string>();
   auto size = SafetensorsDtypeSize(out->dtype);
   if (!size) {
-    return Status::Error("unknown dtype '" + out->dtype + "' (safetensors dtypes: " +
-                         KnownDtypes() + ")");
+    return Status::Error("unknown dtype '" + out->dtype +
+                         "' (safetensors dtypes: " + KnownDtypes() + ")");
   }
   out->elem_size = *size;
   out->xt_type = DTypeFromName(out->dtype);
@@ -208,6 +217,14 @@ Status ParseEntry(const json& v, uint64_t buffer_size, uint64_t file_size, uint6
                          std::to_string(bytes));
   }
   return Status::OK();
+}
+
+// double -> float with IEEE overflow to infinity (a plain cast of an out-of-range double is UB).
+float NarrowToFloat(double d) {
+  if (std::isfinite(d) && std::fabs(d) > double(std::numeric_limits<float>::max())) {
+    return d > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+  }
+  return float(d);
 }
 
 std::string ShortFileMessage(size_t size) {
@@ -283,13 +300,13 @@ Result<SafetensorsFile> SafetensorsFile::FromBuffer(const std::string& name, con
   const uint64_t buffer_size = size - 8 - header_size;
   state->buffer = bytes + 8 + header_size;
 
-  auto parsed = ParseJson(
-      std::string_view(reinterpret_cast<const char*>(bytes + 8), size_t(header_size)),
-      "tensor name");
+  auto parsed =
+      ParseJson(std::string_view(reinterpret_cast<const char*>(bytes + 8), size_t(header_size)),
+                "tensor name");
   if (!parsed.ok()) return fail("header: " + parsed.status().message());
   const json& header = parsed.value();
   if (!header.is_object()) {
-    return fail(std::string("header is not a JSON object (it is a ") + header.type_name() + ")");
+    return fail("header is not a JSON object (it is " + KindOf(header) + ")");
   }
 
   for (const auto& [key, value] : header.items()) {
@@ -413,7 +430,7 @@ Result<Tensor> SafetensorsFile::GetF32(const std::string& name, const Shape& exp
   } else if (e->dtype == "F16") {
     for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(Load<uint16_t>(src, i));
   } else if (e->dtype == "F64") {
-    for (int64_t i = 0; i < n; ++i) dst[i] = float(Load<double>(src, i));
+    for (int64_t i = 0; i < n; ++i) dst[i] = NarrowToFloat(Load<double>(src, i));
   } else {
     return Status::Error(state_->Where(name) + " has dtype " + e->dtype +
                          ", expected a float dtype (F32, BF16, F16, F64)");
@@ -462,7 +479,8 @@ Result<std::string> ReadWholeFile(const std::string& path) {
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -585,192 +603,6 @@ Result<std::vector<double>> SafetensorsCheckpoint::GetF64(const std::string& nam
                                                           const Shape& expected) const {
   XT_ASSIGN_OR_RETURN(const SafetensorsFile* f, FileFor(name));
   return f->GetF64(name, expected);
-}
-
-// ------------------------------------------------------------------------------------- writing
-
-namespace {
-
-struct Chunk {
-  const void* data;
-  size_t size;
-};
-
-// Writes `chunks` to `path` via "<path>.tmp.<pid>", fsync and rename; then fsyncs the directory
-// (best effort: some file systems refuse). Removes the temporary file on failure.
-Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::Error("cannot create '" + tmp + "': " + Errno());
-  auto fail = [&](const std::string& what) {
-    std::string msg = what + " '" + tmp + "': " + Errno();
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    return Status::Error(msg + " (writing '" + path + "')");
-  };
-  for (const Chunk& c : chunks) {
-    const auto* p = static_cast<const char*>(c.data);
-    size_t left = c.size;
-    while (left > 0) {
-      ssize_t n = ::write(fd, p, std::min<size_t>(left, size_t(1) << 30));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        if (n == 0) errno = EIO;
-        return fail("cannot write");
-      }
-      p += n;
-      left -= size_t(n);
-    }
-  }
-  if (::fsync(fd) != 0) return fail("cannot fsync");
-  int rc = ::close(fd);
-  fd = -1;
-  if (rc != 0) return fail("cannot close");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + Errno();
-    ::unlink(tmp.c_str());
-    return Status::Error(msg);
-  }
-  std::string dir = fs::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
-  return Status::OK();
-}
-
-Status CheckTensorsToWrite(const std::string& path,
-                           const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  std::set<std::string> seen;
-  for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") {
-      return Status::Error("writing '" + path + "': '__metadata__' cannot be a tensor name");
-    }
-    if (!seen.insert(name).second) {
-      return Status::Error("writing '" + path + "': tensor name '" + name + "' given twice");
-    }
-    if (!t.defined()) {
-      return Status::Error("writing '" + path + "': tensor '" + name + "' has no data");
-    }
-  }
-  return Status::OK();
-}
-
-}  // namespace
-
-Status WriteSafetensors(const std::string& path,
-                        const std::vector<std::pair<std::string, Tensor>>& tensors,
-                        const std::map<std::string, std::string>& metadata) {
-  XT_RETURN_IF_ERROR(CheckTensorsToWrite(path, tensors));
-  // Data order: element size descending, then name (what the reference writer does), so each
-  // tensor starts aligned to its element size.
-  std::vector<const std::pair<std::string, Tensor>*> order;
-  for (const auto& kv : tensors) order.push_back(&kv);
-  std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
-    size_t sa = DTypeSize(a->second.dtype()), sb = DTypeSize(b->second.dtype());
-    return sa != sb ? sa > sb : a->first < b->first;
-  });
-
-  json header = json::object();  // std::map underneath: keys come out sorted
-  uint64_t offset = 0;
-  std::vector<Chunk> chunks(2);
-  for (const auto* kv : order) {
-    const Tensor& t = kv->second;
-    const uint64_t n = t.nbytes();
-    header[kv->first] = {{"dtype", DTypeName(t.dtype())},
-                         {"shape", t.shape()},
-                         {"data_offsets", {offset, offset + n}}};
-    offset += n;
-    if (n) chunks.push_back({t.data(), size_t(n)});
-  }
-  json meta = json::object();
-  for (const auto& [k, v] : metadata) meta[k] = v;
-  if (!meta.contains("format")) meta["format"] = "pt";
-  header["__metadata__"] = meta;
-
-  std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const uint64_t header_size = text.size();
-  chunks[0] = {&header_size, 8};
-  chunks[1] = {text.data(), text.size()};
-  return WriteFileAtomically(path, chunks);
-}
-
-Status WriteSafetensorsSharded(const std::string& dir,
-                               const std::vector<std::pair<std::string, Tensor>>& tensors,
-                               size_t max_shard_bytes) {
-  XT_RETURN_IF_ERROR(CheckTensorsToWrite(dir, tensors));
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::Error("cannot create checkpoint directory '" + dir + "': " + ec.message());
-
-  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
-  size_t current = 0;
-  uint64_t total = 0;
-  for (const auto& kv : tensors) {
-    const size_t n = kv.second.nbytes();
-    if (!shards.back().empty() && current + n > max_shard_bytes) {
-      shards.emplace_back();
-      current = 0;
-    }
-    shards.back().push_back(kv);
-    current += n;
-    total += n;
-  }
-
-  const fs::path d(dir);
-  const std::string index_name = "model.safetensors.index.json";
-  std::set<std::string> keep;
-  if (shards.size() == 1) {
-    keep.insert("model.safetensors");
-    XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shards[0]));
-  } else {
-    json weight_map = json::object();
-    const size_t count = shards.size();
-    for (size_t i = 0; i < count; ++i) {
-      char name[64];
-      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, count);
-      keep.insert(name);
-      XT_RETURN_IF_ERROR(WriteSafetensors((d / name).string(), shards[i]));
-      for (const auto& kv : shards[i]) weight_map[kv.first] = name;
-    }
-    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
-    keep.insert(index_name);
-    XT_RETURN_IF_ERROR(WriteFileAtomically((d / index_name).string(), {{text.data(), text.size()}}));
-  }
-
-  // Remove what an earlier save left and this one does not use.
-  auto is_ours = [&](const std::string& f) {
-    if (f == "model.safetensors" || f == index_name) return true;
-    // model-NNNNN-of-NNNNN.safetensors
-    if (f.size() != 32 || f.compare(0, 6, "model-") != 0 || f.compare(11, 4, "-of-") != 0 ||
-        f.compare(20, 12, ".safetensors") != 0) {
-      return false;
-    }
-    for (int i : {6, 7, 8, 9, 10, 15, 16, 17, 18, 19}) {
-      if (f[i] < '0' || f[i] > '9') return false;
-    }
-    return true;
-  };
-  std::vector<fs::path> stale;
-  for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string f = it->path().filename().string();
-    if (is_ours(f) && !keep.count(f)) stale.push_back(it->path());
-  }
-  if (ec) return Status::Error("cannot list checkpoint directory '" + dir + "': " + ec.message());
-  // The index first: once it is gone, a directory with a new model.safetensors is consistent.
-  std::sort(stale.begin(), stale.end(), [&](const fs::path& a, const fs::path& b) {
-    return (a.filename() == index_name) > (b.filename() == index_name);
-  });
-  for (const auto& p : stale) {
-    if (!fs::remove(p, ec) && ec) {
-      return Status::Error("cannot remove stale checkpoint file '" + p.string() +
-                           "': " + ec.message());
-    }
-  }
-  return Status::OK();
 }
 
 }  // namespace xt

@@ -52,7 +52,7 @@ class SafetensorsFile {
   // Maps `path` and validates its header: length, JSON syntax, duplicate keys, every entry's
   // dtype, shape and data_offsets (inside the buffer, matching numel * dtype size, not
   // overlapping another tensor), metadata all strings. Gaps between tensors and trailing bytes
-  // after the last one are tolerated.
+  // after the last one are tolerated (the reference reader rejects them; no writer makes them).
   static Result<SafetensorsFile> Open(const std::string& path);
 
   // Parses an in-memory file image of `size` bytes. `name` is used in error messages and as

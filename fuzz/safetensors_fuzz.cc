@@ -1,0 +1,47 @@
+// libFuzzer target for the safetensors reader: any byte string given to
+// SafetensorsFile::FromBuffer (the parser behind SafetensorsFile::Open) must yield either a valid
+// file, every tensor of which can be read within the input's bounds, or an error Status; never a
+// crash, a sanitizer report or an abort. See fuzz/README.md.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "xtuner/core/safetensors.h"
+
+namespace {
+
+// Reads every byte so that AddressSanitizer sees any access outside the input.
+uint8_t Touch(const void* p, size_t n) {
+  uint8_t acc = 0;
+  for (size_t i = 0; i < n; ++i) acc ^= static_cast<const uint8_t*>(p)[i];
+  return acc;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  auto file = xt::SafetensorsFile::FromBuffer("fuzz-input", data, size, nullptr);
+  if (!file.ok()) {
+    if (file.status().message().empty()) __builtin_trap();
+    return 0;
+  }
+  volatile uint8_t sink = 0;
+  for (const auto& name : file->names()) {
+    if (!file->contains(name)) __builtin_trap();
+    auto info = file->Info(name);
+    if (!info.ok()) __builtin_trap();
+    sink = sink ^ Touch(info->data, info->nbytes);
+    if (auto t = file->Get(name); t.ok()) {
+      if (t->nbytes() != info->nbytes || t->shape() != info->shape) __builtin_trap();
+      sink = sink ^ Touch(t->data(), t->nbytes());
+    }
+    if (auto f = file->GetF32(name, info->shape); f.ok()) {
+      sink = sink ^ Touch(f->data(), f->nbytes());
+    }
+    if (auto d = file->GetF64(name, info->shape); d.ok()) {
+      sink = sink ^ Touch(d->data(), d->size() * sizeof(double));
+    }
+  }
+  for (const auto& [k, v] : file->metadata()) sink = sink ^ Touch(v.data(), v.size());
+  return 0;
+}

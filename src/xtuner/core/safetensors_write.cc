@@ -1,0 +1,246 @@
+// The writing half of safetensors.h: WriteSafetensors and WriteSafetensorsSharded.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "xtuner/core/safetensors.h"
+
+namespace xt {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors I/O assumes a little-endian host");
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string Errno() { return std::strerror(errno); }
+
+struct Chunk {
+  const void* data;
+  size_t size;
+};
+
+// Writes `chunks` to `path` via "<path>.tmp.<pid>", fsync and rename; then fsyncs the directory
+// (best effort: some file systems refuse). Removes the temporary file on failure.
+Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::Error("cannot create '" + tmp + "': " + Errno());
+  auto fail = [&](const std::string& what) {
+    std::string msg = what + " '" + tmp + "': " + Errno();
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    return Status::Error(msg + " (writing '" + path + "')");
+  };
+  for (const Chunk& c : chunks) {
+    const auto* p = static_cast<const char*>(c.data);
+    size_t left = c.size;
+    while (left > 0) {
+      ssize_t n = ::write(fd, p, std::min<size_t>(left, size_t(1) << 30));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0) errno = EIO;
+        return fail("cannot write");
+      }
+      p += n;
+      left -= size_t(n);
+    }
+  }
+  if (::fsync(fd) != 0) return fail("cannot fsync");
+  int rc = ::close(fd);
+  fd = -1;
+  if (rc != 0) return fail("cannot close");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + Errno();
+    ::unlink(tmp.c_str());
+    return Status::Error(msg);
+  }
+  std::string dir = fs::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status::OK();
+}
+
+bool IsUtf8(const std::string& s) {
+  try {
+    (void)json(s).dump();
+    return true;
+  } catch (const json::exception&) {
+    return false;
+  }
+}
+
+Status CheckTensorsToWrite(const std::string& path,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::set<std::string> seen;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__") {
+      return Status::Error("writing '" + path + "': '__metadata__' cannot be a tensor name");
+    }
+    if (!seen.insert(name).second) {
+      return Status::Error("writing '" + path + "': tensor name '" + name + "' given twice");
+    }
+    if (!t.defined()) {
+      return Status::Error("writing '" + path + "': tensor '" + name + "' has no data");
+    }
+    if (!IsUtf8(name)) {
+      return Status::Error("writing '" + path + "': tensor name '" + name + "' is not UTF-8");
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status WriteSafetensors(const std::string& path,
+                        const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  XT_RETURN_IF_ERROR(CheckTensorsToWrite(path, tensors));
+  // The reference writer's order: dtype descending in its enum (I64 > F32 > I32 > BF16 > F16),
+  // then name. Sizes descend with it, so every tensor starts aligned to its element size.
+  auto rank = [](DType t) {
+    switch (t) {
+      case DType::I64:
+        return 0;
+      case DType::F32:
+        return 1;
+      case DType::I32:
+        return 2;
+      case DType::BF16:
+        return 3;
+      case DType::F16:
+        return 4;
+    }
+    return 5;
+  };
+  std::vector<const std::pair<std::string, Tensor>*> order;
+  for (const auto& kv : tensors) order.push_back(&kv);
+  std::sort(order.begin(), order.end(), [&](const auto* a, const auto* b) {
+    int ra = rank(a->second.dtype()), rb = rank(b->second.dtype());
+    return ra != rb ? ra < rb : a->first < b->first;
+  });
+
+  // Also the reference's header: "__metadata__" first, then the tensors in data order, each as
+  // {"dtype", "shape", "data_offsets"}; so our files are byte-identical to safetensors' own.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  std::map<std::string, std::string> meta = metadata;
+  meta.emplace("format", "pt");
+  header["__metadata__"] = meta;
+  uint64_t offset = 0;
+  std::vector<Chunk> chunks(2);
+  for (const auto* kv : order) {
+    const Tensor& t = kv->second;
+    const uint64_t n = t.nbytes();
+    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+    entry["dtype"] = DTypeName(t.dtype());
+    entry["shape"] = t.shape();
+    entry["data_offsets"] = {offset, offset + n};
+    header[kv->first] = std::move(entry);
+    offset += n;
+    if (n) chunks.push_back({t.data(), size_t(n)});
+  }
+
+  for (const auto& [k, v] : meta) {
+    if (!IsUtf8(k) || !IsUtf8(v)) {
+      return Status::Error("writing '" + path + "': metadata '" + k + "' is not UTF-8");
+    }
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t header_size = text.size();
+  chunks[0] = {&header_size, 8};
+  chunks[1] = {text.data(), text.size()};
+  return WriteFileAtomically(path, chunks);
+}
+
+Status WriteSafetensorsSharded(const std::string& dir,
+                               const std::vector<std::pair<std::string, Tensor>>& tensors,
+                               size_t max_shard_bytes) {
+  XT_RETURN_IF_ERROR(CheckTensorsToWrite(dir, tensors));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::Error("cannot create checkpoint directory '" + dir + "': " + ec.message());
+
+  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+  size_t current = 0;
+  uint64_t total = 0;
+  for (const auto& kv : tensors) {
+    const size_t n = kv.second.nbytes();
+    if (!shards.back().empty() && current + n > max_shard_bytes) {
+      shards.emplace_back();
+      current = 0;
+    }
+    shards.back().push_back(kv);
+    current += n;
+    total += n;
+  }
+
+  const fs::path d(dir);
+  const std::string index_name = "model.safetensors.index.json";
+  std::set<std::string> keep;
+  if (shards.size() == 1) {
+    keep.insert("model.safetensors");
+    XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shards[0]));
+  } else {
+    json weight_map = json::object();
+    const size_t count = shards.size();
+    for (size_t i = 0; i < count; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, count);
+      keep.insert(name);
+      XT_RETURN_IF_ERROR(WriteSafetensors((d / name).string(), shards[i]));
+      for (const auto& kv : shards[i]) weight_map[kv.first] = name;
+    }
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    keep.insert(index_name);
+    XT_RETURN_IF_ERROR(
+        WriteFileAtomically((d / index_name).string(), {{text.data(), text.size()}}));
+  }
+
+  // Remove what an earlier save left and this one does not use.
+  auto is_ours = [&](const std::string& f) {
+    if (f == "model.safetensors" || f == index_name) return true;
+    // model-NNNNN-of-NNNNN.safetensors
+    if (f.size() != 32 || f.compare(0, 6, "model-") != 0 || f.compare(11, 4, "-of-") != 0 ||
+        f.compare(20, 12, ".safetensors") != 0) {
+      return false;
+    }
+    for (int i : {6, 7, 8, 9, 10, 15, 16, 17, 18, 19}) {
+      if (f[i] < '0' || f[i] > '9') return false;
+    }
+    return true;
+  };
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string f = it->path().filename().string();
+    if (is_ours(f) && !keep.count(f)) stale.push_back(it->path());
+  }
+  if (ec) return Status::Error("cannot list checkpoint directory '" + dir + "': " + ec.message());
+  // The index first: once it is gone, a directory with a new model.safetensors is consistent.
+  std::sort(stale.begin(), stale.end(), [&](const fs::path& a, const fs::path& b) {
+    return (a.filename() == index_name) > (b.filename() == index_name);
+  });
+  for (const auto& p : stale) {
+    if (!fs::remove(p, ec) && ec) {
+      return Status::Error("cannot remove stale checkpoint file '" + p.string() +
+                           "': " + ec.message());
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace xt
