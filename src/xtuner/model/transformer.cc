@@ -1,5 +1,6 @@
 #include "xtuner/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -26,7 +27,19 @@ struct Transformer::LayerActs {
   // MoE only.
   vector<float> router_logits, probs, topk_w;          // (T, E), (T, E), (T, k)
   vector<int32_t> topk_idx, offsets, sorted, slot_of;  // (T, k), (E+1), (A), (A)
-  vector<float> xs, ys;                                // (A, H), (A, H)
+  vector<float> xs, ys;                         // (A, H), (A, H)
+
+  // Bytes held by the buffers above.
+  int64_t bytes() const {
+    int64_t n = 0;
+    for (const vector<float>* b : {&x_in, &h1, &rstd1, &q_pre, &k_pre, &q_rstd, &k_rstd, &q, &k, &v,
+                                   &attn, &lse, &x_mid, &h2, &rstd2, &gu, &act, &router_logits,
+                                   &probs, &topk_w, &xs, &ys})
+      n += int64_t(b->capacity() * sizeof(float));
+    for (const vector<int32_t>* b : {&topk_idx, &offsets, &sorted, &slot_of})
+      n += int64_t(b->capacity() * sizeof(int32_t));
+    return n;
+  }
 };
 
 struct Transformer::Acts {
@@ -42,6 +55,11 @@ Transformer::Transformer(ModelConfig cfg)
       grads_(Tensor::Zeros(DType::F32, {layout_.total()})) {}
 
 void Transformer::ZeroGrads() { std::memset(grads_.data(), 0, grads_.nbytes()); }
+
+void Transformer::SetRecompute(double fraction) {
+  XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");
+  recompute_layers_ = int64_t(std::llround(fraction * double(cfg_.num_layers)));
+}
 
 // HF's default RoPE: inv_freq[i] = 1 / theta^(2i/D), angle = position * inv_freq, in fp32.
 void Transformer::ComputeRope(const Batch& b, Acts* a) const {
@@ -230,16 +248,21 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   };
   if (want_hidden) keep_hidden(x);
 
+  LossInfo info;
   // Pooled balancing statistics over every MoE layer.
   const int64_t E = cfg_.num_experts, k = cfg_.top_k;
   vector<double> count(E, 0.0), prob_sum(E, 0.0);
+  vector<int64_t> held(L), full(L);  // per layer: bytes kept for the backward; bytes when whole
   for (int64_t l = 0; l < L; ++l) {
     LayerForward(l, b, x.data(), y.data(), &acts);
     x.swap(y);
-    const LayerActs& a = acts.layers[l];
+    LayerActs& a = acts.layers[l];
     if (!a.probs.empty()) {
       ops::moe_balance_stats(count.data(), prob_sum.data(), a.probs.data(), a.topk_idx.data(), T, E,
                              k);
+      vector<int64_t> per_expert(E, 0);
+      for (int32_t e : a.topk_idx) ++per_expert[e];
+      info.tokens_per_expert.push_back(std::move(per_expert));
       if (out) {
         Tensor rl = Tensor::Empty(DType::F32, {T, E});
         std::memcpy(rl.f32(), a.router_logits.data(), T * E * 4);
@@ -250,6 +273,15 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
       }
     }
     if (want_hidden && l + 1 < L) keep_hidden(x);
+    full[l] = a.bytes();
+    if (backward && l < recompute_layers_) {
+      // Keep only the layer's input; the backward runs the layer again from it.
+      LayerActs input_only;
+      input_only.x_in = std::move(a.x_in);
+      a = std::move(input_only);
+    }
+    if (!backward) a = LayerActs();  // nothing to keep
+    held[l] = a.bytes();
   }
   acts.x_final = x;
   acts.h_final.resize(T * H);
@@ -262,7 +294,6 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
     lm_head_logits(out->logits.f32(), acts.h_final.data(), P + layout_.lm_head, T, H, V);
   }
 
-  LossInfo info;
   info.num_loss_tokens = b.num_loss_tokens();
   const int64_t n_moe = cfg_.num_moe_layers();
   vector<double> dprob_e(E, 0.0);
@@ -290,8 +321,18 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   for (double g : dprob_e) mean_dprob += g / double(E);
   for (double& g : dprob_e) g = (g - mean_dprob) * cfg_.router_aux_loss_coef * aux_weight;
   const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
-  for (int64_t l = L - 1; l >= 0; --l)
+  // The backward walks down the layers, freeing each after its backward and rebuilding a
+  // recomputed one first: at layer l, layers below hold what they kept and l holds all of it.
+  for (int64_t l = 0, below = 0; l < L; below += held[l], ++l)
+    info.activation_bytes = std::max(info.activation_bytes, below + full[l]);
+  for (int64_t l = L - 1; l >= 0; --l) {
+    if (l < recompute_layers_) {  // the same inputs give bit-identical activations
+      vector<float> x_in = std::move(acts.layers[l].x_in), unused(T * H);
+      LayerForward(l, b, x_in.data(), unused.data(), &acts);
+    }
     LayerBackward(l, b, dx.data(), &acts, aux_grad ? dprob_e.data() : nullptr);
+    acts.layers[l] = LayerActs();  // free as we go
+  }
   ops::embedding_backward(G + layout_.embed, dx.data(), b.ids.data(), T, V, H);
   return info;
 }

@@ -20,6 +20,8 @@ struct LossInfo {
   double ce_loss = 0;   // mean over the batch's loss tokens
   double aux_loss = 0;  // transformers' load-balancing loss (MoE), 0 for dense models
   int64_t num_loss_tokens = 0;
+  std::vector<std::vector<int64_t>> tokens_per_expert;  // per MoE layer (E): top-k selections
+  int64_t activation_bytes = 0;  // peak bytes of activations kept for the backward
 };
 
 // What a forward pass can hand back for inspection.
@@ -42,6 +44,10 @@ class Transformer {
   const Tensor& params() const { return params_; }
   Tensor& grads() { return grads_; }
   void ZeroGrads();
+  // Per-layer activation recompute: the first round(fraction * layers) layers keep only their
+  // input in the forward and run again in the backward. Gradients are bit-identical either way.
+  void SetRecompute(double fraction);
+  int64_t recompute_layers() const { return recompute_layers_; }
 
   // Forward and backward of one micro-batch: gradients ACCUMULATE into grads().
   // The CE loss of each token is weighted by ce_weight (1 / loss tokens of the global batch;
@@ -67,6 +73,7 @@ class Transformer {
   ParamLayout layout_;
   Tensor params_;  // (layout_.total())
   Tensor grads_;   // (layout_.total())
+  int64_t recompute_layers_ = 0;
 };
 
 }  // namespace xt
