@@ -27,14 +27,15 @@ struct Transformer::LayerActs {
   // MoE only.
   vector<float> router_logits, probs, topk_w;          // (T, E), (T, E), (T, k)
   vector<int32_t> topk_idx, offsets, sorted, slot_of;  // (T, k), (E+1), (A), (A)
-  vector<float> xs, ys;                         // (A, H), (A, H)
+  vector<float> xs, ys;                                // (A, H), (A, H)
 
   // Bytes held by the buffers above.
   int64_t bytes() const {
     int64_t n = 0;
-    for (const vector<float>* b : {&x_in, &h1, &rstd1, &q_pre, &k_pre, &q_rstd, &k_rstd, &q, &k, &v,
-                                   &attn, &lse, &x_mid, &h2, &rstd2, &gu, &act, &router_logits,
-                                   &probs, &topk_w, &xs, &ys})
+    for (const vector<float>* b :
+         {&x_in,  &h1,     &rstd1, &q_pre, &k_pre, &q_rstd, &k_rstd, &q,   &k,
+          &v,     &attn,   &lse,   &x_mid, &h2,    &rstd2,  &gu,     &act, &router_logits,
+          &probs, &topk_w, &xs,    &ys})
       n += int64_t(b->capacity() * sizeof(float));
     for (const vector<int32_t>* b : {&topk_idx, &offsets, &sorted, &slot_of})
       n += int64_t(b->capacity() * sizeof(int32_t));
@@ -78,7 +79,7 @@ void Transformer::ComputeRope(const Batch& b, Acts* a) const {
 }
 
 void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, float* x_out,
-                               Acts* acts) {
+                               Acts* acts, KvCache* cache) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
   const float* P = params_.f32();
@@ -112,10 +113,19 @@ void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, flo
   ops::rope_forward(a.q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a.k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a.attn.resize(T * Hq * D);
-  a.lse.resize(T * Hq);
-  ops::attention_forward(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(),
-                         b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D,
-                         float(1.0 / std::sqrt(double(D))));
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  if (cache) {
+    float* kc = cache->k[l].data() + cache->length * Hkv * D;
+    float* vc = cache->v[l].data() + cache->length * Hkv * D;
+    std::copy(a.k.begin(), a.k.end(), kc);
+    std::copy(a.v.begin(), a.v.end(), vc);
+    ops::attention_cached_forward(a.attn.data(), a.q.data(), cache->k[l].data(), cache->v[l].data(),
+                                  cache->length, T, Hq, Hkv, D, scale);
+  } else {
+    a.lse.resize(T * Hq);
+    ops::attention_forward(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(),
+                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
+  }
   a.x_mid.resize(T * H);
   ops::linear_forward(a.x_mid.data(), a.attn.data(), P + o.wo, T, Hq * D, H);
   for (int64_t i = 0; i < T * H; ++i) a.x_mid[i] += x_in[i];
@@ -335,6 +345,46 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   }
   ops::embedding_backward(G + layout_.embed, dx.data(), b.ids.data(), T, V, H);
   return info;
+}
+
+KvCache Transformer::NewKvCache(int64_t capacity) const {
+  KvCache c;
+  c.capacity = capacity;
+  const size_t n = size_t(capacity * cfg_.num_kv_heads * cfg_.head_dim);
+  c.k.assign(cfg_.num_layers, vector<float>(n));
+  c.v.assign(cfg_.num_layers, vector<float>(n));
+  return c;
+}
+
+Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvCache* cache) {
+  const int64_t T = int64_t(ids.size()), H = cfg_.hidden_size, V = cfg_.vocab_size;
+  if (T == 0) return Status::Error("generate: no tokens to run");
+  if (cache->length + T > cache->capacity)
+    return Status::Error("generate: " + std::to_string(cache->length + T) +
+                         " positions exceed the KV cache of " + std::to_string(cache->capacity));
+  Batch b;
+  b.ids = ids;
+  b.cu_seqlens = {0, int32_t(T)};
+  b.targets.assign(T, kIgnoreIndex);
+  for (int64_t t = 0; t < T; ++t) b.positions.push_back(int32_t(cache->length + t));
+  XT_RETURN_IF_ERROR(b.Validate(V));
+  const float* P = params_.f32();
+  Acts acts;
+  acts.layers.resize(cfg_.num_layers);
+  ComputeRope(b, &acts);
+  vector<float> x(T * H), y(T * H);
+  ops::embedding_forward(x.data(), b.ids.data(), P + layout_.embed, T, H);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    LayerForward(l, b, x.data(), y.data(), &acts, cache);
+    acts.layers[l] = LayerActs();
+    x.swap(y);
+  }
+  cache->length += T;
+  vector<float> h(H), rstd(1), logits(V);
+  ops::rmsnorm_forward(h.data(), rstd.data(), x.data() + (T - 1) * H, P + layout_.final_norm, 1, H,
+                       float(cfg_.rms_norm_eps));
+  lm_head_logits(logits.data(), h.data(), P + layout_.lm_head, 1, H, V);
+  return logits;
 }
 
 Result<LossInfo> Transformer::ForwardBackward(const Batch& b, double ce_weight, double aux_weight) {

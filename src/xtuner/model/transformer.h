@@ -33,6 +33,13 @@ struct ForwardOutputs {
   LossInfo loss;
 };
 
+// Keys and values of the positions generated so far, per layer (after RoPE), for generation.
+struct KvCache {
+  int64_t length = 0;                    // positions held
+  int64_t capacity = 0;                  // positions it can hold
+  std::vector<std::vector<float>> k, v;  // per layer: (capacity, Hkv, D)
+};
+
 class Transformer {
  public:
   // Parameters are zero until loaded (see model/checkpoint.h).
@@ -60,11 +67,20 @@ class Transformer {
   // Forward only, keeping what `out` asks for (logits are the full (T, V): inspection only).
   Result<ForwardOutputs> Forward(const Batch& batch, bool want_logits, bool want_hidden);
 
+  // Generation: an empty cache for up to `capacity` positions.
+  KvCache NewKvCache(int64_t capacity) const;
+  // Runs `ids` at positions [cache->length, cache->length + n), appends their keys and values to
+  // the cache and returns the logits (V) of the last one. Error if the cache would overflow or an
+  // id is outside the vocabulary.
+  Result<std::vector<float>> ForwardCached(const std::vector<int32_t>& ids, KvCache* cache);
+
  private:
   struct Acts;
   struct LayerActs;
   void ComputeRope(const Batch& b, Acts* a) const;
-  void LayerForward(int64_t l, const Batch& b, const float* x_in, float* x_out, Acts* a);
+  // With a cache (generation), the layer appends its keys and values and attends over them.
+  void LayerForward(int64_t l, const Batch& b, const float* x_in, float* x_out, Acts* a,
+                    KvCache* cache = nullptr);
   void LayerBackward(int64_t l, const Batch& b, float* dx, Acts* a, const double* dprob_e);
   Result<LossInfo> Run(const Batch& b, bool backward, double ce_weight, double aux_weight,
                        ForwardOutputs* out, bool want_logits, bool want_hidden);

@@ -66,6 +66,13 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
                         int64_t Hkv, int64_t D, float scale);
 
+// Generation: Tq new queries at positions [past, past + Tq) of one sequence over cached keys and
+// values of positions [0, past + Tq) (the new ones already appended); causal, GQA.
+// q (Tq, Hq, D), k_cache (>= past + Tq, Hkv, D), v_cache (same) -> out (Tq, Hq, D). No backward.
+void attention_cached_forward(float* out, const float* q, const float* k_cache,
+                              const float* v_cache, int64_t past, int64_t Tq, int64_t Hq,
+                              int64_t Hkv, int64_t D, float scale);
+
 // ---------------------------------------------------------------- SwiGLU
 // h (N, 2I) holds [gate | up] per row -> out (N, I) = silu(gate) * up.
 void swiglu_forward(float* out, const float* h, int64_t N, int64_t I);

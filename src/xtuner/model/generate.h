@@ -1,0 +1,30 @@
+// Text generation with a KV cache: the prompt runs once (prefill), then one token per step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/transformer.h"
+
+namespace xt {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  double temperature = 0.0;  // 0: greedy (argmax, lowest id on ties)
+  double top_p = 1.0;        // nucleus sampling when < 1 (with temperature > 0)
+  int64_t top_k = 0;         // keep the k most likely tokens when > 0 (with temperature > 0)
+  uint64_t seed = 0;
+  std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+};
+
+// Returns the generated tokens (a stop token, when hit, is the last one). The model is only read.
+// Errors: empty prompt, ids outside the vocabulary, bad options.
+Result<std::vector<int32_t>> Generate(Transformer& model, const std::vector<int32_t>& prompt,
+                                      const GenerateOptions& options);
+
+// Picks the next token from logits (V) as the options say; `rng_state` advances.
+int32_t SampleToken(const std::vector<float>& logits, const GenerateOptions& options,
+                    uint64_t* rng_state);
+
+}  // namespace xt
