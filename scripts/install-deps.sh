@@ -9,6 +9,7 @@ PKGS=(
   libomp-dev           # OpenMP runtime headers (libgomp ships with g++)
   nlohmann-json3-dev   # JSON: config.json, safetensors headers
   libcli11-dev         # command-line parsing
+  libtomlplusplus-dev  # training configs (TOML)
   libpcre2-dev         # tokenizer pre-tokenizer regexes (JIT)
   libutf8proc-dev      # Unicode normalization (NFC/NFKC) for tokenizers
   libxxhash-dev        # content hashes of the tokenized cache

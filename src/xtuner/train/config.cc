@@ -1,0 +1,412 @@
+#include "xtuner/train/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <variant>
+
+namespace xt {
+
+namespace {
+
+using Member = std::variant<int64_t TrainConfig::*, double TrainConfig::*, bool TrainConfig::*,
+                            std::string TrainConfig::*>;
+
+struct Key {
+  const char* path;
+  Member member;
+  const char* doc;
+};
+
+// The schema: every key, its field and its documentation, in the order of docs/config.md.
+const std::vector<Key>& Schema() {
+  using C = TrainConfig;
+  static const std::vector<Key> keys = {
+      {"work_dir", &C::work_dir, "Directory for checkpoints, exports, metrics.jsonl, TensorBoard."},
+      {"model.load_from", &C::load_from,
+       "Hugging Face model directory (config.json + safetensors) to start from."},
+      {"model.model_config", &C::model_config,
+       "A config.json alone: the model starts from random weights (instead of load_from)."},
+      {"model.initializer_range", &C::initializer_range,
+       "Standard deviation of the random initialisation (model_config only)."},
+      {"model.recompute", &C::recompute,
+       "Fraction of layers (from the first) whose activations are recomputed in the backward."},
+      {"data.tokenizer", &C::tokenizer,
+       "tokenizer.json; default: tokenizer.json beside the model's config.json."},
+      {"data.chat_template", &C::chat_template,
+       "chatml | qwen3 | llama3 | deepseek-v3 | auto (recognised from tokenizer_config.json)."},
+      {"data.max_length", &C::max_length, "Tokens per packed row."},
+      {"data.on_bad_sample", &C::on_bad_sample,
+       "error: a malformed line stops the run before training; skip: skip and count it."},
+      {"data.overlong", &C::overlong,
+       "A sample longer than max_length is truncated or dropped (and counted)."},
+      {"data.train_last_turn_only", &C::train_last_turn_only,
+       "Train only on the last assistant turn of each conversation."},
+      {"train.steps", &C::steps, "Optimizer steps."},
+      {"train.global_batch_size", &C::global_batch_size,
+       "Rows of max_length tokens per optimizer step, over all ranks."},
+      {"train.micro_batch_size", &C::micro_batch_size,
+       "Rows per forward/backward; gradients accumulate over the global batch."},
+      {"train.seed", &C::seed, "Seed of the data order and the random initialisation."},
+      {"optim.lr", &C::lr, "Peak learning rate."},
+      {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
+      {"optim.weight_decay", &C::weight_decay,
+       "AdamW decoupled weight decay (never on norm weights)."},
+      {"optim.beta1", &C::beta1, "AdamW beta1."},
+      {"optim.beta2", &C::beta2, "AdamW beta2."},
+      {"optim.eps", &C::eps, "AdamW epsilon."},
+      {"optim.clip_grad_norm", &C::clip_grad_norm,
+       "Clip the global gradient L2 norm to this; 0 disables clipping."},
+      {"optim.max_nonfinite_steps", &C::max_nonfinite_steps,
+       "Steps with a NaN/Inf gradient are skipped; this many in a row stop the run."},
+      {"schedule.type", &C::schedule, "cosine | linear | constant (after the warm-up)."},
+      {"schedule.warmup_steps", &C::warmup_steps, "Linear warm-up steps."},
+      {"schedule.warmup_ratio", &C::warmup_ratio,
+       "Warm-up as a fraction of train.steps (used when warmup_steps is 0)."},
+      {"checkpoint.every", &C::checkpoint_every,
+       "Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C)."},
+      {"checkpoint.keep_last", &C::keep_last, "Checkpoints kept; older ones are deleted."},
+      {"checkpoint.resume", &C::resume,
+       "\"\" starts fresh; \"auto\" resumes from the latest checkpoint in work_dir; or a path."},
+      {"export.every", &C::export_every, "Write a Hugging Face export every N steps (0: never)."},
+      {"export.at_end", &C::export_at_end, "Write a Hugging Face export when training ends."},
+      {"export.dtype", &C::export_dtype, "bf16 | fp32 weights in the export."},
+      {"export.shard_mb", &C::export_shard_mb, "Largest safetensors shard of an export, in MB."},
+      {"log.every", &C::log_every, "Print a line every N steps when not on a terminal."},
+      {"log.tensorboard", &C::tensorboard, "Write a TensorBoard event file in work_dir/tb."},
+      {"log.peak_tflops", &C::peak_tflops,
+       "Peak TFLOP/s of the hardware, for MFU (0: report no MFU)."},
+      {"eval.file", &C::eval_file,
+       "JSONL of {\"prompt\", \"answer\"}: after training, greedy answers are scored."},
+      {"eval.max_new_tokens", &C::eval_max_new_tokens, "Tokens generated per eval prompt."},
+  };
+  return keys;
+}
+
+const char* TypeName(const Member& m) {
+  switch (m.index()) {
+    case 0:
+      return "an integer";
+    case 1:
+      return "a number";
+    case 2:
+      return "true or false";
+    default:
+      return "a string";
+  }
+}
+
+std::string Describe(const toml::node& n) {
+  std::ostringstream os;
+  if (n.is_string()) {
+    os << "string \"" << n.as_string()->get() << "\"";
+  } else if (n.is_table()) {
+    os << "a table";
+  } else if (n.is_array()) {
+    os << "an array";
+  } else {
+    n.visit([&](const auto& v) { os << v; });
+  }
+  return os.str();
+}
+
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    prev.swap(cur);
+  }
+  return prev[b.size()];
+}
+
+// Names other tools use for our keys (HF TrainingArguments, XTuner, Megatron).
+const char* Alias(const std::string& leaf) {
+  static const std::pair<const char*, const char*> kAliases[] = {
+      {"learning_rate", "optim.lr"},
+      {"lr_min", "optim.min_lr"},
+      {"max_grad_norm", "optim.clip_grad_norm"},
+      {"grad_clip", "optim.clip_grad_norm"},
+      {"clip_grad", "optim.clip_grad_norm"},
+      {"adam_beta1", "optim.beta1"},
+      {"adam_beta2", "optim.beta2"},
+      {"adam_epsilon", "optim.eps"},
+      {"max_steps", "train.steps"},
+      {"total_steps", "train.steps"},
+      {"train_iters", "train.steps"},
+      {"batch_size", "train.global_batch_size"},
+      {"global_batch", "train.global_batch_size"},
+      {"micro_batch", "train.micro_batch_size"},
+      {"output_dir", "work_dir"},
+      {"model_name_or_path", "model.load_from"},
+      {"pretrained", "model.load_from"},
+      {"max_seq_len", "data.max_length"},
+      {"max_seq_length", "data.max_length"},
+      {"seq_length", "data.max_length"},
+      {"pack_max_length", "data.max_length"},
+      {"lr_scheduler_type", "schedule.type"},
+      {"warmup", "schedule.warmup_steps"},
+      {"save_steps", "checkpoint.every"},
+      {"save_total_limit", "checkpoint.keep_last"},
+      {"logging_steps", "log.every"},
+      {"gradient_checkpointing", "model.recompute"},
+      {"recompute_ratio", "model.recompute"},
+  };
+  for (const auto& [name, key] : kAliases)
+    if (leaf == name) return key;
+  return nullptr;
+}
+
+// "unknown key 'x' (did you mean 'y'?)" with the closest known key, or the list of a section's.
+std::string UnknownKey(const std::string& path) {
+  if (const char* key = Alias(path.substr(path.rfind('.') + 1)))
+    return "unknown key '" + path + "' (did you mean '" + key +
+           "'?); see docs/config.md for every key";
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  std::vector<std::string> all;
+  for (const Key& k : Schema()) all.push_back(k.path);
+  all.push_back("data.datasets");
+  for (const std::string& k : all) {
+    size_t d = EditDistance(path, k);
+    const std::string leaf = k.substr(k.rfind('.') + 1);
+    if (path.size() >= leaf.size() && path.substr(path.size() - leaf.size()) == leaf)
+      d = std::min<size_t>(d, 2);
+    if (d < best_d) best_d = d, best = k;
+  }
+  std::string msg = "unknown key '" + path + "'";
+  if (best_d <= std::max<size_t>(3, path.size() / 3)) msg += " (did you mean '" + best + "'?)";
+  return msg + "; see docs/config.md for every key";
+}
+
+Status SetKey(const Key& key, const toml::node& n, const std::string& where, TrainConfig* cfg) {
+  auto bad = [&] {
+    return Status::Error(where + ": " + key.path + " must be " + TypeName(key.member) + ", found " +
+                         Describe(n));
+  };
+  switch (key.member.index()) {
+    case 0:
+      if (!n.is_integer()) return bad();
+      cfg->*std::get<0>(key.member) = n.as_integer()->get();
+      break;
+    case 1:
+      if (n.is_integer()) {
+        cfg->*std::get<1>(key.member) = double(n.as_integer()->get());
+      } else if (n.is_floating_point()) {
+        cfg->*std::get<1>(key.member) = n.as_floating_point()->get();
+      } else {
+        return bad();
+      }
+      break;
+    case 2:
+      if (!n.is_boolean()) return bad();
+      cfg->*std::get<2>(key.member) = n.as_boolean()->get();
+      break;
+    default:
+      if (!n.is_string()) return bad();
+      cfg->*std::get<3>(key.member) = n.as_string()->get();
+  }
+  return Status::OK();
+}
+
+// data.datasets: an array of tables {path, ratio, kind}.
+Status SetDatasets(const toml::node& n, const std::string& where, TrainConfig* cfg) {
+  const toml::array* arr = n.as_array();
+  if (!arr)
+    return Status::Error(where +
+                         ": data.datasets must be an array of tables "
+                         "([[data.datasets]] with path = ...), found " +
+                         Describe(n));
+  cfg->datasets.clear();
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const std::string item = "data.datasets[" + std::to_string(i) + "]";
+    const toml::table* t = (*arr)[i].as_table();
+    if (!t) return Status::Error(where + ": " + item + " must be a table with path = ...");
+    DatasetConfig d;
+    for (const auto& [k, v] : *t) {
+      const std::string key(k.str());
+      if (key == "path" && v.is_string()) {
+        d.path = v.as_string()->get();
+      } else if (key == "ratio" && (v.is_floating_point() || v.is_integer())) {
+        d.ratio = v.is_integer() ? double(v.as_integer()->get()) : v.as_floating_point()->get();
+      } else if (key == "kind" && v.is_string()) {
+        d.kind = v.as_string()->get();
+      } else if (key == "path" || key == "ratio" || key == "kind") {
+        return Status::Error(where + ": " + item + "." + key +
+                             " has the wrong type: " + Describe(v));
+      } else {
+        return Status::Error(where + ": unknown key '" + item + "." + key +
+                             "' (a dataset has path, ratio, kind)");
+      }
+    }
+    if (d.path.empty()) return Status::Error(where + ": " + item + " has no path");
+    cfg->datasets.push_back(d);
+  }
+  return Status::OK();
+}
+
+const Key* FindKey(const std::string& path) {
+  for (const Key& k : Schema())
+    if (path == k.path) return &k;
+  return nullptr;
+}
+
+Status Apply(const std::string& path, const toml::node& n, const std::string& where,
+             TrainConfig* cfg) {
+  if (path == "data.datasets") return SetDatasets(n, where, cfg);
+  if (const Key* k = FindKey(path)) return SetKey(*k, n, where, cfg);
+  if (const toml::table* t = n.as_table()) {
+    for (const auto& [k, v] : *t) {
+      const std::string child =
+          path.empty() ? std::string(k.str()) : path + "." + std::string(k.str());
+      XT_RETURN_IF_ERROR(Apply(child, v, where, cfg));
+    }
+    return Status::OK();
+  }
+  return Status::Error(where + ": " + UnknownKey(path));
+}
+
+}  // namespace
+
+Status ParseTrainConfig(const std::string& text, const std::string& source, TrainConfig* cfg) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << source << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+       << e.description();
+    return Status::Error(os.str());
+  }
+  return Apply("", root, source, cfg);
+}
+
+Status LoadTrainConfig(const std::string& path, TrainConfig* cfg) {
+  std::ifstream in(path);
+  if (!in) return Status::Error(path + ": cannot open the training config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseTrainConfig(ss.str(), path, cfg);
+}
+
+Status ApplyOverride(const std::string& assignment, TrainConfig* cfg) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    return Status::Error("--set " + assignment + ": expected section.key=value");
+  const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  const std::string where = "--set " + assignment;
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {  // a bare word: take it as a string
+    parsed = toml::table{{"v", value}};
+  }
+  if (path != "data.datasets" && !FindKey(path))
+    return Status::Error(where + ": " + UnknownKey(path));
+  return Apply(path, *parsed.get("v"), where, cfg);
+}
+
+Status ValidateTrainConfig(const TrainConfig& c) {
+  auto err = [](const std::string& m) { return Status::Error("config: " + m); };
+  if (c.load_from.empty() == c.model_config.empty())
+    return err(
+        "set exactly one of model.load_from (a Hugging Face model directory) and "
+        "model.model_config (a config.json for random initialisation)");
+  if (c.datasets.empty()) return err("no data.datasets given");
+  for (const DatasetConfig& d : c.datasets) {
+    if (!(d.ratio > 0)) return err("dataset " + d.path + ": ratio must be > 0");
+    if (d.kind != "auto" && d.kind != "chat" && d.kind != "text")
+      return err("dataset " + d.path + ": kind must be auto, chat or text, not " + d.kind);
+  }
+  if (c.max_length < 2) return err("data.max_length must be at least 2");
+  if (c.on_bad_sample != "error" && c.on_bad_sample != "skip")
+    return err("data.on_bad_sample must be error or skip, not " + c.on_bad_sample);
+  if (c.overlong != "truncate" && c.overlong != "drop")
+    return err("data.overlong must be truncate or drop, not " + c.overlong);
+  if (c.steps < 1) return err("train.steps must be at least 1");
+  if (c.global_batch_size < 1 || c.micro_batch_size < 1)
+    return err("train.global_batch_size and train.micro_batch_size must be at least 1");
+  if (c.global_batch_size % c.micro_batch_size != 0)
+    return err("train.global_batch_size (" + std::to_string(c.global_batch_size) +
+               ") must be a multiple of train.micro_batch_size (" +
+               std::to_string(c.micro_batch_size) + ")");
+  if (!(c.lr >= 0) || !(c.min_lr >= 0) || c.min_lr > c.lr)
+    return err("optim.lr and optim.min_lr must satisfy 0 <= min_lr <= lr");
+  if (!(c.recompute >= 0 && c.recompute <= 1)) return err("model.recompute must be in [0, 1]");
+  if (c.export_dtype != "bf16" && c.export_dtype != "fp32")
+    return err("export.dtype must be bf16 or fp32, not " + c.export_dtype);
+  if (c.keep_last < 1) return err("checkpoint.keep_last must be at least 1");
+  if (c.log_every < 1) return err("log.every must be at least 1");
+  if (c.export_shard_mb < 1) return err("export.shard_mb must be at least 1");
+  return Status::OK();
+}
+
+std::string ConfigReferenceMarkdown() {
+  std::ostringstream os;
+  os << "# Training configuration reference\n\n"
+        "`xtuner train CONFIG.toml [--set section.key=value ...]` reads these keys; "
+        "`xtuner sft` sets the same ones from its flags. Unknown keys and wrong types are errors.\n"
+        "Values of `--set` use TOML syntax (`--set optim.lr=3e-4`, "
+        "`--set data.chat_template=qwen3`).\n\n"
+        "| key | type | default | meaning |\n|---|---|---|---|\n";
+  TrainConfig d;
+  for (const Key& k : Schema()) {
+    std::string def;
+    switch (k.member.index()) {
+      case 0:
+        def = std::to_string(d.*std::get<0>(k.member));
+        break;
+      case 1: {
+        std::ostringstream v;
+        v << d.*std::get<1>(k.member);
+        def = v.str();
+        break;
+      }
+      case 2:
+        def = d.*std::get<2>(k.member) ? "true" : "false";
+        break;
+      default:
+        def = "\"" + d.*std::get<3>(k.member) + "\"";
+    }
+    const char* type[] = {"integer", "float", "bool", "string"};
+    os << "| `" << k.path << "` | " << type[k.member.index()] << " | `" << def << "` | " << k.doc
+       << " |\n";
+  }
+  os << "| `data.datasets` | array of tables | (required) | Each `[[data.datasets]]` has `path` "
+        "(JSONL), `ratio` (float, default 1.0) and `kind` (auto, chat or text). |\n";
+  return os.str();
+}
+
+std::string ConfigToToml(const TrainConfig& c) {
+  toml::table root;
+  for (const Key& k : Schema()) {
+    std::string path = k.path;
+    toml::table* t = &root;
+    size_t dot = path.find('.');
+    if (dot != std::string::npos) {
+      const std::string section = path.substr(0, dot);
+      if (!root.contains(section)) root.insert(section, toml::table{});
+      t = root[section].as_table();
+      path = path.substr(dot + 1);
+    }
+    std::visit(
+        [&](auto m) {
+          auto v = c.*m;
+          t->insert_or_assign(path, v);
+        },
+        k.member);
+  }
+  toml::array ds;
+  for (const DatasetConfig& d : c.datasets)
+    ds.push_back(toml::table{{"path", d.path}, {"ratio", d.ratio}, {"kind", d.kind}});
+  root["data"].as_table()->insert_or_assign("datasets", ds);
+  std::ostringstream os;
+  os << root << "\n";
+  return os.str();
+}
+
+}  // namespace xt

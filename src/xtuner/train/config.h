@@ -1,0 +1,94 @@
+// TrainConfig: everything `xtuner train config.toml` and `xtuner sft` take. Every key is
+// declared once in a schema (config.cc) that parses the TOML file, applies `--set key=value`
+// overrides, rejects unknown keys (with a suggestion) and wrong types (with the key's path), and
+// prints docs/config.md, so the reference cannot drift from the code.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtuner/core/status.h"
+
+namespace xt {
+
+struct DatasetConfig {
+  std::string path;
+  double ratio = 1.0;         // < 1 takes a part of the file, > 1 repeats it
+  std::string kind = "auto";  // auto | chat | text
+};
+
+struct TrainConfig {
+  std::string work_dir = "work_dir";
+
+  // [model]
+  std::string load_from;     // HF model directory: config.json + safetensors weights
+  std::string model_config;  // or a config.json alone: random initialisation
+  double initializer_range = 0.02;
+  double recompute = 0.0;  // fraction of layers whose activations are recomputed
+
+  // [data]
+  std::vector<DatasetConfig> datasets;
+  std::string tokenizer;  // default: <load_from or model_config's dir>/tokenizer.json
+  std::string chat_template = "auto";
+  int64_t max_length = 2048;
+  std::string on_bad_sample = "error";  // error | skip
+  std::string overlong = "truncate";    // truncate | drop
+  bool train_last_turn_only = false;
+
+  // [train]
+  int64_t steps = 100;
+  int64_t global_batch_size = 8;  // rows of max_length tokens per optimizer step, all ranks
+  int64_t micro_batch_size = 1;   // rows per forward/backward
+  int64_t seed = 42;
+
+  // [optim]
+  double lr = 1e-5;
+  double min_lr = 0.0;
+  double weight_decay = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double clip_grad_norm = 1.0;  // 0 disables clipping
+  int64_t max_nonfinite_steps = 5;
+
+  // [schedule]
+  std::string schedule = "cosine";  // cosine | linear | constant
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0;
+
+  // [checkpoint]
+  int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)
+  int64_t keep_last = 2;
+  std::string resume;  // "" | auto | PATH
+
+  // [export]
+  int64_t export_every = 0;
+  bool export_at_end = true;
+  std::string export_dtype = "bf16";  // bf16 | fp32
+  int64_t export_shard_mb = 5000;
+
+  // [log]
+  int64_t log_every = 1;
+  bool tensorboard = true;
+  double peak_tflops = 0.0;  // for MFU; 0 = measure nothing against a peak
+
+  // [eval]
+  std::string eval_file;  // JSONL of {"prompt": ..., "answer": ...} checked after training
+  int64_t eval_max_new_tokens = 32;
+};
+
+// Parses a TOML file into `cfg` (keys not in the file keep their defaults).
+Status LoadTrainConfig(const std::string& path, TrainConfig* cfg);
+// Parses TOML text; `source` names it in errors.
+Status ParseTrainConfig(const std::string& text, const std::string& source, TrainConfig* cfg);
+// Applies one `section.key=value` override (value in TOML syntax; a bare word is a string).
+Status ApplyOverride(const std::string& assignment, TrainConfig* cfg);
+// Cross-key checks (required keys, ranges, one of load_from/model_config).
+Status ValidateTrainConfig(const TrainConfig& cfg);
+// The reference of every key, as Markdown (docs/config.md).
+std::string ConfigReferenceMarkdown();
+// The effective configuration as TOML (written to the work dir for reproducibility).
+std::string ConfigToToml(const TrainConfig& cfg);
+
+}  // namespace xt
