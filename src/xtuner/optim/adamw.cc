@@ -1,0 +1,147 @@
+#include "xtuner/optim/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+namespace xt {
+namespace {
+
+std::string Num(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", x);
+  return buf;
+}
+
+std::string RangeString(const DecayRange& r) {
+  return "[" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.numel) + ")";
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+Status ValidateAdamWConfig(const AdamWConfig& c) {
+  auto bad = [](const char* field, double v, const char* want) {
+    return Status::Error(std::string("AdamW: ") + field + " = " + Num(v) + ", expected " + want);
+  };
+  if (!(c.beta1 >= 0 && c.beta1 < 1)) return bad("beta1", c.beta1, "a value in [0, 1)");
+  if (!(c.beta2 >= 0 && c.beta2 < 1)) return bad("beta2", c.beta2, "a value in [0, 1)");
+  if (!(c.eps >= 0 && std::isfinite(c.eps))) return bad("eps", c.eps, "a finite value >= 0");
+  if (!(c.weight_decay >= 0 && std::isfinite(c.weight_decay)))
+    return bad("weight_decay", c.weight_decay, "a finite value >= 0");
+  return Status::OK();
+}
+
+std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
+  std::vector<DecayRange> out;
+  for (const ParamInfo& p : layout.params()) {
+    DecayRange r{p.offset, NumElements(p.shape), !(p.is_norm || EndsWith(p.name, ".bias"))};
+    if (!out.empty() && out.back().weight_decay == r.weight_decay &&
+        out.back().offset + out.back().numel == r.offset) {
+      out.back().numel += r.numel;
+    } else {
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> ranges, int64_t total,
+                            int64_t shard_begin, int64_t shard_end) {
+  XT_RETURN_IF_ERROR(ValidateAdamWConfig(cfg));
+  if (shard_end < 0) shard_end = total;
+  if (total < 0 || shard_begin < 0 || shard_begin > shard_end || shard_end > total)
+    return Status::Error("AdamW: shard [" + std::to_string(shard_begin) + ", " +
+                         std::to_string(shard_end) + ") is not inside the slab [0, " +
+                         std::to_string(total) + ")");
+  std::sort(ranges.begin(), ranges.end(),
+            [](const DecayRange& a, const DecayRange& b) { return a.offset < b.offset; });
+  AdamW opt;
+  int64_t next = 0;  // first element not yet covered
+  for (const DecayRange& r : ranges) {
+    if (r.numel < 0 || r.offset < 0 || r.offset + r.numel > total)
+      return Status::Error("AdamW: decay range " + RangeString(r) + " is not inside the slab [0, " +
+                           std::to_string(total) + ")");
+    if (r.offset < next)
+      return Status::Error("AdamW: decay range " + RangeString(r) + " overlaps another range");
+    if (r.offset > next)
+      return Status::Error("AdamW: elements [" + std::to_string(next) + ", " +
+                           std::to_string(r.offset) + ") are in no decay range");
+    next = r.offset + r.numel;
+    // Clip to the shard, make local, merge with the previous run when the flag agrees.
+    const int64_t b = std::max(r.offset, shard_begin) - shard_begin;
+    const int64_t e = std::min(r.offset + r.numel, shard_end) - shard_begin;
+    if (b >= e) continue;
+    if (!opt.runs_.empty() && opt.runs_.back().decay == r.weight_decay && opt.runs_.back().end == b)
+      opt.runs_.back().end = e;
+    else
+      opt.runs_.push_back({b, e, r.weight_decay});
+  }
+  if (next != total)
+    return Status::Error("AdamW: elements [" + std::to_string(next) + ", " + std::to_string(total) +
+                         ") are in no decay range");
+  opt.cfg_ = cfg;
+  opt.shard_begin_ = shard_begin;
+  opt.shard_end_ = shard_end;
+  opt.m_ = Tensor::Zeros(DType::F32, {shard_end - shard_begin});
+  opt.v_ = Tensor::Zeros(DType::F32, {shard_end - shard_begin});
+  return opt;
+}
+
+void AdamW::Step(float* params, const float* grads, double lr) {
+  XT_CHECK(lr >= 0 && std::isfinite(lr), "AdamW::Step: lr = " + Num(lr));
+  ++step_;
+  const double t = double(step_);
+  const double bc1 = 1 - std::pow(cfg_.beta1, t);
+  const double bc2 = 1 - std::pow(cfg_.beta2, t);
+  // The float scalars torch's kernels see.
+  const float decay = float(1 - lr * cfg_.weight_decay);
+  const bool apply_decay = cfg_.weight_decay != 0;
+  const float w1 = float(1 - cfg_.beta1);  // lerp weight
+  const float b2 = float(cfg_.beta2), w2 = float(1 - cfg_.beta2);
+  const float bc2_sqrt = float(std::pow(bc2, 0.5));
+  const float eps = float(cfg_.eps);
+  const float neg_step_size = float(-(lr / bc1));
+  float* m = m_.f32();
+  float* v = v_.f32();
+#pragma omp parallel
+  for (const Run& r : runs_) {
+    const bool d = apply_decay && r.decay;
+#pragma omp for schedule(static) nowait
+    for (int64_t i = r.begin; i < r.end; ++i) {
+      float p = params[i];
+      const float g = grads[i];
+      if (d) p = p * decay;
+      // torch's lerp: weight < 0.5 ? m + w (g - m) : g - (g - m)(1 - w).
+      m[i] = w1 < 0.5f ? m[i] + w1 * (g - m[i]) : g - (g - m[i]) * (1 - w1);
+      v[i] = v[i] * b2 + w2 * g * g;
+      const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
+      params[i] = p + neg_step_size * m[i] / denom;
+    }
+  }
+}
+
+Status AdamW::Restore(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step) {
+  auto check = [&](const Tensor& t, const char* name) {
+    if (t.dtype() != DType::F32 || t.numel() != numel())
+      return Status::Error(std::string("AdamW state '") + name + "': expected F32 with " +
+                           std::to_string(numel()) + " elements, found " + DTypeName(t.dtype()) +
+                           " " + ShapeString(t.shape()));
+    return Status::OK();
+  };
+  XT_RETURN_IF_ERROR(check(exp_avg, "exp_avg"));
+  XT_RETURN_IF_ERROR(check(exp_avg_sq, "exp_avg_sq"));
+  if (step < 0) return Status::Error("AdamW state: step = " + std::to_string(step) + " < 0");
+  std::memcpy(m_.data(), exp_avg.data(), m_.nbytes());
+  std::memcpy(v_.data(), exp_avg_sq.data(), v_.nbytes());
+  step_ = step;
+  return Status::OK();
+}
+
+}  // namespace xt
