@@ -9,6 +9,10 @@
 namespace xt::cli {
 
 void AddDebugDump(CLI::App& app);
+void AddTokenizer(CLI::App& app);
+void AddTrain(CLI::App& app);
+void AddSft(CLI::App& app);
+void AddGenerate(CLI::App& app);
 
 // Records the outcome of the command that ran: prints "xtuner: error: <message>" on failure.
 void Finish(const Status& status);

@@ -9,6 +9,10 @@ int main(int argc, char** argv) {
       "xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
   app.require_subcommand(1);
   xt::cli::AddDebugDump(app);
+  xt::cli::AddTokenizer(app);
+  xt::cli::AddTrain(app);
+  xt::cli::AddSft(app);
+  xt::cli::AddGenerate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

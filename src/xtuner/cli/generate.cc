@@ -1,0 +1,72 @@
+// xtuner generate --model DIR --prompt TEXT [--chat-template NAME] [...]
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "xtuner/data/chat_prompt.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/generate.h"
+
+namespace xt::cli {
+
+namespace {
+
+struct Options {
+  std::string model, prompt, chat_template, tokenizer;
+  GenerateOptions gen;
+};
+
+Status RunGenerate(const Options& o) {
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(o.model));
+  const std::string tok_path =
+      o.tokenizer.empty() ? (std::filesystem::path(o.model) / "tokenizer.json").string() : o.tokenizer;
+  XT_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(tok_path));
+  GenerateOptions gen = o.gen;
+  std::vector<int32_t> prompt;
+  if (o.chat_template.empty() || o.chat_template == "none") {
+    XT_ASSIGN_OR_RETURN(prompt, tok.Encode(o.prompt, /*add_special_tokens=*/true));
+  } else {
+    std::string name = o.chat_template;
+    if (name == "auto") {
+      XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(
+                                    (std::filesystem::path(tok_path).parent_path() /
+                                     "tokenizer_config.json").string()));
+    }
+    XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name));
+    Conversation c;
+    Message user;
+    user.role = "user";
+    user.content = o.prompt;
+    c.messages.push_back(user);
+    XT_ASSIGN_OR_RETURN(prompt, EncodeGenerationPrompt(tmpl, tok, c));
+    XT_ASSIGN_OR_RETURN(std::string eot, EndOfTurnToken(name));
+    if (auto id = tok.TokenToId(eot)) gen.stop_ids.push_back(*id);
+  }
+  for (const char* eos : {"<|endoftext|>", "<|end_of_text|>", "</s>"})
+    if (auto id = tok.TokenToId(eos)) gen.stop_ids.push_back(*id);
+  XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(*model, prompt, gen));
+  XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(out, /*skip_special_tokens=*/true));
+  std::printf("%s\n", text.c_str());
+  return Status::OK();
+}
+
+}  // namespace
+
+void AddGenerate(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate", "Generate text with a model (KV cache decoding)");
+  static Options o;
+  cmd->add_option("--model", o.model, "Hugging Face model directory")->required();
+  cmd->add_option("--prompt", o.prompt, "the prompt (a user message with a chat template)")
+      ->required();
+  cmd->add_option("--chat-template", o.chat_template,
+                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto; none: raw text");
+  cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
+  cmd->add_option("--max-new-tokens", o.gen.max_new_tokens, "tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", o.gen.temperature, "0: greedy")->capture_default_str();
+  cmd->add_option("--top-p", o.gen.top_p, "nucleus sampling")->capture_default_str();
+  cmd->add_option("--top-k", o.gen.top_k, "keep the k most likely tokens (0: all)");
+  cmd->add_option("--seed", o.gen.seed, "sampling seed");
+  cmd->callback([] { Finish(RunGenerate(o)); });
+}
+
+}  // namespace xt::cli

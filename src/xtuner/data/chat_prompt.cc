@@ -1,0 +1,34 @@
+#include "xtuner/data/chat_prompt.h"
+
+namespace xt {
+
+Result<std::string> GenerationHeader(const std::string& name) {
+  if (name == "chatml" || name == "qwen3") return std::string("<|im_start|>assistant\n");
+  if (name == "llama3" || name == "llama3.1")
+    return std::string("<|start_header_id|>assistant<|end_header_id|>\n\n");
+  // DeepSeek-V3 closes every user and tool turn with <｜Assistant｜> already.
+  if (name == "deepseek-v3") return std::string();
+  return Status::Error("chat template \"" + name + "\" has no generation header");
+}
+
+Result<std::string> EndOfTurnToken(const std::string& name) {
+  if (name == "chatml" || name == "qwen3") return std::string("<|im_end|>");
+  if (name == "llama3" || name == "llama3.1") return std::string("<|eot_id|>");
+  if (name == "deepseek-v3") return std::string("<｜end▁of▁sentence｜>");
+  return Status::Error("chat template \"" + name + "\" has no end-of-turn token");
+}
+
+Result<std::vector<int32_t>> EncodeGenerationPrompt(const ChatTemplate& chat_template,
+                                                    const Tokenizer& tokenizer,
+                                                    const Conversation& conversation) {
+  if (!conversation.messages.empty() && conversation.messages.back().role == "assistant")
+    return Status::Error("a generation prompt must not end with an assistant message");
+  XT_ASSIGN_OR_RETURN(std::vector<Segment> segments, chat_template.Render(conversation, false));
+  XT_ASSIGN_OR_RETURN(std::string header, GenerationHeader(chat_template.name()));
+  std::string text;
+  for (const Segment& s : segments) text += s.text;
+  text += header;
+  return tokenizer.Encode(text, /*add_special_tokens=*/false);
+}
+
+}  // namespace xt

@@ -1,0 +1,130 @@
+#include "xtuner/train/train_data.h"
+
+#include <cstdio>
+#include <filesystem>
+
+namespace xt {
+
+namespace fs = std::filesystem;
+
+std::string TokenizerPathFor(const TrainConfig& cfg) {
+  if (!cfg.tokenizer.empty()) return cfg.tokenizer;
+  fs::path model = cfg.load_from.empty() ? fs::path(cfg.model_config).parent_path()
+                                         : fs::path(cfg.load_from);
+  return (model / "tokenizer.json").string();
+}
+
+namespace {
+
+// The template: a name, or "auto" recognised from tokenizer_config.json beside the tokenizer.
+Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& tokenizer_path) {
+  std::string name = cfg.chat_template;
+  if (name == "auto") {
+    fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path)
+                                                    : fs::path(tokenizer_path).parent_path();
+    const std::string tc = (dir / "tokenizer_config.json").string();
+    if (!fs::exists(tc))
+      return Status::Error("data.chat_template = \"auto\" needs " + tc +
+                           "; name a template instead (one of: chatml, qwen3, llama3, "
+                           "llama3.1, deepseek-v3)");
+    XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(tc));
+  }
+  return ChatTemplate::ByName(name);
+}
+
+}  // namespace
+
+Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, std::FILE* log) {
+  TrainData d;
+  d.tokenizer_path = TokenizerPathFor(cfg);
+  XT_ASSIGN_OR_RETURN(d.tokenizer, Tokenizer::FromFile(d.tokenizer_path));
+  if (d.tokenizer->vocab_size() > vocab_size)
+    return Status::Error(d.tokenizer_path + ": the tokenizer has " +
+                         std::to_string(d.tokenizer->vocab_size()) +
+                         " tokens but the model's vocab_size is " + std::to_string(vocab_size) +
+                         ": they do not belong together");
+  XT_ASSIGN_OR_RETURN(d.chat_template, TemplateFor(cfg, d.tokenizer_path));
+
+  std::vector<DatasetSpec> specs;
+  for (const DatasetConfig& dc : cfg.datasets) {
+    if (!fs::exists(dc.path)) return Status::Error(dc.path + ": no such dataset file");
+    DatasetSpec s;
+    s.path = dc.path;
+    s.ratio = dc.ratio;
+    XT_ASSIGN_OR_RETURN(s.kind, ParseDatasetKind(dc.kind));
+    specs.push_back(s);
+  }
+  LoadOptions opts;
+  XT_ASSIGN_OR_RETURN(opts.on_bad_sample, ParseOnBadSample(cfg.on_bad_sample));
+  opts.train_last_turn_only = cfg.train_last_turn_only;
+
+  // The cache key: every input that changes the samples.
+  CacheKeyBuilder key;
+  XT_RETURN_IF_ERROR(key.AddFile("tokenizer", d.tokenizer_path));
+  key.AddBytes("template", d.chat_template->name());
+  key.AddBytes("options", std::string("on_bad_sample=") + cfg.on_bad_sample +
+                              ";last_turn_only=" + (cfg.train_last_turn_only ? "1" : "0") +
+                              ";seed=" + std::to_string(cfg.seed));
+  for (const DatasetConfig& dc : cfg.datasets) {
+    XT_RETURN_IF_ERROR(key.AddFile("data", dc.path));
+    key.AddBytes("ratio+kind", std::to_string(dc.ratio) + "/" + dc.kind);
+  }
+  const CacheKey k = key.Finish();
+  const fs::path cache_dir = fs::path(cfg.work_dir) / "cache";
+  std::error_code ec;
+  fs::create_directories(cache_dir, ec);
+  if (ec) return Status::Error(cache_dir.string() + ": cannot create: " + ec.message());
+  const std::string cache_path = (cache_dir / ("tokens-" + k.Hex() + ".bin")).string();
+
+  auto build = [&](TokenCacheWriter& w) -> Status {
+    if (log) std::fprintf(log, "tokenizing %zu dataset(s) into %s\n", specs.size(), cache_path.c_str());
+    XT_ASSIGN_OR_RETURN(std::vector<Sample> samples,
+                        LoadMixture(specs, *d.tokenizer, *d.chat_template, opts, uint64_t(cfg.seed),
+                                    &d.load_reports));
+    for (const LoadReport& r : d.load_reports)
+      if (log) std::fprintf(log, "  %s\n", r.Summary().c_str());
+    for (const Sample& s : samples) XT_RETURN_IF_ERROR(w.Add(s));
+    return Status::OK();
+  };
+  XT_ASSIGN_OR_RETURN(d.cache, LoadOrBuildTokenCache(cache_path, k, build, &d.cache_report));
+  if (d.cache->num_samples() == 0)
+    return Status::Error("no training samples: every line of the datasets was skipped");
+
+  // Padding: the tokenizer's end-of-text token (its label is -100 anyway).
+  auto eos = DefaultEosToken(*d.tokenizer);
+  if (eos.ok()) d.pad_id = *d.tokenizer->TokenToId(*eos);
+  PackOptions po;
+  po.max_length = cfg.max_length;
+  po.seed = uint64_t(cfg.seed);
+  po.overlong = cfg.overlong == "drop" ? Overlong::kDrop : Overlong::kTruncate;
+  po.pad = true;
+  po.pad_id = d.pad_id;
+  XT_ASSIGN_OR_RETURN(d.plan, PlanPacking(d.cache->lengths(), po));
+  d.pack_stats = d.plan.stats;
+  if (d.plan.num_rows() == 0) return Status::Error("no packed rows: every sample was dropped");
+  return d;
+}
+
+Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows) {
+  std::vector<int64_t> ids, labels, cu = {0};
+  MicroBatch mb;
+  for (int64_t r : rows) {
+    PackedRow row = BuildRow(data.plan, r, *data.cache);
+    const int64_t base = int64_t(ids.size());
+    for (size_t d = 0; d + 1 < row.cu_seqlens.size(); ++d) {
+      const int64_t len = row.cu_seqlens[d + 1] - row.cu_seqlens[d];
+      cu.push_back(base + row.cu_seqlens[d + 1]);
+      if (row.sample_index[d] < 0) continue;  // padding
+      mb.tokens += len;
+      mb.sum_doc_len_sq += double(len) * double(len);
+      for (int64_t t = row.cu_seqlens[d]; t < row.cu_seqlens[d + 1]; ++t)
+        mb.masked += row.labels[t] == -100;
+    }
+    ids.insert(ids.end(), row.input_ids.begin(), row.input_ids.end());
+    labels.insert(labels.end(), row.labels.begin(), row.labels.end());
+  }
+  XT_ASSIGN_OR_RETURN(mb.batch, Batch::Packed(ids, labels, cu));
+  return mb;
+}
+
+}  // namespace xt

@@ -1,0 +1,53 @@
+// TrainData: everything between the JSONL files and the model's batches, for one run:
+// tokenizer + chat template -> datasets (mixed by ratio) -> tokenized cache (reused while the
+// data, tokenizer, template and options are unchanged) -> packed rows -> micro-batches.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xtuner/data/chat_template.h"
+#include "xtuner/data/dataset.h"
+#include "xtuner/data/packer.h"
+#include "xtuner/data/token_cache.h"
+#include "xtuner/data/tokenizer.h"
+#include "xtuner/model/batch.h"
+#include "xtuner/train/config.h"
+
+namespace xt {
+
+struct TrainData {
+  // Always set by PrepareTrainData (optional only because they have no empty state).
+  std::optional<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat_template;
+  std::string tokenizer_path;
+  std::optional<TokenCache> cache;
+  PackPlan plan;
+  PackStats pack_stats;
+  CacheReport cache_report;
+  std::vector<LoadReport> load_reports;  // empty when the cache was reused
+  int32_t pad_id = 0;
+
+  int64_t num_rows() const { return plan.num_rows(); }
+};
+
+// The tokenizer.json a config uses: data.tokenizer, or the one beside the model.
+std::string TokenizerPathFor(const TrainConfig& cfg);
+
+// Loads the tokenizer and template, then the cache (building it from the datasets when needed,
+// printing progress to `log`), then plans the packing. Errors name the file and line at fault.
+Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, std::FILE* log);
+
+// One micro-batch from packed rows: the rows concatenated into one packed sequence.
+// `tokens` receives the non-padding tokens, `masked` those of them without a label, and
+// `sum_doc_len_sq` the sum of squared document lengths (for the FLOP count).
+struct MicroBatch {
+  Batch batch;
+  int64_t tokens = 0, masked = 0;
+  double sum_doc_len_sq = 0;
+};
+Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows);
+
+}  // namespace xt

@@ -1,0 +1,302 @@
+#include "xtuner/train/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "xtuner/data/sampler.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/init.h"
+#include "xtuner/optim/adamw.h"
+#include "xtuner/optim/clip.h"
+#include "xtuner/optim/lr_schedule.h"
+#include "xtuner/optim/non_finite_guard.h"
+#include "xtuner/train/evaluate.h"
+#include "xtuner/train/metrics.h"
+#include "xtuner/train/metrics_flops.h"
+#include "xtuner/train/metrics_jsonl.h"
+#include "xtuner/train/progress.h"
+#include "xtuner/train/progress_summary.h"
+#include "xtuner/train/tensorboard.h"
+#include "xtuner/train/train_checkpoint.h"
+#include "xtuner/train/train_data.h"
+
+namespace xt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+// High-water mark of this process's resident memory (VmHWM), in bytes.
+int64_t PeakRssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+Result<std::unique_ptr<Transformer>> BuildModel(const TrainConfig& cfg) {
+  if (!cfg.load_from.empty()) return LoadHfModel(cfg.load_from);
+  XT_ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::Load(cfg.model_config));
+  auto model = std::make_unique<Transformer>(std::move(mc));
+  InitRandom(model.get(), cfg.initializer_range, uint64_t(cfg.seed));
+  return model;
+}
+
+// Writes an HF export (config, weights, tokenizer files) into `dir`, replacing it whole.
+Status Export(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
+              const std::string& dir) {
+  const fs::path tmp = dir + ".tmp";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  Status st = SaveHfModel(model, tmp.string(), cfg.export_dtype == "bf16",
+                          size_t(cfg.export_shard_mb) << 20);
+  const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    if (!st.ok()) break;
+    const fs::path src = f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path)
+                                                             : tok_dir / f;
+    if (fs::exists(src)) fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
+    if (ec) st = Status::Error((tmp / f).string() + ": " + ec.message());
+  }
+  if (!st.ok()) {
+    fs::remove_all(tmp, ec);
+    return st.With("export to " + dir + " failed");
+  }
+  fs::remove_all(dir, ec);
+  fs::rename(tmp, dir, ec);
+  if (ec) return Status::Error(dir + ": rename failed: " + ec.message());
+  return Status::OK();
+}
+
+}  // namespace
+
+void RequestStop() { g_stop.store(true); }
+
+Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
+  g_stop.store(false);
+  XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
+  const auto t_start = std::chrono::steady_clock::now();
+  auto seconds_since = [](auto t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::error_code ec;
+  fs::create_directories(cfg.work_dir, ec);
+  if (ec) return Status::Error(cfg.work_dir + ": cannot create the work dir: " + ec.message());
+
+  // ---- model, data, optimizer: every input is checked before the first step.
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, BuildModel(cfg));
+  Transformer& m = *model;
+  const ModelConfig& mc = m.config();
+  m.SetRecompute(cfg.recompute);
+  XT_ASSIGN_OR_RETURN(TrainData data, PrepareTrainData(cfg, mc.vocab_size, log));
+  SamplerOptions so;
+  so.global_batch_rows = cfg.global_batch_size;
+  so.seed = uint64_t(cfg.seed);
+  XT_ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(data.num_rows(), so));
+  AdamWConfig ac;
+  ac.beta1 = cfg.beta1;
+  ac.beta2 = cfg.beta2;
+  ac.eps = cfg.eps;
+  ac.weight_decay = cfg.weight_decay;
+  XT_ASSIGN_OR_RETURN(AdamW adamw,
+                      AdamW::Create(ac, DefaultDecayRanges(m.layout()), m.layout().total()));
+  LrScheduleConfig lc;
+  XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));
+  lc.lr = cfg.lr;
+  lc.min_lr = cfg.min_lr;
+  lc.total_steps = cfg.steps;
+  lc.warmup_steps = cfg.warmup_steps;
+  lc.warmup_ratio = cfg.warmup_steps > 0 ? 0.0 : cfg.warmup_ratio;
+  XT_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(lc));
+  NonFiniteGuard guard(int(cfg.max_nonfinite_steps));
+
+  TrainState state;
+  state.data_key = data.cache->key().Hex();
+  std::string resume_from = cfg.resume;
+  if (resume_from == "auto") {
+    resume_from = FindLatestCheckpoint(cfg.work_dir);
+    if (resume_from.empty() && log) std::fprintf(log, "resume: no checkpoint in %s, starting fresh\n", cfg.work_dir.c_str());
+  }
+  if (!resume_from.empty()) {
+    const std::string key = state.data_key;
+    XT_RETURN_IF_ERROR(LoadTrainCheckpoint(resume_from, &m, &adamw, &state));
+    if (state.data_key != key)
+      return Status::Error(resume_from + ": this checkpoint was trained on other data (cache key " +
+                           state.data_key + ", now " + key + ")");
+    XT_RETURN_IF_ERROR(sampler.Restore(state.sampler).With(resume_from));
+    guard.Restore(state.nonfinite_consecutive, state.nonfinite_total);
+    if (log) std::fprintf(log, "resumed from %s at step %lld\n", resume_from.c_str(), (long long)state.step);
+  }
+  {
+    std::ofstream eff(fs::path(cfg.work_dir) / "config.toml");
+    eff << ConfigToToml(cfg);
+  }
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<MetricsJsonl> jsonl,
+                      MetricsJsonl::Open((fs::path(cfg.work_dir) / "metrics.jsonl").string(), state.step));
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (cfg.tensorboard) {
+    XT_ASSIGN_OR_RETURN(tb, TensorBoardWriter::Open((fs::path(cfg.work_dir) / "tb").string()));
+    // A resumed run: TensorBoard drops what a crashed attempt logged past the checkpoint.
+    if (state.step > 0) XT_RETURN_IF_ERROR(tb->AddSessionStart(state.step + 1));
+  }
+
+  // ---- summary
+  const int64_t total_params = m.layout().total();
+  const int64_t per_expert = 3 * mc.hidden_size * mc.moe_intermediate_size;
+  const int64_t active = MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts,
+                                         mc.top_k, per_expert);
+  // Matmul parameters a token passes through: the active ones less the embedding lookup (the
+  // lm_head is a matmul; with tied embeddings the one matrix serves as both).
+  const int64_t matmul_params =
+      active - (mc.tie_word_embeddings ? 0 : mc.vocab_size * mc.hidden_size);
+  RunSummary sum;
+  sum.total_params = total_params;
+  sum.active_params = active;
+  sum.num_layers = mc.num_layers;
+  sum.num_experts = mc.num_experts;
+  sum.top_k = mc.top_k;
+  sum.samples = data.cache->num_samples();
+  sum.tokens = data.cache->num_tokens();
+  sum.masked_fraction = double(data.cache->num_masked_tokens()) / double(std::max<int64_t>(1, sum.tokens));
+  sum.dropped = data.pack_stats.dropped;
+  sum.truncated = data.pack_stats.truncated;
+  // fp32 parameters, gradients and two AdamW moments; activations come on top (see metrics).
+  sum.memory_estimate_bytes = 16 * total_params;
+  sum.extra.push_back({"data", "rows", std::to_string(data.num_rows()) + " of " +
+                                           std::to_string(cfg.max_length) + " tokens"});
+  sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
+  sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
+  sum.extra.push_back({"run", "work dir", cfg.work_dir});
+  if (log) PrintRunSummary(log, sum);
+
+  // ---- the loop
+  ProgressOptions po;
+  po.every_steps = cfg.log_every;
+  po.every_seconds = 0;
+  Progress progress(log ? log : stderr, cfg.steps, po);
+  TrainResult result;
+  float* params = m.params().f32();
+  float* grads = m.grads().f32();
+  const int64_t n = m.layout().total();
+  const int64_t micro = cfg.micro_batch_size;
+  int64_t last_saved_step = -1;
+  auto save = [&]() -> Status {
+    state.sampler = sampler.state();
+    state.nonfinite_consecutive = guard.consecutive();
+    state.nonfinite_total = guard.total_skipped();
+    XT_RETURN_IF_ERROR(SaveTrainCheckpoint(cfg.work_dir, m, adamw, state, cfg.keep_last,
+                                           &result.last_checkpoint));
+    last_saved_step = state.step;
+    return Status::OK();
+  };
+
+  while (state.step < cfg.steps) {
+    const auto t_step = std::chrono::steady_clock::now();
+    const std::vector<int64_t> rows = sampler.Next();
+    std::vector<MicroBatch> mbs;
+    int64_t loss_tokens = 0;
+    StepMetrics sm;
+    sm.tokens = 0;
+    int64_t masked = 0;
+    double sum_sq = 0;
+    for (size_t i = 0; i < rows.size(); i += size_t(micro)) {
+      std::vector<int64_t> part(rows.begin() + i, rows.begin() + std::min(rows.size(), i + size_t(micro)));
+      XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part));
+      loss_tokens += mb.batch.num_loss_tokens();
+      sm.tokens += mb.tokens;
+      masked += mb.masked;
+      sum_sq += mb.sum_doc_len_sq;
+      mbs.push_back(std::move(mb));
+    }
+    m.ZeroGrads();
+    double ce_sum = 0, aux_sum = 0;
+    const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
+    for (const MicroBatch& mb : mbs) {
+      XT_ASSIGN_OR_RETURN(LossInfo info,
+                          m.ForwardBackward(mb.batch, ce_weight, 1.0 / double(mbs.size())));
+      ce_sum += info.ce_loss * double(info.num_loss_tokens);
+      aux_sum += info.aux_loss / double(mbs.size());
+      if (sm.tokens_per_expert.empty()) {
+        sm.tokens_per_expert = info.tokens_per_expert;
+      } else {
+        for (size_t l = 0; l < info.tokens_per_expert.size(); ++l)
+          for (size_t e = 0; e < info.tokens_per_expert[l].size(); ++e)
+            sm.tokens_per_expert[l][e] += info.tokens_per_expert[l][e];
+      }
+    }
+    sm.ce_loss = loss_tokens > 0 ? ce_sum / double(loss_tokens) : 0.0;
+    sm.aux_loss = mc.is_moe() ? aux_sum : StepMetrics::kNaN;
+    sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * aux_sum : 0.0);
+    sm.grad_norm = cfg.clip_grad_norm > 0 ? clip_grad_norm(grads, n, cfg.clip_grad_norm)
+                                          : grad_norm(grads, n);
+    const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
+    sm.lr = schedule.lr(state.step);
+    Status guard_status = guard.Record(finite, sm.loss);
+    if (finite) adamw.Step(params, grads, sm.lr);
+    sm.skipped = !finite;
+    state.step += 1;
+    sm.step = state.step;
+    sm.step_time_s = seconds_since(t_step);
+    sm.elapsed_s = seconds_since(t_start);
+    sm.tokens_per_s = double(sm.tokens) / sm.step_time_s;
+    const double flops = TrainingStepFlops(matmul_params, sm.tokens, mc.num_layers,
+                                           mc.num_heads * mc.head_dim, sum_sq);
+    const double achieved = AchievedFlopsPerDevice(flops, sm.step_time_s, 1);
+    sm.tflops = achieved / 1e12;
+    if (cfg.peak_tflops > 0) sm.mfu = Mfu(achieved, cfg.peak_tflops * 1e12);
+    if (mc.is_moe()) {
+      sm.max_expert_violation = MaxExpertViolation(sm.tokens_per_expert);
+      sm.max_expert_violation_worst = WorstLayerExpertViolation(sm.tokens_per_expert);
+    }
+    sm.peak_memory_bytes = PeakRssBytes();
+    sm.masked_fraction = sm.tokens > 0 ? double(masked) / double(sm.tokens) : 0.0;
+    result.last_loss = sm.loss;
+    XT_RETURN_IF_ERROR(jsonl->Append(sm));
+    if (tb) {
+      XT_RETURN_IF_ERROR(tb->AddScalars(sm.step, DashboardScalars(sm)));
+      XT_RETURN_IF_ERROR(tb->Flush());
+    }
+    progress.Update(sm);
+    if (!guard_status.ok()) {
+      progress.Finish();
+      return guard_status;
+    }
+    if (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0) XT_RETURN_IF_ERROR(save());
+    if (cfg.export_every > 0 && state.step % cfg.export_every == 0) {
+      char name[32];
+      std::snprintf(name, sizeof name, "hf-step-%08lld", (long long)state.step);
+      XT_RETURN_IF_ERROR(Export(cfg, m, data, (fs::path(cfg.work_dir) / name).string()));
+    }
+    if (g_stop.load()) {
+      result.interrupted = true;
+      break;
+    }
+  }
+  progress.Finish();
+  result.steps_done = state.step;
+  if (last_saved_step != state.step) XT_RETURN_IF_ERROR(save());
+  if (result.interrupted) {
+    if (log) std::fprintf(log, "interrupted at step %lld: checkpoint saved to %s; resume with --set checkpoint.resume=auto\n",
+                          (long long)state.step, result.last_checkpoint.c_str());
+    return result;
+  }
+  if (cfg.export_at_end) {
+    result.export_dir = (fs::path(cfg.work_dir) / "hf").string();
+    XT_RETURN_IF_ERROR(Export(cfg, m, data, result.export_dir));
+    if (log) std::fprintf(log, "exported the model to %s\n", result.export_dir.c_str());
+  }
+  if (!cfg.eval_file.empty()) {
+    XT_ASSIGN_OR_RETURN(EvalReport report, Evaluate(m, *data.tokenizer, *data.chat_template,
+                                                    cfg.eval_file, cfg.eval_max_new_tokens, log));
+    result.eval_accuracy = report.accuracy();
+  }
+  return result;
+}
+
+}  // namespace xt

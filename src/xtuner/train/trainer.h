@@ -1,0 +1,34 @@
+// The training loop: `xtuner train` and `xtuner sft` run RunTraining on a TrainConfig.
+//   setup: model (HF weights, or random from a config.json), data (cache, packing, sampler),
+//          AdamW + schedule, resume from a checkpoint, metrics sinks, a start-of-run summary;
+//   step:  a global batch of rows in micro-batches, every loss token weighted by 1 / (loss
+//          tokens of the global batch); clip; skip a non-finite step; AdamW; metrics;
+//   end:   checkpoint, Hugging Face export (with the tokenizer), optional evaluation.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "xtuner/core/status.h"
+#include "xtuner/train/config.h"
+
+namespace xt {
+
+struct TrainResult {
+  int64_t steps_done = 0;          // optimizer steps completed in the whole run (incl. resumed)
+  double last_loss = 0;
+  std::string last_checkpoint;     // "" when none was written
+  std::string export_dir;          // "" when no export was written
+  bool interrupted = false;        // stopped early by RequestStop (a checkpoint was saved)
+  double eval_accuracy = -1;       // in [0, 1], or -1 without eval.file
+};
+
+// Runs the job described by `cfg` (validated first). Progress and the summary go to `log`.
+Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log);
+
+// Asks a running RunTraining to stop after its current step, save a checkpoint and return
+// (async-signal-safe: for a SIGINT handler).
+void RequestStop();
+
+}  // namespace xt

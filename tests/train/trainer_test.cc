@@ -1,0 +1,191 @@
+// The training loop end to end on a tiny Qwen3-MoE: the loss falls, resume is bit-exact, the
+// export loads back with the same weights, bad data stops the run before training, and a failed
+// checkpoint save keeps the previous checkpoint.
+#include "xtuner/train/trainer.h"
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sys/resource.h>
+
+#include <nlohmann/json.hpp>
+
+#include "util/testing.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/train/train_checkpoint.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kDemo = testing::DataPath("../../examples/demo");
+
+// A tiny model and the first 300 demo samples in a fresh directory.
+TrainConfig TinyRun(const std::string& tag) {
+  const std::string dir = testing::TempDir(tag);
+  nlohmann::json mc = {{"model_type", "qwen3_moe"}, {"vocab_size", 3008}, {"hidden_size", 32},
+                       {"num_hidden_layers", 2},    {"num_attention_heads", 2},
+                       {"num_key_value_heads", 1},  {"head_dim", 16},
+                       {"moe_intermediate_size", 16}, {"num_experts", 4},
+                       {"num_experts_per_tok", 2},  {"norm_topk_prob", true},
+                       {"router_aux_loss_coef", 0.01}, {"rope_theta", 10000.0},
+                       {"tie_word_embeddings", true}};
+  std::ofstream(dir + "/config.json") << mc.dump();
+  std::ifstream in(kDemo + "/train.jsonl");
+  std::ofstream out(dir + "/train.jsonl");
+  std::string line;
+  for (int i = 0; i < 300 && std::getline(in, line); ++i) out << line << "\n";
+  TrainConfig c;
+  c.work_dir = dir + "/work";
+  c.model_config = dir + "/config.json";
+  c.tokenizer = kDemo + "/tokenizer.json";
+  c.chat_template = "chatml";
+  c.datasets = {{dir + "/train.jsonl", 1.0, "chat"}};
+  c.max_length = 64;
+  c.steps = 6;
+  c.global_batch_size = 4;
+  c.micro_batch_size = 2;
+  c.lr = 3e-3;
+  c.warmup_steps = 1;
+  c.tensorboard = true;
+  c.export_at_end = false;
+  return c;
+}
+
+std::vector<double> Losses(const std::string& work_dir) {
+  std::ifstream in(work_dir + "/metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+TEST(Trainer, LossFallsAndMetricsAreWritten) {
+  TrainConfig c = TinyRun("fall");
+  c.steps = 40;
+  c.lr = 1e-2;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::vector<double> losses = Losses(c.work_dir);
+  ASSERT_EQ(losses.size(), 40u);
+  EXPECT_LT(losses.back(), 0.7 * losses.front()) << losses.front() << " -> " << losses.back();
+  std::ifstream in(c.work_dir + "/metrics.jsonl");
+  std::string first;
+  std::getline(in, first);
+  auto j = nlohmann::json::parse(first);
+  for (const char* k : {"step", "loss", "ce_loss", "aux_loss", "grad_norm", "lr", "tokens",
+                        "tokens_per_s", "tflops", "mfu", "max_expert_violation",
+                        "tokens_per_expert", "peak_memory_bytes", "masked_fraction"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  bool tb = false;
+  for (const auto& e : fs::directory_iterator(c.work_dir + "/tb"))
+    tb |= e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+  EXPECT_TRUE(tb);
+}
+
+TEST(Trainer, ResumeIsBitExact) {
+  TrainConfig straight = TinyRun("straight");
+  ASSERT_TRUE(RunTraining(straight, nullptr).ok());
+  // A second run saves at steps 3 and 6; a third starts from its step-3 checkpoint alone.
+  TrainConfig first = TinyRun("split");
+  first.checkpoint_every = 3;
+  ASSERT_TRUE(RunTraining(first, nullptr).ok());
+  const std::string ckpt3 = first.work_dir + "/checkpoints/step-00000003";
+  ASSERT_TRUE(fs::exists(ckpt3));  // keep_last 2 keeps steps 3 and 6
+  TrainConfig resumed = first;
+  resumed.work_dir = first.work_dir + "-resumed";
+  fs::create_directories(resumed.work_dir + "/checkpoints");
+  fs::copy(ckpt3, resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
+  fs::copy(first.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  resumed.resume = "auto";
+  auto r = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::vector<double> a = Losses(straight.work_dir), b = Losses(resumed.work_dir);
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 3u);  // steps 4..6
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+  // And the final parameters are bit-identical.
+  auto ma = LoadHfModel(straight.work_dir + "/checkpoints/step-00000006/model");
+  auto mb = LoadHfModel(resumed.work_dir + "/checkpoints/step-00000006/model");
+  ASSERT_TRUE(ma.ok() && mb.ok());
+  EXPECT_EQ(std::memcmp((*ma)->params().data(), (*mb)->params().data(), (*ma)->params().nbytes()), 0);
+}
+
+TEST(Trainer, ExportLoadsBackWithTheSameWeightsAndTokenizer) {
+  TrainConfig c = TinyRun("export");
+  c.steps = 2;
+  c.export_at_end = true;
+  c.export_dtype = "fp32";
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(fs::exists(r->export_dir + "/tokenizer.json"));
+  EXPECT_TRUE(fs::exists(r->export_dir + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(r->export_dir + "/config.json"));
+  auto exported = LoadHfModel(r->export_dir);
+  auto ckpt = LoadHfModel(r->last_checkpoint + "/model");
+  ASSERT_TRUE(exported.ok()) << exported.status().message();
+  ASSERT_TRUE(ckpt.ok());
+  EXPECT_EQ(std::memcmp((*exported)->params().data(), (*ckpt)->params().data(),
+                        (*ckpt)->params().nbytes()),
+            0);
+}
+
+TEST(Trainer, MalformedLineStopsBeforeTraining) {
+  TrainConfig c = TinyRun("bad");
+  std::ofstream(c.datasets[0].path, std::ios::app) << "{\"messages\": [}\n";
+  auto r = RunTraining(c, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(c.datasets[0].path + ":301:"), std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(c.work_dir + "/metrics.jsonl"));
+  c.on_bad_sample = "skip";
+  EXPECT_TRUE(RunTraining(c, nullptr).ok());
+}
+
+TEST(Trainer, VocabularyMismatchIsAnErrorBeforeAnyWork) {
+  TrainConfig c = TinyRun("vocab");
+  nlohmann::json mc = nlohmann::json::parse(std::ifstream(c.model_config));
+  mc["vocab_size"] = 1000;
+  std::ofstream(c.model_config) << mc.dump();
+  auto r = RunTraining(c, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("vocab_size is 1000"), std::string::npos)
+      << r.status().message();
+}
+
+TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
+  TrainConfig c = TinyRun("disk");
+  c.steps = 1;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok());
+  auto model = LoadHfModel(r->last_checkpoint + "/model");
+  ASSERT_TRUE(model.ok());
+  auto adamw = AdamW::Create({}, {{0, (*model)->layout().total(), true}}, (*model)->layout().total());
+  ASSERT_TRUE(adamw.ok());
+  TrainState st;
+  ASSERT_TRUE(LoadTrainCheckpoint(r->last_checkpoint, model->get(), &*adamw, &st).ok());
+  st.step = 2;
+  // A full disk: files may not grow past 4 KiB while saving.
+  std::signal(SIGXFSZ, SIG_IGN);
+  rlimit old;
+  getrlimit(RLIMIT_FSIZE, &old);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  setrlimit(RLIMIT_FSIZE, &small);
+  std::string saved;
+  Status s = SaveTrainCheckpoint(c.work_dir, **model, *adamw, st, 1, &saved);
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, SIG_DFL);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("earlier checkpoints are intact"), std::string::npos) << s.message();
+  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
+  EXPECT_FALSE(fs::exists(c.work_dir + "/checkpoints/step-00000002.tmp"));
+  EXPECT_TRUE(LoadHfModel(r->last_checkpoint + "/model").ok());
+}
+
+}  // namespace
+}  // namespace xt
