@@ -13,6 +13,8 @@ void AddTokenizer(CLI::App& app);
 void AddTrain(CLI::App& app);
 void AddSft(CLI::App& app);
 void AddGenerate(CLI::App& app);
+void AddTokenize(CLI::App& app);
+void AddConvert(CLI::App& app);
 
 // Records the outcome of the command that ran: prints "xtuner: error: <message>" on failure.
 void Finish(const Status& status);

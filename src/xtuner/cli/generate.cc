@@ -1,11 +1,12 @@
 // xtuner generate --model DIR --prompt TEXT [--chat-template NAME] [...]
+#include "xtuner/model/generate.h"
+
 #include <cstdio>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "xtuner/data/chat_prompt.h"
 #include "xtuner/model/checkpoint.h"
-#include "xtuner/model/generate.h"
 
 namespace xt::cli {
 
@@ -18,8 +19,9 @@ struct Options {
 
 Status RunGenerate(const Options& o) {
   XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(o.model));
-  const std::string tok_path =
-      o.tokenizer.empty() ? (std::filesystem::path(o.model) / "tokenizer.json").string() : o.tokenizer;
+  const std::string tok_path = o.tokenizer.empty()
+                                   ? (std::filesystem::path(o.model) / "tokenizer.json").string()
+                                   : o.tokenizer;
   XT_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(tok_path));
   GenerateOptions gen = o.gen;
   std::vector<int32_t> prompt;
@@ -28,9 +30,10 @@ Status RunGenerate(const Options& o) {
   } else {
     std::string name = o.chat_template;
     if (name == "auto") {
-      XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(
-                                    (std::filesystem::path(tok_path).parent_path() /
-                                     "tokenizer_config.json").string()));
+      XT_ASSIGN_OR_RETURN(
+          name,
+          ChatTemplate::DetectName(
+              (std::filesystem::path(tok_path).parent_path() / "tokenizer_config.json").string()));
     }
     XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name));
     Conversation c;
@@ -61,7 +64,8 @@ void AddGenerate(CLI::App& app) {
   cmd->add_option("--chat-template", o.chat_template,
                   "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto; none: raw text");
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
-  cmd->add_option("--max-new-tokens", o.gen.max_new_tokens, "tokens to generate")->capture_default_str();
+  cmd->add_option("--max-new-tokens", o.gen.max_new_tokens, "tokens to generate")
+      ->capture_default_str();
   cmd->add_option("--temperature", o.gen.temperature, "0: greedy")->capture_default_str();
   cmd->add_option("--top-p", o.gen.top_p, "nucleus sampling")->capture_default_str();
   cmd->add_option("--top-k", o.gen.top_k, "keep the k most likely tokens (0: all)");

@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   xt::cli::AddTrain(app);
   xt::cli::AddSft(app);
   xt::cli::AddGenerate(app);
+  xt::cli::AddTokenize(app);
+  xt::cli::AddConvert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

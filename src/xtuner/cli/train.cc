@@ -41,7 +41,8 @@ void AddTrain(CLI::App& app) {
       std::fputs(ConfigReferenceMarkdown().c_str(), stdout);
       return;
     }
-    if (config.empty()) return Finish(Status::Error("train: give a config file (see docs/config.md)"));
+    if (config.empty())
+      return Finish(Status::Error("train: give a config file (see docs/config.md)"));
     TrainConfig cfg;
     Status st = LoadTrainConfig(config, &cfg);
     Finish(st.ok() ? Run(cfg, sets) : st);
@@ -55,7 +56,8 @@ void AddSft(CLI::App& app) {
   static std::vector<std::string> datasets, sets;
   cmd->add_option("--load-from", cfg.load_from, "Hugging Face model directory")->required();
   cmd->add_option("--dataset", datasets, "chat JSONL (repeatable)")->required();
-  cmd->add_option("--chat-template", cfg.chat_template, "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto")
+  cmd->add_option("--chat-template", cfg.chat_template,
+                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto")
       ->required();
   cmd->add_option("--work-dir", cfg.work_dir, "output directory")->required();
   cmd->add_option("--tokenizer", cfg.tokenizer, "tokenizer.json (default: DIR/tokenizer.json)");

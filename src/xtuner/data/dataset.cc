@@ -197,6 +197,7 @@ class LineLoader {
 
   const SampleError& bad() const { return bad_; }
   const Status& fatal() const { return fatal_; }
+  DatasetKind kind() const { return kind_; }
 
  private:
   bool Reject(BadSample reason, std::string message) {
@@ -287,31 +288,75 @@ Result<std::vector<Sample>> LoadJsonl(const DatasetSpec& spec, const Tokenizer& 
 
   std::unique_ptr<FILE, FileCloser> file(std::fopen(spec.path.c_str(), "rb"));
   if (!file) return Status::Error(spec.path + ": cannot open: " + std::strerror(errno));
+  int64_t file_size = 0;
+  if (std::fseek(file.get(), 0, SEEK_END) == 0) file_size = std::ftell(file.get());
+  std::rewind(file.get());
   LineReader reader(file.get());
   LineLoader loader(tokenizer, chat_template, options, spec.kind);
   std::vector<Sample> samples;
-  std::string_view line;
   int64_t lineno = 0;
-  while (reader.Next(&line)) {
+
+  // What happened to one line; taken in line order by Take().
+  struct Outcome {
+    bool ok = false;
+    Sample sample;
+    SampleError bad;
+    Status fatal;
+  };
+  auto take = [&](Outcome& o) -> Status {
     ++lineno;
     ++rep.lines;
-    Sample sample;
-    if (loader.Process(line, &sample)) {
-      samples.push_back(std::move(sample));
+    if (o.ok) {
+      samples.push_back(std::move(o.sample));
       ++rep.samples;
-      continue;
+      return Status::OK();
     }
     const std::string where = spec.path + ":" + std::to_string(lineno);
-    if (!loader.fatal().ok()) return loader.fatal().With(where);
-    const SampleError& bad = loader.bad();
+    if (!o.fatal.ok()) return o.fatal.With(where);
     if (options.on_bad_sample == OnBadSample::kError) {
-      return Status::Error(where + ": " + bad.message);
+      return Status::Error(where + ": " + o.bad.message);
     }
     ++rep.skipped;
-    LoadReport::Reason& r = rep.reasons[static_cast<size_t>(bad.reason)];
-    if (r.count == 0) r.first_message = bad.message;
+    LoadReport::Reason& r = rep.reasons[static_cast<size_t>(o.bad.reason)];
+    if (r.count == 0) r.first_message = o.bad.message;
     if (r.first_lines.size() < LoadReport::kLinesKept) r.first_lines.push_back(lineno);
     ++r.count;
+    return Status::OK();
+  };
+  auto process = [](LineLoader& l, std::string_view line, Outcome* o) {
+    o->ok = l.Process(line, &o->sample);
+    if (!o->ok) o->bad = l.bad(), o->fatal = l.fatal();
+  };
+
+  // Serially until a good line fixes the dataset's kind (kind auto), so that every later line is
+  // judged against it exactly as a serial pass would.
+  std::string_view line;
+  bool more = true;
+  while (loader.kind() == DatasetKind::kAuto && (more = reader.Next(&line))) {
+    Outcome o;
+    process(loader, line, &o);
+    XT_RETURN_IF_ERROR(take(o));
+  }
+  // Then in blocks, every core on a block.
+  constexpr size_t kBlock = 4096;
+  std::vector<std::string> block;
+  std::vector<Outcome> outcomes;
+  int64_t bytes = 0;
+  while (more) {
+    block.clear();
+    while (block.size() < kBlock && (more = reader.Next(&line))) {
+      block.emplace_back(line);
+      bytes += int64_t(line.size()) + 1;
+    }
+    outcomes.assign(block.size(), Outcome());
+#pragma omp parallel
+    {
+      LineLoader local = loader;  // per-thread state (lazy checks), same kind
+#pragma omp for schedule(dynamic, 16)
+      for (size_t i = 0; i < block.size(); ++i) process(local, block[i], &outcomes[i]);
+    }
+    for (Outcome& o : outcomes) XT_RETURN_IF_ERROR(take(o));
+    if (options.progress) options.progress(std::min(bytes, file_size), file_size);
   }
   if (reader.error()) {
     return Status::Error(spec.path + ": read error after line " + std::to_string(lineno) + ": " +

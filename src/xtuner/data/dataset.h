@@ -19,13 +19,15 @@
 // with OnBadSample::kSkip, is skipped and counted in the LoadReport. I/O errors and a tokenizer
 // that lacks the template's tokens are always errors.
 //
-// Reading is one pass over the file with one nlohmann::json::parse per line; memory is the
-// samples plus the longest line.
+// Reading is one pass over the file in blocks of lines; the lines of a block are parsed and
+// tokenized on every core (OpenMP), and their outcomes are taken in line order, so the samples,
+// the report and the first error are those of a serial pass. Memory: the samples plus a block.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +59,9 @@ struct LoadOptions {
   bool train_last_turn_only = false;  // chat: train on the last assistant message only
   // Text samples: the token appended to each. "" = DefaultEosToken(tokenizer).
   std::string eos_token;
+  // Called after each block of lines with the bytes of the file read so far and its size (for a
+  // progress bar); may be empty.
+  std::function<void(int64_t bytes_done, int64_t bytes_total)> progress;
 };
 
 // Why a line was rejected.

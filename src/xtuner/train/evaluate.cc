@@ -1,7 +1,6 @@
 #include "xtuner/train/evaluate.h"
 
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "xtuner/data/chat_prompt.h"

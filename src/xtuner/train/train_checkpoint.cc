@@ -4,9 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
@@ -106,7 +105,8 @@ Status LoadTrainCheckpoint(const std::string& dir, Transformer* model, AdamW* op
   for (const char* k : {"step", "optimizer_step", "sampler", "data_key"})
     if (!j.contains(k)) return Status::Error(src + ": missing \"" + std::string(k) + "\"");
   XT_RETURN_IF_ERROR(LoadHfWeights(model, (d / "model").string()));
-  XT_ASSIGN_OR_RETURN(SafetensorsFile opt, SafetensorsFile::Open((d / "optimizer.safetensors").string()));
+  XT_ASSIGN_OR_RETURN(SafetensorsFile opt,
+                      SafetensorsFile::Open((d / "optimizer.safetensors").string()));
   const Shape shape = {optim->numel()};
   XT_ASSIGN_OR_RETURN(Tensor m, opt.GetF32("exp_avg", shape));
   XT_ASSIGN_OR_RETURN(Tensor v, opt.GetF32("exp_avg_sq", shape));

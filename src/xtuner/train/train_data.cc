@@ -1,5 +1,7 @@
 #include "xtuner/train/train_data.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 
@@ -9,8 +11,8 @@ namespace fs = std::filesystem;
 
 std::string TokenizerPathFor(const TrainConfig& cfg) {
   if (!cfg.tokenizer.empty()) return cfg.tokenizer;
-  fs::path model = cfg.load_from.empty() ? fs::path(cfg.model_config).parent_path()
-                                         : fs::path(cfg.load_from);
+  fs::path model =
+      cfg.load_from.empty() ? fs::path(cfg.model_config).parent_path() : fs::path(cfg.load_from);
   return (model / "tokenizer.json").string();
 }
 
@@ -56,6 +58,16 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   }
   LoadOptions opts;
   XT_ASSIGN_OR_RETURN(opts.on_bad_sample, ParseOnBadSample(cfg.on_bad_sample));
+  if (log && isatty(fileno(log))) {  // a live bar on a terminal; nothing per block in log files
+    opts.progress = [log](int64_t done, int64_t total) {
+      const int width = 30, filled = total > 0 ? int(width * done / total) : width;
+      std::fprintf(log, "\r  tokenizing [%s%s] %3d%%", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(),
+                   total > 0 ? int(100 * done / total) : 100);
+      if (done >= total) std::fputc('\n', log);
+      std::fflush(log);
+    };
+  }
   opts.train_last_turn_only = cfg.train_last_turn_only;
 
   // The cache key: every input that changes the samples.
@@ -77,7 +89,8 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   const std::string cache_path = (cache_dir / ("tokens-" + k.Hex() + ".bin")).string();
 
   auto build = [&](TokenCacheWriter& w) -> Status {
-    if (log) std::fprintf(log, "tokenizing %zu dataset(s) into %s\n", specs.size(), cache_path.c_str());
+    if (log)
+      std::fprintf(log, "tokenizing %zu dataset(s) into %s\n", specs.size(), cache_path.c_str());
     XT_ASSIGN_OR_RETURN(std::vector<Sample> samples,
                         LoadMixture(specs, *d.tokenizer, *d.chat_template, opts, uint64_t(cfg.seed),
                                     &d.load_reports));

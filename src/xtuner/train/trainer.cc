@@ -59,8 +59,8 @@ Status Export(const TrainConfig& cfg, const Transformer& model, const TrainData&
   const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
     if (!st.ok()) break;
-    const fs::path src = f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path)
-                                                             : tok_dir / f;
+    const fs::path src =
+        f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path) : tok_dir / f;
     if (fs::exists(src)) fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
     if (ec) st = Status::Error((tmp / f).string() + ": " + ec.message());
   }
@@ -121,7 +121,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   std::string resume_from = cfg.resume;
   if (resume_from == "auto") {
     resume_from = FindLatestCheckpoint(cfg.work_dir);
-    if (resume_from.empty() && log) std::fprintf(log, "resume: no checkpoint in %s, starting fresh\n", cfg.work_dir.c_str());
+    if (resume_from.empty() && log)
+      std::fprintf(log, "resume: no checkpoint in %s, starting fresh\n", cfg.work_dir.c_str());
   }
   if (!resume_from.empty()) {
     const std::string key = state.data_key;
@@ -131,14 +132,17 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
                            state.data_key + ", now " + key + ")");
     XT_RETURN_IF_ERROR(sampler.Restore(state.sampler).With(resume_from));
     guard.Restore(state.nonfinite_consecutive, state.nonfinite_total);
-    if (log) std::fprintf(log, "resumed from %s at step %lld\n", resume_from.c_str(), (long long)state.step);
+    if (log)
+      std::fprintf(log, "resumed from %s at step %lld\n", resume_from.c_str(),
+                   (long long)state.step);
   }
   {
     std::ofstream eff(fs::path(cfg.work_dir) / "config.toml");
     eff << ConfigToToml(cfg);
   }
-  XT_ASSIGN_OR_RETURN(std::unique_ptr<MetricsJsonl> jsonl,
-                      MetricsJsonl::Open((fs::path(cfg.work_dir) / "metrics.jsonl").string(), state.step));
+  XT_ASSIGN_OR_RETURN(
+      std::unique_ptr<MetricsJsonl> jsonl,
+      MetricsJsonl::Open((fs::path(cfg.work_dir) / "metrics.jsonl").string(), state.step));
   std::unique_ptr<TensorBoardWriter> tb;
   if (cfg.tensorboard) {
     XT_ASSIGN_OR_RETURN(tb, TensorBoardWriter::Open((fs::path(cfg.work_dir) / "tb").string()));
@@ -149,8 +153,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   // ---- summary
   const int64_t total_params = m.layout().total();
   const int64_t per_expert = 3 * mc.hidden_size * mc.moe_intermediate_size;
-  const int64_t active = MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts,
-                                         mc.top_k, per_expert);
+  const int64_t active =
+      MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts, mc.top_k, per_expert);
   // Matmul parameters a token passes through: the active ones less the embedding lookup (the
   // lm_head is a matmul; with tied embeddings the one matrix serves as both).
   const int64_t matmul_params =
@@ -163,13 +167,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   sum.top_k = mc.top_k;
   sum.samples = data.cache->num_samples();
   sum.tokens = data.cache->num_tokens();
-  sum.masked_fraction = double(data.cache->num_masked_tokens()) / double(std::max<int64_t>(1, sum.tokens));
+  sum.masked_fraction =
+      double(data.cache->num_masked_tokens()) / double(std::max<int64_t>(1, sum.tokens));
   sum.dropped = data.pack_stats.dropped;
   sum.truncated = data.pack_stats.truncated;
   // fp32 parameters, gradients and two AdamW moments; activations come on top (see metrics).
   sum.memory_estimate_bytes = 16 * total_params;
-  sum.extra.push_back({"data", "rows", std::to_string(data.num_rows()) + " of " +
-                                           std::to_string(cfg.max_length) + " tokens"});
+  sum.extra.push_back(
+      {"data", "rows",
+       std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
@@ -190,8 +196,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     state.sampler = sampler.state();
     state.nonfinite_consecutive = guard.consecutive();
     state.nonfinite_total = guard.total_skipped();
-    XT_RETURN_IF_ERROR(SaveTrainCheckpoint(cfg.work_dir, m, adamw, state, cfg.keep_last,
-                                           &result.last_checkpoint));
+    XT_RETURN_IF_ERROR(
+        SaveTrainCheckpoint(cfg.work_dir, m, adamw, state, cfg.keep_last, &result.last_checkpoint));
     last_saved_step = state.step;
     return Status::OK();
   };
@@ -206,7 +212,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     int64_t masked = 0;
     double sum_sq = 0;
     for (size_t i = 0; i < rows.size(); i += size_t(micro)) {
-      std::vector<int64_t> part(rows.begin() + i, rows.begin() + std::min(rows.size(), i + size_t(micro)));
+      std::vector<int64_t> part(rows.begin() + i,
+                                rows.begin() + std::min(rows.size(), i + size_t(micro)));
       XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part));
       loss_tokens += mb.batch.num_loss_tokens();
       sm.tokens += mb.tokens;
@@ -233,8 +240,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     sm.ce_loss = loss_tokens > 0 ? ce_sum / double(loss_tokens) : 0.0;
     sm.aux_loss = mc.is_moe() ? aux_sum : StepMetrics::kNaN;
     sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * aux_sum : 0.0);
-    sm.grad_norm = cfg.clip_grad_norm > 0 ? clip_grad_norm(grads, n, cfg.clip_grad_norm)
-                                          : grad_norm(grads, n);
+    sm.grad_norm =
+        cfg.clip_grad_norm > 0 ? clip_grad_norm(grads, n, cfg.clip_grad_norm) : grad_norm(grads, n);
     const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
     sm.lr = schedule.lr(state.step);
     Status guard_status = guard.Record(finite, sm.loss);
@@ -267,7 +274,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
       progress.Finish();
       return guard_status;
     }
-    if (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0) XT_RETURN_IF_ERROR(save());
+    if (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0)
+      XT_RETURN_IF_ERROR(save());
     if (cfg.export_every > 0 && state.step % cfg.export_every == 0) {
       char name[32];
       std::snprintf(name, sizeof name, "hf-step-%08lld", (long long)state.step);
@@ -282,8 +290,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   result.steps_done = state.step;
   if (last_saved_step != state.step) XT_RETURN_IF_ERROR(save());
   if (result.interrupted) {
-    if (log) std::fprintf(log, "interrupted at step %lld: checkpoint saved to %s; resume with --set checkpoint.resume=auto\n",
-                          (long long)state.step, result.last_checkpoint.c_str());
+    if (log)
+      std::fprintf(log,
+                   "interrupted at step %lld: checkpoint saved to %s; resume with --set "
+                   "checkpoint.resume=auto\n",
+                   (long long)state.step, result.last_checkpoint.c_str());
     return result;
   }
   if (cfg.export_at_end) {

@@ -1,0 +1,65 @@
+// xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32] [--tokenizer PATH] [--shard-mb N]
+// Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/train/config.h"
+#include "xtuner/train/train_data.h"
+
+namespace xt::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Options {
+  std::string checkpoint, out, dtype = "bf16", tokenizer;
+  int64_t shard_mb = 5000;
+};
+
+Status RunConvert(const Options& o) {
+  if (o.dtype != "bf16" && o.dtype != "fp32")
+    return Status::Error("convert: --dtype must be bf16 or fp32, not " + o.dtype);
+  const fs::path model_dir = fs::path(o.checkpoint) / "model";
+  if (!fs::exists(model_dir / "config.json"))
+    return Status::Error(o.checkpoint + ": not a training checkpoint (no model/config.json)");
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(model_dir.string()));
+  // The tokenizer: given, or the one the run's config.toml names (work_dir/config.toml).
+  std::string tokenizer = o.tokenizer;
+  const fs::path run_config = fs::path(o.checkpoint).parent_path().parent_path() / "config.toml";
+  if (tokenizer.empty() && fs::exists(run_config)) {
+    TrainConfig cfg;
+    if (LoadTrainConfig(run_config.string(), &cfg).ok()) tokenizer = TokenizerPathFor(cfg);
+  }
+  XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, o.dtype == "bf16", size_t(o.shard_mb) << 20));
+  if (!tokenizer.empty()) {
+    std::error_code ec;
+    fs::copy_file(tokenizer, fs::path(o.out) / "tokenizer.json",
+                  fs::copy_options::overwrite_existing, ec);
+    if (ec) return Status::Error(tokenizer + ": cannot copy the tokenizer: " + ec.message());
+    const fs::path tc = fs::path(tokenizer).parent_path() / "tokenizer_config.json";
+    if (fs::exists(tc))
+      fs::copy_file(tc, fs::path(o.out) / "tokenizer_config.json",
+                    fs::copy_options::overwrite_existing, ec);
+  }
+  std::printf("converted %s -> %s (%s%s)\n", o.checkpoint.c_str(), o.out.c_str(), o.dtype.c_str(),
+              tokenizer.empty() ? ", no tokenizer found: pass --tokenizer" : ", with tokenizer");
+  return Status::OK();
+}
+
+}  // namespace
+
+void AddConvert(CLI::App& app) {
+  auto* cmd = app.add_subcommand("convert", "Turn a training checkpoint into a Hugging Face model");
+  static Options o;
+  cmd->add_option("--checkpoint", o.checkpoint, "work_dir/checkpoints/step-N")->required();
+  cmd->add_option("--out", o.out, "output directory")->required();
+  cmd->add_option("--dtype", o.dtype, "bf16 or fp32")->capture_default_str();
+  cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the run's)");
+  cmd->add_option("--shard-mb", o.shard_mb, "largest shard, MB")->capture_default_str();
+  cmd->callback([] { Finish(RunConvert(o)); });
+}
+
+}  // namespace xt::cli
