@@ -18,6 +18,7 @@
 #include "xtuner/train/metrics_flops.h"
 #include "xtuner/train/metrics_jsonl.h"
 #include "xtuner/train/progress.h"
+#include "xtuner/train/progress_format.h"
 #include "xtuner/train/progress_summary.h"
 #include "xtuner/train/tensorboard.h"
 #include "xtuner/train/train_checkpoint.h"
@@ -202,6 +203,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     return Status::OK();
   };
 
+  const int64_t first_step = state.step;
   while (state.step < cfg.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     const std::vector<int64_t> rows = sampler.Next();
@@ -223,11 +225,13 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     }
     m.ZeroGrads();
     double ce_sum = 0, aux_sum = 0;
+    int64_t activation_bytes = 0;
     const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
     for (const MicroBatch& mb : mbs) {
       XT_ASSIGN_OR_RETURN(LossInfo info,
                           m.ForwardBackward(mb.batch, ce_weight, 1.0 / double(mbs.size())));
       ce_sum += info.ce_loss * double(info.num_loss_tokens);
+      activation_bytes = std::max(activation_bytes, info.activation_bytes);
       aux_sum += info.aux_loss / double(mbs.size());
       if (sm.tokens_per_expert.empty()) {
         sm.tokens_per_expert = info.tokens_per_expert;
@@ -268,6 +272,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     if (tb) {
       XT_RETURN_IF_ERROR(tb->AddScalars(sm.step, DashboardScalars(sm)));
       XT_RETURN_IF_ERROR(tb->Flush());
+    }
+    if (state.step == first_step + 1) {  // what recompute saves, once per run
+      char msg[160];
+      std::snprintf(msg, sizeof msg,
+                    "activations kept for the backward: %s per micro-batch (recompute %lld of "
+                    "%lld layers)",
+                    HumanBytes(double(activation_bytes)).c_str(), (long long)m.recompute_layers(),
+                    (long long)mc.num_layers);
+      progress.Message(msg);
     }
     progress.Update(sm);
     if (!guard_status.ok()) {

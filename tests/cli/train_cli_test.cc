@@ -1,0 +1,127 @@
+// xtuner train / sft / generate / convert as a user runs them, and Ctrl-C during training.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+#include "util/testing.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kRoot = testing::DataPath("../..");
+
+struct CliRun {
+  int code;
+  std::string output;
+};
+
+CliRun Xtuner(const std::string& args) {
+  const std::string cmd = "cd " + kRoot + " && " + XT_XTUNER_BIN + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// A short demo run: a tiny model so the whole test stays fast.
+std::string TinyDemoArgs(const std::string& work_dir, int steps) {
+  return "train examples/demo.toml --set work_dir=" + work_dir +
+         " --set train.steps=" + std::to_string(steps) +
+         " --set schedule.warmup_steps=1 --set data.max_length=64 --set train.global_batch_size=2"
+         " --set train.micro_batch_size=1 --set eval.max_new_tokens=4 --set log.every=1"
+         " --set checkpoint.every=1";
+}
+
+TEST(TrainCli, TrainExportGenerateSftConvert) {
+  const std::string dir = testing::TempDir("traincli");
+  CliRun r = Xtuner(TinyDemoArgs(dir + "/demo", 3));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("model   parameters"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 3/3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("eval: "), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/demo/hf/tokenizer.json"));
+
+  r = Xtuner("generate --model " + dir + "/demo/hf --prompt 'reverse: a b c' --chat-template chatml "
+             "--max-new-tokens 3");
+  EXPECT_EQ(r.code, 0) << r.output;
+
+  // sft on the exported checkpoint (its tokenizer.json is found beside the weights).
+  r = Xtuner("sft --load-from " + dir + "/demo/hf --dataset examples/demo/train.jsonl "
+             "--chat-template chatml --work-dir " + dir + "/sft --steps 2 --max-length 64 "
+             "--global-batch-size 2 --set schedule.warmup_steps=0 --set export.at_end=false");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/sft/metrics.jsonl"));
+
+  r = Xtuner("convert --checkpoint " + dir + "/demo/checkpoints/step-00000003 --out " + dir +
+             "/converted --dtype fp32");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/converted/tokenizer.json"));
+  EXPECT_TRUE(fs::exists(dir + "/converted/model.safetensors"));
+}
+
+TEST(TrainCli, ClearErrorsBeforeAnyWork) {
+  const std::string dir = testing::TempDir("trainbad");
+  CliRun r = Xtuner("train examples/demo.toml --set optim.learning_rate=1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("did you mean 'optim.lr'"), std::string::npos) << r.output;
+  r = Xtuner("sft --load-from /no/model --dataset x.jsonl --chat-template chatml --work-dir " + dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/no/model"), std::string::npos) << r.output;
+  r = Xtuner("train examples/demo.toml --set work_dir=" + dir +
+             " --set 'data.datasets=[{path=\"/no/data.jsonl\"}]'");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/no/data.jsonl: no such dataset file"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
+}
+
+TEST(TrainCli, CtrlCSavesACheckpointAndExitsCleanly) {
+  const std::string dir = testing::TempDir("sigint");
+  const std::string log = dir + "/log.txt";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::freopen(log.c_str(), "w", stdout);
+    std::freopen(log.c_str(), "a", stderr);
+    if (chdir(kRoot.c_str()) != 0) _exit(99);
+    std::string args = TinyDemoArgs(dir + "/run", 100000) + " --set checkpoint.every=0";
+    execl("/bin/sh", "sh", "-c", (std::string("exec ") + XT_XTUNER_BIN + " " + args).c_str(),
+          (char*)nullptr);
+    _exit(98);
+  }
+  // Wait for the first optimizer step, then interrupt.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream m(dir + "/run/metrics.jsonl");
+    std::string line;
+    if (std::getline(m, line) && !line.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::ifstream in(log);
+  std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
+  EXPECT_NE(output.find("interrupted at step"), std::string::npos) << output;
+  bool saved = false;
+  for (const auto& e : fs::directory_iterator(dir + "/run/checkpoints"))
+    saved |= fs::exists(e.path() / "trainer_state.json");
+  EXPECT_TRUE(saved);
+}
+
+}  // namespace
+}  // namespace xt
