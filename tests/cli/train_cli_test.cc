@@ -1,5 +1,7 @@
 // xtuner train / sft / generate / convert as a user runs them, and Ctrl-C during training.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -7,10 +9,9 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 #include <thread>
-#include <unistd.h>
 
+#include "util/cli.h"
 #include "util/testing.h"
 
 namespace xt {
@@ -20,21 +21,9 @@ namespace fs = std::filesystem;
 
 const std::string kRoot = testing::DataPath("../..");
 
-struct CliRun {
-  int code;
-  std::string output;
-};
+using testing::CliRun;
 
-CliRun Xtuner(const std::string& args) {
-  const std::string cmd = "cd " + kRoot + " && " + XT_XTUNER_BIN + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+CliRun Xtuner(const std::string& args) { return testing::RunXtuner(args, kRoot); }
 
 // A short demo run: a tiny model so the whole test stays fast.
 std::string TinyDemoArgs(const std::string& work_dir, int steps) {
@@ -54,13 +43,17 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
   EXPECT_NE(r.output.find("eval: "), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/demo/hf/tokenizer.json"));
 
-  r = Xtuner("generate --model " + dir + "/demo/hf --prompt 'reverse: a b c' --chat-template chatml "
+  r = Xtuner("generate --model " + dir +
+             "/demo/hf --prompt 'reverse: a b c' --chat-template chatml "
              "--max-new-tokens 3");
   EXPECT_EQ(r.code, 0) << r.output;
 
   // sft on the exported checkpoint (its tokenizer.json is found beside the weights).
-  r = Xtuner("sft --load-from " + dir + "/demo/hf --dataset examples/demo/train.jsonl "
-             "--chat-template chatml --work-dir " + dir + "/sft --steps 2 --max-length 64 "
+  r = Xtuner("sft --load-from " + dir +
+             "/demo/hf --dataset examples/demo/train.jsonl "
+             "--chat-template chatml --work-dir " +
+             dir +
+             "/sft --steps 2 --max-length 64 "
              "--global-batch-size 2 --set schedule.warmup_steps=0 --set export.at_end=false");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/sft/metrics.jsonl"));
@@ -77,7 +70,8 @@ TEST(TrainCli, ClearErrorsBeforeAnyWork) {
   CliRun r = Xtuner("train examples/demo.toml --set optim.learning_rate=1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("did you mean 'optim.lr'"), std::string::npos) << r.output;
-  r = Xtuner("sft --load-from /no/model --dataset x.jsonl --chat-template chatml --work-dir " + dir);
+  r = Xtuner("sft --load-from /no/model --dataset x.jsonl --chat-template chatml --work-dir " +
+             dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/no/model"), std::string::npos) << r.output;
   r = Xtuner("train examples/demo.toml --set work_dir=" + dir +

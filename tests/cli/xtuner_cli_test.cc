@@ -1,32 +1,20 @@
 // The xtuner binary as a user runs it: exit codes and messages.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
+#include "util/cli.h"
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
 
 namespace xt {
 namespace {
 
-struct CliRun {
-  int code;
-  std::string output;  // stdout and stderr
-};
+using testing::CliRun;
 
-CliRun Xtuner(const std::string& args) {
-  std::string cmd = std::string(XT_XTUNER_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+CliRun Xtuner(const std::string& args) { return testing::RunXtuner(args); }
 
 TEST(XtunerCli, DebugDumpWritesTheComparisonFile) {
   const std::string dir = testing::DataPath("qwen3_moe_tiny");

@@ -2,6 +2,8 @@
 // (writing: safetensors_write.cc).
 #include "xtuner/core/safetensors.h"
 
+#include "xtuner/core/mapped_file.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -239,16 +241,6 @@ T Load(const uint8_t* p, int64_t i) {
   return v;
 }
 
-// Unmaps a file mapping when the last reference goes.
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  Mapping(void* a, size_t s) : addr(a), size(s) {}
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() { ::munmap(addr, size); }
-};
-
 }  // namespace
 
 // ------------------------------------------------------------------------------ SafetensorsFile
@@ -347,31 +339,11 @@ Result<SafetensorsFile> SafetensorsFile::FromBuffer(const std::string& name, con
 }
 
 Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  auto where = "safetensors file '" + path + "'";
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Error("cannot open " + where + ": " + Errno());
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    std::string err = Errno();
-    ::close(fd);
-    return Status::Error("cannot stat " + where + ": " + err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return Status::Error(where + ": not a regular file" +
-                         std::string(S_ISDIR(st.st_mode) ? " (it is a directory)" : ""));
-  }
-  size_t size = size_t(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    return Status::Error(where + ": " + ShortFileMessage(size));
-  }
-  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  std::string err = Errno();
-  ::close(fd);
-  if (addr == MAP_FAILED) return Status::Error("cannot mmap " + where + ": " + err);
-  auto mapping = std::make_shared<Mapping>(addr, size);
-  return FromBuffer(path, addr, size, std::move(mapping));
+  XT_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file,
+                      MappedFile::Open(path, "safetensors file"));
+  if (file->size() < 8)
+    return Status::Error("safetensors file '" + path + "': " + ShortFileMessage(file->size()));
+  return FromBuffer(path, file->data(), file->size(), std::const_pointer_cast<MappedFile>(file));
 }
 
 std::vector<std::string> SafetensorsFile::names() const {

@@ -1,5 +1,7 @@
 #include "xtuner/data/token_cache.h"
 
+#include "xtuner/core/mapped_file.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -96,15 +98,6 @@ Status PWriteAll(int fd, const void* data, size_t n, off_t at) {
   }
   return Status::OK();
 }
-
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  Mapping(void* a, size_t s) : addr(a), size(s) {}
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() { ::munmap(addr, size); }
-};
 
 }  // namespace
 
@@ -214,7 +207,7 @@ const char* CacheProblemName(CacheProblem p) {
 }
 
 struct TokenCache::State {
-  std::shared_ptr<Mapping> mapping;
+  std::shared_ptr<const MappedFile> mapping;
   std::string path;
   CacheKey key;
   int64_t samples = 0, tokens = 0, masked = 0;
@@ -264,28 +257,19 @@ Result<TokenCache> OpenTokenCache(const std::string& path, const CacheKey& expec
     return Status::Error("token cache '" + path + "': " + msg);
   };
 
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return fail(CacheProblem::kMissing, "does not exist");
-    return fail(CacheProblem::kUnreadable, "cannot open: " + Errno());
+  bool missing = false;
+  auto mapped = MappedFile::Open(path, "token cache", &missing);
+  if (!mapped.ok()) {
+    if (missing) return fail(CacheProblem::kMissing, "does not exist");
+    why = CacheProblem::kUnreadable;
+    return mapped.status();
   }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    std::string err = Errno();
-    ::close(fd);
-    return fail(CacheProblem::kUnreadable, "cannot stat: " + err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return fail(CacheProblem::kUnreadable, "not a regular file");
-  }
-  const size_t size = size_t(st.st_size);
+  std::shared_ptr<const MappedFile> mapping = *mapped;
+  const size_t size = mapping->size();
   if (size < kHeaderBytes + kTrailerBytes) {
     // A prefix of a cache (an interrupted copy) or something else?
-    char head[sizeof(kMagic)] = {};
-    ssize_t r = ::pread(fd, head, std::min(size, sizeof(head)), 0);
-    ::close(fd);
-    if (r == ssize_t(std::min(size, sizeof(head))) && std::memcmp(head, kMagic, size_t(r)) == 0) {
+    const size_t n = std::min(size, sizeof(kMagic));
+    if (std::memcmp(mapping->data(), kMagic, n) == 0) {
       return fail(CacheProblem::kTruncated, std::to_string(size) +
                                                 " bytes, shorter than a header and trailer (" +
                                                 std::to_string(kHeaderBytes + kTrailerBytes) + ")");
@@ -293,12 +277,7 @@ Result<TokenCache> OpenTokenCache(const std::string& path, const CacheKey& expec
     return fail(CacheProblem::kNotACache,
                 "too short (" + std::to_string(size) + " bytes) and no token cache magic");
   }
-  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  std::string err = Errno();
-  ::close(fd);
-  if (addr == MAP_FAILED) return fail(CacheProblem::kUnreadable, "cannot mmap: " + err);
-  auto mapping = std::make_shared<Mapping>(addr, size);
-  const auto* p = static_cast<const uint8_t*>(addr);
+  const uint8_t* p = mapping->data();
 
   if (std::memcmp(p + kOffMagic, kMagic, sizeof(kMagic)) != 0) {
     return fail(CacheProblem::kNotACache, "no token cache magic (\"XTTOKENS\") at byte 0");

@@ -1,0 +1,16 @@
+// Running the xtuner binary from tests, as a user would from a shell.
+#pragma once
+
+#include <string>
+
+namespace xt::testing {
+
+struct CliRun {
+  int code;            // exit status (-1 if it did not exit normally)
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `xtuner ARGS` through /bin/sh (so ARGS may quote and redirect), in `cwd` when given.
+CliRun RunXtuner(const std::string& args, const std::string& cwd = "");
+
+}  // namespace xt::testing
