@@ -35,6 +35,8 @@ void AddTrain(CLI::App& app) {
   static bool reference = false;
   cmd->add_option("config", config, "training config (.toml)");
   cmd->add_option("--set", sets, "override a key: section.key=value (repeatable)");
+  static std::string resume;
+  cmd->add_option("--resume", resume, "auto (the latest checkpoint in work_dir) or a checkpoint");
   cmd->add_flag("--config-reference", reference, "print every config key as Markdown and exit");
   cmd->callback([] {
     if (reference) {
@@ -45,6 +47,7 @@ void AddTrain(CLI::App& app) {
       return Finish(Status::Error("train: give a config file (see docs/config.md)"));
     TrainConfig cfg;
     Status st = LoadTrainConfig(config, &cfg);
+    if (!resume.empty()) cfg.resume = resume;
     Finish(st.ok() ? Run(cfg, sets) : st);
   });
 }
@@ -69,6 +72,7 @@ void AddSft(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", cfg.seed, "seed")->capture_default_str();
   cmd->add_option("--set", sets, "override any config key: section.key=value (repeatable)");
+  cmd->add_option("--resume", cfg.resume, "auto (the latest checkpoint in the work dir) or a path");
   cmd->callback([] {
     cfg.datasets.clear();
     for (const std::string& d : datasets) cfg.datasets.push_back({d, 1.0, "chat"});

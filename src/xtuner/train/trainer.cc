@@ -304,10 +304,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   if (last_saved_step != state.step) XT_RETURN_IF_ERROR(save());
   if (result.interrupted) {
     if (log)
-      std::fprintf(log,
-                   "interrupted at step %lld: checkpoint saved to %s; resume with --set "
-                   "checkpoint.resume=auto\n",
-                   (long long)state.step, result.last_checkpoint.c_str());
+      std::fprintf(
+          log, "interrupted at step %lld: checkpoint saved to %s; continue with --resume auto\n",
+          (long long)state.step, result.last_checkpoint.c_str());
     return result;
   }
   if (cfg.export_at_end) {
