@@ -29,10 +29,10 @@ const std::vector<Fixture>& Fixtures() {
     const auto dir =
         std::filesystem::path(__FILE__).parent_path().parent_path() / "tests/data/tokenizers";
     std::vector<Fixture> out;
-    for (const char* name : {"bpe_qwen_style", "bpe_llama3_style", "bpe_metaspace_fallback",
-                             "bpe_llama2_legacy", "bpe_bytelevel_gpt2", "bpe_split_behaviors",
-                             "bpe_metaspace_digits", "bpe_subword_affixes",
-                             "bpe_whitespace_punct"}) {
+    for (const char* name :
+         {"bpe_qwen_style", "bpe_llama3_style", "bpe_metaspace_fallback", "bpe_llama2_legacy",
+          "bpe_bytelevel_gpt2", "bpe_split_behaviors", "bpe_metaspace_digits",
+          "bpe_subword_affixes", "bpe_whitespace_punct"}) {
       auto t = xt::Tokenizer::FromFile((dir / name).string());
       if (!t.ok()) __builtin_trap();  // the fixtures must load
       const std::string n = name;

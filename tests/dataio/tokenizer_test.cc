@@ -182,8 +182,9 @@ TEST(Tokenizer, UnknownComponentsAreNamed) {
 TEST(Tokenizer, BadFilesAreNamed) {
   EXPECT_NE(LoadError("{not json").find("tok.json: not valid JSON"), std::string::npos);
   EXPECT_NE(LoadError("{}").find("tok.json: \"model\" is missing"), std::string::npos);
-  std::string e = LoadError(Minimal("null", "null", "null").replace(
-      Minimal("null", "null", "null").find("\"a b\""), 5, "\"a c\""));
+  std::string e =
+      LoadError(Minimal("null", "null", "null")
+                    .replace(Minimal("null", "null", "null").find("\"a b\""), 5, "\"a c\""));
   EXPECT_NE(e.find("merges[0]: token \"c\" is not in the vocabulary"), std::string::npos) << e;
   e = LoadError(Minimal("null", R"({"type": "Split", "pattern": {"Regex": "(a"},
                                    "behavior": "Isolated", "invert": false})",
@@ -195,6 +196,28 @@ TEST(Tokenizer, BadFilesAreNamed) {
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("/no/such/dir/tokenizer.json: cannot open"),
             std::string::npos);
+}
+
+// Found by tokenizer_fuzz: a template naming an id that no token has.
+TEST(Tokenizer, PostProcessorIdsMustBeInTheVocabulary) {
+  std::string json = Minimal("null", "null", "null");
+  const std::string post =
+      R"({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}},
+          {"Sequence": {"id": "A"}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [7]}}})";
+  json.replace(json.find("\"post_processor\": null"), 22, "\"post_processor\": " + post);
+  std::string e = LoadError(json);
+  EXPECT_NE(e.find("tok.json: post_processor adds id 7, which is not in the vocabulary"),
+            std::string::npos)
+      << e;
+  json.replace(json.find("[7]"), 3, "[1]");
+  auto t = Tokenizer::FromJson(json, "tok.json");
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ(t->Encode("ab", /*add_special_tokens=*/true).value(), (std::vector<int32_t>{1, 2}));
+}
+
+TEST(Tokenizer, DeeplyNestedJsonIsAnError) {
+  std::string json = R"({"model": )" + std::string(100, '[') + std::string(100, ']') + "}";
+  EXPECT_NE(LoadError(json).find("nested too deeply"), std::string::npos);
 }
 
 TEST(Tokenizer, MissingUnkTokenIsAnEncodeError) {

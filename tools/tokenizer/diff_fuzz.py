@@ -40,6 +40,9 @@ RANGES = [
     (0x1F300, 0x1FAFF), (0x1F1E6, 0x1F1FF),     # emoji, regional indicators
     (0x1D400, 0x1D7FF), (0x10000, 0x1007F),     # math alphanumerics, Linear B
     (0xE000, 0xE0FF), (0xFE00, 0xFE0F),         # private use, variation selectors
+    (0x105C0, 0x105FF), (0x10D40, 0x10D8F),     # scripts of Unicode 16 (Todhri, Garay)
+    (0x2EBF0, 0x2EE5F), (0x1C80, 0x1C8F),       # CJK extension I, Cyrillic extended C
+    (0x0, 0x10FFFF),                            # anything, assigned or not
 ]
 WHITESPACE = [" ", "  ", "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\x85", "\xa0", "\u1680",
               "\u2000", "\u2009", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000",

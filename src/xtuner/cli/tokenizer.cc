@@ -3,13 +3,14 @@
 // JSON lines in, JSON lines out, one for one: {"text": ...} -> {"ids": [...]} (encode) and
 // {"ids": [...]} -> {"text": ...} (decode), from --input or stdin to stdout. A malformed line
 // stops the command with "PATH:LINE: what is wrong" (exit code 1).
+#include "xtuner/data/tokenizer.h"
+
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "xtuner/data/tokenizer.h"
 
 namespace xt::cli {
 
@@ -27,7 +28,8 @@ Result<std::string> EncodeLine(const Tokenizer& tok, const std::string& line, bo
   if (!j.is_object() || !j.contains("text") || !j["text"].is_string()) {
     return Status::Error("expected {\"text\": string}");
   }
-  XT_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(j["text"].get<std::string>(), add_special));
+  XT_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                      tok.Encode(j["text"].get<std::string>(), add_special));
   std::string out = "{\"ids\": [";
   for (size_t i = 0; i < ids.size(); ++i) {
     if (i) out += ", ";
@@ -51,7 +53,8 @@ Result<std::string> DecodeLine(const Tokenizer& tok, const std::string& line, bo
     ids.push_back(v.get<int32_t>());
   }
   XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(ids, skip_special));
-  return nlohmann::json{{"text", text}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return nlohmann::json{{"text", text}}.dump(-1, ' ', false,
+                                             nlohmann::json::error_handler_t::replace);
 }
 
 Status Run(const TokenizerOptions& o, bool encode) {

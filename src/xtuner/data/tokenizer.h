@@ -28,8 +28,10 @@ class Tokenizer {
   // appear in the text are matched as such; add_special_tokens applies the post-processor.
   // Invalid UTF-8 is an error (HF cannot take it either).
   Result<std::vector<int32_t>> Encode(std::string_view text, bool add_special_tokens = false) const;
-  // As HF `Tokenizer.decode(ids, skip_special_tokens=...)`. Ids outside the vocabulary are an error.
-  Result<std::string> Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+  // As HF `Tokenizer.decode(ids, skip_special_tokens=...)`. Ids outside the vocabulary are an
+  // error.
+  Result<std::string> Decode(const std::vector<int32_t>& ids,
+                             bool skip_special_tokens = false) const;
 
   // The id of a token string (model vocabulary or added token), if any.
   std::optional<int32_t> TokenToId(std::string_view token) const;

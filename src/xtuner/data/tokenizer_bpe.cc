@@ -186,8 +186,8 @@ Result<BpeModel> BpeModel::Parse(const nlohmann::json& j) {
   int64_t max_id = -1;
   for (auto it = vit->begin(); it != vit->end(); ++it) {
     if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() >= INT32_MAX) {
-      return Status::Error(where + ": vocab[\"" + it.key() + "\"] is not a valid id: " +
-                           it->dump());
+      return Status::Error(where + ": vocab[\"" + it.key() +
+                           "\"] is not a valid id: " + it->dump());
     }
     max_id = std::max(max_id, it->get<int64_t>());
   }
@@ -242,7 +242,8 @@ Result<BpeModel> BpeModel::Parse(const nlohmann::json& j) {
     }
     const std::string merged = a + b.substr(m.prefix_.size());
     const int32_t im = m.vocab_.Find(merged);
-    if (im < 0) return Status::Error(at + ": merged token \"" + merged + "\" is not in the vocabulary");
+    if (im < 0)
+      return Status::Error(at + ": merged token \"" + merged + "\" is not in the vocabulary");
     m.merges_->Insert(ia, ib, rank++, im);
   }
 

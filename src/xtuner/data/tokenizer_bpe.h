@@ -98,9 +98,9 @@ class BpeModel {
   std::vector<std::string> id_to_token_;
   std::vector<bool> has_id_;
   std::unique_ptr<Merges> merges_;
-  StringIdMap raw_vocab_;        // byte-level: raw bytes -> id (for ignore_merges)
-  int32_t byte_ids_[256];        // byte-level: the id of each byte's character, or -1
-  int32_t fallback_ids_[256];    // the id of "<0xHH>", or -1
+  StringIdMap raw_vocab_;      // byte-level: raw bytes -> id (for ignore_merges)
+  int32_t byte_ids_[256];      // byte-level: the id of each byte's character, or -1
+  int32_t fallback_ids_[256];  // the id of "<0xHH>", or -1
   int32_t unk_id_ = -1;
   bool unk_missing_ = false;  // unk_token is set but not in the vocabulary
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;

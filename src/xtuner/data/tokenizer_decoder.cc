@@ -228,7 +228,8 @@ Result<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& j) {
   if (type == "Fuse") return Ptr(new Fuse());
   if (type == "Metaspace") {
     XT_ASSIGN_OR_RETURN(uint32_t rep, CharField(j, "replacement", where));
-    XT_ASSIGN_OR_RETURN(std::string scheme, Field<std::string>(j, "prepend_scheme", where, "always"));
+    XT_ASSIGN_OR_RETURN(std::string scheme,
+                        Field<std::string>(j, "prepend_scheme", where, "always"));
     XT_ASSIGN_OR_RETURN(bool add_prefix_space, Field<bool>(j, "add_prefix_space", where, true));
     if (scheme != "always" && scheme != "never" && scheme != "first") {
       return Status::Error(where + ": unknown prepend_scheme \"" + scheme + "\"");

@@ -22,8 +22,8 @@ inline Status NotImplemented(const std::string& kind, const nlohmann::json& j,
                              const std::string& supported) {
   const std::string type = j.is_object() ? TypeOf(j) : std::string();
   if (type.empty()) return Status::Error(kind + " without a \"type\": " + j.dump().substr(0, 200));
-  return Status::Error(kind + " type \"" + type + "\" is not implemented (supported: " +
-                       supported + ")");
+  return Status::Error(kind + " type \"" + type + "\" is not implemented (supported: " + supported +
+                       ")");
 }
 
 // j[key] as T, `fallback` when absent or null; an error when present with another JSON type.
@@ -34,8 +34,8 @@ Result<T> Field(const nlohmann::json& j, const char* key, const std::string& whe
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {
-    return Status::Error(where + ": \"" + key + "\" has the wrong type: " +
-                         it->dump().substr(0, 200));
+    return Status::Error(where + ": \"" + key +
+                         "\" has the wrong type: " + it->dump().substr(0, 200));
   }
 }
 

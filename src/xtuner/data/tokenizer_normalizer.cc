@@ -123,20 +123,29 @@ void UnicodeNormalize(std::string_view in, int options, std::string* out) {
   out->clear();
   out->reserve(in.size());
   const size_t n = in.size();
+  // Characters that every form leaves as they are and that never combine with what precedes
+  // them: ASCII, and what HF's older Unicode data does not know (IsNormalizationInert). Only
+  // the runs between them go through utf8proc.
+  auto stable_len = [&](size_t i) -> int {
+    const auto b = static_cast<unsigned char>(in[i]);
+    if (b < 0x80) return 1;
+    uint32_t cp;
+    const int len = DecodeUtf8(in.data() + i, &cp);
+    return IsNormalizationInert(cp) ? len : 0;
+  };
   size_t i = 0;
   while (i < n) {
     size_t j = i;
-    while (j < n && static_cast<unsigned char>(in[j]) < 0x80) ++j;
+    for (int len; j < n && (len = stable_len(j)) > 0;) j += len;
     if (j == n) {
       out->append(in.substr(i));
       break;
     }
-    // ASCII is stable under every form and never combines with what precedes it, but the ASCII
-    // character just before a non-ASCII run may compose with it (e + U+0301).
-    const size_t seg = j > i ? j - 1 : j;
+    // The ASCII character just before the run may compose with it (e + U+0301).
+    const size_t seg = j > i && static_cast<unsigned char>(in[j - 1]) < 0x80 ? j - 1 : j;
     out->append(in.substr(i, seg - i));
     size_t k = j;
-    while (k < n && static_cast<unsigned char>(in[k]) >= 0x80) ++k;
+    while (k < n && stable_len(k) == 0) k += Utf8Len(static_cast<unsigned char>(in[k]));
     utf8proc_uint8_t* dst = nullptr;
     const utf8proc_ssize_t len =
         utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(in.data() + seg),

@@ -22,7 +22,8 @@ Result<int32_t> PairId(const nlohmann::json& j, const char* key, const std::stri
 
 Status ParseTemplate(const nlohmann::json& j, PostProcessor* p, const std::string& where) {
   auto single = j.find("single");
-  if (single == j.end() || !single->is_array()) return Status::Error(where + ": missing \"single\"");
+  if (single == j.end() || !single->is_array())
+    return Status::Error(where + ": missing \"single\"");
   const auto& specials = j.value("special_tokens", nlohmann::json::object());
   bool seen_sequence = false;
   for (const auto& piece : *single) {

@@ -1,6 +1,5 @@
 #include "xtuner/data/tokenizer_pretokenizer.h"
 
-
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
@@ -159,7 +158,8 @@ class ByteLevelStage : public Stage {
     sc->spans.clear();
     re_->FindMatches(s, &sc->spans);
     for (const Span& sp : sc->spans) {
-      if (sp.end > sp.start) Map(s.substr(sp.start, sp.end - sp.start), at_origin && !sp.start, sc, emit);
+      if (sp.end > sp.start)
+        Map(s.substr(sp.start, sp.end - sp.start), at_origin && !sp.start, sc, emit);
     }
   }
 
@@ -201,7 +201,8 @@ class MetaspaceStage : public Stage {
     if (!split_) return emit(b, at_origin);
     sc->spans.clear();
     const uint32_t rep = rep_cp_;
-    CharSpans(b, [rep](uint32_t cp) { return cp == rep; }, &sc->spans);
+    CharSpans(
+        b, [rep](uint32_t cp) { return cp == rep; }, &sc->spans);
     ApplySplitBehavior(sc->spans, SplitBehavior::kMergedWithNext, &sc->ranges);
     EmitRanges(b, at_origin, sc->ranges, emit);
   }
@@ -250,7 +251,8 @@ Status ParseStages(const nlohmann::json& j, std::vector<std::unique_ptr<Stage>>*
                        individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous));
   } else if (type == "Metaspace") {
     XT_ASSIGN_OR_RETURN(uint32_t rep, CharField(j, "replacement", where));
-    XT_ASSIGN_OR_RETURN(std::string scheme, Field<std::string>(j, "prepend_scheme", where, "always"));
+    XT_ASSIGN_OR_RETURN(std::string scheme,
+                        Field<std::string>(j, "prepend_scheme", where, "always"));
     XT_ASSIGN_OR_RETURN(bool add_prefix_space, Field<bool>(j, "add_prefix_space", where, true));
     XT_ASSIGN_OR_RETURN(bool split, Field<bool>(j, "split", where, true));
     MetaspaceStage::Scheme s;

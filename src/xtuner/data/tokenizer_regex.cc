@@ -157,14 +157,14 @@ Result<Regex> Regex::Compile(std::string_view pattern, bool literal) {
   pcre2_set_newline(cc, PCRE2_NEWLINE_LF);
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()),
-                                   translated.size(), PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE,
-                                   &err, &err_off, cc);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &err, &err_off, cc);
   pcre2_compile_context_free(cc);
   if (code == nullptr) {
     return Status::Error("regex \"" + std::string(pattern) + "\" does not compile (at offset " +
-                         std::to_string(err_off) + " of \"" + translated + "\"): " +
-                         PcreError(err));
+                         std::to_string(err_off) + " of \"" + translated +
+                         "\"): " + PcreError(err));
   }
   auto c = std::make_shared<Code>();
   c->code = code;
@@ -187,10 +187,10 @@ void Regex::FindMatches(std::string_view s, std::vector<Span>* out) const {
   bool have_last = false;
   size_t last_match_end = 0;
   while (last_end <= n) {
-    const int rc =
-        code_->jit ? pcre2_jit_match(code_->code, subject, n, last_end, 0, st.data, st.context)
-                   : pcre2_match(code_->code, subject, n, last_end, PCRE2_NO_UTF_CHECK, st.data,
-                                 st.context);
+    const int rc = code_->jit
+                       ? pcre2_jit_match(code_->code, subject, n, last_end, 0, st.data, st.context)
+                       : pcre2_match(code_->code, subject, n, last_end, PCRE2_NO_UTF_CHECK, st.data,
+                                     st.context);
     // No match, or a resource limit (JIT stack, match limit): the rest is not a match.
     if (rc < 0) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(st.data);

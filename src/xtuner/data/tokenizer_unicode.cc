@@ -1,10 +1,11 @@
 #include "xtuner/data/tokenizer_unicode.h"
 
-#include "xtuner/data/tokenizer_unicode_tables.h"
-
 #include <utf8proc.h>
 
+#include <algorithm>
 #include <cstring>
+
+#include "xtuner/data/tokenizer_unicode_tables.h"
 
 namespace xt::tok {
 
@@ -150,11 +151,18 @@ bool IsWordChar(uint32_t cp) {
 bool IsPunctuation(uint32_t cp) { return InRanges(kPunctuation, kPunctuationSize, cp); }
 
 void AppendLowercase(uint32_t cp, std::string* out) {
-  if (cp == 0x130) {  // the one unconditional multi-character lowercase mapping
-    out->append("i\xCC\x87");
+  const LowercaseException* e =
+      std::lower_bound(kLowercaseExceptions, kLowercaseExceptions + kLowercaseExceptionsSize, cp,
+                       [](const LowercaseException& x, uint32_t c) { return x.cp < c; });
+  if (e != kLowercaseExceptions + kLowercaseExceptionsSize && e->cp == cp) {
+    out->append(e->lower);
     return;
   }
   AppendUtf8(static_cast<uint32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))), out);
+}
+
+bool IsNormalizationInert(uint32_t cp) {
+  return cp >= 0x300 && InRanges(kNormalizationInert, kNormalizationInertSize, cp);
 }
 
 void AppendUtf8Lossy(std::string_view bytes, std::string* out) {

@@ -62,6 +62,9 @@ bool IsWordChar(uint32_t cp);
 bool IsPunctuation(uint32_t cp);
 // Rust's char::to_lowercase, appended to `out` (full mapping: U+0130 gives two chars).
 void AppendLowercase(uint32_t cp, std::string* out);
+// A code point that HF's Unicode normalization leaves alone although utf8proc does not (its
+// data is older): normalization must copy it and treat it as a boundary.
+bool IsNormalizationInert(uint32_t cp);
 
 // Rust's String::from_utf8_lossy: each maximal invalid subpart becomes one U+FFFD.
 void AppendUtf8Lossy(std::string_view bytes, std::string* out);

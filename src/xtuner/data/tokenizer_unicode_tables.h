@@ -30,6 +30,19 @@ extern const size_t kWhiteSpaceSize;
 extern const CodeRange kWordChar[];  // regex \w (single_word)
 extern const size_t kWordCharSize;
 
+// Code points that utf8proc decomposes, composes or reorders and HF's (older) Unicode
+// normalization leaves alone.
+extern const CodeRange kNormalizationInert[];
+extern const size_t kNormalizationInertSize;
+
+// Rust's char::to_lowercase where it differs from utf8proc_tolower (UTF-8, sorted by cp).
+struct LowercaseException {
+  uint32_t cp;
+  const char* lower;
+};
+extern const LowercaseException kLowercaseExceptions[];
+extern const size_t kLowercaseExceptionsSize;
+
 inline bool InRanges(const CodeRange* r, size_t n, uint32_t cp) {
   size_t lo = 0, hi = n;
   while (lo < hi) {
