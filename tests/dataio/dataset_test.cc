@@ -3,6 +3,7 @@
 #include "xtuner/data/dataset.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -536,6 +537,48 @@ TEST(DatasetTest, ParseKindAndOnBadSample) {
             "unknown dataset kind \"pretrain\" (expected auto, chat or text)");
   EXPECT_EQ(ParseOnBadSample("skip").value(), OnBadSample::kSkip);
   EXPECT_FALSE(ParseOnBadSample("ignore").ok());
+}
+
+}  // namespace
+}  // namespace xt
+
+namespace xt {
+namespace {
+
+// Lines are tokenized on every core in blocks; the result must be the serial one: the same
+// samples in line order, the same report, the same first error.
+TEST(DatasetTest, ParallelLoadingEqualsSerial) {
+  const std::string dir = testing::TempDir("parallel");
+  const std::string path = dir + "/big.jsonl";
+  {
+    std::ifstream good(Corpus("chat.jsonl")), bad(Corpus("malformed.jsonl"));
+    std::vector<std::string> g, b;
+    for (std::string l; std::getline(good, l);) g.push_back(l);
+    for (std::string l; std::getline(bad, l);) b.push_back(l);
+    std::ofstream out(path);
+    for (int i = 0; i < 9000; ++i)  // > 2 blocks, a bad line now and then
+      out << (i % 997 == 5 ? b[1 + i % (b.size() - 1)] : g[i % g.size()]) << "\n";
+  }
+  auto load = [&](int threads, OnBadSample policy, LoadReport* report) {
+    omp_set_num_threads(threads);
+    auto r = Load(path, policy, DatasetKind::kAuto, report);
+    omp_set_num_threads(1);
+    return r;
+  };
+  LoadReport r1, r2;
+  auto s1 = load(1, OnBadSample::kSkip, &r1);
+  auto s2 = load(2, OnBadSample::kSkip, &r2);
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  ASSERT_EQ(s1->size(), s2->size());
+  EXPECT_GT(r1.skipped, 5);
+  for (size_t i = 0; i < s1->size(); ++i) {
+    ASSERT_EQ((*s1)[i].input_ids, (*s2)[i].input_ids) << i;
+    ASSERT_EQ((*s1)[i].labels, (*s2)[i].labels) << i;
+  }
+  EXPECT_EQ(r1.Summary(), r2.Summary());
+  auto e1 = load(1, OnBadSample::kError, nullptr), e2 = load(2, OnBadSample::kError, nullptr);
+  ASSERT_FALSE(e1.ok());
+  EXPECT_EQ(e1.status().message(), e2.status().message());
 }
 
 }  // namespace
