@@ -8,4 +8,5 @@ bash scripts/install-deps.sh
 BUILD_DIR=${BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD_DIR" -j "${JOBS:-2}" --target xtuner
-"$BUILD_DIR/xtuner" train examples/demo.toml "$@"
+# --resume auto: a second run continues (or, when finished, re-exports and re-scores) the first.
+"$BUILD_DIR/xtuner" train examples/demo.toml --resume auto "$@"

@@ -58,8 +58,10 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/sft/metrics.jsonl"));
 
-  r = Xtuner("convert --checkpoint " + dir + "/demo/checkpoints/step-00000003 --out " + dir +
-             "/converted --dtype fp32");
+  // From another directory, with a trailing slash: the run's config.toml has absolute paths.
+  r = testing::RunXtuner("convert --checkpoint " + dir + "/demo/checkpoints/step-00000003/ --out " +
+                             dir + "/converted --dtype fp32",
+                         "/");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/converted/tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir + "/converted/model.safetensors"));

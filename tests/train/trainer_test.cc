@@ -4,13 +4,12 @@
 #include "xtuner/train/trainer.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sys/resource.h>
-
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
@@ -27,12 +26,19 @@ const std::string kDemo = testing::DataPath("../../examples/demo");
 // A tiny model and the first 300 demo samples in a fresh directory.
 TrainConfig TinyRun(const std::string& tag) {
   const std::string dir = testing::TempDir(tag);
-  nlohmann::json mc = {{"model_type", "qwen3_moe"}, {"vocab_size", 3008}, {"hidden_size", 32},
-                       {"num_hidden_layers", 2},    {"num_attention_heads", 2},
-                       {"num_key_value_heads", 1},  {"head_dim", 16},
-                       {"moe_intermediate_size", 16}, {"num_experts", 4},
-                       {"num_experts_per_tok", 2},  {"norm_topk_prob", true},
-                       {"router_aux_loss_coef", 0.01}, {"rope_theta", 10000.0},
+  nlohmann::json mc = {{"model_type", "qwen3_moe"},
+                       {"vocab_size", 3008},
+                       {"hidden_size", 32},
+                       {"num_hidden_layers", 2},
+                       {"num_attention_heads", 2},
+                       {"num_key_value_heads", 1},
+                       {"head_dim", 16},
+                       {"moe_intermediate_size", 16},
+                       {"num_experts", 4},
+                       {"num_experts_per_tok", 2},
+                       {"norm_topk_prob", true},
+                       {"router_aux_loss_coef", 0.01},
+                       {"rope_theta", 10000.0},
                        {"tie_word_embeddings", true}};
   std::ofstream(dir + "/config.json") << mc.dump();
   std::ifstream in(kDemo + "/train.jsonl");
@@ -112,7 +118,8 @@ TEST(Trainer, ResumeIsBitExact) {
   auto ma = LoadHfModel(straight.work_dir + "/checkpoints/step-00000006/model");
   auto mb = LoadHfModel(resumed.work_dir + "/checkpoints/step-00000006/model");
   ASSERT_TRUE(ma.ok() && mb.ok());
-  EXPECT_EQ(std::memcmp((*ma)->params().data(), (*mb)->params().data(), (*ma)->params().nbytes()), 0);
+  EXPECT_EQ(std::memcmp((*ma)->params().data(), (*mb)->params().data(), (*ma)->params().nbytes()),
+            0);
 }
 
 TEST(Trainer, ExportLoadsBackWithTheSameWeightsAndTokenizer) {
@@ -164,7 +171,8 @@ TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
   ASSERT_TRUE(r.ok());
   auto model = LoadHfModel(r->last_checkpoint + "/model");
   ASSERT_TRUE(model.ok());
-  auto adamw = AdamW::Create({}, {{0, (*model)->layout().total(), true}}, (*model)->layout().total());
+  auto adamw =
+      AdamW::Create({}, {{0, (*model)->layout().total(), true}}, (*model)->layout().total());
   ASSERT_TRUE(adamw.ok());
   TrainState st;
   ASSERT_TRUE(LoadTrainCheckpoint(r->last_checkpoint, model->get(), &*adamw, &st).ok());
@@ -185,6 +193,51 @@ TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
   EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
   EXPECT_FALSE(fs::exists(c.work_dir + "/checkpoints/step-00000002.tmp"));
   EXPECT_TRUE(LoadHfModel(r->last_checkpoint + "/model").ok());
+}
+
+}  // namespace
+}  // namespace xt
+
+namespace xt {
+namespace {
+
+TEST(Trainer, AFreshRunNeverOverwritesAnotherRunsCheckpoints) {
+  TrainConfig c = TinyRun("fresh");
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  ASSERT_TRUE(RunTraining(c, nullptr).ok());
+  auto again = RunTraining(c, nullptr);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.status().message().find("already holds checkpoints"), std::string::npos)
+      << again.status().message();
+  // Resuming from the earlier checkpoint starts a new history: later checkpoints go, so that
+  // --resume auto continues this run and not the old one.
+  TrainConfig branch = c;
+  branch.resume = c.work_dir + "/checkpoints/step-00000002";
+  branch.steps = 3;
+  auto r = RunTraining(branch, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->last_checkpoint, c.work_dir + "/checkpoints/step-00000003");
+  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
+  EXPECT_FALSE(fs::exists(c.work_dir + "/checkpoints/step-00000004"));
+}
+
+TEST(Trainer, AStepWithoutLossTokensIsSkippedNotCountedAsZeroLoss) {
+  TrainConfig c = TinyRun("noloss");
+  c.max_length = 8;  // every assistant answer is truncated away
+  c.steps = 2;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::ifstream in(c.work_dir + "/metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_TRUE(j["skipped"].get<bool>()) << line;
+    EXPECT_TRUE(j["loss"].is_null()) << line;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2);
 }
 
 }  // namespace

@@ -22,13 +22,15 @@ struct Options {
 Status RunConvert(const Options& o) {
   if (o.dtype != "bf16" && o.dtype != "fp32")
     return Status::Error("convert: --dtype must be bf16 or fp32, not " + o.dtype);
-  const fs::path model_dir = fs::path(o.checkpoint) / "model";
+  fs::path ckpt = fs::path(o.checkpoint).lexically_normal();
+  if (ckpt.filename().empty()) ckpt = ckpt.parent_path();  // "step-N/"
+  const fs::path model_dir = ckpt / "model";
   if (!fs::exists(model_dir / "config.json"))
     return Status::Error(o.checkpoint + ": not a training checkpoint (no model/config.json)");
   XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(model_dir.string()));
   // The tokenizer: given, or the one the run's config.toml names (work_dir/config.toml).
   std::string tokenizer = o.tokenizer;
-  const fs::path run_config = fs::path(o.checkpoint).parent_path().parent_path() / "config.toml";
+  const fs::path run_config = ckpt.parent_path().parent_path() / "config.toml";
   if (tokenizer.empty() && fs::exists(run_config)) {
     TrainConfig cfg;
     if (LoadTrainConfig(run_config.string(), &cfg).ok()) tokenizer = TokenizerPathFor(cfg);

@@ -1,6 +1,7 @@
 // xtuner train CONFIG.toml [--set section.key=value ...]
 // xtuner sft --load-from DIR --dataset FILE [...] --chat-template NAME --work-dir DIR [...]
 // Both build a TrainConfig and run it; Ctrl-C saves a checkpoint and exits cleanly.
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 
@@ -11,7 +12,11 @@ namespace xt::cli {
 
 namespace {
 
-void OnSigint(int) { RequestStop(); }
+// The first Ctrl-C asks for a checkpoint and a clean exit; a second one ends the process now.
+void OnSigint(int) {
+  RequestStop();
+  std::signal(SIGINT, SIG_DFL);
+}
 
 Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   for (const std::string& o : overrides) XT_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
@@ -20,9 +25,11 @@ Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   auto result = RunTraining(cfg, stdout);
   std::signal(SIGINT, SIG_DFL);
   if (!result.ok()) return result.status();
-  std::printf("done: %lld steps, last loss %.4f, checkpoint %s%s%s\n",
-              (long long)result->steps_done, result->last_loss, result->last_checkpoint.c_str(),
-              result->export_dir.empty() ? "" : ", export ", result->export_dir.c_str());
+  std::printf("done: %lld steps", (long long)result->steps_done);
+  if (std::isfinite(result->last_loss)) std::printf(", last loss %.4f", result->last_loss);
+  std::printf(", checkpoint %s", result->last_checkpoint.c_str());
+  if (!result->export_dir.empty()) std::printf(", export %s", result->export_dir.c_str());
+  std::printf("\n");
   return Status::OK();
 }
 

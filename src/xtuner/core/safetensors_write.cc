@@ -13,6 +13,8 @@
 
 #include "xtuner/core/safetensors.h"
 
+#include "xtuner/core/file_util.h"
+
 namespace xt {
 
 static_assert(std::endian::native == std::endian::little,
@@ -22,57 +24,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-std::string Errno() { return std::strerror(errno); }
-
-struct Chunk {
-  const void* data;
-  size_t size;
-};
-
-// Writes `chunks` to `path` via "<path>.tmp.<pid>", fsync and rename; then fsyncs the directory
-// (best effort: some file systems refuse). Removes the temporary file on failure.
-Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::Error("cannot create '" + tmp + "': " + Errno());
-  auto fail = [&](const std::string& what) {
-    std::string msg = what + " '" + tmp + "': " + Errno();
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    return Status::Error(msg + " (writing '" + path + "')");
-  };
-  for (const Chunk& c : chunks) {
-    const auto* p = static_cast<const char*>(c.data);
-    size_t left = c.size;
-    while (left > 0) {
-      ssize_t n = ::write(fd, p, std::min<size_t>(left, size_t(1) << 30));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        if (n == 0) errno = EIO;
-        return fail("cannot write");
-      }
-      p += n;
-      left -= size_t(n);
-    }
-  }
-  if (::fsync(fd) != 0) return fail("cannot fsync");
-  int rc = ::close(fd);
-  fd = -1;
-  if (rc != 0) return fail("cannot close");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + Errno();
-    ::unlink(tmp.c_str());
-    return Status::Error(msg);
-  }
-  std::string dir = fs::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
-  return Status::OK();
-}
 
 bool IsUtf8(const std::string& s) {
   try {

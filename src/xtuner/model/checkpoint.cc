@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
 
 namespace xt {
@@ -60,16 +61,7 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, bool bf16,
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = model.config().ToJson();
   cfg["dtype"] = bf16 ? "bfloat16" : "float32";
-  const std::string path = (fs::path(dir) / "config.json").string();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << cfg.dump(2) << "\n";
-    if (!out.flush()) return Status::Error(tmp + ": write failed");
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) return Status::Error(path + ": rename failed: " + ec.message());
-  return Status::OK();
+  return WriteFileAtomically((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
 }  // namespace xt

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 
@@ -39,12 +41,9 @@ std::vector<fs::path> ListCheckpoints(const std::string& work_dir) {
   return out;
 }
 
-Status WriteText(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  out << text;
-  out.flush();
-  if (!out) return Status::Error(path.string() + ": write failed (disk full?)");
-  return Status::OK();
+// The step of a checkpoint directory name "step-<n>".
+int64_t StepOf(const fs::path& dir) {
+  return std::stoll(dir.filename().string().substr(std::strlen(kPrefix)));
 }
 
 }  // namespace
@@ -76,14 +75,24 @@ Status SaveTrainCheckpoint(const std::string& work_dir, const Transformer& model
                       {"nonfinite_consecutive", state.nonfinite_consecutive},
                       {"nonfinite_total", state.nonfinite_total},
                       {"data_key", state.data_key}};
-  st = WriteText(tmp / "trainer_state.json", j.dump(2) + "\n");
+  st = WriteFileAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
   if (!st.ok()) return fail(st);
   fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier, longer run
   fs::rename(tmp, final_dir, ec);
   if (ec) return fail(Status::Error("rename: " + ec.message()));
+  SyncDirectory(root.string());
   if (saved) *saved = final_dir.string();
-  std::vector<fs::path> all = ListCheckpoints(work_dir);
-  for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) fs::remove_all(all[i], ec);
+  // Checkpoints of later steps belong to a history this run has left (it resumed from an earlier
+  // one): remove them, so that --resume auto continues this run. Then keep the newest keep_last.
+  std::vector<fs::path> kept;
+  for (const fs::path& p : ListCheckpoints(work_dir)) {
+    if (StepOf(p) > state.step) {
+      fs::remove_all(p, ec);
+    } else {
+      kept.push_back(p);
+    }
+  }
+  for (size_t i = 0; i + size_t(keep_last) < kept.size(); ++i) fs::remove_all(kept[i], ec);
   return Status::OK();
 }
 

@@ -79,7 +79,9 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
                               ";seed=" + std::to_string(cfg.seed));
   for (const DatasetConfig& dc : cfg.datasets) {
     XT_RETURN_IF_ERROR(key.AddFile("data", dc.path));
-    key.AddBytes("ratio+kind", std::to_string(dc.ratio) + "/" + dc.kind);
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.17g", dc.ratio);
+    key.AddBytes("ratio+kind", std::string(ratio) + "/" + dc.kind);
   }
   const CacheKey k = key.Finish();
   const fs::path cache_dir = fs::path(cfg.work_dir) / "cache";

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/data/sampler.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
@@ -91,11 +92,21 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   if (ec) return Status::Error(cfg.work_dir + ": cannot create the work dir: " + ec.message());
 
   // ---- model, data, optimizer: every input is checked before the first step.
+  auto interrupted = [] {
+    return Status::Error("interrupted before training started: nothing was written");
+  };
+  // A fresh run never overwrites another run's checkpoints (and metrics.jsonl) in the work dir.
+  const std::string existing = FindLatestCheckpoint(cfg.work_dir);
+  if (cfg.resume.empty() && !existing.empty())
+    return Status::Error(cfg.work_dir + " already holds checkpoints (latest: " + existing +
+                         "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, BuildModel(cfg));
+  if (g_stop.load()) return interrupted();
   Transformer& m = *model;
   const ModelConfig& mc = m.config();
   m.SetRecompute(cfg.recompute);
   XT_ASSIGN_OR_RETURN(TrainData data, PrepareTrainData(cfg, mc.vocab_size, log));
+  if (g_stop.load()) return interrupted();
   SamplerOptions so;
   so.global_batch_rows = cfg.global_batch_size;
   so.seed = uint64_t(cfg.seed);
@@ -118,7 +129,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   NonFiniteGuard guard(int(cfg.max_nonfinite_steps));
 
   TrainState state;
-  state.data_key = data.cache->key().Hex();
+  // The rows a step sees depend on the samples and on how they were packed.
+  state.data_key = data.cache->key().Hex() + ";max_length=" + std::to_string(cfg.max_length) +
+                   ";overlong=" + cfg.overlong;
   std::string resume_from = cfg.resume;
   if (resume_from == "auto") {
     resume_from = FindLatestCheckpoint(cfg.work_dir);
@@ -138,8 +151,17 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
                    (long long)state.step);
   }
   {
-    std::ofstream eff(fs::path(cfg.work_dir) / "config.toml");
-    eff << ConfigToToml(cfg);
+    // The effective config, with absolute paths so that it means the same from any directory
+    // (xtuner convert reads the tokenizer's path from it).
+    TrainConfig eff = cfg;
+    auto abs = [](std::string& p) {
+      if (!p.empty()) p = fs::absolute(p).lexically_normal().string();
+    };
+    abs(eff.work_dir), abs(eff.load_from), abs(eff.model_config), abs(eff.eval_file);
+    eff.tokenizer = fs::absolute(data.tokenizer_path).lexically_normal().string();
+    for (DatasetConfig& d : eff.datasets) abs(d.path);
+    XT_RETURN_IF_ERROR(
+        WriteFileAtomically((fs::path(cfg.work_dir) / "config.toml").string(), ConfigToToml(eff)));
   }
   XT_ASSIGN_OR_RETURN(
       std::unique_ptr<MetricsJsonl> jsonl,
@@ -192,7 +214,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   float* grads = m.grads().f32();
   const int64_t n = m.layout().total();
   const int64_t micro = cfg.micro_batch_size;
-  int64_t last_saved_step = -1;
+  int64_t last_saved_step = resume_from.empty() ? -1 : state.step;  // resumed: already on disk
+  if (!resume_from.empty()) result.last_checkpoint = resume_from;
+  result.last_loss = StepMetrics::kNaN;
   auto save = [&]() -> Status {
     state.sampler = sampler.state();
     state.nonfinite_consecutive = guard.consecutive();
@@ -248,9 +272,19 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
         cfg.clip_grad_norm > 0 ? clip_grad_norm(grads, n, cfg.clip_grad_norm) : grad_norm(grads, n);
     const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
     sm.lr = schedule.lr(state.step);
-    Status guard_status = guard.Record(finite, sm.loss);
-    if (finite) adamw.Step(params, grads, sm.lr);
-    sm.skipped = !finite;
+    Status guard_status;
+    if (loss_tokens == 0) {
+      // Nothing to learn from (every label -100, e.g. prompts truncated away): no update, and
+      // no made-up loss of 0 in the curves.
+      sm.ce_loss = sm.loss = StepMetrics::kNaN;
+      progress.Message("step " + std::to_string(state.step + 1) +
+                       ": the global batch has no loss tokens (every label is -100; are samples "
+                       "truncated to data.max_length?): step skipped");
+    } else {
+      guard_status = guard.Record(finite, sm.loss);
+      if (finite) adamw.Step(params, grads, sm.lr);
+    }
+    sm.skipped = !finite || loss_tokens == 0;
     state.step += 1;
     sm.step = state.step;
     sm.step_time_s = seconds_since(t_step);

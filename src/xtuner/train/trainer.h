@@ -17,7 +17,7 @@ namespace xt {
 
 struct TrainResult {
   int64_t steps_done = 0;          // optimizer steps completed in the whole run (incl. resumed)
-  double last_loss = 0;
+  double last_loss = 0;            // NaN when this run took no step (resumed a finished run)
   std::string last_checkpoint;     // "" when none was written
   std::string export_dir;          // "" when no export was written
   bool interrupted = false;        // stopped early by RequestStop (a checkpoint was saved)

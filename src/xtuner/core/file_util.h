@@ -1,0 +1,28 @@
+// Durable file writes: a crash or a full disk at any moment leaves either the old file or the
+// new one, never a torn one.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xtuner/core/status.h"
+
+namespace xt {
+
+struct Chunk {
+  const void* data;
+  size_t size;
+};
+
+// Writes `chunks` to `path` via "<path>.tmp.<pid>": write, fsync, rename, then fsync the
+// directory (best effort: some file systems refuse). On failure the temporary file is removed
+// and `path` is untouched; the error names both files.
+Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks);
+Status WriteFileAtomically(const std::string& path, std::string_view bytes);
+
+// fsync of a directory, so a rename inside it survives a power cut (best effort).
+void SyncDirectory(const std::string& dir);
+
+}  // namespace xt
