@@ -39,6 +39,9 @@ Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& toke
 Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, std::FILE* log) {
   TrainData d;
   d.tokenizer_path = TokenizerPathFor(cfg);
+  if (cfg.tokenizer.empty() && !fs::exists(d.tokenizer_path))
+    return Status::Error(d.tokenizer_path + ": no tokenizer.json beside the model; name one with "
+                         "--tokenizer PATH (data.tokenizer)");
   XT_ASSIGN_OR_RETURN(d.tokenizer, Tokenizer::FromFile(d.tokenizer_path));
   if (d.tokenizer->vocab_size() > vocab_size)
     return Status::Error(d.tokenizer_path + ": the tokenizer has " +
