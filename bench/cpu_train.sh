@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Speed of one fp32 CPU training step (forward + backward + clip + AdamW) of a small Qwen3-MoE
+# (hidden 512, 4 layers, 32 experts top-4, vocab 8192; 2048 tokens a step) in the engine
+# (cpu_train_bench.cc) against HF transformers + PyTorch (cpu_train_peer.py), on all cores.
+# Prints one table, then one summary line:
+#   tokens/s engine=X pytorch=Y ratio=X/Y sgemm_fraction=F peak_rss_mib=M
+#
+#   bench/cpu_train.sh    # BUILD=build-dir STEPS=5 THREADS=$(nproc) VENV=venv-dir to override
+# The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,
+# installed with --no-deps from tools/reference/requirements.txt (plain `pip install torch`
+# pulls GBs of CUDA wheels); an existing venv with both (e.g. VENV=/work/venv-ref) is reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+STEPS=${STEPS:-5}
+THREADS=${THREADS:-$(nproc)}
+VENV=${VENV:-bench/.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --no-deps -r tools/reference/requirements.txt
+fi
+cmake -S . -B "$BUILD" > /dev/null
+cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
+
+export OMP_NUM_THREADS=$THREADS
+ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4)
+PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
+  --batch 4 --seq 512)
+
+ENGINE="$ENGINE" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+import os
+
+def kv(text):
+    return dict(l.split("=", 1) for l in text.splitlines() if "=" in l)
+
+e, p = kv(os.environ["ENGINE"]), kv(os.environ["PEER"])
+flops = float(e["step_flops"])  # same model, same tokens, same document lengths on both sides
+et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
+es, ps = float(e["step_s_median"]), float(p["step_s_median"])
+print(f"threads {e['threads']}, {e['tokens']} tokens a step, median of {e['steps']} steps; "
+      f"model FLOPs {flops / 1e9:.1f} G a step ({int(e['matmul_params']) / 1e6:.2f}M matmul "
+      f"params of {int(e['total_params']) / 1e6:.2f}M); oneDNN sgemm 2048^3 "
+      f"{float(e['sgemm_flops_per_s']) / 1e9:.1f} GFLOP/s; torch {p['torch']}, "
+      f"transformers {p['transformers']}\n")
+print("| implementation | tokens/s | model GFLOP/s | peak RSS MiB | ratio |")
+print("|---|---:|---:|---:|---:|")
+print(f"| PyTorch + transformers | {pt:,.1f} | {flops / ps / 1e9:.1f} | "
+      f"{float(p['peak_rss_mib']):,.0f} | 1.00x |")
+print(f"| xtuner | {et:,.1f} | {flops / es / 1e9:.1f} | {float(e['peak_rss_mib']):,.0f} | "
+      f"{et / pt:.2f}x |")
+print(f"\ntokens/s engine={et:.1f} pytorch={pt:.1f} ratio={et / pt:.2f} "
+      f"sgemm_fraction={float(e['sgemm_fraction']):.3f} peak_rss_mib={float(e['peak_rss_mib']):.0f}")
+PY

@@ -1,0 +1,181 @@
+// cpu_train_bench: speed of one fp32 training step of a small Qwen3-MoE on the CPU (all cores),
+// the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
+//
+//   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4]
+//
+// Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
+// moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). Input: one packed row of
+// --tokens random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
+// ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
+// step, then --steps timed steps. Also measures ops::gemm 2048^3 (best of 3) as the machine's
+// sgemm rate. Prints key=value lines:
+//   threads tokens steps step_s_median tokens_per_s total_params active_params matmul_params
+//   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib loss
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "xtuner/model/batch.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/init.h"
+#include "xtuner/model/transformer.h"
+#include "xtuner/ops/ops.h"
+#include "xtuner/optim/adamw.h"
+#include "xtuner/optim/clip.h"
+#include "xtuner/train/metrics_flops.h"
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// VmHWM of /proc/self/status in MiB (-1 when unavailable).
+double PeakRssMib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;  // kB
+  }
+  return -1;
+}
+
+template <typename T>
+T Check(xt::Result<T> r, const char* what) {
+  if (!r.ok()) {
+    std::fprintf(stderr, "cpu_train_bench: %s: %s\n", what, r.status().message().c_str());
+    std::exit(1);
+  }
+  return std::move(r).value();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t steps = 5, tokens = 2048, docs = 4;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--steps"))
+      steps = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--tokens"))
+      tokens = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--docs"))
+      docs = std::atoll(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D]\n");
+      return 2;
+    }
+  }
+  if (steps < 1 || docs < 1 || tokens % docs != 0) {
+    std::fprintf(stderr, "cpu_train_bench: need steps >= 1 and tokens divisible by docs\n");
+    return 2;
+  }
+
+  const nlohmann::json cj = {{"model_type", "qwen3_moe"},
+                             {"architectures", {"Qwen3MoeForCausalLM"}},
+                             {"vocab_size", 8192},
+                             {"hidden_size", 512},
+                             {"num_hidden_layers", 4},
+                             {"num_attention_heads", 8},
+                             {"num_key_value_heads", 2},
+                             {"head_dim", 64},
+                             {"intermediate_size", 1024},
+                             {"moe_intermediate_size", 256},
+                             {"num_experts", 32},
+                             {"num_experts_per_tok", 4},
+                             {"decoder_sparse_step", 1},
+                             {"mlp_only_layers", nlohmann::json::array()},
+                             {"norm_topk_prob", true},
+                             {"router_aux_loss_coef", 0.01},
+                             {"output_router_logits", true},
+                             {"tie_word_embeddings", false},
+                             {"rms_norm_eps", 1e-6},
+                             {"rope_theta", 1000000.0},
+                             {"max_position_embeddings", 4096},
+                             {"hidden_act", "silu"},
+                             {"attention_bias", false},
+                             {"use_sliding_window", false},
+                             {"torch_dtype", "float32"}};
+  xt::ModelConfig cfg = Check(xt::ModelConfig::FromJson(cj, "cpu_train_bench"), "config");
+
+  xt::Transformer model(cfg);
+  xt::InitRandom(&model, 0.02, 0);
+  const int64_t total = model.layout().total();
+
+  std::mt19937_64 rng(1234);
+  std::uniform_int_distribution<int64_t> id(0, cfg.vocab_size - 1);
+  std::vector<int64_t> ids(tokens), cu;
+  for (auto& x : ids) x = id(rng);
+  for (int64_t d = 0; d <= docs; ++d) cu.push_back(d * (tokens / docs));
+  xt::Batch batch = Check(xt::Batch::Packed(ids, ids, cu), "batch");
+
+  xt::AdamW opt = Check(
+      xt::AdamW::Create(xt::AdamWConfig{}, xt::DefaultDecayRanges(model.layout()), total), "adamw");
+
+  double loss = 0;
+  auto step = [&] {
+    model.ZeroGrads();
+    xt::LossInfo li = Check(model.ForwardBackward(batch), "forward_backward");
+    loss = li.loss;
+    xt::clip_grad_norm(model.grads().f32(), total, 1.0);
+    opt.Step(model.params().f32(), model.grads().f32(), 1e-4);
+  };
+  step();  // warm-up
+  std::vector<double> times;
+  for (int64_t s = 0; s < steps; ++s) {
+    double t0 = Now();
+    step();
+    times.push_back(Now() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  const double median =
+      steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
+
+  const int64_t per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size;
+  const int64_t active =
+      xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
+  const int64_t matmul = active - (cfg.tie_word_embeddings ? 0 : cfg.vocab_size * cfg.hidden_size);
+  double sum_sq = 0;
+  for (int64_t d = 0; d < docs; ++d) sum_sq += double(cu[d + 1] - cu[d]) * (cu[d + 1] - cu[d]);
+  const double flops = xt::TrainingStepFlops(matmul, tokens, cfg.num_layers,
+                                             cfg.num_heads * cfg.head_dim, sum_sq, true);
+  const double model_rate = flops / median;
+  const double rss = PeakRssMib();  // before the sgemm buffers (48 MiB) are allocated
+
+  // The machine's sgemm rate through the same oneDNN path: 2048^3, best of 3 after a warm-up.
+  const int64_t n = 2048;
+  std::vector<float> a(n * n), b(n * n), c(n * n);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : a) x = u(rng);
+  for (auto& x : b) x = u(rng);
+  xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = Now();
+    xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
+    best = std::min(best, Now() - t0);
+  }
+  const double sgemm_rate = 2.0 * n * n * n / best;
+
+  std::printf("threads=%d\n", omp_get_max_threads());
+  std::printf("tokens=%lld\nsteps=%lld\n", (long long)tokens, (long long)steps);
+  std::printf("step_s_median=%.6f\n", median);
+  std::printf("tokens_per_s=%.3f\n", tokens / median);
+  std::printf("total_params=%lld\nactive_params=%lld\nmatmul_params=%lld\n", (long long)total,
+              (long long)active, (long long)matmul);
+  std::printf("step_flops=%.6e\n", flops);
+  std::printf("model_flops_per_s=%.6e\n", model_rate);
+  std::printf("sgemm_flops_per_s=%.6e\n", sgemm_rate);
+  std::printf("sgemm_fraction=%.4f\n", model_rate / sgemm_rate);
+  std::printf("peak_rss_mib=%.1f\n", rss);
+  std::printf("loss=%.6f\n", loss);
+  return 0;
+}

@@ -1,0 +1,76 @@
+"""PyTorch side of bench/cpu_train.sh: one fp32 training step of the same small Qwen3-MoE on the
+CPU with HF transformers' Qwen3MoeForCausalLM (default attention implementation).
+
+    python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
+
+Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
+(output_router_logits=True, so the load-balancing loss is in the loss) + backward +
+clip_grad_norm_(1.0) + AdamW.step (lr 1e-4, weight_decay 0.01); one warm-up step, then --steps
+timed steps. Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
+loss torch transformers.
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+import transformers
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=512)
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = Qwen3MoeConfig(
+        vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=64, intermediate_size=1024, moe_intermediate_size=256,
+        num_experts=32, num_experts_per_tok=4, decoder_sparse_step=1, mlp_only_layers=[],
+        norm_topk_prob=True, router_aux_loss_coef=0.01, output_router_logits=True,
+        tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=1e6,
+        max_position_embeddings=4096, initializer_range=0.02)
+    model = Qwen3MoeForCausalLM(cfg).float().train()
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    decay = [p for n, p in model.named_parameters() if "norm" not in n and not n.endswith(".bias")]
+    no_decay = [p for n, p in model.named_parameters() if "norm" in n or n.endswith(".bias")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+
+    loss = 0.0
+
+    def step():
+        nonlocal loss
+        opt.zero_grad(set_to_none=False)
+        out = model(input_ids=ids, labels=ids, output_router_logits=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss = float(out.loss.detach())
+
+    step()  # warm-up
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    tokens = args.batch * args.seq
+    print(f"threads={torch.get_num_threads()}")
+    print(f"tokens={tokens}\nsteps={args.steps}")
+    print(f"step_s_median={med:.6f}")
+    print(f"tokens_per_s={tokens / med:.3f}")
+    print(f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"loss={loss:.6f}")
+    print(f"torch={torch.__version__}\ntransformers={transformers.__version__}")
+
+
+if __name__ == "__main__":
+    main()
