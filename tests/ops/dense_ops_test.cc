@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "util/testing.h"
+#include "xtuner/ops/cpu/fast_exp.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
@@ -123,6 +124,31 @@ TEST(Rope, RotationMatchesRotateHalfAndBackwardIsTranspose) {
   std::vector<float> dx = r;
   ops::rope_backward(dx.data(), cs.data(), sn.data(), T, Hn, D);
   EXPECT_LT(GradCheck(x, dx, loss), 1e-3);
+}
+
+TEST(FastExp, MatchesStdExpAndSaturatesSafely) {
+  for (float x = -87.0f; x <= 88.0f; x += 0.013f)
+    ASSERT_NEAR(ops::Exp(x), std::exp(x), 5e-7f * std::exp(x)) << x;
+  EXPECT_EQ(ops::Exp(-100.0f), 0.0f);
+  EXPECT_EQ(ops::Exp(-INFINITY), 0.0f);
+  for (float x : {88.5f, 100.0f, 1000.0f, INFINITY}) {
+    EXPECT_GT(ops::Exp(x), 1e38f) << x;  // large and positive, never a wrapped exponent
+    EXPECT_TRUE(std::isfinite(ops::Exp(x))) << x;
+  }
+}
+
+TEST(SwiGlu, SaturatesForLargeGates) {
+  // One row, I = 4: gates then ups.
+  std::vector<float> h = {-100.0f, 100.0f, -1000.0f, 0.5f, 2.0f, 3.0f, 4.0f, 5.0f};
+  std::vector<float> out(4), dh(8), dout = {1, 1, 1, 1};
+  ops::swiglu_forward(out.data(), h.data(), 1, 4);
+  EXPECT_NEAR(out[0], 0.0f, 1e-30f);    // silu(-100) * 2
+  EXPECT_FLOAT_EQ(out[1], 100.0f * 3);  // silu(100) * 3
+  EXPECT_NEAR(out[2], 0.0f, 1e-30f);
+  ops::swiglu_backward(dh.data(), dout.data(), h.data(), 1, 4);
+  for (float g : dh) EXPECT_TRUE(std::isfinite(g));
+  EXPECT_NEAR(dh[0], 0.0f, 1e-30f);
+  EXPECT_FLOAT_EQ(dh[1], 3.0f);  // d silu / dg at 100 is 1, times up
 }
 
 TEST(SwiGlu, ForwardAndBackward) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "xtuner/ops/cpu/fast_exp.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
@@ -32,12 +33,15 @@ double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* 
       const int32_t y = targets[rows[c0 + i]];
       float m = z[0];
       for (int64_t v = 1; v < V; ++v) m = std::max(m, z[v]);
+      const float zy = z[y];
+      // e = exp(z - m) in place (vectorized), summed in double.
+      for (int64_t v = 0; v < V; ++v) z[v] = ops::Exp(z[v] - m);
       double s = 0;
-      for (int64_t v = 0; v < V; ++v) s += std::exp(double(z[v] - m));
-      const double lse = double(m) + std::log(s);
-      loss_rows[i] = lse - double(z[y]);
+      for (int64_t v = 0; v < V; ++v) s += z[v];
+      loss_rows[i] = double(m) + std::log(s) - double(zy);
       if (dh) {  // dlogits = weight * (softmax - onehot), in place
-        for (int64_t v = 0; v < V; ++v) z[v] = float(weight * std::exp(double(z[v]) - lse));
+        const float scale = float(weight / s);
+        for (int64_t v = 0; v < V; ++v) z[v] *= scale;
         z[y] -= float(weight);
       }
     }

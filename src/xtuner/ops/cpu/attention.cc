@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/ops/cpu/fast_exp.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt::ops {
@@ -40,24 +41,6 @@ std::vector<Block> MakeBlocks(const int32_t* cu, int64_t num_docs, int64_t T) {
       blocks.push_back({b0, b1, b, std::min(kBlock, b1 - b)});
   }
   return blocks;
-}
-
-// exp(x) for x <= 88 as plain arithmetic (Cephes expf: 2^n * poly(r)), so that loops over it
-// vectorize (std::exp and std::floor do not without -ffast-math); relative error ~2e-7; 0 below
-// -87 (and for -inf).
-inline float Exp(float x) {
-  float xc = std::max(x, -87.0f);
-  float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
-  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;      // r = x - n ln2, |r| <= ln2 / 2
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  float two_n = std::bit_cast<float>((int32_t(n) + 127) << 23);
-  return x < -87.0f ? 0.0f : p * two_n;
 }
 
 // xt (D, kBlock) = rows [b.begin, b.begin + b.n) of head h of x (T, Hn, D), transposed; the

@@ -1,6 +1,7 @@
 // SwiGLU on a fused [gate | up] row: out = silu(gate) * up, silu(g) = g * sigmoid(g).
 #include <cmath>
 
+#include "xtuner/ops/cpu/fast_exp.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt::ops {
@@ -11,7 +12,7 @@ void swiglu_forward(float* out, const float* h, int64_t N, int64_t I) {
     const float* g = h + n * 2 * I;
     const float* u = g + I;
     float* y = out + n * I;
-    for (int64_t i = 0; i < I; ++i) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < I; ++i) y[i] = g[i] / (1.0f + Exp(-g[i])) * u[i];
   }
 }
 
@@ -25,7 +26,7 @@ void swiglu_backward(float* dh, const float* dout, const float* h, int64_t N, in
     float* dg = dh + n * 2 * I;
     float* du = dg + I;
     for (int64_t i = 0; i < I; ++i) {
-      float sig = 1.0f / (1.0f + std::exp(-g[i]));
+      float sig = 1.0f / (1.0f + Exp(-g[i]));
       du[i] = dy[i] * g[i] * sig;
       dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
     }
