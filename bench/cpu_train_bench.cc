@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "xtuner/core/allocator.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/init.h"
@@ -61,6 +62,7 @@ T Check(xt::Result<T> r, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  xt::ConfigureAllocatorForTraining();
   int64_t steps = 5, tokens = 2048, docs = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))

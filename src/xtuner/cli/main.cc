@@ -3,8 +3,10 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "xtuner/core/allocator.h"
 
 int main(int argc, char** argv) {
+  xt::ConfigureAllocatorForTraining();
   CLI::App app{
       "xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
   app.require_subcommand(1);
