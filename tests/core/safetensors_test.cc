@@ -107,16 +107,6 @@ class Malformed : public ::testing::Test {
   std::string path_;
 };
 
-std::vector<std::string> TempFilesIn(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().filename().string().find(".tmp.") != std::string::npos) {
-      out.push_back(e.path().string());
-    }
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------------------- round trips
 
 TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
@@ -135,7 +125,7 @@ TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
       {"empty_i64", Tensor::Empty(DType::I64, {0})},
   };
   ASSERT_TRUE(WriteSafetensors(path, in).ok());
-  EXPECT_TRUE(TempFilesIn(fs::path(path).parent_path().string()).empty());
+  EXPECT_TRUE(testing::TempFilesIn(fs::path(path).parent_path().string()).empty());
 
   auto f = SafetensorsFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status().message();
@@ -520,7 +510,7 @@ TEST(SafetensorsCheckpoint, ShardedRoundTrip) {
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
   }
   EXPECT_FALSE(fs::exists(dir + "/model.safetensors"));
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
   auto index = nlohmann::json::parse(ReadAll(dir + "/model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"], 160 + 256 + 32 + 256 + 8);
   EXPECT_EQ(index["weight_map"]["model.layers.0.norm"], "model-00002-of-00003.safetensors");
@@ -651,7 +641,7 @@ TEST(SafetensorsWrite, TargetIsADirectory) {
   ExpectError(WriteSafetensors(dir + "/target", {{"a", Filled(DType::F32, {2}, 1)}}),
               {dir + "/target", "rename"});
   EXPECT_TRUE(fs::is_directory(dir + "/target/inner"));
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
 }
 
 TEST(SafetensorsWrite, MissingDirectory) {
@@ -680,7 +670,7 @@ TEST(SafetensorsWrite, FailedWriteKeepsTheExistingFile) {
 
   ExpectError(st, {path, "cannot write"});
   EXPECT_EQ(ReadAll(path), before);
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
   auto f = SafetensorsFile::Open(path);
   ASSERT_TRUE(f.ok());
   EXPECT_TRUE(f->contains("old"));

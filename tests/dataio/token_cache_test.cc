@@ -62,16 +62,6 @@ void ExpectSameSamples(const TokenCache& c, const std::vector<Sample>& samples) 
   EXPECT_EQ(c.num_masked_tokens(), masked);
 }
 
-std::vector<std::string> TempFilesIn(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().filename().string().find(".tmp.") != std::string::npos) {
-      out.push_back(e.path().string());
-    }
-  }
-  return out;
-}
-
 TEST(CacheKey, FramesPartsAndHashesFiles) {
   auto key = [](std::vector<std::pair<std::string, std::string>> parts) {
     CacheKeyBuilder b;
@@ -124,7 +114,7 @@ TEST(TokenCache, RoundTrip) {
   Sample copy = c->Copy(7);
   EXPECT_EQ(copy.input_ids, samples[7].input_ids);
   EXPECT_EQ(copy.labels, samples[7].labels);
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
 
   // Zero-copy: the views point into one mapping, aligned for their types.
   EXPECT_EQ(reinterpret_cast<uintptr_t>(c->sample(3).input_ids.data()) % 4, 0u);
@@ -229,7 +219,7 @@ TEST(TokenCache, LoadOrBuildReusesAndRebuildsWhenDataChanges) {
   EXPECT_NE(r.detail.find(path), std::string::npos) << r.detail;
   EXPECT_EQ(v2.calls, 1);
   ExpectSameSamples(*c, v2.samples);
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
 }
 
 TEST(TokenCache, TruncatedAtEveryByteIsRebuilt) {
@@ -323,7 +313,7 @@ TEST(TokenCache, OtherKeyVersionOrJunkIsRebuilt) {
   auto c = LoadOrBuildTokenCache(path, KeyOf("old"), b.fn());
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find(path), std::string::npos) << c.status().message();
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
 }
 
 TEST(TokenCache, FailedBuildLeavesOldCache) {
@@ -340,7 +330,7 @@ TEST(TokenCache, FailedBuildLeavesOldCache) {
   auto old = OpenTokenCache(path, KeyOf("old"));
   ASSERT_TRUE(old.ok());
   ExpectSameSamples(*old, old_samples);
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
 
   // An abandoned writer removes its temporary file.
   {
@@ -349,7 +339,7 @@ TEST(TokenCache, FailedBuildLeavesOldCache) {
     ASSERT_TRUE(w->Add(Sample{{1}, {1}}).ok());
     EXPECT_TRUE(fs::exists(w->temp_path()));
   }
-  EXPECT_TRUE(TempFilesIn(dir).empty());
+  EXPECT_TRUE(testing::TempFilesIn(dir).empty());
   auto still = OpenTokenCache(path, KeyOf("old"));
   ASSERT_TRUE(still.ok());
   ExpectSameSamples(*still, old_samples);
@@ -374,7 +364,7 @@ TEST(TokenCache, KillMidWrite) {
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    std::vector<std::string> tmp = TempFilesIn(dir);
+    std::vector<std::string> tmp = testing::TempFilesIn(dir);
     ASSERT_EQ(tmp.size(), 1u);
     EXPECT_GT(fs::file_size(tmp[0]), 1u << 20);
     // Even under the real name the partial file would not pass as a cache.

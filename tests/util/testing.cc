@@ -21,6 +21,14 @@ std::string TempDir(const std::string& tag) {
   return dir.string();
 }
 
+std::vector<std::string> TempFilesIn(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos)
+      out.push_back(e.path().string());
+  return out;
+}
+
 std::vector<float> RandomVector(int64_t n, uint64_t seed, float scale) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> dist(-scale, scale);

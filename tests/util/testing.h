@@ -13,6 +13,9 @@ std::string DataPath(const std::string& rel);
 // A fresh empty directory under the system temp dir, unique per call.
 std::string TempDir(const std::string& tag);
 
+// Files in `dir` whose name contains ".tmp." (left-over temporaries of an atomic write).
+std::vector<std::string> TempFilesIn(const std::string& dir);
+
 // Uniform in [-scale, scale), reproducible from the seed.
 std::vector<float> RandomVector(int64_t n, uint64_t seed, float scale = 1.0f);
 

@@ -2,23 +2,18 @@
 #include <cmath>
 #include <limits>
 
+#include "xtuner/core/rng.h"
 #include "xtuner/data/dataset.h"
 
 namespace xt {
 
 namespace {
 
-// SplitMix64: a small generator whose output is fixed by its definition (std:: distributions
-// are not the same on every standard library).
+// SplitMix64 (core/rng.h) with an unbiased bounded draw.
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  uint64_t Next() { return SplitMix64(&state_); }
   // Uniform in [0, n), n > 0, without modulo bias (Lemire's multiply-and-reject).
   uint64_t Below(uint64_t n) {
     const uint64_t threshold = (0 - n) % n;

@@ -2,24 +2,21 @@
 
 #include <string>
 
+#include "xtuner/core/rng.h"
 #include "xtuner/data/packer.h"
 
 namespace xt {
 
 namespace {
 
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+// One SplitMix64 step from state x: a good 64-bit mix of x.
+uint64_t Mix(uint64_t x) { return SplitMix64(&x); }
 
 // The shuffle seed of an epoch: a fixed function of (seed, epoch), distinct from the packer's
 // use of the bare seed.
 uint64_t EpochSeed(uint64_t seed, int64_t epoch) {
   constexpr uint64_t kSamplerDomain = 0x73616d706c657231ull;  // "sampler1"
-  return SplitMix64(SplitMix64(seed ^ kSamplerDomain) ^ uint64_t(epoch));
+  return Mix(Mix(seed ^ kSamplerDomain) ^ uint64_t(epoch));
 }
 
 Result<int64_t> NonNegative(const nlohmann::json& j, const char* key, const std::string& source) {

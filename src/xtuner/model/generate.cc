@@ -4,17 +4,9 @@
 #include <cmath>
 #include <numeric>
 
-namespace xt {
+#include "xtuner/core/rng.h"
 
-namespace {
-// splitmix64: a small, well-mixed generator whose sequence is fixed by the seed on every platform.
-uint64_t NextRandom(uint64_t* s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-}  // namespace
+namespace xt {
 
 int32_t SampleToken(const std::vector<float>& logits, const GenerateOptions& o,
                     uint64_t* rng_state) {
@@ -42,7 +34,7 @@ int32_t SampleToken(const std::vector<float>& logits, const GenerateOptions& o,
     }
     sum = std::accumulate(p.begin(), p.begin() + keep, 0.0);
   }
-  const double u = double(NextRandom(rng_state) >> 11) * 0x1.0p-53 * sum;
+  const double u = double(SplitMix64(rng_state) >> 11) * 0x1.0p-53 * sum;
   double acc = 0;
   for (int64_t i = 0; i < keep; ++i) {
     acc += p[i];

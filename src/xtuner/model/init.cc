@@ -2,15 +2,11 @@
 
 #include <cmath>
 
+#include "xtuner/core/rng.h"
+
 namespace xt {
 
 namespace {
-uint64_t SplitMix64(uint64_t* s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 double Uniform(uint64_t* s) { return (double(SplitMix64(s) >> 11) + 0.5) * 0x1.0p-53; }  // (0,1)
 }  // namespace
 
