@@ -83,8 +83,11 @@ TEST(TrainCli, ClearErrorsBeforeAnyWork) {
   EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
 }
 
-TEST(TrainCli, CtrlCSavesACheckpointAndExitsCleanly) {
-  const std::string dir = testing::TempDir("sigint");
+// Ctrl-C and Slurm's SIGTERM both stop after the step with a checkpoint and exit status 0.
+class StopSignal : public ::testing::TestWithParam<int> {};
+
+TEST_P(StopSignal, SavesACheckpointAndExitsCleanly) {
+  const std::string dir = testing::TempDir("stopsig");
   const std::string log = dir + "/log.txt";
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -105,7 +108,7 @@ TEST(TrainCli, CtrlCSavesACheckpointAndExitsCleanly) {
     if (std::getline(m, line) && !line.empty()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  kill(pid, SIGINT);
+  kill(pid, GetParam());
   int status = 0;
   waitpid(pid, &status, 0);
   std::ifstream in(log);
@@ -118,6 +121,8 @@ TEST(TrainCli, CtrlCSavesACheckpointAndExitsCleanly) {
     saved |= fs::exists(e.path() / "trainer_state.json");
   EXPECT_TRUE(saved);
 }
+
+INSTANTIATE_TEST_SUITE_P(TrainCli, StopSignal, ::testing::Values(SIGINT, SIGTERM));
 
 }  // namespace
 }  // namespace xt

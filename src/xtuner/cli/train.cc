@@ -1,29 +1,25 @@
 // xtuner train CONFIG.toml [--set section.key=value ...]
 // xtuner sft --load-from DIR --dataset FILE [...] --chat-template NAME --work-dir DIR [...]
-// Both build a TrainConfig and run it; Ctrl-C saves a checkpoint and exits cleanly.
+// Both build a TrainConfig and run it; Ctrl-C (or SIGTERM) saves a checkpoint and exits cleanly.
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/stop_signals.h"
 #include "xtuner/train/trainer.h"
 
 namespace xt::cli {
 
 namespace {
 
-// The first Ctrl-C asks for a checkpoint and a clean exit; a second one ends the process now.
-void OnSigint(int) {
-  RequestStop();
-  std::signal(SIGINT, SIG_DFL);
-}
-
 Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   for (const std::string& o : overrides) XT_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
-  std::signal(SIGINT, OnSigint);
-  auto result = RunTraining(cfg, stdout);
-  std::signal(SIGINT, SIG_DFL);
+  auto train = [&] {
+    StopSignals stop(RequestStop);  // Ctrl-C: checkpoint and a clean exit
+    return RunTraining(cfg, stdout);
+  };
+  Result<TrainResult> result = train();
   if (!result.ok()) return result.status();
   std::printf("done: %lld steps", (long long)result->steps_done);
   if (std::isfinite(result->last_loss)) std::printf(", last loss %.4f", result->last_loss);

@@ -28,7 +28,7 @@ struct TrainResult {
 Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log);
 
 // Asks a running RunTraining to stop after its current step, save a checkpoint and return
-// (async-signal-safe: for a SIGINT handler).
+// (async-signal-safe; any thread may call it).
 void RequestStop();
 
 }  // namespace xt
