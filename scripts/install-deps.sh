@@ -13,6 +13,7 @@ PKGS=(
   libpcre2-dev         # tokenizer pre-tokenizer regexes (JIT)
   libutf8proc-dev      # Unicode normalization (NFC/NFKC) for tokenizers
   libxxhash-dev        # content hashes of the tokenized cache
+  libopenmpi-dev openmpi-bin  # multi-process training (mpirun), see docs/distributed.md
   libgtest-dev googletest libgmock-dev
   libbenchmark-dev
 )

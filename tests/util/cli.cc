@@ -6,8 +6,9 @@
 
 namespace xt::testing {
 
-CliRun RunXtuner(const std::string& args, const std::string& cwd) {
-  std::string cmd = std::string(XT_XTUNER_BIN) + " " + args + " 2>&1";
+namespace {
+
+CliRun Run(std::string cmd, const std::string& cwd) {
   if (!cwd.empty()) cmd = "cd '" + cwd + "' && " + cmd;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return {-1, "popen failed"};
@@ -17,6 +18,22 @@ CliRun RunXtuner(const std::string& args, const std::string& cwd) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace
+
+CliRun RunXtuner(const std::string& args, const std::string& cwd) {
+  return Run(std::string(XT_XTUNER_BIN) + " " + args + " 2>&1", cwd);
+}
+
+CliRun RunMpi(int np, const std::string& program, const std::string& args, const std::string& cwd) {
+  // One OpenMP thread per rank (the ranks share the machine's cores); shared memory between
+  // ranks only, so no network probing in containers.
+  return Run(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader "
+      "mpirun --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE -np " +
+          std::to_string(np) + " " + program + " " + args + " 2>&1",
+      cwd);
 }
 
 }  // namespace xt::testing

@@ -13,4 +13,9 @@ struct CliRun {
 // Runs `xtuner ARGS` through /bin/sh (so ARGS may quote and redirect), in `cwd` when given.
 CliRun RunXtuner(const std::string& args, const std::string& cwd = "");
 
+// Runs `mpirun -np N PROGRAM ARGS` (oversubscribed: more ranks than cores is fine; allowed as
+// root), through /bin/sh, in `cwd` when given. PROGRAM is a path to a binary.
+CliRun RunMpi(int np, const std::string& program, const std::string& args,
+              const std::string& cwd = "");
+
 }  // namespace xt::testing

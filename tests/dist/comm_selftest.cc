@@ -1,0 +1,104 @@
+// comm_selftest: run under mpirun (or alone: one rank); checks every collective of Comm against
+// values each rank can compute by itself, on awkward counts (zeros, uneven blocks), in the
+// world and in sub-groups. Prints "comm ok" from rank 0 and exits 0, or names the first
+// mismatch and exits 1. Driven by tests/dist/comm_test.cc.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "xtuner/dist/comm.h"
+
+namespace xt {
+namespace {
+
+int failures = 0;
+
+void Expect(bool ok, const Comm& c, const std::string& what) {
+  if (!ok && failures++ < 5) std::fprintf(stderr, "rank %d: %s mismatch\n", c.rank(), what.c_str());
+}
+
+// Rank r's block for rank q has (r + 2q) % 3 elements (some zero), valued 1000r + 10q + i.
+int64_t Count(int r, int q) { return (r + 2 * q) % 3; }
+float Value(int r, int q, int64_t i) { return float(1000 * r + 10 * q + i); }
+
+void CheckGroup(Comm& c, const std::string& name) {
+  const int n = c.size(), me = c.rank();
+  {  // all-reduce
+    std::vector<double> d = {double(me), 1.0, -double(me) * 0.5};
+    c.AllReduceSum(d.data(), 3);
+    Expect(d[0] == n * (n - 1) / 2.0 && d[1] == n, c, name + " AllReduceSum(double)");
+    std::vector<float> f(5, float(me + 1));
+    c.AllReduceSum(f.data(), 5);
+    Expect(f[4] == n * (n + 1) / 2.0f, c, name + " AllReduceSum(float)");
+    double m = me;
+    c.AllReduceMax(&m, 1);
+    Expect(m == n - 1, c, name + " AllReduceMax");
+  }
+  {  // all-gather with uneven counts (rank r sends r elements; rank 0 none)
+    std::vector<int64_t> counts(n);
+    int64_t total = 0;
+    for (int r = 0; r < n; ++r) total += counts[r] = r;
+    std::vector<float> send(me), recv(total, -1);
+    for (int i = 0; i < me; ++i) send[i] = Value(me, 0, i);
+    c.AllGather(recv.data(), send.data(), counts);
+    bool ok = true;
+    for (int r = 0, at = 0; r < n; ++r)
+      for (int i = 0; i < r; ++i) ok &= recv[at++] == Value(r, 0, i);
+    Expect(ok, c, name + " AllGather");
+  }
+  {  // reduce-scatter: block q has q + 1 elements; rank r contributes r + 1 to each
+    std::vector<int64_t> counts(n);
+    int64_t total = 0;
+    for (int q = 0; q < n; ++q) total += counts[q] = q + 1;
+    std::vector<float> send(total, float(me + 1)), recv(me + 1, -1);
+    c.ReduceScatterSum(recv.data(), send.data(), counts);
+    bool ok = true;
+    for (float v : recv) ok &= v == n * (n + 1) / 2.0f;
+    Expect(ok, c, name + " ReduceScatterSum");
+  }
+  {  // all-to-all: counts first, then the data
+    std::vector<int64_t> send_counts(n), recv_counts(n);
+    for (int q = 0; q < n; ++q) send_counts[q] = Count(me, q);
+    c.AllToAllCounts(recv_counts.data(), send_counts.data(), 1);
+    bool ok = true;
+    for (int r = 0; r < n; ++r) ok &= recv_counts[r] == Count(r, me);
+    Expect(ok, c, name + " AllToAllCounts");
+    std::vector<float> send, recv;
+    for (int q = 0; q < n; ++q)
+      for (int64_t i = 0; i < send_counts[q]; ++i) send.push_back(Value(me, q, i));
+    int64_t total = 0;
+    for (int64_t x : recv_counts) total += x;
+    recv.assign(total, -1);
+    c.AllToAll(recv.data(), recv_counts, send.data(), send_counts);
+    ok = true;
+    for (int r = 0, at = 0; r < n; ++r)
+      for (int64_t i = 0; i < recv_counts[r]; ++i) ok &= recv[at++] == Value(r, me, i);
+    Expect(ok, c, name + " AllToAll");
+  }
+  {  // broadcast from the last rank
+    int64_t v = me == n - 1 ? 4242 : 0;
+    c.Broadcast(&v, sizeof v, n - 1);
+    Expect(v == 4242, c, name + " Broadcast");
+  }
+  c.Barrier();
+}
+
+int Main() {
+  std::unique_ptr<Comm> world = MakeWorldComm();
+  CheckGroup(*world, "world");
+  // Sub-groups: even and odd ranks, ranked in reverse.
+  std::unique_ptr<Comm> half = world->Split(world->rank() % 2, -world->rank());
+  const int expected = (world->size() + (world->rank() % 2 == 0 ? 1 : 0)) / 2;
+  Expect(half->size() == expected, *world, "Split size");
+  CheckGroup(*half, "split");
+  double bad = failures;
+  world->AllReduceSum(&bad, 1);
+  if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());
+  return bad == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace xt
+
+int main() { return xt::Main(); }
