@@ -1,5 +1,7 @@
 #include "xtuner/model/params.h"
 
+#include "xtuner/core/status.h"
+
 namespace xt {
 
 int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm) {
@@ -15,10 +17,18 @@ const ParamInfo* ParamLayout::Find(const std::string& name) const {
   return it == index_.end() ? nullptr : &params_[it->second];
 }
 
-ParamLayout::ParamLayout(const ModelConfig& c) {
+ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num_experts) {
   const int64_t H = c.hidden_size, D = c.head_dim;
+  if (c.is_moe()) {
+    expert_begin = first_expert;
+    expert_count = num_experts < 0 ? c.num_experts - first_expert : num_experts;
+    XT_CHECK(expert_begin >= 0 && expert_count >= 1 && expert_begin + expert_count <= c.num_experts,
+             "ParamLayout: expert slice out of range");
+  }
   embed = Add("model.embed_tokens.weight", {c.vocab_size, H});
+  units_.push_back({0, total_});
   for (int64_t l = 0; l < c.num_layers; ++l) {
+    const int64_t unit_begin = total_;
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerOffsets o;
     o.ln1 = Add(p + "input_layernorm.weight", {H}, true);
@@ -38,25 +48,29 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
       o.down = Add(p + "mlp.down_proj.weight", {H, I});
     } else {
       const int64_t I = c.moe_intermediate_size, E = c.num_experts;
+      const int64_t e0 = expert_begin, e1 = expert_begin + expert_count;
       const bool mixtral = c.arch == Arch::kMixtral;
       const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
       o.router = Add(moe + "gate.weight", {E, H});
-      for (int64_t e = 0; e < E; ++e) {
+      for (int64_t e = e0; e < e1; ++e) {
         const std::string x = moe + "experts." + std::to_string(e) + ".";
         int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});
         Add(x + (mixtral ? "w3.weight" : "up_proj.weight"), {I, H});
-        if (e == 0) o.gate_up = off;
+        if (e == e0) o.gate_up = off;
       }
-      for (int64_t e = 0; e < E; ++e) {
+      for (int64_t e = e0; e < e1; ++e) {
         const std::string x = moe + "experts." + std::to_string(e) + ".";
         int64_t off = Add(x + (mixtral ? "w2.weight" : "down_proj.weight"), {H, I});
-        if (e == 0) o.down = off;
+        if (e == e0) o.down = off;
       }
     }
     layers.push_back(o);
+    units_.push_back({unit_begin, total_});
   }
+  const int64_t head_begin = total_;
   final_norm = Add("model.norm.weight", {H}, true);
   lm_head = c.tie_word_embeddings ? embed : Add("lm_head.weight", {c.vocab_size, H});
+  units_.push_back({head_begin, total_});
 }
 
 }  // namespace xt

@@ -5,6 +5,10 @@
 //   [gate|up];
 //   - an MoE layer's experts are stacked: gate_up (E, 2I, H) and down (E, H, I), expert e's
 //     gate_proj, up_proj and down_proj being slices of those.
+// Every decoder layer is one contiguous range (its experts last), and so are the embedding and
+// the head (final norm + lm_head): these are the units that ZeRO-3 gathers one at a time.
+// Under expert parallelism a rank's layout holds only its slice of each MoE layer's experts
+// (named by their global index), so its offsets differ from the whole model's.
 #pragma once
 
 #include <cstdint>
@@ -31,9 +35,17 @@ struct LayerOffsets {
   int64_t router = -1;              // MoE: (E, H)
 };
 
+// A contiguous range [begin, end) of the slab, in floats.
+struct ParamUnit {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& cfg);
+  // The whole model, or only experts [expert_begin, expert_begin + expert_count) of each MoE
+  // layer (expert_count -1: all).
+  explicit ParamLayout(const ModelConfig& cfg, int64_t expert_begin = 0, int64_t expert_count = -1);
 
   int64_t total() const { return total_; }
   const std::vector<ParamInfo>& params() const { return params_; }
@@ -42,12 +54,20 @@ class ParamLayout {
 
   int64_t embed = -1, final_norm = -1, lm_head = -1;  // lm_head == embed when tied
   std::vector<LayerOffsets> layers;
+  int64_t expert_begin = 0, expert_count = 0;  // the experts this layout holds (0, 0: dense)
+
+  // The units, in slab order: 0 the embedding, 1 + l decoder layer l, L + 1 the head (final
+  // norm, and lm_head unless tied). They cover [0, total()) exactly.
+  const std::vector<ParamUnit>& units() const { return units_; }
+  static int64_t LayerUnit(int64_t l) { return 1 + l; }
+  int64_t head_unit() const { return int64_t(units_.size()) - 1; }
 
  private:
   int64_t Add(const std::string& name, Shape shape, bool is_norm = false);
   int64_t total_ = 0;
   std::vector<ParamInfo> params_;
   std::unordered_map<std::string, size_t> index_;
+  std::vector<ParamUnit> units_;
 };
 
 }  // namespace xt

@@ -6,56 +6,58 @@
 
 #include "xtuner/loss/balance.h"
 #include "xtuner/loss/cross_entropy.h"
+#include "xtuner/model/transformer_acts.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
 
-using std::vector;
-
-// Everything one layer's backward needs (kept from the forward).
-struct Transformer::LayerActs {
-  vector<float> x_in;            // (T, H) layer input
-  vector<float> h1, rstd1;       // (T, H), (T): input_layernorm
-  vector<float> q_pre, k_pre;    // (T, Hq*D), (T, Hkv*D): projections before the q/k norm
-  vector<float> q_rstd, k_rstd;  // (T*Hq), (T*Hkv)
-  vector<float> q, k, v;         // after norm + RoPE: (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
-  vector<float> attn, lse;       // (T, Hq*D), (T, Hq)
-  vector<float> x_mid;           // (T, H) after the attention residual
-  vector<float> h2, rstd2;       // (T, H), (T): post_attention_layernorm
-  // Dense MLP: gu (T, 2I), act (T, I). MoE: the same per assignment row (A = T*k).
-  vector<float> gu, act;
-  // MoE only.
-  vector<float> router_logits, probs, topk_w;          // (T, E), (T, E), (T, k)
-  vector<int32_t> topk_idx, offsets, sorted, slot_of;  // (T, k), (E+1), (A), (A)
-  vector<float> xs, ys;                                // (A, H), (A, H)
-
-  // Bytes held by the buffers above.
-  int64_t bytes() const {
-    int64_t n = 0;
-    for (const vector<float>* b :
-         {&x_in,  &h1,     &rstd1, &q_pre, &k_pre, &q_rstd, &k_rstd, &q,   &k,
-          &v,     &attn,   &lse,   &x_mid, &h2,    &rstd2,  &gu,     &act, &router_logits,
-          &probs, &topk_w, &xs,    &ys})
-      n += int64_t(b->capacity() * sizeof(float));
-    for (const vector<int32_t>* b : {&topk_idx, &offsets, &sorted, &slot_of})
-      n += int64_t(b->capacity() * sizeof(int32_t));
-    return n;
+// The whole slabs held by the model: units are ranges of them, nothing to gather or fold.
+class Transformer::LocalParams : public ParamSource {
+ public:
+  explicit LocalParams(Transformer* m) : m_(m) {}
+  const float* Acquire(int64_t u) override {
+    return m_->params_.f32() + m_->layout_.units()[u].begin;
   }
-};
+  void Release(int64_t) override {}
+  float* Grads(int64_t u) override { return m_->grads_.f32() + m_->layout_.units()[u].begin; }
+  void GradsDone(int64_t) override {}
 
-struct Transformer::Acts {
-  vector<float> cos, sin;  // (T, D/2)
-  vector<LayerActs> layers;
-  vector<float> x_final, rstd_final, h_final;  // (T, H), (T), (T, H)
+ private:
+  Transformer* m_;
 };
 
 Transformer::Transformer(ModelConfig cfg)
     : cfg_(std::move(cfg)),
       layout_(cfg_),
       params_(Tensor::Zeros(DType::F32, {layout_.total()})),
-      grads_(Tensor::Zeros(DType::F32, {layout_.total()})) {}
+      grads_(Tensor::Zeros(DType::F32, {layout_.total()})),
+      local_(std::make_unique<LocalParams>(this)),
+      source_(local_.get()) {}
 
-void Transformer::ZeroGrads() { std::memset(grads_.data(), 0, grads_.nbytes()); }
+Transformer::Transformer(ModelConfig cfg, ParamSource* source, int64_t expert_begin,
+                         int64_t expert_count, Comm* ep)
+    : cfg_(std::move(cfg)), layout_(cfg_, expert_begin, expert_count), source_(source), ep_(ep) {
+  XT_CHECK(source_ != nullptr, "Transformer: no parameter source");
+  if (ep_ && ep_->size() == 1) ep_ = nullptr;
+  if (ep_)
+    XT_CHECK(cfg_.is_moe() && expert_count * ep_->size() == cfg_.num_experts &&
+                 expert_begin == expert_count * ep_->rank(),
+             "Transformer: the expert slice does not match the ep group");
+}
+
+Transformer::~Transformer() = default;
+
+void Transformer::ZeroGrads() {
+  if (grads_.numel() > 0) std::memset(grads_.data(), 0, grads_.nbytes());
+}
+
+Transformer::UnitParams Transformer::Acquire(int64_t u) {
+  return {source_->Acquire(u), layout_.units()[u].begin};
+}
+
+Transformer::UnitGrads Transformer::Grads(int64_t u) {
+  return {source_->Grads(u), layout_.units()[u].begin};
+}
 
 void Transformer::SetRecompute(double fraction) {
   XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");
@@ -78,11 +80,10 @@ void Transformer::ComputeRope(const Batch& b, Acts* a) const {
     }
 }
 
-void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, float* x_out,
-                               Acts* acts, KvCache* cache) {
+void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in,
+                               float* x_out, Acts* acts, KvCache* cache) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
-  const float* P = params_.f32();
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
   const float eps = float(cfg_.rms_norm_eps);
@@ -91,7 +92,7 @@ void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, flo
   a.x_in.assign(x_in, x_in + T * H);
   a.h1.resize(T * H);
   a.rstd1.resize(T);
-  ops::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x_in, P + o.ln1, T, H, eps);
+  ops::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x_in, P(o.ln1), T, H, eps);
   a.q.resize(T * Hq * D);
   a.k.resize(T * Hkv * D);
   a.v.resize(T * Hkv * D);
@@ -100,16 +101,15 @@ void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, flo
     a.k_pre.resize(T * Hkv * D);
     a.q_rstd.resize(T * Hq);
     a.k_rstd.resize(T * Hkv);
-    ops::linear_forward(a.q_pre.data(), a.h1.data(), P + o.wq, T, H, Hq * D);
-    ops::linear_forward(a.k_pre.data(), a.h1.data(), P + o.wk, T, H, Hkv * D);
-    ops::rmsnorm_forward(a.q.data(), a.q_rstd.data(), a.q_pre.data(), P + o.q_norm, T * Hq, D, eps);
-    ops::rmsnorm_forward(a.k.data(), a.k_rstd.data(), a.k_pre.data(), P + o.k_norm, T * Hkv, D,
-                         eps);
+    ops::linear_forward(a.q_pre.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
+    ops::linear_forward(a.k_pre.data(), a.h1.data(), P(o.wk), T, H, Hkv * D);
+    ops::rmsnorm_forward(a.q.data(), a.q_rstd.data(), a.q_pre.data(), P(o.q_norm), T * Hq, D, eps);
+    ops::rmsnorm_forward(a.k.data(), a.k_rstd.data(), a.k_pre.data(), P(o.k_norm), T * Hkv, D, eps);
   } else {
-    ops::linear_forward(a.q.data(), a.h1.data(), P + o.wq, T, H, Hq * D);
-    ops::linear_forward(a.k.data(), a.h1.data(), P + o.wk, T, H, Hkv * D);
+    ops::linear_forward(a.q.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
+    ops::linear_forward(a.k.data(), a.h1.data(), P(o.wk), T, H, Hkv * D);
   }
-  ops::linear_forward(a.v.data(), a.h1.data(), P + o.wv, T, H, Hkv * D);
+  ops::linear_forward(a.v.data(), a.h1.data(), P(o.wv), T, H, Hkv * D);
   ops::rope_forward(a.q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a.k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a.attn.resize(T * Hq * D);
@@ -127,56 +127,32 @@ void Transformer::LayerForward(int64_t l, const Batch& b, const float* x_in, flo
                            b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
   }
   a.x_mid.resize(T * H);
-  ops::linear_forward(a.x_mid.data(), a.attn.data(), P + o.wo, T, Hq * D, H);
+  ops::linear_forward(a.x_mid.data(), a.attn.data(), P(o.wo), T, Hq * D, H);
   for (int64_t i = 0; i < T * H; ++i) a.x_mid[i] += x_in[i];
 
   // ---- feed-forward block
   a.h2.resize(T * H);
   a.rstd2.resize(T);
-  ops::rmsnorm_forward(a.h2.data(), a.rstd2.data(), a.x_mid.data(), P + o.ln2, T, H, eps);
+  ops::rmsnorm_forward(a.h2.data(), a.rstd2.data(), a.x_mid.data(), P(o.ln2), T, H, eps);
   if (o.router < 0) {  // dense SwiGLU MLP
     const int64_t I = cfg_.intermediate_size;
     a.gu.resize(T * 2 * I);
     a.act.resize(T * I);
-    ops::linear_forward(a.gu.data(), a.h2.data(), P + o.gate_up, T, H, 2 * I);
+    ops::linear_forward(a.gu.data(), a.h2.data(), P(o.gate_up), T, H, 2 * I);
     ops::swiglu_forward(a.act.data(), a.gu.data(), T, I);
-    ops::linear_forward(x_out, a.act.data(), P + o.down, T, I, H);
+    ops::linear_forward(x_out, a.act.data(), P(o.down), T, I, H);
   } else {  // dropless MoE
-    const int64_t E = cfg_.num_experts, k = cfg_.top_k, I = cfg_.moe_intermediate_size;
-    const int64_t A = T * k;
-    a.router_logits.resize(T * E);
-    a.probs.resize(T * E);
-    a.topk_w.resize(T * k);
-    a.topk_idx.resize(T * k);
-    ops::linear_forward(a.router_logits.data(), a.h2.data(), P + o.router, T, H, E);
-    ops::router_forward(a.topk_idx.data(), a.topk_w.data(), a.probs.data(), a.router_logits.data(),
-                        T, E, k, cfg_.norm_topk_prob);
-    a.offsets.resize(E + 1);
-    a.sorted.resize(A);
-    a.slot_of.resize(A);
-    ops::moe_plan(a.offsets.data(), a.sorted.data(), a.slot_of.data(), a.topk_idx.data(), T, E, k);
-    a.xs.resize(A * H);
-    a.gu.resize(A * 2 * I);
-    a.act.resize(A * I);
-    a.ys.resize(A * H);
-    ops::moe_permute(a.xs.data(), a.h2.data(), a.sorted.data(), A, k, H);
-    ops::grouped_linear_forward(a.gu.data(), a.xs.data(), P + o.gate_up, a.offsets.data(), E, H,
-                                2 * I);
-    ops::swiglu_forward(a.act.data(), a.gu.data(), A, I);
-    ops::grouped_linear_forward(a.ys.data(), a.act.data(), P + o.down, a.offsets.data(), E, I, H);
-    ops::moe_combine_forward(x_out, a.ys.data(), a.topk_w.data(), a.slot_of.data(), T, k, H);
+    MoeForward(l, P, T, x_out, &a);
   }
   for (int64_t i = 0; i < T * H; ++i) x_out[i] += a.x_mid[i];
 }
 
 // dx (T, H): on entry d loss / d layer output; on return d loss / d layer input.
 // dprob_e (E): the balancing loss gradient per probability (already scaled), or null.
-void Transformer::LayerBackward(int64_t l, const Batch& b, float* dx, Acts* acts,
-                                const double* dprob_e) {
+void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
+                                float* dx, Acts* acts, const double* dprob_e) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
-  const float* P = params_.f32();
-  float* G = grads_.f32();
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
 
@@ -185,39 +161,19 @@ void Transformer::LayerBackward(int64_t l, const Batch& b, float* dx, Acts* acts
   if (o.router < 0) {
     const int64_t I = cfg_.intermediate_size;
     vector<float> dact(T * I), dgu(T * 2 * I);
-    ops::linear_backward(dact.data(), G + o.down, dx, a.act.data(), P + o.down, T, I, H);
+    ops::linear_backward(dact.data(), G(o.down), dx, a.act.data(), P(o.down), T, I, H);
     ops::swiglu_backward(dgu.data(), dact.data(), a.gu.data(), T, I);
-    ops::linear_backward(dh2.data(), G + o.gate_up, dgu.data(), a.h2.data(), P + o.gate_up, T, H,
+    ops::linear_backward(dh2.data(), G(o.gate_up), dgu.data(), a.h2.data(), P(o.gate_up), T, H,
                          2 * I);
   } else {
-    const int64_t E = cfg_.num_experts, k = cfg_.top_k, I = cfg_.moe_intermediate_size;
-    const int64_t A = T * k;
-    vector<float> dys(A * H), dtopk_w(T * k), dact(A * I), dgu(A * 2 * I), dxs(A * H);
-    ops::moe_combine_backward(dys.data(), dtopk_w.data(), dx, a.ys.data(), a.topk_w.data(),
-                              a.slot_of.data(), T, k, H);
-    ops::grouped_linear_backward(dact.data(), G + o.down, dys.data(), a.act.data(), P + o.down,
-                                 a.offsets.data(), E, I, H);
-    ops::swiglu_backward(dgu.data(), dact.data(), a.gu.data(), A, I);
-    ops::grouped_linear_backward(dxs.data(), G + o.gate_up, dgu.data(), a.xs.data(), P + o.gate_up,
-                                 a.offsets.data(), E, H, 2 * I);
-    ops::moe_permute_backward(dh2.data(), dxs.data(), a.slot_of.data(), T, k, H);  // dh2 += ...
-    vector<float> dprobs, dlogits(T * E);
-    if (dprob_e) {
-      dprobs.resize(T * E);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t e = 0; e < E; ++e) dprobs[t * E + e] = float(dprob_e[e]);
-    }
-    ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
-                         a.probs.data(), a.topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
-    ops::linear_backward(dh2.data(), G + o.router, dlogits.data(), a.h2.data(), P + o.router, T, H,
-                         E, /*accumulate_din=*/true);
+    MoeBackward(l, P, G, T, dx, dh2.data(), &a, dprob_e);
   }
-  ops::rmsnorm_backward(dx, G + o.ln2, dh2.data(), a.x_mid.data(), P + o.ln2, a.rstd2.data(), T, H,
+  ops::rmsnorm_backward(dx, G(o.ln2), dh2.data(), a.x_mid.data(), P(o.ln2), a.rstd2.data(), T, H,
                         /*accumulate_din=*/true);  // dx = d x_mid now
 
   // ---- attention block: dx is also d x_in through the residual.
   vector<float> dattn(T * Hq * D), dq(T * Hq * D), dk(T * Hkv * D), dv(T * Hkv * D), dh1(T * H);
-  ops::linear_backward(dattn.data(), G + o.wo, dx, a.attn.data(), P + o.wo, T, Hq * D, H);
+  ops::linear_backward(dattn.data(), G(o.wo), dx, a.attn.data(), P(o.wo), T, Hq * D, H);
   ops::attention_backward(dq.data(), dk.data(), dv.data(), dattn.data(), a.attn.data(),
                           a.lse.data(), a.q.data(), a.k.data(), a.v.data(), b.cu_seqlens.data(),
                           b.num_docs(), T, Hq, Hkv, D, float(1.0 / std::sqrt(double(D))));
@@ -225,17 +181,17 @@ void Transformer::LayerBackward(int64_t l, const Batch& b, float* dx, Acts* acts
   ops::rope_backward(dk.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   if (cfg_.qk_norm) {
     vector<float> dq_pre(T * Hq * D), dk_pre(T * Hkv * D);
-    ops::rmsnorm_backward(dq_pre.data(), G + o.q_norm, dq.data(), a.q_pre.data(), P + o.q_norm,
+    ops::rmsnorm_backward(dq_pre.data(), G(o.q_norm), dq.data(), a.q_pre.data(), P(o.q_norm),
                           a.q_rstd.data(), T * Hq, D);
-    ops::rmsnorm_backward(dk_pre.data(), G + o.k_norm, dk.data(), a.k_pre.data(), P + o.k_norm,
+    ops::rmsnorm_backward(dk_pre.data(), G(o.k_norm), dk.data(), a.k_pre.data(), P(o.k_norm),
                           a.k_rstd.data(), T * Hkv, D);
     dq.swap(dq_pre);
     dk.swap(dk_pre);
   }
-  ops::linear_backward(dh1.data(), G + o.wq, dq.data(), a.h1.data(), P + o.wq, T, H, Hq * D);
-  ops::linear_backward(dh1.data(), G + o.wk, dk.data(), a.h1.data(), P + o.wk, T, H, Hkv * D, true);
-  ops::linear_backward(dh1.data(), G + o.wv, dv.data(), a.h1.data(), P + o.wv, T, H, Hkv * D, true);
-  ops::rmsnorm_backward(dx, G + o.ln1, dh1.data(), a.x_in.data(), P + o.ln1, a.rstd1.data(), T, H,
+  ops::linear_backward(dh1.data(), G(o.wq), dq.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
+  ops::linear_backward(dh1.data(), G(o.wk), dk.data(), a.h1.data(), P(o.wk), T, H, Hkv * D, true);
+  ops::linear_backward(dh1.data(), G(o.wv), dv.data(), a.h1.data(), P(o.wv), T, H, Hkv * D, true);
+  ops::rmsnorm_backward(dx, G(o.ln1), dh1.data(), a.x_in.data(), P(o.ln1), a.rstd1.data(), T, H,
                         /*accumulate_din=*/true);
 }
 
@@ -244,13 +200,18 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
                                   bool want_hidden) {
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
-  const float* P = params_.f32();
+  const bool tied = cfg_.tie_word_embeddings;
+  const int64_t head = layout_.head_unit();
   Acts acts;
   acts.layers.resize(L);
   ComputeRope(b, &acts);
 
   vector<float> x(T * H), y(T * H);
-  ops::embedding_forward(x.data(), b.ids.data(), P + layout_.embed, T, H);
+  {
+    const UnitParams P = Acquire(0);
+    ops::embedding_forward(x.data(), b.ids.data(), P(layout_.embed), T, H);
+    source_->Release(0);
+  }
   auto keep_hidden = [&](const vector<float>& h) {
     Tensor t = Tensor::Empty(DType::F32, {T, H});
     std::memcpy(t.f32(), h.data(), T * H * 4);
@@ -264,7 +225,8 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   vector<double> count(E, 0.0), prob_sum(E, 0.0);
   vector<int64_t> held(L), full(L);  // per layer: bytes kept for the backward; bytes when whole
   for (int64_t l = 0; l < L; ++l) {
-    LayerForward(l, b, x.data(), y.data(), &acts);
+    LayerForward(l, Acquire(ParamLayout::LayerUnit(l)), b, x.data(), y.data(), &acts);
+    source_->Release(ParamLayout::LayerUnit(l));
     x.swap(y);
     LayerActs& a = acts.layers[l];
     if (!a.probs.empty()) {
@@ -293,15 +255,18 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
     if (!backward) a = LayerActs();  // nothing to keep
     held[l] = a.bytes();
   }
+  // The head: final norm and lm_head (the embedding's unit when tied), forward and backward.
+  const UnitParams P = Acquire(head);
+  const UnitParams P_lm = tied ? Acquire(0) : P;
   acts.x_final = x;
   acts.h_final.resize(T * H);
   acts.rstd_final.resize(T);
-  ops::rmsnorm_forward(acts.h_final.data(), acts.rstd_final.data(), x.data(),
-                       P + layout_.final_norm, T, H, float(cfg_.rms_norm_eps));
+  ops::rmsnorm_forward(acts.h_final.data(), acts.rstd_final.data(), x.data(), P(layout_.final_norm),
+                       T, H, float(cfg_.rms_norm_eps));
   if (want_hidden) keep_hidden(acts.h_final);
   if (want_logits) {
     out->logits = Tensor::Empty(DType::F32, {T, V});
-    lm_head_logits(out->logits.f32(), acts.h_final.data(), P + layout_.lm_head, T, H, V);
+    lm_head_logits(out->logits.f32(), acts.h_final.data(), P_lm(layout_.lm_head), T, H, V);
   }
 
   info.num_loss_tokens = b.num_loss_tokens();
@@ -312,18 +277,27 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
   if (aux_weight < 0) aux_weight = 1.0;
 
-  float* G = grads_.f32();
+  // With tied embeddings the lm_head gradient goes to the embedding's unit, which stays open
+  // until the embedding's own backward at the end.
+  UnitGrads G{nullptr, 0}, G_lm{nullptr, 0};
+  if (backward) {
+    G = Grads(head);
+    G_lm = tied ? Grads(0) : G;
+  }
   vector<float> dh(backward ? T * H : 0);
   const double ce_sum = chunked_cross_entropy(
-      backward ? dh.data() : nullptr, backward ? G + layout_.lm_head : nullptr, acts.h_final.data(),
-      P + layout_.lm_head, b.targets.data(), T, H, V, ce_weight);
+      backward ? dh.data() : nullptr, backward ? G_lm(layout_.lm_head) : nullptr,
+      acts.h_final.data(), P_lm(layout_.lm_head), b.targets.data(), T, H, V, ce_weight);
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
   info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
+  vector<float> dx(backward ? T * H : 0);
+  if (backward)
+    ops::rmsnorm_backward(dx.data(), G(layout_.final_norm), dh.data(), acts.x_final.data(),
+                          P(layout_.final_norm), acts.rstd_final.data(), T, H);
+  source_->Release(head);
+  if (tied) source_->Release(0);
   if (!backward) return info;
-
-  vector<float> dx(T * H);
-  ops::rmsnorm_backward(dx.data(), G + layout_.final_norm, dh.data(), acts.x_final.data(),
-                        P + layout_.final_norm, acts.rstd_final.data(), T, H);
+  source_->GradsDone(head);
   // The softmax backward ignores a constant added to d probs (the probabilities sum to 1), so
   // centre the gradient: the experts' gradients differ only by their counts, and without the
   // common part the fp32 softmax backward no longer cancels most of its digits.
@@ -336,14 +310,20 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   for (int64_t l = 0, below = 0; l < L; below += held[l], ++l)
     info.activation_bytes = std::max(info.activation_bytes, below + full[l]);
   for (int64_t l = L - 1; l >= 0; --l) {
+    const int64_t u = ParamLayout::LayerUnit(l);
+    const UnitParams Pl = Acquire(u);
     if (l < recompute_layers_) {  // the same inputs give bit-identical activations
       vector<float> x_in = std::move(acts.layers[l].x_in), unused(T * H);
-      LayerForward(l, b, x_in.data(), unused.data(), &acts);
+      LayerForward(l, Pl, b, x_in.data(), unused.data(), &acts);
     }
-    LayerBackward(l, b, dx.data(), &acts, aux_grad ? dprob_e.data() : nullptr);
+    LayerBackward(l, Pl, Grads(u), b, dx.data(), &acts, aux_grad ? dprob_e.data() : nullptr);
+    source_->Release(u);
+    source_->GradsDone(u);
     acts.layers[l] = LayerActs();  // free as we go
   }
-  ops::embedding_backward(G + layout_.embed, dx.data(), b.ids.data(), T, V, H);
+  const UnitGrads G_embed = Grads(0);
+  ops::embedding_backward(G_embed(layout_.embed), dx.data(), b.ids.data(), T, V, H);
+  source_->GradsDone(0);
   return info;
 }
 
@@ -368,22 +348,31 @@ Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvC
   b.targets.assign(T, kIgnoreIndex);
   for (int64_t t = 0; t < T; ++t) b.positions.push_back(int32_t(cache->length + t));
   XT_RETURN_IF_ERROR(b.Validate(V));
-  const float* P = params_.f32();
   Acts acts;
   acts.layers.resize(cfg_.num_layers);
   ComputeRope(b, &acts);
   vector<float> x(T * H), y(T * H);
-  ops::embedding_forward(x.data(), b.ids.data(), P + layout_.embed, T, H);
+  {
+    const UnitParams P = Acquire(0);
+    ops::embedding_forward(x.data(), b.ids.data(), P(layout_.embed), T, H);
+    source_->Release(0);
+  }
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    LayerForward(l, b, x.data(), y.data(), &acts, cache);
+    LayerForward(l, Acquire(ParamLayout::LayerUnit(l)), b, x.data(), y.data(), &acts, cache);
+    source_->Release(ParamLayout::LayerUnit(l));
     acts.layers[l] = LayerActs();
     x.swap(y);
   }
   cache->length += T;
   vector<float> h(H), rstd(1), logits(V);
-  ops::rmsnorm_forward(h.data(), rstd.data(), x.data() + (T - 1) * H, P + layout_.final_norm, 1, H,
+  const bool tied = cfg_.tie_word_embeddings;
+  const UnitParams P = Acquire(layout_.head_unit());
+  const UnitParams P_lm = tied ? Acquire(0) : P;
+  ops::rmsnorm_forward(h.data(), rstd.data(), x.data() + (T - 1) * H, P(layout_.final_norm), 1, H,
                        float(cfg_.rms_norm_eps));
-  lm_head_logits(logits.data(), h.data(), P + layout_.lm_head, 1, H, V);
+  lm_head_logits(logits.data(), h.data(), P_lm(layout_.lm_head), 1, H, V);
+  source_->Release(layout_.head_unit());
+  if (tied) source_->Release(0);
   return logits;
 }
 

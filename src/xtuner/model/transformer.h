@@ -1,19 +1,24 @@
 // Transformer: the decoder-only language models (Qwen3, Qwen3-MoE, Mixtral) on the op layer.
-// Parameters and gradients are two fp32 slabs laid out by ParamLayout. One decoder layer:
+// Parameters and gradients are two fp32 slabs laid out by ParamLayout: held by the model, or
+// served unit by unit by a ParamSource (ZeRO-3). One decoder layer:
 //   x -> RMSNorm -> attention (GQA, optional per-head q/k RMSNorm, RoPE, causal within each
 //   packed document) -> + x -> RMSNorm -> MLP or dropless MoE -> + residual.
 // Not thread-safe: one Transformer runs one batch at a time (its kernels use all threads).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "xtuner/core/tensor.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
 
 namespace xt {
+
+class Comm;
 
 struct LossInfo {
   double loss = 0;      // ce_loss + router_aux_loss_coef * aux_loss
@@ -42,11 +47,21 @@ struct KvCache {
 
 class Transformer {
  public:
-  // Parameters are zero until loaded (see model/checkpoint.h).
+  // A model that holds its whole slabs; parameters are zero until loaded (model/checkpoint.h).
   explicit Transformer(ModelConfig cfg);
+  // A model whose parameters and gradients live in `source` (not owned; it outlives the model),
+  // which serves the units of ParamLayout(cfg, expert_begin, expert_count). Under expert
+  // parallelism `ep` is the group of ranks that hold the other experts, in order (rank r holds
+  // experts [r * expert_count, (r + 1) * expert_count)); null or one rank: no exchange.
+  Transformer(ModelConfig cfg, ParamSource* source, int64_t expert_begin, int64_t expert_count,
+              Comm* ep);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
+  // The slabs (layout().total()): only for a model that holds them (empty otherwise).
   Tensor& params() { return params_; }
   const Tensor& params() const { return params_; }
   Tensor& grads() { return grads_; }
@@ -77,18 +92,41 @@ class Transformer {
  private:
   struct Acts;
   struct LayerActs;
+  class LocalParams;
+  // Unit u's parameters (gradients) addressed by slab offsets of the layout.
+  struct UnitParams {
+    const float* base;
+    int64_t begin;
+    const float* operator()(int64_t offset) const { return base + (offset - begin); }
+  };
+  struct UnitGrads {
+    float* base;
+    int64_t begin;
+    float* operator()(int64_t offset) const { return base + (offset - begin); }
+  };
+  UnitParams Acquire(int64_t unit);
+  UnitGrads Grads(int64_t unit);
+
   void ComputeRope(const Batch& b, Acts* a) const;
   // With a cache (generation), the layer appends its keys and values and attends over them.
-  void LayerForward(int64_t l, const Batch& b, const float* x_in, float* x_out, Acts* a,
-                    KvCache* cache = nullptr);
-  void LayerBackward(int64_t l, const Batch& b, float* dx, Acts* a, const double* dprob_e);
+  void LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in, float* x_out,
+                    Acts* a, KvCache* cache = nullptr);
+  void LayerBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b, float* dx,
+                     Acts* a, const double* dprob_e);
+  // The MoE block of layer l: y (T, H) from h2 (T, H); its backward adds into dh2.
+  void MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y, LayerActs* a);
+  void MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G, int64_t T, const float* dy,
+                   float* dh2, LayerActs* a, const double* dprob_e);
   Result<LossInfo> Run(const Batch& b, bool backward, double ce_weight, double aux_weight,
                        ForwardOutputs* out, bool want_logits, bool want_hidden);
 
   ModelConfig cfg_;
   ParamLayout layout_;
-  Tensor params_;  // (layout_.total())
-  Tensor grads_;   // (layout_.total())
+  Tensor params_;  // (layout_.total()) when held
+  Tensor grads_;   // (layout_.total()) when held
+  std::unique_ptr<LocalParams> local_;
+  ParamSource* source_ = nullptr;
+  Comm* ep_ = nullptr;
   int64_t recompute_layers_ = 0;
 };
 

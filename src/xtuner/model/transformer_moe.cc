@@ -1,0 +1,104 @@
+// The dropless MoE block of a decoder layer: router, top-k, permute, grouped SwiGLU experts,
+// weighted un-permute; under expert parallelism the permuted rows visit the ranks that hold
+// their experts (dist/expert_parallel.h) between the permute and the un-permute.
+#include <algorithm>
+
+#include "xtuner/model/transformer.h"
+#include "xtuner/model/transformer_acts.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+
+void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y, LayerActs* a) {
+  const LayerOffsets& o = layout_.layers[l];
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t I = cfg_.moe_intermediate_size, A = T * k;
+  a->router_logits.resize(T * E);
+  a->probs.resize(T * E);
+  a->topk_w.resize(T * k);
+  a->topk_idx.resize(T * k);
+  ops::linear_forward(a->router_logits.data(), a->h2.data(), P(o.router), T, H, E);
+  ops::router_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
+                      a->router_logits.data(), T, E, k, cfg_.norm_topk_prob);
+  a->offsets.resize(E + 1);
+  a->sorted.resize(A);
+  a->slot_of.resize(A);
+  ops::moe_plan(a->offsets.data(), a->sorted.data(), a->slot_of.data(), a->topk_idx.data(), T, E,
+                k);
+  a->xs.resize(A * H);
+  a->ys.resize(A * H);
+  ops::moe_permute(a->xs.data(), a->h2.data(), a->sorted.data(), A, k, H);
+
+  // The rows this rank's experts run: its own (sorted), or what the ep group sent it.
+  const float* rows = a->xs.data();
+  const int32_t* offsets = a->offsets.data();
+  int64_t R = A, experts = E;
+  vector<float> yr;
+  if (ep_) {
+    a->ep = PlanExpertExchange(*ep_, a->offsets.data(), E);
+    R = a->ep.num_received();
+    experts = layout_.expert_count;
+    a->xr.resize(R * H);
+    ExpertDispatch(*ep_, a->ep, a->xs.data(), H, a->xr.data());
+    vector<float>().swap(a->xs);  // the backward needs only the received rows
+    rows = a->xr.data();
+    offsets = a->ep.local_offsets.data();
+    yr.resize(R * H);
+  }
+  a->gu.resize(R * 2 * I);
+  a->act.resize(R * I);
+  float* out = ep_ ? yr.data() : a->ys.data();
+  ops::grouped_linear_forward(a->gu.data(), rows, P(o.gate_up), offsets, experts, H, 2 * I);
+  ops::swiglu_forward(a->act.data(), a->gu.data(), R, I);
+  ops::grouped_linear_forward(out, a->act.data(), P(o.down), offsets, experts, I, H);
+  if (ep_) ExpertCombine(*ep_, a->ep, yr.data(), H, a->ys.data());
+  ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
+}
+
+void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G, int64_t T,
+                              const float* dy, float* dh2, LayerActs* a, const double* dprob_e) {
+  const LayerOffsets& o = layout_.layers[l];
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t I = cfg_.moe_intermediate_size, A = T * k;
+  vector<float> dys(A * H), dtopk_w(T * k);
+  ops::moe_combine_backward(dys.data(), dtopk_w.data(), dy, a->ys.data(), a->topk_w.data(),
+                            a->slot_of.data(), T, k, H);
+  const float* rows = a->xs.data();
+  const int32_t* offsets = a->offsets.data();
+  int64_t R = A, experts = E;
+  vector<float> dyr;  // expert parallelism: the output gradients of the rows this rank ran
+  if (ep_) {
+    R = a->ep.num_received();
+    experts = layout_.expert_count;
+    rows = a->xr.data();
+    offsets = a->ep.local_offsets.data();
+    dyr.resize(R * H);
+    ExpertDispatch(*ep_, a->ep, dys.data(), H, dyr.data());
+  }
+  vector<float> dact(R * I), dgu(R * 2 * I), dxr(R * H);
+  ops::grouped_linear_backward(dact.data(), G(o.down), ep_ ? dyr.data() : dys.data(), a->act.data(),
+                               P(o.down), offsets, experts, I, H);
+  ops::swiglu_backward(dgu.data(), dact.data(), a->gu.data(), R, I);
+  ops::grouped_linear_backward(dxr.data(), G(o.gate_up), dgu.data(), rows, P(o.gate_up), offsets,
+                               experts, H, 2 * I);
+  vector<float> dxs_ep;
+  const float* dxs = dxr.data();
+  if (ep_) {
+    dxs_ep.resize(A * H);
+    ExpertCombine(*ep_, a->ep, dxr.data(), H, dxs_ep.data());
+    dxs = dxs_ep.data();
+  }
+  ops::moe_permute_backward(dh2, dxs, a->slot_of.data(), T, k, H);  // dh2 += ...
+  vector<float> dprobs, dlogits(T * E);
+  if (dprob_e) {
+    dprobs.resize(T * E);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) dprobs[t * E + e] = float(dprob_e[e]);
+  }
+  ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
+                       a->probs.data(), a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
+  ops::linear_backward(dh2, G(o.router), dlogits.data(), a->h2.data(), P(o.router), T, H, E,
+                       /*accumulate_din=*/true);
+}
+
+}  // namespace xt
