@@ -47,6 +47,19 @@ void CheckGroup(Comm& c, const std::string& name) {
       for (int i = 0; i < r; ++i) ok &= recv[at++] == Value(r, 0, i);
     Expect(ok, c, name + " AllGather");
   }
+  {  // gather to the last rank
+    std::vector<int64_t> counts(n);
+    int64_t total = 0;
+    for (int r = 0; r < n; ++r) total += counts[r] = (r + 1) % 3;
+    std::vector<float> send(counts[me]), recv(total, -1);
+    for (int64_t i = 0; i < counts[me]; ++i) send[i] = Value(me, 1, i);
+    c.Gather(recv.data(), send.data(), counts, n - 1);
+    bool ok = true;
+    if (me == n - 1)
+      for (int r = 0, at = 0; r < n; ++r)
+        for (int64_t i = 0; i < counts[r]; ++i) ok &= recv[at++] == Value(r, 1, i);
+    Expect(ok, c, name + " Gather");
+  }
   {  // reduce-scatter: block q has q + 1 elements; rank r contributes r + 1 to each
     std::vector<int64_t> counts(n);
     int64_t total = 0;

@@ -1,11 +1,13 @@
 // xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32] [--tokenizer PATH] [--shard-mb N]
 // Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory.
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/train/config.h"
+#include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/train_data.h"
 
 namespace xt::cli {
@@ -24,10 +26,13 @@ Status RunConvert(const Options& o) {
     return Status::Error("convert: --dtype must be bf16 or fp32, not " + o.dtype);
   fs::path ckpt = fs::path(o.checkpoint).lexically_normal();
   if (ckpt.filename().empty()) ckpt = ckpt.parent_path();  // "step-N/"
-  const fs::path model_dir = ckpt / "model";
-  if (!fs::exists(model_dir / "config.json"))
-    return Status::Error(o.checkpoint + ": not a training checkpoint (no model/config.json)");
-  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(model_dir.string()));
+  if (!fs::exists(ckpt / "config.json") || !fs::exists(ckpt / "shards.json"))
+    return Status::Error(o.checkpoint +
+                         ": not a training checkpoint (no config.json and shards.json)");
+  XT_ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::Load((ckpt / "config.json").string()));
+  XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc));
+  auto model = std::make_unique<Transformer>(std::move(mc));
+  std::memcpy(model->params().f32(), params.data(), params.size() * sizeof(float));
   // The tokenizer: given, or the one the run's config.toml names (work_dir/config.toml).
   std::string tokenizer = o.tokenizer;
   const fs::path run_config = ckpt.parent_path().parent_path() / "config.toml";

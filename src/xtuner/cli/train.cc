@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/stop_signals.h"
+#include "xtuner/dist/comm.h"
 #include "xtuner/train/trainer.h"
 
 namespace xt::cli {
@@ -15,12 +16,20 @@ namespace {
 Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   for (const std::string& o : overrides) XT_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
+  // Under mpirun or srun every rank runs this; rank 0 prints. An error on any rank ends the whole
+  // job at once, naming the rank (the others may be waiting for it in a collective).
+  std::unique_ptr<Comm> world = MakeWorldComm();
   auto train = [&] {
     StopSignals stop(RequestStop);  // Ctrl-C: checkpoint and a clean exit
-    return RunTraining(cfg, stdout);
+    return RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());
   };
   Result<TrainResult> result = train();
+  if (!result.ok() && world->size() > 1) {
+    std::fflush(stdout);
+    world->Abort("error: " + result.status().message());
+  }
   if (!result.ok()) return result.status();
+  if (world->rank() != 0) return Status::OK();
   std::printf("done: %lld steps", (long long)result->steps_done);
   if (std::isfinite(result->last_loss)) std::printf(", last loss %.4f", result->last_loss);
   std::printf(", checkpoint %s", result->last_checkpoint.c_str());

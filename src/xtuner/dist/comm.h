@@ -31,6 +31,10 @@ class Comm {
   // recv (sum of counts) = every rank's send (counts[r] elements) concatenated in rank order.
   virtual void AllGather(float* recv, const float* send, const std::vector<int64_t>& counts) = 0;
 
+  // At `root` only: recv (sum of counts) = every rank's send (counts[r]) in rank order.
+  virtual void Gather(float* recv, const float* send, const std::vector<int64_t>& counts,
+                      int root) = 0;
+
   // send (sum of counts) holds one block per rank in rank order, block r of counts[r]
   // elements; recv (counts[rank()]) = the sum over ranks of their block rank().
   virtual void ReduceScatterSum(float* recv, const float* send,

@@ -64,6 +64,13 @@ class MpiComm : public Comm {
     CountsAndDispls(counts, &c, &d);
     MPI_Allgatherv(send, c[rank_], MPI_FLOAT, recv, c.data(), d.data(), MPI_FLOAT, comm_);
   }
+  void Gather(float* recv, const float* send, const std::vector<int64_t>& counts,
+              int root) override {
+    XT_CHECK(int(counts.size()) == size_, "Gather: one count per rank");
+    std::vector<int> c, d;
+    CountsAndDispls(counts, &c, &d);
+    MPI_Gatherv(send, c[rank_], MPI_FLOAT, recv, c.data(), d.data(), MPI_FLOAT, root, comm_);
+  }
   void ReduceScatterSum(float* recv, const float* send,
                         const std::vector<int64_t>& counts) override {
     XT_CHECK(int(counts.size()) == size_, "ReduceScatterSum: one count per rank");

@@ -21,6 +21,11 @@ class SingleComm : public Comm {
     XT_CHECK(counts.size() == 1, "AllGather: one count per rank");
     Copy(recv, send, counts[0]);
   }
+  void Gather(float* recv, const float* send, const std::vector<int64_t>& counts,
+              int root) override {
+    XT_CHECK(counts.size() == 1 && root == 0, "Gather: one rank");
+    Copy(recv, send, counts[0]);
+  }
   void ReduceScatterSum(float* recv, const float* send,
                         const std::vector<int64_t>& counts) override {
     XT_CHECK(counts.size() == 1, "ReduceScatterSum: one count per rank");

@@ -16,27 +16,36 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
-Status LoadHfWeights(Transformer* model, const std::string& path) {
+Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
+                     const std::function<void(const ParamInfo&, const float*)>& visit) {
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
-  const ParamLayout& layout = model->layout();
-  float* slab = model->params().f32();
   for (const ParamInfo& p : layout.params()) {
     if (!ckpt.contains(p.name))
       return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
-                           ShapeString(p.shape) + ") that a " + model->config().model_type +
+                           ShapeString(p.shape) + ") that a " + cfg.model_type +
                            " model with this config.json needs");
     XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(p.name, p.shape));
-    std::memcpy(slab + p.offset, t.f32(), t.nbytes());
+    visit(p, t.f32());
   }
+  // Tensors of experts another rank holds (a layout with a slice of the experts) are expected.
+  const ParamLayout whole(cfg);
   for (const std::string& name : ckpt.names()) {
-    if (layout.Find(name)) continue;
+    if (whole.Find(name)) continue;
     if (EndsWith(name, "rotary_emb.inv_freq")) continue;
-    if (name == "lm_head.weight" && model->config().tie_word_embeddings) continue;
+    if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
     return Status::Error(ckpt.FileOf(name) + ": unexpected tensor \"" + name +
-                         "\": no parameter of a " + model->config().model_type +
+                         "\": no parameter of a " + cfg.model_type +
                          " model with this config.json has that name");
   }
   return Status::OK();
+}
+
+Status LoadHfWeights(Transformer* model, const std::string& path) {
+  float* slab = model->params().f32();
+  return ReadHfWeights(path, model->config(), model->layout(),
+                       [&](const ParamInfo& p, const float* data) {
+                         std::memcpy(slab + p.offset, data, NumElements(p.shape) * sizeof(float));
+                       });
 }
 
 Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir) {

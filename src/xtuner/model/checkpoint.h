@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,6 +17,11 @@ namespace xt {
 // or of a non-float dtype, or a tensor the model has no place for. Tolerated extras: rotary
 // inv_freq buffers, and lm_head.weight in a model with tied embeddings (HF ignores it too).
 Status LoadHfWeights(Transformer* model, const std::string& path);
+
+// The same checks, for the parameters of `layout` (of a model with config `cfg`): calls
+// visit(info, data) with each tensor as fp32 (numel of info.shape), in layout order.
+Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
+                     const std::function<void(const ParamInfo&, const float*)>& visit);
 
 // config.json from `dir`, then its weights.
 Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir);

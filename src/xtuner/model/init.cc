@@ -10,24 +10,26 @@ namespace {
 double Uniform(uint64_t* s) { return (double(SplitMix64(s) >> 11) + 0.5) * 0x1.0p-53; }  // (0,1)
 }  // namespace
 
+void InitTensor(const ParamInfo& info, double std, uint64_t seed, float* w) {
+  // Each tensor's stream depends on the seed and its offset only: adding a parameter elsewhere
+  // does not change the others.
+  uint64_t s = seed ^ (0x5851f42d4c957f2dull * uint64_t(info.offset + 1));
+  const int64_t n = NumElements(info.shape);
+  if (info.is_norm) {
+    for (int64_t i = 0; i < n; ++i) w[i] = 1.0f;
+    return;
+  }
+  for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per pair of uniforms
+    const double r = std::sqrt(-2.0 * std::log(Uniform(&s))), a = 2.0 * M_PI * Uniform(&s);
+    w[i] = float(std * r * std::cos(a));
+    if (i + 1 < n) w[i + 1] = float(std * r * std::sin(a));
+  }
+}
+
 void InitRandom(Transformer* model, double std, uint64_t seed) {
   float* p = model->params().f32();
-  for (const ParamInfo& info : model->layout().params()) {
-    // Each tensor's stream depends on the seed and its offset only: adding a parameter elsewhere
-    // does not change the others.
-    uint64_t s = seed ^ (0x5851f42d4c957f2dull * uint64_t(info.offset + 1));
-    const int64_t n = NumElements(info.shape);
-    float* w = p + info.offset;
-    if (info.is_norm) {
-      for (int64_t i = 0; i < n; ++i) w[i] = 1.0f;
-      continue;
-    }
-    for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per pair of uniforms
-      const double r = std::sqrt(-2.0 * std::log(Uniform(&s))), a = 2.0 * M_PI * Uniform(&s);
-      w[i] = float(std * r * std::cos(a));
-      if (i + 1 < n) w[i + 1] = float(std * r * std::sin(a));
-    }
-  }
+  for (const ParamInfo& info : model->layout().params())
+    InitTensor(info, std, seed, p + info.offset);
 }
 
 }  // namespace xt

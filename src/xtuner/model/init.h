@@ -11,4 +11,8 @@ namespace xt {
 
 void InitRandom(Transformer* model, double std, uint64_t seed);
 
+// The values InitRandom gives one tensor of the whole model's layout: out (numel of info.shape).
+// Each tensor's stream depends on the seed and its offset in the whole model's slab only.
+void InitTensor(const ParamInfo& info, double std, uint64_t seed, float* out);
+
 }  // namespace xt

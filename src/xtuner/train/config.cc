@@ -65,6 +65,9 @@ const std::vector<Key>& Schema() {
       {"schedule.warmup_steps", &C::warmup_steps, "Linear warm-up steps."},
       {"schedule.warmup_ratio", &C::warmup_ratio,
        "Warm-up as a fraction of train.steps (used when warmup_steps is 0)."},
+      {"parallel.ep", &C::ep,
+       "Expert-parallel ranks (under mpirun): each holds experts / ep of every MoE layer; "
+       "dp = ranks / ep."},
       {"checkpoint.every", &C::checkpoint_every,
        "Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C)."},
       {"checkpoint.keep_last", &C::keep_last, "Checkpoints kept; older ones are deleted."},
@@ -340,6 +343,7 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.export_dtype != "bf16" && c.export_dtype != "fp32")
     return err("export.dtype must be bf16 or fp32, not " + c.export_dtype);
   if (c.keep_last < 1) return err("checkpoint.keep_last must be at least 1");
+  if (c.ep < 1) return err("parallel.ep must be at least 1");
   if (c.log_every < 1) return err("log.every must be at least 1");
   if (c.export_shard_mb < 1) return err("export.shard_mb must be at least 1");
   return Status::OK();

@@ -57,6 +57,9 @@ struct TrainConfig {
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0;
 
+  // [parallel]
+  int64_t ep = 1;  // expert-parallel ranks; data parallel over the rest: dp = world / ep
+
   // [checkpoint]
   int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)
   int64_t keep_last = 2;

@@ -1,6 +1,7 @@
 #include "xtuner/train/train_checkpoint.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -10,7 +11,7 @@
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
-#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/params.h"
 
 namespace xt {
 
@@ -46,53 +47,167 @@ int64_t StepOf(const fs::path& dir) {
   return std::stoll(dir.filename().string().substr(std::strlen(kPrefix)));
 }
 
+std::string ShardName(int r, int n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "shard-%05d-of-%05d.safetensors", r, n);
+  return buf;
+}
+
+Result<nlohmann::json> ReadJson(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) return Status::Error(path.string() + ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::Error(path.string() + ": not valid JSON");
+  return j;
+}
+
+// Whether any rank failed (a collective): every rank learns it, so none waits for the others.
+bool AnyFailed(Comm& world, const Status& st) {
+  double bad = st.ok() ? 0 : 1;
+  world.AllReduceMax(&bad, 1);
+  return bad > 0;
+}
+
+// Copies the ranges `owned` of the checkpoint's params (and exp_avg, exp_avg_sq when given)
+// into params, m, v (shard order). Every owned element must be found.
+Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector<OwnedRange>& owned,
+                  float* params, float* m, float* v) {
+  XT_ASSIGN_OR_RETURN(nlohmann::json index, ReadJson(dir / "shards.json"));
+  const std::string src = (dir / "shards.json").string();
+  const int64_t total = ParamLayout(cfg).total();
+  if (index.value("total", int64_t(-1)) != total)
+    return Status::Error(src + ": the checkpoint holds " +
+                         std::to_string(index.value("total", int64_t(-1))) +
+                         " parameters, this model has " + std::to_string(total));
+  if (!index.contains("files") || !index["files"].is_array())
+    return Status::Error(src + ": missing \"files\"");
+  int64_t want = 0, found = 0;
+  for (const OwnedRange& o : owned) want += o.size;
+  for (const nlohmann::json& f : index["files"]) {
+    const std::string file = (dir / f.value("file", "")).string();
+    // The ranges of this file that overlap what this rank owns.
+    std::vector<std::array<int64_t, 3>> copies;  // file offset, shard offset, n
+    int64_t file_size = 0;
+    for (const nlohmann::json& r : f.value("ranges", nlohmann::json::array())) {
+      if (!r.is_array() || r.size() != 3) return Status::Error(src + ": a bad range in " + file);
+      const int64_t g = r[0].get<int64_t>(), n = r[1].get<int64_t>(), at = r[2].get<int64_t>();
+      file_size = std::max(file_size, at + n);
+      for (const OwnedRange& o : owned) {
+        const int64_t lo = std::max(g, o.global), hi = std::min(g + n, o.global + o.size);
+        if (lo < hi) copies.push_back({at + (lo - g), o.shard + (lo - o.global), hi - lo});
+      }
+    }
+    if (copies.empty()) continue;
+    XT_ASSIGN_OR_RETURN(SafetensorsFile sf, SafetensorsFile::Open(file));
+    std::vector<std::pair<const char*, float*>> wanted = {{"params", params}};
+    if (m) wanted.push_back({"exp_avg", m});
+    if (v) wanted.push_back({"exp_avg_sq", v});
+    for (const auto& [name, dst] : wanted) {
+      XT_ASSIGN_OR_RETURN(Tensor t, sf.GetF32(name, {file_size}));
+      for (const auto& c : copies)
+        std::memcpy(dst + c[1], t.f32() + c[0], size_t(c[2]) * sizeof(float));
+    }
+    for (const auto& c : copies) found += c[2];
+  }
+  if (found != want)
+    return Status::Error(src + ": the shards cover " + std::to_string(found) + " of the " +
+                         std::to_string(want) + " parameters this rank needs");
+  return Status::OK();
+}
+
 }  // namespace
 
-Status SaveTrainCheckpoint(const std::string& work_dir, const Transformer& model,
-                           const AdamW& optim, const TrainState& state, int64_t keep_last,
-                           std::string* saved) {
+Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const ModelConfig& cfg,
+                           const Mesh& mesh, const ShardState& shard, const TrainState& state,
+                           int64_t keep_last, std::string* saved) {
   const fs::path root = fs::path(work_dir) / "checkpoints";
   const fs::path final_dir = root / StepDirName(state.step);
   const fs::path tmp = root / (StepDirName(state.step) + ".tmp");
+  const bool lead = world.rank() == 0;
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) return Status::Error(tmp.string() + ": cannot create: " + ec.message());
-  auto fail = [&](const Status& st) {
-    fs::remove_all(tmp, ec);
+  auto failed = [&](const Status& st) {
+    if (lead) fs::remove_all(tmp, ec);
     return st.With("saving checkpoint " + final_dir.string() +
                    " failed (earlier checkpoints are intact)");
   };
-  Status st = SaveHfModel(model, (tmp / "model").string(), /*bf16=*/false);
-  if (!st.ok()) return fail(st);
-  st = WriteSafetensors((tmp / "optimizer.safetensors").string(),
-                        {{"exp_avg", optim.exp_avg()}, {"exp_avg_sq", optim.exp_avg_sq()}},
-                        {{"optimizer_step", std::to_string(optim.step())}});
-  if (!st.ok()) return fail(st);
-  nlohmann::json j = {{"step", state.step},
-                      {"optimizer_step", optim.step()},
-                      {"sampler", state.sampler.ToJson()},
-                      {"nonfinite_consecutive", state.nonfinite_consecutive},
-                      {"nonfinite_total", state.nonfinite_total},
-                      {"data_key", state.data_key}};
-  st = WriteFileAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
-  if (!st.ok()) return fail(st);
-  fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier, longer run
-  fs::rename(tmp, final_dir, ec);
-  if (ec) return fail(Status::Error("rename: " + ec.message()));
-  SyncDirectory(root.string());
-  if (saved) *saved = final_dir.string();
-  // Checkpoints of later steps belong to a history this run has left (it resumed from an earlier
-  // one): remove them, so that --resume auto continues this run. Then keep the newest keep_last.
-  std::vector<fs::path> kept;
-  for (const fs::path& p : ListCheckpoints(work_dir)) {
-    if (StepOf(p) > state.step) {
-      fs::remove_all(p, ec);
-    } else {
-      kept.push_back(p);
+  Status st;
+  if (lead) {
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) st = Status::Error(tmp.string() + ": cannot create: " + ec.message());
+  }
+  if (AnyFailed(world, st)) return failed(st.ok() ? Status::Error("rank 0 failed") : st);
+
+  // Every rank: its shard.
+  const AdamW& optim = *shard.optim;
+  const int64_t n = optim.numel();
+  nlohmann::json ranges = nlohmann::json::array();
+  for (const OwnedRange& o : *shard.owned) ranges.push_back({o.global, o.size, o.shard});
+  st = WriteSafetensors(
+      (tmp / ShardName(mesh.rank, mesh.world)).string(),
+      {{"params", Tensor::Wrap(DType::F32, {n}, shard.params, nullptr)},
+       {"exp_avg", optim.exp_avg()},
+       {"exp_avg_sq", optim.exp_avg_sq()}},
+      {{"optimizer_step", std::to_string(optim.step())}, {"ranges", ranges.dump()}});
+  if (AnyFailed(world, st))
+    return failed(st.ok() ? Status::Error("another rank failed to write its shard") : st);
+
+  // Rank 0: the index, the configs, then the rename that makes it a checkpoint.
+  if (lead) {
+    nlohmann::json files = nlohmann::json::array();
+    for (int r = 0; r < mesh.world && st.ok(); ++r) {
+      Result<Mesh> m = MakeMesh(mesh.world, r, mesh.ep, cfg);
+      if (!m.ok()) {
+        st = m.status();
+        break;
+      }
+      nlohmann::json rr = nlohmann::json::array();
+      for (const OwnedRange& o : OwnedRanges(cfg, *m)) rr.push_back({o.global, o.size, o.shard});
+      files.push_back({{"file", ShardName(r, mesh.world)}, {"ranges", rr}});
+    }
+    const nlohmann::json index = {{"total", ParamLayout(cfg).total()},
+                                  {"world", mesh.world},
+                                  {"dp", mesh.dp},
+                                  {"ep", mesh.ep},
+                                  {"files", files}};
+    if (st.ok()) st = WriteFileAtomically((tmp / "shards.json").string(), index.dump(1) + "\n");
+    if (st.ok())
+      st = WriteFileAtomically((tmp / "config.json").string(), cfg.ToJson().dump(2) + "\n");
+    nlohmann::json j = {{"step", state.step},
+                        {"optimizer_step", optim.step()},
+                        {"sampler", state.sampler.ToJson()},
+                        {"nonfinite_consecutive", state.nonfinite_consecutive},
+                        {"nonfinite_total", state.nonfinite_total},
+                        {"data_key", state.data_key},
+                        {"world", mesh.world},
+                        {"ep", mesh.ep}};
+    if (st.ok()) st = WriteFileAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
+    if (st.ok()) {
+      fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier, longer run
+      fs::rename(tmp, final_dir, ec);
+      if (ec) st = Status::Error("rename: " + ec.message());
+    }
+    if (st.ok()) {
+      SyncDirectory(root.string());
+      // Checkpoints of later steps belong to a history this run has left (it resumed from an
+      // earlier one): remove them, so that --resume auto continues this run. Then keep the
+      // newest keep_last.
+      std::vector<fs::path> kept;
+      for (const fs::path& p : ListCheckpoints(work_dir)) {
+        if (StepOf(p) > state.step) {
+          fs::remove_all(p, ec);
+        } else {
+          kept.push_back(p);
+        }
+      }
+      for (size_t i = 0; i + size_t(keep_last) < kept.size(); ++i) fs::remove_all(kept[i], ec);
     }
   }
-  for (size_t i = 0; i + size_t(keep_last) < kept.size(); ++i) fs::remove_all(kept[i], ec);
+  if (AnyFailed(world, st))
+    return failed(st.ok() ? Status::Error("rank 0 failed to finish the checkpoint") : st);
+  if (saved) *saved = final_dir.string();
   return Status::OK();
 }
 
@@ -101,31 +216,33 @@ std::string FindLatestCheckpoint(const std::string& work_dir) {
   return all.empty() ? "" : all.back().string();
 }
 
-Status LoadTrainCheckpoint(const std::string& dir, Transformer* model, AdamW* optim,
+Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const ShardState& shard,
                            TrainState* state) {
   const fs::path d(dir);
-  std::ifstream in(d / "trainer_state.json");
-  if (!in) return Status::Error(dir + ": not a training checkpoint (no trainer_state.json)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (!fs::exists(d / "trainer_state.json"))
+    return Status::Error(dir + ": not a training checkpoint (no trainer_state.json)");
+  XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(d / "trainer_state.json"));
   const std::string src = (d / "trainer_state.json").string();
-  if (j.is_discarded() || !j.is_object()) return Status::Error(src + ": not valid JSON");
   for (const char* k : {"step", "optimizer_step", "sampler", "data_key"})
     if (!j.contains(k)) return Status::Error(src + ": missing \"" + std::string(k) + "\"");
-  XT_RETURN_IF_ERROR(LoadHfWeights(model, (d / "model").string()));
-  XT_ASSIGN_OR_RETURN(SafetensorsFile opt,
-                      SafetensorsFile::Open((d / "optimizer.safetensors").string()));
-  const Shape shape = {optim->numel()};
-  XT_ASSIGN_OR_RETURN(Tensor m, opt.GetF32("exp_avg", shape));
-  XT_ASSIGN_OR_RETURN(Tensor v, opt.GetF32("exp_avg_sq", shape));
-  XT_RETURN_IF_ERROR(optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
+  const int64_t n = shard.optim->numel();
+  Tensor m = Tensor::Zeros(DType::F32, {n}), v = Tensor::Zeros(DType::F32, {n});
+  XT_RETURN_IF_ERROR(ReadShards(d, cfg, *shard.owned, shard.params, m.f32(), v.f32()));
+  XT_RETURN_IF_ERROR(shard.optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
   state->step = j["step"].get<int64_t>();
   XT_ASSIGN_OR_RETURN(state->sampler, SamplerState::FromJson(j["sampler"], src));
   state->nonfinite_consecutive = j.value("nonfinite_consecutive", 0);
   state->nonfinite_total = j.value("nonfinite_total", int64_t(0));
   state->data_key = j["data_key"].get<std::string>();
   return Status::OK();
+}
+
+Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg) {
+  const int64_t total = ParamLayout(cfg).total();
+  std::vector<float> params(total);
+  XT_RETURN_IF_ERROR(
+      ReadShards(fs::path(dir), cfg, {{0, total, 0}}, params.data(), nullptr, nullptr));
+  return params;
 }
 
 }  // namespace xt

@@ -1,19 +1,29 @@
-// Resumable training checkpoints. One directory per save, work_dir/checkpoints/step-<8 digits>:
-//   model/                 the parameters as a Hugging Face checkpoint in fp32 (loads anywhere)
-//   optimizer.safetensors  AdamW state: exp_avg [N], exp_avg_sq [N] over the parameter slab
-//   trainer_state.json     step, optimizer step, sampler position, skip counters, data key
-// A save goes to "step-<n>.tmp" and is renamed into place only when complete, so a kill or a
-// full disk at any moment leaves every earlier checkpoint whole; then all but the newest
-// keep_last are deleted. Resuming restores everything the next step depends on, so N steps in
-// one go and N/2 + resume + N/2 give bit-identical losses.
+// Resumable training checkpoints, written by every rank in parallel. One directory per save,
+// work_dir/checkpoints/step-<8 digits>:
+//   config.json                         the model's Hugging Face config
+//   shard-<r>-of-<N>.safetensors        rank r's shard: params, exp_avg, exp_avg_sq (F32, 1-D)
+//   shards.json                         the index: for each file, the ranges of the whole
+//                                       model's slab it holds ([global offset, size, offset])
+//   trainer_state.json                  step, optimizer step, sampler position, skip counters,
+//                                       data key, the mesh
+// Every rank writes its file into "step-<n>.tmp"; after all have, rank 0 writes the index and
+// the trainer state and renames the directory into place. So a kill, a dead rank or a full disk
+// at any moment leaves every earlier checkpoint whole and this one not "latest"; then all but
+// the newest keep_last are deleted. Resuming restores everything the next step depends on, on
+// any mesh: each rank reads the ranges it owns now from whichever files hold them (resharding).
+// `xtuner convert` turns a checkpoint into a Hugging Face model.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "xtuner/core/status.h"
 #include "xtuner/data/sampler.h"
-#include "xtuner/model/transformer.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/sharded_params.h"
+#include "xtuner/model/config.h"
 #include "xtuner/optim/adamw.h"
 
 namespace xt {
@@ -26,17 +36,29 @@ struct TrainState {
   std::string data_key;  // the tokenized cache's key: resuming on other data is an error
 };
 
-// Saves into work_dir/checkpoints; `saved` receives the final directory.
-Status SaveTrainCheckpoint(const std::string& work_dir, const Transformer& model,
-                           const AdamW& optim, const TrainState& state, int64_t keep_last,
-                           std::string* saved);
+// This rank's part of the training state.
+struct ShardState {
+  const std::vector<OwnedRange>* owned = nullptr;  // what params and optim cover
+  float* params = nullptr;
+  AdamW* optim = nullptr;
+};
+
+// A collective over `world` (mesh.world ranks): saves into work_dir/checkpoints; `saved`
+// receives the final directory. `state` matters on rank 0 only. An error on any rank leaves
+// the step's directory unfinished (".tmp").
+Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const ModelConfig& cfg,
+                           const Mesh& mesh, const ShardState& shard, const TrainState& state,
+                           int64_t keep_last, std::string* saved);
 
 // The newest complete checkpoint in work_dir/checkpoints, or "" when there is none.
 std::string FindLatestCheckpoint(const std::string& work_dir);
 
-// Restores the model parameters, optimizer state and trainer state from a checkpoint directory.
-// The model and optimizer must already have the checkpoint's shapes (same config).
-Status LoadTrainCheckpoint(const std::string& dir, Transformer* model, AdamW* optim,
+// Restores this rank's shard (its parameters and optimizer state, on whatever mesh saved it)
+// and the trainer state from a checkpoint directory of a model with config `cfg`.
+Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const ShardState& shard,
                            TrainState* state);
+
+// The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint.
+Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg);
 
 }  // namespace xt

@@ -3,11 +3,15 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/data/sampler.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/shard_io.h"
+#include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
 #include "xtuner/optim/adamw.h"
@@ -42,17 +46,25 @@ int64_t PeakRssBytes() {
   return 0;
 }
 
-Result<std::unique_ptr<Transformer>> BuildModel(const TrainConfig& cfg) {
-  if (!cfg.load_from.empty()) return LoadHfModel(cfg.load_from);
-  XT_ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::Load(cfg.model_config));
-  auto model = std::make_unique<Transformer>(std::move(mc));
-  InitRandom(model.get(), cfg.initializer_range, uint64_t(cfg.seed));
-  return model;
+Result<ModelConfig> LoadModelConfig(const TrainConfig& cfg) {
+  return ModelConfig::Load(cfg.load_from.empty() ? cfg.model_config : cfg.load_from);
+}
+
+// The optimizer's decay ranges in shard coordinates: the whole model's, cut to what this rank
+// owns.
+std::vector<DecayRange> ShardDecayRanges(const ModelConfig& mc,
+                                         const std::vector<OwnedRange>& owned) {
+  std::vector<DecayRange> out;
+  for (const DecayRange& d : DefaultDecayRanges(ParamLayout(mc)))
+    ForEachOverlap(owned, d.offset, d.numel, [&](int64_t shard, int64_t, int64_t n) {
+      out.push_back({shard, n, d.weight_decay});
+    });
+  return out;
 }
 
 // Writes an HF export (config, weights, tokenizer files) into `dir`, replacing it whole.
-Status Export(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
-              const std::string& dir) {
+Status ExportModel(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
+                   const std::string& dir) {
   const fs::path tmp = dir + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
@@ -76,13 +88,28 @@ Status Export(const TrainConfig& cfg, const Transformer& model, const TrainData&
   return Status::OK();
 }
 
+// The export every rank takes part in: the whole model is gathered to rank 0, which writes it.
+Status Export(const TrainConfig& cfg, Comm& world, const ModelConfig& mc, const Mesh& mesh,
+              ShardedParams& store, const TrainData& data, const std::string& dir) {
+  std::vector<float> whole = GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size());
+  if (world.rank() != 0) return Status::OK();
+  Transformer full(mc);
+  std::memcpy(full.params().f32(), whole.data(), whole.size() * sizeof(float));
+  return ExportModel(cfg, full, data, dir);
+}
+
 }  // namespace
 
 void RequestStop() { g_stop.store(true); }
 
-Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
+Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* world_in) {
   g_stop.store(false);
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
+  std::unique_ptr<Comm> single;
+  if (!world_in) single = MakeSingleComm();
+  Comm& world = world_in ? *world_in : *single;
+  const bool lead = world.rank() == 0;
+  if (!lead) log = nullptr;
   const auto t_start = std::chrono::steady_clock::now();
   auto seconds_since = [](auto t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -91,7 +118,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   fs::create_directories(cfg.work_dir, ec);
   if (ec) return Status::Error(cfg.work_dir + ": cannot create the work dir: " + ec.message());
 
-  // ---- model, data, optimizer: every input is checked before the first step.
+  // ---- mesh, model, data, optimizer: every input is checked before the first step.
   auto interrupted = [] {
     return Status::Error("interrupted before training started: nothing was written");
   };
@@ -100,12 +127,31 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   if (cfg.resume.empty() && !existing.empty())
     return Status::Error(cfg.work_dir + " already holds checkpoints (latest: " + existing +
                          "): continue with --resume auto, or choose another work dir");
-  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, BuildModel(cfg));
+  XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
+  XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
+  if (cfg.global_batch_size % mesh.world != 0)
+    return Status::Error("train.global_batch_size = " + std::to_string(cfg.global_batch_size) +
+                         " rows cannot be split evenly over the " + std::to_string(mesh.world) +
+                         " ranks: make it a multiple of " + std::to_string(mesh.world));
+  // The dp group holds the same experts; the ep group (consecutive ranks) the other experts.
+  std::unique_ptr<Comm> dp_group = world.Split(mesh.ep_rank, mesh.dp_rank);
+  std::unique_ptr<Comm> ep_group = world.Split(mesh.dp_rank, mesh.ep_rank);
+  ShardedParams store(mc, mesh, &world, dp_group.get());
+  if (!cfg.load_from.empty()) {
+    XT_RETURN_IF_ERROR(LoadHfShard(cfg.load_from, mc, store.owned(), store.params()));
+  } else {
+    InitShardRandom(mc, store.owned(), store.params(), cfg.initializer_range, uint64_t(cfg.seed));
+  }
   if (g_stop.load()) return interrupted();
-  Transformer& m = *model;
-  const ModelConfig& mc = m.config();
+  Transformer m(mc, &store, mc.is_moe() ? mesh.first_expert(mc) : 0,
+                mc.is_moe() ? mesh.experts_per_rank(mc) : -1, ep_group.get());
   m.SetRecompute(cfg.recompute);
-  XT_ASSIGN_OR_RETURN(TrainData data, PrepareTrainData(cfg, mc.vocab_size, log));
+  // Rank 0 tokenizes (and caches) first; the others then read its cache.
+  if (!lead) world.Barrier();
+  Result<TrainData> data_or = PrepareTrainData(cfg, mc.vocab_size, log);
+  if (lead) world.Barrier();
+  XT_RETURN_IF_ERROR(data_or.status());
+  TrainData data = std::move(*data_or);
   if (g_stop.load()) return interrupted();
   SamplerOptions so;
   so.global_batch_rows = cfg.global_batch_size;
@@ -117,7 +163,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   ac.eps = cfg.eps;
   ac.weight_decay = cfg.weight_decay;
   XT_ASSIGN_OR_RETURN(AdamW adamw,
-                      AdamW::Create(ac, DefaultDecayRanges(m.layout()), m.layout().total()));
+                      AdamW::Create(ac, ShardDecayRanges(mc, store.owned()), store.shard_size()));
+  const ShardState shard{&store.owned(), store.params(), &adamw};
   LrScheduleConfig lc;
   XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));
   lc.lr = cfg.lr;
@@ -140,7 +187,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   }
   if (!resume_from.empty()) {
     const std::string key = state.data_key;
-    XT_RETURN_IF_ERROR(LoadTrainCheckpoint(resume_from, &m, &adamw, &state));
+    XT_RETURN_IF_ERROR(LoadTrainCheckpoint(resume_from, mc, shard, &state));
     if (state.data_key != key)
       return Status::Error(resume_from + ": this checkpoint was trained on other data (cache key " +
                            state.data_key + ", now " + key + ")");
@@ -150,7 +197,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
       std::fprintf(log, "resumed from %s at step %lld\n", resume_from.c_str(),
                    (long long)state.step);
   }
-  {
+  if (lead) {
     // The effective config, with absolute paths so that it means the same from any directory
     // (xtuner convert reads the tokenizer's path from it).
     TrainConfig eff = cfg;
@@ -163,18 +210,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     XT_RETURN_IF_ERROR(
         WriteFileAtomically((fs::path(cfg.work_dir) / "config.toml").string(), ConfigToToml(eff)));
   }
-  XT_ASSIGN_OR_RETURN(
-      std::unique_ptr<MetricsJsonl> jsonl,
-      MetricsJsonl::Open((fs::path(cfg.work_dir) / "metrics.jsonl").string(), state.step));
+  std::unique_ptr<MetricsJsonl> jsonl;
   std::unique_ptr<TensorBoardWriter> tb;
-  if (cfg.tensorboard) {
-    XT_ASSIGN_OR_RETURN(tb, TensorBoardWriter::Open((fs::path(cfg.work_dir) / "tb").string()));
-    // A resumed run: TensorBoard drops what a crashed attempt logged past the checkpoint.
-    if (state.step > 0) XT_RETURN_IF_ERROR(tb->AddSessionStart(state.step + 1));
+  if (lead) {
+    XT_ASSIGN_OR_RETURN(
+        jsonl, MetricsJsonl::Open((fs::path(cfg.work_dir) / "metrics.jsonl").string(), state.step));
+    if (cfg.tensorboard) {
+      XT_ASSIGN_OR_RETURN(tb, TensorBoardWriter::Open((fs::path(cfg.work_dir) / "tb").string()));
+      // A resumed run: TensorBoard drops what a crashed attempt logged past the checkpoint.
+      if (state.step > 0) XT_RETURN_IF_ERROR(tb->AddSessionStart(state.step + 1));
+    }
   }
 
   // ---- summary
-  const int64_t total_params = m.layout().total();
+  const int64_t total_params = ParamLayout(mc).total();
   const int64_t per_expert = 3 * mc.hidden_size * mc.moe_intermediate_size;
   const int64_t active =
       MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts, mc.top_k, per_expert);
@@ -182,6 +231,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   // lm_head is a matmul; with tied embeddings the one matrix serves as both).
   const int64_t matmul_params =
       active - (mc.tie_word_embeddings ? 0 : mc.vocab_size * mc.hidden_size);
+  // fp32 parameters, gradients and two AdamW moments of the largest shard.
+  double shard_bytes = 16.0 * double(store.shard_size());
+  world.AllReduceMax(&shard_bytes, 1);
   RunSummary sum;
   sum.total_params = total_params;
   sum.active_params = active;
@@ -194,12 +246,14 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
       double(data.cache->num_masked_tokens()) / double(std::max<int64_t>(1, sum.tokens));
   sum.dropped = data.pack_stats.dropped;
   sum.truncated = data.pack_stats.truncated;
-  // fp32 parameters, gradients and two AdamW moments; activations come on top (see metrics).
-  sum.memory_estimate_bytes = 16 * total_params;
+  sum.memory_estimate_bytes = int64_t(shard_bytes);
   sum.extra.push_back(
       {"data", "rows",
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
+  sum.extra.push_back({"memory", "per rank",
+                       HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
+  sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
   if (log) PrintRunSummary(log, sum);
@@ -208,11 +262,13 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
   ProgressOptions po;
   po.every_steps = cfg.log_every;
   po.every_seconds = 0;
-  Progress progress(log ? log : stderr, cfg.steps, po);
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> devnull(std::fopen("/dev/null", "w"),
+                                                          &std::fclose);
+  Progress progress(lead ? (log ? log : stderr) : devnull.get(), cfg.steps, po);
   TrainResult result;
-  float* params = m.params().f32();
-  float* grads = m.grads().f32();
-  const int64_t n = m.layout().total();
+  float* params = store.params();
+  float* grads = store.grads();
+  const int64_t n = store.shard_size();
   const int64_t micro = cfg.micro_batch_size;
   int64_t last_saved_step = resume_from.empty() ? -1 : state.step;  // resumed: already on disk
   if (!resume_from.empty()) result.last_checkpoint = resume_from;
@@ -221,56 +277,69 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     state.sampler = sampler.state();
     state.nonfinite_consecutive = guard.consecutive();
     state.nonfinite_total = guard.total_skipped();
-    XT_RETURN_IF_ERROR(
-        SaveTrainCheckpoint(cfg.work_dir, m, adamw, state, cfg.keep_last, &result.last_checkpoint));
+    XT_RETURN_IF_ERROR(SaveTrainCheckpoint(world, cfg.work_dir, mc, mesh, shard, state,
+                                           cfg.keep_last, &result.last_checkpoint));
     last_saved_step = state.step;
     return Status::OK();
   };
 
   const int64_t first_step = state.step;
+  const int64_t E = mc.num_experts, n_moe = mc.num_moe_layers();
   while (state.step < cfg.steps) {
     const auto t_step = std::chrono::steady_clock::now();
-    const std::vector<int64_t> rows = sampler.Next();
+    // This rank's share of the global batch: rows [rank, rank + 1) * G / world.
+    const std::vector<int64_t> all_rows = sampler.Next();
+    const size_t per_rank = all_rows.size() / size_t(mesh.world);
+    const std::vector<int64_t> rows(all_rows.begin() + per_rank * mesh.rank,
+                                    all_rows.begin() + per_rank * (mesh.rank + 1));
     std::vector<MicroBatch> mbs;
-    int64_t loss_tokens = 0;
-    StepMetrics sm;
-    sm.tokens = 0;
-    int64_t masked = 0;
-    double sum_sq = 0;
+    // Summed over the ranks: loss tokens, tokens, masked, sum of squared document lengths, ce
+    // sum, aux sum, then tokens per expert (per MoE layer).
+    std::vector<double> stats(6 + n_moe * E, 0.0);
     for (size_t i = 0; i < rows.size(); i += size_t(micro)) {
       std::vector<int64_t> part(rows.begin() + i,
                                 rows.begin() + std::min(rows.size(), i + size_t(micro)));
       XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part));
-      loss_tokens += mb.batch.num_loss_tokens();
-      sm.tokens += mb.tokens;
-      masked += mb.masked;
-      sum_sq += mb.sum_doc_len_sq;
+      stats[0] += double(mb.batch.num_loss_tokens());
+      stats[1] += double(mb.tokens);
+      stats[2] += double(mb.masked);
+      stats[3] += mb.sum_doc_len_sq;
       mbs.push_back(std::move(mb));
     }
-    m.ZeroGrads();
-    double ce_sum = 0, aux_sum = 0;
+    world.AllReduceSum(stats.data(), 4);
+    const int64_t loss_tokens = int64_t(stats[0]);
+    store.ZeroGrads();
     int64_t activation_bytes = 0;
     const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
+    const double micro_batches = double(mbs.size()) * mesh.world;
     for (const MicroBatch& mb : mbs) {
       XT_ASSIGN_OR_RETURN(LossInfo info,
-                          m.ForwardBackward(mb.batch, ce_weight, 1.0 / double(mbs.size())));
-      ce_sum += info.ce_loss * double(info.num_loss_tokens);
+                          m.ForwardBackward(mb.batch, ce_weight, 1.0 / micro_batches));
+      stats[4] += info.ce_loss * double(info.num_loss_tokens);
+      stats[5] += info.aux_loss / micro_batches;
       activation_bytes = std::max(activation_bytes, info.activation_bytes);
-      aux_sum += info.aux_loss / double(mbs.size());
-      if (sm.tokens_per_expert.empty()) {
-        sm.tokens_per_expert = info.tokens_per_expert;
-      } else {
-        for (size_t l = 0; l < info.tokens_per_expert.size(); ++l)
-          for (size_t e = 0; e < info.tokens_per_expert[l].size(); ++e)
-            sm.tokens_per_expert[l][e] += info.tokens_per_expert[l][e];
-      }
+      for (size_t l = 0; l < info.tokens_per_expert.size(); ++l)
+        for (int64_t e = 0; e < E; ++e)
+          stats[6 + l * E + e] += double(info.tokens_per_expert[l][e]);
     }
-    sm.ce_loss = loss_tokens > 0 ? ce_sum / double(loss_tokens) : 0.0;
-    sm.aux_loss = mc.is_moe() ? aux_sum : StepMetrics::kNaN;
-    sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * aux_sum : 0.0);
-    sm.grad_norm =
-        cfg.clip_grad_norm > 0 ? clip_grad_norm(grads, n, cfg.clip_grad_norm) : grad_norm(grads, n);
+    world.AllReduceSum(stats.data() + 4, int64_t(stats.size()) - 4);
+    StepMetrics sm;
+    sm.tokens = int64_t(stats[1]);
+    sm.tokens_per_expert.assign(n_moe, std::vector<int64_t>(E));
+    for (int64_t l = 0; l < n_moe; ++l)
+      for (int64_t e = 0; e < E; ++e) sm.tokens_per_expert[l][e] = int64_t(stats[6 + l * E + e]);
+    sm.ce_loss = loss_tokens > 0 ? stats[4] / double(loss_tokens) : 0.0;
+    sm.aux_loss = mc.is_moe() ? stats[5] : StepMetrics::kNaN;
+    sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * stats[5] : 0.0);
+    // The global gradient norm: every element is in exactly one rank's shard.
+    double sum_sq = sum_of_squares(grads, n);
+    world.AllReduceSum(&sum_sq, 1);
+    sm.grad_norm = std::sqrt(sum_sq);
     const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
+    if (finite && cfg.clip_grad_norm > 0) {
+      const float coef = float(clip_coef(sm.grad_norm, cfg.clip_grad_norm));
+      if (coef < 1.0f) scale_grads(grads, n, coef);
+    }
     sm.lr = schedule.lr(state.step);
     Status guard_status;
     if (loss_tokens == 0) {
@@ -287,22 +356,25 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     sm.skipped = !finite || loss_tokens == 0;
     state.step += 1;
     sm.step = state.step;
+    // Every rank stops after the same step.
+    double stop_and_peak[2] = {g_stop.load() ? 1.0 : 0.0, double(PeakRssBytes())};
+    world.AllReduceMax(stop_and_peak, 2);
     sm.step_time_s = seconds_since(t_step);
     sm.elapsed_s = seconds_since(t_start);
     sm.tokens_per_s = double(sm.tokens) / sm.step_time_s;
     const double flops = TrainingStepFlops(matmul_params, sm.tokens, mc.num_layers,
-                                           mc.num_heads * mc.head_dim, sum_sq);
-    const double achieved = AchievedFlopsPerDevice(flops, sm.step_time_s, 1);
+                                           mc.num_heads * mc.head_dim, stats[3]);
+    const double achieved = AchievedFlopsPerDevice(flops, sm.step_time_s, mesh.world);
     sm.tflops = achieved / 1e12;
     if (cfg.peak_tflops > 0) sm.mfu = Mfu(achieved, cfg.peak_tflops * 1e12);
     if (mc.is_moe()) {
       sm.max_expert_violation = MaxExpertViolation(sm.tokens_per_expert);
       sm.max_expert_violation_worst = WorstLayerExpertViolation(sm.tokens_per_expert);
     }
-    sm.peak_memory_bytes = PeakRssBytes();
-    sm.masked_fraction = sm.tokens > 0 ? double(masked) / double(sm.tokens) : 0.0;
+    sm.peak_memory_bytes = int64_t(stop_and_peak[1]);
+    sm.masked_fraction = sm.tokens > 0 ? stats[2] / double(sm.tokens) : 0.0;
     result.last_loss = sm.loss;
-    XT_RETURN_IF_ERROR(jsonl->Append(sm));
+    if (jsonl) XT_RETURN_IF_ERROR(jsonl->Append(sm));
     if (tb) {
       XT_RETURN_IF_ERROR(tb->AddScalars(sm.step, DashboardScalars(sm)));
       XT_RETURN_IF_ERROR(tb->Flush());
@@ -326,9 +398,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
     if (cfg.export_every > 0 && state.step % cfg.export_every == 0) {
       char name[32];
       std::snprintf(name, sizeof name, "hf-step-%08lld", (long long)state.step);
-      XT_RETURN_IF_ERROR(Export(cfg, m, data, (fs::path(cfg.work_dir) / name).string()));
+      XT_RETURN_IF_ERROR(
+          Export(cfg, world, mc, mesh, store, data, (fs::path(cfg.work_dir) / name).string()));
     }
-    if (g_stop.load()) {
+    if (stop_and_peak[0] > 0) {
       result.interrupted = true;
       break;
     }
@@ -343,13 +416,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log) {
           (long long)state.step, result.last_checkpoint.c_str());
     return result;
   }
+  if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
+  // The whole model, on rank 0, for the export and the eval.
+  std::vector<float> whole = GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size());
+  if (!lead) return result;
+  Transformer full(mc);
+  std::memcpy(full.params().f32(), whole.data(), whole.size() * sizeof(float));
+  std::vector<float>().swap(whole);
   if (cfg.export_at_end) {
     result.export_dir = (fs::path(cfg.work_dir) / "hf").string();
-    XT_RETURN_IF_ERROR(Export(cfg, m, data, result.export_dir));
+    XT_RETURN_IF_ERROR(ExportModel(cfg, full, data, result.export_dir));
     if (log) std::fprintf(log, "exported the model to %s\n", result.export_dir.c_str());
   }
   if (!cfg.eval_file.empty()) {
-    XT_ASSIGN_OR_RETURN(EvalReport report, Evaluate(m, *data.tokenizer, *data.chat_template,
+    XT_ASSIGN_OR_RETURN(EvalReport report, Evaluate(full, *data.tokenizer, *data.chat_template,
                                                     cfg.eval_file, cfg.eval_max_new_tokens, log));
     result.eval_accuracy = report.accuracy();
   }

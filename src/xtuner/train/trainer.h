@@ -15,17 +15,23 @@
 
 namespace xt {
 
+class Comm;
+
 struct TrainResult {
-  int64_t steps_done = 0;          // optimizer steps completed in the whole run (incl. resumed)
-  double last_loss = 0;            // NaN when this run took no step (resumed a finished run)
-  std::string last_checkpoint;     // "" when none was written
-  std::string export_dir;          // "" when no export was written
-  bool interrupted = false;        // stopped early by RequestStop (a checkpoint was saved)
-  double eval_accuracy = -1;       // in [0, 1], or -1 without eval.file
+  int64_t steps_done = 0;       // optimizer steps completed in the whole run (incl. resumed)
+  double last_loss = 0;         // NaN when this run took no step (resumed a finished run)
+  std::string last_checkpoint;  // "" when none was written
+  std::string export_dir;       // "" when no export was written
+  bool interrupted = false;     // stopped early by RequestStop (a checkpoint was saved)
+  double eval_accuracy = -1;    // in [0, 1], or -1 without eval.file
 };
 
 // Runs the job described by `cfg` (validated first). Progress and the summary go to `log`.
-Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log);
+// Distributed: every rank of `world` (null: this process alone) calls it with the same config;
+// the mesh is world = dp × ep (cfg.ep), each rank keeps its ZeRO-3 shard and trains on its
+// 1/world of each global batch; rank 0 alone writes metrics.jsonl, TensorBoard, the config
+// and exports (pass log = null on the others). The result's losses are global on every rank.
+Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* world = nullptr);
 
 // Asks a running RunTraining to stop after its current step, save a checkpoint and return
 // (async-signal-safe; any thread may call it).

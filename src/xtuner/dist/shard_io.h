@@ -1,0 +1,40 @@
+// Filling and collecting a rank's shard (dist/sharded_params.h) of the whole model's slab,
+// without building the whole slab anywhere except where asked to.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/sharded_params.h"
+#include "xtuner/model/config.h"
+
+namespace xt {
+
+// Calls copy(shard_offset, global_offset, n) for each overlap of the global range
+// [begin, begin + n) with `owned`.
+template <typename F>
+void ForEachOverlap(const std::vector<OwnedRange>& owned, int64_t begin, int64_t n, F copy) {
+  for (const OwnedRange& r : owned) {
+    const int64_t lo = std::max(begin, r.global), hi = std::min(begin + n, r.global + r.size);
+    if (lo < hi) copy(r.shard + (lo - r.global), lo, hi - lo);
+  }
+}
+
+// shard = the owned parts of what InitRandom(std, seed) gives the whole model.
+void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owned, float* shard,
+                     double std, uint64_t seed);
+
+// shard = the owned parts of the Hugging Face checkpoint at `path` (checked as LoadHfWeights).
+Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
+                   const std::vector<OwnedRange>& owned, float* shard);
+
+// A collective over `world` (mesh.world ranks): rank 0 returns the whole slab
+// (ParamLayout(cfg).total()) assembled from every rank's shard; the others return nothing.
+std::vector<float> GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
+                                   const float* shard, int64_t shard_size);
+
+}  // namespace xt

@@ -1,0 +1,159 @@
+#include "xtuner/dist/sharded_params.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "xtuner/core/status.h"
+
+namespace xt {
+
+namespace {
+
+struct PiecePlan {
+  int64_t work, global, size;
+  bool over_dp;
+};
+
+// The pieces of every unit of the working layout of `mesh.rank`.
+std::vector<std::vector<PiecePlan>> PlanPieces(const ModelConfig& cfg, const Mesh& mesh,
+                                               const ParamLayout& work) {
+  const ParamLayout global(cfg);
+  std::vector<std::vector<PiecePlan>> units(work.units().size());
+  size_t u = 0;
+  for (const ParamInfo& p : work.params()) {
+    while (p.offset >= work.units()[u].end) ++u;
+    const ParamInfo* g = global.Find(p.name);
+    XT_CHECK(g != nullptr, "ShardedParams: " + p.name + " is not in the global layout");
+    const int64_t begin = p.offset - work.units()[u].begin, n = NumElements(p.shape);
+    const bool over_dp = mesh.ep > 1 && p.name.find(".experts.") != std::string::npos;
+    std::vector<PiecePlan>& ps = units[u];
+    if (!ps.empty() && ps.back().over_dp == over_dp && ps.back().work + ps.back().size == begin &&
+        ps.back().global + ps.back().size == g->offset) {
+      ps.back().size += n;
+    } else {
+      ps.push_back({begin, g->offset, n, over_dp});
+    }
+  }
+  return units;
+}
+
+// Chunks of n over g ranks.
+std::vector<int64_t> Chunks(int64_t n, int g) {
+  const int64_t c = (n + g - 1) / g;
+  std::vector<int64_t> counts(g);
+  for (int i = 0; i < g; ++i) counts[i] = std::clamp<int64_t>(n - i * c, 0, c);
+  return counts;
+}
+
+}  // namespace
+
+std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh) {
+  const ParamLayout work(cfg, mesh.first_expert(cfg),
+                         cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1);
+  std::vector<OwnedRange> out;
+  int64_t shard = 0;
+  for (const auto& unit : PlanPieces(cfg, mesh, work))
+    for (const PiecePlan& p : unit) {
+      const int g = p.over_dp ? mesh.dp : mesh.world, i = p.over_dp ? mesh.dp_rank : mesh.rank;
+      const std::vector<int64_t> counts = Chunks(p.size, g);
+      const int64_t c = counts[0];
+      if (counts[i] > 0) {
+        const OwnedRange r{p.global + i * c, counts[i], shard};
+        if (!out.empty() && out.back().global + out.back().size == r.global &&
+            out.back().shard + out.back().size == r.shard) {
+          out.back().size += r.size;  // adjacent in both: one range
+        } else {
+          out.push_back(r);
+        }
+      }
+      shard += counts[i];
+    }
+  return out;
+}
+
+ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp)
+    : layout_(cfg, mesh.first_expert(cfg), cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1),
+      world_(world),
+      dp_(dp) {
+  XT_CHECK(world->size() == mesh.world && world->rank() == mesh.rank && dp->size() == mesh.dp &&
+               dp->rank() == mesh.dp_rank,
+           "ShardedParams: the groups do not match the mesh");
+  int64_t shard = 0;
+  for (const auto& unit : PlanPieces(cfg, mesh, layout_)) {
+    std::vector<Piece> pieces;
+    for (const PiecePlan& pp : unit) {
+      Piece p;
+      p.work = pp.work;
+      p.global = pp.global;
+      p.size = pp.size;
+      p.over_dp = pp.over_dp;
+      const int g = p.over_dp ? mesh.dp : mesh.world, i = p.over_dp ? mesh.dp_rank : mesh.rank;
+      p.counts = Chunks(p.size, g);
+      p.shard = shard;
+      shard += p.counts[i];
+      pieces.push_back(std::move(p));
+    }
+    units_.push_back(std::move(pieces));
+  }
+  owned_ = OwnedRanges(cfg, mesh);
+  params_.assign(shard, 0.0f);
+  grads_.assign(shard, 0.0f);
+}
+
+void ShardedParams::ZeroGrads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+
+bool ShardedParams::Direct(int64_t unit) const {
+  const std::vector<Piece>& ps = units_[unit];
+  return ps.size() == 1 && ps[0].counts.size() == 1;
+}
+
+void ShardedParams::Track(int64_t delta) {
+  working_ += delta;
+  peak_working_ = std::max(peak_working_, working_);
+}
+
+const float* ShardedParams::Acquire(int64_t unit) {
+  if (Direct(unit)) return params_.data() + units_[unit][0].shard;
+  auto it = gathered_.find(unit);
+  if (it != gathered_.end()) return it->second.data();
+  std::vector<float>& buf = gathered_[unit];
+  buf.resize(layout_.units()[unit].size());
+  Track(int64_t(buf.size()));
+  for (const Piece& p : units_[unit])
+    GroupOf(p).AllGather(buf.data() + p.work, params_.data() + p.shard, p.counts);
+  return buf.data();
+}
+
+void ShardedParams::Release(int64_t unit) {
+  auto it = gathered_.find(unit);
+  if (it == gathered_.end()) return;
+  Track(-int64_t(it->second.size()));
+  gathered_.erase(it);
+}
+
+float* ShardedParams::Grads(int64_t unit) {
+  if (Direct(unit)) return grads_.data() + units_[unit][0].shard;
+  auto it = grad_bufs_.find(unit);
+  if (it != grad_bufs_.end()) return it->second.data();
+  std::vector<float>& buf = grad_bufs_[unit];
+  buf.assign(layout_.units()[unit].size(), 0.0f);
+  Track(int64_t(buf.size()));
+  return buf.data();
+}
+
+void ShardedParams::GradsDone(int64_t unit) {
+  auto it = grad_bufs_.find(unit);
+  if (it == grad_bufs_.end()) return;
+  std::vector<float> part;
+  for (const Piece& p : units_[unit]) {
+    Comm& g = GroupOf(p);
+    part.resize(p.counts[g.rank()]);
+    g.ReduceScatterSum(part.data(), it->second.data() + p.work, p.counts);
+    float* dst = grads_.data() + p.shard;
+    for (size_t i = 0; i < part.size(); ++i) dst[i] += part[i];
+  }
+  Track(-int64_t(it->second.size()));
+  grad_bufs_.erase(it);
+}
+
+}  // namespace xt

@@ -1,0 +1,80 @@
+// ShardedParams: ZeRO-3. Each rank keeps a shard of the fp32 parameters and gradients (the
+// optimizer keeps its state over the same shard) and serves a Transformer the working
+// parameters of one unit at a time (model/param_source.h), gathered from every rank's shard,
+// and folds the unit's gradients back by reduce-scatter.
+//
+// What is sharded over whom: the non-expert parameters are used by every rank, so each unit's
+// non-expert part is split over all `world` ranks; the experts a rank runs (its ep slice) are
+// split over its dp group (the ranks that hold the same experts). So every element of the
+// whole model's slab (ParamLayout(cfg), the "global" layout) is owned by exactly one rank, and a
+// rank holds about total / world of it. A run of n elements split over g ranks gives rank i the
+// chunk [i * c, min(n, (i + 1) * c)), c = ceil(n / g).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/model/param_source.h"
+#include "xtuner/model/params.h"
+
+namespace xt {
+
+// A range of the global slab held in a rank's shard.
+struct OwnedRange {
+  int64_t global = 0;  // offset into the global slab
+  int64_t size = 0;
+  int64_t shard = 0;  // offset into the shard
+};
+
+// The ranges rank `mesh.rank` owns, in shard order (they tile its shard). Needs no
+// communication: any rank can compute any other's.
+std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh);
+
+class ShardedParams : public ParamSource {
+ public:
+  // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)). Both outlive
+  // this object. Parameters and gradients start at zero.
+  ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp);
+
+  const ParamLayout& layout() const { return layout_; }  // this rank's working layout
+  const std::vector<OwnedRange>& owned() const { return owned_; }
+  int64_t shard_size() const { return int64_t(params_.size()); }
+  float* params() { return params_.data(); }
+  float* grads() { return grads_.data(); }
+  void ZeroGrads();
+  // The most floats of gathered parameters and gradient buffers held at once so far.
+  int64_t peak_working_floats() const { return peak_working_; }
+
+  const float* Acquire(int64_t unit) override;
+  void Release(int64_t unit) override;
+  float* Grads(int64_t unit) override;
+  void GradsDone(int64_t unit) override;
+
+ private:
+  // A run of a unit that is contiguous in the working and the global layout and sharded over
+  // one group.
+  struct Piece {
+    int64_t work = 0, global = 0, size = 0;  // work: offset into the unit
+    bool over_dp = false;                    // split over the dp group (else over the world)
+    std::vector<int64_t> counts;             // each group rank's chunk
+    int64_t shard = 0;                       // this rank's chunk in the shard
+  };
+  Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
+  // The unit is one piece held whole by this rank: serve the shard itself.
+  bool Direct(int64_t unit) const;
+  void Track(int64_t delta);
+
+  ParamLayout layout_;
+  Comm* world_;
+  Comm* dp_;
+  std::vector<std::vector<Piece>> units_;
+  std::vector<OwnedRange> owned_;
+  std::vector<float> params_, grads_;
+  std::map<int64_t, std::vector<float>> gathered_, grad_bufs_;
+  int64_t working_ = 0, peak_working_ = 0;
+};
+
+}  // namespace xt
