@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "xtuner/dist/comm.h"
+#include "xtuner/dist/expert_parallel.h"
 
 namespace xt {
 namespace {
@@ -97,6 +98,43 @@ void CheckGroup(Comm& c, const std::string& name) {
   c.Barrier();
 }
 
+// Expert exchange: 3 experts per rank; rank r has (e + r) % 3 rows for global expert e (so
+// some experts get nothing from some ranks, and, on 1 rank, expert 0 gets nothing at all).
+// Row values encode (source rank, expert, i); the experts' "work" negates them.
+void CheckExpertExchange(Comm& c) {
+  const int n = c.size(), me = c.rank();
+  const int64_t El = 3, E = El * n, H = 2;
+  std::vector<int32_t> offsets(E + 1, 0);
+  std::vector<float> xs;
+  for (int64_t e = 0; e < E; ++e) {
+    offsets[e + 1] = offsets[e] + int32_t((e + me) % 3);
+    for (int64_t i = 0; i < (e + me) % 3; ++i)
+      for (int64_t h = 0; h < H; ++h) xs.push_back(float(10000 * me + 100 * e + 10 * i + h));
+  }
+  EpExchange x = PlanExpertExchange(c, offsets.data(), E);
+  std::vector<float> xr(x.num_received() * H);
+  ExpertDispatch(c, x, xs.data(), H, xr.data());
+  // Grouped by local expert, then by source rank, then in order.
+  bool ok = int64_t(x.local_offsets.size()) == El + 1;
+  int64_t at = 0;
+  for (int64_t j = 0; j < El && ok; ++j) {
+    const int64_t e = me * El + j;
+    ok &= x.local_offsets[j] == at;
+    for (int s = 0; s < n; ++s)
+      for (int64_t i = 0; i < (e + s) % 3; ++i, ++at)
+        for (int64_t h = 0; h < H; ++h)
+          ok &= xr[at * H + h] == float(10000 * s + 100 * e + 10 * i + h);
+  }
+  ok &= at == x.num_received();
+  Expect(ok, c, "ExpertDispatch");
+  for (float& v : xr) v = -v;
+  std::vector<float> ys(xs.size());
+  ExpertCombine(c, x, xr.data(), H, ys.data());
+  ok = true;
+  for (size_t i = 0; i < xs.size(); ++i) ok &= ys[i] == -xs[i];
+  Expect(ok, c, "ExpertCombine");
+}
+
 int Main() {
   std::unique_ptr<Comm> world = MakeWorldComm();
   CheckGroup(*world, "world");
@@ -105,6 +143,7 @@ int Main() {
   const int expected = (world->size() + (world->rank() % 2 == 0 ? 1 : 0)) / 2;
   Expect(half->size() == expected, *world, "Split size");
   CheckGroup(*half, "split");
+  CheckExpertExchange(*world);
   double bad = failures;
   world->AllReduceSum(&bad, 1);
   if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());

@@ -26,14 +26,14 @@ CliRun RunXtuner(const std::string& args, const std::string& cwd) {
   return Run(std::string(XT_XTUNER_BIN) + " " + args + " 2>&1", cwd);
 }
 
-CliRun RunMpi(int np, const std::string& program, const std::string& args, const std::string& cwd) {
-  // One OpenMP thread per rank (the ranks share the machine's cores); shared memory between
-  // ranks only, so no network probing in containers.
-  return Run(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader "
-      "mpirun --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE -np " +
-          std::to_string(np) + " " + program + " " + args + " 2>&1",
-      cwd);
+CliRun RunMpi(int np, const std::string& program, const std::string& args, const std::string& cwd,
+              const std::string& btl) {
+  // One OpenMP thread per rank (the ranks share the machine's cores); local transports only, so
+  // no network probing in containers.
+  return Run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=" + btl +
+                 " mpirun --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE -np " +
+                 std::to_string(np) + " " + program + " " + args + " 2>&1",
+             cwd);
 }
 
 }  // namespace xt::testing

@@ -14,8 +14,9 @@ struct CliRun {
 CliRun RunXtuner(const std::string& args, const std::string& cwd = "");
 
 // Runs `mpirun -np N PROGRAM ARGS` (oversubscribed: more ranks than cores is fine; allowed as
-// root), through /bin/sh, in `cwd` when given. PROGRAM is a path to a binary.
+// root), through /bin/sh, in `cwd` when given. PROGRAM is a path to a binary. `btl`: Open MPI's
+// transports between the ranks (self,tcp avoids the shared-memory files that self,vader makes).
 CliRun RunMpi(int np, const std::string& program, const std::string& args,
-              const std::string& cwd = "");
+              const std::string& cwd = "", const std::string& btl = "self,vader");
 
 }  // namespace xt::testing

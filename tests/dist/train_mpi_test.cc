@@ -1,0 +1,251 @@
+// Distributed training as a user runs it: `mpirun -np N xtuner train ...` on the demo model
+// (Qwen3-MoE, 4 experts, top-2, tied embeddings). The same global batch gives the same losses
+// on 1 rank and on 2 and 4 (dp only, ep only, dp x ep); a checkpoint of 4 ranks resumes on 2
+// and on 1; a rank that dies or fails ends the job with a message naming it, and the checkpoint
+// it was writing is not marked latest.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "util/cli.h"
+#include "util/testing.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CliRun;
+
+const std::string kRoot = testing::DataPath("../..");
+
+// 20 steps of 4 rows of 64 tokens, one row per micro-batch: every rank of 1, 2 or 4 sees the
+// same micro-batches.
+std::string Args(const std::string& work_dir, int steps, const std::string& extra = "") {
+  return "train examples/demo.toml --set work_dir=" + work_dir +
+         " --set train.steps=" + std::to_string(steps) +
+         " --set schedule.warmup_steps=2 --set data.max_length=64"
+         " --set train.global_batch_size=4 --set train.micro_batch_size=1 --set log.every=5"
+         " --set eval.file= --set export.at_end=false " +
+         extra;
+}
+
+// `timeout`: a hung job fails the test instead of hanging it.
+CliRun Mpi(int np, const std::string& args) {
+  return testing::RunMpi(np, std::string("timeout -k 5 120 ") + XT_XTUNER_BIN, args, kRoot);
+}
+
+std::vector<double> Losses(const std::string& work_dir) {
+  std::vector<double> out;
+  std::ifstream in(work_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+void ExpectSameLosses(const std::vector<double>& want, const std::vector<double>& got,
+                      size_t offset = 0) {
+  ASSERT_EQ(got.size() + offset, want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[offset + i], 1e-5 * std::abs(want[offset + i]))
+        << "step " << offset + i + 1;
+}
+
+// The single-process run every mesh is compared with (computed once).
+const std::vector<double>& Reference() {
+  static const std::vector<double> losses = [] {
+    const std::string dir = testing::TempDir("mpi_ref");
+    CliRun r = testing::RunXtuner(Args(dir, 20), kRoot);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return Losses(dir);
+  }();
+  return losses;
+}
+
+struct MeshCase {
+  int np, ep;
+  const char* extra;
+};
+
+class SameLoss : public ::testing::TestWithParam<MeshCase> {};
+
+TEST_P(SameLoss, AsOnOneRank) {
+  const MeshCase c = GetParam();
+  const std::string dir = testing::TempDir("mpi_eq");
+  CliRun r = Mpi(c.np, Args(dir, 20, "--set parallel.ep=" + std::to_string(c.ep) + " " + c.extra));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string mesh = std::to_string(c.np) + " ranks = dp " + std::to_string(c.np / c.ep) +
+                           " x ep " + std::to_string(c.ep);
+  EXPECT_NE(r.output.find(mesh), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("model   parameters"), r.output.rfind("model   parameters"))
+      << "only rank 0 prints the summary\n"
+      << r.output;
+  ASSERT_EQ(Reference().size(), 20u);
+  ExpectSameLosses(Reference(), Losses(dir));
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, SameLoss,
+                         ::testing::Values(MeshCase{1, 1, ""}, MeshCase{2, 1, ""},
+                                           MeshCase{2, 2, ""}, MeshCase{4, 1, ""},
+                                           MeshCase{4, 4, ""},
+                                           // recompute gathers every layer a second time
+                                           MeshCase{4, 2, "--set model.recompute=1"}));
+
+TEST(Distributed, PerRankStateFallsAsOneOverRanks) {
+  auto per_rank_mib = [](const std::string& out) {
+    const size_t at = out.find("per rank");
+    return at == std::string::npos ? -1.0
+                                   : std::stod(out.substr(out.find_first_of("0123456789", at)));
+  };
+  const double one = per_rank_mib(Mpi(1, Args(testing::TempDir("mem1"), 2)).output);
+  const double two = per_rank_mib(Mpi(2, Args(testing::TempDir("mem2"), 2)).output);
+  const double four =
+      per_rank_mib(Mpi(4, Args(testing::TempDir("mem4"), 2, "--set parallel.ep=2")).output);
+  ASSERT_GT(one, 0);
+  EXPECT_NEAR(two, one / 2, 0.1 * one / 2);
+  EXPECT_NEAR(four, one / 4, 0.1 * one / 4);
+}
+
+TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
+  const std::string dir = testing::TempDir("mpi_resume");
+  CliRun r =
+      Mpi(4, Args(dir + "/four", 20,
+                  "--set parallel.ep=2 --set checkpoint.every=10 --set checkpoint.keep_last=2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string step10 = dir + "/four/checkpoints/step-00000010";
+  ASSERT_TRUE(fs::exists(step10 + "/shard-00003-of-00004.safetensors")) << r.output;
+  ASSERT_TRUE(fs::exists(step10 + "/shards.json"));
+  for (const std::string run : {"two", "one"}) {
+    fs::create_directories(dir + "/" + run + "/checkpoints");
+    fs::copy(step10, dir + "/" + run + "/checkpoints/step-00000010", fs::copy_options::recursive);
+  }
+  r = Mpi(2, Args(dir + "/two", 20, "--resume auto --set parallel.ep=1"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+  ExpectSameLosses(Reference(), Losses(dir + "/two"), 10);
+  r = testing::RunXtuner(Args(dir + "/one", 20, "--resume auto"), kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(Reference(), Losses(dir + "/one"), 10);
+  // And the 4-rank checkpoint converts to a Hugging Face model.
+  r = testing::RunXtuner("convert --checkpoint " + step10 + " --out " + dir + "/hf --dtype fp32",
+                         kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/hf/model.safetensors"));
+}
+
+TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
+  const std::string dir = testing::TempDir("mpi_mesh");
+  CliRun r = Mpi(2, Args(dir, 2, "--set parallel.ep=3"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("parallel.ep = 3 does not divide the 2 ranks"), std::string::npos)
+      << r.output;
+  r = Mpi(4, Args(dir, 2, "--set parallel.ep=4 --set train.global_batch_size=6"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("global_batch_size = 6 rows cannot be split evenly over the 4 ranks"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("rank "), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
+}
+
+bool FindStep20(const std::string& out) { return out.find("step 20/20") != std::string::npos; }
+
+// Rank 1 alone may not write more than 16 KiB: its first checkpoint shard is larger.
+std::string LimitRank1(bool ignore_signal) {
+  return std::string("sh -c '") + (ignore_signal ? "trap \"\" XFSZ; " : "") +
+         "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then ulimit -f 32; fi; exec timeout -k 5 120 " +
+         XT_XTUNER_BIN + " \"$@\"' xtuner";
+}
+
+TEST(Distributed, ARankKilledWhileSavingEndsTheJobAndLeavesNoLatest) {
+  const std::string dir = testing::TempDir("mpi_die_save");
+  // Rank 1 is killed by SIGXFSZ in the middle of writing its shard of step 2. (TCP between the
+  // ranks: the shared-memory transport's files would hit the limit first.)
+  CliRun r = testing::RunMpi(2, LimitRank1(false), Args(dir, 20, "--set checkpoint.every=2"), kRoot,
+                             "self,tcp");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("process rank 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("File size limit exceeded"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
+  EXPECT_EQ(FindStep20(r.output), false) << r.output;
+}
+
+TEST(Distributed, ARankFailingToSaveEndsTheJobNamingItAndTheCause) {
+  const std::string dir = testing::TempDir("mpi_fail_save");
+  // The same full disk, but rank 1 sees the write fail (EFBIG) instead of being killed.
+  CliRun r = testing::RunMpi(2, LimitRank1(true), Args(dir, 20, "--set checkpoint.every=2"), kRoot,
+                             "self,tcp");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1/2: error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("shard-00001-of-00002"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("earlier checkpoints are intact"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
+}
+
+TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
+  const std::string dir = testing::TempDir("mpi_kill");
+  const std::string log = dir + "/log.txt";
+  const pid_t mpirun = fork();
+  ASSERT_GE(mpirun, 0);
+  if (mpirun == 0) {
+    std::freopen(log.c_str(), "w", stdout);
+    std::freopen(log.c_str(), "a", stderr);
+    if (chdir(kRoot.c_str()) != 0) _exit(99);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl", "self,vader", 1);
+    const std::string cmd = std::string("exec mpirun --oversubscribe -np 2 ") + XT_XTUNER_BIN +
+                            " " + Args(dir + "/run", 100000, "--set schedule.warmup_steps=1");
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(98);
+  }
+  // Wait for the first step, then kill one rank (a child of mpirun) with SIGKILL.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && !fs::exists(dir + "/run/metrics.jsonl"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // mid-run
+  FILE* p = popen(("pgrep -P " + std::to_string(mpirun)).c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::vector<pid_t> ranks;
+  for (long pid; std::fscanf(p, "%ld", &pid) == 1;) ranks.push_back(pid_t(pid));
+  pclose(p);
+  ASSERT_EQ(ranks.size(), 2u);
+  const auto t_kill = std::chrono::steady_clock::now();
+  kill(ranks[1], SIGKILL);
+  int status = 0;
+  pid_t done = 0;
+  while ((done = waitpid(mpirun, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(60))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (done == 0) {  // hung: fail, and do not leave it running
+    kill(mpirun, SIGKILL);
+    for (pid_t r : ranks) kill(r, SIGKILL);
+    waitpid(mpirun, &status, 0);
+    FAIL() << "the job did not end within 60 s of a rank's death";
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_kill).count();
+  std::ifstream in(log);
+  const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << output;
+  EXPECT_NE(output.find("exited on signal 9 (Killed)"), std::string::npos) << output;
+  EXPECT_NE(output.find("rank"), std::string::npos) << output;
+  EXPECT_LT(seconds, 30) << output;
+  // The other rank is gone too (or a zombie waiting for init to reap it).
+  std::ifstream stat("/proc/" + std::to_string(ranks[0]) + "/stat");
+  std::string pid, comm, state;
+  if (stat >> pid >> comm >> state) EXPECT_EQ(state, "Z") << "the other rank is still running";
+}
+
+}  // namespace
+}  // namespace xt
