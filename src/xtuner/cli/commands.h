@@ -15,6 +15,7 @@ void AddSft(CLI::App& app);
 void AddGenerate(CLI::App& app);
 void AddTokenize(CLI::App& app);
 void AddConvert(CLI::App& app);
+void AddPlan(CLI::App& app);
 
 // Records the outcome of the command that ran: prints "xtuner: error: <message>" on failure.
 void Finish(const Status& status);

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   xt::cli::AddGenerate(app);
   xt::cli::AddTokenize(app);
   xt::cli::AddConvert(app);
+  xt::cli::AddPlan(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

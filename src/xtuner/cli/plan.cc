@@ -1,0 +1,60 @@
+// xtuner plan --model CONFIG.json --seq N [--world W] [--ep E] [--recompute F]
+//              [--micro-batch-size B] [--precision fp32|bf16] [--gpu-memory GiB] [--row]
+// Memory per rank and FLOPs per token of a training run, on paper (src/xtuner/plan/plan.h).
+#include "xtuner/plan/plan.h"
+
+#include <cstdio>
+
+#include "cli/commands.h"
+
+namespace xt::cli {
+
+namespace {
+
+struct Options {
+  std::string model, precision = "fp32";
+  PlanInputs in;
+  bool row = false, header = false;
+};
+
+Status RunPlan(Options o) {
+  XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
+  XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
+  o.in.model_name = o.model;
+  XT_ASSIGN_OR_RETURN(PlanReport r, Plan(o.in));
+  if (o.row) {
+    std::string out = (o.header ? FormatPlanRowHeader() : "") + FormatPlanRow(o.in, r);
+    std::fputs(out.c_str(), stdout);
+  } else {
+    std::fputs(FormatPlan(o.in, r).c_str(), stdout);
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+void AddPlan(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "plan", "Memory per rank and FLOPs per token of a training run, on paper (no GPU needed)");
+  static Options o;
+  cmd->add_option("--model", o.model, "config.json (or a model directory holding one)")->required();
+  cmd->add_option("--seq", o.in.seq, "tokens per packed row")->required();
+  cmd->add_option("--micro-batch-size", o.in.micro_batch_size,
+                  "rows per micro-batch: T = micro-batch-size x seq tokens per rank")
+      ->capture_default_str();
+  cmd->add_option("--world", o.in.world, "ranks (world = dp x ep)")->capture_default_str();
+  cmd->add_option("--ep", o.in.ep, "expert-parallel size: divides world and the experts")
+      ->capture_default_str();
+  cmd->add_option("--recompute", o.in.recompute, "fraction of layers recomputed, in [0, 1]")
+      ->capture_default_str();
+  cmd->add_option("--precision", o.precision,
+                  "fp32 (the engine as built) or bf16 (GPU mixed precision, fp32 master state)")
+      ->capture_default_str();
+  cmd->add_option("--gpu-memory", o.in.gpu_memory_gib,
+                  "memory per rank in GiB for a fits / does-not-fit verdict (H200: 141)");
+  cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
+  cmd->add_flag("--header", o.header, "with --row: print the table header first");
+  cmd->callback([] { Finish(RunPlan(o)); });
+}
+
+}  // namespace xt::cli

@@ -1,0 +1,367 @@
+#include "xtuner/plan/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#include "xtuner/model/params.h"
+#include "xtuner/train/metrics_flops.h"
+
+namespace xt {
+
+namespace {
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Element sizes: activations and working weights (bf16 or fp32), and what stays fp32.
+struct Sizes {
+  int64_t act = 4;  // activations, activation gradients, gathered weights
+  int64_t f32 = 4;  // norm statistics, router, log-sum-exp, loss, gradients, state
+  int64_t i32 = 4;  // routing indices
+  explicit Sizes(Precision p) : act(p == Precision::kBf16 ? 2 : 4) {}
+};
+
+// One decoder layer's activations kept for the backward: the buffers of
+// Transformer::LayerActs (model/transformer_acts.h) for T tokens; routing balanced: a rank's
+// experts receive as many rows as it sends (R = A = T*k).
+int64_t LayerFullBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s) {
+  const int64_t H = c.hidden_size, D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  int64_t act = 4 * T * H;                  // x_in, h1, x_mid, h2 (T, H)
+  act += 2 * T * Hq * D + 2 * T * Hkv * D;  // q, attn (T, Hq*D); k, v (T, Hkv*D)
+  int64_t f32 = 2 * T + T * Hq;             // rstd1, rstd2 (T); lse (T, Hq)
+  if (c.qk_norm) {
+    act += T * Hq * D + T * Hkv * D;  // q_pre, k_pre
+    f32 += T * Hq + T * Hkv;          // q_rstd, k_rstd
+  }
+  int64_t i32 = 0;
+  if (!moe) {
+    act += 3 * T * c.intermediate_size;  // gu (T, 2I), act (T, I)
+  } else {
+    const int64_t E = c.num_experts, k = c.top_k, I = c.moe_intermediate_size, A = T * k;
+    f32 += 2 * T * E + T * k;        // router_logits, probs (T, E); topk_w (T, k)
+    i32 += T * k + (E + 1) + 2 * A;  // topk_idx, offsets (global experts), sorted, slot_of
+    // xs (or, under expert parallelism, the R = A received rows xr), ys (A, H); gu (R, 2I),
+    // act (R, I).
+    act += 2 * A * H + 3 * A * I;
+  }
+  return act * s.act + f32 * s.f32 + i32 * s.i32;
+}
+
+// The activation gradients one LayerBackward allocates at its peak: dh2 plus the larger of the
+// feed-forward block's and the attention block's temporaries.
+int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s) {
+  const int64_t H = c.hidden_size, D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  int64_t ffn = 0;
+  if (!moe) {
+    ffn = 3 * T * c.intermediate_size * s.act;  // dact (T, I), dgu (T, 2I)
+  } else {
+    const int64_t E = c.num_experts, k = c.top_k, I = c.moe_intermediate_size, A = T * k;
+    ffn = (2 * A * H + 3 * A * I) * s.act  // dys, dxs (A, H); dact (A, I), dgu (A, 2I)
+          + (T * k + 2 * T * E) * s.f32;   // dtopk_w (T, k); dprobs, dlogits (T, E)
+  }
+  int64_t attn = 2 * T * Hq * D + 2 * T * Hkv * D + T * H;  // dattn, dq, dk, dv, dh1
+  if (c.qk_norm) attn += T * Hq * D + T * Hkv * D;          // dq_pre, dk_pre
+  return T * H * s.act + std::max(ffn, attn * s.act);
+}
+
+// The engine's LossInfo::activation_bytes: the backward walks down the layers; at layer l the
+// layers below hold what they kept (x_in alone when recomputed) and l holds all of its buffers.
+int64_t PeakActivations(const ModelConfig& c, int64_t T, int64_t recompute_layers, const Sizes& s) {
+  int64_t peak = 0, below = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const int64_t full = LayerFullBytes(c, T, c.layer_is_moe[l], s);
+    peak = std::max(peak, below + full);
+    below += l < recompute_layers ? T * c.hidden_size * s.act : full;
+  }
+  return peak;
+}
+
+Status CheckInputs(const PlanInputs& in) {
+  const ModelConfig& c = in.model;
+  if (in.seq <= 0) return Status::Error("plan: --seq must be positive, got " + Str(in.seq));
+  if (in.micro_batch_size <= 0)
+    return Status::Error("plan: --micro-batch-size must be positive, got " +
+                         Str(in.micro_batch_size));
+  if (in.world <= 0) return Status::Error("plan: --world must be positive, got " + Str(in.world));
+  if (in.ep <= 0) return Status::Error("plan: --ep must be positive, got " + Str(in.ep));
+  if (in.world % in.ep != 0)
+    return Status::Error("plan: --world " + Str(in.world) + " is not divisible by --ep " +
+                         Str(in.ep) + " (world = dp x ep)");
+  if (in.ep > 1 && !c.is_moe())
+    return Status::Error("plan: --ep " + Str(in.ep) + " needs an MoE model; " + in.model_name +
+                         " is dense (" + c.model_type + "): use --ep 1");
+  if (c.is_moe() && c.num_experts % in.ep != 0)
+    return Status::Error("plan: the model's " + Str(c.num_experts) +
+                         " experts are not divisible by --ep " + Str(in.ep));
+  if (!(in.recompute >= 0 && in.recompute <= 1))
+    return Status::Error("plan: --recompute must be a fraction of the layers in [0, 1], got " +
+                         std::to_string(in.recompute));
+  if (!std::isfinite(in.gpu_memory_gib) || in.gpu_memory_gib < 0)
+    return Status::Error("plan: --gpu-memory must be a non-negative number of GiB, got " +
+                         std::to_string(in.gpu_memory_gib));
+  if (c.num_layers <= 0 || int64_t(c.layer_is_moe.size()) != c.num_layers)
+    return Status::Error("plan: " + in.model_name + ": the model config has no layers");
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<Precision> ParsePrecision(const std::string& name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  return Status::Error("plan: --precision must be fp32 or bf16, not \"" + name + "\"");
+}
+
+const char* PrecisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+
+Result<PlanReport> Plan(const PlanInputs& in) {
+  XT_RETURN_IF_ERROR(CheckInputs(in));
+  const ModelConfig& c = in.model;
+  const Sizes s(in.precision);
+  const ParamLayout layout(c);
+  const int64_t L = c.num_layers, H = c.hidden_size, V = c.vocab_size;
+  PlanReport r;
+  r.num_layers = L;
+  r.dp = in.world / in.ep;
+  r.experts_per_rank = c.num_experts / in.ep;
+  r.tokens = in.micro_batch_size * in.seq;
+  r.recompute_layers = int64_t(std::llround(in.recompute * double(L)));  // as SetRecompute
+  r.total_params = layout.total();
+  const int64_t T = r.tokens;
+
+  // ---- parameters: the units the engine shards and gathers, read off the slab's layout.
+  const int64_t per_expert = 3 * H * c.moe_intermediate_size;  // gate, up (I, H); down (H, I)
+  const int64_t embed = layout.layers[0].ln1 - layout.embed;   // (V, H)
+  const int64_t head = layout.total() - layout.final_norm;     // norm (H) [+ lm_head (V, H)]
+  auto shard = [&](int64_t n) { return CeilDiv(n, in.world); };
+  r.local_params = shard(embed) + shard(head);
+  int64_t largest = c.tie_word_embeddings ? head : std::max(embed, head);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t end = l + 1 < L ? layout.layers[l + 1].ln1 : layout.final_norm;
+    const int64_t span = end - layout.layers[l].ln1;
+    const int64_t experts = c.layer_is_moe[l] ? c.num_experts * per_expert : 0;
+    const int64_t local_experts = experts / in.ep;  // E/ep experts, sharded over dp ranks
+    r.expert_params += experts;
+    r.local_expert_params += CeilDiv(local_experts, r.dp);
+    r.local_params += shard(span - experts) + CeilDiv(local_experts, r.dp);
+    largest = std::max(largest, span - experts + local_experts);
+  }
+  r.active_params =
+      MoeActiveParams(r.total_params, c.num_moe_layers(), c.num_experts, c.top_k, per_expert);
+  r.matmul_params = r.active_params - (c.tie_word_embeddings ? 0 : V * H);
+
+  // ---- state: fp32 parameters, gradients and AdamW's two moments, owned once over the mesh.
+  r.weight_bytes = r.local_params * s.f32;
+  r.grad_bytes = r.local_params * s.f32;
+  r.optimizer_bytes = 2 * r.local_params * s.f32;
+
+  // ---- working buffers: the gathered unit in the working precision and its fp32 gradients.
+  r.largest_unit = largest;
+  if (in.world > 1 || in.precision == Precision::kBf16) {
+    r.working_bytes = largest * (s.act + s.f32);
+    if (c.tie_word_embeddings) r.working_bytes += embed * (s.act + s.f32);  // resident
+  }
+  // Expert parallelism: the rows in flight besides those the layer keeps (the experts' outputs
+  // before they go back in the forward; the received output gradients and the returned input
+  // gradients in the backward): 2 x (T*k, H).
+  if (in.ep > 1 && c.num_moe_layers() > 0) r.all_to_all_bytes = 2 * T * c.top_k * H * s.act;
+
+  // ---- activations.
+  r.activation_bytes = PeakActivations(c, T, r.recompute_layers, s);
+  r.activation_bytes_no_recompute = PeakActivations(c, T, 0, s);
+  r.activation_bytes_all_recompute = PeakActivations(c, T, L, s);
+  // x, y, x_final, h_final, dh, dx (T, H); rstd_final (T); RoPE cos, sin (T, D/2); the batch's
+  // ids, positions, targets (T) and cu_seqlens.
+  r.stream_bytes =
+      6 * T * H * s.act + (T + T * c.head_dim) * s.f32 + (3 * T + in.micro_batch_size + 1) * s.i32;
+  // The fused lm_head + cross-entropy over chunks of loss tokens (every token assumed to carry
+  // a loss): hc, dhc (C, H), logits (C, V) in fp32, per-row losses (C) and the row list (T).
+  r.loss_chunk_rows = std::min(std::max<int64_t>(1, (int64_t(1) << 25) / V), T);
+  const int64_t C = r.loss_chunk_rows;
+  r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
+  for (bool moe : {false, true}) {
+    const bool present =
+        std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), moe) != c.layer_is_moe.end();
+    if (present)
+      r.backward_scratch_bytes =
+          std::max(r.backward_scratch_bytes, LayerScratchBytes(c, T, moe, s));
+  }
+  if (r.recompute_layers > 0) r.backward_scratch_bytes += T * H * s.act;  // the rerun's output
+
+  // The loss chunk lives before the first layer's backward, the scratch during one: never both.
+  r.total_bytes = r.weight_bytes + r.grad_bytes + r.optimizer_bytes + r.working_bytes +
+                  r.all_to_all_bytes + r.activation_bytes + r.stream_bytes +
+                  std::max(r.loss_chunk_bytes, r.backward_scratch_bytes);
+
+  // ---- FLOPs (model FLOPs on the active parameters, one causal document of `seq` tokens).
+  r.flops_per_token_6n = 6.0 * double(r.matmul_params);
+  r.flops_per_token = TrainingFlopsPerToken(r.matmul_params, L, c.num_heads * c.head_dim, in.seq);
+
+  if (in.gpu_memory_gib > 0) {
+    r.has_verdict = true;
+    r.gpu_bytes = int64_t(std::llround(in.gpu_memory_gib * double(int64_t(1) << 30)));
+    r.fits = r.total_bytes <= r.gpu_bytes;
+  }
+  return r;
+}
+
+// ---- formatting
+
+namespace {
+
+std::string Fmt(const char* fmt, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, v);
+  return buf;
+}
+
+std::string Gib(int64_t bytes) { return Fmt("%.2f", double(bytes) / double(int64_t(1) << 30)); }
+
+// A binary unit that suits `bytes`: GiB from 1 GiB up, else MiB, else KiB.
+struct Unit {
+  const char* name;
+  double size;
+};
+Unit UnitFor(int64_t bytes) {
+  if (bytes >= int64_t(1) << 30) return {"GiB", double(int64_t(1) << 30)};
+  if (bytes >= int64_t(1) << 20) return {"MiB", double(int64_t(1) << 20)};
+  return {"KiB", 1024.0};
+}
+
+// 2.308e10 -> "23.08 GFLOP".
+std::string Flops(double f) {
+  if (f >= 1e15) return Fmt("%.2f PFLOP", f / 1e15);
+  if (f >= 1e12) return Fmt("%.2f TFLOP", f / 1e12);
+  if (f >= 1e9) return Fmt("%.2f GFLOP", f / 1e9);
+  if (f >= 1e6) return Fmt("%.2f MFLOP", f / 1e6);
+  return Fmt("%.0f FLOP", f);
+}
+
+// 30532122624 -> "30.53B", 192937984 -> "192.94M", 2048 -> "2048".
+std::string Count(int64_t n) {
+  if (n >= 1000000000) return Fmt("%.2fB", double(n) / 1e9);
+  if (n >= 1000000) return Fmt("%.2fM", double(n) / 1e6);
+  return Str(n);
+}
+
+std::string Pad(std::string s, size_t width, bool right = false) {
+  if (s.size() < width)
+    s = right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
+  return s;
+}
+
+// "examples/configs/qwen3-30b-a3b.json" -> "qwen3-30b-a3b"; "models/Qwen3-8B/" -> "Qwen3-8B".
+std::string ShortName(const std::string& name) {
+  std::filesystem::path p = std::filesystem::path(name).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  if (p.filename() == "config.json") p = p.parent_path();
+  if (p.filename().empty()) return name;
+  return p.extension() == ".json" ? p.stem().string() : p.filename().string();
+}
+
+std::string Verdict(const PlanReport& r) {
+  if (!r.has_verdict) return "no verdict (pass --gpu-memory GiB)";
+  const Unit u = UnitFor(std::min(r.total_bytes, r.gpu_bytes));
+  auto size = [&](int64_t bytes) { return Fmt("%.2f ", double(bytes) / u.size) + u.name; };
+  if (r.fits)
+    return "fits in " + size(r.gpu_bytes) + " per rank (" + size(r.gpu_bytes - r.total_bytes) +
+           " left)";
+  return "does not fit (needs " + size(r.total_bytes) + ", has " + size(r.gpu_bytes) + ")";
+}
+
+}  // namespace
+
+std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
+  const ModelConfig& c = in.model;
+  const bool bf16 = in.precision == Precision::kBf16;
+  std::string o = "xtuner plan: " + in.model_name + "\n  model        " + c.model_type + ", " +
+                  Str(c.num_layers) + " layers, hidden " + Str(c.hidden_size);
+  if (c.is_moe())
+    o += ", " + Str(c.num_experts) + " experts, top-" + Str(c.top_k) + ", " +
+         Str(c.num_moe_layers()) + " MoE layers";
+  o += "\n  mesh         world " + Str(in.world) + " = dp " + Str(r.dp) + " x ep " + Str(in.ep);
+  if (c.is_moe()) o += ", " + Str(r.experts_per_rank) + " experts per rank";
+  o += "\n  micro-batch  " + Str(in.micro_batch_size) + " x " + Str(in.seq) + " = " +
+       Str(r.tokens) + " tokens per rank; recompute " + Str(r.recompute_layers) + " of " +
+       Str(r.num_layers) + " layers\n";
+  o += std::string("  precision    ") +
+       (bf16 ? "bf16: bf16 working weights, activations and their gradients;\n"
+               "               fp32 master weights, gradients, AdamW moments, norm statistics,\n"
+               "               router, attention log-sum-exp and loss\n"
+             : "fp32 everywhere (the engine as built)\n");
+
+  o += "\nparameters                 total    per rank\n";
+  auto prow = [&](const std::string& name, int64_t total, const std::string& local) {
+    o += "  " + Pad(name, 20) + Pad(Count(total), 10, true) +
+         (local.empty() ? "" : Pad(local, 12, true)) + "\n";
+  };
+  prow("all", r.total_params, Count(r.local_params));
+  if (c.is_moe()) prow("routed experts", r.expert_params, Count(r.local_expert_params));
+  prow("non-expert", r.total_params - r.expert_params,
+       Count(r.local_params - r.local_expert_params));
+  prow("active per token", r.active_params, "");
+
+  const Unit u = UnitFor(r.total_bytes);
+  const std::string un = std::string(" ") + u.name;
+  auto size = [&](int64_t bytes) { return Fmt("%.2f", double(bytes) / u.size); };
+  o += "\nmemory per rank                                           " + std::string(u.name) + "\n";
+  auto mrow = [&](const std::string& name, int64_t bytes) {
+    o += "  " + Pad(name, 50) + Pad(size(bytes), 10, true) + "\n";
+  };
+  mrow("weights (fp32 master, sharded)", r.weight_bytes);
+  mrow("gradients (fp32, sharded)", r.grad_bytes);
+  mrow("AdamW moments (fp32 m and v, sharded)", r.optimizer_bytes);
+  mrow("gathered unit (" + Count(r.largest_unit) + "): " + (bf16 ? "bf16" : "fp32") +
+           " weights + fp32 grads" + (c.tie_word_embeddings ? ", + tied embedding" : ""),
+       r.working_bytes);
+  if (c.is_moe()) mrow("expert all-to-all send + receive (2 x T*k*H)", r.all_to_all_bytes);
+  mrow("activations, recompute " + Str(r.recompute_layers) + "/" + Str(r.num_layers),
+       r.activation_bytes);
+  mrow("residual stream, final norm, RoPE, batch", r.stream_bytes);
+  const bool loss_larger = r.loss_chunk_bytes >= r.backward_scratch_bytes;
+  const std::string loss =
+      "loss chunk (" + Str(r.loss_chunk_rows) + " x " + Str(c.vocab_size) + " fp32 logits)";
+  const std::string scratch = "one layer's backward scratch";
+  mrow(loss_larger ? loss : scratch, std::max(r.loss_chunk_bytes, r.backward_scratch_bytes));
+  mrow("total", r.total_bytes);
+  o += "\n  activations with recompute 0/" + Str(r.num_layers) + ": " +
+       size(r.activation_bytes_no_recompute) + un + ", " + Str(r.num_layers) + "/" +
+       Str(r.num_layers) + ": " + size(r.activation_bytes_all_recompute) + un + "\n";
+  o += "  " + (loss_larger ? scratch : loss) + ": " +
+       size(std::min(r.loss_chunk_bytes, r.backward_scratch_bytes)) + un +
+       " (never live with the " + (loss_larger ? "loss chunk" : "scratch") + ")\n";
+  o += "  not counted: CUDA context, allocator fragmentation, NCCL buffers, routing imbalance\n";
+
+  o += "\nmodel FLOPs per token      " + Flops(r.flops_per_token) +
+       ": 6N = " + Flops(r.flops_per_token_6n) + " over " + Count(r.matmul_params) +
+       " active matmul parameters\n                           + causal attention over " +
+       Str(in.seq) + " tokens\n";
+  o += "per rank per micro-batch   " + Flops(r.flops_per_token * double(r.tokens)) +
+       " (recompute adds about 2N FLOPs per token of hardware work)\n";
+  o += "\nverdict: " + Verdict(r) + "\n";
+  return o;
+}
+
+std::string FormatPlanRowHeader() {
+  return "| model | world | ep | seq | recompute | precision | state GiB | buffers GiB | "
+         "activations GiB | total GiB | verdict |\n"
+         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
+}
+
+std::string FormatPlanRow(const PlanInputs& in, const PlanReport& r) {
+  const int64_t state = r.weight_bytes + r.grad_bytes + r.optimizer_bytes;
+  const int64_t buffers = r.total_bytes - state - r.activation_bytes;
+  std::string verdict = "-";
+  if (r.has_verdict)
+    verdict = r.fits ? "fits (" + Gib(r.gpu_bytes - r.total_bytes) + " free)" : "does not fit";
+  return "| " + ShortName(in.model_name) + " | " + Str(in.world) + " | " + Str(in.ep) + " | " +
+         Str(in.seq) + " | " + Str(r.recompute_layers) + "/" + Str(r.num_layers) + " | " +
+         PrecisionName(in.precision) + " | " + Gib(state) + " | " + Gib(buffers) + " | " +
+         Gib(r.activation_bytes) + " | " + Gib(r.total_bytes) + " | " + verdict + " |\n";
+}
+
+}  // namespace xt

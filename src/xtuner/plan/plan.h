@@ -1,0 +1,95 @@
+// The memory and FLOPs planner behind `xtuner plan`: what one rank of a training run holds, on
+// paper, before buying the machines. Every figure follows what the engine allocates:
+//   - state: the global fp32 slab of parameters (model/params.h), a gradient slab of the same
+//     layout and two fp32 AdamW moments: 16 B per parameter, each element owned by one rank.
+//     world = dp x ep; non-expert parameters are sharded over all `world` ranks; a rank holds
+//     E/ep experts of every MoE layer, sharded over its dp group. Chunks are ceil-divided per
+//     unit (the embedding, each layer's non-expert part, each layer's local experts, the head).
+//   - working buffers: per layer, the gathered weights of one unit (its non-expert part and its
+//     E/ep local experts) plus a gradient buffer of the same size; 2 x the largest unit. A tied
+//     embedding stays gathered the whole step. None on one rank in fp32 (the slab is used in
+//     place).
+//   - expert all-to-all: two (T*k, H) buffers of exchanged rows for the MoE layer in flight.
+//   - activations: Transformer::LayerActs (model/transformer_acts.h) per layer (recomputed layers
+//   keep only their input),
+//     peak over the backward of (bytes kept by the layers below + all of layer l), exactly as
+//     LossInfo::activation_bytes measures it; routing is assumed balanced (T*k rows per rank).
+//   - the residual stream and its gradient, the final norm, RoPE tables; the larger of the
+//     chunked cross-entropy's chunk (loss/cross_entropy.h) and one layer's backward scratch.
+// Not counted: the CUDA context, allocator fragmentation, NCCL's own buffers, routing imbalance.
+// Precision kFp32 is the engine as built; kBf16 models GPU mixed precision: bf16 working weights,
+// activations and activation gradients; fp32 master weights, gradients (also the gathered
+// gradient buffer), AdamW moments, norm statistics, router, attention log-sum-exp and the loss.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/config.h"
+
+namespace xt {
+
+enum class Precision { kFp32, kBf16 };
+
+// "fp32" | "bf16"; an error names the accepted values.
+Result<Precision> ParsePrecision(const std::string& name);
+const char* PrecisionName(Precision p);
+
+struct PlanInputs {
+  ModelConfig model;
+  std::string model_name;        // shown in the report (e.g. the config path)
+  int64_t seq = 0;               // tokens per packed row
+  int64_t micro_batch_size = 1;  // rows per micro-batch: T = micro_batch_size * seq per rank
+  int64_t world = 1;             // ranks; world = dp * ep
+  int64_t ep = 1;                // expert-parallel group size; divides world and num_experts
+  double recompute = 0;          // fraction of layers recomputed, as Transformer::SetRecompute
+  Precision precision = Precision::kFp32;
+  double gpu_memory_gib = 0;  // memory per rank in GiB (2^30 B); <= 0: no verdict
+};
+
+struct PlanReport {
+  // Parameter counts (elements).
+  int64_t total_params = 0;         // ParamLayout::total()
+  int64_t expert_params = 0;        // routed experts of every MoE layer
+  int64_t active_params = 0;        // MoeActiveParams: what one token passes through
+  int64_t matmul_params = 0;        // active less the input-embedding lookup (when untied)
+  int64_t local_params = 0;         // elements of the global slab this rank owns (the largest rank)
+  int64_t local_expert_params = 0;  // of which routed experts
+
+  // The mesh and the micro-batch.
+  int64_t dp = 1, experts_per_rank = 0, tokens = 0, recompute_layers = 0, num_layers = 0;
+
+  // Bytes per rank.
+  int64_t weight_bytes = 0;     // fp32 parameters (master weights)
+  int64_t grad_bytes = 0;       // fp32 gradients
+  int64_t optimizer_bytes = 0;  // AdamW m and v, fp32
+  int64_t largest_unit = 0;     // elements of the largest layer unit gathered at once
+  int64_t working_bytes = 0;    // gathered weights + gradient buffer (+ resident tied embedding)
+  int64_t all_to_all_bytes = 0;
+  int64_t activation_bytes = 0;                // at the requested recompute
+  int64_t activation_bytes_no_recompute = 0;   // recompute 0
+  int64_t activation_bytes_all_recompute = 0;  // recompute 1
+  int64_t stream_bytes = 0;                    // residual stream, final norm, RoPE, batch
+  int64_t loss_chunk_rows = 0, loss_chunk_bytes = 0;
+  int64_t backward_scratch_bytes = 0;  // one layer's activation gradients
+  int64_t total_bytes = 0;
+
+  // Model FLOPs per token (metrics_flops.h): 6 * matmul_params, and with the causal attention
+  // term for one document of `seq` tokens.
+  double flops_per_token_6n = 0, flops_per_token = 0;
+
+  bool has_verdict = false, fits = false;
+  int64_t gpu_bytes = 0;
+};
+
+// Checks the inputs (seq, micro-batch, world, ep against the model) and plans one rank.
+Result<PlanReport> Plan(const PlanInputs& in);
+
+// A human-readable report: the assumptions, parameter counts, memory per rank, FLOPs, verdict.
+std::string FormatPlan(const PlanInputs& in, const PlanReport& r);
+// One Markdown table row (and FormatPlanRowHeader the header) for docs/scaling.md.
+std::string FormatPlanRowHeader();
+std::string FormatPlanRow(const PlanInputs& in, const PlanReport& r);
+
+}  // namespace xt

@@ -1,0 +1,275 @@
+// xtuner plan: the planner's figures against what the engine measures, the sharding arithmetic,
+// the published sizes of Qwen3-30B-A3B and Qwen3-235B-A22B, and its errors.
+#include "xtuner/plan/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "util/cli.h"
+#include "util/testing.h"
+#include "xtuner/core/rng.h"
+#include "xtuner/model/transformer.h"
+
+namespace xt {
+namespace {
+
+ModelConfig Config(const std::string& path) {
+  auto c = ModelConfig::Load(path);
+  EXPECT_TRUE(c.ok()) << c.status().message();
+  return c.ok() ? *c : ModelConfig();
+}
+
+std::string Example(const std::string& name) {
+  return testing::DataPath("../../examples/configs/" + name);
+}
+
+// A Qwen3-MoE with dense layers among the MoE ones and tied embeddings.
+ModelConfig MixedConfig() {
+  nlohmann::json j = {{"model_type", "qwen3_moe"},
+                      {"vocab_size", 300},
+                      {"hidden_size", 48},
+                      {"num_hidden_layers", 4},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},
+                      {"head_dim", 16},
+                      {"intermediate_size", 80},
+                      {"moe_intermediate_size", 24},
+                      {"num_experts", 6},
+                      {"num_experts_per_tok", 3},
+                      {"mlp_only_layers", {0, 2}},
+                      {"tie_word_embeddings", true},
+                      {"router_aux_loss_coef", 0.01}};
+  auto c = ModelConfig::FromJson(j, "mixed");
+  EXPECT_TRUE(c.ok()) << c.status().message();
+  return *c;
+}
+
+PlanReport MustPlan(const PlanInputs& in) {
+  auto r = Plan(in);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  return r.ok() ? *r : PlanReport();
+}
+
+// B rows of S random tokens, every token but each row's last carrying a loss.
+Batch RandomBatch(int64_t V, int64_t B, int64_t S, uint64_t seed) {
+  std::vector<int64_t> ids(B * S);
+  for (int64_t& id : ids) id = int64_t(SplitMix64(&seed) % uint64_t(V));
+  auto b = Batch::FromRows(ids, ids, B, S);
+  EXPECT_TRUE(b.ok());
+  return *b;
+}
+
+TEST(PlanAgreement, ActivationsAndStateMatchTheEngineWithin10Percent) {
+  std::vector<std::pair<std::string, ModelConfig>> models = {
+      {"qwen3_moe_tiny", Config(testing::DataPath("qwen3_moe_tiny"))},
+      {"mixtral_tiny", Config(testing::DataPath("mixtral_tiny"))},
+      {"qwen3_dense_tiny", Config(testing::DataPath("qwen3_dense_tiny"))},
+      {"mixed", MixedConfig()}};
+  for (auto& [name, cfg] : models) {
+    Transformer model(cfg);
+    for (auto [B, S] : {std::pair<int64_t, int64_t>{2, 48}, {1, 200}}) {
+      const Batch batch = RandomBatch(cfg.vocab_size, B, S, 7);
+      for (double fraction : {0.0, 0.5, 1.0}) {
+        model.SetRecompute(fraction);
+        model.ZeroGrads();
+        auto info = model.ForwardBackward(batch);
+        ASSERT_TRUE(info.ok()) << info.status().message();
+        PlanInputs in;
+        in.model = cfg;
+        in.model_name = name;
+        in.seq = S;
+        in.micro_batch_size = B;
+        in.recompute = fraction;
+        const PlanReport r = MustPlan(in);
+        EXPECT_EQ(r.recompute_layers, model.recompute_layers());
+        const double measured = double(info->activation_bytes);
+        EXPECT_NEAR(double(r.activation_bytes) / measured, 1.0, 0.10)
+            << name << " T=" << B * S << " recompute " << fraction << ": planned "
+            << r.activation_bytes << " measured " << info->activation_bytes;
+      }
+    }
+    PlanInputs in;
+    in.model = cfg;
+    in.model_name = name;
+    in.seq = 64;
+    const PlanReport r = MustPlan(in);
+    EXPECT_EQ(r.total_params, model.layout().total()) << name;
+    EXPECT_EQ(r.local_params, model.layout().total()) << name;
+    EXPECT_EQ(r.weight_bytes + r.grad_bytes + r.optimizer_bytes, 16 * model.layout().total())
+        << name;
+    EXPECT_EQ(r.working_bytes, 0) << name << ": one fp32 rank works on the slab in place";
+    EXPECT_EQ(r.all_to_all_bytes, 0) << name;
+  }
+}
+
+TEST(PlanAgreement, RecomputeAndBf16ShrinkActivations) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "30b";
+  in.seq = 4096;
+  const PlanReport fp32 = MustPlan(in);
+  EXPECT_LT(fp32.activation_bytes_all_recompute, fp32.activation_bytes_no_recompute / 10);
+  EXPECT_EQ(fp32.activation_bytes, fp32.activation_bytes_no_recompute);
+  in.precision = Precision::kBf16;
+  const PlanReport bf16 = MustPlan(in);
+  const double ratio = double(bf16.activation_bytes) / double(fp32.activation_bytes);
+  EXPECT_GT(ratio, 0.5);  // norm statistics, router and indices stay 4 bytes
+  EXPECT_LT(ratio, 0.55);
+  EXPECT_EQ(bf16.weight_bytes + bf16.grad_bytes + bf16.optimizer_bytes,
+            16 * bf16.total_params);  // fp32 master state either way
+  EXPECT_GT(bf16.working_bytes, 0);   // bf16 working copies of each unit
+}
+
+TEST(PlanSharding, StatePerRankIsAboutTotalOverWorld) {
+  for (const char* file : {"qwen3-30b-a3b.json", "qwen3-235b-a22b.json"}) {
+    PlanInputs in;
+    in.model = Config(Example(file));
+    in.model_name = file;
+    in.seq = 1024;
+    int64_t unit_ep1 = 0;
+    for (auto [world, ep] : {std::pair<int64_t, int64_t>{2, 1}, {4, 1}, {2, 2}, {4, 2}}) {
+      in.world = world;
+      in.ep = ep;
+      const PlanReport r = MustPlan(in);
+      const double ideal = double(r.total_params) / double(world);
+      EXPECT_GE(double(r.local_params), ideal) << file << " " << world << "/" << ep;
+      EXPECT_LT(double(r.local_params), ideal * 1.001) << file << " " << world << "/" << ep;
+      EXPECT_EQ(r.weight_bytes + r.grad_bytes + r.optimizer_bytes, 16 * r.local_params);
+      EXPECT_EQ(r.dp, world / ep);
+      EXPECT_EQ(r.experts_per_rank, 128 / ep);
+      EXPECT_GT(r.working_bytes, 0);
+      EXPECT_EQ(r.all_to_all_bytes > 0, ep > 1);
+      if (ep == 1 && world == 2) unit_ep1 = r.largest_unit;
+      // Expert parallelism halves the experts a rank gathers per layer.
+      if (ep == 2) {
+        EXPECT_LT(r.largest_unit, unit_ep1 * 6 / 10) << file;
+      }
+    }
+  }
+  // Small units: the ceil-divided chunks add at most one element per unit and rank.
+  PlanInputs in;
+  in.model = Config(testing::DataPath("qwen3_moe_tiny"));
+  in.model_name = "tiny";
+  in.seq = 16;
+  in.world = 4;
+  in.ep = 2;
+  const PlanReport r = MustPlan(in);
+  const int64_t units = 2 + 2 * in.model.num_layers;
+  EXPECT_GE(r.local_params * 4, r.total_params);
+  EXPECT_LE(r.local_params * 4, r.total_params + 4 * units);
+}
+
+TEST(PlanModels, Qwen3MoeSizesMatchThePublishedOnes) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "30b";
+  in.seq = 4096;
+  PlanReport r = MustPlan(in);
+  EXPECT_NEAR(double(r.total_params) / 1e9, 30.53, 0.02);  // HF: 30.5B total
+  EXPECT_NEAR(double(r.active_params) / 1e9, 3.35, 0.05);  // HF: 3.3B activated
+  in.model = Config(Example("qwen3-235b-a22b.json"));
+  r = MustPlan(in);
+  EXPECT_NEAR(double(r.total_params) / 1e9, 235.0, 1.0);  // HF: 235B total
+  EXPECT_NEAR(double(r.active_params) / 1e9, 22.0, 0.5);  // HF: 22B activated
+  // FLOPs: 6 per active matmul parameter and token, plus attention.
+  EXPECT_DOUBLE_EQ(r.flops_per_token_6n, 6.0 * double(r.matmul_params));
+  EXPECT_GT(r.flops_per_token, r.flops_per_token_6n);
+  EXPECT_EQ(r.matmul_params, r.active_params - 151936 * 4096);  // untied: no lookup FLOPs
+}
+
+TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "30b";
+  in.seq = 4096;
+  in.world = 8;
+  in.ep = 8;
+  in.precision = Precision::kBf16;
+  PlanReport r = MustPlan(in);
+  EXPECT_FALSE(r.has_verdict);
+  EXPECT_NE(FormatPlan(in, r).find("no verdict"), std::string::npos);
+  in.gpu_memory_gib = 141;
+  r = MustPlan(in);
+  EXPECT_TRUE(r.has_verdict && r.fits);
+  EXPECT_NE(FormatPlan(in, r).find("verdict: fits in 141.00 GiB"), std::string::npos);
+  in.world = in.ep = 1;  // all 30.5B parameters' state on one GPU: 455 GiB
+  r = MustPlan(in);
+  EXPECT_FALSE(r.fits);
+  EXPECT_GT(r.total_bytes, int64_t(455) << 30);
+  EXPECT_NE(FormatPlan(in, r).find("does not fit (needs "), std::string::npos);
+  EXPECT_NE(FormatPlanRow(in, r).find("| does not fit |"), std::string::npos);
+}
+
+TEST(PlanErrors, BadInputsAreNamed) {
+  PlanInputs ok;
+  ok.model = Config(testing::DataPath("qwen3_moe_tiny"));  // 8 experts
+  ok.model_name = "tiny";
+  ok.seq = 16;
+  auto error = [](PlanInputs in) {
+    auto r = Plan(in);
+    return r.ok() ? std::string("(no error)") : r.status().message();
+  };
+  PlanInputs in = ok;
+  in.world = 6;
+  in.ep = 4;
+  EXPECT_NE(error(in).find("--world 6 is not divisible by --ep 4"), std::string::npos);
+  in = ok;
+  in.world = in.ep = 16;
+  EXPECT_NE(error(in).find("8 experts are not divisible by --ep 16"), std::string::npos);
+  in = ok;
+  in.seq = 0;
+  EXPECT_NE(error(in).find("--seq must be positive, got 0"), std::string::npos);
+  in = ok;
+  in.micro_batch_size = -1;
+  EXPECT_NE(error(in).find("--micro-batch-size must be positive"), std::string::npos);
+  in = ok;
+  in.world = 0;
+  EXPECT_NE(error(in).find("--world must be positive"), std::string::npos);
+  in = ok;
+  in.recompute = 1.5;
+  EXPECT_NE(error(in).find("--recompute must be a fraction"), std::string::npos);
+  in = ok;
+  in.gpu_memory_gib = -1;
+  EXPECT_NE(error(in).find("--gpu-memory"), std::string::npos);
+  in = ok;
+  in.model = Config(testing::DataPath("qwen3_dense_tiny"));
+  in.world = in.ep = 2;
+  EXPECT_NE(error(in).find("--ep 2 needs an MoE model"), std::string::npos);
+  auto p = ParsePrecision("fp16");
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("fp32 or bf16"), std::string::npos);
+}
+
+TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
+  const std::string cfg = Example("qwen3-30b-a3b.json");
+  auto run = testing::RunXtuner("plan --model " + cfg +
+                                " --seq 4096 --world 8 --ep 8 --precision bf16 --gpu-memory 141");
+  EXPECT_EQ(run.code, 0) << run.output;
+  for (const char* want : {"world 8 = dp 1 x ep 8", "16 experts per rank", "activations",
+                           "model FLOPs per token", "verdict: fits"})
+    EXPECT_NE(run.output.find(want), std::string::npos) << want << "\n" << run.output;
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 4096 --world 12 --ep 8");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("--world 12 is not divisible by --ep 8"), std::string::npos)
+      << run.output;
+  const std::string dir = testing::TempDir("plan_cli");
+  run = testing::RunXtuner("plan --model " + dir + "/none.json --seq 8");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find(dir + "/none.json"), std::string::npos) << run.output;
+  std::ofstream(dir + "/bad.json") << "{\"model_type\": \"qwen3_moe\", \"hidden_size\": ";
+  run = testing::RunXtuner("plan --model " + dir + "/bad.json --seq 8");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("bad.json: not valid JSON"), std::string::npos) << run.output;
+  std::ofstream(dir + "/config.json") << "{\"model_type\": \"qwen3_moe\", \"vocab_size\": 10}";
+  run = testing::RunXtuner("plan --model " + dir + " --seq 8");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("missing required key \"hidden_size\""), std::string::npos)
+      << run.output;
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --precision fp8");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("--precision must be fp32 or bf16"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace xt
