@@ -116,6 +116,38 @@ TEST(Distributed, PerRankStateFallsAsOneOverRanks) {
   EXPECT_NEAR(four, one / 4, 0.1 * one / 4);
 }
 
+// The number (in MiB) after `key` in `text`, with its unit (KiB, MiB or GiB); -1 if absent.
+double MibAfter(const std::string& text, const std::string& key) {
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return -1;
+  const size_t num = text.find_first_of("0123456789", at + key.size());
+  size_t used = 0;
+  const double v = std::stod(text.substr(num), &used);
+  const std::string unit = text.substr(num + used, 4);
+  return unit.find("KiB") != std::string::npos   ? v / 1024
+         : unit.find("GiB") != std::string::npos ? v * 1024
+                                                 : v;
+}
+
+// xtuner plan's figures for 4 ranks (dp 2 x ep 2) agree with what the engine measures.
+TEST(Distributed, ThePlannerAgreesWithTheEngine) {
+  CliRun run = Mpi(4, Args(testing::TempDir("mpi_plan"), 2, "--set parallel.ep=2"));
+  ASSERT_EQ(run.code, 0) << run.output;
+  CliRun plan =
+      testing::RunXtuner("plan --model examples/demo/config.json --seq 64 --world 4 --ep 2", kRoot);
+  ASSERT_EQ(plan.code, 0) << plan.output;
+  const double state = MibAfter(plan.output, "weights (fp32 master, sharded)") +
+                       MibAfter(plan.output, "gradients (fp32, sharded)") +
+                       MibAfter(plan.output, "AdamW moments (fp32 m and v, sharded)");
+  EXPECT_NEAR(state, MibAfter(run.output, "per rank"), 0.1 * state) << plan.output << run.output;
+  const double gathered = MibAfter(plan.output, "embedding's");
+  EXPECT_NEAR(gathered, MibAfter(run.output, "gradient buffers (ZeRO-3):"), 0.1 * gathered)
+      << plan.output << run.output;
+  const double acts = MibAfter(plan.output, "activations, recompute 0/2");
+  EXPECT_NEAR(acts, MibAfter(run.output, "activations kept for the backward:"), 0.1 * acts)
+      << plan.output << run.output;
+}
+
 TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
   const std::string dir = testing::TempDir("mpi_resume");
   CliRun r =

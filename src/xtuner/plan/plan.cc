@@ -140,6 +140,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   auto shard = [&](int64_t n) { return CeilDiv(n, in.world); };
   r.local_params = shard(embed) + shard(head);
   int64_t largest = c.tie_word_embeddings ? head : std::max(embed, head);
+  int64_t largest_layer = 0;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t end = l + 1 < L ? layout.layers[l + 1].ln1 : layout.final_norm;
     const int64_t span = end - layout.layers[l].ln1;
@@ -149,6 +150,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.local_expert_params += CeilDiv(local_experts, r.dp);
     r.local_params += shard(span - experts) + CeilDiv(local_experts, r.dp);
     largest = std::max(largest, span - experts + local_experts);
+    largest_layer = std::max(largest_layer, span - experts + local_experts);
   }
   r.active_params =
       MoeActiveParams(r.total_params, c.num_moe_layers(), c.num_experts, c.top_k, per_expert);
@@ -161,9 +163,17 @@ Result<PlanReport> Plan(const PlanInputs& in) {
 
   // ---- working buffers: the gathered unit in the working precision and its fp32 gradients.
   r.largest_unit = largest;
+  // The engine holds, at most: in the head's forward and backward, its weights and gradients
+  // (and with tied embeddings the embedding's too, whose gradient buffer then stays open down to
+  // the embedding's backward); in a layer's backward, the layer's weights and gradients (plus
+  // that open tied-embedding gradient); the embedding's gradients at the end.
   if (in.world > 1 || in.precision == Precision::kBf16) {
-    r.working_bytes = largest * (s.act + s.f32);
-    if (c.tie_word_embeddings) r.working_bytes += embed * (s.act + s.f32);  // resident
+    const int64_t both = s.act + s.f32;
+    if (c.tie_word_embeddings) {
+      r.working_bytes = std::max((head + embed) * both, largest_layer * both + embed * s.f32);
+    } else {
+      r.working_bytes = std::max({head * both, largest_layer * both, embed * s.f32, embed * s.act});
+    }
   }
   // Expert parallelism: the rows in flight besides those the layer keeps (the experts' outputs
   // before they go back in the forward; the received output gradients and the returned input
@@ -316,7 +326,7 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   mrow("gradients (fp32, sharded)", r.grad_bytes);
   mrow("AdamW moments (fp32 m and v, sharded)", r.optimizer_bytes);
   mrow("gathered unit (" + Count(r.largest_unit) + "): " + (bf16 ? "bf16" : "fp32") +
-           " weights + fp32 grads" + (c.tie_word_embeddings ? ", + tied embedding" : ""),
+           " weights + fp32 grads" + (c.tie_word_embeddings ? ", tied embedding's" : ""),
        r.working_bytes);
   if (c.is_moe()) mrow("expert all-to-all send + receive (2 x T*k*H)", r.all_to_all_bytes);
   mrow("activations, recompute " + Str(r.recompute_layers) + "/" + Str(r.num_layers),

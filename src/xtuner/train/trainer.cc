@@ -387,6 +387,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                     HumanBytes(double(activation_bytes)).c_str(), (long long)m.recompute_layers(),
                     (long long)mc.num_layers);
       progress.Message(msg);
+      if (mesh.world > 1) {
+        std::snprintf(msg, sizeof msg,
+                      "gathered parameters and gradient buffers (ZeRO-3): %s at most on rank 0",
+                      HumanBytes(4.0 * double(store.peak_working_floats())).c_str());
+        progress.Message(msg);
+      }
     }
     progress.Update(sm);
     if (!guard_status.ok()) {
