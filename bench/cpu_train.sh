@@ -14,14 +14,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 STEPS=${STEPS:-5}
 THREADS=${THREADS:-$(nproc)}
-VENV=${VENV:-bench/.venv}
-
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-if ! "$VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
-  "$VENV/bin/pip" install -q --no-deps -r tools/reference/requirements.txt
-fi
+source bench/peer_venv.sh
 cmake -S . -B "$BUILD" > /dev/null
 cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
