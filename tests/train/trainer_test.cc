@@ -167,6 +167,40 @@ TEST(Trainer, VocabularyMismatchIsAnErrorBeforeAnyWork) {
       << r.status().message();
 }
 
+TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
+  TrainConfig c = TinyRun("badindex");
+  c.steps = 1;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok());
+  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
+  ASSERT_TRUE(mc.ok());
+  const std::string index = r->last_checkpoint + "/shards.json";
+  std::ifstream in(index);
+  const nlohmann::json good = nlohmann::json::parse(in);
+  auto expect_error = [&](const nlohmann::json& j, const std::string& what) {
+    std::ofstream(index) << j.dump();
+    auto p = ReadCheckpointParams(r->last_checkpoint, *mc);
+    ASSERT_FALSE(p.ok()) << what;
+    EXPECT_NE(p.status().message().find("shards.json"), std::string::npos) << p.status().message();
+    EXPECT_NE(p.status().message().find(what), std::string::npos) << p.status().message();
+  };
+  nlohmann::json j = good;
+  j["total"] = 5;
+  expect_error(j, "the checkpoint holds 5 parameters");
+  j = good;
+  j["files"][0]["ranges"][0][2] = -7;
+  expect_error(j, "a bad range");
+  j = good;
+  j["files"][0] = "shard";
+  expect_error(j, "a bad entry");
+  j = good;
+  j["files"][0]["ranges"].erase(0);
+  expect_error(j, "the shards cover");
+  j = good;
+  j.erase("total");
+  expect_error(j, "missing \"total\"");
+}
+
 TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
   TrainConfig c = TinyRun("disk");
   c.steps = 1;

@@ -77,21 +77,28 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
   XT_ASSIGN_OR_RETURN(nlohmann::json index, ReadJson(dir / "shards.json"));
   const std::string src = (dir / "shards.json").string();
   const int64_t total = ParamLayout(cfg).total();
-  if (index.value("total", int64_t(-1)) != total)
-    return Status::Error(src + ": the checkpoint holds " +
-                         std::to_string(index.value("total", int64_t(-1))) +
+  if (!index.contains("total") || !index["total"].is_number_integer())
+    return Status::Error(src + ": missing \"total\"");
+  if (index["total"].get<int64_t>() != total)
+    return Status::Error(src + ": the checkpoint holds " + index["total"].dump() +
                          " parameters, this model has " + std::to_string(total));
   if (!index.contains("files") || !index["files"].is_array())
     return Status::Error(src + ": missing \"files\"");
   int64_t want = 0, found = 0;
   for (const OwnedRange& o : owned) want += o.size;
   for (const nlohmann::json& f : index["files"]) {
+    if (!f.is_object() || !f.contains("file") || !f["file"].is_string() || !f.contains("ranges") ||
+        !f["ranges"].is_array())
+      return Status::Error(src + ": a bad entry in \"files\": " + f.dump().substr(0, 80));
     const std::string file = (dir / f.value("file", "")).string();
     // The ranges of this file that overlap what this rank owns.
     std::vector<std::array<int64_t, 3>> copies;  // file offset, shard offset, n
     int64_t file_size = 0;
-    for (const nlohmann::json& r : f.value("ranges", nlohmann::json::array())) {
-      if (!r.is_array() || r.size() != 3) return Status::Error(src + ": a bad range in " + file);
+    for (const nlohmann::json& r : f["ranges"]) {
+      if (!r.is_array() || r.size() != 3 || !r[0].is_number_unsigned() ||
+          !r[1].is_number_unsigned() || !r[2].is_number_unsigned() ||
+          r[0].get<int64_t>() + r[1].get<int64_t>() > total)
+        return Status::Error(src + ": a bad range " + r.dump() + " for " + file);
       const int64_t g = r[0].get<int64_t>(), n = r[1].get<int64_t>(), at = r[2].get<int64_t>();
       file_size = std::max(file_size, at + n);
       for (const OwnedRange& o : owned) {
