@@ -224,51 +224,70 @@ TEST(Distributed, ARankFailingToSaveEndsTheJobNamingItAndTheCause) {
   EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
 }
 
-TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
-  const std::string dir = testing::TempDir("mpi_kill");
-  const std::string log = dir + "/log.txt";
+// A long job under mpirun, in the background: its pid (mpirun's), output into log.
+pid_t StartLongJob(const std::string& dir, const std::string& log) {
   const pid_t mpirun = fork();
-  ASSERT_GE(mpirun, 0);
-  if (mpirun == 0) {
-    std::freopen(log.c_str(), "w", stdout);
-    std::freopen(log.c_str(), "a", stderr);
-    if (chdir(kRoot.c_str()) != 0) _exit(99);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl", "self,vader", 1);
-    const std::string cmd = std::string("exec mpirun --oversubscribe -np 2 ") + XT_XTUNER_BIN +
-                            " " + Args(dir + "/run", 100000, "--set schedule.warmup_steps=1");
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
-    _exit(98);
-  }
-  // Wait for the first step, then kill one rank (a child of mpirun) with SIGKILL.
+  if (mpirun != 0) return mpirun;
+  std::freopen(log.c_str(), "w", stdout);
+  std::freopen(log.c_str(), "a", stderr);
+  if (chdir(kRoot.c_str()) != 0) _exit(99);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  setenv("OMPI_MCA_btl", "self,vader", 1);
+  const std::string cmd = std::string("exec mpirun --oversubscribe -np 2 ") + XT_XTUNER_BIN + " " +
+                          Args(dir + "/run", 100000, "--set schedule.warmup_steps=1");
+  execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+  _exit(98);
+}
+
+// Waits for the job's first step, then returns its ranks (mpirun's children).
+std::vector<pid_t> RanksAfterFirstStep(pid_t mpirun, const std::string& dir) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline && !fs::exists(dir + "/run/metrics.jsonl"))
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // mid-run
-  FILE* p = popen(("pgrep -P " + std::to_string(mpirun)).c_str(), "r");
-  ASSERT_NE(p, nullptr);
   std::vector<pid_t> ranks;
+  FILE* p = popen(("pgrep -P " + std::to_string(mpirun)).c_str(), "r");
+  if (!p) return ranks;
   for (long pid; std::fscanf(p, "%ld", &pid) == 1;) ranks.push_back(pid_t(pid));
   pclose(p);
+  return ranks;
+}
+
+// Waits up to `limit` for mpirun; kills everything and returns false if it is still running.
+bool WaitFor(pid_t mpirun, const std::vector<pid_t>& ranks, std::chrono::seconds limit,
+             int* status) {
+  const auto t0 = std::chrono::steady_clock::now();
+  pid_t done = 0;
+  while ((done = waitpid(mpirun, status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() - t0 < limit)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (done != 0) return true;
+  kill(mpirun, SIGKILL);
+  for (pid_t r : ranks) kill(r, SIGKILL);
+  waitpid(mpirun, status, 0);
+  return false;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
+  const std::string dir = testing::TempDir("mpi_kill");
+  const pid_t mpirun = StartLongJob(dir, dir + "/log.txt");
+  ASSERT_GT(mpirun, 0);
+  const std::vector<pid_t> ranks = RanksAfterFirstStep(mpirun, dir);
   ASSERT_EQ(ranks.size(), 2u);
   const auto t_kill = std::chrono::steady_clock::now();
   kill(ranks[1], SIGKILL);
   int status = 0;
-  pid_t done = 0;
-  while ((done = waitpid(mpirun, &status, WNOHANG)) == 0 &&
-         std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(60))
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (done == 0) {  // hung: fail, and do not leave it running
-    kill(mpirun, SIGKILL);
-    for (pid_t r : ranks) kill(r, SIGKILL);
-    waitpid(mpirun, &status, 0);
-    FAIL() << "the job did not end within 60 s of a rank's death";
-  }
+  ASSERT_TRUE(WaitFor(mpirun, ranks, std::chrono::seconds(60), &status))
+      << "the job did not end within 60 s of a rank's death";
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_kill).count();
-  std::ifstream in(log);
-  const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string output = ReadAll(dir + "/log.txt");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << output;
   EXPECT_NE(output.find("exited on signal 9 (Killed)"), std::string::npos) << output;
   EXPECT_NE(output.find("rank"), std::string::npos) << output;
@@ -277,6 +296,26 @@ TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
   std::ifstream stat("/proc/" + std::to_string(ranks[0]) + "/stat");
   std::string pid, comm, state;
   if (stat >> pid >> comm >> state) EXPECT_EQ(state, "Z") << "the other rank is still running";
+}
+
+// Slurm's SIGTERM before a time limit reaches every rank: all stop after the same step, with a
+// checkpoint, and exit cleanly. (MPI's own threads must not take the signal.)
+TEST(Distributed, SigtermToTheRanksSavesACheckpointAndExitsCleanly) {
+  const std::string dir = testing::TempDir("mpi_term");
+  const pid_t mpirun = StartLongJob(dir, dir + "/log.txt");
+  ASSERT_GT(mpirun, 0);
+  const std::vector<pid_t> ranks = RanksAfterFirstStep(mpirun, dir);
+  ASSERT_EQ(ranks.size(), 2u);
+  for (pid_t r : ranks) kill(r, SIGTERM);
+  int status = 0;
+  ASSERT_TRUE(WaitFor(mpirun, ranks, std::chrono::seconds(60), &status));
+  const std::string output = ReadAll(dir + "/log.txt");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+  EXPECT_NE(output.find("interrupted at step"), std::string::npos) << output;
+  bool saved = false;
+  for (const auto& e : fs::directory_iterator(dir + "/run/checkpoints"))
+    saved |= fs::exists(e.path() / "shards.json") && fs::exists(e.path() / "trainer_state.json");
+  EXPECT_TRUE(saved) << output;
 }
 
 }  // namespace

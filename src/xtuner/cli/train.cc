@@ -18,12 +18,11 @@ Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
   // Under mpirun or srun every rank runs this; rank 0 prints. An error on any rank ends the whole
   // job at once, naming the rank (the others may be waiting for it in a collective).
+  // Ctrl-C and SIGTERM: a checkpoint and a clean exit. Blocked before MPI starts its threads,
+  // which inherit the mask (else the signal may land on one of them and kill the rank).
+  StopSignals stop(RequestStop);
   std::unique_ptr<Comm> world = MakeWorldComm();
-  auto train = [&] {
-    StopSignals stop(RequestStop);  // Ctrl-C: checkpoint and a clean exit
-    return RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());
-  };
-  Result<TrainResult> result = train();
+  Result<TrainResult> result = RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());
   if (!result.ok() && world->size() > 1) {
     std::fflush(stdout);
     world->Abort("error: " + result.status().message());
