@@ -175,6 +175,26 @@ TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
   EXPECT_TRUE(fs::exists(dir + "/hf/model.safetensors"));
 }
 
+// sft from a Hugging Face model: each rank loads only its shard (and its experts); the run ends
+// with an export and an eval on rank 0 from the gathered model.
+TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
+  const std::string dir = testing::TempDir("mpi_sft");
+  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string sft = "sft --load-from " + dir +
+                          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
+                          "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-3 --set "
+                          "schedule.warmup_steps=1 --set eval.file=examples/demo/eval.jsonl "
+                          "--set eval.max_new_tokens=2 --work-dir ";
+  r = testing::RunXtuner(sft + dir + "/one", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = Mpi(2, sft + dir + "/two --set parallel.ep=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("eval: "), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/two/hf/model.safetensors"));
+  ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
+}
+
 TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
   const std::string dir = testing::TempDir("mpi_mesh");
   CliRun r = Mpi(2, Args(dir, 2, "--set parallel.ep=3"));
