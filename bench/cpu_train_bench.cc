@@ -1,7 +1,7 @@
 // cpu_train_bench: speed of one fp32 training step of a small Qwen3-MoE on the CPU (all cores),
 // the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
 //
-//   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4]
+//   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0]
 //
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
 // moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). Input: one packed row of
@@ -10,7 +10,8 @@
 // step, then --steps timed steps. Also measures ops::gemm 2048^3 (best of 3) as the machine's
 // sgemm rate. Prints key=value lines:
 //   threads tokens steps step_s_median tokens_per_s total_params active_params matmul_params
-//   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib loss
+//   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib activation_mib
+//   recompute_layers loss
 #include <omp.h>
 
 #include <algorithm>
@@ -64,6 +65,7 @@ T Check(xt::Result<T> r, const char* what) {
 int main(int argc, char** argv) {
   xt::ConfigureAllocatorForTraining();
   int64_t steps = 5, tokens = 2048, docs = 4;
+  double recompute = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -71,13 +73,18 @@ int main(int argc, char** argv) {
       tokens = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--docs"))
       docs = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--recompute"))
+      recompute = std::atof(argv[i + 1]);
     else {
-      std::fprintf(stderr, "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D]\n");
+      std::fprintf(stderr,
+                   "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F]\n");
       return 2;
     }
   }
-  if (steps < 1 || docs < 1 || tokens % docs != 0) {
-    std::fprintf(stderr, "cpu_train_bench: need steps >= 1 and tokens divisible by docs\n");
+  if (steps < 1 || docs < 1 || tokens % docs != 0 || !(recompute >= 0 && recompute <= 1)) {
+    std::fprintf(stderr,
+                 "cpu_train_bench: need steps >= 1, tokens divisible by docs, recompute in "
+                 "[0, 1]\n");
     return 2;
   }
 
@@ -110,6 +117,7 @@ int main(int argc, char** argv) {
 
   xt::Transformer model(cfg);
   xt::InitRandom(&model, 0.02, 0);
+  model.SetRecompute(recompute);
   const int64_t total = model.layout().total();
 
   std::mt19937_64 rng(1234);
@@ -123,10 +131,12 @@ int main(int argc, char** argv) {
       xt::AdamW::Create(xt::AdamWConfig{}, xt::DefaultDecayRanges(model.layout()), total), "adamw");
 
   double loss = 0;
+  int64_t activation_bytes = 0;
   auto step = [&] {
     model.ZeroGrads();
     xt::LossInfo li = Check(model.ForwardBackward(batch), "forward_backward");
     loss = li.loss;
+    activation_bytes = li.activation_bytes;
     xt::clip_grad_norm(model.grads().f32(), total, 1.0);
     opt.Step(model.params().f32(), model.grads().f32(), 1e-4);
   };
@@ -178,6 +188,8 @@ int main(int argc, char** argv) {
   std::printf("sgemm_flops_per_s=%.6e\n", sgemm_rate);
   std::printf("sgemm_fraction=%.4f\n", model_rate / sgemm_rate);
   std::printf("peak_rss_mib=%.1f\n", rss);
+  std::printf("activation_mib=%.1f\n", double(activation_bytes) / (1 << 20));
+  std::printf("recompute_layers=%lld\n", (long long)model.recompute_layers());
   std::printf("loss=%.6f\n", loss);
   return 0;
 }
