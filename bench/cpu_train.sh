@@ -20,16 +20,18 @@ cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
 export OMP_NUM_THREADS=$THREADS
 ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4)
+ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16)
 PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
   --batch 4 --seq 512)
 
-ENGINE="$ENGINE" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
 import os
 
 def kv(text):
     return dict(l.split("=", 1) for l in text.splitlines() if "=" in l)
 
 e, p = kv(os.environ["ENGINE"]), kv(os.environ["PEER"])
+e16 = kv(os.environ["ENGINE16"])
 flops = float(e["step_flops"])  # same model, same tokens, same document lengths on both sides
 et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
 es, ps = float(e["step_s_median"]), float(p["step_s_median"])
@@ -44,6 +46,11 @@ print(f"| PyTorch + transformers | {pt:,.1f} | {flops / ps / 1e9:.1f} | "
       f"{float(p['peak_rss_mib']):,.0f} | 1.00x |")
 print(f"| xtuner | {et:,.1f} | {flops / es / 1e9:.1f} | {float(e['peak_rss_mib']):,.0f} | "
       f"{et / pt:.2f}x |")
+et16, es16 = float(e16["tokens_per_s"]), float(e16["step_s_median"])
+print(f"| xtuner, bf16 matmuls | {et16:,.1f} | {flops / es16 / 1e9:.1f} | "
+      f"{float(e16['peak_rss_mib']):,.0f} | {et16 / pt:.2f}x |")
+print(f"\nbf16 matmuls: oneDNN bf16 gemm 2048^3 {float(e16['bf16_gemm_flops_per_s']) / 1e9:.1f} "
+      f"GFLOP/s; step loss {float(e16['loss']):.6f} against fp32's {float(e['loss']):.6f}")
 print(f"\ntokens/s engine={et:.1f} pytorch={pt:.1f} ratio={et / pt:.2f} "
       f"sgemm_fraction={float(e['sgemm_fraction']):.3f} peak_rss_mib={float(e['peak_rss_mib']):.0f}")
 PY

@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   xt::ConfigureAllocatorForTraining();
   int64_t steps = 5, tokens = 2048, docs = 4;
   double recompute = 0;
+  bool bf16 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -75,9 +76,14 @@ int main(int argc, char** argv) {
       docs = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--recompute"))
       recompute = std::atof(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "bf16"))
+      bf16 = true;
+    else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "fp32"))
+      bf16 = false;
     else {
       std::fprintf(stderr,
-                   "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F]\n");
+                   "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
+                   "[--precision fp32|bf16]\n");
       return 2;
     }
   }
@@ -130,6 +136,8 @@ int main(int argc, char** argv) {
   xt::AdamW opt = Check(
       xt::AdamW::Create(xt::AdamWConfig{}, xt::DefaultDecayRanges(model.layout()), total), "adamw");
 
+  xt::ops::SetMatmulPrecision(bf16 ? xt::ops::MatmulPrecision::kBf16
+                                   : xt::ops::MatmulPrecision::kFp32);
   double loss = 0;
   int64_t activation_bytes = 0;
   auto step = [&] {
@@ -162,7 +170,9 @@ int main(int argc, char** argv) {
   const double model_rate = flops / median;
   const double rss = PeakRssMib();  // before the sgemm buffers (48 MiB) are allocated
 
-  // The machine's sgemm rate through the same oneDNN path: 2048^3, best of 3 after a warm-up.
+  // The machine's sgemm rate through the same oneDNN path: 2048^3, best of 3 after a warm-up
+  // (in fp32: the reference of sgemm_fraction), then the bf16 rate likewise.
+  xt::ops::SetMatmulPrecision(xt::ops::MatmulPrecision::kFp32);
   const int64_t n = 2048;
   std::vector<float> a(n * n), b(n * n), c(n * n);
   std::uniform_real_distribution<float> u(-1, 1);
@@ -176,6 +186,15 @@ int main(int argc, char** argv) {
     best = std::min(best, Now() - t0);
   }
   const double sgemm_rate = 2.0 * n * n * n / best;
+  xt::ops::SetMatmulPrecision(xt::ops::MatmulPrecision::kBf16);
+  xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
+  double best16 = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    double t0 = Now();
+    xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
+    best16 = std::min(best16, Now() - t0);
+  }
+  const double bf16_rate = 2.0 * n * n * n / best16;
 
   std::printf("threads=%d\n", omp_get_max_threads());
   std::printf("tokens=%lld\nsteps=%lld\n", (long long)tokens, (long long)steps);
@@ -187,6 +206,8 @@ int main(int argc, char** argv) {
   std::printf("model_flops_per_s=%.6e\n", model_rate);
   std::printf("sgemm_flops_per_s=%.6e\n", sgemm_rate);
   std::printf("sgemm_fraction=%.4f\n", model_rate / sgemm_rate);
+  std::printf("bf16_gemm_flops_per_s=%.6e\n", bf16_rate);
+  std::printf("precision=%s\n", bf16 ? "bf16" : "fp32");
   std::printf("peak_rss_mib=%.1f\n", rss);
   std::printf("activation_mib=%.1f\n", double(activation_bytes) / (1 << 20));
   std::printf("recompute_layers=%lld\n", (long long)model.recompute_layers());

@@ -17,8 +17,21 @@ namespace xt::ops {
 // ---------------------------------------------------------------- GEMM (oneDNN sgemm)
 // c (M, N) = op(a) @ op(b) + beta * c. a is (M, K), or (K, M) when ta; b is (K, N), or (N, K)
 // when tb. beta = 0 assigns, 1 accumulates. Row-major, tightly packed.
+// In MatmulPrecision::kBf16, a and b are rounded to bf16 first (see gemm_bf16).
 void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
           bool tb, float beta);
+
+// The precision of every gemm (and so of every linear, grouped and lm_head product) in this
+// process: fp32 (default), or bf16 inputs with fp32 accumulation and output, as torch's
+// autocast to bf16 does on the CPU. Parameters, gradients and optimizer state stay fp32.
+enum class MatmulPrecision { kFp32, kBf16 };
+void SetMatmulPrecision(MatmulPrecision p);
+MatmulPrecision GetMatmulPrecision();
+
+// The bf16 product: c = round_bf16(op(a)) @ round_bf16(op(b)) + beta * c, summed in fp32 (beta
+// 0 or 1). Thread-safe; inside an OpenMP region it runs on the calling thread.
+void gemm_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
+               bool tb, float beta);
 
 // ---------------------------------------------------------------- linear (no bias)
 // out (T, O) = in (T, I) @ w^T, w (O, I).

@@ -50,6 +50,9 @@ const std::vector<Key>& Schema() {
       {"train.micro_batch_size", &C::micro_batch_size,
        "Rows per forward/backward; gradients accumulate over the global batch."},
       {"train.seed", &C::seed, "Seed of the data order and the random initialisation."},
+      {"train.precision", &C::precision,
+       "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
+       "oneDNN); weights, gradients and AdamW stay fp32."},
       {"optim.lr", &C::lr, "Peak learning rate."},
       {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
       {"optim.weight_decay", &C::weight_decay,
@@ -328,6 +331,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.max_length < 2) return err("data.max_length must be at least 2");
   if (c.on_bad_sample != "error" && c.on_bad_sample != "skip")
     return err("data.on_bad_sample must be error or skip, not " + c.on_bad_sample);
+  if (c.precision != "fp32" && c.precision != "bf16")
+    return err("train.precision must be fp32 or bf16, not \"" + c.precision + "\"");
   if (c.overlong != "truncate" && c.overlong != "drop")
     return err("data.overlong must be truncate or drop, not " + c.overlong);
   if (c.steps < 1) return err("train.steps must be at least 1");

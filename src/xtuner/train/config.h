@@ -41,6 +41,7 @@ struct TrainConfig {
   int64_t global_batch_size = 8;  // rows of max_length tokens per optimizer step, all ranks
   int64_t micro_batch_size = 1;   // rows per forward/backward
   int64_t seed = 42;
+  std::string precision = "fp32";  // fp32 | bf16 (matmul inputs; accumulation and state fp32)
 
   // [optim]
   double lr = 1e-5;

@@ -14,6 +14,7 @@
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
+#include "xtuner/ops/ops.h"
 #include "xtuner/optim/adamw.h"
 #include "xtuner/optim/clip.h"
 #include "xtuner/optim/lr_schedule.h"
@@ -110,6 +111,13 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   Comm& world = world_in ? *world_in : *single;
   const bool lead = world.rank() == 0;
   if (!lead) log = nullptr;
+  // The matmul precision of this run, restored on every way out.
+  struct PrecisionScope {
+    ops::MatmulPrecision old = ops::GetMatmulPrecision();
+    ~PrecisionScope() { ops::SetMatmulPrecision(old); }
+  } precision_scope;
+  ops::SetMatmulPrecision(cfg.precision == "bf16" ? ops::MatmulPrecision::kBf16
+                                                  : ops::MatmulPrecision::kFp32);
   const auto t_start = std::chrono::steady_clock::now();
   auto seconds_since = [](auto t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -254,6 +262,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   sum.extra.push_back({"memory", "per rank",
                        HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
+  if (cfg.precision == "bf16")
+    sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
   if (log) PrintRunSummary(log, sum);
