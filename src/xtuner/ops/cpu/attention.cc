@@ -4,13 +4,17 @@
 // query blocks and as key blocks, so query block b sees key blocks doc_begin .. b (the last one,
 // the diagonal, masked). A work item is (block, head); it owns its outputs, reads keys/values one
 // block at a time and keeps O(kBlock * D) scratch. Every output element is reduced in a fixed
-// order inside one work item: results are bit-identical for any thread count. No atomics.
+// order inside one work item: results are bit-identical for any thread count. No atomics. The
+// tile products run on oneDNN's sgemm, one thread per call (inside the OpenMP work items), on the
+// strided rows of q, k, v in place.
 //
 //   forward:   s = q k^T * scale, online softmax (running max m, sum l), out = acc / l,
 //              lse = m + log(l).
 //   backward:  p = exp(s - lse), delta_i = <dout_i, out_i>, dp = dout v^T, ds = p (dp - delta),
 //              dv = p^T dout, dk = ds^T q * scale   (items: key block x kv head, all its q heads)
 //              dq = ds k * scale                    (items: query block x q head)
+#include <dnnl.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -43,49 +47,16 @@ std::vector<Block> MakeBlocks(const int32_t* cu, int64_t num_docs, int64_t T) {
   return blocks;
 }
 
-// xt (D, kBlock) = rows [b.begin, b.begin + b.n) of head h of x (T, Hn, D), transposed; the
-// columns past b.n are zero.
-void PackTransposed(float* xt, const float* x, const Block& b, int64_t h, int64_t Hn, int64_t D) {
-  std::fill(xt, xt + D * kBlock, 0.0f);
-  for (int64_t j = 0; j < b.n; ++j) {
-    const float* row = x + ((b.begin + j) * Hn + h) * D;
-    for (int64_t d = 0; d < D; ++d) xt[d * kBlock + j] = row[d];
+// c (M, N; row stride ldc) = alpha * op(a) @ op(b) + beta * c, row-major with row strides lda,
+// ldb (oneDNN's sgemm; inside a work item it runs on the calling thread).
+void Tile(char ta, char tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (M == 0 || N == 0 || K == 0) {
+    XT_CHECK(beta == 1.0f, "attention: empty tile product must accumulate");
+    return;
   }
-}
-
-// s (kBlock, kBlock) = a (n, D; row stride lda) @ bt (D, kBlock) * scale; rows >= n untouched.
-// Two rows at a time (eight independent vector accumulators); each row sums over d in order.
-void ScoreTile(float* s, const float* a, int64_t lda, int64_t n, const float* bt, int64_t D,
-               float scale) {
-  for (int64_t i = 0; i < n; i += 2) {
-    const float* a0 = a + i * lda;
-    const float* a1 = i + 1 < n ? a0 + lda : a0;  // odd n: the last row twice
-    float acc0[kBlock] = {}, acc1[kBlock] = {};
-    for (int64_t d = 0; d < D; ++d) {  // (two j loops, not one: keeps acc in registers)
-      const float* col = bt + d * kBlock;
-      const float x0 = a0[d], x1 = a1[d];
-      for (int64_t j = 0; j < kBlock; ++j) acc0[j] += x0 * col[j];
-      for (int64_t j = 0; j < kBlock; ++j) acc1[j] += x1 * col[j];
-    }
-    for (int64_t j = 0; j < kBlock; ++j) s[i * kBlock + j] = acc0[j] * scale;
-    if (i + 1 < n)
-      for (int64_t j = 0; j < kBlock; ++j) s[(i + 1) * kBlock + j] = acc1[j] * scale;
-  }
-}
-
-// y (D) += sum_{j < n} c[j * cs] * x_j (D), x_j = x + j * xs; four rows at a time, in order.
-void AddRows(float* y, const float* c, int64_t cs, const float* x, int64_t xs, int64_t n,
-             int64_t D) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const float c0 = c[j * cs], c1 = c[(j + 1) * cs], c2 = c[(j + 2) * cs], c3 = c[(j + 3) * cs];
-    const float *x0 = x + j * xs, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;
-    for (int64_t d = 0; d < D; ++d) y[d] += c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d];
-  }
-  for (; j < n; ++j) {
-    const float cj = c[j * cs], *xj = x + j * xs;
-    for (int64_t d = 0; d < D; ++d) y[d] += cj * xj[d];
-  }
+  const dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  XT_CHECK(st == dnnl_success, "attention: dnnl_sgemm failed");
 }
 
 // Max and sum of x (kBlock), reduced in kLanes interleaved partial results then across them: a
@@ -123,8 +94,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   const int64_t items = int64_t(blocks.size()) * Hq;
 #pragma omp parallel
   {
-    // Per-thread scratch: kt (D, kBlock), s (kBlock, kBlock), acc (kBlock, D).
-    std::vector<float> kt(D * kBlock), s(kBlock * kBlock), acc(kBlock * D);
+    // Per-thread scratch: s (kBlock, kBlock), acc (kBlock, D).
+    std::vector<float> s(kBlock * kBlock), acc(kBlock * D);
     float m[kBlock], l[kBlock];  // running max and sum of exp per query row
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
@@ -135,8 +106,9 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       std::fill(l, l + kBlock, 0.0f);
       for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
         const Block kb = KeyBlock(qb, kb0);
-        PackTransposed(kt.data(), k, kb, g, Hkv, D);
-        ScoreTile(s.data(), q + (qb.begin * Hq + h) * D, Hq * D, qb.n, kt.data(), D, scale);
+        const float* kh = k + (kb0 * Hkv + g) * D;  // key row j at kh + j * Hkv * D
+        Tile('N', 'T', qb.n, kb.n, D, scale, q + (qb.begin * Hq + h) * D, Hq * D, kh, Hkv * D, 0.0f,
+             s.data(), kBlock);
         for (int64_t i = 0; i < qb.n; ++i) {
           const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);  // causal keys; n >= 1
           float* p = s.data() + i * kBlock;  // (kBlock) scores -> exp(score - max)
@@ -149,8 +121,10 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           m[i] = mx;
           float* a = acc.data() + i * D;  // (D)
           for (int64_t d = 0; d < D; ++d) a[d] *= corr;
-          AddRows(a, p, 1, v + (kb0 * Hkv + g) * D, Hkv * D, n, D);
         }
+        // acc (qb.n, D) += p (qb.n, kb.n) @ v block (kb.n, D); masked p are 0.
+        Tile('N', 'N', qb.n, D, kb.n, 1.0f, s.data(), kBlock, v + (kb0 * Hkv + g) * D, Hkv * D,
+             1.0f, acc.data(), D);
       }
       for (int64_t i = 0; i < qb.n; ++i) {
         const int64_t r = (qb.begin + i) * Hq + h;
@@ -179,18 +153,22 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     delta[r] = sum;
   }
 
-  // Tile of query block qb (head h) x key block kb (packed kt, vt (D, kBlock)):
-  // p (kBlock, kBlock) = exp(s - lse), ds (kBlock, kBlock) = p * (dout v^T - delta). Only the
-  // causal entries (row i: j <= qb.begin + i - kb.begin) are meaningful.
-  auto tile = [&](float* p, float* ds, const Block& qb, int64_t h, const Block& kb, const float* kt,
-                  const float* vt) {
-    ScoreTile(p, q + (qb.begin * Hq + h) * D, Hq * D, qb.n, kt, D, scale);
-    ScoreTile(ds, dout + (qb.begin * Hq + h) * D, Hq * D, qb.n, vt, D, 1.0f);  // dp
+  // Tile of query block qb (head h) x key block kb (kv head g): p (kBlock, kBlock) =
+  // exp(s - lse), ds (kBlock, kBlock) = p * (dout v^T - delta), both 0 outside the causal entries
+  // (row i: j <= qb.begin + i - kb.begin) of the first kb.n columns.
+  auto tile = [&](float* p, float* ds, const Block& qb, int64_t h, const Block& kb, int64_t g) {
+    const float* kh = k + (kb.begin * Hkv + g) * D;
+    const float* vh = v + (kb.begin * Hkv + g) * D;
+    Tile('N', 'T', qb.n, kb.n, D, scale, q + (qb.begin * Hq + h) * D, Hq * D, kh, Hkv * D, 0.0f, p,
+         kBlock);
+    Tile('N', 'T', qb.n, kb.n, D, 1.0f, dout + (qb.begin * Hq + h) * D, Hq * D, vh, Hkv * D, 0.0f,
+         ds, kBlock);  // dp
     for (int64_t i = 0; i < qb.n; ++i) {
       const int64_t r = (qb.begin + i) * Hq + h, n = std::min(kb.n, qb.begin + i - kb.begin + 1);
       float *pi = p + i * kBlock, *dsi = ds + i * kBlock;
       for (int64_t j = 0; j < n; ++j) pi[j] = Exp(pi[j] - lse[r]);
       for (int64_t j = 0; j < n; ++j) dsi[j] = pi[j] * (dsi[j] - delta[r]);
+      for (int64_t j = std::max<int64_t>(n, 0); j < kb.n; ++j) pi[j] = dsi[j] = 0.0f;
     }
   };
 
@@ -199,30 +177,23 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t kv_items = int64_t(blocks.size()) * Hkv;
 #pragma omp parallel
   {
-    std::vector<float> kt(D * kBlock), vt(D * kBlock), p(kBlock * kBlock), ds(kBlock * kBlock);
+    std::vector<float> p(kBlock * kBlock), ds(kBlock * kBlock);
     std::vector<float> dk_acc(kBlock * D), dv_acc(kBlock * D);  // (kBlock, D)
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < kv_items; ++it) {
       const Block& kb = blocks[it / Hkv];
       const int64_t g = it % Hkv;
-      PackTransposed(kt.data(), k, kb, g, Hkv, D);
-      PackTransposed(vt.data(), v, kb, g, Hkv, D);
       std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
       std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         for (int64_t qb0 = kb.begin; qb0 < kb.doc_end; qb0 += kBlock) {
           const Block qb = KeyBlock(kb, qb0);
-          tile(p.data(), ds.data(), qb, h, kb, kt.data(), vt.data());
-          const float* qh = q + (qb0 * Hq + h) * D;      // row i at qh + i * Hq * D
-          const float* doh = dout + (qb0 * Hq + h) * D;  // likewise
-          for (int64_t j = 0; j < kb.n; ++j) {
-            const int64_t i0 = std::max<int64_t>(0, kb.begin + j - qb0);  // first causal row
-            const int64_t off = i0 * kBlock + j, rows = qb.n - i0;
-            AddRows(dv_acc.data() + j * D, p.data() + off, kBlock, doh + i0 * Hq * D, Hq * D, rows,
-                    D);
-            AddRows(dk_acc.data() + j * D, ds.data() + off, kBlock, qh + i0 * Hq * D, Hq * D, rows,
-                    D);
-          }
+          tile(p.data(), ds.data(), qb, h, kb, g);
+          // dv (kb.n, D) += p^T @ dout block; dk (kb.n, D) += ds^T @ q block.
+          Tile('T', 'N', kb.n, D, qb.n, 1.0f, p.data(), kBlock, dout + (qb0 * Hq + h) * D, Hq * D,
+               1.0f, dv_acc.data(), D);
+          Tile('T', 'N', kb.n, D, qb.n, 1.0f, ds.data(), kBlock, q + (qb0 * Hq + h) * D, Hq * D,
+               1.0f, dk_acc.data(), D);
         }
       }
       for (int64_t j = 0; j < kb.n; ++j) {
@@ -239,7 +210,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t q_items = int64_t(blocks.size()) * Hq;
 #pragma omp parallel
   {
-    std::vector<float> kt(D * kBlock), vt(D * kBlock), p(kBlock * kBlock), ds(kBlock * kBlock);
+    std::vector<float> p(kBlock * kBlock), ds(kBlock * kBlock);
     std::vector<float> dq_acc(kBlock * D);  // (kBlock, D)
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < q_items; ++it) {
@@ -248,14 +219,10 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
       for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
         const Block kb = KeyBlock(qb, kb0);
-        PackTransposed(kt.data(), k, kb, g, Hkv, D);
-        PackTransposed(vt.data(), v, kb, g, Hkv, D);
-        tile(p.data(), ds.data(), qb, h, kb, kt.data(), vt.data());
-        for (int64_t i = 0; i < qb.n; ++i) {
-          const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);
-          AddRows(dq_acc.data() + i * D, ds.data() + i * kBlock, 1, k + (kb0 * Hkv + g) * D,
-                  Hkv * D, n, D);
-        }
+        tile(p.data(), ds.data(), qb, h, kb, g);
+        // dq (qb.n, D) += ds @ k block (kb.n, D).
+        Tile('N', 'N', qb.n, D, kb.n, 1.0f, ds.data(), kBlock, k + (kb0 * Hkv + g) * D, Hkv * D,
+             1.0f, dq_acc.data(), D);
       }
       for (int64_t i = 0; i < qb.n; ++i) {
         const int64_t r = (qb.begin + i) * Hq + h;
