@@ -53,10 +53,12 @@ void moe_permute_backward(float* dx, const float* dxs, const int32_t* slot_of, i
   }
 }
 
-// Each expert's GEMM runs on the whole thread pool in turn: the row counts are uneven, and the
-// forward's and din's outputs are disjoint row ranges anyway.
+// The experts' GEMMs run in parallel, one thread each (dynamic schedule): small
+// products split over the whole pool waste it in synchronisation. Outputs are disjoint (rows of
+// out and din, slabs of dw), and each product runs on one thread whatever the pool's size.
 void grouped_linear_forward(float* out, const float* in, const float* w, const int32_t* offsets,
                             int64_t E, int64_t I, int64_t O) {
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -65,11 +67,10 @@ void grouped_linear_forward(float* out, const float* in, const float* w, const i
   }
 }
 
-// dw is parallel over the experts (each writes its own (O, I) slab; the GEMMs inside run on one
-// thread each), din over the thread pool per expert as in the forward.
 void grouped_linear_backward(float* din, float* dw, const float* dout, const float* in,
                              const float* w, const int32_t* offsets, int64_t E, int64_t I,
                              int64_t O) {
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
