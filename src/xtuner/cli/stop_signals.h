@@ -3,9 +3,10 @@
 // the process at once by that signal.
 //
 // The signals are blocked in every thread and taken by a watcher thread through sigtimedwait,
-// so no handler ever runs on a compute thread's stack: oneDNN's JIT kernels keep data below the
-// stack pointer, and a handler's frame there corrupted the heap. Construct it before any other
-// thread starts (threads inherit the blocked mask).
+// so no handler ever runs on a compute thread's stack (with a plain handler, one interrupted run
+// in five corrupted the heap, most likely through a handler frame pushed under oneDNN's JIT
+// kernels). Construct it before any other thread starts, MPI's included: threads inherit the
+// blocked mask, and one that does not block the signals may take it and die of it.
 #pragma once
 
 #include <atomic>
