@@ -17,7 +17,10 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   a->probs.resize(T * E);
   a->topk_w.resize(T * k);
   a->topk_idx.resize(T * k);
-  ops::linear_forward(a->router_logits.data(), a->h2.data(), P(o.router), T, H, E);
+  {
+    ops::Fp32MatmulScope fp32;  // the router in fp32 in every mode
+    ops::linear_forward(a->router_logits.data(), a->h2.data(), P(o.router), T, H, E);
+  }
   ops::router_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
                       a->router_logits.data(), T, E, k, cfg_.norm_topk_prob);
   a->offsets.resize(E + 1);
@@ -97,6 +100,7 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   }
   ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
                        a->probs.data(), a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
+  ops::Fp32MatmulScope fp32;
   ops::linear_backward(dh2, G(o.router), dlogits.data(), a->h2.data(), P(o.router), T, H, E,
                        /*accumulate_din=*/true);
 }

@@ -27,6 +27,13 @@ void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_
 enum class MatmulPrecision { kFp32, kBf16 };
 void SetMatmulPrecision(MatmulPrecision p);
 MatmulPrecision GetMatmulPrecision();
+// fp32 matmuls while it lives (the MoE router keeps fp32 logits in bf16 mode, as Megatron
+// does: a rounded logit flips top-k choices). Not for use inside OpenMP regions.
+struct Fp32MatmulScope {
+  MatmulPrecision saved = GetMatmulPrecision();
+  Fp32MatmulScope() { SetMatmulPrecision(MatmulPrecision::kFp32); }
+  ~Fp32MatmulScope() { SetMatmulPrecision(saved); }
+};
 
 // The bf16 product: c = round_bf16(op(a)) @ round_bf16(op(b)) + beta * c, summed in fp32 (beta
 // 0 or 1). Thread-safe; inside an OpenMP region it runs on the calling thread.
