@@ -222,6 +222,36 @@ TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
   j = good;
   j.erase("total");
   expect_error(j, "missing \"total\"");
+  j = good;
+  j["files"][0]["ranges"].push_back(j["files"][0]["ranges"][0]);
+  expect_error(j, "overlap");
+  j = good;
+  j["files"][0]["ranges"][0][2] = uint64_t(1) << 63;
+  expect_error(j, "a bad range");
+  std::ofstream(index) << good.dump();
+  ASSERT_TRUE(ReadCheckpointParams(r->last_checkpoint, *mc).ok());
+  // trainer_state.json: a wrong type is a named error, not an exception.
+  const std::string state = r->last_checkpoint + "/trainer_state.json";
+  std::ifstream sin(state);
+  nlohmann::json st = nlohmann::json::parse(sin);
+  st["optimizer_step"] = "4";
+  std::ofstream(state) << st.dump();
+  const int64_t n = ParamLayout(*mc).total();
+  std::vector<float> params(n);
+  auto adamw = AdamW::Create({}, {{0, n, true}}, n);
+  ASSERT_TRUE(adamw.ok());
+  auto mesh = MakeMesh(1, 0, 1, *mc);
+  ASSERT_TRUE(mesh.ok());
+  const std::vector<OwnedRange> owned = OwnedRanges(*mc, *mesh);
+  TrainState ts;
+  Status s = LoadTrainCheckpoint(r->last_checkpoint, *mc, {&owned, params.data(), &*adamw}, &ts);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("\"optimizer_step\" must be an integer"), std::string::npos)
+      << s.message();
+  // A directory that only looks like a checkpoint is never "latest".
+  fs::create_directories(c.work_dir + "/checkpoints/step-best");
+  std::ofstream(c.work_dir + "/checkpoints/step-best/trainer_state.json") << "{}";
+  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
 }
 
 TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {

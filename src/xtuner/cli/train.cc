@@ -20,6 +20,7 @@ Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
   // job at once, naming the rank (the others may be waiting for it in a collective).
   // Ctrl-C and SIGTERM: a checkpoint and a clean exit. Blocked before MPI starts its threads,
   // which inherit the mask (else the signal may land on one of them and kill the rank).
+  ClearStopRequest();
   StopSignals stop(RequestStop);
   std::unique_ptr<Comm> world = MakeWorldComm();
   Result<TrainResult> result = RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());

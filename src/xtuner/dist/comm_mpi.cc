@@ -128,7 +128,13 @@ std::unique_ptr<Comm> MakeWorldComm() {
   if (!LaunchedByMpi()) return MakeSingleComm();
   int provided = 0;
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-  return std::make_unique<MpiComm>(MPI_COMM_WORLD, true);
+  auto world = std::make_unique<MpiComm>(MPI_COMM_WORLD, true);
+  // Only the main thread calls MPI, but the process has other threads (OpenMP, the signal
+  // watcher): MPI must allow that.
+  if (provided < MPI_THREAD_FUNNELED)
+    world->Abort("error: this MPI library provides thread level " + std::to_string(provided) +
+                 ", below MPI_THREAD_FUNNELED, which a multi-threaded process needs");
+  return world;
 }
 
 }  // namespace xt

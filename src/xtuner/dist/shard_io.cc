@@ -35,30 +35,43 @@ Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
   });
 }
 
-std::vector<float> GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
-                                   const float* shard, int64_t shard_size) {
-  std::vector<int64_t> counts(mesh.world);
+void GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh, const float* shard,
+                     int64_t shard_size, float* whole) {
   std::vector<std::vector<OwnedRange>> ranges(mesh.world);
-  int64_t total = 0;
+  std::vector<int64_t> sizes(mesh.world, 0);
+  int64_t largest = 0;
   for (int r = 0; r < mesh.world; ++r) {
     Result<Mesh> m = MakeMesh(mesh.world, r, mesh.ep, cfg);
     XT_CHECK(m.ok(), "GatherWholeSlab: bad mesh");
     ranges[r] = OwnedRanges(cfg, *m);
-    for (const OwnedRange& o : ranges[r]) counts[r] += o.size;
-    total += counts[r];
+    for (const OwnedRange& o : ranges[r]) sizes[r] += o.size;
+    largest = std::max(largest, sizes[r]);
   }
-  XT_CHECK(counts[mesh.rank] == shard_size, "GatherWholeSlab: shard size mismatch");
-  std::vector<float> all(world.rank() == 0 ? total : 0), whole;
-  world.Gather(all.data(), shard, counts, 0);
-  if (world.rank() != 0) return whole;
-  whole.assign(ParamLayout(cfg).total(), 0.0f);
-  int64_t at = 0;
-  for (int r = 0; r < mesh.world; ++r) {
-    for (const OwnedRange& o : ranges[r])
-      std::memcpy(whole.data() + o.global, all.data() + at + o.shard, size_t(o.size) * 4);
-    at += counts[r];
+  XT_CHECK(sizes[mesh.rank] == shard_size, "GatherWholeSlab: shard size mismatch");
+  // Round k carries elements [k * chunk, (k + 1) * chunk) of every shard; all counts of a round
+  // together stay below 2^30.
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 30) / mesh.world);
+  const bool root = world.rank() == 0;
+  std::vector<float> got(root ? chunk * mesh.world : 0);
+  std::vector<int64_t> counts(mesh.world);
+  for (int64_t begin = 0; begin < largest; begin += chunk) {
+    for (int r = 0; r < mesh.world; ++r)
+      counts[r] = std::clamp<int64_t>(sizes[r] - begin, 0, chunk);
+    world.Gather(got.data(), shard + std::min(begin, shard_size), counts, 0);
+    if (!root) continue;
+    int64_t at = 0;
+    for (int r = 0; r < mesh.world; ++r) {
+      // Shard elements [begin, begin + counts[r]) of rank r, to their places in the slab.
+      for (const OwnedRange& o : ranges[r]) {
+        const int64_t lo = std::max(begin, o.shard),
+                      hi = std::min(begin + counts[r], o.shard + o.size);
+        if (lo < hi)
+          std::memcpy(whole + o.global + (lo - o.shard), got.data() + at + (lo - begin),
+                      size_t(hi - lo) * sizeof(float));
+      }
+      at += counts[r];
+    }
   }
-  return whole;
 }
 
 }  // namespace xt

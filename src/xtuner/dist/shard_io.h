@@ -32,9 +32,11 @@ void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owne
 Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
                    const std::vector<OwnedRange>& owned, float* shard);
 
-// A collective over `world` (mesh.world ranks): rank 0 returns the whole slab
-// (ParamLayout(cfg).total()) assembled from every rank's shard; the others return nothing.
-std::vector<float> GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
-                                   const float* shard, int64_t shard_size);
+// A collective over `world` (mesh.world ranks): on rank 0, whole (ParamLayout(cfg).total()) =
+// the slab assembled from every rank's shard; `whole` is unused elsewhere (may be null). The
+// shards travel in rounds of bounded size, so any model size fits MPI's int counts, and rank 0
+// needs no memory beyond `whole`.
+void GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh, const float* shard,
+                     int64_t shard_size, float* whole);
 
 }  // namespace xt

@@ -34,11 +34,17 @@ std::vector<fs::path> ListCheckpoints(const std::string& work_dir) {
   const fs::path root = fs::path(work_dir) / "checkpoints";
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind(kPrefix, 0) == 0 && name.find('.') == std::string::npos &&
+    const std::string digits = name.rfind(kPrefix, 0) == 0 ? name.substr(std::strlen(kPrefix)) : "";
+    if (e.is_directory() && !digits.empty() && digits.size() <= 18 &&
+        digits.find_first_not_of("0123456789") == std::string::npos &&
         fs::exists(e.path() / "trainer_state.json"))
       out.push_back(e.path());
   }
-  std::sort(out.begin(), out.end());
+  auto step = [](const fs::path& p) {
+    return std::stoll(p.filename().string().substr(std::strlen(kPrefix)));
+  };
+  std::sort(out.begin(), out.end(),
+            [&](const fs::path& a, const fs::path& b) { return step(a) < step(b); });
   return out;
 }
 
@@ -84,39 +90,55 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
                          " parameters, this model has " + std::to_string(total));
   if (!index.contains("files") || !index["files"].is_array())
     return Status::Error(src + ": missing \"files\"");
-  int64_t want = 0, found = 0;
+  int64_t want = 0;
   for (const OwnedRange& o : owned) want += o.size;
+  constexpr uint64_t kMax = uint64_t(1) << 62;      // no sum of two of these overflows
+  std::vector<std::pair<int64_t, int64_t>> filled;  // shard offset, n: every element copied
   for (const nlohmann::json& f : index["files"]) {
     if (!f.is_object() || !f.contains("file") || !f["file"].is_string() || !f.contains("ranges") ||
         !f["ranges"].is_array())
       return Status::Error(src + ": a bad entry in \"files\": " + f.dump().substr(0, 80));
-    const std::string file = (dir / f.value("file", "")).string();
+    const std::string file = (dir / f["file"].get<std::string>()).string();
     // The ranges of this file that overlap what this rank owns.
     std::vector<std::array<int64_t, 3>> copies;  // file offset, shard offset, n
-    int64_t file_size = 0;
     for (const nlohmann::json& r : f["ranges"]) {
       if (!r.is_array() || r.size() != 3 || !r[0].is_number_unsigned() ||
           !r[1].is_number_unsigned() || !r[2].is_number_unsigned() ||
-          r[0].get<int64_t>() + r[1].get<int64_t>() > total)
+          r[0].get<uint64_t>() >= kMax || r[1].get<uint64_t>() >= kMax ||
+          r[2].get<uint64_t>() >= kMax || r[0].get<int64_t>() + r[1].get<int64_t>() > total)
         return Status::Error(src + ": a bad range " + r.dump() + " for " + file);
       const int64_t g = r[0].get<int64_t>(), n = r[1].get<int64_t>(), at = r[2].get<int64_t>();
-      file_size = std::max(file_size, at + n);
       for (const OwnedRange& o : owned) {
         const int64_t lo = std::max(g, o.global), hi = std::min(g + n, o.global + o.size);
         if (lo < hi) copies.push_back({at + (lo - g), o.shard + (lo - o.global), hi - lo});
       }
     }
     if (copies.empty()) continue;
+    // Only the slices this rank needs, straight from the mapped file.
     XT_ASSIGN_OR_RETURN(SafetensorsFile sf, SafetensorsFile::Open(file));
     std::vector<std::pair<const char*, float*>> wanted = {{"params", params}};
     if (m) wanted.push_back({"exp_avg", m});
     if (v) wanted.push_back({"exp_avg_sq", v});
     for (const auto& [name, dst] : wanted) {
-      XT_ASSIGN_OR_RETURN(Tensor t, sf.GetF32(name, {file_size}));
-      for (const auto& c : copies)
+      XT_ASSIGN_OR_RETURN(Tensor t, sf.Get(name));
+      if (t.dtype() != DType::F32 || t.shape().size() != 1)
+        return Status::Error(file + ": \"" + name + "\" must be a 1-D F32 tensor");
+      for (const auto& c : copies) {
+        if (c[0] + c[2] > t.numel())
+          return Status::Error(src + ": a range reaches past the " + std::to_string(t.numel()) +
+                               " values of \"" + name + "\" in " + file);
         std::memcpy(dst + c[1], t.f32() + c[0], size_t(c[2]) * sizeof(float));
+      }
     }
-    for (const auto& c : copies) found += c[2];
+    for (const auto& c : copies) filled.push_back({c[1], c[2]});
+  }
+  // Every element exactly once: no overlap, and all of them.
+  std::sort(filled.begin(), filled.end());
+  int64_t found = 0, end = 0;
+  for (const auto& [at, n] : filled) {
+    if (at < end) return Status::Error(src + ": the shards' ranges overlap");
+    end = at + n;
+    found += n;
   }
   if (found != want)
     return Status::Error(src + ": the shards cover " + std::to_string(found) + " of the " +
@@ -232,6 +254,11 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   const std::string src = (d / "trainer_state.json").string();
   for (const char* k : {"step", "optimizer_step", "sampler", "data_key"})
     if (!j.contains(k)) return Status::Error(src + ": missing \"" + std::string(k) + "\"");
+  for (const char* k : {"step", "optimizer_step", "nonfinite_consecutive", "nonfinite_total"})
+    if (j.contains(k) && !j[k].is_number_integer())
+      return Status::Error(src + ": \"" + std::string(k) + "\" must be an integer, not " +
+                           j[k].dump());
+  if (!j["data_key"].is_string()) return Status::Error(src + ": \"data_key\" must be a string");
   const int64_t n = shard.optim->numel();
   Tensor m = Tensor::Zeros(DType::F32, {n}), v = Tensor::Zeros(DType::F32, {n});
   XT_RETURN_IF_ERROR(ReadShards(d, cfg, *shard.owned, shard.params, m.f32(), v.f32()));

@@ -92,19 +92,20 @@ Status ExportModel(const TrainConfig& cfg, const Transformer& model, const Train
 // The export every rank takes part in: the whole model is gathered to rank 0, which writes it.
 Status Export(const TrainConfig& cfg, Comm& world, const ModelConfig& mc, const Mesh& mesh,
               ShardedParams& store, const TrainData& data, const std::string& dir) {
-  std::vector<float> whole = GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size());
-  if (world.rank() != 0) return Status::OK();
-  Transformer full(mc);
-  std::memcpy(full.params().f32(), whole.data(), whole.size() * sizeof(float));
-  return ExportModel(cfg, full, data, dir);
+  std::unique_ptr<Transformer> full;
+  if (world.rank() == 0) full = std::make_unique<Transformer>(mc);
+  GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size(),
+                  full ? full->params().f32() : nullptr);
+  if (!full) return Status::OK();
+  return ExportModel(cfg, *full, data, dir);
 }
 
 }  // namespace
 
 void RequestStop() { g_stop.store(true); }
+void ClearStopRequest() { g_stop.store(false); }
 
 Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* world_in) {
-  g_stop.store(false);
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
   std::unique_ptr<Comm> single;
   if (!world_in) single = MakeSingleComm();
@@ -127,6 +128,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (ec) return Status::Error(cfg.work_dir + ": cannot create the work dir: " + ec.message());
 
   // ---- mesh, model, data, optimizer: every input is checked before the first step.
+  // Whether any rank was asked to stop (a collective: every rank decides the same).
+  auto stop_requested = [&world] {
+    double stop = g_stop.load() ? 1.0 : 0.0;
+    world.AllReduceMax(&stop, 1);
+    return stop > 0;
+  };
   auto interrupted = [] {
     return Status::Error("interrupted before training started: nothing was written");
   };
@@ -150,7 +157,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   } else {
     InitShardRandom(mc, store.owned(), store.params(), cfg.initializer_range, uint64_t(cfg.seed));
   }
-  if (g_stop.load()) return interrupted();
+  if (stop_requested()) return interrupted();
   Transformer m(mc, &store, mc.is_moe() ? mesh.first_expert(mc) : 0,
                 mc.is_moe() ? mesh.experts_per_rank(mc) : -1, ep_group.get());
   m.SetRecompute(cfg.recompute);
@@ -160,7 +167,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (lead) world.Barrier();
   XT_RETURN_IF_ERROR(data_or.status());
   TrainData data = std::move(*data_or);
-  if (g_stop.load()) return interrupted();
+  if (stop_requested()) return interrupted();
   SamplerOptions so;
   so.global_batch_rows = cfg.global_batch_size;
   so.seed = uint64_t(cfg.seed);
@@ -434,11 +441,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   }
   if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
   // The whole model, on rank 0, for the export and the eval.
-  std::vector<float> whole = GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size());
+  std::unique_ptr<Transformer> whole;
+  if (lead) whole = std::make_unique<Transformer>(mc);
+  GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size(),
+                  whole ? whole->params().f32() : nullptr);
   if (!lead) return result;
-  Transformer full(mc);
-  std::memcpy(full.params().f32(), whole.data(), whole.size() * sizeof(float));
-  std::vector<float>().swap(whole);
+  Transformer& full = *whole;
   if (cfg.export_at_end) {
     result.export_dir = (fs::path(cfg.work_dir) / "hf").string();
     XT_RETURN_IF_ERROR(ExportModel(cfg, full, data, result.export_dir));

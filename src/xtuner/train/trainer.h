@@ -36,5 +36,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
 // Asks a running RunTraining to stop after its current step, save a checkpoint and return
 // (async-signal-safe; any thread may call it).
 void RequestStop();
+// Forgets a stop request (before installing the signal handling of a new run: a request made
+// while the run starts up, e.g. during MPI's start, is then kept).
+void ClearStopRequest();
 
 }  // namespace xt
