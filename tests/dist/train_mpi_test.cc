@@ -238,7 +238,8 @@ TEST(Distributed, ARankFailingToSaveEndsTheJobNamingItAndTheCause) {
   CliRun r = testing::RunMpi(2, LimitRank1(true), Args(dir, 20, "--set checkpoint.every=2"), kRoot,
                              "self,tcp");
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("rank 1/2: error: "), std::string::npos) << r.output;
+  // Whichever rank ends the job first names rank 1 and its cause.
+  EXPECT_NE(r.output.find(": rank 1: cannot write"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("shard-00001-of-00002"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("earlier checkpoints are intact"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
@@ -309,8 +310,10 @@ TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_kill).count();
   const std::string output = ReadAll(dir + "/log.txt");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << output;
-  EXPECT_NE(output.find("exited on signal 9 (Killed)"), std::string::npos) << output;
-  EXPECT_NE(output.find("rank"), std::string::npos) << output;
+  // mpirun names the first process it saw end: usually the killed one ("exited on signal 9
+  // (Killed)"), under load sometimes the other, aborted by MPI for its lost peer.
+  EXPECT_NE(output.find("mpirun noticed that process rank"), std::string::npos) << output;
+  EXPECT_NE(output.find("exited on signal"), std::string::npos) << output;
   EXPECT_LT(seconds, 30) << output;
   // The other rank is gone too within seconds (or a zombie waiting for init to reap it): mpirun
   // may exit while it is still being killed.

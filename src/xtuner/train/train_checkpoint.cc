@@ -69,11 +69,21 @@ Result<nlohmann::json> ReadJson(const fs::path& path) {
   return j;
 }
 
-// Whether any rank failed (a collective): every rank learns it, so none waits for the others.
-bool AnyFailed(Comm& world, const Status& st) {
-  double bad = st.ok() ? 0 : 1;
-  world.AllReduceMax(&bad, 1);
-  return bad > 0;
+// A collective: OK when no rank failed, else on every rank the error of the lowest failing
+// rank, "rank R: ..." (so whichever rank ends the job first names the cause, and none waits for
+// the others).
+Status AgreeOnFailure(Comm& world, const Status& st) {
+  double pick = st.ok() ? 0 : double(world.size() - world.rank());
+  world.AllReduceMax(&pick, 1);
+  if (pick == 0) return Status::OK();
+  if (world.size() == 1) return st;
+  const int root = world.size() - int(pick);
+  std::string msg = world.rank() == root ? st.message() : "";
+  int64_t len = int64_t(msg.size());
+  world.Broadcast(&len, sizeof len, root);
+  msg.resize(size_t(len));
+  world.Broadcast(msg.data(), len, root);
+  return Status::Error("rank " + std::to_string(root) + ": " + msg);
 }
 
 // Copies the ranges `owned` of the checkpoint's params (and exp_avg, exp_avg_sq when given)
@@ -167,7 +177,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     fs::create_directories(tmp, ec);
     if (ec) st = Status::Error(tmp.string() + ": cannot create: " + ec.message());
   }
-  if (AnyFailed(world, st)) return failed(st.ok() ? Status::Error("rank 0 failed") : st);
+  st = AgreeOnFailure(world, st);
+  if (!st.ok()) return failed(st);
 
   // Every rank: its shard.
   const AdamW& optim = *shard.optim;
@@ -180,8 +191,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
        {"exp_avg", optim.exp_avg()},
        {"exp_avg_sq", optim.exp_avg_sq()}},
       {{"optimizer_step", std::to_string(optim.step())}, {"ranges", ranges.dump()}});
-  if (AnyFailed(world, st))
-    return failed(st.ok() ? Status::Error("another rank failed to write its shard") : st);
+  st = AgreeOnFailure(world, st);
+  if (!st.ok()) return failed(st);
 
   // Rank 0: the index, the configs, then the rename that makes it a checkpoint.
   if (lead) {
@@ -234,8 +245,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
       for (size_t i = 0; i + size_t(keep_last) < kept.size(); ++i) fs::remove_all(kept[i], ec);
     }
   }
-  if (AnyFailed(world, st))
-    return failed(st.ok() ? Status::Error("rank 0 failed to finish the checkpoint") : st);
+  st = AgreeOnFailure(world, st);
+  if (!st.ok()) return failed(st);
   if (saved) *saved = final_dir.string();
   return Status::OK();
 }
