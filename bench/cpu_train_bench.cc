@@ -172,29 +172,24 @@ int main(int argc, char** argv) {
 
   // The machine's sgemm rate through the same oneDNN path: 2048^3, best of 3 after a warm-up
   // (in fp32: the reference of sgemm_fraction), then the bf16 rate likewise.
-  xt::ops::SetMatmulPrecision(xt::ops::MatmulPrecision::kFp32);
   const int64_t n = 2048;
   std::vector<float> a(n * n), b(n * n), c(n * n);
   std::uniform_real_distribution<float> u(-1, 1);
   for (auto& x : a) x = u(rng);
   for (auto& x : b) x = u(rng);
-  xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
-  double best = 1e30;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = Now();
+  auto gemm_rate = [&](xt::ops::MatmulPrecision p) {
+    xt::ops::SetMatmulPrecision(p);
     xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
-    best = std::min(best, Now() - t0);
-  }
-  const double sgemm_rate = 2.0 * n * n * n / best;
-  xt::ops::SetMatmulPrecision(xt::ops::MatmulPrecision::kBf16);
-  xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
-  double best16 = 1e30;
-  for (int r = 0; r < 3; ++r) {
-    double t0 = Now();
-    xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
-    best16 = std::min(best16, Now() - t0);
-  }
-  const double bf16_rate = 2.0 * n * n * n / best16;
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) {
+      double t0 = Now();
+      xt::ops::gemm(c.data(), a.data(), b.data(), n, n, n, false, false, 0.f);
+      best = std::min(best, Now() - t0);
+    }
+    return 2.0 * n * n * n / best;
+  };
+  const double sgemm_rate = gemm_rate(xt::ops::MatmulPrecision::kFp32);
+  const double bf16_rate = gemm_rate(xt::ops::MatmulPrecision::kBf16);
 
   std::printf("threads=%d\n", omp_get_max_threads());
   std::printf("tokens=%lld\nsteps=%lld\n", (long long)tokens, (long long)steps);

@@ -45,13 +45,7 @@ CliRun Mpi(int np, const std::string& args) {
   return testing::RunMpi(np, std::string("timeout -k 5 120 ") + XT_XTUNER_BIN, args, kRoot);
 }
 
-std::vector<double> Losses(const std::string& work_dir) {
-  std::vector<double> out;
-  std::ifstream in(work_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
+using testing::Losses;
 
 void ExpectSameLosses(const std::vector<double>& want, const std::vector<double>& got,
                       size_t offset = 0) {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "util/testing.h"
 #include "xtuner/dist/comm.h"
@@ -65,13 +66,7 @@ TrainConfig TinyRun(const std::string& tag) {
   return c;
 }
 
-std::vector<double> Losses(const std::string& work_dir) {
-  std::ifstream in(work_dir + "/metrics.jsonl");
-  std::vector<double> out;
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
+using testing::Losses;
 
 TEST(Trainer, LossFallsAndMetricsAreWritten) {
   TrainConfig c = TinyRun("fall");
@@ -190,19 +185,50 @@ TEST(Trainer, VocabularyMismatchIsAnErrorBeforeAnyWork) {
       << r.status().message();
 }
 
+// A one-step run's checkpoint, and one rank's buffers to load it into.
+struct OneStepRun {
+  TrainConfig config;
+  std::string checkpoint;
+  ModelConfig model;
+  Mesh mesh;
+  std::vector<OwnedRange> owned;
+  std::vector<float> params;
+  std::optional<AdamW> optim;
+  ShardState shard() { return {&owned, params.data(), &*optim}; }
+};
+
+void RunOneStep(const std::string& tag, OneStepRun* run) {
+  run->config = TinyRun(tag);
+  run->config.steps = 1;
+  auto r = RunTraining(run->config, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  run->checkpoint = r->last_checkpoint;
+  auto mc = ModelConfig::Load(run->checkpoint + "/config.json");
+  ASSERT_TRUE(mc.ok()) << mc.status().message();
+  run->model = *mc;
+  auto mesh = MakeMesh(1, 0, 1, run->model);
+  ASSERT_TRUE(mesh.ok());
+  run->mesh = *mesh;
+  run->owned = OwnedRanges(run->model, run->mesh);
+  const int64_t n = ParamLayout(run->model).total();
+  run->params.assign(n, 0.0f);
+  auto adamw = AdamW::Create({}, {{0, n, true}}, n);
+  ASSERT_TRUE(adamw.ok());
+  run->optim.emplace(std::move(*adamw));
+}
+
 TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
-  TrainConfig c = TinyRun("badindex");
-  c.steps = 1;
-  auto r = RunTraining(c, nullptr);
-  ASSERT_TRUE(r.ok());
-  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
-  ASSERT_TRUE(mc.ok());
-  const std::string index = r->last_checkpoint + "/shards.json";
+  OneStepRun run;
+  ASSERT_NO_FATAL_FAILURE(RunOneStep("badindex", &run));
+  const TrainConfig& c = run.config;
+  const std::string& checkpoint = run.checkpoint;
+  const ModelConfig& mc = run.model;
+  const std::string index = checkpoint + "/shards.json";
   std::ifstream in(index);
   const nlohmann::json good = nlohmann::json::parse(in);
   auto expect_error = [&](const nlohmann::json& j, const std::string& what) {
     std::ofstream(index) << j.dump();
-    auto p = ReadCheckpointParams(r->last_checkpoint, *mc);
+    auto p = ReadCheckpointParams(checkpoint, mc);
     ASSERT_FALSE(p.ok()) << what;
     EXPECT_NE(p.status().message().find("shards.json"), std::string::npos) << p.status().message();
     EXPECT_NE(p.status().message().find(what), std::string::npos) << p.status().message();
@@ -229,51 +255,35 @@ TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
   j["files"][0]["ranges"][0][2] = uint64_t(1) << 63;
   expect_error(j, "a bad range");
   std::ofstream(index) << good.dump();
-  ASSERT_TRUE(ReadCheckpointParams(r->last_checkpoint, *mc).ok());
+  ASSERT_TRUE(ReadCheckpointParams(checkpoint, mc).ok());
   // trainer_state.json: a wrong type is a named error, not an exception.
-  const std::string state = r->last_checkpoint + "/trainer_state.json";
+  const std::string state = checkpoint + "/trainer_state.json";
   std::ifstream sin(state);
   nlohmann::json st = nlohmann::json::parse(sin);
   st["optimizer_step"] = "4";
   std::ofstream(state) << st.dump();
-  const int64_t n = ParamLayout(*mc).total();
-  std::vector<float> params(n);
-  auto adamw = AdamW::Create({}, {{0, n, true}}, n);
-  ASSERT_TRUE(adamw.ok());
-  auto mesh = MakeMesh(1, 0, 1, *mc);
-  ASSERT_TRUE(mesh.ok());
-  const std::vector<OwnedRange> owned = OwnedRanges(*mc, *mesh);
   TrainState ts;
-  Status s = LoadTrainCheckpoint(r->last_checkpoint, *mc, {&owned, params.data(), &*adamw}, &ts);
+  Status s = LoadTrainCheckpoint(checkpoint, mc, run.shard(), &ts);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("\"optimizer_step\" must be an integer"), std::string::npos)
       << s.message();
   // A directory that only looks like a checkpoint is never "latest".
   fs::create_directories(c.work_dir + "/checkpoints/step-best");
   std::ofstream(c.work_dir + "/checkpoints/step-best/trainer_state.json") << "{}";
-  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
+  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), checkpoint);
 }
 
 TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
-  TrainConfig c = TinyRun("disk");
-  c.steps = 1;
-  auto r = RunTraining(c, nullptr);
-  ASSERT_TRUE(r.ok());
-  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
-  ASSERT_TRUE(mc.ok()) << mc.status().message();
+  OneStepRun run;
+  ASSERT_NO_FATAL_FAILURE(RunOneStep("disk", &run));
+  const TrainConfig& c = run.config;
+  const ModelConfig& mc = run.model;
   std::unique_ptr<Comm> world = MakeSingleComm();
-  auto mesh = MakeMesh(1, 0, 1, *mc);
-  ASSERT_TRUE(mesh.ok());
-  const std::vector<OwnedRange> owned = OwnedRanges(*mc, *mesh);
-  const int64_t n = ParamLayout(*mc).total();
-  ASSERT_EQ(owned.size(), 1u);  // one rank owns the whole slab, in one merged range
-  EXPECT_EQ(owned[0].size, ParamLayout(*mc).total());
-  std::vector<float> params(n);
-  auto adamw = AdamW::Create({}, {{0, n, true}}, n);
-  ASSERT_TRUE(adamw.ok());
+  ASSERT_EQ(run.owned.size(), 1u);  // one rank owns the whole slab, in one merged range
+  EXPECT_EQ(run.owned[0].size, ParamLayout(mc).total());
   TrainState st;
-  const ShardState shard{&owned, params.data(), &*adamw};
-  ASSERT_TRUE(LoadTrainCheckpoint(r->last_checkpoint, *mc, shard, &st).ok());
+  const ShardState shard = run.shard();
+  ASSERT_TRUE(LoadTrainCheckpoint(run.checkpoint, mc, shard, &st).ok());
   st.step = 2;
   // A full disk: files may not grow past 4 KiB while saving.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -283,14 +293,14 @@ TEST(TrainCheckpoint, AFailedSaveKeepsThePreviousCheckpoint) {
   small.rlim_cur = 4096;
   setrlimit(RLIMIT_FSIZE, &small);
   std::string saved;
-  Status s = SaveTrainCheckpoint(*world, c.work_dir, *mc, *mesh, shard, st, 1, &saved);
+  Status s = SaveTrainCheckpoint(*world, c.work_dir, mc, run.mesh, shard, st, 1, &saved);
   setrlimit(RLIMIT_FSIZE, &old);
   std::signal(SIGXFSZ, SIG_DFL);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("earlier checkpoints are intact"), std::string::npos) << s.message();
-  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), r->last_checkpoint);
+  EXPECT_EQ(FindLatestCheckpoint(c.work_dir), run.checkpoint);
   EXPECT_FALSE(fs::exists(c.work_dir + "/checkpoints/step-00000002.tmp"));
-  EXPECT_TRUE(ReadCheckpointParams(r->last_checkpoint, *mc).ok());
+  EXPECT_TRUE(ReadCheckpointParams(run.checkpoint, mc).ok());
 }
 
 }  // namespace

@@ -5,11 +5,21 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 namespace xt::testing {
 
 std::string DataPath(const std::string& rel) { return std::string(XT_TEST_DATA_DIR) + "/" + rel; }
+
+std::vector<double> Losses(const std::string& work_dir) {
+  std::ifstream in(work_dir + "/metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
 
 std::string TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};

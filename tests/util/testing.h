@@ -13,6 +13,9 @@ std::string DataPath(const std::string& rel);
 // A fresh empty directory under the system temp dir, unique per call.
 std::string TempDir(const std::string& tag);
 
+// The "loss" of every line of work_dir/metrics.jsonl, in order.
+std::vector<double> Losses(const std::string& work_dir);
+
 // Files in `dir` whose name contains ".tmp." (left-over temporaries of an atomic write).
 std::vector<std::string> TempFilesIn(const std::string& dir);
 

@@ -35,23 +35,22 @@ Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
   });
 }
 
-void GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh, const float* shard,
-                     int64_t shard_size, float* whole) {
-  std::vector<std::vector<OwnedRange>> ranges(mesh.world);
+std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
+                                              const float* shard, int64_t shard_size) {
+  const std::vector<std::vector<OwnedRange>> ranges = OwnedRangesOfEveryRank(cfg, mesh);
   std::vector<int64_t> sizes(mesh.world, 0);
   int64_t largest = 0;
   for (int r = 0; r < mesh.world; ++r) {
-    Result<Mesh> m = MakeMesh(mesh.world, r, mesh.ep, cfg);
-    XT_CHECK(m.ok(), "GatherWholeSlab: bad mesh");
-    ranges[r] = OwnedRanges(cfg, *m);
     for (const OwnedRange& o : ranges[r]) sizes[r] += o.size;
     largest = std::max(largest, sizes[r]);
   }
-  XT_CHECK(sizes[mesh.rank] == shard_size, "GatherWholeSlab: shard size mismatch");
+  XT_CHECK(sizes[mesh.rank] == shard_size, "GatherWholeModel: shard size mismatch");
   // Round k carries elements [k * chunk, (k + 1) * chunk) of every shard; all counts of a round
   // together stay below 2^30.
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 30) / mesh.world);
   const bool root = world.rank() == 0;
+  std::unique_ptr<Transformer> model = root ? std::make_unique<Transformer>(cfg) : nullptr;
+  float* whole = root ? model->params().f32() : nullptr;
   std::vector<float> got(root ? chunk * mesh.world : 0);
   std::vector<int64_t> counts(mesh.world);
   for (int64_t begin = 0; begin < largest; begin += chunk) {
@@ -72,6 +71,7 @@ void GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh, cons
       at += counts[r];
     }
   }
+  return model;
 }
 
 }  // namespace xt

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/transformer.h"
 
 namespace xt {
 
@@ -32,11 +34,10 @@ void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owne
 Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
                    const std::vector<OwnedRange>& owned, float* shard);
 
-// A collective over `world` (mesh.world ranks): on rank 0, whole (ParamLayout(cfg).total()) =
-// the slab assembled from every rank's shard; `whole` is unused elsewhere (may be null). The
-// shards travel in rounds of bounded size, so any model size fits MPI's int counts, and rank 0
-// needs no memory beyond `whole`.
-void GatherWholeSlab(Comm& world, const ModelConfig& cfg, const Mesh& mesh, const float* shard,
-                     int64_t shard_size, float* whole);
+// A collective over `world` (mesh.world ranks): on rank 0, a whole model (it holds its slabs)
+// whose parameters are assembled from every rank's shard; null on the others. The shards travel
+// in rounds of bounded size, so any model size fits MPI's int counts, straight into the model.
+std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
+                                              const float* shard, int64_t shard_size);
 
 }  // namespace xt

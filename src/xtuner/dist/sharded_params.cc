@@ -71,6 +71,17 @@ std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh) {
   return out;
 }
 
+std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& cfg,
+                                                            const Mesh& mesh) {
+  std::vector<std::vector<OwnedRange>> out;
+  for (int r = 0; r < mesh.world; ++r) {
+    Result<Mesh> m = MakeMesh(mesh.world, r, mesh.ep, cfg);
+    XT_CHECK(m.ok(), "OwnedRangesOfEveryRank: the mesh is not valid");
+    out.push_back(OwnedRanges(cfg, *m));
+  }
+  return out;
+}
+
 ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp)
     : layout_(cfg, mesh.first_expert(cfg), cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1),
       world_(world),

@@ -32,6 +32,9 @@ struct OwnedRange {
 // The ranges rank `mesh.rank` owns, in shard order (they tile its shard). Needs no
 // communication: any rank can compute any other's.
 std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh);
+// OwnedRanges of every rank of `mesh` (a valid mesh), indexed by rank.
+std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& cfg,
+                                                            const Mesh& mesh);
 
 class ShardedParams : public ParamSource {
  public:

@@ -11,6 +11,7 @@
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/dist/shard_io.h"
 #include "xtuner/model/params.h"
 
 namespace xt {
@@ -118,10 +119,9 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
           r[2].get<uint64_t>() >= kMax || r[0].get<int64_t>() + r[1].get<int64_t>() > total)
         return Status::Error(src + ": a bad range " + r.dump() + " for " + file);
       const int64_t g = r[0].get<int64_t>(), n = r[1].get<int64_t>(), at = r[2].get<int64_t>();
-      for (const OwnedRange& o : owned) {
-        const int64_t lo = std::max(g, o.global), hi = std::min(g + n, o.global + o.size);
-        if (lo < hi) copies.push_back({at + (lo - g), o.shard + (lo - o.global), hi - lo});
-      }
+      ForEachOverlap(owned, g, n, [&](int64_t shard_at, int64_t global_at, int64_t k) {
+        copies.push_back({at + (global_at - g), shard_at, k});
+      });
     }
     if (copies.empty()) continue;
     // Only the slices this rank needs, straight from the mapped file.
@@ -197,14 +197,10 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
   // Rank 0: the index, the configs, then the rename that makes it a checkpoint.
   if (lead) {
     nlohmann::json files = nlohmann::json::array();
-    for (int r = 0; r < mesh.world && st.ok(); ++r) {
-      Result<Mesh> m = MakeMesh(mesh.world, r, mesh.ep, cfg);
-      if (!m.ok()) {
-        st = m.status();
-        break;
-      }
+    const std::vector<std::vector<OwnedRange>> every = OwnedRangesOfEveryRank(cfg, mesh);
+    for (int r = 0; r < mesh.world; ++r) {
       nlohmann::json rr = nlohmann::json::array();
-      for (const OwnedRange& o : OwnedRanges(cfg, *m)) rr.push_back({o.global, o.size, o.shard});
+      for (const OwnedRange& o : every[r]) rr.push_back({o.global, o.size, o.shard});
       files.push_back({{"file", ShardName(r, mesh.world)}, {"ranges", rr}});
     }
     const nlohmann::json index = {{"total", ParamLayout(cfg).total()},

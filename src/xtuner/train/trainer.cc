@@ -92,10 +92,8 @@ Status ExportModel(const TrainConfig& cfg, const Transformer& model, const Train
 // The export every rank takes part in: the whole model is gathered to rank 0, which writes it.
 Status Export(const TrainConfig& cfg, Comm& world, const ModelConfig& mc, const Mesh& mesh,
               ShardedParams& store, const TrainData& data, const std::string& dir) {
-  std::unique_ptr<Transformer> full;
-  if (world.rank() == 0) full = std::make_unique<Transformer>(mc);
-  GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size(),
-                  full ? full->params().f32() : nullptr);
+  std::unique_ptr<Transformer> full =
+      GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
   if (!full) return Status::OK();
   return ExportModel(cfg, *full, data, dir);
 }
@@ -441,10 +439,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   }
   if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
   // The whole model, on rank 0, for the export and the eval.
-  std::unique_ptr<Transformer> whole;
-  if (lead) whole = std::make_unique<Transformer>(mc);
-  GatherWholeSlab(world, mc, mesh, store.params(), store.shard_size(),
-                  whole ? whole->params().f32() : nullptr);
+  std::unique_ptr<Transformer> whole =
+      GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
   if (!lead) return result;
   Transformer& full = *whole;
   if (cfg.export_at_end) {
