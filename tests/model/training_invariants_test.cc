@@ -1,7 +1,9 @@
 // Properties training relies on: recompute changes memory, not gradients; gradient accumulation
-// with global token averaging gives the gradient of the whole batch.
+// with global token averaging gives the gradient of the whole batch, balancing loss included
+// when its statistics are pooled.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "util/testing.h"
@@ -57,8 +59,7 @@ TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
 
 TEST(GradientAccumulation, TwoMicroBatchesOfOneRowEqualOneOfTwoRows) {
   // Global token averaging: each loss token weighs 1 / (loss tokens of the whole global batch).
-  // The balancing loss is per micro-batch (as in XTuner and Megatron), so it is off here: with it
-  // on, two half batches pool their router statistics differently by definition.
+  // The balancing loss is off here; the next test pools its statistics over the micro-batches.
   for (const char* fixture : {"qwen3_dense_tiny", "qwen3_moe_tiny"}) {
     auto cfg = ModelConfig::Load(testing::DataPath(fixture));
     ASSERT_TRUE(cfg.ok());
@@ -91,6 +92,94 @@ TEST(GradientAccumulation, TwoMicroBatchesOfOneRowEqualOneOfTwoRows) {
     EXPECT_LT(testing::RelError(model.grads().f32(), g_whole.data(), int64_t(g_whole.size())), 1e-6)
         << fixture;
   }
+}
+
+TEST(GradientAccumulation, PooledBalancingLossOfTwoMicroBatchesEqualsTheWholeBatchs) {
+  // The balancing loss of the global batch: the router statistics of both rows, pooled (what the
+  // trainer's router pre-pass gathers), given to each micro-batch's backward. With the aux
+  // coefficient raised so that the balancing gradient is a large part of the router's.
+  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny"}) {
+    auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+    ASSERT_TRUE(cfg.ok());
+    cfg->router_aux_loss_coef = 0.5;
+    Transformer model(*cfg);
+    ASSERT_TRUE(LoadHfWeights(&model, testing::DataPath(fixture)).ok());
+    std::vector<int64_t> ids, labels;
+    ReferenceBatch(fixture, &ids, &labels);
+    auto whole = Batch::FromRows(ids, labels, 2, 16);
+    ASSERT_TRUE(whole.ok());
+    const double w = 1.0 / double(whole->num_loss_tokens());
+    model.ZeroGrads();
+    auto info = model.ForwardBackward(*whole, w);
+    ASSERT_TRUE(info.ok());
+    const int64_t n = model.layout().total();
+    std::vector<float> g_whole(model.grads().f32(), model.grads().f32() + n);
+
+    std::vector<Batch> rows;
+    for (int row = 0; row < 2; ++row) {
+      std::vector<int64_t> ri(ids.begin() + row * 16, ids.begin() + (row + 1) * 16);
+      std::vector<int64_t> rl(labels.begin() + row * 16, labels.begin() + (row + 1) * 16);
+      auto half = Batch::FromRows(ri, rl, 1, 16);
+      ASSERT_TRUE(half.ok());
+      rows.push_back(*half);
+    }
+    // The router-only forward gives the statistics of the full forward.
+    BalanceStats pooled;
+    for (const Batch& b : rows) {
+      auto s = model.RouterStats(b);
+      ASSERT_TRUE(s.ok());
+      pooled.Add(*s);
+    }
+    EXPECT_EQ(pooled.rows, info->balance.rows);
+    for (size_t e = 0; e < pooled.count.size(); ++e) {
+      EXPECT_EQ(pooled.count[e], info->balance.count[e]) << fixture << " expert " << e;
+      EXPECT_NEAR(pooled.prob_sum[e], info->balance.prob_sum[e], 1e-5) << fixture;
+    }
+    EXPECT_NEAR(pooled.Loss(), info->aux_loss, 1e-6 * info->aux_loss);
+
+    // Pooled: the whole batch's gradient. Each micro-batch on its own (transformers' loss per
+    // forward, averaged): a different one, so the comparison can fail.
+    for (bool pool : {true, false}) {
+      model.ZeroGrads();
+      BalanceStats seen;
+      for (const Batch& b : rows) {
+        auto hi =
+            pool ? model.ForwardBackward(b, w, 1.0, [&](const BalanceStats&) { return pooled; })
+                 : model.ForwardBackward(b, w, 0.5);
+        ASSERT_TRUE(hi.ok());
+        seen.Add(hi->balance);
+      }
+      EXPECT_NEAR(seen.Loss(), info->aux_loss, 1e-6 * info->aux_loss);
+      const double err = testing::RelError(model.grads().f32(), g_whole.data(), n);
+      if (pool)
+        EXPECT_LT(err, 1e-6) << fixture;
+      else
+        EXPECT_GT(err, 1e-4) << fixture;
+    }
+  }
+}
+
+// A rank short of rows runs an empty micro-batch to stay in step with the others: it adds nothing.
+TEST(EmptyBatch, RunsAndAddsNoGradientNorStatistics) {
+  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"}) {
+    auto model = Load(fixture);
+    model->SetRecompute(0.5);
+    model->ZeroGrads();
+    auto info = model->ForwardBackward(Batch::Empty(), 0.1, 1.0);
+    ASSERT_TRUE(info.ok()) << fixture << ": " << info.status().message();
+    EXPECT_EQ(info->loss, 0.0);
+    EXPECT_EQ(info->num_loss_tokens, 0);
+    const float* g = model->grads().f32();
+    EXPECT_EQ(std::count(g, g + model->layout().total(), 0.0f), model->layout().total()) << fixture;
+    auto s = model->RouterStats(Batch::Empty());
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(s->rows, 0);
+    EXPECT_EQ(s->Loss(), 0.0);
+  }
+  // Any other batch without tokens is still an error.
+  Batch b = Batch::Empty();
+  b.cu_seqlens = {0, 0};
+  EXPECT_FALSE(b.Validate(16).ok());
 }
 
 }  // namespace

@@ -67,6 +67,7 @@ TrainConfig TinyRun(const std::string& tag) {
 }
 
 using testing::Losses;
+using testing::Metric;
 
 TEST(Trainer, LossFallsAndMetricsAreWritten) {
   TrainConfig c = TinyRun("fall");
@@ -120,6 +121,37 @@ TEST(Trainer, ResumeIsBitExact) {
   auto ma = ReadCheckpointParams(sa, *mc), mb = ReadCheckpointParams(sb, *mc);
   ASSERT_TRUE(ma.ok() && mb.ok());
   EXPECT_EQ(*ma, *mb);
+}
+
+// The balancing loss of the global batch does not depend on how the batch is cut into
+// micro-batches (1, 2 or 4 rows: 4, 2 or 1 micro-batches, the first two through the router
+// pre-pass); transformers' per-micro-batch loss does.
+TEST(Trainer, GlobalBatchBalancingLossIsTheSameForEveryMicroBatchSize) {
+  std::vector<double> ref_loss, ref_aux;
+  for (int64_t micro : {4, 2, 1}) {
+    TrainConfig c = TinyRun("aux_global" + std::to_string(micro));
+    c.micro_batch_size = micro;
+    ASSERT_TRUE(RunTraining(c, nullptr).ok());
+    const std::vector<double> loss = Losses(c.work_dir), aux = Metric(c.work_dir, "aux_loss");
+    ASSERT_EQ(loss.size(), 6u);
+    ASSERT_EQ(aux.size(), 6u);
+    if (ref_loss.empty()) {
+      ref_loss = loss, ref_aux = aux;
+      continue;
+    }
+    for (size_t i = 0; i < loss.size(); ++i) {
+      EXPECT_NEAR(loss[i], ref_loss[i], 1e-5 * ref_loss[i]) << "micro " << micro << " step " << i;
+      EXPECT_NEAR(aux[i], ref_aux[i], 1e-5 * ref_aux[i]) << "micro " << micro << " step " << i;
+    }
+  }
+  TrainConfig c = TinyRun("aux_micro");
+  c.micro_batch_size = 1;
+  c.aux_loss_scope = "micro_batch";
+  ASSERT_TRUE(RunTraining(c, nullptr).ok());
+  const std::vector<double> aux = Metric(c.work_dir, "aux_loss");
+  ASSERT_EQ(aux.size(), 6u);
+  EXPECT_GT(std::abs(aux[0] - ref_aux[0]), 1e-4 * ref_aux[0])
+      << "per-micro-batch losses averaged gave the global batch's";
 }
 
 // bf16 matmuls follow the fp32 loss curve closely early on (the demo's whole 300-step curve and

@@ -13,13 +13,15 @@ namespace xt::testing {
 
 std::string DataPath(const std::string& rel) { return std::string(XT_TEST_DATA_DIR) + "/" + rel; }
 
-std::vector<double> Losses(const std::string& work_dir) {
+std::vector<double> Metric(const std::string& work_dir, const std::string& key) {
   std::ifstream in(work_dir + "/metrics.jsonl");
   std::vector<double> out;
   std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at(key).get<double>());
   return out;
 }
+
+std::vector<double> Losses(const std::string& work_dir) { return Metric(work_dir, "loss"); }
 
 std::string TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};

@@ -15,6 +15,8 @@ std::string TempDir(const std::string& tag);
 
 // The "loss" of every line of work_dir/metrics.jsonl, in order.
 std::vector<double> Losses(const std::string& work_dir);
+// Any numeric metric of every step in metrics.jsonl (e.g. "aux_loss").
+std::vector<double> Metric(const std::string& work_dir, const std::string& key);
 
 // Files in `dir` whose name contains ".tmp." (left-over temporaries of an atomic write).
 std::vector<std::string> TempFilesIn(const std::string& dir);

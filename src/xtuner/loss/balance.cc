@@ -1,5 +1,7 @@
 #include "xtuner/loss/balance.h"
 
+#include "xtuner/core/status.h"
+
 namespace xt {
 
 double balance_loss(double* dprob_e, const double* count, const double* prob_sum, int64_t N,
@@ -15,6 +17,26 @@ double balance_loss(double* dprob_e, const double* count, const double* prob_sum
     dprob_e[e] = double(E) * count[e] / n2;
   }
   return double(E) * aux / n2;
+}
+
+void BalanceStats::Add(const BalanceStats& o) {
+  if (count.empty()) {
+    count.assign(o.count.size(), 0.0);
+    prob_sum.assign(o.prob_sum.size(), 0.0);
+  }
+  XT_CHECK(o.count.size() == count.size() && o.prob_sum.size() == prob_sum.size(),
+           "BalanceStats::Add: different expert counts");
+  for (size_t e = 0; e < count.size(); ++e) {
+    count[e] += o.count[e];
+    prob_sum[e] += o.prob_sum[e];
+  }
+  rows += o.rows;
+}
+
+double BalanceStats::Loss() const {
+  if (count.empty()) return 0;
+  std::vector<double> unused(count.size());
+  return balance_loss(unused.data(), count.data(), prob_sum.data(), rows, int64_t(count.size()));
 }
 
 }  // namespace xt

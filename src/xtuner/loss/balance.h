@@ -7,8 +7,22 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace xt {
+
+// The pooled statistics behind the balancing loss. They add: the statistics of a union of
+// batches (micro-batches, ranks) are the sum of theirs, so the loss of a whole global batch can be
+// formed from its parts. Empty for a dense model.
+struct BalanceStats {
+  std::vector<double> count;     // (E) top-k selections of each expert
+  std::vector<double> prob_sum;  // (E) its softmax probability summed over the rows
+  int64_t rows = 0;              // N: MoE layers * tokens
+
+  void Add(const BalanceStats& o);
+  // The balancing loss of these statistics (0 when empty).
+  double Loss() const;
+};
 
 // count, prob_sum (E): the pooled statistics (ops::moe_balance_stats over every MoE layer).
 // Returns aux; dprob_e (E) receives d aux / d probs[n, e] = E * count_e / N^2, the same for every

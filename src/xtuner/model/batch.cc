@@ -55,8 +55,17 @@ Result<Batch> Batch::Packed(const std::vector<int64_t>& ids, const std::vector<i
   return b;
 }
 
+Batch Batch::Empty() {
+  Batch b;
+  b.cu_seqlens = {0};
+  return b;
+}
+
 Status Batch::Validate(int64_t vocab_size) const {
   const int64_t T = num_tokens();
+  if (T == 0 && cu_seqlens.size() == 1 && cu_seqlens[0] == 0 && targets.empty() &&
+      positions.empty())
+    return Status::OK();  // Batch::Empty()
   if (T == 0) return Status::Error("batch: no tokens");
   if (int64_t(targets.size()) != T || int64_t(positions.size()) != T)
     return Status::Error("batch: ids, positions and targets differ in length");

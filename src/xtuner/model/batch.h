@@ -26,6 +26,10 @@ struct Batch {
   // Documents packed into one row by cu_seqlens; labels as in FromRows, within each document.
   static Result<Batch> Packed(const std::vector<int64_t>& ids, const std::vector<int64_t>& labels,
                               const std::vector<int64_t>& cu_seqlens);
+  // No tokens and no documents: a rank's turn in a step's collectives when it has no rows left
+  // (its experts still serve the other ranks' tokens). The only batch of 0 tokens Validate takes.
+  static Batch Empty();
+  bool empty() const { return ids.empty(); }
   // Checks ids and targets against the vocabulary and the cu_seqlens structure.
   Status Validate(int64_t vocab_size) const;
 };

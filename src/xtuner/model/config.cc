@@ -98,6 +98,12 @@ int64_t ModelConfig::num_moe_layers() const {
   return n;
 }
 
+int64_t ModelConfig::last_moe_layer() const {
+  for (int64_t l = int64_t(layer_is_moe.size()) - 1; l >= 0; --l)
+    if (layer_is_moe[size_t(l)]) return l;
+  return -1;
+}
+
 Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& source) {
   if (!j.is_object()) return Status::Error(source + ": config must be a JSON object");
   Reader r(j, source);

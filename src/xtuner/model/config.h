@@ -42,6 +42,7 @@ struct ModelConfig {
 
   bool is_moe() const { return num_experts > 0; }
   int64_t num_moe_layers() const;
+  int64_t last_moe_layer() const;  // -1 for a dense model
 
   // Parses a config.json object; `source` (the file path) prefixes every error.
   static Result<ModelConfig> FromJson(const nlohmann::json& j, const std::string& source);

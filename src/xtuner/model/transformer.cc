@@ -197,7 +197,7 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
 
 Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weight,
                                   double aux_weight, ForwardOutputs* out, bool want_logits,
-                                  bool want_hidden) {
+                                  bool want_hidden, const BalancePool* pool, bool layers_only) {
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
   const bool tied = cfg_.tie_word_embeddings;
@@ -222,16 +222,23 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   LossInfo info;
   // Pooled balancing statistics over every MoE layer.
   const int64_t E = cfg_.num_experts, k = cfg_.top_k;
-  vector<double> count(E, 0.0), prob_sum(E, 0.0);
+  const int64_t n_moe = cfg_.num_moe_layers();
+  BalanceStats& stats = info.balance;
+  if (n_moe > 0) {
+    stats.count.assign(E, 0.0);
+    stats.prob_sum.assign(E, 0.0);
+    stats.rows = n_moe * T;
+  }
+  const int64_t last_layer = layers_only ? std::min(L, cfg_.last_moe_layer() + 1) : L;
   vector<int64_t> held(L), full(L);  // per layer: bytes kept for the backward; bytes when whole
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = 0; l < last_layer; ++l) {
     LayerForward(l, Acquire(ParamLayout::LayerUnit(l)), b, x.data(), y.data(), &acts);
     source_->Release(ParamLayout::LayerUnit(l));
     x.swap(y);
     LayerActs& a = acts.layers[l];
     if (!a.probs.empty()) {
-      ops::moe_balance_stats(count.data(), prob_sum.data(), a.probs.data(), a.topk_idx.data(), T, E,
-                             k);
+      ops::moe_balance_stats(stats.count.data(), stats.prob_sum.data(), a.probs.data(),
+                             a.topk_idx.data(), T, E, k);
       vector<int64_t> per_expert(E, 0);
       for (int32_t e : a.topk_idx) ++per_expert[e];
       info.tokens_per_expert.push_back(std::move(per_expert));
@@ -255,6 +262,8 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
     if (!backward) a = LayerActs();  // nothing to keep
     held[l] = a.bytes();
   }
+  if (n_moe > 0) info.aux_loss = stats.Loss();
+  if (layers_only) return info;
   // The head: final norm and lm_head (the embedding's unit when tied), forward and backward.
   const UnitParams P = Acquire(head);
   const UnitParams P_lm = tied ? Acquire(0) : P;
@@ -270,10 +279,14 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   }
 
   info.num_loss_tokens = b.num_loss_tokens();
-  const int64_t n_moe = cfg_.num_moe_layers();
   vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0)
-    info.aux_loss = balance_loss(dprob_e.data(), count.data(), prob_sum.data(), n_moe * T, E);
+  if (n_moe > 0 && backward) {
+    // The statistics the balancing gradient follows: this batch's, or what the pool returns.
+    BalanceStats pooled = pool && *pool ? (*pool)(stats) : stats;
+    XT_CHECK(int64_t(pooled.count.size()) == E && int64_t(pooled.prob_sum.size()) == E,
+             "balance pool returned statistics of a different expert count");
+    balance_loss(dprob_e.data(), pooled.count.data(), pooled.prob_sum.data(), pooled.rows, E);
+  }
   if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
   if (aux_weight < 0) aux_weight = 1.0;
 
@@ -376,8 +389,14 @@ Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvC
   return logits;
 }
 
-Result<LossInfo> Transformer::ForwardBackward(const Batch& b, double ce_weight, double aux_weight) {
-  return Run(b, true, ce_weight, aux_weight, nullptr, false, false);
+Result<LossInfo> Transformer::ForwardBackward(const Batch& b, double ce_weight, double aux_weight,
+                                              const BalancePool& pool) {
+  return Run(b, true, ce_weight, aux_weight, nullptr, false, false, &pool);
+}
+
+Result<BalanceStats> Transformer::RouterStats(const Batch& b) {
+  XT_ASSIGN_OR_RETURN(LossInfo info, Run(b, false, -1, -1, nullptr, false, false, nullptr, true));
+  return std::move(info.balance);
 }
 
 Result<ForwardOutputs> Transformer::Forward(const Batch& b, bool want_logits, bool want_hidden) {

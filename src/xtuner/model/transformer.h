@@ -7,10 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "xtuner/core/tensor.h"
+#include "xtuner/loss/balance.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/param_source.h"
@@ -26,6 +28,7 @@ struct LossInfo {
   double aux_loss = 0;  // transformers' load-balancing loss (MoE), 0 for dense models
   int64_t num_loss_tokens = 0;
   std::vector<std::vector<int64_t>> tokens_per_expert;  // per MoE layer (E): top-k selections
+  BalanceStats balance;  // this batch's pooled balancing statistics (aux_loss is their loss)
   int64_t activation_bytes = 0;  // peak bytes of activations kept for the backward
 };
 
@@ -44,6 +47,12 @@ struct KvCache {
   int64_t capacity = 0;                  // positions it can hold
   std::vector<std::vector<float>> k, v;  // per layer: (capacity, Hkv, D)
 };
+
+// Called between a micro-batch's forward and its backward with the micro-batch's own balancing
+// statistics; returns the statistics whose balancing loss the backward differentiates. Returning
+// those of the whole global batch (summed over micro-batches and ranks) makes the balancing loss
+// global: its gradient at every router row is E * count_e / N^2 of the global batch.
+using BalancePool = std::function<BalanceStats(const BalanceStats& local)>;
 
 class Transformer {
  public:
@@ -75,9 +84,15 @@ class Transformer {
   // The CE loss of each token is weighted by ce_weight (1 / loss tokens of the global batch;
   // <= 0 means 1 / this batch's loss tokens) and the balancing loss by aux_weight * coef
   // (aux_weight < 0 means 1). Returns the losses of this micro-batch (ce as a mean over its
-  // own loss tokens). Errors only on invalid input.
+  // own loss tokens). Errors only on invalid input. Without `pool` the balancing loss is the
+  // micro-batch's own (transformers' definition); with it, that of the statistics it returns.
   Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight = -1,
-                                   double aux_weight = -1);
+                                   double aux_weight = -1, const BalancePool& pool = {});
+
+  // The balancing statistics of a batch: the forward through the decoder layers only, nothing
+  // kept (empty for a dense model). They equal ForwardBackward's for the same parameters. Under
+  // ZeRO-3 and expert parallelism this is collective, like the forward.
+  Result<BalanceStats> RouterStats(const Batch& batch);
 
   // Forward only, keeping what `out` asks for (logits are the full (T, V): inspection only).
   Result<ForwardOutputs> Forward(const Batch& batch, bool want_logits, bool want_hidden);
@@ -117,8 +132,10 @@ class Transformer {
   void MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y, LayerActs* a);
   void MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G, int64_t T, const float* dy,
                    float* dh2, LayerActs* a, const double* dprob_e);
+  // layers_only: stop after the decoder layers (RouterStats).
   Result<LossInfo> Run(const Batch& b, bool backward, double ce_weight, double aux_weight,
-                       ForwardOutputs* out, bool want_logits, bool want_hidden);
+                       ForwardOutputs* out, bool want_logits, bool want_hidden,
+                       const BalancePool* pool = nullptr, bool layers_only = false);
 
   ModelConfig cfg_;
   ParamLayout layout_;

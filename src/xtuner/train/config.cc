@@ -53,6 +53,12 @@ const std::vector<Key>& Schema() {
       {"train.precision", &C::precision,
        "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
        "oneDNN); weights, gradients and AdamW stay fp32."},
+      {"train.aux_loss_scope", &C::aux_loss_scope,
+       "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
+       "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "
+       "with more than one micro-batch per step first runs its micro-batches' router forward "
+       "(decoder layers only) to pool them. micro_batch: transformers' loss of each micro-batch, "
+       "averaged; no extra forward, but it changes with the mesh and micro_batch_size."},
       {"optim.lr", &C::lr, "Peak learning rate."},
       {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
       {"optim.weight_decay", &C::weight_decay,
@@ -333,6 +339,9 @@ Status ValidateTrainConfig(const TrainConfig& c) {
     return err("data.on_bad_sample must be error or skip, not " + c.on_bad_sample);
   if (c.precision != "fp32" && c.precision != "bf16")
     return err("train.precision must be fp32 or bf16, not \"" + c.precision + "\"");
+  if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")
+    return err("train.aux_loss_scope must be global_batch or micro_batch, not \"" +
+               c.aux_loss_scope + "\"");
   if (c.overlong != "truncate" && c.overlong != "drop")
     return err("data.overlong must be truncate or drop, not " + c.overlong);
   if (c.steps < 1) return err("train.steps must be at least 1");

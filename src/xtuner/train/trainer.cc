@@ -98,6 +98,19 @@ Status Export(const TrainConfig& cfg, Comm& world, const ModelConfig& mc, const 
   return ExportModel(cfg, *full, data, dir);
 }
 
+// Sums balancing statistics over the ranks (every rank holds E experts' worth, possibly empty).
+void AllReduceBalanceStats(Comm& world, BalanceStats* s) {
+  const size_t E = s->count.size();
+  std::vector<double> v(2 * E + 1);
+  std::copy(s->count.begin(), s->count.end(), v.begin());
+  std::copy(s->prob_sum.begin(), s->prob_sum.end(), v.begin() + E);
+  v[2 * E] = double(s->rows);
+  world.AllReduceSum(v.data(), int64_t(v.size()));
+  std::copy(v.begin(), v.begin() + E, s->count.begin());
+  std::copy(v.begin() + E, v.begin() + 2 * E, s->prob_sum.begin());
+  s->rows = int64_t(v[2 * E]);
+}
+
 }  // namespace
 
 void RequestStop() { g_stop.store(true); }
@@ -142,10 +155,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
-  if (cfg.global_batch_size % mesh.world != 0)
+  if (cfg.global_batch_size % mesh.dp != 0)
     return Status::Error("train.global_batch_size = " + std::to_string(cfg.global_batch_size) +
-                         " rows cannot be split evenly over the " + std::to_string(mesh.world) +
-                         " ranks: make it a multiple of " + std::to_string(mesh.world));
+                         " rows cannot be split evenly over the " + std::to_string(mesh.dp) +
+                         " data-parallel groups (" + mesh.ToString() + "): make it a multiple of " +
+                         std::to_string(mesh.dp));
   // The dp group holds the same experts; the ep group (consecutive ranks) the other experts.
   std::unique_ptr<Comm> dp_group = world.Split(mesh.ep_rank, mesh.dp_rank);
   std::unique_ptr<Comm> ep_group = world.Split(mesh.dp_rank, mesh.ep_rank);
@@ -269,6 +283,16 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
+  if (mc.is_moe()) {
+    const int64_t rows = (cfg.global_batch_size + mesh.world - 1) / mesh.world;
+    const int64_t per_rank = (rows + cfg.micro_batch_size - 1) / cfg.micro_batch_size;
+    std::string how = cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
+                      : per_rank > 1 && mc.router_aux_loss_coef != 0
+                          ? "global batch (router pre-pass over " + std::to_string(per_rank) +
+                                " micro-batches per rank)"
+                          : "global batch";
+    sum.extra.push_back({"run", "balancing loss", how});
+  }
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
   if (log) PrintRunSummary(log, sum);
@@ -300,13 +324,19 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
 
   const int64_t first_step = state.step;
   const int64_t E = mc.num_experts, n_moe = mc.num_moe_layers();
+  const bool global_aux = mc.is_moe() && cfg.aux_loss_scope == "global_batch";
   while (state.step < cfg.steps) {
     const auto t_step = std::chrono::steady_clock::now();
-    // This rank's share of the global batch: rows [rank, rank + 1) * G / world.
+    // This rank's share of the global batch: rows [rank * G / world, (rank + 1) * G / world).
+    // When G is not a multiple of the ranks (ep ranks share their dp group's rows), some ranks
+    // hold one row fewer and pad with an empty micro-batch: every rank runs the same number of
+    // micro-batches, so their collectives (gathers, expert exchanges) pair up.
     const std::vector<int64_t> all_rows = sampler.Next();
-    const size_t per_rank = all_rows.size() / size_t(mesh.world);
-    const std::vector<int64_t> rows(all_rows.begin() + per_rank * mesh.rank,
-                                    all_rows.begin() + per_rank * (mesh.rank + 1));
+    const int64_t G = int64_t(all_rows.size());
+    const std::vector<int64_t> rows(all_rows.begin() + mesh.rank * G / mesh.world,
+                                    all_rows.begin() + (mesh.rank + 1) * G / mesh.world);
+    const int64_t most_rows = (G + mesh.world - 1) / mesh.world;
+    const size_t num_micro = size_t((most_rows + micro - 1) / micro);
     std::vector<MicroBatch> mbs;
     // Summed over the ranks: loss tokens, tokens, masked, sum of squared document lengths, ce
     // sum, aux sum, then tokens per expert (per MoE layer).
@@ -321,23 +351,54 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       stats[3] += mb.sum_doc_len_sq;
       mbs.push_back(std::move(mb));
     }
+    while (mbs.size() < num_micro) mbs.push_back(MicroBatch{Batch::Empty()});
     world.AllReduceSum(stats.data(), 4);
     const int64_t loss_tokens = int64_t(stats[0]);
     store.ZeroGrads();
     int64_t activation_bytes = 0;
     const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
-    const double micro_batches = double(mbs.size()) * mesh.world;
+    double micro_batches = 0;  // non-empty ones, over all ranks
+    for (const MicroBatch& mb : mbs) micro_batches += !mb.batch.empty();
+    world.AllReduceSum(&micro_batches, 1);
+    // The balancing loss of the whole global batch: its gradient needs the batch's router counts
+    // before any backward. One micro-batch per rank: pooled over the ranks between forward and
+    // backward. More: pooled first from a router-only forward of every micro-batch.
+    BalancePool pool;
+    BalanceStats batch_stats;
+    if (global_aux && mc.router_aux_loss_coef != 0) {
+      if (mbs.size() > 1) {
+        for (const MicroBatch& mb : mbs) {
+          XT_ASSIGN_OR_RETURN(BalanceStats s, m.RouterStats(mb.batch));
+          batch_stats.Add(s);
+        }
+        AllReduceBalanceStats(world, &batch_stats);
+        pool = [&batch_stats](const BalanceStats&) { return batch_stats; };
+      } else {
+        pool = [&world](const BalanceStats& local) {
+          BalanceStats g = local;
+          AllReduceBalanceStats(world, &g);
+          return g;
+        };
+      }
+    }
+    BalanceStats seen;  // this rank's statistics, summed over its micro-batches
     for (const MicroBatch& mb : mbs) {
-      XT_ASSIGN_OR_RETURN(LossInfo info,
-                          m.ForwardBackward(mb.batch, ce_weight, 1.0 / micro_batches));
+      XT_ASSIGN_OR_RETURN(
+          LossInfo info,
+          m.ForwardBackward(mb.batch, ce_weight, global_aux ? 1.0 : 1.0 / micro_batches, pool));
       stats[4] += info.ce_loss * double(info.num_loss_tokens);
       stats[5] += info.aux_loss / micro_batches;
+      seen.Add(info.balance);
       activation_bytes = std::max(activation_bytes, info.activation_bytes);
       for (size_t l = 0; l < info.tokens_per_expert.size(); ++l)
         for (int64_t e = 0; e < E; ++e)
           stats[6 + l * E + e] += double(info.tokens_per_expert[l][e]);
     }
     world.AllReduceSum(stats.data() + 4, int64_t(stats.size()) - 4);
+    if (global_aux) {
+      AllReduceBalanceStats(world, &seen);
+      stats[5] = seen.Loss();
+    }
     StepMetrics sm;
     sm.tokens = int64_t(stats[1]);
     sm.tokens_per_expert.assign(n_moe, std::vector<int64_t>(E));
