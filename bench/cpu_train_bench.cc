@@ -145,8 +145,9 @@ int main(int argc, char** argv) {
     xt::LossInfo li = Check(model.ForwardBackward(batch), "forward_backward");
     loss = li.loss;
     activation_bytes = li.activation_bytes;
-    xt::clip_grad_norm(model.grads().f32(), total, 1.0);
-    opt.Step(model.params().f32(), model.grads().f32(), 1e-4);
+    // As the trainer: the clipping coefficient is applied as AdamW reads the gradients.
+    const double norm = xt::grad_norm(model.grads().f32(), total);
+    opt.Step(model.params().f32(), model.grads().f32(), 1e-4, float(xt::clip_coef(norm, 1.0)));
   };
   step();  // warm-up
   std::vector<double> times;

@@ -199,9 +199,9 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }
 
-// 6 rows on 4 ranks: the ep ranks of a dp group share its rows unevenly (2 and 1, or with ep 4
-// 2, 2, 1, 1), a rank short of a row runs an empty micro-batch to stay in step, and the loss is
-// still the single process's.
+// 6 rows on 4 ranks: rank r takes rows [6r/4, 6(r+1)/4), 1, 2, 1 and 2 of them, so a rank short
+// of a row runs an empty micro-batch to stay in step; 2 rows on 4 ranks leave two ranks with
+// none at all (their experts still serve the others). The loss is the single process's.
 TEST(Distributed, AGlobalBatchThatIsNotAMultipleOfTheRanksIsSplitUnevenly) {
   const std::string dir = testing::TempDir("mpi_uneven");
   const std::string six = "--set train.global_batch_size=6 ";
@@ -217,6 +217,14 @@ TEST(Distributed, AGlobalBatchThatIsNotAMultipleOfTheRanksIsSplitUnevenly) {
     ExpectSameLosses(testing::Metric(dir + "/one", "aux_loss"), testing::Metric(out, "aux_loss"));
     ExpectSameLosses(testing::Metric(dir + "/one", "tokens"), testing::Metric(out, "tokens"));
   }
+  const std::string two = "--set train.global_batch_size=2 ";
+  r = testing::RunXtuner(Args(dir + "/one2", 4, two), kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = Mpi(4, Args(dir + "/ep4_2", 4, two + "--set parallel.ep=4"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(Losses(dir + "/one2"), Losses(dir + "/ep4_2"));
+  ExpectSameLosses(testing::Metric(dir + "/one2", "aux_loss"),
+                   testing::Metric(dir + "/ep4_2", "aux_loss"));
 }
 
 TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {

@@ -15,6 +15,7 @@
 
 #include "util/testing.h"
 #include "xtuner/model/config.h"
+#include "xtuner/optim/clip.h"
 
 namespace xt {
 namespace {
@@ -222,6 +223,40 @@ TEST(AdamW, NoDecayRangesAndZeroLrLeaveParametersAlone) {
   q.Step(p.data(), z.data(), 0.1);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(p[i], p0[i]) << i;  // m = v = 0: update 0 / eps = 0
   for (int i = 3; i < 6; ++i) EXPECT_EQ(p[i], p0[i] * float(1 - 0.1 * 0.5)) << i;
+}
+
+// Clipping through grad_scale: the step of the gradients scaled first (as scale_grads did),
+// bit for bit, and the gradients stay as they were. Also a plain scalar loop of torch's
+// arithmetic, to pin the vectorized update to it.
+TEST(AdamW, GradScaleIsTheStepOfScaledGradientsAndLeavesThemAlone) {
+  Slab run;
+  const float coef = 0.37f;
+  auto a = AdamW::Create({0.9, 0.95, 1e-8, 0.1}, run.ranges, run.n).value();
+  auto b = AdamW::Create({0.9, 0.95, 1e-8, 0.1}, run.ranges, run.n).value();
+  auto pa = run.p0, pb = run.p0;
+  for (size_t s = 0; s < run.grads.size(); ++s) {
+    const std::vector<float> g = run.grads[s];
+    a.Step(pa.data(), g.data(), run.lrs[s], coef);
+    EXPECT_EQ(g, run.grads[s]);
+    std::vector<float> scaled = g;
+    scale_grads(scaled.data(), run.n, coef);
+    b.Step(pb.data(), scaled.data(), run.lrs[s]);
+    EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), 4 * run.n)) << "step " << s;
+  }
+  // One step of an undecayed run, element by element in scalar float.
+  auto c = AdamW::Create({0.9, 0.95, 1e-8, 0.0}, {{0, run.n, false}}, run.n).value();
+  std::vector<float> p = run.p0, want = run.p0;
+  c.Step(p.data(), run.grads[0].data(), 1e-3, coef);
+  const float w1 = float(1 - 0.9), w2 = float(1 - 0.95);
+  const float bc2_sqrt = float(std::pow(1 - 0.95, 0.5)), step = float(-(1e-3 / (1 - 0.9)));
+  for (int64_t i = 0; i < run.n; ++i) {
+    const float g = run.grads[0][i] * coef;
+    volatile float m = 0.0f + w1 * (g - 0.0f);
+    volatile float v = 0.0f * float(0.95) + w2 * g * g;
+    const float denom = std::sqrt(float(v)) / bc2_sqrt + float(1e-8);
+    want[i] = want[i] + step * float(m) / denom;
+  }
+  EXPECT_EQ(0, std::memcmp(p.data(), want.data(), 4 * run.n));
 }
 
 }  // namespace

@@ -63,8 +63,10 @@ class AdamW {
   // One optimizer step: params (numel()) updated in place from grads (numel()), both the
   // shard's elements; lr >= 0 and finite (checked: a bad lr is a bug of the caller). Increments
   // step() first, as torch does. Non-finite gradients are not detected here: the caller skips
-  // the step instead (see clip.h, non_finite_guard.h). OpenMP-parallel, elementwise.
-  void Step(float* params, const float* grads, double lr);
+  // the step instead (see clip.h, non_finite_guard.h). The gradients are read times
+  // `grad_scale` (>= 0; the clipping coefficient, without a pass of its own over them), and
+  // left unchanged. OpenMP-parallel, elementwise, vectorized.
+  void Step(float* params, const float* grads, double lr, float grad_scale = 1.0f);
 
   // Optimizer steps taken so far (torch's state["step"]). The lr of the next step is
   // schedule.lr(step()) when every step was taken.

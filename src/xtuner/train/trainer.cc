@@ -286,7 +286,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (mc.is_moe()) {
     const int64_t rows = (cfg.global_batch_size + mesh.world - 1) / mesh.world;
     const int64_t per_rank = (rows + cfg.micro_batch_size - 1) / cfg.micro_batch_size;
-    std::string how = cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
+    std::string how = mc.router_aux_loss_coef == 0          ? "none (router_aux_loss_coef = 0)"
+                      : cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
                       : per_rank > 1 && mc.router_aux_loss_coef != 0
                           ? "global batch (router pre-pass over " + std::to_string(per_rank) +
                                 " micro-batches per rank)"
@@ -412,10 +413,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     world.AllReduceSum(&sum_sq, 1);
     sm.grad_norm = std::sqrt(sum_sq);
     const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
-    if (finite && cfg.clip_grad_norm > 0) {
-      const float coef = float(clip_coef(sm.grad_norm, cfg.clip_grad_norm));
-      if (coef < 1.0f) scale_grads(grads, n, coef);
-    }
+    // Clipping scales the gradients as AdamW reads them (no pass of its own).
+    const float grad_scale =
+        finite && cfg.clip_grad_norm > 0
+            ? std::min(1.0f, float(clip_coef(sm.grad_norm, cfg.clip_grad_norm)))
+            : 1.0f;
     sm.lr = schedule.lr(state.step);
     Status guard_status;
     if (loss_tokens == 0) {
@@ -427,7 +429,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                        "truncated to data.max_length?): step skipped");
     } else {
       guard_status = guard.Record(finite, sm.loss);
-      if (finite) adamw.Step(params, grads, sm.lr);
+      if (finite) adamw.Step(params, grads, sm.lr, grad_scale);
     }
     sm.skipped = !finite || loss_tokens == 0;
     state.step += 1;
@@ -456,11 +458,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       XT_RETURN_IF_ERROR(tb->Flush());
     }
     if (state.step == first_step + 1) {  // what recompute saves, once per run
+      // The largest rank's: with uneven rows rank 0 may hold the fewest tokens.
+      double most_activation_bytes = double(activation_bytes);
+      world.AllReduceMax(&most_activation_bytes, 1);
       char msg[160];
       std::snprintf(msg, sizeof msg,
-                    "activations kept for the backward: %s per micro-batch (recompute %lld of "
+                    "activations kept for the backward: %s per micro-batch%s (recompute %lld of "
                     "%lld layers)",
-                    HumanBytes(double(activation_bytes)).c_str(), (long long)m.recompute_layers(),
+                    HumanBytes(most_activation_bytes).c_str(),
+                    mesh.world > 1 ? " on the largest rank" : "", (long long)m.recompute_layers(),
                     (long long)mc.num_layers);
       progress.Message(msg);
       if (mesh.world > 1) {
