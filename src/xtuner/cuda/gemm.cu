@@ -1,0 +1,259 @@
+// cuBLASLt / cuBLAS GEMMs behind gemm_cuda.h.
+//
+// Row-major to cuBLAS's column-major: a row-major (M, N) buffer is the column-major (N, M)
+// matrix C^T, and C = op(A) op(B) is C^T = op(B)^T op(A)^T. So every call passes b as cuBLAS's
+// first operand and a as its second, with m = N, n = M:
+//   first  (b): not transposed when b is row-major (K, N) (lda = N), transposed when (N, K)
+//               (lda = K);
+//   second (a): not transposed when a is row-major (M, K) (ldb = K), transposed when (K, M)
+//               (ldb = M);
+//   c: ldc = N.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/gemm_cuda.h"
+
+namespace xt::cuda {
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+Status BlasCheck(cublasStatus_t st, const std::string& what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return Status::OK();
+  return Status::Error("cuBLAS: " + what + ": " + cublasGetStatusString(st));
+}
+
+std::string Shape(int64_t M, int64_t N, int64_t K) {
+  return std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K);
+}
+
+cudaDataType_t InType(GemmInput in) { return in == GemmInput::kBf16 ? CUDA_R_16BF : CUDA_R_32F; }
+size_t InBytes(GemmInput in) { return in == GemmInput::kBf16 ? 2 : 4; }
+
+bool FitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+__global__ void ToBf16Kernel(__nv_bfloat16* dst, const float* src, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// c (beta 0: assign, 1: accumulate) when K = 0: the empty sum.
+__global__ void ScaleKernel(float* c, int64_t n, float beta) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    c[i] = beta == 0.0f ? 0.0f : beta * c[i];
+}
+
+int Blocks(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 65535)); }
+
+}  // namespace
+
+Status ToBf16(void* dst, const float* src, int64_t n, void* stream) {
+  if (n <= 0) return Status::OK();
+  ToBf16Kernel<<<Blocks(n), 256, 0, cudaStream_t(stream)>>>(static_cast<__nv_bfloat16*>(dst), src,
+                                                            n);
+  return Check(cudaGetLastError(), "ToBf16");
+}
+
+Result<std::unique_ptr<Blas>> Blas::Create(void* stream) {
+  std::unique_ptr<Blas> b(new Blas());
+  b->stream_ = stream;
+  cublasHandle_t h = nullptr;
+  XT_RETURN_IF_ERROR(BlasCheck(cublasCreate(&h), "cublasCreate"));
+  b->blas_ = h;
+  XT_RETURN_IF_ERROR(BlasCheck(cublasSetStream(h, cudaStream_t(stream)), "cublasSetStream"));
+  // Full fp32 products for fp32 inputs (no TF32), as the CPU twin.
+  XT_RETURN_IF_ERROR(
+      BlasCheck(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode(pedantic)"));
+  cublasLtHandle_t lt = nullptr;
+  XT_RETURN_IF_ERROR(BlasCheck(cublasLtCreate(&lt), "cublasLtCreate"));
+  b->lt_ = lt;
+  XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->workspace_, kWorkspaceBytes), "GEMM workspace"));
+  b->workspace_bytes_ = kWorkspaceBytes;
+  return std::move(b);  // (nvcc in C++17 does not move a local into Result implicitly)
+}
+
+Blas::~Blas() {
+  if (pointers_) cudaFree(pointers_);
+  if (workspace_) cudaFree(workspace_);
+  if (lt_) cublasLtDestroy(cublasLtHandle_t(lt_));
+  if (blas_) cublasDestroy(cublasHandle_t(blas_));
+}
+
+Status Blas::Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, int64_t K, bool ta,
+                  bool tb, float beta, GemmInput in) {
+  if (!FitsInt(M) || !FitsInt(N) || !FitsInt(K))
+    return Status::Error("GEMM " + Shape(M, N, K) + ": a dimension exceeds INT_MAX");
+  if (beta != 0.0f && beta != 1.0f) return Status::Error("GEMM: beta must be 0 or 1");
+  if (M == 0 || N == 0) return Status::OK();
+  cudaStream_t stream = cudaStream_t(stream_);
+  if (K == 0) {
+    ScaleKernel<<<Blocks(M * N), 256, 0, stream>>>(c, M * N, beta);
+    return Check(cudaGetLastError(), "GEMM with K = 0");
+  }
+  const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = int(N), n = int(M), k = int(K);
+  const int lda = int(tb ? K : N), ldb = int(ta ? M : K), ldc = int(N);
+  const cudaDataType_t t = InType(in);
+
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  auto cleanup = [&] {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  };
+  const std::string what = "GEMM " + Shape(M, N, K);
+  Status st = BlasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
+  if (st.ok())
+    st = BlasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first,
+                                                  sizeof(op_first)),
+                   what);
+  if (st.ok())
+    st = BlasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
+                                                  sizeof(op_second)),
+                   what);
+  // Layouts of the stored matrices: (rows, cols, ld) column-major.
+  if (st.ok())
+    st = BlasCheck(cublasLtMatrixLayoutCreate(&la, t, op_first == CUBLAS_OP_N ? m : k,
+                                              op_first == CUBLAS_OP_N ? k : m, lda),
+                   what);
+  if (st.ok())
+    st = BlasCheck(cublasLtMatrixLayoutCreate(&lb, t, op_second == CUBLAS_OP_N ? k : n,
+                                              op_second == CUBLAS_OP_N ? n : k, ldb),
+                   what);
+  if (st.ok()) st = BlasCheck(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, ldc), what);
+  if (st.ok()) st = BlasCheck(cublasLtMatmulPreferenceCreate(&pref), what);
+  if (st.ok())
+    st = BlasCheck(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace_bytes_, sizeof(workspace_bytes_)),
+        what);
+  cublasLtMatmulHeuristicResult_t heuristic = {};
+  int found = 0;
+  if (st.ok())
+    st = BlasCheck(cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t(lt_), desc, la, lb, lc, lc, pref,
+                                                  1, &heuristic, &found),
+                   what);
+  if (st.ok() && found == 0) st = Status::Error("cuBLASLt: no algorithm for " + what);
+  const float alpha = 1.0f;
+  if (st.ok())
+    st = BlasCheck(cublasLtMatmul(cublasLtHandle_t(lt_), desc, &alpha, b, la, a, lb, &beta, c, lc,
+                                  c, lc, &heuristic.algo, workspace_, workspace_bytes_, stream),
+                   what);
+  cleanup();
+  return st;
+}
+
+Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, float beta,
+                     GemmInput in) {
+  if (count == 0) return Status::OK();
+  if (count > INT_MAX / 3) return Status::Error("grouped GEMM: too many experts");
+  const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int g = int(count);
+  std::vector<cublasOperation_t> transa(g, op_first), transb(g, op_second);
+  std::vector<int> m(g), n(g), k(g), lda(g), ldb(g), ldc(g), size(g, 1);
+  std::vector<float> alpha(g, 1.0f), betas(g, beta);
+  std::vector<const void*> host_ptrs(3 * size_t(g));
+  for (int i = 0; i < g; ++i) {
+    const Problem& p = problems[i];
+    m[i] = p.m, n[i] = p.n, k[i] = p.k, lda[i] = p.lda, ldb[i] = p.ldb, ldc[i] = p.ldc;
+    host_ptrs[i] = p.a;
+    host_ptrs[g + i] = p.b;
+    host_ptrs[2 * g + i] = p.c;
+  }
+  cudaStream_t stream = cudaStream_t(stream_);
+  if (pointer_capacity_ < g) {
+    if (pointers_) XT_RETURN_IF_ERROR(Check(cudaFree(pointers_), "grouped GEMM pointers"));
+    pointers_ = nullptr;
+    XT_RETURN_IF_ERROR(
+        Check(cudaMalloc(&pointers_, 3 * size_t(g) * sizeof(void*)), "grouped GEMM pointers"));
+    pointer_capacity_ = g;
+  }
+  // From pageable memory: the call returns once the pointers are staged, and the copy runs in
+  // stream order, after the previous call's GEMM has read the old ones.
+  XT_RETURN_IF_ERROR(
+      Check(cudaMemcpyAsync(pointers_, host_ptrs.data(), 3 * size_t(g) * sizeof(void*),
+                            cudaMemcpyHostToDevice, stream),
+            "grouped GEMM pointers"));
+  const void* const* dev = static_cast<const void* const*>(pointers_);
+  const cudaDataType_t t = InType(in);
+  const cublasStatus_t st =
+      cublasGemmGroupedBatchedEx(cublasHandle_t(blas_), transa.data(), transb.data(), m.data(),
+                                 n.data(), k.data(), alpha.data(), dev, t, lda.data(), dev + g, t,
+                                 ldb.data(), betas.data(), const_cast<void* const*>(dev + 2 * g),
+                                 CUDA_R_32F, ldc.data(), g, size.data(), CUBLAS_COMPUTE_32F);
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED) return BlasCheck(st, "grouped GEMM");
+  // This cuBLAS cannot group these types: one cuBLASLt call per expert instead.
+  for (int i = 0; i < g; ++i) {
+    const Problem& p = problems[i];
+    // Back to row-major terms: C (n, m) = op(second) (n, k) @ op(first) (k, m).
+    XT_RETURN_IF_ERROR(Gemm(p.c, p.b, p.a, p.n, p.m, p.k, ta, tb, beta, in));
+  }
+  return Status::OK();
+}
+
+Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_t* offsets,
+                            int64_t E, int64_t I, int64_t O, GemmInput in) {
+  if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  const size_t es = InBytes(in);
+  std::vector<Problem> problems;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (rows < 0 || !FitsInt(rows)) return Status::Error("grouped GEMM: bad expert offsets");
+    if (rows == 0 || I == 0 || O == 0) continue;
+    // y_e (rows, O) = x_e (rows, I) @ w_e^T: row-major M = rows, N = O, K = I, tb.
+    problems.push_back({static_cast<const char*>(w) + size_t(e * O * I) * es,
+                        static_cast<const char*>(x) + size_t(r0 * I) * es, y + r0 * O, int(O),
+                        int(rows), int(I), int(I), int(I), int(O)});
+  }
+  return Grouped(problems.data(), int64_t(problems.size()), false, true, 0.0f, in);
+}
+
+Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x, const void* w,
+                             const int32_t* offsets, int64_t E, int64_t I, int64_t O,
+                             GemmInput in) {
+  if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  const size_t es = InBytes(in);
+  std::vector<Problem> data_grad, weight_grad;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (rows < 0 || !FitsInt(rows)) return Status::Error("grouped GEMM: bad expert offsets");
+    if (rows == 0 || I == 0 || O == 0) continue;
+    const char* w_e = static_cast<const char*>(w) + size_t(e * O * I) * es;
+    const char* x_e = static_cast<const char*>(x) + size_t(r0 * I) * es;
+    const char* dy_e = static_cast<const char*>(dy) + size_t(r0 * O) * es;
+    // dx_e (rows, I) = dy_e (rows, O) @ w_e (O, I): M = rows, N = I, K = O.
+    if (dx)
+      data_grad.push_back(
+          {w_e, dy_e, dx + r0 * I, int(I), int(rows), int(O), int(I), int(O), int(I)});
+    // dw_e (O, I) += dy_e^T (O, rows) @ x_e (rows, I): M = O, N = I, K = rows, ta.
+    weight_grad.push_back(
+        {x_e, dy_e, dw + e * O * I, int(I), int(O), int(rows), int(I), int(O), int(I)});
+  }
+  if (dx && O == 0 && offsets[E] > 0) {  // the empty sum: dx = 0
+    XT_RETURN_IF_ERROR(
+        Check(cudaMemsetAsync(dx, 0, size_t(offsets[E] * I) * sizeof(float), cudaStream_t(stream_)),
+              "grouped GEMM"));
+  }
+  if (dx) {
+    XT_RETURN_IF_ERROR(
+        Grouped(data_grad.data(), int64_t(data_grad.size()), false, false, 0.0f, in));
+  }
+  return Grouped(weight_grad.data(), int64_t(weight_grad.size()), true, false, 1.0f, in);
+}
+
+}  // namespace xt::cuda
