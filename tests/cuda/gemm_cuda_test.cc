@@ -12,36 +12,19 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
 namespace {
 
-// A device copy of a host vector, freed with the object.
-struct DeviceVec {
-  float* p = nullptr;
-  size_t n = 0;
-  explicit DeviceVec(const std::vector<float>& h) : n(h.size()) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)), cudaSuccess);
-    if (n) {
-      EXPECT_EQ(cudaMemcpy(p, h.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    }
-  }
-  ~DeviceVec() { cudaFree(p); }
-  std::vector<float> Host() const {
-    std::vector<float> h(n);
-    if (n) {
-      EXPECT_EQ(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    }
-    return h;
-  }
-};
+using cudatest::DeviceVec;
 
 // bf16 copy of a device vector (2 bytes an element), freed with the object.
 struct DeviceBf16 {
   void* p = nullptr;
-  explicit DeviceBf16(const DeviceVec& v) {
+  explicit DeviceBf16(const DeviceVec<float>& v) {
     EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(v.n, 1) * 2), cudaSuccess);
     EXPECT_TRUE(cuda::ToBf16(p, v.p, int64_t(v.n)).ok());
   }
@@ -92,7 +75,7 @@ TEST_F(GemmCuda, Fp32MatchesOpsGemmForEveryTransposeAndBeta) {
         for (float beta : {0.0f, 1.0f}) {
           const auto a = Random(c.M * c.K, seed++), b = Random(c.K * c.N, seed++);
           auto want = Random(c.M * c.N, seed++);
-          DeviceVec da(a), db(b), dc(want);
+          DeviceVec<float> da(a), db(b), dc(want);
           ops::gemm(want.data(), a.data(), b.data(), c.M, c.N, c.K, ta, tb, beta);
           ASSERT_TRUE(
               blas_->Gemm(dc.p, da.p, db.p, c.M, c.N, c.K, ta, tb, beta, cuda::GemmInput::kF32)
@@ -110,7 +93,7 @@ TEST_F(GemmCuda, Bf16MatchesOpsGemmBf16) {
       for (int tb = 0; tb < 2; ++tb) {
         const auto a = Random(c.M * c.K, seed++), b = Random(c.K * c.N, seed++);
         auto want = Random(c.M * c.N, seed++);
-        DeviceVec da(a), db(b), dc(want);
+        DeviceVec<float> da(a), db(b), dc(want);
         DeviceBf16 ha(da), hb(db);
         ops::gemm_bf16(want.data(), a.data(), b.data(), c.M, c.N, c.K, ta, tb, 1.0f);
         ASSERT_TRUE(
@@ -142,7 +125,7 @@ TEST_F(GemmCuda, GroupedForwardAndBackwardMatchTheCpuTwins) {
       const int64_t R = off[E];
       const auto x = Random(R * I, 1), w = Random(E * O * I, 2), dy = Random(R * O, 3);
       std::vector<float> y(R * O), dx(R * I), dw = Random(E * O * I, 4);
-      DeviceVec dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw);
+      DeviceVec<float> dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw);
       ops::grouped_linear_forward(y.data(), x.data(), w.data(), off.data(), E, I, O);
       ops::grouped_linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), off.data(),
                                    E, I, O);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/ops/ops.h"
@@ -14,25 +15,7 @@
 namespace xt {
 namespace {
 
-// A device copy of a host vector, freed with the object.
-struct DeviceVec {
-  float* p = nullptr;
-  size_t n = 0;
-  explicit DeviceVec(const std::vector<float>& h) : n(h.size()) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)), cudaSuccess);
-    if (n) {
-      EXPECT_EQ(cudaMemcpy(p, h.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    }
-  }
-  ~DeviceVec() { cudaFree(p); }
-  std::vector<float> Host() const {
-    std::vector<float> h(n);
-    if (n) {
-      EXPECT_EQ(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    }
-    return h;
-  }
-};
+using cudatest::DeviceVec;
 
 class RmsnormCuda : public ::testing::TestWithParam<std::pair<int64_t, int64_t>> {
  protected:
@@ -51,7 +34,7 @@ TEST_P(RmsnormCuda, MatchesTheCpuTwin) {
   for (float& v : w) v = dist(rng);
   ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
   const std::vector<float> zeros_y(N * C), zeros_r(N);
-  DeviceVec dx(x), dw(w), dy(zeros_y), dr(zeros_r);
+  DeviceVec<float> dx(x), dw(w), dy(zeros_y), dr(zeros_r);
   ASSERT_TRUE(cuda::RmsnormForward(dy.p, dr.p, dx.p, dw.p, N, C, 1e-6f).ok());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> gy = dy.Host(), gr = dr.Host();

@@ -14,4 +14,95 @@ namespace xt::cuda {
 Status RmsnormForward(float* out, float* rstd, const float* in, const float* w, int64_t N,
                       int64_t C, float eps, void* stream = nullptr);
 
+// Every op below keeps the contract of its ops:: twin (ops/ops.h) on device pointers. Sizes are
+// checked (negative: error); zero sizes launch nothing and return OK. Ops that need scratch
+// memory take it from the stream-ordered allocator (cudaMallocAsync on `stream`) and free it
+// the same way. No atomics anywhere: every result is a function of the inputs alone.
+
+// ---------------------------------------------------------------- RMSNorm backward
+// ops::rmsnorm_backward: din (N, C) assigned (or added when accumulate_din), dw (C) +=.
+// din: one block per row, the row's dot in double. dw: per column, the rows summed in double in
+// fixed row chunks (their number depends on N and C only), then the chunks summed in order by a
+// second kernel, and float(sum) added to dw: deterministic, no atomics. N == 0 leaves dw as is.
+Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in, const float* w,
+                       const float* rstd, int64_t N, int64_t C, bool accumulate_din = false,
+                       void* stream = nullptr);
+
+// ---------------------------------------------------------------- SwiGLU
+// ops::swiglu_forward: h (N, 2I) = [gate | up] -> out (N, I) = silu(gate) * up. exp in double,
+// its argument clamped at 88 as the CPU's Exp saturates; the CPU's Exp is a polynomial, so the
+// two agree to about 1e-6 relative, not bit for bit.
+Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream = nullptr);
+// ops::swiglu_backward: dh (N, 2I) assigned from dout (N, I).
+Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                      void* stream = nullptr);
+
+// ---------------------------------------------------------------- RoPE (HF rotate_half)
+// ops::rope_forward: in place on x (T, Hn, D), cos/sin (T, D/2); one thread per pair (i, i+D/2).
+// An odd D leaves the last element of each head as is (as the CPU does).
+Status RopeForward(float* x, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
+                   void* stream = nullptr);
+// ops::rope_backward: in place on dx (T, Hn, D), the transposed rotation.
+Status RopeBackward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
+                    void* stream = nullptr);
+
+// ---------------------------------------------------------------- embedding
+// ops::embedding_forward: out (T, H) = table (V, H)[ids (T)]; ids in [0, V) (not checked).
+Status EmbeddingForward(float* out, const int32_t* ids, const float* table, int64_t T, int64_t H,
+                        void* stream = nullptr);
+// ops::embedding_backward: dtable (V, H) += dout (T, H) scattered by ids (T), ids in [0, V).
+// Deterministic and bit-identical to the CPU: a stable radix sort of (id, token) pairs (CUB),
+// then one block per run of equal ids adds that row's tokens in token order. T must fit int32.
+Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, int64_t T, int64_t V,
+                         int64_t H, void* stream = nullptr);
+
+// ---------------------------------------------------------------- MoE dispatch (dropless)
+// The plan (ops::moe_plan: offsets, sorted, slot_of) stays on the host for now: compute it
+// there and copy it over.
+// ops::moe_permute: xs (A, H): xs[p] = x (T, H)[sorted (A)[p] / k].
+Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
+                  void* stream = nullptr);
+// ops::moe_permute_backward: dx (T, H) += sum_j dxs (A, H)[slot_of (T*k)[t*k + j]], j in order.
+Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream = nullptr);
+// ops::moe_combine_forward: y (T, H) = sum_j topk_w (T, k)[t, j] * ys (A, H)[slot_of[t*k + j]],
+// j in order, assigned.
+Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const int32_t* slot_of,
+                         int64_t T, int64_t k, int64_t H, void* stream = nullptr);
+// ops::moe_combine_backward: dys (A, H) assigned; dtopk_w (T, k) assigned = <dy[t], ys[slot]>,
+// summed in double by one block per assignment.
+Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream = nullptr);
+
+// ---------------------------------------------------------------- MoE router
+// ops::router_forward: probs (T, E) = softmax(logits) in fp32, topk_idx/topk_w (T, k) descending,
+// ties to the lower expert index, normalised when norm_topk. One thread per token with the CPU's
+// loops and order (only exp differs: double, rounded, vs glibc's expf). Error unless 1 <= k <= E.
+Status RouterForward(int32_t* topk_idx, float* topk_w, float* probs, const float* logits, int64_t T,
+                     int64_t E, int64_t k, bool norm_topk, void* stream = nullptr);
+// ops::router_backward: dlogits (T, E) assigned from dtopk_w (T, k) and optional dprobs (T, E)
+// (null when absent). One thread per token, the CPU's double sums in the CPU's order.
+Status RouterBackward(float* dlogits, const float* dtopk_w, const float* dprobs, const float* probs,
+                      const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, bool norm_topk,
+                      void* stream = nullptr);
+
+// ---------------------------------------------------------------- AdamW
+// The float scalars of one AdamW step over one run of the slab (those of AdamW::Step in
+// optim/adamw.cc, whose UpdateChunk the kernel reproduces bit for bit).
+struct AdamWScalars {
+  float decay;      // 1 - lr * weight_decay, or exactly 1 where there is no decay
+  bool low_weight;  // torch's lerp branch: weight w1 < 0.5
+  float w1, one_minus_w1, b2, w2, bc2_sqrt, eps, neg_step_size, grad_scale;
+};
+// The scalars AdamW::Step forms for step `step` (1-based: the optimizer's step() after its
+// increment), rounded as it rounds them; `decay_run`: the run has weight decay enabled. Host.
+AdamWScalars MakeAdamWScalars(double beta1, double beta2, double eps, double weight_decay,
+                              int64_t step, double lr, float grad_scale, bool decay_run);
+// One AdamW step on n elements of one run: params, m, v (n) updated in place from grads (n),
+// with exactly UpdateChunk's float operations and order (no fused multiply-adds): bit-identical
+// to AdamW::Step on the same run.
+Status AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
+                 const AdamWScalars& s, void* stream = nullptr);
+
 }  // namespace xt::cuda

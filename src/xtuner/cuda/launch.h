@@ -1,0 +1,40 @@
+// Launch helpers shared by the CUDA ops (internal to src/xtuner/cuda/*.cu): grid sizes within
+// the hardware's limits for grid-stride loops, int64 thread indices, size checks as Status.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "xtuner/core/status.h"
+
+namespace xt::cuda::detail {
+
+constexpr int kThreads = 256;  // threads per block of the elementwise kernels
+// Grid-stride loops cover any size with at most this many blocks (gridDim.x may go to 2^31 - 1;
+// more blocks than this only add scheduling work).
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+// Blocks for a grid-stride loop over n > 0 items, `threads` per block.
+inline unsigned BlocksFor(int64_t n, int threads = kThreads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return unsigned(b < kMaxBlocks ? b : kMaxBlocks);
+}
+
+// Blocks for a loop with one block per item (rows, tokens), n > 0.
+inline unsigned BlocksForItems(int64_t n) { return unsigned(n < kMaxBlocks ? n : kMaxBlocks); }
+
+// This thread's first index and the stride of a 1-D grid-stride loop, in int64.
+__device__ inline int64_t GlobalThread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ inline int64_t GridThreads() { return int64_t(gridDim.x) * blockDim.x; }
+
+// An error naming `op` when any of the sizes is negative.
+inline Status CheckSizes(const char* op, std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes)
+    if (s < 0) return Status::Error(std::string(op) + ": negative size " + std::to_string(s));
+  return Status::OK();
+}
+
+}  // namespace xt::cuda::detail

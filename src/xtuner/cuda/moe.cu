@@ -1,0 +1,124 @@
+// Dropless MoE dispatch on the GPU: the permutation of token rows into expert order and back,
+// and the weighted un-permute (ops::moe_permute, moe_permute_backward, moe_combine_forward,
+// moe_combine_backward). The plan (ops::moe_plan: offsets, sorted, slot_of) stays on the host
+// for now; the caller copies it to the device. Every output element is written by one thread,
+// in the CPU twin's order: no atomics.
+#include <cuda_runtime.h>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/launch.h"
+#include "xtuner/cuda/ops_cuda.h"
+
+namespace xt::cuda {
+namespace {
+
+using detail::kThreads;
+
+// xs (A, H): xs[p] = x[sorted[p] / k].
+__global__ void MoePermuteKernel(float* xs, const float* x, const int32_t* sorted, int64_t A,
+                                 int64_t k, int64_t H) {
+  const int64_t total = A * H;
+  for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
+    const int64_t p = q / H, h = q - p * H;
+    xs[q] = x[(int64_t(sorted[p]) / k) * H + h];
+  }
+}
+
+// dx (T, H) += dxs[slot_of[t*k + j]] for j = 0..k-1, added one at a time (the CPU's order).
+__global__ void MoePermuteBackwardKernel(float* dx, const float* dxs, const int32_t* slot_of,
+                                         int64_t T, int64_t k, int64_t H) {
+  const int64_t total = T * H;
+  for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
+    const int64_t t = q / H, h = q - t * H;
+    float acc = dx[q];
+    for (int64_t j = 0; j < k; ++j) acc += dxs[int64_t(slot_of[t * k + j]) * H + h];
+    dx[q] = acc;
+  }
+}
+
+// y (T, H) = sum_j topk_w[t, j] * ys[slot_of[t*k + j]], from 0, j in order.
+__global__ void MoeCombineForwardKernel(float* y, const float* ys, const float* topk_w,
+                                        const int32_t* slot_of, int64_t T, int64_t k, int64_t H) {
+  const int64_t total = T * H;
+  for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
+    const int64_t t = q / H, h = q - t * H;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < k; ++j)
+      acc += topk_w[t * k + j] * ys[int64_t(slot_of[t * k + j]) * H + h];
+    y[q] = acc;
+  }
+}
+
+// One block (kThreads, a power of two) per assignment a = t*k + j, grid-strided:
+// dys[slot] = w * dy[t] (slot_of is a permutation: each row written once), and
+// dtopk_w[a] = <dy[t], ys[slot]> summed in double across the block.
+__global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float* dy,
+                                         const float* ys, const float* topk_w,
+                                         const int32_t* slot_of, int64_t A, int64_t k, int64_t H) {
+  __shared__ double partial[kThreads];
+  for (int64_t a = blockIdx.x; a < A; a += gridDim.x) {
+    const int64_t t = a / k;
+    const int64_t p = slot_of[a];
+    const float wj = topk_w[a];
+    const float* g = dy + t * H;  // (H)
+    const float* s = ys + p * H;  // (H)
+    float* ds = dys + p * H;      // (H)
+    double dot = 0;
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+      ds[h] = wj * g[h];
+      dot += double(g[h]) * double(s[h]);
+    }
+    partial[threadIdx.x] = dot;
+    __syncthreads();
+    for (int r = kThreads / 2; r > 0; r /= 2) {
+      if (int(threadIdx.x) < r) partial[threadIdx.x] += partial[threadIdx.x + r];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) dtopk_w[a] = float(partial[0]);
+    __syncthreads();  // partial[0] read before the next assignment overwrites it
+  }
+}
+
+}  // namespace
+
+Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
+                  void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute", {A, k, H}));
+  if (A == 0 || H == 0) return Status::OK();
+  if (k == 0) return Status::Error("moe_permute: k = 0 with A > 0");
+  MoePermuteKernel<<<detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream)>>>(xs, x, sorted,
+                                                                                    A, k, H);
+  return Check(cudaGetLastError(), "moe_permute launch");
+}
+
+Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute_backward", {T, k, H}));
+  if (T == 0 || H == 0) return Status::OK();
+  MoePermuteBackwardKernel<<<detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream)>>>(
+      dx, dxs, slot_of, T, k, H);
+  return Check(cudaGetLastError(), "moe_permute_backward launch");
+}
+
+Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const int32_t* slot_of,
+                         int64_t T, int64_t k, int64_t H, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_combine_forward", {T, k, H}));
+  if (T == 0 || H == 0) return Status::OK();
+  MoeCombineForwardKernel<<<detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream)>>>(
+      y, ys, topk_w, slot_of, T, k, H);
+  return Check(cudaGetLastError(), "moe_combine_forward launch");
+}
+
+Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_combine_backward", {T, k, H}));
+  const int64_t A = T * k;
+  if (A == 0) return Status::OK();
+  // With H == 0 the blocks still run: dtopk_w is assigned 0, as on the CPU.
+  MoeCombineBackwardKernel<<<detail::BlocksForItems(A), kThreads, 0, cudaStream_t(stream)>>>(
+      dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
+  return Check(cudaGetLastError(), "moe_combine_backward launch");
+}
+
+}  // namespace xt::cuda

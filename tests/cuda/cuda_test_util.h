@@ -1,0 +1,89 @@
+// Helpers of the CUDA ops' tests (tests/cuda/*_test.cc): device copies of host vectors, a
+// fixture base that skips without a GPU, bit-level and scaled comparisons.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtuner/cuda/device.h"
+
+namespace xt::cudatest {
+
+// A device copy of a host vector (T: float or int32_t), freed with the object. Never allocates
+// zero bytes, so p is valid even for an empty vector.
+template <class T>
+struct DeviceVec {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceVec(const std::vector<T>& h) : n(h.size()) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+  DeviceVec(const DeviceVec&) = delete;
+  DeviceVec& operator=(const DeviceVec&) = delete;
+  ~DeviceVec() { cudaFree(p); }
+  std::vector<T> Host() const {
+    std::vector<T> h(n);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return h;
+  }
+};
+
+// Fixture base: skipped (reported as such by ctest) where no GPU is usable.
+template <class Param>
+class CudaTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda::DeviceAvailable(&why)) GTEST_SKIP() << "skipped: no GPU (" << why << ")";
+  }
+};
+
+// Waits for the device and fails the test on an asynchronous error.
+inline void Sync() { ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); }
+
+// Bit-identical float vectors (NaNs included: compared as bits).
+inline void ExpectBitEqual(const std::vector<float>& got, const std::vector<float>& want,
+                           const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+        << what << " element " << i << ": " << got[i] << " vs " << want[i];
+}
+
+// |got - want| <= rel * scale + 1e-30 per element, scale[i] the magnitude the result is
+// computed from (|want| itself, or the sum of the magnitudes of its terms where they cancel).
+inline void ExpectNearScaled(const std::vector<float>& got, const std::vector<float>& want,
+                             const std::vector<double>& scale, double rel, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  ASSERT_EQ(scale.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) {
+      ASSERT_TRUE(std::isnan(got[i])) << what << " element " << i;
+      continue;
+    }
+    ASSERT_NEAR(double(got[i]), double(want[i]), rel * scale[i] + 1e-30)
+        << what << " element " << i << " (scale " << scale[i] << ")";
+  }
+}
+
+// ExpectNearScaled with scale = |want|.
+inline void ExpectNearRel(const std::vector<float>& got, const std::vector<float>& want, double rel,
+                          const char* what) {
+  std::vector<double> scale(want.size());
+  for (size_t i = 0; i < want.size(); ++i) scale[i] = std::abs(double(want[i]));
+  ExpectNearScaled(got, want, scale, rel, what);
+}
+
+}  // namespace xt::cudatest
