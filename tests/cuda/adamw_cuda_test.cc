@@ -1,5 +1,5 @@
 // The CUDA AdamW step against AdamW::Step (optim/adamw.cc), bit for bit: the same scalars
-// (cuda::MakeAdamWScalars), the same float operations in the same order, none fused. Over a few
+// (MakeAdamWStepScalars), the same float operations in the same order, none fused. Over a few
 // steps with changing lr and grad_scale, on a slab of a decay run and a no-decay run, in both of
 // torch's lerp branches, with and without weight decay, on awkward gradients (zeros, subnormals,
 // overflowing squares). Skipped (label `cuda`) where no GPU is present.
@@ -60,10 +60,10 @@ TEST_P(AdamWCuda, MatchesAdamWStepBitForBit) {
 
     DeviceVec<float> gg(grads);
     const int64_t step = opt->step();
-    const cuda::AdamWScalars decay_run =
-        cuda::MakeAdamWScalars(beta1, beta2, cfg.eps, wd, step, lrs[s], scales[s], true);
-    const cuda::AdamWScalars plain_run =
-        cuda::MakeAdamWScalars(beta1, beta2, cfg.eps, wd, step, lrs[s], scales[s], false);
+    const AdamWStepScalars decay_run =
+        MakeAdamWStepScalars(beta1, beta2, cfg.eps, wd, step, lrs[s], scales[s], true);
+    const AdamWStepScalars plain_run =
+        MakeAdamWStepScalars(beta1, beta2, cfg.eps, wd, step, lrs[s], scales[s], false);
     ASSERT_TRUE(cuda::AdamWStep(gp.p, gg.p, gm.p, gv.p, n1, decay_run).ok());
     ASSERT_TRUE(cuda::AdamWStep(gp.p + n1, gg.p + n1, gm.p + n1, gv.p + n1, n2, plain_run).ok());
     cudatest::Sync();
@@ -100,16 +100,16 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The scalars are AdamW::Step's: spot checks of the rounding and the branches.
 TEST(AdamWCudaScalars, FormedAsStepFormsThem) {
-  const cuda::AdamWScalars s = cuda::MakeAdamWScalars(0.9, 0.999, 1e-8, 0.01, 1, 1e-3, 0.5f, true);
+  const AdamWStepScalars s = MakeAdamWStepScalars(0.9, 0.999, 1e-8, 0.01, 1, 1e-3, 0.5f, true);
   EXPECT_TRUE(s.low_weight);
   EXPECT_EQ(s.w1, float(1 - 0.9));
   EXPECT_EQ(s.one_minus_w1, 1 - float(1 - 0.9));
   EXPECT_EQ(s.decay, float(1 - 1e-5));
   EXPECT_EQ(s.neg_step_size, float(-(1e-3 / (1 - 0.9))));
   EXPECT_EQ(s.grad_scale, 0.5f);
-  EXPECT_EQ(cuda::MakeAdamWScalars(0.9, 0.999, 1e-8, 0.01, 1, 1e-3, 1, false).decay, 1.0f);
-  EXPECT_EQ(cuda::MakeAdamWScalars(0.9, 0.999, 1e-8, 0.0, 1, 1e-3, 1, true).decay, 1.0f);
-  EXPECT_FALSE(cuda::MakeAdamWScalars(0.3, 0.999, 1e-8, 0.0, 1, 1e-3, 1, true).low_weight);
+  EXPECT_EQ(MakeAdamWStepScalars(0.9, 0.999, 1e-8, 0.01, 1, 1e-3, 1, false).decay, 1.0f);
+  EXPECT_EQ(MakeAdamWStepScalars(0.9, 0.999, 1e-8, 0.0, 1, 1e-3, 1, true).decay, 1.0f);
+  EXPECT_FALSE(MakeAdamWStepScalars(0.3, 0.999, 1e-8, 0.0, 1, 1e-3, 1, true).low_weight);
 }
 
 }  // namespace

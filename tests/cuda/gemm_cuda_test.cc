@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_test_util.h"
+#include "cuda/cuda_test_util.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/ops/ops.h"
 

@@ -1,11 +1,9 @@
 // AdamW's elementwise update on the GPU, bit-identical to AdamW::Step (optim/adamw.cc): the same
-// float scalars (MakeAdamWScalars forms them as Step does, in double, rounded where it rounds),
+// float scalars (MakeAdamWStepScalars in optim/adamw_scalars.h, shared with the CPU step),
 // and UpdateChunk's float operations in UpdateChunk's order, each rounded on its own: the
 // round-to-nearest intrinsics below are never fused into multiply-adds (adamw.cc is compiled
 // with -ffp-contract=off for the same reason), and __fdiv_rn / __fsqrt_rn are IEEE-exact.
 #include <cuda_runtime.h>
-
-#include <cmath>
 
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/launch.h"
@@ -15,7 +13,7 @@ namespace xt::cuda {
 namespace {
 
 __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, int64_t n,
-                            AdamWScalars s) {
+                            AdamWStepScalars s) {
   for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) {
     const float gi = __fmul_rn(g[i], s.grad_scale);  // exact when grad_scale is 1
     const float pi = __fmul_rn(p[i], s.decay);       // exact when decay is 1
@@ -36,31 +34,8 @@ __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, int64_
 
 }  // namespace
 
-AdamWScalars MakeAdamWScalars(double beta1, double beta2, double eps, double weight_decay,
-                              int64_t step, double lr, float grad_scale, bool decay_run) {
-  const double t = double(step);
-  const double bc1 = 1 - std::pow(beta1, t);
-  const double bc2 = 1 - std::pow(beta2, t);
-  AdamWScalars s;
-  s.w1 = float(1 - beta1);  // lerp weight
-  s.low_weight = s.w1 < 0.5f;
-  s.one_minus_w1 = 1 - s.w1;
-  s.b2 = float(beta2);
-  s.w2 = float(1 - beta2);
-  s.bc2_sqrt = float(std::pow(bc2, 0.5));
-  s.eps = float(eps);
-  s.neg_step_size = float(-(lr / bc1));
-  s.grad_scale = grad_scale;
-  // lr * weight_decay rounded on its own (volatile: no fused multiply-add here either, as in
-  // adamw.cc), then 1 - it, then to float.
-  volatile double lr_wd = lr * weight_decay;
-  const float decay = float(1 - lr_wd);
-  s.decay = weight_decay != 0 && decay_run ? decay : 1.0f;
-  return s;
-}
-
 Status AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWScalars& s, void* stream) {
+                 const AdamWStepScalars& s, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("adamw_step", {n}));
   if (n == 0) return Status::OK();
   AdamWKernel<<<detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream)>>>(params, grads, m,

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "xtuner/core/status.h"
+#include "xtuner/optim/adamw_scalars.h"
 
 namespace xt::cuda {
 
@@ -88,21 +89,33 @@ Status RouterBackward(float* dlogits, const float* dtopk_w, const float* dprobs,
                       void* stream = nullptr);
 
 // ---------------------------------------------------------------- AdamW
-// The float scalars of one AdamW step over one run of the slab (those of AdamW::Step in
-// optim/adamw.cc, whose UpdateChunk the kernel reproduces bit for bit).
-struct AdamWScalars {
-  float decay;      // 1 - lr * weight_decay, or exactly 1 where there is no decay
-  bool low_weight;  // torch's lerp branch: weight w1 < 0.5
-  float w1, one_minus_w1, b2, w2, bc2_sqrt, eps, neg_step_size, grad_scale;
-};
-// The scalars AdamW::Step forms for step `step` (1-based: the optimizer's step() after its
-// increment), rounded as it rounds them; `decay_run`: the run has weight decay enabled. Host.
-AdamWScalars MakeAdamWScalars(double beta1, double beta2, double eps, double weight_decay,
-                              int64_t step, double lr, float grad_scale, bool decay_run);
 // One AdamW step on n elements of one run: params, m, v (n) updated in place from grads (n),
 // with exactly UpdateChunk's float operations and order (no fused multiply-adds): bit-identical
 // to AdamW::Step on the same run.
 Status AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWScalars& s, void* stream = nullptr);
+                 const AdamWStepScalars& s, void* stream = nullptr);
+
+// ---------------------------------------------------------------- attention (packed, causal)
+// ops::attention_forward / attention_backward on device q, k, v, out, lse, dout, dq, dk, dv
+// (same shapes, scale passed as there), but cu_seqlens (num_docs + 1) is a HOST array: the
+// block list (64-token blocks counted from each document's start, as on the CPU) is made on the
+// host and copied to the device, stream-ordered (the host array may be reused on return).
+// Validated before any CUDA call: Hq a positive multiple of Hkv, 1 <= D <= 256 (larger D is an
+// error), cu_seqlens from 0 to T and non-decreasing; T == 0 launches nothing.
+// forward: one CUDA block per (64-token query block, q head), K/V streamed in 32-key tiles, fp32
+// online softmax with expf; lse (T, Hq) saved. backward: delta = <dout, out> per row, then one
+// CUDA block per (key block, kv head) for dk, dv (its q heads and query tiles in order) and one
+// per (query block, q head) for dq. No atomics: bit-identical across runs. Against the CPU twin
+// (other summation orders, its polynomial Exp) expected to agree to ~1e-6 relative for out and
+// lse, ~1e-5 for the gradients; its test demands 1e-5 and 1e-4 norm-wise. Scratch: the block
+// list and delta (T * Hq floats), cudaMallocAsync on `stream`.
+Status AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
+                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                        int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+// dq (T, Hq, D), dk, dv (T, Hkv, D) assigned.
+Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                         const float* lse, const float* q, const float* k, const float* v,
+                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                         int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
 
 }  // namespace xt::cuda

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include "xtuner/optim/adamw_scalars.h"
+
 namespace xt {
 namespace {
 
@@ -96,17 +98,10 @@ Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> rang
 
 namespace {
 
-// The float scalars torch's kernels see, for one step.
-struct StepScalars {
-  float decay;      // 1 - lr * weight_decay, or exactly 1 where there is no decay
-  bool low_weight;  // torch's lerp branch: weight < 0.5
-  float w1, one_minus_w1, b2, w2, bc2_sqrt, eps, neg_step_size, grad_scale;
-};
-
 // n elements, each with torch's arithmetic in torch's order; __restrict and no branch on the
 // element let the compiler vectorize it (the results are the scalar loop's, bit for bit).
 void UpdateChunk(float* __restrict p, const float* __restrict g, float* __restrict m,
-                 float* __restrict v, int64_t n, const StepScalars& s) {
+                 float* __restrict v, int64_t n, const AdamWStepScalars& s) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i] * s.grad_scale;  // exact when grad_scale is 1
@@ -128,28 +123,13 @@ void AdamW::Step(float* params, const float* grads, double lr, float grad_scale)
   XT_CHECK(grad_scale >= 0 && std::isfinite(grad_scale),
            "AdamW::Step: grad_scale = " + Num(grad_scale));
   ++step_;
-  const double t = double(step_);
-  const double bc1 = 1 - std::pow(cfg_.beta1, t);
-  const double bc2 = 1 - std::pow(cfg_.beta2, t);
-  StepScalars s;
-  s.w1 = float(1 - cfg_.beta1);  // lerp weight
-  s.low_weight = s.w1 < 0.5f;
-  s.one_minus_w1 = 1 - s.w1;
-  s.b2 = float(cfg_.beta2);
-  s.w2 = float(1 - cfg_.beta2);
-  s.bc2_sqrt = float(std::pow(bc2, 0.5));
-  s.eps = float(cfg_.eps);
-  s.neg_step_size = float(-(lr / bc1));
-  s.grad_scale = grad_scale;
-  const float decay = float(1 - lr * cfg_.weight_decay);
-  const bool apply_decay = cfg_.weight_decay != 0;
   float* m = m_.f32();
   float* v = v_.f32();
   constexpr int64_t kChunk = 1 << 14;
 #pragma omp parallel
   for (const Run& r : runs_) {
-    StepScalars rs = s;
-    rs.decay = apply_decay && r.decay ? decay : 1.0f;
+    const AdamWStepScalars rs = MakeAdamWStepScalars(
+        cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, lr, grad_scale, r.decay);
 #pragma omp for schedule(static) nowait
     for (int64_t c = r.begin; c < r.end; c += kChunk) {
       const int64_t n = std::min(kChunk, r.end - c);

@@ -1,0 +1,559 @@
+// Packed causal GQA attention on the GPU (ops::attention_forward / attention_backward), fp32 SIMT,
+// FlashAttention-2 style as the CPU twin (ops/cpu/attention.cc).
+//
+// Blocks: each document is cut into blocks of kHeld = 64 tokens counted from its first token,
+// exactly as on the CPU. The list is made on the host from the host's cu_seqlens and copied to
+// the device; a CUDA block (256 threads) is one work item:
+//   forward      (query block, q head):  Q tile held in shared memory, K/V streamed in tiles of
+//                kStream = 32 keys over the causal keys of its document, online softmax in fp32
+//                (running max m and sum l per row), out = acc / l, lse = m + log(l).
+//   delta        one warp per (token, q head): delta = <dout, out>.
+//   dK, dV       (key block, kv head): K/V tile held, the group's q heads in order, and for each
+//                the query tiles (32 rows) from the key block to the document's end, in order:
+//                p = exp(s - lse), ds = p (dp - delta), dv += p^T dout, dk += ds^T q (* scale).
+//   dQ           (query block, q head): Q/dO tile held, K/V streamed as in the forward:
+//                dq += ds k (* scale).
+// Every output element is owned by one thread of one CUDA block and reduced in a fixed order:
+// no atomics, bit-identical results from run to run (for a given binary and GPU model).
+//
+// Thread layout of a CUDA block: 16 x 16 (ty = tid / 16, tx = tid % 16). Thread (ty, tx) owns held
+// rows 4 ty .. 4 ty + 3 and streamed columns tx, tx + 16 of each 64 x 32 score tile (so the 16
+// threads of a held row are one half-warp: row max and sum are half-warp shuffles), and of each
+// 64 x D accumulator the same 4 rows and the columns d = tx + 16 jj (registers: D rounded up to
+// kDmax in {64, 128, 256}, a template parameter). D > 256 is rejected.
+//
+// Shared memory rows are padded to an odd stride Dp = D | 1, so that the 16 threads reading 16
+// different streamed rows at the same d hit 16 different banks.
+//
+// Speed ideas, not done yet (correctness and determinism first): tensor cores (wmma / mma.sync
+// with tf32 or bf16x3 for fp32 accuracy, or wgmma on sm_90); larger register micro-tiles
+// (8 x 4) with float4 shared loads; cp.async / TMA double-buffering of the streamed K/V (or Q/dO)
+// tiles; vectorised float4 global loads when D % 4 == 0; a D-specialised kernel (no masked
+// columns for D = 40 in the 64 bucket); fusing the delta kernel into the dQ pass; a persistent
+// grid with a work queue ordered by cost instead of one CUDA block per item.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/launch.h"
+#include "xtuner/cuda/ops_cuda.h"
+
+namespace xt::cuda {
+namespace {
+
+constexpr int kThreads = 256;          // 16 x 16
+constexpr int kHeld = 64;              // rows of the held tile (= the CPU's kBlock)
+constexpr int kStream = 32;            // rows of a streamed tile
+constexpr int kWStride = kStream + 1;  // row stride of the (kHeld, kStream) weight tiles
+constexpr int kMaxHeadDim = 256;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Tokens [begin, begin + n) of the document [doc_begin, doc_end) (int32: T fits cu_seqlens).
+struct Block {
+  int32_t doc_begin, doc_end, begin, n;
+};
+
+// dst (rows, Dp) = the first `valid` rows of src (row stride src_stride, D floats each), the
+// other rows zero. All threads of the block take part.
+__device__ inline void LoadRows(float* dst, int Dp, const float* src, int64_t src_stride, int valid,
+                                int rows, int D) {
+  for (int idx = threadIdx.x; idx < rows * D; idx += kThreads) {
+    const int r = idx / D, d = idx - r * D;
+    dst[r * Dp + d] = r < valid ? src[r * src_stride + d] : 0.0f;
+  }
+}
+
+// s[r][c] = <ha row 4 ty + r, sa row tx + 16 c> and t[r][c] = <hb row .., sb row ..> over D: the
+// thread's 4 x 2 micro-tiles of two score tiles (held rows x streamed rows), summed in d order.
+__device__ inline void Dots2(float (&s)[4][2], float (&t)[4][2], const float* ha, const float* sa,
+                             const float* hb, const float* sb, int Dp, int D, int ty, int tx) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) s[r][c] = t[r][c] = 0.0f;
+  const int h0 = 4 * ty * Dp, s0 = tx * Dp, s1 = (tx + 16) * Dp;
+#pragma unroll 4
+  for (int d = 0; d < D; ++d) {
+    const float a0 = sa[s0 + d], a1 = sa[s1 + d], b0 = sb[s0 + d], b1 = sb[s1 + d];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = ha[h0 + r * Dp + d], y = hb[h0 + r * Dp + d];
+      s[r][0] = fmaf(x, a0, s[r][0]);
+      s[r][1] = fmaf(x, a1, s[r][1]);
+      t[r][0] = fmaf(y, b0, t[r][0]);
+      t[r][1] = fmaf(y, b1, t[r][1]);
+    }
+  }
+}
+
+// The single-tile version of Dots2 (the forward).
+__device__ inline void Dots(float (&s)[4][2], const float* ha, const float* sa, int Dp, int D,
+                            int ty, int tx) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) s[r][0] = s[r][1] = 0.0f;
+  const int h0 = 4 * ty * Dp, s0 = tx * Dp, s1 = (tx + 16) * Dp;
+#pragma unroll 4
+  for (int d = 0; d < D; ++d) {
+    const float a0 = sa[s0 + d], a1 = sa[s1 + d];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = ha[h0 + r * Dp + d];
+      s[r][0] = fmaf(x, a0, s[r][0]);
+      s[r][1] = fmaf(x, a1, s[r][1]);
+    }
+  }
+}
+
+// acc[r][jj] += sum over c < n (in order) of w (kHeld, kWStride)[4 ty + r][c] * x (kStream, Dp)
+// [c][tx + 16 jj], for the columns tx + 16 jj < D. The w rows read here were written by this
+// thread's own half-warp (callers __syncwarp() in between).
+template <int kDmax>
+__device__ inline void Accumulate(float (&acc)[4][kDmax / 16], const float* w, const float* x,
+                                  int n, int Dp, int D, int ty, int tx) {
+  for (int c = 0; c < n; ++c) {
+    float wr[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) wr[r] = w[(4 * ty + r) * kWStride + c];
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) {
+      const int d = tx + 16 * jj;
+      const float xv = d < D ? x[c * Dp + d] : 0.0f;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[r][jj] = fmaf(wr[r], xv, acc[r][jj]);
+    }
+  }
+}
+
+// Max / sum over the 16 threads of a half-warp (a held row), by a fixed butterfly: every thread
+// of the half-warp ends with the same bits (float + and max are commutative).
+__device__ inline float HalfWarpMax(float x) {
+#pragma unroll
+  for (int off = 8; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
+  return x;
+}
+__device__ inline float HalfWarpSum(float x) {
+#pragma unroll
+  for (int off = 8; off > 0; off /= 2) x += __shfl_xor_sync(kFullMask, x, off);
+  return x;
+}
+
+// Shared memory (floats) of each kernel for head dim D.
+size_t ForwardSmemFloats(int64_t D) {
+  return size_t((kHeld + 2 * kStream) * (D | 1) + kHeld * kWStride);
+}
+size_t BackwardQSmemFloats(int64_t D) {
+  return size_t((2 * kHeld + 2 * kStream) * (D | 1) + kHeld * kWStride + 2 * kHeld);
+}
+size_t BackwardKvSmemFloats(int64_t D) {
+  return size_t((2 * kHeld + 2 * kStream) * (D | 1) + 2 * kHeld * kWStride + 2 * kStream);
+}
+
+// Item blockIdx.x = block index * Hq + q head (blocks ordered by decreasing cost).
+template <int kDmax>
+__global__ void __launch_bounds__(kThreads)
+    AttentionForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                           const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
+  extern __shared__ float smem[];
+  const int Dp = D | 1;
+  float* qs = smem;               // (kHeld, Dp)
+  float* ks = qs + kHeld * Dp;    // (kStream, Dp)
+  float* vs = ks + kStream * Dp;  // (kStream, Dp)
+  float* ps = vs + kStream * Dp;  // (kHeld, kWStride)
+  const int64_t item = blockIdx.x;
+  const Block b = blocks[item / Hq];
+  const int64_t h = item % Hq, g = h / (Hq / Hkv);
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+
+  LoadRows(qs, Dp, q + (int64_t(b.begin) * Hq + h) * D, Hq * D, b.n, kHeld, D);
+  float m[4], l[4], acc[4][kDmax / 16];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) acc[r][jj] = 0.0f;
+  }
+  // Keys [doc_begin, begin + n): the causal keys of the block's last query.
+  for (int64_t j0 = b.doc_begin; j0 < int64_t(b.begin) + b.n; j0 += kStream) {
+    const int kn = int(min(int64_t(kStream), int64_t(b.doc_end) - j0));
+    __syncthreads();  // the previous tile is no longer read
+    LoadRows(ks, Dp, k + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
+    LoadRows(vs, Dp, v + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
+    __syncthreads();
+    float s[4][2];
+    Dots(s, qs, ks, Dp, D, ty, tx);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = 4 * ty + r;
+      const int64_t qpos = int64_t(b.begin) + row;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int col = tx + 16 * c;
+        const bool valid = row < b.n && col < kn && j0 + col <= qpos;
+        s[r][c] = valid ? s[r][c] * scale : -INFINITY;
+      }
+      const float mx = fmaxf(m[r], HalfWarpMax(fmaxf(s[r][0], s[r][1])));
+      // A row with no valid key yet (only rows past the block's end) keeps l = 0, acc = 0.
+      const float base = mx == -INFINITY ? 0.0f : mx;
+      const float p0 = expf(s[r][0] - base), p1 = expf(s[r][1] - base);
+      const float corr = expf(m[r] - base);  // 0 on the first tile (m = -inf)
+      l[r] = l[r] * corr + HalfWarpSum(p0 + p1);
+      m[r] = mx;
+#pragma unroll
+      for (int jj = 0; jj < kDmax / 16; ++jj) acc[r][jj] *= corr;
+      ps[row * kWStride + tx] = p0;
+      ps[row * kWStride + tx + 16] = p1;
+    }
+    __syncwarp();
+    Accumulate<kDmax>(acc, ps, vs, kn, Dp, D, ty, tx);  // acc += p @ v tile (masked p are 0)
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = 4 * ty + r;
+    if (row >= b.n) continue;
+    const int64_t o = (int64_t(b.begin) + row) * Hq + h;
+    const float inv = 1.0f / l[r];
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) {
+      const int d = tx + 16 * jj;
+      if (d < D) out[o * D + d] = acc[r][jj] * inv;
+    }
+    if (tx == 0) lse[o] = m[r] + logf(l[r]);
+  }
+}
+
+// delta (rows) = <dout row, out row> (rows = T * Hq, D each): one warp per row, the lanes' strided
+// partial sums added by a fixed butterfly.
+__global__ void AttentionDeltaKernel(float* delta, const float* dout, const float* out,
+                                     int64_t rows, int D) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = detail::GridThreads() / 32;
+  for (int64_t r = detail::GlobalThread() / 32; r < rows; r += warps) {  // uniform in the warp
+    float s = 0.0f;
+    for (int d = lane; d < D; d += 32) s = fmaf(dout[r * D + d], out[r * D + d], s);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(kFullMask, s, off);
+    if (lane == 0) delta[r] = s;
+  }
+}
+
+// dk, dv of one (key block, kv head): item blockIdx.x = block index * Hkv + kv head.
+template <int kDmax>
+__global__ void __launch_bounds__(kThreads)
+    AttentionBackwardKvKernel(float* dk, float* dv, const float* dout, const float* lse,
+                              const float* delta, const float* q, const float* k, const float* v,
+                              const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
+  extern __shared__ float smem[];
+  const int Dp = D | 1;
+  float* ks = smem;                       // (kHeld, Dp)
+  float* vs = ks + kHeld * Dp;            // (kHeld, Dp)
+  float* qs = vs + kHeld * Dp;            // (kStream, Dp)
+  float* dos = qs + kStream * Dp;         // (kStream, Dp)
+  float* pt = dos + kStream * Dp;         // (kHeld, kWStride): p^T
+  float* dst = pt + kHeld * kWStride;     // (kHeld, kWStride): ds^T
+  float* lse_s = dst + kHeld * kWStride;  // (kStream)
+  float* delta_s = lse_s + kStream;       // (kStream)
+  const int64_t item = blockIdx.x;
+  const Block b = blocks[item / Hkv];
+  const int64_t g = item % Hkv, group = Hq / Hkv;
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+
+  LoadRows(ks, Dp, k + (int64_t(b.begin) * Hkv + g) * D, Hkv * D, b.n, kHeld, D);
+  LoadRows(vs, Dp, v + (int64_t(b.begin) * Hkv + g) * D, Hkv * D, b.n, kHeld, D);
+  float dka[4][kDmax / 16], dva[4][kDmax / 16];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) dka[r][jj] = dva[r][jj] = 0.0f;
+
+  for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+    // Queries [begin, doc_end): all that see a key of this block.
+    for (int64_t i0 = b.begin; i0 < b.doc_end; i0 += kStream) {
+      const int qn = int(min(int64_t(kStream), int64_t(b.doc_end) - i0));
+      __syncthreads();  // the previous tile is no longer read
+      LoadRows(qs, Dp, q + (i0 * Hq + h) * D, Hq * D, qn, kStream, D);
+      LoadRows(dos, Dp, dout + (i0 * Hq + h) * D, Hq * D, qn, kStream, D);
+      if (tid < kStream) {
+        lse_s[tid] = tid < qn ? lse[(i0 + tid) * Hq + h] : 0.0f;
+        delta_s[tid] = tid < qn ? delta[(i0 + tid) * Hq + h] : 0.0f;
+      }
+      __syncthreads();
+      float s[4][2], dp[4][2];  // s^T = k q^T, dp^T = v dout^T
+      Dots2(s, dp, ks, qs, vs, dos, Dp, D, ty, tx);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = 4 * ty + r;
+        const int64_t kpos = int64_t(b.begin) + row;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = tx + 16 * c;
+          float p = 0.0f, ds = 0.0f;
+          if (row < b.n && col < qn && i0 + col >= kpos) {
+            p = expf(s[r][c] * scale - lse_s[col]);
+            ds = p * (dp[r][c] - delta_s[col]);
+          }
+          pt[row * kWStride + col] = p;
+          dst[row * kWStride + col] = ds;
+        }
+      }
+      __syncwarp();
+      Accumulate<kDmax>(dva, pt, dos, qn, Dp, D, ty, tx);  // dv += p^T dout
+      Accumulate<kDmax>(dka, dst, qs, qn, Dp, D, ty, tx);  // dk += ds^T q
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = 4 * ty + r;
+    if (row >= b.n) continue;
+    const int64_t o = ((int64_t(b.begin) + row) * Hkv + g) * D;
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) {
+      const int d = tx + 16 * jj;
+      if (d < D) {
+        dk[o + d] = dka[r][jj] * scale;
+        dv[o + d] = dva[r][jj];
+      }
+    }
+  }
+}
+
+// dq of one (query block, q head): item blockIdx.x = block index * Hq + q head.
+template <int kDmax>
+__global__ void __launch_bounds__(kThreads)
+    AttentionBackwardQKernel(float* dq, const float* dout, const float* lse, const float* delta,
+                             const float* q, const float* k, const float* v, const Block* blocks,
+                             int64_t Hq, int64_t Hkv, int D, float scale) {
+  extern __shared__ float smem[];
+  const int Dp = D | 1;
+  float* qs = smem;                       // (kHeld, Dp)
+  float* dos = qs + kHeld * Dp;           // (kHeld, Dp)
+  float* ks = dos + kHeld * Dp;           // (kStream, Dp)
+  float* vs = ks + kStream * Dp;          // (kStream, Dp)
+  float* dss = vs + kStream * Dp;         // (kHeld, kWStride)
+  float* lse_s = dss + kHeld * kWStride;  // (kHeld)
+  float* delta_s = lse_s + kHeld;         // (kHeld)
+  const int64_t item = blockIdx.x;
+  const Block b = blocks[item / Hq];
+  const int64_t h = item % Hq, g = h / (Hq / Hkv);
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+
+  LoadRows(qs, Dp, q + (int64_t(b.begin) * Hq + h) * D, Hq * D, b.n, kHeld, D);
+  LoadRows(dos, Dp, dout + (int64_t(b.begin) * Hq + h) * D, Hq * D, b.n, kHeld, D);
+  if (tid < kHeld) {
+    lse_s[tid] = tid < b.n ? lse[(int64_t(b.begin) + tid) * Hq + h] : 0.0f;
+    delta_s[tid] = tid < b.n ? delta[(int64_t(b.begin) + tid) * Hq + h] : 0.0f;
+  }
+  float acc[4][kDmax / 16];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) acc[r][jj] = 0.0f;
+
+  for (int64_t j0 = b.doc_begin; j0 < int64_t(b.begin) + b.n; j0 += kStream) {
+    const int kn = int(min(int64_t(kStream), int64_t(b.doc_end) - j0));
+    __syncthreads();  // the previous tile is no longer read
+    LoadRows(ks, Dp, k + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
+    LoadRows(vs, Dp, v + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
+    __syncthreads();
+    float s[4][2], dp[4][2];  // s = q k^T, dp = dout v^T
+    Dots2(s, dp, qs, ks, dos, vs, Dp, D, ty, tx);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = 4 * ty + r;
+      const int64_t qpos = int64_t(b.begin) + row;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int col = tx + 16 * c;
+        float ds = 0.0f;
+        if (row < b.n && col < kn && j0 + col <= qpos) {
+          const float p = expf(s[r][c] * scale - lse_s[row]);
+          ds = p * (dp[r][c] - delta_s[row]);
+        }
+        dss[row * kWStride + col] = ds;
+      }
+    }
+    __syncwarp();
+    Accumulate<kDmax>(acc, dss, ks, kn, Dp, D, ty, tx);  // dq += ds k
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = 4 * ty + r;
+    if (row >= b.n) continue;
+    const int64_t o = ((int64_t(b.begin) + row) * Hq + h) * D;
+#pragma unroll
+    for (int jj = 0; jj < kDmax / 16; ++jj) {
+      const int d = tx + 16 * jj;
+      if (d < D) dq[o + d] = acc[r][jj] * scale;
+    }
+  }
+}
+
+// Checks the arguments (no CUDA call) and makes the block list, twice: by_q ordered by
+// decreasing number of key tiles (forward, dQ), by_kv by decreasing number of query tiles (dK,
+// dV), so that the costly items start first. Both are functions of cu_seqlens alone.
+Status PlanBlocks(const char* op, const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
+                  int64_t Hkv, int64_t D, std::vector<Block>* by_q, std::vector<Block>* by_kv) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes(op, {num_docs, T, Hq, Hkv, D}));
+  if (Hkv < 1 || Hq < Hkv || Hq % Hkv != 0)
+    return Status::Error(std::string(op) + ": Hq (" + std::to_string(Hq) +
+                         ") must be a positive multiple of Hkv (" + std::to_string(Hkv) + ")");
+  if (D < 1 || D > kMaxHeadDim)
+    return Status::Error(std::string(op) + ": head dim D = " + std::to_string(D) +
+                         " is not in [1, " + std::to_string(kMaxHeadDim) + "]");
+  if (cu == nullptr) return Status::Error(std::string(op) + ": null cu_seqlens");
+  if (cu[0] != 0 || cu[num_docs] != T)
+    return Status::Error(std::string(op) +
+                         ": cu_seqlens must run from 0 to T = " + std::to_string(T));
+  by_q->clear();
+  for (int64_t d = 0; d < num_docs; ++d) {
+    const int32_t b0 = cu[d], b1 = cu[d + 1];
+    if (b1 < b0)
+      return Status::Error(std::string(op) + ": cu_seqlens decreases at document " +
+                           std::to_string(d));
+    for (int32_t s = b0; s < b1; s += std::min<int32_t>(kHeld, b1 - s))
+      by_q->push_back({b0, b1, s, std::min<int32_t>(kHeld, b1 - s)});
+  }
+  if (int64_t(by_q->size()) * Hq > int64_t(INT32_MAX))
+    return Status::Error(std::string(op) + ": too many (block, head) items for one grid");
+  *by_kv = *by_q;
+  std::stable_sort(by_q->begin(), by_q->end(), [](const Block& a, const Block& b) {
+    return a.begin - a.doc_begin > b.begin - b.doc_begin;
+  });
+  std::stable_sort(by_kv->begin(), by_kv->end(), [](const Block& a, const Block& b) {
+    return a.doc_end - a.begin > b.doc_end - b.begin;
+  });
+  return Status::OK();
+}
+
+// Opts `kernel` in to `floats` floats of dynamic shared memory, or an error when the device
+// has less per block.
+template <class Kernel>
+Status PrepareSmem(Kernel* kernel, size_t floats, const char* what) {
+  int dev = 0, optin = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what));
+  const size_t bytes = floats * sizeof(float);
+  if (bytes > size_t(optin))
+    return Status::Error(std::string(what) + ": needs " + std::to_string(bytes) +
+                         " bytes of shared memory per block, the device has " +
+                         std::to_string(optin));
+  return Check(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
+}
+
+// A device copy of the blocks (by_q then by_kv) plus `extra_floats` floats after them, from the
+// stream-ordered allocator. cudaMemcpyAsync from pageable memory returns once the source is
+// staged, so the host vectors may die right after.
+Status UploadBlocks(void** buf, const std::vector<Block>& by_q, const std::vector<Block>& by_kv,
+                    int64_t extra_floats, cudaStream_t st, const char* what) {
+  const size_t nb = by_q.size(), bytes = 2 * nb * sizeof(Block);
+  XT_RETURN_IF_ERROR(
+      Check(cudaMallocAsync(buf, bytes + size_t(extra_floats) * sizeof(float), st), what));
+  auto* blocks = static_cast<Block*>(*buf);
+  Status s = Check(
+      cudaMemcpyAsync(blocks, by_q.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st), what);
+  if (s.ok())
+    s = Check(
+        cudaMemcpyAsync(blocks + nb, by_kv.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st),
+        what);
+  return s;
+}
+
+template <int kDmax>
+Status LaunchForward(float* out, float* lse, const float* q, const float* k, const float* v,
+                     const Block* blocks, int64_t nb, int64_t Hq, int64_t Hkv, int64_t D,
+                     float scale, cudaStream_t st) {
+  const size_t floats = ForwardSmemFloats(D);
+  XT_RETURN_IF_ERROR(PrepareSmem(AttentionForwardKernel<kDmax>, floats, "attention_forward"));
+  AttentionForwardKernel<kDmax><<<unsigned(nb * Hq), kThreads, floats * sizeof(float), st>>>(
+      out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale);
+  return Check(cudaGetLastError(), "attention_forward launch");
+}
+
+template <int kDmax>
+Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const float* lse,
+                      const float* delta, const float* q, const float* k, const float* v,
+                      const Block* by_q, const Block* by_kv, int64_t nb, int64_t Hq, int64_t Hkv,
+                      int64_t D, float scale, cudaStream_t st) {
+  const size_t kv_floats = BackwardKvSmemFloats(D), q_floats = BackwardQSmemFloats(D);
+  XT_RETURN_IF_ERROR(
+      PrepareSmem(AttentionBackwardKvKernel<kDmax>, kv_floats, "attention_backward (dk, dv)"));
+  XT_RETURN_IF_ERROR(
+      PrepareSmem(AttentionBackwardQKernel<kDmax>, q_floats, "attention_backward (dq)"));
+  AttentionBackwardKvKernel<kDmax><<<unsigned(nb * Hkv), kThreads, kv_floats * sizeof(float), st>>>(
+      dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale);
+  XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "attention_backward (dk, dv) launch"));
+  AttentionBackwardQKernel<kDmax><<<unsigned(nb * Hq), kThreads, q_floats * sizeof(float), st>>>(
+      dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale);
+  return Check(cudaGetLastError(), "attention_backward (dq) launch");
+}
+
+}  // namespace
+
+Status AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
+                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                        int64_t Hkv, int64_t D, float scale, void* stream) {
+  std::vector<Block> by_q, by_kv;
+  XT_RETURN_IF_ERROR(
+      PlanBlocks("attention_forward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+  if (T == 0) return Status::OK();
+  const cudaStream_t st = cudaStream_t(stream);
+  const int64_t nb = int64_t(by_q.size());
+  void* buf = nullptr;
+  Status s = UploadBlocks(&buf, by_q, by_kv, 0, st, "attention_forward blocks");
+  if (s.ok()) {
+    const Block* blocks = static_cast<const Block*>(buf);
+    if (D <= 64)
+      s = LaunchForward<64>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+    else if (D <= 128)
+      s = LaunchForward<128>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+    else
+      s = LaunchForward<256>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+  }
+  if (buf == nullptr) return s;
+  const Status freed = Check(cudaFreeAsync(buf, st), "attention_forward blocks free");
+  return s.ok() ? freed : s;
+}
+
+Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                         const float* lse, const float* q, const float* k, const float* v,
+                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                         int64_t Hkv, int64_t D, float scale, void* stream) {
+  std::vector<Block> by_q, by_kv;
+  XT_RETURN_IF_ERROR(
+      PlanBlocks("attention_backward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+  if (T == 0) return Status::OK();
+  const cudaStream_t st = cudaStream_t(stream);
+  const int64_t nb = int64_t(by_q.size());
+  void* buf = nullptr;  // blocks (2 nb, 16 bytes each), then delta (T * Hq floats)
+  Status s = UploadBlocks(&buf, by_q, by_kv, T * Hq, st, "attention_backward scratch");
+  if (s.ok()) {
+    const Block* blocks = static_cast<const Block*>(buf);
+    float* delta = reinterpret_cast<float*>(static_cast<Block*>(buf) + 2 * nb);
+    AttentionDeltaKernel<<<detail::BlocksFor(T * Hq * 32), kThreads, 0, st>>>(delta, dout, out,
+                                                                              T * Hq, int(D));
+    s = Check(cudaGetLastError(), "attention_backward (delta) launch");
+    if (s.ok()) {
+      if (D <= 64)
+        s = LaunchBackward<64>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
+                               Hkv, D, scale, st);
+      else if (D <= 128)
+        s = LaunchBackward<128>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
+                                Hkv, D, scale, st);
+      else
+        s = LaunchBackward<256>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
+                                Hkv, D, scale, st);
+    }
+  }
+  if (buf == nullptr) return s;
+  const Status freed = Check(cudaFreeAsync(buf, st), "attention_backward scratch free");
+  return s.ok() ? freed : s;
+}
+
+}  // namespace xt::cuda

@@ -1,0 +1,227 @@
+// CUDA packed causal GQA attention (cuda::AttentionForward / AttentionBackward) against its CPU
+// twin (ops::attention_forward / attention_backward) on awkward packings (a 1-token document,
+// lengths not multiples of 64, empty documents, a 1000-token document, many short documents),
+// MHA / GQA / MQA, D = 33, 40, 64, 128, 256, and peaked softmaxes; each GPU op run twice (the
+// second time on a stream of its own) must give identical bits. Argument checks and T = 0 need
+// no GPU; the rest is skipped (label `cuda`) where no GPU is present.
+//
+// Tolerances, norm-wise: ||got - want|| / max(||want||, floor * sqrt(n)).
+//  - out, lse: 1e-5. Both sides are fp32 with different summation orders (oneDNN sgemm blocks
+//    vs the GPU's sequential fmaf over D and over 32-key tiles), different online-softmax tile
+//    boundaries (64 vs 32 keys: other rescalings) and different exps (the CPU's polynomial Exp,
+//    ~2e-7 relative, vs CUDA's expf, <= 2 ulp): each an O(1e-7) relative error per term, growing
+//    like sqrt(terms) in the sums (D <= 256, keys <= 1000), so ~1e-6 expected, 10x margin.
+//    lse is compared with floor 1 (an absolute error): it enters the backward only as
+//    exp(s - lse), where its absolute error is p's relative error, and a one-token document's
+//    lse (one score) may sit near 0.
+//  - dq, dk, dv: 1e-4. ds = p (dp - delta) subtracts two O(|dout| |v|) numbers whose difference
+//    is smaller (delta is dp averaged under p), which amplifies the same rounding differences by
+//    that cancellation ratio (10 or so here); floor 1e-2 (the inputs are O(1), so the gradients'
+//    elements are O(0.01 .. 1) unless they cancel exactly, as dq and dk of a one-token document,
+//    which are rounding noise on both sides).
+// The GPU backward is fed the CPU's out and lse, so each comparison sees one op's error only.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+namespace {
+
+using cudatest::DeviceVec;
+using cudatest::ExpectBitEqual;
+
+struct Shape {
+  std::string name;
+  std::vector<int32_t> lens;  // document lengths (0 allowed)
+  int64_t Hq, Hkv, D;
+  float q_std = 1.0f;  // > 1: peaked softmax
+};
+
+// gtest's name for a Shape (in test listings and ctest).
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << s.name << " (Hq " << s.Hq << ", Hkv " << s.Hkv << ", D " << s.D << ", " << s.lens.size()
+      << " docs)";
+}
+
+std::vector<int32_t> CuSeqlens(const std::vector<int32_t>& lens) {
+  std::vector<int32_t> cu{0};
+  for (int32_t n : lens) cu.push_back(cu.back() + n);
+  return cu;
+}
+
+std::vector<float> Normal(int64_t n, float stddev, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// ||got - want|| / max(||want||, floor * sqrt(n)) <= rel; the message names the worst row
+// (rows of `row` elements: (token, head) for `heads` heads per token).
+void ExpectNormNear(const std::vector<float>& got, const std::vector<float>& want, int64_t row,
+                    int64_t heads, double rel, double floor, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  if (want.empty()) return;
+  double err2 = 0, ref2 = 0, worst = -1;
+  int64_t worst_row = 0;
+  for (size_t r = 0; r * row < want.size(); ++r) {
+    double e2 = 0, w2 = 0;
+    for (size_t i = r * row; i < (r + 1) * row; ++i) {
+      const double e = double(got[i]) - double(want[i]);
+      e2 += e * e;
+      w2 += double(want[i]) * double(want[i]);
+    }
+    err2 += e2;
+    ref2 += w2;
+    // NaN counts as the worst.
+    const double ratio = std::sqrt(e2) / std::max(std::sqrt(w2), floor * std::sqrt(double(row)));
+    if (!(ratio <= worst)) {
+      worst = std::isnan(ratio) ? std::numeric_limits<double>::infinity() : ratio;
+      worst_row = int64_t(r);
+    }
+  }
+  const double denom = std::max(std::sqrt(ref2), floor * std::sqrt(double(want.size())));
+  const double got_rel = std::sqrt(err2) / denom;
+  EXPECT_TRUE(got_rel <= rel) << what << ": norm-wise relative error " << got_rel << " > " << rel
+                              << "; worst row: token " << worst_row / heads << ", head "
+                              << worst_row % heads << " (row-wise " << worst << ")";
+}
+
+class AttentionCuda : public cudatest::CudaTest<Shape> {};
+
+TEST_P(AttentionCuda, MatchesTheCpuTwinBitForBitTwice) {
+  const Shape& sh = GetParam();
+  const std::vector<int32_t> cu = CuSeqlens(sh.lens);
+  const int64_t T = cu.back(), nd = int64_t(sh.lens.size());
+  const int64_t Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
+  const float scale = float(1.0 / std::sqrt(double(D)));  // as model/transformer.cc
+  std::mt19937 rng(unsigned(T * 7919 + Hq * 131 + Hkv * 17 + D));
+  const std::vector<float> q = Normal(T * Hq * D, sh.q_std, rng), k = Normal(T * Hkv * D, 1, rng),
+                           v = Normal(T * Hkv * D, 1, rng), dout = Normal(T * Hq * D, 1, rng);
+
+  // CPU twin.
+  std::vector<float> out(T * Hq * D), lse(T * Hq), dq(q.size()), dk(k.size()), dv(v.size());
+  ops::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), cu.data(), nd, T, Hq,
+                         Hkv, D, scale);
+  ops::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(),
+                          q.data(), k.data(), v.data(), cu.data(), nd, T, Hq, Hkv, D, scale);
+
+  // GPU, outputs prefilled with NaN (they are assigned: nothing of it may leak out).
+  const std::vector<float> nan_out(out.size(), NAN), nan_lse(lse.size(), NAN), nan_q(q.size(), NAN),
+      nan_kv(k.size(), NAN);
+  DeviceVec<float> gq(q), gk(k), gv(v), gdout(dout), gout_cpu(out), glse_cpu(lse);
+  DeviceVec<float> gout1(nan_out), glse1(nan_lse), gout2(nan_out), glse2(nan_lse);
+  DeviceVec<float> gdq1(nan_q), gdk1(nan_kv), gdv1(nan_kv), gdq2(nan_q), gdk2(nan_kv), gdv2(nan_kv);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+
+  Status st = cuda::AttentionForward(gout1.p, glse1.p, gq.p, gk.p, gv.p, cu.data(), nd, T, Hq, Hkv,
+                                     D, scale);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionForward(gout2.p, glse2.p, gq.p, gk.p, gv.p, cu.data(), nd, T, Hq, Hkv, D,
+                              scale, stream);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionBackward(gdq1.p, gdk1.p, gdv1.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p, gk.p,
+                               gv.p, cu.data(), nd, T, Hq, Hkv, D, scale);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionBackward(gdq2.p, gdk2.p, gdv2.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p, gk.p,
+                               gv.p, cu.data(), nd, T, Hq, Hkv, D, scale, stream);
+  ASSERT_TRUE(st.ok()) << st.message();
+  cudatest::Sync();
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+
+  const std::vector<float> o1 = gout1.Host(), l1 = glse1.Host(), dq1 = gdq1.Host(),
+                           dk1 = gdk1.Host(), dv1 = gdv1.Host();
+  ExpectNormNear(o1, out, D, Hq, 1e-5, 0.0, "out");
+  ExpectNormNear(l1, lse, 1, Hq, 1e-5, 1.0, "lse");
+  ExpectNormNear(dq1, dq, D, Hq, 1e-4, 1e-2, "dq");
+  ExpectNormNear(dk1, dk, D, Hkv, 1e-4, 1e-2, "dk");
+  ExpectNormNear(dv1, dv, D, Hkv, 1e-4, 1e-2, "dv");
+
+  ExpectBitEqual(gout2.Host(), o1, "out (second run)");
+  ExpectBitEqual(glse2.Host(), l1, "lse (second run)");
+  ExpectBitEqual(gdq2.Host(), dq1, "dq (second run)");
+  ExpectBitEqual(gdk2.Host(), dk1, "dk (second run)");
+  ExpectBitEqual(gdv2.Host(), dv1, "dv (second run)");
+}
+
+std::vector<int32_t> ManyShortDocs() {  // 150 documents of 0 .. 20 tokens, a fixed draw
+  std::mt19937 rng(12345);
+  std::uniform_int_distribution<int32_t> len(0, 20);
+  std::vector<int32_t> lens(150);
+  for (int32_t& n : lens) n = len(rng);
+  lens[7] = 0;
+  lens[8] = 1;
+  return lens;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionCuda,
+    ::testing::Values(
+        Shape{"OneTokenMqaD64", {1}, 4, 1, 64}, Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
+        Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
+        Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
+        Shape{"RaggedMqaD40", {65, 1, 200, 63}, 4, 1, 40},
+        Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
+        Shape{"LongDocGqaD128", {1000}, 4, 1, 128}, Shape{"LongDocMhaD40", {1000}, 2, 2, 40},
+        Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
+        Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 4, 1, 128},
+        Shape{"OddD33Group3", {97, 31, 1}, 3, 1, 33}, Shape{"D256Gqa", {100, 300}, 4, 2, 256},
+        Shape{"D1", {70, 5}, 2, 1, 1}, Shape{"PeakedD64", {300, 77}, 4, 2, 64, 4.0f},
+        Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
+    [](const ::testing::TestParamInfo<Shape>& info) { return info.param.name; });
+
+// T = 0 launches nothing (and so needs no GPU, nor valid device pointers).
+TEST(AttentionCudaArgs, ZeroTokensIsANoOp) {
+  for (const std::vector<int32_t>& lens : {std::vector<int32_t>{}, std::vector<int32_t>{0, 0}}) {
+    const std::vector<int32_t> cu = CuSeqlens(lens);
+    const int64_t nd = int64_t(lens.size());
+    EXPECT_TRUE(cuda::AttentionForward(nullptr, nullptr, nullptr, nullptr, nullptr, cu.data(), nd,
+                                       0, 4, 2, 64, 0.125f)
+                    .ok());
+    EXPECT_TRUE(cuda::AttentionBackward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                        nullptr, nullptr, nullptr, cu.data(), nd, 0, 4, 2, 64,
+                                        0.125f)
+                    .ok());
+  }
+}
+
+// Bad arguments are errors, found before any CUDA call (no GPU needed).
+TEST(AttentionCudaArgs, RejectsBadArguments) {
+  const std::vector<int32_t> cu{0, 3, 5};
+  auto fwd = [](const int32_t* c, int64_t nd, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+    return cuda::AttentionForward(nullptr, nullptr, nullptr, nullptr, nullptr, c, nd, T, Hq, Hkv, D,
+                                  1.0f);
+  };
+  auto bwd = [](const int32_t* c, int64_t nd, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+    return cuda::AttentionBackward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                   nullptr, nullptr, c, nd, T, Hq, Hkv, D, 1.0f);
+  };
+  for (auto op : {+fwd, +bwd}) {
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 257).ok()) << "D > 256";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 0).ok()) << "D = 0";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 6, 4, 64).ok()) << "Hq not a multiple of Hkv";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 0, 64).ok()) << "Hkv = 0";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 2, 4, 64).ok()) << "Hq < Hkv";
+    EXPECT_FALSE(op(cu.data(), 2, -5, 4, 2, 64).ok()) << "negative T";
+    EXPECT_FALSE(op(cu.data(), 2, 6, 4, 2, 64).ok()) << "cu_seqlens not ending at T";
+    EXPECT_FALSE(op(nullptr, 2, 5, 4, 2, 64).ok()) << "null cu_seqlens";
+    const std::vector<int32_t> off{1, 3, 5}, down{0, 4, 3, 5};
+    EXPECT_FALSE(op(off.data(), 2, 5, 4, 2, 64).ok()) << "cu_seqlens not starting at 0";
+    EXPECT_FALSE(op(down.data(), 3, 5, 4, 2, 64).ok()) << "decreasing cu_seqlens";
+  }
+}
+
+}  // namespace
+}  // namespace xt
