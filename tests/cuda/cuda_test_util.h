@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,25 @@ inline void ExpectNearRel(const std::vector<float>& got, const std::vector<float
   std::vector<double> scale(want.size());
   for (size_t i = 0; i < want.size(); ++i) scale[i] = std::abs(double(want[i]));
   ExpectNearScaled(got, want, scale, rel, what);
+}
+
+// n normal floats of standard deviation `scale`, reproducible from the seed.
+inline std::vector<float> RandomNormal(size_t n, unsigned seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// ||got - want|| / ||want|| (the plain norm of the difference when want is 0).
+inline double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
 }  // namespace xt::cudatest

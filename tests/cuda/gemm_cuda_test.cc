@@ -31,23 +31,8 @@ struct DeviceBf16 {
   ~DeviceBf16() { cudaFree(p); }
 };
 
-std::vector<float> Random(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-// ||got - want|| / ||want|| (0 when both are zero).
-double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
+using cudatest::RelErr;
+std::vector<float> Random(size_t n, unsigned seed) { return cudatest::RandomNormal(n, seed); }
 
 class GemmCuda : public ::testing::Test {
  protected:

@@ -6,6 +6,7 @@
 
 #include "xtuner/loss/balance.h"
 #include "xtuner/loss/cross_entropy.h"
+#include "xtuner/model/rope_tables.h"
 #include "xtuner/model/transformer_acts.h"
 #include "xtuner/ops/ops.h"
 
@@ -64,20 +65,8 @@ void Transformer::SetRecompute(double fraction) {
   recompute_layers_ = int64_t(std::llround(fraction * double(cfg_.num_layers)));
 }
 
-// HF's default RoPE: inv_freq[i] = 1 / theta^(2i/D), angle = position * inv_freq, in fp32.
 void Transformer::ComputeRope(const Batch& b, Acts* a) const {
-  const int64_t T = b.num_tokens(), half = cfg_.head_dim / 2;
-  vector<float> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = 1.0f / std::pow(float(cfg_.rope_theta), float(2 * i) / float(cfg_.head_dim));
-  a->cos.resize(T * half);
-  a->sin.resize(T * half);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      float angle = float(b.positions[t]) * inv_freq[i];
-      a->cos[t * half + i] = std::cos(angle);
-      a->sin[t * half + i] = std::sin(angle);
-    }
+  ComputeRopeTables(b, cfg_.head_dim, cfg_.rope_theta, &a->cos, &a->sin);
 }
 
 void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in,

@@ -1,0 +1,216 @@
+// The language-model head fused with cross-entropy on the GPU (chunked_cross_entropy's twin,
+// loss_cuda.h). Per chunk of loss rows: gather the rows of h, logits = h_c @ w^T, one block per
+// row for the softmax statistics and dlogits in place, then dh_c = dlogits @ w (scattered) and
+// dw += dlogits^T @ h_c. The per-row losses stay on the device until one block sums them.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/launch.h"
+#include "xtuner/cuda/loss_cuda.h"
+#include "xtuner/loss/cross_entropy.h"
+
+namespace xt::cuda {
+namespace {
+
+using detail::kThreads;
+
+constexpr int kRowThreads = 512;  // threads per row of logits (a power of two)
+
+// dst (c, H) = src (., H)[rows (c)].
+__global__ void GatherRowsKernel(float* dst, const float* src, const int64_t* rows, int64_t c,
+                                 int64_t H) {
+  const int64_t n = c * H;
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) {
+    const int64_t r = i / H;
+    dst[i] = src[rows[r] * H + (i - r * H)];
+  }
+}
+
+// dst (., H)[rows (c)] = src (c, H).
+__global__ void ScatterRowsKernel(float* dst, const float* src, const int64_t* rows, int64_t c,
+                                  int64_t H) {
+  const int64_t n = c * H;
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) {
+    const int64_t r = i / H;
+    dst[rows[r] * H + (i - r * H)] = src[i];
+  }
+}
+
+// One block (kRowThreads) per row of logits (c, V), rows grid-strided: m = max, s = sum exp(z - m)
+// (expf in fp32, summed in double: the CPU's order of operations), loss[i] = m + log(s) - z[y].
+// With grad, z becomes weight * (softmax - onehot(y)) in place, with the CPU's float operations
+// (e * float(weight / s), then - float(weight) at y; no fused multiply-add).
+__global__ void SoftmaxRowsKernel(float* logits, double* loss, const int32_t* ys, int64_t c,
+                                  int64_t V, double weight, bool grad) {
+  __shared__ float smax[kRowThreads];
+  __shared__ double ssum[kRowThreads];
+  const int tid = int(threadIdx.x);
+  for (int64_t i = blockIdx.x; i < c; i += gridDim.x) {
+    float* z = logits + i * V;
+    const int32_t y = ys[i];
+    const float zy = z[y];  // read before any thread overwrites the row
+    float m = -INFINITY;
+    for (int64_t v = tid; v < V; v += kRowThreads) m = fmaxf(m, z[v]);
+    smax[tid] = m;
+    __syncthreads();
+    for (int s = kRowThreads / 2; s > 0; s /= 2) {
+      if (tid < s) smax[tid] = fmaxf(smax[tid], smax[tid + s]);
+      __syncthreads();
+    }
+    m = smax[0];
+    double sum = 0;
+    for (int64_t v = tid; v < V; v += kRowThreads) {
+      const float e = expf(z[v] - m);
+      if (grad) z[v] = e;
+      sum += double(e);
+    }
+    ssum[tid] = sum;
+    __syncthreads();
+    for (int s = kRowThreads / 2; s > 0; s /= 2) {
+      if (tid < s) ssum[tid] += ssum[tid + s];
+      __syncthreads();
+    }
+    const double total = ssum[0];
+    if (tid == 0) loss[i] = double(m) + log(total) - double(zy);
+    if (grad) {
+      const float scale = float(weight / total), wf = float(weight);
+      for (int64_t v = tid; v < V; v += kRowThreads) {
+        float g = __fmul_rn(z[v], scale);
+        if (v == y) g = __fsub_rn(g, wf);
+        z[v] = g;
+      }
+    }
+    __syncthreads();  // smax[0] and ssum[0] read by all before the next row writes them
+  }
+}
+
+// *out = the sum of x (n) in double: one block (kThreads); thread j adds x[j], x[j + kThreads],
+// ... in order, then a fixed tree. Deterministic for a given n.
+__global__ void SumKernel(double* out, const double* x, int64_t n) {
+  __shared__ double part[kThreads];
+  const int tid = int(threadIdx.x);
+  double s = 0;
+  for (int64_t i = tid; i < n; i += kThreads) s += x[i];
+  part[tid] = s;
+  __syncthreads();
+  for (int h = kThreads / 2; h > 0; h /= 2) {
+    if (tid < h) part[tid] += part[tid + h];
+    __syncthreads();
+  }
+  if (tid == 0) *out = part[0];
+}
+
+// Stream-ordered scratch: cudaMallocAsync on the stream, everything freed (cudaFreeAsync, in
+// stream order after the work queued so far) when the object goes, error paths included.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  ~Scratch() {
+    for (void* p : ptrs_) cudaFreeAsync(p, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  // count elements of T (at least one is allocated, so the pointer is valid even when empty).
+  template <class T>
+  Status Alloc(T** p, int64_t count, const char* what) {
+    void* v = nullptr;
+    XT_RETURN_IF_ERROR(
+        Check(cudaMallocAsync(&v, size_t(std::max<int64_t>(count, 1)) * sizeof(T), stream_), what));
+    ptrs_.push_back(v);
+    *p = static_cast<T*>(v);
+    return Status::OK();
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<void*> ptrs_;
+};
+
+}  // namespace
+
+Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
+                                   const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
+                                   double weight, int64_t chunk_rows, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
+  if (T > 0 && targets_host == nullptr)
+    return Status::Error("chunked_cross_entropy: targets is null");
+  if (dh && !dw) return Status::Error("chunked_cross_entropy: dh given without dw");
+  // The loss rows and their targets, validated on the host.
+  std::vector<int64_t> rows;
+  std::vector<int32_t> ys;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t y = targets_host[t];
+    if (y == kIgnoreIndex) continue;
+    if (y < 0 || int64_t(y) >= V)
+      return Status::Error("chunked_cross_entropy: target " + std::to_string(y) + " at position " +
+                           std::to_string(t) + " is outside [0, " + std::to_string(V) +
+                           ") and is not kIgnoreIndex (" + std::to_string(kIgnoreIndex) + ")");
+    rows.push_back(t);
+    ys.push_back(y);
+  }
+  const cudaStream_t s = cudaStream_t(stream);
+  if (dh && T * H > 0)
+    XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dh, 0, size_t(T * H) * sizeof(float), s),
+                             "chunked_cross_entropy dh"));
+  const int64_t n = int64_t(rows.size());
+  if (n == 0) return 0.0;
+  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t(1) << 25) / V);
+  const int64_t C = std::min(chunk_rows, n);
+  const bool grad = dh != nullptr;
+
+  Scratch scratch(s);
+  int64_t* rows_d = nullptr;
+  int32_t* ys_d = nullptr;
+  double* loss_d = nullptr;  // (n) per-row losses, then the total at loss_d[n]
+  float *hc = nullptr, *logits = nullptr, *dhc = nullptr;
+  XT_RETURN_IF_ERROR(scratch.Alloc(&rows_d, n, "chunked_cross_entropy scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&ys_d, n, "chunked_cross_entropy scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&loss_d, n + 1, "chunked_cross_entropy scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&hc, C * H, "chunked_cross_entropy scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&logits, C * V, "chunked_cross_entropy logits"));
+  if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dhc, C * H, "chunked_cross_entropy scratch"));
+  // From pageable memory: staged before the call returns, so the vectors may go afterwards.
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemcpyAsync(rows_d, rows.data(), size_t(n) * sizeof(int64_t), cudaMemcpyHostToDevice, s),
+      "chunked_cross_entropy rows"));
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemcpyAsync(ys_d, ys.data(), size_t(n) * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+      "chunked_cross_entropy targets"));
+
+  for (int64_t c0 = 0; c0 < n; c0 += C) {
+    const int64_t c = std::min(C, n - c0);
+    if (c * H > 0) {
+      GatherRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(hc, h, rows_d + c0, c, H);
+      XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy gather"));
+    }
+    XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, GemmInput::kF32));
+    SoftmaxRowsKernel<<<detail::BlocksForItems(c), kRowThreads, 0, s>>>(
+        logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
+    XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy softmax"));
+    if (grad) {
+      XT_RETURN_IF_ERROR(  // (c, V) @ (V, H)
+          blas.Gemm(dhc, logits, w, c, H, V, false, false, 0.0f, GemmInput::kF32));
+      if (c * H > 0) {
+        ScatterRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(dh, dhc, rows_d + c0, c, H);
+        XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
+      }
+      XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
+          blas.Gemm(dw, logits, hc, V, H, c, true, false, 1.0f, GemmInput::kF32));
+    }
+  }
+  SumKernel<<<1, kThreads, 0, s>>>(loss_d + n, loss_d, n);
+  XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy sum"));
+  double total = 0;
+  XT_RETURN_IF_ERROR(
+      Check(cudaMemcpyAsync(&total, loss_d + n, sizeof(double), cudaMemcpyDeviceToHost, s),
+            "chunked_cross_entropy loss copy"));
+  XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(s), "chunked_cross_entropy"));
+  return total;
+}
+
+}  // namespace xt::cuda

@@ -1,0 +1,63 @@
+// CUDA twins of the language-model head's cross-entropy (loss/cross_entropy.h) and of a few
+// small ops the training step needs around it (ops::moe_balance_stats, y += x, broadcasts,
+// double -> float). Device pointers, queued on `stream` (a cudaStream_t; null: the default
+// stream). Sizes are checked (negative: error) before any CUDA call; zero sizes launch nothing.
+// No atomics: every result is a function of the inputs alone. Unverified on a GPU so far: see
+// tests/cuda/cross_entropy_cuda_test.cc and tests/cuda/small_ops_cuda_test.cc.
+#pragma once
+
+#include <cstdint>
+
+#include "xtuner/core/status.h"
+#include "xtuner/cuda/gemm_cuda.h"
+
+namespace xt::cuda {
+
+// ---------------------------------------------------------------- chunked lm_head + CE
+// chunked_cross_entropy (loss/cross_entropy.h) on the GPU: h (T, H), w (V, H), dh (T, H) and
+// dw (V, H) on the device; targets (T) on the HOST, each kIgnoreIndex (-100: no loss) or in
+// [0, V) (anything else: an error naming the position, before any CUDA call).
+// Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]] (unweighted, double).
+// dh null: forward only (dw untouched). Otherwise dw must not be null: dh is assigned (rows
+// without a target get 0) and dw += the gradient of weight * that sum.
+// Rows without a target cost nothing. Per chunk of loss rows (chunk_rows <= 0: about 32 Mi
+// logits, as the CPU): the rows of h gathered into scratch, logits = h_c @ w^T (blas.Gemm, full
+// fp32), one block per row for max, sum of exp (fp32 expf, summed in double), the row's loss
+// (double) and dlogits = weight * (softmax - onehot) in place, then dh_c = dlogits @ w scattered
+// into dh and dw += dlogits^T @ h_c. The row losses are summed on the device in double by one
+// block in a fixed order.
+// `stream` must be the stream `blas` was created with (Blas does not expose it): every kernel,
+// copy and scratch allocation (cudaMallocAsync / cudaFreeAsync) is queued there, in order with
+// the GEMMs. The host waits once, at the end, for the loss (one 8-byte copy and a
+// cudaStreamSynchronize); when no row carries a loss it returns 0 without waiting (dh's zeroing
+// is queued). The targets array may be reused on return.
+// Against the CPU twin: other summation orders (cuBLAS vs ops::gemm, expf vs the CPU's
+// polynomial Exp): about 1e-7 relative on the loss, 1e-6 norm-wise on dw and on dh for small V;
+// dh sums V cancelling fp32 terms, so its rounding grows like eps * sqrt(V) (up to ~1e-5 at
+// V = 151936). Scratch: about (2 * chunk + 1) * H + chunk * V floats and 12 bytes a loss row.
+Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
+                                   const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
+                                   double weight, int64_t chunk_rows = 0, void* stream = nullptr);
+
+// ---------------------------------------------------------------- small ops
+// ops::moe_balance_stats: count (E) and prob_sum (E) += over tokens, from probs (T, E) and
+// topk_idx (T, k); all on the device. prob_sum: one thread per expert adds the tokens in token
+// order, in double: bit-identical to the CPU (a serial walk of T adds per expert: ~T * 10 ns).
+// count: one block per expert counts its assignments (an integer, in any order) and adds it once:
+// bit-identical to the CPU's repeated
+// += 1.0 while the counts stay integers below 2^53 (as they do). Indices outside [0, E) count
+// for no expert (as on the CPU).
+Status MoeBalanceStats(double* count, double* prob_sum, const float* probs, const int32_t* topk_idx,
+                       int64_t T, int64_t E, int64_t k, void* stream = nullptr);
+
+// y (n) += x (n), elementwise in fp32.
+Status AddInPlace(float* y, const float* x, int64_t n, void* stream = nullptr);
+
+// out (T, E) = row (E) repeated T times.
+Status BroadcastRow(float* out, const float* row, int64_t T, int64_t E, void* stream = nullptr);
+
+// out[i] = float(in[i] * scale), the product in double, for i < n.
+Status DoubleToFloatScaled(float* out, const double* in, int64_t n, double scale,
+                           void* stream = nullptr);
+
+}  // namespace xt::cuda

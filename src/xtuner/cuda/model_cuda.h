@@ -1,0 +1,66 @@
+// CudaModel: the decoder-only models of model/transformer.h (Qwen3, Qwen3-MoE, Mixtral), one
+// training micro-batch (forward + backward) on one GPU in fp32, over the CUDA ops. It is the
+// GPU twin of Transformer::ForwardBackward: the same parameter layout (ParamLayout, so slabs
+// copy across), the same loss weighting, the same balancing loss; its test compares losses and
+// every gradient with the CPU model on the HF fixtures.
+//
+// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 only, every activation kept
+// (no recompute), no generation. Host syncs per step: one per MoE layer (the token counts per
+// expert, for the grouped GEMMs' shapes) and one for the losses. Unverified on a GPU so far
+// (none lent).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/batch.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/params.h"
+#include "xtuner/model/transformer.h"
+
+namespace xt::cuda {
+
+class Blas;
+
+class CudaModel {
+ public:
+  // A model on the current device with the parameters `host_params` (ParamLayout(cfg).total()
+  // floats, e.g. a loaded Transformer's params()); gradients zero. Queues its work on `stream`
+  // (a cudaStream_t; null: the default stream).
+  static Result<std::unique_ptr<CudaModel>> Create(const ModelConfig& cfg, const float* host_params,
+                                                   void* stream = nullptr);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  // Device slabs (layout().total() floats each).
+  float* params() { return params_; }
+  float* grads() { return grads_; }
+  Status ZeroGrads();
+  // Copies a slab to the host (layout().total() floats); waits for the stream.
+  Status CopyParamsToHost(float* out) const;
+  Status CopyGradsToHost(float* out) const;
+
+  // As Transformer::ForwardBackward: gradients ACCUMULATE into grads(); ce_weight (<= 0: 1 /
+  // this batch's loss tokens), aux_weight (< 0: 1), pool (the balancing statistics the backward
+  // follows; empty: this batch's own). Errors on invalid input or a CUDA failure.
+  Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight = -1,
+                                   double aux_weight = -1, const BalancePool& pool = {});
+
+ private:
+  struct Buffers;
+  CudaModel(const ModelConfig& cfg);
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  void* stream_ = nullptr;
+  std::unique_ptr<Blas> blas_;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+};
+
+}  // namespace xt::cuda
