@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU benchmark of issue 7, in one go on a machine with an NVIDIA GPU (an H200 is what the
+# targets are set for): builds with the CUDA backend, runs the `cuda` tests, then one training
+# step (forward + backward + AdamW) of a Qwen3-30B-A3B-shaped MoE cut to 4 layers at 4k, 16k, 64k
+# and 128k tokens (bench/gpu_moe_bench.cc), and prints one table beside HF transformers'
+# reference numbers measured on one H200 (transformers 5.17, grouped_mm experts, SDPA, bf16).
+#
+#   bench/gpu_moe.sh     # BUILD=build-gpu LENGTHS=4096,16384,65536,131072 STEPS=3 to override
+#
+# The engine runs fp32 for now (its first CUDA version), without recompute: expect it to be
+# slower than the bf16 reference and to run out of memory at the longer lengths; the table says
+# so rather than hiding it. A failing `cuda` test is reported and the benchmark still runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-gpu}
+LENGTHS=${LENGTHS:-4096,16384,65536,131072}
+STEPS=${STEPS:-3}
+JOBS=$(nproc)
+
+cmake -S . -B "$BUILD" -DXTUNER_CUDA=ON -DCMAKE_BUILD_TYPE=Release > "$BUILD.configure.log" 2>&1 ||
+  { cat "$BUILD.configure.log"; exit 1; }
+cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 || { tail -50 "$BUILD.build.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+echo "== cuda tests"
+(cd "$BUILD" && ctest -L cuda -j4 --timeout 300 --output-on-failure > ../"$BUILD".ctest.log 2>&1)
+TESTS_RC=$?
+grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Skipped" "$BUILD.ctest.log" | head -40
+[ $TESTS_RC -eq 0 ] || echo "cuda tests: FAILED (see $BUILD.ctest.log)"
+
+echo "== benchmark"
+OUT=$("$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" 2>&1)
+echo "$OUT" | grep -v "^tokens=" || true
+OUT="$OUT" python3 - <<'PY'
+import os
+# HF transformers 5.17 on one H200 (issue 7): tokens/s, MFU, GiB; None = out of memory.
+ref = {4096: (67.4e3, 0.248, 17.0), 16384: (65.5e3, 0.321, 50.5), 65536: None, 131072: None}
+print("| tokens | engine tokens/s | engine MFU | engine peak GiB | HF tokens/s | HF MFU | HF GiB | speed-up |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for line in os.environ["OUT"].splitlines():
+    if not line.startswith("tokens="):
+        continue
+    first, _, rest = line.partition(" ")
+    t = int(first.split("=", 1)[1])
+    r = ref.get(t)
+    if t in ref and r is None:
+        hf = ("out of memory", "", "")
+    elif r is None:
+        hf = ("", "", "")
+    else:
+        hf = (f"{r[0]:,.0f}", f"{100 * r[1]:.1f}%", f"{r[2]:.1f}")
+    if rest.startswith("error="):
+        err = rest[len("error="):]
+        what = "out of memory" if "out of memory" in err.lower() else "error: " + err[:80]
+        print(f"| {t} | {what} | | | {hf[0]} | {hf[1]} | {hf[2]} | |")
+        continue
+    kv = dict(p.split("=", 1) for p in rest.split())
+    tps = float(kv["tokens_per_s"])
+    speed = f"{tps / r[0]:.2f}x" if r else ""
+    print(f"| {t} | {tps:,.0f} | {100 * float(kv['mfu']):.1f}% | {float(kv['peak_gib']):.1f} | "
+          f"{hf[0]} | {hf[1]} | {hf[2]} | {speed} |")
+print("\nreference at 32k with gradient checkpointing: 44.7k tokens/s, 71.9 GiB")
+print("targets: >= 1.5x the reference tokens/s at 4k and 16k; 128k tokens trained on one H200")
+PY
+exit $TESTS_RC

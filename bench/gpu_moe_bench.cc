@@ -1,0 +1,222 @@
+// One training step (forward + backward + AdamW) of a Qwen3-30B-A3B-shaped MoE cut to 4 layers
+// (hidden 2048, 32 query / 4 kv heads of 128, 128 experts top-8, moe_intermediate 768, vocab
+// 151936, untied) on one GPU through cuda::CudaModel, on one packed row of each length asked
+// for. Random weights (uniform with std 0.02, norms 1), random tokens, one document per row.
+// Prints one line per length:
+//   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P
+// or tokens=T error=... (out of memory included). MFU: model FLOPs (train/metrics_flops.h, the
+// CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
+// memory: the device's used bytes (cudaMemGetInfo) sampled every millisecond during the timed
+// steps, so it includes the CUDA context and library workspaces.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/model_cuda.h"
+#include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/model/config.h"
+#include "xtuner/optim/adamw.h"
+#include "xtuner/optim/adamw_scalars.h"
+#include "xtuner/train/metrics_flops.h"
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// splitmix64: a counter-based generator, so the slab fills in parallel and reproducibly.
+uint64_t Mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Device used bytes, sampled until stopped; the maximum seen.
+class MemorySampler {
+ public:
+  void Start() {
+    stop_ = false;
+    peak_ = 0;
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        size_t free = 0, total = 0;
+        if (cudaMemGetInfo(&free, &total) == cudaSuccess)
+          peak_ = std::max<int64_t>(peak_, int64_t(total - free));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  int64_t Stop() {
+    stop_ = true;
+    thread_.join();
+    return peak_;
+  }
+
+ private:
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> peak_{0};
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> lengths = {4096, 16384, 65536, 131072};
+  int64_t steps = 3;
+  double peak_tflops = 989.0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--lengths")) {
+      lengths.clear();
+      std::stringstream ss(argv[i + 1]);
+      for (std::string item; std::getline(ss, item, ',');)
+        lengths.push_back(std::atoll(item.c_str()));
+    } else if (!std::strcmp(argv[i], "--steps")) {
+      steps = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--peak-tflops")) {
+      peak_tflops = std::atof(argv[i + 1]);
+    } else {
+      std::fprintf(stderr,
+                   "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
+                   "[--peak-tflops F]\n");
+      return 2;
+    }
+  }
+  if (steps < 1 || lengths.empty()) {
+    std::fprintf(stderr, "gpu_moe_bench: need steps >= 1 and at least one length\n");
+    return 2;
+  }
+  const nlohmann::json cj = {{"model_type", "qwen3_moe"},
+                             {"vocab_size", 151936},
+                             {"hidden_size", 2048},
+                             {"num_hidden_layers", 4},
+                             {"num_attention_heads", 32},
+                             {"num_key_value_heads", 4},
+                             {"head_dim", 128},
+                             {"intermediate_size", 6144},
+                             {"moe_intermediate_size", 768},
+                             {"num_experts", 128},
+                             {"num_experts_per_tok", 8},
+                             {"decoder_sparse_step", 1},
+                             {"mlp_only_layers", nlohmann::json::array()},
+                             {"norm_topk_prob", true},
+                             {"router_aux_loss_coef", 0.001},
+                             {"tie_word_embeddings", false},
+                             {"rms_norm_eps", 1e-6},
+                             {"rope_theta", 1000000.0},
+                             {"max_position_embeddings", 262144},
+                             {"hidden_act", "silu"},
+                             {"attention_bias", false},
+                             {"use_sliding_window", false}};
+  auto cfg_or = xt::ModelConfig::FromJson(cj, "gpu_moe_bench");
+  if (!cfg_or.ok()) {
+    std::fprintf(stderr, "gpu_moe_bench: %s\n", cfg_or.status().message().c_str());
+    return 1;
+  }
+  const xt::ModelConfig cfg = *cfg_or;
+  const xt::ParamLayout layout(cfg);
+  const int64_t total = layout.total();
+
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreate(&stream) != cudaSuccess) {
+    std::fprintf(stderr, "gpu_moe_bench: no CUDA stream (is there a GPU?)\n");
+    return 1;
+  }
+  // Host slab: norms 1, everything else uniform with std 0.02.
+  std::vector<float> host(total);
+  const float a = 0.02f * std::sqrt(3.0f);
+  for (const xt::ParamInfo& p : layout.params()) {
+    const int64_t n = xt::NumElements(p.shape);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const double u = double(Mix(uint64_t(p.offset + i)) >> 11) * 0x1.0p-53;  // [0, 1)
+      host[p.offset + i] = p.is_norm ? 1.0f : float((2.0 * u - 1.0) * a);
+    }
+  }
+  auto model_or = xt::cuda::CudaModel::Create(cfg, host.data(), stream);
+  if (!model_or.ok()) {
+    std::fprintf(stderr, "gpu_moe_bench: %s\n", model_or.status().message().c_str());
+    return 1;
+  }
+  xt::cuda::CudaModel& model = **model_or;
+  std::vector<float>().swap(host);
+  float *m = nullptr, *v = nullptr;
+  if (cudaMalloc(&m, size_t(total) * 4) != cudaSuccess ||
+      cudaMalloc(&v, size_t(total) * 4) != cudaSuccess ||
+      cudaMemset(m, 0, size_t(total) * 4) != cudaSuccess ||
+      cudaMemset(v, 0, size_t(total) * 4) != cudaSuccess) {
+    std::fprintf(stderr, "gpu_moe_bench: no room for the AdamW state\n");
+    return 1;
+  }
+  const std::vector<xt::DecayRange> runs = xt::DefaultDecayRanges(layout);
+  const xt::AdamWConfig ac;
+  int64_t adam_step = 0;
+
+  const int64_t per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size;
+  const int64_t active =
+      xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
+  const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
+  std::printf("params=%lld active_params=%lld matmul_params=%lld steps=%lld\n", (long long)total,
+              (long long)active, (long long)matmul_params, (long long)steps);
+
+  for (int64_t T : lengths) {
+    std::vector<int64_t> ids(T);
+    for (int64_t t = 0; t < T; ++t) ids[t] = int64_t(Mix(uint64_t(T * 7919 + t)) % cfg.vocab_size);
+    auto batch = xt::Batch::Packed(ids, ids, {0, T});
+    if (!batch.ok()) {
+      std::printf("tokens=%lld error=%s\n", (long long)T, batch.status().message().c_str());
+      continue;
+    }
+    auto step = [&]() -> xt::Status {
+      XT_RETURN_IF_ERROR(model.ZeroGrads());
+      XT_ASSIGN_OR_RETURN(xt::LossInfo info, model.ForwardBackward(*batch));
+      (void)info;
+      ++adam_step;
+      for (const xt::DecayRange& r : runs) {
+        const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
+            ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.weight_decay);
+        XT_RETURN_IF_ERROR(xt::cuda::AdamWStep(model.params() + r.offset, model.grads() + r.offset,
+                                               m + r.offset, v + r.offset, r.numel, s, stream));
+      }
+      return xt::cuda::Check(cudaStreamSynchronize(stream), "step");
+    };
+    xt::Status st = step();  // warm-up
+    std::vector<double> times;
+    MemorySampler sampler;
+    sampler.Start();
+    for (int64_t i = 0; i < steps && st.ok(); ++i) {
+      const double t0 = Now();
+      st = step();
+      times.push_back(Now() - t0);
+    }
+    const int64_t peak = sampler.Stop();
+    if (!st.ok()) {
+      std::printf("tokens=%lld error=%s\n", (long long)T, st.message().c_str());
+      std::fflush(stdout);
+      continue;
+    }
+    std::sort(times.begin(), times.end());
+    const double s = times[times.size() / 2];
+    const double flops = xt::TrainingStepFlops(matmul_params, T, cfg.num_layers,
+                                               cfg.num_heads * cfg.head_dim, double(T) * double(T));
+    std::printf("tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f\n",
+                (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
+                double(peak) / double(1ull << 30));
+    std::fflush(stdout);
+  }
+  cudaFree(m);
+  cudaFree(v);
+  return 0;
+}
