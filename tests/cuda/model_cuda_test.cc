@@ -13,11 +13,28 @@
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/init.h"
 
 namespace xt {
 namespace {
 
 class ModelCuda : public cudatest::CudaTest<const char*> {};
+
+// Every parameter's gradient on its own (a small tensor, e.g. a router or a norm, could hide in
+// the norm of the whole slab): relative to the tensor's norm, with a floor for near-zero ones.
+void ExpectSameGradients(const ParamLayout& layout, const float* got, const float* want, double rel,
+                         const std::string& what) {
+  for (const ParamInfo& p : layout.params()) {
+    const int64_t n = NumElements(p.shape);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = double(got[p.offset + i]) - want[p.offset + i];
+      num += d * d;
+      den += double(want[p.offset + i]) * want[p.offset + i];
+    }
+    EXPECT_LE(std::sqrt(num), rel * std::sqrt(den) + 1e-7) << what << ": " << p.name;
+  }
+}
 
 TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
   const std::string fixture = GetParam();
@@ -57,8 +74,59 @@ TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
     ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
     // Other summation orders everywhere (cuBLAS, the attention tiles, the exponentials): fp32
     // round-off, amplified a little by the backward.
-    EXPECT_LT(testing::RelError(g.data(), cpu.grads().f32(), n), 1e-4) << fixture;
+    ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-4, fixture);
   }
+}
+
+// Configurations the fixtures lack, on random weights: tied embeddings, dense layers inside an
+// MoE model, unnormalised top-k, k = 1; two micro-batches accumulated with explicit weights and
+// a balancing pool (what the trainer's global balancing loss passes).
+TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
+  auto base = ModelConfig::Load(testing::DataPath(GetParam()));
+  ASSERT_TRUE(base.ok());
+  ModelConfig cfg = *base;
+  cfg.tie_word_embeddings = true;
+  if (cfg.is_moe()) {
+    cfg.router_aux_loss_coef = 0.3;
+    cfg.norm_topk_prob = !cfg.norm_topk_prob;
+    cfg.layer_is_moe[0] = false;  // a dense layer first
+    if (cfg.intermediate_size == 0) cfg.intermediate_size = 2 * cfg.moe_intermediate_size;
+  }
+  Transformer cpu(cfg);
+  InitRandom(&cpu, 0.2, 11);
+  auto made = cuda::CudaModel::Create(cfg, cpu.params().f32());
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  cuda::CudaModel& gpu = **made;
+  std::vector<int64_t> ids(40);
+  for (int64_t t = 0; t < 40; ++t) ids[t] = (t * 37 + 5) % cfg.vocab_size;
+  const Batch one = Batch::Packed(ids, ids, {0, 7, 40}).value();
+  const std::vector<int64_t> ids2(ids.begin(), ids.begin() + 25);
+  const Batch two = Batch::Packed(ids2, ids2, {0, 25}).value();
+  // The pooled statistics of both micro-batches, as the trainer's router pre-pass gathers them.
+  BalanceStats pooled;
+  if (cfg.is_moe()) {
+    for (const Batch* b : {&one, &two}) {
+      auto st = cpu.RouterStats(*b);
+      ASSERT_TRUE(st.ok());
+      pooled.Add(*st);
+    }
+  }
+  BalancePool pool;
+  if (cfg.is_moe()) pool = [&](const BalanceStats&) { return pooled; };
+  const double w = 1.0 / double(one.num_loss_tokens() + two.num_loss_tokens());
+  cpu.ZeroGrads();
+  ASSERT_TRUE(gpu.ZeroGrads().ok());
+  for (const Batch* b : {&one, &two}) {
+    auto want = cpu.ForwardBackward(*b, w, 1.0, pool);
+    auto got = gpu.ForwardBackward(*b, w, 1.0, pool);
+    ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
+    EXPECT_NEAR(got->loss, want->loss, 1e-5 * want->loss);
+    EXPECT_EQ(got->tokens_per_expert, want->tokens_per_expert);
+  }
+  std::vector<float> g(cpu.layout().total());
+  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+  ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-4,
+                      std::string(GetParam()) + " tied/mixed");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,

@@ -14,7 +14,9 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xtuner/cuda/device.h"
@@ -141,6 +143,23 @@ Status Blas::Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, 
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace_bytes_, sizeof(workspace_bytes_)),
         what);
+  // The pointers' actual alignment (cuBLASLt otherwise assumes 256 bytes): slab offsets and
+  // per-expert rows are only as aligned as their sizes make them.
+  auto alignment = [](const void* ptr) {
+    uint32_t align = 256;
+    while (align > 1 && reinterpret_cast<uintptr_t>(ptr) % align != 0) align /= 2;
+    return align;
+  };
+  const uint32_t align_first = alignment(b), align_second = alignment(a), align_c = alignment(c);
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, const uint32_t*> aligns[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c}};
+  for (const auto& [attr, value] : aligns)
+    if (st.ok())
+      st = BlasCheck(cublasLtMatmulPreferenceSetAttribute(pref, attr, value, sizeof(uint32_t)),
+                     what);
   cublasLtMatmulHeuristicResult_t heuristic = {};
   int found = 0;
   if (st.ok())
@@ -219,6 +238,11 @@ Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_
     problems.push_back({static_cast<const char*>(w) + size_t(e * O * I) * es,
                         static_cast<const char*>(x) + size_t(r0 * I) * es, y + r0 * O, int(O),
                         int(rows), int(I), int(I), int(I), int(O)});
+  }
+  if (I == 0 && O > 0 && offsets[E] > 0) {  // the empty sum: y = 0
+    XT_RETURN_IF_ERROR(
+        Check(cudaMemsetAsync(y, 0, size_t(offsets[E] * O) * sizeof(float), cudaStream_t(stream_)),
+              "grouped GEMM"));
   }
   return Grouped(problems.data(), int64_t(problems.size()), false, true, 0.0f, in);
 }

@@ -40,7 +40,10 @@ class DeviceArray {
     if (p_) cudaFree(p_);
     p_ = nullptr;
     n_ = n;
-    return Check(cudaMalloc(&p_, size_t(std::max<int64_t>(n, 1)) * sizeof(T)), "device buffer");
+    const Status st =
+        Check(cudaMalloc(&p_, size_t(std::max<int64_t>(n, 1)) * sizeof(T)), "device buffer");
+    if (!st.ok()) p_ = nullptr, n_ = 0;
+    return st;
   }
   Status Zero(void* stream) {
     return Check(cudaMemsetAsync(p_, 0, size_t(n_) * sizeof(T), cudaStream_t(stream)), "memset");
@@ -96,9 +99,12 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   const size_t bytes = size_t(m->layout_.total()) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->grads_, std::max<size_t>(bytes, 4)), "gradients"));
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpy(m->params_, host_params, bytes, cudaMemcpyHostToDevice), "parameters"));
+  // On the model's stream (which need not be ordered with the default one), then waited for.
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemcpyAsync(m->params_, host_params, bytes, cudaMemcpyHostToDevice, cudaStream_t(stream)),
+      "parameters"));
   XT_RETURN_IF_ERROR(m->ZeroGrads());
+  XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream)), "parameters"));
   return m;
 }
 
@@ -312,32 +318,51 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(layout_.final_norm), dh.get(), bu.x[L].get(),
                                      P(layout_.final_norm), bu.rstd_final.get(), T, H, false, s));
 
-  // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input
+  // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input.
+  // Scratch of the same size in every layer, allocated once (cudaFree waits for the device).
   F dh2, dattn, dq, dk, dv, dh1, dq_pre, dk_pre;
+  F dense_dact, dense_dgu, dys, dtopk_w, dact, dgu, dxs, dprobs, dlogits;
+  XT_RETURN_IF_ERROR(dh2.Alloc(T * H));
+  XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D));
+  XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D));
+  XT_RETURN_IF_ERROR(dk.Alloc(T * Hkv * D));
+  XT_RETURN_IF_ERROR(dv.Alloc(T * Hkv * D));
+  XT_RETURN_IF_ERROR(dh1.Alloc(T * H));
+  if (cfg_.qk_norm) {
+    XT_RETURN_IF_ERROR(dq_pre.Alloc(T * Hq * D));
+    XT_RETURN_IF_ERROR(dk_pre.Alloc(T * Hkv * D));
+  }
+  if (n_moe < L) {
+    XT_RETURN_IF_ERROR(dense_dact.Alloc(T * cfg_.intermediate_size));
+    XT_RETURN_IF_ERROR(dense_dgu.Alloc(T * 2 * cfg_.intermediate_size));
+  }
+  if (n_moe > 0) {
+    const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
+    XT_RETURN_IF_ERROR(dys.Alloc(A * H));
+    XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k));
+    XT_RETURN_IF_ERROR(dact.Alloc(A * Im));
+    XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im));
+    XT_RETURN_IF_ERROR(dxs.Alloc(A * H));
+    XT_RETURN_IF_ERROR(dlogits.Alloc(T * E));
+    if (aux_grad) {
+      XT_RETURN_IF_ERROR(dprobs.Alloc(T * E));
+      XT_RETURN_IF_ERROR(BroadcastRow(dprobs.get(), dprob_row.get(), T, E, s));
+    }
+  }
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
     Buffers::Layer& a = bu.layers[l];
-    XT_RETURN_IF_ERROR(dh2.Alloc(T * H));
     if (o.router < 0) {
       const int64_t Im = cfg_.intermediate_size;
-      F dact, dgu;
-      XT_RETURN_IF_ERROR(dact.Alloc(T * Im));
-      XT_RETURN_IF_ERROR(dgu.Alloc(T * 2 * Im));
-      XT_RETURN_IF_ERROR(linear_backward(dact.get(), G(o.down), dx.get(), a.act.get(), P(o.down), T,
-                                         Im, H, false));
-      XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), T, Im, s));
-      XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.gate_up), dgu.get(), a.h2.get(),
+      XT_RETURN_IF_ERROR(linear_backward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
+                                         P(o.down), T, Im, H, false));
+      XT_RETURN_IF_ERROR(SwigluBackward(dense_dgu.get(), dense_dact.get(), a.gu.get(), T, Im, s));
+      XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.gate_up), dense_dgu.get(), a.h2.get(),
                                          P(o.gate_up), T, H, 2 * Im, false));
     } else {
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-      F dys, dtopk_w, dact, dgu, dxs, dprobs, dlogits;
-      XT_RETURN_IF_ERROR(dys.Alloc(A * H));
-      XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k));
       XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
                                             a.topk_w.get(), a.slot_of.get(), T, k, H, s));
-      XT_RETURN_IF_ERROR(dact.Alloc(A * Im));
-      XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im));
-      XT_RETURN_IF_ERROR(dxs.Alloc(A * H));
       XT_RETURN_IF_ERROR(blas.GroupedBackward(dact.get(), G(o.down), dys.get(), a.act.get(),
                                               P(o.down), a.offsets.data(), E, Im, H,
                                               GemmInput::kF32));
@@ -347,11 +372,6 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
                                               GemmInput::kF32));
       XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
       XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
-      if (aux_grad) {
-        XT_RETURN_IF_ERROR(dprobs.Alloc(T * E));
-        XT_RETURN_IF_ERROR(BroadcastRow(dprobs.get(), dprob_row.get(), T, E, s));
-      }
-      XT_RETURN_IF_ERROR(dlogits.Alloc(T * E));
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
                                         aux_grad ? dprobs.get() : nullptr, a.probs.get(),
                                         a.topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
@@ -361,11 +381,6 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     // dx = d x_mid (the residual plus the norm's backward).
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
-    XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D));
-    XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D));
-    XT_RETURN_IF_ERROR(dk.Alloc(T * Hkv * D));
-    XT_RETURN_IF_ERROR(dv.Alloc(T * Hkv * D));
-    XT_RETURN_IF_ERROR(dh1.Alloc(T * H));
     XT_RETURN_IF_ERROR(linear_backward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false));
     XT_RETURN_IF_ERROR(AttentionBackward(
@@ -376,8 +391,6 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     const float* dq_in = dq.get();
     const float* dk_in = dk.get();
     if (cfg_.qk_norm) {
-      XT_RETURN_IF_ERROR(dq_pre.Alloc(T * Hq * D));
-      XT_RETURN_IF_ERROR(dk_pre.Alloc(T * Hkv * D));
       XT_RETURN_IF_ERROR(RmsnormBackward(dq_pre.get(), G(o.q_norm), dq.get(), a.q_pre.get(),
                                          P(o.q_norm), a.q_rstd.get(), T * Hq, D, false, s));
       XT_RETURN_IF_ERROR(RmsnormBackward(dk_pre.get(), G(o.k_norm), dk.get(), a.k_pre.get(),
