@@ -1,8 +1,8 @@
 // One training step (forward + backward + AdamW) of a Qwen3-30B-A3B-shaped MoE cut to 4 layers
 // (hidden 2048, 32 query / 4 kv heads of 128, 128 experts top-8, moe_intermediate 768, vocab
 // 151936, untied) on one GPU through cuda::CudaModel, on one packed row of each length asked
-// for. Random weights (uniform with std 0.02, norms 1), random tokens, one document per row.
-// Prints one line per length:
+// for, in bf16 matmuls (default; fp32 weights, gradients, AdamW) or fp32. Random weights (uniform
+// with std 0.02, norms 1), random tokens, one document per row. Prints one line per length:
 //   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P
 // or tokens=T error=... (out of memory included). MFU: model FLOPs (train/metrics_flops.h, the
 // CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> lengths = {4096, 16384, 65536, 131072};
   int64_t steps = 3;
   double peak_tflops = 989.0;
+  bool bf16 = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--lengths")) {
       lengths.clear();
@@ -85,6 +86,9 @@ int main(int argc, char** argv) {
         lengths.push_back(std::atoll(item.c_str()));
     } else if (!std::strcmp(argv[i], "--steps")) {
       steps = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--precision") &&
+               (!std::strcmp(argv[i + 1], "bf16") || !std::strcmp(argv[i + 1], "fp32"))) {
+      bf16 = !std::strcmp(argv[i + 1], "bf16");
     } else if (!std::strcmp(argv[i], "--peak-tflops")) {
       peak_tflops = std::atof(argv[i + 1]);
     } else {
@@ -151,6 +155,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   xt::cuda::CudaModel& model = **model_or;
+  model.SetPrecision(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32);
   std::vector<float>().swap(host);
   float *m = nullptr, *v = nullptr;
   if (cudaMalloc(&m, size_t(total) * 4) != cudaSuccess ||
@@ -168,8 +173,9 @@ int main(int argc, char** argv) {
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
-  std::printf("params=%lld active_params=%lld matmul_params=%lld steps=%lld\n", (long long)total,
-              (long long)active, (long long)matmul_params, (long long)steps);
+  std::printf("params=%lld active_params=%lld matmul_params=%lld steps=%lld precision=%s\n",
+              (long long)total, (long long)active, (long long)matmul_params, (long long)steps,
+              bf16 ? "bf16" : "fp32");
 
   for (int64_t T : lengths) {
     std::vector<int64_t> ids(T);

@@ -14,6 +14,7 @@
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
+#include "xtuner/ops/ops.h"
 
 namespace xt {
 namespace {
@@ -127,6 +128,45 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
   ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
   ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-4,
                       std::string(GetParam()) + " tied/mixed");
+}
+
+// bf16 matmuls: against the CPU model in the same mode (the same rounded operands, other
+// summation orders; the GPU's lm_head stays fp32, which the CPU rounds), and the loss within 1e-2
+// of the fp32 model's.
+TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
+  const std::string fixture = GetParam();
+  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+  ASSERT_TRUE(cfg.ok());
+  Transformer cpu(*cfg);
+  ASSERT_TRUE(LoadHfWeights(&cpu, testing::DataPath(fixture)).ok());
+  auto made = cuda::CudaModel::Create(*cfg, cpu.params().f32());
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  cuda::CudaModel& gpu = **made;
+  gpu.SetPrecision(cuda::GemmInput::kBf16);
+  auto ref = SafetensorsFile::Open(testing::DataPath(fixture + "/reference.safetensors"));
+  ASSERT_TRUE(ref.ok());
+  auto ids = ref->GetF64("input_ids", {2, 16});
+  auto labels = ref->GetF64("labels", {2, 16});
+  ASSERT_TRUE(ids.ok() && labels.ok());
+  const Batch b = Batch::FromRows(std::vector<int64_t>(ids->begin(), ids->end()),
+                                  std::vector<int64_t>(labels->begin(), labels->end()), 2, 16)
+                      .value();
+  cpu.ZeroGrads();
+  auto fp32 = cpu.ForwardBackward(b);
+  ASSERT_TRUE(fp32.ok());
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
+  cpu.ZeroGrads();
+  auto want = cpu.ForwardBackward(b);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+  ASSERT_TRUE(want.ok());
+  ASSERT_TRUE(gpu.ZeroGrads().ok());
+  auto got = gpu.ForwardBackward(b);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_NEAR(got->loss, fp32->loss, 1e-2 * fp32->loss) << fixture;
+  EXPECT_NEAR(got->loss, want->loss, 1e-2 * want->loss) << fixture;
+  std::vector<float> g(cpu.layout().total());
+  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+  ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-2, fixture + " bf16");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,

@@ -45,6 +45,8 @@ class DeviceArray {
     if (!st.ok()) p_ = nullptr, n_ = 0;
     return st;
   }
+  // Holds at least n elements, keeping the buffer when it is large enough.
+  Status Reserve(int64_t n) { return n <= n_ && p_ ? Status::OK() : Alloc(n); }
   Status Zero(void* stream) {
     return Check(cudaMemsetAsync(p_, 0, size_t(n_) * sizeof(T), cudaStream_t(stream)), "memset");
   }
@@ -84,7 +86,11 @@ struct CudaModel::Buffers {
   DeviceArray<double> count, prob_sum;  // (E): pooled balancing statistics
 };
 
-CudaModel::CudaModel(const ModelConfig& cfg) : cfg_(cfg), layout_(cfg_) {}
+// The bf16 copy of the weights (bf16 mode only).
+struct CudaModel::Bf16Weights : DeviceArray<uint16_t> {};
+
+CudaModel::CudaModel(const ModelConfig& cfg)
+    : cfg_(cfg), layout_(cfg_), weights_bf16_(std::make_unique<Bf16Weights>()) {}
 
 CudaModel::~CudaModel() {
   if (params_) cudaFree(params_);
@@ -138,19 +144,66 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   Blas& blas = *blas_;
   auto P = [&](int64_t offset) { return params_ + offset; };
   auto G = [&](int64_t offset) { return grads_ + offset; };
+  // bf16 matmuls (as ops::gemm in MatmulPrecision::kBf16): both operands rounded to bf16, fp32
+  // sums and output. Weights come from a bf16 copy of the slab made once per step; activations
+  // are rounded into scratch right before their product. The router stays fp32, as on the CPU.
+  const bool bf16 = precision_ == GemmInput::kBf16;
+  const int64_t total = layout_.total();
+  DeviceArray<uint16_t> scratch_a, scratch_b;
+  if (bf16) {
+    XT_RETURN_IF_ERROR(weights_bf16_->Reserve(total));
+    XT_RETURN_IF_ERROR(ToBf16(weights_bf16_->get(), params_, total, s));
+  }
+  auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
+                     int64_t n) -> Result<const void*> {
+    if (x >= params_ && x < params_ + total)
+      return static_cast<const void*>(weights_bf16_->get() + (x - params_));
+    XT_RETURN_IF_ERROR(scratch.Reserve(n));
+    XT_RETURN_IF_ERROR(ToBf16(scratch.get(), x, n, s));
+    return static_cast<const void*>(scratch.get());
+  };
+  // c (M, N) = op(a) @ op(b) + beta c, a and b holding a_n and b_n elements.
+  auto gemm = [&](float* c, const float* a, int64_t a_n, const float* b, int64_t b_n, int64_t M,
+                  int64_t N, int64_t K, bool ta, bool tb, float beta, bool fp32) -> Status {
+    if (!bf16 || fp32) return blas.Gemm(c, a, b, M, N, K, ta, tb, beta, GemmInput::kF32);
+    XT_ASSIGN_OR_RETURN(const void* a16, operand(scratch_a, a, a_n));
+    XT_ASSIGN_OR_RETURN(const void* b16, operand(scratch_b, b, b_n));
+    return blas.Gemm(c, a16, b16, M, N, K, ta, tb, beta, GemmInput::kBf16);
+  };
   // out (T, O) = in (T, In) @ w^T.
   auto linear = [&](float* out, const float* in, const float* w, int64_t rows, int64_t in_dim,
-                    int64_t out_dim) {
-    return blas.Gemm(out, in, w, rows, out_dim, in_dim, false, true, 0.0f, GemmInput::kF32);
+                    int64_t out_dim, bool fp32 = false) {
+    return gemm(out, in, rows * in_dim, w, out_dim * in_dim, rows, out_dim, in_dim, false, true,
+                0.0f, fp32);
   };
   // din (T, In) = dout @ w (assigned, or added), dw (O, In) += dout^T @ in.
   auto linear_backward = [&](float* din, float* dw, const float* dout, const float* in,
                              const float* w, int64_t rows, int64_t in_dim, int64_t out_dim,
-                             bool accumulate) -> Status {
+                             bool accumulate, bool fp32 = false) -> Status {
     if (din)
-      XT_RETURN_IF_ERROR(blas.Gemm(din, dout, w, rows, in_dim, out_dim, false, false,
-                                   accumulate ? 1.0f : 0.0f, GemmInput::kF32));
-    return blas.Gemm(dw, dout, in, out_dim, in_dim, rows, true, false, 1.0f, GemmInput::kF32);
+      XT_RETURN_IF_ERROR(gemm(din, dout, rows * out_dim, w, out_dim * in_dim, rows, in_dim, out_dim,
+                              false, false, accumulate ? 1.0f : 0.0f, fp32));
+    return gemm(dw, dout, rows * out_dim, in, rows * in_dim, out_dim, in_dim, rows, true, false,
+                1.0f, fp32);
+  };
+  // The experts' products, x holding `rows` rows.
+  auto grouped_forward = [&](float* y, const float* x, const float* w, const int32_t* offsets,
+                             int64_t rows, int64_t in_dim, int64_t out_dim) -> Status {
+    if (!bf16) return blas.GroupedForward(y, x, w, offsets, E, in_dim, out_dim, GemmInput::kF32);
+    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim));
+    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
+    return blas.GroupedForward(y, x16, w16, offsets, E, in_dim, out_dim, GemmInput::kBf16);
+  };
+  auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
+                              const int32_t* offsets, int64_t rows, int64_t in_dim,
+                              int64_t out_dim) -> Status {
+    if (!bf16)
+      return blas.GroupedBackward(dx, dw, dy, x, w, offsets, E, in_dim, out_dim, GemmInput::kF32);
+    XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim));
+    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim));
+    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
+    return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, E, in_dim, out_dim,
+                                GemmInput::kBf16);
   };
 
   Buffers bu;
@@ -230,7 +283,8 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
       XT_RETURN_IF_ERROR(a.probs.Alloc(T * E));
       XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k));
       XT_RETURN_IF_ERROR(a.topk_idx.Alloc(T * k));
-      XT_RETURN_IF_ERROR(linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E));
+      XT_RETURN_IF_ERROR(
+          linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
       XT_RETURN_IF_ERROR(RouterForward(a.topk_idx.get(), a.topk_w.get(), a.probs.get(),
                                        a.router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
       XT_RETURN_IF_ERROR(MoeBalanceStats(bu.count.get(), bu.prob_sum.get(), a.probs.get(),
@@ -254,11 +308,11 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
       XT_RETURN_IF_ERROR(a.gu.Alloc(A * 2 * Im));
       XT_RETURN_IF_ERROR(a.act.Alloc(A * Im));
       XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
-      XT_RETURN_IF_ERROR(blas.GroupedForward(a.gu.get(), a.xs.get(), P(o.gate_up), a.offsets.data(),
-                                             E, H, 2 * Im, GemmInput::kF32));
+      XT_RETURN_IF_ERROR(
+          grouped_forward(a.gu.get(), a.xs.get(), P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
       XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), A, Im, s));
-      XT_RETURN_IF_ERROR(blas.GroupedForward(a.ys.get(), a.act.get(), P(o.down), a.offsets.data(),
-                                             E, Im, H, GemmInput::kF32));
+      XT_RETURN_IF_ERROR(
+          grouped_forward(a.ys.get(), a.act.get(), P(o.down), a.offsets.data(), A, Im, H));
       XT_RETURN_IF_ERROR(
           MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
     }
@@ -363,20 +417,18 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
       XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
                                             a.topk_w.get(), a.slot_of.get(), T, k, H, s));
-      XT_RETURN_IF_ERROR(blas.GroupedBackward(dact.get(), G(o.down), dys.get(), a.act.get(),
-                                              P(o.down), a.offsets.data(), E, Im, H,
-                                              GemmInput::kF32));
+      XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
+                                          a.offsets.data(), A, Im, H));
       XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), A, Im, s));
-      XT_RETURN_IF_ERROR(blas.GroupedBackward(dxs.get(), G(o.gate_up), dgu.get(), a.xs.get(),
-                                              P(o.gate_up), a.offsets.data(), E, H, 2 * Im,
-                                              GemmInput::kF32));
+      XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(), a.xs.get(),
+                                          P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
       XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
       XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
                                         aux_grad ? dprobs.get() : nullptr, a.probs.get(),
                                         a.topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
       XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.router), dlogits.get(), a.h2.get(),
-                                         P(o.router), T, H, E, true));
+                                         P(o.router), T, H, E, true, /*fp32=*/true));
     }
     // dx = d x_mid (the residual plus the norm's backward).
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),

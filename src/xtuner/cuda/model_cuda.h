@@ -4,8 +4,8 @@
 // copy across), the same loss weighting, the same balancing loss; its test compares losses and
 // every gradient with the CPU model on the HF fixtures.
 //
-// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 only, every activation kept
-// (no recompute), no generation. Host syncs per step: one per MoE layer (the token counts per
+// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 or bf16 matmuls, every activation
+// kept (no recompute), no generation. Host syncs per step: one per MoE layer (the token counts per
 // expert, for the grouped GEMMs' shapes) and one for the losses. Unverified on a GPU so far
 // (none lent).
 #pragma once
@@ -15,14 +15,13 @@
 #include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/params.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt::cuda {
-
-class Blas;
 
 class CudaModel {
  public:
@@ -36,6 +35,10 @@ class CudaModel {
   CudaModel& operator=(const CudaModel&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
+  // The matmuls' inputs: fp32 (default) or bf16 (rounded, fp32 sums: the CPU model's
+  // MatmulPrecision::kBf16; the router stays fp32). Weights, gradients and activations stay fp32.
+  // The lm_head product inside the chunked cross-entropy is fp32 in both.
+  void SetPrecision(GemmInput p) { precision_ = p; }
   const ParamLayout& layout() const { return layout_; }
   // Device slabs (layout().total() floats each).
   float* params() { return params_; }
@@ -53,6 +56,7 @@ class CudaModel {
 
  private:
   struct Buffers;
+  struct Bf16Weights;
   CudaModel(const ModelConfig& cfg);
 
   ModelConfig cfg_;
@@ -61,6 +65,8 @@ class CudaModel {
   std::unique_ptr<Blas> blas_;
   float* params_ = nullptr;
   float* grads_ = nullptr;
+  GemmInput precision_ = GemmInput::kF32;
+  std::unique_ptr<Bf16Weights> weights_bf16_;
 };
 
 }  // namespace xt::cuda
