@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
-                   "[--peak-tflops F]\n");
+                   "[--precision bf16|fp32] [--peak-tflops F]\n");
       return 2;
     }
   }
