@@ -169,6 +169,37 @@ TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-2, fixture + " bf16");
 }
 
+// Per-layer recompute runs the layers again in the backward: the same losses and gradients (up
+// to cuBLAS's choice of algorithm, which may differ between calls).
+TEST_P(ModelCuda, RecomputeGivesTheSameGradients) {
+  const std::string fixture = GetParam();
+  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+  ASSERT_TRUE(cfg.ok());
+  Transformer cpu(*cfg);
+  ASSERT_TRUE(LoadHfWeights(&cpu, testing::DataPath(fixture)).ok());
+  auto made = cuda::CudaModel::Create(*cfg, cpu.params().f32());
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  cuda::CudaModel& gpu = **made;
+  std::vector<int64_t> ids(48);
+  for (int64_t t = 0; t < 48; ++t) ids[t] = (t * 29 + 3) % cfg->vocab_size;
+  const Batch b = Batch::Packed(ids, ids, {0, 20, 48}).value();
+  const int64_t n = cpu.layout().total();
+  std::vector<float> plain(n), again(n);
+  double loss = 0;
+  for (double fraction : {0.0, 1.0}) {
+    gpu.SetRecompute(fraction);
+    ASSERT_TRUE(gpu.ZeroGrads().ok());
+    auto info = gpu.ForwardBackward(b);
+    ASSERT_TRUE(info.ok()) << info.status().message();
+    ASSERT_TRUE(gpu.CopyGradsToHost(fraction == 0 ? plain.data() : again.data()).ok());
+    if (fraction == 0)
+      loss = info->loss;
+    else
+      EXPECT_NEAR(info->loss, loss, 1e-6 * loss);
+  }
+  ExpectSameGradients(cpu.layout(), again.data(), plain.data(), 1e-5, fixture + " recompute");
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,
                          ::testing::Values("qwen3_dense_tiny", "qwen3_moe_tiny", "mixtral_tiny"));
 

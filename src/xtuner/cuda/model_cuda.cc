@@ -42,7 +42,10 @@ class DeviceArray {
     n_ = n;
     const Status st =
         Check(cudaMalloc(&p_, size_t(std::max<int64_t>(n, 1)) * sizeof(T)), "device buffer");
-    if (!st.ok()) p_ = nullptr, n_ = 0;
+    if (!st.ok()) {
+      p_ = nullptr, n_ = 0;
+      cudaGetLastError();  // a failed allocation is not sticky: clear it for later launch checks
+    }
     return st;
   }
   // Holds at least n elements, keeping the buffer when it is large enough.
@@ -112,6 +115,11 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   XT_RETURN_IF_ERROR(m->ZeroGrads());
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream)), "parameters"));
   return m;
+}
+
+void CudaModel::SetRecompute(double fraction) {
+  XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");
+  recompute_layers_ = int64_t(std::llround(fraction * double(cfg_.num_layers)));
 }
 
 Status CudaModel::ZeroGrads() {
@@ -228,8 +236,10 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     XT_RETURN_IF_ERROR(bu.prob_sum.Zero(s));
   }
 
-  // ---- forward
-  for (int64_t l = 0; l < L; ++l) {
+  // ---- forward. One layer: its activations into bu.layers[l], its output into bu.x[l + 1].
+  // `recomputing`: again in the backward (the same inputs give the same activations and routing;
+  // the statistics are not counted twice).
+  auto layer_forward = [&](int64_t l, bool recomputing) -> Status {
     const LayerOffsets& o = layout_.layers[l];
     Buffers::Layer& a = bu.layers[l];
     const float* x_in = bu.x[l].get();
@@ -287,8 +297,9 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
           linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
       XT_RETURN_IF_ERROR(RouterForward(a.topk_idx.get(), a.topk_w.get(), a.probs.get(),
                                        a.router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
-      XT_RETURN_IF_ERROR(MoeBalanceStats(bu.count.get(), bu.prob_sum.get(), a.probs.get(),
-                                         a.topk_idx.get(), T, E, k, s));
+      if (!recomputing)
+        XT_RETURN_IF_ERROR(MoeBalanceStats(bu.count.get(), bu.prob_sum.get(), a.probs.get(),
+                                           a.topk_idx.get(), T, E, k, s));
       // The one host sync of the layer: the rows each expert gets.
       std::vector<int32_t> topk_idx(T * k);
       XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(topk_idx.data(), a.topk_idx.get(), T * k * 4,
@@ -300,7 +311,7 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
       ops::moe_plan(a.offsets.data(), sorted.data(), slot_of.data(), topk_idx.data(), T, E, k);
       std::vector<int64_t> per_expert(E, 0);
       for (int32_t e : topk_idx) ++per_expert[e];
-      info.tokens_per_expert.push_back(std::move(per_expert));
+      if (!recomputing) info.tokens_per_expert.push_back(std::move(per_expert));
       XT_RETURN_IF_ERROR(a.sorted.Upload(sorted.data(), A, s));
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
       XT_RETURN_IF_ERROR(a.xs.Alloc(A * H));
@@ -317,6 +328,12 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
           MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
     }
     XT_RETURN_IF_ERROR(AddInPlace(x_out, a.x_mid.get(), T * H, s));
+    return Status::OK();
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    XT_RETURN_IF_ERROR(layer_forward(l, false));
+    // Recomputed layers keep only their input (bu.x[l]) until the backward.
+    if (l < recompute_layers_) bu.layers[l] = Buffers::Layer();
   }
 
   // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward
@@ -405,6 +422,7 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   }
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
+    if (l < recompute_layers_) XT_RETURN_IF_ERROR(layer_forward(l, true));
     Buffers::Layer& a = bu.layers[l];
     if (o.router < 0) {
       const int64_t Im = cfg_.intermediate_size;

@@ -4,10 +4,10 @@
 // copy across), the same loss weighting, the same balancing loss; its test compares losses and
 // every gradient with the CPU model on the HF fixtures.
 //
-// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 or bf16 matmuls, every activation
-// kept (no recompute), no generation. Host syncs per step: one per MoE layer (the token counts per
-// expert, for the grouped GEMMs' shapes) and one for the losses. Unverified on a GPU so far
-// (none lent).
+// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 or bf16 matmuls, per-layer
+// recompute, no generation. Host syncs per step: one per MoE layer (the token counts per expert,
+// for the grouped GEMMs' shapes; again for a recomputed one) and one for the losses. Unverified
+// on a GPU so far (none lent).
 #pragma once
 
 #include <cstdint>
@@ -39,6 +39,9 @@ class CudaModel {
   // MatmulPrecision::kBf16; the router stays fp32). Weights, gradients and activations stay fp32.
   // The lm_head product inside the chunked cross-entropy is fp32 in both.
   void SetPrecision(GemmInput p) { precision_ = p; }
+  // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
+  // keep only their input in the forward and run again in the backward (same gradients).
+  void SetRecompute(double fraction);
   const ParamLayout& layout() const { return layout_; }
   // Device slabs (layout().total() floats each).
   float* params() { return params_; }
@@ -66,6 +69,7 @@ class CudaModel {
   float* params_ = nullptr;
   float* grads_ = nullptr;
   GemmInput precision_ = GemmInput::kF32;
+  int64_t recompute_layers_ = 0;
   std::unique_ptr<Bf16Weights> weights_bf16_;
 };
 
