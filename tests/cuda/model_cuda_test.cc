@@ -37,26 +37,43 @@ void ExpectSameGradients(const ParamLayout& layout, const float* got, const floa
   }
 }
 
-TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
-  const std::string fixture = GetParam();
+// A fixture's CPU model (HF weights), its CUDA twin with the same parameters, and the fixture's
+// [2, 16] batch (ids, labels). aux_coef < 0 keeps the config's balancing coefficient.
+struct Models {
+  ModelConfig cfg;
+  std::unique_ptr<Transformer> cpu;
+  std::unique_ptr<cuda::CudaModel> gpu;
+  std::vector<int64_t> ids, labels;
+};
+void LoadModels(const std::string& fixture, double aux_coef, Models* m) {
   auto cfg = ModelConfig::Load(testing::DataPath(fixture));
   ASSERT_TRUE(cfg.ok()) << cfg.status().message();
-  if (cfg->is_moe()) cfg->router_aux_loss_coef = 0.5;
-  Transformer cpu(*cfg);
-  ASSERT_TRUE(LoadHfWeights(&cpu, testing::DataPath(fixture)).ok());
-  auto made = cuda::CudaModel::Create(*cfg, cpu.params().f32());
+  m->cfg = *cfg;
+  if (m->cfg.is_moe() && aux_coef >= 0) m->cfg.router_aux_loss_coef = aux_coef;
+  m->cpu = std::make_unique<Transformer>(m->cfg);
+  ASSERT_TRUE(LoadHfWeights(m->cpu.get(), testing::DataPath(fixture)).ok());
+  auto made = cuda::CudaModel::Create(m->cfg, m->cpu->params().f32());
   ASSERT_TRUE(made.ok()) << made.status().message();
-  cuda::CudaModel& gpu = **made;
-
+  m->gpu = std::move(*made);
   auto ref = SafetensorsFile::Open(testing::DataPath(fixture + "/reference.safetensors"));
   ASSERT_TRUE(ref.ok());
   auto ids = ref->GetF64("input_ids", {2, 16});
   auto labels = ref->GetF64("labels", {2, 16});
   ASSERT_TRUE(ids.ok() && labels.ok());
-  const std::vector<int64_t> id(ids->begin(), ids->end()), lab(labels->begin(), labels->end());
+  m->ids.assign(ids->begin(), ids->end());
+  m->labels.assign(labels->begin(), labels->end());
+}
+
+TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
+  const std::string fixture = GetParam();
+  Models m;
+  LoadModels(fixture, 0.5, &m);
+  if (HasFatalFailure()) return;
+  Transformer& cpu = *m.cpu;
+  cuda::CudaModel& gpu = *m.gpu;
   std::vector<Batch> batches;
-  batches.push_back(Batch::FromRows(id, lab, 2, 16).value());
-  batches.push_back(Batch::Packed(id, lab, {0, 5, 21, 32}).value());
+  batches.push_back(Batch::FromRows(m.ids, m.labels, 2, 16).value());
+  batches.push_back(Batch::Packed(m.ids, m.labels, {0, 5, 21, 32}).value());
 
   const int64_t n = cpu.layout().total();
   for (const Batch& b : batches) {
@@ -135,22 +152,13 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
 // of the fp32 model's.
 TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   const std::string fixture = GetParam();
-  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
-  ASSERT_TRUE(cfg.ok());
-  Transformer cpu(*cfg);
-  ASSERT_TRUE(LoadHfWeights(&cpu, testing::DataPath(fixture)).ok());
-  auto made = cuda::CudaModel::Create(*cfg, cpu.params().f32());
-  ASSERT_TRUE(made.ok()) << made.status().message();
-  cuda::CudaModel& gpu = **made;
+  Models m;
+  LoadModels(fixture, -1, &m);
+  if (HasFatalFailure()) return;
+  Transformer& cpu = *m.cpu;
+  cuda::CudaModel& gpu = *m.gpu;
   gpu.SetPrecision(cuda::GemmInput::kBf16);
-  auto ref = SafetensorsFile::Open(testing::DataPath(fixture + "/reference.safetensors"));
-  ASSERT_TRUE(ref.ok());
-  auto ids = ref->GetF64("input_ids", {2, 16});
-  auto labels = ref->GetF64("labels", {2, 16});
-  ASSERT_TRUE(ids.ok() && labels.ok());
-  const Batch b = Batch::FromRows(std::vector<int64_t>(ids->begin(), ids->end()),
-                                  std::vector<int64_t>(labels->begin(), labels->end()), 2, 16)
-                      .value();
+  const Batch b = Batch::FromRows(m.ids, m.labels, 2, 16).value();
   cpu.ZeroGrads();
   auto fp32 = cpu.ForwardBackward(b);
   ASSERT_TRUE(fp32.ok());
@@ -173,13 +181,12 @@ TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
 // to cuBLAS's choice of algorithm, which may differ between calls).
 TEST_P(ModelCuda, RecomputeGivesTheSameGradients) {
   const std::string fixture = GetParam();
-  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
-  ASSERT_TRUE(cfg.ok());
-  Transformer cpu(*cfg);
-  ASSERT_TRUE(LoadHfWeights(&cpu, testing::DataPath(fixture)).ok());
-  auto made = cuda::CudaModel::Create(*cfg, cpu.params().f32());
-  ASSERT_TRUE(made.ok()) << made.status().message();
-  cuda::CudaModel& gpu = **made;
+  Models m;
+  LoadModels(fixture, -1, &m);
+  if (HasFatalFailure()) return;
+  const ModelConfig* cfg = &m.cfg;
+  Transformer& cpu = *m.cpu;
+  cuda::CudaModel& gpu = *m.gpu;
   std::vector<int64_t> ids(48);
   for (int64_t t = 0; t < 48; ++t) ids[t] = (t * 29 + 3) % cfg->vocab_size;
   const Batch b = Batch::Packed(ids, ids, {0, 20, 48}).value();
