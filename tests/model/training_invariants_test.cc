@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <optional>
 
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
@@ -29,6 +31,33 @@ void ReferenceBatch(const std::string& fixture, std::vector<int64_t>* ids,
   ASSERT_TRUE(i.ok() && l.ok());
   ids->assign(i->begin(), i->end());
   labels->assign(l->begin(), l->end());
+}
+
+// A fixture's model with its balancing coefficient set to aux_coef, HF weights loaded; its
+// [2, 16] batch whole, and each of its two rows as a batch of its own.
+struct FixtureRun {
+  std::unique_ptr<Transformer> model;
+  std::optional<Batch> whole;
+  std::vector<Batch> rows;
+};
+void LoadFixtureRun(const char* fixture, double aux_coef, FixtureRun* run) {
+  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+  ASSERT_TRUE(cfg.ok());
+  cfg->router_aux_loss_coef = aux_coef;
+  run->model = std::make_unique<Transformer>(*cfg);
+  ASSERT_TRUE(LoadHfWeights(run->model.get(), testing::DataPath(fixture)).ok());
+  std::vector<int64_t> ids, labels;
+  ReferenceBatch(fixture, &ids, &labels);
+  auto whole = Batch::FromRows(ids, labels, 2, 16);
+  ASSERT_TRUE(whole.ok());
+  run->whole = *whole;
+  for (int row = 0; row < 2; ++row) {
+    std::vector<int64_t> ri(ids.begin() + row * 16, ids.begin() + (row + 1) * 16);
+    std::vector<int64_t> rl(labels.begin() + row * 16, labels.begin() + (row + 1) * 16);
+    auto half = Batch::FromRows(ri, rl, 1, 16);
+    ASSERT_TRUE(half.ok());
+    run->rows.push_back(*half);
+  }
 }
 
 TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
@@ -61,30 +90,20 @@ TEST(GradientAccumulation, TwoMicroBatchesOfOneRowEqualOneOfTwoRows) {
   // Global token averaging: each loss token weighs 1 / (loss tokens of the whole global batch).
   // The balancing loss is off here; the next test pools its statistics over the micro-batches.
   for (const char* fixture : {"qwen3_dense_tiny", "qwen3_moe_tiny"}) {
-    auto cfg = ModelConfig::Load(testing::DataPath(fixture));
-    ASSERT_TRUE(cfg.ok());
-    cfg->router_aux_loss_coef = 0;
-    Transformer model(*cfg);
-    ASSERT_TRUE(LoadHfWeights(&model, testing::DataPath(fixture)).ok());
-    std::vector<int64_t> ids, labels;
-    ReferenceBatch(fixture, &ids, &labels);
-
-    auto whole = Batch::FromRows(ids, labels, 2, 16);
-    ASSERT_TRUE(whole.ok());
-    const double w = 1.0 / double(whole->num_loss_tokens());
+    FixtureRun run;
+    LoadFixtureRun(fixture, 0.0, &run);
+    if (HasFatalFailure()) return;
+    Transformer& model = *run.model;
+    const double w = 1.0 / double(run.whole->num_loss_tokens());
     model.ZeroGrads();
-    auto info = model.ForwardBackward(*whole, w);
+    auto info = model.ForwardBackward(*run.whole, w);
     ASSERT_TRUE(info.ok());
     std::vector<float> g_whole(model.grads().f32(), model.grads().f32() + model.layout().total());
 
     model.ZeroGrads();
     double loss_sum = 0;
-    for (int row = 0; row < 2; ++row) {
-      std::vector<int64_t> ri(ids.begin() + row * 16, ids.begin() + (row + 1) * 16);
-      std::vector<int64_t> rl(labels.begin() + row * 16, labels.begin() + (row + 1) * 16);
-      auto half = Batch::FromRows(ri, rl, 1, 16);
-      ASSERT_TRUE(half.ok());
-      auto hi = model.ForwardBackward(*half, w);
+    for (const Batch& half : run.rows) {
+      auto hi = model.ForwardBackward(half, w);
       ASSERT_TRUE(hi.ok());
       loss_sum += hi->ce_loss * double(hi->num_loss_tokens) * w;
     }
@@ -99,30 +118,18 @@ TEST(GradientAccumulation, PooledBalancingLossOfTwoMicroBatchesEqualsTheWholeBat
   // trainer's router pre-pass gathers), given to each micro-batch's backward. With the aux
   // coefficient raised so that the balancing gradient is a large part of the router's.
   for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny"}) {
-    auto cfg = ModelConfig::Load(testing::DataPath(fixture));
-    ASSERT_TRUE(cfg.ok());
-    cfg->router_aux_loss_coef = 0.5;
-    Transformer model(*cfg);
-    ASSERT_TRUE(LoadHfWeights(&model, testing::DataPath(fixture)).ok());
-    std::vector<int64_t> ids, labels;
-    ReferenceBatch(fixture, &ids, &labels);
-    auto whole = Batch::FromRows(ids, labels, 2, 16);
-    ASSERT_TRUE(whole.ok());
-    const double w = 1.0 / double(whole->num_loss_tokens());
+    FixtureRun run;
+    LoadFixtureRun(fixture, 0.5, &run);
+    if (HasFatalFailure()) return;
+    Transformer& model = *run.model;
+    const std::vector<Batch>& rows = run.rows;
+    const double w = 1.0 / double(run.whole->num_loss_tokens());
     model.ZeroGrads();
-    auto info = model.ForwardBackward(*whole, w);
+    auto info = model.ForwardBackward(*run.whole, w);
     ASSERT_TRUE(info.ok());
     const int64_t n = model.layout().total();
     std::vector<float> g_whole(model.grads().f32(), model.grads().f32() + n);
 
-    std::vector<Batch> rows;
-    for (int row = 0; row < 2; ++row) {
-      std::vector<int64_t> ri(ids.begin() + row * 16, ids.begin() + (row + 1) * 16);
-      std::vector<int64_t> rl(labels.begin() + row * 16, labels.begin() + (row + 1) * 16);
-      auto half = Batch::FromRows(ri, rl, 1, 16);
-      ASSERT_TRUE(half.ok());
-      rows.push_back(*half);
-    }
     // The router-only forward gives the statistics of the full forward.
     BalanceStats pooled;
     for (const Batch& b : rows) {
