@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "xtuner/core/rng.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -36,13 +37,9 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// splitmix64: a counter-based generator, so the slab fills in parallel and reproducibly.
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+// 64 random bits from a counter (core/rng.h's SplitMix64 seeded with it): the slab fills in
+// parallel and reproducibly.
+uint64_t Mix(uint64_t counter) { return xt::SplitMix64(&counter); }
 
 // Device used bytes, sampled until stopped; the maximum seen.
 class MemorySampler {

@@ -372,10 +372,7 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     const BalanceStats pooled = pool ? pool(stats) : stats;
     if (int64_t(pooled.count.size()) != E || int64_t(pooled.prob_sum.size()) != E)
       return Status::Error("balance pool returned statistics of a different expert count");
-    balance_loss(dprob_e.data(), pooled.count.data(), pooled.prob_sum.data(), pooled.rows, E);
-    double mean = 0;
-    for (double g : dprob_e) mean += g / double(E);
-    for (double& g : dprob_e) g = (g - mean) * cfg_.router_aux_loss_coef * aux_weight;
+    dprob_e = BalanceGradient(pooled, E, cfg_.router_aux_loss_coef, aux_weight);
   }
   info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
   const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;

@@ -19,6 +19,16 @@ double balance_loss(double* dprob_e, const double* count, const double* prob_sum
   return double(E) * aux / n2;
 }
 
+std::vector<double> BalanceGradient(const BalanceStats& stats, int64_t E, double coef,
+                                    double weight) {
+  std::vector<double> g(E, 0.0);
+  balance_loss(g.data(), stats.count.data(), stats.prob_sum.data(), stats.rows, E);
+  double mean = 0;
+  for (double x : g) mean += x / double(E);
+  for (double& x : g) x = (x - mean) * coef * weight;
+  return g;
+}
+
 void BalanceStats::Add(const BalanceStats& o) {
   if (count.empty()) {
     count.assign(o.count.size(), 0.0);

@@ -30,4 +30,11 @@ struct BalanceStats {
 double balance_loss(double* dprob_e, const double* count, const double* prob_sum, int64_t N,
                     int64_t E);
 
+// What a backward feeds the router: d aux / d probs of `stats` (E experts), centred over the
+// experts and times coef * weight. The softmax backward ignores a constant added to d probs (the
+// probabilities sum to 1); without the common part the fp32 softmax backward would no longer
+// cancel most of its digits, since the experts' gradients differ only by their counts.
+std::vector<double> BalanceGradient(const BalanceStats& stats, int64_t E, double coef,
+                                    double weight);
+
 }  // namespace xt

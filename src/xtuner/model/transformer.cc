@@ -268,16 +268,16 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   }
 
   info.num_loss_tokens = b.num_loss_tokens();
+  if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
+  if (aux_weight < 0) aux_weight = 1.0;
   vector<double> dprob_e(E, 0.0);
   if (n_moe > 0 && backward) {
     // The statistics the balancing gradient follows: this batch's, or what the pool returns.
     BalanceStats pooled = pool && *pool ? (*pool)(stats) : stats;
     XT_CHECK(int64_t(pooled.count.size()) == E && int64_t(pooled.prob_sum.size()) == E,
              "balance pool returned statistics of a different expert count");
-    balance_loss(dprob_e.data(), pooled.count.data(), pooled.prob_sum.data(), pooled.rows, E);
+    dprob_e = BalanceGradient(pooled, E, cfg_.router_aux_loss_coef, aux_weight);
   }
-  if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
-  if (aux_weight < 0) aux_weight = 1.0;
 
   // With tied embeddings the lm_head gradient goes to the embedding's unit, which stays open
   // until the embedding's own backward at the end.
@@ -300,12 +300,6 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   if (tied) source_->Release(0);
   if (!backward) return info;
   source_->GradsDone(head);
-  // The softmax backward ignores a constant added to d probs (the probabilities sum to 1), so
-  // centre the gradient: the experts' gradients differ only by their counts, and without the
-  // common part the fp32 softmax backward no longer cancels most of its digits.
-  double mean_dprob = 0;
-  for (double g : dprob_e) mean_dprob += g / double(E);
-  for (double& g : dprob_e) g = (g - mean_dprob) * cfg_.router_aux_loss_coef * aux_weight;
   const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
   // The backward walks down the layers, freeing each after its backward and rebuilding a
   // recomputed one first: at layer l, layers below hold what they kept and l holds all of it.

@@ -126,10 +126,15 @@ void AdamW::Step(float* params, const float* grads, double lr, float grad_scale)
   float* m = m_.f32();
   float* v = v_.f32();
   constexpr int64_t kChunk = 1 << 14;
+  // The scalars of the runs without weight decay and of those with it, formed once.
+  const AdamWStepScalars scalars[2] = {
+      MakeAdamWStepScalars(cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, lr,
+                           grad_scale, false),
+      MakeAdamWStepScalars(cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, lr,
+                           grad_scale, true)};
 #pragma omp parallel
   for (const Run& r : runs_) {
-    const AdamWStepScalars rs = MakeAdamWStepScalars(
-        cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, lr, grad_scale, r.decay);
+    const AdamWStepScalars& rs = scalars[r.decay ? 1 : 0];
 #pragma omp for schedule(static) nowait
     for (int64_t c = r.begin; c < r.end; c += kChunk) {
       const int64_t n = std::min(kChunk, r.end - c);

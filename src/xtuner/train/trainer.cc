@@ -160,6 +160,16 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          " rows cannot be split evenly over the " + std::to_string(mesh.dp) +
                          " data-parallel groups (" + mesh.ToString() + "): make it a multiple of " +
                          std::to_string(mesh.dp));
+  // Rank r trains on rows [r * G / world, (r + 1) * G / world) of each global batch of G. When G
+  // is not a multiple of the ranks (ep ranks share their dp group's rows), some ranks hold one
+  // row fewer and pad with empty micro-batches: every rank runs as many micro-batches as the
+  // rank with the most rows, so their collectives (gathers, expert exchanges) pair up.
+  const int64_t G = cfg.global_batch_size, micro = cfg.micro_batch_size;
+  auto row_begin = [&](int64_t r) { return r * G / mesh.world; };
+  const int64_t micro_per_rank = ((G + mesh.world - 1) / mesh.world + micro - 1) / micro;
+  int64_t real_micro_batches = 0;  // the non-empty ones, over all ranks
+  for (int64_t r = 0; r < mesh.world; ++r)
+    real_micro_batches += (row_begin(r + 1) - row_begin(r) + micro - 1) / micro;
   // The dp group holds the same experts; the ep group (consecutive ranks) the other experts.
   std::unique_ptr<Comm> dp_group = world.Split(mesh.ep_rank, mesh.dp_rank);
   std::unique_ptr<Comm> ep_group = world.Split(mesh.dp_rank, mesh.ep_rank);
@@ -284,12 +294,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
   if (mc.is_moe()) {
-    const int64_t rows = (cfg.global_batch_size + mesh.world - 1) / mesh.world;
-    const int64_t per_rank = (rows + cfg.micro_batch_size - 1) / cfg.micro_batch_size;
     std::string how = mc.router_aux_loss_coef == 0          ? "none (router_aux_loss_coef = 0)"
                       : cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
-                      : per_rank > 1 && mc.router_aux_loss_coef != 0
-                          ? "global batch (router pre-pass over " + std::to_string(per_rank) +
+                      : micro_per_rank > 1
+                          ? "global batch (router pre-pass over " + std::to_string(micro_per_rank) +
                                 " micro-batches per rank)"
                           : "global batch";
     sum.extra.push_back({"run", "balancing loss", how});
@@ -309,7 +317,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   float* params = store.params();
   float* grads = store.grads();
   const int64_t n = store.shard_size();
-  const int64_t micro = cfg.micro_batch_size;
   int64_t last_saved_step = resume_from.empty() ? -1 : state.step;  // resumed: already on disk
   if (!resume_from.empty()) result.last_checkpoint = resume_from;
   result.last_loss = StepMetrics::kNaN;
@@ -328,16 +335,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   const bool global_aux = mc.is_moe() && cfg.aux_loss_scope == "global_batch";
   while (state.step < cfg.steps) {
     const auto t_step = std::chrono::steady_clock::now();
-    // This rank's share of the global batch: rows [rank * G / world, (rank + 1) * G / world).
-    // When G is not a multiple of the ranks (ep ranks share their dp group's rows), some ranks
-    // hold one row fewer and pad with an empty micro-batch: every rank runs the same number of
-    // micro-batches, so their collectives (gathers, expert exchanges) pair up.
+    // This rank's share of the global batch (see micro_per_rank above).
     const std::vector<int64_t> all_rows = sampler.Next();
-    const int64_t G = int64_t(all_rows.size());
-    const std::vector<int64_t> rows(all_rows.begin() + mesh.rank * G / mesh.world,
-                                    all_rows.begin() + (mesh.rank + 1) * G / mesh.world);
-    const int64_t most_rows = (G + mesh.world - 1) / mesh.world;
-    const size_t num_micro = size_t((most_rows + micro - 1) / micro);
+    XT_CHECK(int64_t(all_rows.size()) == G, "sampler: a global batch of the wrong size");
+    const std::vector<int64_t> rows(all_rows.begin() + row_begin(mesh.rank),
+                                    all_rows.begin() + row_begin(mesh.rank + 1));
     std::vector<MicroBatch> mbs;
     // Summed over the ranks: loss tokens, tokens, masked, sum of squared document lengths, ce
     // sum, aux sum, then tokens per expert (per MoE layer).
@@ -352,15 +354,13 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       stats[3] += mb.sum_doc_len_sq;
       mbs.push_back(std::move(mb));
     }
-    while (mbs.size() < num_micro) mbs.push_back(MicroBatch{Batch::Empty()});
+    while (int64_t(mbs.size()) < micro_per_rank) mbs.push_back(MicroBatch{Batch::Empty()});
     world.AllReduceSum(stats.data(), 4);
     const int64_t loss_tokens = int64_t(stats[0]);
     store.ZeroGrads();
     int64_t activation_bytes = 0;
     const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
-    double micro_batches = 0;  // non-empty ones, over all ranks
-    for (const MicroBatch& mb : mbs) micro_batches += !mb.batch.empty();
-    world.AllReduceSum(&micro_batches, 1);
+    const double micro_batches = double(real_micro_batches);
     // The balancing loss of the whole global batch: its gradient needs the batch's router counts
     // before any backward. One micro-batch per rank: pooled over the ranks between forward and
     // backward. More: pooled first from a router-only forward of every micro-batch.
