@@ -21,6 +21,7 @@
 
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/gemm_cuda.h"
+#include "xtuner/cuda/launch.h"
 
 namespace xt::cuda {
 namespace {
@@ -42,26 +43,22 @@ size_t InBytes(GemmInput in) { return in == GemmInput::kBf16 ? 2 : 4; }
 bool FitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 __global__ void ToBf16Kernel(__nv_bfloat16* dst, const float* src, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads())
     dst[i] = __float2bfloat16_rn(src[i]);
 }
 
 // c (beta 0: assign, 1: accumulate) when K = 0: the empty sum.
 __global__ void ScaleKernel(float* c, int64_t n, float beta) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads())
     c[i] = beta == 0.0f ? 0.0f : beta * c[i];
 }
-
-int Blocks(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 65535)); }
 
 }  // namespace
 
 Status ToBf16(void* dst, const float* src, int64_t n, void* stream) {
   if (n <= 0) return Status::OK();
-  ToBf16Kernel<<<Blocks(n), 256, 0, cudaStream_t(stream)>>>(static_cast<__nv_bfloat16*>(dst), src,
-                                                            n);
+  ToBf16Kernel<<<detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream)>>>(
+      static_cast<__nv_bfloat16*>(dst), src, n);
   return Check(cudaGetLastError(), "ToBf16");
 }
 
@@ -98,7 +95,7 @@ Status Blas::Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, 
   if (M == 0 || N == 0) return Status::OK();
   cudaStream_t stream = cudaStream_t(stream_);
   if (K == 0) {
-    ScaleKernel<<<Blocks(M * N), 256, 0, stream>>>(c, M * N, beta);
+    ScaleKernel<<<detail::BlocksFor(M * N), detail::kThreads, 0, stream>>>(c, M * N, beta);
     return Check(cudaGetLastError(), "GEMM with K = 0");
   }
   const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
