@@ -98,7 +98,7 @@ TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
 
 // Configurations the fixtures lack, on random weights: tied embeddings, dense layers inside an
 // MoE model, unnormalised top-k, k = 1; two micro-batches accumulated with explicit weights and
-// a balancing pool (what the trainer's global balancing loss passes).
+// a balancing pool (what the trainer's global balancing loss passes); the router-only pass too.
 TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
   auto base = ModelConfig::Load(testing::DataPath(GetParam()));
   ASSERT_TRUE(base.ok());
@@ -127,6 +127,14 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
       auto st = cpu.RouterStats(*b);
       ASSERT_TRUE(st.ok());
       pooled.Add(*st);
+      // The GPU's router-only pass (the trainer's pre-pass on the GPU) gives the same statistics.
+      auto gst = gpu.RouterStats(*b);
+      ASSERT_TRUE(gst.ok()) << gst.status().message();
+      EXPECT_EQ(gst->rows, st->rows);
+      EXPECT_EQ(gst->count, st->count);
+      ASSERT_EQ(gst->prob_sum.size(), st->prob_sum.size());
+      for (size_t e = 0; e < st->prob_sum.size(); ++e)
+        EXPECT_NEAR(gst->prob_sum[e], st->prob_sum[e], 1e-5 * (1 + st->prob_sum[e])) << e;
     }
   }
   BalancePool pool;

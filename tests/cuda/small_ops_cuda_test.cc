@@ -14,6 +14,7 @@
 #include "cuda/cuda_test_util.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/optim/clip.h"
 
 namespace xt {
 namespace {
@@ -109,6 +110,23 @@ TEST_P(ElementwiseCuda, DoubleToFloatScaled) {
   }
 }
 
+// The gradient norm's square: the CPU's sum (optim/clip.h) to double rounding, and the same bits
+// on a second run (fixed grid and trees). Sizes past 1024 blocks' worth reuse threads.
+TEST_P(ElementwiseCuda, SumOfSquares) {
+  for (const int64_t n : {GetParam(), GetParam() * 5 + 262147}) {
+    const auto x = cudatest::RandomNormal(n, 5);
+    DeviceVec<float> gx(x);
+    DeviceVec<double> out{std::vector<double>(2, -1.0)};
+    ASSERT_TRUE(cuda::SumOfSquares(out.p, gx.p, n).ok());
+    ASSERT_TRUE(cuda::SumOfSquares(out.p + 1, gx.p, n).ok());
+    cudatest::Sync();
+    const std::vector<double> got = out.Host();
+    const double want = sum_of_squares(x.data(), n);
+    EXPECT_NEAR(got[0], want, 1e-12 * want) << n;
+    EXPECT_EQ(std::bit_cast<uint64_t>(got[0]), std::bit_cast<uint64_t>(got[1])) << n;
+  }
+}
+
 // Empty, one element, not a multiple of a block, many blocks.
 INSTANTIATE_TEST_SUITE_P(Sizes, ElementwiseCuda,
                          ::testing::Values(int64_t(0), int64_t(1), int64_t(1001), int64_t(70001)),
@@ -166,6 +184,7 @@ TEST(SmallOpsCudaArgs, RejectsNegativeSizes) {
   EXPECT_FALSE(cuda::AddInPlace(nullptr, nullptr, -1).ok());
   EXPECT_FALSE(cuda::BroadcastRow(nullptr, nullptr, 3, -1).ok());
   EXPECT_FALSE(cuda::DoubleToFloatScaled(nullptr, nullptr, -5, 1.0).ok());
+  EXPECT_FALSE(cuda::SumOfSquares(nullptr, nullptr, -1).ok());
   EXPECT_TRUE(cuda::MoeBalanceStats(nullptr, nullptr, nullptr, nullptr, 0, 8, 2).ok());
   EXPECT_TRUE(cuda::AddInPlace(nullptr, nullptr, 0).ok());
   EXPECT_TRUE(cuda::BroadcastRow(nullptr, nullptr, 0, 4).ok());

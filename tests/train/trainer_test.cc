@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "util/testing.h"
+#include "util/tiny_run.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/model/checkpoint.h"
@@ -25,49 +26,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kDemo = testing::DataPath("../../examples/demo");
-
-// A tiny model and the first 300 demo samples in a fresh directory.
-TrainConfig TinyRun(const std::string& tag) {
-  const std::string dir = testing::TempDir(tag);
-  nlohmann::json mc = {{"model_type", "qwen3_moe"},
-                       {"vocab_size", 3008},
-                       {"hidden_size", 32},
-                       {"num_hidden_layers", 2},
-                       {"num_attention_heads", 2},
-                       {"num_key_value_heads", 1},
-                       {"head_dim", 16},
-                       {"moe_intermediate_size", 16},
-                       {"num_experts", 4},
-                       {"num_experts_per_tok", 2},
-                       {"norm_topk_prob", true},
-                       {"router_aux_loss_coef", 0.01},
-                       {"rope_theta", 10000.0},
-                       {"tie_word_embeddings", true}};
-  std::ofstream(dir + "/config.json") << mc.dump();
-  std::ifstream in(kDemo + "/train.jsonl");
-  std::ofstream out(dir + "/train.jsonl");
-  std::string line;
-  for (int i = 0; i < 300 && std::getline(in, line); ++i) out << line << "\n";
-  TrainConfig c;
-  c.work_dir = dir + "/work";
-  c.model_config = dir + "/config.json";
-  c.tokenizer = kDemo + "/tokenizer.json";
-  c.chat_template = "chatml";
-  c.datasets = {{dir + "/train.jsonl", 1.0, "chat"}};
-  c.max_length = 64;
-  c.steps = 6;
-  c.global_batch_size = 4;
-  c.micro_batch_size = 2;
-  c.lr = 3e-3;
-  c.warmup_steps = 1;
-  c.tensorboard = true;
-  c.export_at_end = false;
-  return c;
-}
-
 using testing::Losses;
 using testing::Metric;
+using testing::TinyRun;
 
 TEST(Trainer, LossFallsAndMetricsAreWritten) {
   TrainConfig c = TinyRun("fall");

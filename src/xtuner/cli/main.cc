@@ -4,9 +4,15 @@
 
 #include "cli/commands.h"
 #include "xtuner/core/allocator.h"
+#ifdef XTUNER_WITH_CUDA
+#include "xtuner/cuda/train_backend_cuda.h"
+#endif
 
 int main(int argc, char** argv) {
   xt::ConfigureAllocatorForTraining();
+#ifdef XTUNER_WITH_CUDA
+  xt::cuda::RegisterCudaTrainBackend();  // train.device = "cuda"
+#endif
   CLI::App app{
       "xtuner.cpp: train Mixture-of-Experts language models from Hugging Face checkpoints"};
   app.require_subcommand(1);

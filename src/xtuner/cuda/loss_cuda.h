@@ -50,6 +50,12 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
 Status MoeBalanceStats(double* count, double* prob_sum, const float* probs, const int32_t* topk_idx,
                        int64_t T, int64_t E, int64_t k, void* stream = nullptr);
 
+// *out (one double on the device) = the sum of x (n)^2, each square and the sums in double:
+// the gradient norm's square. A fixed grid (at most 1024 blocks) and fixed trees: the same bits
+// for the same x on every run; it agrees with the CPU's sum_of_squares (optim/clip.h) to about
+// 1e-15 relative, not bit for bit (other order). Scratch: cudaMallocAsync on `stream`.
+Status SumOfSquares(double* out, const float* x, int64_t n, void* stream = nullptr);
+
 // y (n) += x (n), elementwise in fp32.
 Status AddInPlace(float* y, const float* x, int64_t n, void* stream = nullptr);
 

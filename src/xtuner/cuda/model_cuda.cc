@@ -21,27 +21,32 @@
 namespace xt::cuda {
 namespace {
 
-// A device array of n elements of T, freed with the object.
+// A device array of n elements of T, freed with the object. Stream-ordered: allocated and freed
+// on the stream it was last allocated on (cudaMallocAsync / cudaFreeAsync), from the device's
+// memory pool, which CudaModel::Create tells to keep what is freed: after the first step a
+// step's buffers come from the pool without a device synchronisation or a new mapping.
 template <class T>
 class DeviceArray {
  public:
   DeviceArray() = default;
-  DeviceArray(DeviceArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  DeviceArray(DeviceArray&& o) noexcept : p_(o.p_), n_(o.n_), stream_(o.stream_) {
+    o.p_ = nullptr, o.n_ = 0;
+  }
   DeviceArray& operator=(DeviceArray&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(n_, o.n_);
+    std::swap(stream_, o.stream_);
     return *this;
   }
-  ~DeviceArray() {
-    if (p_) cudaFree(p_);
-  }
-  // Holds n elements (contents undefined); never allocates zero bytes.
-  Status Alloc(int64_t n) {
-    if (p_) cudaFree(p_);
-    p_ = nullptr;
+  ~DeviceArray() { Free(); }
+  // Holds n elements (contents undefined), queued on `stream`; never allocates zero bytes.
+  Status Alloc(int64_t n, void* stream) {
+    Free();
+    stream_ = stream;
     n_ = n;
-    const Status st =
-        Check(cudaMalloc(&p_, size_t(std::max<int64_t>(n, 1)) * sizeof(T)), "device buffer");
+    const Status st = Check(
+        cudaMallocAsync(&p_, size_t(std::max<int64_t>(n, 1)) * sizeof(T), cudaStream_t(stream)),
+        "device buffer");
     if (!st.ok()) {
       p_ = nullptr, n_ = 0;
       cudaGetLastError();  // a failed allocation is not sticky: clear it for later launch checks
@@ -49,12 +54,14 @@ class DeviceArray {
     return st;
   }
   // Holds at least n elements, keeping the buffer when it is large enough.
-  Status Reserve(int64_t n) { return n <= n_ && p_ ? Status::OK() : Alloc(n); }
+  Status Reserve(int64_t n, void* stream) {
+    return n <= n_ && p_ ? Status::OK() : Alloc(n, stream);
+  }
   Status Zero(void* stream) {
     return Check(cudaMemsetAsync(p_, 0, size_t(n_) * sizeof(T), cudaStream_t(stream)), "memset");
   }
   Status Upload(const T* host, int64_t n, void* stream) {
-    XT_RETURN_IF_ERROR(Alloc(n));
+    XT_RETURN_IF_ERROR(Alloc(n, stream));
     if (n == 0) return Status::OK();
     return Check(cudaMemcpyAsync(p_, host, size_t(n) * sizeof(T), cudaMemcpyHostToDevice,
                                  cudaStream_t(stream)),
@@ -64,8 +71,13 @@ class DeviceArray {
   int64_t size() const { return n_; }
 
  private:
+  void Free() {
+    if (p_) cudaFreeAsync(p_, cudaStream_t(stream_));
+    p_ = nullptr;
+  }
   T* p_ = nullptr;
   int64_t n_ = 0;
+  void* stream_ = nullptr;
 };
 
 using F = DeviceArray<float>;
@@ -104,6 +116,15 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
                                                      const float* host_params, void* stream) {
   std::unique_ptr<CudaModel> m(new CudaModel(cfg));
   m->stream_ = stream;
+  // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
+  // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
+  int device = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "memory pool"));
+  cudaMemPool_t mem_pool;
+  XT_RETURN_IF_ERROR(Check(cudaDeviceGetDefaultMemPool(&mem_pool, device), "memory pool"));
+  uint64_t keep = UINT64_MAX;
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemPoolSetAttribute(mem_pool, cudaMemPoolAttrReleaseThreshold, &keep), "memory pool"));
   XT_ASSIGN_OR_RETURN(m->blas_, Blas::Create(stream));
   const size_t bytes = size_t(m->layout_.total()) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
@@ -142,6 +163,16 @@ Status CudaModel::CopyGradsToHost(float* out) const {
 
 Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, double aux_weight,
                                             const BalancePool& pool) {
+  return Run(b, ce_weight, aux_weight, pool, /*router_only=*/false);
+}
+
+Result<BalanceStats> CudaModel::RouterStats(const Batch& b) {
+  XT_ASSIGN_OR_RETURN(LossInfo info, Run(b, -1, -1, {}, /*router_only=*/true));
+  return std::move(info.balance);
+}
+
+Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_weight,
+                                const BalancePool& pool, bool router_only) {
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t L = cfg_.num_layers, D = cfg_.head_dim, Hq = cfg_.num_heads;
@@ -159,14 +190,14 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   const int64_t total = layout_.total();
   DeviceArray<uint16_t> scratch_a, scratch_b;
   if (bf16) {
-    XT_RETURN_IF_ERROR(weights_bf16_->Reserve(total));
+    XT_RETURN_IF_ERROR(weights_bf16_->Reserve(total, s));
     XT_RETURN_IF_ERROR(ToBf16(weights_bf16_->get(), params_, total, s));
   }
   auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
                      int64_t n) -> Result<const void*> {
     if (x >= params_ && x < params_ + total)
       return static_cast<const void*>(weights_bf16_->get() + (x - params_));
-    XT_RETURN_IF_ERROR(scratch.Reserve(n));
+    XT_RETURN_IF_ERROR(scratch.Reserve(n, s));
     XT_RETURN_IF_ERROR(ToBf16(scratch.get(), x, n, s));
     return static_cast<const void*>(scratch.get());
   };
@@ -224,14 +255,14 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);
   bu.layers.resize(L);
-  for (F& x : bu.x) XT_RETURN_IF_ERROR(x.Alloc(T * H));
+  for (F& x : bu.x) XT_RETURN_IF_ERROR(x.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(EmbeddingForward(bu.x[0].get(), bu.ids.get(), P(layout_.embed), T, H, s));
 
   LossInfo info;
   const int64_t n_moe = cfg_.num_moe_layers();
   if (n_moe > 0) {
-    XT_RETURN_IF_ERROR(bu.count.Alloc(E));
-    XT_RETURN_IF_ERROR(bu.prob_sum.Alloc(E));
+    XT_RETURN_IF_ERROR(bu.count.Alloc(E, s));
+    XT_RETURN_IF_ERROR(bu.prob_sum.Alloc(E, s));
     XT_RETURN_IF_ERROR(bu.count.Zero(s));
     XT_RETURN_IF_ERROR(bu.prob_sum.Zero(s));
   }
@@ -244,17 +275,17 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     Buffers::Layer& a = bu.layers[l];
     const float* x_in = bu.x[l].get();
     float* x_out = bu.x[l + 1].get();
-    XT_RETURN_IF_ERROR(a.h1.Alloc(T * H));
-    XT_RETURN_IF_ERROR(a.rstd1.Alloc(T));
+    XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
+    XT_RETURN_IF_ERROR(a.rstd1.Alloc(T, s));
     XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
-    XT_RETURN_IF_ERROR(a.q.Alloc(T * Hq * D));
-    XT_RETURN_IF_ERROR(a.k.Alloc(T * Hkv * D));
-    XT_RETURN_IF_ERROR(a.v.Alloc(T * Hkv * D));
+    XT_RETURN_IF_ERROR(a.q.Alloc(T * Hq * D, s));
+    XT_RETURN_IF_ERROR(a.k.Alloc(T * Hkv * D, s));
+    XT_RETURN_IF_ERROR(a.v.Alloc(T * Hkv * D, s));
     if (cfg_.qk_norm) {
-      XT_RETURN_IF_ERROR(a.q_pre.Alloc(T * Hq * D));
-      XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D));
-      XT_RETURN_IF_ERROR(a.q_rstd.Alloc(T * Hq));
-      XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv));
+      XT_RETURN_IF_ERROR(a.q_pre.Alloc(T * Hq * D, s));
+      XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D, s));
+      XT_RETURN_IF_ERROR(a.q_rstd.Alloc(T * Hq, s));
+      XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv, s));
       XT_RETURN_IF_ERROR(linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D));
       XT_RETURN_IF_ERROR(linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D));
       XT_RETURN_IF_ERROR(
@@ -268,31 +299,31 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     XT_RETURN_IF_ERROR(linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D));
     XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
-    XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D));
-    XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq));
+    XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
+    XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
     XT_RETURN_IF_ERROR(AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(),
                                         b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale,
                                         s));
-    XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H));
+    XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
-    XT_RETURN_IF_ERROR(a.h2.Alloc(T * H));
-    XT_RETURN_IF_ERROR(a.rstd2.Alloc(T));
+    XT_RETURN_IF_ERROR(a.h2.Alloc(T * H, s));
+    XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
     XT_RETURN_IF_ERROR(
         RmsnormForward(a.h2.get(), a.rstd2.get(), a.x_mid.get(), P(o.ln2), T, H, eps, s));
     if (o.router < 0) {  // dense SwiGLU MLP
       const int64_t Im = cfg_.intermediate_size;
-      XT_RETURN_IF_ERROR(a.gu.Alloc(T * 2 * Im));
-      XT_RETURN_IF_ERROR(a.act.Alloc(T * Im));
+      XT_RETURN_IF_ERROR(a.gu.Alloc(T * 2 * Im, s));
+      XT_RETURN_IF_ERROR(a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im));
       XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
       XT_RETURN_IF_ERROR(linear(x_out, a.act.get(), P(o.down), T, Im, H));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-      XT_RETURN_IF_ERROR(a.router_logits.Alloc(T * E));
-      XT_RETURN_IF_ERROR(a.probs.Alloc(T * E));
-      XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k));
-      XT_RETURN_IF_ERROR(a.topk_idx.Alloc(T * k));
+      XT_RETURN_IF_ERROR(a.router_logits.Alloc(T * E, s));
+      XT_RETURN_IF_ERROR(a.probs.Alloc(T * E, s));
+      XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k, s));
+      XT_RETURN_IF_ERROR(a.topk_idx.Alloc(T * k, s));
       XT_RETURN_IF_ERROR(
           linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
       XT_RETURN_IF_ERROR(RouterForward(a.topk_idx.get(), a.topk_w.get(), a.probs.get(),
@@ -314,10 +345,10 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
       if (!recomputing) info.tokens_per_expert.push_back(std::move(per_expert));
       XT_RETURN_IF_ERROR(a.sorted.Upload(sorted.data(), A, s));
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
-      XT_RETURN_IF_ERROR(a.xs.Alloc(A * H));
-      XT_RETURN_IF_ERROR(a.ys.Alloc(A * H));
-      XT_RETURN_IF_ERROR(a.gu.Alloc(A * 2 * Im));
-      XT_RETURN_IF_ERROR(a.act.Alloc(A * Im));
+      XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
+      XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
+      XT_RETURN_IF_ERROR(a.gu.Alloc(A * 2 * Im, s));
+      XT_RETURN_IF_ERROR(a.act.Alloc(A * Im, s));
       XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
       XT_RETURN_IF_ERROR(
           grouped_forward(a.gu.get(), a.xs.get(), P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
@@ -330,33 +361,8 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     XT_RETURN_IF_ERROR(AddInPlace(x_out, a.x_mid.get(), T * H, s));
     return Status::OK();
   };
-  for (int64_t l = 0; l < L; ++l) {
-    XT_RETURN_IF_ERROR(layer_forward(l, false));
-    // Recomputed layers keep only their input (bu.x[l]) until the backward.
-    if (l < recompute_layers_) bu.layers[l] = Buffers::Layer();
-  }
-
-  // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward
-  XT_RETURN_IF_ERROR(bu.h_final.Alloc(T * H));
-  XT_RETURN_IF_ERROR(bu.rstd_final.Alloc(T));
-  XT_RETURN_IF_ERROR(RmsnormForward(bu.h_final.get(), bu.rstd_final.get(), bu.x[L].get(),
-                                    P(layout_.final_norm), T, H, eps, s));
-  info.num_loss_tokens = b.num_loss_tokens();
-  if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
-  if (aux_weight < 0) aux_weight = 1.0;
-  F dh, dx;
-  XT_RETURN_IF_ERROR(dh.Alloc(T * H));
-  XT_RETURN_IF_ERROR(dx.Alloc(T * H));
-  XT_ASSIGN_OR_RETURN(
-      const double ce_sum,
-      ChunkedCrossEntropy(blas, dh.get(), G(layout_.lm_head), bu.h_final.get(), P(layout_.lm_head),
-                          b.targets.data(), T, H, V, ce_weight, 0, s));
-  info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
-
-  // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
-  // probability, centred.
-  std::vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0) {
+  // The balancing statistics of the layers run so far, to the host.
+  auto download_stats = [&]() -> Status {
     BalanceStats& stats = info.balance;
     stats.count.resize(E);
     stats.prob_sum.resize(E);
@@ -367,7 +373,46 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
     XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(stats.prob_sum.data(), bu.prob_sum.get(), E * 8,
                                              cudaMemcpyDeviceToHost, cudaStream_t(s)),
                              "balancing statistics"));
-    XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "balancing statistics"));
+    return Check(cudaStreamSynchronize(cudaStream_t(s)), "balancing statistics");
+  };
+  if (router_only) {  // RouterStats: the layers up to the last MoE one, nothing kept
+    for (int64_t l = 0; l <= cfg_.last_moe_layer(); ++l) {
+      XT_RETURN_IF_ERROR(layer_forward(l, false));
+      bu.layers[l] = Buffers::Layer();
+      bu.x[l] = F();
+    }
+    if (n_moe > 0) XT_RETURN_IF_ERROR(download_stats());
+    return info;
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    XT_RETURN_IF_ERROR(layer_forward(l, false));
+    // Recomputed layers keep only their input (bu.x[l]) until the backward.
+    if (l < recompute_layers_) bu.layers[l] = Buffers::Layer();
+  }
+
+  // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward
+  XT_RETURN_IF_ERROR(bu.h_final.Alloc(T * H, s));
+  XT_RETURN_IF_ERROR(bu.rstd_final.Alloc(T, s));
+  XT_RETURN_IF_ERROR(RmsnormForward(bu.h_final.get(), bu.rstd_final.get(), bu.x[L].get(),
+                                    P(layout_.final_norm), T, H, eps, s));
+  info.num_loss_tokens = b.num_loss_tokens();
+  if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
+  if (aux_weight < 0) aux_weight = 1.0;
+  F dh, dx;
+  XT_RETURN_IF_ERROR(dh.Alloc(T * H, s));
+  XT_RETURN_IF_ERROR(dx.Alloc(T * H, s));
+  XT_ASSIGN_OR_RETURN(
+      const double ce_sum,
+      ChunkedCrossEntropy(blas, dh.get(), G(layout_.lm_head), bu.h_final.get(), P(layout_.lm_head),
+                          b.targets.data(), T, H, V, ce_weight, 0, s));
+  info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
+
+  // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
+  // probability, centred.
+  std::vector<double> dprob_e(E, 0.0);
+  if (n_moe > 0) {
+    XT_RETURN_IF_ERROR(download_stats());
+    const BalanceStats& stats = info.balance;
     info.aux_loss = stats.Loss();
     const BalanceStats pooled = pool ? pool(stats) : stats;
     if (int64_t(pooled.count.size()) != E || int64_t(pooled.prob_sum.size()) != E)
@@ -390,30 +435,30 @@ Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, do
   // Scratch of the same size in every layer, allocated once (cudaFree waits for the device).
   F dh2, dattn, dq, dk, dv, dh1, dq_pre, dk_pre;
   F dense_dact, dense_dgu, dys, dtopk_w, dact, dgu, dxs, dprobs, dlogits;
-  XT_RETURN_IF_ERROR(dh2.Alloc(T * H));
-  XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D));
-  XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D));
-  XT_RETURN_IF_ERROR(dk.Alloc(T * Hkv * D));
-  XT_RETURN_IF_ERROR(dv.Alloc(T * Hkv * D));
-  XT_RETURN_IF_ERROR(dh1.Alloc(T * H));
+  XT_RETURN_IF_ERROR(dh2.Alloc(T * H, s));
+  XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D, s));
+  XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D, s));
+  XT_RETURN_IF_ERROR(dk.Alloc(T * Hkv * D, s));
+  XT_RETURN_IF_ERROR(dv.Alloc(T * Hkv * D, s));
+  XT_RETURN_IF_ERROR(dh1.Alloc(T * H, s));
   if (cfg_.qk_norm) {
-    XT_RETURN_IF_ERROR(dq_pre.Alloc(T * Hq * D));
-    XT_RETURN_IF_ERROR(dk_pre.Alloc(T * Hkv * D));
+    XT_RETURN_IF_ERROR(dq_pre.Alloc(T * Hq * D, s));
+    XT_RETURN_IF_ERROR(dk_pre.Alloc(T * Hkv * D, s));
   }
   if (n_moe < L) {
-    XT_RETURN_IF_ERROR(dense_dact.Alloc(T * cfg_.intermediate_size));
-    XT_RETURN_IF_ERROR(dense_dgu.Alloc(T * 2 * cfg_.intermediate_size));
+    XT_RETURN_IF_ERROR(dense_dact.Alloc(T * cfg_.intermediate_size, s));
+    XT_RETURN_IF_ERROR(dense_dgu.Alloc(T * 2 * cfg_.intermediate_size, s));
   }
   if (n_moe > 0) {
     const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-    XT_RETURN_IF_ERROR(dys.Alloc(A * H));
-    XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k));
-    XT_RETURN_IF_ERROR(dact.Alloc(A * Im));
-    XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im));
-    XT_RETURN_IF_ERROR(dxs.Alloc(A * H));
-    XT_RETURN_IF_ERROR(dlogits.Alloc(T * E));
+    XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
+    XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k, s));
+    XT_RETURN_IF_ERROR(dact.Alloc(A * Im, s));
+    XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im, s));
+    XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
+    XT_RETURN_IF_ERROR(dlogits.Alloc(T * E, s));
     if (aux_grad) {
-      XT_RETURN_IF_ERROR(dprobs.Alloc(T * E));
+      XT_RETURN_IF_ERROR(dprobs.Alloc(T * E, s));
       XT_RETURN_IF_ERROR(BroadcastRow(dprobs.get(), dprob_row.get(), T, E, s));
     }
   }

@@ -5,9 +5,9 @@
 // every gradient with the CPU model on the HF fixtures.
 //
 // First version: one GPU (no ZeRO-3, no expert parallelism), fp32 or bf16 matmuls, per-layer
-// recompute, no generation. Host syncs per step: one per MoE layer (the token counts per expert,
-// for the grouped GEMMs' shapes; again for a recomputed one) and one for the losses. Unverified
-// on a GPU so far (none lent).
+// recompute, the router-only pass of a global balancing loss, no generation. Host syncs per step:
+// one per MoE layer (the token counts per expert, for the grouped GEMMs' shapes; again for a
+// recomputed one) and one for the losses. Unverified on a GPU so far (none lent).
 #pragma once
 
 #include <cstdint>
@@ -56,11 +56,17 @@ class CudaModel {
   // follows; empty: this batch's own). Errors on invalid input or a CUDA failure.
   Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight = -1,
                                    double aux_weight = -1, const BalancePool& pool = {});
+  // As Transformer::RouterStats: the balancing statistics of a batch from the forward of the
+  // decoder layers up to the last MoE layer, nothing kept (empty for a dense model).
+  Result<BalanceStats> RouterStats(const Batch& batch);
 
  private:
   struct Buffers;
   struct Bf16Weights;
   CudaModel(const ModelConfig& cfg);
+  // router_only: RouterStats (the forward up to the last MoE layer, the statistics only).
+  Result<LossInfo> Run(const Batch& b, double ce_weight, double aux_weight, const BalancePool& pool,
+                       bool router_only);
 
   ModelConfig cfg_;
   ParamLayout layout_;

@@ -2,6 +2,8 @@
 // (ops::moe_balance_stats, bit-identical), y += x, a row broadcast, double -> float with a scale.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/launch.h"
 #include "xtuner/cuda/loss_cuda.h"
@@ -64,7 +66,56 @@ __global__ void DoubleToFloatScaledKernel(float* out, const double* in, int64_t 
     out[i] = float(in[i] * scale);
 }
 
+// Sum of squares: each of a fixed grid's threads adds its grid-stride elements in double, then
+// the block's threads are summed by a fixed tree into partial[block].
+constexpr int kSumBlocks = 1024;  // a power of two (the final tree)
+__device__ void BlockTreeSum(double* shared, int tid) {
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    __syncthreads();
+    if (tid < w) shared[tid] += shared[tid + w];
+  }
+  __syncthreads();
+}
+
+__global__ void SumSquaresPartialKernel(double* partial, const float* x, int64_t n) {
+  __shared__ double sh[kThreads];
+  double acc = 0;
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) {
+    const double v = x[i];
+    acc += v * v;
+  }
+  sh[threadIdx.x] = acc;
+  BlockTreeSum(sh, threadIdx.x);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+}
+
+// One block of kSumBlocks threads: out = the sum of `blocks` partials (the rest count 0).
+__global__ void SumPartialsKernel(double* out, const double* partial, int blocks) {
+  __shared__ double sh[kSumBlocks];
+  sh[threadIdx.x] = int(threadIdx.x) < blocks ? partial[threadIdx.x] : 0.0;
+  BlockTreeSum(sh, threadIdx.x);
+  if (threadIdx.x == 0) *out = sh[0];
+}
+
 }  // namespace
+
+Status SumOfSquares(double* out, const float* x, int64_t n, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("sum_of_squares", {n}));
+  const cudaStream_t s = cudaStream_t(stream);
+  if (n == 0) return Check(cudaMemsetAsync(out, 0, sizeof(double), s), "sum_of_squares");
+  const int blocks = int(std::min<int64_t>(kSumBlocks, (n + kThreads - 1) / kThreads));
+  double* partial = nullptr;
+  XT_RETURN_IF_ERROR(
+      Check(cudaMallocAsync(&partial, size_t(blocks) * sizeof(double), s), "sum_of_squares"));
+  SumSquaresPartialKernel<<<blocks, kThreads, 0, s>>>(partial, x, n);
+  Status st = Check(cudaGetLastError(), "sum_of_squares launch");
+  if (st.ok()) {
+    SumPartialsKernel<<<1, kSumBlocks, 0, s>>>(out, partial, blocks);
+    st = Check(cudaGetLastError(), "sum_of_squares launch");
+  }
+  const Status freed = Check(cudaFreeAsync(partial, s), "sum_of_squares");
+  return st.ok() ? freed : st;
+}
 
 Status MoeBalanceStats(double* count, double* prob_sum, const float* probs, const int32_t* topk_idx,
                        int64_t T, int64_t E, int64_t k, void* stream) {

@@ -154,8 +154,9 @@ Status AdamW::Restore(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t s
   XT_RETURN_IF_ERROR(check(exp_avg, "exp_avg"));
   XT_RETURN_IF_ERROR(check(exp_avg_sq, "exp_avg_sq"));
   if (step < 0) return Status::Error("AdamW state: step = " + std::to_string(step) + " < 0");
-  std::memcpy(m_.data(), exp_avg.data(), m_.nbytes());
-  std::memcpy(v_.data(), exp_avg_sq.data(), v_.nbytes());
+  // The optimizer's own tensors (exp_avg(), exp_avg_sq()) may be passed: nothing to copy.
+  if (exp_avg.data() != m_.data()) std::memcpy(m_.data(), exp_avg.data(), m_.nbytes());
+  if (exp_avg_sq.data() != v_.data()) std::memcpy(v_.data(), exp_avg_sq.data(), v_.nbytes());
   step_ = step;
   return Status::OK();
 }

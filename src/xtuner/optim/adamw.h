@@ -83,7 +83,8 @@ class AdamW {
 
   // Replaces the state with copies of saved tensors (any shape with numel() elements, F32) and
   // the step counter. Errors name the tensor and the expected and found dtype/size; on error
-  // the state is unchanged.
+  // the state is unchanged. Passing exp_avg() and exp_avg_sq() themselves sets only the step
+  // counter (a device backend that wrote its moments into them).
   Status Restore(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step);
 
  private:

@@ -53,6 +53,10 @@ const std::vector<Key>& Schema() {
       {"train.precision", &C::precision,
        "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
        "oneDNN); weights, gradients and AdamW stay fp32."},
+      {"train.device", &C::device,
+       "cpu | cuda: where the step runs. cuda: one GPU per process (the first visible one), "
+       "parameters, gradients and AdamW state on the GPU, copied back for checkpoints and "
+       "exports; needs a build with the CUDA backend and a single rank for now."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "
@@ -339,6 +343,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
     return err("data.on_bad_sample must be error or skip, not " + c.on_bad_sample);
   if (c.precision != "fp32" && c.precision != "bf16")
     return err("train.precision must be fp32 or bf16, not \"" + c.precision + "\"");
+  if (c.device != "cpu" && c.device != "cuda")
+    return err("train.device must be cpu or cuda, not \"" + c.device + "\"");
   if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")
     return err("train.aux_loss_scope must be global_batch or micro_batch, not \"" +
                c.aux_loss_scope + "\"");

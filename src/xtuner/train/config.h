@@ -42,6 +42,7 @@ struct TrainConfig {
   int64_t micro_batch_size = 1;   // rows per forward/backward
   int64_t seed = 42;
   std::string precision = "fp32";  // fp32 | bf16 (matmul inputs; accumulation and state fp32)
+  std::string device = "cpu";      // cpu | cuda (train/backend.h)
   // MoE balancing loss over the global batch (any mesh, any micro-batch size: the same loss) or
   // transformers' loss of each micro-batch, averaged.
   std::string aux_loss_scope = "global_batch";  // global_batch | micro_batch

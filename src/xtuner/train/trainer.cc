@@ -19,6 +19,7 @@
 #include "xtuner/optim/clip.h"
 #include "xtuner/optim/lr_schedule.h"
 #include "xtuner/optim/non_finite_guard.h"
+#include "xtuner/train/backend.h"
 #include "xtuner/train/evaluate.h"
 #include "xtuner/train/metrics.h"
 #include "xtuner/train/metrics_flops.h"
@@ -155,6 +156,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
+  if (cfg.device != "cpu" && mesh.world > 1)
+    return Status::Error("train.device = \"" + cfg.device + "\" runs on one process and one " +
+                         "device for now (this run has " + std::to_string(mesh.world) +
+                         " ranks): ZeRO-3 and expert parallelism over NCCL are not built yet; " +
+                         "run one process, or train.device = \"cpu\" under mpirun");
+  XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
   if (cfg.global_batch_size % mesh.dp != 0)
     return Status::Error("train.global_batch_size = " + std::to_string(cfg.global_batch_size) +
                          " rows cannot be split evenly over the " + std::to_string(mesh.dp) +
@@ -202,6 +209,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   XT_ASSIGN_OR_RETURN(AdamW adamw,
                       AdamW::Create(ac, ShardDecayRanges(mc, store.owned()), store.shard_size()));
   const ShardState shard{&store.owned(), store.params(), &adamw};
+  std::vector<DecayRange> shard_decay = ShardDecayRanges(mc, store.owned());
   LrScheduleConfig lc;
   XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));
   lc.lr = cfg.lr;
@@ -233,6 +241,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     if (log)
       std::fprintf(log, "resumed from %s at step %lld\n", resume_from.c_str(),
                    (long long)state.step);
+  }
+  // Where the steps run: on the host state in place, or on a device that starts from it.
+  std::unique_ptr<TrainBackend> backend;
+  if (cfg.device == "cpu") {
+    backend = MakeCpuTrainBackend(&m, &store, &adamw);
+  } else {
+    TrainBackendArgs ba;
+    ba.model = &mc;
+    ba.store = &store;
+    ba.adamw = &adamw;
+    ba.decay = std::move(shard_decay);
+    ba.recompute = cfg.recompute;
+    ba.bf16 = cfg.precision == "bf16";
+    XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
     // The effective config, with absolute paths so that it means the same from any directory
@@ -291,6 +313,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   sum.extra.push_back({"memory", "per rank",
                        HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
+  sum.extra.push_back({"run", "device", backend->Describe()});
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
   if (mc.is_moe()) {
@@ -314,13 +337,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                                                           &std::fclose);
   Progress progress(lead ? (log ? log : stderr) : devnull.get(), cfg.steps, po);
   TrainResult result;
-  float* params = store.params();
-  float* grads = store.grads();
-  const int64_t n = store.shard_size();
   int64_t last_saved_step = resume_from.empty() ? -1 : state.step;  // resumed: already on disk
   if (!resume_from.empty()) result.last_checkpoint = resume_from;
   result.last_loss = StepMetrics::kNaN;
   auto save = [&]() -> Status {
+    XT_RETURN_IF_ERROR(backend->SyncToHost());
     state.sampler = sampler.state();
     state.nonfinite_consecutive = guard.consecutive();
     state.nonfinite_total = guard.total_skipped();
@@ -357,7 +378,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     while (int64_t(mbs.size()) < micro_per_rank) mbs.push_back(MicroBatch{Batch::Empty()});
     world.AllReduceSum(stats.data(), 4);
     const int64_t loss_tokens = int64_t(stats[0]);
-    store.ZeroGrads();
+    XT_RETURN_IF_ERROR(backend->ZeroGrads());
     int64_t activation_bytes = 0;
     const double ce_weight = loss_tokens > 0 ? 1.0 / double(loss_tokens) : 0.0;
     const double micro_batches = double(real_micro_batches);
@@ -369,7 +390,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     if (global_aux && mc.router_aux_loss_coef != 0) {
       if (mbs.size() > 1) {
         for (const MicroBatch& mb : mbs) {
-          XT_ASSIGN_OR_RETURN(BalanceStats s, m.RouterStats(mb.batch));
+          XT_ASSIGN_OR_RETURN(BalanceStats s, backend->RouterStats(mb.batch));
           batch_stats.Add(s);
         }
         AllReduceBalanceStats(world, &batch_stats);
@@ -384,9 +405,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     }
     BalanceStats seen;  // this rank's statistics, summed over its micro-batches
     for (const MicroBatch& mb : mbs) {
-      XT_ASSIGN_OR_RETURN(
-          LossInfo info,
-          m.ForwardBackward(mb.batch, ce_weight, global_aux ? 1.0 : 1.0 / micro_batches, pool));
+      XT_ASSIGN_OR_RETURN(LossInfo info,
+                          backend->ForwardBackward(mb.batch, ce_weight,
+                                                   global_aux ? 1.0 : 1.0 / micro_batches, pool));
       stats[4] += info.ce_loss * double(info.num_loss_tokens);
       stats[5] += info.aux_loss / micro_batches;
       seen.Add(info.balance);
@@ -409,7 +430,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     sm.aux_loss = mc.is_moe() ? stats[5] : StepMetrics::kNaN;
     sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * stats[5] : 0.0);
     // The global gradient norm: every element is in exactly one rank's shard.
-    double sum_sq = sum_of_squares(grads, n);
+    XT_ASSIGN_OR_RETURN(double sum_sq, backend->GradSumOfSquares());
     world.AllReduceSum(&sum_sq, 1);
     sm.grad_norm = std::sqrt(sum_sq);
     const bool finite = norm_is_finite(sm.grad_norm) && std::isfinite(sm.loss);
@@ -429,7 +450,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                        "truncated to data.max_length?): step skipped");
     } else {
       guard_status = guard.Record(finite, sm.loss);
-      if (finite) adamw.Step(params, grads, sm.lr, grad_scale);
+      if (finite) XT_RETURN_IF_ERROR(backend->Step(sm.lr, grad_scale));
     }
     sm.skipped = !finite || loss_tokens == 0;
     state.step += 1;
@@ -466,8 +487,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                     "activations kept for the backward: %s per micro-batch%s (recompute %lld of "
                     "%lld layers)",
                     HumanBytes(most_activation_bytes).c_str(),
-                    mesh.world > 1 ? " on the largest rank" : "", (long long)m.recompute_layers(),
-                    (long long)mc.num_layers);
+                    mesh.world > 1 ? " on the largest rank" : "",
+                    (long long)backend->recompute_layers(), (long long)mc.num_layers);
       progress.Message(msg);
       if (mesh.world > 1) {
         std::snprintf(msg, sizeof msg,
@@ -486,6 +507,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     if (cfg.export_every > 0 && state.step % cfg.export_every == 0) {
       char name[32];
       std::snprintf(name, sizeof name, "hf-step-%08lld", (long long)state.step);
+      XT_RETURN_IF_ERROR(backend->SyncToHost());
       XT_RETURN_IF_ERROR(
           Export(cfg, world, mc, mesh, store, data, (fs::path(cfg.work_dir) / name).string()));
     }
@@ -505,7 +527,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     return result;
   }
   if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
-  // The whole model, on rank 0, for the export and the eval.
+  // The whole model, on rank 0, for the export and the eval (save() above synced the host).
   std::unique_ptr<Transformer> whole =
       GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
   if (!lead) return result;

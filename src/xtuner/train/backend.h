@@ -1,0 +1,83 @@
+// Where a training step runs (train.device): the model's forward and backward, the gradient
+// norm and the AdamW update of this rank's shard.
+//
+// The trainer always keeps the host copy of the run's state: the ZeRO-3 shard of parameters
+// (ShardedParams) and AdamW with its moments. Checkpoints, exports and the evaluation read that
+// copy. The CPU backend computes on it in place. A device backend (cuda/train_backend_cuda.h)
+// uploads it once, keeps parameters, gradients and moments on the device, and writes them back
+// only when SyncToHost is called (before every checkpoint, export and the end of the run).
+//
+// Device backends live in libraries the engine does not link (the CUDA backend needs the CUDA
+// toolkit): the program that has one registers its factory (RegisterTrainBackend) before
+// RunTraining; `xtuner` does so when built with CUDA.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/transformer.h"
+#include "xtuner/optim/adamw.h"
+
+namespace xt {
+
+class ShardedParams;
+
+class TrainBackend {
+ public:
+  virtual ~TrainBackend() = default;
+  // For the start-up summary, e.g. "cpu" or "cuda:0 (NVIDIA H200, 139.8 GiB)".
+  virtual std::string Describe() const = 0;
+  virtual Status ZeroGrads() = 0;
+  // Transformer::RouterStats and Transformer::ForwardBackward of one micro-batch (gradients
+  // accumulate on the backend).
+  virtual Result<BalanceStats> RouterStats(const Batch& batch) = 0;
+  virtual Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight, double aux_weight,
+                                           const BalancePool& pool) = 0;
+  // The sum of squares of this rank's gradient shard (its share of the global norm).
+  virtual Result<double> GradSumOfSquares() = 0;
+  // One AdamW step of this rank's shard: lr, and the clipping coefficient the gradients are read
+  // times (AdamW::Step's contract). Advances the optimizer's step count.
+  virtual Status Step(double lr, float grad_scale) = 0;
+  // Makes the host copy (the shard's parameters, AdamW's moments and step count) equal to the
+  // backend's. A no-op for the CPU.
+  virtual Status SyncToHost() = 0;
+  virtual int64_t recompute_layers() const = 0;
+};
+
+// The host state a device backend starts from (and syncs back to), and how to run the model.
+// Every pointer outlives the backend.
+struct TrainBackendArgs {
+  const ModelConfig* model = nullptr;
+  ShardedParams* store = nullptr;  // this rank's shard (the whole model on one rank)
+  AdamW* adamw = nullptr;          // over the same shard, its moments and step count
+  std::vector<DecayRange> decay;   // AdamW's ranges, in shard coordinates
+  double recompute = 0;            // model.recompute
+  bool bf16 = false;               // train.precision == "bf16"
+};
+
+using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);
+// Whether the backend can run here at all (e.g. a GPU is visible), cheaply, before any work.
+using TrainBackendProbe = Status (*)();
+
+// Makes `device` (a train.device value other than "cpu") available to RunTraining; `probe` may
+// be null. Registering the same device again replaces it.
+void RegisterTrainBackend(const std::string& device, TrainBackendFactory factory,
+                          TrainBackendProbe probe = nullptr);
+
+// OK when `device` is "cpu", or registered and its probe passes; otherwise the error
+// MakeTrainBackend would give. RunTraining calls it before reading any data.
+Status CheckTrainBackend(const std::string& device);
+
+// The registered backend for `device`, made from `args`; an error naming the device when this
+// program has none (built without it), or the factory's error (e.g. no usable GPU).
+Result<std::unique_ptr<TrainBackend>> MakeTrainBackend(const std::string& device,
+                                                       const TrainBackendArgs& args);
+
+// The CPU backend: `model` computes on `store` in place; AdamW steps the host shard.
+std::unique_ptr<TrainBackend> MakeCpuTrainBackend(Transformer* model, ShardedParams* store,
+                                                  AdamW* adamw);
+
+}  // namespace xt

@@ -1,0 +1,104 @@
+// train.device = "cuda" end to end (cuda/train_backend_cuda.h): the tiny trainer job of
+// tests/util/tiny_run.h on the GPU against the same job on the CPU (losses, balancing losses,
+// gradient norms, the checkpointed parameters), resume on the GPU, bf16 matmuls, and the
+// router statistics pass against the CPU model's. Skipped where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "cuda/cuda_test_util.h"
+#include "util/testing.h"
+#include "util/tiny_run.h"
+#include "xtuner/cuda/train_backend_cuda.h"
+#include "xtuner/train/train_checkpoint.h"
+#include "xtuner/train/trainer.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Metric;
+using testing::TinyRun;
+
+class TrainCuda : public cudatest::CudaTest<int> {
+ protected:
+  void SetUp() override {
+    cudatest::CudaTest<int>::SetUp();
+    cuda::RegisterCudaTrainBackend();
+  }
+};
+
+void ExpectClose(const std::vector<double>& got, const std::vector<double>& want, double rel,
+                 const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], rel * std::abs(want[i]) + 1e-12) << what << " step " << i + 1;
+}
+
+// fp32 on both sides: cuBLAS and the CPU's oneDNN sum in other orders, so the runs agree to
+// float rounding, compounded over 6 AdamW steps.
+TEST_P(TrainCuda, AGpuRunFollowsTheCpuRun) {
+  const int micro = GetParam();  // 2: the router pre-pass; 4: pooled between fwd and bwd
+  TrainConfig cpu = TinyRun("gpu_cpu" + std::to_string(micro));
+  cpu.micro_batch_size = micro;
+  cpu.recompute = 0.5;
+  TrainConfig gpu = cpu;
+  gpu.work_dir = cpu.work_dir + "-gpu";
+  gpu.device = "cuda";
+  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
+  auto r = RunTraining(gpu, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
+  ExpectClose(Metric(gpu.work_dir, "aux_loss"), Metric(cpu.work_dir, "aux_loss"), 1e-4, "aux");
+  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
+              "grad_norm");
+  auto mc = ModelConfig::Load(cpu.model_config);
+  ASSERT_TRUE(mc.ok());
+  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
+  auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(MicroBatch, TrainCuda, ::testing::Values(2, 4));
+
+class TrainCudaOnce : public TrainCuda {};  // the cases below with micro-batches of 2
+INSTANTIATE_TEST_SUITE_P(MicroBatch, TrainCudaOnce, ::testing::Values(2));
+
+// The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.
+TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {
+  TrainConfig straight = TinyRun("gpu_straight");
+  straight.device = "cuda";
+  straight.checkpoint_every = 3;
+  ASSERT_TRUE(RunTraining(straight, nullptr).ok());
+  TrainConfig resumed = straight;
+  resumed.work_dir = straight.work_dir + "-resumed";
+  resumed.resume = "auto";
+  fs::create_directories(resumed.work_dir + "/checkpoints");
+  fs::copy(straight.work_dir + "/checkpoints/step-00000003",
+           resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
+  fs::copy(straight.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  auto r = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> a = Metric(straight.work_dir, "loss");
+  const std::vector<double> b = Metric(resumed.work_dir, "loss");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+}
+
+// bf16 matmuls on the GPU follow the CPU's fp32 run as the CPU's bf16 mode does (trainer_test).
+TEST_P(TrainCudaOnce, Bf16FollowsTheFp32Run) {
+  TrainConfig fp32 = TinyRun("gpu_fp32");
+  TrainConfig bf16 = TinyRun("gpu_bf16");
+  bf16.device = "cuda";
+  bf16.precision = "bf16";
+  ASSERT_TRUE(RunTraining(fp32, nullptr).ok());
+  auto r = RunTraining(bf16, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(bf16.work_dir, "loss"), Metric(fp32.work_dir, "loss"), 5e-3, "loss");
+}
+
+}  // namespace
+}  // namespace xt

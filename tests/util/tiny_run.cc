@@ -1,0 +1,49 @@
+#include "util/tiny_run.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/testing.h"
+
+namespace xt::testing {
+
+TrainConfig TinyRun(const std::string& tag) {
+  const std::string demo = DataPath("../../examples/demo");
+  const std::string dir = TempDir(tag);
+  nlohmann::json mc = {{"model_type", "qwen3_moe"},
+                       {"vocab_size", 3008},
+                       {"hidden_size", 32},
+                       {"num_hidden_layers", 2},
+                       {"num_attention_heads", 2},
+                       {"num_key_value_heads", 1},
+                       {"head_dim", 16},
+                       {"moe_intermediate_size", 16},
+                       {"num_experts", 4},
+                       {"num_experts_per_tok", 2},
+                       {"norm_topk_prob", true},
+                       {"router_aux_loss_coef", 0.01},
+                       {"rope_theta", 10000.0},
+                       {"tie_word_embeddings", true}};
+  std::ofstream(dir + "/config.json") << mc.dump();
+  std::ifstream in(demo + "/train.jsonl");
+  std::ofstream out(dir + "/train.jsonl");
+  std::string line;
+  for (int i = 0; i < 300 && std::getline(in, line); ++i) out << line << "\n";
+  TrainConfig c;
+  c.work_dir = dir + "/work";
+  c.model_config = dir + "/config.json";
+  c.tokenizer = demo + "/tokenizer.json";
+  c.chat_template = "chatml";
+  c.datasets = {{dir + "/train.jsonl", 1.0, "chat"}};
+  c.max_length = 64;
+  c.steps = 6;
+  c.global_batch_size = 4;
+  c.micro_batch_size = 2;
+  c.lr = 3e-3;
+  c.warmup_steps = 1;
+  c.tensorboard = true;
+  c.export_at_end = false;
+  return c;
+}
+
+}  // namespace xt::testing

@@ -1,0 +1,14 @@
+// A tiny training job for the trainer's tests: a 2-layer Qwen3-MoE (hidden 32, 4 experts top-2,
+// tied embeddings) on the first 300 samples of the bundled demo, in a fresh directory.
+#pragma once
+
+#include <string>
+
+#include "xtuner/train/config.h"
+
+namespace xt::testing {
+
+// 6 steps of 4 rows of 64 tokens in micro-batches of 2, lr 3e-3, TensorBoard on, no export.
+TrainConfig TinyRun(const std::string& tag);
+
+}  // namespace xt::testing
