@@ -46,8 +46,9 @@ std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cf
   }
   XT_CHECK(sizes[mesh.rank] == shard_size, "GatherWholeModel: shard size mismatch");
   // Round k carries elements [k * chunk, (k + 1) * chunk) of every shard; all counts of a round
-  // together stay below 2^30.
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 30) / mesh.world);
+  // together stay below 2^30 (and the receive buffer no larger than the largest shard needs:
+  // it is zero-filled, 4 GiB at the cap).
+  const int64_t chunk = std::max<int64_t>(1, std::min(largest, (int64_t(1) << 30) / mesh.world));
   const bool root = world.rank() == 0;
   std::unique_ptr<Transformer> model = root ? std::make_unique<Transformer>(cfg) : nullptr;
   float* whole = root ? model->params().f32() : nullptr;
