@@ -215,6 +215,27 @@ TEST_P(ModelCuda, RecomputeGivesTheSameGradients) {
   ExpectSameGradients(cpu.layout(), again.data(), plain.data(), 1e-5, fixture + " recompute");
 }
 
+// The empty micro-batch a rank with fewer rows runs under data parallelism (Batch::Empty): no
+// error, no loss, no gradient, no statistics.
+TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {
+  const std::string fixture = GetParam();
+  Models m;
+  LoadModels(fixture, -1, &m);
+  if (HasFatalFailure()) return;
+  cuda::CudaModel& gpu = *m.gpu;
+  ASSERT_TRUE(gpu.ZeroGrads().ok());
+  auto info = gpu.ForwardBackward(Batch::Empty(), 0.5, 1.0);
+  ASSERT_TRUE(info.ok()) << info.status().message();
+  EXPECT_EQ(info->num_loss_tokens, 0);
+  EXPECT_EQ(info->ce_loss, 0.0);
+  auto stats = gpu.RouterStats(Batch::Empty());
+  ASSERT_TRUE(stats.ok()) << stats.status().message();
+  for (double c : stats->count) EXPECT_EQ(c, 0.0);
+  std::vector<float> g(m.cpu->layout().total(), 1.0f);
+  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+  for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 0.0f) << "element " << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,
                          ::testing::Values("qwen3_dense_tiny", "qwen3_moe_tiny", "mixtral_tiny"));
 

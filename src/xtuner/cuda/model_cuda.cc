@@ -130,9 +130,14 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->grads_, std::max<size_t>(bytes, 4)), "gradients"));
   // On the model's stream (which need not be ordered with the default one), then waited for.
-  XT_RETURN_IF_ERROR(Check(
-      cudaMemcpyAsync(m->params_, host_params, bytes, cudaMemcpyHostToDevice, cudaStream_t(stream)),
-      "parameters"));
+  if (host_params) {
+    XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(m->params_, host_params, bytes, cudaMemcpyHostToDevice,
+                                             cudaStream_t(stream)),
+                             "parameters"));
+  } else {
+    XT_RETURN_IF_ERROR(
+        Check(cudaMemsetAsync(m->params_, 0, bytes, cudaStream_t(stream)), "parameters"));
+  }
   XT_RETURN_IF_ERROR(m->ZeroGrads());
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream)), "parameters"));
   return m;

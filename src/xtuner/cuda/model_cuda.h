@@ -26,7 +26,8 @@ namespace xt::cuda {
 class CudaModel {
  public:
   // A model on the current device with the parameters `host_params` (ParamLayout(cfg).total()
-  // floats, e.g. a loaded Transformer's params()); gradients zero. Queues its work on `stream`
+  // floats, e.g. a loaded Transformer's params(); null: zeros, to be written through params());
+  // gradients zero. Queues its work on `stream`
   // (a cudaStream_t; null: the default stream).
   static Result<std::unique_ptr<CudaModel>> Create(const ModelConfig& cfg, const float* host_params,
                                                    void* stream = nullptr);

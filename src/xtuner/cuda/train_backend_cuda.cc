@@ -11,6 +11,7 @@
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/model_cuda.h"
+#include "xtuner/cuda/nccl_comm.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/optim/adamw_scalars.h"
@@ -32,6 +33,7 @@ class CudaTrainBackend : public TrainBackend {
                                    const BalancePool& pool) override {
     return model_->ForwardBackward(batch, ce_weight, aux_weight, pool);
   }
+  Status FinishGradients() override;
   Result<double> GradSumOfSquares() override;
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;
@@ -43,12 +45,15 @@ class CudaTrainBackend : public TrainBackend {
     bool decay;
   };
   CudaTrainBackend() = default;
+  // device[global, global + n) = host[shard, shard + n), queued on the stream.
+  Status Upload(float* device, const float* host, int64_t global, int64_t shard, int64_t n);
 
   TrainBackendArgs args_;
   std::string description_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<CudaModel> model_;
-  float* m_ = nullptr;  // AdamW's moments over the whole slab
+  std::unique_ptr<NcclComm> nccl_;  // more than one rank: the gradients' all-reduce
+  float* m_ = nullptr;              // AdamW's moments over the whole slab
   float* v_ = nullptr;
   double* sum_sq_ = nullptr;  // one double: the gradient norm's square
   std::vector<Run> runs_;
@@ -59,6 +64,7 @@ class CudaTrainBackend : public TrainBackend {
 
 CudaTrainBackend::~CudaTrainBackend() {
   model_.reset();  // its buffers are freed on the stream: before the stream goes
+  nccl_.reset();
   if (m_) cudaFree(m_);
   if (v_) cudaFree(v_);
   if (sum_sq_) cudaFree(sum_sq_);
@@ -76,22 +82,18 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   XT_RETURN_IF_ERROR(ProbeCuda());
   const ParamLayout layout(*args.model);
   const int64_t total = layout.total();
-  // One rank holds the whole slab, each range at its own offset.
+  const int ranks = args.world ? args.world->size() : 1;
+  // Every rank holds the whole model (data parallel; the host keeps its ZeRO-3 shard).
   int64_t covered = 0;
-  for (const OwnedRange& r : args.store->owned()) {
-    if (r.shard != r.global)
-      return Status::Error("train.device = \"cuda\": the host shard is not the whole model");
-    covered += r.size;
-  }
-  if (covered != total || args.store->shard_size() != total || args.adamw->numel() != total)
-    return Status::Error("train.device = \"cuda\": needs the whole model on one rank (shard " +
-                         std::to_string(args.store->shard_size()) + " of " + std::to_string(total) +
-                         " parameters)");
+  for (const OwnedRange& r : args.store->owned()) covered += r.size;
+  if (covered != args.store->shard_size() || args.adamw->numel() != covered)
+    return Status::Error("train.device = \"cuda\": the host shard and AdamW disagree");
 
   std::unique_ptr<CudaTrainBackend> b(new CudaTrainBackend());
   b->args_ = args;
   b->total_ = total;
   b->step_ = args.adamw->step();
+  if (ranks > 1) XT_RETURN_IF_ERROR(SelectLocalDevice().status());
   int device = 0;
   XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "device"));
   cudaDeviceProp prop{};
@@ -100,9 +102,16 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   std::snprintf(gib, sizeof gib, "%.1f GiB", double(prop.totalGlobalMem) / double(1 << 30));
   b->description_ = "cuda:" + std::to_string(device) + " (" + prop.name + ", " + gib + ")" +
                     (args.bf16 ? ", bf16 matmuls" : ", fp32 matmuls (no TF32)");
+  if (ranks > 1)
+    b->description_ += "; " + std::to_string(ranks) +
+                       " GPUs, data parallel (each holds the whole model and AdamW state; "
+                       "gradients all-reduced over NCCL)";
   XT_RETURN_IF_ERROR(
       Check(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking), "training stream"));
-  XT_ASSIGN_OR_RETURN(b->model_, CudaModel::Create(*args.model, args.store->params(), b->stream_));
+  const bool whole = ranks == 1;  // the host shard is the whole slab, in slab order
+  XT_ASSIGN_OR_RETURN(
+      b->model_,
+      CudaModel::Create(*args.model, whole ? args.store->params() : nullptr, b->stream_));
   b->model_->SetPrecision(args.bf16 ? GemmInput::kBf16 : GemmInput::kF32);
   b->model_->SetRecompute(args.recompute);
   b->recompute_layers_ = int64_t(std::llround(args.recompute * double(args.model->num_layers)));
@@ -110,20 +119,29 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->m_, bytes), "AdamW exp_avg"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->v_, bytes), "AdamW exp_avg_sq"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, sizeof(double)), "gradient norm"));
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpyAsync(b->m_, args.adamw->exp_avg().f32(), size_t(total) * sizeof(float),
-                            cudaMemcpyHostToDevice, b->stream_),
-            "AdamW exp_avg"));
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpyAsync(b->v_, args.adamw->exp_avg_sq().f32(), size_t(total) * sizeof(float),
-                            cudaMemcpyHostToDevice, b->stream_),
-            "AdamW exp_avg_sq"));
+  const float* host_m = args.adamw->exp_avg().f32();
+  const float* host_v = args.adamw->exp_avg_sq().f32();
+  if (whole) {
+    XT_RETURN_IF_ERROR(b->Upload(b->m_, host_m, 0, 0, total));
+    XT_RETURN_IF_ERROR(b->Upload(b->v_, host_v, 0, 0, total));
+  } else {
+    // The whole state from the ranks' shards: each rank writes the ranges it owns into zeroed
+    // slabs, and a sum over the ranks (every other rank adds zeros: exact) completes them.
+    XT_ASSIGN_OR_RETURN(b->nccl_, NcclComm::Create(args.world, b->stream_));
+    for (float* slab : {b->model_->params(), b->m_, b->v_})
+      XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(slab, 0, bytes, b->stream_), "state"));
+    for (const OwnedRange& r : args.store->owned()) {
+      XT_RETURN_IF_ERROR(
+          b->Upload(b->model_->params(), args.store->params(), r.global, r.shard, r.size));
+      XT_RETURN_IF_ERROR(b->Upload(b->m_, host_m, r.global, r.shard, r.size));
+      XT_RETURN_IF_ERROR(b->Upload(b->v_, host_v, r.global, r.shard, r.size));
+    }
+    for (float* slab : {b->model_->params(), b->m_, b->v_}) b->nccl_->AllReduceSum(slab, total);
+  }
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
-  // AdamW's runs: the decay ranges in slab order, adjacent ones with the same flag merged.
-  std::vector<DecayRange> decay = args.decay;
-  std::sort(decay.begin(), decay.end(),
-            [](const DecayRange& x, const DecayRange& y) { return x.offset < y.offset; });
-  for (const DecayRange& d : decay) {
+  // AdamW's runs over the whole slab: the default decay ranges (the host's, before sharding),
+  // adjacent ones with the same flag merged.
+  for (const DecayRange& d : DefaultDecayRanges(layout)) {
     if (d.numel == 0) continue;
     if (!b->runs_.empty() && b->runs_.back().decay == d.weight_decay &&
         b->runs_.back().end == d.offset)
@@ -134,7 +152,23 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 
+Status CudaTrainBackend::Upload(float* device, const float* host, int64_t global, int64_t shard,
+                                int64_t n) {
+  if (n == 0) return Status::OK();
+  return Check(cudaMemcpyAsync(device + global, host + shard, size_t(n) * sizeof(float),
+                               cudaMemcpyHostToDevice, stream_),
+               "upload");
+}
+
+Status CudaTrainBackend::FinishGradients() {
+  if (nccl_) nccl_->AllReduceSum(model_->grads(), total_);  // queued on stream_
+  return Status::OK();
+}
+
 Result<double> CudaTrainBackend::GradSumOfSquares() {
+  // The gradients are the same on every rank after FinishGradients: rank 0's share is the
+  // whole sum, the others' nothing.
+  if (nccl_ && nccl_->rank() != 0) return 0.0;
   XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_, model_->grads(), total_, stream_));
   double out = 0;
   XT_RETURN_IF_ERROR(Check(
@@ -161,14 +195,20 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
 }
 
 Status CudaTrainBackend::SyncToHost() {
-  XT_RETURN_IF_ERROR(model_->CopyParamsToHost(args_.store->params()));
+  XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream_), "sync to host"));
   Tensor m = args_.adamw->exp_avg(), v = args_.adamw->exp_avg_sq();
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpy(m.f32(), m_, size_t(total_) * sizeof(float), cudaMemcpyDeviceToHost),
-            "AdamW exp_avg"));
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpy(v.f32(), v_, size_t(total_) * sizeof(float), cudaMemcpyDeviceToHost),
-            "AdamW exp_avg_sq"));
+  // The ranges this rank's host shard owns (one rank: the whole slab, in slab order).
+  for (const OwnedRange& r : args_.store->owned()) {
+    if (r.size == 0) continue;
+    const size_t bytes = size_t(r.size) * sizeof(float);
+    XT_RETURN_IF_ERROR(Check(cudaMemcpy(args_.store->params() + r.shard,
+                                        model_->params() + r.global, bytes, cudaMemcpyDeviceToHost),
+                             "parameters to the host"));
+    XT_RETURN_IF_ERROR(Check(
+        cudaMemcpy(m.f32() + r.shard, m_ + r.global, bytes, cudaMemcpyDeviceToHost), "exp_avg"));
+    XT_RETURN_IF_ERROR(Check(
+        cudaMemcpy(v.f32() + r.shard, v_ + r.global, bytes, cudaMemcpyDeviceToHost), "exp_avg_sq"));
+  }
   return args_.adamw->Restore(m, v, step_);  // the moments are in place: sets the step count
 }
 

@@ -6,6 +6,9 @@
 // copy. The CPU backend computes on it in place. A device backend (cuda/train_backend_cuda.h)
 // uploads it once, keeps parameters, gradients and moments on the device, and writes them back
 // only when SyncToHost is called (before every checkpoint, export and the end of the run).
+// Per step the trainer calls: ZeroGrads, RouterStats (when pooling the balancing statistics of
+// several micro-batches), ForwardBackward per micro-batch, FinishGradients, GradSumOfSquares,
+// and Step unless the step is skipped.
 //
 // Device backends live in libraries the engine does not link (the CUDA backend needs the CUDA
 // toolkit): the program that has one registers its factory (RegisterTrainBackend) before
@@ -23,6 +26,7 @@
 
 namespace xt {
 
+class Comm;
 class ShardedParams;
 
 class TrainBackend {
@@ -36,7 +40,11 @@ class TrainBackend {
   virtual Result<BalanceStats> RouterStats(const Batch& batch) = 0;
   virtual Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight, double aux_weight,
                                            const BalancePool& pool) = 0;
-  // The sum of squares of this rank's gradient shard (its share of the global norm).
+  // Called once per step after the last backward: a backend whose ranks hold replicated
+  // gradients sums them over the ranks here (the CPU's ZeRO-3 already reduced each unit's).
+  virtual Status FinishGradients() = 0;
+  // This rank's share of the global gradient norm's square: summed over the ranks by the
+  // trainer, the shares give the whole (e.g. the sum over this rank's shard).
   virtual Result<double> GradSumOfSquares() = 0;
   // One AdamW step of this rank's shard: lr, and the clipping coefficient the gradients are read
   // times (AdamW::Step's contract). Advances the optimizer's step count.
@@ -54,6 +62,7 @@ struct TrainBackendArgs {
   ShardedParams* store = nullptr;  // this rank's shard (the whole model on one rank)
   AdamW* adamw = nullptr;          // over the same shard, its moments and step count
   std::vector<DecayRange> decay;   // AdamW's ranges, in shard coordinates
+  Comm* world = nullptr;           // every rank (one: a single process)
   double recompute = 0;            // model.recompute
   bool bf16 = false;               // train.precision == "bf16"
 };

@@ -54,9 +54,10 @@ const std::vector<Key>& Schema() {
        "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
        "oneDNN); weights, gradients and AdamW stay fp32."},
       {"train.device", &C::device,
-       "cpu | cuda: where the step runs. cuda: one GPU per process (the first visible one), "
-       "parameters, gradients and AdamW state on the GPU, copied back for checkpoints and "
-       "exports; needs a build with the CUDA backend and a single rank for now."},
+       "cpu | cuda: where the step runs. cuda: one GPU per process (under mpirun the GPU of the "
+       "local rank), parameters, gradients and AdamW state on the GPU, copied back for "
+       "checkpoints and exports; several ranks are data parallel (the whole model on every GPU, "
+       "gradients all-reduced over NCCL; parallel.ep must be 1). Needs a build with CUDA."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "

@@ -156,11 +156,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
-  if (cfg.device != "cpu" && mesh.world > 1)
-    return Status::Error("train.device = \"" + cfg.device + "\" runs on one process and one " +
-                         "device for now (this run has " + std::to_string(mesh.world) +
-                         " ranks): ZeRO-3 and expert parallelism over NCCL are not built yet; " +
-                         "run one process, or train.device = \"cpu\" under mpirun");
+  if (cfg.device != "cpu" && mesh.ep > 1)
+    return Status::Error("train.device = \"" + cfg.device +
+                         "\" with parallel.ep = " + std::to_string(mesh.ep) +
+                         ": expert parallelism on GPUs is not built yet (data parallel only: "
+                         "parallel.ep = 1), or use train.device = \"cpu\"");
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
   if (cfg.global_batch_size % mesh.dp != 0)
     return Status::Error("train.global_batch_size = " + std::to_string(cfg.global_batch_size) +
@@ -254,6 +254,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.decay = std::move(shard_decay);
     ba.recompute = cfg.recompute;
     ba.bf16 = cfg.precision == "bf16";
+    ba.world = &world;
     XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
@@ -416,6 +417,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
         for (int64_t e = 0; e < E; ++e)
           stats[6 + l * E + e] += double(info.tokens_per_expert[l][e]);
     }
+    XT_RETURN_IF_ERROR(backend->FinishGradients());
     world.AllReduceSum(stats.data() + 4, int64_t(stats.size()) - 4);
     if (global_aux) {
       AllReduceBalanceStats(world, &seen);
