@@ -3,16 +3,19 @@
 // 151936, untied) on one GPU through cuda::CudaModel, on one packed row of each length asked
 // for, in bf16 matmuls (default; fp32 weights, gradients, AdamW) or fp32. Random weights (uniform
 // with std 0.02, norms 1), random tokens, one document per row. Prints one line per length:
-//   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P
-// or tokens=T error=... (out of memory included). MFU: model FLOPs (train/metrics_flops.h, the
+//   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P recompute=R loss=L
+// or tokens=T error=... (out of memory included; a non-finite loss is an error too, so a broken
+// kernel cannot pass as a fast one). MFU: model FLOPs (train/metrics_flops.h, the
 // CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
 // memory: the device's used bytes (cudaMemGetInfo) sampled every millisecond during the timed
-// steps, so it includes the CUDA context and library workspaces.
+// steps, so it includes the CUDA context, library workspaces and what the memory pool keeps
+// (trimmed between lengths, so each length's peak is its own).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +45,17 @@ double Now() {
 uint64_t Mix(uint64_t counter) { return xt::SplitMix64(&counter); }
 
 // Device used bytes, sampled until stopped; the maximum seen.
+// Hands the memory the device's pool keeps (CudaModel asks it to keep freed blocks) back.
+void TrimPool(cudaStream_t stream) {
+  cudaStreamSynchronize(stream);
+  int device = 0;
+  cudaMemPool_t pool;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
+    cudaMemPoolTrimTo(pool, 0);
+  cudaGetLastError();
+}
+
 class MemorySampler {
  public:
   void Start() {
@@ -182,10 +196,13 @@ int main(int argc, char** argv) {
       std::printf("tokens=%lld error=%s\n", (long long)T, batch.status().message().c_str());
       continue;
     }
+    double loss = 0;
     auto step = [&]() -> xt::Status {
       XT_RETURN_IF_ERROR(model.ZeroGrads());
       XT_ASSIGN_OR_RETURN(xt::LossInfo info, model.ForwardBackward(*batch));
-      (void)info;
+      if (!std::isfinite(info.loss))  // a broken kernel must not pass as a fast one
+        return xt::Status::Error("non-finite loss " + std::to_string(info.loss));
+      loss = info.loss;
       ++adam_step;
       for (const xt::DecayRange& r : runs) {
         const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
@@ -204,6 +221,7 @@ int main(int argc, char** argv) {
       st = step();  // warm-up
       if (st.ok() || st.message().find("out of memory") == std::string::npos) break;
       cudaGetLastError();  // clear the failed allocation before the retry's launch checks
+      TrimPool(stream);    // the retry starts from an empty pool, not a fragmented one
     }
     std::vector<double> times;
     MemorySampler sampler;
@@ -217,6 +235,8 @@ int main(int argc, char** argv) {
     if (!st.ok()) {
       std::printf("tokens=%lld error=%s\n", (long long)T, st.message().c_str());
       std::fflush(stdout);
+      cudaGetLastError();
+      TrimPool(stream);
       continue;
     }
     std::sort(times.begin(), times.end());
@@ -225,10 +245,11 @@ int main(int argc, char** argv) {
                                                cfg.num_heads * cfg.head_dim, double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
-        "recompute=%g\n",
+        "recompute=%g loss=%.4f\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
-        double(peak) / double(1ull << 30), recompute);
+        double(peak) / double(1ull << 30), recompute, loss);
     std::fflush(stdout);
+    TrimPool(stream);  // the next length's peak is its own
   }
   cudaFree(m);
   cudaFree(v);

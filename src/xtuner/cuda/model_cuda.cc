@@ -437,9 +437,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                      P(layout_.final_norm), bu.rstd_final.get(), T, H, false, s));
 
   // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input.
-  // Scratch of the same size in every layer, allocated once (cudaFree waits for the device).
+  // Scratch of the same size in every layer, allocated once; the experts' (the largest: A = T k
+  // rows each) per layer, freed with the activations they consume as soon as they are used.
   F dh2, dattn, dq, dk, dv, dh1, dq_pre, dk_pre;
-  F dense_dact, dense_dgu, dys, dtopk_w, dact, dgu, dxs, dprobs, dlogits;
+  F dense_dact, dense_dgu, dtopk_w, dprobs, dlogits;
   XT_RETURN_IF_ERROR(dh2.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D, s));
   XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D, s));
@@ -455,12 +456,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(dense_dgu.Alloc(T * 2 * cfg_.intermediate_size, s));
   }
   if (n_moe > 0) {
-    const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-    XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
     XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k, s));
-    XT_RETURN_IF_ERROR(dact.Alloc(A * Im, s));
-    XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im, s));
-    XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
     XT_RETURN_IF_ERROR(dlogits.Alloc(T * E, s));
     if (aux_grad) {
       XT_RETURN_IF_ERROR(dprobs.Alloc(T * E, s));
@@ -480,13 +476,29 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                          P(o.gate_up), T, H, 2 * Im, false));
     } else {
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
+      // Each (A, .) buffer is freed right after its last use (stream-ordered, so the pool hands
+      // the memory to the next allocation without a sync): at most about two of them besides
+      // the layer's activations, instead of four (at 128k tokens of the benchmark's model, an
+      // (A, H) fp32 buffer is 8 GiB).
+      F dys, dact, dgu, dxs;
+      XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
                                             a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      a.ys = F();
+      XT_RETURN_IF_ERROR(dact.Alloc(A * Im, s));
       XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
                                           a.offsets.data(), A, Im, H));
+      dys = F();
+      a.act = F();
+      XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im, s));
       XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), A, Im, s));
+      dact = F();
+      a.gu = F();
+      XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(), a.xs.get(),
                                           P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
+      dgu = F();
+      a.xs = F();
       XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
       XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
