@@ -27,6 +27,7 @@
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/loss/cross_entropy.h"
+#include "xtuner/ops/ops.h"
 
 namespace xt {
 namespace {
@@ -128,6 +129,41 @@ TEST_P(CrossEntropyCuda, MatchesTheCpuTwin) {
   EXPECT_LT(RelErr(got_dh, dh), dh_tol);
   EXPECT_LT(RelErr(got_dw, dw), 1e-5);
   if (n == 0) cudatest::ExpectBitEqual(got_dw, dw, "dw without loss rows");
+}
+
+// bf16 products against the CPU twin in its bf16 matmul mode (the same rounded operands: rows,
+// weight and the logits' gradient; fp32 sums in other orders), with the weight's bf16 copy given
+// and made inside. A gradient element rounded to the other side of a bf16 boundary (the two
+// sides' fp32 logits differ by ~1e-7) moves one product term by one bf16 ulp (4e-3 relative): rare
+// and norm-wise small, so 1e-4 holds with margin.
+TEST_P(CrossEntropyCuda, Bf16MatchesTheCpuTwinsBf16Mode) {
+  const Case c = GetParam();
+  const int64_t T = c.T, H = c.H, V = c.V;
+  const auto h = RandomNormal(T * H, 11, 1.0f), w = RandomNormal(V * H, 12, 0.3f);
+  const auto y = MakeTargets(c, 13);
+  int64_t n = 0;
+  for (int32_t t : y) n += t != kIgnoreIndex;
+  const double weight = n ? 1.0 / double(n) : 1.0;
+  std::vector<float> dh(T * H), dw(V * H, 0.0f);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
+  const double want = chunked_cross_entropy(dh.data(), dw.data(), h.data(), w.data(), y.data(), T,
+                                            H, V, weight, c.chunk_rows);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+  DeviceVec<float> gh(h), gw(w);
+  DeviceVec<uint16_t> gw16{std::vector<uint16_t>(std::max<int64_t>(V * H, 1))};
+  ASSERT_TRUE(cuda::ToBf16(gw16.p, gw.p, V * H).ok());
+  for (const bool given : {true, false}) {
+    DeviceVec<float> gdh{std::vector<float>(T * H, 7.0f)}, gdw{std::vector<float>(V * H, 0.0f)};
+    auto got = cuda::ChunkedCrossEntropy(*blas_, gdh.p, gdw.p, gh.p, gw.p, y.data(), T, H, V,
+                                         weight, c.chunk_rows, nullptr, cuda::GemmInput::kBf16,
+                                         given ? gw16.p : nullptr);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_NEAR(*got, want, 1e-5 * std::abs(want) + 1e-12) << "given " << given;
+    cudatest::Sync();
+    const double dh_tol = 1e-4 * std::max(1.0, std::sqrt(double(V) / 4096.0));
+    EXPECT_LT(RelErr(gdh.Host(), dh), dh_tol) << "given " << given;
+    EXPECT_LT(RelErr(gdw.Host(), dw), 1e-4) << "given " << given;
+  }
 }
 
 TEST_P(CrossEntropyCuda, ForwardOnlyLeavesDwAlone) {

@@ -155,9 +155,8 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
                       std::string(GetParam()) + " tied/mixed");
 }
 
-// bf16 matmuls: against the CPU model in the same mode (the same rounded operands, other
-// summation orders; the GPU's lm_head stays fp32, which the CPU rounds), and the loss within 1e-2
-// of the fp32 model's.
+// bf16 matmuls: against the CPU model in the same mode (the same rounded operands, the lm_head's
+// included; other summation orders), and the loss within 1e-2 of the fp32 model's.
 TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   const std::string fixture = GetParam();
   Models m;

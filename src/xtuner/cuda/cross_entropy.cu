@@ -135,7 +135,8 @@ class Scratch {
 
 Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
                                    const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
-                                   double weight, int64_t chunk_rows, void* stream) {
+                                   double weight, int64_t chunk_rows, void* stream, GemmInput in,
+                                   const void* w_bf16) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
   if (T > 0 && targets_host == nullptr)
     return Status::Error("chunked_cross_entropy: targets is null");
@@ -174,6 +175,20 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   XT_RETURN_IF_ERROR(scratch.Alloc(&hc, C * H, "chunked_cross_entropy scratch"));
   XT_RETURN_IF_ERROR(scratch.Alloc(&logits, C * V, "chunked_cross_entropy logits"));
   if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dhc, C * H, "chunked_cross_entropy scratch"));
+  // bf16 products: the weight's bf16 copy (given, or made here once), the gathered rows and the
+  // logits' gradient rounded into scratch before the products that read them.
+  const bool bf16 = in == GemmInput::kBf16;
+  uint16_t *hc16 = nullptr, *dl16 = nullptr, *w16_own = nullptr;
+  const void* w16 = w_bf16;
+  if (bf16) {
+    XT_RETURN_IF_ERROR(scratch.Alloc(&hc16, C * H, "chunked_cross_entropy scratch"));
+    if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dl16, C * V, "chunked_cross_entropy scratch"));
+    if (!w16) {
+      XT_RETURN_IF_ERROR(scratch.Alloc(&w16_own, V * H, "chunked_cross_entropy bf16 weight"));
+      XT_RETURN_IF_ERROR(ToBf16(w16_own, w, V * H, stream));
+      w16 = w16_own;
+    }
+  }
   // From pageable memory: staged before the call returns, so the vectors may go afterwards.
   XT_RETURN_IF_ERROR(Check(
       cudaMemcpyAsync(rows_d, rows.data(), size_t(n) * sizeof(int64_t), cudaMemcpyHostToDevice, s),
@@ -188,19 +203,30 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
       GatherRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(hc, h, rows_d + c0, c, H);
       XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy gather"));
     }
-    XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, GemmInput::kF32));
+    if (bf16) {
+      XT_RETURN_IF_ERROR(ToBf16(hc16, hc, c * H, stream));
+      XT_RETURN_IF_ERROR(blas.Gemm(logits, hc16, w16, c, V, H, false, true, 0.0f, in));
+    } else {
+      XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, in));
+    }
     SoftmaxRowsKernel<<<detail::BlocksForItems(c), kRowThreads, 0, s>>>(
         logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
     XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy softmax"));
     if (grad) {
+      const void* dl = logits;  // (c, V) d loss / d logits, rounded in bf16 mode
+      if (bf16) {
+        XT_RETURN_IF_ERROR(ToBf16(dl16, logits, c * V, stream));
+        dl = dl16;
+      }
       XT_RETURN_IF_ERROR(  // (c, V) @ (V, H)
-          blas.Gemm(dhc, logits, w, c, H, V, false, false, 0.0f, GemmInput::kF32));
+          blas.Gemm(dhc, dl, bf16 ? w16 : w, c, H, V, false, false, 0.0f, in));
       if (c * H > 0) {
         ScatterRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(dh, dhc, rows_d + c0, c, H);
         XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
       }
       XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
-          blas.Gemm(dw, logits, hc, V, H, c, true, false, 1.0f, GemmInput::kF32));
+          blas.Gemm(dw, dl, bf16 ? static_cast<const void*>(hc16) : hc, V, H, c, true, false, 1.0f,
+                    in));
     }
   }
   SumKernel<<<1, kThreads, 0, s>>>(loss_d + n, loss_d, n);

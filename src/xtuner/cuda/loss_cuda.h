@@ -35,9 +35,14 @@ namespace xt::cuda {
 // polynomial Exp): about 1e-7 relative on the loss, 1e-6 norm-wise on dw and on dh for small V;
 // dh sums V cancelling fp32 terms, so its rounding grows like eps * sqrt(V) (up to ~1e-5 at
 // V = 151936). Scratch: about (2 * chunk + 1) * H + chunk * V floats and 12 bytes a loss row.
+// in = GemmInput::kBf16: the three products take bf16 operands (fp32 sums, as the CPU's bf16
+// matmul mode): w's bf16 copy `w_bf16` ((V, H) uint16 on the device; null: rounded into scratch
+// on every call), and the gathered rows and the logits' gradient rounded into scratch (C * (H + V)
+// more bf16 elements). The softmax, the losses and dh, dw stay fp32.
 Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
                                    const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
-                                   double weight, int64_t chunk_rows = 0, void* stream = nullptr);
+                                   double weight, int64_t chunk_rows = 0, void* stream = nullptr,
+                                   GemmInput in = GemmInput::kF32, const void* w_bf16 = nullptr);
 
 // ---------------------------------------------------------------- small ops
 // ops::moe_balance_stats: count (E) and prob_sum (E) += over tokens, from probs (T, E) and

@@ -409,7 +409,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_ASSIGN_OR_RETURN(
       const double ce_sum,
       ChunkedCrossEntropy(blas, dh.get(), G(layout_.lm_head), bu.h_final.get(), P(layout_.lm_head),
-                          b.targets.data(), T, H, V, ce_weight, 0, s));
+                          b.targets.data(), T, H, V, ce_weight, 0, s, precision_,
+                          bf16 ? weights_bf16_->get() + layout_.lm_head : nullptr));
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per

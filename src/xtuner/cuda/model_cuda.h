@@ -38,7 +38,7 @@ class CudaModel {
   const ModelConfig& config() const { return cfg_; }
   // The matmuls' inputs: fp32 (default) or bf16 (rounded, fp32 sums: the CPU model's
   // MatmulPrecision::kBf16; the router stays fp32). Weights, gradients and activations stay fp32.
-  // The lm_head product inside the chunked cross-entropy is fp32 in both.
+  // The lm_head's products inside the chunked cross-entropy follow the same precision.
   void SetPrecision(GemmInput p) { precision_ = p; }
   // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
   // keep only their input in the forward and run again in the backward (same gradients).
