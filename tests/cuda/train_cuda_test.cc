@@ -88,16 +88,28 @@ TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
 }
 
-// bf16 matmuls on the GPU follow the CPU's fp32 run as the CPU's bf16 mode does (trainer_test).
+// bf16 matmuls on the GPU follow the CPU's bf16 run and the fp32 run as the CPU's bf16 mode does
+// (trainer_test), and are really in use (the GPU's fp32 run differs).
 TEST_P(TrainCudaOnce, Bf16FollowsTheFp32Run) {
-  TrainConfig fp32 = TinyRun("gpu_fp32");
-  TrainConfig bf16 = TinyRun("gpu_bf16");
-  bf16.device = "cuda";
-  bf16.precision = "bf16";
-  ASSERT_TRUE(RunTraining(fp32, nullptr).ok());
-  auto r = RunTraining(bf16, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  ExpectClose(Metric(bf16.work_dir, "loss"), Metric(fp32.work_dir, "loss"), 5e-3, "loss");
+  TrainConfig cpu16 = TinyRun("gpu_cpu16");
+  cpu16.precision = "bf16";
+  TrainConfig gpu32 = TinyRun("gpu_fp32");
+  gpu32.device = "cuda";
+  TrainConfig gpu16 = TinyRun("gpu_bf16");
+  gpu16.device = "cuda";
+  gpu16.precision = "bf16";
+  for (const TrainConfig* c : {&cpu16, &gpu32, &gpu16}) {
+    auto r = RunTraining(*c, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+  }
+  const std::vector<double> b16 = Metric(gpu16.work_dir, "loss");
+  const std::vector<double> f32 = Metric(gpu32.work_dir, "loss");
+  ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 1e-3, "against the CPU's bf16");
+  ExpectClose(b16, f32, 5e-3, "against fp32");
+  double most = 0;
+  for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)
+    most = std::max(most, std::abs(b16[i] - f32[i]) / f32[i]);
+  EXPECT_GT(most, 1e-6) << "the GPU's bf16 run gave its fp32 losses: was bf16 used?";
 }
 
 }  // namespace

@@ -92,6 +92,15 @@ struct CudaModel::Buffers {
     F router_logits, probs, topk_w, xs, ys;
     I topk_idx, sorted, slot_of;
     std::vector<int32_t> offsets;  // (E + 1) on the host: the grouped GEMMs' row ranges
+    int64_t Bytes() const {
+      int64_t n = 0;
+      for (const F* f : {&h1, &rstd1, &q_pre,         &k_pre, &q_rstd, &k_rstd, &q,
+                         &k,  &v,     &attn,          &lse,   &x_mid,  &h2,     &rstd2,
+                         &gu, &act,   &router_logits, &probs, &topk_w, &xs,     &ys})
+        n += f->size() * int64_t(sizeof(float));
+      for (const I* i : {&topk_idx, &sorted, &slot_of}) n += i->size() * int64_t(sizeof(int32_t));
+      return n;
+    }
   };
   F cos, sin;
   I ids;
@@ -118,8 +127,14 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   m->stream_ = stream;
   // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
   // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
-  int device = 0;
+  int device = 0, pools = 0;
   XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "memory pool"));
+  XT_RETURN_IF_ERROR(Check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device),
+                           "memory pool"));
+  if (!pools)
+    return Status::Error("CUDA device " + std::to_string(device) +
+                         " does not support stream-ordered allocation (cudaMallocAsync), which "
+                         "the CUDA model needs");
   cudaMemPool_t mem_pool;
   XT_RETURN_IF_ERROR(Check(cudaDeviceGetDefaultMemPool(&mem_pool, device), "memory pool"));
   uint64_t keep = UINT64_MAX;
@@ -194,9 +209,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const bool bf16 = precision_ == GemmInput::kBf16;
   const int64_t total = layout_.total();
   DeviceArray<uint16_t> scratch_a, scratch_b;
-  if (bf16) {
+  if (bf16 && (bf16_stale_ || weights_bf16_->size() < total)) {  // once per parameter update
     XT_RETURN_IF_ERROR(weights_bf16_->Reserve(total, s));
     XT_RETURN_IF_ERROR(ToBf16(weights_bf16_->get(), params_, total, s));
+    bf16_stale_ = false;
   }
   auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
                      int64_t n) -> Result<const void*> {
@@ -389,11 +405,20 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     if (n_moe > 0) XT_RETURN_IF_ERROR(download_stats());
     return info;
   }
+  int64_t recomputed_peak = 0;  // the largest recomputed layer's activations
   for (int64_t l = 0; l < L; ++l) {
     XT_RETURN_IF_ERROR(layer_forward(l, false));
     // Recomputed layers keep only their input (bu.x[l]) until the backward.
-    if (l < recompute_layers_) bu.layers[l] = Buffers::Layer();
+    if (l < recompute_layers_) {
+      recomputed_peak = std::max(recomputed_peak, bu.layers[l].Bytes());
+      bu.layers[l] = Buffers::Layer();
+    }
   }
+  // What the backward starts from (as the CPU's LossInfo::activation_bytes: the kept layers and
+  // inputs, plus one recomputed layer's activations while it is differentiated).
+  info.activation_bytes = recomputed_peak;
+  for (const F& x : bu.x) info.activation_bytes += x.size() * int64_t(sizeof(float));
+  for (const Buffers::Layer& a : bu.layers) info.activation_bytes += a.Bytes();
 
   // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward
   XT_RETURN_IF_ERROR(bu.h_final.Alloc(T * H, s));

@@ -45,7 +45,12 @@ class CudaModel {
   void SetRecompute(double fraction);
   const ParamLayout& layout() const { return layout_; }
   // Device slabs (layout().total() floats each).
-  float* params() { return params_; }
+  // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
+  // ForwardBackward makes it again (once per optimizer step, not per micro-batch).
+  float* params() {
+    bf16_stale_ = true;
+    return params_;
+  }
   float* grads() { return grads_; }
   Status ZeroGrads();
   // Copies a slab to the host (layout().total() floats); waits for the stream.
@@ -78,6 +83,7 @@ class CudaModel {
   GemmInput precision_ = GemmInput::kF32;
   int64_t recompute_layers_ = 0;
   std::unique_ptr<Bf16Weights> weights_bf16_;
+  bool bf16_stale_ = true;
 };
 
 }  // namespace xt::cuda

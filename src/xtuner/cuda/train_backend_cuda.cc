@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -38,6 +39,16 @@ class CudaTrainBackend : public TrainBackend {
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;
   int64_t recompute_layers() const override { return recompute_layers_; }
+  // The device's bytes in use (cudaMemGetInfo: the context, the state, and what the memory pool
+  // holds, which CudaModel tells it to keep: so about the high-water mark of the run).
+  int64_t PeakMemoryBytes() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      cudaGetLastError();
+      return -1;
+    }
+    return int64_t(total - free);
+  }
 
  private:
   struct Run {  // a maximal range of the slab with one decay flag
@@ -149,6 +160,13 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
     else
       b->runs_.push_back({d.offset, d.offset + d.numel, d.weight_decay});
   }
+  // DefaultDecayRanges' contract: every element in exactly one range, in slab order.
+  int64_t end = 0;
+  for (const Run& r : b->runs_) {
+    XT_CHECK(r.begin == end, "AdamW runs leave a gap or overlap at " + std::to_string(end));
+    end = r.end;
+  }
+  XT_CHECK(end == total, "AdamW runs end at " + std::to_string(end));
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 
@@ -178,7 +196,7 @@ Result<double> CudaTrainBackend::GradSumOfSquares() {
 }
 
 Status CudaTrainBackend::Step(double lr, float grad_scale) {
-  if (!(lr >= 0) || !(grad_scale >= 0))
+  if (!(lr >= 0) || !std::isfinite(lr) || !(grad_scale >= 0) || !std::isfinite(grad_scale))
     return Status::Error("AdamW step: lr = " + std::to_string(lr) +
                          ", grad_scale = " + std::to_string(grad_scale));
   ++step_;

@@ -74,7 +74,10 @@ class CpuTrainBackend : public TrainBackend {
 void RegisterTrainBackend(const std::string& device, TrainBackendFactory factory,
                           TrainBackendProbe probe) {
   std::lock_guard<std::mutex> lock(RegistryMutex());
-  Registry()[device] = {factory, probe};
+  if (factory)
+    Registry()[device] = {factory, probe};
+  else
+    Registry().erase(device);
 }
 
 Status CheckTrainBackend(const std::string& device) {

@@ -53,6 +53,9 @@ class TrainBackend {
   // backend's. A no-op for the CPU.
   virtual Status SyncToHost() = 0;
   virtual int64_t recompute_layers() const = 0;
+  // The memory figure of the metrics (peak_memory): the device's bytes in use, or -1 for the
+  // host's peak resident memory (the CPU).
+  virtual int64_t PeakMemoryBytes() const { return -1; }
 };
 
 // The host state a device backend starts from (and syncs back to), and how to run the model.
@@ -72,7 +75,7 @@ using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const Trai
 using TrainBackendProbe = Status (*)();
 
 // Makes `device` (a train.device value other than "cpu") available to RunTraining; `probe` may
-// be null. Registering the same device again replaces it.
+// be null. Registering the same device again replaces it; a null factory removes it.
 void RegisterTrainBackend(const std::string& device, TrainBackendFactory factory,
                           TrainBackendProbe probe = nullptr);
 

@@ -311,8 +311,17 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       {"data", "rows",
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
-  sum.extra.push_back({"memory", "per rank",
-                       HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
+  if (cfg.device == "cpu") {
+    sum.extra.push_back({"memory", "per rank",
+                         HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
+  } else {  // the whole state on every device; the host keeps its shard for checkpoints
+    sum.memory_estimate_bytes = int64_t(16.0 * double(total_params));
+    sum.extra.push_back({"memory", "per " + cfg.device + " device",
+                         HumanBytes(16.0 * double(total_params)) +
+                             " params + grads + AdamW (fp32, the whole model), plus activations"});
+    sum.extra.push_back({"memory", "per rank, host",
+                         HumanBytes(shard_bytes) + " params + grads + AdamW (ZeRO-3 shard)"});
+  }
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});
   if (cfg.precision == "bf16")
@@ -458,7 +467,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     state.step += 1;
     sm.step = state.step;
     // Every rank stops after the same step.
-    double stop_and_peak[2] = {g_stop.load() ? 1.0 : 0.0, double(PeakRssBytes())};
+    const int64_t device_peak = backend->PeakMemoryBytes();
+    double stop_and_peak[2] = {g_stop.load() ? 1.0 : 0.0,
+                               double(device_peak >= 0 ? device_peak : PeakRssBytes())};
     world.AllReduceMax(stop_and_peak, 2);
     sm.step_time_s = seconds_since(t_step);
     sm.elapsed_s = seconds_since(t_start);
