@@ -240,7 +240,28 @@ TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("rank "), std::string::npos) << r.output;
+  // GPUs: data parallel only, for now.
+  r = Mpi(2, Args(dir, 2, "--set parallel.ep=2 --set train.device=cuda"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("train.device = \"cuda\" with parallel.ep = 2: expert parallelism on "
+                          "GPUs is not built yet"),
+            std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
+}
+
+// Data parallel GPU training where no GPU is (this machine, CI): a named error on every rank
+// before any work, whether xtuner was built with CUDA (no device) or without (no backend).
+TEST(Distributed, GpuTrainingWithoutAGpuIsAClearErrorBeforeAnyWork) {
+  if (fs::exists("/dev/nvidia0")) GTEST_SKIP() << "skipped: a GPU is present, no error to see";
+  const std::string dir = testing::TempDir("mpi_gpu");
+  CliRun r = Mpi(2, Args(dir, 2, "--set train.device=cuda"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(r.output.find("no usable CUDA device") != std::string::npos ||
+              r.output.find("built without that backend") != std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(dir + "/cache"));
 }
 
 bool FindStep20(const std::string& out) { return out.find("step 20/20") != std::string::npos; }
