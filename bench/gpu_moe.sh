@@ -8,8 +8,10 @@
 #   bench/gpu_moe.sh     # BUILD=build-gpu LENGTHS=4096,16384,65536,131072 STEPS=3 PRECISION=bf16
 #
 # Each length runs with every activation kept, then, if that runs out of memory, with every
-# layer recomputed (the table says which). The engine's first CUDA version keeps its attention
-# and lm_head in fp32; a length that still does not fit is reported as out of memory. A failing `cuda` test is reported and the benchmark still runs.
+# layer recomputed (the table says which); a length that still does not fit is reported as out
+# of memory. In bf16 (the default) the GEMMs, the grouped experts, the lm_head and attention
+# (attention_bf16.cu) run on the tensor cores. A failing `cuda` test is reported and the
+# benchmark still runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-gpu}

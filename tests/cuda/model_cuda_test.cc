@@ -156,7 +156,10 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
 }
 
 // bf16 matmuls: against the CPU model in the same mode (the same rounded operands, the lm_head's
-// included; other summation orders), and the loss within 1e-2 of the fp32 model's.
+// included; other summation orders), and the loss within 1e-2 of the fp32 model's. The GPU's
+// attention is bf16 too (the fixtures' D = 16), the CPU's fp32: its own test
+// (attention_bf16_cuda_test) expects up to ~6e-3 on its outputs and gradients, so the gradients
+// here are held to 2e-2.
 TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   const std::string fixture = GetParam();
   Models m;
@@ -181,7 +184,7 @@ TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   EXPECT_NEAR(got->loss, want->loss, 1e-2 * want->loss) << fixture;
   std::vector<float> g(cpu.layout().total());
   ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
-  ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-2, fixture + " bf16");
+  ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 2e-2, fixture + " bf16");
 }
 
 // Per-layer recompute runs the layers again in the backward: the same losses and gradients (up

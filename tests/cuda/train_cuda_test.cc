@@ -104,7 +104,8 @@ TEST_P(TrainCudaOnce, Bf16FollowsTheFp32Run) {
   }
   const std::vector<double> b16 = Metric(gpu16.work_dir, "loss");
   const std::vector<double> f32 = Metric(gpu32.work_dir, "loss");
-  ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 1e-3, "against the CPU's bf16");
+  // (The GPU's bf16 mode rounds attention's operands too, the CPU's does not.)
+  ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 5e-3, "against the CPU's bf16");
   ExpectClose(b16, f32, 5e-3, "against fp32");
   double most = 0;
   for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)

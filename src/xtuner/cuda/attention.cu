@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "xtuner/cuda/attention_blocks.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/launch.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -46,17 +47,16 @@
 namespace xt::cuda {
 namespace {
 
-constexpr int kThreads = 256;          // 16 x 16
-constexpr int kHeld = 64;              // rows of the held tile (= the CPU's kBlock)
-constexpr int kStream = 32;            // rows of a streamed tile
-constexpr int kWStride = kStream + 1;  // row stride of the (kHeld, kStream) weight tiles
+constexpr int kThreads = 256;                // 16 x 16
+constexpr int kHeld = detail::kBlockTokens;  // rows of the held tile (= the CPU's kBlock)
+constexpr int kStream = 32;                  // rows of a streamed tile
+constexpr int kWStride = kStream + 1;        // row stride of the (kHeld, kStream) weight tiles
 constexpr int kMaxHeadDim = 256;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Tokens [begin, begin + n) of the document [doc_begin, doc_end) (int32: T fits cu_seqlens).
-struct Block {
-  int32_t doc_begin, doc_end, begin, n;
-};
+using detail::Block;
+using detail::PrepareSmem;
+using detail::UploadBlocks;
 
 // dst (rows, Dp) = the first `valid` rows of src (row stride src_stride, D floats each), the
 // other rows zero. All threads of the block take part.
@@ -393,76 +393,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Checks the arguments (no CUDA call) and makes the block list, twice: by_q ordered by
-// decreasing number of key tiles (forward, dQ), by_kv by decreasing number of query tiles (dK,
-// dV), so that the costly items start first. Both are functions of cu_seqlens alone.
-Status PlanBlocks(const char* op, const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
-                  int64_t Hkv, int64_t D, std::vector<Block>* by_q, std::vector<Block>* by_kv) {
-  XT_RETURN_IF_ERROR(detail::CheckSizes(op, {num_docs, T, Hq, Hkv, D}));
-  if (Hkv < 1 || Hq < Hkv || Hq % Hkv != 0)
-    return Status::Error(std::string(op) + ": Hq (" + std::to_string(Hq) +
-                         ") must be a positive multiple of Hkv (" + std::to_string(Hkv) + ")");
+// The arguments the shared planner leaves to each kernel family: the head dims it supports.
+Status PlanAttention(const char* op, const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
+                     int64_t Hkv, int64_t D, std::vector<Block>* by_q, std::vector<Block>* by_kv) {
+  XT_RETURN_IF_ERROR(detail::PlanBlocks(op, cu, num_docs, T, Hq, Hkv, D, by_q, by_kv));
   if (D < 1 || D > kMaxHeadDim)
     return Status::Error(std::string(op) + ": head dim D = " + std::to_string(D) +
                          " is not in [1, " + std::to_string(kMaxHeadDim) + "]");
-  if (cu == nullptr) return Status::Error(std::string(op) + ": null cu_seqlens");
-  if (cu[0] != 0 || cu[num_docs] != T)
-    return Status::Error(std::string(op) +
-                         ": cu_seqlens must run from 0 to T = " + std::to_string(T));
-  by_q->clear();
-  for (int64_t d = 0; d < num_docs; ++d) {
-    const int32_t b0 = cu[d], b1 = cu[d + 1];
-    if (b1 < b0)
-      return Status::Error(std::string(op) + ": cu_seqlens decreases at document " +
-                           std::to_string(d));
-    for (int32_t s = b0; s < b1; s += std::min<int32_t>(kHeld, b1 - s))
-      by_q->push_back({b0, b1, s, std::min<int32_t>(kHeld, b1 - s)});
-  }
-  if (int64_t(by_q->size()) * Hq > int64_t(INT32_MAX))
-    return Status::Error(std::string(op) + ": too many (block, head) items for one grid");
-  *by_kv = *by_q;
-  std::stable_sort(by_q->begin(), by_q->end(), [](const Block& a, const Block& b) {
-    return a.begin - a.doc_begin > b.begin - b.doc_begin;
-  });
-  std::stable_sort(by_kv->begin(), by_kv->end(), [](const Block& a, const Block& b) {
-    return a.doc_end - a.begin > b.doc_end - b.begin;
-  });
   return Status::OK();
-}
-
-// Opts `kernel` in to `floats` floats of dynamic shared memory, or an error when the device
-// has less per block.
-template <class Kernel>
-Status PrepareSmem(Kernel* kernel, size_t floats, const char* what) {
-  int dev = 0, optin = 0;
-  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
-  XT_RETURN_IF_ERROR(
-      Check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what));
-  const size_t bytes = floats * sizeof(float);
-  if (bytes > size_t(optin))
-    return Status::Error(std::string(what) + ": needs " + std::to_string(bytes) +
-                         " bytes of shared memory per block, the device has " +
-                         std::to_string(optin));
-  return Check(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
-}
-
-// A device copy of the blocks (by_q then by_kv) plus `extra_floats` floats after them, from the
-// stream-ordered allocator. cudaMemcpyAsync from pageable memory returns once the source is
-// staged, so the host vectors may die right after.
-Status UploadBlocks(void** buf, const std::vector<Block>& by_q, const std::vector<Block>& by_kv,
-                    int64_t extra_floats, cudaStream_t st, const char* what) {
-  const size_t nb = by_q.size(), bytes = 2 * nb * sizeof(Block);
-  XT_RETURN_IF_ERROR(
-      Check(cudaMallocAsync(buf, bytes + size_t(extra_floats) * sizeof(float), st), what));
-  auto* blocks = static_cast<Block*>(*buf);
-  Status s = Check(
-      cudaMemcpyAsync(blocks, by_q.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st), what);
-  if (s.ok())
-    s = Check(
-        cudaMemcpyAsync(blocks + nb, by_kv.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st),
-        what);
-  return s;
 }
 
 template <int kDmax>
@@ -470,7 +408,8 @@ Status LaunchForward(float* out, float* lse, const float* q, const float* k, con
                      const Block* blocks, int64_t nb, int64_t Hq, int64_t Hkv, int64_t D,
                      float scale, cudaStream_t st) {
   const size_t floats = ForwardSmemFloats(D);
-  XT_RETURN_IF_ERROR(PrepareSmem(AttentionForwardKernel<kDmax>, floats, "attention_forward"));
+  XT_RETURN_IF_ERROR(
+      PrepareSmem(AttentionForwardKernel<kDmax>, floats * sizeof(float), "attention_forward"));
   AttentionForwardKernel<kDmax><<<unsigned(nb * Hq), kThreads, floats * sizeof(float), st>>>(
       out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale);
   return Check(cudaGetLastError(), "attention_forward launch");
@@ -482,10 +421,10 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const 
                       const Block* by_q, const Block* by_kv, int64_t nb, int64_t Hq, int64_t Hkv,
                       int64_t D, float scale, cudaStream_t st) {
   const size_t kv_floats = BackwardKvSmemFloats(D), q_floats = BackwardQSmemFloats(D);
-  XT_RETURN_IF_ERROR(
-      PrepareSmem(AttentionBackwardKvKernel<kDmax>, kv_floats, "attention_backward (dk, dv)"));
-  XT_RETURN_IF_ERROR(
-      PrepareSmem(AttentionBackwardQKernel<kDmax>, q_floats, "attention_backward (dq)"));
+  XT_RETURN_IF_ERROR(PrepareSmem(AttentionBackwardKvKernel<kDmax>, kv_floats * sizeof(float),
+                                 "attention_backward (dk, dv)"));
+  XT_RETURN_IF_ERROR(PrepareSmem(AttentionBackwardQKernel<kDmax>, q_floats * sizeof(float),
+                                 "attention_backward (dq)"));
   AttentionBackwardKvKernel<kDmax><<<unsigned(nb * Hkv), kThreads, kv_floats * sizeof(float), st>>>(
       dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "attention_backward (dk, dv) launch"));
@@ -501,7 +440,7 @@ Status AttentionForward(float* out, float* lse, const float* q, const float* k, 
                         int64_t Hkv, int64_t D, float scale, void* stream) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
-      PlanBlocks("attention_forward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+      PlanAttention("attention_forward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
@@ -527,7 +466,7 @@ Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, con
                          int64_t Hkv, int64_t D, float scale, void* stream) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
-      PlanBlocks("attention_backward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+      PlanAttention("attention_backward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());

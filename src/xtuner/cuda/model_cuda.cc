@@ -9,6 +9,7 @@
 #include <cmath>
 #include <string>
 
+#include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
@@ -207,6 +208,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // sums and output. Weights come from a bf16 copy of the slab made once per step; activations
   // are rounded into scratch right before their product. The router stays fp32, as on the CPU.
   const bool bf16 = precision_ == GemmInput::kBf16;
+  // Attention's products on the tensor cores too in bf16 mode, where the kernels take the head
+  // dim (attention_bf16.h); the fp32 kernels otherwise.
+  const bool bf16_attention = bf16 && AttentionBf16Supports(D);
   const int64_t total = layout_.total();
   DeviceArray<uint16_t> scratch_a, scratch_b;
   if (bf16 && (bf16_stale_ || weights_bf16_->size() < total)) {  // once per parameter update
@@ -322,9 +326,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
     XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
-    XT_RETURN_IF_ERROR(AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(),
-                                        b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale,
-                                        s));
+    XT_RETURN_IF_ERROR((bf16_attention ? AttentionForwardBf16 : AttentionForward)(
+        a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(), b.cu_seqlens.data(),
+        b.num_docs(), T, Hq, Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
@@ -538,7 +542,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                        a.rstd2.get(), T, H, true, s));
     XT_RETURN_IF_ERROR(linear_backward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false));
-    XT_RETURN_IF_ERROR(AttentionBackward(
+    XT_RETURN_IF_ERROR((bf16_attention ? AttentionBackwardBf16 : AttentionBackward)(
         dq.get(), dk.get(), dv.get(), dattn.get(), a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
         a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(RopeBackward(dq.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));

@@ -38,7 +38,10 @@ class CudaModel {
   const ModelConfig& config() const { return cfg_; }
   // The matmuls' inputs: fp32 (default) or bf16 (rounded, fp32 sums: the CPU model's
   // MatmulPrecision::kBf16; the router stays fp32). Weights, gradients and activations stay fp32.
-  // The lm_head's products inside the chunked cross-entropy follow the same precision.
+  // The lm_head's products inside the chunked cross-entropy follow the same precision, and so
+  // does attention where the bf16 kernels take the head dim (AttentionBf16Supports: a multiple
+  // of 16 up to 128): Q, K, V, the softmax weights and the output gradient rounded to bf16 for
+  // the tensor cores. The CPU's bf16 mode keeps attention in fp32.
   void SetPrecision(GemmInput p) { precision_ = p; }
   // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
   // keep only their input in the forward and run again in the backward (same gradients).

@@ -1,0 +1,41 @@
+// Packed causal GQA attention on the GPU's tensor cores: bf16 products, fp32 accumulation. A
+// drop-in twin of cuda::AttentionForward / AttentionBackward (ops_cuda.h): same shapes, same
+// semantics (ops::attention_forward / attention_backward), same host cu_seqlens, same argument
+// checks (made before any CUDA call), T == 0 launches nothing, no atomics (bit-identical results
+// from run to run on a given binary and GPU model), scratch from the stream-ordered allocator.
+//
+// Precision: q, k, v, dout stay fp32 in memory; the kernels round them (and the softmax weights
+// p and the score gradients ds) to bf16 (round to nearest even) when they load them into shared
+// memory for the tensor-core products, which accumulate in fp32. Softmax statistics (running max
+// and sum), lse and delta = <dout, out> are fp32 (dout rounded to bf16 there too, as the
+// products see it). Against the fp32 twin expect norm-wise relative
+// differences of order 1e-2 for out and a few 1e-2 for the gradients (bf16's unit roundoff is
+// 2^-8), not the fp32 kernels' 1e-6.
+//
+// Head dims: D % 16 == 0 and 16 <= D <= 128 (AttentionBf16Supports); others are an error (use
+// the fp32 kernels there).
+#pragma once
+
+#include <cstdint>
+
+#include "xtuner/core/status.h"
+
+namespace xt::cuda {
+
+// Whether the bf16 kernels take head dim D: a multiple of 16 in [16, 128] (64 and 128 included).
+bool AttentionBf16Supports(int64_t D);
+
+// out (T, Hq, D), lse (T, Hq) assigned from q (T, Hq, D), k, v (T, Hkv, D); cu_seqlens a HOST
+// array (num_docs + 1) from 0 to T, non-decreasing; causal within each document.
+Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                            int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+
+// dq (T, Hq, D), dk, dv (T, Hkv, D) assigned from dout, out (T, Hq, D), lse (T, Hq) and the
+// forward's inputs.
+Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                             const float* lse, const float* q, const float* k, const float* v,
+                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                             int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+
+}  // namespace xt::cuda

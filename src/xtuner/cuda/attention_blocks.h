@@ -1,0 +1,54 @@
+// The work list shared by the attention kernels (attention.cu, fp32 SIMT; attention_bf16.cu,
+// tensor cores; internal to them): each document is cut into blocks of kBlockTokens tokens
+// counted from its first token (as on the CPU), listed on the host from the host's cu_seqlens
+// and uploaded; one CUDA block per (block, head) work item.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/cuda/device.h"
+
+namespace xt::cuda::detail {
+
+constexpr int kBlockTokens = 64;  // the CPU's kBlock
+
+// Tokens [begin, begin + n) of the document [doc_begin, doc_end) (int32: T fits cu_seqlens).
+struct Block {
+  int32_t doc_begin, doc_end, begin, n;
+};
+
+// Checks the arguments (no CUDA call; the head dim D only for sizes: each kernel family checks
+// the dims it supports itself) and makes the block list, twice: by_q ordered by decreasing
+// number of key tiles (forward, dQ), by_kv by decreasing number of query tiles (dK, dV), so
+// that the costly items start first. Both are functions of cu_seqlens alone.
+Status PlanBlocks(const char* op, const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
+                  int64_t Hkv, int64_t D, std::vector<Block>* by_q, std::vector<Block>* by_kv);
+
+// A device copy of the blocks (by_q then by_kv) plus `extra_floats` floats after them, from the
+// stream-ordered allocator. cudaMemcpyAsync from pageable memory returns once the source is
+// staged, so the host vectors may die right after.
+Status UploadBlocks(void** buf, const std::vector<Block>& by_q, const std::vector<Block>& by_kv,
+                    int64_t extra_floats, cudaStream_t st, const char* what);
+
+// Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less
+// per block.
+template <class Kernel>
+Status PrepareSmem(Kernel* kernel, size_t bytes, const char* what) {
+  int dev = 0, optin = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what));
+  if (bytes > size_t(optin))
+    return Status::Error(std::string(what) + ": needs " + std::to_string(bytes) +
+                         " bytes of shared memory per block, the device has " +
+                         std::to_string(optin));
+  return Check(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
+}
+
+}  // namespace xt::cuda::detail

@@ -1,0 +1,319 @@
+// bf16 tensor-core packed causal GQA attention (cuda::AttentionForwardBf16 / BackwardBf16)
+// against the CPU fp32 twin (ops::attention_forward / attention_backward) on awkward packings
+// (a 1-token document, lengths not multiples of 64, empty documents, a 1000-token document, many
+// short documents), MHA / GQA / MQA, D = 16, 64, 80, 128 and a peaked softmax; each GPU op run
+// twice (the second time on a stream of its own) must give identical bits, and its result must
+// differ from the fp32 GPU kernels' (it rounds to bf16: it is not them). Argument checks and
+// T = 0 need no GPU; the rest is skipped (label `cuda`) where no GPU is present.
+//
+// Tolerances, norm-wise: ||got - want|| / max(||want||, floor * sqrt(n)). bf16 keeps 8
+// significant bits: rounding to nearest has unit roundoff u = 2^-8 = 3.9e-3 (about u / sqrt(3) =
+// 2.3e-3 rms on random data) on each of q, k, v, dout, p and ds; the products accumulate in fp32
+// (negligible beside that). The expected errors quoted below were measured with a CPU emulation
+// of the kernels' arithmetic (the same tiles, masks and bf16 roundings of the same inputs, sums
+// in double) against the CPU twin on exactly these shapes and seeds: the GPU should reproduce
+// them up to fp32 summation order. The bounds keep a margin of 2.2x or more over them and stay
+// far below what an indexing or masking bug gives (O(1)).
+//  - out: 1.5e-2 (floor 0). A score s = scale <q, k> = O(q_std) gets an absolute error of about
+//    sqrt(2) 2.3e-3 |s|, which is p's relative error; p and v are rounded once more: a few 1e-3
+//    per term. Emulated: 1.5e-3 .. 2.9e-3; 4.5e-3 for the peaked softmax (q_std 3: 3x the
+//    scores).
+//  - lse: 1e-2, floor 1 (an absolute error, as in the fp32 test): the score error averaged under
+//    p. Emulated: <= 2.2e-3 (one-token documents, where lse is one rounded score).
+//  - dq, dk: 4e-2, floor 0.2; dv: 4e-2, floor 1e-2. ds = p (dp - delta) subtracts two
+//    O(|dout| |v|) numbers whose difference is smaller: dp's bf16 error is amplified by that
+//    cancellation, then ds and q or k are rounded again. Emulated: 2.2e-3 .. 5e-3; 9.5e-3 when
+//    peaked. The floor 0.2 for dq and dk: a one-token document's dq and dk are 0 in exact
+//    arithmetic (p = 1, dp = delta) and rounding noise on the CPU, while here dp = <bf16(dout),
+//    bf16(v)> and delta = <bf16(dout), out> (the CPU's out = v) differ by v's rounding: dq gets
+//    an absolute noise of ~2.3e-3 scale sqrt(D) = 2.3e-3 rms per element, dk sqrt(group) times
+//    that (emulated for OneTokenMqaD64: 1.1e-2 (dq) and 1.8e-2 (dk) of the floor, the tightest
+//    case). Real gradient rows are O(0.1 .. 1) (rms 0.11 .. 1.3 here) and an element's terms are
+//    O(scale sqrt(D)) = O(1), so the floor does not hide a wrong row. dv's elements are
+//    O(p |dout|): never noise.
+// The GPU backward is fed the CPU's out and lse, so each comparison sees one op's error only;
+// a chained GPU run (the backward on the bf16 forward's own out and lse, as training runs it) is
+// checked against the same bounds (emulated: <= 6e-3; 1e-6 for dq, dk of one-token documents,
+// where the forward's out is bf16(v) and delta matches dp).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "xtuner/cuda/attention_bf16.h"
+#include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+namespace {
+
+using cudatest::DeviceVec;
+using cudatest::ExpectBitEqual;
+
+constexpr double kOutTol = 1.5e-2, kLseTol = 1e-2, kGradTol = 4e-2;
+constexpr double kQkFloor = 0.2, kVFloor = 1e-2;
+
+struct Shape {
+  std::string name;
+  std::vector<int32_t> lens;  // document lengths (0 allowed)
+  int64_t Hq, Hkv, D;
+  float q_std = 1.0f;  // > 1: peaked softmax
+};
+
+// gtest's name for a Shape (in test listings and ctest).
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << s.name << " (Hq " << s.Hq << ", Hkv " << s.Hkv << ", D " << s.D << ", " << s.lens.size()
+      << " docs)";
+}
+
+std::vector<int32_t> CuSeqlens(const std::vector<int32_t>& lens) {
+  std::vector<int32_t> cu{0};
+  for (int32_t n : lens) cu.push_back(cu.back() + n);
+  return cu;
+}
+
+std::vector<float> Normal(int64_t n, float stddev, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// ||got - want|| / max(||want||, floor * sqrt(n)) <= rel; the message names the worst row
+// (rows of `row` elements: (token, head) for `heads` heads per token).
+void ExpectNormNear(const std::vector<float>& got, const std::vector<float>& want, int64_t row,
+                    int64_t heads, double rel, double floor, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  if (want.empty()) return;
+  double err2 = 0, ref2 = 0, worst = -1;
+  int64_t worst_row = 0;
+  for (size_t r = 0; r * row < want.size(); ++r) {
+    double e2 = 0, w2 = 0;
+    for (size_t i = r * row; i < (r + 1) * row; ++i) {
+      const double e = double(got[i]) - double(want[i]);
+      e2 += e * e;
+      w2 += double(want[i]) * double(want[i]);
+    }
+    err2 += e2;
+    ref2 += w2;
+    // NaN counts as the worst.
+    const double ratio = std::sqrt(e2) / std::max(std::sqrt(w2), floor * std::sqrt(double(row)));
+    if (!(ratio <= worst)) {
+      worst = std::isnan(ratio) ? std::numeric_limits<double>::infinity() : ratio;
+      worst_row = int64_t(r);
+    }
+  }
+  const double denom = std::max(std::sqrt(ref2), floor * std::sqrt(double(want.size())));
+  const double got_rel = std::sqrt(err2) / denom;
+  EXPECT_TRUE(got_rel <= rel) << what << ": norm-wise relative error " << got_rel << " > " << rel
+                              << "; worst row: token " << worst_row / heads << ", head "
+                              << worst_row % heads << " (row-wise " << worst << ")";
+}
+
+// One shape's inputs and the CPU twin's results.
+struct Case {
+  std::vector<int32_t> cu;
+  int64_t T, nd, Hq, Hkv, D;
+  float scale;
+  std::vector<float> q, k, v, dout, out, lse, dq, dk, dv;
+
+  explicit Case(const Shape& sh)
+      : cu(CuSeqlens(sh.lens)),
+        T(cu.back()),
+        nd(int64_t(sh.lens.size())),
+        Hq(sh.Hq),
+        Hkv(sh.Hkv),
+        D(sh.D),
+        scale(float(1.0 / std::sqrt(double(sh.D)))) {  // as model/transformer.cc
+    std::mt19937 rng(unsigned(T * 7919 + Hq * 131 + Hkv * 17 + D));
+    q = Normal(T * Hq * D, sh.q_std, rng);
+    k = Normal(T * Hkv * D, 1, rng);
+    v = Normal(T * Hkv * D, 1, rng);
+    dout = Normal(T * Hq * D, 1, rng);
+    out.resize(T * Hq * D);
+    lse.resize(T * Hq);
+    dq.resize(q.size());
+    dk.resize(k.size());
+    dv.resize(v.size());
+    ops::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), cu.data(), nd, T,
+                           Hq, Hkv, D, scale);
+    ops::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(),
+                            q.data(), k.data(), v.data(), cu.data(), nd, T, Hq, Hkv, D, scale);
+  }
+};
+
+class AttentionBf16Cuda : public cudatest::CudaTest<Shape> {};
+
+TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit) {
+  const Case c(GetParam());
+  const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
+  const int32_t* cu = c.cu.data();
+
+  // Outputs prefilled with NaN (they are assigned: nothing of it may leak out).
+  const std::vector<float> nan_out(c.out.size(), NAN), nan_lse(c.lse.size(), NAN),
+      nan_q(c.q.size(), NAN), nan_kv(c.k.size(), NAN);
+  DeviceVec<float> gq(c.q), gk(c.k), gv(c.v), gdout(c.dout), gout_cpu(c.out), glse_cpu(c.lse);
+  DeviceVec<float> gout1(nan_out), glse1(nan_lse), gout2(nan_out), glse2(nan_lse);
+  DeviceVec<float> gdq1(nan_q), gdk1(nan_kv), gdv1(nan_kv), gdq2(nan_q), gdk2(nan_kv), gdv2(nan_kv);
+  DeviceVec<float> gdq3(nan_q), gdk3(nan_kv), gdv3(nan_kv);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+
+  Status st = cuda::AttentionForwardBf16(gout1.p, glse1.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
+                                         c.scale);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionForwardBf16(gout2.p, glse2.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
+                                  c.scale, stream);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionBackwardBf16(gdq1.p, gdk1.p, gdv1.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p,
+                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionBackwardBf16(gdq2.p, gdk2.p, gdv2.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p,
+                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, stream);
+  ASSERT_TRUE(st.ok()) << st.message();
+  // Chained: the backward on the bf16 forward's own out and lse (on the default stream, after
+  // the forward that wrote them).
+  st = cuda::AttentionBackwardBf16(gdq3.p, gdk3.p, gdv3.p, gdout.p, gout1.p, glse1.p, gq.p, gk.p,
+                                   gv.p, cu, nd, T, Hq, Hkv, D, c.scale);
+  ASSERT_TRUE(st.ok()) << st.message();
+  cudatest::Sync();
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+
+  const std::vector<float> o1 = gout1.Host(), l1 = glse1.Host(), dq1 = gdq1.Host(),
+                           dk1 = gdk1.Host(), dv1 = gdv1.Host();
+  ExpectNormNear(o1, c.out, D, Hq, kOutTol, 0.0, "out");
+  ExpectNormNear(l1, c.lse, 1, Hq, kLseTol, 1.0, "lse");
+  ExpectNormNear(dq1, c.dq, D, Hq, kGradTol, kQkFloor, "dq");
+  ExpectNormNear(dk1, c.dk, D, Hkv, kGradTol, kQkFloor, "dk");
+  ExpectNormNear(dv1, c.dv, D, Hkv, kGradTol, kVFloor, "dv");
+  ExpectNormNear(gdq3.Host(), c.dq, D, Hq, kGradTol, kQkFloor, "dq (chained)");
+  ExpectNormNear(gdk3.Host(), c.dk, D, Hkv, kGradTol, kQkFloor, "dk (chained)");
+  ExpectNormNear(gdv3.Host(), c.dv, D, Hkv, kGradTol, kVFloor, "dv (chained)");
+
+  ExpectBitEqual(gout2.Host(), o1, "out (second run)");
+  ExpectBitEqual(glse2.Host(), l1, "lse (second run)");
+  ExpectBitEqual(gdq2.Host(), dq1, "dq (second run)");
+  ExpectBitEqual(gdk2.Host(), dk1, "dk (second run)");
+  ExpectBitEqual(gdv2.Host(), dv1, "dv (second run)");
+}
+
+// The bf16 kernels round their inputs: their results must differ from the fp32 GPU kernels'
+// by about bf16's rounding (norm-wise 1e-3 or more here), far more than the fp32 kernels'
+// own error (~1e-6): they do not secretly run the fp32 kernels.
+TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
+  const Case c(GetParam());
+  const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
+  const int32_t* cu = c.cu.data();
+  if (T == 0) GTEST_SKIP() << "no tokens";
+  DeviceVec<float> gq(c.q), gk(c.k), gv(c.v), gdout(c.dout), gout_cpu(c.out), glse_cpu(c.lse);
+  DeviceVec<float> gout_a(c.out), glse_a(c.lse), gout_b(c.out), glse_b(c.lse);
+  DeviceVec<float> gdq_a(c.q), gdk_a(c.k), gdv_a(c.v), gdq_b(c.q), gdk_b(c.k), gdv_b(c.v);
+  ASSERT_TRUE(cuda::AttentionForwardBf16(gout_a.p, glse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv,
+                                         D, c.scale)
+                  .ok());
+  ASSERT_TRUE(
+      cuda::AttentionForward(gout_b.p, glse_b.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
+          .ok());
+  ASSERT_TRUE(cuda::AttentionBackwardBf16(gdq_a.p, gdk_a.p, gdv_a.p, gdout.p, gout_cpu.p,
+                                          glse_cpu.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
+                                          c.scale)
+                  .ok());
+  ASSERT_TRUE(cuda::AttentionBackward(gdq_b.p, gdk_b.p, gdv_b.p, gdout.p, gout_cpu.p, glse_cpu.p,
+                                      gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
+                  .ok());
+  cudatest::Sync();
+  // out and dv (both O(1) wherever there are tokens; dq and dk of one-token documents are
+  // rounding noise, so they are not used here).
+  const double out_diff = cudatest::RelErr(gout_a.Host(), gout_b.Host());
+  const double dv_diff = cudatest::RelErr(gdv_a.Host(), gdv_b.Host());
+  EXPECT_GT(out_diff, 1e-4) << "out of the bf16 kernel equals the fp32 kernel's";
+  EXPECT_GT(dv_diff, 1e-4) << "dv of the bf16 kernel equals the fp32 kernel's";
+  EXPECT_LT(out_diff, kOutTol);
+  EXPECT_LT(dv_diff, kGradTol);
+}
+
+std::vector<int32_t> ManyShortDocs() {  // 150 documents of 0 .. 20 tokens, a fixed draw
+  std::mt19937 rng(12345);
+  std::uniform_int_distribution<int32_t> len(0, 20);
+  std::vector<int32_t> lens(150);
+  for (int32_t& n : lens) n = len(rng);
+  lens[7] = 0;
+  lens[8] = 1;
+  return lens;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionBf16Cuda,
+    ::testing::Values(
+        Shape{"OneTokenMqaD64", {1}, 4, 1, 64}, Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
+        Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
+        Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
+        Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
+        Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
+        Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
+        Shape{"LongDocGqaD128", {1000}, 4, 1, 128}, Shape{"LongDocMhaD64", {1000}, 2, 2, 64},
+        Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
+        Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 8, 1, 128},
+        Shape{"D80Group3", {97, 31, 1}, 3, 1, 80}, Shape{"D16", {70, 5}, 2, 1, 16},
+        Shape{"PeakedD64", {300, 77}, 4, 2, 64, 3.0f}, Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
+    [](const ::testing::TestParamInfo<Shape>& info) { return info.param.name; });
+
+TEST(AttentionBf16CudaArgs, SupportsMultiplesOf16UpTo128) {
+  for (int64_t D : {16, 32, 64, 80, 96, 128}) EXPECT_TRUE(cuda::AttentionBf16Supports(D)) << D;
+  for (int64_t D : {-16, 0, 1, 8, 40, 72, 144, 256}) EXPECT_FALSE(cuda::AttentionBf16Supports(D));
+}
+
+// T = 0 launches nothing (and so needs no GPU, nor valid device pointers).
+TEST(AttentionBf16CudaArgs, ZeroTokensIsANoOp) {
+  for (const std::vector<int32_t>& lens : {std::vector<int32_t>{}, std::vector<int32_t>{0, 0}}) {
+    const std::vector<int32_t> cu = CuSeqlens(lens);
+    const int64_t nd = int64_t(lens.size());
+    Status st = cuda::AttentionForwardBf16(nullptr, nullptr, nullptr, nullptr, nullptr, cu.data(),
+                                           nd, 0, 4, 2, 64, 0.125f);
+    EXPECT_TRUE(st.ok()) << st.message();
+    st = cuda::AttentionBackwardBf16(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                     nullptr, nullptr, cu.data(), nd, 0, 4, 2, 128, 0.125f);
+    EXPECT_TRUE(st.ok()) << st.message();
+  }
+}
+
+// Bad arguments are errors, found before any CUDA call (no GPU needed).
+TEST(AttentionBf16CudaArgs, RejectsBadArguments) {
+  const std::vector<int32_t> cu{0, 3, 5};
+  auto fwd = [](const int32_t* c, int64_t nd, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+    return cuda::AttentionForwardBf16(nullptr, nullptr, nullptr, nullptr, nullptr, c, nd, T, Hq,
+                                      Hkv, D, 1.0f);
+  };
+  auto bwd = [](const int32_t* c, int64_t nd, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+    return cuda::AttentionBackwardBf16(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                       nullptr, nullptr, nullptr, c, nd, T, Hq, Hkv, D, 1.0f);
+  };
+  for (auto op : {+fwd, +bwd}) {
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 144).ok()) << "D > 128";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 256).ok()) << "D = 256";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 40).ok()) << "D not a multiple of 16";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 8).ok()) << "D = 8";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 0).ok()) << "D = 0";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, -64).ok()) << "negative D";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 6, 4, 64).ok()) << "Hq not a multiple of Hkv";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 4, 0, 64).ok()) << "Hkv = 0";
+    EXPECT_FALSE(op(cu.data(), 2, 5, 2, 4, 64).ok()) << "Hq < Hkv";
+    EXPECT_FALSE(op(cu.data(), 2, -5, 4, 2, 64).ok()) << "negative T";
+    EXPECT_FALSE(op(cu.data(), -1, 5, 4, 2, 64).ok()) << "negative num_docs";
+    EXPECT_FALSE(op(cu.data(), 2, 6, 4, 2, 64).ok()) << "cu_seqlens not ending at T";
+    EXPECT_FALSE(op(nullptr, 2, 5, 4, 2, 64).ok()) << "null cu_seqlens";
+    const std::vector<int32_t> off{1, 3, 5}, down{0, 4, 3, 5};
+    EXPECT_FALSE(op(off.data(), 2, 5, 4, 2, 64).ok()) << "cu_seqlens not starting at 0";
+    EXPECT_FALSE(op(down.data(), 3, 5, 4, 2, 64).ok()) << "decreasing cu_seqlens";
+  }
+}
+
+}  // namespace
+}  // namespace xt
