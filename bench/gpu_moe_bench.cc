@@ -245,9 +245,12 @@ int main(int argc, char** argv) {
                                                cfg.num_heads * cfg.head_dim, double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
-        "recompute=%g loss=%.4f\n",
+        "recompute=%g loss=%.4f experts_gemm=%s\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
-        double(peak) / double(1ull << 30), recompute, loss);
+        double(peak) / double(1ull << 30), recompute, loss,
+        model.blas().GroupsNatively(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)
+            ? "grouped"
+            : "per-expert");
     std::fflush(stdout);
     TrimPool(stream);  // the next length's peak is its own
   }

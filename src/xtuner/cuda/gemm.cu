@@ -177,6 +177,16 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
                      GemmInput in) {
   if (count == 0) return Status::OK();
   if (count > INT_MAX / 3) return Status::Error("grouped GEMM: too many experts");
+  auto one_by_one = [&]() -> Status {
+    for (int64_t i = 0; i < count; ++i) {
+      const Problem& p = problems[i];
+      // Back to row-major terms: C (n, m) = op(second) (n, k) @ op(first) (k, m).
+      XT_RETURN_IF_ERROR(Gemm(p.c, p.b, p.a, p.n, p.m, p.k, ta, tb, beta, in));
+    }
+    return Status::OK();
+  };
+  bool& ungrouped = ungrouped_[in == GemmInput::kBf16 ? 1 : 0];
+  if (ungrouped) return one_by_one();
   const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int g = int(count);
@@ -212,14 +222,14 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
                                  n.data(), k.data(), alpha.data(), dev, t, lda.data(), dev + g, t,
                                  ldb.data(), betas.data(), const_cast<void* const*>(dev + 2 * g),
                                  CUDA_R_32F, ldc.data(), g, size.data(), CUBLAS_COMPUTE_32F);
-  if (st != CUBLAS_STATUS_NOT_SUPPORTED) return BlasCheck(st, "grouped GEMM");
-  // This cuBLAS cannot group these types: one cuBLASLt call per expert instead.
-  for (int i = 0; i < g; ++i) {
-    const Problem& p = problems[i];
-    // Back to row-major terms: C (n, m) = op(second) (n, k) @ op(first) (k, m).
-    XT_RETURN_IF_ERROR(Gemm(p.c, p.b, p.a, p.n, p.m, p.k, ta, tb, beta, in));
-  }
-  return Status::OK();
+  // cuBLAS documents which type combinations it groups; bf16 inputs with fp32 outputs may not
+  // be among them (refused as not supported, or as an invalid value for these types).
+  const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
+                       (st == CUBLAS_STATUS_INVALID_VALUE && in == GemmInput::kBf16);
+  if (!refused) return BlasCheck(st, "grouped GEMM");
+  // This cuBLAS cannot group these types: one cuBLASLt call per expert, now and from now on.
+  ungrouped = true;
+  return one_by_one();
 }
 
 Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_t* offsets,

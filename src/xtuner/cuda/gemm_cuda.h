@@ -29,6 +29,10 @@ class Blas {
   Status Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, int64_t K, bool ta,
               bool tb, float beta, GemmInput in);
 
+  // Whether the experts' products of `in` run as one grouped cuBLAS call (false once cuBLAS has
+  // refused these types: one call per expert since).
+  bool GroupsNatively(GemmInput in) const { return !ungrouped_[in == GemmInput::kBf16 ? 1 : 0]; }
+
   // The experts' product, as ops::grouped_linear_forward: rows [offsets[e], offsets[e+1]) of x
   // (R, I) go through expert e's w (E, O, I): y (R, O) = x_e @ w_e^T. `offsets` (E + 1) on the
   // HOST (the MoE token counts are the one host sync a step needs). Experts without rows are
@@ -59,6 +63,9 @@ class Blas {
   size_t workspace_bytes_ = 0;
   void* pointers_ = nullptr;  // device array of 3 * pointer_capacity_ pointers
   int64_t pointer_capacity_ = 0;
+  // Per GemmInput: cuBLAS refused to group these types once, so every later call goes straight
+  // to one cuBLASLt call per expert.
+  bool ungrouped_[2] = {false, false};
 };
 
 // dst (n) = src (n) rounded to bf16 (nearest even; NaN stays NaN), as ops::gemm_bf16 rounds its

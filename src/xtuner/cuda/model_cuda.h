@@ -47,6 +47,8 @@ class CudaModel {
   // keep only their input in the forward and run again in the backward (same gradients).
   void SetRecompute(double fraction);
   const ParamLayout& layout() const { return layout_; }
+  // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
+  const Blas& blas() const { return *blas_; }
   // Device slabs (layout().total() floats each).
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
   // ForwardBackward makes it again (once per optimizer step, not per micro-batch).
