@@ -156,6 +156,43 @@ TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
   EXPECT_LT(dv_diff, kGradTol);
 }
 
+// Inputs that are not 16-byte aligned take the kernels' scalar loads instead of float4 ones:
+// the same values, so the same bits.
+TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
+  const Case c(GetParam());
+  const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
+  const int32_t* cu = c.cu.data();
+  if (T == 0) GTEST_SKIP() << "no tokens";
+  auto shifted = [](const std::vector<float>& v) {  // one float in front: 4-byte aligned only
+    std::vector<float> s(v.size() + 1, 0.0f);
+    std::copy(v.begin(), v.end(), s.begin() + 1);
+    return s;
+  };
+  DeviceVec<float> gq(c.q), gk(c.k), gv(c.v), gdout(c.dout);
+  DeviceVec<float> sq(shifted(c.q)), sk(shifted(c.k)), sv(shifted(c.v)), sdout(shifted(c.dout));
+  DeviceVec<float> out_a(c.out), lse_a(c.lse), out_b(c.out), lse_b(c.lse);
+  DeviceVec<float> dq_a(c.q), dk_a(c.k), dv_a(c.v), dq_b(c.q), dk_b(c.k), dv_b(c.v);
+  ASSERT_TRUE(
+      cuda::AttentionForwardBf16(out_a.p, lse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
+          .ok());
+  ASSERT_TRUE(cuda::AttentionForwardBf16(out_b.p, lse_b.p, sq.p + 1, sk.p + 1, sv.p + 1, cu, nd, T,
+                                         Hq, Hkv, D, c.scale)
+                  .ok());
+  ASSERT_TRUE(cuda::AttentionBackwardBf16(dq_a.p, dk_a.p, dv_a.p, gdout.p, out_a.p, lse_a.p, gq.p,
+                                          gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
+                  .ok());
+  ASSERT_TRUE(cuda::AttentionBackwardBf16(dq_b.p, dk_b.p, dv_b.p, sdout.p + 1, out_a.p, lse_a.p,
+                                          sq.p + 1, sk.p + 1, sv.p + 1, cu, nd, T, Hq, Hkv, D,
+                                          c.scale)
+                  .ok());
+  cudatest::Sync();
+  ExpectBitEqual(out_b.Host(), out_a.Host(), "out (unaligned inputs)");
+  ExpectBitEqual(lse_b.Host(), lse_a.Host(), "lse (unaligned inputs)");
+  ExpectBitEqual(dq_b.Host(), dq_a.Host(), "dq (unaligned inputs)");
+  ExpectBitEqual(dk_b.Host(), dk_a.Host(), "dk (unaligned inputs)");
+  ExpectBitEqual(dv_b.Host(), dv_a.Host(), "dv (unaligned inputs)");
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionBf16Cuda,
     ::testing::Values(

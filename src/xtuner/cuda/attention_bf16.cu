@@ -112,7 +112,7 @@ size_t BackwardQSmemBytes(int D) {
 // dst (kBlk, D + 8) bf16 = the first `valid` rows of src (row stride `stride` floats, D each)
 // rounded to nearest even, the other rows zero (pad columns D .. D + 7 are never read). All
 // threads of the block take part. vec: src and stride allow float4 loads (16-byte aligned).
-__device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride, int valid, int D,
+[[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride, int valid, int D,
                                 bool vec) {
   const int ld = D + 8;
   if (vec) {
@@ -137,7 +137,10 @@ __device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride, int
 // layout unspecified, but it is one fixed layout for the fragment type (loads, mma and stores
 // agree on it), so it is read back from a tile whose elements hold their row index. scratch:
 // this warp's fp32 scratch (16 x 16 used, row stride kSld).
-__device__ inline void FragRows(int (&rows)[kFragElems], float* scratch, int lane) {
+[[maybe_unused]] __device__ inline void FragRows(int (&rows)[kFragElems], float* scratch, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
   for (int i = lane; i < 16 * 16; i += 32) scratch[(i / 16) * kSld + i % 16] = float(i / 16);
   __syncwarp();
   FragC f;
@@ -145,6 +148,7 @@ __device__ inline void FragRows(int (&rows)[kFragElems], float* scratch, int lan
 #pragma unroll
   for (int i = 0; i < kFragElems; ++i) rows[i] = int(f.x[i]);
   __syncwarp();  // the scratch may be overwritten
+#endif
 }
 
 // Writes rows 0 .. nrows - 1 of the warp's (16, D) fragments acc (scaled by `mul`) to dst (row
@@ -152,6 +156,9 @@ __device__ inline void FragRows(int (&rows)[kFragElems], float* scratch, int lan
 template <int kN>
 __device__ inline void StoreRows(float* dst, int64_t stride, FragC (&acc)[kN], float mul,
                                  float* stage, int nrows, int D, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
   const int nD = D / 16;
 #pragma unroll
   for (int nd = 0; nd < kN; ++nd) {
@@ -167,6 +174,7 @@ __device__ inline void StoreRows(float* dst, int64_t stride, FragC (&acc)[kN], f
     dst[r * stride + d] = stage[r * (D + 4) + d];
   }
   __syncwarp();  // the stage may be overwritten
+#endif
 }
 
 // Item blockIdx.x = block index * Hq + q head (blocks ordered by decreasing cost).
@@ -177,6 +185,9 @@ __global__ void __launch_bounds__(kThreads)
     AttentionForwardBf16Kernel(float* out, float* lse, const float* q, const float* k,
                                const float* v, const Block* blocks, int64_t Hq, int64_t Hkv, int D,
                                float scale, bool vec) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
   constexpr int kN = kDmax / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -301,6 +312,7 @@ __global__ void __launch_bounds__(kThreads)
   StoreRows<kN>(out + ((int64_t(b.begin) + r0) * Hq + h) * D, Hq * D, o, 1.0f, sw, last - r0 + 1, D,
                 lane);
   if (half == 0 && row_ok) lse[qpos * Hq + h] = m + logf(l);
+#endif
 }
 
 // delta (rows) = <bf16(dout row), out row> (rows = T * Hq, D each) in fp32: one warp per row, the
@@ -331,6 +343,9 @@ __global__ void __launch_bounds__(kThreads)
                                   const float* delta, const float* q, const float* k,
                                   const float* v, const Block* blocks, int64_t Hq, int64_t Hkv,
                                   int D, float scale, bool vec) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
   constexpr int kN = kDmax / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, tid = int(threadIdx.x);
@@ -447,6 +462,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t o = (int64_t(b.begin) + r0) * Hkv + g;
   StoreRows<kN>(dk + o * D, Hkv * D, dka, scale, sw, last - r0 + 1, D, lane);
   StoreRows<kN>(dv + o * D, Hkv * D, dva, 1.0f, sw, last - r0 + 1, D, lane);
+#endif
 }
 
 // dq of one (query block, q head): item blockIdx.x = block index * Hq + q head.
@@ -458,6 +474,9 @@ __global__ void __launch_bounds__(kThreads)
                                  const float* q, const float* k, const float* v,
                                  const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
                                  bool vec) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
   constexpr int kN = kDmax / 16;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, tid = int(threadIdx.x);
@@ -562,6 +581,7 @@ __global__ void __launch_bounds__(kThreads)
   if (last < r0) return;  // warp-uniform; no barrier follows
   StoreRows<kN>(dq + ((int64_t(b.begin) + r0) * Hq + h) * D, Hq * D, acc, scale, sw, last - r0 + 1,
                 D, lane);
+#endif
 }
 
 // Checks the arguments (no CUDA call) and makes the block list, twice: by_q ordered by
@@ -621,6 +641,21 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const 
 
 bool AttentionBf16Supports(int64_t D) { return D >= 16 && D <= kMaxD && D % 16 == 0; }
 
+Status AttentionBf16Device() {
+  int dev = 0, major = 0, minor = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), "attention_bf16 device"));
+  XT_RETURN_IF_ERROR(Check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                           "attention_bf16 device"));
+  XT_RETURN_IF_ERROR(Check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
+                           "attention_bf16 device"));
+  if (major < 8)
+    return Status::Error(
+        "attention_bf16: needs bf16 tensor cores (compute capability 8.0 or "
+        "newer); device " +
+        std::to_string(dev) + " is " + std::to_string(major) + "." + std::to_string(minor));
+  return Status::OK();
+}
+
 Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
                             int64_t Hkv, int64_t D, float scale, void* stream) {
@@ -628,6 +663,7 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_forward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
   if (T == 0) return Status::OK();
+  XT_RETURN_IF_ERROR(AttentionBf16Device());
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
   void* buf = nullptr;
@@ -652,6 +688,7 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_backward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
   if (T == 0) return Status::OK();
+  XT_RETURN_IF_ERROR(AttentionBf16Device());
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
   void* buf = nullptr;  // blocks (2 nb, 16 bytes each), then delta (T * Hq floats)

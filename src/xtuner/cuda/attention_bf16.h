@@ -25,6 +25,11 @@ namespace xt::cuda {
 // Whether the bf16 kernels take head dim D: a multiple of 16 in [16, 128] (64 and 128 included).
 bool AttentionBf16Supports(int64_t D);
 
+// OK when the current device has bf16 tensor cores (compute capability 8.0 or newer), else an
+// error naming the device and its capability. The kernels check it before any launch (builds
+// for older architectures compile them to a trap).
+Status AttentionBf16Device();
+
 // out (T, Hq, D), lse (T, Hq) assigned from q (T, Hq, D), k, v (T, Hkv, D); cu_seqlens a HOST
 // array (num_docs + 1) from 0 to T, non-decreasing; causal within each document.
 Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
