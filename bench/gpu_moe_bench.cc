@@ -44,7 +44,6 @@ double Now() {
 // parallel and reproducibly.
 uint64_t Mix(uint64_t counter) { return xt::SplitMix64(&counter); }
 
-// Device used bytes, sampled until stopped; the maximum seen.
 // Hands the memory the device's pool keeps (CudaModel asks it to keep freed blocks) back.
 void TrimPool(cudaStream_t stream) {
   cudaStreamSynchronize(stream);
@@ -56,6 +55,7 @@ void TrimPool(cudaStream_t stream) {
   cudaGetLastError();
 }
 
+// Device used bytes, sampled until stopped; the maximum seen.
 class MemorySampler {
  public:
   void Start() {

@@ -66,5 +66,14 @@ TEST_P(NcclCommTest, OneRankCollectivesAreCopies) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, NcclCommTest, ::testing::Values(0, 1, 1000, 1 << 20));
 
+// One rank uses one GPU: no two ranks share a device.
+class NcclDevices : public cudatest::CudaTest<int> {};
+TEST_P(NcclDevices, OneRankHasDistinctDevices) {
+  std::unique_ptr<Comm> host = MakeSingleComm();
+  const Status st = cuda::CheckDistinctDevices(*host);
+  EXPECT_TRUE(st.ok()) << st.message();
+}
+INSTANTIATE_TEST_SUITE_P(OneRank, NcclDevices, ::testing::Values(1));
+
 }  // namespace
 }  // namespace xt

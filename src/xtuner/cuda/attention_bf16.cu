@@ -112,8 +112,8 @@ size_t BackwardQSmemBytes(int D) {
 // dst (kBlk, D + 8) bf16 = the first `valid` rows of src (row stride `stride` floats, D each)
 // rounded to nearest even, the other rows zero (pad columns D .. D + 7 are never read). All
 // threads of the block take part. vec: src and stride allow float4 loads (16-byte aligned).
-[[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride, int valid, int D,
-                                bool vec) {
+[[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride,
+                                                 int valid, int D, bool vec) {
   const int ld = D + 8;
   if (vec) {
     const int q4 = D / 4;
@@ -137,7 +137,8 @@ size_t BackwardQSmemBytes(int D) {
 // layout unspecified, but it is one fixed layout for the fragment type (loads, mma and stores
 // agree on it), so it is read back from a tile whose elements hold their row index. scratch:
 // this warp's fp32 scratch (16 x 16 used, row stride kSld).
-[[maybe_unused]] __device__ inline void FragRows(int (&rows)[kFragElems], float* scratch, int lane) {
+[[maybe_unused]] __device__ inline void FragRows(int (&rows)[kFragElems], float* scratch,
+                                                 int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else

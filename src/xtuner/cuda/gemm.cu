@@ -15,6 +15,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -227,8 +228,13 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
   const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
                        (st == CUBLAS_STATUS_INVALID_VALUE && in == GemmInput::kBf16);
   if (!refused) return BlasCheck(st, "grouped GEMM");
-  // This cuBLAS cannot group these types: one cuBLASLt call per expert, now and from now on.
+  // This cuBLAS cannot group these types: one cuBLASLt call per expert, now and from now on
+  // (said once: a refusal that is really a bad argument would show here).
   ungrouped = true;
+  std::fprintf(stderr,
+               "xtuner: cuBLAS refused a grouped GEMM of %s inputs (status %d): the experts' "
+               "products run as one GEMM per expert\n",
+               in == GemmInput::kBf16 ? "bf16" : "fp32", int(st));
   return one_by_one();
 }
 

@@ -56,6 +56,8 @@ class CudaModel {
     bf16_stale_ = true;
     return params_;
   }
+  // The slab, to read (e.g. to copy out): the bf16 copy stays valid.
+  const float* params_view() const { return params_; }
   float* grads() { return grads_; }
   Status ZeroGrads();
   // Copies a slab to the host (layout().total() floats); waits for the stream.

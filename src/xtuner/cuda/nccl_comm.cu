@@ -4,8 +4,10 @@
 // send/receive pairs (a rank's block to itself included, which NCCL supports).
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -28,7 +30,9 @@ std::vector<int64_t> Offsets(const std::vector<int64_t>& counts) {
 
 Result<int> SelectLocalDevice() {
   int local = 0;
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
+  // Open MPI, Slurm, torchrun-style launchers, MPICH / Intel MPI (Hydra), MVAPICH.
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK",
+                           "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK"}) {
     if (const char* v = std::getenv(name)) {
       local = std::atoi(v);
       break;
@@ -40,6 +44,32 @@ Result<int> SelectLocalDevice() {
   const int device = local % devices;
   XT_RETURN_IF_ERROR(Check(cudaSetDevice(device), "cudaSetDevice"));
   return device;
+}
+
+Status CheckDistinctDevices(Comm& host) {
+  int device = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "cudaGetDevice"));
+  cudaDeviceProp prop{};
+  XT_RETURN_IF_ERROR(Check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  char name[256] = {0};
+  gethostname(name, sizeof name - 1);
+  // FNV-1a of host name and UUID, cut to 52 bits: exact in a double, summed over the ranks.
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ uint8_t(p[i])) * 1099511628211ull;
+  };
+  mix(name, std::strlen(name));
+  mix(prop.uuid.bytes, sizeof prop.uuid.bytes);
+  std::vector<double> ids(size_t(host.size()), 0.0);
+  ids[size_t(host.rank())] = double(h >> 12);
+  host.AllReduceSum(ids.data(), int64_t(ids.size()));
+  for (size_t a = 0; a < ids.size(); ++a)
+    for (size_t b = a + 1; b < ids.size(); ++b)
+      if (ids[a] == ids[b])
+        return Status::Error("ranks " + std::to_string(a) + " and " + std::to_string(b) +
+                             " use the same GPU: more ranks than GPUs on a node, or a launcher "
+                             "whose local rank is unknown (set LOCAL_RANK per process)");
+  return Status::OK();
 }
 
 Result<std::unique_ptr<NcclComm>> NcclComm::Create(Comm* host, void* stream,

@@ -22,9 +22,17 @@
 
 namespace xt::cuda {
 
-// Makes this process use the GPU of its local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID or
-// LOCAL_RANK; 0 when none is set) modulo the visible devices. Returns the device index.
+// Makes this process use the GPU of its local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+// LOCAL_RANK, MPI_LOCALRANKID, PMI_LOCAL_RANK or MV2_COMM_WORLD_LOCAL_RANK; 0 when none is set)
+// modulo the visible devices. Returns the device index. Two ranks on one GPU are not detected
+// here: see CheckDistinctDevices.
 Result<int> SelectLocalDevice();
+
+// A collective over `host`: OK when every rank uses a different GPU (host name and device UUID),
+// else an error naming two ranks that share one (more ranks than GPUs on a node, or a launcher
+// whose local rank SelectLocalDevice does not know). NCCL cannot run two ranks on one GPU and
+// may hang instead of failing.
+Status CheckDistinctDevices(Comm& host);
 
 class NcclComm : public Comm {
  public:

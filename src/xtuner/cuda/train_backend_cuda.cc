@@ -40,13 +40,11 @@ class CudaTrainBackend : public TrainBackend {
   Status SyncToHost() override;
   int64_t recompute_layers() const override { return recompute_layers_; }
   // The device's bytes in use (cudaMemGetInfo: the context, the state, and what the memory pool
-  // holds, which CudaModel tells it to keep: so about the high-water mark of the run).
+  // holds, which CudaModel tells it to keep: so about the high-water mark of the run; other
+  // processes on the same GPU count too). -1 (the host's figure) when the query fails.
   int64_t PeakMemoryBytes() const override {
     size_t free = 0, total = 0;
-    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
-      cudaGetLastError();
-      return -1;
-    }
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return -1;
     return int64_t(total - free);
   }
 
@@ -104,7 +102,10 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   b->args_ = args;
   b->total_ = total;
   b->step_ = args.adamw->step();
-  if (ranks > 1) XT_RETURN_IF_ERROR(SelectLocalDevice().status());
+  if (ranks > 1) {  // a GPU per rank, checked distinct, before anything large is allocated
+    XT_RETURN_IF_ERROR(SelectLocalDevice().status());
+    XT_RETURN_IF_ERROR(CheckDistinctDevices(*args.world));
+  }
   int device = 0;
   XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "device"));
   cudaDeviceProp prop{};
@@ -119,6 +120,12 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
                        "gradients all-reduced over NCCL)";
   XT_RETURN_IF_ERROR(
       Check(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking), "training stream"));
+  if (ranks > 1) {
+    XT_ASSIGN_OR_RETURN(b->nccl_, NcclComm::Create(args.world, b->stream_));
+  }
+  if (ranks == 1)  // the host shard is the whole slab, each range at its own offset
+    for (const OwnedRange& r : args.store->owned())
+      XT_CHECK(r.shard == r.global, "one rank's host shard is not in slab order");
   const bool whole = ranks == 1;  // the host shard is the whole slab, in slab order
   XT_ASSIGN_OR_RETURN(
       b->model_,
@@ -138,7 +145,6 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   } else {
     // The whole state from the ranks' shards: each rank writes the ranges it owns into zeroed
     // slabs, and a sum over the ranks (every other rank adds zeros: exact) completes them.
-    XT_ASSIGN_OR_RETURN(b->nccl_, NcclComm::Create(args.world, b->stream_));
     for (float* slab : {b->model_->params(), b->m_, b->v_})
       XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(slab, 0, bytes, b->stream_), "state"));
     for (const OwnedRange& r : args.store->owned()) {
@@ -219,9 +225,10 @@ Status CudaTrainBackend::SyncToHost() {
   for (const OwnedRange& r : args_.store->owned()) {
     if (r.size == 0) continue;
     const size_t bytes = size_t(r.size) * sizeof(float);
-    XT_RETURN_IF_ERROR(Check(cudaMemcpy(args_.store->params() + r.shard,
-                                        model_->params() + r.global, bytes, cudaMemcpyDeviceToHost),
-                             "parameters to the host"));
+    XT_RETURN_IF_ERROR(
+        Check(cudaMemcpy(args_.store->params() + r.shard, model_->params_view() + r.global, bytes,
+                         cudaMemcpyDeviceToHost),
+              "parameters to the host"));
     XT_RETURN_IF_ERROR(Check(
         cudaMemcpy(m.f32() + r.shard, m_ + r.global, bytes, cudaMemcpyDeviceToHost), "exp_avg"));
     XT_RETURN_IF_ERROR(Check(

@@ -64,10 +64,12 @@ struct TrainBackendArgs {
   const ModelConfig* model = nullptr;
   ShardedParams* store = nullptr;  // this rank's shard (the whole model on one rank)
   AdamW* adamw = nullptr;          // over the same shard, its moments and step count
-  std::vector<DecayRange> decay;   // AdamW's ranges, in shard coordinates
-  Comm* world = nullptr;           // every rank (one: a single process)
-  double recompute = 0;            // model.recompute
-  bool bf16 = false;               // train.precision == "bf16"
+  // AdamW's ranges in shard coordinates (ShardDecayRanges of DefaultDecayRanges). The CUDA
+  // backend, which holds the whole slab, takes DefaultDecayRanges over it instead: the same source.
+  std::vector<DecayRange> decay;
+  Comm* world = nullptr;  // every rank (one: a single process)
+  double recompute = 0;   // model.recompute
+  bool bf16 = false;      // train.precision == "bf16"
 };
 
 using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);

@@ -315,10 +315,14 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     sum.extra.push_back({"memory", "per rank",
                          HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
   } else {  // the whole state on every device; the host keeps its shard for checkpoints
-    sum.memory_estimate_bytes = int64_t(16.0 * double(total_params));
+    // fp32 params, grads and two moments, and in bf16 mode the weights' bf16 copy.
+    const double per_param = cfg.precision == "bf16" ? 18.0 : 16.0;
+    sum.memory_estimate_bytes = int64_t(per_param * double(total_params));
     sum.extra.push_back({"memory", "per " + cfg.device + " device",
-                         HumanBytes(16.0 * double(total_params)) +
-                             " params + grads + AdamW (fp32, the whole model), plus activations"});
+                         HumanBytes(per_param * double(total_params)) +
+                             " params + grads + AdamW (fp32" +
+                             (cfg.precision == "bf16" ? ", and a bf16 copy of the weights" : "") +
+                             ", the whole model), plus activations"});
     sum.extra.push_back({"memory", "per rank, host",
                          HumanBytes(shard_bytes) + " params + grads + AdamW (ZeRO-3 shard)"});
   }
@@ -503,7 +507,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                     mesh.world > 1 ? " on the largest rank" : "",
                     (long long)backend->recompute_layers(), (long long)mc.num_layers);
       progress.Message(msg);
-      if (mesh.world > 1) {
+      if (mesh.world > 1 && cfg.device == "cpu") {  // (a device backend does not use them)
         std::snprintf(msg, sizeof msg,
                       "gathered parameters and gradient buffers (ZeRO-3): %s at most on rank 0",
                       HumanBytes(4.0 * double(store.peak_working_floats())).c_str());
