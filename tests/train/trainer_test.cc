@@ -155,6 +155,18 @@ TEST(Trainer, ExportLoadsBackWithTheSameWeightsAndTokenizer) {
   EXPECT_EQ(std::memcmp((*exported)->params().data(), ckpt->data(), ckpt->size() * 4), 0);
 }
 
+TEST(Trainer, AWarmupLongerThanTheRunIsAnErrorBeforeAnyDataIsRead) {
+  TrainConfig c = TinyRun("warmup");
+  c.steps = 3;
+  c.warmup_steps = 20;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("warmup_steps = 20 is more than total_steps = 3"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(c.work_dir + "/cache")) << "the data was tokenized first";
+}
+
 TEST(Trainer, MalformedLineStopsBeforeTraining) {
   TrainConfig c = TinyRun("bad");
   std::ofstream(c.datasets[0].path, std::ios::app) << "{\"messages\": [}\n";

@@ -162,6 +162,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          ": expert parallelism on GPUs is not built yet (data parallel only: "
                          "parallel.ep = 1), or use train.device = \"cpu\"");
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
+  // The schedule before any data is read (a warm-up longer than the run is a config error).
+  LrScheduleConfig lc;
+  XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));
+  lc.lr = cfg.lr;
+  lc.min_lr = cfg.min_lr;
+  lc.total_steps = cfg.steps;
+  lc.warmup_steps = cfg.warmup_steps;
+  lc.warmup_ratio = cfg.warmup_steps > 0 ? 0.0 : cfg.warmup_ratio;
+  XT_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(lc));
   if (cfg.global_batch_size % mesh.dp != 0)
     return Status::Error("train.global_batch_size = " + std::to_string(cfg.global_batch_size) +
                          " rows cannot be split evenly over the " + std::to_string(mesh.dp) +
@@ -210,14 +219,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                       AdamW::Create(ac, ShardDecayRanges(mc, store.owned()), store.shard_size()));
   const ShardState shard{&store.owned(), store.params(), &adamw};
   std::vector<DecayRange> shard_decay = ShardDecayRanges(mc, store.owned());
-  LrScheduleConfig lc;
-  XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));
-  lc.lr = cfg.lr;
-  lc.min_lr = cfg.min_lr;
-  lc.total_steps = cfg.steps;
-  lc.warmup_steps = cfg.warmup_steps;
-  lc.warmup_ratio = cfg.warmup_steps > 0 ? 0.0 : cfg.warmup_ratio;
-  XT_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(lc));
   NonFiniteGuard guard(int(cfg.max_nonfinite_steps));
 
   TrainState state;
