@@ -7,6 +7,7 @@
 # reference numbers measured on one H200 (transformers 5.17, grouped_mm experts, SDPA, bf16).
 #
 #   bench/gpu_moe.sh     # BUILD=build-gpu LENGTHS=4096,16384,65536,131072 STEPS=3 PRECISION=bf16
+#                        # ATTENTION=bf16 (fp32: the fp32 attention kernels)
 #
 # Each length runs with every activation kept, then, if that runs out of memory, with every
 # layer recomputed (the table says which); a length that still does not fit is reported as out
@@ -19,6 +20,7 @@ BUILD=${BUILD:-build-gpu}
 LENGTHS=${LENGTHS:-4096,16384,65536,131072}
 STEPS=${STEPS:-3}
 PRECISION=${PRECISION:-bf16}
+ATTENTION=${ATTENTION:-bf16}  # fp32: attention on the fp32 kernels (if the bf16 ones fail)
 JOBS=$(nproc)
 
 cmake -S . -B "$BUILD" -DXTUNER_CUDA=ON -DCMAKE_BUILD_TYPE=Release > "$BUILD.configure.log" 2>&1 ||
@@ -42,7 +44,8 @@ grep -E "device|step 300/300|eval:|error" "$BUILD.demo-gpu.log" | head -8
 [ $DEMO_RC -eq 0 ] || echo "demo on the GPU: FAILED (rc $DEMO_RC, see $BUILD.demo-gpu.log)"
 
 echo "== benchmark"
-OUT=$("$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" --precision "$PRECISION" 2>&1)
+OUT=$("$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" --precision "$PRECISION" \
+  --attention "$ATTENTION" 2>&1)
 echo "$OUT" | grep -v "^tokens=" || true
 OUT="$OUT" python3 - <<'PY'
 import os

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "xtuner/core/rng.h"
+#include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   int64_t steps = 3;
   double peak_tflops = 989.0;
   bool bf16 = true;
+  bool bf16_attention = true;  // with bf16: attention on the tensor cores (attention_bf16.cu)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--lengths")) {
       lengths.clear();
@@ -100,12 +102,15 @@ int main(int argc, char** argv) {
     } else if (!std::strcmp(argv[i], "--precision") &&
                (!std::strcmp(argv[i + 1], "bf16") || !std::strcmp(argv[i + 1], "fp32"))) {
       bf16 = !std::strcmp(argv[i + 1], "bf16");
+    } else if (!std::strcmp(argv[i], "--attention") &&
+               (!std::strcmp(argv[i + 1], "bf16") || !std::strcmp(argv[i + 1], "fp32"))) {
+      bf16_attention = !std::strcmp(argv[i + 1], "bf16");
     } else if (!std::strcmp(argv[i], "--peak-tflops")) {
       peak_tflops = std::atof(argv[i + 1]);
     } else {
       std::fprintf(stderr,
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
-                   "[--precision bf16|fp32] [--peak-tflops F]\n");
+                   "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F]\n");
       return 2;
     }
   }
@@ -167,6 +172,7 @@ int main(int argc, char** argv) {
   }
   xt::cuda::CudaModel& model = **model_or;
   model.SetPrecision(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32);
+  model.SetBf16Attention(bf16_attention);
   std::vector<float>().swap(host);
   float *m = nullptr, *v = nullptr;
   if (cudaMalloc(&m, size_t(total) * 4) != cudaSuccess ||
@@ -184,9 +190,14 @@ int main(int argc, char** argv) {
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
-  std::printf("params=%lld active_params=%lld matmul_params=%lld steps=%lld precision=%s\n",
-              (long long)total, (long long)active, (long long)matmul_params, (long long)steps,
-              bf16 ? "bf16" : "fp32");
+  std::printf(
+      "params=%lld active_params=%lld matmul_params=%lld steps=%lld precision=%s attention=%s\n",
+      (long long)total, (long long)active, (long long)matmul_params, (long long)steps,
+      bf16 ? "bf16" : "fp32",
+      bf16 && bf16_attention && xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
+              xt::cuda::AttentionBf16Device().ok()
+          ? "bf16 tensor cores"
+          : "fp32");
 
   for (int64_t T : lengths) {
     std::vector<int64_t> ids(T);

@@ -210,7 +210,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const bool bf16 = precision_ == GemmInput::kBf16;
   // Attention's products on the tensor cores too in bf16 mode, where the kernels take the head
   // dim (attention_bf16.h); the fp32 kernels otherwise.
-  const bool bf16_attention = bf16 && AttentionBf16Supports(D) && AttentionBf16Device().ok();
+  const bool bf16_attention =
+      bf16 && bf16_attention_ && AttentionBf16Supports(D) && AttentionBf16Device().ok();
   const int64_t total = layout_.total();
   DeviceArray<uint16_t> scratch_a, scratch_b;
   if (bf16 && (bf16_stale_ || weights_bf16_->size() < total)) {  // once per parameter update

@@ -43,6 +43,9 @@ class CudaModel {
   // of 16 up to 128): Q, K, V, the softmax weights and the output gradient rounded to bf16 for
   // the tensor cores. The CPU's bf16 mode keeps attention in fp32.
   void SetPrecision(GemmInput p) { precision_ = p; }
+  // In bf16 mode, attention on the tensor cores (default) or on the fp32 kernels (false: e.g.
+  // to measure the rest of the model should the bf16 kernels fail their tests on some GPU).
+  void SetBf16Attention(bool on) { bf16_attention_ = on; }
   // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
   // keep only their input in the forward and run again in the backward (same gradients).
   void SetRecompute(double fraction);
@@ -91,6 +94,7 @@ class CudaModel {
   int64_t recompute_layers_ = 0;
   std::unique_ptr<Bf16Weights> weights_bf16_;
   bool bf16_stale_ = true;
+  bool bf16_attention_ = true;
 };
 
 }  // namespace xt::cuda
