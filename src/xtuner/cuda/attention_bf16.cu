@@ -181,6 +181,34 @@ __device__ inline void StoreRows(float* dst, int64_t stride, FragC (&acc)[kN], f
 // Item blockIdx.x = block index * Hq + q head (blocks ordered by decreasing cost).
 // Warp w owns query rows 16 w .. 16 w + 15 of the block; lane pair (2 r, 2 r + 1) owns softmax
 // row r of the warp, lane 2 r + half its columns half + 2 i (i < 32), and both hold its m and l.
+// The backward's two score-like products of one 16 x 16 tile, over D (nD steps of 16):
+// s = a1 (16 rows, D) b1 (16 rows, D)^T and dp = a2 b2^T, bf16 tiles of row stride ld, stored
+// as fp32 to s_out and dp_out (row stride kSld). dK/dV: s^T = K Q^T, dp^T = V dO^T; dQ: s = Q K^T,
+// dp = dO V^T. All lanes of the warp take part.
+[[maybe_unused]] __device__ inline void TwoProducts(float* s_out, float* dp_out, const bf16* a1,
+                                                    const bf16* b1, const bf16* a2, const bf16* b2,
+                                                    int ld, int nD) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched there: the host refuses devices without bf16 tensor cores
+#else
+  FragC s, dp;
+  wmma::fill_fragment(s, 0.0f);
+  wmma::fill_fragment(dp, 0.0f);
+  for (int kk = 0; kk < nD; ++kk) {
+    FragA a;
+    FragBCol b;
+    wmma::load_matrix_sync(a, a1 + kk * 16, ld);
+    wmma::load_matrix_sync(b, b1 + kk * 16, ld);
+    wmma::mma_sync(s, a, b, s);
+    wmma::load_matrix_sync(a, a2 + kk * 16, ld);
+    wmma::load_matrix_sync(b, b2 + kk * 16, ld);
+    wmma::mma_sync(dp, a, b, dp);
+  }
+  wmma::store_matrix_sync(s_out, s, kSld, wmma::mem_row_major);
+  wmma::store_matrix_sync(dp_out, dp, kSld, wmma::mem_row_major);
+#endif
+}
+
 template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
     AttentionForwardBf16Kernel(float* out, float* lse, const float* q, const float* k,
@@ -407,23 +435,9 @@ __global__ void __launch_bounds__(kThreads)
       if (c0 >= c1) continue;
 
       // s^T (16, 64) = K rows r0.. Q^T, dp^T = V rows r0.. dO^T, chunks c0 .. c1 - 1.
-      for (int nt = c0; nt < c1; ++nt) {
-        FragC s, dp;
-        wmma::fill_fragment(s, 0.0f);
-        wmma::fill_fragment(dp, 0.0f);
-        for (int kk = 0; kk < nD; ++kk) {
-          FragA a;
-          FragBCol bq;
-          wmma::load_matrix_sync(a, ks + r0 * ld + kk * 16, ld);
-          wmma::load_matrix_sync(bq, qs + nt * 16 * ld + kk * 16, ld);
-          wmma::mma_sync(s, a, bq, s);
-          wmma::load_matrix_sync(a, vs + r0 * ld + kk * 16, ld);
-          wmma::load_matrix_sync(bq, dos + nt * 16 * ld + kk * 16, ld);
-          wmma::mma_sync(dp, a, bq, dp);
-        }
-        wmma::store_matrix_sync(sw + nt * 16, s, kSld, wmma::mem_row_major);
-        wmma::store_matrix_sync(dpw + nt * 16, dp, kSld, wmma::mem_row_major);
-      }
+      for (int nt = c0; nt < c1; ++nt)
+        TwoProducts(sw + nt * 16, dpw + nt * 16, ks + r0 * ld, qs + nt * 16 * ld, vs + r0 * ld,
+                    dos + nt * 16 * ld, ld, nD);
       __syncwarp();
 
       // p, ds of key row lr (unseen: 0; columns outside the chunks are all unseen).
@@ -532,23 +546,9 @@ __global__ void __launch_bounds__(kThreads)
     const int nc = min((kn + 15) / 16, int((warp_last_pos - j0) / 16) + 1);
 
     // s (16, 16 nc) = Q rows r0.. K^T, dp = dO rows r0.. V^T.
-    for (int nt = 0; nt < nc; ++nt) {
-      FragC s, dp;
-      wmma::fill_fragment(s, 0.0f);
-      wmma::fill_fragment(dp, 0.0f);
-      for (int kk = 0; kk < nD; ++kk) {
-        FragA a;
-        FragBCol bk;
-        wmma::load_matrix_sync(a, qs + r0 * ld + kk * 16, ld);
-        wmma::load_matrix_sync(bk, ks + nt * 16 * ld + kk * 16, ld);
-        wmma::mma_sync(s, a, bk, s);
-        wmma::load_matrix_sync(a, dos + r0 * ld + kk * 16, ld);
-        wmma::load_matrix_sync(bk, vs + nt * 16 * ld + kk * 16, ld);
-        wmma::mma_sync(dp, a, bk, dp);
-      }
-      wmma::store_matrix_sync(sw + nt * 16, s, kSld, wmma::mem_row_major);
-      wmma::store_matrix_sync(dpw + nt * 16, dp, kSld, wmma::mem_row_major);
-    }
+    for (int nt = 0; nt < nc; ++nt)
+      TwoProducts(sw + nt * 16, dpw + nt * 16, qs + r0 * ld, ks + nt * 16 * ld, dos + r0 * ld,
+                  vs + nt * 16 * ld, ld, nD);
     __syncwarp();
 
     // ds of query row lr (unseen keys: 0; columns beyond chunk nc are all unseen).
