@@ -7,7 +7,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -102,30 +104,54 @@ std::vector<int32_t> RaggedOffsets(int64_t E, unsigned seed) {
   return off;
 }
 
+// Both paths (one grouped cuBLAS call, one call per expert) in fp32 and bf16 against the CPU
+// twins (bf16: the CPU's bf16 matmul mode, the same rounded operands; fp32 sums either way).
 TEST_F(GemmCuda, GroupedForwardAndBackwardMatchTheCpuTwins) {
-  for (int64_t E : {1, 5, 16})
-    for (auto [I, O] : {std::pair<int64_t, int64_t>{32, 48}, {65, 17}}) {
-      std::vector<int32_t> off = RaggedOffsets(E, unsigned(E * 7 + I));
-      if (E == 1) off = {0, 0};  // no rows at all
-      const int64_t R = off[E];
-      const auto x = Random(R * I, 1), w = Random(E * O * I, 2), dy = Random(R * O, 3);
-      std::vector<float> y(R * O), dx(R * I), dw = Random(E * O * I, 4);
-      DeviceVec<float> dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw);
-      ops::grouped_linear_forward(y.data(), x.data(), w.data(), off.data(), E, I, O);
-      ops::grouped_linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), off.data(),
-                                   E, I, O);
-      ASSERT_TRUE(
-          blas_->GroupedForward(d_y.p, dxv.p, dwv.p, off.data(), E, I, O, cuda::GemmInput::kF32)
-              .ok());
-      ASSERT_TRUE(blas_
-                      ->GroupedBackward(d_dx.p, d_dw.p, ddy.p, dxv.p, dwv.p, off.data(), E, I, O,
-                                        cuda::GemmInput::kF32)
-                      .ok());
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_LT(RelErr(d_y.Host(), y), 1e-5) << "E " << E << " I " << I;
-      EXPECT_LT(RelErr(d_dx.Host(), dx), 1e-5) << "E " << E << " I " << I;
-      EXPECT_LT(RelErr(d_dw.Host(), dw), 1e-5) << "E " << E << " I " << I;
-    }
+  for (const cuda::GemmInput in : {cuda::GemmInput::kF32, cuda::GemmInput::kBf16})
+    for (const bool per_expert : {false, true})
+      for (int64_t E : {1, 5, 16})
+        for (auto [I, O] : {std::pair<int64_t, int64_t>{32, 48}, {65, 17}}) {
+          const bool bf16 = in == cuda::GemmInput::kBf16;
+          const std::string what = std::string(bf16 ? "bf16" : "fp32") +
+                                   (per_expert ? " per expert" : " grouped") + " E " +
+                                   std::to_string(E) + " I " + std::to_string(I);
+          std::vector<int32_t> off = RaggedOffsets(E, unsigned(E * 7 + I));
+          if (E == 1) off = {0, 0};  // no rows at all
+          const int64_t R = off[E];
+          const auto x = Random(R * I, 1), w = Random(E * O * I, 2), dy = Random(R * O, 3);
+          std::vector<float> y(R * O), dx(R * I), dw = Random(E * O * I, 4);
+          DeviceVec<float> dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw);
+          if (bf16) ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
+          ops::grouped_linear_forward(y.data(), x.data(), w.data(), off.data(), E, I, O);
+          ops::grouped_linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(),
+                                       off.data(), E, I, O);
+          ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+          // The operands as the GPU reads them: fp32, or rounded to bf16 on the device.
+          DeviceVec<uint16_t> x16{std::vector<uint16_t>(std::max<int64_t>(R * I, 1))},
+              w16{std::vector<uint16_t>(std::max<int64_t>(E * O * I, 1))},
+              dy16{std::vector<uint16_t>(std::max<int64_t>(R * O, 1))};
+          if (bf16) {
+            ASSERT_TRUE(cuda::ToBf16(x16.p, dxv.p, R * I).ok());
+            ASSERT_TRUE(cuda::ToBf16(w16.p, dwv.p, E * O * I).ok());
+            ASSERT_TRUE(cuda::ToBf16(dy16.p, ddy.p, R * O).ok());
+          }
+          const void* xa = bf16 ? static_cast<const void*>(x16.p) : dxv.p;
+          const void* wa = bf16 ? static_cast<const void*>(w16.p) : dwv.p;
+          const void* dya = bf16 ? static_cast<const void*>(dy16.p) : ddy.p;
+          blas_->SetPerExpert(in, per_expert);
+          ASSERT_TRUE(blas_->GroupedForward(d_y.p, xa, wa, off.data(), E, I, O, in).ok()) << what;
+          ASSERT_TRUE(
+              blas_->GroupedBackward(d_dx.p, d_dw.p, dya, xa, wa, off.data(), E, I, O, in).ok())
+              << what;
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const double tol = bf16 ? 1e-4 : 1e-5;
+          EXPECT_LT(RelErr(d_y.Host(), y), tol) << what;
+          EXPECT_LT(RelErr(d_dx.Host(), dx), tol) << what;
+          EXPECT_LT(RelErr(d_dw.Host(), dw), tol) << what;
+          if (!per_expert)
+            std::printf("%s: %s\n", what.c_str(),
+                        blas_->GroupsNatively(in) ? "grouped natively" : "refused: per expert");
+        }
 }
 
 }  // namespace

@@ -32,6 +32,9 @@ class Blas {
   // Whether the experts' products of `in` run as one grouped cuBLAS call (false once cuBLAS has
   // refused these types: one call per expert since).
   bool GroupsNatively(GemmInput in) const { return !ungrouped_[in == GemmInput::kBf16 ? 1 : 0]; }
+  // Runs the experts' products of `in` one per expert (true) or grouped (false, the default; it
+  // still falls back when cuBLAS refuses): for tests and benchmarks of both paths.
+  void SetPerExpert(GemmInput in, bool on) { ungrouped_[in == GemmInput::kBf16 ? 1 : 0] = on; }
 
   // The experts' product, as ops::grouped_linear_forward: rows [offsets[e], offsets[e+1]) of x
   // (R, I) go through expert e's w (E, O, I): y (R, O) = x_e @ w_e^T. `offsets` (E + 1) on the
