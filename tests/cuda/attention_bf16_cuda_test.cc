@@ -156,8 +156,8 @@ TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
   EXPECT_LT(dv_diff, kGradTol);
 }
 
-// Inputs that are not 16-byte aligned take the kernels' scalar loads instead of float4 ones:
-// the same values, so the same bits.
+// Inputs that are not 16-byte aligned: rounded into the same (aligned) bf16 copies, so the same
+// bits.
 TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
   const Case c(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;

@@ -35,9 +35,11 @@
 // tiles (16, kSld = 68) and bf16 weight tiles (16, kPld = 72). Every buffer starts on a 128-byte
 // boundary. Bytes at D = 128: forward 96 768, dK/dV 123 392, dQ 114 176 (1 or 2 blocks per SM).
 //
+// The inputs are rounded to bf16 once per call (Bf16Inputs), so the streamed tiles move half the
+// bytes of fp32 and the loops convert nothing.
 // Speed ideas, not done yet: mma.sync / wgmma with known fragment layouts (softmax in registers,
-// no shared round trip of S), cp.async / TMA double-buffering of the streamed tiles, bf16 copies
-// of q, k, v made once instead of rounding on every load, a persistent grid ordered by cost.
+// no shared round trip of S), cp.async / TMA double-buffering of the streamed tiles, a
+// persistent grid ordered by cost.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -51,6 +53,7 @@
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/attention_blocks.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/launch.h"
 
 namespace xt::cuda {
@@ -109,26 +112,26 @@ size_t BackwardQSmemBytes(int D) {
   return 4 * TileBytes(D) + kWarps * (kWarpF32Bytes + kWarpBf16Bytes) + kRowStatBytes;
 }
 
-// dst (kBlk, D + 8) bf16 = the first `valid` rows of src (row stride `stride` floats, D each)
-// rounded to nearest even, the other rows zero (pad columns D .. D + 7 are never read). All
-// threads of the block take part. vec: src and stride allow float4 loads (16-byte aligned).
-[[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const float* src, int64_t stride,
+// dst (kBlk, D + 8) bf16 = the first `valid` rows of src (row stride `stride` elements, D each:
+// the bf16 copies of q, k, v, dout that the launcher rounds once per call, so each tile moves half
+// the bytes of fp32 and no conversion sits in the loops), the other rows zero (pad columns
+// D .. D + 7 are never read). All threads of the block take part. vec: src and stride allow
+// 16-byte loads (8 elements).
+[[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const bf16* src, int64_t stride,
                                                  int valid, int D, bool vec) {
   const int ld = D + 8;
   if (vec) {
-    const int q4 = D / 4;
-    for (int idx = threadIdx.x; idx < kBlk * q4; idx += kThreads) {
-      const int r = idx / q4, c = (idx - r * q4) * 4;
-      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < valid) x = *reinterpret_cast<const float4*>(src + r * stride + c);
-      __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst + r * ld + c);  // 8-byte aligned
-      d2[0] = __floats2bfloat162_rn(x.x, x.y);
-      d2[1] = __floats2bfloat162_rn(x.z, x.w);
+    const int q8 = D / 8;
+    for (int idx = threadIdx.x; idx < kBlk * q8; idx += kThreads) {
+      const int r = idx / q8, c = (idx - r * q8) * 8;
+      uint4 x = make_uint4(0u, 0u, 0u, 0u);  // bf16 zeros
+      if (r < valid) x = *reinterpret_cast<const uint4*>(src + r * stride + c);
+      *reinterpret_cast<uint4*>(dst + r * ld + c) = x;  // 16-byte aligned: ld, c multiples of 8
     }
   } else {
     for (int idx = threadIdx.x; idx < kBlk * D; idx += kThreads) {
       const int r = idx / D, c = idx - r * D;
-      dst[r * ld + c] = __float2bfloat16_rn(r < valid ? src[r * stride + c] : 0.0f);
+      dst[r * ld + c] = r < valid ? src[r * stride + c] : __float2bfloat16_rn(0.0f);
     }
   }
 }
@@ -211,9 +214,9 @@ __device__ inline void StoreRows(float* dst, int64_t stride, FragC (&acc)[kN], f
 
 template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
-    AttentionForwardBf16Kernel(float* out, float* lse, const float* q, const float* k,
-                               const float* v, const Block* blocks, int64_t Hq, int64_t Hkv, int D,
-                               float scale, bool vec) {
+    AttentionForwardBf16Kernel(float* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                               const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
+                               bool vec) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
@@ -368,10 +371,10 @@ __global__ void AttentionDeltaBf16Kernel(float* delta, const float* dout, const 
 // pair (2 r, 2 r + 1) computes p and ds of key row r, lane 2 r + half the query columns half + 2 i.
 template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
-    AttentionBackwardKvBf16Kernel(float* dk, float* dv, const float* dout, const float* lse,
-                                  const float* delta, const float* q, const float* k,
-                                  const float* v, const Block* blocks, int64_t Hq, int64_t Hkv,
-                                  int D, float scale, bool vec) {
+    AttentionBackwardKvBf16Kernel(float* dk, float* dv, const bf16* dout, const float* lse,
+                                  const float* delta, const bf16* q, const bf16* k, const bf16* v,
+                                  const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
+                                  bool vec) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
@@ -485,10 +488,9 @@ __global__ void __launch_bounds__(kThreads)
 // (2 r, 2 r + 1) computes ds of query row r, lane 2 r + half the key columns half + 2 i.
 template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
-    AttentionBackwardQBf16Kernel(float* dq, const float* dout, const float* lse, const float* delta,
-                                 const float* q, const float* k, const float* v,
-                                 const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
-                                 bool vec) {
+    AttentionBackwardQBf16Kernel(float* dq, const bf16* dout, const float* lse, const float* delta,
+                                 const bf16* q, const bf16* k, const bf16* v, const Block* blocks,
+                                 int64_t Hq, int64_t Hkv, int D, float scale, bool vec) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
@@ -600,15 +602,48 @@ Status PlanAttention(const char* op, const int32_t* cu, int64_t num_docs, int64_
   return Status::OK();
 }
 
-// Whether all pointers are 16-byte aligned (row strides are multiples of 4 floats: D % 16 == 0).
-bool Aligned16(std::initializer_list<const float*> ptrs) {
-  for (const float* p : ptrs)
+// Whether all pointers are 16-byte aligned (row strides, D elements of bf16 with D % 16 == 0,
+// are multiples of 32 bytes).
+bool Aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
 }
 
+// The bf16 copies of the inputs the kernels read, in one stream-ordered allocation: `parts`
+// device arrays of fp32 (sizes n) rounded to nearest even into consecutive bf16 arrays (each
+// starting 32-byte aligned: n is a multiple of D, itself of 16). Freed with the object.
+class Bf16Inputs {
+ public:
+  explicit Bf16Inputs(cudaStream_t st) : st_(st) {}
+  ~Bf16Inputs() {
+    if (buf_) cudaFreeAsync(buf_, st_);
+  }
+  Bf16Inputs(const Bf16Inputs&) = delete;
+  Bf16Inputs& operator=(const Bf16Inputs&) = delete;
+  Status Make(std::initializer_list<std::pair<const float*, int64_t>> parts, const char* what) {
+    int64_t total = 0;
+    for (const auto& part : parts) total += part.second;
+    XT_RETURN_IF_ERROR(Check(
+        cudaMallocAsync(&buf_, size_t(std::max<int64_t>(total, 1)) * sizeof(bf16), st_), what));
+    bf16* at = static_cast<bf16*>(buf_);
+    for (const auto& [src, n] : parts) {
+      XT_RETURN_IF_ERROR(ToBf16(at, src, n, st_));
+      copies_.push_back(at);
+      at += n;
+    }
+    return Status::OK();
+  }
+  const bf16* operator[](size_t i) const { return copies_[i]; }
+
+ private:
+  cudaStream_t st_;
+  void* buf_ = nullptr;
+  std::vector<const bf16*> copies_;
+};
+
 template <int kDmax>
-Status LaunchForward(float* out, float* lse, const float* q, const float* k, const float* v,
+Status LaunchForward(float* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                      const Block* blocks, int64_t nb, int64_t Hq, int64_t Hkv, int64_t D,
                      float scale, cudaStream_t st) {
   const size_t bytes = ForwardSmemBytes(int(D));
@@ -620,8 +655,8 @@ Status LaunchForward(float* out, float* lse, const float* q, const float* k, con
 }
 
 template <int kDmax>
-Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const float* lse,
-                      const float* delta, const float* q, const float* k, const float* v,
+Status LaunchBackward(float* dq, float* dk, float* dv, const bf16* dout, const float* lse,
+                      const float* delta, const bf16* q, const bf16* k, const bf16* v,
                       const Block* by_q, const Block* by_kv, int64_t nb, int64_t Hq, int64_t Hkv,
                       int64_t D, float scale, cudaStream_t st) {
   const size_t kv_bytes = BackwardKvSmemBytes(int(D)), q_bytes = BackwardQSmemBytes(int(D));
@@ -669,12 +704,16 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   const int64_t nb = int64_t(by_q.size());
   void* buf = nullptr;
   Status s = UploadBlocks(&buf, by_q, by_kv, 0, st, "attention_forward_bf16 blocks");
+  Bf16Inputs in(st);  // q, k, v
+  if (s.ok())
+    s = in.Make({{q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}},
+                "attention_forward_bf16 inputs");
   if (s.ok()) {
     const Block* blocks = static_cast<const Block*>(buf);
     if (D <= 64)
-      s = LaunchForward<64>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+      s = LaunchForward<64>(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
     else
-      s = LaunchForward<128>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+      s = LaunchForward<128>(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
   }
   if (buf == nullptr) return s;
   const Status freed = Check(cudaFreeAsync(buf, st), "attention_forward_bf16 blocks free");
@@ -700,13 +739,17 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
     AttentionDeltaBf16Kernel<<<detail::BlocksFor(T * Hq * 32), detail::kThreads, 0, st>>>(
         delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward_bf16 (delta) launch");
+    Bf16Inputs in(st);  // dout, q, k, v
+    if (s.ok())
+      s = in.Make({{dout, T * Hq * D}, {q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}},
+                  "attention_backward_bf16 inputs");
     if (s.ok()) {
       if (D <= 64)
-        s = LaunchBackward<64>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
-                               Hkv, D, scale, st);
+        s = LaunchBackward<64>(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
+                               blocks + nb, nb, Hq, Hkv, D, scale, st);
       else
-        s = LaunchBackward<128>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
-                                Hkv, D, scale, st);
+        s = LaunchBackward<128>(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
+                                blocks + nb, nb, Hq, Hkv, D, scale, st);
     }
   }
   if (buf == nullptr) return s;

@@ -4,9 +4,11 @@
 // checks (made before any CUDA call), T == 0 launches nothing, no atomics (bit-identical results
 // from run to run on a given binary and GPU model), scratch from the stream-ordered allocator.
 //
-// Precision: q, k, v, dout stay fp32 in memory; the kernels round them (and the softmax weights
-// p and the score gradients ds) to bf16 (round to nearest even) when they load them into shared
-// memory for the tensor-core products, which accumulate in fp32. Softmax statistics (running max
+// Precision: q, k, v, dout are fp32 in memory; each call rounds them once to bf16 (round to
+// nearest even) into scratch copies (2 bytes an element: the forward's q, k, v, the backward's
+// dout, q, k, v), which the kernels stream into shared memory for the tensor-core products;
+// the softmax weights p and the score gradients ds are rounded there too; the products
+// accumulate in fp32. Softmax statistics (running max
 // and sum), lse and delta = <dout, out> are fp32 (dout rounded to bf16 there too, as the
 // products see it). Against the fp32 twin expect norm-wise relative
 // differences of order 1e-2 for out and a few 1e-2 for the gradients (bf16's unit roundoff is
