@@ -445,7 +445,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     sm.ce_loss = loss_tokens > 0 ? stats[4] / double(loss_tokens) : 0.0;
     sm.aux_loss = mc.is_moe() ? stats[5] : StepMetrics::kNaN;
     sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * stats[5] : 0.0);
-    // The global gradient norm: every element is in exactly one rank's shard.
+    // The global gradient norm from each rank's share of it (its shard on the CPU: every element
+    // is in exactly one rank's shard).
     XT_ASSIGN_OR_RETURN(double sum_sq, backend->GradSumOfSquares());
     world.AllReduceSum(&sum_sq, 1);
     sm.grad_norm = std::sqrt(sum_sq);
