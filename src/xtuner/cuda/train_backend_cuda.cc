@@ -39,13 +39,19 @@ class CudaTrainBackend : public TrainBackend {
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;
   int64_t recompute_layers() const override { return recompute_layers_; }
-  // The device's bytes in use (cudaMemGetInfo: the context, the state, and what the memory pool
-  // holds, which CudaModel tells it to keep: so about the high-water mark of the run; other
-  // processes on the same GPU count too). -1 (the host's figure) when the query fails.
+  // This process's device memory at its high-water mark: the state (parameters, gradients and
+  // two moments, fp32) and the most the memory pool has held (activations, scratch, the bf16
+  // weights; CudaModel tells it to keep what is freed). Not counted: the CUDA context and the
+  // library workspaces (a few hundred MiB). -1 (the host's figure) when the query fails.
   int64_t PeakMemoryBytes() const override {
-    size_t free = 0, total = 0;
-    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return -1;
-    return int64_t(total - free);
+    int device = 0;
+    cudaMemPool_t pool;
+    uint64_t high = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high) != cudaSuccess)
+      return -1;
+    return int64_t(high) + 4 * int64_t(sizeof(float)) * total_;
   }
 
  private:

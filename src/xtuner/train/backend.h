@@ -53,8 +53,8 @@ class TrainBackend {
   // backend's. A no-op for the CPU.
   virtual Status SyncToHost() = 0;
   virtual int64_t recompute_layers() const = 0;
-  // The memory figure of the metrics (peak_memory): the device's bytes in use, or -1 for the
-  // host's peak resident memory (the CPU).
+  // The memory figure of the metrics (peak_memory): the device memory's high-water mark, or -1 for
+  // the host's peak resident memory (the CPU).
   virtual int64_t PeakMemoryBytes() const { return -1; }
 };
 

@@ -36,7 +36,7 @@ struct StepMetrics {
   double max_expert_violation_worst = kNaN;  // the same per-layer quantity, max over layers
   std::vector<std::vector<int64_t>> tokens_per_expert;  // [moe layer][expert], summed over ranks
   // High-water mark of this process's memory: resident host memory on the CPU; on a GPU
-  // (train.device = "cuda") the device's bytes in use (TrainBackend::PeakMemoryBytes).
+  // (train.device = "cuda") its device memory's (TrainBackend::PeakMemoryBytes).
   int64_t peak_memory_bytes = 0;
   double masked_fraction = kNaN;  // share of this step's tokens whose label is -100 (no loss)
   bool skipped = false;           // the update was not applied (non-finite loss or gradient)
