@@ -182,7 +182,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gpu_moe_bench: no room for the AdamW state\n");
     return 1;
   }
-  const std::vector<xt::DecayRange> runs = xt::DefaultDecayRanges(layout);
+  auto runs_or = xt::DecayRuns(xt::DefaultDecayRanges(layout), total, 0, total);
+  if (!runs_or.ok()) {
+    std::fprintf(stderr, "gpu_moe_bench: %s\n", runs_or.status().message().c_str());
+    return 1;
+  }
+  const std::vector<xt::DecayRun> runs = std::move(*runs_or);  // AdamW's, as the trainer's
   const xt::AdamWConfig ac;
   int64_t adam_step = 0;
 
@@ -215,11 +220,12 @@ int main(int argc, char** argv) {
         return xt::Status::Error("non-finite loss " + std::to_string(info.loss));
       loss = info.loss;
       ++adam_step;
-      for (const xt::DecayRange& r : runs) {
+      for (const xt::DecayRun& r : runs) {
         const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
-            ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.weight_decay);
-        XT_RETURN_IF_ERROR(xt::cuda::AdamWStep(model.params() + r.offset, model.grads() + r.offset,
-                                               m + r.offset, v + r.offset, r.numel, s, stream));
+            ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.decay);
+        XT_RETURN_IF_ERROR(xt::cuda::AdamWStep(model.params() + r.begin, model.grads() + r.begin,
+                                               m + r.begin, v + r.begin, r.end - r.begin, s,
+                                               stream));
       }
       return xt::cuda::Check(cudaStreamSynchronize(stream), "step");
     };

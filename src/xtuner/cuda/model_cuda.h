@@ -49,6 +49,7 @@ class CudaModel {
   // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
   // keep only their input in the forward and run again in the backward (same gradients).
   void SetRecompute(double fraction);
+  int64_t recompute_layers() const { return recompute_layers_; }
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
   const Blas& blas() const { return *blas_; }

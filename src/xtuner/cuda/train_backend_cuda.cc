@@ -38,7 +38,7 @@ class CudaTrainBackend : public TrainBackend {
   Result<double> GradSumOfSquares() override;
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;
-  int64_t recompute_layers() const override { return recompute_layers_; }
+  int64_t recompute_layers() const override { return model_->recompute_layers(); }
   // This process's device memory at its high-water mark: the state (parameters, gradients and
   // two moments, fp32) and the most the memory pool has held (activations, scratch, the bf16
   // weights; CudaModel tells it to keep what is freed). Not counted: the CUDA context and the
@@ -55,10 +55,6 @@ class CudaTrainBackend : public TrainBackend {
   }
 
  private:
-  struct Run {  // a maximal range of the slab with one decay flag
-    int64_t begin, end;
-    bool decay;
-  };
   CudaTrainBackend() = default;
   // device[global, global + n) = host[shard, shard + n), queued on the stream.
   Status Upload(float* device, const float* host, int64_t global, int64_t shard, int64_t n);
@@ -70,11 +66,10 @@ class CudaTrainBackend : public TrainBackend {
   std::unique_ptr<NcclComm> nccl_;  // more than one rank: the gradients' all-reduce
   float* m_ = nullptr;              // AdamW's moments over the whole slab
   float* v_ = nullptr;
-  double* sum_sq_ = nullptr;  // one double: the gradient norm's square
-  std::vector<Run> runs_;
-  int64_t step_ = 0;  // AdamW's step count (the host's until SyncToHost)
+  double* sum_sq_ = nullptr;    // one double: the gradient norm's square
+  std::vector<DecayRun> runs_;  // AdamW over the whole slab
+  int64_t step_ = 0;            // AdamW's step count (the host's until SyncToHost)
   int64_t total_ = 0;
-  int64_t recompute_layers_ = 0;
 };
 
 CudaTrainBackend::~CudaTrainBackend() {
@@ -138,7 +133,6 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       CudaModel::Create(*args.model, whole ? args.store->params() : nullptr, b->stream_));
   b->model_->SetPrecision(args.bf16 ? GemmInput::kBf16 : GemmInput::kF32);
   b->model_->SetRecompute(args.recompute);
-  b->recompute_layers_ = int64_t(std::llround(args.recompute * double(args.model->num_layers)));
   const size_t bytes = size_t(std::max<int64_t>(total, 1)) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->m_, bytes), "AdamW exp_avg"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->v_, bytes), "AdamW exp_avg_sq"));
@@ -162,23 +156,8 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
     for (float* slab : {b->model_->params(), b->m_, b->v_}) b->nccl_->AllReduceSum(slab, total);
   }
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
-  // AdamW's runs over the whole slab: the default decay ranges (the host's, before sharding),
-  // adjacent ones with the same flag merged.
-  for (const DecayRange& d : DefaultDecayRanges(layout)) {
-    if (d.numel == 0) continue;
-    if (!b->runs_.empty() && b->runs_.back().decay == d.weight_decay &&
-        b->runs_.back().end == d.offset)
-      b->runs_.back().end = d.offset + d.numel;
-    else
-      b->runs_.push_back({d.offset, d.offset + d.numel, d.weight_decay});
-  }
-  // DefaultDecayRanges' contract: every element in exactly one range, in slab order.
-  int64_t end = 0;
-  for (const Run& r : b->runs_) {
-    XT_CHECK(r.begin == end, "AdamW runs leave a gap or overlap at " + std::to_string(end));
-    end = r.end;
-  }
-  XT_CHECK(end == total, "AdamW runs end at " + std::to_string(end));
+  // AdamW's runs over the whole slab, from the decay ranges the host's shard was cut from.
+  XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(DefaultDecayRanges(layout), total, 0, total));
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 
@@ -218,7 +197,7 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
       MakeAdamWStepScalars(c.beta1, c.beta2, c.eps, c.weight_decay, step_, lr, grad_scale, true)};
   float* p = model_->params();
   const float* g = model_->grads();
-  for (const Run& r : runs_)
+  for (const DecayRun& r : runs_)
     XT_RETURN_IF_ERROR(AdamWStep(p + r.begin, g + r.begin, m_ + r.begin, v_ + r.begin,
                                  r.end - r.begin, scalars[r.decay ? 1 : 0], stream_));
   return Status::OK();

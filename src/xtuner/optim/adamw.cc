@@ -54,17 +54,11 @@ std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
   return out;
 }
 
-Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> ranges, int64_t total,
-                            int64_t shard_begin, int64_t shard_end) {
-  XT_RETURN_IF_ERROR(ValidateAdamWConfig(cfg));
-  if (shard_end < 0) shard_end = total;
-  if (total < 0 || shard_begin < 0 || shard_begin > shard_end || shard_end > total)
-    return Status::Error("AdamW: shard [" + std::to_string(shard_begin) + ", " +
-                         std::to_string(shard_end) + ") is not inside the slab [0, " +
-                         std::to_string(total) + ")");
+Result<std::vector<DecayRun>> DecayRuns(std::vector<DecayRange> ranges, int64_t total,
+                                        int64_t shard_begin, int64_t shard_end) {
   std::sort(ranges.begin(), ranges.end(),
             [](const DecayRange& a, const DecayRange& b) { return a.offset < b.offset; });
-  AdamW opt;
+  std::vector<DecayRun> runs;
   int64_t next = 0;  // first element not yet covered
   for (const DecayRange& r : ranges) {
     if (r.numel < 0 || r.offset < 0 || r.offset + r.numel > total)
@@ -80,14 +74,27 @@ Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> rang
     const int64_t b = std::max(r.offset, shard_begin) - shard_begin;
     const int64_t e = std::min(r.offset + r.numel, shard_end) - shard_begin;
     if (b >= e) continue;
-    if (!opt.runs_.empty() && opt.runs_.back().decay == r.weight_decay && opt.runs_.back().end == b)
-      opt.runs_.back().end = e;
+    if (!runs.empty() && runs.back().decay == r.weight_decay && runs.back().end == b)
+      runs.back().end = e;
     else
-      opt.runs_.push_back({b, e, r.weight_decay});
+      runs.push_back({b, e, r.weight_decay});
   }
   if (next != total)
     return Status::Error("AdamW: elements [" + std::to_string(next) + ", " + std::to_string(total) +
                          ") are in no decay range");
+  return runs;
+}
+
+Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> ranges, int64_t total,
+                            int64_t shard_begin, int64_t shard_end) {
+  XT_RETURN_IF_ERROR(ValidateAdamWConfig(cfg));
+  if (shard_end < 0) shard_end = total;
+  if (total < 0 || shard_begin < 0 || shard_begin > shard_end || shard_end > total)
+    return Status::Error("AdamW: shard [" + std::to_string(shard_begin) + ", " +
+                         std::to_string(shard_end) + ") is not inside the slab [0, " +
+                         std::to_string(total) + ")");
+  AdamW opt;
+  XT_ASSIGN_OR_RETURN(opt.runs_, DecayRuns(std::move(ranges), total, shard_begin, shard_end));
   opt.cfg_ = cfg;
   opt.shard_begin_ = shard_begin;
   opt.shard_end_ = shard_end;
@@ -133,7 +140,7 @@ void AdamW::Step(float* params, const float* grads, double lr, float grad_scale)
       MakeAdamWStepScalars(cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, lr,
                            grad_scale, true)};
 #pragma omp parallel
-  for (const Run& r : runs_) {
+  for (const DecayRun& r : runs_) {
     const AdamWStepScalars& rs = scalars[r.decay ? 1 : 0];
 #pragma omp for schedule(static) nowait
     for (int64_t c = r.begin; c < r.end; c += kChunk) {

@@ -52,6 +52,18 @@ struct DecayRange {
 // merged. Covers [0, layout.total()) exactly.
 std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout);
 
+// A maximal range of a shard with one decay flag; offsets local to the shard.
+struct DecayRun {
+  int64_t begin, end;
+  bool decay;
+};
+
+// The runs of the shard [shard_begin, shard_end) of a slab of `total` elements under `ranges` (in
+// any order), which must cover [0, total) exactly, without overlap: the order AdamW updates the
+// shard in. Errors name the range that leaves the slab, overlaps, or the elements left out.
+Result<std::vector<DecayRun>> DecayRuns(std::vector<DecayRange> ranges, int64_t total,
+                                        int64_t shard_begin, int64_t shard_end);
+
 class AdamW {
  public:
   // `ranges` (in any order) must cover [0, total) exactly, without overlap; the optimizer owns
@@ -88,14 +100,10 @@ class AdamW {
   Status Restore(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step);
 
  private:
-  struct Run {  // a maximal range of the shard with one decay flag; offsets local to the shard
-    int64_t begin, end;
-    bool decay;
-  };
   AdamW() = default;
 
   AdamWConfig cfg_;
-  std::vector<Run> runs_;
+  std::vector<DecayRun> runs_;
   int64_t shard_begin_ = 0, shard_end_ = 0, step_ = 0;
   Tensor m_, v_;  // F32 [numel()]
 };

@@ -215,10 +215,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   ac.beta2 = cfg.beta2;
   ac.eps = cfg.eps;
   ac.weight_decay = cfg.weight_decay;
-  XT_ASSIGN_OR_RETURN(AdamW adamw,
-                      AdamW::Create(ac, ShardDecayRanges(mc, store.owned()), store.shard_size()));
-  const ShardState shard{&store.owned(), store.params(), &adamw};
   std::vector<DecayRange> shard_decay = ShardDecayRanges(mc, store.owned());
+  XT_ASSIGN_OR_RETURN(AdamW adamw, AdamW::Create(ac, shard_decay, store.shard_size()));
+  const ShardState shard{&store.owned(), store.params(), &adamw};
   NonFiniteGuard guard(int(cfg.max_nonfinite_steps));
 
   TrainState state;
