@@ -444,10 +444,10 @@ Status AttentionForward(float* out, float* lse, const float* q, const float* k, 
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
-  void* buf = nullptr;
-  Status s = UploadBlocks(&buf, by_q, by_kv, 0, st, "attention_forward blocks");
+  detail::Scratch scratch(st);
+  const Block* blocks = nullptr;
+  Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_forward blocks");
   if (s.ok()) {
-    const Block* blocks = static_cast<const Block*>(buf);
     if (D <= 64)
       s = LaunchForward<64>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
     else if (D <= 128)
@@ -455,8 +455,7 @@ Status AttentionForward(float* out, float* lse, const float* q, const float* k, 
     else
       s = LaunchForward<256>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
   }
-  if (buf == nullptr) return s;
-  const Status freed = Check(cudaFreeAsync(buf, st), "attention_forward blocks free");
+  const Status freed = scratch.Release("attention_forward blocks free");
   return s.ok() ? freed : s;
 }
 
@@ -470,11 +469,12 @@ Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, con
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
-  void* buf = nullptr;  // blocks (2 nb, 16 bytes each), then delta (T * Hq floats)
-  Status s = UploadBlocks(&buf, by_q, by_kv, T * Hq, st, "attention_backward scratch");
+  detail::Scratch scratch(st);
+  const Block* blocks = nullptr;
+  float* delta = nullptr;  // (T, Hq)
+  Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_backward scratch");
+  if (s.ok()) s = scratch.Alloc(&delta, T * Hq, "attention_backward scratch");
   if (s.ok()) {
-    const Block* blocks = static_cast<const Block*>(buf);
-    float* delta = reinterpret_cast<float*>(static_cast<Block*>(buf) + 2 * nb);
     AttentionDeltaKernel<<<detail::BlocksFor(T * Hq * 32), kThreads, 0, st>>>(delta, dout, out,
                                                                               T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward (delta) launch");
@@ -490,8 +490,7 @@ Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, con
                                 Hkv, D, scale, st);
     }
   }
-  if (buf == nullptr) return s;
-  const Status freed = Check(cudaFreeAsync(buf, st), "attention_backward scratch free");
+  const Status freed = scratch.Release("attention_backward scratch free");
   return s.ok() ? freed : s;
 }
 

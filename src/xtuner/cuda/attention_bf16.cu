@@ -35,7 +35,7 @@
 // tiles (16, kSld = 68) and bf16 weight tiles (16, kPld = 72). Every buffer starts on a 128-byte
 // boundary. Bytes at D = 128: forward 96 768, dK/dV 123 392, dQ 114 176 (1 or 2 blocks per SM).
 //
-// The inputs are rounded to bf16 once per call (Bf16Inputs), so the streamed tiles move half the
+// The inputs are rounded to bf16 once per call (Bf16Copies), so the streamed tiles move half the
 // bytes of fp32 and the loops convert nothing.
 // Speed ideas, not done yet: mma.sync / wgmma with known fragment layouts (softmax in registers,
 // no shared round trip of S), cp.async / TMA double-buffering of the streamed tiles, a
@@ -610,37 +610,19 @@ bool Aligned16(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-// The bf16 copies of the inputs the kernels read, in one stream-ordered allocation: `parts`
-// device arrays of fp32 (sizes n) rounded to nearest even into consecutive bf16 arrays (each
-// starting 32-byte aligned: n is a multiple of D, itself of 16). Freed with the object.
-class Bf16Inputs {
- public:
-  explicit Bf16Inputs(cudaStream_t st) : st_(st) {}
-  ~Bf16Inputs() {
-    if (buf_) cudaFreeAsync(buf_, st_);
+// The bf16 copies of the inputs the kernels read, in `scratch`: each of `parts` (an fp32 device
+// array and its size) rounded to nearest even, in order (each copy 256-byte aligned).
+Status Bf16Copies(detail::Scratch& scratch,
+                  std::initializer_list<std::pair<const float*, int64_t>> parts,
+                  std::vector<const bf16*>* copies, cudaStream_t st, const char* what) {
+  for (const auto& [src, n] : parts) {
+    bf16* copy = nullptr;
+    XT_RETURN_IF_ERROR(scratch.Alloc(&copy, n, what));
+    XT_RETURN_IF_ERROR(ToBf16(copy, src, n, st));
+    copies->push_back(copy);
   }
-  Bf16Inputs(const Bf16Inputs&) = delete;
-  Bf16Inputs& operator=(const Bf16Inputs&) = delete;
-  Status Make(std::initializer_list<std::pair<const float*, int64_t>> parts, const char* what) {
-    int64_t total = 0;
-    for (const auto& part : parts) total += part.second;
-    XT_RETURN_IF_ERROR(Check(
-        cudaMallocAsync(&buf_, size_t(std::max<int64_t>(total, 1)) * sizeof(bf16), st_), what));
-    bf16* at = static_cast<bf16*>(buf_);
-    for (const auto& [src, n] : parts) {
-      XT_RETURN_IF_ERROR(ToBf16(at, src, n, st_));
-      copies_.push_back(at);
-      at += n;
-    }
-    return Status::OK();
-  }
-  const bf16* operator[](size_t i) const { return copies_[i]; }
-
- private:
-  cudaStream_t st_;
-  void* buf_ = nullptr;
-  std::vector<const bf16*> copies_;
-};
+  return Status::OK();
+}
 
 template <int kDmax>
 Status LaunchForward(float* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
@@ -702,21 +684,20 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   XT_RETURN_IF_ERROR(AttentionBf16Device());
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
-  void* buf = nullptr;
-  Status s = UploadBlocks(&buf, by_q, by_kv, 0, st, "attention_forward_bf16 blocks");
-  Bf16Inputs in(st);  // q, k, v
+  detail::Scratch scratch(st);
+  const Block* blocks = nullptr;
+  std::vector<const bf16*> in;  // q, k, v
+  Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_forward_bf16 blocks");
   if (s.ok())
-    s = in.Make({{q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}},
-                "attention_forward_bf16 inputs");
+    s = Bf16Copies(scratch, {{q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in, st,
+                   "attention_forward_bf16 inputs");
   if (s.ok()) {
-    const Block* blocks = static_cast<const Block*>(buf);
     if (D <= 64)
       s = LaunchForward<64>(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
     else
       s = LaunchForward<128>(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
   }
-  if (buf == nullptr) return s;
-  const Status freed = Check(cudaFreeAsync(buf, st), "attention_forward_bf16 blocks free");
+  const Status freed = scratch.Release("attention_forward_bf16 scratch free");
   return s.ok() ? freed : s;
 }
 
@@ -731,18 +712,20 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
   XT_RETURN_IF_ERROR(AttentionBf16Device());
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
-  void* buf = nullptr;  // blocks (2 nb, 16 bytes each), then delta (T * Hq floats)
-  Status s = UploadBlocks(&buf, by_q, by_kv, T * Hq, st, "attention_backward_bf16 scratch");
+  detail::Scratch scratch(st);
+  const Block* blocks = nullptr;
+  float* delta = nullptr;  // (T, Hq)
+  Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_backward_bf16 scratch");
+  if (s.ok()) s = scratch.Alloc(&delta, T * Hq, "attention_backward_bf16 scratch");
   if (s.ok()) {
-    const Block* blocks = static_cast<const Block*>(buf);
-    float* delta = reinterpret_cast<float*>(static_cast<Block*>(buf) + 2 * nb);
     AttentionDeltaBf16Kernel<<<detail::BlocksFor(T * Hq * 32), detail::kThreads, 0, st>>>(
         delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward_bf16 (delta) launch");
-    Bf16Inputs in(st);  // dout, q, k, v
+    std::vector<const bf16*> in;  // dout, q, k, v
     if (s.ok())
-      s = in.Make({{dout, T * Hq * D}, {q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}},
-                  "attention_backward_bf16 inputs");
+      s = Bf16Copies(scratch,
+                     {{dout, T * Hq * D}, {q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in,
+                     st, "attention_backward_bf16 inputs");
     if (s.ok()) {
       if (D <= 64)
         s = LaunchBackward<64>(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
@@ -752,8 +735,7 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
                                 blocks + nb, nb, Hq, Hkv, D, scale, st);
     }
   }
-  if (buf == nullptr) return s;
-  const Status freed = Check(cudaFreeAsync(buf, st), "attention_backward_bf16 scratch free");
+  const Status freed = scratch.Release("attention_backward_bf16 scratch free");
   return s.ok() ? freed : s;
 }
 

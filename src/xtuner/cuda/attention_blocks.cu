@@ -36,19 +36,17 @@ Status PlanBlocks(const char* op, const int32_t* cu, int64_t num_docs, int64_t T
   return Status::OK();
 }
 
-Status UploadBlocks(void** buf, const std::vector<Block>& by_q, const std::vector<Block>& by_kv,
-                    int64_t extra_floats, cudaStream_t st, const char* what) {
-  const size_t nb = by_q.size(), bytes = 2 * nb * sizeof(Block);
+Status UploadBlocks(Scratch& scratch, const std::vector<Block>& by_q,
+                    const std::vector<Block>& by_kv, const Block** blocks, cudaStream_t st,
+                    const char* what) {
+  const size_t nb = by_q.size();
+  Block* d = nullptr;
+  XT_RETURN_IF_ERROR(scratch.Alloc(&d, int64_t(2 * nb), what));
+  *blocks = d;
   XT_RETURN_IF_ERROR(
-      Check(cudaMallocAsync(buf, bytes + size_t(extra_floats) * sizeof(float), st), what));
-  auto* blocks = static_cast<Block*>(*buf);
-  Status s = Check(
-      cudaMemcpyAsync(blocks, by_q.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st), what);
-  if (s.ok())
-    s = Check(
-        cudaMemcpyAsync(blocks + nb, by_kv.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st),
-        what);
-  return s;
+      Check(cudaMemcpyAsync(d, by_q.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st), what));
+  return Check(
+      cudaMemcpyAsync(d + nb, by_kv.data(), nb * sizeof(Block), cudaMemcpyHostToDevice, st), what);
 }
 
 }  // namespace xt::cuda::detail

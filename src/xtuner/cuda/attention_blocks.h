@@ -12,6 +12,7 @@
 
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/launch.h"
 
 namespace xt::cuda::detail {
 
@@ -29,11 +30,12 @@ struct Block {
 Status PlanBlocks(const char* op, const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
                   int64_t Hkv, int64_t D, std::vector<Block>* by_q, std::vector<Block>* by_kv);
 
-// A device copy of the blocks (by_q then by_kv) plus `extra_floats` floats after them, from the
-// stream-ordered allocator. cudaMemcpyAsync from pageable memory returns once the source is
-// staged, so the host vectors may die right after.
-Status UploadBlocks(void** buf, const std::vector<Block>& by_q, const std::vector<Block>& by_kv,
-                    int64_t extra_floats, cudaStream_t st, const char* what);
+// *blocks = a device copy of by_q then by_kv (by_q.size() each), in `scratch`. cudaMemcpyAsync
+// from pageable memory returns once the source is staged, so the host vectors may die right
+// after.
+Status UploadBlocks(Scratch& scratch, const std::vector<Block>& by_q,
+                    const std::vector<Block>& by_kv, const Block** blocks, cudaStream_t st,
+                    const char* what);
 
 // Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less
 // per block.

@@ -105,32 +105,6 @@ __global__ void SumKernel(double* out, const double* x, int64_t n) {
   if (tid == 0) *out = part[0];
 }
 
-// Stream-ordered scratch: cudaMallocAsync on the stream, everything freed (cudaFreeAsync, in
-// stream order after the work queued so far) when the object goes, error paths included.
-class Scratch {
- public:
-  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
-  ~Scratch() {
-    for (void* p : ptrs_) cudaFreeAsync(p, stream_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  // count elements of T (at least one is allocated, so the pointer is valid even when empty).
-  template <class T>
-  Status Alloc(T** p, int64_t count, const char* what) {
-    void* v = nullptr;
-    XT_RETURN_IF_ERROR(
-        Check(cudaMallocAsync(&v, size_t(std::max<int64_t>(count, 1)) * sizeof(T), stream_), what));
-    ptrs_.push_back(v);
-    *p = static_cast<T*>(v);
-    return Status::OK();
-  }
-
- private:
-  cudaStream_t stream_;
-  std::vector<void*> ptrs_;
-};
-
 }  // namespace
 
 Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
@@ -164,7 +138,7 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   const int64_t C = std::min(chunk_rows, n);
   const bool grad = dh != nullptr;
 
-  Scratch scratch(s);
+  detail::Scratch scratch(s);
   int64_t* rows_d = nullptr;
   int32_t* ys_d = nullptr;
   double* loss_d = nullptr;  // (n) per-row losses, then the total at loss_d[n]

@@ -46,8 +46,6 @@ __global__ void EmbeddingScatterKernel(float* dtable, const float* dout, const i
   }
 }
 
-size_t AlignUp(size_t n) { return (n + 255) / 256 * 256; }
-
 }  // namespace
 
 Status EmbeddingForward(float* out, const int32_t* ids, const float* table, int64_t T, int64_t H,
@@ -78,16 +76,13 @@ Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, i
                                       static_cast<const int32_t*>(nullptr),
                                       static_cast<int32_t*>(nullptr), n, 0, end_bit, st),
       "embedding_backward sort (size query)"));
-  // One scratch block: sorted keys, tokens in, tokens out (T int32 each), CUB's temporary.
-  const size_t ints = AlignUp(size_t(n) * sizeof(int32_t));
-  char* scratch = nullptr;
-  XT_RETURN_IF_ERROR(
-      Check(cudaMallocAsync(reinterpret_cast<void**>(&scratch), 3 * ints + AlignUp(temp_bytes), st),
-            "embedding_backward scratch"));
-  int32_t* keys = reinterpret_cast<int32_t*>(scratch);
-  int32_t* tokens_in = reinterpret_cast<int32_t*>(scratch + ints);
-  int32_t* tokens = reinterpret_cast<int32_t*>(scratch + 2 * ints);
-  void* temp = scratch + 3 * ints;
+  // Sorted keys, tokens in, tokens out (T int32 each), CUB's temporary.
+  detail::Scratch scratch(st);
+  int32_t *keys = nullptr, *tokens_in = nullptr, *tokens = nullptr;
+  char* temp = nullptr;
+  for (int32_t** p : {&keys, &tokens_in, &tokens})
+    XT_RETURN_IF_ERROR(scratch.Alloc(p, n, "embedding_backward scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&temp, int64_t(temp_bytes), "embedding_backward scratch"));
 
   Status s = Status::OK();
   IotaKernel<<<detail::BlocksFor(T), detail::kThreads, 0, st>>>(tokens_in, T);
@@ -102,7 +97,7 @@ Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, i
                                                                           tokens, T, H);
     s = Check(cudaGetLastError(), "embedding_backward (scatter) launch");
   }
-  const Status freed = Check(cudaFreeAsync(scratch, st), "embedding_backward scratch free");
+  const Status freed = scratch.Release("embedding_backward scratch free");
   return s.ok() ? freed : s;
 }
 

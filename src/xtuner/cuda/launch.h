@@ -1,14 +1,18 @@
 // Launch helpers shared by the CUDA ops (internal to src/xtuner/cuda/*.cu): grid sizes within
-// the hardware's limits for grid-stride loops, int64 thread indices, size checks as Status.
+// the hardware's limits for grid-stride loops, int64 thread indices, size checks as Status, and
+// the ops' stream-ordered scratch memory.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/cuda/device.h"
 
 namespace xt::cuda::detail {
 
@@ -36,5 +40,41 @@ inline Status CheckSizes(const char* op, std::initializer_list<int64_t> sizes) {
     if (s < 0) return Status::Error(std::string(op) + ": negative size " + std::to_string(s));
   return Status::OK();
 }
+
+// Stream-ordered scratch: cudaMallocAsync on the stream; Release frees everything (cudaFreeAsync,
+// in stream order after the work queued so far) and reports a failure; the destructor frees what
+// is left, so error paths lose nothing.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  ~Scratch() {
+    for (void* p : ptrs_) cudaFreeAsync(p, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  // count elements of T (at least one is allocated, so the pointer is valid even when empty).
+  template <class T>
+  Status Alloc(T** p, int64_t count, const char* what) {
+    void* v = nullptr;
+    XT_RETURN_IF_ERROR(
+        Check(cudaMallocAsync(&v, size_t(std::max<int64_t>(count, 1)) * sizeof(T), stream_), what));
+    ptrs_.push_back(v);
+    *p = static_cast<T*>(v);
+    return Status::OK();
+  }
+  Status Release(const char* what) {
+    Status st;
+    for (void* p : ptrs_) {
+      const Status freed = Check(cudaFreeAsync(p, stream_), what);
+      if (st.ok()) st = freed;
+    }
+    ptrs_.clear();
+    return st;
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<void*> ptrs_;
+};
 
 }  // namespace xt::cuda::detail

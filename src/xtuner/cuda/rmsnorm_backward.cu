@@ -110,17 +110,16 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
                                                    rows_per_chunk);
     return Check(cudaGetLastError(), "rmsnorm_backward (dw) launch");
   }
+  detail::Scratch scratch(st);
   double* partial = nullptr;  // (chunks, C): chunks * C <= 2048 * 32 doubles
-  XT_RETURN_IF_ERROR(Check(
-      cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(chunks * C) * sizeof(double), st),
-      "rmsnorm_backward scratch"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&partial, chunks * C, "rmsnorm_backward scratch"));
   RmsnormDwPartialKernel<<<grid, block, 0, st>>>(partial, dw, dout, in, rstd, N, C, rows_per_chunk);
   Status launched = Check(cudaGetLastError(), "rmsnorm_backward (dw partial) launch");
   if (launched.ok()) {
     RmsnormDwFinishKernel<<<detail::BlocksFor(C), kThreads, 0, st>>>(dw, partial, chunks, C);
     launched = Check(cudaGetLastError(), "rmsnorm_backward (dw finish) launch");
   }
-  const Status freed = Check(cudaFreeAsync(partial, st), "rmsnorm_backward scratch free");
+  const Status freed = scratch.Release("rmsnorm_backward scratch free");
   return launched.ok() ? freed : launched;
 }
 

@@ -104,16 +104,16 @@ Status SumOfSquares(double* out, const float* x, int64_t n, void* stream) {
   const cudaStream_t s = cudaStream_t(stream);
   if (n == 0) return Check(cudaMemsetAsync(out, 0, sizeof(double), s), "sum_of_squares");
   const int blocks = int(std::min<int64_t>(kSumBlocks, (n + kThreads - 1) / kThreads));
+  detail::Scratch scratch(s);
   double* partial = nullptr;
-  XT_RETURN_IF_ERROR(
-      Check(cudaMallocAsync(&partial, size_t(blocks) * sizeof(double), s), "sum_of_squares"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&partial, blocks, "sum_of_squares"));
   SumSquaresPartialKernel<<<blocks, kThreads, 0, s>>>(partial, x, n);
   Status st = Check(cudaGetLastError(), "sum_of_squares launch");
   if (st.ok()) {
     SumPartialsKernel<<<1, kSumBlocks, 0, s>>>(out, partial, blocks);
     st = Check(cudaGetLastError(), "sum_of_squares launch");
   }
-  const Status freed = Check(cudaFreeAsync(partial, s), "sum_of_squares");
+  const Status freed = scratch.Release("sum_of_squares");
   return st.ok() ? freed : st;
 }
 
