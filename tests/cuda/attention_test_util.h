@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "xtuner/core/status.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt::attntest {
@@ -120,6 +121,26 @@ std::vector<int32_t> ManyShortDocs() {  // 150 documents of 0 .. 20 tokens, a fi
   lens[7] = 0;
   lens[8] = 1;
   return lens;
+}
+
+// An attention op on (cu_seqlens, num_docs, T, Hq, Hkv, D), the other arguments null.
+using AttentionArgsOp = Status (*)(const int32_t* cu, int64_t num_docs, int64_t T, int64_t Hq,
+                                   int64_t Hkv, int64_t D);
+
+// The checks of the shared planner (cuda/attention_blocks.h), which every attention op makes
+// before any CUDA call: bad head counts, sizes and cu_seqlens are errors (D = 64, valid for all).
+inline void ExpectRejectsBadShapes(AttentionArgsOp op) {
+  const std::vector<int32_t> cu{0, 3, 5};
+  EXPECT_FALSE(op(cu.data(), 2, 5, 6, 4, 64).ok()) << "Hq not a multiple of Hkv";
+  EXPECT_FALSE(op(cu.data(), 2, 5, 4, 0, 64).ok()) << "Hkv = 0";
+  EXPECT_FALSE(op(cu.data(), 2, 5, 2, 4, 64).ok()) << "Hq < Hkv";
+  EXPECT_FALSE(op(cu.data(), 2, -5, 4, 2, 64).ok()) << "negative T";
+  EXPECT_FALSE(op(cu.data(), -1, 5, 4, 2, 64).ok()) << "negative num_docs";
+  EXPECT_FALSE(op(cu.data(), 2, 6, 4, 2, 64).ok()) << "cu_seqlens not ending at T";
+  EXPECT_FALSE(op(nullptr, 2, 5, 4, 2, 64).ok()) << "null cu_seqlens";
+  const std::vector<int32_t> off{1, 3, 5}, down{0, 4, 3, 5};
+  EXPECT_FALSE(op(off.data(), 2, 5, 4, 2, 64).ok()) << "cu_seqlens not starting at 0";
+  EXPECT_FALSE(op(down.data(), 3, 5, 4, 2, 64).ok()) << "decreasing cu_seqlens";
 }
 
 }  // namespace xt::attntest
