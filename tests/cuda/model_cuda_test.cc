@@ -6,12 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/cuda/loss_cuda.h"
+#include "xtuner/dist/comm.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
 #include "xtuner/ops/ops.h"
@@ -238,6 +241,182 @@ TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {
   std::vector<float> g(m.cpu->layout().total(), 1.0f);
   ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
   for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 0.0f) << "element " << i;
+}
+
+// A ParamSource as ZeRO-3 serves a unit on several ranks, on one GPU: every Acquire copies the
+// unit into a new buffer and every Grads hands out a new zeroed one, which Release / GradsDone
+// poison (NaN) and free, GradsDone after adding it into the stored gradients. A model that reads
+// a unit after releasing it, writes gradients after GradsDone, or keeps a bf16 copy of a
+// gathered unit past its release gives NaN or stale values; one that leaves a unit open is
+// counted.
+class GatheringSource : public ParamSource {
+ public:
+  GatheringSource(const ParamLayout& layout, const float* host_params) : layout_(layout) {
+    const size_t bytes = size_t(layout.total()) * sizeof(float);
+    EXPECT_EQ(cudaMalloc(&params_, bytes), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&grads_, bytes), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(params_, host_params, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemset(grads_, 0, bytes), cudaSuccess);
+  }
+  ~GatheringSource() override {
+    cudaFree(params_);
+    cudaFree(grads_);
+  }
+  const float* Acquire(int64_t u) override {
+    EXPECT_EQ(gathered_.count(u), 0u) << "unit " << u << " acquired twice";
+    float* p = New(u);
+    EXPECT_EQ(cudaMemcpy(p, params_ + layout_.units()[u].begin, Bytes(u), cudaMemcpyDeviceToDevice),
+              cudaSuccess);
+    gathered_[u] = p;
+    ++acquired_;
+    return p;
+  }
+  void Release(int64_t u) override {
+    auto it = gathered_.find(u);
+    ASSERT_NE(it, gathered_.end()) << "unit " << u << " released but not acquired";
+    Poison(u, it->second);
+    gathered_.erase(it);
+  }
+  float* Grads(int64_t u) override {
+    auto it = grads_open_.find(u);
+    if (it != grads_open_.end()) return it->second;
+    float* g = New(u);
+    EXPECT_EQ(cudaMemset(g, 0, Bytes(u)), cudaSuccess);
+    grads_open_[u] = g;
+    return g;
+  }
+  void GradsDone(int64_t u) override {
+    auto it = grads_open_.find(u);
+    ASSERT_NE(it, grads_open_.end()) << "unit " << u << ": GradsDone without Grads";
+    ASSERT_TRUE(
+        cuda::AddInPlace(grads_ + layout_.units()[u].begin, it->second, layout_.units()[u].size())
+            .ok());
+    Poison(u, it->second);
+    grads_open_.erase(it);
+  }
+  // Nothing left open, and units were gathered at all.
+  void ExpectClosed() const {
+    EXPECT_TRUE(gathered_.empty()) << gathered_.size() << " units left acquired";
+    EXPECT_TRUE(grads_open_.empty()) << grads_open_.size() << " gradient buffers left open";
+    EXPECT_GT(acquired_, 0);
+  }
+  std::vector<float> HostGrads() const {
+    std::vector<float> g(layout_.total());
+    EXPECT_EQ(cudaMemcpy(g.data(), grads_, g.size() * sizeof(float), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return g;
+  }
+  void ZeroGrads() {
+    EXPECT_EQ(cudaMemset(grads_, 0, size_t(layout_.total()) * sizeof(float)), cudaSuccess);
+  }
+
+ private:
+  size_t Bytes(int64_t u) const { return size_t(layout_.units()[u].size()) * sizeof(float); }
+  float* New(int64_t u) {
+    float* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(Bytes(u), 4)), cudaSuccess);
+    return p;
+  }
+  // Synchronous: the model's stream is the default one here, so its work on p is done.
+  void Poison(int64_t u, float* p) {
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemset(p, 0xFF, Bytes(u)), cudaSuccess);  // every float a NaN
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cudaFree(p);
+  }
+  const ParamLayout& layout_;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  std::map<int64_t, float*> gathered_, grads_open_;
+  int64_t acquired_ = 0;
+};
+
+// The model over a source that gathers each unit (the path ZeRO-3 takes on several GPUs) gives
+// what the model over its own slabs gives: fp32 and bf16 (a bf16 copy per acquisition), with
+// recompute (a layer's unit used by its forward again inside the backward), tied embeddings (the
+// embedding's gradients open from the head to the end) and two micro-batches accumulated.
+TEST_P(ModelCuda, OverAGatheringSourceAsOverItsOwnSlabs) {
+  auto base = ModelConfig::Load(testing::DataPath(GetParam()));
+  ASSERT_TRUE(base.ok());
+  for (bool tied : {false, true}) {
+    ModelConfig cfg = *base;
+    cfg.tie_word_embeddings = tied;
+    if (cfg.is_moe()) cfg.router_aux_loss_coef = 0.3;
+    Transformer cpu(cfg);
+    InitRandom(&cpu, 0.2, 5);
+    auto own = cuda::CudaModel::Create(cfg, cpu.params().f32());
+    ASSERT_TRUE(own.ok()) << own.status().message();
+    GatheringSource source(cpu.layout(), cpu.params().f32());
+    auto over = cuda::CudaModel::CreateOver(cfg, &source, nullptr);
+    ASSERT_TRUE(over.ok()) << over.status().message();
+    std::vector<int64_t> ids(40);
+    for (int64_t t = 0; t < 40; ++t) ids[t] = (t * 31 + 7) % cfg.vocab_size;
+    const Batch one = Batch::Packed(ids, ids, {0, 9, 40}).value();
+    const Batch two = Batch::FromRows(ids, ids, 2, 20).value();
+    for (auto precision : {cuda::GemmInput::kF32, cuda::GemmInput::kBf16})
+      for (double recompute : {0.0, 1.0}) {
+        const std::string what = std::string(GetParam()) + (tied ? " tied" : "") +
+                                 (precision == cuda::GemmInput::kBf16 ? " bf16" : " fp32") +
+                                 (recompute > 0 ? " recompute" : "");
+        for (cuda::CudaModel* m : {own->get(), over->get()}) {
+          m->SetPrecision(precision);
+          m->SetRecompute(recompute);
+        }
+        ASSERT_TRUE((*own)->ZeroGrads().ok());
+        source.ZeroGrads();
+        for (const Batch* b : {&one, &two}) {
+          auto want = (*own)->ForwardBackward(*b, 0.01, 1.0);
+          auto got = (*over)->ForwardBackward(*b, 0.01, 1.0);
+          ASSERT_TRUE(want.ok()) << want.status().message();
+          ASSERT_TRUE(got.ok()) << got.status().message();
+          EXPECT_NEAR(got->loss, want->loss, 1e-6 * want->loss) << what;
+          EXPECT_EQ(got->tokens_per_expert, want->tokens_per_expert) << what;
+          if (cfg.is_moe()) {
+            auto st = (*over)->RouterStats(*b);
+            ASSERT_TRUE(st.ok()) << st.status().message();
+            EXPECT_EQ(st->count, want->balance.count) << what;
+          }
+        }
+        source.ExpectClosed();
+        std::vector<float> want(cpu.layout().total());
+        ASSERT_TRUE((*own)->CopyGradsToHost(want.data()).ok());
+        // The same kernels on the same values: only where a unit's gradients are added (into a
+        // zeroed buffer, then into the store) and where cuBLAS picks another algorithm for
+        // another alignment (a gathered unit starts a new allocation) may the last bits differ.
+        ExpectSameGradients(cpu.layout(), source.HostGrads().data(), want.data(), 1e-5, what);
+      }
+  }
+}
+
+// CreateOver's argument checks, before any device work (they run without a GPU): no source; an
+// expert slice without an expert-parallel group, or not the slice the group's rank holds.
+class UnusedSource : public ParamSource {
+ public:
+  const float* Acquire(int64_t) override { return nullptr; }
+  void Release(int64_t) override {}
+  float* Grads(int64_t) override { return nullptr; }
+  void GradsDone(int64_t) override {}
+};
+
+TEST(CudaModelArguments, CreateOverRejectsInconsistentArguments) {
+  auto cfg = ModelConfig::Load(testing::DataPath("qwen3_moe_tiny"));
+  ASSERT_TRUE(cfg.ok());
+  auto none = cuda::CudaModel::CreateOver(*cfg, nullptr, nullptr);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("no parameter source"), std::string::npos);
+  UnusedSource source;
+  const int64_t half = cfg->num_experts / 2;
+  auto no_group = cuda::CudaModel::CreateOver(*cfg, &source, nullptr, 0, half);
+  ASSERT_FALSE(no_group.ok());
+  EXPECT_NE(no_group.status().message().find("not this rank's slice of an expert-parallel group"),
+            std::string::npos)
+      << no_group.status().message();
+  std::unique_ptr<Comm> one = MakeSingleComm();  // a group of one holds every expert
+  auto wrong = cuda::CudaModel::CreateOver(*cfg, &source, nullptr, half, half, one.get());
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("experts [" + std::to_string(half) + ", "),
+            std::string::npos)
+      << wrong.status().message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,

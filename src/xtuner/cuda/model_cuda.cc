@@ -11,9 +11,12 @@
 
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/expert_parallel_cuda.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/expert_parallel.h"
 #include "xtuner/loss/balance.h"
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/rope_tables.h"
@@ -86,6 +89,41 @@ using I = DeviceArray<int32_t>;
 
 }  // namespace
 
+// Create's whole slabs served as units: nothing to gather or fold, and held (bf16 copies last
+// until the parameters change).
+class CudaModel::LocalSource : public ParamSource {
+ public:
+  explicit LocalSource(CudaModel* m) : m_(m) {}
+  const float* Acquire(int64_t u) override { return m_->params_ + m_->layout_.units()[u].begin; }
+  void Release(int64_t) override {}
+  float* Grads(int64_t u) override { return m_->grads_ + m_->layout_.units()[u].begin; }
+  void GradsDone(int64_t) override {}
+  bool Held(int64_t) const override { return true; }
+
+ private:
+  CudaModel* m_;
+};
+
+// bf16 mode: a bf16 copy of each unit in use, made when the unit is acquired. Kept across calls
+// for the units the source holds (until the parameters change), freed at release for gathered
+// ones (keeping those would hold the whole model in bf16 on every rank).
+struct CudaModel::Bf16Units {
+  std::vector<DeviceArray<uint16_t>> copy;  // per unit
+  std::vector<char> valid;                  // per unit: copy matches the parameters
+  struct Live {
+    int64_t unit;
+    const float* base;  // the unit's fp32 parameters as acquired
+    int64_t size;
+  };
+  std::vector<Live> live;  // the units acquired now
+  // The bf16 twin of a pointer into an acquired unit, or null.
+  const uint16_t* Find(const float* x) const {
+    for (const Live& l : live)
+      if (x >= l.base && x < l.base + l.size) return copy[l.unit].get() + (x - l.base);
+    return nullptr;
+  }
+};
+
 // Everything one micro-batch keeps between its forward and its backward.
 struct CudaModel::Buffers {
   struct Layer {
@@ -93,13 +131,20 @@ struct CudaModel::Buffers {
     F router_logits, probs, topk_w, xs, ys;
     I topk_idx, sorted, slot_of;
     std::vector<int32_t> offsets;  // (E + 1) on the host: the grouped GEMMs' row ranges
+    // Expert parallelism: the exchange (host), its row maps (device) and the received rows (R, H)
+    // by local expert, which the experts ran (xs is freed once they are sent).
+    EpExchange ep;
+    I received_of_grouped, grouped_of_received;
+    F xr;
     int64_t Bytes() const {
       int64_t n = 0;
-      for (const F* f : {&h1, &rstd1, &q_pre,         &k_pre, &q_rstd, &k_rstd, &q,
-                         &k,  &v,     &attn,          &lse,   &x_mid,  &h2,     &rstd2,
-                         &gu, &act,   &router_logits, &probs, &topk_w, &xs,     &ys})
+      for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
+                         &q,      &k,     &v,     &attn,  &lse,           &x_mid,
+                         &h2,     &rstd2, &gu,    &act,   &router_logits, &probs,
+                         &topk_w, &xs,    &ys,    &xr})
         n += f->size() * int64_t(sizeof(float));
-      for (const I* i : {&topk_idx, &sorted, &slot_of}) n += i->size() * int64_t(sizeof(int32_t));
+      for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
+        n += i->size() * int64_t(sizeof(int32_t));
       return n;
     }
   };
@@ -111,21 +156,27 @@ struct CudaModel::Buffers {
   DeviceArray<double> count, prob_sum;  // (E): pooled balancing statistics
 };
 
-// The bf16 copy of the weights (bf16 mode only).
-struct CudaModel::Bf16Weights : DeviceArray<uint16_t> {};
-
-CudaModel::CudaModel(const ModelConfig& cfg)
-    : cfg_(cfg), layout_(cfg_), weights_bf16_(std::make_unique<Bf16Weights>()) {}
+CudaModel::CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count)
+    : cfg_(cfg),
+      layout_(cfg_, expert_begin, expert_count),
+      bf16_units_(std::make_unique<Bf16Units>()) {
+  bf16_units_->copy.resize(layout_.units().size());
+  bf16_units_->valid.assign(layout_.units().size(), 0);
+}
 
 CudaModel::~CudaModel() {
   if (params_) cudaFree(params_);
   if (grads_) cudaFree(grads_);
 }
 
-Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
-                                                     const float* host_params, void* stream) {
-  std::unique_ptr<CudaModel> m(new CudaModel(cfg));
-  m->stream_ = stream;
+float* CudaModel::Slab(float* p) const {
+  XT_CHECK(local_ != nullptr,
+           "CudaModel: a model over a ParamSource (CreateOver) has no whole slabs");
+  return p;
+}
+
+Status CudaModel::Init(void* stream) {
+  stream_ = stream;
   // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
   // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
   int device = 0, pools = 0;
@@ -141,7 +192,16 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   uint64_t keep = UINT64_MAX;
   XT_RETURN_IF_ERROR(Check(
       cudaMemPoolSetAttribute(mem_pool, cudaMemPoolAttrReleaseThreshold, &keep), "memory pool"));
-  XT_ASSIGN_OR_RETURN(m->blas_, Blas::Create(stream));
+  XT_ASSIGN_OR_RETURN(blas_, Blas::Create(stream));
+  return Status::OK();
+}
+
+Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
+                                                     const float* host_params, void* stream) {
+  std::unique_ptr<CudaModel> m(new CudaModel(cfg, 0, -1));
+  XT_RETURN_IF_ERROR(m->Init(stream));
+  m->local_ = std::make_unique<LocalSource>(m.get());
+  m->source_ = m->local_.get();
   const size_t bytes = size_t(m->layout_.total()) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->grads_, std::max<size_t>(bytes, 4)), "gradients"));
@@ -159,26 +219,53 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   return m;
 }
 
+Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
+                                                         ParamSource* source, void* stream,
+                                                         int64_t expert_begin, int64_t expert_count,
+                                                         Comm* ep) {
+  if (!source) return Status::Error("CudaModel::CreateOver: no parameter source");
+  const int64_t E = cfg.num_experts;
+  const bool split = cfg.is_moe() && expert_count >= 0 && expert_count < E;
+  if (split) {
+    if (!ep || expert_count <= 0 || int64_t(ep->size()) * expert_count != E ||
+        expert_begin != int64_t(ep->rank()) * expert_count)
+      return Status::Error("CudaModel::CreateOver: experts [" + std::to_string(expert_begin) +
+                           ", " + std::to_string(expert_begin + expert_count) + ") of " +
+                           std::to_string(E) +
+                           " are not this rank's slice of an expert-parallel group of " +
+                           std::to_string(ep ? ep->size() : 0) + " ranks");
+  } else if (ep && ep->size() > 1) {
+    return Status::Error("CudaModel::CreateOver: an expert-parallel group of " +
+                         std::to_string(ep->size()) + " ranks for a model that holds every expert");
+  }
+  std::unique_ptr<CudaModel> m(
+      new CudaModel(cfg, split ? expert_begin : 0, split ? expert_count : -1));
+  XT_RETURN_IF_ERROR(m->Init(stream));
+  m->source_ = source;
+  m->ep_ = split ? ep : nullptr;
+  return m;
+}
+
 void CudaModel::SetRecompute(double fraction) {
   XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");
   recompute_layers_ = int64_t(std::llround(fraction * double(cfg_.num_layers)));
 }
 
 Status CudaModel::ZeroGrads() {
-  return Check(
-      cudaMemsetAsync(grads_, 0, size_t(layout_.total()) * sizeof(float), cudaStream_t(stream_)),
-      "zero gradients");
+  return Check(cudaMemsetAsync(Slab(grads_), 0, size_t(layout_.total()) * sizeof(float),
+                               cudaStream_t(stream_)),
+               "zero gradients");
 }
 
 Status CudaModel::CopyParamsToHost(float* out) const {
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream_)), "copy parameters"));
-  return Check(cudaMemcpy(out, params_, size_t(layout_.total()) * 4, cudaMemcpyDeviceToHost),
+  return Check(cudaMemcpy(out, Slab(params_), size_t(layout_.total()) * 4, cudaMemcpyDeviceToHost),
                "copy parameters");
 }
 
 Status CudaModel::CopyGradsToHost(float* out) const {
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream_)), "copy gradients"));
-  return Check(cudaMemcpy(out, grads_, size_t(layout_.total()) * 4, cudaMemcpyDeviceToHost),
+  return Check(cudaMemcpy(out, Slab(grads_), size_t(layout_.total()) * 4, cudaMemcpyDeviceToHost),
                "copy gradients");
 }
 
@@ -202,27 +289,57 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const float scale = float(1.0 / std::sqrt(double(D)));
   void* s = stream_;
   Blas& blas = *blas_;
-  auto P = [&](int64_t offset) { return params_ + offset; };
-  auto G = [&](int64_t offset) { return grads_ + offset; };
+  const bool tied = cfg_.tie_word_embeddings;
+  const int64_t head = layout_.head_unit();
   // bf16 matmuls (as ops::gemm in MatmulPrecision::kBf16): both operands rounded to bf16, fp32
-  // sums and output. Weights come from a bf16 copy of the slab made once per step; activations
-  // are rounded into scratch right before their product. The router stays fp32, as on the CPU.
+  // sums and output. Weights come from the bf16 copy of their unit (see acquire below);
+  // activations are rounded into scratch right before their product. The router stays fp32, as on
+  // the CPU.
   const bool bf16 = precision_ == GemmInput::kBf16;
   // Attention's products on the tensor cores too in bf16 mode, where the kernels take the head
   // dim (attention_bf16.h); the fp32 kernels otherwise.
   const bool bf16_attention =
       bf16 && bf16_attention_ && AttentionBf16Supports(D) && AttentionBf16Device().ok();
-  const int64_t total = layout_.total();
-  DeviceArray<uint16_t> scratch_a, scratch_b;
-  if (bf16 && (bf16_stale_ || weights_bf16_->size() < total)) {  // once per parameter update
-    XT_RETURN_IF_ERROR(weights_bf16_->Reserve(total, s));
-    XT_RETURN_IF_ERROR(ToBf16(weights_bf16_->get(), params_, total, s));
+  Bf16Units& units16 = *bf16_units_;
+  if (bf16_stale_) {  // the parameters changed: every kept copy is stale
+    std::fill(units16.valid.begin(), units16.valid.end(), 0);
     bf16_stale_ = false;
   }
+  units16.live.clear();
+  // Units in use, from the source: parameters (and their bf16 copy in bf16 mode, made once per
+  // parameter update for held units, at every acquisition for gathered ones) and gradients.
+  auto acquire = [&](int64_t u) -> Result<UnitParams> {
+    const float* p = source_->Acquire(u);
+    const ParamUnit& r = layout_.units()[u];
+    if (bf16) {
+      if (!units16.valid[u]) {
+        XT_RETURN_IF_ERROR(units16.copy[u].Reserve(r.size(), s));
+        XT_RETURN_IF_ERROR(ToBf16(units16.copy[u].get(), p, r.size(), s));
+        units16.valid[u] = 1;
+      }
+      units16.live.push_back({u, p, r.size()});
+    }
+    return UnitParams{p, r.begin};
+  };
+  auto release = [&](int64_t u) {
+    source_->Release(u);
+    if (!bf16) return;
+    auto& live = units16.live;
+    live.erase(std::remove_if(live.begin(), live.end(),
+                              [&](const Bf16Units::Live& l) { return l.unit == u; }),
+               live.end());
+    if (!source_->Held(u)) {
+      units16.copy[u] = DeviceArray<uint16_t>();
+      units16.valid[u] = 0;
+    }
+  };
+  auto grads = [&](int64_t u) { return UnitGrads{source_->Grads(u), layout_.units()[u].begin}; };
+  DeviceArray<uint16_t> scratch_a, scratch_b;
   auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
                      int64_t n) -> Result<const void*> {
-    if (x >= params_ && x < params_ + total)
-      return static_cast<const void*>(weights_bf16_->get() + (x - params_));
+    if (const uint16_t* w = units16.Find(x)) return static_cast<const void*>(w);
+    if (n == 0)  // the experts' weights, whose size the caller does not pass
+      return Status::Error("CudaModel: an expert weight outside the acquired units");
     XT_RETURN_IF_ERROR(scratch.Reserve(n, s));
     XT_RETURN_IF_ERROR(ToBf16(scratch.get(), x, n, s));
     return static_cast<const void*>(scratch.get());
@@ -251,23 +368,27 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     return gemm(dw, dout, rows * out_dim, in, rows * in_dim, out_dim, in_dim, rows, true, false,
                 1.0f, fp32);
   };
-  // The experts' products, x holding `rows` rows.
+  // The experts' products: x holding `rows` rows, grouped by `offsets` (experts + 1) over the
+  // `experts` this rank runs (all of them, or its slice under expert parallelism).
+  const int64_t experts = ep_ ? layout_.expert_count : E;
   auto grouped_forward = [&](float* y, const float* x, const float* w, const int32_t* offsets,
                              int64_t rows, int64_t in_dim, int64_t out_dim) -> Status {
-    if (!bf16) return blas.GroupedForward(y, x, w, offsets, E, in_dim, out_dim, GemmInput::kF32);
+    if (!bf16)
+      return blas.GroupedForward(y, x, w, offsets, experts, in_dim, out_dim, GemmInput::kF32);
     XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
-    return blas.GroupedForward(y, x16, w16, offsets, E, in_dim, out_dim, GemmInput::kBf16);
+    return blas.GroupedForward(y, x16, w16, offsets, experts, in_dim, out_dim, GemmInput::kBf16);
   };
   auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const int32_t* offsets, int64_t rows, int64_t in_dim,
                               int64_t out_dim) -> Status {
     if (!bf16)
-      return blas.GroupedBackward(dx, dw, dy, x, w, offsets, E, in_dim, out_dim, GemmInput::kF32);
+      return blas.GroupedBackward(dx, dw, dy, x, w, offsets, experts, in_dim, out_dim,
+                                  GemmInput::kF32);
     XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim));
     XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
-    return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, E, in_dim, out_dim,
+    return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
                                 GemmInput::kBf16);
   };
 
@@ -282,7 +403,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   bu.x.resize(L + 1);
   bu.layers.resize(L);
   for (F& x : bu.x) XT_RETURN_IF_ERROR(x.Alloc(T * H, s));
-  XT_RETURN_IF_ERROR(EmbeddingForward(bu.x[0].get(), bu.ids.get(), P(layout_.embed), T, H, s));
+  {
+    XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(0));
+    XT_RETURN_IF_ERROR(EmbeddingForward(bu.x[0].get(), bu.ids.get(), P(layout_.embed), T, H, s));
+    release(0);
+  }
 
   LossInfo info;
   const int64_t n_moe = cfg_.num_moe_layers();
@@ -295,8 +420,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
 
   // ---- forward. One layer: its activations into bu.layers[l], its output into bu.x[l + 1].
   // `recomputing`: again in the backward (the same inputs give the same activations and routing;
-  // the statistics are not counted twice).
-  auto layer_forward = [&](int64_t l, bool recomputing) -> Status {
+  // the statistics are not counted twice). P: the layer's unit, acquired.
+  auto layer_forward = [&](int64_t l, const UnitParams& P, bool recomputing) -> Status {
     const LayerOffsets& o = layout_.layers[l];
     Buffers::Layer& a = bu.layers[l];
     const float* x_in = bu.x[l].get();
@@ -373,14 +498,36 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
       XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
-      XT_RETURN_IF_ERROR(a.gu.Alloc(A * 2 * Im, s));
-      XT_RETURN_IF_ERROR(a.act.Alloc(A * Im, s));
       XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+      // The rows this rank's experts run (R of them): its own sorted ones, or under expert
+      // parallelism what the group sends it for its experts (the counts travel first).
+      int64_t R = A;
+      const float* rows = a.xs.get();
+      const int32_t* offsets = a.offsets.data();
+      if (ep_) {
+        a.ep = PlanExpertExchange(*ep_, a.offsets.data(), E);
+        R = a.ep.num_received();
+        offsets = a.ep.local_offsets.data();
+        XT_ASSIGN_OR_RETURN(const EpRowMaps maps, MakeEpRowMaps(a.ep));
+        XT_RETURN_IF_ERROR(a.received_of_grouped.Upload(maps.received_of_grouped.data(), R, s));
+        XT_RETURN_IF_ERROR(a.grouped_of_received.Upload(maps.grouped_of_received.data(), R, s));
+        XT_RETURN_IF_ERROR(a.xr.Alloc(R * H, s));
+        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), a.xs.get(),
+                                              H, a.xr.get(), s));
+        a.xs = F();  // the backward needs only the received rows
+        rows = a.xr.get();
+      }
+      XT_RETURN_IF_ERROR(a.gu.Alloc(R * 2 * Im, s));
+      XT_RETURN_IF_ERROR(a.act.Alloc(R * Im, s));
+      XT_RETURN_IF_ERROR(grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im));
+      XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
+      F yr;  // expert parallelism: the results of the received rows, before they go back
+      if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(
-          grouped_forward(a.gu.get(), a.xs.get(), P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
-      XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), A, Im, s));
-      XT_RETURN_IF_ERROR(
-          grouped_forward(a.ys.get(), a.act.get(), P(o.down), a.offsets.data(), A, Im, H));
+          grouped_forward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down), offsets, R, Im, H));
+      if (ep_)
+        XT_RETURN_IF_ERROR(
+            ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), yr.get(), H, a.ys.get(), s));
       XT_RETURN_IF_ERROR(
           MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
     }
@@ -403,7 +550,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   };
   if (router_only) {  // RouterStats: the layers up to the last MoE one, nothing kept
     for (int64_t l = 0; l <= cfg_.last_moe_layer(); ++l) {
-      XT_RETURN_IF_ERROR(layer_forward(l, false));
+      XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(ParamLayout::LayerUnit(l)));
+      XT_RETURN_IF_ERROR(layer_forward(l, P, false));
+      release(ParamLayout::LayerUnit(l));
       bu.layers[l] = Buffers::Layer();
       bu.x[l] = F();
     }
@@ -412,7 +561,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   int64_t recomputed_peak = 0;  // the largest recomputed layer's activations
   for (int64_t l = 0; l < L; ++l) {
-    XT_RETURN_IF_ERROR(layer_forward(l, false));
+    XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(ParamLayout::LayerUnit(l)));
+    XT_RETURN_IF_ERROR(layer_forward(l, P, false));
+    release(ParamLayout::LayerUnit(l));
     // Recomputed layers keep only their input (bu.x[l]) until the backward.
     if (l < recompute_layers_) {
       recomputed_peak = std::max(recomputed_peak, bu.layers[l].Bytes());
@@ -425,7 +576,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   for (const F& x : bu.x) info.activation_bytes += x.size() * int64_t(sizeof(float));
   for (const Buffers::Layer& a : bu.layers) info.activation_bytes += a.Bytes();
 
-  // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward
+  // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward. The lm_head
+  // is in the embedding's unit when tied; its gradient stays open until the embedding's backward.
+  XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(head));
+  UnitParams P_lm = P;
+  if (tied) {
+    XT_ASSIGN_OR_RETURN(P_lm, acquire(0));
+  }
+  const UnitGrads G = grads(head);
+  const UnitGrads G_lm = tied ? grads(0) : G;
   XT_RETURN_IF_ERROR(bu.h_final.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(bu.rstd_final.Alloc(T, s));
   XT_RETURN_IF_ERROR(RmsnormForward(bu.h_final.get(), bu.rstd_final.get(), bu.x[L].get(),
@@ -438,9 +597,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_RETURN_IF_ERROR(dx.Alloc(T * H, s));
   XT_ASSIGN_OR_RETURN(
       const double ce_sum,
-      ChunkedCrossEntropy(blas, dh.get(), G(layout_.lm_head), bu.h_final.get(), P(layout_.lm_head),
-                          b.targets.data(), T, H, V, ce_weight, 0, s, precision_,
-                          bf16 ? weights_bf16_->get() + layout_.lm_head : nullptr));
+      ChunkedCrossEntropy(blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(),
+                          P_lm(layout_.lm_head), b.targets.data(), T, H, V, ce_weight, 0, s,
+                          precision_, bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr));
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
@@ -466,6 +625,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
 
   XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(layout_.final_norm), dh.get(), bu.x[L].get(),
                                      P(layout_.final_norm), bu.rstd_final.get(), T, H, false, s));
+  release(head);
+  if (tied) release(0);
+  source_->GradsDone(head);
 
   // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input.
   // Scratch of the same size in every layer, allocated once; the experts' (the largest: A = T k
@@ -496,7 +658,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
-    if (l < recompute_layers_) XT_RETURN_IF_ERROR(layer_forward(l, true));
+    const int64_t u = ParamLayout::LayerUnit(l);
+    XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(u));
+    const UnitGrads G = grads(u);
+    if (l < recompute_layers_) XT_RETURN_IF_ERROR(layer_forward(l, P, true));
     Buffers::Layer& a = bu.layers[l];
     if (o.router < 0) {
       const int64_t Im = cfg_.intermediate_size;
@@ -511,25 +676,44 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       // the memory to the next allocation without a sync): at most about two of them besides
       // the layer's activations, instead of four (at 128k tokens of the benchmark's model, an
       // (A, H) fp32 buffer is 8 GiB).
-      F dys, dact, dgu, dxs;
+      // Under expert parallelism the output gradients travel to the rows' experts first and the
+      // input gradients back after, as the rows did in the forward (R received rows).
+      const int64_t R = ep_ ? a.ep.num_received() : A;
+      const int32_t* offsets = ep_ ? a.ep.local_offsets.data() : a.offsets.data();
+      F dys, dyr, dact, dgu, dxs;
       XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
                                             a.topk_w.get(), a.slot_of.get(), T, k, H, s));
       a.ys = F();
-      XT_RETURN_IF_ERROR(dact.Alloc(A * Im, s));
+      if (ep_) {
+        XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
+        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys.get(), H,
+                                              dyr.get(), s));
+        dys = std::move(dyr);  // a swap: the sorted (A, H) gradients are in dyr now
+        dyr = F();
+      }
+      XT_RETURN_IF_ERROR(dact.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
-                                          a.offsets.data(), A, Im, H));
+                                          offsets, R, Im, H));
       dys = F();
       a.act = F();
-      XT_RETURN_IF_ERROR(dgu.Alloc(A * 2 * Im, s));
-      XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), A, Im, s));
+      XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
+      XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
       dact = F();
       a.gu = F();
-      XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
-      XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(), a.xs.get(),
-                                          P(o.gate_up), a.offsets.data(), A, H, 2 * Im));
+      XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
+      XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(),
+                                          ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets, R,
+                                          H, 2 * Im));
       dgu = F();
       a.xs = F();
+      a.xr = F();
+      if (ep_) {  // the input gradients back to the ranks the rows came from: (A, H) sorted
+        F dxr = std::move(dxs);
+        XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(
+            ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), dxr.get(), H, dxs.get(), s));
+      }
       XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
       XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
@@ -566,9 +750,13 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, true));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),
                                        a.rstd1.get(), T, H, true, s));
+    release(u);
+    source_->GradsDone(u);
     bu.layers[l] = Buffers::Layer();  // free as we go
   }
-  XT_RETURN_IF_ERROR(EmbeddingBackward(G(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
+  const UnitGrads G_embed = grads(0);
+  XT_RETURN_IF_ERROR(EmbeddingBackward(G_embed(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
+  source_->GradsDone(0);
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "training step"));
   return info;
 }

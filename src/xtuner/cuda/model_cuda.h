@@ -4,10 +4,15 @@
 // copy across), the same loss weighting, the same balancing loss; its test compares losses and
 // every gradient with the CPU model on the HF fixtures.
 //
-// First version: one GPU (no ZeRO-3, no expert parallelism), fp32 or bf16 matmuls, per-layer
-// recompute, the router-only pass of a global balancing loss, no generation. Host syncs per step:
-// one per MoE layer (the token counts per expert, for the grouped GEMMs' shapes; again for a
-// recomputed one) and one for the losses. Unverified on a GPU so far (none lent).
+// Two ways to hold the parameters: the model's own whole slabs on one GPU (Create), or a
+// ParamSource that serves them one unit at a time (CreateOver: ZeRO-3, a device ShardedParams
+// over NCCL gathering each unit before its use and reduce-scattering its gradients after its
+// backward, as the CPU Transformer does over MPI), optionally with expert parallelism (the
+// layer's rows travel to the ranks that hold their experts over an NcclComm and back). fp32 or
+// bf16 matmuls, per-layer recompute, the router-only pass of a global balancing loss, no
+// generation. Host syncs per step: one per MoE layer (the token counts per expert, for the
+// grouped GEMMs' shapes and the expert exchange; again for a recomputed one) and one for the
+// losses. Unverified on a GPU so far (none lent).
 #pragma once
 
 #include <cstdint>
@@ -18,8 +23,13 @@
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
 #include "xtuner/model/transformer.h"
+
+namespace xt {
+class Comm;
+}
 
 namespace xt::cuda {
 
@@ -31,6 +41,18 @@ class CudaModel {
   // (a cudaStream_t; null: the default stream).
   static Result<std::unique_ptr<CudaModel>> Create(const ModelConfig& cfg, const float* host_params,
                                                    void* stream = nullptr);
+  // A model whose parameters and gradients are DEVICE memory served by `source` one unit at a
+  // time, addressed by ParamLayout(cfg, expert_begin, expert_count) (a device ShardedParams over
+  // NCCL, cuda/shard_memory_cuda.h; its collectives and memory must be queued on `stream`).
+  // With expert parallelism (expert_count < the model's experts), `ep` is the expert-parallel
+  // group, an NcclComm on the same stream over the ranks that hold the other experts (rank p of
+  // it holds experts [p * expert_count, (p + 1) * expert_count)); null otherwise. `source` and
+  // `ep` outlive the model; its whole-slab accessors (params(), grads(), ZeroGrads, Copy*ToHost)
+  // are then not available: the source holds the gradients.
+  static Result<std::unique_ptr<CudaModel>> CreateOver(const ModelConfig& cfg, ParamSource* source,
+                                                       void* stream, int64_t expert_begin = 0,
+                                                       int64_t expert_count = -1,
+                                                       Comm* ep = nullptr);
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;
@@ -53,16 +75,20 @@ class CudaModel {
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
   const Blas& blas() const { return *blas_; }
-  // Device slabs (layout().total() floats each).
+  // The source's parameters changed (an optimizer step): the bf16 copies of the units it holds
+  // (ParamSource::Held) are made again at their next use. Gathered units' copies are made at
+  // every use anyway.
+  void ParamsChanged() { bf16_stale_ = true; }
+  // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
   // ForwardBackward makes it again (once per optimizer step, not per micro-batch).
   float* params() {
     bf16_stale_ = true;
-    return params_;
+    return Slab(params_);
   }
   // The slab, to read (e.g. to copy out): the bf16 copy stays valid.
-  const float* params_view() const { return params_; }
-  float* grads() { return grads_; }
+  const float* params_view() const { return Slab(params_); }
+  float* grads() { return Slab(grads_); }
   Status ZeroGrads();
   // Copies a slab to the host (layout().total() floats); waits for the stream.
   Status CopyParamsToHost(float* out) const;
@@ -79,8 +105,12 @@ class CudaModel {
 
  private:
   struct Buffers;
-  struct Bf16Weights;
-  CudaModel(const ModelConfig& cfg);
+  struct Bf16Units;
+  class LocalSource;
+  CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count);
+  float* Slab(float* p) const;
+  // The pool's settings, the GEMMs (shared by both constructors).
+  Status Init(void* stream);
   // router_only: RouterStats (the forward up to the last MoE layer, the statistics only).
   Result<LossInfo> Run(const Batch& b, double ce_weight, double aux_weight, const BalancePool& pool,
                        bool router_only);
@@ -89,11 +119,14 @@ class CudaModel {
   ParamLayout layout_;
   void* stream_ = nullptr;
   std::unique_ptr<Blas> blas_;
-  float* params_ = nullptr;
+  float* params_ = nullptr;  // Create's whole slabs (null under CreateOver)
   float* grads_ = nullptr;
+  std::unique_ptr<LocalSource> local_;  // serves Create's slabs as units
+  ParamSource* source_ = nullptr;
+  Comm* ep_ = nullptr;  // expert parallelism's group (device collectives), or null
   GemmInput precision_ = GemmInput::kF32;
   int64_t recompute_layers_ = 0;
-  std::unique_ptr<Bf16Weights> weights_bf16_;
+  std::unique_ptr<Bf16Units> bf16_units_;  // bf16 copies of the units in use (bf16 mode)
   bool bf16_stale_ = true;
   bool bf16_attention_ = true;
 };

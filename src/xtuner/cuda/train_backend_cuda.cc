@@ -14,6 +14,8 @@
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/nccl_comm.h"
 #include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/cuda/shard_memory_cuda.h"
+#include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/optim/adamw_scalars.h"
 
@@ -26,7 +28,10 @@ class CudaTrainBackend : public TrainBackend {
   ~CudaTrainBackend() override;
 
   std::string Describe() const override { return description_; }
-  Status ZeroGrads() override { return model_->ZeroGrads(); }
+  Status ZeroGrads() override {
+    shard_->ZeroGrads();  // queued; a failure ends the process (ShardMemory's contract)
+    return Status::OK();
+  }
   Result<BalanceStats> RouterStats(const Batch& batch) override {
     return model_->RouterStats(batch);
   }
@@ -34,15 +39,17 @@ class CudaTrainBackend : public TrainBackend {
                                    const BalancePool& pool) override {
     return model_->ForwardBackward(batch, ce_weight, aux_weight, pool);
   }
-  Status FinishGradients() override;
+  // Each unit's gradients were reduce-scattered into the shard after its backward.
+  Status FinishGradients() override { return Status::OK(); }
   Result<double> GradSumOfSquares() override;
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;
   int64_t recompute_layers() const override { return model_->recompute_layers(); }
-  // This process's device memory at its high-water mark: the state (parameters, gradients and
-  // two moments, fp32) and the most the memory pool has held (activations, scratch, the bf16
-  // weights; CudaModel tells it to keep what is freed). Not counted: the CUDA context and the
-  // library workspaces (a few hundred MiB). -1 (the host's figure) when the query fails.
+  // This process's device memory at its high-water mark: everything it holds comes from the
+  // device's memory pool (the shard, its gradients and moments, gathered units, activations,
+  // scratch, bf16 copies; CudaModel tells the pool to keep what is freed). Not counted: the CUDA
+  // context, NCCL's and the libraries' workspaces (a few hundred MiB). -1 (the host's figure)
+  // when the query fails.
   int64_t PeakMemoryBytes() const override {
     int device = 0;
     cudaMemPool_t pool;
@@ -51,34 +58,49 @@ class CudaTrainBackend : public TrainBackend {
         cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
         cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high) != cudaSuccess)
       return -1;
-    return int64_t(high) + 4 * int64_t(sizeof(float)) * total_;
+    return int64_t(high);
   }
 
  private:
   CudaTrainBackend() = default;
-  // device[global, global + n) = host[shard, shard + n), queued on the stream.
-  Status Upload(float* device, const float* host, int64_t global, int64_t shard, int64_t n);
+  // device (n) = host (n), queued on the stream.
+  Status Upload(float* device, const float* host, int64_t n, const char* what);
+  Status Download(float* host, const float* device, int64_t n, const char* what);
 
   TrainBackendArgs args_;
   std::string description_;
   cudaStream_t stream_ = nullptr;
+  // More than one rank: NCCL over every rank, the dp group (a rank's experts' shards) and the
+  // ep group (the other experts' holders; parallel.ep > 1 only), all on stream_.
+  std::unique_ptr<NcclComm> world_;
+  std::unique_ptr<Comm> dp_, ep_;
+  std::unique_ptr<ShardMemory> memory_;
+  std::unique_ptr<ShardedParams> shard_;  // the host's shard, on the device
   std::unique_ptr<CudaModel> model_;
-  std::unique_ptr<NcclComm> nccl_;  // more than one rank: the gradients' all-reduce
-  float* m_ = nullptr;              // AdamW's moments over the whole slab
+  float* m_ = nullptr;  // AdamW's moments over the shard (memory_)
   float* v_ = nullptr;
-  double* sum_sq_ = nullptr;    // one double: the gradient norm's square
-  std::vector<DecayRun> runs_;  // AdamW over the whole slab
+  double* sum_sq_ = nullptr;    // one double: this rank's share of the gradient norm's square
+  std::vector<DecayRun> runs_;  // AdamW over the shard
   int64_t step_ = 0;            // AdamW's step count (the host's until SyncToHost)
-  int64_t total_ = 0;
 };
 
 CudaTrainBackend::~CudaTrainBackend() {
-  model_.reset();  // its buffers are freed on the stream: before the stream goes
-  nccl_.reset();
-  if (m_) cudaFree(m_);
-  if (v_) cudaFree(v_);
+  // Everything below is freed on the stream: before the stream goes.
+  model_.reset();
+  if (memory_) {
+    memory_->Free(m_);
+    memory_->Free(v_);
+  }
+  shard_.reset();
+  ep_.reset();
+  dp_.reset();
+  world_.reset();
+  memory_.reset();
   if (sum_sq_) cudaFree(sum_sq_);
-  if (stream_) cudaStreamDestroy(stream_);
+  if (stream_) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
 }
 
 Status ProbeCuda() {
@@ -90,18 +112,18 @@ Status ProbeCuda() {
 
 Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBackendArgs& args) {
   XT_RETURN_IF_ERROR(ProbeCuda());
-  const ParamLayout layout(*args.model);
-  const int64_t total = layout.total();
-  const int ranks = args.world ? args.world->size() : 1;
-  // Every rank holds the whole model (data parallel; the host keeps its ZeRO-3 shard).
-  int64_t covered = 0;
-  for (const OwnedRange& r : args.store->owned()) covered += r.size;
-  if (covered != args.store->shard_size() || args.adamw->numel() != covered)
+  if (!args.model || !args.store || !args.adamw || !args.world || !args.mesh)
+    return Status::Error("train.device = \"cuda\": incomplete backend arguments");
+  const ModelConfig& mc = *args.model;
+  const Mesh& mesh = *args.mesh;
+  const int ranks = args.world->size();
+  if (ranks != mesh.world || args.world->rank() != mesh.rank)
+    return Status::Error("train.device = \"cuda\": the world does not match the mesh");
+  if (args.adamw->numel() != args.store->shard_size())
     return Status::Error("train.device = \"cuda\": the host shard and AdamW disagree");
 
   std::unique_ptr<CudaTrainBackend> b(new CudaTrainBackend());
   b->args_ = args;
-  b->total_ = total;
   b->step_ = args.adamw->step();
   if (ranks > 1) {  // a GPU per rank, checked distinct, before anything large is allocated
     XT_RETURN_IF_ERROR(SelectLocalDevice().status());
@@ -116,69 +138,67 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   b->description_ = "cuda:" + std::to_string(device) + " (" + prop.name + ", " + gib + ")" +
                     (args.bf16 ? ", bf16 matmuls" : ", fp32 matmuls (no TF32)");
   if (ranks > 1)
-    b->description_ += "; " + std::to_string(ranks) +
-                       " GPUs, data parallel (each holds the whole model and AdamW state; "
-                       "gradients all-reduced over NCCL)";
+    b->description_ +=
+        "; " + std::to_string(ranks) +
+        " GPUs, ZeRO-3 over NCCL (units gathered, gradients reduce-scattered)" +
+        (mesh.ep > 1 ? ", experts all-to-all over " + std::to_string(mesh.ep) + " GPUs" : "");
   XT_RETURN_IF_ERROR(
       Check(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking), "training stream"));
+  Comm* world = args.world;  // one rank: nothing is gathered (checked below), no NCCL
+  Comm* dp = args.world;
+  Comm* ep = nullptr;
   if (ranks > 1) {
-    XT_ASSIGN_OR_RETURN(b->nccl_, NcclComm::Create(args.world, b->stream_));
+    XT_ASSIGN_OR_RETURN(b->world_, NcclComm::Create(args.world, b->stream_));
+    // The trainer's host groups, over NCCL: the same colors and keys, in the same order.
+    b->dp_ = b->world_->Split(mesh.ep_rank, mesh.dp_rank);
+    if (mesh.ep > 1) b->ep_ = b->world_->Split(mesh.dp_rank, mesh.ep_rank);
+    world = b->world_.get();
+    dp = b->dp_.get();
+    ep = b->ep_.get();
   }
-  if (ranks == 1)  // the host shard is the whole slab, each range at its own offset
-    for (const OwnedRange& r : args.store->owned())
-      XT_CHECK(r.shard == r.global, "one rank's host shard is not in slab order");
-  const bool whole = ranks == 1;  // the host shard is the whole slab, in slab order
-  XT_ASSIGN_OR_RETURN(
-      b->model_,
-      CudaModel::Create(*args.model, whole ? args.store->params() : nullptr, b->stream_));
+  b->memory_ = MakeDeviceShardMemory(b->stream_);
+  b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get());
+  const int64_t n = b->shard_->shard_size();
+  if (n != args.store->shard_size() || b->shard_->owned().size() != args.store->owned().size())
+    return Status::Error("train.device = \"cuda\": the device shard differs from the host's");
+  if (ranks == 1)
+    for (int64_t u = 0; u < int64_t(b->shard_->layout().units().size()); ++u)
+      XT_CHECK(b->shard_->Held(u), "one rank's shard does not hold every unit whole");
+  const bool split_experts = mc.is_moe() && mesh.ep > 1;
+  XT_ASSIGN_OR_RETURN(b->model_,
+                      CudaModel::CreateOver(mc, b->shard_.get(), b->stream_,
+                                            split_experts ? mesh.first_expert(mc) : 0,
+                                            split_experts ? mesh.experts_per_rank(mc) : -1, ep));
   b->model_->SetPrecision(args.bf16 ? GemmInput::kBf16 : GemmInput::kF32);
   b->model_->SetRecompute(args.recompute);
-  const size_t bytes = size_t(std::max<int64_t>(total, 1)) * sizeof(float);
-  XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->m_, bytes), "AdamW exp_avg"));
-  XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->v_, bytes), "AdamW exp_avg_sq"));
+  b->m_ = b->memory_->Alloc(n, "AdamW's exp_avg");
+  b->v_ = b->memory_->Alloc(n, "AdamW's exp_avg_sq");
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, sizeof(double)), "gradient norm"));
-  const float* host_m = args.adamw->exp_avg().f32();
-  const float* host_v = args.adamw->exp_avg_sq().f32();
-  if (whole) {
-    XT_RETURN_IF_ERROR(b->Upload(b->m_, host_m, 0, 0, total));
-    XT_RETURN_IF_ERROR(b->Upload(b->v_, host_v, 0, 0, total));
-  } else {
-    // The whole state from the ranks' shards: each rank writes the ranges it owns into zeroed
-    // slabs, and a sum over the ranks (every other rank adds zeros: exact) completes them.
-    for (float* slab : {b->model_->params(), b->m_, b->v_})
-      XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(slab, 0, bytes, b->stream_), "state"));
-    for (const OwnedRange& r : args.store->owned()) {
-      XT_RETURN_IF_ERROR(
-          b->Upload(b->model_->params(), args.store->params(), r.global, r.shard, r.size));
-      XT_RETURN_IF_ERROR(b->Upload(b->m_, host_m, r.global, r.shard, r.size));
-      XT_RETURN_IF_ERROR(b->Upload(b->v_, host_v, r.global, r.shard, r.size));
-    }
-    for (float* slab : {b->model_->params(), b->m_, b->v_}) b->nccl_->AllReduceSum(slab, total);
-  }
+  XT_RETURN_IF_ERROR(b->Upload(b->shard_->params(), args.store->params(), n, "parameters"));
+  XT_RETURN_IF_ERROR(b->Upload(b->m_, args.adamw->exp_avg().f32(), n, "exp_avg"));
+  XT_RETURN_IF_ERROR(b->Upload(b->v_, args.adamw->exp_avg_sq().f32(), n, "exp_avg_sq"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
-  // AdamW's runs over the whole slab, from the decay ranges the host's shard was cut from.
-  XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(DefaultDecayRanges(layout), total, 0, total));
+  // AdamW's runs over the shard: the host's ranges, in shard coordinates.
+  XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(args.decay, n, 0, n));
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 
-Status CudaTrainBackend::Upload(float* device, const float* host, int64_t global, int64_t shard,
-                                int64_t n) {
+Status CudaTrainBackend::Upload(float* device, const float* host, int64_t n, const char* what) {
   if (n == 0) return Status::OK();
-  return Check(cudaMemcpyAsync(device + global, host + shard, size_t(n) * sizeof(float),
-                               cudaMemcpyHostToDevice, stream_),
-               "upload");
+  return Check(
+      cudaMemcpyAsync(device, host, size_t(n) * sizeof(float), cudaMemcpyHostToDevice, stream_),
+      what);
 }
 
-Status CudaTrainBackend::FinishGradients() {
-  if (nccl_) nccl_->AllReduceSum(model_->grads(), total_);  // queued on stream_
-  return Status::OK();
+Status CudaTrainBackend::Download(float* host, const float* device, int64_t n, const char* what) {
+  if (n == 0) return Status::OK();
+  return Check(
+      cudaMemcpyAsync(host, device, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+      what);
 }
 
 Result<double> CudaTrainBackend::GradSumOfSquares() {
-  // The gradients are the same on every rank after FinishGradients: rank 0's share is the
-  // whole sum, the others' nothing.
-  if (nccl_ && nccl_->rank() != 0) return 0.0;
-  XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_, model_->grads(), total_, stream_));
+  XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_, shard_->grads(), shard_->shard_size(), stream_));
   double out = 0;
   XT_RETURN_IF_ERROR(Check(
       cudaMemcpyAsync(&out, sum_sq_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "norm"));
@@ -195,30 +215,23 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
   const AdamWStepScalars scalars[2] = {
       MakeAdamWStepScalars(c.beta1, c.beta2, c.eps, c.weight_decay, step_, lr, grad_scale, false),
       MakeAdamWStepScalars(c.beta1, c.beta2, c.eps, c.weight_decay, step_, lr, grad_scale, true)};
-  float* p = model_->params();
-  const float* g = model_->grads();
+  float* p = shard_->params();
+  const float* g = shard_->grads();
   for (const DecayRun& r : runs_)
     XT_RETURN_IF_ERROR(AdamWStep(p + r.begin, g + r.begin, m_ + r.begin, v_ + r.begin,
                                  r.end - r.begin, scalars[r.decay ? 1 : 0], stream_));
+  model_->ParamsChanged();
   return Status::OK();
 }
 
 Status CudaTrainBackend::SyncToHost() {
-  XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream_), "sync to host"));
+  const int64_t n = shard_->shard_size();
   Tensor m = args_.adamw->exp_avg(), v = args_.adamw->exp_avg_sq();
-  // The ranges this rank's host shard owns (one rank: the whole slab, in slab order).
-  for (const OwnedRange& r : args_.store->owned()) {
-    if (r.size == 0) continue;
-    const size_t bytes = size_t(r.size) * sizeof(float);
-    XT_RETURN_IF_ERROR(
-        Check(cudaMemcpy(args_.store->params() + r.shard, model_->params_view() + r.global, bytes,
-                         cudaMemcpyDeviceToHost),
-              "parameters to the host"));
-    XT_RETURN_IF_ERROR(Check(
-        cudaMemcpy(m.f32() + r.shard, m_ + r.global, bytes, cudaMemcpyDeviceToHost), "exp_avg"));
-    XT_RETURN_IF_ERROR(Check(
-        cudaMemcpy(v.f32() + r.shard, v_ + r.global, bytes, cudaMemcpyDeviceToHost), "exp_avg_sq"));
-  }
+  XT_RETURN_IF_ERROR(
+      Download(args_.store->params(), shard_->params(), n, "parameters to the host"));
+  XT_RETURN_IF_ERROR(Download(m.f32(), m_, n, "exp_avg to the host"));
+  XT_RETURN_IF_ERROR(Download(v.f32(), v_, n, "exp_avg_sq to the host"));
+  XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream_), "sync to host"));
   return args_.adamw->Restore(m, v, step_);  // the moments are in place: sets the step count
 }
 

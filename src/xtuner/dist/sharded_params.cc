@@ -82,10 +82,12 @@ std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& c
   return out;
 }
 
-ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp)
+ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
+                             ShardMemory* memory)
     : layout_(cfg, mesh.first_expert(cfg), cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1),
       world_(world),
-      dp_(dp) {
+      dp_(dp),
+      memory_(memory) {
   XT_CHECK(world->size() == mesh.world && world->rank() == mesh.rank && dp->size() == mesh.dp &&
                dp->rank() == mesh.dp_rank,
            "ShardedParams: the groups do not match the mesh");
@@ -107,64 +109,79 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
     units_.push_back(std::move(pieces));
   }
   owned_ = OwnedRanges(cfg, mesh);
-  params_.assign(shard, 0.0f);
-  grads_.assign(shard, 0.0f);
+  shard_size_ = shard;
+  params_ = memory_->Alloc(shard, "the parameters' shard");
+  grads_ = memory_->Alloc(shard, "the gradients' shard");
+  memory_->Zero(params_, shard);
+  memory_->Zero(grads_, shard);
 }
 
-void ShardedParams::ZeroGrads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+ShardedParams::~ShardedParams() {
+  for (auto& [unit, buf] : gathered_) memory_->Free(buf.data);
+  for (auto& [unit, buf] : grad_bufs_) memory_->Free(buf.data);
+  memory_->Free(params_);
+  memory_->Free(grads_);
+}
 
-bool ShardedParams::Direct(int64_t unit) const {
+void ShardedParams::ZeroGrads() { memory_->Zero(grads_, shard_size_); }
+
+bool ShardedParams::Held(int64_t unit) const {
   const std::vector<Piece>& ps = units_[unit];
   return ps.size() == 1 && ps[0].counts.size() == 1;
 }
 
-void ShardedParams::Track(int64_t delta) {
-  working_ += delta;
+ShardedParams::Buffer ShardedParams::NewBuffer(int64_t n, const char* what) {
+  working_ += n;
   peak_working_ = std::max(peak_working_, working_);
+  return {memory_->Alloc(n, what), n};
+}
+
+void ShardedParams::FreeBuffer(std::map<int64_t, Buffer>& bufs, int64_t unit) {
+  auto it = bufs.find(unit);
+  working_ -= it->second.size;
+  memory_->Free(it->second.data);
+  bufs.erase(it);
 }
 
 const float* ShardedParams::Acquire(int64_t unit) {
-  if (Direct(unit)) return params_.data() + units_[unit][0].shard;
+  if (Held(unit)) return params_ + units_[unit][0].shard;
   auto it = gathered_.find(unit);
-  if (it != gathered_.end()) return it->second.data();
-  std::vector<float>& buf = gathered_[unit];
-  buf.resize(layout_.units()[unit].size());
-  Track(int64_t(buf.size()));
+  if (it != gathered_.end()) return it->second.data;
+  const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a gathered unit of parameters");
+  gathered_[unit] = buf;
   for (const Piece& p : units_[unit])
-    GroupOf(p).AllGather(buf.data() + p.work, params_.data() + p.shard, p.counts);
-  return buf.data();
+    GroupOf(p).AllGather(buf.data + p.work, params_ + p.shard, p.counts);
+  return buf.data;
 }
 
 void ShardedParams::Release(int64_t unit) {
-  auto it = gathered_.find(unit);
-  if (it == gathered_.end()) return;
-  Track(-int64_t(it->second.size()));
-  gathered_.erase(it);
+  if (gathered_.count(unit)) FreeBuffer(gathered_, unit);
 }
 
 float* ShardedParams::Grads(int64_t unit) {
-  if (Direct(unit)) return grads_.data() + units_[unit][0].shard;
+  if (Held(unit)) return grads_ + units_[unit][0].shard;
   auto it = grad_bufs_.find(unit);
-  if (it != grad_bufs_.end()) return it->second.data();
-  std::vector<float>& buf = grad_bufs_[unit];
-  buf.assign(layout_.units()[unit].size(), 0.0f);
-  Track(int64_t(buf.size()));
-  return buf.data();
+  if (it != grad_bufs_.end()) return it->second.data;
+  const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
+  memory_->Zero(buf.data, buf.size);
+  grad_bufs_[unit] = buf;
+  return buf.data;
 }
 
 void ShardedParams::GradsDone(int64_t unit) {
   auto it = grad_bufs_.find(unit);
   if (it == grad_bufs_.end()) return;
-  std::vector<float> part;
+  // Each piece's reduced chunk lands in scratch, then adds into the stored gradients.
+  int64_t most = 0;
+  for (const Piece& p : units_[unit]) most = std::max(most, p.counts[GroupOf(p).rank()]);
+  float* part = memory_->Alloc(most, "a reduced gradient chunk");
   for (const Piece& p : units_[unit]) {
     Comm& g = GroupOf(p);
-    part.resize(p.counts[g.rank()]);
-    g.ReduceScatterSum(part.data(), it->second.data() + p.work, p.counts);
-    float* dst = grads_.data() + p.shard;
-    for (size_t i = 0; i < part.size(); ++i) dst[i] += part[i];
+    g.ReduceScatterSum(part, it->second.data + p.work, p.counts);
+    memory_->Add(grads_ + p.shard, part, p.counts[g.rank()]);
   }
-  Track(-int64_t(it->second.size()));
-  grad_bufs_.erase(it);
+  memory_->Free(part);
+  FreeBuffer(grad_bufs_, unit);
 }
 
 }  // namespace xt

@@ -9,6 +9,10 @@
 // whole model's slab (ParamLayout(cfg), the "global" layout) is owned by exactly one rank, and a
 // rank holds about total / world of it. A run of n elements split over g ranks gives rank i the
 // chunk [i * c, min(n, (i + 1) * c)), c = ceil(n / g).
+//
+// Where the floats live: host memory with MPI (the CPU model), or device memory with NCCL (the
+// GPU model: cuda/shard_memory_cuda.h), the same bookkeeping over either (dist/shard_memory.h).
+// Every float ShardedParams holds comes from its ShardMemory; its collectives from its Comms.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@
 
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
+#include "xtuner/dist/shard_memory.h"
 #include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
 
@@ -38,16 +43,25 @@ std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& c
 
 class ShardedParams : public ParamSource {
  public:
-  // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)). Both outlive
-  // this object. Parameters and gradients start at zero.
-  ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp);
+  // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)); memory: where
+  // the shard and the working buffers live, of the kind the Comms take. All three outlive this
+  // object. Parameters and gradients start at zero.
+  ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
+                ShardMemory* memory = HostShardMemory());
+  ~ShardedParams() override;
+  ShardedParams(const ShardedParams&) = delete;
+  ShardedParams& operator=(const ShardedParams&) = delete;
 
   const ParamLayout& layout() const { return layout_; }  // this rank's working layout
   const std::vector<OwnedRange>& owned() const { return owned_; }
-  int64_t shard_size() const { return int64_t(params_.size()); }
-  float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
+  int64_t shard_size() const { return shard_size_; }
+  // The shard (shard_size() floats each, in the memory's kind).
+  float* params() { return params_; }
+  float* grads() { return grads_; }
   void ZeroGrads();
+  // Whether unit `unit` is one piece this rank holds whole (always so on one rank): Acquire and
+  // Grads then serve the shard itself, gathering and reducing nothing.
+  bool Held(int64_t unit) const override;
   // The most floats of gathered parameters and gradient buffers held at once so far.
   int64_t peak_working_floats() const { return peak_working_; }
 
@@ -66,17 +80,23 @@ class ShardedParams : public ParamSource {
     int64_t shard = 0;                       // this rank's chunk in the shard
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
-  // The unit is one piece held whole by this rank: serve the shard itself.
-  bool Direct(int64_t unit) const;
-  void Track(int64_t delta);
+  struct Buffer {
+    float* data = nullptr;
+    int64_t size = 0;
+  };
+  Buffer NewBuffer(int64_t n, const char* what);
+  void FreeBuffer(std::map<int64_t, Buffer>& bufs, int64_t unit);
 
   ParamLayout layout_;
   Comm* world_;
   Comm* dp_;
   std::vector<std::vector<Piece>> units_;
   std::vector<OwnedRange> owned_;
-  std::vector<float> params_, grads_;
-  std::map<int64_t, std::vector<float>> gathered_, grad_bufs_;
+  ShardMemory* memory_;
+  int64_t shard_size_ = 0;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  std::map<int64_t, Buffer> gathered_, grad_bufs_;
   int64_t working_ = 0, peak_working_ = 0;
 };
 

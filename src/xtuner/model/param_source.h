@@ -8,6 +8,10 @@
 //   Grads(u)    -> a buffer for u's gradients: the model ADDS into it; valid until GradsDone(u),
 //                  which folds it into the stored gradients. Calling Grads(u) again before
 //                  GradsDone(u) returns the same buffer.
+//   Held(u)     -> whether u's parameters are held whole here (Acquire copies and gathers
+//                  nothing, its pointer stays valid, its contents change only when the
+//                  parameters are updated): a model may keep what it derives from them (e.g. a
+//                  bf16 copy) across calls, which for gathered units would cost the whole model.
 // Every rank of a distributed run calls these in the same order (they may communicate).
 #pragma once
 
@@ -22,6 +26,20 @@ class ParamSource {
   virtual void Release(int64_t unit) = 0;
   virtual float* Grads(int64_t unit) = 0;
   virtual void GradsDone(int64_t unit) = 0;
+  virtual bool Held(int64_t /*unit*/) const { return false; }
+};
+
+// A unit's parameters (gradients) as Acquire (Grads) returned them, addressed by offsets of the
+// layout's slab: P(offset), for an offset inside the unit that starts at `begin`.
+struct UnitParams {
+  const float* base;
+  int64_t begin;
+  const float* operator()(int64_t offset) const { return base + (offset - begin); }
+};
+struct UnitGrads {
+  float* base;
+  int64_t begin;
+  float* operator()(int64_t offset) const { return base + (offset - begin); }
 };
 
 }  // namespace xt

@@ -22,6 +22,7 @@ class Transformer::LocalParams : public ParamSource {
   void Release(int64_t) override {}
   float* Grads(int64_t u) override { return m_->grads_.f32() + m_->layout_.units()[u].begin; }
   void GradsDone(int64_t) override {}
+  bool Held(int64_t) const override { return true; }
 
  private:
   Transformer* m_;
@@ -52,13 +53,11 @@ void Transformer::ZeroGrads() {
   if (grads_.numel() > 0) std::memset(grads_.data(), 0, grads_.nbytes());
 }
 
-Transformer::UnitParams Transformer::Acquire(int64_t u) {
+UnitParams Transformer::Acquire(int64_t u) {
   return {source_->Acquire(u), layout_.units()[u].begin};
 }
 
-Transformer::UnitGrads Transformer::Grads(int64_t u) {
-  return {source_->Grads(u), layout_.units()[u].begin};
-}
+UnitGrads Transformer::Grads(int64_t u) { return {source_->Grads(u), layout_.units()[u].begin}; }
 
 void Transformer::SetRecompute(double fraction) {
   XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");

@@ -109,16 +109,6 @@ class Transformer {
   struct LayerActs;
   class LocalParams;
   // Unit u's parameters (gradients) addressed by slab offsets of the layout.
-  struct UnitParams {
-    const float* base;
-    int64_t begin;
-    const float* operator()(int64_t offset) const { return base + (offset - begin); }
-  };
-  struct UnitGrads {
-    float* base;
-    int64_t begin;
-    float* operator()(int64_t offset) const { return base + (offset - begin); }
-  };
   UnitParams Acquire(int64_t unit);
   UnitGrads Grads(int64_t unit);
 

@@ -28,6 +28,7 @@ namespace xt {
 
 class Comm;
 class ShardedParams;
+struct Mesh;
 
 class TrainBackend {
  public:
@@ -64,12 +65,12 @@ struct TrainBackendArgs {
   const ModelConfig* model = nullptr;
   ShardedParams* store = nullptr;  // this rank's shard (the whole model on one rank)
   AdamW* adamw = nullptr;          // over the same shard, its moments and step count
-  // AdamW's ranges in shard coordinates (ShardDecayRanges of DefaultDecayRanges). The CUDA
-  // backend, which holds the whole slab, takes DefaultDecayRanges over it instead: the same source.
+  // AdamW's ranges in shard coordinates (ShardDecayRanges of DefaultDecayRanges).
   std::vector<DecayRange> decay;
-  Comm* world = nullptr;  // every rank (one: a single process)
-  double recompute = 0;   // model.recompute
-  bool bf16 = false;      // train.precision == "bf16"
+  Comm* world = nullptr;       // every rank (one: a single process), host collectives
+  const Mesh* mesh = nullptr;  // the run's mesh over `world` (the store's)
+  double recompute = 0;        // model.recompute
+  bool bf16 = false;           // train.precision == "bf16"
 };
 
 using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);

@@ -56,8 +56,9 @@ const std::vector<Key>& Schema() {
       {"train.device", &C::device,
        "cpu | cuda: where the step runs. cuda: one GPU per process (under mpirun the GPU of the "
        "local rank), parameters, gradients and AdamW state on the GPU, copied back for "
-       "checkpoints and exports; several ranks are data parallel (the whole model on every GPU, "
-       "gradients all-reduced over NCCL; parallel.ep must be 1). Needs a build with CUDA."},
+       "checkpoints and exports; several ranks shard them as on the CPU (ZeRO-3 over NCCL: units "
+       "gathered, gradients reduce-scattered; parallel.ep > 1 sends the experts' rows all-to-all). "
+       "Needs a build with CUDA."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "

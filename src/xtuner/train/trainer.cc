@@ -156,11 +156,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
-  if (cfg.device != "cpu" && mesh.ep > 1)
-    return Status::Error("train.device = \"" + cfg.device +
-                         "\" with parallel.ep = " + std::to_string(mesh.ep) +
-                         ": expert parallelism on GPUs is not built yet (data parallel only: "
-                         "parallel.ep = 1), or use train.device = \"cpu\"");
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
   // The schedule before any data is read (a warm-up longer than the run is a config error).
   LrScheduleConfig lc;
@@ -255,6 +250,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.recompute = cfg.recompute;
     ba.bf16 = cfg.precision == "bf16";
     ba.world = &world;
+    ba.mesh = &mesh;
     XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
@@ -314,17 +310,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (cfg.device == "cpu") {
     sum.extra.push_back({"memory", "per rank",
                          HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
-  } else {  // the whole state on every device; the host keeps its shard for checkpoints
-    // fp32 params, grads and two moments, and in bf16 mode the weights' bf16 copy.
-    const double per_param = cfg.precision == "bf16" ? 18.0 : 16.0;
-    sum.memory_estimate_bytes = int64_t(per_param * double(total_params));
-    sum.extra.push_back({"memory", "per " + cfg.device + " device",
-                         HumanBytes(per_param * double(total_params)) +
-                             " params + grads + AdamW (fp32" +
-                             (cfg.precision == "bf16" ? ", and a bf16 copy of the weights" : "") +
-                             ", the whole model), plus activations"});
+  } else {  // the device holds the host's shard (ZeRO-3 as on the CPU); the host keeps it too
+    // fp32 params, grads and two moments of the shard; in bf16 mode one rank keeps a bf16 copy of
+    // the whole model's weights, several make one per gathered unit (with the unit).
+    const bool whole_bf16 = cfg.precision == "bf16" && mesh.world == 1;
+    const double device_bytes = shard_bytes + (whole_bf16 ? 2.0 * double(total_params) : 0.0);
+    sum.memory_estimate_bytes = int64_t(device_bytes);
+    sum.extra.push_back(
+        {"memory", "per " + cfg.device + " device",
+         HumanBytes(device_bytes) + " params + grads + AdamW (fp32, " +
+             (mesh.world == 1 ? std::string("the whole model") : std::string("ZeRO-3 shard")) +
+             (whole_bf16 ? ", and a bf16 copy of the weights" : "") + "), plus activations" +
+             (mesh.world > 1 ? " and the units gathered" : "")});
     sum.extra.push_back({"memory", "per rank, host",
-                         HumanBytes(shard_bytes) + " params + grads + AdamW (ZeRO-3 shard)"});
+                         HumanBytes(shard_bytes) + " params + grads + AdamW (the same shard)"});
   }
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});

@@ -1,0 +1,84 @@
+#include "xtuner/cuda/expert_parallel_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <limits>
+#include <string>
+
+#include "xtuner/cuda/device.h"
+#include "xtuner/cuda/ops_cuda.h"
+
+namespace xt::cuda {
+namespace {
+
+std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t H) {
+  std::vector<int64_t> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * H;
+  return out;
+}
+
+// A stream-ordered (R, H) buffer of rows by source rank.
+class BySource {
+ public:
+  BySource(int64_t n, cudaStream_t stream) : stream_(stream) {
+    status_ = Check(cudaMallocAsync(&p_, size_t(n > 0 ? n : 1) * sizeof(float), stream),
+                    "expert exchange buffer");
+  }
+  ~BySource() {
+    if (p_) cudaFreeAsync(p_, stream_);
+  }
+  const Status& status() const { return status_; }
+  float* get() const { return static_cast<float*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  cudaStream_t stream_;
+  Status status_;
+};
+
+}  // namespace
+
+Result<EpRowMaps> MakeEpRowMaps(const EpExchange& x) {
+  const int64_t R = x.num_received();
+  if (R > std::numeric_limits<int32_t>::max())
+    return Status::Error("expert parallelism: " + std::to_string(R) +
+                         " received rows do not fit the GPU's int32 row maps");
+  EpRowMaps m;
+  m.grouped_of_received.resize(R);
+  m.received_of_grouped.assign(R, -1);
+  for (int64_t i = 0; i < R; ++i) {
+    const int64_t j = x.to_grouped[i];
+    if (j < 0 || j >= R || m.received_of_grouped[j] != -1)
+      return Status::Error(
+          "expert parallelism: the exchange plan's regrouping is not a "
+          "permutation (row " +
+          std::to_string(i) + ")");
+    m.grouped_of_received[i] = int32_t(j);
+    m.received_of_grouped[j] = int32_t(i);
+  }
+  return m;
+}
+
+Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received_of_grouped,
+                          const float* xs, int64_t H, float* xr, void* stream) {
+  const int64_t R = x.num_received();
+  BySource by_source(R * H, cudaStream_t(stream));
+  XT_RETURN_IF_ERROR(by_source.status());
+  ep.AllToAll(by_source.get(), Times(x.recv_rows, H), xs, Times(x.send_rows, H));
+  if (R == 0) return Status::OK();
+  // xr[j] = by_source[received_of_grouped[j]]: a row gather (moe_permute with k = 1).
+  return MoePermute(xr, by_source.get(), received_of_grouped, R, 1, H, stream);
+}
+
+Status ExpertCombineCuda(Comm& ep, const EpExchange& x, const int32_t* grouped_of_received,
+                         const float* yr, int64_t H, float* ys, void* stream) {
+  const int64_t R = x.num_received();
+  BySource by_source(R * H, cudaStream_t(stream));
+  XT_RETURN_IF_ERROR(by_source.status());
+  if (R > 0)
+    XT_RETURN_IF_ERROR(MoePermute(by_source.get(), yr, grouped_of_received, R, 1, H, stream));
+  ep.AllToAll(ys, Times(x.send_rows, H), by_source.get(), Times(x.recv_rows, H));
+  return Status::OK();
+}
+
+}  // namespace xt::cuda

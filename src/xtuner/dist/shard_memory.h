@@ -1,0 +1,29 @@
+// ShardMemory: where a ShardedParams keeps its floats (dist/sharded_params.h): the host (the
+// default) or a device (cuda/shard_memory_cuda.h), so that the same ZeRO-3 bookkeeping serves
+// the CPU model over MPI and the GPU model over NCCL. Its Comm must take buffers of the same
+// kind (MpiComm: host; NcclComm: device).
+//
+// Contract: Alloc(n) -> n floats, uninitialised, never null (an allocation failure ends the job
+// with a message naming `what`); Free(p) returns them (null: nothing). Zero and Add may be
+// queued (a device's stream): they are complete, like the Comm's collectives, in the order they
+// were called. Free of a buffer whose use is queued is safe (stream-ordered on a device).
+#pragma once
+
+#include <cstdint>
+
+namespace xt {
+
+class ShardMemory {
+ public:
+  virtual ~ShardMemory() = default;
+  virtual float* Alloc(int64_t n, const char* what) = 0;
+  virtual void Free(float* p) = 0;
+  virtual void Zero(float* p, int64_t n) = 0;
+  // dst (n) += src (n).
+  virtual void Add(float* dst, const float* src, int64_t n) = 0;
+};
+
+// Host memory (operator new; its failure throws std::bad_alloc as a vector's would).
+ShardMemory* HostShardMemory();
+
+}  // namespace xt
