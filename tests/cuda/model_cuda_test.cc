@@ -246,17 +246,18 @@ TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {
 // A ParamSource as ZeRO-3 serves a unit on several ranks, on one GPU: every Acquire copies the
 // unit into a new buffer and every Grads hands out a new zeroed one, which Release / GradsDone
 // poison (NaN) and free, GradsDone after adding it into the stored gradients. A model that reads
-// a unit after releasing it, writes gradients after GradsDone, or keeps a bf16 copy of a
-// gathered unit past its release gives NaN or stale values; one that leaves a unit open is
-// counted.
+// a unit after releasing it or writes gradients after GradsDone gives NaN; one that leaves a unit
+// open or releases one it did not acquire is counted. held: serve the stored slabs themselves
+// instead (Held, as one rank's ZeRO-3 does), still checking the pairing.
 class GatheringSource : public ParamSource {
  public:
-  GatheringSource(const ParamLayout& layout, const float* host_params) : layout_(layout) {
+  GatheringSource(const ParamLayout& layout, const float* host_params, bool held)
+      : layout_(layout), held_(held) {
     const size_t bytes = size_t(layout.total()) * sizeof(float);
     EXPECT_EQ(cudaMalloc(&params_, bytes), cudaSuccess);
     EXPECT_EQ(cudaMalloc(&grads_, bytes), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(params_, host_params, bytes, cudaMemcpyHostToDevice), cudaSuccess);
-    EXPECT_EQ(cudaMemset(grads_, 0, bytes), cudaSuccess);
+    SetParams(host_params);
+    ZeroGrads();
   }
   ~GatheringSource() override {
     cudaFree(params_);
@@ -264,9 +265,12 @@ class GatheringSource : public ParamSource {
   }
   const float* Acquire(int64_t u) override {
     EXPECT_EQ(gathered_.count(u), 0u) << "unit " << u << " acquired twice";
-    float* p = New(u);
-    EXPECT_EQ(cudaMemcpy(p, params_ + layout_.units()[u].begin, Bytes(u), cudaMemcpyDeviceToDevice),
-              cudaSuccess);
+    float* p = params_ + layout_.units()[u].begin;
+    if (!held_) {
+      float* copy = New(u);
+      EXPECT_EQ(cudaMemcpy(copy, p, Bytes(u), cudaMemcpyDeviceToDevice), cudaSuccess);
+      p = copy;
+    }
     gathered_[u] = p;
     ++acquired_;
     return p;
@@ -274,27 +278,34 @@ class GatheringSource : public ParamSource {
   void Release(int64_t u) override {
     auto it = gathered_.find(u);
     ASSERT_NE(it, gathered_.end()) << "unit " << u << " released but not acquired";
-    Poison(u, it->second);
+    if (!held_) Poison(u, it->second);
     gathered_.erase(it);
   }
   float* Grads(int64_t u) override {
     auto it = grads_open_.find(u);
     if (it != grads_open_.end()) return it->second;
-    float* g = New(u);
-    EXPECT_EQ(cudaMemset(g, 0, Bytes(u)), cudaSuccess);
+    float* g = grads_ + layout_.units()[u].begin;
+    if (!held_) {
+      g = New(u);
+      EXPECT_EQ(cudaMemset(g, 0, Bytes(u)), cudaSuccess);
+    }
     grads_open_[u] = g;
     return g;
   }
   void GradsDone(int64_t u) override {
     auto it = grads_open_.find(u);
     ASSERT_NE(it, grads_open_.end()) << "unit " << u << ": GradsDone without Grads";
-    ASSERT_TRUE(
-        cuda::AddInPlace(grads_ + layout_.units()[u].begin, it->second, layout_.units()[u].size())
-            .ok());
-    Poison(u, it->second);
+    if (!held_) {
+      ASSERT_TRUE(
+          cuda::AddInPlace(grads_ + layout_.units()[u].begin, it->second, layout_.units()[u].size())
+              .ok());
+      Poison(u, it->second);
+    }
     grads_open_.erase(it);
   }
-  // Nothing left open, and units were gathered at all.
+  bool Held(int64_t) const override { return held_; }
+
+  // Nothing left open, and units were acquired at all.
   void ExpectClosed() const {
     EXPECT_TRUE(gathered_.empty()) << gathered_.size() << " units left acquired";
     EXPECT_TRUE(grads_open_.empty()) << grads_open_.size() << " gradient buffers left open";
@@ -308,6 +319,11 @@ class GatheringSource : public ParamSource {
   }
   void ZeroGrads() {
     EXPECT_EQ(cudaMemset(grads_, 0, size_t(layout_.total()) * sizeof(float)), cudaSuccess);
+  }
+  void SetParams(const float* host) {
+    EXPECT_EQ(
+        cudaMemcpy(params_, host, size_t(layout_.total()) * sizeof(float), cudaMemcpyHostToDevice),
+        cudaSuccess);
   }
 
  private:
@@ -325,67 +341,104 @@ class GatheringSource : public ParamSource {
     cudaFree(p);
   }
   const ParamLayout& layout_;
+  bool held_;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   std::map<int64_t, float*> gathered_, grads_open_;
   int64_t acquired_ = 0;
 };
 
-// The model over a source that gathers each unit (the path ZeRO-3 takes on several GPUs) gives
-// what the model over its own slabs gives: fp32 and bf16 (a bf16 copy per acquisition), with
+// The model over a source that gathers each unit (the path ZeRO-3 takes on several GPUs), or
+// serves it held (one GPU), gives what the model over its own slabs gives: fp32 and bf16, with
 // recompute (a layer's unit used by its forward again inside the backward), tied embeddings (the
-// embedding's gradients open from the head to the end) and two micro-batches accumulated.
+// embedding's gradients open from the head to the end), two micro-batches and an empty one (a
+// rank with fewer rows) accumulated, and the router-only pass. Between cases the parameters
+// change (an optimizer step): a gathered unit's bf16 copy must be made anew at each acquisition,
+// a held unit's after ParamsChanged, or the bf16 losses part.
 TEST_P(ModelCuda, OverAGatheringSourceAsOverItsOwnSlabs) {
   auto base = ModelConfig::Load(testing::DataPath(GetParam()));
   ASSERT_TRUE(base.ok());
-  for (bool tied : {false, true}) {
-    ModelConfig cfg = *base;
-    cfg.tie_word_embeddings = tied;
-    if (cfg.is_moe()) cfg.router_aux_loss_coef = 0.3;
-    Transformer cpu(cfg);
-    InitRandom(&cpu, 0.2, 5);
-    auto own = cuda::CudaModel::Create(cfg, cpu.params().f32());
-    ASSERT_TRUE(own.ok()) << own.status().message();
-    GatheringSource source(cpu.layout(), cpu.params().f32());
-    auto over = cuda::CudaModel::CreateOver(cfg, &source, nullptr);
-    ASSERT_TRUE(over.ok()) << over.status().message();
-    std::vector<int64_t> ids(40);
-    for (int64_t t = 0; t < 40; ++t) ids[t] = (t * 31 + 7) % cfg.vocab_size;
-    const Batch one = Batch::Packed(ids, ids, {0, 9, 40}).value();
-    const Batch two = Batch::FromRows(ids, ids, 2, 20).value();
-    for (auto precision : {cuda::GemmInput::kF32, cuda::GemmInput::kBf16})
-      for (double recompute : {0.0, 1.0}) {
-        const std::string what = std::string(GetParam()) + (tied ? " tied" : "") +
-                                 (precision == cuda::GemmInput::kBf16 ? " bf16" : " fp32") +
-                                 (recompute > 0 ? " recompute" : "");
-        for (cuda::CudaModel* m : {own->get(), over->get()}) {
-          m->SetPrecision(precision);
-          m->SetRecompute(recompute);
-        }
-        ASSERT_TRUE((*own)->ZeroGrads().ok());
-        source.ZeroGrads();
-        for (const Batch* b : {&one, &two}) {
-          auto want = (*own)->ForwardBackward(*b, 0.01, 1.0);
-          auto got = (*over)->ForwardBackward(*b, 0.01, 1.0);
-          ASSERT_TRUE(want.ok()) << want.status().message();
-          ASSERT_TRUE(got.ok()) << got.status().message();
-          EXPECT_NEAR(got->loss, want->loss, 1e-6 * want->loss) << what;
-          EXPECT_EQ(got->tokens_per_expert, want->tokens_per_expert) << what;
-          if (cfg.is_moe()) {
-            auto st = (*over)->RouterStats(*b);
-            ASSERT_TRUE(st.ok()) << st.status().message();
-            EXPECT_EQ(st->count, want->balance.count) << what;
+  for (bool tied : {false, true})
+    for (bool held : {false, true}) {
+      ModelConfig cfg = *base;
+      cfg.tie_word_embeddings = tied;
+      if (cfg.is_moe()) cfg.router_aux_loss_coef = 0.3;
+      Transformer cpu(cfg);
+      InitRandom(&cpu, 0.2, 5);
+      const int64_t n = cpu.layout().total();
+      auto own = cuda::CudaModel::Create(cfg, cpu.params().f32());
+      ASSERT_TRUE(own.ok()) << own.status().message();
+      GatheringSource source(cpu.layout(), cpu.params().f32(), held);
+      auto over = cuda::CudaModel::CreateOver(cfg, &source, nullptr);
+      ASSERT_TRUE(over.ok()) << over.status().message();
+      std::vector<int64_t> ids(40);
+      for (int64_t t = 0; t < 40; ++t) ids[t] = (t * 31 + 7) % cfg.vocab_size;
+      const Batch one = Batch::Packed(ids, ids, {0, 9, 40}).value();
+      const Batch two = Batch::FromRows(ids, ids, 2, 20).value();
+      const Batch empty = Batch::Empty();
+      int changes = 0;
+      for (auto precision : {cuda::GemmInput::kF32, cuda::GemmInput::kBf16})
+        for (double recompute : {0.0, 1.0}) {
+          const std::string what = std::string(GetParam()) + (tied ? " tied" : "") +
+                                   (held ? " held" : " gathered") +
+                                   (precision == cuda::GemmInput::kBf16 ? " bf16" : " fp32") +
+                                   (recompute > 0 ? " recompute" : "");
+          for (cuda::CudaModel* m : {own->get(), over->get()}) {
+            m->SetPrecision(precision);
+            m->SetRecompute(recompute);
           }
+          ASSERT_TRUE((*own)->ZeroGrads().ok());
+          source.ZeroGrads();
+          for (const Batch* b : {&one, &empty, &two}) {
+            auto want = (*own)->ForwardBackward(*b, 0.01, 1.0);
+            auto got = (*over)->ForwardBackward(*b, 0.01, 1.0);
+            ASSERT_TRUE(want.ok()) << what << ": " << want.status().message();
+            ASSERT_TRUE(got.ok()) << what << ": " << got.status().message();
+            EXPECT_NEAR(got->loss, want->loss, 1e-6 * want->loss) << what;
+            EXPECT_EQ(got->tokens_per_expert, want->tokens_per_expert) << what;
+            if (cfg.is_moe()) {
+              auto st = (*over)->RouterStats(*b);
+              ASSERT_TRUE(st.ok()) << st.status().message();
+              EXPECT_EQ(st->count, want->balance.count) << what;
+            }
+          }
+          source.ExpectClosed();
+          std::vector<float> want(n);
+          ASSERT_TRUE((*own)->CopyGradsToHost(want.data()).ok());
+          // The same kernels on the same values: only where a unit's gradients are added (into
+          // a zeroed buffer, then into the store) and where cuBLAS picks another algorithm for
+          // another alignment (a gathered unit starts a new allocation) may the last bits
+          // differ.
+          ExpectSameGradients(cpu.layout(), source.HostGrads().data(), want.data(), 1e-5, what);
+          // An optimizer step's worth of change, in both models' parameters.
+          std::vector<float> p(cpu.params().f32(), cpu.params().f32() + n);
+          const float scale = 1.0f - 0.1f * float(++changes);
+          for (float& x : p) x *= scale;
+          ASSERT_EQ(cudaMemcpy((*own)->params(), p.data(), size_t(n) * sizeof(float),
+                               cudaMemcpyHostToDevice),
+                    cudaSuccess);
+          source.SetParams(p.data());
+          (*over)->ParamsChanged();
         }
-        source.ExpectClosed();
-        std::vector<float> want(cpu.layout().total());
-        ASSERT_TRUE((*own)->CopyGradsToHost(want.data()).ok());
-        // The same kernels on the same values: only where a unit's gradients are added (into a
-        // zeroed buffer, then into the store) and where cuBLAS picks another algorithm for
-        // another alignment (a gathered unit starts a new allocation) may the last bits differ.
-        ExpectSameGradients(cpu.layout(), source.HostGrads().data(), want.data(), 1e-5, what);
-      }
-  }
+    }
+}
+
+// An empty micro-batch in bf16 mode (its matmuls have no rows): no error, nothing added.
+TEST_P(ModelCuda, AnEmptyBatchInBf16AddsNothing) {
+  Models m;
+  LoadModels(GetParam(), -1, &m);
+  if (HasFatalFailure()) return;
+  cuda::CudaModel& gpu = *m.gpu;
+  gpu.SetPrecision(cuda::GemmInput::kBf16);
+  ASSERT_TRUE(gpu.ZeroGrads().ok());
+  auto info = gpu.ForwardBackward(Batch::Empty(), 0.5, 1.0);
+  ASSERT_TRUE(info.ok()) << info.status().message();
+  EXPECT_EQ(info->num_loss_tokens, 0);
+  auto stats = gpu.RouterStats(Batch::Empty());
+  ASSERT_TRUE(stats.ok()) << stats.status().message();
+  std::vector<float> g(m.cpu->layout().total(), 1.0f);
+  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+  for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 0.0f) << "element " << i;
 }
 
 // CreateOver's argument checks, before any device work (they run without a GPU): no source; an

@@ -23,6 +23,10 @@ class BySource {
   BySource(int64_t n, cudaStream_t stream) : stream_(stream) {
     status_ = Check(cudaMallocAsync(&p_, size_t(n > 0 ? n : 1) * sizeof(float), stream),
                     "expert exchange buffer");
+    if (!status_.ok()) {
+      p_ = nullptr;
+      cudaGetLastError();  // not sticky: clear it for later launch checks
+    }
   }
   ~BySource() {
     if (p_) cudaFreeAsync(p_, stream_);

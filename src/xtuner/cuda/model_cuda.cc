@@ -271,12 +271,25 @@ Status CudaModel::CopyGradsToHost(float* out) const {
 
 Result<LossInfo> CudaModel::ForwardBackward(const Batch& b, double ce_weight, double aux_weight,
                                             const BalancePool& pool) {
-  return Run(b, ce_weight, aux_weight, pool, /*router_only=*/false);
+  return Guarded(b, ce_weight, aux_weight, pool, /*router_only=*/false);
 }
 
 Result<BalanceStats> CudaModel::RouterStats(const Batch& b) {
-  XT_ASSIGN_OR_RETURN(LossInfo info, Run(b, -1, -1, {}, /*router_only=*/true));
+  XT_ASSIGN_OR_RETURN(LossInfo info, Guarded(b, -1, -1, {}, /*router_only=*/true));
   return std::move(info.balance);
+}
+
+Result<LossInfo> CudaModel::Guarded(const Batch& b, double ce_weight, double aux_weight,
+                                    const BalancePool& pool, bool router_only) {
+  if (!failed_.empty())
+    return Status::Error("CudaModel: an earlier step failed midway (" + failed_ +
+                         "), which may have left units of its parameter source gathered or "
+                         "their gradients open: make a new model and source");
+  Result<LossInfo> r = Run(b, ce_weight, aux_weight, pool, router_only);
+  // The model's own slabs keep nothing between calls; another source may (ZeRO-3's gathered
+  // units), so a step that stopped midway ends this model's use.
+  if (!r.ok() && !local_ && b.Validate(cfg_.vocab_size).ok()) failed_ = r.status().message();
+  return r;
 }
 
 Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_weight,
@@ -308,10 +321,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   units16.live.clear();
   // Units in use, from the source: parameters (and their bf16 copy in bf16 mode, made once per
   // parameter update for held units, at every acquisition for gathered ones) and gradients.
-  auto acquire = [&](int64_t u) -> Result<UnitParams> {
+  // matmuls: whether the unit's weights enter matmuls now (not for the embedding's lookup).
+  auto acquire = [&](int64_t u, bool matmuls = true) -> Result<UnitParams> {
     const float* p = source_->Acquire(u);
     const ParamUnit& r = layout_.units()[u];
-    if (bf16) {
+    if (bf16 && matmuls) {
       if (!units16.valid[u]) {
         XT_RETURN_IF_ERROR(units16.copy[u].Reserve(r.size(), s));
         XT_RETURN_IF_ERROR(ToBf16(units16.copy[u].get(), p, r.size(), s));
@@ -338,7 +352,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
                      int64_t n) -> Result<const void*> {
     if (const uint16_t* w = units16.Find(x)) return static_cast<const void*>(w);
-    if (n == 0)  // the experts' weights, whose size the caller does not pass
+    if (n < 0)  // the experts' weights, whose size the caller does not pass
       return Status::Error("CudaModel: an expert weight outside the acquired units");
     XT_RETURN_IF_ERROR(scratch.Reserve(n, s));
     XT_RETURN_IF_ERROR(ToBf16(scratch.get(), x, n, s));
@@ -376,7 +390,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     if (!bf16)
       return blas.GroupedForward(y, x, w, offsets, experts, in_dim, out_dim, GemmInput::kF32);
     XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim));
-    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
+    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedForward(y, x16, w16, offsets, experts, in_dim, out_dim, GemmInput::kBf16);
   };
   auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
@@ -387,7 +401,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                   GemmInput::kF32);
     XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim));
     XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim));
-    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, 0));
+    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
                                 GemmInput::kBf16);
   };
@@ -404,7 +418,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   bu.layers.resize(L);
   for (F& x : bu.x) XT_RETURN_IF_ERROR(x.Alloc(T * H, s));
   {
-    XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(0));
+    XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(0, /*matmuls=*/false));
     XT_RETURN_IF_ERROR(EmbeddingForward(bu.x[0].get(), bu.ids.get(), P(layout_.embed), T, H, s));
     release(0);
   }

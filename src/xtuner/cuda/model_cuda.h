@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "xtuner/core/status.h"
@@ -96,7 +97,9 @@ class CudaModel {
 
   // As Transformer::ForwardBackward: gradients ACCUMULATE into grads(); ce_weight (<= 0: 1 /
   // this batch's loss tokens), aux_weight (< 0: 1), pool (the balancing statistics the backward
-  // follows; empty: this batch's own). Errors on invalid input or a CUDA failure.
+  // follows; empty: this batch's own). Errors on invalid input or a CUDA failure. Over an
+  // external source (CreateOver), a failure after the step began (e.g. out of memory) leaves the
+  // source in the middle of a step: every later call is then an error naming the first.
   Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight = -1,
                                    double aux_weight = -1, const BalancePool& pool = {});
   // As Transformer::RouterStats: the balancing statistics of a batch from the forward of the
@@ -111,6 +114,9 @@ class CudaModel {
   float* Slab(float* p) const;
   // The pool's settings, the GEMMs (shared by both constructors).
   Status Init(void* stream);
+  // Run, refusing to run again over an external source after a step that failed midway.
+  Result<LossInfo> Guarded(const Batch& b, double ce_weight, double aux_weight,
+                           const BalancePool& pool, bool router_only);
   // router_only: RouterStats (the forward up to the last MoE layer, the statistics only).
   Result<LossInfo> Run(const Batch& b, double ce_weight, double aux_weight, const BalancePool& pool,
                        bool router_only);
@@ -128,6 +134,7 @@ class CudaModel {
   int64_t recompute_layers_ = 0;
   std::unique_ptr<Bf16Units> bf16_units_;  // bf16 copies of the units in use (bf16 mode)
   bool bf16_stale_ = true;
+  std::string failed_;  // CreateOver's model: the error that stopped a step midway
   bool bf16_attention_ = true;
 };
 
