@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark of issue 7, in one go on a machine with an NVIDIA GPU (an H200 is what the
 # targets are set for): builds with the CUDA backend, runs the `cuda` tests, trains the bundled
-# demo with train.device = cuda (the user's path, end to end), then one training
+# demo with train.device = cuda (the user's path, end to end), runs 2-rank GPU meshes (ZeRO-3,
+# expert parallelism) against the CPU, then one training
 # step (forward + backward + AdamW) of a Qwen3-30B-A3B-shaped MoE cut to 4 layers at 4k, 16k, 64k
 # and 128k tokens (bench/gpu_moe_bench.cc), and prints one table beside HF transformers'
 # reference numbers measured on one H200 (transformers 5.17, grouped_mm experts, SDPA, bf16).
@@ -42,6 +43,14 @@ timeout 300 "$BUILD/xtuner" train examples/demo.toml --set train.device=cuda \
 DEMO_RC=$?
 grep -E "device|step 300/300|eval:|error" "$BUILD.demo-gpu.log" | head -8
 [ $DEMO_RC -eq 0 ] || echo "demo on the GPU: FAILED (rc $DEMO_RC, see $BUILD.demo-gpu.log)"
+
+echo "== ZeRO-3 and expert parallelism on GPUs: 2 ranks (dp 2; ep 2; ep 2 with recompute; bf16"
+echo "   with an empty micro-batch) against the CPU run; on one GPU both ranks share it over MPI"
+(cd "$BUILD" && timeout 300 ./train_mpi_test --gtest_filter=Distributed.GpuMeshesFollowTheCpuRun \
+  > ../"$BUILD".mpi-gpu.log 2>&1)
+MPI_RC=$?
+grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error" "$BUILD.mpi-gpu.log" | head -12
+[ $MPI_RC -eq 0 ] || echo "GPU meshes: FAILED (rc $MPI_RC, see $BUILD.mpi-gpu.log)"
 
 echo "== benchmark"
 OUT=$("$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" --precision "$PRECISION" \

@@ -111,6 +111,10 @@ TEST(TrainConfig, ValidationNamesTheKey) {
   c.on_bad_sample = "ignore";
   EXPECT_NE(ValidateTrainConfig(c).message().find("data.on_bad_sample must be error or skip"),
             std::string::npos);
+  c.on_bad_sample = "skip";
+  c.gpu_comm = "gloo";
+  EXPECT_NE(ValidateTrainConfig(c).message().find("parallel.gpu_comm must be nccl or mpi"),
+            std::string::npos);
 }
 
 TEST(TrainConfig, EffectiveTomlRoundTrips) {

@@ -15,6 +15,7 @@
 #include "xtuner/cuda/nccl_comm.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/cuda/shard_memory_cuda.h"
+#include "xtuner/cuda/staged_comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/optim/adamw_scalars.h"
@@ -70,9 +71,10 @@ class CudaTrainBackend : public TrainBackend {
   TrainBackendArgs args_;
   std::string description_;
   cudaStream_t stream_ = nullptr;
-  // More than one rank: NCCL over every rank, the dp group (a rank's experts' shards) and the
-  // ep group (the other experts' holders; parallel.ep > 1 only), all on stream_.
-  std::unique_ptr<NcclComm> world_;
+  // More than one rank: device collectives (NCCL, or MPI staged through the host) over every
+  // rank, the dp group (a rank's experts' shards) and the ep group (the other experts' holders;
+  // parallel.ep > 1 only), all on stream_.
+  std::unique_ptr<Comm> world_;
   std::unique_ptr<Comm> dp_, ep_;
   std::unique_ptr<ShardMemory> memory_;
   std::unique_ptr<ShardedParams> shard_;  // the host's shard, on the device
@@ -125,9 +127,12 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   std::unique_ptr<CudaTrainBackend> b(new CudaTrainBackend());
   b->args_ = args;
   b->step_ = args.adamw->step();
-  if (ranks > 1) {  // a GPU per rank, checked distinct, before anything large is allocated
+  if (args.gpu_comm != "nccl" && args.gpu_comm != "mpi")
+    return Status::Error("parallel.gpu_comm must be nccl or mpi, not \"" + args.gpu_comm + "\"");
+  const bool staged = args.gpu_comm == "mpi";
+  if (ranks > 1) {  // a GPU per rank, checked distinct (NCCL's need), before large allocations
     XT_RETURN_IF_ERROR(SelectLocalDevice().status());
-    XT_RETURN_IF_ERROR(CheckDistinctDevices(*args.world));
+    if (!staged) XT_RETURN_IF_ERROR(CheckDistinctDevices(*args.world));
   }
   int device = 0;
   XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "device"));
@@ -139,8 +144,9 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
                     (args.bf16 ? ", bf16 matmuls" : ", fp32 matmuls (no TF32)");
   if (ranks > 1)
     b->description_ +=
-        "; " + std::to_string(ranks) +
-        " GPUs, ZeRO-3 over NCCL (units gathered, gradients reduce-scattered)" +
+        "; " + std::to_string(ranks) + " GPUs, ZeRO-3 over " +
+        (staged ? "MPI through host memory" : std::string("NCCL")) +
+        " (units gathered, gradients reduce-scattered)" +
         (mesh.ep > 1 ? ", experts all-to-all over " + std::to_string(mesh.ep) + " GPUs" : "");
   XT_RETURN_IF_ERROR(
       Check(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking), "training stream"));
@@ -148,8 +154,12 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   Comm* dp = args.world;
   Comm* ep = nullptr;
   if (ranks > 1) {
-    XT_ASSIGN_OR_RETURN(b->world_, NcclComm::Create(args.world, b->stream_));
-    // The trainer's host groups, over NCCL: the same colors and keys, in the same order.
+    if (staged) {
+      b->world_ = MakeStagedComm(args.world, b->stream_);
+    } else {
+      XT_ASSIGN_OR_RETURN(b->world_, NcclComm::Create(args.world, b->stream_));
+    }
+    // The trainer's host groups, on the device: the same colors and keys, in the same order.
     b->dp_ = b->world_->Split(mesh.ep_rank, mesh.dp_rank);
     if (mesh.ep > 1) b->ep_ = b->world_->Split(mesh.dp_rank, mesh.ep_rank);
     world = b->world_.get();

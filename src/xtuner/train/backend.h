@@ -69,8 +69,11 @@ struct TrainBackendArgs {
   std::vector<DecayRange> decay;
   Comm* world = nullptr;       // every rank (one: a single process), host collectives
   const Mesh* mesh = nullptr;  // the run's mesh over `world` (the store's)
-  double recompute = 0;        // model.recompute
-  bool bf16 = false;           // train.precision == "bf16"
+  // How a device backend's ranks exchange device buffers (parallel.gpu_comm): "nccl", or "mpi"
+  // (copies through host memory for `world`'s collectives; ranks may share a device).
+  std::string gpu_comm = "nccl";
+  double recompute = 0;  // model.recompute
+  bool bf16 = false;     // train.precision == "bf16"
 };
 
 using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);

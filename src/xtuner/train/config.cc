@@ -83,6 +83,10 @@ const std::vector<Key>& Schema() {
       {"parallel.ep", &C::ep,
        "Expert-parallel ranks (under mpirun): each holds experts / ep of every MoE layer; "
        "dp = ranks / ep."},
+      {"parallel.gpu_comm", &C::gpu_comm,
+       "nccl | mpi: how train.device = \"cuda\" ranks exchange parameters, gradients and expert "
+       "rows. mpi copies them through host memory for MPI (slower): ranks may then share a GPU "
+       "(e.g. to test a mesh on one GPU), and no NCCL is needed."},
       {"checkpoint.every", &C::checkpoint_every,
        "Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C)."},
       {"checkpoint.keep_last", &C::keep_last, "Checkpoints kept; older ones are deleted."},
@@ -347,6 +351,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
     return err("train.precision must be fp32 or bf16, not \"" + c.precision + "\"");
   if (c.device != "cpu" && c.device != "cuda")
     return err("train.device must be cpu or cuda, not \"" + c.device + "\"");
+  if (c.gpu_comm != "nccl" && c.gpu_comm != "mpi")
+    return err("parallel.gpu_comm must be nccl or mpi, not \"" + c.gpu_comm + "\"");
   if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")
     return err("train.aux_loss_scope must be global_batch or micro_batch, not \"" +
                c.aux_loss_scope + "\"");

@@ -64,6 +64,7 @@ struct TrainConfig {
 
   // [parallel]
   int64_t ep = 1;  // expert-parallel ranks; data parallel over the rest: dp = world / ep
+  std::string gpu_comm = "nccl";  // nccl | mpi: how GPU ranks exchange device buffers
 
   // [checkpoint]
   int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)

@@ -251,6 +251,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.bf16 = cfg.precision == "bf16";
     ba.world = &world;
     ba.mesh = &mesh;
+    ba.gpu_comm = cfg.gpu_comm;
     XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
