@@ -50,7 +50,8 @@ else  # no ctest: each test program, its own summary lines
     grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$t.log" | sed "s|^|$(basename "$t"): |"
   done > "$BUILD.ctest.log"
 fi
-grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Skipped" "$BUILD.ctest.log" | head -40
+grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Failed +[0-9.]+ sec" "$BUILD.ctest.log" | head -40
+echo "skipped: $(grep -c -E "\*\*\*Skipped|\[  SKIPPED \]" "$BUILD.ctest.log")"
 [ $TESTS_RC -eq 0 ] || echo "cuda tests: FAILED (see $BUILD.ctest.log)"
 
 echo "== xtuner train on the GPU: the bundled demo (300 steps, fp32, then its 200-prompt eval;"
