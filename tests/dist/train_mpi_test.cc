@@ -245,10 +245,17 @@ TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
   EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
 }
 
-// The GPUs this process may use: the device nodes, fewer when CUDA_VISIBLE_DEVICES names fewer.
+// The GPUs this process may use: the device nodes (/dev/nvidiaN, numbered as on the host, so a
+// container given one GPU may see only /dev/nvidia3), fewer when CUDA_VISIBLE_DEVICES names fewer.
 int VisibleGpus() {
   int nodes = 0;
-  while (fs::exists("/dev/nvidia" + std::to_string(nodes))) ++nodes;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator("/dev", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 6 && name.rfind("nvidia", 0) == 0 &&
+        name.find_first_not_of("0123456789", 6) == std::string::npos)
+      ++nodes;
+  }
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   if (!visible) return nodes;
   const std::string v = visible;
@@ -301,7 +308,7 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank
 // before any work, whether xtuner was built with CUDA (no device) or without (no backend).
 TEST(Distributed, GpuTrainingWithoutAGpuIsAClearErrorBeforeAnyWork) {
-  if (fs::exists("/dev/nvidia0")) GTEST_SKIP() << "skipped: a GPU is present, no error to see";
+  if (VisibleGpus() > 0) GTEST_SKIP() << "skipped: a GPU is present, no error to see";
   const std::string dir = testing::TempDir("mpi_gpu");
   for (const char* mesh : {"", " --set parallel.ep=2"}) {  // ZeRO-3, and with expert parallelism
     CliRun r = Mpi(2, Args(dir, 2, std::string("--set train.device=cuda") + mesh));

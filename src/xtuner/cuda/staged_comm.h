@@ -8,7 +8,8 @@
 // What it is for: parallel.gpu_comm = "mpi". Ranks may share a GPU (NCCL refuses two ranks on one
 // device), so a multi-rank GPU mesh runs, slowly, on a machine with one GPU: the tests' way to
 // exercise ZeRO-3 and expert parallelism on GPUs there. Also a fallback where NCCL cannot run.
-// Copies cost two PCIe transfers per collective and a device sync: not for speed.
+// Copies cost two PCIe transfers per collective and a device sync: not for speed. Counts are
+// MPI's: each must fit in an int (MpiComm's limit), where NCCL takes any size.
 #pragma once
 
 #include <memory>

@@ -154,8 +154,10 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   Comm* dp = args.world;
   Comm* ep = nullptr;
   if (ranks > 1) {
-    if (staged) {
-      b->world_ = MakeStagedComm(args.world, b->stream_);
+    if (staged) {  // on its own MPI communicator, apart from the trainer's host collectives
+      std::unique_ptr<Comm> own = args.world->Split(0, args.world->rank());
+      Comm* host = own.get();
+      b->world_ = MakeStagedComm(host, b->stream_, std::move(own));
     } else {
       XT_ASSIGN_OR_RETURN(b->world_, NcclComm::Create(args.world, b->stream_));
     }
