@@ -11,7 +11,10 @@
 # bench/gpu_bundle.sh and carry gpu-bundle/: this script then unpacks it instead of building.
 #
 #   bench/gpu_moe.sh     # BUILD=build-gpu LENGTHS=4096,16384,65536,131072 STEPS=3 PRECISION=bf16
-#                        # ATTENTION=bf16 (fp32: the fp32 attention kernels)
+#                        # ATTENTION=bf16 (fp32: the fp32 attention kernels) LIMIT=480 (seconds)
+#                        # ONLY=regex (the cuda test programs to run, e.g. attention_bf16)
+#                        # SANITIZE=memcheck|racecheck|synccheck|initcheck: the test programs
+#                        #   under compute-sanitizer, and nothing else
 #
 # Each length runs with every activation kept, then, if that runs out of memory, with every
 # layer recomputed (the table says which); a length that still does not fit is reported as out
@@ -26,7 +29,11 @@ LENGTHS=${LENGTHS:-4096,16384,65536,131072}
 STEPS=${STEPS:-3}
 PRECISION=${PRECISION:-bf16}
 ATTENTION=${ATTENTION:-bf16}  # fp32: attention on the fp32 kernels (if the bf16 ones fail)
-LIMIT=${LIMIT:-570}  # seconds the whole script should take (the device tool allows 600 a call)
+# Seconds the whole script should take: the device tool allows 600 a call and 15 minutes a
+# session, its start included, so 480 leaves room for a short second call.
+LIMIT=${LIMIT:-480}
+ONLY=${ONLY:-.}
+SANITIZE=${SANITIZE:-}
 JOBS=$(nproc)
 # The logs so far, where the device tool collects files: a run cut short still returns them.
 save_logs() {
@@ -59,16 +66,27 @@ GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU ")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 echo "== cuda tests"
-if [ $BUNDLE -eq 0 ] && command -v ctest > /dev/null; then
+if [ $BUNDLE -eq 0 ] && [ -z "$SANITIZE" ] && [ "$ONLY" = . ] && command -v ctest > /dev/null; then
   (cd "$BUILD" && ctest -L cuda -j4 --timeout 300 --output-on-failure > ../"$BUILD".ctest.log 2>&1)
   TESTS_RC=$?
 else  # each test program, four at a time (ctest's discovery needs the build machine's CMake)
-  T=$(left 60 330)
-  printf '%s\n' "${TESTS[@]}" | xargs -P 4 -I{} sh -c \
-    'timeout '"$T"' "$0/{}" > "$0/{}.log" 2>&1; echo "{} rc=$?"' "$BUILD" > "$BUILD.ctest.log"
+  T=$(left 60 300)
+  WRAP=""
+  if [ -n "$SANITIZE" ]; then
+    CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+      /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+    [ -n "$CS" ] || { echo "SANITIZE: compute-sanitizer not found"; exit 1; }
+    T=$(left 60 0)
+    WRAP="$CS --tool $SANITIZE --error-exitcode 9"
+  fi
+  mapfile -t SELECTED < <(printf '%s\n' "${TESTS[@]}" | grep -E "$ONLY")
+  rm -f "$BUILD"/*_test.log
+  printf '%s\n' "${SELECTED[@]}" | xargs -P 4 -I{} sh -c \
+    'timeout '"$T"' '"$WRAP"' "$0/{}" > "$0/{}.log" 2>&1; echo "{} rc=$?"' "$BUILD" \
+    > "$BUILD.ctest.log"
   TESTS_RC=0
   grep -q -v " rc=0$" "$BUILD.ctest.log" && TESTS_RC=1
-  for t in "${TESTS[@]}"; do
+  for t in "${SELECTED[@]}"; do
     grep -h -E "^\[  (PASSED|FAILED) +\]|^\[  FAILED  \] .*\(|^\[  SKIPPED \] .* \([0-9]+ ms\)$" \
       "$BUILD/$t.log" 2>/dev/null | sed "s|^|$t: |"
   done >> "$BUILD.ctest.log"
@@ -78,11 +96,15 @@ grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Failed +[0-9.]+ sec| r
 echo "skipped: $(grep -c -E "\*\*\*Skipped|\[  SKIPPED \] .* \([0-9]+ ms\)$" "$BUILD.ctest.log")"
 [ $TESTS_RC -eq 0 ] || echo "cuda tests: FAILED (see $BUILD.ctest.log)"
 save_logs
+if [ -n "$SANITIZE" ]; then  # the tests under compute-sanitizer only
+  grep -h -E "ERROR SUMMARY|Invalid|Race|uninitialized" "$BUILD"/*_test.log 2>/dev/null | sort | uniq -c | head -20
+  exit $TESTS_RC
+fi
 
 echo "== xtuner train on the GPU: the bundled demo (300 steps, fp32, then its 200-prompt eval;"
 echo "   on the CPU it reaches 200/200)"
 rm -rf "$BUILD/demo-gpu"
-timeout "$(left 60 270)" "$BUILD/xtuner" train examples/demo.toml --set train.device=cuda \
+timeout "$(left 60 240)" "$BUILD/xtuner" train examples/demo.toml --set train.device=cuda \
   --set work_dir="$BUILD/demo-gpu" > "$BUILD.demo-gpu.log" 2>&1
 DEMO_RC=$?
 grep -E "device|step 300/300|eval:|error" "$BUILD.demo-gpu.log" | head -8
@@ -91,7 +113,7 @@ save_logs
 
 echo "== ZeRO-3 and expert parallelism on GPUs: 2 ranks (dp 2; ep 2; ep 2 with recompute; bf16"
 echo "   with an empty micro-batch) against the CPU run; on one GPU both ranks share it over MPI"
-(cd "$BUILD" && timeout "$(left 60 200)" ./train_mpi_test \
+(cd "$BUILD" && timeout "$(left 60 180)" ./train_mpi_test \
   --gtest_filter=Distributed.GpuMeshesFollowTheCpuRun > ../"$BUILD".mpi-gpu.log 2>&1)
 MPI_RC=$?
 grep -E "^\[ +(OK|FAILED|SKIPPED) +\] .*\(|Failure|error" "$BUILD.mpi-gpu.log" | head -12
