@@ -52,7 +52,6 @@ class StandInDevice : public TrainBackend {
                                    const BalancePool& pool) override {
     return model_.ForwardBackward(b, ce, aux, pool);
   }
-  Status FinishGradients() override { return Status::OK(); }
   Result<double> GradSumOfSquares() override {
     return sum_of_squares(model_.grads().f32(), model_.grads().numel());
   }

@@ -40,8 +40,6 @@ class CudaTrainBackend : public TrainBackend {
                                    const BalancePool& pool) override {
     return model_->ForwardBackward(batch, ce_weight, aux_weight, pool);
   }
-  // Each unit's gradients were reduce-scattered into the shard after its backward.
-  Status FinishGradients() override { return Status::OK(); }
   Result<double> GradSumOfSquares() override;
   Status Step(double lr, float grad_scale) override;
   Status SyncToHost() override;

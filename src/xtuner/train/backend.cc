@@ -52,7 +52,6 @@ class CpuTrainBackend : public TrainBackend {
                                    const BalancePool& pool) override {
     return model_->ForwardBackward(batch, ce_weight, aux_weight, pool);
   }
-  Status FinishGradients() override { return Status::OK(); }
   Result<double> GradSumOfSquares() override {
     return sum_of_squares(store_->grads(), store_->shard_size());
   }

@@ -7,8 +7,9 @@
 // uploads it once, keeps parameters, gradients and moments on the device, and writes them back
 // only when SyncToHost is called (before every checkpoint, export and the end of the run).
 // Per step the trainer calls: ZeroGrads, RouterStats (when pooling the balancing statistics of
-// several micro-batches), ForwardBackward per micro-batch, FinishGradients, GradSumOfSquares,
-// and Step unless the step is skipped.
+// several micro-batches), ForwardBackward per micro-batch, GradSumOfSquares, and Step unless
+// the step is skipped. A backend's gradients are complete after the last backward (each unit's
+// reduce-scattered into the shard as it finishes, on the CPU and the GPU alike).
 //
 // Device backends live in libraries the engine does not link (the CUDA backend needs the CUDA
 // toolkit): the program that has one registers its factory (RegisterTrainBackend) before
@@ -41,9 +42,6 @@ class TrainBackend {
   virtual Result<BalanceStats> RouterStats(const Batch& batch) = 0;
   virtual Result<LossInfo> ForwardBackward(const Batch& batch, double ce_weight, double aux_weight,
                                            const BalancePool& pool) = 0;
-  // Called once per step after the last backward: a backend whose ranks hold replicated
-  // gradients sums them over the ranks here (the CPU's ZeRO-3 already reduced each unit's).
-  virtual Status FinishGradients() = 0;
   // This rank's share of the global gradient norm's square: summed over the ranks by the
   // trainer, the shares give the whole (e.g. the sum over this rank's shard).
   virtual Result<double> GradSumOfSquares() = 0;

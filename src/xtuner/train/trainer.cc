@@ -430,7 +430,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
         for (int64_t e = 0; e < E; ++e)
           stats[6 + l * E + e] += double(info.tokens_per_expert[l][e]);
     }
-    XT_RETURN_IF_ERROR(backend->FinishGradients());
     world.AllReduceSum(stats.data() + 4, int64_t(stats.size()) - 4);
     if (global_aux) {
       AllReduceBalanceStats(world, &seen);
