@@ -1,46 +1,13 @@
 #include "xtuner/cuda/expert_parallel_cuda.h"
 
-#include <cuda_runtime.h>
-
 #include <limits>
 #include <string>
 
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/ops_cuda.h"
 
 namespace xt::cuda {
-namespace {
-
-std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t H) {
-  std::vector<int64_t> out(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * H;
-  return out;
-}
-
-// A stream-ordered (R, H) buffer of rows by source rank.
-class BySource {
- public:
-  BySource(int64_t n, cudaStream_t stream) : stream_(stream) {
-    status_ = Check(cudaMallocAsync(&p_, size_t(n > 0 ? n : 1) * sizeof(float), stream),
-                    "expert exchange buffer");
-    if (!status_.ok()) {
-      p_ = nullptr;
-      cudaGetLastError();  // not sticky: clear it for later launch checks
-    }
-  }
-  ~BySource() {
-    if (p_) cudaFreeAsync(p_, stream_);
-  }
-  const Status& status() const { return status_; }
-  float* get() const { return static_cast<float*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  cudaStream_t stream_;
-  Status status_;
-};
-
-}  // namespace
 
 Result<EpRowMaps> MakeEpRowMaps(const EpExchange& x) {
   const int64_t R = x.num_received();
@@ -66,9 +33,9 @@ Result<EpRowMaps> MakeEpRowMaps(const EpExchange& x) {
 Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received_of_grouped,
                           const float* xs, int64_t H, float* xr, void* stream) {
   const int64_t R = x.num_received();
-  BySource by_source(R * H, cudaStream_t(stream));
-  XT_RETURN_IF_ERROR(by_source.status());
-  ep.AllToAll(by_source.get(), Times(x.recv_rows, H), xs, Times(x.send_rows, H));
+  DeviceArray<float> by_source;  // (R, H), by source rank
+  XT_RETURN_IF_ERROR(by_source.Alloc(R * H, stream));
+  ep.AllToAll(by_source.get(), RowElements(x.recv_rows, H), xs, RowElements(x.send_rows, H));
   if (R == 0) return Status::OK();
   // xr[j] = by_source[received_of_grouped[j]]: a row gather (moe_permute with k = 1).
   return MoePermute(xr, by_source.get(), received_of_grouped, R, 1, H, stream);
@@ -77,11 +44,11 @@ Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received
 Status ExpertCombineCuda(Comm& ep, const EpExchange& x, const int32_t* grouped_of_received,
                          const float* yr, int64_t H, float* ys, void* stream) {
   const int64_t R = x.num_received();
-  BySource by_source(R * H, cudaStream_t(stream));
-  XT_RETURN_IF_ERROR(by_source.status());
+  DeviceArray<float> by_source;  // (R, H), by source rank
+  XT_RETURN_IF_ERROR(by_source.Alloc(R * H, stream));
   if (R > 0)
     XT_RETURN_IF_ERROR(MoePermute(by_source.get(), yr, grouped_of_received, R, 1, H, stream));
-  ep.AllToAll(ys, Times(x.send_rows, H), by_source.get(), Times(x.recv_rows, H));
+  ep.AllToAll(ys, RowElements(x.send_rows, H), by_source.get(), RowElements(x.recv_rows, H));
   return Status::OK();
 }
 

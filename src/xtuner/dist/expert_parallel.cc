@@ -37,18 +37,16 @@ EpExchange PlanExpertExchange(Comm& ep, const int32_t* offsets, int64_t E) {
   return x;
 }
 
-namespace {
-std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t H) {
+std::vector<int64_t> RowElements(const std::vector<int64_t>& rows, int64_t H) {
   std::vector<int64_t> out(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * H;
   return out;
 }
-}  // namespace
 
 void ExpertDispatch(Comm& ep, const EpExchange& x, const float* xs, int64_t H, float* xr) {
   const int64_t R = x.num_received();
   std::vector<float> by_source(R * H);
-  ep.AllToAll(by_source.data(), Times(x.recv_rows, H), xs, Times(x.send_rows, H));
+  ep.AllToAll(by_source.data(), RowElements(x.recv_rows, H), xs, RowElements(x.send_rows, H));
   for (int64_t i = 0; i < R; ++i)
     std::memcpy(xr + x.to_grouped[i] * H, by_source.data() + i * H, size_t(H) * sizeof(float));
 }
@@ -58,7 +56,7 @@ void ExpertCombine(Comm& ep, const EpExchange& x, const float* yr, int64_t H, fl
   std::vector<float> by_source(R * H);
   for (int64_t i = 0; i < R; ++i)
     std::memcpy(by_source.data() + i * H, yr + x.to_grouped[i] * H, size_t(H) * sizeof(float));
-  ep.AllToAll(ys, Times(x.send_rows, H), by_source.data(), Times(x.recv_rows, H));
+  ep.AllToAll(ys, RowElements(x.send_rows, H), by_source.data(), RowElements(x.recv_rows, H));
 }
 
 }  // namespace xt

@@ -23,6 +23,9 @@ struct EpExchange {
   int64_t num_received() const { return int64_t(to_grouped.size()); }
 };
 
+// The element counts of rows of H floats: rows (n) times H (the all-to-all's counts).
+std::vector<int64_t> RowElements(const std::vector<int64_t>& rows, int64_t H);
+
 // Exchanges the per-expert row counts: offsets (E + 1) are this rank's sorted rows per global
 // expert (moe_plan's offsets). E must be a multiple of ep.size(). A collective over ep.
 EpExchange PlanExpertExchange(Comm& ep, const int32_t* offsets, int64_t E);
