@@ -158,11 +158,14 @@ TEST_P(ModelCuda, TiedMixedLayersAccumulationAndPoolMatchTheCpuModel) {
                       std::string(GetParam()) + " tied/mixed");
 }
 
-// bf16 matmuls: against the CPU model in the same mode (the same rounded operands, the lm_head's
-// included; other summation orders), and the loss within 1e-2 of the fp32 model's. The GPU's
-// attention is bf16 too (the fixtures' D = 16), the CPU's fp32: its own test
-// (attention_bf16_cuda_test) expects up to ~6e-3 on its outputs and gradients, so each tensor's
-// gradient is held to 2e-2 and the whole gradient to 1e-2.
+// bf16 matmuls. With fp32 attention the GPU model is the CPU model's bf16 mode on the device
+// (the same rounded operands, the lm_head's included; other summation orders): each tensor's
+// gradient within 2e-2 of it. With the bf16 attention kernels (the fixtures' D = 16) there is one
+// more rounding, of q, k, v and P, that the CPU does not make; on the MoE fixture it moves the
+// gradient by as much as the bf16 matmuls themselves do (the CPU's bf16 mode is 1.6e-2 from its
+// fp32 gradient there, measured under the CUDA emulator). So that mode is held to the accuracy of
+// the CPU's bf16 mode: its gradient no farther from the fp32 model's than 1.5 times the CPU bf16
+// mode's distance (plus 1e-3), and the loss within 1e-2 of the fp32 model's.
 TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   const std::string fixture = GetParam();
   Models m;
@@ -172,24 +175,35 @@ TEST_P(ModelCuda, Bf16FollowsTheCpuModelsBf16Mode) {
   cuda::CudaModel& gpu = *m.gpu;
   gpu.SetPrecision(cuda::GemmInput::kBf16);
   const Batch b = Batch::FromRows(m.ids, m.labels, 2, 16).value();
+  const int64_t n = cpu.layout().total();
   cpu.ZeroGrads();
   auto fp32 = cpu.ForwardBackward(b);
   ASSERT_TRUE(fp32.ok());
+  const std::vector<float> g32(cpu.grads().f32(), cpu.grads().f32() + n);
   ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
   cpu.ZeroGrads();
   auto want = cpu.ForwardBackward(b);
   ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
   ASSERT_TRUE(want.ok());
-  ASSERT_TRUE(gpu.ZeroGrads().ok());
-  auto got = gpu.ForwardBackward(b);
-  ASSERT_TRUE(got.ok()) << got.status().message();
-  EXPECT_NEAR(got->loss, fp32->loss, 1e-2 * fp32->loss) << fixture;
-  EXPECT_NEAR(got->loss, want->loss, 1e-2 * want->loss) << fixture;
-  std::vector<float> g(cpu.layout().total());
-  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
-  ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 2e-2, fixture + " bf16");
-  // The whole model's gradient within the 1e-2 (the bound above is per tensor).
-  EXPECT_LT(testing::RelError(g.data(), cpu.grads().f32(), cpu.layout().total()), 1e-2) << fixture;
+  const float* g16 = cpu.grads().f32();
+  const double cpu_bf16_error = testing::RelError(g16, g32.data(), n);
+  for (bool bf16_attention : {false, true}) {
+    SCOPED_TRACE(bf16_attention ? "bf16 attention" : "fp32 attention");
+    gpu.SetBf16Attention(bf16_attention);
+    ASSERT_TRUE(gpu.ZeroGrads().ok());
+    auto got = gpu.ForwardBackward(b);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_NEAR(got->loss, fp32->loss, 1e-2 * fp32->loss) << fixture;
+    std::vector<float> g(n);
+    ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+    if (!bf16_attention) {
+      EXPECT_NEAR(got->loss, want->loss, 1e-4 * want->loss) << fixture;
+      ExpectSameGradients(cpu.layout(), g.data(), g16, 2e-2, fixture + " bf16");
+    } else {
+      EXPECT_LE(testing::RelError(g.data(), g32.data(), n), 1.5 * cpu_bf16_error + 1e-3)
+          << fixture << ": the CPU's bf16 mode is " << cpu_bf16_error << " from fp32";
+    }
+  }
 }
 
 // Per-layer recompute runs the layers again in the backward: the same losses and gradients (up
