@@ -247,7 +247,11 @@ TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
 
 // The GPUs this process may use: the device nodes (/dev/nvidiaN, numbered as on the host, so a
 // container given one GPU may see only /dev/nvidia3), fewer when CUDA_VISIBLE_DEVICES names fewer.
+// In a build for the CUDA emulator (scripts/test-cuda-emu.sh), xtuner's GPU is the emulator.
 int VisibleGpus() {
+#ifdef XT_EMULATED_GPUS
+  return XT_EMULATED_GPUS;
+#endif
   int nodes = 0;
   std::error_code ec;
   for (const fs::directory_entry& e : fs::directory_iterator("/dev", ec)) {

@@ -38,8 +38,8 @@ Status AdamWStep(float* params, const float* grads, float* m, float* v, int64_t 
                  const AdamWStepScalars& s, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("adamw_step", {n}));
   if (n == 0) return Status::OK();
-  AdamWKernel<<<detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream)>>>(params, grads, m,
-                                                                                   v, n, s);
+  XT_LAUNCH(AdamWKernel, detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream))
+  (params, grads, m, v, n, s);
   return Check(cudaGetLastError(), "adamw_step launch");
 }
 

@@ -158,7 +158,7 @@ template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
     AttentionForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
                            const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
-  extern __shared__ float smem[];
+  XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* qs = smem;               // (kHeld, Dp)
   float* ks = qs + kHeld * Dp;    // (kStream, Dp)
@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
     AttentionBackwardKvKernel(float* dk, float* dv, const float* dout, const float* lse,
                               const float* delta, const float* q, const float* k, const float* v,
                               const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
-  extern __shared__ float smem[];
+  XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* ks = smem;                       // (kHeld, Dp)
   float* vs = ks + kHeld * Dp;            // (kHeld, Dp)
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kThreads)
     AttentionBackwardQKernel(float* dq, const float* dout, const float* lse, const float* delta,
                              const float* q, const float* k, const float* v, const Block* blocks,
                              int64_t Hq, int64_t Hkv, int D, float scale) {
-  extern __shared__ float smem[];
+  XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* qs = smem;                       // (kHeld, Dp)
   float* dos = qs + kHeld * Dp;           // (kHeld, Dp)
@@ -410,8 +410,8 @@ Status LaunchForward(float* out, float* lse, const float* q, const float* k, con
   const size_t floats = ForwardSmemFloats(D);
   XT_RETURN_IF_ERROR(
       PrepareSmem(AttentionForwardKernel<kDmax>, floats * sizeof(float), "attention_forward"));
-  AttentionForwardKernel<kDmax><<<unsigned(nb * Hq), kThreads, floats * sizeof(float), st>>>(
-      out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale);
+  XT_LAUNCH(AttentionForwardKernel<kDmax>, unsigned(nb * Hq), kThreads, floats * sizeof(float), st)
+  (out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale);
   return Check(cudaGetLastError(), "attention_forward launch");
 }
 
@@ -425,11 +425,13 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const 
                                  "attention_backward (dk, dv)"));
   XT_RETURN_IF_ERROR(PrepareSmem(AttentionBackwardQKernel<kDmax>, q_floats * sizeof(float),
                                  "attention_backward (dq)"));
-  AttentionBackwardKvKernel<kDmax><<<unsigned(nb * Hkv), kThreads, kv_floats * sizeof(float), st>>>(
-      dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale);
+  XT_LAUNCH(AttentionBackwardKvKernel<kDmax>, unsigned(nb * Hkv), kThreads,
+            kv_floats * sizeof(float), st)
+  (dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "attention_backward (dk, dv) launch"));
-  AttentionBackwardQKernel<kDmax><<<unsigned(nb * Hq), kThreads, q_floats * sizeof(float), st>>>(
-      dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale);
+  XT_LAUNCH(AttentionBackwardQKernel<kDmax>, unsigned(nb * Hq), kThreads, q_floats * sizeof(float),
+            st)
+  (dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale);
   return Check(cudaGetLastError(), "attention_backward (dq) launch");
 }
 
@@ -475,8 +477,8 @@ Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, con
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_backward scratch");
   if (s.ok()) s = scratch.Alloc(&delta, T * Hq, "attention_backward scratch");
   if (s.ok()) {
-    AttentionDeltaKernel<<<detail::BlocksFor(T * Hq * 32), kThreads, 0, st>>>(delta, dout, out,
-                                                                              T * Hq, int(D));
+    XT_LAUNCH(AttentionDeltaKernel, detail::BlocksFor(T * Hq * 32), kThreads, 0, st)
+    (delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward (delta) launch");
     if (s.ok()) {
       if (D <= 64)

@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
   constexpr int kN = kDmax / 16;
-  extern __shared__ __align__(128) unsigned char smem[];
+  XT_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int nD = D / 16, ld = D + 8;
   const size_t tile = TileBytes(D);
@@ -163,8 +163,8 @@ Status LaunchForward(float* out, float* lse, const bf16* q, const bf16* k, const
   const size_t bytes = ForwardSmemBytes(int(D));
   XT_RETURN_IF_ERROR(
       PrepareSmem(AttentionForwardBf16Kernel<kDmax>, bytes, "attention_forward_bf16"));
-  AttentionForwardBf16Kernel<kDmax><<<unsigned(nb * Hq), kThreads, bytes, st>>>(
-      out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale, Aligned16({q, k, v}));
+  XT_LAUNCH(AttentionForwardBf16Kernel<kDmax>, unsigned(nb * Hq), kThreads, bytes, st)
+  (out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale, Aligned16({q, k, v}));
   return Check(cudaGetLastError(), "attention_forward_bf16 launch");
 }
 

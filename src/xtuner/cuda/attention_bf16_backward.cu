@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads)
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
   constexpr int kN = kDmax / 16;
-  extern __shared__ __align__(128) unsigned char smem[];
+  XT_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, tid = int(threadIdx.x);
   const int nD = D / 16, ld = D + 8;
   const size_t tile = TileBytes(D);
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   __trap();  // never launched there: the host refuses devices without bf16 tensor cores
 #else
   constexpr int kN = kDmax / 16;
-  extern __shared__ __align__(128) unsigned char smem[];
+  XT_DYNAMIC_SHARED(unsigned char, smem);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, tid = int(threadIdx.x);
   const int nD = D / 16, ld = D + 8;
   const size_t tile = TileBytes(D);
@@ -297,11 +297,11 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const bf16* dout, const f
                                  "attention_backward_bf16 (dk, dv)"));
   XT_RETURN_IF_ERROR(
       PrepareSmem(AttentionBackwardQBf16Kernel<kDmax>, q_bytes, "attention_backward_bf16 (dq)"));
-  AttentionBackwardKvBf16Kernel<kDmax><<<unsigned(nb * Hkv), kThreads, kv_bytes, st>>>(
-      dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale, vec);
+  XT_LAUNCH(AttentionBackwardKvBf16Kernel<kDmax>, unsigned(nb * Hkv), kThreads, kv_bytes, st)
+  (dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale, vec);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "attention_backward_bf16 (dk, dv) launch"));
-  AttentionBackwardQBf16Kernel<kDmax><<<unsigned(nb * Hq), kThreads, q_bytes, st>>>(
-      dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale, vec);
+  XT_LAUNCH(AttentionBackwardQBf16Kernel<kDmax>, unsigned(nb * Hq), kThreads, q_bytes, st)
+  (dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale, vec);
   return Check(cudaGetLastError(), "attention_backward_bf16 (dq) launch");
 }
 
@@ -324,8 +324,8 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_backward_bf16 scratch");
   if (s.ok()) s = scratch.Alloc(&delta, T * Hq, "attention_backward_bf16 scratch");
   if (s.ok()) {
-    AttentionDeltaBf16Kernel<<<detail::BlocksFor(T * Hq * 32), detail::kThreads, 0, st>>>(
-        delta, dout, out, T * Hq, int(D));
+    XT_LAUNCH(AttentionDeltaBf16Kernel, detail::BlocksFor(T * Hq * 32), detail::kThreads, 0, st)
+    (delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward_bf16 (delta) launch");
     std::vector<const bf16*> in;  // dout, q, k, v
     if (s.ok())

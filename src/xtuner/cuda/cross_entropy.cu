@@ -174,7 +174,8 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   for (int64_t c0 = 0; c0 < n; c0 += C) {
     const int64_t c = std::min(C, n - c0);
     if (c * H > 0) {
-      GatherRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(hc, h, rows_d + c0, c, H);
+      XT_LAUNCH(GatherRowsKernel, detail::BlocksFor(c * H), kThreads, 0, s)
+      (hc, h, rows_d + c0, c, H);
       XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy gather"));
     }
     if (bf16) {
@@ -183,8 +184,8 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
     } else {
       XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, in));
     }
-    SoftmaxRowsKernel<<<detail::BlocksForItems(c), kRowThreads, 0, s>>>(
-        logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
+    XT_LAUNCH(SoftmaxRowsKernel, detail::BlocksForItems(c), kRowThreads, 0, s)
+    (logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
     XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy softmax"));
     if (grad) {
       const void* dl = logits;  // (c, V) d loss / d logits, rounded in bf16 mode
@@ -195,7 +196,8 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
       XT_RETURN_IF_ERROR(  // (c, V) @ (V, H)
           blas.Gemm(dhc, dl, bf16 ? w16 : w, c, H, V, false, false, 0.0f, in));
       if (c * H > 0) {
-        ScatterRowsKernel<<<detail::BlocksFor(c * H), kThreads, 0, s>>>(dh, dhc, rows_d + c0, c, H);
+        XT_LAUNCH(ScatterRowsKernel, detail::BlocksFor(c * H), kThreads, 0, s)
+        (dh, dhc, rows_d + c0, c, H);
         XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
       }
       XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
@@ -203,7 +205,7 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
                     in));
     }
   }
-  SumKernel<<<1, kThreads, 0, s>>>(loss_d + n, loss_d, n);
+  XT_LAUNCH(SumKernel, 1, kThreads, 0, s)(loss_d + n, loss_d, n);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy sum"));
   double total = 0;
   XT_RETURN_IF_ERROR(

@@ -52,8 +52,9 @@ Status EmbeddingForward(float* out, const int32_t* ids, const float* table, int6
                         void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("embedding_forward", {T, H}));
   if (T == 0 || H == 0) return Status::OK();
-  EmbeddingForwardKernel<<<detail::BlocksFor(T * H), detail::kThreads, 0, cudaStream_t(stream)>>>(
-      out, ids, table, T, H);
+  XT_LAUNCH(EmbeddingForwardKernel, detail::BlocksFor(T * H), detail::kThreads, 0,
+            cudaStream_t(stream))
+  (out, ids, table, T, H);
   return Check(cudaGetLastError(), "embedding_forward launch");
 }
 
@@ -85,7 +86,7 @@ Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, i
   XT_RETURN_IF_ERROR(scratch.Alloc(&temp, int64_t(temp_bytes), "embedding_backward scratch"));
 
   Status s = Status::OK();
-  IotaKernel<<<detail::BlocksFor(T), detail::kThreads, 0, st>>>(tokens_in, T);
+  XT_LAUNCH(IotaKernel, detail::BlocksFor(T), detail::kThreads, 0, st)(tokens_in, T);
   s = Check(cudaGetLastError(), "embedding_backward (iota) launch");
   if (s.ok())
     s = Check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, ids, keys, tokens_in, tokens, n, 0,
@@ -93,8 +94,8 @@ Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, i
               "embedding_backward sort");
   if (s.ok()) {
     const int threads = H < detail::kThreads ? int((H + 31) / 32 * 32) : detail::kThreads;
-    EmbeddingScatterKernel<<<detail::BlocksForItems(T), threads, 0, st>>>(dtable, dout, keys,
-                                                                          tokens, T, H);
+    XT_LAUNCH(EmbeddingScatterKernel, detail::BlocksForItems(T), threads, 0, st)
+    (dtable, dout, keys, tokens, T, H);
     s = Check(cudaGetLastError(), "embedding_backward (scatter) launch");
   }
   const Status freed = scratch.Release("embedding_backward scratch free");

@@ -58,8 +58,8 @@ __global__ void ScaleKernel(float* c, int64_t n, float beta) {
 
 Status ToBf16(void* dst, const float* src, int64_t n, void* stream) {
   if (n <= 0) return Status::OK();
-  ToBf16Kernel<<<detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream)>>>(
-      static_cast<__nv_bfloat16*>(dst), src, n);
+  XT_LAUNCH(ToBf16Kernel, detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream))
+  (static_cast<__nv_bfloat16*>(dst), src, n);
   return Check(cudaGetLastError(), "ToBf16");
 }
 
@@ -96,7 +96,7 @@ Status Blas::Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, 
   if (M == 0 || N == 0) return Status::OK();
   cudaStream_t stream = cudaStream_t(stream_);
   if (K == 0) {
-    ScaleKernel<<<detail::BlocksFor(M * N), detail::kThreads, 0, stream>>>(c, M * N, beta);
+    XT_LAUNCH(ScaleKernel, detail::BlocksFor(M * N), detail::kThreads, 0, stream)(c, M * N, beta);
     return Check(cudaGetLastError(), "GEMM with K = 0");
   }
   const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;

@@ -14,6 +14,14 @@
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/device.h"
 
+#ifndef XTUNER_CUDA_EMU
+// kernel<<<grid, block, smem, stream>>>, spelled so that the CUDA emulator can run it too
+// (emu/emu.h defines both for its builds): XT_LAUNCH(kernel, grid, block, smem, stream)(args...).
+#define XT_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+// The kernel's dynamic shared memory (the launch's smem bytes), 128-byte aligned.
+#define XT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(128) type name[]
+#endif
+
 namespace xt::cuda::detail {
 
 constexpr int kThreads = 256;  // threads per block of the elementwise kernels

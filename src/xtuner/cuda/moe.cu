@@ -86,8 +86,8 @@ Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, i
   XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute", {A, k, H}));
   if (A == 0 || H == 0) return Status::OK();
   if (k == 0) return Status::Error("moe_permute: k = 0 with A > 0");
-  MoePermuteKernel<<<detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream)>>>(xs, x, sorted,
-                                                                                    A, k, H);
+  XT_LAUNCH(MoePermuteKernel, detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream))
+  (xs, x, sorted, A, k, H);
   return Check(cudaGetLastError(), "moe_permute launch");
 }
 
@@ -95,8 +95,8 @@ Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, i
                           int64_t H, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute_backward", {T, k, H}));
   if (T == 0 || H == 0) return Status::OK();
-  MoePermuteBackwardKernel<<<detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream)>>>(
-      dx, dxs, slot_of, T, k, H);
+  XT_LAUNCH(MoePermuteBackwardKernel, detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream))
+  (dx, dxs, slot_of, T, k, H);
   return Check(cudaGetLastError(), "moe_permute_backward launch");
 }
 
@@ -104,8 +104,8 @@ Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const i
                          int64_t T, int64_t k, int64_t H, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("moe_combine_forward", {T, k, H}));
   if (T == 0 || H == 0) return Status::OK();
-  MoeCombineForwardKernel<<<detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream)>>>(
-      y, ys, topk_w, slot_of, T, k, H);
+  XT_LAUNCH(MoeCombineForwardKernel, detail::BlocksFor(T * H), kThreads, 0, cudaStream_t(stream))
+  (y, ys, topk_w, slot_of, T, k, H);
   return Check(cudaGetLastError(), "moe_combine_forward launch");
 }
 
@@ -116,8 +116,8 @@ Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const flo
   const int64_t A = T * k;
   if (A == 0) return Status::OK();
   // With H == 0 the blocks still run: dtopk_w is assigned 0, as on the CPU.
-  MoeCombineBackwardKernel<<<detail::BlocksForItems(A), kThreads, 0, cudaStream_t(stream)>>>(
-      dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
+  XT_LAUNCH(MoeCombineBackwardKernel, detail::BlocksForItems(A), kThreads, 0, cudaStream_t(stream))
+  (dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
   return Check(cudaGetLastError(), "moe_combine_backward launch");
 }
 

@@ -1,6 +1,7 @@
 #include <cuda_runtime.h>
 
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/launch.h"
 #include "xtuner/cuda/ops_cuda.h"
 
 namespace xt::cuda {
@@ -33,8 +34,8 @@ __global__ void RmsnormForwardKernel(float* out, float* rstd, const float* in, c
 Status RmsnormForward(float* out, float* rstd, const float* in, const float* w, int64_t N,
                       int64_t C, float eps, void* stream) {
   if (N == 0) return Status::OK();
-  RmsnormForwardKernel<<<unsigned(N), kThreads, 0, cudaStream_t(stream)>>>(out, rstd, in, w, C,
-                                                                           eps);
+  XT_LAUNCH(RmsnormForwardKernel, unsigned(N), kThreads, 0, cudaStream_t(stream))
+  (out, rstd, in, w, C, eps);
   return Check(cudaGetLastError(), "rmsnorm_forward launch");
 }
 

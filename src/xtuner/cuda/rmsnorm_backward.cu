@@ -94,8 +94,8 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
   XT_RETURN_IF_ERROR(detail::CheckSizes("rmsnorm_backward", {N, C}));
   if (N == 0 || C == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
-  RmsnormBackwardRowsKernel<<<detail::BlocksForItems(N), kThreads, 0, st>>>(din, dout, in, w, rstd,
-                                                                            N, C, accumulate_din);
+  XT_LAUNCH(RmsnormBackwardRowsKernel, detail::BlocksForItems(N), kThreads, 0, st)
+  (din, dout, in, w, rstd, N, C, accumulate_din);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "rmsnorm_backward (din) launch"));
 
   // Row chunks: about 2048 blocks in all, at least 64 rows each; a function of N and C only.
@@ -106,17 +106,18 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
   const dim3 block(kDwCols, kDwRows);
   const dim3 grid(unsigned(std::min<int64_t>(col_blocks, detail::kMaxBlocks)), unsigned(chunks));
   if (chunks == 1) {
-    RmsnormDwPartialKernel<<<grid, block, 0, st>>>(nullptr, dw, dout, in, rstd, N, C,
-                                                   rows_per_chunk);
+    XT_LAUNCH(RmsnormDwPartialKernel, grid, block, 0, st)
+    (nullptr, dw, dout, in, rstd, N, C, rows_per_chunk);
     return Check(cudaGetLastError(), "rmsnorm_backward (dw) launch");
   }
   detail::Scratch scratch(st);
   double* partial = nullptr;  // (chunks, C): chunks * C <= 2048 * 32 doubles
   XT_RETURN_IF_ERROR(scratch.Alloc(&partial, chunks * C, "rmsnorm_backward scratch"));
-  RmsnormDwPartialKernel<<<grid, block, 0, st>>>(partial, dw, dout, in, rstd, N, C, rows_per_chunk);
+  XT_LAUNCH(RmsnormDwPartialKernel, grid, block, 0, st)
+  (partial, dw, dout, in, rstd, N, C, rows_per_chunk);
   Status launched = Check(cudaGetLastError(), "rmsnorm_backward (dw partial) launch");
   if (launched.ok()) {
-    RmsnormDwFinishKernel<<<detail::BlocksFor(C), kThreads, 0, st>>>(dw, partial, chunks, C);
+    XT_LAUNCH(RmsnormDwFinishKernel, detail::BlocksFor(C), kThreads, 0, st)(dw, partial, chunks, C);
     launched = Check(cudaGetLastError(), "rmsnorm_backward (dw finish) launch");
   }
   const Status freed = scratch.Release("rmsnorm_backward scratch free");

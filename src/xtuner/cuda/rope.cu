@@ -33,8 +33,8 @@ Status Rotate(float* x, const float* cos, const float* sin, int64_t T, int64_t H
   XT_RETURN_IF_ERROR(detail::CheckSizes(what, {T, Hn, D}));
   const int64_t total = T * Hn * (D / 2);
   if (total == 0) return Status::OK();
-  RopeKernel<<<detail::BlocksFor(total), detail::kThreads, 0, cudaStream_t(stream)>>>(
-      x, cos, sin, T, Hn, D, sign);
+  XT_LAUNCH(RopeKernel, detail::BlocksFor(total), detail::kThreads, 0, cudaStream_t(stream))
+  (x, cos, sin, T, Hn, D, sign);
   return Check(cudaGetLastError(), what);
 }
 

@@ -39,9 +39,9 @@ Status RouterForward(int32_t* topk_idx, float* topk_w, float* probs, const float
     return Status::Error("router_forward: need 1 <= k <= E, got k = " + std::to_string(k) +
                          ", E = " + std::to_string(E));
   if (T == 0) return Status::OK();
-  RouterForwardKernel<<<detail::BlocksFor(T, kRouterThreads), kRouterThreads, 0,
-                        cudaStream_t(stream)>>>(topk_idx, topk_w, probs, logits, T, E, k,
-                                                norm_topk);
+  XT_LAUNCH(RouterForwardKernel, detail::BlocksFor(T, kRouterThreads), kRouterThreads, 0,
+            cudaStream_t(stream))
+  (topk_idx, topk_w, probs, logits, T, E, k, norm_topk);
   return Check(cudaGetLastError(), "router_forward launch");
 }
 
@@ -50,9 +50,9 @@ Status RouterBackward(float* dlogits, const float* dtopk_w, const float* dprobs,
                       void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("router_backward", {T, E, k}));
   if (T == 0 || E == 0) return Status::OK();
-  RouterBackwardKernel<<<detail::BlocksFor(T, kRouterThreads), kRouterThreads, 0,
-                         cudaStream_t(stream)>>>(dlogits, dtopk_w, dprobs, probs, topk_idx, T, E, k,
-                                                 norm_topk);
+  XT_LAUNCH(RouterBackwardKernel, detail::BlocksFor(T, kRouterThreads), kRouterThreads, 0,
+            cudaStream_t(stream))
+  (dlogits, dtopk_w, dprobs, probs, topk_idx, T, E, k, norm_topk);
   return Check(cudaGetLastError(), "router_backward launch");
 }
 

@@ -107,10 +107,10 @@ Status SumOfSquares(double* out, const float* x, int64_t n, void* stream) {
   detail::Scratch scratch(s);
   double* partial = nullptr;
   XT_RETURN_IF_ERROR(scratch.Alloc(&partial, blocks, "sum_of_squares"));
-  SumSquaresPartialKernel<<<blocks, kThreads, 0, s>>>(partial, x, n);
+  XT_LAUNCH(SumSquaresPartialKernel, blocks, kThreads, 0, s)(partial, x, n);
   Status st = Check(cudaGetLastError(), "sum_of_squares launch");
   if (st.ok()) {
-    SumPartialsKernel<<<1, kSumBlocks, 0, s>>>(out, partial, blocks);
+    XT_LAUNCH(SumPartialsKernel, 1, kSumBlocks, 0, s)(out, partial, blocks);
     st = Check(cudaGetLastError(), "sum_of_squares launch");
   }
   const Status freed = scratch.Release("sum_of_squares");
@@ -123,34 +123,35 @@ Status MoeBalanceStats(double* count, double* prob_sum, const float* probs, cons
   if (T == 0 || E == 0) return Status::OK();
   const cudaStream_t s = cudaStream_t(stream);
   constexpr int kExpertThreads = 64;
-  BalanceProbSumKernel<<<detail::BlocksFor(E, kExpertThreads), kExpertThreads, 0, s>>>(prob_sum,
-                                                                                       probs, T, E);
+  XT_LAUNCH(BalanceProbSumKernel, detail::BlocksFor(E, kExpertThreads), kExpertThreads, 0, s)
+  (prob_sum, probs, T, E);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "moe_balance_stats prob_sum launch"));
   if (k == 0) return Status::OK();
-  BalanceCountKernel<<<detail::BlocksForItems(E), kThreads, 0, s>>>(count, topk_idx, T * k, E);
+  XT_LAUNCH(BalanceCountKernel, detail::BlocksForItems(E), kThreads, 0, s)
+  (count, topk_idx, T * k, E);
   return Check(cudaGetLastError(), "moe_balance_stats count launch");
 }
 
 Status AddInPlace(float* y, const float* x, int64_t n, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("add_in_place", {n}));
   if (n == 0) return Status::OK();
-  AddInPlaceKernel<<<detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream)>>>(y, x, n);
+  XT_LAUNCH(AddInPlaceKernel, detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream))(y, x, n);
   return Check(cudaGetLastError(), "add_in_place launch");
 }
 
 Status BroadcastRow(float* out, const float* row, int64_t T, int64_t E, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("broadcast_row", {T, E}));
   if (T == 0 || E == 0) return Status::OK();
-  BroadcastRowKernel<<<detail::BlocksFor(T * E), kThreads, 0, cudaStream_t(stream)>>>(out, row, T,
-                                                                                      E);
+  XT_LAUNCH(BroadcastRowKernel, detail::BlocksFor(T * E), kThreads, 0, cudaStream_t(stream))
+  (out, row, T, E);
   return Check(cudaGetLastError(), "broadcast_row launch");
 }
 
 Status DoubleToFloatScaled(float* out, const double* in, int64_t n, double scale, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("double_to_float_scaled", {n}));
   if (n == 0) return Status::OK();
-  DoubleToFloatScaledKernel<<<detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream)>>>(out, in, n,
-                                                                                         scale);
+  XT_LAUNCH(DoubleToFloatScaledKernel, detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream))
+  (out, in, n, scale);
   return Check(cudaGetLastError(), "double_to_float_scaled launch");
 }
 

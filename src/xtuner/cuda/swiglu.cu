@@ -45,8 +45,9 @@ __global__ void SwigluBackwardKernel(float* dh, const float* dout, const float* 
 Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_forward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
-  SwigluForwardKernel<<<detail::BlocksFor(N * I), detail::kThreads, 0, cudaStream_t(stream)>>>(
-      out, h, N, I);
+  XT_LAUNCH(SwigluForwardKernel, detail::BlocksFor(N * I), detail::kThreads, 0,
+            cudaStream_t(stream))
+  (out, h, N, I);
   return Check(cudaGetLastError(), "swiglu_forward launch");
 }
 
@@ -54,8 +55,9 @@ Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, i
                       void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_backward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
-  SwigluBackwardKernel<<<detail::BlocksFor(N * I), detail::kThreads, 0, cudaStream_t(stream)>>>(
-      dh, dout, h, N, I);
+  XT_LAUNCH(SwigluBackwardKernel, detail::BlocksFor(N * I), detail::kThreads, 0,
+            cudaStream_t(stream))
+  (dh, dout, h, N, I);
   return Check(cudaGetLastError(), "swiglu_backward launch");
 }
 

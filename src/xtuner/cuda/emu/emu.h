@@ -1,0 +1,237 @@
+// The CUDA emulator's device side (builds with -DXTUNER_CUDA_EMU=ON only): the engine's .cu
+// files compile as plain C++ with this header included first, and their kernels run on the CPU.
+//
+// What it is for: running the CUDA backend's code (kernels, launch bounds, the model, training,
+// ZeRO-3 and expert parallelism over the staged communicator) and its tests on a machine without
+// a GPU, so index arithmetic, barriers, shared-memory layouts, launch limits and host logic are
+// exercised against the CPU twins before a GPU is ever lent. What it is not: a GPU. It says
+// nothing about speed, the memory model between threads that are not synchronised, warp
+// scheduling, or tensor-core rounding; host code that dereferences a device pointer works here
+// (device memory is host memory) and would crash on a GPU.
+//
+// How a kernel runs (emu/simt.cc): the blocks of a grid one after another; the threads of a block
+// as fibers on one OS thread, each run until it reaches __syncthreads, __syncwarp or a shuffle,
+// which wait for the whole block or warp (threads that returned count as arrived). A barrier that
+// can never be reached by every live thread (one that part of a block or warp skips) is reported
+// as a deadlock and aborts. __shared__ variables are function statics: one copy, shared by the
+// block that runs. Launch limits (block size, grid size, dynamic shared memory above 48 KiB
+// without cudaFuncSetAttribute) fail the launch as on the device.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// Device qualifiers. __global__, __device__, __host__ and __forceinline__ keep the host meanings
+// cuda_runtime.h gives them outside nvcc (nothing, or inline); __shared__ becomes one static copy.
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+
+// The built-in coordinates of the thread that runs (set by the scheduler before it resumes one).
+extern uint3 threadIdx;
+extern uint3 blockIdx;
+extern dim3 blockDim;
+extern dim3 gridDim;
+constexpr int warpSize = 32;
+
+namespace xt::emu {
+
+// The thread that runs waits until every live thread of its block (its warp) arrives.
+void SyncThreads();
+void SyncWarp();
+// Warp exchange: every live lane of the warp offers `bytes` (at most 16) from `mine` and receives
+// lane `src`'s offer (its own where `src` is not a live lane of the warp).
+void Exchange(const void* mine, void* out, size_t bytes, int src);
+// The running kernel's dynamic shared memory (the launch's third argument, bytes).
+void* DynamicShared();
+// Aborts the process, naming the kernel's block and thread.
+[[noreturn]] void Trap(const char* what);
+// The lane (0 .. 31) of the running thread.
+int Lane();
+
+// Runs `body` (one thread's work) for every thread of the grid, in stream order (the emulator
+// runs everything synchronously). Returns the launch error, which cudaGetLastError also reports.
+cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                    const std::function<void()>& body);
+
+// kernel<<<grid, block, smem, stream>>>(args...) as XT_LAUNCH(kernel, grid, block, smem,
+// stream)(args...): the arguments are converted to the kernel's parameter types once, as the
+// device copies them, and every thread calls the kernel with its own copy.
+template <class... P>
+struct Launcher {
+  void (*kernel)(P...);
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  template <class... A>
+  void operator()(A&&... args) const {
+    const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    RunGrid(reinterpret_cast<const void*>(kernel), grid, block, smem, stream,
+            [&] { std::apply(kernel, params); });
+  }
+};
+template <class... P>
+Launcher<P...> Launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream) {
+  return Launcher<P...>{kernel, grid, block, smem, stream};
+}
+
+}  // namespace xt::emu
+
+#define XT_LAUNCH(kernel, grid, block, smem, stream) \
+  ::xt::emu::Launch(kernel, grid, block, smem, stream)
+#define XT_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::xt::emu::DynamicShared())
+
+// The kernel-pointer overload cuda_runtime.h declares for nvcc only.
+template <class... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+// ---- device built-ins the kernels use.
+inline void __syncthreads() { xt::emu::SyncThreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { xt::emu::SyncWarp(); }
+[[noreturn]] inline void __trap() { xt::emu::Trap("__trap()"); }
+
+template <class T>
+T __shfl_sync(unsigned, T v, int src, int width = warpSize) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16, "shuffle of a small value");
+  const int lane = xt::emu::Lane();
+  T out;
+  xt::emu::Exchange(&v, &out, sizeof(T), (lane / width) * width + src % width);
+  return out;
+}
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int mask, int width = warpSize) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16, "shuffle of a small value");
+  const int lane = xt::emu::Lane();
+  const int src = lane ^ mask;
+  T out;
+  // A source outside the lane's width segment returns the lane's own value, as on the device.
+  xt::emu::Exchange(&v, &out, sizeof(T), src / width == lane / width ? src : lane);
+  return out;
+}
+template <class T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int width = warpSize) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16, "shuffle of a small value");
+  const int lane = xt::emu::Lane();
+  const int src = lane + int(delta);
+  T out;
+  xt::emu::Exchange(&v, &out, sizeof(T), src / width == lane / width ? src : lane);
+  return out;
+}
+
+// IEEE round-to-nearest arithmetic, which is what the host does (the emulator is built without
+// contraction into FMAs, so a * b + c rounds twice, as these intrinsics ask).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+using std::max;
+using std::min;
+
+// ---- WMMA (mma.h) on 16 x 16 x 16 tiles. An A or B fragment holds its whole tile in every lane
+// (num_elements 256); an accumulator holds 8 elements per lane: element i of lane L is the tile's
+// row-major element 8 L + i. The kernels read that layout back at run time (as they must on the
+// device, where it is unspecified), so any fixed layout serves. Products are summed in fp32 in
+// k order.
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment;
+
+template <class Use, class Layout>
+struct fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> {
+  static constexpr int num_elements = 256;
+  __nv_bfloat16 x[256];  // the tile, row-major (A: [m][k], B: [k][n])
+};
+template <>
+struct fragment<accumulator, 16, 16, 16, float, void> {
+  static constexpr int num_elements = 8;
+  float x[8];
+};
+
+template <class Use, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, __nv_bfloat16 v) {
+  for (auto& e : f.x) e = v;
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+
+// A: element (m, k); B: element (k, n); ldm in elements.
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major>& f,
+                             const __nv_bfloat16* p, unsigned ldm) {
+  for (int m = 0; m < 16; ++m)
+    for (int k = 0; k < 16; ++k) f.x[m * 16 + k] = p[m * ldm + k];
+}
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __nv_bfloat16, col_major>& f,
+                             const __nv_bfloat16* p, unsigned ldm) {
+  for (int m = 0; m < 16; ++m)
+    for (int k = 0; k < 16; ++k) f.x[m * 16 + k] = p[k * ldm + m];
+}
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, row_major>& f,
+                             const __nv_bfloat16* p, unsigned ldm) {
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = p[k * ldm + n];
+}
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major>& f,
+                             const __nv_bfloat16* p, unsigned ldm) {
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = p[n * ldm + k];
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
+                             unsigned ldm, layout_t layout) {
+  const int lane = xt::emu::Lane();
+  for (int i = 0; i < 8; ++i) {
+    const int e = 8 * lane + i, r = e / 16, c = e % 16;
+    f.x[i] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
+                              unsigned ldm, layout_t layout) {
+  const int lane = xt::emu::Lane();
+  for (int i = 0; i < 8; ++i) {
+    const int e = 8 * lane + i, r = e / 16, c = e % 16;
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
+  }
+}
+
+template <class LayoutA, class LayoutB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+                     const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA>& a,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  const int lane = xt::emu::Lane();
+  float out[8];
+  for (int i = 0; i < 8; ++i) {
+    const int e = 8 * lane + i, r = e / 16, col = e % 16;
+    float s = c.x[i];
+    for (int k = 0; k < 16; ++k)
+      s += __bfloat162float(a.x[r * 16 + k]) * __bfloat162float(b.x[k * 16 + col]);
+    out[i] = s;
+  }
+  for (int i = 0; i < 8; ++i) d.x[i] = out[i];
+}
+
+}  // namespace nvcuda::wmma

@@ -1,0 +1,298 @@
+// The CUDA emulator's kernel scheduler (see emu.h): the blocks of a grid in order, the threads of
+// a block as fibers on the calling OS thread, barriers and warp exchanges between them. A fiber
+// switch on x86-64 saves the callee-saved registers and the floating-point control words and
+// swaps stacks (a few instructions); elsewhere it is ucontext's swapcontext, which also makes a
+// signal-mask system call per switch and runs the tests about 20 times slower.
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "xtuner/cuda/emu/emu.h"
+#include "xtuner/cuda/emu/state.h"
+
+uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
+
+namespace xt::emu {
+namespace {
+
+enum class Wait { kRunnable, kBlock, kWarp, kDone };
+
+constexpr size_t kStackBytes = 256 << 10;  // per fiber: kernels keep small local arrays
+constexpr int kMaxThreads = 1024;
+constexpr size_t kMaxGridX = (size_t(1) << 31) - 1, kMaxGridYz = 65535;
+constexpr size_t kDefaultSharedBytes = 48 << 10, kMaxSharedBytes = 227 << 10;
+
+#if defined(__x86_64__)
+// Saves the running context on its stack, stores its stack pointer in *from and resumes the
+// context whose stack pointer is `to` (saved by a previous switch, or prepared by Prepare).
+extern "C" void xt_emu_switch(void** from, void* to);
+asm(R"(
+  .text
+  .globl xt_emu_switch
+  .type xt_emu_switch, @function
+xt_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size xt_emu_switch, .-xt_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+void Entry();
+[[noreturn]] void Start() {
+  Entry();
+  std::abort();  // Entry switches back to the scheduler for good
+}
+// A fresh context on `stack` that starts in Start: the frame xt_emu_switch pops (control words,
+// six registers, the return address) below a 16-byte aligned top, so that Start begins with the
+// stack alignment of a call.
+void Prepare(Context* c, char* stack, size_t bytes) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                              // Start's return address: never used
+  *--sp = reinterpret_cast<void*>(&Start);      // popped by ret
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp, rbx, r12 .. r15
+  uint32_t words[2] = {0x1f80, 0x037f};         // MXCSR, x87 control word: the defaults
+  *--sp = nullptr;
+  std::memcpy(sp, words, sizeof words);
+  c->sp = sp;
+}
+void Switch(Context* from, Context* to) { xt_emu_switch(&from->sp, to->sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+void Entry();
+void Prepare(Context* c, char* stack, size_t bytes) {
+  getcontext(&c->uc);
+  c->uc.uc_stack.ss_sp = stack;
+  c->uc.uc_stack.ss_size = bytes;
+  c->uc.uc_link = nullptr;
+  makecontext(&c->uc, Entry, 0);
+}
+void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+#endif
+
+struct Fiber {
+  Context ctx;
+  char* stack = nullptr;  // kStackBytes, from the pool
+  Wait wait = Wait::kRunnable;
+  uint3 idx;
+};
+
+// Fiber stacks, kept from launch to launch (never zeroed: only their touched pages cost memory).
+char* Stack(size_t i) {
+  static std::vector<std::unique_ptr<char[]>> pool;
+  while (pool.size() <= i) pool.emplace_back(new char[kStackBytes]);
+  return pool[i].get();
+}
+
+struct Grid {
+  const std::function<void()>* body = nullptr;
+  const void* kernel = nullptr;
+  std::vector<Fiber> fibers;
+  Context scheduler;
+  int current = -1;
+  bool reverse = false;  // run the threads from the last one (XT_CUDA_EMU_ORDER=reverse)
+  std::vector<unsigned char> shared;
+  // A warp's exchange: each lane's offer, 16 bytes.
+  std::vector<unsigned char> offers;
+};
+
+std::mutex g_launch_mutex;  // one grid at a time: __shared__ statics are one copy
+Grid* g_grid = nullptr;
+
+// A fiber's whole life: the kernel's body, then back to the scheduler for good.
+void Entry() {
+  Grid& g = *g_grid;
+  (*g.body)();
+  Fiber& f = g.fibers[g.current];
+  f.wait = Wait::kDone;
+  Switch(&f.ctx, &g.scheduler);
+}
+
+// Suspends the running fiber until the scheduler releases it from `wait`.
+void Suspend(Wait wait) {
+  Grid& g = *g_grid;
+  if (!g_grid || g.current < 0) Trap("a barrier outside a kernel");
+  Fiber& f = g.fibers[g.current];
+  f.wait = wait;
+  Switch(&f.ctx, &g.scheduler);
+}
+
+std::string Where() {
+  return "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
+         std::to_string(blockIdx.z) + ") thread (" + std::to_string(threadIdx.x) + ", " +
+         std::to_string(threadIdx.y) + ", " + std::to_string(threadIdx.z) + ")";
+}
+
+// Runs one block: every fiber until all are done. Aborts on a barrier no schedule can pass.
+void RunBlock(Grid& g, int n) {
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = g.fibers[t];
+    Prepare(&f.ctx, f.stack, kStackBytes);
+    f.wait = Wait::kRunnable;
+    f.idx = uint3{unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
+                  unsigned(t / (blockDim.x * blockDim.y))};
+  }
+  const int warps = (n + 31) / 32;
+  for (;;) {
+    for (int i = 0; i < n; ++i) {
+      const int t = g.reverse ? n - 1 - i : i;
+      Fiber& f = g.fibers[t];
+      if (f.wait != Wait::kRunnable) continue;
+      g.current = t;
+      threadIdx = f.idx;
+      Switch(&g.scheduler, &f.ctx);
+    }
+    g.current = -1;
+    // Everyone is done or waits. Release the warps whose live lanes all wait at a warp barrier,
+    // else the block if all its live threads wait at the block barrier.
+    bool released = false, all_done = true, any_block = false, mixed = false;
+    for (int w = 0; w < warps; ++w) {
+      int live = 0, at_warp = 0;
+      for (int t = 32 * w; t < std::min(n, 32 * w + 32); ++t) {
+        const Wait s = g.fibers[t].wait;
+        if (s == Wait::kDone) continue;
+        ++live;
+        at_warp += s == Wait::kWarp;
+        any_block |= s == Wait::kBlock;
+      }
+      all_done &= live == 0;
+      if (live > 0 && at_warp == live) {
+        for (int t = 32 * w; t < std::min(n, 32 * w + 32); ++t)
+          if (g.fibers[t].wait == Wait::kWarp) g.fibers[t].wait = Wait::kRunnable;
+        released = true;
+      } else if (at_warp > 0) {
+        mixed = true;
+      }
+    }
+    if (all_done) return;
+    if (released) continue;
+    if (any_block && !mixed) {
+      for (int t = 0; t < n; ++t)
+        if (g.fibers[t].wait == Wait::kBlock) g.fibers[t].wait = Wait::kRunnable;
+      continue;
+    }
+    std::string states;
+    for (int t = 0; t < n; ++t) {
+      const Wait s = g.fibers[t].wait;
+      states += s == Wait::kDone ? 'd' : s == Wait::kBlock ? 'B' : s == Wait::kWarp ? 'W' : 'r';
+    }
+    std::fprintf(stderr,
+                 "xtuner CUDA emulator: deadlock in block (%u, %u, %u): part of the block or a "
+                 "warp waits at a barrier the others never reach (per thread: d done, B "
+                 "__syncthreads, W warp barrier): %s\n",
+                 blockIdx.x, blockIdx.y, blockIdx.z, states.c_str());
+    std::abort();
+  }
+}
+
+}  // namespace
+
+void SyncThreads() { Suspend(Wait::kBlock); }
+void SyncWarp() { Suspend(Wait::kWarp); }
+
+int Lane() {
+  const int t = g_grid ? g_grid->current : -1;
+  if (t < 0) Trap("a warp operation outside a kernel");
+  return t % 32;
+}
+
+void Exchange(const void* mine, void* out, size_t bytes, int src) {
+  Grid& g = *g_grid;
+  const int t = g.current, lane = t % 32, base = t - lane;
+  std::memcpy(&g.offers[size_t(t) * 16], mine, bytes);
+  SyncWarp();
+  const int s = base + src;
+  const bool live =
+      src >= 0 && src < 32 && s < int(g.fibers.size()) && g.fibers[s].wait != Wait::kDone;
+  std::memcpy(out, &g.offers[size_t(live ? s : t) * 16], bytes);
+  SyncWarp();  // the offers may be overwritten by the next exchange
+}
+
+void* DynamicShared() { return g_grid ? g_grid->shared.data() : nullptr; }
+
+void Trap(const char* what) {
+  std::fprintf(stderr, "xtuner CUDA emulator: %s in %s\n", what, Where().c_str());
+  std::abort();
+}
+
+cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                    const std::function<void()>& body) {
+  const size_t threads = size_t(block.x) * block.y * block.z;
+  const size_t shared_limit = std::max(kDefaultSharedBytes, MaxDynamicShared(kernel));
+  cudaError_t err = cudaSuccess;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYz || grid.z > kMaxGridYz)
+    err = cudaErrorInvalidConfiguration;
+  else if (smem > std::min(shared_limit, kMaxSharedBytes))
+    err = cudaErrorInvalidValue;
+  else if (!StreamValid(stream))
+    err = cudaErrorInvalidResourceHandle;
+  if (err != cudaSuccess) {
+    SetLastError(err);
+    return err;
+  }
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  Grid g;
+  g.body = &body;
+  // The order in which threads run between barriers: a read of shared memory that another thread
+  // writes before a barrier that is missing sees the old value in one order or the other.
+  static const bool reverse = [] {
+    const char* order = std::getenv("XT_CUDA_EMU_ORDER");
+    return order && std::string(order) == "reverse";
+  }();
+  g.reverse = reverse;
+  g.kernel = kernel;
+  g.fibers.resize(threads);
+  for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
+  // Fresh shared memory per launch, filled with a NaN pattern: a read of what no thread wrote
+  // shows as NaN rather than as a plausible zero.
+  g.shared.assign(std::max<size_t>(smem, 16), 0xff);
+  g.offers.assign(threads * 16, 0);
+  Grid* const outer = g_grid;
+  g_grid = &g;
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        RunBlock(g, int(threads));
+      }
+  g_grid = outer;
+  return cudaSuccess;
+}
+
+}  // namespace xt::emu

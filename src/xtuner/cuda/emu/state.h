@@ -1,0 +1,21 @@
+// The CUDA emulator's runtime state shared by its scheduler (simt.cc) and its runtime API
+// (runtime.cc): the sticky launch error, the streams, the kernels' shared-memory limits and the
+// device allocations.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace xt::emu {
+
+// The error cudaGetLastError returns next (and clears).
+void SetLastError(cudaError_t err);
+// Whether `stream` is the legacy default stream or one created and not destroyed.
+bool StreamValid(cudaStream_t stream);
+// The dynamic shared memory cudaFuncSetAttribute allowed for `kernel` (0: none set).
+size_t MaxDynamicShared(const void* kernel);
+// Whether [p, p + bytes) lies inside one live device allocation.
+bool IsDevice(const void* p, size_t bytes);
+
+}  // namespace xt::emu
