@@ -61,7 +61,6 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64
     std::fill(col.begin(), col.end(), 0.0);
     for (int64_t p = 0; p < k; ++p) {
       const double b = Load(B, bt, tb_t ? size_t(j + p * ldb) : size_t(p + j * ldb));
-      if (b == 0.0) continue;
       for (int64_t i = 0; i < m; ++i)
         col[i] += double(Load(A, at, ta_t ? size_t(p + i * lda) : size_t(i + p * lda))) * b;
     }

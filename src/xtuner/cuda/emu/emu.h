@@ -144,10 +144,10 @@ using std::max;
 using std::min;
 
 // ---- WMMA (mma.h) on 16 x 16 x 16 tiles. An A or B fragment holds its whole tile in every lane
-// (num_elements 256); an accumulator holds 8 elements per lane: element i of lane L is the tile's
-// row-major element 8 L + i. The kernels read that layout back at run time (as they must on the
-// device, where it is unspecified), so any fixed layout serves. Products are summed in fp32 in
-// k order.
+// (num_elements 256); an accumulator holds 8 elements per lane in the layout of the sm80 mma
+// instructions (Elem below), which spreads a lane's elements over two rows and four column
+// pairs. The kernels must read the layout back at run time (it is unspecified on the device), so
+// a kernel that assumes another one fails here. Products are summed in fp32 in k order.
 namespace nvcuda::wmma {
 
 struct matrix_a {};
@@ -159,6 +159,10 @@ enum layout_t { mem_row_major, mem_col_major };
 
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment;
+
+// The tile row and column of element i (0 .. 7) of `lane`'s accumulator fragment.
+inline int ElemRow(int lane, int i) { return lane / 4 + 8 * ((i / 2) % 2); }
+inline int ElemCol(int lane, int i) { return 2 * (lane % 4) + i % 2 + 8 * (i / 4); }
 
 template <class Use, class Layout>
 struct fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> {
@@ -204,7 +208,7 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const 
                              unsigned ldm, layout_t layout) {
   const int lane = xt::emu::Lane();
   for (int i = 0; i < 8; ++i) {
-    const int e = 8 * lane + i, r = e / 16, c = e % 16;
+    const int r = ElemRow(lane, i), c = ElemCol(lane, i);
     f.x[i] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
   }
 }
@@ -212,7 +216,7 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
                               unsigned ldm, layout_t layout) {
   const int lane = xt::emu::Lane();
   for (int i = 0; i < 8; ++i) {
-    const int e = 8 * lane + i, r = e / 16, c = e % 16;
+    const int r = ElemRow(lane, i), c = ElemCol(lane, i);
     (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
   }
 }
@@ -225,7 +229,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
   const int lane = xt::emu::Lane();
   float out[8];
   for (int i = 0; i < 8; ++i) {
-    const int e = 8 * lane + i, r = e / 16, col = e % 16;
+    const int r = ElemRow(lane, i), col = ElemCol(lane, i);
     float s = c.x[i];
     for (int k = 0; k < 16; ++k)
       s += __bfloat162float(a.x[r * 16 + k]) * __bfloat162float(b.x[k * 16 + col]);

@@ -69,6 +69,7 @@ cudaError_t Free(void* p) {
   auto it = s.allocations.find(static_cast<const char*>(p));
   if (it == s.allocations.end()) return Fail(cudaErrorInvalidValue);
   s.in_use -= it->second;
+  std::memset(p, 0xff, it->second);  // a use after free reads NaN (unless the memory is reused)
   s.allocations.erase(it);
   std::free(p);
   return cudaSuccess;

@@ -124,7 +124,8 @@ struct Grid {
   Context scheduler;
   int current = -1;
   bool reverse = false;  // run the threads from the last one (XT_CUDA_EMU_ORDER=reverse)
-  std::vector<unsigned char> shared;
+  std::unique_ptr<unsigned char[], void (*)(void*)> shared{nullptr, std::free};  // 128-aligned
+  size_t shared_bytes = 0;
   // A warp's exchange: each lane's offer, 16 bytes.
   std::vector<unsigned char> offers;
 };
@@ -158,6 +159,7 @@ std::string Where() {
 
 // Runs one block: every fiber until all are done. Aborts on a barrier no schedule can pass.
 void RunBlock(Grid& g, int n) {
+  std::memset(g.shared.get(), 0xff, g.shared_bytes);
   for (int t = 0; t < n; ++t) {
     Fiber& f = g.fibers[t];
     Prepare(&f.ctx, f.stack, kStackBytes);
@@ -241,7 +243,7 @@ void Exchange(const void* mine, void* out, size_t bytes, int src) {
   SyncWarp();  // the offers may be overwritten by the next exchange
 }
 
-void* DynamicShared() { return g_grid ? g_grid->shared.data() : nullptr; }
+void* DynamicShared() { return g_grid ? g_grid->shared.get() : nullptr; }
 
 void Trap(const char* what) {
   std::fprintf(stderr, "xtuner CUDA emulator: %s in %s\n", what, Where().c_str());
@@ -277,9 +279,10 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   g.kernel = kernel;
   g.fibers.resize(threads);
   for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
-  // Fresh shared memory per launch, filled with a NaN pattern: a read of what no thread wrote
-  // shows as NaN rather than as a plausible zero.
-  g.shared.assign(std::max<size_t>(smem, 16), 0xff);
+  // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
+  // no thread of the block wrote shows as NaN rather than as a plausible value.
+  g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
+  g.shared.reset(static_cast<unsigned char*>(std::aligned_alloc(128, g.shared_bytes)));
   g.offers.assign(threads * 16, 0);
   Grid* const outer = g_grid;
   g_grid = &g;
