@@ -247,7 +247,7 @@ TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
 
 // The GPUs this process may use: the device nodes (/dev/nvidiaN, numbered as on the host, so a
 // container given one GPU may see only /dev/nvidia3), fewer when CUDA_VISIBLE_DEVICES names fewer.
-// In a build for the CUDA emulator (scripts/test-cuda-emu.sh), xtuner's GPU is the emulator.
+// In a build for the CUDA emulator (scripts/test-cuda-emu.sh), xtuner's GPUs are emulated.
 int VisibleGpus() {
 #ifdef XT_EMULATED_GPUS
   return XT_EMULATED_GPUS;
@@ -273,11 +273,8 @@ int VisibleGpus() {
 // the CPU's in fp32) with rows split unevenly, so that one rank runs an empty micro-batch while
 // its experts serve the other's rows. Two GPUs: over NCCL. One GPU (the lent machines): both
 // ranks on it, collectives through MPI on host copies (parallel.gpu_comm = "mpi"), the same
-// device code otherwise. Skipped without a GPU.
-TEST(Distributed, GpuMeshesFollowTheCpuRun) {
-  const int gpus = VisibleGpus();
-  if (gpus < 1) GTEST_SKIP() << "skipped: no GPU";
-  const std::string comm = gpus >= 2 ? "nccl" : "mpi";
+// device code otherwise. Under the CUDA emulator: both. Skipped without a GPU.
+void GpuMeshesFollowTheCpuRun(const std::string& comm) {
   struct Case {
     const char* extra;
     double rel;
@@ -306,6 +303,19 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
     ASSERT_EQ(got.size(), want.size()) << extra;
     for (size_t i = 0; i < got.size(); ++i)
       EXPECT_NEAR(got[i], want[i], c.rel * std::abs(want[i])) << extra << " step " << i + 1;
+  }
+}
+
+TEST(Distributed, GpuMeshesFollowTheCpuRun) {
+  const int gpus = VisibleGpus();
+  if (gpus < 1) GTEST_SKIP() << "skipped: no GPU";
+#ifdef XT_EMULATED_GPUS
+  for (const std::string comm : {"nccl", "mpi"}) {
+#else
+  for (const std::string comm : {gpus >= 2 ? "nccl" : "mpi"}) {
+#endif
+    SCOPED_TRACE("parallel.gpu_comm = " + comm);
+    GpuMeshesFollowTheCpuRun(comm);
   }
 }
 

@@ -1,9 +1,11 @@
 // The CUDA emulator's runtime API (the part of libcudart the engine calls), on host memory: one
-// device ("xtuner CUDA emulator", compute capability 9.0), every call synchronous, streams and
-// events as handles. Device allocations are tracked, so a copy whose device side is not inside a
-// live allocation, a free of a pointer the device never gave, or a stream that was destroyed fails
-// as the runtime would fail it (cudaErrorInvalidValue, cudaErrorInvalidResourceHandle).
+// device per process ("xtuner CUDA emulator", compute capability 9.0), every call synchronous,
+// streams and events as handles. Device allocations are tracked, so a copy whose device side is not
+// inside a live allocation, a free of a pointer the device never gave, or a stream that was
+// destroyed fails as the runtime would fail it (cudaErrorInvalidValue,
+// cudaErrorInvalidResourceHandle).
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -244,7 +246,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return Fail(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::strncpy(prop->name, "xtuner CUDA emulator (CPU)", sizeof prop->name - 1);
-  std::memcpy(prop->uuid.bytes, "xtuner-emulator!", sizeof prop->uuid.bytes);
+  // Each process is its own device (ranks under mpirun use distinct ones, as NCCL asks).
+  const int pid = int(getpid());
+  std::memcpy(prop->uuid.bytes, "xtuner-emu", 10);
+  std::memcpy(prop->uuid.bytes + 10, &pid, sizeof pid);
   prop->totalGlobalMem = kTotalBytes;
   prop->sharedMemPerBlock = 48 << 10;
   prop->sharedMemPerBlockOptin = 227 << 10;
