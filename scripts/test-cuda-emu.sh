@@ -15,7 +15,7 @@ fi
 BUILD_DIR=${EMU_BUILD_DIR:-build-emu}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DXTUNER_CUDA_EMU=ON
 # What the tests below run: the cuda test programs, the mesh test and the programs it starts.
-targets=(xtuner comm_selftest train_mpi_test)
+targets=(xtuner comm_selftest train_mpi_test emu_test)
 for t in tests/cuda/*_test.cc; do targets+=("$(basename "$t" .cc)"); done
 cmake --build "$BUILD_DIR" -j "${JOBS:-2}" --target "${targets[@]}"
 cd "$BUILD_DIR"

@@ -25,7 +25,7 @@ constexpr size_t kAlign = 256;                    // cudaMalloc's alignment
 struct State {
   std::mutex mu;
   cudaError_t last = cudaSuccess;
-  std::map<const char*, size_t> allocations;  // base -> bytes
+  std::map<const char*, size_t> allocations;  // base -> bytes asked for
   size_t in_use = 0, high = 0;
   std::set<cudaStream_t> streams;
   std::map<cudaEvent_t, std::chrono::steady_clock::time_point> events;
@@ -41,6 +41,11 @@ cudaError_t Fail(cudaError_t err) {
   SetLastError(err);
   return err;
 }
+// Fail, for a caller that holds the state's lock.
+cudaError_t FailLocked(State& s, cudaError_t err) {
+  if (s.last == cudaSuccess) s.last = err;
+  return err;
+}
 
 // The device's pool handle (one device, one pool).
 cudaMemPool_t Pool() { return reinterpret_cast<cudaMemPool_t>(&S()); }
@@ -49,15 +54,16 @@ cudaError_t Alloc(void** p, size_t bytes) {
   if (!p) return Fail(cudaErrorInvalidValue);
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (bytes > kTotalBytes - s.in_use) return Fail(cudaErrorMemoryAllocation);
+  if (bytes > kTotalBytes - s.in_use) return FailLocked(s, cudaErrorMemoryAllocation);
   const size_t size = bytes == 0 ? 0 : (bytes + kAlign - 1) / kAlign * kAlign;
   void* q = size == 0 ? nullptr : std::aligned_alloc(kAlign, size);
-  if (size != 0 && !q) return Fail(cudaErrorMemoryAllocation);
+  if (size != 0 && !q) return FailLocked(s, cudaErrorMemoryAllocation);
   // Fresh device memory holds a NaN pattern: a read of what was never written shows.
   if (q) std::memset(q, 0xff, size);
   *p = q;
   if (q) {
-    s.allocations[static_cast<const char*>(q)] = size;
+    // The size asked for, not the rounded one: a copy past it fails (the device would not see it).
+    s.allocations[static_cast<const char*>(q)] = bytes;
     s.in_use += size;
     s.high = std::max(s.high, s.in_use);
   }
@@ -69,8 +75,8 @@ cudaError_t Free(void* p) {
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
   auto it = s.allocations.find(static_cast<const char*>(p));
-  if (it == s.allocations.end()) return Fail(cudaErrorInvalidValue);
-  s.in_use -= it->second;
+  if (it == s.allocations.end()) return FailLocked(s, cudaErrorInvalidValue);
+  s.in_use -= (it->second + kAlign - 1) / kAlign * kAlign;
   std::memset(p, 0xff, it->second);  // a use after free reads NaN (unless the memory is reused)
   s.allocations.erase(it);
   std::free(p);
@@ -392,7 +398,8 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
   if (attr == cudaMemPoolAttrReservedMemHigh || attr == cudaMemPoolAttrUsedMemHigh) {
-    if (*static_cast<uint64_t*>(value) != 0) return Fail(cudaErrorInvalidValue);  // reset only
+    if (*static_cast<uint64_t*>(value) != 0)
+      return FailLocked(s, cudaErrorInvalidValue);  // reset only
     s.high = s.in_use;
   }
   return cudaSuccess;
@@ -414,7 +421,7 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
       *static_cast<uint64_t*>(value) = 0;
       break;
     default:
-      return Fail(cudaErrorInvalidValue);
+      return FailLocked(s, cudaErrorInvalidValue);
   }
   return cudaSuccess;
 }

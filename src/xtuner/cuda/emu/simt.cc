@@ -191,6 +191,16 @@ void RunBlock(Grid& g, int n) {
         any_block |= s == Wait::kBlock;
       }
       all_done &= live == 0;
+      const int lanes = std::min(n, 32 * w + 32) - 32 * w;
+      if (at_warp > 0 && live < lanes) {
+        // A full-mask warp barrier or shuffle while lanes of the warp have returned: undefined on
+        // the device (it may hang), so an error here.
+        std::fprintf(stderr,
+                     "xtuner CUDA emulator: warp %d of block (%u, %u, %u) waits at __syncwarp or a "
+                     "shuffle after %d of its %d lanes returned\n",
+                     w, blockIdx.x, blockIdx.y, blockIdx.z, lanes - live, lanes);
+        std::abort();
+      }
       if (live > 0 && at_warp == live) {
         for (int t = 32 * w; t < std::min(n, 32 * w + 32); ++t)
           if (g.fibers[t].wait == Wait::kWarp) g.fibers[t].wait = Wait::kRunnable;
@@ -271,11 +281,8 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   g.body = &body;
   // The order in which threads run between barriers: a read of shared memory that another thread
   // writes before a barrier that is missing sees the old value in one order or the other.
-  static const bool reverse = [] {
-    const char* order = std::getenv("XT_CUDA_EMU_ORDER");
-    return order && std::string(order) == "reverse";
-  }();
-  g.reverse = reverse;
+  const char* order = std::getenv("XT_CUDA_EMU_ORDER");
+  g.reverse = order && std::string(order) == "reverse";
   g.kernel = kernel;
   g.fibers.resize(threads);
   for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);

@@ -1,0 +1,182 @@
+// The CUDA emulator itself (built with -DXTUNER_CUDA_EMU=ON only, with emu.h included first, as
+// the kernels are): barriers and shuffles exchange what the device would, WMMA products are
+// right, launches over the device's limits fail, copies outside device memory fail, and a
+// barrier that cannot be passed, or a warp operation after part of the warp returned, aborts
+// with a message instead of passing.
+#include <gtest/gtest.h>
+#include <mma.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+// Each thread writes its index, and after the barrier reads its right neighbour's.
+__global__ void RotateKernel(int* out) {
+  __shared__ int s[256];
+  const int t = int(threadIdx.x), n = int(blockDim.x);
+  s[t] = t + 1000 * int(blockIdx.x);
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + t] = s[(t + 1) % n];
+}
+
+// The sum over each warp's lanes by xor shuffles, and lane 0's value by a broadcast shuffle.
+__global__ void ShuffleKernel(float* sum, float* first) {
+  const int t = int(threadIdx.x);
+  float v = float(t);
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  sum[t] = v;
+  first[t] = __shfl_sync(0xffffffffu, float(t) * 2.0f, 0);
+}
+
+__global__ void DynamicSharedKernel(float* out) {
+  XT_DYNAMIC_SHARED(float, smem);
+  smem[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = smem[(threadIdx.x + 1) % blockDim.x];
+}
+
+// C (16 x 16) = A (16 x 16, row-major) B (16 x 16, col-major), one warp.
+__global__ void MmaKernel(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::fill_fragment(fc, 0.5f);
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(c, fc, 16, wmma::mem_row_major);
+}
+
+// Half of warp 0 waits at __syncthreads, the other half at __syncwarp: no schedule passes.
+__global__ void DeadlockKernel(int* out) {
+  if (threadIdx.x < 16)
+    __syncthreads();
+  else
+    __syncwarp();
+  out[threadIdx.x] = 1;
+}
+
+// Half of the warp returns, the other half shuffles.
+__global__ void HalfWarpShuffleKernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+template <class T>
+T* DeviceCopy(const std::vector<T>& h) {
+  T* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, h.size() * sizeof(T)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  return p;
+}
+template <class T>
+std::vector<T> HostCopy(const T* p, size_t n) {
+  std::vector<T> h(n);
+  EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+
+TEST(CudaEmulator, BarriersExchangeSharedMemoryInBothOrders) {
+  for (const char* order : {"forward", "reverse"}) {
+    setenv("XT_CUDA_EMU_ORDER", order, 1);  // read at every launch
+    const int blocks = 3, threads = 200;    // not a multiple of the warp
+    int* out = DeviceCopy(std::vector<int>(blocks * threads, -1));
+    XT_LAUNCH(RotateKernel, blocks, threads, 0, nullptr)(out);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    const std::vector<int> h = HostCopy(out, blocks * threads);
+    for (int b = 0; b < blocks; ++b)
+      for (int t = 0; t < threads; ++t)
+        ASSERT_EQ(h[b * threads + t], (t + 1) % threads + 1000 * b) << b << " " << t;
+    cudaFree(out);
+  }
+  unsetenv("XT_CUDA_EMU_ORDER");
+}
+
+TEST(CudaEmulator, ShufflesExchangeWithinTheWarp) {
+  const int threads = 64;
+  float* sum = DeviceCopy(std::vector<float>(threads, 0.0f));
+  float* first = DeviceCopy(std::vector<float>(threads, 0.0f));
+  XT_LAUNCH(ShuffleKernel, 1, threads, 0, nullptr)(sum, first);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<float> s = HostCopy(sum, threads), f = HostCopy(first, threads);
+  for (int t = 0; t < threads; ++t) {
+    const int w = t / 32;
+    EXPECT_EQ(s[t], float(32 * 32 * w + 31 * 32 / 2)) << t;  // sum of the warp's lane indices
+    EXPECT_EQ(f[t], float(64 * w)) << t;                     // lane 0's value: 2 * (32 w)
+  }
+  cudaFree(sum);
+  cudaFree(first);
+}
+
+TEST(CudaEmulator, WmmaProductIsTheMatrixProduct) {
+  std::vector<__nv_bfloat16> a(256), b(256);
+  std::vector<float> af(256), bf(256);
+  for (int i = 0; i < 256; ++i) {
+    af[i] = float((i * 7) % 11) - 5.0f;
+    bf[i] = float((i * 5) % 13) * 0.25f - 1.0f;
+    a[i] = __float2bfloat16_rn(af[i]);
+    b[i] = __float2bfloat16_rn(bf[i]);
+  }
+  __nv_bfloat16 *da = DeviceCopy(a), *db = DeviceCopy(b);
+  float* dc = DeviceCopy(std::vector<float>(256, NAN));
+  XT_LAUNCH(MmaKernel, 1, 32, 0, nullptr)(dc, da, db);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<float> c = HostCopy(dc, 256);
+  for (int r = 0; r < 16; ++r)
+    for (int col = 0; col < 16; ++col) {
+      float want = 0.5f;
+      for (int k = 0; k < 16; ++k) want += af[r * 16 + k] * bf[col * 16 + k];  // B col-major
+      EXPECT_EQ(c[r * 16 + col], want) << r << " " << col;
+    }
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dc);
+}
+
+TEST(CudaEmulator, LaunchesOverTheLimitsFail) {
+  float* out = DeviceCopy(std::vector<float>(1024, 0.0f));
+  XT_LAUNCH(DynamicSharedKernel, 1, 1025, 0, nullptr)(out);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  XT_LAUNCH(DynamicSharedKernel, 0, 32, 0, nullptr)(out);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  const size_t big = 64 << 10;  // above the 48 KiB a kernel gets without opting in
+  XT_LAUNCH(DynamicSharedKernel, 1, 32, big, nullptr)(out);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  ASSERT_EQ(cudaFuncSetAttribute(DynamicSharedKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(big)),
+            cudaSuccess);
+  XT_LAUNCH(DynamicSharedKernel, 1, 32, big, nullptr)(out);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(HostCopy(out, 32), std::vector<float>(32, 1.0f));
+  cudaFree(out);
+}
+
+TEST(CudaEmulator, CopiesOutsideDeviceMemoryFail) {
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 16 * sizeof(float)), cudaSuccess);
+  std::vector<float> h(32, 1.0f), other(32, 0.0f);
+  EXPECT_EQ(cudaMemcpy(d, h.data(), 32 * sizeof(float), cudaMemcpyHostToDevice),
+            cudaErrorInvalidValue);  // past the allocation's end
+  EXPECT_EQ(cudaMemcpy(other.data(), h.data(), 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  cudaGetLastError();
+  EXPECT_EQ(cudaFree(h.data()), cudaErrorInvalidValue);  // not the device's
+  cudaGetLastError();
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
+}
+
+TEST(CudaEmulatorDeathTest, AnImpassableBarrierAborts) {
+  int* out = DeviceCopy(std::vector<int>(64, 0));
+  EXPECT_DEATH(XT_LAUNCH(DeadlockKernel, 1, 64, 0, nullptr)(out), "deadlock in block");
+  cudaFree(out);
+}
+
+TEST(CudaEmulatorDeathTest, AWarpOperationAfterPartOfTheWarpReturnedAborts) {
+  float* out = DeviceCopy(std::vector<float>(32, 0.0f));
+  EXPECT_DEATH(XT_LAUNCH(HalfWarpShuffleKernel, 1, 32, 0, nullptr)(out), "16 of its 32 lanes");
+  cudaFree(out);
+}
+
+}  // namespace
