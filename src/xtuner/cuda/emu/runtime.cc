@@ -83,8 +83,6 @@ cudaError_t Free(void* p) {
   return cudaSuccess;
 }
 
-bool Stream(cudaStream_t st) { return StreamValid(st); }
-
 // Whether a copy of `bytes` from src to dst fits `kind`'s sides.
 bool CopyOk(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return true;
@@ -298,11 +296,11 @@ cudaError_t cudaFreeHost(void* p) {
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t size, cudaStream_t st) {
-  if (!Stream(st)) return Fail(cudaErrorInvalidResourceHandle);
+  if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
   return Alloc(p, size);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t st) {
-  if (!Stream(st)) return Fail(cudaErrorInvalidResourceHandle);
+  if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
   return Free(p);
 }
 
@@ -313,7 +311,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
                             cudaStream_t st) {
-  if (!Stream(st)) return Fail(cudaErrorInvalidResourceHandle);
+  if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
   return cudaMemcpy(dst, src, count, kind);
 }
 cudaError_t cudaMemset(void* p, int value, size_t count) {
@@ -322,7 +320,7 @@ cudaError_t cudaMemset(void* p, int value, size_t count) {
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t st) {
-  if (!Stream(st)) return Fail(cudaErrorInvalidResourceHandle);
+  if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
   return cudaMemset(p, value, count);
 }
 
@@ -343,10 +341,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t st) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t st) {
-  return Stream(st) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  return StreamValid(st) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t, unsigned int) {
-  return Stream(st) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  return StreamValid(st) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* ev, unsigned int) {

@@ -119,7 +119,6 @@ char* Stack(size_t i) {
 
 struct Grid {
   const std::function<void()>* body = nullptr;
-  const void* kernel = nullptr;
   std::vector<Fiber> fibers;
   Context scheduler;
   int current = -1;
@@ -144,8 +143,8 @@ void Entry() {
 
 // Suspends the running fiber until the scheduler releases it from `wait`.
 void Suspend(Wait wait) {
+  if (!g_grid || g_grid->current < 0) Trap("a barrier outside a kernel");
   Grid& g = *g_grid;
-  if (!g_grid || g.current < 0) Trap("a barrier outside a kernel");
   Fiber& f = g.fibers[g.current];
   f.wait = wait;
   Switch(&f.ctx, &g.scheduler);
@@ -283,7 +282,6 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   // writes before a barrier that is missing sees the old value in one order or the other.
   const char* order = std::getenv("XT_CUDA_EMU_ORDER");
   g.reverse = order && std::string(order) == "reverse";
-  g.kernel = kernel;
   g.fibers.resize(threads);
   for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
   // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
@@ -291,7 +289,6 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
   g.shared.reset(static_cast<unsigned char*>(std::aligned_alloc(128, g.shared_bytes)));
   g.offers.assign(threads * 16, 0);
-  Grid* const outer = g_grid;
   g_grid = &g;
   gridDim = grid;
   blockDim = block;
@@ -301,7 +298,7 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
         blockIdx = uint3{x, y, z};
         RunBlock(g, int(threads));
       }
-  g_grid = outer;
+  g_grid = nullptr;
   return cudaSuccess;
 }
 
