@@ -49,14 +49,17 @@ __global__ void MoeCombineForwardKernel(float* y, const float* ys, const float* 
   }
 }
 
-// One block (kThreads, a power of two) per assignment a = t*k + j, grid-strided:
-// dys[slot] = w * dy[t] (slot_of is a permutation: each row written once), and
-// dtopk_w[a] = <dy[t], ys[slot]> summed in double across the block.
+constexpr int kWarpsPerBlock = kThreads / 32;
+
+// One warp per assignment a = t*k + j, grid-strided: dys[slot] = w * dy[t] (slot_of is a
+// permutation: each row written once), and dtopk_w[a] = <dy[t], ys[slot]> summed in double
+// across the warp (a butterfly: every lane ends with the same bits).
 __global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float* dy,
                                          const float* ys, const float* topk_w,
                                          const int32_t* slot_of, int64_t A, int64_t k, int64_t H) {
-  __shared__ double partial[kThreads];
-  for (int64_t a = blockIdx.x; a < A; a += gridDim.x) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t a = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32; a < A;
+       a += int64_t(gridDim.x) * kWarpsPerBlock) {  // uniform in the warp
     const int64_t t = a / k;
     const int64_t p = slot_of[a];
     const float wj = topk_w[a];
@@ -64,18 +67,12 @@ __global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float
     const float* s = ys + p * H;  // (H)
     float* ds = dys + p * H;      // (H)
     double dot = 0;
-    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    for (int64_t h = lane; h < H; h += 32) {
       ds[h] = wj * g[h];
       dot += double(g[h]) * double(s[h]);
     }
-    partial[threadIdx.x] = dot;
-    __syncthreads();
-    for (int r = kThreads / 2; r > 0; r /= 2) {
-      if (int(threadIdx.x) < r) partial[threadIdx.x] += partial[threadIdx.x + r];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) dtopk_w[a] = float(partial[0]);
-    __syncthreads();  // partial[0] read before the next assignment overwrites it
+    for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (lane == 0) dtopk_w[a] = float(dot);
   }
 }
 
@@ -116,7 +113,8 @@ Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const flo
   const int64_t A = T * k;
   if (A == 0) return Status::OK();
   // With H == 0 the blocks still run: dtopk_w is assigned 0, as on the CPU.
-  XT_LAUNCH(MoeCombineBackwardKernel, detail::BlocksForItems(A), kThreads, 0, cudaStream_t(stream))
+  XT_LAUNCH(MoeCombineBackwardKernel, detail::BlocksFor(A, kWarpsPerBlock), kThreads, 0,
+            cudaStream_t(stream))
   (dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
   return Check(cudaGetLastError(), "moe_combine_backward launch");
 }

@@ -7,35 +7,37 @@
 namespace xt::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = detail::kThreads / 32;  // one warp per row
 
-// One block per row: a block-wide sum of squares, then the scaled row.
+// One warp per row, rows grid-strided: a warp-wide sum of squares (a butterfly, so every lane
+// ends with the same bits), then the scaled row. No shared memory and no block barrier: the
+// q/k norms run over T * heads rows of head_dim (128) elements, where a block per row would
+// leave most of its threads idle.
 __global__ void RmsnormForwardKernel(float* out, float* rstd, const float* in, const float* w,
-                                     int64_t C, float eps) {
-  const int64_t n = blockIdx.x;
-  const float* x = in + n * C;
-  float* y = out + n * C;
-  float ss = 0.0f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
-  __shared__ float partial[kThreads];
-  partial[threadIdx.x] = ss;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-    __syncthreads();
+                                     int64_t N, int64_t C, float eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; n < N;
+       n += int64_t(gridDim.x) * kRowsPerBlock) {  // uniform in the warp
+    const float* x = in + n * C;                   // (C)
+    float* y = out + n * C;                        // (C)
+    float ss = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) ss += x[c] * x[c];
+    for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    const float r = rsqrtf(ss / float(C) + eps);
+    if (lane == 0) rstd[n] = r;
+    for (int64_t c = lane; c < C; c += 32) y[c] = x[c] * r * w[c];
   }
-  const float r = rsqrtf(partial[0] / float(C) + eps);
-  if (threadIdx.x == 0) rstd[n] = r;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = x[c] * r * w[c];
 }
 
 }  // namespace
 
 Status RmsnormForward(float* out, float* rstd, const float* in, const float* w, int64_t N,
                       int64_t C, float eps, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("rmsnorm_forward", {N, C}));
   if (N == 0) return Status::OK();
-  XT_LAUNCH(RmsnormForwardKernel, unsigned(N), kThreads, 0, cudaStream_t(stream))
-  (out, rstd, in, w, C, eps);
+  XT_LAUNCH(RmsnormForwardKernel, detail::BlocksFor(N, kRowsPerBlock), detail::kThreads, 0,
+            cudaStream_t(stream))
+  (out, rstd, in, w, N, C, eps);
   return Check(cudaGetLastError(), "rmsnorm_forward launch");
 }
 

@@ -1,4 +1,4 @@
-// RMSNorm backward (ops::rmsnorm_backward on the GPU). din: one block per row. dw: no atomics;
+// RMSNorm backward (ops::rmsnorm_backward on the GPU). din: one warp per row. dw: no atomics;
 // a first kernel sums fixed chunks of rows per column (in double), a second sums the chunks of
 // each column in chunk order and adds the result to dw, so the result depends on N and C only.
 #include <cuda_runtime.h>
@@ -14,29 +14,27 @@ namespace {
 
 using detail::kThreads;
 
+constexpr int kRowsPerBlock = kThreads / 32;  // one warp per row
+
 // With xhat = x * r: dx = r * (dy*w - xhat * mean(dy*w*xhat)), the mean's sum in double (as the
-// CPU twin). One block (kThreads, a power of two) per row, rows grid-strided.
+// CPU twin). One warp per row (as the forward), rows grid-strided; the warp's butterfly sum
+// leaves the same bits in every lane.
 __global__ void RmsnormBackwardRowsKernel(float* din, const float* dout, const float* in,
                                           const float* w, const float* rstd, int64_t N, int64_t C,
                                           bool accumulate_din) {
-  __shared__ double partial[kThreads];
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const float* x = in + n * C;     // (C)
-    const float* dy = dout + n * C;  // (C)
-    float* dx = din + n * C;         // (C)
+  const int lane = threadIdx.x % 32;
+  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; n < N;
+       n += int64_t(gridDim.x) * kRowsPerBlock) {  // uniform in the warp
+    const float* x = in + n * C;                   // (C)
+    const float* dy = dout + n * C;                // (C)
+    float* dx = din + n * C;                       // (C)
     const float r = rstd[n];
     double dot = 0;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    for (int64_t c = lane; c < C; c += 32)
       dot += double(dy[c]) * double(w[c]) * double(x[c]) * double(r);
-    partial[threadIdx.x] = dot;
-    __syncthreads();
-    for (int s = kThreads / 2; s > 0; s /= 2) {
-      if (int(threadIdx.x) < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-      __syncthreads();
-    }
-    const float m = float(partial[0] / double(C));
-    __syncthreads();  // everyone has read partial[0] before the next row overwrites it
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    const float m = float(dot / double(C));
+    for (int64_t c = lane; c < C; c += 32) {
       const float g = r * (dy[c] * w[c] - x[c] * r * m);
       dx[c] = accumulate_din ? dx[c] + g : g;
     }
@@ -94,7 +92,7 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
   XT_RETURN_IF_ERROR(detail::CheckSizes("rmsnorm_backward", {N, C}));
   if (N == 0 || C == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
-  XT_LAUNCH(RmsnormBackwardRowsKernel, detail::BlocksForItems(N), kThreads, 0, st)
+  XT_LAUNCH(RmsnormBackwardRowsKernel, detail::BlocksFor(N, kRowsPerBlock), kThreads, 0, st)
   (din, dout, in, w, rstd, N, C, accumulate_din);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "rmsnorm_backward (din) launch"));
 
