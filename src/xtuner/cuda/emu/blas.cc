@@ -56,13 +56,22 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64
   if (!InType(at) || at != bt) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   if (!A || !B || !C) return CUBLAS_STATUS_INVALID_VALUE;
+  // op(A) (m, k) and op(B) (k, n) in double, column-major and contiguous, so that the loop below
+  // runs down contiguous columns.
+  std::vector<double> a(size_t(m) * size_t(k)), b(size_t(k) * size_t(n));
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t i = 0; i < m; ++i)
+      a[size_t(p) * m + i] = Load(A, at, ta_t ? size_t(p + i * lda) : size_t(i + p * lda));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t p = 0; p < k; ++p)
+      b[size_t(j) * k + p] = Load(B, bt, tb_t ? size_t(j + p * ldb) : size_t(p + j * ldb));
   std::vector<double> col(static_cast<size_t>(m));
   for (int64_t j = 0; j < n; ++j) {
     std::fill(col.begin(), col.end(), 0.0);
     for (int64_t p = 0; p < k; ++p) {
-      const double b = Load(B, bt, tb_t ? size_t(j + p * ldb) : size_t(p + j * ldb));
-      for (int64_t i = 0; i < m; ++i)
-        col[i] += double(Load(A, at, ta_t ? size_t(p + i * lda) : size_t(i + p * lda))) * b;
+      const double bp = b[size_t(j) * k + p];
+      const double* ap = &a[size_t(p) * m];
+      for (int64_t i = 0; i < m; ++i) col[i] += ap[i] * bp;
     }
     float* c = C + j * ldc;
     for (int64_t i = 0; i < m; ++i)

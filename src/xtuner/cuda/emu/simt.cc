@@ -1,8 +1,10 @@
 // The CUDA emulator's kernel scheduler (see emu.h): the blocks of a grid in order, the threads of
 // a block as fibers on the calling OS thread, barriers and warp exchanges between them. A fiber
-// switch on x86-64 saves the callee-saved registers and the floating-point control words and
-// swaps stacks (a few instructions); elsewhere it is ucontext's swapcontext, which also makes a
-// signal-mask system call per switch and runs the tests about 20 times slower.
+// switch on x86-64 saves the callee-saved registers and swaps stacks (a few instructions). It
+// does not save the MXCSR and x87 control words (loading them costs more than the rest of the
+// switch): every fiber runs with the calling thread's, and no kernel changes them. Elsewhere it is
+// ucontext's swapcontext, which also makes a signal-mask system call per switch and runs the tests
+// about 20 times slower.
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
@@ -47,14 +49,8 @@ xt_emu_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -73,18 +69,15 @@ void Entry();
   Entry();
   std::abort();  // Entry switches back to the scheduler for good
 }
-// A fresh context on `stack` that starts in Start: the frame xt_emu_switch pops (control words,
-// six registers, the return address) below a 16-byte aligned top, so that Start begins with the
+// A fresh context on `stack` that starts in Start: the frame xt_emu_switch pops (six registers,
+// the return address) below a 16-byte aligned top, so that Start begins with the
 // stack alignment of a call.
 void Prepare(Context* c, char* stack, size_t bytes) {
-  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(63);
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;                              // Start's return address: never used
   *--sp = reinterpret_cast<void*>(&Start);      // popped by ret
   for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp, rbx, r12 .. r15
-  uint32_t words[2] = {0x1f80, 0x037f};         // MXCSR, x87 control word: the defaults
-  *--sp = nullptr;
-  std::memcpy(sp, words, sizeof words);
   c->sp = sp;
 }
 void Switch(Context* from, Context* to) { xt_emu_switch(&from->sp, to->sp); }
@@ -105,9 +98,11 @@ void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 
 struct Fiber {
   Context ctx;
-  char* stack = nullptr;  // kStackBytes, from the pool
+  char* stack = nullptr;   // kStackBytes, from the pool
+  size_t stack_bytes = 0;  // of it in use: the top is skewed (see RunGrid)
   Wait wait = Wait::kRunnable;
   uint3 idx;
+  unsigned exchanges = 0;  // warp exchanges so far (the slot of the next: see Exchange)
 };
 
 // Fiber stacks, kept from launch to launch (never zeroed: only their touched pages cost memory).
@@ -122,23 +117,42 @@ struct Grid {
   std::vector<Fiber> fibers;
   Context scheduler;
   int current = -1;
+  int pos = 0;           // the running fiber's place in the pass (see RunBlock)
   bool reverse = false;  // run the threads from the last one (XT_CUDA_EMU_ORDER=reverse)
   std::unique_ptr<unsigned char[], void (*)(void*)> shared{nullptr, std::free};  // 128-aligned
   size_t shared_bytes = 0;
-  // A warp's exchange: each lane's offer, 16 bytes.
+  // A warp's exchanges: each lane's offers, two slots of 16 bytes.
   std::vector<unsigned char> offers;
 };
 
 std::mutex g_launch_mutex;  // one grid at a time: __shared__ statics are one copy
 Grid* g_grid = nullptr;
 
-// A fiber's whole life: the kernel's body, then back to the scheduler for good.
+// Ends the running fiber's turn in this pass over the block: switches straight to the next
+// fiber of the pass that can run, else back to the scheduler (one switch per turn, not two).
+void Yield(Fiber& f) {
+  Grid& g = *g_grid;
+  const int n = int(g.fibers.size());
+  while (++g.pos < n) {
+    const int t = g.reverse ? n - 1 - g.pos : g.pos;
+    Fiber& next = g.fibers[t];
+    if (next.wait != Wait::kRunnable) continue;
+    g.current = t;
+    threadIdx = next.idx;
+    Switch(&f.ctx, &next.ctx);
+    return;
+  }
+  g.current = -1;
+  Switch(&f.ctx, &g.scheduler);
+}
+
+// A fiber's whole life: the kernel's body, then on to the next fiber for good.
 void Entry() {
   Grid& g = *g_grid;
   (*g.body)();
   Fiber& f = g.fibers[g.current];
   f.wait = Wait::kDone;
-  Switch(&f.ctx, &g.scheduler);
+  Yield(f);
 }
 
 // Suspends the running fiber until the scheduler releases it from `wait`.
@@ -147,7 +161,7 @@ void Suspend(Wait wait) {
   Grid& g = *g_grid;
   Fiber& f = g.fibers[g.current];
   f.wait = wait;
-  Switch(&f.ctx, &g.scheduler);
+  Yield(f);
 }
 
 std::string Where() {
@@ -161,20 +175,24 @@ void RunBlock(Grid& g, int n) {
   std::memset(g.shared.get(), 0xff, g.shared_bytes);
   for (int t = 0; t < n; ++t) {
     Fiber& f = g.fibers[t];
-    Prepare(&f.ctx, f.stack, kStackBytes);
+    Prepare(&f.ctx, f.stack, f.stack_bytes);
     f.wait = Wait::kRunnable;
+    f.exchanges = 0;
     f.idx = uint3{unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
                   unsigned(t / (blockDim.x * blockDim.y))};
   }
   const int warps = (n + 31) / 32;
   for (;;) {
-    for (int i = 0; i < n; ++i) {
-      const int t = g.reverse ? n - 1 - i : i;
+    // A pass: each fiber that can run, in order, runs to its next barrier or its end (Yield
+    // hands on to the next); the scheduler resumes after the last.
+    for (g.pos = 0; g.pos < n; ++g.pos) {
+      const int t = g.reverse ? n - 1 - g.pos : g.pos;
       Fiber& f = g.fibers[t];
       if (f.wait != Wait::kRunnable) continue;
       g.current = t;
       threadIdx = f.idx;
       Switch(&g.scheduler, &f.ctx);
+      break;
     }
     g.current = -1;
     // Everyone is done or waits. Release the warps whose live lanes all wait at a warp barrier,
@@ -240,16 +258,20 @@ int Lane() {
   return t % 32;
 }
 
+// Each lane offers into one of two slots, alternating: a lane that reads its partner's offer
+// after the barrier has done so before it reaches the next exchange's barrier, so the exchange
+// after next (the first to write the same slot again) cannot overwrite an offer still unread.
 void Exchange(const void* mine, void* out, size_t bytes, int src) {
   Grid& g = *g_grid;
   const int t = g.current, lane = t % 32, base = t - lane;
-  std::memcpy(&g.offers[size_t(t) * 16], mine, bytes);
+  const unsigned n = ++g.fibers[t].exchanges;  // this exchange's number, from 1
+  const int slot = n % 2;
+  std::memcpy(&g.offers[(size_t(t) * 2 + slot) * 16], mine, bytes);
   SyncWarp();
+  // The source lane took part if it offered in this exchange: it may have returned since.
   const int s = base + src;
-  const bool live =
-      src >= 0 && src < 32 && s < int(g.fibers.size()) && g.fibers[s].wait != Wait::kDone;
-  std::memcpy(out, &g.offers[size_t(live ? s : t) * 16], bytes);
-  SyncWarp();  // the offers may be overwritten by the next exchange
+  const bool live = src >= 0 && src < 32 && s < int(g.fibers.size()) && g.fibers[s].exchanges >= n;
+  std::memcpy(out, &g.offers[(size_t(live ? s : t) * 2 + slot) * 16], bytes);
 }
 
 void* DynamicShared() { return g_grid ? g_grid->shared.get() : nullptr; }
@@ -283,12 +305,18 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   const char* order = std::getenv("XT_CUDA_EMU_ORDER");
   g.reverse = order && std::string(order) == "reverse";
   g.fibers.resize(threads);
-  for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
+  // The stacks' tops are skewed by a different number of cache lines for each thread: with tops
+  // kStackBytes apart, every fiber's saved registers fall in the same cache sets, and a barrier
+  // that switches through a block's threads misses the cache at each switch.
+  for (size_t t = 0; t < threads; ++t) {
+    g.fibers[t].stack = Stack(t);
+    g.fibers[t].stack_bytes = kStackBytes - (t * 5 % 1024) * 64;
+  }
   // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
   // no thread of the block wrote shows as NaN rather than as a plausible value.
   g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
   g.shared.reset(static_cast<unsigned char*>(std::aligned_alloc(128, g.shared_bytes)));
-  g.offers.assign(threads * 16, 0);
+  g.offers.assign(threads * 2 * 16, 0);
   g_grid = &g;
   gridDim = grid;
   blockDim = block;
