@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <numeric>
 
 namespace xt::cuda {
@@ -68,7 +69,10 @@ class StagedComm : public Comm {
     Comm* sub_host = sub.get();
     return MakeStagedComm(sub_host, stream_, std::move(sub));
   }
-  [[noreturn]] void Abort(const std::string& message) override { host_->Abort(message); }
+  [[noreturn]] void Abort(const std::string& message) override {
+    host_->Abort(message);
+    std::abort();  // not reached: g++ does not carry [[noreturn]] through the virtual call
+  }
 
  private:
   void Must(cudaError_t err, const char* what) {
