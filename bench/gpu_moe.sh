@@ -126,11 +126,11 @@ save_logs
 
 echo "== benchmark"
 BENCH=$(timeout "$(left 60 10)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
-  --precision "$PRECISION" --attention "$ATTENTION" 2>&1)
+  --precision "$PRECISION" --attention "$ATTENTION" --profile 2>&1)
 [ $? -eq 124 ] && BENCH="$BENCH
 benchmark: stopped at the time limit (LIMIT=$LIMIT s)"
 echo "$BENCH" > "$BUILD.bench.log"
-echo "$BENCH" | grep -v "^tokens=" || true
+echo "$BENCH" | grep -v -E "^(profile )?tokens=" || true
 OUT="$BENCH" python3 - <<'PY'
 import os
 # HF transformers 5.17 on one H200 (issue 7): tokens/s, MFU, GiB; None = out of memory.
@@ -166,6 +166,27 @@ print(f"\nexperts' GEMMs: {', '.join(sorted(g for g in gemm if g)) or 'unknown'}
       "(grouped: one cublasGemmGroupedBatchedEx per product; per-expert: cuBLAS refused the types)")
 print("reference at 32k with gradient checkpointing: 44.7k tokens/s, 71.9 GiB")
 print("targets: >= 1.5x the reference tokens/s at 4k and 16k; 128k tokens trained on one H200")
+# Where a step's time goes: one profiled step per length (phases marked with CUDA events).
+prof = {}
+for line in os.environ["OUT"].splitlines():
+    if line.startswith("profile tokens=") and "error=" not in line:
+        kv = dict(p.split("=", 1) for p in line.split()[1:])
+        t, step = int(kv.pop("tokens")), float(kv.pop("step_ms"))
+        prof[t] = (step, {k: float(v) for k, v in kv.items()})
+if prof:
+    lengths = sorted(prof)
+    phases = []
+    for t in lengths:
+        phases += [p for p in prof[t][1] if p not in phases]
+    print("\n| phase (ms, share of the step) | " + " | ".join(f"{t} tokens" for t in lengths) + " |")
+    print("|---|" + "---:|" * len(lengths))
+    for p in phases:
+        cells = []
+        for t in lengths:
+            step, ms = prof[t]
+            cells.append(f"{ms[p]:.2f} ({100 * ms[p] / step:.0f}%)" if p in ms else "")
+        print(f"| {p} | " + " | ".join(cells) + " |")
+    print("| whole step | " + " | ".join(f"{prof[t][0]:.2f}" for t in lengths) + " |")
 PY
 save_logs
 [ $TESTS_RC -eq 0 ] && [ $DEMO_RC -eq 0 ] && [ $MPI_RC -eq 0 ]

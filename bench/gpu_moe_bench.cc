@@ -9,7 +9,18 @@
 // CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
 // memory: the device's used bytes (cudaMemGetInfo) sampled every millisecond during the timed
 // steps, so it includes the CUDA context, library workspaces and what the memory pool keeps
-// (trimmed between lengths, so each length's peak is its own).
+// (trimmed between lengths, so each length's peak is its own); pool_peak_gib is the memory
+// pool's exact high-water mark over the same steps (everything the model allocates, without the
+// context and workspaces).
+//
+// --layers, --experts and --vocab shrink the model (the activations per token do not depend on
+// the expert count or the vocabulary: the cross-entropy is chunked), so that its memory per token
+// can be measured where the whole model does not fit (the CUDA emulator); --recompute none|all
+// fixes the recompute (default auto: none, then all on running out of memory).
+//
+// --profile: one more step per length with the model's phases timed (cuda/step_profile.h), one
+// line each: profile tokens=T step_ms=S <phase>=<ms> ... other=<ms> (other: the step less its
+// phases: zeroing the gradients, AdamW, launch gaps).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +41,7 @@
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/cuda/step_profile.h"
 #include "xtuner/model/config.h"
 #include "xtuner/optim/adamw.h"
 #include "xtuner/optim/adamw_scalars.h"
@@ -91,7 +103,19 @@ int main(int argc, char** argv) {
   double peak_tflops = 989.0;
   bool bf16 = true;
   bool bf16_attention = true;  // with bf16: attention on the tensor cores (attention_bf16.cu)
-  for (int i = 1; i + 1 < argc; i += 2) {
+  int64_t layers = 4, experts = 128, vocab = 151936;
+  std::vector<double> recompute_tries = {0.0, 1.0};  // auto
+  bool profile = false;
+  for (int i = 1; i < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--profile")) {
+      profile = true;
+      --i;  // a flag without a value
+      continue;
+    }
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
+      return 2;
+    }
     if (!std::strcmp(argv[i], "--lengths")) {
       lengths.clear();
       std::stringstream ss(argv[i + 1]);
@@ -107,10 +131,23 @@ int main(int argc, char** argv) {
       bf16_attention = !std::strcmp(argv[i + 1], "bf16");
     } else if (!std::strcmp(argv[i], "--peak-tflops")) {
       peak_tflops = std::atof(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--layers")) {
+      layers = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--experts")) {
+      experts = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--vocab")) {
+      vocab = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--recompute") &&
+               (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "none") ||
+                !std::strcmp(argv[i + 1], "all"))) {
+      if (!std::strcmp(argv[i + 1], "none")) recompute_tries = {0.0};
+      if (!std::strcmp(argv[i + 1], "all")) recompute_tries = {1.0};
     } else {
       std::fprintf(stderr,
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
-                   "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F]\n");
+                   "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
+                   "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
+                   "[--profile]\n");
       return 2;
     }
   }
@@ -118,16 +155,20 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gpu_moe_bench: need steps >= 1 and at least one length\n");
     return 2;
   }
+  if (layers < 1 || experts < 8 || vocab < 2) {  // top-8 routing needs 8 experts
+    std::fprintf(stderr, "gpu_moe_bench: need layers >= 1, experts >= 8 and vocab >= 2\n");
+    return 2;
+  }
   const nlohmann::json cj = {{"model_type", "qwen3_moe"},
-                             {"vocab_size", 151936},
+                             {"vocab_size", vocab},
                              {"hidden_size", 2048},
-                             {"num_hidden_layers", 4},
+                             {"num_hidden_layers", layers},
                              {"num_attention_heads", 32},
                              {"num_key_value_heads", 4},
                              {"head_dim", 128},
                              {"intermediate_size", 6144},
                              {"moe_intermediate_size", 768},
-                             {"num_experts", 128},
+                             {"num_experts", experts},
                              {"num_experts_per_tok", 8},
                              {"decoder_sparse_step", 1},
                              {"mlp_only_layers", nlohmann::json::array()},
@@ -232,7 +273,7 @@ int main(int argc, char** argv) {
     // Every activation kept first; when that runs out of memory, every layer recomputed.
     xt::Status st;
     double recompute = 0;
-    for (double fraction : {0.0, 1.0}) {
+    for (double fraction : recompute_tries) {
       recompute = fraction;
       model.SetRecompute(fraction);
       st = step();  // warm-up
@@ -242,6 +283,13 @@ int main(int argc, char** argv) {
     }
     std::vector<double> times;
     MemorySampler sampler;
+    cudaMemPool_t pool = nullptr;
+    int device = 0;
+    uint64_t pool_peak = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &pool_peak) != cudaSuccess)
+      pool = nullptr;  // pool_peak_gib reads 0
     sampler.Start();
     for (int64_t i = 0; i < steps && st.ok(); ++i) {
       const double t0 = Now();
@@ -249,6 +297,7 @@ int main(int argc, char** argv) {
       times.push_back(Now() - t0);
     }
     const int64_t peak = sampler.Stop();
+    if (pool) cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &pool_peak);
     if (!st.ok()) {
       std::printf("tokens=%lld error=%s\n", (long long)T, st.message().c_str());
       std::fflush(stdout);
@@ -262,13 +311,33 @@ int main(int argc, char** argv) {
                                                cfg.num_heads * cfg.head_dim, double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
-        "recompute=%g loss=%.4f experts_gemm=%s\n",
+        "pool_peak_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
-        double(peak) / double(1ull << 30), recompute, loss,
+        double(peak) / double(1ull << 30), double(pool_peak) / double(1ull << 30), recompute, loss,
         model.blas().GroupsNatively(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)
             ? "grouped"
             : "per-expert");
     std::fflush(stdout);
+    if (profile) {  // one more step, its phases timed
+      xt::cuda::StepProfile phases;
+      model.SetProfile(&phases);
+      const double t0 = Now();
+      st = step();
+      const double ms = (Now() - t0) * 1e3;
+      model.SetProfile(nullptr);
+      if (!st.ok()) {
+        std::printf("profile tokens=%lld error=%s\n", (long long)T, st.message().c_str());
+      } else {
+        std::printf("profile tokens=%lld step_ms=%.3f", (long long)T, ms);
+        double sum = 0;
+        for (const auto& [name, phase_ms] : phases.totals()) {
+          std::printf(" %s=%.3f", name.c_str(), phase_ms);
+          sum += phase_ms;
+        }
+        std::printf(" other=%.3f\n", ms - sum);
+      }
+      std::fflush(stdout);
+    }
     TrimPool(stream);  // the next length's peak is its own
   }
   cudaFree(m);

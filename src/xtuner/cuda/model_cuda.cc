@@ -244,6 +244,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const float scale = float(1.0 / std::sqrt(double(D)));
   void* s = stream_;
   Blas& blas = *blas_;
+  // The step's phases, timed when a profile is set (not for the router-only pass).
+  StepProfile* const prof = router_only ? nullptr : profile_;
+  if (prof) prof->Begin();
+  auto mark = [&](const char* phase) { return prof ? prof->Mark(phase, s) : Status::OK(); };
   const bool tied = cfg_.tie_word_embeddings;
   const int64_t head = layout_.head_unit();
   // bf16 matmuls (as ops::gemm in MatmulPrecision::kBf16): both operands rounded to bf16, fp32
@@ -355,6 +359,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bu.cos.Upload(cos.data(), int64_t(cos.size()), s));
     XT_RETURN_IF_ERROR(bu.sin.Upload(sin.data(), int64_t(sin.size()), s));
   }
+  XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);
   bu.layers.resize(L);
@@ -382,12 +387,16 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     Buffers::Layer& a = bu.layers[l];
     const float* x_in = bu.x[l].get();
     float* x_out = bu.x[l + 1].get();
+    // A recomputed layer is one phase; the first pass marks each of its parts.
+    XT_RETURN_IF_ERROR(mark(recomputing ? "recompute" : "norm"));
+    auto part = [&](const char* phase) { return recomputing ? Status::OK() : mark(phase); };
     XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(a.rstd1.Alloc(T, s));
     XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
     XT_RETURN_IF_ERROR(a.q.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.k.Alloc(T * Hkv * D, s));
     XT_RETURN_IF_ERROR(a.v.Alloc(T * Hkv * D, s));
+    XT_RETURN_IF_ERROR(part("qkv_proj"));
     if (cfg_.qk_norm) {
       XT_RETURN_IF_ERROR(a.q_pre.Alloc(T * Hq * D, s));
       XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D, s));
@@ -395,31 +404,38 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv, s));
       XT_RETURN_IF_ERROR(linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D));
       XT_RETURN_IF_ERROR(linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D));
+      XT_RETURN_IF_ERROR(part("qk_norm"));
       XT_RETURN_IF_ERROR(
           RmsnormForward(a.q.get(), a.q_rstd.get(), a.q_pre.get(), P(o.q_norm), T * Hq, D, eps, s));
       XT_RETURN_IF_ERROR(RmsnormForward(a.k.get(), a.k_rstd.get(), a.k_pre.get(), P(o.k_norm),
                                         T * Hkv, D, eps, s));
+      XT_RETURN_IF_ERROR(part("qkv_proj"));
     } else {
       XT_RETURN_IF_ERROR(linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D));
       XT_RETURN_IF_ERROR(linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D));
     }
     XT_RETURN_IF_ERROR(linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D));
+    XT_RETURN_IF_ERROR(part("rope"));
     XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
     XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
+    XT_RETURN_IF_ERROR(part("attention_fwd"));
     XT_RETURN_IF_ERROR((bf16_attention ? AttentionForwardBf16 : AttentionForward)(
         a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(), b.cu_seqlens.data(),
         b.num_docs(), T, Hq, Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(part("o_proj"));
     XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
+    XT_RETURN_IF_ERROR(part("norm"));
     XT_RETURN_IF_ERROR(a.h2.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
     XT_RETURN_IF_ERROR(
         RmsnormForward(a.h2.get(), a.rstd2.get(), a.x_mid.get(), P(o.ln2), T, H, eps, s));
     if (o.router < 0) {  // dense SwiGLU MLP
       const int64_t Im = cfg_.intermediate_size;
+      XT_RETURN_IF_ERROR(part("dense_mlp"));
       XT_RETURN_IF_ERROR(a.gu.Alloc(T * 2 * Im, s));
       XT_RETURN_IF_ERROR(a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im));
@@ -427,6 +443,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(linear(x_out, a.act.get(), P(o.down), T, Im, H));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
+      // Includes the wait for the host's plan (the layer's one sync).
+      XT_RETURN_IF_ERROR(part("router_and_plan"));
       XT_RETURN_IF_ERROR(a.router_logits.Alloc(T * E, s));
       XT_RETURN_IF_ERROR(a.probs.Alloc(T * E, s));
       XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k, s));
@@ -454,6 +472,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
       XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
+      XT_RETURN_IF_ERROR(part("moe_permute"));
       XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
       // The rows this rank's experts run (R of them): its own sorted ones, or under expert
       // parallelism what the group sends it for its experts (the counts travel first).
@@ -468,6 +487,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         XT_RETURN_IF_ERROR(a.received_of_grouped.Upload(maps.received_of_grouped.data(), R, s));
         XT_RETURN_IF_ERROR(a.grouped_of_received.Upload(maps.grouped_of_received.data(), R, s));
         XT_RETURN_IF_ERROR(a.xr.Alloc(R * H, s));
+        XT_RETURN_IF_ERROR(part("expert_all_to_all"));
         XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), a.xs.get(),
                                               H, a.xr.get(), s));
         a.xs = F();  // the backward needs only the received rows
@@ -475,15 +495,21 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       }
       XT_RETURN_IF_ERROR(a.gu.Alloc(R * 2 * Im, s));
       XT_RETURN_IF_ERROR(a.act.Alloc(R * Im, s));
+      XT_RETURN_IF_ERROR(part("experts_gemm"));
       XT_RETURN_IF_ERROR(grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im));
+      XT_RETURN_IF_ERROR(part("swiglu"));
       XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
+      XT_RETURN_IF_ERROR(part("experts_gemm"));
       F yr;  // expert parallelism: the results of the received rows, before they go back
       if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(
           grouped_forward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down), offsets, R, Im, H));
-      if (ep_)
+      if (ep_) {
+        XT_RETURN_IF_ERROR(part("expert_all_to_all"));
         XT_RETURN_IF_ERROR(
             ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), yr.get(), H, a.ys.get(), s));
+      }
+      XT_RETURN_IF_ERROR(part("moe_combine"));
       XT_RETURN_IF_ERROR(
           MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
     }
@@ -517,6 +543,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   int64_t recomputed_peak = 0;  // the largest recomputed layer's activations
   for (int64_t l = 0; l < L; ++l) {
+    XT_RETURN_IF_ERROR(mark("weights"));  // gathered (ZeRO-3), rounded to bf16 (bf16 mode)
     XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(ParamLayout::LayerUnit(l)));
     XT_RETURN_IF_ERROR(layer_forward(l, P, false));
     release(ParamLayout::LayerUnit(l));
@@ -534,6 +561,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
 
   // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward. The lm_head
   // is in the embedding's unit when tied; its gradient stays open until the embedding's backward.
+  XT_RETURN_IF_ERROR(mark("lm_head_and_loss"));  // with the final norm and the balancing loss
   XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(head));
   UnitParams P_lm = P;
   if (tied) {
@@ -615,12 +643,14 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
     const int64_t u = ParamLayout::LayerUnit(l);
+    XT_RETURN_IF_ERROR(mark("weights"));
     XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(u));
     const UnitGrads G = grads(u);
     if (l < recompute_layers_) XT_RETURN_IF_ERROR(layer_forward(l, P, true));
     Buffers::Layer& a = bu.layers[l];
     if (o.router < 0) {
       const int64_t Im = cfg_.intermediate_size;
+      XT_RETURN_IF_ERROR(mark("dense_mlp_bwd"));
       XT_RETURN_IF_ERROR(linear_backward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
                                          P(o.down), T, Im, H, false));
       XT_RETURN_IF_ERROR(SwigluBackward(dense_dgu.get(), dense_dact.get(), a.gu.get(), T, Im, s));
@@ -637,27 +667,32 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       const int64_t R = ep_ ? a.ep.num_received() : A;
       const int32_t* offsets = ep_ ? a.ep.local_offsets.data() : a.offsets.data();
       F dys, dyr, dact, dgu, dxs;
+      XT_RETURN_IF_ERROR(mark("moe_combine_bwd"));
       XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
                                             a.topk_w.get(), a.slot_of.get(), T, k, H, s));
       a.ys = F();
       if (ep_) {
         XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
+        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
         XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys.get(), H,
                                               dyr.get(), s));
         dys = std::move(dyr);  // a swap: the sorted (A, H) gradients are in dyr now
         dyr = F();
       }
       XT_RETURN_IF_ERROR(dact.Alloc(R * Im, s));
+      XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
       XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
                                           offsets, R, Im, H));
       dys = F();
       a.act = F();
       XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
+      XT_RETURN_IF_ERROR(mark("swiglu_bwd"));
       XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
       dact = F();
       a.gu = F();
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
+      XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
       XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(),
                                           ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets, R,
                                           H, 2 * Im));
@@ -667,11 +702,14 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       if (ep_) {  // the input gradients back to the ranks the rows came from: (A, H) sorted
         F dxr = std::move(dxs);
         XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
         XT_RETURN_IF_ERROR(
             ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), dxr.get(), H, dxs.get(), s));
       }
+      XT_RETURN_IF_ERROR(mark("moe_permute_bwd"));
       XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
       XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
+      XT_RETURN_IF_ERROR(mark("router_bwd"));
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
                                         aux_grad ? dprobs.get() : nullptr, a.probs.get(),
                                         a.topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
@@ -679,18 +717,23 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                          P(o.router), T, H, E, true, /*fp32=*/true));
     }
     // dx = d x_mid (the residual plus the norm's backward).
+    XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
+    XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
     XT_RETURN_IF_ERROR(linear_backward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false));
+    XT_RETURN_IF_ERROR(mark("attention_bwd"));
     XT_RETURN_IF_ERROR((bf16_attention ? AttentionBackwardBf16 : AttentionBackward)(
         dq.get(), dk.get(), dv.get(), dattn.get(), a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
         a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(mark("rope_bwd"));
     XT_RETURN_IF_ERROR(RopeBackward(dq.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeBackward(dk.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
     const float* dq_in = dq.get();
     const float* dk_in = dk.get();
     if (cfg_.qk_norm) {
+      XT_RETURN_IF_ERROR(mark("qk_norm_bwd"));
       XT_RETURN_IF_ERROR(RmsnormBackward(dq_pre.get(), G(o.q_norm), dq.get(), a.q_pre.get(),
                                          P(o.q_norm), a.q_rstd.get(), T * Hq, D, false, s));
       XT_RETURN_IF_ERROR(RmsnormBackward(dk_pre.get(), G(o.k_norm), dk.get(), a.k_pre.get(),
@@ -698,21 +741,26 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       dq_in = dq_pre.get();
       dk_in = dk_pre.get();
     }
+    XT_RETURN_IF_ERROR(mark("qkv_proj_bwd"));
     XT_RETURN_IF_ERROR(
         linear_backward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H, Hq * D, false));
     XT_RETURN_IF_ERROR(
         linear_backward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H, Hkv * D, true));
     XT_RETURN_IF_ERROR(
         linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, true));
+    XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),
                                        a.rstd1.get(), T, H, true, s));
+    XT_RETURN_IF_ERROR(mark("grads_reduce"));  // ZeRO-3's reduce-scatter, if any
     release(u);
     source_->GradsDone(u);
     bu.layers[l] = Buffers::Layer();  // free as we go
   }
+  XT_RETURN_IF_ERROR(mark("embedding_bwd"));
   const UnitGrads G_embed = grads(0);
   XT_RETURN_IF_ERROR(EmbeddingBackward(G_embed(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
   source_->GradsDone(0);
+  if (prof) XT_RETURN_IF_ERROR(prof->Finish(s));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "training step"));
   return info;
 }

@@ -22,6 +22,7 @@
 
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/gemm_cuda.h"
+#include "xtuner/cuda/step_profile.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/param_source.h"
@@ -73,6 +74,10 @@ class CudaModel {
   // keep only their input in the forward and run again in the backward (same gradients).
   void SetRecompute(double fraction);
   int64_t recompute_layers() const { return recompute_layers_; }
+  // Times the phases of every ForwardBackward into `profile` (cuda/step_profile.h; null: off, the
+  // default). Each step then ends with a wait for the stream. Recomputed layers' forwards count
+  // as one phase, "recompute".
+  void SetProfile(StepProfile* profile) { profile_ = profile; }
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
   const Blas& blas() const { return *blas_; }
@@ -136,6 +141,7 @@ class CudaModel {
   bool bf16_stale_ = true;
   std::string failed_;  // CreateOver's model: the error that stopped a step midway
   bool bf16_attention_ = true;
+  StepProfile* profile_ = nullptr;
 };
 
 }  // namespace xt::cuda
