@@ -125,13 +125,18 @@ fi
 save_logs
 
 echo "== benchmark"
-BENCH=$(timeout "$(left 60 10)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
+BENCH=$(timeout "$(left 60 40)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
   --precision "$PRECISION" --attention "$ATTENTION" --profile 2>&1)
 [ $? -eq 124 ] && BENCH="$BENCH
 benchmark: stopped at the time limit (LIMIT=$LIMIT s)"
 echo "$BENCH" > "$BUILD.bench.log"
 echo "$BENCH" | grep -v -E "^(profile )?tokens=" || true
-OUT="$BENCH" python3 - <<'PY'
+# The attention a PyTorch user gets (scaled_dot_product_attention's backends) on the same GPU,
+# beside the engine's attention phases: whether attention is where the engine falls behind.
+PEER=$(timeout "$(left 30 0)" python3 bench/gpu_attention_peer.py --lengths "$LENGTHS" 2>&1)
+echo "$PEER" > "$BUILD.attention-peer.log"
+echo "$PEER" | grep -E "^peer_attention (torch=|error=)" || true
+OUT="$BENCH" PEER="$PEER" python3 - <<'PY'
 import os
 # HF transformers 5.17 on one H200 (issue 7): tokens/s, MFU, GiB; None = out of memory.
 ref = {4096: (67.4e3, 0.248, 17.0), 16384: (65.5e3, 0.321, 50.5), 65536: None, 131072: None}
@@ -187,6 +192,32 @@ if prof:
             cells.append(f"{ms[p]:.2f} ({100 * ms[p] / step:.0f}%)" if p in ms else "")
         print(f"| {p} | " + " | ".join(cells) + " |")
     print("| whole step | " + " | ".join(f"{prof[t][0]:.2f}" for t in lengths) + " |")
+# Attention per layer: the engine's phases over its layers against PyTorch's SDPA backends.
+layers = 4
+for line in os.environ["OUT"].splitlines():
+    if line.startswith("params="):
+        layers = int(dict(p.split("=", 1) for p in line.split() if "=" in p).get("layers", 4))
+peer = {}
+for line in os.environ.get("PEER", "").splitlines():
+    if line.startswith("peer_attention tokens=") and "error=" not in line:
+        kv = dict(p.split("=", 1) for p in line.split()[1:])
+        peer.setdefault(int(kv["tokens"]), {})[kv["backend"]] = (float(kv["fwd_ms"]),
+                                                                 float(kv["bwd_ms"]))
+if prof:
+    print("\n| tokens | engine attention fwd / bwd ms a layer | torch SDPA fwd / bwd ms "
+          "(default) | fastest SDPA backend | engine time / fastest's |")
+    print("|---:|---:|---:|---|---:|")
+    for t in sorted(prof):
+        ms = prof[t][1]
+        if "attention_fwd" not in ms or "attention_bwd" not in ms:
+            continue
+        f, b = ms["attention_fwd"] / layers, ms["attention_bwd"] / layers
+        p = peer.get(t, {})
+        d = p.get("default")
+        best = min(p.items(), key=lambda kv: sum(kv[1])) if p else None
+        print(f"| {t} | {f:.2f} / {b:.2f} | " + (f"{d[0]:.2f} / {d[1]:.2f}" if d else "") +
+              " | " + (f"{best[0]}: {best[1][0]:.2f} / {best[1][1]:.2f}" if best else "") +
+              " | " + (f"{(f + b) / sum(best[1]):.2f}x" if best else "") + " |")
 PY
 save_logs
 [ $TESTS_RC -eq 0 ] && [ $DEMO_RC -eq 0 ] && [ $MPI_RC -eq 0 ]

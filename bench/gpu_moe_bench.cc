@@ -237,9 +237,10 @@ int main(int argc, char** argv) {
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
   std::printf(
-      "params=%lld active_params=%lld matmul_params=%lld steps=%lld precision=%s attention=%s\n",
-      (long long)total, (long long)active, (long long)matmul_params, (long long)steps,
-      bf16 ? "bf16" : "fp32",
+      "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld precision=%s "
+      "attention=%s\n",
+      (long long)total, (long long)active, (long long)matmul_params, (long long)layers,
+      (long long)steps, bf16 ? "bf16" : "fp32",
       bf16 && bf16_attention && xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
               xt::cuda::AttentionBf16Device().ok()
           ? "bf16 tensor cores"
