@@ -9,8 +9,17 @@
 #include <cmath>
 #include <numeric>
 #include <vector>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 namespace {
+
+// A product below FLT_MIN (a subnormal), across a barrier so that the threads switch.
+__global__ void SubnormalKernel(float* out, float a, float b) {
+  __syncthreads();
+  out[threadIdx.x] = a * b;
+}
 
 // Each thread writes its index, and after the barrier reads its right neighbour's.
 __global__ void RotateKernel(int* out) {
@@ -135,6 +144,28 @@ TEST(CudaEmulator, WmmaProductIsTheMatrixProduct) {
   cudaFree(db);
   cudaFree(dc);
 }
+
+#if defined(__x86_64__)
+// The device does not flush subnormals to zero (without -ftz): nor do kernels on the emulator,
+// whatever floating-point mode the launching thread has set; its mode is back after the launch.
+TEST(CudaEmulator, KernelsRunInTheDevicesFloatingPointModeWhateverTheHostsIs) {
+  const unsigned host = _mm_getcsr();
+  _mm_setcsr(host | 0x8040);  // flush to zero, denormals are zero
+  float* out = DeviceCopy(std::vector<float>(64, -1.0f));
+  volatile float a = 1e-30f, b = 1e-10f;
+  XT_LAUNCH(SubnormalKernel, 1, 64, 0, nullptr)(out, a, b);
+  const unsigned after = _mm_getcsr();
+  _mm_setcsr(host);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(after & 0x8040u, 0x8040u) << "the launching thread's mode was not restored";
+  const std::vector<float> h = HostCopy(out, 64);
+  for (int t = 0; t < 64; ++t) {
+    EXPECT_GT(h[t], 0.0f) << t;  // 1e-40: flushed to 0 in the host's mode
+    EXPECT_LT(h[t], 1.2e-38f) << t;
+  }
+  cudaFree(out);
+}
+#endif
 
 TEST(CudaEmulator, LaunchesOverTheLimitsFail) {
   float* out = DeviceCopy(std::vector<float>(1024, 0.0f));

@@ -25,8 +25,13 @@ constexpr size_t kAlign = 256;                    // cudaMalloc's alignment
 struct State {
   std::mutex mu;
   cudaError_t last = cudaSuccess;
-  std::map<const char*, size_t> allocations;  // base -> bytes asked for
-  size_t in_use = 0, high = 0;
+  struct Allocation {
+    size_t bytes;  // asked for
+    bool pooled;   // from cudaMallocAsync: the memory pool's (its attributes count only these)
+  };
+  std::map<const char*, Allocation> allocations;  // by base
+  size_t in_use = 0;                              // the device's, every allocation (rounded)
+  size_t pool_in_use = 0, pool_high = 0;          // the pool's
   std::set<cudaStream_t> streams;
   std::map<cudaEvent_t, std::chrono::steady_clock::time_point> events;
   std::map<const void*, size_t> max_shared;
@@ -50,7 +55,7 @@ cudaError_t FailLocked(State& s, cudaError_t err) {
 // The device's pool handle (one device, one pool).
 cudaMemPool_t Pool() { return reinterpret_cast<cudaMemPool_t>(&S()); }
 
-cudaError_t Alloc(void** p, size_t bytes) {
+cudaError_t Alloc(void** p, size_t bytes, bool pooled) {
   if (!p) return Fail(cudaErrorInvalidValue);
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -63,9 +68,12 @@ cudaError_t Alloc(void** p, size_t bytes) {
   *p = q;
   if (q) {
     // The size asked for, not the rounded one: a copy past it fails (the device would not see it).
-    s.allocations[static_cast<const char*>(q)] = bytes;
+    s.allocations[static_cast<const char*>(q)] = {bytes, pooled};
     s.in_use += size;
-    s.high = std::max(s.high, s.in_use);
+    if (pooled) {
+      s.pool_in_use += size;
+      s.pool_high = std::max(s.pool_high, s.pool_in_use);
+    }
   }
   return cudaSuccess;
 }
@@ -76,8 +84,11 @@ cudaError_t Free(void* p) {
   std::lock_guard<std::mutex> lock(s.mu);
   auto it = s.allocations.find(static_cast<const char*>(p));
   if (it == s.allocations.end()) return FailLocked(s, cudaErrorInvalidValue);
-  s.in_use -= (it->second + kAlign - 1) / kAlign * kAlign;
-  std::memset(p, 0xff, it->second);  // a use after free reads NaN (unless the memory is reused)
+  const size_t size = (it->second.bytes + kAlign - 1) / kAlign * kAlign;
+  s.in_use -= size;
+  if (it->second.pooled) s.pool_in_use -= size;
+  // A use after free reads NaN (unless the memory is reused).
+  std::memset(p, 0xff, it->second.bytes);
   s.allocations.erase(it);
   std::free(p);
   return cudaSuccess;
@@ -129,7 +140,7 @@ bool IsDevice(const void* p, size_t bytes) {
   auto it = s.allocations.upper_bound(c);
   if (it == s.allocations.begin()) return false;
   --it;
-  return c >= it->first && c + bytes <= it->first + it->second;
+  return c >= it->first && c + bytes <= it->first + it->second.bytes;
 }
 
 }  // namespace xt::emu
@@ -284,7 +295,7 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   return cudaSuccess;
 }
 
-cudaError_t cudaMalloc(void** p, size_t size) { return Alloc(p, size); }
+cudaError_t cudaMalloc(void** p, size_t size) { return Alloc(p, size, false); }
 cudaError_t cudaFree(void* p) { return Free(p); }
 cudaError_t cudaMallocHost(void** p, size_t size) {
   if (!p) return Fail(cudaErrorInvalidValue);
@@ -297,7 +308,7 @@ cudaError_t cudaFreeHost(void* p) {
 }
 cudaError_t cudaMallocAsync(void** p, size_t size, cudaStream_t st) {
   if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
-  return Alloc(p, size);
+  return Alloc(p, size, true);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t st) {
   if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
@@ -390,7 +401,8 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
 cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t) {
   return pool == Pool() ? cudaSuccess : Fail(cudaErrorInvalidValue);
 }
-// The pool's reserved and used memory are the device's allocations (the emulator does not cache).
+// The pool's reserved and used memory are its live allocations, cudaMallocAsync's (the emulator
+// does not cache freed blocks, so reserved equals used); cudaMalloc's are not the pool's.
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
   if (pool != Pool() || !value) return Fail(cudaErrorInvalidValue);
   State& s = S();
@@ -398,7 +410,7 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
   if (attr == cudaMemPoolAttrReservedMemHigh || attr == cudaMemPoolAttrUsedMemHigh) {
     if (*static_cast<uint64_t*>(value) != 0)
       return FailLocked(s, cudaErrorInvalidValue);  // reset only
-    s.high = s.in_use;
+    s.pool_high = s.pool_in_use;
   }
   return cudaSuccess;
 }
@@ -409,11 +421,11 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
   switch (attr) {
     case cudaMemPoolAttrReservedMemHigh:
     case cudaMemPoolAttrUsedMemHigh:
-      *static_cast<uint64_t*>(value) = s.high;
+      *static_cast<uint64_t*>(value) = s.pool_high;
       break;
     case cudaMemPoolAttrReservedMemCurrent:
     case cudaMemPoolAttrUsedMemCurrent:
-      *static_cast<uint64_t*>(value) = s.in_use;
+      *static_cast<uint64_t*>(value) = s.pool_in_use;
       break;
     case cudaMemPoolAttrReleaseThreshold:
       *static_cast<uint64_t*>(value) = 0;

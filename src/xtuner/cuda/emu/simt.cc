@@ -2,9 +2,9 @@
 // a block as fibers on the calling OS thread, barriers and warp exchanges between them. A fiber
 // switch on x86-64 saves the callee-saved registers and swaps stacks (a few instructions). It
 // does not save the MXCSR and x87 control words (loading them costs more than the rest of the
-// switch): every fiber runs with the calling thread's, and no kernel changes them. Elsewhere it is
-// ucontext's swapcontext, which also makes a signal-mask system call per switch and runs the tests
-// about 20 times slower.
+// switch): a launch sets the defaults for the whole grid, and no kernel changes them. Elsewhere it
+// is ucontext's swapcontext, which also makes a signal-mask system call per switch and runs the
+// tests about 20 times slower.
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
@@ -30,6 +30,7 @@ namespace {
 enum class Wait { kRunnable, kBlock, kWarp, kDone };
 
 constexpr size_t kStackBytes = 256 << 10;  // per fiber: kernels keep small local arrays
+constexpr size_t kSkewBytes = 64 << 10;    // more per fiber, over which stack tops are skewed
 constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxGridX = (size_t(1) << 31) - 1, kMaxGridYz = 65535;
 constexpr size_t kDefaultSharedBytes = 48 << 10, kMaxSharedBytes = 227 << 10;
@@ -98,8 +99,8 @@ void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 
 struct Fiber {
   Context ctx;
-  char* stack = nullptr;   // kStackBytes, from the pool
-  size_t stack_bytes = 0;  // of it in use: the top is skewed (see RunGrid)
+  char* stack = nullptr;   // kStackBytes + kSkewBytes, from the pool
+  size_t stack_bytes = 0;  // of it in use, at least kStackBytes: the top is skewed (RunGrid)
   Wait wait = Wait::kRunnable;
   uint3 idx;
   unsigned exchanges = 0;  // warp exchanges so far (the slot of the next: see Exchange)
@@ -108,7 +109,7 @@ struct Fiber {
 // Fiber stacks, kept from launch to launch (never zeroed: only their touched pages cost memory).
 char* Stack(size_t i) {
   static std::vector<std::unique_ptr<char[]>> pool;
-  while (pool.size() <= i) pool.emplace_back(new char[kStackBytes]);
+  while (pool.size() <= i) pool.emplace_back(new char[kStackBytes + kSkewBytes]);
   return pool[i].get();
 }
 
@@ -310,7 +311,7 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   // that switches through a block's threads misses the cache at each switch.
   for (size_t t = 0; t < threads; ++t) {
     g.fibers[t].stack = Stack(t);
-    g.fibers[t].stack_bytes = kStackBytes - (t * 5 % 1024) * 64;
+    g.fibers[t].stack_bytes = kStackBytes + kSkewBytes - (t * 5 % 1024) * 64;
   }
   // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
   // no thread of the block wrote shows as NaN rather than as a plausible value.
@@ -320,12 +321,28 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   g_grid = &g;
   gridDim = grid;
   blockDim = block;
+#if defined(__x86_64__)
+  // The device's floating-point mode for the grid, whatever the calling thread has set (flush to
+  // zero, say): the defaults, round to nearest and no flush. Switches do not save these words.
+  uint32_t host_csr = 0;
+  uint16_t host_cw = 0;
+  const uint32_t csr = 0x1f80;
+  const uint16_t cw = 0x037f;
+  asm volatile("stmxcsr %0" : "=m"(host_csr));
+  asm volatile("fnstcw %0" : "=m"(host_cw));
+  asm volatile("ldmxcsr %0" : : "m"(csr));
+  asm volatile("fldcw %0" : : "m"(cw));
+#endif
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = uint3{x, y, z};
         RunBlock(g, int(threads));
       }
+#if defined(__x86_64__)
+  asm volatile("ldmxcsr %0" : : "m"(host_csr));
+  asm volatile("fldcw %0" : : "m"(host_cw));
+#endif
   g_grid = nullptr;
   return cudaSuccess;
 }
