@@ -9,18 +9,20 @@
 // CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
 // memory: the device's used bytes (cudaMemGetInfo) sampled every millisecond during the timed
 // steps, so it includes the CUDA context, library workspaces and what the memory pool keeps
-// (trimmed between lengths, so each length's peak is its own); pool_peak_gib is the memory
-// pool's exact high-water mark over the same steps (everything the model allocates, without the
-// context and workspaces).
+// (trimmed between lengths, so each length's peak is its own). model_peak_gib is what the model
+// itself has allocated at its peak over the same steps, xtuner plan's figure: the memory pool's
+// used high-water mark (activations, scratch, bf16 copies: every stream-ordered allocation) plus
+// the slabs and AdamW moments allocated outside the pool (16 B a parameter); without the context,
+// the libraries' workspaces and what the pool keeps unused.
 //
 // --layers, --experts and --vocab shrink the model (the activations per token do not depend on
 // the expert count or the vocabulary: the cross-entropy is chunked), so that its memory per token
 // can be measured where the whole model does not fit (the CUDA emulator); --recompute none|all
 // fixes the recompute (default auto: none, then all on running out of memory).
 //
-// --profile: one more step per length with the model's phases timed (cuda/step_profile.h), one
-// line each: profile tokens=T step_ms=S <phase>=<ms> ... other=<ms> (other: the step less its
-// phases: zeroing the gradients, AdamW, launch gaps).
+// --profile N: for each length up to N tokens, one more step with the model's phases timed
+// (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... other=<ms>
+// (other: the step less its phases: zeroing the gradients, AdamW, launch gaps).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -105,18 +107,15 @@ int main(int argc, char** argv) {
   bool bf16_attention = true;  // with bf16: attention on the tensor cores (attention_bf16.cu)
   int64_t layers = 4, experts = 128, vocab = 151936;
   std::vector<double> recompute_tries = {0.0, 1.0};  // auto
-  bool profile = false;
+  int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
   for (int i = 1; i < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--profile")) {
-      profile = true;
-      --i;  // a flag without a value
-      continue;
-    }
     if (i + 1 == argc) {
       std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
       return 2;
     }
-    if (!std::strcmp(argv[i], "--lengths")) {
+    if (!std::strcmp(argv[i], "--profile")) {
+      profile_up_to = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--lengths")) {
       lengths.clear();
       std::stringstream ss(argv[i + 1]);
       for (std::string item; std::getline(ss, item, ',');)
@@ -147,7 +146,7 @@ int main(int argc, char** argv) {
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
                    "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
                    "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
-                   "[--profile]\n");
+                   "[--profile MAX_TOKENS]\n");
       return 2;
     }
   }
@@ -289,8 +288,8 @@ int main(int argc, char** argv) {
     uint64_t pool_peak = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
-        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &pool_peak) != cudaSuccess)
-      pool = nullptr;  // pool_peak_gib reads 0
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &pool_peak) != cudaSuccess)
+      pool = nullptr;  // model_peak_gib then reads -1
     sampler.Start();
     for (int64_t i = 0; i < steps && st.ok(); ++i) {
       const double t0 = Now();
@@ -298,7 +297,11 @@ int main(int argc, char** argv) {
       times.push_back(Now() - t0);
     }
     const int64_t peak = sampler.Stop();
-    if (pool) cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &pool_peak);
+    if (pool &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &pool_peak) != cudaSuccess)
+      pool = nullptr;
+    // Parameters and gradients (CudaModel::Create) and AdamW's m and v: cudaMalloc, not the pool.
+    const double model_peak = pool ? double(pool_peak) + 16.0 * double(total) : -double(1ull << 30);
     if (!st.ok()) {
       std::printf("tokens=%lld error=%s\n", (long long)T, st.message().c_str());
       std::fflush(stdout);
@@ -312,14 +315,14 @@ int main(int argc, char** argv) {
                                                cfg.num_heads * cfg.head_dim, double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
-        "pool_peak_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
+        "model_peak_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
-        double(peak) / double(1ull << 30), double(pool_peak) / double(1ull << 30), recompute, loss,
+        double(peak) / double(1ull << 30), model_peak / double(1ull << 30), recompute, loss,
         model.blas().GroupsNatively(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)
             ? "grouped"
             : "per-expert");
     std::fflush(stdout);
-    if (profile) {  // one more step, its phases timed
+    if (T <= profile_up_to) {  // one more step, its phases timed
       xt::cuda::StepProfile phases;
       model.SetProfile(&phases);
       const double t0 = Now();

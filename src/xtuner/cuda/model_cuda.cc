@@ -561,12 +561,13 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
 
   // ---- head: final norm, lm_head + cross-entropy (chunked), forward and backward. The lm_head
   // is in the embedding's unit when tied; its gradient stays open until the embedding's backward.
-  XT_RETURN_IF_ERROR(mark("lm_head_and_loss"));  // with the final norm and the balancing loss
+  XT_RETURN_IF_ERROR(mark("weights"));
   XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(head));
   UnitParams P_lm = P;
   if (tied) {
     XT_ASSIGN_OR_RETURN(P_lm, acquire(0));
   }
+  XT_RETURN_IF_ERROR(mark("lm_head_and_loss"));  // with the final norm and the balancing loss
   const UnitGrads G = grads(head);
   const UnitGrads G_lm = tied ? grads(0) : G;
   XT_RETURN_IF_ERROR(bu.h_final.Alloc(T * H, s));

@@ -1,5 +1,7 @@
 #include <cuda_runtime.h>
 
+#include <cmath>
+
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/launch.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -9,9 +11,9 @@ namespace {
 
 constexpr int kRowsPerBlock = detail::kThreads / 32;  // one warp per row
 
-// One warp per row, rows grid-strided: a warp-wide sum of squares (a butterfly, so every lane
-// ends with the same bits), then the scaled row. No shared memory and no block barrier: the
-// q/k norms run over T * heads rows of head_dim (128) elements, where a block per row would
+// One warp per row, rows grid-strided: a warp-wide sum of squares in double (a butterfly, so
+// every lane ends with the same bits), then the scaled row. No shared memory and no block barrier:
+// the q/k norms run over T * heads rows of head_dim (128) elements, where a block per row would
 // leave most of its threads idle.
 __global__ void RmsnormForwardKernel(float* out, float* rstd, const float* in, const float* w,
                                      int64_t N, int64_t C, float eps) {
@@ -20,10 +22,10 @@ __global__ void RmsnormForwardKernel(float* out, float* rstd, const float* in, c
        n += int64_t(gridDim.x) * kRowsPerBlock) {  // uniform in the warp
     const float* x = in + n * C;                   // (C)
     float* y = out + n * C;                        // (C)
-    float ss = 0.0f;
-    for (int64_t c = lane; c < C; c += 32) ss += x[c] * x[c];
+    double ss = 0;  // in double, as the CPU twin: C can be large, fp32 drifts
+    for (int64_t c = lane; c < C; c += 32) ss += double(x[c]) * double(x[c]);
     for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    const float r = rsqrtf(ss / float(C) + eps);
+    const float r = float(1.0 / sqrt(ss / double(C) + double(eps)));
     if (lane == 0) rstd[n] = r;
     for (int64_t c = lane; c < C; c += 32) y[c] = x[c] * r * w[c];
   }
