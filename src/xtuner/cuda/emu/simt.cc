@@ -129,10 +129,9 @@ struct Grid {
 std::mutex g_launch_mutex;  // one grid at a time: __shared__ statics are one copy
 Grid* g_grid = nullptr;
 
-// Ends the running fiber's turn in this pass over the block: switches straight to the next
-// fiber of the pass that can run, else back to the scheduler (one switch per turn, not two).
-void Yield(Fiber& f) {
-  Grid& g = *g_grid;
+// Switches from `from` to the next fiber of the pass (after place g.pos) that can run; false when
+// none is left.
+bool SwitchToNext(Grid& g, Context* from) {
   const int n = int(g.fibers.size());
   while (++g.pos < n) {
     const int t = g.reverse ? n - 1 - g.pos : g.pos;
@@ -140,9 +139,17 @@ void Yield(Fiber& f) {
     if (next.wait != Wait::kRunnable) continue;
     g.current = t;
     threadIdx = next.idx;
-    Switch(&f.ctx, &next.ctx);
-    return;
+    Switch(from, &next.ctx);
+    return true;
   }
+  return false;
+}
+
+// Ends the running fiber's turn in this pass over the block: switches straight to the next
+// fiber of the pass that can run, else back to the scheduler (one switch per turn, not two).
+void Yield(Fiber& f) {
+  Grid& g = *g_grid;
+  if (SwitchToNext(g, &f.ctx)) return;
   g.current = -1;
   Switch(&f.ctx, &g.scheduler);
 }
@@ -186,15 +193,8 @@ void RunBlock(Grid& g, int n) {
   for (;;) {
     // A pass: each fiber that can run, in order, runs to its next barrier or its end (Yield
     // hands on to the next); the scheduler resumes after the last.
-    for (g.pos = 0; g.pos < n; ++g.pos) {
-      const int t = g.reverse ? n - 1 - g.pos : g.pos;
-      Fiber& f = g.fibers[t];
-      if (f.wait != Wait::kRunnable) continue;
-      g.current = t;
-      threadIdx = f.idx;
-      Switch(&g.scheduler, &f.ctx);
-      break;
-    }
+    g.pos = -1;
+    SwitchToNext(g, &g.scheduler);
     g.current = -1;
     // Everyone is done or waits. Release the warps whose live lanes all wait at a warp barrier,
     // else the block if all its live threads wait at the block barrier.
