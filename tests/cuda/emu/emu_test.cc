@@ -1,6 +1,8 @@
 // The CUDA emulator itself (built with -DXTUNER_CUDA_EMU=ON only, with emu.h included first, as
 // the kernels are): barriers and shuffles exchange what the device would, WMMA products are
-// right, launches over the device's limits fail, copies outside device memory fail, and a
+// right, shared memory holds nothing from the previous block, kernels run in the device's
+// floating-point mode, launches over the device's limits fail, copies outside device memory
+// fail, and a
 // barrier that cannot be passed, or a warp operation after part of the warp returned, aborts
 // with a message instead of passing.
 #include <gtest/gtest.h>
@@ -19,6 +21,15 @@ namespace {
 __global__ void SubnormalKernel(float* out, float a, float b) {
   __syncthreads();
   out[threadIdx.x] = a * b;
+}
+
+// Reads its shared slot before writing it: nothing a block can rely on, so not what the previous
+// block wrote.
+__global__ void StaleSharedKernel(float* out) {
+  __shared__ float s[32];
+  out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = 1.0f;
 }
 
 // Each thread writes its index, and after the barrier reads its right neighbour's.
@@ -166,6 +177,15 @@ TEST(CudaEmulator, KernelsRunInTheDevicesFloatingPointModeWhateverTheHostsIs) {
   cudaFree(out);
 }
 #endif
+
+TEST(CudaEmulator, StaticSharedMemoryHoldsNothingFromThePreviousBlock) {
+  float* out = DeviceCopy(std::vector<float>(3 * 32, 0.0f));
+  XT_LAUNCH(StaleSharedKernel, 3, 32, 0, nullptr)(out);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<float> h = HostCopy(out, 3 * 32);
+  for (int i = 0; i < 3 * 32; ++i) EXPECT_TRUE(std::isnan(h[i])) << i << ": " << h[i];
+  cudaFree(out);
+}
 
 TEST(CudaEmulator, LaunchesOverTheLimitsFail) {
   float* out = DeviceCopy(std::vector<float>(1024, 0.0f));

@@ -13,9 +13,10 @@
 // as fibers on one OS thread, each run until it reaches __syncthreads, __syncwarp or a shuffle,
 // which wait for the whole block or warp (threads that returned count as arrived). A barrier that
 // can never be reached by every live thread (one that part of a block or warp skips) is reported
-// as a deadlock and aborts. __shared__ variables are function statics: one copy, shared by the
-// block that runs. Launch limits (block size, grid size, dynamic shared memory above 48 KiB
-// without cudaFuncSetAttribute) fail the launch as on the device.
+// as a deadlock and aborts. __shared__ variables are function statics in their own section: one
+// copy, shared by the block that runs, refilled with a NaN pattern before each block. Launch limits
+// (block size, grid size, dynamic shared memory above 48 KiB without cudaFuncSetAttribute) fail the
+// launch as on the device.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,9 +33,11 @@
 #include <utility>
 
 // Device qualifiers. __global__, __device__, __host__ and __forceinline__ keep the host meanings
-// cuda_runtime.h gives them outside nvcc (nothing, or inline); __shared__ becomes one static copy.
+// cuda_runtime.h gives them outside nvcc (nothing, or inline); __shared__ becomes one static copy,
+// placed in the section xt_emu_shared, which simt.cc refills with a NaN pattern before each block
+// (the device's shared memory holds nothing a block can rely on when it starts).
 #undef __shared__
-#define __shared__ static
+#define __shared__ static __attribute__((section("xt_emu_shared")))
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 

@@ -24,6 +24,11 @@ uint3 blockIdx;
 dim3 blockDim;
 dim3 gridDim;
 
+// The ends of the section of static __shared__ variables (emu.h), from the linker; null in a
+// program without any.
+extern "C" char __start_xt_emu_shared[] __attribute__((weak));
+extern "C" char __stop_xt_emu_shared[] __attribute__((weak));
+
 namespace xt::emu {
 namespace {
 
@@ -181,6 +186,11 @@ std::string Where() {
 // Runs one block: every fiber until all are done. Aborts on a barrier no schedule can pass.
 void RunBlock(Grid& g, int n) {
   std::memset(g.shared.get(), 0xff, g.shared_bytes);
+  // Every kernel's static __shared__ variables (emu.h puts them in one section; the linker marks
+  // its ends), refilled as the dynamic shared memory is: a block that reads what it did not write
+  // sees NaN, not what the previous block left.
+  if (__start_xt_emu_shared && __stop_xt_emu_shared)
+    std::memset(__start_xt_emu_shared, 0xff, size_t(__stop_xt_emu_shared - __start_xt_emu_shared));
   for (int t = 0; t < n; ++t) {
     Fiber& f = g.fibers[t];
     Prepare(&f.ctx, f.stack, f.stack_bytes);
