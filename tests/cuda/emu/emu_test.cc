@@ -2,9 +2,8 @@
 // the kernels are): barriers and shuffles exchange what the device would, WMMA products are
 // right, shared memory holds nothing from the previous block, kernels run in the device's
 // floating-point mode, launches over the device's limits fail, copies outside device memory
-// fail, and a
-// barrier that cannot be passed, or a warp operation after part of the warp returned, aborts
-// with a message instead of passing.
+// fail, and a barrier that cannot be passed, or a warp operation after part of the warp
+// returned, aborts with a message instead of passing.
 #include <gtest/gtest.h>
 #include <mma.h>
 
