@@ -1,8 +1,6 @@
 // The step profile (cuda/step_profile.h): the phases a CUDA model's step marks, that timing them
 // changes no result, and the profile's bookkeeping. Skipped (label `cuda`) where no GPU is
 // present.
-#include "xtuner/cuda/step_profile.h"
-
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +12,7 @@
 #include "cuda/cuda_test_util.h"
 #include "util/testing.h"
 #include "xtuner/cuda/model_cuda.h"
+#include "xtuner/cuda/step_profile.h"
 #include "xtuner/model/checkpoint.h"
 
 namespace xt {
@@ -80,12 +79,16 @@ TEST_F(StepProfileCuda, MarksEveryPhaseOfTheModelAndChangesNothing) {
 
   EXPECT_EQ(profile.steps(), 1);
   const std::map<std::string, double> t = Totals(profile);
-  for (const char* phase :
-       {"embedding", "weights", "norm", "qkv_proj", "qk_norm", "rope", "attention_fwd", "o_proj",
-        "router_and_plan", "moe_permute", "experts_gemm", "swiglu", "moe_combine",
-        "lm_head_and_loss", "recompute", "moe_combine_bwd", "experts_gemm_bwd", "swiglu_bwd",
-        "moe_permute_bwd", "router_bwd", "norm_bwd", "o_proj_bwd", "attention_bwd", "rope_bwd",
-        "qk_norm_bwd", "qkv_proj_bwd", "grads_reduce", "embedding_bwd"})
+  for (const char* phase : {"embedding",       "weights",          "norm",
+                            "qkv_proj",        "qk_norm",          "rope",
+                            "attention_fwd",   "o_proj",           "router_and_plan",
+                            "moe_permute",     "experts_gemm",     "swiglu",
+                            "moe_combine",     "lm_head_and_loss", "recompute",
+                            "moe_combine_bwd", "experts_gemm_bwd", "swiglu_bwd",
+                            "moe_permute_bwd", "router_bwd",       "norm_bwd",
+                            "o_proj_bwd",      "attention_bwd",    "rope_bwd",
+                            "qk_norm_bwd",     "qkv_proj_bwd",     "grads_reduce",
+                            "embedding_bwd"})
     EXPECT_TRUE(t.count(phase)) << "no phase " << phase;
   EXPECT_FALSE(t.count("expert_all_to_all"));  // one GPU: no expert parallelism
   EXPECT_FALSE(t.count("dense_mlp"));          // every layer is MoE
