@@ -13,6 +13,7 @@
 #   bench/gpu_moe.sh     # BUILD=build-gpu LENGTHS=4096,16384,65536,131072 STEPS=3 PRECISION=bf16
 #                        # ATTENTION=bf16 (fp32: the fp32 attention kernels) LIMIT=480 (seconds)
 #                        # ONLY=regex (the cuda test programs to run, e.g. attention_bf16)
+#                        # LOSS_CHUNK_ROWS=N (0: the engine's; the fused lm_head + loss chunk)
 #                        # SANITIZE=memcheck|racecheck|synccheck|initcheck: the test programs
 #                        #   under compute-sanitizer, and nothing else
 #
@@ -33,6 +34,7 @@ ATTENTION=${ATTENTION:-bf16}  # fp32: attention on the fp32 kernels (if the bf16
 # session, its start included, so 480 leaves room for a short second call.
 LIMIT=${LIMIT:-480}
 ONLY=${ONLY:-.}
+LOSS_CHUNK_ROWS=${LOSS_CHUNK_ROWS:-0}
 SANITIZE=${SANITIZE:-}
 JOBS=$(nproc)
 # The logs so far, where the device tool collects files: a run cut short still returns them.
@@ -129,7 +131,8 @@ echo "== benchmark"
 # the engine's (below): short steps, so that the 128k length, last, keeps its time.
 SHORT=$(echo "$LENGTHS" | tr , '\n' | awk '$1 <= 16384' | paste -sd, -)
 BENCH=$(timeout "$(left 60 30)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
-  --precision "$PRECISION" --attention "$ATTENTION" --profile 16384 2>&1)
+  --precision "$PRECISION" --attention "$ATTENTION" --profile 16384 \
+  --loss-chunk-rows "$LOSS_CHUNK_ROWS" 2>&1)
 BENCH_RC=$?
 [ $BENCH_RC -eq 124 ] && BENCH="$BENCH
 benchmark: stopped at the time limit (LIMIT=$LIMIT s)"

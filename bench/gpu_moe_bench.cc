@@ -23,6 +23,10 @@
 // --profile N: for each length up to N tokens, one more step with the model's phases timed
 // (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... other=<ms>
 // (other: the step less its phases: zeroing the gradients, AdamW, launch gaps).
+//
+// --loss-chunk-rows N: loss rows per chunk of the fused lm_head + cross-entropy (default: the
+// engine's, about 32 Mi logits, 220 rows of this vocabulary), to try larger chunks on a GPU
+// without rebuilding.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
   int64_t layers = 4, experts = 128, vocab = 151936;
   std::vector<double> recompute_tries = {0.0, 1.0};  // auto
   int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
+  int64_t loss_chunk_rows = 0;                       // --loss-chunk-rows N (0: the engine's)
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 == argc) {
       std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
@@ -115,6 +120,8 @@ int main(int argc, char** argv) {
     }
     if (!std::strcmp(argv[i], "--profile")) {
       profile_up_to = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--loss-chunk-rows")) {
+      loss_chunk_rows = std::atoll(argv[i + 1]);
     } else if (!std::strcmp(argv[i], "--lengths")) {
       lengths.clear();
       std::stringstream ss(argv[i + 1]);
@@ -146,7 +153,7 @@ int main(int argc, char** argv) {
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
                    "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
                    "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
-                   "[--profile MAX_TOKENS]\n");
+                   "[--profile MAX_TOKENS] [--loss-chunk-rows N]\n");
       return 2;
     }
   }
@@ -213,6 +220,7 @@ int main(int argc, char** argv) {
   xt::cuda::CudaModel& model = **model_or;
   model.SetPrecision(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32);
   model.SetBf16Attention(bf16_attention);
+  model.SetLossChunkRows(loss_chunk_rows);
   std::vector<float>().swap(host);
   float *m = nullptr, *v = nullptr;
   if (cudaMalloc(&m, size_t(total) * 4) != cudaSuccess ||
@@ -236,10 +244,11 @@ int main(int argc, char** argv) {
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
   std::printf(
-      "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld precision=%s "
+      "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld "
+      "loss_chunk_rows=%lld precision=%s "
       "attention=%s\n",
       (long long)total, (long long)active, (long long)matmul_params, (long long)layers,
-      (long long)steps, bf16 ? "bf16" : "fp32",
+      (long long)steps, (long long)loss_chunk_rows, bf16 ? "bf16" : "fp32",
       bf16 && bf16_attention && xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
               xt::cuda::AttentionBf16Device().ok()
           ? "bf16 tensor cores"

@@ -236,6 +236,36 @@ TEST_P(ModelCuda, RecomputeGivesTheSameGradients) {
   ExpectSameGradients(cpu.layout(), again.data(), plain.data(), 1e-5, fixture + " recompute");
 }
 
+// The loss's chunk rows (SetLossChunkRows: one row a chunk, rows not dividing the batch, the
+// default) change the loss and the gradients only by summation order.
+TEST_P(ModelCuda, LossChunkRowsChangeOnlyTheSummationOrder) {
+  const std::string fixture = GetParam();
+  Models m;
+  LoadModels(fixture, -1, &m);
+  if (HasFatalFailure()) return;
+  cuda::CudaModel& gpu = *m.gpu;
+  std::vector<int64_t> ids(48);
+  for (int64_t t = 0; t < 48; ++t) ids[t] = (t * 31 + 5) % m.cfg.vocab_size;
+  const Batch b = Batch::Packed(ids, ids, {0, 20, 48}).value();
+  const int64_t n = m.cpu->layout().total();
+  std::vector<float> want(n), got(n);
+  double loss = 0;
+  for (int64_t rows : {int64_t(0), int64_t(1), int64_t(7), int64_t(1000)}) {
+    gpu.SetLossChunkRows(rows);
+    ASSERT_TRUE(gpu.ZeroGrads().ok());
+    auto info = gpu.ForwardBackward(b);
+    ASSERT_TRUE(info.ok()) << info.status().message();
+    ASSERT_TRUE(gpu.CopyGradsToHost(rows == 0 ? want.data() : got.data()).ok());
+    if (rows == 0) {
+      loss = info->loss;
+      continue;
+    }
+    EXPECT_NEAR(info->loss, loss, 1e-6 * loss) << rows << " rows a chunk";
+    ExpectSameGradients(m.cpu->layout(), got.data(), want.data(), 1e-5,
+                        fixture + ", " + std::to_string(rows) + " rows a chunk");
+  }
+}
+
 // The empty micro-batch a rank with fewer rows runs under data parallelism (Batch::Empty): no
 // error, no loss, no gradient, no statistics.
 TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {

@@ -580,11 +580,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   F dh, dx;
   XT_RETURN_IF_ERROR(dh.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(dx.Alloc(T * H, s));
-  XT_ASSIGN_OR_RETURN(
-      const double ce_sum,
-      ChunkedCrossEntropy(blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(),
-                          P_lm(layout_.lm_head), b.targets.data(), T, H, V, ce_weight, 0, s,
-                          precision_, bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr));
+  XT_ASSIGN_OR_RETURN(const double ce_sum,
+                      ChunkedCrossEntropy(blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(),
+                                          P_lm(layout_.lm_head), b.targets.data(), T, H, V,
+                                          ce_weight, loss_chunk_rows_, s, precision_,
+                                          bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr));
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per

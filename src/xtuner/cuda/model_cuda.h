@@ -78,6 +78,10 @@ class CudaModel {
   // default). Each step then ends with a wait for the stream. Recomputed layers' forwards count
   // as one phase, "recompute".
   void SetProfile(StepProfile* profile) { profile_ = profile; }
+  // Loss rows per chunk of the fused lm_head + cross-entropy (cuda/loss_cuda.h; <= 0: the
+  // default, about 32 Mi logits a chunk). Larger chunks give the lm_head's GEMMs more rows for
+  // (chunk, V) floats of scratch; the loss and gradients change only by summation order.
+  void SetLossChunkRows(int64_t rows) { loss_chunk_rows_ = rows; }
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
   const Blas& blas() const { return *blas_; }
@@ -142,6 +146,7 @@ class CudaModel {
   std::string failed_;  // CreateOver's model: the error that stopped a step midway
   bool bf16_attention_ = true;
   StepProfile* profile_ = nullptr;
+  int64_t loss_chunk_rows_ = 0;
 };
 
 }  // namespace xt::cuda
