@@ -63,14 +63,21 @@ double Now() {
 // parallel and reproducibly.
 uint64_t Mix(uint64_t counter) { return xt::SplitMix64(&counter); }
 
+// The current device's memory pool (where CudaModel's stream-ordered allocations come from), or
+// null.
+cudaMemPool_t DefaultPool() {
+  int device = 0;
+  cudaMemPool_t pool = nullptr;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess)
+    return nullptr;
+  return pool;
+}
+
 // Hands the memory the device's pool keeps (CudaModel asks it to keep freed blocks) back.
 void TrimPool(cudaStream_t stream) {
   cudaStreamSynchronize(stream);
-  int device = 0;
-  cudaMemPool_t pool;
-  if (cudaGetDevice(&device) == cudaSuccess &&
-      cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
-    cudaMemPoolTrimTo(pool, 0);
+  if (cudaMemPool_t pool = DefaultPool()) cudaMemPoolTrimTo(pool, 0);
   cudaGetLastError();
 }
 
@@ -292,11 +299,9 @@ int main(int argc, char** argv) {
     }
     std::vector<double> times;
     MemorySampler sampler;
-    cudaMemPool_t pool = nullptr;
-    int device = 0;
+    cudaMemPool_t pool = DefaultPool();
     uint64_t pool_peak = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+    if (pool &&
         cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &pool_peak) != cudaSuccess)
       pool = nullptr;  // model_peak_gib then reads -1
     sampler.Start();

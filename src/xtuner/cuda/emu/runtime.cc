@@ -52,6 +52,9 @@ cudaError_t FailLocked(State& s, cudaError_t err) {
   return err;
 }
 
+// What an allocation of `bytes` takes: whole kAlign units.
+size_t Rounded(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
 // The device's pool handle (one device, one pool).
 cudaMemPool_t Pool() { return reinterpret_cast<cudaMemPool_t>(&S()); }
 
@@ -60,7 +63,7 @@ cudaError_t Alloc(void** p, size_t bytes, bool pooled) {
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
   if (bytes > kTotalBytes - s.in_use) return FailLocked(s, cudaErrorMemoryAllocation);
-  const size_t size = bytes == 0 ? 0 : (bytes + kAlign - 1) / kAlign * kAlign;
+  const size_t size = Rounded(bytes);
   void* q = size == 0 ? nullptr : std::aligned_alloc(kAlign, size);
   if (size != 0 && !q) return FailLocked(s, cudaErrorMemoryAllocation);
   // Fresh device memory holds a NaN pattern: a read of what was never written shows.
@@ -84,7 +87,7 @@ cudaError_t Free(void* p) {
   std::lock_guard<std::mutex> lock(s.mu);
   auto it = s.allocations.find(static_cast<const char*>(p));
   if (it == s.allocations.end()) return FailLocked(s, cudaErrorInvalidValue);
-  const size_t size = (it->second.bytes + kAlign - 1) / kAlign * kAlign;
+  const size_t size = Rounded(it->second.bytes);
   s.in_use -= size;
   if (it->second.pooled) s.pool_in_use -= size;
   // A use after free reads NaN (unless the memory is reused).

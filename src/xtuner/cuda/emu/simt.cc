@@ -76,8 +76,8 @@ void Entry();
   std::abort();  // Entry switches back to the scheduler for good
 }
 // A fresh context on `stack` that starts in Start: the frame xt_emu_switch pops (six registers,
-// the return address) below a 16-byte aligned top, so that Start begins with the
-// stack alignment of a call.
+// the return address) below a 64-byte aligned top (so a call's 16-byte alignment at Start, and
+// the skew of StackBytes in whole cache lines).
 void Prepare(Context* c, char* stack, size_t bytes) {
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(63);
   void** sp = reinterpret_cast<void**>(top);
@@ -104,12 +104,17 @@ void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 
 struct Fiber {
   Context ctx;
-  char* stack = nullptr;   // kStackBytes + kSkewBytes, from the pool
-  size_t stack_bytes = 0;  // of it in use, at least kStackBytes: the top is skewed (RunGrid)
+  char* stack = nullptr;  // kStackBytes + kSkewBytes, from the pool
   Wait wait = Wait::kRunnable;
   uint3 idx;
   unsigned exchanges = 0;  // warp exchanges so far (the slot of the next: see Exchange)
 };
+
+// The bytes of thread t's stack in use, at least kStackBytes: the tops are skewed by a different
+// number of cache lines for each thread. With tops kStackBytes apart, every fiber's saved
+// registers would fall in the same cache sets, and a barrier that switches through a block's
+// threads would miss the cache at each switch.
+size_t StackBytes(int t) { return kStackBytes + kSkewBytes - size_t(t * 5 % 1024) * 64; }
 
 // Fiber stacks, kept from launch to launch (never zeroed: only their touched pages cost memory).
 char* Stack(size_t i) {
@@ -193,7 +198,7 @@ void RunBlock(Grid& g, int n) {
     std::memset(__start_xt_emu_shared, 0xff, size_t(__stop_xt_emu_shared - __start_xt_emu_shared));
   for (int t = 0; t < n; ++t) {
     Fiber& f = g.fibers[t];
-    Prepare(&f.ctx, f.stack, f.stack_bytes);
+    Prepare(&f.ctx, f.stack, StackBytes(t));
     f.wait = Wait::kRunnable;
     f.exchanges = 0;
     f.idx = uint3{unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
@@ -316,13 +321,7 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   const char* order = std::getenv("XT_CUDA_EMU_ORDER");
   g.reverse = order && std::string(order) == "reverse";
   g.fibers.resize(threads);
-  // The stacks' tops are skewed by a different number of cache lines for each thread: with tops
-  // kStackBytes apart, every fiber's saved registers fall in the same cache sets, and a barrier
-  // that switches through a block's threads misses the cache at each switch.
-  for (size_t t = 0; t < threads; ++t) {
-    g.fibers[t].stack = Stack(t);
-    g.fibers[t].stack_bytes = kStackBytes + kSkewBytes - (t * 5 % 1024) * 64;
-  }
+  for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
   // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
   // no thread of the block wrote shows as NaN rather than as a plausible value.
   g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
