@@ -32,7 +32,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then  # SKIP_BUILD=1: pack $BUILD as it is (to t
     { cat "$BUILD.configure.log"; exit 1; }
   cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 || { tail -40 "$BUILD.build.log"; exit 1; }
 fi
-mapfile -t CUDA_TESTS < <(for f in tests/cuda/*_test.cc; do basename "$f" .cc; done)
+mapfile -t CUDA_TESTS < <(for f in tests/cuda/*_test.cc tests/cuda/*_test.cu; do basename "${f%.*}"; done)
 for t in "${TARGETS[@]}" "${CUDA_TESTS[@]}"; do
   [ -x "$BUILD/$t" ] || { echo "gpu_bundle: $BUILD/$t is missing"; exit 1; }
 done

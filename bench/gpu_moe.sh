@@ -14,6 +14,8 @@
 #                        # ATTENTION=bf16 (fp32: the fp32 attention kernels) LIMIT=480 (seconds)
 #                        # ONLY=regex (the cuda test programs to run, e.g. attention_bf16)
 #                        # LOSS_CHUNK_ROWS=N (0: the engine's; the fused lm_head + loss chunk)
+#                        # ATTENTION_KERNELS=auto|wmma|mma (the bf16 attention's kernels; auto:
+#                        #   both timed alone up to 16k, the faster if they agree)
 #                        # SANITIZE=memcheck|racecheck|synccheck|initcheck: the test programs
 #                        #   under compute-sanitizer, and nothing else
 #
@@ -35,6 +37,7 @@ ATTENTION=${ATTENTION:-bf16}  # fp32: attention on the fp32 kernels (if the bf16
 LIMIT=${LIMIT:-480}
 ONLY=${ONLY:-.}
 LOSS_CHUNK_ROWS=${LOSS_CHUNK_ROWS:-0}
+ATTENTION_KERNELS=${ATTENTION_KERNELS:-auto}
 SANITIZE=${SANITIZE:-}
 JOBS=$(nproc)
 # The logs so far, where the device tool collects files: a run cut short still returns them.
@@ -62,7 +65,7 @@ else
   cmake -S . -B "$BUILD" -DXTUNER_CUDA=ON -DCMAKE_BUILD_TYPE=Release > "$BUILD.configure.log" 2>&1 ||
     { cat "$BUILD.configure.log"; exit 1; }
   cmake --build "$BUILD" -j"$JOBS" > "$BUILD.build.log" 2>&1 || { tail -50 "$BUILD.build.log"; exit 1; }
-  for f in tests/cuda/*_test.cc; do TESTS+=("$(basename "$f" .cc)"); done
+  for f in tests/cuda/*_test.cc tests/cuda/*_test.cu; do TESTS+=("$(basename "${f%.*}")"); done
 fi
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU ")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
@@ -132,13 +135,13 @@ echo "== benchmark"
 SHORT=$(echo "$LENGTHS" | tr , '\n' | awk '$1 <= 16384' | paste -sd, -)
 BENCH=$(timeout "$(left 60 30)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
   --precision "$PRECISION" --attention "$ATTENTION" --profile 16384 \
-  --loss-chunk-rows "$LOSS_CHUNK_ROWS" 2>&1)
+  --loss-chunk-rows "$LOSS_CHUNK_ROWS" --attention-kernels "$ATTENTION_KERNELS" 2>&1)
 BENCH_RC=$?
 [ $BENCH_RC -eq 124 ] && BENCH="$BENCH
 benchmark: stopped at the time limit (LIMIT=$LIMIT s)"
 echo "$BENCH" > "$BUILD.bench.log"
 # Everything but the lines the tables below show (errors stay).
-echo "$BENCH" | grep -v -E "^tokens=[0-9]+ step_s=|^profile tokens=[0-9]+ step_ms=" || true
+echo "$BENCH" | grep -v -E "^tokens=[0-9]+ step_s=|^profile tokens=[0-9]+ step_ms=|^attention_kernels tokens=[0-9]+ wmma" || true
 # The attention a PyTorch user gets (scaled_dot_product_attention's backends) on the same GPU,
 # beside the engine's attention phases: whether attention is where the engine falls behind.
 PEER=""
@@ -216,21 +219,34 @@ for line in os.environ.get("PEER", "").splitlines():
         kv = dict(p.split("=", 1) for p in line.split()[1:])
         peer.setdefault(int(kv["tokens"]), {})[kv["backend"]] = (float(kv["fwd_ms"]),
                                                                  float(kv["bwd_ms"]))
-if prof:
-    print("\n| tokens | engine attention fwd / bwd ms a layer | torch SDPA fwd / bwd ms "
-          "(default) | fastest SDPA backend | engine time / fastest's |")
-    print("|---:|---:|---:|---|---:|")
-    for t in sorted(prof):
-        ms = prof[t][1]
-        if "attention_fwd" not in ms or "attention_bwd" not in ms:
-            continue
-        f, b = ms["attention_fwd"] / layers, ms["attention_bwd"] / layers
+# The engine's two bf16 kernel families alone on the same shape (gpu_moe_bench's auto choice).
+fam = {}
+chosen = ""
+for line in os.environ["OUT"].splitlines():
+    if line.startswith("attention_kernels tokens=") and "error=" not in line:
+        kv = dict(p.split("=", 1) for p in line.split()[1:])
+        fam[int(kv["tokens"])] = kv
+    if line.startswith("params="):
+        chosen = dict(p.split("=", 1) for p in line.split() if "=" in p).get("attention", "")
+if prof or fam:
+    print(f"\n| tokens | engine attention fwd / bwd ms a layer ({chosen}) | wmma alone | mma alone "
+          "| wmma vs mma | torch SDPA (default) | fastest SDPA backend | engine time / fastest's |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|")
+    for t in sorted(set(prof) | set(fam)):
+        ms = prof[t][1] if t in prof else {}
+        f = ms.get("attention_fwd", 0) / layers
+        b = ms.get("attention_bwd", 0) / layers
+        eng = f"{f:.2f} / {b:.2f}" if f and b else ""
+        k = fam.get(t)
+        w = f"{float(k['wmma_fwd_ms']):.2f} / {float(k['wmma_bwd_ms']):.2f}" if k else ""
+        m = f"{float(k['mma_fwd_ms']):.2f} / {float(k['mma_bwd_ms']):.2f}" if k else ""
+        diff = f"{float(k['max_rel_diff']):.1e}" if k else ""
         p = peer.get(t, {})
         d = p.get("default")
         best = min(p.items(), key=lambda kv: sum(kv[1])) if p else None
-        print(f"| {t} | {f:.2f} / {b:.2f} | " + (f"{d[0]:.2f} / {d[1]:.2f}" if d else "") +
+        print(f"| {t} | {eng} | {w} | {m} | {diff} | " + (f"{d[0]:.2f} / {d[1]:.2f}" if d else "") +
               " | " + (f"{best[0]}: {best[1][0]:.2f} / {best[1][1]:.2f}" if best else "") +
-              " | " + (f"{(f + b) / sum(best[1]):.2f}x" if best else "") + " |")
+              " | " + (f"{(f + b) / sum(best[1]):.2f}x" if best and f and b else "") + " |")
 PY
 save_logs
 [ $TESTS_RC -eq 0 ] && [ $DEMO_RC -eq 0 ] && [ $MPI_RC -eq 0 ]

@@ -27,6 +27,13 @@
 // --loss-chunk-rows N: loss rows per chunk of the fused lm_head + cross-entropy (default: the
 // engine's, about 32 Mi logits, 220 rows of this vocabulary), to try larger chunks on a GPU
 // without rebuilding.
+//
+// --attention-kernels wmma|mma|auto: the bf16 attention's kernel family (attention_bf16.h).
+// auto (default): first both families alone on the model's attention shape at each length up to
+// 16k, one line each:
+//   attention_kernels tokens=T wmma_fwd_ms= wmma_bwd_ms= mma_fwd_ms= mma_bwd_ms= max_rel_diff=
+// then the model runs on mma if the families agree (norm-wise within 2e-2 everywhere) and mma is
+// faster at the longest of those lengths, else on wmma; the params line names the choice.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -108,6 +115,100 @@ class MemorySampler {
   std::atomic<int64_t> peak_{0};
 };
 
+// The bf16 attention's kernel families (attention_bf16.h) on the model's attention shape, one
+// document of T tokens: each family's forward and backward (the backward on its own forward's
+// out and lse), timed by events after a warm-up (median of 3), and the largest norm-wise
+// relative difference between the families' out, dq, dk and dv.
+struct AttentionTimes {
+  double fwd_ms[2] = {0, 0}, bwd_ms[2] = {0, 0};  // [wmma, mma]
+  double max_rel_diff = 0;
+};
+xt::Status TimeAttentionKernels(int64_t T, int64_t Hq, int64_t Hkv, int64_t D, cudaStream_t st,
+                                AttentionTimes* times) {
+  using xt::cuda::AttentionBf16Kernels;
+  const int64_t nq = T * Hq * D, nkv = T * Hkv * D;
+  std::vector<float*> bufs;
+  auto alloc = [&](int64_t n) -> float* {
+    float* p = nullptr;
+    if (cudaMalloc(&p, size_t(n) * sizeof(float)) != cudaSuccess) return nullptr;
+    bufs.push_back(p);
+    return p;
+  };
+  auto free_all = [&] {
+    for (float* p : bufs) cudaFree(p);
+    cudaGetLastError();
+  };
+  // q, k, v, dout random in [-1, 1); per family out, lse, dq, dk, dv.
+  float* in[4] = {alloc(nq), alloc(nkv), alloc(nkv), alloc(nq)};
+  float* res[2][5];
+  for (auto& r : res) {
+    r[0] = alloc(nq), r[1] = alloc(T * Hq), r[2] = alloc(nq), r[3] = alloc(nkv), r[4] = alloc(nkv);
+  }
+  for (float* p : bufs)
+    if (!p) {
+      free_all();
+      return xt::Status::Error("attention kernels: out of memory");
+    }
+  for (int i = 0; i < 4; ++i) {
+    const int64_t n = i == 0 || i == 3 ? nq : nkv;
+    std::vector<float> h(n);
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < n; ++j)
+      h[j] = float(double(Mix(uint64_t(i) << 40 | uint64_t(j)) >> 11) * 0x1.0p-52 - 1.0);
+    cudaMemcpy(in[i], h.data(), size_t(n) * sizeof(float), cudaMemcpyHostToDevice);
+  }
+  const int32_t cu[2] = {0, int32_t(T)};
+  const float scale = 1.0f / std::sqrt(float(D));
+  cudaEvent_t e[3];
+  for (auto& ev : e) cudaEventCreate(&ev);
+  xt::Status status;
+  for (int f = 0; f < 2 && status.ok(); ++f) {
+    const AttentionBf16Kernels kernels =
+        f ? AttentionBf16Kernels::kMma : AttentionBf16Kernels::kWmma;
+    float* const* r = res[f];
+    std::vector<double> fwd, bwd;
+    for (int rep = 0; rep < 4 && status.ok(); ++rep) {  // rep 0: warm-up
+      cudaEventRecord(e[0], st);
+      status = xt::cuda::AttentionForwardBf16(r[0], r[1], in[0], in[1], in[2], cu, 1, T, Hq, Hkv, D,
+                                              scale, st, kernels);
+      cudaEventRecord(e[1], st);
+      if (status.ok())
+        status = xt::cuda::AttentionBackwardBf16(r[2], r[3], r[4], in[3], r[0], r[1], in[0], in[1],
+                                                 in[2], cu, 1, T, Hq, Hkv, D, scale, st, kernels);
+      cudaEventRecord(e[2], st);
+      if (status.ok()) status = xt::cuda::Check(cudaEventSynchronize(e[2]), "attention kernels");
+      float a = 0, b = 0;
+      cudaEventElapsedTime(&a, e[0], e[1]);
+      cudaEventElapsedTime(&b, e[1], e[2]);
+      if (rep > 0) fwd.push_back(a), bwd.push_back(b);
+    }
+    if (!status.ok()) break;
+    std::sort(fwd.begin(), fwd.end());
+    std::sort(bwd.begin(), bwd.end());
+    times->fwd_ms[f] = fwd[1];
+    times->bwd_ms[f] = bwd[1];
+  }
+  if (status.ok()) {  // the families' results against each other
+    times->max_rel_diff = 0;
+    for (int i : {0, 2, 3, 4}) {
+      const int64_t n = i == 3 || i == 4 ? nkv : nq;
+      std::vector<float> a(n), b(n);
+      cudaMemcpy(a.data(), res[1][i], size_t(n) * sizeof(float), cudaMemcpyDeviceToHost);
+      cudaMemcpy(b.data(), res[0][i], size_t(n) * sizeof(float), cudaMemcpyDeviceToHost);
+      double num = 0, den = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        num += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
+        den += double(b[j]) * b[j];
+      }
+      const double rel = std::sqrt(num / std::max(den, 1e-30));
+      times->max_rel_diff = std::isfinite(rel) ? std::max(times->max_rel_diff, rel) : INFINITY;
+    }
+  }
+  for (auto& ev : e) cudaEventDestroy(ev);
+  free_all();
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,6 +221,7 @@ int main(int argc, char** argv) {
   std::vector<double> recompute_tries = {0.0, 1.0};  // auto
   int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
   int64_t loss_chunk_rows = 0;                       // --loss-chunk-rows N (0: the engine's)
+  std::string attention_kernels = "auto";            // --attention-kernels wmma|mma|auto
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 == argc) {
       std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
@@ -127,6 +229,10 @@ int main(int argc, char** argv) {
     }
     if (!std::strcmp(argv[i], "--profile")) {
       profile_up_to = std::atoll(argv[i + 1]);
+    } else if (!std::strcmp(argv[i], "--attention-kernels") &&
+               (!std::strcmp(argv[i + 1], "wmma") || !std::strcmp(argv[i + 1], "mma") ||
+                !std::strcmp(argv[i + 1], "auto"))) {
+      attention_kernels = argv[i + 1];
     } else if (!std::strcmp(argv[i], "--loss-chunk-rows")) {
       loss_chunk_rows = std::atoll(argv[i + 1]);
     } else if (!std::strcmp(argv[i], "--lengths")) {
@@ -160,7 +266,8 @@ int main(int argc, char** argv) {
                    "usage: gpu_moe_bench [--lengths 4096,16384,...] [--steps N] "
                    "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
                    "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
-                   "[--profile MAX_TOKENS] [--loss-chunk-rows N]\n");
+                   "[--profile MAX_TOKENS] [--loss-chunk-rows N] "
+                   "[--attention-kernels wmma|mma|auto]\n");
       return 2;
     }
   }
@@ -250,15 +357,46 @@ int main(int argc, char** argv) {
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
+  const bool tensor_core_attention = bf16 && bf16_attention &&
+                                     xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
+                                     xt::cuda::AttentionBf16Device().ok();
+  // The bf16 attention's kernels: as asked, or (auto) the mma family where it agrees with the
+  // WMMA one (both are tested against the CPU; between them only fp32 summation order and the
+  // exponential's rounding differ) and is faster, timed at the lengths up to 16k.
+  xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
+  if (attention_kernels != "auto") {
+    xt::cuda::ParseAttentionBf16Kernels(attention_kernels, &kernels);
+  } else if (tensor_core_attention) {
+    bool agree = true, faster = false;
+    for (int64_t T : lengths) {
+      if (T > 16384) continue;
+      AttentionTimes at;
+      const xt::Status s =
+          TimeAttentionKernels(T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, stream, &at);
+      if (!s.ok()) {
+        std::printf("attention_kernels tokens=%lld error=%s\n", (long long)T, s.message().c_str());
+        agree = false;
+        cudaGetLastError();
+        continue;
+      }
+      std::printf(
+          "attention_kernels tokens=%lld wmma_fwd_ms=%.3f wmma_bwd_ms=%.3f mma_fwd_ms=%.3f "
+          "mma_bwd_ms=%.3f max_rel_diff=%.2e\n",
+          (long long)T, at.fwd_ms[0], at.bwd_ms[0], at.fwd_ms[1], at.bwd_ms[1], at.max_rel_diff);
+      agree = agree && at.max_rel_diff < 2e-2;
+      faster = at.fwd_ms[1] + at.bwd_ms[1] < at.fwd_ms[0] + at.bwd_ms[0];  // the longest decides
+    }
+    if (agree && faster) kernels = xt::cuda::AttentionBf16Kernels::kMma;
+    std::fflush(stdout);
+  }
+  model.SetAttentionBf16Kernels(kernels);
   std::printf(
       "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld "
-      "loss_chunk_rows=%lld precision=%s "
-      "attention=%s\n",
+      "loss_chunk_rows=%lld precision=%s attention=%s\n",
       (long long)total, (long long)active, (long long)matmul_params, (long long)layers,
       (long long)steps, (long long)loss_chunk_rows, bf16 ? "bf16" : "fp32",
-      bf16 && bf16_attention && xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
-              xt::cuda::AttentionBf16Device().ok()
-          ? "bf16 tensor cores"
+      tensor_core_attention
+          ? (std::string("bf16_") + xt::cuda::AttentionBf16KernelsName(kernels)).c_str()
           : "fp32");
 
   for (int64_t T : lengths) {

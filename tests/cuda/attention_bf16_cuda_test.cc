@@ -44,6 +44,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda/attention_test_util.h"
@@ -53,6 +54,10 @@
 #include "xtuner/ops/ops.h"
 
 namespace xt {
+namespace cuda {
+// gtest's name for a kernel family (in failure messages).
+void PrintTo(AttentionBf16Kernels k, std::ostream* os) { *os << AttentionBf16KernelsName(k); }
+}  // namespace cuda
 namespace {
 
 using attntest::Case;
@@ -66,10 +71,12 @@ using cudatest::ExpectBitEqual;
 constexpr double kOutTol = 1.5e-2, kLseTol = 1e-2, kGradTol = 4e-2;
 constexpr double kQkFloor = 0.2, kVFloor = 1e-2;
 
-class AttentionBf16Cuda : public cudatest::CudaTest<Shape> {};
+using Param = std::tuple<Shape, cuda::AttentionBf16Kernels>;
+class AttentionBf16Cuda : public cudatest::CudaTest<Param> {};
 
 TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit) {
-  const Case c(GetParam());
+  const Case c(std::get<0>(GetParam()));
+  const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
   const int32_t* cu = c.cu.data();
 
@@ -84,21 +91,21 @@ TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
 
   Status st = cuda::AttentionForwardBf16(gout1.p, glse1.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
-                                         c.scale);
+                                         c.scale, nullptr, kernels);
   ASSERT_TRUE(st.ok()) << st.message();
   st = cuda::AttentionForwardBf16(gout2.p, glse2.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
-                                  c.scale, stream);
+                                  c.scale, stream, kernels);
   ASSERT_TRUE(st.ok()) << st.message();
   st = cuda::AttentionBackwardBf16(gdq1.p, gdk1.p, gdv1.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p,
-                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale);
+                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, nullptr, kernels);
   ASSERT_TRUE(st.ok()) << st.message();
   st = cuda::AttentionBackwardBf16(gdq2.p, gdk2.p, gdv2.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p,
-                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, stream);
+                                   gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, stream, kernels);
   ASSERT_TRUE(st.ok()) << st.message();
   // Chained: the backward on the bf16 forward's own out and lse (on the default stream, after
   // the forward that wrote them).
   st = cuda::AttentionBackwardBf16(gdq3.p, gdk3.p, gdv3.p, gdout.p, gout1.p, glse1.p, gq.p, gk.p,
-                                   gv.p, cu, nd, T, Hq, Hkv, D, c.scale);
+                                   gv.p, cu, nd, T, Hq, Hkv, D, c.scale, nullptr, kernels);
   ASSERT_TRUE(st.ok()) << st.message();
   cudatest::Sync();
   ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
@@ -125,7 +132,8 @@ TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit
 // by about bf16's rounding (norm-wise 1e-3 or more here), far more than the fp32 kernels'
 // own error (~1e-6): they do not secretly run the fp32 kernels.
 TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
-  const Case c(GetParam());
+  const Case c(std::get<0>(GetParam()));
+  const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
   const int32_t* cu = c.cu.data();
   if (T == 0) GTEST_SKIP() << "no tokens";
@@ -133,14 +141,14 @@ TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
   DeviceVec<float> gout_a(c.out), glse_a(c.lse), gout_b(c.out), glse_b(c.lse);
   DeviceVec<float> gdq_a(c.q), gdk_a(c.k), gdv_a(c.v), gdq_b(c.q), gdk_b(c.k), gdv_b(c.v);
   ASSERT_TRUE(cuda::AttentionForwardBf16(gout_a.p, glse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv,
-                                         D, c.scale)
+                                         D, c.scale, nullptr, kernels)
                   .ok());
   ASSERT_TRUE(
       cuda::AttentionForward(gout_b.p, glse_b.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
           .ok());
   ASSERT_TRUE(cuda::AttentionBackwardBf16(gdq_a.p, gdk_a.p, gdv_a.p, gdout.p, gout_cpu.p,
                                           glse_cpu.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
-                                          c.scale)
+                                          c.scale, nullptr, kernels)
                   .ok());
   ASSERT_TRUE(cuda::AttentionBackward(gdq_b.p, gdk_b.p, gdv_b.p, gdout.p, gout_cpu.p, glse_cpu.p,
                                       gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
@@ -159,7 +167,8 @@ TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
 // Inputs that are not 16-byte aligned: rounded into the same (aligned) bf16 copies, so the same
 // bits.
 TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
-  const Case c(GetParam());
+  const Case c(std::get<0>(GetParam()));
+  const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
   const int32_t* cu = c.cu.data();
   if (T == 0) GTEST_SKIP() << "no tokens";
@@ -172,18 +181,19 @@ TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
   DeviceVec<float> sq(shifted(c.q)), sk(shifted(c.k)), sv(shifted(c.v)), sdout(shifted(c.dout));
   DeviceVec<float> out_a(c.out), lse_a(c.lse), out_b(c.out), lse_b(c.lse);
   DeviceVec<float> dq_a(c.q), dk_a(c.k), dv_a(c.v), dq_b(c.q), dk_b(c.k), dv_b(c.v);
-  ASSERT_TRUE(
-      cuda::AttentionForwardBf16(out_a.p, lse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
-          .ok());
+  ASSERT_TRUE(cuda::AttentionForwardBf16(out_a.p, lse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
+                                         c.scale, nullptr, kernels)
+                  .ok());
   ASSERT_TRUE(cuda::AttentionForwardBf16(out_b.p, lse_b.p, sq.p + 1, sk.p + 1, sv.p + 1, cu, nd, T,
-                                         Hq, Hkv, D, c.scale)
+                                         Hq, Hkv, D, c.scale, nullptr, kernels)
                   .ok());
   ASSERT_TRUE(cuda::AttentionBackwardBf16(dq_a.p, dk_a.p, dv_a.p, gdout.p, out_a.p, lse_a.p, gq.p,
-                                          gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale)
+                                          gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, nullptr,
+                                          kernels)
                   .ok());
   ASSERT_TRUE(cuda::AttentionBackwardBf16(dq_b.p, dk_b.p, dv_b.p, sdout.p + 1, out_a.p, lse_a.p,
                                           sq.p + 1, sk.p + 1, sv.p + 1, cu, nd, T, Hq, Hkv, D,
-                                          c.scale)
+                                          c.scale, nullptr, kernels)
                   .ok());
   cudatest::Sync();
   ExpectBitEqual(out_b.Host(), out_a.Host(), "out (unaligned inputs)");
@@ -195,19 +205,25 @@ TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionBf16Cuda,
-    ::testing::Values(
-        Shape{"OneTokenMqaD64", {1}, 4, 1, 64}, Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
-        Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
-        Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
-        Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
-        Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
-        Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
-        Shape{"LongDocGqaD128", {1000}, 4, 1, 128}, Shape{"LongDocMhaD64", {1000}, 2, 2, 64},
-        Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
-        Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 8, 1, 128},
-        Shape{"D80Group3", {97, 31, 1}, 3, 1, 80}, Shape{"D16", {70, 5}, 2, 1, 16},
-        Shape{"PeakedD64", {300, 77}, 4, 2, 64, 3.0f}, Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
-    [](const ::testing::TestParamInfo<Shape>& info) { return info.param.name; });
+    ::testing::Combine(
+        ::testing::Values(
+            Shape{"OneTokenMqaD64", {1}, 4, 1, 64}, Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
+            Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
+            Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
+            Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
+            Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
+            Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
+            Shape{"LongDocGqaD128", {1000}, 4, 1, 128}, Shape{"LongDocMhaD64", {1000}, 2, 2, 64},
+            Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
+            Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 8, 1, 128},
+            Shape{"D80Group3", {97, 31, 1}, 3, 1, 80}, Shape{"D16", {70, 5}, 2, 1, 16},
+            Shape{"PeakedD64", {300, 77}, 4, 2, 64, 3.0f},
+            Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
+        ::testing::Values(cuda::AttentionBf16Kernels::kWmma, cuda::AttentionBf16Kernels::kMma)),
+    [](const ::testing::TestParamInfo<Param>& info) {
+      return std::get<0>(info.param).name + "_" +
+             cuda::AttentionBf16KernelsName(std::get<1>(info.param));
+    });
 
 TEST(AttentionBf16CudaArgs, SupportsMultiplesOf16UpTo128) {
   for (int64_t D : {16, 32, 64, 80, 96, 128}) EXPECT_TRUE(cuda::AttentionBf16Supports(D)) << D;

@@ -11,6 +11,7 @@
 
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/attention_bf16_tiles.h"
+#include "xtuner/cuda/attention_mma.h"
 #include "xtuner/cuda/launch.h"
 
 namespace xt::cuda {
@@ -170,6 +171,19 @@ Status LaunchForward(float* out, float* lse, const bf16* q, const bf16* k, const
 
 }  // namespace
 
+const char* AttentionBf16KernelsName(AttentionBf16Kernels kernels) {
+  return kernels == AttentionBf16Kernels::kMma ? "mma" : "wmma";
+}
+
+bool ParseAttentionBf16Kernels(const std::string& name, AttentionBf16Kernels* kernels) {
+  for (AttentionBf16Kernels k : {AttentionBf16Kernels::kWmma, AttentionBf16Kernels::kMma})
+    if (name == AttentionBf16KernelsName(k)) {
+      *kernels = k;
+      return true;
+    }
+  return false;
+}
+
 bool AttentionBf16Supports(int64_t D) { return D >= 16 && D <= kMaxD && D % 16 == 0; }
 
 Status AttentionBf16Device() {
@@ -189,7 +203,8 @@ Status AttentionBf16Device() {
 
 Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                            int64_t Hkv, int64_t D, float scale, void* stream) {
+                            int64_t Hkv, int64_t D, float scale, void* stream,
+                            AttentionBf16Kernels kernels) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_forward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
@@ -204,7 +219,9 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   if (s.ok())
     s = Bf16Copies(scratch, {{q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in, st,
                    "attention_forward_bf16 inputs");
-  if (s.ok()) {
+  if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
+    s = detail::LaunchForwardMma(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
+  } else if (s.ok()) {
     if (D <= 64)
       s = LaunchForward<64>(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
     else

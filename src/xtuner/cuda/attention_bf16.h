@@ -19,10 +19,23 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "xtuner/core/status.h"
 
 namespace xt::cuda {
+
+// The two kernel families behind these functions, same contract, different code:
+//   kWmma  WMMA fragments; each warp's scores go through shared memory for the softmax
+//          (attention_bf16_tiles.h);
+//   kMma   mma.sync with known register layouts; scores, softmax weights and accumulators stay
+//          in registers, the streamed tiles are double-buffered with cp.async
+//          (attention_mma_tiles.h).
+// They round alike and differ in fp32 summation order only. "wmma" and "mma" by name.
+enum class AttentionBf16Kernels { kWmma, kMma };
+const char* AttentionBf16KernelsName(AttentionBf16Kernels kernels);
+// false (*kernels untouched) for a name that is neither.
+bool ParseAttentionBf16Kernels(const std::string& name, AttentionBf16Kernels* kernels);
 
 // Whether the bf16 kernels take head dim D: a multiple of 16 in [16, 128] (64 and 128 included).
 bool AttentionBf16Supports(int64_t D);
@@ -36,13 +49,15 @@ Status AttentionBf16Device();
 // array (num_docs + 1) from 0 to T, non-decreasing; causal within each document.
 Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                            int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+                            int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
+                            AttentionBf16Kernels kernels = AttentionBf16Kernels::kWmma);
 
 // dq (T, Hq, D), dk, dv (T, Hkv, D) assigned from dout, out (T, Hq, D), lse (T, Hq) and the
 // forward's inputs.
 Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout, const float* out,
                              const float* lse, const float* q, const float* k, const float* v,
                              const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                             int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+                             int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
+                             AttentionBf16Kernels kernels = AttentionBf16Kernels::kWmma);
 
 }  // namespace xt::cuda

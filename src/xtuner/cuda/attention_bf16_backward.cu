@@ -11,6 +11,7 @@
 
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/attention_bf16_tiles.h"
+#include "xtuner/cuda/attention_mma.h"
 #include "xtuner/cuda/launch.h"
 
 namespace xt::cuda {
@@ -310,7 +311,8 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const bf16* dout, const f
 Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout, const float* out,
                              const float* lse, const float* q, const float* k, const float* v,
                              const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                             int64_t Hkv, int64_t D, float scale, void* stream) {
+                             int64_t Hkv, int64_t D, float scale, void* stream,
+                             AttentionBf16Kernels kernels) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_backward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
@@ -332,7 +334,10 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
       s = Bf16Copies(scratch,
                      {{dout, T * Hq * D}, {q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in,
                      st, "attention_backward_bf16 inputs");
-    if (s.ok()) {
+    if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
+      s = detail::LaunchBackwardMma(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
+                                    blocks + nb, nb, Hq, Hkv, D, scale, st);
+    } else if (s.ok()) {
       if (D <= 64)
         s = LaunchBackward<64>(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
                                blocks + nb, nb, Hq, Hkv, D, scale, st);

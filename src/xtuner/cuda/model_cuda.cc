@@ -421,9 +421,13 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
     XT_RETURN_IF_ERROR(part("attention_fwd"));
-    XT_RETURN_IF_ERROR((bf16_attention ? AttentionForwardBf16 : AttentionForward)(
-        a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(), b.cu_seqlens.data(),
-        b.num_docs(), T, Hq, Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(bf16_attention
+                           ? AttentionForwardBf16(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
+                                                  a.v.get(), b.cu_seqlens.data(), b.num_docs(), T,
+                                                  Hq, Hkv, D, scale, s, attention_kernels_)
+                           : AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
+                                              a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq,
+                                              Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(part("o_proj"));
     XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
@@ -725,9 +729,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(linear_backward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false));
     XT_RETURN_IF_ERROR(mark("attention_bwd"));
-    XT_RETURN_IF_ERROR((bf16_attention ? AttentionBackwardBf16 : AttentionBackward)(
-        dq.get(), dk.get(), dv.get(), dattn.get(), a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-        a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(bf16_attention
+                           ? AttentionBackwardBf16(dq.get(), dk.get(), dv.get(), dattn.get(),
+                                                   a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
+                                                   a.v.get(), b.cu_seqlens.data(), b.num_docs(), T,
+                                                   Hq, Hkv, D, scale, s, attention_kernels_)
+                           : AttentionBackward(dq.get(), dk.get(), dv.get(), dattn.get(),
+                                               a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
+                                               a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq,
+                                               Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(mark("rope_bwd"));
     XT_RETURN_IF_ERROR(RopeBackward(dq.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeBackward(dk.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/step_profile.h"
 #include "xtuner/model/batch.h"
@@ -70,6 +71,8 @@ class CudaModel {
   // In bf16 mode, attention on the tensor cores (default) or on the fp32 kernels (false: e.g.
   // to measure the rest of the model should the bf16 kernels fail their tests on some GPU).
   void SetBf16Attention(bool on) { bf16_attention_ = on; }
+  // Which bf16 attention kernels (attention_bf16.h; default kWmma).
+  void SetAttentionBf16Kernels(AttentionBf16Kernels kernels) { attention_kernels_ = kernels; }
   // Per-layer recompute, as Transformer::SetRecompute: the first round(fraction * layers) layers
   // keep only their input in the forward and run again in the backward (same gradients).
   void SetRecompute(double fraction);
@@ -145,6 +148,7 @@ class CudaModel {
   bool bf16_stale_ = true;
   std::string failed_;  // CreateOver's model: the error that stopped a step midway
   bool bf16_attention_ = true;
+  AttentionBf16Kernels attention_kernels_ = AttentionBf16Kernels::kWmma;
   StepProfile* profile_ = nullptr;
   int64_t loss_chunk_rows_ = 0;
 };

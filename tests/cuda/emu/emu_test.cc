@@ -3,13 +3,17 @@
 // right, shared memory holds nothing from the previous block, kernels run in the device's
 // floating-point mode, launches over the device's limits fail, copies outside device memory
 // fail, and a barrier that cannot be passed, or a warp operation after part of the warp
-// returned, aborts with a message instead of passing.
+// returned, aborts with a message instead of passing; cp.async lands at its wait (or at once,
+// on request) and ldmatrix reads shared memory only.
 #include <gtest/gtest.h>
 #include <mma.h>
 
 #include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
+
+#include "xtuner/cuda/mma_sm80.h"
 #if defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
@@ -82,6 +86,24 @@ __global__ void DeadlockKernel(int* out) {
 __global__ void HalfWarpShuffleKernel(float* out) {
   if (threadIdx.x >= 16) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+// Each thread copies its 4 floats of src into shared memory by cp.async and reads them back
+// before the wait (out[t]) and after it (out[32 + t]).
+__global__ void AsyncCopyKernel(float* out, const float* src) {
+  XT_DYNAMIC_SHARED(float, s);
+  const int t = int(threadIdx.x);
+  xt::cuda::mma::CpAsync16(s + 4 * t, src + 4 * t, 16);
+  xt::cuda::mma::CpAsyncCommit();
+  out[t] = s[4 * t];
+  xt::cuda::mma::CpAsyncWait<0>();
+  out[32 + t] = s[4 * t];
+}
+
+// ldmatrix from global memory (it reads shared memory only).
+__global__ void GlobalLdMatrixKernel(const __nv_bfloat16* x) {
+  uint32_t r[4];
+  xt::cuda::mma::LdMatrixX4(r, x + 8 * (threadIdx.x % 16));
 }
 
 template <class T>
@@ -215,6 +237,37 @@ TEST(CudaEmulator, CopiesOutsideDeviceMemoryFail) {
   EXPECT_EQ(cudaFree(h.data()), cudaErrorInvalidValue);  // not the device's
   cudaGetLastError();
   EXPECT_EQ(cudaFree(d), cudaSuccess);
+}
+
+TEST(CudaEmulator, AsyncCopiesLandAtTheirWaitOrAtOnceWhenAskedTo) {
+  std::vector<float> h(128);
+  std::iota(h.begin(), h.end(), 1.0f);
+  float* src = DeviceCopy(h);
+  float* out = DeviceCopy(std::vector<float>(64, 0.0f));
+  for (const char* mode : {"late", "early"}) {
+    setenv("XT_CUDA_EMU_ASYNC", mode, 1);  // read at every launch
+    XT_LAUNCH(AsyncCopyKernel, 1, 32, 128 * sizeof(float), nullptr)(out, src);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    const std::vector<float> got = HostCopy(out, 64);
+    for (int t = 0; t < 32; ++t) {
+      if (std::string(mode) == "late")
+        EXPECT_TRUE(std::isnan(got[t])) << "read before the wait, thread " << t;
+      else
+        EXPECT_EQ(got[t], h[4 * t]) << "read before the wait (early), thread " << t;
+      EXPECT_EQ(got[32 + t], h[4 * t]) << mode << ", read after the wait, thread " << t;
+    }
+  }
+  unsetenv("XT_CUDA_EMU_ASYNC");
+  cudaFree(src);
+  cudaFree(out);
+}
+
+TEST(CudaEmulatorDeathTest, LdMatrixOutsideSharedMemoryAborts) {
+  __nv_bfloat16* x = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, 256 * sizeof(__nv_bfloat16)), cudaSuccess);
+  EXPECT_DEATH(XT_LAUNCH(GlobalLdMatrixKernel, 1, 32, 0, nullptr)(x),
+               "ldmatrix from an address that is not 16-byte aligned dynamic shared memory");
+  cudaFree(x);
 }
 
 TEST(CudaEmulatorDeathTest, AnImpassableBarrierAborts) {

@@ -56,6 +56,25 @@ void SyncWarp();
 // Warp exchange: every live lane of the warp offers `bytes` (at most 16) from `mine` and receives
 // lane `src`'s offer (its own where `src` is not a live lane of the warp).
 void Exchange(const void* mine, void* out, size_t bytes, int src);
+// Warp gather: every lane of the warp offers `bytes` (at most 32) from `mine`, and `all` receives
+// the 32 offers in lane order (32 * bytes). For the warp-wide instructions (mma, ldmatrix): all 32
+// lanes must take part, else it traps.
+void Gather(const void* mine, void* all, size_t bytes);
+// Whether [p, p + bytes) lies in the running block's dynamic shared memory.
+bool InShared(const void* p, size_t bytes);
+// cp.async (mma_sm80.h): copies src_bytes (<= bytes) from device memory src to shared memory dst
+// and zeroes the rest of its `bytes`, in the running thread's open group. The copy lands at the
+// AsyncWait that covers its group, never earlier (the latest the device allows), so a read before
+// that wait sees the shared memory's NaN fill (XT_CUDA_EMU_ASYNC=early: the copy lands at once,
+// the earliest the device allows, so a buffer refilled while others still read it shows). Traps on
+// addresses that are not aligned to `bytes`, on a dst outside the dynamic shared memory, on a src
+// outside device memory.
+void AsyncCopy(void* dst, const void* src, size_t bytes, size_t src_bytes);
+// Closes the running thread's open group of copies (cp.async.commit_group).
+void AsyncCommit();
+// Lands the running thread's copies of every committed group but the newest `pending`
+// (cp.async.wait_group pending).
+void AsyncWait(int pending);
 // The running kernel's dynamic shared memory (the launch's third argument, bytes).
 void* DynamicShared();
 // Aborts the process, naming the kernel's block and thread.

@@ -34,6 +34,7 @@ namespace {
 
 enum class Wait { kRunnable, kBlock, kWarp, kDone };
 
+constexpr size_t kOfferBytes = 32;         // the most a lane offers in one warp exchange or gather
 constexpr size_t kStackBytes = 256 << 10;  // per fiber: kernels keep small local arrays
 constexpr size_t kSkewBytes = 64 << 10;    // more per fiber, over which stack tops are skewed
 constexpr int kMaxThreads = 1024;
@@ -108,6 +109,16 @@ struct Fiber {
   Wait wait = Wait::kRunnable;
   uint3 idx;
   unsigned exchanges = 0;  // warp exchanges so far (the slot of the next: see Exchange)
+  // Asynchronous copies issued and not yet made (AsyncCopy), each with its commit group's number
+  // (`groups` so far: the open group's copies carry `groups`).
+  struct Copy {
+    void* dst;
+    const void* src;
+    size_t bytes, src_bytes;
+    unsigned group;
+  };
+  std::vector<Copy> copies;
+  unsigned groups = 0;
 };
 
 // The bytes of thread t's stack in use, at least kStackBytes: the tops are skewed by a different
@@ -130,9 +141,12 @@ struct Grid {
   int current = -1;
   int pos = 0;           // the running fiber's place in the pass (see RunBlock)
   bool reverse = false;  // run the threads from the last one (XT_CUDA_EMU_ORDER=reverse)
+  // Asynchronous copies land when issued (XT_CUDA_EMU_ASYNC=early), not at their wait: a buffer
+  // overwritten by the next copies while another thread still reads it shows then.
+  bool async_early = false;
   std::unique_ptr<unsigned char[], void (*)(void*)> shared{nullptr, std::free};  // 128-aligned
   size_t shared_bytes = 0;
-  // A warp's exchanges: each lane's offers, two slots of 16 bytes.
+  // A warp's exchanges: each lane's offers, two slots of kOfferBytes.
   std::vector<unsigned char> offers;
 };
 
@@ -201,6 +215,8 @@ void RunBlock(Grid& g, int n) {
     Prepare(&f.ctx, f.stack, StackBytes(t));
     f.wait = Wait::kRunnable;
     f.exchanges = 0;
+    f.copies.clear();  // a block's copies never land in the next block's shared memory
+    f.groups = 0;
     f.idx = uint3{unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
                   unsigned(t / (blockDim.x * blockDim.y))};
   }
@@ -277,17 +293,82 @@ int Lane() {
 // Each lane offers into one of two slots, alternating: a lane that reads its partner's offer
 // after the barrier has done so before it reaches the next exchange's barrier, so the exchange
 // after next (the first to write the same slot again) cannot overwrite an offer still unread.
+// Offers this fiber's `bytes` in the slot of its next exchange, waits for its warp, and returns
+// the exchange's number (from 1).
+unsigned Offer(Grid& g, const void* mine, size_t bytes) {
+  const int t = g.current;
+  const unsigned n = ++g.fibers[t].exchanges;
+  std::memcpy(&g.offers[(size_t(t) * 2 + n % 2) * kOfferBytes], mine, bytes);
+  SyncWarp();
+  return n;
+}
+
 void Exchange(const void* mine, void* out, size_t bytes, int src) {
   Grid& g = *g_grid;
   const int t = g.current, lane = t % 32, base = t - lane;
-  const unsigned n = ++g.fibers[t].exchanges;  // this exchange's number, from 1
-  const int slot = n % 2;
-  std::memcpy(&g.offers[(size_t(t) * 2 + slot) * 16], mine, bytes);
-  SyncWarp();
+  const unsigned n = Offer(g, mine, bytes);
   // The source lane took part if it offered in this exchange: it may have returned since.
   const int s = base + src;
   const bool live = src >= 0 && src < 32 && s < int(g.fibers.size()) && g.fibers[s].exchanges >= n;
-  std::memcpy(out, &g.offers[(size_t(live ? s : t) * 2 + slot) * 16], bytes);
+  std::memcpy(out, &g.offers[(size_t(live ? s : t) * 2 + n % 2) * kOfferBytes], bytes);
+}
+
+void Gather(const void* mine, void* all, size_t bytes) {
+  Grid& g = *g_grid;
+  const int t = g.current, base = t - t % 32;
+  const unsigned n = Offer(g, mine, bytes);
+  for (int lane = 0; lane < 32; ++lane) {
+    const int s = base + lane;
+    if (s >= int(g.fibers.size()) || g.fibers[s].exchanges < n)
+      Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
+    std::memcpy(static_cast<unsigned char*>(all) + size_t(lane) * bytes,
+                &g.offers[(size_t(s) * 2 + n % 2) * kOfferBytes], bytes);
+  }
+}
+
+bool InShared(const void* p, size_t bytes) {
+  const Grid* g = g_grid;
+  const auto* b = static_cast<const unsigned char*>(p);
+  return g && b >= g->shared.get() && b + bytes <= g->shared.get() + g->shared_bytes;
+}
+
+void AsyncCopy(void* dst, const void* src, size_t bytes, size_t src_bytes) {
+  if (!g_grid || g_grid->current < 0) Trap("an asynchronous copy outside a kernel");
+  if (!InShared(dst, bytes) || reinterpret_cast<uintptr_t>(dst) % bytes != 0)
+    Trap("an asynchronous copy to an address that is not aligned dynamic shared memory");
+  if (src_bytes > 0 && (!IsDevice(src, src_bytes) || reinterpret_cast<uintptr_t>(src) % bytes != 0))
+    Trap("an asynchronous copy from an address that is not aligned device memory");
+  if (g_grid->async_early) {
+    std::memcpy(dst, src, src_bytes);
+    std::memset(static_cast<unsigned char*>(dst) + src_bytes, 0, bytes - src_bytes);
+    return;
+  }
+  Fiber& f = g_grid->fibers[g_grid->current];
+  f.copies.push_back(Fiber::Copy{dst, src, bytes, src_bytes, f.groups});
+}
+
+void AsyncCommit() {
+  if (!g_grid || g_grid->current < 0) Trap("an asynchronous copy outside a kernel");
+  ++g_grid->fibers[g_grid->current].groups;
+}
+
+// The copies land as late as the device allows: at the wait that covers them. A read of their
+// destination before that wait sees the NaN fill, not the data. (XT_CUDA_EMU_ASYNC=early: as
+// early, at issue; see Grid::async_early.)
+void AsyncWait(int pending) {
+  if (!g_grid || g_grid->current < 0) Trap("an asynchronous copy outside a kernel");
+  Fiber& f = g_grid->fibers[g_grid->current];
+  const unsigned done = f.groups > unsigned(pending) ? f.groups - unsigned(pending) : 0;
+  size_t kept = 0;
+  for (const Fiber::Copy& c : f.copies) {
+    if (c.group < done) {
+      std::memcpy(c.dst, c.src, c.src_bytes);
+      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      f.copies[kept++] = c;
+    }
+  }
+  f.copies.resize(kept);
 }
 
 void* DynamicShared() { return g_grid ? g_grid->shared.get() : nullptr; }
@@ -320,13 +401,15 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   // writes before a barrier that is missing sees the old value in one order or the other.
   const char* order = std::getenv("XT_CUDA_EMU_ORDER");
   g.reverse = order && std::string(order) == "reverse";
+  const char* async = std::getenv("XT_CUDA_EMU_ASYNC");
+  g.async_early = async && std::string(async) == "early";
   g.fibers.resize(threads);
   for (size_t t = 0; t < threads; ++t) g.fibers[t].stack = Stack(t);
   // Dynamic shared memory, refilled with a NaN pattern for every block (RunBlock): a read of what
   // no thread of the block wrote shows as NaN rather than as a plausible value.
   g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
   g.shared.reset(static_cast<unsigned char*>(std::aligned_alloc(128, g.shared_bytes)));
-  g.offers.assign(threads * 2 * 16, 0);
+  g.offers.assign(threads * 2 * kOfferBytes, 0);
   g_grid = &g;
   gridDim = grid;
   blockDim = block;
