@@ -2,7 +2,8 @@
 // cp.async with zero fill) against the register layouts that header documents, which the bf16
 // attention's mma kernels rely on. One warp loads small-integer tiles (exact in bf16, their
 // products and sums exact in fp32) with cp.async, multiplies them through LdA / LdBt / LdB / Mma,
-// feeds a product's C fragments back as an A fragment (Pack), and writes every fragment element
+// feeds a product's C fragments back as an A fragment (Pack), at nonzero row and column offsets
+// in tiles of the attention kernels' row stride, and writes every fragment element
 // where the documented layout puts it: every element must equal the exact product. On a GPU this
 // checks the device's layout; on the emulator, the emulator's (which must be the same). Skipped
 // (label `cuda`) where no GPU is present.
@@ -22,8 +23,11 @@
 namespace {
 
 using xt::cuda::mma::bf16;
-constexpr int kN = 16;       // every tile is 16 x 16
-constexpr int kLd = kN + 8;  // shared row stride (elements): 48 bytes, rows 16-byte aligned
+constexpr int kN = 16;  // every matrix is 16 x 16
+// Each sits at rows and columns kOff.. of a (kOff + 16, kLd) shared tile: the attention kernels'
+// row stride for D = 128 (272 bytes, rows 16-byte aligned) and nonzero offsets, so that the
+// helpers' address arithmetic is checked too.
+constexpr int kOff = 16, kLd = 128 + 8, kRowsS = kOff + kN;
 
 // Writes the warp's C fragments of two n8 tiles (columns 0..7, 8..15) to out (16 x 16,
 // row-major) where mma_sm80.h says each element is.
@@ -38,24 +42,24 @@ __global__ void MmaLayoutKernel(float* out, const bf16* a, const bf16* x, const 
   XT_DYNAMIC_SHARED(bf16, smem);
   const int lane = int(threadIdx.x);
   bf16* as = smem;
-  bf16* xs = smem + kN * kLd;
-  bf16* ys = smem + 2 * kN * kLd;
-  bf16* zs = smem + 3 * kN * kLd;
-  // 32 pieces of 16 bytes a tile: lane l copies row l / 2, columns 8 (l % 2) ..
-  const int r = lane / 2, c = 8 * (lane % 2);
-  xt::cuda::mma::CpAsync16(as + r * kLd + c, a + r * kN + c, 16);
-  xt::cuda::mma::CpAsync16(xs + r * kLd + c, x + r * kN + c, 16);
-  xt::cuda::mma::CpAsync16(ys + r * kLd + c, y + r * kN + c, 16);
-  xt::cuda::mma::CpAsync16(zs + r * kLd + c, a + r * kN + c, 0);  // zero fill
+  bf16* xs = smem + kRowsS * kLd;
+  bf16* ys = smem + 2 * kRowsS * kLd;
+  bf16* zs = smem + 3 * kRowsS * kLd;
+  // 32 pieces of 16 bytes a matrix: lane l copies row l / 2, columns 8 (l % 2) ..
+  const int r = lane / 2, c = 8 * (lane % 2), at = (kOff + r) * kLd + kOff + c;
+  xt::cuda::mma::CpAsync16(as + at, a + r * kN + c, 16);
+  xt::cuda::mma::CpAsync16(xs + at, x + r * kN + c, 16);
+  xt::cuda::mma::CpAsync16(ys + at, y + r * kN + c, 16);
+  xt::cuda::mma::CpAsync16(zs + at, a + r * kN + c, 0);  // zero fill
   xt::cuda::mma::CpAsyncCommit();
   xt::cuda::mma::CpAsyncWait<0>();
   __syncwarp();
 
   uint32_t af[4], bt[4], bn[4], by[4];
-  xt::cuda::mma::LdA(af, as, kLd, 0, 0, lane);
-  xt::cuda::mma::LdBt(bt, xs, kLd, 0, 0, lane);
-  xt::cuda::mma::LdB(bn, xs, kLd, 0, 0, lane);
-  xt::cuda::mma::LdB(by, ys, kLd, 0, 0, lane);
+  xt::cuda::mma::LdA(af, as, kLd, kOff, kOff, lane);
+  xt::cuda::mma::LdBt(bt, xs, kLd, kOff, kOff, lane);
+  xt::cuda::mma::LdB(bn, xs, kLd, kOff, kOff, lane);
+  xt::cuda::mma::LdB(by, ys, kLd, kOff, kOff, lane);
   float c1[2][4] = {}, c2[2][4] = {}, d[2][4] = {};
   for (int j = 0; j < 2; ++j) {
     xt::cuda::mma::MmaHalf(c1[j], af, bt, j);
@@ -69,7 +73,7 @@ __global__ void MmaLayoutKernel(float* out, const bf16* a, const bf16* x, const 
   StoreC(out + kN * kN, c2, lane);
   StoreC(out + 2 * kN * kN, d, lane);
   for (int i = lane; i < kN * kN; i += 32)
-    out[3 * kN * kN + i] = __bfloat162float(zs[(i / kN) * kLd + i % kN]);
+    out[3 * kN * kN + i] = __bfloat162float(zs[(kOff + i / kN) * kLd + kOff + i % kN]);
 }
 
 TEST(MmaSm80Cuda, FragmentLayoutsGiveExactProducts) {
@@ -104,7 +108,7 @@ TEST(MmaSm80Cuda, FragmentLayoutsGiveExactProducts) {
   ASSERT_EQ(cudaMemcpy(dx, bx.data(), tile, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(dy, by.data(), tile, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemset(dout, 0xff, 4 * kN * kN * sizeof(float)), cudaSuccess);  // NaN
-  XT_LAUNCH(MmaLayoutKernel, 1, 32, 4 * kN * kLd * sizeof(bf16), nullptr)(dout, da, dx, dy);
+  XT_LAUNCH(MmaLayoutKernel, 1, 32, 4 * kRowsS * kLd * sizeof(bf16), nullptr)(dout, da, dx, dy);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   std::vector<float> got(4 * kN * kN);
   ASSERT_EQ(cudaMemcpy(got.data(), dout, got.size() * sizeof(float), cudaMemcpyDeviceToHost),

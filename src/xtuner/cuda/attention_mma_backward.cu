@@ -73,22 +73,27 @@ __global__ void __launch_bounds__(kThreads)
     *i0 = int64_t(b.begin) + int64_t(it % ntq) * kBlk;
     *qn = int(min(int64_t(kBlk), int64_t(b.doc_end) - *i0));
   };
-  auto load = [&](int it) {
+  // Query tile it: Q and dO by cp.async; its row r's (lse in base 2, delta) into *row_stats
+  // (threads r < 64), for the caller to store into stats(it % 2) before a barrier.
+  const int r = int(threadIdx.x);
+  auto load = [&](int it, float* row_stats) {
     int64_t h, i0;
     int qn;
     tile_of(it, &h, &i0, &qn);
     LoadTileAsync(qs(it % 2), q + (i0 * Hq + h) * D, Hq * D, qn, D);
     LoadTileAsync(dos(it % 2), dout + (i0 * Hq + h) * D, Hq * D, qn, D);
-    const int r = int(threadIdx.x);
-    if (r < kBlk) {  // plain loads: visible after the barrier before their use
-      float* st = stats(it % 2);
-      st[r] = r < qn ? lse[(i0 + r) * Hq + h] * kLog2e : 0.0f;
-      st[kBlk + r] = r < qn ? delta[(i0 + r) * Hq + h] : 0.0f;
-    }
+    const bool ok = r < kBlk && r < qn;
+    row_stats[0] = ok ? lse[(i0 + r) * Hq + h] * kLog2e : 0.0f;
+    row_stats[1] = ok ? delta[(i0 + r) * Hq + h] : 0.0f;
+  };
+  auto store_stats = [&](int it, const float* row_stats) {
+    if (r < kBlk) stats(it % 2)[r] = row_stats[0], stats(it % 2)[kBlk + r] = row_stats[1];
   };
   LoadTileAsync(ks, k + (int64_t(b.begin) * Hkv + kvh) * D, Hkv * D, b.n, D);
   LoadTileAsync(vs, v + (int64_t(b.begin) * Hkv + kvh) * D, Hkv * D, b.n, D);
-  load(0);
+  float next_stats[2];
+  load(0, next_stats);
+  store_stats(0, next_stats);  // visible after the loop's first barrier
   mma::CpAsyncCommit();
 
   float dka[kD / 8][4], dva[kD / 8][4];
@@ -98,7 +103,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i) dka[j][i] = dva[j][i] = 0.0f;
 
   for (int it = 0; it < nit; ++it) {
-    if (it + 1 < nit) load(it + 1);
+    // The next tile's statistics are read from global memory now and stored at the end of this
+    // one: their latency hides behind this tile's products.
+    if (it + 1 < nit) load(it + 1, next_stats);
     mma::CpAsyncCommit();
     mma::CpAsyncWait<1>();
     __syncthreads();
@@ -130,6 +137,7 @@ __global__ void __launch_bounds__(kThreads)
       PackRows(w, dp);  // dS^T
       Accumulate<kD>(dka, w, qt, ld, D, nc, lane);
     }
+    if (it + 1 < nit) store_stats(it + 1, next_stats);  // the buffer tile it - 1 used
     __syncthreads();  // the next iteration's copies overwrite this tile's buffers
   }
   if (last < r0) return;

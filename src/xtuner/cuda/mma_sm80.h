@@ -39,8 +39,13 @@ using bf16 = __nv_bfloat16;
 
 // Two floats rounded to bf16 (nearest even), lo in the low half.
 __device__ inline uint32_t Pack(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // one cvt.rn.bf16x2.f32
+  return *reinterpret_cast<const uint32_t*>(&v);
+#else
   return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
          (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+#endif
 }
 
 #if defined(XTUNER_CUDA_EMU)

@@ -296,6 +296,7 @@ int Lane() {
 // Offers this fiber's `bytes` in the slot of its next exchange, waits for its warp, and returns
 // the exchange's number (from 1).
 unsigned Offer(Grid& g, const void* mine, size_t bytes) {
+  if (bytes > kOfferBytes) Trap("a warp exchange of more than 32 bytes a lane");
   const int t = g.current;
   const unsigned n = ++g.fibers[t].exchanges;
   std::memcpy(&g.offers[(size_t(t) * 2 + n % 2) * kOfferBytes], mine, bytes);
@@ -336,7 +337,7 @@ void AsyncCopy(void* dst, const void* src, size_t bytes, size_t src_bytes) {
   if (!g_grid || g_grid->current < 0) Trap("an asynchronous copy outside a kernel");
   if (!InShared(dst, bytes) || reinterpret_cast<uintptr_t>(dst) % bytes != 0)
     Trap("an asynchronous copy to an address that is not aligned dynamic shared memory");
-  if (src_bytes > 0 && (!IsDevice(src, src_bytes) || reinterpret_cast<uintptr_t>(src) % bytes != 0))
+  if (reinterpret_cast<uintptr_t>(src) % bytes != 0 || (src_bytes > 0 && !IsDevice(src, src_bytes)))
     Trap("an asynchronous copy from an address that is not aligned device memory");
   if (g_grid->async_early) {
     std::memcpy(dst, src, src_bytes);
