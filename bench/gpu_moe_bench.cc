@@ -25,7 +25,7 @@
 // (other: the step less its phases: zeroing the gradients, AdamW, launch gaps).
 //
 // --loss-chunk-rows N: loss rows per chunk of the fused lm_head + cross-entropy (default: the
-// engine's, about 32 Mi logits, 220 rows of this vocabulary), to try larger chunks on a GPU
+// engine's, about 256 Mi logits, 1766 rows of this vocabulary), to try other chunks on a GPU
 // without rebuilding.
 //
 // --attention-kernels wmma|mma|auto: the bf16 attention's kernel family (attention_bf16.h).

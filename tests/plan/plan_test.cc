@@ -9,6 +9,7 @@
 #include "util/cli.h"
 #include "util/testing.h"
 #include "xtuner/core/rng.h"
+#include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt {
@@ -176,6 +177,25 @@ TEST(PlanModels, Qwen3MoeSizesMatchThePublishedOnes) {
   EXPECT_DOUBLE_EQ(r.flops_per_token_6n, 6.0 * double(r.matmul_params));
   EXPECT_GT(r.flops_per_token, r.flops_per_token_6n);
   EXPECT_EQ(r.matmul_params, r.active_params - 151936 * 4096);  // untied: no lookup FLOPs
+}
+
+// The loss chunk is the device's default (loss/cross_entropy.h): the GPU's in a GPU plan (a
+// memory verdict asked, or bf16 mixed precision), the CPU's otherwise; never more than T rows.
+TEST(PlanModels, LossChunkIsTheDevicesDefault) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "30b";
+  in.seq = 4096;
+  EXPECT_EQ(MustPlan(in).loss_chunk_rows, 220);  // 2^25 / 151936
+  in.gpu_memory_gib = 141;
+  EXPECT_EQ(MustPlan(in).loss_chunk_rows, 1766);  // 2^28 / 151936
+  in.gpu_memory_gib = 0;
+  in.precision = Precision::kBf16;
+  EXPECT_EQ(MustPlan(in).loss_chunk_rows, 1766);
+  in.seq = 1000;
+  EXPECT_EQ(MustPlan(in).loss_chunk_rows, 1000);
+  EXPECT_EQ(DefaultLossChunkRows(int64_t(1) << 30, true), 1);
+  EXPECT_EQ(DefaultLossChunkRows(int64_t(1) << 30, false), 1);
 }
 
 TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {

@@ -134,7 +134,7 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
                              "chunked_cross_entropy dh"));
   const int64_t n = int64_t(rows.size());
   if (n == 0) return 0.0;
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t(1) << 25) / V);
+  if (chunk_rows <= 0) chunk_rows = DefaultLossChunkRows(V, true);
   const int64_t C = std::min(chunk_rows, n);
   const bool grad = dh != nullptr;
 

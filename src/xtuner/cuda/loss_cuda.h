@@ -20,8 +20,8 @@ namespace xt::cuda {
 // Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]] (unweighted, double).
 // dh null: forward only (dw untouched). Otherwise dw must not be null: dh is assigned (rows
 // without a target get 0) and dw += the gradient of weight * that sum.
-// Rows without a target cost nothing. Per chunk of loss rows (chunk_rows <= 0: about 32 Mi
-// logits, as the CPU): the rows of h gathered into scratch, logits = h_c @ w^T (blas.Gemm, full
+// Rows without a target cost nothing. Per chunk of loss rows (chunk_rows <= 0:
+// DefaultLossChunkRows(V, true), about 256 Mi logits): the rows of h gathered into scratch, logits = h_c @ w^T (blas.Gemm, full
 // fp32), one block per row for max, sum of exp (fp32 expf, summed in double), the row's loss
 // (double) and dlogits = weight * (softmax - onehot) in place, then dh_c = dlogits @ w scattered
 // into dh and dw += dlogits^T @ h_c. The row losses are summed on the device in double by one

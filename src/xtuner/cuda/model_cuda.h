@@ -82,8 +82,9 @@ class CudaModel {
   // as one phase, "recompute".
   void SetProfile(StepProfile* profile) { profile_ = profile; }
   // Loss rows per chunk of the fused lm_head + cross-entropy (cuda/loss_cuda.h; <= 0: the
-  // default, about 32 Mi logits a chunk). Larger chunks give the lm_head's GEMMs more rows for
-  // (chunk, V) floats of scratch; the loss and gradients change only by summation order.
+  // default, DefaultLossChunkRows(V, true), about 256 Mi logits). Larger chunks give the
+  // lm_head's GEMMs more rows for (chunk, V) floats of scratch; the loss and gradients change
+  // only by summation order.
   void SetLossChunkRows(int64_t rows) { loss_chunk_rows_ = rows; }
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).

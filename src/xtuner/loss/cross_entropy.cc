@@ -10,6 +10,11 @@
 
 namespace xt {
 
+int64_t DefaultLossChunkRows(int64_t V, bool gpu) {
+  const int64_t logits = int64_t(1) << (gpu ? 28 : 25);
+  return std::max<int64_t>(1, logits / std::max<int64_t>(V, 1));
+}
+
 double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* w,
                              const int32_t* targets, int64_t T, int64_t H, int64_t V, double weight,
                              int64_t chunk_rows) {
@@ -17,7 +22,7 @@ double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* 
   for (int64_t t = 0; t < T; ++t)
     if (targets[t] != kIgnoreIndex) rows.push_back(t);
   if (dh) std::memset(dh, 0, sizeof(float) * T * H);
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t(1) << 25) / V);
+  if (chunk_rows <= 0) chunk_rows = DefaultLossChunkRows(V, false);
   const int64_t n = int64_t(rows.size());
   const int64_t C = std::min(chunk_rows, std::max<int64_t>(n, 1));
   std::vector<float> hc(C * H), logits(C * V), dhc(dh ? C * H : 0);

@@ -13,7 +13,14 @@ constexpr int32_t kIgnoreIndex = -100;
 // Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]], in double (unweighted).
 // When dh is not null: the gradient of weight * that sum: dh (T, H) assigned (rows without a
 // target get 0) and dw (V, H) +=.
-// Rows without a target cost nothing. chunk_rows <= 0 picks a chunk of about 32 Mi logits.
+// Rows without a target cost nothing. chunk_rows <= 0 picks DefaultLossChunkRows(V, false).
+// Loss rows a chunk when none is asked for: about 32 Mi logits (128 MiB of fp32) on the CPU,
+// where a chunk's logits should stay near the caches; about 256 Mi (1 GiB) on the GPU (gpu),
+// where every chunk reads and writes the whole fp32 dw (V, H) once (2.5 GB at V = 151936,
+// H = 2048: with 220-row chunks a 4k-token step would move 47 GB of it, ~10 ms of an H200's
+// memory bandwidth) and dh's product (chunk, H) needs rows to fill the GPU. At least 1.
+int64_t DefaultLossChunkRows(int64_t V, bool gpu);
+
 double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* w,
                              const int32_t* targets, int64_t T, int64_t H, int64_t V, double weight,
                              int64_t chunk_rows = 0);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/params.h"
 #include "xtuner/train/metrics_flops.h"
 
@@ -190,7 +191,10 @@ Result<PlanReport> Plan(const PlanInputs& in) {
       6 * T * H * s.act + (T + T * c.head_dim) * s.f32 + (3 * T + in.micro_batch_size + 1) * s.i32;
   // The fused lm_head + cross-entropy over chunks of loss tokens (every token assumed to carry
   // a loss): hc, dhc (C, H), logits (C, V) in fp32, per-row losses (C) and the row list (T).
-  r.loss_chunk_rows = std::min(std::max<int64_t>(1, (int64_t(1) << 25) / V), T);
+  // The GPU's default chunk where the plan is a GPU's (a memory verdict asked, or bf16 mixed
+  // precision), the CPU's otherwise (loss/cross_entropy.h).
+  const bool gpu = in.gpu_memory_gib > 0 || in.precision == Precision::kBf16;
+  r.loss_chunk_rows = std::min(DefaultLossChunkRows(V, gpu), T);
   const int64_t C = r.loss_chunk_rows;
   r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
   for (bool moe : {false, true}) {
