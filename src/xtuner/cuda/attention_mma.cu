@@ -55,15 +55,22 @@ __global__ void __launch_bounds__(kThreads)
       float s[kCols8][4];
       Scores<kD>(s, qs + r0 * ld, ks(it % 2), ld, D, nc, lane);
 
-      // Masked, scaled scores (unseen: -inf) and the rows' new maxima.
+      // Masked, scaled scores (unseen: -inf) and the rows' new maxima; interior tiles skip the
+      // mask.
       float mx[2] = {m[0], m[1]};
+      auto scale_and_max = [&](auto seen) {
 #pragma unroll
-      for (int j = 0; j < kCols8; ++j)
+        for (int j = 0; j < kCols8; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          s[j][i] = qi.Seen(it, j, i, t) ? s[j][i] * scale2 : -INFINITY;
-          mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
-        }
+          for (int i = 0; i < 4; ++i) {
+            s[j][i] = seen(j, i) ? s[j][i] * scale2 : -INFINITY;
+            mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
+          }
+      };
+      if (qi.Unmasked(it))
+        scale_and_max([](int, int) { return true; });
+      else
+        scale_and_max([&](int j, int i) { return qi.Seen(it, j, i, t); });
       float base[2], corr[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
       for (int r = 0; r < 2; ++r) {

@@ -120,17 +120,23 @@ __global__ void __launch_bounds__(kThreads)
       float s[kCols8][4], dp[kCols8][4];
       Scores<kD>(s, ks + r0 * ld, qt, ld, D, nc, lane);    // S^T (keys, queries)
       Scores<kD>(dp, vs + r0 * ld, dot, ld, D, nc, lane);  // dP^T
-      Weights(
-          s, dp, scale2,
-          [&](int j, int i) {
-            const int c = 8 * j + 2 * t + i % 2;
-            return (i < 2 ? ok0 : ok1) && c < qn && i0 + c >= (i < 2 ? kpos0 : kpos1);
-          },
-          [&](int j, int i, float* lse2, float* dl) {
-            const int c = 8 * j + 2 * t + i % 2;
-            *lse2 = st[c];
-            *dl = st[kBlk + c];
-          });
+      auto stat = [&](int j, int i, float* lse2, float* dl) {
+        const int c = 8 * j + 2 * t + i % 2;
+        *lse2 = st[c];
+        *dl = st[kBlk + c];
+      };
+      // Every key row of the warp in the block and seen by every query of the tile: no mask.
+      if (last - r0 == kRows - 1 && qn == kBlk && i0 >= warp_first_key + kRows - 1)
+        Weights(
+            s, dp, scale2, [](int, int) { return true; }, stat);
+      else
+        Weights(
+            s, dp, scale2,
+            [&](int j, int i) {
+              const int c = 8 * j + 2 * t + i % 2;
+              return (i < 2 ? ok0 : ok1) && c < qn && i0 + c >= (i < 2 ? kpos0 : kpos1);
+            },
+            stat);
       uint32_t w[kBlk / 16][4];
       PackRows(w, s);  // P^T
       Accumulate<kD>(dva, w, dot, ld, D, nc, lane);
@@ -193,12 +199,16 @@ __global__ void __launch_bounds__(kThreads)
       float s[kCols8][4], dp[kCols8][4];
       Scores<kD>(s, qs + r0 * ld, ks(it % 2), ld, D, nc, lane);
       Scores<kD>(dp, dos + r0 * ld, vs(it % 2), ld, D, nc, lane);
-      Weights(
-          s, dp, scale2, [&](int j, int i) { return qi.Seen(it, j, i, t); },
-          [&](int, int i, float* l2, float* d) {
-            *l2 = lse2[i / 2];
-            *d = dl[i / 2];
-          });
+      auto stat = [&](int, int i, float* l2, float* d) {
+        *l2 = lse2[i / 2];
+        *d = dl[i / 2];
+      };
+      if (qi.Unmasked(it))  // an interior tile: no mask
+        Weights(
+            s, dp, scale2, [](int, int) { return true; }, stat);
+      else
+        Weights(
+            s, dp, scale2, [&](int j, int i) { return qi.Seen(it, j, i, t); }, stat);
       uint32_t w[kBlk / 16][4];
       PackRows(w, dp);  // dS
       Accumulate<kD>(dqa, w, ks(it % 2), ld, D, nc, lane);

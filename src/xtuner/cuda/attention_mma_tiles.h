@@ -177,6 +177,12 @@ struct QueryItem {
   __device__ int Chunks(int it) const {
     return min((KeyCount(it) + 15) / 16, int((warp_last_pos - KeyStart(it)) / 16) + 1);
   }
+  // Whether every row of the warp is in the block and sees every key of tile it (warp-uniform):
+  // then no score of the tile needs a mask (the interior tiles of a long document).
+  __device__ bool Unmasked(int it) const {
+    return last - r0 == kRows - 1 && KeyCount(it) == kBlk &&
+           KeyStart(it) + kBlk - 1 <= int64_t(b.begin) + r0;
+  }
   // Whether element i (0 .. 3) of n8 tile j of a (16, 64) score tile against key tile it, held
   // by the thread with t = lane % 4, is a key its query sees.
   __device__ bool Seen(int it, int j, int i, int t) const {
