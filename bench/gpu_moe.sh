@@ -16,6 +16,7 @@
 #                        # LOSS_CHUNK_ROWS=N (0: the engine's; the fused lm_head + loss chunk)
 #                        # ATTENTION_KERNELS=auto|wmma|mma (the bf16 attention's kernels; auto:
 #                        #   both timed alone up to 16k, the faster if they agree)
+#                        # EXPERTS_GEMM=auto|cublas-grouped|xtuner-grouped|per-expert
 #                        # SANITIZE=memcheck|racecheck|synccheck|initcheck: the test programs
 #                        #   under compute-sanitizer, and nothing else
 #
@@ -38,6 +39,7 @@ LIMIT=${LIMIT:-480}
 ONLY=${ONLY:-.}
 LOSS_CHUNK_ROWS=${LOSS_CHUNK_ROWS:-0}
 ATTENTION_KERNELS=${ATTENTION_KERNELS:-auto}
+EXPERTS_GEMM=${EXPERTS_GEMM:-auto}
 SANITIZE=${SANITIZE:-}
 JOBS=$(nproc)
 # The logs so far, where the device tool collects files: a run cut short still returns them.
@@ -135,7 +137,8 @@ echo "== benchmark"
 SHORT=$(echo "$LENGTHS" | tr , '\n' | awk '$1 <= 16384' | paste -sd, -)
 BENCH=$(timeout "$(left 60 30)" "$BUILD/gpu_moe_bench" --lengths "$LENGTHS" --steps "$STEPS" \
   --precision "$PRECISION" --attention "$ATTENTION" --profile 16384 \
-  --loss-chunk-rows "$LOSS_CHUNK_ROWS" --attention-kernels "$ATTENTION_KERNELS" 2>&1)
+  --loss-chunk-rows "$LOSS_CHUNK_ROWS" --attention-kernels "$ATTENTION_KERNELS" \
+  --experts-gemm "$EXPERTS_GEMM" 2>&1)
 BENCH_RC=$?
 [ $BENCH_RC -eq 124 ] && BENCH="$BENCH
 benchmark: stopped at the time limit (LIMIT=$LIMIT s)"
@@ -184,7 +187,8 @@ for line in os.environ["OUT"].splitlines():
 gemm = {dict(p.split("=", 1) for p in l.split()[1:]).get("experts_gemm")
         for l in os.environ["OUT"].splitlines() if l.startswith("tokens=") and "error=" not in l}
 print(f"\nexperts' GEMMs: {', '.join(sorted(g for g in gemm if g)) or 'unknown'} "
-      "(grouped: one cublasGemmGroupedBatchedEx per product; per-expert: cuBLAS refused the types)")
+      "(cublas-grouped: one cublasGemmGroupedBatchedEx a product; xtuner-grouped: cuBLAS refused "
+      "the types, xtuner's grouped kernel, all experts in one launch; per-expert: one GEMM per expert)")
 print("reference at 32k with gradient checkpointing: 44.7k tokens/s, 71.9 GiB")
 print("targets: >= 1.5x the reference tokens/s at 4k and 16k; 128k tokens trained on one H200")
 # Where a step's time goes: one profiled step per length (phases marked with CUDA events).

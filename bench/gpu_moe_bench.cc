@@ -28,6 +28,10 @@
 // engine's, about 256 Mi logits, 1766 rows of this vocabulary), to try other chunks on a GPU
 // without rebuilding.
 //
+// --experts-gemm cublas-grouped|xtuner-grouped|per-expert: how the experts' products run
+// (cuda/gemm_cuda.h; default auto: cuBLAS's grouped GEMM, and where cuBLAS refuses bf16 inputs
+// with fp32 outputs, xtuner's grouped kernel); the experts_gemm field says which ran.
+//
 // --attention-kernels wmma|mma|auto: the bf16 attention's kernel family (attention_bf16.h).
 // auto (default): first both families alone on the model's attention shape at each length up to
 // 16k, one line each:
@@ -222,6 +226,7 @@ int main(int argc, char** argv) {
   int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
   int64_t loss_chunk_rows = 0;                       // --loss-chunk-rows N (0: the engine's)
   std::string attention_kernels = "auto";            // --attention-kernels wmma|mma|auto
+  std::string experts_gemm = "auto";                 // --experts-gemm auto|<an ExpertsPath>
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 == argc) {
       std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
@@ -233,6 +238,11 @@ int main(int argc, char** argv) {
                (!std::strcmp(argv[i + 1], "wmma") || !std::strcmp(argv[i + 1], "mma") ||
                 !std::strcmp(argv[i + 1], "auto"))) {
       attention_kernels = argv[i + 1];
+    } else if (!std::strcmp(argv[i], "--experts-gemm") &&
+               (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "cublas-grouped") ||
+                !std::strcmp(argv[i + 1], "xtuner-grouped") ||
+                !std::strcmp(argv[i + 1], "per-expert"))) {
+      experts_gemm = argv[i + 1];
     } else if (!std::strcmp(argv[i], "--loss-chunk-rows")) {
       loss_chunk_rows = std::atoll(argv[i + 1]);
     } else if (!std::strcmp(argv[i], "--lengths")) {
@@ -267,7 +277,8 @@ int main(int argc, char** argv) {
                    "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
                    "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
                    "[--profile MAX_TOKENS] [--loss-chunk-rows N] "
-                   "[--attention-kernels wmma|mma|auto]\n");
+                   "[--attention-kernels wmma|mma|auto] "
+                   "[--experts-gemm auto|cublas-grouped|xtuner-grouped|per-expert]\n");
       return 2;
     }
   }
@@ -390,6 +401,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   model.SetAttentionBf16Kernels(kernels);
+  using Path = xt::cuda::Blas::ExpertsPath;
+  for (Path path : {Path::kCublasGrouped, Path::kXtunerGrouped, Path::kPerExpert})
+    if (experts_gemm == xt::cuda::Blas::ExpertsPathName(path))
+      model.SetExpertsPath(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32, path);
   std::printf(
       "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld "
       "loss_chunk_rows=%lld precision=%s attention=%s\n",
@@ -470,9 +485,8 @@ int main(int argc, char** argv) {
         "model_peak_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
         double(peak) / double(1ull << 30), model_peak / double(1ull << 30), recompute, loss,
-        model.blas().GroupsNatively(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)
-            ? "grouped"
-            : "per-expert");
+        xt::cuda::Blas::ExpertsPathName(model.blas().experts_path(
+            bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)));
     std::fflush(stdout);
     if (T <= profile_up_to) {  // one more step, its phases timed
       xt::cuda::StepProfile phases;

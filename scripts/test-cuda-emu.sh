@@ -24,6 +24,11 @@ ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -L cuda
 # The kernels with asynchronous copies once more with the copies landing when issued and the
 # threads in reverse order: a tile buffer refilled while another warp still reads it fails there.
 # (ctest's names of parameterised tests end in " # GetParam() = ...", hence the space.)
+# Then with each warp running alone up to the block barrier: a missing __syncthreads between
+# warps that share a tile fails there.
+ASYNC_TESTS='Matches.*_mma |MmaSm80|GroupedGemmBf16'
 XT_CUDA_EMU_ASYNC=early XT_CUDA_EMU_ORDER=reverse \
-  ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R 'Matches.*_mma |MmaSm80' -E LongDoc
+  ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
+XT_CUDA_EMU_WARPS=ahead \
+  ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
 ctest --output-on-failure --timeout 900 -R 'Distributed\.GpuMeshesFollowTheCpuRun'

@@ -72,7 +72,12 @@ constexpr double kOutTol = 1.5e-2, kLseTol = 1e-2, kGradTol = 4e-2;
 constexpr double kQkFloor = 0.2, kVFloor = 1e-2;
 
 using Param = std::tuple<Shape, cuda::AttentionBf16Kernels>;
+// Against the CPU: every shape on both kernel families.
 class AttentionBf16Cuda : public cudatest::CudaTest<Param> {};
+// The properties of the launchers' shared host path (bf16 copies, argument handling): every shape
+// on the wmma kernels, the shapes but the long documents on the mma ones (the emulator runs
+// mma.sync slowly: a warp barrier an instruction).
+class AttentionBf16CudaPaths : public cudatest::CudaTest<Param> {};
 
 TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit) {
   const Case c(std::get<0>(GetParam()));
@@ -131,7 +136,7 @@ TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit
 // The bf16 kernels round their inputs: their results must differ from the fp32 GPU kernels'
 // by about bf16's rounding (norm-wise 1e-3 or more here), far more than the fp32 kernels'
 // own error (~1e-6): they do not secretly run the fp32 kernels.
-TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
+TEST_P(AttentionBf16CudaPaths, DiffersFromTheFp32GpuKernels) {
   const Case c(std::get<0>(GetParam()));
   const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
@@ -166,7 +171,7 @@ TEST_P(AttentionBf16Cuda, DiffersFromTheFp32GpuKernels) {
 
 // Inputs that are not 16-byte aligned: rounded into the same (aligned) bf16 copies, so the same
 // bits.
-TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
+TEST_P(AttentionBf16CudaPaths, UnalignedInputsGiveTheSameBits) {
   const Case c(std::get<0>(GetParam()));
   const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
   const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
@@ -203,27 +208,45 @@ TEST_P(AttentionBf16Cuda, UnalignedInputsGiveTheSameBits) {
   ExpectBitEqual(dv_b.Host(), dv_a.Host(), "dv (unaligned inputs)");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionBf16Cuda,
-    ::testing::Combine(
-        ::testing::Values(
-            Shape{"OneTokenMqaD64", {1}, 4, 1, 64}, Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
-            Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
-            Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
-            Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
-            Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
-            Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
-            Shape{"LongDocGqaD128", {1000}, 4, 1, 128}, Shape{"LongDocMhaD64", {1000}, 2, 2, 64},
-            Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
-            Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 8, 1, 128},
-            Shape{"D80Group3", {97, 31, 1}, 3, 1, 80}, Shape{"D16", {70, 5}, 2, 1, 16},
-            Shape{"PeakedD64", {300, 77}, 4, 2, 64, 3.0f},
-            Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
-        ::testing::Values(cuda::AttentionBf16Kernels::kWmma, cuda::AttentionBf16Kernels::kMma)),
-    [](const ::testing::TestParamInfo<Param>& info) {
-      return std::get<0>(info.param).name + "_" +
-             cuda::AttentionBf16KernelsName(std::get<1>(info.param));
-    });
+const std::vector<Shape> kShapes = {
+    Shape{"OneTokenMqaD64", {1}, 4, 1, 64},
+    Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
+    Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
+    Shape{"RaggedMhaD64", {1, 63, 65, 200}, 4, 4, 64},
+    Shape{"RaggedGqaD128", {1, 63, 65, 200}, 8, 2, 128},
+    Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
+    Shape{"BlockMultiplesWithEmptyDocsD64", {0, 64, 128, 0, 64, 0}, 2, 1, 64},
+    Shape{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64},
+    Shape{"ManyShortDocsMqaD128", ManyShortDocs(), 8, 1, 128},
+    Shape{"D80Group3", {97, 31, 1}, 3, 1, 80},
+    Shape{"D16", {70, 5}, 2, 1, 16},
+    Shape{"PeakedD64", {300, 77}, 4, 2, 64, 3.0f},
+    Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}};
+const std::vector<Shape> kLongShapes = {Shape{"LongDocGqaD128", {1000}, 4, 1, 128},
+                                        Shape{"LongDocMhaD64", {1000}, 2, 2, 64}};
+std::vector<Shape> AllShapes() {
+  std::vector<Shape> all = kShapes;
+  all.insert(all.end(), kLongShapes.begin(), kLongShapes.end());
+  return all;
+}
+std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
+  return std::get<0>(info.param).name + "_" +
+         cuda::AttentionBf16KernelsName(std::get<1>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionBf16Cuda,
+                         ::testing::Combine(::testing::ValuesIn(AllShapes()),
+                                            ::testing::Values(cuda::AttentionBf16Kernels::kWmma,
+                                                              cuda::AttentionBf16Kernels::kMma)),
+                         ParamName);
+INSTANTIATE_TEST_SUITE_P(Wmma, AttentionBf16CudaPaths,
+                         ::testing::Combine(::testing::ValuesIn(AllShapes()),
+                                            ::testing::Values(cuda::AttentionBf16Kernels::kWmma)),
+                         ParamName);
+INSTANTIATE_TEST_SUITE_P(Mma, AttentionBf16CudaPaths,
+                         ::testing::Combine(::testing::ValuesIn(kShapes),
+                                            ::testing::Values(cuda::AttentionBf16Kernels::kMma)),
+                         ParamName);
 
 TEST(AttentionBf16CudaArgs, SupportsMultiplesOf16UpTo128) {
   for (int64_t D : {16, 32, 64, 80, 96, 128}) EXPECT_TRUE(cuda::AttentionBf16Supports(D)) << D;

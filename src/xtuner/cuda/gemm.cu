@@ -22,6 +22,7 @@
 
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/gemm_cuda.h"
+#include "xtuner/cuda/grouped_gemm_bf16.h"
 #include "xtuner/cuda/launch.h"
 
 namespace xt::cuda {
@@ -198,8 +199,8 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
     }
     return Status::OK();
   };
-  bool& ungrouped = ungrouped_[in == GemmInput::kBf16 ? 1 : 0];
-  if (ungrouped) return one_by_one();
+  ExpertsPath& path = path_[Index(in)];
+  if (path != ExpertsPath::kCublasGrouped) return one_by_one();
   const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int g = int(count);
@@ -240,19 +241,43 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
   const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
                        (st == CUBLAS_STATUS_INVALID_VALUE && in == GemmInput::kBf16);
   if (!refused) return BlasCheck(st, "grouped GEMM");
-  // This cuBLAS cannot group these types: one cuBLASLt call per expert, now and from now on
-  // (said once: a refusal that is really a bad argument would show here).
-  ungrouped = true;
+  // This cuBLAS cannot group these types: this call one GEMM per expert, later ones on xtuner's
+  // grouped kernel (bf16) or one per expert (said once: a refusal that is really a bad argument
+  // would show here).
+  path = in == GemmInput::kBf16 ? ExpertsPath::kXtunerGrouped : ExpertsPath::kPerExpert;
   std::fprintf(stderr,
                "xtuner: cuBLAS refused a grouped GEMM of %s inputs (status %d): the experts' "
-               "products run as one GEMM per expert\n",
-               in == GemmInput::kBf16 ? "bf16" : "fp32", int(st));
+               "products run %s from now on\n",
+               in == GemmInput::kBf16 ? "bf16" : "fp32", int(st),
+               in == GemmInput::kBf16 ? "on xtuner's grouped kernel" : "as one GEMM per expert");
   return one_by_one();
+}
+
+const char* Blas::ExpertsPathName(ExpertsPath path) {
+  switch (path) {
+    case ExpertsPath::kCublasGrouped:
+      return "cublas-grouped";
+    case ExpertsPath::kXtunerGrouped:
+      return "xtuner-grouped";
+    case ExpertsPath::kPerExpert:
+      return "per-expert";
+  }
+  return "?";
+}
+
+bool Blas::XtunerGrouped(GroupedOp op, int64_t M, int64_t N, int64_t K, const void* a,
+                         const void* b, GemmInput in) const {
+  return in == GemmInput::kBf16 && path_[Index(in)] == ExpertsPath::kXtunerGrouped &&
+         GroupedGemmBf16Supports(op, M, N, K) && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(b) % 16 == 0;
 }
 
 Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_t* offsets,
                             int64_t E, int64_t I, int64_t O, GemmInput in) {
   if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  // y (R, O) = x_e (rows, I) w_e^T.
+  if (XtunerGrouped(GroupedOp::kForward, 0, O, I, x, w, in))
+    return GroupedGemmBf16(GroupedOp::kForward, y, x, w, offsets, E, 0, O, I, stream_);
   const size_t es = InBytes(in);
   std::vector<Problem> problems;
   for (int64_t e = 0; e < E; ++e) {
@@ -276,6 +301,14 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
                              const int32_t* offsets, int64_t E, int64_t I, int64_t O,
                              GemmInput in) {
   if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  // dx (R, I) = dy_e (rows, O) w_e (O, I); dw_e (O, I) += dy_e^T x_e.
+  if (XtunerGrouped(GroupedOp::kData, 0, I, O, dy, w, in) &&
+      XtunerGrouped(GroupedOp::kWeight, O, I, 0, dy, x, in)) {
+    if (dx)
+      XT_RETURN_IF_ERROR(
+          GroupedGemmBf16(GroupedOp::kData, dx, dy, w, offsets, E, 0, I, O, stream_));
+    return GroupedGemmBf16(GroupedOp::kWeight, dw, dy, x, offsets, E, O, I, 0, stream_);
+  }
   const size_t es = InBytes(in);
   std::vector<Problem> data_grad, weight_grad;
   for (int64_t e = 0; e < E; ++e) {

@@ -1,4 +1,5 @@
-// GEMMs on the GPU through cuBLASLt (dense) and cuBLAS's grouped batched GEMM (the experts):
+// GEMMs on the GPU through cuBLASLt (dense) and cuBLAS's grouped batched GEMM or xtuner's own
+// grouped kernel (the experts):
 // the CUDA twins of ops::gemm / ops::gemm_bf16 and of the grouped expert products. Row-major,
 // like the CPU ops; outputs and accumulation in fp32. Inputs in fp32 (full fp32 products, no
 // TF32: the twin of ops::gemm) or bf16 (the twin of ops::gemm_bf16: bf16 inputs, fp32 sums).
@@ -9,6 +10,7 @@
 #include <memory>
 
 #include "xtuner/core/status.h"
+#include "xtuner/cuda/grouped_gemm_bf16.h"
 
 namespace xt::cuda {
 
@@ -29,12 +31,20 @@ class Blas {
   Status Gemm(float* c, const void* a, const void* b, int64_t M, int64_t N, int64_t K, bool ta,
               bool tb, float beta, GemmInput in);
 
-  // Whether the experts' products of `in` run as one grouped cuBLAS call (false once cuBLAS has
-  // refused these types: one call per expert since).
-  bool GroupsNatively(GemmInput in) const { return !ungrouped_[in == GemmInput::kBf16 ? 1 : 0]; }
-  // Runs the experts' products of `in` one per expert (true) or grouped (false, the default; it
-  // still falls back when cuBLAS refuses): for tests and benchmarks of both paths.
-  void SetPerExpert(GemmInput in, bool on) { ungrouped_[in == GemmInput::kBf16 ? 1 : 0] = on; }
+  // How the experts' products of one input type run:
+  //   kCublasGrouped  one cublasGemmGroupedBatchedEx call a product (the default, tried first);
+  //   kXtunerGrouped  bf16 only: xtuner's own kernel, all experts in one launch
+  //                   (grouped_gemm_bf16.h), where the dims allow it (multiples of 8);
+  //   kPerExpert      one cuBLAS call per expert.
+  // When cuBLAS refuses to group a type (it documents the combinations it groups; bf16 inputs
+  // with fp32 outputs may not be one), the path moves to kXtunerGrouped (bf16) or kPerExpert
+  // (fp32) for good, said once on stderr; products the path cannot take go one per expert.
+  enum class ExpertsPath { kCublasGrouped, kXtunerGrouped, kPerExpert };
+  ExpertsPath experts_path(GemmInput in) const { return path_[Index(in)]; }
+  // "cublas-grouped", "xtuner-grouped" or "per-expert".
+  static const char* ExpertsPathName(ExpertsPath path);
+  // Sets the path (for tests and benchmarks of each; kXtunerGrouped is for bf16 only).
+  void SetExpertsPath(GemmInput in, ExpertsPath path) { path_[Index(in)] = path; }
 
   // The experts' product, as ops::grouped_linear_forward: rows [offsets[e], offsets[e+1]) of x
   // (R, I) go through expert e's w (E, O, I): y (R, O) = x_e @ w_e^T. `offsets` (E + 1) on the
@@ -58,6 +68,10 @@ class Blas {
   };
   Status Grouped(const Problem* problems, int64_t count, bool ta, bool tb, float beta,
                  GemmInput in);
+  // Whether the product `op` (grouped_gemm_bf16.h) of these dims and operands goes to xtuner's
+  // grouped kernel: the path is kXtunerGrouped and the kernel takes them.
+  bool XtunerGrouped(GroupedOp op, int64_t M, int64_t N, int64_t K, const void* a, const void* b,
+                     GemmInput in) const;
 
   void* stream_ = nullptr;
   void* blas_ = nullptr;  // cublasHandle_t
@@ -66,9 +80,9 @@ class Blas {
   size_t workspace_bytes_ = 0;
   void* pointers_ = nullptr;  // device array of 3 * pointer_capacity_ pointers
   int64_t pointer_capacity_ = 0;
-  // Per GemmInput: cuBLAS refused to group these types once, so every later call goes straight
-  // to one cuBLASLt call per expert.
-  bool ungrouped_[2] = {false, false};
+  static int Index(GemmInput in) { return in == GemmInput::kBf16 ? 1 : 0; }
+  // Per GemmInput (Index): how the experts' products run.
+  ExpertsPath path_[2] = {ExpertsPath::kCublasGrouped, ExpertsPath::kCublasGrouped};
 };
 
 // dst (n) = src (n) rounded to bf16 (nearest even; NaN stays NaN), as ops::gemm_bf16 rounds its

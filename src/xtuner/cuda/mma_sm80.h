@@ -23,8 +23,10 @@
 //     lane's row n0 + l % 8 + 8 (l / 16), column k0 + 8 ((l / 8) % 2); tile n0: {r0, r1},
 //     tile n0 + 8: {r2, r3};
 //   B = X (X rows are the k index, as V in P V), .trans, for the n8 tiles n0.. and n0 + 8..:
-//     lane's row k0 + l % 8 + 8 ((l / 8) % 2), column n0 + 8 (l / 16); same tiles.
-// (LdA, LdBt and LdB below take the tile and the offsets and compute these rows.)
+//     lane's row k0 + l % 8 + 8 ((l / 8) % 2), column n0 + 8 (l / 16); same tiles;
+//   A = X^T (X rows are the k index), .trans: lane's row k0 + l % 8 + 8 (l / 16), column
+//     m0 + 8 ((l / 8) % 2).
+// (LdA, LdAt, LdBt and LdB below take the tile and the offsets and compute these rows.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -172,6 +174,11 @@ __device__ inline void CpAsyncWait() {
 // (row stride ld elements, a multiple of 8; m0, k0 multiples of 8).
 __device__ inline void LdA(uint32_t (&a)[4], const bf16* x, int ld, int m0, int k0, int lane) {
   LdMatrixX4(a, x + (m0 + lane % 8 + 8 * ((lane / 8) % 2)) * ld + k0 + 8 * (lane / 16));
+}
+// The A fragment of A = x^T: x's rows are A's columns, the k index (a stored K x M, as dy in
+// dw += dy^T x); rows m0 .. m0 + 15 of A, columns k0 .. k0 + 15.
+__device__ inline void LdAt(uint32_t (&a)[4], const bf16* x, int ld, int m0, int k0, int lane) {
+  LdMatrixX4(a, x + (k0 + lane % 8 + 8 * (lane / 16)) * ld + m0 + 8 * ((lane / 8) % 2), true);
 }
 // The B fragments of the n8 tiles n0 .. n0 + 7 (b[0..1]) and n0 + 8 .. n0 + 15 (b[2..3]), k
 // k0 .. k0 + 15, of B = x^T: x's rows are B's columns (K in Q K^T).

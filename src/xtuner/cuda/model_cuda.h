@@ -89,6 +89,8 @@ class CudaModel {
   const ParamLayout& layout() const { return layout_; }
   // The GEMMs (for reports: e.g. whether the experts' products are grouped natively).
   const Blas& blas() const { return *blas_; }
+  // How the experts' products run (Blas::ExpertsPath; default: cuBLAS's grouped GEMM first).
+  void SetExpertsPath(GemmInput in, Blas::ExpertsPath path) { blas_->SetExpertsPath(in, path); }
   // The source's parameters changed (an optimizer step): the bf16 copies of the units it holds
   // (ParamSource::Held) are made again at their next use. Gathered units' copies are made at
   // every use anyway.

@@ -144,6 +144,12 @@ struct Grid {
   // Asynchronous copies land when issued (XT_CUDA_EMU_ASYNC=early), not at their wait: a buffer
   // overwritten by the next copies while another thread still reads it shows then.
   bool async_early = false;
+  // Each warp runs alone up to the block barrier, one warp after another
+  // (XT_CUDA_EMU_WARPS=ahead): shared memory one warp reads before another has written it, for
+  // want of a __syncthreads, shows (warp barriers, mma and ldmatrix otherwise keep the warps of
+  // a pass in step). only_warp: the warp the pass runs (-1: all).
+  bool warps_ahead = false;
+  int only_warp = -1;
   std::unique_ptr<unsigned char[], void (*)(void*)> shared{nullptr, std::free};  // 128-aligned
   size_t shared_bytes = 0;
   // A warp's exchanges: each lane's offers, two slots of kOfferBytes.
@@ -160,7 +166,7 @@ bool SwitchToNext(Grid& g, Context* from) {
   while (++g.pos < n) {
     const int t = g.reverse ? n - 1 - g.pos : g.pos;
     Fiber& next = g.fibers[t];
-    if (next.wait != Wait::kRunnable) continue;
+    if (next.wait != Wait::kRunnable || (g.only_warp >= 0 && t / 32 != g.only_warp)) continue;
     g.current = t;
     threadIdx = next.idx;
     Switch(from, &next.ctx);
@@ -224,6 +230,13 @@ void RunBlock(Grid& g, int n) {
   for (;;) {
     // A pass: each fiber that can run, in order, runs to its next barrier or its end (Yield
     // hands on to the next); the scheduler resumes after the last.
+    if (g.warps_ahead) {  // the first warp, in the pass's order, with a thread that can run
+      g.only_warp = -1;
+      for (int p = 0; p < n && g.only_warp < 0; ++p) {
+        const int t = g.reverse ? n - 1 - p : p;
+        if (g.fibers[t].wait == Wait::kRunnable) g.only_warp = t / 32;
+      }
+    }
     g.pos = -1;
     SwitchToNext(g, &g.scheduler);
     g.current = -1;
@@ -260,6 +273,9 @@ void RunBlock(Grid& g, int n) {
     }
     if (all_done) return;
     if (released) continue;
+    bool runnable = false;  // warps the pass did not run (XT_CUDA_EMU_WARPS=ahead)
+    for (int t = 0; t < n && !runnable; ++t) runnable = g.fibers[t].wait == Wait::kRunnable;
+    if (runnable) continue;
     if (any_block && !mixed) {
       for (int t = 0; t < n; ++t)
         if (g.fibers[t].wait == Wait::kBlock) g.fibers[t].wait = Wait::kRunnable;
@@ -402,6 +418,8 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   // writes before a barrier that is missing sees the old value in one order or the other.
   const char* order = std::getenv("XT_CUDA_EMU_ORDER");
   g.reverse = order && std::string(order) == "reverse";
+  const char* ahead = std::getenv("XT_CUDA_EMU_WARPS");
+  g.warps_ahead = ahead && std::string(ahead) == "ahead";
   const char* async = std::getenv("XT_CUDA_EMU_ASYNC");
   g.async_early = async && std::string(async) == "early";
   g.fibers.resize(threads);
