@@ -38,6 +38,9 @@
 //   attention_kernels tokens=T wmma_fwd_ms= wmma_bwd_ms= mma_fwd_ms= mma_bwd_ms= max_rel_diff=
 // then the model runs on mma if the families agree (norm-wise within 2e-2 everywhere) and mma is
 // faster at the longest of those lengths, else on wmma; the params line names the choice.
+// time: only that timing (before the model is made), then attention_choice=wmma|mma, and exit:
+// gpu_moe.sh runs it in a process of its own, so a kernel that faults cannot take the model's
+// run down with it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -236,7 +239,7 @@ int main(int argc, char** argv) {
       profile_up_to = std::atoll(argv[i + 1]);
     } else if (!std::strcmp(argv[i], "--attention-kernels") &&
                (!std::strcmp(argv[i + 1], "wmma") || !std::strcmp(argv[i + 1], "mma") ||
-                !std::strcmp(argv[i + 1], "auto"))) {
+                !std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "time"))) {
       attention_kernels = argv[i + 1];
     } else if (!std::strcmp(argv[i], "--experts-gemm") &&
                (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "cublas-grouped") ||
@@ -277,7 +280,7 @@ int main(int argc, char** argv) {
                    "[--precision bf16|fp32] [--attention bf16|fp32] [--peak-tflops F] "
                    "[--layers 4] [--experts 128] [--vocab 151936] [--recompute auto|none|all] "
                    "[--profile MAX_TOKENS] [--loss-chunk-rows N] "
-                   "[--attention-kernels wmma|mma|auto] "
+                   "[--attention-kernels wmma|mma|auto|time] "
                    "[--experts-gemm auto|cublas-grouped|xtuner-grouped|per-expert]\n");
       return 2;
     }
@@ -326,6 +329,42 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gpu_moe_bench: no CUDA stream (is there a GPU?)\n");
     return 1;
   }
+  const bool tensor_core_attention = bf16 && bf16_attention &&
+                                     xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
+                                     xt::cuda::AttentionBf16Device().ok();
+  // The bf16 attention's kernels: as asked, or (auto) the mma family where it agrees with the
+  // WMMA one (both are tested against the CPU; between them only fp32 summation order and the
+  // exponential's rounding differ) and is faster, timed at the lengths up to 16k.
+  xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
+  if (attention_kernels != "auto" && attention_kernels != "time") {
+    xt::cuda::ParseAttentionBf16Kernels(attention_kernels, &kernels);
+  } else if (tensor_core_attention) {
+    bool agree = true, faster = false;
+    for (int64_t T : lengths) {
+      if (T > 16384) continue;
+      AttentionTimes at;
+      const xt::Status s =
+          TimeAttentionKernels(T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, stream, &at);
+      if (!s.ok()) {
+        std::printf("attention_kernels tokens=%lld error=%s\n", (long long)T, s.message().c_str());
+        agree = false;
+        cudaGetLastError();
+        continue;
+      }
+      std::printf(
+          "attention_kernels tokens=%lld wmma_fwd_ms=%.3f wmma_bwd_ms=%.3f mma_fwd_ms=%.3f "
+          "mma_bwd_ms=%.3f max_rel_diff=%.2e\n",
+          (long long)T, at.fwd_ms[0], at.bwd_ms[0], at.fwd_ms[1], at.bwd_ms[1], at.max_rel_diff);
+      agree = agree && at.max_rel_diff < 2e-2;
+      faster = at.fwd_ms[1] + at.bwd_ms[1] < at.fwd_ms[0] + at.bwd_ms[0];  // the longest decides
+    }
+    if (agree && faster) kernels = xt::cuda::AttentionBf16Kernels::kMma;
+    std::fflush(stdout);
+  }
+  if (attention_kernels == "time") {  // the kernels alone, in a process of their own
+    std::printf("attention_choice=%s\n", xt::cuda::AttentionBf16KernelsName(kernels));
+    return 0;
+  }
   // Host slab: norms 1, everything else uniform with std 0.02.
   std::vector<float> host(total);
   const float a = 0.02f * std::sqrt(3.0f);
@@ -368,38 +407,6 @@ int main(int argc, char** argv) {
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
-  const bool tensor_core_attention = bf16 && bf16_attention &&
-                                     xt::cuda::AttentionBf16Supports(cfg.head_dim) &&
-                                     xt::cuda::AttentionBf16Device().ok();
-  // The bf16 attention's kernels: as asked, or (auto) the mma family where it agrees with the
-  // WMMA one (both are tested against the CPU; between them only fp32 summation order and the
-  // exponential's rounding differ) and is faster, timed at the lengths up to 16k.
-  xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
-  if (attention_kernels != "auto") {
-    xt::cuda::ParseAttentionBf16Kernels(attention_kernels, &kernels);
-  } else if (tensor_core_attention) {
-    bool agree = true, faster = false;
-    for (int64_t T : lengths) {
-      if (T > 16384) continue;
-      AttentionTimes at;
-      const xt::Status s =
-          TimeAttentionKernels(T, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, stream, &at);
-      if (!s.ok()) {
-        std::printf("attention_kernels tokens=%lld error=%s\n", (long long)T, s.message().c_str());
-        agree = false;
-        cudaGetLastError();
-        continue;
-      }
-      std::printf(
-          "attention_kernels tokens=%lld wmma_fwd_ms=%.3f wmma_bwd_ms=%.3f mma_fwd_ms=%.3f "
-          "mma_bwd_ms=%.3f max_rel_diff=%.2e\n",
-          (long long)T, at.fwd_ms[0], at.bwd_ms[0], at.fwd_ms[1], at.bwd_ms[1], at.max_rel_diff);
-      agree = agree && at.max_rel_diff < 2e-2;
-      faster = at.fwd_ms[1] + at.bwd_ms[1] < at.fwd_ms[0] + at.bwd_ms[0];  // the longest decides
-    }
-    if (agree && faster) kernels = xt::cuda::AttentionBf16Kernels::kMma;
-    std::fflush(stdout);
-  }
   model.SetAttentionBf16Kernels(kernels);
   using Path = xt::cuda::Blas::ExpertsPath;
   for (Path path : {Path::kCublasGrouped, Path::kXtunerGrouped, Path::kPerExpert})

@@ -29,6 +29,8 @@ ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -L cuda
 ASYNC_TESTS='Matches.*_mma |MmaSm80|GroupedGemmBf16'
 XT_CUDA_EMU_ASYNC=early XT_CUDA_EMU_ORDER=reverse \
   ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
-XT_CUDA_EMU_WARPS=ahead \
-  ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
+for order in forward reverse; do  # the first warp ahead, then the last
+  XT_CUDA_EMU_WARPS=ahead XT_CUDA_EMU_ORDER=$order \
+    ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
+done
 ctest --output-on-failure --timeout 900 -R 'Distributed\.GpuMeshesFollowTheCpuRun'

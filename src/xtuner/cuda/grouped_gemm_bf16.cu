@@ -58,7 +58,7 @@ __device__ inline void LoadWindow(bf16* dst, int ldd, const bf16* src, int64_t l
 }
 
 template <GroupedOp kOp>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128 registers
     GroupedGemmKernel(float* c, const bf16* a, const bf16* b, const int32_t* offsets,
                       const Tile* tiles, int64_t M, int64_t N, int64_t K) {
   using L = Layout<kOp>;
@@ -136,18 +136,30 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // c (assigned, or += for kWeight): this thread's rows g, g + 8 of each m16 tile.
+  // c (assigned, or += for kWeight): this thread's rows g, g + 8 of each m16 tile, two adjacent
+  // columns each, as one 8-byte access where c's rows allow it (N even, c 8-byte aligned).
+  const bool pairs = N % 2 == 0 && reinterpret_cast<uintptr_t>(c) % 8 == 0;
 #pragma unroll
   for (int mi = 0; mi < kWarpM / 16; ++mi)
 #pragma unroll
     for (int nj = 0; nj < kWarpN / 8; ++nj)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t row = tile.m0 + wm + mi * 16 + g + 8 * (i / 2);
-        const int64_t col = tile.n0 + wn + nj * 8 + 2 * t + i % 2;
-        if (row < m_e && col < N) {
-          float* p = c_e + row * N + col;
-          *p = kOp == GroupedOp::kWeight ? *p + acc[mi][nj][i] : acc[mi][nj][i];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = tile.m0 + wm + mi * 16 + g + 8 * h;
+        const int64_t col = tile.n0 + wn + nj * 8 + 2 * t;
+        if (row >= m_e || col >= N) continue;
+        float* p = c_e + row * N + col;
+        float2 v = make_float2(acc[mi][nj][2 * h], acc[mi][nj][2 * h + 1]);
+        if (pairs) {  // col even and N even: col + 1 < N
+          if (kOp == GroupedOp::kWeight) {
+            const float2 old = *reinterpret_cast<const float2*>(p);
+            v.x += old.x;
+            v.y += old.y;
+          }
+          *reinterpret_cast<float2*>(p) = v;
+        } else {
+          p[0] = kOp == GroupedOp::kWeight ? p[0] + v.x : v.x;
+          if (col + 1 < N) p[1] = kOp == GroupedOp::kWeight ? p[1] + v.y : v.y;
         }
       }
 }
@@ -189,6 +201,13 @@ Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, con
       return Status::Error(std::string(what) + ": offsets decrease at expert " + std::to_string(e));
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return Status::Error(std::string(what) + ": operands not 16-byte aligned");
+  int dev = 0, major = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), what));
+  if (major < 8)
+    return Status::Error(std::string(what) +
+                         ": needs bf16 tensor cores (compute capability 8.0 or newer)");
   // The tiles of every expert with rows, the longest K first (kWeight: K is the expert's rows).
   const int64_t tiles_n = (N + kTile - 1) / kTile;
   std::vector<Tile> tiles;
