@@ -501,6 +501,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.act.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       XT_RETURN_IF_ERROR(grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im));
+      // A layer recomputed in the backward permutes its rows again there instead of keeping
+      // them: its backward's peak (the (A, H) output gradient beside every activation) holds
+      // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model).
+      if (recomputing && !ep_) a.xs = F();
       XT_RETURN_IF_ERROR(part("swiglu"));
       XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
@@ -696,6 +700,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
       dact = F();
       a.gu = F();
+      if (!ep_ && a.xs.size() == 0) {  // dropped by the recompute (layer_forward)
+        XT_RETURN_IF_ERROR(mark("moe_permute"));
+        XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+      }
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
       XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(),
