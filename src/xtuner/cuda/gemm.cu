@@ -241,9 +241,9 @@ Status Blas::Grouped(const Problem* problems, int64_t count, bool ta, bool tb, f
   const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
                        (st == CUBLAS_STATUS_INVALID_VALUE && in == GemmInput::kBf16);
   if (!refused) return BlasCheck(st, "grouped GEMM");
-  // This cuBLAS cannot group these types: this call one GEMM per expert, later ones on xtuner's
-  // grouped kernel (bf16) or one per expert (said once: a refusal that is really a bad argument
-  // would show here).
+  // This cuBLAS cannot group these types: this call (SettleExpertsPath's probe, in practice) one
+  // GEMM per expert, later ones on xtuner's grouped kernel (bf16) or one per expert (said once: a
+  // refusal that is really a bad argument would show here).
   path = in == GemmInput::kBf16 ? ExpertsPath::kXtunerGrouped : ExpertsPath::kPerExpert;
   std::fprintf(stderr,
                "xtuner: cuBLAS refused a grouped GEMM of %s inputs (status %d): the experts' "
@@ -265,6 +265,27 @@ const char* Blas::ExpertsPathName(ExpertsPath path) {
   return "?";
 }
 
+Status Blas::SettleExpertsPath(GemmInput in) {
+  bool& probed = probed_[Index(in)];
+  if (probed || path_[Index(in)] != ExpertsPath::kCublasGrouped) return Status::OK();
+  probed = true;
+  // One 16 x 16 x 16 product of zeros on scratch: cuBLAS groups these types, or refuses them and
+  // Grouped moves the path, before the first real product (so every step takes the same path).
+  constexpr int kN = 16;
+  detail::Scratch scratch{cudaStream_t(stream_)};
+  unsigned char* ab = nullptr;
+  float* c = nullptr;
+  const size_t bytes = 2 * kN * kN * InBytes(in);
+  XT_RETURN_IF_ERROR(scratch.Alloc(&ab, int64_t(bytes), "grouped GEMM probe"));
+  XT_RETURN_IF_ERROR(scratch.Alloc(&c, kN * kN, "grouped GEMM probe"));
+  XT_RETURN_IF_ERROR(
+      Check(cudaMemsetAsync(ab, 0, bytes, cudaStream_t(stream_)), "grouped GEMM probe"));
+  const Problem p{ab, ab + bytes / 2, c, kN, kN, kN, kN, kN, kN};
+  const Status st = Grouped(&p, 1, false, false, 0.0f, in);
+  const Status freed = scratch.Release("grouped GEMM probe");
+  return st.ok() ? freed : st;
+}
+
 bool Blas::XtunerGrouped(GroupedOp op, int64_t M, int64_t N, int64_t K, const void* a,
                          const void* b, GemmInput in) const {
   return in == GemmInput::kBf16 && path_[Index(in)] == ExpertsPath::kXtunerGrouped &&
@@ -275,6 +296,7 @@ bool Blas::XtunerGrouped(GroupedOp op, int64_t M, int64_t N, int64_t K, const vo
 Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_t* offsets,
                             int64_t E, int64_t I, int64_t O, GemmInput in) {
   if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  XT_RETURN_IF_ERROR(SettleExpertsPath(in));
   // y (R, O) = x_e (rows, I) w_e^T.
   if (XtunerGrouped(GroupedOp::kForward, 0, O, I, x, w, in))
     return GroupedGemmBf16(GroupedOp::kForward, y, x, w, offsets, E, 0, O, I, stream_);
@@ -301,6 +323,7 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
                              const int32_t* offsets, int64_t E, int64_t I, int64_t O,
                              GemmInput in) {
   if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  XT_RETURN_IF_ERROR(SettleExpertsPath(in));
   // dx (R, I) = dy_e (rows, O) w_e (O, I); dw_e (O, I) += dy_e^T x_e.
   if (XtunerGrouped(GroupedOp::kData, 0, I, O, dy, w, in) &&
       XtunerGrouped(GroupedOp::kWeight, O, I, 0, dy, x, in)) {

@@ -36,15 +36,21 @@ class Blas {
   //   kXtunerGrouped  bf16 only: xtuner's own kernel, all experts in one launch
   //                   (grouped_gemm_bf16.h), where the dims allow it (multiples of 8);
   //   kPerExpert      one cuBLAS call per expert.
-  // When cuBLAS refuses to group a type (it documents the combinations it groups; bf16 inputs
-  // with fp32 outputs may not be one), the path moves to kXtunerGrouped (bf16) or kPerExpert
-  // (fp32) for good, said once on stderr; products the path cannot take go one per expert.
+  // The first grouped product of a type that is on kCublasGrouped first probes cuBLAS with a
+  // tiny product; if cuBLAS refuses to group the type (it documents the combinations it groups;
+  // bf16 inputs with fp32 outputs may not be one), the path moves to kXtunerGrouped (bf16) or
+  // kPerExpert (fp32) for good, said once on stderr, before any real product: every step takes
+  // the same path. Products the path cannot take go one per expert.
   enum class ExpertsPath { kCublasGrouped, kXtunerGrouped, kPerExpert };
   ExpertsPath experts_path(GemmInput in) const { return path_[Index(in)]; }
   // "cublas-grouped", "xtuner-grouped" or "per-expert".
   static const char* ExpertsPathName(ExpertsPath path);
-  // Sets the path (for tests and benchmarks of each; kXtunerGrouped is for bf16 only).
-  void SetExpertsPath(GemmInput in, ExpertsPath path) { path_[Index(in)] = path; }
+  // Sets the path (for tests and benchmarks of each; kXtunerGrouped is for bf16 only);
+  // kCublasGrouped probes cuBLAS again at the next product.
+  void SetExpertsPath(GemmInput in, ExpertsPath path) {
+    path_[Index(in)] = path;
+    probed_[Index(in)] = false;
+  }
 
   // The experts' product, as ops::grouped_linear_forward: rows [offsets[e], offsets[e+1]) of x
   // (R, I) go through expert e's w (E, O, I): y (R, O) = x_e @ w_e^T. `offsets` (E + 1) on the
@@ -81,8 +87,11 @@ class Blas {
   void* pointers_ = nullptr;  // device array of 3 * pointer_capacity_ pointers
   int64_t pointer_capacity_ = 0;
   static int Index(GemmInput in) { return in == GemmInput::kBf16 ? 1 : 0; }
-  // Per GemmInput (Index): how the experts' products run.
+  // Per GemmInput (Index): how the experts' products run, and whether cuBLAS was probed.
   ExpertsPath path_[2] = {ExpertsPath::kCublasGrouped, ExpertsPath::kCublasGrouped};
+  bool probed_[2] = {false, false};
+  // Probes cuBLAS once for `in` while the path is kCublasGrouped (see ExpertsPath).
+  Status SettleExpertsPath(GemmInput in);
 };
 
 // dst (n) = src (n) rounded to bf16 (nearest even; NaN stays NaN), as ops::gemm_bf16 rounds its
