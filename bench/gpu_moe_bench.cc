@@ -228,8 +228,12 @@ int main(int argc, char** argv) {
   std::vector<double> recompute_tries = {0.0, 1.0};  // auto
   int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
   int64_t loss_chunk_rows = 0;                       // --loss-chunk-rows N (0: the engine's)
-  std::string attention_kernels = "auto";            // --attention-kernels wmma|mma|auto
+  std::string attention_kernels = "auto";            // --attention-kernels wmma|mma|auto|time
   std::string experts_gemm = "auto";                 // --experts-gemm auto|<an ExpertsPath>
+  // The bf16 attention's kernels (as named by --attention-kernels, else chosen below) and the
+  // experts' path (as named by --experts-gemm).
+  xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
+  xt::cuda::Blas::ExpertsPath experts_path = xt::cuda::Blas::ExpertsPath::kCublasGrouped;
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 == argc) {
       std::fprintf(stderr, "gpu_moe_bench: %s needs a value\n", argv[i]);
@@ -238,13 +242,12 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--profile")) {
       profile_up_to = std::atoll(argv[i + 1]);
     } else if (!std::strcmp(argv[i], "--attention-kernels") &&
-               (!std::strcmp(argv[i + 1], "wmma") || !std::strcmp(argv[i + 1], "mma") ||
-                !std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "time"))) {
+               (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "time") ||
+                xt::cuda::ParseAttentionBf16Kernels(argv[i + 1], &kernels))) {
       attention_kernels = argv[i + 1];
     } else if (!std::strcmp(argv[i], "--experts-gemm") &&
-               (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "cublas-grouped") ||
-                !std::strcmp(argv[i + 1], "xtuner-grouped") ||
-                !std::strcmp(argv[i + 1], "per-expert"))) {
+               (!std::strcmp(argv[i + 1], "auto") ||
+                xt::cuda::Blas::ParseExpertsPath(argv[i + 1], &experts_path))) {
       experts_gemm = argv[i + 1];
     } else if (!std::strcmp(argv[i], "--loss-chunk-rows")) {
       loss_chunk_rows = std::atoll(argv[i + 1]);
@@ -335,10 +338,7 @@ int main(int argc, char** argv) {
   // The bf16 attention's kernels: as asked, or (auto) the mma family where it agrees with the
   // WMMA one (both are tested against the CPU; between them only fp32 summation order and the
   // exponential's rounding differ) and is faster, timed at the lengths up to 16k.
-  xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
-  if (attention_kernels != "auto" && attention_kernels != "time") {
-    xt::cuda::ParseAttentionBf16Kernels(attention_kernels, &kernels);
-  } else if (tensor_core_attention) {
+  if ((attention_kernels == "auto" || attention_kernels == "time") && tensor_core_attention) {
     bool agree = true, faster = false;
     for (int64_t T : lengths) {
       if (T > 16384) continue;
@@ -408,10 +408,9 @@ int main(int argc, char** argv) {
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;
   model.SetAttentionBf16Kernels(kernels);
-  using Path = xt::cuda::Blas::ExpertsPath;
-  for (Path path : {Path::kCublasGrouped, Path::kXtunerGrouped, Path::kPerExpert})
-    if (experts_gemm == xt::cuda::Blas::ExpertsPathName(path))
-      model.SetExpertsPath(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32, path);
+  if (experts_gemm != "auto")
+    model.SetExpertsPath(bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32,
+                         experts_path);
   std::printf(
       "params=%lld active_params=%lld matmul_params=%lld layers=%lld steps=%lld "
       "loss_chunk_rows=%lld precision=%s attention=%s\n",

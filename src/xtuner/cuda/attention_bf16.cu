@@ -186,20 +186,7 @@ bool ParseAttentionBf16Kernels(const std::string& name, AttentionBf16Kernels* ke
 
 bool AttentionBf16Supports(int64_t D) { return D >= 16 && D <= kMaxD && D % 16 == 0; }
 
-Status AttentionBf16Device() {
-  int dev = 0, major = 0, minor = 0;
-  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), "attention_bf16 device"));
-  XT_RETURN_IF_ERROR(Check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
-                           "attention_bf16 device"));
-  XT_RETURN_IF_ERROR(Check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
-                           "attention_bf16 device"));
-  if (major < 8)
-    return Status::Error(
-        "attention_bf16: needs bf16 tensor cores (compute capability 8.0 or "
-        "newer); device " +
-        std::to_string(dev) + " is " + std::to_string(major) + "." + std::to_string(minor));
-  return Status::OK();
-}
+Status AttentionBf16Device() { return detail::Bf16TensorCores("attention_bf16"); }
 
 Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,

@@ -37,20 +37,4 @@ Status UploadBlocks(Scratch& scratch, const std::vector<Block>& by_q,
                     const std::vector<Block>& by_kv, const Block** blocks, cudaStream_t st,
                     const char* what);
 
-// Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less
-// per block.
-template <class Kernel>
-Status PrepareSmem(Kernel* kernel, size_t bytes, const char* what) {
-  int dev = 0, optin = 0;
-  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
-  XT_RETURN_IF_ERROR(
-      Check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what));
-  if (bytes > size_t(optin))
-    return Status::Error(std::string(what) + ": needs " + std::to_string(bytes) +
-                         " bytes of shared memory per block, the device has " +
-                         std::to_string(optin));
-  return Check(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
-}
-
 }  // namespace xt::cuda::detail

@@ -51,12 +51,7 @@ __host__ __device__ inline size_t TileBytes(int D) {
 // the other rows zero, by cp.async in the caller's open group. All threads of the block take
 // part. src and stride: 16-byte aligned (the launchers' bf16 copies are).
 __device__ inline void LoadTileAsync(bf16* dst, const bf16* src, int64_t stride, int valid, int D) {
-  const int ld = D + 8, q8 = D / 8;
-  for (int idx = int(threadIdx.x); idx < kBlk * q8; idx += kThreads) {
-    const int r = idx / q8, c = (idx - r * q8) * 8;
-    const bool ok = r < valid;
-    mma::CpAsync16(dst + r * ld + c, ok ? src + r * stride + c : src, ok ? 16 : 0);
-  }
+  mma::CopyWindowAsync(dst, D + 8, src, stride, 0, 0, kBlk, D, valid, D, kThreads);
 }
 
 // s (16, 16 nc used of 64) = a (the warp's 16 rows, row stride ld) times b^T (b: 64 rows), over

@@ -265,6 +265,16 @@ const char* Blas::ExpertsPathName(ExpertsPath path) {
   return "?";
 }
 
+bool Blas::ParseExpertsPath(const std::string& name, ExpertsPath* path) {
+  for (ExpertsPath p :
+       {ExpertsPath::kCublasGrouped, ExpertsPath::kXtunerGrouped, ExpertsPath::kPerExpert})
+    if (name == ExpertsPathName(p)) {
+      *path = p;
+      return true;
+    }
+  return false;
+}
+
 Status Blas::SettleExpertsPath(GemmInput in) {
   bool& probed = probed_[Index(in)];
   if (probed || path_[Index(in)] != ExpertsPath::kCublasGrouped) return Status::OK();

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/grouped_gemm_bf16.h"
@@ -45,6 +46,8 @@ class Blas {
   ExpertsPath experts_path(GemmInput in) const { return path_[Index(in)]; }
   // "cublas-grouped", "xtuner-grouped" or "per-expert".
   static const char* ExpertsPathName(ExpertsPath path);
+  // The path of that name; false (*path untouched) for any other name.
+  static bool ParseExpertsPath(const std::string& name, ExpertsPath* path);
   // Sets the path (for tests and benchmarks of each; kXtunerGrouped is for bf16 only);
   // kCublasGrouped probes cuBLAS again at the next product.
   void SetExpertsPath(GemmInput in, ExpertsPath path) {

@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "xtuner/cuda/attention_blocks.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/grouped_gemm_bf16.h"
 #include "xtuner/cuda/launch.h"
@@ -43,20 +42,6 @@ struct Layout {
   static constexpr bool kBRowsN = kOp == GroupedOp::kForward;  // b stored (N, K)
 };
 
-// Copies a (rows, cols) = (kTile, kStepK) or (kStepK, kTile) window of the row-major matrix src
-// (row stride ld elements; rows < nrows and columns < ncols exist, the rest are zero-filled)
-// starting at (r0, c0) into dst (row stride ldd), by cp.async in the open group.
-template <int kRows, int kCols>
-__device__ inline void LoadWindow(bf16* dst, int ldd, const bf16* src, int64_t ld, int64_t r0,
-                                  int64_t c0, int64_t nrows, int64_t ncols) {
-  constexpr int kChunks = kRows * kCols / 8;
-  for (int idx = int(threadIdx.x); idx < kChunks; idx += kThreads) {
-    const int r = idx / (kCols / 8), c = idx % (kCols / 8) * 8;
-    const bool ok = r0 + r < nrows && c0 + c < ncols;
-    mma::CpAsync16(dst + r * ldd + c, ok ? src + (r0 + r) * ld + c0 + c : src, ok ? 16 : 0);
-  }
-}
-
 template <GroupedOp kOp>
 __global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128 registers
     GroupedGemmKernel(float* c, const bf16* a, const bf16* b, const int32_t* offsets,
@@ -80,13 +65,13 @@ __global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128
     const int s = kt % kStages;
     const int64_t k0 = int64_t(kt) * kStepK;
     if (L::kATrans)
-      LoadWindow<kStepK, kTile>(as(s), kLdLong, a_e, M, k0, tile.m0, k_e, m_e);
+      mma::CopyWindowAsync(as(s), kLdLong, a_e, M, k0, tile.m0, kStepK, kTile, k_e, m_e, kThreads);
     else
-      LoadWindow<kTile, kStepK>(as(s), kLdShort, a_e, K, tile.m0, k0, m_e, k_e);
+      mma::CopyWindowAsync(as(s), kLdShort, a_e, K, tile.m0, k0, kTile, kStepK, m_e, k_e, kThreads);
     if (L::kBRowsN)
-      LoadWindow<kTile, kStepK>(bs(s), kLdShort, b_e, K, tile.n0, k0, N, k_e);
+      mma::CopyWindowAsync(bs(s), kLdShort, b_e, K, tile.n0, k0, kTile, kStepK, N, k_e, kThreads);
     else
-      LoadWindow<kStepK, kTile>(bs(s), kLdLong, b_e, N, k0, tile.n0, k_e, N);
+      mma::CopyWindowAsync(bs(s), kLdLong, b_e, N, k0, tile.n0, kStepK, kTile, k_e, N, kThreads);
   };
 
   float acc[kWarpM / 16][kWarpN / 8][4];
@@ -201,13 +186,7 @@ Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, con
       return Status::Error(std::string(what) + ": offsets decrease at expert " + std::to_string(e));
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return Status::Error(std::string(what) + ": operands not 16-byte aligned");
-  int dev = 0, major = 0;
-  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
-  XT_RETURN_IF_ERROR(
-      Check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), what));
-  if (major < 8)
-    return Status::Error(std::string(what) +
-                         ": needs bf16 tensor cores (compute capability 8.0 or newer)");
+  XT_RETURN_IF_ERROR(detail::Bf16TensorCores(what));
   // The tiles of every expert with rows, the longest K first (kWeight: K is the expert's rows).
   const int64_t tiles_n = (N + kTile - 1) / kTile;
   std::vector<Tile> tiles;

@@ -42,6 +42,39 @@ inline unsigned BlocksForItems(int64_t n) { return unsigned(n < kMaxBlocks ? n :
 __device__ inline int64_t GlobalThread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ inline int64_t GridThreads() { return int64_t(gridDim.x) * blockDim.x; }
 
+// Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less
+// per block.
+template <class Kernel>
+Status PrepareSmem(Kernel* kernel, size_t bytes, const char* what) {
+  int dev = 0, optin = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what));
+  if (bytes > size_t(optin))
+    return Status::Error(std::string(what) + ": needs " + std::to_string(bytes) +
+                         " bytes of shared memory per block, the device has " +
+                         std::to_string(optin));
+  return Check(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), what);
+}
+
+// OK when the current device has bf16 tensor cores (compute capability 8.0 or newer), else an
+// error naming `what`, the device and its capability (kernels that need them compile to a trap
+// for older architectures).
+inline Status Bf16TensorCores(const char* what) {
+  int dev = 0, major = 0, minor = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), what));
+  XT_RETURN_IF_ERROR(
+      Check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), what));
+  if (major < 8)
+    return Status::Error(
+        std::string(what) + ": needs bf16 tensor cores (compute capability 8.0 or newer); device " +
+        std::to_string(dev) + " is " + std::to_string(major) + "." + std::to_string(minor));
+  return Status::OK();
+}
+
 // An error naming `op` when any of the sizes is negative.
 inline Status CheckSizes(const char* op, std::initializer_list<int64_t> sizes) {
   for (int64_t s : sizes)

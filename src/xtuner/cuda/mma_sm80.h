@@ -170,6 +170,22 @@ __device__ inline void CpAsyncWait() {
 
 #endif
 
+// dst (rows, cols; row stride ldd) = the window of the row-major matrix src (row stride ld) at
+// (r0, c0), where rows below nrows and columns below ncols exist and the rest is zero-filled, by
+// cp.async in the caller's open group, 16-byte pieces spread over the block's `threads` threads.
+// cols, c0 and ncols are multiples of 8 (a piece lies wholly inside or outside); src and its rows
+// 16-byte aligned.
+__device__ inline void CopyWindowAsync(bf16* dst, int ldd, const bf16* src, int64_t ld, int64_t r0,
+                                       int64_t c0, int rows, int cols, int64_t nrows, int64_t ncols,
+                                       int threads) {
+  const int pieces = cols / 8;
+  for (int idx = int(threadIdx.x); idx < rows * pieces; idx += threads) {
+    const int r = idx / pieces, c = idx % pieces * 8;
+    const bool ok = r0 + r < nrows && c0 + c < ncols;
+    CpAsync16(dst + r * ldd + c, ok ? src + (r0 + r) * ld + c0 + c : src, ok ? 16 : 0);
+  }
+}
+
 // The A fragment of rows m0 .. m0 + 15, columns k0 .. k0 + 15 of the row-major shared tile x
 // (row stride ld elements, a multiple of 8; m0, k0 multiples of 8).
 __device__ inline void LdA(uint32_t (&a)[4], const bf16* x, int ld, int m0, int k0, int lane) {

@@ -306,12 +306,12 @@ int Lane() {
   return t % 32;
 }
 
-// Each lane offers into one of two slots, alternating: a lane that reads its partner's offer
-// after the barrier has done so before it reaches the next exchange's barrier, so the exchange
-// after next (the first to write the same slot again) cannot overwrite an offer still unread.
 // Offers this fiber's `bytes` in the slot of its next exchange, waits for its warp, and returns
-// the exchange's number (from 1).
-unsigned Offer(Grid& g, const void* mine, size_t bytes) {
+// the exchange's number (from 1). Each lane offers into one of two slots, alternating: a lane
+// that reads its partner's offer after the barrier has done so before it reaches the next
+// exchange's barrier, so the exchange after next (the first to write the same slot again) cannot
+// overwrite an offer still unread.
+static unsigned Offer(Grid& g, const void* mine, size_t bytes) {
   if (bytes > kOfferBytes) Trap("a warp exchange of more than 32 bytes a lane");
   const int t = g.current;
   const unsigned n = ++g.fibers[t].exchanges;
@@ -349,17 +349,19 @@ bool InShared(const void* p, size_t bytes) {
   return g && b >= g->shared.get() && b + bytes <= g->shared.get() + g->shared_bytes;
 }
 
+// An asynchronous copy lands: src_bytes from src, then zeros up to `bytes`.
+static void Land(void* dst, const void* src, size_t bytes, size_t src_bytes) {
+  std::memcpy(dst, src, src_bytes);
+  std::memset(static_cast<unsigned char*>(dst) + src_bytes, 0, bytes - src_bytes);
+}
+
 void AsyncCopy(void* dst, const void* src, size_t bytes, size_t src_bytes) {
   if (!g_grid || g_grid->current < 0) Trap("an asynchronous copy outside a kernel");
   if (!InShared(dst, bytes) || reinterpret_cast<uintptr_t>(dst) % bytes != 0)
     Trap("an asynchronous copy to an address that is not aligned dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(src) % bytes != 0 || (src_bytes > 0 && !IsDevice(src, src_bytes)))
     Trap("an asynchronous copy from an address that is not aligned device memory");
-  if (g_grid->async_early) {
-    std::memcpy(dst, src, src_bytes);
-    std::memset(static_cast<unsigned char*>(dst) + src_bytes, 0, bytes - src_bytes);
-    return;
-  }
+  if (g_grid->async_early) return Land(dst, src, bytes, src_bytes);
   Fiber& f = g_grid->fibers[g_grid->current];
   f.copies.push_back(Fiber::Copy{dst, src, bytes, src_bytes, f.groups});
 }
@@ -378,12 +380,10 @@ void AsyncWait(int pending) {
   const unsigned done = f.groups > unsigned(pending) ? f.groups - unsigned(pending) : 0;
   size_t kept = 0;
   for (const Fiber::Copy& c : f.copies) {
-    if (c.group < done) {
-      std::memcpy(c.dst, c.src, c.src_bytes);
-      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
-    } else {
+    if (c.group < done)
+      Land(c.dst, c.src, c.bytes, c.src_bytes);
+    else
       f.copies[kept++] = c;
-    }
   }
   f.copies.resize(kept);
 }
