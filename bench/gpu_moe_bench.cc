@@ -21,8 +21,9 @@
 // fixes the recompute (default auto: none, then all on running out of memory).
 //
 // --profile N: for each length up to N tokens, one more step with the model's phases timed
-// (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... other=<ms>
-// (other: the step less its phases: zeroing the gradients, AdamW, launch gaps).
+// (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... adamw=<ms>
+// other=<ms> (adamw: the update of every parameter, 28 bytes of memory traffic each; other: the
+// step less its phases, launch gaps and host work).
 //
 // --loss-chunk-rows N: loss rows per chunk of the fused lm_head + cross-entropy (default: the
 // engine's, about 256 Mi logits, 1766 rows of this vocabulary), to try other chunks on a GPU
@@ -429,13 +430,16 @@ int main(int argc, char** argv) {
       continue;
     }
     double loss = 0;
-    auto step = [&]() -> xt::Status {
-      XT_RETURN_IF_ERROR(model.ZeroGrads());
+    // adamw_events: when given, the AdamW update is timed between them (the profiled step).
+    auto step = [&](cudaEvent_t* adamw_events = nullptr) -> xt::Status {
+      XT_RETURN_IF_ERROR(model.ZeroGrads());  // lazy: the step writes the gradients
       XT_ASSIGN_OR_RETURN(xt::LossInfo info, model.ForwardBackward(*batch));
       if (!std::isfinite(info.loss))  // a broken kernel must not pass as a fast one
         return xt::Status::Error("non-finite loss " + std::to_string(info.loss));
       loss = info.loss;
       ++adam_step;
+      if (adamw_events)
+        XT_RETURN_IF_ERROR(xt::cuda::Check(cudaEventRecord(adamw_events[0], stream), "event"));
       for (const xt::DecayRun& r : runs) {
         const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
             ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.decay);
@@ -443,6 +447,8 @@ int main(int argc, char** argv) {
                                                m + r.begin, v + r.begin, r.end - r.begin, s,
                                                stream));
       }
+      if (adamw_events)
+        XT_RETURN_IF_ERROR(xt::cuda::Check(cudaEventRecord(adamw_events[1], stream), "event"));
       return xt::cuda::Check(cudaStreamSynchronize(stream), "step");
     };
     // Every activation kept first; when that runs out of memory, every layer recomputed.
@@ -497,20 +503,28 @@ int main(int argc, char** argv) {
     if (T <= profile_up_to) {  // one more step, its phases timed
       xt::cuda::StepProfile phases;
       model.SetProfile(&phases);
+      cudaEvent_t adamw[2] = {nullptr, nullptr};
+      st = xt::cuda::Check(cudaEventCreate(&adamw[0]), "event");
+      if (st.ok()) st = xt::cuda::Check(cudaEventCreate(&adamw[1]), "event");
       const double t0 = Now();
-      st = step();
+      if (st.ok()) st = step(adamw);
       const double ms = (Now() - t0) * 1e3;
+      float adamw_ms = 0;
+      if (st.ok())
+        st = xt::cuda::Check(cudaEventElapsedTime(&adamw_ms, adamw[0], adamw[1]), "event");
+      for (cudaEvent_t e : adamw)
+        if (e) cudaEventDestroy(e);
       model.SetProfile(nullptr);
       if (!st.ok()) {
         std::printf("profile tokens=%lld error=%s\n", (long long)T, st.message().c_str());
       } else {
         std::printf("profile tokens=%lld step_ms=%.3f", (long long)T, ms);
-        double sum = 0;
+        double sum = adamw_ms;
         for (const auto& [name, phase_ms] : phases.totals()) {
           std::printf(" %s=%.3f", name.c_str(), phase_ms);
           sum += phase_ms;
         }
-        std::printf(" other=%.3f\n", ms - sum);
+        std::printf(" adamw=%.3f other=%.3f\n", adamw_ms, ms - sum);
       }
       std::fflush(stdout);
     }

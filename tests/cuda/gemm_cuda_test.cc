@@ -125,11 +125,16 @@ TEST_F(GemmCuda, GroupedForwardAndBackwardMatchTheCpuTwins) {
           const int64_t R = off[E];
           const auto x = Random(R * I, 1), w = Random(E * O * I, 2), dy = Random(R * O, 3);
           std::vector<float> y(R * O), dx(R * I), dw = Random(E * O * I, 4);
-          DeviceVec<float> dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw);
+          // dw_beta 0: assigned over NaN (not read), against the CPU twin from zeros.
+          std::vector<float> dw_set(E * O * I, 0.0f), nans(E * O * I, std::nanf(""));
+          DeviceVec<float> dxv(x), dwv(w), ddy(dy), d_y(y), d_dx(dx), d_dw(dw), d_dw_set(nans);
           if (bf16) ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
           ops::grouped_linear_forward(y.data(), x.data(), w.data(), off.data(), E, I, O);
           ops::grouped_linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(),
                                        off.data(), E, I, O);
+          std::vector<float> dx_again(std::max<int64_t>(R * I, 1));
+          ops::grouped_linear_backward(dx_again.data(), dw_set.data(), dy.data(), x.data(),
+                                       w.data(), off.data(), E, I, O);
           ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
           // The operands as the GPU reads them: fp32, or rounded to bf16 on the device.
           DeviceVec<uint16_t> x16{std::vector<uint16_t>(std::max<int64_t>(R * I, 1))},
@@ -148,11 +153,21 @@ TEST_F(GemmCuda, GroupedForwardAndBackwardMatchTheCpuTwins) {
           ASSERT_TRUE(
               blas_->GroupedBackward(d_dx.p, d_dw.p, dya, xa, wa, off.data(), E, I, O, in).ok())
               << what;
+          ASSERT_TRUE(blas_
+                          ->GroupedBackward(nullptr, d_dw_set.p, dya, xa, wa, off.data(), E, I, O,
+                                            in, /*dw_beta=*/0.0f)
+                          .ok())
+              << what;
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           const double tol = bf16 ? 1e-4 : 1e-5;
           EXPECT_LT(RelErr(d_y.Host(), y), tol) << what;
           EXPECT_LT(RelErr(d_dx.Host(), dx), tol) << what;
           EXPECT_LT(RelErr(d_dw.Host(), dw), tol) << what;
+          if (E == 1) {  // no rows: RelErr's norm would be 0; the assigned dw must be zeros
+            for (float v : d_dw_set.Host()) ASSERT_EQ(v, 0.0f) << what;
+          } else {
+            EXPECT_LT(RelErr(d_dw_set.Host(), dw_set), tol) << what;
+          }
           if (!per_expert)
             std::printf("%s: ran %s\n", what.c_str(),
                         cuda::Blas::ExpertsPathName(blas_->experts_path(in)));

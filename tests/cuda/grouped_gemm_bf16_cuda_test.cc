@@ -14,6 +14,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
@@ -73,8 +74,13 @@ TEST_P(GroupedGemmBf16Cuda, MatchesADoubleProductAndRepeatsBitForBit) {
   const Case& c = GetParam();
   const std::vector<int32_t> off = Offsets(c.rows);
   const int64_t E = int64_t(c.rows.size()), R = off[E];
-  for (cuda::GroupedOp op :
-       {cuda::GroupedOp::kForward, cuda::GroupedOp::kData, cuda::GroupedOp::kWeight}) {
+  // kWeight twice: adding into c, and assigning it (c starts as NaN: it must not be read, and
+  // experts without rows must come out zero).
+  const std::pair<cuda::GroupedOp, bool> variants[] = {{cuda::GroupedOp::kForward, false},
+                                                       {cuda::GroupedOp::kData, false},
+                                                       {cuda::GroupedOp::kWeight, true},
+                                                       {cuda::GroupedOp::kWeight, false}};
+  for (const auto& [op, add] : variants) {
     const bool weight = op == cuda::GroupedOp::kWeight;
     if (!cuda::GroupedGemmBf16Supports(op, c.M, c.N, c.K)) {  // only OddN: kForward alone
       EXPECT_EQ(c.N % 2, 1) << c.name;
@@ -82,7 +88,8 @@ TEST_P(GroupedGemmBf16Cuda, MatchesADoubleProductAndRepeatsBitForBit) {
     }
     const std::string what = c.name + (op == cuda::GroupedOp::kForward ? " forward"
                                        : op == cuda::GroupedOp::kData  ? " data"
-                                                                       : " weight");
+                                       : add                           ? " weight"
+                                                                       : " weight assigned");
     // Shapes: a (R, K) or, for kWeight, (R, M); b (E, N, K), (E, K, N) or (R, N); c (R, N) or
     // (E, M, N).
     const int64_t a_cols = weight ? c.M : c.K;
@@ -92,8 +99,8 @@ TEST_P(GroupedGemmBf16Cuda, MatchesADoubleProductAndRepeatsBitForBit) {
     std::vector<float> c0(std::max<int64_t>(c_size, 1), 0.0f);
     std::mt19937 rng(3);
     std::normal_distribution<float> dist(0.0f, 1.0f);
-    if (weight)
-      for (int64_t i = 0; i < c_size; ++i) c0[i] = dist(rng);  // kWeight adds to it
+    if (weight)  // kWeight adds to it, or must not read it
+      for (int64_t i = 0; i < c_size; ++i) c0[i] = add ? dist(rng) : std::nanf("");
     std::vector<double> want(c_size);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t r0 = off[e], rows = off[e + 1] - off[e];
@@ -111,7 +118,7 @@ TEST_P(GroupedGemmBf16Cuda, MatchesADoubleProductAndRepeatsBitForBit) {
       } else {
         for (int64_t m = 0; m < c.M; ++m)
           for (int64_t n = 0; n < c.N; ++n) {
-            double s = c0[(e * c.M + m) * c.N + n];
+            double s = add ? c0[(e * c.M + m) * c.N + n] : 0.0;
             for (int64_t r = 0; r < rows; ++r)
               s += double(a.values[(r0 + r) * c.M + m]) * b.values[(r0 + r) * c.N + n];
             want[(e * c.M + m) * c.N + n] = s;
@@ -122,7 +129,7 @@ TEST_P(GroupedGemmBf16Cuda, MatchesADoubleProductAndRepeatsBitForBit) {
     DeviceVec<float> dc1(c0), dc2(c0);
     for (DeviceVec<float>* out : {&dc1, &dc2}) {
       const Status st =
-          cuda::GroupedGemmBf16(op, out->p, da.p, db.p, off.data(), E, c.M, c.N, c.K, nullptr);
+          cuda::GroupedGemmBf16(op, out->p, da.p, db.p, off.data(), E, c.M, c.N, c.K, nullptr, add);
       ASSERT_TRUE(st.ok()) << what << ": " << st.message();
     }
     cudatest::Sync();
@@ -142,7 +149,7 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"RaggedOddTiles", {70, 0, 200}, 136, 144, 200},
         // One expert with every row (the others empty).
         Case{"OneExpertHasAll", {0, 300, 0, 0}, 64, 128, 96},
-        // No rows at all: nothing to do, c untouched.
+        // No rows at all: c untouched (zeros where kWeight assigns).
         Case{"NoRows", {0, 0}, 16, 16, 16},
         // An odd N (kForward only: its output rows are not 8-byte pairs).
         Case{"OddN", {5, 130}, 16, 37, 24}),

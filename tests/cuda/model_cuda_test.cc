@@ -302,11 +302,13 @@ TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {
 }
 
 // A ParamSource as ZeRO-3 serves a unit on several ranks, on one GPU: every Acquire copies the
-// unit into a new buffer and every Grads hands out a new zeroed one, which Release / GradsDone
-// poison (NaN) and free, GradsDone after adding it into the stored gradients. A model that reads
-// a unit after releasing it or writes gradients after GradsDone gives NaN; one that leaves a unit
-// open or releases one it did not acquire is counted. held: serve the stored slabs themselves
-// instead (Held, as one rank's ZeRO-3 does), still checking the pairing.
+// unit into a new buffer and every GradsToWrite hands out a new blank one (all NaN), which
+// Release / GradsDone poison (NaN) and free, GradsDone after adding it into the stored
+// gradients. A model that reads a unit after releasing it, writes gradients after GradsDone, or
+// leaves part of a blank buffer unwritten gives NaN; one that leaves a unit open or releases one
+// it did not acquire is counted. held: serve the stored slabs themselves instead (Held, as one
+// rank's ZeRO-3 does), still checking the pairing; ZeroGrads then fills them with NaN and marks
+// them blank, as ShardedParams' lazy zeroing hands them out.
 class GatheringSource : public ParamSource {
  public:
   GatheringSource(const ParamLayout& layout, const float* host_params, bool held)
@@ -340,12 +342,25 @@ class GatheringSource : public ParamSource {
     gathered_.erase(it);
   }
   float* Grads(int64_t u) override {
+    bool blank = false;
+    float* g = GradsToWrite(u, &blank);
+    if (blank) {
+      EXPECT_EQ(cudaMemset(g, 0, Bytes(u)), cudaSuccess);
+    }
+    return g;
+  }
+  float* GradsToWrite(int64_t u, bool* blank) override {
+    *blank = false;
     auto it = grads_open_.find(u);
     if (it != grads_open_.end()) return it->second;
     float* g = grads_ + layout_.units()[u].begin;
     if (!held_) {
       g = New(u);
-      EXPECT_EQ(cudaMemset(g, 0, Bytes(u)), cudaSuccess);
+      EXPECT_EQ(cudaMemset(g, 0xFF, Bytes(u)), cudaSuccess);  // every float a NaN
+      *blank = true;
+    } else {
+      *blank = blank_[u] != 0;
+      blank_[u] = 0;
     }
     grads_open_[u] = g;
     return g;
@@ -375,8 +390,11 @@ class GatheringSource : public ParamSource {
               cudaSuccess);
     return g;
   }
+  // Held: NaN, every unit blank (to be written whole); gathered: zeros (GradsDone adds).
   void ZeroGrads() {
-    EXPECT_EQ(cudaMemset(grads_, 0, size_t(layout_.total()) * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMemset(grads_, held_ ? 0xFF : 0, size_t(layout_.total()) * sizeof(float)),
+              cudaSuccess);
+    blank_.assign(layout_.units().size(), held_ ? 1 : 0);
   }
   void SetParams(const float* host) {
     EXPECT_EQ(
@@ -403,6 +421,7 @@ class GatheringSource : public ParamSource {
   float* params_ = nullptr;
   float* grads_ = nullptr;
   std::map<int64_t, float*> gathered_, grads_open_;
+  std::vector<char> blank_;  // held: per unit
   int64_t acquired_ = 0;
 };
 

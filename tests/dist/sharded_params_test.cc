@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "util/testing.h"
 
@@ -65,6 +66,60 @@ TEST(Mesh, ImpossibleMeshesAreNamedErrors) {
   EXPECT_EQ(m->dp, 2);
   EXPECT_EQ(m->dp_rank, 1);
   EXPECT_EQ(m->ep_rank, 1);
+}
+
+}  // namespace
+}  // namespace xt
+
+namespace xt {
+namespace {
+
+// One rank holds every unit: ZeroGrads is lazy. A unit asked for by Grads comes zeroed (the
+// CPU model adds into it); GradsToWrite hands it out blank once (the GPU model writes it
+// whole), not again after; grads() zeroes what is still blank, and keeps what was written.
+TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
+  const ModelConfig cfg = Moe();
+  auto mesh = MakeMesh(1, 0, 1, cfg);
+  ASSERT_TRUE(mesh.ok()) << mesh.status().message();
+  auto world = MakeSingleComm(), dp = MakeSingleComm();
+  ShardedParams store(cfg, *mesh, world.get(), dp.get());
+  const ParamLayout& layout = store.layout();
+  const int64_t units = int64_t(layout.units().size());
+  ASSERT_GE(units, 3);
+  for (int64_t u = 0; u < units; ++u) EXPECT_TRUE(store.Held(u)) << u;
+  float* const base = store.grads();
+  std::fill(base, base + store.shard_size(), 7.0f);  // last step's
+  store.ZeroGrads();
+  auto unit = [&](int64_t u) {
+    return std::vector<float>(store.grads() + layout.units()[u].begin,
+                              store.grads() + layout.units()[u].end);
+  };
+  // Unit 0 through Grads: zeroed, and stays addable.
+  float* g0 = store.Grads(0);
+  EXPECT_EQ(g0, base + layout.units()[0].begin);
+  EXPECT_TRUE(std::all_of(g0, g0 + layout.units()[0].size(), [](float x) { return x == 0.0f; }));
+  g0[0] += 1.0f;
+  store.GradsDone(0);
+  // Unit 1 through GradsToWrite: blank (contents untouched), then written.
+  bool blank = false;
+  float* g1 = store.GradsToWrite(1, &blank);
+  EXPECT_TRUE(blank);
+  EXPECT_EQ(g1[0], 7.0f);  // not zeroed: the writer assigns
+  std::fill(g1, g1 + layout.units()[1].size(), 2.0f);
+  store.GradsDone(1);
+  EXPECT_EQ(store.GradsToWrite(1, &blank), g1);
+  EXPECT_FALSE(blank);  // written once this step: the next micro-batch adds
+  store.GradsDone(1);
+  // grads(): the units nobody asked for come zeroed; what was written stays.
+  const std::vector<float> u0 = unit(0), u1 = unit(1), u2 = unit(2);
+  EXPECT_EQ(u0[0], 1.0f);
+  EXPECT_TRUE(std::all_of(u1.begin(), u1.end(), [](float x) { return x == 2.0f; }));
+  EXPECT_TRUE(std::all_of(u2.begin(), u2.end(), [](float x) { return x == 0.0f; }));
+  // Another step: blank again.
+  store.ZeroGrads();
+  store.GradsToWrite(2, &blank);
+  EXPECT_TRUE(blank);
+  store.GradsDone(2);
 }
 
 }  // namespace

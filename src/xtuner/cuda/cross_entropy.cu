@@ -110,11 +110,14 @@ __global__ void SumKernel(double* out, const double* x, int64_t n) {
 Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
                                    const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
                                    double weight, int64_t chunk_rows, void* stream, GemmInput in,
-                                   const void* w_bf16) {
+                                   const void* w_bf16, float dw_beta) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
   if (T > 0 && targets_host == nullptr)
     return Status::Error("chunked_cross_entropy: targets is null");
   if (dh && !dw) return Status::Error("chunked_cross_entropy: dh given without dw");
+  if (dw_beta != 0.0f && dw_beta != 1.0f)
+    return Status::Error("chunked_cross_entropy: dw_beta must be 0 or 1, not " +
+                         std::to_string(dw_beta));
   // The loss rows and their targets, validated on the host.
   std::vector<int64_t> rows;
   std::vector<int32_t> ys;
@@ -133,7 +136,12 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
     XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dh, 0, size_t(T * H) * sizeof(float), s),
                              "chunked_cross_entropy dh"));
   const int64_t n = int64_t(rows.size());
-  if (n == 0) return 0.0;
+  if (n == 0) {  // no loss row: the gradient is zero
+    if (dh && dw_beta == 0.0f && V * H > 0)
+      XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dw, 0, size_t(V * H) * sizeof(float), s),
+                               "chunked_cross_entropy dw"));
+    return 0.0;
+  }
   if (chunk_rows <= 0) chunk_rows = DefaultLossChunkRows(V, true);
   const int64_t C = std::min(chunk_rows, n);
   const bool grad = dh != nullptr;
@@ -201,8 +209,8 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
         XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
       }
       XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
-          blas.Gemm(dw, dl, bf16 ? static_cast<const void*>(hc16) : hc, V, H, c, true, false, 1.0f,
-                    in));
+          blas.Gemm(dw, dl, bf16 ? static_cast<const void*>(hc16) : hc, V, H, c, true, false,
+                    c0 == 0 ? dw_beta : 1.0f, in));
     }
   }
   XT_LAUNCH(SumKernel, 1, kThreads, 0, s)(loss_d + n, loss_d, n);

@@ -330,24 +330,34 @@ Status Blas::GroupedForward(float* y, const void* x, const void* w, const int32_
 }
 
 Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x, const void* w,
-                             const int32_t* offsets, int64_t E, int64_t I, int64_t O,
-                             GemmInput in) {
+                             const int32_t* offsets, int64_t E, int64_t I, int64_t O, GemmInput in,
+                             float dw_beta) {
   if (!FitsInt(I) || !FitsInt(O)) return Status::Error("grouped GEMM: I or O exceeds INT_MAX");
+  if (dw_beta != 0.0f && dw_beta != 1.0f)
+    return Status::Error("grouped GEMM: dw_beta must be 0 or 1, not " + std::to_string(dw_beta));
   XT_RETURN_IF_ERROR(SettleExpertsPath(in));
-  // dx (R, I) = dy_e (rows, O) w_e (O, I); dw_e (O, I) += dy_e^T x_e.
+  // dx (R, I) = dy_e (rows, O) w_e (O, I); dw_e (O, I) = dy_e^T x_e + dw_beta dw_e.
   if (XtunerGrouped(GroupedOp::kData, 0, I, O, dy, w, in) &&
       XtunerGrouped(GroupedOp::kWeight, O, I, 0, dy, x, in)) {
     if (dx)
       XT_RETURN_IF_ERROR(
           GroupedGemmBf16(GroupedOp::kData, dx, dy, w, offsets, E, 0, I, O, stream_));
-    return GroupedGemmBf16(GroupedOp::kWeight, dw, dy, x, offsets, E, O, I, 0, stream_);
+    return GroupedGemmBf16(GroupedOp::kWeight, dw, dy, x, offsets, E, O, I, 0, stream_,
+                           dw_beta != 0.0f);
   }
   const size_t es = InBytes(in);
   std::vector<Problem> data_grad, weight_grad;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows < 0 || !FitsInt(rows)) return Status::Error("grouped GEMM: bad expert offsets");
-    if (rows == 0 || I == 0 || O == 0) continue;
+    if (I == 0 || O == 0) continue;
+    if (rows == 0) {  // the empty sum: an assigned dw_e is zero
+      if (dw_beta == 0.0f)
+        XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dw + e * O * I, 0, size_t(O * I) * sizeof(float),
+                                                 cudaStream_t(stream_)),
+                                 "grouped GEMM"));
+      continue;
+    }
     const char* w_e = static_cast<const char*>(w) + size_t(e * O * I) * es;
     const char* x_e = static_cast<const char*>(x) + size_t(r0 * I) * es;
     const char* dy_e = static_cast<const char*>(dy) + size_t(r0 * O) * es;
@@ -368,7 +378,7 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
     XT_RETURN_IF_ERROR(
         Grouped(data_grad.data(), int64_t(data_grad.size()), false, false, 0.0f, in));
   }
-  return Grouped(weight_grad.data(), int64_t(weight_grad.size()), true, false, 1.0f, in);
+  return Grouped(weight_grad.data(), int64_t(weight_grad.size()), true, false, dw_beta, in);
 }
 
 }  // namespace xt::cuda

@@ -45,7 +45,7 @@ struct Layout {
 template <GroupedOp kOp>
 __global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128 registers
     GroupedGemmKernel(float* c, const bf16* a, const bf16* b, const int32_t* offsets,
-                      const Tile* tiles, int64_t M, int64_t N, int64_t K) {
+                      const Tile* tiles, int64_t M, int64_t N, int64_t K, bool add) {
   using L = Layout<kOp>;
   XT_DYNAMIC_SHARED(bf16, smem);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -121,8 +121,10 @@ __global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128
     }
   }
 
-  // c (assigned, or += for kWeight): this thread's rows g, g + 8 of each m16 tile, two adjacent
-  // columns each, as one 8-byte access where c's rows allow it (N even, c 8-byte aligned).
+  // c (assigned, or += for kWeight with `add`): this thread's rows g, g + 8 of each m16 tile, two
+  // adjacent columns each, as one 8-byte access where c's rows allow it (N even, c 8-byte
+  // aligned).
+  const bool plus = kOp == GroupedOp::kWeight && add;
   const bool pairs = N % 2 == 0 && reinterpret_cast<uintptr_t>(c) % 8 == 0;
 #pragma unroll
   for (int mi = 0; mi < kWarpM / 16; ++mi)
@@ -136,26 +138,26 @@ __global__ void __launch_bounds__(kThreads, 2)  // two blocks an SM: at most 128
         float* p = c_e + row * N + col;
         float2 v = make_float2(acc[mi][nj][2 * h], acc[mi][nj][2 * h + 1]);
         if (pairs) {  // col even and N even: col + 1 < N
-          if (kOp == GroupedOp::kWeight) {
+          if (plus) {
             const float2 old = *reinterpret_cast<const float2*>(p);
             v.x += old.x;
             v.y += old.y;
           }
           *reinterpret_cast<float2*>(p) = v;
         } else {
-          p[0] = kOp == GroupedOp::kWeight ? p[0] + v.x : v.x;
-          if (col + 1 < N) p[1] = kOp == GroupedOp::kWeight ? p[1] + v.y : v.y;
+          p[0] = plus ? p[0] + v.x : v.x;
+          if (col + 1 < N) p[1] = plus ? p[1] + v.y : v.y;
         }
       }
 }
 
 template <GroupedOp kOp>
 Status Launch(float* c, const bf16* a, const bf16* b, const int32_t* offsets, const Tile* tiles,
-              int64_t count, int64_t M, int64_t N, int64_t K, cudaStream_t st) {
+              int64_t count, int64_t M, int64_t N, int64_t K, bool add, cudaStream_t st) {
   XT_RETURN_IF_ERROR(
       detail::PrepareSmem(GroupedGemmKernel<kOp>, kSmemBytes, "grouped GEMM (xtuner's kernel)"));
   XT_LAUNCH(GroupedGemmKernel<kOp>, unsigned(count), kThreads, kSmemBytes, st)
-  (c, a, b, offsets, tiles, M, N, K);
+  (c, a, b, offsets, tiles, M, N, K, add);
   return Check(cudaGetLastError(), "grouped GEMM (xtuner's kernel) launch");
 }
 
@@ -174,7 +176,7 @@ bool GroupedGemmBf16Supports(GroupedOp op, int64_t M, int64_t N, int64_t K) {
 }
 
 Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, const int32_t* offsets,
-                       int64_t E, int64_t M, int64_t N, int64_t K, void* stream) {
+                       int64_t E, int64_t M, int64_t N, int64_t K, void* stream, bool add) {
   const char* what = "grouped GEMM (xtuner's kernel)";
   if (!GroupedGemmBf16Supports(op, M, N, K))
     return Status::Error(std::string(what) + ": unsupported dims M " + std::to_string(M) + ", N " +
@@ -187,12 +189,14 @@ Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, con
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return Status::Error(std::string(what) + ": operands not 16-byte aligned");
   XT_RETURN_IF_ERROR(detail::Bf16TensorCores(what));
-  // The tiles of every expert with rows, the longest K first (kWeight: K is the expert's rows).
+  // The tiles of every expert with rows, the longest K first (kWeight: K is the expert's rows);
+  // assigning kWeight's also those of the experts without rows (K = 0: they store zeros).
+  const bool zero_empty = op == GroupedOp::kWeight && !add;
   const int64_t tiles_n = (N + kTile - 1) / kTile;
   std::vector<Tile> tiles;
   std::vector<int64_t> order;
   for (int64_t e = 0; e < E; ++e)
-    if (offsets[e + 1] > offsets[e]) order.push_back(e);
+    if (offsets[e + 1] > offsets[e] || zero_empty) order.push_back(e);
   if (op == GroupedOp::kWeight)
     std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
       return offsets[x + 1] - offsets[x] > offsets[y + 1] - offsets[y];
@@ -227,13 +231,13 @@ Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, con
   if (s.ok()) {
     switch (op) {
       case GroupedOp::kForward:
-        s = Launch<GroupedOp::kForward>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, st);
+        s = Launch<GroupedOp::kForward>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, add, st);
         break;
       case GroupedOp::kData:
-        s = Launch<GroupedOp::kData>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, st);
+        s = Launch<GroupedOp::kData>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, add, st);
         break;
       case GroupedOp::kWeight:
-        s = Launch<GroupedOp::kWeight>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, st);
+        s = Launch<GroupedOp::kWeight>(c, a16, b16, offsets_d, tiles_d, count, M, N, K, add, st);
         break;
     }
   }

@@ -10,7 +10,8 @@
 //   kData     c (R, N) = a_e (rows, K) b_e,    b (E, K, N)     (dx = dy w)
 //   kWeight   c (E, M, N) += a_e^T b_e,  a (R, M), b (R, N)   (dw += dy^T x; K = rows)
 // kForward and kData assign their rows (experts without rows are left alone: they own none);
-// kWeight accumulates (an expert without rows adds nothing). Each output element is one
+// kWeight adds (an expert without rows adds nothing), or with add = false assigns (an expert
+// without rows gets zeros), which spares reading c. Each output element is one
 // thread's sum in a fixed k order: bit-identical from run to run. Against a double-precision
 // product of the same bf16 operands: fp32 summation error, about 1e-7 sqrt(K) relative.
 //
@@ -33,9 +34,10 @@ enum class GroupedOp { kForward, kData, kWeight };
 bool GroupedGemmBf16Supports(GroupedOp op, int64_t M, int64_t N, int64_t K);
 
 // The product `op` (above) on the device: a and b __nv_bfloat16, 16-byte aligned; c floats.
-// M is ignored by kForward and kData, K by kWeight. Errors (unsupported dims, misaligned
-// operands, bad offsets) come before any launch. Queued on `stream`.
+// M is ignored by kForward and kData, K by kWeight; so is `add` by kForward and kData (they
+// assign). Errors (unsupported dims, misaligned operands, bad offsets) come before any launch.
+// Queued on `stream`.
 Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, const int32_t* offsets,
-                       int64_t E, int64_t M, int64_t N, int64_t K, void* stream);
+                       int64_t E, int64_t M, int64_t N, int64_t K, void* stream, bool add = true);
 
 }  // namespace xt::cuda

@@ -21,28 +21,35 @@ namespace xt::cuda {
 // dh null: forward only (dw untouched). Otherwise dw must not be null: dh is assigned (rows
 // without a target get 0) and dw += the gradient of weight * that sum.
 // Rows without a target cost nothing. Per chunk of loss rows (chunk_rows <= 0:
-// DefaultLossChunkRows(V, true), about 256 Mi logits): the rows of h gathered into scratch, logits = h_c @ w^T (blas.Gemm, full
-// fp32), one block per row for max, sum of exp (fp32 expf, summed in double), the row's loss
-// (double) and dlogits = weight * (softmax - onehot) in place, then dh_c = dlogits @ w scattered
-// into dh and dw += dlogits^T @ h_c. The row losses are summed on the device in double by one
-// block in a fixed order.
+// DefaultLossChunkRows(V, true), about 256 Mi logits): the rows of h gathered into scratch,
+// logits = h_c @ w^T (blas.Gemm, full fp32), one block per row for max, sum of exp (fp32 expf,
+// summed in double), the row's loss (double) and dlogits = weight * (softmax - onehot) in place,
+// then dh_c = dlogits @ w scattered into dh and dw += dlogits^T @ h_c. The row losses are summed
+// on the device in double by one block in a fixed order.
+//
 // `stream` must be the stream `blas` was created with (Blas does not expose it): every kernel,
 // copy and scratch allocation (cudaMallocAsync / cudaFreeAsync) is queued there, in order with
 // the GEMMs. The host waits once, at the end, for the loss (one 8-byte copy and a
 // cudaStreamSynchronize); when no row carries a loss it returns 0 without waiting (dh's zeroing
 // is queued). The targets array may be reused on return.
+//
 // Against the CPU twin: other summation orders (cuBLAS vs ops::gemm, expf vs the CPU's
 // polynomial Exp): about 1e-7 relative on the loss, 1e-6 norm-wise on dw and on dh for small V;
 // dh sums V cancelling fp32 terms, so its rounding grows like eps * sqrt(V) (up to ~1e-5 at
 // V = 151936). Scratch: about (2 * chunk + 1) * H + chunk * V floats and 12 bytes a loss row.
+//
 // in = GemmInput::kBf16: the three products take bf16 operands (fp32 sums, as the CPU's bf16
 // matmul mode): w's bf16 copy `w_bf16` ((V, H) uint16 on the device; null: rounded into scratch
-// on every call), and the gathered rows and the logits' gradient rounded into scratch (C * (H + V)
-// more bf16 elements). The softmax, the losses and dh, dw stay fp32.
+// on every call), and the gathered rows and the logits' gradient rounded into scratch
+// (C * (H + V) more bf16 elements). The softmax, the losses and dh, dw stay fp32.
+//
+// dw_beta 0 assigns dw instead of adding into it (the first chunk's product assigns; zeros when
+// no row carries a loss): dw's contents are not read. Only 0 and 1 are taken.
 Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
                                    const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
                                    double weight, int64_t chunk_rows = 0, void* stream = nullptr,
-                                   GemmInput in = GemmInput::kF32, const void* w_bf16 = nullptr);
+                                   GemmInput in = GemmInput::kF32, const void* w_bf16 = nullptr,
+                                   float dw_beta = 1.0f);
 
 // ---------------------------------------------------------------- small ops
 // ops::moe_balance_stats: count (E) and prob_sum (E) += over tokens, from probs (T, E) and

@@ -14,6 +14,7 @@
 #include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/expert_parallel_cuda.h"
 #include "xtuner/cuda/gemm_cuda.h"
+#include "xtuner/cuda/grad_writes.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/dist/comm.h"
@@ -32,18 +33,42 @@ using I = DeviceArray<int32_t>;
 }  // namespace
 
 // Create's whole slabs served as units: nothing to gather or fold, and held (bf16 copies last
-// until the parameters change).
+// until the parameters change). ZeroGrads marks every unit's gradients blank: zeroed when a unit
+// is first asked for by Grads (or by Settle), handed blank to GradsToWrite.
 class CudaModel::LocalSource : public ParamSource {
  public:
-  explicit LocalSource(CudaModel* m) : m_(m) {}
+  explicit LocalSource(CudaModel* m) : m_(m), blank_(m->layout_.units().size(), 0) {}
   const float* Acquire(int64_t u) override { return m_->params_ + m_->layout_.units()[u].begin; }
   void Release(int64_t) override {}
-  float* Grads(int64_t u) override { return m_->grads_ + m_->layout_.units()[u].begin; }
+  float* Grads(int64_t u) override {
+    if (blank_[u]) XT_CHECK(Zero(u).ok(), "CudaModel: zeroing gradients failed");
+    return m_->grads_ + m_->layout_.units()[u].begin;
+  }
+  float* GradsToWrite(int64_t u, bool* blank) override {
+    *blank = blank_[u] != 0;
+    blank_[u] = 0;
+    return m_->grads_ + m_->layout_.units()[u].begin;
+  }
   void GradsDone(int64_t) override {}
   bool Held(int64_t) const override { return true; }
+  void BlankAll() { std::fill(blank_.begin(), blank_.end(), 1); }
+  // Zeroes the units still blank.
+  Status Settle() {
+    for (int64_t u = 0; u < int64_t(blank_.size()); ++u)
+      if (blank_[u]) XT_RETURN_IF_ERROR(Zero(u));
+    return Status::OK();
+  }
 
  private:
+  Status Zero(int64_t u) {
+    const ParamUnit& r = m_->layout_.units()[u];
+    blank_[u] = 0;
+    return Check(cudaMemsetAsync(m_->grads_ + r.begin, 0, size_t(r.size()) * sizeof(float),
+                                 cudaStream_t(m_->stream_)),
+                 "zero gradients");
+  }
   CudaModel* m_;
+  std::vector<char> blank_;  // per unit
 };
 
 // bf16 mode: a bf16 copy of each unit in use, made when the unit is acquired. Kept across calls
@@ -194,9 +219,14 @@ void CudaModel::SetRecompute(double fraction) {
 }
 
 Status CudaModel::ZeroGrads() {
-  return Check(cudaMemsetAsync(Slab(grads_), 0, size_t(layout_.total()) * sizeof(float),
-                               cudaStream_t(stream_)),
-               "zero gradients");
+  Slab(grads_);
+  local_->BlankAll();
+  return Status::OK();
+}
+
+float* CudaModel::grads() {
+  XT_CHECK(local_->Settle().ok(), "CudaModel: zeroing gradients failed");
+  return Slab(grads_);
 }
 
 Status CudaModel::CopyParamsToHost(float* out) const {
@@ -206,6 +236,8 @@ Status CudaModel::CopyParamsToHost(float* out) const {
 }
 
 Status CudaModel::CopyGradsToHost(float* out) const {
+  Slab(grads_);
+  XT_RETURN_IF_ERROR(local_->Settle());
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(stream_)), "copy gradients"));
   return Check(cudaMemcpy(out, Slab(grads_), size_t(layout_.total()) * 4, cudaMemcpyDeviceToHost),
                "copy gradients");
@@ -293,7 +325,25 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       units16.valid[u] = 0;
     }
   };
-  auto grads = [&](int64_t u) { return UnitGrads{source_->Grads(u), layout_.units()[u].begin}; };
+  // Gradients: each unit's buffer from the source, written where it comes blank (GradWrites:
+  // every product into a gradient takes its beta from `writes`, every kernel that adds into one
+  // is prepared by it), closed before the source folds it.
+  GradWrites writes;
+  std::vector<float*> grad_base(layout_.units().size(), nullptr);
+  auto grads = [&](int64_t u) {
+    if (!grad_base[u]) {
+      bool blank = false;
+      grad_base[u] = source_->GradsToWrite(u, &blank);
+      writes.Open(grad_base[u], layout_.units()[u].size(), blank);
+    }
+    return UnitGrads{grad_base[u], layout_.units()[u].begin};
+  };
+  auto grads_done = [&](int64_t u) -> Status {
+    XT_RETURN_IF_ERROR(writes.Close(grad_base[u], s));
+    grad_base[u] = nullptr;
+    source_->GradsDone(u);
+    return Status::OK();
+  };
   DeviceArray<uint16_t> scratch_a, scratch_b;
   auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
                      int64_t n) -> Result<const void*> {
@@ -326,7 +376,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(gemm(din, dout, rows * out_dim, w, out_dim * in_dim, rows, in_dim, out_dim,
                               false, false, accumulate ? 1.0f : 0.0f, fp32));
     return gemm(dw, dout, rows * out_dim, in, rows * in_dim, out_dim, in_dim, rows, true, false,
-                1.0f, fp32);
+                writes.Beta(dw, out_dim * in_dim), fp32);
   };
   // The experts' products: x holding `rows` rows, grouped by `offsets` (experts + 1) over the
   // `experts` this rank runs (all of them, or its slice under expert parallelism).
@@ -342,14 +392,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const int32_t* offsets, int64_t rows, int64_t in_dim,
                               int64_t out_dim) -> Status {
+    const float dw_beta = writes.Beta(dw, experts * out_dim * in_dim);
     if (!bf16)
       return blas.GroupedBackward(dx, dw, dy, x, w, offsets, experts, in_dim, out_dim,
-                                  GemmInput::kF32);
+                                  GemmInput::kF32, dw_beta);
     XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim));
     XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
-                                GemmInput::kBf16);
+                                GemmInput::kBf16, dw_beta);
   };
 
   Buffers bu;
@@ -592,7 +643,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                       ChunkedCrossEntropy(blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(),
                                           P_lm(layout_.lm_head), b.targets.data(), T, H, V,
                                           ce_weight, loss_chunk_rows_, s, precision_,
-                                          bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr));
+                                          bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr,
+                                          writes.Beta(G_lm(layout_.lm_head), V * H)));
   info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
@@ -616,11 +668,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(dprob_row.Upload(row.data(), E, s));
   }
 
+  XT_RETURN_IF_ERROR(writes.Prepare(G(layout_.final_norm), H, s));
   XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(layout_.final_norm), dh.get(), bu.x[L].get(),
                                      P(layout_.final_norm), bu.rstd_final.get(), T, H, false, s));
   release(head);
   if (tied) release(0);
-  source_->GradsDone(head);
+  XT_RETURN_IF_ERROR(grads_done(head));
 
   // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input.
   // Scratch of the same size in every layer, allocated once; the experts' (the largest: A = T k
@@ -732,6 +785,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     }
     // dx = d x_mid (the residual plus the norm's backward).
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
+    XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln2), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
     XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
@@ -754,6 +808,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     const float* dk_in = dk.get();
     if (cfg_.qk_norm) {
       XT_RETURN_IF_ERROR(mark("qk_norm_bwd"));
+      XT_RETURN_IF_ERROR(writes.Prepare(G(o.q_norm), D, s));
+      XT_RETURN_IF_ERROR(writes.Prepare(G(o.k_norm), D, s));
       XT_RETURN_IF_ERROR(RmsnormBackward(dq_pre.get(), G(o.q_norm), dq.get(), a.q_pre.get(),
                                          P(o.q_norm), a.q_rstd.get(), T * Hq, D, false, s));
       XT_RETURN_IF_ERROR(RmsnormBackward(dk_pre.get(), G(o.k_norm), dk.get(), a.k_pre.get(),
@@ -769,17 +825,19 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(
         linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, true));
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
+    XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln1), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),
                                        a.rstd1.get(), T, H, true, s));
     XT_RETURN_IF_ERROR(mark("grads_reduce"));  // ZeRO-3's reduce-scatter, if any
     release(u);
-    source_->GradsDone(u);
+    XT_RETURN_IF_ERROR(grads_done(u));
     bu.layers[l] = Buffers::Layer();  // free as we go
   }
   XT_RETURN_IF_ERROR(mark("embedding_bwd"));
   const UnitGrads G_embed = grads(0);
+  XT_RETURN_IF_ERROR(writes.Prepare(G_embed(layout_.embed), V * H, s));
   XT_RETURN_IF_ERROR(EmbeddingBackward(G_embed(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
-  source_->GradsDone(0);
+  XT_RETURN_IF_ERROR(grads_done(0));
   if (prof) XT_RETURN_IF_ERROR(prof->Finish(s));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "training step"));
   return info;

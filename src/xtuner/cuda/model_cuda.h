@@ -104,7 +104,11 @@ class CudaModel {
   }
   // The slab, to read (e.g. to copy out): the bf16 copy stays valid.
   const float* params_view() const { return Slab(params_); }
-  float* grads() { return Slab(grads_); }
+  // The gradients' slab (zeroing first what ZeroGrads left blank and no step has written).
+  float* grads();
+  // Sets the gradients to zero, lazily: the next ForwardBackward writes them instead of adding
+  // into them (ParamSource::GradsToWrite), which spares a zeroing pass over the slab and the
+  // first read of every gradient its products write.
   Status ZeroGrads();
   // Copies a slab to the host (layout().total() floats); waits for the stream.
   Status CopyParamsToHost(float* out) const;

@@ -114,6 +114,9 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
   grads_ = memory_->Alloc(shard, "the gradients' shard");
   memory_->Zero(params_, shard);
   memory_->Zero(grads_, shard);
+  blank_.assign(units_.size(), 0);
+  all_held_ = true;
+  for (int64_t u = 0; u < int64_t(units_.size()); ++u) all_held_ = all_held_ && Held(u);
 }
 
 ShardedParams::~ShardedParams() {
@@ -123,7 +126,18 @@ ShardedParams::~ShardedParams() {
   memory_->Free(grads_);
 }
 
-void ShardedParams::ZeroGrads() { memory_->Zero(grads_, shard_size_); }
+void ShardedParams::ZeroGrads() {
+  if (all_held_)
+    std::fill(blank_.begin(), blank_.end(), 1);
+  else
+    memory_->Zero(grads_, shard_size_);
+}
+
+float* ShardedParams::grads() {
+  for (int64_t u = 0; u < int64_t(units_.size()); ++u)
+    if (blank_[u]) Grads(u);  // zeroes it
+  return grads_;
+}
 
 bool ShardedParams::Held(int64_t unit) const {
   const std::vector<Piece>& ps = units_[unit];
@@ -159,11 +173,30 @@ void ShardedParams::Release(int64_t unit) {
 }
 
 float* ShardedParams::Grads(int64_t unit) {
-  if (Held(unit)) return grads_ + units_[unit][0].shard;
+  if (Held(unit)) {
+    float* g = grads_ + units_[unit][0].shard;
+    if (blank_[unit]) memory_->Zero(g, layout_.units()[unit].size());
+    blank_[unit] = 0;
+    return g;
+  }
   auto it = grad_bufs_.find(unit);
   if (it != grad_bufs_.end()) return it->second.data;
   const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
   memory_->Zero(buf.data, buf.size);
+  grad_bufs_[unit] = buf;
+  return buf.data;
+}
+
+float* ShardedParams::GradsToWrite(int64_t unit, bool* blank) {
+  if (Held(unit)) {
+    *blank = blank_[unit] != 0;
+    blank_[unit] = 0;  // the model writes it whole now
+    return grads_ + units_[unit][0].shard;
+  }
+  auto it = grad_bufs_.find(unit);
+  *blank = it == grad_bufs_.end();
+  if (!*blank) return it->second.data;
+  const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
   grad_bufs_[unit] = buf;
   return buf.data;
 }

@@ -55,9 +55,13 @@ class ShardedParams : public ParamSource {
   const ParamLayout& layout() const { return layout_; }  // this rank's working layout
   const std::vector<OwnedRange>& owned() const { return owned_; }
   int64_t shard_size() const { return shard_size_; }
-  // The shard (shard_size() floats each, in the memory's kind).
+  // The shard (shard_size() floats each, in the memory's kind). grads() first zeroes what
+  // ZeroGrads left blank and no model has written since.
   float* params() { return params_; }
-  float* grads() { return grads_; }
+  float* grads();
+  // Sets the gradients to zero. Where this rank holds every unit whole (one rank), lazily: each
+  // unit is marked blank, zeroed by Grads (or grads()) when first asked for, or handed blank to
+  // a model that writes it whole (GradsToWrite). Otherwise the shard is zeroed now.
   void ZeroGrads();
   // Whether unit `unit` is one piece this rank holds whole (always so on one rank): Acquire and
   // Grads then serve the shard itself, gathering and reducing nothing.
@@ -68,6 +72,9 @@ class ShardedParams : public ParamSource {
   const float* Acquire(int64_t unit) override;
   void Release(int64_t unit) override;
   float* Grads(int64_t unit) override;
+  // A held unit: blank if ZeroGrads left it so. A gathered one: a new buffer comes blank (not
+  // zeroed); the reduce-scatter at GradsDone then adds what the model wrote into the shard.
+  float* GradsToWrite(int64_t unit, bool* blank) override;
   void GradsDone(int64_t unit) override;
 
  private:
@@ -98,6 +105,8 @@ class ShardedParams : public ParamSource {
   float* grads_ = nullptr;
   std::map<int64_t, Buffer> gathered_, grad_bufs_;
   int64_t working_ = 0, peak_working_ = 0;
+  bool all_held_ = false;
+  std::vector<char> blank_;  // per unit (held ones only): gradients logically zero, not written
 };
 
 }  // namespace xt

@@ -8,6 +8,13 @@
 //   Grads(u)    -> a buffer for u's gradients: the model ADDS into it; valid until GradsDone(u),
 //                  which folds it into the stored gradients. Calling Grads(u) again before
 //                  GradsDone(u) returns the same buffer.
+//   GradsToWrite(u, &blank) -> the same buffer, for a model that can WRITE gradients: *blank
+//                  true says its contents are undefined (the source skipped zeroing them), and
+//                  the model must then assign every element of the unit before GradsDone(u)
+//                  (gradients it does not produce as zeros), adding only into what it wrote.
+//                  The default is Grads(u) with *blank false. Saves the zeroing pass and the
+//                  first accumulation's read of each gradient (on a GPU, 8 bytes a parameter of
+//                  memory traffic per step).
 //   Held(u)     -> whether u's parameters are held whole here (Acquire copies and gathers
 //                  nothing, its pointer stays valid, its contents change only when the
 //                  parameters are updated): a model may keep what it derives from them (e.g. a
@@ -26,6 +33,10 @@ class ParamSource {
   virtual void Release(int64_t unit) = 0;
   virtual float* Grads(int64_t unit) = 0;
   virtual void GradsDone(int64_t unit) = 0;
+  virtual float* GradsToWrite(int64_t unit, bool* blank) {
+    *blank = false;
+    return Grads(unit);
+  }
   virtual bool Held(int64_t /*unit*/) const { return false; }
 };
 
