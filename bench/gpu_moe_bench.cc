@@ -440,13 +440,17 @@ int main(int argc, char** argv) {
       ++adam_step;
       if (adamw_events)
         XT_RETURN_IF_ERROR(xt::cuda::Check(cudaEventRecord(adamw_events[0], stream), "event"));
+      // The update also writes the weights' bf16 copies (bf16 mode), as the trainer's does.
+      const xt::cuda::Bf16Mirror mirror = model.bf16_mirror();
+      float* const params = model.params();
+      const float* const grads = model.grads();
       for (const xt::DecayRun& r : runs) {
         const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
             ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.decay);
-        XT_RETURN_IF_ERROR(xt::cuda::AdamWStep(model.params() + r.begin, model.grads() + r.begin,
-                                               m + r.begin, v + r.begin, r.end - r.begin, s,
-                                               stream));
+        XT_RETURN_IF_ERROR(
+            xt::cuda::AdamWStepRange(params, grads, m, v, r.begin, r.end, s, mirror, stream));
       }
+      model.ParamsChanged(mirror.data != nullptr);
       if (adamw_events)
         XT_RETURN_IF_ERROR(xt::cuda::Check(cudaEventRecord(adamw_events[1], stream), "event"));
       return xt::cuda::Check(cudaStreamSynchronize(stream), "step");

@@ -5,6 +5,7 @@
 // overflowing squares). Skipped (label `cuda`) where no GPU is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iterator>
 #include <limits>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "xtuner/core/dtype.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/optim/adamw.h"
 
@@ -97,6 +99,63 @@ INSTANTIATE_TEST_SUITE_P(
                           std::pair<int64_t, int64_t>{0, 0}),
         ::testing::Values(Hyper{0.9, 0.999, 0.01}, Hyper{0.3, 0.95, 0.1}, Hyper{0.9, 0.999, 0.0})),
     ParamName);
+
+// AdamWStepRange over a slab with a bf16 mirror of part of it: the slab's new values are
+// AdamWStep's, bit for bit, run by run; the mirror holds their bf16 rounding (nearest even, as
+// ToBf16 and the CPU's F32ToBf16) exactly where it covers the ranges, and nothing else is
+// written. Mirrors that start inside a run, end inside one, cover everything, nothing, or lie
+// outside the ranges; a bad range is an error.
+class AdamWRangeCuda : public cudatest::CudaTest<std::pair<int64_t, int64_t>> {};
+
+TEST_P(AdamWRangeCuda, WritesTheMirrorWhereItCoversTheRange) {
+  const auto [mb, me] = GetParam();  // the mirror's [begin, end) in the slab
+  const int64_t n = 3000;
+  const int64_t runs[][2] = {{0, 700}, {700, 701}, {701, 2222}, {2222, 3000}};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> p0(n), g(n), m0(n), v0(n);
+  for (int64_t i = 0; i < n; ++i) {
+    p0[i] = dist(rng);
+    g[i] = dist(rng);
+    m0[i] = 0.1f * dist(rng);
+    v0[i] = 0.01f * std::abs(dist(rng));
+  }
+  const AdamWStepScalars s = MakeAdamWStepScalars(0.9, 0.999, 1e-8, 0.01, 3, 1e-2, 1.0f, true);
+  // Reference: AdamWStep run by run, no mirror.
+  DeviceVec<float> rp(p0), rg(g), rm(m0), rv(v0);
+  for (const auto& r : runs)
+    ASSERT_TRUE(
+        cuda::AdamWStep(rp.p + r[0], rg.p + r[0], rm.p + r[0], rv.p + r[0], r[1] - r[0], s).ok());
+  // With the mirror: its elements start as a sentinel (0xAAAA) to see what was written.
+  DeviceVec<float> gp(p0), gg(g), gm(m0), gv(v0);
+  const int64_t mn = std::max<int64_t>(me - mb, 1);
+  DeviceVec<uint16_t> mirror{std::vector<uint16_t>(mn, 0xAAAA)};
+  const cuda::Bf16Mirror mir{mirror.p, mb, me};
+  for (const auto& r : runs)
+    ASSERT_TRUE(cuda::AdamWStepRange(gp.p, gg.p, gm.p, gv.p, r[0], r[1], s, mir).ok());
+  cudatest::Sync();
+  const std::vector<float> want = rp.Host();
+  cudatest::ExpectBitEqual(gp.Host(), want, "params");
+  cudatest::ExpectBitEqual(gm.Host(), rm.Host(), "exp_avg");
+  cudatest::ExpectBitEqual(gv.Host(), rv.Host(), "exp_avg_sq");
+  const std::vector<uint16_t> got = mirror.Host();
+  for (int64_t i = mb; i < me; ++i) {
+    const uint16_t expect = i < n ? F32ToBf16(want[i]) : uint16_t(0xAAAA);  // past the slab
+    ASSERT_EQ(got[i - mb], expect) << "mirror element " << i;
+  }
+  // A range the slab does not have is refused before any launch.
+  EXPECT_FALSE(cuda::AdamWStepRange(gp.p, gg.p, gm.p, gv.p, 10, 5, s, mir).ok());
+  EXPECT_FALSE(cuda::AdamWStepRange(gp.p, gg.p, gm.p, gv.p, -1, 5, s, mir).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Mirrors, AdamWRangeCuda,
+                         ::testing::Values(std::pair<int64_t, int64_t>{350, 3000},   // in a run
+                                           std::pair<int64_t, int64_t>{0, 2500},     // to inside
+                                           std::pair<int64_t, int64_t>{0, 3000},     // all
+                                           std::pair<int64_t, int64_t>{700, 701},    // one
+                                           std::pair<int64_t, int64_t>{3000, 3100},  // past
+                                           std::pair<int64_t, int64_t>{1000, 1000}   // empty
+                                           ));
 
 // The scalars are AdamW::Step's: spot checks of the rounding and the branches.
 TEST(AdamWCudaScalars, FormedAsStepFormsThem) {

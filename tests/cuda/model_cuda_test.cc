@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/optim/adamw_scalars.h"
 
 namespace xt {
 namespace {
@@ -498,6 +500,67 @@ TEST_P(ModelCuda, OverAGatheringSourceAsOverItsOwnSlabs) {
           (*over)->ParamsChanged();
         }
     }
+}
+
+// The bf16 copies an update writes beside the parameters (bf16_mirror, AdamWStepRange) are the
+// ones the next step would make from them: three AdamW steps of a bf16 model updated through
+// its mirror give the losses and every gradient, bit for bit, of its twin updated without one
+// (whose copies are made again from the new parameters), untied and tied (the mirror then
+// starts at the embedding, which the lm_head reads). No mirror in fp32 mode.
+TEST_P(ModelCuda, Bf16CopiesWrittenByTheUpdateAreTheOnesMadeFromTheParameters) {
+  auto base = ModelConfig::Load(testing::DataPath(GetParam()));
+  ASSERT_TRUE(base.ok());
+  for (bool tied : {false, true}) {
+    ModelConfig cfg = *base;
+    cfg.tie_word_embeddings = tied;
+    const std::string what = std::string(GetParam()) + (tied ? " tied" : "");
+    Transformer cpu(cfg);
+    InitRandom(&cpu, 0.2, 9);
+    const int64_t n = cpu.layout().total();
+    std::unique_ptr<cuda::CudaModel> models[2];
+    std::unique_ptr<cudatest::DeviceVec<float>> moments[2][2];
+    for (int i = 0; i < 2; ++i) {
+      auto made = cuda::CudaModel::Create(cfg, cpu.params().f32());
+      ASSERT_TRUE(made.ok()) << made.status().message();
+      models[i] = std::move(*made);
+      EXPECT_EQ(models[i]->bf16_mirror().data, nullptr) << what << ": no step yet";
+      models[i]->SetPrecision(cuda::GemmInput::kBf16);
+      for (auto& mv : moments[i])
+        mv = std::make_unique<cudatest::DeviceVec<float>>(std::vector<float>(n, 0.0f));
+    }
+    std::vector<int64_t> ids(40);
+    for (int64_t t = 0; t < 40; ++t) ids[t] = (t * 37 + 3) % cfg.vocab_size;
+    const Batch batch = Batch::Packed(ids, ids, {0, 17, 40}).value();
+    for (int step = 1; step <= 3; ++step) {
+      double loss[2];
+      std::vector<float> grads[2];
+      for (int i = 0; i < 2; ++i) {
+        cuda::CudaModel& m = *models[i];
+        ASSERT_TRUE(m.ZeroGrads().ok());
+        auto info = m.ForwardBackward(batch, 0.05, 1.0);
+        ASSERT_TRUE(info.ok()) << what << ": " << info.status().message();
+        loss[i] = info->loss;
+        grads[i].resize(n);
+        ASSERT_TRUE(m.CopyGradsToHost(grads[i].data()).ok());
+        const cuda::Bf16Mirror mirror = i == 0 ? m.bf16_mirror() : cuda::Bf16Mirror{};
+        if (i == 0) {
+          ASSERT_NE(mirror.data, nullptr) << what;
+          EXPECT_EQ(mirror.begin, tied ? 0 : m.layout().units()[1].begin) << what;
+          EXPECT_EQ(mirror.end, n) << what;
+        }
+        const AdamWStepScalars s =
+            MakeAdamWStepScalars(0.9, 0.95, 1e-8, 0.1, step, 3e-2, 1.0f, true);
+        ASSERT_TRUE(cuda::AdamWStepRange(m.params(), m.grads(), moments[i][0]->p, moments[i][1]->p,
+                                         0, n, s, mirror)
+                        .ok());
+        m.ParamsChanged(mirror.data != nullptr);
+      }
+      EXPECT_EQ(loss[0], loss[1]) << what << " step " << step;
+      cudatest::ExpectBitEqual(grads[0], grads[1], (what + " gradients").c_str());
+    }
+    models[0]->SetPrecision(cuda::GemmInput::kF32);
+    EXPECT_EQ(models[0]->bf16_mirror().data, nullptr) << what << ": fp32 mode";
+  }
 }
 
 // An empty micro-batch in bf16 mode (its matmuls have no rows): no error, nothing added.

@@ -74,19 +74,28 @@ class CudaModel::LocalSource : public ParamSource {
 // bf16 mode: a bf16 copy of each unit in use, made when the unit is acquired. Kept across calls
 // for the units the source holds (until the parameters change), freed at release for gathered
 // ones (keeping those would hold the whole model in bf16 on every rank).
+// Where the source holds every unit whose weights enter matmuls (one GPU), their copies share
+// one allocation, the mirror, laid out as the slab from mirror_begin on: an optimizer can then
+// write them beside the parameters (bf16_mirror), instead of the next step reading every
+// parameter again to round it.
 struct CudaModel::Bf16Units {
-  std::vector<DeviceArray<uint16_t>> copy;  // per unit
-  std::vector<char> valid;                  // per unit: copy matches the parameters
+  std::vector<DeviceArray<uint16_t>> own;  // per unit, for units outside the mirror
+  DeviceArray<uint16_t> mirror;            // units mirror_unit.. (allocated at first use)
+  int64_t mirror_unit = 0, mirror_begin = 0;
+  bool mirror_possible = false, settled = false;  // settled: mirror_possible computed
+  std::vector<char> valid;                        // per unit: copy matches the parameters
   struct Live {
     int64_t unit;
     const float* base;  // the unit's fp32 parameters as acquired
     int64_t size;
+    const uint16_t* copy;
   };
   std::vector<Live> live;  // the units acquired now
+  bool InMirror(int64_t u) const { return mirror_possible && u >= mirror_unit; }
   // The bf16 twin of a pointer into an acquired unit, or null.
   const uint16_t* Find(const float* x) const {
     for (const Live& l : live)
-      if (x >= l.base && x < l.base + l.size) return copy[l.unit].get() + (x - l.base);
+      if (x >= l.base && x < l.base + l.size) return l.copy + (x - l.base);
     return nullptr;
   }
 };
@@ -127,8 +136,11 @@ CudaModel::CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t exper
     : cfg_(cfg),
       layout_(cfg_, expert_begin, expert_count),
       bf16_units_(std::make_unique<Bf16Units>()) {
-  bf16_units_->copy.resize(layout_.units().size());
+  bf16_units_->own.resize(layout_.units().size());
   bf16_units_->valid.assign(layout_.units().size(), 0);
+  // The input embedding's unit enters matmuls only as the tied lm_head.
+  bf16_units_->mirror_unit = cfg_.tie_word_embeddings ? 0 : 1;
+  bf16_units_->mirror_begin = layout_.units()[bf16_units_->mirror_unit].begin;
 }
 
 CudaModel::~CudaModel() {
@@ -211,6 +223,23 @@ Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
   m->source_ = source;
   m->ep_ = split ? ep : nullptr;
   return m;
+}
+
+void CudaModel::ParamsChanged(bool mirror_written) {
+  Bf16Units& u16 = *bf16_units_;
+  if (!mirror_written || u16.mirror.size() == 0) {
+    bf16_stale_ = true;
+    return;
+  }
+  // The mirror's units are current; the others (gathered: made at every use anyway) are not.
+  bf16_stale_ = false;
+  for (int64_t u = 0; u < int64_t(u16.valid.size()); ++u) u16.valid[u] = u16.InMirror(u);
+}
+
+Bf16Mirror CudaModel::bf16_mirror() const {
+  const Bf16Units& u16 = *bf16_units_;
+  if (precision_ != GemmInput::kBf16 || u16.mirror.size() == 0) return {};
+  return {u16.mirror.get(), u16.mirror_begin, layout_.total()};
 }
 
 void CudaModel::SetRecompute(double fraction) {
@@ -304,12 +333,25 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     const float* p = source_->Acquire(u);
     const ParamUnit& r = layout_.units()[u];
     if (bf16 && matmuls) {
+      if (!units16.settled) {  // the mirror: when the source holds every unit it would hold
+        units16.mirror_possible = true;
+        for (int64_t v = units16.mirror_unit; v < int64_t(layout_.units().size()); ++v)
+          units16.mirror_possible = units16.mirror_possible && source_->Held(v);
+        units16.settled = true;
+      }
+      uint16_t* copy = nullptr;
+      if (units16.InMirror(u)) {
+        XT_RETURN_IF_ERROR(units16.mirror.Reserve(layout_.total() - units16.mirror_begin, s));
+        copy = units16.mirror.get() + (r.begin - units16.mirror_begin);
+      } else {
+        XT_RETURN_IF_ERROR(units16.own[u].Reserve(r.size(), s));
+        copy = units16.own[u].get();
+      }
       if (!units16.valid[u]) {
-        XT_RETURN_IF_ERROR(units16.copy[u].Reserve(r.size(), s));
-        XT_RETURN_IF_ERROR(ToBf16(units16.copy[u].get(), p, r.size(), s));
+        XT_RETURN_IF_ERROR(ToBf16(copy, p, r.size(), s));
         units16.valid[u] = 1;
       }
-      units16.live.push_back({u, p, r.size()});
+      units16.live.push_back({u, p, r.size(), copy});
     }
     return UnitParams{p, r.begin};
   };
@@ -321,7 +363,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                               [&](const Bf16Units::Live& l) { return l.unit == u; }),
                live.end());
     if (!source_->Held(u)) {
-      units16.copy[u] = DeviceArray<uint16_t>();
+      units16.own[u] = DeviceArray<uint16_t>();
       units16.valid[u] = 0;
     }
   };

@@ -23,6 +23,7 @@
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/gemm_cuda.h"
+#include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/cuda/step_profile.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
@@ -93,8 +94,15 @@ class CudaModel {
   void SetExpertsPath(GemmInput in, Blas::ExpertsPath path) { blas_->SetExpertsPath(in, path); }
   // The source's parameters changed (an optimizer step): the bf16 copies of the units it holds
   // (ParamSource::Held) are made again at their next use. Gathered units' copies are made at
-  // every use anyway.
-  void ParamsChanged() { bf16_stale_ = true; }
+  // every use anyway. mirror_written: the optimizer also wrote every element bf16_mirror()
+  // covers (AdamWStepRange), so those copies are current and need not be made again.
+  void ParamsChanged(bool mirror_written = false);
+  // bf16 mode, where the source holds every unit whose weights enter matmuls (Create's model,
+  // or one rank's ShardedParams): the bf16 copy of the parameters [begin, total) (layout
+  // offsets; begin skips an untied input embedding), for an optimizer to write beside them in
+  // the same pass (AdamWStepRange; 6 bytes a parameter of traffic saved per step). Empty (null
+  // data) before the first bf16 step, in fp32 mode, and over a source that gathers.
+  Bf16Mirror bf16_mirror() const;
   // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
   // ForwardBackward makes it again (once per optimizer step, not per micro-batch).

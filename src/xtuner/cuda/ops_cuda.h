@@ -91,9 +91,23 @@ Status RouterBackward(float* dlogits, const float* dtopk_w, const float* dprobs,
 // ---------------------------------------------------------------- AdamW
 // One AdamW step on n elements of one run: params, m, v (n) updated in place from grads (n),
 // with exactly UpdateChunk's float operations and order (no fused multiply-adds): bit-identical
-// to AdamW::Step on the same run.
+// to AdamW::Step on the same run. params_bf16 (n __nv_bfloat16; null: none): also the new
+// parameters rounded to bf16 (nearest even, as ToBf16), a bf16 copy made in the same pass
+// instead of a second read of the parameters.
 Status AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWStepScalars& s, void* stream = nullptr);
+                 const AdamWStepScalars& s, void* stream = nullptr, void* params_bf16 = nullptr);
+
+// A bf16 copy of elements [begin, end) of a slab: data[i - begin] mirrors element i (e.g.
+// CudaModel::bf16_mirror()). data null: none.
+struct Bf16Mirror {
+  uint16_t* data = nullptr;
+  int64_t begin = 0, end = 0;
+};
+// AdamWStep on elements [begin, end) of the slabs params, grads, m and v (pointers to their
+// element 0), writing the new bf16 value of every element the mirror covers into it.
+Status AdamWStepRange(float* params, const float* grads, float* m, float* v, int64_t begin,
+                      int64_t end, const AdamWStepScalars& s, const Bf16Mirror& mirror,
+                      void* stream = nullptr);
 
 // ---------------------------------------------------------------- attention (packed, causal)
 // ops::attention_forward / attention_backward on device q, k, v, out, lse, dout, dq, dk, dv

@@ -227,10 +227,15 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
       MakeAdamWStepScalars(c.beta1, c.beta2, c.eps, c.weight_decay, step_, lr, grad_scale, true)};
   float* p = shard_->params();
   const float* g = shard_->grads();
+  // The weights' bf16 copies written in the same pass (bf16 mode), where the shard is the whole
+  // model in its layout's order (one rank), so that shard and layout offsets agree.
+  bool whole = shard_->shard_size() == model_->layout().total();
+  for (const OwnedRange& r : shard_->owned()) whole = whole && r.global == r.shard;
+  const Bf16Mirror mirror = whole ? model_->bf16_mirror() : Bf16Mirror{};
   for (const DecayRun& r : runs_)
-    XT_RETURN_IF_ERROR(AdamWStep(p + r.begin, g + r.begin, m_ + r.begin, v_ + r.begin,
-                                 r.end - r.begin, scalars[r.decay ? 1 : 0], stream_));
-  model_->ParamsChanged();
+    XT_RETURN_IF_ERROR(
+        AdamWStepRange(p, g, m_, v_, r.begin, r.end, scalars[r.decay ? 1 : 0], mirror, stream_));
+  model_->ParamsChanged(mirror.data != nullptr);
   return Status::OK();
 }
 
