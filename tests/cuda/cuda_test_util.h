@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "xtuner/core/dtype.h"
 #include "xtuner/cuda/device.h"
 
 namespace xt::cudatest {
@@ -61,6 +62,15 @@ inline void ExpectBitEqual(const std::vector<float>& got, const std::vector<floa
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
         << what << " element " << i << ": " << got[i] << " vs " << want[i];
+}
+
+// got (bf16 bits) == want (fp32) rounded to nearest even (F32ToBf16, ToBf16's rounding), for
+// every element: a kernel's bf16 output against its fp32 output.
+inline void ExpectRoundedBitForBit(const std::vector<uint16_t>& got, const std::vector<float>& want,
+                                   const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_EQ(got[i], F32ToBf16(want[i])) << what << " element " << i << ": " << want[i];
 }
 
 // |got - want| <= rel * scale + 1e-30 per element, scale[i] the magnitude the result is

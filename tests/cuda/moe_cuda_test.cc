@@ -80,6 +80,18 @@ TEST_P(MoeCuda, MatchesTheCpuTwin) {
     }
   cudatest::ExpectNearScaled(gy.Host(), y, y_scale, 1e-6, "y");
   cudatest::ExpectNearScaled(gdw.Host(), dtopk_w, dw_scale, 1e-5, "dtopk_w");
+
+  // The bf16 outputs (bf16 mode): xs and dys rounded to nearest even, bit for bit; dtopk_w
+  // unchanged.
+  DeviceVec<uint16_t> gxs16{std::vector<uint16_t>(A * H)}, gdys16{std::vector<uint16_t>(A * H)};
+  DeviceVec<float> gdw2{std::vector<float>(A)};
+  ASSERT_TRUE(cuda::MoePermute(gxs16.p, gx.p, gsorted.p, A, k, H).ok());
+  ASSERT_TRUE(
+      cuda::MoeCombineBackward(gdys16.p, gdw2.p, gdy.p, gys.p, gw.p, gslot.p, T, k, H).ok());
+  cudatest::Sync();
+  cudatest::ExpectRoundedBitForBit(gxs16.Host(), xs, "xs bf16");
+  cudatest::ExpectRoundedBitForBit(gdys16.Host(), dys, "dys bf16");
+  cudatest::ExpectBitEqual(gdw2.Host(), gdw.Host(), "dtopk_w beside bf16 dys");
 }
 
 // The test's name suffix: its shape.

@@ -41,6 +41,15 @@ TEST_P(RmsnormCuda, MatchesTheCpuTwin) {
   for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(gr[i], rstd[i], 1e-5 * std::abs(rstd[i])) << i;
   for (int64_t i = 0; i < N * C; ++i)
     ASSERT_NEAR(gy[i], y[i], 1e-5 * std::abs(y[i]) + 1e-6) << "element " << i;
+
+  // The bf16 output (bf16 mode): the fp32 output rounded to nearest even, bit for bit, and the
+  // same rstd.
+  DeviceVec<uint16_t> dy16{std::vector<uint16_t>(N * C)};
+  DeviceVec<float> dr16(zeros_r);
+  ASSERT_TRUE(cuda::RmsnormForward(dy16.p, dr16.p, dx.p, dw.p, N, C, 1e-6f).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudatest::ExpectRoundedBitForBit(dy16.Host(), gy, "out bf16");
+  cudatest::ExpectBitEqual(dr16.Host(), gr, "rstd beside bf16 out");
 }
 
 // One row, one column, sizes that are not a multiple of the block, a large C, zero rows.

@@ -64,6 +64,14 @@ TEST_P(SwigluCuda, MatchesTheCpuTwin) {
   }
   cudatest::ExpectNearRel(gout.Host(), out, 1e-6, "out");
   cudatest::ExpectNearScaled(gdh.Host(), dh, dh_scale, 1e-6, "dh");
+
+  // The bf16 outputs (bf16 mode): the fp32 outputs rounded to nearest even, bit for bit.
+  DeviceVec<uint16_t> gout16{std::vector<uint16_t>(N * I)}, gdh16{std::vector<uint16_t>(N * 2 * I)};
+  ASSERT_TRUE(cuda::SwigluForward(gout16.p, gh.p, N, I).ok());
+  ASSERT_TRUE(cuda::SwigluBackward(gdh16.p, gdout.p, gh.p, N, I).ok());
+  cudatest::Sync();
+  cudatest::ExpectRoundedBitForBit(gout16.Host(), gout.Host(), "out bf16");
+  cudatest::ExpectRoundedBitForBit(gdh16.Host(), gdh.Host(), "dh bf16");
 }
 
 // The test's name suffix: its shape.

@@ -3,6 +3,7 @@
 // the ops' stream-ordered scratch memory.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,6 +41,13 @@ inline unsigned BlocksForItems(int64_t n) { return unsigned(n < kMaxBlocks ? n :
 
 // This thread's first index and the stride of a 1-D grid-stride loop, in int64.
 __device__ inline int64_t GlobalThread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
+// Stores v in an output of either type: fp32, or bf16 (uint16_t bits of __nv_bfloat16) rounded
+// to nearest even, as ToBf16 rounds: a kernel whose output only feeds bf16 products writes it
+// rounded, the value ToBf16 would have made of its fp32 output.
+__device__ inline void StoreAs(float* p, float v) { *p = v; }
+__device__ inline void StoreAs(uint16_t* p, float v) {
+  *p = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
 __device__ inline int64_t GridThreads() { return int64_t(gridDim.x) * blockDim.x; }
 
 // Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less

@@ -112,6 +112,10 @@ struct CudaModel::Buffers {
     EpExchange ep;
     I received_of_grouped, grouped_of_received;
     F xr;
+    // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); without
+    // expert parallelism also the experts' input rows and SwiGLU's output (xs16, act16 in place
+    // of xs, act). Each rounded as its products would round it.
+    DeviceArray<uint16_t> h1_16, xs16, act16;
     int64_t Bytes() const {
       int64_t n = 0;
       for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
@@ -121,6 +125,7 @@ struct CudaModel::Buffers {
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
+      n += (h1_16.size() + xs16.size() + act16.size()) * int64_t(sizeof(uint16_t));
       return n;
     }
   };
@@ -320,6 +325,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // dim (attention_bf16.h); the fp32 kernels otherwise.
   const bool bf16_attention =
       bf16 && bf16_attention_ && AttentionBf16Supports(D) && AttentionBf16Device().ok();
+  // The experts' rows that only feed bf16 products held in bf16 (their producers round them as
+  // the products would): the permuted input rows, SwiGLU's output and the gradients of both
+  // expert products' outputs. Not under expert parallelism, whose exchange moves fp32 rows.
+  const bool rows16 = bf16 && !ep_;
   Bf16Units& units16 = *bf16_units_;
   if (bf16_stale_) {  // the parameters changed: every kept copy is stale
     std::fill(units16.valid.begin(), units16.valid.end(), 0);
@@ -404,42 +413,74 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_ASSIGN_OR_RETURN(const void* b16, operand(scratch_b, b, b_n));
     return blas.Gemm(c, a16, b16, M, N, K, ta, tb, beta, GemmInput::kBf16);
   };
-  // out (T, O) = in (T, In) @ w^T.
+  // out (T, O) = in (T, In) @ w^T; in16: the input already in bf16 (bf16 mode; null: in is
+  // rounded into scratch).
   auto linear = [&](float* out, const float* in, const float* w, int64_t rows, int64_t in_dim,
-                    int64_t out_dim, bool fp32 = false) {
+                    int64_t out_dim, bool fp32 = false, const uint16_t* in16 = nullptr) -> Status {
+    if (bf16 && !fp32 && in16) {
+      XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, out_dim * in_dim));
+      return blas.Gemm(out, in16, w16, rows, out_dim, in_dim, false, true, 0.0f, GemmInput::kBf16);
+    }
     return gemm(out, in, rows * in_dim, w, out_dim * in_dim, rows, out_dim, in_dim, false, true,
                 0.0f, fp32);
   };
   // din (T, In) = dout @ w (assigned, or added), dw (O, In) += dout^T @ in.
+  // In bf16 mode dout is rounded once for both products; in16 as for linear.
   auto linear_backward = [&](float* din, float* dw, const float* dout, const float* in,
                              const float* w, int64_t rows, int64_t in_dim, int64_t out_dim,
-                             bool accumulate, bool fp32 = false) -> Status {
+                             bool accumulate, bool fp32 = false,
+                             const uint16_t* in16_given = nullptr) -> Status {
+    const float dw_beta = writes.Beta(dw, out_dim * in_dim);
+    if (!bf16 || fp32) {
+      if (din)
+        XT_RETURN_IF_ERROR(blas.Gemm(din, dout, w, rows, in_dim, out_dim, false, false,
+                                     accumulate ? 1.0f : 0.0f, GemmInput::kF32));
+      return blas.Gemm(dw, dout, in, out_dim, in_dim, rows, true, false, dw_beta, GemmInput::kF32);
+    }
+    XT_ASSIGN_OR_RETURN(const void* dout16, operand(scratch_a, dout, rows * out_dim));
+    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, out_dim * in_dim));
     if (din)
-      XT_RETURN_IF_ERROR(gemm(din, dout, rows * out_dim, w, out_dim * in_dim, rows, in_dim, out_dim,
-                              false, false, accumulate ? 1.0f : 0.0f, fp32));
-    return gemm(dw, dout, rows * out_dim, in, rows * in_dim, out_dim, in_dim, rows, true, false,
-                writes.Beta(dw, out_dim * in_dim), fp32);
+      XT_RETURN_IF_ERROR(blas.Gemm(din, dout16, w16, rows, in_dim, out_dim, false, false,
+                                   accumulate ? 1.0f : 0.0f, GemmInput::kBf16));
+    const void* in16 = in16_given;
+    if (!in16) {
+      XT_ASSIGN_OR_RETURN(in16, operand(scratch_b, in, rows * in_dim));
+    }
+    return blas.Gemm(dw, dout16, in16, out_dim, in_dim, rows, true, false, dw_beta,
+                     GemmInput::kBf16);
   };
   // The experts' products: x holding `rows` rows, grouped by `offsets` (experts + 1) over the
   // `experts` this rank runs (all of them, or its slice under expert parallelism).
   const int64_t experts = ep_ ? layout_.expert_count : E;
+  // x16 (dy16): the rows already in bf16 (null: x is rounded into scratch).
   auto grouped_forward = [&](float* y, const float* x, const float* w, const int32_t* offsets,
-                             int64_t rows, int64_t in_dim, int64_t out_dim) -> Status {
+                             int64_t rows, int64_t in_dim, int64_t out_dim,
+                             const uint16_t* x16_given = nullptr) -> Status {
     if (!bf16)
       return blas.GroupedForward(y, x, w, offsets, experts, in_dim, out_dim, GemmInput::kF32);
-    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim));
+    const void* x16 = x16_given;
+    if (!x16) {
+      XT_ASSIGN_OR_RETURN(x16, operand(scratch_a, x, rows * in_dim));
+    }
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedForward(y, x16, w16, offsets, experts, in_dim, out_dim, GemmInput::kBf16);
   };
   auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
-                              const int32_t* offsets, int64_t rows, int64_t in_dim,
-                              int64_t out_dim) -> Status {
+                              const int32_t* offsets, int64_t rows, int64_t in_dim, int64_t out_dim,
+                              const uint16_t* dy16_given = nullptr,
+                              const uint16_t* x16_given = nullptr) -> Status {
     const float dw_beta = writes.Beta(dw, experts * out_dim * in_dim);
     if (!bf16)
       return blas.GroupedBackward(dx, dw, dy, x, w, offsets, experts, in_dim, out_dim,
                                   GemmInput::kF32, dw_beta);
-    XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim));
-    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim));
+    const void* dy16 = dy16_given;
+    const void* x16 = x16_given;
+    if (!dy16) {
+      XT_ASSIGN_OR_RETURN(dy16, operand(scratch_a, dy, rows * out_dim));
+    }
+    if (!x16) {
+      XT_ASSIGN_OR_RETURN(x16, operand(scratch_b, x, rows * in_dim));
+    }
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
                                 GemmInput::kBf16, dw_beta);
@@ -483,9 +524,16 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     // A recomputed layer is one phase; the first pass marks each of its parts.
     XT_RETURN_IF_ERROR(mark(recomputing ? "recompute" : "norm"));
     auto part = [&](const char* phase) { return recomputing ? Status::OK() : mark(phase); };
-    XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(a.rstd1.Alloc(T, s));
-    XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
+    if (bf16) {
+      XT_RETURN_IF_ERROR(a.h1_16.Alloc(T * H, s));
+      XT_RETURN_IF_ERROR(
+          RmsnormForward(a.h1_16.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
+    } else {
+      XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
+      XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
+    }
+    const uint16_t* h1_16 = a.h1_16.get();
     XT_RETURN_IF_ERROR(a.q.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.k.Alloc(T * Hkv * D, s));
     XT_RETURN_IF_ERROR(a.v.Alloc(T * Hkv * D, s));
@@ -495,8 +543,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D, s));
       XT_RETURN_IF_ERROR(a.q_rstd.Alloc(T * Hq, s));
       XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv, s));
-      XT_RETURN_IF_ERROR(linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D));
-      XT_RETURN_IF_ERROR(linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D));
+      XT_RETURN_IF_ERROR(linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
+      XT_RETURN_IF_ERROR(linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
       XT_RETURN_IF_ERROR(part("qk_norm"));
       XT_RETURN_IF_ERROR(
           RmsnormForward(a.q.get(), a.q_rstd.get(), a.q_pre.get(), P(o.q_norm), T * Hq, D, eps, s));
@@ -504,10 +552,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                         T * Hkv, D, eps, s));
       XT_RETURN_IF_ERROR(part("qkv_proj"));
     } else {
-      XT_RETURN_IF_ERROR(linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D));
-      XT_RETURN_IF_ERROR(linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D));
+      XT_RETURN_IF_ERROR(linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
+      XT_RETURN_IF_ERROR(linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
     }
-    XT_RETURN_IF_ERROR(linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D));
+    XT_RETURN_IF_ERROR(linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, false, h1_16));
     XT_RETURN_IF_ERROR(part("rope"));
     XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
@@ -567,10 +615,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       if (!recomputing) info.tokens_per_expert.push_back(std::move(per_expert));
       XT_RETURN_IF_ERROR(a.sorted.Upload(sorted.data(), A, s));
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
-      XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(part("moe_permute"));
-      XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+      if (rows16) {
+        XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+      } else {
+        XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+      }
       // The rows this rank's experts run (R of them): its own sorted ones, or under expert
       // parallelism what the group sends it for its experts (the counts travel first).
       int64_t R = A;
@@ -591,20 +644,25 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         rows = a.xr.get();
       }
       XT_RETURN_IF_ERROR(a.gu.Alloc(R * 2 * Im, s));
-      XT_RETURN_IF_ERROR(a.act.Alloc(R * Im, s));
+      XT_RETURN_IF_ERROR(rows16 ? a.act16.Alloc(R * Im, s) : a.act.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
-      XT_RETURN_IF_ERROR(grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im));
+      XT_RETURN_IF_ERROR(
+          grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, a.xs16.get()));
       // A layer recomputed in the backward permutes its rows again there instead of keeping
       // them: its backward's peak (the (A, H) output gradient beside every activation) holds
-      // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model).
-      if (recomputing && !ep_) a.xs = F();
+      // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model in fp32).
+      if (recomputing && !ep_) {
+        a.xs = F();
+        a.xs16 = DeviceArray<uint16_t>();
+      }
       XT_RETURN_IF_ERROR(part("swiglu"));
-      XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
+      XT_RETURN_IF_ERROR(rows16 ? SwigluForward(a.act16.get(), a.gu.get(), R, Im, s)
+                                : SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       F yr;  // expert parallelism: the results of the received rows, before they go back
       if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
-      XT_RETURN_IF_ERROR(
-          grouped_forward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down), offsets, R, Im, H));
+      XT_RETURN_IF_ERROR(grouped_forward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down),
+                                         offsets, R, Im, H, a.act16.get()));
       if (ep_) {
         XT_RETURN_IF_ERROR(part("expert_all_to_all"));
         XT_RETURN_IF_ERROR(
@@ -771,10 +829,17 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       const int64_t R = ep_ ? a.ep.num_received() : A;
       const int32_t* offsets = ep_ ? a.ep.local_offsets.data() : a.offsets.data();
       F dys, dyr, dact, dgu, dxs;
+      DeviceArray<uint16_t> dys16, dgu16;  // rows16: dys and dgu in bf16
       XT_RETURN_IF_ERROR(mark("moe_combine_bwd"));
-      XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
-      XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
-                                            a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      if (rows16) {
+        XT_RETURN_IF_ERROR(dys16.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoeCombineBackward(dys16.get(), dtopk_w.get(), dx.get(), a.ys.get(),
+                                              a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      } else {
+        XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
+                                              a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      }
       a.ys = F();
       if (ep_) {
         XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
@@ -787,26 +852,40 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(dact.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
       XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
-                                          offsets, R, Im, H));
+                                          offsets, R, Im, H, dys16.get(), a.act16.get()));
       dys = F();
+      dys16 = DeviceArray<uint16_t>();
       a.act = F();
-      XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
+      a.act16 = DeviceArray<uint16_t>();
       XT_RETURN_IF_ERROR(mark("swiglu_bwd"));
-      XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
+      if (rows16) {
+        XT_RETURN_IF_ERROR(dgu16.Alloc(R * 2 * Im, s));
+        XT_RETURN_IF_ERROR(SwigluBackward(dgu16.get(), dact.get(), a.gu.get(), R, Im, s));
+      } else {
+        XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
+        XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
+      }
       dact = F();
       a.gu = F();
-      if (!ep_ && a.xs.size() == 0) {  // dropped by the recompute (layer_forward)
+      if (!ep_ && a.xs.size() == 0 && a.xs16.size() == 0) {  // dropped by the recompute
         XT_RETURN_IF_ERROR(mark("moe_permute"));
-        XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+        if (rows16) {
+          XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
+          XT_RETURN_IF_ERROR(MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+        } else {
+          XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
+          XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
+        }
       }
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
       XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(),
                                           ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets, R,
-                                          H, 2 * Im));
+                                          H, 2 * Im, dgu16.get(), a.xs16.get()));
       dgu = F();
+      dgu16 = DeviceArray<uint16_t>();
       a.xs = F();
+      a.xs16 = DeviceArray<uint16_t>();
       a.xr = F();
       if (ep_) {  // the input gradients back to the ranks the rows came from: (A, H) sorted
         F dxr = std::move(dxs);
@@ -860,12 +939,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       dk_in = dk_pre.get();
     }
     XT_RETURN_IF_ERROR(mark("qkv_proj_bwd"));
-    XT_RETURN_IF_ERROR(
-        linear_backward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H, Hq * D, false));
-    XT_RETURN_IF_ERROR(
-        linear_backward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H, Hkv * D, true));
-    XT_RETURN_IF_ERROR(
-        linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, true));
+    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H, Hq * D,
+                                       false, false, a.h1_16.get()));
+    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H,
+                                       Hkv * D, true, false, a.h1_16.get()));
+    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H,
+                                       Hkv * D, true, false, a.h1_16.get()));
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln1), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),

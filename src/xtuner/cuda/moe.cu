@@ -15,12 +15,13 @@ namespace {
 using detail::kThreads;
 
 // xs (A, H): xs[p] = x[sorted[p] / k].
-__global__ void MoePermuteKernel(float* xs, const float* x, const int32_t* sorted, int64_t A,
+template <class Out>
+__global__ void MoePermuteKernel(Out* xs, const float* x, const int32_t* sorted, int64_t A,
                                  int64_t k, int64_t H) {
   const int64_t total = A * H;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t p = q / H, h = q - p * H;
-    xs[q] = x[(int64_t(sorted[p]) / k) * H + h];
+    detail::StoreAs(xs + q, x[(int64_t(sorted[p]) / k) * H + h]);
   }
 }
 
@@ -54,9 +55,10 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 // One warp per assignment a = t*k + j, grid-strided: dys[slot] = w * dy[t] (slot_of is a
 // permutation: each row written once), and dtopk_w[a] = <dy[t], ys[slot]> summed in double
 // across the warp (a butterfly: every lane ends with the same bits).
-__global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float* dy,
-                                         const float* ys, const float* topk_w,
-                                         const int32_t* slot_of, int64_t A, int64_t k, int64_t H) {
+template <class Out>
+__global__ void MoeCombineBackwardKernel(Out* dys, float* dtopk_w, const float* dy, const float* ys,
+                                         const float* topk_w, const int32_t* slot_of, int64_t A,
+                                         int64_t k, int64_t H) {
   const int lane = threadIdx.x % 32;
   for (int64_t a = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32; a < A;
        a += int64_t(gridDim.x) * kWarpsPerBlock) {  // uniform in the warp
@@ -65,10 +67,10 @@ __global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float
     const float wj = topk_w[a];
     const float* g = dy + t * H;  // (H)
     const float* s = ys + p * H;  // (H)
-    float* ds = dys + p * H;      // (H)
+    Out* ds = dys + p * H;        // (H)
     double dot = 0;
     for (int64_t h = lane; h < H; h += 32) {
-      ds[h] = wj * g[h];
+      detail::StoreAs(ds + h, wj * g[h]);
       dot += double(g[h]) * double(s[h]);
     }
     for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
@@ -76,16 +78,40 @@ __global__ void MoeCombineBackwardKernel(float* dys, float* dtopk_w, const float
   }
 }
 
+template <class Out>
+Status Permute(Out* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
+               void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute", {A, k, H}));
+  if (A == 0 || H == 0) return Status::OK();
+  if (k == 0) return Status::Error("moe_permute: k = 0 with A > 0");
+  XT_LAUNCH(MoePermuteKernel<Out>, detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream))
+  (xs, x, sorted, A, k, H);
+  return Check(cudaGetLastError(), "moe_permute launch");
+}
+
+template <class Out>
+Status CombineBackward(Out* dys, float* dtopk_w, const float* dy, const float* ys,
+                       const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k, int64_t H,
+                       void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_combine_backward", {T, k, H}));
+  const int64_t A = T * k;
+  if (A == 0) return Status::OK();
+  // With H == 0 the blocks still run: dtopk_w is assigned 0, as on the CPU.
+  XT_LAUNCH(MoeCombineBackwardKernel<Out>, detail::BlocksFor(A, kWarpsPerBlock), kThreads, 0,
+            cudaStream_t(stream))
+  (dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
+  return Check(cudaGetLastError(), "moe_combine_backward launch");
+}
+
 }  // namespace
 
 Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
                   void* stream) {
-  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute", {A, k, H}));
-  if (A == 0 || H == 0) return Status::OK();
-  if (k == 0) return Status::Error("moe_permute: k = 0 with A > 0");
-  XT_LAUNCH(MoePermuteKernel, detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream))
-  (xs, x, sorted, A, k, H);
-  return Check(cudaGetLastError(), "moe_permute launch");
+  return Permute(xs, x, sorted, A, k, H, stream);
+}
+Status MoePermute(uint16_t* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k,
+                  int64_t H, void* stream) {
+  return Permute(xs, x, sorted, A, k, H, stream);
 }
 
 Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T, int64_t k,
@@ -109,14 +135,12 @@ Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const i
 Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const float* ys,
                           const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
                           int64_t H, void* stream) {
-  XT_RETURN_IF_ERROR(detail::CheckSizes("moe_combine_backward", {T, k, H}));
-  const int64_t A = T * k;
-  if (A == 0) return Status::OK();
-  // With H == 0 the blocks still run: dtopk_w is assigned 0, as on the CPU.
-  XT_LAUNCH(MoeCombineBackwardKernel, detail::BlocksFor(A, kWarpsPerBlock), kThreads, 0,
-            cudaStream_t(stream))
-  (dys, dtopk_w, dy, ys, topk_w, slot_of, A, k, H);
-  return Check(cudaGetLastError(), "moe_combine_backward launch");
+  return CombineBackward(dys, dtopk_w, dy, ys, topk_w, slot_of, T, k, H, stream);
+}
+Status MoeCombineBackward(uint16_t* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream) {
+  return CombineBackward(dys, dtopk_w, dy, ys, topk_w, slot_of, T, k, H, stream);
 }
 
 }  // namespace xt::cuda

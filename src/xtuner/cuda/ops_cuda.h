@@ -10,9 +10,12 @@
 namespace xt::cuda {
 
 // out (N, C) = in * rstd * w, rstd (N) = 1 / sqrt(mean(in^2) + eps): ops::rmsnorm_forward.
-// One block per row; the sum of squares in fp32 across the block's threads (the CPU twin sums in
-// double: they agree to about 1e-6 relative).
+// One warp per row; the sum of squares in double, as the CPU twin's, in another order: they
+// agree to about 1e-6 relative. The uint16_t overload writes out rounded to bf16 (nearest even,
+// what ToBf16 makes of the fp32 out), for an output that only feeds bf16 products.
 Status RmsnormForward(float* out, float* rstd, const float* in, const float* w, int64_t N,
+                      int64_t C, float eps, void* stream = nullptr);
+Status RmsnormForward(uint16_t* out, float* rstd, const float* in, const float* w, int64_t N,
                       int64_t C, float eps, void* stream = nullptr);
 
 // Every op below keeps the contract of its ops:: twin (ops/ops.h) on device pointers. Sizes are
@@ -34,8 +37,14 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
 // its argument clamped at 88 as the CPU's Exp saturates; the CPU's Exp is a polynomial, so the
 // two agree to about 1e-6 relative, not bit for bit.
 Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream = nullptr);
+// The same values rounded to bf16 (uint16_t bits of __nv_bfloat16, nearest even: what ToBf16
+// makes of the fp32 output), for an output that only feeds bf16 products. So for the uint16_t
+// overloads of SwigluBackward, MoePermute and MoeCombineBackward below.
+Status SwigluForward(uint16_t* out, const float* h, int64_t N, int64_t I, void* stream = nullptr);
 // ops::swiglu_backward: dh (N, 2I) assigned from dout (N, I).
 Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                      void* stream = nullptr);
+Status SwigluBackward(uint16_t* dh, const float* dout, const float* h, int64_t N, int64_t I,
                       void* stream = nullptr);
 
 // ---------------------------------------------------------------- RoPE (HF rotate_half)
@@ -63,6 +72,8 @@ Status EmbeddingBackward(float* dtable, const float* dout, const int32_t* ids, i
 // ops::moe_permute: xs (A, H): xs[p] = x (T, H)[sorted (A)[p] / k].
 Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
                   void* stream = nullptr);
+Status MoePermute(uint16_t* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k,
+                  int64_t H, void* stream = nullptr);
 // ops::moe_permute_backward: dx (T, H) += sum_j dxs (A, H)[slot_of (T*k)[t*k + j]], j in order.
 Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, int64_t T, int64_t k,
                           int64_t H, void* stream = nullptr);
@@ -73,6 +84,9 @@ Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const i
 // ops::moe_combine_backward: dys (A, H) assigned; dtopk_w (T, k) assigned = <dy[t], ys[slot]>,
 // summed in double by one block per assignment.
 Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream = nullptr);
+Status MoeCombineBackward(uint16_t* dys, float* dtopk_w, const float* dy, const float* ys,
                           const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
                           int64_t H, void* stream = nullptr);
 

@@ -15,18 +15,20 @@ namespace {
 // polynomial (~2e-7 relative), hence agreement to ~1e-6 relative rather than bit for bit.
 __device__ inline float ExpSat(float x) { return float(exp(double(x < 88.0f ? x : 88.0f))); }
 
-__global__ void SwigluForwardKernel(float* out, const float* h, int64_t N, int64_t I) {
+template <class Out>
+__global__ void SwigluForwardKernel(Out* out, const float* h, int64_t N, int64_t I) {
   const int64_t total = N * I;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t n = q / I, i = q - n * I;
     const float g = h[n * 2 * I + i];
     const float u = h[n * 2 * I + I + i];
-    out[q] = g / (1.0f + ExpSat(-g)) * u;
+    detail::StoreAs(out + q, g / (1.0f + ExpSat(-g)) * u);
   }
 }
 
 // d/dg [g * sig(g)] = sig(g) * (1 + g * (1 - sig(g))).
-__global__ void SwigluBackwardKernel(float* dh, const float* dout, const float* h, int64_t N,
+template <class Out>
+__global__ void SwigluBackwardKernel(Out* dh, const float* dout, const float* h, int64_t N,
                                      int64_t I) {
   const int64_t total = N * I;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
@@ -35,30 +37,47 @@ __global__ void SwigluBackwardKernel(float* dh, const float* dout, const float* 
     const float u = h[n * 2 * I + I + i];
     const float dy = dout[q];
     const float sig = 1.0f / (1.0f + ExpSat(-g));
-    dh[n * 2 * I + I + i] = dy * g * sig;
-    dh[n * 2 * I + i] = dy * u * sig * (1.0f + g * (1.0f - sig));
+    detail::StoreAs(dh + n * 2 * I + I + i, dy * g * sig);
+    detail::StoreAs(dh + n * 2 * I + i, dy * u * sig * (1.0f + g * (1.0f - sig)));
   }
 }
 
-}  // namespace
-
-Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream) {
+template <class Out>
+Status Forward(Out* out, const float* h, int64_t N, int64_t I, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_forward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
-  XT_LAUNCH(SwigluForwardKernel, detail::BlocksFor(N * I), detail::kThreads, 0,
+  XT_LAUNCH(SwigluForwardKernel<Out>, detail::BlocksFor(N * I), detail::kThreads, 0,
             cudaStream_t(stream))
   (out, h, N, I);
   return Check(cudaGetLastError(), "swiglu_forward launch");
 }
 
-Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
-                      void* stream) {
+template <class Out>
+Status Backward(Out* dh, const float* dout, const float* h, int64_t N, int64_t I, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_backward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
-  XT_LAUNCH(SwigluBackwardKernel, detail::BlocksFor(N * I), detail::kThreads, 0,
+  XT_LAUNCH(SwigluBackwardKernel<Out>, detail::BlocksFor(N * I), detail::kThreads, 0,
             cudaStream_t(stream))
   (dh, dout, h, N, I);
   return Check(cudaGetLastError(), "swiglu_backward launch");
+}
+
+}  // namespace
+
+Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream) {
+  return Forward(out, h, N, I, stream);
+}
+Status SwigluForward(uint16_t* out, const float* h, int64_t N, int64_t I, void* stream) {
+  return Forward(out, h, N, I, stream);
+}
+
+Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                      void* stream) {
+  return Backward(dh, dout, h, N, I, stream);
+}
+Status SwigluBackward(uint16_t* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                      void* stream) {
+  return Backward(dh, dout, h, N, I, stream);
 }
 
 }  // namespace xt::cuda
