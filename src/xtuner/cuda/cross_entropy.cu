@@ -17,6 +17,9 @@
 namespace xt::cuda {
 namespace {
 
+// bf16: chunks whose rounded operands are kept for one dw product (see ChunkedCrossEntropy).
+constexpr int64_t kGroupChunks = 4;
+
 using detail::kThreads;
 
 constexpr int kRowThreads = 512;  // threads per row of logits (a power of two)
@@ -145,6 +148,12 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   if (chunk_rows <= 0) chunk_rows = DefaultLossChunkRows(V, true);
   const int64_t C = std::min(chunk_rows, n);
   const bool grad = dh != nullptr;
+  const bool bf16 = in == GemmInput::kBf16;
+  // bf16: the rounded rows and logits' gradients of up to kGroupChunks chunks are kept, and dw
+  // takes one product per group of chunks (K = the group's rows) instead of one per chunk: each
+  // such product reads and writes all of dw (V, H) in fp32 (1.2 GiB at the benchmark's
+  // vocabulary), so fewer of them move less memory, for (G - C) * (H + V) more bf16 scratch.
+  const int64_t G = bf16 && grad ? std::min(n, kGroupChunks * C) : C;
 
   detail::Scratch scratch(s);
   int64_t* rows_d = nullptr;
@@ -158,13 +167,12 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   XT_RETURN_IF_ERROR(scratch.Alloc(&logits, C * V, "chunked_cross_entropy logits"));
   if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dhc, C * H, "chunked_cross_entropy scratch"));
   // bf16 products: the weight's bf16 copy (given, or made here once), the gathered rows and the
-  // logits' gradient rounded into scratch before the products that read them.
-  const bool bf16 = in == GemmInput::kBf16;
+  // logits' gradient rounded into scratch (a group's worth) before the products that read them.
   uint16_t *hc16 = nullptr, *dl16 = nullptr, *w16_own = nullptr;
   const void* w16 = w_bf16;
   if (bf16) {
-    XT_RETURN_IF_ERROR(scratch.Alloc(&hc16, C * H, "chunked_cross_entropy scratch"));
-    if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dl16, C * V, "chunked_cross_entropy scratch"));
+    XT_RETURN_IF_ERROR(scratch.Alloc(&hc16, G * H, "chunked_cross_entropy scratch"));
+    if (grad) XT_RETURN_IF_ERROR(scratch.Alloc(&dl16, G * V, "chunked_cross_entropy scratch"));
     if (!w16) {
       XT_RETURN_IF_ERROR(scratch.Alloc(&w16_own, V * H, "chunked_cross_entropy bf16 weight"));
       XT_RETURN_IF_ERROR(ToBf16(w16_own, w, V * H, stream));
@@ -179,27 +187,31 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
       cudaMemcpyAsync(ys_d, ys.data(), size_t(n) * sizeof(int32_t), cudaMemcpyHostToDevice, s),
       "chunked_cross_entropy targets"));
 
-  for (int64_t c0 = 0; c0 < n; c0 += C) {
-    const int64_t c = std::min(C, n - c0);
-    if (c * H > 0) {
-      XT_LAUNCH(GatherRowsKernel, detail::BlocksFor(c * H), kThreads, 0, s)
-      (hc, h, rows_d + c0, c, H);
-      XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy gather"));
-    }
-    if (bf16) {
-      XT_RETURN_IF_ERROR(ToBf16(hc16, hc, c * H, stream));
-      XT_RETURN_IF_ERROR(blas.Gemm(logits, hc16, w16, c, V, H, false, true, 0.0f, in));
-    } else {
-      XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, in));
-    }
-    XT_LAUNCH(SoftmaxRowsKernel, detail::BlocksForItems(c), kRowThreads, 0, s)
-    (logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
-    XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy softmax"));
-    if (grad) {
+  for (int64_t g0 = 0; g0 < n; g0 += G) {  // groups of chunks (one chunk each but in bf16)
+    const int64_t g = std::min(G, n - g0);
+    for (int64_t c0 = g0; c0 < g0 + g; c0 += C) {
+      const int64_t c = std::min(C, g0 + g - c0);
+      uint16_t* hc16_c = bf16 ? hc16 + (c0 - g0) * H : nullptr;  // this chunk's rows in the group
+      uint16_t* dl16_c = bf16 && grad ? dl16 + (c0 - g0) * V : nullptr;
+      if (c * H > 0) {
+        XT_LAUNCH(GatherRowsKernel, detail::BlocksFor(c * H), kThreads, 0, s)
+        (hc, h, rows_d + c0, c, H);
+        XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy gather"));
+      }
+      if (bf16) {
+        XT_RETURN_IF_ERROR(ToBf16(hc16_c, hc, c * H, stream));
+        XT_RETURN_IF_ERROR(blas.Gemm(logits, hc16_c, w16, c, V, H, false, true, 0.0f, in));
+      } else {
+        XT_RETURN_IF_ERROR(blas.Gemm(logits, hc, w, c, V, H, false, true, 0.0f, in));
+      }
+      XT_LAUNCH(SoftmaxRowsKernel, detail::BlocksForItems(c), kRowThreads, 0, s)
+      (logits, loss_d + c0, ys_d + c0, c, V, weight, grad);
+      XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy softmax"));
+      if (!grad) continue;
       const void* dl = logits;  // (c, V) d loss / d logits, rounded in bf16 mode
       if (bf16) {
-        XT_RETURN_IF_ERROR(ToBf16(dl16, logits, c * V, stream));
-        dl = dl16;
+        XT_RETURN_IF_ERROR(ToBf16(dl16_c, logits, c * V, stream));
+        dl = dl16_c;
       }
       XT_RETURN_IF_ERROR(  // (c, V) @ (V, H)
           blas.Gemm(dhc, dl, bf16 ? w16 : w, c, H, V, false, false, 0.0f, in));
@@ -208,10 +220,13 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
         (dh, dhc, rows_d + c0, c, H);
         XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
       }
-      XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
-          blas.Gemm(dw, dl, bf16 ? static_cast<const void*>(hc16) : hc, V, H, c, true, false,
-                    c0 == 0 ? dw_beta : 1.0f, in));
+      if (!bf16)
+        XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
+            blas.Gemm(dw, dl, hc, V, H, c, true, false, c0 == 0 ? dw_beta : 1.0f, in));
     }
+    if (grad && bf16)  // the group's (g, V)^T @ (g, H)
+      XT_RETURN_IF_ERROR(
+          blas.Gemm(dw, dl16, hc16, V, H, g, true, false, g0 == 0 ? dw_beta : 1.0f, in));
   }
   XT_LAUNCH(SumKernel, 1, kThreads, 0, s)(loss_d + n, loss_d, n);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy sum"));

@@ -40,8 +40,10 @@ namespace xt::cuda {
 //
 // in = GemmInput::kBf16: the three products take bf16 operands (fp32 sums, as the CPU's bf16
 // matmul mode): w's bf16 copy `w_bf16` ((V, H) uint16 on the device; null: rounded into scratch
-// on every call), and the gathered rows and the logits' gradient rounded into scratch
-// (C * (H + V) more bf16 elements). The softmax, the losses and dh, dw stay fp32.
+// on every call), and the gathered rows and the logits' gradient rounded into scratch. Those of
+// up to 4 chunks are kept, and dw takes one product per such group (G = 4 C rows: G * (H + V)
+// more bf16 elements of scratch) instead of one per chunk, each of which reads and writes the
+// whole fp32 dw. The softmax, the losses and dh, dw stay fp32.
 //
 // dw_beta 0 assigns dw instead of adding into it (the first chunk's product assigns; zeros when
 // no row carries a loss): dw's contents are not read. Only 0 and 1 are taken.
