@@ -111,6 +111,24 @@ TEST_P(TrainCudaOnce, Bf16FollowsTheFp32Run) {
   for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)
     most = std::max(most, std::abs(b16[i] - f32[i]) / f32[i]);
   EXPECT_GT(most, 1e-6) << "the GPU's bf16 run gave its fp32 losses: was bf16 used?";
+
+  // The kernel choices of the config: the mma attention and xtuner's grouped GEMM give the same
+  // run to bf16 rounding; a choice the precision cannot take stops the run before any work.
+  TrainConfig picked = TinyRun("gpu_bf16_picked");
+  picked.device = "cuda";
+  picked.precision = "bf16";
+  picked.cuda_attention = "mma";
+  picked.cuda_experts_gemm = "xtuner-grouped";
+  auto r = RunTraining(picked, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(picked.work_dir, "loss"), b16, 2e-3, "mma attention, xtuner-grouped");
+  TrainConfig wrong = TinyRun("gpu_fp32_xtuner");
+  wrong.device = "cuda";
+  wrong.cuda_experts_gemm = "xtuner-grouped";
+  auto refused = RunTraining(wrong, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("train.cuda_experts_gemm"), std::string::npos)
+      << refused.status().message();
 }
 
 }  // namespace

@@ -117,6 +117,45 @@ TEST(TrainConfig, ValidationNamesTheKey) {
             std::string::npos);
 }
 
+// The GPU kernel choices: named values only, on train.device = "cuda" only, and the bf16-only
+// ones with train.precision = "bf16"; each error names the key.
+TEST(TrainConfig, CudaKernelChoicesAreCheckedAgainstDeviceAndPrecision) {
+  TrainConfig c;
+  ASSERT_TRUE(ParseTrainConfig(kConfig, "cfg.toml", &c).ok());
+  ASSERT_TRUE(ValidateTrainConfig(c).ok());
+  auto message = [&] { return ValidateTrainConfig(c).message(); };
+  c.device = "cuda";
+  c.precision = "bf16";
+  for (const char* a : {"auto", "wmma", "mma"})
+    for (const char* g : {"auto", "cublas-grouped", "xtuner-grouped", "per-expert"}) {
+      c.cuda_attention = a;
+      c.cuda_experts_gemm = g;
+      EXPECT_TRUE(ValidateTrainConfig(c).ok()) << a << " " << g << ": " << message();
+    }
+  c.cuda_attention = "flash";
+  EXPECT_NE(message().find("train.cuda_attention must be auto, wmma or mma, not \"flash\""),
+            std::string::npos)
+      << message();
+  c.cuda_attention = "mma";
+  c.cuda_experts_gemm = "cutlass";
+  EXPECT_NE(message().find("train.cuda_experts_gemm must be auto, cublas-grouped"),
+            std::string::npos)
+      << message();
+  c.cuda_experts_gemm = "xtuner-grouped";
+  c.precision = "fp32";
+  EXPECT_NE(message().find("train.cuda_attention picks the bf16 attention's kernels"),
+            std::string::npos)
+      << message();
+  c.cuda_attention = "auto";
+  EXPECT_NE(message().find("xtuner-grouped\" is a bf16 kernel"), std::string::npos) << message();
+  c.cuda_experts_gemm = "per-expert";
+  EXPECT_TRUE(ValidateTrainConfig(c).ok()) << message();  // fp32 per expert
+  c.device = "cpu";
+  EXPECT_NE(message().find("train.cuda_experts_gemm is for train.device = \"cuda\""),
+            std::string::npos)
+      << message();
+}
+
 TEST(TrainConfig, EffectiveTomlRoundTrips) {
   TrainConfig a;
   ASSERT_TRUE(ParseTrainConfig(kConfig, "cfg.toml", &a).ok());

@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/nccl_comm.h"
@@ -179,8 +181,24 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
                       CudaModel::CreateOver(mc, b->shard_.get(), b->stream_,
                                             split_experts ? mesh.first_expert(mc) : 0,
                                             split_experts ? mesh.experts_per_rank(mc) : -1, ep));
-  b->model_->SetPrecision(args.bf16 ? GemmInput::kBf16 : GemmInput::kF32);
+  const GemmInput in = args.bf16 ? GemmInput::kBf16 : GemmInput::kF32;
+  b->model_->SetPrecision(in);
   b->model_->SetRecompute(args.recompute);
+  // The kernel choices (validated with the config; checked again here for other callers).
+  if (args.cuda_attention != "auto") {
+    AttentionBf16Kernels kernels;
+    if (!ParseAttentionBf16Kernels(args.cuda_attention, &kernels))
+      return Status::Error("train.cuda_attention: unknown kernels \"" + args.cuda_attention + "\"");
+    b->model_->SetAttentionBf16Kernels(kernels);
+  }
+  if (args.cuda_experts_gemm != "auto") {
+    Blas::ExpertsPath path;
+    if (!Blas::ParseExpertsPath(args.cuda_experts_gemm, &path) ||
+        (path == Blas::ExpertsPath::kXtunerGrouped && !args.bf16))
+      return Status::Error("train.cuda_experts_gemm: \"" + args.cuda_experts_gemm +
+                           "\" is not a path for " + (args.bf16 ? "bf16" : "fp32"));
+    b->model_->SetExpertsPath(in, path);
+  }
   b->m_ = b->memory_->Alloc(n, "AdamW's exp_avg");
   b->v_ = b->memory_->Alloc(n, "AdamW's exp_avg_sq");
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, sizeof(double)), "gradient norm"));

@@ -72,6 +72,9 @@ struct TrainBackendArgs {
   std::string gpu_comm = "nccl";
   double recompute = 0;  // model.recompute
   bool bf16 = false;     // train.precision == "bf16"
+  // train.cuda_attention and train.cuda_experts_gemm (validated; "auto": the backend's default).
+  std::string cuda_attention = "auto";
+  std::string cuda_experts_gemm = "auto";
 };
 
 using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);

@@ -59,6 +59,16 @@ const std::vector<Key>& Schema() {
        "checkpoints and exports; several ranks shard them as on the CPU (ZeRO-3 over NCCL: units "
        "gathered, gradients reduce-scattered; parallel.ep > 1 sends the experts' rows all-to-all). "
        "Needs a build with CUDA."},
+      {"train.cuda_attention", &C::cuda_attention,
+       "auto | wmma | mma: the kernels of train.device = \"cuda\"'s bf16 attention. wmma: scores "
+       "through shared memory; mma: FlashAttention-2 style, scores and softmax in registers. "
+       "auto: the engine's default (wmma until GPU measurements say otherwise; bench/gpu_moe.sh "
+       "times both)."},
+      {"train.cuda_experts_gemm", &C::cuda_experts_gemm,
+       "auto | cublas-grouped | xtuner-grouped | per-expert: how train.device = \"cuda\" runs the "
+       "experts' products. auto: cuBLAS's grouped GEMM where it takes the types, else "
+       "xtuner's grouped kernel (bf16) or one GEMM per expert (fp32). xtuner-grouped needs "
+       "train.precision = \"bf16\"."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "
@@ -351,6 +361,26 @@ Status ValidateTrainConfig(const TrainConfig& c) {
     return err("train.precision must be fp32 or bf16, not \"" + c.precision + "\"");
   if (c.device != "cpu" && c.device != "cuda")
     return err("train.device must be cpu or cuda, not \"" + c.device + "\"");
+  if (c.cuda_attention != "auto" && c.cuda_attention != "wmma" && c.cuda_attention != "mma")
+    return err("train.cuda_attention must be auto, wmma or mma, not \"" + c.cuda_attention + "\"");
+  if (c.cuda_experts_gemm != "auto" && c.cuda_experts_gemm != "cublas-grouped" &&
+      c.cuda_experts_gemm != "xtuner-grouped" && c.cuda_experts_gemm != "per-expert")
+    return err(
+        "train.cuda_experts_gemm must be auto, cublas-grouped, xtuner-grouped or per-expert, not "
+        "\"" +
+        c.cuda_experts_gemm + "\"");
+  if (c.device != "cuda" && (c.cuda_attention != "auto" || c.cuda_experts_gemm != "auto"))
+    return err(std::string(c.cuda_attention != "auto" ? "train.cuda_attention"
+                                                      : "train.cuda_experts_gemm") +
+               " is for train.device = \"cuda\" (train.device is \"" + c.device + "\")");
+  if (c.cuda_attention != "auto" && c.precision != "bf16")
+    return err(
+        "train.cuda_attention picks the bf16 attention's kernels: it needs "
+        "train.precision = \"bf16\"");
+  if (c.cuda_experts_gemm == "xtuner-grouped" && c.precision != "bf16")
+    return err(
+        "train.cuda_experts_gemm = \"xtuner-grouped\" is a bf16 kernel: it needs "
+        "train.precision = \"bf16\"");
   if (c.gpu_comm != "nccl" && c.gpu_comm != "mpi")
     return err("parallel.gpu_comm must be nccl or mpi, not \"" + c.gpu_comm + "\"");
   if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")

@@ -252,6 +252,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.world = &world;
     ba.mesh = &mesh;
     ba.gpu_comm = cfg.gpu_comm;
+    ba.cuda_attention = cfg.cuda_attention;
+    ba.cuda_experts_gemm = cfg.cuda_experts_gemm;
     XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
