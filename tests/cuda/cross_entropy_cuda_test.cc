@@ -55,6 +55,8 @@ const Case kCases[] = {
     {"RaggedChunksOf3", 37, 64, 1000, Targets::kRandom, 0.4, 3},
     {"OddSizesChunksOf4", 19, 33, 517, Targets::kRandom, 0.3, 4},
     {"ChunkOfOne", 9, 16, 64, Targets::kRandom, 0.2, 1},
+    // bf16: two groups of four 8-row chunks (16-byte aligned chunk rows), the last one short.
+    {"GroupsOfChunksOf8", 100, 40, 300, Targets::kRandom, 0.4, 8},
     {"Vocab151936", 8, 64, 151936, Targets::kRandom, 0.0, 0},
     {"Vocab151936ChunksOf3", 8, 64, 151936, Targets::kRandom, 0.25, 3},
 };

@@ -361,8 +361,7 @@ class GatheringSource : public ParamSource {
       EXPECT_EQ(cudaMemset(g, 0xFF, Bytes(u)), cudaSuccess);  // every float a NaN
       *blank = true;
     } else {
-      *blank = blank_[u] != 0;
-      blank_[u] = 0;
+      *blank = blank_[u] != 0;  // until GradsDone
     }
     grads_open_[u] = g;
     return g;
@@ -370,6 +369,7 @@ class GatheringSource : public ParamSource {
   void GradsDone(int64_t u) override {
     auto it = grads_open_.find(u);
     ASSERT_NE(it, grads_open_.end()) << "unit " << u << ": GradsDone without Grads";
+    if (held_) blank_[u] = 0;
     if (!held_) {
       ASSERT_TRUE(
           cuda::AddInPlace(grads_ + layout_.units()[u].begin, it->second, layout_.units()[u].size())
@@ -562,6 +562,40 @@ TEST_P(ModelCuda, Bf16CopiesWrittenByTheUpdateAreTheOnesMadeFromTheParameters) {
     EXPECT_EQ(models[0]->bf16_mirror().data, nullptr) << what << ": fp32 mode";
   }
 }
+
+// A step that fails midway after ZeroGrads (here: a balance pool of the wrong size, found after
+// the loss has written the lm_head's gradient) leaves no stale gradient of the step before: the
+// units it opened stay blank, and read as zeros.
+// The MoE fixtures (the failure is the balance pool's).
+class ModelCudaMoe : public ModelCuda {};
+
+TEST_P(ModelCudaMoe, AFailedStepLeavesNoStaleGradients) {
+  Models m;
+  LoadModels(GetParam(), 0.5, &m);
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(m.cfg.is_moe());
+  cuda::CudaModel& gpu = *m.gpu;
+  const Batch b = Batch::FromRows(m.ids, m.labels, 2, 16).value();
+  auto good = gpu.ForwardBackward(b, 0.5, 1.0);
+  ASSERT_TRUE(good.ok()) << good.status().message();
+  ASSERT_TRUE(gpu.ZeroGrads().ok());
+  const BalancePool wrong = [](const BalanceStats& s) {
+    BalanceStats w = s;
+    w.count.push_back(0);
+    w.prob_sum.push_back(0);
+    return w;
+  };
+  auto failed = gpu.ForwardBackward(b, 0.5, 1.0, wrong);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("different expert count"), std::string::npos)
+      << failed.status().message();
+  std::vector<float> g(m.cpu->layout().total(), 1.0f);
+  ASSERT_TRUE(gpu.CopyGradsToHost(g.data()).ok());
+  for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 0.0f) << "element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCudaMoe,
+                         ::testing::Values("qwen3_moe_tiny", "mixtral_tiny"));
 
 // An empty micro-batch in bf16 mode (its matmuls have no rows): no error, nothing added.
 TEST_P(ModelCuda, AnEmptyBatchInBf16AddsNothing) {

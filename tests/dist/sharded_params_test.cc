@@ -75,8 +75,9 @@ namespace xt {
 namespace {
 
 // One rank holds every unit: ZeroGrads is lazy. A unit asked for by Grads comes zeroed (the
-// CPU model adds into it); GradsToWrite hands it out blank once (the GPU model writes it
-// whole), not again after; grads() zeroes what is still blank, and keeps what was written.
+// CPU model adds into it); GradsToWrite hands it out blank until GradsDone (the GPU model writes
+// it whole), not after; grads() zeroes what is still blank, and keeps what was written; a writer
+// that stops before GradsDone (a failed step) leaves its unit blank, to be zeroed.
 TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
   const ModelConfig cfg = Moe();
   auto mesh = MakeMesh(1, 0, 1, cfg);
@@ -85,7 +86,7 @@ TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
   ShardedParams store(cfg, *mesh, world.get(), dp.get());
   const ParamLayout& layout = store.layout();
   const int64_t units = int64_t(layout.units().size());
-  ASSERT_GE(units, 3);
+  ASSERT_GE(units, 4);
   for (int64_t u = 0; u < units; ++u) EXPECT_TRUE(store.Held(u)) << u;
   float* const base = store.grads();
   std::fill(base, base + store.shard_size(), 7.0f);  // last step's
@@ -110,11 +111,16 @@ TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
   EXPECT_EQ(store.GradsToWrite(1, &blank), g1);
   EXPECT_FALSE(blank);  // written once this step: the next micro-batch adds
   store.GradsDone(1);
-  // grads(): the units nobody asked for come zeroed; what was written stays.
-  const std::vector<float> u0 = unit(0), u1 = unit(1), u2 = unit(2);
+  // Unit 3: a writer that fails midway (no GradsDone).
+  float* g3 = store.GradsToWrite(3, &blank);
+  EXPECT_TRUE(blank);
+  g3[0] = 9.0f;
+  // grads(): the units nobody finished come zeroed; what was written stays.
+  const std::vector<float> u0 = unit(0), u1 = unit(1), u2 = unit(2), u3 = unit(3);
   EXPECT_EQ(u0[0], 1.0f);
   EXPECT_TRUE(std::all_of(u1.begin(), u1.end(), [](float x) { return x == 2.0f; }));
   EXPECT_TRUE(std::all_of(u2.begin(), u2.end(), [](float x) { return x == 0.0f; }));
+  EXPECT_TRUE(std::all_of(u3.begin(), u3.end(), [](float x) { return x == 0.0f; }));
   // Another step: blank again.
   store.ZeroGrads();
   store.GradsToWrite(2, &blank);

@@ -22,8 +22,9 @@ GradWrites::Unit& GradWrites::Find(const float* p, int64_t n) {
 }
 
 float GradWrites::Beta(const float* p, int64_t n) {
+  if (n == 0) return 1.0f;  // nothing written
   Unit& u = Find(p, n);
-  if (!u.blank || n == 0) return 1.0f;
+  if (!u.blank) return 1.0f;
   const int64_t b = p - u.base, e = b + n;
   for (const auto& [wb, we] : u.written) {
     if (wb >= e || we <= b) continue;  // disjoint

@@ -45,11 +45,10 @@ class CudaModel::LocalSource : public ParamSource {
     return m_->grads_ + m_->layout_.units()[u].begin;
   }
   float* GradsToWrite(int64_t u, bool* blank) override {
-    *blank = blank_[u] != 0;
-    blank_[u] = 0;
+    *blank = blank_[u] != 0;  // until GradsDone: a step that fails midway leaves it blank
     return m_->grads_ + m_->layout_.units()[u].begin;
   }
-  void GradsDone(int64_t) override {}
+  void GradsDone(int64_t u) override { blank_[u] = 0; }
   bool Held(int64_t) const override { return true; }
   void BlankAll() { std::fill(blank_.begin(), blank_.end(), 1); }
   // Zeroes the units still blank.

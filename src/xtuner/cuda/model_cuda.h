@@ -101,7 +101,10 @@ class CudaModel {
   // or one rank's ShardedParams): the bf16 copy of the parameters [begin, total) (layout
   // offsets; begin skips an untied input embedding), for an optimizer to write beside them in
   // the same pass (AdamWStepRange; 6 bytes a parameter of traffic saved per step). Empty (null
-  // data) before the first bf16 step, in fp32 mode, and over a source that gathers.
+  // data) before the first bf16 step, in fp32 mode, and over a source that gathers. A weight's
+  // bf16 copy is as aligned as its fp32 offset in the slab (16 bytes, which xtuner's grouped
+  // kernel needs, where the offsets are multiples of 8, as in real models; otherwise the
+  // experts' products go one per expert).
   Bf16Mirror bf16_mirror() const;
   // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next

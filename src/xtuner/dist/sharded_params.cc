@@ -189,8 +189,7 @@ float* ShardedParams::Grads(int64_t unit) {
 
 float* ShardedParams::GradsToWrite(int64_t unit, bool* blank) {
   if (Held(unit)) {
-    *blank = blank_[unit] != 0;
-    blank_[unit] = 0;  // the model writes it whole now
+    *blank = blank_[unit] != 0;  // until GradsDone: a step that fails midway leaves it blank
     return grads_ + units_[unit][0].shard;
   }
   auto it = grad_bufs_.find(unit);
@@ -202,6 +201,7 @@ float* ShardedParams::GradsToWrite(int64_t unit, bool* blank) {
 }
 
 void ShardedParams::GradsDone(int64_t unit) {
+  blank_[unit] = 0;  // written whole (GradsToWrite) or zeroed (Grads)
   auto it = grad_bufs_.find(unit);
   if (it == grad_bufs_.end()) return;
   // Each piece's reduced chunk lands in scratch, then adds into the stored gradients.

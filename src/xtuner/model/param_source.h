@@ -12,9 +12,11 @@
 //                  true says its contents are undefined (the source skipped zeroing them), and
 //                  the model must then assign every element of the unit before GradsDone(u)
 //                  (gradients it does not produce as zeros), adding only into what it wrote.
-//                  The default is Grads(u) with *blank false. Saves the zeroing pass and the
-//                  first accumulation's read of each gradient (on a GPU, 8 bytes a parameter of
-//                  memory traffic per step).
+//                  The unit stays blank until GradsDone(u): a step that fails before leaves it
+//                  blank, and its partial writes are never read as gradients. The default is
+//                  Grads(u) with *blank false. Saves the zeroing pass and the first
+//                  accumulation's read of each gradient (on a GPU, 8 bytes a parameter of memory
+//                  traffic per step).
 //   Held(u)     -> whether u's parameters are held whole here (Acquire copies and gathers
 //                  nothing, its pointer stays valid, its contents change only when the
 //                  parameters are updated): a model may keep what it derives from them (e.g. a
