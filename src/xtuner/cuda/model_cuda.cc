@@ -512,6 +512,17 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bu.prob_sum.Zero(s));
   }
 
+  // The experts' input rows of layer a, (A, H): its normed rows h2 in expert order (sorted),
+  // into xs, or xs16 where they are held in bf16.
+  auto permute_rows = [&](Buffers::Layer& a, int64_t A) -> Status {
+    if (rows16) {
+      XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
+      return MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s);
+    }
+    XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
+    return MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s);
+  };
+
   // ---- forward. One layer: its activations into bu.layers[l], its output into bu.x[l + 1].
   // `recomputing`: again in the backward (the same inputs give the same activations and routing;
   // the statistics are not counted twice). P: the layer's unit, acquired.
@@ -616,13 +627,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
       XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
       XT_RETURN_IF_ERROR(part("moe_permute"));
-      if (rows16) {
-        XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
-      } else {
-        XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
-      }
+      XT_RETURN_IF_ERROR(permute_rows(a, A));
       // The rows this rank's experts run (R of them): its own sorted ones, or under expert
       // parallelism what the group sends it for its experts (the counts travel first).
       int64_t R = A;
@@ -868,13 +873,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       a.gu = F();
       if (!ep_ && a.xs.size() == 0 && a.xs16.size() == 0) {  // dropped by the recompute
         XT_RETURN_IF_ERROR(mark("moe_permute"));
-        if (rows16) {
-          XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
-          XT_RETURN_IF_ERROR(MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
-        } else {
-          XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
-          XT_RETURN_IF_ERROR(MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s));
-        }
+        XT_RETURN_IF_ERROR(permute_rows(a, A));
       }
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
