@@ -597,13 +597,17 @@ TEST_P(ModelCudaMoe, AFailedStepLeavesNoStaleGradients) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCudaMoe,
                          ::testing::Values("qwen3_moe_tiny", "mixtral_tiny"));
 
-// An empty micro-batch in bf16 mode (its matmuls have no rows): no error, nothing added.
+// An empty micro-batch in bf16 mode (its matmuls have no rows): no error, every gradient zero.
 TEST_P(ModelCuda, AnEmptyBatchInBf16AddsNothing) {
   Models m;
   LoadModels(GetParam(), -1, &m);
   if (HasFatalFailure()) return;
   cuda::CudaModel& gpu = *m.gpu;
   gpu.SetPrecision(cuda::GemmInput::kBf16);
+  // The slab all NaN before ZeroGrads (which only marks it blank): the empty step must write
+  // every gradient, as zeros, whatever fresh device memory holds.
+  ASSERT_EQ(cudaMemset(gpu.grads(), 0xFF, size_t(m.cpu->layout().total()) * sizeof(float)),
+            cudaSuccess);
   ASSERT_TRUE(gpu.ZeroGrads().ok());
   auto info = gpu.ForwardBackward(Batch::Empty(), 0.5, 1.0);
   ASSERT_TRUE(info.ok()) << info.status().message();
