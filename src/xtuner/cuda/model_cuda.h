@@ -100,11 +100,12 @@ class CudaModel {
   // bf16 mode, where the source holds every unit whose weights enter matmuls (Create's model,
   // or one rank's ShardedParams): the bf16 copy of the parameters [begin, total) (layout
   // offsets; begin skips an untied input embedding), for an optimizer to write beside them in
-  // the same pass (AdamWStepRange; 6 bytes a parameter of traffic saved per step). Empty (null
-  // data) before the first bf16 step, in fp32 mode, and over a source that gathers. A weight's
-  // bf16 copy is as aligned as its fp32 offset in the slab (16 bytes, which xtuner's grouped
-  // kernel needs, where the offsets are multiples of 8, as in real models; otherwise the
-  // experts' products go one per expert).
+  // the same pass (AdamWStepRange: the next step need not read the fp32 weights again to round
+  // them, 4 bytes a parameter of traffic saved per step). Empty (null data) before the first
+  // bf16 step, in fp32 mode, and over a source that gathers. A weight's bf16 copy is as aligned
+  // as its fp32 offset in the slab (16 bytes, which xtuner's grouped kernel needs, where the
+  // offsets are multiples of 8, as in real models; otherwise the experts' products go one per
+  // expert).
   Bf16Mirror bf16_mirror() const;
   // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
