@@ -81,8 +81,8 @@ struct CudaModel::Bf16Units {
   std::vector<DeviceArray<uint16_t>> own;  // per unit, for units outside the mirror
   DeviceArray<uint16_t> mirror;            // units mirror_unit.. (allocated at first use)
   int64_t mirror_unit = 0, mirror_begin = 0;
-  bool mirror_possible = false, settled = false;  // settled: mirror_possible computed
-  std::vector<char> valid;                        // per unit: copy matches the parameters
+  bool mirror_possible = false;  // the source holds every unit from mirror_unit on
+  std::vector<char> valid;       // per unit: copy matches the parameters
   struct Live {
     int64_t unit;
     const float* base;  // the unit's fp32 parameters as acquired
@@ -184,7 +184,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   std::unique_ptr<CudaModel> m(new CudaModel(cfg, 0, -1));
   XT_RETURN_IF_ERROR(m->Init(stream));
   m->local_ = std::make_unique<LocalSource>(m.get());
-  m->source_ = m->local_.get();
+  m->SetSource(m->local_.get());
   const size_t bytes = size_t(m->layout_.total()) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->grads_, std::max<size_t>(bytes, 4)), "gradients"));
@@ -224,9 +224,18 @@ Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
   std::unique_ptr<CudaModel> m(
       new CudaModel(cfg, split ? expert_begin : 0, split ? expert_count : -1));
   XT_RETURN_IF_ERROR(m->Init(stream));
-  m->source_ = source;
+  m->SetSource(source);
   m->ep_ = split ? ep : nullptr;
   return m;
+}
+
+void CudaModel::SetSource(ParamSource* source) {
+  source_ = source;
+  // The bf16 mirror: where the source holds every unit whose weights enter matmuls.
+  Bf16Units& u16 = *bf16_units_;
+  u16.mirror_possible = true;
+  for (int64_t u = u16.mirror_unit; u < int64_t(layout_.units().size()); ++u)
+    u16.mirror_possible = u16.mirror_possible && source->Held(u);
 }
 
 void CudaModel::ParamsChanged(bool mirror_written) {
@@ -341,12 +350,6 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     const float* p = source_->Acquire(u);
     const ParamUnit& r = layout_.units()[u];
     if (bf16 && matmuls) {
-      if (!units16.settled) {  // the mirror: when the source holds every unit it would hold
-        units16.mirror_possible = true;
-        for (int64_t v = units16.mirror_unit; v < int64_t(layout_.units().size()); ++v)
-          units16.mirror_possible = units16.mirror_possible && source_->Held(v);
-        units16.settled = true;
-      }
       uint16_t* copy = nullptr;
       if (units16.InMirror(u)) {
         XT_RETURN_IF_ERROR(units16.mirror.Reserve(layout_.total() - units16.mirror_begin, s));
@@ -395,8 +398,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     return Status::OK();
   };
   DeviceArray<uint16_t> scratch_a, scratch_b;
-  auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x,
-                     int64_t n) -> Result<const void*> {
+  // x's bf16 operand: `given` (x already held in bf16), its unit's bf16 copy, or x rounded into
+  // scratch.
+  auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x, int64_t n,
+                     const uint16_t* given = nullptr) -> Result<const void*> {
+    if (given) return static_cast<const void*>(given);
     if (const uint16_t* w = units16.Find(x)) return static_cast<const void*>(w);
     if (n < 0)  // the experts' weights, whose size the caller does not pass
       return Status::Error("CudaModel: an expert weight outside the acquired units");
@@ -405,10 +411,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     return static_cast<const void*>(scratch.get());
   };
   // c (M, N) = op(a) @ op(b) + beta c, a and b holding a_n and b_n elements.
+  // a16: a already in bf16 (null: rounded into scratch).
   auto gemm = [&](float* c, const float* a, int64_t a_n, const float* b, int64_t b_n, int64_t M,
-                  int64_t N, int64_t K, bool ta, bool tb, float beta, bool fp32) -> Status {
+                  int64_t N, int64_t K, bool ta, bool tb, float beta, bool fp32,
+                  const uint16_t* a16_given = nullptr) -> Status {
     if (!bf16 || fp32) return blas.Gemm(c, a, b, M, N, K, ta, tb, beta, GemmInput::kF32);
-    XT_ASSIGN_OR_RETURN(const void* a16, operand(scratch_a, a, a_n));
+    XT_ASSIGN_OR_RETURN(const void* a16, operand(scratch_a, a, a_n, a16_given));
     XT_ASSIGN_OR_RETURN(const void* b16, operand(scratch_b, b, b_n));
     return blas.Gemm(c, a16, b16, M, N, K, ta, tb, beta, GemmInput::kBf16);
   };
@@ -416,12 +424,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // rounded into scratch).
   auto linear = [&](float* out, const float* in, const float* w, int64_t rows, int64_t in_dim,
                     int64_t out_dim, bool fp32 = false, const uint16_t* in16 = nullptr) -> Status {
-    if (bf16 && !fp32 && in16) {
-      XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, out_dim * in_dim));
-      return blas.Gemm(out, in16, w16, rows, out_dim, in_dim, false, true, 0.0f, GemmInput::kBf16);
-    }
     return gemm(out, in, rows * in_dim, w, out_dim * in_dim, rows, out_dim, in_dim, false, true,
-                0.0f, fp32);
+                0.0f, fp32, in16);
   };
   // din (T, In) = dout @ w (assigned, or added), dw (O, In) += dout^T @ in.
   // In bf16 mode dout is rounded once for both products; in16 as for linear.
@@ -441,26 +445,20 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     if (din)
       XT_RETURN_IF_ERROR(blas.Gemm(din, dout16, w16, rows, in_dim, out_dim, false, false,
                                    accumulate ? 1.0f : 0.0f, GemmInput::kBf16));
-    const void* in16 = in16_given;
-    if (!in16) {
-      XT_ASSIGN_OR_RETURN(in16, operand(scratch_b, in, rows * in_dim));
-    }
+    XT_ASSIGN_OR_RETURN(const void* in16, operand(scratch_b, in, rows * in_dim, in16_given));
     return blas.Gemm(dw, dout16, in16, out_dim, in_dim, rows, true, false, dw_beta,
                      GemmInput::kBf16);
   };
   // The experts' products: x holding `rows` rows, grouped by `offsets` (experts + 1) over the
   // `experts` this rank runs (all of them, or its slice under expert parallelism).
   const int64_t experts = ep_ ? layout_.expert_count : E;
-  // x16 (dy16): the rows already in bf16 (null: x is rounded into scratch).
+  // x16_given (dy16_given): the rows already in bf16 (null: rounded into scratch).
   auto grouped_forward = [&](float* y, const float* x, const float* w, const int32_t* offsets,
                              int64_t rows, int64_t in_dim, int64_t out_dim,
                              const uint16_t* x16_given = nullptr) -> Status {
     if (!bf16)
       return blas.GroupedForward(y, x, w, offsets, experts, in_dim, out_dim, GemmInput::kF32);
-    const void* x16 = x16_given;
-    if (!x16) {
-      XT_ASSIGN_OR_RETURN(x16, operand(scratch_a, x, rows * in_dim));
-    }
+    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim, x16_given));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedForward(y, x16, w16, offsets, experts, in_dim, out_dim, GemmInput::kBf16);
   };
@@ -472,14 +470,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     if (!bf16)
       return blas.GroupedBackward(dx, dw, dy, x, w, offsets, experts, in_dim, out_dim,
                                   GemmInput::kF32, dw_beta);
-    const void* dy16 = dy16_given;
-    const void* x16 = x16_given;
-    if (!dy16) {
-      XT_ASSIGN_OR_RETURN(dy16, operand(scratch_a, dy, rows * out_dim));
-    }
-    if (!x16) {
-      XT_ASSIGN_OR_RETURN(x16, operand(scratch_b, x, rows * in_dim));
-    }
+    XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim, dy16_given));
+    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim, x16_given));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
     return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
                                 GemmInput::kBf16, dw_beta);

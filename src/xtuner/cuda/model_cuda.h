@@ -143,6 +143,8 @@ class CudaModel {
   class LocalSource;
   CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count);
   float* Slab(float* p) const;
+  // Sets the parameter source (once, at creation), and whether the bf16 copies can be a mirror.
+  void SetSource(ParamSource* source);
   // The pool's settings, the GEMMs (shared by both constructors).
   Status Init(void* stream);
   // Run, refusing to run again over an external source after a step that failed midway.
