@@ -70,35 +70,6 @@ class CudaModel::LocalSource : public ParamSource {
   std::vector<char> blank_;  // per unit
 };
 
-// bf16 mode: a bf16 copy of each unit in use, made when the unit is acquired. Kept across calls
-// for the units the source holds (until the parameters change), freed at release for gathered
-// ones (keeping those would hold the whole model in bf16 on every rank).
-// Where the source holds every unit whose weights enter matmuls (one GPU), their copies share
-// one allocation, the mirror, laid out as the slab from mirror_begin on: an optimizer can then
-// write them beside the parameters (bf16_mirror), instead of the next step reading every
-// parameter again to round it.
-struct CudaModel::Bf16Units {
-  std::vector<DeviceArray<uint16_t>> own;  // per unit, for units outside the mirror
-  DeviceArray<uint16_t> mirror;            // units mirror_unit.. (allocated at first use)
-  int64_t mirror_unit = 0, mirror_begin = 0;
-  bool mirror_possible = false;  // the source holds every unit from mirror_unit on
-  std::vector<char> valid;       // per unit: copy matches the parameters
-  struct Live {
-    int64_t unit;
-    const float* base;  // the unit's fp32 parameters as acquired
-    int64_t size;
-    const uint16_t* copy;
-  };
-  std::vector<Live> live;  // the units acquired now
-  bool InMirror(int64_t u) const { return mirror_possible && u >= mirror_unit; }
-  // The bf16 twin of a pointer into an acquired unit, or null.
-  const uint16_t* Find(const float* x) const {
-    for (const Live& l : live)
-      if (x >= l.base && x < l.base + l.size) return l.copy + (x - l.base);
-    return nullptr;
-  }
-};
-
 // Everything one micro-batch keeps between its forward and its backward.
 struct CudaModel::Buffers {
   struct Layer {
@@ -139,13 +110,7 @@ struct CudaModel::Buffers {
 CudaModel::CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count)
     : cfg_(cfg),
       layout_(cfg_, expert_begin, expert_count),
-      bf16_units_(std::make_unique<Bf16Units>()) {
-  bf16_units_->own.resize(layout_.units().size());
-  bf16_units_->valid.assign(layout_.units().size(), 0);
-  // The input embedding's unit enters matmuls only as the tied lm_head.
-  bf16_units_->mirror_unit = cfg_.tie_word_embeddings ? 0 : 1;
-  bf16_units_->mirror_begin = layout_.units()[bf16_units_->mirror_unit].begin;
-}
+      bf16_copies_(std::make_unique<Bf16Copies>(layout_, cfg_.tie_word_embeddings)) {}
 
 CudaModel::~CudaModel() {
   if (params_) cudaFree(params_);
@@ -232,27 +197,21 @@ Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
 void CudaModel::SetSource(ParamSource* source) {
   source_ = source;
   // The bf16 mirror: where the source holds every unit whose weights enter matmuls.
-  Bf16Units& u16 = *bf16_units_;
-  u16.mirror_possible = true;
-  for (int64_t u = u16.mirror_unit; u < int64_t(layout_.units().size()); ++u)
-    u16.mirror_possible = u16.mirror_possible && source->Held(u);
+  bool held = true;
+  for (int64_t u = bf16_copies_->mirror_unit(); u < int64_t(layout_.units().size()); ++u)
+    held = held && source->Held(u);
+  bf16_copies_->SetMirrorPossible(held);
 }
 
-void CudaModel::ParamsChanged(bool mirror_written) {
-  Bf16Units& u16 = *bf16_units_;
-  if (!mirror_written || u16.mirror.size() == 0) {
-    bf16_stale_ = true;
-    return;
-  }
-  // The mirror's units are current; the others (gathered: made at every use anyway) are not.
-  bf16_stale_ = false;
-  for (int64_t u = 0; u < int64_t(u16.valid.size()); ++u) u16.valid[u] = u16.InMirror(u);
-}
+void CudaModel::ParamsChanged(bool mirror_written) { bf16_copies_->ParamsChanged(mirror_written); }
 
 Bf16Mirror CudaModel::bf16_mirror() const {
-  const Bf16Units& u16 = *bf16_units_;
-  if (precision_ != GemmInput::kBf16 || u16.mirror.size() == 0) return {};
-  return {u16.mirror.get(), u16.mirror_begin, layout_.total()};
+  return precision_ == GemmInput::kBf16 ? bf16_copies_->mirror() : Bf16Mirror{};
+}
+
+float* CudaModel::params() {
+  bf16_copies_->ParamsChanged(false);
+  return Slab(params_);
 }
 
 void CudaModel::SetRecompute(double fraction) {
@@ -337,46 +296,19 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // the products would): the permuted input rows, SwiGLU's output and the gradients of both
   // expert products' outputs. Not under expert parallelism, whose exchange moves fp32 rows.
   const bool rows16 = bf16 && !ep_;
-  Bf16Units& units16 = *bf16_units_;
-  if (bf16_stale_) {  // the parameters changed: every kept copy is stale
-    std::fill(units16.valid.begin(), units16.valid.end(), 0);
-    bf16_stale_ = false;
-  }
-  units16.live.clear();
+  Bf16Copies& units16 = *bf16_copies_;
+  units16.BeginStep();
   // Units in use, from the source: parameters (and their bf16 copy in bf16 mode, made once per
   // parameter update for held units, at every acquisition for gathered ones) and gradients.
   // matmuls: whether the unit's weights enter matmuls now (not for the embedding's lookup).
   auto acquire = [&](int64_t u, bool matmuls = true) -> Result<UnitParams> {
     const float* p = source_->Acquire(u);
-    const ParamUnit& r = layout_.units()[u];
-    if (bf16 && matmuls) {
-      uint16_t* copy = nullptr;
-      if (units16.InMirror(u)) {
-        XT_RETURN_IF_ERROR(units16.mirror.Reserve(layout_.total() - units16.mirror_begin, s));
-        copy = units16.mirror.get() + (r.begin - units16.mirror_begin);
-      } else {
-        XT_RETURN_IF_ERROR(units16.own[u].Reserve(r.size(), s));
-        copy = units16.own[u].get();
-      }
-      if (!units16.valid[u]) {
-        XT_RETURN_IF_ERROR(ToBf16(copy, p, r.size(), s));
-        units16.valid[u] = 1;
-      }
-      units16.live.push_back({u, p, r.size(), copy});
-    }
-    return UnitParams{p, r.begin};
+    if (bf16 && matmuls) XT_RETURN_IF_ERROR(units16.Acquire(u, p, s));
+    return UnitParams{p, layout_.units()[u].begin};
   };
   auto release = [&](int64_t u) {
     source_->Release(u);
-    if (!bf16) return;
-    auto& live = units16.live;
-    live.erase(std::remove_if(live.begin(), live.end(),
-                              [&](const Bf16Units::Live& l) { return l.unit == u; }),
-               live.end());
-    if (!source_->Held(u)) {
-      units16.own[u] = DeviceArray<uint16_t>();
-      units16.valid[u] = 0;
-    }
+    if (bf16) units16.Release(u, source_->Held(u));
   };
   // Gradients: each unit's buffer from the source, written where it comes blank (GradWrites:
   // every product into a gradient takes its beta from `writes`, every kernel that adds into one

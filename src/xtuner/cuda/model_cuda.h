@@ -22,6 +22,7 @@
 
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/attention_bf16.h"
+#include "xtuner/cuda/bf16_copies.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/cuda/step_profile.h"
@@ -110,10 +111,7 @@ class CudaModel {
   // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
   // ForwardBackward makes it again (once per optimizer step, not per micro-batch).
-  float* params() {
-    bf16_stale_ = true;
-    return Slab(params_);
-  }
+  float* params();
   // The slab, to read (e.g. to copy out): the bf16 copy stays valid.
   const float* params_view() const { return Slab(params_); }
   // The gradients' slab (zeroing first what ZeroGrads left blank and no step has written).
@@ -139,7 +137,6 @@ class CudaModel {
 
  private:
   struct Buffers;
-  struct Bf16Units;
   class LocalSource;
   CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count);
   float* Slab(float* p) const;
@@ -165,8 +162,7 @@ class CudaModel {
   Comm* ep_ = nullptr;  // expert parallelism's group (device collectives), or null
   GemmInput precision_ = GemmInput::kF32;
   int64_t recompute_layers_ = 0;
-  std::unique_ptr<Bf16Units> bf16_units_;  // bf16 copies of the units in use (bf16 mode)
-  bool bf16_stale_ = true;
+  std::unique_ptr<Bf16Copies> bf16_copies_;  // bf16 copies of the units in use (bf16 mode)
   std::string failed_;  // CreateOver's model: the error that stopped a step midway
   bool bf16_attention_ = true;
   AttentionBf16Kernels attention_kernels_ = AttentionBf16Kernels::kWmma;

@@ -1,0 +1,60 @@
+#include "xtuner/cuda/bf16_copies.h"
+
+#include <algorithm>
+
+#include "xtuner/cuda/gemm_cuda.h"
+
+namespace xt::cuda {
+
+Bf16Copies::Bf16Copies(const ParamLayout& layout, bool tied)
+    : layout_(layout),
+      own_(layout.units().size()),
+      mirror_unit_(tied ? 0 : 1),  // the input embedding enters matmuls only as the tied lm_head
+      mirror_begin_(layout.units()[tied ? 0 : 1].begin),
+      valid_(layout.units().size(), 0) {}
+
+void Bf16Copies::ParamsChanged(bool mirror_written) {
+  const bool kept = mirror_written && mirror_.size() > 0;
+  for (int64_t u = 0; u < int64_t(valid_.size()); ++u) valid_[u] = kept && InMirror(u);
+}
+
+Bf16Mirror Bf16Copies::mirror() const {
+  if (mirror_.size() == 0) return {};
+  return {mirror_.get(), mirror_begin_, layout_.total()};
+}
+
+Status Bf16Copies::Acquire(int64_t u, const float* p, void* stream) {
+  const ParamUnit& r = layout_.units()[u];
+  uint16_t* copy = nullptr;
+  if (InMirror(u)) {
+    XT_RETURN_IF_ERROR(mirror_.Reserve(layout_.total() - mirror_begin_, stream));
+    copy = mirror_.get() + (r.begin - mirror_begin_);
+  } else {
+    XT_RETURN_IF_ERROR(own_[u].Reserve(r.size(), stream));
+    copy = own_[u].get();
+  }
+  if (!valid_[u]) {
+    XT_RETURN_IF_ERROR(ToBf16(copy, p, r.size(), stream));
+    valid_[u] = 1;
+  }
+  live_.push_back({u, p, r.size(), copy});
+  return Status::OK();
+}
+
+void Bf16Copies::Release(int64_t u, bool held) {
+  live_.erase(
+      std::remove_if(live_.begin(), live_.end(), [&](const Live& l) { return l.unit == u; }),
+      live_.end());
+  if (!held) {
+    own_[u] = DeviceArray<uint16_t>();
+    valid_[u] = 0;
+  }
+}
+
+const uint16_t* Bf16Copies::Find(const float* x) const {
+  for (const Live& l : live_)
+    if (x >= l.base && x < l.base + l.size) return l.copy + (x - l.base);
+  return nullptr;
+}
+
+}  // namespace xt::cuda
