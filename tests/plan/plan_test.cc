@@ -104,7 +104,10 @@ TEST(PlanAgreement, ActivationsAndStateMatchTheEngineWithin10Percent) {
   }
 }
 
-TEST(PlanAgreement, RecomputeAndBf16ShrinkActivations) {
+// The CPU keeps every buffer in fp32 at either precision; the GPU holds some activations in
+// bf16 and a bf16 copy of the weights (tests/cuda/plan_cuda_test.cc checks its figures against
+// the CUDA model's allocations).
+TEST(PlanAgreement, RecomputeShrinksActivationsAndBf16OnlyTheGpus) {
   PlanInputs in;
   in.model = Config(Example("qwen3-30b-a3b.json"));
   in.model_name = "30b";
@@ -113,13 +116,51 @@ TEST(PlanAgreement, RecomputeAndBf16ShrinkActivations) {
   EXPECT_LT(fp32.activation_bytes_all_recompute, fp32.activation_bytes_no_recompute / 10);
   EXPECT_EQ(fp32.activation_bytes, fp32.activation_bytes_no_recompute);
   in.precision = Precision::kBf16;
-  const PlanReport bf16 = MustPlan(in);
-  const double ratio = double(bf16.activation_bytes) / double(fp32.activation_bytes);
-  EXPECT_GT(ratio, 0.5);  // norm statistics, router and indices stay 4 bytes
-  EXPECT_LT(ratio, 0.55);
-  EXPECT_EQ(bf16.weight_bytes + bf16.grad_bytes + bf16.optimizer_bytes,
-            16 * bf16.total_params);  // fp32 master state either way
-  EXPECT_GT(bf16.working_bytes, 0);   // bf16 working copies of each unit
+  const PlanReport cpu_bf16 = MustPlan(in);
+  EXPECT_EQ(cpu_bf16.total_bytes, fp32.total_bytes);
+  EXPECT_EQ(cpu_bf16.working_bytes, 0);  // one rank works on its slab in place
+
+  in.device = Device::kCuda;
+  const PlanReport gpu_bf16 = MustPlan(in);
+  in.precision = Precision::kFp32;
+  const PlanReport gpu_fp32 = MustPlan(in);
+  EXPECT_LT(gpu_fp32.activation_bytes_all_recompute, gpu_fp32.activation_bytes_no_recompute / 10);
+  // h1, the experts' rows and SwiGLU's output in bf16: half of (H + 8 H + 8 I) = 24.6k of the
+  // 73.6k elements a token and layer keeps.
+  const double ratio = double(gpu_bf16.activation_bytes) / double(gpu_fp32.activation_bytes);
+  EXPECT_GT(ratio, 0.82);
+  EXPECT_LT(ratio, 0.85);
+  EXPECT_EQ(gpu_fp32.copy_bytes, 0);
+  const int64_t embed = 151936 * 2048;  // untied: the input embedding's lookup reads fp32
+  EXPECT_EQ(gpu_bf16.copy_bytes, 2 * (gpu_bf16.total_params - embed));
+  EXPECT_EQ(gpu_bf16.weight_bytes + gpu_bf16.grad_bytes + gpu_bf16.optimizer_bytes,
+            16 * gpu_bf16.total_params);  // fp32 master state either way
+  EXPECT_EQ(gpu_bf16.total_bytes, 16 * gpu_bf16.total_params + gpu_bf16.copy_bytes +
+                                      gpu_bf16.workspace_bytes + gpu_bf16.step_peak_bytes);
+  EXPECT_GE(gpu_bf16.step_peak_bytes, gpu_bf16.step_peak_activation_bytes);
+  EXPECT_GT(gpu_bf16.step_peak_activation_bytes, 0);
+}
+
+// Attention never builds the T x T scores and the loss goes by chunks: where the step peaks in
+// the backward, its memory grows linearly in the tokens, with or without recompute.
+TEST(PlanAgreement, GpuStepGrowsLinearlyInTheTokens) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "30b";
+  in.device = Device::kCuda;
+  in.precision = Precision::kBf16;
+  in.world = in.ep = 8;
+  for (double recompute : {0.0, 1.0}) {
+    in.recompute = recompute;
+    int64_t peak[3];
+    for (int i = 0; i < 3; ++i) {
+      in.seq = 16384 * (i + 1);
+      const PlanReport r = MustPlan(in);
+      EXPECT_NE(r.step_peak_at.find("backward of layer"), std::string::npos) << r.step_peak_at;
+      peak[i] = r.step_peak_bytes;
+    }
+    EXPECT_NEAR(double(peak[2] - peak[1]) / double(peak[1] - peak[0]), 1.0, 0.01) << recompute;
+  }
 }
 
 TEST(PlanSharding, StatePerRankIsAboutTotalOverWorld) {
@@ -179,8 +220,7 @@ TEST(PlanModels, Qwen3MoeSizesMatchThePublishedOnes) {
   EXPECT_EQ(r.matmul_params, r.active_params - 151936 * 4096);  // untied: no lookup FLOPs
 }
 
-// The loss chunk is the device's default (loss/cross_entropy.h): the GPU's in a GPU plan (a
-// memory verdict asked, or bf16 mixed precision), the CPU's otherwise; never more than T rows.
+// The loss chunk is the device's default (loss/cross_entropy.h); never more than T rows.
 TEST(PlanModels, LossChunkIsTheDevicesDefault) {
   PlanInputs in;
   in.model = Config(Example("qwen3-30b-a3b.json"));
@@ -188,8 +228,9 @@ TEST(PlanModels, LossChunkIsTheDevicesDefault) {
   in.seq = 4096;
   EXPECT_EQ(MustPlan(in).loss_chunk_rows, 220);  // 2^25 / 151936
   in.gpu_memory_gib = 141;
+  EXPECT_EQ(MustPlan(in).loss_chunk_rows, 220);
+  in.device = Device::kCuda;
   EXPECT_EQ(MustPlan(in).loss_chunk_rows, 1766);  // 2^28 / 151936
-  in.gpu_memory_gib = 0;
   in.precision = Precision::kBf16;
   EXPECT_EQ(MustPlan(in).loss_chunk_rows, 1766);
   in.seq = 1000;
@@ -206,6 +247,7 @@ TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {
   in.world = 8;
   in.ep = 8;
   in.precision = Precision::kBf16;
+  in.device = Device::kCuda;
   PlanReport r = MustPlan(in);
   EXPECT_FALSE(r.has_verdict);
   EXPECT_NE(FormatPlan(in, r).find("no verdict"), std::string::npos);
@@ -259,15 +301,21 @@ TEST(PlanErrors, BadInputsAreNamed) {
   auto p = ParsePrecision("fp16");
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.status().message().find("fp32 or bf16"), std::string::npos);
+  auto d = ParseDevice("gpu");
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("--device must be cpu or cuda, not \"gpu\""),
+            std::string::npos);
 }
 
 TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
   const std::string cfg = Example("qwen3-30b-a3b.json");
   auto run = testing::RunXtuner("plan --model " + cfg +
-                                " --seq 4096 --world 8 --ep 8 --precision bf16 --gpu-memory 141");
+                                " --seq 4096 --world 8 --ep 8 --precision bf16 --device cuda"
+                                " --gpu-memory 141");
   EXPECT_EQ(run.code, 0) << run.output;
-  for (const char* want : {"world 8 = dp 1 x ep 8", "16 experts per rank", "activations",
-                           "model FLOPs per token", "verdict: fits"})
+  for (const char* want : {"world 8 = dp 1 x ep 8", "16 experts per rank",
+                           "engine       cuda, bf16", "bf16 copy of the units in use",
+                           "the step peaks in ", "model FLOPs per token", "verdict: fits"})
     EXPECT_NE(run.output.find(want), std::string::npos) << want << "\n" << run.output;
   run = testing::RunXtuner("plan --model " + cfg + " --seq 4096 --world 12 --ep 8");
   EXPECT_EQ(run.code, 1);
@@ -289,6 +337,9 @@ TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
   run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --precision fp8");
   EXPECT_EQ(run.code, 1);
   EXPECT_NE(run.output.find("--precision must be fp32 or bf16"), std::string::npos);
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --device tpu");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("--device must be cpu or cuda"), std::string::npos) << run.output;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // xtuner plan --model CONFIG.json --seq N [--world W] [--ep E] [--recompute F]
-//              [--micro-batch-size B] [--precision fp32|bf16] [--gpu-memory GiB] [--row]
+//              [--micro-batch-size B] [--precision fp32|bf16] [--device cpu|cuda]
+//              [--gpu-memory GiB] [--row]
 // Memory per rank and FLOPs per token of a training run, on paper (src/xtuner/plan/plan.h).
 #include "xtuner/plan/plan.h"
 
@@ -12,7 +13,7 @@ namespace xt::cli {
 namespace {
 
 struct Options {
-  std::string model, precision = "fp32";
+  std::string model, precision = "fp32", device = "cpu";
   PlanInputs in;
   bool row = false, header = false;
 };
@@ -20,6 +21,7 @@ struct Options {
 Status RunPlan(Options o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
+  XT_ASSIGN_OR_RETURN(o.in.device, ParseDevice(o.device));
   o.in.model_name = o.model;
   XT_ASSIGN_OR_RETURN(PlanReport r, Plan(o.in));
   if (o.row) {
@@ -48,7 +50,10 @@ void AddPlan(CLI::App& app) {
   cmd->add_option("--recompute", o.in.recompute, "fraction of layers recomputed, in [0, 1]")
       ->capture_default_str();
   cmd->add_option("--precision", o.precision,
-                  "fp32 (the engine as built) or bf16 (GPU mixed precision, fp32 master state)")
+                  "fp32 or bf16 (train.precision: bf16 matmuls, fp32 master state)")
+      ->capture_default_str();
+  cmd->add_option("--device", o.device,
+                  "cpu or cuda (train.device): whose buffers to count; cuda: cuda::CudaModel's")
       ->capture_default_str();
   cmd->add_option("--gpu-memory", o.in.gpu_memory_gib,
                   "memory per rank in GiB for a fits / does-not-fit verdict (H200: 141)");

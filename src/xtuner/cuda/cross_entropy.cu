@@ -17,9 +17,6 @@
 namespace xt::cuda {
 namespace {
 
-// bf16: chunks whose rounded operands are kept for one dw product (see ChunkedCrossEntropy).
-constexpr int64_t kGroupChunks = 4;
-
 using detail::kThreads;
 
 constexpr int kRowThreads = 512;  // threads per row of logits (a power of two)
@@ -149,11 +146,11 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   const int64_t C = std::min(chunk_rows, n);
   const bool grad = dh != nullptr;
   const bool bf16 = in == GemmInput::kBf16;
-  // bf16: the rounded rows and logits' gradients of up to kGroupChunks chunks are kept, and dw
-  // takes one product per group of chunks (K = the group's rows) instead of one per chunk: each
+  // bf16: the rounded rows and logits' gradients of up to kGpuLossGroupChunks chunks are kept, and
+  // dw takes one product per group of chunks (K = the group's rows) instead of one per chunk: each
   // such product reads and writes all of dw (V, H) in fp32 (1.2 GiB at the benchmark's
   // vocabulary), so fewer of them move less memory, for (G - C) * (H + V) more bf16 scratch.
-  const int64_t G = bf16 && grad ? std::min(n, kGroupChunks * C) : C;
+  const int64_t G = bf16 && grad ? std::min(n, kGpuLossGroupChunks * C) : C;
 
   detail::Scratch scratch(s);
   int64_t* rows_d = nullptr;

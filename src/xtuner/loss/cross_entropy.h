@@ -20,6 +20,10 @@ constexpr int32_t kIgnoreIndex = -100;
 // H = 2048: with 220-row chunks a 4k-token step would move 47 GB of it, ~10 ms of an H200's
 // memory bandwidth) and dh's product (chunk, H) needs rows to fill the GPU. At least 1.
 int64_t DefaultLossChunkRows(int64_t V, bool gpu);
+// The GPU's bf16 loss keeps the rounded rows and logits' gradients of up to this many chunks and
+// takes one product into dw per such group (cuda/cross_entropy.cu): fewer passes over the fp32
+// dw (V, H) for (group - 1) chunks of bf16 scratch more.
+constexpr int64_t kGpuLossGroupChunks = 4;
 
 double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* w,
                              const int32_t* targets, int64_t T, int64_t H, int64_t V, double weight,

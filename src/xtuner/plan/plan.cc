@@ -8,6 +8,7 @@
 
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/params.h"
+#include "xtuner/plan/cuda_step.h"
 #include "xtuner/train/metrics_flops.h"
 
 namespace xt {
@@ -18,12 +19,12 @@ std::string Str(int64_t v) { return std::to_string(v); }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Element sizes: activations and working weights (bf16 or fp32), and what stays fp32.
+// Element sizes of the CPU engine's buffers: fp32 at either precision (bf16 rounds the matmuls'
+// inputs in scratch).
 struct Sizes {
   int64_t act = 4;  // activations, activation gradients, gathered weights
   int64_t f32 = 4;  // norm statistics, router, log-sum-exp, loss, gradients, state
   int64_t i32 = 4;  // routing indices
-  explicit Sizes(Precision p) : act(p == Precision::kBf16 ? 2 : 4) {}
 };
 
 // One decoder layer's activations kept for the backward: the buffers of
@@ -119,10 +120,20 @@ Result<Precision> ParsePrecision(const std::string& name) {
 
 const char* PrecisionName(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
 
+Result<Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return Device::kCpu;
+  if (name == "cuda") return Device::kCuda;
+  return Status::Error("plan: --device must be cpu or cuda, not \"" + name + "\"");
+}
+
+const char* DeviceName(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
+
 Result<PlanReport> Plan(const PlanInputs& in) {
   XT_RETURN_IF_ERROR(CheckInputs(in));
   const ModelConfig& c = in.model;
-  const Sizes s(in.precision);
+  const Sizes s;
+  const bool cuda = in.device == Device::kCuda;
+  const bool bf16 = in.precision == Precision::kBf16;
   const ParamLayout layout(c);
   const int64_t L = c.num_layers, H = c.hidden_size, V = c.vocab_size;
   PlanReport r;
@@ -162,13 +173,13 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   r.grad_bytes = r.local_params * s.f32;
   r.optimizer_bytes = 2 * r.local_params * s.f32;
 
-  // ---- working buffers: the gathered unit in the working precision and its fp32 gradients.
+  // ---- working buffers: the gathered unit and its gradients (fp32 on both engines).
   r.largest_unit = largest;
   // The engine holds, at most: in the head's forward and backward, its weights and gradients
   // (and with tied embeddings the embedding's too, whose gradient buffer then stays open down to
   // the embedding's backward); in a layer's backward, the layer's weights and gradients (plus
   // that open tied-embedding gradient); the embedding's gradients at the end.
-  if (in.world > 1 || in.precision == Precision::kBf16) {
+  if (in.world > 1) {
     const int64_t both = s.act + s.f32;
     if (c.tie_word_embeddings) {
       r.working_bytes = std::max((head + embed) * both, largest_layer * both + embed * s.f32);
@@ -176,40 +187,70 @@ Result<PlanReport> Plan(const PlanInputs& in) {
       r.working_bytes = std::max({head * both, largest_layer * both, embed * s.f32, embed * s.act});
     }
   }
-  // Expert parallelism: the rows in flight besides those the layer keeps (the experts' outputs
-  // before they go back in the forward; the received output gradients and the returned input
-  // gradients in the backward): 2 x (T*k, H).
-  if (in.ep > 1 && c.num_moe_layers() > 0) r.all_to_all_bytes = 2 * T * c.top_k * H * s.act;
+  if (cuda) {
+    // bf16 copies of the weights that enter matmuls: on one GPU every such unit's, kept from
+    // step to step (all but an untied input embedding, whose lookup reads fp32); over several,
+    // the units in use (the head with a tied embedding, or the largest layer).
+    if (bf16 && in.world == 1)
+      r.copy_bytes = 2 * (layout.total() - (c.tie_word_embeddings ? 0 : embed));
+    if (bf16 && in.world > 1)
+      r.copy_bytes = 2 * std::max(c.tie_word_embeddings ? head + embed : head, largest_layer);
+    r.workspace_bytes = int64_t(32) << 20;  // cuda/gemm.cu's kWorkspaceBytes
+    CudaStepInputs step;
+    step.model = c;
+    step.tokens = T;
+    step.bf16 = bf16;
+    step.expert_parallel = in.ep > 1;
+    auto plan_at = [&](int64_t recompute_layers) {
+      step.recompute_layers = recompute_layers;
+      return PlanCudaStep(step);
+    };
+    const CudaStepMemory m = plan_at(r.recompute_layers);
+    r.activation_bytes = m.activation_bytes;
+    r.activation_bytes_no_recompute = plan_at(0).activation_bytes;
+    r.activation_bytes_all_recompute = plan_at(L).activation_bytes;
+    r.loss_chunk_rows = m.loss_chunk_rows;
+    r.loss_chunk_bytes = m.loss_bytes;
+    r.step_peak_bytes = m.peak_bytes;
+    r.step_peak_at = m.peak_at;
+    r.step_peak_activation_bytes = m.peak_activation_bytes;
+    r.total_bytes = r.weight_bytes + r.grad_bytes + r.optimizer_bytes + r.working_bytes +
+                    r.copy_bytes + r.workspace_bytes + r.step_peak_bytes;
+  } else {
+    // Expert parallelism: the rows in flight besides those the layer keeps (the experts'
+    // outputs before they go back in the forward; the received output gradients and the
+    // returned input gradients in the backward): 2 x (T*k, H).
+    if (in.ep > 1 && c.num_moe_layers() > 0) r.all_to_all_bytes = 2 * T * c.top_k * H * s.act;
 
-  // ---- activations.
-  r.activation_bytes = PeakActivations(c, T, r.recompute_layers, s);
-  r.activation_bytes_no_recompute = PeakActivations(c, T, 0, s);
-  r.activation_bytes_all_recompute = PeakActivations(c, T, L, s);
-  // x, y, x_final, h_final, dh, dx (T, H); rstd_final (T); RoPE cos, sin (T, D/2); the batch's
-  // ids, positions, targets (T) and cu_seqlens.
-  r.stream_bytes =
-      6 * T * H * s.act + (T + T * c.head_dim) * s.f32 + (3 * T + in.micro_batch_size + 1) * s.i32;
-  // The fused lm_head + cross-entropy over chunks of loss tokens (every token assumed to carry
-  // a loss): hc, dhc (C, H), logits (C, V) in fp32, per-row losses (C) and the row list (T).
-  // The GPU's default chunk where the plan is a GPU's (a memory verdict asked, or bf16 mixed
-  // precision), the CPU's otherwise (loss/cross_entropy.h).
-  const bool gpu = in.gpu_memory_gib > 0 || in.precision == Precision::kBf16;
-  r.loss_chunk_rows = std::min(DefaultLossChunkRows(V, gpu), T);
-  const int64_t C = r.loss_chunk_rows;
-  r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
-  for (bool moe : {false, true}) {
-    const bool present =
-        std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), moe) != c.layer_is_moe.end();
-    if (present)
-      r.backward_scratch_bytes =
-          std::max(r.backward_scratch_bytes, LayerScratchBytes(c, T, moe, s));
+    // ---- activations.
+    r.activation_bytes = PeakActivations(c, T, r.recompute_layers, s);
+    r.activation_bytes_no_recompute = PeakActivations(c, T, 0, s);
+    r.activation_bytes_all_recompute = PeakActivations(c, T, L, s);
+    // x, y, x_final, h_final, dh, dx (T, H); rstd_final (T); RoPE cos, sin (T, D/2); the
+    // batch's ids, positions, targets (T) and cu_seqlens.
+    r.stream_bytes = 6 * T * H * s.act + (T + T * c.head_dim) * s.f32 +
+                     (3 * T + in.micro_batch_size + 1) * s.i32;
+    // The fused lm_head + cross-entropy over chunks of loss tokens (every token assumed to
+    // carry a loss): hc, dhc (C, H), logits (C, V) in fp32, per-row losses (C) and the row
+    // list (T), in the CPU's default chunk (loss/cross_entropy.h).
+    r.loss_chunk_rows = std::min(DefaultLossChunkRows(V, /*gpu=*/false), T);
+    const int64_t C = r.loss_chunk_rows;
+    r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
+    for (bool moe : {false, true}) {
+      const bool present =
+          std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), moe) != c.layer_is_moe.end();
+      if (present)
+        r.backward_scratch_bytes =
+            std::max(r.backward_scratch_bytes, LayerScratchBytes(c, T, moe, s));
+    }
+    if (r.recompute_layers > 0) r.backward_scratch_bytes += T * H * s.act;  // the rerun's output
+
+    // The loss chunk lives before the first layer's backward, the scratch during one: never
+    // both.
+    r.total_bytes = r.weight_bytes + r.grad_bytes + r.optimizer_bytes + r.working_bytes +
+                    r.all_to_all_bytes + r.activation_bytes + r.stream_bytes +
+                    std::max(r.loss_chunk_bytes, r.backward_scratch_bytes);
   }
-  if (r.recompute_layers > 0) r.backward_scratch_bytes += T * H * s.act;  // the rerun's output
-
-  // The loss chunk lives before the first layer's backward, the scratch during one: never both.
-  r.total_bytes = r.weight_bytes + r.grad_bytes + r.optimizer_bytes + r.working_bytes +
-                  r.all_to_all_bytes + r.activation_bytes + r.stream_bytes +
-                  std::max(r.loss_chunk_bytes, r.backward_scratch_bytes);
 
   // ---- FLOPs (model FLOPs on the active parameters, one causal document of `seq` tokens).
   r.flops_per_token_6n = 6.0 * double(r.matmul_params);
@@ -292,6 +333,7 @@ std::string Verdict(const PlanReport& r) {
 std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   const ModelConfig& c = in.model;
   const bool bf16 = in.precision == Precision::kBf16;
+  const bool cuda = in.device == Device::kCuda;
   std::string o = "xtuner plan: " + in.model_name + "\n  model        " + c.model_type + ", " +
                   Str(c.num_layers) + " layers, hidden " + Str(c.hidden_size);
   if (c.is_moe())
@@ -302,11 +344,15 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   o += "\n  micro-batch  " + Str(in.micro_batch_size) + " x " + Str(in.seq) + " = " +
        Str(r.tokens) + " tokens per rank; recompute " + Str(r.recompute_layers) + " of " +
        Str(r.num_layers) + " layers\n";
-  o += std::string("  precision    ") +
-       (bf16 ? "bf16: bf16 working weights, activations and their gradients;\n"
-               "               fp32 master weights, gradients, AdamW moments, norm statistics,\n"
-               "               router, attention log-sum-exp and loss\n"
-             : "fp32 everywhere (the engine as built)\n");
+  o += std::string("  engine       ") + DeviceName(in.device) + ", " + PrecisionName(in.precision);
+  if (!cuda)
+    o += bf16 ? ": bf16 rounds the matmuls' inputs in scratch; every buffer fp32\n"
+              : ": every buffer fp32\n";
+  else
+    o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
+                "               the weights; activations fp32 but the q/k/v input (and, without\n"
+                "               expert parallelism, the experts' rows and SwiGLU's output)\n"
+              : ": every buffer fp32\n";
 
   o += "\nparameters                 total    per rank\n";
   auto prow = [&](const std::string& name, int64_t total, const std::string& local) {
@@ -329,26 +375,52 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   mrow("weights (fp32 master, sharded)", r.weight_bytes);
   mrow("gradients (fp32, sharded)", r.grad_bytes);
   mrow("AdamW moments (fp32 m and v, sharded)", r.optimizer_bytes);
-  mrow("gathered unit (" + Count(r.largest_unit) + "): " + (bf16 ? "bf16" : "fp32") +
-           " weights + fp32 grads" + (c.tie_word_embeddings ? ", tied embedding's" : ""),
-       r.working_bytes);
-  if (c.is_moe()) mrow("expert all-to-all send + receive (2 x T*k*H)", r.all_to_all_bytes);
-  mrow("activations, recompute " + Str(r.recompute_layers) + "/" + Str(r.num_layers),
-       r.activation_bytes);
-  mrow("residual stream, final norm, RoPE, batch", r.stream_bytes);
-  const bool loss_larger = r.loss_chunk_bytes >= r.backward_scratch_bytes;
-  const std::string loss =
-      "loss chunk (" + Str(r.loss_chunk_rows) + " x " + Str(c.vocab_size) + " fp32 logits)";
-  const std::string scratch = "one layer's backward scratch";
-  mrow(loss_larger ? loss : scratch, std::max(r.loss_chunk_bytes, r.backward_scratch_bytes));
-  mrow("total", r.total_bytes);
-  o += "\n  activations with recompute 0/" + Str(r.num_layers) + ": " +
-       size(r.activation_bytes_no_recompute) + un + ", " + Str(r.num_layers) + "/" +
-       Str(r.num_layers) + ": " + size(r.activation_bytes_all_recompute) + un + "\n";
-  o += "  " + (loss_larger ? scratch : loss) + ": " +
-       size(std::min(r.loss_chunk_bytes, r.backward_scratch_bytes)) + un +
-       " (never live with the " + (loss_larger ? "loss chunk" : "scratch") + ")\n";
-  o += "  not counted: CUDA context, allocator fragmentation, NCCL buffers, routing imbalance\n";
+
+  if (in.world > 1)
+    mrow("gathered unit (" + Count(r.largest_unit) + "): fp32 weights + grads" +
+             (c.tie_word_embeddings ? ", tied embedding's" : ""),
+         r.working_bytes);
+  if (cuda) {
+    if (bf16)
+      mrow(in.world == 1 ? "bf16 copy of the weights (kept between steps)"
+                         : "bf16 copy of the units in use",
+           r.copy_bytes);
+    mrow("activations at the step's peak, recompute " + Str(r.recompute_layers) + "/" +
+             Str(r.num_layers),
+         r.step_peak_activation_bytes);
+    mrow("other buffers at the step's peak", r.step_peak_bytes - r.step_peak_activation_bytes);
+    mrow("cuBLASLt workspace", r.workspace_bytes);
+    mrow("total", r.total_bytes);
+    o += "\n  the step peaks in " + r.step_peak_at + "\n";
+    o += "  activations kept for the backward (LossInfo::activation_bytes: the layers kept and\n"
+         "  one recomputed layer): " +
+         size(r.activation_bytes) + un + "; with recompute 0/" + Str(r.num_layers) + ": " +
+         size(r.activation_bytes_no_recompute) + un + ", " + Str(r.num_layers) + "/" +
+         Str(r.num_layers) + ": " + size(r.activation_bytes_all_recompute) + un + "\n";
+    o += "  loss chunk (" + Str(r.loss_chunk_rows) + " x " + Str(c.vocab_size) + " fp32 logits" +
+         (bf16 ? ", groups of 4 in bf16" : "") + "): " + size(r.loss_chunk_bytes) + un +
+         ", inside the step's buffers\n";
+  } else {
+    if (c.is_moe() && in.ep > 1)
+      mrow("expert all-to-all send + receive (2 x T*k*H)", r.all_to_all_bytes);
+    mrow("activations, recompute " + Str(r.recompute_layers) + "/" + Str(r.num_layers),
+         r.activation_bytes);
+    mrow("residual stream, final norm, RoPE, batch", r.stream_bytes);
+    const bool loss_larger = r.loss_chunk_bytes >= r.backward_scratch_bytes;
+    const std::string loss =
+        "loss chunk (" + Str(r.loss_chunk_rows) + " x " + Str(c.vocab_size) + " fp32 logits)";
+    const std::string scratch = "one layer's backward scratch";
+    mrow(loss_larger ? loss : scratch, std::max(r.loss_chunk_bytes, r.backward_scratch_bytes));
+    mrow("total", r.total_bytes);
+    o += "\n  activations kept for the backward with recompute 0/" + Str(r.num_layers) + ": " +
+         size(r.activation_bytes_no_recompute) + un + ", " + Str(r.num_layers) + "/" +
+         Str(r.num_layers) + ": " + size(r.activation_bytes_all_recompute) + un + "\n";
+    o += "  " + (loss_larger ? scratch : loss) + ": " +
+         size(std::min(r.loss_chunk_bytes, r.backward_scratch_bytes)) + un +
+         " (never live with the " + (loss_larger ? "loss chunk" : "scratch") + ")\n";
+  }
+  o += std::string("  not counted: ") + (cuda ? "CUDA context, allocator fragmentation, " : "") +
+       (in.world > 1 ? "NCCL buffers, " : "") + "routing imbalance\n";
 
   o += "\nmodel FLOPs per token      " + Flops(r.flops_per_token) +
        ": 6N = " + Flops(r.flops_per_token_6n) + " over " + Count(r.matmul_params) +
@@ -361,21 +433,25 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
 }
 
 std::string FormatPlanRowHeader() {
-  return "| model | world | ep | seq | recompute | precision | state GiB | buffers GiB | "
+  return "| model | world | ep | seq | recompute | engine | state GiB | buffers GiB | "
          "activations GiB | total GiB | verdict |\n"
          "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n";
 }
 
 std::string FormatPlanRow(const PlanInputs& in, const PlanReport& r) {
   const int64_t state = r.weight_bytes + r.grad_bytes + r.optimizer_bytes;
-  const int64_t buffers = r.total_bytes - state - r.activation_bytes;
+  // The GPU's activations as live at its step's peak (a recomputed layer's are not, there).
+  const int64_t activations =
+      in.device == Device::kCuda ? r.step_peak_activation_bytes : r.activation_bytes;
+  const int64_t buffers = r.total_bytes - state - activations;
   std::string verdict = "-";
   if (r.has_verdict)
     verdict = r.fits ? "fits (" + Gib(r.gpu_bytes - r.total_bytes) + " free)" : "does not fit";
   return "| " + ShortName(in.model_name) + " | " + Str(in.world) + " | " + Str(in.ep) + " | " +
          Str(in.seq) + " | " + Str(r.recompute_layers) + "/" + Str(r.num_layers) + " | " +
-         PrecisionName(in.precision) + " | " + Gib(state) + " | " + Gib(buffers) + " | " +
-         Gib(r.activation_bytes) + " | " + Gib(r.total_bytes) + " | " + verdict + " |\n";
+         DeviceName(in.device) + " " + PrecisionName(in.precision) + " | " + Gib(state) + " | " +
+         Gib(buffers) + " | " + Gib(activations) + " | " + Gib(r.total_bytes) + " | " + verdict +
+         " |\n";
 }
 
 }  // namespace xt

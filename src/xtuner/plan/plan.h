@@ -17,9 +17,11 @@
 //   - the residual stream and its gradient, the final norm, RoPE tables; the larger of the
 //     chunked cross-entropy's chunk (loss/cross_entropy.h) and one layer's backward scratch.
 // Not counted: the CUDA context, allocator fragmentation, NCCL's own buffers, routing imbalance.
-// Precision kFp32 is the engine as built; kBf16 models GPU mixed precision: bf16 working weights,
-// activations and activation gradients; fp32 master weights, gradients (also the gathered
-// gradient buffer), AdamW moments, norm statistics, router, attention log-sum-exp and the loss.
+// The CPU engine keeps every buffer in fp32 at either precision (bf16 only rounds the matmuls'
+// inputs, in scratch). Device kCuda plans cuda::CudaModel instead (plan/cuda_step.h): its step's
+// buffers walked in the order it allocates them, the bf16 copies of the weights in bf16 mode
+// (on one GPU, of every unit that enters matmuls, kept between steps; over several, of the
+// unit in use) and the GEMM workspace; the state and the gathered units as above.
 #pragma once
 
 #include <cstdint>
@@ -31,10 +33,14 @@
 namespace xt {
 
 enum class Precision { kFp32, kBf16 };
+enum class Device { kCpu, kCuda };
 
 // "fp32" | "bf16"; an error names the accepted values.
 Result<Precision> ParsePrecision(const std::string& name);
 const char* PrecisionName(Precision p);
+// "cpu" | "cuda" (train.device); an error names the accepted values.
+Result<Device> ParseDevice(const std::string& name);
+const char* DeviceName(Device d);
 
 struct PlanInputs {
   ModelConfig model;
@@ -45,6 +51,7 @@ struct PlanInputs {
   int64_t ep = 1;                // expert-parallel group size; divides world and num_experts
   double recompute = 0;          // fraction of layers recomputed, as Transformer::SetRecompute
   Precision precision = Precision::kFp32;
+  Device device = Device::kCpu;
   double gpu_memory_gib = 0;  // memory per rank in GiB (2^30 B); <= 0: no verdict
 };
 
@@ -66,6 +73,8 @@ struct PlanReport {
   int64_t optimizer_bytes = 0;  // AdamW m and v, fp32
   int64_t largest_unit = 0;     // elements of the largest layer unit gathered at once
   int64_t working_bytes = 0;    // gathered weights + gradient buffer (+ resident tied embedding)
+  int64_t copy_bytes = 0;       // kCuda, bf16: the weights' bf16 copies
+  int64_t workspace_bytes = 0;  // kCuda: cuBLASLt's workspace
   int64_t all_to_all_bytes = 0;
   int64_t activation_bytes = 0;                // at the requested recompute
   int64_t activation_bytes_no_recompute = 0;   // recompute 0
@@ -73,6 +82,10 @@ struct PlanReport {
   int64_t stream_bytes = 0;                    // residual stream, final norm, RoPE, batch
   int64_t loss_chunk_rows = 0, loss_chunk_bytes = 0;
   int64_t backward_scratch_bytes = 0;  // one layer's activation gradients
+  // kCuda: the step's buffers at their peak (activations included; stream, loss and backward
+  // scratch are inside it, and stream_bytes and backward_scratch_bytes stay 0), and where.
+  int64_t step_peak_bytes = 0, step_peak_activation_bytes = 0;
+  std::string step_peak_at;
   int64_t total_bytes = 0;
 
   // Model FLOPs per token (metrics_flops.h): 6 * matmul_params, and with the causal attention

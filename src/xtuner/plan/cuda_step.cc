@@ -1,0 +1,327 @@
+#include "xtuner/plan/cuda_step.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/loss/cross_entropy.h"
+
+namespace xt {
+
+namespace {
+
+constexpr int64_t kF32 = 4, kBf16 = 2, kI32 = 4;
+
+// An allocation's size in the pool: rounded up to 256 bytes, as the CUDA allocators (and the
+// emulator) align them; never zero bytes.
+int64_t Rounded(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 255) / 256 * 256; }
+
+// The pool's live bytes and their high-water mark, with where it was reached and how much of it
+// was activations (the layers' kept buffers and the residual stream's).
+class Pool {
+ public:
+  void Alloc(int64_t rounded, bool kept) {
+    live_ += rounded;
+    if (kept) kept_ += rounded;
+    if (live_ > high_) high_ = live_, high_kept_ = kept_, high_at_ = where_;
+  }
+  void Free(int64_t rounded, bool kept) {
+    live_ -= rounded;
+    if (kept) kept_ -= rounded;
+  }
+  // Buffers alive for one instant (a kernel's scratch): counted at their peak, then freed.
+  void Transient(int64_t rounded) { Alloc(rounded, false), Free(rounded, false); }
+  void At(std::string where) { where_ = std::move(where); }
+  int64_t high() const { return high_; }
+  int64_t high_kept() const { return high_kept_; }
+  const std::string& high_at() const { return high_at_; }
+
+ private:
+  int64_t live_ = 0, kept_ = 0, high_ = 0, high_kept_ = 0;
+  std::string where_, high_at_;
+};
+
+// A buffer in the pool, as a DeviceArray: Alloc frees what it held first; freed when it goes.
+// kept: an activation (kept for the backward), else scratch.
+class Buf {
+ public:
+  explicit Buf(Pool* pool, bool kept = false) : pool_(pool), kept_(kept) {}
+  Buf(Buf&& o) noexcept : pool_(o.pool_), kept_(o.kept_), held_(o.held_), asked_(o.asked_) {
+    o.held_ = 0;
+  }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { Free(); }
+  void Alloc(int64_t bytes) {
+    Free();
+    held_ = Rounded(bytes);
+    asked_ = bytes;
+    pool_->Alloc(held_, kept_);
+  }
+  // DeviceArray::Reserve: a new buffer only when the one held is too small.
+  void Reserve(int64_t bytes) {
+    if (bytes > asked_) Alloc(bytes);
+  }
+  void Free() {
+    pool_->Free(held_, kept_);
+    held_ = asked_ = 0;
+  }
+  int64_t bytes() const { return held_; }
+
+ private:
+  Pool* pool_;
+  bool kept_;
+  int64_t held_ = 0, asked_ = 0;
+};
+
+std::vector<Buf> Kept(Pool* pool, int n) {
+  std::vector<Buf> v;
+  v.reserve(n);
+  for (int i = 0; i < n; ++i) v.emplace_back(pool, true);
+  return v;
+}
+
+// One layer's buffers kept from its forward to its backward (CudaModel::Buffers::Layer).
+struct Layer {
+  explicit Layer(Pool* p)
+      : attention(Kept(p, 14)),
+        router(Kept(p, 8)),
+        xs(p, true),
+        ys(p, true),
+        gu(p, true),
+        act(p, true),
+        xr(p, true) {}
+  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, x_mid, h2, rstd2.
+  std::vector<Buf> attention;
+  // router_logits, probs, topk_w, topk_idx, sorted, slot_of; expert parallelism's row maps.
+  std::vector<Buf> router;
+  Buf xs, ys, gu, act, xr;
+  int64_t Bytes() const {
+    int64_t n = xs.bytes() + ys.bytes() + gu.bytes() + act.bytes() + xr.bytes();
+    for (const Buf& b : attention) n += b.bytes();
+    for (const Buf& b : router) n += b.bytes();
+    return n;
+  }
+  void Free() {
+    for (Buf& b : attention) b.Free();
+    for (Buf& b : router) b.Free();
+    for (Buf* b : {&xs, &ys, &gu, &act, &xr}) b->Free();
+  }
+};
+
+}  // namespace
+
+CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
+  const ModelConfig& c = in.model;
+  XT_CHECK(in.tokens > 0 && int64_t(c.layer_is_moe.size()) == c.num_layers,
+           "PlanCudaStep: needs tokens and a loaded config");
+  const int64_t T = in.tokens, H = c.hidden_size, V = c.vocab_size, L = c.num_layers;
+  const int64_t D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const int64_t E = c.num_experts, k = c.top_k, A = T * k, R = A;
+  const bool bf16 = in.bf16, ep = in.expert_parallel;
+  // The bf16 attention kernels take D % 16 == 0 up to 128 (cuda::AttentionBf16Supports).
+  const bool bf16_attention = bf16 && D % 16 == 0 && D >= 16 && D <= 128;
+  const bool rows16 = bf16 && !ep;  // the experts' rows held in bf16
+  const int64_t act_size = bf16 ? kBf16 : kF32, rows_size = rows16 ? kBf16 : kF32;
+  const bool aux_grad = c.num_moe_layers() > 0 && c.router_aux_loss_coef != 0;
+
+  Pool pool;
+  CudaStepMemory out;
+  Buf operand_a(&pool), operand_b(&pool);  // bf16 operands rounded right before their product
+  auto round_a = [&](int64_t elements) {
+    if (bf16) operand_a.Reserve(elements * kBf16);
+  };
+  auto round_b = [&](int64_t elements) {
+    if (bf16) operand_b.Reserve(elements * kBf16);
+  };
+
+  // ---- the step's start: RoPE tables, ids, the residual stream, the balancing statistics.
+  pool.At("the forward");
+  Buf cos(&pool), sin(&pool), ids(&pool), count(&pool), prob_sum(&pool);
+  cos.Alloc(T * (D / 2) * kF32);
+  sin.Alloc(T * (D / 2) * kF32);
+  ids.Alloc(T * kI32);
+  std::vector<Buf> x;
+  x.reserve(L + 1);
+  for (int64_t l = 0; l <= L; ++l) x.emplace_back(&pool, true).Alloc(T * H * kF32);
+  if (c.num_moe_layers() > 0) count.Alloc(E * 8), prob_sum.Alloc(E * 8);
+
+  std::vector<Layer> layers;
+  layers.reserve(L);
+  for (int64_t l = 0; l < L; ++l) layers.emplace_back(&pool);
+
+  auto forward = [&](int64_t l, bool recomputing) {
+    Layer& a = layers[l];
+    std::vector<Buf>& at =
+        a.attention;  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, ...
+    at[0].Alloc(T * kF32);
+    at[1].Alloc(T * H * act_size);  // h1 (h1_16 in bf16 mode: the projections take it as is)
+    at[2].Alloc(T * Hq * D * kF32);
+    at[3].Alloc(T * Hkv * D * kF32);
+    at[4].Alloc(T * Hkv * D * kF32);
+    if (c.qk_norm) {
+      at[5].Alloc(T * Hq * D * kF32);
+      at[6].Alloc(T * Hkv * D * kF32);
+      at[7].Alloc(T * Hq * kF32);
+      at[8].Alloc(T * Hkv * kF32);
+    }
+    at[9].Alloc(T * Hq * D * kF32);  // attn
+    at[10].Alloc(T * Hq * kF32);     // lse
+    if (bf16_attention)
+      pool.Transient(Rounded(T * Hq * D * kBf16) +
+                     2 * Rounded(T * Hkv * D * kBf16));  // q, k, v copies
+    at[11].Alloc(T * H * kF32);                          // x_mid
+    round_a(T * Hq * D);                                 // o_proj's input
+    at[12].Alloc(T * H * kF32);                          // h2
+    at[13].Alloc(T * kF32);                              // rstd2
+    if (!c.layer_is_moe[l]) {
+      const int64_t I = c.intermediate_size;
+      a.gu.Alloc(T * 2 * I * kF32);
+      a.act.Alloc(T * I * kF32);
+      round_a(T * H);
+      round_a(T * I);
+      return;
+    }
+    const int64_t I = c.moe_intermediate_size;
+    std::vector<Buf>& r = a.router;
+    r[0].Alloc(T * E * kF32);  // router_logits
+    r[1].Alloc(T * E * kF32);  // probs
+    r[2].Alloc(T * k * kF32);  // topk_w
+    r[3].Alloc(T * k * kI32);  // topk_idx
+    r[4].Alloc(A * kI32);      // sorted
+    r[5].Alloc(A * kI32);      // slot_of
+    a.ys.Alloc(A * H * kF32);
+    a.xs.Alloc(A * H * rows_size);
+    if (ep) {
+      r[6].Alloc(R * kI32);
+      r[7].Alloc(R * kI32);
+      a.xr.Alloc(R * H * kF32);
+      pool.Transient(Rounded(R * H * kF32));  // the dispatch's rows by source
+      a.xs.Free();
+    }
+    a.gu.Alloc(R * 2 * I * kF32);
+    a.act.Alloc(R * I * rows_size);
+    if (!rows16) round_a(R * H);
+    if (recomputing && !ep) a.xs.Free();  // permuted again in the backward
+    Buf yr(&pool);
+    if (ep) yr.Alloc(R * H * kF32);
+    if (!rows16) round_a(R * I);
+    if (ep) pool.Transient(Rounded(R * H * kF32));  // the combine's rows by source
+  };
+
+  // ---- forward.
+  int64_t recomputed_peak = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    pool.At("the forward of layer " + std::to_string(l));
+    forward(l, false);
+    if (l < in.recompute_layers) {
+      recomputed_peak = std::max(recomputed_peak, layers[l].Bytes());
+      layers[l].Free();
+    }
+  }
+  out.activation_bytes = recomputed_peak;
+  for (const Buf& b : x) out.activation_bytes += b.bytes();
+  for (const Layer& a : layers) out.activation_bytes += a.Bytes();
+
+  // ---- head: the final norm, then the chunked lm_head + cross-entropy (every token a loss row).
+  pool.At("the head");
+  Buf h_final(&pool), rstd_final(&pool), dh(&pool), dx(&pool), dprob_row(&pool);
+  h_final.Alloc(T * H * kF32);
+  rstd_final.Alloc(T * kF32);
+  dh.Alloc(T * H * kF32);
+  dx.Alloc(T * H * kF32);
+  {
+    const int64_t n = T;
+    const int64_t C = std::min(
+        in.loss_chunk_rows > 0 ? in.loss_chunk_rows : DefaultLossChunkRows(V, /*gpu=*/true), n);
+    const int64_t G = bf16 ? std::min(n, kGpuLossGroupChunks * C) : C;
+    out.loss_chunk_rows = C;
+    for (int64_t bytes : {n * 8, n * 4, (n + 1) * 8, C * H * kF32, C * V * kF32, C * H * kF32})
+      out.loss_bytes += Rounded(bytes);
+    if (bf16) out.loss_bytes += Rounded(G * H * kBf16) + Rounded(G * V * kBf16);
+    pool.Transient(out.loss_bytes);
+  }
+  if (aux_grad) dprob_row.Alloc(E * kF32);
+
+  // ---- backward: the per-layer gradients, allocated once.
+  pool.At("the backward");
+  std::vector<Buf> grads;
+  grads.reserve(12);
+  auto grad = [&](int64_t bytes) { grads.emplace_back(&pool).Alloc(bytes); };
+  grad(T * H * kF32);        // dh2
+  grad(T * Hq * D * kF32);   // dattn
+  grad(T * Hq * D * kF32);   // dq
+  grad(T * Hkv * D * kF32);  // dk
+  grad(T * Hkv * D * kF32);  // dv
+  grad(T * H * kF32);        // dh1
+  if (c.qk_norm) {
+    grad(T * Hq * D * kF32);   // dq_pre
+    grad(T * Hkv * D * kF32);  // dk_pre
+  }
+  if (c.num_moe_layers() < L) {
+    grad(T * c.intermediate_size * kF32);      // dense_dact
+    grad(T * 2 * c.intermediate_size * kF32);  // dense_dgu
+  }
+  if (c.num_moe_layers() > 0) {
+    grad(T * k * kF32);                // dtopk_w
+    grad(T * E * kF32);                // dlogits
+    if (aux_grad) grad(T * E * kF32);  // dprobs
+  }
+  for (int64_t l = L - 1; l >= 0; --l) {
+    pool.At("the backward of layer " + std::to_string(l));
+    Layer& a = layers[l];
+    if (l < in.recompute_layers) forward(l, true);
+    if (!c.layer_is_moe[l]) {
+      const int64_t I = c.intermediate_size;
+      round_a(T * H);
+      round_b(T * I);
+      round_a(T * 2 * I);
+      round_b(T * H);
+    } else {
+      const int64_t I = c.moe_intermediate_size;
+      Buf dys(&pool), dact(&pool), dgu(&pool), dxs(&pool);
+      dys.Alloc(A * H * rows_size);
+      a.ys.Free();
+      if (ep) {
+        Buf dyr(&pool);
+        dyr.Alloc(R * H * kF32);
+        pool.Transient(Rounded(R * H * kF32));  // the dispatch's rows by source
+        dys.Free();
+      }
+      dact.Alloc(R * I * kF32);
+      if (!rows16) round_a(R * H), round_b(R * I);
+      dys.Free();
+      a.act.Free();
+      dgu.Alloc(R * 2 * I * rows_size);
+      dact.Free();
+      a.gu.Free();
+      if (!ep && a.xs.bytes() == 0) a.xs.Alloc(A * H * rows_size);  // dropped by the recompute
+      dxs.Alloc(R * H * kF32);
+      if (!rows16) round_a(R * 2 * I), round_b(R * H);
+      dgu.Free();
+      a.xs.Free();
+      a.xr.Free();
+      if (ep) {
+        Buf dxr(&pool);
+        dxr.Alloc(A * H * kF32);
+        pool.Transient(Rounded(R * H * kF32));  // the combine's rows by source
+        dxs.Free();
+      }
+    }
+    // Attention: o_proj, the kernels (log-sum-exp deltas, bf16 copies of dout, q, k, v), q/k/v.
+    round_a(T * H);
+    round_b(T * Hq * D);
+    pool.Transient(
+        Rounded(T * Hq * kF32) +
+        (bf16_attention ? 2 * Rounded(T * Hq * D * kBf16) + 2 * Rounded(T * Hkv * D * kBf16) : 0));
+    round_a(T * Hq * D);
+    a.Free();
+  }
+  out.peak_bytes = pool.high();
+  out.peak_at = pool.high_at();
+  out.peak_activation_bytes = pool.high_kept();
+  out.operand_bytes = operand_a.bytes() + operand_b.bytes();
+  return out;
+}
+
+}  // namespace xt
