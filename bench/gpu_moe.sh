@@ -20,9 +20,9 @@
 #                        # SANITIZE=memcheck|racecheck|synccheck|initcheck: the test programs
 #                        #   under compute-sanitizer, and nothing else
 #
-# Each length runs with every activation kept, then, if that runs out of memory, with every
-# layer recomputed (the table says which); a length that still does not fit is reported as out
-# of memory. In bf16 (the default) the GEMMs, the grouped experts, the lm_head and attention
+# Each length recomputes the fewest layers that `xtuner plan --device cuda` says fit the GPU (with
+# a margin), then, if that runs out of memory, every layer (the table says which, and the plan's
+# peak beside the measured one); a length that still does not fit is reported as out of memory. In bf16 (the default) the GEMMs, the grouped experts, the lm_head and attention
 # (attention_bf16.cu) run on the tensor cores. A failing `cuda` test is reported and the
 # benchmark still runs.
 set -uo pipefail
@@ -181,7 +181,7 @@ OUT="$BENCH" PEER="$PEER" ATT_KERNELS="$ATT_KERNELS" python3 - <<'PY'
 import os
 # HF transformers 5.17 on one H200 (issue 7): tokens/s, MFU, GiB; None = out of memory.
 ref = {4096: (67.4e3, 0.248, 17.0), 16384: (65.5e3, 0.321, 50.5), 65536: None, 131072: None}
-print("| tokens | engine tokens/s | engine MFU | engine peak GiB (model's) | recompute | HF tokens/s | HF MFU | HF GiB | speed-up |")
+print("| tokens | engine tokens/s | engine MFU | engine peak GiB (model's; xtuner plan's) | recompute | HF tokens/s | HF MFU | HF GiB | speed-up |")
 print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
 for line in os.environ["OUT"].splitlines():
     if not line.startswith("tokens="):
@@ -203,9 +203,12 @@ for line in os.environ["OUT"].splitlines():
     kv = dict(p.split("=", 1) for p in rest.split())
     tps = float(kv["tokens_per_s"])
     speed = f"{tps / r[0]:.2f}x" if r else ""
-    rc = "all layers" if float(kv.get("recompute", 0)) > 0 else "none"
+    frac = float(kv.get("recompute", 0))
+    rc = "none" if frac == 0 else "all layers" if frac == 1 else f"{frac:.0%} of the layers"
     mp = float(kv.get("model_peak_gib", -1))
-    peak = f"{float(kv['peak_gib']):.1f}" + (f" ({mp:.1f})" if mp >= 0 else "")
+    plan = float(kv.get("plan_gib", -1))
+    peak = (f"{float(kv['peak_gib']):.1f}" + (f" ({mp:.1f}" if mp >= 0 else " (") +
+            (f"; plan {plan:.1f})" if plan >= 0 else ")"))
     print(f"| {t} | {tps:,.0f} | {100 * float(kv['mfu']):.1f}% | {peak} | {rc} | "
           f"{hf[0]} | {hf[1]} | {hf[2]} | {speed} |")
 gemm = {dict(p.split("=", 1) for p in l.split()[1:]).get("experts_gemm")

@@ -3,7 +3,8 @@
 // 151936, untied) on one GPU through cuda::CudaModel, on one packed row of each length asked
 // for, in bf16 matmuls (default; fp32 weights, gradients, AdamW) or fp32. Random weights (uniform
 // with std 0.02, norms 1), random tokens, one document per row. Prints one line per length:
-//   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P recompute=R loss=L
+//   tokens=T step_s=S tokens_per_s=X tflops=F mfu=M peak_gib=P model_peak_gib=P plan_gib=P
+//   recompute=R (the fraction of layers) loss=L experts_gemm=E
 // or tokens=T error=... (out of memory included; a non-finite loss is an error too, so a broken
 // kernel cannot pass as a fast one). MFU: model FLOPs (train/metrics_flops.h, the
 // CPU trainer's convention) over --peak-tflops (989: an H100/H200's dense bf16 rate). Peak
@@ -18,7 +19,9 @@
 // --layers, --experts and --vocab shrink the model (the activations per token do not depend on
 // the expert count or the vocabulary: the cross-entropy is chunked), so that its memory per token
 // can be measured where the whole model does not fit (the CUDA emulator); --recompute none|all
-// fixes the recompute (default auto: none, then all on running out of memory).
+// fixes the recompute (default auto: the fewest recomputed layers whose step, as `xtuner plan
+// --device cuda` plans it (plan/cuda_step.h), fits the device's free memory with a margin; all
+// of them should that run out of memory). plan_gib is that plan's figure for model_peak_gib.
 //
 // --profile N: for each length up to N tokens, one more step with the model's phases timed
 // (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... adamw=<ms>
@@ -66,6 +69,7 @@
 #include "xtuner/model/config.h"
 #include "xtuner/optim/adamw.h"
 #include "xtuner/optim/adamw_scalars.h"
+#include "xtuner/plan/cuda_step.h"
 #include "xtuner/train/metrics_flops.h"
 
 namespace {
@@ -226,11 +230,11 @@ int main(int argc, char** argv) {
   bool bf16 = true;
   bool bf16_attention = true;  // with bf16: attention on the tensor cores (attention_bf16.cu)
   int64_t layers = 4, experts = 128, vocab = 151936;
-  std::vector<double> recompute_tries = {0.0, 1.0};  // auto
-  int64_t profile_up_to = 0;                         // --profile N: the lengths up to N tokens
-  int64_t loss_chunk_rows = 0;                       // --loss-chunk-rows N (0: the engine's)
-  std::string attention_kernels = "auto";            // --attention-kernels wmma|mma|auto|time
-  std::string experts_gemm = "auto";                 // --experts-gemm auto|<an ExpertsPath>
+  std::vector<double> recompute_tries;     // empty: auto (planned)
+  int64_t profile_up_to = 0;               // --profile N: the lengths up to N tokens
+  int64_t loss_chunk_rows = 0;             // --loss-chunk-rows N (0: the engine's)
+  std::string attention_kernels = "auto";  // --attention-kernels wmma|mma|auto|time
+  std::string experts_gemm = "auto";       // --experts-gemm auto|<an ExpertsPath>
   // The bf16 attention's kernels (as named by --attention-kernels, else chosen below) and the
   // experts' path (as named by --experts-gemm).
   xt::cuda::AttentionBf16Kernels kernels = xt::cuda::AttentionBf16Kernels::kWmma;
@@ -276,6 +280,7 @@ int main(int argc, char** argv) {
     } else if (!std::strcmp(argv[i], "--recompute") &&
                (!std::strcmp(argv[i + 1], "auto") || !std::strcmp(argv[i + 1], "none") ||
                 !std::strcmp(argv[i + 1], "all"))) {
+      recompute_tries.clear();
       if (!std::strcmp(argv[i + 1], "none")) recompute_tries = {0.0};
       if (!std::strcmp(argv[i + 1], "all")) recompute_tries = {1.0};
     } else {
@@ -455,10 +460,37 @@ int main(int argc, char** argv) {
         XT_RETURN_IF_ERROR(xt::cuda::Check(cudaEventRecord(adamw_events[1], stream), "event"));
       return xt::cuda::Check(cudaStreamSynchronize(stream), "step");
     };
-    // Every activation kept first; when that runs out of memory, every layer recomputed.
+    // What xtuner plan --device cuda says the step allocates (plan/cuda_step.h) with k layers
+    // recomputed, and the bf16 copies of the weights (made at the first bf16 step, then kept).
+    auto planned_step = [&](int64_t k) {
+      xt::CudaStepInputs in;
+      in.model = cfg;
+      in.tokens = T;
+      in.recompute_layers = k;
+      in.bf16 = bf16;
+      in.loss_chunk_rows = loss_chunk_rows;
+      return xt::PlanCudaStep(in).peak_bytes;
+    };
+    const int64_t copies = bf16 ? 2 * (total - layout.units()[1].begin) : 0;
+    // auto: the fewest recomputed layers whose planned step fits the device's free memory less
+    // a margin for the pool's fragmentation (3 GiB and 5%); every layer recomputed should that
+    // run out of memory all the same.
+    std::vector<double> tries = recompute_tries;
+    if (tries.empty()) {
+      size_t free_bytes = 0, device_bytes = 0;
+      if (cudaMemGetInfo(&free_bytes, &device_bytes) != cudaSuccess) free_bytes = 0;
+      const int64_t due = model.bf16_mirror().data ? 0 : copies;
+      int64_t k = 0;
+      for (; k < cfg.num_layers; ++k) {
+        const int64_t need = planned_step(k) + due;
+        if (need + need / 20 + (int64_t(3) << 30) <= int64_t(free_bytes)) break;
+      }
+      tries = {double(k) / double(cfg.num_layers)};
+      if (k < cfg.num_layers) tries.push_back(1.0);
+    }
     xt::Status st;
     double recompute = 0;
-    for (double fraction : recompute_tries) {
+    for (double fraction : tries) {
       recompute = fraction;
       model.SetRecompute(fraction);
       st = step();  // warm-up
@@ -485,6 +517,8 @@ int main(int argc, char** argv) {
       pool = nullptr;
     // Parameters and gradients (CudaModel::Create) and AdamW's m and v: cudaMalloc, not the pool.
     const double model_peak = pool ? double(pool_peak) + 16.0 * double(total) : -double(1ull << 30);
+    const double plan_peak =
+        double(planned_step(model.recompute_layers()) + copies) + 16.0 * double(total);
     if (!st.ok()) {
       std::printf("tokens=%lld error=%s\n", (long long)T, st.message().c_str());
       std::fflush(stdout);
@@ -498,9 +532,10 @@ int main(int argc, char** argv) {
                                                cfg.num_heads * cfg.head_dim, double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
-        "model_peak_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
+        "model_peak_gib=%.3f plan_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",
         (long long)T, s, double(T) / s, flops / s / 1e12, flops / s / (peak_tflops * 1e12),
-        double(peak) / double(1ull << 30), model_peak / double(1ull << 30), recompute, loss,
+        double(peak) / double(1ull << 30), model_peak / double(1ull << 30),
+        plan_peak / double(1ull << 30), recompute, loss,
         xt::cuda::Blas::ExpertsPathName(model.blas().experts_path(
             bf16 ? xt::cuda::GemmInput::kBf16 : xt::cuda::GemmInput::kF32)));
     std::fflush(stdout);
