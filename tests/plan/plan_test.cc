@@ -263,6 +263,56 @@ TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {
   EXPECT_NE(FormatPlanRow(in, r).find("| does not fit |"), std::string::npos);
 }
 
+// The CUDA trainer's check before its first step: OK with a summary where the step fits, else an
+// error naming what it needs, what is free and the smallest model.recompute that fits (or none).
+TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model.num_layers = 4;  // the benchmark's model: gpu_moe_bench's cut
+  in.model.layer_is_moe.resize(4);
+  in.model_name = "bench";
+  in.seq = 131072;
+  in.precision = Precision::kBf16;
+  in.device = Device::kCuda;
+  auto need = [&](double recompute) {
+    PlanInputs p = in;
+    p.recompute = recompute;
+    return GpuStepBytes(MustPlan(p));
+  };
+  const int64_t none = need(0), half = need(0.5), three = need(0.75), all = need(1);
+  EXPECT_GT(none, half);
+  EXPECT_GT(half, three);
+  EXPECT_GE(three, all);
+
+  std::string summary;
+  EXPECT_TRUE(CheckGpuStepFits(in, none, &summary).ok());
+  EXPECT_NE(summary.find("the largest micro-batch (131072 tokens) needs about"), std::string::npos)
+      << summary;
+  Status s = CheckGpuStepFits(in, none - 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("train.micro_batch_size 1 x data.max_length 131072"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("set model.recompute = 0.25 (1 of 4 layers"), std::string::npos)
+      << s.message();
+  s = CheckGpuStepFits(in, half);  // two layers fit, one does not
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("set model.recompute = 0.5 (2 of 4 layers"), std::string::npos)
+      << s.message();
+  s = CheckGpuStepFits(in, all - 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("even with every layer recomputed (model.recompute = 1) it does not "
+                             "fit: shorten data.max_length"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("or shard the state over more GPUs"), std::string::npos);
+  in.recompute = 1;
+  s = CheckGpuStepFits(in, all - 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message().find("even with"), std::string::npos) << s.message();
+  EXPECT_TRUE(CheckGpuStepFits(in, all).ok());
+}
+
 TEST(PlanErrors, BadInputsAreNamed) {
   PlanInputs ok;
   ok.model = Config(testing::DataPath("qwen3_moe_tiny"));  // 8 experts

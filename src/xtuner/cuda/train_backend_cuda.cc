@@ -21,6 +21,7 @@
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/optim/adamw_scalars.h"
+#include "xtuner/plan/plan.h"
 
 namespace xt::cuda {
 namespace {
@@ -206,6 +207,27 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   XT_RETURN_IF_ERROR(b->Upload(b->m_, args.adamw->exp_avg().f32(), n, "exp_avg"));
   XT_RETURN_IF_ERROR(b->Upload(b->v_, args.adamw->exp_avg_sq().f32(), n, "exp_avg_sq"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
+  // Before the first step: whether the largest micro-batch fits beside the state, as `xtuner
+  // plan --device cuda` plans it; the same verdict on every rank (the least free memory of any),
+  // an error naming the model.recompute that would fit.
+  if (args.micro_batch_size > 0 && args.max_length > 0) {
+    size_t free_bytes = 0, device_bytes = 0;
+    XT_RETURN_IF_ERROR(Check(cudaMemGetInfo(&free_bytes, &device_bytes), "device memory"));
+    double least = -double(free_bytes);
+    args.world->AllReduceMax(&least, 1);
+    PlanInputs plan;
+    plan.model = mc;
+    plan.seq = args.max_length;
+    plan.micro_batch_size = args.micro_batch_size;
+    plan.world = ranks;
+    plan.ep = mesh.ep;
+    plan.recompute = args.recompute;
+    plan.precision = args.bf16 ? Precision::kBf16 : Precision::kFp32;
+    plan.device = Device::kCuda;
+    std::string fits;
+    XT_RETURN_IF_ERROR(CheckGpuStepFits(plan, int64_t(-least), &fits));
+    b->description_ += "; " + fits;
+  }
   // AdamW's runs over the shard: the host's ranges, in shard coordinates.
   XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(args.decay, n, 0, n));
   return std::unique_ptr<TrainBackend>(std::move(b));

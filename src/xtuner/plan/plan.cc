@@ -264,6 +264,57 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   return r;
 }
 
+int64_t GpuStepBytes(const PlanReport& r) {
+  return r.step_peak_bytes + r.copy_bytes + r.working_bytes;
+}
+
+Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summary) {
+  XT_CHECK(in.device == Device::kCuda, "CheckGpuStepFits: a GPU plan");
+  XT_ASSIGN_OR_RETURN(const PlanReport r, Plan(in));
+  auto gib = [](int64_t bytes) {  // GiB, or MiB below one
+    const bool mib = bytes < (int64_t(1) << 30);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f %s", double(bytes) / double(int64_t(1) << (mib ? 20 : 30)),
+                  mib ? "MiB" : "GiB");
+    return std::string(buf);
+  };
+  const int64_t need = GpuStepBytes(r);
+  const std::string tokens = std::to_string(r.tokens) + " tokens (train.micro_batch_size " +
+                             std::to_string(in.micro_batch_size) + " x data.max_length " +
+                             std::to_string(in.seq) + ")";
+  if (need <= free_bytes) {
+    if (summary)
+      *summary = "the largest micro-batch (" + std::to_string(r.tokens) + " tokens) needs about " +
+                 gib(need) + " more (xtuner plan), " + gib(free_bytes) + " free";
+    return Status::OK();
+  }
+  std::string msg = "train.device = \"cuda\": a micro-batch of " + tokens + " needs about " +
+                    gib(need) + " beside the model's state (xtuner plan --device cuda; its peak " +
+                    "is in " + r.step_peak_at + "), but " + gib(free_bytes) +
+                    " of this GPU are free: ";
+  const int64_t L = r.num_layers;
+  for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
+    PlanInputs more = in;
+    // The fraction, rounded up to hundredths, that SetRecompute rounds to k layers or more.
+    more.recompute = std::min(1.0, std::ceil(100.0 * double(k) / double(L)) / 100.0);
+    XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
+    if (GpuStepBytes(m) <= free_bytes) {
+      char f[16];
+      std::snprintf(f, sizeof f, "%g", more.recompute);
+      return Status::Error(msg + "set model.recompute = " + f + " (" +
+                           std::to_string(m.recompute_layers) + " of " + std::to_string(L) +
+                           " layers; about " + gib(GpuStepBytes(m)) +
+                           "), or shorten data.max_length or train.micro_batch_size");
+    }
+  }
+  return Status::Error(msg +
+                       (r.recompute_layers < L ? "even with every layer recomputed " +
+                                                     std::string("(model.recompute = 1) ")
+                                               : std::string()) +
+                       "it does not fit: shorten data.max_length or train.micro_batch_size" +
+                       (in.world == 1 ? ", or shard the state over more GPUs (mpirun)" : ""));
+}
+
 // ---- formatting
 
 namespace {

@@ -71,7 +71,10 @@ struct TrainBackendArgs {
   // (copies through host memory for `world`'s collectives; ranks may share a device).
   std::string gpu_comm = "nccl";
   double recompute = 0;  // model.recompute
-  bool bf16 = false;     // train.precision == "bf16"
+  // The largest micro-batch: train.micro_batch_size rows of data.max_length tokens (0: unknown;
+  // a device backend then skips its check that the step fits).
+  int64_t micro_batch_size = 0, max_length = 0;
+  bool bf16 = false;  // train.precision == "bf16"
   // train.cuda_attention and train.cuda_experts_gemm (validated; "auto": the backend's default).
   std::string cuda_attention = "auto";
   std::string cuda_experts_gemm = "auto";

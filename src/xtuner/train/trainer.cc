@@ -248,6 +248,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.adamw = &adamw;
     ba.decay = std::move(shard_decay);
     ba.recompute = cfg.recompute;
+    ba.micro_batch_size = cfg.micro_batch_size;
+    ba.max_length = cfg.max_length;
     ba.bf16 = cfg.precision == "bf16";
     ba.world = &world;
     ba.mesh = &mesh;
