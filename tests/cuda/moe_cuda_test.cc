@@ -92,6 +92,30 @@ TEST_P(MoeCuda, MatchesTheCpuTwin) {
   cudatest::ExpectRoundedBitForBit(gxs16.Host(), xs, "xs bf16");
   cudatest::ExpectRoundedBitForBit(gdys16.Host(), dys, "dys bf16");
   cudatest::ExpectBitEqual(gdw2.Host(), gdw.Host(), "dtopk_w beside bf16 dys");
+
+  // ys kept for the backward in bf16: the forward writes it rounded beside the same y, and the
+  // backward from it equals the backward from the rounded values in fp32.
+  DeviceVec<uint16_t> gys16{std::vector<uint16_t>(A * H)};
+  DeviceVec<float> gy2{std::vector<float>(T * H)};
+  ASSERT_TRUE(cuda::MoeCombineForward(gy2.p, gys16.p, gys.p, gw.p, gslot.p, T, k, H).ok());
+  cudatest::Sync();
+  const std::vector<uint16_t> ys16 = gys16.Host();
+  cudatest::ExpectBitEqual(gy2.Host(), gy.Host(), "y beside bf16 ys");
+  if (T > 0 && H > 0) cudatest::ExpectRoundedBitForBit(ys16, ys, "ys bf16");
+  std::vector<float> rounded(ys16.size());
+  for (size_t i = 0; i < ys16.size(); ++i) rounded[i] = Bf16ToF32(ys16[i]);
+  DeviceVec<float> grounded(rounded), gdw_want{std::vector<float>(A)},
+      gdw_got{std::vector<float>(A)};
+  DeviceVec<uint16_t> gdys_want{std::vector<uint16_t>(A * H)},
+      gdys_got{std::vector<uint16_t>(A * H)};
+  ASSERT_TRUE(
+      cuda::MoeCombineBackward(gdys_want.p, gdw_want.p, gdy.p, grounded.p, gw.p, gslot.p, T, k, H)
+          .ok());
+  ASSERT_TRUE(
+      cuda::MoeCombineBackward(gdys_got.p, gdw_got.p, gdy.p, gys16.p, gw.p, gslot.p, T, k, H).ok());
+  cudatest::Sync();
+  cudatest::ExpectBitEqual(gdw_got.Host(), gdw_want.Host(), "dtopk_w from bf16 ys");
+  EXPECT_EQ(gdys_got.Host(), gdys_want.Host());
 }
 
 // The test's name suffix: its shape.

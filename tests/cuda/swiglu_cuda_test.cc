@@ -72,6 +72,24 @@ TEST_P(SwigluCuda, MatchesTheCpuTwin) {
   cudatest::Sync();
   cudatest::ExpectRoundedBitForBit(gout16.Host(), gout.Host(), "out bf16");
   cudatest::ExpectRoundedBitForBit(gdh16.Host(), gdh.Host(), "dh bf16");
+
+  // The input kept for the backward in bf16: the forward writes h rounded beside the same
+  // output, and the backward from it equals the fp32 backward at the rounded values.
+  DeviceVec<uint16_t> gh16{std::vector<uint16_t>(N * 2 * I)}, gout16b{std::vector<uint16_t>(N * I)};
+  ASSERT_TRUE(cuda::SwigluForward(gout16b.p, gh16.p, gh.p, N, I).ok());
+  cudatest::Sync();
+  const std::vector<uint16_t> h16 = gh16.Host();
+  cudatest::ExpectRoundedBitForBit(h16, h, "h bf16");
+  EXPECT_EQ(gout16b.Host(), gout16.Host());
+  std::vector<float> rounded(h16.size());
+  for (size_t i = 0; i < h16.size(); ++i) rounded[i] = Bf16ToF32(h16[i]);
+  DeviceVec<float> grounded(rounded);
+  DeviceVec<uint16_t> want16{std::vector<uint16_t>(N * 2 * I)},
+      got16{std::vector<uint16_t>(N * 2 * I)};
+  ASSERT_TRUE(cuda::SwigluBackward(want16.p, gdout.p, grounded.p, N, I).ok());
+  ASSERT_TRUE(cuda::SwigluBackward(got16.p, gdout.p, gh16.p, N, I).ok());
+  cudatest::Sync();
+  EXPECT_EQ(got16.Host(), want16.Host()) << "dh from the bf16 input";
 }
 
 // The test's name suffix: its shape.

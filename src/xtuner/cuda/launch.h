@@ -48,6 +48,11 @@ __device__ inline void StoreAs(float* p, float v) { *p = v; }
 __device__ inline void StoreAs(uint16_t* p, float v) {
   *p = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
+// Loads an input of either type as fp32 (bf16: exactly, every bf16 is a float).
+__device__ inline float LoadAs(const float* p) { return *p; }
+__device__ inline float LoadAs(const uint16_t* p) {
+  return __bfloat162float(__ushort_as_bfloat16(*p));
+}
 __device__ inline int64_t GridThreads() { return int64_t(gridDim.x) * blockDim.x; }
 
 // Opts `kernel` in to `bytes` of dynamic shared memory, or an error when the device has less

@@ -84,8 +84,10 @@ struct CudaModel::Buffers {
     F xr;
     // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); without
     // expert parallelism also the experts' input rows and SwiGLU's output (xs16, act16 in place
-    // of xs, act). Each rounded as its products would round it.
-    DeviceArray<uint16_t> h1_16, xs16, act16;
+    // of xs, act), each rounded as its products would round it; and the experts' outputs and
+    // SwiGLU's input rounded for the backward (ys16, gu16 in place of ys, gu: the forward uses
+    // them in fp32, then frees them).
+    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16;
     int64_t Bytes() const {
       int64_t n = 0;
       for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
@@ -95,7 +97,8 @@ struct CudaModel::Buffers {
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
-      n += (h1_16.size() + xs16.size() + act16.size()) * int64_t(sizeof(uint16_t));
+      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16})
+        n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
   };
@@ -584,8 +587,13 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         a.xs16 = DeviceArray<uint16_t>();
       }
       XT_RETURN_IF_ERROR(part("swiglu"));
-      XT_RETURN_IF_ERROR(rows16 ? SwigluForward(a.act16.get(), a.gu.get(), R, Im, s)
-                                : SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
+      if (rows16) {
+        XT_RETURN_IF_ERROR(a.gu16.Alloc(R * 2 * Im, s));
+        XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), R, Im, s));
+        a.gu = F();
+      } else {
+        XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
+      }
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       F yr;  // expert parallelism: the results of the received rows, before they go back
       if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
@@ -597,8 +605,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
             ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), yr.get(), H, a.ys.get(), s));
       }
       XT_RETURN_IF_ERROR(part("moe_combine"));
-      XT_RETURN_IF_ERROR(
-          MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      if (rows16) {
+        XT_RETURN_IF_ERROR(a.ys16.Alloc(A * H, s));
+        XT_RETURN_IF_ERROR(MoeCombineForward(x_out, a.ys16.get(), a.ys.get(), a.topk_w.get(),
+                                             a.slot_of.get(), T, k, H, s));
+        a.ys = F();
+      } else {
+        XT_RETURN_IF_ERROR(
+            MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
+      }
     }
     XT_RETURN_IF_ERROR(AddInPlace(x_out, a.x_mid.get(), T * H, s));
     return Status::OK();
@@ -761,7 +776,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(mark("moe_combine_bwd"));
       if (rows16) {
         XT_RETURN_IF_ERROR(dys16.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoeCombineBackward(dys16.get(), dtopk_w.get(), dx.get(), a.ys.get(),
+        XT_RETURN_IF_ERROR(MoeCombineBackward(dys16.get(), dtopk_w.get(), dx.get(), a.ys16.get(),
                                               a.topk_w.get(), a.slot_of.get(), T, k, H, s));
       } else {
         XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
@@ -769,6 +784,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                               a.topk_w.get(), a.slot_of.get(), T, k, H, s));
       }
       a.ys = F();
+      a.ys16 = DeviceArray<uint16_t>();
       if (ep_) {
         XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
         XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
@@ -788,13 +804,14 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(mark("swiglu_bwd"));
       if (rows16) {
         XT_RETURN_IF_ERROR(dgu16.Alloc(R * 2 * Im, s));
-        XT_RETURN_IF_ERROR(SwigluBackward(dgu16.get(), dact.get(), a.gu.get(), R, Im, s));
+        XT_RETURN_IF_ERROR(SwigluBackward(dgu16.get(), dact.get(), a.gu16.get(), R, Im, s));
       } else {
         XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
         XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
       }
       dact = F();
       a.gu = F();
+      a.gu16 = DeviceArray<uint16_t>();
       if (!ep_ && a.xs.size() == 0 && a.xs16.size() == 0) {  // dropped by the recompute
         XT_RETURN_IF_ERROR(mark("moe_permute"));
         XT_RETURN_IF_ERROR(permute_rows(a, A));

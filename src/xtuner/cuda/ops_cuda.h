@@ -46,6 +46,13 @@ Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, i
                       void* stream = nullptr);
 Status SwigluBackward(uint16_t* dh, const float* dout, const float* h, int64_t N, int64_t I,
                       void* stream = nullptr);
+// bf16 mode's kept activations: the forward also writes its input h rounded to bf16 (h16,
+// (N, 2I)), and the backward reads that instead of h (which the model then frees after the
+// forward: half the memory, for a gradient computed at the rounded gate and up values).
+Status SwigluForward(uint16_t* out, uint16_t* h16, const float* h, int64_t N, int64_t I,
+                     void* stream = nullptr);
+Status SwigluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, int64_t N, int64_t I,
+                      void* stream = nullptr);
 
 // ---------------------------------------------------------------- RoPE (HF rotate_half)
 // ops::rope_forward: in place on x (T, Hn, D), cos/sin (T, D/2); one thread per pair (i, i+D/2).
@@ -81,12 +88,20 @@ Status MoePermuteBackward(float* dx, const float* dxs, const int32_t* slot_of, i
 // j in order, assigned.
 Status MoeCombineForward(float* y, const float* ys, const float* topk_w, const int32_t* slot_of,
                          int64_t T, int64_t k, int64_t H, void* stream = nullptr);
+// The same y (the fp32 ys summed), and ys rounded to bf16 into ys16 (A, H): bf16 mode keeps that
+// for the backward's dtopk_w (the overload of MoeCombineBackward below) instead of ys.
+Status MoeCombineForward(float* y, uint16_t* ys16, const float* ys, const float* topk_w,
+                         const int32_t* slot_of, int64_t T, int64_t k, int64_t H,
+                         void* stream = nullptr);
 // ops::moe_combine_backward: dys (A, H) assigned; dtopk_w (T, k) assigned = <dy[t], ys[slot]>,
 // summed in double by one block per assignment.
 Status MoeCombineBackward(float* dys, float* dtopk_w, const float* dy, const float* ys,
                           const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
                           int64_t H, void* stream = nullptr);
 Status MoeCombineBackward(uint16_t* dys, float* dtopk_w, const float* dy, const float* ys,
+                          const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
+                          int64_t H, void* stream = nullptr);
+Status MoeCombineBackward(uint16_t* dys, float* dtopk_w, const float* dy, const uint16_t* ys16,
                           const float* topk_w, const int32_t* slot_of, int64_t T, int64_t k,
                           int64_t H, void* stream = nullptr);
 

@@ -15,26 +15,31 @@ namespace {
 // polynomial (~2e-7 relative), hence agreement to ~1e-6 relative rather than bit for bit.
 __device__ inline float ExpSat(float x) { return float(exp(double(x < 88.0f ? x : 88.0f))); }
 
+// h16 (optional): the input rounded to bf16, for a backward that reads it instead of h.
 template <class Out>
-__global__ void SwigluForwardKernel(Out* out, const float* h, int64_t N, int64_t I) {
+__global__ void SwigluForwardKernel(Out* out, uint16_t* h16, const float* h, int64_t N, int64_t I) {
   const int64_t total = N * I;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t n = q / I, i = q - n * I;
     const float g = h[n * 2 * I + i];
     const float u = h[n * 2 * I + I + i];
     detail::StoreAs(out + q, g / (1.0f + ExpSat(-g)) * u);
+    if (h16) {
+      detail::StoreAs(h16 + n * 2 * I + i, g);
+      detail::StoreAs(h16 + n * 2 * I + I + i, u);
+    }
   }
 }
 
 // d/dg [g * sig(g)] = sig(g) * (1 + g * (1 - sig(g))).
-template <class Out>
-__global__ void SwigluBackwardKernel(Out* dh, const float* dout, const float* h, int64_t N,
+template <class Out, class In>
+__global__ void SwigluBackwardKernel(Out* dh, const float* dout, const In* h, int64_t N,
                                      int64_t I) {
   const int64_t total = N * I;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t n = q / I, i = q - n * I;
-    const float g = h[n * 2 * I + i];
-    const float u = h[n * 2 * I + I + i];
+    const float g = detail::LoadAs(h + n * 2 * I + i);
+    const float u = detail::LoadAs(h + n * 2 * I + I + i);
     const float dy = dout[q];
     const float sig = 1.0f / (1.0f + ExpSat(-g));
     detail::StoreAs(dh + n * 2 * I + I + i, dy * g * sig);
@@ -43,20 +48,20 @@ __global__ void SwigluBackwardKernel(Out* dh, const float* dout, const float* h,
 }
 
 template <class Out>
-Status Forward(Out* out, const float* h, int64_t N, int64_t I, void* stream) {
+Status Forward(Out* out, uint16_t* h16, const float* h, int64_t N, int64_t I, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_forward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
   XT_LAUNCH(SwigluForwardKernel<Out>, detail::BlocksFor(N * I), detail::kThreads, 0,
             cudaStream_t(stream))
-  (out, h, N, I);
+  (out, h16, h, N, I);
   return Check(cudaGetLastError(), "swiglu_forward launch");
 }
 
-template <class Out>
-Status Backward(Out* dh, const float* dout, const float* h, int64_t N, int64_t I, void* stream) {
+template <class Out, class In>
+Status Backward(Out* dh, const float* dout, const In* h, int64_t N, int64_t I, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("swiglu_backward", {N, I}));
   if (N == 0 || I == 0) return Status::OK();
-  XT_LAUNCH(SwigluBackwardKernel<Out>, detail::BlocksFor(N * I), detail::kThreads, 0,
+  XT_LAUNCH((SwigluBackwardKernel<Out, In>), detail::BlocksFor(N * I), detail::kThreads, 0,
             cudaStream_t(stream))
   (dh, dout, h, N, I);
   return Check(cudaGetLastError(), "swiglu_backward launch");
@@ -65,10 +70,14 @@ Status Backward(Out* dh, const float* dout, const float* h, int64_t N, int64_t I
 }  // namespace
 
 Status SwigluForward(float* out, const float* h, int64_t N, int64_t I, void* stream) {
-  return Forward(out, h, N, I, stream);
+  return Forward(out, nullptr, h, N, I, stream);
 }
 Status SwigluForward(uint16_t* out, const float* h, int64_t N, int64_t I, void* stream) {
-  return Forward(out, h, N, I, stream);
+  return Forward(out, nullptr, h, N, I, stream);
+}
+Status SwigluForward(uint16_t* out, uint16_t* h16, const float* h, int64_t N, int64_t I,
+                     void* stream) {
+  return Forward(out, h16, h, N, I, stream);
 }
 
 Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
@@ -78,6 +87,10 @@ Status SwigluBackward(float* dh, const float* dout, const float* h, int64_t N, i
 Status SwigluBackward(uint16_t* dh, const float* dout, const float* h, int64_t N, int64_t I,
                       void* stream) {
   return Backward(dh, dout, h, N, I, stream);
+}
+Status SwigluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, int64_t N, int64_t I,
+                      void* stream) {
+  return Backward(dh, dout, h16, N, I, stream);
 }
 
 }  // namespace xt::cuda

@@ -90,14 +90,19 @@ struct Layer {
         ys(p, true),
         gu(p, true),
         act(p, true),
-        xr(p, true) {}
+        xr(p, true),
+        ys16(p, true),
+        gu16(p, true) {}
   // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, x_mid, h2, rstd2.
   std::vector<Buf> attention;
   // router_logits, probs, topk_w, topk_idx, sorted, slot_of; expert parallelism's row maps.
   std::vector<Buf> router;
-  Buf xs, ys, gu, act, xr;
+  // bf16 mode without expert parallelism: the experts' outputs and SwiGLU's input kept in bf16
+  // for the backward (ys16, gu16), the fp32 ones freed after the forward.
+  Buf xs, ys, gu, act, xr, ys16, gu16;
   int64_t Bytes() const {
-    int64_t n = xs.bytes() + ys.bytes() + gu.bytes() + act.bytes() + xr.bytes();
+    int64_t n = xs.bytes() + ys.bytes() + gu.bytes() + act.bytes() + xr.bytes() + ys16.bytes() +
+                gu16.bytes();
     for (const Buf& b : attention) n += b.bytes();
     for (const Buf& b : router) n += b.bytes();
     return n;
@@ -105,7 +110,7 @@ struct Layer {
   void Free() {
     for (Buf& b : attention) b.Free();
     for (Buf& b : router) b.Free();
-    for (Buf* b : {&xs, &ys, &gu, &act, &xr}) b->Free();
+    for (Buf* b : {&xs, &ys, &gu, &act, &xr, &ys16, &gu16}) b->Free();
   }
 };
 
@@ -202,11 +207,13 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     a.gu.Alloc(R * 2 * I * kF32);
     a.act.Alloc(R * I * rows_size);
     if (!rows16) round_a(R * H);
-    if (recomputing && !ep) a.xs.Free();  // permuted again in the backward
+    if (recomputing && !ep) a.xs.Free();                       // permuted again in the backward
+    if (rows16) a.gu16.Alloc(R * 2 * I * kBf16), a.gu.Free();  // SwiGLU's input kept in bf16
     Buf yr(&pool);
     if (ep) yr.Alloc(R * H * kF32);
     if (!rows16) round_a(R * I);
-    if (ep) pool.Transient(Rounded(R * H * kF32));  // the combine's rows by source
+    if (ep) pool.Transient(Rounded(R * H * kF32));         // the combine's rows by source
+    if (rows16) a.ys16.Alloc(A * H * kBf16), a.ys.Free();  // the outputs kept in bf16
   };
 
   // ---- forward.
@@ -282,6 +289,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       Buf dys(&pool), dact(&pool), dgu(&pool), dxs(&pool);
       dys.Alloc(A * H * rows_size);
       a.ys.Free();
+      a.ys16.Free();
       if (ep) {
         Buf dyr(&pool);
         dyr.Alloc(R * H * kF32);
@@ -295,6 +303,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       dgu.Alloc(R * 2 * I * rows_size);
       dact.Free();
       a.gu.Free();
+      a.gu16.Free();
       if (!ep && a.xs.bytes() == 0) a.xs.Alloc(A * H * rows_size);  // dropped by the recompute
       dxs.Alloc(R * H * kF32);
       if (!rows16) round_a(R * 2 * I), round_b(R * H);

@@ -402,7 +402,8 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   else
     o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
                 "               the weights; activations fp32 but the q/k/v input (and, without\n"
-                "               expert parallelism, the experts' rows and SwiGLU's output)\n"
+                "               expert parallelism, the experts' rows, SwiGLU's input and output\n"
+                "               and the experts' outputs)\n"
               : ": every buffer fp32\n";
 
   o += "\nparameters                 total    per rank\n";
