@@ -82,12 +82,13 @@ struct CudaModel::Buffers {
     EpExchange ep;
     I received_of_grouped, grouped_of_received;
     F xr;
-    // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); without
-    // expert parallelism also the experts' input rows and SwiGLU's output (xs16, act16 in place
-    // of xs, act), each rounded as its products would round it; and the experts' outputs and
-    // SwiGLU's input rounded for the backward (ys16, gu16 in place of ys, gu: the forward uses
-    // them in fp32, then frees them).
-    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16;
+    // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); in a dense
+    // layer also the MLP's input and SwiGLU's output (h2_16, act16), and in an MoE layer without
+    // expert parallelism the experts' input rows and SwiGLU's output (xs16, act16 in place of
+    // xs, act), each rounded as its products would round it; and SwiGLU's input and the experts'
+    // outputs rounded for the backward (gu16, ys16 in place of gu, ys: the forward uses them in
+    // fp32, then frees them).
+    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16;
     int64_t Bytes() const {
       int64_t n = 0;
       for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
@@ -97,7 +98,7 @@ struct CudaModel::Buffers {
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
-      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16})
+      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16})
         n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
@@ -364,10 +365,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   };
   // din (T, In) = dout @ w (assigned, or added), dw (O, In) += dout^T @ in.
   // In bf16 mode dout is rounded once for both products; in16 as for linear.
-  auto linear_backward = [&](float* din, float* dw, const float* dout, const float* in,
-                             const float* w, int64_t rows, int64_t in_dim, int64_t out_dim,
-                             bool accumulate, bool fp32 = false,
-                             const uint16_t* in16_given = nullptr) -> Status {
+  // dout16_given: dout already in bf16 (bf16 mode; dout may then be null).
+  auto linear_backward =
+      [&](float* din, float* dw, const float* dout, const float* in, const float* w, int64_t rows,
+          int64_t in_dim, int64_t out_dim, bool accumulate, bool fp32 = false,
+          const uint16_t* in16_given = nullptr, const uint16_t* dout16_given = nullptr) -> Status {
     const float dw_beta = writes.Beta(dw, out_dim * in_dim);
     if (!bf16 || fp32) {
       if (din)
@@ -375,7 +377,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                      accumulate ? 1.0f : 0.0f, GemmInput::kF32));
       return blas.Gemm(dw, dout, in, out_dim, in_dim, rows, true, false, dw_beta, GemmInput::kF32);
     }
-    XT_ASSIGN_OR_RETURN(const void* dout16, operand(scratch_a, dout, rows * out_dim));
+    XT_ASSIGN_OR_RETURN(const void* dout16, operand(scratch_a, dout, rows * out_dim, dout16_given));
     XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, out_dim * in_dim));
     if (din)
       XT_RETURN_IF_ERROR(blas.Gemm(din, dout16, w16, rows, in_dim, out_dim, false, false,
@@ -511,18 +513,34 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
     XT_RETURN_IF_ERROR(part("norm"));
-    XT_RETURN_IF_ERROR(a.h2.Alloc(T * H, s));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
-    XT_RETURN_IF_ERROR(
-        RmsnormForward(a.h2.get(), a.rstd2.get(), a.x_mid.get(), P(o.ln2), T, H, eps, s));
+    // A dense layer's MLP in bf16 mode: its input h2 and SwiGLU's output feed only bf16
+    // products (held in bf16, h2_16 and act16); SwiGLU's input is kept in bf16 for the backward.
+    const bool dense16 = bf16 && o.router < 0;
+    if (dense16) {
+      XT_RETURN_IF_ERROR(a.h2_16.Alloc(T * H, s));
+      XT_RETURN_IF_ERROR(
+          RmsnormForward(a.h2_16.get(), a.rstd2.get(), a.x_mid.get(), P(o.ln2), T, H, eps, s));
+    } else {
+      XT_RETURN_IF_ERROR(a.h2.Alloc(T * H, s));
+      XT_RETURN_IF_ERROR(
+          RmsnormForward(a.h2.get(), a.rstd2.get(), a.x_mid.get(), P(o.ln2), T, H, eps, s));
+    }
     if (o.router < 0) {  // dense SwiGLU MLP
       const int64_t Im = cfg_.intermediate_size;
       XT_RETURN_IF_ERROR(part("dense_mlp"));
       XT_RETURN_IF_ERROR(a.gu.Alloc(T * 2 * Im, s));
-      XT_RETURN_IF_ERROR(a.act.Alloc(T * Im, s));
-      XT_RETURN_IF_ERROR(linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im));
-      XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
-      XT_RETURN_IF_ERROR(linear(x_out, a.act.get(), P(o.down), T, Im, H));
+      XT_RETURN_IF_ERROR(dense16 ? a.act16.Alloc(T * Im, s) : a.act.Alloc(T * Im, s));
+      XT_RETURN_IF_ERROR(
+          linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
+      if (dense16) {
+        XT_RETURN_IF_ERROR(a.gu16.Alloc(T * 2 * Im, s));
+        XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), T, Im, s));
+        a.gu = F();
+      } else {
+        XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
+      }
+      XT_RETURN_IF_ERROR(linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
       // Includes the wait for the host's plan (the layer's one sync).
@@ -723,6 +741,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // rows each) per layer, freed with the activations they consume as soon as they are used.
   F dh2, dattn, dq, dk, dv, dh1, dq_pre, dk_pre;
   F dense_dact, dense_dgu, dtopk_w, dprobs, dlogits;
+  DeviceArray<uint16_t> dense_dgu16;  // bf16 mode: the dense MLP's dgu, which feeds bf16 products
   XT_RETURN_IF_ERROR(dh2.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D, s));
   XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D, s));
@@ -735,7 +754,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   if (n_moe < L) {
     XT_RETURN_IF_ERROR(dense_dact.Alloc(T * cfg_.intermediate_size, s));
-    XT_RETURN_IF_ERROR(dense_dgu.Alloc(T * 2 * cfg_.intermediate_size, s));
+    XT_RETURN_IF_ERROR(bf16 ? dense_dgu16.Alloc(T * 2 * cfg_.intermediate_size, s)
+                            : dense_dgu.Alloc(T * 2 * cfg_.intermediate_size, s));
   }
   if (n_moe > 0) {
     XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k, s));
@@ -757,10 +777,16 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       const int64_t Im = cfg_.intermediate_size;
       XT_RETURN_IF_ERROR(mark("dense_mlp_bwd"));
       XT_RETURN_IF_ERROR(linear_backward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
-                                         P(o.down), T, Im, H, false));
-      XT_RETURN_IF_ERROR(SwigluBackward(dense_dgu.get(), dense_dact.get(), a.gu.get(), T, Im, s));
+                                         P(o.down), T, Im, H, false, false, a.act16.get()));
+      if (bf16) {
+        XT_RETURN_IF_ERROR(
+            SwigluBackward(dense_dgu16.get(), dense_dact.get(), a.gu16.get(), T, Im, s));
+      } else {
+        XT_RETURN_IF_ERROR(SwigluBackward(dense_dgu.get(), dense_dact.get(), a.gu.get(), T, Im, s));
+      }
       XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.gate_up), dense_dgu.get(), a.h2.get(),
-                                         P(o.gate_up), T, H, 2 * Im, false));
+                                         P(o.gate_up), T, H, 2 * Im, false, false, a.h2_16.get(),
+                                         dense_dgu16.get()));
     } else {
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
       // Each (A, .) buffer is freed right after its last use (stream-ordered, so the pool hands

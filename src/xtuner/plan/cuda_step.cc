@@ -177,16 +177,17 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
                      2 * Rounded(T * Hkv * D * kBf16));  // q, k, v copies
     at[11].Alloc(T * H * kF32);                          // x_mid
     round_a(T * Hq * D);                                 // o_proj's input
-    at[12].Alloc(T * H * kF32);                          // h2
     at[13].Alloc(T * kF32);                              // rstd2
     if (!c.layer_is_moe[l]) {
+      // bf16: the MLP's input and SwiGLU's output held in bf16, its input kept in bf16.
       const int64_t I = c.intermediate_size;
+      at[12].Alloc(T * H * act_size);  // h2
       a.gu.Alloc(T * 2 * I * kF32);
-      a.act.Alloc(T * I * kF32);
-      round_a(T * H);
-      round_a(T * I);
+      a.act.Alloc(T * I * act_size);
+      if (bf16) a.gu16.Alloc(T * 2 * I * kBf16), a.gu.Free();
       return;
     }
+    at[12].Alloc(T * H * kF32);  // h2: the router's input too
     const int64_t I = c.moe_intermediate_size;
     std::vector<Buf>& r = a.router;
     r[0].Alloc(T * E * kF32);  // router_logits
@@ -266,8 +267,8 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     grad(T * Hkv * D * kF32);  // dk_pre
   }
   if (c.num_moe_layers() < L) {
-    grad(T * c.intermediate_size * kF32);      // dense_dact
-    grad(T * 2 * c.intermediate_size * kF32);  // dense_dgu
+    grad(T * c.intermediate_size * kF32);          // dense_dact
+    grad(T * 2 * c.intermediate_size * act_size);  // dense_dgu (bf16: it feeds bf16 products)
   }
   if (c.num_moe_layers() > 0) {
     grad(T * k * kF32);                // dtopk_w
@@ -279,11 +280,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     Layer& a = layers[l];
     if (l < in.recompute_layers) forward(l, true);
     if (!c.layer_is_moe[l]) {
-      const int64_t I = c.intermediate_size;
-      round_a(T * H);
-      round_b(T * I);
-      round_a(T * 2 * I);
-      round_b(T * H);
+      round_a(T * H);  // the down projection's output gradient (its other operands are bf16)
     } else {
       const int64_t I = c.moe_intermediate_size;
       Buf dys(&pool), dact(&pool), dgu(&pool), dxs(&pool);

@@ -401,9 +401,9 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
               : ": every buffer fp32\n";
   else
     o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
-                "               the weights; activations fp32 but the q/k/v input (and, without\n"
-                "               expert parallelism, the experts' rows, SwiGLU's input and output\n"
-                "               and the experts' outputs)\n"
+                "               the weights; activations fp32 but the q/k/v input, a dense\n"
+                "               MLP's input, SwiGLU's input and output, and the experts' rows\n"
+                "               and outputs (in MoE layers only without expert parallelism)\n"
               : ": every buffer fp32\n";
 
   o += "\nparameters                 total    per rank\n";
