@@ -21,8 +21,9 @@
 #                        #   under compute-sanitizer, and nothing else
 #
 # Each length recomputes the fewest layers that `xtuner plan --device cuda` says fit the GPU (with
-# a margin), then, if that runs out of memory, every layer (the table says which, and the plan's
-# peak beside the measured one); a length that still does not fit is reported as out of memory. In bf16 (the default) the GEMMs, the grouped experts, the lm_head and attention
+# a margin), then, if that runs out of memory, one more layer at a time (the table says which,
+# and the plan's peak beside the measured one); a length that still does not fit is reported as
+# out of memory. In bf16 (the default) the GEMMs, the grouped experts, the lm_head and attention
 # (attention_bf16.cu) run on the tensor cores. A failing `cuda` test is reported and the
 # benchmark still runs.
 set -uo pipefail
@@ -207,8 +208,8 @@ for line in os.environ["OUT"].splitlines():
     rc = "none" if frac == 0 else "all layers" if frac == 1 else f"{frac:.0%} of the layers"
     mp = float(kv.get("model_peak_gib", -1))
     plan = float(kv.get("plan_gib", -1))
-    peak = (f"{float(kv['peak_gib']):.1f}" + (f" ({mp:.1f}" if mp >= 0 else " (") +
-            (f"; plan {plan:.1f})" if plan >= 0 else ")"))
+    inner = "; ".join(([f"{mp:.1f}"] if mp >= 0 else []) + ([f"plan {plan:.1f}"] if plan >= 0 else []))
+    peak = f"{float(kv['peak_gib']):.1f}" + (f" ({inner})" if inner else "")
     print(f"| {t} | {tps:,.0f} | {100 * float(kv['mfu']):.1f}% | {peak} | {rc} | "
           f"{hf[0]} | {hf[1]} | {hf[2]} | {speed} |")
 gemm = {dict(p.split("=", 1) for p in l.split()[1:]).get("experts_gemm")

@@ -21,7 +21,8 @@
 // can be measured where the whole model does not fit (the CUDA emulator); --recompute none|all
 // fixes the recompute (default auto: the fewest recomputed layers whose step, as `xtuner plan
 // --device cuda` plans it (plan/cuda_step.h), fits the device's free memory with a margin; all
-// of them should that run out of memory). plan_gib is that plan's figure for model_peak_gib.
+// of them, one more layer at a time, should that run out of memory). plan_gib is that plan's
+// figure for model_peak_gib.
 //
 // --profile N: for each length up to N tokens, one more step with the model's phases timed
 // (cuda/step_profile.h), one line each: profile tokens=T step_ms=S <phase>=<ms> ... adamw=<ms>
@@ -468,6 +469,7 @@ int main(int argc, char** argv) {
       in.tokens = T;
       in.recompute_layers = k;
       in.bf16 = bf16;
+      in.bf16_attention = bf16_attention;
       in.loss_chunk_rows = loss_chunk_rows;
       return xt::PlanCudaStep(in).peak_bytes;
     };
@@ -485,8 +487,9 @@ int main(int argc, char** argv) {
         const int64_t need = planned_step(k) + due;
         if (need + need / 20 + (int64_t(3) << 30) <= int64_t(free_bytes)) break;
       }
-      tries = {double(k) / double(cfg.num_layers)};
-      if (k < cfg.num_layers) tries.push_back(1.0);
+      // Then one more recomputed layer at a time, should a step run out all the same.
+      for (int64_t j = k; j <= cfg.num_layers; ++j)
+        tries.push_back(double(j) / double(cfg.num_layers));
     }
     xt::Status st;
     double recompute = 0;

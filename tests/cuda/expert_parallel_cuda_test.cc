@@ -86,6 +86,27 @@ TEST_P(ExpertParallelCuda, DispatchAndCombineMoveRowsAsTheCpu) {
   cudatest::ExpectBitEqual(d_xr.Host(), want_xr, "dispatched rows");
   cudatest::ExpectBitEqual(d_ys.Host(), want_ys, "combined rows");
   EXPECT_EQ(want_ys, xs);  // there and back: the rows in their first order
+
+  // bf16 rows (bf16 mode) travel as float pairs: the same rows, rounded, bit for bit.
+  std::vector<uint16_t> xs16(R * H), want_xr16(R * H);
+  std::vector<float> widened(R * H), moved(R * H);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    xs16[i] = F32ToBf16(xs[i] + 1e-3f * float(i % 7));
+    widened[i] = Bf16ToF32(xs16[i]);
+  }
+  ExpertDispatch(*host, x, widened.data(), H, moved.data());
+  for (size_t i = 0; i < moved.size(); ++i) want_xr16[i] = F32ToBf16(moved[i]);
+  DeviceVec<uint16_t> d_xs16(xs16), d_xr16(std::vector<uint16_t>(R * H));
+  ASSERT_TRUE(
+      cuda::ExpertDispatchCuda(**nccl, x, received_of_grouped.p, d_xs16.p, H, d_xr16.p, nullptr)
+          .ok());
+  cudatest::Sync();
+  EXPECT_EQ(d_xr16.Host(), want_xr16) << "dispatched bf16 rows";
+  DeviceVec<uint16_t> odd(std::vector<uint16_t>(R * 3));
+  const Status s =
+      cuda::ExpertDispatchCuda(**nccl, x, received_of_grouped.p, odd.p, 3, odd.p, nullptr);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("bf16 rows of odd width 3"), std::string::npos) << s.message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Rows, ExpertParallelCuda, ::testing::Values(0, 1, 5, 1000));

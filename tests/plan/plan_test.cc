@@ -141,8 +141,8 @@ TEST(PlanAgreement, RecomputeShrinksActivationsAndBf16OnlyTheGpus) {
   EXPECT_GT(gpu_bf16.step_peak_activation_bytes, 0);
 }
 
-// Attention never builds the T x T scores and the loss goes by chunks: where the step peaks in
-// the backward, its memory grows linearly in the tokens, with or without recompute.
+// Attention never builds the T x T scores and the loss goes by chunks: where the step peaks at
+// the same point of the step, its memory grows linearly in the tokens, with or without recompute.
 TEST(PlanAgreement, GpuStepGrowsLinearlyInTheTokens) {
   PlanInputs in;
   in.model = Config(Example("qwen3-30b-a3b.json"));
@@ -153,12 +153,15 @@ TEST(PlanAgreement, GpuStepGrowsLinearlyInTheTokens) {
   for (double recompute : {0.0, 1.0}) {
     in.recompute = recompute;
     int64_t peak[3];
+    std::string at[3];
     for (int i = 0; i < 3; ++i) {
-      in.seq = 16384 * (i + 1);
+      in.seq = 32768 * (i + 1);
       const PlanReport r = MustPlan(in);
-      EXPECT_NE(r.step_peak_at.find("backward of layer"), std::string::npos) << r.step_peak_at;
+      at[i] = r.step_peak_at;
       peak[i] = r.step_peak_bytes;
     }
+    ASSERT_EQ(at[0], at[1]);
+    ASSERT_EQ(at[1], at[2]);
     EXPECT_NEAR(double(peak[2] - peak[1]) / double(peak[1] - peak[0]), 1.0, 0.01) << recompute;
   }
 }
@@ -288,6 +291,9 @@ TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
   EXPECT_TRUE(CheckGpuStepFits(in, none, &summary).ok());
   EXPECT_NE(summary.find("the largest micro-batch (131072 tokens) needs about"), std::string::npos)
       << summary;
+  EXPECT_NE(summary.find("(tight: "), std::string::npos) << summary;  // no room to spare
+  EXPECT_TRUE(CheckGpuStepFits(in, none + (int64_t(10) << 30), &summary).ok());
+  EXPECT_EQ(summary.find("tight"), std::string::npos) << summary;
   Status s = CheckGpuStepFits(in, none - 1);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("train.micro_batch_size 1 x data.max_length 131072"),
@@ -306,6 +312,12 @@ TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
             std::string::npos)
       << s.message();
   EXPECT_NE(s.message().find("or shard the state over more GPUs"), std::string::npos);
+  PlanInputs mesh = in;  // over several GPUs: the least free memory of any rank, more GPUs
+  mesh.world = mesh.ep = 2;
+  s = CheckGpuStepFits(mesh, 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("(the least of any rank's)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("more ranks, or a larger parallel.ep"), std::string::npos);
   in.recompute = 1;
   s = CheckGpuStepFits(in, all - 1);
   ASSERT_FALSE(s.ok());

@@ -41,6 +41,21 @@ Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received
   return MoePermute(xr, by_source.get(), received_of_grouped, R, 1, H, stream);
 }
 
+Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received_of_grouped,
+                          const uint16_t* xs, int64_t H, uint16_t* xr, void* stream) {
+  if (H % 2 != 0)
+    return Status::Error("expert parallelism: bf16 rows of odd width " + std::to_string(H) +
+                         " cannot travel as float pairs");
+  const int64_t R = x.num_received();
+  DeviceArray<uint16_t> by_source;  // (R, H), by source rank
+  XT_RETURN_IF_ERROR(by_source.Alloc(R * H, stream));
+  // The float collective moves bits: a row of H bf16 is H / 2 floats.
+  ep.AllToAll(reinterpret_cast<float*>(by_source.get()), RowElements(x.recv_rows, H / 2),
+              reinterpret_cast<const float*>(xs), RowElements(x.send_rows, H / 2));
+  if (R == 0) return Status::OK();
+  return MoePermute(xr, by_source.get(), received_of_grouped, R, 1, H, stream);
+}
+
 Status ExpertCombineCuda(Comm& ep, const EpExchange& x, const int32_t* grouped_of_received,
                          const float* yr, int64_t H, float* ys, void* stream) {
   const int64_t R = x.num_received();

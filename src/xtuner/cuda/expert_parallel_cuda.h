@@ -34,6 +34,12 @@ Result<EpRowMaps> MakeEpRowMaps(const EpExchange& x);
 Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received_of_grouped,
                           const float* xs, int64_t H, float* xr, void* stream);
 
+// The same for rows held in bf16 (uint16_t bits; bf16 mode's rows, which feed only bf16
+// products): half the bytes on the wire. The collective moves them as float pairs, so H must be
+// even (an error otherwise).
+Status ExpertDispatchCuda(Comm& ep, const EpExchange& x, const int32_t* received_of_grouped,
+                          const uint16_t* xs, int64_t H, uint16_t* xr, void* stream);
+
 // ys (A, H) in sorted order = the results yr (R, H) (by local expert) back at the ranks their
 // rows came from. grouped_of_received: EpRowMaps' map on the device. A collective over `ep`.
 Status ExpertCombineCuda(Comm& ep, const EpExchange& x, const int32_t* grouped_of_received,

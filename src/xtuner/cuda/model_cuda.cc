@@ -83,12 +83,13 @@ struct CudaModel::Buffers {
     I received_of_grouped, grouped_of_received;
     F xr;
     // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); in a dense
-    // layer also the MLP's input and SwiGLU's output (h2_16, act16), and in an MoE layer without
-    // expert parallelism the experts' input rows and SwiGLU's output (xs16, act16 in place of
-    // xs, act), each rounded as its products would round it; and SwiGLU's input and the experts'
-    // outputs rounded for the backward (gu16, ys16 in place of gu, ys: the forward uses them in
-    // fp32, then frees them).
-    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16;
+    // layer also the MLP's input and SwiGLU's output (h2_16, act16), and in an MoE layer the
+    // experts' input rows and SwiGLU's output (xs16, act16 in place of xs, act; under expert
+    // parallelism xr16 in place of xr, the received rows; an even hidden size), each rounded
+    // as its products would round it; and SwiGLU's input and the experts' outputs rounded for
+    // the backward (gu16, ys16 in place of gu, ys: the forward uses them in fp32, then frees
+    // them).
+    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16;
     int64_t Bytes() const {
       int64_t n = 0;
       for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
@@ -98,7 +99,7 @@ struct CudaModel::Buffers {
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
-      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16})
+      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16})
         n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
@@ -298,8 +299,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       bf16 && bf16_attention_ && AttentionBf16Supports(D) && AttentionBf16Device().ok();
   // The experts' rows that only feed bf16 products held in bf16 (their producers round them as
   // the products would): the permuted input rows, SwiGLU's output and the gradients of both
-  // expert products' outputs. Not under expert parallelism, whose exchange moves fp32 rows.
-  const bool rows16 = bf16 && !ep_;
+  // expert products' outputs; under expert parallelism the rows and output gradients travel in
+  // bf16 too (as float pairs: an even hidden size).
+  const bool rows16 = bf16 && (!ep_ || H % 2 == 0);
   Bf16Copies& units16 = *bf16_copies_;
   units16.BeginStep();
   // Units in use, from the source: parameters (and their bf16 copy in bf16 mode, made once per
@@ -585,18 +587,26 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         XT_ASSIGN_OR_RETURN(const EpRowMaps maps, MakeEpRowMaps(a.ep));
         XT_RETURN_IF_ERROR(a.received_of_grouped.Upload(maps.received_of_grouped.data(), R, s));
         XT_RETURN_IF_ERROR(a.grouped_of_received.Upload(maps.grouped_of_received.data(), R, s));
-        XT_RETURN_IF_ERROR(a.xr.Alloc(R * H, s));
         XT_RETURN_IF_ERROR(part("expert_all_to_all"));
-        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), a.xs.get(),
-                                              H, a.xr.get(), s));
+        if (rows16) {
+          XT_RETURN_IF_ERROR(a.xr16.Alloc(R * H, s));
+          XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(),
+                                                a.xs16.get(), H, a.xr16.get(), s));
+        } else {
+          XT_RETURN_IF_ERROR(a.xr.Alloc(R * H, s));
+          XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), a.xs.get(),
+                                                H, a.xr.get(), s));
+        }
         a.xs = F();  // the backward needs only the received rows
+        a.xs16 = DeviceArray<uint16_t>();
         rows = a.xr.get();
       }
+      const uint16_t* rows_16 = ep_ ? a.xr16.get() : a.xs16.get();  // rows16: the rows
       XT_RETURN_IF_ERROR(a.gu.Alloc(R * 2 * Im, s));
       XT_RETURN_IF_ERROR(rows16 ? a.act16.Alloc(R * Im, s) : a.act.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       XT_RETURN_IF_ERROR(
-          grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, a.xs16.get()));
+          grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
       // A layer recomputed in the backward permutes its rows again there instead of keeping
       // them: its backward's peak (the (A, H) output gradient beside every activation) holds
       // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model in fp32).
@@ -732,6 +742,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_RETURN_IF_ERROR(writes.Prepare(G(layout_.final_norm), H, s));
   XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(layout_.final_norm), dh.get(), bu.x[L].get(),
                                      P(layout_.final_norm), bu.rstd_final.get(), T, H, false, s));
+  bu.h_final = F();  // the head's buffers are done: (T, H) twice less through the backward
+  bu.rstd_final = F();
+  dh = F();
   release(head);
   if (tied) release(0);
   XT_RETURN_IF_ERROR(grads_done(head));
@@ -811,7 +824,14 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       }
       a.ys = F();
       a.ys16 = DeviceArray<uint16_t>();
-      if (ep_) {
+      if (ep_ && rows16) {
+        DeviceArray<uint16_t> dyr16;
+        XT_RETURN_IF_ERROR(dyr16.Alloc(R * H, s));
+        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
+        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys16.get(),
+                                              H, dyr16.get(), s));
+        dys16 = std::move(dyr16);  // a swap: the sorted (A, H) gradients are in dyr16 now
+      } else if (ep_) {
         XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
         XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
         XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys.get(), H,
@@ -844,14 +864,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       }
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
-      XT_RETURN_IF_ERROR(grouped_backward(dxs.get(), G(o.gate_up), dgu.get(),
-                                          ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets, R,
-                                          H, 2 * Im, dgu16.get(), a.xs16.get()));
+      XT_RETURN_IF_ERROR(grouped_backward(
+          dxs.get(), G(o.gate_up), dgu.get(), ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets,
+          R, H, 2 * Im, dgu16.get(), ep_ ? a.xr16.get() : a.xs16.get()));
       dgu = F();
       dgu16 = DeviceArray<uint16_t>();
       a.xs = F();
       a.xs16 = DeviceArray<uint16_t>();
       a.xr = F();
+      a.xr16 = DeviceArray<uint16_t>();
       if (ep_) {  // the input gradients back to the ranks the rows came from: (A, H) sorted
         F dxr = std::move(dxs);
         XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));

@@ -15,13 +15,13 @@ namespace {
 using detail::kThreads;
 
 // xs (A, H): xs[p] = x[sorted[p] / k].
-template <class Out>
-__global__ void MoePermuteKernel(Out* xs, const float* x, const int32_t* sorted, int64_t A,
-                                 int64_t k, int64_t H) {
+template <class Out, class In>
+__global__ void MoePermuteKernel(Out* xs, const In* x, const int32_t* sorted, int64_t A, int64_t k,
+                                 int64_t H) {
   const int64_t total = A * H;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t p = q / H, h = q - p * H;
-    detail::StoreAs(xs + q, x[(int64_t(sorted[p]) / k) * H + h]);
+    detail::StoreAs(xs + q, detail::LoadAs(x + (int64_t(sorted[p]) / k) * H + h));
   }
 }
 
@@ -83,13 +83,14 @@ __global__ void MoeCombineBackwardKernel(Out* dys, float* dtopk_w, const float* 
   }
 }
 
-template <class Out>
-Status Permute(Out* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
+template <class Out, class In>
+Status Permute(Out* xs, const In* x, const int32_t* sorted, int64_t A, int64_t k, int64_t H,
                void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("moe_permute", {A, k, H}));
   if (A == 0 || H == 0) return Status::OK();
   if (k == 0) return Status::Error("moe_permute: k = 0 with A > 0");
-  XT_LAUNCH(MoePermuteKernel<Out>, detail::BlocksFor(A * H), kThreads, 0, cudaStream_t(stream))
+  XT_LAUNCH((MoePermuteKernel<Out, In>), detail::BlocksFor(A * H), kThreads, 0,
+            cudaStream_t(stream))
   (xs, x, sorted, A, k, H);
   return Check(cudaGetLastError(), "moe_permute launch");
 }
@@ -114,6 +115,10 @@ Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, i
   return Permute(xs, x, sorted, A, k, H, stream);
 }
 Status MoePermute(uint16_t* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k,
+                  int64_t H, void* stream) {
+  return Permute(xs, x, sorted, A, k, H, stream);
+}
+Status MoePermute(uint16_t* xs, const uint16_t* x, const int32_t* sorted, int64_t A, int64_t k,
                   int64_t H, void* stream) {
   return Permute(xs, x, sorted, A, k, H, stream);
 }

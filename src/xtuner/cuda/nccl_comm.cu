@@ -46,23 +46,38 @@ Result<int> SelectLocalDevice() {
   return device;
 }
 
-Status CheckDistinctDevices(Comm& host) {
+namespace {
+
+// Every rank's GPU as a number (FNV-1a of host name and device UUID, cut to 52 bits: exact in a
+// double, summed over the ranks), or an error on every rank where any could not name its own
+// (that rank still joins the collective, so none waits for it).
+Result<std::vector<double>> DeviceIds(Comm& host) {
   int device = 0;
-  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "cudaGetDevice"));
   cudaDeviceProp prop{};
-  XT_RETURN_IF_ERROR(Check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
-  char name[256] = {0};
-  gethostname(name, sizeof name - 1);
-  // FNV-1a of host name and UUID, cut to 52 bits: exact in a double, summed over the ranks.
+  Status st = Check(cudaGetDevice(&device), "cudaGetDevice");
+  if (st.ok()) st = Check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](const char* p, size_t n) {
     for (size_t i = 0; i < n; ++i) h = (h ^ uint8_t(p[i])) * 1099511628211ull;
   };
+  char name[256] = {0};
+  gethostname(name, sizeof name - 1);
   mix(name, std::strlen(name));
   mix(prop.uuid.bytes, sizeof prop.uuid.bytes);
-  std::vector<double> ids(size_t(host.size()), 0.0);
+  std::vector<double> ids(size_t(host.size()) + 1, 0.0);
   ids[size_t(host.rank())] = double(h >> 12);
+  ids.back() = st.ok() ? 0.0 : 1.0;  // failures, counted
   host.AllReduceSum(ids.data(), int64_t(ids.size()));
+  if (!st.ok()) return st;
+  if (ids.back() > 0) return Status::Error("another rank could not name its GPU");
+  ids.pop_back();
+  return ids;
+}
+
+}  // namespace
+
+Status CheckDistinctDevices(Comm& host) {
+  XT_ASSIGN_OR_RETURN(const std::vector<double> ids, DeviceIds(host));
   for (size_t a = 0; a < ids.size(); ++a)
     for (size_t b = a + 1; b < ids.size(); ++b)
       if (ids[a] == ids[b])
@@ -70,6 +85,13 @@ Status CheckDistinctDevices(Comm& host) {
                              " use the same GPU: more ranks than GPUs on a node, or a launcher "
                              "whose local rank is unknown (set LOCAL_RANK per process)");
   return Status::OK();
+}
+
+Result<int> RanksSharingThisDevice(Comm& host) {
+  XT_ASSIGN_OR_RETURN(const std::vector<double> ids, DeviceIds(host));
+  int n = 0;
+  for (double id : ids) n += id == ids[size_t(host.rank())];
+  return n;
 }
 
 Result<std::unique_ptr<NcclComm>> NcclComm::Create(Comm* host, void* stream,

@@ -33,6 +33,9 @@ Result<int> SelectLocalDevice();
 // whose local rank SelectLocalDevice does not know). NCCL cannot run two ranks on one GPU and
 // may hang instead of failing.
 Status CheckDistinctDevices(Comm& host);
+// How many ranks of `host`, this one included, use this process's GPU (the same host name and
+// device UUID): ranks sharing a GPU (parallel.gpu_comm = "mpi") share its memory. A collective.
+Result<int> RanksSharingThisDevice(Comm& host);
 
 class NcclComm : public Comm {
  public:

@@ -208,25 +208,40 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   XT_RETURN_IF_ERROR(b->Upload(b->v_, args.adamw->exp_avg_sq().f32(), n, "exp_avg_sq"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
   // Before the first step: whether the largest micro-batch fits beside the state, as `xtuner
-  // plan --device cuda` plans it; the same verdict on every rank (the least free memory of any),
-  // an error naming the model.recompute that would fit.
+  // plan --device cuda` plans it, in the device memory free once every rank's state is in place
+  // and the pool holds nothing unused; ranks sharing a GPU (parallel.gpu_comm = "mpi") split it.
+  // The same verdict on every rank (the least any rank has), an error naming the
+  // model.recompute that would fit.
   if (args.micro_batch_size > 0 && args.max_length > 0) {
+    int sharing = 1;
+    if (ranks > 1) {
+      XT_ASSIGN_OR_RETURN(sharing, RanksSharingThisDevice(*args.world));
+      args.world->Barrier();
+    }
+    cudaMemPool_t pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) cudaMemPoolTrimTo(pool, 0);
     size_t free_bytes = 0, device_bytes = 0;
-    XT_RETURN_IF_ERROR(Check(cudaMemGetInfo(&free_bytes, &device_bytes), "device memory"));
-    double least = -double(free_bytes);
+    const bool read = cudaMemGetInfo(&free_bytes, &device_bytes) == cudaSuccess;
+    cudaGetLastError();
+    // A rank that could not read its free memory makes every rank skip the check (1 > 0).
+    double least = read ? -double(free_bytes / size_t(sharing)) : 1.0;
     args.world->AllReduceMax(&least, 1);
-    PlanInputs plan;
-    plan.model = mc;
-    plan.seq = args.max_length;
-    plan.micro_batch_size = args.micro_batch_size;
-    plan.world = ranks;
-    plan.ep = mesh.ep;
-    plan.recompute = args.recompute;
-    plan.precision = args.bf16 ? Precision::kBf16 : Precision::kFp32;
-    plan.device = Device::kCuda;
-    std::string fits;
-    XT_RETURN_IF_ERROR(CheckGpuStepFits(plan, int64_t(-least), &fits));
-    b->description_ += "; " + fits;
+    if (least <= 0) {
+      PlanInputs plan;
+      plan.model = mc;
+      plan.seq = args.max_length;
+      plan.micro_batch_size = args.micro_batch_size;
+      plan.world = ranks;
+      plan.ep = mesh.ep;
+      plan.recompute = args.recompute;
+      plan.precision = args.bf16 ? Precision::kBf16 : Precision::kFp32;
+      plan.device = Device::kCuda;
+      std::string fits;
+      XT_RETURN_IF_ERROR(CheckGpuStepFits(plan, int64_t(-least), &fits));
+      b->description_ += "; " + fits;
+    } else {
+      b->description_ += "; free device memory unknown, the step's need not checked";
+    }
   }
   // AdamW's runs over the shard: the host's ranges, in shard coordinates.
   XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(args.decay, n, 0, n));

@@ -47,7 +47,7 @@ class Buf {
  public:
   explicit Buf(Pool* pool, bool kept = false) : pool_(pool), kept_(kept) {}
   Buf(Buf&& o) noexcept : pool_(o.pool_), kept_(o.kept_), held_(o.held_), asked_(o.asked_) {
-    o.held_ = 0;
+    o.held_ = o.asked_ = 0;
   }
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
@@ -66,7 +66,8 @@ class Buf {
     pool_->Free(held_, kept_);
     held_ = asked_ = 0;
   }
-  int64_t bytes() const { return held_; }
+  int64_t bytes() const { return held_; }   // in the pool (rounded)
+  int64_t asked() const { return asked_; }  // as requested (DeviceArray::size() x its type)
 
  private:
   Pool* pool_;
@@ -101,10 +102,10 @@ struct Layer {
   // for the backward (ys16, gu16), the fp32 ones freed after the forward.
   Buf xs, ys, gu, act, xr, ys16, gu16;
   int64_t Bytes() const {
-    int64_t n = xs.bytes() + ys.bytes() + gu.bytes() + act.bytes() + xr.bytes() + ys16.bytes() +
-                gu16.bytes();
-    for (const Buf& b : attention) n += b.bytes();
-    for (const Buf& b : router) n += b.bytes();
+    int64_t n = xs.asked() + ys.asked() + gu.asked() + act.asked() + xr.asked() + ys16.asked() +
+                gu16.asked();
+    for (const Buf& b : attention) n += b.asked();
+    for (const Buf& b : router) n += b.asked();
     return n;
   }
   void Free() {
@@ -125,8 +126,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   const int64_t E = c.num_experts, k = c.top_k, A = T * k, R = A;
   const bool bf16 = in.bf16, ep = in.expert_parallel;
   // The bf16 attention kernels take D % 16 == 0 up to 128 (cuda::AttentionBf16Supports).
-  const bool bf16_attention = bf16 && D % 16 == 0 && D >= 16 && D <= 128;
-  const bool rows16 = bf16 && !ep;  // the experts' rows held in bf16
+  const bool bf16_attention = bf16 && in.bf16_attention && D % 16 == 0 && D >= 16 && D <= 128;
+  // The experts' rows held in bf16 (under expert parallelism they travel as float pairs).
+  const bool rows16 = bf16 && (!ep || H % 2 == 0);
   const int64_t act_size = bf16 ? kBf16 : kF32, rows_size = rows16 ? kBf16 : kF32;
   const bool aux_grad = c.num_moe_layers() > 0 && c.router_aux_loss_coef != 0;
 
@@ -201,8 +203,8 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (ep) {
       r[6].Alloc(R * kI32);
       r[7].Alloc(R * kI32);
-      a.xr.Alloc(R * H * kF32);
-      pool.Transient(Rounded(R * H * kF32));  // the dispatch's rows by source
+      a.xr.Alloc(R * H * rows_size);
+      pool.Transient(Rounded(R * H * rows_size));  // the dispatch's rows by source
       a.xs.Free();
     }
     a.gu.Alloc(R * 2 * I * kF32);
@@ -228,7 +230,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     }
   }
   out.activation_bytes = recomputed_peak;
-  for (const Buf& b : x) out.activation_bytes += b.bytes();
+  for (const Buf& b : x) out.activation_bytes += b.asked();
   for (const Layer& a : layers) out.activation_bytes += a.Bytes();
 
   // ---- head: the final norm, then the chunked lm_head + cross-entropy (every token a loss row).
@@ -250,6 +252,10 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     pool.Transient(out.loss_bytes);
   }
   if (aux_grad) dprob_row.Alloc(E * kF32);
+  // After the final norm's backward: its input, statistics and output gradient are done.
+  h_final.Free();
+  rstd_final.Free();
+  dh.Free();
 
   // ---- backward: the per-layer gradients, allocated once.
   pool.At("the backward");
@@ -276,26 +282,30 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (aux_grad) grad(T * E * kF32);  // dprobs
   }
   for (int64_t l = L - 1; l >= 0; --l) {
-    pool.At("the backward of layer " + std::to_string(l));
     Layer& a = layers[l];
-    if (l < in.recompute_layers) forward(l, true);
+    if (l < in.recompute_layers) {
+      pool.At("the recomputed forward of layer " + std::to_string(l));
+      forward(l, true);
+    }
+    pool.At("the backward of layer " + std::to_string(l));
     if (!c.layer_is_moe[l]) {
       round_a(T * H);  // the down projection's output gradient (its other operands are bf16)
     } else {
       const int64_t I = c.moe_intermediate_size;
-      Buf dys(&pool), dact(&pool), dgu(&pool), dxs(&pool);
+      // dyr: the received output gradients (expert parallelism), which take dys's place.
+      Buf dys(&pool), dyr(&pool), dact(&pool), dgu(&pool), dxs(&pool), dxs_back(&pool);
       dys.Alloc(A * H * rows_size);
       a.ys.Free();
       a.ys16.Free();
       if (ep) {
-        Buf dyr(&pool);
-        dyr.Alloc(R * H * kF32);
-        pool.Transient(Rounded(R * H * kF32));  // the dispatch's rows by source
+        dyr.Alloc(R * H * rows_size);
+        pool.Transient(Rounded(R * H * rows_size));  // the dispatch's rows by source
         dys.Free();
       }
       dact.Alloc(R * I * kF32);
       if (!rows16) round_a(R * H), round_b(R * I);
       dys.Free();
+      dyr.Free();
       a.act.Free();
       dgu.Alloc(R * 2 * I * rows_size);
       dact.Free();
@@ -307,9 +317,8 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       dgu.Free();
       a.xs.Free();
       a.xr.Free();
-      if (ep) {
-        Buf dxr(&pool);
-        dxr.Alloc(A * H * kF32);
+      if (ep) {  // the input gradients back, (A, H) sorted; the received ones (R, H) freed
+        dxs_back.Alloc(A * H * kF32);
         pool.Transient(Rounded(R * H * kF32));  // the combine's rows by source
         dxs.Free();
       }

@@ -27,6 +27,7 @@ struct CudaStepInputs {
   int64_t tokens = 0;            // T: the micro-batch's tokens
   int64_t recompute_layers = 0;  // the first this many layers are recomputed
   bool bf16 = false;             // bf16 matmuls (train.precision = "bf16")
+  bool bf16_attention = true;    // with bf16: attention on the bf16 kernels where D allows
   bool expert_parallel = false;  // parallel.ep > 1: rows travel to their experts and back
   int64_t loss_chunk_rows = 0;   // the fused lm_head + loss chunk (<= 0: the GPU's default)
 };

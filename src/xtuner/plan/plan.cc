@@ -283,15 +283,24 @@ Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* s
                              std::to_string(in.micro_batch_size) + " x data.max_length " +
                              std::to_string(in.seq) + ")";
   if (need <= free_bytes) {
+    // What the plan does not count (the allocator's fragmentation, NCCL's and the libraries'
+    // buffers, routing imbalance) needs room too: the benchmark's margin, 5% and 1 GiB.
+    const bool tight = need + need / 20 + (int64_t(1) << 30) > free_bytes;
     if (summary)
       *summary = "the largest micro-batch (" + std::to_string(r.tokens) + " tokens) needs about " +
-                 gib(need) + " more (xtuner plan), " + gib(free_bytes) + " free";
+                 gib(need) + " more (xtuner plan), " + gib(free_bytes) + " free" +
+                 (tight ? " (tight: what the plan does not count may not fit; raise "
+                          "model.recompute if a step runs out of memory)"
+                        : "");
     return Status::OK();
   }
   std::string msg = "train.device = \"cuda\": a micro-batch of " + tokens + " needs about " +
                     gib(need) + " beside the model's state (xtuner plan --device cuda; its peak " +
-                    "is in " + r.step_peak_at + "), but " + gib(free_bytes) +
-                    " of this GPU are free: ";
+                    "is in " + r.step_peak_at + "), but " + gib(free_bytes) + " are free" +
+                    (in.world > 1 ? " (the least of any rank's)" : "") + ": ";
+  const std::string more_gpus =
+      in.world == 1 ? ", or shard the state over more GPUs (mpirun)"
+                    : ", or spread the model over more GPUs (more ranks, or a larger parallel.ep)";
   const int64_t L = r.num_layers;
   for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
     PlanInputs more = in;
@@ -304,15 +313,15 @@ Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* s
       return Status::Error(msg + "set model.recompute = " + f + " (" +
                            std::to_string(m.recompute_layers) + " of " + std::to_string(L) +
                            " layers; about " + gib(GpuStepBytes(m)) +
-                           "), or shorten data.max_length or train.micro_batch_size");
+                           "), or shorten data.max_length or train.micro_batch_size" + more_gpus);
     }
   }
-  return Status::Error(msg +
-                       (r.recompute_layers < L ? "even with every layer recomputed " +
-                                                     std::string("(model.recompute = 1) ")
-                                               : std::string()) +
-                       "it does not fit: shorten data.max_length or train.micro_batch_size" +
-                       (in.world == 1 ? ", or shard the state over more GPUs (mpirun)" : ""));
+  return Status::Error(
+      msg +
+      (r.recompute_layers < L
+           ? "even with every layer recomputed " + std::string("(model.recompute = 1) ")
+           : std::string()) +
+      "it does not fit: shorten data.max_length or train.micro_batch_size" + more_gpus);
 }
 
 // ---- formatting
