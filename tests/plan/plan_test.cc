@@ -263,7 +263,24 @@ TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {
   EXPECT_FALSE(r.fits);
   EXPECT_GT(r.total_bytes, int64_t(455) << 30);
   EXPECT_NE(FormatPlan(in, r).find("does not fit (needs "), std::string::npos);
+  EXPECT_NE(FormatPlan(in, r).find("not even with every layer recomputed"), std::string::npos);
   EXPECT_NE(FormatPlanRow(in, r).find("| does not fit |"), std::string::npos);
+  // Where some recompute fits, the verdict names the least that does.
+  in.world = in.ep = 8;
+  in.seq = 32768;
+  r = MustPlan(in);
+  ASSERT_FALSE(r.fits);
+  ASSERT_GT(r.fits_with_recompute, 0);
+  PlanInputs least = in;
+  least.recompute = r.fits_with_recompute;
+  const PlanReport fits = MustPlan(least);
+  EXPECT_TRUE(fits.fits);
+  EXPECT_EQ(fits.recompute_layers, r.fits_with_recompute_layers);
+  EXPECT_EQ(fits.total_bytes, r.fits_with_recompute_bytes);
+  least.recompute = double(r.fits_with_recompute_layers - 1) / 48;  // one layer fewer
+  EXPECT_FALSE(MustPlan(least).fits);
+  EXPECT_NE(FormatPlan(in, r).find("; with --recompute "), std::string::npos) << FormatPlan(in, r);
+  EXPECT_NE(FormatPlanRow(in, r).find("does not fit; fits with --recompute "), std::string::npos);
 }
 
 // The CUDA trainer's check before its first step: OK with a summary where the step fits, else an

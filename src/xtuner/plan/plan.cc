@@ -110,6 +110,12 @@ Status CheckInputs(const PlanInputs& in) {
   return Status::OK();
 }
 
+// The model.recompute / --recompute fraction, rounded up to hundredths, that recomputes at least
+// k of L layers (Transformer::SetRecompute rounds fraction x L).
+double RecomputeFor(int64_t k, int64_t L) {
+  return std::min(1.0, std::ceil(100.0 * double(k) / double(L)) / 100.0);
+}
+
 }  // namespace
 
 Result<Precision> ParsePrecision(const std::string& name) {
@@ -260,6 +266,19 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.has_verdict = true;
     r.gpu_bytes = int64_t(std::llround(in.gpu_memory_gib * double(int64_t(1) << 30)));
     r.fits = r.total_bytes <= r.gpu_bytes;
+    // Where it does not fit: the least recompute that does, if any.
+    for (int64_t k = r.recompute_layers + 1; !r.fits && k <= L; ++k) {
+      PlanInputs more = in;
+      more.recompute = RecomputeFor(k, L);
+      more.gpu_memory_gib = 0;  // no verdict, so no search of its own
+      XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
+      if (m.total_bytes <= r.gpu_bytes) {
+        r.fits_with_recompute = more.recompute;
+        r.fits_with_recompute_layers = m.recompute_layers;
+        r.fits_with_recompute_bytes = m.total_bytes;
+        break;
+      }
+    }
   }
   return r;
 }
@@ -304,8 +323,7 @@ Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* s
   const int64_t L = r.num_layers;
   for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
     PlanInputs more = in;
-    // The fraction, rounded up to hundredths, that SetRecompute rounds to k layers or more.
-    more.recompute = std::min(1.0, std::ceil(100.0 * double(k) / double(L)) / 100.0);
+    more.recompute = RecomputeFor(k, L);
     XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
     if (GpuStepBytes(m) <= free_bytes) {
       char f[16];
@@ -385,7 +403,14 @@ std::string Verdict(const PlanReport& r) {
   if (r.fits)
     return "fits in " + size(r.gpu_bytes) + " per rank (" + size(r.gpu_bytes - r.total_bytes) +
            " left)";
-  return "does not fit (needs " + size(r.total_bytes) + ", has " + size(r.gpu_bytes) + ")";
+  std::string v = "does not fit (needs " + size(r.total_bytes) + ", has " + size(r.gpu_bytes) + ")";
+  if (r.fits_with_recompute > 0)
+    v += "; with --recompute " + Fmt("%g", r.fits_with_recompute) + " (" +
+         Str(r.fits_with_recompute_layers) + " of " + Str(r.num_layers) + " layers) it fits in " +
+         size(r.fits_with_recompute_bytes);
+  else if (r.recompute_layers < r.num_layers)
+    v += ", not even with every layer recomputed";
+  return v;
 }
 
 }  // namespace
@@ -507,7 +532,10 @@ std::string FormatPlanRow(const PlanInputs& in, const PlanReport& r) {
   const int64_t buffers = r.total_bytes - state - activations;
   std::string verdict = "-";
   if (r.has_verdict)
-    verdict = r.fits ? "fits (" + Gib(r.gpu_bytes - r.total_bytes) + " free)" : "does not fit";
+    verdict = r.fits ? "fits (" + Gib(r.gpu_bytes - r.total_bytes) + " free)"
+              : r.fits_with_recompute > 0
+                  ? "does not fit; fits with --recompute " + Fmt("%g", r.fits_with_recompute)
+                  : "does not fit";
   return "| " + ShortName(in.model_name) + " | " + Str(in.world) + " | " + Str(in.ep) + " | " +
          Str(in.seq) + " | " + Str(r.recompute_layers) + "/" + Str(r.num_layers) + " | " +
          DeviceName(in.device) + " " + PrecisionName(in.precision) + " | " + Gib(state) + " | " +

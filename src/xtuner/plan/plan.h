@@ -94,6 +94,10 @@ struct PlanReport {
 
   bool has_verdict = false, fits = false;
   int64_t gpu_bytes = 0;
+  // Where it does not fit: the least --recompute fraction that does (0: none does), with the
+  // layers it recomputes and its total.
+  double fits_with_recompute = 0;
+  int64_t fits_with_recompute_layers = 0, fits_with_recompute_bytes = 0;
 };
 
 // Checks the inputs (seq, micro-batch, world, ep against the model) and plans one rank.
