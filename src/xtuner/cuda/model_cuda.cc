@@ -17,6 +17,7 @@
 #include "xtuner/cuda/grad_writes.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/cuda/step_products.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/expert_parallel.h"
 #include "xtuner/loss/balance.h"
@@ -335,86 +336,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     source_->GradsDone(u);
     return Status::OK();
   };
-  DeviceArray<uint16_t> scratch_a, scratch_b;
-  // x's bf16 operand: `given` (x already held in bf16), its unit's bf16 copy, or x rounded into
-  // scratch.
-  auto operand = [&](DeviceArray<uint16_t>& scratch, const float* x, int64_t n,
-                     const uint16_t* given = nullptr) -> Result<const void*> {
-    if (given) return static_cast<const void*>(given);
-    if (const uint16_t* w = units16.Find(x)) return static_cast<const void*>(w);
-    if (n < 0)  // the experts' weights, whose size the caller does not pass
-      return Status::Error("CudaModel: an expert weight outside the acquired units");
-    XT_RETURN_IF_ERROR(scratch.Reserve(n, s));
-    XT_RETURN_IF_ERROR(ToBf16(scratch.get(), x, n, s));
-    return static_cast<const void*>(scratch.get());
-  };
-  // c (M, N) = op(a) @ op(b) + beta c, a and b holding a_n and b_n elements.
-  // a16: a already in bf16 (null: rounded into scratch).
-  auto gemm = [&](float* c, const float* a, int64_t a_n, const float* b, int64_t b_n, int64_t M,
-                  int64_t N, int64_t K, bool ta, bool tb, float beta, bool fp32,
-                  const uint16_t* a16_given = nullptr) -> Status {
-    if (!bf16 || fp32) return blas.Gemm(c, a, b, M, N, K, ta, tb, beta, GemmInput::kF32);
-    XT_ASSIGN_OR_RETURN(const void* a16, operand(scratch_a, a, a_n, a16_given));
-    XT_ASSIGN_OR_RETURN(const void* b16, operand(scratch_b, b, b_n));
-    return blas.Gemm(c, a16, b16, M, N, K, ta, tb, beta, GemmInput::kBf16);
-  };
-  // out (T, O) = in (T, In) @ w^T; in16: the input already in bf16 (bf16 mode; null: in is
-  // rounded into scratch).
-  auto linear = [&](float* out, const float* in, const float* w, int64_t rows, int64_t in_dim,
-                    int64_t out_dim, bool fp32 = false, const uint16_t* in16 = nullptr) -> Status {
-    return gemm(out, in, rows * in_dim, w, out_dim * in_dim, rows, out_dim, in_dim, false, true,
-                0.0f, fp32, in16);
-  };
-  // din (T, In) = dout @ w (assigned, or added), dw (O, In) += dout^T @ in.
-  // In bf16 mode dout is rounded once for both products; in16 as for linear.
-  // dout16_given: dout already in bf16 (bf16 mode; dout may then be null).
-  auto linear_backward =
-      [&](float* din, float* dw, const float* dout, const float* in, const float* w, int64_t rows,
-          int64_t in_dim, int64_t out_dim, bool accumulate, bool fp32 = false,
-          const uint16_t* in16_given = nullptr, const uint16_t* dout16_given = nullptr) -> Status {
-    const float dw_beta = writes.Beta(dw, out_dim * in_dim);
-    if (!bf16 || fp32) {
-      if (din)
-        XT_RETURN_IF_ERROR(blas.Gemm(din, dout, w, rows, in_dim, out_dim, false, false,
-                                     accumulate ? 1.0f : 0.0f, GemmInput::kF32));
-      return blas.Gemm(dw, dout, in, out_dim, in_dim, rows, true, false, dw_beta, GemmInput::kF32);
-    }
-    XT_ASSIGN_OR_RETURN(const void* dout16, operand(scratch_a, dout, rows * out_dim, dout16_given));
-    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, out_dim * in_dim));
-    if (din)
-      XT_RETURN_IF_ERROR(blas.Gemm(din, dout16, w16, rows, in_dim, out_dim, false, false,
-                                   accumulate ? 1.0f : 0.0f, GemmInput::kBf16));
-    XT_ASSIGN_OR_RETURN(const void* in16, operand(scratch_b, in, rows * in_dim, in16_given));
-    return blas.Gemm(dw, dout16, in16, out_dim, in_dim, rows, true, false, dw_beta,
-                     GemmInput::kBf16);
-  };
-  // The experts' products: x holding `rows` rows, grouped by `offsets` (experts + 1) over the
-  // `experts` this rank runs (all of them, or its slice under expert parallelism).
-  const int64_t experts = ep_ ? layout_.expert_count : E;
-  // x16_given (dy16_given): the rows already in bf16 (null: rounded into scratch).
-  auto grouped_forward = [&](float* y, const float* x, const float* w, const int32_t* offsets,
-                             int64_t rows, int64_t in_dim, int64_t out_dim,
-                             const uint16_t* x16_given = nullptr) -> Status {
-    if (!bf16)
-      return blas.GroupedForward(y, x, w, offsets, experts, in_dim, out_dim, GemmInput::kF32);
-    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_a, x, rows * in_dim, x16_given));
-    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
-    return blas.GroupedForward(y, x16, w16, offsets, experts, in_dim, out_dim, GemmInput::kBf16);
-  };
-  auto grouped_backward = [&](float* dx, float* dw, const float* dy, const float* x, const float* w,
-                              const int32_t* offsets, int64_t rows, int64_t in_dim, int64_t out_dim,
-                              const uint16_t* dy16_given = nullptr,
-                              const uint16_t* x16_given = nullptr) -> Status {
-    const float dw_beta = writes.Beta(dw, experts * out_dim * in_dim);
-    if (!bf16)
-      return blas.GroupedBackward(dx, dw, dy, x, w, offsets, experts, in_dim, out_dim,
-                                  GemmInput::kF32, dw_beta);
-    XT_ASSIGN_OR_RETURN(const void* dy16, operand(scratch_a, dy, rows * out_dim, dy16_given));
-    XT_ASSIGN_OR_RETURN(const void* x16, operand(scratch_b, x, rows * in_dim, x16_given));
-    XT_ASSIGN_OR_RETURN(const void* w16, operand(scratch_b, w, -1));
-    return blas.GroupedBackward(dx, dw, dy16, x16, w16, offsets, experts, in_dim, out_dim,
-                                GemmInput::kBf16, dw_beta);
-  };
+  // The step's products, fp32 or bf16, the grouped ones over the experts this rank runs (all of
+  // them, or its slice under expert parallelism).
+  StepProducts mm(blas, units16, writes, bf16, ep_ ? layout_.expert_count : E, s);
 
   Buffers bu;
   {
@@ -484,8 +408,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D, s));
       XT_RETURN_IF_ERROR(a.q_rstd.Alloc(T * Hq, s));
       XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv, s));
-      XT_RETURN_IF_ERROR(linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
-      XT_RETURN_IF_ERROR(linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
+      XT_RETURN_IF_ERROR(mm.Linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
+      XT_RETURN_IF_ERROR(
+          mm.Linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
       XT_RETURN_IF_ERROR(part("qk_norm"));
       XT_RETURN_IF_ERROR(
           RmsnormForward(a.q.get(), a.q_rstd.get(), a.q_pre.get(), P(o.q_norm), T * Hq, D, eps, s));
@@ -493,10 +418,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                         T * Hkv, D, eps, s));
       XT_RETURN_IF_ERROR(part("qkv_proj"));
     } else {
-      XT_RETURN_IF_ERROR(linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
-      XT_RETURN_IF_ERROR(linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
+      XT_RETURN_IF_ERROR(mm.Linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
+      XT_RETURN_IF_ERROR(mm.Linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
     }
-    XT_RETURN_IF_ERROR(linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, false, h1_16));
+    XT_RETURN_IF_ERROR(mm.Linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, false, h1_16));
     XT_RETURN_IF_ERROR(part("rope"));
     XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
@@ -512,7 +437,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                               Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(part("o_proj"));
     XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
-    XT_RETURN_IF_ERROR(linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
+    XT_RETURN_IF_ERROR(mm.Linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
     XT_RETURN_IF_ERROR(part("norm"));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
@@ -534,7 +459,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.gu.Alloc(T * 2 * Im, s));
       XT_RETURN_IF_ERROR(dense16 ? a.act16.Alloc(T * Im, s) : a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(
-          linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
+          mm.Linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
       if (dense16) {
         XT_RETURN_IF_ERROR(a.gu16.Alloc(T * 2 * Im, s));
         XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), T, Im, s));
@@ -542,7 +467,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       } else {
         XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
       }
-      XT_RETURN_IF_ERROR(linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
+      XT_RETURN_IF_ERROR(mm.Linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
       // Includes the wait for the host's plan (the layer's one sync).
@@ -552,7 +477,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k, s));
       XT_RETURN_IF_ERROR(a.topk_idx.Alloc(T * k, s));
       XT_RETURN_IF_ERROR(
-          linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
+          mm.Linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
       XT_RETURN_IF_ERROR(RouterForward(a.topk_idx.get(), a.topk_w.get(), a.probs.get(),
                                        a.router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
       if (!recomputing)
@@ -606,7 +531,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(rows16 ? a.act16.Alloc(R * Im, s) : a.act.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       XT_RETURN_IF_ERROR(
-          grouped_forward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
+          mm.GroupedForward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
       // A layer recomputed in the backward permutes its rows again there instead of keeping
       // them: its backward's peak (the (A, H) output gradient beside every activation) holds
       // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model in fp32).
@@ -625,8 +550,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       F yr;  // expert parallelism: the results of the received rows, before they go back
       if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
-      XT_RETURN_IF_ERROR(grouped_forward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down),
-                                         offsets, R, Im, H, a.act16.get()));
+      XT_RETURN_IF_ERROR(mm.GroupedForward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down),
+                                           offsets, R, Im, H, a.act16.get()));
       if (ep_) {
         XT_RETURN_IF_ERROR(part("expert_all_to_all"));
         XT_RETURN_IF_ERROR(
@@ -789,17 +714,17 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     if (o.router < 0) {
       const int64_t Im = cfg_.intermediate_size;
       XT_RETURN_IF_ERROR(mark("dense_mlp_bwd"));
-      XT_RETURN_IF_ERROR(linear_backward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
-                                         P(o.down), T, Im, H, false, false, a.act16.get()));
+      XT_RETURN_IF_ERROR(mm.LinearBackward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
+                                           P(o.down), T, Im, H, false, false, a.act16.get()));
       if (bf16) {
         XT_RETURN_IF_ERROR(
             SwigluBackward(dense_dgu16.get(), dense_dact.get(), a.gu16.get(), T, Im, s));
       } else {
         XT_RETURN_IF_ERROR(SwigluBackward(dense_dgu.get(), dense_dact.get(), a.gu.get(), T, Im, s));
       }
-      XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.gate_up), dense_dgu.get(), a.h2.get(),
-                                         P(o.gate_up), T, H, 2 * Im, false, false, a.h2_16.get(),
-                                         dense_dgu16.get()));
+      XT_RETURN_IF_ERROR(mm.LinearBackward(dh2.get(), G(o.gate_up), dense_dgu.get(), a.h2.get(),
+                                           P(o.gate_up), T, H, 2 * Im, false, false, a.h2_16.get(),
+                                           dense_dgu16.get()));
     } else {
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
       // Each (A, .) buffer is freed right after its last use (stream-ordered, so the pool hands
@@ -841,8 +766,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       }
       XT_RETURN_IF_ERROR(dact.Alloc(R * Im, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
-      XT_RETURN_IF_ERROR(grouped_backward(dact.get(), G(o.down), dys.get(), a.act.get(), P(o.down),
-                                          offsets, R, Im, H, dys16.get(), a.act16.get()));
+      XT_RETURN_IF_ERROR(mm.GroupedBackward(dact.get(), G(o.down), dys.get(), a.act.get(),
+                                            P(o.down), offsets, R, Im, H, dys16.get(),
+                                            a.act16.get()));
       dys = F();
       dys16 = DeviceArray<uint16_t>();
       a.act = F();
@@ -864,7 +790,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       }
       XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
       XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
-      XT_RETURN_IF_ERROR(grouped_backward(
+      XT_RETURN_IF_ERROR(mm.GroupedBackward(
           dxs.get(), G(o.gate_up), dgu.get(), ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets,
           R, H, 2 * Im, dgu16.get(), ep_ ? a.xr16.get() : a.xs16.get()));
       dgu = F();
@@ -887,8 +813,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
                                         aux_grad ? dprobs.get() : nullptr, a.probs.get(),
                                         a.topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
-      XT_RETURN_IF_ERROR(linear_backward(dh2.get(), G(o.router), dlogits.get(), a.h2.get(),
-                                         P(o.router), T, H, E, true, /*fp32=*/true));
+      XT_RETURN_IF_ERROR(mm.LinearBackward(dh2.get(), G(o.router), dlogits.get(), a.h2.get(),
+                                           P(o.router), T, H, E, true, /*fp32=*/true));
     }
     // dx = d x_mid (the residual plus the norm's backward).
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
@@ -896,8 +822,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
     XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
-    XT_RETURN_IF_ERROR(linear_backward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
-                                       Hq * D, H, false));
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
+                                         Hq * D, H, false));
     XT_RETURN_IF_ERROR(mark("attention_bwd"));
     XT_RETURN_IF_ERROR(bf16_attention
                            ? AttentionBackwardBf16(dq.get(), dk.get(), dv.get(), dattn.get(),
@@ -925,12 +851,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       dk_in = dk_pre.get();
     }
     XT_RETURN_IF_ERROR(mark("qkv_proj_bwd"));
-    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H, Hq * D,
-                                       false, false, a.h1_16.get()));
-    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H,
-                                       Hkv * D, true, false, a.h1_16.get()));
-    XT_RETURN_IF_ERROR(linear_backward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H,
-                                       Hkv * D, true, false, a.h1_16.get()));
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H,
+                                         Hq * D, false, false, a.h1_16.get()));
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H,
+                                         Hkv * D, true, false, a.h1_16.get()));
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H,
+                                         Hkv * D, true, false, a.h1_16.get()));
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln1), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),
