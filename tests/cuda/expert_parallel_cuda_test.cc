@@ -87,15 +87,19 @@ TEST_P(ExpertParallelCuda, DispatchAndCombineMoveRowsAsTheCpu) {
   cudatest::ExpectBitEqual(d_ys.Host(), want_ys, "combined rows");
   EXPECT_EQ(want_ys, xs);  // there and back: the rows in their first order
 
-  // bf16 rows (bf16 mode) travel as float pairs: the same rows, rounded, bit for bit.
+  // bf16 rows (bf16 mode) travel as float pairs: the same rows, bit for bit, where the CPU's
+  // dispatch moves each element (an element's index, exact in a float, traced through it).
   std::vector<uint16_t> xs16(R * H), want_xr16(R * H);
-  std::vector<float> widened(R * H), moved(R * H);
+  std::vector<float> index(R * H), moved(R * H);
   for (size_t i = 0; i < xs.size(); ++i) {
     xs16[i] = F32ToBf16(xs[i] + 1e-3f * float(i % 7));
-    widened[i] = Bf16ToF32(xs16[i]);
+    index[i] = float(i);
   }
-  ExpertDispatch(*host, x, widened.data(), H, moved.data());
-  for (size_t i = 0; i < moved.size(); ++i) want_xr16[i] = F32ToBf16(moved[i]);
+  // Pairs that, read as one float, are a denormal (x, +0) and a signalling NaN (0x7f81 above):
+  // the collective must move their bits untouched.
+  if (xs16.size() >= 4) xs16[0] = F32ToBf16(1.5f), xs16[1] = 0, xs16[2] = 0x1234, xs16[3] = 0x7f81;
+  ExpertDispatch(*host, x, index.data(), H, moved.data());
+  for (size_t i = 0; i < moved.size(); ++i) want_xr16[i] = xs16[size_t(moved[i])];
   DeviceVec<uint16_t> d_xs16(xs16), d_xr16(std::vector<uint16_t>(R * H));
   ASSERT_TRUE(
       cuda::ExpertDispatchCuda(**nccl, x, received_of_grouped.p, d_xs16.p, H, d_xr16.p, nullptr)

@@ -378,6 +378,16 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     return MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s);
   };
 
+  // SwiGLU over layer a's gu (rows, 2 Im) into act (rows, Im); in16: into act16 (it feeds only
+  // bf16 products), and gu kept for the backward as gu16, rounded, in place of gu.
+  auto swiglu_forward = [&](Buffers::Layer& a, int64_t rows, int64_t Im, bool in16) -> Status {
+    if (!in16) return SwigluForward(a.act.get(), a.gu.get(), rows, Im, s);
+    XT_RETURN_IF_ERROR(a.gu16.Alloc(rows * 2 * Im, s));
+    XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), rows, Im, s));
+    a.gu = F();
+    return Status::OK();
+  };
+
   // ---- forward. One layer: its activations into bu.layers[l], its output into bu.x[l + 1].
   // `recomputing`: again in the backward (the same inputs give the same activations and routing;
   // the statistics are not counted twice). P: the layer's unit, acquired.
@@ -460,13 +470,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(dense16 ? a.act16.Alloc(T * Im, s) : a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(
           mm.Linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
-      if (dense16) {
-        XT_RETURN_IF_ERROR(a.gu16.Alloc(T * 2 * Im, s));
-        XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), T, Im, s));
-        a.gu = F();
-      } else {
-        XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
-      }
+      XT_RETURN_IF_ERROR(swiglu_forward(a, T, Im, dense16));
       XT_RETURN_IF_ERROR(mm.Linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
@@ -540,13 +544,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         a.xs16 = DeviceArray<uint16_t>();
       }
       XT_RETURN_IF_ERROR(part("swiglu"));
-      if (rows16) {
-        XT_RETURN_IF_ERROR(a.gu16.Alloc(R * 2 * Im, s));
-        XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), R, Im, s));
-        a.gu = F();
-      } else {
-        XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), R, Im, s));
-      }
+      XT_RETURN_IF_ERROR(swiglu_forward(a, R, Im, rows16));
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       F yr;  // expert parallelism: the results of the received rows, before they go back
       if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));

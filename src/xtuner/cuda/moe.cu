@@ -5,6 +5,8 @@
 // in the CPU twin's order: no atomics.
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/launch.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -21,7 +23,12 @@ __global__ void MoePermuteKernel(Out* xs, const In* x, const int32_t* sorted, in
   const int64_t total = A * H;
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t p = q / H, h = q - p * H;
-    detail::StoreAs(xs + q, detail::LoadAs(x + (int64_t(sorted[p]) / k) * H + h));
+    const In* from = x + (int64_t(sorted[p]) / k) * H + h;
+    if constexpr (std::is_same_v<Out, In>) {
+      xs[q] = *from;  // a copy, bit for bit
+    } else {
+      detail::StoreAs(xs + q, detail::LoadAs(from));
+    }
   }
 }
 

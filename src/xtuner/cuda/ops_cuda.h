@@ -81,7 +81,7 @@ Status MoePermute(float* xs, const float* x, const int32_t* sorted, int64_t A, i
                   void* stream = nullptr);
 Status MoePermute(uint16_t* xs, const float* x, const int32_t* sorted, int64_t A, int64_t k,
                   int64_t H, void* stream = nullptr);
-// The same gather of rows already in bf16 (bit for bit: each element copied).
+// The same gather of rows already in bf16 (each element copied, bit for bit).
 Status MoePermute(uint16_t* xs, const uint16_t* x, const int32_t* sorted, int64_t A, int64_t k,
                   int64_t H, void* stream = nullptr);
 // ops::moe_permute_backward: dx (T, H) += sum_j dxs (A, H)[slot_of (T*k)[t*k + j]], j in order.

@@ -213,13 +213,13 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   // The same verdict on every rank (the least any rank has), an error naming the
   // model.recompute that would fit.
   if (args.micro_batch_size > 0 && args.max_length > 0) {
-    int sharing = 1;
-    if (ranks > 1) {
-      XT_ASSIGN_OR_RETURN(sharing, RanksSharingThisDevice(*args.world));
-      args.world->Barrier();
-    }
     cudaMemPool_t pool = nullptr;
     if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) cudaMemPoolTrimTo(pool, 0);
+    int sharing = 1;  // NCCL's ranks have a GPU each (CheckDistinctDevices)
+    if (staged) {
+      XT_ASSIGN_OR_RETURN(sharing, RanksSharingThisDevice(*args.world));
+    }
+    if (ranks > 1) args.world->Barrier();
     size_t free_bytes = 0, device_bytes = 0;
     const bool read = cudaMemGetInfo(&free_bytes, &device_bytes) == cudaSuccess;
     cudaGetLastError();

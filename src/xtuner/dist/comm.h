@@ -42,7 +42,10 @@ class Comm {
 
   // send holds send_counts[r] elements for rank r, blocks in rank order; recv receives
   // recv_counts[r] elements from rank r, blocks in rank order. recv_counts[r] must equal what
-  // rank r sends here (exchange the counts first with AllToAllCounts).
+  // rank r sends here (exchange the counts first with AllToAllCounts). It moves bits, never
+  // float values: bf16 pairs travel through it (cuda/expert_parallel_cuda.h), so every
+  // implementation must copy bytes as they are (no arithmetic, no flushing of denormals, no
+  // quieting of NaNs).
   virtual void AllToAll(float* recv, const std::vector<int64_t>& recv_counts, const float* send,
                         const std::vector<int64_t>& send_counts) = 0;
   // recv (size() * n) block r = rank r's block rank() of send (size() * n).

@@ -98,8 +98,9 @@ struct Layer {
   std::vector<Buf> attention;
   // router_logits, probs, topk_w, topk_idx, sorted, slot_of; expert parallelism's row maps.
   std::vector<Buf> router;
-  // bf16 mode without expert parallelism: the experts' outputs and SwiGLU's input kept in bf16
-  // for the backward (ys16, gu16), the fp32 ones freed after the forward.
+  // bf16 mode: the experts' outputs and SwiGLU's input kept in bf16 for the backward (ys16,
+  // gu16), the fp32 ones freed after the forward. xs and xr hold the rows in bf16 or fp32
+  // (rows_size), as xs16 / xr16 or xs / xr.
   Buf xs, ys, gu, act, xr, ys16, gu16;
   int64_t Bytes() const {
     int64_t n = xs.asked() + ys.asked() + gu.asked() + act.asked() + xr.asked() + ys16.asked() +

@@ -110,10 +110,12 @@ Status CheckInputs(const PlanInputs& in) {
   return Status::OK();
 }
 
-// The model.recompute / --recompute fraction, rounded up to hundredths, that recomputes at least
-// k of L layers (Transformer::SetRecompute rounds fraction x L).
+// The least model.recompute / --recompute fraction in hundredths that recomputes at least k of L
+// layers (Transformer::SetRecompute recomputes llround(fraction x L)); 1 at most.
 double RecomputeFor(int64_t k, int64_t L) {
-  return std::min(1.0, std::ceil(100.0 * double(k) / double(L)) / 100.0);
+  int64_t c = std::max<int64_t>(0, int64_t(std::floor(100.0 * (double(k) - 0.5) / double(L))) - 1);
+  while (c < 100 && std::llround(double(c) / 100.0 * double(L)) < k) ++c;
+  return double(c) / 100.0;
 }
 
 }  // namespace
@@ -324,6 +326,7 @@ Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* s
   for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
     PlanInputs more = in;
     more.recompute = RecomputeFor(k, L);
+    more.gpu_memory_gib = 0;  // no verdict, so no search of its own
     XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
     if (GpuStepBytes(m) <= free_bytes) {
       char f[16];
