@@ -107,10 +107,10 @@ __global__ void SumKernel(double* out, const double* x, int64_t n) {
 
 }  // namespace
 
-Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
-                                   const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
-                                   double weight, int64_t chunk_rows, void* stream, GemmInput in,
-                                   const void* w_bf16, float dw_beta) {
+Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw, const float* h,
+                                 const float* w, const int32_t* targets_host, int64_t T, int64_t H,
+                                 int64_t V, double weight, int64_t chunk_rows, void* stream,
+                                 GemmInput in, const void* w_bf16, float dw_beta) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
   if (T > 0 && targets_host == nullptr)
     return Status::Error("chunked_cross_entropy: targets is null");
@@ -140,7 +140,7 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
     if (dh && dw_beta == 0.0f && V * H > 0)
       XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dw, 0, size_t(V * H) * sizeof(float), s),
                                "chunked_cross_entropy dw"));
-    return 0.0;
+    return Check(cudaMemsetAsync(total, 0, sizeof(double), s), "chunked_cross_entropy loss");
   }
   if (chunk_rows <= 0) chunk_rows = DefaultLossChunkRows(V, true);
   const int64_t C = std::min(chunk_rows, n);
@@ -227,9 +227,23 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
   }
   XT_LAUNCH(SumKernel, 1, kThreads, 0, s)(loss_d + n, loss_d, n);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy sum"));
+  return Check(cudaMemcpyAsync(total, loss_d + n, sizeof(double), cudaMemcpyDeviceToDevice, s),
+               "chunked_cross_entropy loss copy");
+}
+
+Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float* h, const float* w,
+                                   const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
+                                   double weight, int64_t chunk_rows, void* stream, GemmInput in,
+                                   const void* w_bf16, float dw_beta) {
+  const cudaStream_t s = cudaStream_t(stream);
+  detail::Scratch scratch(s);
+  double* total_d = nullptr;
+  XT_RETURN_IF_ERROR(scratch.Alloc(&total_d, 1, "chunked_cross_entropy loss"));
+  XT_RETURN_IF_ERROR(ChunkedCrossEntropyQueued(total_d, blas, dh, dw, h, w, targets_host, T, H, V,
+                                               weight, chunk_rows, stream, in, w_bf16, dw_beta));
   double total = 0;
   XT_RETURN_IF_ERROR(
-      Check(cudaMemcpyAsync(&total, loss_d + n, sizeof(double), cudaMemcpyDeviceToHost, s),
+      Check(cudaMemcpyAsync(&total, total_d, sizeof(double), cudaMemcpyDeviceToHost, s),
             "chunked_cross_entropy loss copy"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(s), "chunked_cross_entropy"));
   return total;

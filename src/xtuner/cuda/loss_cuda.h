@@ -52,6 +52,14 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
                                    double weight, int64_t chunk_rows = 0, void* stream = nullptr,
                                    GemmInput in = GemmInput::kF32, const void* w_bf16 = nullptr,
                                    float dw_beta = 1.0f);
+// The same with nothing waited for: the sum is written to `total`, one double on the device,
+// in stream order (0 when no row carries a loss), for the caller to read after its own wait
+// (the model's step reads it at its end, so the loss costs no host sync of its own).
+Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw, const float* h,
+                                 const float* w, const int32_t* targets_host, int64_t T, int64_t H,
+                                 int64_t V, double weight, int64_t chunk_rows = 0,
+                                 void* stream = nullptr, GemmInput in = GemmInput::kF32,
+                                 const void* w_bf16 = nullptr, float dw_beta = 1.0f);
 
 // ---------------------------------------------------------------- small ops
 // ops::moe_balance_stats: count (E) and prob_sum (E) += over tokens, from probs (T, E) and

@@ -633,13 +633,14 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   F dh, dx;
   XT_RETURN_IF_ERROR(dh.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(dx.Alloc(T * H, s));
-  XT_ASSIGN_OR_RETURN(const double ce_sum,
-                      ChunkedCrossEntropy(blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(),
-                                          P_lm(layout_.lm_head), b.targets.data(), T, H, V,
-                                          ce_weight, loss_chunk_rows_, s, precision_,
-                                          bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr,
-                                          writes.Beta(G_lm(layout_.lm_head), V * H)));
-  info.ce_loss = info.num_loss_tokens > 0 ? ce_sum / double(info.num_loss_tokens) : 0;
+  // The loss's sum stays on the device until the step's end: no host wait for it here.
+  DeviceArray<double> ce_sum;
+  XT_RETURN_IF_ERROR(ce_sum.Alloc(1, s));
+  XT_RETURN_IF_ERROR(ChunkedCrossEntropyQueued(
+      ce_sum.get(), blas, dh.get(), G_lm(layout_.lm_head), bu.h_final.get(), P_lm(layout_.lm_head),
+      b.targets.data(), T, H, V, ce_weight, loss_chunk_rows_, s, precision_,
+      bf16 ? units16.Find(P_lm(layout_.lm_head)) : nullptr,
+      writes.Beta(G_lm(layout_.lm_head), V * H)));
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
   // probability, centred.
@@ -653,7 +654,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       return Status::Error("balance pool returned statistics of a different expert count");
     dprob_e = BalanceGradient(pooled, E, cfg_.router_aux_loss_coef, aux_weight);
   }
-  info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
+
   const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
   F dprob_row;
   if (aux_grad) {
@@ -871,6 +872,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_RETURN_IF_ERROR(grads_done(0));
   if (prof) XT_RETURN_IF_ERROR(prof->Finish(s));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "training step"));
+  double ce = 0;
+  XT_RETURN_IF_ERROR(
+      Check(cudaMemcpy(&ce, ce_sum.get(), sizeof(double), cudaMemcpyDeviceToHost), "the loss"));
+  info.ce_loss = info.num_loss_tokens > 0 ? ce / double(info.num_loss_tokens) : 0;
+  info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
   return info;
 }
 

@@ -241,6 +241,8 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   rstd_final.Alloc(T * kF32);
   dh.Alloc(T * H * kF32);
   dx.Alloc(T * H * kF32);
+  Buf ce_sum(&pool);  // the loss's sum, on the device until the step's end
+  ce_sum.Alloc(8);
   {
     const int64_t n = T;
     const int64_t C = std::min(
