@@ -20,6 +20,9 @@
 #include "xtuner/model/init.h"
 #include "xtuner/ops/ops.h"
 #include "xtuner/optim/adamw_scalars.h"
+#ifdef XTUNER_CUDA_EMU
+#include "xtuner/cuda/emu/host_waits.h"
+#endif
 
 namespace xt {
 namespace {
@@ -250,6 +253,38 @@ TEST_P(ModelCuda, RecomputeGivesTheSameGradients) {
       EXPECT_NEAR(info->loss, loss, 1e-6 * loss);
   }
   ExpectSameGradients(cpu.layout(), again.data(), plain.data(), 1e-5, fixture + " recompute");
+}
+
+// A step waits for the device only where it must (issue 7): once per MoE layer for its token
+// counts (again for a recomputed one), once at the head for the balancing statistics of an MoE
+// model (its aux loss's gradient pools them on the host), and at its end (the stream, then the
+// loss's copy). The CUDA emulator counts the waits; a GPU has no such counter.
+TEST_P(ModelCuda, AStepWaitsOnlyForTheTokenCountsAndAtItsEnd) {
+#ifndef XTUNER_CUDA_EMU
+  GTEST_SKIP() << "skipped: needs the CUDA emulator's count of host waits";
+#else
+  const std::string fixture = GetParam();
+  Models m;
+  LoadModels(fixture, -1, &m);
+  if (HasFatalFailure()) return;
+  cuda::CudaModel& gpu = *m.gpu;
+  const Batch b = Batch::FromRows(m.ids, m.labels, 2, 16).value();
+  const int64_t n_moe = m.cfg.num_moe_layers();
+  for (bool bf16 : {false, true}) {
+    for (double recompute : {0.0, 1.0}) {
+      SCOPED_TRACE(std::string(bf16 ? "bf16" : "fp32") + " recompute " + std::to_string(recompute));
+      gpu.SetPrecision(bf16 ? cuda::GemmInput::kBf16 : cuda::GemmInput::kF32);
+      gpu.SetRecompute(recompute);
+      ASSERT_TRUE(gpu.ZeroGrads().ok());
+      ASSERT_TRUE(gpu.ForwardBackward(b).ok());  // the first: the GEMMs' one-time probes
+      ASSERT_TRUE(gpu.ZeroGrads().ok());
+      const int64_t before = emu::HostWaits();
+      ASSERT_TRUE(gpu.ForwardBackward(b).ok());
+      const int64_t recomputed_moe = recompute > 0 ? n_moe : 0;
+      EXPECT_EQ(emu::HostWaits() - before, n_moe + recomputed_moe + (n_moe > 0 ? 1 : 0) + 2);
+    }
+  }
+#endif
 }
 
 // The loss's chunk rows (SetLossChunkRows: one row a chunk, rows not dividing the batch, the

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <set>
 
+#include "xtuner/cuda/emu/host_waits.h"
 #include "xtuner/cuda/emu/state.h"
 
 namespace xt::emu {
@@ -146,6 +148,9 @@ bool IsDevice(const void* p, size_t bytes) {
   return c >= it->first && c + bytes <= it->first + it->second.bytes;
 }
 
+std::atomic<int64_t> g_host_waits{0};
+int64_t HostWaits() { return g_host_waits.load(); }
+
 }  // namespace xt::emu
 
 using namespace xt::emu;
@@ -222,7 +227,10 @@ cudaError_t cudaGetDevice(int* device) {
 cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : Fail(cudaErrorInvalidDevice);
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  ++g_host_waits;
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
@@ -319,6 +327,7 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t st) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  ++g_host_waits;  // a blocking copy waits for the device
   if (!CopyOk(dst, src, count, kind)) return Fail(cudaErrorInvalidValue);
   if (count) std::memmove(dst, src, count);
   return cudaSuccess;
@@ -326,7 +335,9 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
                             cudaStream_t st) {
   if (!StreamValid(st)) return Fail(cudaErrorInvalidResourceHandle);
-  return cudaMemcpy(dst, src, count, kind);
+  if (!CopyOk(dst, src, count, kind)) return Fail(cudaErrorInvalidValue);
+  if (count) std::memmove(dst, src, count);
+  return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int value, size_t count) {
   if (count && !IsDevice(p, count)) return Fail(cudaErrorInvalidValue);
@@ -355,6 +366,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t st) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t st) {
+  ++g_host_waits;
   return StreamValid(st) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t, unsigned int) {
@@ -385,7 +397,10 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) {
   it->second = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  ++g_host_waits;
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);

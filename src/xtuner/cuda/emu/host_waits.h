@@ -1,0 +1,14 @@
+// What the CUDA emulator can tell a test that a GPU cannot: how often the host has waited for
+// the device (cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize and the
+// blocking cudaMemcpy), so that a test can hold a step to the waits it is allowed. Only in
+// emulator builds (XTUNER_CUDA_EMU).
+#pragma once
+
+#include <cstdint>
+
+namespace xt::emu {
+
+// Host waits since the process started (all threads).
+int64_t HostWaits();
+
+}  // namespace xt::emu
