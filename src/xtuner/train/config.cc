@@ -32,7 +32,10 @@ const std::vector<Key>& Schema() {
       {"model.initializer_range", &C::initializer_range,
        "Standard deviation of the random initialisation (model_config only)."},
       {"model.recompute", &C::recompute,
-       "Fraction of layers (from the first) whose activations are recomputed in the backward."},
+       "Fraction of layers (from the first) whose activations are recomputed in the backward "
+       "(round(fraction x layers) of them). `xtuner plan` names the least that fits a memory; "
+       "with train.device = \"cuda\" the run checks before its first step and stops, naming "
+       "it, where the largest micro-batch cannot fit."},
       {"data.tokenizer", &C::tokenizer,
        "tokenizer.json; default: tokenizer.json beside the model's config.json."},
       {"data.chat_template", &C::chat_template,
