@@ -299,7 +299,7 @@ TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
   auto need = [&](double recompute) {
     PlanInputs p = in;
     p.recompute = recompute;
-    return GpuStepBytes(MustPlan(p));
+    return StepBytes(MustPlan(p));
   };
   const int64_t none = need(0), half = need(0.5), three = need(0.75), all = need(1);
   EXPECT_GT(none, half);
@@ -307,24 +307,24 @@ TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
   EXPECT_GE(three, all);
 
   std::string summary;
-  EXPECT_TRUE(CheckGpuStepFits(in, none, &summary).ok());
+  EXPECT_TRUE(CheckStepFits(in, none, &summary).ok());
   EXPECT_NE(summary.find("the largest micro-batch (131072 tokens) needs about"), std::string::npos)
       << summary;
   EXPECT_NE(summary.find("(tight: "), std::string::npos) << summary;  // no room to spare
-  EXPECT_TRUE(CheckGpuStepFits(in, none + (int64_t(10) << 30), &summary).ok());
+  EXPECT_TRUE(CheckStepFits(in, none + (int64_t(10) << 30), &summary).ok());
   EXPECT_EQ(summary.find("tight"), std::string::npos) << summary;
-  Status s = CheckGpuStepFits(in, none - 1);
+  Status s = CheckStepFits(in, none - 1);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("train.micro_batch_size 1 x data.max_length 131072"),
             std::string::npos)
       << s.message();
   EXPECT_NE(s.message().find("set model.recompute = 0.13 (1 of 4 layers"), std::string::npos)
       << s.message();
-  s = CheckGpuStepFits(in, half);  // two layers fit, one does not
+  s = CheckStepFits(in, half);  // two layers fit, one does not
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("set model.recompute = 0.38 (2 of 4 layers"), std::string::npos)
       << s.message();
-  s = CheckGpuStepFits(in, all - 1);
+  s = CheckStepFits(in, all - 1);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("even with every layer recomputed (model.recompute = 1) it does not "
                              "fit: shorten data.max_length"),
@@ -333,15 +333,27 @@ TEST(PlanVerdict, TheGpuTrainerSaysWhichRecomputeFits) {
   EXPECT_NE(s.message().find("or shard the state over more GPUs"), std::string::npos);
   PlanInputs mesh = in;  // over several GPUs: the least free memory of any rank, more GPUs
   mesh.world = mesh.ep = 2;
-  s = CheckGpuStepFits(mesh, 1);
+  s = CheckStepFits(mesh, 1);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("(the least of any rank's)"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("more ranks, or a larger parallel.ep"), std::string::npos);
+  // On the CPU: the host's memory, more machines.
+  PlanInputs host = in;
+  host.device = Device::kCpu;
+  host.recompute = 0;
+  const int64_t cpu_need = StepBytes(MustPlan(host));
+  EXPECT_TRUE(CheckStepFits(host, cpu_need).ok());
+  s = CheckStepFits(host, cpu_need - 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message().rfind("host memory: a micro-batch of 131072 tokens", 0), 0u) << s.message();
+  EXPECT_NE(s.message().find("are available: set model.recompute = "), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("more machines (mpirun)"), std::string::npos) << s.message();
   in.recompute = 1;
-  s = CheckGpuStepFits(in, all - 1);
+  s = CheckStepFits(in, all - 1);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message().find("even with"), std::string::npos) << s.message();
-  EXPECT_TRUE(CheckGpuStepFits(in, all).ok());
+  EXPECT_TRUE(CheckStepFits(in, all).ok());
 }
 
 TEST(PlanErrors, BadInputsAreNamed) {

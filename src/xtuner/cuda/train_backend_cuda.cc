@@ -237,7 +237,7 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       plan.precision = args.bf16 ? Precision::kBf16 : Precision::kFp32;
       plan.device = Device::kCuda;
       std::string fits;
-      XT_RETURN_IF_ERROR(CheckGpuStepFits(plan, int64_t(-least), &fits));
+      XT_RETURN_IF_ERROR(CheckStepFits(plan, int64_t(-least), &fits));
       b->description_ += "; " + fits;
     } else {
       b->description_ += "; free device memory unknown, the step's need not checked";

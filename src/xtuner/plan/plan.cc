@@ -285,13 +285,13 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   return r;
 }
 
-int64_t GpuStepBytes(const PlanReport& r) {
-  return r.step_peak_bytes + r.copy_bytes + r.working_bytes;
+int64_t StepBytes(const PlanReport& r) {
+  return r.total_bytes - r.weight_bytes - r.grad_bytes - r.optimizer_bytes - r.workspace_bytes;
 }
 
-Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summary) {
-  XT_CHECK(in.device == Device::kCuda, "CheckGpuStepFits: a GPU plan");
+Status CheckStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summary) {
   XT_ASSIGN_OR_RETURN(const PlanReport r, Plan(in));
+  const bool cuda = in.device == Device::kCuda;
   auto gib = [](int64_t bytes) {  // GiB, or MiB below one
     const bool mib = bytes < (int64_t(1) << 30);
     char buf[32];
@@ -299,41 +299,47 @@ Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* s
                   mib ? "MiB" : "GiB");
     return std::string(buf);
   };
-  const int64_t need = GpuStepBytes(r);
+  const int64_t need = StepBytes(r);
   const std::string tokens = std::to_string(r.tokens) + " tokens (train.micro_batch_size " +
                              std::to_string(in.micro_batch_size) + " x data.max_length " +
                              std::to_string(in.seq) + ")";
+  const std::string memory = cuda ? "free" : "available";
   if (need <= free_bytes) {
     // What the plan does not count (the allocator's fragmentation, NCCL's and the libraries'
     // buffers, routing imbalance) needs room too: the benchmark's margin, 5% and 1 GiB.
     const bool tight = need + need / 20 + (int64_t(1) << 30) > free_bytes;
     if (summary)
       *summary = "the largest micro-batch (" + std::to_string(r.tokens) + " tokens) needs about " +
-                 gib(need) + " more (xtuner plan), " + gib(free_bytes) + " free" +
+                 gib(need) + " more (xtuner plan), " + gib(free_bytes) + " " + memory +
                  (tight ? " (tight: what the plan does not count may not fit; raise "
                           "model.recompute if a step runs out of memory)"
                         : "");
     return Status::OK();
   }
-  std::string msg = "train.device = \"cuda\": a micro-batch of " + tokens + " needs about " +
-                    gib(need) + " beside the model's state (xtuner plan --device cuda; its peak " +
-                    "is in " + r.step_peak_at + "), but " + gib(free_bytes) + " are free" +
+  std::string msg = std::string(cuda ? "train.device = \"cuda\"" : "host memory") +
+                    ": a micro-batch of " + tokens + " needs about " + gib(need) +
+                    " beside the model's state (xtuner plan" + (cuda ? " --device cuda" : "") +
+                    (cuda ? "; its peak is in " + r.step_peak_at : std::string()) + "), but " +
+                    gib(free_bytes) + " " + (cuda ? "are free" : "are available") +
                     (in.world > 1 ? " (the least of any rank's)" : "") + ": ";
   const std::string more_gpus =
-      in.world == 1 ? ", or shard the state over more GPUs (mpirun)"
-                    : ", or spread the model over more GPUs (more ranks, or a larger parallel.ep)";
+      in.world == 1
+          ? std::string(", or shard the state over more ") + (cuda ? "GPUs" : "machines") +
+                " (mpirun)"
+          : std::string(", or spread the model over more ") + (cuda ? "GPUs" : "machines") +
+                " (more ranks, or a larger parallel.ep)";
   const int64_t L = r.num_layers;
   for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
     PlanInputs more = in;
     more.recompute = RecomputeFor(k, L);
     more.gpu_memory_gib = 0;  // no verdict, so no search of its own
     XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
-    if (GpuStepBytes(m) <= free_bytes) {
+    if (StepBytes(m) <= free_bytes) {
       char f[16];
       std::snprintf(f, sizeof f, "%g", more.recompute);
       return Status::Error(msg + "set model.recompute = " + f + " (" +
                            std::to_string(m.recompute_layers) + " of " + std::to_string(L) +
-                           " layers; about " + gib(GpuStepBytes(m)) +
+                           " layers; about " + gib(StepBytes(m)) +
                            "), or shorten data.max_length or train.micro_batch_size" + more_gpus);
     }
   }

@@ -103,17 +103,18 @@ struct PlanReport {
 // Checks the inputs (seq, micro-batch, world, ep against the model) and plans one rank.
 Result<PlanReport> Plan(const PlanInputs& in);
 
-// What a GPU (in.device kCuda) must allocate beyond the state already on it (weights, gradients,
-// AdamW moments, the GEMM workspace) to run one micro-batch: the step's peak, the bf16 copies of
-// the weights, the gathered units.
-int64_t GpuStepBytes(const PlanReport& r);
+// What a run must allocate beyond the state already allocated (weights, gradients, AdamW moments
+// and, on a GPU, the GEMM workspace) to run one micro-batch: the CPU's buffers, or the GPU
+// step's peak with the bf16 copies of the weights and the gathered units.
+int64_t StepBytes(const PlanReport& r);
 
-// The CUDA trainer's check before its first step: whether the largest micro-batch (in.seq x
-// in.micro_batch_size tokens, in.recompute) fits in `free_bytes` of device memory left after the
-// state. OK (and `summary`, if given, says what the plan needs and what is free), or an error
-// that names what it needs and what to change: the smallest model.recompute that fits, or, when
-// none does, a shorter data.max_length or train.micro_batch_size, or more GPUs.
-Status CheckGpuStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summary = nullptr);
+// The trainer's check before its first step: whether the largest micro-batch (in.seq x
+// in.micro_batch_size tokens, in.recompute) fits in `free_bytes` of memory left after the state
+// (a GPU's free memory, or the host's available memory per rank). OK (and `summary`, if given,
+// says what the plan needs and what is free), or an error that names what it needs and what to
+// change: the smallest model.recompute that fits, or, when none does, a shorter data.max_length
+// or train.micro_batch_size, or more GPUs or machines.
+Status CheckStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summary = nullptr);
 
 // A human-readable report: the assumptions, parameter counts, memory per rank, FLOPs, verdict.
 std::string FormatPlan(const PlanInputs& in, const PlanReport& r);

@@ -10,6 +10,7 @@
 #include "xtuner/core/file_util.h"
 #include "xtuner/data/sampler.h"
 #include "xtuner/dist/comm.h"
+#include "xtuner/dist/host_memory.h"
 #include "xtuner/dist/shard_io.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
@@ -19,6 +20,7 @@
 #include "xtuner/optim/clip.h"
 #include "xtuner/optim/lr_schedule.h"
 #include "xtuner/optim/non_finite_guard.h"
+#include "xtuner/plan/plan.h"
 #include "xtuner/train/backend.h"
 #include "xtuner/train/evaluate.h"
 #include "xtuner/train/metrics.h"
@@ -315,6 +317,28 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (cfg.device == "cpu") {
     sum.extra.push_back({"memory", "per rank",
                          HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
+    // The largest micro-batch on paper (xtuner plan) against the host memory available to each
+    // rank on this host (the least of any rank's): a warning where it cannot fit, naming the
+    // model.recompute that would (the kernel would kill the run, or it would swap).
+    const int64_t available = AvailableHostMemory();
+    const int on_host = RanksOnThisHost(world);
+    double least = available >= 0 ? -double(available / on_host) : 1.0;
+    world.AllReduceMax(&least, 1);
+    if (least <= 0) {
+      PlanInputs plan;
+      plan.model = mc;
+      plan.seq = cfg.max_length;
+      plan.micro_batch_size = cfg.micro_batch_size;
+      plan.world = mesh.world;
+      plan.ep = mesh.ep;
+      plan.recompute = cfg.recompute;
+      plan.precision = cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
+      std::string fits;
+      const Status st = CheckStepFits(plan, int64_t(-least), &fits);
+      sum.extra.push_back(
+          {"memory", "largest step", st.ok() ? fits : "may not fit: see the warning"});
+      if (!st.ok() && log) std::fprintf(log, "warning: %s\n", st.message().c_str());
+    }
   } else {  // the device holds the host's shard (ZeRO-3 as on the CPU); the host keeps it too
     // fp32 params, grads and two moments of the shard; in bf16 mode one rank keeps a bf16 copy of
     // the whole model's weights, several make one per gathered unit (with the unit).
