@@ -34,8 +34,8 @@ const std::vector<Key>& Schema() {
       {"model.recompute", &C::recompute,
        "Fraction of layers (from the first) whose activations are recomputed in the backward "
        "(round(fraction x layers) of them). `xtuner plan` names the least that fits a memory; "
-       "with train.device = \"cuda\" the run checks before its first step and stops, naming "
-       "it, where the largest micro-batch cannot fit."},
+       "the run checks its largest micro-batch before the first step and, where it cannot fit, "
+       "names it (train.device = \"cuda\": an error; cpu: a warning)."},
       {"data.tokenizer", &C::tokenizer,
        "tokenizer.json; default: tokenizer.json beside the model's config.json."},
       {"data.chat_template", &C::chat_template,
