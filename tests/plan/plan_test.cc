@@ -278,8 +278,9 @@ TEST(PlanVerdict, FitsOrSaysWhatItNeeds) {
   EXPECT_EQ(fits.recompute_layers, r.fits_with_recompute_layers);
   EXPECT_EQ(fits.total_bytes, r.fits_with_recompute_bytes);
   least.recompute = double(r.fits_with_recompute_layers - 1) / double(r.num_layers);
-  EXPECT_FALSE(MustPlan(least).fits);              // one layer fewer
-  least.recompute = r.fits_with_recompute - 0.01;  // the least in hundredths: less, fewer layers
+  EXPECT_FALSE(MustPlan(least).fits);  // one layer fewer
+  // The least in hundredths: one hundredth less recomputes fewer layers.
+  least.recompute = double(std::llround(100 * r.fits_with_recompute) - 1) / 100.0;
   EXPECT_LT(MustPlan(least).recompute_layers, r.fits_with_recompute_layers);
   EXPECT_NE(FormatPlan(in, r).find("; with --recompute "), std::string::npos) << FormatPlan(in, r);
   EXPECT_NE(FormatPlanRow(in, r).find("does not fit; fits with --recompute "), std::string::npos);

@@ -105,12 +105,11 @@ __global__ void SumKernel(double* out, const double* x, int64_t n) {
   if (tid == 0) *out = part[0];
 }
 
-}  // namespace
-
-Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw, const float* h,
-                                 const float* w, const int32_t* targets_host, int64_t T, int64_t H,
-                                 int64_t V, double weight, int64_t chunk_rows, void* stream,
-                                 GemmInput in, const void* w_bf16, float dw_beta) {
+// The arguments, and the loss rows (positions with a target) and their targets into rows / ys
+// (null: checked only). Nothing is queued.
+Status CheckArguments(const int32_t* targets_host, int64_t T, int64_t H, int64_t V, const float* dh,
+                      const float* dw, float dw_beta, std::vector<int64_t>* rows,
+                      std::vector<int32_t>* ys) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
   if (T > 0 && targets_host == nullptr)
     return Status::Error("chunked_cross_entropy: targets is null");
@@ -118,9 +117,6 @@ Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw
   if (dw_beta != 0.0f && dw_beta != 1.0f)
     return Status::Error("chunked_cross_entropy: dw_beta must be 0 or 1, not " +
                          std::to_string(dw_beta));
-  // The loss rows and their targets, validated on the host.
-  std::vector<int64_t> rows;
-  std::vector<int32_t> ys;
   for (int64_t t = 0; t < T; ++t) {
     const int32_t y = targets_host[t];
     if (y == kIgnoreIndex) continue;
@@ -128,9 +124,21 @@ Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw
       return Status::Error("chunked_cross_entropy: target " + std::to_string(y) + " at position " +
                            std::to_string(t) + " is outside [0, " + std::to_string(V) +
                            ") and is not kIgnoreIndex (" + std::to_string(kIgnoreIndex) + ")");
-    rows.push_back(t);
-    ys.push_back(y);
+    if (rows) rows->push_back(t), ys->push_back(y);
   }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw, const float* h,
+                                 const float* w, const int32_t* targets_host, int64_t T, int64_t H,
+                                 int64_t V, double weight, int64_t chunk_rows, void* stream,
+                                 GemmInput in, const void* w_bf16, float dw_beta) {
+  // The loss rows and their targets, validated on the host.
+  std::vector<int64_t> rows;
+  std::vector<int32_t> ys;
+  XT_RETURN_IF_ERROR(CheckArguments(targets_host, T, H, V, dh, dw, dw_beta, &rows, &ys));
   const cudaStream_t s = cudaStream_t(stream);
   if (dh && T * H > 0)
     XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dh, 0, size_t(T * H) * sizeof(float), s),
@@ -235,6 +243,8 @@ Result<double> ChunkedCrossEntropy(Blas& blas, float* dh, float* dw, const float
                                    const int32_t* targets_host, int64_t T, int64_t H, int64_t V,
                                    double weight, int64_t chunk_rows, void* stream, GemmInput in,
                                    const void* w_bf16, float dw_beta) {
+  // Bad arguments are errors before anything is queued (the scratch below included).
+  XT_RETURN_IF_ERROR(CheckArguments(targets_host, T, H, V, dh, dw, dw_beta, nullptr, nullptr));
   const cudaStream_t s = cudaStream_t(stream);
   detail::Scratch scratch(s);
   double* total_d = nullptr;

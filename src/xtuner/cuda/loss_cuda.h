@@ -30,8 +30,8 @@ namespace xt::cuda {
 // `stream` must be the stream `blas` was created with (Blas does not expose it): every kernel,
 // copy and scratch allocation (cudaMallocAsync / cudaFreeAsync) is queued there, in order with
 // the GEMMs. The host waits once, at the end, for the loss (one 8-byte copy and a
-// cudaStreamSynchronize); when no row carries a loss it returns 0 without waiting (dh's zeroing
-// is queued). The targets array may be reused on return.
+// cudaStreamSynchronize), also when no row carries a loss (the sum is then 0). Bad arguments
+// are errors before anything is queued. The targets array may be reused on return.
 //
 // Against the CPU twin: other summation orders (cuBLAS vs ops::gemm, expf vs the CPU's
 // polynomial Exp): about 1e-7 relative on the loss, 1e-6 norm-wise on dw and on dh for small V;

@@ -388,6 +388,21 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     return Status::OK();
   };
 
+  // Every MoE layer's balancing statistics to the host (info.balance), queued once the last MoE
+  // layer's are counted: that layer's wait for its token counts brings them, no wait of their own.
+  auto queue_stats = [&]() -> Status {
+    BalanceStats& stats = info.balance;
+    stats.count.resize(E);
+    stats.prob_sum.resize(E);
+    stats.rows = n_moe * T;
+    XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(stats.count.data(), bu.count.get(), E * 8,
+                                             cudaMemcpyDeviceToHost, cudaStream_t(s)),
+                             "balancing statistics"));
+    return Check(cudaMemcpyAsync(stats.prob_sum.data(), bu.prob_sum.get(), E * 8,
+                                 cudaMemcpyDeviceToHost, cudaStream_t(s)),
+                 "balancing statistics");
+  };
+
   // ---- forward. One layer: its activations into bu.layers[l], its output into bu.x[l + 1].
   // `recomputing`: again in the backward (the same inputs give the same activations and routing;
   // the statistics are not counted twice). P: the layer's unit, acquired.
@@ -487,6 +502,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       if (!recomputing)
         XT_RETURN_IF_ERROR(MoeBalanceStats(bu.count.get(), bu.prob_sum.get(), a.probs.get(),
                                            a.topk_idx.get(), T, E, k, s));
+      if (!recomputing && l == cfg_.last_moe_layer())
+        XT_RETURN_IF_ERROR(queue_stats());  // complete now: they come with the wait below
       // The one host sync of the layer: the rows each expert gets.
       std::vector<int32_t> topk_idx(T * k);
       XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(topk_idx.data(), a.topk_idx.get(), T * k * 4,
@@ -569,20 +586,6 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(AddInPlace(x_out, a.x_mid.get(), T * H, s));
     return Status::OK();
   };
-  // The balancing statistics of the layers run so far, to the host.
-  auto download_stats = [&]() -> Status {
-    BalanceStats& stats = info.balance;
-    stats.count.resize(E);
-    stats.prob_sum.resize(E);
-    stats.rows = n_moe * T;
-    XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(stats.count.data(), bu.count.get(), E * 8,
-                                             cudaMemcpyDeviceToHost, cudaStream_t(s)),
-                             "balancing statistics"));
-    XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(stats.prob_sum.data(), bu.prob_sum.get(), E * 8,
-                                             cudaMemcpyDeviceToHost, cudaStream_t(s)),
-                             "balancing statistics"));
-    return Check(cudaStreamSynchronize(cudaStream_t(s)), "balancing statistics");
-  };
   if (router_only) {  // RouterStats: the layers up to the last MoE one, nothing kept
     for (int64_t l = 0; l <= cfg_.last_moe_layer(); ++l) {
       XT_ASSIGN_OR_RETURN(const UnitParams P, acquire(ParamLayout::LayerUnit(l)));
@@ -591,8 +594,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       bu.layers[l] = Buffers::Layer();
       bu.x[l] = F();
     }
-    if (n_moe > 0) XT_RETURN_IF_ERROR(download_stats());
-    return info;
+    return info;  // the statistics came with the last MoE layer's token counts
   }
   int64_t recomputed_peak = 0;  // the largest recomputed layer's activations
   for (int64_t l = 0; l < L; ++l) {
@@ -645,8 +647,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
   // probability, centred.
   std::vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0) {
-    XT_RETURN_IF_ERROR(download_stats());
+  if (n_moe > 0) {  // the statistics came with the last MoE layer's token counts
     const BalanceStats& stats = info.balance;
     info.aux_loss = stats.Loss();
     const BalanceStats pooled = pool ? pool(stats) : stats;
@@ -871,10 +872,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_RETURN_IF_ERROR(EmbeddingBackward(G_embed(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
   XT_RETURN_IF_ERROR(grads_done(0));
   if (prof) XT_RETURN_IF_ERROR(prof->Finish(s));
+  double ce = 0;  // the loss's sum, with the step's one wait at its end
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemcpyAsync(&ce, ce_sum.get(), sizeof(double), cudaMemcpyDeviceToHost, cudaStream_t(s)),
+      "the loss"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "training step"));
-  double ce = 0;
-  XT_RETURN_IF_ERROR(
-      Check(cudaMemcpy(&ce, ce_sum.get(), sizeof(double), cudaMemcpyDeviceToHost), "the loss"));
   info.ce_loss = info.num_loss_tokens > 0 ? ce / double(info.num_loss_tokens) : 0;
   info.loss = info.ce_loss + cfg_.router_aux_loss_coef * info.aux_loss;
   return info;

@@ -10,10 +10,10 @@
 // backward, as the CPU Transformer does over MPI), optionally with expert parallelism (the
 // layer's rows travel to the ranks that hold their experts over an NcclComm and back). fp32 or
 // bf16 matmuls, per-layer recompute, the router-only pass of a global balancing loss, no
-// generation. Host syncs per step: one per MoE layer (the token counts per expert, for the
-// grouped GEMMs' shapes and the expert exchange; again for a recomputed one), one for the
-// balancing statistics at the head (the aux loss's gradient needs them, pooled on the host),
-// and the step's end (the loss is read there). A dense model's step waits only at its end. Unverified on a GPU so far (none lent).
+// generation. Host waits per step: one per MoE layer (its token counts per expert, for the
+// grouped GEMMs' shapes and the expert exchange; again for a recomputed one; the last one's
+// also brings the balancing statistics) and one at the step's end (the loss is read there).
+// Unverified on a GPU so far (none lent).
 #pragma once
 
 #include <cstdint>
