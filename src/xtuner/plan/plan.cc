@@ -322,12 +322,11 @@ Status CheckStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summ
                     (cuda ? "; its peak is in " + r.step_peak_at : std::string()) + "), but " +
                     gib(free_bytes) + " " + (cuda ? "are free" : "are available") +
                     (in.world > 1 ? " (the least of any rank's)" : "") + ": ";
-  const std::string more_gpus =
-      in.world == 1
-          ? std::string(", or shard the state over more ") + (cuda ? "GPUs" : "machines") +
-                " (mpirun)"
-          : std::string(", or spread the model over more ") + (cuda ? "GPUs" : "machines") +
-                " (more ranks, or a larger parallel.ep)";
+  const std::string more_gpus = in.world == 1 ? std::string(", or shard the state over more ") +
+                                                    (cuda ? "GPUs" : "machines") + " (mpirun)"
+                                              : std::string(", or spread the model over more ") +
+                                                    (cuda ? "GPUs" : "machines") +
+                                                    " (more ranks, or a larger parallel.ep)";
   const int64_t L = r.num_layers;
   for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
     PlanInputs more = in;
@@ -446,7 +445,7 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
     o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
                 "               the weights; activations fp32 but the q/k/v input, a dense\n"
                 "               MLP's input, SwiGLU's input and output, and the experts' rows\n"
-                "               and outputs (in MoE layers only without expert parallelism)\n"
+                "               and outputs\n"
               : ": every buffer fp32\n";
 
   o += "\nparameters                 total    per rank\n";
