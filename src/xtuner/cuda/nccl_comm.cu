@@ -4,15 +4,15 @@
 // send/receive pairs (a rank's block to itself included, which NCCL supports).
 #include <cuda_runtime.h>
 #include <nccl.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/nccl_comm.h"
+#include "xtuner/dist/host_memory.h"
 
 namespace xt::cuda {
 namespace {
@@ -48,29 +48,19 @@ Result<int> SelectLocalDevice() {
 
 namespace {
 
-// Every rank's GPU as a number (FNV-1a of host name and device UUID, cut to 52 bits: exact in a
-// double, summed over the ranks), or an error on every rank where any could not name its own
-// (that rank still joins the collective, so none waits for it).
+// Every rank's GPU as a number (HostId of its host name and device UUID), or an error on every
+// rank where any could not name its own (that rank still joins the collective with -1, so none
+// waits for it).
 Result<std::vector<double>> DeviceIds(Comm& host) {
   int device = 0;
   cudaDeviceProp prop{};
   Status st = Check(cudaGetDevice(&device), "cudaGetDevice");
   if (st.ok()) st = Check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](const char* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ uint8_t(p[i])) * 1099511628211ull;
-  };
-  char name[256] = {0};
-  gethostname(name, sizeof name - 1);
-  mix(name, std::strlen(name));
-  mix(prop.uuid.bytes, sizeof prop.uuid.bytes);
-  std::vector<double> ids(size_t(host.size()) + 1, 0.0);
-  ids[size_t(host.rank())] = double(h >> 12);
-  ids.back() = st.ok() ? 0.0 : 1.0;  // failures, counted
-  host.AllReduceSum(ids.data(), int64_t(ids.size()));
+  const std::vector<double> ids =
+      AllRankIds(host, st.ok() ? HostId(prop.uuid.bytes, sizeof prop.uuid.bytes) : -1.0);
   if (!st.ok()) return st;
-  if (ids.back() > 0) return Status::Error("another rank could not name its GPU");
-  ids.pop_back();
+  if (*std::min_element(ids.begin(), ids.end()) < 0)
+    return Status::Error("another rank could not name its GPU");
   return ids;
 }
 
@@ -89,9 +79,7 @@ Status CheckDistinctDevices(Comm& host) {
 
 Result<int> RanksSharingThisDevice(Comm& host) {
   XT_ASSIGN_OR_RETURN(const std::vector<double> ids, DeviceIds(host));
-  int n = 0;
-  for (double id : ids) n += id == ids[size_t(host.rank())];
-  return n;
+  return int(std::count(ids.begin(), ids.end(), ids[size_t(host.rank())]));
 }
 
 Result<std::unique_ptr<NcclComm>> NcclComm::Create(Comm* host, void* stream,

@@ -2,9 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <vector>
 
 namespace xt {
 
@@ -24,18 +24,29 @@ int64_t AvailableHostMemory() {
   return kib < 0 ? -1 : kib * 1024;
 }
 
-int RanksOnThisHost(Comm& group) {
+double HostId(const void* extra, size_t extra_bytes) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  };
   char name[256] = {0};
   gethostname(name, sizeof name - 1);
-  // FNV-1a of the host name cut to 52 bits: exact in a double, summed over the ranks.
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < std::strlen(name); ++i) h = (h ^ uint8_t(name[i])) * 1099511628211ull;
+  mix(name, std::strlen(name));
+  if (extra) mix(extra, extra_bytes);
+  return double(h >> 12);
+}
+
+std::vector<double> AllRankIds(Comm& group, double id) {
   std::vector<double> ids(size_t(group.size()), 0.0);
-  ids[size_t(group.rank())] = double(h >> 12);
+  ids[size_t(group.rank())] = id;
   group.AllReduceSum(ids.data(), int64_t(ids.size()));
-  int n = 0;
-  for (double id : ids) n += id == ids[size_t(group.rank())];
-  return n;
+  return ids;
+}
+
+int RanksOnThisHost(Comm& group) {
+  const double mine = HostId();
+  const std::vector<double> ids = AllRankIds(group, mine);
+  return int(std::count(ids.begin(), ids.end(), mine));
 }
 
 }  // namespace xt

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <vector>
 
 #include "xtuner/loss/cross_entropy.h"
@@ -116,6 +118,23 @@ double RecomputeFor(int64_t k, int64_t L) {
   int64_t c = std::max<int64_t>(0, int64_t(std::floor(100.0 * (double(k) - 0.5) / double(L))) - 1);
   while (c < 100 && std::llround(double(c) / 100.0 * double(L)) < k) ++c;
   return double(c) / 100.0;
+}
+
+// The least recompute above in.recompute whose plan `fits`: its fraction and its plan, or none.
+struct RecomputeFit {
+  double fraction = 0;
+  PlanReport plan;
+};
+Result<std::optional<RecomputeFit>> LeastRecomputeThatFits(
+    const PlanInputs& in, const PlanReport& r, const std::function<bool(const PlanReport&)>& fits) {
+  for (int64_t k = r.recompute_layers + 1; k <= r.num_layers; ++k) {
+    PlanInputs more = in;
+    more.recompute = RecomputeFor(k, r.num_layers);
+    more.gpu_memory_gib = 0;  // no verdict, so no search of its own
+    XT_ASSIGN_OR_RETURN(PlanReport m, Plan(more));
+    if (fits(m)) return std::optional<RecomputeFit>(RecomputeFit{more.recompute, std::move(m)});
+  }
+  return std::optional<RecomputeFit>();
 }
 
 }  // namespace
@@ -269,16 +288,15 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.gpu_bytes = int64_t(std::llround(in.gpu_memory_gib * double(int64_t(1) << 30)));
     r.fits = r.total_bytes <= r.gpu_bytes;
     // Where it does not fit: the least recompute that does, if any.
-    for (int64_t k = r.recompute_layers + 1; !r.fits && k <= L; ++k) {
-      PlanInputs more = in;
-      more.recompute = RecomputeFor(k, L);
-      more.gpu_memory_gib = 0;  // no verdict, so no search of its own
-      XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
-      if (m.total_bytes <= r.gpu_bytes) {
-        r.fits_with_recompute = more.recompute;
-        r.fits_with_recompute_layers = m.recompute_layers;
-        r.fits_with_recompute_bytes = m.total_bytes;
-        break;
+    if (!r.fits) {
+      XT_ASSIGN_OR_RETURN(const std::optional<RecomputeFit> least,
+                          LeastRecomputeThatFits(in, r, [&](const PlanReport& m) {
+                            return m.total_bytes <= r.gpu_bytes;
+                          }));
+      if (least) {
+        r.fits_with_recompute = least->fraction;
+        r.fits_with_recompute_layers = least->plan.recompute_layers;
+        r.fits_with_recompute_bytes = least->plan.total_bytes;
       }
     }
   }
@@ -328,19 +346,16 @@ Status CheckStepFits(const PlanInputs& in, int64_t free_bytes, std::string* summ
                                                     (cuda ? "GPUs" : "machines") +
                                                     " (more ranks, or a larger parallel.ep)";
   const int64_t L = r.num_layers;
-  for (int64_t k = r.recompute_layers + 1; k <= L; ++k) {
-    PlanInputs more = in;
-    more.recompute = RecomputeFor(k, L);
-    more.gpu_memory_gib = 0;  // no verdict, so no search of its own
-    XT_ASSIGN_OR_RETURN(const PlanReport m, Plan(more));
-    if (StepBytes(m) <= free_bytes) {
-      char f[16];
-      std::snprintf(f, sizeof f, "%g", more.recompute);
-      return Status::Error(msg + "set model.recompute = " + f + " (" +
-                           std::to_string(m.recompute_layers) + " of " + std::to_string(L) +
-                           " layers; about " + gib(StepBytes(m)) +
-                           "), or shorten data.max_length or train.micro_batch_size" + more_gpus);
-    }
+  XT_ASSIGN_OR_RETURN(const std::optional<RecomputeFit> least,
+                      LeastRecomputeThatFits(
+                          in, r, [&](const PlanReport& m) { return StepBytes(m) <= free_bytes; }));
+  if (least) {
+    char f[16];
+    std::snprintf(f, sizeof f, "%g", least->fraction);
+    return Status::Error(msg + "set model.recompute = " + f + " (" +
+                         std::to_string(least->plan.recompute_layers) + " of " + std::to_string(L) +
+                         " layers; about " + gib(StepBytes(least->plan)) +
+                         "), or shorten data.max_length or train.micro_batch_size" + more_gpus);
   }
   return Status::Error(
       msg +
