@@ -6,6 +6,8 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config
   libdnnl-dev          # oneDNN: CPU GEMM (see docs/design.md for why not OpenBLAS)
+  ocl-icd-opencl-dev   # OpenCL headers and loader: Debian's dnnl-config.cmake requires them
+                       # (a recommendation of libdnnl-dev that --no-install-recommends skips)
   libomp-dev           # OpenMP runtime headers (libgomp ships with g++)
   nlohmann-json3-dev   # JSON: config.json, safetensors headers
   libcli11-dev         # command-line parsing
