@@ -1,7 +1,10 @@
 // ops::gemm in bf16 (MatmulPrecision::kBf16): a and b rounded to bf16 (to nearest, ties to even),
 // products summed in fp32, on oneDNN's matmul primitive (AMX or AVX-512 BF16 where the CPU has
 // them). One primitive per (ta, tb, accumulate), with M, N, K and the strides given at run time,
-// so the uneven row counts of the MoE experts never build a new kernel.
+// so the uneven row counts of the MoE experts never build a new kernel. Where oneDNN has no bf16
+// matmul for the CPU (Debian's oneDNN 2.x needs AVX-512; an AVX2-only CPU has none), the rounded
+// operands are widened back to fp32 and multiplied by sgemm: a product of two bf16 values is
+// exact in fp32, so that is the same product, summed in fp32 in another order.
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 
@@ -48,6 +51,7 @@ Descs MakeDescs(int64_t M, int64_t N, int64_t K, bool ta, bool tb) {
   return d;
 }
 
+// The matmul primitive for (ta, tb, accumulate); null where oneDNN has none for this CPU.
 dnnl_primitive_t Primitive(bool ta, bool tb, bool accumulate) {
   static std::mutex mu;
   static std::map<std::tuple<bool, bool, bool>, dnnl_primitive_t> cache;
@@ -68,11 +72,21 @@ dnnl_primitive_t Primitive(bool ta, bool tb, bool accumulate) {
     dnnl_post_ops_destroy(po);
   }
   dnnl_primitive_desc_t pd;
-  Ok(dnnl_primitive_desc_create(&pd, &md, attr, Engine(), nullptr), "matmul primitive desc");
+  const dnnl_status_t st = dnnl_primitive_desc_create(&pd, &md, attr, Engine(), nullptr);
+  dnnl_primitive_attr_destroy(attr);
+  if (st == dnnl_unimplemented) return nullptr;  // cached: no bf16 matmul on this CPU
+  Ok(st, "matmul primitive desc");
   Ok(dnnl_primitive_create(&it->second, pd), "matmul primitive");
   dnnl_primitive_desc_destroy(pd);
-  dnnl_primitive_attr_destroy(attr);
   return it->second;
+}
+
+// x (n) rounded to bf16 and widened back to fp32.
+void RoundedF32(std::vector<float>* out, const float* x, int64_t n) {
+  out->resize(size_t(n));
+  float* o = out->data();
+#pragma omp parallel for schedule(static) if (n > (1 << 16) && !omp_in_parallel())
+  for (int64_t i = 0; i < n; ++i) o[i] = Bf16ToF32(F32ToBf16(x[i]));
 }
 
 void ToBf16(std::vector<uint16_t>* out, const float* x, int64_t n) {
@@ -96,6 +110,16 @@ void gemm_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, i
       for (int64_t i = 0; i < M * N; ++i) c[i] = 0.0f;
     return;
   }
+  const dnnl_primitive_t matmul = Primitive(ta, tb, beta != 0.0f);
+  if (!matmul) {  // the rounded operands in fp32, through sgemm
+    thread_local std::vector<float> a32, b32;
+    RoundedF32(&a32, a, M * K);
+    RoundedF32(&b32, b, K * N);
+    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a32.data(),
+                                        ta ? M : K, b32.data(), tb ? K : N, beta, c, N);
+    XT_CHECK(st == dnnl_success, "dnnl_sgemm failed with status " + std::to_string(int(st)));
+    return;
+  }
   thread_local std::vector<uint16_t> a16, b16;
   ToBf16(&a16, a, M * K);
   ToBf16(&b16, b, K * N);
@@ -110,7 +134,7 @@ void gemm_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, i
   Ok(dnnl_memory_create(&bm, &d.b, Engine(), b16.data()), "memory");
   Ok(dnnl_memory_create(&cm, &d.c, Engine(), c), "memory");
   const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-  Ok(dnnl_primitive_execute(Primitive(ta, tb, beta != 0.0f), stream, 3, args), "matmul");
+  Ok(dnnl_primitive_execute(matmul, stream, 3, args), "matmul");
   Ok(dnnl_stream_wait(stream), "stream wait");
   dnnl_memory_destroy(am);
   dnnl_memory_destroy(bm);
