@@ -49,6 +49,7 @@
 
 #include "cuda/attention_test_util.h"
 #include "cuda/cuda_test_util.h"
+#include "xtuner/core/dtype.h"
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/ops/ops.h"
@@ -78,6 +79,8 @@ class AttentionBf16Cuda : public cudatest::CudaTest<Param> {};
 // on the wmma kernels, the shapes but the long documents on the mma ones (the emulator runs
 // mma.sync slowly: a warp barrier an instruction).
 class AttentionBf16CudaPaths : public cudatest::CudaTest<Param> {};
+// The FromBf16 functions (inputs already in bf16): a few shapes on both families.
+class AttentionBf16CudaInputs : public cudatest::CudaTest<Param> {};
 
 TEST_P(AttentionBf16Cuda, MatchesTheCpuTwinWithinBf16RoundingAndRepeatsBitForBit) {
   const Case c(std::get<0>(GetParam()));
@@ -208,6 +211,52 @@ TEST_P(AttentionBf16CudaPaths, UnalignedInputsGiveTheSameBits) {
   ExpectBitEqual(dv_b.Host(), dv_a.Host(), "dv (unaligned inputs)");
 }
 
+// Inputs already in bf16 (the model keeps q, k, v and the attention's output rounded): the
+// FromBf16 functions give the bits the fp32 ones give on the values they round to (out: on its
+// rounded value, which is what the bf16 one reads), with no copies of their own.
+TEST_P(AttentionBf16CudaInputs, Bf16InputsGiveTheBitsOfTheirValues) {
+  const Case c(std::get<0>(GetParam()));
+  const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
+  const int64_t T = c.T, nd = c.nd, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
+  const int32_t* cu = c.cu.data();
+  auto round = [](const std::vector<float>& v) {
+    std::vector<uint16_t> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = F32ToBf16(v[i]);
+    return r;
+  };
+  DeviceVec<float> gq(c.q), gk(c.k), gv(c.v), gdout(c.dout);
+  DeviceVec<uint16_t> gq16(round(c.q)), gk16(round(c.k)), gv16(round(c.v));
+  DeviceVec<float> out_a(c.out), lse_a(c.lse), out_b(c.out), lse_b(c.lse);
+  DeviceVec<float> dq_a(c.q), dk_a(c.k), dv_a(c.v), dq_b(c.q), dk_b(c.k), dv_b(c.v);
+  ASSERT_TRUE(cuda::AttentionForwardBf16(out_a.p, lse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
+                                         c.scale, nullptr, kernels)
+                  .ok());
+  ASSERT_TRUE(cuda::AttentionForwardFromBf16(out_b.p, lse_b.p, gq16.p, gk16.p, gv16.p, cu, nd, T,
+                                             Hq, Hkv, D, c.scale, nullptr, kernels)
+                  .ok());
+  cudatest::Sync();
+  const std::vector<float> out = out_a.Host();
+  ExpectBitEqual(out_b.Host(), out, "out (bf16 inputs)");
+  ExpectBitEqual(lse_b.Host(), lse_a.Host(), "lse (bf16 inputs)");
+  const std::vector<uint16_t> out16 = round(out);
+  std::vector<float> out_widened(out16.size());
+  for (size_t i = 0; i < out16.size(); ++i) out_widened[i] = Bf16ToF32(out16[i]);
+  DeviceVec<uint16_t> gout16(out16);
+  DeviceVec<float> gout(out_widened);
+  ASSERT_TRUE(cuda::AttentionBackwardBf16(dq_a.p, dk_a.p, dv_a.p, gdout.p, gout.p, lse_a.p, gq.p,
+                                          gk.p, gv.p, cu, nd, T, Hq, Hkv, D, c.scale, nullptr,
+                                          kernels)
+                  .ok());
+  ASSERT_TRUE(cuda::AttentionBackwardFromBf16(dq_b.p, dk_b.p, dv_b.p, gdout.p, gout16.p, lse_a.p,
+                                              gq16.p, gk16.p, gv16.p, cu, nd, T, Hq, Hkv, D,
+                                              c.scale, nullptr, kernels)
+                  .ok());
+  cudatest::Sync();
+  ExpectBitEqual(dq_b.Host(), dq_a.Host(), "dq (bf16 inputs)");
+  ExpectBitEqual(dk_b.Host(), dk_a.Host(), "dk (bf16 inputs)");
+  ExpectBitEqual(dv_b.Host(), dv_a.Host(), "dv (bf16 inputs)");
+}
+
 const std::vector<Shape> kShapes = {
     Shape{"OneTokenMqaD64", {1}, 4, 1, 64},
     Shape{"OneTokenMhaD128", {1}, 2, 2, 128},
@@ -243,6 +292,14 @@ INSTANTIATE_TEST_SUITE_P(Wmma, AttentionBf16CudaPaths,
                          ::testing::Combine(::testing::ValuesIn(AllShapes()),
                                             ::testing::Values(cuda::AttentionBf16Kernels::kWmma)),
                          ParamName);
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionBf16CudaInputs,
+    ::testing::Combine(
+        ::testing::Values(Shape{"Cu0_1_65_200GqaD64", {1, 64, 135}, 4, 2, 64},
+                          Shape{"RaggedMqaD128", {65, 1, 200, 63}, 8, 1, 128},
+                          Shape{"D80Group3", {97, 31, 1}, 3, 1, 80}, Shape{"Empty", {0}, 2, 1, 64}),
+        ::testing::Values(cuda::AttentionBf16Kernels::kWmma, cuda::AttentionBf16Kernels::kMma)),
+    ParamName);
 INSTANTIATE_TEST_SUITE_P(Mma, AttentionBf16CudaPaths,
                          ::testing::Combine(::testing::ValuesIn(kShapes),
                                             ::testing::Values(cuda::AttentionBf16Kernels::kMma)),

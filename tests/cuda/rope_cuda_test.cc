@@ -1,5 +1,6 @@
 // CUDA RoPE forward and backward (in place) against their CPU twins (ops::rope_forward/backward)
-// on random and awkward shapes, odd D included. Skipped (label `cuda`) where no GPU is present.
+// on random and awkward shapes, odd D included, and the forward into bf16 against the in-place
+// one rounded. Skipped (label `cuda`) where no GPU is present.
 //
 // Each output is a*c -/+ b*s: the GPU may fuse it into one multiply-add and the CPU compiler
 // may or may not, so the results agree to 1e-6 relative to |a c| + |b s| (the terms cancel),
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "xtuner/core/dtype.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/ops/ops.h"
 
@@ -66,6 +68,36 @@ TEST_P(RopeCuda, MatchesTheCpuTwin) {
   const std::vector<double> scale = RotationScale(x, cos, sin, T, Hn, D);
   cudatest::ExpectNearScaled(gfwd.Host(), fwd, scale, 1e-6, "forward");
   cudatest::ExpectNearScaled(gbwd.Host(), bwd, scale, 1e-6, "backward");
+}
+
+// The forward into bf16 writes the in-place forward's result rounded to nearest even, bit for bit
+// (an odd D's last element rounded as is), and leaves its input alone.
+TEST_P(RopeCuda, Bf16ForwardRoundsTheInPlaceForward) {
+  const auto [T, Hn, D] = GetParam();
+  const int64_t half = D / 2;
+  std::mt19937 rng(unsigned(T * 7 + Hn * 131 + D));
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  std::uniform_real_distribution<float> angle(-3.2f, 3.2f);
+  std::vector<float> x(T * Hn * D), cos(T * half), sin(T * half);
+  for (float& v : x) v = dist(rng);
+  for (int64_t i = 0; i < T * half; ++i) {
+    const float a = angle(rng);
+    cos[i] = std::cos(a);
+    sin[i] = std::sin(a);
+  }
+  DeviceVec<float> gx(x), gfwd(x), gcos(cos), gsin(sin);
+  DeviceVec<uint16_t> g16(std::vector<uint16_t>(x.size(), 0x7fc1));  // a NaN: all overwritten
+  ASSERT_TRUE(cuda::RopeForward(g16.p, gx.p, gcos.p, gsin.p, T, Hn, D).ok());
+  ASSERT_TRUE(cuda::RopeForward(gfwd.p, gcos.p, gsin.p, T, Hn, D).ok());
+  cudatest::Sync();
+  const std::vector<float> fwd = gfwd.Host();
+  const std::vector<uint16_t> got = g16.Host();
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != F32ToBf16(fwd[i]) && bad++ < 5)
+      ADD_FAILURE() << "element " << i << ": " << got[i] << " != " << F32ToBf16(fwd[i]);
+  EXPECT_EQ(bad, 0u);
+  cudatest::ExpectBitEqual(gx.Host(), x, "the input");
 }
 
 // The test's name suffix: its shape.

@@ -125,11 +125,12 @@ TEST(PlanAgreement, RecomputeShrinksActivationsAndBf16OnlyTheGpus) {
   in.precision = Precision::kFp32;
   const PlanReport gpu_fp32 = MustPlan(in);
   EXPECT_LT(gpu_fp32.activation_bytes_all_recompute, gpu_fp32.activation_bytes_no_recompute / 10);
-  // h1, the experts' rows, outputs, SwiGLU's input and output in bf16: half of
-  // (H + 8 H + 8 H + 8 * 2I + 8 I) = 26.6k of the 73.6k elements a token and layer keeps.
+  // h1, the experts' outputs, SwiGLU's input and output, attention's q, k, v and output in bf16:
+  // half of (H + 8 H + 8 * 2I + 8 I + 2 Hq D + 2 Hkv D) = 23.0k of the 57.2k elements a token and
+  // layer keeps (the experts' input rows, 8 H, are permuted again in the backward, not kept).
   const double ratio = double(gpu_bf16.activation_bytes) / double(gpu_fp32.activation_bytes);
-  EXPECT_GT(ratio, 0.62);
-  EXPECT_LT(ratio, 0.65);
+  EXPECT_GT(ratio, 0.58);
+  EXPECT_LT(ratio, 0.61);
   EXPECT_EQ(gpu_fp32.copy_bytes, 0);
   const int64_t embed = 151936 * 2048;  // untied: the input embedding's lookup reads fp32
   EXPECT_EQ(gpu_bf16.copy_bytes, 2 * (gpu_bf16.total_params - embed));

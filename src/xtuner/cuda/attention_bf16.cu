@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -188,10 +189,14 @@ bool AttentionBf16Supports(int64_t D) { return D >= 16 && D <= kMaxD && D % 16 =
 
 Status AttentionBf16Device() { return detail::Bf16TensorCores("attention_bf16"); }
 
-Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
-                            const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                            int64_t Hkv, int64_t D, float scale, void* stream,
-                            AttentionBf16Kernels kernels) {
+namespace {
+
+// The public forwards' one body: q, k, v given in bf16 (in16), or rounded here from fp32 (in32)
+// into scratch copies.
+Status Forward(float* out, float* lse, std::array<const float*, 3> in32,
+               std::array<const bf16*, 3> in16, const int32_t* cu_seqlens, int64_t num_docs,
+               int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale, void* stream,
+               AttentionBf16Kernels kernels) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_forward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
@@ -201,11 +206,13 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   const int64_t nb = int64_t(by_q.size());
   detail::Scratch scratch(st);
   const Block* blocks = nullptr;
-  std::vector<const bf16*> in;  // q, k, v
+  std::vector<const bf16*> in(in16.begin(), in16.end());  // q, k, v
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_forward_bf16 blocks");
-  if (s.ok())
-    s = Bf16Copies(scratch, {{q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in, st,
-                   "attention_forward_bf16 inputs");
+  if (s.ok() && in32[0]) {
+    in.clear();
+    s = Bf16Copies(scratch, {{in32[0], T * Hq * D}, {in32[1], T * Hkv * D}, {in32[2], T * Hkv * D}},
+                   &in, st, "attention_forward_bf16 inputs");
+  }
   if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
     s = detail::LaunchForwardMma(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
   } else if (s.ok()) {
@@ -216,6 +223,24 @@ Status AttentionForwardBf16(float* out, float* lse, const float* q, const float*
   }
   const Status freed = scratch.Release("attention_forward_bf16 scratch free");
   return s.ok() ? freed : s;
+}
+
+}  // namespace
+
+Status AttentionForwardBf16(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                            int64_t Hkv, int64_t D, float scale, void* stream,
+                            AttentionBf16Kernels kernels) {
+  return Forward(out, lse, {q, k, v}, {}, cu_seqlens, num_docs, T, Hq, Hkv, D, scale, stream,
+                 kernels);
+}
+
+Status AttentionForwardFromBf16(float* out, float* lse, const uint16_t* q16, const uint16_t* k16,
+                                const uint16_t* v16, const int32_t* cu_seqlens, int64_t num_docs,
+                                int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale,
+                                void* stream, AttentionBf16Kernels kernels) {
+  return Forward(out, lse, {}, {AsBf16(q16), AsBf16(k16), AsBf16(v16)}, cu_seqlens, num_docs, T, Hq,
+                 Hkv, D, scale, stream, kernels);
 }
 
 }  // namespace xt::cuda

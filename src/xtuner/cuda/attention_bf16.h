@@ -4,9 +4,10 @@
 // checks (made before any CUDA call), T == 0 launches nothing, no atomics (bit-identical results
 // from run to run on a given binary and GPU model), scratch from the stream-ordered allocator.
 //
-// Precision: q, k, v, dout are fp32 in memory; each call rounds them once to bf16 (round to
-// nearest even) into scratch copies (2 bytes an element: the forward's q, k, v, the backward's
-// dout, q, k, v), which the kernels stream into shared memory for the tensor-core products;
+// Precision: q, k, v, dout are fp32 in memory (the FromBf16 functions take q, k, v, out in bf16);
+// each call rounds them once to bf16 (round to nearest even) into scratch copies (2 bytes an
+// element: the forward's q, k, v, the backward's dout, q, k, v), which the kernels stream into
+// shared memory for the tensor-core products;
 // the softmax weights p and the score gradients ds are rounded there too; the products
 // accumulate in fp32. Softmax statistics (running max
 // and sum), lse and delta = <dout, out> are fp32 (dout rounded to bf16 there too, as the
@@ -59,5 +60,22 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
                              const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
                              int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
                              AttentionBf16Kernels kernels = AttentionBf16Kernels::kWmma);
+
+// The same with q, k, v (and in the backward the forward's out) already in bf16: uint16_t bits
+// of __nv_bfloat16, e.g. the model's copies rounded where they were made. No copies of them are
+// made (dout is still rounded into one). Each gives the bits the function above gives on the
+// widened values: the forward's results are those of any fp32 q, k, v that round to these; the
+// backward reads out as rounded, which moves delta = <dout, out> by out's rounding.
+Status AttentionForwardFromBf16(float* out, float* lse, const uint16_t* q16, const uint16_t* k16,
+                                const uint16_t* v16, const int32_t* cu_seqlens, int64_t num_docs,
+                                int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale,
+                                void* stream = nullptr,
+                                AttentionBf16Kernels kernels = AttentionBf16Kernels::kWmma);
+Status AttentionBackwardFromBf16(float* dq, float* dk, float* dv, const float* dout,
+                                 const uint16_t* out16, const float* lse, const uint16_t* q16,
+                                 const uint16_t* k16, const uint16_t* v16,
+                                 const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                                 int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
+                                 AttentionBf16Kernels kernels = AttentionBf16Kernels::kWmma);
 
 }  // namespace xt::cuda

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -52,14 +53,19 @@ using namespace bf16attn;  // NOLINT: this file is one of its two users
 // it, so that delta = sum_j p_j dp_j holds up to v's rounding (and exactly, up to fp32 sums, for
 // a one-token document after the bf16 forward, whose out is bf16(v)): ds = p (dp - delta) is
 // then not dominated by dout's rounding where dp and delta nearly cancel.
-__global__ void AttentionDeltaBf16Kernel(float* delta, const float* dout, const float* out,
+__device__ __forceinline__ float Widen(float x) { return x; }
+__device__ __forceinline__ float Widen(bf16 x) { return __bfloat162float(x); }
+
+// Out: float, or bf16 (the forward's output already rounded, as its next product rounds it).
+template <typename Out>
+__global__ void AttentionDeltaBf16Kernel(float* delta, const float* dout, const Out* out,
                                          int64_t rows, int D) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = detail::GridThreads() / 32;
   for (int64_t r = detail::GlobalThread() / 32; r < rows; r += warps) {  // uniform in the warp
     float s = 0.0f;
     for (int d = lane; d < D; d += 32)
-      s = fmaf(__bfloat162float(__float2bfloat16_rn(dout[r * D + d])), out[r * D + d], s);
+      s = fmaf(__bfloat162float(__float2bfloat16_rn(dout[r * D + d])), Widen(out[r * D + d]), s);
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(kFullMask, s, off);
     if (lane == 0) delta[r] = s;
@@ -308,11 +314,15 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const bf16* dout, const f
 
 }  // namespace
 
-Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout, const float* out,
-                             const float* lse, const float* q, const float* k, const float* v,
-                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                             int64_t Hkv, int64_t D, float scale, void* stream,
-                             AttentionBf16Kernels kernels) {
+namespace {
+
+// The public backwards' one body: out given in fp32 (out32) or bf16 (out16), q, k, v given in
+// bf16 (in16) or rounded here from fp32 (in32) into scratch copies, dout rounded here.
+template <typename Out>
+Status Backward(float* dq, float* dk, float* dv, const float* dout, const Out* out,
+                const float* lse, std::array<const float*, 3> in32, std::array<const bf16*, 3> in16,
+                const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq, int64_t Hkv,
+                int64_t D, float scale, void* stream, AttentionBf16Kernels kernels) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_backward_bf16", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
@@ -326,14 +336,23 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_backward_bf16 scratch");
   if (s.ok()) s = scratch.Alloc(&delta, T * Hq, "attention_backward_bf16 scratch");
   if (s.ok()) {
-    XT_LAUNCH(AttentionDeltaBf16Kernel, detail::BlocksFor(T * Hq * 32), detail::kThreads, 0, st)
+    XT_LAUNCH(AttentionDeltaBf16Kernel<Out>, detail::BlocksFor(T * Hq * 32), detail::kThreads, 0,
+              st)
     (delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward_bf16 (delta) launch");
-    std::vector<const bf16*> in;  // dout, q, k, v
-    if (s.ok())
+    std::vector<const bf16*> in;  // dout, q, k, v: dout always copied, q, k, v unless given
+    const char* what = "attention_backward_bf16 inputs";
+    if (s.ok() && in32[0])
       s = Bf16Copies(scratch,
-                     {{dout, T * Hq * D}, {q, T * Hq * D}, {k, T * Hkv * D}, {v, T * Hkv * D}}, &in,
-                     st, "attention_backward_bf16 inputs");
+                     {{dout, T * Hq * D},
+                      {in32[0], T * Hq * D},
+                      {in32[1], T * Hkv * D},
+                      {in32[2], T * Hkv * D}},
+                     &in, st, what);
+    if (s.ok() && !in32[0]) {
+      s = Bf16Copies(scratch, {{dout, T * Hq * D}}, &in, st, what);
+      in.insert(in.end(), in16.begin(), in16.end());
+    }
     if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
       s = detail::LaunchBackwardMma(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,
                                     blocks + nb, nb, Hq, Hkv, D, scale, st);
@@ -348,6 +367,27 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
   }
   const Status freed = scratch.Release("attention_backward_bf16 scratch free");
   return s.ok() ? freed : s;
+}
+
+}  // namespace
+
+Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                             const float* lse, const float* q, const float* k, const float* v,
+                             const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                             int64_t Hkv, int64_t D, float scale, void* stream,
+                             AttentionBf16Kernels kernels) {
+  return Backward(dq, dk, dv, dout, out, lse, {q, k, v}, {}, cu_seqlens, num_docs, T, Hq, Hkv, D,
+                  scale, stream, kernels);
+}
+
+Status AttentionBackwardFromBf16(float* dq, float* dk, float* dv, const float* dout,
+                                 const uint16_t* out16, const float* lse, const uint16_t* q16,
+                                 const uint16_t* k16, const uint16_t* v16,
+                                 const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
+                                 int64_t Hkv, int64_t D, float scale, void* stream,
+                                 AttentionBf16Kernels kernels) {
+  return Backward(dq, dk, dv, dout, AsBf16(out16), lse, {}, {AsBf16(q16), AsBf16(k16), AsBf16(v16)},
+                  cu_seqlens, num_docs, T, Hq, Hkv, D, scale, stream, kernels);
 }
 
 }  // namespace xt::cuda

@@ -210,6 +210,10 @@ inline bool Aligned16(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// bf16 bits given as uint16_t (the public overloads' inputs already in bf16), as the kernels read
+// them.
+inline const bf16* AsBf16(const uint16_t* p) { return reinterpret_cast<const bf16*>(p); }
+
 // The bf16 copies of the inputs the kernels read, in `scratch`: each of `parts` (an fp32 device
 // array and its size) rounded to nearest even, in order (each copy 256-byte aligned).
 inline Status Bf16Copies(detail::Scratch& scratch,

@@ -89,8 +89,10 @@ struct CudaModel::Buffers {
     // parallelism xr16 in place of xr, the received rows; an even hidden size), each rounded
     // as its products would round it; and SwiGLU's input and the experts' outputs rounded for
     // the backward (gu16, ys16 in place of gu, ys: the forward uses them in fp32, then frees
-    // them).
-    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16;
+    // them). With the bf16 attention kernels also their inputs (q16, k16 after RoPE, v16) and the
+    // attention's output (attn16), which feeds only them and the o_proj product, in place of
+    // q, k, v, attn.
+    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16, q16, k16, v16, attn16;
     int64_t Bytes() const {
       int64_t n = 0;
       for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
@@ -100,7 +102,8 @@ struct CudaModel::Buffers {
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
-      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16})
+      for (const DeviceArray<uint16_t>* h :
+           {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16, &q16, &k16, &v16, &attn16})
         n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
@@ -448,21 +451,44 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     }
     XT_RETURN_IF_ERROR(mm.Linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, false, h1_16));
     XT_RETURN_IF_ERROR(part("rope"));
-    XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
-    XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
+    if (bf16_attention) {
+      // The bf16 kernels' inputs kept only as they read them: q and k rotated into bf16, v
+      // rounded; the fp32 ones freed.
+      XT_RETURN_IF_ERROR(a.q16.Alloc(T * Hq * D, s));
+      XT_RETURN_IF_ERROR(
+          RopeForward(a.q16.get(), a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
+      a.q = F();
+      XT_RETURN_IF_ERROR(a.k16.Alloc(T * Hkv * D, s));
+      XT_RETURN_IF_ERROR(
+          RopeForward(a.k16.get(), a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
+      a.k = F();
+      XT_RETURN_IF_ERROR(a.v16.Alloc(T * Hkv * D, s));
+      XT_RETURN_IF_ERROR(ToBf16(a.v16.get(), a.v.get(), T * Hkv * D, s));
+      a.v = F();
+    } else {
+      XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
+      XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
+    }
     XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
     XT_RETURN_IF_ERROR(part("attention_fwd"));
-    XT_RETURN_IF_ERROR(bf16_attention
-                           ? AttentionForwardBf16(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-                                                  a.v.get(), b.cu_seqlens.data(), b.num_docs(), T,
-                                                  Hq, Hkv, D, scale, s, attention_kernels_)
-                           : AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-                                              a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq,
-                                              Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(
+        bf16_attention
+            ? AttentionForwardFromBf16(a.attn.get(), a.lse.get(), a.q16.get(), a.k16.get(),
+                                       a.v16.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv,
+                                       D, scale, s, attention_kernels_)
+            : AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(),
+                               b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s));
+    if (bf16_attention) {  // the output kept rounded, as the o_proj product and the backward read
+                           // it
+      XT_RETURN_IF_ERROR(a.attn16.Alloc(T * Hq * D, s));
+      XT_RETURN_IF_ERROR(ToBf16(a.attn16.get(), a.attn.get(), T * Hq * D, s));
+      a.attn = F();
+    }
     XT_RETURN_IF_ERROR(part("o_proj"));
     XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
-    XT_RETURN_IF_ERROR(mm.Linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H));
+    XT_RETURN_IF_ERROR(
+        mm.Linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H, false, a.attn16.get()));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
     XT_RETURN_IF_ERROR(part("norm"));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
@@ -553,10 +579,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(part("experts_gemm"));
       XT_RETURN_IF_ERROR(
           mm.GroupedForward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
-      // A layer recomputed in the backward permutes its rows again there instead of keeping
-      // them: its backward's peak (the (A, H) output gradient beside every activation) holds
-      // one (A, H) buffer less (8 GiB at 128k tokens of the benchmark's model in fp32).
-      if (recomputing && !ep_) {
+      // The rows are permuted again in the backward (from h2, which the router's backward keeps
+      // anyway: the same bits) instead of kept: every layer keeps one (A, H) buffer less, 4 GiB a
+      // layer at 128k tokens of the benchmark's model in bf16, for one more gather (A rows of H)
+      // in the backward. Under expert parallelism the received rows are kept: only another
+      // exchange could bring them back.
+      if (!ep_) {
         a.xs = F();
         a.xs16 = DeviceArray<uint16_t>();
       }
@@ -784,7 +812,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       dact = F();
       a.gu = F();
       a.gu16 = DeviceArray<uint16_t>();
-      if (!ep_ && a.xs.size() == 0 && a.xs16.size() == 0) {  // dropped by the recompute
+      if (!ep_) {  // dropped after the forward's product
         XT_RETURN_IF_ERROR(mark("moe_permute"));
         XT_RETURN_IF_ERROR(permute_rows(a, A));
       }
@@ -823,17 +851,17 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                        a.rstd2.get(), T, H, true, s));
     XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
     XT_RETURN_IF_ERROR(mm.LinearBackward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
-                                         Hq * D, H, false));
+                                         Hq * D, H, false, false, a.attn16.get()));
     XT_RETURN_IF_ERROR(mark("attention_bwd"));
-    XT_RETURN_IF_ERROR(bf16_attention
-                           ? AttentionBackwardBf16(dq.get(), dk.get(), dv.get(), dattn.get(),
-                                                   a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-                                                   a.v.get(), b.cu_seqlens.data(), b.num_docs(), T,
-                                                   Hq, Hkv, D, scale, s, attention_kernels_)
-                           : AttentionBackward(dq.get(), dk.get(), dv.get(), dattn.get(),
-                                               a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-                                               a.v.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq,
-                                               Hkv, D, scale, s));
+    XT_RETURN_IF_ERROR(
+        bf16_attention
+            ? AttentionBackwardFromBf16(dq.get(), dk.get(), dv.get(), dattn.get(), a.attn16.get(),
+                                        a.lse.get(), a.q16.get(), a.k16.get(), a.v16.get(),
+                                        b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s,
+                                        attention_kernels_)
+            : AttentionBackward(dq.get(), dk.get(), dv.get(), dattn.get(), a.attn.get(),
+                                a.lse.get(), a.q.get(), a.k.get(), a.v.get(), b.cu_seqlens.data(),
+                                b.num_docs(), T, Hq, Hkv, D, scale, s));
     XT_RETURN_IF_ERROR(mark("rope_bwd"));
     XT_RETURN_IF_ERROR(RopeBackward(dq.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
     XT_RETURN_IF_ERROR(RopeBackward(dk.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));

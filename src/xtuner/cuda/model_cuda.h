@@ -65,11 +65,13 @@ class CudaModel {
 
   const ModelConfig& config() const { return cfg_; }
   // The matmuls' inputs: fp32 (default) or bf16 (rounded, fp32 sums: the CPU model's
-  // MatmulPrecision::kBf16; the router stays fp32). Weights, gradients and activations stay fp32.
+  // MatmulPrecision::kBf16; the router stays fp32). Weights and gradients stay fp32, and so do
+  // the activations but those that feed only bf16 products (kept as those products round them).
   // The lm_head's products inside the chunked cross-entropy follow the same precision, and so
   // does attention where the bf16 kernels take the head dim (AttentionBf16Supports: a multiple
   // of 16 up to 128): Q, K, V, the softmax weights and the output gradient rounded to bf16 for
-  // the tensor cores. The CPU's bf16 mode keeps attention in fp32.
+  // the tensor cores (Q, K, V and the output kept in bf16). The CPU's bf16 mode keeps attention
+  // in fp32.
   void SetPrecision(GemmInput p) { precision_ = p; }
   // In bf16 mode, attention on the tensor cores (default) or on the fp32 kernels (false: e.g.
   // to measure the rest of the model should the bf16 kernels fail their tests on some GPU).

@@ -59,6 +59,11 @@ Status SwigluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, int6
 // An odd D leaves the last element of each head as is (as the CPU does).
 Status RopeForward(float* x, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
                    void* stream = nullptr);
+// The same rotation of x into out16 (T, Hn, D) rounded to bf16 (nearest even: what ToBf16 makes
+// of the in-place forward's result; an odd D's last element rounded as is), for an input of bf16
+// products only (the bf16 attention's q and k). x is left as it was.
+Status RopeForward(uint16_t* out16, const float* x, const float* cos, const float* sin, int64_t T,
+                   int64_t Hn, int64_t D, void* stream = nullptr);
 // ops::rope_backward: in place on dx (T, Hn, D), the transposed rotation.
 Status RopeBackward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
                     void* stream = nullptr);

@@ -85,7 +85,7 @@ std::vector<Buf> Kept(Pool* pool, int n) {
 // One layer's buffers kept from its forward to its backward (CudaModel::Buffers::Layer).
 struct Layer {
   explicit Layer(Pool* p)
-      : attention(Kept(p, 14)),
+      : attention(Kept(p, 18)),
         router(Kept(p, 8)),
         xs(p, true),
         ys(p, true),
@@ -94,7 +94,8 @@ struct Layer {
         xr(p, true),
         ys16(p, true),
         gu16(p, true) {}
-  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, x_mid, h2, rstd2.
+  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, x_mid, h2, rstd2, and with the
+  // bf16 attention kernels q16, k16, v16, attn16 (in place of q, k, v, attn).
   std::vector<Buf> attention;
   // router_logits, probs, topk_w, topk_idx, sorted, slot_of; expert parallelism's row maps.
   std::vector<Buf> router;
@@ -159,7 +160,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   layers.reserve(L);
   for (int64_t l = 0; l < L; ++l) layers.emplace_back(&pool);
 
-  auto forward = [&](int64_t l, bool recomputing) {
+  auto forward = [&](int64_t l) {
     Layer& a = layers[l];
     std::vector<Buf>& at =
         a.attention;  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, ...
@@ -174,14 +175,17 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       at[7].Alloc(T * Hq * kF32);
       at[8].Alloc(T * Hkv * kF32);
     }
-    at[9].Alloc(T * Hq * D * kF32);  // attn
-    at[10].Alloc(T * Hq * kF32);     // lse
-    if (bf16_attention)
-      pool.Transient(Rounded(T * Hq * D * kBf16) +
-                     2 * Rounded(T * Hkv * D * kBf16));  // q, k, v copies
-    at[11].Alloc(T * H * kF32);                          // x_mid
-    round_a(T * Hq * D);                                 // o_proj's input
-    at[13].Alloc(T * kF32);                              // rstd2
+    if (bf16_attention) {  // q, k (after RoPE) and v kept in bf16, the fp32 ones freed
+      at[14].Alloc(T * Hq * D * kBf16), at[2].Free();
+      at[15].Alloc(T * Hkv * D * kBf16), at[3].Free();
+      at[16].Alloc(T * Hkv * D * kBf16), at[4].Free();
+    }
+    at[9].Alloc(T * Hq * D * kF32);                                      // attn
+    at[10].Alloc(T * Hq * kF32);                                         // lse
+    if (bf16_attention) at[17].Alloc(T * Hq * D * kBf16), at[9].Free();  // attn kept in bf16
+    at[11].Alloc(T * H * kF32);                                          // x_mid
+    if (!bf16_attention) round_a(T * Hq * D);                            // o_proj's input
+    at[13].Alloc(T * kF32);                                              // rstd2
     if (!c.layer_is_moe[l]) {
       // bf16: the MLP's input and SwiGLU's output held in bf16, its input kept in bf16.
       const int64_t I = c.intermediate_size;
@@ -212,7 +216,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     a.gu.Alloc(R * 2 * I * kF32);
     a.act.Alloc(R * I * rows_size);
     if (!rows16) round_a(R * H);
-    if (recomputing && !ep) a.xs.Free();                       // permuted again in the backward
+    if (!ep) a.xs.Free();                                      // permuted again in the backward
     if (rows16) a.gu16.Alloc(R * 2 * I * kBf16), a.gu.Free();  // SwiGLU's input kept in bf16
     Buf yr(&pool);
     if (ep) yr.Alloc(R * H * kF32);
@@ -225,7 +229,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   int64_t recomputed_peak = 0;
   for (int64_t l = 0; l < L; ++l) {
     pool.At("the forward of layer " + std::to_string(l));
-    forward(l, false);
+    forward(l);
     if (l < in.recompute_layers) {
       recomputed_peak = std::max(recomputed_peak, layers[l].Bytes());
       layers[l].Free();
@@ -289,7 +293,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     Layer& a = layers[l];
     if (l < in.recompute_layers) {
       pool.At("the recomputed forward of layer " + std::to_string(l));
-      forward(l, true);
+      forward(l);
     }
     pool.At("the backward of layer " + std::to_string(l));
     if (!c.layer_is_moe[l]) {
@@ -315,7 +319,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       dact.Free();
       a.gu.Free();
       a.gu16.Free();
-      if (!ep && a.xs.bytes() == 0) a.xs.Alloc(A * H * rows_size);  // dropped by the recompute
+      if (!ep) a.xs.Alloc(A * H * rows_size);  // permuted again (dropped after the forward)
       dxs.Alloc(R * H * kF32);
       if (!rows16) round_a(R * 2 * I), round_b(R * H);
       dgu.Free();
@@ -327,12 +331,11 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
         dxs.Free();
       }
     }
-    // Attention: o_proj, the kernels (log-sum-exp deltas, bf16 copies of dout, q, k, v), q/k/v.
+    // Attention: o_proj (its input rounded unless kept in bf16), the kernels (log-sum-exp deltas,
+    // the bf16 copy of dout), q/k/v.
     round_a(T * H);
-    round_b(T * Hq * D);
-    pool.Transient(
-        Rounded(T * Hq * kF32) +
-        (bf16_attention ? 2 * Rounded(T * Hq * D * kBf16) + 2 * Rounded(T * Hkv * D * kBf16) : 0));
+    if (!bf16_attention) round_b(T * Hq * D);
+    pool.Transient(Rounded(T * Hq * kF32) + (bf16_attention ? Rounded(T * Hq * D * kBf16) : 0));
     round_a(T * Hq * D);
     a.Free();
   }

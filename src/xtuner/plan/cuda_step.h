@@ -7,9 +7,10 @@
 // What the GPU holds differs from the CPU's buffers (plan.cc): activations stay fp32 except, in
 // bf16 mode, the q/k/v projections' input, a dense layer's MLP input, SwiGLU's input and output,
 // and the experts' rows and outputs (under expert parallelism too, where the hidden size is even:
-// the rows travel as bf16 pairs); the backward's per-layer gradients are allocated once for the
-// step; the bf16 operands of products whose inputs are fp32 are rounded into two scratch buffers
-// that grow to the largest operand; the bf16 loss groups 4 chunks per lm_head gradient product.
+// the rows travel as bf16 pairs), and with the bf16 attention kernels their q, k, v and output;
+// the backward's per-layer gradients are allocated once for the step; the bf16 operands of
+// products whose inputs are fp32 are rounded into two scratch buffers that grow to the largest
+// operand; the bf16 loss groups 4 chunks per lm_head gradient product.
 // Routing is taken as balanced (T*k rows, and R = T*k received under expert parallelism);
 // every token carries a loss. Tiny items (attention's block lists, the grouped GEMM's tile list,
 // the embedding backward's sort) are not counted. tests/cuda/plan_cuda_test.cc compares the

@@ -458,9 +458,9 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
               : ": every buffer fp32\n";
   else
     o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
-                "               the weights; activations fp32 but the q/k/v input, a dense\n"
-                "               MLP's input, SwiGLU's input and output, and the experts' rows\n"
-                "               and outputs\n"
+                "               the weights; activations fp32 but the q/k/v input, attention's\n"
+                "               q, k, v and output, a dense MLP's input, SwiGLU's input and\n"
+                "               output, and the experts' rows and outputs\n"
               : ": every buffer fp32\n";
 
   o += "\nparameters                 total    per rank\n";
