@@ -10,6 +10,7 @@
 #include <string>
 
 #include "xtuner/cuda/attention_bf16.h"
+#include "xtuner/cuda/attention_block.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/expert_parallel_cuda.h"
@@ -74,7 +75,8 @@ class CudaModel::LocalSource : public ParamSource {
 // Everything one micro-batch keeps between its forward and its backward.
 struct CudaModel::Buffers {
   struct Layer {
-    F h1, rstd1, q_pre, k_pre, q_rstd, k_rstd, q, k, v, attn, lse, x_mid, h2, rstd2, gu, act;
+    F h1, rstd1, x_mid, h2, rstd2, gu, act;
+    AttentionActs att;  // attention's (cuda/attention_block.h)
     F router_logits, probs, topk_w, xs, ys;
     I topk_idx, sorted, slot_of;
     std::vector<int32_t> offsets;  // (E + 1) on the host: the grouped GEMMs' row ranges
@@ -89,21 +91,16 @@ struct CudaModel::Buffers {
     // parallelism xr16 in place of xr, the received rows; an even hidden size), each rounded
     // as its products would round it; and SwiGLU's input and the experts' outputs rounded for
     // the backward (gu16, ys16 in place of gu, ys: the forward uses them in fp32, then frees
-    // them). With the bf16 attention kernels also their inputs (q16, k16 after RoPE, v16) and the
-    // attention's output (attn16), which feeds only them and the o_proj product, in place of
-    // q, k, v, attn.
-    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16, q16, k16, v16, attn16;
+    // them).
+    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16;
     int64_t Bytes() const {
-      int64_t n = 0;
-      for (const F* f : {&h1,     &rstd1, &q_pre, &k_pre, &q_rstd,        &k_rstd,
-                         &q,      &k,     &v,     &attn,  &lse,           &x_mid,
-                         &h2,     &rstd2, &gu,    &act,   &router_logits, &probs,
-                         &topk_w, &xs,    &ys,    &xr})
+      int64_t n = att.Bytes();
+      for (const F* f : {&h1, &rstd1, &x_mid, &h2, &rstd2, &gu, &act, &router_logits, &probs,
+                         &topk_w, &xs, &ys, &xr})
         n += f->size() * int64_t(sizeof(float));
       for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
         n += i->size() * int64_t(sizeof(int32_t));
-      for (const DeviceArray<uint16_t>* h :
-           {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16, &q16, &k16, &v16, &attn16})
+      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16})
         n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
@@ -280,10 +277,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                 const BalancePool& pool, bool router_only) {
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size;
-  const int64_t L = cfg_.num_layers, D = cfg_.head_dim, Hq = cfg_.num_heads;
-  const int64_t Hkv = cfg_.num_kv_heads, E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t L = cfg_.num_layers, D = cfg_.head_dim;
+  const int64_t E = cfg_.num_experts, k = cfg_.top_k;
   const float eps = float(cfg_.rms_norm_eps);
-  const float scale = float(1.0 / std::sqrt(double(D)));
   void* s = stream_;
   Blas& blas = *blas_;
   // The step's phases, timed when a profile is set (not for the router-only pass).
@@ -350,6 +346,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bu.cos.Upload(cos.data(), int64_t(cos.size()), s));
     XT_RETURN_IF_ERROR(bu.sin.Upload(sin.data(), int64_t(sin.size()), s));
   }
+  AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bf16_attention,
+                           attention_kernels_, s);
   XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);
@@ -426,69 +424,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
       XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
     }
-    const uint16_t* h1_16 = a.h1_16.get();
-    XT_RETURN_IF_ERROR(a.q.Alloc(T * Hq * D, s));
-    XT_RETURN_IF_ERROR(a.k.Alloc(T * Hkv * D, s));
-    XT_RETURN_IF_ERROR(a.v.Alloc(T * Hkv * D, s));
-    XT_RETURN_IF_ERROR(part("qkv_proj"));
-    if (cfg_.qk_norm) {
-      XT_RETURN_IF_ERROR(a.q_pre.Alloc(T * Hq * D, s));
-      XT_RETURN_IF_ERROR(a.k_pre.Alloc(T * Hkv * D, s));
-      XT_RETURN_IF_ERROR(a.q_rstd.Alloc(T * Hq, s));
-      XT_RETURN_IF_ERROR(a.k_rstd.Alloc(T * Hkv, s));
-      XT_RETURN_IF_ERROR(mm.Linear(a.q_pre.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
-      XT_RETURN_IF_ERROR(
-          mm.Linear(a.k_pre.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
-      XT_RETURN_IF_ERROR(part("qk_norm"));
-      XT_RETURN_IF_ERROR(
-          RmsnormForward(a.q.get(), a.q_rstd.get(), a.q_pre.get(), P(o.q_norm), T * Hq, D, eps, s));
-      XT_RETURN_IF_ERROR(RmsnormForward(a.k.get(), a.k_rstd.get(), a.k_pre.get(), P(o.k_norm),
-                                        T * Hkv, D, eps, s));
-      XT_RETURN_IF_ERROR(part("qkv_proj"));
-    } else {
-      XT_RETURN_IF_ERROR(mm.Linear(a.q.get(), a.h1.get(), P(o.wq), T, H, Hq * D, false, h1_16));
-      XT_RETURN_IF_ERROR(mm.Linear(a.k.get(), a.h1.get(), P(o.wk), T, H, Hkv * D, false, h1_16));
-    }
-    XT_RETURN_IF_ERROR(mm.Linear(a.v.get(), a.h1.get(), P(o.wv), T, H, Hkv * D, false, h1_16));
-    XT_RETURN_IF_ERROR(part("rope"));
-    if (bf16_attention) {
-      // The bf16 kernels' inputs kept only as they read them: q and k rotated into bf16, v
-      // rounded; the fp32 ones freed.
-      XT_RETURN_IF_ERROR(a.q16.Alloc(T * Hq * D, s));
-      XT_RETURN_IF_ERROR(
-          RopeForward(a.q16.get(), a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
-      a.q = F();
-      XT_RETURN_IF_ERROR(a.k16.Alloc(T * Hkv * D, s));
-      XT_RETURN_IF_ERROR(
-          RopeForward(a.k16.get(), a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
-      a.k = F();
-      XT_RETURN_IF_ERROR(a.v16.Alloc(T * Hkv * D, s));
-      XT_RETURN_IF_ERROR(ToBf16(a.v16.get(), a.v.get(), T * Hkv * D, s));
-      a.v = F();
-    } else {
-      XT_RETURN_IF_ERROR(RopeForward(a.q.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
-      XT_RETURN_IF_ERROR(RopeForward(a.k.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
-    }
-    XT_RETURN_IF_ERROR(a.attn.Alloc(T * Hq * D, s));
-    XT_RETURN_IF_ERROR(a.lse.Alloc(T * Hq, s));
-    XT_RETURN_IF_ERROR(part("attention_fwd"));
-    XT_RETURN_IF_ERROR(
-        bf16_attention
-            ? AttentionForwardFromBf16(a.attn.get(), a.lse.get(), a.q16.get(), a.k16.get(),
-                                       a.v16.get(), b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv,
-                                       D, scale, s, attention_kernels_)
-            : AttentionForward(a.attn.get(), a.lse.get(), a.q.get(), a.k.get(), a.v.get(),
-                               b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s));
-    if (bf16_attention) {  // the output kept rounded, as the o_proj product and the backward read
-                           // it
-      XT_RETURN_IF_ERROR(a.attn16.Alloc(T * Hq * D, s));
-      XT_RETURN_IF_ERROR(ToBf16(a.attn16.get(), a.attn.get(), T * Hq * D, s));
-      a.attn = F();
-    }
-    XT_RETURN_IF_ERROR(part("o_proj"));
-    XT_RETURN_IF_ERROR(a.x_mid.Alloc(T * H, s));
-    XT_RETURN_IF_ERROR(
-        mm.Linear(a.x_mid.get(), a.attn.get(), P(o.wo), T, Hq * D, H, false, a.attn16.get()));
+    XT_RETURN_IF_ERROR(attention.Forward(&a.att, &a.x_mid, a.h1.get(), a.h1_16.get(), P, o, part));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
     XT_RETURN_IF_ERROR(part("norm"));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
@@ -705,19 +641,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // ---- backward, top layer first; dx: d loss / d layer output, then / d layer input.
   // Scratch of the same size in every layer, allocated once; the experts' (the largest: A = T k
   // rows each) per layer, freed with the activations they consume as soon as they are used.
-  F dh2, dattn, dq, dk, dv, dh1, dq_pre, dk_pre;
+  F dh2, dh1;
   F dense_dact, dense_dgu, dtopk_w, dprobs, dlogits;
   DeviceArray<uint16_t> dense_dgu16;  // bf16 mode: the dense MLP's dgu, which feeds bf16 products
   XT_RETURN_IF_ERROR(dh2.Alloc(T * H, s));
-  XT_RETURN_IF_ERROR(dattn.Alloc(T * Hq * D, s));
-  XT_RETURN_IF_ERROR(dq.Alloc(T * Hq * D, s));
-  XT_RETURN_IF_ERROR(dk.Alloc(T * Hkv * D, s));
-  XT_RETURN_IF_ERROR(dv.Alloc(T * Hkv * D, s));
   XT_RETURN_IF_ERROR(dh1.Alloc(T * H, s));
-  if (cfg_.qk_norm) {
-    XT_RETURN_IF_ERROR(dq_pre.Alloc(T * Hq * D, s));
-    XT_RETURN_IF_ERROR(dk_pre.Alloc(T * Hkv * D, s));
-  }
+  XT_RETURN_IF_ERROR(attention.AllocGrads());
   if (n_moe < L) {
     XT_RETURN_IF_ERROR(dense_dact.Alloc(T * cfg_.intermediate_size, s));
     XT_RETURN_IF_ERROR(bf16 ? dense_dgu16.Alloc(T * 2 * cfg_.intermediate_size, s)
@@ -849,42 +778,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln2), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
-    XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
-    XT_RETURN_IF_ERROR(mm.LinearBackward(dattn.get(), G(o.wo), dx.get(), a.attn.get(), P(o.wo), T,
-                                         Hq * D, H, false, false, a.attn16.get()));
-    XT_RETURN_IF_ERROR(mark("attention_bwd"));
     XT_RETURN_IF_ERROR(
-        bf16_attention
-            ? AttentionBackwardFromBf16(dq.get(), dk.get(), dv.get(), dattn.get(), a.attn16.get(),
-                                        a.lse.get(), a.q16.get(), a.k16.get(), a.v16.get(),
-                                        b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, s,
-                                        attention_kernels_)
-            : AttentionBackward(dq.get(), dk.get(), dv.get(), dattn.get(), a.attn.get(),
-                                a.lse.get(), a.q.get(), a.k.get(), a.v.get(), b.cu_seqlens.data(),
-                                b.num_docs(), T, Hq, Hkv, D, scale, s));
-    XT_RETURN_IF_ERROR(mark("rope_bwd"));
-    XT_RETURN_IF_ERROR(RopeBackward(dq.get(), bu.cos.get(), bu.sin.get(), T, Hq, D, s));
-    XT_RETURN_IF_ERROR(RopeBackward(dk.get(), bu.cos.get(), bu.sin.get(), T, Hkv, D, s));
-    const float* dq_in = dq.get();
-    const float* dk_in = dk.get();
-    if (cfg_.qk_norm) {
-      XT_RETURN_IF_ERROR(mark("qk_norm_bwd"));
-      XT_RETURN_IF_ERROR(writes.Prepare(G(o.q_norm), D, s));
-      XT_RETURN_IF_ERROR(writes.Prepare(G(o.k_norm), D, s));
-      XT_RETURN_IF_ERROR(RmsnormBackward(dq_pre.get(), G(o.q_norm), dq.get(), a.q_pre.get(),
-                                         P(o.q_norm), a.q_rstd.get(), T * Hq, D, false, s));
-      XT_RETURN_IF_ERROR(RmsnormBackward(dk_pre.get(), G(o.k_norm), dk.get(), a.k_pre.get(),
-                                         P(o.k_norm), a.k_rstd.get(), T * Hkv, D, false, s));
-      dq_in = dq_pre.get();
-      dk_in = dk_pre.get();
-    }
-    XT_RETURN_IF_ERROR(mark("qkv_proj_bwd"));
-    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wq), dq_in, a.h1.get(), P(o.wq), T, H,
-                                         Hq * D, false, false, a.h1_16.get()));
-    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wk), dk_in, a.h1.get(), P(o.wk), T, H,
-                                         Hkv * D, true, false, a.h1_16.get()));
-    XT_RETURN_IF_ERROR(mm.LinearBackward(dh1.get(), G(o.wv), dv.get(), a.h1.get(), P(o.wv), T, H,
-                                         Hkv * D, true, false, a.h1_16.get()));
+        attention.Backward(dh1.get(), dx.get(), a.att, a.h1.get(), a.h1_16.get(), P, G, o, mark));
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln1), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),

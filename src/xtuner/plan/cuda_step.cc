@@ -271,11 +271,11 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   grads.reserve(12);
   auto grad = [&](int64_t bytes) { grads.emplace_back(&pool).Alloc(bytes); };
   grad(T * H * kF32);        // dh2
-  grad(T * Hq * D * kF32);   // dattn
+  grad(T * H * kF32);        // dh1
+  grad(T * Hq * D * kF32);   // attention's (AttentionBlock::AllocGrads): dattn
   grad(T * Hq * D * kF32);   // dq
   grad(T * Hkv * D * kF32);  // dk
   grad(T * Hkv * D * kF32);  // dv
-  grad(T * H * kF32);        // dh1
   if (c.qk_norm) {
     grad(T * Hq * D * kF32);   // dq_pre
     grad(T * Hkv * D * kF32);  // dk_pre

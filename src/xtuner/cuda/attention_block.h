@@ -1,0 +1,81 @@
+// The attention half of one decoder layer in CudaModel's step (cuda/model_cuda.cc): the q/k/v
+// projections of the normed input h1, the q/k norms, RoPE, packed causal attention and o_proj,
+// forward and backward, and what it keeps from one to the other. Every buffer is allocated and
+// freed on the step's stream in the order plan/cuda_step.cc walks (tests/cuda/plan_cuda_test.cc
+// holds the two together).
+//
+// Precision follows the step: its products go through StepProducts (fp32, or bf16 operands with
+// fp32 sums); attention runs on the fp32 kernels or, with bf16_attention, on the tensor-core ones
+// (attention_bf16.h), which read q, k, v and the output in bf16: those are then kept in bf16 only
+// (q and k rounded after RoPE, v and the output after their producers), as the kernels and the
+// o_proj product would round them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "xtuner/core/status.h"
+#include "xtuner/cuda/attention_bf16.h"
+#include "xtuner/cuda/device_array.h"
+#include "xtuner/cuda/grad_writes.h"
+#include "xtuner/cuda/step_products.h"
+#include "xtuner/model/batch.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/param_source.h"
+#include "xtuner/model/params.h"
+
+namespace xt::cuda {
+
+// One layer's attention activations, from its forward to its backward. fp32, or with the bf16
+// kernels q16, k16, v16 and attn16 in place of q, k, v and attn. q_pre, k_pre, q_rstd, k_rstd:
+// the q/k norms' inputs and statistics (models with qk_norm).
+struct AttentionActs {
+  DeviceArray<float> q_pre, k_pre, q_rstd, k_rstd, q, k, v, attn, lse;
+  DeviceArray<uint16_t> q16, k16, v16, attn16;
+  int64_t Bytes() const;
+};
+
+class AttentionBlock {
+ public:
+  // Marks the start of a profile phase (StepProfile), or does nothing.
+  using Mark = std::function<Status(const char*)>;
+
+  // One step's attention over `batch` (its cu_seqlens; T tokens); cos, sin: its RoPE tables
+  // (T, head_dim / 2) on the device. The references and pointers outlive the object; work is
+  // queued on `stream`.
+  AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, const Batch& batch,
+                 const float* cos, const float* sin, bool bf16_attention,
+                 AttentionBf16Kernels kernels, void* stream);
+  AttentionBlock(const AttentionBlock&) = delete;
+  AttentionBlock& operator=(const AttentionBlock&) = delete;
+
+  // Layer o's attention of h1 (T, H), or of h1_16 (its bf16 rounding; h1 then null): out
+  // (T, H) allocated and assigned the o_proj output (without the residual); a holds what the
+  // backward needs. P: the layer's unit, acquired.
+  Status Forward(AttentionActs* a, DeviceArray<float>* out, const float* h1, const uint16_t* h1_16,
+                 const UnitParams& P, const LayerOffsets& o, const Mark& part);
+
+  // The step's gradients of the attention's tensors, allocated once (at the backward's start)
+  // and used by every layer's Backward.
+  Status AllocGrads();
+
+  // dh1 (T, H) assigned d loss / d h1 from dout (T, H) = d loss / d out and the forward's a, h1,
+  // h1_16; the weights' gradients into G (written where blank, added otherwise: GradWrites).
+  Status Backward(float* dh1, const float* dout, const AttentionActs& a, const float* h1,
+                  const uint16_t* h1_16, const UnitParams& P, const UnitGrads& G,
+                  const LayerOffsets& o, const Mark& mark);
+
+ private:
+  const ModelConfig& cfg_;
+  StepProducts& mm_;
+  GradWrites& writes_;
+  const Batch& batch_;
+  const float* const cos_;
+  const float* const sin_;
+  const bool bf16_attention_;
+  const AttentionBf16Kernels kernels_;
+  void* const stream_;
+  DeviceArray<float> dattn_, dq_, dk_, dv_, dq_pre_, dk_pre_;
+};
+
+}  // namespace xt::cuda
