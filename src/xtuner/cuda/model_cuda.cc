@@ -13,14 +13,13 @@
 #include "xtuner/cuda/attention_block.h"
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/device_array.h"
-#include "xtuner/cuda/expert_parallel_cuda.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/grad_writes.h"
 #include "xtuner/cuda/loss_cuda.h"
+#include "xtuner/cuda/moe_block.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/cuda/step_products.h"
 #include "xtuner/dist/comm.h"
-#include "xtuner/dist/expert_parallel.h"
 #include "xtuner/loss/balance.h"
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/rope_tables.h"
@@ -75,32 +74,21 @@ class CudaModel::LocalSource : public ParamSource {
 // Everything one micro-batch keeps between its forward and its backward.
 struct CudaModel::Buffers {
   struct Layer {
-    F h1, rstd1, x_mid, h2, rstd2, gu, act;
+    F h1, rstd1, x_mid, h2, rstd2;
     AttentionActs att;  // attention's (cuda/attention_block.h)
-    F router_logits, probs, topk_w, xs, ys;
-    I topk_idx, sorted, slot_of;
-    std::vector<int32_t> offsets;  // (E + 1) on the host: the grouped GEMMs' row ranges
-    // Expert parallelism: the exchange (host), its row maps (device) and the received rows (R, H)
-    // by local expert, which the experts ran (xs is freed once they are sent).
-    EpExchange ep;
-    I received_of_grouped, grouped_of_received;
-    F xr;
-    // bf16 mode: the q/k/v projections' input held in bf16 (h1_16 in place of h1); in a dense
-    // layer also the MLP's input and SwiGLU's output (h2_16, act16), and in an MoE layer the
-    // experts' input rows and SwiGLU's output (xs16, act16 in place of xs, act; under expert
-    // parallelism xr16 in place of xr, the received rows; an even hidden size), each rounded
-    // as its products would round it; and SwiGLU's input and the experts' outputs rounded for
-    // the backward (gu16, ys16 in place of gu, ys: the forward uses them in fp32, then frees
-    // them).
-    DeviceArray<uint16_t> h1_16, xs16, act16, ys16, gu16, h2_16, xr16;
+    MoeActs moe;        // an MoE layer's (cuda/moe_block.h)
+    // A dense layer's MLP: SwiGLU's input and output (gu, act). In bf16 mode the MLP's input and
+    // SwiGLU's output are held in bf16 (h2_16, act16 in place of h2, act) as its products round
+    // them, and SwiGLU's input is kept for the backward in bf16 (gu16 in place of gu: the
+    // forward uses it in fp32, then frees it). In both kinds of layer the q/k/v projections'
+    // input is held in bf16 in bf16 mode (h1_16 in place of h1).
+    F gu, act;
+    DeviceArray<uint16_t> h1_16, act16, gu16, h2_16;
     int64_t Bytes() const {
-      int64_t n = att.Bytes();
-      for (const F* f : {&h1, &rstd1, &x_mid, &h2, &rstd2, &gu, &act, &router_logits, &probs,
-                         &topk_w, &xs, &ys, &xr})
+      int64_t n = att.Bytes() + moe.Bytes();
+      for (const F* f : {&h1, &rstd1, &x_mid, &h2, &rstd2, &gu, &act})
         n += f->size() * int64_t(sizeof(float));
-      for (const I* i : {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
-        n += i->size() * int64_t(sizeof(int32_t));
-      for (const DeviceArray<uint16_t>* h : {&h1_16, &xs16, &act16, &ys16, &gu16, &h2_16, &xr16})
+      for (const DeviceArray<uint16_t>* h : {&h1_16, &act16, &gu16, &h2_16})
         n += h->size() * int64_t(sizeof(uint16_t));
       return n;
     }
@@ -278,7 +266,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t L = cfg_.num_layers, D = cfg_.head_dim;
-  const int64_t E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t E = cfg_.num_experts;
   const float eps = float(cfg_.rms_norm_eps);
   void* s = stream_;
   Blas& blas = *blas_;
@@ -348,6 +336,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bf16_attention,
                            attention_kernels_, s);
+  MoeBlock moe(cfg_, mm, ep_, rows16, T, s);
   XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);
@@ -367,27 +356,6 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bu.count.Zero(s));
     XT_RETURN_IF_ERROR(bu.prob_sum.Zero(s));
   }
-
-  // The experts' input rows of layer a, (A, H): its normed rows h2 in expert order (sorted),
-  // into xs, or xs16 where they are held in bf16.
-  auto permute_rows = [&](Buffers::Layer& a, int64_t A) -> Status {
-    if (rows16) {
-      XT_RETURN_IF_ERROR(a.xs16.Alloc(A * H, s));
-      return MoePermute(a.xs16.get(), a.h2.get(), a.sorted.get(), A, k, H, s);
-    }
-    XT_RETURN_IF_ERROR(a.xs.Alloc(A * H, s));
-    return MoePermute(a.xs.get(), a.h2.get(), a.sorted.get(), A, k, H, s);
-  };
-
-  // SwiGLU over layer a's gu (rows, 2 Im) into act (rows, Im); in16: into act16 (it feeds only
-  // bf16 products), and gu kept for the backward as gu16, rounded, in place of gu.
-  auto swiglu_forward = [&](Buffers::Layer& a, int64_t rows, int64_t Im, bool in16) -> Status {
-    if (!in16) return SwigluForward(a.act.get(), a.gu.get(), rows, Im, s);
-    XT_RETURN_IF_ERROR(a.gu16.Alloc(rows * 2 * Im, s));
-    XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), rows, Im, s));
-    a.gu = F();
-    return Status::OK();
-  };
 
   // Every MoE layer's balancing statistics to the host (info.balance), queued once the last MoE
   // layer's are counted: that layer's wait for its token counts brings them, no wait of their own.
@@ -447,105 +415,25 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(dense16 ? a.act16.Alloc(T * Im, s) : a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(
           mm.Linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
-      XT_RETURN_IF_ERROR(swiglu_forward(a, T, Im, dense16));
+      if (dense16) {  // into act16; SwiGLU's input kept for the backward in bf16 (gu16)
+        XT_RETURN_IF_ERROR(a.gu16.Alloc(T * 2 * Im, s));
+        XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), T, Im, s));
+        a.gu = F();
+      } else {
+        XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
+      }
       XT_RETURN_IF_ERROR(mm.Linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
-      const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-      // Includes the wait for the host's plan (the layer's one sync).
-      XT_RETURN_IF_ERROR(part("router_and_plan"));
-      XT_RETURN_IF_ERROR(a.router_logits.Alloc(T * E, s));
-      XT_RETURN_IF_ERROR(a.probs.Alloc(T * E, s));
-      XT_RETURN_IF_ERROR(a.topk_w.Alloc(T * k, s));
-      XT_RETURN_IF_ERROR(a.topk_idx.Alloc(T * k, s));
-      XT_RETURN_IF_ERROR(
-          mm.Linear(a.router_logits.get(), a.h2.get(), P(o.router), T, H, E, /*fp32=*/true));
-      XT_RETURN_IF_ERROR(RouterForward(a.topk_idx.get(), a.topk_w.get(), a.probs.get(),
-                                       a.router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
-      if (!recomputing)
-        XT_RETURN_IF_ERROR(MoeBalanceStats(bu.count.get(), bu.prob_sum.get(), a.probs.get(),
-                                           a.topk_idx.get(), T, E, k, s));
-      if (!recomputing && l == cfg_.last_moe_layer())
-        XT_RETURN_IF_ERROR(queue_stats());  // complete now: they come with the wait below
-      // The one host sync of the layer: the rows each expert gets.
-      std::vector<int32_t> topk_idx(T * k);
-      XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(topk_idx.data(), a.topk_idx.get(), T * k * 4,
-                                               cudaMemcpyDeviceToHost, cudaStream_t(s)),
-                               "top-k indices"));
-      XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(cudaStream_t(s)), "top-k indices"));
-      std::vector<int32_t> sorted(A), slot_of(A);
-      a.offsets.resize(E + 1);
-      ops::moe_plan(a.offsets.data(), sorted.data(), slot_of.data(), topk_idx.data(), T, E, k);
-      std::vector<int64_t> per_expert(E, 0);
-      for (int32_t e : topk_idx) ++per_expert[e];
+      // The balancing statistics counted once (not again in a recomputed layer); the last MoE
+      // layer queues their copies to the host right before its wait, which brings them.
+      std::vector<int64_t> per_expert;
+      const bool last = l == cfg_.last_moe_layer();
+      XT_RETURN_IF_ERROR(moe.Forward(&a.moe, x_out, a.h2.get(), P, o,
+                                     recomputing ? nullptr : bu.count.get(),
+                                     recomputing ? nullptr : bu.prob_sum.get(),
+                                     !recomputing && last ? queue_stats : std::function<Status()>(),
+                                     recomputing ? nullptr : &per_expert, part));
       if (!recomputing) info.tokens_per_expert.push_back(std::move(per_expert));
-      XT_RETURN_IF_ERROR(a.sorted.Upload(sorted.data(), A, s));
-      XT_RETURN_IF_ERROR(a.slot_of.Upload(slot_of.data(), A, s));
-      XT_RETURN_IF_ERROR(a.ys.Alloc(A * H, s));
-      XT_RETURN_IF_ERROR(part("moe_permute"));
-      XT_RETURN_IF_ERROR(permute_rows(a, A));
-      // The rows this rank's experts run (R of them): its own sorted ones, or under expert
-      // parallelism what the group sends it for its experts (the counts travel first).
-      int64_t R = A;
-      const float* rows = a.xs.get();
-      const int32_t* offsets = a.offsets.data();
-      if (ep_) {
-        a.ep = PlanExpertExchange(*ep_, a.offsets.data(), E);
-        R = a.ep.num_received();
-        offsets = a.ep.local_offsets.data();
-        XT_ASSIGN_OR_RETURN(const EpRowMaps maps, MakeEpRowMaps(a.ep));
-        XT_RETURN_IF_ERROR(a.received_of_grouped.Upload(maps.received_of_grouped.data(), R, s));
-        XT_RETURN_IF_ERROR(a.grouped_of_received.Upload(maps.grouped_of_received.data(), R, s));
-        XT_RETURN_IF_ERROR(part("expert_all_to_all"));
-        if (rows16) {
-          XT_RETURN_IF_ERROR(a.xr16.Alloc(R * H, s));
-          XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(),
-                                                a.xs16.get(), H, a.xr16.get(), s));
-        } else {
-          XT_RETURN_IF_ERROR(a.xr.Alloc(R * H, s));
-          XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), a.xs.get(),
-                                                H, a.xr.get(), s));
-        }
-        a.xs = F();  // the backward needs only the received rows
-        a.xs16 = DeviceArray<uint16_t>();
-        rows = a.xr.get();
-      }
-      const uint16_t* rows_16 = ep_ ? a.xr16.get() : a.xs16.get();  // rows16: the rows
-      XT_RETURN_IF_ERROR(a.gu.Alloc(R * 2 * Im, s));
-      XT_RETURN_IF_ERROR(rows16 ? a.act16.Alloc(R * Im, s) : a.act.Alloc(R * Im, s));
-      XT_RETURN_IF_ERROR(part("experts_gemm"));
-      XT_RETURN_IF_ERROR(
-          mm.GroupedForward(a.gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
-      // The rows are permuted again in the backward (from h2, which the router's backward keeps
-      // anyway: the same bits) instead of kept: every layer keeps one (A, H) buffer less, 4 GiB a
-      // layer at 128k tokens of the benchmark's model in bf16, for one more gather (A rows of H)
-      // in the backward. Under expert parallelism the received rows are kept: only another
-      // exchange could bring them back.
-      if (!ep_) {
-        a.xs = F();
-        a.xs16 = DeviceArray<uint16_t>();
-      }
-      XT_RETURN_IF_ERROR(part("swiglu"));
-      XT_RETURN_IF_ERROR(swiglu_forward(a, R, Im, rows16));
-      XT_RETURN_IF_ERROR(part("experts_gemm"));
-      F yr;  // expert parallelism: the results of the received rows, before they go back
-      if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
-      XT_RETURN_IF_ERROR(mm.GroupedForward(ep_ ? yr.get() : a.ys.get(), a.act.get(), P(o.down),
-                                           offsets, R, Im, H, a.act16.get()));
-      if (ep_) {
-        XT_RETURN_IF_ERROR(part("expert_all_to_all"));
-        XT_RETURN_IF_ERROR(
-            ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), yr.get(), H, a.ys.get(), s));
-      }
-      XT_RETURN_IF_ERROR(part("moe_combine"));
-      if (rows16) {
-        XT_RETURN_IF_ERROR(a.ys16.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoeCombineForward(x_out, a.ys16.get(), a.ys.get(), a.topk_w.get(),
-                                             a.slot_of.get(), T, k, H, s));
-        a.ys = F();
-      } else {
-        XT_RETURN_IF_ERROR(
-            MoeCombineForward(x_out, a.ys.get(), a.topk_w.get(), a.slot_of.get(), T, k, H, s));
-      }
     }
     XT_RETURN_IF_ERROR(AddInPlace(x_out, a.x_mid.get(), T * H, s));
     return Status::OK();
@@ -642,7 +530,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // Scratch of the same size in every layer, allocated once; the experts' (the largest: A = T k
   // rows each) per layer, freed with the activations they consume as soon as they are used.
   F dh2, dh1;
-  F dense_dact, dense_dgu, dtopk_w, dprobs, dlogits;
+  F dense_dact, dense_dgu;
   DeviceArray<uint16_t> dense_dgu16;  // bf16 mode: the dense MLP's dgu, which feeds bf16 products
   XT_RETURN_IF_ERROR(dh2.Alloc(T * H, s));
   XT_RETURN_IF_ERROR(dh1.Alloc(T * H, s));
@@ -652,14 +540,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bf16 ? dense_dgu16.Alloc(T * 2 * cfg_.intermediate_size, s)
                             : dense_dgu.Alloc(T * 2 * cfg_.intermediate_size, s));
   }
-  if (n_moe > 0) {
-    XT_RETURN_IF_ERROR(dtopk_w.Alloc(T * k, s));
-    XT_RETURN_IF_ERROR(dlogits.Alloc(T * E, s));
-    if (aux_grad) {
-      XT_RETURN_IF_ERROR(dprobs.Alloc(T * E, s));
-      XT_RETURN_IF_ERROR(BroadcastRow(dprobs.get(), dprob_row.get(), T, E, s));
-    }
-  }
+  if (n_moe > 0) XT_RETURN_IF_ERROR(moe.AllocGrads(aux_grad ? dprob_row.get() : nullptr));
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
     const int64_t u = ParamLayout::LayerUnit(l);
@@ -683,95 +564,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
                                            P(o.gate_up), T, H, 2 * Im, false, false, a.h2_16.get(),
                                            dense_dgu16.get()));
     } else {
-      const int64_t Im = cfg_.moe_intermediate_size, A = T * k;
-      // Each (A, .) buffer is freed right after its last use (stream-ordered, so the pool hands
-      // the memory to the next allocation without a sync): at most about two of them besides
-      // the layer's activations, instead of four (at 128k tokens of the benchmark's model, an
-      // (A, H) fp32 buffer is 8 GiB).
-      // Under expert parallelism the output gradients travel to the rows' experts first and the
-      // input gradients back after, as the rows did in the forward (R received rows).
-      const int64_t R = ep_ ? a.ep.num_received() : A;
-      const int32_t* offsets = ep_ ? a.ep.local_offsets.data() : a.offsets.data();
-      F dys, dyr, dact, dgu, dxs;
-      DeviceArray<uint16_t> dys16, dgu16;  // rows16: dys and dgu in bf16
-      XT_RETURN_IF_ERROR(mark("moe_combine_bwd"));
-      if (rows16) {
-        XT_RETURN_IF_ERROR(dys16.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoeCombineBackward(dys16.get(), dtopk_w.get(), dx.get(), a.ys16.get(),
-                                              a.topk_w.get(), a.slot_of.get(), T, k, H, s));
-      } else {
-        XT_RETURN_IF_ERROR(dys.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(MoeCombineBackward(dys.get(), dtopk_w.get(), dx.get(), a.ys.get(),
-                                              a.topk_w.get(), a.slot_of.get(), T, k, H, s));
-      }
-      a.ys = F();
-      a.ys16 = DeviceArray<uint16_t>();
-      if (ep_ && rows16) {
-        DeviceArray<uint16_t> dyr16;
-        XT_RETURN_IF_ERROR(dyr16.Alloc(R * H, s));
-        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
-        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys16.get(),
-                                              H, dyr16.get(), s));
-        dys16 = std::move(dyr16);  // a swap: the sorted (A, H) gradients are in dyr16 now
-      } else if (ep_) {
-        XT_RETURN_IF_ERROR(dyr.Alloc(R * H, s));
-        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
-        XT_RETURN_IF_ERROR(ExpertDispatchCuda(*ep_, a.ep, a.received_of_grouped.get(), dys.get(), H,
-                                              dyr.get(), s));
-        dys = std::move(dyr);  // a swap: the sorted (A, H) gradients are in dyr now
-        dyr = F();
-      }
-      XT_RETURN_IF_ERROR(dact.Alloc(R * Im, s));
-      XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
-      XT_RETURN_IF_ERROR(mm.GroupedBackward(dact.get(), G(o.down), dys.get(), a.act.get(),
-                                            P(o.down), offsets, R, Im, H, dys16.get(),
-                                            a.act16.get()));
-      dys = F();
-      dys16 = DeviceArray<uint16_t>();
-      a.act = F();
-      a.act16 = DeviceArray<uint16_t>();
-      XT_RETURN_IF_ERROR(mark("swiglu_bwd"));
-      if (rows16) {
-        XT_RETURN_IF_ERROR(dgu16.Alloc(R * 2 * Im, s));
-        XT_RETURN_IF_ERROR(SwigluBackward(dgu16.get(), dact.get(), a.gu16.get(), R, Im, s));
-      } else {
-        XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
-        XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a.gu.get(), R, Im, s));
-      }
-      dact = F();
-      a.gu = F();
-      a.gu16 = DeviceArray<uint16_t>();
-      if (!ep_) {  // dropped after the forward's product
-        XT_RETURN_IF_ERROR(mark("moe_permute"));
-        XT_RETURN_IF_ERROR(permute_rows(a, A));
-      }
-      XT_RETURN_IF_ERROR(dxs.Alloc(R * H, s));
-      XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
-      XT_RETURN_IF_ERROR(mm.GroupedBackward(
-          dxs.get(), G(o.gate_up), dgu.get(), ep_ ? a.xr.get() : a.xs.get(), P(o.gate_up), offsets,
-          R, H, 2 * Im, dgu16.get(), ep_ ? a.xr16.get() : a.xs16.get()));
-      dgu = F();
-      dgu16 = DeviceArray<uint16_t>();
-      a.xs = F();
-      a.xs16 = DeviceArray<uint16_t>();
-      a.xr = F();
-      a.xr16 = DeviceArray<uint16_t>();
-      if (ep_) {  // the input gradients back to the ranks the rows came from: (A, H) sorted
-        F dxr = std::move(dxs);
-        XT_RETURN_IF_ERROR(dxs.Alloc(A * H, s));
-        XT_RETURN_IF_ERROR(mark("expert_all_to_all"));
-        XT_RETURN_IF_ERROR(
-            ExpertCombineCuda(*ep_, a.ep, a.grouped_of_received.get(), dxr.get(), H, dxs.get(), s));
-      }
-      XT_RETURN_IF_ERROR(mark("moe_permute_bwd"));
-      XT_RETURN_IF_ERROR(dh2.Zero(s));  // the permute's backward adds into it
-      XT_RETURN_IF_ERROR(MoePermuteBackward(dh2.get(), dxs.get(), a.slot_of.get(), T, k, H, s));
-      XT_RETURN_IF_ERROR(mark("router_bwd"));
-      XT_RETURN_IF_ERROR(RouterBackward(dlogits.get(), dtopk_w.get(),
-                                        aux_grad ? dprobs.get() : nullptr, a.probs.get(),
-                                        a.topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
-      XT_RETURN_IF_ERROR(mm.LinearBackward(dh2.get(), G(o.router), dlogits.get(), a.h2.get(),
-                                           P(o.router), T, H, E, true, /*fp32=*/true));
+      XT_RETURN_IF_ERROR(moe.Backward(&dh2, dx.get(), &a.moe, a.h2.get(), P, G, o, mark));
     }
     // dx = d x_mid (the residual plus the norm's backward).
     XT_RETURN_IF_ERROR(mark("norm_bwd"));

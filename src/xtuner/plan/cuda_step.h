@@ -1,7 +1,7 @@
 // The device memory of one cuda::CudaModel::ForwardBackward, on paper: the buffers its Run
-// (cuda/model_cuda.cc, its attention in cuda/attention_block.cc, its products' scratch in
-// cuda/step_products.cc) allocates and frees, walked in the same order, with the high-water mark
-// of everything live at once. `xtuner plan --device cuda` adds the parameter state, the bf16
+// (cuda/model_cuda.cc, its attention and MoE halves in cuda/attention_block.cc and
+// cuda/moe_block.cc, its products' scratch in cuda/step_products.cc) allocates and frees, walked
+// in the same order, with the high-water mark of everything live at once. `xtuner plan --device cuda` adds the parameter state, the bf16
 // copies of the weights and the GEMM workspace around it.
 //
 // What the GPU holds differs from the CPU's buffers (plan.cc): activations stay fp32 except, in
