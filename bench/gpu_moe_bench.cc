@@ -469,7 +469,7 @@ int main(int argc, char** argv) {
       in.tokens = T;
       in.recompute_layers = k;
       in.bf16 = bf16;
-      in.bf16_attention = bf16_attention;
+      in.bf16_attention = tensor_core_attention;  // as the model decides
       in.loss_chunk_rows = loss_chunk_rows;
       return xt::PlanCudaStep(in).peak_bytes;
     };

@@ -213,7 +213,8 @@ TEST_P(AttentionBf16CudaPaths, UnalignedInputsGiveTheSameBits) {
 
 // Inputs already in bf16 (the model keeps q, k, v and the attention's output rounded): the
 // FromBf16 functions give the bits the fp32 ones give on the values they round to (out: on its
-// rounded value, which is what the bf16 one reads), with no copies of their own.
+// rounded value, which is what the bf16 one reads), with no copies of their own; inputs that are
+// not 16-byte aligned (2 bytes off) give the same bits too.
 TEST_P(AttentionBf16CudaInputs, Bf16InputsGiveTheBitsOfTheirValues) {
   const Case c(std::get<0>(GetParam()));
   const cuda::AttentionBf16Kernels kernels = std::get<1>(GetParam());
@@ -224,20 +225,33 @@ TEST_P(AttentionBf16CudaInputs, Bf16InputsGiveTheBitsOfTheirValues) {
     for (size_t i = 0; i < v.size(); ++i) r[i] = F32ToBf16(v[i]);
     return r;
   };
+  auto shifted = [](std::vector<uint16_t> v) {  // one element in front: 2-byte aligned only
+    v.insert(v.begin(), uint16_t(0));
+    return v;
+  };
   DeviceVec<float> gq(c.q), gk(c.k), gv(c.v), gdout(c.dout);
   DeviceVec<uint16_t> gq16(round(c.q)), gk16(round(c.k)), gv16(round(c.v));
-  DeviceVec<float> out_a(c.out), lse_a(c.lse), out_b(c.out), lse_b(c.lse);
+  DeviceVec<uint16_t> sq16(shifted(round(c.q))), sk16(shifted(round(c.k))),
+      sv16(shifted(round(c.v)));
+  DeviceVec<float> out_a(c.out), lse_a(c.lse), out_b(c.out), lse_b(c.lse), out_c(c.out),
+      lse_c(c.lse);
   DeviceVec<float> dq_a(c.q), dk_a(c.k), dv_a(c.v), dq_b(c.q), dk_b(c.k), dv_b(c.v);
+  DeviceVec<float> dq_c(c.q), dk_c(c.k), dv_c(c.v);
   ASSERT_TRUE(cuda::AttentionForwardBf16(out_a.p, lse_a.p, gq.p, gk.p, gv.p, cu, nd, T, Hq, Hkv, D,
                                          c.scale, nullptr, kernels)
                   .ok());
   ASSERT_TRUE(cuda::AttentionForwardFromBf16(out_b.p, lse_b.p, gq16.p, gk16.p, gv16.p, cu, nd, T,
                                              Hq, Hkv, D, c.scale, nullptr, kernels)
                   .ok());
+  ASSERT_TRUE(cuda::AttentionForwardFromBf16(out_c.p, lse_c.p, sq16.p + 1, sk16.p + 1, sv16.p + 1,
+                                             cu, nd, T, Hq, Hkv, D, c.scale, nullptr, kernels)
+                  .ok());
   cudatest::Sync();
   const std::vector<float> out = out_a.Host();
   ExpectBitEqual(out_b.Host(), out, "out (bf16 inputs)");
   ExpectBitEqual(lse_b.Host(), lse_a.Host(), "lse (bf16 inputs)");
+  ExpectBitEqual(out_c.Host(), out, "out (unaligned bf16 inputs)");
+  ExpectBitEqual(lse_c.Host(), lse_a.Host(), "lse (unaligned bf16 inputs)");
   const std::vector<uint16_t> out16 = round(out);
   std::vector<float> out_widened(out16.size());
   for (size_t i = 0; i < out16.size(); ++i) out_widened[i] = Bf16ToF32(out16[i]);
@@ -251,7 +265,14 @@ TEST_P(AttentionBf16CudaInputs, Bf16InputsGiveTheBitsOfTheirValues) {
                                               gq16.p, gk16.p, gv16.p, cu, nd, T, Hq, Hkv, D,
                                               c.scale, nullptr, kernels)
                   .ok());
+  ASSERT_TRUE(cuda::AttentionBackwardFromBf16(dq_c.p, dk_c.p, dv_c.p, gdout.p, gout16.p, lse_a.p,
+                                              sq16.p + 1, sk16.p + 1, sv16.p + 1, cu, nd, T, Hq,
+                                              Hkv, D, c.scale, nullptr, kernels)
+                  .ok());
   cudatest::Sync();
+  ExpectBitEqual(dq_c.Host(), dq_a.Host(), "dq (unaligned bf16 inputs)");
+  ExpectBitEqual(dk_c.Host(), dk_a.Host(), "dk (unaligned bf16 inputs)");
+  ExpectBitEqual(dv_c.Host(), dv_a.Host(), "dv (unaligned bf16 inputs)");
   ExpectBitEqual(dq_b.Host(), dq_a.Host(), "dq (bf16 inputs)");
   ExpectBitEqual(dk_b.Host(), dk_a.Host(), "dk (bf16 inputs)");
   ExpectBitEqual(dv_b.Host(), dv_a.Host(), "dv (bf16 inputs)");

@@ -213,6 +213,9 @@ Status Forward(float* out, float* lse, std::array<const float*, 3> in32,
     s = Bf16Copies(scratch, {{in32[0], T * Hq * D}, {in32[1], T * Hkv * D}, {in32[2], T * Hkv * D}},
                    &in, st, "attention_forward_bf16 inputs");
   }
+  for (int i = 0; i < 3 && s.ok() && !in32[0]; ++i)
+    s = AlignedBf16(scratch, &in[i], T * (i == 0 ? Hq : Hkv) * D, st,
+                    "attention_forward_bf16 inputs");
   if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
     s = detail::LaunchForwardMma(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
   } else if (s.ok()) {

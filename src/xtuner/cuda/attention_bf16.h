@@ -63,7 +63,8 @@ Status AttentionBackwardBf16(float* dq, float* dk, float* dv, const float* dout,
 
 // The same with q, k, v (and in the backward the forward's out) already in bf16: uint16_t bits
 // of __nv_bfloat16, e.g. the model's copies rounded where they were made. No copies of them are
-// made (dout is still rounded into one). Each gives the bits the function above gives on the
+// made (dout is still rounded into one; inputs that are not 16-byte aligned are copied to aligned
+// scratch). Each gives the bits the function above gives on the
 // widened values: the forward's results are those of any fp32 q, k, v that round to these; the
 // backward reads out as rounded, which moves delta = <dout, out> by out's rounding.
 Status AttentionForwardFromBf16(float* out, float* lse, const uint16_t* q16, const uint16_t* k16,

@@ -352,6 +352,8 @@ Status Backward(float* dq, float* dk, float* dv, const float* dout, const Out* o
     if (s.ok() && !in32[0]) {
       s = Bf16Copies(scratch, {{dout, T * Hq * D}}, &in, st, what);
       in.insert(in.end(), in16.begin(), in16.end());
+      for (int i = 1; i < 4 && s.ok(); ++i)
+        s = AlignedBf16(scratch, &in[i], T * (i == 1 ? Hq : Hkv) * D, st, what);
     }
     if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
       s = detail::LaunchBackwardMma(dq, dk, dv, in[0], lse, delta, in[1], in[2], in[3], blocks,

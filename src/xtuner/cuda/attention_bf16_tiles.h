@@ -40,8 +40,9 @@
 // tiles (16, kSld = 68) and bf16 weight tiles (16, kPld = 72). Every buffer starts on a 128-byte
 // boundary. Bytes at D = 128: forward 96 768, dK/dV 123 392, dQ 114 176 (1 or 2 blocks per SM).
 //
-// The inputs are rounded to bf16 once per call (Bf16Copies), so the streamed tiles move half the
-// bytes of fp32 and the loops convert nothing.
+// The inputs are rounded to bf16 once per call (Bf16Copies), or come in bf16 (the FromBf16
+// functions; copied only where they are not 16-byte aligned, AlignedBf16), so the streamed tiles
+// move half the bytes of fp32 and the loops convert nothing.
 // The mma family (attention_mma_tiles.h) does the first speed ideas: mma.sync with known
 // fragment layouts (softmax in registers, no shared round trip of S) and cp.async
 // double-buffering. Not done in either: wgmma / TMA, a persistent grid ordered by cost.
@@ -121,8 +122,8 @@ inline size_t BackwardQSmemBytes(int D) {
 }
 
 // dst (kBlk, D + 8) bf16 = the first `valid` rows of src (row stride `stride` elements, D each:
-// the bf16 copies of q, k, v, dout that the launcher rounds once per call, so each tile moves half
-// the bytes of fp32 and no conversion sits in the loops), the other rows zero (pad columns
+// q, k, v, dout in bf16, rounded by the launcher once per call or given so, so each tile moves
+// half the bytes of fp32 and no conversion sits in the loops), the other rows zero (pad columns
 // D .. D + 7 are never read). All threads of the block take part. vec: src and stride allow
 // 16-byte loads (8 elements).
 [[maybe_unused]] __device__ inline void LoadTile(bf16* dst, const bf16* src, int64_t stride,
@@ -213,6 +214,20 @@ inline bool Aligned16(std::initializer_list<const void*> ptrs) {
 // bf16 bits given as uint16_t (the public overloads' inputs already in bf16), as the kernels read
 // them.
 inline const bf16* AsBf16(const uint16_t* p) { return reinterpret_cast<const bf16*>(p); }
+
+// *p (n bf16 elements, given by the caller) as the kernels read it: itself where 16-byte
+// aligned, else a copy of it in `scratch` (the mma kernels' asynchronous tile copies need the
+// alignment; the same bits either way).
+inline Status AlignedBf16(detail::Scratch& scratch, const bf16** p, int64_t n, cudaStream_t st,
+                          const char* what) {
+  if (Aligned16({*p})) return Status::OK();
+  bf16* copy = nullptr;
+  XT_RETURN_IF_ERROR(scratch.Alloc(&copy, n, what));
+  XT_RETURN_IF_ERROR(Check(
+      cudaMemcpyAsync(copy, *p, size_t(n) * sizeof(bf16), cudaMemcpyDeviceToDevice, st), what));
+  *p = copy;
+  return Status::OK();
+}
 
 // The bf16 copies of the inputs the kernels read, in `scratch`: each of `parts` (an fp32 device
 // array and its size) rounded to nearest even, in order (each copy 256-byte aligned).

@@ -49,7 +49,8 @@ __host__ __device__ inline size_t TileBytes(int D) {
 
 // dst (kBlk, D + 8) = the first `valid` rows of src (row stride `stride` elements, D each),
 // the other rows zero, by cp.async in the caller's open group. All threads of the block take
-// part. src and stride: 16-byte aligned (the launchers' bf16 copies are).
+// part. src and stride: 16-byte aligned (the launchers' bf16 copies are, and AlignedBf16 makes
+// the inputs given in bf16 so).
 __device__ inline void LoadTileAsync(bf16* dst, const bf16* src, int64_t stride, int valid, int D) {
   mma::CopyWindowAsync(dst, D + 8, src, stride, 0, 0, kBlk, D, valid, D, kThreads);
 }

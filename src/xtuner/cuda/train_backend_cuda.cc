@@ -236,6 +236,7 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       plan.recompute = args.recompute;
       plan.precision = args.bf16 ? Precision::kBf16 : Precision::kFp32;
       plan.device = Device::kCuda;
+      plan.bf16_attention = AttentionBf16Device().ok();  // as the model decides
       std::string fits;
       XT_RETURN_IF_ERROR(CheckStepFits(plan, int64_t(-least), &fits));
       b->description_ += "; " + fits;

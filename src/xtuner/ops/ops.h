@@ -39,6 +39,10 @@ struct Fp32MatmulScope {
 // 0 or 1). Thread-safe; inside an OpenMP region it runs on the calling thread.
 void gemm_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
                bool tb, float beta);
+// Whether gemm_bf16 runs on oneDNN's bf16 matmul on this CPU; false: on sgemm over the operands
+// rounded and widened back to fp32 (the same products; oneDNN 2.x has no bf16 matmul without
+// AVX-512).
+bool gemm_bf16_native();
 
 // ---------------------------------------------------------------- linear (no bias)
 // out (T, O) = in (T, I) @ w^T, w (O, I).

@@ -227,6 +227,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     step.model = c;
     step.tokens = T;
     step.bf16 = bf16;
+    step.bf16_attention = in.bf16_attention;
     step.expert_parallel = in.ep > 1;
     auto plan_at = [&](int64_t recompute_layers) {
       step.recompute_layers = recompute_layers;
@@ -442,6 +443,10 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   const ModelConfig& c = in.model;
   const bool bf16 = in.precision == Precision::kBf16;
   const bool cuda = in.device == Device::kCuda;
+  // As cuda::CudaModel decides (cuda::AttentionBf16Supports: head dims that are multiples of 16
+  // up to 128).
+  const bool bf16_attention =
+      in.bf16_attention && c.head_dim % 16 == 0 && c.head_dim >= 16 && c.head_dim <= 128;
   std::string o = "xtuner plan: " + in.model_name + "\n  model        " + c.model_type + ", " +
                   Str(c.num_layers) + " layers, hidden " + Str(c.hidden_size);
   if (c.is_moe())
@@ -457,11 +462,16 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
     o += bf16 ? ": bf16 rounds the matmuls' inputs in scratch; every buffer fp32\n"
               : ": every buffer fp32\n";
   else
-    o += bf16 ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
-                "               the weights; activations fp32 but the q/k/v input, attention's\n"
-                "               q, k, v and output, a dense MLP's input, SwiGLU's input and\n"
-                "               output, and the experts' rows and outputs\n"
-              : ": every buffer fp32\n";
+    o += !bf16 ? ": every buffer fp32\n"
+         : bf16_attention
+             ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
+               "               the weights; activations fp32 but the q/k/v input, attention's\n"
+               "               q, k, v and output, a dense MLP's input, SwiGLU's input and\n"
+               "               output, and the experts' rows and outputs\n"
+             : ": bf16 matmuls and loss on the tensor cores, attention on the fp32\n"
+               "               kernels; bf16 copies of the weights; activations fp32 but the\n"
+               "               q/k/v input, a dense MLP's input, SwiGLU's input and output, and\n"
+               "               the experts' rows and outputs\n";
 
   o += "\nparameters                 total    per rank\n";
   auto prow = [&](const std::string& name, int64_t total, const std::string& local) {

@@ -52,6 +52,10 @@ struct PlanInputs {
   double recompute = 0;          // fraction of layers recomputed, as Transformer::SetRecompute
   Precision precision = Precision::kFp32;
   Device device = Device::kCpu;
+  // cuda, bf16: attention on the bf16 tensor-core kernels where the head dim allows (a GPU of
+  // compute capability 8.0 or newer); false: the fp32 kernels, which keep q, k, v and the output
+  // in fp32.
+  bool bf16_attention = true;
   double gpu_memory_gib = 0;  // memory per rank in GiB (2^30 B); <= 0: no verdict
 };
 

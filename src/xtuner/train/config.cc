@@ -55,7 +55,8 @@ const std::vector<Key>& Schema() {
       {"train.seed", &C::seed, "Seed of the data order and the random initialisation."},
       {"train.precision", &C::precision,
        "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
-       "oneDNN); weights, gradients and AdamW stay fp32."},
+       "oneDNN; on a CPU without them the rounded inputs through fp32 sgemm, the same products); "
+       "weights, gradients and AdamW stay fp32."},
       {"train.device", &C::device,
        "cpu | cuda: where the step runs. cuda: one GPU per process (under mpirun the GPU of the "
        "local rank), parameters, gradients and AdamW state on the GPU, copied back for "

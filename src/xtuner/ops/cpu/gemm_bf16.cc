@@ -98,6 +98,8 @@ void ToBf16(std::vector<uint16_t>* out, const float* x, int64_t n) {
 
 }  // namespace
 
+bool gemm_bf16_native() { return Primitive(false, false, false) != nullptr; }
+
 void SetMatmulPrecision(MatmulPrecision p) { g_precision = p; }
 MatmulPrecision GetMatmulPrecision() { return g_precision; }
 
