@@ -18,6 +18,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin  # multi-process training (mpirun), see docs/distributed.md
   libgtest-dev googletest libgmock-dev
   libbenchmark-dev
+  ccache               # the test command's builds share the sources they compile alike
 )
 
 missing=()

@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 BUILD_DIR=${BUILD_DIR:-build}
+# Through ccache: the emulator's build below compiles most of the engine with the same commands
+# as this one. The cache lives in the build directory (objects built for this machine's CPU,
+# -march=native, stay on it).
+if command -v ccache > /dev/null; then
+  mkdir -p "$BUILD_DIR"
+  export CCACHE_DIR=${CCACHE_DIR:-$(cd "$BUILD_DIR" && pwd)/ccache}
+  export CMAKE_C_COMPILER_LAUNCHER=${CMAKE_C_COMPILER_LAUNCHER-ccache}
+  export CMAKE_CXX_COMPILER_LAUNCHER=${CMAKE_CXX_COMPILER_LAUNCHER-ccache}
+fi
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD_DIR" -j "${JOBS:-2}"
 (cd "$BUILD_DIR" && ctest --output-on-failure -j "${JOBS:-2}" --timeout 600)
