@@ -206,16 +206,17 @@ Status Forward(float* out, float* lse, std::array<const float*, 3> in32,
   const int64_t nb = int64_t(by_q.size());
   detail::Scratch scratch(st);
   const Block* blocks = nullptr;
-  std::vector<const bf16*> in(in16.begin(), in16.end());  // q, k, v
+  std::vector<const bf16*> in;  // q, k, v
+  const char* what = "attention_forward_bf16 inputs";
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_forward_bf16 blocks");
   if (s.ok() && in32[0]) {
-    in.clear();
     s = Bf16Copies(scratch, {{in32[0], T * Hq * D}, {in32[1], T * Hkv * D}, {in32[2], T * Hkv * D}},
-                   &in, st, "attention_forward_bf16 inputs");
+                   &in, st, what);
+  } else if (s.ok()) {
+    in.assign(in16.begin(), in16.end());
+    for (int i = 0; i < 3 && s.ok(); ++i)
+      s = AlignedBf16(scratch, &in[i], T * (i == 0 ? Hq : Hkv) * D, st, what);
   }
-  for (int i = 0; i < 3 && s.ok() && !in32[0]; ++i)
-    s = AlignedBf16(scratch, &in[i], T * (i == 0 ? Hq : Hkv) * D, st,
-                    "attention_forward_bf16 inputs");
   if (s.ok() && kernels == AttentionBf16Kernels::kMma) {
     s = detail::LaunchForwardMma(out, lse, in[0], in[1], in[2], blocks, nb, Hq, Hkv, D, scale, st);
   } else if (s.ok()) {

@@ -20,6 +20,9 @@ namespace xt::ops {
 // In MatmulPrecision::kBf16, a and b are rounded to bf16 first (see gemm_bf16).
 void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
           bool tb, float beta);
+// The same in fp32 whatever the MatmulPrecision (oneDNN's sgemm).
+void gemm_f32(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
+              bool tb, float beta);
 
 // The precision of every gemm (and so of every linear, grouped and lm_head product) in this
 // process: fp32 (default), or bf16 inputs with fp32 accumulation and output, as torch's

@@ -11,6 +11,11 @@ void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_
           bool tb, float beta) {
   if (GetMatmulPrecision() == MatmulPrecision::kBf16)
     return gemm_bf16(c, a, b, M, N, K, ta, tb, beta);
+  gemm_f32(c, a, b, M, N, K, ta, tb, beta);
+}
+
+void gemm_f32(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool ta,
+              bool tb, float beta) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty sum: c = beta * c
     for (int64_t i = 0; i < M * N; ++i) c[i] = beta == 0.0f ? 0.0f : beta * c[i];

@@ -117,10 +117,7 @@ void gemm_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, i
     thread_local std::vector<float> a32, b32;
     RoundedF32(&a32, a, M * K);
     RoundedF32(&b32, b, K * N);
-    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, a32.data(),
-                                        ta ? M : K, b32.data(), tb ? K : N, beta, c, N);
-    XT_CHECK(st == dnnl_success, "dnnl_sgemm failed with status " + std::to_string(int(st)));
-    return;
+    return gemm_f32(c, a32.data(), b32.data(), M, N, K, ta, tb, beta);
   }
   thread_local std::vector<uint16_t> a16, b16;
   ToBf16(&a16, a, M * K);
