@@ -32,6 +32,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -65,6 +66,13 @@ inline uint16_t Bits(const bf16* p) {
   std::memcpy(&b, p, 2);
   return b;
 }
+// Lane `lane`'s gathered value of type T, `offset` bytes into its offer.
+template <typename T>
+inline T Lane(const unsigned char* all, int lane, size_t offset) {
+  T v;
+  std::memcpy(&v, all + size_t(lane) * xt::emu::kGatherStride + offset, sizeof(T));
+  return v;
+}
 }  // namespace emu_detail
 
 // d += a b (16 x 8 += 16 x 16 times 16 x 8), products summed in fp32 in k order.
@@ -73,18 +81,24 @@ inline void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     uint32_t a[4], b[2];
   };
   const Regs mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
-  Regs all[32];
-  xt::emu::Gather(&mine, all, sizeof(Regs));
+  const unsigned char* all = xt::emu::Gather(&mine, sizeof(Regs));
+  const auto A = [&](int lane, int i) {
+    return emu_detail::Lane<uint32_t>(all, lane, offsetof(Regs, a) + 4 * size_t(i));
+  };
+  const auto B = [&](int lane, int i) {
+    return emu_detail::Lane<uint32_t>(all, lane, offsetof(Regs, b) + 4 * size_t(i));
+  };
   const int lane = xt::emu::Lane(), g = lane / 4, t = lane % 4;
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-    float s = d[i];
+  // This lane's rows of a (g, g + 8) and columns of b (2t, 2t + 1), widened once.
+  float x[2][16], y[2][16];
+  for (int r = 0; r < 2; ++r)
     for (int k = 0; k < 16; ++k) {
-      const float x =
-          emu_detail::Half(all[4 * (row % 8) + (k % 8) / 2].a[row / 8 + 2 * (k / 8)], k % 2);
-      const float y = emu_detail::Half(all[4 * col + (k % 8) / 2].b[k / 8], k % 2);
-      s += x * y;
+      x[r][k] = emu_detail::Half(A(4 * g + (k % 8) / 2, r + 2 * (k / 8)), k % 2);
+      y[r][k] = emu_detail::Half(B(4 * (2 * t + r) + (k % 8) / 2, k / 8), k % 2);
     }
+  for (int i = 0; i < 4; ++i) {  // d[i]: row g + 8 (i / 2), column 2t + i % 2
+    float s = d[i];
+    for (int k = 0; k < 16; ++k) s += x[i / 2][k] * y[i % 2][k];
     d[i] = s;
   }
 }
@@ -93,15 +107,14 @@ inline void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 inline void LdMatrixX4(uint32_t (&r)[4], const bf16* row, bool trans = false) {
   if (!xt::emu::InShared(row, 16) || reinterpret_cast<uintptr_t>(row) % 16 != 0)
     xt::emu::Trap("ldmatrix from an address that is not 16-byte aligned dynamic shared memory");
-  const bf16* rows[32];
-  xt::emu::Gather(&row, rows, sizeof(row));
+  const unsigned char* rows = xt::emu::Gather(&row, sizeof(row));
+  const auto m = [&](int i, int j) { return emu_detail::Lane<const bf16*>(rows, 8 * i + j, 0); };
   const int lane = xt::emu::Lane(), g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {
-    const bf16* const* m = rows + 8 * i;
-    r[i] =
-        trans
-            ? emu_detail::Join(emu_detail::Bits(m[2 * t] + g), emu_detail::Bits(m[2 * t + 1] + g))
-            : emu_detail::Join(emu_detail::Bits(m[g] + 2 * t), emu_detail::Bits(m[g] + 2 * t + 1));
+    r[i] = trans ? emu_detail::Join(emu_detail::Bits(m(i, 2 * t) + g),
+                                    emu_detail::Bits(m(i, 2 * t + 1) + g))
+                 : emu_detail::Join(emu_detail::Bits(m(i, g) + 2 * t),
+                                    emu_detail::Bits(m(i, g) + 2 * t + 1));
   }
 }
 

@@ -106,6 +106,14 @@ __global__ void GlobalLdMatrixKernel(const __nv_bfloat16* x) {
   xt::cuda::mma::LdMatrixX4(r, x + 8 * (threadIdx.x % 16));
 }
 
+// One mma.sync (mma_sm80.h) by every thread of the block (a whole warp on the device).
+__global__ void Sm80MmaKernel(float* out) {
+  const uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float d[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  xt::cuda::mma::Mma(d, a, b);
+  out[threadIdx.x] = d[0];
+}
+
 template <class T>
 T* DeviceCopy(const std::vector<T>& h) {
   T* p = nullptr;
@@ -273,6 +281,16 @@ TEST(CudaEmulatorDeathTest, LdMatrixOutsideSharedMemoryAborts) {
 TEST(CudaEmulatorDeathTest, AnImpassableBarrierAborts) {
   int* out = DeviceCopy(std::vector<int>(64, 0));
   EXPECT_DEATH(XT_LAUNCH(DeadlockKernel, 1, 64, 0, nullptr)(out), "deadlock in block");
+  cudaFree(out);
+}
+
+TEST(CudaEmulatorDeathTest, AnMmaWithoutAWholeWarpAborts) {
+  float* out = DeviceCopy(std::vector<float>(48, 0.0f));
+  XT_LAUNCH(Sm80MmaKernel, 1, 32, 0, nullptr)(out);  // a whole warp: fine
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(HostCopy(out, 32), std::vector<float>(32, 1.0f));
+  EXPECT_DEATH(XT_LAUNCH(Sm80MmaKernel, 1, 48, 0, nullptr)(out),
+               "without all 32 lanes of the warp");
   cudaFree(out);
 }
 

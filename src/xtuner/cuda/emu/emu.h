@@ -56,10 +56,12 @@ void SyncWarp();
 // Warp exchange: every live lane of the warp offers `bytes` (at most 16) from `mine` and receives
 // lane `src`'s offer (its own where `src` is not a live lane of the warp).
 void Exchange(const void* mine, void* out, size_t bytes, int src);
-// Warp gather: every lane of the warp offers `bytes` (at most 32) from `mine`, and `all` receives
-// the 32 offers in lane order (32 * bytes). For the warp-wide instructions (mma, ldmatrix): all 32
-// lanes must take part, else it traps.
-void Gather(const void* mine, void* all, size_t bytes);
+// Warp gather: every lane of the warp offers `bytes` (at most 32) from `mine`; returns where
+// lane 0's offer lies, lane l's kGatherStride * l bytes further. For the warp-wide instructions
+// (mma, ldmatrix): all 32 lanes must take part, else it traps. The offers stay there until this
+// lane's next warp exchange or gather.
+constexpr size_t kGatherStride = 64;
+const unsigned char* Gather(const void* mine, size_t bytes);
 // Whether [p, p + bytes) lies in the running block's dynamic shared memory.
 bool InShared(const void* p, size_t bytes);
 // cp.async (mma_sm80.h): copies src_bytes (<= bytes) from device memory src to shared memory dst

@@ -330,17 +330,17 @@ void Exchange(const void* mine, void* out, size_t bytes, int src) {
   std::memcpy(out, &g.offers[(size_t(live ? s : t) * 2 + n % 2) * kOfferBytes], bytes);
 }
 
-void Gather(const void* mine, void* all, size_t bytes) {
+const unsigned char* Gather(const void* mine, size_t bytes) {
+  static_assert(kGatherStride == 2 * kOfferBytes, "lane l's slot of an exchange: (l * 2 + n % 2)");
   Grid& g = *g_grid;
   const int t = g.current, base = t - t % 32;
   const unsigned n = Offer(g, mine, bytes);
-  for (int lane = 0; lane < 32; ++lane) {
-    const int s = base + lane;
-    if (s >= int(g.fibers.size()) || g.fibers[s].exchanges < n)
-      Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
-    std::memcpy(static_cast<unsigned char*>(all) + size_t(lane) * bytes,
-                &g.offers[(size_t(s) * 2 + n % 2) * kOfferBytes], bytes);
-  }
+  // Each lane checks the next (around the warp): where lanes are missing, the lane before the
+  // first missing one after this lane took part, and traps.
+  const int next = base + (t - base + 1) % 32;
+  if (base + 32 > int(g.fibers.size()) || g.fibers[next].exchanges < n)
+    Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
+  return &g.offers[(size_t(base) * 2 + n % 2) * kOfferBytes];
 }
 
 bool InShared(const void* p, size_t bytes) {
