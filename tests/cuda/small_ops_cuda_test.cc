@@ -132,11 +132,11 @@ INSTANTIATE_TEST_SUITE_P(Sizes, ElementwiseCuda,
                          ::testing::Values(int64_t(0), int64_t(1), int64_t(1001), int64_t(70001)),
                          [](const auto& info) { return std::to_string(info.param); });
 
-// More elements than one grid-stride pass covers (kMaxBlocks * kThreads = 2^28): 1 GiB a vector.
+// More elements than one grid-stride pass covers (kStrideBlocks * kThreads = 2^24).
 class ElementwiseCudaLarge : public cudatest::CudaTest<int> {};
 
 TEST_F(ElementwiseCudaLarge, AddInPlaceBeyondOneGridPass) {
-  const int64_t n = (int64_t(1) << 28) + 3;
+  const int64_t n = (int64_t(1) << 24) + 3;
   std::vector<float> x(n), y(n);
   for (int64_t i = 0; i < n; ++i) {
     x[i] = float(i % 1009) * 0.25f;
