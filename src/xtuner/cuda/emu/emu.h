@@ -188,10 +188,21 @@ struct fragment;
 inline int ElemRow(int lane, int i) { return lane / 4 + 8 * ((i / 2) % 2); }
 inline int ElemCol(int lane, int i) { return 2 * (lane % 4) + i % 2 + 8 * (i / 4); }
 
-template <class Use, class Layout>
-struct fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> {
-  static constexpr int num_elements = 256;
-  __nv_bfloat16 x[256];  // the tile, row-major (A: [m][k], B: [k][n])
+// A lane's A and B fragments hold only what its accumulator elements need: A's rows
+// ElemRow(lane, i) (lane / 4 and lane / 4 + 8) and B's columns ElemCol(lane, i) (four), each
+// along k, widened to fp32 (every bf16 is a float). Kernels touch A and B fragments only
+// through fill, load and mma (their layout on the device is unspecified).
+inline int FragRow(int lane, int r) { return lane / 4 + 8 * r; }                      // r < 2
+inline int FragCol(int lane, int j) { return 2 * (lane % 4) + j % 2 + 8 * (j / 2); }  // j < 4
+template <class Layout>
+struct fragment<matrix_a, 16, 16, 16, __nv_bfloat16, Layout> {
+  static constexpr int num_elements = 32;
+  float x[2][16];  // [r][k]: row FragRow(lane, r)
+};
+template <class Layout>
+struct fragment<matrix_b, 16, 16, 16, __nv_bfloat16, Layout> {
+  static constexpr int num_elements = 64;
+  float x[4][16];  // [j][k]: column FragCol(lane, j)
 };
 template <>
 struct fragment<accumulator, 16, 16, 16, float, void> {
@@ -201,7 +212,8 @@ struct fragment<accumulator, 16, 16, 16, float, void> {
 
 template <class Use, class Layout>
 inline void fill_fragment(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, __nv_bfloat16 v) {
-  for (auto& e : f.x) e = v;
+  for (auto& row : f.x)
+    for (float& e : row) e = __bfloat162float(v);
 }
 inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
   for (float& e : f.x) e = v;
@@ -210,23 +222,27 @@ inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) 
 // A: element (m, k); B: element (k, n); ldm in elements.
 inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major>& f,
                              const __nv_bfloat16* p, unsigned ldm) {
-  for (int m = 0; m < 16; ++m)
-    for (int k = 0; k < 16; ++k) f.x[m * 16 + k] = p[m * ldm + k];
+  const int lane = xt::emu::Lane();
+  for (int r = 0; r < 2; ++r)
+    for (int k = 0; k < 16; ++k) f.x[r][k] = __bfloat162float(p[FragRow(lane, r) * ldm + k]);
 }
 inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __nv_bfloat16, col_major>& f,
                              const __nv_bfloat16* p, unsigned ldm) {
-  for (int m = 0; m < 16; ++m)
-    for (int k = 0; k < 16; ++k) f.x[m * 16 + k] = p[k * ldm + m];
+  const int lane = xt::emu::Lane();
+  for (int r = 0; r < 2; ++r)
+    for (int k = 0; k < 16; ++k) f.x[r][k] = __bfloat162float(p[k * ldm + FragRow(lane, r)]);
 }
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, row_major>& f,
                              const __nv_bfloat16* p, unsigned ldm) {
-  for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = p[k * ldm + n];
+  const int lane = xt::emu::Lane();
+  for (int j = 0; j < 4; ++j)
+    for (int k = 0; k < 16; ++k) f.x[j][k] = __bfloat162float(p[k * ldm + FragCol(lane, j)]);
 }
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major>& f,
                              const __nv_bfloat16* p, unsigned ldm) {
-  for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = p[n * ldm + k];
+  const int lane = xt::emu::Lane();
+  for (int j = 0; j < 4; ++j)
+    for (int k = 0; k < 16; ++k) f.x[j][k] = __bfloat162float(p[FragCol(lane, j) * ldm + k]);
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t layout) {
@@ -245,18 +261,19 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
   }
 }
 
+// Element i of the accumulator: row ElemRow(lane, i) = FragRow(lane, (i / 2) % 2), column
+// ElemCol(lane, i) = FragCol(lane, i % 2 + 2 * (i / 4)); products summed in fp32 in k order.
 template <class LayoutA, class LayoutB>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
                      const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA>& a,
                      const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB>& b,
                      const fragment<accumulator, 16, 16, 16, float>& c) {
-  const int lane = xt::emu::Lane();
   float out[8];
   for (int i = 0; i < 8; ++i) {
-    const int r = ElemRow(lane, i), col = ElemCol(lane, i);
+    const float* x = a.x[(i / 2) % 2];
+    const float* y = b.x[i % 2 + 2 * (i / 4)];
     float s = c.x[i];
-    for (int k = 0; k < 16; ++k)
-      s += __bfloat162float(a.x[r * 16 + k]) * __bfloat162float(b.x[k * 16 + col]);
+    for (int k = 0; k < 16; ++k) s += x[k] * y[k];
     out[i] = s;
   }
   for (int i = 0; i < 8; ++i) d.x[i] = out[i];
