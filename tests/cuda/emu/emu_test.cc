@@ -106,12 +106,22 @@ __global__ void GlobalLdMatrixKernel(const __nv_bfloat16* x) {
   xt::cuda::mma::LdMatrixX4(r, x + 8 * (threadIdx.x % 16));
 }
 
-// One mma.sync (mma_sm80.h) by every thread of the block (a whole warp on the device).
-__global__ void Sm80MmaKernel(float* out) {
+// One mma.sync (mma_sm80.h) by the calling thread (a whole warp's on the device).
+__device__ void OneMma(float* out) {
   const uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
   float d[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   xt::cuda::mma::Mma(d, a, b);
   out[threadIdx.x] = d[0];
+}
+__global__ void Sm80MmaKernel(float* out) { OneMma(out); }
+
+// Half the warp at an mma, the other half at __syncwarp: the mma's operands are not all there.
+__global__ void HalfWarpMmaKernel(float* out) {
+  if (threadIdx.x < 16) {
+    OneMma(out);
+  } else {
+    __syncwarp();
+  }
 }
 
 template <class T>
@@ -290,6 +300,8 @@ TEST(CudaEmulatorDeathTest, AnMmaWithoutAWholeWarpAborts) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_EQ(HostCopy(out, 32), std::vector<float>(32, 1.0f));
   EXPECT_DEATH(XT_LAUNCH(Sm80MmaKernel, 1, 48, 0, nullptr)(out),
+               "without all 32 lanes of the warp");
+  EXPECT_DEATH(XT_LAUNCH(HalfWarpMmaKernel, 1, 32, 0, nullptr)(out),
                "without all 32 lanes of the warp");
   cudaFree(out);
 }

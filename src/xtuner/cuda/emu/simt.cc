@@ -9,6 +9,7 @@
 #include <ucontext.h>
 #endif
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -154,6 +155,9 @@ struct Grid {
   size_t shared_bytes = 0;
   // A warp's exchanges: each lane's offers, two slots of kOfferBytes.
   std::vector<unsigned char> offers;
+  // Per warp of the block: the highest exchange number n for which every one of its 32 lanes
+  // was seen to have made n exchanges (Gather). Counts only grow, so that stays true.
+  std::vector<unsigned> whole_warp;
 };
 
 std::mutex g_launch_mutex;  // one grid at a time: __shared__ statics are one copy
@@ -226,6 +230,7 @@ void RunBlock(Grid& g, int n) {
     f.idx = uint3{unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
                   unsigned(t / (blockDim.x * blockDim.y))};
   }
+  std::fill(g.whole_warp.begin(), g.whole_warp.end(), 0u);  // the counts start again
   const int warps = (n + 31) / 32;
   for (;;) {
     // A pass: each fiber that can run, in order, runs to its next barrier or its end (Yield
@@ -335,11 +340,17 @@ const unsigned char* Gather(const void* mine, size_t bytes) {
   Grid& g = *g_grid;
   const int t = g.current, base = t - t % 32;
   const unsigned n = Offer(g, mine, bytes);
-  // Each lane checks the next (around the warp): where lanes are missing, the lane before the
-  // first missing one after this lane took part, and traps.
-  const int next = base + (t - base + 1) % 32;
-  if (base + 32 > int(g.fibers.size()) || g.fibers[next].exchanges < n)
-    Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
+  // Every lane of the warp must have offered here. The first lane of a gather to wake checks
+  // all 32; the others find its check recorded.
+  unsigned& whole = g.whole_warp[size_t(base / 32)];
+  if (whole < n) {
+    if (base + 32 > int(g.fibers.size()))
+      Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
+    for (int lane = 0; lane < 32; ++lane)
+      if (g.fibers[base + lane].exchanges < n)
+        Trap("a warp-wide instruction (mma, ldmatrix) without all 32 lanes of the warp");
+    whole = n;
+  }
   return &g.offers[(size_t(base) * 2 + n % 2) * kOfferBytes];
 }
 
@@ -429,6 +440,7 @@ cudaError_t RunGrid(const void* kernel, dim3 grid, dim3 block, size_t smem, cuda
   g.shared_bytes = (std::max<size_t>(smem, 1) + 127) / 128 * 128;
   g.shared.reset(static_cast<unsigned char*>(std::aligned_alloc(128, g.shared_bytes)));
   g.offers.assign(threads * 2 * kOfferBytes, 0);
+  g.whole_warp.assign((threads + 31) / 32, 0);
   g_grid = &g;
   gridDim = grid;
   blockDim = block;
