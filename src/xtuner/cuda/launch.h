@@ -26,11 +26,11 @@
 namespace xt::cuda::detail {
 
 constexpr int kThreads = 256;  // threads per block of the elementwise kernels
-// Grid-stride loops cover any size with at most this many blocks (gridDim.x may go to 2^31 - 1;
-// more blocks than this only add scheduling work).
+// Loops with a block per item (rows, tokens) cover any count with at most this many blocks
+// (gridDim.x may go to 2^31 - 1; more blocks than this only add scheduling work).
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-// Elementwise loops: 2^16 blocks of 256 threads are 2^24 threads, some sixty times what an H200
-// holds at once (132 SMs x 2048), so more would only add blocks.
+// Grid-stride loops over elements: 2^16 blocks of 256 threads are 2^24 threads, some sixty times
+// what an H200 holds at once (132 SMs x 2048), so more would only add blocks.
 constexpr int64_t kStrideBlocks = int64_t(1) << 16;
 
 // Blocks for a grid-stride loop over n > 0 items, `threads` per block.
