@@ -16,12 +16,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Options {
+struct ConvertArgs {
   std::string checkpoint, out, dtype = "bf16", tokenizer;
   int64_t shard_mb = 5000;
 };
 
-Status RunConvert(const Options& o) {
+Status RunConvert(const ConvertArgs& o) {
   if (o.dtype != "bf16" && o.dtype != "fp32")
     return Status::Error("convert: --dtype must be bf16 or fp32, not " + o.dtype);
   fs::path ckpt = fs::path(o.checkpoint).lexically_normal();
@@ -60,7 +60,7 @@ Status RunConvert(const Options& o) {
 
 void AddConvert(CLI::App& app) {
   auto* cmd = app.add_subcommand("convert", "Turn a training checkpoint into a Hugging Face model");
-  static Options o;
+  static ConvertArgs o;
   cmd->add_option("--checkpoint", o.checkpoint, "work_dir/checkpoints/step-N")->required();
   cmd->add_option("--out", o.out, "output directory")->required();
   cmd->add_option("--dtype", o.dtype, "bf16 or fp32")->capture_default_str();

@@ -12,12 +12,12 @@ namespace xt::cli {
 
 namespace {
 
-struct Options {
+struct GenerateArgs {
   std::string model, prompt, chat_template, tokenizer;
   GenerateOptions gen;
 };
 
-Status RunGenerate(const Options& o) {
+Status RunGenerate(const GenerateArgs& o) {
   XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(o.model));
   const std::string tok_path = o.tokenizer.empty()
                                    ? (std::filesystem::path(o.model) / "tokenizer.json").string()
@@ -57,7 +57,7 @@ Status RunGenerate(const Options& o) {
 
 void AddGenerate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text with a model (KV cache decoding)");
-  static Options o;
+  static GenerateArgs o;
   cmd->add_option("--model", o.model, "Hugging Face model directory")->required();
   cmd->add_option("--prompt", o.prompt, "the prompt (a user message with a chat template)")
       ->required();

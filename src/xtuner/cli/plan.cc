@@ -12,13 +12,13 @@ namespace xt::cli {
 
 namespace {
 
-struct Options {
+struct PlanArgs {
   std::string model, precision = "fp32", device = "cpu";
   PlanInputs in;
   bool row = false, header = false;
 };
 
-Status RunPlan(Options o) {
+Status RunPlan(PlanArgs o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
   XT_ASSIGN_OR_RETURN(o.in.device, ParseDevice(o.device));
@@ -38,7 +38,7 @@ Status RunPlan(Options o) {
 void AddPlan(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "plan", "Memory per rank and FLOPs per token of a training run, on paper (no GPU needed)");
-  static Options o;
+  static PlanArgs o;
   cmd->add_option("--model", o.model, "config.json (or a model directory holding one)")->required();
   cmd->add_option("--seq", o.in.seq, "tokens per packed row")->required();
   cmd->add_option("--micro-batch-size", o.in.micro_batch_size,

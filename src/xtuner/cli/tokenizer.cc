@@ -57,7 +57,7 @@ Result<std::string> DecodeLine(const Tokenizer& tok, const std::string& line, bo
                                              nlohmann::json::error_handler_t::replace);
 }
 
-Status Run(const TokenizerOptions& o, bool encode) {
+Status RunTokenizer(const TokenizerOptions& o, bool encode) {
   XT_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(o.tokenizer));
   std::ifstream file;
   if (!o.input.empty()) {
@@ -105,8 +105,8 @@ void AddTokenizer(CLI::App& app) {
   enc->add_flag("--add-special-tokens", o.add_special_tokens,
                 "add the post-processor's special tokens (BOS/EOS)");
   dec->add_flag("--skip-special-tokens", o.skip_special_tokens, "leave special tokens out");
-  enc->callback([] { Finish(Run(o, /*encode=*/true)); });
-  dec->callback([] { Finish(Run(o, /*encode=*/false)); });
+  enc->callback([] { Finish(RunTokenizer(o, /*encode=*/true)); });
+  dec->callback([] { Finish(RunTokenizer(o, /*encode=*/false)); });
 }
 
 }  // namespace xt::cli

@@ -13,7 +13,7 @@ namespace xt::cli {
 
 namespace {
 
-Status Run(TrainConfig cfg, const std::vector<std::string>& overrides) {
+Status RunTrain(TrainConfig cfg, const std::vector<std::string>& overrides) {
   for (const std::string& o : overrides) XT_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
   XT_RETURN_IF_ERROR(ValidateTrainConfig(cfg));
   // Under mpirun or srun every rank runs this; rank 0 prints. An error on any rank ends the whole
@@ -60,7 +60,7 @@ void AddTrain(CLI::App& app) {
     TrainConfig cfg;
     Status st = LoadTrainConfig(config, &cfg);
     if (!resume.empty()) cfg.resume = resume;
-    Finish(st.ok() ? Run(cfg, sets) : st);
+    Finish(st.ok() ? RunTrain(cfg, sets) : st);
   });
 }
 
@@ -88,7 +88,7 @@ void AddSft(CLI::App& app) {
   cmd->callback([] {
     cfg.datasets.clear();
     for (const std::string& d : datasets) cfg.datasets.push_back({d, 1.0, "chat"});
-    Finish(Run(cfg, sets));
+    Finish(RunTrain(cfg, sets));
   });
 }
 
