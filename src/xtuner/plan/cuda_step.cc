@@ -120,6 +120,11 @@ struct Layer {
 
 }  // namespace
 
+bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention) {
+  const int64_t D = c.head_dim;
+  return bf16 && bf16_attention && D % 16 == 0 && D >= 16 && D <= 128;
+}
+
 CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   const ModelConfig& c = in.model;
   XT_CHECK(in.tokens > 0 && int64_t(c.layer_is_moe.size()) == c.num_layers,
@@ -128,8 +133,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   const int64_t D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
   const int64_t E = c.num_experts, k = c.top_k, A = T * k, R = A;
   const bool bf16 = in.bf16, ep = in.expert_parallel;
-  // The bf16 attention kernels take D % 16 == 0 up to 128 (cuda::AttentionBf16Supports).
-  const bool bf16_attention = bf16 && in.bf16_attention && D % 16 == 0 && D >= 16 && D <= 128;
+  const bool bf16_attention = PlansBf16Attention(c, bf16, in.bf16_attention);
   // The experts' rows held in bf16 (under expert parallelism they travel as float pairs).
   const bool rows16 = bf16 && (!ep || H % 2 == 0);
   const int64_t act_size = bf16 ? kBf16 : kF32, rows_size = rows16 ? kBf16 : kF32;

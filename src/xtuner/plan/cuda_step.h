@@ -1,8 +1,9 @@
 // The device memory of one cuda::CudaModel::ForwardBackward, on paper: the buffers its Run
 // (cuda/model_cuda.cc, its attention and MoE halves in cuda/attention_block.cc and
 // cuda/moe_block.cc, its products' scratch in cuda/step_products.cc) allocates and frees, walked
-// in the same order, with the high-water mark of everything live at once. `xtuner plan --device cuda` adds the parameter state, the bf16
-// copies of the weights and the GEMM workspace around it.
+// in the same order, with the high-water mark of everything live at once. `xtuner plan --device
+// cuda` adds the parameter state, the bf16 copies of the weights and the GEMM workspace around
+// it.
 //
 // What the GPU holds differs from the CPU's buffers (plan.cc): activations stay fp32 except, in
 // bf16 mode, the q/k/v projections' input, a dense layer's MLP input, SwiGLU's input and output,
@@ -47,6 +48,11 @@ struct CudaStepMemory {
   int64_t operand_bytes = 0;    // bf16 mode: the two operand scratch buffers at their largest
   int64_t loss_chunk_rows = 0;  // the chunk used
 };
+
+// Whether the step runs attention on the bf16 kernels, as cuda::CudaModel decides: bf16 mode,
+// kernels allowed (bf16_attention: a GPU with bf16 tensor cores), and a head dim they take
+// (cuda::AttentionBf16Supports: a multiple of 16 up to 128).
+bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention);
 
 // Requires a loaded config (layer_is_moe set) and T > 0.
 CudaStepMemory PlanCudaStep(const CudaStepInputs& in);

@@ -443,10 +443,7 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   const ModelConfig& c = in.model;
   const bool bf16 = in.precision == Precision::kBf16;
   const bool cuda = in.device == Device::kCuda;
-  // As cuda::CudaModel decides (cuda::AttentionBf16Supports: head dims that are multiples of 16
-  // up to 128).
-  const bool bf16_attention =
-      in.bf16_attention && c.head_dim % 16 == 0 && c.head_dim >= 16 && c.head_dim <= 128;
+  const bool bf16_attention = PlansBf16Attention(c, bf16, in.bf16_attention);
   std::string o = "xtuner plan: " + in.model_name + "\n  model        " + c.model_type + ", " +
                   Str(c.num_layers) + " layers, hidden " + Str(c.hidden_size);
   if (c.is_moe())
