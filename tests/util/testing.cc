@@ -1,11 +1,14 @@
 #include "util/testing.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -23,14 +26,51 @@ std::vector<double> Metric(const std::string& work_dir, const std::string& key) 
 
 std::vector<double> Losses(const std::string& work_dir) { return Metric(work_dir, "loss"); }
 
+namespace {
+
+// The directories TempDir made in this process. They are removed when the program ends, unless a
+// test failed (they are kept to look at, and named on stderr) or XT_KEEP_TEST_DIRS is set. A
+// forked child that exits through exit() removes nothing: the directories are its parent's.
+class TempDirs {
+ public:
+  TempDirs() : owner_(::getpid()) {
+    // Made first, so GoogleTest's results outlive this object's destructor.
+    ::testing::UnitTest::GetInstance();
+  }
+  ~TempDirs() {
+    if (::getpid() != owner_ || dirs_.empty()) return;
+    if (std::getenv("XT_KEEP_TEST_DIRS") || ::testing::UnitTest::GetInstance()->Failed()) {
+      std::fprintf(stderr, "kept %zu test directories, e.g. %s\n", dirs_.size(),
+                   dirs_.back().c_str());
+      return;
+    }
+    for (const std::string& d : dirs_) {
+      std::error_code ec;  // already gone, or not ours to remove: nothing to do
+      std::filesystem::remove_all(d, ec);
+    }
+  }
+  std::string Make(const std::string& tag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto dir =
+        std::filesystem::temp_directory_path() /
+        ("xtuner_test_" + tag + "_" + std::to_string(owner_) + "_" + std::to_string(dirs_.size()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    dirs_.push_back(dir.string());
+    return dirs_.back();
+  }
+
+ private:
+  const pid_t owner_;
+  std::mutex mu_;
+  std::vector<std::string> dirs_;
+};
+
+}  // namespace
+
 std::string TempDir(const std::string& tag) {
-  static std::atomic<int> counter{0};
-  auto dir =
-      std::filesystem::temp_directory_path() /
-      ("xtuner_test_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
+  static TempDirs dirs;
+  return dirs.Make(tag);
 }
 
 std::vector<std::string> TempFilesIn(const std::string& dir) {
