@@ -31,6 +31,9 @@ struct TrainResult {
 // the mesh is world = dp × ep (cfg.ep), each rank keeps its ZeRO-3 shard and trains on its
 // 1/world of each global batch; rank 0 alone writes metrics.jsonl, TensorBoard, the config
 // and exports (pass log = null on the others). The result's losses are global on every rank.
+// An error on one rank can leave the others waiting in a collective (the backend's start-up, a
+// step): with more than one rank, end the job on any error with world->Abort, as `xtuner train`
+// does.
 Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* world = nullptr);
 
 // Asks a running RunTraining to stop after its current step, save a checkpoint and return
