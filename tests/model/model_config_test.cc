@@ -2,6 +2,7 @@
 #include "xtuner/model/config.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "util/testing.h"
 

@@ -1,5 +1,6 @@
 #include "xtuner/data/sampler.h"
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "xtuner/core/rng.h"

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"

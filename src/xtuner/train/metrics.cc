@@ -1,6 +1,7 @@
 #include "xtuner/train/metrics.h"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 namespace xt {
 
