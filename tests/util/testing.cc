@@ -29,8 +29,9 @@ std::vector<double> Losses(const std::string& work_dir) { return Metric(work_dir
 namespace {
 
 // The directories TempDir made in this process. They are removed when the program ends, unless a
-// test failed (they are kept to look at, and named on stderr) or XT_KEEP_TEST_DIRS is set. A
-// forked child that exits through exit() removes nothing: the directories are its parent's.
+// test of the program failed (they are kept to look at, and one is named on stderr) or
+// XT_KEEP_TEST_DIRS is set to anything but "" or "0". A crash keeps them too, silently. A forked
+// child that exits through exit() removes nothing: the directories are its parent's.
 class TempDirs {
  public:
   TempDirs() : owner_(::getpid()) {
@@ -38,8 +39,11 @@ class TempDirs {
     ::testing::UnitTest::GetInstance();
   }
   ~TempDirs() {
+    std::lock_guard<std::mutex> lock(mu_);
     if (::getpid() != owner_ || dirs_.empty()) return;
-    if (std::getenv("XT_KEEP_TEST_DIRS") || ::testing::UnitTest::GetInstance()->Failed()) {
+    const char* keep = std::getenv("XT_KEEP_TEST_DIRS");
+    if ((keep && *keep && std::string(keep) != "0") ||
+        ::testing::UnitTest::GetInstance()->Failed()) {
       std::fprintf(stderr, "kept %zu test directories, e.g. %s\n", dirs_.size(),
                    dirs_.back().c_str());
       return;
@@ -51,9 +55,10 @@ class TempDirs {
   }
   std::string Make(const std::string& tag) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto dir =
-        std::filesystem::temp_directory_path() /
-        ("xtuner_test_" + tag + "_" + std::to_string(owner_) + "_" + std::to_string(dirs_.size()));
+    // The caller's pid, not owner_: a forked child's directories never collide with its parent's.
+    auto dir = std::filesystem::temp_directory_path() /
+               ("xtuner_test_" + tag + "_" + std::to_string(::getpid()) + "_" +
+                std::to_string(dirs_.size()));
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     dirs_.push_back(dir.string());

@@ -11,7 +11,7 @@ namespace xt::testing {
 // Absolute path of a file under tests/data.
 std::string DataPath(const std::string& rel);
 // A fresh empty directory under the system temp dir, unique per call. Removed with everything in
-// it when the test program ends, unless a test failed or XT_KEEP_TEST_DIRS is set.
+// it when the test program ends, unless one of its tests failed or XT_KEEP_TEST_DIRS=1.
 std::string TempDir(const std::string& tag);
 
 // The "loss" of every line of work_dir/metrics.jsonl, in order.
