@@ -1,5 +1,7 @@
 // One JSONL line's JSON -> a Conversation (OpenAI chat format) or a pre-training text, with a
 // reason and a message for every way a line can be wrong.
+#include <nlohmann/json.hpp>
+
 #include "xtuner/data/chat_template_internal.h"
 #include "xtuner/data/dataset.h"
 
