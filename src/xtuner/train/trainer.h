@@ -32,8 +32,8 @@ struct TrainResult {
 // 1/world of each global batch; rank 0 alone writes metrics.jsonl, TensorBoard, the config
 // and exports (pass log = null on the others). The result's losses are global on every rank.
 // An error on one rank can leave the others waiting in a collective (the backend's start-up, a
-// step): with more than one rank, end the job on any error with world->Abort, as `xtuner train`
-// does.
+// step, rank 0 failing to write its config or metrics): with more than one rank, end the job on
+// any error with world->Abort, as `xtuner train` does.
 Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* world = nullptr);
 
 // Asks a running RunTraining to stop after its current step, save a checkpoint and return
