@@ -56,7 +56,7 @@ const std::vector<Setting>& Settings() {
   return settings;
 }
 
-// The input's file: one per process, removed when the fuzzer exits.
+// The input's file: one per process, removed when the fuzzer exits (left behind by a crash).
 struct InputFile {
   std::string path = (std::filesystem::temp_directory_path() /
                       ("xtuner_dataset_fuzz_" + std::to_string(::getpid()) + ".jsonl"))

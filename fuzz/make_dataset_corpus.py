@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of dataset_fuzz (standard library only): each corpus file of
 tests/data/corpus under each of the fuzzer's four tokenizer/template settings (the first byte),
-with the dataset kind auto, and the chat corpora once more with train.last_turn_only.
+with the dataset kind auto, and each file with a "messages" key once more with
+train.last_turn_only.
 
 Usage: python3 fuzz/make_dataset_corpus.py fuzz/corpus/dataset
 """
