@@ -184,16 +184,18 @@ enum layout_t { mem_row_major, mem_col_major };
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment;
 
-// The tile row and column of element i (0 .. 7) of `lane`'s accumulator fragment.
-inline int ElemRow(int lane, int i) { return lane / 4 + 8 * ((i / 2) % 2); }
-inline int ElemCol(int lane, int i) { return 2 * (lane % 4) + i % 2 + 8 * (i / 4); }
-
-// A lane's A and B fragments hold only what its accumulator elements need: A's rows
-// ElemRow(lane, i) (lane / 4 and lane / 4 + 8) and B's columns ElemCol(lane, i) (four), each
-// along k, widened to fp32 (every bf16 is a float). Kernels touch A and B fragments only
-// through fill, load and mma (their layout on the device is unspecified).
+// A lane's A and B fragments hold only what its accumulator elements need: two rows of A,
+// FragRow(lane, r), and four columns of B, FragCol(lane, j), each along k, widened to fp32 (every
+// bf16 is a float). Kernels touch A and B fragments only through fill, load and mma (their layout
+// on the device is unspecified).
 inline int FragRow(int lane, int r) { return lane / 4 + 8 * r; }                      // r < 2
 inline int FragCol(int lane, int j) { return 2 * (lane % 4) + j % 2 + 8 * (j / 2); }  // j < 4
+// Element i (0 .. 7) of a lane's accumulator fragment is the product of A's row (i / 2) % 2 and
+// B's column i % 2 + 2 * (i / 4) of its fragments: tile row ElemRow(lane, i), column ElemCol.
+inline int ElemR(int i) { return (i / 2) % 2; }
+inline int ElemJ(int i) { return i % 2 + 2 * (i / 4); }
+inline int ElemRow(int lane, int i) { return FragRow(lane, ElemR(i)); }
+inline int ElemCol(int lane, int i) { return FragCol(lane, ElemJ(i)); }
 template <class Layout>
 struct fragment<matrix_a, 16, 16, 16, __nv_bfloat16, Layout> {
   static constexpr int num_elements = 32;
@@ -261,8 +263,8 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
   }
 }
 
-// Element i of the accumulator: row ElemRow(lane, i) = FragRow(lane, (i / 2) % 2), column
-// ElemCol(lane, i) = FragCol(lane, i % 2 + 2 * (i / 4)); products summed in fp32 in k order.
+// Element i of the accumulator: A's fragment row ElemR(i) times B's column ElemJ(i), products
+// summed in fp32 in k order.
 template <class LayoutA, class LayoutB>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
                      const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA>& a,
@@ -270,8 +272,8 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
                      const fragment<accumulator, 16, 16, 16, float>& c) {
   float out[8];
   for (int i = 0; i < 8; ++i) {
-    const float* x = a.x[(i / 2) % 2];
-    const float* y = b.x[i % 2 + 2 * (i / 4)];
+    const float* x = a.x[ElemR(i)];
+    const float* y = b.x[ElemJ(i)];
     float s = c.x[i];
     for (int k = 0; k < 16; ++k) s += x[k] * y[k];
     out[i] = s;
