@@ -316,8 +316,9 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
     const std::string dir = testing::TempDir("mpi_gpu_ref");
     CliRun r = testing::RunXtuner(Args(dir, kGpuSteps, bf16 ? kBf16Args : ""), kRoot);
     ASSERT_EQ(r.code, 0) << r.output;
-    (bf16 ? cpu.bf16 : cpu.fp32) = Losses(dir);
-    ASSERT_EQ((bf16 ? cpu.bf16 : cpu.fp32).size(), size_t(kGpuSteps));
+    std::vector<double>& losses = bf16 ? cpu.bf16 : cpu.fp32;
+    losses = Losses(dir);
+    ASSERT_EQ(losses.size(), size_t(kGpuSteps));
   }
 #ifdef XT_EMULATED_GPUS
   for (const std::string comm : {"nccl", "mpi"}) {
