@@ -10,7 +10,8 @@ namespace xt {
 namespace {
 
 TEST(Generate, CachedLogitsEqualFullForwardAtEveryPosition) {
-  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"}) {
+  for (const char* fixture :
+       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
     auto model = LoadHfModel(testing::DataPath(fixture));
     ASSERT_TRUE(model.ok());
     Transformer& m = **model;

@@ -1,10 +1,10 @@
 // config.json parsing: both transformers spellings, sparse-layer rules, and clear errors.
-#include "xtuner/model/config.h"
-
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
+#include "xtuner/model/config.h"
 
 namespace xt {
 namespace {
@@ -85,7 +85,7 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
   json j = Qwen3MoeV5();
   j["model_type"] = "llama";
   EXPECT_NE(ErrorOf(j).find("cfg.json: model_type \"llama\" is not supported (supported: qwen3, "
-                            "qwen3_moe, mixtral)"),
+                            "qwen3_moe, mixtral, deepseek_v3)"),
             std::string::npos);
   j = Qwen3MoeV5();
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", 4.0}};

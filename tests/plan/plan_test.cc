@@ -67,6 +67,7 @@ TEST(PlanAgreement, ActivationsAndStateMatchTheEngineWithin10Percent) {
       {"qwen3_moe_tiny", Config(testing::DataPath("qwen3_moe_tiny"))},
       {"mixtral_tiny", Config(testing::DataPath("mixtral_tiny"))},
       {"qwen3_dense_tiny", Config(testing::DataPath("qwen3_dense_tiny"))},
+      {"deepseek_v3_tiny", Config(testing::DataPath("deepseek_v3_tiny"))},
       {"mixed", MixedConfig()}};
   for (auto& [name, cfg] : models) {
     Transformer model(cfg);

@@ -140,6 +140,7 @@ Status CudaModel::Init(void* stream) {
 
 Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
                                                      const float* host_params, void* stream) {
+  XT_RETURN_IF_ERROR(CudaSupports(cfg));
   std::unique_ptr<CudaModel> m(new CudaModel(cfg, 0, -1));
   XT_RETURN_IF_ERROR(m->Init(stream));
   m->local_ = std::make_unique<LocalSource>(m.get());
@@ -166,6 +167,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
                                                          int64_t expert_begin, int64_t expert_count,
                                                          Comm* ep) {
   if (!source) return Status::Error("CudaModel::CreateOver: no parameter source");
+  XT_RETURN_IF_ERROR(CudaSupports(cfg));
   const int64_t E = cfg.num_experts;
   const bool split = cfg.is_moe() && expert_count >= 0 && expert_count < E;
   if (split) {

@@ -15,6 +15,19 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+// DeepSeek-V3's multi-token-prediction layers (model.layers.L .. L + n - 1 after the L decoder
+// layers) ride along in its checkpoints; transformers skips them on load, and so do we.
+bool IsMtpLayerTensor(const std::string& name, const ModelConfig& cfg) {
+  const std::string prefix = "model.layers.";
+  if (cfg.num_nextn_predict_layers <= 0 || name.rfind(prefix, 0) != 0) return false;
+  size_t end = prefix.size();
+  int64_t layer = 0;
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9' && layer < (int64_t(1) << 40))
+    layer = layer * 10 + (name[end++] - '0');
+  if (end == prefix.size() || end >= name.size() || name[end] != '.') return false;
+  return layer >= cfg.num_layers && layer < cfg.num_layers + cfg.num_nextn_predict_layers;
+}
 }  // namespace
 
 Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
@@ -32,7 +45,7 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
   const ParamLayout whole(cfg);
   for (const std::string& name : ckpt.names()) {
     if (whole.Find(name)) continue;
-    if (EndsWith(name, "rotary_emb.inv_freq")) continue;
+    if (EndsWith(name, "rotary_emb.inv_freq") || IsMtpLayerTensor(name, cfg)) continue;
     if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
     return Status::Error(ckpt.FileOf(name) + ": unexpected tensor \"" + name +
                          "\": no parameter of a " + cfg.model_type +

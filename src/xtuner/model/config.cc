@@ -17,6 +17,7 @@ class Reader {
   Reader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
 
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+  bool Contains(const char* key) const { return j_.contains(key); }  // null included
 
   Status Int(const char* key, int64_t* out, bool required) const {
     if (!has(key)) return Missing(key, required);
@@ -91,6 +92,107 @@ Status Positive(const Reader& r, const char* name, int64_t v) {
                          std::to_string(v));
 }
 
+// DeepSeek-V3's multi-head latent attention. Its K and V have one head per query head, so
+// num_key_value_heads must equal num_attention_heads (transformers would fail otherwise).
+Status ReadMla(const Reader& r, ModelConfig* c) {
+  c->mla = true;
+  c->q_lora_rank = 1536;  // transformers' default; null means a plain q_proj
+  if (r.has("q_lora_rank"))
+    XT_RETURN_IF_ERROR(r.Int("q_lora_rank", &c->q_lora_rank, true));
+  else if (r.Contains("q_lora_rank"))
+    c->q_lora_rank = 0;
+  XT_RETURN_IF_ERROR(r.Int("kv_lora_rank", &c->kv_lora_rank, true));
+  XT_RETURN_IF_ERROR(r.Int("qk_nope_head_dim", &c->qk_nope_head_dim, true));
+  XT_RETURN_IF_ERROR(r.Int("qk_rope_head_dim", &c->qk_rope_head_dim, true));
+  XT_RETURN_IF_ERROR(r.Int("v_head_dim", &c->v_head_dim, true));
+  XT_RETURN_IF_ERROR(r.Bool("rope_interleave", &c->rope_interleave, false));
+  XT_RETURN_IF_ERROR(r.Int("num_nextn_predict_layers", &c->num_nextn_predict_layers, false));
+  if (c->q_lora_rank != 0) XT_RETURN_IF_ERROR(Positive(r, "q_lora_rank", c->q_lora_rank));
+  for (auto [name, v] : {std::pair{"kv_lora_rank", c->kv_lora_rank},
+                         {"qk_nope_head_dim", c->qk_nope_head_dim},
+                         {"qk_rope_head_dim", c->qk_rope_head_dim},
+                         {"v_head_dim", c->v_head_dim}}) {
+    XT_RETURN_IF_ERROR(Positive(r, name, v));
+  }
+  if (c->num_nextn_predict_layers < 0) return r.Error("num_nextn_predict_layers must be >= 0");
+  if (c->qk_rope_head_dim % 2 != 0) return r.Error("qk_rope_head_dim must be even for RoPE");
+  if (c->v_head_dim > c->qk_nope_head_dim + c->qk_rope_head_dim)
+    return r.Error("v_head_dim (" + std::to_string(c->v_head_dim) +
+                   ") larger than qk_nope_head_dim + qk_rope_head_dim is not implemented");
+  if (c->num_kv_heads != c->num_heads)
+    return r.Error("num_key_value_heads (" + std::to_string(c->num_kv_heads) +
+                   ") must equal num_attention_heads (" + std::to_string(c->num_heads) +
+                   ") for multi-head latent attention");
+  c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+  return Status::OK();
+}
+
+// DeepSeek-V3's MoE: the first first_k_dense_replace layers dense, the rest MoE with a shared
+// expert and the sigmoid group-limited router (transformers' defaults where a key is absent).
+// The remote-code keys of the hub's configs are checked where they would change the maths.
+Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
+  c->router = RouterKind::kSigmoidGroup;
+  c->num_experts = 256;
+  c->top_k = 8;
+  c->n_shared_experts = 1;
+  c->n_group = 8;
+  c->topk_group = 4;
+  c->routed_scaling_factor = 2.5;
+  c->norm_topk_prob = true;
+  int64_t first_dense = 3;
+  XT_RETURN_IF_ERROR(r.Int("n_routed_experts", &c->num_experts, false));
+  XT_RETURN_IF_ERROR(r.Int("num_experts_per_tok", &c->top_k, false));
+  XT_RETURN_IF_ERROR(r.Int("moe_intermediate_size", &c->moe_intermediate_size, true));
+  XT_RETURN_IF_ERROR(r.Int("n_shared_experts", &c->n_shared_experts, false));
+  XT_RETURN_IF_ERROR(r.Int("n_group", &c->n_group, false));
+  XT_RETURN_IF_ERROR(r.Int("topk_group", &c->topk_group, false));
+  XT_RETURN_IF_ERROR(r.Double("routed_scaling_factor", &c->routed_scaling_factor, false));
+  XT_RETURN_IF_ERROR(r.Bool("norm_topk_prob", &c->norm_topk_prob, false));
+  XT_RETURN_IF_ERROR(r.Int("first_k_dense_replace", &first_dense, false));
+  for (auto [name, v] : {std::pair{"n_routed_experts", c->num_experts},
+                         {"num_experts_per_tok", c->top_k},
+                         {"moe_intermediate_size", c->moe_intermediate_size},
+                         {"n_group", c->n_group},
+                         {"topk_group", c->topk_group}}) {
+    XT_RETURN_IF_ERROR(Positive(r, name, v));
+  }
+  if (c->n_shared_experts < 0) return r.Error("n_shared_experts must be >= 0");
+  if (!(c->routed_scaling_factor > 0)) return r.Error("routed_scaling_factor must be positive");
+  if (first_dense < 0 || first_dense > c->num_layers)
+    return r.Error("first_k_dense_replace (" + std::to_string(first_dense) + ") must lie in [0, " +
+                   std::to_string(c->num_layers) + "]");
+  const int64_t E = c->num_experts, G = c->n_group;
+  if (E % G != 0 || E / G < 2)
+    return r.Error("n_routed_experts (" + std::to_string(E) + ") must be n_group (" +
+                   std::to_string(G) + ") groups of at least 2 experts");
+  if (c->topk_group > G)
+    return r.Error("topk_group (" + std::to_string(c->topk_group) + ") exceeds n_group (" +
+                   std::to_string(G) + ")");
+  if (c->top_k > c->topk_group * (E / G))
+    return r.Error("num_experts_per_tok (" + std::to_string(c->top_k) +
+                   ") exceeds the experts of topk_group groups (" +
+                   std::to_string(c->topk_group * (E / G)) + ")");
+  // Keys of the hub's remote-code configs: only the values transformers' model computes.
+  auto expect = [&](const char* key, const std::string& want) -> Status {
+    if (!r.has(key)) return Status::OK();
+    if (j[key].is_string() && j[key].get<std::string>() == want) return Status::OK();
+    return r.Error(std::string("key \"") + key + "\" " + j[key].dump() +
+                   " is not implemented (supported: \"" + want + "\")");
+  };
+  XT_RETURN_IF_ERROR(expect("scoring_func", "sigmoid"));
+  XT_RETURN_IF_ERROR(expect("topk_method", "noaux_tc"));
+  int64_t freq = 1;
+  XT_RETURN_IF_ERROR(r.Int("moe_layer_freq", &freq, false));
+  if (freq != 1) return r.Error("moe_layer_freq != 1 is not implemented (supported: 1)");
+  if (r.has("quantization_config"))
+    return r.Error(
+        "quantized checkpoints (quantization_config) are not supported: convert the "
+        "weights to bf16 or fp32 first");
+  for (int64_t l = first_dense; l < c->num_layers; ++l) c->layer_is_moe[l] = true;
+  if (first_dense > 0) XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c->intermediate_size));
+  return Status::OK();
+}
+
 }  // namespace
 
 int64_t ModelConfig::num_moe_layers() const {
@@ -110,7 +212,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   Reader r(j, source);
   ModelConfig c;
   if (!j.contains("model_type") || !j["model_type"].is_string())
-    return r.Error("missing \"model_type\" (supported: qwen3, qwen3_moe, mixtral)");
+    return r.Error("missing \"model_type\" (supported: qwen3, qwen3_moe, mixtral, deepseek_v3)");
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type == "qwen3") {
     c.arch = Arch::kQwen3;
@@ -118,9 +220,11 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     c.arch = Arch::kQwen3Moe;
   } else if (c.model_type == "mixtral") {
     c.arch = Arch::kMixtral;
+  } else if (c.model_type == "deepseek_v3") {
+    c.arch = Arch::kDeepseekV3;
   } else {
     return r.Error("model_type \"" + c.model_type +
-                   "\" is not supported (supported: qwen3, qwen3_moe, mixtral)");
+                   "\" is not supported (supported: qwen3, qwen3_moe, mixtral, deepseek_v3)");
   }
 
   XT_RETURN_IF_ERROR(r.Int("vocab_size", &c.vocab_size, true));
@@ -129,7 +233,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Int("num_attention_heads", &c.num_heads, true));
   c.num_kv_heads = c.num_heads;
   XT_RETURN_IF_ERROR(r.Int("num_key_value_heads", &c.num_kv_heads, false));
-  XT_RETURN_IF_ERROR(r.Int("intermediate_size", &c.intermediate_size, c.arch != Arch::kQwen3Moe));
+  XT_RETURN_IF_ERROR(r.Int("intermediate_size", &c.intermediate_size,
+                           c.arch != Arch::kQwen3Moe && c.arch != Arch::kDeepseekV3));
   XT_RETURN_IF_ERROR(r.Double("rms_norm_eps", &c.rms_norm_eps, false));
   XT_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c.tie_word_embeddings, false));
   XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
@@ -144,7 +249,9 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     return r.Error("num_attention_heads (" + std::to_string(c.num_heads) +
                    ") must be a multiple of num_key_value_heads (" +
                    std::to_string(c.num_kv_heads) + ")");
-  if (r.has("head_dim")) {
+  if (c.arch == Arch::kDeepseekV3) {
+    XT_RETURN_IF_ERROR(ReadMla(r, &c));  // head_dim: the query/key width
+  } else if (r.has("head_dim")) {
     XT_RETURN_IF_ERROR(r.Int("head_dim", &c.head_dim, true));
   } else {
     if (c.hidden_size % c.num_heads != 0)
@@ -152,7 +259,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     c.head_dim = c.hidden_size / c.num_heads;
   }
   XT_RETURN_IF_ERROR(Positive(r, "head_dim", c.head_dim));
-  if (c.head_dim % 2 != 0) return r.Error("head_dim must be even for RoPE");
+  if (!c.mla && c.head_dim % 2 != 0) return r.Error("head_dim must be even for RoPE");
 
   // Options that change the maths and are not implemented: refuse rather than compute wrong.
   std::string act = j.value("hidden_act", std::string("silu"));
@@ -170,10 +277,14 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Double("router_jitter_noise", &jitter, false));
   if (jitter != 0) return r.Error("router_jitter_noise != 0 is not implemented (supported: 0)");
 
-  c.qk_norm = c.arch != Arch::kMixtral;
+  c.qk_norm = c.arch == Arch::kQwen3 || c.arch == Arch::kQwen3Moe;
   c.layer_is_moe.assign(c.num_layers, false);
   if (c.arch == Arch::kQwen3) {
     XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
+    return c;
+  }
+  if (c.arch == Arch::kDeepseekV3) {
+    XT_RETURN_IF_ERROR(ReadDeepseekMoe(j, r, &c));
     return c;
   }
 
@@ -241,9 +352,19 @@ Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
   return FromJson(j, path);
 }
 
+Status CudaSupports(const ModelConfig& c) {
+  if (c.mla || c.router != RouterKind::kSoftmax || c.n_shared_experts > 0)
+    return Status::Error(c.model_type +
+                         " (multi-head latent attention, the sigmoid router, shared experts) runs "
+                         "on the CPU only for now: the CUDA backend runs qwen3, qwen3_moe and "
+                         "mixtral (train.device = \"cpu\")");
+  return Status::OK();
+}
+
 json ModelConfig::ToJson() const {
   json j;
-  static const char* kArch[] = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM"};
+  static const char* kArch[] = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM",
+                                "DeepseekV3ForCausalLM"};
   j["architectures"] = {kArch[int(arch)]};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
@@ -258,7 +379,28 @@ json ModelConfig::ToJson() const {
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
   j["dtype"] = "float32";
-  if (is_moe()) {
+  if (arch == Arch::kDeepseekV3) {
+    j["head_dim"] = qk_rope_head_dim;  // as transformers writes it
+    j["q_lora_rank"] = q_lora_rank > 0 ? json(q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["qk_nope_head_dim"] = qk_nope_head_dim;
+    j["qk_rope_head_dim"] = qk_rope_head_dim;
+    j["qk_head_dim"] = head_dim;
+    j["v_head_dim"] = v_head_dim;
+    j["rope_interleave"] = rope_interleave;
+    j["num_nextn_predict_layers"] = 0;  // the saved checkpoint has no MTP layers
+    j["n_routed_experts"] = num_experts;
+    j["num_experts_per_tok"] = top_k;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["n_shared_experts"] = n_shared_experts;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+    j["norm_topk_prob"] = norm_topk_prob;
+    int64_t first_dense = 0;
+    while (first_dense < num_layers && !layer_is_moe[first_dense]) ++first_dense;
+    j["first_k_dense_replace"] = first_dense;
+  } else if (is_moe()) {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
     j["router_aux_loss_coef"] = router_aux_loss_coef;

@@ -14,10 +14,16 @@
 
 namespace xt {
 
-enum class Arch { kQwen3, kQwen3Moe, kMixtral };
+enum class Arch { kQwen3, kQwen3Moe, kMixtral, kDeepseekV3 };
+
+// How a MoE router turns its logits into expert choices and weights.
+enum class RouterKind {
+  kSoftmax,       // Qwen3-MoE, Mixtral: softmax, top-k, optional renormalisation
+  kSigmoidGroup,  // DeepSeek-V3: sigmoid, + correction bias for the choice, group-limited top-k
+};
 
 struct ModelConfig {
-  std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral"
+  std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral" | "deepseek_v3"
   Arch arch = Arch::kQwen3;
 
   int64_t vocab_size = 0;
@@ -25,7 +31,7 @@ struct ModelConfig {
   int64_t num_layers = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;
+  int64_t head_dim = 0;           // MLA: qk_nope_head_dim + qk_rope_head_dim (the query/key width)
   int64_t intermediate_size = 0;  // dense MLP layers
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
@@ -39,10 +45,31 @@ struct ModelConfig {
   bool norm_topk_prob = true;
   double router_aux_loss_coef = 0.0;
   std::vector<bool> layer_is_moe;  // (num_layers)
+  RouterKind router = RouterKind::kSoftmax;
+  // DeepSeek-V3's router: experts form n_group groups; a token picks its topk_group best groups
+  // (each scored by the sum of its two best biased scores), then its top_k experts among them;
+  // the chosen weights (renormalised when norm_topk_prob) are scaled by routed_scaling_factor.
+  int64_t n_group = 1, topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  int64_t n_shared_experts = 0;  // a shared SwiGLU MLP of n * moe_intermediate_size per MoE layer
+
+  // Multi-head latent attention (DeepSeek-V3), when mla: q = q_b(norm(q_a(x))) (or q_proj(x)
+  // when q_lora_rank is 0); [c_kv | k_rope] = kv_a(x); [k_nope | v] per head = kv_b(norm(c_kv));
+  // k_rope (one per token) is shared by all heads. RoPE covers the last qk_rope_head_dim of each
+  // query and key head, on interleaved pairs when rope_interleave.
+  bool mla = false;
+  int64_t q_lora_rank = 0, kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool rope_interleave = true;
+  int64_t num_nextn_predict_layers = 0;  // multi-token-prediction layers in the checkpoint (unused)
 
   bool is_moe() const { return num_experts > 0; }
   int64_t num_moe_layers() const;
   int64_t last_moe_layer() const;  // -1 for a dense model
+  // The width RoPE rotates (head_dim, or qk_rope_head_dim under MLA), and the attention's value
+  // width per head (head_dim, or v_head_dim).
+  int64_t rope_dim() const { return mla ? qk_rope_head_dim : head_dim; }
+  int64_t value_dim() const { return mla ? v_head_dim : head_dim; }
 
   // Parses a config.json object; `source` (the file path) prefixes every error.
   static Result<ModelConfig> FromJson(const nlohmann::json& j, const std::string& source);
@@ -51,5 +78,9 @@ struct ModelConfig {
   // A transformers-5 style config.json for this model (used by HF export).
   nlohmann::json ToJson() const;
 };
+
+// Whether the CUDA backend runs this model: every architecture but DeepSeek-V3, whose
+// multi-head latent attention and sigmoid router have CPU kernels only. The error says so.
+Status CudaSupports(const ModelConfig& c);
 
 }  // namespace xt

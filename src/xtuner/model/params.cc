@@ -4,10 +4,10 @@
 
 namespace xt {
 
-int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm) {
+int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm, bool no_grad) {
   int64_t offset = total_;
   index_[name] = params_.size();
-  params_.push_back({name, shape, offset, is_norm});
+  params_.push_back({name, shape, offset, is_norm, no_grad});
   total_ += NumElements(shape);
   return offset;
 }
@@ -32,10 +32,26 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerOffsets o;
     o.ln1 = Add(p + "input_layernorm.weight", {H}, true);
-    o.wq = Add(p + "self_attn.q_proj.weight", {c.num_heads * D, H});
-    o.wk = Add(p + "self_attn.k_proj.weight", {c.num_kv_heads * D, H});
-    o.wv = Add(p + "self_attn.v_proj.weight", {c.num_kv_heads * D, H});
-    o.wo = Add(p + "self_attn.o_proj.weight", {H, c.num_heads * D});
+    if (c.mla) {
+      const std::string a = p + "self_attn.";
+      const int64_t Rq = c.q_lora_rank, Rkv = c.kv_lora_rank, Hq = c.num_heads;
+      if (Rq > 0) {
+        o.q_a = Add(a + "q_a_proj.weight", {Rq, H});
+        o.q_a_norm = Add(a + "q_a_layernorm.weight", {Rq}, true);
+        o.wq = Add(a + "q_b_proj.weight", {Hq * D, Rq});
+      } else {
+        o.wq = Add(a + "q_proj.weight", {Hq * D, H});
+      }
+      o.kv_a = Add(a + "kv_a_proj_with_mqa.weight", {Rkv + c.qk_rope_head_dim, H});
+      o.kv_a_norm = Add(a + "kv_a_layernorm.weight", {Rkv}, true);
+      o.kv_b = Add(a + "kv_b_proj.weight", {Hq * (c.qk_nope_head_dim + c.v_head_dim), Rkv});
+      o.wo = Add(a + "o_proj.weight", {H, Hq * c.v_head_dim});
+    } else {
+      o.wq = Add(p + "self_attn.q_proj.weight", {c.num_heads * D, H});
+      o.wk = Add(p + "self_attn.k_proj.weight", {c.num_kv_heads * D, H});
+      o.wv = Add(p + "self_attn.v_proj.weight", {c.num_kv_heads * D, H});
+      o.wo = Add(p + "self_attn.o_proj.weight", {H, c.num_heads * D});
+    }
     if (c.qk_norm) {
       o.q_norm = Add(p + "self_attn.q_norm.weight", {D}, true);
       o.k_norm = Add(p + "self_attn.k_norm.weight", {D}, true);
@@ -52,6 +68,14 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       const bool mixtral = c.arch == Arch::kMixtral;
       const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
       o.router = Add(moe + "gate.weight", {E, H});
+      if (c.router == RouterKind::kSigmoidGroup)
+        o.router_bias = Add(moe + "gate.e_score_correction_bias", {E}, false, /*no_grad=*/true);
+      if (c.n_shared_experts > 0) {  // shared experts: a dense SwiGLU MLP, before the experts
+        const int64_t Is = c.n_shared_experts * I;
+        o.shared_gate_up = Add(moe + "shared_experts.gate_proj.weight", {Is, H});
+        Add(moe + "shared_experts.up_proj.weight", {Is, H});
+        o.shared_down = Add(moe + "shared_experts.down_proj.weight", {H, Is});
+      }
       for (int64_t e = e0; e < e1; ++e) {
         const std::string x = moe + "experts." + std::to_string(e) + ".";
         int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});

@@ -26,6 +26,9 @@ struct ParamInfo {
   Shape shape;
   int64_t offset = 0;    // in floats, into the slab
   bool is_norm = false;  // a norm weight (no weight decay by default)
+  // A buffer the training loop moves by a rule, not by its gradient (DeepSeek-V3's
+  // e_score_correction_bias): zero at init, never decayed, its gradient always zero.
+  bool no_grad = false;
 };
 
 // Offsets (in floats) of one decoder layer's weights; -1 where the layer has no such weight.
@@ -33,6 +36,12 @@ struct LayerOffsets {
   int64_t ln1 = -1, wq = -1, wk = -1, wv = -1, wo = -1, q_norm = -1, k_norm = -1, ln2 = -1;
   int64_t gate_up = -1, down = -1;  // dense: (2I, H), (H, I); MoE: (E, 2I, H), (E, H, I)
   int64_t router = -1;              // MoE: (E, H)
+  // DeepSeek-V3. MLA: wq is q_b_proj (Hq*D, q_lora_rank) after q_a (q_lora_rank, H) and its norm,
+  // or q_proj (Hq*D, H) without them; kv_a (kv_lora_rank + rope, H), kv_a_norm (kv_lora_rank),
+  // kv_b (Hq*(nope + v), kv_lora_rank); wo (H, Hq*v). MoE: router_bias (E), the shared experts'
+  // gate_up (2*Is, H) and down (H, Is).
+  int64_t q_a = -1, q_a_norm = -1, kv_a = -1, kv_a_norm = -1, kv_b = -1;
+  int64_t router_bias = -1, shared_gate_up = -1, shared_down = -1;
 };
 
 // A contiguous range [begin, end) of the slab, in floats.
@@ -63,7 +72,7 @@ class ParamLayout {
   int64_t head_unit() const { return int64_t(units_.size()) - 1; }
 
  private:
-  int64_t Add(const std::string& name, Shape shape, bool is_norm = false);
+  int64_t Add(const std::string& name, Shape shape, bool is_norm = false, bool no_grad = false);
   int64_t total_ = 0;
   std::vector<ParamInfo> params_;
   std::unordered_map<std::string, size_t> index_;

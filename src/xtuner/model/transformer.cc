@@ -65,15 +65,59 @@ void Transformer::SetRecompute(double fraction) {
 }
 
 void Transformer::ComputeRope(const Batch& b, Acts* a) const {
-  ComputeRopeTables(b, cfg_.head_dim, cfg_.rope_theta, &a->cos, &a->sin);
+  ComputeRopeTables(b, cfg_.rope_dim(), cfg_.rope_theta, &a->cos, &a->sin);
+}
+
+// Grouped-query attention of layer l: a->attn (T, Hq * D) from a->h1 (q/k RMSNorm when the
+// model has it, RoPE, causal attention within each document or over the cache).
+void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts,
+                             LayerActs* a, KvCache* cache) {
+  const LayerOffsets& o = layout_.layers[l];
+  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
+  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
+  const float eps = float(cfg_.rms_norm_eps);
+  a->q.resize(T * Hq * D);
+  a->k.resize(T * Hkv * D);
+  a->v.resize(T * Hkv * D);
+  if (cfg_.qk_norm) {
+    a->q_pre.resize(T * Hq * D);
+    a->k_pre.resize(T * Hkv * D);
+    a->q_rstd.resize(T * Hq);
+    a->k_rstd.resize(T * Hkv);
+    ops::linear_forward(a->q_pre.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
+    ops::linear_forward(a->k_pre.data(), a->h1.data(), P(o.wk), T, H, Hkv * D);
+    ops::rmsnorm_forward(a->q.data(), a->q_rstd.data(), a->q_pre.data(), P(o.q_norm), T * Hq, D,
+                         eps);
+    ops::rmsnorm_forward(a->k.data(), a->k_rstd.data(), a->k_pre.data(), P(o.k_norm), T * Hkv, D,
+                         eps);
+  } else {
+    ops::linear_forward(a->q.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
+    ops::linear_forward(a->k.data(), a->h1.data(), P(o.wk), T, H, Hkv * D);
+  }
+  ops::linear_forward(a->v.data(), a->h1.data(), P(o.wv), T, H, Hkv * D);
+  ops::rope_forward(a->q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
+  ops::rope_forward(a->k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
+  a->attn.resize(T * Hq * D);
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  if (cache) {
+    float* kc = cache->k[l].data() + cache->length * Hkv * D;
+    float* vc = cache->v[l].data() + cache->length * Hkv * D;
+    std::copy(a->k.begin(), a->k.end(), kc);
+    std::copy(a->v.begin(), a->v.end(), vc);
+    ops::attention_cached_forward(a->attn.data(), a->q.data(), cache->k[l].data(),
+                                  cache->v[l].data(), cache->length, T, Hq, Hkv, D, scale);
+  } else {
+    a->lse.resize(T * Hq);
+    ops::attention_forward(a->attn.data(), a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
+                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
+  }
 }
 
 void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in,
                                float* x_out, Acts* acts, KvCache* cache) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
-  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
-  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
+  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads;
   const float eps = float(cfg_.rms_norm_eps);
 
   // ---- attention block
@@ -81,41 +125,14 @@ void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, c
   a.h1.resize(T * H);
   a.rstd1.resize(T);
   ops::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x_in, P(o.ln1), T, H, eps);
-  a.q.resize(T * Hq * D);
-  a.k.resize(T * Hkv * D);
-  a.v.resize(T * Hkv * D);
-  if (cfg_.qk_norm) {
-    a.q_pre.resize(T * Hq * D);
-    a.k_pre.resize(T * Hkv * D);
-    a.q_rstd.resize(T * Hq);
-    a.k_rstd.resize(T * Hkv);
-    ops::linear_forward(a.q_pre.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
-    ops::linear_forward(a.k_pre.data(), a.h1.data(), P(o.wk), T, H, Hkv * D);
-    ops::rmsnorm_forward(a.q.data(), a.q_rstd.data(), a.q_pre.data(), P(o.q_norm), T * Hq, D, eps);
-    ops::rmsnorm_forward(a.k.data(), a.k_rstd.data(), a.k_pre.data(), P(o.k_norm), T * Hkv, D, eps);
+  if (cfg_.mla) {
+    MlaForward(l, P, b, acts, &a, cache);
   } else {
-    ops::linear_forward(a.q.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
-    ops::linear_forward(a.k.data(), a.h1.data(), P(o.wk), T, H, Hkv * D);
+    GqaForward(l, P, b, acts, &a, cache);
   }
-  ops::linear_forward(a.v.data(), a.h1.data(), P(o.wv), T, H, Hkv * D);
-  ops::rope_forward(a.q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
-  ops::rope_forward(a.k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
-  a.attn.resize(T * Hq * D);
-  const float scale = float(1.0 / std::sqrt(double(D)));
-  if (cache) {
-    float* kc = cache->k[l].data() + cache->length * Hkv * D;
-    float* vc = cache->v[l].data() + cache->length * Hkv * D;
-    std::copy(a.k.begin(), a.k.end(), kc);
-    std::copy(a.v.begin(), a.v.end(), vc);
-    ops::attention_cached_forward(a.attn.data(), a.q.data(), cache->k[l].data(), cache->v[l].data(),
-                                  cache->length, T, Hq, Hkv, D, scale);
-  } else {
-    a.lse.resize(T * Hq);
-    ops::attention_forward(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(),
-                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
-  }
+  const int64_t Dv = cfg_.value_dim();
   a.x_mid.resize(T * H);
-  ops::linear_forward(a.x_mid.data(), a.attn.data(), P(o.wo), T, Hq * D, H);
+  ops::linear_forward(a.x_mid.data(), a.attn.data(), P(o.wo), T, Hq * Dv, H);
   for (int64_t i = 0; i < T * H; ++i) a.x_mid[i] += x_in[i];
 
   // ---- feed-forward block
@@ -141,8 +158,7 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
                                 float* dx, Acts* acts, const double* dprob_e) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
-  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
-  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
+  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads;
 
   // ---- feed-forward block: dx is also d x_mid through the residual.
   vector<float> dh2(T * H);
@@ -160,27 +176,42 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
                         /*accumulate_din=*/true);  // dx = d x_mid now
 
   // ---- attention block: dx is also d x_in through the residual.
-  vector<float> dattn(T * Hq * D), dq(T * Hq * D), dk(T * Hkv * D), dv(T * Hkv * D), dh1(T * H);
-  ops::linear_backward(dattn.data(), G(o.wo), dx, a.attn.data(), P(o.wo), T, Hq * D, H);
-  ops::attention_backward(dq.data(), dk.data(), dv.data(), dattn.data(), a.attn.data(),
-                          a.lse.data(), a.q.data(), a.k.data(), a.v.data(), b.cu_seqlens.data(),
-                          b.num_docs(), T, Hq, Hkv, D, float(1.0 / std::sqrt(double(D))));
+  const int64_t Dv = cfg_.value_dim();
+  vector<float> dattn(T * Hq * Dv), dh1(T * H);
+  ops::linear_backward(dattn.data(), G(o.wo), dx, a.attn.data(), P(o.wo), T, Hq * Dv, H);
+  if (cfg_.mla) {
+    MlaBackward(l, P, G, b, dattn.data(), dh1.data(), acts, &a);
+  } else {
+    GqaBackward(l, P, G, b, dattn.data(), dh1.data(), acts, &a);
+  }
+  ops::rmsnorm_backward(dx, G(o.ln1), dh1.data(), a.x_in.data(), P(o.ln1), a.rstd1.data(), T, H,
+                        /*accumulate_din=*/true);
+}
+
+// dattn (T, Hq * D) -> dh1 (T, H) assigned.
+void Transformer::GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
+                              const float* dattn, float* dh1, Acts* acts, LayerActs* a) {
+  const LayerOffsets& o = layout_.layers[l];
+  const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
+  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
+  vector<float> dq(T * Hq * D), dk(T * Hkv * D), dv(T * Hkv * D);
+  ops::attention_backward(dq.data(), dk.data(), dv.data(), dattn, a->attn.data(), a->lse.data(),
+                          a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
+                          T, Hq, Hkv, D, float(1.0 / std::sqrt(double(D))));
   ops::rope_backward(dq.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_backward(dk.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   if (cfg_.qk_norm) {
     vector<float> dq_pre(T * Hq * D), dk_pre(T * Hkv * D);
-    ops::rmsnorm_backward(dq_pre.data(), G(o.q_norm), dq.data(), a.q_pre.data(), P(o.q_norm),
-                          a.q_rstd.data(), T * Hq, D);
-    ops::rmsnorm_backward(dk_pre.data(), G(o.k_norm), dk.data(), a.k_pre.data(), P(o.k_norm),
-                          a.k_rstd.data(), T * Hkv, D);
+    ops::rmsnorm_backward(dq_pre.data(), G(o.q_norm), dq.data(), a->q_pre.data(), P(o.q_norm),
+                          a->q_rstd.data(), T * Hq, D);
+    ops::rmsnorm_backward(dk_pre.data(), G(o.k_norm), dk.data(), a->k_pre.data(), P(o.k_norm),
+                          a->k_rstd.data(), T * Hkv, D);
     dq.swap(dq_pre);
     dk.swap(dk_pre);
   }
-  ops::linear_backward(dh1.data(), G(o.wq), dq.data(), a.h1.data(), P(o.wq), T, H, Hq * D);
-  ops::linear_backward(dh1.data(), G(o.wk), dk.data(), a.h1.data(), P(o.wk), T, H, Hkv * D, true);
-  ops::linear_backward(dh1.data(), G(o.wv), dv.data(), a.h1.data(), P(o.wv), T, H, Hkv * D, true);
-  ops::rmsnorm_backward(dx, G(o.ln1), dh1.data(), a.x_in.data(), P(o.ln1), a.rstd1.data(), T, H,
-                        /*accumulate_din=*/true);
+  ops::linear_backward(dh1, G(o.wq), dq.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
+  ops::linear_backward(dh1, G(o.wk), dk.data(), a->h1.data(), P(o.wk), T, H, Hkv * D, true);
+  ops::linear_backward(dh1, G(o.wv), dv.data(), a->h1.data(), P(o.wv), T, H, Hkv * D, true);
 }
 
 Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weight,
@@ -250,7 +281,9 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
     if (!backward) a = LayerActs();  // nothing to keep
     held[l] = a.bytes();
   }
-  if (n_moe > 0) info.aux_loss = stats.Loss();
+  // The balancing loss is transformers' softmax-router loss; DeepSeek-V3 has none (its bias
+  // balances the load), so its statistics only count the choices.
+  if (n_moe > 0 && cfg_.router == RouterKind::kSoftmax) info.aux_loss = stats.Loss();
   if (layers_only) return info;
   // The head: final norm and lm_head (the embedding's unit when tied), forward and backward.
   const UnitParams P = Acquire(head);

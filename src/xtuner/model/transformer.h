@@ -1,8 +1,10 @@
-// Transformer: the decoder-only language models (Qwen3, Qwen3-MoE, Mixtral) on the op layer.
+// Transformer: the decoder-only language models (Qwen3, Qwen3-MoE, Mixtral, DeepSeek-V3) on the
+// op layer.
 // Parameters and gradients are two fp32 slabs laid out by ParamLayout: held by the model, or
 // served unit by unit by a ParamSource (ZeRO-3). One decoder layer:
 //   x -> RMSNorm -> attention (GQA, optional per-head q/k RMSNorm, RoPE, causal within each
-//   packed document) -> + x -> RMSNorm -> MLP or dropless MoE -> + residual.
+//   packed document; or DeepSeek-V3's multi-head latent attention) -> + x -> RMSNorm -> MLP or
+//   dropless MoE (with shared experts where the model has them) -> + residual.
 // Not thread-safe: one Transformer runs one batch at a time (its kernels use all threads).
 #pragma once
 
@@ -118,6 +120,18 @@ class Transformer {
                     Acts* a, KvCache* cache = nullptr);
   void LayerBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b, float* dx,
                      Acts* a, const double* dprob_e);
+  // Grouped-query attention of layer l: a->attn (T, Hq * D) from a->h1; its backward assigns
+  // dh1 (T, H) from dattn.
+  void GqaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,
+                  KvCache* cache);
+  void GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
+                   const float* dattn, float* dh1, Acts* acts, LayerActs* a);
+  // Multi-head latent attention of layer l: a->attn (T, Hq * v_head_dim) from a->h1; its
+  // backward assigns dh1 (T, H) from dattn.
+  void MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,
+                  KvCache* cache);
+  void MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
+                   const float* dattn, float* dh1, Acts* acts, LayerActs* a);
   // The MoE block of layer l: y (T, H) from h2 (T, H); its backward adds into dh2.
   void MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y, LayerActs* a);
   void MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G, int64_t T, const float* dy,

@@ -1,6 +1,8 @@
-// The dropless MoE block of a decoder layer: router, top-k, permute, grouped SwiGLU experts,
-// weighted un-permute; under expert parallelism the permuted rows visit the ranks that hold
-// their experts (dist/expert_parallel.h) between the permute and the un-permute.
+// The dropless MoE block of a decoder layer: router (softmax, or DeepSeek-V3's sigmoid with
+// group-limited choice), top-k, permute, grouped SwiGLU experts, weighted un-permute, plus the
+// shared experts' dense SwiGLU where the model has them; under expert parallelism the permuted rows
+// visit the ranks that hold their experts (dist/expert_parallel.h) between the permute and the
+// un-permute.
 #include <algorithm>
 
 #include "xtuner/model/transformer.h"
@@ -21,8 +23,15 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
     ops::Fp32MatmulScope fp32;  // the router in fp32 in every mode
     ops::linear_forward(a->router_logits.data(), a->h2.data(), P(o.router), T, H, E);
   }
-  ops::router_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
-                      a->router_logits.data(), T, E, k, cfg_.norm_topk_prob);
+  if (cfg_.router == RouterKind::kSigmoidGroup) {  // probs: the sigmoid scores
+    ops::router_sigmoid_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
+                                a->router_logits.data(), P(o.router_bias), T, E, k, cfg_.n_group,
+                                cfg_.topk_group, cfg_.norm_topk_prob,
+                                float(cfg_.routed_scaling_factor));
+  } else {
+    ops::router_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
+                        a->router_logits.data(), T, E, k, cfg_.norm_topk_prob);
+  }
   a->offsets.resize(E + 1);
   a->sorted.resize(A);
   a->slot_of.resize(A);
@@ -56,6 +65,16 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   ops::grouped_linear_forward(out, a->act.data(), P(o.down), offsets, experts, I, H);
   if (ep_) ExpertCombine(*ep_, a->ep, yr.data(), H, a->ys.data());
   ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
+  if (o.shared_gate_up >= 0) {  // y += the shared experts' SwiGLU MLP of h2
+    const int64_t Is = cfg_.n_shared_experts * I;
+    a->shared_gu.resize(T * 2 * Is);
+    a->shared_act.resize(T * Is);
+    vector<float> ysh(T * H);
+    ops::linear_forward(a->shared_gu.data(), a->h2.data(), P(o.shared_gate_up), T, H, 2 * Is);
+    ops::swiglu_forward(a->shared_act.data(), a->shared_gu.data(), T, Is);
+    ops::linear_forward(ysh.data(), a->shared_act.data(), P(o.shared_down), T, Is, H);
+    for (int64_t i = 0; i < T * H; ++i) y[i] += ysh[i];
+  }
 }
 
 void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G, int64_t T,
@@ -92,14 +111,30 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     dxs = dxs_ep.data();
   }
   ops::moe_permute_backward(dh2, dxs, a->slot_of.data(), T, k, H);  // dh2 += ...
+  if (o.shared_gate_up >= 0) {
+    const int64_t Is = cfg_.n_shared_experts * I;
+    vector<float> dact_s(T * Is), dgu_s(T * 2 * Is);
+    ops::linear_backward(dact_s.data(), G(o.shared_down), dy, a->shared_act.data(),
+                         P(o.shared_down), T, Is, H);
+    ops::swiglu_backward(dgu_s.data(), dact_s.data(), a->shared_gu.data(), T, Is);
+    ops::linear_backward(dh2, G(o.shared_gate_up), dgu_s.data(), a->h2.data(), P(o.shared_gate_up),
+                         T, H, 2 * Is, /*accumulate_din=*/true);
+  }
   vector<float> dprobs, dlogits(T * E);
   if (dprob_e) {
     dprobs.resize(T * E);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t e = 0; e < E; ++e) dprobs[t * E + e] = float(dprob_e[e]);
   }
-  ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
-                       a->probs.data(), a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
+  if (cfg_.router == RouterKind::kSigmoidGroup) {
+    XT_CHECK(dprob_e == nullptr, "the sigmoid router has no balancing loss to differentiate");
+    ops::router_sigmoid_backward(dlogits.data(), dtopk_w.data(), a->probs.data(),
+                                 a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob,
+                                 float(cfg_.routed_scaling_factor));
+  } else {
+    ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
+                         a->probs.data(), a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
+  }
   ops::Fp32MatmulScope fp32;
   ops::linear_backward(dh2, G(o.router), dlogits.data(), a->h2.data(), P(o.router), T, H, E,
                        /*accumulate_din=*/true);

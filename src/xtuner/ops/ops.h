@@ -117,6 +117,17 @@ void router_forward(int32_t* topk_idx, float* topk_w, float* probs, const float*
 void router_backward(float* dlogits, const float* dtopk_w, const float* dprobs, const float* probs,
                      const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, bool norm_topk);
 
+// DeepSeek-V3's router (router_row.h): scores (T, E) = sigmoid(logits (T, E)); topk_idx (T, k)
+// the group-limited choice over scores + bias (E; null: zeros); topk_w (T, k) the chosen scores,
+// renormalised when norm_topk, times scale. Deterministic.
+void router_sigmoid_forward(int32_t* topk_idx, float* topk_w, float* scores, const float* logits,
+                            const float* bias, int64_t T, int64_t E, int64_t k, int64_t n_group,
+                            int64_t topk_group, bool norm_topk, float scale);
+// dlogits (T, E) assigned from dtopk_w (T, k); no gradient reaches the bias.
+void router_sigmoid_backward(float* dlogits, const float* dtopk_w, const float* scores,
+                             const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                             bool norm_topk, float scale);
+
 // ---------------------------------------------------------------- MoE dispatch (dropless)
 // Assignments a = t * k + j (token t, slot j), A = T * k of them. The plan sorts them by expert,
 // stably (by a within an expert): expert e owns sorted rows [offsets[e], offsets[e+1]).

@@ -85,4 +85,81 @@ XT_HOST_DEVICE inline void router_backward_row(float* dlogits, const float* g, c
   for (int64_t e = 0; e < E; ++e) dp[e] = float(p[e] * (dp[e] - dot));
 }
 
+// ---- DeepSeek-V3: sigmoid scores, group-limited choice with a correction bias.
+// One token: s (E) = sigmoid(z); the choice scores c = s + bias; each of the n_group groups of
+// E / n_group experts is scored by the sum of its two largest c; the topk_group best groups are
+// kept (ties: lower group first), c is set to -inf outside them (transformers 5 masks so; its
+// 4.x and DeepSeek's code used 0, which differs only where a kept expert's c is negative), and
+// idx (k) are the k largest of c. w_j = s[idx_j], divided by sum_j s[idx_j] + 1e-20 when norm_topk,
+// times scale. The bias steers the choice only; the weights use the unbiased s. c (E) is
+// scratch. Needs 2 <= E / n_group, 1 <= topk_group <= n_group <= 64, 1 <= k <= topk_group *
+// E / n_group (checked by the config and the callers).
+XT_HOST_DEVICE inline void router_sigmoid_forward_row(int32_t* idx, float* w, float* s, float* c,
+                                                      const float* z, const float* bias, int64_t E,
+                                                      int64_t k, int64_t n_group,
+                                                      int64_t topk_group, bool norm_topk,
+                                                      float scale) {
+  for (int64_t e = 0; e < E; ++e) {
+    s[e] = 1.0f / (1.0f + router_exp(-z[e]));
+    c[e] = s[e] + (bias ? bias[e] : 0.0f);
+  }
+  const int64_t per = E / n_group;
+  uint64_t kept = 0;  // bit g: group g kept
+  for (int64_t r = 0; r < topk_group; ++r) {
+    int64_t best = -1;
+    float best_score = 0.0f;
+    for (int64_t g = 0; g < n_group; ++g) {
+      if (kept >> g & 1) continue;
+      float a = c[g * per], b = c[g * per + 1];  // the two largest of the group: a >= b
+      if (b > a) {
+        const float t = a;
+        a = b;
+        b = t;
+      }
+      for (int64_t e = g * per + 2; e < (g + 1) * per; ++e) {
+        if (c[e] > a) {
+          b = a;
+          a = c[e];
+        } else if (c[e] > b) {
+          b = c[e];
+        }
+      }
+      const float score = a + b;
+      if (best < 0 || score > best_score) best = g, best_score = score;
+    }
+    kept |= uint64_t(1) << best;
+  }
+  for (int64_t e = 0; e < E; ++e)
+    if (!(kept >> (e / per) & 1)) c[e] = -INFINITY;
+  router_topk_desc(idx, c, E, k);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < k; ++j) {
+    w[j] = s[idx[j]];
+    sum += w[j];
+  }
+  const float denom = norm_topk ? sum + 1e-20f : 1.0f;
+  for (int64_t j = 0; j < k; ++j) w[j] = w[j] / denom * scale;
+}
+
+// One token, with g = dtopk_w (k) and r_j = s[idx_j], S = sum_j r_j + 1e-20:
+//   dr_j = scale * g_j (no renormalisation), or scale * (g_j - sum_i g_i r_i / S) / S;
+//   dlogits (E) = dr_j * s (1 - s) at idx_j, 0 elsewhere (the choice itself has no gradient).
+XT_HOST_DEVICE inline void router_sigmoid_backward_row(float* dlogits, const float* g,
+                                                       const float* s, const int32_t* idx,
+                                                       int64_t E, int64_t k, bool norm_topk,
+                                                       float scale) {
+  for (int64_t e = 0; e < E; ++e) dlogits[e] = 0.0f;
+  double S = 1.0, gr = 0.0;
+  if (norm_topk) {
+    S = 1e-20;
+    for (int64_t j = 0; j < k; ++j) S += s[idx[j]];
+    for (int64_t j = 0; j < k; ++j) gr += double(g[j]) * s[idx[j]];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const double dr = norm_topk ? scale * (g[j] - gr / S) / S : double(scale) * g[j];
+    const float p = s[idx[j]];
+    dlogits[idx[j]] = float(dr * p * (1.0 - p));
+  }
+}
+
 }  // namespace xt::ops

@@ -43,7 +43,8 @@ Status ValidateAdamWConfig(const AdamWConfig& c) {
 std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
   std::vector<DecayRange> out;
   for (const ParamInfo& p : layout.params()) {
-    DecayRange r{p.offset, NumElements(p.shape), !(p.is_norm || EndsWith(p.name, ".bias"))};
+    DecayRange r{p.offset, NumElements(p.shape),
+                 !(p.is_norm || p.no_grad || EndsWith(p.name, ".bias"))};
     if (!out.empty() && out.back().weight_decay == r.weight_decay &&
         out.back().offset + out.back().numel == r.offset) {
       out.back().numel += r.numel;

@@ -47,8 +47,9 @@ struct DecayRange {
   bool weight_decay = true;
 };
 
-// One range per parameter of `layout`, decay disabled for norm weights (ParamInfo::is_norm)
-// and biases (hub names ending in ".bias"), in slab order, adjacent ranges with the same flag
+// One range per parameter of `layout`, decay disabled for norm weights (ParamInfo::is_norm),
+// buffers (ParamInfo::no_grad: their zero gradient then leaves them as they are) and biases
+// (hub names ending in ".bias"), in slab order, adjacent ranges with the same flag
 // merged. Covers [0, layout.total()) exactly.
 std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout);
 

@@ -34,9 +34,14 @@ struct Sizes {
 // experts receive as many rows as it sends (R = A = T*k).
 int64_t LayerFullBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s) {
   const int64_t H = c.hidden_size, D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
-  int64_t act = 4 * T * H;                  // x_in, h1, x_mid, h2 (T, H)
-  act += 2 * T * Hq * D + 2 * T * Hkv * D;  // q, attn (T, Hq*D); k, v (T, Hkv*D)
-  int64_t f32 = 2 * T + T * Hq;             // rstd1, rstd2 (T); lse (T, Hq)
+  int64_t act = 4 * T * H;       // x_in, h1, x_mid, h2 (T, H)
+  int64_t f32 = 2 * T + T * Hq;  // rstd1, rstd2 (T); lse (T, Hq)
+  if (c.mla) {  // q, k, v (T, Hq, D; v zero-padded); attn (T, Hq*Dv); q_a's, c_kv's (and normed)
+    act += 3 * T * Hq * D + T * Hq * c.v_head_dim + 2 * T * c.q_lora_rank + 2 * T * c.kv_lora_rank;
+    f32 += (c.q_lora_rank > 0 ? T : 0) + T;  // qa_rstd, kv_rstd
+  } else {
+    act += 2 * T * Hq * D + 2 * T * Hkv * D;  // q, attn (T, Hq*D); k, v (T, Hkv*D)
+  }
   if (c.qk_norm) {
     act += T * Hq * D + T * Hkv * D;  // q_pre, k_pre
     f32 += T * Hq + T * Hkv;          // q_rstd, k_rstd
@@ -51,6 +56,7 @@ int64_t LayerFullBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s
     // xs (or, under expert parallelism, the R = A received rows xr), ys (A, H); gu (R, 2I),
     // act (R, I).
     act += 2 * A * H + 3 * A * I;
+    act += 3 * T * c.n_shared_experts * I;  // shared_gu (T, 2Is), shared_act (T, Is)
   }
   return act * s.act + f32 * s.f32 + i32 * s.i32;
 }
@@ -64,11 +70,15 @@ int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes
     ffn = 3 * T * c.intermediate_size * s.act;  // dact (T, I), dgu (T, 2I)
   } else {
     const int64_t E = c.num_experts, k = c.top_k, I = c.moe_intermediate_size, A = T * k;
-    ffn = (2 * A * H + 3 * A * I) * s.act  // dys, dxs (A, H); dact (A, I), dgu (A, 2I)
-          + (T * k + 2 * T * E) * s.f32;   // dtopk_w (T, k); dprobs, dlogits (T, E)
+    ffn = (2 * A * H + 3 * A * I) * s.act           // dys, dxs (A, H); dact (A, I), dgu (A, 2I)
+          + (T * k + 2 * T * E) * s.f32;            // dtopk_w (T, k); dprobs, dlogits (T, E)
+    ffn += 3 * T * c.n_shared_experts * I * s.act;  // shared experts: dact (T, Is), dgu (T, 2Is)
   }
   int64_t attn = 2 * T * Hq * D + 2 * T * Hkv * D + T * H;  // dattn, dq, dk, dv, dh1
   if (c.qk_norm) attn += T * Hq * D + T * Hkv * D;          // dq_pre, dk_pre
+  if (c.mla)  // dattn, dh1; the padded dout, out, dq, dk, dv (T, Hq, D); dkvb; dckv
+    attn = T * Hq * c.v_head_dim + T * H + 5 * T * Hq * D +
+           T * Hq * (c.qk_nope_head_dim + c.v_head_dim) + T * (c.kv_lora_rank + c.qk_rope_head_dim);
   return T * H * s.act + std::max(ffn, attn * s.act);
 }
 
@@ -109,6 +119,10 @@ Status CheckInputs(const PlanInputs& in) {
                          std::to_string(in.gpu_memory_gib));
   if (c.num_layers <= 0 || int64_t(c.layer_is_moe.size()) != c.num_layers)
     return Status::Error("plan: " + in.model_name + ": the model config has no layers");
+  if (in.device == Device::kCuda) {
+    const Status st = CudaSupports(c);
+    if (!st.ok()) return Status::Error("plan: " + in.model_name + ": " + st.message());
+  }
   return Status::OK();
 }
 

@@ -158,6 +158,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
+  if (cfg.device == "cuda") {  // before the backend's probe: a GPU would not help
+    const Status st = CudaSupports(mc);
+    if (!st.ok()) return Status::Error("train.device = \"cuda\": " + st.message());
+  }
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
   // The schedule before any data is read (a warm-up longer than the run is a config error).
   LrScheduleConfig lc;
@@ -358,8 +362,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   sum.extra.push_back({"run", "device", backend->Describe()});
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
+  // A balancing loss: the softmax routers' (DeepSeek-V3 balances by its bias instead).
+  const bool has_aux = mc.is_moe() && mc.router == RouterKind::kSoftmax;
   if (mc.is_moe()) {
-    std::string how = mc.router_aux_loss_coef == 0          ? "none (router_aux_loss_coef = 0)"
+    std::string how = !has_aux ? "none (the router's correction bias balances instead)"
+                      : mc.router_aux_loss_coef == 0        ? "none (router_aux_loss_coef = 0)"
                       : cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
                       : micro_per_rank > 1
                           ? "global batch (router pre-pass over " + std::to_string(micro_per_rank) +
@@ -395,7 +402,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
 
   const int64_t first_step = state.step;
   const int64_t E = mc.num_experts, n_moe = mc.num_moe_layers();
-  const bool global_aux = mc.is_moe() && cfg.aux_loss_scope == "global_batch";
+  const bool global_aux = has_aux && cfg.aux_loss_scope == "global_batch";
   while (state.step < cfg.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     // This rank's share of the global batch (see micro_per_rank above).
@@ -469,8 +476,8 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     for (int64_t l = 0; l < n_moe; ++l)
       for (int64_t e = 0; e < E; ++e) sm.tokens_per_expert[l][e] = int64_t(stats[6 + l * E + e]);
     sm.ce_loss = loss_tokens > 0 ? stats[4] / double(loss_tokens) : 0.0;
-    sm.aux_loss = mc.is_moe() ? stats[5] : StepMetrics::kNaN;
-    sm.loss = sm.ce_loss + (mc.is_moe() ? mc.router_aux_loss_coef * stats[5] : 0.0);
+    sm.aux_loss = has_aux ? stats[5] : StepMetrics::kNaN;
+    sm.loss = sm.ce_loss + (has_aux ? mc.router_aux_loss_coef * stats[5] : 0.0);
     // The global gradient norm from each rank's share of it (its shard on the CPU: every element
     // is in exactly one rank's shard).
     XT_ASSIGN_OR_RETURN(double sum_sq, backend->GradSumOfSquares());

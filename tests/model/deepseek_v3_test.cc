@@ -1,0 +1,237 @@
+// DeepSeek-V3 beyond the fixture's parity: its config.json as the hub writes it (and every way one
+// can ask for what is not implemented), the checkpoint's multi-token-prediction layers, save and
+// load, generation with a cache, and the CUDA backend's refusal.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "util/testing.h"
+#include "xtuner/core/safetensors.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/config.h"
+#include "xtuner/plan/plan.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// deepseek-ai/DeepSeek-V3's config.json (remote-code spellings), without its
+// quantization_config.
+json HubConfig() {
+  return json::parse(R"({
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1,
+    "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168,
+    "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512,
+    "max_position_embeddings": 163840, "moe_intermediate_size": 2048, "moe_layer_freq": 1,
+    "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true,
+    "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+    "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+    "rope_theta": 10000, "rope_scaling": null, "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid", "seq_aux": true, "tie_word_embeddings": false,
+    "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+    "v_head_dim": 128, "vocab_size": 129280, "attention_bias": false})");
+}
+
+std::string ErrorOf(const json& j) {
+  auto r = ModelConfig::FromJson(j, "cfg.json");
+  return r.ok() ? "" : r.status().message();
+}
+
+TEST(DeepseekV3Config, ReadsTheFixture) {
+  auto c = ModelConfig::Load(testing::DataPath("deepseek_v3_tiny"));
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->arch, Arch::kDeepseekV3);
+  EXPECT_TRUE(c->mla);
+  EXPECT_EQ(c->router, RouterKind::kSigmoidGroup);
+  EXPECT_EQ(c->head_dim, 24);  // nope 16 + rope 8, not the config's head_dim 8
+  EXPECT_EQ(c->rope_dim(), 8);
+  EXPECT_EQ(c->value_dim(), 16);
+  EXPECT_EQ(c->q_lora_rank, 32);
+  EXPECT_EQ(c->kv_lora_rank, 16);
+  EXPECT_EQ(c->num_experts, 8);
+  EXPECT_EQ(c->n_shared_experts, 1);
+  EXPECT_EQ(c->n_group, 2);
+  EXPECT_EQ(c->topk_group, 1);
+  EXPECT_DOUBLE_EQ(c->routed_scaling_factor, 2.5);
+  EXPECT_EQ(c->layer_is_moe, (std::vector<bool>{false, true, true}));
+  EXPECT_EQ(c->router_aux_loss_coef, 0.0);
+  EXPECT_FALSE(c->qk_norm);
+}
+
+TEST(DeepseekV3Config, ReadsTheHubConfigAndCountsItsParameters) {
+  auto c = ModelConfig::FromJson(HubConfig(), "hub");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->num_moe_layers(), 58);
+  EXPECT_EQ(c->head_dim, 192);
+  // 671B in the main model (DeepSeek-V3's report; the MTP module's 14B come on top), 37B active.
+  PlanInputs in;
+  in.model = *c;
+  in.model_name = "deepseek-v3";
+  in.seq = 4096;
+  auto r = Plan(in);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_NEAR(double(r->total_params) / 1e9, 671.0, 1.0);
+  EXPECT_NEAR(double(r->active_params) / 1e9, 37.5, 0.6);
+  // A config without q_lora_rank's value means a plain q_proj.
+  json plain = HubConfig();
+  plain["q_lora_rank"] = nullptr;
+  auto p = ModelConfig::FromJson(plain, "plain");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->q_lora_rank, 0);
+  EXPECT_TRUE(ParamLayout(*p).Find("model.layers.0.self_attn.q_proj.weight"));
+  EXPECT_FALSE(ParamLayout(*p).Find("model.layers.0.self_attn.q_a_proj.weight"));
+}
+
+TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
+  struct Case {
+    const char* key;
+    json value;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"scoring_func", "softmax", "scoring_func"},
+      {"topk_method", "greedy", "topk_method"},
+      {"moe_layer_freq", 2, "moe_layer_freq"},
+      {"quantization_config", json{{"quant_method", "fp8"}}, "quantization_config"},
+      {"n_group", 3, "n_group (3)"},
+      {"topk_group", 9, "topk_group (9) exceeds n_group (8)"},
+      {"num_experts_per_tok", 200, "num_experts_per_tok (200)"},
+      {"num_key_value_heads", 64, "must equal num_attention_heads"},
+      {"first_k_dense_replace", 62, "first_k_dense_replace (62)"},
+      {"qk_rope_head_dim", 7, "qk_rope_head_dim must be even"},
+      {"v_head_dim", 400, "v_head_dim (400)"},
+      {"rope_scaling", json{{"type", "yarn"}, {"factor", 40}}, "yarn"},
+      {"kv_lora_rank", nullptr, "kv_lora_rank"},
+      {"routed_scaling_factor", 0, "routed_scaling_factor"},
+  };
+  for (const Case& c : cases) {
+    json j = HubConfig();
+    j[c.key] = c.value;
+    const std::string err = ErrorOf(j);
+    EXPECT_NE(err.find(c.says), std::string::npos) << c.key << ": " << err;
+    EXPECT_EQ(err.rfind("cfg.json: ", 0), 0u) << c.key << ": " << err;
+  }
+}
+
+TEST(DeepseekV3Config, ToJsonRoundTrips) {
+  json j = HubConfig();
+  j["q_lora_rank"] = nullptr;
+  j["rope_interleave"] = false;
+  j["norm_topk_prob"] = false;
+  auto a = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  auto b = ModelConfig::FromJson(a->ToJson(), "y");
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ(ParamLayout(*a).total(), ParamLayout(*b).total());
+  EXPECT_EQ(a->layer_is_moe, b->layer_is_moe);
+  EXPECT_EQ(b->q_lora_rank, 0);
+  EXPECT_FALSE(b->rope_interleave);
+  EXPECT_FALSE(b->norm_topk_prob);
+  EXPECT_EQ(b->n_group, 8);
+  EXPECT_EQ(b->topk_group, 4);
+  EXPECT_EQ(b->head_dim, 192);
+  EXPECT_EQ(a->ToJson(), b->ToJson());
+}
+
+TEST(DeepseekV3Config, TheCudaBackendRefusesItByName) {
+  auto c = ModelConfig::Load(testing::DataPath("deepseek_v3_tiny"));
+  ASSERT_TRUE(c.ok());
+  const Status st = CudaSupports(*c);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("deepseek_v3"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("train.device = \"cpu\""), std::string::npos) << st.message();
+  PlanInputs in;
+  in.model = *c;
+  in.model_name = "tiny";
+  in.seq = 64;
+  in.device = Device::kCuda;
+  auto r = Plan(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("CPU only"), std::string::npos) << r.status().message();
+  for (const char* other : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"})
+    EXPECT_TRUE(CudaSupports(*ModelConfig::Load(testing::DataPath(other))).ok()) << other;
+}
+
+// The fixture's tensors plus extra ones, written with its config.json; returns the directory.
+std::string WithExtraTensors(const std::vector<std::pair<std::string, Tensor>>& extra) {
+  const std::string src = testing::DataPath("deepseek_v3_tiny");
+  auto f = SafetensorsFile::Open(src + "/model.safetensors");
+  EXPECT_TRUE(f.ok());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& n : f->names()) tensors.emplace_back(n, f->Get(n).value());
+  tensors.insert(tensors.end(), extra.begin(), extra.end());
+  const std::string dir = testing::TempDir("dsv3");
+  fs::copy_file(src + "/config.json", dir + "/config.json");
+  EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  return dir;
+}
+
+TEST(DeepseekV3Checkpoint, MtpLayersAreSkippedAndAnythingElseIsNamed) {
+  // num_nextn_predict_layers = 1 after 3 layers: model.layers.3.* is the MTP module.
+  auto ok = LoadHfModel(WithExtraTensors(
+      {{"model.layers.3.eh_proj.weight", Tensor::Zeros(DType::F32, {64, 128})},
+       {"model.layers.3.mlp.experts.0.up_proj.weight", Tensor::Zeros(DType::F32, {24, 64})}}));
+  EXPECT_TRUE(ok.ok()) << ok.status().message();
+  auto bad = LoadHfModel(
+      WithExtraTensors({{"model.layers.4.eh_proj.weight", Tensor::Zeros(DType::F32, {64, 128})}}));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("unexpected tensor \"model.layers.4.eh_proj.weight\""),
+            std::string::npos)
+      << bad.status().message();
+}
+
+TEST(DeepseekV3Checkpoint, SaveLoadRoundTripIsExact) {
+  auto a = LoadHfModel(testing::DataPath("deepseek_v3_tiny"));
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const std::string dir = testing::TempDir("dsv3_save");
+  ASSERT_TRUE(SaveHfModel(**a, dir, false, 128 << 10).ok());
+  auto b = LoadHfModel(dir);
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ((*b)->config().arch, Arch::kDeepseekV3);
+  EXPECT_EQ((*b)->layout().total(), (*a)->layout().total());
+  EXPECT_EQ(std::memcmp((*a)->params().data(), (*b)->params().data(), (*a)->params().nbytes()), 0);
+  // The router bias is saved under transformers' name, and the reloaded model computes the same.
+  auto f = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(f->contains("model.layers.1.mlp.gate.e_score_correction_bias"));
+  std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
+  auto batch = Batch::FromRows(ids, ids, 1, int64_t(ids.size()));
+  ASSERT_TRUE(batch.ok());
+  auto la = (*a)->Forward(*batch, false, false), lb = (*b)->Forward(*batch, false, false);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  EXPECT_EQ(la->loss.loss, lb->loss.loss);
+}
+
+TEST(DeepseekV3Model, TheCorrectionBiasSteersTheChoiceWithoutAGradient) {
+  auto m = LoadHfModel(testing::DataPath("deepseek_v3_tiny"));
+  ASSERT_TRUE(m.ok());
+  Transformer& model = **m;
+  std::vector<int64_t> ids = {7, 300, 2, 45, 45, 45, 12, 0, 99, 310, 5, 6};
+  auto batch = Batch::FromRows(ids, ids, 1, int64_t(ids.size()));
+  ASSERT_TRUE(batch.ok());
+  model.ZeroGrads();
+  auto base = model.ForwardBackward(*batch);
+  ASSERT_TRUE(base.ok());
+  const ParamInfo* bias = model.layout().Find("model.layers.1.mlp.gate.e_score_correction_bias");
+  ASSERT_TRUE(bias && bias->no_grad);
+  for (int64_t e = 0; e < 8; ++e) EXPECT_EQ(model.grads().f32()[bias->offset + e], 0.0f);
+  // Every token of layer 1 to experts 6 and 7: a large bias on them alone.
+  model.params().f32()[bias->offset + 6] = 10.0f;
+  model.params().f32()[bias->offset + 7] = 10.0f;
+  auto steered = model.Forward(*batch, false, false);
+  ASSERT_TRUE(steered.ok());
+  const std::vector<int64_t>& counts = steered->loss.tokens_per_expert[0];
+  EXPECT_EQ(counts[6], int64_t(ids.size()));
+  EXPECT_EQ(counts[7], int64_t(ids.size()));
+  EXPECT_NE(steered->loss.loss, base->loss);
+  EXPECT_EQ(base->aux_loss, 0.0);  // DeepSeek-V3 has no balancing loss
+}
+
+}  // namespace
+}  // namespace xt
