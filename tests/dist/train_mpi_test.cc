@@ -201,6 +201,48 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }
 
+// DeepSeek-V3 (MLA, sigmoid group-limited router with a shared expert and the correction bias
+// moved each step) trains to the same losses on 2 expert-parallel ranks and on dp 2 x ep 2 as on
+// one: the bias update reads the step's counts of all ranks, so every rank moves its part of the
+// biases alike.
+TEST(Distributed, DeepseekV3OnExpertParallelRanksAsOnOne) {
+  const std::string dir = testing::TempDir("mpi_dsv3");
+  const nlohmann::json mc = {{"model_type", "deepseek_v3"},
+                             {"vocab_size", 3008},
+                             {"hidden_size", 32},
+                             {"num_hidden_layers", 2},
+                             {"num_attention_heads", 2},
+                             {"num_key_value_heads", 2},
+                             {"q_lora_rank", 16},
+                             {"kv_lora_rank", 16},
+                             {"qk_nope_head_dim", 8},
+                             {"qk_rope_head_dim", 8},
+                             {"v_head_dim", 8},
+                             {"intermediate_size", 48},
+                             {"moe_intermediate_size", 16},
+                             {"n_routed_experts", 4},
+                             {"num_experts_per_tok", 2},
+                             {"n_shared_experts", 1},
+                             {"n_group", 2},
+                             {"topk_group", 1},
+                             {"first_k_dense_replace", 1},
+                             {"rope_theta", 10000.0},
+                             {"tie_word_embeddings", true}};
+  std::ofstream(dir + "/config.json") << mc.dump();
+  const std::string model = " --set model.model_config=" + dir + "/config.json";
+  CliRun r = testing::RunXtuner(Args(dir + "/one", 8, model), kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("aux-loss-free"), std::string::npos) << r.output;
+  const std::vector<double> one = Losses(dir + "/one");
+  ASSERT_EQ(one.size(), 8u);
+  r = Mpi(2, Args(dir + "/two", 8, model + " --set parallel.ep=2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/two"));
+  r = Mpi(4, Args(dir + "/four", 8, model + " --set parallel.ep=2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/four"));
+}
+
 // 6 rows on 4 ranks: rank r takes rows [6r/4, 6(r+1)/4), 1, 2, 1 and 2 of them, so a rank short
 // of a row runs an empty micro-batch to stay in step; 2 rows on 4 ranks leave two ranks with
 // none at all (their experts still serve the others). The loss is the single process's.

@@ -19,6 +19,7 @@
 #include "xtuner/dist/mesh.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/train/router_bias.h"
 #include "xtuner/train/train_checkpoint.h"
 
 namespace xt {
@@ -82,6 +83,102 @@ TEST(Trainer, ResumeIsBitExact) {
   auto ma = ReadCheckpointParams(sa, *mc), mb = ReadCheckpointParams(sb, *mc);
   ASSERT_TRUE(ma.ok() && mb.ok());
   EXPECT_EQ(*ma, *mb);
+}
+
+// TinyRun on a DeepSeek-V3 (MLA, a dense first layer, 6 experts in 3 groups with a shared expert).
+TrainConfig TinyDeepseekRun(const std::string& tag) {
+  TrainConfig c = TinyRun(tag);
+  nlohmann::json mc = {{"model_type", "deepseek_v3"},
+                       {"vocab_size", 3008},
+                       {"hidden_size", 32},
+                       {"num_hidden_layers", 2},
+                       {"num_attention_heads", 2},
+                       {"num_key_value_heads", 2},
+                       {"q_lora_rank", 16},
+                       {"kv_lora_rank", 16},
+                       {"qk_nope_head_dim", 8},
+                       {"qk_rope_head_dim", 8},
+                       {"v_head_dim", 8},
+                       {"intermediate_size", 48},
+                       {"moe_intermediate_size", 16},
+                       {"n_routed_experts", 6},
+                       {"num_experts_per_tok", 2},
+                       {"n_shared_experts", 1},
+                       {"n_group", 3},
+                       {"topk_group", 2},
+                       {"first_k_dense_replace", 1},
+                       {"routed_scaling_factor", 2.5},
+                       {"rope_theta", 10000.0},
+                       {"tie_word_embeddings", true}};
+  std::ofstream(c.model_config) << mc.dump();
+  return c;
+}
+
+// DeepSeek-V3 trains; after each step every correction bias moves by the speed towards the
+// balance of that step's counts (metrics.jsonl's tokens_per_expert), and resume is bit-exact
+// with the biases in the checkpoint.
+TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
+  TrainConfig straight = TinyDeepseekRun("ds_straight");
+  straight.router_bias_update_speed = 0.01;
+  straight.checkpoint_every = 3;
+  auto r = RunTraining(straight, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> losses = Losses(straight.work_dir);
+  ASSERT_EQ(losses.size(), 6u);
+  for (double l : losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_LT(losses.back(), losses.front());
+  // The expected bias: the sum of each step's deltas from the recorded counts.
+  auto mc = ModelConfig::Load(straight.model_config);
+  ASSERT_TRUE(mc.ok());
+  std::vector<float> want(mc->num_experts, 0.0f);
+  std::ifstream in(straight.work_dir + "/metrics.jsonl");
+  std::string line;
+  int steps = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("tokens_per_expert")) continue;
+    const std::vector<float> d =
+        RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), 0.01);
+    for (size_t e = 0; e < d.size(); ++e) want[e] += d[e];
+    ++steps;
+  }
+  ASSERT_EQ(steps, 6);
+  const std::string end = straight.work_dir + "/checkpoints/step-00000006";
+  auto params = ReadCheckpointParams(end, *mc);
+  ASSERT_TRUE(params.ok()) << params.status().message();
+  const ParamLayout layout(*mc);
+  const ParamInfo* bias = layout.Find("model.layers.1.mlp.gate.e_score_correction_bias");
+  ASSERT_TRUE(bias);
+  bool moved = false;
+  for (int64_t e = 0; e < mc->num_experts; ++e) {
+    EXPECT_NEAR((*params)[bias->offset + e], want[e], 1e-6) << "expert " << e;
+    moved |= want[e] != 0.0f;
+  }
+  EXPECT_TRUE(moved) << "the counts were balanced at every step: the test shows nothing";
+  // Resume from step 3 gives the same steps 4..6 and the same parameters, biases included.
+  TrainConfig resumed = straight;
+  resumed.work_dir = straight.work_dir + "-resumed";
+  fs::create_directories(resumed.work_dir + "/checkpoints");
+  fs::copy(straight.work_dir + "/checkpoints/step-00000003",
+           resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
+  fs::copy(straight.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  resumed.resume = "auto";
+  auto rr = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(rr.ok()) << rr.status().message();
+  const std::vector<double> tail = Losses(resumed.work_dir);
+  ASSERT_EQ(tail.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tail[i], losses[3 + i]) << "step " << 4 + i;
+  auto params2 = ReadCheckpointParams(resumed.work_dir + "/checkpoints/step-00000006", *mc);
+  ASSERT_TRUE(params2.ok());
+  EXPECT_EQ(*params, *params2);
+  // With speed 0 the bias stays as initialised (zero).
+  TrainConfig still = TinyDeepseekRun("ds_still");
+  still.steps = 2;
+  still.router_bias_update_speed = 0;
+  ASSERT_TRUE(RunTraining(still, nullptr).ok());
+  auto p0 = ReadCheckpointParams(still.work_dir + "/checkpoints/step-00000002", *mc);
+  ASSERT_TRUE(p0.ok());
+  for (int64_t e = 0; e < mc->num_experts; ++e) EXPECT_EQ((*p0)[bias->offset + e], 0.0f);
 }
 
 // The balancing loss of the global batch does not depend on how the batch is cut into

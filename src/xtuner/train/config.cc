@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <variant>
@@ -79,6 +80,12 @@ const std::vector<Key>& Schema() {
        "with more than one micro-batch per step first runs its micro-batches' router forward "
        "(decoder layers only) to pool them. micro_batch: transformers' loss of each micro-batch, "
        "averaged; no extra forward, but it changes with the mesh and micro_batch_size."},
+      {"train.router_bias_update_speed", &C::router_bias_update_speed,
+       "Auxiliary-loss-free balancing, for models whose router has a correction bias "
+       "(DeepSeek-V3; ignored by the others): after every step each MoE layer's "
+       "e_score_correction_bias moves by this much towards balance (+ for an expert that got fewer "
+       "tokens than the mean, - for one that got more; DeepSeek-V3's report uses 0.001). 0 keeps "
+       "the bias as loaded."},
       {"optim.lr", &C::lr, "Peak learning rate."},
       {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
       {"optim.weight_decay", &C::weight_decay,
@@ -390,6 +397,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")
     return err("train.aux_loss_scope must be global_batch or micro_batch, not \"" +
                c.aux_loss_scope + "\"");
+  if (!(c.router_bias_update_speed >= 0 && std::isfinite(c.router_bias_update_speed)))
+    return err("train.router_bias_update_speed must be a finite value >= 0");
   if (c.overlong != "truncate" && c.overlong != "drop")
     return err("data.overlong must be truncate or drop, not " + c.overlong);
   if (c.steps < 1) return err("train.steps must be at least 1");

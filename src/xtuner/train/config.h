@@ -50,6 +50,8 @@ struct TrainConfig {
   // MoE balancing loss over the global batch (any mesh, any micro-batch size: the same loss) or
   // transformers' loss of each micro-batch, averaged.
   std::string aux_loss_scope = "global_batch";  // global_batch | micro_batch
+  // Models with a router correction bias (DeepSeek-V3): its move per step (train/router_bias.h).
+  double router_bias_update_speed = 0.001;
 
   // [optim]
   double lr = 1e-5;

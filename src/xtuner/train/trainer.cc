@@ -29,6 +29,7 @@
 #include "xtuner/train/progress.h"
 #include "xtuner/train/progress_format.h"
 #include "xtuner/train/progress_summary.h"
+#include "xtuner/train/router_bias.h"
 #include "xtuner/train/tensorboard.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/train_data.h"
@@ -373,6 +374,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                                 " micro-batches per rank)"
                           : "global batch";
     sum.extra.push_back({"run", "balancing loss", how});
+    if (mc.router == RouterKind::kSigmoidGroup) {
+      char speed[32];
+      std::snprintf(speed, sizeof(speed), "%g", cfg.router_bias_update_speed);
+      sum.extra.push_back(
+          {"run", "balancing bias",
+           cfg.router_bias_update_speed > 0
+               ? std::string("e_score_correction_bias moves ") + speed + " a step (aux-loss-free)"
+               : std::string("kept as loaded (train.router_bias_update_speed = 0)")});
+    }
   }
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
@@ -500,7 +510,13 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                        "truncated to data.max_length?): step skipped");
     } else {
       guard_status = guard.Record(finite, sm.loss);
-      if (finite) XT_RETURN_IF_ERROR(backend->Step(sm.lr, grad_scale));
+      if (finite) {
+        XT_RETURN_IF_ERROR(backend->Step(sm.lr, grad_scale));
+        // The CPU backend computes on the host shard; the CUDA one runs no model with a bias
+        // (CudaSupports).
+        ApplyRouterBiasUpdate(mc, sm.tokens_per_expert, cfg.router_bias_update_speed, store.owned(),
+                              store.params());
+      }
     }
     sm.skipped = !finite || loss_tokens == 0;
     state.step += 1;
