@@ -119,11 +119,16 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 
 // Checkpoints made by tools/reference/make_reference.py (tests/data/variants/README.md): v4
 // config spellings, tied embeddings, dense layers among MoE layers, norm_topk_prob=false, top-1,
-// top-E, MQA, head_dim 12, sharded files and BF16 weights.
+// top-E, MQA, head_dim 12, sharded files and BF16 weights; DeepSeek-V3 with a plain q_proj,
+// RoPE pairs not interleaved, several groups kept, a non-zero correction bias that changes
+// choices, v smaller than or equal to the query head.
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
-                                           "variants/mixtral_k1_mqa", "variants/qwen3_moe_bf16_kE"),
+                                           "variants/mixtral_k1_mqa", "variants/qwen3_moe_bf16_kE",
+                                           "variants/deepseek_v3_v4_plain_q",
+                                           "variants/deepseek_v3_groups",
+                                           "variants/deepseek_v3_bf16"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

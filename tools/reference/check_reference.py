@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent check of fixture dirs (shared/fixtures/* or tests/data/variants/*).
 
-A from-scratch float64 PyTorch implementation of Qwen3 / Qwen3-MoE / Mixtral that uses only
+A from-scratch float64 PyTorch implementation of Qwen3 / Qwen3-MoE / Mixtral / DeepSeek-V3 that uses only
 config.json (v4 or v5 spellings) and the hub-named safetensors (single file or sharded, float32
 or bf16), i.e. what a C++ engine sees; no transformers. It recomputes logits, hidden states,
 router logits, ce/aux/loss, all gradients (autograd) and the packed logits (one packed row with a
@@ -9,6 +9,13 @@ block-diagonal causal mask and restarting positions) and prints the max abs/rel 
 against reference.safetensors. It computes everything in true float64 (transformers rounds
 RMSNorm, the eager attention softmax, RoPE cos/sin and the router softmax through float32), so
 differences of ~1e-6 are expected; anything >= --tol fails.
+
+DeepSeek-V3 (MLA attention with or without q LoRA, interleaved or half-split RoPE on the
+qk_rope_head_dim part, sigmoid router with e_score_correction_bias and group-limited top-k,
+shared experts, first_k_dense_replace dense layers, loss = ce): the reference has no aux_loss and
+no router_logits, and its grad of e_score_correction_bias (a buffer) must be all zeros. The
+router's float64 margins (last kept vs first dropped group, k-th vs (k+1)-th masked choice) are
+printed for information.
 
 Usage: python tools/reference/check_reference.py DIR [DIR ...] [--tol 1e-4] [--write-exact NAMES]
 
@@ -32,7 +39,7 @@ from safetensors.torch import load_file
 def load_weights(d):
     w = {}
     for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
-        if os.path.basename(f) != "reference.safetensors":
+        if os.path.basename(f) not in ("reference.safetensors", "exact.safetensors"):
             w.update(load_file(f))
     return {k: v.to(torch.float64).requires_grad_(True) for k, v in w.items()}
 
@@ -45,7 +52,18 @@ def parse_config(c):
     theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
     E = c.get("num_local_experts", c.get("num_experts", 0)) if mt != "qwen3" else 0
     L = c["num_hidden_layers"]
-    if mt == "qwen3_moe":
+    ds = {}
+    if mt == "deepseek_v3":
+        E = c["n_routed_experts"]
+        moe = list(range(c["first_k_dense_replace"], L))
+        ds = dict(
+            q_lora=c.get("q_lora_rank"), kv_lora=c["kv_lora_rank"], nope=c["qk_nope_head_dim"],
+            rot=c["qk_rope_head_dim"], vd=c["v_head_dim"], interleave=c.get("rope_interleave", True),
+            n_group=c["n_group"], topk_group=c["topk_group"], rsf=c["routed_scaling_factor"],
+        )
+        assert (c.get("rope_scaling") or {}).get("rope_type", "default") == "default"
+        assert rope.get("rope_type", "default") == "default", rope
+    elif mt == "qwen3_moe":
         mlp_only = c.get("mlp_only_layers") or []
         step = c.get("decoder_sparse_step", 1)
         moe = [i for i in range(L) if i not in mlp_only and E > 0 and (i + 1) % step == 0]
@@ -56,9 +74,9 @@ def parse_config(c):
     return dict(
         mt=mt, H=H, nh=nh, nkv=c["num_key_value_heads"], hd=c.get("head_dim") or H // nh, L=L,
         eps=c["rms_norm_eps"], theta=float(theta), E=E, k=c.get("num_experts_per_tok", 0),
-        norm_topk=(c.get("norm_topk_prob", False) if mt == "qwen3_moe" else True),
+        norm_topk=(c.get("norm_topk_prob", False) if mt == "qwen3_moe" else c.get("norm_topk_prob", True)),
         coef=c.get("router_aux_loss_coef", 0.0), tied=c.get("tie_word_embeddings", False),
-        V=c["vocab_size"], moe=moe, qk_norm=mt in ("qwen3", "qwen3_moe"),
+        V=c["vocab_size"], moe=moe, qk_norm=mt in ("qwen3", "qwen3_moe"), ds=ds,
     )
 
 
@@ -75,14 +93,91 @@ def rope(x, pos, theta):  # x [B, h, S, hd], pos [B, S]; rotate_half convention
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
+def rope_pairs(x, pos, theta):  # DeepSeek rope_interleave: rotate the pairs (x0,x1), (x2,x3), ... in place
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = pos[:, None, :, None].double() * inv  # [B,1,S,hd/2]
+    cos, sin = ang.cos(), ang.sin()
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2)
+
+
+def mla(w, p, pre, h, pos, mask):
+    """DeepSeek-V3 multi-head latent attention, written out (no latent-cache tricks)."""
+    d, B, S = p["ds"], h.shape[0], h.shape[1]
+    a = pre + "self_attn."
+    if d["q_lora"] is None:
+        q = h @ w[a + "q_proj.weight"].T
+    else:  # the latent norms use eps 1e-6 in transformers (and DeepSeek's code), not rms_norm_eps
+        q = rms(h @ w[a + "q_a_proj.weight"].T, w[a + "q_a_layernorm.weight"], 1e-6) @ w[a + "q_b_proj.weight"].T
+    q = q.view(B, S, p["nh"], d["nope"] + d["rot"]).transpose(1, 2)
+    q_nope, q_rot = q[..., : d["nope"]], q[..., d["nope"]:]
+    ckv = h @ w[a + "kv_a_proj_with_mqa.weight"].T
+    lat, k_rot = ckv[..., : d["kv_lora"]], ckv[..., d["kv_lora"]:]
+    kv = rms(lat, w[a + "kv_a_layernorm.weight"], 1e-6) @ w[a + "kv_b_proj.weight"].T
+    kv = kv.view(B, S, p["nh"], d["nope"] + d["vd"]).transpose(1, 2)
+    k_nope, v = kv[..., : d["nope"]], kv[..., d["nope"]:]
+    rot = rope_pairs if d["interleave"] else rope
+    q_rot, k_rot = rot(q_rot, pos, p["theta"]), rot(k_rot[:, None], pos, p["theta"])  # k_rot: one head
+    s = (q_nope @ k_nope.transpose(-1, -2) + q_rot @ k_rot.transpose(-1, -2)) * (d["nope"] + d["rot"]) ** -0.5
+    s = s.masked_fill(~mask[:, None], float("-inf"))
+    o = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, S, -1)
+    return o @ w[a + "o_proj.weight"].T
+
+
+def ds_route(p, lg, bias):
+    """Sigmoid scores, choice = scores + bias, groups by the sum of their 2 best choices, keep
+    topk_group groups, top-k of the kept experts; weights = scores (no bias), optionally
+    renormalised, times routed_scaling_factor. Returns (weights, ids, group margin, choice margin)."""
+    d = p["ds"]
+    T, E = lg.shape
+    scores = torch.sigmoid(lg)
+    choice = scores.detach() + bias.detach()
+    gsz = E // d["n_group"]
+    gs = choice.view(T, d["n_group"], gsz).topk(2, -1).values.sum(-1).sort(-1, descending=True)
+    ggap = (gs.values[:, d["topk_group"] - 1] - gs.values[:, d["topk_group"]]).min() \
+        if d["topk_group"] < d["n_group"] else None
+    keep = torch.zeros(T, d["n_group"], dtype=torch.bool).scatter(1, gs.indices[:, : d["topk_group"]], True)
+    masked = choice.masked_fill(~keep.repeat_interleave(gsz, 1), float("-inf"))
+    cs = masked.sort(-1, descending=True)
+    cgap = (cs.values[:, p["k"] - 1] - cs.values[:, p["k"]]).min() if p["k"] < d["topk_group"] * gsz else None
+    idx = cs.indices[:, : p["k"]]
+    wts = scores.gather(1, idx)
+    if p["norm_topk"]:
+        wts = wts / (wts.sum(-1, keepdim=True) + 1e-20)
+    return wts * d["rsf"], idx, ggap, cgap
+
+
 def forward(w, p, ids, pos, mask):
     """ids [B,S]; pos [B,S]; mask [B,S,S] bool (True = may attend). Returns logits, hs, router."""
     B, S = ids.shape
     x = w["model.embed_tokens.weight"][ids]
     hs, router = [x], {}
+    margins = []
     for i in range(p["L"]):
         pre = f"model.layers.{i}."
         h = rms(x, w[pre + "input_layernorm.weight"], p["eps"])
+        if p["mt"] == "deepseek_v3":
+            x = x + mla(w, p, pre, h, pos, mask)
+            h = rms(x, w[pre + "post_attention_layernorm.weight"], p["eps"])
+            mp = pre + "mlp."
+            if i in p["moe"]:
+                t = h.reshape(-1, p["H"])
+                wts, idx, gg, cg = ds_route(p, t @ w[mp + "gate.weight"].T, w[mp + "gate.e_score_correction_bias"])
+                margins.append((gg, cg))
+                out = torch.zeros_like(t)
+                for e in range(p["E"]):
+                    ex = lambda n: w[f"{mp}experts.{e}.{n}.weight"]  # noqa: E731
+                    y = (F.silu(t @ ex("gate_proj").T) * (t @ ex("up_proj").T)) @ ex("down_proj").T
+                    out = out + (wts * (idx == e)).sum(-1, keepdim=True) * y
+                sh = lambda n: w[f"{mp}shared_experts.{n}.weight"]  # noqa: E731
+                out = out + (F.silu(t @ sh("gate_proj").T) * (t @ sh("up_proj").T)) @ sh("down_proj").T
+                x = x + out.view(B, S, -1)
+            else:
+                x = x + (F.silu(h @ w[mp + "gate_proj.weight"].T) * (h @ w[mp + "up_proj.weight"].T)) \
+                    @ w[mp + "down_proj.weight"].T
+            hs.append(x)
+            continue
         q = (h @ w[pre + "self_attn.q_proj.weight"].T).view(B, S, p["nh"], p["hd"])
         k = (h @ w[pre + "self_attn.k_proj.weight"].T).view(B, S, p["nkv"], p["hd"])
         v = (h @ w[pre + "self_attn.v_proj.weight"].T).view(B, S, p["nkv"], p["hd"])
@@ -124,6 +219,7 @@ def forward(w, p, ids, pos, mask):
     x = rms(x, w["model.norm.weight"], p["eps"])
     hs[-1] = x  # transformers' last hidden state is after the final norm
     head = w["model.embed_tokens.weight"] if p["tied"] else w["lm_head.weight"]
+    forward.margins = margins
     return x @ head.T, hs, router
 
 
@@ -152,25 +248,32 @@ def check(d, tol, exact_names=()):
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, p["V"]), labels[:, 1:].reshape(-1), ignore_index=-100)
     loss = ce
     res = {}
-    if p["moe"]:
+    margins = list(forward.margins)
+    if p["mt"] == "deepseek_v3":
+        bad = [k for k in r if k == "aux_loss" or k.startswith("router_logits.")]
+        assert not bad, f"DeepSeek-V3 reference should have no aux/router entries: {bad}"
+    elif p["moe"]:
         aux = aux_loss(router, p["E"], p["k"])
         loss = ce + p["coef"] * aux
-        res["aux_loss"] = abs(float(aux) - float(r["aux_loss"]))
+        res["aux_loss"] = abs(float(aux.detach()) - float(r["aux_loss"]))
         for i, lg in router.items():
-            res[f"router_logits.{i}"] = float((lg - r[f"router_logits.{i}"]).abs().max())
+            res[f"router_logits.{i}"] = float((lg.detach() - r[f"router_logits.{i}"]).abs().max())
         extra = sorted(k for k in r if k.startswith("router_logits.") and int(k.split(".")[1]) not in router)
         assert not extra, f"reference has router logits for non-MoE layers {extra}"
     loss.backward()
-    res["ce_loss"] = abs(float(ce) - float(r["ce_loss"]))
-    res["loss"] = abs(float(loss) - float(r["loss"]))
-    res["logits"] = float((logits - r["logits"]).abs().max())
+    res["ce_loss"] = abs(float(ce.detach()) - float(r["ce_loss"]))
+    res["loss"] = abs(float(loss.detach()) - float(r["loss"]))
+    res["logits"] = float((logits.detach() - r["logits"]).abs().max())
     for i, h in enumerate(hs):
-        res[f"hidden_states.{i}"] = float((h - r[f"hidden_states.{i}"]).abs().max())
+        res[f"hidden_states.{i}"] = float((h.detach() - r[f"hidden_states.{i}"]).abs().max())
     gkeys = {k[5:] for k in r if k.startswith("grad.")}
     assert gkeys == set(w), f"grad names != weight names: {gkeys ^ set(w)}"
     gmax = 0.0
     for k, t in w.items():
         ref = r["grad." + k]
+        if k.endswith("e_score_correction_bias"):  # a buffer: the reference writes zeros
+            assert t.grad is None and not ref.any(), k
+            continue
         scale = max(float(ref.abs().max()), 1e-3)
         gmax = max(gmax, float((t.grad - ref).abs().max()) / scale)
     res["grads (max abs diff / max |grad|)"] = gmax
@@ -189,11 +292,17 @@ def check(d, tol, exact_names=()):
     assert torch.equal(ppos, r["packed.position_ids"]), "packed.position_ids"
     with torch.no_grad():
         plog, _, _ = forward(w, p, pid, ppos, m[None])
+    margins += forward.margins  # (the packed row: the router sees each token once, as per document)
     res["packed.logits"] = float((plog - r["packed.logits"]).abs().max())
     bad = {k: v for k, v in res.items() if not v < tol}
     print(f"== {d}: moe layers {p['moe']}, {'FAIL' if bad else 'ok'}")
     for k, v in res.items():
         print(f"   {k:40s} {v:.3g}")
+    if p["mt"] == "deepseek_v3" and margins:
+        def mn(vals):
+            vals = [float(v) for v in vals if v is not None]
+            return f"{min(vals):.3g}" if vals else "n/a"
+        print(f"   (float64 router margins: group {mn(g for g, _ in margins)}, choice {mn(c for _, c in margins)})")
     return not bad
 
 
@@ -204,7 +313,10 @@ def main():
     ap.add_argument("--write-exact", default="")
     a = ap.parse_args()
     names = [n for n in a.write_exact.split(",") if n]
-    ok = all([check(d, a.tol, names) for d in a.dirs])
+    dirs = [d for d in a.dirs if os.path.isdir(d)]  # (a glob like variants/* also matches README.md)
+    for d in sorted(set(a.dirs) - set(dirs)):
+        print(f"-- skipping {d}: not a directory")
+    ok = all([check(d, a.tol, names) for d in dirs])
     sys.exit(0 if ok else 1)
 
 

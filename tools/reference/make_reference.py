@@ -21,6 +21,17 @@ checks engine-independent invariants (loss == ce + coef*aux, packed == per-docum
 an independent re-implementation of the aux loss, gradient names == weight names, file sizes)
 and, if the smallest float32 top-k router probability gap is < 1e-4, moves to the next seed.
 
+DeepSeek-V3 (arch "deepseek_v3", DeepseekV3ForCausalLM) follows shared/fixtures/deepseek_v3_tiny:
+no aux_loss and no router_logits (the model returns neither; loss = ce), and
+grad.<...>.e_score_correction_bias is written as zeros (the bias is a buffer, moved by the
+balancing rule, not by gradients). Here the bias is set to 0.05*randn (drawn after the other
+weights) so that it changes expert choices; save_pretrained writes it (float32 even in a bf16
+checkpoint, as transformers keeps it in float32). The router's outputs are captured with forward
+hooks, its choice is recomputed in float32 (sigmoid, + bias, group score = sum of the 2 best
+choices, topk_group groups, top-k) and must equal transformers'; a seed is skipped when the gap
+between the last kept and first dropped group score, or between the k-th and (k+1)-th masked
+choice, is < 1e-4 anywhere (batch and both packed documents).
+
 Usage (from the repo root, with the venv of tools/reference/README.md):
   python tools/reference/make_reference.py                      # all variants
   python tools/reference/make_reference.py --variant mixtral_k1_mqa --out tests/data/variants
@@ -80,6 +91,35 @@ def _v4_mixtral(cfg):
         else:
             out[k] = v
     return out
+
+
+def _v4_deepseek_v3(cfg):
+    """transformers-4 / hub spellings of a DeepSeek-V3 config.json: top-level rope_theta and
+    "rope_scaling": null instead of rope_parameters, torch_dtype instead of dtype, and none of the
+    keys transformers 5 derives and writes but hub configs do not have (head_dim, which transformers
+    sets to qk_rope_head_dim, and qk_head_dim = qk_nope_head_dim + qk_rope_head_dim). Adds the
+    hub-only routing keys of deepseek-ai/DeepSeek-V3 that transformers does not use
+    (scoring_func, topk_method, moe_layer_freq). rope_interleave is kept as saved."""
+    out = {}
+    for k, v in cfg.items():
+        if k == "rope_parameters":
+            assert v.get("rope_type", "default") == "default", v
+            out["rope_theta"] = v["rope_theta"]
+            out["rope_scaling"] = None
+        elif k == "dtype":
+            out["torch_dtype"] = v
+        elif k in ("head_dim", "qk_head_dim"):
+            continue
+        else:
+            out[k] = v
+    out.update(scoring_func="sigmoid", topk_method="noaux_tc", moe_layer_freq=1)
+    return out
+
+
+def _drop_rope_interleave(cfg):
+    """Hub DeepSeek-V3 configs have no rope_interleave key; transformers then defaults it to true."""
+    assert cfg["rope_interleave"] is True, cfg["rope_interleave"]
+    return {k: v for k, v in cfg.items() if k != "rope_interleave"}
 
 
 VARIANTS = {
@@ -153,6 +193,63 @@ VARIANTS = {
         bf16=True,
         prompt_lens=(3, 5), doc_lens=(10, 16),
     ),
+    # DeepSeek-V3: sigmoid router with e_score_correction_bias (set to 0.05*randn here, so it
+    # changes choices), group-limited top-k, shared experts, MLA attention; loss = ce (no aux).
+    "deepseek_v3_v4_plain_q": dict(
+        arch="deepseek_v3",
+        seed=4501,
+        config=dict(
+            vocab_size=256, hidden_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4,
+            q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=8,
+            rope_interleave=False,
+            intermediate_size=64, moe_intermediate_size=16,
+            n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+            norm_topk_prob=False, first_k_dense_replace=0, n_shared_experts=2,
+            routed_scaling_factor=1.5, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-6, max_position_embeddings=256,
+        ),
+        rewrite=_v4_deepseek_v3,
+        prompt_lens=(4, 6), doc_lens=(11, 15),
+    ),
+    "deepseek_v3_groups": dict(
+        arch="deepseek_v3",
+        seed=4601,
+        config=dict(
+            vocab_size=288, hidden_size=32, num_hidden_layers=3,
+            num_attention_heads=6, num_key_value_heads=6,
+            q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=10,
+            rope_interleave=True,
+            intermediate_size=64, moe_intermediate_size=16,
+            n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=3,
+            norm_topk_prob=True, first_k_dense_replace=1, n_shared_experts=1,
+            routed_scaling_factor=2.5, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-3, max_position_embeddings=256,
+        ),
+        max_shard_size="150KB",
+        prompt_lens=(5, 3), doc_lens=(9, 17),
+    ),
+    "deepseek_v3_bf16": dict(
+        arch="deepseek_v3",
+        seed=4701,
+        config=dict(
+            vocab_size=256, hidden_size=48, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=4,
+            q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24,
+            rope_interleave=True,
+            intermediate_size=64, moe_intermediate_size=16,
+            n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+            norm_topk_prob=True, first_k_dense_replace=1, n_shared_experts=1,
+            routed_scaling_factor=2.5, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-6, max_position_embeddings=256,
+        ),
+        bf16=True,
+        rewrite=_drop_rope_interleave,
+        prompt_lens=(3, 5), doc_lens=(10, 16),
+    ),
 }
 
 
@@ -163,11 +260,14 @@ def arch_classes(arch):
         return transformers.Qwen3Config, transformers.Qwen3ForCausalLM
     if arch == "mixtral":
         return transformers.MixtralConfig, transformers.MixtralForCausalLM
+    if arch == "deepseek_v3":
+        return transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM
     raise ValueError(arch)
 
 
 def is_moe_block(module):
-    return type(module).__name__.endswith("SparseMoeBlock")
+    # DeepseekV3MoE: routed experts + DeepseekV3TopkRouter gate + shared_experts MLP
+    return type(module).__name__.endswith("SparseMoeBlock") or type(module).__name__ == "DeepseekV3MoE"
 
 
 def moe_layer_indices(model):
@@ -212,6 +312,19 @@ def init_weights(model, gen, tied):
             raise RuntimeError(f"no init rule for {name} {shape}")
 
 
+BIAS_STD = 0.05
+
+
+@torch.no_grad()
+def init_score_bias(model, gen):
+    """DeepSeek-V3: e_score_correction_bias is a buffer (zeros in transformers' init; training moves
+    it by the load-balancing rule). Give it BIAS_STD*randn, drawn after the parameters, layer by
+    layer, so that it changes some expert choices."""
+    for name, b in sorted(model.named_buffers()):
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(BIAS_STD * torch.randn(*b.shape, generator=gen, dtype=torch.float32))
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
@@ -240,6 +353,11 @@ def hub_named_grads(model):
             src = dict(model.named_parameters())[name]
             assert src.grad is not None, f"no grad for {name}"
             p.data = src.grad.detach().clone()
+        # DeepSeek-V3's e_score_correction_bias is a buffer that save_pretrained writes, so it shows
+        # up here with its value; its gradient entry is zeros, as in shared/fixtures/deepseek_v3_tiny
+        for name, b in gm.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.data = torch.zeros_like(b.data, dtype=torch.float64)
     with tempfile.TemporaryDirectory() as tmp:
         gm.save_pretrained(tmp, max_shard_size="1GB")
         return read_saved_weights(tmp)
@@ -276,6 +394,32 @@ def topk_gaps(router_logits_list, k):
     return prob_gap, logit_gap
 
 
+def grouped_sigmoid_choice(logits32, bias, n_group, topk_group, k):
+    """DeepseekV3TopkRouter's expert choice, in float32 throughout: scores = sigmoid(logits),
+    choice = scores + bias, group score = sum of its 2 largest choices, keep the topk_group best
+    groups, experts of the other groups -> -inf (transformers 5.17; DeepSeek's own remote code
+    uses 0.0), top-k by choice. Returns (sorted expert ids [T,k], smallest gap between the last kept
+    and the first dropped group score (None if topk_group == n_group), smallest gap between the
+    k-th and (k+1)-th masked choice (None if k == kept experts), smallest selected choice)."""
+    scores = torch.sigmoid(logits32.float())
+    choice = scores + bias.float()
+    T, E = choice.shape
+    gsz = E // n_group
+    g = choice.view(T, n_group, gsz).topk(2, dim=-1).values.sum(-1)
+    gv, gi = g.sort(dim=-1, descending=True)
+    group_gap = float((gv[:, topk_group - 1] - gv[:, topk_group]).min()) if topk_group < n_group else None
+    keep = torch.zeros(T, n_group, dtype=torch.bool)
+    keep.scatter_(1, gi[:, :topk_group], True)
+    mask = keep.unsqueeze(-1).expand(T, n_group, gsz).reshape(T, E)
+    cv, ci = choice.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True)
+    choice_gap = float((cv[:, k - 1] - cv[:, k]).min()) if k < topk_group * gsz else None
+    return ci[:, :k].sort(-1).values, group_gap, choice_gap, float(cv[:, k - 1].min())
+
+
+def _min_opt(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
 def scalar(x):
     return torch.tensor([float(x)], dtype=torch.float64)
 
@@ -287,9 +431,14 @@ def scalar(x):
 
 def build(name, spec, seed, out_dir):
     cfg_cls, model_cls = arch_classes(spec["arch"])
-    is_moe = spec["arch"] in ("qwen3_moe", "mixtral")
+    is_moe = spec["arch"] in ("qwen3_moe", "mixtral")  # softmax router + aux loss
+    is_ds = spec["arch"] == "deepseek_v3"  # sigmoid group-limited router, no aux loss
+    has_experts = is_moe or is_ds
     bf16 = spec.get("bf16", False)
-    config = cfg_cls(**spec["config"], output_router_logits=is_moe)
+    if is_ds:  # (DeepseekV3Config has no output_router_logits; the shared fixture has no such key)
+        config = cfg_cls(**spec["config"])
+    else:
+        config = cfg_cls(**spec["config"], output_router_logits=is_moe)
     tied = bool(config.tie_word_embeddings)
     V, L = config.vocab_size, config.num_hidden_layers
 
@@ -297,6 +446,8 @@ def build(name, spec, seed, out_dir):
     model = model_cls(config)
     gen = torch.Generator().manual_seed(seed)
     init_weights(model, gen, tied)
+    if is_ds:
+        init_score_bias(model, gen)
     if tied:
         assert model.lm_head.weight is model.model.embed_tokens.weight
     save_model = model
@@ -308,6 +459,12 @@ def build(name, spec, seed, out_dir):
                 p.copy_(p.to(torch.bfloat16).to(torch.float32))
         save_model = copy.deepcopy(model).to(torch.bfloat16)
         save_model.config.dtype = torch.bfloat16
+        # transformers keeps e_score_correction_bias in float32 in a bf16 model
+        # (_keep_in_fp32_modules_strict) and saves it as F32, as in the DeepSeek-V3 hub checkpoint
+        src = dict(model.named_buffers())
+        for bname, b in save_model.named_buffers():
+            if bname.endswith("e_score_correction_bias"):
+                b.data = src[bname].detach().clone()
 
     # ---- save (config + hub-named weights), then rewrite the config if asked ----
     if os.path.exists(out_dir):
@@ -339,6 +496,19 @@ def build(name, spec, seed, out_dir):
             assert getattr(lc, key) == getattr(config, key), key
         ne = "num_local_experts" if spec["arch"] == "mixtral" else "num_experts"
         assert getattr(lc, ne) == getattr(config, ne)
+    if is_ds:
+        for key in ("n_routed_experts", "num_experts_per_tok", "n_group", "topk_group", "norm_topk_prob",
+                    "first_k_dense_replace", "n_shared_experts", "routed_scaling_factor", "q_lora_rank",
+                    "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
+                    "intermediate_size", "moe_intermediate_size", "qk_head_dim"):
+            assert getattr(lc, key) == getattr(config, key), (key, getattr(lc, key), getattr(config, key))
+        assert lc.rope_parameters.get("rope_type", "default") == "default", lc.rope_parameters
+        # the buffer is loaded from model.safetensors (not re-initialised to zeros)
+        for layer, ref_layer in zip(m.model.layers, model.model.layers):
+            if is_moe_block(layer.mlp):
+                assert torch.equal(layer.mlp.gate.e_score_correction_bias.float(),
+                                   ref_layer.mlp.gate.e_score_correction_bias)
+                assert layer.mlp.gate.e_score_correction_bias.abs().min() > 0
     if spec["arch"] == "qwen3_moe":
         assert lc.mlp_only_layers == config.mlp_only_layers
         assert lc.decoder_sparse_step == config.decoder_sparse_step
@@ -348,7 +518,11 @@ def build(name, spec, seed, out_dir):
 
     saved = read_saved_weights(out_dir)
     want_dtype = torch.bfloat16 if bf16 else torch.float32
-    assert all(t.dtype == want_dtype for t in saved.values()), {t.dtype for t in saved.values()}
+    for k, t in saved.items():  # (DeepSeek-V3's router bias stays float32 in a bf16 checkpoint)
+        assert t.dtype == (torch.float32 if k.endswith("e_score_correction_bias") else want_dtype), (k, t.dtype)
+    if is_ds:
+        nb = sum(k.endswith("e_score_correction_bias") for k in saved)
+        assert nb == L - config.first_k_dense_replace, nb
     if tied:
         assert "lm_head.weight" not in saved
 
@@ -357,6 +531,20 @@ def build(name, spec, seed, out_dir):
         expect = [i for i in range(L) if i not in lc.mlp_only_layers and lc.num_experts > 0
                   and (i + 1) % lc.decoder_sparse_step == 0]
         assert moe_layers == expect, (moe_layers, expect)
+    if is_ds:
+        assert moe_layers == list(range(lc.first_k_dense_replace, L)), moe_layers
+
+    # DeepSeek-V3 returns no router logits: record the router's own outputs (float32 logits,
+    # chosen experts) of every MoE layer for the float32 choice-robustness check below
+    ds_router, capture = [], [False]
+    if is_ds:
+        def hook(li):
+            def f(mod, inp, out):
+                if capture[0]:
+                    ds_router.append((li, out[0].detach(), out[2].detach()))
+            return f
+        for li in moe_layers:
+            m.model.layers[li].mlp.gate.register_forward_hook(hook(li))
 
     # ---- inputs ----
     B, S = 2, 16
@@ -373,6 +561,7 @@ def build(name, spec, seed, out_dir):
     m.train()
     m.zero_grad(set_to_none=True)
     kw = dict(output_router_logits=True) if is_moe else {}
+    capture[0] = True
     out = m(input_ids=input_ids, labels=labels, output_hidden_states=True, use_cache=False, **kw)
     out.loss.backward()
     logits = out.logits.detach()
@@ -418,6 +607,7 @@ def build(name, spec, seed, out_dir):
             per_doc.append(o.logits)
             if is_moe:
                 doc_router += list(o.router_logits)
+        capture[0] = False
         packed_logits = torch.cat(per_doc, dim=1)
         # cross-check: one packed forward (transformers detects the packing from position_ids
         # when use_cache=False and no attention_mask) gives the same logits up to the float32
@@ -428,7 +618,7 @@ def build(name, spec, seed, out_dir):
         assert packed_diff < 1e-5, packed_diff
         # roundtrip: the in-memory model (upcast) gives the same logits as the reloaded one
         mm = model.double()
-        if is_moe:
+        if has_experts:
             mm.set_experts_implementation("eager")
         mm.set_attn_implementation("eager")
         o = mm(input_ids=input_ids, use_cache=False)
@@ -440,6 +630,33 @@ def build(name, spec, seed, out_dir):
         prob_gap, logit_gap = topk_gaps(list(router_logits.values()) + doc_router, lc.num_experts_per_tok)
         if prob_gap is not None and prob_gap < MIN_PROB_GAP:
             return None, f"router top-k probability gap {prob_gap:.3g} < {MIN_PROB_GAP}"
+    ds_meta = {}
+    if is_ds:
+        # float32 margins of the choice over the batch and both packed documents (3 forwards x MoE
+        # layers); with both >= MIN_PROB_GAP a float32 engine cannot flip a group or an expert
+        assert len(ds_router) == 3 * len(moe_layers), len(ds_router)
+        group_gap = choice_gap = None
+        min_sel, changed, rows = None, 0, 0
+        for li, lg, idx in ds_router:
+            assert lg.dtype == torch.float32 and lg.shape[1] == lc.n_routed_experts, (lg.dtype, lg.shape)
+            bias = m.model.layers[li].mlp.gate.e_score_correction_bias
+            sel, gg, cg, ms = grouped_sigmoid_choice(lg, bias, lc.n_group, lc.topk_group, lc.num_experts_per_tok)
+            group_gap, choice_gap = _min_opt(group_gap, gg), _min_opt(choice_gap, cg)
+            min_sel = ms if min_sel is None else min(min_sel, ms)
+            if _min_opt(gg, cg) is not None and _min_opt(gg, cg) < MIN_PROB_GAP:
+                return None, f"router float32 margin (group {gg}, choice {cg}) < {MIN_PROB_GAP} in layer {li}"
+            assert torch.equal(sel, idx.sort(-1).values), f"float32 choice != transformers' in layer {li}"
+            sel0 = grouped_sigmoid_choice(lg, torch.zeros_like(bias), lc.n_group, lc.topk_group,
+                                          lc.num_experts_per_tok)[0]
+            changed += int((sel0 != sel).any(-1).sum())
+            rows += lg.shape[0]
+        assert changed > 0, "e_score_correction_bias changes no choice"
+        prob_gap = _min_opt(group_gap, choice_gap)
+        ds_meta = {
+            "router_min_group_gap": group_gap, "router_min_choice_gap": choice_gap,
+            "router_min_selected_choice": min_sel, "router_rows_changed_by_bias": changed,
+            "router_rows": rows, "e_score_correction_bias_init": f"{BIAS_STD}*randn",
+        }
 
     ref = {
         "input_ids": input_ids, "labels": labels, "logits": logits,
@@ -474,12 +691,13 @@ def build(name, spec, seed, out_dir):
         "aux_loss": aux,
         "loss_minus_ce_plus_coef_aux": loss - expected_loss,
         "router_aux_loss_coef": coef if is_moe else None,
-        "moe_layers": moe_layers if is_moe else [],
+        "moe_layers": moe_layers if has_experts else [],
         "tie_word_embeddings": tied,
         "prompt_lens": list(spec["prompt_lens"]),
         "packed_doc_lens": [d0, d1],
         "packed_single_forward_max_abs_diff": packed_diff,
         "n_params": int(sum(t.numel() for t in saved.values())),
+        **ds_meta,
         "weight_names": sorted(saved),
     }
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
