@@ -532,7 +532,7 @@ int main(int argc, char** argv) {
     std::sort(times.begin(), times.end());
     const double s = times[times.size() / 2];
     const double flops = xt::TrainingStepFlops(matmul_params, T, cfg.num_layers,
-                                               cfg.num_heads * cfg.head_dim, double(T) * double(T));
+                                               cfg.attention_flops_dim(), double(T) * double(T));
     std::printf(
         "tokens=%lld step_s=%.4f tokens_per_s=%.1f tflops=%.2f mfu=%.4f peak_gib=%.2f "
         "model_peak_gib=%.3f plan_gib=%.3f recompute=%g loss=%.4f experts_gemm=%s\n",

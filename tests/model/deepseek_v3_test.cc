@@ -12,6 +12,7 @@
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/config.h"
 #include "xtuner/plan/plan.h"
+#include "xtuner/train/metrics_flops.h"
 
 namespace xt {
 namespace {
@@ -78,6 +79,10 @@ TEST(DeepseekV3Config, ReadsTheHubConfigAndCountsItsParameters) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_NEAR(double(r->total_params) / 1e9, 671.0, 1.0);
   EXPECT_NEAR(double(r->active_params) / 1e9, 37.5, 0.6);
+  // Attention FLOPs count the query/key width (192) for Q K^T and the value width (128) for P V.
+  EXPECT_EQ(c->attention_flops_dim(), 128 * (192 + 128) / 2);
+  EXPECT_DOUBLE_EQ(r->flops_per_token,
+                   TrainingFlopsPerToken(r->matmul_params, 61, 128 * 160, 4096));
   // A config without q_lora_rank's value means a plain q_proj.
   json plain = HubConfig();
   plain["q_lora_rank"] = nullptr;
@@ -86,6 +91,17 @@ TEST(DeepseekV3Config, ReadsTheHubConfigAndCountsItsParameters) {
   EXPECT_EQ(p->q_lora_rank, 0);
   EXPECT_TRUE(ParamLayout(*p).Find("model.layers.0.self_attn.q_proj.weight"));
   EXPECT_FALSE(ParamLayout(*p).Find("model.layers.0.self_attn.q_a_proj.weight"));
+  // transformers' aliases: num_local_experts for n_routed_experts, num_mtp_layers for
+  // num_nextn_predict_layers.
+  json alias = HubConfig();
+  alias.erase("n_routed_experts");
+  alias.erase("num_nextn_predict_layers");
+  alias["num_local_experts"] = 64;
+  alias["num_mtp_layers"] = 2;
+  auto a = ModelConfig::FromJson(alias, "alias");
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(a->num_experts, 64);
+  EXPECT_EQ(a->num_nextn_predict_layers, 2);
 }
 
 TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
@@ -109,6 +125,10 @@ TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
       {"rope_scaling", json{{"type", "yarn"}, {"factor", 40}}, "yarn"},
       {"kv_lora_rank", nullptr, "kv_lora_rank"},
       {"routed_scaling_factor", 0, "routed_scaling_factor"},
+      {"q_lora_rank", 0, "q_lora_rank (null for a plain q_proj)"},
+      {"norm_topk_prob", nullptr, "\"norm_topk_prob\" must be true or false, found null"},
+      {"rope_interleave", nullptr, "\"rope_interleave\" must be true or false, found null"},
+      {"n_group", 128, "n_group > 64"},
   };
   for (const Case& c : cases) {
     json j = HubConfig();
@@ -186,6 +206,8 @@ TEST(DeepseekV3Checkpoint, MtpLayersAreSkippedAndAnythingElseIsNamed) {
       << bad.status().message();
 }
 
+constexpr const char* kBias = "model.layers.1.mlp.gate.e_score_correction_bias";
+
 TEST(DeepseekV3Checkpoint, SaveLoadRoundTripIsExact) {
   auto a = LoadHfModel(testing::DataPath("deepseek_v3_tiny"));
   ASSERT_TRUE(a.ok()) << a.status().message();
@@ -206,6 +228,20 @@ TEST(DeepseekV3Checkpoint, SaveLoadRoundTripIsExact) {
   auto la = (*a)->Forward(*batch, false, false), lb = (*b)->Forward(*batch, false, false);
   ASSERT_TRUE(la.ok() && lb.ok());
   EXPECT_EQ(la->loss.loss, lb->loss.loss);
+  // A bf16 export rounds the weights but keeps the bias F32 (as transformers does): its small
+  // per-step moves would round away in bf16.
+  float* bias = (*a)->params().f32() + (*a)->layout().Find(kBias)->offset;
+  for (int e = 0; e < 8; ++e) bias[e] = 0.1234567f + 0.001f * float(e);
+  const std::string dir16 = testing::TempDir("dsv3_bf16");
+  ASSERT_TRUE(SaveHfModel(**a, dir16, /*bf16=*/true, 0).ok());
+  auto f16 = SafetensorsCheckpoint::Open(dir16);
+  ASSERT_TRUE(f16.ok());
+  EXPECT_EQ(f16->Info(kBias)->dtype, "F32");
+  EXPECT_EQ(f16->Info("model.layers.1.mlp.gate.weight")->dtype, "BF16");
+  auto c16 = LoadHfModel(dir16);
+  ASSERT_TRUE(c16.ok()) << c16.status().message();
+  EXPECT_EQ(std::memcmp((*c16)->params().f32() + (*c16)->layout().Find(kBias)->offset, bias, 32),
+            0);
 }
 
 TEST(DeepseekV3Model, TheCorrectionBiasSteersTheChoiceWithoutAGradient) {

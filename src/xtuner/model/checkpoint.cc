@@ -79,7 +79,9 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, bool bf16,
   const float* slab = model.params().f32();
   for (const ParamInfo& p : model.layout().params()) {
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
-    tensors.emplace_back(p.name, bf16 ? t.To(DType::BF16) : t);
+    // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
+    // per-step moves would round away in bf16).
+    tensors.emplace_back(p.name, bf16 && !p.no_grad ? t.To(DType::BF16) : t);
   }
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = model.config().ToJson();

@@ -18,6 +18,12 @@ class Reader {
 
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
   bool Contains(const char* key) const { return j_.contains(key); }  // null included
+  // An error when the key is present but null (where transformers would read null as false).
+  Status NotNull(const char* key) const {
+    return Contains(key) && j_[key].is_null()
+               ? Error(std::string("key \"") + key + "\" must be true or false, found null")
+               : Status::OK();
+  }
 
   Status Int(const char* key, int64_t* out, bool required) const {
     if (!has(key)) return Missing(key, required);
@@ -97,17 +103,20 @@ Status Positive(const Reader& r, const char* name, int64_t v) {
 Status ReadMla(const Reader& r, ModelConfig* c) {
   c->mla = true;
   c->q_lora_rank = 1536;  // transformers' default; null means a plain q_proj
-  if (r.has("q_lora_rank"))
+  if (r.has("q_lora_rank")) {
     XT_RETURN_IF_ERROR(r.Int("q_lora_rank", &c->q_lora_rank, true));
-  else if (r.Contains("q_lora_rank"))
+    XT_RETURN_IF_ERROR(Positive(r, "q_lora_rank (null for a plain q_proj)", c->q_lora_rank));
+  } else if (r.Contains("q_lora_rank")) {
     c->q_lora_rank = 0;
+  }
   XT_RETURN_IF_ERROR(r.Int("kv_lora_rank", &c->kv_lora_rank, true));
   XT_RETURN_IF_ERROR(r.Int("qk_nope_head_dim", &c->qk_nope_head_dim, true));
   XT_RETURN_IF_ERROR(r.Int("qk_rope_head_dim", &c->qk_rope_head_dim, true));
   XT_RETURN_IF_ERROR(r.Int("v_head_dim", &c->v_head_dim, true));
+  XT_RETURN_IF_ERROR(r.NotNull("rope_interleave"));
   XT_RETURN_IF_ERROR(r.Bool("rope_interleave", &c->rope_interleave, false));
+  XT_RETURN_IF_ERROR(r.Int("num_mtp_layers", &c->num_nextn_predict_layers, false));  // v5 alias
   XT_RETURN_IF_ERROR(r.Int("num_nextn_predict_layers", &c->num_nextn_predict_layers, false));
-  if (c->q_lora_rank != 0) XT_RETURN_IF_ERROR(Positive(r, "q_lora_rank", c->q_lora_rank));
   for (auto [name, v] : {std::pair{"kv_lora_rank", c->kv_lora_rank},
                          {"qk_nope_head_dim", c->qk_nope_head_dim},
                          {"qk_rope_head_dim", c->qk_rope_head_dim},
@@ -140,6 +149,7 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   c->routed_scaling_factor = 2.5;
   c->norm_topk_prob = true;
   int64_t first_dense = 3;
+  XT_RETURN_IF_ERROR(r.Int("num_local_experts", &c->num_experts, false));  // transformers' alias
   XT_RETURN_IF_ERROR(r.Int("n_routed_experts", &c->num_experts, false));
   XT_RETURN_IF_ERROR(r.Int("num_experts_per_tok", &c->top_k, false));
   XT_RETURN_IF_ERROR(r.Int("moe_intermediate_size", &c->moe_intermediate_size, true));
@@ -147,6 +157,7 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   XT_RETURN_IF_ERROR(r.Int("n_group", &c->n_group, false));
   XT_RETURN_IF_ERROR(r.Int("topk_group", &c->topk_group, false));
   XT_RETURN_IF_ERROR(r.Double("routed_scaling_factor", &c->routed_scaling_factor, false));
+  XT_RETURN_IF_ERROR(r.NotNull("norm_topk_prob"));
   XT_RETURN_IF_ERROR(r.Bool("norm_topk_prob", &c->norm_topk_prob, false));
   XT_RETURN_IF_ERROR(r.Int("first_k_dense_replace", &first_dense, false));
   for (auto [name, v] : {std::pair{"n_routed_experts", c->num_experts},
@@ -162,6 +173,7 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
     return r.Error("first_k_dense_replace (" + std::to_string(first_dense) + ") must lie in [0, " +
                    std::to_string(c->num_layers) + "]");
   const int64_t E = c->num_experts, G = c->n_group;
+  if (G > 64) return r.Error("n_group > 64 is not implemented (found " + std::to_string(G) + ")");
   if (E % G != 0 || E / G < 2)
     return r.Error("n_routed_experts (" + std::to_string(E) + ") must be n_group (" +
                    std::to_string(G) + ") groups of at least 2 experts");
@@ -173,6 +185,8 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
                    ") exceeds the experts of topk_group groups (" +
                    std::to_string(c->topk_group * (E / G)) + ")");
   // Keys of the hub's remote-code configs: only the values transformers' model computes.
+  // aux_loss_alpha and seq_aux (DeepSeek's sequence-wise balancing loss) are ignored, as
+  // transformers ignores them: the bias balances (train.router_bias_update_speed).
   auto expect = [&](const char* key, const std::string& want) -> Status {
     if (!r.has(key)) return Status::OK();
     if (j[key].is_string() && j[key].get<std::string>() == want) return Status::OK();

@@ -70,6 +70,9 @@ struct ModelConfig {
   // width per head (head_dim, or v_head_dim).
   int64_t rope_dim() const { return mla ? qk_rope_head_dim : head_dim; }
   int64_t value_dim() const { return mla ? v_head_dim : head_dim; }
+  // d_attn of the attention FLOPs (train/metrics_flops.h): heads * (query/key width + value
+  // width) / 2, which is heads * head_dim without MLA.
+  int64_t attention_flops_dim() const { return num_heads * (head_dim + value_dim()) / 2; }
 
   // Parses a config.json object; `source` (the file path) prefixes every error.
   static Result<ModelConfig> FromJson(const nlohmann::json& j, const std::string& source);

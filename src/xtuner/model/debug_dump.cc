@@ -73,7 +73,8 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
   model->ZeroGrads();
   XT_ASSIGN_OR_RETURN(LossInfo loss, model->ForwardBackward(batch));
   out.emplace_back("ce_loss", Scalar(loss.ce_loss));
-  if (cfg.is_moe()) out.emplace_back("aux_loss", Scalar(loss.aux_loss));
+  if (cfg.is_moe() && cfg.router == RouterKind::kSoftmax)  // DeepSeek-V3 has no balancing loss
+    out.emplace_back("aux_loss", Scalar(loss.aux_loss));
   out.emplace_back("loss", Scalar(loss.loss));
   for (const ParamInfo& p : model->layout().params())
     out.emplace_back("grad." + p.name,

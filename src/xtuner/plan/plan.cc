@@ -270,7 +270,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.activation_bytes_all_recompute = PeakActivations(c, T, L, s);
     // x, y, x_final, h_final, dh, dx (T, H); rstd_final (T); RoPE cos, sin (T, D/2); the
     // batch's ids, positions, targets (T) and cu_seqlens.
-    r.stream_bytes = 6 * T * H * s.act + (T + T * c.head_dim) * s.f32 +
+    r.stream_bytes = 6 * T * H * s.act + (T + T * c.rope_dim()) * s.f32 +
                      (3 * T + in.micro_batch_size + 1) * s.i32;
     // The fused lm_head + cross-entropy over chunks of loss tokens (every token assumed to
     // carry a loss): hc, dhc (C, H), logits (C, V) in fp32, per-row losses (C) and the row
@@ -296,7 +296,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
 
   // ---- FLOPs (model FLOPs on the active parameters, one causal document of `seq` tokens).
   r.flops_per_token_6n = 6.0 * double(r.matmul_params);
-  r.flops_per_token = TrainingFlopsPerToken(r.matmul_params, L, c.num_heads * c.head_dim, in.seq);
+  r.flops_per_token = TrainingFlopsPerToken(r.matmul_params, L, c.attention_flops_dim(), in.seq);
 
   if (in.gpu_memory_gib > 0) {
     r.has_verdict = true;

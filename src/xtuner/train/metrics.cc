@@ -115,7 +115,7 @@ std::vector<std::pair<std::string, double>> DashboardScalars(const StepMetrics& 
   std::vector<std::pair<std::string, double>> s;
   s.emplace_back("train/loss", m.loss);
   s.emplace_back("train/ce_loss", m.ce_loss);
-  if (moe) s.emplace_back("train/aux_loss", m.aux_loss);
+  if (moe && !std::isnan(m.aux_loss)) s.emplace_back("train/aux_loss", m.aux_loss);
   s.emplace_back("train/grad_norm", m.grad_norm);
   s.emplace_back("train/lr", m.lr);
   s.emplace_back("train/skipped", m.skipped ? 1.0 : 0.0);

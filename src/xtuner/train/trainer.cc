@@ -530,7 +530,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     sm.elapsed_s = seconds_since(t_start);
     sm.tokens_per_s = double(sm.tokens) / sm.step_time_s;
     const double flops = TrainingStepFlops(matmul_params, sm.tokens, mc.num_layers,
-                                           mc.num_heads * mc.head_dim, stats[3]);
+                                           mc.attention_flops_dim(), stats[3]);
     const double achieved = AchievedFlopsPerDevice(flops, sm.step_time_s, mesh.world);
     sm.tflops = achieved / 1e12;
     if (cfg.peak_tflops > 0) sm.mfu = Mfu(achieved, cfg.peak_tflops * 1e12);
