@@ -6,6 +6,8 @@
 #   tokens/s engine=X pytorch=Y ratio=X/Y sgemm_fraction=F peak_rss_mib=M
 #
 #   bench/cpu_train.sh    # BUILD=build-dir STEPS=5 THREADS=$(nproc) VENV=venv-dir to override
+#                         # MODEL=deepseek_v3: the same sizes as a DeepSeek-V3 (MLA, sigmoid
+#                         # group-limited router, a shared expert, first layer dense)
 # The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,
 # installed with --no-deps from tools/reference/requirements.txt (plain `pip install torch`
 # pulls GBs of CUDA wheels); an existing venv with both (e.g. VENV=/work/venv-ref) is reused.
@@ -14,17 +16,19 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 STEPS=${STEPS:-5}
 THREADS=${THREADS:-$(nproc)}
+MODEL=${MODEL:-qwen3_moe}
 source bench/peer_venv.sh
 cmake -S . -B "$BUILD" > /dev/null
 cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
 export OMP_NUM_THREADS=$THREADS
-ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4)
-ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16)
+ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --model "$MODEL")
+ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16 \
+  --model "$MODEL")
 PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
-  --batch 4 --seq 512)
+  --batch 4 --seq 512 --model "$MODEL")
 
-ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+MODEL="$MODEL" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
 import os
 
 def kv(text):
@@ -35,7 +39,8 @@ e16 = kv(os.environ["ENGINE16"])
 flops = float(e["step_flops"])  # same model, same tokens, same document lengths on both sides
 et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
 es, ps = float(e["step_s_median"]), float(p["step_s_median"])
-print(f"threads {e['threads']}, {e['tokens']} tokens a step, median of {e['steps']} steps; "
+print(f"{os.environ['MODEL']}: threads {e['threads']}, {e['tokens']} tokens a step, "
+      f"median of {e['steps']} steps; "
       f"model FLOPs {flops / 1e9:.1f} G a step ({int(e['matmul_params']) / 1e6:.2f}M matmul "
       f"params of {int(e['total_params']) / 1e6:.2f}M); oneDNN sgemm 2048^3 "
       f"{float(e['sgemm_flops_per_s']) / 1e9:.1f} GFLOP/s; torch {p['torch']}, "

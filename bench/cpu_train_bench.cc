@@ -1,10 +1,13 @@
 // cpu_train_bench: speed of one fp32 training step of a small Qwen3-MoE on the CPU (all cores),
 // the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
 //
-//   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0]
+//   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0] [--model qwen3_moe]
 //
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
-// moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). Input: one packed row of
+// moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). --model deepseek_v3: the same
+// sizes as a DeepSeek-V3 (8 MLA heads: q_lora 256, kv_lora 128, nope 64, rope 32, v 64; first
+// layer dense; 32 experts in 4 groups keeping 2, top-4, one shared expert). Input: one packed row
+// of
 // --tokens random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
 // ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
 // step, then --steps timed steps. Also measures ops::gemm 2048^3 (best of 3) as the machine's
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
   int64_t steps = 5, tokens = 2048, docs = 4;
   double recompute = 0;
   bool bf16 = false;
+  std::string model_type = "qwen3_moe";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -76,6 +80,9 @@ int main(int argc, char** argv) {
       docs = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--recompute"))
       recompute = std::atof(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--model") &&
+             (!std::strcmp(argv[i + 1], "qwen3_moe") || !std::strcmp(argv[i + 1], "deepseek_v3")))
+      model_type = argv[i + 1];
     else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "bf16"))
       bf16 = true;
     else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "fp32"))
@@ -83,7 +90,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
-                   "[--precision fp32|bf16]\n");
+                   "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3]\n");
       return 2;
     }
   }
@@ -94,31 +101,56 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  const nlohmann::json cj = {{"model_type", "qwen3_moe"},
-                             {"architectures", {"Qwen3MoeForCausalLM"}},
-                             {"vocab_size", 8192},
-                             {"hidden_size", 512},
-                             {"num_hidden_layers", 4},
-                             {"num_attention_heads", 8},
-                             {"num_key_value_heads", 2},
-                             {"head_dim", 64},
-                             {"intermediate_size", 1024},
-                             {"moe_intermediate_size", 256},
-                             {"num_experts", 32},
-                             {"num_experts_per_tok", 4},
-                             {"decoder_sparse_step", 1},
-                             {"mlp_only_layers", nlohmann::json::array()},
-                             {"norm_topk_prob", true},
-                             {"router_aux_loss_coef", 0.01},
-                             {"output_router_logits", true},
-                             {"tie_word_embeddings", false},
-                             {"rms_norm_eps", 1e-6},
-                             {"rope_theta", 1000000.0},
-                             {"max_position_embeddings", 4096},
-                             {"hidden_act", "silu"},
-                             {"attention_bias", false},
-                             {"use_sliding_window", false},
-                             {"torch_dtype", "float32"}};
+  nlohmann::json cj = {{"model_type", "qwen3_moe"},
+                       {"architectures", {"Qwen3MoeForCausalLM"}},
+                       {"vocab_size", 8192},
+                       {"hidden_size", 512},
+                       {"num_hidden_layers", 4},
+                       {"num_attention_heads", 8},
+                       {"num_key_value_heads", 2},
+                       {"head_dim", 64},
+                       {"intermediate_size", 1024},
+                       {"moe_intermediate_size", 256},
+                       {"num_experts", 32},
+                       {"num_experts_per_tok", 4},
+                       {"decoder_sparse_step", 1},
+                       {"mlp_only_layers", nlohmann::json::array()},
+                       {"norm_topk_prob", true},
+                       {"router_aux_loss_coef", 0.01},
+                       {"output_router_logits", true},
+                       {"tie_word_embeddings", false},
+                       {"rms_norm_eps", 1e-6},
+                       {"rope_theta", 1000000.0},
+                       {"max_position_embeddings", 4096},
+                       {"hidden_act", "silu"},
+                       {"attention_bias", false},
+                       {"use_sliding_window", false},
+                       {"torch_dtype", "float32"}};
+  if (model_type == "deepseek_v3")  // the same sizes with DeepSeek-V3's attention and router
+    cj = {{"model_type", "deepseek_v3"},
+          {"vocab_size", 8192},
+          {"hidden_size", 512},
+          {"num_hidden_layers", 4},
+          {"num_attention_heads", 8},
+          {"num_key_value_heads", 8},
+          {"q_lora_rank", 256},
+          {"kv_lora_rank", 128},
+          {"qk_nope_head_dim", 64},
+          {"qk_rope_head_dim", 32},
+          {"v_head_dim", 64},
+          {"intermediate_size", 1024},
+          {"moe_intermediate_size", 256},
+          {"n_routed_experts", 32},
+          {"num_experts_per_tok", 4},
+          {"n_group", 4},
+          {"topk_group", 2},
+          {"n_shared_experts", 1},
+          {"first_k_dense_replace", 1},
+          {"routed_scaling_factor", 2.5},
+          {"tie_word_embeddings", false},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},
+          {"max_position_embeddings", 4096}};
   xt::ModelConfig cfg = Check(xt::ModelConfig::FromJson(cj, "cpu_train_bench"), "config");
 
   xt::Transformer model(cfg);
@@ -167,7 +199,7 @@ int main(int argc, char** argv) {
   double sum_sq = 0;
   for (int64_t d = 0; d < docs; ++d) sum_sq += double(cu[d + 1] - cu[d]) * (cu[d + 1] - cu[d]);
   const double flops = xt::TrainingStepFlops(matmul, tokens, cfg.num_layers,
-                                             cfg.num_heads * cfg.head_dim, sum_sq, true);
+                                             cfg.attention_flops_dim(), sum_sq, true);
   const double model_rate = flops / median;
   const double rss = PeakRssMib();  // before the sgemm buffers (48 MiB) are allocated
 

@@ -1,7 +1,9 @@
 """PyTorch side of bench/cpu_train.sh: one fp32 training step of the same small Qwen3-MoE on the
-CPU with HF transformers' Qwen3MoeForCausalLM (default attention implementation).
+CPU with HF transformers' Qwen3MoeForCausalLM (default attention implementation), or with
+--model deepseek_v3 the same sizes as DeepseekV3ForCausalLM (cpu_train_bench.cc's config).
 
     python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
+                                   [--model qwen3_moe|deepseek_v3]
 
 Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
 (output_router_logits=True, so the load-balancing loss is in the loss) + backward +
@@ -16,7 +18,8 @@ import time
 
 import torch
 import transformers
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, Qwen3MoeConfig,
+                          Qwen3MoeForCausalLM)
 
 
 def main():
@@ -25,6 +28,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="0: torch's default")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3"], default="qwen3_moe")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -37,7 +41,19 @@ def main():
         norm_topk_prob=True, router_aux_loss_coef=0.01, output_router_logits=True,
         tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=1e6,
         max_position_embeddings=4096, initializer_range=0.02)
-    model = Qwen3MoeForCausalLM(cfg).float().train()
+    if args.model == "deepseek_v3":  # no balancing loss: output_router_logits is not used
+        cfg = DeepseekV3Config(
+            vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=8, q_lora_rank=256, kv_lora_rank=128, qk_nope_head_dim=64,
+            qk_rope_head_dim=32, v_head_dim=64, intermediate_size=1024, moe_intermediate_size=256,
+            n_routed_experts=32, num_experts_per_tok=4, n_group=4, topk_group=2,
+            n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+            tie_word_embeddings=False, rms_norm_eps=1e-6, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            initializer_range=0.02)
+        model = DeepseekV3ForCausalLM(cfg).float().train()
+    else:
+        model = Qwen3MoeForCausalLM(cfg).float().train()
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     decay = [p for n, p in model.named_parameters() if "norm" not in n and not n.endswith(".bias")]
     no_decay = [p for n, p in model.named_parameters() if "norm" in n or n.endswith(".bias")]
@@ -49,7 +65,8 @@ def main():
     def step():
         nonlocal loss
         opt.zero_grad(set_to_none=False)
-        out = model(input_ids=ids, labels=ids, output_router_logits=True)
+        extra = {"output_router_logits": True} if args.model == "qwen3_moe" else {}
+        out = model(input_ids=ids, labels=ids, **extra)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
