@@ -1,5 +1,6 @@
-// CUDA MoE router forward and backward against their CPU twins (ops::router_forward/backward)
-// on random and awkward shapes, with and without renormalisation, with and without dprobs.
+// CUDA MoE router forward and backward against their CPU twins (ops::router_forward/backward,
+// and DeepSeek-V3's router_sigmoid_forward/backward) on random and awkward shapes, with and
+// without renormalisation, with and without dprobs.
 // Skipped (label `cuda`) where no GPU is present, except the argument checks (no device needed).
 //
 // Logits are multiples of 0.25, so probabilities either tie exactly (the lower index must come
@@ -111,6 +112,69 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Bool()),
     ParamName);
 
+// DeepSeek-V3's router: ((T, E, k, n_group, topk_group), norm_topk). Logits are multiples of 0.25
+// and the bias multiples of 1/16, so the choice scores either tie exactly (lower index first on
+// both sides) or differ far beyond the GPU's exp rounding: the choices must match exactly.
+using SigmoidShape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
+class RouterSigmoidCuda : public cudatest::CudaTest<std::tuple<SigmoidShape, bool>> {};
+
+TEST_P(RouterSigmoidCuda, MatchesTheCpuTwin) {
+  const auto [shape, norm] = GetParam();
+  const auto [T, E, k, G, TG] = shape;
+  std::mt19937 rng(unsigned(T * 1009 + E * 101 + k * 11 + G + norm));
+  std::uniform_int_distribution<int> level(-16, 16);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> logits(T * E), bias(E);
+  for (float& z : logits) z = 0.25f * float(level(rng));
+  for (float& b : bias) b = float(level(rng)) / 64.0f;
+  const float scale = 2.5f;
+  std::vector<int32_t> idx(T * k);
+  std::vector<float> w(T * k), scores(T * E);
+  ops::router_sigmoid_forward(idx.data(), w.data(), scores.data(), logits.data(), bias.data(), T, E,
+                              k, G, TG, norm, scale);
+  DeviceVec<float> glogits(logits), gbias(bias), gscores{std::vector<float>(T * E)},
+      gw{std::vector<float>(T * k)};
+  DeviceVec<int32_t> gidx{std::vector<int32_t>(T * k)};
+  ASSERT_TRUE(cuda::RouterSigmoidForward(gidx.p, gw.p, gscores.p, glogits.p, gbias.p, T, E, k, G,
+                                         TG, norm, scale)
+                  .ok());
+  cudatest::Sync();
+  EXPECT_EQ(gidx.Host(), idx);
+  cudatest::ExpectNearRel(gscores.Host(), scores, 1e-6, "scores");
+  cudatest::ExpectNearRel(gw.Host(), w, 1e-6, "topk_w");
+
+  std::vector<float> dtopk_w(T * k), dlogits(T * E);
+  for (float& v : dtopk_w) v = dist(rng);
+  ops::router_sigmoid_backward(dlogits.data(), dtopk_w.data(), scores.data(), idx.data(), T, E, k,
+                               norm, scale);
+  DeviceVec<float> cscores(scores), gdtopk(dtopk_w), gdlogits{std::vector<float>(T * E, 7.0f)};
+  DeviceVec<int32_t> cidx(idx);
+  ASSERT_TRUE(
+      cuda::RouterSigmoidBackward(gdlogits.p, gdtopk.p, cscores.p, cidx.p, T, E, k, norm, scale)
+          .ok());
+  cudatest::Sync();
+  // The same double sums in the same order from the same inputs: the same bits.
+  EXPECT_EQ(gdlogits.Host(), dlogits);
+}
+
+std::string SigmoidName(const ::testing::TestParamInfo<RouterSigmoidCuda::ParamType>& info) {
+  const auto& [shape, norm] = info.param;
+  const auto& [T, E, k, G, TG] = shape;
+  return std::to_string(T) + "x" + std::to_string(E) + "x" + std::to_string(k) + "_g" +
+         std::to_string(G) + "k" + std::to_string(TG) + (norm ? "_norm" : "_raw");
+}
+
+// One group (a plain top-k), groups of 2, every expert chosen, DeepSeek-V3's 256 experts in 8
+// groups keeping 4 with top-8, no tokens.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, RouterSigmoidCuda,
+    ::testing::Combine(::testing::Values(SigmoidShape{5, 6, 2, 1, 1}, SigmoidShape{17, 8, 2, 4, 1},
+                                         SigmoidShape{9, 6, 6, 3, 3}, SigmoidShape{33, 64, 8, 8, 4},
+                                         SigmoidShape{65, 256, 8, 8, 4},
+                                         SigmoidShape{0, 8, 2, 2, 1}),
+                       ::testing::Bool()),
+    SigmoidName);
+
 // Bad arguments are errors, found before anything touches the device.
 TEST(RouterCudaArgs, RejectsBadSizes) {
   EXPECT_FALSE(cuda::RouterForward(nullptr, nullptr, nullptr, nullptr, 4, 8, 9, false).ok());
@@ -119,6 +183,12 @@ TEST(RouterCudaArgs, RejectsBadSizes) {
   EXPECT_FALSE(
       cuda::RouterBackward(nullptr, nullptr, nullptr, nullptr, nullptr, 4, -8, 2, true).ok());
   EXPECT_TRUE(cuda::RouterForward(nullptr, nullptr, nullptr, nullptr, 0, 8, 2, false).ok());
+  // Groups of one expert, more groups kept than there are, k beyond the kept groups' experts.
+  for (auto [E, k, G, TG] :
+       {std::tuple{8, 2, 8, 1}, std::tuple{8, 2, 2, 3}, std::tuple{8, 5, 2, 1}})
+    EXPECT_FALSE(cuda::RouterSigmoidForward(nullptr, nullptr, nullptr, nullptr, nullptr, 4, E, k, G,
+                                            TG, true, 1.0f)
+                     .ok());
 }
 
 }  // namespace

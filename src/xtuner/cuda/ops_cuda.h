@@ -125,6 +125,19 @@ Status RouterBackward(float* dlogits, const float* dtopk_w, const float* dprobs,
                       const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, bool norm_topk,
                       void* stream = nullptr);
 
+// ops::router_sigmoid_forward (DeepSeek-V3): scores (T, E) = sigmoid(logits), topk_idx/topk_w
+// (T, k) the group-limited choice over scores + bias (E; null: zeros), weights renormalised when
+// norm_topk, times scale. One thread per token with the CPU's row function (router_row.h; exp as
+// in RouterForward). Error unless router_sigmoid_sizes_ok.
+Status RouterSigmoidForward(int32_t* topk_idx, float* topk_w, float* scores, const float* logits,
+                            const float* bias, int64_t T, int64_t E, int64_t k, int64_t n_group,
+                            int64_t topk_group, bool norm_topk, float scale,
+                            void* stream = nullptr);
+// ops::router_sigmoid_backward: dlogits (T, E) assigned from dtopk_w (T, k).
+Status RouterSigmoidBackward(float* dlogits, const float* dtopk_w, const float* scores,
+                             const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                             bool norm_topk, float scale, void* stream = nullptr);
+
 // ---------------------------------------------------------------- AdamW
 // One AdamW step on n elements of one run: params, m, v (n) updated in place from grads (n),
 // with exactly UpdateChunk's float operations and order (no fused multiply-adds): bit-identical

@@ -90,19 +90,26 @@ XT_HOST_DEVICE inline void router_backward_row(float* dlogits, const float* g, c
 // E / n_group experts is scored by the sum of its two largest c; the topk_group best groups are
 // kept (ties: lower group first), c is set to -inf outside them (transformers 5 masks so; its
 // 4.x and DeepSeek's code used 0, which differs only where a kept expert's c is negative), and
-// idx (k) are the k largest of c. w_j = s[idx_j], divided by sum_j s[idx_j] + 1e-20 when norm_topk,
-// times scale. The bias steers the choice only; the weights use the unbiased s. c (E) is
-// scratch. Needs 2 <= E / n_group, 1 <= topk_group <= n_group <= 64, 1 <= k <= topk_group *
-// E / n_group (checked by the config and the callers).
-XT_HOST_DEVICE inline void router_sigmoid_forward_row(int32_t* idx, float* w, float* s, float* c,
+// idx (k) are the k largest of c. w_j = s[idx_j], divided by sum_j s[idx_j] + 1e-20 when
+// norm_topk, times scale. The bias steers the choice only; the weights use the unbiased s. c is
+// built in s's place and s computed again after the choice (the same bits), so no scratch.
+// Needs 2 <= E / n_group, 1 <= topk_group <= n_group <= 64, 1 <= k <= topk_group * E / n_group
+// (checked by the config and the callers).
+XT_HOST_DEVICE inline bool router_sigmoid_sizes_ok(int64_t E, int64_t k, int64_t n_group,
+                                                   int64_t topk_group) {
+  return n_group >= 1 && n_group <= 64 && E % n_group == 0 && E / n_group >= 2 && topk_group >= 1 &&
+         topk_group <= n_group && k >= 1 && k <= topk_group * (E / n_group);
+}
+
+XT_HOST_DEVICE inline float router_sigmoid(float z) { return 1.0f / (1.0f + router_exp(-z)); }
+
+XT_HOST_DEVICE inline void router_sigmoid_forward_row(int32_t* idx, float* w, float* s,
                                                       const float* z, const float* bias, int64_t E,
                                                       int64_t k, int64_t n_group,
                                                       int64_t topk_group, bool norm_topk,
                                                       float scale) {
-  for (int64_t e = 0; e < E; ++e) {
-    s[e] = 1.0f / (1.0f + router_exp(-z[e]));
-    c[e] = s[e] + (bias ? bias[e] : 0.0f);
-  }
+  float* c = s;  // the choice scores first
+  for (int64_t e = 0; e < E; ++e) c[e] = router_sigmoid(z[e]) + (bias ? bias[e] : 0.0f);
   const int64_t per = E / n_group;
   uint64_t kept = 0;  // bit g: group g kept
   for (int64_t r = 0; r < topk_group; ++r) {
@@ -132,6 +139,7 @@ XT_HOST_DEVICE inline void router_sigmoid_forward_row(int32_t* idx, float* w, fl
   for (int64_t e = 0; e < E; ++e)
     if (!(kept >> (e / per) & 1)) c[e] = -INFINITY;
   router_topk_desc(idx, c, E, k);
+  for (int64_t e = 0; e < E; ++e) s[e] = router_sigmoid(z[e]);
   float sum = 0.0f;
   for (int64_t j = 0; j < k; ++j) {
     w[j] = s[idx[j]];

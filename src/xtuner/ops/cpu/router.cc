@@ -5,7 +5,6 @@
 #include <omp.h>
 
 #include <cmath>
-#include <vector>
 
 #include "xtuner/core/status.h"
 #include "xtuner/ops/ops.h"
@@ -33,19 +32,13 @@ void router_backward(float* dlogits, const float* dtopk_w, const float* dprobs, 
 void router_sigmoid_forward(int32_t* topk_idx, float* topk_w, float* scores, const float* logits,
                             const float* bias, int64_t T, int64_t E, int64_t k, int64_t n_group,
                             int64_t topk_group, bool norm_topk, float scale) {
-  XT_CHECK(n_group >= 1 && n_group <= 64 && E % n_group == 0 && E / n_group >= 2 &&
-               topk_group >= 1 && topk_group <= n_group && k >= 1 &&
-               k <= topk_group * (E / n_group),
+  XT_CHECK(router_sigmoid_sizes_ok(E, k, n_group, topk_group),
            "router_sigmoid: need n_group in [1, 64] groups of >= 2 experts, topk_group <= "
            "n_group and 1 <= k <= the experts of topk_group groups");
-#pragma omp parallel
-  {
-    std::vector<float> choice(E);
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t)
-      router_sigmoid_forward_row(topk_idx + t * k, topk_w + t * k, scores + t * E, choice.data(),
-                                 logits + t * E, bias, E, k, n_group, topk_group, norm_topk, scale);
-  }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t)
+    router_sigmoid_forward_row(topk_idx + t * k, topk_w + t * k, scores + t * E, logits + t * E,
+                               bias, E, k, n_group, topk_group, norm_topk, scale);
 }
 
 void router_sigmoid_backward(float* dlogits, const float* dtopk_w, const float* scores,
