@@ -3,6 +3,8 @@
 // load, generation with a cache, and the CUDA backend's refusal.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/rope_tables.h"
 #include "xtuner/plan/plan.h"
 #include "xtuner/train/metrics_flops.h"
 
@@ -122,7 +125,8 @@ TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
       {"first_k_dense_replace", 62, "first_k_dense_replace (62)"},
       {"qk_rope_head_dim", 7, "qk_rope_head_dim must be even"},
       {"v_head_dim", 400, "v_head_dim (400)"},
-      {"rope_scaling", json{{"type", "yarn"}, {"factor", 40}}, "yarn"},
+      {"rope_scaling", json{{"type", "linear"}, {"factor", 4}}, "\"linear\" is not implemented"},
+      {"rope_scaling", json{{"type", "yarn"}, {"factor", -1}}, "factor must be a positive"},
       {"kv_lora_rank", nullptr, "kv_lora_rank"},
       {"routed_scaling_factor", 0, "routed_scaling_factor"},
       {"q_lora_rank", 0, "q_lora_rank (null for a plain q_proj)"},
@@ -137,6 +141,45 @@ TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
     EXPECT_NE(err.find(c.says), std::string::npos) << c.key << ": " << err;
     EXPECT_EQ(err.rfind("cfg.json: ", 0), 0u) << c.key << ": " << err;
   }
+}
+
+// deepseek-ai/DeepSeek-V3's own rope_scaling: YaRN with mscale = mscale_all_dim (so cos and sin
+// keep their size) and the softmax scale times mscale(40, 1)^2, as transformers computes them.
+TEST(DeepseekV3Config, ReadsTheHubsYarn) {
+  json j = HubConfig();
+  j["rope_scaling"] = {{"beta_fast", 32},       {"beta_slow", 1},
+                       {"factor", 40},          {"mscale", 1.0},
+                       {"mscale_all_dim", 1.0}, {"original_max_position_embeddings", 4096},
+                       {"type", "yarn"}};
+  auto c = ModelConfig::FromJson(j, "hub");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->rope_scaling.yarn);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.attention_factor, 1.0);
+  const double m = 0.1 * std::log(40.0) + 1.0;
+  EXPECT_DOUBLE_EQ(c->softmax_scale(), m * m / std::sqrt(192.0));
+  // The frequencies: transformers' blend, in double here. Below the ramp the default ones, above
+  // it the default ones over the factor.
+  const std::vector<float> inv = RopeInvFreq(*c);
+  ASSERT_EQ(inv.size(), 32u);
+  const double dim = 64, base = 10000, orig = 4096;
+  auto corr = [&](double rot) {
+    return dim * std::log(orig / (rot * 2 * M_PI)) / (2 * std::log(base));
+  };
+  const double low = std::max(std::floor(corr(32)), 0.0),
+               high = std::min(std::ceil(corr(1)), dim - 1);
+  for (int i = 0; i < 32; ++i) {
+    const double pf = std::pow(base, 2.0 * i / dim);
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    const double want = (1.0 / (40 * pf)) * ramp + (1.0 / pf) * (1 - ramp);
+    EXPECT_NEAR(inv[i], want, 2e-6 * want) << i;
+  }
+  EXPECT_GT(low, 0);
+  EXPECT_LT(high, 31);  // the ramp lies inside the dims: some extrapolated, some interpolated
+  // The round trip through ToJson keeps it.
+  auto b = ModelConfig::FromJson(c->ToJson(), "again");
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ(RopeInvFreq(*b), inv);
+  EXPECT_DOUBLE_EQ(b->softmax_scale(), c->softmax_scale());
 }
 
 TEST(DeepseekV3Config, ToJsonRoundTrips) {

@@ -121,14 +121,16 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 // config spellings, tied embeddings, dense layers among MoE layers, norm_topk_prob=false, top-1,
 // top-E, MQA, head_dim 12, sharded files and BF16 weights; DeepSeek-V3 with a plain q_proj,
 // RoPE pairs not interleaved, several groups kept, a non-zero correction bias that changes
-// choices, v smaller than or equal to the query head.
+// choices, v smaller than or equal to the query head; YaRN RoPE on a Qwen3-MoE and on a
+// DeepSeek-V3 (its hub rope_scaling, with the softmax's mscale).
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
                                            "variants/mixtral_k1_mqa", "variants/qwen3_moe_bf16_kE",
                                            "variants/deepseek_v3_v4_plain_q",
                                            "variants/deepseek_v3_groups",
-                                           "variants/deepseek_v3_bf16"),
+                                           "variants/deepseek_v3_bf16", "variants/qwen3_moe_yarn",
+                                           "variants/deepseek_v3_yarn"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

@@ -1,10 +1,13 @@
 // config.json parsing: both transformers spellings, sparse-layer rules, and clear errors.
+#include "xtuner/model/config.h"
+
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
-#include "xtuner/model/config.h"
+#include "xtuner/model/rope_tables.h"
 
 namespace xt {
 namespace {
@@ -88,8 +91,11 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
                             "qwen3_moe, mixtral, deepseek_v3)"),
             std::string::npos);
   j = Qwen3MoeV5();
-  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", 4.0}};
-  EXPECT_NE(ErrorOf(j).find("\"yarn\" is not implemented"), std::string::npos) << ErrorOf(j);
+  j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 1e4}, {"factor", 4.0}};
+  EXPECT_NE(ErrorOf(j).find("\"dynamic\" is not implemented; supported: \"default\" (no "
+                            "scaling), \"yarn\""),
+            std::string::npos)
+      << ErrorOf(j);
   j = Qwen3MoeV5();
   j.erase("rope_parameters");
   j["rope_theta"] = 1e4;
@@ -133,6 +139,40 @@ TEST(ModelConfig, LoadReportsMissingAndInvalidFiles) {
   r = ModelConfig::Load(dir);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("config.json: not valid JSON"), std::string::npos);
+}
+
+// YaRN in the transformers-5 spelling on a Qwen3-MoE: cos and sin grow by 0.1 ln(factor) + 1,
+// the softmax scale stays 1 / sqrt(head_dim), and a missing original context means
+// max_position_embeddings.
+TEST(ModelConfig, ReadsYarn) {
+  json j = Qwen3MoeV5();
+  j["max_position_embeddings"] = 4096;
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
+  auto c = ModelConfig::FromJson(j, "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->rope_scaling.yarn);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.attention_factor, 0.1 * std::log(4.0) + 1.0);
+  EXPECT_DOUBLE_EQ(c->softmax_scale(), 1.0 / std::sqrt(16.0));
+  Batch b = *Batch::FromRows({1, 2, 3}, {}, 1, 3);
+  std::vector<float> cos, sin;
+  ComputeRopeTables(b, *c, &cos, &sin);
+  EXPECT_FLOAT_EQ(cos[0], float(c->rope_scaling.attention_factor));  // position 0: cos 1
+  EXPECT_FLOAT_EQ(sin[0], 0.0f);
+  // attention_factor given wins; the factor can come from the two contexts.
+  j["rope_parameters"] = {{"rope_type", "yarn"},
+                          {"rope_theta", 1e6},
+                          {"attention_factor", 0.5},
+                          {"original_max_position_embeddings", 1024}};
+  c = ModelConfig::FromJson(j, "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 4.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.attention_factor, 0.5);
+  j["rope_parameters"]["partial_rotary_factor"] = 0.5;
+  EXPECT_NE(ErrorOf(j).find("partial_rotary_factor is not implemented"), std::string::npos);
+  j.erase("max_position_embeddings");
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
+  EXPECT_NE(ErrorOf(j).find("yarn needs original_max_position_embeddings"), std::string::npos);
 }
 
 TEST(ModelConfig, ToJsonRoundTrips) {

@@ -17,6 +17,16 @@ no router_logits, and its grad of e_score_correction_bias (a buffer) must be all
 router's float64 margins (last kept vs first dropped group, k-th vs (k+1)-th masked choice) are
 printed for information.
 
+RoPE: plain, or YaRN ("rope_type"/"type": "yarn" in rope_parameters or a v4 rope_scaling), written
+out in float64 after DeepSeek-V3's own precompute_freqs_cis / yarn_get_mscale: frequency i of a
+rotary width dim is theta^(-2i/dim) * (w_i + (1 - w_i)/factor), where w_i = 1 - clamp((i - low) /
+(high - low), 0, 1), low/high = floor/ceil (not rounded if truncate is false) of the rotary dim
+dim*ln(orig/(2*pi*beta))/(2*ln(theta)) for beta_fast and beta_slow (clamped to [0, dim-1]); cos
+and sin are multiplied by attention_factor (given, else mscale(factor, mscale)/mscale(factor,
+mscale_all_dim) if both are set, else mscale(factor)), mscale(s, m) = 0.1*m*ln(s) + 1 (1 if s <= 1);
+DeepSeek-V3 also multiplies its softmax scale by mscale(factor, mscale_all_dim)^2 when
+mscale_all_dim is set. If meta.json has "rope_inv_freq", it is compared with these frequencies.
+
 Usage: python tools/reference/check_reference.py DIR [DIR ...] [--tol 1e-4] [--write-exact NAMES]
 
 --write-exact NAMES (comma-separated hub tensor names) also writes DIR/exact.safetensors with the
@@ -28,6 +38,7 @@ its CE gradient is round-off only), the engine's tests compare against these ins
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 
@@ -48,8 +59,13 @@ def parse_config(c):
     mt = c["model_type"]
     H = c["hidden_size"]
     nh = c["num_attention_heads"]
-    rope = c.get("rope_parameters") or {}
+    rope = dict(c.get("rope_scaling") or {})  # transformers-4 spelling (rope_theta top-level)
+    rope.update(c.get("rope_parameters") or {})  # transformers-5 spelling
     theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    assert rope_type in ("default", "yarn"), f"RoPE type {rope_type} not implemented here"
+    if rope_type == "yarn":
+        rope = dict(rope, factor=rope.get("factor") or c["max_position_embeddings"] / rope["original_max_position_embeddings"])
     E = c.get("num_local_experts", c.get("num_experts", 0)) if mt != "qwen3" else 0
     L = c["num_hidden_layers"]
     ds = {}
@@ -61,8 +77,6 @@ def parse_config(c):
             rot=c["qk_rope_head_dim"], vd=c["v_head_dim"], interleave=c.get("rope_interleave", True),
             n_group=c["n_group"], topk_group=c["topk_group"], rsf=c["routed_scaling_factor"],
         )
-        assert (c.get("rope_scaling") or {}).get("rope_type", "default") == "default"
-        assert rope.get("rope_type", "default") == "default", rope
     elif mt == "qwen3_moe":
         mlp_only = c.get("mlp_only_layers") or []
         step = c.get("decoder_sparse_step", 1)
@@ -77,27 +91,71 @@ def parse_config(c):
         norm_topk=(c.get("norm_topk_prob", False) if mt == "qwen3_moe" else c.get("norm_topk_prob", True)),
         coef=c.get("router_aux_loss_coef", 0.0), tied=c.get("tie_word_embeddings", False),
         V=c["vocab_size"], moe=moe, qk_norm=mt in ("qwen3", "qwen3_moe"), ds=ds,
+        rope_type=rope_type, rope=rope,
     )
+
+
+def mscale(s, m=1.0):
+    return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+
+def rope_freqs(p, dim):
+    """(inv_freq [dim/2] float64, cos/sin factor, (low, high) or None) for a rotary width dim."""
+    theta = p["theta"]
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    if p["rope_type"] == "default":
+        return inv, 1.0, None
+    r = p["rope"]
+    orig, factor = r["original_max_position_embeddings"], r["factor"]
+
+    def corr_dim(beta):  # rotary dim whose frequency makes beta turns over the original context
+        return dim * math.log(orig / (2 * math.pi * beta)) / (2 * math.log(theta))
+
+    low, high = corr_dim(r.get("beta_fast") or 32), corr_dim(r.get("beta_slow") or 1)
+    if r.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    w = 1.0 - ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0.0, 1.0)
+    inv = inv * w + inv / factor * (1.0 - w)
+    if r.get("attention_factor") is not None:
+        af = r["attention_factor"]
+    elif r.get("mscale") and r.get("mscale_all_dim"):
+        af = mscale(factor, r["mscale"]) / mscale(factor, r["mscale_all_dim"])
+    else:
+        af = mscale(factor)
+    return inv, af, (low, high)
+
+
+def softmax_scale(p):
+    if p["mt"] != "deepseek_v3":
+        return p["hd"] ** -0.5
+    d = p["ds"]
+    scale = (d["nope"] + d["rot"]) ** -0.5
+    if p["rope_type"] != "default" and p["rope"].get("mscale_all_dim"):  # transformers' yarn_apply_mscale
+        scale = scale * mscale(p["rope"]["factor"], p["rope"]["mscale_all_dim"]) ** 2
+    return scale
 
 
 def rms(x, w, eps):
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def rope(x, pos, theta):  # x [B, h, S, hd], pos [B, S]; rotate_half convention
+def rope(x, pos, p):  # x [B, h, S, hd], pos [B, S]; rotate_half convention
     hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    inv, af, _ = rope_freqs(p, hd)
     ang = pos[:, None, :, None].double() * inv  # [B,1,S,hd/2]
-    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    cos, sin = torch.cat([ang.cos()] * 2, -1) * af, torch.cat([ang.sin()] * 2, -1) * af
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def rope_pairs(x, pos, theta):  # DeepSeek rope_interleave: rotate the pairs (x0,x1), (x2,x3), ... in place
+def rope_pairs(x, pos, p):  # DeepSeek rope_interleave: rotate the pairs (x0,x1), (x2,x3), ... in place
     hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    inv, af, _ = rope_freqs(p, hd)
     ang = pos[:, None, :, None].double() * inv  # [B,1,S,hd/2]
-    cos, sin = ang.cos(), ang.sin()
+    cos, sin = ang.cos() * af, ang.sin() * af
     a, b = x[..., 0::2], x[..., 1::2]
     return torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2)
 
@@ -118,8 +176,8 @@ def mla(w, p, pre, h, pos, mask):
     kv = kv.view(B, S, p["nh"], d["nope"] + d["vd"]).transpose(1, 2)
     k_nope, v = kv[..., : d["nope"]], kv[..., d["nope"]:]
     rot = rope_pairs if d["interleave"] else rope
-    q_rot, k_rot = rot(q_rot, pos, p["theta"]), rot(k_rot[:, None], pos, p["theta"])  # k_rot: one head
-    s = (q_nope @ k_nope.transpose(-1, -2) + q_rot @ k_rot.transpose(-1, -2)) * (d["nope"] + d["rot"]) ** -0.5
+    q_rot, k_rot = rot(q_rot, pos, p), rot(k_rot[:, None], pos, p)  # k_rot: one head
+    s = (q_nope @ k_nope.transpose(-1, -2) + q_rot @ k_rot.transpose(-1, -2)) * softmax_scale(p)
     s = s.masked_fill(~mask[:, None], float("-inf"))
     o = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, S, -1)
     return o @ w[a + "o_proj.weight"].T
@@ -185,10 +243,10 @@ def forward(w, p, ids, pos, mask):
             q = rms(q, w[pre + "self_attn.q_norm.weight"], p["eps"])
             k = rms(k, w[pre + "self_attn.k_norm.weight"], p["eps"])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = rope(q, pos, p["theta"]), rope(k, pos, p["theta"])
+        q, k = rope(q, pos, p), rope(k, pos, p)
         rep = p["nh"] // p["nkv"]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        s = (q @ k.transpose(-1, -2)) * p["hd"] ** -0.5
+        s = (q @ k.transpose(-1, -2)) * softmax_scale(p)
         s = s.masked_fill(~mask[:, None], float("-inf"))
         a = torch.softmax(s, -1) @ v
         x = x + a.transpose(1, 2).reshape(B, S, -1) @ w[pre + "self_attn.o_proj.weight"].T
@@ -294,10 +352,21 @@ def check(d, tol, exact_names=()):
         plog, _, _ = forward(w, p, pid, ppos, m[None])
     margins += forward.margins  # (the packed row: the router sees each token once, as per document)
     res["packed.logits"] = float((plog - r["packed.logits"]).abs().max())
+    rope_dim = p["ds"]["rot"] if p["mt"] == "deepseek_v3" else p["hd"]
+    inv, af, lh = rope_freqs(p, rope_dim)
+    meta_path = os.path.join(d, "meta.json")
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    if "rope_inv_freq" in meta:  # (transformers computes the frequencies in float32)
+        res["meta rope_inv_freq (rel)"] = float(((torch.tensor(meta["rope_inv_freq"], dtype=torch.float64) - inv)
+                                                 / inv).abs().max())
     bad = {k: v for k, v in res.items() if not v < tol}
     print(f"== {d}: moe layers {p['moe']}, {'FAIL' if bad else 'ok'}")
     for k, v in res.items():
         print(f"   {k:40s} {v:.3g}")
+    if p["rope_type"] != "default":
+        print(f"   ({p['rope_type']} RoPE over {rope_dim} dims: correction range {lh}, cos/sin factor {af:.9g}, "
+              f"softmax scale {softmax_scale(p):.9g}, frequency / plain = "
+              f"{[round(float(x), 6) for x in inv / rope_freqs(dict(p, rope_type='default'), rope_dim)[0]]})")
     if p["mt"] == "deepseek_v3" and margins:
         def mn(vals):
             vals = [float(v) for v in vals if v is not None]

@@ -32,6 +32,14 @@ choices, topk_group groups, top-k) and must equal transformers'; a seed is skipp
 between the last kept and first dropped group score, or between the k-th and (k+1)-th masked
 choice, is < 1e-4 anywhere (batch and both packed documents).
 
+RoPE scaling (the *_yarn variants): the reloaded config must mean the same rope_parameters to
+transformers (a v4 rope_scaling comes back with its old "type" key as well), the model's rotary
+embedding must be yarn with inv_freq equal to a written-out YaRN ramp (yarn_ramp) that has kept,
+mixed and divided frequencies, its cos/sin factor and every layer's softmax scale (DeepSeek-V3:
+times mscale(factor, mscale_all_dim)^2) must be the expected ones, and the logits of the same weights
+with plain RoPE must differ by > 1e-2; meta.json then records the ramp, the frequencies, the factors
+and those differences.
+
 Usage (from the repo root, with the venv of tools/reference/README.md):
   python tools/reference/make_reference.py                      # all variants
   python tools/reference/make_reference.py --variant mixtral_k1_mqa --out tests/data/variants
@@ -42,6 +50,7 @@ import argparse
 import copy
 import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -93,19 +102,30 @@ def _v4_mixtral(cfg):
     return out
 
 
+def _v4_rope_scaling(rope_parameters):
+    """transformers-4 "rope_scaling" for a transformers-5 rope_parameters dict: null for plain RoPE,
+    else the scaling keys with the type under the old name "type" and without rope_theta (which is
+    top-level in v4), as in deepseek-ai/DeepSeek-V3's config.json."""
+    if rope_parameters.get("rope_type", "default") == "default":
+        return None
+    out = {"type": rope_parameters["rope_type"]}
+    out.update({k: v for k, v in rope_parameters.items() if k not in ("rope_type", "rope_theta")})
+    return out
+
+
 def _v4_deepseek_v3(cfg):
     """transformers-4 / hub spellings of a DeepSeek-V3 config.json: top-level rope_theta and
-    "rope_scaling": null instead of rope_parameters, torch_dtype instead of dtype, and none of the
-    keys transformers 5 derives and writes but hub configs do not have (head_dim, which transformers
-    sets to qk_rope_head_dim, and qk_head_dim = qk_nope_head_dim + qk_rope_head_dim). Adds the
-    hub-only routing keys of deepseek-ai/DeepSeek-V3 that transformers does not use
-    (scoring_func, topk_method, moe_layer_freq). rope_interleave is kept as saved."""
+    "rope_scaling" (null, or e.g. {"type": "yarn", "factor": ..., ...}) instead of rope_parameters,
+    torch_dtype instead of dtype, and none of the keys transformers 5 derives and writes but hub
+    configs do not have (head_dim, which transformers sets to qk_rope_head_dim, and qk_head_dim =
+    qk_nope_head_dim + qk_rope_head_dim). Adds the hub-only routing keys of deepseek-ai/DeepSeek-V3
+    that transformers does not use (scoring_func, topk_method, moe_layer_freq). rope_interleave is
+    kept as saved."""
     out = {}
     for k, v in cfg.items():
         if k == "rope_parameters":
-            assert v.get("rope_type", "default") == "default", v
             out["rope_theta"] = v["rope_theta"]
-            out["rope_scaling"] = None
+            out["rope_scaling"] = _v4_rope_scaling(v)
         elif k == "dtype":
             out["torch_dtype"] = v
         elif k in ("head_dim", "qk_head_dim"):
@@ -249,6 +269,46 @@ VARIANTS = {
         bf16=True,
         rewrite=_drop_rope_interleave,
         prompt_lens=(3, 5), doc_lens=(10, 16),
+    ),
+    # YaRN RoPE scaling. The original context is made small so that YaRN's ramp between the
+    # extrapolated (original) and interpolated (/factor) frequencies falls inside the rotary dims;
+    # build() checks that transformers uses yarn and that the logits differ without it.
+    "qwen3_moe_yarn": dict(
+        arch="qwen3_moe",
+        seed=4801,
+        config=dict(
+            vocab_size=256, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=48, moe_intermediate_size=16,
+            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+            decoder_sparse_step=1, mlp_only_layers=[],
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 32},
+            router_aux_loss_coef=0.02, rms_norm_eps=1e-6, max_position_embeddings=128,
+        ),
+        prompt_lens=(4, 2), doc_lens=(12, 14),
+    ),
+    "deepseek_v3_yarn": dict(
+        arch="deepseek_v3",
+        seed=4901,
+        config=dict(
+            vocab_size=256, hidden_size=48, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=4,
+            q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=12, qk_rope_head_dim=16, v_head_dim=16,
+            rope_interleave=True,
+            intermediate_size=64, moe_intermediate_size=16,
+            n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+            norm_topk_prob=True, first_k_dense_replace=1, n_shared_experts=1,
+            routed_scaling_factor=2.5, tie_word_embeddings=False,
+            # the shape of deepseek-ai/DeepSeek-V3's rope_scaling, with a small original context
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40,
+                             "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1,
+                             "mscale": 1.0, "mscale_all_dim": 1.0},
+            rms_norm_eps=1e-6, max_position_embeddings=2560,
+        ),
+        rewrite=_v4_deepseek_v3,
+        prompt_lens=(5, 4), doc_lens=(9, 17),
     ),
 }
 
@@ -416,6 +476,104 @@ def grouped_sigmoid_choice(logits32, bias, n_group, topk_group, k):
     return ci[:, :k].sort(-1).values, group_gap, choice_gap, float(cv[:, k - 1].min())
 
 
+def rope_semantics(rope_parameters):
+    """rope_parameters as transformers uses them (without the v4 alias "type" of rope_type)."""
+    return {k: v for k, v in rope_parameters.items() if k != "type"}
+
+
+def _yarn_get_mscale(scale, mscale=1.0):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_ramp(rp, dim):
+    """YaRN's correction range and per-frequency weights for a rotary width `dim`, written out as in
+    DeepSeek's code and transformers 5.17 (_compute_yarn_parameters): the rotary dim at which a
+    frequency makes `rot` turns over the original context is d(rot) = dim*ln(orig/(2*pi*rot)) /
+    (2*ln(theta)); low = floor(d(beta_fast)) >= 0, high = ceil(d(beta_slow)) <= dim-1 (no rounding
+    if truncate is false); ramp_i = clamp((i - low)/(high - low), 0, 1) for i < dim/2 (high+0.001
+    when low == high); frequency i = w_i * theta^(-2i/dim) + (1 - w_i) * theta^(-2i/dim)/factor
+    with the extrapolation weight w_i = 1 - ramp_i. Returns (low, high, [w_i])."""
+    base, orig = rp["rope_theta"], rp["original_max_position_embeddings"]
+
+    def corr(rot):
+        return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+    lo, hi = corr(rp.get("beta_fast") or 32), corr(rp.get("beta_slow") or 1)
+    if rp.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, dim - 1)
+    span = (hi - lo) if hi != lo else 0.001
+    return lo, hi, [1.0 - min(max((i - lo) / span, 0.0), 1.0) for i in range(dim // 2)]
+
+
+@torch.no_grad()
+def rope_scaling_meta(m, model_cls, lc, input_ids, logits, has_experts, is_ds):
+    """For a variant with YaRN RoPE: check that the loaded model really uses it (inv_freq = the
+    ramp of yarn_ramp, cos/sin factor, DeepSeek-V3's softmax mscale) and that the logits differ
+    from the same weights with plain RoPE; returns the meta.json entries."""
+    rp = rope_semantics(lc.rope_parameters)
+    assert rp["rope_type"] == "yarn", rp  # the only scaled RoPE the variants use
+    rot = m.model.rotary_emb
+    assert rot.rope_type == "yarn", rot.rope_type
+    dim = lc.qk_rope_head_dim if is_ds else lc.head_dim  # transformers' DeepSeek-V3 head_dim = rope dim
+    assert lc.head_dim == dim, (lc.head_dim, dim)
+    low, high, w = yarn_ramp(rp, dim)
+    # the ramp must lie inside the rotary dims: some frequencies kept, some divided by factor, some mixed
+    assert 1.0 in w and 0.0 in w and any(0.0 < x < 1.0 for x in w), (low, high, w)
+    inv0 = 1.0 / rp["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    wt = torch.tensor(w, dtype=torch.float64)
+    want = inv0 * wt + inv0 / rp["factor"] * (1.0 - wt)
+    got = rot.inv_freq.double()
+    assert float(((got - want) / want).abs().max()) < 1e-6, (got, want)
+    f = rp["factor"]
+    if rp.get("attention_factor") is not None:
+        af = rp["attention_factor"]
+    elif rp.get("mscale") and rp.get("mscale_all_dim"):
+        af = _yarn_get_mscale(f, rp["mscale"]) / _yarn_get_mscale(f, rp["mscale_all_dim"])
+    else:
+        af = _yarn_get_mscale(f)
+    assert abs(rot.attention_scaling - af) < 1e-12, (rot.attention_scaling, af)
+    if is_ds:  # yarn_apply_mscale: DeepSeek-V3 multiplies its softmax scale by mscale(factor, mscale_all_dim)^2
+        ms = _yarn_get_mscale(f, rp["mscale_all_dim"]) if rp.get("mscale_all_dim") else 1.0
+        scale = lc.qk_head_dim ** -0.5 * ms * ms
+    else:
+        scale = lc.head_dim ** -0.5
+    for layer in m.model.layers:
+        assert abs(layer.self_attn.scaling - scale) < 1e-12, (layer.self_attn.scaling, scale)
+
+    # the same weights with plain RoPE (theta kept): all of yarn off, then only its frequencies off
+    m.eval()
+    base = m(input_ids=input_ids, use_cache=False).logits
+    assert float((base - logits).abs().max()) < 1e-12
+    cfg0 = copy.deepcopy(lc)
+    cfg0.rope_parameters = {"rope_type": "default", "rope_theta": rp["rope_theta"]}
+    m0 = model_cls(cfg0).double()
+    m0.load_state_dict(m.state_dict())
+    m0.set_attn_implementation("eager")
+    if has_experts:
+        m0.set_experts_implementation("eager")
+    m0.eval()
+    assert m0.model.rotary_emb.rope_type == "default" and m0.model.rotary_emb.attention_scaling == 1.0
+    diff_all = float((m0(input_ids=input_ids, use_cache=False).logits - base).abs().max())
+    m0.model.rotary_emb.attention_scaling = rot.attention_scaling
+    for l0, l1 in zip(m0.model.layers, m.model.layers):
+        l0.self_attn.scaling = l1.self_attn.scaling
+    diff_freq = float((m0(input_ids=input_ids, use_cache=False).logits - base).abs().max())
+    assert diff_all > 1e-2 and diff_freq > 1e-2, (diff_all, diff_freq)
+    return {
+        "rope_type": "yarn",
+        "rope_dim": dim,
+        "yarn_correction_range": [low, high],
+        "yarn_extrapolation_weight": w,
+        "rope_inv_freq": [float(x) for x in got],
+        "rope_attention_factor": af,
+        "attention_softmax_scale": scale,
+        "logits_max_abs": float(base.abs().max()),
+        "logits_max_abs_diff_without_rope_scaling": diff_all,
+        "logits_max_abs_diff_default_freqs_only": diff_freq,
+    }
+
+
 def _min_opt(a, b):
     return b if a is None else a if b is None else min(a, b)
 
@@ -490,7 +648,10 @@ def build(name, spec, seed, out_dir):
     for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
                 "head_dim", "tie_word_embeddings", "rms_norm_eps", "vocab_size"):
         assert getattr(lc, key) == getattr(config, key), key
-    assert lc.rope_parameters["rope_theta"] == config.rope_parameters["rope_theta"], lc.rope_parameters
+    # (a v4 rope_scaling is read back with its old key "type" next to rope_type)
+    assert rope_semantics(lc.rope_parameters) == rope_semantics(config.rope_parameters), \
+        (lc.rope_parameters, config.rope_parameters)
+    assert m.model.rotary_emb.rope_type == config.rope_parameters["rope_type"], m.model.rotary_emb.rope_type
     if is_moe:
         for key in ("num_experts_per_tok", "router_aux_loss_coef"):
             assert getattr(lc, key) == getattr(config, key), key
@@ -502,7 +663,6 @@ def build(name, spec, seed, out_dir):
                     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
                     "intermediate_size", "moe_intermediate_size", "qk_head_dim"):
             assert getattr(lc, key) == getattr(config, key), (key, getattr(lc, key), getattr(config, key))
-        assert lc.rope_parameters.get("rope_type", "default") == "default", lc.rope_parameters
         # the buffer is loaded from model.safetensors (not re-initialised to zeros)
         for layer, ref_layer in zip(m.model.layers, model.model.layers):
             if is_moe_block(layer.mlp):
@@ -625,6 +785,10 @@ def build(name, spec, seed, out_dir):
         roundtrip = float((o.logits - logits).abs().max())
         assert roundtrip == 0.0, roundtrip
 
+    rope_meta = {}
+    if m.model.rotary_emb.rope_type != "default":
+        rope_meta = rope_scaling_meta(m, model_cls, lc, input_ids, logits, has_experts, is_ds)
+
     prob_gap = logit_gap = None
     if is_moe:
         prob_gap, logit_gap = topk_gaps(list(router_logits.values()) + doc_router, lc.num_experts_per_tok)
@@ -698,6 +862,7 @@ def build(name, spec, seed, out_dir):
         "packed_single_forward_max_abs_diff": packed_diff,
         "n_params": int(sum(t.numel() for t in saved.values())),
         **ds_meta,
+        **rope_meta,
         "weight_names": sorted(saved),
     }
     with open(os.path.join(out_dir, "meta.json"), "w") as f:

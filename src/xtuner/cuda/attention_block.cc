@@ -35,7 +35,7 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
   const float eps = float(cfg_.rms_norm_eps);
-  const float scale = float(1.0 / std::sqrt(double(D)));
+  const float scale = float(cfg_.softmax_scale());
   void* s = stream_;
   StepProducts& mm = mm_;
   XT_RETURN_IF_ERROR(a->q.Alloc(T * Hq * D, s));
@@ -118,7 +118,7 @@ Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionAc
                                 const UnitGrads& G, const LayerOffsets& o, const Mark& mark) {
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
-  const float scale = float(1.0 / std::sqrt(double(D)));
+  const float scale = float(cfg_.softmax_scale());
   void* s = stream_;
   StepProducts& mm = mm_;
   XT_RETURN_IF_ERROR(mark("o_proj_bwd"));

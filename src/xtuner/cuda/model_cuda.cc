@@ -332,7 +332,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   Buffers bu;
   {
     std::vector<float> cos, sin;
-    ComputeRopeTables(b, D, cfg_.rope_theta, &cos, &sin);
+    ComputeRopeTables(b, cfg_, &cos, &sin);
     XT_RETURN_IF_ERROR(bu.cos.Upload(cos.data(), int64_t(cos.size()), s));
     XT_RETURN_IF_ERROR(bu.sin.Upload(sin.data(), int64_t(sin.size()), s));
   }

@@ -1,5 +1,6 @@
 #include "xtuner/model/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -61,17 +62,70 @@ class Reader {
   std::string source_;
 };
 
-// rope_parameters (v5) or rope_theta + rope_scaling (v4). Only the default rope is implemented.
+double YarnMscale(double scale, double mscale) {  // transformers' get_mscale
+  return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+// A rope_parameters (v5) or rope_scaling (v4) object `p` named `where`: its type, and YaRN's
+// parameters with transformers' defaults (factor: max_position_embeddings over the original;
+// the original: the object's, the config's, or max_position_embeddings).
+Status ReadRopeScaling(const json& p, const std::string& where, const Reader& r, ModelConfig* c) {
+  const std::string type = p.value("rope_type", p.value("type", std::string("default")));
+  if (type == "default") return Status::OK();
+  if (type != "yarn")
+    return r.Error(where + " type \"" + type +
+                   "\" is not implemented; supported: \"default\" (no scaling), \"yarn\"");
+  RopeScaling& y = c->rope_scaling;
+  y.yarn = true;
+  auto number = [&](const char* key, double* out) -> Status {
+    if (!p.contains(key) || p[key].is_null()) return Status::OK();
+    if (!p[key].is_number()) return r.Error(where + "." + key + " must be a number");
+    *out = p[key].get<double>();
+    return Status::OK();
+  };
+  double max_pos = 0, original = 0, factor = 0, af = 0, mscale = 0;
+  XT_RETURN_IF_ERROR(r.Double("max_position_embeddings", &max_pos, false));
+  XT_RETURN_IF_ERROR(r.Double("original_max_position_embeddings", &original, false));
+  XT_RETURN_IF_ERROR(number("original_max_position_embeddings", &original));
+  if (original <= 0) original = max_pos;
+  if (!(original >= 1))
+    return r.Error(where +
+                   ": yarn needs original_max_position_embeddings (or "
+                   "max_position_embeddings)");
+  XT_RETURN_IF_ERROR(number("factor", &factor));
+  if (factor == 0 && max_pos > 0) factor = max_pos / original;
+  if (!(factor > 0)) return r.Error(where + ".factor must be a positive number for yarn");
+  XT_RETURN_IF_ERROR(number("attention_factor", &af));
+  XT_RETURN_IF_ERROR(number("mscale", &mscale));
+  XT_RETURN_IF_ERROR(number("mscale_all_dim", &y.mscale_all_dim));
+  XT_RETURN_IF_ERROR(number("beta_fast", &y.beta_fast));
+  XT_RETURN_IF_ERROR(number("beta_slow", &y.beta_slow));
+  if (y.beta_fast == 0) y.beta_fast = 32;  // transformers: `or 32`, `or 1`
+  if (y.beta_slow == 0) y.beta_slow = 1;
+  if (p.contains("truncate") && !p["truncate"].is_null()) {
+    if (!p["truncate"].is_boolean()) return r.Error(where + ".truncate must be true or false");
+    y.truncate = p["truncate"].get<bool>();
+  }
+  if (p.contains("partial_rotary_factor") && p["partial_rotary_factor"] != 1.0)
+    return r.Error(where + ".partial_rotary_factor is not implemented (supported: 1)");
+  y.factor = factor;
+  y.original_max_position_embeddings = int64_t(original);
+  if (af > 0)
+    y.attention_factor = af;
+  else if (mscale != 0 && y.mscale_all_dim != 0)
+    y.attention_factor = YarnMscale(factor, mscale) / YarnMscale(factor, y.mscale_all_dim);
+  else
+    y.attention_factor = YarnMscale(factor, 1.0);
+  return Status::OK();
+}
+
+// rope_parameters (v5) or rope_theta + rope_scaling (v4): the default RoPE, or YaRN.
 Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
-  const char* kSupported = "supported: \"default\" (no scaling)";
   if (r.has("rope_parameters")) {
     const json& p = j["rope_parameters"];
     if (!p.is_object()) return r.Error("key \"rope_parameters\" must be an object");
     Reader pr(p, "");
-    std::string type = p.value("rope_type", p.value("type", std::string("default")));
-    if (type != "default")
-      return r.Error("rope_parameters.rope_type \"" + type + "\" is not implemented; " +
-                     kSupported);
+    XT_RETURN_IF_ERROR(ReadRopeScaling(p, "rope_parameters", r, c));
     if (pr.has("rope_theta")) {
       if (!p["rope_theta"].is_number())
         return r.Error("rope_parameters.rope_theta must be a number");
@@ -84,9 +138,7 @@ Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
   if (r.has("rope_scaling")) {
     const json& s = j["rope_scaling"];
     if (!s.is_object()) return r.Error("key \"rope_scaling\" must be an object or null");
-    std::string type = s.value("rope_type", s.value("type", std::string("default")));
-    if (type != "default")
-      return r.Error("rope_scaling type \"" + type + "\" is not implemented; " + kSupported);
+    XT_RETURN_IF_ERROR(ReadRopeScaling(s, "rope_scaling", r, c));
   }
   if (!(c->rope_theta > 0)) return r.Error("rope_theta must be positive");
   return Status::OK();
@@ -375,6 +427,15 @@ Status CudaSupports(const ModelConfig& c) {
   return Status::OK();
 }
 
+double ModelConfig::softmax_scale() const {
+  double scale = 1.0 / std::sqrt(double(head_dim));
+  if (mla && rope_scaling.yarn && rope_scaling.mscale_all_dim != 0) {
+    const double m = YarnMscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+    scale *= m * m;  // transformers' yarn_apply_mscale
+  }
+  return scale;
+}
+
 json ModelConfig::ToJson() const {
   json j;
   static const char* kArch[] = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM",
@@ -390,6 +451,19 @@ json ModelConfig::ToJson() const {
   j["intermediate_size"] = intermediate_size;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_parameters"] = {{"rope_theta", rope_theta}, {"rope_type", "default"}};
+  if (rope_scaling.yarn) {
+    const RopeScaling& y = rope_scaling;
+    j["rope_parameters"] = {
+        {"rope_theta", rope_theta},
+        {"rope_type", "yarn"},
+        {"factor", y.factor},
+        {"attention_factor", y.attention_factor},
+        {"beta_fast", y.beta_fast},
+        {"beta_slow", y.beta_slow},
+        {"original_max_position_embeddings", y.original_max_position_embeddings},
+        {"truncate", y.truncate}};
+    if (y.mscale_all_dim != 0) j["rope_parameters"]["mscale_all_dim"] = y.mscale_all_dim;
+  }
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
   j["dtype"] = "float32";

@@ -22,6 +22,19 @@ enum class RouterKind {
   kSigmoidGroup,  // DeepSeek-V3: sigmoid, + correction bias for the choice, group-limited top-k
 };
 
+// RoPE scaling (rope_parameters / rope_scaling): none, or YaRN as transformers computes it
+// (_compute_yarn_parameters: the frequencies blended between interpolation by `factor` and
+// extrapolation over a ramp set by beta_fast / beta_slow, cos and sin times attention_factor).
+struct RopeScaling {
+  bool yarn = false;
+  double factor = 1.0;
+  double attention_factor = 1.0;  // derived from factor, mscale, mscale_all_dim when not given
+  double beta_fast = 32.0, beta_slow = 1.0;
+  int64_t original_max_position_embeddings = 0;
+  bool truncate = true;
+  double mscale_all_dim = 0;  // DeepSeek-V3: the softmax scale also times mscale(factor, this)^2
+};
+
 struct ModelConfig {
   std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral" | "deepseek_v3"
   Arch arch = Arch::kQwen3;
@@ -35,6 +48,7 @@ struct ModelConfig {
   int64_t intermediate_size = 0;  // dense MLP layers
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool qk_norm = false;  // Qwen3: RMSNorm over head_dim on q and k, before RoPE
 
@@ -70,6 +84,8 @@ struct ModelConfig {
   // width per head (head_dim, or v_head_dim).
   int64_t rope_dim() const { return mla ? qk_rope_head_dim : head_dim; }
   int64_t value_dim() const { return mla ? v_head_dim : head_dim; }
+  // The attention's softmax scale: 1 / sqrt(head_dim), times DeepSeek-V3's YaRN mscale^2.
+  double softmax_scale() const;
   // d_attn of the attention FLOPs (train/metrics_flops.h): heads * (query/key width + value
   // width) / 2, which is heads * head_dim without MLA.
   int64_t attention_flops_dim() const { return num_heads * (head_dim + value_dim()) / 2; }

@@ -1,22 +1,56 @@
 #include "xtuner/model/rope_tables.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace xt {
 
-void ComputeRopeTables(const Batch& b, int64_t head_dim, double rope_theta, std::vector<float>* cos,
-                       std::vector<float>* sin) {
-  const int64_t T = b.num_tokens(), half = head_dim / 2;
+namespace {
+
+// YaRN's dimension at which a frequency makes `rotations` turns over the original context.
+double CorrectionDim(double rotations, double dim, double base, double original) {
+  return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(base));
+}
+
+}  // namespace
+
+std::vector<float> RopeInvFreq(const ModelConfig& cfg) {
+  const int64_t dim = cfg.rope_dim(), half = dim / 2;
+  const float base = float(cfg.rope_theta);
   std::vector<float> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = 1.0f / std::pow(float(rope_theta), float(2 * i) / float(head_dim));
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(base, float(2 * i) / float(dim));
+  const RopeScaling& y = cfg.rope_scaling;
+  if (!y.yarn) return inv_freq;
+  const double original = double(y.original_max_position_embeddings);
+  double low = CorrectionDim(y.beta_fast, double(dim), cfg.rope_theta, original);
+  double high = CorrectionDim(y.beta_slow, double(dim), cfg.rope_theta, original);
+  if (y.truncate) low = std::floor(low), high = std::ceil(high);
+  low = std::max(low, 0.0);
+  high = std::min(high, double(dim - 1));
+  if (low == high) high += 0.001;  // as transformers: no singular ramp
+  const float lo = float(low), span = float(high) - float(low), factor = float(y.factor);
+  for (int64_t i = 0; i < half; ++i) {
+    const float pos_freq = std::pow(base, float(2 * i) / float(dim));
+    const float extrapolation = 1.0f / pos_freq, interpolation = 1.0f / (factor * pos_freq);
+    const float ramp = std::clamp((float(i) - lo) / span, 0.0f, 1.0f);
+    const float keep = 1.0f - ramp;  // the extrapolated share
+    inv_freq[i] = interpolation * (1.0f - keep) + extrapolation * keep;
+  }
+  return inv_freq;
+}
+
+void ComputeRopeTables(const Batch& b, const ModelConfig& cfg, std::vector<float>* cos,
+                       std::vector<float>* sin) {
+  const int64_t T = b.num_tokens(), half = cfg.rope_dim() / 2;
+  const std::vector<float> inv_freq = RopeInvFreq(cfg);
+  const float af = float(cfg.rope_scaling.attention_factor);
   cos->resize(T * half);
   sin->resize(T * half);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const float angle = float(b.positions[t]) * inv_freq[i];
-      (*cos)[t * half + i] = std::cos(angle);
-      (*sin)[t * half + i] = std::sin(angle);
+      (*cos)[t * half + i] = std::cos(angle) * af;
+      (*sin)[t * half + i] = std::sin(angle) * af;
     }
 }
 

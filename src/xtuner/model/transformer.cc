@@ -65,7 +65,7 @@ void Transformer::SetRecompute(double fraction) {
 }
 
 void Transformer::ComputeRope(const Batch& b, Acts* a) const {
-  ComputeRopeTables(b, cfg_.rope_dim(), cfg_.rope_theta, &a->cos, &a->sin);
+  ComputeRopeTables(b, cfg_, &a->cos, &a->sin);
 }
 
 // Grouped-query attention of layer l: a->attn (T, Hq * D) from a->h1 (q/k RMSNorm when the
@@ -98,17 +98,21 @@ void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   ops::rope_forward(a->q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a->k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a->attn.resize(T * Hq * D);
-  const float scale = float(1.0 / std::sqrt(double(D)));
+  Attend(l, b, Hkv, a->attn.data(), a, cache);
+}
+
+void Transformer::Attend(int64_t l, const Batch& b, int64_t Hkv, float* out, LayerActs* a,
+                         KvCache* cache) {
+  const int64_t T = b.num_tokens(), Hq = cfg_.num_heads, D = cfg_.head_dim;
+  const float scale = float(cfg_.softmax_scale());
   if (cache) {
-    float* kc = cache->k[l].data() + cache->length * Hkv * D;
-    float* vc = cache->v[l].data() + cache->length * Hkv * D;
-    std::copy(a->k.begin(), a->k.end(), kc);
-    std::copy(a->v.begin(), a->v.end(), vc);
-    ops::attention_cached_forward(a->attn.data(), a->q.data(), cache->k[l].data(),
-                                  cache->v[l].data(), cache->length, T, Hq, Hkv, D, scale);
+    std::copy(a->k.begin(), a->k.end(), cache->k[l].data() + cache->length * Hkv * D);
+    std::copy(a->v.begin(), a->v.end(), cache->v[l].data() + cache->length * Hkv * D);
+    ops::attention_cached_forward(out, a->q.data(), cache->k[l].data(), cache->v[l].data(),
+                                  cache->length, T, Hq, Hkv, D, scale);
   } else {
     a->lse.resize(T * Hq);
-    ops::attention_forward(a->attn.data(), a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
+    ops::attention_forward(out, a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
                            b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
   }
 }
@@ -197,7 +201,7 @@ void Transformer::GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   vector<float> dq(T * Hq * D), dk(T * Hkv * D), dv(T * Hkv * D);
   ops::attention_backward(dq.data(), dk.data(), dv.data(), dattn, a->attn.data(), a->lse.data(),
                           a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
-                          T, Hq, Hkv, D, float(1.0 / std::sqrt(double(D))));
+                          T, Hq, Hkv, D, float(cfg_.softmax_scale()));
   ops::rope_backward(dq.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_backward(dk.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   if (cfg_.qk_norm) {

@@ -126,6 +126,9 @@ class Transformer {
                   KvCache* cache);
   void GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
                    const float* dattn, float* dh1, Acts* acts, LayerActs* a);
+  // out (T, Hq, D) = attention of a->q over a->k, a->v (Hkv heads of D): causal within each
+  // document (a->lse kept for the backward), or over the cache after appending a->k, a->v.
+  void Attend(int64_t l, const Batch& b, int64_t Hkv, float* out, LayerActs* a, KvCache* cache);
   // Multi-head latent attention of layer l: a->attn (T, Hq * v_head_dim) from a->h1; its
   // backward assigns dh1 (T, H) from dattn.
   void MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,

@@ -104,19 +104,7 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
     }
 
   vector<float> out(T * Hq * D);
-  const float scale = float(1.0 / std::sqrt(double(D)));
-  if (cache) {
-    float* kc = cache->k[l].data() + cache->length * Hq * D;
-    float* vc = cache->v[l].data() + cache->length * Hq * D;
-    std::copy(a->k.begin(), a->k.end(), kc);
-    std::copy(a->v.begin(), a->v.end(), vc);
-    ops::attention_cached_forward(out.data(), a->q.data(), cache->k[l].data(), cache->v[l].data(),
-                                  cache->length, T, Hq, Hq, D, scale);
-  } else {
-    a->lse.resize(T * Hq);
-    ops::attention_forward(out.data(), a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
-                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hq, D, scale);
-  }
+  Attend(l, b, Hq, out.data(), a, cache);
   a->attn.resize(T * Hq * dv);
   for (int64_t n = 0; n < T * Hq; ++n)
     std::copy(out.begin() + n * D, out.begin() + n * D + dv, a->attn.begin() + n * dv);
@@ -139,7 +127,7 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   vector<float> dq(T * Hq * D), dk(T * Hq * D), dvp(T * Hq * D);
   ops::attention_backward(dq.data(), dk.data(), dvp.data(), dout.data(), out.data(), a->lse.data(),
                           a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
-                          T, Hq, Hq, D, float(1.0 / std::sqrt(double(D))));
+                          T, Hq, Hq, D, float(cfg_.softmax_scale()));
 
   // Queries: undo the rotation of the rope dims, then the projections.
   vector<float> rot(T * Hq * dr);
