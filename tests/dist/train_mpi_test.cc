@@ -22,6 +22,7 @@
 
 #include "util/cli.h"
 #include "util/testing.h"
+#include "util/tiny_run.h"
 
 namespace xt {
 namespace {
@@ -207,28 +208,7 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
 // biases alike.
 TEST(Distributed, DeepseekV3OnExpertParallelRanksAsOnOne) {
   const std::string dir = testing::TempDir("mpi_dsv3");
-  const nlohmann::json mc = {{"model_type", "deepseek_v3"},
-                             {"vocab_size", 3008},
-                             {"hidden_size", 32},
-                             {"num_hidden_layers", 2},
-                             {"num_attention_heads", 2},
-                             {"num_key_value_heads", 2},
-                             {"q_lora_rank", 16},
-                             {"kv_lora_rank", 16},
-                             {"qk_nope_head_dim", 8},
-                             {"qk_rope_head_dim", 8},
-                             {"v_head_dim", 8},
-                             {"intermediate_size", 48},
-                             {"moe_intermediate_size", 16},
-                             {"n_routed_experts", 4},
-                             {"num_experts_per_tok", 2},
-                             {"n_shared_experts", 1},
-                             {"n_group", 2},
-                             {"topk_group", 1},
-                             {"first_k_dense_replace", 1},
-                             {"rope_theta", 10000.0},
-                             {"tie_word_embeddings", true}};
-  std::ofstream(dir + "/config.json") << mc.dump();
+  std::ofstream(dir + "/config.json") << testing::TinyDeepseekV3Config();
   // A bias speed of 0.01: over 8 steps the biases move enough to change choices, so a rank that
   // moved its part of them wrongly would change the losses.
   const std::string model =

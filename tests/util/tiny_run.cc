@@ -46,4 +46,30 @@ TrainConfig TinyRun(const std::string& tag) {
   return c;
 }
 
+std::string TinyDeepseekV3Config() {
+  const nlohmann::json mc = {{"model_type", "deepseek_v3"},
+                             {"vocab_size", 3008},
+                             {"hidden_size", 32},
+                             {"num_hidden_layers", 2},
+                             {"num_attention_heads", 2},
+                             {"num_key_value_heads", 2},
+                             {"q_lora_rank", 16},
+                             {"kv_lora_rank", 16},
+                             {"qk_nope_head_dim", 8},
+                             {"qk_rope_head_dim", 8},
+                             {"v_head_dim", 8},
+                             {"intermediate_size", 48},
+                             {"moe_intermediate_size", 16},
+                             {"n_routed_experts", 6},
+                             {"num_experts_per_tok", 2},
+                             {"n_shared_experts", 1},
+                             {"n_group", 3},
+                             {"topk_group", 2},
+                             {"first_k_dense_replace", 1},
+                             {"routed_scaling_factor", 2.5},
+                             {"rope_theta", 10000.0},
+                             {"tie_word_embeddings", true}};
+  return mc.dump();
+}
+
 }  // namespace xt::testing
