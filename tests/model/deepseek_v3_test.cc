@@ -310,6 +310,14 @@ TEST(DeepseekV3Model, TheCorrectionBiasSteersTheChoiceWithoutAGradient) {
   EXPECT_EQ(counts[7], int64_t(ids.size()));
   EXPECT_NE(steered->loss.loss, base->loss);
   EXPECT_EQ(base->aux_loss, 0.0);  // DeepSeek-V3 has no balancing loss
+  // Not even when a caller sets a coefficient: there is no softmax-router loss to weigh.
+  ModelConfig with_coef = model.config();
+  with_coef.router_aux_loss_coef = 0.5;
+  Transformer other(with_coef);
+  std::memcpy(other.params().data(), model.params().data(), model.params().nbytes());
+  auto info = other.ForwardBackward(*batch);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->loss, info->ce_loss);
 }
 
 }  // namespace

@@ -61,7 +61,8 @@ void LoadFixtureRun(const char* fixture, double aux_coef, FixtureRun* run) {
 }
 
 TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
-  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"}) {
+  for (const char* fixture :
+       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
     auto model = Load(fixture);
     std::vector<int64_t> ids, labels;
     ReferenceBatch(fixture, &ids, &labels);
@@ -89,7 +90,7 @@ TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
 TEST(GradientAccumulation, TwoMicroBatchesOfOneRowEqualOneOfTwoRows) {
   // Global token averaging: each loss token weighs 1 / (loss tokens of the whole global batch).
   // The balancing loss is off here; the next test pools its statistics over the micro-batches.
-  for (const char* fixture : {"qwen3_dense_tiny", "qwen3_moe_tiny"}) {
+  for (const char* fixture : {"qwen3_dense_tiny", "qwen3_moe_tiny", "deepseek_v3_tiny"}) {
     FixtureRun run;
     LoadFixtureRun(fixture, 0.0, &run);
     if (HasFatalFailure()) return;
@@ -168,7 +169,8 @@ TEST(GradientAccumulation, PooledBalancingLossOfTwoMicroBatchesEqualsTheWholeBat
 
 // A rank short of rows runs an empty micro-batch to stay in step with the others: it adds nothing.
 TEST(EmptyBatch, RunsAndAddsNoGradientNorStatistics) {
-  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"}) {
+  for (const char* fixture :
+       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
     auto model = Load(fixture);
     model->SetRecompute(0.5);
     model->ZeroGrads();

@@ -336,7 +336,8 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   if (tied) source_->Release(0);
   if (!backward) return info;
   source_->GradsDone(head);
-  const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
+  const bool aux_grad = n_moe > 0 && cfg_.router == RouterKind::kSoftmax &&
+                        cfg_.router_aux_loss_coef * aux_weight != 0;
   // The backward walks down the layers, freeing each after its backward and rebuilding a
   // recomputed one first: at layer l, layers below hold what they kept and l holds all of it.
   for (int64_t l = 0, below = 0; l < L; below += held[l], ++l)
