@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
@@ -23,23 +24,11 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// deepseek-ai/DeepSeek-V3's config.json (remote-code spellings), without its
-// quantization_config.
+// deepseek-ai/DeepSeek-V3's config.json as published (remote-code spellings, YaRN), without its
+// quantization_config: examples/configs/deepseek-v3.json.
 json HubConfig() {
-  return json::parse(R"({
-    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-    "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1,
-    "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168,
-    "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512,
-    "max_position_embeddings": 163840, "moe_intermediate_size": 2048, "moe_layer_freq": 1,
-    "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true,
-    "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61,
-    "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
-    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
-    "rope_theta": 10000, "rope_scaling": null, "routed_scaling_factor": 2.5,
-    "scoring_func": "sigmoid", "seq_aux": true, "tie_word_embeddings": false,
-    "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
-    "v_head_dim": 128, "vocab_size": 129280, "attention_bias": false})");
+  std::ifstream in(testing::DataPath("../../examples/configs/deepseek-v3.json"));
+  return json::parse(in);
 }
 
 std::string ErrorOf(const json& j) {
