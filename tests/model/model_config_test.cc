@@ -159,17 +159,47 @@ TEST(ModelConfig, ReadsYarn) {
   ComputeRopeTables(b, *c, &cos, &sin);
   EXPECT_FLOAT_EQ(cos[0], float(c->rope_scaling.attention_factor));  // position 0: cos 1
   EXPECT_FLOAT_EQ(sin[0], 0.0f);
-  // attention_factor given wins; the factor can come from the two contexts.
+  // attention_factor given wins; a null factor comes from the two contexts.
   j["rope_parameters"] = {{"rope_type", "yarn"},
                           {"rope_theta", 1e6},
+                          {"factor", nullptr},
                           {"attention_factor", 0.5},
                           {"original_max_position_embeddings", 1024}};
   c = ModelConfig::FromJson(j, "cfg.json");
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 4.0);
   EXPECT_DOUBLE_EQ(c->rope_scaling.attention_factor, 0.5);
+  // As transformers reads them: a top-level original context wins over the object's; truncate
+  // null means false; rope_scaling, when set, replaces rope_parameters, whose own rope_theta wins
+  // over the top-level one.
+  json k = j;
+  k["original_max_position_embeddings"] = 512;
+  k["rope_parameters"]["truncate"] = nullptr;
+  c = ModelConfig::FromJson(k, "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 512);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 8.0);
+  EXPECT_FALSE(c->rope_scaling.truncate);
+  k = Qwen3MoeV5();
+  k["rope_theta"] = 1e4;
+  k["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}};
+  c = ModelConfig::FromJson(k, "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_DOUBLE_EQ(c->rope_theta, 5e5);
+  EXPECT_FALSE(c->rope_scaling.yarn);
+  k["max_position_embeddings"] = 4096;
+  k["rope_scaling"] = {{"type", "yarn"}, {"factor", 2.0}};
+  c = ModelConfig::FromJson(k, "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->rope_scaling.yarn);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e4);  // rope_scaling has none: the top-level one
   j["rope_parameters"]["partial_rotary_factor"] = 0.5;
   EXPECT_NE(ErrorOf(j).find("partial_rotary_factor is not implemented"), std::string::npos);
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}};
+  EXPECT_NE(ErrorOf(j).find("yarn needs \"factor\""), std::string::npos) << ErrorOf(j);
+  j["rope_parameters"] = {
+      {"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}, {"attention_factor", 0}};
+  EXPECT_NE(ErrorOf(j).find("attention_factor must be positive"), std::string::npos);
   j.erase("max_position_embeddings");
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
   EXPECT_NE(ErrorOf(j).find("yarn needs original_max_position_embeddings"), std::string::npos);

@@ -67,9 +67,13 @@ double YarnMscale(double scale, double mscale) {  // transformers' get_mscale
 }
 
 // A rope_parameters (v5) or rope_scaling (v4) object `p` named `where`: its type, and YaRN's
-// parameters with transformers' defaults (factor: max_position_embeddings over the original;
-// the original: the object's, the config's, or max_position_embeddings).
-Status ReadRopeScaling(const json& p, const std::string& where, const Reader& r, ModelConfig* c) {
+// parameters as transformers reads them (standardize_rope_params, _compute_yarn_parameters):
+// factor required (null: max_position_embeddings over the original context); the original
+// context from the config's top level, else the object, else max_position_embeddings;
+// attention_factor given, or from factor, mscale and mscale_all_dim; beta_fast / beta_slow 0 or
+// null mean 32 / 1; truncate absent means true, null false.
+Status ReadRopeScaling(const json& j, const json& p, const std::string& where, const Reader& r,
+                       ModelConfig* c) {
   const std::string type = p.value("rope_type", p.value("type", std::string("default")));
   if (type == "default") return Status::OK();
   if (type != "yarn")
@@ -77,68 +81,79 @@ Status ReadRopeScaling(const json& p, const std::string& where, const Reader& r,
                    "\" is not implemented; supported: \"default\" (no scaling), \"yarn\"");
   RopeScaling& y = c->rope_scaling;
   y.yarn = true;
-  auto number = [&](const char* key, double* out) -> Status {
-    if (!p.contains(key) || p[key].is_null()) return Status::OK();
-    if (!p[key].is_number()) return r.Error(where + "." + key + " must be a number");
-    *out = p[key].get<double>();
+  auto number = [&](const json& o, const std::string& name, const char* key,
+                    double* out) -> Status {
+    if (!o.contains(key) || o[key].is_null()) return Status::OK();
+    if (!o[key].is_number()) return r.Error(name + key + " must be a number");
+    *out = o[key].get<double>();
     return Status::OK();
   };
+  const std::string in = where + ".";
   double max_pos = 0, original = 0, factor = 0, af = 0, mscale = 0;
-  XT_RETURN_IF_ERROR(r.Double("max_position_embeddings", &max_pos, false));
-  XT_RETURN_IF_ERROR(r.Double("original_max_position_embeddings", &original, false));
-  XT_RETURN_IF_ERROR(number("original_max_position_embeddings", &original));
+  XT_RETURN_IF_ERROR(number(j, "", "max_position_embeddings", &max_pos));
+  XT_RETURN_IF_ERROR(number(p, in, "original_max_position_embeddings", &original));
+  XT_RETURN_IF_ERROR(number(j, "", "original_max_position_embeddings", &original));  // wins
   if (original <= 0) original = max_pos;
   if (!(original >= 1))
     return r.Error(where +
                    ": yarn needs original_max_position_embeddings (or "
                    "max_position_embeddings)");
-  XT_RETURN_IF_ERROR(number("factor", &factor));
-  if (factor == 0 && max_pos > 0) factor = max_pos / original;
-  if (!(factor > 0)) return r.Error(where + ".factor must be a positive number for yarn");
-  XT_RETURN_IF_ERROR(number("attention_factor", &af));
-  XT_RETURN_IF_ERROR(number("mscale", &mscale));
-  XT_RETURN_IF_ERROR(number("mscale_all_dim", &y.mscale_all_dim));
-  XT_RETURN_IF_ERROR(number("beta_fast", &y.beta_fast));
-  XT_RETURN_IF_ERROR(number("beta_slow", &y.beta_slow));
+  if (!p.contains("factor")) return r.Error(where + ": yarn needs \"factor\"");
+  XT_RETURN_IF_ERROR(number(p, in, "factor", &factor));
+  if (p["factor"].is_null() && max_pos > 0) factor = max_pos / original;
+  if (!(factor > 0)) return r.Error(in + "factor must be a positive number for yarn");
+  XT_RETURN_IF_ERROR(number(p, in, "mscale", &mscale));
+  XT_RETURN_IF_ERROR(number(p, in, "mscale_all_dim", &y.mscale_all_dim));
+  XT_RETURN_IF_ERROR(number(p, in, "beta_fast", &y.beta_fast));
+  XT_RETURN_IF_ERROR(number(p, in, "beta_slow", &y.beta_slow));
   if (y.beta_fast == 0) y.beta_fast = 32;  // transformers: `or 32`, `or 1`
   if (y.beta_slow == 0) y.beta_slow = 1;
-  if (p.contains("truncate") && !p["truncate"].is_null()) {
-    if (!p["truncate"].is_boolean()) return r.Error(where + ".truncate must be true or false");
-    y.truncate = p["truncate"].get<bool>();
+  if (p.contains("truncate")) {
+    if (!p["truncate"].is_null() && !p["truncate"].is_boolean())
+      return r.Error(in + "truncate must be true or false");
+    y.truncate = p["truncate"].is_boolean() && p["truncate"].get<bool>();
   }
   if (p.contains("partial_rotary_factor") && p["partial_rotary_factor"] != 1.0)
-    return r.Error(where + ".partial_rotary_factor is not implemented (supported: 1)");
+    return r.Error(in + "partial_rotary_factor is not implemented (supported: 1)");
   y.factor = factor;
   y.original_max_position_embeddings = int64_t(original);
-  if (af > 0)
+  if (p.contains("attention_factor") && !p["attention_factor"].is_null()) {
+    XT_RETURN_IF_ERROR(number(p, in, "attention_factor", &af));
+    if (!(af > 0)) return r.Error(in + "attention_factor must be positive");
     y.attention_factor = af;
-  else if (mscale != 0 && y.mscale_all_dim != 0)
+  } else if (mscale != 0 && y.mscale_all_dim != 0) {
     y.attention_factor = YarnMscale(factor, mscale) / YarnMscale(factor, y.mscale_all_dim);
-  else
+  } else {
     y.attention_factor = YarnMscale(factor, 1.0);
+  }
   return Status::OK();
 }
 
-// rope_parameters (v5) or rope_theta + rope_scaling (v4): the default RoPE, or YaRN.
+// The RoPE parameters as transformers takes them: rope_scaling when it is set (it replaces
+// rope_parameters), else rope_parameters, else none; their own rope_theta, else the top-level
+// one. The default RoPE, or YaRN.
 Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
-  if (r.has("rope_parameters")) {
-    const json& p = j["rope_parameters"];
-    if (!p.is_object()) return r.Error("key \"rope_parameters\" must be an object");
-    Reader pr(p, "");
-    XT_RETURN_IF_ERROR(ReadRopeScaling(p, "rope_parameters", r, c));
-    if (pr.has("rope_theta")) {
-      if (!p["rope_theta"].is_number())
-        return r.Error("rope_parameters.rope_theta must be a number");
-      c->rope_theta = p["rope_theta"].get<double>();
-    } else if (!r.has("rope_theta")) {
-      return r.Error("missing rope_parameters.rope_theta");
-    }
+  const json* p = nullptr;
+  std::string where;
+  if (r.has("rope_scaling")) {
+    if (!j["rope_scaling"].is_object())
+      return r.Error("key \"rope_scaling\" must be an object or null");
+    if (!j["rope_scaling"].empty()) p = &j["rope_scaling"], where = "rope_scaling";
+  }
+  if (!p && r.has("rope_parameters")) {
+    if (!j["rope_parameters"].is_object())
+      return r.Error("key \"rope_parameters\" must be an object");
+    p = &j["rope_parameters"], where = "rope_parameters";
   }
   XT_RETURN_IF_ERROR(r.Double("rope_theta", &c->rope_theta, false));
-  if (r.has("rope_scaling")) {
-    const json& s = j["rope_scaling"];
-    if (!s.is_object()) return r.Error("key \"rope_scaling\" must be an object or null");
-    XT_RETURN_IF_ERROR(ReadRopeScaling(s, "rope_scaling", r, c));
+  if (p) {
+    if (p->contains("rope_theta") && !(*p)["rope_theta"].is_null()) {
+      if (!(*p)["rope_theta"].is_number()) return r.Error(where + ".rope_theta must be a number");
+      c->rope_theta = (*p)["rope_theta"].get<double>();  // wins over the top-level one
+    } else if (where == "rope_parameters" && !r.has("rope_theta")) {
+      return r.Error("missing rope_parameters.rope_theta");
+    }
+    XT_RETURN_IF_ERROR(ReadRopeScaling(j, *p, where, r, c));
   }
   if (!(c->rope_theta > 0)) return r.Error("rope_theta must be positive");
   return Status::OK();

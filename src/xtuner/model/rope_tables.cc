@@ -28,7 +28,8 @@ std::vector<float> RopeInvFreq(const ModelConfig& cfg) {
   low = std::max(low, 0.0);
   high = std::min(high, double(dim - 1));
   if (low == high) high += 0.001;  // as transformers: no singular ramp
-  const float lo = float(low), span = float(high) - float(low), factor = float(y.factor);
+  // As torch: (arange - low) / (high - low), the two Python floats rounded to float32 once.
+  const float lo = float(low), span = float(high - low), factor = float(y.factor);
   for (int64_t i = 0; i < half; ++i) {
     const float pos_freq = std::pow(base, float(2 * i) / float(dim));
     const float extrapolation = 1.0f / pos_freq, interpolation = 1.0f / (factor * pos_freq);

@@ -92,7 +92,8 @@ XT_HOST_DEVICE inline void router_backward_row(float* dlogits, const float* g, c
 // 4.x and DeepSeek's code used 0, which differs only where a kept expert's c is negative), and
 // idx (k) are the k largest of c. w_j = s[idx_j], divided by sum_j s[idx_j] + 1e-20 when
 // norm_topk, times scale. The bias steers the choice only; the weights use the unbiased s. c is
-// built in s's place and s computed again after the choice (the same bits), so no scratch.
+// built in s's place and s computed again after the choice (the same bits), so no scratch; s
+// must not alias z.
 // Needs 2 <= E / n_group, 1 <= topk_group <= n_group <= 64, 1 <= k <= topk_group * E / n_group
 // (checked by the config and the callers).
 XT_HOST_DEVICE inline bool router_sigmoid_sizes_ok(int64_t E, int64_t k, int64_t n_group,
