@@ -120,6 +120,10 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
   j["attention_bias"] = true;
   EXPECT_NE(ErrorOf(j).find("attention_bias=true is not implemented"), std::string::npos);
   j = Qwen3MoeV5();
+  j["attention_dropout"] = 0.1;
+  EXPECT_NE(ErrorOf(j).find("attention_dropout != 0 is not implemented (supported: 0)"),
+            std::string::npos);
+  j = Qwen3MoeV5();
   j["hidden_act"] = "gelu";
   EXPECT_NE(ErrorOf(j).find("hidden_act \"gelu\""), std::string::npos);
   j = Qwen3MoeV5();

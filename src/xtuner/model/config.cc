@@ -349,6 +349,9 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   bool flag = false;
   XT_RETURN_IF_ERROR(r.Bool("attention_bias", &flag, false));
   if (flag) return r.Error("attention_bias=true is not implemented (supported: false)");
+  double dropout = 0;  // transformers applies it in training
+  XT_RETURN_IF_ERROR(r.Double("attention_dropout", &dropout, false));
+  if (dropout != 0) return r.Error("attention_dropout != 0 is not implemented (supported: 0)");
   flag = false;
   XT_RETURN_IF_ERROR(r.Bool("use_sliding_window", &flag, false));
   if (flag) return r.Error("use_sliding_window=true is not implemented (supported: false)");
