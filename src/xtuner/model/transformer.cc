@@ -7,6 +7,7 @@
 #include "xtuner/loss/balance.h"
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/rope_tables.h"
+#include "xtuner/model/swiglu_mlp.h"
 #include "xtuner/model/transformer_acts.h"
 #include "xtuner/ops/ops.h"
 
@@ -144,12 +145,8 @@ void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, c
   a.rstd2.resize(T);
   ops::rmsnorm_forward(a.h2.data(), a.rstd2.data(), a.x_mid.data(), P(o.ln2), T, H, eps);
   if (o.router < 0) {  // dense SwiGLU MLP
-    const int64_t I = cfg_.intermediate_size;
-    a.gu.resize(T * 2 * I);
-    a.act.resize(T * I);
-    ops::linear_forward(a.gu.data(), a.h2.data(), P(o.gate_up), T, H, 2 * I);
-    ops::swiglu_forward(a.act.data(), a.gu.data(), T, I);
-    ops::linear_forward(x_out, a.act.data(), P(o.down), T, I, H);
+    SwigluMlpForward(x_out, &a.gu, &a.act, a.h2.data(), P(o.gate_up), P(o.down), T, H,
+                     cfg_.intermediate_size);
   } else {  // dropless MoE
     MoeForward(l, P, T, x_out, &a);
   }
@@ -167,12 +164,9 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
   // ---- feed-forward block: dx is also d x_mid through the residual.
   vector<float> dh2(T * H);
   if (o.router < 0) {
-    const int64_t I = cfg_.intermediate_size;
-    vector<float> dact(T * I), dgu(T * 2 * I);
-    ops::linear_backward(dact.data(), G(o.down), dx, a.act.data(), P(o.down), T, I, H);
-    ops::swiglu_backward(dgu.data(), dact.data(), a.gu.data(), T, I);
-    ops::linear_backward(dh2.data(), G(o.gate_up), dgu.data(), a.h2.data(), P(o.gate_up), T, H,
-                         2 * I);
+    SwigluMlpBackward(dh2.data(), G(o.gate_up), G(o.down), dx, a.h2.data(), a.gu, a.act,
+                      P(o.gate_up), P(o.down), T, H, cfg_.intermediate_size,
+                      /*accumulate_dx=*/false);
   } else {
     MoeBackward(l, P, G, T, dx, dh2.data(), &a, dprob_e);
   }

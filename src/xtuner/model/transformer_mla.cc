@@ -23,27 +23,28 @@ namespace {
 // transformers and DeepSeek's own code).
 constexpr float kLatentNormEps = 1e-6f;
 
-// out (N, dr) = the rope dims of rows of `in` (N rows of `stride`, rope dims at `at`), in the
-// order RoPE rotates them (interleaved pairs de-interleaved: dims 0, 2, 4, ..., then 1, 3, ...).
-void GatherRope(float* out, const float* in, int64_t N, int64_t stride, int64_t at, int64_t dr,
-                bool interleave) {
-  for (int64_t n = 0; n < N; ++n) {
-    const float* x = in + n * stride + at;
-    float* y = out + n * dr;
-    for (int64_t i = 0; i < dr; ++i)
-      y[i] = interleave ? x[i < dr / 2 ? 2 * i : 2 * (i - dr / 2) + 1] : x[i];
-  }
-}
+// How CopyColumns orders the columns it copies. kDeinterleave takes interleaved RoPE pairs
+// (x0 y0 x1 y1 ...) to the order RoPE rotates them (x0 x1 ... y0 y1 ...), as transformers'
+// apply_rotary_pos_emb_interleave does; kInterleave undoes it.
+enum class Order { kSame, kDeinterleave, kInterleave };
 
-// The inverse of GatherRope: rows of `out` at `at` = the rope dims of in (N, dr), back in the
-// checkpoint's order.
-void ScatterRope(float* out, const float* in, int64_t N, int64_t stride, int64_t at, int64_t dr,
-                 bool interleave) {
+// For each of N rows: `width` columns of `in` (rows of in_stride floats, from column in_at) to
+// `out` (rows of out_stride, from column out_at).
+void CopyColumns(float* out, int64_t out_stride, int64_t out_at, const float* in, int64_t in_stride,
+                 int64_t in_at, int64_t N, int64_t width, Order order) {
+  const int64_t half = width / 2;
   for (int64_t n = 0; n < N; ++n) {
-    float* x = out + n * stride + at;
-    const float* y = in + n * dr;
-    for (int64_t i = 0; i < dr; ++i)
-      x[interleave ? (i < dr / 2 ? 2 * i : 2 * (i - dr / 2) + 1) : i] = y[i];
+    float* y = out + n * out_stride + out_at;
+    const float* x = in + n * in_stride + in_at;
+    for (int64_t i = 0; i < width; ++i) {
+      const int64_t pair = i < half ? 2 * i : 2 * (i - half) + 1;  // i's place interleaved
+      if (order == Order::kDeinterleave)
+        y[i] = x[pair];
+      else if (order == Order::kInterleave)
+        y[pair] = x[i];
+      else
+        y[i] = x[i];
+    }
   }
 }
 
@@ -55,7 +56,7 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads, D = cfg_.head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
   const int64_t Rq = cfg_.q_lora_rank, Rkv = cfg_.kv_lora_rank;
-  const bool il = cfg_.rope_interleave;
+  const Order to_rope = cfg_.rope_interleave ? Order::kDeinterleave : Order::kSame;
   const float eps = kLatentNormEps;
 
   // Queries, their rope dims rotated in place.
@@ -72,10 +73,9 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
     ops::linear_forward(a->q.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
   }
   vector<float> rot(T * Hq * dr);
-  GatherRope(rot.data(), a->q.data(), T * Hq, D, dn, dr, il);
+  CopyColumns(rot.data(), dr, 0, a->q.data(), D, dn, T * Hq, dr, to_rope);
   ops::rope_forward(rot.data(), acts->cos.data(), acts->sin.data(), T, Hq, dr);
-  for (int64_t n = 0; n < T * Hq; ++n)
-    std::copy(rot.begin() + n * dr, rot.begin() + (n + 1) * dr, a->q.begin() + n * D + dn);
+  CopyColumns(a->q.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, Order::kSame);
 
   // The latent KV, its per-head keys and values, and the shared rotated key.
   vector<float> ckv(T * (Rkv + dr)), kvb(T * Hq * (dn + dv));
@@ -83,31 +83,26 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   a->kv_c.resize(T * Rkv);
   a->kv_n.resize(T * Rkv);
   a->kv_rstd.resize(T);
-  for (int64_t t = 0; t < T; ++t)
-    std::copy(ckv.begin() + t * (Rkv + dr), ckv.begin() + t * (Rkv + dr) + Rkv,
-              a->kv_c.begin() + t * Rkv);
+  CopyColumns(a->kv_c.data(), Rkv, 0, ckv.data(), Rkv + dr, 0, T, Rkv, Order::kSame);
   ops::rmsnorm_forward(a->kv_n.data(), a->kv_rstd.data(), a->kv_c.data(), P(o.kv_a_norm), T, Rkv,
                        eps);
   ops::linear_forward(kvb.data(), a->kv_n.data(), P(o.kv_b), T, Rkv, Hq * (dn + dv));
   vector<float> kr(T * dr);
-  GatherRope(kr.data(), ckv.data(), T, Rkv + dr, Rkv, dr, il);
+  CopyColumns(kr.data(), dr, 0, ckv.data(), Rkv + dr, Rkv, T, dr, to_rope);
   ops::rope_forward(kr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
-  a->k.assign(T * Hq * D, 0.0f);
-  a->v.assign(T * Hq * D, 0.0f);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < Hq; ++h) {
-      const float* src = kvb.data() + (t * Hq + h) * (dn + dv);
-      float* k = a->k.data() + (t * Hq + h) * D;
-      std::copy(src, src + dn, k);
-      std::copy(kr.begin() + t * dr, kr.begin() + (t + 1) * dr, k + dn);
-      std::copy(src + dn, src + dn + dv, a->v.data() + (t * Hq + h) * D);
-    }
+  a->k.resize(T * Hq * D);
+  a->v.assign(T * Hq * D, 0.0f);  // the padding stays zero
+  CopyColumns(a->k.data(), D, 0, kvb.data(), dn + dv, 0, T * Hq, dn, Order::kSame);
+  CopyColumns(a->v.data(), D, 0, kvb.data(), dn + dv, dn, T * Hq, dv, Order::kSame);
+  for (int64_t t = 0; t < T; ++t)  // every head's key gets the token's one rotated k_rope
+    for (int64_t h = 0; h < Hq; ++h)
+      std::copy(kr.begin() + t * dr, kr.begin() + (t + 1) * dr,
+                a->k.begin() + (t * Hq + h) * D + dn);
 
   vector<float> out(T * Hq * D);
   Attend(l, b, Hq, out.data(), a, cache);
   a->attn.resize(T * Hq * dv);
-  for (int64_t n = 0; n < T * Hq; ++n)
-    std::copy(out.begin() + n * D, out.begin() + n * D + dv, a->attn.begin() + n * dv);
+  CopyColumns(a->attn.data(), dv, 0, out.data(), D, 0, T * Hq, dv, Order::kSame);
 }
 
 // dattn (T, Hq * v) -> dh1 (T, H) assigned.
@@ -117,13 +112,11 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads, D = cfg_.head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
   const int64_t Rq = cfg_.q_lora_rank, Rkv = cfg_.kv_lora_rank;
-  const bool il = cfg_.rope_interleave;
+  const Order from_rope = cfg_.rope_interleave ? Order::kInterleave : Order::kSame;
 
-  vector<float> dout(T * Hq * D, 0.0f), out(T * Hq * D, 0.0f);
-  for (int64_t n = 0; n < T * Hq; ++n) {
-    std::copy(dattn + n * dv, dattn + (n + 1) * dv, dout.begin() + n * D);
-    std::copy(a->attn.begin() + n * dv, a->attn.begin() + (n + 1) * dv, out.begin() + n * D);
-  }
+  vector<float> dout(T * Hq * D, 0.0f), out(T * Hq * D, 0.0f);  // padded with zeros
+  CopyColumns(dout.data(), D, 0, dattn, dv, 0, T * Hq, dv, Order::kSame);
+  CopyColumns(out.data(), D, 0, a->attn.data(), dv, 0, T * Hq, dv, Order::kSame);
   vector<float> dq(T * Hq * D), dk(T * Hq * D), dvp(T * Hq * D);
   ops::attention_backward(dq.data(), dk.data(), dvp.data(), dout.data(), out.data(), a->lse.data(),
                           a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
@@ -131,10 +124,9 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
 
   // Queries: undo the rotation of the rope dims, then the projections.
   vector<float> rot(T * Hq * dr);
-  for (int64_t n = 0; n < T * Hq; ++n)
-    std::copy(dq.begin() + n * D + dn, dq.begin() + (n + 1) * D, rot.begin() + n * dr);
+  CopyColumns(rot.data(), dr, 0, dq.data(), D, dn, T * Hq, dr, Order::kSame);
   ops::rope_backward(rot.data(), acts->cos.data(), acts->sin.data(), T, Hq, dr);
-  ScatterRope(dq.data(), rot.data(), T * Hq, D, dn, dr, il);
+  CopyColumns(dq.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, from_rope);
   if (Rq > 0) {
     vector<float> dqa_n(T * Rq), dqa(T * Rq);
     ops::linear_backward(dqa_n.data(), G(o.wq), dq.data(), a->qa_n.data(), P(o.wq), T, Rq, Hq * D);
@@ -147,24 +139,19 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
 
   // Keys and values: per-head parts to kv_b; the shared rotated key summed over heads.
   vector<float> dkvb(T * Hq * (dn + dv)), dkr(T * dr, 0.0f), dckv(T * (Rkv + dr));
+  CopyColumns(dkvb.data(), dn + dv, 0, dk.data(), D, 0, T * Hq, dn, Order::kSame);
+  CopyColumns(dkvb.data(), dn + dv, dn, dvp.data(), D, 0, T * Hq, dv, Order::kSame);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < Hq; ++h) {
-      const float* k = dk.data() + (t * Hq + h) * D;
-      float* dst = dkvb.data() + (t * Hq + h) * (dn + dv);
-      std::copy(k, k + dn, dst);
-      std::copy(dvp.begin() + (t * Hq + h) * D, dvp.begin() + (t * Hq + h) * D + dv, dst + dn);
-      for (int64_t i = 0; i < dr; ++i) dkr[t * dr + i] += k[dn + i];
-    }
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < dr; ++i) dkr[t * dr + i] += dk[(t * Hq + h) * D + dn + i];
   ops::rope_backward(dkr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
-  ScatterRope(dckv.data(), dkr.data(), T, Rkv + dr, Rkv, dr, il);
+  CopyColumns(dckv.data(), Rkv + dr, Rkv, dkr.data(), dr, 0, T, dr, from_rope);
   vector<float> dkv_n(T * Rkv), dkv_c(T * Rkv);
   ops::linear_backward(dkv_n.data(), G(o.kv_b), dkvb.data(), a->kv_n.data(), P(o.kv_b), T, Rkv,
                        Hq * (dn + dv));
   ops::rmsnorm_backward(dkv_c.data(), G(o.kv_a_norm), dkv_n.data(), a->kv_c.data(), P(o.kv_a_norm),
                         a->kv_rstd.data(), T, Rkv);
-  for (int64_t t = 0; t < T; ++t)
-    std::copy(dkv_c.begin() + t * Rkv, dkv_c.begin() + (t + 1) * Rkv,
-              dckv.begin() + t * (Rkv + dr));
+  CopyColumns(dckv.data(), Rkv + dr, 0, dkv_c.data(), Rkv, 0, T, Rkv, Order::kSame);
   ops::linear_backward(dh1, G(o.kv_a), dckv.data(), a->h1.data(), P(o.kv_a), T, H, Rkv + dr,
                        /*accumulate_din=*/true);
 }

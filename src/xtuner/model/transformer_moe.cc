@@ -5,6 +5,7 @@
 // un-permute.
 #include <algorithm>
 
+#include "xtuner/model/swiglu_mlp.h"
 #include "xtuner/model/transformer.h"
 #include "xtuner/model/transformer_acts.h"
 #include "xtuner/ops/ops.h"
@@ -66,13 +67,9 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   if (ep_) ExpertCombine(*ep_, a->ep, yr.data(), H, a->ys.data());
   ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
   if (o.shared_gate_up >= 0) {  // y += the shared experts' SwiGLU MLP of h2
-    const int64_t Is = cfg_.n_shared_experts * I;
-    a->shared_gu.resize(T * 2 * Is);
-    a->shared_act.resize(T * Is);
     vector<float> ysh(T * H);
-    ops::linear_forward(a->shared_gu.data(), a->h2.data(), P(o.shared_gate_up), T, H, 2 * Is);
-    ops::swiglu_forward(a->shared_act.data(), a->shared_gu.data(), T, Is);
-    ops::linear_forward(ysh.data(), a->shared_act.data(), P(o.shared_down), T, Is, H);
+    SwigluMlpForward(ysh.data(), &a->shared_gu, &a->shared_act, a->h2.data(), P(o.shared_gate_up),
+                     P(o.shared_down), T, H, cfg_.n_shared_experts * I);
     for (int64_t i = 0; i < T * H; ++i) y[i] += ysh[i];
   }
 }
@@ -111,15 +108,10 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     dxs = dxs_ep.data();
   }
   ops::moe_permute_backward(dh2, dxs, a->slot_of.data(), T, k, H);  // dh2 += ...
-  if (o.shared_gate_up >= 0) {
-    const int64_t Is = cfg_.n_shared_experts * I;
-    vector<float> dact_s(T * Is), dgu_s(T * 2 * Is);
-    ops::linear_backward(dact_s.data(), G(o.shared_down), dy, a->shared_act.data(),
-                         P(o.shared_down), T, Is, H);
-    ops::swiglu_backward(dgu_s.data(), dact_s.data(), a->shared_gu.data(), T, Is);
-    ops::linear_backward(dh2, G(o.shared_gate_up), dgu_s.data(), a->h2.data(), P(o.shared_gate_up),
-                         T, H, 2 * Is, /*accumulate_din=*/true);
-  }
+  if (o.shared_gate_up >= 0)
+    SwigluMlpBackward(dh2, G(o.shared_gate_up), G(o.shared_down), dy, a->h2.data(), a->shared_gu,
+                      a->shared_act, P(o.shared_gate_up), P(o.shared_down), T, H,
+                      cfg_.n_shared_experts * I, /*accumulate_dx=*/true);
   vector<float> dprobs, dlogits(T * E);
   if (dprob_e) {
     dprobs.resize(T * E);
