@@ -118,6 +118,7 @@ float* CudaModel::Slab(float* p) const {
 }
 
 Status CudaModel::Init(void* stream) {
+  XT_RETURN_IF_ERROR(CudaSupports(cfg_));  // every factory comes through here
   stream_ = stream;
   // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
   // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
@@ -140,7 +141,6 @@ Status CudaModel::Init(void* stream) {
 
 Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
                                                      const float* host_params, void* stream) {
-  XT_RETURN_IF_ERROR(CudaSupports(cfg));
   std::unique_ptr<CudaModel> m(new CudaModel(cfg, 0, -1));
   XT_RETURN_IF_ERROR(m->Init(stream));
   m->local_ = std::make_unique<LocalSource>(m.get());
@@ -167,7 +167,6 @@ Result<std::unique_ptr<CudaModel>> CudaModel::CreateOver(const ModelConfig& cfg,
                                                          int64_t expert_begin, int64_t expert_count,
                                                          Comm* ep) {
   if (!source) return Status::Error("CudaModel::CreateOver: no parameter source");
-  XT_RETURN_IF_ERROR(CudaSupports(cfg));
   const int64_t E = cfg.num_experts;
   const bool split = cfg.is_moe() && expert_count >= 0 && expert_count < E;
   if (split) {

@@ -17,8 +17,11 @@ double CorrectionDim(double rotations, double dim, double base, double original)
 std::vector<float> RopeInvFreq(const ModelConfig& cfg) {
   const int64_t dim = cfg.rope_dim(), half = dim / 2;
   const float base = float(cfg.rope_theta);
-  std::vector<float> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(base, float(2 * i) / float(dim));
+  std::vector<float> pos_freq(half), inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) {
+    pos_freq[i] = std::pow(base, float(2 * i) / float(dim));
+    inv_freq[i] = 1.0f / pos_freq[i];
+  }
   const RopeScaling& y = cfg.rope_scaling;
   if (!y.yarn) return inv_freq;
   const double original = double(y.original_max_position_embeddings);
@@ -31,8 +34,7 @@ std::vector<float> RopeInvFreq(const ModelConfig& cfg) {
   // As torch: (arange - low) / (high - low), the two Python floats rounded to float32 once.
   const float lo = float(low), span = float(high - low), factor = float(y.factor);
   for (int64_t i = 0; i < half; ++i) {
-    const float pos_freq = std::pow(base, float(2 * i) / float(dim));
-    const float extrapolation = 1.0f / pos_freq, interpolation = 1.0f / (factor * pos_freq);
+    const float extrapolation = inv_freq[i], interpolation = 1.0f / (factor * pos_freq[i]);
     const float ramp = std::clamp((float(i) - lo) / span, 0.0f, 1.0f);
     const float keep = 1.0f - ramp;  // the extrapolated share
     inv_freq[i] = interpolation * (1.0f - keep) + extrapolation * keep;
