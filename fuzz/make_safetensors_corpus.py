@@ -8,7 +8,7 @@ import os
 import struct
 import sys
 
-SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F16": 2, "BF16": 2, "I32": 4, "F32": 4,
+SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F16": 2, "BF16": 2, "I32": 4, "F32": 4,
          "I64": 8, "F64": 8}
 
 
@@ -41,6 +41,13 @@ def main():
         "layer": safetensors([("model.layers.0.mlp.experts.0.up_proj.weight", "BF16", [4, 2]),
                               ("model.layers.0.input_layernorm.weight", "F32", [2])],
                              {"format": "pt"}),
+        # FP8 block-quantized weights: a [5, 7] weight with scales for blocks of 2 x 3 (F32) and
+        # 1 x 1 (E8M0), an activation scale, and a weight without its scales.
+        "fp8": safetensors([("a.weight", "F8_E4M3", [5, 7]), ("a.weight_scale_inv", "F32", [3, 3]),
+                            ("a.activation_scale", "F32", []),
+                            ("b.weight", "F8_E4M3", [2, 2]), ("b.weight_scale_inv", "F8_E8M0", [2, 2]),
+                            ("c.weight", "F8_E4M3", [3, 1])],
+                           {"format": "pt"}),
     }
     for name, blob in files.items():
         with open(os.path.join(out, name + ".safetensors"), "wb") as f:

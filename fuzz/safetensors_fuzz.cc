@@ -1,12 +1,15 @@
 // libFuzzer target for the safetensors reader: any byte string given to
 // SafetensorsFile::FromBuffer (the parser behind SafetensorsFile::Open) must yield either a valid
 // file, every tensor of which can be read within the input's bounds, or an error Status; never a
-// crash, a sanitizer report or an abort. See fuzz/README.md.
+// crash, a sanitizer report or an abort. Every tensor is also read as a model weight
+// (ReadWeightF32: FP8 dequantization, with its scales, under a few block sizes), which must give
+// a tensor of the stored shape or an error. See fuzz/README.md.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include "xtuner/core/safetensors.h"
+#include "xtuner/model/fp8_weights.h"
 
 namespace {
 
@@ -43,5 +46,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   for (const auto& [k, v] : file->metadata()) sink = sink ^ Touch(v.data(), v.size());
+
+  const auto ckpt = xt::SafetensorsCheckpoint::FromFile(*file);
+  xt::ModelConfig cfg;
+  cfg.fp8_weights = true;
+  const int64_t blocks[][2] = {{1, 1}, {2, 3}, {128, 128}};
+  for (const auto& name : ckpt.names()) {
+    sink = sink ^ uint8_t(xt::IsFp8Companion(ckpt, name));
+    const xt::Shape shape = ckpt.Info(name)->shape;
+    for (const auto& b : blocks) {
+      cfg.fp8_block[0] = b[0];
+      cfg.fp8_block[1] = b[1];
+      if (auto w = xt::ReadWeightF32(ckpt, name, shape, cfg); w.ok()) {
+        if (w->shape() != shape || w->dtype() != xt::DType::F32) __builtin_trap();
+        sink = sink ^ Touch(w->data(), w->nbytes());
+      } else if (w.status().message().empty()) {
+        __builtin_trap();
+      }
+    }
+  }
   return 0;
 }

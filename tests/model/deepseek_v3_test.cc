@@ -24,8 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// deepseek-ai/DeepSeek-V3's config.json as published (remote-code spellings, YaRN), without its
-// quantization_config: examples/configs/deepseek-v3.json.
+// deepseek-ai/DeepSeek-V3's config.json as published (remote-code spellings, YaRN, FP8
+// quantization_config): examples/configs/deepseek-v3.json.
 json HubConfig() {
   std::ifstream in(testing::DataPath("../../examples/configs/deepseek-v3.json"));
   return json::parse(in);
@@ -62,6 +62,9 @@ TEST(DeepseekV3Config, ReadsTheHubConfigAndCountsItsParameters) {
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_EQ(c->num_moe_layers(), 58);
   EXPECT_EQ(c->head_dim, 192);
+  EXPECT_TRUE(c->fp8_weights);  // its FP8 weights are dequantized on load, in blocks of 128 x 128
+  EXPECT_EQ(c->fp8_block[0], 128);
+  EXPECT_EQ(c->fp8_block[1], 128);
   // 671B in the main model (DeepSeek-V3's report; the MTP module's 14B come on top), 37B active.
   PlanInputs in;
   in.model = *c;
@@ -106,7 +109,8 @@ TEST(DeepseekV3Config, WhatIsNotImplementedIsNamed) {
       {"scoring_func", "softmax", "scoring_func"},
       {"topk_method", "greedy", "topk_method"},
       {"moe_layer_freq", 2, "moe_layer_freq"},
-      {"quantization_config", json{{"quant_method", "fp8"}}, "quantization_config"},
+      {"quantization_config", json{{"quant_method", "fp8"}, {"fmt", "e5m2"}},
+       "quantization_config.fmt \"e5m2\""},
       {"n_group", 3, "n_group (3)"},
       {"topk_group", 9, "topk_group (9) exceeds n_group (8)"},
       {"num_experts_per_tok", 200, "num_experts_per_tok (200)"},

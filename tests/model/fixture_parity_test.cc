@@ -122,7 +122,8 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 // top-E, MQA, head_dim 12, sharded files and BF16 weights; DeepSeek-V3 with a plain q_proj,
 // RoPE pairs not interleaved, several groups kept, a non-zero correction bias that changes
 // choices, v smaller than or equal to the query head; YaRN RoPE on a Qwen3-MoE and on a
-// DeepSeek-V3 (its hub rope_scaling, with the softmax's mscale).
+// DeepSeek-V3 (its hub rope_scaling, with the softmax's mscale); block-quantized FP8 checkpoints
+// of a Qwen3-MoE and a DeepSeek-V3, against transformers' own FP8 load (dequantized).
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
@@ -130,7 +131,8 @@ INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                                            "variants/deepseek_v3_v4_plain_q",
                                            "variants/deepseek_v3_groups",
                                            "variants/deepseek_v3_bf16", "variants/qwen3_moe_yarn",
-                                           "variants/deepseek_v3_yarn"),
+                                           "variants/deepseek_v3_yarn", "variants/qwen3_moe_fp8",
+                                           "variants/deepseek_v3_fp8"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

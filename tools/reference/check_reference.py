@@ -3,7 +3,8 @@
 
 A from-scratch float64 PyTorch implementation of Qwen3 / Qwen3-MoE / Mixtral / DeepSeek-V3 that uses only
 config.json (v4 or v5 spellings) and the hub-named safetensors (single file or sharded, float32
-or bf16), i.e. what a C++ engine sees; no transformers. It recomputes logits, hidden states,
+or bf16, or block-quantized FP8 dequantized as DeepSeek's weight_dequant does), i.e. what a C++
+engine sees; no transformers. It recomputes logits, hidden states,
 router logits, ce/aux/loss, all gradients (autograd) and the packed logits (one packed row with a
 block-diagonal causal mask and restarting positions) and prints the max abs/rel differences
 against reference.safetensors. It computes everything in true float64 (transformers rounds
@@ -47,11 +48,28 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 
+def fp8_dequantize(codes, scale, block):
+    """DeepSeek's weight_dequant: W[r][c] = fp32(code) * scale[r // br][c // bc], the last block of
+    a row or column possibly partial (ceil-sized scale grid), one float32 rounding."""
+    (r, c), (br, bc) = codes.shape, block
+    assert scale.shape == ((r + br - 1) // br, (c + bc - 1) // bc), (codes.shape, scale.shape, block)
+    s = scale.float().repeat_interleave(br, 0)[:r].repeat_interleave(bc, 1)[:, :c]
+    return codes.to(torch.float32) * s
+
+
 def load_weights(d):
     w = {}
     for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
         if os.path.basename(f) not in ("reference.safetensors", "exact.safetensors"):
             w.update(load_file(f))
+    # FP8 block-quantized weights (quantization_config quant_method "fp8"): dequantize
+    q = json.load(open(os.path.join(d, "config.json"))).get("quantization_config")
+    if q is not None:
+        assert q["quant_method"] == "fp8" and q.get("fmt", "e4m3") == "e4m3", q
+        block = q.get("weight_block_size", [128, 128])
+        for k in [k for k in w if w[k].dtype == torch.float8_e4m3fn]:
+            w[k] = fp8_dequantize(w[k], w.pop(k + "_scale_inv"), block)
+    assert not [k for k in w if w[k].dtype == torch.float8_e4m3fn or k.endswith("_scale_inv")]
     return {k: v.to(torch.float64).requires_grad_(True) for k, v in w.items()}
 
 

@@ -40,6 +40,17 @@ times mscale(factor, mscale_all_dim)^2) must be the expected ones, and the logit
 with plain RoPE must differ by > 1e-2; meta.json then records the ramp, the frequencies, the factors
 and those differences.
 
+FP8 (the *_fp8 variants, spec key fp8=[block rows, block columns]): after save_pretrained, every
+2-D linear weight (attention, MLA's kv_a_proj_with_mqa included, MLP, experts and shared experts;
+not the embeddings, lm_head, norms or router, as in the hub's -FP8 releases) is block-quantized as DeepSeek's and
+transformers' Fp8Quantize do: per block scale = amax / 448, codes = (w / scale) clamped to +-448,
+rounded to float8_e4m3fn; the file then holds the F8_E4M3 codes and "<name>_scale_inv" (F32
+[ceil(rows / br), ceil(cols / bc)]), and config.json a quantization_config (quant_method fp8,
+fmt e4m3, weight_block_size). The reference model is transformers' own FP8 load of that
+directory (FineGrainedFP8Config, dequantize=True: fp32 codes times scales, to float32); a float32
+checkpoint of the dequantized weights written here, loaded by transformers, must give it
+bit-identical logits (the "roundtrip"), and the reference tensors come from that float model.
+
 Usage (from the repo root, with the venv of tools/reference/README.md):
   python tools/reference/make_reference.py                      # all variants
   python tools/reference/make_reference.py --variant mixtral_k1_mqa --out tests/data/variants
@@ -289,6 +300,45 @@ VARIANTS = {
         ),
         prompt_lens=(4, 2), doc_lens=(12, 14),
     ),
+    # Block-quantized FP8 checkpoints, as DeepSeek-V3's and Qwen3's -FP8 releases ship them: the
+    # "proj" weights F8_E4M3 with per-block F32 scales, the rest bf16 (the router bias F32).
+    # Every weight is a whole number of blocks (transformers' dequantization needs that).
+    "qwen3_moe_fp8": dict(
+        arch="qwen3_moe",
+        seed=5002,
+        config=dict(
+            vocab_size=256, hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=64, moe_intermediate_size=32,
+            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+            decoder_sparse_step=1, mlp_only_layers=[1],
+            tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            router_aux_loss_coef=0.001, rms_norm_eps=1e-6, max_position_embeddings=256,
+        ),
+        bf16=True,
+        fp8=[16, 32],
+        prompt_lens=(4, 6), doc_lens=(11, 15),
+    ),
+    "deepseek_v3_fp8": dict(
+        arch="deepseek_v3",
+        seed=5101,
+        config=dict(
+            vocab_size=256, hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4,
+            q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+            rope_interleave=True,
+            intermediate_size=64, moe_intermediate_size=16,
+            n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+            norm_topk_prob=True, first_k_dense_replace=1, n_shared_experts=1,
+            routed_scaling_factor=2.5, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            rms_norm_eps=1e-6, max_position_embeddings=256,
+        ),
+        bf16=True,
+        fp8=[16, 16],
+        rewrite=_v4_deepseek_v3,
+        prompt_lens=(5, 3), doc_lens=(10, 16),
+    ),
     "deepseek_v3_yarn": dict(
         arch="deepseek_v3",
         seed=4901,
@@ -388,6 +438,60 @@ def init_score_bias(model, gen):
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
+
+FP8_MAX = 448.0  # the largest float8_e4m3fn
+
+
+def fp8_quantize(w, block):
+    """Block-quantize a 2-D float tensor: (float8_e4m3fn codes, float32 scales [ceil(r/br), ceil(c/bc)])."""
+    r, c = w.shape
+    br, bc = block
+    assert r % br == 0 and c % bc == 0, (tuple(w.shape), block)  # transformers' dequantize needs it
+    blocks = w.float().reshape(r // br, br, c // bc, bc)
+    amax = blocks.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12)
+    scale = amax / FP8_MAX
+    codes = (blocks / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return codes.reshape(r, c), scale.reshape(r // br, c // bc)
+
+
+def fp8_dequantize(codes, scale, block):
+    br, bc = block
+    s = scale.repeat_interleave(br, 0).repeat_interleave(bc, 1)
+    return codes.to(torch.float32) * s
+
+
+def fp8_quantized(name, t):
+    """The weights a hub -FP8 release quantizes: every 2-D linear weight of attention (MLA's
+    kv_a_proj_with_mqa included), MLP, experts and shared experts; not the embeddings, lm_head,
+    norms or router (mlp.gate)."""
+    return (t.dim() == 2 and name.endswith(".weight") and "embed_tokens" not in name
+            and name != "lm_head.weight" and not name.endswith("mlp.gate.weight"))
+
+
+def write_fp8_checkpoint(out_dir, block, cfg_json):
+    """Quantize the saved linear weights (fp8_quantized) in place; returns the dequantized float32 weights
+    (every tensor, by hub name) and adds quantization_config to cfg_json."""
+    files = sorted(glob.glob(os.path.join(out_dir, "*.safetensors")))
+    assert len(files) == 1, files  # (the FP8 variants are not sharded)
+    tensors = load_file(files[0])
+    dequantized, n = {}, 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if fp8_quantized(name, t):
+            codes, scale = fp8_quantize(t, block)
+            tensors[name] = codes
+            tensors[name + "_scale_inv"] = scale
+            dequantized[name] = fp8_dequantize(codes, scale, block)
+            n += 1
+        else:
+            dequantized[name] = t.float()
+    assert n > 0
+    save_file(tensors, files[0], metadata={"format": "pt"})
+    cfg_json["quantization_config"] = {
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+        "weight_block_size": list(block)}
+    return dequantized
 
 
 def load_reference_model(cls, path):
@@ -635,14 +739,39 @@ def build(name, spec, seed, out_dir):
     cfg_path = os.path.join(out_dir, "config.json")
     with open(cfg_path) as f:
         cfg_json = json.load(f)
+    fp8 = spec.get("fp8")
     if spec.get("rewrite"):
         cfg_json = spec["rewrite"](cfg_json)
+    if fp8:
+        dequantized = write_fp8_checkpoint(out_dir, fp8, cfg_json)
+    if spec.get("rewrite") or fp8:
         with open(cfg_path, "w") as f:
             json.dump(cfg_json, f, indent=2, sort_keys=True)
             f.write("\n")
 
     # ---- reload from disk exactly as a user would, upcast to float64 ----
     m = load_reference_model(model_cls, out_dir)
+    if fp8:
+        # transformers dequantized the FP8 weights on load (no GPU: dequantize=True); it must have
+        # the weights dequantized here, bit for bit: a float32 checkpoint of them gives the same
+        # logits. That float model is the reference from here on (transformers' FP8 model keeps a
+        # quantizer that would re-quantize the gradients that hub_named_grads saves).
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = {k: v for k, v in cfg_json.items() if k != "quantization_config"}
+            plain["dtype"] = "float32"
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(plain, f)
+            save_file(dequantized, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            m_float = load_reference_model(model_cls, tmp)
+        probe = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            a = m(input_ids=probe, use_cache=False).logits
+            b = m_float(input_ids=probe, use_cache=False).logits
+        fp8_roundtrip = float((a - b).abs().max())
+        assert fp8_roundtrip == 0.0, fp8_roundtrip
+        m = m_float
+        # the in-memory model takes the dequantized weights too (the roundtrip check below)
+        model = copy.deepcopy(m_float).float()
     lc = m.config
     # the (possibly v4-spelled) config must mean the same thing to transformers
     for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
@@ -678,7 +807,13 @@ def build(name, spec, seed, out_dir):
 
     saved = read_saved_weights(out_dir)
     want_dtype = torch.bfloat16 if bf16 else torch.float32
+    if fp8:
+        for k in [k for k in saved if k.endswith("_scale_inv")]:
+            assert saved[k].dtype == torch.float32 and saved[k[:-len("_scale_inv")]].dtype == torch.float8_e4m3fn, k
+            del saved[k]
     for k, t in saved.items():  # (DeepSeek-V3's router bias stays float32 in a bf16 checkpoint)
+        if fp8 and t.dtype == torch.float8_e4m3fn:
+            continue
         assert t.dtype == (torch.float32 if k.endswith("e_score_correction_bias") else want_dtype), (k, t.dtype)
     if is_ds:
         nb = sum(k.endswith("e_score_correction_bias") for k in saved)
@@ -847,6 +982,8 @@ def build(name, spec, seed, out_dir):
         "torch": torch.__version__.split("+")[0],
         "variant": name,
         "weights_dtype": "bfloat16" if bf16 else "float32",
+        **({"fp8_weight_block_size": list(fp8), "fp8_weights": sorted(k for k in saved if saved[k].dtype == torch.float8_e4m3fn),
+            "fp8_transformers_vs_float_logits_max_abs_diff": fp8_roundtrip} if fp8 else {}),
         "roundtrip_max_abs_diff": roundtrip,
         "router_min_topk_gap": prob_gap,
         "router_min_topk_logit_gap": logit_gap,

@@ -45,6 +45,17 @@ std::optional<DType> DTypeFromName(std::string_view name) {
   return std::nullopt;
 }
 
+float Fp8E4m3ToF32(uint8_t b) {
+  const float sign = (b & 0x80) ? -1.0f : 1.0f;
+  const int exp = (b >> 3) & 0xf;
+  const int man = b & 0x7;
+  if (exp == 0xf && man == 0x7) return std::nanf("");
+  if (exp == 0) return sign * std::ldexp(float(man), -9);  // subnormal: man/8 * 2^-6
+  return sign * std::ldexp(float(8 + man), exp - 10);      // (1 + man/8) * 2^(exp-7)
+}
+
+float Fp8E8m0ToF32(uint8_t b) { return b == 0xff ? std::nanf("") : std::ldexp(1.0f, int(b) - 127); }
+
 bool IsFloat(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 float F16ToF32(uint16_t h) {

@@ -37,4 +37,11 @@ inline uint16_t F32ToBf16(float f) {
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);
 
+// The 8-bit floats of FP8 checkpoints (storage only, decoded on load):
+//   E4M3 (safetensors F8_E4M3, torch float8_e4m3fn): sign, 4 exponent bits (bias 7), 3 mantissa
+//     bits; no infinities; 0x7f and 0xff are NaN; largest 448, smallest subnormal 2^-9.
+//   E8M0 (F8_E8M0, torch float8_e8m0fnu; "ue8m0" scales): 2^(byte - 127); 0xff is NaN.
+float Fp8E4m3ToF32(uint8_t b);
+float Fp8E8m0ToF32(uint8_t b);
+
 }  // namespace xt

@@ -2,8 +2,6 @@
 // (writing: safetensors_write.cc).
 #include "xtuner/core/safetensors.h"
 
-#include "xtuner/core/mapped_file.h"
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -23,6 +21,8 @@
 #include <set>
 #include <sstream>
 #include <string_view>
+
+#include "xtuner/core/mapped_file.h"
 
 namespace xt {
 
@@ -457,6 +457,14 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
+SafetensorsCheckpoint SafetensorsCheckpoint::FromFile(SafetensorsFile file) {
+  SafetensorsCheckpoint ckpt;
+  ckpt.path_ = file.path();
+  for (const auto& name : file.names()) ckpt.where_[name] = 0;
+  ckpt.files_.push_back(std::move(file));
+  return ckpt;
+}
+
 Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& path_or_dir) {
   SafetensorsCheckpoint ckpt;
   ckpt.path_ = path_or_dir;
@@ -480,9 +488,9 @@ Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& pat
 
   if (!single_path.empty()) {
     XT_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(single_path.string()));
-    for (const auto& name : f.names()) ckpt.where_[name] = 0;
-    ckpt.files_.push_back(std::move(f));
-    return ckpt;
+    SafetensorsCheckpoint one = FromFile(std::move(f));
+    one.path_ = path_or_dir;
+    return one;
   }
 
   const std::string where = "checkpoint index '" + index_path.string() + "'";

@@ -105,6 +105,8 @@ class SafetensorsCheckpoint {
   // "weight_map" object; a shard missing or invalid; a tensor the index maps to a shard that
   // does not hold it; a tensor in a shard that the index does not map to that shard.
   static Result<SafetensorsCheckpoint> Open(const std::string& path_or_dir);
+  // The checkpoint of one file already open (e.g. from FromBuffer); path() is the file's.
+  static SafetensorsCheckpoint FromFile(SafetensorsFile file);
 
   // Tensor names over all files, sorted.
   std::vector<std::string> names() const;

@@ -7,6 +7,7 @@
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/model/fp8_weights.h"
 
 namespace xt {
 
@@ -38,7 +39,7 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
       return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
                            ShapeString(p.shape) + ") that a " + cfg.model_type +
                            " model with this config.json needs");
-    XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(p.name, p.shape));
+    XT_ASSIGN_OR_RETURN(Tensor t, ReadWeightF32(ckpt, p.name, p.shape, cfg));
     visit(p, t.f32());
   }
   // Tensors of experts another rank holds (a layout with a slice of the experts) are expected.
@@ -46,6 +47,7 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
   for (const std::string& name : ckpt.names()) {
     if (whole.Find(name)) continue;
     if (EndsWith(name, "rotary_emb.inv_freq") || IsMtpLayerTensor(name, cfg)) continue;
+    if (IsFp8Companion(ckpt, name)) continue;  // consumed with its weight, or unused
     if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
     return Status::Error(ckpt.FileOf(name) + ": unexpected tensor \"" + name +
                          "\": no parameter of a " + cfg.model_type +

@@ -1,5 +1,6 @@
 // Hugging Face checkpoints in and out: config.json + safetensors (single or sharded; F32, BF16
-// or F16 weights, upcast to fp32 on load) under the hub's tensor names.
+// or F16 weights, upcast to fp32 on load, or block-quantized FP8 ones, dequantized on load:
+// model/fp8_weights.h) under the hub's tensor names. Export writes fp32 or bf16.
 #pragma once
 
 #include <cstddef>
@@ -14,8 +15,10 @@ namespace xt {
 
 // Reads every parameter of `model` from the checkpoint at `path` (a directory, an index file or
 // one .safetensors file). Errors name the file and tensor: a tensor missing, of the wrong shape
-// or of a non-float dtype, or a tensor the model has no place for. Tolerated extras: rotary
-// inv_freq buffers, and lm_head.weight in a model with tied embeddings (HF ignores it too).
+// or of a non-float dtype, an FP8 weight without its scales, or a tensor the model has no place
+// for. Tolerated extras: rotary inv_freq buffers, lm_head.weight in a model with tied
+// embeddings (HF ignores it too), DeepSeek-V3's multi-token-prediction layers, and the scales of
+// FP8 weights.
 Status LoadHfWeights(Transformer* model, const std::string& path);
 
 // The same checks, for the parameters of `layout` (of a model with config `cfg`): calls

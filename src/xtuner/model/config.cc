@@ -159,6 +159,46 @@ Status ReadRope(const json& j, const Reader& r, ModelConfig* c) {
   return Status::OK();
 }
 
+// quantization_config: the block-quantized FP8 of transformers' FineGrainedFP8Config (weights
+// F8_E4M3, scales fp32 or ue8m0, any activation scheme: activations are not quantized here) is
+// dequantized on load; every other method is refused by name. modules_to_not_convert needs no
+// reading: each tensor's stored dtype says whether it is quantized.
+Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
+  if (!r.has("quantization_config")) return Status::OK();
+  const json& q = j["quantization_config"];
+  const std::string unsupported =
+      " (supported: quant_method \"fp8\" with fmt \"e4m3\" and a weight_block_size, the "
+      "block-quantized FP8 of DeepSeek-V3 and Qwen3 -FP8 checkpoints); convert the weights to "
+      "bf16 first";
+  if (!q.is_object()) return r.Error("key \"quantization_config\" must be an object");
+  const json method = q.value("quant_method", json(nullptr));
+  if (!method.is_string() || method.get<std::string>() != "fp8")
+    return r.Error("quantization_config.quant_method " + method.dump() + " is not supported" +
+                   unsupported);
+  if (q.contains("fmt") && !(q["fmt"].is_string() && q["fmt"].get<std::string>() == "e4m3"))
+    return r.Error("quantization_config.fmt " + q["fmt"].dump() + " is not supported" +
+                   unsupported);
+  if (q.contains("scale_fmt") &&
+      !(q["scale_fmt"].is_string() && (q["scale_fmt"].get<std::string>() == "float" ||
+                                       q["scale_fmt"].get<std::string>() == "ue8m0")))
+    return r.Error("quantization_config.scale_fmt " + q["scale_fmt"].dump() +
+                   " is not supported (supported: \"float\", \"ue8m0\")");
+  c->fp8_weights = true;
+  c->fp8_block[0] = c->fp8_block[1] = 128;  // transformers' default
+  if (!q.contains("weight_block_size")) return Status::OK();
+  const json& b = q["weight_block_size"];
+  bool ok = b.is_array() && b.size() == 2;
+  for (size_t i = 0; ok && i < 2; ++i) {
+    ok = b[i].is_number_integer() && b[i].get<int64_t>() > 0 && b[i].get<int64_t>() <= (1 << 20);
+    if (ok) c->fp8_block[i] = b[i].get<int64_t>();
+  }
+  if (!ok)
+    return r.Error("quantization_config.weight_block_size " + b.dump() +
+                   " is not supported (supported: [rows, columns], two positive integers; "
+                   "per-tensor FP8 scales are not implemented)");
+  return Status::OK();
+}
+
 Status Positive(const Reader& r, const char* name, int64_t v) {
   return v > 0 ? Status::OK()
                : r.Error(std::string("\"") + name + "\" must be positive, found " +
@@ -265,10 +305,6 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   int64_t freq = 1;
   XT_RETURN_IF_ERROR(r.Int("moe_layer_freq", &freq, false));
   if (freq != 1) return r.Error("moe_layer_freq != 1 is not implemented (supported: 1)");
-  if (r.has("quantization_config"))
-    return r.Error(
-        "quantized checkpoints (quantization_config) are not supported: convert the "
-        "weights to bf16 or fp32 first");
   for (int64_t l = first_dense; l < c->num_layers; ++l) c->layer_is_moe[l] = true;
   if (first_dense > 0) XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c->intermediate_size));
   return Status::OK();
@@ -319,6 +355,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Double("rms_norm_eps", &c.rms_norm_eps, false));
   XT_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c.tie_word_embeddings, false));
   XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
+  XT_RETURN_IF_ERROR(ReadQuantization(j, r, &c));
   for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size},
                          {"hidden_size", c.hidden_size},
                          {"num_hidden_layers", c.num_layers},

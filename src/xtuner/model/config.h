@@ -77,6 +77,13 @@ struct ModelConfig {
   bool rope_interleave = true;
   int64_t num_nextn_predict_layers = 0;  // multi-token-prediction layers in the checkpoint (unused)
 
+  // A block-quantized FP8 checkpoint (quantization_config {"quant_method": "fp8", ...}, as in
+  // DeepSeek-V3's and Qwen3's "-FP8" releases): its F8_E4M3 weights carry one scale per block of
+  // fp8_block[0] rows x fp8_block[1] columns and are dequantized to fp32 on load
+  // (model/fp8_weights.h). Training and export are in fp32 / bf16 from then on.
+  bool fp8_weights = false;
+  int64_t fp8_block[2] = {0, 0};
+
   bool is_moe() const { return num_experts > 0; }
   int64_t num_moe_layers() const;
   int64_t last_moe_layer() const;  // -1 for a dense model

@@ -1,0 +1,118 @@
+#include "xtuner/model/fp8_weights.h"
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "xtuner/core/dtype.h"
+
+namespace xt {
+
+namespace {
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// "...proj.weight" -> "...proj.weight_scale_inv" (transformers' _scale_pattern_for).
+std::string ScaleName(const std::string& weight) { return weight + "_scale_inv"; }
+
+std::string Hex(uint8_t b) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02x", unsigned(b));
+  return buf;
+}
+
+// The scales of `scale_name` as fp32, shape [grid_rows, grid_cols].
+Result<std::vector<float>> ReadScales(const SafetensorsCheckpoint& ckpt,
+                                      const std::string& scale_name, const std::string& weight,
+                                      int64_t grid_rows, int64_t grid_cols) {
+  const std::string where = ckpt.FileOf(scale_name) + ": tensor \"" + scale_name + "\"";
+  const Shape grid = {grid_rows, grid_cols};
+  XT_ASSIGN_OR_RETURN(SafetensorsInfo info, ckpt.Info(scale_name));
+  if (info.shape != grid)
+    return Status::Error(where + " has shape " + ShapeString(info.shape) + ", expected " +
+                         ShapeString(grid) + ": one scale per block of \"" + weight +
+                         "\" (quantization_config.weight_block_size)");
+  std::vector<float> s(size_t(grid_rows * grid_cols));
+  if (info.dtype == "F8_E8M0" || info.dtype == "U8") {
+    const auto* bytes = static_cast<const uint8_t*>(info.data);
+    for (size_t i = 0; i < s.size(); ++i) s[i] = Fp8E8m0ToF32(bytes[i]);
+  } else {
+    Result<Tensor> t = ckpt.GetF32(scale_name, grid);
+    if (!t.ok())
+      return Status::Error(where + " has dtype " + info.dtype +
+                           ", expected F32, BF16 or F16 (or F8_E8M0 / U8 exponent scales)");
+    const float* f = t->f32();
+    s.assign(f, f + s.size());
+  }
+  for (size_t i = 0; i < s.size(); ++i)
+    if (!std::isfinite(s[i]))
+      return Status::Error(where + " holds a scale that is not finite (" + std::to_string(s[i]) +
+                           ") at block [" + std::to_string(int64_t(i) / grid_cols) + ", " +
+                           std::to_string(int64_t(i) % grid_cols) + "]");
+  return s;
+}
+
+}  // namespace
+
+Result<Tensor> ReadWeightF32(const SafetensorsCheckpoint& ckpt, const std::string& name,
+                             const Shape& shape, const ModelConfig& cfg) {
+  XT_ASSIGN_OR_RETURN(SafetensorsInfo info, ckpt.Info(name));
+  if (info.dtype != "F8_E4M3") return ckpt.GetF32(name, shape);
+
+  const std::string where = ckpt.FileOf(name) + ": tensor \"" + name + "\"";
+  if (!cfg.fp8_weights)
+    return Status::Error(where +
+                         " is F8_E4M3, but config.json has no FP8 quantization_config "
+                         "(quant_method \"fp8\" and its weight_block_size)");
+  if (info.shape != shape)
+    return Status::Error(where + " has shape " + ShapeString(info.shape) + ", expected " +
+                         ShapeString(shape));
+  if (shape.size() != 2)
+    return Status::Error(where + " is F8_E4M3 with shape " + ShapeString(shape) +
+                         ": only 2-D weights [rows, columns] can be block-quantized");
+  const std::string scale_name = ScaleName(name);
+  if (!ckpt.contains(scale_name))
+    return Status::Error(where + " is F8_E4M3 but the checkpoint has no scale tensor \"" +
+                         scale_name + "\"");
+  const int64_t rows = shape[0], cols = shape[1];
+  const int64_t bm = cfg.fp8_block[0], bn = cfg.fp8_block[1];
+  XT_CHECK(bm > 0 && bn > 0);
+  const int64_t grid_rows = rows / bm + (rows % bm != 0);  // (no overflow for any row count)
+  const int64_t grid_cols = cols / bn + (cols % bn != 0);
+  XT_ASSIGN_OR_RETURN(std::vector<float> scales,
+                      ReadScales(ckpt, scale_name, name, grid_rows, grid_cols));
+  if (rows == 0 || cols == 0) return Tensor::Empty(DType::F32, shape);
+
+  float lut[256];
+  for (int b = 0; b < 256; ++b) lut[b] = Fp8E4m3ToF32(uint8_t(b));
+  Tensor out = Tensor::Empty(DType::F32, shape);
+  float* w = out.f32();
+  const auto* q = static_cast<const uint8_t*>(info.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = scales.data() + (r / bm) * grid_cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint8_t b = q[r * cols + c];
+      if ((b & 0x7f) == 0x7f)
+        return Status::Error(where + " holds a NaN code (" + Hex(b) + ") at [" + std::to_string(r) +
+                             ", " + std::to_string(c) + "]");
+      w[r * cols + c] = lut[b] * s[c / bn];
+    }
+  }
+  return out;
+}
+
+bool IsFp8Companion(const SafetensorsCheckpoint& ckpt, const std::string& name) {
+  for (const char* suffix : {"weight_scale_inv", "activation_scale", "input_scale"}) {
+    if (!EndsWith(name, suffix)) continue;
+    const std::string weight = name.substr(0, name.size() - std::string(suffix).size()) + "weight";
+    if (!ckpt.contains(weight)) return false;
+    Result<SafetensorsInfo> info = ckpt.Info(weight);
+    return info.ok() && info->dtype == "F8_E4M3";
+  }
+  return false;
+}
+
+}  // namespace xt

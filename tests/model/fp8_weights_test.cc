@@ -1,0 +1,394 @@
+// FP8 block-quantized checkpoints: the 8-bit float decodings, the dequantization of a weight
+// (partial blocks, every scale dtype), a clear error for each way an FP8 checkpoint can be wrong,
+// and quantization_config's parsing. fixture_parity_test holds whole FP8 checkpoints to
+// transformers' own FP8 load.
+#include "xtuner/model/fp8_weights.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/testing.h"
+#include "xtuner/core/dtype.h"
+#include "xtuner/model/checkpoint.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A tensor of any safetensors dtype, as raw little-endian bytes.
+struct Raw {
+  std::string name, dtype;
+  Shape shape;
+  std::string bytes;
+};
+
+template <typename T>
+std::string Bytes(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+void WriteRaw(const std::string& path, const std::vector<Raw>& tensors) {
+  json header = json::object();
+  std::string data;
+  for (const Raw& t : tensors) {
+    header[t.name] = {{"dtype", t.dtype},
+                      {"shape", t.shape},
+                      {"data_offsets", {data.size(), data.size() + t.bytes.size()}}};
+    data += t.bytes;
+  }
+  std::string h = header.dump();
+  uint64_t n = h.size();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << h << data;
+}
+
+std::vector<Raw> ReadRaw(const std::string& path) {
+  auto f = SafetensorsFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status().message();
+  std::vector<Raw> out;
+  for (const std::string& n : f->names()) {
+    SafetensorsInfo i = f->Info(n).value();
+    out.push_back({n, i.dtype, i.shape, std::string(static_cast<const char*>(i.data), i.nbytes)});
+  }
+  return out;
+}
+
+ModelConfig Fp8Config(int64_t bm, int64_t bn) {
+  ModelConfig c;
+  c.fp8_weights = true;
+  c.fp8_block[0] = bm;
+  c.fp8_block[1] = bn;
+  return c;
+}
+
+Result<Tensor> Read(const std::vector<Raw>& tensors, const std::string& name, const Shape& shape,
+                    const ModelConfig& cfg) {
+  const std::string path = testing::TempDir("fp8") + "/model.safetensors";
+  WriteRaw(path, tensors);
+  auto ckpt = SafetensorsCheckpoint::Open(path);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status().message();
+  if (!ckpt.ok()) return ckpt.status();
+  return ReadWeightF32(*ckpt, name, shape, cfg);
+}
+
+void ExpectError(const Result<Tensor>& r, std::initializer_list<const char*> parts) {
+  ASSERT_FALSE(r.ok()) << "expected an error mentioning " << *parts.begin();
+  for (const char* p : parts)
+    EXPECT_NE(r.status().message().find(p), std::string::npos)
+        << "message lacks \"" << p << "\": " << r.status().message();
+}
+
+TEST(Fp8, E4m3DecodesTheFormatsLandmarks) {
+  EXPECT_EQ(Fp8E4m3ToF32(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(Fp8E4m3ToF32(0x80)));
+  EXPECT_EQ(Fp8E4m3ToF32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(Fp8E4m3ToF32(0x07), 7 * std::ldexp(1.0f, -9));
+  EXPECT_EQ(Fp8E4m3ToF32(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(Fp8E4m3ToF32(0x38), 1.0f);
+  EXPECT_EQ(Fp8E4m3ToF32(0x3c), 1.5f);
+  EXPECT_EQ(Fp8E4m3ToF32(0x40), 2.0f);
+  EXPECT_EQ(Fp8E4m3ToF32(0x78), 256.0f);  // exponent 15 is a normal exponent (no infinities)
+  EXPECT_EQ(Fp8E4m3ToF32(0x7e), 448.0f);  // the largest
+  EXPECT_EQ(Fp8E4m3ToF32(0xfe), -448.0f);
+  EXPECT_EQ(Fp8E4m3ToF32(0xb8), -1.0f);
+  EXPECT_TRUE(std::isnan(Fp8E4m3ToF32(0x7f)));
+  EXPECT_TRUE(std::isnan(Fp8E4m3ToF32(0xff)));
+  // Codes 0..0x7e are the non-negative values in increasing order, and the sign bit negates.
+  for (int b = 1; b < 0x7f; ++b) {
+    EXPECT_LT(Fp8E4m3ToF32(uint8_t(b - 1)), Fp8E4m3ToF32(uint8_t(b))) << b;
+    EXPECT_EQ(Fp8E4m3ToF32(uint8_t(b | 0x80)), -Fp8E4m3ToF32(uint8_t(b))) << b;
+  }
+}
+
+TEST(Fp8, E8m0IsAPowerOfTwo) {
+  EXPECT_EQ(Fp8E8m0ToF32(127), 1.0f);
+  EXPECT_EQ(Fp8E8m0ToF32(128), 2.0f);
+  EXPECT_EQ(Fp8E8m0ToF32(120), 1.0f / 128);
+  EXPECT_EQ(Fp8E8m0ToF32(0), std::ldexp(1.0f, -127));
+  EXPECT_EQ(Fp8E8m0ToF32(254), std::ldexp(1.0f, 127));
+  EXPECT_TRUE(std::isnan(Fp8E8m0ToF32(255)));
+}
+
+// A [5, 7] weight in blocks of 2 x 3: a 3 x 3 grid whose last row and column are partial.
+// Every scale is distinct, so a code multiplied by the wrong block's scale shows.
+struct Partial {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  Partial() {
+    for (int i = 0; i < 35; ++i)
+      codes.push_back(uint8_t((i * 37 + 11) % 0x7f) | (i % 3 ? 0 : 0x80));
+    for (int i = 0; i < 9; ++i) scales.push_back(std::ldexp(1.0f + i / 16.0f, i - 4));
+  }
+  float Want(int r, int c) const {
+    return Fp8E4m3ToF32(codes[r * 7 + c]) * scales[(r / 2) * 3 + c / 3];
+  }
+};
+
+TEST(Fp8, DequantizesPartialBlocksWithTheirOwnScale) {
+  Partial p;
+  auto w = Read({{"w.weight", "F8_E4M3", {5, 7}, Bytes(p.codes)},
+                 {"w.weight_scale_inv", "F32", {3, 3}, Bytes(p.scales)}},
+                "w.weight", {5, 7}, Fp8Config(2, 3));
+  ASSERT_TRUE(w.ok()) << w.status().message();
+  for (int r = 0; r < 5; ++r)
+    for (int c = 0; c < 7; ++c) EXPECT_EQ(w->f32()[r * 7 + c], p.Want(r, c)) << r << "," << c;
+  // Spot checks written out: the corner element is in the last, partial block (scale 8 of 9).
+  EXPECT_EQ(w->f32()[4 * 7 + 6], Fp8E4m3ToF32(p.codes[34]) * p.scales[8]);
+  EXPECT_EQ(w->f32()[1 * 7 + 3], Fp8E4m3ToF32(p.codes[10]) * p.scales[1]);
+}
+
+TEST(Fp8, ReadsEveryScaleDtype) {
+  Partial p;
+  // Powers of two, so that every dtype holds them exactly: 2^(e - 127) from E8M0 bytes.
+  std::vector<uint8_t> e8 = {120, 127, 130, 125, 126, 128, 131, 119, 127};
+  std::vector<uint16_t> bf16;
+  for (uint8_t e : e8) bf16.push_back(F32ToBf16(Fp8E8m0ToF32(e)));
+  for (const char* dtype : {"F8_E8M0", "U8", "BF16"}) {
+    const std::string bytes = std::string(dtype) == "BF16" ? Bytes(bf16) : Bytes(e8);
+    auto w = Read({{"w.weight", "F8_E4M3", {5, 7}, Bytes(p.codes)},
+                   {"w.weight_scale_inv", dtype, {3, 3}, bytes}},
+                  "w.weight", {5, 7}, Fp8Config(2, 3));
+    ASSERT_TRUE(w.ok()) << dtype << ": " << w.status().message();
+    for (int r = 0; r < 5; ++r)
+      for (int c = 0; c < 7; ++c)
+        EXPECT_EQ(w->f32()[r * 7 + c],
+                  Fp8E4m3ToF32(p.codes[r * 7 + c]) * Fp8E8m0ToF32(e8[(r / 2) * 3 + c / 3]))
+            << dtype << " " << r << "," << c;
+  }
+}
+
+TEST(Fp8, OtherDtypesReadAsBefore) {
+  std::vector<float> v = {1.5f, -2.0f, 0.25f, 3.0f};
+  auto w = Read({{"n.weight", "F32", {4}, Bytes(v)}}, "n.weight", {4}, Fp8Config(128, 128));
+  ASSERT_TRUE(w.ok()) << w.status().message();
+  EXPECT_EQ(std::memcmp(w->f32(), v.data(), 16), 0);
+}
+
+TEST(Fp8, EachWrongCheckpointIsNamed) {
+  Partial p;
+  const Raw weight = {"w.weight", "F8_E4M3", {5, 7}, Bytes(p.codes)};
+  const Raw scale = {"w.weight_scale_inv", "F32", {3, 3}, Bytes(p.scales)};
+  ExpectError(Read({weight, scale}, "w.weight", {5, 7}, ModelConfig{}),
+              {"\"w.weight\"", "F8_E4M3", "no FP8 quantization_config"});
+  ExpectError(Read({weight}, "w.weight", {5, 7}, Fp8Config(2, 3)),
+              {"\"w.weight\"", "no scale tensor \"w.weight_scale_inv\""});
+  // The grid of floor-sized blocks, or of another block size.
+  ExpectError(Read({weight, {"w.weight_scale_inv", "F32", {2, 2}, Bytes(p.scales).substr(0, 16)}},
+                   "w.weight", {5, 7}, Fp8Config(2, 3)),
+              {"\"w.weight_scale_inv\"", "shape [2, 2], expected [3, 3]", "weight_block_size"});
+  ExpectError(Read({weight, scale}, "w.weight", {5, 7}, Fp8Config(128, 128)),
+              {"\"w.weight_scale_inv\"", "expected [1, 1]"});
+  ExpectError(Read({weight, scale}, "w.weight", {7, 5}, Fp8Config(2, 3)),
+              {"\"w.weight\"", "shape [5, 7], expected [7, 5]"});
+  ExpectError(Read({weight, {"w.weight_scale_inv", "I32", {3, 3}, Bytes(p.scales)}}, "w.weight",
+                   {5, 7}, Fp8Config(2, 3)),
+              {"\"w.weight_scale_inv\"", "dtype I32"});
+  std::vector<float> bad = p.scales;
+  bad[4] = INFINITY;
+  ExpectError(Read({weight, {"w.weight_scale_inv", "F32", {3, 3}, Bytes(bad)}}, "w.weight", {5, 7},
+                   Fp8Config(2, 3)),
+              {"\"w.weight_scale_inv\"", "not finite", "block [1, 1]"});
+  std::vector<uint8_t> nan_scale(9, 127);
+  nan_scale[2] = 0xff;
+  ExpectError(Read({weight, {"w.weight_scale_inv", "F8_E8M0", {3, 3}, Bytes(nan_scale)}},
+                   "w.weight", {5, 7}, Fp8Config(2, 3)),
+              {"not finite", "block [0, 2]"});
+  std::vector<uint8_t> nan_codes = p.codes;
+  nan_codes[2 * 7 + 5] = 0xff;
+  ExpectError(Read({{"w.weight", "F8_E4M3", {5, 7}, Bytes(nan_codes)}, scale}, "w.weight", {5, 7},
+                   Fp8Config(2, 3)),
+              {"\"w.weight\"", "NaN code (0xff) at [2, 5]"});
+  ExpectError(
+      Read({{"v.weight", "F8_E4M3", {35}, Bytes(p.codes)}}, "v.weight", {35}, Fp8Config(2, 3)),
+      {"\"v.weight\"", "only 2-D weights"});
+  ExpectError(
+      Read({{"v.weight", "F8_E5M2", {5, 7}, Bytes(p.codes)}}, "v.weight", {5, 7}, Fp8Config(2, 3)),
+      {"'v.weight'", "dtype F8_E5M2"});
+}
+
+// ---------------------------------------------------------------- whole checkpoints
+
+// The qwen3_moe_fp8 fixture copied into a fresh directory, its tensors edited by `edit`.
+std::string EditedFp8Fixture(const std::function<void(std::vector<Raw>*)>& edit) {
+  const std::string src = testing::DataPath("variants/qwen3_moe_fp8");
+  const std::string dir = testing::TempDir("fp8_ckpt");
+  fs::copy_file(src + "/config.json", dir + "/config.json");
+  std::vector<Raw> t = ReadRaw(src + "/model.safetensors");
+  edit(&t);
+  WriteRaw(dir + "/model.safetensors", t);
+  return dir;
+}
+
+std::string LoadError(const std::string& dir) {
+  auto m = LoadHfModel(dir);
+  return m.ok() ? "" : m.status().message();
+}
+
+TEST(Fp8Checkpoint, LoadsDequantizedAndExportsAPlainCheckpoint) {
+  const std::string src = testing::DataPath("variants/qwen3_moe_fp8");
+  auto m = LoadHfModel(src);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_TRUE((*m)->config().fp8_weights);
+  EXPECT_EQ((*m)->config().fp8_block[0], 16);
+  EXPECT_EQ((*m)->config().fp8_block[1], 32);
+  // One weight by hand: q_proj of layer 0, [64, 64] in blocks of 16 x 32.
+  auto f = SafetensorsFile::Open(src + "/model.safetensors");
+  ASSERT_TRUE(f.ok());
+  const std::string name = "model.layers.0.self_attn.q_proj.weight";
+  SafetensorsInfo codes = f->Info(name).value();
+  ASSERT_EQ(codes.dtype, "F8_E4M3");
+  auto scales = f->GetF32(name + "_scale_inv", {4, 2});
+  ASSERT_TRUE(scales.ok()) << scales.status().message();
+  const ParamInfo* p = (*m)->layout().Find(name);
+  ASSERT_NE(p, nullptr);
+  const float* w = (*m)->params().f32() + p->offset;
+  const auto* q = static_cast<const uint8_t*>(codes.data);
+  int nonzero = 0;
+  for (int r = 0; r < 64; ++r)
+    for (int c = 0; c < 64; ++c) {
+      ASSERT_EQ(w[r * 64 + c], Fp8E4m3ToF32(q[r * 64 + c]) * scales->f32()[(r / 16) * 2 + c / 32]);
+      nonzero += w[r * 64 + c] != 0;
+    }
+  EXPECT_GT(nonzero, 64 * 60);
+
+  // Export: fp32, no quantization_config, no scales; it loads back bit for bit.
+  const std::string out = testing::TempDir("fp8_export");
+  ASSERT_TRUE(SaveHfModel(**m, out).ok());
+  std::ifstream cfg(out + "/config.json");
+  json j = json::parse(cfg);
+  EXPECT_FALSE(j.contains("quantization_config"));
+  auto g = SafetensorsCheckpoint::Open(out);
+  ASSERT_TRUE(g.ok());
+  for (const std::string& n : g->names()) {
+    EXPECT_EQ(n.find("scale_inv"), std::string::npos) << n;
+    EXPECT_EQ(g->Info(n)->dtype, "F32") << n;
+  }
+  auto back = LoadHfModel(out);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_FALSE((*back)->config().fp8_weights);
+  EXPECT_EQ(std::memcmp((*back)->params().data(), (*m)->params().data(), (*m)->params().nbytes()),
+            0);
+}
+
+TEST(Fp8Checkpoint, ActivationScalesOfAStaticSchemeAreIgnored) {
+  const std::string dir = EditedFp8Fixture([](std::vector<Raw>* t) {
+    std::vector<float> one = {0.5f};
+    t->push_back({"model.layers.0.self_attn.q_proj.activation_scale", "F32", {}, Bytes(one)});
+    t->push_back({"model.layers.0.self_attn.k_proj.input_scale", "F32", {1}, Bytes(one)});
+  });
+  EXPECT_EQ(LoadError(dir), "");
+}
+
+TEST(Fp8Checkpoint, ScalesWithoutAnFp8WeightAreUnexpected) {
+  // The router is not quantized: a scale beside it is a tensor the model has no place for.
+  const std::string dir = EditedFp8Fixture([](std::vector<Raw>* t) {
+    std::vector<float> one = {0.5f};
+    t->push_back({"model.layers.0.mlp.gate.weight_scale_inv", "F32", {1, 1}, Bytes(one)});
+  });
+  const std::string err = LoadError(dir);
+  EXPECT_NE(err.find("unexpected tensor \"model.layers.0.mlp.gate.weight_scale_inv\""),
+            std::string::npos)
+      << err;
+}
+
+TEST(Fp8Checkpoint, AMissingScaleIsNamed) {
+  const std::string gone = "model.layers.1.mlp.down_proj.weight_scale_inv";
+  const std::string dir = EditedFp8Fixture([&](std::vector<Raw>* t) {
+    std::erase_if(*t, [&](const Raw& r) { return r.name == gone; });
+  });
+  const std::string err = LoadError(dir);
+  EXPECT_NE(err.find("\"model.layers.1.mlp.down_proj.weight\" is F8_E4M3 but the checkpoint has "
+                     "no scale tensor \"" +
+                     gone + "\""),
+            std::string::npos)
+      << err;
+}
+
+TEST(Fp8Checkpoint, Fp8WeightsWithoutQuantizationConfigAreRefused) {
+  const std::string dir = EditedFp8Fixture([](std::vector<Raw>*) {});
+  std::ifstream in(dir + "/config.json");
+  json j = json::parse(in);
+  in.close();
+  j.erase("quantization_config");
+  std::ofstream(dir + "/config.json") << j.dump();
+  const std::string err = LoadError(dir);
+  EXPECT_NE(err.find("is F8_E4M3, but config.json has no FP8 quantization_config"),
+            std::string::npos)
+      << err;
+}
+
+// ---------------------------------------------------------------- quantization_config
+
+Result<ModelConfig> WithQuantization(const json& q) {
+  std::ifstream in(testing::DataPath("variants/qwen3_moe_fp8/config.json"));
+  json j = json::parse(in);
+  j["quantization_config"] = q;
+  return ModelConfig::FromJson(j, "config.json");
+}
+
+TEST(Fp8Config, ReadsTheHubsSpellings) {
+  // deepseek-ai/DeepSeek-V3 and Qwen/Qwen3-30B-A3B-FP8.
+  auto a = WithQuantization({{"activation_scheme", "dynamic"},
+                             {"fmt", "e4m3"},
+                             {"quant_method", "fp8"},
+                             {"weight_block_size", {128, 128}}});
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_TRUE(a->fp8_weights);
+  EXPECT_EQ(a->fp8_block[0], 128);
+  EXPECT_EQ(a->fp8_block[1], 128);
+  auto b = WithQuantization({{"quant_method", "fp8"},
+                             {"weight_block_size", {64, 32}},
+                             {"modules_to_not_convert", {"lm_head", "model.layers.0.mlp.gate"}},
+                             {"activation_scheme", "static"},
+                             {"scale_fmt", "ue8m0"}});
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ(b->fp8_block[0], 64);
+  EXPECT_EQ(b->fp8_block[1], 32);
+  auto c = WithQuantization({{"quant_method", "fp8"}});  // transformers' default block
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->fp8_block[0], 128);
+  EXPECT_EQ(c->fp8_block[1], 128);
+  auto none = WithQuantization(nullptr);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_FALSE(none->fp8_weights);
+}
+
+TEST(Fp8Config, WhatIsNotImplementedIsNamed) {
+  struct Case {
+    json q;
+    const char* says;
+  };
+  const Case cases[] = {
+      {json{{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}},
+       "quant_method \"bitsandbytes\" is not supported"},
+      {json{{"quant_method", "mxfp4"}}, "quant_method \"mxfp4\" is not supported"},
+      {json{{"quant_method", "compressed-tensors"}}, "\"compressed-tensors\" is not supported"},
+      {json::object(), "quant_method null is not supported"},
+      {json{{"quant_method", "fp8"}, {"fmt", "e5m2"}}, "fmt \"e5m2\" is not supported"},
+      {json{{"quant_method", "fp8"}, {"weight_block_size", nullptr}},
+       "per-tensor FP8 scales are not implemented"},
+      {json{{"quant_method", "fp8"}, {"weight_block_size", {128}}}, "weight_block_size [128]"},
+      {json{{"quant_method", "fp8"}, {"weight_block_size", {0, 128}}}, "two positive integers"},
+      {json{{"quant_method", "fp8"}, {"weight_block_size", {128.5, 128}}}, "two positive integers"},
+      {json{{"quant_method", "fp8"}, {"scale_fmt", "e4m3"}}, "scale_fmt \"e4m3\""},
+      {json("fp8"), "\"quantization_config\" must be an object"},
+  };
+  for (const Case& c : cases) {
+    auto r = WithQuantization(c.q);
+    ASSERT_FALSE(r.ok()) << c.q.dump();
+    EXPECT_NE(r.status().message().find(c.says), std::string::npos)
+        << c.q.dump() << ": " << r.status().message();
+    EXPECT_NE(r.status().message().find("config.json: "), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace xt
