@@ -40,6 +40,9 @@ Tensor Filled(DType dtype, Shape shape, uint64_t seed) {
       case DType::I64:
         t.i64()[i] = int64_t(v[i] * 1000) * (int64_t(1) << 40);
         break;
+      case DType::F8E4M3:
+        static_cast<uint8_t*>(t.data())[i] = F32ToFp8E4m3(v[i]);
+        break;
     }
   }
   return t;
@@ -120,6 +123,7 @@ TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
       {"scalar_f32", Filled(DType::F32, {}, 6)},
       {"scalar_i64", Filled(DType::I64, {}, 7)},
       {"scalar_bf16", Filled(DType::BF16, {}, 8)},
+      {"f8_e4m3", Filled(DType::F8E4M3, {3, 3}, 9)},
       {"empty_f32", Tensor::Empty(DType::F32, {0, 4})},
       {"empty_f16", Tensor::Empty(DType::F16, {4, 0})},
       {"empty_i64", Tensor::Empty(DType::I64, {0})},
@@ -180,7 +184,8 @@ TEST(Safetensors, RewritingTransformersFilesIsByteIdentical) {
   std::string dir = testing::TempDir("st_ident");
   for (const char* rel :
        {"qwen3_moe_tiny/model.safetensors", "variants/qwen3_moe_bf16_kE/model.safetensors",
-        "variants/qwen3_dense_gqa4_tied/model-00002-of-00003.safetensors"}) {
+        "variants/qwen3_dense_gqa4_tied/model-00002-of-00003.safetensors",
+        "variants/deepseek_v3_fp8/model.safetensors"}) {  // F32, BF16 and F8_E4M3
     std::string src = testing::DataPath(rel);
     auto f = SafetensorsFile::Open(src);
     ASSERT_TRUE(f.ok()) << f.status().message();

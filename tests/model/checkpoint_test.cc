@@ -48,7 +48,7 @@ TEST(Checkpoint, SaveLoadRoundTripIsExactInFp32AndSharded) {
   auto a = LoadFixture("qwen3_moe_tiny");
   ASSERT_TRUE(a);
   std::string dir = testing::TempDir("save");
-  ASSERT_TRUE(SaveHfModel(*a, dir, false, 64 << 10).ok());  // 64 KiB shards
+  ASSERT_TRUE(SaveHfModel(*a, dir, ExportDType::kF32, 64 << 10).ok());  // 64 KiB shards
   EXPECT_TRUE(fs::exists(dir + "/model.safetensors.index.json"));
   EXPECT_TRUE(fs::exists(dir + "/config.json"));
   auto b = LoadHfModel(dir);
@@ -61,7 +61,7 @@ TEST(Checkpoint, Bf16SaveRoundsEveryWeightOnce) {
   auto a = LoadFixture("mixtral_tiny");
   ASSERT_TRUE(a);
   std::string dir = testing::TempDir("bf16");
-  ASSERT_TRUE(SaveHfModel(*a, dir, /*bf16=*/true).ok());
+  ASSERT_TRUE(SaveHfModel(*a, dir, ExportDType::kBf16).ok());
   auto b = LoadHfModel(dir);
   ASSERT_TRUE(b.ok()) << b.status().message();
   const float* pa = a->params().f32();

@@ -248,7 +248,7 @@ TEST(DeepseekV3Checkpoint, SaveLoadRoundTripIsExact) {
   auto a = LoadHfModel(testing::DataPath("deepseek_v3_tiny"));
   ASSERT_TRUE(a.ok()) << a.status().message();
   const std::string dir = testing::TempDir("dsv3_save");
-  ASSERT_TRUE(SaveHfModel(**a, dir, false, 128 << 10).ok());
+  ASSERT_TRUE(SaveHfModel(**a, dir, ExportDType::kF32, 128 << 10).ok());
   auto b = LoadHfModel(dir);
   ASSERT_TRUE(b.ok()) << b.status().message();
   EXPECT_EQ((*b)->config().arch, Arch::kDeepseekV3);
@@ -269,7 +269,7 @@ TEST(DeepseekV3Checkpoint, SaveLoadRoundTripIsExact) {
   float* bias = (*a)->params().f32() + (*a)->layout().Find(kBias)->offset;
   for (int e = 0; e < 8; ++e) bias[e] = 0.1234567f + 0.001f * float(e);
   const std::string dir16 = testing::TempDir("dsv3_bf16");
-  ASSERT_TRUE(SaveHfModel(**a, dir16, /*bf16=*/true, 0).ok());
+  ASSERT_TRUE(SaveHfModel(**a, dir16, ExportDType::kBf16, 0).ok());
   auto f16 = SafetensorsCheckpoint::Open(dir16);
   ASSERT_TRUE(f16.ok());
   EXPECT_EQ(f16->Info(kBias)->dtype, "F32");

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -214,6 +215,47 @@ TEST(Fp8, EachWrongCheckpointIsNamed) {
       {"'v.weight'", "dtype F8_E5M2"});
 }
 
+TEST(Fp8, EncodingRoundsToTheNearestCodeTiesToEven) {
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(F32ToFp8E4m3(Fp8E4m3ToF32(uint8_t(b))), b) << b;
+  }
+  // Half-way between two codes: the even one (mantissa ending in 0).
+  EXPECT_EQ(F32ToFp8E4m3(1.0625f), 0x38);  // 1.0 (0x38) | 1.125 (0x39)
+  EXPECT_EQ(F32ToFp8E4m3(1.1875f), 0x3a);  // 1.125 (0x39) | 1.25 (0x3a)
+  EXPECT_EQ(F32ToFp8E4m3(-1.1875f), 0xba);
+  EXPECT_EQ(F32ToFp8E4m3(std::ldexp(1.0f, -10)), 0x00);      // 0 | 2^-9
+  EXPECT_EQ(F32ToFp8E4m3(3 * std::ldexp(1.0f, -10)), 0x02);  // 2^-9 | 2^-8
+  EXPECT_EQ(F32ToFp8E4m3(1.0626f), 0x39);                    // past half-way
+  EXPECT_EQ(F32ToFp8E4m3(1e-30f), 0x00);
+  EXPECT_EQ(F32ToFp8E4m3(-1e-30f), 0x80);
+  EXPECT_EQ(F32ToFp8E4m3(440.0f), 0x7e);  // 416 | 448: half-way, 448 is even
+  EXPECT_EQ(F32ToFp8E4m3(1e9f), 0x7e);    // saturates
+  EXPECT_EQ(F32ToFp8E4m3(-INFINITY), 0xfe);
+  EXPECT_EQ(F32ToFp8E4m3(NAN), 0x7f);
+}
+
+// transformers' Fp8Quantize on a weight of 4 x 3 blocks of every magnitude, a zero block and a
+// block of ties (tools/reference/make_fp8_quantize_reference.py): the same codes and scales.
+TEST(Fp8, QuantizationIsTransformersBitForBit) {
+  auto f = SafetensorsFile::Open(testing::DataPath("fp8/quantize.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  auto w = f->GetF32("w", {64, 96});
+  auto want_codes = f->Get("codes");
+  auto want_scales = f->GetF32("scale_inv", {4, 3});
+  ASSERT_TRUE(w.ok() && want_codes.ok() && want_scales.ok());
+  ASSERT_EQ(want_codes->dtype(), DType::F8E4M3);
+  std::vector<uint8_t> codes(64 * 96);
+  std::vector<float> scales(12);
+  QuantizeFp8(w->f32(), 64, 96, 16, 32, codes.data(), scales.data());
+  const auto* want = static_cast<const uint8_t*>(want_codes->data());
+  int mismatches = 0;
+  for (int i = 0; i < 64 * 96; ++i) mismatches += codes[i] != want[i];
+  EXPECT_EQ(mismatches, 0);
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(scales[i], want_scales->f32()[i]) << "block " << i;
+  EXPECT_EQ(scales[4], 1.0f);  // the zero block
+}
+
 // ---------------------------------------------------------------- whole checkpoints
 
 // The qwen3_moe_fp8 fixture copied into a fresh directory, its tensors edited by `edit`.
@@ -276,6 +318,76 @@ TEST(Fp8Checkpoint, LoadsDequantizedAndExportsAPlainCheckpoint) {
   EXPECT_FALSE((*back)->config().fp8_weights);
   EXPECT_EQ(std::memcmp((*back)->params().data(), (*m)->params().data(), (*m)->params().nbytes()),
             0);
+}
+
+// An FP8 export of the FP8 fixture: the codes transformers' quantization wrote (from the same
+// values, to the rounding of 448 * scale), scales within an ulp or two, the rest BF16, and a
+// quantization_config that both loaders read back.
+TEST(Fp8Checkpoint, AnFp8ExportQuantizesAsTheHubDoes) {
+  const std::string src = testing::DataPath("variants/qwen3_moe_fp8");
+  auto m = LoadHfModel(src);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  const std::string out = testing::TempDir("fp8_export");
+  ASSERT_TRUE(SaveHfModel(**m, out, ExportDType::kFp8).ok());
+  std::ifstream cfg_in(out + "/config.json");
+  json cfg = json::parse(cfg_in);
+  ASSERT_TRUE(cfg.contains("quantization_config"));
+  EXPECT_EQ(cfg["quantization_config"]["quant_method"], "fp8");
+  EXPECT_EQ(cfg["quantization_config"]["weight_block_size"], json({16, 32}));
+  EXPECT_EQ(cfg["quantization_config"]["modules_to_not_convert"], json({"lm_head"}));
+  EXPECT_EQ(cfg["dtype"], "bfloat16");
+
+  auto a = SafetensorsCheckpoint::Open(src);
+  auto b = SafetensorsCheckpoint::Open(out);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->names(), b->names());  // the same tensors, scales included
+  int fp8 = 0;
+  for (const std::string& n : a->names()) {
+    SafetensorsInfo x = a->Info(n).value(), y = b->Info(n).value();
+    ASSERT_EQ(x.dtype, y.dtype) << n;
+    ASSERT_EQ(x.shape, y.shape) << n;
+    if (x.dtype == "F8_E4M3") {
+      ++fp8;
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes), 0) << n;
+    } else if (n.find("_scale_inv") != std::string::npos) {
+      Tensor s = a->GetF32(n, x.shape).value();
+      Tensor t = b->GetF32(n, y.shape).value();
+      for (int64_t i = 0; i < t.numel(); ++i)
+        EXPECT_NEAR(t.f32()[i], s.f32()[i], 3e-7 * s.f32()[i]) << n;
+    } else {
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes), 0) << n;  // BF16, as it was
+    }
+  }
+  EXPECT_EQ(fp8, 23);
+  auto back = LoadHfModel(out);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_LE(
+      testing::RelError((*back)->params().f32(), (*m)->params().f32(), (*m)->params().numel()),
+      1e-7);
+}
+
+// A model whose linear weights are not whole 128 x 128 blocks (a checkpoint that was not FP8)
+// exports them in BF16 and names them in modules_to_not_convert, which transformers reads.
+TEST(Fp8Checkpoint, ShapesThatAreNotWholeBlocksStayBf16AndAreNamed) {
+  auto m = LoadHfModel(testing::DataPath("qwen3_moe_tiny"));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  const std::string out = testing::TempDir("fp8_export");
+  ASSERT_TRUE(SaveHfModel(**m, out, ExportDType::kFp8).ok());
+  std::ifstream cfg_in(out + "/config.json");
+  json q = json::parse(cfg_in)["quantization_config"];
+  EXPECT_EQ(q["weight_block_size"], json({128, 128}));
+  const json& skip = q["modules_to_not_convert"];
+  EXPECT_EQ(skip[0], "lm_head");
+  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.0.self_attn.q_proj"), skip.end());
+  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.1.mlp.experts.3.down_proj"),
+            skip.end());
+  EXPECT_EQ(std::find(skip.begin(), skip.end(), "model.layers.0.mlp.gate"), skip.end());
+  auto b = SafetensorsCheckpoint::Open(out);
+  ASSERT_TRUE(b.ok());
+  for (const std::string& n : b->names()) EXPECT_EQ(b->Info(n)->dtype, "BF16") << n;
+  auto back = LoadHfModel(out);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_TRUE((*back)->config().fp8_weights);
 }
 
 TEST(Fp8Checkpoint, ActivationScalesOfAStaticSchemeAreIgnored) {

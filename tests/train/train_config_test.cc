@@ -115,6 +115,13 @@ TEST(TrainConfig, ValidationNamesTheKey) {
   c.gpu_comm = "gloo";
   EXPECT_NE(ValidateTrainConfig(c).message().find("parallel.gpu_comm must be nccl or mpi"),
             std::string::npos);
+  c.gpu_comm = "nccl";
+  c.export_dtype = "fp8";
+  EXPECT_TRUE(ValidateTrainConfig(c).ok());
+  c.export_dtype = "int4";
+  EXPECT_NE(
+      ValidateTrainConfig(c).message().find("export.dtype must be bf16, fp32 or fp8, not int4"),
+      std::string::npos);
 }
 
 // The GPU kernel choices: named values only, on train.device = "cuda" only, and the bf16-only

@@ -1,4 +1,5 @@
-// xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32] [--tokenizer PATH] [--shard-mb N]
+// xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32|fp8] [--tokenizer PATH]
+//                [--shard-mb N]
 // Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory.
 #include <cstdio>
 #include <cstring>
@@ -22,8 +23,7 @@ struct ConvertArgs {
 };
 
 Status RunConvert(const ConvertArgs& o) {
-  if (o.dtype != "bf16" && o.dtype != "fp32")
-    return Status::Error("convert: --dtype must be bf16 or fp32, not " + o.dtype);
+  XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(o.dtype, "convert: --dtype"));
   fs::path ckpt = fs::path(o.checkpoint).lexically_normal();
   if (ckpt.filename().empty()) ckpt = ckpt.parent_path();  // "step-N/"
   if (!fs::exists(ckpt / "config.json") || !fs::exists(ckpt / "shards.json"))
@@ -40,7 +40,7 @@ Status RunConvert(const ConvertArgs& o) {
     TrainConfig cfg;
     if (LoadTrainConfig(run_config.string(), &cfg).ok()) tokenizer = TokenizerPathFor(cfg);
   }
-  XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, o.dtype == "bf16", size_t(o.shard_mb) << 20));
+  XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, dtype, size_t(o.shard_mb) << 20));
   if (!tokenizer.empty()) {
     std::error_code ec;
     fs::copy_file(tokenizer, fs::path(o.out) / "tokenizer.json",
@@ -63,7 +63,9 @@ void AddConvert(CLI::App& app) {
   static ConvertArgs o;
   cmd->add_option("--checkpoint", o.checkpoint, "work_dir/checkpoints/step-N")->required();
   cmd->add_option("--out", o.out, "output directory")->required();
-  cmd->add_option("--dtype", o.dtype, "bf16 or fp32")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype,
+                  "bf16, fp32 or fp8 (block-quantized, as the hub's -FP8 checkpoints)")
+      ->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the run's)");
   cmd->add_option("--shard-mb", o.shard_mb, "largest shard, MB")->capture_default_str();
   cmd->callback([] { Finish(RunConvert(o)); });

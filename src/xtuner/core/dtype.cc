@@ -16,6 +16,8 @@ size_t DTypeSize(DType t) {
       return 4;
     case DType::I64:
       return 8;
+    case DType::F8E4M3:
+      return 1;
   }
   return 0;
 }
@@ -32,6 +34,8 @@ const char* DTypeName(DType t) {
       return "I32";
     case DType::I64:
       return "I64";
+    case DType::F8E4M3:
+      return "F8_E4M3";
   }
   return "?";
 }
@@ -42,6 +46,7 @@ std::optional<DType> DTypeFromName(std::string_view name) {
   if (name == "F16") return DType::F16;
   if (name == "I32") return DType::I32;
   if (name == "I64") return DType::I64;
+  if (name == "F8_E4M3") return DType::F8E4M3;
   return std::nullopt;
 }
 
@@ -52,6 +57,28 @@ float Fp8E4m3ToF32(uint8_t b) {
   if (exp == 0xf && man == 0x7) return std::nanf("");
   if (exp == 0) return sign * std::ldexp(float(man), -9);  // subnormal: man/8 * 2^-6
   return sign * std::ldexp(float(8 + man), exp - 10);      // (1 + man/8) * 2^(exp-7)
+}
+
+uint8_t F32ToFp8E4m3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  const float a = std::fabs(f);
+  // The largest code in [0, 0x7e] whose value is <= a: the non-negative values increase with the
+  // code, so a binary search over the 127 of them.
+  int lo = 0, hi = 0x7e;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (Fp8E4m3ToF32(uint8_t(mid)) <= a) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  if (lo == 0x7e) return sign | 0x7e;  // saturate
+  const float below = a - Fp8E4m3ToF32(uint8_t(lo));
+  const float above = Fp8E4m3ToF32(uint8_t(lo + 1)) - a;
+  const int code = below < above ? lo : above < below ? lo + 1 : (lo % 2 == 0 ? lo : lo + 1);
+  return uint8_t(sign | code);
 }
 
 float Fp8E8m0ToF32(uint8_t b) { return b == 0xff ? std::nanf("") : std::ldexp(1.0f, int(b) - 127); }

@@ -10,10 +10,12 @@
 
 namespace xt {
 
-enum class DType : uint8_t { F32, BF16, F16, I32, I64 };
+// F8E4M3 is storage only: the codes of block-quantized FP8 weights, which mean nothing without
+// their scales (model/fp8_weights.h); ToF32 gives the codes' values, To() cannot make them.
+enum class DType : uint8_t { F32, BF16, F16, I32, I64, F8E4M3 };
 
 size_t DTypeSize(DType t);
-// The safetensors spelling: "F32", "BF16", "F16", "I32", "I64".
+// The safetensors spelling: "F32", "BF16", "F16", "I32", "I64", "F8_E4M3".
 const char* DTypeName(DType t);
 std::optional<DType> DTypeFromName(std::string_view name);
 bool IsFloat(DType t);
@@ -43,5 +45,8 @@ uint16_t F32ToF16(float f);
 //   E8M0 (F8_E8M0, torch float8_e8m0fnu; "ue8m0" scales): 2^(byte - 127); 0xff is NaN.
 float Fp8E4m3ToF32(uint8_t b);
 float Fp8E8m0ToF32(uint8_t b);
+// The nearest E4M3 value, ties to the even code (as torch's .to(float8_e4m3fn)); beyond +-448
+// saturates to +-448 (callers clamp first, as transformers does); NaN gives 0x7f.
+uint8_t F32ToFp8E4m3(float f);
 
 }  // namespace xt

@@ -11,9 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "xtuner/core/safetensors.h"
-
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/safetensors.h"
 
 namespace xt {
 
@@ -60,7 +59,8 @@ Status WriteSafetensors(const std::string& path,
                         const std::vector<std::pair<std::string, Tensor>>& tensors,
                         const std::map<std::string, std::string>& metadata) {
   XT_RETURN_IF_ERROR(CheckTensorsToWrite(path, tensors));
-  // The reference writer's order: dtype descending in its enum (I64 > F32 > I32 > BF16 > F16),
+  // The reference writer's order: dtype descending in its enum (I64 > F32 > I32 > BF16 > F16 >
+  // F8_E4M3),
   // then name. Sizes descend with it, so every tensor starts aligned to its element size.
   auto rank = [](DType t) {
     switch (t) {
@@ -74,8 +74,10 @@ Status WriteSafetensors(const std::string& path,
         return 3;
       case DType::F16:
         return 4;
+      case DType::F8E4M3:
+        return 5;
     }
-    return 5;
+    return 6;
   };
   std::vector<const std::pair<std::string, Tensor>*> order;
   for (const auto& kv : tensors) order.push_back(&kv);

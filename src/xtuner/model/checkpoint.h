@@ -1,6 +1,7 @@
 // Hugging Face checkpoints in and out: config.json + safetensors (single or sharded; F32, BF16
 // or F16 weights, upcast to fp32 on load, or block-quantized FP8 ones, dequantized on load:
-// model/fp8_weights.h) under the hub's tensor names. Export writes fp32 or bf16.
+// model/fp8_weights.h) under the hub's tensor names. Export writes fp32, bf16 or block-quantized
+// FP8.
 #pragma once
 
 #include <cstddef>
@@ -29,9 +30,24 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
 // config.json from `dir`, then its weights.
 Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir);
 
-// Writes config.json and the weights (fp32, or BF16 when `bf16`) into `dir`, sharded when
-// larger than max_shard_bytes. Each file is written atomically.
-Status SaveHfModel(const Transformer& model, const std::string& dir, bool bf16 = false,
-                   size_t max_shard_bytes = size_t(5) << 30);
+// The weights of an export:
+//   kF32   every tensor F32;
+//   kBf16  BF16, but buffers (DeepSeek-V3's e_score_correction_bias) stay F32, as transformers
+//          keeps them;
+//   kFp8   a block-quantized FP8 checkpoint as transformers saves one: the weights that
+//          Fp8Exportable allows become F8_E4M3 codes + F32 weight_scale_inv (QuantizeFp8), in
+//          the blocks of the checkpoint the model was loaded from (model.config().fp8_block),
+//          else 128 x 128; the rest is as kBf16. config.json gets the quantization_config
+//          (quant_method "fp8", fmt "e4m3", activation_scheme "dynamic", weight_block_size) and
+//          modules_to_not_convert: lm_head, and every linear layer left in BF16 because its shape
+//          is not a whole number of blocks.
+enum class ExportDType { kF32, kBf16, kFp8 };
+// "fp32", "bf16" or "fp8"; an error naming `what` (e.g. "export.dtype") otherwise.
+Result<ExportDType> ParseExportDType(const std::string& s, const std::string& what);
+
+// Writes config.json and the weights into `dir`, sharded when larger than max_shard_bytes.
+// Each file is written atomically.
+Status SaveHfModel(const Transformer& model, const std::string& dir,
+                   ExportDType dtype = ExportDType::kF32, size_t max_shard_bytes = size_t(5) << 30);
 
 }  // namespace xt

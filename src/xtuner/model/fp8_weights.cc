@@ -1,5 +1,6 @@
 #include "xtuner/model/fp8_weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -102,6 +103,34 @@ Result<Tensor> ReadWeightF32(const SafetensorsCheckpoint& ckpt, const std::strin
     }
   }
   return out;
+}
+
+void QuantizeFp8(const float* w, int64_t rows, int64_t cols, int64_t bm, int64_t bn, uint8_t* codes,
+                 float* scale_inv) {
+  XT_CHECK(bm > 0 && bn > 0 && rows % bm == 0 && cols % bn == 0);
+  constexpr float kMax = 448.0f;
+  for (int64_t br = 0; br < rows / bm; ++br) {
+    for (int64_t bc = 0; bc < cols / bn; ++bc) {
+      float amax = 0;
+      for (int64_t r = br * bm; r < (br + 1) * bm; ++r)
+        for (int64_t c = bc * bn; c < (bc + 1) * bn; ++c)
+          amax = std::max(amax, std::fabs(w[r * cols + c]));
+      // torch evaluates 448 / amax as reciprocal(amax) * 448 (Tensor.__rtruediv__).
+      const float s = amax > 0 ? (1.0f / amax) * kMax : 1.0f;
+      scale_inv[br * (cols / bn) + bc] = 1.0f / s;
+      for (int64_t r = br * bm; r < (br + 1) * bm; ++r)
+        for (int64_t c = bc * bn; c < (bc + 1) * bn; ++c)
+          codes[r * cols + c] = F32ToFp8E4m3(std::clamp(w[r * cols + c] * s, -kMax, kMax));
+    }
+  }
+}
+
+bool Fp8Exportable(const ParamInfo& p, int64_t bm, int64_t bn) {
+  if (p.shape.size() != 2 || p.no_grad || !EndsWith(p.name, ".weight")) return false;
+  if (p.name == "lm_head.weight" || p.name.find("embed_tokens") != std::string::npos) return false;
+  if (EndsWith(p.name, "mlp.gate.weight") || EndsWith(p.name, "block_sparse_moe.gate.weight"))
+    return false;  // routers
+  return p.shape[0] % bm == 0 && p.shape[1] % bn == 0;
 }
 
 bool IsFp8Companion(const SafetensorsCheckpoint& ckpt, const std::string& name) {

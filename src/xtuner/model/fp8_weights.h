@@ -1,4 +1,5 @@
-// Reading a checkpoint's weights as fp32, dequantizing the block-quantized FP8 ones.
+// Block-quantized FP8 weights: reading a checkpoint's weights as fp32 (dequantizing the FP8
+// ones), and quantizing weights for an FP8 export.
 //
 // An FP8 checkpoint (ModelConfig::fp8_weights: quantization_config {"quant_method": "fp8",
 // "weight_block_size": [bm, bn]}, as DeepSeek-V3's and Qwen3's "-FP8" releases ship) stores a
@@ -19,6 +20,7 @@
 #include "xtuner/core/status.h"
 #include "xtuner/core/tensor.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/params.h"
 
 namespace xt {
 
@@ -28,6 +30,20 @@ namespace xt {
 // wrong shape or dtype; a NaN code (0x7f, 0xff) in the weights or a scale that is not finite.
 Result<Tensor> ReadWeightF32(const SafetensorsCheckpoint& ckpt, const std::string& name,
                              const Shape& shape, const ModelConfig& cfg);
+
+// Export: transformers' Fp8Quantize (the reverse of its FP8 load) on one weight w [rows, cols],
+// rows and cols multiples of the block bm x bn. Per block, in fp32: amax = max |w|,
+// s = (1 / amax) * 448 (1 where amax is 0; torch's order of 448 / amax), codes = E4M3(clamp(w * s,
+// -448, 448)) (nearest, ties to even), weight_scale_inv = 1 / s. codes: rows * cols; scale_inv:
+// (rows / bm) * (cols / bn).
+void QuantizeFp8(const float* w, int64_t rows, int64_t cols, int64_t bm, int64_t bn, uint8_t* codes,
+                 float* scale_inv);
+
+// Whether an FP8 export quantizes parameter `p` in blocks of bm x bn: a 2-D linear weight
+// (attention, MLP, experts, shared experts: not the embeddings, lm_head, norms or router, as the
+// hub's -FP8 releases) that is a whole number of blocks (transformers leaves the others as
+// they are; its loader cannot read a partial block).
+bool Fp8Exportable(const ParamInfo& p, int64_t bm, int64_t bn);
 
 // Whether `name` is a companion of an F8_E4M3 weight in `ckpt` that dequantization consumes or
 // ignores: its weight_scale_inv, or the activation_scale / input_scale of a static activation

@@ -115,7 +115,9 @@ const std::vector<Key>& Schema() {
        "\"\" starts fresh; \"auto\" resumes from the latest checkpoint in work_dir; or a path."},
       {"export.every", &C::export_every, "Write a Hugging Face export every N steps (0: never)."},
       {"export.at_end", &C::export_at_end, "Write a Hugging Face export when training ends."},
-      {"export.dtype", &C::export_dtype, "bf16 | fp32 weights in the export."},
+      {"export.dtype", &C::export_dtype,
+       "bf16 | fp32 | fp8 weights in the export (fp8: the linear weights block-quantized, as "
+       "in the hub's -FP8 checkpoints)."},
       {"export.shard_mb", &C::export_shard_mb, "Largest safetensors shard of an export, in MB."},
       {"log.every", &C::log_every, "Print a line every N steps when not on a terminal."},
       {"log.tensorboard", &C::tensorboard, "Write a TensorBoard event file in work_dir/tb."},
@@ -411,8 +413,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (!(c.lr >= 0) || !(c.min_lr >= 0) || c.min_lr > c.lr)
     return err("optim.lr and optim.min_lr must satisfy 0 <= min_lr <= lr");
   if (!(c.recompute >= 0 && c.recompute <= 1)) return err("model.recompute must be in [0, 1]");
-  if (c.export_dtype != "bf16" && c.export_dtype != "fp32")
-    return err("export.dtype must be bf16 or fp32, not " + c.export_dtype);
+  if (c.export_dtype != "bf16" && c.export_dtype != "fp32" && c.export_dtype != "fp8")
+    return err("export.dtype must be bf16, fp32 or fp8, not " + c.export_dtype);
   if (c.keep_last < 1) return err("checkpoint.keep_last must be at least 1");
   if (c.ep < 1) return err("parallel.ep must be at least 1");
   if (c.log_every < 1) return err("log.every must be at least 1");

@@ -80,7 +80,7 @@ struct TrainConfig {
   // [export]
   int64_t export_every = 0;
   bool export_at_end = true;
-  std::string export_dtype = "bf16";  // bf16 | fp32
+  std::string export_dtype = "bf16";  // bf16 | fp32 | fp8
   int64_t export_shard_mb = 5000;
 
   // [log]

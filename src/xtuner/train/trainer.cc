@@ -73,8 +73,10 @@ Status ExportModel(const TrainConfig& cfg, const Transformer& model, const Train
   const fs::path tmp = dir + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  Status st = SaveHfModel(model, tmp.string(), cfg.export_dtype == "bf16",
-                          size_t(cfg.export_shard_mb) << 20);
+  Result<ExportDType> dtype = ParseExportDType(cfg.export_dtype, "export.dtype");
+  Status st = dtype.ok()
+                  ? SaveHfModel(model, tmp.string(), *dtype, size_t(cfg.export_shard_mb) << 20)
+                  : dtype.status();
   const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
     if (!st.ok()) break;
