@@ -166,6 +166,54 @@ TEST(Fp8, ReadsEveryScaleDtype) {
   }
 }
 
+// Scales of any float dtype, not powers of two: F16 and F64 as well.
+TEST(Fp8, ReadsFloatScalesOfEveryWidth) {
+  Partial p;
+  std::vector<uint16_t> f16;
+  std::vector<double> f64;
+  for (float s : p.scales) f16.push_back(F32ToF16(s * 3.0f));
+  for (float s : p.scales) f64.push_back(double(s) * 3.0);
+  for (const char* dtype : {"F16", "F64"}) {
+    const bool half = std::string(dtype) == "F16";
+    auto w = Read({{"w.weight", "F8_E4M3", {5, 7}, Bytes(p.codes)},
+                   {"w.weight_scale_inv", dtype, {3, 3}, half ? Bytes(f16) : Bytes(f64)}},
+                  "w.weight", {5, 7}, Fp8Config(2, 3));
+    ASSERT_TRUE(w.ok()) << dtype << ": " << w.status().message();
+    for (int r = 0; r < 5; ++r)
+      for (int c = 0; c < 7; ++c) {
+        const int b = (r / 2) * 3 + c / 3;
+        const float scale = half ? F16ToF32(f16[b]) : float(f64[b]);
+        EXPECT_EQ(w->f32()[r * 7 + c], Fp8E4m3ToF32(p.codes[r * 7 + c]) * scale)
+            << dtype << " " << r << "," << c;
+      }
+  }
+}
+
+// An export refuses weights that are not finite (they would make NaN codes or scales that no
+// loader takes) and copes with blocks too small for torch's arithmetic.
+TEST(Fp8, QuantizationRefusesWhatItCannotWrite) {
+  std::vector<float> w(16 * 32, 0.5f);
+  std::vector<uint8_t> codes(w.size());
+  std::vector<float> scale(1);
+  w[3 * 32 + 5] = NAN;
+  Status st = QuantizeFp8("layer.weight", w.data(), 16, 32, 16, 32, codes.data(), scale.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("cannot quantize \"layer.weight\" to FP8: it holds nan at [3, 5]"),
+            std::string::npos)
+      << st.message();
+  w[3 * 32 + 5] = -INFINITY;
+  EXPECT_FALSE(QuantizeFp8("l", w.data(), 16, 32, 16, 32, codes.data(), scale.data()).ok());
+  // amax 1e-39: 448 / amax overflows a float; the scale is the largest float instead, and the
+  // block dequantizes back to its values (within E4M3's precision).
+  std::fill(w.begin(), w.end(), 1e-39f);
+  w[7] = -2e-40f;
+  ASSERT_TRUE(QuantizeFp8("l", w.data(), 16, 32, 16, 32, codes.data(), scale.data()).ok());
+  EXPECT_TRUE(std::isfinite(scale[0]));
+  EXPECT_GT(scale[0], 0.0f);
+  for (size_t i = 0; i < w.size(); ++i)
+    EXPECT_NEAR(Fp8E4m3ToF32(codes[i]) * scale[0], w[i], 1e-40) << i;
+}
+
 TEST(Fp8, OtherDtypesReadAsBefore) {
   std::vector<float> v = {1.5f, -2.0f, 0.25f, 3.0f};
   auto w = Read({{"n.weight", "F32", {4}, Bytes(v)}}, "n.weight", {4}, Fp8Config(128, 128));
@@ -181,6 +229,10 @@ TEST(Fp8, EachWrongCheckpointIsNamed) {
               {"\"w.weight\"", "F8_E4M3", "no FP8 quantization_config"});
   ExpectError(Read({weight}, "w.weight", {5, 7}, Fp8Config(2, 3)),
               {"\"w.weight\"", "no scale tensor \"w.weight_scale_inv\""});
+  std::vector<float> one = {0.5f};  // AutoFP8's per-tensor scale
+  ExpectError(Read({weight, {"w.weight_scale", "F32", {}, Bytes(one)}}, "w.weight", {5, 7},
+                   Fp8Config(2, 3)),
+              {"\"w.weight\"", "per-tensor scale \"w.weight_scale\"", "not implemented"});
   // The grid of floor-sized blocks, or of another block size.
   ExpectError(Read({weight, {"w.weight_scale_inv", "F32", {2, 2}, Bytes(p.scales).substr(0, 16)}},
                    "w.weight", {5, 7}, Fp8Config(2, 3)),
@@ -247,7 +299,7 @@ TEST(Fp8, QuantizationIsTransformersBitForBit) {
   ASSERT_EQ(want_codes->dtype(), DType::F8E4M3);
   std::vector<uint8_t> codes(64 * 96);
   std::vector<float> scales(12);
-  QuantizeFp8(w->f32(), 64, 96, 16, 32, codes.data(), scales.data());
+  ASSERT_TRUE(QuantizeFp8("w", w->f32(), 64, 96, 16, 32, codes.data(), scales.data()).ok());
   const auto* want = static_cast<const uint8_t*>(want_codes->data());
   int mismatches = 0;
   for (int i = 0; i < 64 * 96; ++i) mismatches += codes[i] != want[i];
@@ -366,28 +418,68 @@ TEST(Fp8Checkpoint, AnFp8ExportQuantizesAsTheHubDoes) {
       1e-7);
 }
 
-// A model whose linear weights are not whole 128 x 128 blocks (a checkpoint that was not FP8)
-// exports them in BF16 and names them in modules_to_not_convert, which transformers reads.
+// A model none of whose linear weights is whole 128 x 128 blocks (the tiny fixture, not FP8)
+// exports as BF16 without a quantization_config; a linear layer of odd shape among quantized
+// ones is named in modules_to_not_convert, which transformers reads to leave it BF16.
 TEST(Fp8Checkpoint, ShapesThatAreNotWholeBlocksStayBf16AndAreNamed) {
   auto m = LoadHfModel(testing::DataPath("qwen3_moe_tiny"));
   ASSERT_TRUE(m.ok()) << m.status().message();
   const std::string out = testing::TempDir("fp8_export");
   ASSERT_TRUE(SaveHfModel(**m, out, ExportDType::kFp8).ok());
   std::ifstream cfg_in(out + "/config.json");
-  json q = json::parse(cfg_in)["quantization_config"];
-  EXPECT_EQ(q["weight_block_size"], json({128, 128}));
-  const json& skip = q["modules_to_not_convert"];
-  EXPECT_EQ(skip[0], "lm_head");
-  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.0.self_attn.q_proj"), skip.end());
-  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.1.mlp.experts.3.down_proj"),
-            skip.end());
-  EXPECT_EQ(std::find(skip.begin(), skip.end(), "model.layers.0.mlp.gate"), skip.end());
+  EXPECT_FALSE(json::parse(cfg_in).contains("quantization_config"));
   auto b = SafetensorsCheckpoint::Open(out);
   ASSERT_TRUE(b.ok());
   for (const std::string& n : b->names()) EXPECT_EQ(b->Info(n)->dtype, "BF16") << n;
   auto back = LoadHfModel(out);
   ASSERT_TRUE(back.ok()) << back.status().message();
-  EXPECT_TRUE((*back)->config().fp8_weights);
+  EXPECT_FALSE((*back)->config().fp8_weights);
+
+  // Blocks of 16 x 16 on the same model (hidden 64, 4 heads and 2 KV heads of 16, experts 32):
+  // everything is whole blocks.
+  Fp8ExportPlan all16 = PlanFp8Export((*m)->layout(), 16, 16);
+  EXPECT_EQ(all16.not_converted, std::vector<std::string>{"lm_head"});
+  // 64-row blocks: k_proj and v_proj [32, 64] are not, and are named one by one.
+  Fp8ExportPlan rows64 = PlanFp8Export((*m)->layout(), 64, 16);
+  const auto& skip = rows64.not_converted;
+  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.0.self_attn.k_proj"), skip.end());
+  EXPECT_NE(std::find(skip.begin(), skip.end(), "model.layers.1.self_attn.v_proj"), skip.end());
+  EXPECT_EQ(std::find(skip.begin(), skip.end(), "model.layers.0.self_attn.q_proj"), skip.end());
+  EXPECT_EQ(std::find(skip.begin(), skip.end(), "model.layers.0.mlp.gate"), skip.end());
+}
+
+// Blocks of 32 x 64 on the FP8 fixture: the experts' down_proj [64, 32] is not whole blocks, so
+// layer 0's experts stay BF16, all of them, named as the one module transformers loads them as;
+// its attention and layer 1's dense MLP are quantized.
+TEST(Fp8Checkpoint, ALayersExpertsAreQuantizedAllOrNone) {
+  auto m = LoadHfModel(testing::DataPath("variants/qwen3_moe_fp8"));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ModelConfig cfg = (*m)->config();
+  cfg.fp8_block[0] = 32;
+  cfg.fp8_block[1] = 64;
+  Transformer t(cfg);
+  std::memcpy(t.params().data(), (*m)->params().data(), (*m)->params().nbytes());
+  Fp8ExportPlan plan = PlanFp8Export(t.layout(), 32, 64);
+  EXPECT_TRUE(plan.any);
+  EXPECT_EQ(plan.not_converted,
+            (std::vector<std::string>{"lm_head", "model.layers.0.mlp.experts"}));
+  const std::string out = testing::TempDir("fp8_export");
+  ASSERT_TRUE(SaveHfModel(t, out, ExportDType::kFp8).ok());
+  auto b = SafetensorsCheckpoint::Open(out);
+  ASSERT_TRUE(b.ok());
+  for (const std::string& n : b->names()) {
+    const std::string dtype = b->Info(n)->dtype;
+    if (n.find(".experts.") != std::string::npos) {
+      EXPECT_EQ(dtype, "BF16") << n;
+    } else if (n.find("proj.weight") != std::string::npos && n.find("scale") == std::string::npos) {
+      EXPECT_EQ(dtype, "F8_E4M3") << n;
+    }
+  }
+  std::ifstream cfg_in(out + "/config.json");
+  json q = json::parse(cfg_in)["quantization_config"];
+  EXPECT_EQ(q["modules_to_not_convert"], json({"lm_head", "model.layers.0.mlp.experts"}));
+  auto back = LoadHfModel(out);
+  ASSERT_TRUE(back.ok()) << back.status().message();
 }
 
 TEST(Fp8Checkpoint, ActivationScalesOfAStaticSchemeAreIgnored) {
@@ -491,6 +583,8 @@ TEST(Fp8Config, WhatIsNotImplementedIsNamed) {
       {json{{"quant_method", "fp8"}, {"weight_block_size", {0, 128}}}, "two positive integers"},
       {json{{"quant_method", "fp8"}, {"weight_block_size", {128.5, 128}}}, "two positive integers"},
       {json{{"quant_method", "fp8"}, {"scale_fmt", "e4m3"}}, "scale_fmt \"e4m3\""},
+      {json{{"quant_method", "fp8"}, {"activation_scheme", "per_token"}},
+       "activation_scheme \"per_token\" is not supported"},
       {json("fp8"), "\"quantization_config\" must be an object"},
   };
   for (const Case& c : cases) {

@@ -132,6 +132,49 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
   EXPECT_NE(ErrorOf(json::array()).find("must be a JSON object"), std::string::npos);
 }
 
+// Sizes no model has are refused before anything is allocated (a typo of a few digits would
+// otherwise run the machine out of memory laying out a trillion experts).
+TEST(ModelConfig, AbsurdSizesAreRefusedByName) {
+  json j = Qwen3MoeV5();
+  j["num_local_experts"] = 1000000000000;
+  EXPECT_NE(ErrorOf(j).find("cfg.json: the expert count 1000000000000 is larger than xtuner "
+                            "supports (65536)"),
+            std::string::npos)
+      << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j["hidden_size"] = int64_t(1) << 40;
+  EXPECT_NE(ErrorOf(j).find("hidden_size 1099511627776 is larger than xtuner supports"),
+            std::string::npos)
+      << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j["num_local_experts"] = 60000;
+  j["num_hidden_layers"] = 100;
+  EXPECT_NE(ErrorOf(j).find("60000 experts in each of 100 MoE layers are more than xtuner "
+                            "supports"),
+            std::string::npos)
+      << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j["hidden_size"] = 1e300;
+  EXPECT_NE(ErrorOf(j).find("\"hidden_size\" must be an integer, found 1e+300"), std::string::npos)
+      << ErrorOf(j);
+  j["hidden_size"] = 64.0;
+  EXPECT_EQ(ErrorOf(j), "");
+  j = Qwen3MoeV5();
+  j["vocab_size"] = 10000000;
+  j["hidden_size"] = 16000000;
+  EXPECT_NE(ErrorOf(j).find("the model would have about 3.2e+14 parameters, more than xtuner "
+                            "supports (2^48)"),
+            std::string::npos)
+      << ErrorOf(j);
+  // The largest hub configs pass (DeepSeek-V3: examples/configs, deepseek_v3_test).
+  j = Qwen3MoeV5();
+  j["vocab_size"] = 151936;
+  j["hidden_size"] = 4096;
+  j["num_local_experts"] = 128;
+  j["num_hidden_layers"] = 94;
+  EXPECT_EQ(ErrorOf(j), "");
+}
+
 TEST(ModelConfig, LoadReportsMissingAndInvalidFiles) {
   auto r = ModelConfig::Load("/nonexistent/dir");
   ASSERT_FALSE(r.ok());

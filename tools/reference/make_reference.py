@@ -42,9 +42,10 @@ and those differences.
 
 FP8 (the *_fp8 variants, spec key fp8=[block rows, block columns]): after save_pretrained, every
 2-D linear weight (attention, MLA's kv_a_proj_with_mqa included, MLP, experts and shared experts;
-not the embeddings, lm_head, norms or router, as in the hub's -FP8 releases) is block-quantized as DeepSeek's and
-transformers' Fp8Quantize do: per block scale = amax / 448, codes = (w / scale) clamped to +-448,
-rounded to float8_e4m3fn; the file then holds the F8_E4M3 codes and "<name>_scale_inv" (F32
+not the embeddings, lm_head, norms or router, as in the hub's -FP8 releases) is block-quantized:
+per block scale = amax / 448, codes = (w / scale) clamped to +-448, rounded to float8_e4m3fn
+(transformers' own Fp8Quantize computes w * (448 / amax), which can round differently:
+tools/reference/make_fp8_quantize_reference.py records that one); the file then holds the F8_E4M3 codes and "<name>_scale_inv" (F32
 [ceil(rows / br), ceil(cols / bc)]), and config.json a quantization_config (quant_method fp8,
 fmt e4m3, weight_block_size). The reference model is transformers' own FP8 load of that
 directory (FineGrainedFP8Config, dequantize=True: fp32 codes times scales, to float32); a float32

@@ -87,37 +87,33 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
   const ModelConfig& mc = model.config();
   const int64_t bm = mc.fp8_weights ? mc.fp8_block[0] : 128;
   const int64_t bn = mc.fp8_weights ? mc.fp8_block[1] : 128;
+  Fp8ExportPlan fp8;
+  if (dtype == ExportDType::kFp8) fp8 = PlanFp8Export(model.layout(), bm, bn);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  nlohmann::json not_converted = nlohmann::json::array({"lm_head"});
   const float* slab = model.params().f32();
-  for (const ParamInfo& p : model.layout().params()) {
+  const std::vector<ParamInfo>& params = model.layout().params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamInfo& p = params[i];
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
     // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
     // per-step moves would round away in bf16).
     if (dtype == ExportDType::kF32 || p.no_grad) {
       tensors.emplace_back(p.name, t);
-    } else if (dtype == ExportDType::kFp8 && Fp8Exportable(p, bm, bn)) {
+    } else if (dtype == ExportDType::kFp8 && fp8.quantize[i]) {
       Tensor codes = Tensor::Empty(DType::F8E4M3, p.shape);
       Tensor scale = Tensor::Empty(DType::F32, {p.shape[0] / bm, p.shape[1] / bn});
-      QuantizeFp8(t.f32(), p.shape[0], p.shape[1], bm, bn, static_cast<uint8_t*>(codes.data()),
-                  scale.f32());
+      XT_RETURN_IF_ERROR(QuantizeFp8(p.name, t.f32(), p.shape[0], p.shape[1], bm, bn,
+                                     static_cast<uint8_t*>(codes.data()), scale.f32()));
       tensors.emplace_back(p.name, std::move(codes));
       tensors.emplace_back(p.name + "_scale_inv", std::move(scale));
     } else {
-      if (dtype == ExportDType::kFp8 && Fp8Exportable(p, 1, 1))  // a linear layer of odd shape
-        not_converted.push_back(p.name.substr(0, p.name.size() - std::string(".weight").size()));
       tensors.emplace_back(p.name, t.To(DType::BF16));
     }
   }
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = mc.ToJson();
   cfg["dtype"] = dtype == ExportDType::kF32 ? "float32" : "bfloat16";
-  if (dtype == ExportDType::kFp8)
-    cfg["quantization_config"] = {{"activation_scheme", "dynamic"},
-                                  {"fmt", "e4m3"},
-                                  {"quant_method", "fp8"},
-                                  {"weight_block_size", {bm, bn}},
-                                  {"modules_to_not_convert", not_converted}};
+  if (fp8.any) cfg["quantization_config"] = Fp8QuantizationConfig(bm, bn, fp8.not_converted);
   return WriteFileAtomically((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }
 

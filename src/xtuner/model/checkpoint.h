@@ -34,13 +34,13 @@ Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir);
 //   kF32   every tensor F32;
 //   kBf16  BF16, but buffers (DeepSeek-V3's e_score_correction_bias) stay F32, as transformers
 //          keeps them;
-//   kFp8   a block-quantized FP8 checkpoint as transformers saves one: the weights that
-//          Fp8Exportable allows become F8_E4M3 codes + F32 weight_scale_inv (QuantizeFp8), in
-//          the blocks of the checkpoint the model was loaded from (model.config().fp8_block),
-//          else 128 x 128; the rest is as kBf16. config.json gets the quantization_config
-//          (quant_method "fp8", fmt "e4m3", activation_scheme "dynamic", weight_block_size) and
-//          modules_to_not_convert: lm_head, and every linear layer left in BF16 because its shape
-//          is not a whole number of blocks.
+//   kFp8   a block-quantized FP8 checkpoint laid out as the hub's -FP8 releases, quantized
+//          with the arithmetic of transformers' Fp8Quantize (model/fp8_weights.h): the weights
+//          PlanFp8Export picks become F8_E4M3 codes + F32 weight_scale_inv, in the blocks of the
+//          checkpoint the model was loaded from (model.config().fp8_block), else 128 x 128; the
+//          rest is as kBf16. config.json gets a quantization_config (Fp8QuantizationConfig)
+//          naming the linear modules left in BF16, or none when nothing could be quantized.
+//          A weight that is not finite is an error.
 enum class ExportDType { kF32, kBf16, kFp8 };
 // "fp32", "bf16" or "fp8"; an error naming `what` (e.g. "export.dtype") otherwise.
 Result<ExportDType> ParseExportDType(const std::string& s, const std::string& what);

@@ -1,10 +1,13 @@
 #include "xtuner/model/config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 namespace xt {
 
@@ -29,9 +32,10 @@ class Reader {
   Status Int(const char* key, int64_t* out, bool required) const {
     if (!has(key)) return Missing(key, required);
     const json& v = j_[key];
-    if (!v.is_number_integer() &&
-        !(v.is_number_float() && v.get<double>() == int64_t(v.get<double>())))
-      return Bad(key, "an integer", v);
+    // 4.0 is an integer; 1e300 is not one an int64 holds (and converting it would be undefined).
+    const bool whole_float = v.is_number_float() && std::fabs(v.get<double>()) < 9.0e18 &&
+                             v.get<double>() == std::trunc(v.get<double>());
+    if (!v.is_number_integer() && !whole_float) return Bad(key, "an integer", v);
     *out = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
     return Status::OK();
   }
@@ -178,6 +182,12 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
   if (q.contains("fmt") && !(q["fmt"].is_string() && q["fmt"].get<std::string>() == "e4m3"))
     return r.Error("quantization_config.fmt " + q["fmt"].dump() + " is not supported" +
                    unsupported);
+  if (q.contains("activation_scheme") &&
+      !(q["activation_scheme"].is_string() &&
+        (q["activation_scheme"].get<std::string>() == "dynamic" ||
+         q["activation_scheme"].get<std::string>() == "static")))
+    return r.Error("quantization_config.activation_scheme " + q["activation_scheme"].dump() +
+                   " is not supported (supported: \"dynamic\", \"static\")");
   if (q.contains("scale_fmt") &&
       !(q["scale_fmt"].is_string() && (q["scale_fmt"].get<std::string>() == "float" ||
                                        q["scale_fmt"].get<std::string>() == "ue8m0")))
@@ -310,6 +320,60 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   return Status::OK();
 }
 
+// Parameters of the model, from its sizes alone (in double: no size can overflow it). An upper
+// bound within a few percent (norms and routers included), to refuse absurd configs early.
+double RoughParamCount(const ModelConfig& c) {
+  const double H = double(c.hidden_size), Hq = double(c.num_heads), D = double(c.head_dim);
+  double attn = 0;
+  if (c.mla) {
+    const double Rq = double(c.q_lora_rank), Rkv = double(c.kv_lora_rank);
+    attn = (Rq > 0 ? Rq * H + Hq * D * Rq : Hq * D * H) + (Rkv + double(c.qk_rope_head_dim)) * H +
+           Hq * double(c.qk_nope_head_dim + c.v_head_dim) * Rkv + H * Hq * double(c.v_head_dim);
+  } else {
+    attn = H * D * double(2 * c.num_heads + 2 * c.num_kv_heads);
+  }
+  const double dense = 3 * H * double(c.intermediate_size);
+  const double moe = double(c.num_experts) * (3 * H * double(c.moe_intermediate_size) + H) +
+                     3 * H * double(c.moe_intermediate_size * c.n_shared_experts);
+  const double norms = 4 * H + 2 * D + double(c.q_lora_rank + c.kv_lora_rank);
+  return double(c.vocab_size) * H * 2 +
+         double(c.num_layers) * (attn + std::max(dense, moe) + norms);
+}
+
+// Sizes past what any model needs, refused before anything is allocated: each width at most
+// 2^24, at most 2^16 layers and experts, 2^20 expert matrices in all, 2^48 parameters.
+Result<ModelConfig> Bounded(ModelConfig c, const Reader& r) {
+  constexpr int64_t kWidth = int64_t(1) << 24, kCount = int64_t(1) << 16;
+  for (auto [name, v, most] : {std::tuple{"vocab_size", c.vocab_size, kWidth},
+                               {"hidden_size", c.hidden_size, kWidth},
+                               {"num_attention_heads", c.num_heads, kWidth},
+                               {"head_dim", c.head_dim, kWidth},
+                               {"intermediate_size", c.intermediate_size, kWidth},
+                               {"moe_intermediate_size", c.moe_intermediate_size, kWidth},
+                               {"q_lora_rank", c.q_lora_rank, kWidth},
+                               {"kv_lora_rank", c.kv_lora_rank, kWidth},
+                               {"v_head_dim", c.v_head_dim, kWidth},
+                               {"num_hidden_layers", c.num_layers, kCount},
+                               {"the expert count", c.num_experts, kCount},
+                               {"n_shared_experts", c.n_shared_experts, kCount}}) {
+    if (v > most)
+      return r.Error(std::string(name) + " " + std::to_string(v) +
+                     " is larger than xtuner supports (" + std::to_string(most) + ")");
+  }
+  if (c.num_experts * c.num_moe_layers() > (int64_t(1) << 20))
+    return r.Error(std::to_string(c.num_experts) + " experts in each of " +
+                   std::to_string(c.num_moe_layers()) +
+                   " MoE layers are more than xtuner supports (2^20 in all)");
+  const double n = RoughParamCount(c);
+  if (n > std::ldexp(1.0, 48)) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", n);
+    return r.Error(std::string("the model would have about ") + buf +
+                   " parameters, more than xtuner supports (2^48)");
+  }
+  return c;
+}
+
 }  // namespace
 
 int64_t ModelConfig::num_moe_layers() const {
@@ -402,11 +466,11 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   c.layer_is_moe.assign(c.num_layers, false);
   if (c.arch == Arch::kQwen3) {
     XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
-    return c;
+    return Bounded(std::move(c), r);
   }
   if (c.arch == Arch::kDeepseekV3) {
     XT_RETURN_IF_ERROR(ReadDeepseekMoe(j, r, &c));
-    return c;
+    return Bounded(std::move(c), r);
   }
 
   // MoE.
@@ -455,7 +519,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     bool any_dense = c.num_moe_layers() < c.num_layers;
     if (any_dense) XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
   }
-  return c;
+  return Bounded(std::move(c), r);
 }
 
 Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {

@@ -14,7 +14,9 @@
 // the router: modules_to_not_convert) are read as they are.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <vector>
 
 #include "xtuner/core/safetensors.h"
 #include "xtuner/core/status.h"
@@ -31,19 +33,38 @@ namespace xt {
 Result<Tensor> ReadWeightF32(const SafetensorsCheckpoint& ckpt, const std::string& name,
                              const Shape& shape, const ModelConfig& cfg);
 
-// Export: transformers' Fp8Quantize (the reverse of its FP8 load) on one weight w [rows, cols],
-// rows and cols multiples of the block bm x bn. Per block, in fp32: amax = max |w|,
-// s = (1 / amax) * 448 (1 where amax is 0; torch's order of 448 / amax), codes = E4M3(clamp(w * s,
-// -448, 448)) (nearest, ties to even), weight_scale_inv = 1 / s. codes: rows * cols; scale_inv:
-// (rows / bm) * (cols / bn).
-void QuantizeFp8(const float* w, int64_t rows, int64_t cols, int64_t bm, int64_t bn, uint8_t* codes,
-                 float* scale_inv);
+// Export: the per-block arithmetic of transformers' Fp8Quantize on one weight `name`
+// w [rows, cols], rows and cols multiples of the block bm x bn. Per block, in fp32:
+// amax = max |w|, s = (1 / amax) * 448 (torch's order of 448 / amax; 1 where amax is 0; the
+// largest float where that overflows, which torch would turn into NaN codes),
+// codes = E4M3(clamp(w * s, -448, 448)) (nearest, ties to even), weight_scale_inv = 1 / s.
+// codes: rows * cols; scale_inv: (rows / bm) * (cols / bn). An error, naming `name` and the
+// element, for a weight that is not finite.
+Status QuantizeFp8(const std::string& name, const float* w, int64_t rows, int64_t cols, int64_t bm,
+                   int64_t bn, uint8_t* codes, float* scale_inv);
 
-// Whether an FP8 export quantizes parameter `p` in blocks of bm x bn: a 2-D linear weight
-// (attention, MLP, experts, shared experts: not the embeddings, lm_head, norms or router, as the
-// hub's -FP8 releases) that is a whole number of blocks (transformers leaves the others as
-// they are; its loader cannot read a partial block).
+// Whether parameter `p` is a weight an FP8 export may quantize in blocks of bm x bn: a 2-D
+// linear weight (attention, MLP, experts, shared experts: not the embeddings, lm_head, norms or
+// routers, as in the hub's -FP8 releases) that is a whole number of blocks (transformers'
+// dequantization cannot read a partial block).
 bool Fp8Exportable(const ParamInfo& p, int64_t bm, int64_t bn);
+
+// What an FP8 export of `layout` quantizes: quantize[i] for layout.params()[i]. A layer's
+// experts are quantized all or none (transformers loads them as one module,
+// "model.layers.N.mlp.experts"). not_converted: "lm_head", then every linear module left in
+// bf16 (whole "...experts" modules among them), for quantization_config.modules_to_not_convert,
+// which transformers needs to load them. any: whether anything is quantized.
+struct Fp8ExportPlan {
+  std::vector<bool> quantize;
+  std::vector<std::string> not_converted;
+  bool any = false;
+};
+Fp8ExportPlan PlanFp8Export(const ParamLayout& layout, int64_t bm, int64_t bn);
+
+// The quantization_config of an FP8 checkpoint in blocks of bm x bn (quant_method "fp8", fmt
+// "e4m3", activation_scheme "dynamic"), with modules_to_not_convert when not_converted has any.
+nlohmann::json Fp8QuantizationConfig(int64_t bm, int64_t bn,
+                                     const std::vector<std::string>& not_converted);
 
 // Whether `name` is a companion of an F8_E4M3 weight in `ckpt` that dequantization consumes or
 // ignores: its weight_scale_inv, or the activation_scale / input_scale of a static activation

@@ -12,6 +12,7 @@
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/dist/shard_io.h"
+#include "xtuner/model/fp8_weights.h"
 #include "xtuner/model/params.h"
 
 namespace xt {
@@ -209,8 +210,14 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
                                   {"ep", mesh.ep},
                                   {"files", files}};
     if (st.ok()) st = WriteFileAtomically((tmp / "shards.json").string(), index.dump(1) + "\n");
+    // A model loaded from an FP8 checkpoint keeps its blocks, for an FP8 export from here
+    // (xtuner convert --dtype fp8); its weights here are fp32 all the same.
+    nlohmann::json model_json = cfg.ToJson();
+    if (cfg.fp8_weights)
+      model_json["quantization_config"] =
+          Fp8QuantizationConfig(cfg.fp8_block[0], cfg.fp8_block[1], {});
     if (st.ok())
-      st = WriteFileAtomically((tmp / "config.json").string(), cfg.ToJson().dump(2) + "\n");
+      st = WriteFileAtomically((tmp / "config.json").string(), model_json.dump(2) + "\n");
     nlohmann::json j = {{"step", state.step},
                         {"optimizer_step", optim.step()},
                         {"sampler", state.sampler.ToJson()},
