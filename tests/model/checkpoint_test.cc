@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "util/fixture_files.h"
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
 
@@ -21,23 +22,8 @@ std::unique_ptr<Transformer> LoadFixture(const std::string& name) {
   return m.ok() ? std::move(m).value() : nullptr;
 }
 
-// Copies a fixture's config.json and writes `tensors` as its weights; returns the directory.
-std::string WriteCheckpoint(const std::string& fixture,
-                            const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  std::string dir = testing::TempDir("ckpt");
-  fs::copy_file(testing::DataPath(fixture + "/config.json"), dir + "/config.json");
-  Status st = WriteSafetensors(dir + "/model.safetensors", tensors);
-  EXPECT_TRUE(st.ok()) << st.message();
-  return dir;
-}
-
-std::vector<std::pair<std::string, Tensor>> FixtureTensors(const std::string& fixture) {
-  auto f = SafetensorsFile::Open(testing::DataPath(fixture + "/model.safetensors"));
-  EXPECT_TRUE(f.ok());
-  std::vector<std::pair<std::string, Tensor>> out;
-  for (const std::string& n : f->names()) out.emplace_back(n, f->Get(n).value());
-  return out;
-}
+using testing::FixtureTensors;
+using testing::WriteFixtureCopy;
 
 std::string LoadError(const std::string& dir) {
   auto m = LoadHfModel(dir);
@@ -76,7 +62,7 @@ TEST(Checkpoint, TiedModelIgnoresAStrayLmHeadLikeTransformers) {
   for (auto& [n, t] : tensors)
     if (n == "model.embed_tokens.weight") embed = t;
   tensors.emplace_back("lm_head.weight", embed.Clone());
-  std::string dir = WriteCheckpoint("variants/qwen3_moe_v4", tensors);
+  std::string dir = WriteFixtureCopy("variants/qwen3_moe_v4", tensors);
   EXPECT_EQ(LoadError(dir), "");
 }
 
@@ -84,7 +70,7 @@ TEST(Checkpoint, MissingTensorIsNamed) {
   auto tensors = FixtureTensors("qwen3_moe_tiny");
   std::erase_if(tensors,
                 [](auto& p) { return p.first == "model.layers.1.mlp.experts.3.up_proj.weight"; });
-  std::string err = LoadError(WriteCheckpoint("qwen3_moe_tiny", tensors));
+  std::string err = LoadError(WriteFixtureCopy("qwen3_moe_tiny", tensors));
   EXPECT_NE(err.find("no tensor \"model.layers.1.mlp.experts.3.up_proj.weight\" (shape [32, 64])"),
             std::string::npos)
       << err;
@@ -94,7 +80,7 @@ TEST(Checkpoint, WrongShapeIsNamedWithBothShapes) {
   auto tensors = FixtureTensors("qwen3_dense_tiny");
   for (auto& [n, t] : tensors)
     if (n == "model.layers.0.self_attn.k_proj.weight") t = Tensor::Zeros(DType::F32, {16, 64});
-  std::string err = LoadError(WriteCheckpoint("qwen3_dense_tiny", tensors));
+  std::string err = LoadError(WriteFixtureCopy("qwen3_dense_tiny", tensors));
   EXPECT_NE(err.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << err;
   EXPECT_NE(err.find("[32, 64]"), std::string::npos) << err;
   EXPECT_NE(err.find("[16, 64]"), std::string::npos) << err;
@@ -104,7 +90,7 @@ TEST(Checkpoint, UnexpectedTensorIsNamed) {
   auto tensors = FixtureTensors("mixtral_tiny");
   tensors.emplace_back("model.layers.0.block_sparse_moe.experts.4.w1.weight",
                        Tensor::Zeros(DType::F32, {48, 64}));
-  std::string err = LoadError(WriteCheckpoint("mixtral_tiny", tensors));
+  std::string err = LoadError(WriteFixtureCopy("mixtral_tiny", tensors));
   EXPECT_NE(err.find("unexpected tensor \"model.layers.0.block_sparse_moe.experts.4.w1.weight\""),
             std::string::npos)
       << err;
@@ -114,7 +100,7 @@ TEST(Checkpoint, IntegerWeightsAreRefused) {
   auto tensors = FixtureTensors("qwen3_dense_tiny");
   for (auto& [n, t] : tensors)
     if (n == "model.norm.weight") t = Tensor::Zeros(DType::I32, {64});
-  std::string err = LoadError(WriteCheckpoint("qwen3_dense_tiny", tensors));
+  std::string err = LoadError(WriteFixtureCopy("qwen3_dense_tiny", tensors));
   EXPECT_NE(err.find("model.norm.weight"), std::string::npos) << err;
 }
 

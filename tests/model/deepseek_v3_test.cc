@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "util/fixture_files.h"
 #include "util/testing.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
@@ -21,7 +21,6 @@
 namespace xt {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 // deepseek-ai/DeepSeek-V3's config.json as published (remote-code spellings, YaRN, FP8
@@ -215,17 +214,10 @@ TEST(DeepseekV3Config, TheCudaBackendRefusesItByName) {
 }
 
 // The fixture's tensors plus extra ones, written with its config.json; returns the directory.
-std::string WithExtraTensors(const std::vector<std::pair<std::string, Tensor>>& extra) {
-  const std::string src = testing::DataPath("deepseek_v3_tiny");
-  auto f = SafetensorsFile::Open(src + "/model.safetensors");
-  EXPECT_TRUE(f.ok());
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const std::string& n : f->names()) tensors.emplace_back(n, f->Get(n).value());
+std::string WithExtraTensors(const testing::NamedTensors& extra) {
+  testing::NamedTensors tensors = testing::FixtureTensors("deepseek_v3_tiny");
   tensors.insert(tensors.end(), extra.begin(), extra.end());
-  const std::string dir = testing::TempDir("dsv3");
-  fs::copy_file(src + "/config.json", dir + "/config.json");
-  EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
-  return dir;
+  return testing::WriteFixtureCopy("deepseek_v3_tiny", tensors);
 }
 
 TEST(DeepseekV3Checkpoint, MtpLayersAreSkippedAndAnythingElseIsNamed) {

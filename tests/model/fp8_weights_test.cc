@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "util/fixture_files.h"
 #include "util/testing.h"
 #include "xtuner/core/dtype.h"
 #include "xtuner/model/checkpoint.h"
@@ -20,7 +20,6 @@
 namespace xt {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 // A tensor of any safetensors dtype, as raw little-endian bytes.
@@ -49,17 +48,6 @@ void WriteRaw(const std::string& path, const std::vector<Raw>& tensors) {
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(&n), 8);
   out << h << data;
-}
-
-std::vector<Raw> ReadRaw(const std::string& path) {
-  auto f = SafetensorsFile::Open(path);
-  EXPECT_TRUE(f.ok()) << f.status().message();
-  std::vector<Raw> out;
-  for (const std::string& n : f->names()) {
-    SafetensorsInfo i = f->Info(n).value();
-    out.push_back({n, i.dtype, i.shape, std::string(static_cast<const char*>(i.data), i.nbytes)});
-  }
-  return out;
 }
 
 ModelConfig Fp8Config(int64_t bm, int64_t bn) {
@@ -144,6 +132,31 @@ TEST(Fp8, DequantizesPartialBlocksWithTheirOwnScale) {
   // Spot checks written out: the corner element is in the last, partial block (scale 8 of 9).
   EXPECT_EQ(w->f32()[4 * 7 + 6], Fp8E4m3ToF32(p.codes[34]) * p.scales[8]);
   EXPECT_EQ(w->f32()[1 * 7 + 3], Fp8E4m3ToF32(p.codes[10]) * p.scales[1]);
+}
+
+// deepseek-ai/DeepSeek-V3's kv_a_proj_with_mqa.weight is [576, 7168] F8_E4M3 with a [5, 56]
+// weight_scale_inv: 576 rows in blocks of 128, the fifth block 64 rows. Its shape here, narrowed
+// to 256 columns.
+TEST(Fp8, TheHubsKvAProjectionHasAHalfBlock) {
+  std::vector<uint8_t> codes(576 * 256);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t(0x30 + i % 16);  // 0.5 .. 0.94
+  std::vector<float> scales(5 * 2);
+  for (int i = 0; i < 10; ++i) scales[i] = 1.0f + i;
+  auto w = Read({{"kv.weight", "F8_E4M3", {576, 256}, Bytes(codes)},
+                 {"kv.weight_scale_inv", "F32", {5, 2}, Bytes(scales)}},
+                "kv.weight", {576, 256}, Fp8Config(128, 128));
+  ASSERT_TRUE(w.ok()) << w.status().message();
+  for (int r : {0, 127, 128, 511, 512, 575})
+    for (int c : {0, 127, 128, 255})
+      EXPECT_EQ(w->f32()[r * 256 + c],
+                Fp8E4m3ToF32(codes[r * 256 + c]) * scales[(r / 128) * 2 + c / 128])
+          << r << "," << c;
+  // The floor-sized grid (4 x 2, one scale per 144 rows, as a loader that derives the block from
+  // the grid would use) is refused.
+  auto floor = Read({{"kv.weight", "F8_E4M3", {576, 256}, Bytes(codes)},
+                     {"kv.weight_scale_inv", "F32", {4, 2}, Bytes(scales).substr(0, 32)}},
+                    "kv.weight", {576, 256}, Fp8Config(128, 128));
+  ExpectError(floor, {"shape [4, 2], expected [5, 2]"});
 }
 
 TEST(Fp8, ReadsEveryScaleDtype) {
@@ -311,14 +324,10 @@ TEST(Fp8, QuantizationIsTransformersBitForBit) {
 // ---------------------------------------------------------------- whole checkpoints
 
 // The qwen3_moe_fp8 fixture copied into a fresh directory, its tensors edited by `edit`.
-std::string EditedFp8Fixture(const std::function<void(std::vector<Raw>*)>& edit) {
-  const std::string src = testing::DataPath("variants/qwen3_moe_fp8");
-  const std::string dir = testing::TempDir("fp8_ckpt");
-  fs::copy_file(src + "/config.json", dir + "/config.json");
-  std::vector<Raw> t = ReadRaw(src + "/model.safetensors");
+std::string EditedFp8Fixture(const std::function<void(testing::NamedTensors*)>& edit) {
+  testing::NamedTensors t = testing::FixtureTensors("variants/qwen3_moe_fp8");
   edit(&t);
-  WriteRaw(dir + "/model.safetensors", t);
-  return dir;
+  return testing::WriteFixtureCopy("variants/qwen3_moe_fp8", t);
 }
 
 std::string LoadError(const std::string& dir) {
@@ -483,19 +492,18 @@ TEST(Fp8Checkpoint, ALayersExpertsAreQuantizedAllOrNone) {
 }
 
 TEST(Fp8Checkpoint, ActivationScalesOfAStaticSchemeAreIgnored) {
-  const std::string dir = EditedFp8Fixture([](std::vector<Raw>* t) {
-    std::vector<float> one = {0.5f};
-    t->push_back({"model.layers.0.self_attn.q_proj.activation_scale", "F32", {}, Bytes(one)});
-    t->push_back({"model.layers.0.self_attn.k_proj.input_scale", "F32", {1}, Bytes(one)});
+  const std::string dir = EditedFp8Fixture([](testing::NamedTensors* t) {
+    t->emplace_back("model.layers.0.self_attn.q_proj.activation_scale",
+                    Tensor::Zeros(DType::F32, {}));
+    t->emplace_back("model.layers.0.self_attn.k_proj.input_scale", Tensor::Zeros(DType::F32, {1}));
   });
   EXPECT_EQ(LoadError(dir), "");
 }
 
 TEST(Fp8Checkpoint, ScalesWithoutAnFp8WeightAreUnexpected) {
   // The router is not quantized: a scale beside it is a tensor the model has no place for.
-  const std::string dir = EditedFp8Fixture([](std::vector<Raw>* t) {
-    std::vector<float> one = {0.5f};
-    t->push_back({"model.layers.0.mlp.gate.weight_scale_inv", "F32", {1, 1}, Bytes(one)});
+  const std::string dir = EditedFp8Fixture([](testing::NamedTensors* t) {
+    t->emplace_back("model.layers.0.mlp.gate.weight_scale_inv", Tensor::Zeros(DType::F32, {1, 1}));
   });
   const std::string err = LoadError(dir);
   EXPECT_NE(err.find("unexpected tensor \"model.layers.0.mlp.gate.weight_scale_inv\""),
@@ -505,8 +513,8 @@ TEST(Fp8Checkpoint, ScalesWithoutAnFp8WeightAreUnexpected) {
 
 TEST(Fp8Checkpoint, AMissingScaleIsNamed) {
   const std::string gone = "model.layers.1.mlp.down_proj.weight_scale_inv";
-  const std::string dir = EditedFp8Fixture([&](std::vector<Raw>* t) {
-    std::erase_if(*t, [&](const Raw& r) { return r.name == gone; });
+  const std::string dir = EditedFp8Fixture([&](testing::NamedTensors* t) {
+    std::erase_if(*t, [&](const auto& r) { return r.first == gone; });
   });
   const std::string err = LoadError(dir);
   EXPECT_NE(err.find("\"model.layers.1.mlp.down_proj.weight\" is F8_E4M3 but the checkpoint has "
@@ -517,7 +525,7 @@ TEST(Fp8Checkpoint, AMissingScaleIsNamed) {
 }
 
 TEST(Fp8Checkpoint, Fp8WeightsWithoutQuantizationConfigAreRefused) {
-  const std::string dir = EditedFp8Fixture([](std::vector<Raw>*) {});
+  const std::string dir = EditedFp8Fixture([](testing::NamedTensors*) {});
   std::ifstream in(dir + "/config.json");
   json j = json::parse(in);
   in.close();
