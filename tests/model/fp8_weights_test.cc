@@ -491,6 +491,54 @@ TEST(Fp8Checkpoint, ALayersExpertsAreQuantizedAllOrNone) {
   ASSERT_TRUE(back.ok()) << back.status().message();
 }
 
+// DeepSeek-V3 (two MoE layers; routed experts and shared expert both [24, 64] / [64, 24]) in
+// blocks of 16: each layer's routed experts are one module left in BF16, the shared expert's
+// projections are plain linear layers named one by one, kv_a_proj_with_mqa [24, 64] is named,
+// q_a_proj [32, 64] is quantized. Mixtral (experts w1/w3 [48, 64]) in blocks of 32: its hub
+// names, which transformers renames to mlp.experts.
+TEST(Fp8Checkpoint, ExpertModulesAreGroupedPerLayerAndSharedExpertsAreNot) {
+  auto ds = ModelConfig::Load(testing::DataPath("deepseek_v3_tiny"));
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  const ParamLayout ds_layout(*ds);
+  Fp8ExportPlan plan = PlanFp8Export(ds_layout, 16, 16);
+  const auto& skip = plan.not_converted;
+  for (const char* name : {"model.layers.1.mlp.experts", "model.layers.2.mlp.experts",
+                           "model.layers.1.mlp.shared_experts.gate_proj",
+                           "model.layers.2.mlp.shared_experts.down_proj",
+                           "model.layers.0.self_attn.kv_a_proj_with_mqa"})
+    EXPECT_NE(std::find(skip.begin(), skip.end(), name), skip.end()) << name;
+  for (const char* name : {"model.layers.1.mlp.shared_experts", "model.layers.0.mlp.experts",
+                           "model.layers.0.self_attn.q_a_proj", "model.layers.1.mlp.gate"})
+    EXPECT_EQ(std::find(skip.begin(), skip.end(), name), skip.end()) << name;
+  for (size_t i = 0; i < ds_layout.params().size(); ++i) {
+    const std::string& n = ds_layout.params()[i].name;
+    if (n.find(".experts.") != std::string::npos) {
+      EXPECT_FALSE(plan.quantize[i]) << n;
+    } else if (n.find("q_a_proj") != std::string::npos || n.find("q_b_proj") != std::string::npos) {
+      EXPECT_TRUE(plan.quantize[i]) << n;
+    } else if (n.find("e_score_correction_bias") != std::string::npos) {
+      EXPECT_FALSE(plan.quantize[i]) << n;
+    }
+  }
+
+  auto mix = ModelConfig::Load(testing::DataPath("mixtral_tiny"));
+  ASSERT_TRUE(mix.ok()) << mix.status().message();
+  const ParamLayout mix_layout(*mix);
+  plan = PlanFp8Export(mix_layout, 32, 32);
+  EXPECT_EQ(plan.not_converted,
+            (std::vector<std::string>{"lm_head", "model.layers.0.block_sparse_moe.experts",
+                                      "model.layers.1.block_sparse_moe.experts"}));
+  int quantized = 0;
+  for (size_t i = 0; i < mix_layout.params().size(); ++i) {
+    const std::string& n = mix_layout.params()[i].name;
+    quantized += plan.quantize[i];
+    EXPECT_EQ(plan.quantize[i], n.find("self_attn.") != std::string::npos &&
+                                    n.find("proj.weight") != std::string::npos)
+        << n;
+  }
+  EXPECT_EQ(quantized, 8);  // q, k, v, o of both layers
+}
+
 TEST(Fp8Checkpoint, ActivationScalesOfAStaticSchemeAreIgnored) {
   const std::string dir = EditedFp8Fixture([](testing::NamedTensors* t) {
     t->emplace_back("model.layers.0.self_attn.q_proj.activation_scale",

@@ -129,6 +129,10 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
   j = Qwen3MoeV5();
   j["mlp_only_layers"] = {7};
   EXPECT_NE(ErrorOf(j).find("mlp_only_layers entry 7"), std::string::npos);
+  json mix = Qwen3MoeV5();
+  mix["model_type"] = "mixtral";
+  mix["intermediate_size"] = 0;
+  EXPECT_NE(ErrorOf(mix).find("intermediate_size"), std::string::npos) << ErrorOf(mix);
   EXPECT_NE(ErrorOf(json::array()).find("must be a JSON object"), std::string::npos);
 }
 
@@ -136,14 +140,30 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
 // otherwise run the machine out of memory laying out a trillion experts).
 TEST(ModelConfig, AbsurdSizesAreRefusedByName) {
   json j = Qwen3MoeV5();
-  j["num_local_experts"] = 1000000000000;
-  EXPECT_NE(ErrorOf(j).find("cfg.json: the expert count 1000000000000 is larger than xtuner "
-                            "supports (65536)"),
+  j["num_local_experts"] = 100000;
+  EXPECT_NE(ErrorOf(j).find("cfg.json: the expert count 100000 is larger than xtuner supports "
+                            "(65536)"),
             std::string::npos)
       << ErrorOf(j);
   j = Qwen3MoeV5();
-  j["hidden_size"] = int64_t(1) << 40;
-  EXPECT_NE(ErrorOf(j).find("hidden_size 1099511627776 is larger than xtuner supports"),
+  j["hidden_size"] = int64_t(1) << 25;
+  EXPECT_NE(ErrorOf(j).find("hidden_size 33554432 is larger than xtuner supports (16777216)"),
+            std::string::npos)
+      << ErrorOf(j);
+  // No size needs more than 31 bits: larger integers (or their wrapped unsigned forms) are
+  // refused as they are read, before anything is made per layer or expert.
+  for (json big : {json(int64_t(1) << 40), json(uint64_t(18446744073709551615ull)), json(1e15)}) {
+    j = Qwen3MoeV5();
+    j["num_hidden_layers"] = big;
+    EXPECT_NE(ErrorOf(j).find("\"num_hidden_layers\" must be an integer of at most 2^31 - 1 in "
+                              "size, found " +
+                              big.dump()),
+              std::string::npos)
+        << ErrorOf(j);
+  }
+  j = Qwen3MoeV5();
+  j["num_hidden_layers"] = 100000;
+  EXPECT_NE(ErrorOf(j).find("num_hidden_layers 100000 is larger than xtuner supports (65536)"),
             std::string::npos)
       << ErrorOf(j);
   j = Qwen3MoeV5();
@@ -155,9 +175,31 @@ TEST(ModelConfig, AbsurdSizesAreRefusedByName) {
       << ErrorOf(j);
   j = Qwen3MoeV5();
   j["hidden_size"] = 1e300;
-  EXPECT_NE(ErrorOf(j).find("\"hidden_size\" must be an integer, found 1e+300"), std::string::npos)
+  EXPECT_NE(ErrorOf(j).find("\"hidden_size\" must be an integer of at most 2^31 - 1 in size, "
+                            "found 1e+300"),
+            std::string::npos)
       << ErrorOf(j);
-  j["hidden_size"] = 64.0;
+  // Wrong JSON types where a string belongs, and derived values that cannot be.
+  j = Qwen3MoeV5();
+  j["hidden_act"] = 5;
+  EXPECT_NE(ErrorOf(j).find("key \"hidden_act\" must be a string, found 5"), std::string::npos);
+  j = Qwen3MoeV5();
+  j["rope_parameters"]["rope_type"] = json::array();
+  EXPECT_NE(ErrorOf(j).find("rope_type must be a string, found []"), std::string::npos)
+      << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j["rope_parameters"] = {{"rope_type", "yarn"},
+                          {"rope_theta", 1e4},
+                          {"factor", 4.0},
+                          {"original_max_position_embeddings", 1e300}};
+  EXPECT_NE(ErrorOf(j).find("yarn needs original_max_position_embeddings"), std::string::npos)
+      << ErrorOf(j);
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4},
+                          {"factor", 4.0},       {"original_max_position_embeddings", 32},
+                          {"mscale", -20.0},     {"mscale_all_dim", 1.0}};
+  EXPECT_NE(ErrorOf(j).find("give an attention factor of"), std::string::npos) << ErrorOf(j);
+  j = Qwen3MoeV5();
+  j["hidden_size"] = 64.0;  // a whole float is an integer
   EXPECT_EQ(ErrorOf(j), "");
   j = Qwen3MoeV5();
   j["vocab_size"] = 10000000;

@@ -32,11 +32,14 @@ class Reader {
   Status Int(const char* key, int64_t* out, bool required) const {
     if (!has(key)) return Missing(key, required);
     const json& v = j_[key];
-    // 4.0 is an integer; 1e300 is not one an int64 holds (and converting it would be undefined).
-    const bool whole_float = v.is_number_float() && std::fabs(v.get<double>()) < 9.0e18 &&
-                             v.get<double>() == std::trunc(v.get<double>());
-    if (!v.is_number_integer() && !whole_float) return Bad(key, "an integer", v);
-    *out = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
+    // 4.0 is an integer. No key of a config needs more than 31 bits, and the bound keeps every
+    // sum and product of two of them inside int64 (and 1e300 from an undefined conversion).
+    constexpr double kMost = 2147483647.0;
+    const bool whole = (v.is_number_integer() || v.is_number_float()) &&
+                       std::fabs(v.get<double>()) <= kMost &&
+                       v.get<double>() == std::trunc(v.get<double>());
+    if (!whole) return Bad(key, "an integer of at most 2^31 - 1 in size", v);
+    *out = int64_t(v.get<double>());
     return Status::OK();
   }
   Status Double(const char* key, double* out, bool required) const {
@@ -78,6 +81,9 @@ double YarnMscale(double scale, double mscale) {  // transformers' get_mscale
 // null mean 32 / 1; truncate absent means true, null false.
 Status ReadRopeScaling(const json& j, const json& p, const std::string& where, const Reader& r,
                        ModelConfig* c) {
+  for (const char* key : {"rope_type", "type"})
+    if (p.contains(key) && !p[key].is_string())
+      return r.Error(where + "." + key + " must be a string, found " + p[key].dump());
   const std::string type = p.value("rope_type", p.value("type", std::string("default")));
   if (type == "default") return Status::OK();
   if (type != "yarn")
@@ -98,14 +104,15 @@ Status ReadRopeScaling(const json& j, const json& p, const std::string& where, c
   XT_RETURN_IF_ERROR(number(p, in, "original_max_position_embeddings", &original));
   XT_RETURN_IF_ERROR(number(j, "", "original_max_position_embeddings", &original));  // wins
   if (original <= 0) original = max_pos;
-  if (!(original >= 1))
+  if (!(original >= 1 && original <= 2147483647.0))
     return r.Error(where +
                    ": yarn needs original_max_position_embeddings (or "
                    "max_position_embeddings)");
   if (!p.contains("factor")) return r.Error(where + ": yarn needs \"factor\"");
   XT_RETURN_IF_ERROR(number(p, in, "factor", &factor));
   if (p["factor"].is_null() && max_pos > 0) factor = max_pos / original;
-  if (!(factor > 0)) return r.Error(in + "factor must be a positive number for yarn");
+  if (!(factor > 0 && std::isfinite(factor)))
+    return r.Error(in + "factor must be a positive number for yarn");
   XT_RETURN_IF_ERROR(number(p, in, "mscale", &mscale));
   XT_RETURN_IF_ERROR(number(p, in, "mscale_all_dim", &y.mscale_all_dim));
   XT_RETURN_IF_ERROR(number(p, in, "beta_fast", &y.beta_fast));
@@ -130,6 +137,9 @@ Status ReadRopeScaling(const json& j, const json& p, const std::string& where, c
   } else {
     y.attention_factor = YarnMscale(factor, 1.0);
   }
+  if (!(y.attention_factor > 0 && std::isfinite(y.attention_factor)))
+    return r.Error(in + "mscale and mscale_all_dim give an attention factor of " +
+                   std::to_string(y.attention_factor) + ": it must be positive");
   return Status::OK();
 }
 
@@ -320,8 +330,9 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   return Status::OK();
 }
 
-// Parameters of the model, from its sizes alone (in double: no size can overflow it). An upper
-// bound within a few percent (norms and routers included), to refuse absurd configs early.
+// Parameters of the model, from its sizes alone (in double: no size can overflow it): an upper
+// bound (an lm_head is counted even when tied, and the larger MLP for every layer), to refuse
+// absurd configs early.
 double RoughParamCount(const ModelConfig& c) {
   const double H = double(c.hidden_size), Hq = double(c.num_heads), D = double(c.head_dim);
   double attn = 0;
@@ -333,15 +344,18 @@ double RoughParamCount(const ModelConfig& c) {
     attn = H * D * double(2 * c.num_heads + 2 * c.num_kv_heads);
   }
   const double dense = 3 * H * double(c.intermediate_size);
-  const double moe = double(c.num_experts) * (3 * H * double(c.moe_intermediate_size) + H) +
+  const double moe = double(c.num_experts) * (3 * H * double(c.moe_intermediate_size) + H + 1) +
                      3 * H * double(c.moe_intermediate_size * c.n_shared_experts);
   const double norms = 4 * H + 2 * D + double(c.q_lora_rank + c.kv_lora_rank);
   return double(c.vocab_size) * H * 2 +
          double(c.num_layers) * (attn + std::max(dense, moe) + norms);
 }
 
-// Sizes past what any model needs, refused before anything is allocated: each width at most
-// 2^24, at most 2^16 layers and experts, 2^20 expert matrices in all, 2^48 parameters.
+// Sizes past what any model needs, refused before the model is laid out: each width at most
+// 2^24, at most 2^16 experts (and layers: checked as soon as read), 2^20 expert matrices in
+// all, 2^48 parameters.
+constexpr int64_t kMostLayers = int64_t(1) << 16;
+
 Result<ModelConfig> Bounded(ModelConfig c, const Reader& r) {
   constexpr int64_t kWidth = int64_t(1) << 24, kCount = int64_t(1) << 16;
   for (auto [name, v, most] : {std::tuple{"vocab_size", c.vocab_size, kWidth},
@@ -353,7 +367,6 @@ Result<ModelConfig> Bounded(ModelConfig c, const Reader& r) {
                                {"q_lora_rank", c.q_lora_rank, kWidth},
                                {"kv_lora_rank", c.kv_lora_rank, kWidth},
                                {"v_head_dim", c.v_head_dim, kWidth},
-                               {"num_hidden_layers", c.num_layers, kCount},
                                {"the expert count", c.num_experts, kCount},
                                {"n_shared_experts", c.n_shared_experts, kCount}}) {
     if (v > most)
@@ -427,6 +440,9 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
                          {"num_key_value_heads", c.num_kv_heads}}) {
     XT_RETURN_IF_ERROR(Positive(r, name, v));
   }
+  if (c.num_layers > kMostLayers)  // before anything per layer is made
+    return r.Error("num_hidden_layers " + std::to_string(c.num_layers) +
+                   " is larger than xtuner supports (" + std::to_string(kMostLayers) + ")");
   if (c.num_heads % c.num_kv_heads != 0)
     return r.Error("num_attention_heads (" + std::to_string(c.num_heads) +
                    ") must be a multiple of num_key_value_heads (" +
@@ -444,6 +460,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   if (!c.mla && c.head_dim % 2 != 0) return r.Error("head_dim must be even for RoPE");
 
   // Options that change the maths and are not implemented: refuse rather than compute wrong.
+  if (j.contains("hidden_act") && !j["hidden_act"].is_string())
+    return r.Error("key \"hidden_act\" must be a string, found " + j["hidden_act"].dump());
   std::string act = j.value("hidden_act", std::string("silu"));
   if (act != "silu")
     return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
@@ -490,6 +508,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Double("router_aux_loss_coef", &c.router_aux_loss_coef, false));
 
   if (c.arch == Arch::kMixtral) {
+    XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
     c.moe_intermediate_size = c.intermediate_size;
     c.norm_topk_prob = true;  // Mixtral always renormalises the top-k weights
     c.layer_is_moe.assign(c.num_layers, true);
