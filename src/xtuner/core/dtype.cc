@@ -1,5 +1,7 @@
 #include "xtuner/core/dtype.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 namespace xt {
@@ -59,24 +61,29 @@ float Fp8E4m3ToF32(uint8_t b) {
   return sign * std::ldexp(float(8 + man), exp - 10);      // (1 + man/8) * 2^(exp-7)
 }
 
+namespace {
+
+// The 127 non-negative finite E4M3 values, by code (0 .. 0x7e): they increase with the code.
+const std::array<float, 127>& E4m3Values() {
+  static const std::array<float, 127> values = [] {
+    std::array<float, 127> v{};
+    for (int b = 0; b < 127; ++b) v[b] = Fp8E4m3ToF32(uint8_t(b));
+    return v;
+  }();
+  return values;
+}
+
+}  // namespace
+
 uint8_t F32ToFp8E4m3(float f) {
   if (std::isnan(f)) return 0x7f;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
   const float a = std::fabs(f);
-  // The largest code in [0, 0x7e] whose value is <= a: the non-negative values increase with the
-  // code, so a binary search over the 127 of them.
-  int lo = 0, hi = 0x7e;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (Fp8E4m3ToF32(uint8_t(mid)) <= a) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
+  const std::array<float, 127>& v = E4m3Values();
+  // The largest code whose value is <= a (v[0] = 0 <= a).
+  const int lo = int(std::upper_bound(v.begin(), v.end(), a) - v.begin()) - 1;
   if (lo == 0x7e) return sign | 0x7e;  // saturate
-  const float below = a - Fp8E4m3ToF32(uint8_t(lo));
-  const float above = Fp8E4m3ToF32(uint8_t(lo + 1)) - a;
+  const float below = a - v[lo], above = v[lo + 1] - a;
   const int code = below < above ? lo : above < below ? lo + 1 : (lo % 2 == 0 ? lo : lo + 1);
   return uint8_t(sign | code);
 }
