@@ -60,8 +60,8 @@ Status WriteSafetensors(const std::string& path,
                         const std::map<std::string, std::string>& metadata) {
   XT_RETURN_IF_ERROR(CheckTensorsToWrite(path, tensors));
   // The reference writer's order: dtype descending in its enum (I64 > F32 > I32 > BF16 > F16 >
-  // F8_E4M3),
-  // then name. Sizes descend with it, so every tensor starts aligned to its element size.
+  // F8_E4M3), then name. Sizes descend with it, so every tensor starts aligned to its element
+  // size.
   auto rank = [](DType t) {
     switch (t) {
       case DType::I64:

@@ -75,7 +75,7 @@ Result<ExportDType> ParseExportDType(const std::string& s, const std::string& wh
   if (s == "fp32") return ExportDType::kF32;
   if (s == "bf16") return ExportDType::kBf16;
   if (s == "fp8") return ExportDType::kFp8;
-  return Status::Error(what + " must be bf16, fp32 or fp8, not \"" + s + "\"");
+  return Status::Error(what + " must be bf16, fp32 or fp8, not " + s);
 }
 
 Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType dtype,

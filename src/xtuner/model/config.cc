@@ -189,20 +189,19 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
   if (!method.is_string() || method.get<std::string>() != "fp8")
     return r.Error("quantization_config.quant_method " + method.dump() + " is not supported" +
                    unsupported);
-  if (q.contains("fmt") && !(q["fmt"].is_string() && q["fmt"].get<std::string>() == "e4m3"))
-    return r.Error("quantization_config.fmt " + q["fmt"].dump() + " is not supported" +
-                   unsupported);
-  if (q.contains("activation_scheme") &&
-      !(q["activation_scheme"].is_string() &&
-        (q["activation_scheme"].get<std::string>() == "dynamic" ||
-         q["activation_scheme"].get<std::string>() == "static")))
-    return r.Error("quantization_config.activation_scheme " + q["activation_scheme"].dump() +
-                   " is not supported (supported: \"dynamic\", \"static\")");
-  if (q.contains("scale_fmt") &&
-      !(q["scale_fmt"].is_string() && (q["scale_fmt"].get<std::string>() == "float" ||
-                                       q["scale_fmt"].get<std::string>() == "ue8m0")))
-    return r.Error("quantization_config.scale_fmt " + q["scale_fmt"].dump() +
-                   " is not supported (supported: \"float\", \"ue8m0\")");
+  // An optional key that must be one of `allowed` when present.
+  auto one_of = [&](const char* key, std::initializer_list<const char*> allowed,
+                    const std::string& supported) -> Status {
+    if (!q.contains(key)) return Status::OK();
+    for (const char* a : allowed)
+      if (q[key].is_string() && q[key].get<std::string>() == a) return Status::OK();
+    return r.Error(std::string("quantization_config.") + key + " " + q[key].dump() +
+                   " is not supported" + supported);
+  };
+  XT_RETURN_IF_ERROR(one_of("fmt", {"e4m3"}, unsupported));
+  XT_RETURN_IF_ERROR(
+      one_of("activation_scheme", {"dynamic", "static"}, " (supported: \"dynamic\", \"static\")"));
+  XT_RETURN_IF_ERROR(one_of("scale_fmt", {"float", "ue8m0"}, " (supported: \"float\", \"ue8m0\")"));
   c->fp8_weights = true;
   c->fp8_block[0] = c->fp8_block[1] = 128;  // transformers' default
   if (!q.contains("weight_block_size")) return Status::OK();

@@ -8,6 +8,8 @@
 #include <sstream>
 #include <variant>
 
+#include "xtuner/model/checkpoint.h"
+
 namespace xt {
 
 namespace {
@@ -413,8 +415,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (!(c.lr >= 0) || !(c.min_lr >= 0) || c.min_lr > c.lr)
     return err("optim.lr and optim.min_lr must satisfy 0 <= min_lr <= lr");
   if (!(c.recompute >= 0 && c.recompute <= 1)) return err("model.recompute must be in [0, 1]");
-  if (c.export_dtype != "bf16" && c.export_dtype != "fp32" && c.export_dtype != "fp8")
-    return err("export.dtype must be bf16, fp32 or fp8, not " + c.export_dtype);
+  if (Result<ExportDType> d = ParseExportDType(c.export_dtype, "export.dtype"); !d.ok())
+    return err(d.status().message());
   if (c.keep_last < 1) return err("checkpoint.keep_last must be at least 1");
   if (c.ep < 1) return err("parallel.ep must be at least 1");
   if (c.log_every < 1) return err("log.every must be at least 1");
