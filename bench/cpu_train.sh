@@ -8,6 +8,8 @@
 #   bench/cpu_train.sh    # BUILD=build-dir STEPS=5 THREADS=$(nproc) VENV=venv-dir to override
 #                         # MODEL=deepseek_v3: the same sizes as a DeepSeek-V3 (MLA, sigmoid
 #                         # group-limited router, a shared expert, first layer dense)
+#                         # LORA=16: LoRA of that rank on the attention projections, every other
+#                         # weight frozen, on both sides (the peer through PEFT)
 # The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,
 # installed with --no-deps from tools/reference/requirements.txt (plain `pip install torch`
 # pulls GBs of CUDA wheels); an existing venv with both (e.g. VENV=/work/venv-ref) is reused.
@@ -17,18 +19,20 @@ BUILD=${BUILD:-build}
 STEPS=${STEPS:-5}
 THREADS=${THREADS:-$(nproc)}
 MODEL=${MODEL:-qwen3_moe}
+LORA=${LORA:-0}
 source bench/peer_venv.sh
 cmake -S . -B "$BUILD" > /dev/null
 cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
 export OMP_NUM_THREADS=$THREADS
-ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --model "$MODEL")
+ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --model "$MODEL" \
+  --lora "$LORA")
 ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16 \
-  --model "$MODEL")
+  --model "$MODEL" --lora "$LORA")
 PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
-  --batch 4 --seq 512 --model "$MODEL")
+  --batch 4 --seq 512 --model "$MODEL" --lora "$LORA")
 
-MODEL="$MODEL" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+MODEL="$MODEL" LORA="$LORA" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
 import os
 
 def kv(text):
@@ -39,6 +43,11 @@ e16 = kv(os.environ["ENGINE16"])
 flops = float(e["step_flops"])  # same model, same tokens, same document lengths on both sides
 et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
 es, ps = float(e["step_s_median"]), float(p["step_s_median"])
+lora = int(os.environ["LORA"])
+if lora:
+    print(f"LoRA rank {lora} (alpha {2 * lora}) on the attention projections: "
+          f"{int(e['trainable_params']) / 1e6:.3f}M trainable parameters; peer: peft "
+          f"{p.get('peft', '?')}")
 print(f"{os.environ['MODEL']}: threads {e['threads']}, {e['tokens']} tokens a step, "
       f"median of {e['steps']} steps; "
       f"model FLOPs {flops / 1e9:.1f} G a step ({int(e['matmul_params']) / 1e6:.2f}M matmul "
@@ -47,7 +56,8 @@ print(f"{os.environ['MODEL']}: threads {e['threads']}, {e['tokens']} tokens a st
       f"transformers {p['transformers']}\n")
 print("| implementation | tokens/s | model GFLOP/s | peak RSS MiB | ratio |")
 print("|---|---:|---:|---:|---:|")
-print(f"| PyTorch + transformers | {pt:,.1f} | {flops / ps / 1e9:.1f} | "
+peer = "PyTorch + transformers" + (" + PEFT" if lora else "")
+print(f"| {peer} | {pt:,.1f} | {flops / ps / 1e9:.1f} | "
       f"{float(p['peak_rss_mib']):,.0f} | 1.00x |")
 print(f"| xtuner | {et:,.1f} | {flops / es / 1e9:.1f} | {float(e['peak_rss_mib']):,.0f} | "
       f"{et / pt:.2f}x |")

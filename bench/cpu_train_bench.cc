@@ -2,6 +2,7 @@
 // the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
 //
 //   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0] [--model qwen3_moe]
+//                   [--lora RANK]
 //
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
 // moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). --model deepseek_v3: the same
@@ -10,8 +11,9 @@
 // of
 // --tokens random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
 // ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
-// step, then --steps timed steps. Also measures ops::gemm 2048^3 (best of 3) as the machine's
-// sgemm rate. Prints key=value lines:
+// step, then --steps timed steps. --lora RANK: LoRA adapters of that rank (alpha 2 x rank) on the
+// attention projections (lora target "auto"), every other weight frozen. Also measures ops::gemm
+// 2048^3 (best of 3) as the machine's sgemm rate. Prints key=value lines:
 //   threads tokens steps step_s_median tokens_per_s total_params active_params matmul_params
 //   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib activation_mib
 //   recompute_layers loss
@@ -29,9 +31,14 @@
 #include <vector>
 
 #include "xtuner/core/allocator.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/shard_io.h"
+#include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/init.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/model/transformer.h"
 #include "xtuner/ops/ops.h"
 #include "xtuner/optim/adamw.h"
@@ -71,6 +78,7 @@ int main(int argc, char** argv) {
   double recompute = 0;
   bool bf16 = false;
   std::string model_type = "qwen3_moe";
+  int64_t lora_rank = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -87,10 +95,12 @@ int main(int argc, char** argv) {
       bf16 = true;
     else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "fp32"))
       bf16 = false;
+    else if (!std::strcmp(argv[i], "--lora"))
+      lora_rank = std::atoll(argv[i + 1]);
     else {
       std::fprintf(stderr,
                    "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
-                   "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3]\n");
+                   "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3] [--lora RANK]\n");
       return 2;
     }
   }
@@ -152,9 +162,22 @@ int main(int argc, char** argv) {
           {"rope_theta", 10000.0},
           {"max_position_embeddings", 4096}};
   xt::ModelConfig cfg = Check(xt::ModelConfig::FromJson(cj, "cpu_train_bench"), "config");
+  if (lora_rank > 0) {
+    xt::LoraSpec spec;
+    spec.rank = lora_rank;
+    spec.alpha = 2.0 * double(lora_rank);
+    spec.targets = {"auto"};
+    cfg.lora = Check(xt::ResolveLora(spec, cfg, "--lora"), "lora");
+  }
 
-  xt::Transformer model(cfg);
-  xt::InitRandom(&model, 0.02, 0);
+  // As the trainer holds a run's state on one rank: a ShardedParams (the whole model, its
+  // gradients' pages committed only where written) and AdamW over it.
+  std::unique_ptr<xt::Comm> world = xt::MakeSingleComm();
+  std::unique_ptr<xt::Comm> dp = world->Split(0, 0);
+  const xt::Mesh mesh = Check(xt::MakeMesh(1, 0, 1, cfg), "mesh");
+  xt::ShardedParams store(cfg, mesh, world.get(), dp.get());
+  xt::InitShardRandom(cfg, store.owned(), store.params(), 0.02, 0);
+  xt::Transformer model(cfg, &store, 0, cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1, nullptr);
   model.SetRecompute(recompute);
   const int64_t total = model.layout().total();
 
@@ -173,13 +196,13 @@ int main(int argc, char** argv) {
   double loss = 0;
   int64_t activation_bytes = 0;
   auto step = [&] {
-    model.ZeroGrads();
+    store.ZeroGrads();
     xt::LossInfo li = Check(model.ForwardBackward(batch), "forward_backward");
     loss = li.loss;
     activation_bytes = li.activation_bytes;
     // As the trainer: the clipping coefficient is applied as AdamW reads the gradients.
-    const double norm = xt::grad_norm(model.grads().f32(), total);
-    opt.Step(model.params().f32(), model.grads().f32(), 1e-4, float(xt::clip_coef(norm, 1.0)));
+    const double norm = xt::grad_norm(store.grads(), total);
+    opt.Step(store.params(), store.grads(), 1e-4, float(xt::clip_coef(norm, 1.0)));
   };
   step();  // warm-up
   std::vector<double> times;
@@ -240,5 +263,9 @@ int main(int argc, char** argv) {
   std::printf("activation_mib=%.1f\n", double(activation_bytes) / (1 << 20));
   std::printf("recompute_layers=%lld\n", (long long)model.recompute_layers());
   std::printf("loss=%.6f\n", loss);
+  int64_t trainable = 0;
+  for (const xt::ParamInfo& p : model.layout().params())
+    if (!p.frozen) trainable += xt::NumElements(p.shape);
+  std::printf("trainable_params=%lld\n", (long long)trainable);
   return 0;
 }

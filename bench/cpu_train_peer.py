@@ -3,12 +3,13 @@ CPU with HF transformers' Qwen3MoeForCausalLM (default attention implementation)
 --model deepseek_v3 the same sizes as DeepseekV3ForCausalLM (cpu_train_bench.cc's config).
 
     python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
-                                   [--model qwen3_moe|deepseek_v3]
+                                   [--model qwen3_moe|deepseek_v3] [--lora RANK]
 
 Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
 (output_router_logits=True, so the load-balancing loss is in the loss) + backward +
 clip_grad_norm_(1.0) + AdamW.step (lr 1e-4, weight_decay 0.01); one warm-up step, then --steps
-timed steps. Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
+timed steps. --lora RANK: PEFT LoRA adapters of that rank (lora_alpha 2 x rank) on the attention
+projections, the optimizer over the adapters only (as HF Trainer builds it). Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
 loss torch transformers.
 """
 import argparse
@@ -29,6 +30,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3"], default="qwen3_moe")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0: train every weight)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -54,9 +56,17 @@ def main():
         model = DeepseekV3ForCausalLM(cfg).float().train()
     else:
         model = Qwen3MoeForCausalLM(cfg).float().train()
+    if args.lora > 0:
+        import peft
+        targets = (["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+                   if args.model == "deepseek_v3" else ["q_proj", "k_proj", "v_proj", "o_proj"])
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=args.lora, lora_alpha=2 * args.lora, target_modules=targets, lora_dropout=0.0))
+        print(f"peft={peft.__version__}")
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
-    decay = [p for n, p in model.named_parameters() if "norm" not in n and not n.endswith(".bias")]
-    no_decay = [p for n, p in model.named_parameters() if "norm" in n or n.endswith(".bias")]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if "norm" not in n and not n.endswith(".bias")]
+    no_decay = [p for n, p in named if "norm" in n or n.endswith(".bias")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
 
@@ -68,7 +78,9 @@ def main():
         extra = {"output_router_logits": True} if args.model == "qwen3_moe" else {}
         out = model(input_ids=ids, labels=ids, **extra)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        assert args.lora == 0 or all(p.grad is None for p in model.parameters()
+                                     if not p.requires_grad)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         loss = float(out.loss.detach())
 

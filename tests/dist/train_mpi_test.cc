@@ -202,6 +202,32 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }
 
+// LoRA on the attention of the demo's Qwen3-MoE trains to the same losses on 2 ZeRO-3 ranks and
+// on dp 2 x ep 2 as on one: the adapters' gradients are reduce-scattered like any other, the
+// frozen experts' not at all. Each run writes its merged model and its adapter.
+TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
+  const std::string dir = testing::TempDir("mpi_lora");
+  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string sft = "sft --load-from " + dir +
+                          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
+                          "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
+                          " --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
+  r = testing::RunXtuner(sft + dir + "/one", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("LoRA"), std::string::npos) << r.output;
+  const std::vector<double> one = Losses(dir + "/one");
+  ASSERT_EQ(one.size(), 6u);
+  r = Mpi(2, sft + dir + "/two");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/two"));
+  r = Mpi(4, sft + dir + "/four --set parallel.ep=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/four"));
+  EXPECT_TRUE(fs::exists(dir + "/four/hf/model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir + "/four/hf-adapter/adapter_model.safetensors"));
+}
+
 // DeepSeek-V3 (MLA, sigmoid group-limited router with a shared expert and the correction bias
 // moved each step) trains to the same losses on 2 expert-parallel ranks and on dp 2 x ep 2 as on
 // one: the bias update reads the step's counts of all ranks, so every rank moves its part of the

@@ -1,6 +1,7 @@
 // The assembled models against finite differences, on configurations the HF fixtures do not
 // cover: tied embeddings, norm_topk_prob=false, top-1 and top-E routing, MQA, dense layers mixed
-// with MoE layers, several packed documents, DeepSeek-V3's attention and router variants. Each
+// with MoE layers, several packed documents, DeepSeek-V3's attention and router variants, LoRA
+// adapters (every base weight frozen: exactly zero gradients, the adapters checked). Each
 // parameter tensor is checked at the elements with the largest gradients, where fp32 round-off in
 // the loss is small next to the signal.
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <random>
 
 #include "util/testing.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt {
@@ -22,7 +24,17 @@ using nlohmann::json;
 struct Case {
   const char* name;
   json cfg;
+  LoraSpec lora;  // rank 0: none
 };
+
+LoraSpec Lora(int64_t rank, double alpha, bool rslora, std::vector<std::string> targets) {
+  LoraSpec s;
+  s.rank = rank;
+  s.alpha = alpha;
+  s.rslora = rslora;
+  s.targets = std::move(targets);
+  return s;
+}
 
 json Base(const char* model_type) {
   return json{{"model_type", model_type},
@@ -42,7 +54,7 @@ std::vector<Case> Cases() {
   json dense = Base("qwen3");
   dense["tie_word_embeddings"] = true;
   dense["num_key_value_heads"] = 1;
-  cases.push_back({"qwen3_tied_mqa", dense});
+  cases.push_back({"qwen3_tied_mqa", dense, {}});
   json moe = Base("qwen3_moe");
   moe.update(json{{"num_experts", 5},
                   {"num_experts_per_tok", 2},
@@ -51,19 +63,19 @@ std::vector<Case> Cases() {
                   {"router_aux_loss_coef", 0.1},
                   {"decoder_sparse_step", 1},
                   {"mlp_only_layers", {0}}});
-  cases.push_back({"qwen3_moe_unnormalised_mixed_layers", moe});
+  cases.push_back({"qwen3_moe_unnormalised_mixed_layers", moe, {}});
   json all = moe;
   all["num_experts"] = 3;
   all["num_experts_per_tok"] = 3;
   all["norm_topk_prob"] = true;
   all["mlp_only_layers"] = json::array();
-  cases.push_back({"qwen3_moe_k_equals_E", all});
+  cases.push_back({"qwen3_moe_k_equals_E", all, {}});
   json mix = Base("mixtral");
   mix.update(json{{"num_local_experts", 4},
                   {"num_experts_per_tok", 1},
                   {"router_aux_loss_coef", 0.05},
                   {"tie_word_embeddings", true}});
-  cases.push_back({"mixtral_top1_tied", mix});
+  cases.push_back({"mixtral_top1_tied", mix, {}});
   // DeepSeek-V3: multi-head latent attention (q through its low-rank path or a plain q_proj;
   // interleaved RoPE pairs or not), a dense first layer, the sigmoid group-limited router with
   // shared experts. The correction bias (random here: RandomInit) has no gradient to check.
@@ -83,7 +95,7 @@ std::vector<Case> Cases() {
                  {"routed_scaling_factor", 2.5},
                  {"first_k_dense_replace", 1},
                  {"rope_interleave", true}});
-  cases.push_back({"deepseek_v3_mla_groups", ds});
+  cases.push_back({"deepseek_v3_mla_groups", ds, {}});
   json ds_plain = ds;
   ds_plain.update(json{{"q_lora_rank", nullptr},
                        {"rope_interleave", false},
@@ -91,7 +103,13 @@ std::vector<Case> Cases() {
                        {"n_shared_experts", 2},
                        {"first_k_dense_replace", 0},
                        {"tie_word_embeddings", true}});
-  cases.push_back({"deepseek_v3_plain_q_unnormalised_tied", ds_plain});
+  cases.push_back({"deepseek_v3_plain_q_unnormalised_tied", ds_plain, {}});
+  // LoRA: every linear layer of a dense model (gate_proj and up_proj: two adapters of one fused
+  // weight); MLA's projections, rank-stabilised.
+  cases.push_back({"qwen3_lora_all_linear", Base("qwen3"), Lora(3, 6.0, false, {"all-linear"})});
+  cases.push_back(
+      {"deepseek_v3_lora_mla_rslora", ds,
+       Lora(2, 3.0, true, {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"})});
   return cases;
 }
 
@@ -114,6 +132,11 @@ class ModelGradCheck : public ::testing::TestWithParam<Case> {};
 TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
   auto cfg = ModelConfig::FromJson(GetParam().cfg, GetParam().name);
   ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  if (GetParam().lora.enabled()) {
+    auto lora = ResolveLora(GetParam().lora, *cfg, "lora");
+    ASSERT_TRUE(lora.ok()) << lora.status().message();
+    cfg->lora = *lora;
+  }
   Transformer model(*cfg);
   RandomInit(&model, 7);
   // Three documents of 5, 1 and 7 tokens; a few labels ignored.
@@ -149,10 +172,16 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
     return f->loss.loss;
   };
 
-  const double eps = 1e-2;
-  int checked = 0, skipped = 0;
+  // Adapters move every router's input at once (a flip is likelier): smaller steps for them.
+  const double eps = GetParam().lora.enabled() ? 2e-3 : 1e-2;
+  int checked = 0, skipped = 0, trainable = 0;
   for (const ParamInfo& pi : model.layout().params()) {
     const int64_t n = NumElements(pi.shape);
+    if (pi.frozen) {  // LoRA: no gradient at all
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(grads[pi.offset + i], 0.0f) << pi.name;
+      continue;
+    }
+    ++trainable;
     std::vector<int64_t> idx(n);
     std::iota(idx.begin(), idx.end(), 0);
     std::partial_sort(idx.begin(), idx.begin() + std::min<int64_t>(3, n), idx.end(),
@@ -179,7 +208,7 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
       ++checked;
     }
   }
-  EXPECT_GT(checked, int(model.layout().params().size()));
+  EXPECT_GT(checked, trainable);
   EXPECT_LE(skipped, checked / 5) << "too many perturbations changed the routing";
 }
 

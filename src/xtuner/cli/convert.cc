@@ -1,12 +1,14 @@
 // xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32|fp8] [--tokenizer PATH]
-//                [--shard-mb N]
-// Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory.
+//                [--shard-mb N] [--adapter-out DIR]
+// Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory;
+// a LoRA run's is merged, and --adapter-out also writes its adapter as PEFT saves one.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/train/config.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/train_data.h"
@@ -18,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ConvertArgs {
-  std::string checkpoint, out, dtype = "bf16", tokenizer;
+  std::string checkpoint, out, dtype = "bf16", tokenizer, adapter_out;
   int64_t shard_mb = 5000;
 };
 
@@ -30,16 +32,27 @@ Status RunConvert(const ConvertArgs& o) {
     return Status::Error(o.checkpoint +
                          ": not a training checkpoint (no config.json and shards.json)");
   XT_ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::Load((ckpt / "config.json").string()));
+  XT_ASSIGN_OR_RETURN(mc.lora, ReadCheckpointLora(ckpt.string()));
+  if (!o.adapter_out.empty() && !mc.lora.enabled())
+    return Status::Error("convert: --adapter-out: " + o.checkpoint +
+                         " is not from a LoRA run (it has no adapters)");
   XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc));
   auto model = std::make_unique<Transformer>(std::move(mc));
   std::memcpy(model->params().f32(), params.data(), params.size() * sizeof(float));
-  // The tokenizer: given, or the one the run's config.toml names (work_dir/config.toml).
-  std::string tokenizer = o.tokenizer;
+  // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
+  // the base model a LoRA adapter names.
+  std::string tokenizer = o.tokenizer, base_model;
   const fs::path run_config = ckpt.parent_path().parent_path() / "config.toml";
-  if (tokenizer.empty() && fs::exists(run_config)) {
+  if (fs::exists(run_config)) {
     TrainConfig cfg;
-    if (LoadTrainConfig(run_config.string(), &cfg).ok()) tokenizer = TokenizerPathFor(cfg);
+    if (LoadTrainConfig(run_config.string(), &cfg).ok()) {
+      if (tokenizer.empty()) tokenizer = TokenizerPathFor(cfg);
+      base_model = cfg.load_from;
+    }
   }
+  if (!o.adapter_out.empty())
+    XT_RETURN_IF_ERROR(SaveLoraAdapter(model->config(), model->layout(), model->params().f32(),
+                                       o.adapter_out, base_model));
   XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, dtype, size_t(o.shard_mb) << 20));
   if (!tokenizer.empty()) {
     std::error_code ec;
@@ -68,6 +81,9 @@ void AddConvert(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the run's)");
   cmd->add_option("--shard-mb", o.shard_mb, "largest shard, MB")->capture_default_str();
+  cmd->add_option("--adapter-out", o.adapter_out,
+                  "a LoRA run: also write its adapter here (PEFT's adapter_config.json and "
+                  "adapter_model.safetensors)");
   cmd->callback([] { Finish(RunConvert(o)); });
 }
 

@@ -1,4 +1,4 @@
-// xtuner generate --model DIR --prompt TEXT [--chat-template NAME] [...]
+// xtuner generate --model DIR [--adapter DIR] --prompt TEXT [--chat-template NAME] [...]
 #include "xtuner/model/generate.h"
 
 #include <cstdio>
@@ -13,12 +13,12 @@ namespace xt::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, prompt, chat_template, tokenizer;
+  std::string model, adapter, prompt, chat_template, tokenizer;
   GenerateOptions gen;
 };
 
 Status RunGenerate(const GenerateArgs& o) {
-  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(o.model));
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(o.model, o.adapter));
   const std::string tok_path = o.tokenizer.empty()
                                    ? (std::filesystem::path(o.model) / "tokenizer.json").string()
                                    : o.tokenizer;
@@ -59,6 +59,7 @@ void AddGenerate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text with a model (KV cache decoding)");
   static GenerateArgs o;
   cmd->add_option("--model", o.model, "Hugging Face model directory")->required();
+  cmd->add_option("--adapter", o.adapter, "a PEFT LoRA adapter directory to run the model with");
   cmd->add_option("--prompt", o.prompt, "the prompt (a user message with a chat template)")
       ->required();
   cmd->add_option("--chat-template", o.chat_template,

@@ -83,6 +83,10 @@ void AddSft(CLI::App& app) {
                   "rows per optimizer step, over all ranks")
       ->capture_default_str();
   cmd->add_option("--seed", cfg.seed, "seed")->capture_default_str();
+  cmd->add_option("--lora-rank", cfg.lora_rank,
+                  "0: train every parameter; > 0: LoRA adapters of this rank on every linear "
+                  "layer (lora.* keys: docs/lora.md)")
+      ->capture_default_str();
   cmd->add_option("--set", sets, "override any config key: section.key=value (repeatable)");
   cmd->add_option("--resume", cfg.resume, "auto (the latest checkpoint in the work dir) or a path");
   cmd->callback([] {

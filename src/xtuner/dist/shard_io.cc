@@ -5,14 +5,16 @@
 
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
+#include "xtuner/model/lora.h"
 
 namespace xt {
 
 void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owned, float* shard,
-                     double std, uint64_t seed) {
+                     double std, uint64_t seed, bool adapters_only) {
   const ParamLayout whole(cfg);
   std::vector<float> t;
   for (const ParamInfo& p : whole.params()) {
+    if (adapters_only && !p.lora) continue;
     const int64_t n = NumElements(p.shape);
     bool mine = false;
     ForEachOverlap(owned, p.offset, n, [&](int64_t, int64_t, int64_t) { mine = true; });
@@ -29,6 +31,16 @@ Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
                    const std::vector<OwnedRange>& owned, float* shard) {
   const ParamLayout whole(cfg);
   return ReadHfWeights(path, cfg, whole, [&](const ParamInfo& p, const float* data) {
+    ForEachOverlap(owned, p.offset, NumElements(p.shape), [&](int64_t s, int64_t g, int64_t k) {
+      std::memcpy(shard + s, data + (g - p.offset), size_t(k) * sizeof(float));
+    });
+  });
+}
+
+Status LoadLoraShard(const std::string& path, const ModelConfig& cfg,
+                     const std::vector<OwnedRange>& owned, float* shard) {
+  const ParamLayout whole(cfg);
+  return ReadLoraAdapter(path, cfg, whole, [&](const ParamInfo& p, const float* data) {
     ForEachOverlap(owned, p.offset, NumElements(p.shape), [&](int64_t s, int64_t g, int64_t k) {
       std::memcpy(shard + s, data + (g - p.offset), size_t(k) * sizeof(float));
     });

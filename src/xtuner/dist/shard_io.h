@@ -26,9 +26,15 @@ void ForEachOverlap(const std::vector<OwnedRange>& owned, int64_t begin, int64_t
   }
 }
 
-// shard = the owned parts of what InitRandom(std, seed) gives the whole model.
+// shard = the owned parts of what InitRandom(std, seed) gives the whole model (adapters_only:
+// of its LoRA adapters only, the rest untouched).
 void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owned, float* shard,
-                     double std, uint64_t seed);
+                     double std, uint64_t seed, bool adapters_only = false);
+
+// shard = the owned parts of the LoRA adapters of the PEFT adapter at `path` (checked as
+// ReadLoraAdapter), the rest untouched.
+Status LoadLoraShard(const std::string& path, const ModelConfig& cfg,
+                     const std::vector<OwnedRange>& owned, float* shard);
 
 // shard = the owned parts of the Hugging Face checkpoint at `path` (checked as LoadHfWeights).
 Status LoadHfShard(const std::string& path, const ModelConfig& cfg,

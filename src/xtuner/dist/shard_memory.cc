@@ -1,6 +1,11 @@
 #include "xtuner/dist/shard_memory.h"
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "xtuner/core/zero_pages.h"
 
 namespace xt {
 namespace {
@@ -10,11 +15,27 @@ class HostMemory : public ShardMemory {
   float* Alloc(int64_t n, const char*) override {
     return new float[size_t(std::max<int64_t>(n, 1))];
   }
-  void Free(float* p) override { delete[] p; }
+  float* AllocZeros(int64_t n, const char* what) override {
+    std::shared_ptr<float> p = AllocZeroPages(n, what);
+    std::lock_guard<std::mutex> lock(mu_);
+    zero_pages_[p.get()] = p;
+    return p.get();
+  }
+  void Free(float* p) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (zero_pages_.erase(p)) return;  // unmapped with its last owner
+    }
+    delete[] p;
+  }
   void Zero(float* p, int64_t n) override { std::fill(p, p + n, 0.0f); }
   void Add(float* dst, const float* src, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<float*, std::shared_ptr<float>> zero_pages_;
 };
 
 }  // namespace

@@ -4,7 +4,8 @@
 // kind (MpiComm: host; NcclComm: device).
 //
 // Contract: Alloc(n) -> n floats, uninitialised, never null (an allocation failure ends the job
-// with a message naming `what`); Free(p) returns them (null: nothing). Zero and Add may be
+// with a message naming `what`); AllocZeros(n) -> n floats of zeros (host: pages committed only
+// where written, core/zero_pages.h); Free(p) returns either (null: nothing). Zero and Add may be
 // queued (a device's stream): they are complete, like the Comm's collectives, in the order they
 // were called. Free of a buffer whose use is queued is safe (stream-ordered on a device).
 #pragma once
@@ -17,13 +18,19 @@ class ShardMemory {
  public:
   virtual ~ShardMemory() = default;
   virtual float* Alloc(int64_t n, const char* what) = 0;
+  virtual float* AllocZeros(int64_t n, const char* what) {
+    float* p = Alloc(n, what);
+    Zero(p, n);
+    return p;
+  }
   virtual void Free(float* p) = 0;
   virtual void Zero(float* p, int64_t n) = 0;
   // dst (n) += src (n).
   virtual void Add(float* dst, const float* src, int64_t n) = 0;
 };
 
-// Host memory (operator new; its failure throws std::bad_alloc as a vector's would).
+// Host memory (operator new; its failure throws std::bad_alloc as a vector's would; AllocZeros:
+// fresh anonymous pages).
 ShardMemory* HostShardMemory();
 
 }  // namespace xt

@@ -92,9 +92,14 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
                dp->rank() == mesh.dp_rank,
            "ShardedParams: the groups do not match the mesh");
   int64_t shard = 0;
-  for (const auto& unit : PlanPieces(cfg, mesh, layout_)) {
+  const std::vector<std::vector<PiecePlan>> plans = PlanPieces(cfg, mesh, layout_);
+  for (size_t u = 0; u < plans.size(); ++u) {
+    // What trains, in the unit's coordinates.
+    const int64_t unit_begin = layout_.units()[u].begin;
+    const int64_t t0 = layout_.trainable(int64_t(u)).begin - unit_begin;
+    const int64_t t1 = layout_.trainable(int64_t(u)).end - unit_begin;
     std::vector<Piece> pieces;
-    for (const PiecePlan& pp : unit) {
+    for (const PiecePlan& pp : plans[u]) {
       Piece p;
       p.work = pp.work;
       p.global = pp.global;
@@ -103,6 +108,11 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
       const int g = p.over_dp ? mesh.dp : mesh.world, i = p.over_dp ? mesh.dp_rank : mesh.rank;
       p.counts = Chunks(p.size, g);
       p.shard = shard;
+      p.trains = std::max(t0, p.work) < std::min(t1, p.work + p.size);
+      // This rank's chunk of the piece, [i * c, i * c + counts[i]) of it, against [t0, t1).
+      const int64_t mine = p.work + int64_t(i) * p.counts[0];
+      const int64_t lo = std::max(t0, mine), hi = std::min(t1, mine + p.counts[i]);
+      if (lo < hi) trainable_.push_back({shard + (lo - mine), hi - lo});
       shard += p.counts[i];
       pieces.push_back(std::move(p));
     }
@@ -110,10 +120,8 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
   }
   owned_ = OwnedRanges(cfg, mesh);
   shard_size_ = shard;
-  params_ = memory_->Alloc(shard, "the parameters' shard");
-  grads_ = memory_->Alloc(shard, "the gradients' shard");
-  memory_->Zero(params_, shard);
-  memory_->Zero(grads_, shard);
+  params_ = memory_->AllocZeros(shard, "the parameters' shard");
+  grads_ = memory_->AllocZeros(shard, "the gradients' shard");
   blank_.assign(units_.size(), 0);
   all_held_ = true;
   for (int64_t u = 0; u < int64_t(units_.size()); ++u) all_held_ = all_held_ && Held(u);
@@ -130,7 +138,7 @@ void ShardedParams::ZeroGrads() {
   if (all_held_)
     std::fill(blank_.begin(), blank_.end(), 1);
   else
-    memory_->Zero(grads_, shard_size_);
+    for (const auto& [at, n] : trainable_) memory_->Zero(grads_ + at, n);
 }
 
 float* ShardedParams::grads() {
@@ -175,7 +183,9 @@ void ShardedParams::Release(int64_t unit) {
 float* ShardedParams::Grads(int64_t unit) {
   if (Held(unit)) {
     float* g = grads_ + units_[unit][0].shard;
-    if (blank_[unit]) memory_->Zero(g, layout_.units()[unit].size());
+    const ParamUnit& t = layout_.trainable(unit);  // the rest stays zero
+    if (blank_[unit] && t.size() > 0)
+      memory_->Zero(g + (t.begin - layout_.units()[unit].begin), t.size());
     blank_[unit] = 0;
     return g;
   }
@@ -209,6 +219,7 @@ void ShardedParams::GradsDone(int64_t unit) {
   for (const Piece& p : units_[unit]) most = std::max(most, p.counts[GroupOf(p).rank()]);
   float* part = memory_->Alloc(most, "a reduced gradient chunk");
   for (const Piece& p : units_[unit]) {
+    if (!p.trains) continue;  // frozen: its gradients are zero everywhere
     Comm& g = GroupOf(p);
     g.ReduceScatterSum(part, it->second.data + p.work, p.counts);
     memory_->Add(grads_ + p.shard, part, p.counts[g.rank()]);

@@ -56,7 +56,9 @@ class ShardedParams : public ParamSource {
   const std::vector<OwnedRange>& owned() const { return owned_; }
   int64_t shard_size() const { return shard_size_; }
   // The shard (shard_size() floats each, in the memory's kind). grads() first zeroes what
-  // ZeroGrads left blank and no model has written since.
+  // ZeroGrads left blank and no model has written since. The gradients of frozen parameters
+  // (outside ParamLayout::trainable: a LoRA run's base weights) stay zero: no model writes them,
+  // and ZeroGrads, Grads and GradsDone skip them (on the host their pages are never committed).
   float* params() { return params_; }
   float* grads();
   // Sets the gradients to zero. Where this rank holds every unit whole (one rank), lazily: each
@@ -85,6 +87,7 @@ class ShardedParams : public ParamSource {
     bool over_dp = false;                    // split over the dp group (else over the world)
     std::vector<int64_t> counts;             // each group rank's chunk
     int64_t shard = 0;                       // this rank's chunk in the shard
+    bool trains = true;                      // holds a parameter that is not frozen
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {
@@ -107,6 +110,9 @@ class ShardedParams : public ParamSource {
   int64_t working_ = 0, peak_working_ = 0;
   bool all_held_ = false;
   std::vector<char> blank_;  // per unit (held ones only): gradients logically zero, not written
+  // The shard's ranges (offset, n) of parameters that are not frozen: the whole shard, or a LoRA
+  // run's adapters.
+  std::vector<std::pair<int64_t, int64_t>> trainable_;
 };
 
 }  // namespace xt

@@ -54,7 +54,7 @@ double chunked_cross_entropy(float* dh, float* dw, const float* h, const float* 
     if (dh) {
       ops::gemm(dhc.data(), logits.data(), w, c, H, V, false, false, 0.0f);  // (c,V) @ (V,H)
       for (int64_t i = 0; i < c; ++i) std::memcpy(dh + rows[c0 + i] * H, &dhc[i * H], H * 4);
-      ops::gemm(dw, logits.data(), hc.data(), V, H, c, true, false, 1.0f);  // (c,V)^T @ (c,H)
+      if (dw) ops::gemm(dw, logits.data(), hc.data(), V, H, c, true, false, 1.0f);  // (c,V)^T@(c,H)
     }
   }
   return total;

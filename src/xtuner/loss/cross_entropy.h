@@ -12,7 +12,7 @@ constexpr int32_t kIgnoreIndex = -100;
 // that carry no loss (targets must otherwise be in [0, V); checked by the caller).
 // Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]], in double (unweighted).
 // When dh is not null: the gradient of weight * that sum: dh (T, H) assigned (rows without a
-// target get 0) and dw (V, H) +=.
+// target get 0) and dw (V, H) += (unless dw is null: a frozen lm_head).
 // Rows without a target cost nothing. chunk_rows <= 0 picks DefaultLossChunkRows(V, false).
 // Loss rows a chunk when none is asked for: about 32 Mi logits (128 MiB of fp32) on the CPU,
 // where a chunk's logits should stay near the caches; about 256 Mi (1 GiB) on the GPU (gpu),

@@ -8,6 +8,7 @@
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/fp8_weights.h"
+#include "xtuner/model/lora.h"
 
 namespace xt {
 
@@ -35,6 +36,7 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
                      const std::function<void(const ParamInfo&, const float*)>& visit) {
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
   for (const ParamInfo& p : layout.params()) {
+    if (p.lora) continue;  // LoRA adapters come from an adapter or their initialisation
     if (!ckpt.contains(p.name))
       return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
                            ShapeString(p.shape) + ") that a " + cfg.model_type +
@@ -64,10 +66,20 @@ Status LoadHfWeights(Transformer* model, const std::string& path) {
                        });
 }
 
-Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir) {
+Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir,
+                                                 const std::string& adapter) {
   XT_ASSIGN_OR_RETURN(ModelConfig cfg, ModelConfig::Load(dir));
+  if (!adapter.empty()) {
+    XT_ASSIGN_OR_RETURN(cfg.lora, LoraSpecOfAdapter(adapter, cfg));
+  }
   auto model = std::make_unique<Transformer>(std::move(cfg));
   XT_RETURN_IF_ERROR(LoadHfWeights(model.get(), dir));
+  if (adapter.empty()) return model;
+  float* slab = model->params().f32();
+  XT_RETURN_IF_ERROR(ReadLoraAdapter(
+      adapter, model->config(), model->layout(), [&](const ParamInfo& p, const float* data) {
+        std::memcpy(slab + p.offset, data, NumElements(p.shape) * sizeof(float));
+      }));
   return model;
 }
 
@@ -94,7 +106,13 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
   const std::vector<ParamInfo>& params = model.layout().params();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamInfo& p = params[i];
+    if (p.lora) continue;  // merged into their weights
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
+    if (mc.lora.enabled()) {
+      Tensor merged = Tensor::Empty(DType::F32, p.shape);
+      std::memcpy(merged.f32(), t.f32(), t.nbytes());
+      if (MergeLora(model.layout(), mc.lora, slab, p, merged.f32())) t = merged;
+    }
     // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
     // per-step moves would round away in bf16).
     if (dtype == ExportDType::kF32 || p.no_grad) {

@@ -17,9 +17,9 @@ namespace xt {
 // Reads every parameter of `model` from the checkpoint at `path` (a directory, an index file or
 // one .safetensors file). Errors name the file and tensor: a tensor missing, of the wrong shape
 // or of a non-float dtype, an FP8 weight without its scales, or a tensor the model has no place
-// for. Tolerated extras: rotary inv_freq buffers, lm_head.weight in a model with tied
-// embeddings (HF ignores it too), DeepSeek-V3's multi-token-prediction layers, and the scales of
-// FP8 weights.
+// for. LoRA adapters (model/lora.h) are not read. Tolerated extras: rotary inv_freq buffers,
+// lm_head.weight in a model with tied embeddings (HF ignores it too), DeepSeek-V3's
+// multi-token-prediction layers, and the scales of FP8 weights.
 Status LoadHfWeights(Transformer* model, const std::string& path);
 
 // The same checks, for the parameters of `layout` (of a model with config `cfg`): calls
@@ -27,8 +27,10 @@ Status LoadHfWeights(Transformer* model, const std::string& path);
 Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
                      const std::function<void(const ParamInfo&, const float*)>& visit);
 
-// config.json from `dir`, then its weights.
-Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir);
+// config.json from `dir`, then its weights; with `adapter` (a PEFT LoRA adapter directory) the
+// model also holds that adapter (ModelConfig::lora from LoraSpecOfAdapter, model/lora.h).
+Result<std::unique_ptr<Transformer>> LoadHfModel(const std::string& dir,
+                                                 const std::string& adapter = "");
 
 // The weights of an export:
 //   kF32   every tensor F32;
@@ -46,7 +48,8 @@ enum class ExportDType { kF32, kBf16, kFp8 };
 Result<ExportDType> ParseExportDType(const std::string& s, const std::string& what);
 
 // Writes config.json and the weights into `dir`, sharded when larger than max_shard_bytes.
-// Each file is written atomically.
+// Each file is written atomically. A model with LoRA adapters is written merged (W + scale * B A,
+// model/lora.h), without them.
 Status SaveHfModel(const Transformer& model, const std::string& dir,
                    ExportDType dtype = ExportDType::kF32, size_t max_shard_bytes = size_t(5) << 30);
 

@@ -561,6 +561,9 @@ Status CudaSupports(const ModelConfig& c) {
                          " (multi-head latent attention, the sigmoid router, shared experts) runs "
                          "on the CPU only for now: the CUDA backend runs qwen3, qwen3_moe and "
                          "mixtral (train.device = \"cpu\")");
+  if (c.lora.enabled())
+    return Status::Error(
+        "LoRA adapters ([lora] rank > 0) train on the CPU only for now (train.device = \"cpu\")");
   return Status::OK();
 }
 

@@ -35,6 +35,24 @@ struct RopeScaling {
   double mscale_all_dim = 0;  // DeepSeek-V3: the softmax scale also times mscale(factor, this)^2
 };
 
+// LoRA adapters (Hu et al. 2021) as PEFT adds them, when rank > 0: each targeted linear layer
+// keeps its weight W (out, in) frozen and gains a trainable low-rank update,
+//   y = x W^T + scale * (x A^T) B^T,   A (rank, in), B (out, rank),
+// with scale = alpha / rank (alpha / sqrt(rank) when rslora). Every other parameter is frozen.
+// Not part of config.json: a training run sets it from its [lora] table (model/lora.h).
+struct LoraSpec {
+  int64_t rank = 0;
+  double alpha = 0;
+  bool rslora = false;
+  // PEFT module names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; under
+  // MLA q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj): every linear layer whose name ends
+  // with one is adapted. Checked and expanded by ResolveLora (model/lora.h).
+  std::vector<std::string> targets;
+  bool enabled() const { return rank > 0; }
+  double scale() const;
+  bool Targets(const std::string& module) const;
+};
+
 struct ModelConfig {
   std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral" | "deepseek_v3"
   Arch arch = Arch::kQwen3;
@@ -84,6 +102,8 @@ struct ModelConfig {
   bool fp8_weights = false;
   int64_t fp8_block[2] = {0, 0};
 
+  LoraSpec lora;  // rank 0: no adapters, every parameter trains
+
   bool is_moe() const { return num_experts > 0; }
   int64_t num_moe_layers() const;
   int64_t last_moe_layer() const;  // -1 for a dense model
@@ -106,7 +126,8 @@ struct ModelConfig {
 };
 
 // Whether the CUDA backend runs this model: every architecture but DeepSeek-V3, whose
-// multi-head latent attention and sigmoid router have CPU kernels only. The error says so.
+// multi-head latent attention and sigmoid router have CPU kernels only, and no LoRA adapters.
+// The error says so.
 Status CudaSupports(const ModelConfig& c);
 
 }  // namespace xt

@@ -36,7 +36,7 @@ Tensor Scalar(double v) {
 }  // namespace
 
 Status DebugDump(const std::string& model_dir, const std::string& batch_path,
-                 const std::string& out_path) {
+                 const std::string& out_path, const std::string& adapter) {
   XT_ASSIGN_OR_RETURN(SafetensorsFile batch_file, SafetensorsFile::Open(batch_path));
   if (!batch_file.contains("input_ids"))
     return Status::Error(batch_path + ": no tensor \"input_ids\" [B, S]");
@@ -54,7 +54,7 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
   }
   const int64_t B = ids_shape[0], S = ids_shape[1];
 
-  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(model_dir));
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, LoadHfModel(model_dir, adapter));
   const ModelConfig& cfg = model->config();
   const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
   XT_ASSIGN_OR_RETURN(Batch batch, Batch::FromRows(ids, labels, B, S));
@@ -77,8 +77,9 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
     out.emplace_back("aux_loss", Scalar(loss.aux_loss));
   out.emplace_back("loss", Scalar(loss.loss));
   for (const ParamInfo& p : model->layout().params())
-    out.emplace_back("grad." + p.name,
-                     Tensor::Wrap(DType::F32, p.shape, model->grads().f32() + p.offset, nullptr));
+    if (!p.frozen)
+      out.emplace_back("grad." + p.name,
+                       Tensor::Wrap(DType::F32, p.shape, model->grads().f32() + p.offset, nullptr));
 
   if (batch_file.contains("packed.input_ids")) {
     Shape pshape, cshape;

@@ -17,7 +17,10 @@ namespace xt {
 //   packed.logits [1, N, V] (when packed inputs were given).
 // Losses follow the fixtures: ce = mean CE over non-ignored labels after the causal shift;
 // loss = ce + router_aux_loss_coef * aux. Prints a one-line summary to stdout.
+// With `adapter` (a PEFT LoRA adapter directory) the model runs with it and the gradients are
+// those of the adapter's tensors only, grad.<name> with PEFT's name less "base_model.model."
+// (every base weight is frozen, as in PEFT).
 Status DebugDump(const std::string& model_dir, const std::string& batch_path,
-                 const std::string& out_path);
+                 const std::string& out_path, const std::string& adapter = "");
 
 }  // namespace xt

@@ -144,7 +144,7 @@ Status QuantizeFp8(const std::string& name, const float* w, int64_t rows, int64_
 }
 
 bool Fp8Exportable(const ParamInfo& p, int64_t bm, int64_t bn) {
-  if (p.shape.size() != 2 || p.no_grad || !EndsWith(p.name, ".weight")) return false;
+  if (p.shape.size() != 2 || p.no_grad || p.lora || !EndsWith(p.name, ".weight")) return false;
   if (p.name == "lm_head.weight" || p.name.find("embed_tokens") != std::string::npos) return false;
   if (EndsWith(p.name, "mlp.gate.weight") || EndsWith(p.name, "block_sparse_moe.gate.weight"))
     return false;  // routers

@@ -1,6 +1,7 @@
 // Random initialisation for training from a config.json alone, as transformers initialises
 // these models: every matrix (embeddings, projections, router, experts) ~ N(0, std^2), every
-// norm weight = 1. The sequence is fixed by the seed on every platform (own generator).
+// norm weight = 1; LoRA adapters as PEFT initialises them (InitLoraTensor, model/lora.h). The
+// sequence is fixed by the seed on every platform (own generator).
 #pragma once
 
 #include <cstdint>

@@ -49,10 +49,15 @@ struct UnitParams {
   int64_t begin;
   const float* operator()(int64_t offset) const { return base + (offset - begin); }
 };
+// Offsets outside [train_begin, train_end) (ParamLayout::trainable) are frozen parameters: no
+// gradient, null.
 struct UnitGrads {
   float* base;
   int64_t begin;
-  float* operator()(int64_t offset) const { return base + (offset - begin); }
+  int64_t train_begin = INT64_MIN, train_end = INT64_MAX;
+  float* operator()(int64_t offset) const {
+    return offset >= train_begin && offset < train_end ? base + (offset - begin) : nullptr;
+  }
 };
 
 }  // namespace xt

@@ -7,7 +7,7 @@ namespace xt {
 int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm, bool no_grad) {
   int64_t offset = total_;
   index_[name] = params_.size();
-  params_.push_back({name, shape, offset, is_norm, no_grad});
+  params_.push_back({name, shape, offset, is_norm, no_grad, false, lora_});
   total_ += NumElements(shape);
   return offset;
 }
@@ -19,6 +19,47 @@ const ParamInfo* ParamLayout::Find(const std::string& name) const {
 
 ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num_experts) {
   const int64_t H = c.hidden_size, D = c.head_dim;
+  lora_ = c.lora.enabled();
+  // The linear layers of the layer being laid out that LoRA adapts: (module, piece).
+  std::vector<std::pair<std::string, LoraPiece>> adapted;
+  // Weight `module`.weight (out, in) at `offset`; `row0`: its first row in a fused weight at
+  // `base` (the gate_up weight), else itself.
+  auto linear = [&](const std::string& module, int64_t out, int64_t in, int64_t offset,
+                    int64_t base = -1, int64_t row0 = 0) {
+    const size_t dot = module.rfind('.');
+    if (!lora_ || !c.lora.Targets(module.substr(dot + 1))) return offset;
+    LoraPiece piece;
+    piece.base = base < 0 ? offset : base;
+    piece.row0 = row0;
+    piece.rows = out;
+    piece.in = in;
+    adapted.emplace_back(module, piece);
+    return offset;
+  };
+  auto add_linear = [&](const std::string& module, int64_t out, int64_t in) {
+    return linear(module, out, in, Add(module + ".weight", {out, in}));
+  };
+  // A SwiGLU MLP's gate_proj and up_proj (one fused (2I, H) weight) and down_proj.
+  auto add_mlp = [&](const std::string& m, int64_t I, int64_t* gate_up, int64_t* down) {
+    *gate_up = Add(m + "gate_proj.weight", {I, H});
+    linear(m + "gate_proj", I, H, *gate_up, *gate_up, 0);
+    linear(m + "up_proj", I, H, Add(m + "up_proj.weight", {I, H}), *gate_up, I);
+    *down = add_linear(m + "down_proj", H, I);
+  };
+  // The adapters of the layer, after its other weights (they alone train).
+  auto add_adapters = [&](LayerOffsets* o) {
+    for (auto& [module, piece] : adapted) {
+      const size_t i = params_.size();
+      piece.a = Add(module + ".lora_A.weight", {c.lora.rank, piece.in});
+      piece.b = Add(module + ".lora_B.weight", {piece.rows, c.lora.rank});
+      for (size_t j : {i, i + 1}) {
+        params_[j].lora = true;
+        params_[j].frozen = false;
+      }
+      o->lora.push_back(piece);
+    }
+    adapted.clear();
+  };
   if (c.is_moe()) {
     expert_begin = first_expert;
     expert_count = num_experts < 0 ? c.num_experts - first_expert : num_experts;
@@ -27,6 +68,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
   }
   embed = Add("model.embed_tokens.weight", {c.vocab_size, H});
   units_.push_back({0, total_});
+  trainable_.push_back(lora_ ? ParamUnit{total_, total_} : units_.back());
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const int64_t unit_begin = total_;
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -36,32 +78,33 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       const std::string a = p + "self_attn.";
       const int64_t Rq = c.q_lora_rank, Rkv = c.kv_lora_rank, Hq = c.num_heads;
       if (Rq > 0) {
-        o.q_a = Add(a + "q_a_proj.weight", {Rq, H});
+        o.q_a = add_linear(a + "q_a_proj", Rq, H);
         o.q_a_norm = Add(a + "q_a_layernorm.weight", {Rq}, true);
-        o.wq = Add(a + "q_b_proj.weight", {Hq * D, Rq});
+        o.wq = add_linear(a + "q_b_proj", Hq * D, Rq);
       } else {
-        o.wq = Add(a + "q_proj.weight", {Hq * D, H});
+        o.wq = add_linear(a + "q_proj", Hq * D, H);
       }
-      o.kv_a = Add(a + "kv_a_proj_with_mqa.weight", {Rkv + c.qk_rope_head_dim, H});
+      o.kv_a = add_linear(a + "kv_a_proj_with_mqa", Rkv + c.qk_rope_head_dim, H);
       o.kv_a_norm = Add(a + "kv_a_layernorm.weight", {Rkv}, true);
-      o.kv_b = Add(a + "kv_b_proj.weight", {Hq * (c.qk_nope_head_dim + c.v_head_dim), Rkv});
-      o.wo = Add(a + "o_proj.weight", {H, Hq * c.v_head_dim});
+      o.kv_b = add_linear(a + "kv_b_proj", Hq * (c.qk_nope_head_dim + c.v_head_dim), Rkv);
+      o.wo = add_linear(a + "o_proj", H, Hq * c.v_head_dim);
     } else {
-      o.wq = Add(p + "self_attn.q_proj.weight", {c.num_heads * D, H});
-      o.wk = Add(p + "self_attn.k_proj.weight", {c.num_kv_heads * D, H});
-      o.wv = Add(p + "self_attn.v_proj.weight", {c.num_kv_heads * D, H});
-      o.wo = Add(p + "self_attn.o_proj.weight", {H, c.num_heads * D});
+      o.wq = add_linear(p + "self_attn.q_proj", c.num_heads * D, H);
+      o.wk = add_linear(p + "self_attn.k_proj", c.num_kv_heads * D, H);
+      o.wv = add_linear(p + "self_attn.v_proj", c.num_kv_heads * D, H);
+      o.wo = add_linear(p + "self_attn.o_proj", H, c.num_heads * D);
     }
     if (c.qk_norm) {
       o.q_norm = Add(p + "self_attn.q_norm.weight", {D}, true);
       o.k_norm = Add(p + "self_attn.k_norm.weight", {D}, true);
     }
     o.ln2 = Add(p + "post_attention_layernorm.weight", {H}, true);
+    int64_t lora_begin = total_, lora_end = total_;
     if (!c.layer_is_moe[l]) {
-      const int64_t I = c.intermediate_size;
-      o.gate_up = Add(p + "mlp.gate_proj.weight", {I, H});
-      Add(p + "mlp.up_proj.weight", {I, H});
-      o.down = Add(p + "mlp.down_proj.weight", {H, I});
+      add_mlp(p + "mlp.", c.intermediate_size, &o.gate_up, &o.down);
+      lora_begin = total_;
+      add_adapters(&o);
+      lora_end = total_;
     } else {
       const int64_t I = c.moe_intermediate_size, E = c.num_experts;
       const int64_t e0 = expert_begin, e1 = expert_begin + expert_count;
@@ -70,12 +113,11 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       o.router = Add(moe + "gate.weight", {E, H});
       if (c.router == RouterKind::kSigmoidGroup)
         o.router_bias = Add(moe + "gate.e_score_correction_bias", {E}, false, /*no_grad=*/true);
-      if (c.n_shared_experts > 0) {  // shared experts: a dense SwiGLU MLP, before the experts
-        const int64_t Is = c.n_shared_experts * I;
-        o.shared_gate_up = Add(moe + "shared_experts.gate_proj.weight", {Is, H});
-        Add(moe + "shared_experts.up_proj.weight", {Is, H});
-        o.shared_down = Add(moe + "shared_experts.down_proj.weight", {H, Is});
-      }
+      if (c.n_shared_experts > 0)  // shared experts: a dense SwiGLU MLP, before the experts
+        add_mlp(moe + "shared_experts.", c.n_shared_experts * I, &o.shared_gate_up, &o.shared_down);
+      lora_begin = total_;
+      add_adapters(&o);
+      lora_end = total_;
       for (int64_t e = e0; e < e1; ++e) {
         const std::string x = moe + "experts." + std::to_string(e) + ".";
         int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});
@@ -88,13 +130,15 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
         if (e == e0) o.down = off;
       }
     }
-    layers.push_back(o);
+    layers.push_back(std::move(o));
     units_.push_back({unit_begin, total_});
+    trainable_.push_back(lora_ ? ParamUnit{lora_begin, lora_end} : units_.back());
   }
   const int64_t head_begin = total_;
   final_norm = Add("model.norm.weight", {H}, true);
   lm_head = c.tie_word_embeddings ? embed : Add("lm_head.weight", {c.vocab_size, H});
   units_.push_back({head_begin, total_});
+  trainable_.push_back(lora_ ? ParamUnit{total_, total_} : units_.back());
 }
 
 }  // namespace xt

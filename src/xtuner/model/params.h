@@ -9,6 +9,9 @@
 // the head (final norm + lm_head): these are the units that ZeRO-3 gathers one at a time.
 // Under expert parallelism a rank's layout holds only its slice of each MoE layer's experts
 // (named by their global index), so its offsets differ from the whole model's.
+// With LoRA (ModelConfig::lora) each layer also holds its adapters, after its other weights and
+// before its experts, named as PEFT saves them without its "base_model.model." prefix
+// ("model.layers.0.self_attn.q_proj.lora_A.weight"); they are the only parameters that train.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +32,15 @@ struct ParamInfo {
   // A buffer the training loop moves by a rule, not by its gradient (DeepSeek-V3's
   // e_score_correction_bias): zero at init, never decayed, its gradient always zero.
   bool no_grad = false;
+  bool lora = false;    // a LoRA adapter's A or B
+  bool frozen = false;  // with LoRA: every parameter but the adapters (no gradient, no update)
+};
+
+// A LoRA adapter of a linear layer: A (rank, in) at offset a, B (rows, rank) at offset b, adding
+// to output rows [row0, row0 + rows) of the weight at offset `base` (a dense MLP's gate_proj and
+// up_proj are the two halves of its one fused gate_up weight).
+struct LoraPiece {
+  int64_t base = -1, row0 = 0, rows = 0, in = 0, a = -1, b = -1;
 };
 
 // Offsets (in floats) of one decoder layer's weights; -1 where the layer has no such weight.
@@ -42,6 +54,7 @@ struct LayerOffsets {
   // gate_up (2*Is, H) and down (H, Is).
   int64_t q_a = -1, q_a_norm = -1, kv_a = -1, kv_a_norm = -1, kv_b = -1;
   int64_t router_bias = -1, shared_gate_up = -1, shared_down = -1;
+  std::vector<LoraPiece> lora;  // the layer's LoRA adapters, in slab order (empty without LoRA)
 };
 
 // A contiguous range [begin, end) of the slab, in floats.
@@ -70,13 +83,17 @@ class ParamLayout {
   const std::vector<ParamUnit>& units() const { return units_; }
   static int64_t LayerUnit(int64_t l) { return 1 + l; }
   int64_t head_unit() const { return int64_t(units_.size()) - 1; }
+  // The part of unit u whose parameters train: the whole unit, or with LoRA its adapters (an
+  // empty range in the embedding and head units).
+  const ParamUnit& trainable(int64_t u) const { return trainable_[u]; }
 
  private:
   int64_t Add(const std::string& name, Shape shape, bool is_norm = false, bool no_grad = false);
   int64_t total_ = 0;
+  bool lora_ = false;
   std::vector<ParamInfo> params_;
   std::unordered_map<std::string, size_t> index_;
-  std::vector<ParamUnit> units_;
+  std::vector<ParamUnit> units_, trainable_;
 };
 
 }  // namespace xt

@@ -58,7 +58,30 @@ UnitParams Transformer::Acquire(int64_t u) {
   return {source_->Acquire(u), layout_.units()[u].begin};
 }
 
-UnitGrads Transformer::Grads(int64_t u) { return {source_->Grads(u), layout_.units()[u].begin}; }
+UnitGrads Transformer::Grads(int64_t u) {
+  const ParamUnit& t = layout_.trainable(u);
+  return {source_->Grads(u), layout_.units()[u].begin, t.begin, t.end};
+}
+
+Linear Transformer::Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int64_t weight) const {
+  Linear lin;
+  lin.w = P(weight);
+  lin.dw = G ? (*G)(weight) : nullptr;
+  for (const LoraPiece& piece : layout_.layers[l].lora) {
+    if (piece.base != weight) continue;
+    LoraRef r;
+    r.a = P(piece.a);
+    r.b = P(piece.b);
+    r.da = G ? (*G)(piece.a) : nullptr;
+    r.db = G ? (*G)(piece.b) : nullptr;
+    r.row0 = piece.row0;
+    r.rows = piece.rows;
+    r.rank = cfg_.lora.rank;
+    r.scale = float(cfg_.lora.scale());
+    lin.lora.push_back(r);
+  }
+  return lin;
+}
 
 void Transformer::SetRecompute(double fraction) {
   XT_CHECK(fraction >= 0 && fraction <= 1, "recompute fraction must be in [0, 1]");
@@ -85,17 +108,17 @@ void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Act
     a->k_pre.resize(T * Hkv * D);
     a->q_rstd.resize(T * Hq);
     a->k_rstd.resize(T * Hkv);
-    ops::linear_forward(a->q_pre.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
-    ops::linear_forward(a->k_pre.data(), a->h1.data(), P(o.wk), T, H, Hkv * D);
+    LinearForward(a->q_pre.data(), a->h1.data(), Lin(l, P, nullptr, o.wq), T, H, Hq * D);
+    LinearForward(a->k_pre.data(), a->h1.data(), Lin(l, P, nullptr, o.wk), T, H, Hkv * D);
     ops::rmsnorm_forward(a->q.data(), a->q_rstd.data(), a->q_pre.data(), P(o.q_norm), T * Hq, D,
                          eps);
     ops::rmsnorm_forward(a->k.data(), a->k_rstd.data(), a->k_pre.data(), P(o.k_norm), T * Hkv, D,
                          eps);
   } else {
-    ops::linear_forward(a->q.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
-    ops::linear_forward(a->k.data(), a->h1.data(), P(o.wk), T, H, Hkv * D);
+    LinearForward(a->q.data(), a->h1.data(), Lin(l, P, nullptr, o.wq), T, H, Hq * D);
+    LinearForward(a->k.data(), a->h1.data(), Lin(l, P, nullptr, o.wk), T, H, Hkv * D);
   }
-  ops::linear_forward(a->v.data(), a->h1.data(), P(o.wv), T, H, Hkv * D);
+  LinearForward(a->v.data(), a->h1.data(), Lin(l, P, nullptr, o.wv), T, H, Hkv * D);
   ops::rope_forward(a->q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a->k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a->attn.resize(T * Hq * D);
@@ -137,7 +160,7 @@ void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, c
   }
   const int64_t Dv = cfg_.value_dim();
   a.x_mid.resize(T * H);
-  ops::linear_forward(a.x_mid.data(), a.attn.data(), P(o.wo), T, Hq * Dv, H);
+  LinearForward(a.x_mid.data(), a.attn.data(), Lin(l, P, nullptr, o.wo), T, Hq * Dv, H);
   for (int64_t i = 0; i < T * H; ++i) a.x_mid[i] += x_in[i];
 
   // ---- feed-forward block
@@ -145,8 +168,8 @@ void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, c
   a.rstd2.resize(T);
   ops::rmsnorm_forward(a.h2.data(), a.rstd2.data(), a.x_mid.data(), P(o.ln2), T, H, eps);
   if (o.router < 0) {  // dense SwiGLU MLP
-    SwigluMlpForward(x_out, &a.gu, &a.act, a.h2.data(), P(o.gate_up), P(o.down), T, H,
-                     cfg_.intermediate_size);
+    SwigluMlpForward(x_out, &a.gu, &a.act, a.h2.data(), Lin(l, P, nullptr, o.gate_up),
+                     Lin(l, P, nullptr, o.down), T, H, cfg_.intermediate_size);
   } else {  // dropless MoE
     MoeForward(l, P, T, x_out, &a);
   }
@@ -164,8 +187,8 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
   // ---- feed-forward block: dx is also d x_mid through the residual.
   vector<float> dh2(T * H);
   if (o.router < 0) {
-    SwigluMlpBackward(dh2.data(), G(o.gate_up), G(o.down), dx, a.h2.data(), a.gu, a.act,
-                      P(o.gate_up), P(o.down), T, H, cfg_.intermediate_size,
+    SwigluMlpBackward(dh2.data(), dx, a.h2.data(), a.gu, a.act, Lin(l, P, &G, o.gate_up),
+                      Lin(l, P, &G, o.down), T, H, cfg_.intermediate_size,
                       /*accumulate_dx=*/false);
   } else {
     MoeBackward(l, P, G, T, dx, dh2.data(), &a, dprob_e);
@@ -176,7 +199,7 @@ void Transformer::LayerBackward(int64_t l, const UnitParams& P, const UnitGrads&
   // ---- attention block: dx is also d x_in through the residual.
   const int64_t Dv = cfg_.value_dim();
   vector<float> dattn(T * Hq * Dv), dh1(T * H);
-  ops::linear_backward(dattn.data(), G(o.wo), dx, a.attn.data(), P(o.wo), T, Hq * Dv, H);
+  LinearBackward(dattn.data(), dx, a.attn.data(), Lin(l, P, &G, o.wo), T, Hq * Dv, H);
   if (cfg_.mla) {
     MlaBackward(l, P, G, b, dattn.data(), dh1.data(), acts, &a);
   } else {
@@ -207,9 +230,9 @@ void Transformer::GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     dq.swap(dq_pre);
     dk.swap(dk_pre);
   }
-  ops::linear_backward(dh1, G(o.wq), dq.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
-  ops::linear_backward(dh1, G(o.wk), dk.data(), a->h1.data(), P(o.wk), T, H, Hkv * D, true);
-  ops::linear_backward(dh1, G(o.wv), dv.data(), a->h1.data(), P(o.wv), T, H, Hkv * D, true);
+  LinearBackward(dh1, dq.data(), a->h1.data(), Lin(l, P, &G, o.wq), T, H, Hq * D);
+  LinearBackward(dh1, dk.data(), a->h1.data(), Lin(l, P, &G, o.wk), T, H, Hkv * D, true);
+  LinearBackward(dh1, dv.data(), a->h1.data(), Lin(l, P, &G, o.wv), T, H, Hkv * D, true);
 }
 
 Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weight,
@@ -349,7 +372,8 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
     acts.layers[l] = LayerActs();  // free as we go
   }
   const UnitGrads G_embed = Grads(0);
-  ops::embedding_backward(G_embed(layout_.embed), dx.data(), b.ids.data(), T, V, H);
+  if (float* d_embed = G_embed(layout_.embed))  // null when frozen (LoRA)
+    ops::embedding_backward(d_embed, dx.data(), b.ids.data(), T, V, H);
   source_->GradsDone(0);
   return info;
 }

@@ -17,6 +17,7 @@
 #include "xtuner/loss/balance.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
+#include "xtuner/model/linear.h"
 #include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
 
@@ -113,6 +114,9 @@ class Transformer {
   // Unit u's parameters (gradients) addressed by slab offsets of the layout.
   UnitParams Acquire(int64_t unit);
   UnitGrads Grads(int64_t unit);
+  // The linear layer of layer l whose weight is at offset `weight`: the weight, its gradient
+  // (null without G or when frozen) and its LoRA adapters (their gradients null without G).
+  Linear Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int64_t weight) const;
 
   void ComputeRope(const Batch& b, Acts* a) const;
   // With a cache (generation), the layer appends its keys and values and attends over them.

@@ -65,12 +65,12 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
     a->qa.resize(T * Rq);
     a->qa_n.resize(T * Rq);
     a->qa_rstd.resize(T);
-    ops::linear_forward(a->qa.data(), a->h1.data(), P(o.q_a), T, H, Rq);
+    LinearForward(a->qa.data(), a->h1.data(), Lin(l, P, nullptr, o.q_a), T, H, Rq);
     ops::rmsnorm_forward(a->qa_n.data(), a->qa_rstd.data(), a->qa.data(), P(o.q_a_norm), T, Rq,
                          eps);
-    ops::linear_forward(a->q.data(), a->qa_n.data(), P(o.wq), T, Rq, Hq * D);
+    LinearForward(a->q.data(), a->qa_n.data(), Lin(l, P, nullptr, o.wq), T, Rq, Hq * D);
   } else {
-    ops::linear_forward(a->q.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
+    LinearForward(a->q.data(), a->h1.data(), Lin(l, P, nullptr, o.wq), T, H, Hq * D);
   }
   vector<float> rot(T * Hq * dr);
   CopyColumns(rot.data(), dr, 0, a->q.data(), D, dn, T * Hq, dr, to_rope);
@@ -79,14 +79,14 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
 
   // The latent KV, its per-head keys and values, and the shared rotated key.
   vector<float> ckv(T * (Rkv + dr)), kvb(T * Hq * (dn + dv));
-  ops::linear_forward(ckv.data(), a->h1.data(), P(o.kv_a), T, H, Rkv + dr);
+  LinearForward(ckv.data(), a->h1.data(), Lin(l, P, nullptr, o.kv_a), T, H, Rkv + dr);
   a->kv_c.resize(T * Rkv);
   a->kv_n.resize(T * Rkv);
   a->kv_rstd.resize(T);
   CopyColumns(a->kv_c.data(), Rkv, 0, ckv.data(), Rkv + dr, 0, T, Rkv, Order::kSame);
   ops::rmsnorm_forward(a->kv_n.data(), a->kv_rstd.data(), a->kv_c.data(), P(o.kv_a_norm), T, Rkv,
                        eps);
-  ops::linear_forward(kvb.data(), a->kv_n.data(), P(o.kv_b), T, Rkv, Hq * (dn + dv));
+  LinearForward(kvb.data(), a->kv_n.data(), Lin(l, P, nullptr, o.kv_b), T, Rkv, Hq * (dn + dv));
   vector<float> kr(T * dr);
   CopyColumns(kr.data(), dr, 0, ckv.data(), Rkv + dr, Rkv, T, dr, to_rope);
   ops::rope_forward(kr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
@@ -129,12 +129,12 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   CopyColumns(dq.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, from_rope);
   if (Rq > 0) {
     vector<float> dqa_n(T * Rq), dqa(T * Rq);
-    ops::linear_backward(dqa_n.data(), G(o.wq), dq.data(), a->qa_n.data(), P(o.wq), T, Rq, Hq * D);
+    LinearBackward(dqa_n.data(), dq.data(), a->qa_n.data(), Lin(l, P, &G, o.wq), T, Rq, Hq * D);
     ops::rmsnorm_backward(dqa.data(), G(o.q_a_norm), dqa_n.data(), a->qa.data(), P(o.q_a_norm),
                           a->qa_rstd.data(), T, Rq);
-    ops::linear_backward(dh1, G(o.q_a), dqa.data(), a->h1.data(), P(o.q_a), T, H, Rq);
+    LinearBackward(dh1, dqa.data(), a->h1.data(), Lin(l, P, &G, o.q_a), T, H, Rq);
   } else {
-    ops::linear_backward(dh1, G(o.wq), dq.data(), a->h1.data(), P(o.wq), T, H, Hq * D);
+    LinearBackward(dh1, dq.data(), a->h1.data(), Lin(l, P, &G, o.wq), T, H, Hq * D);
   }
 
   // Keys and values: per-head parts to kv_b; the shared rotated key summed over heads.
@@ -147,13 +147,13 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   ops::rope_backward(dkr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
   CopyColumns(dckv.data(), Rkv + dr, Rkv, dkr.data(), dr, 0, T, dr, from_rope);
   vector<float> dkv_n(T * Rkv), dkv_c(T * Rkv);
-  ops::linear_backward(dkv_n.data(), G(o.kv_b), dkvb.data(), a->kv_n.data(), P(o.kv_b), T, Rkv,
-                       Hq * (dn + dv));
+  LinearBackward(dkv_n.data(), dkvb.data(), a->kv_n.data(), Lin(l, P, &G, o.kv_b), T, Rkv,
+                 Hq * (dn + dv));
   ops::rmsnorm_backward(dkv_c.data(), G(o.kv_a_norm), dkv_n.data(), a->kv_c.data(), P(o.kv_a_norm),
                         a->kv_rstd.data(), T, Rkv);
   CopyColumns(dckv.data(), Rkv + dr, 0, dkv_c.data(), Rkv, 0, T, Rkv, Order::kSame);
-  ops::linear_backward(dh1, G(o.kv_a), dckv.data(), a->h1.data(), P(o.kv_a), T, H, Rkv + dr,
-                       /*accumulate_din=*/true);
+  LinearBackward(dh1, dckv.data(), a->h1.data(), Lin(l, P, &G, o.kv_a), T, H, Rkv + dr,
+                 /*accumulate_din=*/true);
 }
 
 }  // namespace xt

@@ -68,8 +68,9 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
   if (o.shared_gate_up >= 0) {  // y += the shared experts' SwiGLU MLP of h2
     vector<float> ysh(T * H);
-    SwigluMlpForward(ysh.data(), &a->shared_gu, &a->shared_act, a->h2.data(), P(o.shared_gate_up),
-                     P(o.shared_down), T, H, cfg_.n_shared_experts * I);
+    SwigluMlpForward(ysh.data(), &a->shared_gu, &a->shared_act, a->h2.data(),
+                     Lin(l, P, nullptr, o.shared_gate_up), Lin(l, P, nullptr, o.shared_down), T, H,
+                     cfg_.n_shared_experts * I);
     for (int64_t i = 0; i < T * H; ++i) y[i] += ysh[i];
   }
 }
@@ -109,8 +110,8 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   }
   ops::moe_permute_backward(dh2, dxs, a->slot_of.data(), T, k, H);  // dh2 += ...
   if (o.shared_gate_up >= 0)
-    SwigluMlpBackward(dh2, G(o.shared_gate_up), G(o.shared_down), dy, a->h2.data(), a->shared_gu,
-                      a->shared_act, P(o.shared_gate_up), P(o.shared_down), T, H,
+    SwigluMlpBackward(dh2, dy, a->h2.data(), a->shared_gu, a->shared_act,
+                      Lin(l, P, &G, o.shared_gate_up), Lin(l, P, &G, o.shared_down), T, H,
                       cfg_.n_shared_experts * I, /*accumulate_dx=*/true);
   vector<float> dprobs, dlogits(T * E);
   if (dprob_e) {

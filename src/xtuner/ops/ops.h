@@ -51,7 +51,7 @@ bool gemm_bf16_native();
 // out (T, O) = in (T, I) @ w^T, w (O, I).
 void linear_forward(float* out, const float* in, const float* w, int64_t T, int64_t I, int64_t O);
 // din (T, I) = dout @ w (assigned, or added when accumulate_din; skipped when din is null);
-// dw (O, I) += dout^T @ in.
+// dw (O, I) += dout^T @ in (skipped when dw is null: a frozen weight).
 void linear_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
                      int64_t T, int64_t I, int64_t O, bool accumulate_din = false);
 
@@ -67,7 +67,7 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* ids, in
 // Used for the layer norms (N = T, C = H) and per-head q/k norms (N = T * heads, C = D).
 void rmsnorm_forward(float* out, float* rstd, const float* in, const float* w, int64_t N, int64_t C,
                      float eps);
-// din (N, C) assigned (or added when accumulate_din); dw (C) +=.
+// din (N, C) assigned (or added when accumulate_din); dw (C) += (skipped when dw is null).
 void rmsnorm_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
                       const float* rstd, int64_t N, int64_t C, bool accumulate_din = false);
 
@@ -144,7 +144,7 @@ void moe_permute_backward(float* dx, const float* dxs, const int32_t* slot_of, i
 // w (E, O, I) -> out (A, O). An expert with no rows is skipped.
 void grouped_linear_forward(float* out, const float* in, const float* w, const int32_t* offsets,
                             int64_t E, int64_t I, int64_t O);
-// din (A, I) assigned; dw (E, O, I) +=.
+// din (A, I) assigned; dw (E, O, I) += (skipped when dw is null).
 void grouped_linear_backward(float* din, float* dw, const float* dout, const float* in,
                              const float* w, const int32_t* offsets, int64_t E, int64_t I,
                              int64_t O);

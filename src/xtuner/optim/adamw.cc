@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "xtuner/core/zero_pages.h"
 #include "xtuner/optim/adamw_scalars.h"
 
 namespace xt {
@@ -44,9 +45,9 @@ std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
   std::vector<DecayRange> out;
   for (const ParamInfo& p : layout.params()) {
     DecayRange r{p.offset, NumElements(p.shape),
-                 !(p.is_norm || p.no_grad || EndsWith(p.name, ".bias"))};
+                 !(p.is_norm || p.no_grad || EndsWith(p.name, ".bias")), p.frozen};
     if (!out.empty() && out.back().weight_decay == r.weight_decay &&
-        out.back().offset + out.back().numel == r.offset) {
+        out.back().frozen == r.frozen && out.back().offset + out.back().numel == r.offset) {
       out.back().numel += r.numel;
     } else {
       out.push_back(r);
@@ -75,10 +76,11 @@ Result<std::vector<DecayRun>> DecayRuns(std::vector<DecayRange> ranges, int64_t 
     const int64_t b = std::max(r.offset, shard_begin) - shard_begin;
     const int64_t e = std::min(r.offset + r.numel, shard_end) - shard_begin;
     if (b >= e) continue;
-    if (!runs.empty() && runs.back().decay == r.weight_decay && runs.back().end == b)
+    if (!runs.empty() && runs.back().decay == r.weight_decay && runs.back().frozen == r.frozen &&
+        runs.back().end == b)
       runs.back().end = e;
     else
-      runs.push_back({b, e, r.weight_decay});
+      runs.push_back({b, e, r.weight_decay, r.frozen});
   }
   if (next != total)
     return Status::Error("AdamW: elements [" + std::to_string(next) + ", " + std::to_string(total) +
@@ -99,8 +101,12 @@ Result<AdamW> AdamW::Create(const AdamWConfig& cfg, std::vector<DecayRange> rang
   opt.cfg_ = cfg;
   opt.shard_begin_ = shard_begin;
   opt.shard_end_ = shard_end;
-  opt.m_ = Tensor::Zeros(DType::F32, {shard_end - shard_begin});
-  opt.v_ = Tensor::Zeros(DType::F32, {shard_end - shard_begin});
+  // Pages of the moments commit as they are first written: frozen runs (LoRA) never are.
+  const int64_t n = shard_end - shard_begin;
+  std::shared_ptr<float> m = AllocZeroPages(n, "AdamW's exp_avg"),
+                         v = AllocZeroPages(n, "AdamW's exp_avg_sq");
+  opt.m_ = Tensor::Wrap(DType::F32, {n}, m.get(), m);
+  opt.v_ = Tensor::Wrap(DType::F32, {n}, v.get(), v);
   return opt;
 }
 
@@ -142,6 +148,7 @@ void AdamW::Step(float* params, const float* grads, double lr, float grad_scale)
                            grad_scale, true)};
 #pragma omp parallel
   for (const DecayRun& r : runs_) {
+    if (r.frozen) continue;
     const AdamWStepScalars& rs = scalars[r.decay ? 1 : 0];
 #pragma omp for schedule(static) nowait
     for (int64_t c = r.begin; c < r.end; c += kChunk) {

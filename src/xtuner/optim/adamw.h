@@ -41,22 +41,26 @@ struct AdamWConfig {
 Status ValidateAdamWConfig(const AdamWConfig& cfg);
 
 // Elements [offset, offset + numel) of the slab, and whether weight decay applies to them.
+// Frozen elements (a LoRA run's base weights) are not updated at all, their moments untouched
+// (torch: parameters without requires_grad are in no param group).
 struct DecayRange {
   int64_t offset = 0;  // in floats
   int64_t numel = 0;
   bool weight_decay = true;
+  bool frozen = false;
 };
 
 // One range per parameter of `layout`, decay disabled for norm weights (ParamInfo::is_norm),
 // buffers (ParamInfo::no_grad: their zero gradient then leaves them as they are) and biases
-// (hub names ending in ".bias"), in slab order, adjacent ranges with the same flag
-// merged. Covers [0, layout.total()) exactly.
+// (hub names ending in ".bias"), frozen where ParamInfo::frozen, in slab order, adjacent ranges
+// with the same flags merged. Covers [0, layout.total()) exactly.
 std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout);
 
 // A maximal range of a shard with one decay flag; offsets local to the shard.
 struct DecayRun {
   int64_t begin, end;
   bool decay;
+  bool frozen = false;
 };
 
 // The runs of the shard [shard_begin, shard_end) of a slab of `total` elements under `ranges` (in

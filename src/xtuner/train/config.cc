@@ -97,6 +97,21 @@ const std::vector<Key>& Schema() {
       {"optim.eps", &C::eps, "AdamW epsilon."},
       {"optim.clip_grad_norm", &C::clip_grad_norm,
        "Clip the global gradient L2 norm to this; 0 disables clipping."},
+      {"lora.rank", &C::lora_rank,
+       "0: train every parameter. > 0: freeze them all and train LoRA adapters of this rank on "
+       "lora.target_modules, as PEFT does (exports are merged; the adapter is written beside: "
+       "docs/lora.md)."},
+      {"lora.alpha", &C::lora_alpha, "The adapters' scale is alpha / rank (PEFT's lora_alpha)."},
+      {"lora.target_modules", &C::lora_target_modules,
+       "Comma-separated layer names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+       "down_proj; DeepSeek-V3: q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj), "
+       "all-linear, or auto: every linear layer of a dense model, the attention projections of "
+       "one with routed experts (which take no adapters)."},
+      {"lora.rslora", &C::lora_rslora, "Rank-stabilised LoRA: the scale is alpha / sqrt(rank)."},
+      {"lora.dropout", &C::lora_dropout, "Dropout on the adapters' input: only 0 for now."},
+      {"lora.adapter", &C::lora_adapter,
+       "A PEFT adapter directory to start from (its r, lora_alpha, use_rslora must match); "
+       "\"\": A uniform, B zero, as PEFT initialises them."},
       {"optim.max_nonfinite_steps", &C::max_nonfinite_steps,
        "Steps with a NaN/Inf gradient are skipped; this many in a row stop the run."},
       {"schedule.type", &C::schedule, "cosine | linear | constant (after the warm-up)."},
@@ -198,6 +213,11 @@ const char* Alias(const std::string& leaf) {
       {"lr_scheduler_type", "schedule.type"},
       {"warmup", "schedule.warmup_steps"},
       {"save_steps", "checkpoint.every"},
+      {"lora_r", "lora.rank"},
+      {"r", "lora.rank"},
+      {"lora_alpha", "lora.alpha"},
+      {"lora_dropout", "lora.dropout"},
+      {"use_rslora", "lora.rslora"},
       {"save_total_limit", "checkpoint.keep_last"},
       {"logging_steps", "log.every"},
       {"gradient_checkpointing", "model.recompute"},
@@ -403,6 +423,19 @@ Status ValidateTrainConfig(const TrainConfig& c) {
                c.aux_loss_scope + "\"");
   if (!(c.router_bias_update_speed >= 0 && std::isfinite(c.router_bias_update_speed)))
     return err("train.router_bias_update_speed must be a finite value >= 0");
+  if (c.lora_rank < 0) return err("lora.rank must be >= 0 (0: no LoRA)");
+  if (c.lora_rank > 0) {
+    if (!(c.lora_alpha > 0 && std::isfinite(c.lora_alpha)))
+      return err("lora.alpha must be a finite value > 0");
+    if (c.lora_dropout != 0)
+      return err("lora.dropout: only 0 is implemented (the adapters train without dropout)");
+  } else {
+    const TrainConfig d;
+    if (c.lora_adapter != d.lora_adapter || c.lora_target_modules != d.lora_target_modules ||
+        c.lora_rslora != d.lora_rslora || c.lora_alpha != d.lora_alpha ||
+        c.lora_dropout != d.lora_dropout)
+      return err("a [lora] key is set but lora.rank is 0 (no LoRA): set lora.rank");
+  }
   if (c.overlong != "truncate" && c.overlong != "drop")
     return err("data.overlong must be truncate or drop, not " + c.overlong);
   if (c.steps < 1) return err("train.steps must be at least 1");

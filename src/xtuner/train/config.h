@@ -53,6 +53,15 @@ struct TrainConfig {
   // Models with a router correction bias (DeepSeek-V3): its move per step (train/router_bias.h).
   double router_bias_update_speed = 0.001;
 
+  // [lora] (model/lora.h): rank 0 trains every parameter; rank > 0 freezes them all and trains
+  // LoRA adapters on target_modules (comma-separated PEFT names, all-linear or auto).
+  int64_t lora_rank = 0;
+  double lora_alpha = 16.0;
+  std::string lora_target_modules = "auto";
+  bool lora_rslora = false;
+  double lora_dropout = 0.0;  // only 0 for now
+  std::string lora_adapter;   // a PEFT adapter to start from ("": PEFT's initialisation)
+
   // [optim]
   double lr = 1e-5;
   double min_lr = 0.0;

@@ -11,8 +11,10 @@
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/core/zero_pages.h"
 #include "xtuner/dist/shard_io.h"
 #include "xtuner/model/fp8_weights.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
 
 namespace xt {
@@ -89,7 +91,8 @@ Status AgreeOnFailure(Comm& world, const Status& st) {
 }
 
 // Copies the ranges `owned` of the checkpoint's params (and exp_avg, exp_avg_sq when given)
-// into params, m, v (shard order). Every owned element must be found.
+// into params, m, v (shard order; m and v must hold zeros: their pages the checkpoint holds
+// zeros for are left uncommitted, core/zero_pages.h). Every owned element must be found.
 Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector<OwnedRange>& owned,
                   float* params, float* m, float* v) {
   XT_ASSIGN_OR_RETURN(nlohmann::json index, ReadJson(dir / "shards.json"));
@@ -138,7 +141,10 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
         if (c[0] + c[2] > t.numel())
           return Status::Error(src + ": a range reaches past the " + std::to_string(t.numel()) +
                                " values of \"" + name + "\" in " + file);
-        std::memcpy(dst + c[1], t.f32() + c[0], size_t(c[2]) * sizeof(float));
+        if (dst == params)
+          std::memcpy(dst + c[1], t.f32() + c[0], size_t(c[2]) * sizeof(float));
+        else
+          CopyIntoZeros(dst + c[1], t.f32() + c[0], c[2]);
       }
     }
     for (const auto& c : copies) filled.push_back({c[1], c[2]});
@@ -216,6 +222,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     if (cfg.fp8_weights)
       model_json["quantization_config"] =
           Fp8QuantizationConfig(cfg.fp8_block[0], cfg.fp8_block[1], {});
+    // A LoRA run's layout holds its adapters: resume and convert rebuild it from this.
+    if (cfg.lora.enabled()) model_json["xtuner_lora"] = LoraSpecToJson(cfg.lora);
     if (st.ok())
       st = WriteFileAtomically((tmp / "config.json").string(), model_json.dump(2) + "\n");
     nlohmann::json j = {{"step", state.step},
@@ -273,8 +281,16 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
       return Status::Error(src + ": \"" + std::string(k) + "\" must be an integer, not " +
                            j[k].dump());
   if (!j["data_key"].is_string()) return Status::Error(src + ": \"data_key\" must be a string");
-  const int64_t n = shard.optim->numel();
-  Tensor m = Tensor::Zeros(DType::F32, {n}), v = Tensor::Zeros(DType::F32, {n});
+  XT_ASSIGN_OR_RETURN(const LoraSpec lora, ReadCheckpointLora(dir));
+  auto describe = [](const LoraSpec& s) {
+    if (!s.enabled()) return std::string("no LoRA (every parameter trains)");
+    return "LoRA " + LoraSpecToJson(s).dump();
+  };
+  if (describe(lora) != describe(cfg.lora))
+    return Status::Error(dir + ": this checkpoint was trained with " + describe(lora) +
+                         ", this run has " + describe(cfg.lora) + ": resume with the same [lora]");
+  // Straight into the optimizer's state, fresh (zero) here.
+  Tensor m = shard.optim->exp_avg(), v = shard.optim->exp_avg_sq();
   XT_RETURN_IF_ERROR(ReadShards(d, cfg, *shard.owned, shard.params, m.f32(), v.f32()));
   XT_RETURN_IF_ERROR(shard.optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
   state->step = j["step"].get<int64_t>();
@@ -283,6 +299,13 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   state->nonfinite_total = j.value("nonfinite_total", int64_t(0));
   state->data_key = j["data_key"].get<std::string>();
   return Status::OK();
+}
+
+Result<LoraSpec> ReadCheckpointLora(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "config.json";
+  XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(path));
+  if (!j.is_object() || !j.contains("xtuner_lora")) return LoraSpec();
+  return LoraSpecFromJson(j["xtuner_lora"], path.string());
 }
 
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg) {

@@ -54,9 +54,14 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
 std::string FindLatestCheckpoint(const std::string& work_dir);
 
 // Restores this rank's shard (its parameters and optimizer state, on whatever mesh saved it)
-// and the trainer state from a checkpoint directory of a model with config `cfg`.
+// and the trainer state from a checkpoint directory of a model with config `cfg`. Error when the
+// checkpoint's LoRA settings (ReadCheckpointLora) differ from cfg.lora. The optimizer must be
+// fresh (its moments zero): they are read in place.
 Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const ShardState& shard,
                            TrainState* state);
+
+// The LoRA settings of a checkpoint's run (its config.json's "xtuner_lora"; rank 0 without).
+Result<LoraSpec> ReadCheckpointLora(const std::string& dir);
 
 // The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint.
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg);

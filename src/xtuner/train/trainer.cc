@@ -15,6 +15,7 @@
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/ops/ops.h"
 #include "xtuner/optim/adamw.h"
 #include "xtuner/optim/clip.h"
@@ -51,8 +52,26 @@ int64_t PeakRssBytes() {
   return 0;
 }
 
+// The model's config.json, with the run's LoRA adapters ([lora]) when it has any.
 Result<ModelConfig> LoadModelConfig(const TrainConfig& cfg) {
-  return ModelConfig::Load(cfg.load_from.empty() ? cfg.model_config : cfg.load_from);
+  XT_ASSIGN_OR_RETURN(ModelConfig mc,
+                      ModelConfig::Load(cfg.load_from.empty() ? cfg.model_config : cfg.load_from));
+  if (cfg.lora_rank == 0) return mc;
+  LoraSpec spec;
+  spec.rank = cfg.lora_rank;
+  spec.alpha = cfg.lora_alpha;
+  spec.rslora = cfg.lora_rslora;
+  std::string name;
+  for (const char c : cfg.lora_target_modules + ",") {
+    if (c != ',') {
+      if (c != ' ') name += c;
+      continue;
+    }
+    if (!name.empty()) spec.targets.push_back(name);
+    name.clear();
+  }
+  XT_ASSIGN_OR_RETURN(mc.lora, ResolveLora(spec, mc, "lora"));
+  return mc;
 }
 
 // The optimizer's decay ranges in shard coordinates: the whole model's, cut to what this rank
@@ -62,7 +81,7 @@ std::vector<DecayRange> ShardDecayRanges(const ModelConfig& mc,
   std::vector<DecayRange> out;
   for (const DecayRange& d : DefaultDecayRanges(ParamLayout(mc)))
     ForEachOverlap(owned, d.offset, d.numel, [&](int64_t shard, int64_t, int64_t n) {
-      out.push_back({shard, n, d.weight_decay});
+      out.push_back({shard, n, d.weight_decay, d.frozen});
     });
   return out;
 }
@@ -92,6 +111,21 @@ Status ExportModel(const TrainConfig& cfg, const Transformer& model, const Train
   fs::remove_all(dir, ec);
   fs::rename(tmp, dir, ec);
   if (ec) return Status::Error(dir + ": rename failed: " + ec.message());
+  if (!model.config().lora.enabled()) return Status::OK();
+  // The adapters as PEFT saves them, beside the merged model: DIR-adapter.
+  const std::string adapter = dir + "-adapter", adapter_tmp = adapter + ".tmp";
+  fs::remove_all(adapter_tmp, ec);
+  const std::string base = cfg.load_from.empty()
+                               ? std::string()
+                               : fs::absolute(cfg.load_from).lexically_normal().string();
+  st = SaveLoraAdapter(model.config(), model.layout(), model.params().f32(), adapter_tmp, base);
+  if (!st.ok()) {
+    fs::remove_all(adapter_tmp, ec);
+    return st.With("adapter export to " + adapter + " failed");
+  }
+  fs::remove_all(adapter, ec);
+  fs::rename(adapter_tmp, adapter, ec);
+  if (ec) return Status::Error(adapter + ": rename failed: " + ec.message());
   return Status::OK();
 }
 
@@ -198,6 +232,14 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     XT_RETURN_IF_ERROR(LoadHfShard(cfg.load_from, mc, store.owned(), store.params()));
   } else {
     InitShardRandom(mc, store.owned(), store.params(), cfg.initializer_range, uint64_t(cfg.seed));
+  }
+  if (mc.lora.enabled()) {  // the adapters: from a PEFT adapter, or PEFT's initialisation
+    if (!cfg.lora_adapter.empty()) {
+      XT_RETURN_IF_ERROR(LoadLoraShard(cfg.lora_adapter, mc, store.owned(), store.params()));
+    } else if (!cfg.load_from.empty()) {
+      InitShardRandom(mc, store.owned(), store.params(), cfg.initializer_range, uint64_t(cfg.seed),
+                      /*adapters_only=*/true);
+    }
   }
   if (stop_requested()) return interrupted();
   Transformer m(mc, &store, mc.is_moe() ? mesh.first_expert(mc) : 0,
@@ -376,7 +418,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                                 " micro-batches per rank)"
                           : "global batch";
     sum.extra.push_back({"run", "balancing loss", how});
-    if (mc.router == RouterKind::kSigmoidGroup) {
+    if (mc.router == RouterKind::kSigmoidGroup && mc.lora.enabled()) {
+      sum.extra.push_back({"run", "balancing bias", "frozen with the base model (LoRA)"});
+    } else if (mc.router == RouterKind::kSigmoidGroup) {
       char speed[32];
       std::snprintf(speed, sizeof(speed), "%g", cfg.router_bias_update_speed);
       sum.extra.push_back(
@@ -385,6 +429,19 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                ? std::string("e_score_correction_bias moves ") + speed + " a step (aux-loss-free)"
                : std::string("kept as loaded (train.router_bias_update_speed = 0)")});
     }
+  }
+  if (mc.lora.enabled()) {
+    int64_t trainable = 0;
+    const ParamLayout layout(mc);
+    for (const ParamInfo& p : layout.params())
+      if (p.lora) trainable += NumElements(p.shape);
+    std::string targets;
+    for (const std::string& t : mc.lora.targets) targets += (targets.empty() ? "" : ",") + t;
+    char line[160];
+    std::snprintf(line, sizeof line, "rank %lld, scale %g on %s: %.3g%% of the parameters train",
+                  (long long)mc.lora.rank, mc.lora.scale(), targets.c_str(),
+                  100.0 * double(trainable) / double(total_params));
+    sum.extra.push_back({"run", "LoRA", line});
   }
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
@@ -516,8 +573,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
         XT_RETURN_IF_ERROR(backend->Step(sm.lr, grad_scale));
         // The CPU backend computes on the host shard; the CUDA one runs no model with a bias
         // (CudaSupports).
-        ApplyRouterBiasUpdate(mc, sm.tokens_per_expert, cfg.router_bias_update_speed, store.owned(),
-                              store.params());
+        // (Frozen with the rest of the base model under LoRA.)
+        if (!mc.lora.enabled())
+          ApplyRouterBiasUpdate(mc, sm.tokens_per_expert, cfg.router_bias_update_speed,
+                                store.owned(), store.params());
       }
     }
     sm.skipped = !finite || loss_tokens == 0;

@@ -77,6 +77,7 @@ void grouped_linear_backward(float* din, float* dw, const float* dout, const flo
     // din_e (n, I) = dout_e (n, O) @ w_e (O, I)
     gemm(din + r0 * I, dout + r0 * O, w + e * O * I, n, I, O, false, false, 0.0f);
   }
+  if (!dw) return;  // frozen weights
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[e], n = offsets[e + 1] - r0;

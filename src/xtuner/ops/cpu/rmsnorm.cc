@@ -38,6 +38,7 @@ void rmsnorm_backward(float* din, float* dw, const float* dout, const float* in,
       dx[c] = accumulate_din ? dx[c] + g : g;
     }
   }
+  if (!dw) return;  // a frozen weight
   // dw: each thread owns a range of columns and sums the rows in order (thread-count independent).
   constexpr int64_t kCols = 16;
 #pragma omp parallel for schedule(static)

@@ -1,0 +1,42 @@
+#include "xtuner/model/linear.h"
+
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+
+void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int64_t I, int64_t O) {
+  ops::linear_forward(out, in, l.w, T, I, O);
+  std::vector<float> z, y;
+  for (const LoraRef& r : l.lora) {
+    z.resize(T * r.rank);
+    y.resize(T * r.rows);
+    ops::linear_forward(z.data(), in, r.a, T, I, r.rank);             // z (T, r) = in A^T
+    ops::linear_forward(y.data(), z.data(), r.b, T, r.rank, r.rows);  // y (T, rows) = z B^T
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = out + t * O + r.row0;
+      const float* yt = y.data() + t * r.rows;
+      for (int64_t j = 0; j < r.rows; ++j) o[j] += r.scale * yt[j];
+    }
+  }
+}
+
+// With y = s (x A^T) B^T and z = x A^T: dB += s dy^T z, dz = s dy B, dA += dz^T x, dx += dz A.
+void LinearBackward(float* din, const float* dout, const float* in, const Linear& l, int64_t T,
+                    int64_t I, int64_t O, bool accumulate_din) {
+  ops::linear_backward(din, l.dw, dout, in, l.w, T, I, O, accumulate_din);
+  std::vector<float> z, dy, dz;
+  for (const LoraRef& r : l.lora) {
+    z.resize(T * r.rank);
+    dy.resize(T * r.rows);
+    dz.resize(T * r.rank);
+    ops::linear_forward(z.data(), in, r.a, T, I, r.rank);
+    for (int64_t t = 0; t < T; ++t)  // dy = s * dout[:, row0 : row0 + rows]
+      for (int64_t j = 0; j < r.rows; ++j) dy[t * r.rows + j] = r.scale * dout[t * O + r.row0 + j];
+    // dz (T, r) = dy B; dB (rows, r) += dy^T z
+    ops::linear_backward(dz.data(), r.db, dy.data(), z.data(), r.b, T, r.rank, r.rows);
+    // din += dz A; dA (r, I) += dz^T in
+    ops::linear_backward(din, r.da, dz.data(), in, r.a, T, I, r.rank, /*accumulate_din=*/true);
+  }
+}
+
+}  // namespace xt

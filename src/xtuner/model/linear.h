@@ -1,0 +1,36 @@
+// A linear layer without bias as the model runs it: out = in @ W^T, plus the LoRA adapters of
+// W (ModelConfig::lora) when it has any. Private to model/.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace xt {
+
+// One adapter, resolved to pointers: A (rank, in), B (rows, rank) adding scale * (in A^T) B^T to
+// output columns [row0, row0 + rows); da and db (same shapes) take its gradients (+=), or are
+// null in a forward-only pass.
+struct LoraRef {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  float* da = nullptr;
+  float* db = nullptr;
+  int64_t row0 = 0, rows = 0, rank = 0;
+  float scale = 1;
+};
+
+// W (O, I), its gradient dw (+=; null: frozen, or no backward) and its adapters.
+struct Linear {
+  const float* w = nullptr;
+  float* dw = nullptr;
+  std::vector<LoraRef> lora;
+};
+
+// out (T, O) = in (T, I) @ W^T + the adapters' terms; assigned.
+void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int64_t I, int64_t O);
+// din (T, I) = dout @ W + the adapters' terms: assigned, or added when accumulate_din (skipped
+// when din is null); dw and each adapter's da, db +=.
+void LinearBackward(float* din, const float* dout, const float* in, const Linear& l, int64_t T,
+                    int64_t I, int64_t O, bool accumulate_din = false);
+
+}  // namespace xt

@@ -1,0 +1,303 @@
+#include "xtuner/model/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "xtuner/core/file_util.h"
+#include "xtuner/core/rng.h"
+#include "xtuner/core/safetensors.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char kPeftPrefix[] = "base_model.model.";
+
+std::string Join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+// "model.layers.0.self_attn.q_proj.weight" -> "q_proj"
+std::string ShortModule(const std::string& weight_name) {
+  const std::string m = weight_name.substr(0, weight_name.size() - 7);  // less ".weight"
+  return m.substr(m.rfind('.') + 1);
+}
+
+bool IsAdaptableLinear(const ParamInfo& p) {
+  const std::string& n = p.name;
+  if (p.shape.size() != 2 || p.no_grad || n.size() < 7 || n.compare(n.size() - 7, 7, ".weight"))
+    return false;
+  if (n == "lm_head.weight" || n.find("embed_tokens") != std::string::npos) return false;
+  if (n.find(".experts.") != std::string::npos) return false;  // routed experts
+  const std::string m = ShortModule(n);
+  return m != "gate";  // the router
+}
+
+}  // namespace
+
+double LoraSpec::scale() const {
+  return rslora ? alpha / std::sqrt(double(rank)) : alpha / double(rank);
+}
+
+bool LoraSpec::Targets(const std::string& module) const {
+  return std::find(targets.begin(), targets.end(), module) != targets.end();
+}
+
+std::vector<std::string> LoraTargetNames(const ModelConfig& cfg) {
+  ModelConfig base = cfg;
+  base.lora = LoraSpec();
+  std::vector<std::string> names;
+  const ParamLayout layout(base);
+  for (const ParamInfo& p : layout.params()) {
+    if (!IsAdaptableLinear(p)) continue;
+    const std::string m = ShortModule(p.name);
+    if (std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+  }
+  return names;
+}
+
+Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what) {
+  if (spec.rank < 1 || spec.rank > 65536)
+    return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));
+  if (!std::isfinite(spec.alpha) || spec.alpha <= 0)
+    return Status::Error(what + ".alpha must be finite and > 0");
+  const std::vector<std::string> known = LoraTargetNames(cfg);
+  const std::string key = what + ".target_modules";
+  if (spec.targets.empty()) return Status::Error(key + " is empty: name the layers to adapt");
+  std::vector<std::string> out;
+  for (const std::string& t : spec.targets) {
+    if (t == "auto") {  // every layer the engine can adapt in this model
+      for (const std::string& name : known)
+        if (!cfg.is_moe() || (name != "gate_proj" && name != "up_proj" && name != "down_proj"))
+          if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+      continue;
+    }
+    const bool all = t == "all-linear";
+    const bool mlp = t == "gate_proj" || t == "up_proj" || t == "down_proj";
+    if (cfg.is_moe() && (all || mlp))
+      return Status::Error(
+          key + ": \"" + t + "\" in a " + cfg.model_type +
+          " model would adapt its routed experts too (PEFT puts adapters on them), and the "
+          "engine has no LoRA for routed experts yet: name the attention projections (" +
+          Join(known) + " without gate_proj, up_proj, down_proj)");
+    if (!all && std::find(known.begin(), known.end(), t) == known.end())
+      return Status::Error(key + ": \"" + t + "\" is no linear layer of a " + cfg.model_type +
+                           " model with this config.json (it has: " + Join(known) +
+                           "; or \"all-linear\", \"auto\")");
+    for (const std::string& name : all ? known : std::vector<std::string>{t})
+      if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  }
+  // Model order, whatever the order given.
+  std::vector<std::string> ordered;
+  for (const std::string& k : known)
+    if (std::find(out.begin(), out.end(), k) != out.end()) ordered.push_back(k);
+  spec.targets = ordered;
+  return spec;
+}
+
+void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w) {
+  const int64_t n = NumElements(info.shape);
+  const bool is_a = info.name.find(".lora_A.") != std::string::npos;
+  if (!is_a) {
+    std::fill(w, w + n, 0.0f);
+    return;
+  }
+  uint64_t s = seed ^ (0x9e3779b97f4a7c15ull * uint64_t(info.offset + 1));
+  const double bound = 1.0 / std::sqrt(double(info.shape[1]));
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = (double(SplitMix64(&s) >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
+    w[i] = float((2.0 * u - 1.0) * bound);
+  }
+}
+
+bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
+               const ParamInfo& info, float* w) {
+  bool any = false;
+  const float scale = float(spec.scale());
+  std::vector<float> delta;
+  for (const LayerOffsets& o : layout.layers)
+    for (const LoraPiece& piece : o.lora) {
+      if (piece.base + piece.row0 * piece.in != info.offset ||
+          piece.rows * piece.in != NumElements(info.shape))
+        continue;
+      delta.assign(piece.rows * piece.in, 0.0f);
+      // delta (rows, in) = B (rows, r) @ A (r, in), in fp32 whatever the matmul precision
+      ops::gemm_f32(delta.data(), slab + piece.b, slab + piece.a, piece.rows, piece.in, spec.rank,
+                    false, false, 0.0f);
+      for (size_t i = 0; i < delta.size(); ++i) w[i] += delta[i] * scale;
+      any = true;
+    }
+  return any;
+}
+
+Result<LoraSpec> LoraSpecOfAdapter(const std::string& dir, const ModelConfig& cfg) {
+  const std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
+  std::ifstream in(cfg_path);
+  if (!in) return Status::Error(cfg_path + ": cannot open (a PEFT adapter directory holds it)");
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("r") || !j["r"].is_number_integer() ||
+      !j.contains("lora_alpha") || !j["lora_alpha"].is_number())
+    return Status::Error(cfg_path +
+                         ": not a LoRA adapter config (integer \"r\" and number "
+                         "\"lora_alpha\" required)");
+  LoraSpec spec;
+  spec.rank = j["r"].get<int64_t>();
+  spec.alpha = j["lora_alpha"].get<double>();
+  spec.rslora =
+      j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
+  const std::string file = (fs::path(dir) / "adapter_model.safetensors").string();
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(file));
+  for (const std::string& name : ckpt.names()) {
+    const size_t at = name.rfind(".lora_");
+    if (at == std::string::npos || at == 0)
+      return Status::Error(file + ": \"" + name + "\" is not a LoRA adapter tensor");
+    const std::string module = name.substr(0, at);
+    const std::string short_name = module.substr(module.rfind('.') + 1);
+    if (std::find(spec.targets.begin(), spec.targets.end(), short_name) == spec.targets.end())
+      spec.targets.push_back(short_name);
+  }
+  return ResolveLora(spec, cfg, cfg_path + ": adapter");
+}
+
+Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
+                       const std::function<void(const ParamInfo&, const float*)>& visit) {
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const std::string file =
+      fs::is_directory(path) ? (dir / "adapter_model.safetensors").string() : path;
+  const std::string cfg_path = (dir / "adapter_config.json").string();
+  std::ifstream in(cfg_path);
+  if (!in) return Status::Error(cfg_path + ": cannot open (a PEFT adapter directory holds it)");
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return Status::Error(cfg_path + ": not a JSON object");
+  auto get = [&](const char* key) -> const nlohmann::json* {
+    auto it = j.find(key);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto bad = [&](const std::string& key, const std::string& why) {
+    return Status::Error(cfg_path + ": " + key + " " + why);
+  };
+  const nlohmann::json* pt = get("peft_type");
+  if (!pt || !pt->is_string() || *pt != "LORA")
+    return bad("peft_type", "must be \"LORA\" (this reads LoRA adapters only)");
+  const nlohmann::json* r = get("r");
+  if (!r || !r->is_number_integer() || r->get<int64_t>() != cfg.lora.rank)
+    return bad("r", "is " + (r ? r->dump() : std::string("missing")) + ", but lora.rank is " +
+                        std::to_string(cfg.lora.rank));
+  const nlohmann::json* alpha = get("lora_alpha");
+  if (!alpha || !alpha->is_number() || alpha->get<double>() != cfg.lora.alpha)
+    return bad("lora_alpha", "is " + (alpha ? alpha->dump() : std::string("missing")) +
+                                 ", but lora.alpha is " + nlohmann::json(cfg.lora.alpha).dump());
+  const nlohmann::json* rs = get("use_rslora");
+  const bool rslora = rs && rs->is_boolean() && rs->get<bool>();
+  if (rslora != cfg.lora.rslora)
+    return bad("use_rslora", std::string("is ") + (rslora ? "true" : "false") +
+                                 ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
+  for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"}) {
+    const nlohmann::json* v = get(key);
+    if (v && v->is_boolean() && v->get<bool>()) return bad(key, "is true: not implemented");
+  }
+  if (const nlohmann::json* b = get("bias"); b && (!b->is_string() || *b != "none"))
+    return bad("bias", "must be \"none\": adapters with biases are not implemented");
+  for (const char* key : {"modules_to_save", "target_parameters", "rank_pattern", "alpha_pattern",
+                          "layers_to_transform", "trainable_token_indices"}) {
+    const nlohmann::json* v = get(key);
+    if (v && !v->empty())
+      return bad(key, "is " + v->dump() +
+                          ": not implemented (every layer of lora.target_modules "
+                          "gets one adapter of rank lora.rank)");
+  }
+
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(file));
+  for (const ParamInfo& p : layout.params()) {
+    if (!p.lora) continue;
+    const std::string name = kPeftPrefix + p.name;
+    if (!ckpt.contains(name))
+      return Status::Error(file + ": adapter has no tensor \"" + name + "\" (shape " +
+                           ShapeString(p.shape) + "), which lora.target_modules (" +
+                           Join(cfg.lora.targets) + ") needs");
+    XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(name, p.shape));
+    visit(p, t.f32());
+  }
+  const ParamLayout whole(cfg);
+  for (const std::string& name : ckpt.names()) {
+    const ParamInfo* p = name.rfind(kPeftPrefix, 0) == 0
+                             ? whole.Find(name.substr(sizeof(kPeftPrefix) - 1))
+                             : nullptr;
+    if (!p || !p->lora)
+      return Status::Error(file + ": unexpected tensor \"" + name +
+                           "\": no adapter of lora.target_modules (" + Join(cfg.lora.targets) +
+                           ") has that name");
+  }
+  return Status::OK();
+}
+
+nlohmann::json LoraSpecToJson(const LoraSpec& spec) {
+  return {{"r", spec.rank},
+          {"lora_alpha", spec.alpha},
+          {"use_rslora", spec.rslora},
+          {"target_modules", spec.targets}};
+}
+
+Result<LoraSpec> LoraSpecFromJson(const nlohmann::json& j, const std::string& source) {
+  const auto bad = [&] {
+    return Status::Error(source +
+                         ": \"xtuner_lora\" must be {\"r\": integer, \"lora_alpha\": "
+                         "number, \"use_rslora\": bool, \"target_modules\": [names]}");
+  };
+  if (!j.is_object() || !j.contains("r") || !j["r"].is_number_integer() ||
+      !j.contains("lora_alpha") || !j["lora_alpha"].is_number() || !j.contains("use_rslora") ||
+      !j["use_rslora"].is_boolean() || !j.contains("target_modules") ||
+      !j["target_modules"].is_array())
+    return bad();
+  LoraSpec s;
+  s.rank = j["r"].get<int64_t>();
+  s.alpha = j["lora_alpha"].get<double>();
+  s.rslora = j["use_rslora"].get<bool>();
+  for (const nlohmann::json& t : j["target_modules"]) {
+    if (!t.is_string()) return bad();
+    s.targets.push_back(t.get<std::string>());
+  }
+  return s;
+}
+
+Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const float* slab,
+                       const std::string& dir, const std::string& base_model) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamInfo& p : layout.params())
+    if (p.lora)
+      tensors.emplace_back(
+          kPeftPrefix + p.name,
+          Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr));
+  XT_RETURN_IF_ERROR(
+      WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors));
+  nlohmann::json j = {{"peft_type", "LORA"},
+                      {"task_type", "CAUSAL_LM"},
+                      {"base_model_name_or_path", base_model},
+                      {"r", cfg.lora.rank},
+                      {"lora_alpha", cfg.lora.alpha},
+                      {"lora_dropout", 0.0},
+                      {"use_rslora", cfg.lora.rslora},
+                      {"target_modules", cfg.lora.targets},
+                      {"bias", "none"},
+                      {"fan_in_fan_out", false},
+                      {"use_dora", false},
+                      {"init_lora_weights", true},
+                      {"inference_mode", true},
+                      {"modules_to_save", nullptr},
+                      {"rank_pattern", nlohmann::json::object()},
+                      {"alpha_pattern", nlohmann::json::object()}};
+  return WriteFileAtomically((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
+}
+
+}  // namespace xt

@@ -1,0 +1,72 @@
+// LoRA adapters (ModelConfig::lora): which linear layers a model can adapt, their initial
+// values, merging them into the weights, and PEFT's adapter format in and out.
+//
+// The adapted layers are the attention projections and dense MLPs. The routed experts and the
+// router take none: PEFT would put gate_proj / up_proj / down_proj adapters on a transformers-5
+// MoE model's routed experts too, so those names (and "all-linear") are refused for a model with
+// routed experts rather than meaning less here ("auto" names its attention projections).
+//
+// The adapter format is PEFT's save_pretrained: DIR/adapter_config.json and
+// DIR/adapter_model.safetensors, tensors named "base_model.model.<module>.lora_A.weight" (rank,
+// in) and "...lora_B.weight" (out, rank), as PeftModel.from_pretrained loads them.
+#pragma once
+
+#include <functional>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "xtuner/core/status.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/params.h"
+
+namespace xt {
+
+// The short names of the linear layers of `cfg` an adapter can target, in model order (e.g.
+// q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj for Qwen3).
+std::vector<std::string> LoraTargetNames(const ModelConfig& cfg);
+
+// `spec` made whole for `cfg`: "all-linear" expanded to LoraTargetNames, "auto" to those less
+// gate_proj, up_proj and down_proj in a model with routed experts (all of them otherwise),
+// duplicates dropped, and
+// every field checked (rank in [1, 65536], alpha finite and > 0, each target a linear layer of
+// this model). Errors name the key (`what` + ".rank", ".alpha", ".target_modules").
+Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what);
+
+// PEFT's initialisation: A uniform in +-1/sqrt(in) (kaiming_uniform_ with a = sqrt(5)), B zero,
+// each tensor's stream from `seed` and its offset. `info` must be an adapter (info.lora).
+void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w);
+
+// Adds scale * B A of every adapter of the weight `info` (a base weight of `layout`, whose
+// adapters `slab` holds) into `w` (that weight's numel floats), as PEFT's merge_and_unload.
+// Returns whether any adapter adapts it.
+bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
+               const ParamInfo& info, float* w);
+
+// The LoRA settings of a PEFT adapter directory, for a model with config `cfg`: r, lora_alpha
+// and use_rslora from its adapter_config.json, the targets from its tensors' layer names
+// (checked by ResolveLora). ReadLoraAdapter then checks the rest.
+Result<LoraSpec> LoraSpecOfAdapter(const std::string& dir, const ModelConfig& cfg);
+
+// Reads a PEFT LoRA adapter (a directory or its adapter_model.safetensors) for a model with
+// config `cfg` (cfg.lora set) and calls visit(info, data) with each adapter tensor of `layout`
+// as fp32. Errors name the file and key: another peft_type, r / lora_alpha / use_rslora that
+// differ from cfg.lora, what the engine does not implement (DoRA, biases, fan_in_fan_out,
+// modules_to_save, rank or alpha patterns, adapters on parameters), a tensor missing, of the
+// wrong shape, or one for a layer cfg.lora does not adapt.
+Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
+                       const std::function<void(const ParamInfo&, const float*)>& visit);
+
+// The LoRA settings a training checkpoint's config.json keeps under "xtuner_lora" (PEFT's
+// keys: r, lora_alpha, use_rslora, target_modules), so that resume and convert rebuild the same
+// layout; FromJson errors name `source`.
+nlohmann::json LoraSpecToJson(const LoraSpec& spec);
+Result<LoraSpec> LoraSpecFromJson(const nlohmann::json& j, const std::string& source);
+
+// Writes the adapters of `slab` (laid out by `layout`, a model with cfg.lora) as a PEFT adapter
+// into `dir`: adapter_model.safetensors (F32) and adapter_config.json, naming
+// `base_model` (may be empty) as base_model_name_or_path. Each file atomically.
+Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const float* slab,
+                       const std::string& dir, const std::string& base_model);
+
+}  // namespace xt

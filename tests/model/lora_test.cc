@@ -1,0 +1,426 @@
+// LoRA adapters: the linear layer with adapters against a double re-implementation and finite
+// differences, the models against PEFT (tests/data/lora, made by
+// tools/reference/make_lora_reference.py), the merged export against PEFT's merge_and_unload,
+// PEFT's adapter format in and out, and every refusal by name.
+#include "xtuner/model/lora.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/testing.h"
+#include "xtuner/core/safetensors.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/debug_dump.h"
+#include "xtuner/model/linear.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::DataPath;
+using testing::RandomVector;
+using testing::RelError;
+using testing::TempDir;
+
+// ---------------------------------------------------------------- the linear layer
+
+struct LinearCase {
+  int64_t T, I, O, rank;
+  std::vector<std::pair<int64_t, int64_t>> pieces;  // (row0, rows)
+};
+
+// out = x W^T + sum_p scale * (x A_p^T) B_p^T on rows [row0, row0 + rows), in double.
+std::vector<double> Reference(const LinearCase& c, const std::vector<float>& x,
+                              const std::vector<float>& w, const std::vector<std::vector<float>>& a,
+                              const std::vector<std::vector<float>>& b, double scale) {
+  std::vector<double> out(c.T * c.O, 0.0);
+  for (int64_t t = 0; t < c.T; ++t) {
+    for (int64_t o = 0; o < c.O; ++o)
+      for (int64_t i = 0; i < c.I; ++i) out[t * c.O + o] += double(x[t * c.I + i]) * w[o * c.I + i];
+    for (size_t p = 0; p < c.pieces.size(); ++p) {
+      const auto [row0, rows] = c.pieces[p];
+      for (int64_t r = 0; r < rows; ++r) {
+        double acc = 0;
+        for (int64_t k = 0; k < c.rank; ++k) {
+          double z = 0;
+          for (int64_t i = 0; i < c.I; ++i) z += double(x[t * c.I + i]) * a[p][k * c.I + i];
+          acc += z * b[p][r * c.rank + k];
+        }
+        out[t * c.O + row0 + r] += scale * acc;
+      }
+    }
+  }
+  return out;
+}
+
+class LoraLinear : public ::testing::TestWithParam<LinearCase> {};
+
+TEST_P(LoraLinear, ForwardAndBackwardMatchDoubleAndFiniteDifferences) {
+  const LinearCase& c = GetParam();
+  const float scale = 1.75f;
+  std::vector<float> x = RandomVector(c.T * c.I, 1), w = RandomVector(c.O * c.I, 2, 0.5f);
+  std::vector<std::vector<float>> a, b, da, db;
+  Linear lin;
+  lin.w = w.data();
+  for (size_t p = 0; p < c.pieces.size(); ++p) {
+    a.push_back(RandomVector(c.rank * c.I, 10 + p, 0.5f));
+    b.push_back(RandomVector(c.pieces[p].second * c.rank, 20 + p, 0.5f));
+    da.emplace_back(a.back().size(), 0.0f);
+    db.emplace_back(b.back().size(), 0.0f);
+  }
+  for (size_t p = 0; p < c.pieces.size(); ++p)
+    lin.lora.push_back({a[p].data(), b[p].data(), da[p].data(), db[p].data(), c.pieces[p].first,
+                        c.pieces[p].second, c.rank, scale});
+  std::vector<float> out(c.T * c.O);
+  LinearForward(out.data(), x.data(), lin, c.T, c.I, c.O);
+  const std::vector<double> want = Reference(c, x, w, a, b, scale);
+  EXPECT_LE(RelError(out.data(), want.data(), int64_t(out.size())), 1e-6);
+
+  // loss = <out, g>: the backward of g against finite differences of every input.
+  const std::vector<float> g = RandomVector(c.T * c.O, 3);
+  std::vector<float> dx(c.T * c.I, 0.0f), dw(w.size(), 0.0f);
+  lin.dw = dw.data();
+  LinearBackward(dx.data(), g.data(), x.data(), lin, c.T, c.I, c.O);
+  auto loss = [&] {
+    const std::vector<double> y = Reference(c, x, w, a, b, scale);
+    double s = 0;
+    for (size_t i = 0; i < y.size(); ++i) s += y[i] * g[i];
+    return s;
+  };
+  EXPECT_LE(testing::GradCheck(x, dx, loss, 1e-2), 1e-4);
+  EXPECT_LE(testing::GradCheck(w, dw, loss, 1e-2), 1e-4);
+  for (size_t p = 0; p < c.pieces.size(); ++p) {
+    EXPECT_LE(testing::GradCheck(a[p], da[p], loss, 1e-2), 1e-4) << "A of piece " << p;
+    EXPECT_LE(testing::GradCheck(b[p], db[p], loss, 1e-2), 1e-4) << "B of piece " << p;
+  }
+
+  // Accumulation: a second backward adds the same again; a null dw (frozen) writes nothing.
+  std::vector<float> dx2 = dx, da0 = da.empty() ? std::vector<float>() : da[0], dw1 = dw;
+  lin.dw = nullptr;
+  LinearBackward(dx2.data(), g.data(), x.data(), lin, c.T, c.I, c.O, /*accumulate_din=*/true);
+  for (size_t i = 0; i < dx.size(); ++i)
+    EXPECT_NEAR(dx2[i], 2 * dx[i], 1e-5f + 1e-5f * std::fabs(dx[i]));
+  for (size_t i = 0; i < da0.size(); ++i)
+    EXPECT_NEAR(da[0][i], 2 * da0[i], 1e-5f + 1e-5f * std::fabs(da0[i]));
+  EXPECT_EQ(dw, dw1);  // the frozen backward left it alone
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LoraLinear,
+    ::testing::Values(LinearCase{5, 7, 9, 3, {{0, 9}}},           // one adapter on all rows
+                      LinearCase{4, 6, 10, 2, {{0, 5}, {5, 5}}},  // a fused gate_up's two halves
+                      LinearCase{1, 3, 4, 1, {{0, 2}, {2, 2}}},   // one token, rank 1
+                      LinearCase{6, 5, 8, 4, {}}));               // no adapter: the base layer
+
+// ---------------------------------------------------------------- models against PEFT
+
+struct PeftCase {
+  const char* name;  // tests/data/lora/<name>
+  const char* base;  // tests/data/<base>
+  int64_t adapters;  // adapted layers
+};
+
+const PeftCase kPeftCases[] = {{"qwen3_dense_all", "qwen3_dense_tiny", 14},
+                               {"qwen3_moe_attn_rslora", "qwen3_moe_tiny", 6},
+                               {"deepseek_v3_mla", "deepseek_v3_tiny", 15}};
+
+class LoraPeft : public ::testing::TestWithParam<PeftCase> {};
+
+// debug-dump with the adapter: logits, losses and every adapter's gradient within 1e-5 of PEFT's
+// float64 model, and no gradient for a base weight.
+TEST_P(LoraPeft, DebugDumpMatchesPeft) {
+  const std::string dir = DataPath(std::string("lora/") + GetParam().name);
+  const std::string out = TempDir("lora_parity") + "/dump.safetensors";
+  Status st = DebugDump(DataPath(GetParam().base), dir + "/reference.safetensors", out, dir);
+  ASSERT_TRUE(st.ok()) << st.message();
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  auto got = SafetensorsFile::Open(out);
+  ASSERT_TRUE(ref.ok() && got.ok());
+  int grads = 0;
+  for (const std::string& name : ref->names()) {
+    if (name == "input_ids" || name == "labels" || name.rfind("merged.", 0) == 0) continue;
+    auto info = ref->Info(name);
+    ASSERT_TRUE(info.ok());
+    auto want = ref->GetF64(name, info->shape);
+    auto have = got->GetF32(name, info->shape);
+    ASSERT_TRUE(want.ok()) << want.status().message();
+    ASSERT_TRUE(have.ok()) << name << ": " << have.status().message();
+    EXPECT_LE(RelError(have->f32(), want->data(), have->numel()), 1e-5) << name;
+    grads += name.rfind("grad.", 0) == 0;
+  }
+  EXPECT_EQ(grads, 2 * GetParam().adapters);
+  int dumped_grads = 0;
+  for (const std::string& name : got->names())
+    if (name.rfind("grad.", 0) == 0) {
+      EXPECT_NE(name.find(".lora_"), std::string::npos) << name << ": a frozen weight's gradient";
+      ++dumped_grads;
+    }
+  EXPECT_EQ(dumped_grads, grads);
+}
+
+// The export of a model with adapters is merged as PEFT's merge_and_unload merges it; every other
+// tensor is the base's, bit for bit; no adapter tensor and no LoRA key is written.
+TEST_P(LoraPeft, ExportIsMergedAsPeftMergesIt) {
+  const std::string dir = DataPath(std::string("lora/") + GetParam().name);
+  auto model = LoadHfModel(DataPath(GetParam().base), dir);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const std::string out = TempDir("lora_merged");
+  ASSERT_TRUE(SaveHfModel(**model, out, ExportDType::kF32).ok());
+  auto exported = SafetensorsCheckpoint::Open(out);
+  auto base = SafetensorsCheckpoint::Open(DataPath(GetParam().base));
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  ASSERT_TRUE(exported.ok() && base.ok() && ref.ok());
+  EXPECT_EQ(exported->names(), base->names());
+  int merged = 0;
+  for (const std::string& name : exported->names()) {
+    auto info = base->Info(name);
+    ASSERT_TRUE(info.ok());
+    auto have = exported->GetF32(name, info->shape);
+    ASSERT_TRUE(have.ok()) << have.status().message();
+    if (ref->contains("merged." + name)) {
+      auto want = ref->GetF64("merged." + name, info->shape);
+      ASSERT_TRUE(want.ok());
+      EXPECT_LE(RelError(have->f32(), want->data(), have->numel()), 1e-6) << name;
+      ++merged;
+    } else {
+      auto b = base->GetF32(name, info->shape);
+      ASSERT_TRUE(b.ok());
+      EXPECT_EQ(std::memcmp(have->data(), b->data(), b->nbytes()), 0) << name;
+    }
+  }
+  EXPECT_EQ(merged, GetParam().adapters);
+  std::ifstream in(out + "/config.json");
+  EXPECT_FALSE(nlohmann::json::parse(in).contains("xtuner_lora"));
+}
+
+// The adapter written back reads as the same tensors, under PEFT's names and config keys.
+TEST_P(LoraPeft, SavedAdapterReadsBackExactly) {
+  const std::string dir = DataPath(std::string("lora/") + GetParam().name);
+  auto model = LoadHfModel(DataPath(GetParam().base), dir);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const Transformer& m = **model;
+  const std::string out = TempDir("lora_saved");
+  ASSERT_TRUE(SaveLoraAdapter(m.config(), m.layout(), m.params().f32(), out, "base/dir").ok());
+  auto mine = SafetensorsFile::Open(out + "/adapter_model.safetensors");
+  auto peft = SafetensorsFile::Open(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(mine.ok() && peft.ok());
+  EXPECT_EQ(mine->names(), peft->names());
+  for (const std::string& name : peft->names()) {
+    auto a = mine->Get(name), b = peft->Get(name);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->shape(), b->shape()) << name;
+    EXPECT_EQ(std::memcmp(a->data(), b->data(), b->nbytes()), 0) << name;
+  }
+  std::ifstream in(out + "/adapter_config.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  std::ifstream pin(dir + "/adapter_config.json");
+  const nlohmann::json pj = nlohmann::json::parse(pin);
+  EXPECT_EQ(j["peft_type"], "LORA");
+  EXPECT_EQ(j["r"], pj["r"]);
+  EXPECT_EQ(j["lora_alpha"].get<double>(), pj["lora_alpha"].get<double>());
+  EXPECT_EQ(j["use_rslora"], pj["use_rslora"]);
+  EXPECT_EQ(j["base_model_name_or_path"], "base/dir");
+  auto spec = LoraSpecOfAdapter(out, m.config());
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_EQ(spec->targets, m.config().lora.targets);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LoraPeft, ::testing::ValuesIn(kPeftCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------- settings and refusals
+
+ModelConfig Config(const std::string& fixture) {
+  auto c = ModelConfig::Load(DataPath(fixture));
+  XT_CHECK(c.ok(), c.status().message());
+  return *c;
+}
+
+LoraSpec Spec(std::vector<std::string> targets, int64_t rank = 4) {
+  LoraSpec s;
+  s.rank = rank;
+  s.alpha = 8;
+  s.targets = std::move(targets);
+  return s;
+}
+
+TEST(LoraSpec, TargetsAreTheModelsLinearLayers) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(LoraTargetNames(Config("qwen3_dense_tiny")),
+            (V{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
+  EXPECT_EQ(LoraTargetNames(Config("mixtral_tiny")), (V{"q_proj", "k_proj", "v_proj", "o_proj"}));
+  EXPECT_EQ(LoraTargetNames(Config("deepseek_v3_tiny")),
+            (V{"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj",
+               "up_proj", "down_proj"}));
+  auto all =
+      ResolveLora(Spec({"down_proj", "all-linear", "q_proj"}), Config("qwen3_dense_tiny"), "lora");
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  EXPECT_EQ(all->targets, LoraTargetNames(Config("qwen3_dense_tiny")));
+  auto dense_auto = ResolveLora(Spec({"auto"}), Config("qwen3_dense_tiny"), "lora");
+  ASSERT_TRUE(dense_auto.ok()) << dense_auto.status().message();
+  EXPECT_EQ(dense_auto->targets, LoraTargetNames(Config("qwen3_dense_tiny")));
+  auto moe_auto = ResolveLora(Spec({"auto"}), Config("deepseek_v3_tiny"), "lora");
+  ASSERT_TRUE(moe_auto.ok()) << moe_auto.status().message();
+  EXPECT_EQ(moe_auto->targets,
+            (V{"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}));
+  auto some = ResolveLora(Spec({"v_proj", "q_proj", "v_proj"}), Config("qwen3_moe_tiny"), "lora");
+  ASSERT_TRUE(some.ok()) << some.status().message();
+  EXPECT_EQ(some->targets, (V{"q_proj", "v_proj"}));
+  LoraSpec rs = Spec({"q_proj"}, 16);
+  rs.rslora = true;
+  EXPECT_DOUBLE_EQ(rs.scale(), 8.0 / 4.0);
+  EXPECT_DOUBLE_EQ(Spec({"q_proj"}, 16).scale(), 0.5);
+}
+
+TEST(LoraSpec, WhatCannotBeAdaptedIsRefusedByName) {
+  auto msg = [](LoraSpec s, const std::string& fixture) {
+    auto r = ResolveLora(std::move(s), Config(fixture), "lora");
+    return r.ok() ? std::string("ok") : r.status().message();
+  };
+  EXPECT_NE(msg(Spec({"gate_proj"}), "qwen3_moe_tiny").find("routed experts"), std::string::npos);
+  EXPECT_NE(msg(Spec({"all-linear"}), "deepseek_v3_tiny").find("routed experts"),
+            std::string::npos);
+  EXPECT_NE(msg(Spec({"w1"}), "mixtral_tiny").find("\"w1\" is no linear layer"), std::string::npos);
+  EXPECT_NE(msg(Spec({"q_proj"}), "deepseek_v3_tiny").find("q_a_proj"), std::string::npos);
+  EXPECT_NE(msg(Spec({"lm_head"}), "qwen3_dense_tiny").find("lm_head"), std::string::npos);
+  EXPECT_NE(msg(Spec({"gate"}), "qwen3_moe_tiny").find("\"gate\""), std::string::npos);
+  EXPECT_NE(msg(Spec({}), "qwen3_dense_tiny").find("lora.target_modules is empty"),
+            std::string::npos);
+  EXPECT_NE(msg(Spec({"q_proj"}, 0), "qwen3_dense_tiny").find("lora.rank"), std::string::npos);
+  LoraSpec bad_alpha = Spec({"q_proj"});
+  bad_alpha.alpha = -1;
+  EXPECT_NE(msg(bad_alpha, "qwen3_dense_tiny").find("lora.alpha"), std::string::npos);
+}
+
+// A copy of a fixture adapter with its config edited, or its tensors replaced.
+std::string EditedAdapter(const std::string& fixture, const nlohmann::json& config_patch,
+                          const std::vector<std::pair<std::string, Tensor>>* tensors = nullptr) {
+  const std::string src = DataPath("lora/" + fixture), dir = TempDir("lora_bad");
+  std::ifstream in(src + "/adapter_config.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  if (!config_patch.is_null()) j.merge_patch(config_patch);
+  std::ofstream(dir + "/adapter_config.json") << j.dump(2);
+  if (tensors) {
+    XT_CHECK(WriteSafetensors(dir + "/adapter_model.safetensors", *tensors).ok(), "write");
+  } else {
+    fs::copy_file(src + "/adapter_model.safetensors", dir + "/adapter_model.safetensors");
+  }
+  return dir;
+}
+
+std::string ReadError(const std::string& adapter, const std::string& base = "qwen3_dense_tiny") {
+  auto m = LoadHfModel(DataPath(base), adapter);
+  return m.ok() ? std::string("ok") : m.status().message();
+}
+
+TEST(LoraAdapter, WhatTheEngineDoesNotImplementIsRefusedByName) {
+  using nlohmann::json;
+  const std::string f = "qwen3_dense_all";
+  EXPECT_EQ(ReadError(EditedAdapter(f, json::object())), "ok");
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"use_dora", true}})).find("use_dora is true"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"peft_type", "IA3"}})).find("peft_type"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"bias", "all"}})).find("bias"), std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"fan_in_fan_out", true}})).find("fan_in_fan_out"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"modules_to_save", {"lm_head"}}})).find("modules_to_save"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"rank_pattern", {{"q_proj", 8}}}})).find("rank_pattern"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"target_parameters", {"gate_up_proj"}}}))
+                .find("target_parameters"),
+            std::string::npos);
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"r", "four"}})).find("integer \"r\""), std::string::npos);
+}
+
+TEST(LoraAdapter, MissingExtraOrMisshapenTensorsAreNamed) {
+  const std::string f = "qwen3_dense_all";
+  auto file = SafetensorsFile::Open(DataPath("lora/" + f + "/adapter_model.safetensors"));
+  ASSERT_TRUE(file.ok());
+  std::vector<std::pair<std::string, Tensor>> all;
+  for (const std::string& n : file->names()) all.emplace_back(n, *file->Get(n));
+  const std::string q = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight";
+
+  // One layer's q_proj adapter missing: the targets still hold q_proj, so that tensor is named.
+  auto missing = all;
+  std::erase_if(missing, [&](const auto& t) { return t.first == q; });
+  const std::string no_tensor = ReadError(EditedAdapter(f, {}, &missing));
+  EXPECT_NE(no_tensor.find("adapter has no tensor \"" + q + "\""), std::string::npos) << no_tensor;
+
+  auto extra = all;
+  extra.emplace_back("base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight",
+                     Tensor::Zeros(DType::F32, {4, 64}));
+  const std::string unexpected = ReadError(EditedAdapter(f, {}, &extra));
+  EXPECT_NE(unexpected.find("unexpected tensor"), std::string::npos) << unexpected;
+
+  auto misshapen = all;
+  for (auto& [n, t] : misshapen)
+    if (n == q) t = Tensor::Zeros(DType::F32, {64, 5});
+  const std::string shape = ReadError(EditedAdapter(f, {}, &misshapen));
+  EXPECT_NE(shape.find(q), std::string::npos) << shape;
+
+  // Settings that disagree with the run's (a run's lora.rank against the adapter's r).
+  auto model = ModelConfig::Load(DataPath("qwen3_dense_tiny"));
+  ASSERT_TRUE(model.ok());
+  ModelConfig c = *model;
+  auto spec = LoraSpecOfAdapter(DataPath("lora/" + f), c);
+  ASSERT_TRUE(spec.ok());
+  c.lora = *spec;
+  c.lora.rank = 8;
+  const ParamLayout layout(c);
+  Status st =
+      ReadLoraAdapter(DataPath("lora/" + f), c, layout, [](const ParamInfo&, const float*) {});
+  EXPECT_NE(st.message().find("r is 4, but lora.rank is 8"), std::string::npos) << st.message();
+  c.lora.rank = 4;
+  c.lora.alpha = 16;
+  st = ReadLoraAdapter(DataPath("lora/" + f), c, ParamLayout(c),
+                       [](const ParamInfo&, const float*) {});
+  EXPECT_NE(st.message().find("lora_alpha"), std::string::npos) << st.message();
+}
+
+// PEFT's initialisation: A uniform within +-1/sqrt(in), B zero; the layout's adapters follow the
+// layer's other weights, and are the only parameters not frozen.
+TEST(LoraLayout, AdaptersAreInitialisedAsPeftAndAloneTrain) {
+  ModelConfig c = Config("qwen3_dense_tiny");
+  auto spec = ResolveLora(Spec({"q_proj", "down_proj"}), c, "lora");
+  ASSERT_TRUE(spec.ok());
+  c.lora = *spec;
+  const ParamLayout layout(c);
+  int adapters = 0;
+  for (const ParamInfo& p : layout.params()) {
+    EXPECT_EQ(p.frozen, !p.lora) << p.name;
+    if (!p.lora) continue;
+    ++adapters;
+    std::vector<float> w(NumElements(p.shape), 7.0f);
+    InitLoraTensor(p, 42, w.data());
+    const bool is_a = p.name.find("lora_A") != std::string::npos;
+    const float bound = 1.0f / std::sqrt(float(p.shape[1]));
+    float largest = 0;
+    for (float v : w) {
+      if (!is_a) {
+        EXPECT_EQ(v, 0.0f);
+      }
+      largest = std::max(largest, std::fabs(v));
+    }
+    if (is_a) {
+      EXPECT_LE(largest, bound);
+      EXPECT_GT(largest, 0.8f * bound);
+    }
+  }
+  EXPECT_EQ(adapters, 2 * 2 * 2);  // 2 layers x 2 targets x (A, B)
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const ParamUnit& t = layout.trainable(ParamLayout::LayerUnit(l));
+    EXPECT_EQ(t.size(), (4 * 64 + 64 * 4) + (4 * 96 + 64 * 4));  // q_proj, down_proj
+    EXPECT_EQ(t.end, layout.units()[ParamLayout::LayerUnit(l)].end);
+  }
+  EXPECT_EQ(layout.trainable(0).size(), 0);
+  EXPECT_EQ(layout.trainable(layout.head_unit()).size(), 0);
+}
+
+}  // namespace
+}  // namespace xt

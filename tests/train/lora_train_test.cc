@@ -1,0 +1,244 @@
+// LoRA training end to end on a tiny Qwen3-MoE exported by a short full run: only the adapters
+// move, the export is merged and its PEFT adapter is written beside it, a run starts from an
+// adapter, resume is bit-exact and refuses other [lora] settings, `xtuner convert` gives the same
+// merged model and adapter, and bad settings are refused before training.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/cli.h"
+#include "util/testing.h"
+#include "util/tiny_run.h"
+#include "xtuner/core/safetensors.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/lora.h"
+#include "xtuner/train/train_checkpoint.h"
+#include "xtuner/train/trainer.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Losses;
+using testing::TinyRun;
+
+// The base model: two steps of a full run, exported in fp32 (made once).
+const std::string& BaseModel() {
+  static const std::string dir = [] {
+    TrainConfig c = TinyRun("lora_base");
+    c.steps = 2;
+    c.export_at_end = true;
+    c.export_dtype = "fp32";
+    auto r = RunTraining(c, nullptr);
+    XT_CHECK(r.ok(), r.status().message());
+    return r->export_dir;
+  }();
+  return dir;
+}
+
+TrainConfig LoraRun(const std::string& tag) {
+  TrainConfig c = TinyRun(tag);
+  c.model_config.clear();
+  c.load_from = BaseModel();
+  c.lora_rank = 4;
+  c.lora_alpha = 8;
+  c.lora_target_modules = "q_proj, k_proj,v_proj,o_proj";
+  c.lr = 1e-2;
+  c.export_dtype = "fp32";
+  return c;
+}
+
+// Every tensor of a safetensors checkpoint (a directory or file), by name.
+std::map<std::string, std::vector<float>> Tensors(const std::string& path) {
+  auto ckpt = SafetensorsCheckpoint::Open(path);
+  XT_CHECK(ckpt.ok(), ckpt.status().message());
+  std::map<std::string, std::vector<float>> out;
+  for (const std::string& n : ckpt->names()) {
+    auto info = ckpt->Info(n);
+    auto t = ckpt->GetF32(n, info->shape);
+    XT_CHECK(t.ok(), t.status().message());
+    out[n].assign(t->f32(), t->f32() + t->numel());
+  }
+  return out;
+}
+
+TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
+  TrainConfig c = LoraRun("lora_train");
+  c.steps = 12;
+  c.export_at_end = true;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> losses = Losses(c.work_dir);
+  ASSERT_EQ(losses.size(), 12u);
+  EXPECT_LT(losses.back(), losses.front());
+
+  // The checkpoint: base weights exactly as loaded, adapters moved (B from zero).
+  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
+  ASSERT_TRUE(mc.ok());
+  auto lora = ReadCheckpointLora(r->last_checkpoint);
+  ASSERT_TRUE(lora.ok()) << lora.status().message();
+  EXPECT_EQ(lora->targets, (std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj"}));
+  mc->lora = *lora;
+  auto params = ReadCheckpointParams(r->last_checkpoint, *mc);
+  ASSERT_TRUE(params.ok()) << params.status().message();
+  const auto base = Tensors(BaseModel());
+  const ParamLayout layout(*mc);
+  int adapters = 0;
+  for (const ParamInfo& p : layout.params()) {
+    const float* got = params->data() + p.offset;
+    const int64_t n = NumElements(p.shape);
+    if (p.lora) {
+      ++adapters;
+      double norm = 0;
+      for (int64_t i = 0; i < n; ++i) norm += double(got[i]) * got[i];
+      EXPECT_GT(norm, 0) << p.name;
+      continue;
+    }
+    ASSERT_EQ(base.count(p.name), 1u) << p.name;
+    EXPECT_EQ(std::vector<float>(got, got + n), base.at(p.name)) << p.name << " moved";
+  }
+  EXPECT_EQ(adapters, 2 * 4 * 2);
+
+  // The export is the base with the adapters merged (q, k, v, o changed, nothing else), and the
+  // adapter beside it gives that same merge.
+  const auto exported = Tensors(r->export_dir);
+  int changed = 0;
+  for (const auto& [name, w] : exported) {
+    ASSERT_EQ(base.count(name), 1u) << name;
+    if (w != base.at(name)) {
+      ++changed;
+      EXPECT_NE(name.find("self_attn."), std::string::npos) << name;
+    }
+  }
+  EXPECT_EQ(changed, 2 * 4);
+  const std::string adapter = r->export_dir + "-adapter";
+  ASSERT_TRUE(fs::exists(adapter + "/adapter_model.safetensors"));
+  std::ifstream in(adapter + "/adapter_config.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["base_model_name_or_path"], fs::absolute(BaseModel()).lexically_normal().string());
+  EXPECT_EQ(j["r"], 4);
+  auto merged = LoadHfModel(BaseModel(), adapter);
+  ASSERT_TRUE(merged.ok()) << merged.status().message();
+  const std::string again = testing::TempDir("lora_again");
+  ASSERT_TRUE(SaveHfModel(**merged, again, ExportDType::kF32).ok());
+  EXPECT_EQ(Tensors(again), exported);
+
+  // Generation with the base and the adapter gives what the merged export gives.
+  const std::string gen =
+      "generate --prompt 'reverse: a b c' --chat-template chatml "
+      "--max-new-tokens 6 --tokenizer " +
+      c.tokenizer + " --model ";
+  auto with_adapter = testing::RunXtuner(gen + BaseModel() + " --adapter " + adapter);
+  auto with_merged = testing::RunXtuner(gen + r->export_dir);
+  ASSERT_EQ(with_adapter.code, 0) << with_adapter.output;
+  ASSERT_EQ(with_merged.code, 0) << with_merged.output;
+  EXPECT_EQ(with_adapter.output, with_merged.output);
+
+  // A run that starts from that adapter with lr 0 exports the same model.
+  TrainConfig from = LoraRun("lora_from_adapter");
+  from.lora_adapter = adapter;
+  from.steps = 1;
+  from.lr = 0;
+  from.warmup_steps = 0;
+  from.export_at_end = true;
+  auto rf = RunTraining(from, nullptr);
+  ASSERT_TRUE(rf.ok()) << rf.status().message();
+  EXPECT_EQ(Tensors(rf->export_dir), exported);
+  EXPECT_EQ(Tensors(rf->export_dir + "-adapter/adapter_model.safetensors"),
+            Tensors(adapter + "/adapter_model.safetensors"));
+  // ... and one whose rank differs from the adapter's is refused, naming both.
+  from.lora_rank = 8;
+  from.work_dir += "-rank8";
+  auto bad = RunTraining(from, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("r is 4, but lora.rank is 8"), std::string::npos)
+      << bad.status().message();
+
+  // xtuner convert gives the run's merged export and adapter back from its checkpoint.
+  const std::string out = testing::TempDir("lora_convert");
+  auto cli = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
+                                "/hf --dtype fp32 --adapter-out " + out + "/adapter");
+  ASSERT_EQ(cli.code, 0) << cli.output;
+  EXPECT_EQ(Tensors(out + "/hf"), exported);
+  EXPECT_EQ(Tensors(out + "/adapter/adapter_model.safetensors"),
+            Tensors(adapter + "/adapter_model.safetensors"));
+  auto no_adapter =
+      testing::RunXtuner("convert --checkpoint " + BaseModel() + "/../checkpoints/" +
+                         "step-00000002 --out " + out + "/x --adapter-out " + out + "/y");
+  EXPECT_NE(no_adapter.code, 0);
+  EXPECT_NE(no_adapter.output.find("not from a LoRA run"), std::string::npos) << no_adapter.output;
+}
+
+TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
+  TrainConfig straight = LoraRun("lora_straight");
+  ASSERT_TRUE(RunTraining(straight, nullptr).ok());
+  TrainConfig first = LoraRun("lora_split");
+  first.checkpoint_every = 3;
+  ASSERT_TRUE(RunTraining(first, nullptr).ok());
+  const std::string ckpt3 = first.work_dir + "/checkpoints/step-00000003";
+  ASSERT_TRUE(fs::exists(ckpt3));
+  TrainConfig resumed = first;
+  resumed.work_dir = first.work_dir + "-resumed";
+  fs::create_directories(resumed.work_dir + "/checkpoints");
+  fs::copy(ckpt3, resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
+  fs::copy(first.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  resumed.resume = "auto";
+  TrainConfig other = resumed;  // the same checkpoint, another rank
+  auto r = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> a = Losses(straight.work_dir), b = Losses(resumed.work_dir);
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+
+  other.work_dir = first.work_dir + "-other";
+  fs::create_directories(other.work_dir + "/checkpoints");
+  fs::copy(ckpt3, other.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
+  other.lora_rank = 2;
+  auto bad = RunTraining(other, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("this checkpoint was trained with LoRA"), std::string::npos)
+      << bad.status().message();
+  other.lora_rank = 0;
+  other.lora_alpha = TrainConfig().lora_alpha;
+  other.lora_target_modules = TrainConfig().lora_target_modules;
+  bad = RunTraining(other, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("this run has no LoRA"), std::string::npos)
+      << bad.status().message();
+}
+
+TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
+  auto error = [](const std::string& toml) {
+    TrainConfig c;
+    Status st = ParseTrainConfig(toml, "test.toml", &c);
+    if (st.ok()) st = ValidateTrainConfig(c);
+    return st.ok() ? std::string("ok") : st.message();
+  };
+  const std::string base =
+      "work_dir = \"w\"\n[model]\nload_from = \"m\"\n[[data.datasets]]\npath = \"d.jsonl\"\n";
+  EXPECT_EQ(error(base + "[lora]\nrank = 8\nalpha = 16.0\n"), "ok");
+  EXPECT_NE(error(base + "[lora]\nrank = 8\ndropout = 0.05\n").find("lora.dropout"),
+            std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nalpha = 32.0\n").find("lora.rank is 0"), std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nrank = -1\n").find("lora.rank"), std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nrank = 8\nalpha = 0.0\n").find("lora.alpha"), std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nlora_alpha = 8.0\n").find("lora.alpha"), std::string::npos);
+
+  TrainConfig moe = LoraRun("lora_bad");
+  moe.lora_target_modules = "q_proj,gate_proj";
+  auto r = RunTraining(moe, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("lora.target_modules: \"gate_proj\""), std::string::npos)
+      << r.status().message();
+  TrainConfig gpu = LoraRun("lora_gpu");
+  gpu.device = "cuda";
+  r = RunTraining(gpu, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("LoRA adapters"), std::string::npos) << r.status().message();
+}
+
+}  // namespace
+}  // namespace xt
