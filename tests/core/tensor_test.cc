@@ -1,8 +1,13 @@
 #include "xtuner/core/tensor.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
+
+#include "util/testing.h"
+#include "xtuner/core/zero_pages.h"
 
 namespace xt {
 namespace {
@@ -20,6 +25,27 @@ TEST(DType, F16RoundTrip) {
     EXPECT_EQ(F16ToF32(F32ToF16(f)), f) << f;
   }
   EXPECT_EQ(F16ToF32(F32ToF16(1e6f)), INFINITY);
+}
+
+// Zero pages commit where written and nowhere else; CopyIntoZeros leaves zero pages of its source
+// uncommitted in its destination.
+TEST(ZeroPages, CommitOnlyWhereWritten) {
+  const int64_t n = 1 << 20;  // 4 MiB
+  // (mincore counts a page that was only read too: nothing reads before it is asked.)
+  std::shared_ptr<float> a = AllocZeroPages(n, "test");
+  EXPECT_EQ(testing::ResidentBytes(a.get(), n * 4), 0);
+  a.get()[5000] = 1.5f;
+  a.get()[n - 1] = -2.0f;
+  a.get()[70000] = -0.0f;  // a negative zero is copied (it is not +0)
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  EXPECT_EQ(testing::ResidentBytes(a.get(), n * 4), 3 * page);
+  std::shared_ptr<float> b = AllocZeroPages(n, "test");
+  CopyIntoZeros(b.get(), a.get(), n);
+  EXPECT_EQ(testing::ResidentBytes(b.get(), n * 4), 3 * page);
+  EXPECT_EQ(std::memcmp(a.get(), b.get(), n * 4), 0);
+  EXPECT_TRUE(std::signbit(b.get()[70000]));
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(a.get()[i], i == 5000 ? 1.5f : i == n - 1 ? -2.0f : 0.0f);
 }
 
 TEST(Tensor, ReshapeSliceClone) {

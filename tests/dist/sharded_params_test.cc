@@ -3,6 +3,7 @@
 #include "xtuner/dist/sharded_params.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <vector>
@@ -126,6 +127,47 @@ TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
   store.GradsToWrite(2, &blank);
   EXPECT_TRUE(blank);
   store.GradsDone(2);
+}
+
+// LoRA: only the adapters train. ZeroGrads and Grads zero their gradients and leave the frozen
+// weights' alone (never written, so still what they were); the pages of a fresh shard's
+// gradients are committed only for what is written.
+TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
+  ModelConfig cfg = Moe();
+  cfg.lora.rank = 2;
+  cfg.lora.alpha = 4;
+  cfg.lora.targets = {"q_proj", "o_proj"};
+  auto mesh = MakeMesh(1, 0, 1, cfg);
+  ASSERT_TRUE(mesh.ok()) << mesh.status().message();
+  auto world = MakeSingleComm(), dp = MakeSingleComm();
+  ShardedParams store(cfg, *mesh, world.get(), dp.get());
+  const ParamLayout& layout = store.layout();
+  int64_t adapters = 0;
+  for (const ParamInfo& p : layout.params())
+    if (p.lora) adapters += NumElements(p.shape);
+  EXPECT_EQ(store.trainable_floats(), adapters);
+  // A step's zeroing and gradients commit the adapters' pages only (mincore also counts pages
+  // only read, so nothing reads the shard before this).
+  float* const g = store.grads();
+  const int64_t bytes = store.shard_size() * 4, page = sysconf(_SC_PAGESIZE);
+  EXPECT_EQ(testing::ResidentBytes(g, bytes), 0);
+  store.ZeroGrads();
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {
+    store.Grads(u);
+    store.GradsDone(u);
+  }
+  EXPECT_LE(testing::ResidentBytes(g, bytes),
+            adapters * 4 + 2 * page * int64_t(layout.units().size()));
+  std::fill(g, g + store.shard_size(), 7.0f);
+  store.ZeroGrads();
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {
+    float* gu = store.Grads(u);
+    const ParamUnit& unit = layout.units()[u];
+    const ParamUnit& t = layout.trainable(u);
+    for (int64_t i = unit.begin; i < unit.end; ++i)
+      ASSERT_EQ(gu[i - unit.begin], i >= t.begin && i < t.end ? 0.0f : 7.0f) << u << " " << i;
+    store.GradsDone(u);
+  }
 }
 
 }  // namespace

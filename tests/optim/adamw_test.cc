@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -223,6 +224,50 @@ TEST(AdamW, NoDecayRangesAndZeroLrLeaveParametersAlone) {
   q.Step(p.data(), z.data(), 0.1);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(p[i], p0[i]) << i;  // m = v = 0: update 0 / eps = 0
   for (int i = 3; i < 6; ++i) EXPECT_EQ(p[i], p0[i] * float(1 - 0.1 * 0.5)) << i;
+}
+
+// Frozen ranges (a LoRA run's base weights): not updated even with a gradient, weight decay and
+// eps 0 (where an update of zero moments would be 0 / 0), their moments never written, so those
+// pages of the moments are never committed; the rest steps as without them. DefaultDecayRanges
+// marks them from ParamInfo::frozen.
+TEST(AdamW, FrozenRangesAreNeitherUpdatedNorCommitted) {
+  const int64_t n = 1 << 20, t0 = 4096, t1 = 8192;  // elements [t0, t1) train
+  const std::vector<DecayRange> ranges = {
+      {0, t0, true, true}, {t0, t1 - t0, true, false}, {t1, n - t1, true, true}};
+  auto opt = AdamW::Create({0.9, 0.999, 0.0, 0.1}, ranges, n);
+  ASSERT_TRUE(opt.ok()) << opt.status().message();
+  auto plain = AdamW::Create({0.9, 0.999, 0.0, 0.1}, {{0, t1 - t0, true}}, t1 - t0);
+  ASSERT_TRUE(plain.ok());
+  std::vector<float> p = RandomVector(n, 1), g = RandomVector(n, 2), p0 = p;
+  std::vector<float> q(p.begin() + t0, p.begin() + t1);
+  for (int s = 0; s < 3; ++s) {
+    opt->Step(p.data(), g.data(), 1e-2);
+    plain->Step(q.data(), g.data() + t0, 1e-2);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (i >= t0 && i < t1) {
+      ASSERT_EQ(p[i], q[i - t0]) << i;
+    } else {
+      ASSERT_EQ(p[i], p0[i]) << i;
+    }
+  }
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  for (const Tensor& m : {opt->exp_avg(), opt->exp_avg_sq()})
+    EXPECT_LE(testing::ResidentBytes(m.data(), n * 4), (t1 - t0) * 4 + 2 * page);
+
+  nlohmann::json j = {{"model_type", "qwen3"},  {"vocab_size", 16},         {"hidden_size", 8},
+                      {"num_hidden_layers", 1}, {"num_attention_heads", 2}, {"head_dim", 4},
+                      {"intermediate_size", 8}};
+  auto cfg = ModelConfig::FromJson(j, "tiny");
+  ASSERT_TRUE(cfg.ok());
+  cfg->lora.rank = 2;
+  cfg->lora.alpha = 2;
+  cfg->lora.targets = {"q_proj"};
+  const ParamLayout layout(*cfg);
+  int64_t frozen = 0, trained = 0;
+  for (const DecayRange& d : DefaultDecayRanges(layout)) (d.frozen ? frozen : trained) += d.numel;
+  EXPECT_EQ(trained, 2 * 8 + 8 * 2);  // q_proj's A (2, 8) and B (8, 2)
+  EXPECT_EQ(frozen + trained, layout.total());
 }
 
 // Clipping through grad_scale: the step of the gradients scaled first (as scale_grads did),

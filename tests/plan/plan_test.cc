@@ -208,6 +208,35 @@ TEST(PlanSharding, StatePerRankIsAboutTotalOverWorld) {
   EXPECT_LE(r.local_params * 4, r.total_params + 4 * units);
 }
 
+// LoRA: the weights stay, the gradients and AdamW moments are the adapters' (split over the
+// ranks): Qwen3-30B-A3B's attention at rank 16 is about 0.1% of the model.
+TEST(PlanSharding, LoraStateIsTheAdapters) {
+  PlanInputs in;
+  in.model = Config(Example("qwen3-30b-a3b.json"));
+  in.model_name = "qwen3-30b-a3b";
+  in.seq = 1024;
+  const PlanReport full = MustPlan(in);
+  in.model.lora.rank = 16;
+  in.model.lora.alpha = 32;
+  in.model.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  for (int64_t world : {1, 4}) {
+    in.world = world;
+    const PlanReport r = MustPlan(in);
+    // Per layer: q (4096 x 2048), k and v (512 x 2048), o (2048 x 4096), each A (16, in) + B.
+    const int64_t per_layer = 16 * ((2048 + 4096) + 2 * (2048 + 512) + (4096 + 2048));
+    EXPECT_EQ(r.trainable_params, 48 * per_layer);
+    EXPECT_EQ(r.local_trainable, (r.trainable_params + world - 1) / world);
+    EXPECT_EQ(r.grad_bytes, 4 * r.local_trainable);
+    EXPECT_EQ(r.optimizer_bytes, 8 * r.local_trainable);
+    EXPECT_EQ(r.weight_bytes, 4 * r.local_params);
+    if (world == 1) {
+      EXPECT_EQ(r.total_params, full.total_params + r.trainable_params);
+      EXPECT_LT(r.trainable_params, full.total_params / 500);
+      EXPECT_LT(r.total_bytes, full.total_bytes * 3 / 10);  // fp32 weights + activations
+    }
+  }
+}
+
 TEST(PlanModels, Qwen3MoeSizesMatchThePublishedOnes) {
   PlanInputs in;
   in.model = Config(Example("qwen3-30b-a3b.json"));

@@ -1,6 +1,7 @@
 #include "util/testing.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -136,6 +137,15 @@ double Dot(const float* out, const std::vector<float>& w) {
   double s = 0;
   for (size_t i = 0; i < w.size(); ++i) s += double(out[i]) * w[i];
   return s;
+}
+
+int64_t ResidentBytes(const void* p, int64_t bytes) {
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  std::vector<unsigned char> pages((bytes + page - 1) / page);
+  EXPECT_EQ(mincore(const_cast<void*>(p), size_t(bytes), pages.data()), 0);
+  int64_t resident = 0;
+  for (unsigned char v : pages) resident += (v & 1) ? page : 0;
+  return resident;
 }
 
 }  // namespace xt::testing

@@ -39,4 +39,8 @@ double GradCheck(std::vector<float>& x, const std::vector<float>& analytic,
 // Dot product of an fp32 output with fixed weights, in double: a handy scalar loss.
 double Dot(const float* out, const std::vector<float>& w);
 
+// Bytes of the pages of [p, p + bytes) that are resident (committed) now, by mincore(2); p must
+// be page-aligned (as fresh mappings are).
+int64_t ResidentBytes(const void* p, int64_t bytes);
+
 }  // namespace xt::testing

@@ -7,19 +7,32 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "xtuner/model/lora.h"
 
 namespace xt::cli {
 
 namespace {
 
 struct PlanArgs {
-  std::string model, precision = "fp32", device = "cpu";
+  std::string model, precision = "fp32", device = "cpu", lora_targets = "auto";
+  int64_t lora_rank = 0;
   PlanInputs in;
   bool row = false, header = false;
 };
 
 Status RunPlan(PlanArgs o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
+  if (o.lora_rank != 0) {  // as a run's [lora]: the targets by name, comma-separated
+    LoraSpec spec;
+    spec.rank = o.lora_rank;
+    spec.alpha = 1;  // the scale does not change the plan
+    std::string name;
+    for (const char c : o.lora_targets + ",") {
+      if (c != ',' && c != ' ') name += c;
+      if (c == ',' && !name.empty()) spec.targets.push_back(name), name.clear();
+    }
+    XT_ASSIGN_OR_RETURN(o.in.model.lora, ResolveLora(spec, o.in.model, "plan: lora"));
+  }
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
   XT_ASSIGN_OR_RETURN(o.in.device, ParseDevice(o.device));
   o.in.model_name = o.model;
@@ -57,6 +70,11 @@ void AddPlan(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--gpu-memory", o.in.gpu_memory_gib,
                   "memory per rank in GiB for a fits / does-not-fit verdict (H200: 141)");
+  cmd->add_option("--lora-rank", o.lora_rank,
+                  "LoRA adapters of this rank (lora.rank): only they get gradients and moments")
+      ->capture_default_str();
+  cmd->add_option("--lora-targets", o.lora_targets, "lora.target_modules, with --lora-rank")
+      ->capture_default_str();
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
   cmd->add_flag("--header", o.header, "with --row: print the table header first");
   cmd->callback([] { Finish(RunPlan(o)); });

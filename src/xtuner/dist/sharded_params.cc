@@ -112,7 +112,11 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
       // This rank's chunk of the piece, [i * c, i * c + counts[i]) of it, against [t0, t1).
       const int64_t mine = p.work + int64_t(i) * p.counts[0];
       const int64_t lo = std::max(t0, mine), hi = std::min(t1, mine + p.counts[i]);
-      if (lo < hi) trainable_.push_back({shard + (lo - mine), hi - lo});
+      if (lo < hi) {
+        trainable_.push_back({shard + (lo - mine), hi - lo});
+        p.train_lo = lo - mine;
+        p.train_hi = hi - mine;
+      }
       shard += p.counts[i];
       pieces.push_back(std::move(p));
     }
@@ -145,6 +149,12 @@ float* ShardedParams::grads() {
   for (int64_t u = 0; u < int64_t(units_.size()); ++u)
     if (blank_[u]) Grads(u);  // zeroes it
   return grads_;
+}
+
+int64_t ShardedParams::trainable_floats() const {
+  int64_t n = 0;
+  for (const auto& [at, k] : trainable_) n += k;
+  return n;
 }
 
 bool ShardedParams::Held(int64_t unit) const {
@@ -222,7 +232,8 @@ void ShardedParams::GradsDone(int64_t unit) {
     if (!p.trains) continue;  // frozen: its gradients are zero everywhere
     Comm& g = GroupOf(p);
     g.ReduceScatterSum(part, it->second.data + p.work, p.counts);
-    memory_->Add(grads_ + p.shard, part, p.counts[g.rank()]);
+    // Only what trains: the rest of the chunk is frozen, its gradients zero.
+    memory_->Add(grads_ + p.shard + p.train_lo, part + p.train_lo, p.train_hi - p.train_lo);
   }
   memory_->Free(part);
   FreeBuffer(grad_bufs_, unit);

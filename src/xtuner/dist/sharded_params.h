@@ -68,6 +68,9 @@ class ShardedParams : public ParamSource {
   // Whether unit `unit` is one piece this rank holds whole (always so on one rank): Acquire and
   // Grads then serve the shard itself, gathering and reducing nothing.
   bool Held(int64_t unit) const override;
+  // Floats of the shard that train (their gradients and AdamW moments are the only ones ever
+  // written): shard_size(), or a LoRA run's share of the adapters.
+  int64_t trainable_floats() const;
   // The most floats of gathered parameters and gradient buffers held at once so far.
   int64_t peak_working_floats() const { return peak_working_; }
 
@@ -88,6 +91,7 @@ class ShardedParams : public ParamSource {
     std::vector<int64_t> counts;             // each group rank's chunk
     int64_t shard = 0;                       // this rank's chunk in the shard
     bool trains = true;                      // holds a parameter that is not frozen
+    int64_t train_lo = 0, train_hi = 0;      // what trains of this rank's chunk, in it
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {

@@ -210,9 +210,19 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   r.matmul_params = r.active_params - (c.tie_word_embeddings ? 0 : V * H);
 
   // ---- state: fp32 parameters, gradients and AdamW's two moments, owned once over the mesh.
+  // With LoRA only the adapters' gradients and moments are written (the rest of their buffers
+  // is never committed); the adapters are non-expert parameters, split over every rank.
+  r.trainable_params = r.total_params;
+  r.local_trainable = r.local_params;
+  if (c.lora.enabled()) {
+    r.trainable_params = 0;
+    for (const ParamInfo& p : layout.params())
+      if (p.lora) r.trainable_params += NumElements(p.shape);
+    r.local_trainable = CeilDiv(r.trainable_params, in.world);
+  }
   r.weight_bytes = r.local_params * s.f32;
-  r.grad_bytes = r.local_params * s.f32;
-  r.optimizer_bytes = 2 * r.local_params * s.f32;
+  r.grad_bytes = r.local_trainable * s.f32;
+  r.optimizer_bytes = 2 * r.local_trainable * s.f32;
 
   // ---- working buffers: the gathered unit and its gradients (fp32 on both engines).
   r.largest_unit = largest;
@@ -494,6 +504,7 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   prow("non-expert", r.total_params - r.expert_params,
        Count(r.local_params - r.local_expert_params));
   prow("active per token", r.active_params, "");
+  if (c.lora.enabled()) prow("LoRA adapters (train)", r.trainable_params, Count(r.local_trainable));
 
   const Unit u = UnitFor(r.total_bytes);
   const std::string un = std::string(" ") + u.name;
@@ -503,8 +514,11 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
     o += "  " + Pad(name, 50) + Pad(size(bytes), 10, true) + "\n";
   };
   mrow("weights (fp32 master, sharded)", r.weight_bytes);
-  mrow("gradients (fp32, sharded)", r.grad_bytes);
-  mrow("AdamW moments (fp32 m and v, sharded)", r.optimizer_bytes);
+  mrow(c.lora.enabled() ? "gradients (fp32, sharded: the adapters')" : "gradients (fp32, sharded)",
+       r.grad_bytes);
+  mrow(c.lora.enabled() ? "AdamW moments (fp32 m and v: the adapters')"
+                        : "AdamW moments (fp32 m and v, sharded)",
+       r.optimizer_bytes);
 
   if (in.world > 1)
     mrow("gathered unit (" + Count(r.largest_unit) + "): fp32 weights + grads" +

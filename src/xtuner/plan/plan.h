@@ -67,6 +67,9 @@ struct PlanReport {
   int64_t matmul_params = 0;        // active less the input-embedding lookup (when untied)
   int64_t local_params = 0;         // elements of the global slab this rank owns (the largest rank)
   int64_t local_expert_params = 0;  // of which routed experts
+  int64_t trainable_params = 0;     // what gets gradients and AdamW moments: all, or the LoRA
+                                    // adapters (model.lora)
+  int64_t local_trainable = 0;      // of which this rank owns
 
   // The mesh and the micro-batch.
   int64_t dp = 1, experts_per_rank = 0, tokens = 0, recompute_layers = 0, num_layers = 0;

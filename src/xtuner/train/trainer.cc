@@ -343,8 +343,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   // lm_head is a matmul; with tied embeddings the one matrix serves as both).
   const int64_t matmul_params =
       active - (mc.tie_word_embeddings ? 0 : mc.vocab_size * mc.hidden_size);
-  // fp32 parameters, gradients and two AdamW moments of the largest shard.
-  double shard_bytes = 16.0 * double(store.shard_size());
+  // fp32 parameters, gradients and two AdamW moments of the largest shard (a LoRA run's
+  // gradients and moments: only the adapters' pages are ever written).
+  double shard_bytes = 4.0 * double(store.shard_size()) + 12.0 * double(store.trainable_floats());
   world.AllReduceMax(&shard_bytes, 1);
   RunSummary sum;
   sum.total_params = total_params;
@@ -364,8 +365,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
   if (cfg.device == "cpu") {
-    sum.extra.push_back({"memory", "per rank",
-                         HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard)"});
+    sum.extra.push_back(
+        {"memory", "per rank",
+         HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard" +
+             (mc.lora.enabled() ? "; grads and AdamW of the adapters only)" : ")")});
     // The largest micro-batch on paper (xtuner plan) against the host memory available to each
     // rank on this host (the least of any rank's): a warning where it cannot fit, naming the
     // model.recompute that would (the kernel would kill the run, or it would swap).
