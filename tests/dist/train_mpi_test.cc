@@ -221,11 +221,21 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   r = Mpi(2, sft + dir + "/two");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/two"));
-  r = Mpi(4, sft + dir + "/four --set parallel.ep=2");
+  r = Mpi(4, sft + dir +
+                 "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
+                 "checkpoint.keep_last=2");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/four"));
   EXPECT_TRUE(fs::exists(dir + "/four/hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/four/hf-adapter/adapter_model.safetensors"));
+  // Its step-3 checkpoint (the adapters of 4 ranks) resumes on 2 ranks with the base's weights.
+  fs::create_directories(dir + "/resumed/checkpoints");
+  fs::copy(dir + "/four/checkpoints/step-00000003", dir + "/resumed/checkpoints/step-00000003",
+           fs::copy_options::recursive);
+  fs::copy(dir + "/four/cache", dir + "/resumed/cache", fs::copy_options::recursive);
+  r = Mpi(2, sft + dir + "/resumed --resume auto");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
 }
 
 // DeepSeek-V3 (MLA, sigmoid group-limited router with a shared expert and the correction bias

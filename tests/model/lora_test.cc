@@ -336,6 +336,19 @@ TEST(LoraAdapter, WhatTheEngineDoesNotImplementIsRefusedByName) {
                 .find("target_parameters"),
             std::string::npos);
   EXPECT_NE(ReadError(EditedAdapter(f, {{"r", "four"}})).find("integer \"r\""), std::string::npos);
+  // Adapters made for a changed base (PiSSA, OLoRA), and aLoRA's activation tokens.
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"init_lora_weights", "pissa"}})).find("init_lora_weights"),
+            std::string::npos);
+  EXPECT_EQ(ReadError(EditedAdapter(f, {{"init_lora_weights", "gaussian"}})), "ok");
+  EXPECT_NE(ReadError(EditedAdapter(f, {{"alora_invocation_tokens", {5, 6}}}))
+                .find("alora_invocation_tokens"),
+            std::string::npos);
+  // No adapter there, or only a pickled one.
+  const std::string none = TempDir("lora_none");
+  EXPECT_NE(ReadError(none + "/missing").find("no such PEFT adapter"), std::string::npos);
+  const std::string bin = EditedAdapter(f, json::object());
+  fs::rename(bin + "/adapter_model.safetensors", bin + "/adapter_model.bin");
+  EXPECT_NE(ReadError(bin).find("adapter_model.bin (pickle) is not read"), std::string::npos);
 }
 
 TEST(LoraAdapter, MissingExtraOrMisshapenTensorsAreNamed) {

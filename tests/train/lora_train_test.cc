@@ -193,6 +193,22 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
   ASSERT_EQ(b.size(), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
 
+  // The checkpoint holds the adapters and their moments, not the frozen weights.
+  const ParamLayout layout([&] {
+    auto mc = ModelConfig::Load(ckpt3 + "/config.json");
+    XT_CHECK(mc.ok(), "config");
+    auto lora = ReadCheckpointLora(ckpt3);
+    XT_CHECK(lora.ok(), "lora");
+    mc->lora = *lora;
+    return *mc;
+  }());
+  int64_t adapters = 0;
+  for (const ParamInfo& p : layout.params())
+    if (p.lora) adapters += NumElements(p.shape);
+  const int64_t shard_bytes = int64_t(fs::file_size(ckpt3 + "/shard-00000-of-00001.safetensors"));
+  EXPECT_LT(shard_bytes, 3 * 4 * adapters + 16384) << "a LoRA checkpoint holds the adapters only";
+  EXPECT_LT(3 * 4 * adapters, layout.total());
+
   other.work_dir = first.work_dir + "-other";
   fs::create_directories(other.work_dir + "/checkpoints");
   fs::copy(ckpt3, other.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
@@ -208,6 +224,49 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("this run has no LoRA"), std::string::npos)
       << bad.status().message();
+}
+
+// A LoRA checkpoint names its base by fingerprint: resume and convert refuse a base that
+// changed, and say what they need when it is gone.
+TEST(LoraTraining, ACheckpointRefusesAChangedOrMissingBase) {
+  const std::string base = testing::TempDir("lora_own_base");
+  fs::copy(BaseModel(), base, fs::copy_options::recursive);
+  TrainConfig c = LoraRun("lora_base_check");
+  c.load_from = base;
+  c.steps = 2;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::string out = testing::TempDir("lora_base_convert");
+  auto ok = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
+                               "/a --dtype fp32");
+  ASSERT_EQ(ok.code, 0) << ok.output;
+  // Another base of the same shapes: one weight changed.
+  auto tensors = Tensors(base);
+  tensors.begin()->second[0] += 1.0f;
+  std::vector<std::pair<std::string, Tensor>> changed;
+  for (auto& [name, w] : tensors) {
+    auto info = SafetensorsCheckpoint::Open(base)->Info(name);
+    Tensor t = Tensor::Empty(DType::F32, info->shape);
+    std::memcpy(t.f32(), w.data(), w.size() * sizeof(float));
+    changed.emplace_back(name, t);
+  }
+  ASSERT_TRUE(WriteSafetensors(base + "/model.safetensors", changed).ok());
+  TrainConfig resumed = c;
+  resumed.resume = "auto";
+  resumed.steps = 4;
+  auto rr = RunTraining(resumed, nullptr);
+  ASSERT_FALSE(rr.ok());
+  EXPECT_NE(rr.status().message().find("model.load_from is another"), std::string::npos)
+      << rr.status().message();
+  auto bad = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
+                                "/b --dtype fp32");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("changed since this LoRA run"), std::string::npos) << bad.output;
+  fs::remove_all(base);
+  bad = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
+                           "/c --dtype fp32");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("holds the adapters only"), std::string::npos) << bad.output;
 }
 
 TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
@@ -226,12 +285,24 @@ TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
   EXPECT_NE(error(base + "[lora]\nrank = -1\n").find("lora.rank"), std::string::npos);
   EXPECT_NE(error(base + "[lora]\nrank = 8\nalpha = 0.0\n").find("lora.alpha"), std::string::npos);
   EXPECT_NE(error(base + "[lora]\nlora_alpha = 8.0\n").find("lora.alpha"), std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nrslora = true\n").find("lora.rslora is set but lora.rank is 0"),
+            std::string::npos);
+  const std::string random_init =
+      "work_dir = \"w\"\n[model]\nmodel_config = \"c.json\"\n[[data.datasets]]\npath = "
+      "\"d.jsonl\"\n[lora]\nrank = 4\n";
+  EXPECT_NE(error(random_init).find("set model.load_from"), std::string::npos);
 
   TrainConfig moe = LoraRun("lora_bad");
   moe.lora_target_modules = "q_proj,gate_proj";
   auto r = RunTraining(moe, nullptr);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("lora.target_modules: \"gate_proj\""), std::string::npos)
+      << r.status().message();
+  TrainConfig huge = LoraRun("lora_huge");
+  huge.lora_alpha = 1e40;  // alpha / rank overflows fp32
+  r = RunTraining(huge, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("finite fp32 scale"), std::string::npos)
       << r.status().message();
   TrainConfig gpu = LoraRun("lora_gpu");
   gpu.device = "cuda";

@@ -47,7 +47,8 @@ Status RunConvert(const ConvertArgs& o) {
     TrainConfig cfg;
     if (LoadTrainConfig(run_config.string(), &cfg).ok()) {
       if (tokenizer.empty()) tokenizer = TokenizerPathFor(cfg);
-      base_model = cfg.load_from;
+      if (!cfg.load_from.empty())
+        base_model = fs::absolute(cfg.load_from).lexically_normal().string();
     }
   }
   if (!o.adapter_out.empty())

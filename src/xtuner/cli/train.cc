@@ -84,8 +84,9 @@ void AddSft(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", cfg.seed, "seed")->capture_default_str();
   cmd->add_option("--lora-rank", cfg.lora_rank,
-                  "0: train every parameter; > 0: LoRA adapters of this rank on every linear "
-                  "layer (lora.* keys: docs/lora.md)")
+                  "0: train every parameter; > 0: LoRA adapters of this rank on "
+                  "lora.target_modules (default auto: every linear layer of a dense model, the "
+                  "attention of an MoE one); LoRA wants a larger --lr, e.g. 1e-4 (docs/lora.md)")
       ->capture_default_str();
   cmd->add_option("--set", sets, "override any config key: section.key=value (repeatable)");
   cmd->add_option("--resume", cfg.resume, "auto (the latest checkpoint in the work dir) or a path");

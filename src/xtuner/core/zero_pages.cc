@@ -13,7 +13,8 @@ namespace xt {
 
 std::shared_ptr<float> AllocZeroPages(int64_t n, const char* what) {
   const size_t bytes = std::max<size_t>(size_t(n) * sizeof(float), 1);
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   XT_CHECK(p != MAP_FAILED,
            std::string("out of memory: ") + what + " (" + std::to_string(bytes) + " bytes)");
   return std::shared_ptr<float>(static_cast<float*>(p), [bytes](float* q) { munmap(q, bytes); });

@@ -108,14 +108,18 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
       const int g = p.over_dp ? mesh.dp : mesh.world, i = p.over_dp ? mesh.dp_rank : mesh.rank;
       p.counts = Chunks(p.size, g);
       p.shard = shard;
-      p.trains = std::max(t0, p.work) < std::min(t1, p.work + p.size);
-      // This rank's chunk of the piece, [i * c, i * c + counts[i]) of it, against [t0, t1).
-      const int64_t mine = p.work + int64_t(i) * p.counts[0];
-      const int64_t lo = std::max(t0, mine), hi = std::min(t1, mine + p.counts[i]);
-      if (lo < hi) {
-        trainable_.push_back({shard + (lo - mine), hi - lo});
-        p.train_lo = lo - mine;
-        p.train_hi = hi - mine;
+      // [a, b): what trains, in the piece; rank j's chunk is [j * c, j * c + counts[j]).
+      const int64_t a = std::clamp(t0 - p.work, int64_t(0), p.size);
+      const int64_t b = std::clamp(t1 - p.work, int64_t(0), p.size), c = p.counts[0];
+      p.trains = a < b;
+      p.train_begin = a;
+      p.train_counts.assign(g, 0);
+      for (int j = 0; j < g; ++j)
+        p.train_counts[j] =
+            std::max<int64_t>(0, std::min(b, j * c + p.counts[j]) - std::max(a, int64_t(j) * c));
+      if (p.train_counts[i] > 0) {
+        p.train_lo = std::max(a, int64_t(i) * c) - int64_t(i) * c;
+        trainable_.push_back({shard + p.train_lo, p.train_counts[i]});
       }
       shard += p.counts[i];
       pieces.push_back(std::move(p));
@@ -201,8 +205,12 @@ float* ShardedParams::Grads(int64_t unit) {
   }
   auto it = grad_bufs_.find(unit);
   if (it != grad_bufs_.end()) return it->second.data;
+  // Nothing of the unit trains (a LoRA run's embedding and head): no buffer, as no gradient of
+  // it is ever asked for (UnitGrads gives null for frozen parameters).
+  const ParamUnit& t = layout_.trainable(unit);
+  if (t.size() == 0) return nullptr;
   const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
-  memory_->Zero(buf.data, buf.size);
+  memory_->Zero(buf.data + (t.begin - layout_.units()[unit].begin), t.size());  // the rest: unused
   grad_bufs_[unit] = buf;
   return buf.data;
 }
@@ -225,15 +233,15 @@ void ShardedParams::GradsDone(int64_t unit) {
   auto it = grad_bufs_.find(unit);
   if (it == grad_bufs_.end()) return;
   // Each piece's reduced chunk lands in scratch, then adds into the stored gradients.
+  // (Only what trains: the rest of a piece is frozen, its gradients zero everywhere.)
   int64_t most = 0;
-  for (const Piece& p : units_[unit]) most = std::max(most, p.counts[GroupOf(p).rank()]);
+  for (const Piece& p : units_[unit]) most = std::max(most, p.train_counts[GroupOf(p).rank()]);
   float* part = memory_->Alloc(most, "a reduced gradient chunk");
   for (const Piece& p : units_[unit]) {
-    if (!p.trains) continue;  // frozen: its gradients are zero everywhere
+    if (!p.trains) continue;
     Comm& g = GroupOf(p);
-    g.ReduceScatterSum(part, it->second.data + p.work, p.counts);
-    // Only what trains: the rest of the chunk is frozen, its gradients zero.
-    memory_->Add(grads_ + p.shard + p.train_lo, part + p.train_lo, p.train_hi - p.train_lo);
+    g.ReduceScatterSum(part, it->second.data + p.work + p.train_begin, p.train_counts);
+    memory_->Add(grads_ + p.shard + p.train_lo, part, p.train_counts[g.rank()]);
   }
   memory_->Free(part);
   FreeBuffer(grad_bufs_, unit);

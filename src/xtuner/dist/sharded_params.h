@@ -69,8 +69,10 @@ class ShardedParams : public ParamSource {
   // Grads then serve the shard itself, gathering and reducing nothing.
   bool Held(int64_t unit) const override;
   // Floats of the shard that train (their gradients and AdamW moments are the only ones ever
-  // written): shard_size(), or a LoRA run's share of the adapters.
+  // written): shard_size(), or a LoRA run's share of the adapters; and where they are, as
+  // (shard offset, n).
   int64_t trainable_floats() const;
+  const std::vector<std::pair<int64_t, int64_t>>& trainable_ranges() const { return trainable_; }
   // The most floats of gathered parameters and gradient buffers held at once so far.
   int64_t peak_working_floats() const { return peak_working_; }
 
@@ -90,8 +92,12 @@ class ShardedParams : public ParamSource {
     bool over_dp = false;                    // split over the dp group (else over the world)
     std::vector<int64_t> counts;             // each group rank's chunk
     int64_t shard = 0;                       // this rank's chunk in the shard
-    bool trains = true;                      // holds a parameter that is not frozen
-    int64_t train_lo = 0, train_hi = 0;      // what trains of this rank's chunk, in it
+    // What trains of the piece (all of it, or a LoRA run's adapters): [train_begin, +sum of
+    // train_counts) of it, each group rank's part of that (the part inside its chunk), and where
+    // this rank's part starts in its chunk. Only that is zeroed, reduced and stored.
+    bool trains = true;
+    int64_t train_begin = 0, train_lo = 0;
+    std::vector<int64_t> train_counts;
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {

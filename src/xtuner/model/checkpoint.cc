@@ -1,16 +1,22 @@
 #include "xtuner/model/checkpoint.h"
 
+#include <xxhash.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/mapped_file.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/fp8_weights.h"
 #include "xtuner/model/lora.h"
 
 namespace xt {
+
+namespace fs = std::filesystem;
 
 namespace {
 bool EndsWith(const std::string& s, const std::string& suffix) {
@@ -58,6 +64,38 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
   return Status::OK();
 }
 
+Result<std::string> HfWeightsFingerprint(const std::string& path) {
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
+  std::set<std::string> files;
+  for (const std::string& name : ckpt.names()) files.insert(ckpt.FileOf(name));
+  XXH3_state_t* h = XXH3_createState();
+  XT_CHECK(h != nullptr, "out of memory");
+  XXH3_128bits_reset(h);
+  for (const std::string& file : files) {
+    auto mapped = MappedFile::Open(file, "checkpoint file");
+    if (!mapped.ok()) {
+      XXH3_freeState(h);
+      return mapped.status();
+    }
+    const uint8_t* d = (*mapped)->data();
+    const uint64_t size = (*mapped)->size();
+    const std::string base = fs::path(file).filename().string();
+    XXH3_128bits_update(h, base.data(), base.size());
+    XXH3_128bits_update(h, &size, sizeof size);
+    constexpr uint64_t kHead = 1 << 20, kSample = 64 << 10;
+    XXH3_128bits_update(h, d, std::min(size, kHead));
+    if (size > kSample)
+      for (uint64_t i = 0; i < 16; ++i)
+        XXH3_128bits_update(h, d + i * (size - kSample) / 15, kSample);
+  }
+  const XXH128_hash_t v = XXH3_128bits_digest(h);
+  XXH3_freeState(h);
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)v.high64,
+                (unsigned long long)v.low64);
+  return std::string(hex);
+}
+
 Status LoadHfWeights(Transformer* model, const std::string& path) {
   float* slab = model->params().f32();
   return ReadHfWeights(path, model->config(), model->layout(),
@@ -92,7 +130,6 @@ Result<ExportDType> ParseExportDType(const std::string& s, const std::string& wh
 
 Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType dtype,
                    size_t max_shard_bytes) {
-  namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());

@@ -14,6 +14,13 @@
 
 namespace xt {
 
+// A fingerprint of the weights of the Hugging Face checkpoint at `path` (as Open takes it), in
+// hex: XXH3-128 over each file of it, in name order, of its name, size, first MiB (header and
+// first tensors) and 16 evenly spread 64 KiB samples. The same files give the same fingerprint;
+// other weights almost surely another (a change confined between the samples goes unseen).
+// A LoRA run's checkpoints hold its adapters only, and name their base by this.
+Result<std::string> HfWeightsFingerprint(const std::string& path);
+
 // Reads every parameter of `model` from the checkpoint at `path` (a directory, an index file or
 // one .safetensors file). Errors name the file and tensor: a tensor missing, of the wrong shape
 // or of a non-float dtype, an FP8 weight without its scales, or a tensor the model has no place

@@ -67,8 +67,8 @@ std::vector<std::string> LoraTargetNames(const ModelConfig& cfg) {
 Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what) {
   if (spec.rank < 1 || spec.rank > 65536)
     return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));
-  if (!std::isfinite(spec.alpha) || spec.alpha <= 0)
-    return Status::Error(what + ".alpha must be finite and > 0");
+  if (!std::isfinite(spec.alpha) || spec.alpha <= 0 || !std::isfinite(float(spec.scale())))
+    return Status::Error(what + ".alpha must be > 0 and give a finite fp32 scale (alpha / rank)");
   const std::vector<std::string> known = LoraTargetNames(cfg);
   const std::string key = what + ".target_modules";
   if (spec.targets.empty()) return Status::Error(key + " is empty: name the layers to adapt");
@@ -138,84 +138,135 @@ bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* sla
   return any;
 }
 
-Result<LoraSpec> LoraSpecOfAdapter(const std::string& dir, const ModelConfig& cfg) {
-  const std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
-  std::ifstream in(cfg_path);
-  if (!in) return Status::Error(cfg_path + ": cannot open (a PEFT adapter directory holds it)");
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.contains("r") || !j["r"].is_number_integer() ||
-      !j.contains("lora_alpha") || !j["lora_alpha"].is_number())
-    return Status::Error(cfg_path +
-                         ": not a LoRA adapter config (integer \"r\" and number "
-                         "\"lora_alpha\" required)");
-  LoraSpec spec;
-  spec.rank = j["r"].get<int64_t>();
-  spec.alpha = j["lora_alpha"].get<double>();
-  spec.rslora =
-      j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
-  const std::string file = (fs::path(dir) / "adapter_model.safetensors").string();
-  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(file));
-  for (const std::string& name : ckpt.names()) {
-    const size_t at = name.rfind(".lora_");
-    if (at == std::string::npos || at == 0)
-      return Status::Error(file + ": \"" + name + "\" is not a LoRA adapter tensor");
-    const std::string module = name.substr(0, at);
-    const std::string short_name = module.substr(module.rfind('.') + 1);
-    if (std::find(spec.targets.begin(), spec.targets.end(), short_name) == spec.targets.end())
-      spec.targets.push_back(short_name);
+namespace {
+
+// A PEFT adapter on disk: its directory, adapter_config.json and adapter_model.safetensors.
+struct AdapterFiles {
+  std::string dir, config, weights;
+};
+
+// `path`: the adapter's directory or its adapter_model.safetensors.
+Result<AdapterFiles> FindAdapter(const std::string& path) {
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(path, ec);
+  if (!is_dir && !fs::is_regular_file(path, ec))
+    return Status::Error(path +
+                         ": no such PEFT adapter (a directory holding adapter_config.json "
+                         "and adapter_model.safetensors)");
+  AdapterFiles f;
+  f.dir = is_dir ? path : fs::path(path).parent_path().string();
+  if (f.dir.empty()) f.dir = ".";
+  f.config = (fs::path(f.dir) / "adapter_config.json").string();
+  f.weights = is_dir ? (fs::path(path) / "adapter_model.safetensors").string() : path;
+  if (!fs::exists(f.config, ec))
+    return Status::Error(f.config + ": no such file (a PEFT adapter directory holds it)");
+  if (!fs::exists(f.weights, ec)) {
+    const bool bin = fs::exists(fs::path(f.dir) / "adapter_model.bin", ec);
+    return Status::Error(f.weights + ": no such file" +
+                         (bin ? std::string(": adapter_model.bin (pickle) is not read; save the "
+                                            "adapter with safe_serialization=True")
+                              : std::string()));
   }
-  return ResolveLora(spec, cfg, cfg_path + ": adapter");
+  return f;
 }
 
-Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
-                       const std::function<void(const ParamInfo&, const float*)>& visit) {
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  const std::string file =
-      fs::is_directory(path) ? (dir / "adapter_model.safetensors").string() : path;
-  const std::string cfg_path = (dir / "adapter_config.json").string();
-  std::ifstream in(cfg_path);
-  if (!in) return Status::Error(cfg_path + ": cannot open (a PEFT adapter directory holds it)");
+// adapter_config.json, checked for what the engine does not implement: a PEFT adapter of any
+// other kind or variant is refused by name rather than read as a plain LoRA one.
+Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::Error(path + ": cannot open");
   nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return Status::Error(cfg_path + ": not a JSON object");
+  if (!j.is_object()) return Status::Error(path + ": not a JSON object");
   auto get = [&](const char* key) -> const nlohmann::json* {
     auto it = j.find(key);
     return it == j.end() || it->is_null() ? nullptr : &*it;
   };
   auto bad = [&](const std::string& key, const std::string& why) {
-    return Status::Error(cfg_path + ": " + key + " " + why);
+    return Status::Error(path + ": " + key + " " + why);
   };
   const nlohmann::json* pt = get("peft_type");
   if (!pt || !pt->is_string() || *pt != "LORA")
     return bad("peft_type", "must be \"LORA\" (this reads LoRA adapters only)");
-  const nlohmann::json* r = get("r");
-  if (!r || !r->is_number_integer() || r->get<int64_t>() != cfg.lora.rank)
-    return bad("r", "is " + (r ? r->dump() : std::string("missing")) + ", but lora.rank is " +
-                        std::to_string(cfg.lora.rank));
-  const nlohmann::json* alpha = get("lora_alpha");
-  if (!alpha || !alpha->is_number() || alpha->get<double>() != cfg.lora.alpha)
-    return bad("lora_alpha", "is " + (alpha ? alpha->dump() : std::string("missing")) +
-                                 ", but lora.alpha is " + nlohmann::json(cfg.lora.alpha).dump());
-  const nlohmann::json* rs = get("use_rslora");
-  const bool rslora = rs && rs->is_boolean() && rs->get<bool>();
-  if (rslora != cfg.lora.rslora)
-    return bad("use_rslora", std::string("is ") + (rslora ? "true" : "false") +
-                                 ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
-  for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"}) {
+  if (!j.contains("r") || !j["r"].is_number_integer() || !j.contains("lora_alpha") ||
+      !j["lora_alpha"].is_number())
+    return Status::Error(path +
+                         ": not a LoRA adapter config (integer \"r\" and number "
+                         "\"lora_alpha\" required)");
+  for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora", "use_bdlora"}) {
     const nlohmann::json* v = get(key);
-    if (v && v->is_boolean() && v->get<bool>()) return bad(key, "is true: not implemented");
+    if (v && !(v->is_boolean() && !v->get<bool>()))
+      return bad(key, "is " + v->dump() + ": not implemented");
   }
   if (const nlohmann::json* b = get("bias"); b && (!b->is_string() || *b != "none"))
     return bad("bias", "must be \"none\": adapters with biases are not implemented");
-  for (const char* key : {"modules_to_save", "target_parameters", "rank_pattern", "alpha_pattern",
-                          "layers_to_transform", "trainable_token_indices"}) {
+  // PiSSA, OLoRA, CorDA and LoftQ change the base weights as they initialise the adapter: such
+  // an adapter applies to that changed base, not to the model it names.
+  if (const nlohmann::json* init = get("init_lora_weights");
+      init && !init->is_boolean() && !(init->is_string() && *init == "gaussian"))
+    return bad("init_lora_weights",
+               "is " + init->dump() +
+                   ": an adapter initialised so belongs to a changed base model; convert it to "
+                   "a plain LoRA adapter first (PEFT's save_pretrained with "
+                   "path_initial_model_for_weight_conversion)");
+  for (const char* key :
+       {"modules_to_save", "target_parameters", "rank_pattern", "alpha_pattern",
+        "layers_to_transform", "layers_pattern", "trainable_token_indices",
+        "alora_invocation_tokens", "layer_replication", "arrow_config", "megatron_config"}) {
     const nlohmann::json* v = get(key);
-    if (v && !v->empty())
-      return bad(key, "is " + v->dump() +
-                          ": not implemented (every layer of lora.target_modules "
-                          "gets one adapter of rank lora.rank)");
+    if (v && !v->empty() && !(v->is_boolean() && !v->get<bool>()))
+      return bad(key, "is " + v->dump().substr(0, 200) +
+                          ": not implemented (the engine reads plain LoRA adapters: one adapter "
+                          "of rank r on each targeted linear layer of every decoder layer)");
   }
+  return j;
+}
 
-  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(file));
+}  // namespace
+
+Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& cfg) {
+  XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
+  LoraSpec spec;
+  spec.rank = j["r"].get<int64_t>();
+  spec.alpha = j["lora_alpha"].get<double>();
+  spec.rslora =
+      j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
+  for (const std::string& name : ckpt.names()) {
+    const size_t at = name.rfind(".lora_");
+    if (name.rfind(kPeftPrefix, 0) != 0 || at == std::string::npos ||
+        name.find(".experts.") != std::string::npos)
+      return Status::Error(f.weights + ": \"" + name +
+                           "\" is not a LoRA adapter of a linear layer the engine adapts "
+                           "(attention projections, dense MLPs)");
+    const std::string module = name.substr(0, at);
+    const std::string short_name = module.substr(module.rfind('.') + 1);
+    if (std::find(spec.targets.begin(), spec.targets.end(), short_name) == spec.targets.end())
+      spec.targets.push_back(short_name);
+  }
+  return ResolveLora(spec, cfg, f.config + ": adapter");
+}
+
+Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
+                       const std::function<void(const ParamInfo&, const float*)>& visit) {
+  XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
+  auto bad = [&](const std::string& key, const std::string& why) {
+    return Status::Error(f.config + ": " + key + " " + why);
+  };
+  if (j["r"].get<int64_t>() != cfg.lora.rank)
+    return bad("r", "is " + j["r"].dump() + ", but lora.rank is " + std::to_string(cfg.lora.rank));
+  if (j["lora_alpha"].get<double>() != cfg.lora.alpha)
+    return bad("lora_alpha", "is " + j["lora_alpha"].dump() + ", but lora.alpha is " +
+                                 nlohmann::json(cfg.lora.alpha).dump());
+  const bool rslora =
+      j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
+  if (rslora != cfg.lora.rslora)
+    return bad("use_rslora", std::string("is ") + (rslora ? "true" : "false") +
+                                 ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
+
+  XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
+  const std::string& file = f.weights;
   for (const ParamInfo& p : layout.params()) {
     if (!p.lora) continue;
     const std::string name = kPeftPrefix + p.name;

@@ -43,17 +43,19 @@ void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w);
 bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
                const ParamInfo& info, float* w);
 
-// The LoRA settings of a PEFT adapter directory, for a model with config `cfg`: r, lora_alpha
-// and use_rslora from its adapter_config.json, the targets from its tensors' layer names
-// (checked by ResolveLora). ReadLoraAdapter then checks the rest.
-Result<LoraSpec> LoraSpecOfAdapter(const std::string& dir, const ModelConfig& cfg);
+// The LoRA settings of a PEFT adapter (its directory or adapter_model.safetensors), for a model
+// with config `cfg`: r, lora_alpha and use_rslora from its adapter_config.json, the targets from
+// its tensors' layer names (checked by ResolveLora), after the config's checks below.
+Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& cfg);
 
 // Reads a PEFT LoRA adapter (a directory or its adapter_model.safetensors) for a model with
 // config `cfg` (cfg.lora set) and calls visit(info, data) with each adapter tensor of `layout`
-// as fp32. Errors name the file and key: another peft_type, r / lora_alpha / use_rslora that
-// differ from cfg.lora, what the engine does not implement (DoRA, biases, fan_in_fan_out,
-// modules_to_save, rank or alpha patterns, adapters on parameters), a tensor missing, of the
-// wrong shape, or one for a layer cfg.lora does not adapt.
+// as fp32. Errors name the file and key: no such adapter (or only a pickled adapter_model.bin),
+// another peft_type, r / lora_alpha / use_rslora that differ from cfg.lora, what the engine does
+// not implement (DoRA, biases, fan_in_fan_out, an init_lora_weights that changes the base such
+// as PiSSA or OLoRA, modules_to_save, rank or alpha patterns, per-layer subsets, adapters on
+// parameters, aLoRA), a tensor missing, of the wrong shape, or one for a layer cfg.lora does
+// not adapt.
 Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
                        const std::function<void(const ParamInfo&, const float*)>& visit);
 

@@ -53,7 +53,12 @@ class CpuTrainBackend : public TrainBackend {
     return model_->ForwardBackward(batch, ce_weight, aux_weight, pool);
   }
   Result<double> GradSumOfSquares() override {
-    return sum_of_squares(store_->grads(), store_->shard_size());
+    if (store_->trainable_floats() == store_->shard_size())
+      return sum_of_squares(store_->grads(), store_->shard_size());
+    double sum = 0;  // a LoRA run: the frozen weights' gradients are zero, and never read
+    for (const auto& [at, n] : store_->trainable_ranges())
+      sum += sum_of_squares(store_->grads() + at, n);
+    return sum;
   }
   Status Step(double lr, float grad_scale) override {
     adamw_->Step(store_->params(), store_->grads(), lr, grad_scale);

@@ -88,15 +88,6 @@ const std::vector<Key>& Schema() {
        "e_score_correction_bias moves by this much towards balance (+ for an expert that got fewer "
        "tokens than the mean, - for one that got more; DeepSeek-V3's report uses 0.001). 0 keeps "
        "the bias as loaded."},
-      {"optim.lr", &C::lr, "Peak learning rate."},
-      {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
-      {"optim.weight_decay", &C::weight_decay,
-       "AdamW decoupled weight decay (never on norm weights)."},
-      {"optim.beta1", &C::beta1, "AdamW beta1."},
-      {"optim.beta2", &C::beta2, "AdamW beta2."},
-      {"optim.eps", &C::eps, "AdamW epsilon."},
-      {"optim.clip_grad_norm", &C::clip_grad_norm,
-       "Clip the global gradient L2 norm to this; 0 disables clipping."},
       {"lora.rank", &C::lora_rank,
        "0: train every parameter. > 0: freeze them all and train LoRA adapters of this rank on "
        "lora.target_modules, as PEFT does (exports are merged; the adapter is written beside: "
@@ -112,6 +103,15 @@ const std::vector<Key>& Schema() {
       {"lora.adapter", &C::lora_adapter,
        "A PEFT adapter directory to start from (its r, lora_alpha, use_rslora must match); "
        "\"\": A uniform, B zero, as PEFT initialises them."},
+      {"optim.lr", &C::lr, "Peak learning rate."},
+      {"optim.min_lr", &C::min_lr, "Floor the schedule decays to."},
+      {"optim.weight_decay", &C::weight_decay,
+       "AdamW decoupled weight decay (never on norm weights)."},
+      {"optim.beta1", &C::beta1, "AdamW beta1."},
+      {"optim.beta2", &C::beta2, "AdamW beta2."},
+      {"optim.eps", &C::eps, "AdamW epsilon."},
+      {"optim.clip_grad_norm", &C::clip_grad_norm,
+       "Clip the global gradient L2 norm to this; 0 disables clipping."},
       {"optim.max_nonfinite_steps", &C::max_nonfinite_steps,
        "Steps with a NaN/Inf gradient are skipped; this many in a row stop the run."},
       {"schedule.type", &C::schedule, "cosine | linear | constant (after the warm-up)."},
@@ -429,12 +429,19 @@ Status ValidateTrainConfig(const TrainConfig& c) {
       return err("lora.alpha must be a finite value > 0");
     if (c.lora_dropout != 0)
       return err("lora.dropout: only 0 is implemented (the adapters train without dropout)");
+    if (c.load_from.empty())
+      return err(
+          "lora.rank > 0 adapts a trained model: set model.load_from (model.model_config starts "
+          "from random weights, which LoRA would leave frozen)");
   } else {
     const TrainConfig d;
-    if (c.lora_adapter != d.lora_adapter || c.lora_target_modules != d.lora_target_modules ||
-        c.lora_rslora != d.lora_rslora || c.lora_alpha != d.lora_alpha ||
-        c.lora_dropout != d.lora_dropout)
-      return err("a [lora] key is set but lora.rank is 0 (no LoRA): set lora.rank");
+    const char* set = c.lora_adapter != d.lora_adapter                 ? "lora.adapter"
+                      : c.lora_target_modules != d.lora_target_modules ? "lora.target_modules"
+                      : c.lora_rslora != d.lora_rslora                 ? "lora.rslora"
+                      : c.lora_alpha != d.lora_alpha                   ? "lora.alpha"
+                      : c.lora_dropout != d.lora_dropout               ? "lora.dropout"
+                                                                       : nullptr;
+    if (set) return err(std::string(set) + " is set but lora.rank is 0 (no LoRA): set lora.rank");
   }
   if (c.overlong != "truncate" && c.overlong != "drop")
     return err("data.overlong must be truncate or drop, not " + c.overlong);

@@ -13,6 +13,7 @@
 #include "xtuner/core/safetensors.h"
 #include "xtuner/core/zero_pages.h"
 #include "xtuner/dist/shard_io.h"
+#include "xtuner/model/checkpoint.h"
 #include "xtuner/model/fp8_weights.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
@@ -163,6 +164,37 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
   return Status::OK();
 }
 
+// The ranges of `owned` a checkpoint holds, with their offsets in the shard file: all of them at
+// their shard offsets, or for a LoRA run those that train, packed (the rest is the base's).
+std::vector<OwnedRange> SavedRanges(const ModelConfig& cfg, const std::vector<OwnedRange>& owned) {
+  if (!cfg.lora.enabled()) return owned;
+  std::vector<OwnedRange> out;
+  int64_t at = 0;
+  const ParamLayout layout(cfg);
+  for (const OwnedRange& o : owned)
+    for (const ParamInfo& p : layout.params()) {
+      if (p.frozen) continue;
+      const int64_t lo = std::max(o.global, p.offset);
+      const int64_t hi = std::min(o.global + o.size, p.offset + NumElements(p.shape));
+      if (lo >= hi) continue;
+      out.push_back({lo, hi - lo, at});
+      at += hi - lo;
+    }
+  return out;
+}
+
+// `owned` restricted to what trains, keeping shard offsets (what a LoRA run reads back).
+std::vector<OwnedRange> TrainableOwned(const ModelConfig& cfg,
+                                       const std::vector<OwnedRange>& owned) {
+  std::vector<OwnedRange> out = SavedRanges(cfg, owned);
+  if (!cfg.lora.enabled()) return out;
+  for (OwnedRange& r : out)
+    for (const OwnedRange& o : owned)
+      if (r.global >= o.global && r.global < o.global + o.size)
+        r.shard = o.shard + (r.global - o.global);
+  return out;
+}
+
 }  // namespace
 
 Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const ModelConfig& cfg,
@@ -187,16 +219,31 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
   st = AgreeOnFailure(world, st);
   if (!st.ok()) return failed(st);
 
-  // Every rank: its shard.
+  // Every rank: its shard (a LoRA run: the part of it that trains, packed).
   const AdamW& optim = *shard.optim;
   const int64_t n = optim.numel();
   nlohmann::json ranges = nlohmann::json::array();
-  for (const OwnedRange& o : *shard.owned) ranges.push_back({o.global, o.size, o.shard});
+  const std::vector<OwnedRange> saved_ranges = SavedRanges(cfg, *shard.owned);
+  for (const OwnedRange& o : saved_ranges) ranges.push_back({o.global, o.size, o.shard});
+  Tensor params = Tensor::Wrap(DType::F32, {n}, shard.params, nullptr);
+  Tensor m = optim.exp_avg(), v = optim.exp_avg_sq();
+  if (cfg.lora.enabled()) {
+    const std::vector<OwnedRange> from = TrainableOwned(cfg, *shard.owned);
+    int64_t kept = 0;
+    for (const OwnedRange& o : from) kept += o.size;
+    Tensor pk = Tensor::Empty(DType::F32, {kept}), mk = Tensor::Empty(DType::F32, {kept}),
+           vk = Tensor::Empty(DType::F32, {kept});
+    for (size_t i = 0; i < from.size(); ++i) {
+      const size_t bytes = size_t(from[i].size) * sizeof(float);
+      std::memcpy(pk.f32() + saved_ranges[i].shard, shard.params + from[i].shard, bytes);
+      std::memcpy(mk.f32() + saved_ranges[i].shard, m.f32() + from[i].shard, bytes);
+      std::memcpy(vk.f32() + saved_ranges[i].shard, v.f32() + from[i].shard, bytes);
+    }
+    params = pk, m = mk, v = vk;
+  }
   st = WriteSafetensors(
       (tmp / ShardName(mesh.rank, mesh.world)).string(),
-      {{"params", Tensor::Wrap(DType::F32, {n}, shard.params, nullptr)},
-       {"exp_avg", optim.exp_avg()},
-       {"exp_avg_sq", optim.exp_avg_sq()}},
+      {{"params", params}, {"exp_avg", m}, {"exp_avg_sq", v}},
       {{"optimizer_step", std::to_string(optim.step())}, {"ranges", ranges.dump()}});
   st = AgreeOnFailure(world, st);
   if (!st.ok()) return failed(st);
@@ -207,7 +254,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     const std::vector<std::vector<OwnedRange>> every = OwnedRangesOfEveryRank(cfg, mesh);
     for (int r = 0; r < mesh.world; ++r) {
       nlohmann::json rr = nlohmann::json::array();
-      for (const OwnedRange& o : every[r]) rr.push_back({o.global, o.size, o.shard});
+      for (const OwnedRange& o : SavedRanges(cfg, every[r]))
+        rr.push_back({o.global, o.size, o.shard});
       files.push_back({{"file", ShardName(r, mesh.world)}, {"ranges", rr}});
     }
     const nlohmann::json index = {{"total", ParamLayout(cfg).total()},
@@ -234,6 +282,10 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
                         {"data_key", state.data_key},
                         {"world", mesh.world},
                         {"ep", mesh.ep}};
+    if (cfg.lora.enabled()) {
+      j["lora_base"] = state.lora_base;
+      j["lora_base_fingerprint"] = state.lora_base_fingerprint;
+    }
     if (st.ok()) st = WriteFileAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
     if (st.ok()) {
       fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier, longer run
@@ -289,15 +341,22 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   if (describe(lora) != describe(cfg.lora))
     return Status::Error(dir + ": this checkpoint was trained with " + describe(lora) +
                          ", this run has " + describe(cfg.lora) + ": resume with the same [lora]");
-  // Straight into the optimizer's state, fresh (zero) here.
+  // Straight into the optimizer's state (zero first unless fresh: blocks of zeros are skipped).
   Tensor m = shard.optim->exp_avg(), v = shard.optim->exp_avg_sq();
-  XT_RETURN_IF_ERROR(ReadShards(d, cfg, *shard.owned, shard.params, m.f32(), v.f32()));
+  if (shard.optim->step() != 0) {
+    std::memset(m.data(), 0, m.nbytes());
+    std::memset(v.data(), 0, v.nbytes());
+  }
+  XT_RETURN_IF_ERROR(
+      ReadShards(d, cfg, TrainableOwned(cfg, *shard.owned), shard.params, m.f32(), v.f32()));
   XT_RETURN_IF_ERROR(shard.optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
   state->step = j["step"].get<int64_t>();
   XT_ASSIGN_OR_RETURN(state->sampler, SamplerState::FromJson(j["sampler"], src));
   state->nonfinite_consecutive = j.value("nonfinite_consecutive", 0);
   state->nonfinite_total = j.value("nonfinite_total", int64_t(0));
   state->data_key = j["data_key"].get<std::string>();
+  state->lora_base = j.value("lora_base", std::string());
+  state->lora_base_fingerprint = j.value("lora_base_fingerprint", std::string());
   return Status::OK();
 }
 
@@ -309,10 +368,30 @@ Result<LoraSpec> ReadCheckpointLora(const std::string& dir) {
 }
 
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg) {
-  const int64_t total = ParamLayout(cfg).total();
+  const ParamLayout layout(cfg);
+  const int64_t total = layout.total();
   std::vector<float> params(total);
+  const std::vector<OwnedRange> whole = {{0, total, 0}};
+  if (cfg.lora.enabled()) {  // the frozen weights: the base's
+    const fs::path state = fs::path(dir) / "trainer_state.json";
+    XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(state));
+    const std::string base = j.value("lora_base", std::string());
+    const std::string want = j.value("lora_base_fingerprint", std::string());
+    if (base.empty())
+      return Status::Error(state.string() + ": a LoRA run's checkpoint without \"lora_base\"");
+    Result<std::string> got = HfWeightsFingerprint(base);
+    if (!got.ok())
+      return got.status().With(dir + ": this LoRA checkpoint holds the adapters only; its base " +
+                               "model " + base + " (model.load_from) is needed");
+    if (*got != want)
+      return Status::Error(dir + ": the base model " + base + " changed since this LoRA run (" +
+                           "fingerprint " + *got + ", the run's " + want + ")");
+    XT_RETURN_IF_ERROR(ReadHfWeights(base, cfg, layout, [&](const ParamInfo& p, const float* w) {
+      std::memcpy(params.data() + p.offset, w, NumElements(p.shape) * sizeof(float));
+    }));
+  }
   XT_RETURN_IF_ERROR(
-      ReadShards(fs::path(dir), cfg, {{0, total, 0}}, params.data(), nullptr, nullptr));
+      ReadShards(fs::path(dir), cfg, TrainableOwned(cfg, whole), params.data(), nullptr, nullptr));
   return params;
 }
 

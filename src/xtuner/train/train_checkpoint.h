@@ -6,6 +6,10 @@
 //                                       model's slab it holds ([global offset, size, offset])
 //   trainer_state.json                  step, optimizer step, sampler position, skip counters,
 //                                       data key, the mesh
+// A LoRA run's checkpoint holds the parts of the slab that train (its adapters) and no more; its
+// frozen weights are those of its base model (model.load_from), which trainer_state.json names
+// with the base's fingerprint (HfWeightsFingerprint): resume and convert read the base from there
+// and refuse one that changed.
 // Every rank writes its file into "step-<n>.tmp"; after all have, rank 0 writes the index and
 // the trainer state and renames the directory into place. So a kill, a dead rank or a full disk
 // at any moment leaves every earlier checkpoint whole and this one not "latest"; then all but
@@ -34,6 +38,8 @@ struct TrainState {
   int nonfinite_consecutive = 0;
   int64_t nonfinite_total = 0;
   std::string data_key;  // the tokenized cache's key: resuming on other data is an error
+  // LoRA: the base model (absolute path) and its HfWeightsFingerprint.
+  std::string lora_base, lora_base_fingerprint;
 };
 
 // This rank's part of the training state.
@@ -55,15 +61,17 @@ std::string FindLatestCheckpoint(const std::string& work_dir);
 
 // Restores this rank's shard (its parameters and optimizer state, on whatever mesh saved it)
 // and the trainer state from a checkpoint directory of a model with config `cfg`. Error when the
-// checkpoint's LoRA settings (ReadCheckpointLora) differ from cfg.lora. The optimizer must be
-// fresh (its moments zero): they are read in place.
+// checkpoint's LoRA settings (ReadCheckpointLora) differ from cfg.lora. The moments are read in
+// place (a fresh optimizer's pages of zeros stay uncommitted); after an error the shard's
+// parameters and moments are undefined.
 Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const ShardState& shard,
                            TrainState* state);
 
 // The LoRA settings of a checkpoint's run (its config.json's "xtuner_lora"; rank 0 without).
 Result<LoraSpec> ReadCheckpointLora(const std::string& dir);
 
-// The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint.
+// The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint (a LoRA run's: its
+// base's weights from the base it names, an error if that is gone or changed, and its adapters).
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg);
 
 }  // namespace xt

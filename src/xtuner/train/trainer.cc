@@ -236,7 +236,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (mc.lora.enabled()) {  // the adapters: from a PEFT adapter, or PEFT's initialisation
     if (!cfg.lora_adapter.empty()) {
       XT_RETURN_IF_ERROR(LoadLoraShard(cfg.lora_adapter, mc, store.owned(), store.params()));
-    } else if (!cfg.load_from.empty()) {
+    } else {  // (a LoRA run always loads its base: ValidateTrainConfig)
       InitShardRandom(mc, store.owned(), store.params(), cfg.initializer_range, uint64_t(cfg.seed),
                       /*adapters_only=*/true);
     }
@@ -276,9 +276,22 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     if (resume_from.empty() && log)
       std::fprintf(log, "resume: no checkpoint in %s, starting fresh\n", cfg.work_dir.c_str());
   }
+  // A LoRA run's checkpoints hold its adapters only and name its base by fingerprint.
+  std::string base_fingerprint;
+  if (mc.lora.enabled()) {
+    XT_ASSIGN_OR_RETURN(base_fingerprint, HfWeightsFingerprint(cfg.load_from));
+    state.lora_base = fs::absolute(cfg.load_from).lexically_normal().string();
+    state.lora_base_fingerprint = base_fingerprint;
+  }
   if (!resume_from.empty()) {
-    const std::string key = state.data_key;
+    const std::string key = state.data_key, base = state.lora_base;
     XT_RETURN_IF_ERROR(LoadTrainCheckpoint(resume_from, mc, shard, &state));
+    if (mc.lora.enabled() && state.lora_base_fingerprint != base_fingerprint)
+      return Status::Error(resume_from + ": this LoRA run's base model was " + state.lora_base +
+                           " (fingerprint " + state.lora_base_fingerprint +
+                           "); model.load_from is another (" + base_fingerprint +
+                           "): its checkpoints hold the adapters only");
+    state.lora_base = base;  // (the same weights, wherever they are now)
     if (state.data_key != key)
       return Status::Error(resume_from + ": this checkpoint was trained on other data (cache key " +
                            state.data_key + ", now " + key + ")");
