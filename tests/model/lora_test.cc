@@ -256,6 +256,9 @@ TEST(LoraSpec, TargetsAreTheModelsLinearLayers) {
   EXPECT_EQ(LoraTargetNames(Config("deepseek_v3_tiny")),
             (V{"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj",
                "up_proj", "down_proj"}));
+  EXPECT_EQ(SplitLoraTargets(" q_proj,,v_proj ,\tall-linear"),
+            (V{"q_proj", "v_proj", "all-linear"}));
+  EXPECT_TRUE(SplitLoraTargets(" , ").empty());
   auto all =
       ResolveLora(Spec({"down_proj", "all-linear", "q_proj"}), Config("qwen3_dense_tiny"), "lora");
   ASSERT_TRUE(all.ok()) << all.status().message();

@@ -26,11 +26,7 @@ Status RunPlan(PlanArgs o) {
     LoraSpec spec;
     spec.rank = o.lora_rank;
     spec.alpha = 1;  // the scale does not change the plan
-    std::string name;
-    for (const char c : o.lora_targets + ",") {
-      if (c != ',' && c != ' ') name += c;
-      if (c == ',' && !name.empty()) spec.targets.push_back(name), name.clear();
-    }
+    spec.targets = SplitLoraTargets(o.lora_targets);
     XT_ASSIGN_OR_RETURN(o.in.model.lora, ResolveLora(spec, o.in.model, "plan: lora"));
   }
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
@@ -27,24 +28,26 @@ void InitShardRandom(const ModelConfig& cfg, const std::vector<OwnedRange>& owne
   }
 }
 
-Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
-                   const std::vector<OwnedRange>& owned, float* shard) {
-  const ParamLayout whole(cfg);
-  return ReadHfWeights(path, cfg, whole, [&](const ParamInfo& p, const float* data) {
+namespace {
+// A visitor that copies each tensor's owned parts into the shard.
+std::function<void(const ParamInfo&, const float*)> IntoShard(const std::vector<OwnedRange>& owned,
+                                                              float* shard) {
+  return [&owned, shard](const ParamInfo& p, const float* data) {
     ForEachOverlap(owned, p.offset, NumElements(p.shape), [&](int64_t s, int64_t g, int64_t k) {
       std::memcpy(shard + s, data + (g - p.offset), size_t(k) * sizeof(float));
     });
-  });
+  };
+}
+}  // namespace
+
+Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
+                   const std::vector<OwnedRange>& owned, float* shard) {
+  return ReadHfWeights(path, cfg, ParamLayout(cfg), IntoShard(owned, shard));
 }
 
 Status LoadLoraShard(const std::string& path, const ModelConfig& cfg,
                      const std::vector<OwnedRange>& owned, float* shard) {
-  const ParamLayout whole(cfg);
-  return ReadLoraAdapter(path, cfg, whole, [&](const ParamInfo& p, const float* data) {
-    ForEachOverlap(owned, p.offset, NumElements(p.shape), [&](int64_t s, int64_t g, int64_t k) {
-      std::memcpy(shard + s, data + (g - p.offset), size_t(k) * sizeof(float));
-    });
-  });
+  return ReadLoraAdapter(path, cfg, ParamLayout(cfg), IntoShard(owned, shard));
 }
 
 std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,

@@ -64,6 +64,20 @@ std::vector<std::string> LoraTargetNames(const ModelConfig& cfg) {
   return names;
 }
 
+std::vector<std::string> SplitLoraTargets(const std::string& s) {
+  std::vector<std::string> out;
+  std::string name;
+  for (const char c : s + ",") {
+    if (c == ',') {
+      if (!name.empty()) out.push_back(name);
+      name.clear();
+    } else if (c != ' ' && c != '\t') {
+      name += c;
+    }
+  }
+  return out;
+}
+
 Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what) {
   if (spec.rank < 1 || spec.rank > 65536)
     return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));

@@ -26,6 +26,9 @@ namespace xt {
 // q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj for Qwen3).
 std::vector<std::string> LoraTargetNames(const ModelConfig& cfg);
 
+// "q_proj, v_proj" -> {"q_proj", "v_proj"}: lora.target_modules, comma-separated, blanks dropped.
+std::vector<std::string> SplitLoraTargets(const std::string& s);
+
 // `spec` made whole for `cfg`: "all-linear" expanded to LoraTargetNames, "auto" to those less
 // gate_proj, up_proj and down_proj in a model with routed experts (all of them otherwise),
 // duplicates dropped, and

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/data/sampler.h"
@@ -61,15 +62,7 @@ Result<ModelConfig> LoadModelConfig(const TrainConfig& cfg) {
   spec.rank = cfg.lora_rank;
   spec.alpha = cfg.lora_alpha;
   spec.rslora = cfg.lora_rslora;
-  std::string name;
-  for (const char c : cfg.lora_target_modules + ",") {
-    if (c != ',') {
-      if (c != ' ') name += c;
-      continue;
-    }
-    if (!name.empty()) spec.targets.push_back(name);
-    name.clear();
-  }
+  spec.targets = SplitLoraTargets(cfg.lora_target_modules);
   XT_ASSIGN_OR_RETURN(mc.lora, ResolveLora(spec, mc, "lora"));
   return mc;
 }
@@ -86,47 +79,44 @@ std::vector<DecayRange> ShardDecayRanges(const ModelConfig& mc,
   return out;
 }
 
-// Writes an HF export (config, weights, tokenizer files) into `dir`, replacing it whole.
-Status ExportModel(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
-                   const std::string& dir) {
+// Fills `dir` whole or not at all: `write` fills "<dir>.tmp", which then replaces `dir`.
+Status ReplaceDirectory(const std::string& dir, const std::string& what,
+                        const std::function<Status(const fs::path& tmp)>& write) {
   const fs::path tmp = dir + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  Result<ExportDType> dtype = ParseExportDType(cfg.export_dtype, "export.dtype");
-  Status st = dtype.ok()
-                  ? SaveHfModel(model, tmp.string(), *dtype, size_t(cfg.export_shard_mb) << 20)
-                  : dtype.status();
-  const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    if (!st.ok()) break;
-    const fs::path src =
-        f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path) : tok_dir / f;
-    if (fs::exists(src)) fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
-    if (ec) st = Status::Error((tmp / f).string() + ": " + ec.message());
-  }
-  if (!st.ok()) {
+  if (Status st = write(tmp); !st.ok()) {
     fs::remove_all(tmp, ec);
-    return st.With("export to " + dir + " failed");
+    return st.With(what + " to " + dir + " failed");
   }
   fs::remove_all(dir, ec);
   fs::rename(tmp, dir, ec);
   if (ec) return Status::Error(dir + ": rename failed: " + ec.message());
-  if (!model.config().lora.enabled()) return Status::OK();
-  // The adapters as PEFT saves them, beside the merged model: DIR-adapter.
-  const std::string adapter = dir + "-adapter", adapter_tmp = adapter + ".tmp";
-  fs::remove_all(adapter_tmp, ec);
-  const std::string base = cfg.load_from.empty()
-                               ? std::string()
-                               : fs::absolute(cfg.load_from).lexically_normal().string();
-  st = SaveLoraAdapter(model.config(), model.layout(), model.params().f32(), adapter_tmp, base);
-  if (!st.ok()) {
-    fs::remove_all(adapter_tmp, ec);
-    return st.With("adapter export to " + adapter + " failed");
-  }
-  fs::remove_all(adapter, ec);
-  fs::rename(adapter_tmp, adapter, ec);
-  if (ec) return Status::Error(adapter + ": rename failed: " + ec.message());
   return Status::OK();
+}
+
+// Writes an HF export (config, weights, tokenizer files) into `dir`, replacing it whole; a LoRA
+// run's adapter as PEFT saves it into "<dir>-adapter" too.
+Status ExportModel(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
+                   const std::string& dir) {
+  XT_RETURN_IF_ERROR(ReplaceDirectory(dir, "export", [&](const fs::path& tmp) {
+    XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(cfg.export_dtype, "export.dtype"));
+    XT_RETURN_IF_ERROR(SaveHfModel(model, tmp.string(), dtype, size_t(cfg.export_shard_mb) << 20));
+    const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+      const fs::path src =
+          f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path) : tok_dir / f;
+      std::error_code ec;
+      if (fs::exists(src)) fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
+      if (ec) return Status::Error((tmp / f).string() + ": " + ec.message());
+    }
+    return Status::OK();
+  }));
+  if (!model.config().lora.enabled()) return Status::OK();
+  return ReplaceDirectory(dir + "-adapter", "adapter export", [&](const fs::path& tmp) {
+    return SaveLoraAdapter(model.config(), model.layout(), model.params().f32(), tmp.string(),
+                           fs::absolute(cfg.load_from).lexically_normal().string());
+  });
 }
 
 // The export every rank takes part in: the whole model is gathered to rank 0, which writes it.
