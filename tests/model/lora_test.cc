@@ -343,6 +343,7 @@ TEST(LoraAdapter, WhatTheEngineDoesNotImplementIsRefusedByName) {
   EXPECT_NE(ReadError(EditedAdapter(f, {{"init_lora_weights", "pissa"}})).find("init_lora_weights"),
             std::string::npos);
   EXPECT_EQ(ReadError(EditedAdapter(f, {{"init_lora_weights", "gaussian"}})), "ok");
+  EXPECT_EQ(ReadError(EditedAdapter(f, {{"init_lora_weights", "eva"}})), "ok");  // base unchanged
   EXPECT_NE(ReadError(EditedAdapter(f, {{"alora_invocation_tokens", {5, 6}}}))
                 .find("alora_invocation_tokens"),
             std::string::npos);

@@ -1,5 +1,5 @@
 // xtuner convert --checkpoint DIR --out DIR [--dtype bf16|fp32|fp8] [--tokenizer PATH]
-//                [--shard-mb N] [--adapter-out DIR]
+//                [--shard-mb N] [--adapter-out DIR] [--base DIR]
 // Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory;
 // a LoRA run's is merged, and --adapter-out also writes its adapter as PEFT saves one.
 #include <cstdio>
@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ConvertArgs {
-  std::string checkpoint, out, dtype = "bf16", tokenizer, adapter_out;
+  std::string checkpoint, out, dtype = "bf16", tokenizer, adapter_out, base;
   int64_t shard_mb = 5000;
 };
 
@@ -36,7 +36,10 @@ Status RunConvert(const ConvertArgs& o) {
   if (!o.adapter_out.empty() && !mc.lora.enabled())
     return Status::Error("convert: --adapter-out: " + o.checkpoint +
                          " is not from a LoRA run (it has no adapters)");
-  XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc));
+  if (!o.base.empty() && !mc.lora.enabled())
+    return Status::Error("convert: --base: " + o.checkpoint +
+                         " is not from a LoRA run (it holds every weight)");
+  XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc, o.base));
   auto model = std::make_unique<Transformer>(std::move(mc));
   std::memcpy(model->params().f32(), params.data(), params.size() * sizeof(float));
   // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
@@ -82,6 +85,9 @@ void AddConvert(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the run's)");
   cmd->add_option("--shard-mb", o.shard_mb, "largest shard, MB")->capture_default_str();
+  cmd->add_option("--base", o.base,
+                  "a LoRA run's base model, where it is now (default: the path the run recorded; "
+                  "its weights must be the same)");
   cmd->add_option("--adapter-out", o.adapter_out,
                   "a LoRA run: also write its adapter here (PEFT's adapter_config.json and "
                   "adapter_model.safetensors)");

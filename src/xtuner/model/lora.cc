@@ -216,7 +216,8 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
   // PiSSA, OLoRA, CorDA and LoftQ change the base weights as they initialise the adapter: such
   // an adapter applies to that changed base, not to the model it names.
   if (const nlohmann::json* init = get("init_lora_weights");
-      init && !init->is_boolean() && !(init->is_string() && *init == "gaussian"))
+      init && !init->is_boolean() &&
+      !(init->is_string() && (*init == "gaussian" || *init == "eva" || *init == "orthogonal")))
     return bad("init_lora_weights",
                "is " + init->dump() +
                    ": an adapter initialised so belongs to a changed base model; convert it to "

@@ -333,6 +333,9 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
       return Status::Error(src + ": \"" + std::string(k) + "\" must be an integer, not " +
                            j[k].dump());
   if (!j["data_key"].is_string()) return Status::Error(src + ": \"data_key\" must be a string");
+  for (const char* k : {"lora_base", "lora_base_fingerprint"})
+    if (j.contains(k) && !j[k].is_string())
+      return Status::Error(src + ": \"" + std::string(k) + "\" must be a string");
   XT_ASSIGN_OR_RETURN(const LoraSpec lora, ReadCheckpointLora(dir));
   auto describe = [](const LoraSpec& s) {
     if (!s.enabled()) return std::string("no LoRA (every parameter trains)");
@@ -347,6 +350,10 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
     std::memset(m.data(), 0, m.nbytes());
     std::memset(v.data(), 0, v.nbytes());
   }
+  if (cfg.lora.enabled() && !j.contains("lora_base"))
+    return Status::Error(src +
+                         ": a LoRA checkpoint without \"lora_base\" (the base model it "
+                         "adapts): not one this version wrote");
   XT_RETURN_IF_ERROR(
       ReadShards(d, cfg, TrainableOwned(cfg, *shard.owned), shard.params, m.f32(), v.f32()));
   XT_RETURN_IF_ERROR(shard.optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
@@ -367,7 +374,8 @@ Result<LoraSpec> ReadCheckpointLora(const std::string& dir) {
   return LoraSpecFromJson(j["xtuner_lora"], path.string());
 }
 
-Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg) {
+Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg,
+                                                const std::string& base_dir) {
   const ParamLayout layout(cfg);
   const int64_t total = layout.total();
   std::vector<float> params(total);
@@ -375,16 +383,20 @@ Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const Mo
   if (cfg.lora.enabled()) {  // the frozen weights: the base's
     const fs::path state = fs::path(dir) / "trainer_state.json";
     XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(state));
-    const std::string base = j.value("lora_base", std::string());
+    if (!j.contains("lora_base") || !j["lora_base"].is_string() ||
+        !j.contains("lora_base_fingerprint") || !j["lora_base_fingerprint"].is_string())
+      return Status::Error(state.string() +
+                           ": a LoRA checkpoint without \"lora_base\" (the base "
+                           "model it adapts): not one this version wrote");
+    const std::string base = base_dir.empty() ? j.value("lora_base", std::string()) : base_dir;
     const std::string want = j.value("lora_base_fingerprint", std::string());
-    if (base.empty())
-      return Status::Error(state.string() + ": a LoRA run's checkpoint without \"lora_base\"");
     Result<std::string> got = HfWeightsFingerprint(base);
     if (!got.ok())
       return got.status().With(dir + ": this LoRA checkpoint holds the adapters only; its base " +
-                               "model " + base + " (model.load_from) is needed");
+                               "model " + base + " (model.load_from) is needed (one moved " +
+                               "elsewhere: xtuner convert --base DIR)");
     if (*got != want)
-      return Status::Error(dir + ": the base model " + base + " changed since this LoRA run (" +
+      return Status::Error(dir + ": the base model " + base + " is not this LoRA run's (" +
                            "fingerprint " + *got + ", the run's " + want + ")");
     XT_RETURN_IF_ERROR(ReadHfWeights(base, cfg, layout, [&](const ParamInfo& p, const float* w) {
       std::memcpy(params.data() + p.offset, w, NumElements(p.shape) * sizeof(float));

@@ -71,7 +71,9 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
 Result<LoraSpec> ReadCheckpointLora(const std::string& dir);
 
 // The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint (a LoRA run's: its
-// base's weights from the base it names, an error if that is gone or changed, and its adapters).
-Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg);
+// base's weights from the base it names, or from `base_dir` when given, an error if that is gone
+// or not the run's base by fingerprint, and its adapters).
+Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg,
+                                                const std::string& base_dir = "");
 
 }  // namespace xt
