@@ -15,4 +15,9 @@ inline uint64_t SplitMix64(uint64_t* state) {
   return z ^ (z >> 31);
 }
 
+// A uniform double in the open interval (0, 1) from the next 53 bits of `state`.
+inline double UniformOpen01(uint64_t* state) {
+  return (double(SplitMix64(state) >> 11) + 0.5) * 0x1.0p-53;
+}
+
 }  // namespace xt

@@ -145,11 +145,8 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
     const ParamInfo& p = params[i];
     if (p.lora) continue;  // merged into their weights
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
-    if (mc.lora.enabled()) {
-      Tensor merged = Tensor::Empty(DType::F32, p.shape);
-      std::memcpy(merged.f32(), t.f32(), t.nbytes());
-      if (MergeLora(model.layout(), mc.lora, slab, p, merged.f32())) t = merged;
-    }
+    if (Tensor merged; mc.lora.enabled() && MergeLora(model.layout(), mc.lora, slab, p, &merged))
+      t = merged;
     // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
     // per-step moves would round away in bf16).
     if (dtype == ExportDType::kF32 || p.no_grad) {

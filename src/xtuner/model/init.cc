@@ -7,10 +7,6 @@
 
 namespace xt {
 
-namespace {
-double Uniform(uint64_t* s) { return (double(SplitMix64(s) >> 11) + 0.5) * 0x1.0p-53; }  // (0,1)
-}  // namespace
-
 void InitTensor(const ParamInfo& info, double std, uint64_t seed, float* w) {
   // Each tensor's stream depends on the seed and its offset only: adding a parameter elsewhere
   // does not change the others.
@@ -22,7 +18,8 @@ void InitTensor(const ParamInfo& info, double std, uint64_t seed, float* w) {
     return;
   }
   for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per pair of uniforms
-    const double r = std::sqrt(-2.0 * std::log(Uniform(&s))), a = 2.0 * M_PI * Uniform(&s);
+    const double r = std::sqrt(-2.0 * std::log(UniformOpen01(&s))),
+                 a = 2.0 * M_PI * UniformOpen01(&s);
     w[i] = float(std * r * std::cos(a));
     if (i + 1 < n) w[i + 1] = float(std * r * std::sin(a));
   }

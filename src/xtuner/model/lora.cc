@@ -91,7 +91,7 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     if (t == "auto") {  // every layer the engine can adapt in this model
       for (const std::string& name : known)
         if (!cfg.is_moe() || (name != "gate_proj" && name != "up_proj" && name != "down_proj"))
-          if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+          out.push_back(name);
       continue;
     }
     const bool all = t == "all-linear";
@@ -106,15 +106,24 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
       return Status::Error(key + ": \"" + t + "\" is no linear layer of a " + cfg.model_type +
                            " model with this config.json (it has: " + Join(known) +
                            "; or \"all-linear\", \"auto\")");
-    for (const std::string& name : all ? known : std::vector<std::string>{t})
-      if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+    if (all)
+      out.insert(out.end(), known.begin(), known.end());
+    else
+      out.push_back(t);
   }
-  // Model order, whatever the order given.
+  // Model order, each once, whatever the order given.
   std::vector<std::string> ordered;
   for (const std::string& k : known)
     if (std::find(out.begin(), out.end(), k) != out.end()) ordered.push_back(k);
   spec.targets = ordered;
   return spec;
+}
+
+int64_t AdapterParams(const ParamLayout& layout) {
+  int64_t n = 0;
+  for (const ParamInfo& p : layout.params())
+    if (p.lora) n += NumElements(p.shape);
+  return n;
 }
 
 void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w) {
@@ -127,29 +136,32 @@ void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w) {
   uint64_t s = seed ^ (0x9e3779b97f4a7c15ull * uint64_t(info.offset + 1));
   const double bound = 1.0 / std::sqrt(double(info.shape[1]));
   for (int64_t i = 0; i < n; ++i) {
-    const double u = (double(SplitMix64(&s) >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
-    w[i] = float((2.0 * u - 1.0) * bound);
+    w[i] = float((2.0 * UniformOpen01(&s) - 1.0) * bound);
   }
 }
 
 bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
-               const ParamInfo& info, float* w) {
-  bool any = false;
+               const ParamInfo& info, Tensor* merged) {
+  const int64_t n = NumElements(info.shape);
+  std::vector<const LoraPiece*> pieces;  // the adapters of exactly this weight's rows
+  for (const LayerOffsets& o : layout.layers)
+    for (const LoraPiece& piece : o.lora)
+      if (piece.base + piece.row0 * piece.in == info.offset && piece.rows * piece.in == n)
+        pieces.push_back(&piece);
+  if (pieces.empty()) return false;
+  *merged = Tensor::Empty(DType::F32, info.shape);
+  float* w = merged->f32();
+  std::copy(slab + info.offset, slab + info.offset + n, w);
   const float scale = float(spec.scale());
   std::vector<float> delta;
-  for (const LayerOffsets& o : layout.layers)
-    for (const LoraPiece& piece : o.lora) {
-      if (piece.base + piece.row0 * piece.in != info.offset ||
-          piece.rows * piece.in != NumElements(info.shape))
-        continue;
-      delta.assign(piece.rows * piece.in, 0.0f);
-      // delta (rows, in) = B (rows, r) @ A (r, in), in fp32 whatever the matmul precision
-      ops::gemm_f32(delta.data(), slab + piece.b, slab + piece.a, piece.rows, piece.in, spec.rank,
-                    false, false, 0.0f);
-      for (size_t i = 0; i < delta.size(); ++i) w[i] += delta[i] * scale;
-      any = true;
-    }
-  return any;
+  for (const LoraPiece* p : pieces) {
+    delta.assign(n, 0.0f);
+    // delta (rows, in) = B (rows, r) @ A (r, in), in fp32 whatever the matmul precision
+    ops::gemm_f32(delta.data(), slab + p->b, slab + p->a, p->rows, p->in, spec.rank, false, false,
+                  0.0f);
+    for (int64_t i = 0; i < n; ++i) w[i] += delta[i] * scale;
+  }
+  return true;
 }
 
 namespace {
@@ -236,16 +248,22 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
   return j;
 }
 
-}  // namespace
-
-Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& cfg) {
-  XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
-  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
+// r, lora_alpha and use_rslora (absent: false) of a config ReadAdapterConfig accepted.
+LoraSpec SettingsOf(const nlohmann::json& j) {
   LoraSpec spec;
   spec.rank = j["r"].get<int64_t>();
   spec.alpha = j["lora_alpha"].get<double>();
   spec.rslora =
       j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
+  return spec;
+}
+
+}  // namespace
+
+Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& cfg) {
+  XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
+  LoraSpec spec = SettingsOf(j);
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
   for (const std::string& name : ckpt.names()) {
     const size_t at = name.rfind(".lora_");
@@ -269,15 +287,14 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
   auto bad = [&](const std::string& key, const std::string& why) {
     return Status::Error(f.config + ": " + key + " " + why);
   };
-  if (j["r"].get<int64_t>() != cfg.lora.rank)
+  const LoraSpec got = SettingsOf(j);
+  if (got.rank != cfg.lora.rank)
     return bad("r", "is " + j["r"].dump() + ", but lora.rank is " + std::to_string(cfg.lora.rank));
-  if (j["lora_alpha"].get<double>() != cfg.lora.alpha)
+  if (got.alpha != cfg.lora.alpha)
     return bad("lora_alpha", "is " + j["lora_alpha"].dump() + ", but lora.alpha is " +
                                  nlohmann::json(cfg.lora.alpha).dump());
-  const bool rslora =
-      j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
-  if (rslora != cfg.lora.rslora)
-    return bad("use_rslora", std::string("is ") + (rslora ? "true" : "false") +
+  if (got.rslora != cfg.lora.rslora)
+    return bad("use_rslora", std::string("is ") + (got.rslora ? "true" : "false") +
                                  ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
 
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
@@ -292,10 +309,9 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
     XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(name, p.shape));
     visit(p, t.f32());
   }
-  const ParamLayout whole(cfg);
-  for (const std::string& name : ckpt.names()) {
+  for (const std::string& name : ckpt.names()) {  // (every layout holds all the adapters)
     const ParamInfo* p = name.rfind(kPeftPrefix, 0) == 0
-                             ? whole.Find(name.substr(sizeof(kPeftPrefix) - 1))
+                             ? layout.Find(name.substr(sizeof(kPeftPrefix) - 1))
                              : nullptr;
     if (!p || !p->lora)
       return Status::Error(file + ": unexpected tensor \"" + name +

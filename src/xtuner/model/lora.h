@@ -36,15 +36,18 @@ std::vector<std::string> SplitLoraTargets(const std::string& s);
 // this model). Errors name the key (`what` + ".rank", ".alpha", ".target_modules").
 Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what);
 
+// Elements of the adapters of `layout` (0 without LoRA): what a LoRA run trains.
+int64_t AdapterParams(const ParamLayout& layout);
+
 // PEFT's initialisation: A uniform in +-1/sqrt(in) (kaiming_uniform_ with a = sqrt(5)), B zero,
 // each tensor's stream from `seed` and its offset. `info` must be an adapter (info.lora).
 void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w);
 
-// Adds scale * B A of every adapter of the weight `info` (a base weight of `layout`, whose
-// adapters `slab` holds) into `w` (that weight's numel floats), as PEFT's merge_and_unload.
-// Returns whether any adapter adapts it.
+// The weight `info` of `layout` (`slab` holds it and its adapters) with every adapter of it
+// merged, W + scale * B A as PEFT's merge_and_unload, into a new *merged (F32, info.shape).
+// False, copying nothing, when no adapter adapts it.
 bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
-               const ParamInfo& info, float* w);
+               const ParamInfo& info, Tensor* merged);
 
 // The LoRA settings of a PEFT adapter (its directory or adapter_model.safetensors), for a model
 // with config `cfg`: r, lora_alpha and use_rslora from its adapter_config.json, the targets from

@@ -46,8 +46,9 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
     linear(m + "up_proj", I, H, Add(m + "up_proj.weight", {I, H}), *gate_up, I);
     *down = add_linear(m + "down_proj", H, I);
   };
-  // The adapters of the layer, after its other weights (they alone train).
+  // The adapters of the layer, after its other weights (they alone train): their range.
   auto add_adapters = [&](LayerOffsets* o) {
+    const int64_t begin = total_;
     for (auto& [module, piece] : adapted) {
       const size_t i = params_.size();
       piece.a = Add(module + ".lora_A.weight", {c.lora.rank, piece.in});
@@ -59,6 +60,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       o->lora.push_back(piece);
     }
     adapted.clear();
+    return ParamUnit{begin, total_};
   };
   if (c.is_moe()) {
     expert_begin = first_expert;
@@ -99,12 +101,10 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       o.k_norm = Add(p + "self_attn.k_norm.weight", {D}, true);
     }
     o.ln2 = Add(p + "post_attention_layernorm.weight", {H}, true);
-    int64_t lora_begin = total_, lora_end = total_;
+    ParamUnit adapters;
     if (!c.layer_is_moe[l]) {
       add_mlp(p + "mlp.", c.intermediate_size, &o.gate_up, &o.down);
-      lora_begin = total_;
-      add_adapters(&o);
-      lora_end = total_;
+      adapters = add_adapters(&o);
     } else {
       const int64_t I = c.moe_intermediate_size, E = c.num_experts;
       const int64_t e0 = expert_begin, e1 = expert_begin + expert_count;
@@ -115,9 +115,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
         o.router_bias = Add(moe + "gate.e_score_correction_bias", {E}, false, /*no_grad=*/true);
       if (c.n_shared_experts > 0)  // shared experts: a dense SwiGLU MLP, before the experts
         add_mlp(moe + "shared_experts.", c.n_shared_experts * I, &o.shared_gate_up, &o.shared_down);
-      lora_begin = total_;
-      add_adapters(&o);
-      lora_end = total_;
+      adapters = add_adapters(&o);
       for (int64_t e = e0; e < e1; ++e) {
         const std::string x = moe + "experts." + std::to_string(e) + ".";
         int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});
@@ -132,7 +130,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
     }
     layers.push_back(std::move(o));
     units_.push_back({unit_begin, total_});
-    trainable_.push_back(lora_ ? ParamUnit{lora_begin, lora_end} : units_.back());
+    trainable_.push_back(lora_ ? adapters : units_.back());
   }
   const int64_t head_begin = total_;
   final_norm = Add("model.norm.weight", {H}, true);

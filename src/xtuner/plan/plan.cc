@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "xtuner/loss/cross_entropy.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
 #include "xtuner/plan/cuda_step.h"
 #include "xtuner/train/metrics_flops.h"
@@ -215,9 +216,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   r.trainable_params = r.total_params;
   r.local_trainable = r.local_params;
   if (c.lora.enabled()) {
-    r.trainable_params = 0;
-    for (const ParamInfo& p : layout.params())
-      if (p.lora) r.trainable_params += NumElements(p.shape);
+    r.trainable_params = AdapterParams(layout);
     r.local_trainable = CeilDiv(r.trainable_params, in.world);
   }
   r.weight_bytes = r.local_params * s.f32;

@@ -164,35 +164,47 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
   return Status::OK();
 }
 
-// The ranges of `owned` a checkpoint holds, with their offsets in the shard file: all of them at
-// their shard offsets, or for a LoRA run those that train, packed (the rest is the base's).
-std::vector<OwnedRange> SavedRanges(const ModelConfig& cfg, const std::vector<OwnedRange>& owned) {
+// The parts of `owned` a checkpoint holds, at their shard offsets: all of them, or for a LoRA
+// run those of its adapters (the rest is its base's).
+std::vector<OwnedRange> TrainableOwned(const ModelConfig& cfg,
+                                       const std::vector<OwnedRange>& owned) {
   if (!cfg.lora.enabled()) return owned;
   std::vector<OwnedRange> out;
-  int64_t at = 0;
   const ParamLayout layout(cfg);
-  for (const OwnedRange& o : owned)
-    for (const ParamInfo& p : layout.params()) {
-      if (p.frozen) continue;
-      const int64_t lo = std::max(o.global, p.offset);
-      const int64_t hi = std::min(o.global + o.size, p.offset + NumElements(p.shape));
-      if (lo >= hi) continue;
-      out.push_back({lo, hi - lo, at});
-      at += hi - lo;
-    }
+  for (const ParamInfo& p : layout.params())
+    if (!p.frozen)
+      ForEachOverlap(owned, p.offset, NumElements(p.shape),
+                     [&](int64_t shard, int64_t global, int64_t n) {
+                       out.push_back({global, n, shard});
+                     });
   return out;
 }
 
-// `owned` restricted to what trains, keeping shard offsets (what a LoRA run reads back).
-std::vector<OwnedRange> TrainableOwned(const ModelConfig& cfg,
-                                       const std::vector<OwnedRange>& owned) {
-  std::vector<OwnedRange> out = SavedRanges(cfg, owned);
-  if (!cfg.lora.enabled()) return out;
-  for (OwnedRange& r : out)
-    for (const OwnedRange& o : owned)
-      if (r.global >= o.global && r.global < o.global + o.size)
-        r.shard = o.shard + (r.global - o.global);
-  return out;
+// Those ranges at their offsets in the shard file: where they are in the shard, or, for a LoRA
+// run's, packed one after the other.
+// A LoRA checkpoint's base model and the fingerprint of its weights, from its trainer_state.json
+// (`j`, read from `src`).
+Status ReadLoraBase(const nlohmann::json& j, const std::string& src, std::string* base,
+                    std::string* fingerprint) {
+  if (!j.contains("lora_base") || !j["lora_base"].is_string() ||
+      !j.contains("lora_base_fingerprint") || !j["lora_base_fingerprint"].is_string())
+    return Status::Error(src +
+                         ": a LoRA checkpoint without \"lora_base\" and "
+                         "\"lora_base_fingerprint\" (the base model it adapts): not one this "
+                         "version wrote");
+  *base = j["lora_base"].get<std::string>();
+  *fingerprint = j["lora_base_fingerprint"].get<std::string>();
+  return Status::OK();
+}
+
+std::vector<OwnedRange> InFile(const ModelConfig& cfg, std::vector<OwnedRange> kept) {
+  if (!cfg.lora.enabled()) return kept;
+  int64_t at = 0;
+  for (OwnedRange& r : kept) {
+    r.shard = at;
+    at += r.size;
+  }
+  return kept;
 }
 
 }  // namespace
@@ -223,12 +235,12 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
   const AdamW& optim = *shard.optim;
   const int64_t n = optim.numel();
   nlohmann::json ranges = nlohmann::json::array();
-  const std::vector<OwnedRange> saved_ranges = SavedRanges(cfg, *shard.owned);
+  const std::vector<OwnedRange> from = TrainableOwned(cfg, *shard.owned);
+  const std::vector<OwnedRange> saved_ranges = InFile(cfg, from);
   for (const OwnedRange& o : saved_ranges) ranges.push_back({o.global, o.size, o.shard});
   Tensor params = Tensor::Wrap(DType::F32, {n}, shard.params, nullptr);
   Tensor m = optim.exp_avg(), v = optim.exp_avg_sq();
   if (cfg.lora.enabled()) {
-    const std::vector<OwnedRange> from = TrainableOwned(cfg, *shard.owned);
     int64_t kept = 0;
     for (const OwnedRange& o : from) kept += o.size;
     Tensor pk = Tensor::Empty(DType::F32, {kept}), mk = Tensor::Empty(DType::F32, {kept}),
@@ -254,7 +266,7 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     const std::vector<std::vector<OwnedRange>> every = OwnedRangesOfEveryRank(cfg, mesh);
     for (int r = 0; r < mesh.world; ++r) {
       nlohmann::json rr = nlohmann::json::array();
-      for (const OwnedRange& o : SavedRanges(cfg, every[r]))
+      for (const OwnedRange& o : InFile(cfg, TrainableOwned(cfg, every[r])))
         rr.push_back({o.global, o.size, o.shard});
       files.push_back({{"file", ShardName(r, mesh.world)}, {"ranges", rr}});
     }
@@ -350,10 +362,8 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
     std::memset(m.data(), 0, m.nbytes());
     std::memset(v.data(), 0, v.nbytes());
   }
-  if (cfg.lora.enabled() && !j.contains("lora_base"))
-    return Status::Error(src +
-                         ": a LoRA checkpoint without \"lora_base\" (the base model it "
-                         "adapts): not one this version wrote");
+  if (cfg.lora.enabled())
+    XT_RETURN_IF_ERROR(ReadLoraBase(j, src, &state->lora_base, &state->lora_base_fingerprint));
   XT_RETURN_IF_ERROR(
       ReadShards(d, cfg, TrainableOwned(cfg, *shard.owned), shard.params, m.f32(), v.f32()));
   XT_RETURN_IF_ERROR(shard.optim->Restore(m, v, j["optimizer_step"].get<int64_t>()));
@@ -362,8 +372,6 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   state->nonfinite_consecutive = j.value("nonfinite_consecutive", 0);
   state->nonfinite_total = j.value("nonfinite_total", int64_t(0));
   state->data_key = j["data_key"].get<std::string>();
-  state->lora_base = j.value("lora_base", std::string());
-  state->lora_base_fingerprint = j.value("lora_base_fingerprint", std::string());
   return Status::OK();
 }
 
@@ -383,13 +391,9 @@ Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const Mo
   if (cfg.lora.enabled()) {  // the frozen weights: the base's
     const fs::path state = fs::path(dir) / "trainer_state.json";
     XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(state));
-    if (!j.contains("lora_base") || !j["lora_base"].is_string() ||
-        !j.contains("lora_base_fingerprint") || !j["lora_base_fingerprint"].is_string())
-      return Status::Error(state.string() +
-                           ": a LoRA checkpoint without \"lora_base\" (the base "
-                           "model it adapts): not one this version wrote");
-    const std::string base = base_dir.empty() ? j.value("lora_base", std::string()) : base_dir;
-    const std::string want = j.value("lora_base_fingerprint", std::string());
+    std::string base, want;
+    XT_RETURN_IF_ERROR(ReadLoraBase(j, state.string(), &base, &want));
+    if (!base_dir.empty()) base = base_dir;
     Result<std::string> got = HfWeightsFingerprint(base);
     if (!got.ok())
       return got.status().With(dir + ": this LoRA checkpoint holds the adapters only; its base " +

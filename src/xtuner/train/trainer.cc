@@ -437,10 +437,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     }
   }
   if (mc.lora.enabled()) {
-    int64_t trainable = 0;
-    const ParamLayout layout(mc);
-    for (const ParamInfo& p : layout.params())
-      if (p.lora) trainable += NumElements(p.shape);
+    const int64_t trainable = AdapterParams(ParamLayout(mc));
     std::string targets;
     for (const std::string& t : mc.lora.targets) targets += (targets.empty() ? "" : ",") + t;
     char line[160];
