@@ -75,10 +75,7 @@ TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {
   TrainConfig resumed = straight;
   resumed.work_dir = straight.work_dir + "-resumed";
   resumed.resume = "auto";
-  fs::create_directories(resumed.work_dir + "/checkpoints");
-  fs::copy(straight.work_dir + "/checkpoints/step-00000003",
-           resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
-  fs::copy(straight.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   const std::vector<double> a = Metric(straight.work_dir, "loss");

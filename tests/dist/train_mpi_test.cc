@@ -229,10 +229,7 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   EXPECT_TRUE(fs::exists(dir + "/four/hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/four/hf-adapter/adapter_model.safetensors"));
   // Its step-3 checkpoint (the adapters of 4 ranks) resumes on 2 ranks with the base's weights.
-  fs::create_directories(dir + "/resumed/checkpoints");
-  fs::copy(dir + "/four/checkpoints/step-00000003", dir + "/resumed/checkpoints/step-00000003",
-           fs::copy_options::recursive);
-  fs::copy(dir + "/four/cache", dir + "/resumed/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(dir + "/four", 3, dir + "/resumed");
   r = Mpi(2, sft + dir + "/resumed --resume auto");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/resumed"), 3);

@@ -181,9 +181,7 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
   ASSERT_TRUE(fs::exists(ckpt3));
   TrainConfig resumed = first;
   resumed.work_dir = first.work_dir + "-resumed";
-  fs::create_directories(resumed.work_dir + "/checkpoints");
-  fs::copy(ckpt3, resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
-  fs::copy(first.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(first.work_dir, 3, resumed.work_dir);
   resumed.resume = "auto";
   TrainConfig other = resumed;  // the same checkpoint, another rank
   auto r = RunTraining(resumed, nullptr);

@@ -167,10 +167,7 @@ TEST(TrainBackend, ADeviceRunResumesAndExportsExactly) {
   resumed.work_dir = straight.work_dir + "-resumed";
   resumed.export_every = 0;
   resumed.resume = "auto";
-  fs::create_directories(resumed.work_dir + "/checkpoints");
-  fs::copy(straight.work_dir + "/checkpoints/step-00000003",
-           resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
-  fs::copy(straight.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
   g_syncs = 0;
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();

@@ -65,9 +65,7 @@ TEST(Trainer, ResumeIsBitExact) {
   ASSERT_TRUE(fs::exists(ckpt3));  // keep_last 2 keeps steps 3 and 6
   TrainConfig resumed = first;
   resumed.work_dir = first.work_dir + "-resumed";
-  fs::create_directories(resumed.work_dir + "/checkpoints");
-  fs::copy(ckpt3, resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
-  fs::copy(first.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(first.work_dir, 3, resumed.work_dir);
   resumed.resume = "auto";
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
@@ -136,10 +134,7 @@ TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
   // Resume from step 3 gives the same steps 4..6 and the same parameters, biases included.
   TrainConfig resumed = straight;
   resumed.work_dir = straight.work_dir + "-resumed";
-  fs::create_directories(resumed.work_dir + "/checkpoints");
-  fs::copy(straight.work_dir + "/checkpoints/step-00000003",
-           resumed.work_dir + "/checkpoints/step-00000003", fs::copy_options::recursive);
-  fs::copy(straight.work_dir + "/cache", resumed.work_dir + "/cache", fs::copy_options::recursive);
+  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
   resumed.resume = "auto";
   auto rr = RunTraining(resumed, nullptr);
   ASSERT_TRUE(rr.ok()) << rr.status().message();

@@ -1,5 +1,7 @@
 #include "util/tiny_run.h"
 
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -44,6 +46,15 @@ TrainConfig TinyRun(const std::string& tag) {
   c.tensorboard = true;
   c.export_at_end = false;
   return c;
+}
+
+void SeedResumeDir(const std::string& from, int64_t step, const std::string& to) {
+  namespace fs = std::filesystem;
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
+  fs::create_directories(to + "/checkpoints");
+  fs::copy(from + "/checkpoints/" + name, to + "/checkpoints/" + name, fs::copy_options::recursive);
+  fs::copy(from + "/cache", to + "/cache", fs::copy_options::recursive);
 }
 
 std::string TinyDeepseekV3Config() {

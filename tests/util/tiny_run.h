@@ -11,6 +11,10 @@ namespace xt::testing {
 // 6 steps of 4 rows of 64 tokens in micro-batches of 2, lr 3e-3, TensorBoard on, no export.
 TrainConfig TinyRun(const std::string& tag);
 
+// Makes `to` a work dir holding only the step-`step` checkpoint and the tokenized cache of the
+// run in work dir `from`: a run there with resume "auto" continues from that step.
+void SeedResumeDir(const std::string& from, int64_t step, const std::string& to);
+
 // The config.json of a tiny DeepSeek-V3 for the demo's tokenizer (vocab 3008): hidden 32, 2
 // layers (the first dense), 2 MLA heads, 6 experts in 3 groups keeping 2, top-2, a shared expert,
 // tied embeddings.
