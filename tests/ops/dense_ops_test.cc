@@ -2,6 +2,7 @@
 // gemm/linear, embedding, RMSNorm, RoPE, SwiGLU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -167,6 +168,72 @@ TEST(SwiGlu, ForwardAndBackward) {
   };
   ops::swiglu_backward(dh.data(), r.data(), h.data(), N, I);
   EXPECT_LT(GradCheck(h, dh, loss, 1e-3), 1e-3);
+}
+
+// GPT-OSS's clamped GLU against its formula in double, and its backward against finite
+// differences on inputs spread over [-12, 12): about a third of them held by the clamp (limit 7),
+// where the gradient must be exactly zero. No input lies within the step of a clamp's kink.
+TEST(GptOssGlu, ForwardAndBackward) {
+  const int N = 6, I = 7;
+  const float alpha = 1.702f, limit = 7.0f;
+  auto h = RandomVector(N * 2 * I, 18, 12.0f), r = RandomVector(N * I, 19);
+  for (float& x : h)
+    if (std::fabs(std::fabs(x) - limit) < 0.05f) x += 0.1f;
+  std::vector<float> out(N * I), dh(N * 2 * I);
+  ops::gpt_oss_glu_forward(out.data(), h.data(), N, I, alpha, limit);
+  int clamped = 0;
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < I; ++i) {
+      const double gate = h[n * 2 * I + i], up = h[n * 2 * I + I + i];
+      const double g = std::min(gate, 7.0), u = std::clamp(up, -7.0, 7.0);
+      clamped += (gate > 7) + (std::fabs(up) > 7);
+      EXPECT_NEAR(out[n * I + i], (u + 1) * g / (1 + std::exp(-1.702 * g)),
+                  1e-5 * (1 + std::fabs((u + 1) * g)));
+    }
+  EXPECT_GT(clamped, N * I / 4);
+  auto loss = [&] {
+    ops::gpt_oss_glu_forward(out.data(), h.data(), N, I, alpha, limit);
+    return Dot(out.data(), r);
+  };
+  ops::gpt_oss_glu_backward(dh.data(), r.data(), h.data(), N, I, alpha, limit);
+  EXPECT_LT(GradCheck(h, dh, loss, 1e-3, 1000), 1e-3);
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < I; ++i) {
+      if (h[n * 2 * I + i] > limit) EXPECT_EQ(dh[n * 2 * I + i], 0.0f);
+      if (std::fabs(h[n * 2 * I + I + i]) > limit) EXPECT_EQ(dh[n * 2 * I + I + i], 0.0f);
+    }
+}
+
+TEST(Bias, RowsAndExpertsForwardAndBackward) {
+  const int64_t O = 70;                                  // more than one strip of columns
+  const std::vector<int32_t> offsets = {0, 3, 3, 8, 9};  // expert 1 has no rows
+  const int64_t E = 4, A = offsets.back();
+  auto b = RandomVector(E * O, 20), dout = RandomVector(A * O, 21);
+  std::vector<float> out(A * O, 1.0f);
+  ops::grouped_bias_forward(out.data(), b.data(), offsets.data(), E, O);
+  std::vector<float> db(E * O, 0.5f);  // accumulates
+  ops::grouped_bias_backward(db.data(), dout.data(), offsets.data(), E, O);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t o = 0; o < O; ++o) {
+      double sum = 0.5;
+      for (int64_t a = offsets[e]; a < offsets[e + 1]; ++a) {
+        EXPECT_EQ(out[a * O + o], 1.0f + b[e * O + o]);
+        sum += dout[a * O + o];
+      }
+      EXPECT_NEAR(db[e * O + o], sum, 1e-5) << e << " " << o;
+    }
+  // One bias for every row.
+  std::vector<float> plain(A * O, 0.0f), dplain(O, 0.0f);
+  ops::bias_forward(plain.data(), b.data(), A, O);
+  ops::bias_backward(dplain.data(), dout.data(), A, O);
+  for (int64_t o = 0; o < O; ++o) {
+    double sum = 0;
+    for (int64_t a = 0; a < A; ++a) {
+      EXPECT_EQ(plain[a * O + o], b[o]);
+      sum += dout[a * O + o];
+    }
+    EXPECT_NEAR(dplain[o], sum, 1e-5);
+  }
 }
 
 }  // namespace

@@ -55,6 +55,17 @@ void linear_forward(float* out, const float* in, const float* w, int64_t T, int6
 void linear_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
                      int64_t T, int64_t I, int64_t O, bool accumulate_din = false);
 
+// ---------------------------------------------------------------- biases
+// out (N, O) += b (O) on every row.
+void bias_forward(float* out, const float* b, int64_t N, int64_t O);
+// db (O) += the column sums of dout (N, O), rows summed in order.
+void bias_backward(float* db, const float* dout, int64_t N, int64_t O);
+// Per expert (rows [offsets[e], offsets[e+1]) of out (A, O)): out += b (E, O)[e]; and its
+// backward, db (E, O) += the column sums of each expert's rows of dout.
+void grouped_bias_forward(float* out, const float* b, const int32_t* offsets, int64_t E, int64_t O);
+void grouped_bias_backward(float* db, const float* dout, const int32_t* offsets, int64_t E,
+                           int64_t O);
+
 // ---------------------------------------------------------------- embedding
 // out (T, H) = table (V, H)[ids (T)]. Ids must be in [0, V) (checked by the caller).
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t T, int64_t H);
@@ -79,32 +90,58 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D);
 
 // ---------------------------------------------------------------- attention (packed, causal)
+// GPT-OSS's two variations on causal attention, both off by default:
+//  - sinks (Hq): a learned logit per query head that joins the denominator of every softmax of
+//    that head and carries no value: p_ij = exp(s_ij) / (sum_j' exp(s_ij') + exp(sinks[h])), so a
+//    query's weights sum to less than 1 (transformers' eager_attention_forward with s_aux);
+//  - window > 0: query i attends only to keys j with i - window < j <= i (a sliding window of
+//    `window` keys, itself included; transformers' sliding_window).
+struct AttentionExtras {
+  const float* sinks = nullptr;  // (Hq), or null: no sink
+  int64_t window = 0;            // 0: the whole causal prefix
+};
+
 // cu_seqlens (num_docs + 1): document d holds tokens [cu[d], cu[d+1]); cu[0] = 0, cu[num_docs] = T.
 // Each query attends causally to keys of its own document only. GQA: query head h reads kv head
 // h / (Hq / Hkv). q (T, Hq, D), k (T, Hkv, D), v (T, Hkv, D) -> out (T, Hq, D),
-// lse (T, Hq) = log-sum-exp of the scaled scores of each query (saved for backward).
-// Blocked with an online softmax: extra memory is O(block * D) per thread, never O(T^2).
+// lse (T, Hq) = log-sum-exp of the scaled scores of each query, the sink included (saved for
+// backward). Blocked with an online softmax: extra memory is O(block * D) per thread, never
+// O(T^2); with a window, key blocks wholly outside it are skipped.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                       int64_t Hkv, int64_t D, float scale);
+                       int64_t Hkv, int64_t D, float scale, const AttentionExtras& extras = {});
 // dq (T, Hq, D), dk (T, Hkv, D), dv (T, Hkv, D) assigned. Recomputes the probabilities from lse.
+// With sinks, dsinks (Hq) += d loss / d sinks = -sum_i exp(sinks[h] - lse_ih) <dout_i, out_i>
+// (skipped when dsinks is null: a frozen sink), summed in token order.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                         const float* lse, const float* q, const float* k, const float* v,
                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale);
+                        int64_t Hkv, int64_t D, float scale, const AttentionExtras& extras = {},
+                        float* dsinks = nullptr);
 
 // Generation: Tq new queries at positions [past, past + Tq) of one sequence over cached keys and
-// values of positions [0, past + Tq) (the new ones already appended); causal, GQA.
-// q (Tq, Hq, D), k_cache (>= past + Tq, Hkv, D), v_cache (same) -> out (Tq, Hq, D). No backward.
+// values of positions [0, past + Tq) (the new ones already appended); causal, GQA, with the
+// sinks and window of `extras`. q (Tq, Hq, D), k_cache (>= past + Tq, Hkv, D), v_cache (same)
+// -> out (Tq, Hq, D). No backward.
 void attention_cached_forward(float* out, const float* q, const float* k_cache,
                               const float* v_cache, int64_t past, int64_t Tq, int64_t Hq,
-                              int64_t Hkv, int64_t D, float scale);
+                              int64_t Hkv, int64_t D, float scale,
+                              const AttentionExtras& extras = {});
 
 // ---------------------------------------------------------------- SwiGLU
 // h (N, 2I) holds [gate | up] per row -> out (N, I) = silu(gate) * up.
 void swiglu_forward(float* out, const float* h, int64_t N, int64_t I);
 // dh (N, 2I) assigned.
 void swiglu_backward(float* dh, const float* dout, const float* h, int64_t N, int64_t I);
+
+// GPT-OSS's clamped GLU on h (N, 2I) = [gate | up] per row -> out (N, I):
+//   g = min(gate, limit), u = clamp(up, -limit, limit), out = (u + 1) * g * sigmoid(alpha * g).
+void gpt_oss_glu_forward(float* out, const float* h, int64_t N, int64_t I, float alpha,
+                         float limit);
+// dh (N, 2I) assigned; zero where the clamp held the input (torch's clamp passes the gradient
+// where min <= x <= max).
+void gpt_oss_glu_backward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                          float alpha, float limit);
 
 // ---------------------------------------------------------------- MoE router
 // probs (T, E) = softmax(logits (T, E)) in fp32; topk_idx (T, k) the k largest probabilities in

@@ -2,17 +2,21 @@
 //
 // Each document is cut into blocks of kBlock tokens counted from its first token, used both as
 // query blocks and as key blocks, so query block b sees key blocks doc_begin .. b (the last one,
-// the diagonal, masked). A work item is (block, head); it owns its outputs, reads keys/values one
-// block at a time and keeps O(kBlock * D) scratch. Every output element is reduced in a fixed
-// order inside one work item: results are bit-identical for any thread count. No atomics. The
-// tile products run on oneDNN's sgemm, one thread per call (inside the OpenMP work items), on the
-// strided rows of q, k, v in place.
+// the diagonal, masked). With a sliding window (extras.window > 0) query block b sees only the key
+// blocks from the one holding key b.begin - window + 1 (its first row's first key) to b, masked
+// per entry; a row may see no key at all of a given block, and is then left out of it. A work item
+// is (block, head); it owns its outputs, reads keys/values one block at a time and keeps O(kBlock *
+// D) scratch. Every output element is reduced in a fixed order inside one work item: results are
+// bit-identical for any thread count. No atomics. The tile products run on oneDNN's sgemm, one
+// thread per call (inside the OpenMP work items), on the strided rows of q, k, v in place.
 //
-//   forward:   s = q k^T * scale, online softmax (running max m, sum l), out = acc / l,
-//              lse = m + log(l).
+//   forward:   s = q k^T * scale, online softmax (running max m, sum l), then the sink (a logit
+//              in the denominator only, -inf without sinks): lse = log(l e^m + e^sink),
+//              out = acc e^m / (l e^m + e^sink)   (= acc / l and m + log(l) without a sink).
 //   backward:  p = exp(s - lse), delta_i = <dout_i, out_i>, dp = dout v^T, ds = p (dp - delta),
 //              dv = p^T dout, dk = ds^T q * scale   (items: key block x kv head, all its q heads)
 //              dq = ds k * scale                    (items: query block x q head)
+//              dsink_h = -sum_i exp(sink_h - lse_ih) delta_ih   (items: q head, tokens in order)
 #include <dnnl.h>
 
 #include <algorithm>
@@ -83,12 +87,34 @@ Block KeyBlock(const Block& b, int64_t kb0) {
   return {b.doc_begin, b.doc_end, kb0, std::min(kBlock, b.doc_end - kb0)};
 }
 
+// First key block that some row of query block qb sees: the document's first without a window,
+// else the one holding key qb.begin - window + 1 (the first key of qb's first row; later rows
+// start later). Every block from there to the diagonal is seen by that first row.
+int64_t FirstKeyBlock(const Block& qb, int64_t window) {
+  if (window == 0) return qb.doc_begin;
+  const int64_t lo = std::max(qb.doc_begin, qb.begin - window + 1);
+  return qb.doc_begin + (lo - qb.doc_begin) / kBlock * kBlock;
+}
+
+// Columns [lo, hi) of key block kb that query token t sees: j <= t and t - j < window (when
+// window > 0). Empty (lo == hi) when the window ends before the block.
+struct Span {
+  int64_t lo, hi;
+};
+Span Visible(int64_t t, const Block& kb, int64_t window) {
+  const int64_t hi = std::min(kb.n, t - kb.begin + 1);  // >= 1: kb.begin <= t
+  const int64_t lo = window > 0 ? std::clamp<int64_t>(t - window + 1 - kb.begin, 0, hi) : 0;
+  return {lo, hi};
+}
+
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                       int64_t Hkv, int64_t D, float scale) {
+                       int64_t Hkv, int64_t D, float scale, const AttentionExtras& extras) {
   XT_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention: Hq must be a multiple of Hkv");
+  XT_CHECK(extras.window >= 0, "attention: window must be >= 0");
+  const int64_t window = extras.window;
   const int64_t group = Hq / Hkv;
   const std::vector<Block> blocks = MakeBlocks(cu_seqlens, num_docs, T);
   const int64_t items = int64_t(blocks.size()) * Hq;
@@ -104,15 +130,22 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(m, m + kBlock, -std::numeric_limits<float>::infinity());
       std::fill(l, l + kBlock, 0.0f);
-      for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
+      for (int64_t kb0 = FirstKeyBlock(qb, window); kb0 <= qb.begin; kb0 += kBlock) {
         const Block kb = KeyBlock(qb, kb0);
         const float* kh = k + (kb0 * Hkv + g) * D;  // key row j at kh + j * Hkv * D
         Tile('N', 'T', qb.n, kb.n, D, scale, q + (qb.begin * Hq + h) * D, Hq * D, kh, Hkv * D, 0.0f,
              s.data(), kBlock);
         for (int64_t i = 0; i < qb.n; ++i) {
-          const int64_t n = std::min(kb.n, qb.begin + i - kb0 + 1);  // causal keys; n >= 1
+          const Span c = Visible(qb.begin + i, kb, window);
           float* p = s.data() + i * kBlock;  // (kBlock) scores -> exp(score - max)
-          std::fill(p + n, p + kBlock, -std::numeric_limits<float>::infinity());  // masked
+          if (c.lo == c.hi) {
+            // The window ends before this block: the row keeps m, l, acc as they are (an all -inf
+            // row would give exp(-inf - -inf) = NaN) and adds nothing to acc below.
+            std::fill(p, p + kBlock, 0.0f);
+            continue;
+          }
+          std::fill(p, p + c.lo, -std::numeric_limits<float>::infinity());  // masked: window
+          std::fill(p + c.hi, p + kBlock, -std::numeric_limits<float>::infinity());  // causal
           const float mx = std::max(m[i], RowMax(p));
           for (int64_t j = 0; j < kBlock; ++j) p[j] = Exp(p[j] - mx);
           const float sum = RowSum(p);
@@ -126,11 +159,18 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
         Tile('N', 'N', qb.n, D, kb.n, 1.0f, s.data(), kBlock, v + (kb0 * Hkv + g) * D, Hkv * D,
              1.0f, acc.data(), D);
       }
+      // Every row saw at least itself (m finite, l >= 1). The sink joins the denominator
+      // l e^m + e^sink, computed relative to M = max(m, sink) so that neither term overflows; with
+      // no sink (-inf) M = m, e^(m - M) = 1 and this is exactly acc / l, lse = m + log(l).
+      const float sink = extras.sinks ? extras.sinks[h] : -std::numeric_limits<float>::infinity();
       for (int64_t i = 0; i < qb.n; ++i) {
         const int64_t r = (qb.begin + i) * Hq + h;
-        const float inv = 1.0f / l[i];
+        const float big = std::max(m[i], sink);
+        const float em = std::exp(m[i] - big);
+        const float denom = l[i] * em + std::exp(sink - big);  // >= 1: one term is l or 1
+        const float inv = em / denom;
         for (int64_t d = 0; d < D; ++d) out[r * D + d] = acc[i * D + d] * inv;
-        lse[r] = m[i] + std::log(l[i]);
+        lse[r] = big + std::log(denom);
       }
     }
   }
@@ -139,8 +179,11 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                         const float* lse, const float* q, const float* k, const float* v,
                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale) {
+                        int64_t Hkv, int64_t D, float scale, const AttentionExtras& extras,
+                        float* dsinks) {
   XT_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention: Hq must be a multiple of Hkv");
+  XT_CHECK(extras.window >= 0, "attention: window must be >= 0");
+  const int64_t window = extras.window;
   const int64_t group = Hq / Hkv;
   const std::vector<Block> blocks = MakeBlocks(cu_seqlens, num_docs, T);
 
@@ -153,9 +196,21 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     delta[r] = sum;
   }
 
+  // dsinks (Hq) += -sum_t exp(sink - lse) delta: the sink's probability times its dp (0, it has
+  // no value) minus delta. One head per item, tokens in order, in double.
+  if (extras.sinks && dsinks) {
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < Hq; ++h) {
+      double sum = 0;
+      for (int64_t t = 0; t < T; ++t)
+        sum += std::exp(double(extras.sinks[h]) - lse[t * Hq + h]) * delta[t * Hq + h];
+      dsinks[h] -= float(sum);
+    }
+  }
+
   // Tile of query block qb (head h) x key block kb (kv head g): p (kBlock, kBlock) =
-  // exp(s - lse), ds (kBlock, kBlock) = p * (dout v^T - delta), both 0 outside the causal entries
-  // (row i: j <= qb.begin + i - kb.begin) of the first kb.n columns.
+  // exp(s - lse), ds (kBlock, kBlock) = p * (dout v^T - delta), both 0 outside the visible
+  // entries (Visible: causal, and within the window) of the first kb.n columns.
   auto tile = [&](float* p, float* ds, const Block& qb, int64_t h, const Block& kb, int64_t g) {
     const float* kh = k + (kb.begin * Hkv + g) * D;
     const float* vh = v + (kb.begin * Hkv + g) * D;
@@ -164,16 +219,19 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     Tile('N', 'T', qb.n, kb.n, D, 1.0f, dout + (qb.begin * Hq + h) * D, Hq * D, vh, Hkv * D, 0.0f,
          ds, kBlock);  // dp
     for (int64_t i = 0; i < qb.n; ++i) {
-      const int64_t r = (qb.begin + i) * Hq + h, n = std::min(kb.n, qb.begin + i - kb.begin + 1);
+      const int64_t r = (qb.begin + i) * Hq + h;
+      const Span c = Visible(qb.begin + i, kb, window);  // may be empty (window)
       float *pi = p + i * kBlock, *dsi = ds + i * kBlock;
-      for (int64_t j = 0; j < n; ++j) pi[j] = Exp(pi[j] - lse[r]);
-      for (int64_t j = 0; j < n; ++j) dsi[j] = pi[j] * (dsi[j] - delta[r]);
-      for (int64_t j = std::max<int64_t>(n, 0); j < kb.n; ++j) pi[j] = dsi[j] = 0.0f;
+      for (int64_t j = c.lo; j < c.hi; ++j) pi[j] = Exp(pi[j] - lse[r]);
+      for (int64_t j = c.lo; j < c.hi; ++j) dsi[j] = pi[j] * (dsi[j] - delta[r]);
+      for (int64_t j = 0; j < c.lo; ++j) pi[j] = dsi[j] = 0.0f;
+      for (int64_t j = c.hi; j < kb.n; ++j) pi[j] = dsi[j] = 0.0f;
     }
   };
 
   // dk, dv: one item per (key block, kv head); it walks the group's q heads, then the causal
-  // query blocks, in order.
+  // query blocks, in order, up to the last one whose first row (the one that reaches furthest
+  // back) still sees the block's last key within the window.
   const int64_t kv_items = int64_t(blocks.size()) * Hkv;
 #pragma omp parallel
   {
@@ -186,7 +244,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
       std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-        for (int64_t qb0 = kb.begin; qb0 < kb.doc_end; qb0 += kBlock) {
+        const int64_t kb_last = kb.begin + kb.n - 1;
+        for (int64_t qb0 = kb.begin; qb0 < kb.doc_end && (window == 0 || qb0 - kb_last < window);
+             qb0 += kBlock) {
           const Block qb = KeyBlock(kb, qb0);
           tile(p.data(), ds.data(), qb, h, kb, g);
           // dv (kb.n, D) += p^T @ dout block; dk (kb.n, D) += ds^T @ q block.
@@ -206,7 +266,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     }
   }
 
-  // dq: one item per (query block, q head); it walks its causal key blocks in order.
+  // dq: one item per (query block, q head); it walks its causal key blocks (from the window's
+  // first) in order.
   const int64_t q_items = int64_t(blocks.size()) * Hq;
 #pragma omp parallel
   {
@@ -217,7 +278,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       const Block& qb = blocks[blocks.size() - 1 - it / Hq];  // late (costly) blocks first
       const int64_t h = it % Hq, g = h / group;
       std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
-      for (int64_t kb0 = qb.doc_begin; kb0 <= qb.begin; kb0 += kBlock) {
+      for (int64_t kb0 = FirstKeyBlock(qb, window); kb0 <= qb.begin; kb0 += kBlock) {
         const Block kb = KeyBlock(qb, kb0);
         tile(p.data(), ds.data(), qb, h, kb, g);
         // dq (qb.n, D) += ds @ k block (kb.n, D).
