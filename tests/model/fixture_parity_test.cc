@@ -123,7 +123,10 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 // RoPE pairs not interleaved, several groups kept, a non-zero correction bias that changes
 // choices, v smaller than or equal to the query head; YaRN RoPE on a Qwen3-MoE and on a
 // DeepSeek-V3 (its hub rope_scaling, with the softmax's mscale); block-quantized FP8 checkpoints
-// of a Qwen3-MoE and a DeepSeek-V3, against transformers' own FP8 load (dequantized).
+// of a Qwen3-MoE and a DeepSeek-V3, against transformers' own FP8 load (dequantized); GPT-OSS
+// (tools/reference/make_gpt_oss_reference.py: stacked interleaved experts, biases, sinks, sliding
+// windows shorter than the documents, the GLU's clamp reached, YaRN untruncated; and in BF16
+// with a full-attention first layer and plain RoPE).
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
@@ -132,7 +135,8 @@ INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                                            "variants/deepseek_v3_groups",
                                            "variants/deepseek_v3_bf16", "variants/qwen3_moe_yarn",
                                            "variants/deepseek_v3_yarn", "variants/qwen3_moe_fp8",
-                                           "variants/deepseek_v3_fp8"),
+                                           "variants/deepseek_v3_fp8", "variants/gpt_oss_tiny",
+                                           "variants/gpt_oss_bf16"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

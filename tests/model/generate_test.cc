@@ -10,12 +10,15 @@ namespace xt {
 namespace {
 
 TEST(Generate, CachedLogitsEqualFullForwardAtEveryPosition) {
+  // (GPT-OSS: 10 tokens through sliding windows of 5 and 3 keys, and attention sinks.)
   for (const char* fixture :
-       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
+       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny",
+        "variants/gpt_oss_tiny", "variants/gpt_oss_bf16"}) {
     auto model = LoadHfModel(testing::DataPath(fixture));
     ASSERT_TRUE(model.ok());
     Transformer& m = **model;
     std::vector<int32_t> seq = {5, 17, 300, 2, 99, 42, 7, 7, 150, 3};
+    for (int32_t& t : seq) t %= int32_t(m.config().vocab_size);
     std::vector<int64_t> ids(seq.begin(), seq.end());
     auto full = m.Forward(*Batch::FromRows(ids, {}, 1, int64_t(ids.size())), true, false);
     ASSERT_TRUE(full.ok());

@@ -88,7 +88,7 @@ TEST(ModelConfig, ErrorsNameTheFileKeyAndWhatIsSupported) {
   json j = Qwen3MoeV5();
   j["model_type"] = "llama";
   EXPECT_NE(ErrorOf(j).find("cfg.json: model_type \"llama\" is not supported (supported: qwen3, "
-                            "qwen3_moe, mixtral, deepseek_v3)"),
+                            "qwen3_moe, mixtral, deepseek_v3, gpt_oss)"),
             std::string::npos);
   j = Qwen3MoeV5();
   j["rope_parameters"] = {{"rope_type", "dynamic"}, {"rope_theta", 1e4}, {"factor", 4.0}};

@@ -61,8 +61,8 @@ void LoadFixtureRun(const char* fixture, double aux_coef, FixtureRun* run) {
 }
 
 TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
-  for (const char* fixture :
-       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
+  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny",
+                              "deepseek_v3_tiny", "variants/gpt_oss_tiny"}) {
     auto model = Load(fixture);
     std::vector<int64_t> ids, labels;
     ReferenceBatch(fixture, &ids, &labels);
@@ -90,7 +90,8 @@ TEST(Recompute, GradientsAreBitIdenticalAndMemoryFalls) {
 TEST(GradientAccumulation, TwoMicroBatchesOfOneRowEqualOneOfTwoRows) {
   // Global token averaging: each loss token weighs 1 / (loss tokens of the whole global batch).
   // The balancing loss is off here; the next test pools its statistics over the micro-batches.
-  for (const char* fixture : {"qwen3_dense_tiny", "qwen3_moe_tiny", "deepseek_v3_tiny"}) {
+  for (const char* fixture :
+       {"qwen3_dense_tiny", "qwen3_moe_tiny", "deepseek_v3_tiny", "variants/gpt_oss_tiny"}) {
     FixtureRun run;
     LoadFixtureRun(fixture, 0.0, &run);
     if (HasFatalFailure()) return;
@@ -169,8 +170,8 @@ TEST(GradientAccumulation, PooledBalancingLossOfTwoMicroBatchesEqualsTheWholeBat
 
 // A rank short of rows runs an empty micro-batch to stay in step with the others: it adds nothing.
 TEST(EmptyBatch, RunsAndAddsNoGradientNorStatistics) {
-  for (const char* fixture :
-       {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny", "deepseek_v3_tiny"}) {
+  for (const char* fixture : {"qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny",
+                              "deepseek_v3_tiny", "variants/gpt_oss_tiny"}) {
     auto model = Load(fixture);
     model->SetRecompute(0.5);
     model->ZeroGrads();

@@ -12,6 +12,7 @@
 #include "xtuner/core/mapped_file.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/fp8_weights.h"
+#include "xtuner/model/gpt_oss_experts.h"
 #include "xtuner/model/lora.h"
 
 namespace xt {
@@ -43,17 +44,24 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
   for (const ParamInfo& p : layout.params()) {
     if (p.lora) continue;  // LoRA adapters come from an adapter or their initialisation
-    if (!ckpt.contains(p.name))
+    if (!ckpt.contains(p.name) && !GptOssExpertOf(cfg, p.name))
       return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
                            ShapeString(p.shape) + ") that a " + cfg.model_type +
                            " model with this config.json needs");
+    if (std::optional<GptOssExpertSlice> slice = GptOssExpertOf(cfg, p.name)) {
+      XT_ASSIGN_OR_RETURN(Tensor t, ReadGptOssExpert(ckpt, cfg, *slice, p));
+      visit(p, t.f32());
+      continue;
+    }
     XT_ASSIGN_OR_RETURN(Tensor t, ReadWeightF32(ckpt, p.name, p.shape, cfg));
     visit(p, t.f32());
   }
   // Tensors of experts another rank holds (a layout with a slice of the experts) are expected.
   const ParamLayout whole(cfg);
   for (const std::string& name : ckpt.names()) {
-    if (whole.Find(name)) continue;
+    // (GPT-OSS's per-expert layout names are the engine's own: not in its checkpoints.)
+    if (whole.Find(name) && !GptOssExpertOf(cfg, name)) continue;
+    if (IsGptOssStackedExpertTensor(cfg, name)) continue;
     if (EndsWith(name, "rotary_emb.inv_freq") || IsMtpLayerTensor(name, cfg)) continue;
     if (IsFp8Companion(ckpt, name)) continue;  // consumed with its weight, or unused
     if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
@@ -128,8 +136,17 @@ Result<ExportDType> ParseExportDType(const std::string& s, const std::string& wh
   return Status::Error(what + " must be bf16, fp32 or fp8, not " + s);
 }
 
+Status ExportSupports(const ModelConfig& cfg, ExportDType dtype) {
+  if (dtype == ExportDType::kFp8 && cfg.arch == Arch::kGptOss)
+    return Status::Error(
+        "an fp8 export of gpt_oss is not implemented (its experts are stacked tensors that "
+        "transformers' FP8 loader does not read): export bf16 or fp32");
+  return Status::OK();
+}
+
 Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType dtype,
                    size_t max_shard_bytes) {
+  XT_RETURN_IF_ERROR(ExportSupports(model.config(), dtype));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());
@@ -143,7 +160,8 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
   const std::vector<ParamInfo>& params = model.layout().params();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamInfo& p = params[i];
-    if (p.lora) continue;  // merged into their weights
+    if (p.lora) continue;                      // merged into their weights
+    if (GptOssExpertOf(mc, p.name)) continue;  // stacked below
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
     if (Tensor merged; mc.lora.enabled() && MergeLora(model.layout(), mc.lora, slab, p, &merged))
       t = merged;
@@ -162,6 +180,8 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
       tensors.emplace_back(p.name, t.To(DType::BF16));
     }
   }
+  for (auto& [name, t] : GptOssStackedExperts(mc, model.layout(), slab))
+    tensors.emplace_back(name, dtype == ExportDType::kF32 ? std::move(t) : t.To(DType::BF16));
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = mc.ToJson();
   cfg["dtype"] = dtype == ExportDType::kF32 ? "float32" : "bfloat16";

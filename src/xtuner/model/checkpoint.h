@@ -54,6 +54,10 @@ enum class ExportDType { kF32, kBf16, kFp8 };
 // "fp32", "bf16" or "fp8"; an error naming `what` (e.g. "export.dtype") otherwise.
 Result<ExportDType> ParseExportDType(const std::string& s, const std::string& what);
 
+// Whether an export of a model with config `cfg` can be written in `dtype`: not fp8 for
+// gpt_oss. The error says so.
+Status ExportSupports(const ModelConfig& cfg, ExportDType dtype);
+
 // Writes config.json and the weights into `dir`, sharded when larger than max_shard_bytes.
 // Each file is written atomically. A model with LoRA adapters is written merged (W + scale * B A,
 // model/lora.h), without them.

@@ -329,6 +329,67 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   return Status::OK();
 }
 
+// GPT-OSS's config.json with transformers' defaults where it has none: YaRN RoPE (factor 32 over
+// an original context of 4096, beta_fast 32, beta_slow 1, not truncated) with rope_theta 150000
+// (GptOssConfig.__post_init__, default_theta).
+json GptOssRopeDefaults(const json& j) {
+  json out = j;
+  auto given = [&](const char* key) {
+    return j.contains(key) && !j[key].is_null() && !(j[key].is_object() && j[key].empty());
+  };
+  if (!given("rope_scaling") && !given("rope_parameters"))
+    out["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 32.0},
+                              {"beta_fast", 32.0},   {"beta_slow", 1.0},
+                              {"truncate", false},   {"original_max_position_embeddings", 4096}};
+  const bool theta =
+      given("rope_theta") || (given("rope_parameters") && j["rope_parameters"].is_object() &&
+                              j["rope_parameters"].contains("rope_theta"));
+  if (!theta) out["rope_theta"] = 150000.0;
+  return out;
+}
+
+// GPT-OSS: attention sinks on every layer; a sliding window on the layers layer_types calls
+// "sliding_attention" (by default the even ones); biases on the router and the experts; the
+// clamped GLU, whose limit transformers fixes at 7 (a config's swiglu_limit must agree).
+Status ReadGptOss(const json& j, const Reader& r, ModelConfig* c) {
+  c->attention_sinks = true;
+  c->router_logit_bias = true;
+  c->expert_bias = true;
+  c->expert_act = ExpertActivation::kGptOssGlu;
+  c->sliding_window = 128;
+  if (r.Contains("sliding_window")) {
+    c->sliding_window = 0;  // null: no layer slides
+    XT_RETURN_IF_ERROR(r.Int("sliding_window", &c->sliding_window, false));
+    if (r.has("sliding_window"))
+      XT_RETURN_IF_ERROR(Positive(r, "sliding_window (null for none)", c->sliding_window));
+  }
+  c->layer_sliding.assign(c->num_layers, false);
+  if (r.has("layer_types")) {
+    const json& t = j["layer_types"];
+    if (!t.is_array() || int64_t(t.size()) != c->num_layers)
+      return r.Error("key \"layer_types\" must be a list of num_hidden_layers (" +
+                     std::to_string(c->num_layers) + ") layer types");
+    for (size_t l = 0; l < t.size(); ++l) {
+      const std::string type = t[l].is_string() ? t[l].get<std::string>() : t[l].dump();
+      if (type != "sliding_attention" && type != "full_attention")
+        return r.Error("layer_types[" + std::to_string(l) + "] \"" + type +
+                       "\" is not implemented (supported: \"sliding_attention\", "
+                       "\"full_attention\")");
+      c->layer_sliding[l] = type == "sliding_attention";
+    }
+  } else {
+    for (int64_t l = 0; l < c->num_layers; ++l) c->layer_sliding[size_t(l)] = l % 2 == 0;
+  }
+  if (c->sliding_window == 0) c->layer_sliding.assign(c->num_layers, false);
+  double limit = 7.0;
+  XT_RETURN_IF_ERROR(r.Double("swiglu_limit", &limit, false));
+  if (limit != 7.0)
+    return r.Error("swiglu_limit " + std::to_string(limit) +
+                   " is not implemented (supported: 7.0, which transformers uses whatever the "
+                   "config says)");
+  return Status::OK();
+}
+
 // Parameters of the model, from its sizes alone (in double: no size can overflow it): an upper
 // bound (an lm_head is counted even when tied, and the larger MLP for every layer), to refuse
 // absurd configs early.
@@ -405,7 +466,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   Reader r(j, source);
   ModelConfig c;
   if (!j.contains("model_type") || !j["model_type"].is_string())
-    return r.Error("missing \"model_type\" (supported: qwen3, qwen3_moe, mixtral, deepseek_v3)");
+    return r.Error(
+        "missing \"model_type\" (supported: qwen3, qwen3_moe, mixtral, deepseek_v3, gpt_oss)");
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type == "qwen3") {
     c.arch = Arch::kQwen3;
@@ -415,9 +477,12 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     c.arch = Arch::kMixtral;
   } else if (c.model_type == "deepseek_v3") {
     c.arch = Arch::kDeepseekV3;
+  } else if (c.model_type == "gpt_oss") {
+    c.arch = Arch::kGptOss;
   } else {
     return r.Error("model_type \"" + c.model_type +
-                   "\" is not supported (supported: qwen3, qwen3_moe, mixtral, deepseek_v3)");
+                   "\" is not supported (supported: qwen3, qwen3_moe, mixtral, deepseek_v3, "
+                   "gpt_oss)");
   }
 
   XT_RETURN_IF_ERROR(r.Int("vocab_size", &c.vocab_size, true));
@@ -430,7 +495,12 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
                            c.arch != Arch::kQwen3Moe && c.arch != Arch::kDeepseekV3));
   XT_RETURN_IF_ERROR(r.Double("rms_norm_eps", &c.rms_norm_eps, false));
   XT_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", &c.tie_word_embeddings, false));
-  XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
+  if (c.arch == Arch::kGptOss) {
+    const json with_defaults = GptOssRopeDefaults(j);
+    XT_RETURN_IF_ERROR(ReadRope(with_defaults, Reader(with_defaults, source), &c));
+  } else {
+    XT_RETURN_IF_ERROR(ReadRope(j, r, &c));
+  }
   XT_RETURN_IF_ERROR(ReadQuantization(j, r, &c));
   for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size},
                          {"hidden_size", c.hidden_size},
@@ -464,9 +534,12 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   std::string act = j.value("hidden_act", std::string("silu"));
   if (act != "silu")
     return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
-  bool flag = false;
+  bool flag = c.arch == Arch::kGptOss;  // transformers' default
   XT_RETURN_IF_ERROR(r.Bool("attention_bias", &flag, false));
-  if (flag) return r.Error("attention_bias=true is not implemented (supported: false)");
+  if (flag && c.arch != Arch::kGptOss)
+    return r.Error("attention_bias=true is not implemented for " + c.model_type +
+                   " (supported: false)");
+  c.attention_bias = flag;
   double dropout = 0;  // transformers applies it in training
   XT_RETURN_IF_ERROR(r.Double("attention_dropout", &dropout, false));
   if (dropout != 0) return r.Error("attention_dropout != 0 is not implemented (supported: 0)");
@@ -474,7 +547,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
   XT_RETURN_IF_ERROR(r.Bool("use_sliding_window", &flag, false));
   if (flag) return r.Error("use_sliding_window=true is not implemented (supported: false)");
   if (c.arch == Arch::kMixtral && r.has("sliding_window"))
-    return r.Error("sliding_window attention is not implemented (supported: null)");
+    return r.Error("sliding_window attention is not implemented for mixtral (supported: null)");
   double jitter = 0;
   XT_RETURN_IF_ERROR(r.Double("router_jitter_noise", &jitter, false));
   if (jitter != 0) return r.Error("router_jitter_noise != 0 is not implemented (supported: 0)");
@@ -506,11 +579,14 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
                    ") exceeds the expert count (" + std::to_string(c.num_experts) + ")");
   XT_RETURN_IF_ERROR(r.Double("router_aux_loss_coef", &c.router_aux_loss_coef, false));
 
-  if (c.arch == Arch::kMixtral) {
+  if (c.arch == Arch::kMixtral || c.arch == Arch::kGptOss) {
     XT_RETURN_IF_ERROR(Positive(r, "intermediate_size", c.intermediate_size));
     c.moe_intermediate_size = c.intermediate_size;
-    c.norm_topk_prob = true;  // Mixtral always renormalises the top-k weights
+    // Mixtral renormalises the top-k softmax weights; GPT-OSS takes the softmax of the top-k
+    // logits, which is the same.
+    c.norm_topk_prob = true;
     c.layer_is_moe.assign(c.num_layers, true);
+    if (c.arch == Arch::kGptOss) XT_RETURN_IF_ERROR(ReadGptOss(j, r, &c));
   } else {  // qwen3_moe
     XT_RETURN_IF_ERROR(r.Int("moe_intermediate_size", &c.moe_intermediate_size, true));
     XT_RETURN_IF_ERROR(Positive(r, "moe_intermediate_size", c.moe_intermediate_size));
@@ -556,6 +632,10 @@ Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
 }
 
 Status CudaSupports(const ModelConfig& c) {
+  if (c.arch == Arch::kGptOss)
+    return Status::Error(
+        "gpt_oss (attention sinks, sliding windows, biases, the clamped GLU) runs on the CPU only "
+        "for now: the CUDA backend runs qwen3, qwen3_moe and mixtral (train.device = \"cpu\")");
   if (c.mla || c.router != RouterKind::kSoftmax || c.n_shared_experts > 0)
     return Status::Error(c.model_type +
                          " (multi-head latent attention, the sigmoid router, shared experts) runs "
@@ -579,7 +659,7 @@ double ModelConfig::softmax_scale() const {
 json ModelConfig::ToJson() const {
   json j;
   static const char* kArch[] = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM",
-                                "DeepseekV3ForCausalLM"};
+                                "DeepseekV3ForCausalLM", "GptOssForCausalLM"};
   j["architectures"] = {kArch[int(arch)]};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
@@ -640,6 +720,15 @@ json ModelConfig::ToJson() const {
       for (int64_t l = 0; l < num_layers; ++l)
         if (!layer_is_moe[l]) only.push_back(l);
       j["mlp_only_layers"] = only;
+    }
+    if (arch == Arch::kGptOss) {
+      j["attention_bias"] = attention_bias;
+      j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+      json types = json::array();
+      for (int64_t l = 0; l < num_layers; ++l)
+        types.push_back(window(l) > 0 ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+      j["swiglu_limit"] = glu_limit;
     }
   }
   return j;

@@ -14,12 +14,20 @@
 
 namespace xt {
 
-enum class Arch { kQwen3, kQwen3Moe, kMixtral, kDeepseekV3 };
+enum class Arch { kQwen3, kQwen3Moe, kMixtral, kDeepseekV3, kGptOss };
 
 // How a MoE router turns its logits into expert choices and weights.
 enum class RouterKind {
   kSoftmax,       // Qwen3-MoE, Mixtral: softmax, top-k, optional renormalisation
   kSigmoidGroup,  // DeepSeek-V3: sigmoid, + correction bias for the choice, group-limited top-k
+};
+
+// The experts' activation over their fused [gate | up] product.
+enum class ExpertActivation {
+  kSwiglu,  // silu(gate) * up
+  // GPT-OSS: gate' = min(gate, limit), up' = clamp(up, -limit, limit),
+  // out = (up' + 1) * gate' * sigmoid(alpha * gate') (transformers' GptOssExperts._apply_gate).
+  kGptOssGlu,
 };
 
 // RoPE scaling (rope_parameters / rope_scaling): none, or YaRN as transformers computes it
@@ -54,7 +62,7 @@ struct LoraSpec {
 };
 
 struct ModelConfig {
-  std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral" | "deepseek_v3"
+  std::string model_type;  // "qwen3" | "qwen3_moe" | "mixtral" | "deepseek_v3" | "gpt_oss"
   Arch arch = Arch::kQwen3;
 
   int64_t vocab_size = 0;
@@ -69,6 +77,13 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool qk_norm = false;  // Qwen3: RMSNorm over head_dim on q and k, before RoPE
+  // GPT-OSS's attention: biases on q/k/v/o_proj; a learned sink logit per query head in every
+  // softmax's denominator (self_attn.sinks, ops::AttentionExtras); a sliding window of
+  // sliding_window keys on the layers where layer_sliding[l] (layer_types "sliding_attention").
+  bool attention_bias = false;
+  bool attention_sinks = false;
+  int64_t sliding_window = 0;
+  std::vector<bool> layer_sliding;  // (num_layers); empty: no layer slides
 
   // MoE (num_experts == 0 for dense models).
   int64_t num_experts = 0;
@@ -84,6 +99,13 @@ struct ModelConfig {
   int64_t n_group = 1, topk_group = 1;
   double routed_scaling_factor = 1.0;
   int64_t n_shared_experts = 0;  // a shared SwiGLU MLP of n * moe_intermediate_size per MoE layer
+  // GPT-OSS's MoE: a trainable bias on the router's logits (mlp.router.bias), biases on the
+  // experts' gate_up and down products, and its clamped GLU (alpha 1.702, limit 7.0, as
+  // transformers hard-codes them; a config.json swiglu_limit must be 7).
+  bool router_logit_bias = false;
+  bool expert_bias = false;
+  ExpertActivation expert_act = ExpertActivation::kSwiglu;
+  double glu_alpha = 1.702, glu_limit = 7.0;
 
   // Multi-head latent attention (DeepSeek-V3), when mla: q = q_b(norm(q_a(x))) (or q_proj(x)
   // when q_lora_rank is 0); [c_kv | k_rope] = kv_a(x); [k_nope | v] per head = kv_b(norm(c_kv));
@@ -111,6 +133,10 @@ struct ModelConfig {
   // width per head (head_dim, or v_head_dim).
   int64_t rope_dim() const { return mla ? qk_rope_head_dim : head_dim; }
   int64_t value_dim() const { return mla ? v_head_dim : head_dim; }
+  // The sliding window of layer l's attention (0: none).
+  int64_t window(int64_t l) const {
+    return layer_sliding.empty() || !layer_sliding[size_t(l)] ? 0 : sliding_window;
+  }
   // The attention's softmax scale: 1 / sqrt(head_dim), times DeepSeek-V3's YaRN mscale^2.
   double softmax_scale() const;
   // d_attn of the attention FLOPs (train/metrics_flops.h): heads * (query/key width + value
@@ -126,7 +152,8 @@ struct ModelConfig {
 };
 
 // Whether the CUDA backend runs this model: every architecture but DeepSeek-V3, whose
-// multi-head latent attention and sigmoid router have CPU kernels only, and no LoRA adapters.
+// multi-head latent attention and sigmoid router have CPU kernels only, and GPT-OSS, whose
+// attention sinks, sliding windows, biases and clamped GLU do too; and no LoRA adapters.
 // The error says so.
 Status CudaSupports(const ModelConfig& c);
 

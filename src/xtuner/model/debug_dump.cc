@@ -6,6 +6,7 @@
 
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/gpt_oss_experts.h"
 
 namespace xt {
 
@@ -77,9 +78,12 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
     out.emplace_back("aux_loss", Scalar(loss.aux_loss));
   out.emplace_back("loss", Scalar(loss.loss));
   for (const ParamInfo& p : model->layout().params())
-    if (!p.frozen)
+    if (!p.frozen && !GptOssExpertOf(cfg, p.name))
       out.emplace_back("grad." + p.name,
                        Tensor::Wrap(DType::F32, p.shape, model->grads().f32() + p.offset, nullptr));
+  if (!cfg.lora.enabled())  // GPT-OSS's experts' gradients, stacked as the hub stores them
+    for (auto& [name, t] : GptOssStackedExperts(cfg, model->layout(), model->grads().f32()))
+      out.emplace_back("grad." + name, std::move(t));
 
   if (batch_file.contains("packed.input_ids")) {
     Shape pshape, cshape;

@@ -13,7 +13,7 @@ void InitTensor(const ParamInfo& info, double std, uint64_t seed, float* w) {
   uint64_t s = seed ^ (0x5851f42d4c957f2dull * uint64_t(info.offset + 1));
   const int64_t n = NumElements(info.shape);
   if (info.lora) return InitLoraTensor(info, seed, w);
-  if (info.is_norm || info.no_grad) {  // norms start at one, buffers at zero
+  if (info.is_norm || info.no_grad || info.is_bias) {  // norms start at one, the rest at zero
     for (int64_t i = 0; i < n; ++i) w[i] = info.is_norm ? 1.0f : 0.0f;
     return;
   }

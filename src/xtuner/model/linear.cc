@@ -6,6 +6,7 @@ namespace xt {
 
 void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int64_t I, int64_t O) {
   ops::linear_forward(out, in, l.w, T, I, O);
+  if (l.b) ops::bias_forward(out, l.b, T, O);
   std::vector<float> z, y;
   for (const LoraRef& r : l.lora) {
     z.resize(T * r.rank);
@@ -24,6 +25,7 @@ void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int6
 void LinearBackward(float* din, const float* dout, const float* in, const Linear& l, int64_t T,
                     int64_t I, int64_t O, bool accumulate_din) {
   ops::linear_backward(din, l.dw, dout, in, l.w, T, I, O, accumulate_din);
+  if (l.db) ops::bias_backward(l.db, dout, T, O);
   std::vector<float> z, dy, dz;
   for (const LoraRef& r : l.lora) {
     z.resize(T * r.rank);

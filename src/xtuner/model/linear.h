@@ -1,5 +1,5 @@
-// A linear layer without bias as the model runs it: out = in @ W^T, plus the LoRA adapters of
-// W (ModelConfig::lora) when it has any. Private to model/.
+// A linear layer as the model runs it: out = in @ W^T (+ its bias, GPT-OSS's attention), plus
+// the LoRA adapters of W (ModelConfig::lora) when it has any. Private to model/.
 #pragma once
 
 #include <cstdint>
@@ -19,17 +19,20 @@ struct LoraRef {
   float scale = 1;
 };
 
-// W (O, I), its gradient dw (+=; null: frozen, or no backward) and its adapters.
+// W (O, I), its gradient dw (+=; null: frozen, or no backward), its bias b (O) or null, whose
+// gradient db (+=) may be null likewise, and its adapters.
 struct Linear {
   const float* w = nullptr;
   float* dw = nullptr;
+  const float* b = nullptr;
+  float* db = nullptr;
   std::vector<LoraRef> lora;
 };
 
-// out (T, O) = in (T, I) @ W^T + the adapters' terms; assigned.
+// out (T, O) = in (T, I) @ W^T + b + the adapters' terms; assigned.
 void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int64_t I, int64_t O);
 // din (T, I) = dout @ W + the adapters' terms: assigned, or added when accumulate_din (skipped
-// when din is null); dw and each adapter's da, db +=.
+// when din is null); dw, db and each adapter's da, db +=.
 void LinearBackward(float* din, const float* dout, const float* in, const Linear& l, int64_t T,
                     int64_t I, int64_t O, bool accumulate_din = false);
 

@@ -43,20 +43,24 @@ class ParamSource {
 };
 
 // A unit's parameters (gradients) as Acquire (Grads) returned them, addressed by offsets of the
-// layout's slab: P(offset), for an offset inside the unit that starts at `begin`.
+// layout's slab: P(offset), for an offset inside the unit that starts at `begin`; null for -1
+// (LayerOffsets' "no such weight").
 struct UnitParams {
   const float* base;
   int64_t begin;
-  const float* operator()(int64_t offset) const { return base + (offset - begin); }
+  const float* operator()(int64_t offset) const {
+    return offset < 0 ? nullptr : base + (offset - begin);
+  }
 };
 // Offsets outside [train_begin, train_end) (ParamLayout::trainable) are frozen parameters: no
-// gradient, null.
+// gradient, null; and so is -1.
 struct UnitGrads {
   float* base;
   int64_t begin;
   int64_t train_begin = INT64_MIN, train_end = INT64_MAX;
   float* operator()(int64_t offset) const {
-    return offset >= train_begin && offset < train_end ? base + (offset - begin) : nullptr;
+    return offset >= 0 && offset >= train_begin && offset < train_end ? base + (offset - begin)
+                                                                      : nullptr;
   }
 };
 

@@ -7,8 +7,14 @@ namespace xt {
 int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm, bool no_grad) {
   int64_t offset = total_;
   index_[name] = params_.size();
-  params_.push_back({name, shape, offset, is_norm, no_grad, false, lora_});
+  params_.push_back({name, shape, offset, is_norm, false, no_grad, false, lora_});
   total_ += NumElements(shape);
+  return offset;
+}
+
+int64_t ParamLayout::AddBias(const std::string& name, Shape shape) {
+  const int64_t offset = Add(name, shape);
+  params_.back().is_bias = true;
   return offset;
 }
 
@@ -38,6 +44,12 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
   };
   auto add_linear = [&](const std::string& module, int64_t out, int64_t in) {
     return linear(module, out, in, Add(module + ".weight", {out, in}));
+  };
+  // The same followed by its bias (out) at *bias when the model has attention biases.
+  auto add_biased = [&](const std::string& module, int64_t out, int64_t in, int64_t* bias) {
+    const int64_t w = add_linear(module, out, in);
+    if (c.attention_bias) *bias = AddBias(module + ".bias", {out});
+    return w;
   };
   // A SwiGLU MLP's gate_proj and up_proj (one fused (2I, H) weight) and down_proj.
   auto add_mlp = [&](const std::string& m, int64_t I, int64_t* gate_up, int64_t* down) {
@@ -91,10 +103,11 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       o.kv_b = add_linear(a + "kv_b_proj", Hq * (c.qk_nope_head_dim + c.v_head_dim), Rkv);
       o.wo = add_linear(a + "o_proj", H, Hq * c.v_head_dim);
     } else {
-      o.wq = add_linear(p + "self_attn.q_proj", c.num_heads * D, H);
-      o.wk = add_linear(p + "self_attn.k_proj", c.num_kv_heads * D, H);
-      o.wv = add_linear(p + "self_attn.v_proj", c.num_kv_heads * D, H);
-      o.wo = add_linear(p + "self_attn.o_proj", H, c.num_heads * D);
+      o.wq = add_biased(p + "self_attn.q_proj", c.num_heads * D, H, &o.bq);
+      o.wk = add_biased(p + "self_attn.k_proj", c.num_kv_heads * D, H, &o.bk);
+      o.wv = add_biased(p + "self_attn.v_proj", c.num_kv_heads * D, H, &o.bv);
+      o.wo = add_biased(p + "self_attn.o_proj", H, c.num_heads * D, &o.bo);
+      if (c.attention_sinks) o.sinks = Add(p + "self_attn.sinks", {c.num_heads});
     }
     if (c.qk_norm) {
       o.q_norm = Add(p + "self_attn.q_norm.weight", {D}, true);
@@ -108,24 +121,47 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
     } else {
       const int64_t I = c.moe_intermediate_size, E = c.num_experts;
       const int64_t e0 = expert_begin, e1 = expert_begin + expert_count;
-      const bool mixtral = c.arch == Arch::kMixtral;
+      const bool mixtral = c.arch == Arch::kMixtral, gpt_oss = c.arch == Arch::kGptOss;
       const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
-      o.router = Add(moe + "gate.weight", {E, H});
+      o.router = Add(moe + (gpt_oss ? "router.weight" : "gate.weight"), {E, H});
+      if (c.router_logit_bias) o.router_logit_bias = AddBias(moe + "router.bias", {E});
       if (c.router == RouterKind::kSigmoidGroup)
         o.router_bias = Add(moe + "gate.e_score_correction_bias", {E}, false, /*no_grad=*/true);
       if (c.n_shared_experts > 0)  // shared experts: a dense SwiGLU MLP, before the experts
         add_mlp(moe + "shared_experts.", c.n_shared_experts * I, &o.shared_gate_up, &o.shared_down);
       adapters = add_adapters(&o);
-      for (int64_t e = e0; e < e1; ++e) {
-        const std::string x = moe + "experts." + std::to_string(e) + ".";
-        int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});
-        Add(x + (mixtral ? "w3.weight" : "up_proj.weight"), {I, H});
-        if (e == e0) o.gate_up = off;
-      }
-      for (int64_t e = e0; e < e1; ++e) {
-        const std::string x = moe + "experts." + std::to_string(e) + ".";
-        int64_t off = Add(x + (mixtral ? "w2.weight" : "down_proj.weight"), {H, I});
-        if (e == e0) o.down = off;
+      if (gpt_oss) {  // per expert under names of their own: model/gpt_oss_experts.h
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t off =
+              Add(moe + "experts." + std::to_string(e) + ".gate_up_proj", {2 * I, H});
+          if (e == e0) o.gate_up = off;
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t off = Add(moe + "experts." + std::to_string(e) + ".down_proj", {H, I});
+          if (e == e0) o.down = off;
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t off =
+              AddBias(moe + "experts." + std::to_string(e) + ".gate_up_proj_bias", {2 * I});
+          if (e == e0) o.gate_up_bias = off;
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t off =
+              AddBias(moe + "experts." + std::to_string(e) + ".down_proj_bias", {H});
+          if (e == e0) o.down_bias = off;
+        }
+      } else {
+        for (int64_t e = e0; e < e1; ++e) {
+          const std::string x = moe + "experts." + std::to_string(e) + ".";
+          int64_t off = Add(x + (mixtral ? "w1.weight" : "gate_proj.weight"), {I, H});
+          Add(x + (mixtral ? "w3.weight" : "up_proj.weight"), {I, H});
+          if (e == e0) o.gate_up = off;
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const std::string x = moe + "experts." + std::to_string(e) + ".";
+          int64_t off = Add(x + (mixtral ? "w2.weight" : "down_proj.weight"), {H, I});
+          if (e == e0) o.down = off;
+        }
       }
     }
     layers.push_back(std::move(o));

@@ -9,6 +9,9 @@
 // the head (final norm + lm_head): these are the units that ZeRO-3 gathers one at a time.
 // Under expert parallelism a rank's layout holds only its slice of each MoE layer's experts
 // (named by their global index), so its offsets differ from the whole model's.
+// GPT-OSS's checkpoints hold each layer's experts as four stacked tensors (experts.gate_up_proj
+// [E, H, 2I] with gate and up interleaved, ...); here they are per expert, as for the other
+// models, under names of their own (model/gpt_oss_experts.h maps between the two).
 // With LoRA (ModelConfig::lora) each layer also holds its adapters, after its other weights and
 // before its experts, named as PEFT saves them without its "base_model.model." prefix
 // ("model.layers.0.self_attn.q_proj.lora_A.weight"); they are the only parameters that train.
@@ -29,6 +32,7 @@ struct ParamInfo {
   Shape shape;
   int64_t offset = 0;    // in floats, into the slab
   bool is_norm = false;  // a norm weight (no weight decay by default)
+  bool is_bias = false;  // a bias (zero at init, no weight decay by default)
   // A buffer the training loop moves by a rule, not by its gradient (DeepSeek-V3's
   // e_score_correction_bias): zero at init, never decayed, its gradient always zero.
   bool no_grad = false;
@@ -54,6 +58,10 @@ struct LayerOffsets {
   // gate_up (2*Is, H) and down (H, Is).
   int64_t q_a = -1, q_a_norm = -1, kv_a = -1, kv_a_norm = -1, kv_b = -1;
   int64_t router_bias = -1, shared_gate_up = -1, shared_down = -1;
+  // GPT-OSS: the biases of q/k/v/o_proj, the attention sinks (Hq), the router's logit bias (E),
+  // and the experts' biases (E, 2I) [gate | up] and (E, H).
+  int64_t bq = -1, bk = -1, bv = -1, bo = -1, sinks = -1, router_logit_bias = -1;
+  int64_t gate_up_bias = -1, down_bias = -1;
   std::vector<LoraPiece> lora;  // the layer's LoRA adapters, in slab order (empty without LoRA)
 };
 
@@ -89,6 +97,7 @@ class ParamLayout {
 
  private:
   int64_t Add(const std::string& name, Shape shape, bool is_norm = false, bool no_grad = false);
+  int64_t AddBias(const std::string& name, Shape shape);
   int64_t total_ = 0;
   bool lora_ = false;
   std::vector<ParamInfo> params_;

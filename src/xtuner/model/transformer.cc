@@ -67,6 +67,16 @@ Linear Transformer::Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int6
   Linear lin;
   lin.w = P(weight);
   lin.dw = G ? (*G)(weight) : nullptr;
+  const LayerOffsets& o = layout_.layers[l];
+  const int64_t bias = weight == o.wq   ? o.bq
+                       : weight == o.wk ? o.bk
+                       : weight == o.wv ? o.bv
+                       : weight == o.wo ? o.bo
+                                        : -1;
+  if (bias >= 0) {
+    lin.b = P(bias);
+    lin.db = G ? (*G)(bias) : nullptr;
+  }
   for (const LoraPiece& piece : layout_.layers[l].lora) {
     if (piece.base != weight) continue;
     LoraRef r;
@@ -122,22 +132,29 @@ void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   ops::rope_forward(a->q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a->k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a->attn.resize(T * Hq * D);
-  Attend(l, b, Hkv, a->attn.data(), a, cache);
+  Attend(l, P, b, Hkv, a->attn.data(), a, cache);
 }
 
-void Transformer::Attend(int64_t l, const Batch& b, int64_t Hkv, float* out, LayerActs* a,
-                         KvCache* cache) {
+ops::AttentionExtras Transformer::Extras(int64_t l, const UnitParams& P) const {
+  ops::AttentionExtras x;
+  x.sinks = P(layout_.layers[l].sinks);
+  x.window = cfg_.window(l);
+  return x;
+}
+
+void Transformer::Attend(int64_t l, const UnitParams& P, const Batch& b, int64_t Hkv, float* out,
+                         LayerActs* a, KvCache* cache) {
   const int64_t T = b.num_tokens(), Hq = cfg_.num_heads, D = cfg_.head_dim;
   const float scale = float(cfg_.softmax_scale());
   if (cache) {
     std::copy(a->k.begin(), a->k.end(), cache->k[l].data() + cache->length * Hkv * D);
     std::copy(a->v.begin(), a->v.end(), cache->v[l].data() + cache->length * Hkv * D);
     ops::attention_cached_forward(out, a->q.data(), cache->k[l].data(), cache->v[l].data(),
-                                  cache->length, T, Hq, Hkv, D, scale);
+                                  cache->length, T, Hq, Hkv, D, scale, Extras(l, P));
   } else {
     a->lse.resize(T * Hq);
     ops::attention_forward(out, a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
-                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale);
+                           b.cu_seqlens.data(), b.num_docs(), T, Hq, Hkv, D, scale, Extras(l, P));
   }
 }
 
@@ -218,7 +235,7 @@ void Transformer::GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   vector<float> dq(T * Hq * D), dk(T * Hkv * D), dv(T * Hkv * D);
   ops::attention_backward(dq.data(), dk.data(), dv.data(), dattn, a->attn.data(), a->lse.data(),
                           a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
-                          T, Hq, Hkv, D, float(cfg_.softmax_scale()));
+                          T, Hq, Hkv, D, float(cfg_.softmax_scale()), Extras(l, P), G(o.sinks));
   ops::rope_backward(dq.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_backward(dk.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   if (cfg_.qk_norm) {

@@ -1,10 +1,11 @@
-// Transformer: the decoder-only language models (Qwen3, Qwen3-MoE, Mixtral, DeepSeek-V3) on the
-// op layer.
+// Transformer: the decoder-only language models (Qwen3, Qwen3-MoE, Mixtral, DeepSeek-V3,
+// GPT-OSS) on the op layer.
 // Parameters and gradients are two fp32 slabs laid out by ParamLayout: held by the model, or
 // served unit by unit by a ParamSource (ZeRO-3). One decoder layer:
 //   x -> RMSNorm -> attention (GQA, optional per-head q/k RMSNorm, RoPE, causal within each
-//   packed document; or DeepSeek-V3's multi-head latent attention) -> + x -> RMSNorm -> MLP or
-//   dropless MoE (with shared experts where the model has them) -> + residual.
+//   packed document, with GPT-OSS's biases, sinks and sliding windows; or DeepSeek-V3's
+//   multi-head latent attention) -> + x -> RMSNorm -> MLP or dropless MoE (with shared experts
+//   where the model has them) -> + residual.
 // Not thread-safe: one Transformer runs one batch at a time (its kernels use all threads).
 #pragma once
 
@@ -20,6 +21,7 @@
 #include "xtuner/model/linear.h"
 #include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
+#include "xtuner/ops/ops.h"
 
 namespace xt {
 
@@ -132,7 +134,10 @@ class Transformer {
                    const float* dattn, float* dh1, Acts* acts, LayerActs* a);
   // out (T, Hq, D) = attention of a->q over a->k, a->v (Hkv heads of D): causal within each
   // document (a->lse kept for the backward), or over the cache after appending a->k, a->v.
-  void Attend(int64_t l, const Batch& b, int64_t Hkv, float* out, LayerActs* a, KvCache* cache);
+  void Attend(int64_t l, const UnitParams& P, const Batch& b, int64_t Hkv, float* out, LayerActs* a,
+              KvCache* cache);
+  // Layer l's attention sinks and sliding window (GPT-OSS; none for the other models).
+  ops::AttentionExtras Extras(int64_t l, const UnitParams& P) const;
   // Multi-head latent attention of layer l: a->attn (T, Hq * v_head_dim) from a->h1; its
   // backward assigns dh1 (T, H) from dattn.
   void MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,

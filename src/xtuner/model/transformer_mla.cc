@@ -100,7 +100,7 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
                 a->k.begin() + (t * Hq + h) * D + dn);
 
   vector<float> out(T * Hq * D);
-  Attend(l, b, Hq, out.data(), a, cache);
+  Attend(l, P, b, Hq, out.data(), a, cache);
   a->attn.resize(T * Hq * dv);
   CopyColumns(a->attn.data(), dv, 0, out.data(), D, 0, T * Hq, dv, Order::kSame);
 }

@@ -1,5 +1,6 @@
 // The dropless MoE block of a decoder layer: router (softmax, or DeepSeek-V3's sigmoid with
-// group-limited choice), top-k, permute, grouped SwiGLU experts, weighted un-permute, plus the
+// group-limited choice), top-k, permute, grouped SwiGLU experts (GPT-OSS: with biases and its
+// clamped GLU), weighted un-permute, plus the
 // shared experts' dense SwiGLU where the model has them; under expert parallelism the permuted rows
 // visit the ranks that hold their experts (dist/expert_parallel.h) between the permute and the
 // un-permute.
@@ -24,6 +25,8 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
     ops::Fp32MatmulScope fp32;  // the router in fp32 in every mode
     ops::linear_forward(a->router_logits.data(), a->h2.data(), P(o.router), T, H, E);
   }
+  if (o.router_logit_bias >= 0)
+    ops::bias_forward(a->router_logits.data(), P(o.router_logit_bias), T, E);
   if (cfg_.router == RouterKind::kSigmoidGroup) {  // probs: the sigmoid scores
     ops::router_sigmoid_forward(a->topk_idx.data(), a->topk_w.data(), a->probs.data(),
                                 a->router_logits.data(), P(o.router_bias), T, E, k, cfg_.n_group,
@@ -62,8 +65,16 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   a->act.resize(R * I);
   float* out = ep_ ? yr.data() : a->ys.data();
   ops::grouped_linear_forward(a->gu.data(), rows, P(o.gate_up), offsets, experts, H, 2 * I);
-  ops::swiglu_forward(a->act.data(), a->gu.data(), R, I);
+  if (o.gate_up_bias >= 0)
+    ops::grouped_bias_forward(a->gu.data(), P(o.gate_up_bias), offsets, experts, 2 * I);
+  if (cfg_.expert_act == ExpertActivation::kGptOssGlu) {
+    ops::gpt_oss_glu_forward(a->act.data(), a->gu.data(), R, I, float(cfg_.glu_alpha),
+                             float(cfg_.glu_limit));
+  } else {
+    ops::swiglu_forward(a->act.data(), a->gu.data(), R, I);
+  }
   ops::grouped_linear_forward(out, a->act.data(), P(o.down), offsets, experts, I, H);
+  if (o.down_bias >= 0) ops::grouped_bias_forward(out, P(o.down_bias), offsets, experts, H);
   if (ep_) ExpertCombine(*ep_, a->ep, yr.data(), H, a->ys.data());
   ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
   if (o.shared_gate_up >= 0) {  // y += the shared experts' SwiGLU MLP of h2
@@ -96,9 +107,18 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     ExpertDispatch(*ep_, a->ep, dys.data(), H, dyr.data());
   }
   vector<float> dact(R * I), dgu(R * 2 * I), dxr(R * H);
-  ops::grouped_linear_backward(dact.data(), G(o.down), ep_ ? dyr.data() : dys.data(), a->act.data(),
-                               P(o.down), offsets, experts, I, H);
-  ops::swiglu_backward(dgu.data(), dact.data(), a->gu.data(), R, I);
+  const float* dout = ep_ ? dyr.data() : dys.data();
+  ops::grouped_linear_backward(dact.data(), G(o.down), dout, a->act.data(), P(o.down), offsets,
+                               experts, I, H);
+  if (float* db = G(o.down_bias)) ops::grouped_bias_backward(db, dout, offsets, experts, H);
+  if (cfg_.expert_act == ExpertActivation::kGptOssGlu) {
+    ops::gpt_oss_glu_backward(dgu.data(), dact.data(), a->gu.data(), R, I, float(cfg_.glu_alpha),
+                              float(cfg_.glu_limit));
+  } else {
+    ops::swiglu_backward(dgu.data(), dact.data(), a->gu.data(), R, I);
+  }
+  if (float* db = G(o.gate_up_bias))
+    ops::grouped_bias_backward(db, dgu.data(), offsets, experts, 2 * I);
   ops::grouped_linear_backward(dxr.data(), G(o.gate_up), dgu.data(), rows, P(o.gate_up), offsets,
                                experts, H, 2 * I);
   vector<float> dxs_ep;
@@ -128,6 +148,7 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     ops::router_backward(dlogits.data(), dtopk_w.data(), dprob_e ? dprobs.data() : nullptr,
                          a->probs.data(), a->topk_idx.data(), T, E, k, cfg_.norm_topk_prob);
   }
+  if (float* db = G(o.router_logit_bias)) ops::bias_backward(db, dlogits.data(), T, E);
   ops::Fp32MatmulScope fp32;
   ops::linear_backward(dh2, G(o.router), dlogits.data(), a->h2.data(), P(o.router), T, H, E,
                        /*accumulate_din=*/true);

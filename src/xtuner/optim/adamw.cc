@@ -45,7 +45,7 @@ std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
   std::vector<DecayRange> out;
   for (const ParamInfo& p : layout.params()) {
     DecayRange r{p.offset, NumElements(p.shape),
-                 !(p.is_norm || p.no_grad || EndsWith(p.name, ".bias")), p.frozen};
+                 !(p.is_norm || p.is_bias || p.no_grad || EndsWith(p.name, ".bias")), p.frozen};
     if (!out.empty() && out.back().weight_decay == r.weight_decay &&
         out.back().frozen == r.frozen && out.back().offset + out.back().numel == r.offset) {
       out.back().numel += r.numel;

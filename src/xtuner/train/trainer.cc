@@ -190,6 +190,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     if (!st.ok()) return Status::Error("train.device = \"cuda\": " + st.message());
   }
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
+  {  // the export's dtype before hours of training
+    XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(cfg.export_dtype, "export.dtype"));
+    const Status st = ExportSupports(mc, dtype);
+    if (!st.ok())
+      return Status::Error("export.dtype = \"" + cfg.export_dtype + "\": " + st.message());
+  }
   // The schedule before any data is read (a warm-up longer than the run is a config error).
   LrScheduleConfig lc;
   XT_ASSIGN_OR_RETURN(lc.type, ParseLrScheduleType(cfg.schedule));

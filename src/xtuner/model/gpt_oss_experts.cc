@@ -1,0 +1,169 @@
+#include "xtuner/model/gpt_oss_experts.h"
+
+#include <cstring>
+#include <tuple>
+
+namespace xt {
+
+namespace {
+
+const char* const kSuffix[] = {"gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"};
+
+// "model.layers.<L>.mlp.experts." and the rest of `name` after it, or nothing.
+bool SplitLayer(const std::string& name, int64_t num_layers, int64_t* layer, std::string* rest) {
+  const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return false;
+  size_t i = prefix.size();
+  int64_t l = 0;
+  const size_t digits = i;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9' && l < num_layers)
+    l = l * 10 + (name[i++] - '0');
+  if (i == digits || l >= num_layers) return false;
+  const std::string mid = ".mlp.experts.";
+  if (name.compare(i, mid.size(), mid) != 0) return false;
+  *layer = l;
+  *rest = name.substr(i + mid.size());
+  return true;
+}
+
+// The stacked hub shape of a kind.
+Shape StackedShape(const ModelConfig& c, GptOssExpertSlice::Kind kind) {
+  const int64_t E = c.num_experts, H = c.hidden_size, I = c.moe_intermediate_size;
+  switch (kind) {
+    case GptOssExpertSlice::kGateUp:
+      return {E, H, 2 * I};
+    case GptOssExpertSlice::kDown:
+      return {E, I, H};
+    case GptOssExpertSlice::kGateUpBias:
+      return {E, 2 * I};
+    case GptOssExpertSlice::kDownBias:
+      return {E, H};
+  }
+  return {};
+}
+
+// Engine row r of a [gate | up] (2I) axis <-> hub column of the interleaved axis.
+int64_t Interleaved(int64_t r, int64_t I) { return r < I ? 2 * r : 2 * (r - I) + 1; }
+
+// dst (engine layout) from src (one expert's hub slice, fp32), or the reverse when to_hub.
+void Convert(GptOssExpertSlice::Kind kind, int64_t H, int64_t I, const float* src, float* dst,
+             bool to_hub) {
+  switch (kind) {
+    case GptOssExpertSlice::kGateUp:  // hub (H, 2I) interleaved <-> engine (2I, H)
+      for (int64_t r = 0; r < 2 * I; ++r)
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t hub = h * 2 * I + Interleaved(r, I), eng = r * H + h;
+          if (to_hub) {
+            dst[hub] = src[eng];
+          } else {
+            dst[eng] = src[hub];
+          }
+        }
+      return;
+    case GptOssExpertSlice::kDown:  // hub (I, H) <-> engine (H, I)
+      for (int64_t i = 0; i < I; ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          if (to_hub) {
+            dst[i * H + h] = src[h * I + i];
+          } else {
+            dst[h * I + i] = src[i * H + h];
+          }
+        }
+      return;
+    case GptOssExpertSlice::kGateUpBias:  // hub (2I) interleaved <-> engine (2I)
+      for (int64_t r = 0; r < 2 * I; ++r) {
+        if (to_hub) {
+          dst[Interleaved(r, I)] = src[r];
+        } else {
+          dst[r] = src[Interleaved(r, I)];
+        }
+      }
+      return;
+    case GptOssExpertSlice::kDownBias:
+      std::memcpy(dst, src, H * sizeof(float));
+      return;
+  }
+}
+
+}  // namespace
+
+std::optional<GptOssExpertSlice> GptOssExpertOf(const ModelConfig& cfg, const std::string& name) {
+  if (cfg.arch != Arch::kGptOss) return std::nullopt;
+  int64_t layer = 0;
+  std::string rest;
+  if (!SplitLayer(name, cfg.num_layers, &layer, &rest)) return std::nullopt;
+  size_t i = 0;
+  int64_t e = 0;
+  while (i < rest.size() && rest[i] >= '0' && rest[i] <= '9' && e < cfg.num_experts)
+    e = e * 10 + (rest[i++] - '0');
+  if (i == 0 || i >= rest.size() || rest[i] != '.' || e >= cfg.num_experts) return std::nullopt;
+  const std::string kind = rest.substr(i + 1);
+  for (int k = 0; k < 4; ++k)
+    if (kind == kSuffix[k])
+      return GptOssExpertSlice{"model.layers." + std::to_string(layer) + ".mlp.experts." + kind, e,
+                               GptOssExpertSlice::Kind(k)};
+  return std::nullopt;
+}
+
+bool IsGptOssStackedExpertTensor(const ModelConfig& cfg, const std::string& name) {
+  if (cfg.arch != Arch::kGptOss) return false;
+  int64_t layer = 0;
+  std::string rest;
+  if (!SplitLayer(name, cfg.num_layers, &layer, &rest)) return false;
+  for (const char* s : kSuffix)
+    if (rest == s) return true;
+  return false;
+}
+
+Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
+                                const GptOssExpertSlice& s, const ParamInfo& p) {
+  const std::string where = (ckpt.contains(s.hub) ? ckpt.FileOf(s.hub) : ckpt.path()) + ": ";
+  if (!ckpt.contains(s.hub))
+    return Status::Error(where + "checkpoint has no tensor \"" + s.hub + "\" (shape " +
+                         ShapeString(StackedShape(cfg, s.kind)) + ") that a gpt_oss model with " +
+                         "this config.json needs");
+  XT_ASSIGN_OR_RETURN(SafetensorsInfo info, ckpt.Info(s.hub));
+  const Shape want = StackedShape(cfg, s.kind);
+  if (info.shape != want)
+    return Status::Error(where + "tensor \"" + s.hub + "\" has shape " + ShapeString(info.shape) +
+                         ", expected " + ShapeString(want) + " from config.json");
+  if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
+    return Status::Error(where + "tensor \"" + s.hub + "\" has dtype " + info.dtype +
+                         " (supported: F32, BF16, F16; MXFP4 experts are not implemented)");
+  XT_ASSIGN_OR_RETURN(Tensor stacked, ckpt.Get(s.hub));
+  const int64_t per = NumElements(p.shape);
+  const size_t elem = DTypeSize(stacked.dtype());
+  char* base =
+      static_cast<char*>(const_cast<void*>(stacked.data())) + size_t(s.expert * per) * elem;
+  Tensor slice = Tensor::Wrap(stacked.dtype(), {per}, base, nullptr).To(DType::F32);
+  Tensor out = Tensor::Empty(DType::F32, p.shape);
+  Convert(s.kind, cfg.hidden_size, cfg.moe_intermediate_size, slice.f32(), out.f32(),
+          /*to_hub=*/false);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
+                                                                 const ParamLayout& layout,
+                                                                 const float* slab) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  if (cfg.arch != Arch::kGptOss) return out;
+  const int64_t E = cfg.num_experts, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
+  XT_CHECK(layout.expert_begin == 0 && layout.expert_count == E,
+           "GptOssStackedExperts needs the whole model's layout");
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    const LayerOffsets& o = layout.layers[l];
+    const std::string prefix = "model.layers." + std::to_string(l) + ".mlp.experts.";
+    for (auto [kind, offset, per] : {std::tuple{GptOssExpertSlice::kGateUp, o.gate_up, 2 * I * H},
+                                     {GptOssExpertSlice::kGateUpBias, o.gate_up_bias, 2 * I},
+                                     {GptOssExpertSlice::kDown, o.down, H * I},
+                                     {GptOssExpertSlice::kDownBias, o.down_bias, H}}) {
+      Tensor t = Tensor::Empty(DType::F32, StackedShape(cfg, kind));
+      for (int64_t e = 0; e < E; ++e)
+        Convert(kind, H, I, slab + offset + e * per, t.f32() + e * per, /*to_hub=*/true);
+      out.emplace_back(prefix + kSuffix[kind], std::move(t));
+    }
+  }
+  return out;
+}
+
+}  // namespace xt
