@@ -7,7 +7,9 @@
 #
 #   bench/cpu_train.sh    # BUILD=build-dir STEPS=5 THREADS=$(nproc) VENV=venv-dir to override
 #                         # MODEL=deepseek_v3: the same sizes as a DeepSeek-V3 (MLA, sigmoid
-#                         # group-limited router, a shared expert, first layer dense)
+#                         # group-limited router, a shared expert, first layer dense);
+#                         # MODEL=gpt_oss: as a GPT-OSS (biases, sinks, a 128-token window on
+#                         # every other layer, the clamped GLU)
 #                         # LORA=16: LoRA of that rank on the attention projections, every other
 #                         # weight frozen, on both sides (the peer through PEFT)
 # The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,

@@ -7,9 +7,10 @@
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
 // moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). --model deepseek_v3: the same
 // sizes as a DeepSeek-V3 (8 MLA heads: q_lora 256, kv_lora 128, nope 64, rope 32, v 64; first
-// layer dense; 32 experts in 4 groups keeping 2, top-4, one shared expert). Input: one packed row
-// of
-// --tokens random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
+// layer dense; 32 experts in 4 groups keeping 2, top-4, one shared expert). --model gpt_oss: the
+// same sizes as a GPT-OSS (biases, attention sinks, a 128-token sliding window on every other
+// layer, YaRN, the clamped GLU; 32 experts of 256, top-4). Input: one packed row of --tokens
+// random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
 // ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
 // step, then --steps timed steps. --lora RANK: LoRA adapters of that rank (alpha 2 x rank) on the
 // attention projections (lora target "auto"), every other weight frozen. Also measures ops::gemm
@@ -89,7 +90,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--recompute"))
       recompute = std::atof(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--model") &&
-             (!std::strcmp(argv[i + 1], "qwen3_moe") || !std::strcmp(argv[i + 1], "deepseek_v3")))
+             (!std::strcmp(argv[i + 1], "qwen3_moe") || !std::strcmp(argv[i + 1], "deepseek_v3") ||
+              !std::strcmp(argv[i + 1], "gpt_oss")))
       model_type = argv[i + 1];
     else if (!std::strcmp(argv[i], "--precision") && !std::strcmp(argv[i + 1], "bf16"))
       bf16 = true;
@@ -98,9 +100,10 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--lora"))
       lora_rank = std::atoll(argv[i + 1]);
     else {
-      std::fprintf(stderr,
-                   "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
-                   "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3] [--lora RANK]\n");
+      std::fprintf(
+          stderr,
+          "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
+          "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK]\n");
       return 2;
     }
   }
@@ -161,6 +164,22 @@ int main(int argc, char** argv) {
           {"rms_norm_eps", 1e-6},
           {"rope_theta", 10000.0},
           {"max_position_embeddings", 4096}};
+  if (model_type == "gpt_oss")  // the same sizes with GPT-OSS's attention and experts
+    cj = {{"model_type", "gpt_oss"},
+          {"vocab_size", 8192},
+          {"hidden_size", 512},
+          {"num_hidden_layers", 4},
+          {"num_attention_heads", 8},
+          {"num_key_value_heads", 2},
+          {"head_dim", 64},
+          {"intermediate_size", 256},
+          {"num_local_experts", 32},
+          {"num_experts_per_tok", 4},
+          {"sliding_window", 128},
+          {"router_aux_loss_coef", 0.01},
+          {"tie_word_embeddings", false},
+          {"rms_norm_eps", 1e-5},
+          {"max_position_embeddings", 4096}};
   xt::ModelConfig cfg = Check(xt::ModelConfig::FromJson(cj, "cpu_train_bench"), "config");
   if (lora_rank > 0) {
     xt::LoraSpec spec;
@@ -215,14 +234,18 @@ int main(int argc, char** argv) {
   const double median =
       steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
 
-  const int64_t per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size;
+  const int64_t per_expert = cfg.params_per_expert();
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul = active - (cfg.tie_word_embeddings ? 0 : cfg.vocab_size * cfg.hidden_size);
-  double sum_sq = 0;
-  for (int64_t d = 0; d < docs; ++d) sum_sq += double(cu[d + 1] - cu[d]) * (cu[d + 1] - cu[d]);
-  const double flops = xt::TrainingStepFlops(matmul, tokens, cfg.num_layers,
-                                             cfg.attention_flops_dim(), sum_sq, true);
+  double sum_sq = 0, sum_windowed = 0;
+  for (int64_t d = 0; d < docs; ++d) {
+    sum_sq += double(cu[d + 1] - cu[d]) * (cu[d + 1] - cu[d]);
+    sum_windowed += xt::WindowedLenSq(cu[d + 1] - cu[d], cfg.sliding_window);
+  }
+  const double flops =
+      xt::TrainingStepFlops(matmul, tokens, cfg.num_layers, cfg.attention_flops_dim(), sum_sq, true,
+                            cfg.num_sliding_layers(), sum_windowed);
   const double model_rate = flops / median;
   const double rss = PeakRssMib();  // before the sgemm buffers (48 MiB) are allocated
 

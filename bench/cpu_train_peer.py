@@ -1,9 +1,11 @@
 """PyTorch side of bench/cpu_train.sh: one fp32 training step of the same small Qwen3-MoE on the
 CPU with HF transformers' Qwen3MoeForCausalLM (default attention implementation), or with
---model deepseek_v3 the same sizes as DeepseekV3ForCausalLM (cpu_train_bench.cc's config).
+--model deepseek_v3 the same sizes as DeepseekV3ForCausalLM, --model gpt_oss as GptOssForCausalLM
+(cpu_train_bench.cc's configs; GPT-OSS runs transformers' defaults for it: eager attention, as
+it has no SDPA path, and experts through torch's grouped_mm).
 
     python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
-                                   [--model qwen3_moe|deepseek_v3] [--lora RANK]
+                                   [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK]
 
 Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
 (output_router_logits=True, so the load-balancing loss is in the loss) + backward +
@@ -19,8 +21,8 @@ import time
 
 import torch
 import transformers
-from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, Qwen3MoeConfig,
-                          Qwen3MoeForCausalLM)
+from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig, GptOssForCausalLM,
+                          Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 
 def main():
@@ -29,7 +31,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="0: torch's default")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3"], default="qwen3_moe")
+    ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3", "gpt_oss"], default="qwen3_moe")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0: train every weight)")
     args = ap.parse_args()
     if args.threads > 0:
@@ -54,6 +56,14 @@ def main():
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             initializer_range=0.02)
         model = DeepseekV3ForCausalLM(cfg).float().train()
+    elif args.model == "gpt_oss":
+        cfg = GptOssConfig(
+            vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=2, head_dim=64, intermediate_size=256, num_local_experts=32,
+            num_experts_per_tok=4, sliding_window=128, router_aux_loss_coef=0.01,
+            output_router_logits=True, tie_word_embeddings=False, rms_norm_eps=1e-5,
+            max_position_embeddings=4096, initializer_range=0.02)
+        model = GptOssForCausalLM(cfg).float().train()
     else:
         model = Qwen3MoeForCausalLM(cfg).float().train()
     if args.lora > 0:
@@ -65,8 +75,8 @@ def main():
         print(f"peft={peft.__version__}")
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if "norm" not in n and not n.endswith(".bias")]
-    no_decay = [p for n, p in named if "norm" in n or n.endswith(".bias")]
+    decay = [p for n, p in named if "norm" not in n and not n.endswith("bias")]
+    no_decay = [p for n, p in named if "norm" in n or n.endswith("bias")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
 
@@ -75,7 +85,7 @@ def main():
     def step():
         nonlocal loss
         opt.zero_grad(set_to_none=False)
-        extra = {"output_router_logits": True} if args.model == "qwen3_moe" else {}
+        extra = {"output_router_logits": True} if args.model != "deepseek_v3" else {}
         out = model(input_ids=ids, labels=ids, **extra)
         out.loss.backward()
         assert args.lora == 0 or all(p.grad is None for p in model.parameters()

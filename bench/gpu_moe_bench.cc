@@ -410,7 +410,7 @@ int main(int argc, char** argv) {
   const xt::AdamWConfig ac;
   int64_t adam_step = 0;
 
-  const int64_t per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size;
+  const int64_t per_expert = cfg.params_per_expert();
   const int64_t active =
       xt::MoeActiveParams(total, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k, per_expert);
   const int64_t matmul_params = active - cfg.vocab_size * cfg.hidden_size;

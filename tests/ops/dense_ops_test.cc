@@ -199,8 +199,12 @@ TEST(GptOssGlu, ForwardAndBackward) {
   EXPECT_LT(GradCheck(h, dh, loss, 1e-3, 1000), 1e-3);
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < I; ++i) {
-      if (h[n * 2 * I + i] > limit) EXPECT_EQ(dh[n * 2 * I + i], 0.0f);
-      if (std::fabs(h[n * 2 * I + I + i]) > limit) EXPECT_EQ(dh[n * 2 * I + I + i], 0.0f);
+      if (h[n * 2 * I + i] > limit) {
+        EXPECT_EQ(dh[n * 2 * I + i], 0.0f);
+      }
+      if (std::fabs(h[n * 2 * I + I + i]) > limit) {
+        EXPECT_EQ(dh[n * 2 * I + I + i], 0.0f);
+      }
     }
 }
 

@@ -189,6 +189,17 @@ TEST(MetricsFlops, TrainingFlopsConvention) {
   EXPECT_DOUBLE_EQ(one - 6.0 * N * 128, 2 * (two - 6.0 * N * 128));
   // No attention (d = 0): exactly 6 N per token.
   EXPECT_DOUBLE_EQ(TrainingStepFlops(N, 10, L, 0, 100.0), 6.0 * N * 10);
+  // Sliding windows: a 128-token document under a window of 32 keys has about
+  // (128^2 - 96^2) / 2 causal pairs; one no longer than the window is unaffected.
+  EXPECT_DOUBLE_EQ(WindowedLenSq(128, 32), 128.0 * 128 - 96.0 * 96);
+  EXPECT_DOUBLE_EQ(WindowedLenSq(32, 32), 32.0 * 32);
+  EXPECT_DOUBLE_EQ(WindowedLenSq(128, 0), 128.0 * 128);
+  // Two of the four layers windowed: their attention term takes the windowed squares.
+  EXPECT_DOUBLE_EQ(
+      TrainingFlopsPerToken(N, L, d, S, true, 2, 32),
+      6.0 * N + 12.0 * d * 0.5 * (2 * 128.0 * 128 + 2 * (128.0 * 128 - 96.0 * 96)) / S);
+  EXPECT_DOUBLE_EQ(TrainingFlopsPerToken(N, L, d, S, true, 2, 0),
+                   TrainingFlopsPerToken(N, L, d, S));
 }
 
 TEST(MetricsFlops, Mfu) {

@@ -133,6 +133,17 @@ struct ModelConfig {
   // width per head (head_dim, or v_head_dim).
   int64_t rope_dim() const { return mla ? qk_rope_head_dim : head_dim; }
   int64_t value_dim() const { return mla ? v_head_dim : head_dim; }
+  // Parameters of one routed expert: gate, up (I, H) and down (H, I), and GPT-OSS's biases.
+  int64_t params_per_expert() const {
+    return 3 * hidden_size * moe_intermediate_size +
+           (expert_bias ? 2 * moe_intermediate_size + hidden_size : 0);
+  }
+  // The layers with a sliding window.
+  int64_t num_sliding_layers() const {
+    int64_t n = 0;
+    for (int64_t l = 0; l < num_layers; ++l) n += window(l) > 0;
+    return n;
+  }
   // The sliding window of layer l's attention (0: none).
   int64_t window(int64_t l) const {
     return layer_sliding.empty() || !layer_sliding[size_t(l)] ? 0 : sliding_window;

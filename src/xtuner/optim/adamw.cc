@@ -19,7 +19,10 @@ std::string Num(double x) {
 }
 
 std::string RangeString(const DecayRange& r) {
-  return "[" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.numel) + ")";
+  char buf[64];  // (not "[" + std::to_string(...): g++ 12 warns falsely on it, PR 105329)
+  std::snprintf(buf, sizeof(buf), "[%lld, %lld)", (long long)r.offset,
+                (long long)(r.offset + r.numel));
+  return buf;
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {

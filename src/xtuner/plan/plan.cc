@@ -188,9 +188,9 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   const int64_t T = r.tokens;
 
   // ---- parameters: the units the engine shards and gathers, read off the slab's layout.
-  const int64_t per_expert = 3 * H * c.moe_intermediate_size;  // gate, up (I, H); down (H, I)
-  const int64_t embed = layout.layers[0].ln1 - layout.embed;   // (V, H)
-  const int64_t head = layout.total() - layout.final_norm;     // norm (H) [+ lm_head (V, H)]
+  const int64_t per_expert = c.params_per_expert();
+  const int64_t embed = layout.layers[0].ln1 - layout.embed;  // (V, H)
+  const int64_t head = layout.total() - layout.final_norm;    // norm (H) [+ lm_head (V, H)]
   auto shard = [&](int64_t n) { return CeilDiv(n, in.world); };
   r.local_params = shard(embed) + shard(head);
   int64_t largest = c.tie_word_embeddings ? head : std::max(embed, head);
@@ -305,7 +305,8 @@ Result<PlanReport> Plan(const PlanInputs& in) {
 
   // ---- FLOPs (model FLOPs on the active parameters, one causal document of `seq` tokens).
   r.flops_per_token_6n = 6.0 * double(r.matmul_params);
-  r.flops_per_token = TrainingFlopsPerToken(r.matmul_params, L, c.attention_flops_dim(), in.seq);
+  r.flops_per_token = TrainingFlopsPerToken(r.matmul_params, L, c.attention_flops_dim(), in.seq,
+                                            true, c.num_sliding_layers(), c.sliding_window);
 
   if (in.gpu_memory_gib > 0) {
     r.has_verdict = true;

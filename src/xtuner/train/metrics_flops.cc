@@ -22,17 +22,28 @@ int64_t MoeActiveParams(int64_t total_params, int64_t num_moe_layers, int64_t nu
 }
 
 double TrainingStepFlops(int64_t matmul_params, int64_t tokens, int64_t num_layers,
-                         int64_t attn_dim, double sum_doc_len_sq, bool causal) {
+                         int64_t attn_dim, double sum_doc_len_sq, bool causal,
+                         int64_t windowed_layers, double sum_windowed_len_sq) {
+  XT_CHECK(windowed_layers >= 0 && windowed_layers <= num_layers);
   const double dense = 6.0 * double(matmul_params) * double(tokens);
-  const double attention =
-      12.0 * double(num_layers) * double(attn_dim) * sum_doc_len_sq * (causal ? 0.5 : 1.0);
+  const double squares = double(num_layers - windowed_layers) * sum_doc_len_sq +
+                         double(windowed_layers) * sum_windowed_len_sq;
+  const double attention = 12.0 * double(attn_dim) * squares * (causal ? 0.5 : 1.0);
   return dense + attention;
 }
 
+double WindowedLenSq(int64_t n, int64_t window) {
+  const double x = double(n), w = double(window);
+  return window > 0 && n > window ? x * x - (x - w) * (x - w) : x * x;
+}
+
 double TrainingFlopsPerToken(int64_t matmul_params, int64_t num_layers, int64_t attn_dim,
-                             int64_t seq_len, bool causal) {
+                             int64_t seq_len, bool causal, int64_t windowed_layers,
+                             int64_t window) {
   const double n = double(seq_len);
-  return TrainingStepFlops(matmul_params, seq_len, num_layers, attn_dim, n * n, causal) / n;
+  return TrainingStepFlops(matmul_params, seq_len, num_layers, attn_dim, n * n, causal,
+                           windowed_layers, WindowedLenSq(seq_len, window)) /
+         n;
 }
 
 double AchievedFlopsPerDevice(double flops, double seconds, int64_t num_devices) {

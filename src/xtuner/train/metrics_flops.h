@@ -20,6 +20,9 @@
 //   it ("causal mask: only half of the mask is non-zero") and FlashAttention's benchmarks do;
 //   the exact n(n+1)/2 differs by n/2, which is negligible. c = 1 gives PaLM's 6N + 12 L d S per
 //   token for a single sequence of length S.
+// - A sliding window of w keys (GPT-OSS's sliding layers) leaves a document of n > w tokens
+//   about (n^2 - (n - w)^2) / 2 causal pairs: such layers count WindowedLenSq(n, w) in place of
+//   n^2.
 // - Not counted: recomputation (activation checkpointing makes the hardware do about 8N per
 //   token; MFU ignores it by definition, HFU would count it), norms, softmax, the optimizer.
 #pragma once
@@ -43,13 +46,21 @@ int64_t MoeActiveParams(int64_t total_params, int64_t num_moe_layers, int64_t nu
 // Model FLOPs of one training step (forward + backward) over `tokens` tokens whose documents have
 // lengths n_i with sum_i n_i^2 = sum_doc_len_sq (packed rows: one entry per document, all ranks
 // and micro-batches of the step). causal = true halves the attention term (see above).
+// windowed_layers of the num_layers attend within a sliding window: their attention term takes
+// sum_windowed_len_sq (the sum of WindowedLenSq over the documents) in place of sum_doc_len_sq.
 double TrainingStepFlops(int64_t matmul_params, int64_t tokens, int64_t num_layers,
-                         int64_t attn_dim, double sum_doc_len_sq, bool causal = true);
+                         int64_t attn_dim, double sum_doc_len_sq, bool causal = true,
+                         int64_t windowed_layers = 0, double sum_windowed_len_sq = 0);
+
+// The squared length a document of n tokens counts for under a sliding window of `window` keys:
+// n^2 - (n - window)^2 when n > window > 0, else n^2.
+double WindowedLenSq(int64_t n, int64_t window);
 
 // The same for one document of seq_len tokens, per token:
 //   6 * N + 12 * L * d_attn * seq_len * (causal ? 1/2 : 1).
 double TrainingFlopsPerToken(int64_t matmul_params, int64_t num_layers, int64_t attn_dim,
-                             int64_t seq_len, bool causal = true);
+                             int64_t seq_len, bool causal = true, int64_t windowed_layers = 0,
+                             int64_t window = 0);
 
 // Achieved FLOP/s per device: flops / seconds / num_devices. NaN when seconds <= 0 or
 // num_devices < 1.

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "xtuner/train/metrics_flops.h"
+
 namespace xt {
 
 namespace fs = std::filesystem;
@@ -40,7 +42,8 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   TrainData d;
   d.tokenizer_path = TokenizerPathFor(cfg);
   if (cfg.tokenizer.empty() && !fs::exists(d.tokenizer_path))
-    return Status::Error(d.tokenizer_path + ": no tokenizer.json beside the model; name one with "
+    return Status::Error(d.tokenizer_path +
+                         ": no tokenizer.json beside the model; name one with "
                          "--tokenizer PATH (data.tokenizer)");
   XT_ASSIGN_OR_RETURN(d.tokenizer, Tokenizer::FromFile(d.tokenizer_path));
   if (d.tokenizer->vocab_size() > vocab_size)
@@ -123,7 +126,8 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   return d;
 }
 
-Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows) {
+Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows,
+                                   int64_t window) {
   std::vector<int64_t> ids, labels, cu = {0};
   MicroBatch mb;
   for (int64_t r : rows) {
@@ -135,6 +139,7 @@ Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int6
       if (row.sample_index[d] < 0) continue;  // padding
       mb.tokens += len;
       mb.sum_doc_len_sq += double(len) * double(len);
+      mb.sum_windowed_len_sq += WindowedLenSq(len, window);
       for (int64_t t = row.cu_seqlens[d]; t < row.cu_seqlens[d + 1]; ++t)
         mb.masked += row.labels[t] == -100;
     }

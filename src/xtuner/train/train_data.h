@@ -42,12 +42,14 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
 
 // One micro-batch from packed rows: the rows concatenated into one packed sequence.
 // `tokens` receives the non-padding tokens, `masked` those of them without a label, and
-// `sum_doc_len_sq` the sum of squared document lengths (for the FLOP count).
+// `sum_doc_len_sq` the sum of squared document lengths and `sum_windowed_len_sq` that of
+// WindowedLenSq(length, window) (train/metrics_flops.h), for the FLOP count.
 struct MicroBatch {
   Batch batch;
   int64_t tokens = 0, masked = 0;
-  double sum_doc_len_sq = 0;
+  double sum_doc_len_sq = 0, sum_windowed_len_sq = 0;
 };
-Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows);
+Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows,
+                                   int64_t window = 0);
 
 }  // namespace xt

@@ -345,7 +345,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
 
   // ---- summary
   const int64_t total_params = ParamLayout(mc).total();
-  const int64_t per_expert = 3 * mc.hidden_size * mc.moe_intermediate_size;
+  const int64_t per_expert = mc.params_per_expert();
   const int64_t active =
       MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts, mc.top_k, per_expert);
   // Matmul parameters a token passes through: the active ones less the embedding lookup (the
@@ -489,21 +489,22 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     const std::vector<int64_t> rows(all_rows.begin() + row_begin(mesh.rank),
                                     all_rows.begin() + row_begin(mesh.rank + 1));
     std::vector<MicroBatch> mbs;
-    // Summed over the ranks: loss tokens, tokens, masked, sum of squared document lengths, ce
-    // sum, aux sum, then tokens per expert (per MoE layer).
-    std::vector<double> stats(6 + n_moe * E, 0.0);
+    // Summed over the ranks: loss tokens, tokens, masked, sum of squared document lengths (and
+    // under sliding windows), ce sum, aux sum, then tokens per expert (per MoE layer).
+    std::vector<double> stats(7 + n_moe * E, 0.0);
     for (size_t i = 0; i < rows.size(); i += size_t(micro)) {
       std::vector<int64_t> part(rows.begin() + i,
                                 rows.begin() + std::min(rows.size(), i + size_t(micro)));
-      XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part));
+      XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part, mc.sliding_window));
       stats[0] += double(mb.batch.num_loss_tokens());
       stats[1] += double(mb.tokens);
       stats[2] += double(mb.masked);
       stats[3] += mb.sum_doc_len_sq;
+      stats[4] += mb.sum_windowed_len_sq;
       mbs.push_back(std::move(mb));
     }
     while (int64_t(mbs.size()) < micro_per_rank) mbs.push_back(MicroBatch{Batch::Empty()});
-    world.AllReduceSum(stats.data(), 4);
+    world.AllReduceSum(stats.data(), 5);
     const int64_t loss_tokens = int64_t(stats[0]);
     XT_RETURN_IF_ERROR(backend->ZeroGrads());
     int64_t activation_bytes = 0;
@@ -535,27 +536,27 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       XT_ASSIGN_OR_RETURN(LossInfo info,
                           backend->ForwardBackward(mb.batch, ce_weight,
                                                    global_aux ? 1.0 : 1.0 / micro_batches, pool));
-      stats[4] += info.ce_loss * double(info.num_loss_tokens);
-      stats[5] += info.aux_loss / micro_batches;
+      stats[5] += info.ce_loss * double(info.num_loss_tokens);
+      stats[6] += info.aux_loss / micro_batches;
       seen.Add(info.balance);
       activation_bytes = std::max(activation_bytes, info.activation_bytes);
       for (size_t l = 0; l < info.tokens_per_expert.size(); ++l)
         for (int64_t e = 0; e < E; ++e)
-          stats[6 + l * E + e] += double(info.tokens_per_expert[l][e]);
+          stats[7 + l * E + e] += double(info.tokens_per_expert[l][e]);
     }
-    world.AllReduceSum(stats.data() + 4, int64_t(stats.size()) - 4);
+    world.AllReduceSum(stats.data() + 5, int64_t(stats.size()) - 5);
     if (global_aux) {
       AllReduceBalanceStats(world, &seen);
-      stats[5] = seen.Loss();
+      stats[6] = seen.Loss();
     }
     StepMetrics sm;
     sm.tokens = int64_t(stats[1]);
     sm.tokens_per_expert.assign(n_moe, std::vector<int64_t>(E));
     for (int64_t l = 0; l < n_moe; ++l)
-      for (int64_t e = 0; e < E; ++e) sm.tokens_per_expert[l][e] = int64_t(stats[6 + l * E + e]);
-    sm.ce_loss = loss_tokens > 0 ? stats[4] / double(loss_tokens) : 0.0;
-    sm.aux_loss = has_aux ? stats[5] : StepMetrics::kNaN;
-    sm.loss = sm.ce_loss + (has_aux ? mc.router_aux_loss_coef * stats[5] : 0.0);
+      for (int64_t e = 0; e < E; ++e) sm.tokens_per_expert[l][e] = int64_t(stats[7 + l * E + e]);
+    sm.ce_loss = loss_tokens > 0 ? stats[5] / double(loss_tokens) : 0.0;
+    sm.aux_loss = has_aux ? stats[6] : StepMetrics::kNaN;
+    sm.loss = sm.ce_loss + (has_aux ? mc.router_aux_loss_coef * stats[6] : 0.0);
     // The global gradient norm from each rank's share of it (its shard on the CPU: every element
     // is in exactly one rank's shard).
     XT_ASSIGN_OR_RETURN(double sum_sq, backend->GradSumOfSquares());
@@ -599,8 +600,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     sm.step_time_s = seconds_since(t_step);
     sm.elapsed_s = seconds_since(t_start);
     sm.tokens_per_s = double(sm.tokens) / sm.step_time_s;
-    const double flops = TrainingStepFlops(matmul_params, sm.tokens, mc.num_layers,
-                                           mc.attention_flops_dim(), stats[3]);
+    const double flops =
+        TrainingStepFlops(matmul_params, sm.tokens, mc.num_layers, mc.attention_flops_dim(),
+                          stats[3], true, mc.num_sliding_layers(), stats[4]);
     const double achieved = AchievedFlopsPerDevice(flops, sm.step_time_s, mesh.world);
     sm.tflops = achieved / 1e12;
     if (cfg.peak_tflops > 0) sm.mfu = Mfu(achieved, cfg.peak_tflops * 1e12);
