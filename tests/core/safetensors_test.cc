@@ -43,6 +43,9 @@ Tensor Filled(DType dtype, Shape shape, uint64_t seed) {
       case DType::F8E4M3:
         static_cast<uint8_t*>(t.data())[i] = F32ToFp8E4m3(v[i]);
         break;
+      case DType::U8:
+        static_cast<uint8_t*>(t.data())[i] = uint8_t(int(v[i] * 30) & 0xff);
+        break;
     }
   }
   return t;
@@ -124,6 +127,7 @@ TEST(Safetensors, RoundTripEveryDtypeScalarAndEmpty) {
       {"scalar_i64", Filled(DType::I64, {}, 7)},
       {"scalar_bf16", Filled(DType::BF16, {}, 8)},
       {"f8_e4m3", Filled(DType::F8E4M3, {3, 3}, 9)},
+      {"u8", Filled(DType::U8, {2, 5}, 10)},
       {"empty_f32", Tensor::Empty(DType::F32, {0, 4})},
       {"empty_f16", Tensor::Empty(DType::F16, {4, 0})},
       {"empty_i64", Tensor::Empty(DType::I64, {0})},
@@ -185,7 +189,8 @@ TEST(Safetensors, RewritingTransformersFilesIsByteIdentical) {
   for (const char* rel :
        {"qwen3_moe_tiny/model.safetensors", "variants/qwen3_moe_bf16_kE/model.safetensors",
         "variants/qwen3_dense_gqa4_tied/model-00002-of-00003.safetensors",
-        "variants/deepseek_v3_fp8/model.safetensors"}) {  // F32, BF16 and F8_E4M3
+        "variants/deepseek_v3_fp8/model.safetensors",
+        "variants/gpt_oss_mxfp4/model.safetensors"}) {  // F32, BF16, F8_E4M3 and U8
     std::string src = testing::DataPath(rel);
     auto f = SafetensorsFile::Open(src);
     ASSERT_TRUE(f.ok()) << f.status().message();
@@ -244,7 +249,7 @@ TEST(Safetensors, FromBufferAndMisalignedData) {
 
 TEST(Safetensors, ForeignDtypesOpenButGetSaysWhy) {
   std::string header = R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-                       R"("u":{"dtype":"U8","shape":[3],"data_offsets":[16,19]}})";
+                       R"("u":{"dtype":"I8","shape":[3],"data_offsets":[16,19]}})";
   double d[2] = {0.1, -3.0};
   std::string data(reinterpret_cast<const char*>(d), 16);
   data += "abc";
@@ -253,7 +258,7 @@ TEST(Safetensors, ForeignDtypesOpenButGetSaysWhy) {
   auto f = SafetensorsFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status().message();
   ExpectError(f->Get("d"), {path, "'d'", "F64"});
-  ExpectError(f->Get("u"), {path, "'u'", "U8"});
+  ExpectError(f->Get("u"), {path, "'u'", "I8"});
   auto info = f->Info("u");
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(std::string(static_cast<const char*>(info->data), 3), "abc");
@@ -263,8 +268,8 @@ TEST(Safetensors, ForeignDtypesOpenButGetSaysWhy) {
   auto df = f->GetF32("d", {2});
   ASSERT_TRUE(df.ok());
   EXPECT_EQ(df->f32()[0], 0.1f);
-  ExpectError(f->GetF32("u", {3}), {path, "'u'", "U8", "float"});
-  ExpectError(f->GetF64("u", {3}), {path, "'u'", "U8"});
+  ExpectError(f->GetF32("u", {3}), {path, "'u'", "I8", "float"});
+  ExpectError(f->GetF64("u", {3}), {path, "'u'", "I8"});
 }
 
 TEST(Safetensors, GetF32UpcastsAndChecksShape) {

@@ -126,7 +126,8 @@ INSTANTIATE_TEST_SUITE_P(Hub, FixtureParity,
 // of a Qwen3-MoE and a DeepSeek-V3, against transformers' own FP8 load (dequantized); GPT-OSS
 // (tools/reference/make_gpt_oss_reference.py: stacked interleaved experts, biases, sinks, sliding
 // windows shorter than the documents, the GLU's clamp reached, YaRN untruncated; and in BF16
-// with a full-attention first layer and plain RoPE).
+// with a full-attention first layer and plain RoPE; and with MXFP4 experts as the hub's releases
+// ship them, against transformers' own dequantizing load).
 INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                          ::testing::Values("variants/qwen3_moe_v4", "variants/qwen3_moe_mlp_only",
                                            "variants/qwen3_dense_gqa4_tied",
@@ -136,7 +137,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, FixtureParity,
                                            "variants/deepseek_v3_bf16", "variants/qwen3_moe_yarn",
                                            "variants/deepseek_v3_yarn", "variants/qwen3_moe_fp8",
                                            "variants/deepseek_v3_fp8", "variants/gpt_oss_tiny",
-                                           "variants/gpt_oss_bf16"),
+                                           "variants/gpt_oss_bf16", "variants/gpt_oss_mxfp4"),
                          [](const auto& info) { return info.param.substr(9); });
 
 }  // namespace

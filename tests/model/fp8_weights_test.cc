@@ -629,7 +629,7 @@ TEST(Fp8Config, WhatIsNotImplementedIsNamed) {
   const Case cases[] = {
       {json{{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}},
        "quant_method \"bitsandbytes\" is not supported"},
-      {json{{"quant_method", "mxfp4"}}, "quant_method \"mxfp4\" is not supported"},
+      {json{{"quant_method", "mxfp4"}}, "\"mxfp4\" is implemented for gpt_oss's experts only"},
       {json{{"quant_method", "compressed-tensors"}}, "\"compressed-tensors\" is not supported"},
       {json::object(), "quant_method null is not supported"},
       {json{{"quant_method", "fp8"}, {"fmt", "e5m2"}}, "fmt \"e5m2\" is not supported"},

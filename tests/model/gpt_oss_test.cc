@@ -1,6 +1,7 @@
 // GPT-OSS beyond the fixtures' parity: its config.json as the hub spells it (and transformers'
-// defaults), the errors for what is not implemented, and its stacked expert tensors in and out
-// of a checkpoint (bit for bit, by slices under expert parallelism, with named errors).
+// defaults), the errors for what is not implemented, its stacked expert tensors in and out of a
+// checkpoint (bit for bit, by slices under expert parallelism, with named errors), and MXFP4
+// decoding against transformers' (tests/data/variants/gpt_oss_mxfp4/decode.safetensors).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/gpt_oss_experts.h"
+#include "xtuner/model/mxfp4.h"
 
 namespace xt {
 namespace {
@@ -119,12 +121,54 @@ TEST(GptOssConfig, WhatIsNotImplementedIsRefusedByName) {
       << ErrorOf(q);
 }
 
-TEST(GptOssConfig, QuantizedCheckpointsAreRefusedByName) {
+TEST(GptOssConfig, Mxfp4IsReadForGptOssOnly) {
   json j = HubConfig();
   j["quantization_config"] = {{"quant_method", "mxfp4"},
                               {"modules_to_not_convert", {"model.layers.*.self_attn", "lm_head"}}};
-  EXPECT_NE(ErrorOf(j).find("quant_method \"mxfp4\" is not supported"), std::string::npos)
+  auto c = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->mxfp4_experts);
+  EXPECT_FALSE(c->ToJson().contains("quantization_config"));  // exports are bf16 or fp32
+  j["model_type"] = "mixtral";
+  j.erase("sliding_window");
+  j["attention_bias"] = false;
+  EXPECT_NE(ErrorOf(j).find("\"mxfp4\" is implemented for gpt_oss's experts only, not for mixtral"),
+            std::string::npos)
       << ErrorOf(j);
+  j = HubConfig();
+  j["quantization_config"] = {{"quant_method", "bitsandbytes"}};
+  EXPECT_NE(ErrorOf(j).find("quant_method \"bitsandbytes\" is not supported"), std::string::npos)
+      << ErrorOf(j);
+}
+
+// Every nibble and byte value, scale bytes 0 (subnormal results), 1, 120, 127, 128 and 254
+// (overflow to inf): transformers' convert_moe_packed_tensors in float32, bit for bit.
+TEST(Mxfp4, DecodesAsTransformersDoes) {
+  auto f = SafetensorsFile::Open(testing::DataPath("variants/gpt_oss_mxfp4/decode.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  for (const std::string prefix : {"", "all_bytes."}) {
+    auto blocks = f->Info(prefix + "blocks");
+    auto scales = f->Info(prefix + "scales");
+    auto values = f->Get(prefix + "values");
+    ASSERT_TRUE(blocks.ok() && scales.ok() && values.ok());
+    const int64_t rows = blocks->shape[0], groups = blocks->shape[1];
+    ASSERT_EQ(values->numel(), rows * groups * 32);
+    std::vector<float> out(rows * groups * 32);
+    DecodeMxfp4(static_cast<const uint8_t*>(blocks->data),
+                static_cast<const uint8_t*>(scales->data), rows, groups, out.data());
+    int inf = 0, subnormal = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const float want = values->f32()[i];
+      EXPECT_EQ(std::memcmp(&out[i], &want, 4), 0)
+          << prefix << i << ": " << out[i] << " vs " << want;
+      inf += std::isinf(want);
+      subnormal += std::fpclassify(want) == FP_SUBNORMAL;
+    }
+    if (prefix.empty()) {
+      EXPECT_GT(inf, 0);
+      EXPECT_GT(subnormal, 0);
+    }
+  }
 }
 
 TEST(GptOssConfig, ToJsonRoundTrips) {
@@ -235,6 +279,53 @@ TEST(GptOssCheckpoint, BadExpertTensorsAreNamed) {
   EXPECT_NE(e.find("unexpected tensor \"model.layers.0.mlp.experts.0.gate_up_proj\""),
             std::string::npos)
       << e;
+}
+
+TEST(GptOssCheckpoint, BadMxfp4TensorsAreNamed) {
+  constexpr char kMx[] = "variants/gpt_oss_mxfp4";
+  auto tensors = testing::FixtureTensors(kMx);
+  const std::string blocks = "model.layers.0.mlp.experts.down_proj_blocks";
+  const std::string scales = "model.layers.0.mlp.experts.down_proj_scales";
+  auto edited = [&](auto edit) {
+    testing::NamedTensors t;
+    for (auto& [name, tensor] : tensors) t.emplace_back(name, tensor);
+    edit(&t);
+    auto m = LoadHfModel(testing::WriteFixtureCopy(kMx, t));
+    return m.ok() ? std::string() : m.status().message();
+  };
+  EXPECT_EQ(edited([](testing::NamedTensors*) {}), "");  // the copy itself loads
+  std::string e = edited([&](testing::NamedTensors* t) {
+    std::erase_if(*t, [&](const auto& nt) { return nt.first == scales; });
+  });
+  EXPECT_NE(e.find("has \"" + blocks + "\" but no \"" + scales + "\" (shape [4, 64, 2])"),
+            std::string::npos)
+      << e;
+  e = edited([&](testing::NamedTensors* t) {
+    std::erase_if(*t, [&](const auto& nt) { return nt.first == blocks || nt.first == scales; });
+  });
+  EXPECT_NE(
+      e.find("neither \"" + blocks + "\" (MXFP4) nor \"model.layers.0.mlp.experts.down_proj\""),
+      std::string::npos)
+      << e;
+  e = edited([&](testing::NamedTensors* t) {
+    for (auto& [name, tensor] : *t)
+      if (name == scales) {
+        Tensor bad = Tensor::Empty(DType::I32, {4, 64, 2});
+        std::memset(bad.data(), 0, bad.nbytes());
+        tensor = bad;
+      }
+  });
+  EXPECT_NE(e.find("\"" + scales + "\" has dtype I32, expected U8"), std::string::npos) << e;
+  // A scale byte of 255 is MXFP4's NaN: named with its expert and row.
+  e = edited([&](testing::NamedTensors* t) {
+    for (auto& [name, tensor] : *t)
+      if (name == scales) {
+        Tensor copy = tensor.Clone();
+        static_cast<uint8_t*>(copy.data())[2 * 64 * 2 + 5 * 2] = 255;  // expert 2, row 5
+        tensor = copy;
+      }
+  });
+  EXPECT_NE(e.find("expert 2 has scale byte 255 (NaN) at row 5"), std::string::npos) << e;
 }
 
 }  // namespace

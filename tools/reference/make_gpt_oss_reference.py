@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference fixtures for GPT-OSS (transformers' GptOssForCausalLM), in the format of make_reference.py.
 
-Writes tests/data/variants/gpt_oss_tiny and tests/data/variants/gpt_oss_bf16: config.json and
+Writes tests/data/variants/gpt_oss_tiny, gpt_oss_bf16 and gpt_oss_mxfp4 (MXFP4 below): config.json and
 model.safetensors as `save_pretrained` writes them (hub names; transformers 5.17 saves the experts
 FUSED: mlp.experts.gate_up_proj [E, H, 2I] with gate/up interleaved in the last dim (gate = [..., ::2],
 up = [..., 1::2]), gate_up_proj_bias [E, 2I], down_proj [E, I, H], down_proj_bias [E, H]; the router
@@ -46,8 +46,36 @@ router-gap check is skipped for the next one, as make_reference.py does):
     sliding_window = None when a layer slides), and with truncate = true differ by > 1e-3 relative;
   * the in-memory model gives the reloaded model's logits bit for bit; file sizes < 1.5 MB.
 
+MXFP4 (gpt_oss_mxfp4, spec key mxfp4=True): the experts in the format of openai/gpt-oss-20b / -120b.
+After init, every expert gate_up_proj / down_proj ([E, in, out]) is quantized to MXFP4 here
+(mxfp4_quantize: per 32 values along the input dimension one E8M0 scale byte s, value 2^(s-127), with
+e = ceil(log2(amax/6)); FP4 e2m1 codes = nearest of 0, .5, 1, 1.5, 2, 3, 4, 6 with bit 3 the sign, two
+per byte, the LOW nibble holding the even element) and replaced by its decoding (exact in bf16); all
+else is rounded to bf16. save_pretrained's BF16 model.safetensors is then rewritten in the hub layout:
+model.layers.L.mlp.experts.gate_up_proj_blocks U8 [E, 2I, H/32, 16] + gate_up_proj_scales U8
+[E, 2I, H/32], down_proj_blocks U8 [E, H, I/32, 16] + down_proj_scales U8 [E, H, I/32] (output-major:
+the transpose of the model's [E, in, out]), the biases gate_up_proj_bias [E, 2I] / down_proj_bias [E, H]
+and everything else BF16; config.json gets the hub's quantization_config {"quant_method": "mxfp4",
+"modules_to_not_convert": [self_attn, mlp.router, embed_tokens, lm_head]}. The reference model is
+transformers' own load of that directory with quantization_config=Mxfp4Config(dequantize=True) (eager
+attention and experts, dtype float32, then .double()): its Mxfp4Dequantize converters run
+integrations/mxfp4.py's convert_moe_packed_tensors (FP4 lookup, torch.ldexp by s - 127, then
+transpose(1, 2): [E, R, G, 16] -> [E, G*32, R]) into the model's own parameters
+model.layers.L.mlp.experts.gate_up_proj [E, H, 2I] / down_proj [E, I, H]; grad.<name> and meta's
+weight_names / weight_shapes use those dequantized names. No workaround is needed on a CPU:
+validate_environment returns at once when dequantize=True. Checked besides the above: the checkpoint's
+exact names / shapes / dtypes; the dequantized parameters == this script's float64 decoding bit for bit;
+a BF16 checkpoint of the same weights loaded by transformers has the same parameters, bit-identical
+logits (batch and packed) and gradients (the "roundtrip"); a load without quantization_config gives the
+same parameters; every code occurs in both nibbles. The gradients are the parameters' .grad (transformers
+5.17 saves a model loaded with dequantize=True with its experts under "gate_up_proj$" / "down_proj$",
+so save_pretrained cannot name them). It also writes decode.safetensors: MXFP4 test vectors (blocks U8
+[3, 2, 16], scales U8 [3, 2] with 0, 1, 127, 128, 120, 254, values F32 [3, 64] = convert_moe_packed_tensors
+in float32 before its transpose; all_bytes.* the same for all 256 byte values), described in meta.json's
+decode_test_vectors with what scale bytes 0 and 255 give.
+
 Usage (repo root, venv of tools/reference/README.md):
-  /work/venv-ref/bin/python tools/reference/make_gpt_oss_reference.py           # both variants
+  /work/venv-ref/bin/python tools/reference/make_gpt_oss_reference.py           # all variants
   /work/venv-ref/bin/python tools/reference/make_gpt_oss_reference.py --variant gpt_oss_tiny --out DIR
 """
 
@@ -57,11 +85,12 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_reference as mr  # noqa: E402  (helpers only; make_reference.py is not modified)
@@ -107,12 +136,295 @@ VARIANTS = {
         ),
         prompt_lens=(5, 3), doc_lens=(9, 17),
     ),
+    # MXFP4 experts as openai/gpt-oss-20b/-120b ship them (see MXFP4 below): everything else BF16,
+    # YaRN as on the hub (as gpt_oss_tiny), hidden and intermediate multiples of 32 (MXFP4's block).
+    "gpt_oss_mxfp4": dict(
+        seed=6201,
+        bf16=True,
+        mxfp4=True,
+        config=dict(
+            vocab_size=256, hidden_size=64, num_hidden_layers=2,
+            layer_types=["sliding_attention", "full_attention"],
+            num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+            intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+            sliding_window=4, attention_bias=True,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                             "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                             "original_max_position_embeddings": 512},
+            max_position_embeddings=16384, router_aux_loss_coef=0.5, rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
+        prompt_lens=(3, 7), doc_lens=(7, 19),
+    ),
 }
 
 # init scales (std of randn); fan-in of the fused experts is dim 1 ([E, H, 2I] and [E, I, H])
 GATE_UP_GAIN = 5.0     # gate/up pre-activation std ~5 on the normalized input: ~10% pass |7|
 DOWN_GAIN = 0.06       # the clamped GLU's outputs are ~10-50: keep the MLP output ~1
 BIAS_STD = {"self_attn": 0.2, "router": 0.5, "gate_up_proj_bias": 0.5, "down_proj_bias": 0.2}
+
+
+# --------------------------------------------------------------------------------------------
+# MXFP4 (the hub's expert format; transformers/integrations/mxfp4.py reads it)
+# --------------------------------------------------------------------------------------------
+
+# FP4 e2m1 code -> value (bit 3 = sign); transformers' FP4_VALUES, checked against it
+FP4_LUT = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+MXFP4_BLOCK = 32  # values per E8M0 scale byte, along the input dimension
+# the hub's config.json quantization_config of openai/gpt-oss-20b / -120b
+MXFP4_QUANTIZATION_CONFIG = {
+    "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                               "model.embed_tokens", "lm_head"],
+    "quant_method": "mxfp4",
+}
+
+
+def mxfp4_quantize(w):
+    """w [..., R, C] (float, C a multiple of 32, the input dimension) -> (blocks uint8 [..., R, C/32, 16],
+    scales uint8 [..., R, C/32]), the inverse of transformers' convert_moe_packed_tensors (before its
+    transpose). Per block of 32 values the exponent is e = ceil(log2(amax / 6)) (so the largest value
+    maps to 3..6 and nothing overflows), scale byte = e + 127; each value is rounded to the nearest
+    e2m1 magnitude of |w| / 2^e (ties to the smaller, argmin's first), sign bit 8 from w < 0 (small
+    negatives give code 8, -0); two codes per byte, the LOW nibble holding the even element."""
+    *pre, R, C = w.shape
+    assert C % MXFP4_BLOCK == 0, w.shape
+    x = w.double().reshape(*pre, R, C // MXFP4_BLOCK, MXFP4_BLOCK)
+    amax = x.abs().amax(-1)
+    assert bool((amax > 0).all())
+    e = torch.ceil(torch.log2(amax / 6.0)).to(torch.int64)
+    e = torch.where(amax / torch.pow(2.0, e.double()) > 6.0, e + 1, e)  # (log2 round-off)
+    assert bool((e >= -127).all() and (e <= 127).all())
+    y = x.abs() / torch.pow(2.0, e.double())[..., None]  # exact: a power of two
+    mags = torch.tensor(FP4_LUT[:8], dtype=torch.float64)
+    code = (y[..., None] - mags).abs().argmin(-1)
+    code = code + 8 * (x < 0).to(torch.int64)
+    code = code.reshape(*pre, R, C // MXFP4_BLOCK, MXFP4_BLOCK // 2, 2)
+    blocks = (code[..., 0] | (code[..., 1] << 4)).to(torch.uint8)
+    return blocks, (e + 127).to(torch.uint8)
+
+
+def mxfp4_decode(blocks, scales):
+    """float64 decoding [..., R, G, 16] x [..., R, G] -> [..., R, G*32] (no transpose): value =
+    FP4_LUT[nibble] * 2^(scale - 127), the low nibble first."""
+    lut = torch.tensor(FP4_LUT, dtype=torch.float64)
+    b = blocks.to(torch.int64)
+    v = torch.stack([lut[b & 15], lut[b >> 4]], dim=-1).flatten(-2)  # [..., R, G, 32]
+    v = v * torch.pow(2.0, scales.to(torch.float64) - 127)[..., None]
+    return v.flatten(-2)
+
+
+def expected_mxfp4_checkpoint(c):
+    """{name: (shape, dtype)} of the hub-layout MXFP4 checkpoint: the experts' gate_up_proj / down_proj
+    as U8 _blocks [E, out, in/32, 16] and _scales [E, out, in/32] (output-major, the transpose of the
+    model's [E, in, out]); everything else (expert biases included) BF16 under the model's names."""
+    H, E, I = c.hidden_size, c.num_local_experts, c.intermediate_size
+    out = {}
+    for k, shape in expected_weights(c).items():
+        for proj, rows, cols in (("gate_up_proj", 2 * I, H), ("down_proj", H, I)):
+            if k.endswith("mlp.experts." + proj):
+                out[k + "_blocks"] = ([E, rows, cols // MXFP4_BLOCK, 16], torch.uint8)
+                out[k + "_scales"] = ([E, rows, cols // MXFP4_BLOCK], torch.uint8)
+                break
+        else:
+            out[k] = (shape, torch.bfloat16)
+    return out
+
+
+@torch.no_grad()
+def mxfp4_quantize_experts(model):
+    """Replace every expert gate_up_proj / down_proj ([E, in, out]) by its MXFP4 decoding, in place;
+    returns {param name: (blocks, scales)} in the checkpoint layout (output-major)."""
+    q = {}
+    for name, p in model.named_parameters():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            blocks, scales = mxfp4_quantize(p.transpose(1, 2))
+            dec = mxfp4_decode(blocks, scales).transpose(1, 2)
+            assert torch.equal(dec.to(torch.bfloat16).double(), dec), name  # exact in bf16 (and float32)
+            p.copy_(dec)
+            q[name] = (blocks, scales)
+    return q
+
+
+def write_mxfp4_checkpoint(out_dir, quantized, cfg_json):
+    """Rewrite save_pretrained's bf16 model.safetensors in the hub's MXFP4 layout (experts' fused
+    weights -> U8 _blocks / _scales) and add the hub's quantization_config to cfg_json."""
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors = load_file(path)
+    for name, (blocks, scales) in quantized.items():
+        stored = tensors.pop(name)
+        # the bf16 tensor save_pretrained wrote is exactly the decoding
+        assert torch.equal(stored.double(), mxfp4_decode(blocks, scales).transpose(1, 2)), name
+        tensors[name + "_blocks"] = blocks.contiguous()
+        tensors[name + "_scales"] = scales.contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+    cfg_json["quantization_config"] = dict(MXFP4_QUANTIZATION_CONFIG)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
+
+
+def load_mxfp4_reference(model_cls, path):
+    """transformers' own load of the MXFP4 directory, dequantized (Mxfp4Config(dequantize=True)),
+    eager attention and experts, then float64. Returns (model, {dequantized name: dtype on load})."""
+    from transformers import Mxfp4Config
+    m = model_cls.from_pretrained(path, quantization_config=Mxfp4Config(dequantize=True), dtype=torch.float32,
+                                  attn_implementation="eager", experts_implementation="eager")
+    # dequantize=True drops the quantizer after loading: a plain GptOssForCausalLM with GptOssExperts
+    assert not getattr(m, "is_quantized", False) and not hasattr(m.config, "quantization_config")
+    assert type(m.model.layers[0].mlp.experts).__name__ == "GptOssExperts"
+    dtypes = {k: str(p.dtype).replace("torch.", "") for k, p in m.named_parameters() if "mlp.experts." in k}
+    return m.double(), dtypes
+
+
+def write_decode_vectors(out_dir):
+    """decode.safetensors: standalone MXFP4 test vectors, decoded by transformers' own
+    convert_moe_packed_tensors in float32. Returns the meta entry."""
+    from transformers.integrations.mxfp4 import FP4_VALUES, convert_moe_packed_tensors
+    assert [float(v) for v in FP4_VALUES] == FP4_LUT
+    assert [math_signbit(v) for v in FP4_VALUES] == [i >= 8 for i in range(16)]
+
+    def hf(blocks, scales):
+        # convert_moe_packed_tensors needs [E, R, G, 16] (it ends with transpose(1, 2): [E, G*32, R]);
+        # give it a leading E = 1 and undo its transpose: [R, G*32]
+        out = convert_moe_packed_tensors(blocks[None], scales[None], dtype=torch.float32)
+        assert out.shape == (1, blocks.shape[-2] * 32, blocks.shape[0]), out.shape
+        v = out[0].transpose(0, 1).contiguous()
+        # the same through R = 1 per row: [R, 1, G, 16] -> [R, G*32, 1]
+        alt = convert_moe_packed_tensors(blocks[:, None], scales[:, None], dtype=torch.float32)
+        assert torch.equal(alt[..., 0], v) or bool(torch.isnan(v).any())
+        return v
+
+    # 6 blocks of 16 bytes: in each block every low nibble and every high nibble once; the high nibble
+    # is the low one plus a per-block offset (0: 0x00, 0x88, 0xFF; 8: 0x80, 0x08), so 96 distinct bytes
+    offs = [0, 8, 1, 15, 5, 11]
+    blocks = torch.zeros(6, 16, dtype=torch.uint8)
+    for n, o in enumerate(offs):
+        for j in range(16):
+            lo = (7 * j + 3 * n) % 16
+            blocks[n, j] = lo | (((lo + o) % 16) << 4)
+    assert len(set(blocks.flatten().tolist())) == 96
+    for n in range(6):
+        assert sorted((blocks[n] & 15).tolist()) == list(range(16)) == sorted((blocks[n] >> 4).tolist())
+    blocks = blocks.reshape(3, 2, 16)
+    scales = torch.tensor([[0, 1], [127, 128], [120, 254]], dtype=torch.uint8)
+    values = hf(blocks, scales)
+    assert values.shape == (3, 64) and values.dtype == torch.float32
+    own = mxfp4_decode(blocks, scales).to(torch.float32)  # float64 decoding, then to float32
+    assert torch.equal(own, values)  # incl. the infinities of scale 254 (2 * 2^127 overflows float32)
+    assert not bool(torch.isnan(values).any())
+    # every byte value once: [8, 2, 16] (block n holds bytes 32n .. 32n+31), scales around 127
+    all_blocks = torch.arange(256, dtype=torch.int64).to(torch.uint8).reshape(8, 2, 16)
+    all_scales = torch.tensor([[127, 126], [128, 119], [133, 120], [100, 140],
+                               [127, 127], [2, 250], [125, 129], [64, 190]], dtype=torch.uint8)
+    all_values = hf(all_blocks, all_scales)
+    assert torch.equal(mxfp4_decode(all_blocks, all_scales).to(torch.float32), all_values)
+    save_file({"blocks": blocks, "scales": scales, "values": values,
+               "all_bytes.blocks": all_blocks, "all_bytes.scales": all_scales, "all_bytes.values": all_values},
+              os.path.join(out_dir, "decode.safetensors"), metadata={"format": "pt"})
+
+    # scale bytes 0 and 255 on the 16 codes (byte c | c << 4: both nibbles the same code)
+    codes = torch.arange(16, dtype=torch.uint8)
+    one = (codes | (codes << 4)).repeat(2).reshape(1, 2, 16)  # 2 groups: scale 0, then 255
+
+    def show(t):
+        return [repr(float(x)) if not torch.isfinite(x) else float(x) for x in t]
+
+    ext = {}
+    for dt in (torch.float32, torch.bfloat16):
+        out = convert_moe_packed_tensors(one[None], torch.tensor([[[0, 255]]], dtype=torch.uint8), dtype=dt)
+        v = out[0, :, 0]  # [64]: even elements = low nibbles
+        ext[str(dt).replace("torch.", "")] = {"scale_0": show(v[0:32:2].float()), "scale_255": show(v[32:64:2].float())}
+    f32 = ext["float32"]
+    assert f32["scale_0"] == [float(x) * 2.0 ** -127 for x in FP4_LUT]
+    # torch.ldexp is an exact v * 2^e, rounded once: 0.5 * 2^128 = 2^127 stays finite, 0 * 2^128 = 0
+    assert f32["scale_255"] == [0.0, 2.0 ** 127] + ["inf"] * 6 + [-0.0, -2.0 ** 127] + ["-inf"] * 6
+    assert ext["bfloat16"] == f32
+    n_inf = int(torch.isinf(values).sum())
+    return {
+        "file": "decode.safetensors",
+        "blocks": "U8 [3, 2, 16] ([rows, groups, 16 bytes]); 96 distinct byte values (96 bytes cannot hold all "
+                  "256): each of the 6 blocks has every low nibble and every high nibble once (incl. bytes "
+                  "0x00, 0x08, 0x80, 0x88, 0xFF)",
+        "scales": scales.tolist(),
+        "values": "F32 [3, 64] = transformers' convert_moe_packed_tensors(blocks, scales, dtype=torch.float32) "
+                  "BEFORE its transpose: row r = block (r, 0) then block (r, 1), 32 values each, element 2j = "
+                  "low nibble of byte j, 2j+1 = high nibble",
+        "all_bytes": "all_bytes.blocks U8 [8, 2, 16] = bytes 0..255 in order, all_bytes.scales U8 [8, 2] = "
+                     + str(all_scales.tolist()) + ", all_bytes.values F32 [8, 64], made the same way",
+        "convert_moe_packed_tensors": "takes blocks [E, R, G, 16] and scales [E, R, G] (needs 4-D blocks: it "
+                                      "ends with out.transpose(1, 2)); decodes to [E, R, G*32] and returns that "
+                                      "transposed to [E, G*32, R] (contiguous): gate_up_proj_blocks [E, 2I, H/32, 16] "
+                                      "-> gate_up_proj [E, H, 2I], down_proj_blocks [E, H, I/32, 16] -> down_proj "
+                                      "[E, I, H]. These vectors were decoded with a leading E = 1 and transposed back",
+        "arithmetic": "lut[nibble] (FP4_VALUES in dtype) then torch.ldexp(v, scale - 127) in place; on this CPU "
+                      "torch.ldexp is an exact v * 2^(scale-127) rounded once to dtype (no separate 2^e that could "
+                      "overflow: 0.5 * 2^128 = 2^127), i.e. the float64 decoding rounded to dtype (checked: "
+                      "values == float64 decoding .to(float32) bit for bit). The model load uses dtype bfloat16",
+        "scale_254": f"2^127: codes +-0.5, 1, 1.5 give +-2^126, 2^127, 1.5*2^127; +-2, 3, 4, 6 overflow float32 to "
+                     f"+-inf (values has {n_inf} infinities, all in block (2, 1))",
+        "scale_0": "2^-127: values +-2^-128 .. +-1.5*2^-125, float32 subnormals, exact; an engine that flushes "
+                   "subnormals to zero gives 0",
+        "scale_255": "no special case in transformers (OCP MX calls E8M0 0xFF NaN): 2^128 times the code, i.e. "
+                     "+-0 -> +-0, +-0.5 -> +-2^127 (finite), +-1 .. +-6 -> +-inf; no NaN (the same in bfloat16)",
+        "scale_0_and_255_by_code": ext,
+        "fp4_lut": FP4_LUT,
+    }
+
+
+def math_signbit(x):
+    return bool(torch.signbit(torch.tensor(float(x))))
+
+
+def mxfp4_meta(c, ckpt, quantized, load_dtypes, roundtrip, auto_same):
+    """meta.json's "mxfp4" entry (and its checks: every code in both nibbles, scale bytes away from 127)."""
+    lo = torch.zeros(16, dtype=torch.int64)
+    hi = torch.zeros(16, dtype=torch.int64)
+    scale_range = {}
+    for name, (blocks, scales) in sorted(quantized.items()):
+        lo += torch.bincount((blocks & 15).flatten().long(), minlength=16)
+        hi += torch.bincount((blocks >> 4).flatten().long(), minlength=16)
+        proj = name.rsplit(".", 1)[1]
+        s = scale_range.setdefault(proj, [255, 0])
+        s[0], s[1] = min(s[0], int(scales.min())), max(s[1], int(scales.max()))
+    assert bool((lo > 0).all() and (hi > 0).all()), (lo, hi)
+    all_scales = torch.cat([s.flatten() for _, s in quantized.values()]).long()
+    assert int((all_scales - 127).abs().max()) >= 6, scale_range
+    hist = torch.bincount(all_scales, minlength=256)
+    H, E, I = c.hidden_size, c.num_local_experts, c.intermediate_size
+    return {
+        "quantization_config": MXFP4_QUANTIZATION_CONFIG,
+        "checkpoint_tensors": {k: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+                               for k, t in sorted(ckpt.items())},
+        "dequantized_experts": {
+            "gate_up_proj": [E, H, 2 * I], "down_proj": [E, I, H],
+            "names": "the model's own parameter names, as in the other variants: model.layers.L.mlp.experts."
+                     "gate_up_proj / down_proj (no _blocks / _scales); grad.<name> under those names",
+            "dtype_after_load": load_dtypes,
+            "note": "from_pretrained(dtype=float32) leaves the dequantized experts in bfloat16 "
+                    "(convert_moe_packed_tensors' default dtype; the loader does not cast converted tensors), "
+                    "all else float32; exact either way, then .double()",
+        },
+        "convert_moe_packed_tensors_transposes": "yes: [E, R, G, 16] -> [E, R, G*32] -> transpose(1, 2) -> "
+                                                 "[E, G*32, R] (gate_up [E, 2I, H/32, 16] -> [E, H, 2I], down "
+                                                 "[E, H, I/32, 16] -> [E, I, H]); gate/up stay interleaved "
+                                                 "(rows 2j gate, 2j+1 up of the blocks)",
+        "fp4_lut": FP4_LUT,
+        "quantization": "per 32 values along the input dim: e = ceil(log2(amax/6)), scale byte e+127, codes = "
+                        "nearest e2m1 magnitude of |w|/2^e with the sign bit from w < 0 (tiny negatives -> code "
+                        "8, -0); low nibble = even element. Weights drawn as in the other variants first",
+        "scale_byte_range": scale_range,
+        "scale_byte_histogram": {str(i): int(n) for i, n in enumerate(hist) if n},
+        "code_counts_low_nibble": lo.tolist(),
+        "code_counts_high_nibble": hi.tolist(),
+        "dequantized_equals_own_float64_decoding": True,
+        "transformers_mxfp4_vs_bf16_checkpoint_logits_max_abs_diff": roundtrip,
+        "load_without_quantization_config_gives_same_parameters": auto_same,
+        "cpu_loading": "no workaround needed: Mxfp4HfQuantizer.validate_environment returns right away when "
+                       "dequantize=True (accelerate / triton / kernels are only checked otherwise), "
+                       "replace_with_mxfp4_linear returns the model unchanged, and the weight converters "
+                       "Mxfp4Dequantize(gate_up_proj_blocks + _scales -> gate_up_proj, down_proj_* -> down_proj) "
+                       "call convert_moe_packed_tensors(blocks, scales) (dtype bfloat16); after loading the "
+                       "quantizer and config.quantization_config are removed",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +649,8 @@ def block_masks(doc_lens, window, dtype):
 def build(name, spec, seed, out_dir):
     model_cls = transformers.GptOssForCausalLM
     bf16 = spec.get("bf16", False)
+    mx = spec.get("mxfp4", False)
+    assert bf16 or not mx
     config = transformers.GptOssConfig(**spec["config"], output_router_logits=True)
     V, L, E, K = config.vocab_size, config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok
     assert config.head_dim != config.hidden_size // config.num_attention_heads
@@ -350,6 +664,8 @@ def build(name, spec, seed, out_dir):
     init_weights(model, gen)
     e0 = model.model.layers[0].mlp.experts
     assert (e0.limit, e0.alpha) == (LIMIT, ALPHA), (e0.limit, e0.alpha)
+    if mx:  # the experts become their MXFP4 decoding (exact in bf16), the rest is rounded to bf16 below
+        quantized = mxfp4_quantize_experts(model)
     save_model = model
     if bf16:  # as make_reference.py: round in place (float32 copy kept), save a bf16 copy
         with torch.no_grad():
@@ -364,9 +680,19 @@ def build(name, spec, seed, out_dir):
     save_model.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "config.json")) as f:
         cfg_json = json.load(f)
+    if mx:
+        # the same weights as a plain BF16 checkpoint (for the roundtrip), then the hub's MXFP4 layout
+        plain_dir = tempfile.mkdtemp(prefix="gpt_oss_plain_")
+        shutil.copytree(out_dir, plain_dir, dirs_exist_ok=True)
+        write_mxfp4_checkpoint(out_dir, quantized, cfg_json)
 
     # ---- reload from disk, eager attention, eager (per-expert loop) experts, float64 ----
-    m = mr.load_reference_model(model_cls, out_dir)
+    if mx:  # transformers' own MXFP4 load, dequantized
+        m, mx_load_dtypes = load_mxfp4_reference(model_cls, out_dir)
+        m_plain = mr.load_reference_model(model_cls, plain_dir)  # the BF16 checkpoint, for the roundtrip
+        shutil.rmtree(plain_dir)
+    else:
+        m = mr.load_reference_model(model_cls, out_dir)
     lc = m.config
     assert lc._attn_implementation == "eager" and lc._experts_implementation == "eager"
     for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -379,6 +705,27 @@ def build(name, spec, seed, out_dir):
         assert layer.self_attn.scaling == lc.head_dim ** -0.5
 
     saved = mr.read_saved_weights(out_dir)
+    if mx:
+        # the checkpoint holds exactly the hub's MXFP4 names, shapes and dtypes ...
+        ckpt = saved
+        want_ckpt = expected_mxfp4_checkpoint(lc)
+        assert set(ckpt) == set(want_ckpt), set(ckpt) ^ set(want_ckpt)
+        for k_, (shape, dt) in want_ckpt.items():
+            assert list(ckpt[k_].shape) == shape and ckpt[k_].dtype == dt, (k_, ckpt[k_].shape, ckpt[k_].dtype)
+        for k_, (blocks, scales) in quantized.items():
+            assert torch.equal(ckpt[k_ + "_blocks"], blocks) and torch.equal(ckpt[k_ + "_scales"], scales), k_
+        # ... and the model's weights are the dequantized ones under the model's (fused) names: the
+        # experts decoded here in float64 (exact in bf16), the rest as stored
+        saved = {}
+        for k_, t in ckpt.items():
+            if k_.endswith("_blocks"):
+                base = k_[: -len("_blocks")]
+                dec = mxfp4_decode(t, ckpt[base + "_scales"]).transpose(1, 2).contiguous()
+                saved[base] = dec.to(torch.bfloat16)
+                assert torch.equal(saved[base].double(), dec), base
+            elif not k_.endswith("_scales"):
+                saved[k_] = t
+        assert set(m.state_dict()) == set(saved), set(m.state_dict()) ^ set(saved)
     want = expected_weights(lc)
     assert {k: list(v.shape) for k, v in saved.items()} == want, set(saved) ^ set(want)
     want_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -421,7 +768,19 @@ def build(name, spec, seed, out_dir):
     assert abs(aux_ind - aux) < 1e-5, (aux_ind, aux)
     hs = [h.detach() for h in out.hidden_states]
     assert len(hs) == L + 1
-    grads = mr.hub_named_grads(m)
+    if mx:
+        # the gradients under the dequantized model's own parameter names. Not via save_pretrained
+        # (hub_named_grads): transformers 5.17 saves a model loaded with Mxfp4Config(dequantize=True)
+        # with its experts under the converter's target patterns "gate_up_proj$" / "down_proj$" (one
+        # tensor each for all layers); the BF16 roundtrip model below checks these names and values
+        grads = {k_: p.grad.detach().clone() for k_, p in m.named_parameters()}
+        resaved = mr.hub_named_grads(m)
+        mx_resave_names = sorted(set(resaved) - set(saved))
+        assert mx_resave_names == ["down_proj$", "gate_up_proj$"], mx_resave_names
+        for k_ in set(resaved) & set(saved):
+            assert torch.equal(resaved[k_], grads[k_]), k_
+    else:
+        grads = mr.hub_named_grads(m)
     assert set(grads) == set(saved), set(grads) ^ set(saved)
     for k_ in grads:
         assert grads[k_].shape == saved[k_].shape and grads[k_].dtype == torch.float64, k_
@@ -451,6 +810,30 @@ def build(name, spec, seed, out_dir):
         mm.set_attn_implementation("eager")
         roundtrip = float((mm(input_ids=input_ids, use_cache=False).logits - logits).abs().max())
         assert roundtrip == 0.0, roundtrip
+        if mx:
+            # a plain BF16 checkpoint of the same (dequantized) weights, loaded by transformers: the same
+            # parameters and bit-identical logits (batch and packed documents)
+            for (k_, a), (k2, b) in zip(m.named_parameters(), m_plain.named_parameters()):
+                assert k_ == k2 and torch.equal(a, b), k_
+            mx_roundtrip = max(
+                float((m_plain(input_ids=input_ids, use_cache=False).logits - logits).abs().max()),
+                max(float((m_plain(input_ids=packed_ids[:, a:b], use_cache=False).logits - pl).abs().max())
+                    for (a, b), pl in zip(((0, d0), (d0, d0 + d1)), per_doc)))
+            assert mx_roundtrip == 0.0, mx_roundtrip
+            # ... and the same gradients, saved by save_pretrained under the same names
+            with torch.enable_grad():
+                m_plain.train()
+                o = m_plain(input_ids=input_ids, labels=labels, output_router_logits=True, use_cache=False)
+                o.loss.backward()
+            plain_grads = mr.hub_named_grads(m_plain)
+            assert set(plain_grads) == set(grads), set(plain_grads) ^ set(grads)
+            for k_ in grads:
+                assert torch.equal(plain_grads[k_], grads[k_]), k_
+            # a load without quantization_config dequantizes as well on this CPU (no `kernels` package;
+            # on a CPU transformers also dequantizes unless use_kernels=True): the same parameters
+            m_auto = mr.load_reference_model(model_cls, out_dir)
+            mx_auto_same = all(torch.equal(a, b) for a, b in zip(m.parameters(), m_auto.parameters()))
+            assert mx_auto_same
 
     # ---- router margin (GPT-OSS takes the top-k of the logits, bias included) ----
     prob_gap, logit_gap = mr.topk_gaps(rl + doc_router, K)
@@ -578,7 +961,7 @@ def build(name, spec, seed, out_dir):
         "transformers": transformers.__version__,
         "torch": torch.__version__.split("+")[0],
         "variant": name,
-        "weights_dtype": "bfloat16" if bf16 else "float32",
+        "weights_dtype": ("mxfp4 experts, bfloat16 otherwise" if mx else "bfloat16") if bf16 else "float32",
         "roundtrip_max_abs_diff": roundtrip,
         "router_min_topk_gap": prob_gap,
         "router_min_topk_logit_gap": logit_gap,
@@ -621,6 +1004,13 @@ def build(name, spec, seed, out_dir):
         "weight_names": sorted(saved),
         "config_json_keys": sorted(cfg_json),
     }
+    if mx:
+        meta["mxfp4"] = mxfp4_meta(lc, ckpt, quantized, mx_load_dtypes, mx_roundtrip, mx_auto_same)
+        meta["mxfp4"]["save_pretrained_of_dequantized_model_writes"] = (
+            mx_resave_names + ["(instead of model.layers.L.mlp.experts.gate_up_proj / down_proj: a transformers "
+                               "5.17 bug; the gradients here are the parameters' .grad, equal to a BF16 "
+                               "checkpoint's model's saved gradients bit for bit)"])
+        meta["decode_test_vectors"] = write_decode_vectors(out_dir)
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

@@ -19,6 +19,7 @@ size_t DTypeSize(DType t) {
     case DType::I64:
       return 8;
     case DType::F8E4M3:
+    case DType::U8:
       return 1;
   }
   return 0;
@@ -38,6 +39,8 @@ const char* DTypeName(DType t) {
       return "I64";
     case DType::F8E4M3:
       return "F8_E4M3";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
@@ -49,6 +52,7 @@ std::optional<DType> DTypeFromName(std::string_view name) {
   if (name == "I32") return DType::I32;
   if (name == "I64") return DType::I64;
   if (name == "F8_E4M3") return DType::F8E4M3;
+  if (name == "U8") return DType::U8;
   return std::nullopt;
 }
 

@@ -12,10 +12,11 @@ namespace xt {
 
 // F8E4M3 is storage only: the codes of block-quantized FP8 weights, which mean nothing without
 // their scales (model/fp8_weights.h); ToF32 gives the codes' values, To() cannot make them.
-enum class DType : uint8_t { F32, BF16, F16, I32, I64, F8E4M3 };
+// U8 is storage only too: MXFP4 blocks and scales (model/mxfp4.h); ToF32 gives the bytes' values.
+enum class DType : uint8_t { F32, BF16, F16, I32, I64, F8E4M3, U8 };
 
 size_t DTypeSize(DType t);
-// The safetensors spelling: "F32", "BF16", "F16", "I32", "I64", "F8_E4M3".
+// The safetensors spelling: "F32", "BF16", "F16", "I32", "I64", "F8_E4M3", "U8".
 const char* DTypeName(DType t);
 std::optional<DType> DTypeFromName(std::string_view name);
 bool IsFloat(DType t);

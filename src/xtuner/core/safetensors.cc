@@ -376,8 +376,9 @@ Result<SafetensorsInfo> SafetensorsFile::Info(const std::string& name) const {
 Result<Tensor> SafetensorsFile::Get(const std::string& name) const {
   XT_ASSIGN_OR_RETURN(const Entry* e, state_->Find(name));
   if (!e->xt_type) {
-    return Status::Error(state_->Where(name) + " has dtype " + e->dtype +
-                         ", which xtuner tensors cannot hold (F32, BF16, F16, I32, I64, F8_E4M3)");
+    return Status::Error(
+        state_->Where(name) + " has dtype " + e->dtype +
+        ", which xtuner tensors cannot hold (F32, BF16, F16, I32, I64, F8_E4M3, U8)");
   }
   const uint8_t* p = state_->buffer + e->begin;
   if (reinterpret_cast<uintptr_t>(p) % e->elem_size != 0) {

@@ -8,8 +8,8 @@
 // Dtypes: a header may use any safetensors dtype (BOOL, U8, I8, I16, U16, I32, U32, I64, U64,
 // F16, BF16, F32, F64, C64, F8_E4M3, F8_E5M2, F8_E8M0). Open() accepts them all and checks their
 // sizes; Get() returns a Tensor only for the dtypes xtuner holds (F32, BF16, F16, I32, I64,
-// F8_E4M3) and is an error for the others, whose bytes stay reachable through Info(). A dtype name
-// outside that list makes Open() fail.
+// F8_E4M3, U8) and is an error for the others, whose bytes stay reachable through Info(). A dtype
+// name outside that list makes Open() fail.
 //
 // Every error message names the file (and the tensor, where there is one) and what was wrong.
 // Nothing here aborts on bad input.

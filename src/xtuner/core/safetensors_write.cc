@@ -76,8 +76,10 @@ Status WriteSafetensors(const std::string& path,
         return 4;
       case DType::F8E4M3:
         return 5;
+      case DType::U8:  // after F8_E4M3, as safetensors orders its dtypes
+        return 6;
     }
-    return 6;
+    return 7;
   };
   std::vector<const std::pair<std::string, Tensor>*> order;
   for (const auto& kv : tensors) order.push_back(&kv);

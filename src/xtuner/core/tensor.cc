@@ -116,6 +116,9 @@ Tensor Tensor::ToF32() const {
     case DType::F8E4M3:
       for (int64_t i = 0; i < n; ++i) dst[i] = Fp8E4m3ToF32(static_cast<const uint8_t*>(data_)[i]);
       break;
+    case DType::U8:
+      for (int64_t i = 0; i < n; ++i) dst[i] = float(static_cast<const uint8_t*>(data_)[i]);
+      break;
   }
   return t;
 }

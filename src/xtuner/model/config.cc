@@ -182,10 +182,21 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
   const json& q = j["quantization_config"];
   const std::string unsupported =
       " (supported: quant_method \"fp8\" with fmt \"e4m3\" and a weight_block_size, the "
-      "block-quantized FP8 of DeepSeek-V3 and Qwen3 -FP8 checkpoints); convert the weights to "
-      "bf16 first";
+      "block-quantized FP8 of DeepSeek-V3 and Qwen3 -FP8 checkpoints; \"mxfp4\", GPT-OSS's "
+      "experts); convert the weights to bf16 first";
   if (!q.is_object()) return r.Error("key \"quantization_config\" must be an object");
   const json method = q.value("quant_method", json(nullptr));
+  if (method.is_string() && method.get<std::string>() == "mxfp4") {
+    // Which modules hold MXFP4 blocks the checkpoint's tensors say (model/gpt_oss_experts.h):
+    // modules_to_not_convert needs no reading.
+    if (c->arch != Arch::kGptOss)
+      return r.Error(
+          "quantization_config.quant_method \"mxfp4\" is implemented for gpt_oss's "
+          "experts only, not for " +
+          c->model_type);
+    c->mxfp4_experts = true;
+    return Status::OK();
+  }
   if (!method.is_string() || method.get<std::string>() != "fp8")
     return r.Error("quantization_config.quant_method " + method.dump() + " is not supported" +
                    unsupported);

@@ -123,6 +123,10 @@ struct ModelConfig {
   // (model/fp8_weights.h). Training and export are in fp32 / bf16 from then on.
   bool fp8_weights = false;
   int64_t fp8_block[2] = {0, 0};
+  // GPT-OSS's hub checkpoints (quantization_config {"quant_method": "mxfp4"}): the experts'
+  // gate_up_proj and down_proj as MXFP4 blocks and scales (model/mxfp4.h), dequantized to fp32
+  // on load. Exports are bf16 or fp32.
+  bool mxfp4_experts = false;
 
   LoraSpec lora;  // rank 0: no adapters, every parameter trains
 

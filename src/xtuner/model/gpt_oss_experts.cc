@@ -1,7 +1,11 @@
 #include "xtuner/model/gpt_oss_experts.h"
 
+#include <cmath>
 #include <cstring>
 #include <tuple>
+#include <vector>
+
+#include "xtuner/model/mxfp4.h"
 
 namespace xt {
 
@@ -112,12 +116,83 @@ bool IsGptOssStackedExpertTensor(const ModelConfig& cfg, const std::string& name
   if (!SplitLayer(name, cfg.num_layers, &layer, &rest)) return false;
   for (const char* s : kSuffix)
     if (rest == s) return true;
+  if (cfg.mxfp4_experts)
+    for (const char* s : {"gate_up_proj", "down_proj"})
+      for (const char* part : {"_blocks", "_scales"})
+        if (rest == std::string(s) + part) return true;
   return false;
 }
+
+namespace {
+
+// Expert s.expert's weight from the MXFP4 `<hub>_blocks` and `<hub>_scales` of `ckpt`, into
+// `out` (the engine's layout of p).
+Status ReadMxfp4Expert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
+                       const GptOssExpertSlice& s, float* out) {
+  const int64_t E = cfg.num_experts, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
+  const bool gate_up = s.kind == GptOssExpertSlice::kGateUp;
+  const int64_t rows = gate_up ? 2 * I : H, in = gate_up ? H : I;
+  const std::string blocks_name = s.hub + "_blocks", scales_name = s.hub + "_scales";
+  const std::string where = ckpt.FileOf(blocks_name) + ": ";
+  if (in % 32 != 0)
+    return Status::Error(where + "MXFP4 tensor \"" + blocks_name + "\" needs " +
+                         (gate_up ? "hidden_size" : "intermediate_size") +
+                         " to be a multiple of 32, found " + std::to_string(in));
+  const int64_t groups = in / 32;
+  if (!ckpt.contains(scales_name))
+    return Status::Error(where + "checkpoint has \"" + blocks_name + "\" but no \"" + scales_name +
+                         "\" (shape " + ShapeString({E, rows, groups}) + ")");
+  XT_ASSIGN_OR_RETURN(SafetensorsInfo b, ckpt.Info(blocks_name));
+  XT_ASSIGN_OR_RETURN(SafetensorsInfo sc, ckpt.Info(scales_name));
+  for (auto [name, info, want] : {std::tuple{&blocks_name, &b, Shape{E, rows, groups, 16}},
+                                  {&scales_name, &sc, Shape{E, rows, groups}}}) {
+    const std::string file = ckpt.FileOf(*name) + ": ";
+    if (info->dtype != "U8")
+      return Status::Error(file + "MXFP4 tensor \"" + *name + "\" has dtype " + info->dtype +
+                           ", expected U8");
+    if (info->shape != want)
+      return Status::Error(file + "MXFP4 tensor \"" + *name + "\" has shape " +
+                           ShapeString(info->shape) + ", expected " + ShapeString(want) +
+                           " from config.json");
+  }
+  const uint8_t* blocks = static_cast<const uint8_t*>(b.data) + s.expert * rows * groups * 16;
+  const uint8_t* scales = static_cast<const uint8_t*>(sc.data) + s.expert * rows * groups;
+  for (int64_t i = 0; i < rows * groups; ++i)
+    if (scales[i] == 255)
+      return Status::Error(ckpt.FileOf(scales_name) + ": MXFP4 tensor \"" + scales_name +
+                           "\": expert " + std::to_string(s.expert) +
+                           " has scale byte 255 (NaN) at row " + std::to_string(i / groups));
+  std::vector<float> decoded(rows * in);  // (rows, in), the hub's output rows
+  DecodeMxfp4(blocks, scales, rows, groups, decoded.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = decoded.data() + (gate_up ? Interleaved(r, I) : r) * in;
+    for (int64_t c = 0; c < in; ++c) {
+      if (!std::isfinite(src[c]))
+        return Status::Error(where + "MXFP4 tensor \"" + blocks_name + "\": expert " +
+                             std::to_string(s.expert) + " decodes to " + std::to_string(src[c]) +
+                             " at row " + std::to_string(gate_up ? Interleaved(r, I) : r) +
+                             ", column " + std::to_string(c));
+      out[r * in + c] = src[c];
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
 
 Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
                                 const GptOssExpertSlice& s, const ParamInfo& p) {
   const std::string where = (ckpt.contains(s.hub) ? ckpt.FileOf(s.hub) : ckpt.path()) + ": ";
+  if (cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") &&
+      (s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown)) {
+    Tensor out = Tensor::Empty(DType::F32, p.shape);
+    XT_RETURN_IF_ERROR(ReadMxfp4Expert(ckpt, cfg, s, out.f32()));
+    return out;
+  }
+  if (!ckpt.contains(s.hub) && cfg.mxfp4_experts &&
+      (s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown))
+    return Status::Error(where + "checkpoint has neither \"" + s.hub + "_blocks\" (MXFP4) nor \"" +
+                         s.hub + "\" that a gpt_oss model with this config.json needs");
   if (!ckpt.contains(s.hub))
     return Status::Error(where + "checkpoint has no tensor \"" + s.hub + "\" (shape " +
                          ShapeString(StackedShape(cfg, s.kind)) + ") that a gpt_oss model with " +

@@ -12,6 +12,11 @@
 // `...gate_up_proj_bias` (2I) [gate | up], `...down_proj_bias` (H). Reading picks expert e's
 // slice out of the stacked tensor (nothing else is converted) and transposes / de-interleaves it;
 // writing stacks the experts back. The same maps serve gradients (debug-dump).
+//
+// The hub's own releases (ModelConfig::mxfp4_experts) store gate_up_proj and down_proj as MXFP4
+// (model/mxfp4.h), output rows first: `<name>_blocks` U8 [E, rows, in / 32, 16] and
+// `<name>_scales` U8 [E, rows, in / 32], rows 2I (gate and up interleaved) or H; they are
+// decoded on load, expert by expert.
 #pragma once
 
 #include <cstdint>
@@ -41,12 +46,14 @@ struct GptOssExpertSlice {
 std::optional<GptOssExpertSlice> GptOssExpertOf(const ModelConfig& cfg, const std::string& name);
 
 // Whether `name` is one of the stacked expert tensors of a GPT-OSS checkpoint of config cfg
-// (layer in range).
+// (layer in range), MXFP4 blocks and scales included when the config says MXFP4.
 bool IsGptOssStackedExpertTensor(const ModelConfig& cfg, const std::string& name);
 
 // Expert s.expert's parameter `p` (of shape p.shape) read from the stacked tensor in `ckpt`, as
-// fp32 in the engine's layout. Errors name the file and tensor: missing, a stacked shape other
-// than the config's, or a dtype other than F32 / BF16 / F16.
+// fp32 in the engine's layout, from MXFP4 blocks and scales where the checkpoint has them.
+// Errors name the file and tensor: missing, a stacked shape other than the config's, a dtype
+// other than F32 / BF16 / F16 (U8 for blocks and scales), a scale byte of 255 (MXFP4's NaN) or
+// a value that is not finite.
 Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
                                 const GptOssExpertSlice& s, const ParamInfo& p);
 
