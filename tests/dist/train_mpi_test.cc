@@ -259,6 +259,24 @@ TEST(Distributed, DeepseekV3OnExpertParallelRanksAsOnOne) {
   ExpectSameLosses(one, Losses(dir + "/four"));
 }
 
+// GPT-OSS (sinks, a sliding window, biases on the router and on the experts a rank holds): the
+// losses of 2 expert-parallel ranks and of dp 2 x ep 2 are one rank's.
+TEST(Distributed, GptOssOnExpertParallelRanksAsOnOne) {
+  const std::string dir = testing::TempDir("mpi_gpt_oss");
+  std::ofstream(dir + "/config.json") << testing::TinyGptOssConfig();
+  const std::string model = " --set model.model_config=" + dir + "/config.json";
+  CliRun r = testing::RunXtuner(Args(dir + "/one", 6, model), kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> one = Losses(dir + "/one");
+  ASSERT_EQ(one.size(), 6u);
+  r = Mpi(2, Args(dir + "/two", 6, model + " --set parallel.ep=2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/two"));
+  r = Mpi(4, Args(dir + "/four", 6, model + " --set parallel.ep=2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/four"));
+}
+
 // 6 rows on 4 ranks: rank r takes rows [6r/4, 6(r+1)/4), 1, 2, 1 and 2 of them, so a rank short
 // of a row runs an empty micro-batch to stay in step; 2 rows on 4 ranks leave two ranks with
 // none at all (their experts still serve the others). The loss is the single process's.

@@ -15,6 +15,7 @@
 
 #include "util/testing.h"
 #include "util/tiny_run.h"
+#include "xtuner/core/safetensors.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/model/checkpoint.h"
@@ -152,6 +153,52 @@ TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
   auto p0 = ReadCheckpointParams(still.work_dir + "/checkpoints/step-00000002", *mc);
   ASSERT_TRUE(p0.ok());
   for (int64_t e = 0; e < mc->num_experts; ++e) EXPECT_EQ((*p0)[bias->offset + e], 0.0f);
+}
+
+// GPT-OSS trains from a random start (sinks, biases, sliding window, the clamped GLU), resumes
+// bit for bit, refuses an fp8 export before its first step, and its export holds the hub's
+// stacked expert tensors and loads back with the checkpoint's weights.
+TEST(Trainer, GptOssTrainsResumesAndExports) {
+  TrainConfig c = TinyRun("gpt_oss");
+  std::ofstream(c.model_config) << testing::TinyGptOssConfig();
+  c.checkpoint_every = 3;
+  c.export_at_end = true;
+  c.export_dtype = "fp32";
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> losses = Losses(c.work_dir);
+  ASSERT_EQ(losses.size(), 6u);
+  for (double l : losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_LT(losses.back(), losses.front());
+  auto exported = LoadHfModel(r->export_dir);
+  ASSERT_TRUE(exported.ok()) << exported.status().message();
+  auto params = ReadCheckpointParams(r->last_checkpoint, (*exported)->config());
+  ASSERT_TRUE(params.ok()) << params.status().message();
+  EXPECT_EQ(std::memcmp(params->data(), (*exported)->params().data(), params->size() * 4), 0);
+  auto file = SafetensorsFile::Open(r->export_dir + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  EXPECT_TRUE(file->contains("model.layers.1.mlp.experts.gate_up_proj"));
+  EXPECT_FALSE(file->contains("model.layers.1.mlp.experts.0.gate_up_proj"));
+
+  TrainConfig resumed = c;
+  resumed.work_dir = c.work_dir + "-resumed";
+  testing::SeedResumeDir(c.work_dir, 3, resumed.work_dir);
+  resumed.resume = "auto";
+  resumed.export_at_end = false;
+  ASSERT_TRUE(RunTraining(resumed, nullptr).ok());
+  const std::vector<double> tail = Losses(resumed.work_dir);
+  ASSERT_EQ(tail.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tail[i], losses[3 + i]) << "step " << 4 + i;
+
+  TrainConfig fp8 = TinyRun("gpt_oss_fp8");
+  std::ofstream(fp8.model_config) << testing::TinyGptOssConfig();
+  fp8.export_dtype = "fp8";
+  auto refused = RunTraining(fp8, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("fp8 export of gpt_oss is not implemented"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_FALSE(fs::exists(fp8.work_dir + "/metrics.jsonl"));
 }
 
 // The balancing loss of the global batch does not depend on how the batch is cut into

@@ -83,4 +83,21 @@ std::string TinyDeepseekV3Config() {
   return mc.dump();
 }
 
+std::string TinyGptOssConfig() {
+  const nlohmann::json mc = {{"model_type", "gpt_oss"},
+                             {"vocab_size", 3008},
+                             {"hidden_size", 32},
+                             {"num_hidden_layers", 2},
+                             {"num_attention_heads", 4},
+                             {"num_key_value_heads", 2},
+                             {"head_dim", 8},
+                             {"intermediate_size", 16},
+                             {"num_local_experts", 4},
+                             {"num_experts_per_tok", 2},
+                             {"sliding_window", 8},
+                             {"router_aux_loss_coef", 0.02},
+                             {"tie_word_embeddings", false}};
+  return mc.dump();
+}
+
 }  // namespace xt::testing

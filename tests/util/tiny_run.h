@@ -19,5 +19,8 @@ void SeedResumeDir(const std::string& from, int64_t step, const std::string& to)
 // layers (the first dense), 2 MLA heads, 6 experts in 3 groups keeping 2, top-2, a shared expert,
 // tied embeddings.
 std::string TinyDeepseekV3Config();
+// A tiny GPT-OSS (4 experts, top-2, a sliding window of 8 keys on its first layer, sinks,
+// biases, YaRN) for the demo's tokenizer, as config.json text.
+std::string TinyGptOssConfig();
 
 }  // namespace xt::testing
