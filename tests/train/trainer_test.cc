@@ -201,6 +201,39 @@ TEST(Trainer, GptOssTrainsResumesAndExports) {
   EXPECT_FALSE(fs::exists(fp8.work_dir + "/metrics.jsonl"));
 }
 
+// train.aux_loss_coef replaces config.json's router_aux_loss_coef (GPT-OSS's hub config says
+// 0.9): the loss is ce + that coefficient times the balancing loss, 0 removes it, and the
+// summary says which weight is in use.
+TEST(Trainer, AuxLossCoefOverridesTheConfig) {
+  for (double coef : {0.5, 0.0}) {
+    TrainConfig c = TinyRun("aux_coef" + std::to_string(int(coef * 10)));
+    std::ofstream(c.model_config) << testing::TinyGptOssConfig();  // router_aux_loss_coef 0.02
+    c.steps = 2;
+    c.aux_loss_coef = coef;
+    char* buf = nullptr;
+    size_t size = 0;
+    std::FILE* f = open_memstream(&buf, &size);
+    auto r = RunTraining(c, f);
+    std::fclose(f);
+    const std::string log(buf, size);
+    std::free(buf);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    const std::vector<double> loss = Losses(c.work_dir), ce = Metric(c.work_dir, "ce_loss"),
+                              aux = Metric(c.work_dir, "aux_loss");
+    ASSERT_EQ(loss.size(), 2u);
+    ASSERT_EQ(ce.size(), 2u);
+    ASSERT_EQ(aux.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_GT(aux[i], 0.5);
+      EXPECT_NEAR(loss[i], ce[i] + coef * aux[i], 1e-5 * loss[i]) << coef << " step " << i;
+    }
+    EXPECT_NE(log.find(coef > 0 ? "0.5 x (train.aux_loss_coef) global batch"
+                                : "none (train.aux_loss_coef = 0)"),
+              std::string::npos)
+        << log;
+  }
+}
+
 // The balancing loss of the global batch does not depend on how the batch is cut into
 // micro-batches (1, 2 or 4 rows: 4, 2 or 1 micro-batches, the first two through the router
 // pre-pass); transformers' per-micro-batch loss does.

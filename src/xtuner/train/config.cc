@@ -82,6 +82,10 @@ const std::vector<Key>& Schema() {
        "with more than one micro-batch per step first runs its micro-batches' router forward "
        "(decoder layers only) to pool them. micro_batch: transformers' loss of each micro-batch, "
        "averaged; no extra forward, but it changes with the mesh and micro_batch_size."},
+      {"train.aux_loss_coef", &C::aux_loss_coef,
+       "The balancing loss's weight in the loss (softmax routers). -1: config.json's "
+       "router_aux_loss_coef, which transformers applies only when output_router_logits is set "
+       "(GPT-OSS's hub config says 0.9, Qwen3-MoE's 0.001). 0: no balancing loss."},
       {"train.router_bias_update_speed", &C::router_bias_update_speed,
        "Auxiliary-loss-free balancing, for models whose router has a correction bias "
        "(DeepSeek-V3; ignored by the others): after every step each MoE layer's "
@@ -421,6 +425,10 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.aux_loss_scope != "global_batch" && c.aux_loss_scope != "micro_batch")
     return err("train.aux_loss_scope must be global_batch or micro_batch, not \"" +
                c.aux_loss_scope + "\"");
+  if (!(c.aux_loss_coef == -1 || (c.aux_loss_coef >= 0 && std::isfinite(c.aux_loss_coef))))
+    return err(
+        "train.aux_loss_coef must be -1 (config.json's router_aux_loss_coef) or a finite "
+        "value >= 0");
   if (!(c.router_bias_update_speed >= 0 && std::isfinite(c.router_bias_update_speed)))
     return err("train.router_bias_update_speed must be a finite value >= 0");
   if (c.lora_rank < 0) return err("lora.rank must be >= 0 (0: no LoRA)");

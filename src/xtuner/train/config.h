@@ -52,6 +52,7 @@ struct TrainConfig {
   std::string aux_loss_scope = "global_batch";  // global_batch | micro_batch
   // Models with a router correction bias (DeepSeek-V3): its move per step (train/router_bias.h).
   double router_bias_update_speed = 0.001;
+  double aux_loss_coef = -1;  // < 0: config.json's router_aux_loss_coef
 
   // [lora] (model/lora.h): rank 0 trains every parameter; rank > 0 freezes them all and trains
   // LoRA adapters on target_modules (comma-separated PEFT names, all-linear or auto).

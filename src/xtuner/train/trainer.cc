@@ -57,6 +57,7 @@ int64_t PeakRssBytes() {
 Result<ModelConfig> LoadModelConfig(const TrainConfig& cfg) {
   XT_ASSIGN_OR_RETURN(ModelConfig mc,
                       ModelConfig::Load(cfg.load_from.empty() ? cfg.model_config : cfg.load_from));
+  if (cfg.aux_loss_coef >= 0) mc.router_aux_loss_coef = cfg.aux_loss_coef;
   if (cfg.lora_rank == 0) return mc;
   LoraSpec spec;
   spec.rank = cfg.lora_rank;
@@ -422,13 +423,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   // A balancing loss: the softmax routers' (DeepSeek-V3 balances by its bias instead).
   const bool has_aux = mc.is_moe() && mc.router == RouterKind::kSoftmax;
   if (mc.is_moe()) {
+    char coef[48];
+    std::snprintf(coef, sizeof(coef), "%g x ", mc.router_aux_loss_coef);
+    const std::string weight =
+        std::string(coef) +
+        (cfg.aux_loss_coef >= 0 ? "(train.aux_loss_coef) " : "(router_aux_loss_coef) ");
     std::string how = !has_aux ? "none (the router's correction bias balances instead)"
-                      : mc.router_aux_loss_coef == 0        ? "none (router_aux_loss_coef = 0)"
-                      : cfg.aux_loss_scope == "micro_batch" ? "per micro-batch, averaged"
+                      : mc.router_aux_loss_coef == 0
+                          ? std::string(cfg.aux_loss_coef >= 0 ? "none (train.aux_loss_coef = 0)"
+                                                               : "none (router_aux_loss_coef = 0)")
+                      : cfg.aux_loss_scope == "micro_batch" ? weight + "per micro-batch, averaged"
                       : micro_per_rank > 1
-                          ? "global batch (router pre-pass over " + std::to_string(micro_per_rank) +
-                                " micro-batches per rank)"
-                          : "global batch";
+                          ? weight + "global batch (router pre-pass over " +
+                                std::to_string(micro_per_rank) + " micro-batches per rank)"
+                          : weight + "global batch";
     sum.extra.push_back({"run", "balancing loss", how});
     if (mc.router == RouterKind::kSigmoidGroup && mc.lora.enabled()) {
       sum.extra.push_back({"run", "balancing bias", "frozen with the base model (LoRA)"});
