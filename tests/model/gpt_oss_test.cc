@@ -86,6 +86,16 @@ TEST(GptOssConfig, TransformersDefaultsWhereKeysAreAbsent) {
   EXPECT_FALSE(c->rope_scaling.truncate);
   EXPECT_TRUE(c->attention_bias);
   for (int64_t l = 0; l < 4; ++l) EXPECT_EQ(c->window(l), l % 2 == 0 ? 128 : 0) << l;
+  // GptOssConfig's defaults for the keys a hand-written config may leave out.
+  for (const char* key :
+       {"head_dim", "num_key_value_heads", "rms_norm_eps", "router_aux_loss_coef"})
+    j.erase(key);
+  c = ModelConfig::FromJson(j, "x");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->head_dim, 64);
+  EXPECT_EQ(c->num_kv_heads, 8);
+  EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);
+  EXPECT_DOUBLE_EQ(c->router_aux_loss_coef, 0.001);
   j["sliding_window"] = nullptr;  // no layer slides
   c = ModelConfig::FromJson(j, "x");
   ASSERT_TRUE(c.ok()) << c.status().message();
@@ -271,6 +281,14 @@ TEST(GptOssCheckpoint, BadExpertTensorsAreNamed) {
       if (name == gate_up) tensor = Tensor::Zeros(DType::I32, {5, 48, 40});
   });
   EXPECT_NE(e.find("has dtype I32"), std::string::npos) << e;
+  // An index spelled with a leading zero is not the writer's: unexpected, not silently skipped.
+  e = edited([&](testing::NamedTensors* t) {
+    t->emplace_back("model.layers.01.mlp.experts.gate_up_proj",
+                    Tensor::Zeros(DType::F32, {5, 48, 40}));
+  });
+  EXPECT_NE(e.find("unexpected tensor \"model.layers.01.mlp.experts.gate_up_proj\""),
+            std::string::npos)
+      << e;
   // transformers-4-style per-expert names are not GPT-OSS's: named as unexpected.
   e = edited([&](testing::NamedTensors* t) {
     t->emplace_back("model.layers.0.mlp.experts.0.gate_up_proj",
@@ -316,6 +334,19 @@ TEST(GptOssCheckpoint, BadMxfp4TensorsAreNamed) {
       }
   });
   EXPECT_NE(e.find("\"" + scales + "\" has dtype I32, expected U8"), std::string::npos) << e;
+  // Both forms of one tensor, or scales without their blocks: which is meant is unclear.
+  e = edited([&](testing::NamedTensors* t) {
+    t->emplace_back("model.layers.0.mlp.experts.down_proj",
+                    Tensor::Zeros(DType::BF16, {4, 64, 64}));
+  });
+  EXPECT_NE(e.find("holds both \"model.layers.0.mlp.experts.down_proj\" and"), std::string::npos)
+      << e;
+  e = edited([&](testing::NamedTensors* t) {
+    std::erase_if(*t, [&](const auto& nt) { return nt.first == blocks; });
+    t->emplace_back("model.layers.0.mlp.experts.down_proj",
+                    Tensor::Zeros(DType::BF16, {4, 64, 64}));
+  });
+  EXPECT_NE(e.find("has \"" + scales + "\" but no \"" + blocks + "\""), std::string::npos) << e;
   // A scale byte of 255 is MXFP4's NaN: named with its expert and row.
   e = edited([&](testing::NamedTensors* t) {
     for (auto& [name, tensor] : *t)

@@ -253,6 +253,9 @@ TEST(LoraSpec, TargetsAreTheModelsLinearLayers) {
   EXPECT_EQ(LoraTargetNames(Config("qwen3_dense_tiny")),
             (V{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
   EXPECT_EQ(LoraTargetNames(Config("mixtral_tiny")), (V{"q_proj", "k_proj", "v_proj", "o_proj"}));
+  // GPT-OSS's router (mlp.router, not a Linear to PEFT) takes no adapter either.
+  EXPECT_EQ(LoraTargetNames(Config("variants/gpt_oss_tiny")),
+            (V{"q_proj", "k_proj", "v_proj", "o_proj"}));
   EXPECT_EQ(LoraTargetNames(Config("deepseek_v3_tiny")),
             (V{"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj",
                "up_proj", "down_proj"}));
@@ -291,6 +294,7 @@ TEST(LoraSpec, WhatCannotBeAdaptedIsRefusedByName) {
   EXPECT_NE(msg(Spec({"q_proj"}), "deepseek_v3_tiny").find("q_a_proj"), std::string::npos);
   EXPECT_NE(msg(Spec({"lm_head"}), "qwen3_dense_tiny").find("lm_head"), std::string::npos);
   EXPECT_NE(msg(Spec({"gate"}), "qwen3_moe_tiny").find("\"gate\""), std::string::npos);
+  EXPECT_NE(msg(Spec({"router"}), "variants/gpt_oss_tiny").find("\"router\""), std::string::npos);
   EXPECT_NE(msg(Spec({}), "qwen3_dense_tiny").find("lora.target_modules is empty"),
             std::string::npos);
   EXPECT_NE(msg(Spec({"q_proj"}, 0), "qwen3_dense_tiny").find("lora.rank"), std::string::npos);

@@ -180,8 +180,9 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
       tensors.emplace_back(p.name, t.To(DType::BF16));
     }
   }
-  for (auto& [name, t] : GptOssStackedExperts(mc, model.layout(), slab))
-    tensors.emplace_back(name, dtype == ExportDType::kF32 ? std::move(t) : t.To(DType::BF16));
+  for (auto& [name, t] : GptOssStackedExperts(
+           mc, model.layout(), slab, dtype == ExportDType::kF32 ? DType::F32 : DType::BF16))
+    tensors.emplace_back(name, std::move(t));
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = mc.ToJson();
   cfg["dtype"] = dtype == ExportDType::kF32 ? "float32" : "bfloat16";

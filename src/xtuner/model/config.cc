@@ -415,9 +415,11 @@ double RoughParamCount(const ModelConfig& c) {
     attn = H * D * double(2 * c.num_heads + 2 * c.num_kv_heads);
   }
   const double dense = 3 * H * double(c.intermediate_size);
-  const double moe = double(c.num_experts) * (3 * H * double(c.moe_intermediate_size) + H + 1) +
+  const double moe = double(c.num_experts) * (3 * H * double(c.moe_intermediate_size) + 2 * H +
+                                              2 * double(c.moe_intermediate_size) + 2) +
                      3 * H * double(c.moe_intermediate_size * c.n_shared_experts);
-  const double norms = 4 * H + 2 * D + double(c.q_lora_rank + c.kv_lora_rank);
+  const double norms = 4 * H + 2 * D + double(c.q_lora_rank + c.kv_lora_rank) + Hq * (2 * D + 1) +
+                       2 * double(c.num_kv_heads) * D;  // + GPT-OSS's biases
   return double(c.vocab_size) * H * 2 +
          double(c.num_layers) * (attn + std::max(dense, moe) + norms);
 }
@@ -496,11 +498,15 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
                    "gpt_oss)");
   }
 
+  if (c.arch == Arch::kGptOss) {  // GptOssConfig's defaults for keys transformers may omit
+    c.rms_norm_eps = 1e-5;
+    c.router_aux_loss_coef = 0.001;
+  }
   XT_RETURN_IF_ERROR(r.Int("vocab_size", &c.vocab_size, true));
   XT_RETURN_IF_ERROR(r.Int("hidden_size", &c.hidden_size, true));
   XT_RETURN_IF_ERROR(r.Int("num_hidden_layers", &c.num_layers, true));
   XT_RETURN_IF_ERROR(r.Int("num_attention_heads", &c.num_heads, true));
-  c.num_kv_heads = c.num_heads;
+  c.num_kv_heads = c.arch == Arch::kGptOss ? 8 : c.num_heads;
   XT_RETURN_IF_ERROR(r.Int("num_key_value_heads", &c.num_kv_heads, false));
   XT_RETURN_IF_ERROR(r.Int("intermediate_size", &c.intermediate_size,
                            c.arch != Arch::kQwen3Moe && c.arch != Arch::kDeepseekV3));
@@ -531,6 +537,8 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     XT_RETURN_IF_ERROR(ReadMla(r, &c));  // head_dim: the query/key width
   } else if (r.has("head_dim")) {
     XT_RETURN_IF_ERROR(r.Int("head_dim", &c.head_dim, true));
+  } else if (c.arch == Arch::kGptOss) {
+    c.head_dim = 64;
   } else {
     if (c.hidden_size % c.num_heads != 0)
       return r.Error("no \"head_dim\" and hidden_size is not a multiple of num_attention_heads");

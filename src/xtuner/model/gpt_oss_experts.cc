@@ -22,7 +22,8 @@ bool SplitLayer(const std::string& name, int64_t num_layers, int64_t* layer, std
   const size_t digits = i;
   while (i < name.size() && name[i] >= '0' && name[i] <= '9' && l < num_layers)
     l = l * 10 + (name[i++] - '0');
-  if (i == digits || l >= num_layers) return false;
+  // As the writer spells the index: no leading zero ("01" is not layer 1).
+  if (i == digits || l >= num_layers || (name[digits] == '0' && i - digits > 1)) return false;
   const std::string mid = ".mlp.experts.";
   if (name.compare(i, mid.size(), mid) != 0) return false;
   *layer = l;
@@ -100,7 +101,9 @@ std::optional<GptOssExpertSlice> GptOssExpertOf(const ModelConfig& cfg, const st
   int64_t e = 0;
   while (i < rest.size() && rest[i] >= '0' && rest[i] <= '9' && e < cfg.num_experts)
     e = e * 10 + (rest[i++] - '0');
-  if (i == 0 || i >= rest.size() || rest[i] != '.' || e >= cfg.num_experts) return std::nullopt;
+  if (i == 0 || i >= rest.size() || rest[i] != '.' || e >= cfg.num_experts ||
+      (rest[0] == '0' && i > 1))
+    return std::nullopt;
   const std::string kind = rest.substr(i + 1);
   for (int k = 0; k < 4; ++k)
     if (kind == kSuffix[k])
@@ -183,8 +186,16 @@ Status ReadMxfp4Expert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg
 Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
                                 const GptOssExpertSlice& s, const ParamInfo& p) {
   const std::string where = (ckpt.contains(s.hub) ? ckpt.FileOf(s.hub) : ckpt.path()) + ": ";
-  if (cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") &&
-      (s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown)) {
+  const bool quantizable =
+      s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown;
+  if (quantizable && cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") && ckpt.contains(s.hub))
+    return Status::Error(where + "checkpoint holds both \"" + s.hub + "\" and \"" + s.hub +
+                         "_blocks\" (MXFP4): which is meant is unclear");
+  if (quantizable && cfg.mxfp4_experts && !ckpt.contains(s.hub + "_blocks") &&
+      ckpt.contains(s.hub + "_scales"))
+    return Status::Error(ckpt.FileOf(s.hub + "_scales") + ": checkpoint has \"" + s.hub +
+                         "_scales\" but no \"" + s.hub + "_blocks\"");
+  if (cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") && quantizable) {
     Tensor out = Tensor::Empty(DType::F32, p.shape);
     XT_RETURN_IF_ERROR(ReadMxfp4Expert(ckpt, cfg, s, out.f32()));
     return out;
@@ -219,7 +230,7 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
 
 std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
                                                                  const ParamLayout& layout,
-                                                                 const float* slab) {
+                                                                 const float* slab, DType dtype) {
   std::vector<std::pair<std::string, Tensor>> out;
   if (cfg.arch != Arch::kGptOss) return out;
   const int64_t E = cfg.num_experts, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
@@ -235,7 +246,7 @@ std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConf
       Tensor t = Tensor::Empty(DType::F32, StackedShape(cfg, kind));
       for (int64_t e = 0; e < E; ++e)
         Convert(kind, H, I, slab + offset + e * per, t.f32() + e * per, /*to_hub=*/true);
-      out.emplace_back(prefix + kSuffix[kind], std::move(t));
+      out.emplace_back(prefix + kSuffix[kind], dtype == DType::F32 ? std::move(t) : t.To(dtype));
     }
   }
   return out;

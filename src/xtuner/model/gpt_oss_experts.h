@@ -58,10 +58,13 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
                                 const GptOssExpertSlice& s, const ParamInfo& p);
 
 // The stacked hub tensors of every MoE layer of `layout` (the whole model's), built from `slab`
-// (parameters or gradients, in the layout's offsets): (hub name, fp32 tensor), layer by layer in
-// the order gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias.
+// (parameters or gradients, in the layout's offsets): (hub name, tensor in `dtype`, F32 or
+// BF16), layer by layer in the order gate_up_proj, gate_up_proj_bias, down_proj,
+// down_proj_bias. Each is converted as soon as it is built: beyond the result, one stacked fp32
+// tensor at a time.
 std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
                                                                  const ParamLayout& layout,
-                                                                 const float* slab);
+                                                                 const float* slab,
+                                                                 DType dtype = DType::F32);
 
 }  // namespace xt

@@ -38,7 +38,7 @@ bool IsAdaptableLinear(const ParamInfo& p) {
   if (n == "lm_head.weight" || n.find("embed_tokens") != std::string::npos) return false;
   if (n.find(".experts.") != std::string::npos) return false;  // routed experts
   const std::string m = ShortModule(n);
-  return m != "gate";  // the router
+  return m != "gate" && m != "router";  // the router (GPT-OSS's: mlp.router, not a Linear)
 }
 
 }  // namespace
