@@ -3,15 +3,42 @@
 // file, every tensor of which can be read within the input's bounds, or an error Status; never a
 // crash, a sanitizer report or an abort. Every tensor is also read as a model weight
 // (ReadWeightF32: FP8 dequantization, with its scales, under a few block sizes), which must give
-// a tensor of the stored shape or an error. See fuzz/README.md.
+// a tensor of the stored shape or an error; and every expert parameter of a small GPT-OSS with
+// MXFP4 experts is read from the file's stacked tensors (ReadGptOssExpert: the hub's [E, H, 2I]
+// interleaved layout, or MXFP4 blocks and scales), which must give the parameter's shape or an
+// error. See fuzz/README.md.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/fp8_weights.h"
+#include "xtuner/model/gpt_oss_experts.h"
 
 namespace {
+
+// One layer, 2 experts, hidden 32, experts of 32 (one MXFP4 group per row).
+const xt::ModelConfig& GptOss() {
+  static const xt::ModelConfig cfg = [] {
+    xt::ModelConfig c;
+    c.model_type = "gpt_oss";
+    c.arch = xt::Arch::kGptOss;
+    c.vocab_size = 8;
+    c.hidden_size = 32;
+    c.num_layers = 1;
+    c.num_heads = c.num_kv_heads = 1;
+    c.head_dim = 8;
+    c.intermediate_size = c.moe_intermediate_size = 32;
+    c.num_experts = 2;
+    c.top_k = 1;
+    c.layer_is_moe = {true};
+    c.router_logit_bias = c.expert_bias = c.attention_bias = c.attention_sinks = true;
+    c.expert_act = xt::ExpertActivation::kGptOssGlu;
+    c.mxfp4_experts = true;
+    return c;
+  }();
+  return cfg;
+}
 
 // Reads every byte so that AddressSanitizer sees any access outside the input.
 uint8_t Touch(const void* p, size_t n) {
@@ -63,6 +90,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } else if (w.status().message().empty()) {
         __builtin_trap();
       }
+    }
+  }
+  const xt::ModelConfig& oss = GptOss();
+  const xt::ParamLayout layout(oss);
+  for (const xt::ParamInfo& p : layout.params()) {
+    const auto slice = xt::GptOssExpertOf(oss, p.name);
+    if (!slice) continue;
+    if (auto w = xt::ReadGptOssExpert(ckpt, oss, *slice, p); w.ok()) {
+      if (w->shape() != p.shape || w->dtype() != xt::DType::F32) __builtin_trap();
+      sink = sink ^ Touch(w->data(), w->nbytes());
+    } else if (w.status().message().empty()) {
+      __builtin_trap();
     }
   }
   return 0;

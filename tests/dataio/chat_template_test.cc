@@ -472,5 +472,16 @@ TEST(ChatTemplateTest, EncodeNamesAMissingSpecialToken) {
   EXPECT_TRUE(ChatTemplate::ByName("chatml")->CheckTokenizer(tok).ok());
 }
 
+// GPT-OSS's harmony template is named, with the way to train on it meanwhile.
+TEST(ChatTemplate, HarmonyIsNamedAsNotImplemented) {
+  auto r = ChatTemplate::DetectNameFromJinja(
+      "{%- for message in messages -%}<|start|>{{ message.role }}<|channel|>final<|message|>"
+      "{{ message.content }}<|end|>{%- endfor -%}",
+      "tokenizer_config.json");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("GPT-OSS's harmony format"), std::string::npos)
+      << r.status().message();
+}
+
 }  // namespace
 }  // namespace xt

@@ -235,6 +235,22 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
 }
 
+// `steps` steps of the model `model` (--set arguments) on 1 rank, on 2 expert-parallel ranks and
+// on dp 2 x ep 2: the same losses. The single rank's output, for checks of its own.
+std::string ExpectExpertMeshesAsOnOne(const std::string& dir, const std::string& model, int steps) {
+  CliRun r = testing::RunXtuner(Args(dir + "/one", steps, model), kRoot);
+  EXPECT_EQ(r.code, 0) << r.output;
+  const std::vector<double> one = Losses(dir + "/one");
+  EXPECT_EQ(one.size(), size_t(steps));
+  for (int np : {2, 4}) {
+    const std::string run = dir + "/np" + std::to_string(np);
+    CliRun m = Mpi(np, Args(run, steps, model + " --set parallel.ep=2"));
+    EXPECT_EQ(m.code, 0) << m.output;
+    ExpectSameLosses(one, Losses(run));
+  }
+  return r.output;
+}
+
 // DeepSeek-V3 (MLA, sigmoid group-limited router with a shared expert and the correction bias
 // moved each step) trains to the same losses on 2 expert-parallel ranks and on dp 2 x ep 2 as on
 // one: the bias update reads the step's counts of all ranks, so every rank moves its part of the
@@ -246,17 +262,8 @@ TEST(Distributed, DeepseekV3OnExpertParallelRanksAsOnOne) {
   // moved its part of them wrongly would change the losses.
   const std::string model =
       " --set model.model_config=" + dir + "/config.json --set train.router_bias_update_speed=0.01";
-  CliRun r = testing::RunXtuner(Args(dir + "/one", 8, model), kRoot);
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("aux-loss-free"), std::string::npos) << r.output;
-  const std::vector<double> one = Losses(dir + "/one");
-  ASSERT_EQ(one.size(), 8u);
-  r = Mpi(2, Args(dir + "/two", 8, model + " --set parallel.ep=2"));
-  ASSERT_EQ(r.code, 0) << r.output;
-  ExpectSameLosses(one, Losses(dir + "/two"));
-  r = Mpi(4, Args(dir + "/four", 8, model + " --set parallel.ep=2"));
-  ASSERT_EQ(r.code, 0) << r.output;
-  ExpectSameLosses(one, Losses(dir + "/four"));
+  const std::string one = ExpectExpertMeshesAsOnOne(dir, model, 8);
+  EXPECT_NE(one.find("aux-loss-free"), std::string::npos) << one;
 }
 
 // GPT-OSS (sinks, a sliding window, biases on the router and on the experts a rank holds): the
@@ -264,17 +271,7 @@ TEST(Distributed, DeepseekV3OnExpertParallelRanksAsOnOne) {
 TEST(Distributed, GptOssOnExpertParallelRanksAsOnOne) {
   const std::string dir = testing::TempDir("mpi_gpt_oss");
   std::ofstream(dir + "/config.json") << testing::TinyGptOssConfig();
-  const std::string model = " --set model.model_config=" + dir + "/config.json";
-  CliRun r = testing::RunXtuner(Args(dir + "/one", 6, model), kRoot);
-  ASSERT_EQ(r.code, 0) << r.output;
-  const std::vector<double> one = Losses(dir + "/one");
-  ASSERT_EQ(one.size(), 6u);
-  r = Mpi(2, Args(dir + "/two", 6, model + " --set parallel.ep=2"));
-  ASSERT_EQ(r.code, 0) << r.output;
-  ExpectSameLosses(one, Losses(dir + "/two"));
-  r = Mpi(4, Args(dir + "/four", 6, model + " --set parallel.ep=2"));
-  ASSERT_EQ(r.code, 0) << r.output;
-  ExpectSameLosses(one, Losses(dir + "/four"));
+  ExpectExpertMeshesAsOnOne(dir, " --set model.model_config=" + dir + "/config.json", 6);
 }
 
 // 6 rows on 4 ranks: rank r takes rows [6r/4, 6(r+1)/4), 1, 2, 1 and 2 of them, so a rank short

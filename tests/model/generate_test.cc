@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "util/testing.h"
 #include "xtuner/model/checkpoint.h"
 
@@ -36,6 +38,23 @@ TEST(Generate, CachedLogitsEqualFullForwardAtEveryPosition) {
     }
     EXPECT_FALSE(m.ForwardCached({1}, &cache).ok());  // full
   }
+}
+
+TEST(Generate, EosIdsOfGenerationConfig) {
+  const std::string dir = testing::TempDir("gen_config");
+  auto ids = GenerationEosIds(dir + "/generation_config.json");  // no file: none
+  ASSERT_TRUE(ids.ok());
+  EXPECT_TRUE(ids->empty());
+  std::ofstream(dir + "/a.json") << R"({"eos_token_id": 200002, "do_sample": true})";
+  EXPECT_EQ(*GenerationEosIds(dir + "/a.json"), (std::vector<int64_t>{200002}));
+  std::ofstream(dir + "/b.json") << R"({"eos_token_id": [200002, 199999, 200012]})";
+  EXPECT_EQ(*GenerationEosIds(dir + "/b.json"), (std::vector<int64_t>{200002, 199999, 200012}));
+  std::ofstream(dir + "/c.json") << R"({"eos_token_id": "</s>"})";
+  EXPECT_NE(GenerationEosIds(dir + "/c.json").status().message().find("c.json: eos_token_id"),
+            std::string::npos);
+  std::ofstream(dir + "/d.json") << "{";
+  EXPECT_NE(GenerationEosIds(dir + "/d.json").status().message().find("not a JSON object"),
+            std::string::npos);
 }
 
 TEST(Generate, GreedyStopsAndSamplingIsSeeded) {

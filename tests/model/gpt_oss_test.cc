@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "util/fixture_files.h"
@@ -42,6 +43,15 @@ json HubConfig() {
     "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128,
     "swiglu_limit": 7.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
     "transformers_version": "4.55.0.dev0", "use_cache": true, "vocab_size": 1024})");
+}
+
+// The error of loading `fixture` with its tensors edited by `edit` ("" when it loads).
+using Edit = std::function<void(testing::NamedTensors*)>;
+std::string EditedLoadError(const std::string& fixture, const Edit& edit) {
+  testing::NamedTensors t = testing::FixtureTensors(fixture);
+  edit(&t);
+  auto m = LoadHfModel(testing::WriteFixtureCopy(fixture, t));
+  return m.ok() ? std::string() : m.status().message();
 }
 
 std::string ErrorOf(const json& j) {
@@ -96,7 +106,12 @@ TEST(GptOssConfig, TransformersDefaultsWhereKeysAreAbsent) {
   EXPECT_EQ(c->num_kv_heads, 8);
   EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);
   EXPECT_DOUBLE_EQ(c->router_aux_loss_coef, 0.001);
-  j["sliding_window"] = nullptr;  // no layer slides
+  // No window: every layer must be full attention, as transformers requires.
+  j["sliding_window"] = nullptr;
+  EXPECT_NE(ErrorOf(j).find("sliding_window is null but layer_types has \"sliding_attention\""),
+            std::string::npos)
+      << ErrorOf(j);
+  j["layer_types"] = {"full_attention", "full_attention", "full_attention", "full_attention"};
   c = ModelConfig::FromJson(j, "x");
   ASSERT_TRUE(c.ok()) << c.status().message();
   for (int64_t l = 0; l < 4; ++l) EXPECT_EQ(c->window(l), 0) << l;
@@ -189,6 +204,16 @@ TEST(GptOssConfig, ToJsonRoundTrips) {
   ASSERT_TRUE(a.ok()) << a.status().message();
   const json out = a->ToJson();
   EXPECT_EQ(out["architectures"][0], "GptOssForCausalLM");
+  // What transformers' generate reads is kept (the hub's ids).
+  EXPECT_EQ(out["eos_token_id"], 200002);
+  EXPECT_EQ(out["pad_token_id"], 199999);
+  EXPECT_EQ(out["max_position_embeddings"], 131072);
+  EXPECT_EQ(a->eos_token_ids, (std::vector<int64_t>{200002}));
+  json bad = j;
+  bad["eos_token_id"] = {200002, "x"};
+  EXPECT_NE(ErrorOf(bad).find("\"eos_token_id\" must be a token id or a list of them"),
+            std::string::npos)
+      << ErrorOf(bad);
   EXPECT_EQ(out["intermediate_size"], 256);
   auto b = ModelConfig::FromJson(out, "y");
   ASSERT_TRUE(b.ok()) << b.status().message();
@@ -256,15 +281,8 @@ TEST(GptOssCheckpoint, AnExpertSliceReadsOnlyItsExperts) {
 }
 
 TEST(GptOssCheckpoint, BadExpertTensorsAreNamed) {
-  auto tensors = testing::FixtureTensors(kFixture);
   const std::string gate_up = "model.layers.1.mlp.experts.gate_up_proj";
-  auto edited = [&](auto edit) {
-    testing::NamedTensors t;
-    for (auto& [name, tensor] : tensors) t.emplace_back(name, tensor);
-    edit(&t);
-    auto m = LoadHfModel(testing::WriteFixtureCopy(kFixture, t));
-    return m.ok() ? std::string() : m.status().message();
-  };
+  auto edited = [&](const Edit& edit) { return EditedLoadError(kFixture, edit); };
   std::string e = edited([&](testing::NamedTensors* t) {
     std::erase_if(*t, [&](const auto& nt) { return nt.first == gate_up; });
   });
@@ -301,16 +319,9 @@ TEST(GptOssCheckpoint, BadExpertTensorsAreNamed) {
 
 TEST(GptOssCheckpoint, BadMxfp4TensorsAreNamed) {
   constexpr char kMx[] = "variants/gpt_oss_mxfp4";
-  auto tensors = testing::FixtureTensors(kMx);
   const std::string blocks = "model.layers.0.mlp.experts.down_proj_blocks";
   const std::string scales = "model.layers.0.mlp.experts.down_proj_scales";
-  auto edited = [&](auto edit) {
-    testing::NamedTensors t;
-    for (auto& [name, tensor] : tensors) t.emplace_back(name, tensor);
-    edit(&t);
-    auto m = LoadHfModel(testing::WriteFixtureCopy(kMx, t));
-    return m.ok() ? std::string() : m.status().message();
-  };
+  auto edited = [&](const Edit& edit) { return EditedLoadError(kMx, edit); };
   EXPECT_EQ(edited([](testing::NamedTensors*) {}), "");  // the copy itself loads
   std::string e = edited([&](testing::NamedTensors* t) {
     std::erase_if(*t, [&](const auto& nt) { return nt.first == scales; });

@@ -256,6 +256,9 @@ TEST(LoraSpec, TargetsAreTheModelsLinearLayers) {
   // GPT-OSS's router (mlp.router, not a Linear to PEFT) takes no adapter either.
   EXPECT_EQ(LoraTargetNames(Config("variants/gpt_oss_tiny")),
             (V{"q_proj", "k_proj", "v_proj", "o_proj"}));
+  auto oss_all = ResolveLora(Spec({"all-linear"}), Config("variants/gpt_oss_tiny"), "lora");
+  ASSERT_TRUE(oss_all.ok()) << oss_all.status().message();  // as PEFT's all-linear on GPT-OSS
+  EXPECT_EQ(oss_all->targets, (V{"q_proj", "k_proj", "v_proj", "o_proj"}));
   EXPECT_EQ(LoraTargetNames(Config("deepseek_v3_tiny")),
             (V{"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj",
                "up_proj", "down_proj"}));

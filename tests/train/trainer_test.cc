@@ -19,6 +19,7 @@
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/generate.h"
 #include "xtuner/ops/ops.h"
 #include "xtuner/train/router_bias.h"
 #include "xtuner/train/train_checkpoint.h"
@@ -199,6 +200,36 @@ TEST(Trainer, GptOssTrainsResumesAndExports) {
             std::string::npos)
       << refused.status().message();
   EXPECT_FALSE(fs::exists(fp8.work_dir + "/metrics.jsonl"));
+}
+
+// A run from a Hugging Face model exports what transformers' generate reads besides the weights:
+// config.json's eos_token_id and pad_token_id, and the model's generation_config.json.
+TEST(Trainer, ExportKeepsTheGenerationSettings) {
+  TrainConfig first = TinyRun("gen_settings_base");
+  first.steps = 1;
+  first.export_at_end = true;
+  auto base = RunTraining(first, nullptr);
+  ASSERT_TRUE(base.ok()) << base.status().message();
+  const std::string model = base->export_dir;
+  nlohmann::json cj = nlohmann::json::parse(std::ifstream(model + "/config.json"));
+  cj["eos_token_id"] = {7, 9};
+  cj["pad_token_id"] = 3;
+  std::ofstream(model + "/config.json") << cj.dump(2);
+  std::ofstream(model + "/generation_config.json") << R"({"eos_token_id": [7, 9, 11]})";
+
+  TrainConfig c = TinyRun("gen_settings");
+  c.model_config.clear();
+  c.load_from = model;
+  c.steps = 1;
+  c.export_at_end = true;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const nlohmann::json out = nlohmann::json::parse(std::ifstream(r->export_dir + "/config.json"));
+  EXPECT_EQ(out["eos_token_id"], nlohmann::json({7, 9}));
+  EXPECT_EQ(out["pad_token_id"], 3);
+  auto ids = GenerationEosIds(r->export_dir + "/generation_config.json");
+  ASSERT_TRUE(ids.ok()) << ids.status().message();
+  EXPECT_EQ(*ids, (std::vector<int64_t>{7, 9, 11}));
 }
 
 // train.aux_loss_coef replaces config.json's router_aux_loss_coef (GPT-OSS's hub config says

@@ -47,6 +47,13 @@ Status RunGenerate(const GenerateArgs& o) {
   }
   for (const char* eos : {"<|endoftext|>", "<|end_of_text|>", "</s>"})
     if (auto id = tok.TokenToId(eos)) gen.stop_ids.push_back(*id);
+  // And the model's own: config.json's eos_token_id, and generation_config.json's (GPT-OSS:
+  // <|return|> and <|call|>), as transformers' generate stops on them.
+  for (int64_t id : model->config().eos_token_ids) gen.stop_ids.push_back(int32_t(id));
+  XT_ASSIGN_OR_RETURN(
+      std::vector<int64_t> more,
+      GenerationEosIds((std::filesystem::path(o.model) / "generation_config.json").string()));
+  for (int64_t id : more) gen.stop_ids.push_back(int32_t(id));
   XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(*model, prompt, gen));
   XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(out, /*skip_special_tokens=*/true));
   std::printf("%s\n", text.c_str());

@@ -90,6 +90,13 @@ Result<std::string> ChatTemplate::DetectNameFromJinja(std::string_view jinja,
   for (const auto* spec : AllSpecs()) {
     if (Matches(*spec, text)) return spec->name;
   }
+  if (text.find("<|channel|>") != std::string::npos)
+    return Status::Error(source +
+                         ": the chat template is GPT-OSS's harmony format (<|start|>, "
+                         "<|channel|>, <|message|>), which xtuner does not implement yet: train "
+                         "on text data formatted as harmony (a dataset of kind \"text\", with "
+                         "data.chat_template naming any built-in template, which text data does "
+                         "not use)");
   return Status::Error(source + ": the chat template is not one of the built-in templates (" +
                        NameList() +
                        "); they render differently, so name the template only if the model "

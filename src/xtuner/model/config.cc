@@ -1,6 +1,7 @@
 #include "xtuner/model/config.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -369,7 +370,7 @@ Status ReadGptOss(const json& j, const Reader& r, ModelConfig* c) {
   c->expert_act = ExpertActivation::kGptOssGlu;
   c->sliding_window = 128;
   if (r.Contains("sliding_window")) {
-    c->sliding_window = 0;  // null: no layer slides
+    c->sliding_window = 0;  // null: no window (then no layer may slide)
     XT_RETURN_IF_ERROR(r.Int("sliding_window", &c->sliding_window, false));
     if (r.has("sliding_window"))
       XT_RETURN_IF_ERROR(Positive(r, "sliding_window (null for none)", c->sliding_window));
@@ -391,7 +392,12 @@ Status ReadGptOss(const json& j, const Reader& r, ModelConfig* c) {
   } else {
     for (int64_t l = 0; l < c->num_layers; ++l) c->layer_sliding[size_t(l)] = l % 2 == 0;
   }
-  if (c->sliding_window == 0) c->layer_sliding.assign(c->num_layers, false);
+  if (c->sliding_window == 0 &&
+      std::find(c->layer_sliding.begin(), c->layer_sliding.end(), true) != c->layer_sliding.end())
+    return r.Error(
+        "sliding_window is null but layer_types has \"sliding_attention\" layers (by default "
+        "every other one): give the window, or make every layer \"full_attention\" "
+        "(transformers refuses this config too)");
   double limit = 7.0;
   XT_RETURN_IF_ERROR(r.Double("swiglu_limit", &limit, false));
   if (limit != 7.0)
@@ -498,6 +504,23 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
                    "gpt_oss)");
   }
 
+  {  // generation keys an export keeps
+    json keep = json::object();
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id",
+                            "max_position_embeddings", "initializer_range"})
+      if (j.contains(key)) keep[key] = j[key];
+    c.passthrough = keep.dump();
+    if (r.has("eos_token_id")) {
+      const json& e = j["eos_token_id"];
+      const json ids = e.is_array() ? e : json::array({e});
+      for (const json& id : ids) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+          return r.Error("key \"eos_token_id\" must be a token id or a list of them, found " +
+                         e.dump());
+        c.eos_token_ids.push_back(id.get<int64_t>());
+      }
+    }
+  }
   if (c.arch == Arch::kGptOss) {  // GptOssConfig's defaults for keys transformers may omit
     c.rms_norm_eps = 1e-5;
     c.router_aux_loss_coef = 0.001;
@@ -703,6 +726,9 @@ json ModelConfig::ToJson() const {
         {"truncate", y.truncate}};
     if (y.mscale_all_dim != 0) j["rope_parameters"]["mscale_all_dim"] = y.mscale_all_dim;
   }
+  if (const json keep = json::parse(passthrough, nullptr, /*allow_exceptions=*/false);
+      keep.is_object())
+    j.update(keep);
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
   j["dtype"] = "float32";

@@ -130,6 +130,13 @@ struct ModelConfig {
 
   LoraSpec lora;  // rank 0: no adapters, every parameter trains
 
+  // Keys of config.json that do not change the maths but that transformers reads for generation
+  // and that an export must keep (bos_token_id, eos_token_id, pad_token_id,
+  // max_position_embeddings, initializer_range), as a JSON object's text; and the end-of-sequence
+  // ids (eos_token_id: one id or a list).
+  std::string passthrough = "{}";
+  std::vector<int64_t> eos_token_ids;
+
   bool is_moe() const { return num_experts > 0; }
   int64_t num_moe_layers() const;
   int64_t last_moe_layer() const;  // -1 for a dense model

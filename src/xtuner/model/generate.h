@@ -2,12 +2,17 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "xtuner/core/status.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt {
+
+// The eos_token_id of a generation_config.json (one id or a list); none when the file does not
+// exist or has no such key. Errors name the file: not JSON, or ids that are not token ids.
+Result<std::vector<int64_t>> GenerationEosIds(const std::string& path);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 128;

@@ -96,7 +96,8 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     }
     const bool all = t == "all-linear";
     const bool mlp = t == "gate_proj" || t == "up_proj" || t == "down_proj";
-    if (cfg.is_moe() && (all || mlp))
+    // (GPT-OSS's experts and router are no nn.Linear: PEFT's all-linear is its attention.)
+    if (cfg.is_moe() && cfg.arch != Arch::kGptOss && (all || mlp))
       return Status::Error(
           key + ": \"" + t + "\" in a " + cfg.model_type +
           " model would adapt its routed experts too (PEFT puts adapters on them), and the "
