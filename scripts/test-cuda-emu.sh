@@ -19,13 +19,6 @@ targets=(xtuner comm_selftest train_mpi_test emu_test)
 for t in tests/cuda/*_test.cc tests/cuda/*_test.cu; do targets+=("$(basename "${t%.*}")"); done
 cmake --build "$BUILD_DIR" -j "${JOBS:-2}" --target "${targets[@]}"
 cd "$BUILD_DIR"
-# The GPU mesh test (two emulated GPUs under mpirun, about 40 s) runs beside the suites below,
-# whose last tests leave cores idle; its output follows theirs.
-mesh_log=$(mktemp)
-ctest --output-on-failure --timeout 900 -R 'Distributed\.GpuMeshesFollowTheCpuRun' \
-  > "$mesh_log" 2>&1 &
-mesh_pid=$!
-trap 'kill "$mesh_pid" 2> /dev/null || true; rm -f "$mesh_log"' EXIT
 echo "test-cuda-emu: the CUDA tests on the CPU emulator (not a GPU)"
 ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -L cuda
 # The kernels with asynchronous copies once more with the copies landing when issued and the
@@ -40,8 +33,4 @@ for order in forward reverse; do  # the first warp ahead, then the last
   XT_CUDA_EMU_WARPS=ahead XT_CUDA_EMU_ORDER=$order \
     ctest --output-on-failure -j "${JOBS:-2}" --timeout 900 -R "$ASYNC_TESTS" -E LongDoc
 done
-mesh_status=0
-wait "$mesh_pid" || mesh_status=$?
-echo "test-cuda-emu: the GPU mesh test"
-cat "$mesh_log"
-exit "$mesh_status"
+ctest --output-on-failure --timeout 900 -R 'Distributed\.GpuMeshesFollowTheCpuRun'
