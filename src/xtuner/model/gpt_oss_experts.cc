@@ -13,20 +13,24 @@ namespace {
 
 const char* const kSuffix[] = {"gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"};
 
+// The index in [0, limit) spelled at s[*i...] as the writer spells it (digits, no leading zero:
+// "01" is not 1); *i moves past it. False when there is none.
+bool ParseIndex(const std::string& s, size_t* i, int64_t limit, int64_t* out) {
+  const size_t first = *i;
+  int64_t v = 0;
+  while (*i < s.size() && s[*i] >= '0' && s[*i] <= '9' && v < limit) v = v * 10 + (s[(*i)++] - '0');
+  if (*i == first || v >= limit || (s[first] == '0' && *i - first > 1)) return false;
+  *out = v;
+  return true;
+}
+
 // "model.layers.<L>.mlp.experts." and the rest of `name` after it, or nothing.
 bool SplitLayer(const std::string& name, int64_t num_layers, int64_t* layer, std::string* rest) {
-  const std::string prefix = "model.layers.";
+  const std::string prefix = "model.layers.", mid = ".mlp.experts.";
   if (name.rfind(prefix, 0) != 0) return false;
   size_t i = prefix.size();
-  int64_t l = 0;
-  const size_t digits = i;
-  while (i < name.size() && name[i] >= '0' && name[i] <= '9' && l < num_layers)
-    l = l * 10 + (name[i++] - '0');
-  // As the writer spells the index: no leading zero ("01" is not layer 1).
-  if (i == digits || l >= num_layers || (name[digits] == '0' && i - digits > 1)) return false;
-  const std::string mid = ".mlp.experts.";
-  if (name.compare(i, mid.size(), mid) != 0) return false;
-  *layer = l;
+  if (!ParseIndex(name, &i, num_layers, layer) || name.compare(i, mid.size(), mid) != 0)
+    return false;
   *rest = name.substr(i + mid.size());
   return true;
 }
@@ -99,10 +103,7 @@ std::optional<GptOssExpertSlice> GptOssExpertOf(const ModelConfig& cfg, const st
   if (!SplitLayer(name, cfg.num_layers, &layer, &rest)) return std::nullopt;
   size_t i = 0;
   int64_t e = 0;
-  while (i < rest.size() && rest[i] >= '0' && rest[i] <= '9' && e < cfg.num_experts)
-    e = e * 10 + (rest[i++] - '0');
-  if (i == 0 || i >= rest.size() || rest[i] != '.' || e >= cfg.num_experts ||
-      (rest[0] == '0' && i > 1))
+  if (!ParseIndex(rest, &i, cfg.num_experts, &e) || i >= rest.size() || rest[i] != '.')
     return std::nullopt;
   const std::string kind = rest.substr(i + 1);
   for (int k = 0; k < 4; ++k)
@@ -186,24 +187,25 @@ Status ReadMxfp4Expert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg
 Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg,
                                 const GptOssExpertSlice& s, const ParamInfo& p) {
   const std::string where = (ckpt.contains(s.hub) ? ckpt.FileOf(s.hub) : ckpt.path()) + ": ";
-  const bool quantizable =
-      s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown;
-  if (quantizable && cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") && ckpt.contains(s.hub))
-    return Status::Error(where + "checkpoint holds both \"" + s.hub + "\" and \"" + s.hub +
-                         "_blocks\" (MXFP4): which is meant is unclear");
-  if (quantizable && cfg.mxfp4_experts && !ckpt.contains(s.hub + "_blocks") &&
-      ckpt.contains(s.hub + "_scales"))
-    return Status::Error(ckpt.FileOf(s.hub + "_scales") + ": checkpoint has \"" + s.hub +
-                         "_scales\" but no \"" + s.hub + "_blocks\"");
-  if (cfg.mxfp4_experts && ckpt.contains(s.hub + "_blocks") && quantizable) {
-    Tensor out = Tensor::Empty(DType::F32, p.shape);
-    XT_RETURN_IF_ERROR(ReadMxfp4Expert(ckpt, cfg, s, out.f32()));
-    return out;
+  if ((s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown) &&
+      cfg.mxfp4_experts) {
+    const bool blocks = ckpt.contains(s.hub + "_blocks"), plain = ckpt.contains(s.hub);
+    if (blocks && plain)
+      return Status::Error(where + "checkpoint holds both \"" + s.hub + "\" and \"" + s.hub +
+                           "_blocks\" (MXFP4): which is meant is unclear");
+    if (!blocks && ckpt.contains(s.hub + "_scales"))
+      return Status::Error(ckpt.FileOf(s.hub + "_scales") + ": checkpoint has \"" + s.hub +
+                           "_scales\" but no \"" + s.hub + "_blocks\"");
+    if (blocks) {
+      Tensor out = Tensor::Empty(DType::F32, p.shape);
+      XT_RETURN_IF_ERROR(ReadMxfp4Expert(ckpt, cfg, s, out.f32()));
+      return out;
+    }
+    if (!plain)
+      return Status::Error(where + "checkpoint has neither \"" + s.hub +
+                           "_blocks\" (MXFP4) nor \"" + s.hub +
+                           "\" that a gpt_oss model with this config.json needs");
   }
-  if (!ckpt.contains(s.hub) && cfg.mxfp4_experts &&
-      (s.kind == GptOssExpertSlice::kGateUp || s.kind == GptOssExpertSlice::kDown))
-    return Status::Error(where + "checkpoint has neither \"" + s.hub + "_blocks\" (MXFP4) nor \"" +
-                         s.hub + "\" that a gpt_oss model with this config.json needs");
   if (!ckpt.contains(s.hub))
     return Status::Error(where + "checkpoint has no tensor \"" + s.hub + "\" (shape " +
                          ShapeString(StackedShape(cfg, s.kind)) + ") that a gpt_oss model with " +
@@ -215,7 +217,8 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
                          ", expected " + ShapeString(want) + " from config.json");
   if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16")
     return Status::Error(where + "tensor \"" + s.hub + "\" has dtype " + info.dtype +
-                         " (supported: F32, BF16, F16; MXFP4 experts are not implemented)");
+                         " (supported: F32, BF16, F16; or MXFP4 as _blocks and _scales, with "
+                         "quant_method \"mxfp4\")");
   XT_ASSIGN_OR_RETURN(Tensor stacked, ckpt.Get(s.hub));
   const int64_t per = NumElements(p.shape);
   const size_t elem = DTypeSize(stacked.dtype());
