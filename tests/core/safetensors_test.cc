@@ -336,7 +336,7 @@ TEST(Safetensors, ReadsATransformersShardedCheckpoint) {
   std::string dir = testing::DataPath("variants/qwen3_dense_gqa4_tied");
   auto ck = SafetensorsCheckpoint::Open(dir);
   ASSERT_TRUE(ck.ok()) << ck.status().message();
-  auto index = nlohmann::json::parse(ReadAll(dir + "/model.safetensors.index.json"));
+  auto index = testing::Json(ReadAll(dir + "/model.safetensors.index.json"));
   std::vector<std::string> names;
   size_t total = 0;
   for (const auto& [name, file] : index["weight_map"].items()) {
@@ -521,7 +521,7 @@ TEST(SafetensorsCheckpoint, ShardedRoundTrip) {
   }
   EXPECT_FALSE(fs::exists(dir + "/model.safetensors"));
   EXPECT_TRUE(testing::TempFilesIn(dir).empty());
-  auto index = nlohmann::json::parse(ReadAll(dir + "/model.safetensors.index.json"));
+  auto index = testing::Json(ReadAll(dir + "/model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"], 160 + 256 + 32 + 256 + 8);
   EXPECT_EQ(index["weight_map"]["model.layers.0.norm"], "model-00002-of-00003.safetensors");
   EXPECT_EQ(index["weight_map"].size(), in.size());

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 #include "xtuner/data/dataset.h"
 
@@ -41,7 +42,7 @@ Conversation Conv(const ordered_json& sample) {
   return c;
 }
 
-Conversation Conv(const char* json) { return Conv(ordered_json::parse(json)); }
+Conversation Conv(const char* json) { return Conv(testing::OrderedJson(json)); }
 
 std::string Render(const std::string& name, const Conversation& c, bool last_only = false) {
   auto t = ChatTemplate::ByName(name);
@@ -74,7 +75,7 @@ const Tokenizer& Tok(const std::string& name) {
 const ordered_json& Expected() {
   static const ordered_json j = [] {
     std::ifstream in(testing::DataPath("tokenizers/chat_templates/expected.json"));
-    return ordered_json::parse(in);
+    return testing::OrderedJson(in);
   }();
   return j;
 }
@@ -271,7 +272,11 @@ TEST(ChatTemplateTest, RenderErrors) {
   c.tools_json = "{\"not\": \"a list\"}";
   EXPECT_NE(RenderError("qwen3", c).find("tools must be a JSON array"), std::string::npos);
   c.tools_json = "[1,";
-  EXPECT_NE(RenderError("llama3.1", c).find("tools is not valid JSON"), std::string::npos);
+  EXPECT_NE(RenderError("llama3.1", c)
+                .find("llama3.1 chat template: tools: not valid JSON: parse error at line 1, "
+                      "column 4"),
+            std::string::npos)
+      << RenderError("llama3.1", c);
 }
 
 // ---- Names and recognition ----
@@ -289,7 +294,7 @@ TEST(ChatTemplateTest, ByNameListsTheNames) {
 
 std::string WriteConfig(const std::string& dir, const ordered_json& config) {
   std::string path = dir + "/tokenizer_config.json";
-  std::ofstream(path) << config.dump(2);
+  std::ofstream(path) << DumpJson(config, 2);
   return path;
 }
 
@@ -367,6 +372,15 @@ TEST(ChatTemplateTest, DetectNameFileErrors) {
   std::ofstream(dir + "/tokenizer_config.json") << "{not json";
   r = ChatTemplate::DetectName(dir);
   ASSERT_FALSE(r.ok());
+  // Where the JSON goes wrong, in nlohmann's words.
+  EXPECT_EQ(r.status().message().rfind(dir + "/tokenizer_config.json: not valid JSON: parse error "
+                                             "at line 1, column 3: syntax error",
+                                       0),
+            0u)
+      << r.status().message();
+  std::ofstream(dir + "/tokenizer_config.json") << "[1]";
+  r = ChatTemplate::DetectName(dir);
+  ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), dir + "/tokenizer_config.json: not a JSON object");
 }
 
@@ -374,13 +388,13 @@ TEST(ChatTemplateTest, DetectNameFileErrors) {
 
 TEST(ChatTemplateTest, PyJsonDumpsMatchesPython) {
   // Expected strings: json.dumps(json.loads(text), ensure_ascii=False[, indent=4]).
-  auto j = ordered_json::parse(
+  auto j = testing::OrderedJson(
       R"({"z": 1, "a": [1.5, -0.25, 1e-05, 1e+16, 123456789012, true, null], "é": "t\"ab\t\n\u0001/☃",
           "o": {}, "l": []})");
   EXPECT_EQ(PyJsonDumps(j),
             "{\"z\": 1, \"a\": [1.5, -0.25, 1e-05, 1e+16, 123456789012, true, null], "
             "\"é\": \"t\\\"ab\\t\\n\\u0001/☃\", \"o\": {}, \"l\": []}");
-  EXPECT_EQ(PyJsonDumps(ordered_json::parse(R"({"a": [1, {"b": []}], "c": {}})"), 4),
+  EXPECT_EQ(PyJsonDumps(testing::OrderedJson(R"({"a": [1, {"b": []}], "c": {}})"), 4),
             "{\n    \"a\": [\n        1,\n        {\n            \"b\": []\n        }\n    ],\n"
             "    \"c\": {}\n}");
 }

@@ -65,7 +65,7 @@ const char* kGood =
 // ---- Parsing one sample ----
 
 TEST(DatasetTest, ParsesOpenAiMessages) {
-  auto j = ordered_json::parse(R"({
+  auto j = testing::OrderedJson(R"({
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"z": 1, "a": 2}}}],
     "messages": [
       {"role": "system", "content": "S"},
@@ -155,7 +155,7 @@ TEST(DatasetTest, ChatSampleErrors) {
     SCOPED_TRACE(c.json);
     Conversation conv;
     SampleError e;
-    EXPECT_FALSE(ParseChatSample(ordered_json::parse(c.json), &conv, &e));
+    EXPECT_FALSE(ParseChatSample(testing::OrderedJson(c.json), &conv, &e));
     EXPECT_EQ(e.reason, c.reason) << BadSampleName(e.reason);
     EXPECT_EQ(e.message, c.message);
   }
@@ -164,27 +164,16 @@ TEST(DatasetTest, ChatSampleErrors) {
 TEST(DatasetTest, TextSamples) {
   std::string text;
   SampleError e;
-  EXPECT_TRUE(ParseTextSample(ordered_json::parse(R"({"text": "a", "content": "b"})"), &text, &e));
+  EXPECT_TRUE(ParseTextSample(testing::OrderedJson(R"({"text": "a", "content": "b"})"), &text, &e));
   EXPECT_EQ(text, "a");
-  EXPECT_TRUE(ParseTextSample(ordered_json::parse(R"({"content": "b"})"), &text, &e));
+  EXPECT_TRUE(ParseTextSample(testing::OrderedJson(R"({"content": "b"})"), &text, &e));
   EXPECT_EQ(text, "b");
-  EXPECT_FALSE(ParseTextSample(ordered_json::parse(R"({"text": ""})"), &text, &e));
+  EXPECT_FALSE(ParseTextSample(testing::OrderedJson(R"({"text": ""})"), &text, &e));
   EXPECT_EQ(e.reason, BadSample::kEmptyText);
-  EXPECT_FALSE(ParseTextSample(ordered_json::parse(R"({"text": ["a"]})"), &text, &e));
+  EXPECT_FALSE(ParseTextSample(testing::OrderedJson(R"({"text": ["a"]})"), &text, &e));
   EXPECT_EQ(e.message, "\"text\" must be a string, got an array");
-  EXPECT_FALSE(ParseTextSample(ordered_json::parse(R"({"body": "a"})"), &text, &e));
+  EXPECT_FALSE(ParseTextSample(testing::OrderedJson(R"({"body": "a"})"), &text, &e));
   EXPECT_EQ(e.reason, BadSample::kMissingField);
-}
-
-TEST(DatasetTest, FindInvalidUtf8) {
-  EXPECT_EQ(FindInvalidUtf8("plain ascii"), std::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("中文 🙂 é"), std::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("caf\xe9!"), 3u);           // Latin-1
-  EXPECT_EQ(FindInvalidUtf8("ab\xc0\xaf"), 2u);         // overlong '/'
-  EXPECT_EQ(FindInvalidUtf8("\xed\xa0\x80"), 0u);       // a UTF-16 surrogate
-  EXPECT_EQ(FindInvalidUtf8("x\xf4\x90\x80\x80"), 1u);  // past U+10FFFF
-  EXPECT_EQ(FindInvalidUtf8("x\xe4\xb8"), 1u);          // truncated
-  EXPECT_EQ(FindInvalidUtf8("\x80"), 0u);               // a lone continuation byte
 }
 
 // ---- Bad lines in files: PATH:LINE: messages ----
@@ -214,8 +203,8 @@ TEST(DatasetTest, EachBadLineIsNamedByPathAndLine) {
     // The good first line makes it a chat dataset; the bad one is line 2.
     // (Joined by append: g++ 12 -O1 warns falsely on a chain of std::string +, PR 105651.)
     std::string text;
-    for (std::string_view part : {std::string_view(kGood), std::string_view(line),
-                                  std::string_view(kGood)}) {
+    for (std::string_view part :
+         {std::string_view(kGood), std::string_view(line), std::string_view(kGood)}) {
       text.append(part).append("\n");
     }
     std::string path = WriteFile(text);
@@ -362,7 +351,7 @@ TEST(DatasetTest, ChatSamplesAreEncodedByTheTemplate) {
   std::ifstream in(Corpus("chat.jsonl"));
   std::string line;
   for (size_t i = 0; std::getline(in, line); ++i) {
-    ASSERT_TRUE(ParseChatSample(ordered_json::parse(line), &c, &e));
+    ASSERT_TRUE(ParseChatSample(testing::OrderedJson(line), &c, &e));
     auto direct = Qwen3().Encode(c, Tok(), false);
     ASSERT_TRUE(direct.ok());
     EXPECT_EQ((*samples)[i].input_ids, direct->input_ids);
@@ -401,7 +390,7 @@ TEST(DatasetTest, UnicodeCorpusSurvivesByteForByte) {
   while (std::getline(in, line)) {
     Conversation c;
     SampleError e;
-    ASSERT_TRUE(ParseChatSample(ordered_json::parse(line), &c, &e)) << e.message;
+    ASSERT_TRUE(ParseChatSample(testing::OrderedJson(line), &c, &e)) << e.message;
     convs.push_back(c);
   }
   ASSERT_EQ(convs.size(), 5u);

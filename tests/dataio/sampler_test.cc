@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "util/testing.h"
+#include "xtuner/core/json.h"
+
 namespace xt {
 namespace {
 
@@ -98,10 +101,10 @@ TEST(Sampler, ResumesExactly) {
 
     Sampler first = Make(rows, gbs, 4, 3, 77);
     RunSteps(first, save_at);
-    const std::string saved = first.state().ToJson().dump();
+    const std::string saved = DumpJson(first.state().ToJson());
 
     // A fresh process: parse, restore, continue.
-    auto state = SamplerState::FromJson(nlohmann::json::parse(saved), "ckpt/sampler.json");
+    auto state = SamplerState::FromJson(testing::Json(saved), "ckpt/sampler.json");
     ASSERT_TRUE(state.ok()) << state.status().message();
     EXPECT_EQ(*state, first.state());
     Sampler resumed = Make(rows, gbs, 4, 3, 77);
@@ -163,7 +166,7 @@ TEST(Sampler, Errors) {
   restore_error(st, "impossibly large");
 
   auto parse_error = [](const std::string& text, const std::string& what) {
-    auto r = SamplerState::FromJson(nlohmann::json::parse(text), "ckpt/sampler.json");
+    auto r = SamplerState::FromJson(testing::Json(text), "ckpt/sampler.json");
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find(what), std::string::npos) << r.status().message();
     EXPECT_NE(r.status().message().find("ckpt/sampler.json"), std::string::npos);

@@ -42,7 +42,7 @@ TEST_P(TokenizerFixture, MatchesHuggingFace) {
   const std::string dir = testing::DataPath("tokenizers/" + GetParam());
   auto tok = Tokenizer::FromFile(dir);
   ASSERT_TRUE(tok.ok()) << tok.status().message();
-  const auto cases = nlohmann::json::parse(ReadFile(dir + "/cases.json"));
+  const auto cases = testing::Json(ReadFile(dir + "/cases.json"));
   ASSERT_GT(cases.size(), 0u);
   int checked = 0;
   for (const auto& c : cases) {

@@ -27,7 +27,7 @@ using nlohmann::json;
 // quantization_config): examples/configs/deepseek-v3.json.
 json HubConfig() {
   std::ifstream in(testing::DataPath("../../examples/configs/deepseek-v3.json"));
-  return json::parse(in);
+  return testing::Json(in);
 }
 
 std::string ErrorOf(const json& j) {

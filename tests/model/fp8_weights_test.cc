@@ -15,6 +15,7 @@
 #include "util/fixture_files.h"
 #include "util/testing.h"
 #include "xtuner/core/dtype.h"
+#include "xtuner/core/json.h"
 #include "xtuner/model/checkpoint.h"
 
 namespace xt {
@@ -43,7 +44,7 @@ void WriteRaw(const std::string& path, const std::vector<Raw>& tensors) {
                       {"data_offsets", {data.size(), data.size() + t.bytes.size()}}};
     data += t.bytes;
   }
-  std::string h = header.dump();
+  std::string h = DumpJson(header);
   uint64_t n = h.size();
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(&n), 8);
@@ -366,7 +367,7 @@ TEST(Fp8Checkpoint, LoadsDequantizedAndExportsAPlainCheckpoint) {
   const std::string out = testing::TempDir("fp8_export");
   ASSERT_TRUE(SaveHfModel(**m, out).ok());
   std::ifstream cfg(out + "/config.json");
-  json j = json::parse(cfg);
+  json j = testing::Json(cfg);
   EXPECT_FALSE(j.contains("quantization_config"));
   auto g = SafetensorsCheckpoint::Open(out);
   ASSERT_TRUE(g.ok());
@@ -391,7 +392,7 @@ TEST(Fp8Checkpoint, AnFp8ExportQuantizesAsTheHubDoes) {
   const std::string out = testing::TempDir("fp8_export");
   ASSERT_TRUE(SaveHfModel(**m, out, ExportDType::kFp8).ok());
   std::ifstream cfg_in(out + "/config.json");
-  json cfg = json::parse(cfg_in);
+  json cfg = testing::Json(cfg_in);
   ASSERT_TRUE(cfg.contains("quantization_config"));
   EXPECT_EQ(cfg["quantization_config"]["quant_method"], "fp8");
   EXPECT_EQ(cfg["quantization_config"]["weight_block_size"], json({16, 32}));
@@ -436,7 +437,7 @@ TEST(Fp8Checkpoint, ShapesThatAreNotWholeBlocksStayBf16AndAreNamed) {
   const std::string out = testing::TempDir("fp8_export");
   ASSERT_TRUE(SaveHfModel(**m, out, ExportDType::kFp8).ok());
   std::ifstream cfg_in(out + "/config.json");
-  EXPECT_FALSE(json::parse(cfg_in).contains("quantization_config"));
+  EXPECT_FALSE(testing::Json(cfg_in).contains("quantization_config"));
   auto b = SafetensorsCheckpoint::Open(out);
   ASSERT_TRUE(b.ok());
   for (const std::string& n : b->names()) EXPECT_EQ(b->Info(n)->dtype, "BF16") << n;
@@ -484,8 +485,7 @@ TEST(Fp8Checkpoint, ALayersExpertsAreQuantizedAllOrNone) {
       EXPECT_EQ(dtype, "F8_E4M3") << n;
     }
   }
-  std::ifstream cfg_in(out + "/config.json");
-  json q = json::parse(cfg_in)["quantization_config"];
+  json q = testing::JsonFile(out + "/config.json")["quantization_config"];
   EXPECT_EQ(q["modules_to_not_convert"], json({"lm_head", "model.layers.0.mlp.experts"}));
   auto back = LoadHfModel(out);
   ASSERT_TRUE(back.ok()) << back.status().message();
@@ -575,10 +575,10 @@ TEST(Fp8Checkpoint, AMissingScaleIsNamed) {
 TEST(Fp8Checkpoint, Fp8WeightsWithoutQuantizationConfigAreRefused) {
   const std::string dir = EditedFp8Fixture([](testing::NamedTensors*) {});
   std::ifstream in(dir + "/config.json");
-  json j = json::parse(in);
+  json j = testing::Json(in);
   in.close();
   j.erase("quantization_config");
-  std::ofstream(dir + "/config.json") << j.dump();
+  std::ofstream(dir + "/config.json") << DumpJson(j);
   const std::string err = LoadError(dir);
   EXPECT_NE(err.find("is F8_E4M3, but config.json has no FP8 quantization_config"),
             std::string::npos)
@@ -589,7 +589,7 @@ TEST(Fp8Checkpoint, Fp8WeightsWithoutQuantizationConfigAreRefused) {
 
 Result<ModelConfig> WithQuantization(const json& q) {
   std::ifstream in(testing::DataPath("variants/qwen3_moe_fp8/config.json"));
-  json j = json::parse(in);
+  json j = testing::Json(in);
   j["quantization_config"] = q;
   return ModelConfig::FromJson(j, "config.json");
 }
@@ -645,9 +645,9 @@ TEST(Fp8Config, WhatIsNotImplementedIsNamed) {
   };
   for (const Case& c : cases) {
     auto r = WithQuantization(c.q);
-    ASSERT_FALSE(r.ok()) << c.q.dump();
+    ASSERT_FALSE(r.ok()) << DumpJson(c.q);
     EXPECT_NE(r.status().message().find(c.says), std::string::npos)
-        << c.q.dump() << ": " << r.status().message();
+        << DumpJson(c.q) << ": " << r.status().message();
     EXPECT_NE(r.status().message().find("config.json: "), std::string::npos);
   }
 }

@@ -53,7 +53,10 @@ TEST(Generate, EosIdsOfGenerationConfig) {
   EXPECT_NE(GenerationEosIds(dir + "/c.json").status().message().find("c.json: eos_token_id"),
             std::string::npos);
   std::ofstream(dir + "/d.json") << "{";
-  EXPECT_NE(GenerationEosIds(dir + "/d.json").status().message().find("not a JSON object"),
+  EXPECT_NE(GenerationEosIds(dir + "/d.json").status().message().find("d.json: not valid JSON"),
+            std::string::npos);
+  std::ofstream(dir + "/e.json") << "[]";
+  EXPECT_NE(GenerationEosIds(dir + "/e.json").status().message().find("e.json: not a JSON object"),
             std::string::npos);
 }
 

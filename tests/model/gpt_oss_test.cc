@@ -27,7 +27,7 @@ constexpr char kFixture[] = "variants/gpt_oss_tiny";
 // openai/gpt-oss-20b's config.json with its sizes cut down (its keys and values otherwise; the
 // MXFP4 quantization_config left out: see QuantizedCheckpointsAreRefusedByName).
 json HubConfig() {
-  return json::parse(R"({
+  return testing::Json(R"({
     "architectures": ["GptOssForCausalLM"], "attention_bias": true, "attention_dropout": 0.0,
     "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
     "hidden_size": 256, "initial_context_length": 4096, "initializer_range": 0.02,

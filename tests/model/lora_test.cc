@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/debug_dump.h"
@@ -194,7 +195,7 @@ TEST_P(LoraPeft, ExportIsMergedAsPeftMergesIt) {
   }
   EXPECT_EQ(merged, GetParam().adapters);
   std::ifstream in(out + "/config.json");
-  EXPECT_FALSE(nlohmann::json::parse(in).contains("xtuner_lora"));
+  EXPECT_FALSE(testing::Json(in).contains("xtuner_lora"));
 }
 
 // The adapter written back reads as the same tensors, under PEFT's names and config keys.
@@ -216,9 +217,8 @@ TEST_P(LoraPeft, SavedAdapterReadsBackExactly) {
     EXPECT_EQ(std::memcmp(a->data(), b->data(), b->nbytes()), 0) << name;
   }
   std::ifstream in(out + "/adapter_config.json");
-  const nlohmann::json j = nlohmann::json::parse(in);
-  std::ifstream pin(dir + "/adapter_config.json");
-  const nlohmann::json pj = nlohmann::json::parse(pin);
+  const nlohmann::json j = testing::Json(in);
+  const nlohmann::json pj = testing::JsonFile(dir + "/adapter_config.json");
   EXPECT_EQ(j["peft_type"], "LORA");
   EXPECT_EQ(j["r"], pj["r"]);
   EXPECT_EQ(j["lora_alpha"].get<double>(), pj["lora_alpha"].get<double>());
@@ -311,9 +311,9 @@ std::string EditedAdapter(const std::string& fixture, const nlohmann::json& conf
                           const std::vector<std::pair<std::string, Tensor>>* tensors = nullptr) {
   const std::string src = DataPath("lora/" + fixture), dir = TempDir("lora_bad");
   std::ifstream in(src + "/adapter_config.json");
-  nlohmann::json j = nlohmann::json::parse(in);
+  nlohmann::json j = testing::Json(in);
   if (!config_patch.is_null()) j.merge_patch(config_patch);
-  std::ofstream(dir + "/adapter_config.json") << j.dump(2);
+  std::ofstream(dir + "/adapter_config.json") << DumpJson(j, 2);
   if (tensors) {
     XT_CHECK(WriteSafetensors(dir + "/adapter_model.safetensors", *tensors).ok(), "write");
   } else {

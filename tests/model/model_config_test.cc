@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
+#include "xtuner/core/json.h"
 #include "xtuner/model/rope_tables.h"
 
 namespace xt {
@@ -15,7 +16,7 @@ namespace {
 using nlohmann::json;
 
 json Qwen3MoeV5() {
-  return json::parse(R"({
+  return testing::Json(R"({
     "model_type": "qwen3_moe", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128,
     "moe_intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2,
@@ -157,7 +158,7 @@ TEST(ModelConfig, AbsurdSizesAreRefusedByName) {
     j["num_hidden_layers"] = big;
     EXPECT_NE(ErrorOf(j).find("\"num_hidden_layers\" must be an integer of at most 2^31 - 1 in "
                               "size, found " +
-                              big.dump()),
+                              DumpJson(big)),
               std::string::npos)
         << ErrorOf(j);
   }

@@ -28,7 +28,7 @@ nlohmann::json LoadJson(const std::string& rel) {
   EXPECT_TRUE(f.good()) << rel;
   std::stringstream ss;
   ss << f.rdbuf();
-  return nlohmann::json::parse(ss.str());
+  return testing::Json(ss.str());
 }
 
 std::vector<float> Floats(const nlohmann::json& j) { return j.get<std::vector<float>>(); }

@@ -20,7 +20,7 @@ TEST(LrSchedule, MatchesTransformersAtEveryStep) {
   ASSERT_TRUE(f.good());
   std::stringstream ss;
   ss << f.rdbuf();
-  auto ref = nlohmann::json::parse(ss.str());
+  auto ref = testing::Json(ss.str());
   int hf_cases = 0;
   for (const auto& c : ref["cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());

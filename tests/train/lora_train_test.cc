@@ -115,8 +115,7 @@ TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
   EXPECT_EQ(changed, 2 * 4);
   const std::string adapter = r->export_dir + "-adapter";
   ASSERT_TRUE(fs::exists(adapter + "/adapter_model.safetensors"));
-  std::ifstream in(adapter + "/adapter_config.json");
-  const nlohmann::json j = nlohmann::json::parse(in);
+  const nlohmann::json j = testing::JsonFile(adapter + "/adapter_config.json");
   EXPECT_EQ(j["base_model_name_or_path"], fs::absolute(BaseModel()).lexically_normal().string());
   EXPECT_EQ(j["r"], 4);
   auto merged = LoadHfModel(BaseModel(), adapter);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "util/testing.h"
+#include "xtuner/core/json.h"
 #include "xtuner/train/metrics_flops.h"
 #include "xtuner/train/metrics_jsonl.h"
 
@@ -54,7 +55,7 @@ std::vector<int64_t> StepsIn(const std::string& path) {
   std::vector<int64_t> steps;
   std::istringstream in(ReadAll(path));
   for (std::string line; std::getline(in, line);) {
-    steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
+    steps.push_back(testing::Json(line).at("step").get<int64_t>());
   }
   return steps;
 }
@@ -85,15 +86,15 @@ TEST(StepMetrics, JsonHasEveryFieldAndNanIsNull) {
                                          "tokens_per_s"};
   EXPECT_EQ(keys, want);  // nlohmann::json objects iterate in key order
   EXPECT_TRUE(j["mfu"].is_null());
-  EXPECT_EQ(j["tokens_per_expert"], nlohmann::json::parse("[[1,2,3,6],[3,3,3,3]]"));
+  EXPECT_EQ(j["tokens_per_expert"], testing::Json("[[1,2,3,6],[3,3,3,3]]"));
   EXPECT_EQ(j["step"], 3);
   EXPECT_EQ(j["skipped"], false);
-  EXPECT_EQ(j.dump().find('\n'), std::string::npos);  // one line
+  EXPECT_EQ(DumpJson(j).find('\n'), std::string::npos);  // one line
 }
 
 TEST(StepMetrics, JsonRoundTrips) {
   const StepMetrics a = Sample(4);
-  auto b = StepMetricsFromJson(nlohmann::json::parse(ToJson(a).dump()), "t");
+  auto b = StepMetricsFromJson(testing::Json(DumpJson(ToJson(a))), "t");
   ASSERT_TRUE(b.ok()) << b.status().message();
   EXPECT_EQ(b->step, a.step);
   EXPECT_EQ(b->loss, a.loss);  // doubles are dumped with round-trip precision
@@ -109,7 +110,7 @@ TEST(StepMetrics, JsonRoundTrips) {
 
 TEST(StepMetrics, BadJsonNamesTheSourceAndKey) {
   auto bad = [](const char* text) {
-    auto r = StepMetricsFromJson(nlohmann::json::parse(text), "metrics.jsonl:7");
+    auto r = StepMetricsFromJson(testing::Json(text), "metrics.jsonl:7");
     EXPECT_FALSE(r.ok()) << text;
     return r.status().message();
   };

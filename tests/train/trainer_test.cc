@@ -15,6 +15,7 @@
 
 #include "util/testing.h"
 #include "util/tiny_run.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
@@ -45,7 +46,7 @@ TEST(Trainer, LossFallsAndMetricsAreWritten) {
   std::ifstream in(c.work_dir + "/metrics.jsonl");
   std::string first;
   std::getline(in, first);
-  auto j = nlohmann::json::parse(first);
+  auto j = testing::Json(first);
   for (const char* k : {"step", "loss", "ce_loss", "aux_loss", "grad_norm", "lr", "tokens",
                         "tokens_per_s", "tflops", "mfu", "max_expert_violation",
                         "tokens_per_expert", "peak_memory_bytes", "masked_fraction"})
@@ -113,7 +114,7 @@ TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
   std::string line;
   int steps = 0;
   while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
+    auto j = testing::Json(line);
     if (!j.contains("tokens_per_expert")) continue;
     const std::vector<float> d =
         RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), 0.01);
@@ -211,10 +212,10 @@ TEST(Trainer, ExportKeepsTheGenerationSettings) {
   auto base = RunTraining(first, nullptr);
   ASSERT_TRUE(base.ok()) << base.status().message();
   const std::string model = base->export_dir;
-  nlohmann::json cj = nlohmann::json::parse(std::ifstream(model + "/config.json"));
+  nlohmann::json cj = testing::JsonFile(model + "/config.json");
   cj["eos_token_id"] = {7, 9};
   cj["pad_token_id"] = 3;
-  std::ofstream(model + "/config.json") << cj.dump(2);
+  std::ofstream(model + "/config.json") << DumpJson(cj, 2);
   std::ofstream(model + "/generation_config.json") << R"({"eos_token_id": [7, 9, 11]})";
 
   TrainConfig c = TinyRun("gen_settings");
@@ -224,7 +225,7 @@ TEST(Trainer, ExportKeepsTheGenerationSettings) {
   c.export_at_end = true;
   auto r = RunTraining(c, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
-  const nlohmann::json out = nlohmann::json::parse(std::ifstream(r->export_dir + "/config.json"));
+  const nlohmann::json out = testing::JsonFile(r->export_dir + "/config.json");
   EXPECT_EQ(out["eos_token_id"], nlohmann::json({7, 9}));
   EXPECT_EQ(out["pad_token_id"], 3);
   auto ids = GenerationEosIds(r->export_dir + "/generation_config.json");
@@ -362,9 +363,9 @@ TEST(Trainer, MalformedLineStopsBeforeTraining) {
 
 TEST(Trainer, VocabularyMismatchIsAnErrorBeforeAnyWork) {
   TrainConfig c = TinyRun("vocab");
-  nlohmann::json mc = nlohmann::json::parse(std::ifstream(c.model_config));
+  nlohmann::json mc = testing::JsonFile(c.model_config);
   mc["vocab_size"] = 1000;
-  std::ofstream(c.model_config) << mc.dump();
+  std::ofstream(c.model_config) << DumpJson(mc);
   auto r = RunTraining(c, nullptr);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("vocab_size is 1000"), std::string::npos)
@@ -411,9 +412,9 @@ TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
   const ModelConfig& mc = run.model;
   const std::string index = checkpoint + "/shards.json";
   std::ifstream in(index);
-  const nlohmann::json good = nlohmann::json::parse(in);
+  const nlohmann::json good = testing::Json(in);
   auto expect_error = [&](const nlohmann::json& j, const std::string& what) {
-    std::ofstream(index) << j.dump();
+    std::ofstream(index) << DumpJson(j);
     auto p = ReadCheckpointParams(checkpoint, mc);
     ASSERT_FALSE(p.ok()) << what;
     EXPECT_NE(p.status().message().find("shards.json"), std::string::npos) << p.status().message();
@@ -440,14 +441,13 @@ TEST(TrainCheckpoint, ABrokenShardIndexIsANamedError) {
   j = good;
   j["files"][0]["ranges"][0][2] = uint64_t(1) << 63;
   expect_error(j, "a bad range");
-  std::ofstream(index) << good.dump();
+  std::ofstream(index) << DumpJson(good);
   ASSERT_TRUE(ReadCheckpointParams(checkpoint, mc).ok());
   // trainer_state.json: a wrong type is a named error, not an exception.
   const std::string state = checkpoint + "/trainer_state.json";
-  std::ifstream sin(state);
-  nlohmann::json st = nlohmann::json::parse(sin);
+  nlohmann::json st = testing::JsonFile(state);
   st["optimizer_step"] = "4";
-  std::ofstream(state) << st.dump();
+  std::ofstream(state) << DumpJson(st);
   TrainState ts;
   Status s = LoadTrainCheckpoint(checkpoint, mc, run.shard(), &ts);
   ASSERT_FALSE(s.ok());
@@ -526,7 +526,7 @@ TEST(Trainer, AStepWithoutLossTokensIsSkippedNotCountedAsZeroLoss) {
   std::string line;
   int lines = 0;
   while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
+    auto j = testing::Json(line);
     EXPECT_TRUE(j["skipped"].get<bool>()) << line;
     EXPECT_TRUE(j["loss"].is_null()) << line;
     ++lines;

@@ -12,6 +12,10 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include "xtuner/core/json.h"
 
 namespace xt::testing {
 
@@ -21,11 +25,35 @@ std::vector<double> Metric(const std::string& work_dir, const std::string& key) 
   std::ifstream in(work_dir + "/metrics.jsonl");
   std::vector<double> out;
   std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at(key).get<double>());
+  while (std::getline(in, line)) out.push_back(testing::Json(line).at(key).get<double>());
   return out;
 }
 
 std::vector<double> Losses(const std::string& work_dir) { return Metric(work_dir, "loss"); }
+
+namespace {
+
+template <class J>
+J ValueOrThrow(Result<J> j) {
+  if (!j.ok()) throw std::runtime_error(j.status().message());
+  return std::move(*j);
+}
+
+std::string ReadAll(std::istream& in) {
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+nlohmann::json Json(std::string_view text) { return ValueOrThrow(ParseJson(text)); }
+nlohmann::json Json(std::istream& in) { return Json(ReadAll(in)); }
+nlohmann::json JsonFile(const std::string& path) { return ValueOrThrow(ReadJsonFile(path)); }
+nlohmann::ordered_json OrderedJson(std::string_view text) {
+  return ValueOrThrow(ParseOrderedJson(text));
+}
+nlohmann::ordered_json OrderedJson(std::istream& in) { return OrderedJson(ReadAll(in)); }
 
 namespace {
 

@@ -3,7 +3,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace xt::testing {
@@ -18,6 +21,14 @@ std::string TempDir(const std::string& tag);
 std::vector<double> Losses(const std::string& work_dir);
 // Any numeric metric of every step in metrics.jsonl (e.g. "aux_loss").
 std::vector<double> Metric(const std::string& work_dir, const std::string& key);
+
+// JSON through the engine's parser (core/json.h), from text, a stream or a file: bad JSON or an
+// unreadable file throws std::runtime_error saying why, which fails the test.
+nlohmann::json Json(std::string_view text);
+nlohmann::json Json(std::istream& in);
+nlohmann::json JsonFile(const std::string& path);
+nlohmann::ordered_json OrderedJson(std::string_view text);
+nlohmann::ordered_json OrderedJson(std::istream& in);
 
 // Files in `dir` whose name contains ".tmp." (left-over temporaries of an atomic write).
 std::vector<std::string> TempFilesIn(const std::string& dir);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/testing.h"
+#include "xtuner/core/json.h"
 
 namespace xt::testing {
 
@@ -26,7 +27,7 @@ TrainConfig TinyRun(const std::string& tag) {
                        {"router_aux_loss_coef", 0.01},
                        {"rope_theta", 10000.0},
                        {"tie_word_embeddings", true}};
-  std::ofstream(dir + "/config.json") << mc.dump();
+  std::ofstream(dir + "/config.json") << DumpJson(mc);
   std::ifstream in(demo + "/train.jsonl");
   std::ofstream out(dir + "/train.jsonl");
   std::string line;
@@ -80,7 +81,7 @@ std::string TinyDeepseekV3Config() {
                              {"routed_scaling_factor", 2.5},
                              {"rope_theta", 10000.0},
                              {"tie_word_embeddings", true}};
-  return mc.dump();
+  return DumpJson(mc);
 }
 
 std::string TinyGptOssConfig() {
@@ -97,7 +98,7 @@ std::string TinyGptOssConfig() {
                              {"sliding_window", 8},
                              {"router_aux_loss_coef", 0.02},
                              {"tie_word_embeddings", false}};
-  return mc.dump();
+  return DumpJson(mc);
 }
 
 }  // namespace xt::testing

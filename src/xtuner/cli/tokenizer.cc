@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "xtuner/core/json.h"
 
 namespace xt::cli {
 
@@ -23,8 +24,7 @@ struct TokenizerOptions {
 
 // One input line to one output line; errors do not name the file or line (the caller does).
 Result<std::string> EncodeLine(const Tokenizer& tok, const std::string& line, bool add_special) {
-  const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Status::Error("not valid JSON");
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ParseJson(line));
   if (!j.is_object() || !j.contains("text") || !j["text"].is_string()) {
     return Status::Error("expected {\"text\": string}");
   }
@@ -40,21 +40,19 @@ Result<std::string> EncodeLine(const Tokenizer& tok, const std::string& line, bo
 }
 
 Result<std::string> DecodeLine(const Tokenizer& tok, const std::string& line, bool skip_special) {
-  const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Status::Error("not valid JSON");
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ParseJson(line));
   if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array()) {
     return Status::Error("expected {\"ids\": [integers]}");
   }
   std::vector<int32_t> ids;
   for (const auto& v : j["ids"]) {
     if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX) {
-      return Status::Error("ids must be integers, got " + v.dump());
+      return Status::Error("ids must be integers, got " + DumpJson(v));
     }
     ids.push_back(v.get<int32_t>());
   }
   XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(ids, skip_special));
-  return nlohmann::json{{"text", text}}.dump(-1, ' ', false,
-                                             nlohmann::json::error_handler_t::replace);
+  return DumpJson(nlohmann::json{{"text", text}});
 }
 
 Status RunTokenizer(const TokenizerOptions& o, bool encode) {

@@ -18,10 +18,10 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string_view>
 
+#include "xtuner/core/json.h"
 #include "xtuner/core/mapped_file.h"
 
 namespace xt {
@@ -66,7 +66,7 @@ std::string KnownDtypes() {
 
 // A JSON value for an error message, shortened.
 std::string Brief(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string s = DumpJson(v);
   if (s.size() > 80) s = s.substr(0, 77) + "...";
   return s;
 }
@@ -80,55 +80,14 @@ std::string KindOf(const json& v) {
 
 std::string Errno() { return std::strerror(errno); }
 
-struct JsonFailure {
-  std::string message;
-};
-
-// Parses `text` as JSON. Unlike plain nlohmann::json::parse, fails on a key repeated within
-// one object (nlohmann would keep the last silently) and on nesting deeper than kMaxJsonDepth.
-// A repeated top-level key is reported as a repeated `top_level_key_what` ("tensor name").
-Result<json> ParseJson(std::string_view text, const std::string& top_level_key_what) {
-  std::vector<std::set<std::string>> open_objects;
-  auto callback = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (depth >= kMaxJsonDepth) {
-          throw JsonFailure{"JSON nested more than " + std::to_string(kMaxJsonDepth) +
-                            " levels deep"};
-        }
-        if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-        break;
-      case json::parse_event_t::key: {
-        const auto& key = parsed.get_ref<const std::string&>();
-        if (!open_objects.back().insert(key).second) {
-          throw JsonFailure{"duplicate " +
-                            (open_objects.size() == 1 ? top_level_key_what : std::string("key")) +
-                            " '" + key + "'"};
-        }
-        break;
-      }
-      case json::parse_event_t::object_end:
-        open_objects.pop_back();
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true);
-  } catch (const JsonFailure& e) {
-    return Status::Error(e.message);
-  } catch (const json::exception& e) {
-    // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 3: ...".
-    std::string what = e.what();
-    size_t close = what.find("] ");
-    if (what.rfind("[json.exception.", 0) == 0 && close != std::string::npos) {
-      what = what.substr(close + 2);
-    }
-    return Status::Error("not valid JSON: " + what);
-  }
+// A safetensors header or index: no key twice in one object (nlohmann would keep the last
+// silently), no deeper nesting than kMaxJsonDepth.
+JsonLimits HeaderLimits(const std::string& top_level_key) {
+  JsonLimits limits;
+  limits.max_depth = kMaxJsonDepth;
+  limits.unique_keys = true;
+  limits.top_level_key = top_level_key;
+  return limits;
 }
 
 // A non-negative integer that fits in int64, or nothing.
@@ -294,7 +253,7 @@ Result<SafetensorsFile> SafetensorsFile::FromBuffer(const std::string& name, con
 
   auto parsed =
       ParseJson(std::string_view(reinterpret_cast<const char*>(bytes + 8), size_t(header_size)),
-                "tensor name");
+                HeaderLimits("tensor name"));
   if (!parsed.ok()) return fail("header: " + parsed.status().message());
   const json& header = parsed.value();
   if (!header.is_object()) {
@@ -497,7 +456,7 @@ Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& pat
   const std::string where = "checkpoint index '" + index_path.string() + "'";
   auto text = ReadWholeFile(index_path.string());
   if (!text.ok()) return text.status().With(where);
-  auto parsed = ParseJson(text.value(), "key");
+  auto parsed = ParseJson(text.value(), HeaderLimits("key"));
   if (!parsed.ok()) return parsed.status().With(where);
   const json& index = parsed.value();
   auto wm = index.is_object() ? index.find("weight_map") : index.end();

@@ -12,7 +12,9 @@
 #include <set>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/core/utf8.h"
 
 namespace xt {
 
@@ -24,14 +26,7 @@ using json = nlohmann::json;
 
 namespace {
 
-bool IsUtf8(const std::string& s) {
-  try {
-    (void)json(s).dump();
-    return true;
-  } catch (const json::exception&) {
-    return false;
-  }
-}
+bool IsUtf8(const std::string& s) { return FindInvalidUtf8(s) == std::string_view::npos; }
 
 Status CheckTensorsToWrite(const std::string& path,
                            const std::vector<std::pair<std::string, Tensor>>& tensors) {
@@ -113,7 +108,7 @@ Status WriteSafetensors(const std::string& path,
       return Status::Error("writing '" + path + "': metadata '" + k + "' is not UTF-8");
     }
   }
-  std::string text = header.dump();
+  std::string text = DumpJson(header);
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_size = text.size();
   chunks[0] = {&header_size, 8};
@@ -160,7 +155,7 @@ Status WriteSafetensorsSharded(const std::string& dir,
       for (const auto& kv : shards[i]) weight_map[kv.first] = name;
     }
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    std::string text = DumpJson(index, 2) + "\n";
     keep.insert(index_name);
     XT_RETURN_IF_ERROR(
         WriteFileAtomically((d / index_name).string(), {{text.data(), text.size()}}));

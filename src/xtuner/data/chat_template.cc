@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 
 namespace xt {
@@ -108,10 +109,10 @@ Result<std::string> ChatTemplate::DetectName(const std::string& tokenizer_config
   std::error_code ec;
   if (fs::is_directory(path, ec)) path /= "tokenizer_config.json";
   XT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  nlohmann::json config = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded() || !config.is_object()) {
-    return Status::Error(path.string() + ": not a JSON object");
-  }
+  Result<nlohmann::json> parsed = ParseJson(text);
+  if (!parsed.ok()) return parsed.status().With(path.string());
+  const nlohmann::json& config = *parsed;
+  if (!config.is_object()) return Status::Error(path.string() + ": not a JSON object");
   const std::string source = path.string();
   if (config.contains("chat_template") && !config["chat_template"].is_null()) {
     const auto& t = config["chat_template"];

@@ -65,9 +65,6 @@ std::string_view RStripChars(std::string_view s, std::string_view chars);
 // newlines and `indent` spaces per level with "," and ": ".
 std::string PyJsonDumps(const nlohmann::ordered_json& value, int indent = -1);
 
-// Parses JSON text keeping key order; `what` names it in the error.
-Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text, const std::string& what);
-
 // "<template>: message <i> (<role>): <msg>"
 Status MessageError(const std::string& tmpl, size_t index, const Message& m,
                     const std::string& msg);

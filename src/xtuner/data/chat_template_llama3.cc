@@ -27,6 +27,7 @@
 // there are tools; tool-call arguments given as a string are parsed and re-serialised like an
 // object (transformers would quote the string). Llama-3.2's template, which prints today's date
 // when transformers provides strftime_now, is recognised as llama3.1 with the fixed date.
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 
 namespace xt {
@@ -122,13 +123,13 @@ Status RenderLlama31(const Conversation& conv, const std::vector<bool>& trained,
                             "be dropped");
       }
       const ToolCall& call = m.tool_calls[0];
-      XT_ASSIGN_OR_RETURN(
-          auto args,
-          ParseOrderedJson(call.arguments_json, kName + " chat template: message " +
-                                                    std::to_string(i) + ": tool call arguments"));
+      Result<nlohmann::ordered_json> args = ParseOrderedJson(call.arguments_json);
+      if (!args.ok())
+        return args.status().With(kName + " chat template: message " + std::to_string(i) +
+                                  ": tool call arguments");
       out->Prompt(Header("assistant"));
       out->Add(
-          "{\"name\": \"" + call.name + "\", \"parameters\": " + PyJsonDumps(args) + "}" + kEot,
+          "{\"name\": \"" + call.name + "\", \"parameters\": " + PyJsonDumps(*args) + "}" + kEot,
           trained[i]);
     } else {
       PlainTurn(m, trained[i], out);

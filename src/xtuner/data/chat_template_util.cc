@@ -2,6 +2,7 @@
 // transformers' `tojson` (Python json.dumps) serialisation.
 #include <cstdint>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 
 namespace xt {
@@ -92,7 +93,7 @@ void Dump(const ordered_json& v, int indent, int level, std::string* out) {
       for (auto it = v.begin(); it != v.end(); ++it) {
         if (!first) out->append(indent < 0 ? ", " : ",");
         if (indent >= 0) Indent(out, indent, level + 1);
-        out->append(ordered_json(it.key()).dump(-1, ' ', false));
+        out->append(DumpJson(ordered_json(it.key())));
         out->append(": ");
         Dump(it.value(), indent, level + 1, out);
         first = false;
@@ -104,7 +105,7 @@ void Dump(const ordered_json& v, int indent, int level, std::string* out) {
     default:
       // Strings: the same escapes as Python with ensure_ascii=False (\" \\ \b \f \n \r \t and
       // \u00xx for other control characters). Numbers and literals print alike.
-      out->append(v.dump(-1, ' ', false));
+      out->append(DumpJson(v));
   }
 }
 
@@ -136,12 +137,6 @@ std::string PyJsonDumps(const ordered_json& value, int indent) {
   return out;
 }
 
-Result<ordered_json> ParseOrderedJson(std::string_view text, const std::string& what) {
-  ordered_json j = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Status::Error(what + " is not valid JSON: " + std::string(text));
-  return j;
-}
-
 Status MessageError(const std::string& tmpl, size_t index, const Message& m,
                     const std::string& msg) {
   return Status::Error(tmpl + " chat template: message " + std::to_string(index) + " (" + m.role +
@@ -151,12 +146,13 @@ Status MessageError(const std::string& tmpl, size_t index, const Message& m,
 Result<std::optional<ordered_json>> ParseTools(const std::string& tmpl,
                                                const std::string& tools_json) {
   if (tools_json.empty()) return std::optional<ordered_json>();
-  XT_ASSIGN_OR_RETURN(ordered_json tools,
-                      ParseOrderedJson(tools_json, tmpl + " chat template: tools"));
+  Result<ordered_json> parsed = ParseOrderedJson(tools_json);
+  if (!parsed.ok()) return parsed.status().With(tmpl + " chat template: tools");
+  const ordered_json& tools = *parsed;
   if (tools.is_null()) return std::optional<ordered_json>();
   if (!tools.is_array()) {
     return Status::Error(tmpl + " chat template: tools must be a JSON array, got " +
-                         tools.dump(-1, ' ', false));
+                         DumpJson(tools));
   }
   return std::optional<ordered_json>(std::move(tools));
 }

@@ -11,6 +11,9 @@
 #include <optional>
 #include <sstream>
 
+#include "xtuner/core/json.h"
+#include "xtuner/core/utf8.h"
+
 namespace xt {
 
 namespace {
@@ -49,17 +52,6 @@ bool IsBlank(std::string_view s) {
     if (c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != '\f' && c != '\v') return false;
   }
   return true;
-}
-
-// nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 5: ..." without
-// the bracketed id.
-std::string ParseErrorMessage(const char* what) {
-  std::string s = what;
-  if (!s.empty() && s[0] == '[') {
-    size_t close = s.find("] ");
-    if (close != std::string::npos) s = s.substr(close + 2);
-  }
-  return s;
 }
 
 const char* JsonTypeName(const ordered_json& v) {
@@ -145,12 +137,8 @@ Result<std::string> DefaultEosToken(const Tokenizer& tokenizer) {
 }
 
 Result<std::string> EosTokenFromConfig(const std::string& tokenizer_config_path) {
-  std::ifstream in(tokenizer_config_path, std::ios::binary);
-  if (!in) return Status::Error(tokenizer_config_path + ": cannot open");
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return Status::Error(tokenizer_config_path + ": not a JSON object");
-  }
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadJsonFile(tokenizer_config_path));
+  if (!j.is_object()) return Status::Error(tokenizer_config_path + ": not a JSON object");
   auto it = j.find("eos_token");
   if (it != j.end() && it->is_string()) return it->get<std::string>();
   if (it != j.end() && it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
@@ -212,11 +200,9 @@ class LineLoader {
     if (size_t at = FindInvalidUtf8(line); at != std::string_view::npos) {
       return Reject(BadSample::kInvalidUtf8, "invalid UTF-8 at byte " + std::to_string(at + 1));
     }
-    try {
-      *j = ordered_json::parse(line);
-    } catch (const ordered_json::exception& e) {
-      return Reject(BadSample::kNotJson, "not valid JSON: " + ParseErrorMessage(e.what()));
-    }
+    Result<ordered_json> parsed = ParseOrderedJson(line);
+    if (!parsed.ok()) return Reject(BadSample::kNotJson, parsed.status().message());
+    *j = std::move(*parsed);
     if (!j->is_object()) {
       return Reject(BadSample::kNotObject,
                     std::string("expected a JSON object, got ") + JsonTypeName(*j));

@@ -110,10 +110,6 @@ struct SampleError {
 bool ParseChatSample(const nlohmann::ordered_json& j, Conversation* out, SampleError* error);
 bool ParseTextSample(const nlohmann::ordered_json& j, std::string* out, SampleError* error);
 
-// The byte offset of the first invalid UTF-8 sequence in `s` (overlong forms, surrogates and
-// code points past U+10FFFF are invalid), or std::string_view::npos when it is all valid.
-size_t FindInvalidUtf8(std::string_view s);
-
 // The first of "<|endoftext|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "</s>" that the
 // tokenizer has; an error if none (then set LoadOptions::eos_token).
 Result<std::string> DefaultEosToken(const Tokenizer& tokenizer);

@@ -2,6 +2,7 @@
 // reason and a message for every way a line can be wrong.
 #include <nlohmann/json.hpp>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 #include "xtuner/data/dataset.h"
 
@@ -64,7 +65,7 @@ bool ReadContent(const ordered_json& m, const std::string& where, std::string* o
         !text->is_string()) {
       return Fail(e, BadSample::kWrongType,
                   pw + " must be a text part {\"type\": \"text\", \"text\": \"...\"}, got " +
-                      part.dump(-1, ' ', false, ordered_json::error_handler_t::replace));
+                      DumpJson(part));
     }
     out->append(text->get<std::string>());
   }
@@ -154,38 +155,6 @@ bool ReadMessage(const ordered_json& m, const std::string& where, Message* out, 
 
 }  // namespace
 
-size_t FindInvalidUtf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    unsigned char b = p[i];
-    if (b < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    uint32_t min, c;
-    if (b >= 0xC2 && b <= 0xDF) {
-      len = 2, min = 0x80, c = b & 0x1F;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-      len = 3, min = 0x800, c = b & 0x0F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-      len = 4, min = 0x10000, c = b & 0x07;
-    } else {
-      return i;  // a continuation byte, an overlong lead (C0, C1) or F5..FF
-    }
-    if (i + len > n) return i;
-    for (int k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-      c = (c << 6) | (p[i + k] & 0x3F);
-    }
-    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
 bool ParseChatSample(const ordered_json& j, Conversation* out, SampleError* e) {
   *out = Conversation();
   const ordered_json* messages = Get(j, "messages");
@@ -201,7 +170,7 @@ bool ParseChatSample(const ordered_json& j, Conversation* out, SampleError* e) {
   }
   if (const ordered_json* tools = Get(j, "tools")) {
     if (!tools->is_array()) return WrongType(e, "\"tools\"", "an array", *tools);
-    out->tools_json = tools->dump(-1, ' ', false);
+    out->tools_json = DumpJson(*tools);
   }
   if (!has_assistant) {
     return Fail(e, BadSample::kNoAssistant,

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "xtuner/core/json.h"
 #include "xtuner/core/rng.h"
 #include "xtuner/data/packer.h"
 
@@ -30,7 +31,7 @@ Result<int64_t> NonNegative(const nlohmann::json& j, const char* key, const std:
   }
   if (it->is_number_integer() && it->get<int64_t>() >= 0) return it->get<int64_t>();
   return Status::Error(source + ": sampler state \"" + key +
-                       "\" must be a non-negative integer, got " + it->dump());
+                       "\" must be a non-negative integer, got " + DumpJson(*it));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/tokenizer_added.h"
 #include "xtuner/data/tokenizer_bpe.h"
 #include "xtuner/data/tokenizer_decoder.h"
@@ -170,8 +171,9 @@ Result<Tokenizer> Tokenizer::FromFile(const std::string& path) {
 }
 
 Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, const std::string& source) {
-  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Status::Error(source + ": not valid JSON");
+  Result<nlohmann::json> parsed = ParseJson(json_text);
+  if (!parsed.ok()) return parsed.status().With(source);
+  const nlohmann::json& j = *parsed;
   if (!j.is_object()) return Status::Error(source + ": not a JSON object");
   if (JsonDepth(j) > 64) return Status::Error(source + ": JSON nested too deeply");
   auto impl = std::make_shared<Impl>();

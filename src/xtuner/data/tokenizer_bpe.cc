@@ -8,6 +8,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/tokenizer_json.h"
 #include "xtuner/data/tokenizer_unicode.h"
 
@@ -187,7 +188,7 @@ Result<BpeModel> BpeModel::Parse(const nlohmann::json& j) {
   for (auto it = vit->begin(); it != vit->end(); ++it) {
     if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() >= INT32_MAX) {
       return Status::Error(where + ": vocab[\"" + it.key() +
-                           "\"] is not a valid id: " + it->dump());
+                           "\"] is not a valid id: " + DumpJson(*it));
     }
     max_id = std::max(max_id, it->get<int64_t>());
   }
@@ -231,7 +232,7 @@ Result<BpeModel> BpeModel::Parse(const nlohmann::json& j) {
       b = e[1].get<std::string>();
     } else {
       return Status::Error(at + ": expected \"a b\" or [\"a\", \"b\"], got " +
-                           e.dump().substr(0, 200));
+                           DumpJson(e).substr(0, 200));
     }
     const int32_t ia = m.vocab_.Find(a), ib = m.vocab_.Find(b);
     if (ia < 0 || ib < 0) {

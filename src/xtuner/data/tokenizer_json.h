@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "xtuner/core/json.h"
 #include "xtuner/core/status.h"
 #include "xtuner/data/tokenizer_regex.h"
 #include "xtuner/data/tokenizer_unicode.h"
@@ -21,7 +22,8 @@ inline std::string TypeOf(const nlohmann::json& j) {
 inline Status NotImplemented(const std::string& kind, const nlohmann::json& j,
                              const std::string& supported) {
   const std::string type = j.is_object() ? TypeOf(j) : std::string();
-  if (type.empty()) return Status::Error(kind + " without a \"type\": " + j.dump().substr(0, 200));
+  if (type.empty())
+    return Status::Error(kind + " without a \"type\": " + DumpJson(j).substr(0, 200));
   return Status::Error(kind + " type \"" + type + "\" is not implemented (supported: " + supported +
                        ")");
 }

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/tokenizer_json.h"
 
 namespace xt::tok {
@@ -46,7 +47,7 @@ Status ParseTemplate(const nlohmann::json& j, PostProcessor* p, const std::strin
         (seen_sequence ? p->suffix : p->prefix).push_back(id.get<int32_t>());
       }
     } else {
-      return Status::Error(where + ": unknown template piece " + piece.dump().substr(0, 200));
+      return Status::Error(where + ": unknown template piece " + DumpJson(piece).substr(0, 200));
     }
   }
   if (!seen_sequence) return Status::Error(where + ": the single template has no sequence A");

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/mapped_file.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/fp8_weights.h"
@@ -187,7 +188,7 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
   nlohmann::json cfg = mc.ToJson();
   cfg["dtype"] = dtype == ExportDType::kF32 ? "float32" : "bfloat16";
   if (fp8.any) cfg["quantization_config"] = Fp8QuantizationConfig(bm, bn, fp8.not_converted);
-  return WriteFileAtomically((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
+  return WriteFileAtomically((fs::path(dir) / "config.json").string(), DumpJson(cfg, 2) + "\n");
 }
 
 }  // namespace xt

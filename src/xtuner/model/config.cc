@@ -10,6 +10,8 @@
 #include <sstream>
 #include <tuple>
 
+#include "xtuner/core/json.h"
+
 namespace xt {
 
 namespace {
@@ -64,7 +66,7 @@ class Reader {
     return required ? Error(std::string("missing required key \"") + key + "\"") : Status::OK();
   }
   Status Bad(const char* key, const char* want, const json& v) const {
-    return Error(std::string("key \"") + key + "\" must be " + want + ", found " + v.dump());
+    return Error(std::string("key \"") + key + "\" must be " + want + ", found " + DumpJson(v));
   }
   const json& j_;
   std::string source_;
@@ -84,7 +86,7 @@ Status ReadRopeScaling(const json& j, const json& p, const std::string& where, c
                        ModelConfig* c) {
   for (const char* key : {"rope_type", "type"})
     if (p.contains(key) && !p[key].is_string())
-      return r.Error(where + "." + key + " must be a string, found " + p[key].dump());
+      return r.Error(where + "." + key + " must be a string, found " + DumpJson(p[key]));
   const std::string type = p.value("rope_type", p.value("type", std::string("default")));
   if (type == "default") return Status::OK();
   if (type != "yarn")
@@ -199,7 +201,7 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
     return Status::OK();
   }
   if (!method.is_string() || method.get<std::string>() != "fp8")
-    return r.Error("quantization_config.quant_method " + method.dump() + " is not supported" +
+    return r.Error("quantization_config.quant_method " + DumpJson(method) + " is not supported" +
                    unsupported);
   // An optional key that must be one of `allowed` when present.
   auto one_of = [&](const char* key, std::initializer_list<const char*> allowed,
@@ -207,7 +209,7 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
     if (!q.contains(key)) return Status::OK();
     for (const char* a : allowed)
       if (q[key].is_string() && q[key].get<std::string>() == a) return Status::OK();
-    return r.Error(std::string("quantization_config.") + key + " " + q[key].dump() +
+    return r.Error(std::string("quantization_config.") + key + " " + DumpJson(q[key]) +
                    " is not supported" + supported);
   };
   XT_RETURN_IF_ERROR(one_of("fmt", {"e4m3"}, unsupported));
@@ -224,7 +226,7 @@ Status ReadQuantization(const json& j, const Reader& r, ModelConfig* c) {
     if (ok) c->fp8_block[i] = b[i].get<int64_t>();
   }
   if (!ok)
-    return r.Error("quantization_config.weight_block_size " + b.dump() +
+    return r.Error("quantization_config.weight_block_size " + DumpJson(b) +
                    " is not supported (supported: [rows, columns], two positive integers; "
                    "per-tensor FP8 scales are not implemented)");
   return Status::OK();
@@ -328,7 +330,7 @@ Status ReadDeepseekMoe(const json& j, const Reader& r, ModelConfig* c) {
   auto expect = [&](const char* key, const std::string& want) -> Status {
     if (!r.has(key)) return Status::OK();
     if (j[key].is_string() && j[key].get<std::string>() == want) return Status::OK();
-    return r.Error(std::string("key \"") + key + "\" " + j[key].dump() +
+    return r.Error(std::string("key \"") + key + "\" " + DumpJson(j[key]) +
                    " is not implemented (supported: \"" + want + "\")");
   };
   XT_RETURN_IF_ERROR(expect("scoring_func", "sigmoid"));
@@ -382,7 +384,7 @@ Status ReadGptOss(const json& j, const Reader& r, ModelConfig* c) {
       return r.Error("key \"layer_types\" must be a list of num_hidden_layers (" +
                      std::to_string(c->num_layers) + ") layer types");
     for (size_t l = 0; l < t.size(); ++l) {
-      const std::string type = t[l].is_string() ? t[l].get<std::string>() : t[l].dump();
+      const std::string type = t[l].is_string() ? t[l].get<std::string>() : DumpJson(t[l]);
       if (type != "sliding_attention" && type != "full_attention")
         return r.Error("layer_types[" + std::to_string(l) + "] \"" + type +
                        "\" is not implemented (supported: \"sliding_attention\", "
@@ -509,14 +511,14 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
     for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id",
                             "max_position_embeddings", "initializer_range"})
       if (j.contains(key)) keep[key] = j[key];
-    c.passthrough = keep.dump();
+    c.passthrough = DumpJson(keep);
     if (r.has("eos_token_id")) {
       const json& e = j["eos_token_id"];
       const json ids = e.is_array() ? e : json::array({e});
       for (const json& id : ids) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
           return r.Error("key \"eos_token_id\" must be a token id or a list of them, found " +
-                         e.dump());
+                         DumpJson(e));
         c.eos_token_ids.push_back(id.get<int64_t>());
       }
     }
@@ -572,7 +574,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
 
   // Options that change the maths and are not implemented: refuse rather than compute wrong.
   if (j.contains("hidden_act") && !j["hidden_act"].is_string())
-    return r.Error("key \"hidden_act\" must be a string, found " + j["hidden_act"].dump());
+    return r.Error("key \"hidden_act\" must be a string, found " + DumpJson(j["hidden_act"]));
   std::string act = j.value("hidden_act", std::string("silu"));
   if (act != "silu")
     return r.Error("hidden_act \"" + act + "\" is not implemented (supported: silu)");
@@ -643,7 +645,7 @@ Result<ModelConfig> ModelConfig::FromJson(const json& j, const std::string& sour
       if (!m.is_array()) return r.Error("key \"mlp_only_layers\" must be a list of layer indices");
       for (const json& v : m) {
         if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.num_layers)
-          return r.Error("mlp_only_layers entry " + v.dump() + " is not a layer index in [0, " +
+          return r.Error("mlp_only_layers entry " + DumpJson(v) + " is not a layer index in [0, " +
                          std::to_string(c.num_layers) + ")");
         mlp_only.push_back(v.get<int64_t>());
       }
@@ -664,12 +666,7 @@ Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
   if (!fs::exists(path))
     return Status::Error(path + ": no such model directory (expected config.json and safetensors)");
   if (fs::is_directory(path)) path = (fs::path(path) / "config.json").string();
-  std::ifstream in(path);
-  if (!in) return Status::Error(path + ": cannot open the model config");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Status::Error(path + ": not valid JSON");
+  XT_ASSIGN_OR_RETURN(const json j, ReadJsonFile(path));
   return FromJson(j, path);
 }
 
@@ -726,9 +723,8 @@ json ModelConfig::ToJson() const {
         {"truncate", y.truncate}};
     if (y.mscale_all_dim != 0) j["rope_parameters"]["mscale_all_dim"] = y.mscale_all_dim;
   }
-  if (const json keep = json::parse(passthrough, nullptr, /*allow_exceptions=*/false);
-      keep.is_object())
-    j.update(keep);
+  if (const Result<json> keep = ParseJson(passthrough); keep.ok() && keep->is_object())
+    j.update(*keep);
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
   j["dtype"] = "float32";

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "xtuner/core/json.h"
 #include "xtuner/core/rng.h"
 
 namespace xt {
@@ -16,17 +17,14 @@ namespace xt {
 Result<std::vector<int64_t>> GenerationEosIds(const std::string& path) {
   std::vector<int64_t> ids;
   if (!std::filesystem::exists(path)) return ids;
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Status::Error(path + ": not a JSON object");
+  XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadJsonFile(path));
+  if (!j.is_object()) return Status::Error(path + ": not a JSON object");
   if (!j.contains("eos_token_id") || j["eos_token_id"].is_null()) return ids;
   const nlohmann::json& e = j["eos_token_id"];
   for (const nlohmann::json& id : e.is_array() ? e : nlohmann::json::array({e})) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
       return Status::Error(path + ": eos_token_id must be a token id or a list of them, found " +
-                           e.dump());
+                           DumpJson(e));
     ids.push_back(id.get<int64_t>());
   }
   return ids;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/rng.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/ops/ops.h"
@@ -200,9 +201,7 @@ Result<AdapterFiles> FindAdapter(const std::string& path) {
 // adapter_config.json, checked for what the engine does not implement: a PEFT adapter of any
 // other kind or variant is refused by name rather than read as a plain LoRA one.
 Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return Status::Error(path + ": cannot open");
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(path));
   if (!j.is_object()) return Status::Error(path + ": not a JSON object");
   auto get = [&](const char* key) -> const nlohmann::json* {
     auto it = j.find(key);
@@ -222,7 +221,7 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
   for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora", "use_bdlora"}) {
     const nlohmann::json* v = get(key);
     if (v && !(v->is_boolean() && !v->get<bool>()))
-      return bad(key, "is " + v->dump() + ": not implemented");
+      return bad(key, "is " + DumpJson(*v) + ": not implemented");
   }
   if (const nlohmann::json* b = get("bias"); b && (!b->is_string() || *b != "none"))
     return bad("bias", "must be \"none\": adapters with biases are not implemented");
@@ -232,7 +231,7 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
       init && !init->is_boolean() &&
       !(init->is_string() && (*init == "gaussian" || *init == "eva" || *init == "orthogonal")))
     return bad("init_lora_weights",
-               "is " + init->dump() +
+               "is " + DumpJson(*init) +
                    ": an adapter initialised so belongs to a changed base model; convert it to "
                    "a plain LoRA adapter first (PEFT's save_pretrained with "
                    "path_initial_model_for_weight_conversion)");
@@ -242,7 +241,7 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
         "alora_invocation_tokens", "layer_replication", "arrow_config", "megatron_config"}) {
     const nlohmann::json* v = get(key);
     if (v && !v->empty() && !(v->is_boolean() && !v->get<bool>()))
-      return bad(key, "is " + v->dump().substr(0, 200) +
+      return bad(key, "is " + DumpJson(*v).substr(0, 200) +
                           ": not implemented (the engine reads plain LoRA adapters: one adapter "
                           "of rank r on each targeted linear layer of every decoder layer)");
   }
@@ -290,10 +289,11 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
   };
   const LoraSpec got = SettingsOf(j);
   if (got.rank != cfg.lora.rank)
-    return bad("r", "is " + j["r"].dump() + ", but lora.rank is " + std::to_string(cfg.lora.rank));
+    return bad("r",
+               "is " + DumpJson(j["r"]) + ", but lora.rank is " + std::to_string(cfg.lora.rank));
   if (got.alpha != cfg.lora.alpha)
-    return bad("lora_alpha", "is " + j["lora_alpha"].dump() + ", but lora.alpha is " +
-                                 nlohmann::json(cfg.lora.alpha).dump());
+    return bad("lora_alpha", "is " + DumpJson(j["lora_alpha"]) + ", but lora.alpha is " +
+                                 DumpJson(nlohmann::json(cfg.lora.alpha)));
   if (got.rslora != cfg.lora.rslora)
     return bad("use_rslora", std::string("is ") + (got.rslora ? "true" : "false") +
                                  ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
@@ -380,7 +380,8 @@ Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const 
                       {"modules_to_save", nullptr},
                       {"rank_pattern", nlohmann::json::object()},
                       {"alpha_pattern", nlohmann::json::object()}};
-  return WriteFileAtomically((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
+  return WriteFileAtomically((fs::path(dir) / "adapter_config.json").string(),
+                             DumpJson(j, 2) + "\n");
 }
 
 }  // namespace xt

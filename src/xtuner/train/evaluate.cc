@@ -3,6 +3,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "xtuner/core/json.h"
 #include "xtuner/data/chat_prompt.h"
 #include "xtuner/model/generate.h"
 
@@ -34,8 +35,10 @@ Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
     ++lineno;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = path + ":" + std::to_string(lineno) + ": ";
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
+    Result<nlohmann::json> parsed = ParseJson(line);
+    if (!parsed.ok()) return Status::Error(where + parsed.status().message());
+    const nlohmann::json& j = *parsed;
+    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
         !j.contains("answer") || !j["answer"].is_string())
       return Status::Error(where + "expected {\"prompt\": string, \"answer\": string}");
     Conversation c;

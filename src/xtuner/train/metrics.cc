@@ -3,6 +3,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "xtuner/core/json.h"
+
 namespace xt {
 
 namespace {
@@ -19,7 +21,8 @@ Status ReadDouble(const json& j, const char* key, const std::string& source, dou
   } else if (it->is_number()) {
     *out = it->get<double>();
   } else {
-    return Status::Error(source + ": \"" + key + "\" must be a number or null, got " + it->dump());
+    return Status::Error(source + ": \"" + key + "\" must be a number or null, got " +
+                         DumpJson(*it));
   }
   return Status::OK();
 }
@@ -32,7 +35,7 @@ Status ReadInt(const json& j, const char* key, const std::string& source, int64_
     *out = it->get<int64_t>();
     return Status::OK();
   }
-  return Status::Error(source + ": \"" + key + "\" must be an integer, got " + it->dump());
+  return Status::Error(source + ": \"" + key + "\" must be an integer, got " + DumpJson(*it));
 }
 
 }  // namespace
@@ -86,7 +89,7 @@ Result<StepMetrics> StepMetricsFromJson(const json& j, const std::string& source
   XT_RETURN_IF_ERROR(ReadDouble(j, "elapsed_s", source, &m.elapsed_s));
   if (auto it = j.find("skipped"); it != j.end()) {
     if (!it->is_boolean()) {
-      return Status::Error(source + ": \"skipped\" must be true or false, got " + it->dump());
+      return Status::Error(source + ": \"skipped\" must be true or false, got " + DumpJson(*it));
     }
     m.skipped = it->get<bool>();
   }

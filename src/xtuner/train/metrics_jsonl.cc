@@ -8,6 +8,8 @@
 #include <optional>
 #include <sstream>
 
+#include "xtuner/core/json.h"
+
 namespace xt {
 
 namespace {
@@ -16,10 +18,10 @@ std::string Errno() { return std::strerror(errno); }
 
 // The step of one metrics line, or nullopt when the line is not a metrics record.
 std::optional<int64_t> StepOf(const std::string& line) {
-  auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return std::nullopt;
-  auto it = j.find("step");
-  if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+  const Result<nlohmann::json> j = ParseJson(line);
+  if (!j.ok() || !j->is_object()) return std::nullopt;
+  auto it = j->find("step");
+  if (it == j->end() || !it->is_number_integer()) return std::nullopt;
   return it->get<int64_t>();
 }
 
@@ -70,7 +72,7 @@ Result<std::unique_ptr<MetricsJsonl>> MetricsJsonl::Open(const std::string& path
 MetricsJsonl::~MetricsJsonl() { std::fclose(f_); }
 
 Status MetricsJsonl::Append(const StepMetrics& m) {
-  const std::string line = ToJson(m).dump() + "\n";
+  const std::string line = DumpJson(ToJson(m)) + "\n";
   if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0) {
     const std::string err = Errno();
     std::clearerr(f_);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/core/zero_pages.h"
 #include "xtuner/dist/shard_io.h"
@@ -65,12 +66,8 @@ std::string ShardName(int r, int n) {
 }
 
 Result<nlohmann::json> ReadJson(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return Status::Error(path.string() + ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return Status::Error(path.string() + ": not valid JSON");
+  XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(path.string()));
+  if (!j.is_object()) return Status::Error(path.string() + ": not a JSON object");
   return j;
 }
 
@@ -102,7 +99,7 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
   if (!index.contains("total") || !index["total"].is_number_integer())
     return Status::Error(src + ": missing \"total\"");
   if (index["total"].get<int64_t>() != total)
-    return Status::Error(src + ": the checkpoint holds " + index["total"].dump() +
+    return Status::Error(src + ": the checkpoint holds " + DumpJson(index["total"]) +
                          " parameters, this model has " + std::to_string(total));
   if (!index.contains("files") || !index["files"].is_array())
     return Status::Error(src + ": missing \"files\"");
@@ -113,7 +110,7 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
   for (const nlohmann::json& f : index["files"]) {
     if (!f.is_object() || !f.contains("file") || !f["file"].is_string() || !f.contains("ranges") ||
         !f["ranges"].is_array())
-      return Status::Error(src + ": a bad entry in \"files\": " + f.dump().substr(0, 80));
+      return Status::Error(src + ": a bad entry in \"files\": " + DumpJson(f).substr(0, 80));
     const std::string file = (dir / f["file"].get<std::string>()).string();
     // The ranges of this file that overlap what this rank owns.
     std::vector<std::array<int64_t, 3>> copies;  // file offset, shard offset, n
@@ -122,7 +119,7 @@ Status ReadShards(const fs::path& dir, const ModelConfig& cfg, const std::vector
           !r[1].is_number_unsigned() || !r[2].is_number_unsigned() ||
           r[0].get<uint64_t>() >= kMax || r[1].get<uint64_t>() >= kMax ||
           r[2].get<uint64_t>() >= kMax || r[0].get<int64_t>() + r[1].get<int64_t>() > total)
-        return Status::Error(src + ": a bad range " + r.dump() + " for " + file);
+        return Status::Error(src + ": a bad range " + DumpJson(r) + " for " + file);
       const int64_t g = r[0].get<int64_t>(), n = r[1].get<int64_t>(), at = r[2].get<int64_t>();
       ForEachOverlap(owned, g, n, [&](int64_t shard_at, int64_t global_at, int64_t k) {
         copies.push_back({at + (global_at - g), shard_at, k});
@@ -256,7 +253,7 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
   st = WriteSafetensors(
       (tmp / ShardName(mesh.rank, mesh.world)).string(),
       {{"params", params}, {"exp_avg", m}, {"exp_avg_sq", v}},
-      {{"optimizer_step", std::to_string(optim.step())}, {"ranges", ranges.dump()}});
+      {{"optimizer_step", std::to_string(optim.step())}, {"ranges", DumpJson(ranges)}});
   st = AgreeOnFailure(world, st);
   if (!st.ok()) return failed(st);
 
@@ -275,7 +272,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
                                   {"dp", mesh.dp},
                                   {"ep", mesh.ep},
                                   {"files", files}};
-    if (st.ok()) st = WriteFileAtomically((tmp / "shards.json").string(), index.dump(1) + "\n");
+    if (st.ok())
+      st = WriteFileAtomically((tmp / "shards.json").string(), DumpJson(index, 1) + "\n");
     // A model loaded from an FP8 checkpoint keeps its blocks, for an FP8 export from here
     // (xtuner convert --dtype fp8); its weights here are fp32 all the same.
     nlohmann::json model_json = cfg.ToJson();
@@ -285,7 +283,7 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     // A LoRA run's layout holds its adapters: resume and convert rebuild it from this.
     if (cfg.lora.enabled()) model_json["xtuner_lora"] = LoraSpecToJson(cfg.lora);
     if (st.ok())
-      st = WriteFileAtomically((tmp / "config.json").string(), model_json.dump(2) + "\n");
+      st = WriteFileAtomically((tmp / "config.json").string(), DumpJson(model_json, 2) + "\n");
     nlohmann::json j = {{"step", state.step},
                         {"optimizer_step", optim.step()},
                         {"sampler", state.sampler.ToJson()},
@@ -298,7 +296,8 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
       j["lora_base"] = state.lora_base;
       j["lora_base_fingerprint"] = state.lora_base_fingerprint;
     }
-    if (st.ok()) st = WriteFileAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n");
+    if (st.ok())
+      st = WriteFileAtomically((tmp / "trainer_state.json").string(), DumpJson(j, 2) + "\n");
     if (st.ok()) {
       fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier, longer run
       fs::rename(tmp, final_dir, ec);
@@ -343,7 +342,7 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   for (const char* k : {"step", "optimizer_step", "nonfinite_consecutive", "nonfinite_total"})
     if (j.contains(k) && !j[k].is_number_integer())
       return Status::Error(src + ": \"" + std::string(k) + "\" must be an integer, not " +
-                           j[k].dump());
+                           DumpJson(j[k]));
   if (!j["data_key"].is_string()) return Status::Error(src + ": \"data_key\" must be a string");
   for (const char* k : {"lora_base", "lora_base_fingerprint"})
     if (j.contains(k) && !j[k].is_string())
@@ -351,7 +350,7 @@ Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const
   XT_ASSIGN_OR_RETURN(const LoraSpec lora, ReadCheckpointLora(dir));
   auto describe = [](const LoraSpec& s) {
     if (!s.enabled()) return std::string("no LoRA (every parameter trains)");
-    return "LoRA " + LoraSpecToJson(s).dump();
+    return "LoRA " + DumpJson(LoraSpecToJson(s));
   };
   if (describe(lora) != describe(cfg.lora))
     return Status::Error(dir + ": this checkpoint was trained with " + describe(lora) +
