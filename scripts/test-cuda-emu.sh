@@ -13,6 +13,8 @@ if [ ! -f "$CUDA_INCLUDE/cuda_runtime.h" ]; then
   exit 0
 fi
 BUILD_DIR=${EMU_BUILD_DIR:-build-emu}
+# Ninja for new build directories (one made by make before keeps make).
+if [ -z "${CMAKE_GENERATOR:-}" ] && command -v ninja > /dev/null; then export CMAKE_GENERATOR=Ninja; fi
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DXTUNER_CUDA_EMU=ON
 # What the tests below run: the cuda test programs, the mesh test and the programs it starts.
 targets=(xtuner comm_selftest train_mpi_test emu_test)

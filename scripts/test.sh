@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 BUILD_DIR=${BUILD_DIR:-build}
+# Ninja for new build directories (one made by make before keeps make).
+if [ -z "${CMAKE_GENERATOR:-}" ] && command -v ninja > /dev/null; then export CMAKE_GENERATOR=Ninja; fi
 # Through ccache: the emulator's build below compiles most of the engine with the same commands
 # as this one. The cache lives in the build directory (objects built for this machine's CPU,
 # -march=native, stay on it).
