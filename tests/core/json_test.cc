@@ -71,7 +71,10 @@ TEST(Json, LimitsRefuseRepeatedKeysAndDeepNesting) {
 
 TEST(Json, ReadJsonFileNamesTheFile) {
   const std::string dir = testing::TempDir("json");
-  EXPECT_EQ(ReadJsonFile(dir + "/none.json").status().message(), dir + "/none.json: cannot open");
+  EXPECT_EQ(ReadJsonFile(dir + "/none.json").status().message(),
+            dir + "/none.json: cannot open: No such file or directory");
+  // A directory is not read as empty text.
+  EXPECT_EQ(ReadJsonFile(dir).status().message(), dir + ": is a directory");
   std::ofstream(dir + "/bad.json") << "{\"a\": }";
   EXPECT_EQ(ReadJsonFile(dir + "/bad.json")
                 .status()

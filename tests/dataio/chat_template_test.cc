@@ -367,7 +367,8 @@ TEST(ChatTemplateTest, DetectsListTemplatesAndChatTemplateJinja) {
 TEST(ChatTemplateTest, DetectNameFileErrors) {
   auto r = ChatTemplate::DetectName("/nonexistent/tokenizer_config.json");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().message(), "/nonexistent/tokenizer_config.json: cannot open");
+  EXPECT_EQ(r.status().message(),
+            "/nonexistent/tokenizer_config.json: cannot open: No such file or directory");
   std::string dir = testing::TempDir("detect_bad");
   std::ofstream(dir + "/tokenizer_config.json") << "{not json";
   r = ChatTemplate::DetectName(dir);

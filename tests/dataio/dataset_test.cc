@@ -143,7 +143,9 @@ TEST(DatasetTest, ChatSampleErrors) {
        BadSample::kWrongType, "messages[0].tool_calls[0].function.name must be a non-empty string"},
       {R"({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}]})",
        BadSample::kWrongType,
-       "messages[0].tool_calls[0].function.arguments is a string that is not valid JSON"},
+       "messages[0].tool_calls[0].function.arguments is a string that is not valid JSON: parse "
+       "error at line 1, column 2: syntax error while parsing object key - invalid literal; last "
+       "read: '{x'; expected string literal"},
       {R"({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": 5}}]}]})",
        BadSample::kWrongType,
        "messages[0].tool_calls[0].function.arguments must be a JSON string or an object, got a "

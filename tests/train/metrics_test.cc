@@ -226,7 +226,7 @@ TEST(MetricsJsonl, OneFlushedLinePerStep) {
   std::istringstream in(ReadAll(path));
   std::string line;
   std::getline(in, line);
-  EXPECT_EQ(line, ToJson(Sample(1)).dump());
+  EXPECT_EQ(line, DumpJson(ToJson(Sample(1))));
 }
 
 TEST(MetricsJsonl, ResumeDropsTheStepsAfterTheCheckpoint) {
@@ -250,7 +250,8 @@ TEST(MetricsJsonl, ResumeDropsTheStepsAfterTheCheckpoint) {
 
 TEST(MetricsJsonl, TornLastLineIsRemoved) {
   const std::string dir = testing::TempDir("jsonl");
-  const std::string l1 = ToJson(Sample(1)).dump() + "\n", l2 = ToJson(Sample(2)).dump() + "\n";
+  const std::string l1 = DumpJson(ToJson(Sample(1))) + "\n",
+                    l2 = DumpJson(ToJson(Sample(2))) + "\n";
   WriteAll(dir + "/a", l1 + l2 + l2.substr(0, 20));  // crash mid-line: no newline
   ASSERT_TRUE(TruncateAfterStep(dir + "/a", 100).ok());
   EXPECT_EQ(ReadAll(dir + "/a"), l1 + l2);
@@ -266,7 +267,7 @@ TEST(MetricsJsonl, TornLastLineIsRemoved) {
 TEST(MetricsJsonl, DamagedFileIsNotTruncated) {
   const std::string path = testing::TempDir("jsonl") + "/metrics.jsonl";
   const std::string text =
-      ToJson(Sample(1)).dump() + "\nnot json\n" + ToJson(Sample(3)).dump() + "\n";
+      DumpJson(ToJson(Sample(1))) + "\nnot json\n" + DumpJson(ToJson(Sample(3))) + "\n";
   WriteAll(path, text);
   Status st = TruncateAfterStep(path, 1);
   ASSERT_FALSE(st.ok());

@@ -122,6 +122,19 @@ TEST(TrainConfig, ValidationNamesTheKey) {
   EXPECT_NE(
       ValidateTrainConfig(c).message().find("export.dtype must be bf16, fp32 or fp8, not int4"),
       std::string::npos);
+  c.export_dtype = "bf16";
+  // A path with a byte that is not UTF-8 (Latin-1 e-grave), from --set or --model: refused
+  // before it is written into the run's JSON and TOML files as another path.
+  const std::string latin1 = "/data/mod\xe8le";
+  for (std::string* path : {&c.load_from, &c.datasets[0].path, &c.lora_adapter}) {
+    const std::string keep = *path;
+    *path = latin1;
+    EXPECT_NE(ValidateTrainConfig(c).message().find("is not valid UTF-8 (byte 10)"),
+              std::string::npos)
+        << ValidateTrainConfig(c).message();
+    *path = keep;
+  }
+  EXPECT_EQ(ValidateTrainConfig(c).message().find("UTF-8"), std::string::npos);
 }
 
 // The GPU kernel choices: named values only, on train.device = "cuda" only, and the bf16-only

@@ -16,6 +16,26 @@ namespace {
 std::string Errno() { return std::strerror(errno); }
 }  // namespace
 
+Result<std::string> ReadFileToString(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Error(path + ": cannot open: " + Errno());
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = errno == EISDIR ? "is a directory" : "read error: " + Errno();
+      ::close(fd);
+      return Status::Error(path + ": " + why);
+    }
+    if (n == 0) break;
+    text.append(buf, size_t(n));
+  }
+  ::close(fd);
+  return text;
+}
+
 // Writes `chunks` to `path` via "<path>.tmp.<pid>", fsync and rename; then fsyncs the directory
 // (best effort: some file systems refuse). Removes the temporary file on failure.
 Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {

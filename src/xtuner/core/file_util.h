@@ -1,5 +1,5 @@
-// Durable file writes: a crash or a full disk at any moment leaves either the old file or the
-// new one, never a torn one.
+// Whole-file reads that report every failure, and durable file writes: a crash or a full disk
+// at any moment leaves either the old file or the new one, never a torn one.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +21,11 @@ struct Chunk {
 // and `path` is untouched; the error names both files.
 Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks);
 Status WriteFileAtomically(const std::string& path, std::string_view bytes);
+
+// The bytes of the file at `path`. Errors name the path and the system's reason: "<path>: cannot
+// open: No such file or directory", "<path>: is a directory", "<path>: read error: ...". (A
+// stream's `in >> rdbuf` would read a directory or a failed read as empty or truncated text.)
+Result<std::string> ReadFileToString(const std::string& path);
 
 // fsync of a directory, so a rename inside it survives a power cut (best effort).
 void SyncDirectory(const std::string& dir);

@@ -1,10 +1,10 @@
 // The one instantiation of nlohmann's parser and serializer (json.h).
 #include "xtuner/core/json.h"
 
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <vector>
+
+#include "xtuner/core/file_util.h"
 
 namespace xt {
 
@@ -79,12 +79,8 @@ Result<ordered_json> ParseOrderedJson(std::string_view text) {
 }
 
 Result<json> ReadJsonFile(const std::string& path, const JsonLimits& limits) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Error(path + ": cannot open");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Status::Error(path + ": read error");
-  Result<json> j = ParseJson(text.view(), limits);
+  XT_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  Result<json> j = ParseJson(text, limits);
   if (!j.ok()) return j.status().With(path);
   return j;
 }

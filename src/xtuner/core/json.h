@@ -27,7 +27,7 @@ Result<nlohmann::json> ParseJson(std::string_view text, const JsonLimits& limits
 // The same, keeping the objects' keys in their order.
 Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text);
 
-// The file at `path` parsed; errors start with the path ("<path>: cannot open", "<path>: not
+// The file at `path` parsed; errors start with the path ("<path>: cannot open: ...", "<path>: not
 // valid JSON: ...").
 Result<nlohmann::json> ReadJsonFile(const std::string& path, const JsonLimits& limits = {});
 

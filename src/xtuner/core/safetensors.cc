@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string_view>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/json.h"
 #include "xtuner/core/mapped_file.h"
 
@@ -77,8 +78,6 @@ std::string KindOf(const json& v) {
   if (t == "null") return t;
   return (t == "array" || t == "object" ? "an " : "a ") + t;
 }
-
-std::string Errno() { return std::strerror(errno); }
 
 // A safetensors header or index: no key twice in one object (nlohmann would keep the last
 // silently), no deeper nesting than kMaxJsonDepth.
@@ -401,15 +400,6 @@ Result<std::vector<double>> SafetensorsFile::GetF64(const std::string& name,
 
 namespace {
 
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Error("cannot open '" + path + "': " + Errno());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Status::Error("cannot read '" + path + "'");
-  return ss.str();
-}
-
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -454,7 +444,7 @@ Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& pat
   }
 
   const std::string where = "checkpoint index '" + index_path.string() + "'";
-  auto text = ReadWholeFile(index_path.string());
+  auto text = ReadFileToString(index_path.string());
   if (!text.ok()) return text.status().With(where);
   auto parsed = ParseJson(text.value(), HeaderLimits("key"));
   if (!parsed.ok()) return parsed.status().With(where);

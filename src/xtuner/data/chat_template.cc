@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
 
@@ -55,15 +56,6 @@ bool Matches(const ChatTemplateSpec& spec, const std::string& text) {
   return true;
 }
 
-Result<std::string> ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Error(path.string() + ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Status::Error(path.string() + ": read error");
-  return ss.str();
-}
-
 Status MissingToken(const std::string& tmpl, const std::string& token, const Tokenizer& tok) {
   return Status::Error("tokenizer " + tok.source() + " has no token \"" + token + "\", which the " +
                        tmpl + " chat template needs");
@@ -108,7 +100,7 @@ Result<std::string> ChatTemplate::DetectName(const std::string& tokenizer_config
   fs::path path = tokenizer_config_path;
   std::error_code ec;
   if (fs::is_directory(path, ec)) path /= "tokenizer_config.json";
-  XT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  XT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path.string()));
   Result<nlohmann::json> parsed = ParseJson(text);
   if (!parsed.ok()) return parsed.status().With(path.string());
   const nlohmann::json& config = *parsed;
@@ -132,7 +124,7 @@ Result<std::string> ChatTemplate::DetectName(const std::string& tokenizer_config
   }
   const fs::path jinja = path.parent_path() / "chat_template.jinja";
   if (fs::exists(jinja, ec)) {
-    XT_ASSIGN_OR_RETURN(std::string t, ReadFile(jinja));
+    XT_ASSIGN_OR_RETURN(std::string t, ReadFileToString(jinja.string()));
     return DetectNameFromJinja(t, jinja.string());
   }
   return Status::Error(source +

@@ -92,9 +92,9 @@ bool ReadToolCall(const ordered_json& tc, const std::string& where, ToolCall* ou
     out->arguments_json = "{}";
   } else if (args->is_string()) {
     out->arguments_json = args->get<std::string>();
-    if (!ordered_json::accept(out->arguments_json)) {
+    if (Result<ordered_json> parsed = ParseOrderedJson(out->arguments_json); !parsed.ok()) {
       return Fail(e, BadSample::kWrongType,
-                  where + ".function.arguments is a string that is not valid JSON");
+                  where + ".function.arguments is a string that is " + parsed.status().message());
     }
   } else if (args->is_object()) {
     out->arguments_json = PyJsonDumps(*args);

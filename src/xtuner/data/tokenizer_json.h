@@ -37,7 +37,7 @@ Result<T> Field(const nlohmann::json& j, const char* key, const std::string& whe
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {
     return Status::Error(where + ": \"" + key +
-                         "\" has the wrong type: " + it->dump().substr(0, 200));
+                         "\" has the wrong type: " + DumpJson(*it).substr(0, 200));
   }
 }
 
@@ -53,7 +53,10 @@ Result<T> RequiredField(const nlohmann::json& j, const char* key, const std::str
 // A single character given as a string (Metaspace "replacement", Strip "content").
 inline Result<uint32_t> CharField(const nlohmann::json& j, const char* key,
                                   const std::string& where) {
-  XT_ASSIGN_OR_RETURN(std::string s, RequiredField<std::string>(j, key, where));
+  // (Read in place: g++ 12 takes a string moved out of a Result for uninitialised.)
+  const Result<std::string> field = RequiredField<std::string>(j, key, where);
+  if (!field.ok()) return field.status();
+  const std::string& s = *field;
   uint32_t cp = 0;
   const int n = s.empty() ? 0 : DecodeUtf8(s.data(), &cp);
   if (n == 0 || static_cast<size_t>(n) != s.size()) {

@@ -723,8 +723,9 @@ json ModelConfig::ToJson() const {
         {"truncate", y.truncate}};
     if (y.mscale_all_dim != 0) j["rope_parameters"]["mscale_all_dim"] = y.mscale_all_dim;
   }
-  if (const Result<json> keep = ParseJson(passthrough); keep.ok() && keep->is_object())
-    j.update(*keep);
+  if (!passthrough.empty())
+    if (const Result<json> keep = ParseJson(passthrough); keep.ok() && keep->is_object())
+      j.update(*keep);
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
   j["dtype"] = "float32";

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <variant>
 
+#include "xtuner/core/utf8.h"
 #include "xtuner/model/checkpoint.h"
 
 namespace xt {
@@ -388,6 +389,22 @@ Status ValidateTrainConfig(const TrainConfig& c) {
         "set exactly one of model.load_from (a Hugging Face model directory) and "
         "model.model_config (a config.json for random initialisation)");
   if (c.datasets.empty()) return err("no data.datasets given");
+  // Paths are written into config.toml, trainer_state.json and adapter_config.json (as text,
+  // which must be UTF-8); a stray byte would come back as another path.
+  std::vector<std::pair<std::string, const std::string*>> paths = {
+      {"work_dir", &c.work_dir},
+      {"model.load_from", &c.load_from},
+      {"model.model_config", &c.model_config},
+      {"data.tokenizer", &c.tokenizer},
+      {"lora.adapter", &c.lora_adapter},
+      {"eval.file", &c.eval_file},
+      {"checkpoint.resume", &c.resume}};
+  for (size_t i = 0; i < c.datasets.size(); ++i)
+    paths.push_back({"data.datasets[" + std::to_string(i) + "].path", &c.datasets[i].path});
+  for (const auto& [key, path] : paths)
+    if (size_t at = FindInvalidUtf8(*path); at != std::string::npos)
+      return err(key + " is not valid UTF-8 (byte " + std::to_string(at + 1) +
+                 "): xtuner writes its paths into JSON and TOML files");
   for (const DatasetConfig& d : c.datasets) {
     if (!(d.ratio > 0)) return err("dataset " + d.path + ": ratio must be > 0");
     if (d.kind != "auto" && d.kind != "chat" && d.kind != "text")
