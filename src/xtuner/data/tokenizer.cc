@@ -5,12 +5,11 @@
 #include <array>
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/json.h"
 #include "xtuner/data/tokenizer_added.h"
 #include "xtuner/data/tokenizer_bpe.h"
@@ -162,12 +161,8 @@ Status Tokenizer::Impl::LoadAddedTokens(const nlohmann::json& list) {
 Result<Tokenizer> Tokenizer::FromFile(const std::string& path) {
   std::string file = path;
   if (std::filesystem::is_directory(path)) file = (std::filesystem::path(path) / "tokenizer.json");
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return Status::Error(file + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (!in.good() && !in.eof()) return Status::Error(file + ": read error");
-  return FromJson(ss.str(), file);
+  XT_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(file));
+  return FromJson(text, file);
 }
 
 Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, const std::string& source) {

@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 #include <variant>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/utf8.h"
 #include "xtuner/model/checkpoint.h"
 
@@ -358,11 +358,8 @@ Status ParseTrainConfig(const std::string& text, const std::string& source, Trai
 }
 
 Status LoadTrainConfig(const std::string& path, TrainConfig* cfg) {
-  std::ifstream in(path);
-  if (!in) return Status::Error(path + ": cannot open the training config");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseTrainConfig(ss.str(), path, cfg);
+  XT_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  return ParseTrainConfig(text, path, cfg);
 }
 
 Status ApplyOverride(const std::string& assignment, TrainConfig* cfg) {

@@ -3,11 +3,10 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/json.h"
 
 namespace xt {
@@ -30,12 +29,8 @@ std::optional<int64_t> StepOf(const std::string& line) {
 Status TruncateAfterStep(const std::string& path, int64_t step) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return Status::OK();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Error(path + ": cannot open for reading: " + Errno());
-  std::stringstream buf;
-  buf << in.rdbuf();
-  const std::string text = buf.str();
-  in.close();
+  // (A failed read is an error, not a short file: the file is cut to what was read.)
+  XT_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
 
   size_t keep = 0;  // bytes of the longest prefix of good lines
   int64_t line_no = 0;
