@@ -69,6 +69,21 @@ TEST(Json, LimitsRefuseRepeatedKeysAndDeepNesting) {
             "JSON nested more than 3 levels deep");
 }
 
+TEST(Json, OrderedParseRefusesDeepNestingBeforeParsing) {
+  EXPECT_TRUE(ParseOrderedJson("[[[1]]]", 3).ok());
+  // Brackets in strings, after escaped quotes too, do not count.
+  EXPECT_TRUE(ParseOrderedJson(R"([["\"[[[[", "]\\"], {"{{{{": 1}])", 3).ok());
+  EXPECT_EQ(ParseOrderedJson("[[[{}]]]", 3).status().message(),
+            "JSON nested more than 3 levels deep");
+  EXPECT_EQ(ParseOrderedJson(R"(["\\", [[[]]]])", 3).status().message(),
+            "JSON nested more than 3 levels deep");
+  // 100000 levels: refused, not a stack overflow; without a limit nlohmann reads it.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_EQ(ParseOrderedJson(deep, 100).status().message(),
+            "JSON nested more than 100 levels deep");
+  EXPECT_TRUE(ParseOrderedJson("[[[[1]]]]").ok());
+}
+
 TEST(Json, ReadJsonFileNamesTheFile) {
   const std::string dir = testing::TempDir("json");
   EXPECT_EQ(ReadJsonFile(dir + "/none.json").status().message(),

@@ -199,6 +199,14 @@ TEST(DatasetTest, EachBadLineIsNamedByPathAndLine) {
        "messages[0].role \"bot\" is not one of \"system\", \"user\", \"assistant\", \"tool\""},
       {R"({"messages": [{"role": "user", "content": "x"}]})", "no assistant message to train on"},
       {R"({"text": "a document"})", "a text sample (\"text\" or \"content\") in a chat dataset"},
+      // Nesting the templates could not walk: in the line, or in a tool call's arguments string.
+      {"{\"tools\": " + std::string(101, '[') + std::string(101, ']') + "}",
+       "JSON nested more than 100 levels deep"},
+      {R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", )"
+       R"("tool_calls": [{"function": {"name": "f", "arguments": ")" +
+           std::string(101, '[') + std::string(101, ']') + R"("}}]}]})",
+       "messages[1].tool_calls[0].function.arguments is a string that is JSON nested more than "
+       "100 levels deep"},
   };
   for (const auto& [line, message] : cases) {
     SCOPED_TRACE(line);

@@ -29,6 +29,32 @@ Status NotJson(const nlohmann::detail::exception& e) {
   return Status::Error("not valid JSON: " + what);
 }
 
+// The deepest nesting of arrays and objects in `text`, outside strings, past `limit` or not:
+// an error when it is, before anything is built.
+Status CheckDepth(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit)
+        return Status::Error("JSON nested more than " + std::to_string(limit) + " levels deep");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Result<json> ParseJson(std::string_view text, const JsonLimits& limits) {
@@ -70,7 +96,8 @@ Result<json> ParseJson(std::string_view text, const JsonLimits& limits) {
   }
 }
 
-Result<ordered_json> ParseOrderedJson(std::string_view text) {
+Result<ordered_json> ParseOrderedJson(std::string_view text, int max_depth) {
+  if (max_depth > 0) XT_RETURN_IF_ERROR(CheckDepth(text, max_depth));
   try {
     return ordered_json::parse(text);
   } catch (const ordered_json::exception& e) {

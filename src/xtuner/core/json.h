@@ -24,8 +24,10 @@ struct JsonLimits {
 // from (callers add that with Status::With): "not valid JSON: parse error at line 2, column 5:
 // syntax error while parsing object key - unexpected '}'; expected string literal".
 Result<nlohmann::json> ParseJson(std::string_view text, const JsonLimits& limits = {});
-// The same, keeping the objects' keys in their order.
-Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text);
+// The same, keeping the objects' keys in their order. max_depth > 0: arrays and objects nested
+// deeper than this are an error (checked before parsing: code that walks the value recursively
+// cannot run out of stack).
+Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text, int max_depth = 0);
 
 // The file at `path` parsed; errors start with the path ("<path>: cannot open: ...", "<path>: not
 // valid JSON: ...").

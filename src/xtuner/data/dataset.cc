@@ -200,7 +200,7 @@ class LineLoader {
     if (size_t at = FindInvalidUtf8(line); at != std::string_view::npos) {
       return Reject(BadSample::kInvalidUtf8, "invalid UTF-8 at byte " + std::to_string(at + 1));
     }
-    Result<ordered_json> parsed = ParseOrderedJson(line);
+    Result<ordered_json> parsed = ParseOrderedJson(line, kMaxSampleDepth);
     if (!parsed.ok()) return Reject(BadSample::kNotJson, parsed.status().message());
     *j = std::move(*parsed);
     if (!j->is_object()) {

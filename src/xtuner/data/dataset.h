@@ -99,6 +99,10 @@ struct LoadReport {
   std::string Summary() const;
 };
 
+// Lines, and tool calls' arguments strings, nested deeper than this are refused (not JSON that
+// a sample holds): the templates walk them recursively.
+inline constexpr int kMaxSampleDepth = 100;
+
 // Parsing one line's JSON into a Conversation or a text; errors carry the reason and a message
 // without the PATH:LINE: prefix. Exposed for tests and tools.
 struct SampleError {

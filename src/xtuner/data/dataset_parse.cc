@@ -92,7 +92,8 @@ bool ReadToolCall(const ordered_json& tc, const std::string& where, ToolCall* ou
     out->arguments_json = "{}";
   } else if (args->is_string()) {
     out->arguments_json = args->get<std::string>();
-    if (Result<ordered_json> parsed = ParseOrderedJson(out->arguments_json); !parsed.ok()) {
+    if (Result<ordered_json> parsed = ParseOrderedJson(out->arguments_json, kMaxSampleDepth);
+        !parsed.ok()) {
       return Fail(e, BadSample::kWrongType,
                   where + ".function.arguments is a string that is " + parsed.status().message());
     }
