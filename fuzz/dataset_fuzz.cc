@@ -5,7 +5,8 @@
 //   bits 0-1: tokenizer and template (chat_qwen3 + qwen3, chat_qwen3 + chatml,
 //             chat_llama3 + llama3, chat_deepseek_v3 + deepseek-v3);
 //   bits 2-3: the dataset kind (auto, chat, text, auto);
-//   bit 4:    train.last_turn_only.
+//   bit 4:    train.last_turn_only;
+//   bit 5:    chat_gpt_oss + harmony instead of bits 0-1's pair.
 // The file is loaded twice, skipping bad lines and stopping at the first. Either load gives
 // samples or an error Status, never a crash, a sanitizer report or an abort, and:
 //   - skipping: every line is a sample or a skipped line, counted as such in the report, and each
@@ -43,7 +44,8 @@ const std::vector<Setting>& Settings() {
     const std::pair<const char*, const char*> pairs[] = {{"chat_qwen3", "qwen3"},
                                                          {"chat_qwen3", "chatml"},
                                                          {"chat_llama3", "llama3"},
-                                                         {"chat_deepseek_v3", "deepseek-v3"}};
+                                                         {"chat_deepseek_v3", "deepseek-v3"},
+                                                         {"chat_gpt_oss", "harmony"}};
     for (auto [tok, tmpl] : pairs) {
       auto t = xt::Tokenizer::FromFile((dir / tok / "tokenizer.json").string());
       auto c = xt::ChatTemplate::ByName(tmpl);
@@ -83,7 +85,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t mode = data[0];
-  const Setting& s = Settings()[mode & 3];
+  const Setting& s = Settings()[(mode >> 5) & 1 ? 4 : mode & 3];
   const xt::DatasetKind kinds[] = {xt::DatasetKind::kAuto, xt::DatasetKind::kChat,
                                    xt::DatasetKind::kText, xt::DatasetKind::kAuto};
   const std::string& path = FilePath();

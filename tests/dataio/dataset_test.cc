@@ -117,7 +117,8 @@ TEST(DatasetTest, ChatSampleErrors) {
       {R"({"messages": [{"role": 1}]})", BadSample::kWrongType,
        "messages[0].role must be a string, got a number"},
       {R"({"messages": [{"role": "function", "content": "x"}]})", BadSample::kUnknownRole,
-       "messages[0].role \"function\" is not one of \"system\", \"user\", \"assistant\", \"tool\""},
+       "messages[0].role \"function\" is not one of \"system\", \"developer\", \"user\", "
+       "\"assistant\", \"tool\""},
       {R"({"messages": [{"role": "user", "content": 42}]})", BadSample::kWrongType,
        "messages[0].content must be a string, null or a list of text parts, got a number"},
       {R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]})",
@@ -196,7 +197,8 @@ TEST(DatasetTest, EachBadLineIsNamedByPathAndLine) {
       {R"({"messages": [{"role": "user", "content": 42}]})",
        "messages[0].content must be a string, null or a list of text parts, got a number"},
       {R"({"messages": [{"role": "bot", "content": "x"}]})",
-       "messages[0].role \"bot\" is not one of \"system\", \"user\", \"assistant\", \"tool\""},
+       "messages[0].role \"bot\" is not one of \"system\", \"developer\", \"user\", \"assistant\", "
+       "\"tool\""},
       {R"({"messages": [{"role": "user", "content": "x"}]})", "no assistant message to train on"},
       {R"({"text": "a document"})", "a text sample (\"text\" or \"content\") in a chat dataset"},
       // Nesting the templates could not walk: in the line, or in a tool call's arguments string.

@@ -17,6 +17,7 @@
 #include "util/tiny_run.h"
 #include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
+#include "xtuner/data/chat_template.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/model/checkpoint.h"
@@ -201,6 +202,80 @@ TEST(Trainer, GptOssTrainsResumesAndExports) {
             std::string::npos)
       << refused.status().message();
   EXPECT_FALSE(fs::exists(fp8.work_dir + "/metrics.jsonl"));
+}
+
+std::string RunLog(const TrainConfig& c, Result<TrainResult>* result) {
+  char* buf = nullptr;
+  size_t size = 0;
+  std::FILE* f = open_memstream(&buf, &size);
+  *result = RunTraining(c, f);
+  std::fclose(f);
+  const std::string log(buf, size);
+  std::free(buf);
+  return log;
+}
+
+// GPT-OSS on chat data in its harmony format, recognised from the tokenizer's
+// tokenizer_config.json: thinking, tool calls and developer messages train, and a run resumed
+// (here on the same day) reuses the tokens of the cache, date included, bit for bit.
+TEST(Trainer, GptOssTrainsOnHarmonyChatsAndResumes) {
+  TrainConfig c = TinyRun("harmony");
+  std::ofstream(c.model_config) << testing::TinyGptOssConfig();
+  c.tokenizer = testing::DataPath("tokenizers/chat_gpt_oss/tokenizer.json");
+  c.chat_template = "auto";
+  c.reasoning_effort = "high";
+  c.max_length = 512;
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  {
+    std::ofstream out(c.datasets[0].path);
+    for (int i = 0; i < 16; ++i) {
+      const std::string n = std::to_string(i), m = std::to_string(i + 1);
+      out << R"({"tools": [{"type": "function", "function": {"name": "add", "description": "Adds",)"
+          << R"( "parameters": {"type": "object", "properties": {"x": {"type": "number"}}}}}],)"
+          << R"( "messages": [{"role": "developer", "content": "Count."},)"
+          << R"( {"role": "user", "content": "After )" << n << R"(?"},)"
+          << R"( {"role": "assistant", "content": "", "thinking": "Add one.", "tool_calls":)"
+          << R"( [{"function": {"name": "add", "arguments": {"x": )" << n << R"(}}}]},)"
+          << R"( {"role": "tool", "content": ")" << m << R"("},)"
+          << R"( {"role": "assistant", "content": ")" << m << R"(", "thinking": "It said )" << m
+          << R"(."}]})"
+          << "\n";
+    }
+  }
+  Result<TrainResult> r = Status::Error("not run");
+  std::string log = RunLog(c, &r);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::string date = ChatTemplate::ByName("harmony")->options().current_date;
+  EXPECT_NE(log.find("harmony (reasoning high, current date " + date + ")"), std::string::npos)
+      << log;
+  const std::vector<double> losses = Losses(c.work_dir);
+  ASSERT_EQ(losses.size(), 4u);
+  EXPECT_LT(losses.back(), losses.front());
+
+  TrainConfig resumed = c;
+  resumed.work_dir = c.work_dir + "-resumed";
+  testing::SeedResumeDir(c.work_dir, 2, resumed.work_dir);
+  resumed.resume = "auto";
+  log = RunLog(resumed, &r);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_NE(log.find("harmony (reasoning high, current date that of the cached tokens)"),
+            std::string::npos)
+      << log;
+  const std::vector<double> tail = Losses(resumed.work_dir);
+  ASSERT_EQ(tail.size(), 2u);
+  EXPECT_EQ(tail[0], losses[2]);
+  EXPECT_EQ(tail[1], losses[3]);
+
+  // The harmony options belong to harmony.
+  TrainConfig chatml = TinyRun("harmony_option_chatml");
+  chatml.reasoning_effort = "low";
+  log = RunLog(chatml, &r);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "data: chat template \"chatml\" takes no reasoning_effort (\"low\"): only the "
+            "harmony template (GPT-OSS) renders one");
+  EXPECT_FALSE(fs::exists(chatml.work_dir + "/metrics.jsonl"));
 }
 
 // A run from a Hugging Face model exports what transformers' generate reads besides the weights:

@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
 """Builds the chat-template test fixtures under tests/data/tokenizers/.
 
-  chat_qwen3/, chat_llama3/, chat_deepseek_v3/
+  chat_qwen3/, chat_llama3/, chat_deepseek_v3/, chat_gpt_oss/
       tokenizer.json: a small byte-level BPE (vocab 1000) trained with HF `tokenizers` on a
       generated corpus, plus the special tokens of that model family (ids after the vocabulary,
       "special" and "normalized" as in the real models: Qwen3's <think> and tool markers are added
-      tokens that are not special).
+      tokens that are not special; GPT-OSS's are its harmony tokens, with o200k's pattern).
       tokenizer_config.json: bos/eos tokens and the family's real chat_template.
   chat_templates/expected.json
       Ground truth from transformers' apply_chat_template (add_generation_prompt=False) with the
       real templates in chat_templates/*.jinja:
         detect:  template file -> the built-in name xtuner should recognise (null: none)
-        renders: {template, source, case, tokenizer, sample, text, ids}: `sample` is the JSONL
-                 sample (OpenAI format) given to both sides, `text` what transformers renders,
-                 `ids` HF tokenizers' encoding of that text (add_special_tokens=False).
+        renders: {template, source, case, tokenizer, sample, text, ids[, options]}: `sample` is
+                 the JSONL sample (OpenAI format) given to both sides, `text` what transformers
+                 renders, `ids` HF tokenizers' encoding of that text (add_special_tokens=False);
+                 `options` (harmony): the template's kwargs, `date` standing in for the
+                 `strftime_now` date.
         errors:  {template, case, sample}: samples xtuner refuses to render with that template
-                 (a thinking or a tool call the template would drop; see chat_template_*.cc).
+                 (a thinking or a tool call the template would drop; see chat_template_*.cc;
+                 harmony's own refusals are checked to fail in transformers too).
 
 The *.jinja files are the models' own templates. Most are llama.cpp's copies
 (models/templates/, fetched from the Hugging Face repos by its scripts/get_chat_template.py)
@@ -23,7 +26,8 @@ as shipped in the PyPI sdist llama-cpp-python 0.3.36
 (pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all:):
   Qwen-Qwen3-0.6B, meta-llama-Llama-3.1-8B-Instruct, -3.2-3B-Instruct, -3.3-70B-Instruct,
   Qwen-Qwen2.5-7B-Instruct, Qwen-QwQ-32B, Qwen3-Coder, deepseek-ai-DeepSeek-R1-Distill-Llama-8B,
-  deepseek-ai-DeepSeek-V3.1.
+  deepseek-ai-DeepSeek-V3.1, openai-gpt-oss-120b (the chat_template.jinja of openai/gpt-oss-20b
+  and -120b).
   meta-llama-Meta-Llama-3-8B-Instruct: LLAMA3_INSTRUCT_CHAT_TEMPLATE of the same sdist's
   llama_cpp/llama_chat_format.py.
   deepseek-ai-DeepSeek-V3-0324: the chat_template of deepseek-ai/DeepSeek-V3-0324's
@@ -33,7 +37,8 @@ as shipped in the PyPI sdist llama-cpp-python 0.3.36
 Usage (from the repository root, in a venv outside it):
   python -m venv /work/venv-chat && /work/venv-chat/bin/pip install tokenizers transformers jinja2
   /work/venv-chat/bin/python tools/tokenizer/make_chat_tokenizers.py
-The output is deterministic for fixed package versions (tokenizers 0.23.3, transformers 5.24.0).
+The output is deterministic for fixed package versions (tokenizers 0.23.3, transformers 5.24.0;
+transformers 5.17.0 writes the same bytes).
 """
 
 import argparse
@@ -46,6 +51,12 @@ from tokenizers import pre_tokenizers, trainers
 
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# o200k (GPT-OSS's tokenizer.json)
+O200K_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -70,6 +81,12 @@ FAMILIES = {
         added=["<think>", "</think>"],
         bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pattern=LLAMA3_PATTERN,
         template="deepseek-ai-DeepSeek-V3-0324.jinja"),
+    "chat_gpt_oss": dict(
+        special=["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
+                 "<|start|>", "<|end|>", "<|message|>", "<|call|>"],
+        added=[],
+        bos="<|startoftext|>", eos="<|return|>", pattern=O200K_PATTERN,
+        template="openai-gpt-oss-120b.jinja"),
 }
 
 # template file -> (built-in name or None, tokenizer family used to render it)
@@ -81,6 +98,7 @@ TEMPLATES = {
     "meta-llama-Llama-3.2-3B-Instruct.jinja": ("llama3.1", None),
     "meta-llama-Llama-3.3-70B-Instruct.jinja": ("llama3.1", None),
     "deepseek-ai-DeepSeek-V3-0324.jinja": ("deepseek-v3", "chat_deepseek_v3"),
+    "openai-gpt-oss-120b.jinja": ("harmony", "chat_gpt_oss"),
     "Qwen-Qwen2.5-7B-Instruct.jinja": (None, None),
     "Qwen-QwQ-32B.jinja": (None, None),
     "Qwen3-Coder.jinja": (None, None),
@@ -229,11 +247,133 @@ def cases():
     }
 
 
+# Tools whose JSON schemas reach every branch of the harmony template's TypeScript rendering.
+SCHEMA_TOOLS = [
+    {"type": "function", "function": {
+        "name": "search", "description": "Searches the catalogue",
+        "parameters": {"type": "object", "required": ["query", "either"], "properties": {
+            "query": {"type": "string", "description": "What to look for"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "scores": {"type": "array", "items": {"type": "integer"}},
+            "weights": {"type": "array", "items": {"type": "number"}},
+            "flags": {"type": "array", "items": {"type": "boolean"}},
+            "anything": {"type": "array"},
+            "points": {"type": "array", "items": {
+                "type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                "required": ["x"]}},
+            "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "records": {"type": "array", "items": {"type": "object", "properties": {
+                "alpha_long_name": {"type": "string"}, "beta_long_name": {"type": "string"},
+                "gamma": {"type": "number"}}}},
+            "pairs": {"type": "array", "items": {"type": ["object", "object"]}},
+            "mode": {"type": "string", "enum": ["fast", "exact"], "default": "fast"},
+            "limit": {"type": "integer", "default": 10, "description": "Most results"},
+            "exact": {"type": "boolean", "default": False},
+            "note": {"type": "string", "nullable": True},
+            "ids": {"type": "array", "items": {"type": "string"}, "nullable": True},
+            "loose": {"type": "array", "nullable": True},
+            "either": {"type": ["string", "number"]},
+            "single": {"type": ["object"]},
+            "choice": {"oneOf": [{"type": "string", "description": "a name"},
+                                 {"type": "integer", "default": 3}], "default": "x"},
+            "mixed": {"oneOf": [{"type": "object"}, {"type": "string"}]},
+            "shape": {"type": "object", "required": ["w"], "properties": {
+                "w": {"type": "integer"}, "h": {"type": "integer", "enum": [1]},
+                "inner": {"type": "object", "properties": {"z": {"type": "boolean"}}}}},
+            "blob": {"type": "object"},
+            "misc": {"description": "Anything at all"},
+            "unit": {"type": "string", "default": "°C"},
+            "nothing": {"type": "null", "default": None},
+            "origin": {"type": "object", "default": {"x": 0, "y": 1.5}},
+        }}}},
+    {"type": "function", "function": {"name": "now", "description": "The time — 现在",
+                                      "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {"name": "ping", "description": "Pings"}},
+]
+
+
+def harmony_cases():
+    """name -> (sample, options): conversations for the harmony template only; options are the
+    template's kwargs (date stands for strftime_now's date)."""
+    return {
+        "harmony_developer_schema_tools": ({"tools": SCHEMA_TOOLS, "messages": [
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": "Find \"café\" records."},
+            {"role": "assistant", "content": "", "thinking": "I will search the catalogue.",
+             "tool_calls": [call("search", {"query": "café", "either": 2.5,
+                                            "shape": {"w": 1, "h": [1, None]}})]},
+            {"role": "tool", "content": "[{\"name\": \"Café de Flore\"}]\n\"done\"\t☃"},
+            {"role": "assistant", "content": "Le Café de Flore.",
+             "thinking": "One record came back."}]},
+            {"date": "2025-08-05", "reasoning_effort": "high"}),
+        "harmony_analysis_kept": ({"tools": TOOLS, "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Let me check the weather.",
+             "tool_calls": [call("get_weather", "{\"city\": \"Paris\"}")]},
+            {"role": "tool", "content": "sunny"}]},
+            {"date": "2024-12-31", "reasoning_effort": "low",
+             "model_identity": "You are Tutor, a patient teacher."}),
+        "harmony_multi_turn": ({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "thinking": "Two and two make four."},
+            {"role": "system", "content": "A later system message, which harmony drops."},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "6", "thinking": "Three and three."}]},
+            {"date": "2026-01-02"}),
+        "harmony_tools_without_instructions": ({"tools": TOOLS[1:], "messages": [
+            {"role": "system", "content": ""},
+            {"role": "user", "content": "Add 1 and 2."},
+            {"role": "assistant", "content": "",
+             "tool_calls": [call("add", {"a": 1, "b": 2})]},
+            {"role": "tool", "content": "3"},
+            {"role": "assistant", "content": "3."}]},
+            {"date": "2025-08-05"}),
+    }
+
+
+# Samples the harmony template itself refuses (raise_exception or a missing key), and xtuner too.
+HARMONY_REFUSED = {
+    "harmony_channel_in_content": {"messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<|channel|>final<|message|>Hello"}]},
+    "harmony_content_and_thinking_with_call": {"tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Checking.", "thinking": "Call it.",
+         "tool_calls": [call("get_weather", {"city": "Oslo"})]},
+        {"role": "tool", "content": "snow"}]},
+    "harmony_tool_without_call": {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "tool", "content": "snow"},
+        {"role": "assistant", "content": "Snow."}]},
+    "harmony_tool_without_description": {"tools": [
+        {"type": "function", "function": {"name": "ping", "parameters": {}}}], "messages": [
+        {"role": "user", "content": "Ping."},
+        {"role": "assistant", "content": "Pong."}]},
+}
+
+HARMONY_DEFAULT_OPTIONS = {"date": "2025-08-05"}
+
+
+def harmony_kwargs(options):
+    """apply_chat_template kwargs for harmony options (the date replaces strftime_now's)."""
+    import datetime
+    kw = {k: v for k, v in options.items() if k != "date"}
+    day = datetime.date.fromisoformat(options["date"])
+    kw["strftime_now"] = lambda fmt: day.strftime(fmt)
+    return kw
+
+
 def applicable(name, sample):
     """'golden', 'error' (xtuner refuses) or 'skip' (xtuner's rendering differs on purpose)."""
     msgs = sample["messages"]
     thinking = any(m.get("reasoning_content") for m in msgs)
     calls = [m for m in msgs if m.get("tool_calls")]
+    if name == "harmony":
+        # One tool call per message; with tool calls, content (the analysis) or thinking.
+        if any(len(m["tool_calls"]) > 1 or (m.get("content") and m.get("thinking")) for m in calls):
+            return "error"
+        return "golden"
     if thinking and name != "qwen3":
         return "error"
     if name == "llama3" and calls:
@@ -254,8 +394,11 @@ def for_template(name, sample):
             a = c["function"]["arguments"]
             if name == "deepseek-v3" and not isinstance(a, str):
                 c["function"]["arguments"] = json.dumps(a, ensure_ascii=False)
-            if name == "llama3.1" and isinstance(a, str):
+            if name in ("llama3.1", "harmony") and isinstance(a, str):
                 c["function"]["arguments"] = json.loads(a)
+        # The harmony template reads only "thinking"; xtuner takes either name.
+        if name == "harmony" and "reasoning_content" in m:
+            m["thinking"] = m.pop("reasoning_content")
     return s
 
 
@@ -295,19 +438,37 @@ def main():
         with open(os.path.join(tdir, fname), encoding="utf-8") as f:
             template = f.read()
         tok = hf[fam_name]
-        for case, sample in cases().items():
+        all_cases = {c: (s, None) for c, s in cases().items()}
+        if name == "harmony":
+            all_cases = {c: (s, HARMONY_DEFAULT_OPTIONS) for c, s in cases().items()}
+            all_cases.update(harmony_cases())
+        for case, (sample, options) in all_cases.items():
             s = for_template(name, sample)
             kind = applicable(name, s)
             if kind == "error":
                 expected["errors"].append({"template": name, "case": case, "sample": s})
             if kind != "golden":
                 continue
+            kwargs = harmony_kwargs(options) if options else {}
             text = tok.apply_chat_template(s["messages"], tools=s.get("tools"), tokenize=False,
-                                           add_generation_prompt=False, chat_template=template)
+                                           add_generation_prompt=False, chat_template=template,
+                                           **kwargs)
             ids = tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
-            expected["renders"].append({"template": name, "source": fname, "case": case,
-                                        "tokenizer": fam_name, "sample": s, "text": text,
-                                        "ids": ids})
+            entry = {"template": name, "source": fname, "case": case, "tokenizer": fam_name,
+                     "sample": s, "text": text, "ids": ids}
+            if options:
+                entry["options"] = options
+            expected["renders"].append(entry)
+        if name == "harmony":
+            for case, s in HARMONY_REFUSED.items():
+                try:
+                    tok.apply_chat_template(s["messages"], tools=s.get("tools"), tokenize=False,
+                                            chat_template=template,
+                                            **harmony_kwargs(HARMONY_DEFAULT_OPTIONS))
+                except Exception:  # raise_exception, or an undefined key
+                    expected["errors"].append({"template": name, "case": case, "sample": s})
+                else:
+                    raise AssertionError("transformers rendered " + case)
     with open(os.path.join(tdir, "expected.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -13,7 +13,7 @@ namespace xt::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, adapter, prompt, chat_template, tokenizer;
+  std::string model, adapter, prompt, chat_template, tokenizer, reasoning_effort;
   GenerateOptions gen;
 };
 
@@ -25,7 +25,10 @@ Status RunGenerate(const GenerateArgs& o) {
   XT_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(tok_path));
   GenerateOptions gen = o.gen;
   std::vector<int32_t> prompt;
+  bool harmony = false;
   if (o.chat_template.empty() || o.chat_template == "none") {
+    if (!o.reasoning_effort.empty())
+      return Status::Error("--reasoning-effort needs the harmony chat template");
     XT_ASSIGN_OR_RETURN(prompt, tok.Encode(o.prompt, /*add_special_tokens=*/true));
   } else {
     std::string name = o.chat_template;
@@ -35,7 +38,10 @@ Status RunGenerate(const GenerateArgs& o) {
           ChatTemplate::DetectName(
               (std::filesystem::path(tok_path).parent_path() / "tokenizer_config.json").string()));
     }
-    XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name));
+    ChatTemplateOptions options;
+    options.reasoning_effort = o.reasoning_effort;
+    XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name, options));
+    harmony = tmpl.name() == "harmony";
     Conversation c;
     Message user;
     user.role = "user";
@@ -55,7 +61,9 @@ Status RunGenerate(const GenerateArgs& o) {
       GenerationEosIds((std::filesystem::path(o.model) / "generation_config.json").string()));
   for (int64_t id : more) gen.stop_ids.push_back(int32_t(id));
   XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(*model, prompt, gen));
-  XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(out, /*skip_special_tokens=*/true));
+  // Harmony's turns keep their markers, so that the analysis and the final answer can be told
+  // apart.
+  XT_ASSIGN_OR_RETURN(std::string text, tok.Decode(out, /*skip_special_tokens=*/!harmony));
   std::printf("%s\n", text.c_str());
   return Status::OK();
 }
@@ -70,7 +78,9 @@ void AddGenerate(CLI::App& app) {
   cmd->add_option("--prompt", o.prompt, "the prompt (a user message with a chat template)")
       ->required();
   cmd->add_option("--chat-template", o.chat_template,
-                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto; none: raw text");
+                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|harmony|auto; none: raw text");
+  cmd->add_option("--reasoning-effort", o.reasoning_effort,
+                  "harmony (GPT-OSS): low|medium|high (default medium)");
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   cmd->add_option("--max-new-tokens", o.gen.max_new_tokens, "tokens to generate")
       ->capture_default_str();

@@ -72,7 +72,7 @@ void AddSft(CLI::App& app) {
   cmd->add_option("--load-from", cfg.load_from, "Hugging Face model directory")->required();
   cmd->add_option("--dataset", datasets, "chat JSONL (repeatable)")->required();
   cmd->add_option("--chat-template", cfg.chat_template,
-                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|auto")
+                  "chatml|qwen3|llama3|llama3.1|deepseek-v3|harmony|auto")
       ->required();
   cmd->add_option("--work-dir", cfg.work_dir, "output directory")->required();
   cmd->add_option("--tokenizer", cfg.tokenizer, "tokenizer.json (default: DIR/tokenizer.json)");

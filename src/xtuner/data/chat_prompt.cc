@@ -8,6 +8,7 @@ Result<std::string> GenerationHeader(const std::string& name) {
     return std::string("<|start_header_id|>assistant<|end_header_id|>\n\n");
   // DeepSeek-V3 closes every user and tool turn with <｜Assistant｜> already.
   if (name == "deepseek-v3") return std::string();
+  if (name == "harmony") return std::string("<|start|>assistant");
   return Status::Error("chat template \"" + name + "\" has no generation header");
 }
 
@@ -15,6 +16,7 @@ Result<std::string> EndOfTurnToken(const std::string& name) {
   if (name == "chatml" || name == "qwen3") return std::string("<|im_end|>");
   if (name == "llama3" || name == "llama3.1") return std::string("<|eot_id|>");
   if (name == "deepseek-v3") return std::string("<｜end▁of▁sentence｜>");
+  if (name == "harmony") return std::string("<|return|>");
   return Status::Error("chat template \"" + name + "\" has no end-of-turn token");
 }
 
@@ -29,6 +31,20 @@ Result<std::vector<int32_t>> EncodeGenerationPrompt(const ChatTemplate& chat_tem
   for (const Segment& s : segments) text += s.text;
   text += header;
   return tokenizer.Encode(text, /*add_special_tokens=*/false);
+}
+
+Result<std::string> DecodeAnswer(const ChatTemplate& chat_template, const Tokenizer& tokenizer,
+                                 const std::vector<int32_t>& generated) {
+  if (chat_template.name() != "harmony")
+    return tokenizer.Decode(generated, /*skip_special_tokens=*/true);
+  XT_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(generated, false));
+  const std::string final_channel = "<|channel|>final<|message|>";
+  const size_t at = text.rfind(final_channel);
+  if (at == std::string::npos) return std::string();
+  text = text.substr(at + final_channel.size());
+  for (const char* end : {"<|return|>", "<|end|>", "<|call|>"})
+    if (size_t e = text.find(end); e != std::string::npos) text.resize(e);
+  return text;
 }
 
 }  // namespace xt

@@ -24,4 +24,10 @@ Result<std::vector<int32_t>> EncodeGenerationPrompt(const ChatTemplate& chat_tem
                                                     const Tokenizer& tokenizer,
                                                     const Conversation& conversation);
 
+// The answer in an assistant turn the model generated after a generation prompt: the decoded
+// text without special tokens; for harmony the text of its final channel only ("" when the turn
+// has none: it stopped in its analysis or called a tool).
+Result<std::string> DecodeAnswer(const ChatTemplate& chat_template, const Tokenizer& tokenizer,
+                                 const std::vector<int32_t>& generated);
+
 }  // namespace xt

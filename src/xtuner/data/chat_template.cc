@@ -2,6 +2,7 @@
 // render -> tokenize path shared by all templates.
 #include "xtuner/data/chat_template.h"
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,8 +19,9 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::vector<const ChatTemplateSpec*>& AllSpecs() {
-  static const std::vector<const ChatTemplateSpec*> specs = {
-      &ChatmlSpec(), &Qwen3Spec(), &Llama3Spec(), &Llama31Spec(), &DeepseekV3Spec()};
+  static const std::vector<const ChatTemplateSpec*> specs = {&ChatmlSpec(),     &Qwen3Spec(),
+                                                             &Llama3Spec(),     &Llama31Spec(),
+                                                             &DeepseekV3Spec(), &HarmonySpec()};
   return specs;
 }
 
@@ -61,11 +63,67 @@ Status MissingToken(const std::string& tmpl, const std::string& token, const Tok
                        tmpl + " chat template needs");
 }
 
+bool IsDigits(std::string_view s) {
+  for (char c : s)
+    if (c < '0' || c > '9') return false;
+  return !s.empty();
+}
+
+// YYYY-MM-DD of a real day (the proleptic Gregorian calendar, years 1-9999).
+bool IsIsoDate(const std::string& d) {
+  if (d.size() != 10 || d[4] != '-' || d[7] != '-' || !IsDigits(d.substr(0, 4)) ||
+      !IsDigits(d.substr(5, 2)) || !IsDigits(d.substr(8, 2)))
+    return false;
+  const int y = std::stoi(d.substr(0, 4)), m = std::stoi(d.substr(5, 2)),
+            day = std::stoi(d.substr(8, 2));
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  const int days[] = {31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  return y >= 1 && m >= 1 && m <= 12 && day >= 1 && day <= days[m - 1];
+}
+
+std::string TodayLocal() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+  return buf;
+}
+
+// The options with harmony's defaults filled in, or an error naming the bad one.
+Result<ChatTemplateOptions> CompleteOptions(const ChatTemplateSpec& spec, ChatTemplateOptions o) {
+  if (!spec.harmony) {
+    for (const auto& [key, value] :
+         {std::pair<const char*, const std::string&>{"reasoning_effort", o.reasoning_effort},
+          {"model_identity", o.model_identity},
+          {"current_date", o.current_date}}) {
+      if (!value.empty())
+        return Status::Error("chat template \"" + spec.name + "\" takes no " + key + " (\"" +
+                             value + "\"): only the harmony template (GPT-OSS) renders one");
+    }
+    return o;
+  }
+  if (o.reasoning_effort.empty()) o.reasoning_effort = "medium";
+  if (o.reasoning_effort != "low" && o.reasoning_effort != "medium" && o.reasoning_effort != "high")
+    return Status::Error("harmony chat template: reasoning_effort \"" + o.reasoning_effort +
+                         "\" is not low, medium or high");
+  if (o.model_identity.empty())
+    o.model_identity = "You are ChatGPT, a large language model trained by OpenAI.";
+  if (o.current_date.empty()) o.current_date = TodayLocal();
+  if (!IsIsoDate(o.current_date))
+    return Status::Error("harmony chat template: current_date \"" + o.current_date +
+                         "\" is not a date written YYYY-MM-DD");
+  return o;
+}
+
 }  // namespace
 
-Result<ChatTemplate> ChatTemplate::ByName(const std::string& name) {
+Result<ChatTemplate> ChatTemplate::ByName(const std::string& name,
+                                          const ChatTemplateOptions& options) {
   for (const auto* spec : AllSpecs()) {
-    if (spec->name == name) return ChatTemplate(spec);
+    if (spec->name != name) continue;
+    XT_ASSIGN_OR_RETURN(ChatTemplateOptions complete, CompleteOptions(*spec, options));
+    return ChatTemplate(spec, std::move(complete));
   }
   return Status::Error("unknown chat template \"" + name +
                        "\"; the built-in ones are: " + NameList());
@@ -85,11 +143,10 @@ Result<std::string> ChatTemplate::DetectNameFromJinja(std::string_view jinja,
   }
   if (text.find("<|channel|>") != std::string::npos)
     return Status::Error(source +
-                         ": the chat template is GPT-OSS's harmony format (<|start|>, "
-                         "<|channel|>, <|message|>), which xtuner does not implement yet: train "
-                         "on text data formatted as harmony (a dataset of kind \"text\", with "
-                         "data.chat_template naming any built-in template, which text data does "
-                         "not use)");
+                         ": the chat template is a harmony format (<|start|>, <|channel|>, "
+                         "<|message|>) that renders differently from openai/gpt-oss's, which "
+                         "the built-in \"harmony\" template reproduces; name it only if the "
+                         "model was trained with GPT-OSS's own template");
   return Status::Error(source + ": the chat template is not one of the built-in templates (" +
                        NameList() +
                        "); they render differently, so name the template only if the model "
@@ -144,14 +201,19 @@ Result<std::vector<Segment>> ChatTemplate::Render(const Conversation& conversati
     const Message& m = ms[i];
     if (m.role == "assistant") {
       last_assistant = i;
-    } else if (m.role == "system" || m.role == "user" || m.role == "tool") {
+    } else if (m.role == "developer" && !spec_->harmony) {
+      return MessageError(spec_->name, i, m,
+                          "the developer role is harmony's (GPT-OSS); the " + spec_->name +
+                              " template has none: make it a system message");
+    } else if (m.role == "system" || m.role == "user" || m.role == "tool" ||
+               m.role == "developer") {
       if (!m.thinking.empty() || !m.tool_calls.empty()) {
         return MessageError(spec_->name, i, m,
                             "only assistant messages have thinking or tool calls");
       }
     } else {
       return MessageError(spec_->name, i, m,
-                          "unknown role (expected system, user, assistant or tool)");
+                          "unknown role (expected system, developer, user, assistant or tool)");
     }
   }
   std::vector<bool> trained(ms.size(), false);
@@ -159,7 +221,7 @@ Result<std::vector<Segment>> ChatTemplate::Render(const Conversation& conversati
     trained[i] = ms[i].role == "assistant" && (!train_last_turn_only || i == last_assistant);
   }
   SegmentWriter out;
-  XT_RETURN_IF_ERROR(spec_->render(conversation, trained, &out));
+  XT_RETURN_IF_ERROR(spec_->render(conversation, trained, options_, &out));
   return out.Take();
 }
 

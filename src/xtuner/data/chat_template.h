@@ -10,6 +10,7 @@
 //   llama3        meta-llama/Meta-Llama-3-8B-Instruct (Llama 3.0)     chat_template_llama3.cc
 //   llama3.1      meta-llama/Llama-3.1-8B-Instruct (also 3.2, 3.3)    chat_template_llama3.cc
 //   deepseek-v3   deepseek-ai/DeepSeek-V3-0324                        chat_template_deepseek.cc
+//   harmony       openai/gpt-oss-20b, -120b (GPT-OSS's harmony format) chat_template_harmony.cc
 //
 // Rendering is for training only: no generation prompt is ever appended. Labels are -100
 // everywhere except the assistant's own output: its content, thinking and tool calls and the
@@ -39,7 +40,8 @@ struct ToolCall {
 };
 
 struct Message {
-  std::string role;      // "system", "user", "assistant" or "tool"
+  // "system", "user", "assistant" or "tool"; "developer" (harmony only) as the first message.
+  std::string role;
   std::string content;   // may be empty (an assistant turn that only calls tools)
   std::string thinking;  // assistant only: the reasoning (OpenAI's reasoning_content); "" = none
   std::vector<ToolCall> tool_calls;  // assistant only
@@ -60,12 +62,26 @@ struct Segment {
   bool trainable = false;
 };
 
+// What the harmony template takes besides the conversation (its Jinja's kwargs). The other
+// templates take none: a non-empty field with them is an error.
+struct ChatTemplateOptions {
+  std::string reasoning_effort;  // low | medium | high; "": medium
+  // The system message's first line; "": "You are ChatGPT, a large language model trained by
+  // OpenAI."
+  std::string model_identity;
+  // The system message's "Current date:", YYYY-MM-DD; "": today's local date, when the template
+  // is made (transformers' strftime_now renders the date of each call).
+  std::string current_date;
+};
+
 struct ChatTemplateSpec;  // chat_template_internal.h
 
 class ChatTemplate {
  public:
-  // The template of that name; an unknown name is an error that lists the names.
-  static Result<ChatTemplate> ByName(const std::string& name);
+  // The template of that name, with its options; an unknown name is an error that lists the
+  // names, and a bad option (or any option for a template without options) an error naming it.
+  static Result<ChatTemplate> ByName(const std::string& name,
+                                     const ChatTemplateOptions& options = {});
   // The built-in names, in the order above.
   static std::vector<std::string> Names();
 
@@ -80,6 +96,8 @@ class ChatTemplate {
   static Result<std::string> DetectNameFromJinja(std::string_view jinja, const std::string& source);
 
   const std::string& name() const;
+  // The options in use: as given, with harmony's defaults and today's date filled in.
+  const ChatTemplateOptions& options() const { return options_; }
 
   // Renders the whole conversation (no generation prompt). With train_last_turn_only, only the
   // last assistant message is trainable. Errors (bad role, a thinking or tool call the template
@@ -102,8 +120,10 @@ class ChatTemplate {
   Status CheckTokenizer(const Tokenizer& tokenizer) const;
 
  private:
-  explicit ChatTemplate(const ChatTemplateSpec* spec) : spec_(spec) {}
+  ChatTemplate(const ChatTemplateSpec* spec, ChatTemplateOptions options)
+      : spec_(spec), options_(std::move(options)) {}
   const ChatTemplateSpec* spec_;
+  ChatTemplateOptions options_;
 };
 
 }  // namespace xt

@@ -18,7 +18,7 @@ namespace xt {
 namespace {
 
 Status RenderChatml(const Conversation& conv, const std::vector<bool>& trained,
-                    SegmentWriter* out) {
+                    const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "chatml";
   const auto& ms = conv.messages;
   XT_ASSIGN_OR_RETURN(auto tools, ParseTools(kName, conv.tools_json));

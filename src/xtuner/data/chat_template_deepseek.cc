@@ -38,7 +38,7 @@ std::string Call(const ToolCall& c) {
 }
 
 Status RenderDeepseekV3(const Conversation& conv, const std::vector<bool>& trained,
-                        SegmentWriter* out) {
+                        const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "deepseek-v3";
   const auto& ms = conv.messages;
   std::string system;

@@ -27,9 +27,10 @@ class SegmentWriter {
 
 // What one template renders, given the conversation and, per message, whether that message's
 // output is trained on (false for non-assistant messages and for earlier assistant messages
-// under train_last_turn_only). Errors name the template and the message index.
+// under train_last_turn_only), and the template's options (ChatTemplate::options(): complete).
+// Errors name the template and the message index.
 using RenderFn = Status (*)(const Conversation& conv, const std::vector<bool>& trained,
-                            SegmentWriter* out);
+                            const ChatTemplateOptions& options, SegmentWriter* out);
 
 struct ChatTemplateSpec {
   std::string name;
@@ -42,6 +43,8 @@ struct ChatTemplateSpec {
   // none of `must_not` appear.
   std::vector<std::string> must;
   std::vector<std::string> must_not;
+  // Takes ChatTemplateOptions and a "developer" first message (harmony).
+  bool harmony = false;
 };
 
 // The specs, one per family file.
@@ -50,6 +53,7 @@ const ChatTemplateSpec& Qwen3Spec();
 const ChatTemplateSpec& Llama3Spec();
 const ChatTemplateSpec& Llama31Spec();
 const ChatTemplateSpec& DeepseekV3Spec();
+const ChatTemplateSpec& HarmonySpec();
 
 // Python's str.strip() / lstrip() / rstrip() with no argument: Unicode whitespace as
 // str.isspace() defines it (Jinja's `trim` filter is str.strip()).

@@ -49,7 +49,7 @@ void PlainTurn(const Message& m, bool trained, SegmentWriter* out) {
 }
 
 Status RenderLlama3(const Conversation& conv, const std::vector<bool>& trained,
-                    SegmentWriter* out) {
+                    const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "llama3";
   out->Prompt(kBos);
   for (size_t i = 0; i < conv.messages.size(); ++i) {
@@ -67,7 +67,7 @@ Status RenderLlama3(const Conversation& conv, const std::vector<bool>& trained,
 }
 
 Status RenderLlama31(const Conversation& conv, const std::vector<bool>& trained,
-                     SegmentWriter* out) {
+                     const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "llama3.1";
   const auto& ms = conv.messages;
   XT_ASSIGN_OR_RETURN(auto tools, ParseTools(kName, conv.tools_json));

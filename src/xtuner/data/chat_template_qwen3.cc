@@ -44,7 +44,8 @@ size_t LastQueryIndex(const std::vector<Message>& ms) {
   return ms.size() - 1;
 }
 
-Status RenderQwen3(const Conversation& conv, const std::vector<bool>& trained, SegmentWriter* out) {
+Status RenderQwen3(const Conversation& conv, const std::vector<bool>& trained,
+                   const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "qwen3";
   const auto& ms = conv.messages;
   XT_ASSIGN_OR_RETURN(auto tools, ParseTools(kName, conv.tools_json));

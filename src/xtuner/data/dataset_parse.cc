@@ -112,10 +112,11 @@ bool ReadMessage(const ordered_json& m, const std::string& where, Message* out, 
   if (!role->is_string()) return WrongType(e, where + ".role", "a string", *role);
   out->role = role->get<std::string>();
   if (out->role != "system" && out->role != "user" && out->role != "assistant" &&
-      out->role != "tool") {
+      out->role != "tool" && out->role != "developer") {
     return Fail(e, BadSample::kUnknownRole,
                 where + ".role \"" + out->role +
-                    "\" is not one of \"system\", \"user\", \"assistant\", \"tool\"");
+                    "\" is not one of \"system\", \"developer\", \"user\", \"assistant\", "
+                    "\"tool\"");
   }
   if (!ReadContent(m, where + ".content", &out->content, e)) return false;
   if (const ordered_json* name = Get(m, "name")) {

@@ -43,7 +43,17 @@ const std::vector<Key>& Schema() {
       {"data.tokenizer", &C::tokenizer,
        "tokenizer.json; default: tokenizer.json beside the model's config.json."},
       {"data.chat_template", &C::chat_template,
-       "chatml | qwen3 | llama3 | deepseek-v3 | auto (recognised from tokenizer_config.json)."},
+       "chatml | qwen3 | llama3 | llama3.1 | deepseek-v3 | harmony (GPT-OSS) | auto (recognised "
+       "from tokenizer_config.json)."},
+      {"data.reasoning_effort", &C::reasoning_effort,
+       "harmony only: low | medium | high, the system message's \"Reasoning:\" (\"\": medium)."},
+      {"data.model_identity", &C::model_identity,
+       "harmony only: the system message's first line (\"\": \"You are ChatGPT, a large "
+       "language model trained by OpenAI.\")."},
+      {"data.current_date", &C::current_date,
+       "harmony only: the system message's \"Current date:\", YYYY-MM-DD. \"\": the day the "
+       "tokenized cache is built (transformers renders the day of each call); a resumed run "
+       "reuses the cache and so its date. Give a date for tokens that are the same on any day."},
       {"data.max_length", &C::max_length, "Tokens per packed row."},
       {"data.on_bad_sample", &C::on_bad_sample,
        "error: a malformed line stops the run before training; skip: skip and count it."},

@@ -31,6 +31,10 @@ struct TrainConfig {
   std::vector<DatasetConfig> datasets;
   std::string tokenizer;  // default: <load_from or model_config's dir>/tokenizer.json
   std::string chat_template = "auto";
+  // The harmony template's options (data/chat_template.h ChatTemplateOptions); "": its default.
+  std::string reasoning_effort;
+  std::string model_identity;
+  std::string current_date;
   int64_t max_length = 2048;
   std::string on_bad_sample = "error";  // error | skip
   std::string overlong = "truncate";    // truncate | drop

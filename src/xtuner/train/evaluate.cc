@@ -50,7 +50,7 @@ Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
                         EncodeGenerationPrompt(chat_template, tokenizer, c));
     XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(model, prompt, go));
     if (!out.empty() && out.back() == *eot_id) out.pop_back();
-    XT_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(out, /*skip_special_tokens=*/true));
+    XT_ASSIGN_OR_RETURN(std::string text, DecodeAnswer(chat_template, tokenizer, out));
     const bool ok = Trim(text) == Trim(j["answer"].get<std::string>());
     report.total += 1;
     report.correct += ok;

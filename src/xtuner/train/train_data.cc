@@ -27,16 +27,33 @@ Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& toke
     fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path)
                                                     : fs::path(tokenizer_path).parent_path();
     const std::string tc = (dir / "tokenizer_config.json").string();
-    if (!fs::exists(tc))
+    if (!fs::exists(tc)) {
+      std::string names;
+      for (const std::string& n : ChatTemplate::Names()) names += (names.empty() ? "" : ", ") + n;
       return Status::Error("data.chat_template = \"auto\" needs " + tc +
-                           "; name a template instead (one of: chatml, qwen3, llama3, "
-                           "llama3.1, deepseek-v3)");
+                           "; name a template instead (one of: " + names + ")");
+    }
     XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(tc));
   }
-  return ChatTemplate::ByName(name);
+  ChatTemplateOptions options;
+  options.reasoning_effort = cfg.reasoning_effort;
+  options.model_identity = cfg.model_identity;
+  options.current_date = cfg.current_date;
+  Result<ChatTemplate> t = ChatTemplate::ByName(name, options);
+  if (!t.ok()) return t.status().With("data");
+  return t;
 }
 
 }  // namespace
+
+std::string TrainData::TemplateSummary(const TrainConfig& cfg) const {
+  const ChatTemplate& t = *chat_template;
+  if (t.name() != "harmony") return t.name();
+  const std::string date = cfg.current_date.empty() && !cache_report.rebuilt()
+                               ? "that of the cached tokens"
+                               : t.options().current_date;
+  return "harmony (reasoning " + t.options().reasoning_effort + ", current date " + date + ")";
+}
 
 Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, std::FILE* log) {
   TrainData d;
@@ -83,6 +100,11 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   key.AddBytes("options", std::string("on_bad_sample=") + cfg.on_bad_sample +
                               ";last_turn_only=" + (cfg.train_last_turn_only ? "1" : "0") +
                               ";seed=" + std::to_string(cfg.seed));
+  // The harmony options as configured: an empty current_date (today) keys the cache of the day
+  // it was built, so that a run resumed on another day reuses its tokens.
+  if (d.chat_template->name() == "harmony")
+    key.AddBytes("harmony", "reasoning_effort=" + cfg.reasoning_effort + ";current_date=" +
+                                cfg.current_date + ";model_identity=" + cfg.model_identity);
   for (const DatasetConfig& dc : cfg.datasets) {
     XT_RETURN_IF_ERROR(key.AddFile("data", dc.path));
     char ratio[32];

@@ -31,6 +31,9 @@ struct TrainData {
   int32_t pad_id = 0;
 
   int64_t num_rows() const { return plan.num_rows(); }
+  // The chat template for the run's summary: its name, and harmony's options ("current date of
+  // the cached tokens" where data.current_date is "" and the cache was reused).
+  std::string TemplateSummary(const TrainConfig& cfg) const;
 };
 
 // The tokenizer.json a config uses: data.tokenizer, or the one beside the model.

@@ -380,6 +380,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       {"data", "rows",
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
+  sum.extra.push_back({"data", "chat template", data.TemplateSummary(cfg)});
   if (cfg.device == "cpu") {
     sum.extra.push_back(
         {"memory", "per rank",
