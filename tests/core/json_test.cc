@@ -77,11 +77,16 @@ TEST(Json, OrderedParseRefusesDeepNestingBeforeParsing) {
             "JSON nested more than 3 levels deep");
   EXPECT_EQ(ParseOrderedJson(R"(["\\", [[[]]]])", 3).status().message(),
             "JSON nested more than 3 levels deep");
-  // 100000 levels: refused, not a stack overflow; without a limit nlohmann reads it.
+  // 100000 levels: refused, not a stack overflow, by every parse unless told otherwise.
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   EXPECT_EQ(ParseOrderedJson(deep, 100).status().message(),
             "JSON nested more than 100 levels deep");
-  EXPECT_TRUE(ParseOrderedJson("[[[[1]]]]").ok());
+  EXPECT_EQ(ParseOrderedJson(deep).status().message(), "JSON nested more than 1000 levels deep");
+  EXPECT_EQ(ParseJson(deep).status().message(), "JSON nested more than 1000 levels deep");
+  const std::string at_limit = std::string(1000, '[') + std::string(1000, ']');
+  EXPECT_TRUE(ParseOrderedJson(at_limit).ok());
+  EXPECT_TRUE(ParseJson(at_limit).ok());
+  EXPECT_TRUE(ParseOrderedJson("[[[[1]]]]", 0).ok());
 }
 
 TEST(Json, ReadJsonFileNamesTheFile) {

@@ -201,8 +201,9 @@ TEST(DatasetTest, EachBadLineIsNamedByPathAndLine) {
        "\"tool\""},
       {R"({"messages": [{"role": "user", "content": "x"}]})", "no assistant message to train on"},
       {R"({"text": "a document"})", "a text sample (\"text\" or \"content\") in a chat dataset"},
-      // Nesting the templates could not walk: in the line, or in a tool call's arguments string.
-      {"{\"tools\": " + std::string(101, '[') + std::string(101, ']') + "}",
+      // Nesting the templates could not walk: in the line (101 levels with its object), or in a
+      // tool call's arguments string (101).
+      {"{\"tools\": " + std::string(100, '[') + std::string(100, ']') + "}",
        "JSON nested more than 100 levels deep"},
       {R"({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", )"
        R"("tool_calls": [{"function": {"name": "f", "arguments": ")" +

@@ -58,19 +58,15 @@ Status CheckDepth(std::string_view text, int limit) {
 }  // namespace
 
 Result<json> ParseJson(std::string_view text, const JsonLimits& limits) {
+  if (limits.max_depth > 0) XT_RETURN_IF_ERROR(CheckDepth(text, limits.max_depth));
   try {
-    if (limits.max_depth <= 0 && !limits.unique_keys) return json::parse(text);
+    if (!limits.unique_keys) return json::parse(text);
     // The keys seen so far in each object being read, innermost last.
     std::vector<std::set<std::string>> open_objects;
-    auto check = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
+    auto check = [&](int /*depth*/, json::parse_event_t event, json& parsed) -> bool {
       switch (event) {
         case json::parse_event_t::object_start:
-        case json::parse_event_t::array_start:
-          if (limits.max_depth > 0 && depth >= limits.max_depth) {
-            throw LimitBroken{"JSON nested more than " + std::to_string(limits.max_depth) +
-                              " levels deep"};
-          }
-          if (event == json::parse_event_t::object_start) open_objects.emplace_back();
+          open_objects.emplace_back();
           break;
         case json::parse_event_t::key:
           if (limits.unique_keys &&

@@ -12,9 +12,16 @@
 
 namespace xt {
 
+// Nesting deeper than any JSON of ours or Hugging Face's (a tenth of it is already absurd), and
+// shallow enough that code walking a value recursively (nlohmann's copy and dump included)
+// cannot run out of stack: the default limit of every parse.
+inline constexpr int kJsonMaxDepth = 1000;
+
 // What a parse refuses beyond JSON's syntax.
 struct JsonLimits {
-  int max_depth = 0;         // > 0: arrays and objects nested deeper than this are an error
+  // > 0: arrays and objects nested deeper than this are an error (checked by a scan of the text
+  // before anything is built); 0: no limit.
+  int max_depth = kJsonMaxDepth;
   bool unique_keys = false;  // a key repeated within one object is an error (nlohmann keeps the
                              // last one silently)
   std::string top_level_key = "key";  // what a repeated top-level key is called in the error
@@ -24,10 +31,9 @@ struct JsonLimits {
 // from (callers add that with Status::With): "not valid JSON: parse error at line 2, column 5:
 // syntax error while parsing object key - unexpected '}'; expected string literal".
 Result<nlohmann::json> ParseJson(std::string_view text, const JsonLimits& limits = {});
-// The same, keeping the objects' keys in their order. max_depth > 0: arrays and objects nested
-// deeper than this are an error (checked before parsing: code that walks the value recursively
-// cannot run out of stack).
-Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text, int max_depth = 0);
+// The same, keeping the objects' keys in their order, with JsonLimits::max_depth's meaning.
+Result<nlohmann::ordered_json> ParseOrderedJson(std::string_view text,
+                                                int max_depth = kJsonMaxDepth);
 
 // The file at `path` parsed; errors start with the path ("<path>: cannot open: ...", "<path>: not
 // valid JSON: ...").
