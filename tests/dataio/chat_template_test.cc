@@ -399,6 +399,12 @@ TEST(ChatTemplateTest, PyJsonDumpsMatchesPython) {
   EXPECT_EQ(PyJsonDumps(j),
             "{\"z\": 1, \"a\": [1.5, -0.25, 1e-05, 1e+16, 123456789012, true, null], "
             "\"é\": \"t\\\"ab\\t\\n\\u0001/☃\", \"o\": {}, \"l\": []}");
+  // Floats as Python's repr: fixed below 1e16, the shortest digits that read back.
+  EXPECT_EQ(PyJsonDumps(testing::OrderedJson(
+                "[1700000000000000.0, 5e22, 1e23, 0.0001, 0.00012, -0.0, 0.0, 123.0, 1e16, "
+                "9999999999999998.0, 7.113578243725634e-249, 1.7976931348623157e308, 5e-324]")),
+            "[1700000000000000.0, 5e+22, 1e+23, 0.0001, 0.00012, -0.0, 0.0, 123.0, 1e+16, "
+            "9999999999999998.0, 7.113578243725634e-249, 1.7976931348623157e+308, 5e-324]");
   EXPECT_EQ(PyJsonDumps(testing::OrderedJson(R"({"a": [1, {"b": []}], "c": {}})"), 4),
             "{\n    \"a\": [\n        1,\n        {\n            \"b\": []\n        }\n    ],\n"
             "    \"c\": {}\n}");

@@ -1,6 +1,11 @@
 // Helpers shared by the chat templates: segment collection, Python string stripping, and
 // transformers' `tojson` (Python json.dumps) serialisation.
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "xtuner/core/json.h"
 #include "xtuner/data/chat_template_internal.h"
@@ -59,6 +64,48 @@ size_t TrailingSpace(std::string_view s) {
   return s.size() - end;
 }
 
+// Python's repr of a float, which json.dumps writes: the shortest digits that read back to the
+// same double, in fixed notation for decimal exponents -4 to 15 ("0.0001", "1700000000000000.0",
+// "1.5") and scientific past them ("1e-05", "5e+22"). (nlohmann's dump differs: it goes
+// scientific from 1e15, and its digits are not always the shortest.)
+std::string PyFloatRepr(double x) {
+  if (std::isnan(x)) return "NaN";
+  if (std::isinf(x)) return x < 0 ? "-Infinity" : "Infinity";
+  char buf[64];
+  const std::to_chars_result r =
+      std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+  std::string s(buf, r.ptr);  // "-1.7e+15", "5e+22", "0e+00"
+  const bool negative = s[0] == '-';
+  if (negative) s.erase(0, 1);
+  const size_t e = s.find('e');
+  const int exp = std::atoi(s.c_str() + e + 1);
+  std::string digits;  // the value is d.ddd x 10^exp
+  for (size_t i = 0; i < e; ++i)
+    if (s[i] != '.') digits.push_back(s[i]);
+  // (Built by append: g++ 12 warns falsely on "literal" + std::string&&, PR 105651.)
+  std::string out = negative ? "-" : "";
+  if (exp >= 16 || exp < -4) {
+    out.append(digits, 0, 1);
+    if (digits.size() > 1) out.append(".").append(digits, 1, std::string::npos);
+    char tail[16];
+    std::snprintf(tail, sizeof tail, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
+    out.append(tail);
+  } else if (exp >= 0) {
+    const size_t int_digits = size_t(exp) + 1;
+    out.append(digits, 0, int_digits);
+    out.append(int_digits - std::min(int_digits, digits.size()), '0');
+    out.append(".");
+    if (digits.size() > int_digits) {
+      out.append(digits, int_digits, std::string::npos);
+    } else {
+      out.append("0");
+    }
+  } else {
+    out.append("0.").append(size_t(-exp - 1), '0').append(digits);
+  }
+  return out;
+}
+
 void Indent(std::string* out, int indent, int level) {
   out->push_back('\n');
   out->append(static_cast<size_t>(indent) * level, ' ');
@@ -102,9 +149,12 @@ void Dump(const ordered_json& v, int indent, int level, std::string* out) {
       out->push_back('}');
       return;
     }
+    case ordered_json::value_t::number_float:
+      out->append(PyFloatRepr(v.get<double>()));
+      return;
     default:
       // Strings: the same escapes as Python with ensure_ascii=False (\" \\ \b \f \n \r \t and
-      // \u00xx for other control characters). Numbers and literals print alike.
+      // \u00xx for other control characters). Integers and literals print alike.
       out->append(DumpJson(v));
   }
 }
