@@ -159,6 +159,26 @@ TEST(HarmonyTemplate, Options) {
             "template (GPT-OSS) renders one");
 }
 
+// Empty strings are false to Jinja: an empty description is not printed, an empty enum, oneOf,
+// properties or required is none.
+TEST(HarmonyTemplate, EmptyStringsInSchemasAreFalse) {
+  auto segs = Harmony().Render(
+      Conv(R"({"tools": [{"function": {"name": "f", "description": "d", "parameters": {
+          "required": "", "properties": {
+            "a": {"type": "string", "description": "", "nullable": ""},
+            "b": {"type": "string", "enum": ""},
+            "c": {"type": "object", "properties": ""},
+            "d": {"oneOf": [{"type": "string", "description": ""}, {"type": "number"}]}}}}}],
+          "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]})"),
+      false);
+  ASSERT_TRUE(segs.ok()) << segs.status().message();
+  const std::string text = Concat(*segs);
+  EXPECT_NE(text.find("type f = (_: {\na?: string,\nb?: string,\nc?: object,\nd?: string | \n"
+                      "number,\n}) => any;"),
+            std::string::npos)
+      << text;
+}
+
 TEST(HarmonyTemplate, TheDeveloperRoleIsHarmonys) {
   Conversation c = Conv(R"({"messages": [{"role": "developer", "content": "D"},
       {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]})");
@@ -208,6 +228,12 @@ TEST(HarmonyTemplate, RefusesWhatItCannotRender) {
   has(tools_error(R"([{"function": {"name": "f", "description": "d", "parameters": {
           "properties": {"x": {}}, "required": "x"}}}])"),
       "tools[0].function.parameters.required must be an array");
+  has(tools_error(R"([{"function": {"name": "f", "description": "d", "parameters": {
+          "properties": {"x": {"type": "string", "enum": "ab"}}}}}])"),
+      "tools[0].function.parameters.properties.x.enum must be an array");
+  has(tools_error(R"([{"function": {"name": "f", "description": "d", "parameters": {
+          "properties": {"x": {"oneOf": {"type": "string"}}}}}}])"),
+      "tools[0].function.parameters.properties.x.oneOf must be an array");
 }
 
 TEST(HarmonyTemplate, EncodeTrainsFromTheChannelNotTheHeader) {
@@ -258,6 +284,20 @@ TEST(HarmonyTemplate, GenerationPromptAndAnswer) {
             " 6 ");
   EXPECT_EQ(answer("<|channel|>final<|message|>6", t), "6");  // cut at max_new_tokens
   EXPECT_EQ(answer("<|channel|>analysis<|message|>Hmm.<|end|>", t), "");
+  // What the model made up past its answer is not the answer: a next turn, a tool's result.
+  EXPECT_EQ(answer("<|channel|>final<|message|>4<|end|><|start|>user<|message|>3+3?<|end|>"
+                   "<|start|>assistant<|channel|>final<|message|>6<|return|>",
+                   t),
+            "4");
+  EXPECT_EQ(answer("<|channel|>final<|message|>4<|endoftext|>junk", t), "4");
+  EXPECT_EQ(answer(" to=functions.f<|channel|>commentary json<|message|>{}<|call|><|start|>"
+                   "functions.f to=assistant<|channel|>commentary<|message|>\"6\"<|end|>"
+                   "<|start|>assistant<|channel|>final<|message|>6",
+                   t),
+            "");
+  EXPECT_EQ(StopTokens("harmony"),
+            (std::vector<std::string>{"<|return|>", "<|call|>", "<|endoftext|>"}));
+  EXPECT_EQ(StopTokens("qwen3"), std::vector<std::string>{"<|im_end|>"});
   // The other templates' answers are the text without special tokens.
   EXPECT_EQ(answer("<|channel|>final<|message|>6<|return|>", *ChatTemplate::ByName("chatml")),
             "final6");

@@ -95,6 +95,11 @@ TEST(TrainConfig, OverridesUseTomlValuesAndCheckKeys) {
   EXPECT_EQ(ApplyOverride("train.steps=many", &c).message(),
             "--set train.steps=many: train.steps must be an integer, found string \"many\"");
   EXPECT_FALSE(ApplyOverride("novalue", &c).ok());
+  // TOML reads 2025-08-05 as a date: data.current_date takes it as its text.
+  ASSERT_TRUE(ApplyOverride("data.current_date=2025-08-05", &c).ok());
+  EXPECT_EQ(c.current_date, "2025-08-05");
+  EXPECT_EQ(ApplyOverride("data.tokenizer=2025-08-05", &c).message(),
+            "--set data.tokenizer=2025-08-05: data.tokenizer must be a string, found 2025-08-05");
 }
 
 TEST(TrainConfig, ValidationNamesTheKey) {
@@ -135,6 +140,16 @@ TEST(TrainConfig, ValidationNamesTheKey) {
     *path = keep;
   }
   EXPECT_EQ(ValidateTrainConfig(c).message().find("UTF-8"), std::string::npos);
+  // The harmony template's options, before any model or data is read.
+  c.reasoning_effort = "hgih";
+  EXPECT_EQ(ValidateTrainConfig(c).message(),
+            "config: data.reasoning_effort \"hgih\" is not low, medium or high");
+  c.reasoning_effort = "high";
+  c.current_date = "2025-02-29";
+  EXPECT_EQ(ValidateTrainConfig(c).message(),
+            "config: data.current_date \"2025-02-29\" is not a date written YYYY-MM-DD");
+  c.current_date = "2024-02-29";
+  EXPECT_TRUE(ValidateTrainConfig(c).ok());
 }
 
 // The GPU kernel choices: named values only, on train.device = "cuda" only, and the bf16-only

@@ -13,7 +13,8 @@ namespace xt::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, adapter, prompt, chat_template, tokenizer, reasoning_effort;
+  std::string model, adapter, prompt, chat_template, tokenizer;
+  ChatTemplateOptions harmony;  // --reasoning-effort, --model-identity, --current-date
   GenerateOptions gen;
 };
 
@@ -27,8 +28,11 @@ Status RunGenerate(const GenerateArgs& o) {
   std::vector<int32_t> prompt;
   bool harmony = false;
   if (o.chat_template.empty() || o.chat_template == "none") {
-    if (!o.reasoning_effort.empty())
-      return Status::Error("--reasoning-effort needs the harmony chat template");
+    if (!o.harmony.reasoning_effort.empty() || !o.harmony.model_identity.empty() ||
+        !o.harmony.current_date.empty())
+      return Status::Error(
+          "--reasoning-effort, --model-identity and --current-date need the harmony chat "
+          "template");
     XT_ASSIGN_OR_RETURN(prompt, tok.Encode(o.prompt, /*add_special_tokens=*/true));
   } else {
     std::string name = o.chat_template;
@@ -38,9 +42,7 @@ Status RunGenerate(const GenerateArgs& o) {
           ChatTemplate::DetectName(
               (std::filesystem::path(tok_path).parent_path() / "tokenizer_config.json").string()));
     }
-    ChatTemplateOptions options;
-    options.reasoning_effort = o.reasoning_effort;
-    XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name, options));
+    XT_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::ByName(name, o.harmony));
     harmony = tmpl.name() == "harmony";
     Conversation c;
     Message user;
@@ -48,8 +50,8 @@ Status RunGenerate(const GenerateArgs& o) {
     user.content = o.prompt;
     c.messages.push_back(user);
     XT_ASSIGN_OR_RETURN(prompt, EncodeGenerationPrompt(tmpl, tok, c));
-    XT_ASSIGN_OR_RETURN(std::string eot, EndOfTurnToken(name));
-    if (auto id = tok.TokenToId(eot)) gen.stop_ids.push_back(*id);
+    for (const std::string& stop : StopTokens(name))
+      if (auto id = tok.TokenToId(stop)) gen.stop_ids.push_back(*id);
   }
   for (const char* eos : {"<|endoftext|>", "<|end_of_text|>", "</s>"})
     if (auto id = tok.TokenToId(eos)) gen.stop_ids.push_back(*id);
@@ -79,8 +81,12 @@ void AddGenerate(CLI::App& app) {
       ->required();
   cmd->add_option("--chat-template", o.chat_template,
                   "chatml|qwen3|llama3|llama3.1|deepseek-v3|harmony|auto; none: raw text");
-  cmd->add_option("--reasoning-effort", o.reasoning_effort,
+  cmd->add_option("--reasoning-effort", o.harmony.reasoning_effort,
                   "harmony (GPT-OSS): low|medium|high (default medium)");
+  cmd->add_option("--model-identity", o.harmony.model_identity,
+                  "harmony: the system message's first line (default: the template's)");
+  cmd->add_option("--current-date", o.harmony.current_date,
+                  "harmony: the system message's date, YYYY-MM-DD (default: today)");
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   cmd->add_option("--max-new-tokens", o.gen.max_new_tokens, "tokens to generate")
       ->capture_default_str();

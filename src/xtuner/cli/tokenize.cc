@@ -24,6 +24,7 @@ Status RunTokenize(const std::string& path, const std::vector<std::string>& sets
   const PackStats& p = d.pack_stats;
   std::printf("cache    %s (%s)\n", c.path().c_str(),
               d.cache_report.rebuilt() ? "built" : "reused: data, tokenizer and options unchanged");
+  std::printf("template %s\n", d.TemplateSummary(cfg).c_str());
   std::printf("samples  %lld\n", (long long)c.num_samples());
   std::printf("tokens   %lld, of which %lld (%.1f%%) carry no loss\n", (long long)c.num_tokens(),
               (long long)c.num_masked_tokens(),

@@ -12,6 +12,12 @@ Result<std::string> GenerationHeader(const std::string& name) {
   return Status::Error("chat template \"" + name + "\" has no generation header");
 }
 
+std::vector<std::string> StopTokens(const std::string& name) {
+  if (name == "harmony") return {"<|return|>", "<|call|>", "<|endoftext|>"};
+  Result<std::string> eot = EndOfTurnToken(name);
+  return eot.ok() ? std::vector<std::string>{*eot} : std::vector<std::string>{};
+}
+
 Result<std::string> EndOfTurnToken(const std::string& name) {
   if (name == "chatml" || name == "qwen3") return std::string("<|im_end|>");
   if (name == "llama3" || name == "llama3.1") return std::string("<|eot_id|>");
@@ -38,11 +44,13 @@ Result<std::string> DecodeAnswer(const ChatTemplate& chat_template, const Tokeni
   if (chat_template.name() != "harmony")
     return tokenizer.Decode(generated, /*skip_special_tokens=*/true);
   XT_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(generated, false));
+  // The turn's first final channel, unless the turn called a tool before it; what the model
+  // wrote past the answer's end (a turn it made up) is not the answer.
   const std::string final_channel = "<|channel|>final<|message|>";
-  const size_t at = text.rfind(final_channel);
-  if (at == std::string::npos) return std::string();
+  const size_t at = text.find(final_channel);
+  if (at == std::string::npos || text.find("<|call|>") < at) return std::string();
   text = text.substr(at + final_channel.size());
-  for (const char* end : {"<|return|>", "<|end|>", "<|call|>"})
+  for (const char* end : {"<|return|>", "<|end|>", "<|call|>", "<|endoftext|>", "<|start|>"})
     if (size_t e = text.find(end); e != std::string::npos) text.resize(e);
   return text;
 }

@@ -17,6 +17,9 @@ namespace xt {
 Result<std::string> GenerationHeader(const std::string& template_name);
 // The text of the token that ends an assistant turn in template `name`.
 Result<std::string> EndOfTurnToken(const std::string& template_name);
+// The tokens a generated assistant turn stops at: the end-of-turn token first, then (harmony)
+// <|call|> and <|endoftext|>, which a tokenizer may lack.
+std::vector<std::string> StopTokens(const std::string& template_name);
 
 // Token ids of the conversation (which must not end with an assistant message) plus the
 // generation header.
@@ -25,8 +28,8 @@ Result<std::vector<int32_t>> EncodeGenerationPrompt(const ChatTemplate& chat_tem
                                                     const Conversation& conversation);
 
 // The answer in an assistant turn the model generated after a generation prompt: the decoded
-// text without special tokens; for harmony the text of its final channel only ("" when the turn
-// has none: it stopped in its analysis or called a tool).
+// text without special tokens; for harmony the text of its first final channel only, to the
+// channel's end ("" when the turn has none: it stopped in its analysis, or called a tool first).
 Result<std::string> DecodeAnswer(const ChatTemplate& chat_template, const Tokenizer& tokenizer,
                                  const std::vector<int32_t>& generated);
 

@@ -90,6 +90,20 @@ std::string TodayLocal() {
   return buf;
 }
 
+}  // namespace
+
+Status ChatTemplateOptions::Check(const std::string& prefix) const {
+  const std::string& e = reasoning_effort;
+  if (!e.empty() && e != "low" && e != "medium" && e != "high")
+    return Status::Error(prefix + "reasoning_effort \"" + e + "\" is not low, medium or high");
+  if (!current_date.empty() && !IsIsoDate(current_date))
+    return Status::Error(prefix + "current_date \"" + current_date +
+                         "\" is not a date written YYYY-MM-DD");
+  return Status::OK();
+}
+
+namespace {
+
 // The options with harmony's defaults filled in, or an error naming the bad one.
 Result<ChatTemplateOptions> CompleteOptions(const ChatTemplateSpec& spec, ChatTemplateOptions o) {
   if (!spec.harmony) {
@@ -103,16 +117,11 @@ Result<ChatTemplateOptions> CompleteOptions(const ChatTemplateSpec& spec, ChatTe
     }
     return o;
   }
+  XT_RETURN_IF_ERROR(o.Check("harmony chat template: "));
   if (o.reasoning_effort.empty()) o.reasoning_effort = "medium";
-  if (o.reasoning_effort != "low" && o.reasoning_effort != "medium" && o.reasoning_effort != "high")
-    return Status::Error("harmony chat template: reasoning_effort \"" + o.reasoning_effort +
-                         "\" is not low, medium or high");
   if (o.model_identity.empty())
     o.model_identity = "You are ChatGPT, a large language model trained by OpenAI.";
   if (o.current_date.empty()) o.current_date = TodayLocal();
-  if (!IsIsoDate(o.current_date))
-    return Status::Error("harmony chat template: current_date \"" + o.current_date +
-                         "\" is not a date written YYYY-MM-DD");
   return o;
 }
 

@@ -15,9 +15,11 @@
 // Rendering is for training only: no generation prompt is ever appended. Labels are -100
 // everywhere except the assistant's own output: its content, thinking and tool calls and the
 // end-of-turn token that closes it (never the role header that opens it, nor the newline after
-// the end-of-turn token). What a source template would silently drop from the trained text (a
-// `thinking` the template has no place for, the content beside a Llama 3.1 tool call) is an error
-// instead; what it drops from the prompt side (tool definitions in DeepSeek-V3) is dropped alike.
+// the end-of-turn token; harmony's headers inside a turn, between its analysis and its answer or
+// call, are trained: GPT-OSS writes them itself). What a source template would silently drop from
+// the trained text (a `thinking` the template has no place for, the content beside a Llama 3.1 tool
+// call) is an error instead; what it drops from the prompt side (tool definitions in DeepSeek-V3)
+// is dropped alike.
 //
 // ChatTemplate objects are cheap to copy and immutable; all methods are thread-safe.
 #pragma once
@@ -72,6 +74,10 @@ struct ChatTemplateOptions {
   // The system message's "Current date:", YYYY-MM-DD; "": today's local date, when the template
   // is made (transformers' strftime_now renders the date of each call).
   std::string current_date;
+
+  // The values given are valid (empty ones are): an error "<prefix>reasoning_effort ..." or
+  // "<prefix>current_date ..." otherwise.
+  Status Check(const std::string& prefix) const;
 };
 
 struct ChatTemplateSpec;  // chat_template_internal.h

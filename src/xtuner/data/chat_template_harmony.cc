@@ -30,11 +30,15 @@
 // thinking beside a tool call, a tool message before any tool call, a tool without a
 // "function" or a description. Refused where the source would drop trained text: more than one
 // tool call in a message (it renders the first).
-// Deliberate differences: arguments are rendered as the JSON they hold (the source's tojson of
-// an arguments string writes it as a quoted string); "reasoning_content" is read as thinking and
-// an empty thinking is none; a null content is "" (the source fails on it); tools' JSON schemas
-// must use strings where the source would print Python values (type lists, enums of other
-// values are refused by name); the `builtin_tools` kwarg and a call's `content_type` are not
+// Deliberate differences, all where the dataset reader (dataset_parse.cc) has already made the
+// message uniform: arguments are rendered as the JSON they hold (the source's tojson of an
+// arguments string writes it as a quoted string; absent or null arguments are {}); integers
+// past 64 bits are read as doubles; "reasoning_content" is read as thinking, and an empty or
+// null thinking is none; a null content is "" (the source fails on an assistant's and writes a
+// tool's as null), and content given as text parts is their text; an empty tool_calls is none
+// (the source fails on it); tools' JSON schemas must use strings where the source would print
+// Python values (type lists, enums of other values are refused by name), and arrays and objects
+// where it would iterate them; the `builtin_tools` kwarg and a call's `content_type` are not
 // taken.
 #include <optional>
 
@@ -54,7 +58,8 @@ bool Truthy(const ordered_json* v) {
   if (!v || v->is_null()) return false;
   if (v->is_boolean()) return v->get<bool>();
   if (v->is_number()) return v->get<double>() != 0;
-  return !v->empty();  // strings, arrays, objects
+  if (v->is_string()) return !v->get_ref<const std::string&>().empty();
+  return !v->empty();  // arrays, objects
 }
 
 // Jinja's `spec.key` on a JSON value: the member, or nullptr (undefined).

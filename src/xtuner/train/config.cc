@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 #include <variant>
 
 #include "xtuner/core/file_util.h"
 #include "xtuner/core/utf8.h"
+#include "xtuner/data/chat_template.h"
 #include "xtuner/model/checkpoint.h"
 
 namespace xt {
@@ -289,6 +291,13 @@ Status SetKey(const Key& key, const toml::node& n, const std::string& where, Tra
       cfg->*std::get<2>(key.member) = n.as_boolean()->get();
       break;
     default:
+      if (n.is_date() && std::string(key.path) == "data.current_date") {  // TOML's 2025-08-05
+        const toml::date d = n.as_date()->get();
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "%04d-%02d-%02d", int(d.year), int(d.month), int(d.day));
+        cfg->*std::get<3>(key.member) = buf;
+        break;
+      }
       if (!n.is_string()) return bad();
       cfg->*std::get<3>(key.member) = n.as_string()->get();
   }
@@ -396,6 +405,8 @@ Status ValidateTrainConfig(const TrainConfig& c) {
         "set exactly one of model.load_from (a Hugging Face model directory) and "
         "model.model_config (a config.json for random initialisation)");
   if (c.datasets.empty()) return err("no data.datasets given");
+  const ChatTemplateOptions harmony{c.reasoning_effort, c.model_identity, c.current_date};
+  XT_RETURN_IF_ERROR(harmony.Check("data.").With("config"));
   // Paths are written into config.toml, trainer_state.json and adapter_config.json (as text,
   // which must be UTF-8); a stray byte would come back as another path.
   std::vector<std::pair<std::string, const std::string*>> paths = {

@@ -1,5 +1,6 @@
 #include "xtuner/train/evaluate.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -27,7 +28,8 @@ Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
   if (!eot_id) return Status::Error(tokenizer.source() + ": no token " + eot + " to stop at");
   GenerateOptions go;
   go.max_new_tokens = max_new_tokens;
-  go.stop_ids = {*eot_id};
+  for (const std::string& stop : StopTokens(chat_template.name()))
+    if (auto id = tokenizer.TokenToId(stop)) go.stop_ids.push_back(*id);
   EvalReport report;
   std::string line;
   int64_t lineno = 0;
@@ -49,7 +51,8 @@ Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
     XT_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
                         EncodeGenerationPrompt(chat_template, tokenizer, c));
     XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(model, prompt, go));
-    if (!out.empty() && out.back() == *eot_id) out.pop_back();
+    if (!out.empty() && std::count(go.stop_ids.begin(), go.stop_ids.end(), out.back()))
+      out.pop_back();
     XT_ASSIGN_OR_RETURN(std::string text, DecodeAnswer(chat_template, tokenizer, out));
     const bool ok = Trim(text) == Trim(j["answer"].get<std::string>());
     report.total += 1;

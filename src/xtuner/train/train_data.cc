@@ -35,13 +35,19 @@ Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& toke
     }
     XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(tc));
   }
-  ChatTemplateOptions options;
-  options.reasoning_effort = cfg.reasoning_effort;
-  options.model_identity = cfg.model_identity;
-  options.current_date = cfg.current_date;
-  Result<ChatTemplate> t = ChatTemplate::ByName(name, options);
-  if (!t.ok()) return t.status().With("data");
-  return t;
+  if (name != "harmony") {
+    for (const auto& [key, value] :
+         {std::pair<const char*, const std::string&>{"reasoning_effort", cfg.reasoning_effort},
+          {"model_identity", cfg.model_identity},
+          {"current_date", cfg.current_date}}) {
+      if (!value.empty())
+        return Status::Error(std::string("data.") + key + " (\"" + value +
+                             "\") is an option of the harmony chat template; the chat template "
+                             "is " +
+                             name);
+    }
+  }
+  return ChatTemplate::ByName(name, {cfg.reasoning_effort, cfg.model_identity, cfg.current_date});
 }
 
 }  // namespace
@@ -100,11 +106,13 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
   key.AddBytes("options", std::string("on_bad_sample=") + cfg.on_bad_sample +
                               ";last_turn_only=" + (cfg.train_last_turn_only ? "1" : "0") +
                               ";seed=" + std::to_string(cfg.seed));
-  // The harmony options as configured: an empty current_date (today) keys the cache of the day
-  // it was built, so that a run resumed on another day reuses its tokens.
-  if (d.chat_template->name() == "harmony")
-    key.AddBytes("harmony", "reasoning_effort=" + cfg.reasoning_effort + ";current_date=" +
-                                cfg.current_date + ";model_identity=" + cfg.model_identity);
+  // The harmony options; the date as configured: an empty current_date (today) keys the cache of
+  // the day it was built, so that a run resumed on another day reuses its tokens.
+  if (d.chat_template->name() == "harmony") {
+    const ChatTemplateOptions& o = d.chat_template->options();
+    key.AddBytes("harmony", "reasoning_effort=" + o.reasoning_effort + ";current_date=" +
+                                cfg.current_date + ";model_identity=" + o.model_identity);
+  }
   for (const DatasetConfig& dc : cfg.datasets) {
     XT_RETURN_IF_ERROR(key.AddFile("data", dc.path));
     char ratio[32];
