@@ -69,8 +69,7 @@ Result<json> ParseJson(std::string_view text, const JsonLimits& limits) {
           open_objects.emplace_back();
           break;
         case json::parse_event_t::key:
-          if (limits.unique_keys &&
-              !open_objects.back().insert(parsed.get_ref<const std::string&>()).second) {
+          if (!open_objects.back().insert(parsed.get_ref<const std::string&>()).second) {
             throw LimitBroken{"duplicate " +
                               (open_objects.size() == 1 ? limits.top_level_key : "key") + " '" +
                               parsed.get_ref<const std::string&>() + "'"};

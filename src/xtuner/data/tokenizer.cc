@@ -80,22 +80,6 @@ EncodeState& StateFor(uint64_t uid) {
 
 std::atomic<uint64_t> g_next_uid{1};
 
-// Depth of the deepest array or object in `j` (without recursion: the input is untrusted).
-int JsonDepth(const nlohmann::json& j) {
-  int depth = 0;
-  std::vector<std::pair<const nlohmann::json*, int>> stack{{&j, 1}};
-  while (!stack.empty()) {
-    auto [v, d] = stack.back();
-    stack.pop_back();
-    if (!v->is_structured()) continue;
-    depth = std::max(depth, d);
-    for (const auto& child : *v) {
-      if (child.is_structured()) stack.push_back({&child, d + 1});
-    }
-  }
-  return depth;
-}
-
 }  // namespace
 
 // HF's AddedVocabulary::add_tokens for the "added_tokens" list: ids come from the vocabulary
@@ -166,11 +150,12 @@ Result<Tokenizer> Tokenizer::FromFile(const std::string& path) {
 }
 
 Result<Tokenizer> Tokenizer::FromJson(std::string_view json_text, const std::string& source) {
-  Result<nlohmann::json> parsed = ParseJson(json_text);
+  JsonLimits limits;
+  limits.max_depth = 64;  // a tokenizer.json needs a handful of levels
+  Result<nlohmann::json> parsed = ParseJson(json_text, limits);
   if (!parsed.ok()) return parsed.status().With(source);
   const nlohmann::json& j = *parsed;
   if (!j.is_object()) return Status::Error(source + ": not a JSON object");
-  if (JsonDepth(j) > 64) return Status::Error(source + ": JSON nested too deeply");
   auto impl = std::make_shared<Impl>();
   impl->source = source;
   impl->uid = g_next_uid.fetch_add(1);
