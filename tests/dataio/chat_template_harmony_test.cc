@@ -152,11 +152,11 @@ TEST(HarmonyTemplate, Options) {
     EXPECT_EQ(error({"", "", date}), std::string("harmony chat template: current_date \"") + date +
                                          "\" is not a date written YYYY-MM-DD");
   EXPECT_EQ(error({"low", "", ""}, "qwen3"),
-            "chat template \"qwen3\" takes no reasoning_effort (\"low\"): only the harmony "
-            "template (GPT-OSS) renders one");
+            "reasoning_effort (\"low\") is an option of the harmony chat template; the chat "
+            "template is qwen3");
   EXPECT_EQ(error({"", "", "2025-08-05"}, "llama3.1"),
-            "chat template \"llama3.1\" takes no current_date (\"2025-08-05\"): only the harmony "
-            "template (GPT-OSS) renders one");
+            "current_date (\"2025-08-05\") is an option of the harmony chat template; the chat "
+            "template is llama3.1");
 }
 
 // Empty strings are false to Jinja: an empty description is not printed, an empty enum, oneOf,

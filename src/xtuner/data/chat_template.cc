@@ -102,21 +102,28 @@ Status ChatTemplateOptions::Check(const std::string& prefix) const {
   return Status::OK();
 }
 
+Status ChatTemplateOptions::CheckTakenBy(const std::string& template_name,
+                                         const std::string& prefix) const {
+  if (template_name == HarmonySpec().name) return Status::OK();
+  for (const auto& [key, value] :
+       {std::pair<const char*, const std::string&>{"reasoning_effort", reasoning_effort},
+        {"model_identity", model_identity},
+        {"current_date", current_date}}) {
+    if (!value.empty())
+      return Status::Error(prefix + key + " (\"" + value +
+                           "\") is an option of the harmony chat template; the chat template "
+                           "is " +
+                           template_name);
+  }
+  return Status::OK();
+}
+
 namespace {
 
 // The options with harmony's defaults filled in, or an error naming the bad one.
 Result<ChatTemplateOptions> CompleteOptions(const ChatTemplateSpec& spec, ChatTemplateOptions o) {
-  if (!spec.harmony) {
-    for (const auto& [key, value] :
-         {std::pair<const char*, const std::string&>{"reasoning_effort", o.reasoning_effort},
-          {"model_identity", o.model_identity},
-          {"current_date", o.current_date}}) {
-      if (!value.empty())
-        return Status::Error("chat template \"" + spec.name + "\" takes no " + key + " (\"" +
-                             value + "\"): only the harmony template (GPT-OSS) renders one");
-    }
-    return o;
-  }
+  XT_RETURN_IF_ERROR(o.CheckTakenBy(spec.name, ""));
+  if (!spec.harmony) return o;
   XT_RETURN_IF_ERROR(o.Check("harmony chat template: "));
   if (o.reasoning_effort.empty()) o.reasoning_effort = "medium";
   if (o.model_identity.empty())

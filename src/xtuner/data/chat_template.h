@@ -78,6 +78,9 @@ struct ChatTemplateOptions {
   // The values given are valid (empty ones are): an error "<prefix>reasoning_effort ..." or
   // "<prefix>current_date ..." otherwise.
   Status Check(const std::string& prefix) const;
+  // None is given unless `template_name` is harmony's: an error naming the first one given
+  // ("<prefix>reasoning_effort ("low") is an option of the harmony chat template; ...").
+  Status CheckTakenBy(const std::string& template_name, const std::string& prefix) const;
 };
 
 struct ChatTemplateSpec;  // chat_template_internal.h

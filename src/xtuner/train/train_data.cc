@@ -35,19 +35,9 @@ Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& toke
     }
     XT_ASSIGN_OR_RETURN(name, ChatTemplate::DetectName(tc));
   }
-  if (name != "harmony") {
-    for (const auto& [key, value] :
-         {std::pair<const char*, const std::string&>{"reasoning_effort", cfg.reasoning_effort},
-          {"model_identity", cfg.model_identity},
-          {"current_date", cfg.current_date}}) {
-      if (!value.empty())
-        return Status::Error(std::string("data.") + key + " (\"" + value +
-                             "\") is an option of the harmony chat template; the chat template "
-                             "is " +
-                             name);
-    }
-  }
-  return ChatTemplate::ByName(name, {cfg.reasoning_effort, cfg.model_identity, cfg.current_date});
+  const ChatTemplateOptions options{cfg.reasoning_effort, cfg.model_identity, cfg.current_date};
+  XT_RETURN_IF_ERROR(options.CheckTakenBy(name, "data."));
+  return ChatTemplate::ByName(name, options);
 }
 
 }  // namespace
