@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "xtuner/core/status.h"
+#include "xtuner/ops/ops.h"
 #include "xtuner/optim/adamw_scalars.h"
 
 namespace xt::cuda {
@@ -67,6 +68,16 @@ Status RopeForward(uint16_t* out16, const float* x, const float* cos, const floa
 // ops::rope_backward: in place on dx (T, Hn, D), the transposed rotation.
 Status RopeBackward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
                     void* stream = nullptr);
+
+// ---------------------------------------------------------------- column moves (MLA)
+// ops::copy_columns and ops::sum_head_columns, bit-identical (copies; the sum over heads in the
+// CPU's order, one thread per output element). Error unless width is even for a pair order and
+// repeat >= 1.
+Status CopyColumns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                   int64_t in_stride, int64_t in_at, int64_t N, int64_t width,
+                   ops::ColumnOrder order, int64_t repeat = 1, void* stream = nullptr);
+Status SumHeadColumns(float* out, const float* in, int64_t in_stride, int64_t at, int64_t T,
+                      int64_t Hn, int64_t width, void* stream = nullptr);
 
 // ---------------------------------------------------------------- embedding
 // ops::embedding_forward: out (T, H) = table (V, H)[ids (T)]; ids in [0, V) (not checked).

@@ -113,6 +113,9 @@ struct ModelConfig {
   // query and key head, on interleaved pairs when rope_interleave.
   bool mla = false;
   int64_t q_lora_rank = 0, kv_lora_rank = 0;
+  // The eps of q_a_layernorm and kv_a_layernorm: RMSNorm's default whatever rms_norm_eps says
+  // (so do transformers and DeepSeek's own code).
+  static constexpr float kLatentNormEps = 1e-6f;
   int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
   bool rope_interleave = true;
   int64_t num_nextn_predict_layers = 0;  // multi-token-prediction layers in the checkpoint (unused)

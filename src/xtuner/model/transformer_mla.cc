@@ -17,38 +17,7 @@
 
 namespace xt {
 
-namespace {
-
-// q_a_layernorm and kv_a_layernorm keep RMSNorm's default eps whatever rms_norm_eps says (so do
-// transformers and DeepSeek's own code).
-constexpr float kLatentNormEps = 1e-6f;
-
-// How CopyColumns orders the columns it copies. kDeinterleave takes interleaved RoPE pairs
-// (x0 y0 x1 y1 ...) to the order RoPE rotates them (x0 x1 ... y0 y1 ...), as transformers'
-// apply_rotary_pos_emb_interleave does; kInterleave undoes it.
-enum class Order { kSame, kDeinterleave, kInterleave };
-
-// For each of N rows: `width` columns of `in` (rows of in_stride floats, from column in_at) to
-// `out` (rows of out_stride, from column out_at).
-void CopyColumns(float* out, int64_t out_stride, int64_t out_at, const float* in, int64_t in_stride,
-                 int64_t in_at, int64_t N, int64_t width, Order order) {
-  const int64_t half = width / 2;
-  for (int64_t n = 0; n < N; ++n) {
-    float* y = out + n * out_stride + out_at;
-    const float* x = in + n * in_stride + in_at;
-    for (int64_t i = 0; i < width; ++i) {
-      const int64_t pair = i < half ? 2 * i : 2 * (i - half) + 1;  // i's place interleaved
-      if (order == Order::kDeinterleave)
-        y[i] = x[pair];
-      else if (order == Order::kInterleave)
-        y[pair] = x[i];
-      else
-        y[i] = x[i];
-    }
-  }
-}
-
-}  // namespace
+using ops::ColumnOrder;
 
 void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts,
                              LayerActs* a, KvCache* cache) {
@@ -56,8 +25,9 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads, D = cfg_.head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
   const int64_t Rq = cfg_.q_lora_rank, Rkv = cfg_.kv_lora_rank;
-  const Order to_rope = cfg_.rope_interleave ? Order::kDeinterleave : Order::kSame;
-  const float eps = kLatentNormEps;
+  const ColumnOrder to_rope =
+      cfg_.rope_interleave ? ColumnOrder::kDeinterleave : ColumnOrder::kSame;
+  const float eps = ModelConfig::kLatentNormEps;
 
   // Queries, their rope dims rotated in place.
   a->q.resize(T * Hq * D);
@@ -73,9 +43,9 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
     LinearForward(a->q.data(), a->h1.data(), Lin(l, P, nullptr, o.wq), T, H, Hq * D);
   }
   vector<float> rot(T * Hq * dr);
-  CopyColumns(rot.data(), dr, 0, a->q.data(), D, dn, T * Hq, dr, to_rope);
+  ops::copy_columns(rot.data(), dr, 0, a->q.data(), D, dn, T * Hq, dr, to_rope);
   ops::rope_forward(rot.data(), acts->cos.data(), acts->sin.data(), T, Hq, dr);
-  CopyColumns(a->q.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, Order::kSame);
+  ops::copy_columns(a->q.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, ColumnOrder::kSame);
 
   // The latent KV, its per-head keys and values, and the shared rotated key.
   vector<float> ckv(T * (Rkv + dr)), kvb(T * Hq * (dn + dv));
@@ -83,26 +53,24 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   a->kv_c.resize(T * Rkv);
   a->kv_n.resize(T * Rkv);
   a->kv_rstd.resize(T);
-  CopyColumns(a->kv_c.data(), Rkv, 0, ckv.data(), Rkv + dr, 0, T, Rkv, Order::kSame);
+  ops::copy_columns(a->kv_c.data(), Rkv, 0, ckv.data(), Rkv + dr, 0, T, Rkv, ColumnOrder::kSame);
   ops::rmsnorm_forward(a->kv_n.data(), a->kv_rstd.data(), a->kv_c.data(), P(o.kv_a_norm), T, Rkv,
                        eps);
   LinearForward(kvb.data(), a->kv_n.data(), Lin(l, P, nullptr, o.kv_b), T, Rkv, Hq * (dn + dv));
   vector<float> kr(T * dr);
-  CopyColumns(kr.data(), dr, 0, ckv.data(), Rkv + dr, Rkv, T, dr, to_rope);
+  ops::copy_columns(kr.data(), dr, 0, ckv.data(), Rkv + dr, Rkv, T, dr, to_rope);
   ops::rope_forward(kr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
   a->k.resize(T * Hq * D);
   a->v.assign(T * Hq * D, 0.0f);  // the padding stays zero
-  CopyColumns(a->k.data(), D, 0, kvb.data(), dn + dv, 0, T * Hq, dn, Order::kSame);
-  CopyColumns(a->v.data(), D, 0, kvb.data(), dn + dv, dn, T * Hq, dv, Order::kSame);
-  for (int64_t t = 0; t < T; ++t)  // every head's key gets the token's one rotated k_rope
-    for (int64_t h = 0; h < Hq; ++h)
-      std::copy(kr.begin() + t * dr, kr.begin() + (t + 1) * dr,
-                a->k.begin() + (t * Hq + h) * D + dn);
+  ops::copy_columns(a->k.data(), D, 0, kvb.data(), dn + dv, 0, T * Hq, dn, ColumnOrder::kSame);
+  ops::copy_columns(a->v.data(), D, 0, kvb.data(), dn + dv, dn, T * Hq, dv, ColumnOrder::kSame);
+  // Every head's key gets the token's one rotated k_rope.
+  ops::copy_columns(a->k.data(), D, dn, kr.data(), dr, 0, T * Hq, dr, ColumnOrder::kSame, Hq);
 
   vector<float> out(T * Hq * D);
   Attend(l, P, b, Hq, out.data(), a, cache);
   a->attn.resize(T * Hq * dv);
-  CopyColumns(a->attn.data(), dv, 0, out.data(), D, 0, T * Hq, dv, Order::kSame);
+  ops::copy_columns(a->attn.data(), dv, 0, out.data(), D, 0, T * Hq, dv, ColumnOrder::kSame);
 }
 
 // dattn (T, Hq * v) -> dh1 (T, H) assigned.
@@ -112,11 +80,12 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads, D = cfg_.head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
   const int64_t Rq = cfg_.q_lora_rank, Rkv = cfg_.kv_lora_rank;
-  const Order from_rope = cfg_.rope_interleave ? Order::kInterleave : Order::kSame;
+  const ColumnOrder from_rope =
+      cfg_.rope_interleave ? ColumnOrder::kInterleave : ColumnOrder::kSame;
 
   vector<float> dout(T * Hq * D, 0.0f), out(T * Hq * D, 0.0f);  // padded with zeros
-  CopyColumns(dout.data(), D, 0, dattn, dv, 0, T * Hq, dv, Order::kSame);
-  CopyColumns(out.data(), D, 0, a->attn.data(), dv, 0, T * Hq, dv, Order::kSame);
+  ops::copy_columns(dout.data(), D, 0, dattn, dv, 0, T * Hq, dv, ColumnOrder::kSame);
+  ops::copy_columns(out.data(), D, 0, a->attn.data(), dv, 0, T * Hq, dv, ColumnOrder::kSame);
   vector<float> dq(T * Hq * D), dk(T * Hq * D), dvp(T * Hq * D);
   ops::attention_backward(dq.data(), dk.data(), dvp.data(), dout.data(), out.data(), a->lse.data(),
                           a->q.data(), a->k.data(), a->v.data(), b.cu_seqlens.data(), b.num_docs(),
@@ -124,9 +93,9 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
 
   // Queries: undo the rotation of the rope dims, then the projections.
   vector<float> rot(T * Hq * dr);
-  CopyColumns(rot.data(), dr, 0, dq.data(), D, dn, T * Hq, dr, Order::kSame);
+  ops::copy_columns(rot.data(), dr, 0, dq.data(), D, dn, T * Hq, dr, ColumnOrder::kSame);
   ops::rope_backward(rot.data(), acts->cos.data(), acts->sin.data(), T, Hq, dr);
-  CopyColumns(dq.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, from_rope);
+  ops::copy_columns(dq.data(), D, dn, rot.data(), dr, 0, T * Hq, dr, from_rope);
   if (Rq > 0) {
     vector<float> dqa_n(T * Rq), dqa(T * Rq);
     LinearBackward(dqa_n.data(), dq.data(), a->qa_n.data(), Lin(l, P, &G, o.wq), T, Rq, Hq * D);
@@ -138,20 +107,18 @@ void Transformer::MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   }
 
   // Keys and values: per-head parts to kv_b; the shared rotated key summed over heads.
-  vector<float> dkvb(T * Hq * (dn + dv)), dkr(T * dr, 0.0f), dckv(T * (Rkv + dr));
-  CopyColumns(dkvb.data(), dn + dv, 0, dk.data(), D, 0, T * Hq, dn, Order::kSame);
-  CopyColumns(dkvb.data(), dn + dv, dn, dvp.data(), D, 0, T * Hq, dv, Order::kSame);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < Hq; ++h)
-      for (int64_t i = 0; i < dr; ++i) dkr[t * dr + i] += dk[(t * Hq + h) * D + dn + i];
+  vector<float> dkvb(T * Hq * (dn + dv)), dkr(T * dr), dckv(T * (Rkv + dr));
+  ops::copy_columns(dkvb.data(), dn + dv, 0, dk.data(), D, 0, T * Hq, dn, ColumnOrder::kSame);
+  ops::copy_columns(dkvb.data(), dn + dv, dn, dvp.data(), D, 0, T * Hq, dv, ColumnOrder::kSame);
+  ops::sum_head_columns(dkr.data(), dk.data(), D, dn, T, Hq, dr);
   ops::rope_backward(dkr.data(), acts->cos.data(), acts->sin.data(), T, 1, dr);
-  CopyColumns(dckv.data(), Rkv + dr, Rkv, dkr.data(), dr, 0, T, dr, from_rope);
+  ops::copy_columns(dckv.data(), Rkv + dr, Rkv, dkr.data(), dr, 0, T, dr, from_rope);
   vector<float> dkv_n(T * Rkv), dkv_c(T * Rkv);
   LinearBackward(dkv_n.data(), dkvb.data(), a->kv_n.data(), Lin(l, P, &G, o.kv_b), T, Rkv,
                  Hq * (dn + dv));
   ops::rmsnorm_backward(dkv_c.data(), G(o.kv_a_norm), dkv_n.data(), a->kv_c.data(), P(o.kv_a_norm),
                         a->kv_rstd.data(), T, Rkv);
-  CopyColumns(dckv.data(), Rkv + dr, 0, dkv_c.data(), Rkv, 0, T, Rkv, Order::kSame);
+  ops::copy_columns(dckv.data(), Rkv + dr, 0, dkv_c.data(), Rkv, 0, T, Rkv, ColumnOrder::kSame);
   LinearBackward(dh1, dckv.data(), a->h1.data(), Lin(l, P, &G, o.kv_a), T, H, Rkv + dr,
                  /*accumulate_din=*/true);
 }

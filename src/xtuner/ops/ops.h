@@ -89,6 +89,23 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // In place on dx (T, Hn, D): the transpose of the rotation above.
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D);
 
+// ---------------------------------------------------------------- column moves (MLA)
+// How copy_columns orders the `width` columns it copies. kDeinterleave takes interleaved RoPE
+// pairs (x0 y0 x1 y1 ...) to the order RoPE rotates them (x0 x1 ... y0 y1 ...), as transformers'
+// apply_rotary_pos_emb_interleave does; kInterleave undoes it. width even for both.
+enum class ColumnOrder { kSame, kDeinterleave, kInterleave };
+// For each of N output rows n: `width` columns of input row n / repeat (rows of in_stride
+// floats, from column in_at) to output row n (rows of out_stride, from column out_at). repeat
+// > 1 copies each input row to `repeat` consecutive output rows (e.g. one key part to every
+// head). Other output columns are left as they are.
+void copy_columns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                  int64_t in_stride, int64_t in_at, int64_t N, int64_t width, ColumnOrder order,
+                  int64_t repeat = 1);
+// out (T, width) assigned: out[t, i] = sum over h in [0, Hn), in order, of in[t * Hn + h, at + i]
+// (rows of in_stride floats), in fp32 from zero: the gradient of copy_columns' repeat.
+void sum_head_columns(float* out, const float* in, int64_t in_stride, int64_t at, int64_t T,
+                      int64_t Hn, int64_t width);
+
 // ---------------------------------------------------------------- attention (packed, causal)
 // GPT-OSS's two variations on causal attention, both off by default:
 //  - sinks (Hq): a learned logit per query head that joins the denominator of every softmax of
