@@ -59,6 +59,10 @@ class StandInDevice : public TrainBackend {
     adamw_->Step(model_.params().f32(), model_.grads().f32(), lr, grad_scale);
     return Status::OK();
   }
+  Status AddToShard(const std::vector<ShardAdd>& adds) override {
+    for (const ShardAdd& a : adds) model_.params().f32()[a.at] += a.delta;  // one rank: whole
+    return Status::OK();
+  }
   Status SyncToHost() override {
     ++g_syncs;
     std::memcpy(args_.store->params(), model_.params().data(), size_t(model_.params().nbytes()));

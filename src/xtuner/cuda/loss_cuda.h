@@ -80,6 +80,8 @@ Status SumOfSquares(double* out, const float* x, int64_t n, void* stream = nullp
 
 // y (n) += x (n), elementwise in fp32.
 Status AddInPlace(float* y, const float* x, int64_t n, void* stream = nullptr);
+// y[at[i]] += delta[i] for i < n (the at distinct: one thread each).
+Status AddAt(float* y, const int64_t* at, const float* delta, int64_t n, void* stream = nullptr);
 
 // out (T, E) = row (E) repeated T times.
 Status BroadcastRow(float* out, const float* row, int64_t T, int64_t E, void* stream = nullptr);

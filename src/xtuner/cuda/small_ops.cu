@@ -56,6 +56,10 @@ __global__ void AddInPlaceKernel(float* y, const float* x, int64_t n) {
   for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) y[i] += x[i];
 }
 
+__global__ void AddAtKernel(float* y, const int64_t* at, const float* delta, int64_t n) {
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) y[at[i]] += delta[i];
+}
+
 __global__ void BroadcastRowKernel(float* out, const float* row, int64_t T, int64_t E) {
   const int64_t n = T * E;
   for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads()) out[i] = row[i % E];
@@ -137,6 +141,13 @@ Status AddInPlace(float* y, const float* x, int64_t n, void* stream) {
   if (n == 0) return Status::OK();
   XT_LAUNCH(AddInPlaceKernel, detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream))(y, x, n);
   return Check(cudaGetLastError(), "add_in_place launch");
+}
+
+Status AddAt(float* y, const int64_t* at, const float* delta, int64_t n, void* stream) {
+  XT_RETURN_IF_ERROR(detail::CheckSizes("add_at", {n}));
+  if (n == 0) return Status::OK();
+  XT_LAUNCH(AddAtKernel, detail::BlocksFor(n), kThreads, 0, cudaStream_t(stream))(y, at, delta, n);
+  return Check(cudaGetLastError(), "add_at launch");
 }
 
 Status BroadcastRow(float* out, const float* row, int64_t T, int64_t E, void* stream) {

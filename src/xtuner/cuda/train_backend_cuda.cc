@@ -11,6 +11,7 @@
 
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/model_cuda.h"
@@ -45,6 +46,7 @@ class CudaTrainBackend : public TrainBackend {
   }
   Result<double> GradSumOfSquares() override;
   Status Step(double lr, float grad_scale) override;
+  Status AddToShard(const std::vector<ShardAdd>& adds) override;
   Status SyncToHost() override;
   int64_t recompute_layers() const override { return model_->recompute_layers(); }
   // This process's device memory at its high-water mark: everything it holds comes from the
@@ -293,6 +295,19 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
         AdamWStepRange(p, g, m_, v_, r.begin, r.end, scalars[r.decay ? 1 : 0], mirror, stream_));
   model_->ParamsChanged(mirror.data != nullptr);
   return Status::OK();
+}
+
+Status CudaTrainBackend::AddToShard(const std::vector<ShardAdd>& adds) {
+  if (adds.empty()) return Status::OK();
+  std::vector<int64_t> at(adds.size());
+  std::vector<float> delta(adds.size());
+  for (size_t i = 0; i < adds.size(); ++i) at[i] = adds[i].at, delta[i] = adds[i].delta;
+  DeviceArray<int64_t> at_d;
+  DeviceArray<float> delta_d;
+  XT_RETURN_IF_ERROR(at_d.Upload(at.data(), int64_t(at.size()), stream_));
+  XT_RETURN_IF_ERROR(delta_d.Upload(delta.data(), int64_t(delta.size()), stream_));
+  // Parameters outside the matmuls (a router's bias): their bf16 copies are never read.
+  return AddAt(shard_->params(), at_d.get(), delta_d.get(), int64_t(adds.size()), stream_);
 }
 
 Status CudaTrainBackend::SyncToHost() {

@@ -64,6 +64,10 @@ class CpuTrainBackend : public TrainBackend {
     adamw_->Step(store_->params(), store_->grads(), lr, grad_scale);
     return Status::OK();
   }
+  Status AddToShard(const std::vector<ShardAdd>& adds) override {
+    for (const ShardAdd& a : adds) store_->params()[a.at] += a.delta;
+    return Status::OK();
+  }
   Status SyncToHost() override { return Status::OK(); }
   int64_t recompute_layers() const override { return model_->recompute_layers(); }
 

@@ -24,6 +24,7 @@
 #include "xtuner/core/status.h"
 #include "xtuner/model/transformer.h"
 #include "xtuner/optim/adamw.h"
+#include "xtuner/train/router_bias.h"
 
 namespace xt {
 
@@ -48,6 +49,9 @@ class TrainBackend {
   // One AdamW step of this rank's shard: lr, and the clipping coefficient the gradients are read
   // times (AdamW::Step's contract). Advances the optimizer's step count.
   virtual Status Step(double lr, float grad_scale) = 0;
+  // Adds to elements of this rank's shard of parameters, outside the optimizer (DeepSeek-V3's
+  // router bias update, RouterBiasShardAdds), after Step; `at` in shard coordinates.
+  virtual Status AddToShard(const std::vector<ShardAdd>& adds) = 0;
   // Makes the host copy (the shard's parameters, AdamW's moments and step count) equal to the
   // backend's. A no-op for the CPU.
   virtual Status SyncToHost() = 0;

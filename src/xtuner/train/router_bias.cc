@@ -17,10 +17,11 @@ std::vector<float> RouterBiasDeltas(const std::vector<int64_t>& tokens_per_exper
   return delta;
 }
 
-void ApplyRouterBiasUpdate(const ModelConfig& cfg,
-                           const std::vector<std::vector<int64_t>>& tokens_per_expert, double speed,
-                           const std::vector<OwnedRange>& owned, float* shard) {
-  if (cfg.router != RouterKind::kSigmoidGroup || speed == 0) return;
+std::vector<ShardAdd> RouterBiasShardAdds(
+    const ModelConfig& cfg, const std::vector<std::vector<int64_t>>& tokens_per_expert,
+    double speed, const std::vector<OwnedRange>& owned) {
+  std::vector<ShardAdd> adds;
+  if (cfg.router != RouterKind::kSigmoidGroup || speed == 0) return adds;
   const ParamLayout whole(cfg);
   size_t moe = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
@@ -33,8 +34,16 @@ void ApplyRouterBiasUpdate(const ModelConfig& cfg,
     for (const OwnedRange& r : owned)
       for (int64_t e = 0; e < cfg.num_experts; ++e)
         if (bias + e >= r.global && bias + e < r.global + r.size)
-          shard[r.shard + bias + e - r.global] += delta[e];
+          adds.push_back({r.shard + bias + e - r.global, delta[e]});
   }
+  return adds;
+}
+
+void ApplyRouterBiasUpdate(const ModelConfig& cfg,
+                           const std::vector<std::vector<int64_t>>& tokens_per_expert, double speed,
+                           const std::vector<OwnedRange>& owned, float* shard) {
+  for (const ShardAdd& a : RouterBiasShardAdds(cfg, tokens_per_expert, speed, owned))
+    shard[a.at] += a.delta;
 }
 
 }  // namespace xt

@@ -18,10 +18,21 @@ namespace xt {
 // The update of one layer's bias (E) from its step's tokens per expert (E).
 std::vector<float> RouterBiasDeltas(const std::vector<int64_t>& tokens_per_expert, double speed);
 
-// Adds the update of every MoE layer (tokens_per_expert: per MoE layer, in layer order, E each)
-// to the bias elements this rank's shard holds (`owned`, `shard`: ShardedParams'). Every rank
-// passes the same counts, so the ranks together update each bias once. No-op for a model
-// without a correction bias.
+// One addition to an element of a rank's shard: shard[at] += delta.
+struct ShardAdd {
+  int64_t at;
+  float delta;
+};
+
+// The update of every MoE layer (tokens_per_expert: per MoE layer, in layer order, E each) as
+// additions to the bias elements this rank's shard holds (`owned`: ShardedParams'). Every rank
+// passes the same counts, so the ranks together update each bias once. Empty for a model
+// without a correction bias, or when speed is 0.
+std::vector<ShardAdd> RouterBiasShardAdds(
+    const ModelConfig& cfg, const std::vector<std::vector<int64_t>>& tokens_per_expert,
+    double speed, const std::vector<OwnedRange>& owned);
+
+// RouterBiasShardAdds applied to `shard` (ShardedParams::params() of the same rank).
 void ApplyRouterBiasUpdate(const ModelConfig& cfg,
                            const std::vector<std::vector<int64_t>>& tokens_per_expert, double speed,
                            const std::vector<OwnedRange>& owned, float* shard);

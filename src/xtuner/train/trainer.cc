@@ -596,12 +596,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       guard_status = guard.Record(finite, sm.loss);
       if (finite) {
         XT_RETURN_IF_ERROR(backend->Step(sm.lr, grad_scale));
-        // The CPU backend computes on the host shard; the CUDA one runs no model with a bias
-        // (CudaSupports).
-        // (Frozen with the rest of the base model under LoRA.)
+        // DeepSeek-V3's bias towards balance, on the backend's shard (frozen with the rest of the
+        // base model under LoRA).
         if (!mc.lora.enabled())
-          ApplyRouterBiasUpdate(mc, sm.tokens_per_expert, cfg.router_bias_update_speed,
-                                store.owned(), store.params());
+          XT_RETURN_IF_ERROR(backend->AddToShard(RouterBiasShardAdds(
+              mc, sm.tokens_per_expert, cfg.router_bias_update_speed, store.owned())));
       }
     }
     sm.skipped = !finite || loss_tokens == 0;
