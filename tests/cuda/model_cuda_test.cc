@@ -1,5 +1,6 @@
 // The CUDA model against the CPU model (fp32, both): the loss, the balancing loss, the tokens per
-// expert and every gradient, on the HF fixtures (Qwen3 dense, Qwen3-MoE, Mixtral) as [2, 16]
+// expert and every gradient, on the HF fixtures (Qwen3 dense, Qwen3-MoE, Mixtral, DeepSeek-V3
+// and three of its variants) as [2, 16]
 // rows and as one packed row of three documents, with the balancing coefficient raised so that
 // its gradient matters. Skipped (label `cuda`) where no GPU is present.
 #include "xtuner/cuda/model_cuda.h"
@@ -72,11 +73,12 @@ void LoadModels(const std::string& fixture, double aux_coef, Models* m) {
   m->labels.assign(labels->begin(), labels->end());
 }
 
-TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
-  const std::string fixture = GetParam();
+// The CPU and GPU models' losses, tokens per expert and gradients on the fixture's batch as
+// [2, 16] rows and as one packed row of three documents.
+void ExpectTheCpuModelsStep(const std::string& fixture) {
   Models m;
   LoadModels(fixture, 0.5, &m);
-  if (HasFatalFailure()) return;
+  if (::testing::Test::HasFatalFailure()) return;
   Transformer& cpu = *m.cpu;
   cuda::CudaModel& gpu = *m.gpu;
   std::vector<Batch> batches;
@@ -103,6 +105,22 @@ TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) {
     ExpectSameGradients(cpu.layout(), g.data(), cpu.grads().f32(), 1e-4, fixture);
   }
 }
+
+TEST_P(ModelCuda, LossesAndEveryGradientMatchTheCpuModel) { ExpectTheCpuModelsStep(GetParam()); }
+
+// DeepSeek-V3's variants: a random e_score_correction_bias that changes the chosen experts and
+// four groups of experts (the group-limited choice), q_proj in place of the low-rank q path,
+// YaRN with its softmax factor.
+class ModelCudaDeepSeek : public cudatest::CudaTest<const char*> {};
+
+TEST_P(ModelCudaDeepSeek, LossesAndEveryGradientMatchTheCpuModel) {
+  ExpectTheCpuModelsStep(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ModelCudaDeepSeek,
+                         ::testing::Values("variants/deepseek_v3_groups",
+                                           "variants/deepseek_v3_v4_plain_q",
+                                           "variants/deepseek_v3_yarn"));
 
 // Configurations the fixtures lack, on random weights: tied embeddings, dense layers inside an
 // MoE model, unnormalised top-k, k = 1; two micro-batches accumulated with explicit weights and
@@ -687,7 +705,8 @@ TEST(CudaModelArguments, CreateOverRejectsInconsistentArguments) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,
-                         ::testing::Values("qwen3_dense_tiny", "qwen3_moe_tiny", "mixtral_tiny"));
+                         ::testing::Values("qwen3_dense_tiny", "qwen3_moe_tiny", "mixtral_tiny",
+                                           "deepseek_v3_tiny"));
 
 }  // namespace
 }  // namespace xt

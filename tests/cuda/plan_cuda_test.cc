@@ -2,10 +2,10 @@
 // ForwardBackward (every stream-ordered allocation: activations, gradients of activations,
 // scratch, the bf16 copies of the weights) against PlanCudaStep's figure plus the copies, and
 // the engine's LossInfo::activation_bytes against the plan's, on the HF fixtures (Qwen3 dense,
-// Qwen3-MoE with q/k norms, Mixtral) and variants that move the step's peak (a dense layer and
-// tied embeddings, wide experts, more query heads), in fp32 and bf16, with no, half and every
-// layer recomputed. Skipped (label `cuda`) without a GPU;
-// the CUDA emulator counts every allocation exactly.
+// Qwen3-MoE with q/k norms, Mixtral, DeepSeek-V3's latent attention and shared experts) and
+// variants that move the step's peak (a dense layer and tied embeddings, wide experts, more query
+// heads), in fp32 and bf16, with no, half and every layer recomputed. Skipped (label `cuda`)
+// without a GPU; the CUDA emulator counts every allocation exactly.
 #include <cuda_runtime.h>
 
 #include <memory>
@@ -117,7 +117,8 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PlanCuda,
-                         ::testing::Values("qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny"));
+                         ::testing::Values("qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny",
+                                           "deepseek_v3_tiny"));
 
 }  // namespace
 }  // namespace xt

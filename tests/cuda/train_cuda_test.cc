@@ -1,16 +1,21 @@
 // train.device = "cuda" end to end (cuda/train_backend_cuda.h): the tiny trainer job of
 // tests/util/tiny_run.h on the GPU against the same job on the CPU (losses, balancing losses,
-// gradient norms, the checkpointed parameters), resume on the GPU, bf16 matmuls, and the
-// router statistics pass against the CPU model's. Skipped where no GPU is usable.
+// gradient norms, the checkpointed parameters; DeepSeek-V3's with its bias updates too), resume on
+// the GPU, bf16 matmuls, and the router statistics pass against the CPU model's. Skipped where no
+// GPU is usable.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "cuda/cuda_test_util.h"
 #include "util/testing.h"
 #include "util/tiny_run.h"
 #include "xtuner/cuda/train_backend_cuda.h"
+#include "xtuner/train/router_bias.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/trainer.h"
 
@@ -65,6 +70,52 @@ INSTANTIATE_TEST_SUITE_P(MicroBatch, TrainCuda, ::testing::Values(2, 4));
 
 class TrainCudaOnce : public TrainCuda {};  // the cases below with micro-batches of 2
 INSTANTIATE_TEST_SUITE_P(MicroBatch, TrainCudaOnce, ::testing::Values(2));
+
+// DeepSeek-V3 on the GPU (latent attention, the sigmoid router, a shared expert, a dense first
+// layer) follows its CPU run, and after each step every correction bias moves on the device by
+// the speed towards the balance of that step's counts (metrics.jsonl's tokens_per_expert).
+TEST_P(TrainCudaOnce, ADeepseekV3GpuRunFollowsTheCpuRunAndMovesItsBiases) {
+  TrainConfig cpu = TinyRun("gpu_ds_cpu");
+  std::ofstream(cpu.model_config) << testing::TinyDeepseekV3Config();
+  cpu.router_bias_update_speed = 0.01;
+  TrainConfig gpu = cpu;
+  gpu.work_dir = cpu.work_dir + "-gpu";
+  gpu.device = "cuda";
+  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
+  auto r = RunTraining(gpu, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
+  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
+              "grad_norm");
+  auto mc = ModelConfig::Load(cpu.model_config);
+  ASSERT_TRUE(mc.ok());
+  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
+  auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
+  // The GPU run's bias: the sum of its steps' deltas.
+  std::vector<float> want(mc->num_experts, 0.0f);
+  std::ifstream in(gpu.work_dir + "/metrics.jsonl");
+  std::string line;
+  int steps = 0;
+  while (std::getline(in, line)) {
+    auto j = testing::Json(line);
+    if (!j.contains("tokens_per_expert")) continue;
+    const std::vector<float> d =
+        RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), 0.01);
+    for (size_t e = 0; e < d.size(); ++e) want[e] += d[e];
+    ++steps;
+  }
+  ASSERT_EQ(steps, 6);
+  const ParamInfo* bias = ParamLayout(*mc).Find("model.layers.1.mlp.gate.e_score_correction_bias");
+  ASSERT_TRUE(bias);
+  bool moved = false;
+  for (int64_t e = 0; e < mc->num_experts; ++e) {
+    EXPECT_NEAR((*pb)[bias->offset + e], want[e], 1e-6) << "expert " << e;
+    moved |= want[e] != 0.0f;
+  }
+  EXPECT_TRUE(moved) << "the counts were balanced at every step: the test shows nothing";
+}
 
 // The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.
 TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {

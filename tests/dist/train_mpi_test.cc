@@ -346,7 +346,8 @@ int VisibleGpus() {
 // the CPU's in fp32) with rows split unevenly, so that one rank runs an empty micro-batch while
 // its experts serve the other's rows. Two GPUs: over NCCL. One GPU (the lent machines): both
 // ranks on it, collectives through MPI on host copies (parallel.gpu_comm = "mpi"), the same
-// device code otherwise. Under the CUDA emulator: both. Skipped without a GPU.
+// device code otherwise. Under the CUDA emulator: both. Then DeepSeek-V3 on 2 expert-parallel
+// GPU ranks. Skipped without a GPU.
 constexpr int kGpuSteps = 10;
 const char kBf16Args[] = "--set train.precision=bf16 --set train.global_batch_size=3";
 
@@ -381,6 +382,43 @@ void GpuMeshesFollowTheCpuRun(const std::string& comm, const CpuLosses& cpu) {
   }
 }
 
+// Each step's tokens per expert of every MoE layer (metrics.jsonl), as its JSON text.
+std::vector<std::string> TokensPerExpert(const std::string& work_dir) {
+  std::vector<std::string> steps;
+  std::ifstream in(work_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = testing::Json(line);
+    if (j.contains("tokens_per_expert")) steps.push_back(j["tokens_per_expert"].dump());
+  }
+  return steps;
+}
+
+// DeepSeek-V3 (latent attention, a dense first layer, a shared expert, the sigmoid router with
+// its bias moved on the GPUs after each step) on 2 expert-parallel GPU ranks: the single-process
+// CPU run's losses, and its choices of experts at every step (a bias moved wrongly on either
+// rank would change them).
+void DeepseekV3GpuMeshFollowsTheCpuRun(const std::string& comm) {
+  const std::string dir = testing::TempDir("mpi_gpu_dsv3");
+  std::ofstream(dir + "/config.json") << testing::TinyDeepseekV3Config();
+  const std::string model =
+      " --set model.model_config=" + dir + "/config.json --set train.router_bias_update_speed=0.01";
+  CliRun cpu = testing::RunXtuner(Args(dir + "/cpu", 8, model), kRoot);
+  ASSERT_EQ(cpu.code, 0) << cpu.output;
+  CliRun gpu = Mpi(2, Args(dir + "/gpu", 8,
+                           model +
+                               " --set train.device=cuda --set parallel.ep=2 "
+                               "--set parallel.gpu_comm=" +
+                               comm));
+  ASSERT_EQ(gpu.code, 0) << gpu.output;
+  const std::vector<double> want = Losses(dir + "/cpu"), got = Losses(dir + "/gpu");
+  ASSERT_EQ(want.size(), 8u);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], 1e-3 * std::abs(want[i])) << "DeepSeek-V3 step " << i + 1;
+  EXPECT_EQ(TokensPerExpert(dir + "/gpu"), TokensPerExpert(dir + "/cpu"));
+}
+
 TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   const int gpus = VisibleGpus();
   if (gpus < 1) GTEST_SKIP() << "skipped: no GPU";
@@ -401,6 +439,7 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
     SCOPED_TRACE("parallel.gpu_comm = " + comm);
     GpuMeshesFollowTheCpuRun(comm, cpu);
   }
+  DeepseekV3GpuMeshFollowsTheCpuRun(gpus >= 2 ? "nccl" : "mpi");
 }
 
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank

@@ -9,7 +9,8 @@ namespace xt::cuda {
 
 int64_t AttentionActs::Bytes() const {
   int64_t n = 0;
-  for (const DeviceArray<float>* f : {&q_pre, &k_pre, &q_rstd, &k_rstd, &q, &k, &v, &attn, &lse})
+  for (const DeviceArray<float>* f : {&q_pre, &k_pre, &q_rstd, &k_rstd, &q, &k, &v, &attn, &lse,
+                                      &qa, &qa_n, &qa_rstd, &kv_c, &kv_n, &kv_rstd})
     n += f->size() * int64_t(sizeof(float));
   for (const DeviceArray<uint16_t>* h : {&q16, &k16, &v16, &attn16})
     n += h->size() * int64_t(sizeof(uint16_t));
@@ -32,6 +33,7 @@ AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWri
 Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const float* h1,
                                const uint16_t* h1_16, const UnitParams& P, const LayerOffsets& o,
                                const Mark& part) {
+  if (cfg_.mla) return MlaForward(a, out, h1, h1_16, P, o, part);
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
   const float eps = float(cfg_.rms_norm_eps);
@@ -100,9 +102,10 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
 
 Status AttentionBlock::AllocGrads() {
   const int64_t T = batch_.num_tokens(), D = cfg_.head_dim;
-  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
+  // (Multi-head latent attention: a key and a value per query head.)
+  const int64_t Hq = cfg_.num_heads, Hkv = cfg_.mla ? Hq : cfg_.num_kv_heads;
   void* s = stream_;
-  XT_RETURN_IF_ERROR(dattn_.Alloc(T * Hq * D, s));
+  XT_RETURN_IF_ERROR(dattn_.Alloc(T * Hq * cfg_.value_dim(), s));
   XT_RETURN_IF_ERROR(dq_.Alloc(T * Hq * D, s));
   XT_RETURN_IF_ERROR(dk_.Alloc(T * Hkv * D, s));
   XT_RETURN_IF_ERROR(dv_.Alloc(T * Hkv * D, s));
@@ -116,6 +119,7 @@ Status AttentionBlock::AllocGrads() {
 Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionActs& a,
                                 const float* h1, const uint16_t* h1_16, const UnitParams& P,
                                 const UnitGrads& G, const LayerOffsets& o, const Mark& mark) {
+  if (cfg_.mla) return MlaBackward(dh1, dout, a, h1, h1_16, P, G, o, mark);
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
   const float scale = float(cfg_.softmax_scale());

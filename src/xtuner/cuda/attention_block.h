@@ -1,6 +1,7 @@
 // The attention half of one decoder layer in CudaModel's step (cuda/model_cuda.cc): the q/k/v
 // projections of the normed input h1, the q/k norms, RoPE, packed causal attention and o_proj,
-// forward and backward, and what it keeps from one to the other. Every buffer is allocated and
+// forward and backward, and what it keeps from one to the other (or DeepSeek-V3's multi-head
+// latent attention in their place). Every buffer is allocated and
 // freed on the step's stream in the order plan/cuda_step.cc walks (tests/cuda/plan_cuda_test.cc
 // holds the two together).
 //
@@ -28,10 +29,15 @@ namespace xt::cuda {
 
 // One layer's attention activations, from its forward to its backward. fp32, or with the bf16
 // kernels q16, k16, v16 and attn16 in place of q, k, v and attn. q_pre, k_pre, q_rstd, k_rstd:
-// the q/k norms' inputs and statistics (models with qk_norm).
+// the q/k norms' inputs and statistics (models with qk_norm). Multi-head latent attention
+// (cuda/mla_block.cc): q, k and v (T, Hq, D) as the attention kernels take them (v padded with
+// zeros to D), attn (T, Hq * v_head_dim) without the padding; qa, qa_n, qa_rstd the q_a
+// projection, its norm and statistics (q_lora_rank > 0); kv_c, kv_n, kv_rstd likewise the
+// latent kv.
 struct AttentionActs {
   DeviceArray<float> q_pre, k_pre, q_rstd, k_rstd, q, k, v, attn, lse;
   DeviceArray<uint16_t> q16, k16, v16, attn16;
+  DeviceArray<float> qa, qa_n, qa_rstd, kv_c, kv_n, kv_rstd;
   int64_t Bytes() const;
 };
 
@@ -66,6 +72,15 @@ class AttentionBlock {
                   const LayerOffsets& o, const Mark& mark);
 
  private:
+  // Forward and Backward of multi-head latent attention (DeepSeek-V3; cuda/mla_block.cc), on the
+  // fp32 attention kernels: Transformer::MlaForward / MlaBackward step for step.
+  Status MlaForward(AttentionActs* a, DeviceArray<float>* out, const float* h1,
+                    const uint16_t* h1_16, const UnitParams& P, const LayerOffsets& o,
+                    const Mark& part);
+  Status MlaBackward(float* dh1, const float* dout, const AttentionActs& a, const float* h1,
+                     const uint16_t* h1_16, const UnitParams& P, const UnitGrads& G,
+                     const LayerOffsets& o, const Mark& mark);
+
   const ModelConfig& cfg_;
   StepProducts& mm_;
   GradWrites& writes_;

@@ -284,8 +284,9 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const bool bf16 = precision_ == GemmInput::kBf16;
   // Attention's products on the tensor cores too in bf16 mode, where the kernels take the head
   // dim (attention_bf16.h); the fp32 kernels otherwise.
-  const bool bf16_attention =
-      bf16 && bf16_attention_ && AttentionBf16Supports(D) && AttentionBf16Device().ok();
+  // (Multi-head latent attention runs on the fp32 kernels: cuda/mla_block.cc.)
+  const bool bf16_attention = bf16 && bf16_attention_ && !cfg_.mla && AttentionBf16Supports(D) &&
+                              AttentionBf16Device().ok();
   // The experts' rows that only feed bf16 products held in bf16 (their producers round them as
   // the products would): the permuted input rows, SwiGLU's output and the gradients of both
   // expert products' outputs; under expert parallelism the rows and output gradients travel in
@@ -498,9 +499,11 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       writes.Beta(G_lm(layout_.lm_head), V * H)));
 
   // The balancing loss (as Transformer::Run): statistics to the host, loss and its gradient per
-  // probability, centred.
+  // probability, centred. The softmax routers' only: DeepSeek-V3's bias balances its load, so
+  // its statistics only count the choices.
+  const bool balance_loss = n_moe > 0 && cfg_.router == RouterKind::kSoftmax;
   std::vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0) {  // the statistics came with the last MoE layer's token counts
+  if (balance_loss) {  // the statistics came with the last MoE layer's token counts
     const BalanceStats& stats = info.balance;
     info.aux_loss = stats.Loss();
     const BalanceStats pooled = pool ? pool(stats) : stats;
@@ -509,7 +512,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     dprob_e = BalanceGradient(pooled, E, cfg_.router_aux_loss_coef, aux_weight);
   }
 
-  const bool aux_grad = n_moe > 0 && cfg_.router_aux_loss_coef * aux_weight != 0;
+  const bool aux_grad = balance_loss && cfg_.router_aux_loss_coef * aux_weight != 0;
   F dprob_row;
   if (aux_grad) {
     std::vector<float> row(E);

@@ -1,8 +1,8 @@
-// CudaModel: the decoder-only models of model/transformer.h (Qwen3, Qwen3-MoE, Mixtral), one
-// training micro-batch (forward + backward) on one GPU in fp32, over the CUDA ops. It is the
-// GPU twin of Transformer::ForwardBackward: the same parameter layout (ParamLayout, so slabs
-// copy across), the same loss weighting, the same balancing loss; its test compares losses and
-// every gradient with the CPU model on the HF fixtures.
+// CudaModel: the decoder-only models of model/transformer.h (Qwen3, Qwen3-MoE, Mixtral,
+// DeepSeek-V3: not GPT-OSS, CudaSupports), one training micro-batch (forward + backward) on one GPU
+// in fp32, over the CUDA ops. It is the GPU twin of Transformer::ForwardBackward: the same
+// parameter layout (ParamLayout, so slabs copy across), the same loss weighting, the same balancing
+// loss; its test compares losses and every gradient with the CPU model on the HF fixtures.
 //
 // Two ways to hold the parameters: the model's own whole slabs on one GPU (Create), or a
 // ParamSource that serves them one unit at a time (CreateOver: ZeRO-3, a device ShardedParams

@@ -15,7 +15,8 @@ using F16 = DeviceArray<uint16_t>;
 
 int64_t MoeActs::Bytes() const {
   int64_t n = 0;
-  for (const F* f : {&router_logits, &probs, &topk_w, &xs, &gu, &act, &ys, &xr})
+  for (const F* f :
+       {&router_logits, &probs, &topk_w, &xs, &gu, &act, &ys, &xr, &shared_gu, &shared_act})
     n += f->size() * int64_t(sizeof(float));
   for (const DeviceArray<int32_t>* i :
        {&topk_idx, &sorted, &slot_of, &received_of_grouped, &grouped_of_received})
@@ -54,8 +55,15 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   XT_RETURN_IF_ERROR(a->topk_w.Alloc(T * k, s));
   XT_RETURN_IF_ERROR(a->topk_idx.Alloc(T * k, s));
   XT_RETURN_IF_ERROR(mm.Linear(a->router_logits.get(), h2, P(o.router), T, H, E, /*fp32=*/true));
-  XT_RETURN_IF_ERROR(RouterForward(a->topk_idx.get(), a->topk_w.get(), a->probs.get(),
-                                   a->router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
+  if (cfg_.router == RouterKind::kSigmoidGroup) {  // probs: the sigmoid scores
+    XT_RETURN_IF_ERROR(RouterSigmoidForward(a->topk_idx.get(), a->topk_w.get(), a->probs.get(),
+                                            a->router_logits.get(), P(o.router_bias), T, E, k,
+                                            cfg_.n_group, cfg_.topk_group, cfg_.norm_topk_prob,
+                                            float(cfg_.routed_scaling_factor), s));
+  } else {
+    XT_RETURN_IF_ERROR(RouterForward(a->topk_idx.get(), a->topk_w.get(), a->probs.get(),
+                                     a->router_logits.get(), T, E, k, cfg_.norm_topk_prob, s));
+  }
   if (count)
     XT_RETURN_IF_ERROR(
         MoeBalanceStats(count, prob_sum, a->probs.get(), a->topk_idx.get(), T, E, k, s));
@@ -143,9 +151,22 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
     XT_RETURN_IF_ERROR(MoeCombineForward(y, a->ys16.get(), a->ys.get(), a->topk_w.get(),
                                          a->slot_of.get(), T, k, H, s));
     a->ys = F();
-    return Status::OK();
+  } else {
+    XT_RETURN_IF_ERROR(
+        MoeCombineForward(y, a->ys.get(), a->topk_w.get(), a->slot_of.get(), T, k, H, s));
   }
-  return MoeCombineForward(y, a->ys.get(), a->topk_w.get(), a->slot_of.get(), T, k, H, s);
+  if (o.shared_gate_up < 0) return Status::OK();
+  // y += the shared experts' SwiGLU MLP of h2 (as the CPU: its output, then the sum).
+  const int64_t Is = cfg_.n_shared_experts * Im;
+  XT_RETURN_IF_ERROR(part("shared_experts"));
+  XT_RETURN_IF_ERROR(a->shared_gu.Alloc(T * 2 * Is, s));
+  XT_RETURN_IF_ERROR(a->shared_act.Alloc(T * Is, s));
+  XT_RETURN_IF_ERROR(mm.Linear(a->shared_gu.get(), h2, P(o.shared_gate_up), T, H, 2 * Is));
+  XT_RETURN_IF_ERROR(SwigluForward(a->shared_act.get(), a->shared_gu.get(), T, Is, s));
+  F ysh;
+  XT_RETURN_IF_ERROR(ysh.Alloc(T * H, s));
+  XT_RETURN_IF_ERROR(mm.Linear(ysh.get(), a->shared_act.get(), P(o.shared_down), T, Is, H));
+  return AddInPlace(y, ysh.get(), T * H, s);
 }
 
 Status MoeBlock::AllocGrads(const float* dprob_row) {
@@ -245,9 +266,32 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   XT_RETURN_IF_ERROR(mark("moe_permute_bwd"));
   XT_RETURN_IF_ERROR(dh2->Zero(s));  // the permute's backward adds into it
   XT_RETURN_IF_ERROR(MoePermuteBackward(dh2->get(), dxs.get(), a->slot_of.get(), T, k, H, s));
+  if (o.shared_gate_up >= 0) {  // dh2 += the shared experts' input gradient
+    const int64_t Is = cfg_.n_shared_experts * Im;
+    XT_RETURN_IF_ERROR(mark("shared_experts_bwd"));
+    F dsh_act, dsh_gu;
+    XT_RETURN_IF_ERROR(dsh_act.Alloc(T * Is, s));
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dsh_act.get(), G(o.shared_down), dy, a->shared_act.get(),
+                                         P(o.shared_down), T, Is, H, false));
+    a->shared_act = F();
+    XT_RETURN_IF_ERROR(dsh_gu.Alloc(T * 2 * Is, s));
+    XT_RETURN_IF_ERROR(SwigluBackward(dsh_gu.get(), dsh_act.get(), a->shared_gu.get(), T, Is, s));
+    dsh_act = F();
+    a->shared_gu = F();
+    XT_RETURN_IF_ERROR(mm.LinearBackward(dh2->get(), G(o.shared_gate_up), dsh_gu.get(), h2,
+                                         P(o.shared_gate_up), T, H, 2 * Is, true));
+  }
   XT_RETURN_IF_ERROR(mark("router_bwd"));
-  XT_RETURN_IF_ERROR(RouterBackward(dlogits_.get(), dtopk_w_.get(), dprobs_.get(), a->probs.get(),
-                                    a->topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
+  if (cfg_.router == RouterKind::kSigmoidGroup) {
+    if (dprobs_.get())
+      return Status::Error("the sigmoid router has no balancing loss to differentiate");
+    XT_RETURN_IF_ERROR(RouterSigmoidBackward(dlogits_.get(), dtopk_w_.get(), a->probs.get(),
+                                             a->topk_idx.get(), T, E, k, cfg_.norm_topk_prob,
+                                             float(cfg_.routed_scaling_factor), s));
+  } else {
+    XT_RETURN_IF_ERROR(RouterBackward(dlogits_.get(), dtopk_w_.get(), dprobs_.get(), a->probs.get(),
+                                      a->topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
+  }
   return mm.LinearBackward(dh2->get(), G(o.router), dlogits_.get(), h2, P(o.router), T, H, E, true,
                            /*fp32=*/true);
 }

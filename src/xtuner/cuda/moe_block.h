@@ -2,7 +2,9 @@
 // in fp32 and its top-k, the routing plan on the host (the layer's one wait: the rows each expert
 // gets), the permute, the experts' grouped products with SwiGLU between them (under expert
 // parallelism the rows travel to the ranks of their experts and back), and the weighted
-// combine; forward and backward, and what it keeps from one to the other. Every buffer is
+// combine, plus the shared experts' dense SwiGLU MLP where the model has them; forward and
+// backward, and what it keeps from one to the other. The router is a softmax, or DeepSeek-V3's
+// sigmoid with its group-limited choice over scores + e_score_correction_bias. Every buffer is
 // allocated and freed on the step's stream in the order plan/cuda_step.cc walks
 // (tests/cuda/plan_cuda_test.cc holds the two together).
 //
@@ -45,6 +47,8 @@ struct MoeActs {
   DeviceArray<int32_t> received_of_grouped, grouped_of_received;
   DeviceArray<float> xr;
   DeviceArray<uint16_t> xr16;
+  // The shared experts' SwiGLU input (T, 2 Is) and output (T, Is), fp32 (DeepSeek-V3).
+  DeviceArray<float> shared_gu, shared_act;
   int64_t Bytes() const;
 };
 

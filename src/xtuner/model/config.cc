@@ -395,12 +395,8 @@ Status CudaSupports(const ModelConfig& c) {
   if (c.arch == Arch::kGptOss)
     return Status::Error(
         "gpt_oss (attention sinks, sliding windows, biases, the clamped GLU) runs on the CPU only "
-        "for now: the CUDA backend runs qwen3, qwen3_moe and mixtral (train.device = \"cpu\")");
-  if (c.mla || c.router != RouterKind::kSoftmax || c.n_shared_experts > 0)
-    return Status::Error(c.model_type +
-                         " (multi-head latent attention, the sigmoid router, shared experts) runs "
-                         "on the CPU only for now: the CUDA backend runs qwen3, qwen3_moe and "
-                         "mixtral (train.device = \"cpu\")");
+        "for now: the CUDA backend runs qwen3, qwen3_moe, mixtral and deepseek_v3 (train.device = "
+        "\"cpu\")");
   if (c.lora.enabled())
     return Status::Error(
         "LoRA adapters ([lora] rank > 0) train on the CPU only for now (train.device = \"cpu\")");

@@ -86,7 +86,9 @@ std::vector<Buf> Kept(Pool* pool, int n) {
 struct Layer {
   explicit Layer(Pool* p)
       : attention(Kept(p, 18)),
+        mla(Kept(p, 6)),
         router(Kept(p, 8)),
+        shared(Kept(p, 2)),
         xs(p, true),
         ys(p, true),
         gu(p, true),
@@ -97,8 +99,12 @@ struct Layer {
   // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, x_mid, h2, rstd2, and with the
   // bf16 attention kernels q16, k16, v16, attn16 (in place of q, k, v, attn).
   std::vector<Buf> attention;
+  // Multi-head latent attention: qa, qa_n, qa_rstd, kv_c, kv_n, kv_rstd (q, k, v, attn, lse as
+  // above; v padded to the head dim, attn not).
+  std::vector<Buf> mla;
   // router_logits, probs, topk_w, topk_idx, sorted, slot_of; expert parallelism's row maps.
   std::vector<Buf> router;
+  std::vector<Buf> shared;  // the shared experts' SwiGLU input and output (fp32)
   // rows16 (bf16 mode, an even hidden size under expert parallelism): the experts' outputs and
   // SwiGLU's input kept in bf16 for the backward (ys16, gu16; a dense layer's gu16 in bf16 mode),
   // the fp32 ones freed after the forward. xs and xr hold the rows in bf16 or fp32
@@ -107,13 +113,13 @@ struct Layer {
   int64_t Bytes() const {
     int64_t n = xs.asked() + ys.asked() + gu.asked() + act.asked() + xr.asked() + ys16.asked() +
                 gu16.asked();
-    for (const Buf& b : attention) n += b.asked();
-    for (const Buf& b : router) n += b.asked();
+    for (const std::vector<Buf>* v : {&attention, &mla, &router, &shared})
+      for (const Buf& b : *v) n += b.asked();
     return n;
   }
   void Free() {
-    for (Buf& b : attention) b.Free();
-    for (Buf& b : router) b.Free();
+    for (std::vector<Buf>* v : {&attention, &mla, &router, &shared})
+      for (Buf& b : *v) b.Free();
     for (Buf* b : {&xs, &ys, &gu, &act, &xr, &ys16, &gu16}) b->Free();
   }
 };
@@ -122,7 +128,7 @@ struct Layer {
 
 bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention) {
   const int64_t D = c.head_dim;
-  return bf16 && bf16_attention && D % 16 == 0 && D >= 16 && D <= 128;
+  return bf16 && bf16_attention && !c.mla && D % 16 == 0 && D >= 16 && D <= 128;
 }
 
 CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
@@ -130,14 +136,21 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   XT_CHECK(in.tokens > 0 && int64_t(c.layer_is_moe.size()) == c.num_layers,
            "PlanCudaStep: needs tokens and a loaded config");
   const int64_t T = in.tokens, H = c.hidden_size, V = c.vocab_size, L = c.num_layers;
-  const int64_t D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const int64_t D = c.head_dim, Hq = c.num_heads;
+  const int64_t Hkv = c.mla ? Hq : c.num_kv_heads;  // MLA: a key and a value per query head
   const int64_t E = c.num_experts, k = c.top_k, A = T * k, R = A;
   const bool bf16 = in.bf16, ep = in.expert_parallel;
   const bool bf16_attention = PlansBf16Attention(c, bf16, in.bf16_attention);
   // The experts' rows held in bf16 (under expert parallelism they travel as float pairs).
   const bool rows16 = bf16 && (!ep || H % 2 == 0);
   const int64_t act_size = bf16 ? kBf16 : kF32, rows_size = rows16 ? kBf16 : kF32;
-  const bool aux_grad = c.num_moe_layers() > 0 && c.router_aux_loss_coef != 0;
+  // The balancing loss's gradient: the softmax routers' only (DeepSeek-V3 balances by its bias).
+  const bool aux_grad =
+      c.num_moe_layers() > 0 && c.router == RouterKind::kSoftmax && c.router_aux_loss_coef != 0;
+  // Multi-head latent attention's sizes (DeepSeek-V3), and the shared experts' width.
+  const int64_t Rq = c.q_lora_rank, Rkv = c.kv_lora_rank, dn = c.qk_nope_head_dim;
+  const int64_t dr = c.qk_rope_head_dim, dv = c.value_dim();
+  const int64_t Is = c.n_shared_experts * c.moe_intermediate_size;
 
   Pool pool;
   CudaStepMemory out;
@@ -152,8 +165,8 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   // ---- the step's start: RoPE tables, ids, the residual stream, the balancing statistics.
   pool.At("the forward");
   Buf cos(&pool), sin(&pool), ids(&pool), count(&pool), prob_sum(&pool);
-  cos.Alloc(T * (D / 2) * kF32);
-  sin.Alloc(T * (D / 2) * kF32);
+  cos.Alloc(T * (c.rope_dim() / 2) * kF32);
+  sin.Alloc(T * (c.rope_dim() / 2) * kF32);
   ids.Alloc(T * kI32);
   std::vector<Buf> x;
   x.reserve(L + 1);
@@ -164,12 +177,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   layers.reserve(L);
   for (int64_t l = 0; l < L; ++l) layers.emplace_back(&pool);
 
-  auto forward = [&](int64_t l) {
-    Layer& a = layers[l];
-    std::vector<Buf>& at =
-        a.attention;  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, ...
-    at[0].Alloc(T * kF32);
-    at[1].Alloc(T * H * act_size);  // h1 (h1_16 in bf16 mode: the projections take it as is)
+  // A layer's attention from its normed input to x_mid (AttentionBlock::Forward).
+  auto attention_forward = [&](Layer& a) {
+    std::vector<Buf>& at = a.attention;
     at[2].Alloc(T * Hq * D * kF32);
     at[3].Alloc(T * Hkv * D * kF32);
     at[4].Alloc(T * Hkv * D * kF32);
@@ -189,7 +199,52 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (bf16_attention) at[17].Alloc(T * Hq * D * kBf16), at[9].Free();  // attn kept in bf16
     at[11].Alloc(T * H * kF32);                                          // x_mid
     if (!bf16_attention) round_a(T * Hq * D);                            // o_proj's input
-    at[13].Alloc(T * kF32);                                              // rstd2
+  };
+  // Multi-head latent attention's (cuda/mla_block.cc), on the fp32 attention kernels.
+  auto mla_forward = [&](Layer& a) {
+    std::vector<Buf>&at = a.attention, &m = a.mla;
+    at[2].Alloc(T * Hq * D * kF32);  // q
+    if (Rq > 0) {
+      m[0].Alloc(T * Rq * kF32);  // qa, qa_n, qa_rstd
+      m[1].Alloc(T * Rq * kF32);
+      m[2].Alloc(T * kF32);
+      round_a(T * Rq);
+    }
+    Buf ckv(&pool), kvb(&pool), kr(&pool);
+    ckv.Alloc(T * (Rkv + dr) * kF32);
+    m[3].Alloc(T * Rkv * kF32);  // kv_c, kv_n, kv_rstd
+    m[4].Alloc(T * Rkv * kF32);
+    m[5].Alloc(T * kF32);
+    kvb.Alloc(T * Hq * (dn + dv) * kF32);
+    round_a(T * Rkv);
+    kr.Alloc(T * dr * kF32);
+    ckv.Free();
+    pool.Transient(Rounded(T * Hq * dr * kF32));  // the queries' rope columns
+    at[3].Alloc(T * Hq * D * kF32);               // k
+    at[4].Alloc(T * Hq * D * kF32);               // v, padded
+    kvb.Free();
+    kr.Free();
+    Buf padded(&pool);  // the attention's output before its padding is dropped
+    padded.Alloc(T * Hq * D * kF32);
+    at[10].Alloc(T * Hq * kF32);      // lse
+    at[9].Alloc(T * Hq * dv * kF32);  // attn
+    padded.Free();
+    at[11].Alloc(T * H * kF32);  // x_mid
+    round_a(T * Hq * dv);        // o_proj's input
+  };
+
+  auto forward = [&](int64_t l) {
+    Layer& a = layers[l];
+    std::vector<Buf>& at =
+        a.attention;  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, ...
+    at[0].Alloc(T * kF32);
+    at[1].Alloc(T * H * act_size);  // h1 (h1_16 in bf16 mode: the projections take it as is)
+    if (c.mla) {
+      mla_forward(a);
+    } else {
+      attention_forward(a);
+    }
+    at[13].Alloc(T * kF32);  // rstd2
     if (!c.layer_is_moe[l]) {
       // bf16: the MLP's input and SwiGLU's output held in bf16, its input kept in bf16.
       const int64_t I = c.intermediate_size;
@@ -227,6 +282,14 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (!rows16) round_a(R * I);
     if (ep) pool.Transient(Rounded(R * H * kF32));         // the combine's rows by source
     if (rows16) a.ys16.Alloc(A * H * kBf16), a.ys.Free();  // the outputs kept in bf16
+    if (Is > 0) {  // the shared experts: their SwiGLU's input and output kept, their output summed
+      a.shared[0].Alloc(T * 2 * Is * kF32);
+      a.shared[1].Alloc(T * Is * kF32);
+      round_a(T * H);
+      Buf ysh(&pool);
+      ysh.Alloc(T * H * kF32);
+      round_a(T * Is);
+    }
   };
 
   // ---- forward.
@@ -276,7 +339,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   auto grad = [&](int64_t bytes) { grads.emplace_back(&pool).Alloc(bytes); };
   grad(T * H * kF32);        // dh2
   grad(T * H * kF32);        // dh1
-  grad(T * Hq * D * kF32);   // attention's (AttentionBlock::AllocGrads): dattn
+  grad(T * Hq * dv * kF32);  // attention's (AttentionBlock::AllocGrads): dattn
   grad(T * Hq * D * kF32);   // dq
   grad(T * Hkv * D * kF32);  // dk
   grad(T * Hkv * D * kF32);  // dv
@@ -293,6 +356,39 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     grad(T * E * kF32);                // dlogits
     if (aux_grad) grad(T * E * kF32);  // dprobs
   }
+  // Multi-head latent attention's backward (AttentionBlock::MlaBackward).
+  auto mla_backward = [&]() {
+    round_a(T * H), round_b(T * Hq * dv);  // o_proj
+    Buf dout_padded(&pool), out_padded(&pool);
+    dout_padded.Alloc(T * Hq * D * kF32);
+    out_padded.Alloc(T * Hq * D * kF32);
+    pool.Transient(Rounded(T * Hq * kF32));  // the kernels' log-sum-exp deltas
+    dout_padded.Free();
+    out_padded.Free();
+    pool.Transient(Rounded(T * Hq * dr * kF32));  // the queries' rope columns
+    Buf dkr(&pool), dqa_n(&pool), dqa(&pool), dkvb(&pool), dckv(&pool), dkv_n(&pool), dkv_c(&pool);
+    dkr.Alloc(T * dr * kF32);
+    if (Rq > 0) {
+      dqa_n.Alloc(T * Rq * kF32);
+      dqa.Alloc(T * Rq * kF32);
+      round_a(T * Hq * D), round_b(T * Rq);  // q_b
+      round_a(T * Rq);                       // q_a
+      dqa_n.Free();
+      dqa.Free();
+    } else {
+      round_a(T * Hq * D);  // q_proj
+    }
+    dkvb.Alloc(T * Hq * (dn + dv) * kF32);
+    dckv.Alloc(T * (Rkv + dr) * kF32);
+    dkr.Free();
+    dkv_n.Alloc(T * Rkv * kF32);
+    round_a(T * Hq * (dn + dv)), round_b(T * Rkv);  // kv_b
+    dkvb.Free();
+    dkv_c.Alloc(T * Rkv * kF32);
+    dkv_n.Free();
+    dkv_c.Free();
+    round_a(T * (Rkv + dr));  // kv_a
+  };
   for (int64_t l = L - 1; l >= 0; --l) {
     Layer& a = layers[l];
     if (l < in.recompute_layers) {
@@ -334,13 +430,27 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
         pool.Transient(Rounded(R * H * kF32));  // the combine's rows by source
         dxs.Free();
       }
+      if (Is > 0) {  // the shared experts' backward, into dh2
+        Buf dsh_act(&pool), dsh_gu(&pool);
+        dsh_act.Alloc(T * Is * kF32);
+        round_a(T * H), round_b(T * Is);
+        a.shared[1].Free();
+        dsh_gu.Alloc(T * 2 * Is * kF32);
+        dsh_act.Free();
+        a.shared[0].Free();
+        round_a(T * 2 * Is), round_b(T * H);
+      }
     }
-    // Attention: o_proj (its input rounded unless kept in bf16), the kernels (log-sum-exp deltas,
-    // the bf16 copy of dout), q/k/v.
-    round_a(T * H);
-    if (!bf16_attention) round_b(T * Hq * D);
-    pool.Transient(Rounded(T * Hq * kF32) + (bf16_attention ? Rounded(T * Hq * D * kBf16) : 0));
-    round_a(T * Hq * D);
+    if (c.mla) {
+      mla_backward();
+    } else {
+      // Attention: o_proj (its input rounded unless kept in bf16), the kernels (log-sum-exp
+      // deltas, the bf16 copy of dout), q/k/v.
+      round_a(T * H);
+      if (!bf16_attention) round_b(T * Hq * D);
+      pool.Transient(Rounded(T * Hq * kF32) + (bf16_attention ? Rounded(T * Hq * D * kBf16) : 0));
+      round_a(T * Hq * D);
+    }
     a.Free();
   }
   out.peak_bytes = pool.high();

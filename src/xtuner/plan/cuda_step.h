@@ -51,7 +51,8 @@ struct CudaStepMemory {
 
 // Whether the step runs attention on the bf16 kernels, as cuda::CudaModel decides: bf16 mode,
 // kernels allowed (bf16_attention: a GPU with bf16 tensor cores), and a head dim they take
-// (cuda::AttentionBf16Supports: a multiple of 16 up to 128).
+// (cuda::AttentionBf16Supports: a multiple of 16 up to 128), and not multi-head latent
+// attention (which stays on the fp32 kernels).
 bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention);
 
 // Requires a loaded config (layer_is_moe set) and T > 0.
