@@ -15,7 +15,6 @@
 #include "util/testing.h"
 #include "util/tiny_run.h"
 #include "xtuner/cuda/train_backend_cuda.h"
-#include "xtuner/train/router_bias.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/trainer.h"
 
@@ -41,29 +40,40 @@ void ExpectClose(const std::vector<double>& got, const std::vector<double>& want
     EXPECT_NEAR(got[i], want[i], rel * std::abs(want[i]) + 1e-12) << what << " step " << i + 1;
 }
 
-// fp32 on both sides: cuBLAS and the CPU's oneDNN sum in other orders, so the runs agree to
-// float rounding, compounded over 6 AdamW steps.
+// Runs `cpu` and its twin on the GPU (in cpu's work dir + "-gpu"), fp32 on both sides: cuBLAS
+// and the CPU's oneDNN sum in other orders, so the runs agree to float rounding, compounded over
+// 6 AdamW steps (losses, balancing losses where the model has one, gradient norms, the last
+// checkpoint's parameters). Returns the GPU run's config.
+TrainConfig ExpectAGpuRunFollows(const TrainConfig& cpu, bool aux_loss = true) {
+  TrainConfig gpu = cpu;
+  gpu.work_dir = cpu.work_dir + "-gpu";
+  gpu.device = "cuda";
+  EXPECT_TRUE(RunTraining(cpu, nullptr).ok());
+  auto r = RunTraining(gpu, nullptr);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
+  if (aux_loss)
+    ExpectClose(Metric(gpu.work_dir, "aux_loss"), Metric(cpu.work_dir, "aux_loss"), 1e-4, "aux");
+  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
+              "grad_norm");
+  auto mc = ModelConfig::Load(cpu.model_config);
+  EXPECT_TRUE(mc.ok());
+  if (!mc.ok()) return gpu;
+  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
+  auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
+  EXPECT_TRUE(pa.ok() && pb.ok());
+  if (pa.ok() && pb.ok()) {
+    EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
+  }
+  return gpu;
+}
+
 TEST_P(TrainCuda, AGpuRunFollowsTheCpuRun) {
   const int micro = GetParam();  // 2: the router pre-pass; 4: pooled between fwd and bwd
   TrainConfig cpu = TinyRun("gpu_cpu" + std::to_string(micro));
   cpu.micro_batch_size = micro;
   cpu.recompute = 0.5;
-  TrainConfig gpu = cpu;
-  gpu.work_dir = cpu.work_dir + "-gpu";
-  gpu.device = "cuda";
-  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
-  auto r = RunTraining(gpu, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
-  ExpectClose(Metric(gpu.work_dir, "aux_loss"), Metric(cpu.work_dir, "aux_loss"), 1e-4, "aux");
-  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
-              "grad_norm");
-  auto mc = ModelConfig::Load(cpu.model_config);
-  ASSERT_TRUE(mc.ok());
-  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
-  auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
-  ASSERT_TRUE(pa.ok() && pb.ok());
-  EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
+  ExpectAGpuRunFollows(cpu);
 }
 
 INSTANTIATE_TEST_SUITE_P(MicroBatch, TrainCuda, ::testing::Values(2, 4));
@@ -78,35 +88,17 @@ TEST_P(TrainCudaOnce, ADeepseekV3GpuRunFollowsTheCpuRunAndMovesItsBiases) {
   TrainConfig cpu = TinyRun("gpu_ds_cpu");
   std::ofstream(cpu.model_config) << testing::TinyDeepseekV3Config();
   cpu.router_bias_update_speed = 0.01;
-  TrainConfig gpu = cpu;
-  gpu.work_dir = cpu.work_dir + "-gpu";
-  gpu.device = "cuda";
-  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
-  auto r = RunTraining(gpu, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
-  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
-              "grad_norm");
+  const TrainConfig gpu = ExpectAGpuRunFollows(cpu, /*aux_loss=*/false);  // balanced by its bias
+  if (HasFailure()) return;
   auto mc = ModelConfig::Load(cpu.model_config);
   ASSERT_TRUE(mc.ok());
-  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
   auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
-  ASSERT_TRUE(pa.ok() && pb.ok());
-  EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
+  ASSERT_TRUE(pb.ok());
   // The GPU run's bias: the sum of its steps' deltas.
-  std::vector<float> want(mc->num_experts, 0.0f);
-  std::ifstream in(gpu.work_dir + "/metrics.jsonl");
-  std::string line;
   int steps = 0;
-  while (std::getline(in, line)) {
-    auto j = testing::Json(line);
-    if (!j.contains("tokens_per_expert")) continue;
-    const std::vector<float> d =
-        RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), 0.01);
-    for (size_t e = 0; e < d.size(); ++e) want[e] += d[e];
-    ++steps;
-  }
+  const std::vector<float> want = testing::BiasFromMetrics(gpu.work_dir, 0.01, &steps);
   ASSERT_EQ(steps, 6);
+  ASSERT_EQ(int64_t(want.size()), mc->num_experts);
   const ParamInfo* bias = ParamLayout(*mc).Find("model.layers.1.mlp.gate.e_score_correction_bias");
   ASSERT_TRUE(bias);
   bool moved = false;

@@ -23,7 +23,6 @@
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/generate.h"
 #include "xtuner/ops/ops.h"
-#include "xtuner/train/router_bias.h"
 #include "xtuner/train/train_checkpoint.h"
 
 namespace xt {
@@ -110,19 +109,10 @@ TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
   // The expected bias: the sum of each step's deltas from the recorded counts.
   auto mc = ModelConfig::Load(straight.model_config);
   ASSERT_TRUE(mc.ok());
-  std::vector<float> want(mc->num_experts, 0.0f);
-  std::ifstream in(straight.work_dir + "/metrics.jsonl");
-  std::string line;
   int steps = 0;
-  while (std::getline(in, line)) {
-    auto j = testing::Json(line);
-    if (!j.contains("tokens_per_expert")) continue;
-    const std::vector<float> d =
-        RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), 0.01);
-    for (size_t e = 0; e < d.size(); ++e) want[e] += d[e];
-    ++steps;
-  }
+  const std::vector<float> want = testing::BiasFromMetrics(straight.work_dir, 0.01, &steps);
   ASSERT_EQ(steps, 6);
+  ASSERT_EQ(int64_t(want.size()), mc->num_experts);
   const std::string end = straight.work_dir + "/checkpoints/step-00000006";
   auto params = ReadCheckpointParams(end, *mc);
   ASSERT_TRUE(params.ok()) << params.status().message();

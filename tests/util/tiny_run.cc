@@ -7,6 +7,7 @@
 
 #include "util/testing.h"
 #include "xtuner/core/json.h"
+#include "xtuner/train/router_bias.h"
 
 namespace xt::testing {
 
@@ -99,6 +100,23 @@ std::string TinyGptOssConfig() {
                              {"router_aux_loss_coef", 0.02},
                              {"tie_word_embeddings", false}};
   return DumpJson(mc);
+}
+
+std::vector<float> BiasFromMetrics(const std::string& work_dir, double speed, int* steps) {
+  std::vector<float> bias;
+  *steps = 0;
+  std::ifstream in(work_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = Json(line);
+    if (!j.contains("tokens_per_expert")) continue;
+    const std::vector<float> d =
+        RouterBiasDeltas(j["tokens_per_expert"][0].get<std::vector<int64_t>>(), speed);
+    bias.resize(d.size(), 0.0f);
+    for (size_t e = 0; e < d.size(); ++e) bias[e] += d[e];
+    ++*steps;
+  }
+  return bias;
 }
 
 }  // namespace xt::testing

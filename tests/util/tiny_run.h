@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "xtuner/train/config.h"
 
@@ -19,6 +20,10 @@ void SeedResumeDir(const std::string& from, int64_t step, const std::string& to)
 // layers (the first dense), 2 MLA heads, 6 experts in 3 groups keeping 2, top-2, a shared expert,
 // tied embeddings.
 std::string TinyDeepseekV3Config();
+// The correction bias of a run's first MoE layer that its steps' router bias updates add up to
+// (RouterBiasDeltas of each step's tokens_per_expert in metrics.jsonl, at `speed`), from zero;
+// *steps: the steps counted.
+std::vector<float> BiasFromMetrics(const std::string& work_dir, double speed, int* steps);
 // A tiny GPT-OSS (4 experts, top-2, a sliding window of 8 keys on its first layer, sinks,
 // biases, YaRN) for the demo's tokenizer, as config.json text.
 std::string TinyGptOssConfig();
