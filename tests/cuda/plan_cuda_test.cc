@@ -69,6 +69,20 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
   ModelConfig heads = *loaded;
   heads.num_heads *= 4;
   configs.push_back({" 4x heads", heads});
+  if (loaded->mla) {
+    // Latent buffers large enough that missing one would show, with a head dim the bf16
+    // attention kernels could take (latent attention must stay on the fp32 ones); q_proj in
+    // place of the low-rank q path.
+    ModelConfig latent = *loaded;
+    latent.q_lora_rank *= 8;
+    latent.kv_lora_rank *= 8;
+    latent.qk_nope_head_dim = 16 - latent.qk_rope_head_dim;
+    latent.head_dim = 16;
+    configs.push_back({" 8x latent, head dim 16", latent});
+    ModelConfig plain_q = *loaded;
+    plain_q.q_lora_rank = 0;
+    configs.push_back({" plain q", plain_q});
+  }
   // One packed row of three documents, long enough that the buffers that grow with it dominate.
   const int64_t T = 383;  // odd: no buffer a multiple of the allocators' 256 bytes
   std::vector<int64_t> ids(T);

@@ -341,7 +341,7 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
   if (ce_weight <= 0) ce_weight = info.num_loss_tokens > 0 ? 1.0 / double(info.num_loss_tokens) : 0;
   if (aux_weight < 0) aux_weight = 1.0;
   vector<double> dprob_e(E, 0.0);
-  if (n_moe > 0 && backward) {
+  if (n_moe > 0 && backward && cfg_.router == RouterKind::kSoftmax) {
     // The statistics the balancing gradient follows: this batch's, or what the pool returns.
     BalanceStats pooled = pool && *pool ? (*pool)(stats) : stats;
     XT_CHECK(int64_t(pooled.count.size()) == E && int64_t(pooled.prob_sum.size()) == E,

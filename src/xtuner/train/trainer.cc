@@ -527,10 +527,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     const double micro_batches = double(real_micro_batches);
     // The balancing loss of the whole global batch: its gradient needs the batch's router counts
     // before any backward. One micro-batch per rank: pooled over the ranks between forward and
-    // backward. More: pooled first from a router-only forward of every micro-batch.
+    // backward. More: pooled first from a router-only forward of every micro-batch. (The
+    // softmax routers' loss only: DeepSeek-V3's sigmoid router has none to pool for.)
     BalancePool pool;
     BalanceStats batch_stats;
-    if (global_aux && mc.router_aux_loss_coef != 0) {
+    if (global_aux && mc.router == RouterKind::kSoftmax && mc.router_aux_loss_coef != 0) {
       if (mbs.size() > 1) {
         for (const MicroBatch& mb : mbs) {
           XT_ASSIGN_OR_RETURN(BalanceStats s, backend->RouterStats(mb.batch));
