@@ -1,7 +1,8 @@
 // CUDA packed causal GQA attention (cuda::AttentionForward / AttentionBackward) against its CPU
 // twin (ops::attention_forward / attention_backward) on awkward packings (a 1-token document,
 // lengths not multiples of 64, empty documents, a 1000-token document, many short documents),
-// MHA / GQA / MQA, D = 33, 40, 64, 128, 256, and peaked softmaxes; each GPU op run twice (the
+// MHA / GQA / MQA, D = 33, 40, 64, 128, 256, and peaked softmaxes (and GPT-OSS's sinks and
+// sliding windows, below); each GPU op run twice (the
 // second time on a stream of its own) must give identical bits. Argument checks and T = 0 need
 // no GPU; the rest is skipped (label `cuda`) where no GPU is present.
 //
@@ -113,6 +114,81 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{"PeakedD128", {129}, 2, 1, 128, 3.0f}),
     [](const ::testing::TestParamInfo<Shape>& info) { return info.param.name; });
 
+// GPT-OSS's extras (ops::AttentionExtras): sinks in every softmax's denominator and their
+// gradient, and sliding windows (of 1 key, inside a tile, a tile, a held block, longer than a
+// document), against the CPU twin with the same tolerances as above (dsinks: a sum over tokens
+// of a sink's probability times delta, 1e-4 with floor 1e-2). The GPU backward gets the CPU's
+// out and lse, and adds to dsinks (both start at 0.5).
+struct ExtrasShape {
+  Shape shape;
+  int64_t window;
+  bool sinks;
+};
+void PrintTo(const ExtrasShape& e, std::ostream* os) {
+  PrintTo(e.shape, os);
+  *os << ", window " << e.window << (e.sinks ? ", sinks" : "");
+}
+
+class AttentionExtrasCuda : public cudatest::CudaTest<ExtrasShape> {};
+
+TEST_P(AttentionExtrasCuda, MatchesTheCpuTwin) {
+  const ExtrasShape& e = GetParam();
+  const std::vector<int32_t> cu = CuSeqlens(e.shape.lens);
+  const int64_t T = cu.back(), nd = int64_t(e.shape.lens.size());
+  const int64_t Hq = e.shape.Hq, Hkv = e.shape.Hkv, D = e.shape.D;
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  std::mt19937 rng(unsigned(T * 31 + e.window * 7 + Hq));
+  const std::vector<float> q = Normal(T * Hq * D, 1, rng), k = Normal(T * Hkv * D, 1, rng),
+                           v = Normal(T * Hkv * D, 1, rng), dout = Normal(T * Hq * D, 1, rng),
+                           sinks = Normal(Hq, 2, rng);
+  const ops::AttentionExtras cpu_x{e.sinks ? sinks.data() : nullptr, e.window};
+  std::vector<float> out(T * Hq * D), lse(T * Hq), dq(q.size()), dk(k.size()), dv(v.size());
+  std::vector<float> dsinks(Hq, 0.5f);
+  ops::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), cu.data(), nd, T, Hq,
+                         Hkv, D, scale, cpu_x);
+  ops::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(),
+                          q.data(), k.data(), v.data(), cu.data(), nd, T, Hq, Hkv, D, scale, cpu_x,
+                          dsinks.data());
+
+  DeviceVec<float> gq(q), gk(k), gv(v), gdout(dout), gsinks(sinks), gout_cpu(out), glse_cpu(lse);
+  DeviceVec<float> gout(std::vector<float>(out.size(), NAN)), glse(std::vector<float>(Hq * T, NAN));
+  DeviceVec<float> gdq(std::vector<float>(q.size(), NAN)), gdk(std::vector<float>(k.size(), NAN)),
+      gdv(std::vector<float>(v.size(), NAN)), gdsinks(std::vector<float>(Hq, 0.5f));
+  const ops::AttentionExtras gpu_x{e.sinks ? gsinks.p : nullptr, e.window};
+  Status st = cuda::AttentionForward(gout.p, glse.p, gq.p, gk.p, gv.p, cu.data(), nd, T, Hq, Hkv, D,
+                                     scale, nullptr, gpu_x);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st =
+      cuda::AttentionBackward(gdq.p, gdk.p, gdv.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p, gk.p,
+                              gv.p, cu.data(), nd, T, Hq, Hkv, D, scale, nullptr, gpu_x, gdsinks.p);
+  ASSERT_TRUE(st.ok()) << st.message();
+  cudatest::Sync();
+  ExpectNormNear(gout.Host(), out, D, Hq, 1e-5, 0.0, "out");
+  ExpectNormNear(glse.Host(), lse, 1, Hq, 1e-5, 1.0, "lse");
+  ExpectNormNear(gdq.Host(), dq, D, Hq, 1e-4, 1e-2, "dq");
+  ExpectNormNear(gdk.Host(), dk, D, Hkv, 1e-4, 1e-2, "dk");
+  ExpectNormNear(gdv.Host(), dv, D, Hkv, 1e-4, 1e-2, "dv");
+  ExpectNormNear(gdsinks.Host(), dsinks, 1, 1, 1e-4, 1e-2, "dsinks");
+  if (!e.sinks) {  // no sinks: dsinks untouched
+    for (float x : gdsinks.Host()) EXPECT_EQ(x, 0.5f);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionExtrasCuda,
+    ::testing::Values(ExtrasShape{{"RaggedGqaD64", {1, 63, 65, 200}, 4, 2, 64}, 0, true},
+                      ExtrasShape{{"RaggedGqaD64", {1, 63, 65, 200}, 4, 2, 64}, 1, true},
+                      ExtrasShape{{"RaggedMqaD40", {65, 1, 200, 63}, 4, 1, 40}, 8, false},
+                      ExtrasShape{{"RaggedGqaD64", {1, 63, 65, 200}, 4, 2, 64}, 32, true},
+                      ExtrasShape{{"RaggedMhaD33", {130, 3, 97}, 2, 2, 33}, 64, true},
+                      ExtrasShape{{"LongDocGqaD64", {300}, 8, 2, 64, 3.0f}, 100, true},
+                      ExtrasShape{{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64}, 5, true},
+                      ExtrasShape{{"ShortDocsD128", {20, 7}, 2, 1, 128}, 1000, true}),
+    [](const ::testing::TestParamInfo<ExtrasShape>& info) {
+      return info.param.shape.name + "Window" + std::to_string(info.param.window) +
+             (info.param.sinks ? "Sinks" : "");
+    });
+
 // T = 0 launches nothing (and so needs no GPU, nor valid device pointers).
 TEST(AttentionCudaArgs, ZeroTokensIsANoOp) {
   for (const std::vector<int32_t>& lens : {std::vector<int32_t>{}, std::vector<int32_t>{0, 0}}) {
@@ -144,6 +220,15 @@ TEST(AttentionCudaArgs, RejectsBadArguments) {
     EXPECT_FALSE(op(cu.data(), 2, 5, 4, 2, 0).ok()) << "D = 0";
     attntest::ExpectRejectsBadShapes(op);
   }
+  const ops::AttentionExtras negative{nullptr, -1};
+  const Status f = cuda::AttentionForward(nullptr, nullptr, nullptr, nullptr, nullptr, cu.data(), 2,
+                                          5, 4, 2, 64, 1.0f, nullptr, negative);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.message().find("window must be >= 0, got -1"), std::string::npos) << f.message();
+  EXPECT_FALSE(cuda::AttentionBackward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                       nullptr, nullptr, nullptr, cu.data(), 2, 5, 4, 2, 64, 1.0f,
+                                       nullptr, negative)
+                   .ok());
 }
 
 }  // namespace

@@ -142,6 +142,41 @@ __device__ inline float HalfWarpSum(float x) {
   return x;
 }
 
+// Whether query i sees key j of its document: causal (j <= i), and within the sliding window of
+// `window` keys (itself included) when window > 0.
+__device__ inline bool Sees(int64_t i, int64_t j, int64_t window) {
+  return j <= i && (window == 0 || i - j < window);
+}
+
+// The first streamed key tile (counted from the document's first token) that a query of block b
+// sees: the document's first, or with a window the one holding b's first query's first key.
+__device__ inline int64_t FirstKeyTile(const Block& b, int64_t window) {
+  if (window == 0) return b.doc_begin;
+  const int64_t lo = max(int64_t(b.doc_begin), int64_t(b.begin) - window + 1);
+  return b.doc_begin + (lo - b.doc_begin) / kStream * kStream;
+}
+
+// dsinks[h] -= sum over tokens t of exp(sinks[h] - lse[t, h]) delta[t, h], in double: one block
+// per q head, the threads' strided partial sums added by a fixed tree (no atomics).
+__global__ void SinkGradKernel(float* dsinks, const float* sinks, const float* lse,
+                               const float* delta, int64_t T, int64_t Hq) {
+  __shared__ double part[kThreads];
+  const int tid = threadIdx.x;
+  for (int64_t h = blockIdx.x; h < Hq; h += gridDim.x) {
+    double sum = 0;
+    for (int64_t t = tid; t < T; t += kThreads)
+      sum += exp(double(sinks[h]) - double(lse[t * Hq + h])) * double(delta[t * Hq + h]);
+    part[tid] = sum;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w /= 2) {
+      if (tid < w) part[tid] += part[tid + w];
+      __syncthreads();
+    }
+    if (tid == 0) dsinks[h] -= float(part[0]);
+    __syncthreads();  // part[0] read before the next head writes part
+  }
+}
+
 // Shared memory (floats) of each kernel for head dim D.
 size_t ForwardSmemFloats(int64_t D) {
   return size_t((kHeld + 2 * kStream) * (D | 1) + kHeld * kWStride);
@@ -157,7 +192,8 @@ size_t BackwardKvSmemFloats(int64_t D) {
 template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
     AttentionForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
-                           const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
+                           const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
+                           const float* sinks, int64_t window) {
   XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* qs = smem;               // (kHeld, Dp)
@@ -178,8 +214,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int jj = 0; jj < kDmax / 16; ++jj) acc[r][jj] = 0.0f;
   }
-  // Keys [doc_begin, begin + n): the causal keys of the block's last query.
-  for (int64_t j0 = b.doc_begin; j0 < int64_t(b.begin) + b.n; j0 += kStream) {
+  // Keys [doc_begin, begin + n): the causal keys of the block's last query; with a window, from
+  // the tile holding the first key its first query sees.
+  for (int64_t j0 = FirstKeyTile(b, window); j0 < int64_t(b.begin) + b.n; j0 += kStream) {
     const int kn = int(min(int64_t(kStream), int64_t(b.doc_end) - j0));
     __syncthreads();  // the previous tile is no longer read
     LoadRows(ks, Dp, k + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
@@ -194,7 +231,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int col = tx + 16 * c;
-        const bool valid = row < b.n && col < kn && j0 + col <= qpos;
+        const bool valid = row < b.n && col < kn && Sees(qpos, j0 + col, window);
         s[r][c] = valid ? s[r][c] * scale : -INFINITY;
       }
       const float mx = fmaxf(m[r], HalfWarpMax(fmaxf(s[r][0], s[r][1])));
@@ -212,18 +249,25 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
     Accumulate<kDmax>(acc, ps, vs, kn, Dp, D, ty, tx);  // acc += p @ v tile (masked p are 0)
   }
+  // Every row saw at least itself (m finite, l >= 1). The sink joins the denominator
+  // l e^m + e^sink relative to M = max(m, sink), as the CPU twin; with no sink (-inf) M = m,
+  // e^(m - M) = 1: out = acc / l, lse = m + log(l).
+  const float sink = sinks ? sinks[h] : -INFINITY;
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
     const int row = 4 * ty + r;
     if (row >= b.n) continue;
     const int64_t o = (int64_t(b.begin) + row) * Hq + h;
-    const float inv = 1.0f / l[r];
+    const float big = fmaxf(m[r], sink);
+    const float em = expf(m[r] - big);
+    const float denom = l[r] * em + expf(sink - big);
+    const float inv = em / denom;
 #pragma unroll
     for (int jj = 0; jj < kDmax / 16; ++jj) {
       const int d = tx + 16 * jj;
       if (d < D) out[o * D + d] = acc[r][jj] * inv;
     }
-    if (tx == 0) lse[o] = m[r] + logf(l[r]);
+    if (tx == 0) lse[o] = big + logf(denom);
   }
 }
 
@@ -247,7 +291,8 @@ template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
     AttentionBackwardKvKernel(float* dk, float* dv, const float* dout, const float* lse,
                               const float* delta, const float* q, const float* k, const float* v,
-                              const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale) {
+                              const Block* blocks, int64_t Hq, int64_t Hkv, int D, float scale,
+                              int64_t window) {
   XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* ks = smem;                       // (kHeld, Dp)
@@ -271,9 +316,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int jj = 0; jj < kDmax / 16; ++jj) dka[r][jj] = dva[r][jj] = 0.0f;
 
+  // Queries [begin, doc_end): all that see a key of this block; with a window, up to the last
+  // that sees its last key.
+  const int64_t q_end =
+      window > 0 ? min(int64_t(b.doc_end), int64_t(b.begin) + b.n - 1 + window) : b.doc_end;
   for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-    // Queries [begin, doc_end): all that see a key of this block.
-    for (int64_t i0 = b.begin; i0 < b.doc_end; i0 += kStream) {
+    for (int64_t i0 = b.begin; i0 < q_end; i0 += kStream) {
       const int qn = int(min(int64_t(kStream), int64_t(b.doc_end) - i0));
       __syncthreads();  // the previous tile is no longer read
       LoadRows(qs, Dp, q + (i0 * Hq + h) * D, Hq * D, qn, kStream, D);
@@ -293,7 +341,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int c = 0; c < 2; ++c) {
           const int col = tx + 16 * c;
           float p = 0.0f, ds = 0.0f;
-          if (row < b.n && col < qn && i0 + col >= kpos) {
+          if (row < b.n && col < qn && Sees(i0 + col, kpos, window)) {
             p = expf(s[r][c] * scale - lse_s[col]);
             ds = p * (dp[r][c] - delta_s[col]);
           }
@@ -327,7 +375,7 @@ template <int kDmax>
 __global__ void __launch_bounds__(kThreads)
     AttentionBackwardQKernel(float* dq, const float* dout, const float* lse, const float* delta,
                              const float* q, const float* k, const float* v, const Block* blocks,
-                             int64_t Hq, int64_t Hkv, int D, float scale) {
+                             int64_t Hq, int64_t Hkv, int D, float scale, int64_t window) {
   XT_DYNAMIC_SHARED(float, smem);
   const int Dp = D | 1;
   float* qs = smem;                       // (kHeld, Dp)
@@ -354,7 +402,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int jj = 0; jj < kDmax / 16; ++jj) acc[r][jj] = 0.0f;
 
-  for (int64_t j0 = b.doc_begin; j0 < int64_t(b.begin) + b.n; j0 += kStream) {
+  for (int64_t j0 = FirstKeyTile(b, window); j0 < int64_t(b.begin) + b.n; j0 += kStream) {
     const int kn = int(min(int64_t(kStream), int64_t(b.doc_end) - j0));
     __syncthreads();  // the previous tile is no longer read
     LoadRows(ks, Dp, k + (j0 * Hkv + g) * D, Hkv * D, kn, kStream, D);
@@ -370,7 +418,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < 2; ++c) {
         const int col = tx + 16 * c;
         float ds = 0.0f;
-        if (row < b.n && col < kn && j0 + col <= qpos) {
+        if (row < b.n && col < kn && Sees(qpos, j0 + col, window)) {
           const float p = expf(s[r][c] * scale - lse_s[row]);
           ds = p * (dp[r][c] - delta_s[row]);
         }
@@ -403,15 +451,22 @@ Status PlanAttention(const char* op, const int32_t* cu, int64_t num_docs, int64_
   return Status::OK();
 }
 
+Status CheckWindow(const char* op, const ops::AttentionExtras& extras) {
+  if (extras.window < 0)
+    return Status::Error(std::string(op) + ": window must be >= 0, got " +
+                         std::to_string(extras.window));
+  return Status::OK();
+}
+
 template <int kDmax>
 Status LaunchForward(float* out, float* lse, const float* q, const float* k, const float* v,
                      const Block* blocks, int64_t nb, int64_t Hq, int64_t Hkv, int64_t D,
-                     float scale, cudaStream_t st) {
+                     float scale, const ops::AttentionExtras& extras, cudaStream_t st) {
   const size_t floats = ForwardSmemFloats(D);
   XT_RETURN_IF_ERROR(
       PrepareSmem(AttentionForwardKernel<kDmax>, floats * sizeof(float), "attention_forward"));
   XT_LAUNCH(AttentionForwardKernel<kDmax>, unsigned(nb * Hq), kThreads, floats * sizeof(float), st)
-  (out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale);
+  (out, lse, q, k, v, blocks, Hq, Hkv, int(D), scale, extras.sinks, extras.window);
   return Check(cudaGetLastError(), "attention_forward launch");
 }
 
@@ -419,7 +474,7 @@ template <int kDmax>
 Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const float* lse,
                       const float* delta, const float* q, const float* k, const float* v,
                       const Block* by_q, const Block* by_kv, int64_t nb, int64_t Hq, int64_t Hkv,
-                      int64_t D, float scale, cudaStream_t st) {
+                      int64_t D, float scale, int64_t window, cudaStream_t st) {
   const size_t kv_floats = BackwardKvSmemFloats(D), q_floats = BackwardQSmemFloats(D);
   XT_RETURN_IF_ERROR(PrepareSmem(AttentionBackwardKvKernel<kDmax>, kv_floats * sizeof(float),
                                  "attention_backward (dk, dv)"));
@@ -427,11 +482,11 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const 
                                  "attention_backward (dq)"));
   XT_LAUNCH(AttentionBackwardKvKernel<kDmax>, unsigned(nb * Hkv), kThreads,
             kv_floats * sizeof(float), st)
-  (dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale);
+  (dk, dv, dout, lse, delta, q, k, v, by_kv, Hq, Hkv, int(D), scale, window);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "attention_backward (dk, dv) launch"));
   XT_LAUNCH(AttentionBackwardQKernel<kDmax>, unsigned(nb * Hq), kThreads, q_floats * sizeof(float),
             st)
-  (dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale);
+  (dq, dout, lse, delta, q, k, v, by_q, Hq, Hkv, int(D), scale, window);
   return Check(cudaGetLastError(), "attention_backward (dq) launch");
 }
 
@@ -439,10 +494,12 @@ Status LaunchBackward(float* dq, float* dk, float* dv, const float* dout, const 
 
 Status AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale, void* stream) {
+                        int64_t Hkv, int64_t D, float scale, void* stream,
+                        const ops::AttentionExtras& extras) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_forward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+  XT_RETURN_IF_ERROR(CheckWindow("attention_forward", extras));
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
@@ -451,11 +508,11 @@ Status AttentionForward(float* out, float* lse, const float* q, const float* k, 
   Status s = UploadBlocks(scratch, by_q, by_kv, &blocks, st, "attention_forward blocks");
   if (s.ok()) {
     if (D <= 64)
-      s = LaunchForward<64>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+      s = LaunchForward<64>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, extras, st);
     else if (D <= 128)
-      s = LaunchForward<128>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+      s = LaunchForward<128>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, extras, st);
     else
-      s = LaunchForward<256>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, st);
+      s = LaunchForward<256>(out, lse, q, k, v, blocks, nb, Hq, Hkv, D, scale, extras, st);
   }
   const Status freed = scratch.Release("attention_forward blocks free");
   return s.ok() ? freed : s;
@@ -464,10 +521,12 @@ Status AttentionForward(float* out, float* lse, const float* q, const float* k, 
 Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                          const float* lse, const float* q, const float* k, const float* v,
                          const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                         int64_t Hkv, int64_t D, float scale, void* stream) {
+                         int64_t Hkv, int64_t D, float scale, void* stream,
+                         const ops::AttentionExtras& extras, float* dsinks) {
   std::vector<Block> by_q, by_kv;
   XT_RETURN_IF_ERROR(
       PlanAttention("attention_backward", cu_seqlens, num_docs, T, Hq, Hkv, D, &by_q, &by_kv));
+  XT_RETURN_IF_ERROR(CheckWindow("attention_backward", extras));
   if (T == 0) return Status::OK();
   const cudaStream_t st = cudaStream_t(stream);
   const int64_t nb = int64_t(by_q.size());
@@ -480,16 +539,22 @@ Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, con
     XT_LAUNCH(AttentionDeltaKernel, detail::BlocksFor(T * Hq * 32), kThreads, 0, st)
     (delta, dout, out, T * Hq, int(D));
     s = Check(cudaGetLastError(), "attention_backward (delta) launch");
+    if (s.ok() && extras.sinks && dsinks) {
+      XT_LAUNCH(SinkGradKernel, unsigned(std::min<int64_t>(Hq, detail::kMaxBlocks)), kThreads, 0,
+                st)
+      (dsinks, extras.sinks, lse, delta, T, Hq);
+      s = Check(cudaGetLastError(), "attention_backward (sinks) launch");
+    }
     if (s.ok()) {
       if (D <= 64)
         s = LaunchBackward<64>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
-                               Hkv, D, scale, st);
+                               Hkv, D, scale, extras.window, st);
       else if (D <= 128)
         s = LaunchBackward<128>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
-                                Hkv, D, scale, st);
+                                Hkv, D, scale, extras.window, st);
       else
         s = LaunchBackward<256>(dq, dk, dv, dout, lse, delta, q, k, v, blocks, blocks + nb, nb, Hq,
-                                Hkv, D, scale, st);
+                                Hkv, D, scale, extras.window, st);
     }
   }
   const Status freed = scratch.Release("attention_backward scratch free");

@@ -69,6 +69,31 @@ Status RopeForward(uint16_t* out16, const float* x, const float* cos, const floa
 Status RopeBackward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D,
                     void* stream = nullptr);
 
+// ---------------------------------------------------------------- GPT-OSS's clamped GLU
+// ops::gpt_oss_glu_forward / backward (exp as SwigluForward's: agreement to ~1e-6 relative).
+// The bf16 overloads are SwiGLU's: out rounded, h16 the input kept rounded; the backward reads
+// it and writes dh rounded (its clamp tests the rounded input).
+Status GptOssGluForward(float* out, const float* h, int64_t N, int64_t I, float alpha, float limit,
+                        void* stream = nullptr);
+Status GptOssGluForward(uint16_t* out, uint16_t* h16, const float* h, int64_t N, int64_t I,
+                        float alpha, float limit, void* stream = nullptr);
+Status GptOssGluBackward(float* dh, const float* dout, const float* h, int64_t N, int64_t I,
+                         float alpha, float limit, void* stream = nullptr);
+Status GptOssGluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, int64_t N, int64_t I,
+                         float alpha, float limit, void* stream = nullptr);
+
+// ---------------------------------------------------------------- biases
+// ops::bias_forward / bias_backward and their grouped forms, bit-identical: one thread per
+// element (forward) or per column (backward: the rows added in order into db). The grouped
+// forms take the experts' row offsets (E + 1) on the HOST, as the grouped GEMMs do, and launch
+// once per expert with rows.
+Status BiasForward(float* out, const float* b, int64_t N, int64_t O, void* stream = nullptr);
+Status BiasBackward(float* db, const float* dout, int64_t N, int64_t O, void* stream = nullptr);
+Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, int64_t E, int64_t O,
+                          void* stream = nullptr);
+Status GroupedBiasBackward(float* db, const float* dout, const int32_t* offsets, int64_t E,
+                           int64_t O, void* stream = nullptr);
+
 // ---------------------------------------------------------------- column moves (MLA)
 // ops::copy_columns and ops::sum_head_columns, bit-identical (copies; the sum over heads in the
 // CPU's order, one thread per output element). Error unless width is even for a pair order and
@@ -184,13 +209,19 @@ Status AdamWStepRange(float* params, const float* grads, float* m, float* v, int
 // (other summation orders, its polynomial Exp) expected to agree to ~1e-6 relative for out and
 // lse, ~1e-5 for the gradients; its test demands 1e-5 and 1e-4 norm-wise. Scratch: the block
 // list and delta (T * Hq floats), cudaMallocAsync on `stream`.
+// extras (ops::AttentionExtras, GPT-OSS): sinks, a DEVICE array (Hq), join every softmax's
+// denominator as on the CPU; a window > 0 limits each query to its last `window` keys (key tiles
+// wholly outside it are skipped); a negative window is an error.
 Status AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
                         const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
-// dq (T, Hq, D), dk, dv (T, Hkv, D) assigned.
+                        int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
+                        const ops::AttentionExtras& extras = {});
+// dq (T, Hq, D), dk, dv (T, Hkv, D) assigned. With sinks, dsinks (Hq, device; null: none) +=
+// -sum_t exp(sink - lse) delta, summed in double by one CUDA block per head (a fixed tree).
 Status AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                          const float* lse, const float* q, const float* k, const float* v,
                          const int32_t* cu_seqlens, int64_t num_docs, int64_t T, int64_t Hq,
-                         int64_t Hkv, int64_t D, float scale, void* stream = nullptr);
+                         int64_t Hkv, int64_t D, float scale, void* stream = nullptr,
+                         const ops::AttentionExtras& extras = {}, float* dsinks = nullptr);
 
 }  // namespace xt::cuda
