@@ -706,7 +706,7 @@ TEST(CudaModelArguments, CreateOverRejectsInconsistentArguments) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelCuda,
                          ::testing::Values("qwen3_dense_tiny", "qwen3_moe_tiny", "mixtral_tiny",
-                                           "deepseek_v3_tiny"));
+                                           "deepseek_v3_tiny", "variants/gpt_oss_tiny"));
 
 }  // namespace
 }  // namespace xt

@@ -132,7 +132,7 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PlanCuda,
                          ::testing::Values("qwen3_moe_tiny", "mixtral_tiny", "qwen3_dense_tiny",
-                                           "deepseek_v3_tiny"));
+                                           "deepseek_v3_tiny", "variants/gpt_oss_tiny"));
 
 }  // namespace
 }  // namespace xt

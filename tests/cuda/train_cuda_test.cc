@@ -109,6 +109,14 @@ TEST_P(TrainCudaOnce, ADeepseekV3GpuRunFollowsTheCpuRunAndMovesItsBiases) {
   EXPECT_TRUE(moved) << "the counts were balanced at every step: the test shows nothing";
 }
 
+// GPT-OSS on the GPU (sinks, a sliding window, biases, the clamped GLU, its balancing loss)
+// follows its CPU run.
+TEST_P(TrainCudaOnce, AGptOssGpuRunFollowsTheCpuRun) {
+  TrainConfig cpu = TinyRun("gpu_gpt_oss_cpu");
+  std::ofstream(cpu.model_config) << testing::TinyGptOssConfig();
+  ExpectAGpuRunFollows(cpu);
+}
+
 // The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.
 TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {
   TrainConfig straight = TinyRun("gpu_straight");

@@ -346,8 +346,8 @@ int VisibleGpus() {
 // the CPU's in fp32) with rows split unevenly, so that one rank runs an empty micro-batch while
 // its experts serve the other's rows. Two GPUs: over NCCL. One GPU (the lent machines): both
 // ranks on it, collectives through MPI on host copies (parallel.gpu_comm = "mpi"), the same
-// device code otherwise. Under the CUDA emulator: both. Then DeepSeek-V3 on 2 expert-parallel
-// GPU ranks. Skipped without a GPU.
+// device code otherwise. Under the CUDA emulator: both. Then DeepSeek-V3 and GPT-OSS on 2
+// expert-parallel GPU ranks. Skipped without a GPU.
 constexpr int kGpuSteps = 10;
 const char kBf16Args[] = "--set train.precision=bf16 --set train.global_batch_size=3";
 
@@ -394,13 +394,16 @@ std::vector<std::string> TokensPerExpert(const std::string& work_dir) {
   return steps;
 }
 
-// DeepSeek-V3 (latent attention, a dense first layer, a shared expert, the sigmoid router with
-// its bias moved on the GPUs after each step) on 2 expert-parallel GPU ranks: the single-process
-// CPU run's losses, and its choices of experts at every step (a bias moved wrongly on either
-// rank would change them).
-void DeepseekV3GpuMeshFollowsTheCpuRun(const std::string& comm) {
-  const std::string dir = testing::TempDir("mpi_gpu_dsv3");
-  std::ofstream(dir + "/config.json") << testing::TinyDeepseekV3Config();
+// A model of its own (config.json text) on 2 expert-parallel GPU ranks: the single-process CPU
+// run's losses, and its choices of experts at every step. DeepSeek-V3 (latent attention, a
+// dense first layer, a shared expert, the sigmoid router with its bias moved on the GPUs after
+// each step: a bias moved wrongly on either rank would change the choices); GPT-OSS (sinks, a
+// sliding window, biases on the router and on the experts a rank holds, the clamped GLU).
+void ModelGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& name,
+                                  const std::string& config_json) {
+  SCOPED_TRACE(name);
+  const std::string dir = testing::TempDir("mpi_gpu_" + name);
+  std::ofstream(dir + "/config.json") << config_json;
   const std::string model =
       " --set model.model_config=" + dir + "/config.json --set train.router_bias_update_speed=0.01";
   CliRun cpu = testing::RunXtuner(Args(dir + "/cpu", 8, model), kRoot);
@@ -415,7 +418,7 @@ void DeepseekV3GpuMeshFollowsTheCpuRun(const std::string& comm) {
   ASSERT_EQ(want.size(), 8u);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], 1e-3 * std::abs(want[i])) << "DeepSeek-V3 step " << i + 1;
+    EXPECT_NEAR(got[i], want[i], 1e-3 * std::abs(want[i])) << name << " step " << i + 1;
   EXPECT_EQ(TokensPerExpert(dir + "/gpu"), TokensPerExpert(dir + "/cpu"));
 }
 
@@ -439,7 +442,9 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
     SCOPED_TRACE("parallel.gpu_comm = " + comm);
     GpuMeshesFollowTheCpuRun(comm, cpu);
   }
-  DeepseekV3GpuMeshFollowsTheCpuRun(gpus >= 2 ? "nccl" : "mpi");
+  const std::string comm = gpus >= 2 ? "nccl" : "mpi";
+  ModelGpuMeshFollowsTheCpuRun(comm, "dsv3", testing::TinyDeepseekV3Config());
+  ModelGpuMeshFollowsTheCpuRun(comm, "gpt_oss", testing::TinyGptOssConfig());
 }
 
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank

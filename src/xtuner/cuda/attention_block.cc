@@ -31,8 +31,8 @@ AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWri
       stream_(stream) {}
 
 Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const float* h1,
-                               const uint16_t* h1_16, const UnitParams& P, const LayerOffsets& o,
-                               const Mark& part) {
+                               const uint16_t* h1_16, const UnitParams& P, int64_t l,
+                               const LayerOffsets& o, const Mark& part) {
   if (cfg_.mla) return MlaForward(a, out, h1, h1_16, P, o, part);
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
@@ -51,6 +51,8 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
     XT_RETURN_IF_ERROR(a->k_rstd.Alloc(T * Hkv, s));
     XT_RETURN_IF_ERROR(mm.Linear(a->q_pre.get(), h1, P(o.wq), T, H, Hq * D, false, h1_16));
     XT_RETURN_IF_ERROR(mm.Linear(a->k_pre.get(), h1, P(o.wk), T, H, Hkv * D, false, h1_16));
+    XT_RETURN_IF_ERROR(AddBias(a->q_pre.get(), P, o.bq, Hq * D));
+    XT_RETURN_IF_ERROR(AddBias(a->k_pre.get(), P, o.bk, Hkv * D));
     XT_RETURN_IF_ERROR(part("qk_norm"));
     XT_RETURN_IF_ERROR(RmsnormForward(a->q.get(), a->q_rstd.get(), a->q_pre.get(), P(o.q_norm),
                                       T * Hq, D, eps, s));
@@ -60,8 +62,11 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
   } else {
     XT_RETURN_IF_ERROR(mm.Linear(a->q.get(), h1, P(o.wq), T, H, Hq * D, false, h1_16));
     XT_RETURN_IF_ERROR(mm.Linear(a->k.get(), h1, P(o.wk), T, H, Hkv * D, false, h1_16));
+    XT_RETURN_IF_ERROR(AddBias(a->q.get(), P, o.bq, Hq * D));  // (GPT-OSS: before RoPE)
+    XT_RETURN_IF_ERROR(AddBias(a->k.get(), P, o.bk, Hkv * D));
   }
   XT_RETURN_IF_ERROR(mm.Linear(a->v.get(), h1, P(o.wv), T, H, Hkv * D, false, h1_16));
+  XT_RETURN_IF_ERROR(AddBias(a->v.get(), P, o.bv, Hkv * D));
   XT_RETURN_IF_ERROR(part("rope"));
   if (bf16_attention_) {
     // The bf16 kernels' inputs kept only as they read them: q and k rotated into bf16, v
@@ -84,12 +89,12 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
   XT_RETURN_IF_ERROR(part("attention_fwd"));
   const int32_t* cu = batch_.cu_seqlens.data();
   const int64_t docs = batch_.num_docs();
-  XT_RETURN_IF_ERROR(bf16_attention_
-                         ? AttentionForwardFromBf16(a->attn.get(), a->lse.get(), a->q16.get(),
-                                                    a->k16.get(), a->v16.get(), cu, docs, T, Hq,
-                                                    Hkv, D, scale, s, kernels_)
-                         : AttentionForward(a->attn.get(), a->lse.get(), a->q.get(), a->k.get(),
-                                            a->v.get(), cu, docs, T, Hq, Hkv, D, scale, s));
+  XT_RETURN_IF_ERROR(
+      bf16_attention_
+          ? AttentionForwardFromBf16(a->attn.get(), a->lse.get(), a->q16.get(), a->k16.get(),
+                                     a->v16.get(), cu, docs, T, Hq, Hkv, D, scale, s, kernels_)
+          : AttentionForward(a->attn.get(), a->lse.get(), a->q.get(), a->k.get(), a->v.get(), cu,
+                             docs, T, Hq, Hkv, D, scale, s, Extras(P, l, o)));
   if (bf16_attention_) {  // the output kept rounded, as o_proj's products read it
     XT_RETURN_IF_ERROR(a->attn16.Alloc(T * Hq * D, s));
     XT_RETURN_IF_ERROR(ToBf16(a->attn16.get(), a->attn.get(), T * Hq * D, s));
@@ -97,7 +102,29 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
   }
   XT_RETURN_IF_ERROR(part("o_proj"));
   XT_RETURN_IF_ERROR(out->Alloc(T * H, s));
-  return mm.Linear(out->get(), a->attn.get(), P(o.wo), T, Hq * D, H, false, a->attn16.get());
+  XT_RETURN_IF_ERROR(
+      mm.Linear(out->get(), a->attn.get(), P(o.wo), T, Hq * D, H, false, a->attn16.get()));
+  return AddBias(out->get(), P, o.bo, H);
+}
+
+Status AttentionBlock::AddBias(float* out, const UnitParams& P, int64_t b, int64_t n) {
+  if (b < 0) return Status::OK();
+  return BiasForward(out, P(b), batch_.num_tokens(), n, stream_);
+}
+
+Status AttentionBlock::BiasGrad(const UnitGrads& G, int64_t b, const float* dout, int64_t n) {
+  float* db = G(b);
+  if (!db) return Status::OK();
+  XT_RETURN_IF_ERROR(writes_.Prepare(db, n, stream_));
+  return BiasBackward(db, dout, batch_.num_tokens(), n, stream_);
+}
+
+ops::AttentionExtras AttentionBlock::Extras(const UnitParams& P, int64_t l,
+                                            const LayerOffsets& o) const {
+  ops::AttentionExtras x;
+  x.sinks = P(o.sinks);
+  x.window = cfg_.window(l);
+  return x;
 }
 
 Status AttentionBlock::AllocGrads() {
@@ -118,7 +145,8 @@ Status AttentionBlock::AllocGrads() {
 
 Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionActs& a,
                                 const float* h1, const uint16_t* h1_16, const UnitParams& P,
-                                const UnitGrads& G, const LayerOffsets& o, const Mark& mark) {
+                                const UnitGrads& G, int64_t l, const LayerOffsets& o,
+                                const Mark& mark) {
   if (cfg_.mla) return MlaBackward(dh1, dout, a, h1, h1_16, P, G, o, mark);
   const int64_t T = batch_.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
@@ -128,17 +156,20 @@ Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionAc
   XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
   XT_RETURN_IF_ERROR(mm.LinearBackward(dattn_.get(), G(o.wo), dout, a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false, false, a.attn16.get()));
+  XT_RETURN_IF_ERROR(BiasGrad(G, o.bo, dout, H));
   XT_RETURN_IF_ERROR(mark("attention_bwd"));
+  float* dsinks = G(o.sinks);  // GPT-OSS: the sinks' gradient, added to
+  if (dsinks) XT_RETURN_IF_ERROR(writes_.Prepare(dsinks, Hq, s));
   const int32_t* cu = batch_.cu_seqlens.data();
   const int64_t docs = batch_.num_docs();
-  XT_RETURN_IF_ERROR(bf16_attention_
-                         ? AttentionBackwardFromBf16(dq_.get(), dk_.get(), dv_.get(), dattn_.get(),
-                                                     a.attn16.get(), a.lse.get(), a.q16.get(),
-                                                     a.k16.get(), a.v16.get(), cu, docs, T, Hq, Hkv,
-                                                     D, scale, s, kernels_)
-                         : AttentionBackward(dq_.get(), dk_.get(), dv_.get(), dattn_.get(),
-                                             a.attn.get(), a.lse.get(), a.q.get(), a.k.get(),
-                                             a.v.get(), cu, docs, T, Hq, Hkv, D, scale, s));
+  XT_RETURN_IF_ERROR(
+      bf16_attention_
+          ? AttentionBackwardFromBf16(dq_.get(), dk_.get(), dv_.get(), dattn_.get(), a.attn16.get(),
+                                      a.lse.get(), a.q16.get(), a.k16.get(), a.v16.get(), cu, docs,
+                                      T, Hq, Hkv, D, scale, s, kernels_)
+          : AttentionBackward(dq_.get(), dk_.get(), dv_.get(), dattn_.get(), a.attn.get(),
+                              a.lse.get(), a.q.get(), a.k.get(), a.v.get(), cu, docs, T, Hq, Hkv, D,
+                              scale, s, Extras(P, l, o), dsinks));
   XT_RETURN_IF_ERROR(mark("rope_bwd"));
   XT_RETURN_IF_ERROR(RopeBackward(dq_.get(), cos_, sin_, T, Hq, D, s));
   XT_RETURN_IF_ERROR(RopeBackward(dk_.get(), cos_, sin_, T, Hkv, D, s));
@@ -156,6 +187,9 @@ Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionAc
     dk_in = dk_pre_.get();
   }
   XT_RETURN_IF_ERROR(mark("qkv_proj_bwd"));
+  XT_RETURN_IF_ERROR(BiasGrad(G, o.bq, dq_in, Hq * D));
+  XT_RETURN_IF_ERROR(BiasGrad(G, o.bk, dk_in, Hkv * D));
+  XT_RETURN_IF_ERROR(BiasGrad(G, o.bv, dv_.get(), Hkv * D));
   XT_RETURN_IF_ERROR(
       mm.LinearBackward(dh1, G(o.wq), dq_in, h1, P(o.wq), T, H, Hq * D, false, false, h1_16));
   XT_RETURN_IF_ERROR(

@@ -55,11 +55,12 @@ class AttentionBlock {
   AttentionBlock(const AttentionBlock&) = delete;
   AttentionBlock& operator=(const AttentionBlock&) = delete;
 
-  // Layer o's attention of h1 (T, H), or of h1_16 (its bf16 rounding; h1 then null): out
-  // (T, H) allocated and assigned the o_proj output (without the residual); a holds what the
-  // backward needs. P: the layer's unit, acquired.
+  // Layer l's (offsets o) attention of h1 (T, H), or of h1_16 (its bf16 rounding; h1 then null):
+  // out (T, H) allocated and assigned the o_proj output (without the residual); a holds what the
+  // backward needs. P: the layer's unit, acquired. GPT-OSS: the projections' biases, the
+  // layer's sinks and sliding window (on the fp32 kernels).
   Status Forward(AttentionActs* a, DeviceArray<float>* out, const float* h1, const uint16_t* h1_16,
-                 const UnitParams& P, const LayerOffsets& o, const Mark& part);
+                 const UnitParams& P, int64_t l, const LayerOffsets& o, const Mark& part);
 
   // The step's gradients of the attention's tensors, allocated once (at the backward's start)
   // and used by every layer's Backward.
@@ -68,10 +69,17 @@ class AttentionBlock {
   // dh1 (T, H) assigned d loss / d h1 from dout (T, H) = d loss / d out and the forward's a, h1,
   // h1_16; the weights' gradients into G (written where blank, added otherwise: GradWrites).
   Status Backward(float* dh1, const float* dout, const AttentionActs& a, const float* h1,
-                  const uint16_t* h1_16, const UnitParams& P, const UnitGrads& G,
+                  const uint16_t* h1_16, const UnitParams& P, const UnitGrads& G, int64_t l,
                   const LayerOffsets& o, const Mark& mark);
 
  private:
+  // out (T, n) += the bias at offset b of P, if the layer has one; its backward: the bias's
+  // gradient in G += the column sums of dout.
+  Status AddBias(float* out, const UnitParams& P, int64_t b, int64_t n);
+  Status BiasGrad(const UnitGrads& G, int64_t b, const float* dout, int64_t n);
+  // Layer l's sinks and window (GPT-OSS; none otherwise), the sinks on the device.
+  ops::AttentionExtras Extras(const UnitParams& P, int64_t l, const LayerOffsets& o) const;
+
   // Forward and Backward of multi-head latent attention (DeepSeek-V3; cuda/mla_block.cc), on the
   // fp32 attention kernels: Transformer::MlaForward / MlaBackward step for step.
   Status MlaForward(AttentionActs* a, DeviceArray<float>* out, const float* h1,

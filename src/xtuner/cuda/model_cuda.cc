@@ -24,6 +24,7 @@
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/rope_tables.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/plan/cuda_step.h"
 
 namespace xt::cuda {
 namespace {
@@ -284,14 +285,15 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   const bool bf16 = precision_ == GemmInput::kBf16;
   // Attention's products on the tensor cores too in bf16 mode, where the kernels take the head
   // dim (attention_bf16.h); the fp32 kernels otherwise.
-  // (Multi-head latent attention runs on the fp32 kernels: cuda/mla_block.cc.)
-  const bool bf16_attention = bf16 && bf16_attention_ && !cfg_.mla && AttentionBf16Supports(D) &&
-                              AttentionBf16Device().ok();
+  // (Multi-head latent attention and GPT-OSS's sinks and windows run on the fp32 kernels.)
+  const bool bf16_attention = PlansBf16Attention(cfg_, bf16, bf16_attention_) &&
+                              AttentionBf16Supports(D) && AttentionBf16Device().ok();
   // The experts' rows that only feed bf16 products held in bf16 (their producers round them as
   // the products would): the permuted input rows, SwiGLU's output and the gradients of both
   // expert products' outputs; under expert parallelism the rows and output gradients travel in
   // bf16 too (as float pairs: an even hidden size).
-  const bool rows16 = bf16 && (!ep_ || H % 2 == 0);
+  // (Not GPT-OSS's experts: their bias gradients read the rows in fp32.)
+  const bool rows16 = PlansRows16(cfg_, bf16, ep_ != nullptr);
   Bf16Copies& units16 = *bf16_copies_;
   units16.BeginStep();
   // Units in use, from the source: parameters (and their bf16 copy in bf16 mode, made once per
@@ -338,7 +340,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bf16_attention,
                            attention_kernels_, s);
-  MoeBlock moe(cfg_, mm, ep_, rows16, T, s);
+  MoeBlock moe(cfg_, mm, writes, ep_, rows16, T, s);
   XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);
@@ -394,7 +396,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(a.h1.Alloc(T * H, s));
       XT_RETURN_IF_ERROR(RmsnormForward(a.h1.get(), a.rstd1.get(), x_in, P(o.ln1), T, H, eps, s));
     }
-    XT_RETURN_IF_ERROR(attention.Forward(&a.att, &a.x_mid, a.h1.get(), a.h1_16.get(), P, o, part));
+    XT_RETURN_IF_ERROR(
+        attention.Forward(&a.att, &a.x_mid, a.h1.get(), a.h1_16.get(), P, l, o, part));
     XT_RETURN_IF_ERROR(AddInPlace(a.x_mid.get(), x_in, T * H, s));
     XT_RETURN_IF_ERROR(part("norm"));
     XT_RETURN_IF_ERROR(a.rstd2.Alloc(T, s));
@@ -575,8 +578,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln2), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln2), dh2.get(), a.x_mid.get(), P(o.ln2),
                                        a.rstd2.get(), T, H, true, s));
-    XT_RETURN_IF_ERROR(
-        attention.Backward(dh1.get(), dx.get(), a.att, a.h1.get(), a.h1_16.get(), P, G, o, mark));
+    XT_RETURN_IF_ERROR(attention.Backward(dh1.get(), dx.get(), a.att, a.h1.get(), a.h1_16.get(), P,
+                                          G, l, o, mark));
     XT_RETURN_IF_ERROR(mark("norm_bwd"));
     XT_RETURN_IF_ERROR(writes.Prepare(G(o.ln1), H, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dx.get(), G(o.ln1), dh1.get(), bu.x[l].get(), P(o.ln1),

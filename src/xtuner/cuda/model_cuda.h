@@ -1,5 +1,5 @@
 // CudaModel: the decoder-only models of model/transformer.h (Qwen3, Qwen3-MoE, Mixtral,
-// DeepSeek-V3: not GPT-OSS, CudaSupports), one training micro-batch (forward + backward) on one GPU
+// DeepSeek-V3, GPT-OSS), one training micro-batch (forward + backward) on one GPU
 // in fp32, over the CUDA ops. It is the GPU twin of Transformer::ForwardBackward: the same
 // parameter layout (ParamLayout, so slabs copy across), the same loss weighting, the same balancing
 // loss; its test compares losses and every gradient with the CPU model on the HF fixtures.

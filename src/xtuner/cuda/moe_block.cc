@@ -26,9 +26,26 @@ int64_t MoeActs::Bytes() const {
   return n;
 }
 
-MoeBlock::MoeBlock(const ModelConfig& cfg, StepProducts& mm, Comm* ep, bool rows16, int64_t T,
-                   void* stream)
-    : cfg_(cfg), mm_(mm), ep_(ep), rows16_(rows16), T_(T), stream_(stream) {}
+MoeBlock::MoeBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, Comm* ep,
+                   bool rows16, int64_t T, void* stream)
+    : cfg_(cfg),
+      mm_(mm),
+      writes_(writes),
+      ep_(ep),
+      rows16_(rows16),
+      glu_(cfg.expert_act == ExpertActivation::kGptOssGlu),
+      experts_(ep ? cfg.num_experts / int64_t(ep->size()) : cfg.num_experts),
+      T_(T),
+      stream_(stream) {
+  XT_CHECK(!rows16 || (!glu_ && !cfg.expert_bias),
+           "MoeBlock: bf16 rows with GPT-OSS's experts (their bias gradients need fp32 rows)");
+}
+
+Status MoeBlock::ExpertBiasGrad(float* db, const float* dout, const int32_t* offsets, int64_t n) {
+  if (!db) return Status::OK();
+  XT_RETURN_IF_ERROR(writes_.Prepare(db, experts_ * n, stream_));
+  return GroupedBiasBackward(db, dout, offsets, experts_, n, stream_);
+}
 
 Status MoeBlock::PermuteRows(MoeActs* a, const float* h2) {
   const int64_t A = T_ * cfg_.top_k, H = cfg_.hidden_size;
@@ -55,6 +72,8 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   XT_RETURN_IF_ERROR(a->topk_w.Alloc(T * k, s));
   XT_RETURN_IF_ERROR(a->topk_idx.Alloc(T * k, s));
   XT_RETURN_IF_ERROR(mm.Linear(a->router_logits.get(), h2, P(o.router), T, H, E, /*fp32=*/true));
+  if (o.router_logit_bias >= 0)  // GPT-OSS
+    XT_RETURN_IF_ERROR(BiasForward(a->router_logits.get(), P(o.router_logit_bias), T, E, s));
   if (cfg_.router == RouterKind::kSigmoidGroup) {  // probs: the sigmoid scores
     XT_RETURN_IF_ERROR(RouterSigmoidForward(a->topk_idx.get(), a->topk_w.get(), a->probs.get(),
                                             a->router_logits.get(), P(o.router_bias), T, E, k,
@@ -118,6 +137,9 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   XT_RETURN_IF_ERROR(part("experts_gemm"));
   XT_RETURN_IF_ERROR(
       mm.GroupedForward(a->gu.get(), rows, P(o.gate_up), offsets, R, H, 2 * Im, rows_16));
+  if (o.gate_up_bias >= 0)  // GPT-OSS (rows16 is off: the bias gradients need fp32 rows)
+    XT_RETURN_IF_ERROR(
+        GroupedBiasForward(a->gu.get(), P(o.gate_up_bias), offsets, experts_, 2 * Im, s));
   // The rows are permuted again in the backward (from h2, which the router's backward keeps
   // anyway: the same bits) instead of kept: every layer keeps one (A, H) buffer less, 4 GiB a
   // layer at 128k tokens of the benchmark's model in bf16, for one more gather (A rows of H)
@@ -132,6 +154,9 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
     XT_RETURN_IF_ERROR(a->gu16.Alloc(R * 2 * Im, s));
     XT_RETURN_IF_ERROR(SwigluForward(a->act16.get(), a->gu16.get(), a->gu.get(), R, Im, s));
     a->gu = F();
+  } else if (glu_) {
+    XT_RETURN_IF_ERROR(GptOssGluForward(a->act.get(), a->gu.get(), R, Im, float(cfg_.glu_alpha),
+                                        float(cfg_.glu_limit), s));
   } else {
     XT_RETURN_IF_ERROR(SwigluForward(a->act.get(), a->gu.get(), R, Im, s));
   }
@@ -140,6 +165,9 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   if (ep_) XT_RETURN_IF_ERROR(yr.Alloc(R * H, s));
   XT_RETURN_IF_ERROR(mm.GroupedForward(ep_ ? yr.get() : a->ys.get(), a->act.get(), P(o.down),
                                        offsets, R, Im, H, a->act16.get()));
+  if (o.down_bias >= 0)
+    XT_RETURN_IF_ERROR(
+        GroupedBiasForward(ep_ ? yr.get() : a->ys.get(), P(o.down_bias), offsets, experts_, H, s));
   if (ep_) {
     XT_RETURN_IF_ERROR(part("expert_all_to_all"));
     XT_RETURN_IF_ERROR(
@@ -226,6 +254,7 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   XT_RETURN_IF_ERROR(mark("experts_gemm_bwd"));
   XT_RETURN_IF_ERROR(mm.GroupedBackward(dact.get(), G(o.down), dys.get(), a->act.get(), P(o.down),
                                         offsets, R, Im, H, dys16.get(), a->act16.get()));
+  XT_RETURN_IF_ERROR(ExpertBiasGrad(G(o.down_bias), dys.get(), offsets, H));
   dys = F();
   dys16 = F16();
   a->act = F();
@@ -234,6 +263,10 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   if (rows16_) {
     XT_RETURN_IF_ERROR(dgu16.Alloc(R * 2 * Im, s));
     XT_RETURN_IF_ERROR(SwigluBackward(dgu16.get(), dact.get(), a->gu16.get(), R, Im, s));
+  } else if (glu_) {
+    XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
+    XT_RETURN_IF_ERROR(GptOssGluBackward(dgu.get(), dact.get(), a->gu.get(), R, Im,
+                                         float(cfg_.glu_alpha), float(cfg_.glu_limit), s));
   } else {
     XT_RETURN_IF_ERROR(dgu.Alloc(R * 2 * Im, s));
     XT_RETURN_IF_ERROR(SwigluBackward(dgu.get(), dact.get(), a->gu.get(), R, Im, s));
@@ -241,6 +274,7 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   dact = F();
   a->gu = F();
   a->gu16 = F16();
+  XT_RETURN_IF_ERROR(ExpertBiasGrad(G(o.gate_up_bias), dgu.get(), offsets, 2 * Im));
   if (!ep_) {  // dropped after the forward's product
     XT_RETURN_IF_ERROR(mark("moe_permute"));
     XT_RETURN_IF_ERROR(PermuteRows(a, h2));
@@ -291,6 +325,10 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   } else {
     XT_RETURN_IF_ERROR(RouterBackward(dlogits_.get(), dtopk_w_.get(), dprobs_.get(), a->probs.get(),
                                       a->topk_idx.get(), T, E, k, cfg_.norm_topk_prob, s));
+  }
+  if (float* db = G(o.router_logit_bias)) {  // GPT-OSS
+    XT_RETURN_IF_ERROR(writes_.Prepare(db, E, s));
+    XT_RETURN_IF_ERROR(BiasBackward(db, dlogits_.get(), T, E, s));
   }
   return mm.LinearBackward(dh2->get(), G(o.router), dlogits_.get(), h2, P(o.router), T, H, E, true,
                            /*fp32=*/true);

@@ -2,7 +2,8 @@
 // in fp32 and its top-k, the routing plan on the host (the layer's one wait: the rows each expert
 // gets), the permute, the experts' grouped products with SwiGLU between them (under expert
 // parallelism the rows travel to the ranks of their experts and back), and the weighted
-// combine, plus the shared experts' dense SwiGLU MLP where the model has them; forward and
+// combine, plus the shared experts' dense SwiGLU MLP where the model has them (GPT-OSS: the
+// router's logit bias, the experts' biases and its clamped GLU); forward and
 // backward, and what it keeps from one to the other. The router is a softmax, or DeepSeek-V3's
 // sigmoid with its group-limited choice over scores + e_score_correction_bias. Every buffer is
 // allocated and freed on the step's stream in the order plan/cuda_step.cc walks
@@ -21,6 +22,7 @@
 
 #include "xtuner/core/status.h"
 #include "xtuner/cuda/device_array.h"
+#include "xtuner/cuda/grad_writes.h"
 #include "xtuner/cuda/step_products.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/expert_parallel.h"
@@ -59,8 +61,9 @@ class MoeBlock {
 
   // One step's MoE layers over T tokens. ep: the expert-parallel group (null: this rank runs every
   // expert). The references and pointers outlive the object; work is queued on `stream`.
-  MoeBlock(const ModelConfig& cfg, StepProducts& mm, Comm* ep, bool rows16, int64_t T,
-           void* stream);
+  // rows16 needs SwiGLU experts without biases (GPT-OSS's bias gradients read fp32 rows).
+  MoeBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, Comm* ep, bool rows16,
+           int64_t T, void* stream);
   MoeBlock(const MoeBlock&) = delete;
   MoeBlock& operator=(const MoeBlock&) = delete;
 
@@ -86,11 +89,16 @@ class MoeBlock {
  private:
   // a's input rows (A, H) again: h2's rows in expert order (a->sorted), into xs or xs16.
   Status PermuteRows(MoeActs* a, const float* h2);
+  // db (experts, n; null: no bias) += each expert's column sums of its rows of dout.
+  Status ExpertBiasGrad(float* db, const float* dout, const int32_t* offsets, int64_t n);
 
   const ModelConfig& cfg_;
   StepProducts& mm_;
+  GradWrites& writes_;
   Comm* const ep_;
   const bool rows16_;
+  const bool glu_;         // GPT-OSS's clamped GLU in place of SwiGLU
+  const int64_t experts_;  // the experts this rank runs
   const int64_t T_;
   void* const stream_;
   DeviceArray<float> dtopk_w_, dlogits_, dprobs_;

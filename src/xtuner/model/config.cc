@@ -392,11 +392,6 @@ Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
 }
 
 Status CudaSupports(const ModelConfig& c) {
-  if (c.arch == Arch::kGptOss)
-    return Status::Error(
-        "gpt_oss (attention sinks, sliding windows, biases, the clamped GLU) runs on the CPU only "
-        "for now: the CUDA backend runs qwen3, qwen3_moe, mixtral and deepseek_v3 (train.device = "
-        "\"cpu\")");
   if (c.lora.enabled())
     return Status::Error(
         "LoRA adapters ([lora] rank > 0) train on the CPU only for now (train.device = \"cpu\")");

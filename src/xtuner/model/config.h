@@ -176,9 +176,8 @@ struct ModelConfig {
   nlohmann::json ToJson() const;
 };
 
-// Whether the CUDA backend runs this model: every architecture but GPT-OSS, whose attention
-// sinks, sliding windows, biases and clamped GLU have CPU kernels only; and no LoRA adapters.
-// The error says so.
+// Whether the CUDA backend runs this model: every architecture, but not with LoRA adapters. The
+// error says so.
 Status CudaSupports(const ModelConfig& c);
 
 }  // namespace xt

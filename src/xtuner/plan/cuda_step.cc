@@ -128,7 +128,13 @@ struct Layer {
 
 bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention) {
   const int64_t D = c.head_dim;
-  return bf16 && bf16_attention && !c.mla && D % 16 == 0 && D >= 16 && D <= 128;
+  const bool extras = c.mla || c.attention_sinks || c.num_sliding_layers() > 0;
+  return bf16 && bf16_attention && !extras && D % 16 == 0 && D >= 16 && D <= 128;
+}
+
+bool PlansRows16(const ModelConfig& c, bool bf16, bool expert_parallel) {
+  const bool gpt_oss_experts = c.expert_bias || c.expert_act == ExpertActivation::kGptOssGlu;
+  return bf16 && !gpt_oss_experts && (!expert_parallel || c.hidden_size % 2 == 0);
 }
 
 CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
@@ -142,7 +148,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   const bool bf16 = in.bf16, ep = in.expert_parallel;
   const bool bf16_attention = PlansBf16Attention(c, bf16, in.bf16_attention);
   // The experts' rows held in bf16 (under expert parallelism they travel as float pairs).
-  const bool rows16 = bf16 && (!ep || H % 2 == 0);
+  const bool rows16 = PlansRows16(c, bf16, ep);
   const int64_t act_size = bf16 ? kBf16 : kF32, rows_size = rows16 ? kBf16 : kF32;
   // The balancing loss's gradient: the softmax routers' only (DeepSeek-V3 balances by its bias).
   const bool aux_grad =

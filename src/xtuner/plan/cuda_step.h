@@ -51,9 +51,13 @@ struct CudaStepMemory {
 
 // Whether the step runs attention on the bf16 kernels, as cuda::CudaModel decides: bf16 mode,
 // kernels allowed (bf16_attention: a GPU with bf16 tensor cores), and a head dim they take
-// (cuda::AttentionBf16Supports: a multiple of 16 up to 128), and not multi-head latent
-// attention (which stays on the fp32 kernels).
+// (cuda::AttentionBf16Supports: a multiple of 16 up to 128), and neither multi-head latent
+// attention nor sinks or sliding windows (those stay on the fp32 kernels).
 bool PlansBf16Attention(const ModelConfig& c, bool bf16, bool bf16_attention);
+// Whether the experts' rows are held in bf16 (bf16 mode), as cuda::CudaModel decides: under
+// expert parallelism only with an even hidden size (they travel as float pairs), and not for
+// GPT-OSS's experts (their biases' gradients read the rows in fp32).
+bool PlansRows16(const ModelConfig& c, bool bf16, bool expert_parallel);
 
 // Requires a loaded config (layer_is_moe set) and T > 0.
 CudaStepMemory PlanCudaStep(const CudaStepInputs& in);

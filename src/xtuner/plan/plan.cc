@@ -482,9 +482,14 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   if (!cuda)
     o += bf16 ? ": bf16 rounds the matmuls' inputs in scratch; every buffer fp32\n"
               : ": every buffer fp32\n";
+  else if (!bf16)
+    o += ": every buffer fp32\n";
+  else if (!PlansRows16(c, bf16, in.ep > 1))  // GPT-OSS (fp32 attention kernels too)
+    o += ": bf16 matmuls and loss on the tensor cores, attention on the fp32\n"
+         "               kernels; bf16 copies of the weights; activations fp32 but the\n"
+         "               q/k/v input and a dense MLP's input, SwiGLU's input and output\n";
   else
-    o += !bf16 ? ": every buffer fp32\n"
-         : bf16_attention
+    o += bf16_attention
              ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
                "               the weights; activations fp32 but the q/k/v input, attention's\n"
                "               q, k, v and output, a dense MLP's input, SwiGLU's input and\n"
