@@ -118,7 +118,9 @@ INSTANTIATE_TEST_SUITE_P(
 // gradient, and sliding windows (of 1 key, inside a tile, a tile, a held block, longer than a
 // document), against the CPU twin with the same tolerances as above (dsinks: a sum over tokens
 // of a sink's probability times delta, 1e-4 with floor 1e-2). The GPU backward gets the CPU's
-// out and lse, and adds to dsinks (both start at 0.5).
+// out and lse, and adds to dsinks (both start at 0.5). Each GPU op runs twice: the second
+// forward gives the same bits, and the second backward, with the sinks frozen (no dsinks), the
+// same dq, dk and dv bits.
 struct ExtrasShape {
   Shape shape;
   int64_t window;
@@ -172,6 +174,22 @@ TEST_P(AttentionExtrasCuda, MatchesTheCpuTwin) {
   if (!e.sinks) {  // no sinks: dsinks untouched
     for (float x : gdsinks.Host()) EXPECT_EQ(x, 0.5f);
   }
+
+  DeviceVec<float> gout2(std::vector<float>(out.size(), NAN)),
+      glse2(std::vector<float>(Hq * T, NAN)), gdq2(std::vector<float>(q.size(), NAN)),
+      gdk2(std::vector<float>(k.size(), NAN)), gdv2(std::vector<float>(v.size(), NAN));
+  st = cuda::AttentionForward(gout2.p, glse2.p, gq.p, gk.p, gv.p, cu.data(), nd, T, Hq, Hkv, D,
+                              scale, nullptr, gpu_x);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = cuda::AttentionBackward(gdq2.p, gdk2.p, gdv2.p, gdout.p, gout_cpu.p, glse_cpu.p, gq.p, gk.p,
+                               gv.p, cu.data(), nd, T, Hq, Hkv, D, scale, nullptr, gpu_x, nullptr);
+  ASSERT_TRUE(st.ok()) << st.message();
+  cudatest::Sync();
+  ExpectBitEqual(gout2.Host(), gout.Host(), "out (second run)");
+  ExpectBitEqual(glse2.Host(), glse.Host(), "lse (second run)");
+  ExpectBitEqual(gdq2.Host(), gdq.Host(), "dq (second run, frozen sinks)");
+  ExpectBitEqual(gdk2.Host(), gdk.Host(), "dk (second run, frozen sinks)");
+  ExpectBitEqual(gdv2.Host(), gdv.Host(), "dv (second run, frozen sinks)");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -182,6 +200,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ExtrasShape{{"RaggedGqaD64", {1, 63, 65, 200}, 4, 2, 64}, 32, true},
                       ExtrasShape{{"RaggedMhaD33", {130, 3, 97}, 2, 2, 33}, 64, true},
                       ExtrasShape{{"LongDocGqaD64", {300}, 8, 2, 64, 3.0f}, 100, true},
+                      ExtrasShape{{"LongDocMqaD64", {300}, 4, 1, 64}, 0, true},
                       ExtrasShape{{"ManyShortDocsGqaD64", ManyShortDocs(), 4, 2, 64}, 5, true},
                       ExtrasShape{{"ShortDocsD128", {20, 7}, 2, 1, 128}, 1000, true}),
     [](const ::testing::TestParamInfo<ExtrasShape>& info) {

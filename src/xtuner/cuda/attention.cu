@@ -6,13 +6,19 @@
 // the device; a CUDA block (256 threads) is one work item:
 //   forward      (query block, q head):  Q tile held in shared memory, K/V streamed in tiles of
 //                kStream = 32 keys over the causal keys of its document, online softmax in fp32
-//                (running max m and sum l per row), out = acc / l, lse = m + log(l).
+//                (running max m and sum l per row), out = acc / l, lse = m + log(l); with a sink
+//                (GPT-OSS) its logit joins the denominator at the end: out = acc e^m / (l e^m +
+//                e^sink), lse = log(l e^m + e^sink).
 //   delta        one warp per (token, q head): delta = <dout, out>.
+//   dsinks       (sinks only) one block per q head: dsinks -= sum_t exp(sink - lse) delta.
 //   dK, dV       (key block, kv head): K/V tile held, the group's q heads in order, and for each
 //                the query tiles (32 rows) from the key block to the document's end, in order:
 //                p = exp(s - lse), ds = p (dp - delta), dv += p^T dout, dk += ds^T q (* scale).
 //   dQ           (query block, q head): Q/dO tile held, K/V streamed as in the forward:
 //                dq += ds k (* scale).
+// A sliding window (GPT-OSS) masks the keys a query does not see and skips the tiles no query
+// of the item sees: the forward and dQ start at the tile holding the block's first query's first
+// key, dK/dV stop after the last query that sees the block's last key.
 // Every output element is owned by one thread of one CUDA block and reduced in a fixed order:
 // no atomics, bit-identical results from run to run (for a given binary and GPU model).
 //

@@ -28,7 +28,10 @@ AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWri
       sin_(sin),
       bf16_attention_(bf16_attention),
       kernels_(kernels),
-      stream_(stream) {}
+      stream_(stream) {
+  XT_CHECK(!bf16_attention || (!cfg.mla && !cfg.attention_sinks && cfg.num_sliding_layers() == 0),
+           "AttentionBlock: the bf16 attention kernels take no latent attention, sinks or windows");
+}
 
 Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const float* h1,
                                const uint16_t* h1_16, const UnitParams& P, int64_t l,

@@ -340,7 +340,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bf16_attention,
                            attention_kernels_, s);
-  MoeBlock moe(cfg_, mm, writes, ep_, rows16, T, s);
+  MoeBlock moe(cfg_, mm, writes, ep_, ep_ ? layout_.expert_count : E, rows16, T, s);
   XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));
   bu.x.resize(L + 1);

@@ -27,14 +27,14 @@ int64_t MoeActs::Bytes() const {
 }
 
 MoeBlock::MoeBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, Comm* ep,
-                   bool rows16, int64_t T, void* stream)
+                   int64_t experts, bool rows16, int64_t T, void* stream)
     : cfg_(cfg),
       mm_(mm),
       writes_(writes),
       ep_(ep),
       rows16_(rows16),
       glu_(cfg.expert_act == ExpertActivation::kGptOssGlu),
-      experts_(ep ? cfg.num_experts / int64_t(ep->size()) : cfg.num_experts),
+      experts_(experts),
       T_(T),
       stream_(stream) {
   XT_CHECK(!rows16 || (!glu_ && !cfg.expert_bias),

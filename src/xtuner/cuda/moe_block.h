@@ -9,11 +9,12 @@
 // allocated and freed on the step's stream in the order plan/cuda_step.cc walks
 // (tests/cuda/plan_cuda_test.cc holds the two together).
 //
-// rows16 (bf16 mode; under expert parallelism only with an even hidden size, the rows travelling
-// as float pairs): the experts' input rows, SwiGLU's output and both products' output gradients
-// are held in bf16 as the products round them, and SwiGLU's input and the experts' outputs are
-// kept for the backward in bf16 (the forward uses them in fp32). The input rows are not kept: the
-// backward permutes them again from h2 (under expert parallelism the received rows are kept).
+// rows16 (bf16 mode, plan/cuda_step.h's PlansRows16: under expert parallelism only with an even
+// hidden size, the rows travelling as float pairs; not GPT-OSS's experts): the experts' input rows,
+// SwiGLU's output and both products' output gradients are held in bf16 as the products round them,
+// and SwiGLU's input and the experts' outputs are kept for the backward in bf16 (the forward uses
+// them in fp32). The input rows are not kept: the backward permutes them again from h2 (under
+// expert parallelism the received rows are kept).
 #pragma once
 
 #include <cstdint>
@@ -61,9 +62,10 @@ class MoeBlock {
 
   // One step's MoE layers over T tokens. ep: the expert-parallel group (null: this rank runs every
   // expert). The references and pointers outlive the object; work is queued on `stream`.
-  // rows16 needs SwiGLU experts without biases (GPT-OSS's bias gradients read fp32 rows).
-  MoeBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, Comm* ep, bool rows16,
-           int64_t T, void* stream);
+  // experts: those this rank runs (the layout's expert_count). rows16 needs SwiGLU experts
+  // without biases (GPT-OSS's bias gradients read fp32 rows).
+  MoeBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, Comm* ep, int64_t experts,
+           bool rows16, int64_t T, void* stream);
   MoeBlock(const MoeBlock&) = delete;
   MoeBlock& operator=(const MoeBlock&) = delete;
 

@@ -83,10 +83,12 @@ Status GptOssGluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, i
                          float alpha, float limit, void* stream = nullptr);
 
 // ---------------------------------------------------------------- biases
-// ops::bias_forward / bias_backward and their grouped forms, bit-identical: one thread per
-// element (forward) or per column (backward: the rows added in order into db). The grouped
-// forms take the experts' row offsets (E + 1) on the HOST, as the grouped GEMMs do, and launch
-// once per expert with rows.
+// ops::bias_forward / bias_backward and their grouped forms. The forward bit-identical (one
+// thread per element). The backward bit-identical up to 1024 rows (one thread per column adding
+// the rows in order into db); more rows are summed in chunks of 1024 whose sums are added in
+// order (deterministic, ~1e-7 relative from the CPU's order; scratch: a float per chunk and
+// column, cudaMallocAsync on `stream`). The grouped forms take the experts' row offsets (E + 1)
+// on the HOST, as the grouped GEMMs do, and launch once per expert with rows.
 Status BiasForward(float* out, const float* b, int64_t N, int64_t O, void* stream = nullptr);
 Status BiasBackward(float* db, const float* dout, int64_t N, int64_t O, void* stream = nullptr);
 Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, int64_t E, int64_t O,

@@ -48,6 +48,13 @@ __global__ void SwigluBackwardKernel(Out* dh, const float* dout, const In* h, in
   }
 }
 
+// std::min(x, hi) and std::clamp(x, lo, hi) as the CPU twin computes them: a NaN passes through
+// (fminf / fmaxf would turn it into a limit and hide a diverging run).
+__device__ inline float MinAsStd(float x, float hi) { return hi < x ? hi : x; }
+__device__ inline float ClampAsStd(float x, float lo, float hi) {
+  return x < lo ? lo : (hi < x ? hi : x);
+}
+
 // GPT-OSS: g = min(gate, limit), u = clamp(up, -limit, limit), out = (u + 1) g sigmoid(alpha g),
 // the CPU twin's expressions; h16 as in SwigluForwardKernel.
 template <class Out>
@@ -57,7 +64,7 @@ __global__ void GluForwardKernel(Out* out, uint16_t* h16, const float* h, int64_
   for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
     const int64_t n = q / I, i = q - n * I;
     const float gate = h[n * 2 * I + i], up = h[n * 2 * I + I + i];
-    const float g = fminf(gate, limit), u = fminf(fmaxf(up, -limit), limit);
+    const float g = MinAsStd(gate, limit), u = ClampAsStd(up, -limit, limit);
     detail::StoreAs(out + q, (u + 1.0f) * (g / (1.0f + ExpSat(-alpha * g))));
     if (h16) {
       detail::StoreAs(h16 + n * 2 * I + i, gate);
@@ -76,7 +83,7 @@ __global__ void GluBackwardKernel(Out* dh, const float* dout, const In* h, int64
     const int64_t n = q / I, i = q - n * I;
     const float gate = detail::LoadAs(h + n * 2 * I + i);
     const float up = detail::LoadAs(h + n * 2 * I + I + i);
-    const float g = fminf(gate, limit), u = fminf(fmaxf(up, -limit), limit);
+    const float g = MinAsStd(gate, limit), u = ClampAsStd(up, -limit, limit);
     const float dy = dout[q];
     const float sig = 1.0f / (1.0f + ExpSat(-alpha * g));
     detail::StoreAs(dh + n * 2 * I + I + i, up >= -limit && up <= limit ? dy * g * sig : 0.0f);

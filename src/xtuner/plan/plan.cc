@@ -484,20 +484,19 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
               : ": every buffer fp32\n";
   else if (!bf16)
     o += ": every buffer fp32\n";
-  else if (!PlansRows16(c, bf16, in.ep > 1))  // GPT-OSS (fp32 attention kernels too)
-    o += ": bf16 matmuls and loss on the tensor cores, attention on the fp32\n"
-         "               kernels; bf16 copies of the weights; activations fp32 but the\n"
-         "               q/k/v input and a dense MLP's input, SwiGLU's input and output\n";
   else
-    o += bf16_attention
-             ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
-               "               the weights; activations fp32 but the q/k/v input, attention's\n"
-               "               q, k, v and output, a dense MLP's input, SwiGLU's input and\n"
-               "               output, and the experts' rows and outputs\n"
-             : ": bf16 matmuls and loss on the tensor cores, attention on the fp32\n"
-               "               kernels; bf16 copies of the weights; activations fp32 but the\n"
-               "               q/k/v input, a dense MLP's input, SwiGLU's input and output, and\n"
-               "               the experts' rows and outputs\n";
+    o +=
+        std::string(bf16_attention
+                        ? ": bf16 matmuls, attention and loss on the tensor cores; bf16 copies of\n"
+                          "               the weights; activations fp32 but the q/k/v input, "
+                          "attention's\n               q, k, v and output, "
+                        : ": bf16 matmuls and loss on the tensor cores, attention on the fp32\n"
+                          "               kernels; bf16 copies of the weights; activations fp32 "
+                          "but the\n               q/k/v input, ") +
+        (PlansRows16(c, bf16, in.ep > 1) ? "a dense MLP's input, SwiGLU's input and output,\n"
+                                           "               and the experts' rows and outputs\n"
+                                         : "a dense MLP's input and SwiGLU's input and output\n"
+                                           "               (the experts' rows fp32)\n");
 
   o += "\nparameters                 total    per rank\n";
   auto prow = [&](const std::string& name, int64_t total, const std::string& local) {
