@@ -33,7 +33,7 @@ TEST(RouterBias, EveryMeshUpdatesEachBiasOnce) {
       int64_t shard_size = 0;
       for (const OwnedRange& r : owned) shard_size = std::max(shard_size, r.shard + r.size);
       std::vector<float> shard(shard_size, 0.0f);
-      ApplyRouterBiasUpdate(*cfg, counts, 0.25, owned, shard.data());
+      ApplyShardAdds(RouterBiasShardAdds(*cfg, counts, 0.25, owned), shard.data());
       for (const OwnedRange& r : owned)
         for (int64_t i = 0; i < r.size; ++i) global[r.global + i] += shard[r.shard + i];
     }

@@ -44,15 +44,6 @@ __global__ void BiasChunkSumKernel(float* partial, const float* dout, int64_t N,
   }
 }
 
-Status CheckOffsets(const char* op, const int32_t* offsets, int64_t E) {
-  if (!offsets) return Status::Error(std::string(op) + ": null offsets");
-  if (offsets[0] != 0) return Status::Error(std::string(op) + ": offsets must start at 0");
-  for (int64_t e = 0; e < E; ++e)
-    if (offsets[e + 1] < offsets[e])
-      return Status::Error(std::string(op) + ": offsets decrease at expert " + std::to_string(e));
-  return Status::OK();
-}
-
 }  // namespace
 
 Status BiasForward(float* out, const float* b, int64_t N, int64_t O, void* stream) {
@@ -92,7 +83,7 @@ Status BiasBackward(float* db, const float* dout, int64_t N, int64_t O, void* st
 Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, int64_t E, int64_t O,
                           void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("grouped_bias_forward", {E, O}));
-  XT_RETURN_IF_ERROR(CheckOffsets("grouped_bias_forward", offsets, E));
+  XT_RETURN_IF_ERROR(detail::CheckExpertOffsets("grouped_bias_forward", offsets, E));
   for (int64_t e = 0; e < E; ++e)
     XT_RETURN_IF_ERROR(BiasForward(out + int64_t(offsets[e]) * O, b + e * O,
                                    offsets[e + 1] - offsets[e], O, stream));
@@ -102,7 +93,7 @@ Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, in
 Status GroupedBiasBackward(float* db, const float* dout, const int32_t* offsets, int64_t E,
                            int64_t O, void* stream) {
   XT_RETURN_IF_ERROR(detail::CheckSizes("grouped_bias_backward", {E, O}));
-  XT_RETURN_IF_ERROR(CheckOffsets("grouped_bias_backward", offsets, E));
+  XT_RETURN_IF_ERROR(detail::CheckExpertOffsets("grouped_bias_backward", offsets, E));
   for (int64_t e = 0; e < E; ++e)
     XT_RETURN_IF_ERROR(BiasBackward(db + e * O, dout + int64_t(offsets[e]) * O,
                                     offsets[e + 1] - offsets[e], O, stream));

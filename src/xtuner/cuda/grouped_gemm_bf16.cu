@@ -181,11 +181,8 @@ Status GroupedGemmBf16(GroupedOp op, float* c, const void* a, const void* b, con
   if (!GroupedGemmBf16Supports(op, M, N, K))
     return Status::Error(std::string(what) + ": unsupported dims M " + std::to_string(M) + ", N " +
                          std::to_string(N) + ", K " + std::to_string(K));
-  if (E < 1 || offsets == nullptr || offsets[0] != 0)
-    return Status::Error(std::string(what) + ": need E >= 1 and offsets from 0");
-  for (int64_t e = 0; e < E; ++e)
-    if (offsets[e + 1] < offsets[e])
-      return Status::Error(std::string(what) + ": offsets decrease at expert " + std::to_string(e));
+  if (E < 1) return Status::Error(std::string(what) + ": need E >= 1");
+  XT_RETURN_IF_ERROR(detail::CheckExpertOffsets(what, offsets, E));
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return Status::Error(std::string(what) + ": operands not 16-byte aligned");
   XT_RETURN_IF_ERROR(detail::Bf16TensorCores(what));

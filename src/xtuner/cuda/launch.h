@@ -98,6 +98,17 @@ inline Status CheckSizes(const char* op, std::initializer_list<int64_t> sizes) {
   return Status::OK();
 }
 
+// The experts' row offsets (E + 1, on the host) of a grouped op: present, from 0, never
+// decreasing; an error naming `op` and the first expert where they fail otherwise.
+inline Status CheckExpertOffsets(const std::string& op, const int32_t* offsets, int64_t E) {
+  if (!offsets) return Status::Error(op + ": null offsets");
+  if (offsets[0] != 0) return Status::Error(op + ": offsets must start at 0");
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[e + 1] < offsets[e])
+      return Status::Error(op + ": offsets decrease at expert " + std::to_string(e));
+  return Status::OK();
+}
+
 // Stream-ordered scratch: cudaMallocAsync on the stream; Release frees everything (cudaFreeAsync,
 // in stream order after the work queued so far) and reports a failure; the destructor frees what
 // is left, so error paths lose nothing.

@@ -65,7 +65,7 @@ class CpuTrainBackend : public TrainBackend {
     return Status::OK();
   }
   Status AddToShard(const std::vector<ShardAdd>& adds) override {
-    for (const ShardAdd& a : adds) store_->params()[a.at] += a.delta;
+    ApplyShardAdds(adds, store_->params());
     return Status::OK();
   }
   Status SyncToHost() override { return Status::OK(); }

@@ -39,11 +39,8 @@ std::vector<ShardAdd> RouterBiasShardAdds(
   return adds;
 }
 
-void ApplyRouterBiasUpdate(const ModelConfig& cfg,
-                           const std::vector<std::vector<int64_t>>& tokens_per_expert, double speed,
-                           const std::vector<OwnedRange>& owned, float* shard) {
-  for (const ShardAdd& a : RouterBiasShardAdds(cfg, tokens_per_expert, speed, owned))
-    shard[a.at] += a.delta;
+void ApplyShardAdds(const std::vector<ShardAdd>& adds, float* shard) {
+  for (const ShardAdd& a : adds) shard[a.at] += a.delta;
 }
 
 }  // namespace xt

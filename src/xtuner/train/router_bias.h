@@ -32,9 +32,8 @@ std::vector<ShardAdd> RouterBiasShardAdds(
     const ModelConfig& cfg, const std::vector<std::vector<int64_t>>& tokens_per_expert,
     double speed, const std::vector<OwnedRange>& owned);
 
-// RouterBiasShardAdds applied to `shard` (ShardedParams::params() of the same rank).
-void ApplyRouterBiasUpdate(const ModelConfig& cfg,
-                           const std::vector<std::vector<int64_t>>& tokens_per_expert, double speed,
-                           const std::vector<OwnedRange>& owned, float* shard);
+// shard[a.at] += a.delta for each addition (a host shard: ShardedParams::params() of the rank
+// the additions were made for).
+void ApplyShardAdds(const std::vector<ShardAdd>& adds, float* shard);
 
 }  // namespace xt
