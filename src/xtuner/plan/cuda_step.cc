@@ -106,10 +106,9 @@ struct Layer {
   std::vector<Buf> router;
   std::vector<Buf> shared;  // the shared experts' SwiGLU input and output (fp32)
   // rows16 (PlansRows16: bf16 mode, an even hidden size under expert parallelism, not GPT-OSS's
-  // experts): the experts' outputs and
-  // SwiGLU's input kept in bf16 for the backward (ys16, gu16; a dense layer's gu16 in bf16 mode),
-  // the fp32 ones freed after the forward. xs and xr hold the rows in bf16 or fp32
-  // (rows_size), as xs16 / xr16 or xs / xr.
+  // experts): the experts' outputs and SwiGLU's input kept in bf16 for the backward (ys16, gu16;
+  // a dense layer's gu16 in bf16 mode), the fp32 ones freed after the forward. xs and xr hold
+  // the rows in bf16 or fp32 (rows_size), as xs16 / xr16 or xs / xr.
   Buf xs, ys, gu, act, xr, ys16, gu16;
   int64_t Bytes() const {
     int64_t n = xs.asked() + ys.asked() + gu.asked() + act.asked() + xr.asked() + ys16.asked() +
