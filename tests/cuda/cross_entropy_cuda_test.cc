@@ -245,13 +245,37 @@ TEST(CrossEntropyCudaArgs, RejectsBadTargets) {
   }
   const std::vector<int32_t> ok = {1, kIgnoreIndex, 2, 9};
   EXPECT_FALSE(
-      cuda::ChunkedCrossEntropy(**blas, dh.p, nullptr, h.p, w.p, ok.data(), T, H, V, 1.0).ok());
-  EXPECT_FALSE(
       cuda::ChunkedCrossEntropy(**blas, dh.p, dw.p, h.p, w.p, ok.data(), -1, H, V, 1.0).ok());
   EXPECT_FALSE(cuda::ChunkedCrossEntropy(**blas, dh.p, dw.p, h.p, w.p, nullptr, T, H, V, 1.0).ok());
   EXPECT_TRUE(
       cuda::ChunkedCrossEntropy(**blas, dh.p, dw.p, h.p, w.p, ok.data(), T, H, V, 1.0).ok());
   cudatest::Sync();
+}
+
+// A frozen lm_head (dw null, a LoRA run's): the same loss and input gradient, bit for bit, as
+// with its gradient, in fp32 and bf16, over several chunks.
+TEST(CrossEntropyCudaArgs, AFrozenHeadGivesTheSameLossAndInputGradient) {
+  std::string why;
+  if (!cuda::DeviceAvailable(&why)) GTEST_SKIP() << "skipped: no GPU (" << why << ")";
+  auto blas = cuda::Blas::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  const int64_t T = 37, H = 24, V = 50;
+  std::vector<int32_t> y(T);
+  for (int64_t t = 0; t < T; ++t) y[t] = t % 5 == 0 ? kIgnoreIndex : int32_t((t * 7) % V);
+  DeviceVec<float> h{cudatest::RandomNormal(T * H, 3)}, w{cudatest::RandomNormal(V * H, 4, 0.2f)};
+  for (cuda::GemmInput in : {cuda::GemmInput::kF32, cuda::GemmInput::kBf16}) {
+    DeviceVec<float> dh_a{std::vector<float>(T * H)}, dh_b{std::vector<float>(T * H)},
+        dw{std::vector<float>(V * H)};
+    auto with = cuda::ChunkedCrossEntropy(**blas, dh_a.p, dw.p, h.p, w.p, y.data(), T, H, V, 0.1, 8,
+                                          nullptr, in);
+    auto frozen = cuda::ChunkedCrossEntropy(**blas, dh_b.p, nullptr, h.p, w.p, y.data(), T, H, V,
+                                            0.1, 8, nullptr, in);
+    ASSERT_TRUE(with.ok() && frozen.ok());
+    EXPECT_EQ(*with, *frozen);
+    cudatest::Sync();
+    cudatest::ExpectBitEqual(dh_b.Host(), dh_a.Host(), "dh of a frozen head");
+    EXPECT_GT(cudatest::RelErr(dh_a.Host(), std::vector<float>(T * H)), 0);
+  }
 }
 
 }  // namespace

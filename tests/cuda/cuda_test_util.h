@@ -15,6 +15,7 @@
 
 #include "xtuner/core/dtype.h"
 #include "xtuner/cuda/device.h"
+#include "xtuner/model/params.h"
 
 namespace xt::cudatest {
 
@@ -114,6 +115,22 @@ inline double RelErr(const std::vector<float>& got, const std::vector<float>& wa
     den += double(want[i]) * want[i];
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// Every parameter's gradient on its own (a small tensor, e.g. a router or a norm, could hide in
+// the norm of the whole slab): relative to the tensor's norm, with a floor for near-zero ones.
+inline void ExpectSameGradients(const ParamLayout& layout, const float* got, const float* want,
+                                double rel, const std::string& what) {
+  for (const ParamInfo& p : layout.params()) {
+    const int64_t n = NumElements(p.shape);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = double(got[p.offset + i]) - want[p.offset + i];
+      num += d * d;
+      den += double(want[p.offset + i]) * want[p.offset + i];
+    }
+    EXPECT_LE(std::sqrt(num), rel * std::sqrt(den) + 1e-7) << what << ": " << p.name;
+  }
 }
 
 }  // namespace xt::cudatest

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "util/fixture_files.h"
 #include "util/testing.h"
-#include "xtuner/core/safetensors.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/model/checkpoint.h"
@@ -30,21 +30,7 @@ namespace {
 
 class ModelCuda : public cudatest::CudaTest<const char*> {};
 
-// Every parameter's gradient on its own (a small tensor, e.g. a router or a norm, could hide in
-// the norm of the whole slab): relative to the tensor's norm, with a floor for near-zero ones.
-void ExpectSameGradients(const ParamLayout& layout, const float* got, const float* want, double rel,
-                         const std::string& what) {
-  for (const ParamInfo& p : layout.params()) {
-    const int64_t n = NumElements(p.shape);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = double(got[p.offset + i]) - want[p.offset + i];
-      num += d * d;
-      den += double(want[p.offset + i]) * want[p.offset + i];
-    }
-    EXPECT_LE(std::sqrt(num), rel * std::sqrt(den) + 1e-7) << what << ": " << p.name;
-  }
-}
+using cudatest::ExpectSameGradients;
 
 // A fixture's CPU model (HF weights), its CUDA twin with the same parameters, and the fixture's
 // [2, 16] batch (ids, labels). aux_coef < 0 keeps the config's balancing coefficient.
@@ -64,13 +50,7 @@ void LoadModels(const std::string& fixture, double aux_coef, Models* m) {
   auto made = cuda::CudaModel::Create(m->cfg, m->cpu->params().f32());
   ASSERT_TRUE(made.ok()) << made.status().message();
   m->gpu = std::move(*made);
-  auto ref = SafetensorsFile::Open(testing::DataPath(fixture + "/reference.safetensors"));
-  ASSERT_TRUE(ref.ok());
-  auto ids = ref->GetF64("input_ids", {2, 16});
-  auto labels = ref->GetF64("labels", {2, 16});
-  ASSERT_TRUE(ids.ok() && labels.ok());
-  m->ids.assign(ids->begin(), ids->end());
-  m->labels.assign(labels->begin(), labels->end());
+  testing::ReferenceBatch(fixture, &m->ids, &m->labels);
 }
 
 // The CPU and GPU models' losses, tokens per expert and gradients on the fixture's batch as

@@ -15,6 +15,7 @@
 #include "cuda/cuda_test_util.h"
 #include "util/testing.h"
 #include "xtuner/cuda/model_cuda.h"
+#include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
 #include "xtuner/plan/cuda_step.h"
 
@@ -82,6 +83,17 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
     ModelConfig plain_q = *loaded;
     plain_q.q_lora_rank = 0;
     configs.push_back({" plain q", plain_q});
+  }
+  {  // LoRA adapters (rank 8) on every linear layer LoRA takes ("auto"): their transient scratch
+    LoraSpec spec;
+    spec.rank = 8;
+    spec.alpha = 16;
+    spec.targets = {"auto"};
+    auto lora = ResolveLora(spec, *loaded, "lora");
+    ASSERT_TRUE(lora.ok()) << lora.status().message();
+    ModelConfig adapted = *loaded;
+    adapted.lora = *lora;
+    configs.push_back({" LoRA", adapted});
   }
   // One packed row of three documents, long enough that the buffers that grow with it dominate.
   const int64_t T = 383;  // odd: no buffer a multiple of the allocators' 256 bytes

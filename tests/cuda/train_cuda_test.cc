@@ -15,6 +15,7 @@
 #include "util/testing.h"
 #include "util/tiny_run.h"
 #include "xtuner/cuda/train_backend_cuda.h"
+#include "xtuner/model/params.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/trainer.h"
 
@@ -115,6 +116,72 @@ TEST_P(TrainCudaOnce, AGptOssGpuRunFollowsTheCpuRun) {
   TrainConfig cpu = TinyRun("gpu_gpt_oss_cpu");
   std::ofstream(cpu.model_config) << testing::TinyGptOssConfig();
   ExpectAGpuRunFollows(cpu);
+}
+
+// A LoRA run on the GPU (the attention's adapters of a base model) follows its CPU run: losses,
+// gradient norms and the adapters it checkpoints, while the base weights stay exactly as loaded;
+// it exports the merged model and its PEFT adapter. Resumed from its step-3 checkpoint (the
+// adapters' moments, held apart on the GPU, go through the host), it repeats itself exactly.
+TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
+  TrainConfig cpu = testing::LoraRun("gpu_lora_cpu");
+  cpu.checkpoint_every = 3;
+  cpu.export_at_end = true;
+  TrainConfig gpu = cpu;
+  gpu.work_dir = cpu.work_dir + "-gpu";
+  gpu.device = "cuda";
+  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
+  auto r = RunTraining(gpu, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
+  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
+              "grad_norm");
+  const std::string step6 = "/checkpoints/step-00000006";
+  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
+  auto lora = ReadCheckpointLora(r->last_checkpoint);
+  ASSERT_TRUE(mc.ok() && lora.ok());
+  mc->lora = *lora;
+  auto pa = ReadCheckpointParams(cpu.work_dir + step6, *mc);
+  auto pb = ReadCheckpointParams(gpu.work_dir + step6, *mc);
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  ModelConfig base_cfg = *mc;
+  base_cfg.lora = LoraSpec();
+  auto base =
+      ReadCheckpointParams(testing::LoraBaseModel() + "/../checkpoints/step-00000002", base_cfg);
+  ASSERT_TRUE(base.ok()) << base.status().message();
+  const ParamLayout layout(*mc), base_layout(base_cfg);
+  int adapters = 0;
+  for (const ParamInfo& p : layout.params()) {
+    const int64_t n = NumElements(p.shape);
+    const std::vector<float> a(pa->begin() + p.offset, pa->begin() + p.offset + n);
+    const std::vector<float> b(pb->begin() + p.offset, pb->begin() + p.offset + n);
+    if (p.lora) {
+      ++adapters;
+      EXPECT_LT(testing::RelError(b.data(), a.data(), n), 1e-4) << p.name;
+      continue;
+    }
+    const ParamInfo* q = base_layout.Find(p.name);
+    ASSERT_TRUE(q) << p.name;
+    const std::vector<float> w(base->begin() + q->offset, base->begin() + q->offset + n);
+    EXPECT_EQ(b, w) << p.name << " moved on the GPU";
+  }
+  EXPECT_EQ(adapters, 2 * 4 * 2);
+  EXPECT_TRUE(fs::exists(r->export_dir + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(r->export_dir + "-adapter/adapter_model.safetensors"));
+
+  TrainConfig resumed = gpu;
+  resumed.work_dir = gpu.work_dir + "-resumed";
+  resumed.resume = "auto";
+  resumed.export_at_end = false;
+  testing::SeedResumeDir(gpu.work_dir, 3, resumed.work_dir);
+  ASSERT_TRUE(RunTraining(resumed, nullptr).ok());
+  const std::vector<double> a = Metric(gpu.work_dir, "loss");
+  const std::vector<double> b = Metric(resumed.work_dir, "loss");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+  auto pr = ReadCheckpointParams(resumed.work_dir + step6, *mc);
+  ASSERT_TRUE(pr.ok());
+  EXPECT_EQ(*pr, *pb);
 }
 
 // The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.

@@ -202,18 +202,25 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }
 
+// Exports a base model (2 steps of the demo) into `dir`/base/hf; returns the arguments of a
+// 6-step LoRA sft run of it (rank 4 on the attention), to be followed by its work dir.
+std::string LoraSftOfABase(const std::string& dir) {
+  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
+  EXPECT_EQ(r.code, 0) << r.output;
+  return "sft --load-from " + dir +
+         "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
+         "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
+         " --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
+}
+
 // LoRA on the attention of the demo's Qwen3-MoE trains to the same losses on 2 ZeRO-3 ranks and
 // on dp 2 x ep 2 as on one: the adapters' gradients are reduce-scattered like any other, the
 // frozen experts' not at all. Each run writes its merged model and its adapter.
 TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   const std::string dir = testing::TempDir("mpi_lora");
-  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
-  ASSERT_EQ(r.code, 0) << r.output;
-  const std::string sft = "sft --load-from " + dir +
-                          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
-                          "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
-                          " --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
-  r = testing::RunXtuner(sft + dir + "/one", kRoot);
+  const std::string sft = LoraSftOfABase(dir);
+  if (HasFailure()) return;
+  CliRun r = testing::RunXtuner(sft + dir + "/one", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("LoRA"), std::string::npos) << r.output;
   const std::vector<double> one = Losses(dir + "/one");
@@ -422,6 +429,28 @@ void ModelGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& na
   EXPECT_EQ(TokensPerExpert(dir + "/gpu"), TokensPerExpert(dir + "/cpu"));
 }
 
+// LoRA (the demo model's attention adapted) on 2 expert-parallel GPU ranks: each layer's unit
+// gathered, only its adapters' gradients reduce-scattered, the frozen experts' products without
+// weight gradients; the single-process CPU run's losses, and the merged model and adapter written.
+void LoraGpuMeshFollowsTheCpuRun(const std::string& comm) {
+  const std::string dir = testing::TempDir("mpi_gpu_lora");
+  const std::string sft = LoraSftOfABase(dir);
+  if (::testing::Test::HasFailure()) return;
+  CliRun r = testing::RunXtuner(sft + dir + "/cpu", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = Mpi(2,
+          sft + dir +
+              "/gpu --set train.device=cuda --set parallel.ep=2 --set parallel.gpu_comm=" + comm);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<double> want = Losses(dir + "/cpu"), got = Losses(dir + "/gpu");
+  ASSERT_EQ(want.size(), 6u);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], 1e-3 * std::abs(want[i])) << "LoRA step " << i + 1;
+  EXPECT_TRUE(fs::exists(dir + "/gpu/hf/model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir + "/gpu/hf-adapter/adapter_model.safetensors"));
+}
+
 TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   const int gpus = VisibleGpus();
   if (gpus < 1) GTEST_SKIP() << "skipped: no GPU";
@@ -445,6 +474,7 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   const std::string comm = gpus >= 2 ? "nccl" : "mpi";
   ModelGpuMeshFollowsTheCpuRun(comm, "dsv3", testing::TinyDeepseekV3Config());
   ModelGpuMeshFollowsTheCpuRun(comm, "gpt_oss", testing::TinyGptOssConfig());
+  LoraGpuMeshFollowsTheCpuRun(comm);
 }
 
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank

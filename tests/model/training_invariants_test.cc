@@ -8,8 +8,8 @@
 #include <memory>
 #include <optional>
 
+#include "util/fixture_files.h"
 #include "util/testing.h"
-#include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 
 namespace xt {
@@ -21,17 +21,7 @@ std::unique_ptr<Transformer> Load(const std::string& fixture) {
   return std::move(m).value();
 }
 
-// The fixture's [2, 16] batch as int64 rows.
-void ReferenceBatch(const std::string& fixture, std::vector<int64_t>* ids,
-                    std::vector<int64_t>* labels) {
-  auto f = SafetensorsFile::Open(testing::DataPath(fixture + "/reference.safetensors"));
-  ASSERT_TRUE(f.ok());
-  auto i = f->GetF64("input_ids", {2, 16});
-  auto l = f->GetF64("labels", {2, 16});
-  ASSERT_TRUE(i.ok() && l.ok());
-  ids->assign(i->begin(), i->end());
-  labels->assign(l->begin(), l->end());
-}
+using testing::ReferenceBatch;
 
 // A fixture's model with its balancing coefficient set to aux_coef, HF weights loaded; its
 // [2, 16] batch whole, and each of its two rows as a batch of its own.

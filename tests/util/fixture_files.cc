@@ -9,6 +9,17 @@
 
 namespace xt::testing {
 
+void ReferenceBatch(const std::string& fixture, std::vector<int64_t>* ids,
+                    std::vector<int64_t>* labels) {
+  auto f = SafetensorsFile::Open(DataPath(fixture + "/reference.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  auto i = f->GetF64("input_ids", {2, 16});
+  auto l = f->GetF64("labels", {2, 16});
+  ASSERT_TRUE(i.ok() && l.ok());
+  ids->assign(i->begin(), i->end());
+  labels->assign(l->begin(), l->end());
+}
+
 NamedTensors FixtureTensors(const std::string& fixture) {
   auto f = SafetensorsFile::Open(DataPath(fixture + "/model.safetensors"));
   EXPECT_TRUE(f.ok()) << f.status().message();

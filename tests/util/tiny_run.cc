@@ -8,6 +8,7 @@
 #include "util/testing.h"
 #include "xtuner/core/json.h"
 #include "xtuner/train/router_bias.h"
+#include "xtuner/train/trainer.h"
 
 namespace xt::testing {
 
@@ -47,6 +48,31 @@ TrainConfig TinyRun(const std::string& tag) {
   c.warmup_steps = 1;
   c.tensorboard = true;
   c.export_at_end = false;
+  return c;
+}
+
+const std::string& LoraBaseModel() {
+  static const std::string dir = [] {
+    TrainConfig c = TinyRun("lora_base");
+    c.steps = 2;
+    c.export_at_end = true;
+    c.export_dtype = "fp32";
+    auto r = RunTraining(c, nullptr);
+    XT_CHECK(r.ok(), r.status().message());
+    return r->export_dir;
+  }();
+  return dir;
+}
+
+TrainConfig LoraRun(const std::string& tag) {
+  TrainConfig c = TinyRun(tag);
+  c.model_config.clear();
+  c.load_from = LoraBaseModel();
+  c.lora_rank = 4;
+  c.lora_alpha = 8;
+  c.lora_target_modules = "q_proj, k_proj,v_proj,o_proj";
+  c.lr = 1e-2;
+  c.export_dtype = "fp32";
   return c;
 }
 

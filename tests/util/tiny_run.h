@@ -12,6 +12,13 @@ namespace xt::testing {
 // 6 steps of 4 rows of 64 tokens in micro-batches of 2, lr 3e-3, TensorBoard on, no export.
 TrainConfig TinyRun(const std::string& tag);
 
+// The base model of the LoRA tests: two steps of TinyRun, exported in fp32 (made once per
+// process); its directory.
+const std::string& LoraBaseModel();
+// TinyRun adapting LoraBaseModel(): rank 4, alpha 8 on q_proj, k_proj, v_proj, o_proj, lr 1e-2,
+// fp32 exports.
+TrainConfig LoraRun(const std::string& tag);
+
 // Makes `to` a work dir holding only the step-`step` checkpoint and the tokenized cache of the
 // run in work dir `from`: a run there with resume "auto" continues from that step.
 void SeedResumeDir(const std::string& from, int64_t step, const std::string& to);

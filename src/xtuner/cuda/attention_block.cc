@@ -28,7 +28,8 @@ AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWri
       sin_(sin),
       bf16_attention_(bf16_attention),
       kernels_(kernels),
-      stream_(stream) {
+      stream_(stream),
+      lora_(cfg.lora, mm, stream) {
   XT_CHECK(!bf16_attention || (!cfg.mla && !cfg.attention_sinks && cfg.num_sliding_layers() == 0),
            "AttentionBlock: the bf16 attention kernels take no latent attention, sinks or windows");
 }
@@ -56,6 +57,8 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
     XT_RETURN_IF_ERROR(mm.Linear(a->k_pre.get(), h1, P(o.wk), T, H, Hkv * D, false, h1_16));
     XT_RETURN_IF_ERROR(AddBias(a->q_pre.get(), P, o.bq, Hq * D));
     XT_RETURN_IF_ERROR(AddBias(a->k_pre.get(), P, o.bk, Hkv * D));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->q_pre.get(), h1, h1_16, P, o, o.wq, T, H, Hq * D));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->k_pre.get(), h1, h1_16, P, o, o.wk, T, H, Hkv * D));
     XT_RETURN_IF_ERROR(part("qk_norm"));
     XT_RETURN_IF_ERROR(RmsnormForward(a->q.get(), a->q_rstd.get(), a->q_pre.get(), P(o.q_norm),
                                       T * Hq, D, eps, s));
@@ -67,9 +70,12 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
     XT_RETURN_IF_ERROR(mm.Linear(a->k.get(), h1, P(o.wk), T, H, Hkv * D, false, h1_16));
     XT_RETURN_IF_ERROR(AddBias(a->q.get(), P, o.bq, Hq * D));  // (GPT-OSS: before RoPE)
     XT_RETURN_IF_ERROR(AddBias(a->k.get(), P, o.bk, Hkv * D));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->q.get(), h1, h1_16, P, o, o.wq, T, H, Hq * D));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->k.get(), h1, h1_16, P, o, o.wk, T, H, Hkv * D));
   }
   XT_RETURN_IF_ERROR(mm.Linear(a->v.get(), h1, P(o.wv), T, H, Hkv * D, false, h1_16));
   XT_RETURN_IF_ERROR(AddBias(a->v.get(), P, o.bv, Hkv * D));
+  XT_RETURN_IF_ERROR(lora_.Forward(a->v.get(), h1, h1_16, P, o, o.wv, T, H, Hkv * D));
   XT_RETURN_IF_ERROR(part("rope"));
   if (bf16_attention_) {
     // The bf16 kernels' inputs kept only as they read them: q and k rotated into bf16, v
@@ -107,7 +113,8 @@ Status AttentionBlock::Forward(AttentionActs* a, DeviceArray<float>* out, const 
   XT_RETURN_IF_ERROR(out->Alloc(T * H, s));
   XT_RETURN_IF_ERROR(
       mm.Linear(out->get(), a->attn.get(), P(o.wo), T, Hq * D, H, false, a->attn16.get()));
-  return AddBias(out->get(), P, o.bo, H);
+  XT_RETURN_IF_ERROR(AddBias(out->get(), P, o.bo, H));
+  return lora_.Forward(out->get(), a->attn.get(), a->attn16.get(), P, o, o.wo, T, Hq * D, H);
 }
 
 Status AttentionBlock::AddBias(float* out, const UnitParams& P, int64_t b, int64_t n) {
@@ -160,6 +167,8 @@ Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionAc
   XT_RETURN_IF_ERROR(mm.LinearBackward(dattn_.get(), G(o.wo), dout, a.attn.get(), P(o.wo), T,
                                        Hq * D, H, false, false, a.attn16.get()));
   XT_RETURN_IF_ERROR(BiasGrad(G, o.bo, dout, H));
+  XT_RETURN_IF_ERROR(lora_.Backward(dattn_.get(), dout, nullptr, a.attn.get(), a.attn16.get(), P, G,
+                                    o, o.wo, T, Hq * D, H));
   XT_RETURN_IF_ERROR(mark("attention_bwd"));
   float* dsinks = G(o.sinks);  // GPT-OSS: the sinks' gradient, added to
   if (dsinks) XT_RETURN_IF_ERROR(writes_.Prepare(dsinks, Hq, s));
@@ -195,9 +204,13 @@ Status AttentionBlock::Backward(float* dh1, const float* dout, const AttentionAc
   XT_RETURN_IF_ERROR(BiasGrad(G, o.bv, dv_.get(), Hkv * D));
   XT_RETURN_IF_ERROR(
       mm.LinearBackward(dh1, G(o.wq), dq_in, h1, P(o.wq), T, H, Hq * D, false, false, h1_16));
+  XT_RETURN_IF_ERROR(lora_.Backward(dh1, dq_in, nullptr, h1, h1_16, P, G, o, o.wq, T, H, Hq * D));
   XT_RETURN_IF_ERROR(
       mm.LinearBackward(dh1, G(o.wk), dk_in, h1, P(o.wk), T, H, Hkv * D, true, false, h1_16));
-  return mm.LinearBackward(dh1, G(o.wv), dv_.get(), h1, P(o.wv), T, H, Hkv * D, true, false, h1_16);
+  XT_RETURN_IF_ERROR(lora_.Backward(dh1, dk_in, nullptr, h1, h1_16, P, G, o, o.wk, T, H, Hkv * D));
+  XT_RETURN_IF_ERROR(
+      mm.LinearBackward(dh1, G(o.wv), dv_.get(), h1, P(o.wv), T, H, Hkv * D, true, false, h1_16));
+  return lora_.Backward(dh1, dv_.get(), nullptr, h1, h1_16, P, G, o, o.wv, T, H, Hkv * D);
 }
 
 }  // namespace xt::cuda

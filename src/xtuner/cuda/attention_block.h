@@ -9,7 +9,8 @@
 // fp32 sums); attention runs on the fp32 kernels or, with bf16_attention, on the tensor-core ones
 // (attention_bf16.h), which read q, k, v and the output in bf16: those are then kept in bf16 only
 // (q and k rounded after RoPE, v and the output after their producers), as the kernels and the
-// o_proj product would round them.
+// o_proj product would round them. A LoRA run's adapters on the projections add their terms
+// after each weight's product (and bias) as model/linear.cc does (cuda/lora_terms.h).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include "xtuner/cuda/attention_bf16.h"
 #include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/grad_writes.h"
+#include "xtuner/cuda/lora_terms.h"
 #include "xtuner/cuda/step_products.h"
 #include "xtuner/model/batch.h"
 #include "xtuner/model/config.h"
@@ -98,6 +100,7 @@ class AttentionBlock {
   const bool bf16_attention_;
   const AttentionBf16Kernels kernels_;
   void* const stream_;
+  LoraTerms lora_;  // the projections' LoRA adapters (none without model.lora)
   DeviceArray<float> dattn_, dq_, dk_, dv_, dq_pre_, dk_pre_;
 };
 

@@ -1,5 +1,6 @@
-// Column moves of multi-head latent attention on the GPU (ops::copy_columns, sum_head_columns):
-// one thread per output element, grid-strided, int64 indices.
+// Column moves on the GPU (ops::copy_columns, sum_head_columns for multi-head latent attention;
+// ops::scale_columns for LoRA's adapters): one thread per output element, grid-strided, int64
+// indices.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -41,7 +42,49 @@ __global__ void SumHeadColumnsKernel(float* out, const float* in, int64_t in_str
   }
 }
 
+// Output element (n, i): scale * in[n, in_at + i], assigned or added, rounded as the CPU's
+// separate multiply and add (no contraction into a fused multiply-add).
+template <class In>
+__global__ void ScaleColumnsKernel(float* out, int64_t out_stride, int64_t out_at, const In* in,
+                                   int64_t in_stride, int64_t in_at, int64_t N, int64_t width,
+                                   float scale, bool add) {
+  const int64_t total = N * width;
+  for (int64_t q = detail::GlobalThread(); q < total; q += detail::GridThreads()) {
+    const int64_t n = q / width, i = q - n * width;
+    float* y = out + n * out_stride + out_at + i;
+    const float term = __fmul_rn(scale, detail::LoadAs(in + n * in_stride + in_at + i));
+    *y = add ? __fadd_rn(*y, term) : term;
+  }
+}
+
+template <class In>
+Status LaunchScaleColumns(float* out, int64_t out_stride, int64_t out_at, const In* in,
+                          int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                          bool add, void* stream) {
+  XT_RETURN_IF_ERROR(
+      detail::CheckSizes("scale_columns", {out_stride, out_at, in_stride, in_at, N, width}));
+  if (N == 0 || width == 0) return Status::OK();
+  XT_LAUNCH(ScaleColumnsKernel<In>, detail::BlocksFor(N * width), detail::kThreads, 0,
+            cudaStream_t(stream))
+  (out, out_stride, out_at, in, in_stride, in_at, N, width, scale, add);
+  return Check(cudaGetLastError(), "scale_columns launch");
+}
+
 }  // namespace
+
+Status ScaleColumns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                    bool add, void* stream) {
+  return LaunchScaleColumns(out, out_stride, out_at, in, in_stride, in_at, N, width, scale, add,
+                            stream);
+}
+
+Status ScaleColumns(float* out, int64_t out_stride, int64_t out_at, const uint16_t* in,
+                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                    bool add, void* stream) {
+  return LaunchScaleColumns(out, out_stride, out_at, in, in_stride, in_at, N, width, scale, add,
+                            stream);
+}
 
 Status CopyColumns(float* out, int64_t out_stride, int64_t out_at, const float* in,
                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width,

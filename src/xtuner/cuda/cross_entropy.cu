@@ -113,7 +113,6 @@ Status CheckArguments(const int32_t* targets_host, int64_t T, int64_t H, int64_t
   XT_RETURN_IF_ERROR(detail::CheckSizes("chunked_cross_entropy", {T, H, V}));
   if (T > 0 && targets_host == nullptr)
     return Status::Error("chunked_cross_entropy: targets is null");
-  if (dh && !dw) return Status::Error("chunked_cross_entropy: dh given without dw");
   if (dw_beta != 0.0f && dw_beta != 1.0f)
     return Status::Error("chunked_cross_entropy: dw_beta must be 0 or 1, not " +
                          std::to_string(dw_beta));
@@ -145,7 +144,7 @@ Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw
                              "chunked_cross_entropy dh"));
   const int64_t n = int64_t(rows.size());
   if (n == 0) {  // no loss row: the gradient is zero
-    if (dh && dw_beta == 0.0f && V * H > 0)
+    if (dw && dh && dw_beta == 0.0f && V * H > 0)
       XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dw, 0, size_t(V * H) * sizeof(float), s),
                                "chunked_cross_entropy dw"));
     return Check(cudaMemsetAsync(total, 0, sizeof(double), s), "chunked_cross_entropy loss");
@@ -225,11 +224,11 @@ Status ChunkedCrossEntropyQueued(double* total, Blas& blas, float* dh, float* dw
         (dh, dhc, rows_d + c0, c, H);
         XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "chunked_cross_entropy scatter"));
       }
-      if (!bf16)
+      if (!bf16 && dw)
         XT_RETURN_IF_ERROR(  // (c, V)^T @ (c, H)
             blas.Gemm(dw, dl, hc, V, H, c, true, false, c0 == 0 ? dw_beta : 1.0f, in));
     }
-    if (grad && bf16)  // the group's (g, V)^T @ (g, H)
+    if (grad && bf16 && dw)  // the group's (g, V)^T @ (g, H)
       XT_RETURN_IF_ERROR(
           blas.Gemm(dw, dl16, hc16, V, H, g, true, false, g0 == 0 ? dw_beta : 1.0f, in));
   }

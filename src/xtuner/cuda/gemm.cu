@@ -338,10 +338,11 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
   XT_RETURN_IF_ERROR(SettleExpertsPath(in));
   // dx (R, I) = dy_e (rows, O) w_e (O, I); dw_e (O, I) = dy_e^T x_e + dw_beta dw_e.
   if (XtunerGrouped(GroupedOp::kData, 0, I, O, dy, w, in) &&
-      XtunerGrouped(GroupedOp::kWeight, O, I, 0, dy, x, in)) {
+      (!dw || XtunerGrouped(GroupedOp::kWeight, O, I, 0, dy, x, in))) {
     if (dx)
       XT_RETURN_IF_ERROR(
           GroupedGemmBf16(GroupedOp::kData, dx, dy, w, offsets, E, 0, I, O, stream_));
+    if (!dw) return Status::OK();
     return GroupedGemmBf16(GroupedOp::kWeight, dw, dy, x, offsets, E, O, I, 0, stream_,
                            dw_beta != 0.0f);
   }
@@ -352,7 +353,7 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
     if (rows < 0 || !FitsInt(rows)) return Status::Error("grouped GEMM: bad expert offsets");
     if (I == 0 || O == 0) continue;
     if (rows == 0) {  // the empty sum: an assigned dw_e is zero
-      if (dw_beta == 0.0f)
+      if (dw && dw_beta == 0.0f)
         XT_RETURN_IF_ERROR(Check(cudaMemsetAsync(dw + e * O * I, 0, size_t(O * I) * sizeof(float),
                                                  cudaStream_t(stream_)),
                                  "grouped GEMM"));
@@ -366,8 +367,9 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
       data_grad.push_back(
           {w_e, dy_e, dx + r0 * I, int(I), int(rows), int(O), int(I), int(O), int(I)});
     // dw_e (O, I) += dy_e^T (O, rows) @ x_e (rows, I): M = O, N = I, K = rows, ta.
-    weight_grad.push_back(
-        {x_e, dy_e, dw + e * O * I, int(I), int(O), int(rows), int(I), int(O), int(I)});
+    if (dw)
+      weight_grad.push_back(
+          {x_e, dy_e, dw + e * O * I, int(I), int(O), int(rows), int(I), int(O), int(I)});
   }
   if (dx && O == 0 && offsets[E] > 0) {  // the empty sum: dx = 0
     XT_RETURN_IF_ERROR(
@@ -378,6 +380,7 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
     XT_RETURN_IF_ERROR(
         Grouped(data_grad.data(), int64_t(data_grad.size()), false, false, 0.0f, in));
   }
+  if (!dw) return Status::OK();
   return Grouped(weight_grad.data(), int64_t(weight_grad.size()), true, false, dw_beta, in);
 }
 

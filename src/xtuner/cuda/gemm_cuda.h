@@ -62,7 +62,8 @@ class Blas {
   Status GroupedForward(float* y, const void* x, const void* w, const int32_t* offsets, int64_t E,
                         int64_t I, int64_t O, GemmInput in);
   // Its backward, as ops::grouped_linear_backward: dx (R, I) = dy_e @ w_e (assigned; skipped
-  // when dx is null), dw (E, O, I) += dy_e^T @ x_e. dy, x, w hold `in` elements. dw_beta 0
+  // when dx is null), dw (E, O, I) += dy_e^T @ x_e (skipped when dw is null: frozen experts; x
+  // is then not read). dy, x, w hold `in` elements. dw_beta 0
   // assigns dw instead (zeros for experts without rows; dw's contents are not read); only 0 and
   // 1 are taken.
   Status GroupedBackward(float* dx, float* dw, const void* dy, const void* x, const void* w,

@@ -22,7 +22,7 @@ GradWrites::Unit& GradWrites::Find(const float* p, int64_t n) {
 }
 
 float GradWrites::Beta(const float* p, int64_t n) {
-  if (n == 0) return 1.0f;  // nothing written
+  if (n == 0 || !p) return 1.0f;  // nothing written (null: a frozen parameter's gradient)
   Unit& u = Find(p, n);
   if (!u.blank) return 1.0f;
   const int64_t b = p - u.base, e = b + n;
@@ -36,7 +36,7 @@ float GradWrites::Beta(const float* p, int64_t n) {
 }
 
 Status GradWrites::Prepare(float* p, int64_t n, void* stream) {
-  if (Beta(p, n) != 0.0f) return Status::OK();
+  if (!p || Beta(p, n) != 0.0f) return Status::OK();
   return Check(cudaMemsetAsync(p, 0, size_t(n) * sizeof(float), cudaStream_t(stream)),
                "zero a gradient");
 }

@@ -24,9 +24,10 @@ class GradWrites {
   // The unit's gradient buffer [base, base + size), blank or not. Once per unit per step.
   void Open(float* base, int64_t size, bool blank);
   // For a product that writes all of [p, p + n): 0 (assign) the first time in a blank unit,
-  // else 1 (add).
+  // else 1 (add). p null (a frozen parameter's gradient, which nothing writes): 1, no record.
   float Beta(const float* p, int64_t n);
-  // For a kernel that adds into [p, p + n): zeroes it first when Beta would have said 0.
+  // For a kernel that adds into [p, p + n): zeroes it first when Beta would have said 0; nothing
+  // for a null p.
   Status Prepare(float* p, int64_t n, void* stream);
   // Zeroes what the step never wrote of the unit at `base` (blank units), and forgets the unit.
   Status Close(const float* base, void* stream);

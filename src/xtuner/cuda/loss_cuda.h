@@ -18,8 +18,8 @@ namespace xt::cuda {
 // dw (V, H) on the device; targets (T) on the HOST, each kIgnoreIndex (-100: no loss) or in
 // [0, V) (anything else: an error naming the position, before any CUDA call).
 // Returns the sum over loss tokens of -log softmax(h[t] @ w^T)[targets[t]] (unweighted, double).
-// dh null: forward only (dw untouched). Otherwise dw must not be null: dh is assigned (rows
-// without a target get 0) and dw += the gradient of weight * that sum.
+// dh null: forward only (dw untouched). Otherwise dh is assigned (rows without a target get 0)
+// and dw += the gradient of weight * that sum, unless dw is null (a frozen lm_head: dh only).
 // Rows without a target cost nothing. Per chunk of loss rows (chunk_rows <= 0:
 // DefaultLossChunkRows(V, true), about 256 Mi logits): the rows of h gathered into scratch,
 // logits = h_c @ w^T (blas.Gemm, full fp32), one block per row for max, sum of exp (fp32 expf,

@@ -36,17 +36,22 @@ Status AttentionBlock::MlaForward(AttentionActs* a, F* out, const float* h1, con
     XT_RETURN_IF_ERROR(a->qa_n.Alloc(T * Rq, s));
     XT_RETURN_IF_ERROR(a->qa_rstd.Alloc(T, s));
     XT_RETURN_IF_ERROR(mm.Linear(a->qa.get(), h1, P(o.q_a), T, H, Rq, false, h1_16));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->qa.get(), h1, h1_16, P, o, o.q_a, T, H, Rq));
     XT_RETURN_IF_ERROR(
         RmsnormForward(a->qa_n.get(), a->qa_rstd.get(), a->qa.get(), P(o.q_a_norm), T, Rq, eps, s));
     XT_RETURN_IF_ERROR(mm.Linear(a->q.get(), a->qa_n.get(), P(o.wq), T, Rq, Hq * D));
+    XT_RETURN_IF_ERROR(
+        lora_.Forward(a->q.get(), a->qa_n.get(), nullptr, P, o, o.wq, T, Rq, Hq * D));
   } else {
     XT_RETURN_IF_ERROR(mm.Linear(a->q.get(), h1, P(o.wq), T, H, Hq * D, false, h1_16));
+    XT_RETURN_IF_ERROR(lora_.Forward(a->q.get(), h1, h1_16, P, o, o.wq, T, H, Hq * D));
   }
 
   // The latent kv, normed; its per-head keys and values; the shared key part, unrotated.
   F ckv, kvb, kr;
   XT_RETURN_IF_ERROR(ckv.Alloc(T * (Rkv + dr), s));
   XT_RETURN_IF_ERROR(mm.Linear(ckv.get(), h1, P(o.kv_a), T, H, Rkv + dr, false, h1_16));
+  XT_RETURN_IF_ERROR(lora_.Forward(ckv.get(), h1, h1_16, P, o, o.kv_a, T, H, Rkv + dr));
   XT_RETURN_IF_ERROR(a->kv_c.Alloc(T * Rkv, s));
   XT_RETURN_IF_ERROR(a->kv_n.Alloc(T * Rkv, s));
   XT_RETURN_IF_ERROR(a->kv_rstd.Alloc(T, s));
@@ -56,6 +61,8 @@ Status AttentionBlock::MlaForward(AttentionActs* a, F* out, const float* h1, con
                                     T, Rkv, eps, s));
   XT_RETURN_IF_ERROR(kvb.Alloc(T * Hq * (dn + dv), s));
   XT_RETURN_IF_ERROR(mm.Linear(kvb.get(), a->kv_n.get(), P(o.kv_b), T, Rkv, Hq * (dn + dv)));
+  XT_RETURN_IF_ERROR(
+      lora_.Forward(kvb.get(), a->kv_n.get(), nullptr, P, o, o.kv_b, T, Rkv, Hq * (dn + dv)));
   XT_RETURN_IF_ERROR(kr.Alloc(T * dr, s));
   XT_RETURN_IF_ERROR(CopyColumns(kr.get(), dr, 0, ckv.get(), Rkv + dr, Rkv, T, dr, to_rope, 1, s));
   ckv = F();
@@ -99,7 +106,8 @@ Status AttentionBlock::MlaForward(AttentionActs* a, F* out, const float* h1, con
   }
   XT_RETURN_IF_ERROR(part("o_proj"));
   XT_RETURN_IF_ERROR(out->Alloc(T * H, s));
-  return mm.Linear(out->get(), a->attn.get(), P(o.wo), T, Hq * dv, H);
+  XT_RETURN_IF_ERROR(mm.Linear(out->get(), a->attn.get(), P(o.wo), T, Hq * dv, H));
+  return lora_.Forward(out->get(), a->attn.get(), nullptr, P, o, o.wo, T, Hq * dv, H);
 }
 
 Status AttentionBlock::MlaBackward(float* dh1, const float* dout, const AttentionActs& a,
@@ -116,6 +124,8 @@ Status AttentionBlock::MlaBackward(float* dh1, const float* dout, const Attentio
   XT_RETURN_IF_ERROR(mark("o_proj_bwd"));
   XT_RETURN_IF_ERROR(mm.LinearBackward(dattn_.get(), G(o.wo), dout, a.attn.get(), P(o.wo), T,
                                        Hq * dv, H, false, false));
+  XT_RETURN_IF_ERROR(lora_.Backward(dattn_.get(), dout, nullptr, a.attn.get(), nullptr, P, G, o,
+                                    o.wo, T, Hq * dv, H));
   XT_RETURN_IF_ERROR(mark("attention_bwd"));
   {
     F dout_padded, out_padded;  // (T, Hq, D), padded with zeros as in the forward
@@ -157,14 +167,20 @@ Status AttentionBlock::MlaBackward(float* dh1, const float* dout, const Attentio
     XT_RETURN_IF_ERROR(dqa.Alloc(T * Rq, s));
     XT_RETURN_IF_ERROR(mm.LinearBackward(dqa_n.get(), G(o.wq), dq_.get(), a.qa_n.get(), P(o.wq), T,
                                          Rq, Hq * D, false, false));
+    XT_RETURN_IF_ERROR(lora_.Backward(dqa_n.get(), dq_.get(), nullptr, a.qa_n.get(), nullptr, P, G,
+                                      o, o.wq, T, Rq, Hq * D));
     XT_RETURN_IF_ERROR(writes_.Prepare(G(o.q_a_norm), Rq, s));
     XT_RETURN_IF_ERROR(RmsnormBackward(dqa.get(), G(o.q_a_norm), dqa_n.get(), a.qa.get(),
                                        P(o.q_a_norm), a.qa_rstd.get(), T, Rq, false, s));
     XT_RETURN_IF_ERROR(
         mm.LinearBackward(dh1, G(o.q_a), dqa.get(), h1, P(o.q_a), T, H, Rq, false, false, h1_16));
+    XT_RETURN_IF_ERROR(
+        lora_.Backward(dh1, dqa.get(), nullptr, h1, h1_16, P, G, o, o.q_a, T, H, Rq));
   } else {
     XT_RETURN_IF_ERROR(
         mm.LinearBackward(dh1, G(o.wq), dq_.get(), h1, P(o.wq), T, H, Hq * D, false, false, h1_16));
+    XT_RETURN_IF_ERROR(
+        lora_.Backward(dh1, dq_.get(), nullptr, h1, h1_16, P, G, o, o.wq, T, H, Hq * D));
   }
 
   // Keys and values: their per-head parts to kv_b; the shared key part to kv_a's last columns.
@@ -181,6 +197,8 @@ Status AttentionBlock::MlaBackward(float* dh1, const float* dout, const Attentio
   XT_RETURN_IF_ERROR(dkv_n.Alloc(T * Rkv, s));
   XT_RETURN_IF_ERROR(mm.LinearBackward(dkv_n.get(), G(o.kv_b), dkvb.get(), a.kv_n.get(), P(o.kv_b),
                                        T, Rkv, Hq * (dn + dv), false, false));
+  XT_RETURN_IF_ERROR(lora_.Backward(dkv_n.get(), dkvb.get(), nullptr, a.kv_n.get(), nullptr, P, G,
+                                    o, o.kv_b, T, Rkv, Hq * (dn + dv)));
   dkvb = F();
   XT_RETURN_IF_ERROR(dkv_c.Alloc(T * Rkv, s));
   XT_RETURN_IF_ERROR(writes_.Prepare(G(o.kv_a_norm), Rkv, s));
@@ -190,8 +208,9 @@ Status AttentionBlock::MlaBackward(float* dh1, const float* dout, const Attentio
   XT_RETURN_IF_ERROR(
       CopyColumns(dckv.get(), Rkv + dr, 0, dkv_c.get(), Rkv, 0, T, Rkv, ColumnOrder::kSame, 1, s));
   dkv_c = F();
-  return mm.LinearBackward(dh1, G(o.kv_a), dckv.get(), h1, P(o.kv_a), T, H, Rkv + dr, true, false,
-                           h1_16);
+  XT_RETURN_IF_ERROR(mm.LinearBackward(dh1, G(o.kv_a), dckv.get(), h1, P(o.kv_a), T, H, Rkv + dr,
+                                       true, false, h1_16));
+  return lora_.Backward(dh1, dckv.get(), nullptr, h1, h1_16, P, G, o, o.kv_a, T, H, Rkv + dr);
 }
 
 }  // namespace xt::cuda

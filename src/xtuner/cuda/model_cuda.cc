@@ -15,6 +15,7 @@
 #include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/grad_writes.h"
+#include "xtuner/cuda/lora_terms.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/moe_block.h"
 #include "xtuner/cuda/ops_cuda.h"
@@ -119,7 +120,6 @@ float* CudaModel::Slab(float* p) const {
 }
 
 Status CudaModel::Init(void* stream) {
-  XT_RETURN_IF_ERROR(CudaSupports(cfg_));  // every factory comes through here
   stream_ = stream;
   // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
   // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
@@ -149,6 +149,11 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& cfg,
   const size_t bytes = size_t(m->layout_.total()) * sizeof(float);
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->params_, std::max<size_t>(bytes, 4)), "parameters"));
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&m->grads_, std::max<size_t>(bytes, 4)), "gradients"));
+  // Zeros once: a LoRA run's frozen weights' gradients are never written (ZeroGrads' lazy
+  // zeroing then covers only what trains).
+  XT_RETURN_IF_ERROR(
+      Check(cudaMemsetAsync(m->grads_, 0, std::max<size_t>(bytes, 4), cudaStream_t(stream)),
+            "gradients"));
   // On the model's stream (which need not be ordered with the default one), then waited for.
   if (host_params) {
     XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(m->params_, host_params, bytes, cudaMemcpyHostToDevice,
@@ -310,19 +315,30 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   };
   // Gradients: each unit's buffer from the source, written where it comes blank (GradWrites:
   // every product into a gradient takes its beta from `writes`, every kernel that adds into one
-  // is prepared by it), closed before the source folds it.
+  // is prepared by it), closed before the source folds it. Only what trains (ParamLayout::
+  // trainable) is opened and written: a LoRA run's adapters. UnitGrads gives null for the
+  // frozen weights, whose products and kernels then skip their gradient (which stays zero);
+  // a unit with nothing that trains (the embedding and the head of a LoRA run) asks the source
+  // for no buffer.
   GradWrites writes;
   std::vector<float*> grad_base(layout_.units().size(), nullptr);
+  auto trained = [&](int64_t u) {  // [begin, end) of what trains, in the unit's coordinates
+    const ParamUnit& t = layout_.trainable(u);
+    return std::make_pair(t.begin - layout_.units()[u].begin, t.size());
+  };
   auto grads = [&](int64_t u) {
+    const int64_t begin = layout_.units()[u].begin;
+    const ParamUnit& t = layout_.trainable(u);
+    if (t.size() == 0) return UnitGrads{nullptr, begin, 0, 0};  // null for every offset
     if (!grad_base[u]) {
       bool blank = false;
       grad_base[u] = source_->GradsToWrite(u, &blank);
-      writes.Open(grad_base[u], layout_.units()[u].size(), blank);
+      writes.Open(grad_base[u] + trained(u).first, trained(u).second, blank);
     }
-    return UnitGrads{grad_base[u], layout_.units()[u].begin};
+    return UnitGrads{grad_base[u], begin, t.begin, t.end};
   };
   auto grads_done = [&](int64_t u) -> Status {
-    XT_RETURN_IF_ERROR(writes.Close(grad_base[u], s));
+    if (grad_base[u]) XT_RETURN_IF_ERROR(writes.Close(grad_base[u] + trained(u).first, s));
     grad_base[u] = nullptr;
     source_->GradsDone(u);
     return Status::OK();
@@ -330,6 +346,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // The step's products, fp32 or bf16, the grouped ones over the experts this rank runs (all of
   // them, or its slice under expert parallelism).
   StepProducts mm(blas, units16, writes, bf16, ep_ ? layout_.expert_count : E, s);
+  LoraTerms lora(cfg_.lora, mm, s);  // the dense MLPs' adapters (attention's: AttentionBlock)
 
   Buffers bu;
   {
@@ -420,6 +437,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(dense16 ? a.act16.Alloc(T * Im, s) : a.act.Alloc(T * Im, s));
       XT_RETURN_IF_ERROR(
           mm.Linear(a.gu.get(), a.h2.get(), P(o.gate_up), T, H, 2 * Im, false, a.h2_16.get()));
+      XT_RETURN_IF_ERROR(
+          lora.Forward(a.gu.get(), a.h2.get(), a.h2_16.get(), P, o, o.gate_up, T, H, 2 * Im));
       if (dense16) {  // into act16; SwiGLU's input kept for the backward in bf16 (gu16)
         XT_RETURN_IF_ERROR(a.gu16.Alloc(T * 2 * Im, s));
         XT_RETURN_IF_ERROR(SwigluForward(a.act16.get(), a.gu16.get(), a.gu.get(), T, Im, s));
@@ -428,6 +447,7 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
         XT_RETURN_IF_ERROR(SwigluForward(a.act.get(), a.gu.get(), T, Im, s));
       }
       XT_RETURN_IF_ERROR(mm.Linear(x_out, a.act.get(), P(o.down), T, Im, H, false, a.act16.get()));
+      XT_RETURN_IF_ERROR(lora.Forward(x_out, a.act.get(), a.act16.get(), P, o, o.down, T, Im, H));
     } else {  // dropless MoE: router in fp32, top-k, plan on the host, grouped experts
       // The balancing statistics counted once (not again in a recomputed layer); the last MoE
       // layer queues their copies to the host right before its wait, which brings them.
@@ -561,6 +581,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(mark("dense_mlp_bwd"));
       XT_RETURN_IF_ERROR(mm.LinearBackward(dense_dact.get(), G(o.down), dx.get(), a.act.get(),
                                            P(o.down), T, Im, H, false, false, a.act16.get()));
+      XT_RETURN_IF_ERROR(lora.Backward(dense_dact.get(), dx.get(), nullptr, a.act.get(),
+                                       a.act16.get(), P, G, o, o.down, T, Im, H));
       if (bf16) {
         XT_RETURN_IF_ERROR(
             SwigluBackward(dense_dgu16.get(), dense_dact.get(), a.gu16.get(), T, Im, s));
@@ -570,6 +592,8 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
       XT_RETURN_IF_ERROR(mm.LinearBackward(dh2.get(), G(o.gate_up), dense_dgu.get(), a.h2.get(),
                                            P(o.gate_up), T, H, 2 * Im, false, false, a.h2_16.get(),
                                            dense_dgu16.get()));
+      XT_RETURN_IF_ERROR(lora.Backward(dh2.get(), dense_dgu.get(), dense_dgu16.get(), a.h2.get(),
+                                       a.h2_16.get(), P, G, o, o.gate_up, T, H, 2 * Im));
     } else {
       XT_RETURN_IF_ERROR(moe.Backward(&dh2, dx.get(), &a.moe, a.h2.get(), P, G, o, mark));
     }
@@ -591,8 +615,10 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   }
   XT_RETURN_IF_ERROR(mark("embedding_bwd"));
   const UnitGrads G_embed = grads(0);
-  XT_RETURN_IF_ERROR(writes.Prepare(G_embed(layout_.embed), V * H, s));
-  XT_RETURN_IF_ERROR(EmbeddingBackward(G_embed(layout_.embed), dx.get(), bu.ids.get(), T, V, H, s));
+  if (float* d_embed = G_embed(layout_.embed)) {  // (frozen in a LoRA run)
+    XT_RETURN_IF_ERROR(writes.Prepare(d_embed, V * H, s));
+    XT_RETURN_IF_ERROR(EmbeddingBackward(d_embed, dx.get(), bu.ids.get(), T, V, H, s));
+  }
   XT_RETURN_IF_ERROR(grads_done(0));
   if (prof) XT_RETURN_IF_ERROR(prof->Finish(s));
   double ce = 0;  // the loss's sum, with the step's one wait at its end

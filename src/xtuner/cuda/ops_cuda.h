@@ -28,7 +28,8 @@ Status RmsnormForward(uint16_t* out, float* rstd, const float* in, const float* 
 // ops::rmsnorm_backward: din (N, C) assigned (or added when accumulate_din), dw (C) +=.
 // din: one block per row, the row's dot in double. dw: per column, the rows summed in double in
 // fixed row chunks (their number depends on N and C only), then the chunks summed in order by a
-// second kernel, and float(sum) added to dw: deterministic, no atomics. N == 0 leaves dw as is.
+// second kernel, and float(sum) added to dw: deterministic, no atomics. N == 0 leaves dw as is;
+// dw null (a frozen weight): din only.
 Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in, const float* w,
                        const float* rstd, int64_t N, int64_t C, bool accumulate_din = false,
                        void* stream = nullptr);
@@ -96,7 +97,7 @@ Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, in
 Status GroupedBiasBackward(float* db, const float* dout, const int32_t* offsets, int64_t E,
                            int64_t O, void* stream = nullptr);
 
-// ---------------------------------------------------------------- column moves (MLA)
+// ---------------------------------------------------------------- column moves (MLA, LoRA)
 // ops::copy_columns and ops::sum_head_columns, bit-identical (copies; the sum over heads in the
 // CPU's order, one thread per output element). Error unless width is even for a pair order and
 // repeat >= 1.
@@ -105,6 +106,14 @@ Status CopyColumns(float* out, int64_t out_stride, int64_t out_at, const float* 
                    ops::ColumnOrder order, int64_t repeat = 1, void* stream = nullptr);
 Status SumHeadColumns(float* out, const float* in, int64_t in_stride, int64_t at, int64_t T,
                       int64_t Hn, int64_t width, void* stream = nullptr);
+// ops::scale_columns, bit for bit; the second form reads a bf16 input (uint16_t bits, as
+// ToBf16 writes them) exactly as fp32.
+Status ScaleColumns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                    bool add, void* stream = nullptr);
+Status ScaleColumns(float* out, int64_t out_stride, int64_t out_at, const uint16_t* in,
+                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                    bool add, void* stream = nullptr);
 
 // ---------------------------------------------------------------- embedding
 // ops::embedding_forward: out (T, H) = table (V, H)[ids (T)]; ids in [0, V) (not checked).
@@ -191,8 +200,10 @@ struct Bf16Mirror {
   uint16_t* data = nullptr;
   int64_t begin = 0, end = 0;
 };
-// AdamWStep on elements [begin, end) of the slabs params, grads, m and v (pointers to their
-// element 0), writing the new bf16 value of every element the mirror covers into it.
+// AdamWStep on elements [begin, end) of the slabs params and grads (pointers to their element
+// 0), whose moments are m and v (end - begin each: m[0] is element begin's, so that the moments
+// of a run can be held apart from the slab's coordinates, e.g. only those of what trains),
+// writing the new bf16 value of every element the mirror covers into it.
 Status AdamWStepRange(float* params, const float* grads, float* m, float* v, int64_t begin,
                       int64_t end, const AdamWStepScalars& s, const Bf16Mirror& mirror,
                       void* stream = nullptr);

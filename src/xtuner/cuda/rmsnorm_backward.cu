@@ -95,6 +95,7 @@ Status RmsnormBackward(float* din, float* dw, const float* dout, const float* in
   XT_LAUNCH(RmsnormBackwardRowsKernel, detail::BlocksFor(N, kRowsPerBlock), kThreads, 0, st)
   (din, dout, in, w, rstd, N, C, accumulate_din);
   XT_RETURN_IF_ERROR(Check(cudaGetLastError(), "rmsnorm_backward (din) launch"));
+  if (!dw) return Status::OK();  // a frozen weight
 
   // Row chunks: about 2048 blocks in all, at least 64 rows each; a function of N and C only.
   const int64_t col_blocks = (C + kDwCols - 1) / kDwCols;

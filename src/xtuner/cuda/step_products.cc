@@ -34,6 +34,7 @@ Status StepProducts::LinearBackward(float* din, float* dw, const float* dout, co
     if (din)
       XT_RETURN_IF_ERROR(
           blas_.Gemm(din, dout, w, rows, in_dim, out_dim, false, false, din_beta, GemmInput::kF32));
+    if (!dw) return Status::OK();
     return blas_.Gemm(dw, dout, in, out_dim, in_dim, rows, true, false, dw_beta, GemmInput::kF32);
   }
   XT_ASSIGN_OR_RETURN(const void* g16, Operand(scratch_a_, dout, rows * out_dim, dout16));
@@ -41,6 +42,7 @@ Status StepProducts::LinearBackward(float* din, float* dw, const float* dout, co
   if (din)
     XT_RETURN_IF_ERROR(
         blas_.Gemm(din, g16, w16, rows, in_dim, out_dim, false, false, din_beta, GemmInput::kBf16));
+  if (!dw) return Status::OK();
   XT_ASSIGN_OR_RETURN(const void* x16, Operand(scratch_b_, in, rows * in_dim, in16));
   return blas_.Gemm(dw, g16, x16, out_dim, in_dim, rows, true, false, dw_beta, GemmInput::kBf16);
 }
@@ -64,7 +66,10 @@ Status StepProducts::GroupedBackward(float* dx, float* dw, const float* dy, cons
     return blas_.GroupedBackward(dx, dw, dy, x, w, offsets, experts_, in_dim, out_dim,
                                  GemmInput::kF32, dw_beta);
   XT_ASSIGN_OR_RETURN(const void* g16, Operand(scratch_a_, dy, rows * out_dim, dy16));
-  XT_ASSIGN_OR_RETURN(const void* a16, Operand(scratch_b_, x, rows * in_dim, x16));
+  const void* a16 = nullptr;  // x is read only for dw
+  if (dw) {
+    XT_ASSIGN_OR_RETURN(a16, Operand(scratch_b_, x, rows * in_dim, x16));
+  }
   XT_ASSIGN_OR_RETURN(const void* w16, Operand(scratch_b_, w, -1));
   return blas_.GroupedBackward(dx, dw, g16, a16, w16, offsets, experts_, in_dim, out_dim,
                                GemmInput::kBf16, dw_beta);

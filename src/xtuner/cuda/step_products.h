@@ -36,8 +36,9 @@ class StepProducts {
   Status Linear(float* out, const float* in, const float* w, int64_t rows, int64_t in_dim,
                 int64_t out_dim, bool fp32 = false, const uint16_t* in16 = nullptr);
   // din (rows, in_dim) = dout @ w (assigned, or added when `accumulate`; none when din is null),
-  // dw (out_dim, in_dim) = or += dout^T @ in. In bf16 mode dout is rounded once for both
-  // products; in16 / dout16: the input / output gradient already in bf16.
+  // dw (out_dim, in_dim) = or += dout^T @ in (none when dw is null: a frozen weight). In bf16 mode
+  // dout is rounded once for both products; in16 / dout16: the input / output gradient already in
+  // bf16.
   Status LinearBackward(float* din, float* dw, const float* dout, const float* in, const float* w,
                         int64_t rows, int64_t in_dim, int64_t out_dim, bool accumulate,
                         bool fp32 = false, const uint16_t* in16 = nullptr,
@@ -47,7 +48,8 @@ class StepProducts {
   Status GroupedForward(float* y, const float* x, const float* w, const int32_t* offsets,
                         int64_t rows, int64_t in_dim, int64_t out_dim,
                         const uint16_t* x16 = nullptr);
-  // dx = dy w_e, dw_e = or += dy^T x per expert; dy16 / x16: already in bf16.
+  // dx = dy w_e, dw_e = or += dy^T x per expert (none when dw is null: frozen experts); dy16 /
+  // x16: already in bf16.
   Status GroupedBackward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                          const int32_t* offsets, int64_t rows, int64_t in_dim, int64_t out_dim,
                          const uint16_t* dy16 = nullptr, const uint16_t* x16 = nullptr);

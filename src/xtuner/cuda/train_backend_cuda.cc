@@ -82,11 +82,20 @@ class CudaTrainBackend : public TrainBackend {
   std::unique_ptr<ShardMemory> memory_;
   std::unique_ptr<ShardedParams> shard_;  // the host's shard, on the device
   std::unique_ptr<CudaModel> model_;
-  float* m_ = nullptr;  // AdamW's moments over the shard (memory_)
+  // AdamW's moments (memory_) of what trains only: the shard's runs that are not frozen, in
+  // order (the whole shard but in a LoRA run, whose frozen weights have none).
+  float* m_ = nullptr;
   float* v_ = nullptr;
-  double* sum_sq_ = nullptr;    // one double: this rank's share of the gradient norm's square
-  std::vector<DecayRun> runs_;  // AdamW over the shard
-  int64_t step_ = 0;            // AdamW's step count (the host's until SyncToHost)
+  double* sum_sq_ = nullptr;     // this rank's share of the gradient norm's square, per range
+  std::vector<DecayRun> runs_;   // AdamW over the shard
+  std::vector<int64_t> run_at_;  // per run: where its moments start in m_, v_ (-1: frozen)
+  // The shard's ranges with moments, adjacent runs merged: [shard, shard + n) at m_ + at.
+  struct MomentRange {
+    int64_t shard, at, n;
+  };
+  std::vector<MomentRange> moments_;
+  int64_t moment_floats_ = 0;
+  int64_t step_ = 0;  // AdamW's step count (the host's until SyncToHost)
 };
 
 CudaTrainBackend::~CudaTrainBackend() {
@@ -202,12 +211,29 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
                            "\" is not a path for " + (args.bf16 ? "bf16" : "fp32"));
     b->model_->SetExpertsPath(in, path);
   }
-  b->m_ = b->memory_->Alloc(n, "AdamW's exp_avg");
-  b->v_ = b->memory_->Alloc(n, "AdamW's exp_avg_sq");
-  XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, sizeof(double)), "gradient norm"));
+  // AdamW's runs over the shard (the host's ranges, in shard coordinates) and the moments of
+  // those that train.
+  XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(args.decay, n, 0, n));
+  for (const DecayRun& r : b->runs_) {
+    b->run_at_.push_back(r.frozen ? -1 : b->moment_floats_);
+    if (r.frozen || r.end == r.begin) continue;
+    if (!b->moments_.empty() && b->moments_.back().shard + b->moments_.back().n == r.begin)
+      b->moments_.back().n += r.end - r.begin;
+    else
+      b->moments_.push_back({r.begin, b->moment_floats_, r.end - r.begin});
+    b->moment_floats_ += r.end - r.begin;
+  }
+  b->m_ = b->memory_->Alloc(b->moment_floats_, "AdamW's exp_avg");
+  b->v_ = b->memory_->Alloc(b->moment_floats_, "AdamW's exp_avg_sq");
+  const size_t norm_parts = std::max<size_t>(1, b->shard_->trainable_ranges().size());
+  XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, norm_parts * sizeof(double)), "gradient norm"));
   XT_RETURN_IF_ERROR(b->Upload(b->shard_->params(), args.store->params(), n, "parameters"));
-  XT_RETURN_IF_ERROR(b->Upload(b->m_, args.adamw->exp_avg().f32(), n, "exp_avg"));
-  XT_RETURN_IF_ERROR(b->Upload(b->v_, args.adamw->exp_avg_sq().f32(), n, "exp_avg_sq"));
+  for (const MomentRange& r : b->moments_) {
+    XT_RETURN_IF_ERROR(
+        b->Upload(b->m_ + r.at, args.adamw->exp_avg().f32() + r.shard, r.n, "exp_avg"));
+    XT_RETURN_IF_ERROR(
+        b->Upload(b->v_ + r.at, args.adamw->exp_avg_sq().f32() + r.shard, r.n, "exp_avg_sq"));
+  }
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(b->stream_), "upload"));
   // Before the first step: whether the largest micro-batch fits beside the state, as `xtuner
   // plan --device cuda` plans it, in the device memory free once every rank's state is in place
@@ -246,8 +272,6 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       b->description_ += "; free device memory unknown, the step's need not checked";
     }
   }
-  // AdamW's runs over the shard: the host's ranges, in shard coordinates.
-  XT_ASSIGN_OR_RETURN(b->runs_, DecayRuns(args.decay, n, 0, n));
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 
@@ -266,11 +290,21 @@ Status CudaTrainBackend::Download(float* host, const float* device, int64_t n, c
 }
 
 Result<double> CudaTrainBackend::GradSumOfSquares() {
-  XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_, shard_->grads(), shard_->shard_size(), stream_));
-  double out = 0;
-  XT_RETURN_IF_ERROR(Check(
-      cudaMemcpyAsync(&out, sum_sq_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "norm"));
+  float* g = shard_->grads();
+  // The whole shard, or (a LoRA run) the ranges that train: the frozen weights' gradients are
+  // zero, and never read (as the CPU backend).
+  std::vector<std::pair<int64_t, int64_t>> parts = shard_->trainable_ranges();
+  if (shard_->trainable_floats() == shard_->shard_size()) parts = {{0, shard_->shard_size()}};
+  for (size_t i = 0; i < parts.size(); ++i)
+    XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_ + i, g + parts[i].first, parts[i].second, stream_));
+  std::vector<double> sums(parts.size());
+  if (!parts.empty())
+    XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(sums.data(), sum_sq_, parts.size() * sizeof(double),
+                                             cudaMemcpyDeviceToHost, stream_),
+                             "norm"));
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream_), "gradient norm"));
+  double out = 0;
+  for (const double s : sums) out += s;
   return out;
 }
 
@@ -290,9 +324,12 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
   bool whole = shard_->shard_size() == model_->layout().total();
   for (const OwnedRange& r : shard_->owned()) whole = whole && r.global == r.shard;
   const Bf16Mirror mirror = whole ? model_->bf16_mirror() : Bf16Mirror{};
-  for (const DecayRun& r : runs_)
-    XT_RETURN_IF_ERROR(
-        AdamWStepRange(p, g, m_, v_, r.begin, r.end, scalars[r.decay ? 1 : 0], mirror, stream_));
+  for (size_t i = 0; i < runs_.size(); ++i) {
+    const DecayRun& r = runs_[i];
+    if (r.frozen) continue;  // a LoRA run's base weights: no update, no moments
+    XT_RETURN_IF_ERROR(AdamWStepRange(p, g, m_ + run_at_[i], v_ + run_at_[i], r.begin, r.end,
+                                      scalars[r.decay ? 1 : 0], mirror, stream_));
+  }
   model_->ParamsChanged(mirror.data != nullptr);
   return Status::OK();
 }
@@ -315,8 +352,10 @@ Status CudaTrainBackend::SyncToHost() {
   Tensor m = args_.adamw->exp_avg(), v = args_.adamw->exp_avg_sq();
   XT_RETURN_IF_ERROR(
       Download(args_.store->params(), shard_->params(), n, "parameters to the host"));
-  XT_RETURN_IF_ERROR(Download(m.f32(), m_, n, "exp_avg to the host"));
-  XT_RETURN_IF_ERROR(Download(v.f32(), v_, n, "exp_avg_sq to the host"));
+  for (const MomentRange& r : moments_) {  // (the frozen weights' host moments stay zero)
+    XT_RETURN_IF_ERROR(Download(m.f32() + r.shard, m_ + r.at, r.n, "exp_avg to the host"));
+    XT_RETURN_IF_ERROR(Download(v.f32() + r.shard, v_ + r.at, r.n, "exp_avg_sq to the host"));
+  }
   XT_RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream_), "sync to host"));
   return args_.adamw->Restore(m, v, step_);  // the moments are in place: sets the step count
 }

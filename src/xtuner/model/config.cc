@@ -391,13 +391,6 @@ Result<ModelConfig> ModelConfig::Load(const std::string& dir_or_file) {
   return FromJson(j, path);
 }
 
-Status CudaSupports(const ModelConfig& c) {
-  if (c.lora.enabled())
-    return Status::Error(
-        "LoRA adapters ([lora] rank > 0) train on the CPU only for now (train.device = \"cpu\")");
-  return Status::OK();
-}
-
 double ModelConfig::softmax_scale() const {
   double scale = 1.0 / std::sqrt(double(head_dim));
   if (mla && rope_scaling.yarn && rope_scaling.mscale_all_dim != 0) {

@@ -176,8 +176,4 @@ struct ModelConfig {
   nlohmann::json ToJson() const;
 };
 
-// Whether the CUDA backend runs this model: every architecture, but not with LoRA adapters. The
-// error says so.
-Status CudaSupports(const ModelConfig& c);
-
 }  // namespace xt

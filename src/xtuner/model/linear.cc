@@ -13,11 +13,7 @@ void LinearForward(float* out, const float* in, const Linear& l, int64_t T, int6
     y.resize(T * r.rows);
     ops::linear_forward(z.data(), in, r.a, T, I, r.rank);             // z (T, r) = in A^T
     ops::linear_forward(y.data(), z.data(), r.b, T, r.rank, r.rows);  // y (T, rows) = z B^T
-    for (int64_t t = 0; t < T; ++t) {
-      float* o = out + t * O + r.row0;
-      const float* yt = y.data() + t * r.rows;
-      for (int64_t j = 0; j < r.rows; ++j) o[j] += r.scale * yt[j];
-    }
+    ops::scale_columns(out, O, r.row0, y.data(), r.rows, 0, T, r.rows, r.scale, /*add=*/true);
   }
 }
 
@@ -32,8 +28,8 @@ void LinearBackward(float* din, const float* dout, const float* in, const Linear
     dy.resize(T * r.rows);
     dz.resize(T * r.rank);
     ops::linear_forward(z.data(), in, r.a, T, I, r.rank);
-    for (int64_t t = 0; t < T; ++t)  // dy = s * dout[:, row0 : row0 + rows]
-      for (int64_t j = 0; j < r.rows; ++j) dy[t * r.rows + j] = r.scale * dout[t * O + r.row0 + j];
+    // dy = s * dout[:, row0 : row0 + rows]
+    ops::scale_columns(dy.data(), r.rows, 0, dout, O, r.row0, T, r.rows, r.scale, /*add=*/false);
     // dz (T, r) = dy B; dB (rows, r) += dy^T z
     ops::linear_backward(dz.data(), r.db, dy.data(), z.data(), r.b, T, r.rank, r.rows);
     // din += dz A; dA (r, I) += dz^T in

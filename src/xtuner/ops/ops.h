@@ -89,7 +89,7 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // In place on dx (T, Hn, D): the transpose of the rotation above.
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t Hn, int64_t D);
 
-// ---------------------------------------------------------------- column moves (MLA)
+// ---------------------------------------------------------------- column moves (MLA, LoRA)
 // How copy_columns orders the `width` columns it copies. kDeinterleave takes interleaved RoPE
 // pairs (x0 y0 x1 y1 ...) to the order RoPE rotates them (x0 x1 ... y0 y1 ...), as transformers'
 // apply_rotary_pos_emb_interleave does; kInterleave undoes it. width even for both.
@@ -105,6 +105,12 @@ void copy_columns(float* out, int64_t out_stride, int64_t out_at, const float* i
 // (rows of in_stride floats), in fp32 from zero: the gradient of copy_columns' repeat.
 void sum_head_columns(float* out, const float* in, int64_t in_stride, int64_t at, int64_t T,
                       int64_t Hn, int64_t width);
+// For each row n < N: out[n, out_at + i] = scale * in[n, in_at + i] (add: +=) for i < width
+// (rows of out_stride and in_stride floats), each term the float product scale * in rounded
+// before it is added: a LoRA adapter's output added to its weight's columns, and its gradient.
+void scale_columns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                   int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                   bool add);
 
 // ---------------------------------------------------------------- attention (packed, causal)
 // GPT-OSS's two variations on causal attention, both off by default:

@@ -1,10 +1,12 @@
 #include "xtuner/plan/cuda_step.h"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "xtuner/core/status.h"
 #include "xtuner/loss/cross_entropy.h"
+#include "xtuner/model/params.h"
 
 namespace xt {
 
@@ -167,6 +169,38 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   auto round_b = [&](int64_t elements) {
     if (bf16) operand_b.Reserve(elements * kBf16);
   };
+  // A LoRA run (cuda/lora_terms.h): the base weights are frozen, so their backward rounds no
+  // input for a weight gradient (base_b); each adapter of the weight at layout offset w of layer
+  // l takes scratch while its product runs (forward: z (T, r) and y (T, rows); backward: z, dz
+  // and dy (T, rows)), rounding z or dy, and in the backward the adapted input again where it is
+  // not held in bf16 (`in` elements; 0: held).
+  const bool base_grads = !c.lora.enabled();
+  auto base_b = [&](int64_t elements) {
+    if (base_grads) round_b(elements);
+  };
+  const std::optional<ParamLayout> lora_layout =
+      base_grads ? std::nullopt : std::optional<ParamLayout>(ParamLayout(c));
+  const LayerOffsets no_adapters;
+  // Layer l's offsets and adapters (none without LoRA).
+  auto offsets = [&](int64_t l) -> const LayerOffsets& {
+    return lora_layout ? lora_layout->layers[l] : no_adapters;
+  };
+  const int64_t r = c.lora.rank;
+  auto lora_forward = [&](const LayerOffsets& o, int64_t w) {
+    for (const LoraPiece& p : o.lora)
+      if (p.base == w) {
+        pool.Transient(Rounded(T * r * kF32) + Rounded(T * p.rows * kF32));
+        round_a(T * r);
+      }
+  };
+  auto lora_backward = [&](const LayerOffsets& o, int64_t w, int64_t in) {
+    for (const LoraPiece& p : o.lora)
+      if (p.base == w) {
+        pool.Transient(2 * Rounded(T * r * kF32) + Rounded(T * p.rows * kF32));
+        round_a(in), round_a(T * p.rows), round_a(T * r);
+        round_b(T * r), round_b(in);
+      }
+  };
 
   // ---- the step's start: RoPE tables, ids, the residual stream, the balancing statistics.
   pool.At("the forward");
@@ -184,7 +218,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   for (int64_t l = 0; l < L; ++l) layers.emplace_back(&pool);
 
   // A layer's attention from its normed input to x_mid (AttentionBlock::Forward).
-  auto attention_forward = [&](Layer& a) {
+  auto attention_forward = [&](Layer& a, const LayerOffsets& o) {
     std::vector<Buf>& at = a.attention;
     at[2].Alloc(T * Hq * D * kF32);
     at[3].Alloc(T * Hkv * D * kF32);
@@ -195,6 +229,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       at[7].Alloc(T * Hq * kF32);
       at[8].Alloc(T * Hkv * kF32);
     }
+    for (int64_t w : {o.wq, o.wk, o.wv}) lora_forward(o, w);
     if (bf16_attention) {  // q, k (after RoPE) and v kept in bf16, the fp32 ones freed
       at[14].Alloc(T * Hq * D * kBf16), at[2].Free();
       at[15].Alloc(T * Hkv * D * kBf16), at[3].Free();
@@ -205,24 +240,29 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (bf16_attention) at[17].Alloc(T * Hq * D * kBf16), at[9].Free();  // attn kept in bf16
     at[11].Alloc(T * H * kF32);                                          // x_mid
     if (!bf16_attention) round_a(T * Hq * D);                            // o_proj's input
+    lora_forward(o, o.wo);
   };
   // Multi-head latent attention's (cuda/mla_block.cc), on the fp32 attention kernels.
-  auto mla_forward = [&](Layer& a) {
+  auto mla_forward = [&](Layer& a, const LayerOffsets& o) {
     std::vector<Buf>&at = a.attention, &m = a.mla;
     at[2].Alloc(T * Hq * D * kF32);  // q
     if (Rq > 0) {
       m[0].Alloc(T * Rq * kF32);  // qa, qa_n, qa_rstd
       m[1].Alloc(T * Rq * kF32);
       m[2].Alloc(T * kF32);
+      lora_forward(o, o.q_a);
       round_a(T * Rq);
     }
+    lora_forward(o, o.wq);  // q_b, or q_proj
     Buf ckv(&pool), kvb(&pool), kr(&pool);
     ckv.Alloc(T * (Rkv + dr) * kF32);
+    lora_forward(o, o.kv_a);
     m[3].Alloc(T * Rkv * kF32);  // kv_c, kv_n, kv_rstd
     m[4].Alloc(T * Rkv * kF32);
     m[5].Alloc(T * kF32);
     kvb.Alloc(T * Hq * (dn + dv) * kF32);
     round_a(T * Rkv);
+    lora_forward(o, o.kv_b);
     kr.Alloc(T * dr * kF32);
     ckv.Free();
     pool.Transient(Rounded(T * Hq * dr * kF32));  // the queries' rope columns
@@ -237,6 +277,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     padded.Free();
     at[11].Alloc(T * H * kF32);  // x_mid
     round_a(T * Hq * dv);        // o_proj's input
+    lora_forward(o, o.wo);
   };
 
   auto forward = [&](int64_t l) {
@@ -245,10 +286,11 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
         a.attention;  // rstd1, h1, q, k, v, q_pre, k_pre, q_rstd, k_rstd, attn, lse, ...
     at[0].Alloc(T * kF32);
     at[1].Alloc(T * H * act_size);  // h1 (h1_16 in bf16 mode: the projections take it as is)
+    const LayerOffsets& o = offsets(l);
     if (c.mla) {
-      mla_forward(a);
+      mla_forward(a, o);
     } else {
-      attention_forward(a);
+      attention_forward(a, o);
     }
     at[13].Alloc(T * kF32);  // rstd2
     if (!c.layer_is_moe[l]) {
@@ -257,7 +299,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       at[12].Alloc(T * H * act_size);  // h2
       a.gu.Alloc(T * 2 * I * kF32);
       a.act.Alloc(T * I * act_size);
+      lora_forward(o, o.gate_up);
       if (bf16) a.gu16.Alloc(T * 2 * I * kBf16), a.gu.Free();
+      lora_forward(o, o.down);
       return;
     }
     at[12].Alloc(T * H * kF32);  // h2: the router's input too
@@ -363,8 +407,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (aux_grad) grad(T * E * kF32);  // dprobs
   }
   // Multi-head latent attention's backward (AttentionBlock::MlaBackward).
-  auto mla_backward = [&]() {
-    round_a(T * H), round_b(T * Hq * dv);  // o_proj
+  auto mla_backward = [&](const LayerOffsets& o) {
+    round_a(T * H), base_b(T * Hq * dv);  // o_proj
+    lora_backward(o, o.wo, T * Hq * dv);
     Buf dout_padded(&pool), out_padded(&pool);
     dout_padded.Alloc(T * Hq * D * kF32);
     out_padded.Alloc(T * Hq * D * kF32);
@@ -377,23 +422,28 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (Rq > 0) {
       dqa_n.Alloc(T * Rq * kF32);
       dqa.Alloc(T * Rq * kF32);
-      round_a(T * Hq * D), round_b(T * Rq);  // q_b
-      round_a(T * Rq);                       // q_a
+      round_a(T * Hq * D), base_b(T * Rq);  // q_b
+      lora_backward(o, o.wq, T * Rq);
+      round_a(T * Rq);  // q_a
+      lora_backward(o, o.q_a, 0);
       dqa_n.Free();
       dqa.Free();
     } else {
       round_a(T * Hq * D);  // q_proj
+      lora_backward(o, o.wq, 0);
     }
     dkvb.Alloc(T * Hq * (dn + dv) * kF32);
     dckv.Alloc(T * (Rkv + dr) * kF32);
     dkr.Free();
     dkv_n.Alloc(T * Rkv * kF32);
-    round_a(T * Hq * (dn + dv)), round_b(T * Rkv);  // kv_b
+    round_a(T * Hq * (dn + dv)), base_b(T * Rkv);  // kv_b
+    lora_backward(o, o.kv_b, T * Rkv);
     dkvb.Free();
     dkv_c.Alloc(T * Rkv * kF32);
     dkv_n.Free();
     dkv_c.Free();
     round_a(T * (Rkv + dr));  // kv_a
+    lora_backward(o, o.kv_a, 0);
   };
   for (int64_t l = L - 1; l >= 0; --l) {
     Layer& a = layers[l];
@@ -402,8 +452,11 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       forward(l);
     }
     pool.At("the backward of layer " + std::to_string(l));
+    const LayerOffsets& o = offsets(l);
     if (!c.layer_is_moe[l]) {
       round_a(T * H);  // the down projection's output gradient (its other operands are bf16)
+      lora_backward(o, o.down, 0);
+      lora_backward(o, o.gate_up, 0);
     } else {
       const int64_t I = c.moe_intermediate_size;
       // dyr: the received output gradients (expert parallelism), which take dys's place.
@@ -417,7 +470,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
         dys.Free();
       }
       dact.Alloc(R * I * kF32);
-      if (!rows16) round_a(R * H), round_b(R * I);
+      if (!rows16) round_a(R * H), base_b(R * I);
       dys.Free();
       dyr.Free();
       a.act.Free();
@@ -427,7 +480,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       a.gu16.Free();
       if (!ep) a.xs.Alloc(A * H * rows_size);  // permuted again (dropped after the forward)
       dxs.Alloc(R * H * kF32);
-      if (!rows16) round_a(R * 2 * I), round_b(R * H);
+      if (!rows16) round_a(R * 2 * I), base_b(R * H);
       dgu.Free();
       a.xs.Free();
       a.xr.Free();
@@ -439,23 +492,25 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       if (Is > 0) {  // the shared experts' backward, into dh2
         Buf dsh_act(&pool), dsh_gu(&pool);
         dsh_act.Alloc(T * Is * kF32);
-        round_a(T * H), round_b(T * Is);
+        round_a(T * H), base_b(T * Is);
         a.shared[1].Free();
         dsh_gu.Alloc(T * 2 * Is * kF32);
         dsh_act.Free();
         a.shared[0].Free();
-        round_a(T * 2 * Is), round_b(T * H);
+        round_a(T * 2 * Is), base_b(T * H);
       }
     }
     if (c.mla) {
-      mla_backward();
+      mla_backward(o);
     } else {
       // Attention: o_proj (its input rounded unless kept in bf16), the kernels (log-sum-exp
       // deltas, the bf16 copy of dout), q/k/v.
       round_a(T * H);
-      if (!bf16_attention) round_b(T * Hq * D);
+      if (!bf16_attention) base_b(T * Hq * D);
+      lora_backward(o, o.wo, bf16_attention ? 0 : T * Hq * D);
       pool.Transient(Rounded(T * Hq * kF32) + (bf16_attention ? Rounded(T * Hq * D * kBf16) : 0));
       round_a(T * Hq * D);
+      for (int64_t w : {o.wq, o.wk, o.wv}) lora_backward(o, w, 0);
     }
     a.Free();
   }

@@ -78,7 +78,7 @@ const std::vector<Key>& Schema() {
        "local rank), parameters, gradients and AdamW state on the GPU, copied back for "
        "checkpoints and exports; several ranks shard them as on the CPU (ZeRO-3 over NCCL: units "
        "gathered, gradients reduce-scattered; parallel.ep > 1 sends the experts' rows all-to-all). "
-       "Runs every model_type (not a LoRA run). Needs a build with CUDA."},
+       "Runs every model_type, LoRA runs too. Needs a build with CUDA."},
       {"train.cuda_attention", &C::cuda_attention,
        "auto | wmma | mma: the kernels of train.device = \"cuda\"'s bf16 attention. wmma: scores "
        "through shared memory; mma: FlashAttention-2 style, scores and softmax in registers. "

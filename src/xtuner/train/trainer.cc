@@ -192,10 +192,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
                          "): continue with --resume auto, or choose another work dir");
   XT_ASSIGN_OR_RETURN(const ModelConfig mc, LoadModelConfig(cfg));
   XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(world.size(), world.rank(), int(cfg.ep), mc));
-  if (cfg.device == "cuda") {  // before the backend's probe: a GPU would not help
-    const Status st = CudaSupports(mc);
-    if (!st.ok()) return Status::Error("train.device = \"cuda\": " + st.message());
-  }
   XT_RETURN_IF_ERROR(CheckTrainBackend(cfg.device));
   {  // the export's dtype before hours of training
     XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(cfg.export_dtype, "export.dtype"));

@@ -1,6 +1,6 @@
 // Column moves between row-major tensors (multi-head latent attention's assembly of q, k and v
 // from its projections, model/transformer_mla.cc): copies, RoPE's pair orders, one row to many
-// and the sum that is its gradient.
+// and the sum that is its gradient; and scaled columns (a LoRA adapter's terms, model/linear.cc).
 #include "xtuner/ops/ops.h"
 
 namespace xt::ops {
@@ -34,6 +34,20 @@ void sum_head_columns(float* out, const float* in, int64_t in_stride, int64_t at
       for (int64_t h = 0; h < Hn; ++h) acc += in[(t * Hn + h) * in_stride + at + i];
       out[t * width + i] = acc;
     }
+}
+
+void scale_columns(float* out, int64_t out_stride, int64_t out_at, const float* in,
+                   int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
+                   bool add) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float* y = out + n * out_stride + out_at;
+    const float* x = in + n * in_stride + in_at;
+    for (int64_t i = 0; i < width; ++i) {
+      const float term = scale * x[i];
+      y[i] = add ? y[i] + term : term;
+    }
+  }
 }
 
 }  // namespace xt::ops

@@ -1,0 +1,54 @@
+// LoRA on the GPU: the adapters' terms of one linear layer in CudaModel's step, model/linear.cc's
+// LinearForward / LinearBackward after their weight's product, over StepProducts (fp32, or bf16
+// operands with fp32 sums: the adapters' A and B come from their unit's bf16 copy like every
+// weight). For each adapter of the weight (ParamLayout's LoraPiece: A (r, in), B (rows, r) on
+// output columns [row0, row0 + rows), scale s = LoraSpec::scale()):
+//   forward   z = in A^T (T, r),  out[:, row0 : row0 + rows] += s * z B^T
+//   backward  dy = s * dout[:, row0 : row0 + rows],  dB (+)= dy^T z,  dz = dy B,
+//             dA (+)= dz^T in,  din += dz A
+// z is made again in the backward (T x r floats, as the CPU does), so nothing is kept between
+// the two. A weight without adapters costs nothing. Scratch: (T, r) and (T, rows) floats per
+// adapter, freed on the stream as each call ends.
+#pragma once
+
+#include <cstdint>
+
+#include "xtuner/core/status.h"
+#include "xtuner/cuda/step_products.h"
+#include "xtuner/model/config.h"
+#include "xtuner/model/param_source.h"
+#include "xtuner/model/params.h"
+
+namespace xt::cuda {
+
+class LoraTerms {
+ public:
+  // The references outlive the object; work is queued on `stream`.
+  LoraTerms(const LoraSpec& spec, StepProducts& mm, void* stream)
+      : rank_(spec.rank),
+        scale_(float(spec.enabled() ? spec.scale() : 0.0)),
+        mm_(mm),
+        stream_(stream) {}
+  LoraTerms(const LoraTerms&) = delete;
+  LoraTerms& operator=(const LoraTerms&) = delete;
+
+  // out (T, O) += the terms of the adapters of the weight at layout offset `w` in the layer whose
+  // offsets are `o`, of its input in (T, I), or in16 (in's bf16 copy, bf16 mode; in may then be
+  // null). P: the layer's unit, acquired.
+  Status Forward(float* out, const float* in, const uint16_t* in16, const UnitParams& P,
+                 const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O);
+  // din (T, I) += the adapters' terms of dout (T, O), or of dout16 (its bf16 copy; dout then
+  // null); their A and B gradients into G (written where blank, added otherwise: GradWrites
+  // through StepProducts). in / in16 as the forward's.
+  Status Backward(float* din, const float* dout, const uint16_t* dout16, const float* in,
+                  const uint16_t* in16, const UnitParams& P, const UnitGrads& G,
+                  const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O);
+
+ private:
+  const int64_t rank_;
+  const float scale_;
+  StepProducts& mm_;
+  void* const stream_;
+};
+
+}  // namespace xt::cuda

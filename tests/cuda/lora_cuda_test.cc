@@ -1,0 +1,209 @@
+// LoRA on the GPU (cuda/lora_terms.h): the CUDA model with adapters against the CPU model with
+// the same adapters, on the HF fixtures with random A and B (PEFT's zero B would leave A's
+// gradient zero): losses, every adapter's gradient, and no gradient at all for the frozen
+// weights, in fp32 and in bf16 (against the CPU's bf16 mode). The targets cover a dense MLP's
+// fused gate_up (two adapters on one weight), GQA with q/k norms, GPT-OSS's biased projections
+// with sinks and a window, and latent attention's five projections or its plain q_proj. And the
+// column op the adapters use, against its CPU twin. Skipped (label `cuda`) where no GPU is
+// present.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "util/fixture_files.h"
+#include "util/testing.h"
+#include "xtuner/cuda/model_cuda.h"
+#include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/model/checkpoint.h"
+#include "xtuner/model/lora.h"
+#include "xtuner/ops/ops.h"
+
+namespace xt {
+namespace {
+
+// ops::scale_columns' GPU twin, bit for bit, from fp32 and from bf16 inputs: assigned or added,
+// strided rows, offsets that leave the other columns alone, a scale that rounds.
+class ScaleColumnsCuda : public cudatest::CudaTest<std::tuple<int64_t, int64_t, bool>> {};
+
+TEST_P(ScaleColumnsCuda, BitIdenticalToTheCpu) {
+  const auto [N, width, add] = GetParam();
+  const int64_t out_stride = width + 7, out_at = 3, in_stride = width + 2, in_at = 1;
+  const float scale = 0.7f;
+  std::vector<float> in = cudatest::RandomNormal(size_t(N * in_stride), 1);
+  const std::vector<float> out0 = cudatest::RandomNormal(size_t(N * out_stride), 2);
+  std::vector<float> want = out0;
+  ops::scale_columns(want.data(), out_stride, out_at, in.data(), in_stride, in_at, N, width, scale,
+                     add);
+  cudatest::DeviceVec<float> gin(in), gout(out0);
+  ASSERT_TRUE(
+      cuda::ScaleColumns(gout.p, out_stride, out_at, gin.p, in_stride, in_at, N, width, scale, add)
+          .ok());
+  cudatest::Sync();
+  cudatest::ExpectBitEqual(gout.Host(), want, "scale_columns");
+  // From bf16: the input's bf16 bits, read exactly as the fp32 values they stand for.
+  std::vector<uint16_t> in16(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    in16[i] = F32ToBf16(in[i]);
+    in[i] = Bf16ToF32(in16[i]);
+  }
+  want = out0;
+  ops::scale_columns(want.data(), out_stride, out_at, in.data(), in_stride, in_at, N, width, scale,
+                     add);
+  cudatest::DeviceVec<uint16_t> gin16(in16);
+  cudatest::DeviceVec<float> gout16(out0);
+  ASSERT_TRUE(cuda::ScaleColumns(gout16.p, out_stride, out_at, gin16.p, in_stride, in_at, N, width,
+                                 scale, add)
+                  .ok());
+  cudatest::Sync();
+  cudatest::ExpectBitEqual(gout16.Host(), want, "scale_columns from bf16");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ScaleColumnsCuda,
+                         ::testing::Values(std::make_tuple(int64_t(1), int64_t(1), true),
+                                           std::make_tuple(int64_t(37), int64_t(5), false),
+                                           std::make_tuple(int64_t(300), int64_t(130), true),
+                                           std::make_tuple(int64_t(0), int64_t(8), true)));
+
+// A fixture's model with adapters on `targets` (rank 4, alpha 8: scale 2; rslora: 8 / 2 = 4),
+// its HF weights, and its adapters random (A and B both, so that every adapter gradient is
+// non-zero); the CPU model and its GPU twin with the same parameters, and the fixture's batch.
+struct LoraModels {
+  ModelConfig cfg;
+  std::unique_ptr<Transformer> cpu;
+  std::unique_ptr<cuda::CudaModel> gpu;
+  std::vector<Batch> batches;
+};
+
+void MakeLoraModels(const std::string& fixture, const std::string& targets, bool rslora,
+                    LoraModels* m) {
+  auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+  LoraSpec spec;
+  spec.rank = 4;
+  spec.alpha = 8;
+  spec.rslora = rslora;
+  spec.targets = SplitLoraTargets(targets);
+  auto resolved = ResolveLora(spec, *cfg, "lora");
+  ASSERT_TRUE(resolved.ok()) << resolved.status().message();
+  m->cfg = *cfg;
+  m->cfg.lora = *resolved;
+  m->cpu = std::make_unique<Transformer>(m->cfg);
+  ASSERT_TRUE(LoadHfWeights(m->cpu.get(), testing::DataPath(fixture)).ok());
+  std::mt19937 rng(11);
+  std::normal_distribution<float> d(0.0f, 0.2f);
+  float* slab = m->cpu->params().f32();
+  int adapters = 0;
+  for (const ParamInfo& p : m->cpu->layout().params()) {
+    if (!p.lora) continue;
+    ++adapters;
+    for (int64_t i = 0; i < NumElements(p.shape); ++i) slab[p.offset + i] = d(rng);
+  }
+  ASSERT_GT(adapters, 0) << fixture << ": no adapter on " << targets;
+  auto made = cuda::CudaModel::Create(m->cfg, slab);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  m->gpu = std::move(*made);
+  std::vector<int64_t> id, label;
+  testing::ReferenceBatch(fixture, &id, &label);
+  if (::testing::Test::HasFatalFailure()) return;
+  m->batches.push_back(Batch::FromRows(id, label, 2, 16).value());
+  m->batches.push_back(Batch::Packed(id, label, {0, 5, 21, 32}).value());
+}
+
+// Every frozen weight's gradient is exactly zero, every adapter's is not.
+void ExpectOnlyAdaptersHaveGradients(const ParamLayout& layout, const float* g,
+                                     const std::string& what) {
+  for (const ParamInfo& p : layout.params()) {
+    double sq = 0;
+    for (int64_t i = 0; i < NumElements(p.shape); ++i)
+      sq += double(g[p.offset + i]) * g[p.offset + i];
+    if (p.lora)
+      EXPECT_GT(sq, 0) << what << ": " << p.name << " has no gradient";
+    else
+      EXPECT_EQ(sq, 0) << what << ": frozen " << p.name << " has a gradient";
+  }
+}
+
+using Case = std::tuple<const char*, const char*, bool>;  // fixture, targets, rslora
+class LoraCuda : public cudatest::CudaTest<Case> {};
+
+TEST_P(LoraCuda, LossesAndAdapterGradientsMatchTheCpuModel) {
+  const auto [fixture, targets, rslora] = GetParam();
+  LoraModels m;
+  MakeLoraModels(fixture, targets, rslora, &m);
+  if (HasFatalFailure()) return;
+  const int64_t n = m.cpu->layout().total();
+  double got0 = 0, want0 = 0;  // the first batch's losses
+  for (const Batch& b : m.batches) {
+    m.cpu->ZeroGrads();
+    auto want = m.cpu->ForwardBackward(b);
+    ASSERT_TRUE(want.ok());
+    ASSERT_TRUE(m.gpu->ZeroGrads().ok());
+    auto got = m.gpu->ForwardBackward(b);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_NEAR(got->loss, want->loss, 1e-5 * want->loss) << fixture;
+    EXPECT_EQ(got->tokens_per_expert, want->tokens_per_expert) << fixture;
+    if (&b == &m.batches[0]) got0 = got->loss, want0 = want->loss;
+    std::vector<float> g(n);
+    ASSERT_TRUE(m.gpu->CopyGradsToHost(g.data()).ok());
+    cudatest::ExpectSameGradients(m.cpu->layout(), g.data(), m.cpu->grads().f32(), 1e-4, fixture);
+    ExpectOnlyAdaptersHaveGradients(m.cpu->layout(), g.data(), fixture);
+  }
+  // The forward's adapter terms are there: the GPU's loss is ten times nearer the CPU's than the
+  // adapters move it (B zero: the base model's loss).
+  float* slab = m.cpu->params().f32();
+  for (const ParamInfo& p : m.cpu->layout().params())
+    if (p.lora && p.name.find("lora_B") != std::string::npos)
+      std::fill(slab + p.offset, slab + p.offset + NumElements(p.shape), 0.0f);
+  auto base = m.cpu->ForwardBackward(m.batches[0]);
+  ASSERT_TRUE(base.ok());
+  EXPECT_LT(std::abs(got0 - want0), 0.1 * std::abs(want0 - base->loss))
+      << fixture << ": the adapters move the loss by " << want0 - base->loss;
+}
+
+// bf16 matmuls (attention on the fp32 kernels, as the CPU's bf16 mode keeps it) follow the CPU's
+// bf16 mode; the adapters' products are in bf16 too.
+TEST_P(LoraCuda, Bf16FollowsTheCpuModelsBf16Mode) {
+  const auto [fixture, targets, rslora] = GetParam();
+  LoraModels m;
+  MakeLoraModels(fixture, targets, rslora, &m);
+  if (HasFatalFailure()) return;
+  m.gpu->SetPrecision(cuda::GemmInput::kBf16);
+  m.gpu->SetBf16Attention(false);
+  const Batch& b = m.batches[1];
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBf16);
+  m.cpu->ZeroGrads();
+  auto want = m.cpu->ForwardBackward(b);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+  ASSERT_TRUE(want.ok());
+  ASSERT_TRUE(m.gpu->ZeroGrads().ok());
+  auto got = m.gpu->ForwardBackward(b);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_NEAR(got->loss, want->loss, 1e-4 * want->loss) << fixture;
+  std::vector<float> g(m.cpu->layout().total());
+  ASSERT_TRUE(m.gpu->CopyGradsToHost(g.data()).ok());
+  cudatest::ExpectSameGradients(m.cpu->layout(), g.data(), m.cpu->grads().f32(), 2e-2,
+                                std::string(fixture) + " bf16");
+  ExpectOnlyAdaptersHaveGradients(m.cpu->layout(), g.data(), std::string(fixture) + " bf16");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, LoraCuda,
+    ::testing::Values(Case{"qwen3_dense_tiny", "all-linear", false},
+                      Case{"qwen3_moe_tiny", "auto", true}, Case{"mixtral_tiny", "o_proj", false},
+                      Case{"deepseek_v3_tiny", "auto", false},
+                      Case{"variants/deepseek_v3_v4_plain_q", "q_proj, kv_b_proj", false},
+                      Case{"variants/gpt_oss_tiny", "auto", false}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      std::string name = std::get<0>(info.param);
+      for (char& c : name)
+        if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+      return name;
+    });
+
+}  // namespace
+}  // namespace xt
