@@ -453,8 +453,8 @@ int main(int argc, char** argv) {
       for (const xt::DecayRun& r : runs) {
         const xt::AdamWStepScalars s = xt::MakeAdamWStepScalars(
             ac.beta1, ac.beta2, ac.eps, ac.weight_decay, adam_step, 1e-5, 1.0f, r.decay);
-        XT_RETURN_IF_ERROR(xt::cuda::AdamWStepRange(params, grads, m + r.begin, v + r.begin,
-                                                    r.begin, r.end, s, mirror, stream));
+        XT_RETURN_IF_ERROR(xt::cuda::AdamWStepRange(
+            params, grads + r.begin, m + r.begin, v + r.begin, r.begin, r.end, s, mirror, stream));
       }
       model.ParamsChanged(mirror.data != nullptr);
       if (adamw_events)

@@ -133,7 +133,7 @@ TEST_P(AdamWRangeCuda, WritesTheMirrorWhereItCoversTheRange) {
   const cuda::Bf16Mirror mir{mirror.p, mb, me};
   for (const auto& r : runs)
     ASSERT_TRUE(
-        cuda::AdamWStepRange(gp.p, gg.p, gm.p + r[0], gv.p + r[0], r[0], r[1], s, mir).ok());
+        cuda::AdamWStepRange(gp.p, gg.p + r[0], gm.p + r[0], gv.p + r[0], r[0], r[1], s, mir).ok());
   cudatest::Sync();
   const std::vector<float> want = rp.Host();
   cudatest::ExpectBitEqual(gp.Host(), want, "params");

@@ -5,6 +5,7 @@
 // GPU is usable.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -118,6 +119,43 @@ TEST_P(TrainCudaOnce, AGptOssGpuRunFollowsTheCpuRun) {
   ExpectAGpuRunFollows(cpu);
 }
 
+// A LoRA run's step-6 parameters (its base's and its adapters'), after checking that its base
+// weights are exactly as loaded (LoraBaseModel's) and that it has its 16 adapters. *mc: the
+// run's model config.
+std::vector<float> LoraParamsWithTheBaseUnmoved(const std::string& work_dir, ModelConfig* mc) {
+  const std::string step6 = work_dir + "/checkpoints/step-00000006";
+  auto loaded = ModelConfig::Load(step6 + "/config.json");
+  auto lora = ReadCheckpointLora(step6);
+  EXPECT_TRUE(loaded.ok() && lora.ok());
+  if (!loaded.ok() || !lora.ok()) return {};
+  *mc = *loaded;
+  mc->lora = *lora;
+  auto params = ReadCheckpointParams(step6, *mc);
+  ModelConfig base_cfg = *mc;
+  base_cfg.lora = LoraSpec();
+  auto base =
+      ReadCheckpointParams(testing::LoraBaseModel() + "/../checkpoints/step-00000002", base_cfg);
+  EXPECT_TRUE(params.ok() && base.ok());
+  if (!params.ok() || !base.ok()) return {};
+  const ParamLayout layout(*mc), base_layout(base_cfg);
+  int adapters = 0;
+  for (const ParamInfo& p : layout.params()) {
+    if (p.lora) {
+      ++adapters;
+      continue;
+    }
+    const int64_t n = NumElements(p.shape);
+    const ParamInfo* q = base_layout.Find(p.name);
+    EXPECT_TRUE(q) << p.name;
+    if (!q) continue;
+    EXPECT_TRUE(std::equal(params->begin() + p.offset, params->begin() + p.offset + n,
+                           base->begin() + q->offset))
+        << work_dir << ": " << p.name << " moved";
+  }
+  EXPECT_EQ(adapters, 2 * 4 * 2);
+  return std::move(*params);
+}
+
 // A LoRA run on the GPU (the attention's adapters of a base model) follows its CPU run: losses,
 // gradient norms and the adapters it checkpoints, while the base weights stay exactly as loaded;
 // it exports the merged model and its PEFT adapter. Resumed from its step-3 checkpoint (the
@@ -135,36 +173,19 @@ TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
   ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
   ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
               "grad_norm");
-  const std::string step6 = "/checkpoints/step-00000006";
-  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
-  auto lora = ReadCheckpointLora(r->last_checkpoint);
-  ASSERT_TRUE(mc.ok() && lora.ok());
-  mc->lora = *lora;
-  auto pa = ReadCheckpointParams(cpu.work_dir + step6, *mc);
-  auto pb = ReadCheckpointParams(gpu.work_dir + step6, *mc);
-  ASSERT_TRUE(pa.ok() && pb.ok());
-  ModelConfig base_cfg = *mc;
-  base_cfg.lora = LoraSpec();
-  auto base =
-      ReadCheckpointParams(testing::LoraBaseModel() + "/../checkpoints/step-00000002", base_cfg);
-  ASSERT_TRUE(base.ok()) << base.status().message();
-  const ParamLayout layout(*mc), base_layout(base_cfg);
-  int adapters = 0;
+  ModelConfig mc;
+  const std::vector<float> pa = LoraParamsWithTheBaseUnmoved(cpu.work_dir, &mc);
+  const std::vector<float> pb = LoraParamsWithTheBaseUnmoved(gpu.work_dir, &mc);
+  ASSERT_EQ(pa.size(), pb.size());
+  ASSERT_FALSE(HasFailure());
+  const ParamLayout layout(mc);
   for (const ParamInfo& p : layout.params()) {
-    const int64_t n = NumElements(p.shape);
-    const std::vector<float> a(pa->begin() + p.offset, pa->begin() + p.offset + n);
-    const std::vector<float> b(pb->begin() + p.offset, pb->begin() + p.offset + n);
     if (p.lora) {
-      ++adapters;
-      EXPECT_LT(testing::RelError(b.data(), a.data(), n), 1e-4) << p.name;
-      continue;
+      EXPECT_LT(testing::RelError(pb.data() + p.offset, pa.data() + p.offset, NumElements(p.shape)),
+                1e-4)
+          << p.name;
     }
-    const ParamInfo* q = base_layout.Find(p.name);
-    ASSERT_TRUE(q) << p.name;
-    const std::vector<float> w(base->begin() + q->offset, base->begin() + q->offset + n);
-    EXPECT_EQ(b, w) << p.name << " moved on the GPU";
   }
-  EXPECT_EQ(adapters, 2 * 4 * 2);
   EXPECT_TRUE(fs::exists(r->export_dir + "/model.safetensors"));
   EXPECT_TRUE(fs::exists(r->export_dir + "-adapter/adapter_model.safetensors"));
 
@@ -179,9 +200,34 @@ TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
-  auto pr = ReadCheckpointParams(resumed.work_dir + step6, *mc);
-  ASSERT_TRUE(pr.ok());
-  EXPECT_EQ(*pr, *pb);
+  EXPECT_EQ(LoraParamsWithTheBaseUnmoved(resumed.work_dir, &mc), pb);
+}
+
+// A LoRA run in bf16 on the GPU (the adapters' products and attention on the tensor cores, the
+// weights' bf16 copies written by the update) follows the CPU's bf16 LoRA run, differs from the
+// GPU's fp32 one, and leaves the base weights exactly as loaded.
+TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
+  TrainConfig cpu16 = testing::LoraRun("gpu_lora_cpu16");
+  cpu16.precision = "bf16";
+  TrainConfig gpu16 = cpu16;
+  gpu16.work_dir = cpu16.work_dir + "-gpu";
+  gpu16.device = "cuda";
+  TrainConfig gpu32 = gpu16;
+  gpu32.work_dir = cpu16.work_dir + "-gpu32";
+  gpu32.precision = "fp32";
+  for (const TrainConfig* c : {&cpu16, &gpu16, &gpu32}) {
+    auto r = RunTraining(*c, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+  }
+  const std::vector<double> b16 = Metric(gpu16.work_dir, "loss");
+  ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 5e-3, "against the CPU's bf16");
+  const std::vector<double> f32 = Metric(gpu32.work_dir, "loss");
+  double most = 0;
+  for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)
+    most = std::max(most, std::abs(b16[i] - f32[i]) / f32[i]);
+  EXPECT_GT(most, 1e-6) << "the GPU's bf16 LoRA run gave its fp32 losses: was bf16 used?";
+  ModelConfig mc;
+  LoraParamsWithTheBaseUnmoved(gpu16.work_dir, &mc);
 }
 
 // The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.

@@ -129,14 +129,21 @@ TEST(ShardedParamsOneRank, ZeroGradsIsLazyAndNothingReadsStaleGradients) {
   store.GradsDone(2);
 }
 
-// LoRA: only the adapters train. ZeroGrads and Grads zero their gradients and leave the frozen
-// weights' alone (never written, so still what they were); the pages of a fresh shard's
-// gradients are committed only for what is written.
-TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
+// The tiny Qwen3-MoE with rank-2 adapters on q_proj and o_proj.
+ModelConfig MoeWithLora() {
   ModelConfig cfg = Moe();
   cfg.lora.rank = 2;
   cfg.lora.alpha = 4;
   cfg.lora.targets = {"q_proj", "o_proj"};
+  return cfg;
+}
+
+// LoRA: only the adapters train. Grads hands out their gradients alone (null for a unit with
+// none), which ZeroGrads and Grads zero, leaving the frozen weights' alone (never written, so
+// still what they were); the pages of a fresh shard's gradients are committed only for what is
+// written. On the host the gradients stay at shard offsets (their zeros are free).
+TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
+  const ModelConfig cfg = MoeWithLora();
   auto mesh = MakeMesh(1, 0, 1, cfg);
   ASSERT_TRUE(mesh.ok()) << mesh.status().message();
   auto world = MakeSingleComm(), dp = MakeSingleComm();
@@ -146,6 +153,7 @@ TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
   for (const ParamInfo& p : layout.params())
     if (p.lora) adapters += NumElements(p.shape);
   EXPECT_EQ(store.trainable_floats(), adapters);
+  EXPECT_FALSE(store.compact_grads());
   // A step's zeroing and gradients commit the adapters' pages only (mincore also counts pages
   // only read, so nothing reads the shard before this).
   float* const g = store.grads();
@@ -164,10 +172,69 @@ TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
     float* gu = store.Grads(u);
     const ParamUnit& unit = layout.units()[u];
     const ParamUnit& t = layout.trainable(u);
-    for (int64_t i = unit.begin; i < unit.end; ++i)
-      ASSERT_EQ(gu[i - unit.begin], i >= t.begin && i < t.end ? 0.0f : 7.0f) << u << " " << i;
+    EXPECT_EQ(gu, t.size() > 0 ? g + t.begin : nullptr) << u;
+    for (int64_t i = unit.begin; i < unit.end; ++i)  // (one rank: shard offsets are the layout's)
+      ASSERT_EQ(g[i], i >= t.begin && i < t.end ? 0.0f : 7.0f) << u << " " << i;
     store.GradsDone(u);
   }
+}
+
+// Host memory that says its zeros cost what they take (as a GPU's do).
+class CostlyZeros : public ShardMemory {
+ public:
+  float* Alloc(int64_t n, const char* what) override { return host_->Alloc(n, what); }
+  void Free(float* p) override { host_->Free(p); }
+  void Zero(float* p, int64_t n) override { host_->Zero(p, n); }
+  void Add(float* dst, const float* src, int64_t n) override { host_->Add(dst, src, n); }
+
+ private:
+  ShardMemory* host_ = HostShardMemory();
+};
+
+// LoRA over such memory: the gradients are the adapters' alone, each unit's one after another
+// in shard order (the trainable ranges'), handed out by Grads and GradsToWrite from there; the
+// lazy zeroing covers them.
+TEST(ShardedParamsOneRank, LoraOverCostlyZerosHoldsTheAdaptersGradientsAlone) {
+  const ModelConfig cfg = MoeWithLora();
+  auto mesh = MakeMesh(1, 0, 1, cfg);
+  ASSERT_TRUE(mesh.ok()) << mesh.status().message();
+  auto world = MakeSingleComm(), dp = MakeSingleComm();
+  CostlyZeros memory;
+  ShardedParams store(cfg, *mesh, world.get(), dp.get(), &memory);
+  const ParamLayout& layout = store.layout();
+  ASSERT_TRUE(store.compact_grads());
+  const int64_t n = store.trainable_floats();
+  ASSERT_LT(n, store.shard_size());
+  float* const g = store.grads();
+  std::fill(g, g + n, 7.0f);
+  store.ZeroGrads();
+  int64_t at = 0;  // where the next unit's gradients start
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {
+    const int64_t k = layout.trainable(u).size();
+    bool blank = false;
+    float* gu = store.GradsToWrite(u, &blank);
+    if (k == 0) {
+      EXPECT_EQ(gu, nullptr) << u;
+      store.GradsDone(u);
+      continue;
+    }
+    EXPECT_EQ(gu, g + at) << u;
+    EXPECT_TRUE(blank) << u;
+    std::fill(gu, gu + k, float(u));
+    store.GradsDone(u);
+    at += k;
+  }
+  EXPECT_EQ(at, n);
+  // The trainable ranges (shard coordinates: on one rank the layout's) are what those gradients
+  // stand for, in the same order.
+  std::vector<std::pair<int64_t, int64_t>> want;
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u)
+    if (layout.trainable(u).size() > 0)
+      want.push_back({layout.trainable(u).begin, layout.trainable(u).size()});
+  EXPECT_EQ(store.trainable_ranges(), want);
+  store.ZeroGrads();
+  const float* zeroed = store.grads();  // the blank units zeroed
+  EXPECT_TRUE(std::all_of(zeroed, zeroed + n, [](float x) { return x == 0.0f; }));
 }
 
 }  // namespace

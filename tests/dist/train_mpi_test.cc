@@ -445,8 +445,13 @@ void LoraGpuMeshFollowsTheCpuRun(const std::string& comm) {
   const std::vector<double> want = Losses(dir + "/cpu"), got = Losses(dir + "/gpu");
   ASSERT_EQ(want.size(), 6u);
   ASSERT_EQ(got.size(), want.size());
-  for (size_t i = 0; i < got.size(); ++i)
+  const std::vector<double> want_norm = testing::Metric(dir + "/cpu", "grad_norm");
+  const std::vector<double> got_norm = testing::Metric(dir + "/gpu", "grad_norm");
+  ASSERT_EQ(got_norm.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_NEAR(got[i], want[i], 1e-3 * std::abs(want[i])) << "LoRA step " << i + 1;
+    EXPECT_NEAR(got_norm[i], want_norm[i], 1e-3 * want_norm[i]) << "LoRA step " << i + 1;
+  }
   EXPECT_TRUE(fs::exists(dir + "/gpu/hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/gpu/hf-adapter/adapter_model.safetensors"));
 }

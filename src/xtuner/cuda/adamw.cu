@@ -63,8 +63,8 @@ Status AdamWStepRange(float* params, const float* grads, float* m, float* v, int
     const int64_t a = cuts[piece], b = cuts[piece + 1];
     if (a == b) continue;
     uint16_t* p16 = piece == 1 ? mirror.data + (a - mirror.begin) : nullptr;
-    XT_RETURN_IF_ERROR(
-        AdamWStep(params + a, grads + a, m + (a - begin), v + (a - begin), b - a, s, stream, p16));
+    XT_RETURN_IF_ERROR(AdamWStep(params + a, grads + (a - begin), m + (a - begin), v + (a - begin),
+                                 b - a, s, stream, p16));
   }
   return Status::OK();
 }

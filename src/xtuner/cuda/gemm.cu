@@ -360,7 +360,7 @@ Status Blas::GroupedBackward(float* dx, float* dw, const void* dy, const void* x
       continue;
     }
     const char* w_e = static_cast<const char*>(w) + size_t(e * O * I) * es;
-    const char* x_e = static_cast<const char*>(x) + size_t(r0 * I) * es;
+    const char* x_e = dw ? static_cast<const char*>(x) + size_t(r0 * I) * es : nullptr;
     const char* dy_e = static_cast<const char*>(dy) + size_t(r0 * O) * es;
     // dx_e (rows, I) = dy_e (rows, O) @ w_e (O, I): M = rows, N = I, K = O.
     if (dx)

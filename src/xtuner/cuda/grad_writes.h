@@ -4,7 +4,8 @@
 // (Beta 0: the product does not read it) and later ones add; a kernel that can only add has its
 // tensor zeroed first (Prepare); whatever the step never wrote is zeroed when the unit closes,
 // so a blank unit leaves its step fully written. A unit that came with contents is added into
-// throughout (Beta 1, nothing zeroed).
+// throughout (Beta 1, nothing zeroed). A "unit" here is what of it trains (CudaModel opens a
+// LoRA run's adapters only: its frozen weights have no gradient to write).
 //
 // Tensors are written whole: a write that covers part of a written range and part of an
 // unwritten one, or memory outside every open unit, is a programming error (XT_CHECK).

@@ -39,7 +39,9 @@ class LoraTerms {
                  const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O);
   // din (T, I) += the adapters' terms of dout (T, O), or of dout16 (its bf16 copy; dout then
   // null); their A and B gradients into G (written where blank, added otherwise: GradWrites
-  // through StepProducts). in / in16 as the forward's.
+  // through StepProducts). in / in16 as the forward's. (From dout16, a dense MLP's gate_up in
+  // bf16 mode, dy is s times the rounded gradient, rounded again for its products: where s is
+  // not a power of two that can differ by a bf16 rounding from the CPU's, which rounds s dout.)
   Status Backward(float* din, const float* dout, const uint16_t* dout16, const float* in,
                   const uint16_t* in16, const UnitParams& P, const UnitGrads& G,
                   const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O);

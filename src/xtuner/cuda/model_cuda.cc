@@ -43,13 +43,13 @@ class CudaModel::LocalSource : public ParamSource {
   explicit LocalSource(CudaModel* m) : m_(m), blank_(m->layout_.units().size(), 0) {}
   const float* Acquire(int64_t u) override { return m_->params_ + m_->layout_.units()[u].begin; }
   void Release(int64_t) override {}
-  float* Grads(int64_t u) override {
+  float* Grads(int64_t u) override {  // what of the unit trains (param_source.h)
     if (blank_[u]) XT_CHECK(Zero(u).ok(), "CudaModel: zeroing gradients failed");
-    return m_->grads_ + m_->layout_.units()[u].begin;
+    return m_->grads_ + m_->layout_.trainable(u).begin;
   }
   float* GradsToWrite(int64_t u, bool* blank) override {
     *blank = blank_[u] != 0;  // until GradsDone: a step that fails midway leaves it blank
-    return m_->grads_ + m_->layout_.units()[u].begin;
+    return m_->grads_ + m_->layout_.trainable(u).begin;
   }
   void GradsDone(int64_t u) override { blank_[u] = 0; }
   bool Held(int64_t) const override { return true; }
@@ -62,8 +62,8 @@ class CudaModel::LocalSource : public ParamSource {
   }
 
  private:
-  Status Zero(int64_t u) {
-    const ParamUnit& r = m_->layout_.units()[u];
+  Status Zero(int64_t u) {  // (the frozen weights' gradients stay the zeros Create made)
+    const ParamUnit& r = m_->layout_.trainable(u);
     blank_[u] = 0;
     return Check(cudaMemsetAsync(m_->grads_ + r.begin, 0, size_t(r.size()) * sizeof(float),
                                  cudaStream_t(m_->stream_)),
@@ -120,6 +120,22 @@ float* CudaModel::Slab(float* p) const {
 }
 
 Status CudaModel::Init(void* stream) {
+  // LoRA adapters where the GPU applies them (cuda/lora_terms.h): attention's projections and a
+  // dense layer's MLP. (ResolveLora refuses MLP targets in an MoE model: only a hand-made config
+  // could put adapters on its shared experts.)
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const LayerOffsets& o = layout_.layers[l];
+    for (const LoraPiece& p : o.lora) {
+      const bool dense_mlp = o.router < 0 && (p.base == o.gate_up || p.base == o.down);
+      bool attention = false;
+      for (int64_t w : {o.wq, o.wk, o.wv, o.wo, o.q_a, o.kv_a, o.kv_b})
+        attention = attention || p.base == w;
+      if (!dense_mlp && !attention)
+        return Status::Error("CudaModel: a LoRA adapter of layer " + std::to_string(l) +
+                             "'s MoE MLP (shared experts): the GPU adapts only attention and "
+                             "dense MLP layers");
+    }
+  }
   stream_ = stream;
   // The device's pool keeps freed blocks (the default hands them back at every synchronisation):
   // every step allocates the same buffers again, stream-ordered, without a device-wide sync.
@@ -315,30 +331,24 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   };
   // Gradients: each unit's buffer from the source, written where it comes blank (GradWrites:
   // every product into a gradient takes its beta from `writes`, every kernel that adds into one
-  // is prepared by it), closed before the source folds it. Only what trains (ParamLayout::
-  // trainable) is opened and written: a LoRA run's adapters. UnitGrads gives null for the
-  // frozen weights, whose products and kernels then skip their gradient (which stays zero);
-  // a unit with nothing that trains (the embedding and the head of a LoRA run) asks the source
-  // for no buffer.
+  // is prepared by it), closed before the source folds it. The buffer holds what of the unit
+  // trains (ParamLayout::trainable): all of it, or a LoRA run's adapters. UnitGrads gives null
+  // for the frozen weights, whose products and kernels then skip their gradient; a unit with
+  // nothing that trains (the embedding and the head of a LoRA run) asks the source for none.
   GradWrites writes;
   std::vector<float*> grad_base(layout_.units().size(), nullptr);
-  auto trained = [&](int64_t u) {  // [begin, end) of what trains, in the unit's coordinates
-    const ParamUnit& t = layout_.trainable(u);
-    return std::make_pair(t.begin - layout_.units()[u].begin, t.size());
-  };
   auto grads = [&](int64_t u) {
-    const int64_t begin = layout_.units()[u].begin;
     const ParamUnit& t = layout_.trainable(u);
-    if (t.size() == 0) return UnitGrads{nullptr, begin, 0, 0};  // null for every offset
+    if (t.size() == 0) return UnitGrads{nullptr, t.begin, 0, 0};  // null for every offset
     if (!grad_base[u]) {
       bool blank = false;
       grad_base[u] = source_->GradsToWrite(u, &blank);
-      writes.Open(grad_base[u] + trained(u).first, trained(u).second, blank);
+      writes.Open(grad_base[u], t.size(), blank);
     }
-    return UnitGrads{grad_base[u], begin, t.begin, t.end};
+    return UnitGrads{grad_base[u], t.begin, t.begin, t.end};
   };
   auto grads_done = [&](int64_t u) -> Status {
-    if (grad_base[u]) XT_RETURN_IF_ERROR(writes.Close(grad_base[u] + trained(u).first, s));
+    if (grad_base[u]) XT_RETURN_IF_ERROR(writes.Close(grad_base[u], s));
     grad_base[u] = nullptr;
     source_->GradsDone(u);
     return Status::OK();

@@ -200,9 +200,9 @@ struct Bf16Mirror {
   uint16_t* data = nullptr;
   int64_t begin = 0, end = 0;
 };
-// AdamWStep on elements [begin, end) of the slabs params and grads (pointers to their element
-// 0), whose moments are m and v (end - begin each: m[0] is element begin's, so that the moments
-// of a run can be held apart from the slab's coordinates, e.g. only those of what trains),
+// AdamWStep on elements [begin, end) of the slab params (a pointer to its element 0), whose
+// gradients and moments are grads, m and v (end - begin each: grads[0] is element begin's, so
+// that they can be held apart from the slab's coordinates, e.g. only those of what trains),
 // writing the new bf16 value of every element the mirror covers into it.
 Status AdamWStepRange(float* params, const float* grads, float* m, float* v, int64_t begin,
                       int64_t end, const AdamWStepScalars& s, const Bf16Mirror& mirror,

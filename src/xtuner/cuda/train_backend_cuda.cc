@@ -223,6 +223,18 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       b->moments_.push_back({r.begin, b->moment_floats_, r.end - r.begin});
     b->moment_floats_ += r.end - r.begin;
   }
+  {  // Gradients held apart (compact_grads) lie as the moments do: the same ranges, in order.
+    std::vector<std::pair<int64_t, int64_t>> merged;
+    for (const auto& [at, k] : b->shard_->trainable_ranges())
+      if (!merged.empty() && merged.back().first + merged.back().second == at)
+        merged.back().second += k;
+      else if (k > 0)
+        merged.push_back({at, k});
+    bool same = merged.size() == b->moments_.size();
+    for (size_t i = 0; same && i < merged.size(); ++i)
+      same = merged[i].first == b->moments_[i].shard && merged[i].second == b->moments_[i].n;
+    XT_CHECK(same, "CudaTrainBackend: AdamW's frozen ranges differ from the shard's");
+  }
   b->m_ = b->memory_->Alloc(b->moment_floats_, "AdamW's exp_avg");
   b->v_ = b->memory_->Alloc(b->moment_floats_, "AdamW's exp_avg_sq");
   const size_t norm_parts = std::max<size_t>(1, b->shard_->trainable_ranges().size());
@@ -292,8 +304,9 @@ Status CudaTrainBackend::Download(float* host, const float* device, int64_t n, c
 Result<double> CudaTrainBackend::GradSumOfSquares() {
   float* g = shard_->grads();
   // The whole shard, or (a LoRA run) the ranges that train: the frozen weights' gradients are
-  // zero, and never read (as the CPU backend).
+  // zero, and never read (as the CPU backend); held apart, they are the whole buffer.
   std::vector<std::pair<int64_t, int64_t>> parts = shard_->trainable_ranges();
+  if (shard_->compact_grads()) parts = {{0, shard_->trainable_floats()}};
   if (shard_->trainable_floats() == shard_->shard_size()) parts = {{0, shard_->shard_size()}};
   for (size_t i = 0; i < parts.size(); ++i)
     XT_RETURN_IF_ERROR(SumOfSquares(sum_sq_ + i, g + parts[i].first, parts[i].second, stream_));
@@ -327,7 +340,9 @@ Status CudaTrainBackend::Step(double lr, float grad_scale) {
   for (size_t i = 0; i < runs_.size(); ++i) {
     const DecayRun& r = runs_[i];
     if (r.frozen) continue;  // a LoRA run's base weights: no update, no moments
-    XT_RETURN_IF_ERROR(AdamWStepRange(p, g, m_ + run_at_[i], v_ + run_at_[i], r.begin, r.end,
+    // The run's gradients: at its shard offset, or held apart as its moments are.
+    const float* g_run = g + (shard_->compact_grads() ? run_at_[i] : r.begin);
+    XT_RETURN_IF_ERROR(AdamWStepRange(p, g_run, m_ + run_at_[i], v_ + run_at_[i], r.begin, r.end,
                                       scalars[r.decay ? 1 : 0], mirror, stream_));
   }
   model_->ParamsChanged(mirror.data != nullptr);

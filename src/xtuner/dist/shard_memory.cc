@@ -32,6 +32,7 @@ class HostMemory : public ShardMemory {
   void Add(float* dst, const float* src, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
+  bool zeros_are_free() const override { return true; }
 
  private:
   std::mutex mu_;

@@ -27,6 +27,9 @@ class ShardMemory {
   virtual void Zero(float* p, int64_t n) = 0;
   // dst (n) += src (n).
   virtual void Add(float* dst, const float* src, int64_t n) = 0;
+  // Whether AllocZeros costs memory only where it is written (the host's fresh pages), so that
+  // a buffer mostly never written (a LoRA run's frozen weights' gradients) is nearly free.
+  virtual bool zeros_are_free() const { return false; }
 };
 
 // Host memory (operator new; its failure throws std::bad_alloc as a vector's would; AllocZeros:

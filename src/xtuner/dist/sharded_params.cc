@@ -121,6 +121,7 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
         p.train_lo = std::max(a, int64_t(i) * c) - int64_t(i) * c;
         trainable_.push_back({shard + p.train_lo, p.train_counts[i]});
       }
+      p.grad_at = shard + p.train_lo;  // (compact: set below)
       shard += p.counts[i];
       pieces.push_back(std::move(p));
     }
@@ -128,8 +129,20 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
   }
   owned_ = OwnedRanges(cfg, mesh);
   shard_size_ = shard;
+  // Gradients for what trains only, where zeros cost memory: the pieces' trainable parts one
+  // after another, in shard order (the order of trainable_).
+  const int64_t trains = trainable_floats();
+  compact_grads_ = trains < shard && !memory_->zeros_are_free();
+  if (compact_grads_) {
+    int64_t at = 0;
+    for (std::vector<Piece>& pieces : units_)
+      for (Piece& p : pieces) {
+        p.grad_at = at;
+        at += p.train_counts[GroupOf(p).rank()];
+      }
+  }
   params_ = memory_->AllocZeros(shard, "the parameters' shard");
-  grads_ = memory_->AllocZeros(shard, "the gradients' shard");
+  grads_ = memory_->AllocZeros(compact_grads_ ? trains : shard, "the gradients' shard");
   blank_.assign(units_.size(), 0);
   all_held_ = true;
   for (int64_t u = 0; u < int64_t(units_.size()); ++u) all_held_ = all_held_ && Held(u);
@@ -145,6 +158,8 @@ ShardedParams::~ShardedParams() {
 void ShardedParams::ZeroGrads() {
   if (all_held_)
     std::fill(blank_.begin(), blank_.end(), 1);
+  else if (compact_grads_)
+    memory_->Zero(grads_, trainable_floats());
   else
     for (const auto& [at, n] : trainable_) memory_->Zero(grads_ + at, n);
 }
@@ -195,35 +210,40 @@ void ShardedParams::Release(int64_t unit) {
 }
 
 float* ShardedParams::Grads(int64_t unit) {
+  // Nothing of the unit trains (a LoRA run's embedding and head): no gradients to hand out.
+  const ParamUnit& t = layout_.trainable(unit);
+  if (t.size() == 0) {
+    blank_[unit] = 0;
+    return nullptr;
+  }
   if (Held(unit)) {
-    float* g = grads_ + units_[unit][0].shard;
-    const ParamUnit& t = layout_.trainable(unit);  // the rest stays zero
-    if (blank_[unit] && t.size() > 0)
-      memory_->Zero(g + (t.begin - layout_.units()[unit].begin), t.size());
+    float* g = grads_ + units_[unit][0].grad_at;
+    if (blank_[unit]) memory_->Zero(g, t.size());
     blank_[unit] = 0;
     return g;
   }
   auto it = grad_bufs_.find(unit);
   if (it != grad_bufs_.end()) return it->second.data;
-  // Nothing of the unit trains (a LoRA run's embedding and head): no buffer, as no gradient of
-  // it is ever asked for (UnitGrads gives null for frozen parameters).
-  const ParamUnit& t = layout_.trainable(unit);
-  if (t.size() == 0) return nullptr;
-  const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
-  memory_->Zero(buf.data + (t.begin - layout_.units()[unit].begin), t.size());  // the rest: unused
+  const Buffer buf = NewBuffer(t.size(), "a unit's gradients");
+  memory_->Zero(buf.data, t.size());
   grad_bufs_[unit] = buf;
   return buf.data;
 }
 
 float* ShardedParams::GradsToWrite(int64_t unit, bool* blank) {
+  const ParamUnit& t = layout_.trainable(unit);
+  if (t.size() == 0) {
+    *blank = false;
+    return nullptr;
+  }
   if (Held(unit)) {
     *blank = blank_[unit] != 0;  // until GradsDone: a step that fails midway leaves it blank
-    return grads_ + units_[unit][0].shard;
+    return grads_ + units_[unit][0].grad_at;
   }
   auto it = grad_bufs_.find(unit);
   *blank = it == grad_bufs_.end();
   if (!*blank) return it->second.data;
-  const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a unit's gradients");
+  const Buffer buf = NewBuffer(t.size(), "a unit's gradients");
   grad_bufs_[unit] = buf;
   return buf.data;
 }
@@ -233,15 +253,17 @@ void ShardedParams::GradsDone(int64_t unit) {
   auto it = grad_bufs_.find(unit);
   if (it == grad_bufs_.end()) return;
   // Each piece's reduced chunk lands in scratch, then adds into the stored gradients.
-  // (Only what trains: the rest of a piece is frozen, its gradients zero everywhere.)
+  // (Only what trains: the rest of a piece is frozen, its gradients zero everywhere. The buffer
+  // holds the unit's trainable part, which starts at t0 in the unit.)
+  const int64_t t0 = layout_.trainable(unit).begin - layout_.units()[unit].begin;
   int64_t most = 0;
   for (const Piece& p : units_[unit]) most = std::max(most, p.train_counts[GroupOf(p).rank()]);
   float* part = memory_->Alloc(most, "a reduced gradient chunk");
   for (const Piece& p : units_[unit]) {
     if (!p.trains) continue;
     Comm& g = GroupOf(p);
-    g.ReduceScatterSum(part, it->second.data + p.work + p.train_begin, p.train_counts);
-    memory_->Add(grads_ + p.shard + p.train_lo, part, p.train_counts[g.rank()]);
+    g.ReduceScatterSum(part, it->second.data + (p.work + p.train_begin - t0), p.train_counts);
+    memory_->Add(grads_ + p.grad_at, part, p.train_counts[g.rank()]);
   }
   memory_->Free(part);
   FreeBuffer(grad_bufs_, unit);

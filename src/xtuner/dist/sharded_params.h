@@ -55,12 +55,17 @@ class ShardedParams : public ParamSource {
   const ParamLayout& layout() const { return layout_; }  // this rank's working layout
   const std::vector<OwnedRange>& owned() const { return owned_; }
   int64_t shard_size() const { return shard_size_; }
-  // The shard (shard_size() floats each, in the memory's kind). grads() first zeroes what
-  // ZeroGrads left blank and no model has written since. The gradients of frozen parameters
-  // (outside ParamLayout::trainable: a LoRA run's base weights) stay zero: no model writes them,
-  // and ZeroGrads, Grads and GradsDone skip them (on the host their pages are never committed).
+  // The shard's parameters (shard_size() floats) and gradients, in the memory's kind. grads()
+  // first zeroes what ZeroGrads left blank and no model has written since. The gradients of
+  // frozen parameters (outside ParamLayout::trainable: a LoRA run's base weights) stay zero: no
+  // model writes them, and ZeroGrads, Grads and GradsDone skip them. The gradients are
+  // shard_size() floats at shard offsets (on the host the frozen ones' pages are never
+  // committed), or, compact_grads() (a LoRA run over memory whose zeros are not free: a GPU's),
+  // only the trainable ranges', trainable_floats() floats, one range after another in shard
+  // order.
   float* params() { return params_; }
   float* grads();
+  bool compact_grads() const { return compact_grads_; }
   // Sets the gradients to zero. Where this rank holds every unit whole (one rank), lazily: each
   // unit is marked blank, zeroed by Grads (or grads()) when first asked for, or handed blank to
   // a model that writes it whole (GradsToWrite). Otherwise the shard is zeroed now.
@@ -78,6 +83,8 @@ class ShardedParams : public ParamSource {
 
   const float* Acquire(int64_t unit) override;
   void Release(int64_t unit) override;
+  // The gradients of what of the unit trains (param_source.h): a held unit's in the shard, a
+  // gathered one's in a buffer of that size; null where nothing of it trains.
   float* Grads(int64_t unit) override;
   // A held unit: blank if ZeroGrads left it so. A gathered one: a new buffer comes blank (not
   // zeroed); the reduce-scatter at GradsDone then adds what the model wrote into the shard.
@@ -98,6 +105,7 @@ class ShardedParams : public ParamSource {
     bool trains = true;
     int64_t train_begin = 0, train_lo = 0;
     std::vector<int64_t> train_counts;
+    int64_t grad_at = 0;  // where this rank's part of that is in grads_
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {
@@ -119,6 +127,7 @@ class ShardedParams : public ParamSource {
   std::map<int64_t, Buffer> gathered_, grad_bufs_;
   int64_t working_ = 0, peak_working_ = 0;
   bool all_held_ = false;
+  bool compact_grads_ = false;
   std::vector<char> blank_;  // per unit (held ones only): gradients logically zero, not written
   // The shard's ranges (offset, n) of parameters that are not frozen: the whole shard, or a LoRA
   // run's adapters.

@@ -5,12 +5,14 @@
 //
 // Contract, for unit u of the model's layout:
 //   Acquire(u)  -> u's parameters (units()[u].size() floats), valid until Release(u);
-//   Grads(u)    -> a buffer for u's gradients: the model ADDS into it; valid until GradsDone(u),
-//                  which folds it into the stored gradients. Calling Grads(u) again before
-//                  GradsDone(u) returns the same buffer.
+//   Grads(u)    -> a buffer for the gradients of what of u trains (ParamLayout::trainable(u):
+//                  all of u but in a LoRA run; element 0 is trainable(u).begin's; null, or
+//                  never read, where nothing of u trains): the model ADDS into it; valid until
+//                  GradsDone(u), which folds it into the stored gradients. Calling Grads(u)
+//                  again before GradsDone(u) returns the same buffer.
 //   GradsToWrite(u, &blank) -> the same buffer, for a model that can WRITE gradients: *blank
 //                  true says its contents are undefined (the source skipped zeroing them), and
-//                  the model must then assign every element of the unit before GradsDone(u)
+//                  the model must then assign every element of it before GradsDone(u)
 //                  (gradients it does not produce as zeros), adding only into what it wrote.
 //                  The unit stays blank until GradsDone(u): a step that fails before leaves it
 //                  blank, and its partial writes are never read as gradients. The default is
@@ -53,7 +55,7 @@ struct UnitParams {
   }
 };
 // Offsets outside [train_begin, train_end) (ParamLayout::trainable) are frozen parameters: no
-// gradient, null; and so is -1.
+// gradient, null; and so is -1. (A source's buffer starts at train_begin: begin = train_begin.)
 struct UnitGrads {
   float* base;
   int64_t begin;

@@ -21,7 +21,9 @@ class Transformer::LocalParams : public ParamSource {
     return m_->params_.f32() + m_->layout_.units()[u].begin;
   }
   void Release(int64_t) override {}
-  float* Grads(int64_t u) override { return m_->grads_.f32() + m_->layout_.units()[u].begin; }
+  float* Grads(int64_t u) override {  // what of the unit trains (param_source.h)
+    return m_->grads_.f32() + m_->layout_.trainable(u).begin;
+  }
   void GradsDone(int64_t) override {}
   bool Held(int64_t) const override { return true; }
 
@@ -60,7 +62,7 @@ UnitParams Transformer::Acquire(int64_t u) {
 
 UnitGrads Transformer::Grads(int64_t u) {
   const ParamUnit& t = layout_.trainable(u);
-  return {source_->Grads(u), layout_.units()[u].begin, t.begin, t.end};
+  return {source_->Grads(u), t.begin, t.begin, t.end};
 }
 
 Linear Transformer::Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int64_t weight) const {

@@ -207,8 +207,9 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   r.matmul_params = r.active_params - (c.tie_word_embeddings ? 0 : V * H);
 
   // ---- state: fp32 parameters, gradients and AdamW's two moments, owned once over the mesh.
-  // With LoRA only the adapters' gradients and moments are written (the rest of their buffers
-  // is never committed); the adapters are non-expert parameters, split over every rank.
+  // With LoRA only the adapters' gradients and moments are kept (the host allocates the whole
+  // gradient shard but commits the adapters' pages only; a GPU holds the adapters' alone); the
+  // adapters are non-expert parameters, split over every rank.
   r.trainable_params = r.total_params;
   r.local_trainable = r.local_params;
   if (c.lora.enabled()) {
@@ -217,9 +218,6 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   }
   r.weight_bytes = r.local_params * s.f32;
   r.grad_bytes = r.local_trainable * s.f32;
-  // The GPU allocates the whole shard's gradients (device memory commits what it allocates):
-  // a LoRA run writes the adapters' only, the rest stays zero.
-  if (in.device == Device::kCuda) r.grad_bytes = r.local_params * s.f32;
   r.optimizer_bytes = 2 * r.local_trainable * s.f32;
 
   // ---- working buffers: the gathered unit and its gradients (fp32 on both engines).
@@ -228,12 +226,21 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   // (and with tied embeddings the embedding's too, whose gradient buffer then stays open down to
   // the embedding's backward); in a layer's backward, the layer's weights and gradients (plus
   // that open tied-embedding gradient); the embedding's gradients at the end.
+  // A LoRA run's gradient buffers hold the adapters' only: none for the embedding and the head.
   if (in.world > 1) {
-    const int64_t both = s.act + s.f32;
+    int64_t layer_grads = largest_layer, head_grads = head, embed_grads = embed;
+    if (c.lora.enabled()) {
+      layer_grads = head_grads = embed_grads = 0;
+      for (int64_t l = 0; l < L; ++l)
+        layer_grads = std::max(layer_grads, layout.trainable(ParamLayout::LayerUnit(l)).size());
+    }
+    const int64_t layer = largest_layer * s.act + layer_grads * s.f32;
     if (c.tie_word_embeddings) {
-      r.working_bytes = std::max((head + embed) * both, largest_layer * both + embed * s.f32);
+      r.working_bytes = std::max((head + embed) * s.act + (head_grads + embed_grads) * s.f32,
+                                 layer + embed_grads * s.f32);
     } else {
-      r.working_bytes = std::max({head * both, largest_layer * both, embed * s.f32, embed * s.act});
+      r.working_bytes =
+          std::max({head * s.act + head_grads * s.f32, layer, embed_grads * s.f32, embed * s.act});
     }
   }
   if (cuda) {
@@ -517,16 +524,15 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
     o += "  " + Pad(name, 50) + Pad(size(bytes), 10, true) + "\n";
   };
   mrow("weights (fp32 master, sharded)", r.weight_bytes);
-  mrow(!c.lora.enabled() ? "gradients (fp32, sharded)"
-       : cuda            ? "gradients (fp32, sharded: all allocated)"
-                         : "gradients (fp32, sharded: the adapters')",
+  mrow(c.lora.enabled() ? "gradients (fp32, sharded: the adapters')" : "gradients (fp32, sharded)",
        r.grad_bytes);
   mrow(c.lora.enabled() ? "AdamW moments (fp32 m and v: the adapters')"
                         : "AdamW moments (fp32 m and v, sharded)",
        r.optimizer_bytes);
 
   if (in.world > 1)
-    mrow("gathered unit (" + Count(r.largest_unit) + "): fp32 weights + grads" +
+    mrow("gathered unit (" + Count(r.largest_unit) + "): fp32 weights + " +
+             (c.lora.enabled() ? "LoRA grads" : "grads") +
              (c.tie_word_embeddings ? ", tied embedding's" : ""),
          r.working_bytes);
   if (cuda) {
