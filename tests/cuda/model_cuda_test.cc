@@ -344,11 +344,14 @@ TEST_P(ModelCuda, AnEmptyBatchAddsNothing) {
 // leaves part of a blank buffer unwritten gives NaN; one that leaves a unit open or releases one
 // it did not acquire is counted. held: serve the stored slabs themselves instead (Held, as one
 // rank's ZeRO-3 does), still checking the pairing; ZeroGrads then fills them with NaN and marks
-// them blank, as ShardedParams' lazy zeroing hands them out.
+// them blank, as ShardedParams' lazy zeroing hands them out. For models whose every parameter
+// trains (no LoRA: its gradient buffers are then whole units).
 class GatheringSource : public ParamSource {
  public:
   GatheringSource(const ParamLayout& layout, const float* host_params, bool held)
       : layout_(layout), held_(held) {
+    for (size_t u = 0; u < layout.units().size(); ++u)
+      EXPECT_EQ(layout.trainable(int64_t(u)).size(), layout.units()[u].size()) << "unit " << u;
     const size_t bytes = size_t(layout.total()) * sizeof(float);
     EXPECT_EQ(cudaMalloc(&params_, bytes), cudaSuccess);
     EXPECT_EQ(cudaMalloc(&grads_, bytes), cudaSuccess);

@@ -117,7 +117,9 @@ class CudaModel {
   float* params();
   // The slab, to read (e.g. to copy out): the bf16 copy stays valid.
   const float* params_view() const { return Slab(params_); }
-  // The gradients' slab (zeroing first what ZeroGrads left blank and no step has written).
+  // The gradients' slab (zeroing first what ZeroGrads left blank and no step has written). With
+  // LoRA the frozen weights' part is the zeros Create made, and nothing writes it: a caller must
+  // not either (ZeroGrads clears what trains only).
   float* grads();
   // Sets the gradients to zero, lazily: the next ForwardBackward writes them instead of adding
   // into them (ParamSource::GradsToWrite), which spares a zeroing pass over the slab and the

@@ -89,7 +89,9 @@ Status GptOssGluBackward(uint16_t* dh, const float* dout, const uint16_t* h16, i
 // the rows in order into db); more rows are summed in chunks of 1024 whose sums are added in
 // order (deterministic, ~1e-7 relative from the CPU's order; scratch: a float per chunk and
 // column, cudaMallocAsync on `stream`). The grouped forms take the experts' row offsets (E + 1)
-// on the HOST, as the grouped GEMMs do, and launch once per expert with rows.
+// on the HOST, as the grouped GEMMs do, copy them (or the backward's per-expert row chunks) to
+// scratch, and run every expert in one launch (the backward: two), with the bits of one call
+// per expert.
 Status BiasForward(float* out, const float* b, int64_t N, int64_t O, void* stream = nullptr);
 Status BiasBackward(float* db, const float* dout, int64_t N, int64_t O, void* stream = nullptr);
 Status GroupedBiasForward(float* out, const float* b, const int32_t* offsets, int64_t E, int64_t O,
