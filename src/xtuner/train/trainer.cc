@@ -414,8 +414,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
         {"memory", "per " + cfg.device + " device",
          HumanBytes(device_bytes) + " params + grads + AdamW (fp32, " +
              (mesh.world == 1 ? std::string("the whole model") : std::string("ZeRO-3 shard")) +
-             (whole_bf16 ? ", and a bf16 copy of the weights" : "") + "), plus activations" +
-             (mesh.world > 1 ? " and the units gathered" : "")});
+             (whole_bf16 ? ", and a bf16 copy of the weights" : "") +
+             (mc.lora.enabled() ? "; grads and AdamW of the adapters only" : "") +
+             "), plus activations" + (mesh.world > 1 ? " and the units gathered" : "")});
     sum.extra.push_back({"memory", "per rank, host",
                          HumanBytes(shard_bytes) + " params + grads + AdamW (the same shard)"});
   }
