@@ -1,11 +1,11 @@
 // LoRA on the GPU (cuda/lora_terms.h): the CUDA model with adapters against the CPU model with
 // the same adapters, on the HF fixtures with random A and B (PEFT's zero B would leave A's
 // gradient zero): losses, every adapter's gradient, and no gradient at all for the frozen
-// weights, in fp32 and in bf16 (against the CPU's bf16 mode). The targets cover a dense MLP's
-// fused gate_up (two adapters on one weight), GQA with q/k norms, GPT-OSS's biased projections
-// with sinks and a window, and latent attention's five projections or its plain q_proj. And the
-// column op the adapters use, against its CPU twin. Skipped (label `cuda`) where no GPU is
-// present.
+// weights, in fp32 (every layer recomputed too) and in bf16 (against the CPU's bf16 mode). The
+// targets cover a dense MLP's fused gate_up (two adapters on one weight), GQA with q/k norms,
+// GPT-OSS's biased projections with sinks and a window, and latent attention's five
+// projections or its plain q_proj. And the column op the adapters use, against its CPU twin.
+// Skipped (label `cuda`) where no GPU is present.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -153,6 +153,17 @@ TEST_P(LoraCuda, LossesAndAdapterGradientsMatchTheCpuModel) {
     ASSERT_TRUE(m.gpu->CopyGradsToHost(g.data()).ok());
     cudatest::ExpectSameGradients(m.cpu->layout(), g.data(), m.cpu->grads().f32(), 1e-4, fixture);
     ExpectOnlyAdaptersHaveGradients(m.cpu->layout(), g.data(), fixture);
+    // Every layer recomputed in the backward (its adapters' terms with it): the same step.
+    m.gpu->SetRecompute(1.0);
+    ASSERT_TRUE(m.gpu->ZeroGrads().ok());
+    auto again = m.gpu->ForwardBackward(b);
+    m.gpu->SetRecompute(0.0);
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_NEAR(again->loss, got->loss, 1e-6 * got->loss) << fixture << " recompute";
+    std::vector<float> g_again(n);
+    ASSERT_TRUE(m.gpu->CopyGradsToHost(g_again.data()).ok());
+    cudatest::ExpectSameGradients(m.cpu->layout(), g_again.data(), g.data(), 1e-5,
+                                  std::string(fixture) + " recompute");
   }
   // The forward's adapter terms are there: the GPU's loss is ten times nearer the CPU's than the
   // adapters move it (B zero: the base model's loss).
