@@ -170,10 +170,10 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (bf16) operand_b.Reserve(elements * kBf16);
   };
   // A LoRA run (cuda/lora_terms.h): the base weights are frozen, so their backward rounds no
-  // input for a weight gradient (base_b); each adapter of the weight at layout offset w of layer
-  // l takes scratch while its product runs (forward: z (T, r) and y (T, rows); backward: z, dz
-  // and dy (T, rows)), rounding z or dy, and in the backward the adapted input again where it is
-  // not held in bf16 (`in` elements; 0: held).
+  // input for a weight gradient (base_b); each adapter of the weight at layout offset w of the
+  // layer whose offsets are o takes scratch while its product runs (forward: z (T, r) and y (T,
+  // rows); backward: z, dz and dy (T, rows)), rounding z or dy, and in the backward the adapted
+  // input again where it is not held in bf16 (`in` elements; 0: held).
   const bool base_grads = !c.lora.enabled();
   auto base_b = [&](int64_t elements) {
     if (base_grads) round_b(elements);
