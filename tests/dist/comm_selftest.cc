@@ -1,14 +1,19 @@
 // comm_selftest: run under mpirun (or alone: one rank); checks every collective of Comm against
 // values each rank can compute by itself, on awkward counts (zeros, uneven blocks), in the
-// world and in sub-groups. Prints "comm ok" from rank 0 and exits 0, or names the first
-// mismatch and exits 1. Driven by tests/dist/comm_test.cc.
+// world and in sub-groups, and ZeRO-3's folding of a LoRA run's gradients packed (as a GPU holds
+// them) against the same at shard offsets, on every mesh of the ranks. Prints "comm ok" from
+// rank 0 and exits 0, or names the first mismatch and exits 1. Driven by tests/dist/comm_test.cc.
 #include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "util/costly_zeros.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/expert_parallel.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/sharded_params.h"
 
 namespace xt {
 namespace {
@@ -135,6 +140,55 @@ void CheckExpertExchange(Comm& c) {
   Expect(ok, c, "ExpertCombine");
 }
 
+// A LoRA run's gradients on mesh (world, ep): each rank writes the same made-up gradients of
+// every unit (its rank in them) into two ShardedParams, one over host memory (gradients at
+// shard offsets) and one over CostlyZeros (packed, compact_grads); after GradsDone's
+// reduce-scatters the packed ones are the other's trainable ranges, bit for bit.
+void CheckPackedLoraGradients(Comm& world, int ep) {
+  const std::string what = "packed LoRA gradients (ep " + std::to_string(ep) + ")";
+  const nlohmann::json j = {{"model_type", "qwen3_moe"},
+                            {"vocab_size", 64},
+                            {"hidden_size", 16},
+                            {"num_hidden_layers", 2},
+                            {"num_attention_heads", 2},
+                            {"num_key_value_heads", 1},
+                            {"head_dim", 8},
+                            {"moe_intermediate_size", 8},
+                            {"num_experts", 4},
+                            {"num_experts_per_tok", 2},
+                            {"tie_word_embeddings", false}};
+  Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return;
+  cfg->lora.rank = 2;
+  cfg->lora.alpha = 4;
+  cfg->lora.targets = {"q_proj", "o_proj"};
+  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
+  if (!mesh.ok()) return;  // (a mesh these ranks cannot make: nothing to check)
+  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
+  testing::CostlyZeros costly;
+  ShardedParams plain(*cfg, *mesh, &world, dp.get());
+  ShardedParams packed(*cfg, *mesh, &world, dp.get(), &costly);
+  Expect(!plain.compact_grads() && packed.compact_grads(), world, what + ": compact_grads");
+  plain.ZeroGrads();
+  packed.ZeroGrads();
+  const ParamLayout& layout = plain.layout();
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u)
+    for (ShardedParams* store : {&plain, &packed}) {
+      float* g = store->Grads(u);  // what of u trains, zeroed
+      for (int64_t i = 0; g && i < layout.trainable(u).size(); ++i)
+        g[i] += float(world.rank() + 1) * 0.25f + float(u) + float(i % 7) * 0.125f;
+      store->GradsDone(u);
+    }
+  const float* a = plain.grads();
+  const float* b = packed.grads();
+  bool ok = packed.trainable_floats() == plain.trainable_floats();
+  int64_t at = 0;
+  for (const auto& [shard, n] : plain.trainable_ranges())
+    for (int64_t i = 0; i < n && ok; ++i) ok = a[shard + i] == b[at++] && a[shard + i] != 0.0f;
+  Expect(ok && at == packed.trainable_floats(), world, what);
+}
+
 int Main() {
   std::unique_ptr<Comm> world = MakeWorldComm();
   CheckGroup(*world, "world");
@@ -144,6 +198,7 @@ int Main() {
   Expect(half->size() == expected, *world, "Split size");
   CheckGroup(*half, "split");
   CheckExpertExchange(*world);
+  for (int ep : {1, 2, 4}) CheckPackedLoraGradients(*world, ep);
   double bad = failures;
   world->AllReduceSum(&bad, 1);
   if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());

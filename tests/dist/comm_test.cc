@@ -1,5 +1,6 @@
 // Comm: the single-rank implementation directly, and Open MPI's under mpirun on 2, 3 and 4
-// ranks (tests/dist/comm_selftest.cc checks each collective on every rank).
+// ranks (tests/dist/comm_selftest.cc checks each collective on every rank, and ZeRO-3's packed
+// LoRA gradients on every mesh).
 #include "xtuner/dist/comm.h"
 
 #include <gtest/gtest.h>

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "util/costly_zeros.h"
 #include "util/testing.h"
 
 namespace xt {
@@ -179,18 +180,6 @@ TEST(ShardedParamsOneRank, LoraZeroesAndCommitsOnlyTheAdapters) {
   }
 }
 
-// Host memory that says its zeros cost what they take (as a GPU's do).
-class CostlyZeros : public ShardMemory {
- public:
-  float* Alloc(int64_t n, const char* what) override { return host_->Alloc(n, what); }
-  void Free(float* p) override { host_->Free(p); }
-  void Zero(float* p, int64_t n) override { host_->Zero(p, n); }
-  void Add(float* dst, const float* src, int64_t n) override { host_->Add(dst, src, n); }
-
- private:
-  ShardMemory* host_ = HostShardMemory();
-};
-
 // LoRA over such memory: the gradients are the adapters' alone, each unit's one after another
 // in shard order (the trainable ranges'), handed out by Grads and GradsToWrite from there; the
 // lazy zeroing covers them.
@@ -199,7 +188,7 @@ TEST(ShardedParamsOneRank, LoraOverCostlyZerosHoldsTheAdaptersGradientsAlone) {
   auto mesh = MakeMesh(1, 0, 1, cfg);
   ASSERT_TRUE(mesh.ok()) << mesh.status().message();
   auto world = MakeSingleComm(), dp = MakeSingleComm();
-  CostlyZeros memory;
+  testing::CostlyZeros memory;
   ShardedParams store(cfg, *mesh, world.get(), dp.get(), &memory);
   const ParamLayout& layout = store.layout();
   ASSERT_TRUE(store.compact_grads());
