@@ -45,7 +45,7 @@ void ExpectClose(const std::vector<double>& got, const std::vector<double>& want
 // Runs `cpu` and its twin on the GPU (in cpu's work dir + "-gpu"), fp32 on both sides: cuBLAS
 // and the CPU's oneDNN sum in other orders, so the runs agree to float rounding, compounded over
 // 6 AdamW steps (losses, balancing losses where the model has one, gradient norms, the last
-// checkpoint's parameters). Returns the GPU run's config.
+// checkpoint's parameters, a LoRA run's base and adapters). Returns the GPU run's config.
 TrainConfig ExpectAGpuRunFollows(const TrainConfig& cpu, bool aux_loss = true) {
   TrainConfig gpu = cpu;
   gpu.work_dir = cpu.work_dir + "-gpu";
@@ -58,16 +58,46 @@ TrainConfig ExpectAGpuRunFollows(const TrainConfig& cpu, bool aux_loss = true) {
     ExpectClose(Metric(gpu.work_dir, "aux_loss"), Metric(cpu.work_dir, "aux_loss"), 1e-4, "aux");
   ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
               "grad_norm");
-  auto mc = ModelConfig::Load(cpu.model_config);
-  EXPECT_TRUE(mc.ok());
-  if (!mc.ok()) return gpu;
-  auto pa = ReadCheckpointParams(cpu.work_dir + "/checkpoints/step-00000006", *mc);
-  auto pb = ReadCheckpointParams(gpu.work_dir + "/checkpoints/step-00000006", *mc);
+  const std::string step6 = "/checkpoints/step-00000006";
+  auto mc = ModelConfig::Load(cpu.work_dir + step6 + "/config.json");
+  auto lora = ReadCheckpointLora(cpu.work_dir + step6);
+  EXPECT_TRUE(mc.ok() && lora.ok());
+  if (!mc.ok() || !lora.ok()) return gpu;
+  mc->lora = *lora;
+  auto pa = ReadCheckpointParams(cpu.work_dir + step6, *mc);
+  auto pb = ReadCheckpointParams(gpu.work_dir + step6, *mc);
   EXPECT_TRUE(pa.ok() && pb.ok());
   if (pa.ok() && pb.ok()) {
     EXPECT_LT(testing::RelError(pb->data(), pa->data(), int64_t(pa->size())), 1e-4);
   }
   return gpu;
+}
+
+// `straight` (checkpointed every 3 steps, 6 steps run) resumed from its step-3 checkpoint in a
+// work dir of its own: the same last 3 losses, bit for bit. Returns the resumed run's config.
+TrainConfig ExpectAResumedRunRepeatsIt(const TrainConfig& straight) {
+  TrainConfig resumed = straight;
+  resumed.work_dir = straight.work_dir + "-resumed";
+  resumed.resume = "auto";
+  resumed.export_at_end = false;
+  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
+  auto r = RunTraining(resumed, nullptr);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> a = Metric(straight.work_dir, "loss");
+  const std::vector<double> b = Metric(resumed.work_dir, "loss");
+  EXPECT_EQ(a.size(), 6u);
+  EXPECT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < 3 && a.size() == 6 && b.size() == 3; ++i)
+    EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+  return resumed;
+}
+
+// The largest relative difference of two runs' losses, step by step (over the shorter).
+double MostRelativeDifference(const std::vector<double>& a, const std::vector<double>& b) {
+  double most = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    most = std::max(most, std::abs(a[i] - b[i]) / b[i]);
+  return most;
 }
 
 TEST_P(TrainCuda, AGpuRunFollowsTheCpuRun) {
@@ -164,15 +194,8 @@ TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
   TrainConfig cpu = testing::LoraRun("gpu_lora_cpu");
   cpu.checkpoint_every = 3;
   cpu.export_at_end = true;
-  TrainConfig gpu = cpu;
-  gpu.work_dir = cpu.work_dir + "-gpu";
-  gpu.device = "cuda";
-  ASSERT_TRUE(RunTraining(cpu, nullptr).ok());
-  auto r = RunTraining(gpu, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  ExpectClose(Metric(gpu.work_dir, "loss"), Metric(cpu.work_dir, "loss"), 1e-4, "loss");
-  ExpectClose(Metric(gpu.work_dir, "grad_norm"), Metric(cpu.work_dir, "grad_norm"), 1e-3,
-              "grad_norm");
+  const TrainConfig gpu = ExpectAGpuRunFollows(cpu);
+  ASSERT_FALSE(HasFailure());
   ModelConfig mc;
   const std::vector<float> pa = LoraParamsWithTheBaseUnmoved(cpu.work_dir, &mc);
   const std::vector<float> pb = LoraParamsWithTheBaseUnmoved(gpu.work_dir, &mc);
@@ -186,20 +209,11 @@ TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
           << p.name;
     }
   }
-  EXPECT_TRUE(fs::exists(r->export_dir + "/model.safetensors"));
-  EXPECT_TRUE(fs::exists(r->export_dir + "-adapter/adapter_model.safetensors"));
+  EXPECT_TRUE(fs::exists(gpu.work_dir + "/hf/model.safetensors"));
+  EXPECT_TRUE(fs::exists(gpu.work_dir + "/hf-adapter/adapter_model.safetensors"));
 
-  TrainConfig resumed = gpu;
-  resumed.work_dir = gpu.work_dir + "-resumed";
-  resumed.resume = "auto";
-  resumed.export_at_end = false;
-  testing::SeedResumeDir(gpu.work_dir, 3, resumed.work_dir);
-  ASSERT_TRUE(RunTraining(resumed, nullptr).ok());
-  const std::vector<double> a = Metric(gpu.work_dir, "loss");
-  const std::vector<double> b = Metric(resumed.work_dir, "loss");
-  ASSERT_EQ(a.size(), 6u);
-  ASSERT_EQ(b.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+  const TrainConfig resumed = ExpectAResumedRunRepeatsIt(gpu);
+  ASSERT_FALSE(HasFailure());
   EXPECT_EQ(LoraParamsWithTheBaseUnmoved(resumed.work_dir, &mc), pb);
 }
 
@@ -221,11 +235,8 @@ TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
   }
   const std::vector<double> b16 = Metric(gpu16.work_dir, "loss");
   ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 5e-3, "against the CPU's bf16");
-  const std::vector<double> f32 = Metric(gpu32.work_dir, "loss");
-  double most = 0;
-  for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)
-    most = std::max(most, std::abs(b16[i] - f32[i]) / f32[i]);
-  EXPECT_GT(most, 1e-6) << "the GPU's bf16 LoRA run gave its fp32 losses: was bf16 used?";
+  EXPECT_GT(MostRelativeDifference(b16, Metric(gpu32.work_dir, "loss")), 1e-6)
+      << "the GPU's bf16 LoRA run gave its fp32 losses: was bf16 used?";
   ModelConfig mc;
   LoraParamsWithTheBaseUnmoved(gpu16.work_dir, &mc);
 }
@@ -236,17 +247,7 @@ TEST_P(TrainCudaOnce, AGpuRunResumesExactly) {
   straight.device = "cuda";
   straight.checkpoint_every = 3;
   ASSERT_TRUE(RunTraining(straight, nullptr).ok());
-  TrainConfig resumed = straight;
-  resumed.work_dir = straight.work_dir + "-resumed";
-  resumed.resume = "auto";
-  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
-  auto r = RunTraining(resumed, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  const std::vector<double> a = Metric(straight.work_dir, "loss");
-  const std::vector<double> b = Metric(resumed.work_dir, "loss");
-  ASSERT_EQ(a.size(), 6u);
-  ASSERT_EQ(b.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[3 + i], b[i]) << "step " << 4 + i;
+  ExpectAResumedRunRepeatsIt(straight);
 }
 
 // bf16 matmuls on the GPU follow the CPU's bf16 run and the fp32 run as the CPU's bf16 mode does
@@ -268,10 +269,8 @@ TEST_P(TrainCudaOnce, Bf16FollowsTheFp32Run) {
   // (The GPU's bf16 mode rounds attention's operands too, the CPU's does not.)
   ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 5e-3, "against the CPU's bf16");
   ExpectClose(b16, f32, 5e-3, "against fp32");
-  double most = 0;
-  for (size_t i = 0; i < b16.size() && i < f32.size(); ++i)
-    most = std::max(most, std::abs(b16[i] - f32[i]) / f32[i]);
-  EXPECT_GT(most, 1e-6) << "the GPU's bf16 run gave its fp32 losses: was bf16 used?";
+  EXPECT_GT(MostRelativeDifference(b16, f32), 1e-6)
+      << "the GPU's bf16 run gave its fp32 losses: was bf16 used?";
 
   // The kernel choices of the config: the mma attention and xtuner's grouped GEMM give the same
   // run to bf16 rounding; a choice the precision cannot take stops the run before any work.
