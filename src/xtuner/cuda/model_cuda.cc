@@ -339,13 +339,13 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   std::vector<float*> grad_base(layout_.units().size(), nullptr);
   auto grads = [&](int64_t u) {
     const ParamUnit& t = layout_.trainable(u);
-    if (t.size() == 0) return UnitGrads{nullptr, t.begin, 0, 0};  // null for every offset
+    if (t.size() == 0) return UnitGrads{};  // null for every offset
     if (!grad_base[u]) {
       bool blank = false;
       grad_base[u] = source_->GradsToWrite(u, &blank);
       writes.Open(grad_base[u], t.size(), blank);
     }
-    return UnitGrads{grad_base[u], t.begin, t.begin, t.end};
+    return UnitGrads{grad_base[u], t.begin, t.end};
   };
   auto grads_done = [&](int64_t u) -> Status {
     if (grad_base[u]) XT_RETURN_IF_ERROR(writes.Close(grad_base[u], s));

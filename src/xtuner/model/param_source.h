@@ -54,15 +54,14 @@ struct UnitParams {
     return offset < 0 ? nullptr : base + (offset - begin);
   }
 };
-// Offsets outside [train_begin, train_end) (ParamLayout::trainable) are frozen parameters: no
-// gradient, null; and so is -1. (A source's buffer starts at train_begin: begin = train_begin.)
+// A unit's gradients as Grads returned them: those of what of it trains, the offsets [begin, end)
+// (ParamLayout::trainable), base holding begin's. Offsets outside it are frozen parameters: no
+// gradient, null; and so is -1 (and every offset of an empty range).
 struct UnitGrads {
-  float* base;
-  int64_t begin;
-  int64_t train_begin = INT64_MIN, train_end = INT64_MAX;
+  float* base = nullptr;
+  int64_t begin = 0, end = 0;
   float* operator()(int64_t offset) const {
-    return offset >= 0 && offset >= train_begin && offset < train_end ? base + (offset - begin)
-                                                                      : nullptr;
+    return offset >= 0 && offset >= begin && offset < end ? base + (offset - begin) : nullptr;
   }
 };
 

@@ -62,7 +62,7 @@ UnitParams Transformer::Acquire(int64_t u) {
 
 UnitGrads Transformer::Grads(int64_t u) {
   const ParamUnit& t = layout_.trainable(u);
-  return {source_->Grads(u), t.begin, t.begin, t.end};
+  return {source_->Grads(u), t.begin, t.end};
 }
 
 Linear Transformer::Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int64_t weight) const {
@@ -353,7 +353,7 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
 
   // With tied embeddings the lm_head gradient goes to the embedding's unit, which stays open
   // until the embedding's own backward at the end.
-  UnitGrads G{nullptr, 0}, G_lm{nullptr, 0};
+  UnitGrads G, G_lm;
   if (backward) {
     G = Grads(head);
     G_lm = tied ? Grads(0) : G;
