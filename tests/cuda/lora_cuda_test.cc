@@ -4,7 +4,8 @@
 // weights, in fp32 (every layer recomputed too) and in bf16 (against the CPU's bf16 mode). The
 // targets cover a dense MLP's fused gate_up (two adapters on one weight), GQA with q/k norms,
 // GPT-OSS's biased projections with sinks and a window, and latent attention's five
-// projections or its plain q_proj. And the column op the adapters use, against its CPU twin.
+// projections or its plain q_proj; with LoRA's dropout, the CPU's masks. And the column op and
+// the dropout masks the adapters use, against their CPU twins.
 // Skipped (label `cuda`) where no GPU is present.
 #include <gtest/gtest.h>
 
@@ -21,6 +22,7 @@
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/lora.h"
+#include "xtuner/ops/dropout_mask.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
@@ -69,9 +71,53 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ScaleColumnsCuda,
                                            std::make_tuple(int64_t(300), int64_t(130), true),
                                            std::make_tuple(int64_t(0), int64_t(8), true)));
 
+// LoRA's dropout masks on the GPU (cuda::DropoutMask) against ops::dropout_mask, bit for bit: fp32
+// assigned and added, bf16 assigned (the CPU masking the same values), on rows of awkward widths.
+class DropoutMaskCuda : public cudatest::CudaTest<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(DropoutMaskCuda, BitIdenticalToTheCpu) {
+  const auto [T, C] = GetParam();
+  std::vector<uint64_t> keys;
+  Batch::AppendNoise(42, T, &keys);
+  const std::vector<float> in = cudatest::RandomNormal(size_t(T * C), 3);
+  const std::vector<float> out0 = cudatest::RandomNormal(size_t(T * C), 4);
+  cudatest::DeviceVec<uint64_t> gkeys(keys);
+  cudatest::DeviceVec<float> gin(in);
+  for (double p : {0.0, 0.1, 0.5}) {
+    const uint32_t threshold = ops::dropout_threshold(p);
+    for (bool add : {false, true}) {
+      std::vector<float> want = out0;
+      ops::dropout_mask(want.data(), in.data(), T, C, keys.data(), 7, threshold, add);
+      cudatest::DeviceVec<float> gout(out0);
+      ASSERT_TRUE(cuda::DropoutMask(gout.p, gin.p, T, C, gkeys.p, 7, threshold, add).ok());
+      cudatest::Sync();
+      cudatest::ExpectBitEqual(gout.Host(), want, ("dropout_mask p " + std::to_string(p)).c_str());
+    }
+    // bf16: the same mask over the bf16 values.
+    std::vector<uint16_t> in16(in.size());
+    std::vector<float> rounded(in.size()), want(in.size());
+    for (size_t i = 0; i < in.size(); ++i) rounded[i] = Bf16ToF32(in16[i] = F32ToBf16(in[i]));
+    ops::dropout_mask(want.data(), rounded.data(), T, C, keys.data(), 7, threshold, false);
+    cudatest::DeviceVec<uint16_t> gin16(in16), gout16(std::vector<uint16_t>(in.size(), 1));
+    ASSERT_TRUE(cuda::DropoutMask(gout16.p, gin16.p, T, C, gkeys.p, 7, threshold).ok());
+    cudatest::Sync();
+    std::vector<float> got(in.size());
+    const std::vector<uint16_t> got16 = gout16.Host();
+    for (size_t i = 0; i < in.size(); ++i) got[i] = Bf16ToF32(got16[i]);
+    cudatest::ExpectBitEqual(got, want, ("dropout_mask bf16 p " + std::to_string(p)).c_str());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DropoutMaskCuda,
+                         ::testing::Values(std::make_tuple(int64_t(1), int64_t(1)),
+                                           std::make_tuple(int64_t(37), int64_t(129)),
+                                           std::make_tuple(int64_t(300), int64_t(64)),
+                                           std::make_tuple(int64_t(0), int64_t(8))));
+
 // A fixture's model with adapters on `targets` (rank 4, alpha: scale alpha / 4, or alpha / 2 with
-// rslora), its HF weights, and its adapters random (A and B both, so that every adapter gradient is
-// non-zero); the CPU model and its GPU twin with the same parameters, and the fixture's batch.
+// rslora; LoRA's dropout `dropout`), its HF weights, and its adapters random (A and B both, so
+// that every adapter gradient is non-zero); the CPU model and its GPU twin with the same
+// parameters, and the fixture's batch (with noise keys under dropout).
 struct LoraModels {
   ModelConfig cfg;
   std::unique_ptr<Transformer> cpu;
@@ -80,13 +126,14 @@ struct LoraModels {
 };
 
 void MakeLoraModels(const std::string& fixture, const std::string& targets, double alpha,
-                    bool rslora, LoraModels* m) {
+                    bool rslora, LoraModels* m, double dropout = 0) {
   auto cfg = ModelConfig::Load(testing::DataPath(fixture));
   ASSERT_TRUE(cfg.ok()) << cfg.status().message();
   LoraSpec spec;
   spec.rank = 4;
   spec.alpha = alpha;
   spec.rslora = rslora;
+  spec.dropout = dropout;
   spec.targets = SplitLoraTargets(targets);
   auto resolved = ResolveLora(spec, *cfg, "lora");
   ASSERT_TRUE(resolved.ok()) << resolved.status().message();
@@ -112,6 +159,8 @@ void MakeLoraModels(const std::string& fixture, const std::string& targets, doub
   if (::testing::Test::HasFatalFailure()) return;
   m->batches.push_back(Batch::FromRows(id, label, 2, 16).value());
   m->batches.push_back(Batch::Packed(id, label, {0, 5, 21, 32}).value());
+  for (Batch& b : m->batches)
+    if (dropout > 0) Batch::AppendNoise(uint64_t(b.num_docs()), b.num_tokens(), &b.noise);
 }
 
 // Every frozen weight's gradient is exactly zero, every adapter's is not.
@@ -128,14 +177,14 @@ void ExpectOnlyAdaptersHaveGradients(const ParamLayout& layout, const float* g,
   }
 }
 
-// fixture, targets, alpha, rslora; scales that round (1.5, 3) and that do not (2, 4).
-using Case = std::tuple<const char*, const char*, double, bool>;
+// fixture, targets, alpha, rslora, dropout; scales that round (1.5, 3) and that do not (2, 4).
+using Case = std::tuple<const char*, const char*, double, bool, double>;
 class LoraCuda : public cudatest::CudaTest<Case> {};
 
 TEST_P(LoraCuda, LossesAndAdapterGradientsMatchTheCpuModel) {
-  const auto [fixture, targets, alpha, rslora] = GetParam();
+  const auto [fixture, targets, alpha, rslora, dropout] = GetParam();
   LoraModels m;
-  MakeLoraModels(fixture, targets, alpha, rslora, &m);
+  MakeLoraModels(fixture, targets, alpha, rslora, &m, dropout);
   if (HasFatalFailure()) return;
   const int64_t n = m.cpu->layout().total();
   double got0 = 0, want0 = 0;  // the first batch's losses
@@ -153,6 +202,14 @@ TEST_P(LoraCuda, LossesAndAdapterGradientsMatchTheCpuModel) {
     ASSERT_TRUE(m.gpu->CopyGradsToHost(g.data()).ok());
     cudatest::ExpectSameGradients(m.cpu->layout(), g.data(), m.cpu->grads().f32(), 1e-4, fixture);
     ExpectOnlyAdaptersHaveGradients(m.cpu->layout(), g.data(), fixture);
+    if (dropout > 0) {  // the masks are there: they move the loss ten times more than the GPU
+      Batch plain = b;  // no keys: nothing dropped
+      plain.noise.clear();
+      auto undropped = m.gpu->ForwardBackward(plain);
+      ASSERT_TRUE(undropped.ok());
+      EXPECT_LT(std::abs(got->loss - want->loss), 0.1 * std::abs(undropped->loss - want->loss))
+          << fixture << ": the masks move the loss by " << undropped->loss - want->loss;
+    }
     // Every layer recomputed in the backward (its adapters' terms with it): the same step.
     m.gpu->SetRecompute(1.0);
     ASSERT_TRUE(m.gpu->ZeroGrads().ok());
@@ -182,9 +239,9 @@ TEST_P(LoraCuda, LossesAndAdapterGradientsMatchTheCpuModel) {
 // too (where the model takes them), the gradients are as near the fp32 ones as the CPU's bf16
 // mode's are.
 TEST_P(LoraCuda, Bf16FollowsTheCpuModelsBf16Mode) {
-  const auto [fixture, targets, alpha, rslora] = GetParam();
+  const auto [fixture, targets, alpha, rslora, dropout] = GetParam();
   LoraModels m;
-  MakeLoraModels(fixture, targets, alpha, rslora, &m);
+  MakeLoraModels(fixture, targets, alpha, rslora, &m, dropout);
   if (HasFatalFailure()) return;
   const Batch& b = m.batches[1];
   const int64_t n = m.cpu->layout().total();
@@ -238,20 +295,26 @@ TEST_P(LoraCudaRefusals, AdaptersOnSharedExpertsAreRefused) {
 
 INSTANTIATE_TEST_SUITE_P(Once, LoraCudaRefusals, ::testing::Values(0));
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, LoraCuda,
-                         ::testing::Values(Case{"qwen3_dense_tiny", "all-linear", 6.0, false},
-                                           Case{"qwen3_moe_tiny", "auto", 6.0, true},
-                                           Case{"mixtral_tiny", "o_proj", 8.0, false},
-                                           Case{"deepseek_v3_tiny", "auto", 8.0, false},
-                                           Case{"variants/deepseek_v3_v4_plain_q",
-                                                "q_proj, kv_b_proj", 8.0, false},
-                                           Case{"variants/gpt_oss_tiny", "auto", 8.0, false}),
-                         [](const ::testing::TestParamInfo<Case>& info) {
-                           std::string name = std::get<0>(info.param);
-                           for (char& c : name)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return name;
-                         });
+std::vector<Case> Cases(double dropout) {
+  return {Case{"qwen3_dense_tiny", "all-linear", 6.0, false, dropout},
+          Case{"qwen3_moe_tiny", "auto", 6.0, true, dropout},
+          Case{"mixtral_tiny", "o_proj", 8.0, false, dropout},
+          Case{"deepseek_v3_tiny", "auto", 8.0, false, dropout},
+          Case{"variants/deepseek_v3_v4_plain_q", "q_proj, kv_b_proj", 8.0, false, dropout},
+          Case{"variants/gpt_oss_tiny", "auto", 8.0, false, dropout}};
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  std::string name = std::get<0>(info.param);
+  for (char& c : name)
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LoraCuda, ::testing::ValuesIn(Cases(0.0)), CaseName);
+// LoRA's dropout: the GPU draws the CPU's masks (the batches' noise keys) in the forward, the
+// backward and a recomputed layer alike, in fp32 and bf16.
+INSTANTIATE_TEST_SUITE_P(Dropout, LoraCuda, ::testing::ValuesIn(Cases(0.3)), CaseName);
 
 }  // namespace
 }  // namespace xt

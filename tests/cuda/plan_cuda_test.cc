@@ -94,12 +94,15 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
     ModelConfig adapted = *loaded;
     adapted.lora = *lora;
     configs.push_back({" LoRA", adapted});
+    adapted.lora.dropout = 0.1;  // each adapter's input masked first (the batch has keys)
+    configs.push_back({" LoRA dropout", adapted});
   }
   // One packed row of three documents, long enough that the buffers that grow with it dominate.
   const int64_t T = 383;  // odd: no buffer a multiple of the allocators' 256 bytes
   std::vector<int64_t> ids(T);
   for (int64_t t = 0; t < T; ++t) ids[t] = (t * 29 + 3) % loaded->vocab_size;
-  const Batch batch = Batch::Packed(ids, ids, {0, 100, 300, T}).value();
+  Batch batch = Batch::Packed(ids, ids, {0, 100, 300, T}).value();
+  Batch::AppendNoise(5, T, &batch.noise);  // drawn from only where the config has dropout
   for (const auto& [variant, cfg] : configs) {
     for (bool bf16 : {false, true}) {
       // Half the layers recomputed (kept and recomputed layers side by side) on the fixture only.

@@ -76,11 +76,8 @@ TrainConfig ExpectAGpuRunFollows(const TrainConfig& cpu, bool aux_loss = true) {
 // `straight` (checkpointed every 3 steps, 6 steps run) resumed from its step-3 checkpoint in a
 // work dir of its own: the same last 3 losses, bit for bit. Returns the resumed run's config.
 TrainConfig ExpectAResumedRunRepeatsIt(const TrainConfig& straight) {
-  TrainConfig resumed = straight;
-  resumed.work_dir = straight.work_dir + "-resumed";
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(straight, 3);
   resumed.export_at_end = false;
-  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
   auto r = RunTraining(resumed, nullptr);
   EXPECT_TRUE(r.ok()) << r.status().message();
   const std::vector<double> a = Metric(straight.work_dir, "loss");
@@ -186,12 +183,14 @@ std::vector<float> LoraParamsWithTheBaseUnmoved(const std::string& work_dir, Mod
   return std::move(*params);
 }
 
-// A LoRA run on the GPU (the attention's adapters of a base model) follows its CPU run: losses,
-// gradient norms and the adapters it checkpoints, while the base weights stay exactly as loaded;
-// it exports the merged model and its PEFT adapter. Resumed from its step-3 checkpoint (the
-// adapters' moments, held apart on the GPU, go through the host), it repeats itself exactly.
+// A LoRA run on the GPU (the attention's adapters of a base model, dropout 0.1: the CPU's masks)
+// follows its CPU run: losses, gradient norms and the adapters it checkpoints, while the base
+// weights stay exactly as loaded; it exports the merged model and its PEFT adapter. Resumed from
+// its step-3 checkpoint (the adapters' moments, held apart on the GPU, go through the host), it
+// repeats itself exactly.
 TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
   TrainConfig cpu = testing::LoraRun("gpu_lora_cpu");
+  cpu.lora_dropout = 0.1;
   cpu.checkpoint_every = 3;
   cpu.export_at_end = true;
   const TrainConfig gpu = ExpectAGpuRunFollows(cpu);

@@ -203,14 +203,15 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
 }
 
 // Exports a base model (2 steps of the demo) into `dir`/base/hf; returns the arguments of a
-// 6-step LoRA sft run of it (rank 4 on the attention), to be followed by its work dir.
+// 6-step LoRA sft run of it (rank 4 on the attention, dropout 0.1: its masks follow each row's
+// place in the global batch, whichever rank runs it), to be followed by its work dir.
 std::string LoraSftOfABase(const std::string& dir) {
   CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
   EXPECT_EQ(r.code, 0) << r.output;
   return "sft --load-from " + dir +
          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
          "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
-         " --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
+         " --set lora.dropout=0.1 --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
 }
 
 // LoRA on the attention of the demo's Qwen3-MoE trains to the same losses on 2 ZeRO-3 ranks and

@@ -17,6 +17,8 @@
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/debug_dump.h"
 #include "xtuner/model/linear.h"
+#include "xtuner/ops/dropout_mask.h"
+#include "xtuner/ops/ops.h"
 
 namespace xt {
 namespace {
@@ -32,12 +34,23 @@ using testing::TempDir;
 struct LinearCase {
   int64_t T, I, O, rank;
   std::vector<std::pair<int64_t, int64_t>> pieces;  // (row0, rows)
+  double dropout = 0;                               // LoRA's dropout: each piece its own mask
 };
 
-// out = x W^T + sum_p scale * (x A_p^T) B_p^T on rows [row0, row0 + rows), in double.
+// Whether piece p keeps x[t, i] (all kept without noise): salt p + 3, as the test sets it.
+bool Keeps(const LinearCase& c, const std::vector<uint64_t>& noise, size_t p, int64_t t,
+           int64_t i) {
+  if (noise.empty()) return true;
+  return ops::dropout_keep(ops::dropout_row_key(noise[t], p + 3), i,
+                           ops::dropout_threshold(c.dropout));
+}
+
+// out = x W^T + sum_p scale * (x_p A_p^T) B_p^T on rows [row0, row0 + rows), in double; x_p is
+// x with the elements piece p's mask drops zeroed.
 std::vector<double> Reference(const LinearCase& c, const std::vector<float>& x,
                               const std::vector<float>& w, const std::vector<std::vector<float>>& a,
-                              const std::vector<std::vector<float>>& b, double scale) {
+                              const std::vector<std::vector<float>>& b, double scale,
+                              const std::vector<uint64_t>& noise) {
   std::vector<double> out(c.T * c.O, 0.0);
   for (int64_t t = 0; t < c.T; ++t) {
     for (int64_t o = 0; o < c.O; ++o)
@@ -48,7 +61,8 @@ std::vector<double> Reference(const LinearCase& c, const std::vector<float>& x,
         double acc = 0;
         for (int64_t k = 0; k < c.rank; ++k) {
           double z = 0;
-          for (int64_t i = 0; i < c.I; ++i) z += double(x[t * c.I + i]) * a[p][k * c.I + i];
+          for (int64_t i = 0; i < c.I; ++i)
+            if (Keeps(c, noise, p, t, i)) z += double(x[t * c.I + i]) * a[p][k * c.I + i];
           acc += z * b[p][r * c.rank + k];
         }
         out[t * c.O + row0 + r] += scale * acc;
@@ -62,8 +76,10 @@ class LoraLinear : public ::testing::TestWithParam<LinearCase> {};
 
 TEST_P(LoraLinear, ForwardAndBackwardMatchDoubleAndFiniteDifferences) {
   const LinearCase& c = GetParam();
-  const float scale = 1.75f;
+  const float scale = float(1.75 / (1.0 - c.dropout));  // LoraSpec::dropout_scale()
   std::vector<float> x = RandomVector(c.T * c.I, 1), w = RandomVector(c.O * c.I, 2, 0.5f);
+  std::vector<uint64_t> noise;  // the tokens' keys under dropout
+  for (int64_t t = 0; c.dropout > 0 && t < c.T; ++t) noise.push_back(0x1234567ull * (t + 1) + 99);
   std::vector<std::vector<float>> a, b, da, db;
   Linear lin;
   lin.w = w.data();
@@ -75,10 +91,11 @@ TEST_P(LoraLinear, ForwardAndBackwardMatchDoubleAndFiniteDifferences) {
   }
   for (size_t p = 0; p < c.pieces.size(); ++p)
     lin.lora.push_back({a[p].data(), b[p].data(), da[p].data(), db[p].data(), c.pieces[p].first,
-                        c.pieces[p].second, c.rank, scale});
+                        c.pieces[p].second, c.rank, scale, noise.empty() ? nullptr : noise.data(),
+                        p + 3, ops::dropout_threshold(c.dropout)});
   std::vector<float> out(c.T * c.O);
   LinearForward(out.data(), x.data(), lin, c.T, c.I, c.O);
-  const std::vector<double> want = Reference(c, x, w, a, b, scale);
+  const std::vector<double> want = Reference(c, x, w, a, b, scale, noise);
   EXPECT_LE(RelError(out.data(), want.data(), int64_t(out.size())), 1e-6);
 
   // loss = <out, g>: the backward of g against finite differences of every input.
@@ -87,7 +104,7 @@ TEST_P(LoraLinear, ForwardAndBackwardMatchDoubleAndFiniteDifferences) {
   lin.dw = dw.data();
   LinearBackward(dx.data(), g.data(), x.data(), lin, c.T, c.I, c.O);
   auto loss = [&] {
-    const std::vector<double> y = Reference(c, x, w, a, b, scale);
+    const std::vector<double> y = Reference(c, x, w, a, b, scale, noise);
     double s = 0;
     for (size_t i = 0; i < y.size(); ++i) s += y[i] * g[i];
     return s;
@@ -115,7 +132,48 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(LinearCase{5, 7, 9, 3, {{0, 9}}},           // one adapter on all rows
                       LinearCase{4, 6, 10, 2, {{0, 5}, {5, 5}}},  // a fused gate_up's two halves
                       LinearCase{1, 3, 4, 1, {{0, 2}, {2, 2}}},   // one token, rank 1
-                      LinearCase{6, 5, 8, 4, {}}));               // no adapter: the base layer
+                      LinearCase{6, 5, 8, 4, {}},                 // no adapter: the base layer
+                      // LoRA's dropout: each adapter's input masked, its gradient alike
+                      LinearCase{5, 7, 9, 3, {{0, 9}}, 0.4},
+                      LinearCase{4, 6, 10, 2, {{0, 5}, {5, 5}}, 0.25},
+                      LinearCase{3, 33, 4, 2, {{0, 4}}, 0.9}));
+
+// The masks of ops/dropout_mask.h: each element dropped with probability p, independently of
+// its neighbours and of the other adapters' masks; ops::dropout_mask zeroes those and keeps the
+// others exactly, or adds them.
+TEST(LoraDropout, MasksDropAtTheRateAskedAndIndependently) {
+  const int64_t T = 200, C = 500;
+  std::vector<uint64_t> keys(T);
+  for (int64_t t = 0; t < T; ++t) keys[t] = 0x9e3779b97f4a7c15ull * uint64_t(t + 1);
+  const std::vector<float> x = RandomVector(T * C, 4);
+  for (double p : {0.0, 0.05, 0.5, 0.9}) {
+    SCOPED_TRACE("p " + std::to_string(p));
+    const uint32_t threshold = ops::dropout_threshold(p);
+    std::vector<float> y(T * C), z(T * C);
+    ops::dropout_mask(y.data(), x.data(), T, C, keys.data(), 1, threshold, /*add=*/false);
+    ops::dropout_mask(z.data(), x.data(), T, C, keys.data(), 2, threshold, /*add=*/false);
+    int64_t dropped = 0, both = 0, next = 0;
+    for (int64_t q = 0; q < T * C; ++q) {
+      ASSERT_TRUE(y[q] == 0.0f || y[q] == x[q]) << q;  // kept exactly
+      dropped += y[q] == 0;
+      both += y[q] == 0 && z[q] == 0;
+      if (q + 1 < T * C) next += y[q] == 0 && y[q + 1] == 0;
+    }
+    const double n = double(T * C), f = double(dropped) / n;
+    // 100k draws: the rate within 5 standard deviations, pairs as independent ones are.
+    const double sd = std::sqrt(p * (1 - p) / n) + 1e-12;
+    EXPECT_NEAR(f, p, 5 * sd);
+    EXPECT_NEAR(double(both) / n, p * p, 5 * std::sqrt(p * p / n) + 1e-12) << "two salts";
+    EXPECT_NEAR(double(next) / n, p * p, 5 * std::sqrt(p * p / n) + 1e-12) << "neighbours";
+    // add: y + masked x
+    std::vector<float> acc(T * C, 1.0f);
+    ops::dropout_mask(acc.data(), x.data(), T, C, keys.data(), 1, threshold, /*add=*/true);
+    for (int64_t q = 0; q < T * C; q += 97) ASSERT_EQ(acc[q], 1.0f + y[q]) << q;
+  }
+  EXPECT_EQ(ops::dropout_threshold(0.5), 0x80000000u);
+  EXPECT_EQ(ops::dropout_threshold(0.0), 0u);
+  EXPECT_EQ(ops::dropout_threshold(std::nextafter(1.0, 0.0)), 0xffffffffu);
+}
 
 // ---------------------------------------------------------------- models against PEFT
 

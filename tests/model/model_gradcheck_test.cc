@@ -1,7 +1,8 @@
 // The assembled models against finite differences, on configurations the HF fixtures do not
 // cover: tied embeddings, norm_topk_prob=false, top-1 and top-E routing, MQA, dense layers mixed
 // with MoE layers, several packed documents, DeepSeek-V3's attention and router variants, LoRA
-// adapters (every base weight frozen: exactly zero gradients, the adapters checked), GPT-OSS's
+// adapters (every base weight frozen: exactly zero gradients, the adapters checked; with
+// dropout, the training pass under fixed masks), GPT-OSS's
 // biases, sinks, sliding window and clamped GLU. Each
 // parameter tensor is checked at the elements with the largest gradients, where fp32 round-off in
 // the loss is small next to the signal.
@@ -31,8 +32,10 @@ struct Case {
   uint64_t seed = 7;
 };
 
-LoraSpec Lora(int64_t rank, double alpha, bool rslora, std::vector<std::string> targets) {
+LoraSpec Lora(int64_t rank, double alpha, bool rslora, std::vector<std::string> targets,
+              double dropout = 0) {
   LoraSpec s;
+  s.dropout = dropout;
   s.rank = rank;
   s.alpha = alpha;
   s.rslora = rslora;
@@ -127,6 +130,15 @@ std::vector<Case> Cases() {
                   {"router_aux_loss_coef", 0.2}});
   cases.push_back({"gpt_oss_sinks_window_biases", oss, {}, 1});
   cases.push_back({"gpt_oss_lora_attention", oss, Lora(2, 4.0, false, {"auto"}), 1});
+  // LoRA's dropout: with the batch's noise keys fixed, the training pass is a smooth function of
+  // the adapters, whose masked inputs and input gradients the checks cross.
+  cases.push_back(
+      {"qwen3_lora_all_linear_dropout", Base("qwen3"), Lora(3, 6.0, false, {"all-linear"}, 0.3)});
+  cases.push_back({"qwen3_moe_lora_attention_dropout", moe, Lora(2, 4.0, false, {"auto"}, 0.5)});
+  cases.push_back(
+      {"deepseek_v3_lora_mla_dropout", ds,
+       Lora(2, 3.0, false, {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"},
+            0.2)});
   return cases;
 }
 
@@ -164,6 +176,8 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
   labels[2] = labels[9] = -100;
   auto batch = Batch::Packed(ids, labels, {0, 5, 6, 13});
   ASSERT_TRUE(batch.ok()) << batch.status().message();
+  const bool drops = cfg->lora.dropout > 0;
+  if (drops) Batch::AppendNoise(11, 13, &batch->noise);
 
   model.ZeroGrads();
   auto info = model.ForwardBackward(*batch);
@@ -189,6 +203,16 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
     flipped |= routing(*f) != base_routing;
     return f->loss.loss;
   };
+  // Under dropout the loss differentiated is the training pass's (Forward drops nothing), and a
+  // flip shows in the experts' token counts.
+  if (drops) {
+    EXPECT_GT(std::fabs(info->loss - base->loss.loss), 1e-4) << "the masks changed nothing";
+  }
+  auto train_loss = [&] {
+    auto f = model.ForwardBackward(*batch);
+    flipped |= f->tokens_per_expert != info->tokens_per_expert;
+    return f->loss;
+  };
 
   // Adapters move every router's input at once (a flip is likelier): smaller steps for them.
   const double eps = GetParam().lora.enabled() ? 2e-3 : 1e-2;
@@ -213,9 +237,9 @@ TEST_P(ModelGradCheck, EveryParameterMatchesFiniteDifferences) {
       const float orig = p[at];
       flipped = false;
       p[at] = orig + float(eps);
-      const double lp = loss();
+      const double lp = drops ? train_loss() : loss();
       p[at] = orig - float(eps);
-      const double lm = loss();
+      const double lm = drops ? train_loss() : loss();
       p[at] = orig;
       const double num = (lp - lm) / (2 * eps);
       if (flipped) {

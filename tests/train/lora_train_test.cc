@@ -155,10 +155,7 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
   ASSERT_TRUE(RunTraining(first, nullptr).ok());
   const std::string ckpt3 = first.work_dir + "/checkpoints/step-00000003";
   ASSERT_TRUE(fs::exists(ckpt3));
-  TrainConfig resumed = first;
-  resumed.work_dir = first.work_dir + "-resumed";
-  testing::SeedResumeDir(first.work_dir, 3, resumed.work_dir);
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(first, 3);
   TrainConfig other = resumed;  // the same checkpoint, another rank
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
@@ -198,6 +195,47 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("this run has no LoRA"), std::string::npos)
       << bad.status().message();
+}
+
+// LoRA's dropout: its masks follow each row's place in the global batch, so a run with
+// micro-batches of one row gives the losses of one with two, a resumed run repeats the steps
+// bit for bit, and the masks move the losses away from a run without dropout. The adapter
+// written beside the export records the rate.
+TEST(LoraTraining, DropoutIsTheSameForAnyMicroBatchSizeAndResumesExactly) {
+  TrainConfig two = LoraRun("lora_dropout_two");
+  two.lora_dropout = 0.2;
+  two.checkpoint_every = 3;
+  two.export_at_end = true;
+  ASSERT_TRUE(RunTraining(two, nullptr).ok());
+  TrainConfig one = LoraRun("lora_dropout_one");
+  one.lora_dropout = 0.2;
+  one.micro_batch_size = 1;
+  ASSERT_TRUE(RunTraining(one, nullptr).ok());
+  TrainConfig none = LoraRun("lora_dropout_none");
+  ASSERT_TRUE(RunTraining(none, nullptr).ok());
+  const std::vector<double> a = Losses(two.work_dir), b = Losses(one.work_dir),
+                            c = Losses(none.work_dir);
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  ASSERT_EQ(c.size(), 6u);
+  double moved = 0;
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
+    moved = std::max(moved, std::abs(a[i] - c[i]));
+  }
+  EXPECT_GT(moved, 1e-3) << "the masks changed nothing";
+
+  TrainConfig resumed = testing::ResumedRun(two, 3);
+  resumed.export_at_end = false;
+  auto r = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> d = Losses(resumed.work_dir);
+  ASSERT_EQ(d.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(d[i], a[3 + i]) << "step " << 4 + i;
+
+  std::ifstream in(two.work_dir + "/hf-adapter/adapter_config.json");
+  ASSERT_TRUE(in.good());
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(in)["lora_dropout"].get<double>(), 0.2);
 }
 
 // A LoRA checkpoint names its base by fingerprint: resume and convert refuse a base that
@@ -260,7 +298,13 @@ TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
   const std::string base =
       "work_dir = \"w\"\n[model]\nload_from = \"m\"\n[[data.datasets]]\npath = \"d.jsonl\"\n";
   EXPECT_EQ(error(base + "[lora]\nrank = 8\nalpha = 16.0\n"), "ok");
-  EXPECT_NE(error(base + "[lora]\nrank = 8\ndropout = 0.05\n").find("lora.dropout"),
+  EXPECT_EQ(error(base + "[lora]\nrank = 8\ndropout = 0.05\n"), "ok");
+  EXPECT_NE(
+      error(base + "[lora]\nrank = 8\ndropout = 1.0\n").find("lora.dropout must be in [0, 1)"),
+      std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nrank = 8\ndropout = -0.1\n").find("lora.dropout"),
+            std::string::npos);
+  EXPECT_NE(error(base + "[lora]\ndropout = 0.1\n").find("lora.dropout is set but lora.rank is 0"),
             std::string::npos);
   EXPECT_NE(error(base + "[lora]\nalpha = 32.0\n").find("lora.rank is 0"), std::string::npos);
   EXPECT_NE(error(base + "[lora]\nrank = -1\n").find("lora.rank"), std::string::npos);

@@ -167,11 +167,8 @@ TEST(TrainBackend, ADeviceRunResumesAndExportsExactly) {
   ASSERT_TRUE(RunTraining(straight, nullptr).ok());
   // Before the exports of steps 2, 4 and 6 and the checkpoints of steps 3 and 6.
   EXPECT_EQ(g_syncs, 5);
-  TrainConfig resumed = straight;
-  resumed.work_dir = straight.work_dir + "-resumed";
+  TrainConfig resumed = testing::ResumedRun(straight, 3);
   resumed.export_every = 0;
-  resumed.resume = "auto";
-  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
   g_syncs = 0;
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();

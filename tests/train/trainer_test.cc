@@ -66,10 +66,7 @@ TEST(Trainer, ResumeIsBitExact) {
   ASSERT_TRUE(RunTraining(first, nullptr).ok());
   const std::string ckpt3 = first.work_dir + "/checkpoints/step-00000003";
   ASSERT_TRUE(fs::exists(ckpt3));  // keep_last 2 keeps steps 3 and 6
-  TrainConfig resumed = first;
-  resumed.work_dir = first.work_dir + "-resumed";
-  testing::SeedResumeDir(first.work_dir, 3, resumed.work_dir);
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(first, 3);
   auto r = RunTraining(resumed, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   std::vector<double> a = Losses(straight.work_dir), b = Losses(resumed.work_dir);
@@ -126,10 +123,7 @@ TEST(Trainer, DeepseekV3BalancesByBiasAndResumesExactly) {
   }
   EXPECT_TRUE(moved) << "the counts were balanced at every step: the test shows nothing";
   // Resume from step 3 gives the same steps 4..6 and the same parameters, biases included.
-  TrainConfig resumed = straight;
-  resumed.work_dir = straight.work_dir + "-resumed";
-  testing::SeedResumeDir(straight.work_dir, 3, resumed.work_dir);
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(straight, 3);
   auto rr = RunTraining(resumed, nullptr);
   ASSERT_TRUE(rr.ok()) << rr.status().message();
   const std::vector<double> tail = Losses(resumed.work_dir);
@@ -173,10 +167,7 @@ TEST(Trainer, GptOssTrainsResumesAndExports) {
   EXPECT_TRUE(file->contains("model.layers.1.mlp.experts.gate_up_proj"));
   EXPECT_FALSE(file->contains("model.layers.1.mlp.experts.0.gate_up_proj"));
 
-  TrainConfig resumed = c;
-  resumed.work_dir = c.work_dir + "-resumed";
-  testing::SeedResumeDir(c.work_dir, 3, resumed.work_dir);
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(c, 3);
   resumed.export_at_end = false;
   ASSERT_TRUE(RunTraining(resumed, nullptr).ok());
   const std::vector<double> tail = Losses(resumed.work_dir);
@@ -247,10 +238,7 @@ TEST(Trainer, GptOssTrainsOnHarmonyChatsAndResumes) {
   ASSERT_EQ(losses.size(), 4u);
   EXPECT_LT(losses.back(), losses.front());
 
-  TrainConfig resumed = c;
-  resumed.work_dir = c.work_dir + "-resumed";
-  testing::SeedResumeDir(c.work_dir, 2, resumed.work_dir);
-  resumed.resume = "auto";
+  TrainConfig resumed = testing::ResumedRun(c, 2);
   log = RunLog(resumed, &r);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_NE(log.find("harmony (reasoning high, current date that of the cached tokens)"),

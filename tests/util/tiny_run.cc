@@ -85,6 +85,14 @@ void SeedResumeDir(const std::string& from, int64_t step, const std::string& to)
   fs::copy(from + "/cache", to + "/cache", fs::copy_options::recursive);
 }
 
+TrainConfig ResumedRun(const TrainConfig& run, int64_t step) {
+  TrainConfig resumed = run;
+  resumed.work_dir = run.work_dir + "-resumed";
+  resumed.resume = "auto";
+  SeedResumeDir(run.work_dir, step, resumed.work_dir);
+  return resumed;
+}
+
 std::string TinyDeepseekV3Config() {
   const nlohmann::json mc = {{"model_type", "deepseek_v3"},
                              {"vocab_size", 3008},

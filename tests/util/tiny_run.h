@@ -22,6 +22,9 @@ TrainConfig LoraRun(const std::string& tag);
 // Makes `to` a work dir holding only the step-`step` checkpoint and the tokenized cache of the
 // run in work dir `from`: a run there with resume "auto" continues from that step.
 void SeedResumeDir(const std::string& from, int64_t step, const std::string& to);
+// `run` resumed from its step-`step` checkpoint in a work dir of its own (run.work_dir +
+// "-resumed", seeded by SeedResumeDir, resume "auto"): the config to run.
+TrainConfig ResumedRun(const TrainConfig& run, int64_t step);
 
 // The config.json of a tiny DeepSeek-V3 for the demo's tokenizer (vocab 3008): hidden 32, 2
 // layers (the first dense), 2 MLA heads, 6 experts in 3 groups keeping 2, top-2, a shared expert,

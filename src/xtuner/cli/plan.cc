@@ -16,6 +16,7 @@ namespace {
 struct PlanArgs {
   std::string model, precision = "fp32", device = "cpu", lora_targets = "auto";
   int64_t lora_rank = 0;
+  double lora_dropout = 0;
   PlanInputs in;
   bool row = false, header = false;
 };
@@ -26,6 +27,7 @@ Status RunPlan(PlanArgs o) {
     LoraSpec spec;
     spec.rank = o.lora_rank;
     spec.alpha = 1;  // the scale does not change the plan
+    spec.dropout = o.lora_dropout;
     spec.targets = SplitLoraTargets(o.lora_targets);
     XT_ASSIGN_OR_RETURN(o.in.model.lora, ResolveLora(spec, o.in.model, "plan: lora"));
   }
@@ -70,6 +72,9 @@ void AddPlan(CLI::App& app) {
                   "LoRA adapters of this rank (lora.rank): only they get gradients and moments")
       ->capture_default_str();
   cmd->add_option("--lora-targets", o.lora_targets, "lora.target_modules, with --lora-rank")
+      ->capture_default_str();
+  cmd->add_option("--lora-dropout", o.lora_dropout,
+                  "lora.dropout, with --lora-rank (the GPU masks each adapter's input in scratch)")
       ->capture_default_str();
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
   cmd->add_flag("--header", o.header, "with --row: print the table header first");

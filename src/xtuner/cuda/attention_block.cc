@@ -19,7 +19,8 @@ int64_t AttentionActs::Bytes() const {
 
 AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes,
                                const Batch& batch, const float* cos, const float* sin,
-                               bool bf16_attention, AttentionBf16Kernels kernels, void* stream)
+                               const uint64_t* noise, bool bf16_attention,
+                               AttentionBf16Kernels kernels, void* stream)
     : cfg_(cfg),
       mm_(mm),
       writes_(writes),
@@ -29,7 +30,7 @@ AttentionBlock::AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWri
       bf16_attention_(bf16_attention),
       kernels_(kernels),
       stream_(stream),
-      lora_(cfg.lora, mm, stream) {
+      lora_(cfg.lora, mm, noise, stream) {
   XT_CHECK(!bf16_attention || (!cfg.mla && !cfg.attention_sinks && cfg.num_sliding_layers() == 0),
            "AttentionBlock: the bf16 attention kernels take no latent attention, sinks or windows");
 }

@@ -51,8 +51,9 @@ class AttentionBlock {
   // One step's attention over `batch` (its cu_seqlens; T tokens); cos, sin: its RoPE tables
   // (T, head_dim / 2) on the device. The references and pointers outlive the object; work is
   // queued on `stream`.
+  // noise: the batch's keys on the device where LoRA's dropout drops, else null (LoraTerms).
   AttentionBlock(const ModelConfig& cfg, StepProducts& mm, GradWrites& writes, const Batch& batch,
-                 const float* cos, const float* sin, bool bf16_attention,
+                 const float* cos, const float* sin, const uint64_t* noise, bool bf16_attention,
                  AttentionBf16Kernels kernels, void* stream);
   AttentionBlock(const AttentionBlock&) = delete;
   AttentionBlock& operator=(const AttentionBlock&) = delete;

@@ -9,24 +9,36 @@
 // z is made again in the backward (T x r floats, as the CPU does), so nothing is kept between
 // the two. A weight without adapters costs nothing. Scratch: (T, r) and (T, rows) floats per
 // adapter, freed on the stream as each call ends.
+// With LoRA's dropout (noise: the batch's keys on the device) `in` is first masked by
+// cuda::DropoutMask (its bf16 copy in16 where given, else in: (T, in) scratch of that type), s
+// is LoraSpec::dropout_scale(), and the backward's dz A goes through (T, in) fp32 scratch to be
+// masked alike before it is added to din, as model/linear.cc does.
 #pragma once
 
 #include <cstdint>
 
 #include "xtuner/core/status.h"
+#include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/step_products.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/param_source.h"
 #include "xtuner/model/params.h"
+#include "xtuner/ops/dropout_mask.h"
 
 namespace xt::cuda {
 
 class LoraTerms {
  public:
   // The references outlive the object; work is queued on `stream`.
-  LoraTerms(const LoraSpec& spec, StepProducts& mm, void* stream)
+  // noise: the batch's noise keys (T) on the device when this pass drops (a training pass of a
+  // batch with keys, spec.dropout > 0), else null.
+  LoraTerms(const LoraSpec& spec, StepProducts& mm, const uint64_t* noise, void* stream)
       : rank_(spec.rank),
-        scale_(float(spec.enabled() ? spec.scale() : 0.0)),
+        scale_(float(!spec.enabled() ? 0.0
+                     : noise         ? spec.dropout_scale()
+                                     : spec.scale())),
+        noise_(noise),
+        threshold_(noise ? ops::dropout_threshold(spec.dropout) : 0),
         mm_(mm),
         stream_(stream) {}
   LoraTerms(const LoraTerms&) = delete;
@@ -47,8 +59,20 @@ class LoraTerms {
                   const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O);
 
  private:
+  // An adapter's input as its products read it: in / in16, or their masked copy.
+  struct Input {
+    const float* in = nullptr;
+    const uint16_t* in16 = nullptr;
+    DeviceArray<float> masked;
+    DeviceArray<uint16_t> masked16;
+  };
+  Status Mask(const LoraPiece& piece, const float* in, const uint16_t* in16, int64_t T, int64_t I,
+              Input* x);
+
   const int64_t rank_;
   const float scale_;
+  const uint64_t* const noise_;
+  const uint32_t threshold_;
   StepProducts& mm_;
   void* const stream_;
 };

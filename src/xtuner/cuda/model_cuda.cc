@@ -101,6 +101,7 @@ struct CudaModel::Buffers {
   std::vector<Layer> layers;
   F h_final, rstd_final;
   DeviceArray<double> count, prob_sum;  // (E): pooled balancing statistics
+  DeviceArray<uint64_t> noise;          // (T): the batch's noise keys where LoRA's dropout drops
 };
 
 CudaModel::CudaModel(const ModelConfig& cfg, int64_t expert_begin, int64_t expert_count)
@@ -356,7 +357,6 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
   // The step's products, fp32 or bf16, the grouped ones over the experts this rank runs (all of
   // them, or its slice under expert parallelism).
   StepProducts mm(blas, units16, writes, bf16, ep_ ? layout_.expert_count : E, s);
-  LoraTerms lora(cfg_.lora, mm, s);  // the dense MLPs' adapters (attention's: AttentionBlock)
 
   Buffers bu;
   {
@@ -365,8 +365,12 @@ Result<LossInfo> CudaModel::Run(const Batch& b, double ce_weight, double aux_wei
     XT_RETURN_IF_ERROR(bu.cos.Upload(cos.data(), int64_t(cos.size()), s));
     XT_RETURN_IF_ERROR(bu.sin.Upload(sin.data(), int64_t(sin.size()), s));
   }
-  AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bf16_attention,
-                           attention_kernels_, s);
+  // LoRA's dropout: every pass here trains (the backward, or its router statistics).
+  if (cfg_.lora.dropout > 0 && !b.noise.empty())
+    XT_RETURN_IF_ERROR(bu.noise.Upload(b.noise.data(), T, s));
+  LoraTerms lora(cfg_.lora, mm, bu.noise.get(), s);  // the dense MLPs' (attention's: its block)
+  AttentionBlock attention(cfg_, mm, writes, b, bu.cos.get(), bu.sin.get(), bu.noise.get(),
+                           bf16_attention, attention_kernels_, s);
   MoeBlock moe(cfg_, mm, writes, ep_, ep_ ? layout_.expert_count : E, rows16, T, s);
   XT_RETURN_IF_ERROR(mark("embedding"));
   XT_RETURN_IF_ERROR(bu.ids.Upload(b.ids.data(), T, s));

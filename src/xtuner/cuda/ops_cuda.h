@@ -117,6 +117,14 @@ Status ScaleColumns(float* out, int64_t out_stride, int64_t out_at, const uint16
                     int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
                     bool add, void* stream = nullptr);
 
+// ---------------------------------------------------------------- dropout masks (LoRA)
+// ops::dropout_mask, bit for bit: out (T, C) = in masked (add: out += that), keys (T) on the
+// device. The second form masks bf16 values (uint16_t bits), assigned: a dropped element is +0.
+Status DropoutMask(float* out, const float* in, int64_t T, int64_t C, const uint64_t* keys,
+                   uint64_t salt, uint32_t threshold, bool add, void* stream = nullptr);
+Status DropoutMask(uint16_t* out, const uint16_t* in, int64_t T, int64_t C, const uint64_t* keys,
+                   uint64_t salt, uint32_t threshold, void* stream = nullptr);
+
 // ---------------------------------------------------------------- embedding
 // ops::embedding_forward: out (T, H) = table (V, H)[ids (T)]; ids in [0, V) (not checked).
 Status EmbeddingForward(float* out, const int32_t* ids, const float* table, int64_t T, int64_t H,

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "xtuner/core/rng.h"
 #include "xtuner/loss/cross_entropy.h"
 
 namespace xt {
@@ -61,6 +62,13 @@ Batch Batch::Empty() {
   return b;
 }
 
+void Batch::AppendNoise(uint64_t row_key, int64_t n, std::vector<uint64_t>* noise) {
+  for (int64_t t = 0; t < n; ++t) {
+    uint64_t state = row_key + uint64_t(t) * 0xd1342543de82ef95ull;
+    noise->push_back(SplitMix64(&state));
+  }
+}
+
 Status Batch::Validate(int64_t vocab_size) const {
   const int64_t T = num_tokens();
   if (T == 0 && cu_seqlens.size() == 1 && cu_seqlens[0] == 0 && targets.empty() &&
@@ -69,6 +77,9 @@ Status Batch::Validate(int64_t vocab_size) const {
   if (T == 0) return Status::Error("batch: no tokens");
   if (int64_t(targets.size()) != T || int64_t(positions.size()) != T)
     return Status::Error("batch: ids, positions and targets differ in length");
+  if (!noise.empty() && int64_t(noise.size()) != T)
+    return Status::Error("batch: " + std::to_string(noise.size()) + " noise keys for " +
+                         std::to_string(T) + " tokens");
   if (cu_seqlens.size() < 2 || cu_seqlens.front() != 0 || cu_seqlens.back() != T)
     return Status::Error("batch: cu_seqlens must start at 0 and end at " + std::to_string(T));
   for (size_t d = 0; d + 1 < cu_seqlens.size(); ++d)

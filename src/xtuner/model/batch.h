@@ -14,6 +14,10 @@ struct Batch {
   std::vector<int32_t> cu_seqlens;  // (docs + 1): document d is tokens [cu[d], cu[d+1])
   std::vector<int32_t> positions;   // (T): restart at 0 in every document
   std::vector<int32_t> targets;     // (T): the next token's label, or -100 (no loss)
+  // (T) or empty: each token's key for the training noise, LoRA's dropout masks
+  // (ops/dropout_mask.h; the trainer's are NoiseKeys). Empty: no dropout (evaluation,
+  // generation, or a run without it).
+  std::vector<uint64_t> noise;
 
   int64_t num_tokens() const { return int64_t(ids.size()); }
   int64_t num_docs() const { return int64_t(cu_seqlens.size()) - 1; }
@@ -29,6 +33,8 @@ struct Batch {
   // No tokens and no documents: a rank's turn in a step's collectives when it has no rows left
   // (its experts still serve the other ranks' tokens). The only batch of 0 tokens Validate takes.
   static Batch Empty();
+  // The noise keys of a row of `n` tokens: token t's is a hash of row_key and t.
+  static void AppendNoise(uint64_t row_key, int64_t n, std::vector<uint64_t>* noise);
   bool empty() const { return ids.empty(); }
   // Checks ids and targets against the vocabulary and the cu_seqlens structure.
   Status Validate(int64_t vocab_size) const;

@@ -56,8 +56,15 @@ struct LoraSpec {
   // MLA q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj): every linear layer whose name ends
   // with one is adapted. Checked and expanded by ResolveLora (model/lora.h).
   std::vector<std::string> targets;
+  // PEFT's lora_dropout: the probability, in [0, 1), that an element of an adapter's input is
+  // dropped in training (Batch::noise draws the masks). A training setting, not part of the
+  // layout: LoraSpecToJson leaves it out.
+  double dropout = 0;
   bool enabled() const { return rank > 0; }
   double scale() const;
+  // The adapters' scale in a pass that drops: scale() / (1 - dropout). The dropout's 1 / (1 - p)
+  // goes with the scale, so that the masked input is the input's own values (exact in bf16 too).
+  double dropout_scale() const { return scale() / (1.0 - dropout); }
   bool Targets(const std::string& module) const;
 };
 

@@ -7,9 +7,11 @@
 
 namespace xt {
 
-// One adapter, resolved to pointers: A (rank, in), B (rows, rank) adding scale * (in A^T) B^T to
-// output columns [row0, row0 + rows); da and db (same shapes) take its gradients (+=), or are
-// null in a forward-only pass.
+// One adapter, resolved to pointers: A (rank, in), B (rows, rank) adding scale * (x A^T) B^T to
+// output columns [row0, row0 + rows), x its input; da and db (same shapes) take its gradients
+// (+=), or are null in a forward-only pass. With LoRA's dropout (noise set: the batch's keys,
+// (T)) x is the input masked by ops::dropout_mask with salt and threshold, and scale is
+// LoraSpec::dropout_scale(); the input's gradient is masked alike.
 struct LoraRef {
   const float* a = nullptr;
   const float* b = nullptr;
@@ -17,6 +19,9 @@ struct LoraRef {
   float* db = nullptr;
   int64_t row0 = 0, rows = 0, rank = 0;
   float scale = 1;
+  const uint64_t* noise = nullptr;
+  uint64_t salt = 0;
+  uint32_t threshold = 0;
 };
 
 // W (O, I), its gradient dw (+=; null: frozen, or no backward), its bias b (O) or null, whose

@@ -84,6 +84,9 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));
   if (!std::isfinite(spec.alpha) || spec.alpha <= 0 || !std::isfinite(float(spec.scale())))
     return Status::Error(what + ".alpha must be > 0 and give a finite fp32 scale (alpha / rank)");
+  if (!(spec.dropout >= 0 && spec.dropout < 1))
+    return Status::Error(what + ".dropout must be in [0, 1), not " +
+                         DumpJson(nlohmann::json(spec.dropout)));
   const std::vector<std::string> known = LoraTargetNames(cfg);
   const std::string key = what + ".target_modules";
   if (spec.targets.empty()) return Status::Error(key + " is empty: name the layers to adapt");
@@ -369,7 +372,7 @@ Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const 
                       {"base_model_name_or_path", base_model},
                       {"r", cfg.lora.rank},
                       {"lora_alpha", cfg.lora.alpha},
-                      {"lora_dropout", 0.0},
+                      {"lora_dropout", cfg.lora.dropout},
                       {"use_rslora", cfg.lora.rslora},
                       {"target_modules", cfg.lora.targets},
                       {"bias", "none"},

@@ -42,9 +42,10 @@ struct ParamInfo {
 
 // A LoRA adapter of a linear layer: A (rank, in) at offset a, B (rows, rank) at offset b, adding
 // to output rows [row0, row0 + rows) of the weight at offset `base` (a dense MLP's gate_proj and
-// up_proj are the two halves of its one fused gate_up weight).
+// up_proj are the two halves of its one fused gate_up weight). id: its place among the model's
+// adapters in slab order, the same in every rank's layout (its dropout mask's salt).
 struct LoraPiece {
-  int64_t base = -1, row0 = 0, rows = 0, in = 0, a = -1, b = -1;
+  int64_t base = -1, row0 = 0, rows = 0, in = 0, a = -1, b = -1, id = 0;
 };
 
 // Offsets (in floats) of one decoder layer's weights; -1 where the layer has no such weight.

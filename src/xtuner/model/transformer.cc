@@ -9,6 +9,7 @@
 #include "xtuner/model/rope_tables.h"
 #include "xtuner/model/swiglu_mlp.h"
 #include "xtuner/model/transformer_acts.h"
+#include "xtuner/ops/dropout_mask.h"
 #include "xtuner/ops/ops.h"
 
 namespace xt {
@@ -90,6 +91,12 @@ Linear Transformer::Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int6
     r.rows = piece.rows;
     r.rank = cfg_.lora.rank;
     r.scale = float(cfg_.lora.scale());
+    if (noise_) {  // LoRA's dropout (a training pass)
+      r.noise = noise_;
+      r.salt = uint64_t(piece.id);
+      r.threshold = ops::dropout_threshold(cfg_.lora.dropout);
+      r.scale = float(cfg_.lora.dropout_scale());
+    }
     lin.lora.push_back(r);
   }
   return lin;
@@ -258,6 +265,10 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
                                   double aux_weight, ForwardOutputs* out, bool want_logits,
                                   bool want_hidden, const BalancePool* pool, bool layers_only) {
   XT_RETURN_IF_ERROR(b.Validate(cfg_.vocab_size));
+  // LoRA's dropout drops in the training passes (the backward's, and its router statistics),
+  // by the batch's noise keys.
+  const bool drops = cfg_.lora.dropout > 0 && (backward || layers_only) && !b.noise.empty();
+  noise_ = drops ? b.noise.data() : nullptr;
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
   const bool tied = cfg_.tie_word_embeddings;
   const int64_t head = layout_.head_unit();
@@ -418,6 +429,7 @@ Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvC
   b.targets.assign(T, kIgnoreIndex);
   for (int64_t t = 0; t < T; ++t) b.positions.push_back(int32_t(cache->length + t));
   XT_RETURN_IF_ERROR(b.Validate(V));
+  noise_ = nullptr;  // no dropout in generation
   Acts acts;
   acts.layers.resize(cfg_.num_layers);
   ComputeRope(b, &acts);

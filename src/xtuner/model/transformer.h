@@ -161,6 +161,7 @@ class Transformer {
   ParamSource* source_ = nullptr;
   Comm* ep_ = nullptr;
   int64_t recompute_layers_ = 0;
+  const uint64_t* noise_ = nullptr;  // the running batch's noise keys where LoRA's dropout drops
 };
 
 }  // namespace xt

@@ -112,6 +112,14 @@ void scale_columns(float* out, int64_t out_stride, int64_t out_at, const float* 
                    int64_t in_stride, int64_t in_at, int64_t N, int64_t width, float scale,
                    bool add);
 
+// ---------------------------------------------------------------- dropout masks (LoRA)
+// out (T, C) = in (T, C) with the elements a dropout mask drops set to zero, or with add
+// out += that: element (t, c) is kept where
+// dropout_keep(dropout_row_key(keys[t], salt), c, threshold) (ops/dropout_mask.h). The scale
+// 1 / (1 - p) of the kept elements is the caller's. out may be in (not with add).
+void dropout_mask(float* out, const float* in, int64_t T, int64_t C, const uint64_t* keys,
+                  uint64_t salt, uint32_t threshold, bool add);
+
 // ---------------------------------------------------------------- attention (packed, causal)
 // GPT-OSS's two variations on causal attention, both off by default:
 //  - sinks (Hq): a learned logit per query head that joins the denominator of every softmax of

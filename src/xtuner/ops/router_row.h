@@ -7,11 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define XT_HOST_DEVICE __host__ __device__
-#else
-#define XT_HOST_DEVICE
-#endif
+#include "xtuner/ops/host_device.h"
 
 namespace xt::ops {
 

@@ -173,7 +173,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
   // input for a weight gradient (base_b); each adapter of the weight at layout offset w of the
   // layer whose offsets are o takes scratch while its product runs (forward: z (T, r) and y (T,
   // rows); backward: z, dz and dy (T, rows)), rounding z or dy, and in the backward the adapted
-  // input again where it is not held in bf16 (`in` elements; 0: held).
+  // input again where it is not held in bf16 (`in` elements; 0: held). With LoRA's dropout the
+  // adapter's input is masked first into (T, in) scratch, bf16 where it is held so, else fp32,
+  // and the backward's dz A takes (T, in) fp32 before it is masked into din.
   const bool base_grads = !c.lora.enabled();
   auto base_b = [&](int64_t elements) {
     if (base_grads) round_b(elements);
@@ -186,17 +188,22 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     return lora_layout ? lora_layout->layers[l] : no_adapters;
   };
   const int64_t r = c.lora.rank;
-  auto lora_forward = [&](const LayerOffsets& o, int64_t w) {
+  const bool drops = c.lora.enabled() && c.lora.dropout > 0;
+  auto masked = [&](const LoraPiece& p, int64_t in) {
+    return drops ? Rounded(T * p.in * (bf16 && in == 0 ? kBf16 : kF32)) : 0;
+  };
+  auto lora_forward = [&](const LayerOffsets& o, int64_t w, int64_t in) {
     for (const LoraPiece& p : o.lora)
       if (p.base == w) {
-        pool.Transient(Rounded(T * r * kF32) + Rounded(T * p.rows * kF32));
+        pool.Transient(masked(p, in) + Rounded(T * r * kF32) + Rounded(T * p.rows * kF32));
         round_a(T * r);
       }
   };
   auto lora_backward = [&](const LayerOffsets& o, int64_t w, int64_t in) {
     for (const LoraPiece& p : o.lora)
       if (p.base == w) {
-        pool.Transient(2 * Rounded(T * r * kF32) + Rounded(T * p.rows * kF32));
+        pool.Transient(masked(p, in) + 2 * Rounded(T * r * kF32) + Rounded(T * p.rows * kF32) +
+                       (drops ? Rounded(T * p.in * kF32) : 0));
         round_a(in), round_a(T * p.rows), round_a(T * r);
         round_b(T * r), round_b(in);
       }
@@ -204,9 +211,10 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
 
   // ---- the step's start: RoPE tables, ids, the residual stream, the balancing statistics.
   pool.At("the forward");
-  Buf cos(&pool), sin(&pool), ids(&pool), count(&pool), prob_sum(&pool);
+  Buf cos(&pool), sin(&pool), noise(&pool), ids(&pool), count(&pool), prob_sum(&pool);
   cos.Alloc(T * (c.rope_dim() / 2) * kF32);
   sin.Alloc(T * (c.rope_dim() / 2) * kF32);
+  if (drops) noise.Alloc(T * 8);  // the batch's noise keys
   ids.Alloc(T * kI32);
   std::vector<Buf> x;
   x.reserve(L + 1);
@@ -229,7 +237,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       at[7].Alloc(T * Hq * kF32);
       at[8].Alloc(T * Hkv * kF32);
     }
-    for (int64_t w : {o.wq, o.wk, o.wv}) lora_forward(o, w);
+    for (int64_t w : {o.wq, o.wk, o.wv}) lora_forward(o, w, 0);
     if (bf16_attention) {  // q, k (after RoPE) and v kept in bf16, the fp32 ones freed
       at[14].Alloc(T * Hq * D * kBf16), at[2].Free();
       at[15].Alloc(T * Hkv * D * kBf16), at[3].Free();
@@ -240,7 +248,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     if (bf16_attention) at[17].Alloc(T * Hq * D * kBf16), at[9].Free();  // attn kept in bf16
     at[11].Alloc(T * H * kF32);                                          // x_mid
     if (!bf16_attention) round_a(T * Hq * D);                            // o_proj's input
-    lora_forward(o, o.wo);
+    lora_forward(o, o.wo, bf16_attention ? 0 : T * Hq * D);
   };
   // Multi-head latent attention's (cuda/mla_block.cc), on the fp32 attention kernels.
   auto mla_forward = [&](Layer& a, const LayerOffsets& o) {
@@ -250,19 +258,19 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       m[0].Alloc(T * Rq * kF32);  // qa, qa_n, qa_rstd
       m[1].Alloc(T * Rq * kF32);
       m[2].Alloc(T * kF32);
-      lora_forward(o, o.q_a);
+      lora_forward(o, o.q_a, 0);
       round_a(T * Rq);
     }
-    lora_forward(o, o.wq);  // q_b, or q_proj
+    lora_forward(o, o.wq, T * Rq);  // q_b (of qa_n), or q_proj (of h1: Rq 0)
     Buf ckv(&pool), kvb(&pool), kr(&pool);
     ckv.Alloc(T * (Rkv + dr) * kF32);
-    lora_forward(o, o.kv_a);
+    lora_forward(o, o.kv_a, 0);
     m[3].Alloc(T * Rkv * kF32);  // kv_c, kv_n, kv_rstd
     m[4].Alloc(T * Rkv * kF32);
     m[5].Alloc(T * kF32);
     kvb.Alloc(T * Hq * (dn + dv) * kF32);
     round_a(T * Rkv);
-    lora_forward(o, o.kv_b);
+    lora_forward(o, o.kv_b, T * Rkv);
     kr.Alloc(T * dr * kF32);
     ckv.Free();
     pool.Transient(Rounded(T * Hq * dr * kF32));  // the queries' rope columns
@@ -277,7 +285,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     padded.Free();
     at[11].Alloc(T * H * kF32);  // x_mid
     round_a(T * Hq * dv);        // o_proj's input
-    lora_forward(o, o.wo);
+    lora_forward(o, o.wo, T * Hq * dv);
   };
 
   auto forward = [&](int64_t l) {
@@ -299,9 +307,9 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       at[12].Alloc(T * H * act_size);  // h2
       a.gu.Alloc(T * 2 * I * kF32);
       a.act.Alloc(T * I * act_size);
-      lora_forward(o, o.gate_up);
+      lora_forward(o, o.gate_up, 0);
       if (bf16) a.gu16.Alloc(T * 2 * I * kBf16), a.gu.Free();
-      lora_forward(o, o.down);
+      lora_forward(o, o.down, 0);
       return;
     }
     at[12].Alloc(T * H * kF32);  // h2: the router's input too

@@ -9,9 +9,11 @@
 #include <variant>
 
 #include "xtuner/core/file_util.h"
+#include "xtuner/core/json.h"
 #include "xtuner/core/utf8.h"
 #include "xtuner/data/chat_template.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/lora.h"
 
 namespace xt {
 
@@ -68,7 +70,8 @@ const std::vector<Key>& Schema() {
        "Rows of max_length tokens per optimizer step, over all ranks."},
       {"train.micro_batch_size", &C::micro_batch_size,
        "Rows per forward/backward; gradients accumulate over the global batch."},
-      {"train.seed", &C::seed, "Seed of the data order and the random initialisation."},
+      {"train.seed", &C::seed,
+       "Seed of the data order, the random initialisation and LoRA's dropout masks."},
       {"train.precision", &C::precision,
        "fp32 | bf16: bf16 rounds every matmul's inputs (fp32 sums, AMX / AVX-512 BF16 through "
        "oneDNN; on a CPU without them the rounded inputs through fp32 sgemm, the same products); "
@@ -116,7 +119,10 @@ const std::vector<Key>& Schema() {
        "all-linear, or auto: every linear layer of a dense model, the attention projections of "
        "one with routed experts (which take no adapters)."},
       {"lora.rslora", &C::lora_rslora, "Rank-stabilised LoRA: the scale is alpha / sqrt(rank)."},
-      {"lora.dropout", &C::lora_dropout, "Dropout on the adapters' input: only 0 for now."},
+      {"lora.dropout", &C::lora_dropout,
+       "PEFT's lora_dropout: the probability that an element of an adapter's input is dropped "
+       "in training (the kept ones scaled by 1 / (1 - dropout)); masks drawn from train.seed, "
+       "the step and each token's place in the global batch, the same on any mesh."},
       {"lora.adapter", &C::lora_adapter,
        "A PEFT adapter directory to start from (its r, lora_alpha, use_rslora must match); "
        "\"\": A uniform, B zero, as PEFT initialises them."},
@@ -470,8 +476,9 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.lora_rank > 0) {
     if (!(c.lora_alpha > 0 && std::isfinite(c.lora_alpha)))
       return err("lora.alpha must be a finite value > 0");
-    if (c.lora_dropout != 0)
-      return err("lora.dropout: only 0 is implemented (the adapters train without dropout)");
+    if (!(c.lora_dropout >= 0 && c.lora_dropout < 1))
+      return err("lora.dropout must be in [0, 1) (PEFT's lora_dropout), not " +
+                 DumpJson(nlohmann::json(c.lora_dropout)));
     if (c.load_from.empty())
       return err(
           "lora.rank > 0 adapts a trained model: set model.load_from (model.model_config starts "
@@ -569,6 +576,16 @@ std::string ConfigToToml(const TrainConfig& c) {
   std::ostringstream os;
   os << root << "\n";
   return os.str();
+}
+
+LoraSpec LoraSpecOf(const TrainConfig& c) {
+  LoraSpec spec;
+  spec.rank = c.lora_rank;
+  spec.alpha = c.lora_alpha;
+  spec.rslora = c.lora_rslora;
+  spec.dropout = c.lora_dropout;
+  spec.targets = SplitLoraTargets(c.lora_target_modules);
+  return spec;
 }
 
 }  // namespace xt

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/model/config.h"
 
 namespace xt {
 
@@ -64,7 +65,7 @@ struct TrainConfig {
   double lora_alpha = 16.0;
   std::string lora_target_modules = "auto";
   bool lora_rslora = false;
-  double lora_dropout = 0.0;  // only 0 for now
+  double lora_dropout = 0.0;  // in [0, 1)
   std::string lora_adapter;   // a PEFT adapter to start from ("": PEFT's initialisation)
 
   // [optim]
@@ -119,5 +120,8 @@ Status ValidateTrainConfig(const TrainConfig& cfg);
 std::string ConfigReferenceMarkdown();
 // The effective configuration as TOML (written to the work dir for reproducibility).
 std::string ConfigToToml(const TrainConfig& cfg);
+
+// The run's [lora] as the model takes it (before ResolveLora checks and expands it).
+LoraSpec LoraSpecOf(const TrainConfig& c);
 
 }  // namespace xt

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "xtuner/core/rng.h"
 #include "xtuner/train/metrics_flops.h"
 
 namespace xt {
@@ -147,11 +148,15 @@ Result<TrainData> PrepareTrainData(const TrainConfig& cfg, int64_t vocab_size, s
 }
 
 Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows,
-                                   int64_t window) {
+                                   int64_t window, const std::vector<uint64_t>& row_noise) {
+  XT_CHECK(row_noise.empty() || row_noise.size() == rows.size(),
+           "BuildMicroBatch: one noise key per row");
   std::vector<int64_t> ids, labels, cu = {0};
+  std::vector<uint64_t> noise;
   MicroBatch mb;
-  for (int64_t r : rows) {
-    PackedRow row = BuildRow(data.plan, r, *data.cache);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    PackedRow row = BuildRow(data.plan, rows[i], *data.cache);
+    if (!row_noise.empty()) Batch::AppendNoise(row_noise[i], int64_t(row.input_ids.size()), &noise);
     const int64_t base = int64_t(ids.size());
     for (size_t d = 0; d + 1 < row.cu_seqlens.size(); ++d) {
       const int64_t len = row.cu_seqlens[d + 1] - row.cu_seqlens[d];
@@ -167,7 +172,19 @@ Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int6
     labels.insert(labels.end(), row.labels.begin(), row.labels.end());
   }
   XT_ASSIGN_OR_RETURN(mb.batch, Batch::Packed(ids, labels, cu));
+  mb.batch.noise = std::move(noise);
   return mb;
+}
+
+std::vector<uint64_t> RowNoiseKeys(uint64_t seed, int64_t step, int64_t first, int64_t n) {
+  std::vector<uint64_t> keys;
+  for (int64_t j = first; j < first + n; ++j) {
+    uint64_t state = seed ^ 0x6c6f72615f6e6f69ull;  // "lora_noi"
+    state = SplitMix64(&state) + uint64_t(step);
+    state = SplitMix64(&state) + uint64_t(j);
+    keys.push_back(SplitMix64(&state));
+  }
+  return keys;
 }
 
 }  // namespace xt

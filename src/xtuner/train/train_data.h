@@ -52,7 +52,13 @@ struct MicroBatch {
   int64_t tokens = 0, masked = 0;
   double sum_doc_len_sq = 0, sum_windowed_len_sq = 0;
 };
+// row_noise: empty, or a key per row (RowNoiseKeys) from which its tokens' Batch::noise is drawn.
 Result<MicroBatch> BuildMicroBatch(const TrainData& data, const std::vector<int64_t>& rows,
-                                   int64_t window = 0);
+                                   int64_t window = 0, const std::vector<uint64_t>& row_noise = {});
+
+// The noise keys of rows [first, first + n) of step `step`'s global batch (LoRA's dropout
+// masks): each a hash of the run's seed, the step and the row's place alone, so that a row draws
+// the same masks on any mesh and with any micro_batch_size, and again when its step is resumed.
+std::vector<uint64_t> RowNoiseKeys(uint64_t seed, int64_t step, int64_t first, int64_t n);
 
 }  // namespace xt

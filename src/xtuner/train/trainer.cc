@@ -59,12 +59,7 @@ Result<ModelConfig> LoadModelConfig(const TrainConfig& cfg) {
                       ModelConfig::Load(cfg.load_from.empty() ? cfg.model_config : cfg.load_from));
   if (cfg.aux_loss_coef >= 0) mc.router_aux_loss_coef = cfg.aux_loss_coef;
   if (cfg.lora_rank == 0) return mc;
-  LoraSpec spec;
-  spec.rank = cfg.lora_rank;
-  spec.alpha = cfg.lora_alpha;
-  spec.rslora = cfg.lora_rslora;
-  spec.targets = SplitLoraTargets(cfg.lora_target_modules);
-  XT_ASSIGN_OR_RETURN(mc.lora, ResolveLora(spec, mc, "lora"));
+  XT_ASSIGN_OR_RETURN(mc.lora, ResolveLora(LoraSpecOf(cfg), mc, "lora"));
   return mc;
 }
 
@@ -458,9 +453,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     const int64_t trainable = AdapterParams(ParamLayout(mc));
     std::string targets;
     for (const std::string& t : mc.lora.targets) targets += (targets.empty() ? "" : ",") + t;
-    char line[160];
-    std::snprintf(line, sizeof line, "rank %lld, scale %g on %s: %.3g%% of the parameters train",
-                  (long long)mc.lora.rank, mc.lora.scale(), targets.c_str(),
+    char line[256], dropout[32] = "";
+    if (mc.lora.dropout > 0)
+      std::snprintf(dropout, sizeof dropout, ", dropout %g", mc.lora.dropout);
+    std::snprintf(line, sizeof line, "rank %lld, scale %g%s on %s: %.3g%% of the parameters train",
+                  (long long)mc.lora.rank, mc.lora.scale(), dropout, targets.c_str(),
                   100.0 * double(trainable) / double(total_params));
     sum.extra.push_back({"run", "LoRA", line});
   }
@@ -507,7 +504,10 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     for (size_t i = 0; i < rows.size(); i += size_t(micro)) {
       std::vector<int64_t> part(rows.begin() + i,
                                 rows.begin() + std::min(rows.size(), i + size_t(micro)));
-      XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part, mc.sliding_window));
+      const std::vector<uint64_t> noise = RowNoiseKeys(  // LoRA's dropout: by the rows' places
+          uint64_t(cfg.seed), state.step, row_begin(mesh.rank) + int64_t(i),
+          mc.lora.dropout > 0 ? int64_t(part.size()) : 0);
+      XT_ASSIGN_OR_RETURN(MicroBatch mb, BuildMicroBatch(data, part, mc.sliding_window, noise));
       stats[0] += double(mb.batch.num_loss_tokens());
       stats[1] += double(mb.tokens);
       stats[2] += double(mb.masked);
