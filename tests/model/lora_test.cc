@@ -362,6 +362,16 @@ TEST(LoraSpec, WhatCannotBeAdaptedIsRefusedByName) {
   LoraSpec bad_alpha = Spec({"q_proj"});
   bad_alpha.alpha = -1;
   EXPECT_NE(msg(bad_alpha, "qwen3_dense_tiny").find("lora.alpha"), std::string::npos);
+  LoraSpec dropout = Spec({"q_proj"});
+  dropout.dropout = 1;
+  EXPECT_NE(msg(dropout, "qwen3_dense_tiny").find("lora.dropout must be in [0, 1)"),
+            std::string::npos);
+  dropout.dropout = 0.9;  // alpha / rank finite in fp32, alpha / rank / (1 - dropout) not
+  dropout.alpha = 1e38;
+  dropout.rank = 1;
+  EXPECT_NE(msg(dropout, "qwen3_dense_tiny").find("finite fp32 scale"), std::string::npos);
+  dropout.alpha = 8;
+  EXPECT_EQ(msg(dropout, "qwen3_dense_tiny"), "ok");
 }
 
 // A copy of a fixture adapter with its config edited, or its tensors replaced.

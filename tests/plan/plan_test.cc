@@ -466,6 +466,14 @@ TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
   run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --device tpu");
   EXPECT_EQ(run.code, 1);
   EXPECT_NE(run.output.find("--device must be cpu or cuda"), std::string::npos) << run.output;
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --lora-dropout 0.1");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("--lora-dropout need --lora-rank"), std::string::npos) << run.output;
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --lora-rank 8 --lora-dropout 1");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_NE(run.output.find("lora.dropout must be in [0, 1)"), std::string::npos) << run.output;
+  run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --lora-rank 8 --lora-dropout 0.1");
+  EXPECT_EQ(run.code, 0) << run.output;
 }
 
 }  // namespace

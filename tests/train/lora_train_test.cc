@@ -233,9 +233,18 @@ TEST(LoraTraining, DropoutIsTheSameForAnyMicroBatchSizeAndResumesExactly) {
   ASSERT_EQ(d.size(), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(d[i], a[3 + i]) << "step " << 4 + i;
 
-  std::ifstream in(two.work_dir + "/hf-adapter/adapter_config.json");
-  ASSERT_TRUE(in.good());
-  EXPECT_DOUBLE_EQ(nlohmann::json::parse(in)["lora_dropout"].get<double>(), 0.2);
+  // The adapters the run exports, and the one xtuner convert gives back (from the run's
+  // config.toml), record the rate.
+  const std::string out = testing::TempDir("lora_dropout_convert");
+  auto cli = testing::RunXtuner("convert --checkpoint " + two.work_dir +
+                                "/checkpoints/step-00000006 --out " + out + "/hf --adapter-out " +
+                                out + "/adapter");
+  ASSERT_EQ(cli.code, 0) << cli.output;
+  for (const std::string& dir : {two.work_dir + "/hf-adapter", out + "/adapter"}) {
+    std::ifstream in(dir + "/adapter_config.json");
+    ASSERT_TRUE(in.good()) << dir;
+    EXPECT_DOUBLE_EQ(nlohmann::json::parse(in)["lora_dropout"].get<double>(), 0.2) << dir;
+  }
 }
 
 // A LoRA checkpoint names its base by fingerprint: resume and convert refuse a base that
@@ -304,6 +313,7 @@ TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
       std::string::npos);
   EXPECT_NE(error(base + "[lora]\nrank = 8\ndropout = -0.1\n").find("lora.dropout"),
             std::string::npos);
+  EXPECT_NE(error(base + "[lora]\nrank = 8\ndropout = nan\n").find("not nan"), std::string::npos);
   EXPECT_NE(error(base + "[lora]\ndropout = 0.1\n").find("lora.dropout is set but lora.rank is 0"),
             std::string::npos);
   EXPECT_NE(error(base + "[lora]\nalpha = 32.0\n").find("lora.rank is 0"), std::string::npos);

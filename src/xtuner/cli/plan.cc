@@ -23,6 +23,8 @@ struct PlanArgs {
 
 Status RunPlan(PlanArgs o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
+  if (o.lora_rank == 0 && (o.lora_dropout != 0 || o.lora_targets != PlanArgs().lora_targets))
+    return Status::Error("plan: --lora-targets and --lora-dropout need --lora-rank");
   if (o.lora_rank != 0) {  // as a run's [lora]: the targets by name, comma-separated
     LoraSpec spec;
     spec.rank = o.lora_rank;

@@ -15,7 +15,7 @@ struct Batch {
   std::vector<int32_t> positions;   // (T): restart at 0 in every document
   std::vector<int32_t> targets;     // (T): the next token's label, or -100 (no loss)
   // (T) or empty: each token's key for the training noise, LoRA's dropout masks
-  // (ops/dropout_mask.h; the trainer's are NoiseKeys). Empty: no dropout (evaluation,
+  // (ops/dropout_mask.h; the trainer's from RowNoiseKeys). Empty: no dropout (evaluation,
   // generation, or a run without it).
   std::vector<uint64_t> noise;
 

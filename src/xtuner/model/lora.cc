@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -84,9 +85,14 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));
   if (!std::isfinite(spec.alpha) || spec.alpha <= 0 || !std::isfinite(float(spec.scale())))
     return Status::Error(what + ".alpha must be > 0 and give a finite fp32 scale (alpha / rank)");
-  if (!(spec.dropout >= 0 && spec.dropout < 1))
-    return Status::Error(what + ".dropout must be in [0, 1), not " +
-                         DumpJson(nlohmann::json(spec.dropout)));
+  if (!(spec.dropout >= 0 && spec.dropout < 1) || !std::isfinite(float(spec.dropout_scale()))) {
+    char v[32];
+    std::snprintf(v, sizeof v, "%g", spec.dropout);
+    return Status::Error(what +
+                         ".dropout must be in [0, 1) and give a finite fp32 scale (alpha / "
+                         "rank / (1 - dropout)), not " +
+                         v);
+  }
   const std::vector<std::string> known = LoraTargetNames(cfg);
   const std::string key = what + ".target_modules";
   if (spec.targets.empty()) return Status::Error(key + " is empty: name the layers to adapt");

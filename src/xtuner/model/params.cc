@@ -28,7 +28,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
   lora_ = c.lora.enabled();
   // The linear layers of the layer being laid out that LoRA adapts: (module, piece).
   std::vector<std::pair<std::string, LoraPiece>> adapted;
-  int64_t adapters = 0;  // laid out so far
+  int64_t adapter_ids = 0;  // adapters laid out so far
   // Weight `module`.weight (out, in) at `offset`; `row0`: its first row in a fused weight at
   // `base` (the gate_up weight), else itself.
   auto linear = [&](const std::string& module, int64_t out, int64_t in, int64_t offset,
@@ -66,7 +66,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       const size_t i = params_.size();
       piece.a = Add(module + ".lora_A.weight", {c.lora.rank, piece.in});
       piece.b = Add(module + ".lora_B.weight", {piece.rows, c.lora.rank});
-      piece.id = adapters++;
+      piece.id = adapter_ids++;
       for (size_t j : {i, i + 1}) {
         params_[j].lora = true;
         params_[j].frozen = false;

@@ -9,7 +9,6 @@
 #include <variant>
 
 #include "xtuner/core/file_util.h"
-#include "xtuner/core/json.h"
 #include "xtuner/core/utf8.h"
 #include "xtuner/data/chat_template.h"
 #include "xtuner/model/checkpoint.h"
@@ -476,9 +475,11 @@ Status ValidateTrainConfig(const TrainConfig& c) {
   if (c.lora_rank > 0) {
     if (!(c.lora_alpha > 0 && std::isfinite(c.lora_alpha)))
       return err("lora.alpha must be a finite value > 0");
-    if (!(c.lora_dropout >= 0 && c.lora_dropout < 1))
-      return err("lora.dropout must be in [0, 1) (PEFT's lora_dropout), not " +
-                 DumpJson(nlohmann::json(c.lora_dropout)));
+    if (!(c.lora_dropout >= 0 && c.lora_dropout < 1)) {
+      char v[32];
+      std::snprintf(v, sizeof v, "%g", c.lora_dropout);
+      return err(std::string("lora.dropout must be in [0, 1) (PEFT's lora_dropout), not ") + v);
+    }
     if (c.load_from.empty())
       return err(
           "lora.rank > 0 adapts a trained model: set model.load_from (model.model_config starts "
