@@ -11,7 +11,8 @@
 #                         # MODEL=gpt_oss: as a GPT-OSS (biases, sinks, a 128-token window on
 #                         # every other layer, the clamped GLU)
 #                         # LORA=16: LoRA of that rank on the attention projections, every other
-#                         # weight frozen, on both sides (the peer through PEFT)
+#                         # weight frozen, on both sides (the peer through PEFT);
+#                         # LORA_DROPOUT=0.1: their dropout, on both sides
 # The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,
 # installed with --no-deps from tools/reference/requirements.txt (plain `pip install torch`
 # pulls GBs of CUDA wheels); an existing venv with both (e.g. VENV=/work/venv-ref) is reused.
@@ -22,19 +23,21 @@ STEPS=${STEPS:-5}
 THREADS=${THREADS:-$(nproc)}
 MODEL=${MODEL:-qwen3_moe}
 LORA=${LORA:-0}
+LORA_DROPOUT=${LORA_DROPOUT:-0}
 source bench/peer_venv.sh
 cmake -S . -B "$BUILD" > /dev/null
 cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
 export OMP_NUM_THREADS=$THREADS
+LORA_ARGS=(--lora "$LORA" --lora-dropout "$LORA_DROPOUT")
 ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --model "$MODEL" \
-  --lora "$LORA")
+  "${LORA_ARGS[@]}")
 ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16 \
-  --model "$MODEL" --lora "$LORA")
+  --model "$MODEL" "${LORA_ARGS[@]}")
 PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
-  --batch 4 --seq 512 --model "$MODEL" --lora "$LORA")
+  --batch 4 --seq 512 --model "$MODEL" "${LORA_ARGS[@]}")
 
-MODEL="$MODEL" LORA="$LORA" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+MODEL="$MODEL" LORA="$LORA" LORA_DROPOUT="$LORA_DROPOUT" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
 import os
 
 def kv(text):
@@ -47,7 +50,8 @@ et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
 es, ps = float(e["step_s_median"]), float(p["step_s_median"])
 lora = int(os.environ["LORA"])
 if lora:
-    print(f"LoRA rank {lora} (alpha {2 * lora}) on the attention projections: "
+    print(f"LoRA rank {lora} (alpha {2 * lora}, dropout {os.environ['LORA_DROPOUT']}) on the "
+          "attention projections: "
           f"{int(e['trainable_params']) / 1e6:.3f}M trainable parameters; peer: peft "
           f"{p.get('peft', '?')}")
 print(f"{os.environ['MODEL']}: threads {e['threads']}, {e['tokens']} tokens a step, "

@@ -2,7 +2,7 @@
 // the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
 //
 //   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0] [--model qwen3_moe]
-//                   [--lora RANK]
+//                   [--lora RANK] [--lora-dropout P]
 //
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
 // moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). --model deepseek_v3: the same
@@ -13,7 +13,8 @@
 // random ids in --docs equal documents, labels = ids. A step is ZeroGrads +
 // ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
 // step, then --steps timed steps. --lora RANK: LoRA adapters of that rank (alpha 2 x rank) on the
-// attention projections (lora target "auto"), every other weight frozen. Also measures ops::gemm
+// attention projections (lora target "auto"), every other weight frozen; --lora-dropout P: their
+// dropout (the batch's noise keys fixed over the steps). Also measures ops::gemm
 // 2048^3 (best of 3) as the machine's sgemm rate. Prints key=value lines:
 //   threads tokens steps step_s_median tokens_per_s total_params active_params matmul_params
 //   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib activation_mib
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
   bool bf16 = false;
   std::string model_type = "qwen3_moe";
   int64_t lora_rank = 0;
+  double lora_dropout = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -99,11 +101,13 @@ int main(int argc, char** argv) {
       bf16 = false;
     else if (!std::strcmp(argv[i], "--lora"))
       lora_rank = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--lora-dropout"))
+      lora_dropout = std::atof(argv[i + 1]);
     else {
-      std::fprintf(
-          stderr,
-          "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
-          "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK]\n");
+      std::fprintf(stderr,
+                   "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
+                   "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK] "
+                   "[--lora-dropout P]\n");
       return 2;
     }
   }
@@ -185,6 +189,7 @@ int main(int argc, char** argv) {
     xt::LoraSpec spec;
     spec.rank = lora_rank;
     spec.alpha = 2.0 * double(lora_rank);
+    spec.dropout = lora_dropout;
     spec.targets = {"auto"};
     cfg.lora = Check(xt::ResolveLora(spec, cfg, "--lora"), "lora");
   }
@@ -206,6 +211,7 @@ int main(int argc, char** argv) {
   for (auto& x : ids) x = id(rng);
   for (int64_t d = 0; d <= docs; ++d) cu.push_back(d * (tokens / docs));
   xt::Batch batch = Check(xt::Batch::Packed(ids, ids, cu), "batch");
+  if (cfg.lora.dropout > 0) xt::Batch::AppendNoise(7, tokens, &batch.noise);
 
   xt::AdamW opt = Check(
       xt::AdamW::Create(xt::AdamWConfig{}, xt::DefaultDecayRanges(model.layout()), total), "adamw");

@@ -6,12 +6,14 @@ it has no SDPA path, and experts through torch's grouped_mm).
 
     python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
                                    [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK]
+                                   [--lora-dropout P]
 
 Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
 (output_router_logits=True, so the load-balancing loss is in the loss) + backward +
 clip_grad_norm_(1.0) + AdamW.step (lr 1e-4, weight_decay 0.01); one warm-up step, then --steps
 timed steps. --lora RANK: PEFT LoRA adapters of that rank (lora_alpha 2 x rank) on the attention
-projections, the optimizer over the adapters only (as HF Trainer builds it). Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
+projections, the optimizer over the adapters only (as HF Trainer builds it); --lora-dropout P:
+their lora_dropout. Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
 loss torch transformers.
 """
 import argparse
@@ -33,6 +35,7 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3", "gpt_oss"], default="qwen3_moe")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0: train every weight)")
+    ap.add_argument("--lora-dropout", type=float, default=0.0, help="PEFT's lora_dropout")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -71,7 +74,8 @@ def main():
         targets = (["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
                    if args.model == "deepseek_v3" else ["q_proj", "k_proj", "v_proj", "o_proj"])
         model = peft.get_peft_model(model, peft.LoraConfig(
-            r=args.lora, lora_alpha=2 * args.lora, target_modules=targets, lora_dropout=0.0))
+            r=args.lora, lora_alpha=2 * args.lora, target_modules=targets,
+            lora_dropout=args.lora_dropout))
         print(f"peft={peft.__version__}")
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
