@@ -235,6 +235,16 @@ TEST(PlanSharding, LoraStateIsTheAdapters) {
       EXPECT_LT(r.total_bytes, full.total_bytes * 3 / 10);  // fp32 weights + activations
     }
   }
+  // A layer's backward scratch gains its largest adapter's: z, dz (T, 16) and dy (T, rows),
+  // q_proj's (rows 4096); with dropout also the masked input and its gradient (T, in), where
+  // o_proj's (in 4096, rows 2048) is the largest.
+  in.world = 1;
+  const PlanReport plain = MustPlan(in);
+  EXPECT_EQ(plain.backward_scratch_bytes - full.backward_scratch_bytes, 4 * 1024 * (32 + 4096));
+  in.model.lora.dropout = 0.1;
+  const PlanReport dropout = MustPlan(in);
+  EXPECT_EQ(dropout.backward_scratch_bytes - full.backward_scratch_bytes,
+            4 * 1024 * (32 + 2048 + 2 * 4096));
 }
 
 TEST(PlanModels, Qwen3MoeSizesMatchThePublishedOnes) {

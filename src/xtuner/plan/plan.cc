@@ -83,6 +83,17 @@ int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes
   return T * H * s.act + std::max(ffn, attn * s.act);
 }
 
+// The LoRA adapters' scratch in a layer's backward (model/linear.cc), beside the layer's own:
+// z and dz (T, r) and dy (T, rows) of its largest adapter, and under dropout the adapter's masked
+// input and input gradient (T, in); fp32 in either precision.
+int64_t LoraScratchBytes(const ModelConfig& c, const LayerOffsets& o, int64_t T, const Sizes& s) {
+  int64_t most = 0;
+  for (const LoraPiece& p : o.lora)
+    most =
+        std::max(most, 2 * T * c.lora.rank + T * p.rows + (c.lora.dropout > 0 ? 2 * T * p.in : 0));
+  return most * s.f32;
+}
+
 // The engine's LossInfo::activation_bytes: the backward walks down the layers; at layer l the
 // layers below hold what they kept (x_in alone when recomputed) and l holds all of its buffers.
 int64_t PeakActivations(const ModelConfig& c, int64_t T, int64_t recompute_layers, const Sizes& s) {
@@ -293,13 +304,12 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.loss_chunk_rows = std::min(DefaultLossChunkRows(V, /*gpu=*/false), T);
     const int64_t C = r.loss_chunk_rows;
     r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
-    for (bool moe : {false, true}) {
-      const bool present =
-          std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), moe) != c.layer_is_moe.end();
-      if (present)
-        r.backward_scratch_bytes =
-            std::max(r.backward_scratch_bytes, LayerScratchBytes(c, T, moe, s));
-    }
+    const std::optional<ParamLayout> lora =
+        c.lora.enabled() ? std::optional<ParamLayout>(ParamLayout(c)) : std::nullopt;
+    for (int64_t l = 0; l < L; ++l)
+      r.backward_scratch_bytes = std::max(
+          r.backward_scratch_bytes, LayerScratchBytes(c, T, c.layer_is_moe[l], s) +
+                                        (lora ? LoraScratchBytes(c, lora->layers[l], T, s) : 0));
     if (r.recompute_layers > 0) r.backward_scratch_bytes += T * H * s.act;  // the rerun's output
 
     // The loss chunk lives before the first layer's backward, the scratch during one: never
