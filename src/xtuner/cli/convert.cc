@@ -45,7 +45,6 @@ Status RunConvert(const ConvertArgs& o) {
   // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
   // the base model a LoRA adapter names.
   std::string tokenizer = o.tokenizer, base_model;
-  double dropout = 0;  // the run's lora.dropout, for the adapter's config
   const fs::path run_config = ckpt.parent_path().parent_path() / "config.toml";
   if (fs::exists(run_config)) {
     TrainConfig cfg;
@@ -53,15 +52,11 @@ Status RunConvert(const ConvertArgs& o) {
       if (tokenizer.empty()) tokenizer = TokenizerPathFor(cfg);
       if (!cfg.load_from.empty())
         base_model = fs::absolute(cfg.load_from).lexically_normal().string();
-      dropout = cfg.lora_dropout;
     }
   }
-  if (!o.adapter_out.empty()) {
-    ModelConfig adapter = model->config();
-    adapter.lora.dropout = dropout;
-    XT_RETURN_IF_ERROR(SaveLoraAdapter(adapter, model->layout(), model->params().f32(),
+  if (!o.adapter_out.empty())  // its lora_dropout: the checkpoint's run's
+    XT_RETURN_IF_ERROR(SaveLoraAdapter(model->config(), model->layout(), model->params().f32(),
                                        o.adapter_out, base_model));
-  }
   XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, dtype, size_t(o.shard_mb) << 20));
   if (!tokenizer.empty()) {
     std::error_code ec;

@@ -1,6 +1,6 @@
 // xtuner plan --model CONFIG.json --seq N [--world W] [--ep E] [--recompute F]
 //              [--micro-batch-size B] [--precision fp32|bf16] [--device cpu|cuda]
-//              [--gpu-memory GiB] [--row]
+//              [--gpu-memory GiB] [--lora-rank R [--lora-targets T] [--lora-dropout P]] [--row]
 // Memory per rank and FLOPs per token of a training run, on paper (src/xtuner/plan/plan.h).
 #include "xtuner/plan/plan.h"
 
@@ -24,7 +24,7 @@ struct PlanArgs {
 Status RunPlan(PlanArgs o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
   if (o.lora_rank == 0 && (o.lora_dropout != 0 || o.lora_targets != PlanArgs().lora_targets))
-    return Status::Error("plan: --lora-targets and --lora-dropout need --lora-rank");
+    return Status::Error("plan: --lora-targets and --lora-dropout need --lora-rank > 0");
   if (o.lora_rank != 0) {  // as a run's [lora]: the targets by name, comma-separated
     LoraSpec spec;
     spec.rank = o.lora_rank;
@@ -70,14 +70,17 @@ void AddPlan(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--gpu-memory", o.in.gpu_memory_gib,
                   "memory per rank in GiB for a fits / does-not-fit verdict (H200: 141)");
-  cmd->add_option("--lora-rank", o.lora_rank,
-                  "LoRA adapters of this rank (lora.rank): only they get gradients and moments")
-      ->capture_default_str();
+  CLI::Option* rank =
+      cmd->add_option("--lora-rank", o.lora_rank,
+                      "LoRA adapters of this rank (lora.rank): only they get gradients and moments")
+          ->capture_default_str();
   cmd->add_option("--lora-targets", o.lora_targets, "lora.target_modules, with --lora-rank")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->needs(rank);
   cmd->add_option("--lora-dropout", o.lora_dropout,
-                  "lora.dropout, with --lora-rank (the GPU masks each adapter's input in scratch)")
-      ->capture_default_str();
+                  "lora.dropout, with --lora-rank (each adapter's input is masked in scratch)")
+      ->capture_default_str()
+      ->needs(rank);
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
   cmd->add_flag("--header", o.header, "with --row: print the table header first");
   cmd->callback([] { Finish(RunPlan(o)); });

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "xtuner/core/file_util.h"
@@ -83,14 +84,16 @@ std::vector<std::string> SplitLoraTargets(const std::string& s) {
 Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what) {
   if (spec.rank < 1 || spec.rank > 65536)
     return Status::Error(what + ".rank must be in [1, 65536], not " + std::to_string(spec.rank));
-  if (!std::isfinite(spec.alpha) || spec.alpha <= 0 || !std::isfinite(float(spec.scale())))
+  // (Compared in double: a double beyond fp32's range has no defined conversion to float.)
+  const double fp32_max = std::numeric_limits<float>::max();
+  if (!std::isfinite(spec.alpha) || spec.alpha <= 0 || !(spec.scale() <= fp32_max))
     return Status::Error(what + ".alpha must be > 0 and give a finite fp32 scale (alpha / rank)");
-  if (!(spec.dropout >= 0 && spec.dropout < 1) || !std::isfinite(float(spec.dropout_scale()))) {
+  if (!(spec.dropout >= 0 && spec.dropout < 1) || !(spec.dropout_scale() <= fp32_max)) {
     char v[32];
     std::snprintf(v, sizeof v, "%g", spec.dropout);
     return Status::Error(what +
-                         ".dropout must be in [0, 1) and give a finite fp32 scale (alpha / "
-                         "rank / (1 - dropout)), not " +
+                         ".dropout must be in [0, 1) and keep the scale finite in fp32 (the "
+                         "adapters' scale / (1 - dropout)), not " +
                          v);
   }
   const std::vector<std::string> known = LoraTargetNames(cfg);

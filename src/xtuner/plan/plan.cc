@@ -62,9 +62,25 @@ int64_t LayerFullBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s
   return act * s.act + f32 * s.f32 + i32 * s.i32;
 }
 
+// The LoRA adapters' scratch (model/linear.cc's LinearBackward) of the layer whose offsets are
+// `o`, among those of the weights `mlp` says (the dense MLP's, or attention's): z and dz (T, r)
+// and dy (T, rows) of the largest adapter, and under dropout its masked input and input gradient
+// (T, in); fp32 in either precision.
+int64_t LoraScratchBytes(const ModelConfig& c, const LayerOffsets& o, bool mlp, int64_t T,
+                         const Sizes& s) {
+  int64_t most = 0;
+  for (const LoraPiece& p : o.lora)
+    if ((p.base == o.gate_up || p.base == o.down) == mlp)
+      most = std::max(most,
+                      2 * T * c.lora.rank + T * p.rows + (c.lora.dropout > 0 ? 2 * T * p.in : 0));
+  return most * s.f32;
+}
+
 // The activation gradients one LayerBackward allocates at its peak: dh2 plus the larger of the
-// feed-forward block's and the attention block's temporaries.
-int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s) {
+// feed-forward block's and the attention block's temporaries (these with their LoRA adapters'
+// scratch; `o`: the layer's offsets in ParamLayout(c)).
+int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const LayerOffsets& o,
+                          const Sizes& s) {
   const int64_t H = c.hidden_size, D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
   int64_t ffn = 0;
   if (!moe) {
@@ -80,18 +96,8 @@ int64_t LayerScratchBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes
   if (c.mla)  // dattn, dh1; the padded dout, out, dq, dk, dv (T, Hq, D); dkvb; dckv
     attn = T * Hq * c.v_head_dim + T * H + 5 * T * Hq * D +
            T * Hq * (c.qk_nope_head_dim + c.v_head_dim) + T * (c.kv_lora_rank + c.qk_rope_head_dim);
-  return T * H * s.act + std::max(ffn, attn * s.act);
-}
-
-// The LoRA adapters' scratch in a layer's backward (model/linear.cc), beside the layer's own:
-// z and dz (T, r) and dy (T, rows) of its largest adapter, and under dropout the adapter's masked
-// input and input gradient (T, in); fp32 in either precision.
-int64_t LoraScratchBytes(const ModelConfig& c, const LayerOffsets& o, int64_t T, const Sizes& s) {
-  int64_t most = 0;
-  for (const LoraPiece& p : o.lora)
-    most =
-        std::max(most, 2 * T * c.lora.rank + T * p.rows + (c.lora.dropout > 0 ? 2 * T * p.in : 0));
-  return most * s.f32;
+  return T * H * s.act + std::max(ffn + LoraScratchBytes(c, o, true, T, s),
+                                  attn * s.act + LoraScratchBytes(c, o, false, T, s));
 }
 
 // The engine's LossInfo::activation_bytes: the backward walks down the layers; at layer l the
@@ -304,12 +310,10 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.loss_chunk_rows = std::min(DefaultLossChunkRows(V, /*gpu=*/false), T);
     const int64_t C = r.loss_chunk_rows;
     r.loss_chunk_bytes = (2 * C * H + C * V) * s.f32 + 8 * C + 8 * T;
-    const std::optional<ParamLayout> lora =
-        c.lora.enabled() ? std::optional<ParamLayout>(ParamLayout(c)) : std::nullopt;
     for (int64_t l = 0; l < L; ++l)
-      r.backward_scratch_bytes = std::max(
-          r.backward_scratch_bytes, LayerScratchBytes(c, T, c.layer_is_moe[l], s) +
-                                        (lora ? LoraScratchBytes(c, lora->layers[l], T, s) : 0));
+      r.backward_scratch_bytes =
+          std::max(r.backward_scratch_bytes,
+                   LayerScratchBytes(c, T, c.layer_is_moe[l], layout.layers[l], s));
     if (r.recompute_layers > 0) r.backward_scratch_bytes += T * H * s.act;  // the rerun's output
 
     // The loss chunk lives before the first layer's backward, the scratch during one: never

@@ -295,6 +295,7 @@ Status SaveTrainCheckpoint(Comm& world, const std::string& work_dir, const Model
     if (cfg.lora.enabled()) {
       j["lora_base"] = state.lora_base;
       j["lora_base_fingerprint"] = state.lora_base_fingerprint;
+      j["lora_dropout"] = cfg.lora.dropout;  // the run's, for convert's adapter_config.json
     }
     if (st.ok())
       st = WriteFileAtomically((tmp / "trainer_state.json").string(), DumpJson(j, 2) + "\n");
@@ -378,7 +379,18 @@ Result<LoraSpec> ReadCheckpointLora(const std::string& dir) {
   const fs::path path = fs::path(dir) / "config.json";
   XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(path));
   if (!j.is_object() || !j.contains("xtuner_lora")) return LoraSpec();
-  return LoraSpecFromJson(j["xtuner_lora"], path.string());
+  XT_ASSIGN_OR_RETURN(LoraSpec spec, LoraSpecFromJson(j["xtuner_lora"], path.string()));
+  // The rate (a training setting: not in the layout's "xtuner_lora"), from trainer_state.json;
+  // 0 for checkpoints written before it was kept.
+  const fs::path state = fs::path(dir) / "trainer_state.json";
+  if (!fs::exists(state)) return spec;
+  XT_ASSIGN_OR_RETURN(nlohmann::json t, ReadJson(state));
+  if (t.is_object() && t.contains("lora_dropout")) {
+    if (!t["lora_dropout"].is_number())
+      return Status::Error(state.string() + ": \"lora_dropout\" must be a number");
+    spec.dropout = t["lora_dropout"].get<double>();
+  }
+  return spec;
 }
 
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg,

@@ -67,7 +67,8 @@ std::string FindLatestCheckpoint(const std::string& work_dir);
 Status LoadTrainCheckpoint(const std::string& dir, const ModelConfig& cfg, const ShardState& shard,
                            TrainState* state);
 
-// The LoRA settings of a checkpoint's run (its config.json's "xtuner_lora"; rank 0 without).
+// The LoRA settings of a checkpoint's run (its config.json's "xtuner_lora"; rank 0 without),
+// with the dropout of the run that wrote it (trainer_state.json's "lora_dropout"; 0 if absent).
 Result<LoraSpec> ReadCheckpointLora(const std::string& dir);
 
 // The whole model's parameters (ParamLayout(cfg).total()) from a checkpoint (a LoRA run's: its
