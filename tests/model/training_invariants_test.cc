@@ -1,6 +1,6 @@
-// Properties training relies on: recompute changes memory, not gradients; gradient accumulation
-// with global token averaging gives the gradient of the whole batch, balancing loss included
-// when its statistics are pooled.
+// Properties training relies on: recompute changes memory, not gradients (LoRA's dropout masks
+// drawn again); gradient accumulation with global token averaging gives the gradient of the
+// whole batch, balancing loss included when its statistics are pooled.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include "util/fixture_files.h"
 #include "util/testing.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/lora.h"
 
 namespace xt {
 namespace {
@@ -155,6 +156,62 @@ TEST(GradientAccumulation, PooledBalancingLossOfTwoMicroBatchesEqualsTheWholeBat
       else
         EXPECT_GT(err, 1e-4) << fixture;
     }
+  }
+}
+
+// LoRA's dropout: a recomputed layer draws its masks again from the batch's keys (the gradients
+// stay bit-identical), the router pre-pass draws the backward pass's (the same routing), and
+// evaluation drops nothing (Forward ignores the keys).
+TEST(Recompute, LoraDropoutMasksAreDrawnAgain) {
+  for (const auto& [fixture, targets] :
+       {std::pair<const char*, const char*>{"qwen3_dense_tiny", "all-linear"},
+        {"qwen3_moe_tiny", "auto"}}) {
+    SCOPED_TRACE(fixture);
+    auto cfg = ModelConfig::Load(testing::DataPath(fixture));
+    ASSERT_TRUE(cfg.ok());
+    LoraSpec spec;
+    spec.rank = 4;
+    spec.alpha = 8;
+    spec.dropout = 0.3;
+    spec.targets = SplitLoraTargets(targets);
+    auto lora = ResolveLora(spec, *cfg, "lora");
+    ASSERT_TRUE(lora.ok()) << lora.status().message();
+    cfg->lora = *lora;
+    Transformer model(*cfg);
+    ASSERT_TRUE(LoadHfWeights(&model, testing::DataPath(fixture)).ok());
+    const std::vector<float> noise = testing::RandomVector(model.layout().total(), 9, 0.05f);
+    for (const ParamInfo& p : model.layout().params())  // B too: every adapter term non-zero
+      if (p.lora)
+        std::copy(noise.begin() + p.offset, noise.begin() + p.offset + NumElements(p.shape),
+                  model.params().f32() + p.offset);
+    std::vector<int64_t> ids, labels;
+    ReferenceBatch(fixture, &ids, &labels);
+    Batch batch = Batch::FromRows(ids, labels, 2, 16).value();
+    Batch::AppendNoise(3, batch.num_tokens(), &batch.noise);
+    std::vector<float> first;
+    LossInfo trained;
+    for (double fraction : {0.0, 0.5, 1.0}) {
+      model.SetRecompute(fraction);
+      model.ZeroGrads();
+      auto info = model.ForwardBackward(batch);
+      ASSERT_TRUE(info.ok());
+      const float* g = model.grads().f32();
+      if (first.empty()) {
+        first.assign(g, g + model.layout().total());
+        trained = *info;
+      } else {
+        EXPECT_EQ(std::memcmp(first.data(), g, first.size() * 4), 0) << fraction;
+      }
+    }
+    auto stats = model.RouterStats(batch);
+    ASSERT_TRUE(stats.ok());
+    EXPECT_EQ(stats->count, trained.balance.count);
+    Batch plain = batch;
+    plain.noise.clear();
+    auto eval = model.Forward(batch, false, false), eval_plain = model.Forward(plain, false, false);
+    ASSERT_TRUE(eval.ok() && eval_plain.ok());
+    EXPECT_EQ(eval->loss.loss, eval_plain->loss.loss);
+    EXPECT_GT(std::abs(eval->loss.loss - trained.loss), 1e-4) << "the masks changed nothing";
   }
 }
 
