@@ -245,6 +245,19 @@ TEST(LoraTraining, DropoutIsTheSameForAnyMicroBatchSizeAndResumesExactly) {
     ASSERT_TRUE(in.good()) << dir;
     EXPECT_DOUBLE_EQ(nlohmann::json::parse(in)["lora_dropout"].get<double>(), 0.2) << dir;
   }
+  // The checkpoint keeps the rate in trainer_state.json; a rate that is no number is named.
+  const std::string ckpt = two.work_dir + "/checkpoints/step-00000006";
+  auto lora = ReadCheckpointLora(ckpt);
+  ASSERT_TRUE(lora.ok()) << lora.status().message();
+  EXPECT_DOUBLE_EQ(lora->dropout, 0.2);
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(ckpt + "/trainer_state.json"));
+  state["lora_dropout"] = "0.2";
+  std::ofstream(ckpt + "/trainer_state.json") << state.dump();
+  lora = ReadCheckpointLora(ckpt);
+  ASSERT_FALSE(lora.ok());
+  EXPECT_NE(lora.status().message().find("trainer_state.json: \"lora_dropout\" must be a number"),
+            std::string::npos)
+      << lora.status().message();
 }
 
 // A LoRA checkpoint names its base by fingerprint: resume and convert refuse a base that
