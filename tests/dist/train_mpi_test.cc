@@ -211,7 +211,7 @@ std::string LoraSftOfABase(const std::string& dir) {
   return "sft --load-from " + dir +
          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
          "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
-         " --set lora.dropout=0.1 --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
+         " --lora-dropout 0.1 --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
 }
 
 // LoRA on the attention of the demo's Qwen3-MoE trains to the same losses on 2 ZeRO-3 ranks and
@@ -224,6 +224,7 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   CliRun r = testing::RunXtuner(sft + dir + "/one", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("LoRA"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("dropout 0.1 on"), std::string::npos) << r.output;
   const std::vector<double> one = Losses(dir + "/one");
   ASSERT_EQ(one.size(), 6u);
   r = Mpi(2, sft + dir + "/two");

@@ -88,6 +88,9 @@ void AddSft(CLI::App& app) {
                   "lora.target_modules (default auto: every linear layer of a dense model, the "
                   "attention of an MoE one); LoRA wants a larger --lr, e.g. 1e-4 (docs/lora.md)")
       ->capture_default_str();
+  cmd->add_option("--lora-dropout", cfg.lora_dropout,
+                  "lora.dropout, with --lora-rank: PEFT's lora_dropout, in [0, 1)")
+      ->capture_default_str();
   cmd->add_option("--set", sets, "override any config key: section.key=value (repeatable)");
   cmd->add_option("--resume", cfg.resume, "auto (the latest checkpoint in the work dir) or a path");
   cmd->callback([] {
