@@ -26,18 +26,24 @@ Status LoraTerms::Mask(const LoraPiece& piece, const float* in, const uint16_t* 
   return Status::OK();
 }
 
+Status LoraTerms::Down(const LoraPiece& piece, const float* in, const uint16_t* in16,
+                       const UnitParams& P, int64_t T, int64_t I, int64_t O, Input* x,
+                       DeviceArray<float>* z) {
+  XT_CHECK(piece.in == I && piece.row0 + piece.rows <= O, "LoraTerms: an adapter's shape");
+  XT_RETURN_IF_ERROR(Mask(piece, in, in16, T, I, x));
+  XT_RETURN_IF_ERROR(z->Alloc(T * rank_, stream_));
+  return mm_.Linear(z->get(), x->in, P(piece.a), T, I, rank_, false, x->in16);
+}
+
 Status LoraTerms::Forward(float* out, const float* in, const uint16_t* in16, const UnitParams& P,
                           const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O) {
   for (const LoraPiece& piece : o.lora) {
     if (piece.base != w) continue;
-    XT_CHECK(piece.in == I && piece.row0 + piece.rows <= O, "LoraTerms: an adapter's shape");
     Input x;
-    XT_RETURN_IF_ERROR(Mask(piece, in, in16, T, I, &x));
     DeviceArray<float> z, y;
-    XT_RETURN_IF_ERROR(z.Alloc(T * rank_, stream_));
+    XT_RETURN_IF_ERROR(Down(piece, in, in16, P, T, I, O, &x, &z));
     XT_RETURN_IF_ERROR(y.Alloc(T * piece.rows, stream_));
-    // z (T, r) = x A^T; y (T, rows) = z B^T; out[:, row0 : row0 + rows] += s y
-    XT_RETURN_IF_ERROR(mm_.Linear(z.get(), x.in, P(piece.a), T, I, rank_, false, x.in16));
+    // y (T, rows) = z B^T; out[:, row0 : row0 + rows] += s y
     XT_RETURN_IF_ERROR(mm_.Linear(y.get(), z.get(), P(piece.b), T, rank_, piece.rows));
     XT_RETURN_IF_ERROR(ScaleColumns(out, O, piece.row0, y.get(), piece.rows, 0, T, piece.rows,
                                     scale_, /*add=*/true, stream_));
@@ -50,14 +56,11 @@ Status LoraTerms::Backward(float* din, const float* dout, const uint16_t* dout16
                            const LayerOffsets& o, int64_t w, int64_t T, int64_t I, int64_t O) {
   for (const LoraPiece& piece : o.lora) {
     if (piece.base != w) continue;
-    XT_CHECK(piece.in == I && piece.row0 + piece.rows <= O, "LoraTerms: an adapter's shape");
     Input x;
-    XT_RETURN_IF_ERROR(Mask(piece, in, in16, T, I, &x));
     DeviceArray<float> z, dy, dz;
-    XT_RETURN_IF_ERROR(z.Alloc(T * rank_, stream_));
+    XT_RETURN_IF_ERROR(Down(piece, in, in16, P, T, I, O, &x, &z));
     XT_RETURN_IF_ERROR(dy.Alloc(T * piece.rows, stream_));
     XT_RETURN_IF_ERROR(dz.Alloc(T * rank_, stream_));
-    XT_RETURN_IF_ERROR(mm_.Linear(z.get(), x.in, P(piece.a), T, I, rank_, false, x.in16));
     // dy = s dout[:, row0 : row0 + rows]
     XT_RETURN_IF_ERROR(
         dout ? ScaleColumns(dy.get(), piece.rows, 0, dout, O, piece.row0, T, piece.rows, scale_,

@@ -68,6 +68,10 @@ class LoraTerms {
   };
   Status Mask(const LoraPiece& piece, const float* in, const uint16_t* in16, int64_t T, int64_t I,
               Input* x);
+  // The adapter's first product, forward and backward alike: its shape checked, its input as
+  // Mask gives it (*x), and *z (T, r) = x A^T allocated and made.
+  Status Down(const LoraPiece& piece, const float* in, const uint16_t* in16, const UnitParams& P,
+              int64_t T, int64_t I, int64_t O, Input* x, DeviceArray<float>* z);
 
   const int64_t rank_;
   const float scale_;
