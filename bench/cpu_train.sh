@@ -12,7 +12,9 @@
 #                         # every other layer, the clamped GLU)
 #                         # LORA=16: LoRA of that rank on the attention projections, every other
 #                         # weight frozen, on both sides (the peer through PEFT);
-#                         # LORA_DROPOUT=0.1: their dropout, on both sides
+#                         # LORA_DROPOUT=0.1: their dropout, on both sides;
+#                         # LORA_EXPERTS=1: adapters on the routed experts' gate_up and down
+#                         # weights too (PEFT's target_parameters), on both sides
 # The peer's venv (default bench/.venv) gets torch 2.11.0 and transformers 5.17.0 from PyPI,
 # installed with --no-deps from tools/reference/requirements.txt (plain `pip install torch`
 # pulls GBs of CUDA wheels); an existing venv with both (e.g. VENV=/work/venv-ref) is reused.
@@ -24,20 +26,23 @@ THREADS=${THREADS:-$(nproc)}
 MODEL=${MODEL:-qwen3_moe}
 LORA=${LORA:-0}
 LORA_DROPOUT=${LORA_DROPOUT:-0}
+LORA_EXPERTS=${LORA_EXPERTS:-0}
 source bench/peer_venv.sh
 cmake -S . -B "$BUILD" > /dev/null
 cmake --build "$BUILD" --target cpu_train_bench -j2 > /dev/null
 
 export OMP_NUM_THREADS=$THREADS
 LORA_ARGS=(--lora "$LORA" --lora-dropout "$LORA_DROPOUT")
+PEER_LORA_ARGS=("${LORA_ARGS[@]}")
+if [ "$LORA_EXPERTS" != 0 ]; then PEER_LORA_ARGS+=(--lora-experts); fi
 ENGINE=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --model "$MODEL" \
-  "${LORA_ARGS[@]}")
+  "${LORA_ARGS[@]}" --lora-experts "$LORA_EXPERTS")
 ENGINE16=$("$BUILD/cpu_train_bench" --steps "$STEPS" --tokens 2048 --docs 4 --precision bf16 \
-  --model "$MODEL" "${LORA_ARGS[@]}")
+  --model "$MODEL" "${LORA_ARGS[@]}" --lora-experts "$LORA_EXPERTS")
 PEER=$("$VENV/bin/python" -W ignore bench/cpu_train_peer.py --steps "$STEPS" --threads "$THREADS" \
-  --batch 4 --seq 512 --model "$MODEL" "${LORA_ARGS[@]}")
+  --batch 4 --seq 512 --model "$MODEL" "${PEER_LORA_ARGS[@]}")
 
-MODEL="$MODEL" LORA="$LORA" LORA_DROPOUT="$LORA_DROPOUT" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
+MODEL="$MODEL" LORA="$LORA" LORA_DROPOUT="$LORA_DROPOUT" LORA_EXPERTS="$LORA_EXPERTS" ENGINE="$ENGINE" ENGINE16="$ENGINE16" PEER="$PEER" "$VENV/bin/python" - <<'PY'
 import os
 
 def kv(text):
@@ -50,8 +55,9 @@ et, pt = float(e["tokens_per_s"]), float(p["tokens_per_s"])
 es, ps = float(e["step_s_median"]), float(p["step_s_median"])
 lora = int(os.environ["LORA"])
 if lora:
+    experts = " and the routed experts" if os.environ["LORA_EXPERTS"] != "0" else ""
     print(f"LoRA rank {lora} (alpha {2 * lora}, dropout {os.environ['LORA_DROPOUT']}) on the "
-          "attention projections: "
+          f"attention projections{experts}: "
           f"{int(e['trainable_params']) / 1e6:.3f}M trainable parameters; peer: peft "
           f"{p.get('peft', '?')}")
 print(f"{os.environ['MODEL']}: threads {e['threads']}, {e['tokens']} tokens a step, "

@@ -2,7 +2,7 @@
 // the engine side of bench/cpu_train.sh (the PyTorch side is cpu_train_peer.py).
 //
 //   cpu_train_bench [--steps 5] [--tokens 2048] [--docs 4] [--recompute 0] [--model qwen3_moe]
-//                   [--lora RANK] [--lora-dropout P]
+//                   [--lora RANK] [--lora-dropout P] [--lora-experts 0|1]
 //
 // Model: Qwen3-MoE, hidden 512, 4 layers, 8 query / 2 kv heads (head_dim 64), 32 experts, top-4,
 // moe_intermediate 256, vocab 8192, untied; InitRandom(std 0.02). --model deepseek_v3: the same
@@ -14,7 +14,8 @@
 // ForwardBackward + clip_grad_norm(1.0) + AdamW.Step (DefaultDecayRanges, lr 1e-4); one warm-up
 // step, then --steps timed steps. --lora RANK: LoRA adapters of that rank (alpha 2 x rank) on the
 // attention projections (lora target "auto"), every other weight frozen; --lora-dropout P: their
-// dropout (the batch's noise keys fixed over the steps). Also measures ops::gemm
+// dropout (the batch's noise keys fixed over the steps); --lora-experts 1: adapters on the routed
+// experts' gate_up and down weights too (lora.target_parameters). Also measures ops::gemm
 // 2048^3 (best of 3) as the machine's sgemm rate. Prints key=value lines:
 //   threads tokens steps step_s_median tokens_per_s total_params active_params matmul_params
 //   step_flops model_flops_per_s sgemm_flops_per_s sgemm_fraction peak_rss_mib activation_mib
@@ -82,6 +83,7 @@ int main(int argc, char** argv) {
   std::string model_type = "qwen3_moe";
   int64_t lora_rank = 0;
   double lora_dropout = 0;
+  bool lora_experts = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--steps"))
       steps = std::atoll(argv[i + 1]);
@@ -103,11 +105,13 @@ int main(int argc, char** argv) {
       lora_rank = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--lora-dropout"))
       lora_dropout = std::atof(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--lora-experts"))
+      lora_experts = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr,
                    "usage: cpu_train_bench [--steps N] [--tokens T] [--docs D] [--recompute F] "
                    "[--precision fp32|bf16] [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK] "
-                   "[--lora-dropout P]\n");
+                   "[--lora-dropout P] [--lora-experts 0|1]\n");
       return 2;
     }
   }
@@ -191,6 +195,7 @@ int main(int argc, char** argv) {
     spec.alpha = 2.0 * double(lora_rank);
     spec.dropout = lora_dropout;
     spec.targets = {"auto"};
+    if (lora_experts) spec.expert_targets = {"gate_up_proj", "down_proj"};
     cfg.lora = Check(xt::ResolveLora(spec, cfg, "--lora"), "lora");
   }
 

@@ -6,14 +6,15 @@ it has no SDPA path, and experts through torch's grouped_mm).
 
     python bench/cpu_train_peer.py [--steps 5] [--threads N] [--batch 4] [--seq 512]
                                    [--model qwen3_moe|deepseek_v3|gpt_oss] [--lora RANK]
-                                   [--lora-dropout P]
+                                   [--lora-dropout P] [--lora-experts]
 
 Batch of --batch rows x --seq random ids, labels = ids; a step is zero_grad + forward
 (output_router_logits=True, so the load-balancing loss is in the loss) + backward +
 clip_grad_norm_(1.0) + AdamW.step (lr 1e-4, weight_decay 0.01); one warm-up step, then --steps
 timed steps. --lora RANK: PEFT LoRA adapters of that rank (lora_alpha 2 x rank) on the attention
 projections, the optimizer over the adapters only (as HF Trainer builds it); --lora-dropout P:
-their lora_dropout. Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
+their lora_dropout; --lora-experts: adapters on the routed experts' stacked weights too
+(target_parameters mlp.experts.gate_up_proj and down_proj). Prints key=value lines: threads tokens steps step_s_median tokens_per_s peak_rss_mib
 loss torch transformers.
 """
 import argparse
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--model", choices=["qwen3_moe", "deepseek_v3", "gpt_oss"], default="qwen3_moe")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0: train every weight)")
     ap.add_argument("--lora-dropout", type=float, default=0.0, help="PEFT's lora_dropout")
+    ap.add_argument("--lora-experts", action="store_true",
+                    help="adapters on the routed experts too (PEFT's target_parameters)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -73,9 +76,11 @@ def main():
         import peft
         targets = (["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
                    if args.model == "deepseek_v3" else ["q_proj", "k_proj", "v_proj", "o_proj"])
+        experts = (["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+                   if args.lora_experts else None)
         model = peft.get_peft_model(model, peft.LoraConfig(
             r=args.lora, lora_alpha=2 * args.lora, target_modules=targets,
-            lora_dropout=args.lora_dropout))
+            target_parameters=experts, lora_dropout=args.lora_dropout))
         print(f"peft={peft.__version__}")
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -96,6 +96,13 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
     configs.push_back({" LoRA", adapted});
     adapted.lora.dropout = 0.1;  // each adapter's input masked first (the batch has keys)
     configs.push_back({" LoRA dropout", adapted});
+    if (loaded->is_moe() && loaded->arch != Arch::kGptOss) {  // and on the routed experts
+      spec.expert_targets = {"gate_up_proj", "down_proj"};
+      auto experts = ResolveLora(spec, *loaded, "lora");
+      ASSERT_TRUE(experts.ok()) << experts.status().message();
+      adapted.lora = *experts;
+      configs.push_back({" LoRA experts", adapted});
+    }
   }
   // One packed row of three documents, long enough that the buffers that grow with it dominate.
   const int64_t T = 383;  // odd: no buffer a multiple of the allocators' 256 bytes

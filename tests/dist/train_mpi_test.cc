@@ -23,6 +23,7 @@
 #include "util/cli.h"
 #include "util/testing.h"
 #include "util/tiny_run.h"
+#include "xtuner/core/safetensors.h"
 
 namespace xt {
 namespace {
@@ -202,16 +203,22 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }
 
+// The routed experts' adapters (PEFT's target_parameters), for LoraSftOfABase.
+const char kExpertLora[] =
+    " --lora-target-parameters mlp.experts.gate_up_proj,mlp.experts.down_proj";
+
 // Exports a base model (2 steps of the demo) into `dir`/base/hf; returns the arguments of a
-// 6-step LoRA sft run of it (rank 4 on the attention, dropout 0.1: its masks follow each row's
-// place in the global batch, whichever rank runs it), to be followed by its work dir.
-std::string LoraSftOfABase(const std::string& dir) {
+// 6-step LoRA sft run of it (rank 4 on the attention, and `lora`: by default dropout 0.1, whose
+// masks follow each row's place in the global batch, whichever rank runs it), to be followed by
+// its work dir.
+std::string LoraSftOfABase(const std::string& dir,
+                           const std::string& lora = " --lora-dropout 0.1") {
   CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
   EXPECT_EQ(r.code, 0) << r.output;
   return "sft --load-from " + dir +
          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
-         "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4"
-         " --lora-dropout 0.1 --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
+         "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-2 --lora-rank 4" +
+         lora + " --set schedule.warmup_steps=1 --set eval.file= --work-dir ";
 }
 
 // LoRA on the attention of the demo's Qwen3-MoE trains to the same losses on 2 ZeRO-3 ranks and
@@ -240,6 +247,44 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   // Its step-3 checkpoint (the adapters of 4 ranks) resumes on 2 ranks with the base's weights.
   testing::SeedResumeDir(dir + "/four", 3, dir + "/resumed");
   r = Mpi(2, sft + dir + "/resumed --resume auto");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
+}
+
+// LoRA on the routed experts too: their adapters are laid out and sharded with their experts
+// (over the dp group under expert parallelism), and train to the same losses on dp 2 x ep 2 as
+// on one; the adapter each run writes (gathered, stacked as PEFT's) is the same; the 4 ranks'
+// step-3 checkpoint resumes on 2 expert-parallel ranks.
+TEST(Distributed, LoraOnTheExpertsOnExpertParallelRanksAsOnOne) {
+  const std::string dir = testing::TempDir("mpi_lora_experts");
+  const std::string sft = LoraSftOfABase(dir, kExpertLora);
+  if (HasFailure()) return;
+  CliRun r = testing::RunXtuner(sft + dir + "/one", kRoot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("mlp.experts.gate_up_proj,mlp.experts.down_proj"), std::string::npos)
+      << r.output;
+  const std::vector<double> one = Losses(dir + "/one");
+  ASSERT_EQ(one.size(), 6u);
+  r = Mpi(4, sft + dir +
+                 "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
+                 "checkpoint.keep_last=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ExpectSameLosses(one, Losses(dir + "/four"));
+  auto mine = SafetensorsFile::Open(dir + "/one/hf-adapter/adapter_model.safetensors");
+  auto theirs = SafetensorsFile::Open(dir + "/four/hf-adapter/adapter_model.safetensors");
+  ASSERT_TRUE(mine.ok() && theirs.ok());
+  ASSERT_EQ(mine->names(), theirs->names());
+  int experts = 0;
+  for (const std::string& name : mine->names()) {
+    experts += name.find(".mlp.experts.") != std::string::npos;
+    auto a = mine->Get(name), b = theirs->Get(name);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->shape(), b->shape()) << name;
+    EXPECT_LE(testing::RelError(a->f32(), b->f32(), a->numel()), 1e-4) << name;
+  }
+  EXPECT_GT(experts, 0);
+  testing::SeedResumeDir(dir + "/four", 3, dir + "/resumed");
+  r = Mpi(2, sft + dir + "/resumed --resume auto --set parallel.ep=2");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
 }
@@ -434,9 +479,9 @@ void ModelGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& na
 // LoRA (the demo model's attention adapted) on 2 expert-parallel GPU ranks: each layer's unit
 // gathered, only its adapters' gradients reduce-scattered, the frozen experts' products without
 // weight gradients; the single-process CPU run's losses, and the merged model and adapter written.
-void LoraGpuMeshFollowsTheCpuRun(const std::string& comm) {
+void LoraGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& lora) {
   const std::string dir = testing::TempDir("mpi_gpu_lora");
-  const std::string sft = LoraSftOfABase(dir);
+  const std::string sft = LoraSftOfABase(dir, lora);
   if (::testing::Test::HasFailure()) return;
   CliRun r = testing::RunXtuner(sft + dir + "/cpu", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -481,7 +526,8 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   const std::string comm = gpus >= 2 ? "nccl" : "mpi";
   ModelGpuMeshFollowsTheCpuRun(comm, "dsv3", testing::TinyDeepseekV3Config());
   ModelGpuMeshFollowsTheCpuRun(comm, "gpt_oss", testing::TinyGptOssConfig());
-  LoraGpuMeshFollowsTheCpuRun(comm);
+  LoraGpuMeshFollowsTheCpuRun(comm, " --lora-dropout 0.1");
+  LoraGpuMeshFollowsTheCpuRun(comm, kExpertLora);  // the experts' adapters' grouped products
 }
 
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank

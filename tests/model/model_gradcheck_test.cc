@@ -33,8 +33,9 @@ struct Case {
 };
 
 LoraSpec Lora(int64_t rank, double alpha, bool rslora, std::vector<std::string> targets,
-              double dropout = 0) {
+              double dropout = 0, std::vector<std::string> experts = {}) {
   LoraSpec s;
+  s.expert_targets = std::move(experts);
   s.dropout = dropout;
   s.rank = rank;
   s.alpha = alpha;
@@ -139,6 +140,15 @@ std::vector<Case> Cases() {
       {"deepseek_v3_lora_mla_dropout", ds,
        Lora(2, 3.0, false, {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"},
             0.2)});
+  // LoRA on the routed experts (PEFT's target_parameters): both weights beside q_proj, with a
+  // dense first layer; Mixtral's down_proj alone, top-1; DeepSeek-V3's gate_up_proj beside its
+  // shared experts and the sigmoid router, rank-stabilised, with q_a_proj's adapter upstream (so
+  // that the experts' adapters' input gradient is checked too).
+  cases.push_back({"qwen3_moe_lora_experts", moe,
+                   Lora(2, 4.0, false, {"q_proj"}, 0, {"mlp.experts.gate_up_proj", "down_proj"})});
+  cases.push_back({"mixtral_lora_experts_down", mix, Lora(3, 6.0, false, {}, 0, {"down_proj"})});
+  cases.push_back({"deepseek_v3_lora_experts_rslora", ds,
+                   Lora(2, 3.0, true, {"q_a_proj"}, 0, {"gate_up_proj"})});
   return cases;
 }
 

@@ -241,6 +241,20 @@ TEST(PlanSharding, LoraStateIsTheAdapters) {
   EXPECT_EQ(MustPlan(in).backward_scratch_bytes, full.backward_scratch_bytes);
   in.model.lora.dropout = 0.1;
   EXPECT_EQ(MustPlan(in).backward_scratch_bytes, full.backward_scratch_bytes);
+  // The routed experts' adapters too (PEFT's target_parameters): rank 16 on each of the 128
+  // experts' gate_up (1536 x 2048) and down (2048 x 768), 2% of the model; their backward's
+  // scratch (z, dz (A, 16), dy (A, 1536) and dz A (A, 2048) over A = 8 T rows) adds to the
+  // experts' phase.
+  in.model.lora.dropout = 0;
+  in.model.lora.expert_targets = {"gate_up_proj", "down_proj"};
+  const PlanReport experts = MustPlan(in);
+  const int64_t attention = 16 * ((2048 + 4096) + 2 * (2048 + 512) + (4096 + 2048));
+  EXPECT_EQ(experts.trainable_params, 48 * (attention + 128 * 16 * (2048 + 1536 + 768 + 2048)));
+  EXPECT_LT(experts.trainable_params, full.total_params / 40);
+  const int64_t A = 8 * 1024;
+  EXPECT_EQ(experts.backward_scratch_bytes - full.backward_scratch_bytes,
+            4 * A * (2 * 16 + 1536 + 2048));
+  in.model.lora.expert_targets.clear();
   // Dense layers (I 6144) with adapters on the MLP: beside its temporaries (3 T I, the larger
   // phase), the largest adapter's z, dz (T, 16) and dy (T, rows): gate_proj's (rows 6144);
   // with dropout also the masked input and its gradient (T, in): down_proj's (in 6144, rows
@@ -490,12 +504,14 @@ TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
     std::string args, message;
     bool cli11 = false;
   };
-  for (const Refusal& r :
-       std::vector<Refusal>{{"--precision fp8", "--precision must be fp32 or bf16"},
-                            {"--device tpu", "--device must be cpu or cuda"},
-                            {"--lora-dropout 0.1", "--lora-dropout requires --lora-rank", true},
-                            {"--lora-rank 0 --lora-targets q_proj", "need --lora-rank > 0"},
-                            {"--lora-rank 8 --lora-dropout 1", "lora.dropout must be in [0, 1)"}}) {
+  for (const Refusal& r : std::vector<Refusal>{
+           {"--precision fp8", "--precision must be fp32 or bf16"},
+           {"--device tpu", "--device must be cpu or cuda"},
+           {"--lora-dropout 0.1", "--lora-dropout requires --lora-rank", true},
+           {"--lora-rank 0 --lora-targets q_proj", "need --lora-rank > 0"},
+           {"--lora-rank 0 --lora-target-parameters down_proj", "need --lora-rank > 0"},
+           {"--lora-rank 8 --lora-target-parameters w2", "lora.target_parameters: \"w2\" is not"},
+           {"--lora-rank 8 --lora-dropout 1", "lora.dropout must be in [0, 1)"}}) {
     run = testing::RunXtuner("plan --model " + cfg + " --seq 8 " + r.args);
     if (r.cli11) {
       EXPECT_NE(run.code, 0) << r.args;
@@ -505,6 +521,10 @@ TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
     EXPECT_NE(run.output.find(r.message), std::string::npos) << r.args << ": " << run.output;
   }
   run = testing::RunXtuner("plan --model " + cfg + " --seq 8 --lora-rank 8 --lora-dropout 0.1");
+  EXPECT_EQ(run.code, 0) << run.output;
+  run = testing::RunXtuner("plan --model " + cfg +
+                           " --seq 8 --lora-rank 8 --lora-target-parameters "
+                           "mlp.experts.gate_up_proj,mlp.experts.down_proj");
   EXPECT_EQ(run.code, 0) << run.output;
 }
 

@@ -1,7 +1,8 @@
 // LoRA training end to end on a tiny Qwen3-MoE exported by a short full run: only the adapters
 // move, the export is merged and its PEFT adapter is written beside it, a run starts from an
 // adapter, resume is bit-exact and refuses other [lora] settings, `xtuner convert` gives the same
-// merged model and adapter, and bad settings are refused before training.
+// merged model and adapter, and bad settings are refused before training; the same with adapters
+// on the routed experts.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -197,6 +198,99 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
       << bad.status().message();
 }
 
+// LoRA on the routed experts too (lora.target_parameters): only the adapters move, the export
+// merges them into each expert's gate_proj, up_proj and down_proj, resume is bit-exact (and
+// refuses other target_parameters), and `xtuner convert` gives the run's adapter back.
+TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
+  TrainConfig c = LoraRun("lora_experts");
+  c.lora_target_parameters = "mlp.experts.gate_up_proj,mlp.experts.down_proj";
+  c.checkpoint_every = 3;
+  c.export_at_end = true;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> losses = Losses(c.work_dir);
+  ASSERT_EQ(losses.size(), 6u);
+
+  // The experts' adapters moved (B from zero), every base weight is as loaded.
+  auto mc = ModelConfig::Load(r->last_checkpoint + "/config.json");
+  ASSERT_TRUE(mc.ok());
+  auto lora = ReadCheckpointLora(r->last_checkpoint);
+  ASSERT_TRUE(lora.ok()) << lora.status().message();
+  EXPECT_EQ(lora->expert_targets, (std::vector<std::string>{"gate_up_proj", "down_proj"}));
+  mc->lora = *lora;
+  auto params = ReadCheckpointParams(r->last_checkpoint, *mc);
+  ASSERT_TRUE(params.ok()) << params.status().message();
+  const auto base = Tensors(BaseModel());
+  double expert_b = 0;
+  const ParamLayout layout(*mc);
+  for (const ParamInfo& p : layout.params()) {
+    const float* got = params->data() + p.offset;
+    const int64_t n = NumElements(p.shape);
+    if (p.lora && p.name.find(".experts.") != std::string::npos &&
+        p.name.find("lora_B") != std::string::npos)
+      for (int64_t i = 0; i < n; ++i) expert_b += double(got[i]) * got[i];
+    if (p.lora) continue;
+    ASSERT_EQ(base.count(p.name), 1u) << p.name;
+    EXPECT_EQ(std::vector<float>(got, got + n), base.at(p.name)) << p.name;
+  }
+  EXPECT_GT(expert_b, 0);
+
+  // The export changed experts' weights (besides attention's), nothing else.
+  const auto exported = Tensors(r->export_dir);
+  int experts = 0;
+  for (const auto& [name, w] : exported) {
+    ASSERT_EQ(base.count(name), 1u) << name;
+    if (w != base.at(name)) {
+      const bool expert = name.find(".experts.") != std::string::npos;
+      experts += expert;
+      EXPECT_TRUE(expert || name.find("self_attn.") != std::string::npos) << name;
+    }
+  }
+  EXPECT_GT(experts, 0);
+  const std::string adapter = r->export_dir + "-adapter";
+  const nlohmann::json j = testing::JsonFile(adapter + "/adapter_config.json");
+  EXPECT_EQ(j["target_parameters"],
+            nlohmann::json({"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
+  auto merged = LoadHfModel(BaseModel(), adapter);  // the adapter gives that same merge
+  ASSERT_TRUE(merged.ok()) << merged.status().message();
+  const std::string again = testing::TempDir("lora_experts_again");
+  ASSERT_TRUE(SaveHfModel(**merged, again, ExportDType::kF32).ok());
+  EXPECT_EQ(Tensors(again), exported);
+  // ... and so does generation with the base and the adapter (the KV-cached path).
+  const std::string gen =
+      "generate --prompt 'reverse: a b c' --chat-template chatml --max-new-tokens 6 "
+      "--tokenizer " +
+      c.tokenizer + " --model ";
+  auto with_adapter = testing::RunXtuner(gen + BaseModel() + " --adapter " + adapter);
+  auto with_merged = testing::RunXtuner(gen + r->export_dir);
+  ASSERT_EQ(with_adapter.code, 0) << with_adapter.output;
+  EXPECT_EQ(with_adapter.output, with_merged.output);
+
+  TrainConfig resumed = testing::ResumedRun(c, 3);
+  resumed.export_at_end = false;
+  auto rr = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(rr.ok()) << rr.status().message();
+  const std::vector<double> tail = Losses(resumed.work_dir);
+  ASSERT_EQ(tail.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tail[i], losses[3 + i]) << "step " << 4 + i;
+  TrainConfig other = resumed;
+  other.work_dir = c.work_dir + "-other";
+  other.lora_target_parameters = "mlp.experts.down_proj";
+  testing::SeedResumeDir(c.work_dir, 3, other.work_dir);
+  auto bad = RunTraining(other, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("this checkpoint was trained with LoRA"), std::string::npos)
+      << bad.status().message();
+
+  const std::string out = testing::TempDir("lora_experts_convert");
+  auto cli = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
+                                "/hf --dtype fp32 --adapter-out " + out + "/adapter");
+  ASSERT_EQ(cli.code, 0) << cli.output;
+  EXPECT_EQ(Tensors(out + "/hf"), exported);
+  EXPECT_EQ(Tensors(out + "/adapter/adapter_model.safetensors"),
+            Tensors(adapter + "/adapter_model.safetensors"));
+}
+
 // LoRA's dropout: its masks follow each row's place in the global batch, so a run with
 // micro-batches of one row gives the losses of one with two, a resumed run repeats the steps
 // bit for bit, and the masks move the losses away from a run without dropout. The adapter
@@ -346,6 +440,17 @@ TEST(LoraTraining, BadSettingsAreRefusedBeforeTraining) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("lora.target_modules: \"gate_proj\""), std::string::npos)
       << r.status().message();
+  TrainConfig experts_dropout = LoraRun("lora_experts_dropout");
+  experts_dropout.lora_target_parameters = "mlp.experts.down_proj";
+  experts_dropout.lora_dropout = 0.1;
+  r = RunTraining(experts_dropout, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("lora.dropout must be 0 with lora.target_parameters"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_NE(error(base + "[lora]\ntarget_parameters = \"down_proj\"\n")
+                .find("lora.target_parameters is set but lora.rank is 0"),
+            std::string::npos);
   TrainConfig huge = LoraRun("lora_huge");
   huge.lora_alpha = 1e40;  // alpha / rank overflows fp32
   r = RunTraining(huge, nullptr);

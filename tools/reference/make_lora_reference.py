@@ -5,13 +5,17 @@ LoraConfig, and adapter weights drawn from a seeded normal (not PEFT's zero B, s
 adapter gradient is non-zero). Writes:
   adapter_config.json, adapter_model.safetensors   as PEFT's save_pretrained writes them
                                                    (float32, the engine loads these);
+  (cases with `params`: PEFT's target_parameters on the routed experts' stacked weights,
+  mlp.experts.gate_up_proj (E, 2I, H) and mlp.experts.down_proj (E, H, I))
   reference.safetensors (float64):
     input_ids, labels                the base fixture's batch;
     logits, loss, ce_loss            the PEFT model's forward (loss as the model returns it:
                                      + router_aux_loss_coef * aux_loss for a softmax MoE);
     grad.<name>                      d loss / d every adapter weight, <name> as PEFT saves it
                                      less "base_model.model." (every base weight is frozen);
-    merged.<hub name>                every adapted weight after merge_and_unload.
+    merged.<hub name>                every adapted weight after merge_and_unload (an expert's
+                                     by its checkpoint's per-expert names, sliced from the
+                                     merged stacked weight).
 Usage: /work/venv-ref/bin/python tools/reference/make_lora_reference.py [--out tests/data/lora]
 """
 import argparse
@@ -41,6 +45,19 @@ CASES = {
                             targets=["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
                                      "o_proj"],
                             rslora=False),
+    # the routed experts' both weights (PEFT nests two ParamWrappers: gate_up_proj's is the
+    # inner, "experts.base_layer.lora_A") beside two attention projections
+    "qwen3_moe_experts": dict(base="qwen3_moe_tiny", seed=7004, r=2, alpha=4,
+                              targets=["q_proj", "o_proj"],
+                              params=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                              rslora=False),
+    # the experts' down_proj alone (one ParamWrapper: "experts.lora_A"), nothing else, rsLoRA
+    "mixtral_experts_down": dict(base="mixtral_tiny", seed=7005, r=3, alpha=6, targets=[],
+                                 params=["experts.down_proj"], rslora=True),
+    # DeepSeek-V3: gate_up_proj alone beside MLA projections (layer 0 is dense)
+    "deepseek_v3_experts": dict(base="deepseek_v3_tiny", seed=7006, r=2, alpha=2,
+                                targets=["q_a_proj", "kv_b_proj"], params=["gate_up_proj"],
+                                rslora=False),
 }
 
 PREFIX = "base_model.model."
@@ -61,7 +78,8 @@ def build(name, spec, out_root):
     base_dir = os.path.join(DATA, spec["base"])
     cfg, model = load_base(base_dir)
     lc = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], target_modules=spec["targets"],
-                    lora_dropout=0.0, use_rslora=spec["rslora"], task_type="CAUSAL_LM")
+                    target_parameters=spec.get("params"), lora_dropout=0.0,
+                    use_rslora=spec["rslora"], task_type="CAUSAL_LM")
     pm = get_peft_model(model, lc)
     gen = torch.Generator().manual_seed(spec["seed"])
     with torch.no_grad():
@@ -113,9 +131,32 @@ def build(name, spec, out_root):
     merged = pm.merge_and_unload()
     sd = merged.state_dict()
     saved_names = load_file(os.path.join(out_dir, "adapter_model.safetensors")).keys()
-    modules = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in saved_names})
+    modules = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in saved_names
+                      if ".mlp.experts." not in k})
     for m in modules:
         tensors["merged." + m + ".weight"] = sd[m + ".weight"].detach().clone()
+    # The experts' merged stacked weights, by the checkpoint's per-expert names.
+    hub = set(load_file(os.path.join(base_dir, "model.safetensors")).keys())
+    mixtral = cfg.model_type == "mixtral"
+    moe, (g, u, d) = ("block_sparse_moe", ("w1", "w3", "w2")) if mixtral else \
+        ("mlp", ("gate_proj", "up_proj", "down_proj"))
+    for p in spec.get("params") or []:
+        for k in sd:
+            if not k.endswith(".mlp.experts." + p.rsplit(".", 1)[-1]):
+                continue
+            layer = k.split(".")[2]
+            w = sd[k].detach()
+            for e in range(w.shape[0]):
+                x = f"model.layers.{layer}.{moe}.experts.{e}."
+                if p.endswith("gate_up_proj"):
+                    half = w.shape[1] // 2
+                    parts = {g: w[e, :half], u: w[e, half:]}
+                else:
+                    parts = {d: w[e]}
+                for part, t in parts.items():
+                    assert x + part + ".weight" in hub, x + part
+                    tensors["merged." + x + part + ".weight"] = t.clone()
+                    modules.append(x + part)
     save_file({k: v.contiguous() for k, v in tensors.items()},
               os.path.join(out_dir, "reference.safetensors"))
     meta = {"base": spec["base"], "seed": spec["seed"], "peft": __import__("peft").__version__,

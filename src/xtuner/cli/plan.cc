@@ -1,6 +1,7 @@
 // xtuner plan --model CONFIG.json --seq N [--world W] [--ep E] [--recompute F]
 //              [--micro-batch-size B] [--precision fp32|bf16] [--device cpu|cuda]
-//              [--gpu-memory GiB] [--lora-rank R [--lora-targets T] [--lora-dropout P]] [--row]
+//              [--gpu-memory GiB] [--lora-rank R [--lora-targets T] [--lora-dropout P]
+//              [--lora-target-parameters P]] [--row]
 // Memory per rank and FLOPs per token of a training run, on paper (src/xtuner/plan/plan.h).
 #include "xtuner/plan/plan.h"
 
@@ -15,6 +16,7 @@ namespace {
 
 struct PlanArgs {
   std::string model, precision = "fp32", device = "cpu", lora_targets = "auto";
+  std::string lora_target_parameters;
   int64_t lora_rank = 0;
   double lora_dropout = 0;
   PlanInputs in;
@@ -23,14 +25,17 @@ struct PlanArgs {
 
 Status RunPlan(PlanArgs o) {
   XT_ASSIGN_OR_RETURN(o.in.model, ModelConfig::Load(o.model));
-  if (o.lora_rank == 0 && (o.lora_dropout != 0 || o.lora_targets != PlanArgs().lora_targets))
-    return Status::Error("plan: --lora-targets and --lora-dropout need --lora-rank > 0");
+  if (o.lora_rank == 0 && (o.lora_dropout != 0 || o.lora_targets != PlanArgs().lora_targets ||
+                           !o.lora_target_parameters.empty()))
+    return Status::Error(
+        "plan: --lora-targets, --lora-dropout and --lora-target-parameters need --lora-rank > 0");
   if (o.lora_rank != 0) {  // as a run's [lora]: the targets by name, comma-separated
     LoraSpec spec;
     spec.rank = o.lora_rank;
     spec.alpha = 1;  // the scale does not change the plan
     spec.dropout = o.lora_dropout;
     spec.targets = SplitLoraTargets(o.lora_targets);
+    spec.expert_targets = SplitLoraTargets(o.lora_target_parameters);
     XT_ASSIGN_OR_RETURN(o.in.model.lora, ResolveLora(spec, o.in.model, "plan: lora"));
   }
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
@@ -80,6 +85,10 @@ void AddPlan(CLI::App& app) {
   cmd->add_option("--lora-dropout", o.lora_dropout,
                   "lora.dropout, with --lora-rank (each adapter's input is masked in scratch)")
       ->capture_default_str()
+      ->needs(rank);
+  cmd->add_option("--lora-target-parameters", o.lora_target_parameters,
+                  "lora.target_parameters, with --lora-rank: the routed experts' weights "
+                  "(mlp.experts.gate_up_proj,mlp.experts.down_proj)")
       ->needs(rank);
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
   cmd->add_flag("--header", o.header, "with --row: print the table header first");

@@ -91,6 +91,9 @@ void AddSft(CLI::App& app) {
   cmd->add_option("--lora-dropout", cfg.lora_dropout,
                   "lora.dropout, with --lora-rank: PEFT's lora_dropout, in [0, 1)")
       ->capture_default_str();
+  cmd->add_option("--lora-target-parameters", cfg.lora_target_parameters,
+                  "lora.target_parameters, with --lora-rank: PEFT's target_parameters on the "
+                  "routed experts, e.g. mlp.experts.gate_up_proj,mlp.experts.down_proj");
   cmd->add_option("--set", sets, "override any config key: section.key=value (repeatable)");
   cmd->add_option("--resume", cfg.resume, "auto (the latest checkpoint in the work dir) or a path");
   cmd->callback([] {

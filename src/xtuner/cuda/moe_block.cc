@@ -47,6 +47,42 @@ Status MoeBlock::ExpertBiasGrad(float* db, const float* dout, const int32_t* off
   return GroupedBiasBackward(db, dout, offsets, experts_, n, stream_);
 }
 
+Status MoeBlock::ExpertLoraForward(float* out, const float* x, const uint16_t* x16, const float* A,
+                                   const float* B, const int32_t* offsets, int64_t R, int64_t in,
+                                   int64_t O) {
+  const int64_t r = cfg_.lora.rank;
+  F z, y;
+  XT_RETURN_IF_ERROR(z.Alloc(R * r, stream_));
+  XT_RETURN_IF_ERROR(y.Alloc(R * O, stream_));
+  XT_RETURN_IF_ERROR(mm_.GroupedForward(z.get(), x, A, offsets, R, in, r, x16));
+  XT_RETURN_IF_ERROR(mm_.GroupedForward(y.get(), z.get(), B, offsets, R, r, O));
+  return ScaleColumns(out, O, 0, y.get(), O, 0, R, O, float(cfg_.lora.scale()), /*add=*/true,
+                      stream_);
+}
+
+Status MoeBlock::ExpertLoraBackward(float* dx, float* dA, float* dB, const float* dout,
+                                    const uint16_t* dout16, const float* x, const uint16_t* x16,
+                                    const float* A, const float* B, const int32_t* offsets,
+                                    int64_t R, int64_t in, int64_t O) {
+  const int64_t r = cfg_.lora.rank;
+  const float scale = float(cfg_.lora.scale());
+  F z, dy, dz, dxa;
+  XT_RETURN_IF_ERROR(z.Alloc(R * r, stream_));
+  XT_RETURN_IF_ERROR(mm_.GroupedForward(z.get(), x, A, offsets, R, in, r, x16));
+  XT_RETURN_IF_ERROR(dy.Alloc(R * O, stream_));
+  XT_RETURN_IF_ERROR(dout16
+                         ? ScaleColumns(dy.get(), O, 0, dout16, O, 0, R, O, scale, false, stream_)
+                         : ScaleColumns(dy.get(), O, 0, dout, O, 0, R, O, scale, false, stream_));
+  XT_RETURN_IF_ERROR(dz.Alloc(R * r, stream_));
+  XT_RETURN_IF_ERROR(mm_.GroupedBackward(dz.get(), dB, dy.get(), z.get(), B, offsets, R, r, O));
+  dy = F();
+  z = F();
+  XT_RETURN_IF_ERROR(dxa.Alloc(R * in, stream_));
+  XT_RETURN_IF_ERROR(
+      mm_.GroupedBackward(dxa.get(), dA, dz.get(), x, A, offsets, R, in, r, nullptr, x16));
+  return AddInPlace(dx, dxa.get(), R * in, stream_);
+}
+
 Status MoeBlock::PermuteRows(MoeActs* a, const float* h2) {
   const int64_t A = T_ * cfg_.top_k, H = cfg_.hidden_size;
   if (rows16_) {
@@ -140,6 +176,9 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   if (o.gate_up_bias >= 0)  // GPT-OSS (rows16 is off: the bias gradients need fp32 rows)
     XT_RETURN_IF_ERROR(
         GroupedBiasForward(a->gu.get(), P(o.gate_up_bias), offsets, experts_, 2 * Im, s));
+  if (o.gate_up_lora_a >= 0)
+    XT_RETURN_IF_ERROR(ExpertLoraForward(a->gu.get(), rows, rows_16, P(o.gate_up_lora_a),
+                                         P(o.gate_up_lora_b), offsets, R, H, 2 * Im));
   // The rows are permuted again in the backward (from h2, which the router's backward keeps
   // anyway: the same bits) instead of kept: every layer keeps one (A, H) buffer less, 4 GiB a
   // layer at 128k tokens of the benchmark's model in bf16, for one more gather (A rows of H)
@@ -168,6 +207,9 @@ Status MoeBlock::Forward(MoeActs* a, float* y, const float* h2, const UnitParams
   if (o.down_bias >= 0)
     XT_RETURN_IF_ERROR(
         GroupedBiasForward(ep_ ? yr.get() : a->ys.get(), P(o.down_bias), offsets, experts_, H, s));
+  if (o.down_lora_a >= 0)
+    XT_RETURN_IF_ERROR(ExpertLoraForward(ep_ ? yr.get() : a->ys.get(), a->act.get(), a->act16.get(),
+                                         P(o.down_lora_a), P(o.down_lora_b), offsets, R, Im, H));
   if (ep_) {
     XT_RETURN_IF_ERROR(part("expert_all_to_all"));
     XT_RETURN_IF_ERROR(
@@ -255,6 +297,10 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   XT_RETURN_IF_ERROR(mm.GroupedBackward(dact.get(), G(o.down), dys.get(), a->act.get(), P(o.down),
                                         offsets, R, Im, H, dys16.get(), a->act16.get()));
   XT_RETURN_IF_ERROR(ExpertBiasGrad(G(o.down_bias), dys.get(), offsets, H));
+  if (o.down_lora_a >= 0)
+    XT_RETURN_IF_ERROR(ExpertLoraBackward(dact.get(), G(o.down_lora_a), G(o.down_lora_b), dys.get(),
+                                          dys16.get(), a->act.get(), a->act16.get(),
+                                          P(o.down_lora_a), P(o.down_lora_b), offsets, R, Im, H));
   dys = F();
   dys16 = F16();
   a->act = F();
@@ -284,6 +330,11 @@ Status MoeBlock::Backward(DeviceArray<float>* dh2, const float* dy, MoeActs* a, 
   XT_RETURN_IF_ERROR(mm.GroupedBackward(
       dxs.get(), G(o.gate_up), dgu.get(), ep_ ? a->xr.get() : a->xs.get(), P(o.gate_up), offsets, R,
       H, 2 * Im, dgu16.get(), ep_ ? a->xr16.get() : a->xs16.get()));
+  if (o.gate_up_lora_a >= 0)
+    XT_RETURN_IF_ERROR(ExpertLoraBackward(dxs.get(), G(o.gate_up_lora_a), G(o.gate_up_lora_b),
+                                          dgu.get(), dgu16.get(), ep_ ? a->xr.get() : a->xs.get(),
+                                          ep_ ? a->xr16.get() : a->xs16.get(), P(o.gate_up_lora_a),
+                                          P(o.gate_up_lora_b), offsets, R, H, 2 * Im));
   dgu = F();
   dgu16 = F16();
   a->xs = F();

@@ -93,6 +93,18 @@ class MoeBlock {
   Status PermuteRows(MoeActs* a, const float* h2);
   // db (experts, n; null: no bias) += each expert's column sums of its rows of dout.
   Status ExpertBiasGrad(float* db, const float* dout, const int32_t* offsets, int64_t n);
+  // The routed experts' adapters (LayerOffsets::gate_up_lora_a, ...), as the CPU model's: over
+  // the R rows x (R, in) (x16: in bf16, x then unread), out (R, O) += scale * (x A_e^T) B_e^T,
+  // A (experts, r, in), B (experts, O, r) stacked.
+  Status ExpertLoraForward(float* out, const float* x, const uint16_t* x16, const float* A,
+                           const float* B, const int32_t* offsets, int64_t R, int64_t in,
+                           int64_t O);
+  // Its backward, dout (R, O) the output's gradient (dout16: in bf16, dout then unread): dA, dB
+  // take their gradients, dx (R, in) += dz A with dz = scale * dout B_e.
+  Status ExpertLoraBackward(float* dx, float* dA, float* dB, const float* dout,
+                            const uint16_t* dout16, const float* x, const uint16_t* x16,
+                            const float* A, const float* B, const int32_t* offsets, int64_t R,
+                            int64_t in, int64_t O);
 
   const ModelConfig& cfg_;
   StepProducts& mm_;

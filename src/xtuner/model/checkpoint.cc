@@ -164,7 +164,7 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
     if (p.lora) continue;                      // merged into their weights
     if (GptOssExpertOf(mc, p.name)) continue;  // stacked below
     Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
-    if (Tensor merged; mc.lora.enabled() && MergeLora(model.layout(), mc.lora, slab, p, &merged))
+    if (Tensor merged; mc.lora.enabled() && MergeLora(model.layout(), mc, slab, p, &merged))
       t = merged;
     // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
     // per-step moves would round away in bf16).

@@ -7,6 +7,7 @@
 #include "xtuner/core/safetensors.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/gpt_oss_experts.h"
+#include "xtuner/model/lora.h"
 
 namespace xt {
 
@@ -77,10 +78,15 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
   if (cfg.is_moe() && cfg.router == RouterKind::kSoftmax)  // DeepSeek-V3 has no balancing loss
     out.emplace_back("aux_loss", Scalar(loss.aux_loss));
   out.emplace_back("loss", Scalar(loss.loss));
-  for (const ParamInfo& p : model->layout().params())
-    if (!p.frozen && !GptOssExpertOf(cfg, p.name))
-      out.emplace_back("grad." + p.name,
-                       Tensor::Wrap(DType::F32, p.shape, model->grads().f32() + p.offset, nullptr));
+  if (cfg.lora.enabled()) {  // the adapters', by PEFT's names
+    for (auto& [name, t] : PeftAdapterTensors(cfg, model->layout(), model->grads().f32()))
+      out.emplace_back("grad." + name, std::move(t));
+  } else {
+    for (const ParamInfo& p : model->layout().params())
+      if (!p.frozen && !GptOssExpertOf(cfg, p.name))
+        out.emplace_back("grad." + p.name, Tensor::Wrap(DType::F32, p.shape,
+                                                        model->grads().f32() + p.offset, nullptr));
+  }
   if (!cfg.lora.enabled())  // GPT-OSS's experts' gradients, stacked as the hub stores them
     for (auto& [name, t] : GptOssStackedExperts(cfg, model->layout(), model->grads().f32()))
       out.emplace_back("grad." + name, std::move(t));

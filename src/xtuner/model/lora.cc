@@ -44,6 +44,77 @@ bool IsAdaptableLinear(const ParamInfo& p) {
   return m != "gate" && m != "router";  // the router (GPT-OSS's: mlp.router, not a Linear)
 }
 
+// One stacked routed-experts adapter of a layer, as ParamLayout lays it out: the weight
+// (count, out, in) at `base`, A (count, r, in) at a, B (count, out, r) at b.
+struct ExpertAdapter {
+  int64_t layer = 0;
+  std::string param;  // "gate_up_proj" | "down_proj"
+  int64_t base = -1, out = 0, in = 0, a = -1, b = -1;
+};
+
+std::vector<ExpertAdapter> ExpertAdapters(const ParamLayout& layout, const ModelConfig& cfg) {
+  std::vector<ExpertAdapter> out;
+  const int64_t H = cfg.hidden_size, I = cfg.moe_intermediate_size;
+  for (int64_t l = 0; l < int64_t(layout.layers.size()); ++l) {
+    const LayerOffsets& o = layout.layers[l];
+    if (o.gate_up_lora_a >= 0)
+      out.push_back({l, "gate_up_proj", o.gate_up, 2 * I, H, o.gate_up_lora_a, o.gate_up_lora_b});
+    if (o.down_lora_a >= 0)
+      out.push_back({l, "down_proj", o.down, H, I, o.down_lora_a, o.down_lora_b});
+  }
+  return out;
+}
+
+// PEFT's name (less "base_model.model.") of layer l's stacked adapter of the experts' `param`,
+// kind "lora_A" (E * r, in) or "lora_B" (out, E * r). PEFT nests one ParamWrapper per targeted
+// parameter in the experts module's parameter order, so with both targeted gate_up_proj's is
+// the inner one ("experts.base_layer.lora_A.weight") and down_proj's the outer.
+std::string PeftExpertName(const LoraSpec& spec, int64_t l, const std::string& param,
+                           const std::string& kind) {
+  const bool inner = param == "gate_up_proj" && spec.TargetsExperts("down_proj");
+  return "model.layers." + std::to_string(l) + ".mlp.experts." + (inner ? "base_layer." : "") +
+         kind + ".weight";
+}
+
+// spec.expert_targets (PEFT's target_parameters) as "gate_up_proj" / "down_proj", model order,
+// each once. PEFT matches an entry against "model.layers.N.mlp.experts.gate_up_proj" by the
+// whole name or a dotted suffix: the suffixes that name every layer are taken.
+Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, const ModelConfig& cfg,
+                                                      const std::string& what) {
+  const std::string key = what + ".target_parameters";
+  std::vector<std::string> out;
+  for (const std::string& t : spec.expert_targets) {
+    std::string param;
+    for (const char* p : {"gate_up_proj", "down_proj"})
+      for (const std::string prefix : {"", "experts.", "mlp.experts."})
+        if (t == prefix + p) param = p;
+    if (param.empty())
+      return Status::Error(key + ": \"" + t +
+                           "\" is not a routed experts' weight the engine adapts (it takes "
+                           "mlp.experts.gate_up_proj and mlp.experts.down_proj, or their last "
+                           "one or two parts: every MoE layer's)");
+    if (!cfg.is_moe() || cfg.arch == Arch::kGptOss)
+      return Status::Error(
+          key + ": a " + cfg.model_type + " model has no routed experts " +
+          (cfg.is_moe() ? "that take adapters (GPT-OSS's are not implemented)" : "(it is dense)") +
+          ": leave it empty");
+    if (std::find(out.begin(), out.end(), param) == out.end()) out.push_back(param);
+  }
+  if (out.size() == 2 && out[0] != "gate_up_proj") std::swap(out[0], out[1]);
+  if (!out.empty() && spec.dropout > 0)
+    return Status::Error(what + ".dropout must be 0 with " + key +
+                         ": an adapter on the experts' stacked weights has no input of its own "
+                         "to drop (PEFT's ParamWrapper refuses lora_dropout too)");
+  return out;
+}
+
+// LoraSpec::expert_targets as PEFT's target_parameters ([] when none, as PEFT writes it).
+nlohmann::json PeftTargetParameters(const LoraSpec& spec) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const std::string& p : spec.expert_targets) j.push_back("mlp.experts." + p);
+  return j;
+}
+
 }  // namespace
 
 double LoraSpec::scale() const {
@@ -52,6 +123,10 @@ double LoraSpec::scale() const {
 
 bool LoraSpec::Targets(const std::string& module) const {
   return std::find(targets.begin(), targets.end(), module) != targets.end();
+}
+
+bool LoraSpec::TargetsExperts(const std::string& param) const {
+  return std::find(expert_targets.begin(), expert_targets.end(), param) != expert_targets.end();
 }
 
 std::vector<std::string> LoraTargetNames(const ModelConfig& cfg) {
@@ -98,7 +173,9 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
   }
   const std::vector<std::string> known = LoraTargetNames(cfg);
   const std::string key = what + ".target_modules";
-  if (spec.targets.empty()) return Status::Error(key + " is empty: name the layers to adapt");
+  XT_ASSIGN_OR_RETURN(spec.expert_targets, ResolveExpertTargets(spec, cfg, what));
+  if (spec.targets.empty() && spec.expert_targets.empty())
+    return Status::Error(key + " is empty: name the layers to adapt");
   std::vector<std::string> out;
   for (const std::string& t : spec.targets) {
     if (t == "auto") {  // every layer the engine can adapt in this model
@@ -113,9 +190,11 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     if (cfg.is_moe() && cfg.arch != Arch::kGptOss && (all || mlp))
       return Status::Error(
           key + ": \"" + t + "\" in a " + cfg.model_type +
-          " model would adapt its routed experts too (PEFT puts adapters on them), and the "
-          "engine has no LoRA for routed experts yet: name the attention projections (" +
-          Join(known) + " without gate_proj, up_proj, down_proj)");
+          " model means, in PEFT on transformers 5, adapters on its fused routed experts (and, "
+          "for all-linear, on its router), which the engine does not lay out so: name the "
+          "attention projections here (" +
+          Join(known) + " without gate_proj, up_proj, down_proj) and the experts in " + what +
+          ".target_parameters (mlp.experts.gate_up_proj, mlp.experts.down_proj)");
     if (!all && std::find(known.begin(), known.end(), t) == known.end())
       return Status::Error(key + ": \"" + t + "\" is no linear layer of a " + cfg.model_type +
                            " model with this config.json (it has: " + Join(known) +
@@ -131,6 +210,14 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
     if (std::find(out.begin(), out.end(), k) != out.end()) ordered.push_back(k);
   spec.targets = ordered;
   return spec;
+}
+
+std::string LoraTargetsText(const LoraSpec& spec) {
+  std::string s;
+  for (const std::string& t : spec.targets) s += (s.empty() ? "" : ",") + t;
+  for (const std::string& t : spec.expert_targets)
+    s += (s.empty() ? "" : ",") + ("mlp.experts." + t);
+  return s;
 }
 
 int64_t AdapterParams(const ParamLayout& layout) {
@@ -154,9 +241,26 @@ void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w) {
   }
 }
 
-bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
+bool MergeLora(const ParamLayout& layout, const ModelConfig& cfg, const float* slab,
                const ParamInfo& info, Tensor* merged) {
+  const LoraSpec& spec = cfg.lora;
   const int64_t n = NumElements(info.shape);
+  // An expert's weight (gate_proj, up_proj: rows of its gate_up; down_proj) with an adapter:
+  // + scale * B_e[rows] A_e.
+  for (const ExpertAdapter& x : ExpertAdapters(layout, cfg)) {
+    const int64_t per = x.out * x.in, at = info.offset - x.base;
+    if (at < 0 || at >= layout.expert_count * per) continue;
+    const int64_t e = at / per, row0 = at % per / x.in, r = spec.rank;
+    XT_CHECK(n % x.in == 0 && row0 + n / x.in <= x.out, "MergeLora: " + info.name);
+    *merged = Tensor::Empty(DType::F32, info.shape);
+    float* w = merged->f32();
+    std::vector<float> delta(n);
+    ops::gemm_f32(delta.data(), slab + x.b + (e * x.out + row0) * r, slab + x.a + e * r * x.in,
+                  n / x.in, x.in, r, false, false, 0.0f);
+    const float scale = float(spec.scale());
+    for (int64_t i = 0; i < n; ++i) w[i] = slab[info.offset + i] + delta[i] * scale;
+    return true;
+  }
   std::vector<const LoraPiece*> pieces;  // the adapters of exactly this weight's rows
   for (const LayerOffsets& o : layout.layers)
     for (const LoraPiece& piece : o.lora)
@@ -247,10 +351,9 @@ Result<nlohmann::json> ReadAdapterConfig(const std::string& path) {
                    ": an adapter initialised so belongs to a changed base model; convert it to "
                    "a plain LoRA adapter first (PEFT's save_pretrained with "
                    "path_initial_model_for_weight_conversion)");
-  for (const char* key :
-       {"modules_to_save", "target_parameters", "rank_pattern", "alpha_pattern",
-        "layers_to_transform", "layers_pattern", "trainable_token_indices",
-        "alora_invocation_tokens", "layer_replication", "arrow_config", "megatron_config"}) {
+  for (const char* key : {"modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform",
+                          "layers_pattern", "trainable_token_indices", "alora_invocation_tokens",
+                          "layer_replication", "arrow_config", "megatron_config"}) {
     const nlohmann::json* v = get(key);
     if (v && !v->empty() && !(v->is_boolean() && !v->get<bool>()))
       return bad(key, "is " + DumpJson(*v).substr(0, 200) +
@@ -276,14 +379,23 @@ Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& c
   XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
   XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
   LoraSpec spec = SettingsOf(j);
+  if (const auto tp = j.find("target_parameters"); tp != j.end() && !tp->is_null()) {
+    if (!tp->is_array())
+      return Status::Error(f.config + ": target_parameters must be a list of names");
+    for (const nlohmann::json& t : *tp) {
+      if (!t.is_string())
+        return Status::Error(f.config + ": target_parameters must be a list of names");
+      spec.expert_targets.push_back(t.get<std::string>());
+    }
+  }
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
   for (const std::string& name : ckpt.names()) {
     const size_t at = name.rfind(".lora_");
-    if (name.rfind(kPeftPrefix, 0) != 0 || at == std::string::npos ||
-        name.find(".experts.") != std::string::npos)
+    if (name.rfind(kPeftPrefix, 0) != 0 || at == std::string::npos)
       return Status::Error(f.weights + ": \"" + name +
                            "\" is not a LoRA adapter of a linear layer the engine adapts "
-                           "(attention projections, dense MLPs)");
+                           "(attention projections, dense MLPs, routed experts)");
+    if (name.find(".mlp.experts.") != std::string::npos) continue;  // (target_parameters')
     const std::string module = name.substr(0, at);
     const std::string short_name = module.substr(module.rfind('.') + 1);
     if (std::find(spec.targets.begin(), spec.targets.end(), short_name) == spec.targets.end())
@@ -310,10 +422,51 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
     return bad("use_rslora", std::string("is ") + (got.rslora ? "true" : "false") +
                                  ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
 
+  std::vector<std::string> tp;
+  if (const auto it = j.find("target_parameters"); it != j.end() && it->is_array())
+    for (const nlohmann::json& t : *it)
+      if (t.is_string()) tp.push_back(t.get<std::string>());
+  LoraSpec tp_spec = cfg.lora;
+  tp_spec.expert_targets = tp;
+  XT_ASSIGN_OR_RETURN(tp_spec.expert_targets, ResolveExpertTargets(tp_spec, cfg, f.config));
+  if (tp_spec.expert_targets != cfg.lora.expert_targets)
+    return bad("target_parameters", "is " + DumpJson(nlohmann::json(tp)) +
+                                        ", but lora.target_parameters is " +
+                                        DumpJson(PeftTargetParameters(cfg.lora)));
+
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
   const std::string& file = f.weights;
+  // The experts' stacked adapters, sliced into this layout's experts (see SaveLoraAdapter).
+  std::vector<std::string> expert_names;
+  const int64_t E = cfg.num_experts, r = cfg.lora.rank;
+  for (const ExpertAdapter& x : ExpertAdapters(layout, cfg)) {
+    for (const char* kind : {"lora_A", "lora_B"}) {
+      const bool is_a = kind[5] == 'A';
+      const std::string name = kPeftPrefix + PeftExpertName(cfg.lora, x.layer, x.param, kind);
+      const Shape shape = is_a ? Shape{E * r, x.in} : Shape{x.out, r * E};
+      if (!ckpt.contains(name))
+        return Status::Error(file + ": adapter has no tensor \"" + name + "\" (shape " +
+                             ShapeString(shape) + "), which lora.target_parameters (mlp.experts." +
+                             x.param + ") needs");
+      XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(name, shape));
+      expert_names.push_back(name);
+      std::vector<float> mine(is_a ? r * x.in : x.out * r);
+      for (int64_t e = layout.expert_begin; e < layout.expert_begin + layout.expert_count; ++e) {
+        const ParamInfo* p = layout.Find(ExpertAdapterName(cfg, x.layer, e, x.param, kind));
+        XT_CHECK(p != nullptr,
+                 "ReadLoraAdapter: the layout has no adapter of expert " + std::to_string(e));
+        if (is_a) {
+          std::copy(t.f32() + e * r * x.in, t.f32() + (e + 1) * r * x.in, mine.begin());
+        } else {
+          for (int64_t o = 0; o < x.out; ++o)
+            for (int64_t jj = 0; jj < r; ++jj) mine[o * r + jj] = t.f32()[o * r * E + jj * E + e];
+        }
+        visit(*p, mine.data());
+      }
+    }
+  }
   for (const ParamInfo& p : layout.params()) {
-    if (!p.lora) continue;
+    if (!p.lora || p.name.find(".experts.") != std::string::npos) continue;
     const std::string name = kPeftPrefix + p.name;
     if (!ckpt.contains(name))
       return Status::Error(file + ": adapter has no tensor \"" + name + "\" (shape " +
@@ -326,26 +479,32 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
     const ParamInfo* p = name.rfind(kPeftPrefix, 0) == 0
                              ? layout.Find(name.substr(sizeof(kPeftPrefix) - 1))
                              : nullptr;
-    if (!p || !p->lora)
+    const bool expert =
+        std::find(expert_names.begin(), expert_names.end(), name) != expert_names.end();
+    if (!expert && (!p || !p->lora || p->name.find(".experts.") != std::string::npos))
       return Status::Error(file + ": unexpected tensor \"" + name +
                            "\": no adapter of lora.target_modules (" + Join(cfg.lora.targets) +
-                           ") has that name");
+                           ") or lora.target_parameters " +
+                           DumpJson(PeftTargetParameters(cfg.lora)) + " has that name");
   }
   return Status::OK();
 }
 
 nlohmann::json LoraSpecToJson(const LoraSpec& spec) {
-  return {{"r", spec.rank},
-          {"lora_alpha", spec.alpha},
-          {"use_rslora", spec.rslora},
-          {"target_modules", spec.targets}};
+  nlohmann::json j = {{"r", spec.rank},
+                      {"lora_alpha", spec.alpha},
+                      {"use_rslora", spec.rslora},
+                      {"target_modules", spec.targets}};
+  if (!spec.expert_targets.empty()) j["target_parameters"] = spec.expert_targets;
+  return j;
 }
 
 Result<LoraSpec> LoraSpecFromJson(const nlohmann::json& j, const std::string& source) {
   const auto bad = [&] {
     return Status::Error(source +
                          ": \"xtuner_lora\" must be {\"r\": integer, \"lora_alpha\": "
-                         "number, \"use_rslora\": bool, \"target_modules\": [names]}");
+                         "number, \"use_rslora\": bool, \"target_modules\": [names], "
+                         "optionally \"target_parameters\": [names]}");
   };
   if (!j.is_object() || !j.contains("r") || !j["r"].is_number_integer() ||
       !j.contains("lora_alpha") || !j["lora_alpha"].is_number() || !j.contains("use_rslora") ||
@@ -360,7 +519,42 @@ Result<LoraSpec> LoraSpecFromJson(const nlohmann::json& j, const std::string& so
     if (!t.is_string()) return bad();
     s.targets.push_back(t.get<std::string>());
   }
+  if (j.contains("target_parameters")) {  // (absent before LoRA on the routed experts)
+    if (!j["target_parameters"].is_array()) return bad();
+    for (const nlohmann::json& t : j["target_parameters"]) {
+      if (!t.is_string()) return bad();
+      s.expert_targets.push_back(t.get<std::string>());
+    }
+  }
   return s;
+}
+
+std::vector<std::pair<std::string, Tensor>> PeftAdapterTensors(const ModelConfig& cfg,
+                                                               const ParamLayout& layout,
+                                                               const float* slab) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamInfo& p : layout.params())
+    if (p.lora && p.name.find(".experts.") == std::string::npos)
+      tensors.emplace_back(
+          p.name, Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr));
+  // The experts' adapters stacked as PEFT's ParamWrapper holds them: A (E * r, in), expert e's
+  // rows e * r ... (as laid out here); B (out, r * E), B[o, j * E + e] = B_e[o, j].
+  const int64_t E = cfg.num_experts, r = cfg.lora.rank;
+  const std::vector<ExpertAdapter> experts = ExpertAdapters(layout, cfg);
+  XT_CHECK(experts.empty() || layout.expert_count == E,
+           "PeftAdapterTensors: the layout must hold every expert");
+  for (const ExpertAdapter& x : experts) {
+    tensors.emplace_back(
+        PeftExpertName(cfg.lora, x.layer, x.param, "lora_A"),
+        Tensor::Wrap(DType::F32, {E * r, x.in}, const_cast<float*>(slab + x.a), nullptr));
+    Tensor b = Tensor::Empty(DType::F32, {x.out, r * E});
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t o = 0; o < x.out; ++o)
+        for (int64_t j = 0; j < r; ++j)
+          b.f32()[o * r * E + j * E + e] = slab[x.b + (e * x.out + o) * r + j];
+    tensors.emplace_back(PeftExpertName(cfg.lora, x.layer, x.param, "lora_B"), std::move(b));
+  }
+  return tensors;
 }
 
 Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const float* slab,
@@ -368,12 +562,8 @@ Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const 
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const ParamInfo& p : layout.params())
-    if (p.lora)
-      tensors.emplace_back(
-          kPeftPrefix + p.name,
-          Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr));
+  std::vector<std::pair<std::string, Tensor>> tensors = PeftAdapterTensors(cfg, layout, slab);
+  for (auto& [name, t] : tensors) name = kPeftPrefix + name;
   XT_RETURN_IF_ERROR(
       WriteSafetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors));
   nlohmann::json j = {{"peft_type", "LORA"},
@@ -384,6 +574,7 @@ Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const 
                       {"lora_dropout", cfg.lora.dropout},
                       {"use_rslora", cfg.lora.rslora},
                       {"target_modules", cfg.lora.targets},
+                      {"target_parameters", PeftTargetParameters(cfg.lora)},
                       {"bias", "none"},
                       {"fan_in_fan_out", false},
                       {"use_dora", false},

@@ -1,14 +1,17 @@
 // LoRA adapters (ModelConfig::lora): which linear layers a model can adapt, their initial
 // values, merging them into the weights, and PEFT's adapter format in and out.
 //
-// The adapted layers are the attention projections and dense MLPs. The routed experts and the
-// router take none: PEFT would put gate_proj / up_proj / down_proj adapters on a transformers-5
-// MoE model's routed experts too, so those names (and "all-linear") are refused for a model with
-// routed experts rather than meaning less here ("auto" names its attention projections).
+// The adapted layers are the attention projections and dense MLPs (LoraSpec::targets), and the
+// routed experts' stacked weights (LoraSpec::expert_targets: PEFT's target_parameters, one
+// adapter per expert as PEFT's ParamWrapper adds). The router takes none. PEFT maps
+// gate_proj / up_proj / down_proj (and "all-linear") onto a transformers-5 MoE model's fused
+// routed experts (and its router), so those names are refused for a model with routed experts
+// rather than meaning something else here ("auto" names its attention projections).
 //
 // The adapter format is PEFT's save_pretrained: DIR/adapter_config.json and
 // DIR/adapter_model.safetensors, tensors named "base_model.model.<module>.lora_A.weight" (rank,
-// in) and "...lora_B.weight" (out, rank), as PeftModel.from_pretrained loads them.
+// in) and "...lora_B.weight" (out, rank), as PeftModel.from_pretrained loads them; the
+// experts' stacked (PeftAdapterTensors).
 #pragma once
 
 #include <functional>
@@ -36,6 +39,9 @@ std::vector<std::string> SplitLoraTargets(const std::string& s);
 // this model). Errors name the key (`what` + ".rank", ".alpha", ".target_modules").
 Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::string& what);
 
+// The layers `spec` adapts, for people: "q_proj,v_proj,mlp.experts.down_proj".
+std::string LoraTargetsText(const LoraSpec& spec);
+
 // Elements of the adapters of `layout` (0 without LoRA): what a LoRA run trains.
 int64_t AdapterParams(const ParamLayout& layout);
 
@@ -46,7 +52,7 @@ void InitLoraTensor(const ParamInfo& info, uint64_t seed, float* w);
 // The weight `info` of `layout` (`slab` holds it and its adapters) with every adapter of it
 // merged, W + scale * B A as PEFT's merge_and_unload, into a new *merged (F32, info.shape).
 // False, copying nothing, when no adapter adapts it.
-bool MergeLora(const ParamLayout& layout, const LoraSpec& spec, const float* slab,
+bool MergeLora(const ParamLayout& layout, const ModelConfig& cfg, const float* slab,
                const ParamInfo& info, Tensor* merged);
 
 // The LoRA settings of a PEFT adapter (its directory or adapter_model.safetensors), for a model
@@ -70,6 +76,14 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
 // layout; FromJson errors name `source`.
 nlohmann::json LoraSpecToJson(const LoraSpec& spec);
 Result<LoraSpec> LoraSpecFromJson(const nlohmann::json& j, const std::string& source);
+
+// The adapters of `slab` (laid out by `layout`, a model with cfg.lora, every expert) by PEFT's
+// names less "base_model.model.", the routed experts' stacked as PEFT's ParamWrapper holds them
+// ("model.layers.1.mlp.experts.lora_A.weight" (E * r, in), "...lora_B.weight" (out, r * E)).
+// The others wrap `slab`; the experts' B are copies.
+std::vector<std::pair<std::string, Tensor>> PeftAdapterTensors(const ModelConfig& cfg,
+                                                               const ParamLayout& layout,
+                                                               const float* slab);
 
 // Writes the adapters of `slab` (laid out by `layout`, a model with cfg.lora) as a PEFT adapter
 // into `dir`: adapter_model.safetensors (F32) and adapter_config.json, naming

@@ -4,6 +4,13 @@
 
 namespace xt {
 
+std::string ExpertAdapterName(const ModelConfig& cfg, int64_t l, int64_t e,
+                              const std::string& param, const std::string& kind) {
+  return "model.layers." + std::to_string(l) +
+         (cfg.arch == Arch::kMixtral ? ".block_sparse_moe" : ".mlp") + ".experts." +
+         std::to_string(e) + "." + param + "." + kind + ".weight";
+}
+
 int64_t ParamLayout::Add(const std::string& name, Shape shape, bool is_norm, bool no_grad) {
   int64_t offset = total_;
   index_[name] = params_.size();
@@ -132,6 +139,23 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       if (c.n_shared_experts > 0)  // shared experts: a dense SwiGLU MLP, before the experts
         add_mlp(moe + "shared_experts.", c.n_shared_experts * I, &o.shared_gate_up, &o.shared_down);
       adapters = add_adapters(&o);
+      // The experts' adapters (LoraSpec::expert_targets), each kind stacked over the experts.
+      auto add_expert_adapter = [&](const char* param, int64_t out, int64_t in, int64_t* a,
+                                    int64_t* b) {
+        if (!lora_ || !c.lora.TargetsExperts(param)) return;
+        const int64_t r = c.lora.rank;
+        for (const auto& [kind, rows, cols, at] :
+             {std::tuple{"lora_A", r, in, a}, std::tuple{"lora_B", out, r, b}})
+          for (int64_t e = e0; e < e1; ++e) {
+            const int64_t off = Add(ExpertAdapterName(c, l, e, param, kind), {rows, cols});
+            params_.back().lora = true;
+            params_.back().frozen = false;
+            if (e == e0) *at = off;
+          }
+      };
+      add_expert_adapter("gate_up_proj", 2 * I, H, &o.gate_up_lora_a, &o.gate_up_lora_b);
+      add_expert_adapter("down_proj", H, I, &o.down_lora_a, &o.down_lora_b);
+      adapters.end = total_;
       if (gpt_oss) {  // per expert under names of their own: model/gpt_oss_experts.h
         for (int64_t e = e0; e < e1; ++e) {
           const int64_t off =

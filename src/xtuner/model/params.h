@@ -15,6 +15,9 @@
 // With LoRA (ModelConfig::lora) each layer also holds its adapters, after its other weights and
 // before its experts, named as PEFT saves them without its "base_model.model." prefix
 // ("model.layers.0.self_attn.q_proj.lora_A.weight"); they are the only parameters that train.
+// The routed experts' adapters follow them, one per expert under names of their own
+// ("model.layers.1.mlp.experts.3.gate_up_proj.lora_A.weight"; PEFT stacks them over the
+// experts: model/lora.h maps between the two).
 #pragma once
 
 #include <cstdint>
@@ -64,7 +67,18 @@ struct LayerOffsets {
   int64_t bq = -1, bk = -1, bv = -1, bo = -1, sinks = -1, router_logit_bias = -1;
   int64_t gate_up_bias = -1, down_bias = -1;
   std::vector<LoraPiece> lora;  // the layer's LoRA adapters, in slab order (empty without LoRA)
+  // LoRA on the routed experts (LoraSpec::expert_targets): the adapters of this layout's
+  // experts' gate_up and down weights, stacked over the experts as the weights are: A (E, r, in)
+  // and B (E, out, r), expert e's A_e (r, in) and B_e (out, r) adding scale * B_e A_e to its
+  // weight; -1 where not adapted.
+  int64_t gate_up_lora_a = -1, gate_up_lora_b = -1, down_lora_a = -1, down_lora_b = -1;
 };
+
+// The name ParamLayout gives expert e's adapter of layer l's routed experts' `param`
+// ("gate_up_proj" or "down_proj"), `kind` "lora_A" or "lora_B":
+// "model.layers.1.mlp.experts.3.gate_up_proj.lora_A.weight" (Mixtral: block_sparse_moe).
+std::string ExpertAdapterName(const ModelConfig& cfg, int64_t l, int64_t e,
+                              const std::string& param, const std::string& kind);
 
 // A contiguous range [begin, end) of the slab, in floats.
 struct ParamUnit {

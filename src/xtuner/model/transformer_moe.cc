@@ -12,6 +12,36 @@
 #include "xtuner/ops/ops.h"
 
 namespace xt {
+namespace {
+
+// The routed experts' adapters (LayerOffsets::gate_up_lora_a, ...): for the R rows x (R, in) of
+// `experts` experts (offsets), out (R, O) += scale * (x A_e^T) B_e^T, A (experts, r, in) and
+// B (experts, O, r) stacked; z (R, r) = x A_e^T is recomputed in the backward.
+void ExpertLoraForward(float* out, const float* x, const float* A, const float* B,
+                       const int32_t* offsets, int64_t experts, int64_t in, int64_t O, int64_t r,
+                       float scale) {
+  const int64_t R = offsets[experts];
+  vector<float> z(R * r), y(R * O);
+  ops::grouped_linear_forward(z.data(), x, A, offsets, experts, in, r);
+  ops::grouped_linear_forward(y.data(), z.data(), B, offsets, experts, r, O);
+  ops::scale_columns(out, O, 0, y.data(), O, 0, R, O, scale, /*add=*/true);
+}
+
+// Its backward, dout (R, O) the output's gradient: dB += s dout^T z, dz = s dout B, dA += dz^T x,
+// dx (R, in) += dz A.
+void ExpertLoraBackward(float* dx, float* dA, float* dB, const float* dout, const float* x,
+                        const float* A, const float* B, const int32_t* offsets, int64_t experts,
+                        int64_t in, int64_t O, int64_t r, float scale) {
+  const int64_t R = offsets[experts];
+  vector<float> z(R * r), dy(R * O), dz(R * r), dxa(R * in);
+  ops::grouped_linear_forward(z.data(), x, A, offsets, experts, in, r);
+  ops::scale_columns(dy.data(), O, 0, dout, O, 0, R, O, scale, /*add=*/false);
+  ops::grouped_linear_backward(dz.data(), dB, dy.data(), z.data(), B, offsets, experts, r, O);
+  ops::grouped_linear_backward(dxa.data(), dA, dz.data(), x, A, offsets, experts, in, r);
+  for (int64_t i = 0; i < R * in; ++i) dx[i] += dxa[i];
+}
+
+}  // namespace
 
 void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y, LayerActs* a) {
   const LayerOffsets& o = layout_.layers[l];
@@ -67,6 +97,11 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   ops::grouped_linear_forward(a->gu.data(), rows, P(o.gate_up), offsets, experts, H, 2 * I);
   if (o.gate_up_bias >= 0)
     ops::grouped_bias_forward(a->gu.data(), P(o.gate_up_bias), offsets, experts, 2 * I);
+  const int64_t r = cfg_.lora.rank;
+  const float s = float(cfg_.lora.scale());
+  if (o.gate_up_lora_a >= 0)
+    ExpertLoraForward(a->gu.data(), rows, P(o.gate_up_lora_a), P(o.gate_up_lora_b), offsets,
+                      experts, H, 2 * I, r, s);
   if (cfg_.expert_act == ExpertActivation::kGptOssGlu) {
     ops::gpt_oss_glu_forward(a->act.data(), a->gu.data(), R, I, float(cfg_.glu_alpha),
                              float(cfg_.glu_limit));
@@ -75,6 +110,9 @@ void Transformer::MoeForward(int64_t l, const UnitParams& P, int64_t T, float* y
   }
   ops::grouped_linear_forward(out, a->act.data(), P(o.down), offsets, experts, I, H);
   if (o.down_bias >= 0) ops::grouped_bias_forward(out, P(o.down_bias), offsets, experts, H);
+  if (o.down_lora_a >= 0)
+    ExpertLoraForward(out, a->act.data(), P(o.down_lora_a), P(o.down_lora_b), offsets, experts, I,
+                      H, r, s);
   if (ep_) ExpertCombine(*ep_, a->ep, yr.data(), H, a->ys.data());
   ops::moe_combine_forward(y, a->ys.data(), a->topk_w.data(), a->slot_of.data(), T, k, H);
   if (o.shared_gate_up >= 0) {  // y += the shared experts' SwiGLU MLP of h2
@@ -111,6 +149,11 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
   ops::grouped_linear_backward(dact.data(), G(o.down), dout, a->act.data(), P(o.down), offsets,
                                experts, I, H);
   if (float* db = G(o.down_bias)) ops::grouped_bias_backward(db, dout, offsets, experts, H);
+  const int64_t r = cfg_.lora.rank;
+  const float s = float(cfg_.lora.scale());
+  if (o.down_lora_a >= 0)
+    ExpertLoraBackward(dact.data(), G(o.down_lora_a), G(o.down_lora_b), dout, a->act.data(),
+                       P(o.down_lora_a), P(o.down_lora_b), offsets, experts, I, H, r, s);
   if (cfg_.expert_act == ExpertActivation::kGptOssGlu) {
     ops::gpt_oss_glu_backward(dgu.data(), dact.data(), a->gu.data(), R, I, float(cfg_.glu_alpha),
                               float(cfg_.glu_limit));
@@ -121,6 +164,9 @@ void Transformer::MoeBackward(int64_t l, const UnitParams& P, const UnitGrads& G
     ops::grouped_bias_backward(db, dgu.data(), offsets, experts, 2 * I);
   ops::grouped_linear_backward(dxr.data(), G(o.gate_up), dgu.data(), rows, P(o.gate_up), offsets,
                                experts, H, 2 * I);
+  if (o.gate_up_lora_a >= 0)
+    ExpertLoraBackward(dxr.data(), G(o.gate_up_lora_a), G(o.gate_up_lora_b), dgu.data(), rows,
+                       P(o.gate_up_lora_a), P(o.gate_up_lora_b), offsets, experts, H, 2 * I, r, s);
   vector<float> dxs_ep;
   const float* dxs = dxr.data();
   if (ep_) {

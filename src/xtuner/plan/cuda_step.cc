@@ -208,6 +208,31 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
         round_b(T * r), round_b(in);
       }
   };
+  // The routed experts' adapters (cuda/moe_block.cc), of the experts' weight whose adapter's A
+  // is at `lora_a` (-1: none), over the R rows (in, out wide; the rows held in bf16 with
+  // rows16, else rounded for their products). Forward: z (R, r) and y (R, out). Backward: z, dy
+  // (R, out) and dz, then dz and dz A (R, in).
+  auto expert_lora_forward = [&](int64_t lora_a, int64_t in, int64_t out) {
+    if (lora_a < 0) return;
+    Buf z(&pool), y(&pool);
+    z.Alloc(R * r * kF32);
+    y.Alloc(R * out * kF32);
+    if (!rows16) round_a(R * in);
+    round_a(R * r);
+  };
+  auto expert_lora_backward = [&](int64_t lora_a, int64_t in, int64_t out) {
+    if (lora_a < 0) return;
+    Buf z(&pool), dy(&pool), dz(&pool), dx(&pool);
+    z.Alloc(R * r * kF32);
+    if (!rows16) round_a(R * in);
+    dy.Alloc(R * out * kF32);
+    dz.Alloc(R * r * kF32);
+    round_a(R * out), round_b(R * r);
+    dy.Free(), z.Free();
+    dx.Alloc(R * in * kF32);
+    round_a(R * r);
+    if (!rows16) round_b(R * in);
+  };
 
   // ---- the step's start: RoPE tables, ids, the residual stream, the balancing statistics.
   pool.At("the forward");
@@ -333,11 +358,13 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
     a.gu.Alloc(R * 2 * I * kF32);
     a.act.Alloc(R * I * rows_size);
     if (!rows16) round_a(R * H);
+    expert_lora_forward(o.gate_up_lora_a, H, 2 * I);
     if (!ep) a.xs.Free();                                      // permuted again in the backward
     if (rows16) a.gu16.Alloc(R * 2 * I * kBf16), a.gu.Free();  // SwiGLU's input kept in bf16
     Buf yr(&pool);
     if (ep) yr.Alloc(R * H * kF32);
     if (!rows16) round_a(R * I);
+    expert_lora_forward(o.down_lora_a, I, H);
     if (ep) pool.Transient(Rounded(R * H * kF32));         // the combine's rows by source
     if (rows16) a.ys16.Alloc(A * H * kBf16), a.ys.Free();  // the outputs kept in bf16
     if (Is > 0) {  // the shared experts: their SwiGLU's input and output kept, their output summed
@@ -479,6 +506,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       }
       dact.Alloc(R * I * kF32);
       if (!rows16) round_a(R * H), base_b(R * I);
+      expert_lora_backward(o.down_lora_a, I, H);
       dys.Free();
       dyr.Free();
       a.act.Free();
@@ -489,6 +517,7 @@ CudaStepMemory PlanCudaStep(const CudaStepInputs& in) {
       if (!ep) a.xs.Alloc(A * H * rows_size);  // permuted again (dropped after the forward)
       dxs.Alloc(R * H * kF32);
       if (!rows16) round_a(R * 2 * I), base_b(R * H);
+      expert_lora_backward(o.gate_up_lora_a, H, 2 * I);
       dgu.Free();
       a.xs.Free();
       a.xr.Free();

@@ -65,14 +65,18 @@ int64_t LayerFullBytes(const ModelConfig& c, int64_t T, bool moe, const Sizes& s
 // The LoRA adapters' scratch (model/linear.cc's LinearBackward) of the layer whose offsets are
 // `o`, among those of the weights `mlp` says (the dense MLP's, or attention's): z and dz (T, r)
 // and dy (T, rows) of the largest adapter, and under dropout its masked input and input gradient
-// (T, in); fp32 in either precision.
+// (T, in); fp32 in either precision. The routed experts' adapters (model/transformer_moe.cc)
+// take z and dz (A, r), dy (A, out) and dz A (A, in) over the A = T * top_k rows.
 int64_t LoraScratchBytes(const ModelConfig& c, const LayerOffsets& o, bool mlp, int64_t T,
                          const Sizes& s) {
   int64_t most = 0;
+  const int64_t r = c.lora.rank;
   for (const LoraPiece& p : o.lora)
     if ((p.base == o.gate_up || p.base == o.down) == mlp)
-      most = std::max(most,
-                      2 * T * c.lora.rank + T * p.rows + (c.lora.dropout > 0 ? 2 * T * p.in : 0));
+      most = std::max(most, 2 * T * r + T * p.rows + (c.lora.dropout > 0 ? 2 * T * p.in : 0));
+  const int64_t A = T * c.top_k, H = c.hidden_size, I = c.moe_intermediate_size;
+  if (mlp && o.gate_up_lora_a >= 0) most = std::max(most, 2 * A * r + A * 2 * I + A * H);
+  if (mlp && o.down_lora_a >= 0) most = std::max(most, 2 * A * r + A * H + A * I);
   return most * s.f32;
 }
 

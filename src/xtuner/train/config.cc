@@ -116,7 +116,12 @@ const std::vector<Key>& Schema() {
        "Comma-separated layer names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
        "down_proj; DeepSeek-V3: q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj), "
        "all-linear, or auto: every linear layer of a dense model, the attention projections of "
-       "one with routed experts (which take no adapters)."},
+       "one with routed experts (whose experts take adapters through lora.target_parameters)."},
+      {"lora.target_parameters", &C::lora_target_parameters,
+       "PEFT's target_parameters: the routed experts' stacked weights to adapt, "
+       "comma-separated: mlp.experts.gate_up_proj, mlp.experts.down_proj (or their last one or "
+       "two parts), one adapter of rank lora.rank per expert (Qwen3-MoE, Mixtral, DeepSeek-V3). "
+       "\"\": the experts take none."},
       {"lora.rslora", &C::lora_rslora, "Rank-stabilised LoRA: the scale is alpha / sqrt(rank)."},
       {"lora.dropout", &C::lora_dropout,
        "PEFT's lora_dropout: the probability that an element of an adapter's input is dropped "
@@ -488,10 +493,12 @@ Status ValidateTrainConfig(const TrainConfig& c) {
     const TrainConfig d;
     const char* set = c.lora_adapter != d.lora_adapter                 ? "lora.adapter"
                       : c.lora_target_modules != d.lora_target_modules ? "lora.target_modules"
-                      : c.lora_rslora != d.lora_rslora                 ? "lora.rslora"
-                      : c.lora_alpha != d.lora_alpha                   ? "lora.alpha"
-                      : c.lora_dropout != d.lora_dropout               ? "lora.dropout"
-                                                                       : nullptr;
+                      : c.lora_target_parameters != d.lora_target_parameters
+                          ? "lora.target_parameters"
+                      : c.lora_rslora != d.lora_rslora   ? "lora.rslora"
+                      : c.lora_alpha != d.lora_alpha     ? "lora.alpha"
+                      : c.lora_dropout != d.lora_dropout ? "lora.dropout"
+                                                         : nullptr;
     if (set) return err(std::string(set) + " is set but lora.rank is 0 (no LoRA): set lora.rank");
   }
   if (c.overlong != "truncate" && c.overlong != "drop")
@@ -586,6 +593,7 @@ LoraSpec LoraSpecOf(const TrainConfig& c) {
   spec.rslora = c.lora_rslora;
   spec.dropout = c.lora_dropout;
   spec.targets = SplitLoraTargets(c.lora_target_modules);
+  spec.expert_targets = SplitLoraTargets(c.lora_target_parameters);
   return spec;
 }
 

@@ -64,6 +64,7 @@ struct TrainConfig {
   int64_t lora_rank = 0;
   double lora_alpha = 16.0;
   std::string lora_target_modules = "auto";
+  std::string lora_target_parameters;  // the routed experts' weights ("": none)
   bool lora_rslora = false;
   double lora_dropout = 0.0;  // in [0, 1)
   std::string lora_adapter;   // a PEFT adapter to start from ("": PEFT's initialisation)

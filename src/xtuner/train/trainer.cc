@@ -451,8 +451,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   }
   if (mc.lora.enabled()) {
     const int64_t trainable = AdapterParams(ParamLayout(mc));
-    std::string targets;
-    for (const std::string& t : mc.lora.targets) targets += (targets.empty() ? "" : ",") + t;
+    const std::string targets = LoraTargetsText(mc.lora);
     char line[256], dropout[32] = "";
     if (mc.lora.dropout > 0)
       std::snprintf(dropout, sizeof dropout, ", dropout %g", mc.lora.dropout);
