@@ -636,6 +636,17 @@ TEST(LoraAdapter, ExpertAdaptersReadIntoAnySliceOfTheExperts) {
   EXPECT_NE(st.message().find("but lora.target_parameters is [\"mlp.experts.down_proj\"]"),
             std::string::npos)
       << st.message();
+  // target_parameters that is no list of names, read for a model or into a run's layout.
+  for (const nlohmann::json& tp :
+       {nlohmann::json("mlp.experts.down_proj"), nlohmann::json({5, "mlp.experts.down_proj"})}) {
+    const std::string edited = EditedAdapter("qwen3_moe_experts", {{"target_parameters", tp}});
+    const std::string loaded = ReadError(edited, "qwen3_moe_tiny");
+    EXPECT_NE(loaded.find("target_parameters must be a list of names"), std::string::npos)
+        << loaded;
+    st = ReadLoraAdapter(edited, c, ParamLayout(c), [](const ParamInfo&, const float*) {});
+    EXPECT_NE(st.message().find("target_parameters must be a list of names"), std::string::npos)
+        << st.message();
+  }
   // A stacked tensor missing, or of another shape.
   auto file = SafetensorsFile::Open(f + "/adapter_model.safetensors");
   ASSERT_TRUE(file.ok());

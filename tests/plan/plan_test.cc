@@ -254,6 +254,13 @@ TEST(PlanSharding, LoraStateIsTheAdapters) {
   const int64_t A = 8 * 1024;
   EXPECT_EQ(experts.backward_scratch_bytes - full.backward_scratch_bytes,
             4 * A * (2 * 16 + 1536 + 2048));
+  // On 8 ranks with ep 8 each rank holds 16 experts' adapters (with their experts), and an
+  // eighth of the attention's; the active parameters count a token's 8 experts' adapters.
+  in.world = in.ep = 8;
+  const PlanReport ep8 = MustPlan(in);
+  EXPECT_EQ(ep8.local_trainable, (48 * attention + 7) / 8 + 48 * 16 * 16 * 6400);
+  EXPECT_EQ(ep8.active_params - full.active_params, 48 * (attention + 8 * 16 * 6400));
+  in.world = in.ep = 1;
   in.model.lora.expert_targets.clear();
   // Dense layers (I 6144) with adapters on the MLP: beside its temporaries (3 T I, the larger
   // phase), the largest adapter's z, dz (T, 16) and dy (T, rows): gate_proj's (rows 6144);

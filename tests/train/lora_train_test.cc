@@ -42,6 +42,38 @@ std::map<std::string, std::vector<float>> Tensors(const std::string& path) {
   return out;
 }
 
+// The adapter a run wrote beside its export gives that export: merged by LoadHfModel, and in
+// generation with the base (the KV-cached path) as the merged model generates. `tag` names the
+// temporary directory.
+void ExpectTheAdapterGivesTheExport(const std::string& adapter, const std::string& export_dir,
+                                    const std::string& tokenizer, const std::string& tag) {
+  auto merged = LoadHfModel(BaseModel(), adapter);
+  ASSERT_TRUE(merged.ok()) << merged.status().message();
+  const std::string again = testing::TempDir(tag);
+  ASSERT_TRUE(SaveHfModel(**merged, again, ExportDType::kF32).ok());
+  EXPECT_EQ(Tensors(again), Tensors(export_dir));
+  const std::string gen =
+      "generate --prompt 'reverse: a b c' --chat-template chatml "
+      "--max-new-tokens 6 --tokenizer " +
+      tokenizer + " --model ";
+  auto with_adapter = testing::RunXtuner(gen + BaseModel() + " --adapter " + adapter);
+  auto with_merged = testing::RunXtuner(gen + export_dir);
+  ASSERT_EQ(with_adapter.code, 0) << with_adapter.output;
+  ASSERT_EQ(with_merged.code, 0) << with_merged.output;
+  EXPECT_EQ(with_adapter.output, with_merged.output);
+}
+
+// xtuner convert gives a run's merged export and adapter back from its checkpoint.
+void ExpectConvertGivesTheExport(const std::string& checkpoint, const std::string& export_dir,
+                                 const std::string& adapter, const std::string& out) {
+  auto cli = testing::RunXtuner("convert --checkpoint " + checkpoint + " --out " + out +
+                                "/hf --dtype fp32 --adapter-out " + out + "/adapter");
+  ASSERT_EQ(cli.code, 0) << cli.output;
+  EXPECT_EQ(Tensors(out + "/hf"), Tensors(export_dir));
+  EXPECT_EQ(Tensors(out + "/adapter/adapter_model.safetensors"),
+            Tensors(adapter + "/adapter_model.safetensors"));
+}
+
 TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
   TrainConfig c = LoraRun("lora_train");
   c.steps = 12;
@@ -96,22 +128,7 @@ TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
   const nlohmann::json j = testing::JsonFile(adapter + "/adapter_config.json");
   EXPECT_EQ(j["base_model_name_or_path"], fs::absolute(BaseModel()).lexically_normal().string());
   EXPECT_EQ(j["r"], 4);
-  auto merged = LoadHfModel(BaseModel(), adapter);
-  ASSERT_TRUE(merged.ok()) << merged.status().message();
-  const std::string again = testing::TempDir("lora_again");
-  ASSERT_TRUE(SaveHfModel(**merged, again, ExportDType::kF32).ok());
-  EXPECT_EQ(Tensors(again), exported);
-
-  // Generation with the base and the adapter gives what the merged export gives.
-  const std::string gen =
-      "generate --prompt 'reverse: a b c' --chat-template chatml "
-      "--max-new-tokens 6 --tokenizer " +
-      c.tokenizer + " --model ";
-  auto with_adapter = testing::RunXtuner(gen + BaseModel() + " --adapter " + adapter);
-  auto with_merged = testing::RunXtuner(gen + r->export_dir);
-  ASSERT_EQ(with_adapter.code, 0) << with_adapter.output;
-  ASSERT_EQ(with_merged.code, 0) << with_merged.output;
-  EXPECT_EQ(with_adapter.output, with_merged.output);
+  ExpectTheAdapterGivesTheExport(adapter, r->export_dir, c.tokenizer, "lora_again");
 
   // A run that starts from that adapter with lr 0 exports the same model.
   TrainConfig from = LoraRun("lora_from_adapter");
@@ -133,14 +150,8 @@ TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
   EXPECT_NE(bad.status().message().find("r is 4, but lora.rank is 8"), std::string::npos)
       << bad.status().message();
 
-  // xtuner convert gives the run's merged export and adapter back from its checkpoint.
   const std::string out = testing::TempDir("lora_convert");
-  auto cli = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
-                                "/hf --dtype fp32 --adapter-out " + out + "/adapter");
-  ASSERT_EQ(cli.code, 0) << cli.output;
-  EXPECT_EQ(Tensors(out + "/hf"), exported);
-  EXPECT_EQ(Tensors(out + "/adapter/adapter_model.safetensors"),
-            Tensors(adapter + "/adapter_model.safetensors"));
+  ExpectConvertGivesTheExport(r->last_checkpoint, r->export_dir, adapter, out);
   auto no_adapter =
       testing::RunXtuner("convert --checkpoint " + BaseModel() + "/../checkpoints/" +
                          "step-00000002 --out " + out + "/x --adapter-out " + out + "/y");
@@ -251,20 +262,7 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
   const nlohmann::json j = testing::JsonFile(adapter + "/adapter_config.json");
   EXPECT_EQ(j["target_parameters"],
             nlohmann::json({"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
-  auto merged = LoadHfModel(BaseModel(), adapter);  // the adapter gives that same merge
-  ASSERT_TRUE(merged.ok()) << merged.status().message();
-  const std::string again = testing::TempDir("lora_experts_again");
-  ASSERT_TRUE(SaveHfModel(**merged, again, ExportDType::kF32).ok());
-  EXPECT_EQ(Tensors(again), exported);
-  // ... and so does generation with the base and the adapter (the KV-cached path).
-  const std::string gen =
-      "generate --prompt 'reverse: a b c' --chat-template chatml --max-new-tokens 6 "
-      "--tokenizer " +
-      c.tokenizer + " --model ";
-  auto with_adapter = testing::RunXtuner(gen + BaseModel() + " --adapter " + adapter);
-  auto with_merged = testing::RunXtuner(gen + r->export_dir);
-  ASSERT_EQ(with_adapter.code, 0) << with_adapter.output;
-  EXPECT_EQ(with_adapter.output, with_merged.output);
+  ExpectTheAdapterGivesTheExport(adapter, r->export_dir, c.tokenizer, "lora_experts_again");
 
   TrainConfig resumed = testing::ResumedRun(c, 3);
   resumed.export_at_end = false;
@@ -282,13 +280,8 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
   EXPECT_NE(bad.status().message().find("this checkpoint was trained with LoRA"), std::string::npos)
       << bad.status().message();
 
-  const std::string out = testing::TempDir("lora_experts_convert");
-  auto cli = testing::RunXtuner("convert --checkpoint " + r->last_checkpoint + " --out " + out +
-                                "/hf --dtype fp32 --adapter-out " + out + "/adapter");
-  ASSERT_EQ(cli.code, 0) << cli.output;
-  EXPECT_EQ(Tensors(out + "/hf"), exported);
-  EXPECT_EQ(Tensors(out + "/adapter/adapter_model.safetensors"),
-            Tensors(adapter + "/adapter_model.safetensors"));
+  ExpectConvertGivesTheExport(r->last_checkpoint, r->export_dir, adapter,
+                              testing::TempDir("lora_experts_convert"));
 }
 
 // LoRA's dropout: its masks follow each row's place in the global batch, so a run with

@@ -33,6 +33,10 @@ Status RunConvert(const ConvertArgs& o) {
                          ": not a training checkpoint (no config.json and shards.json)");
   XT_ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::Load((ckpt / "config.json").string()));
   XT_ASSIGN_OR_RETURN(mc.lora, ReadCheckpointLora(ckpt.string()));
+  if (mc.lora.enabled()) {  // checked as a run's [lora] is (a hand-edited config.json)
+    XT_ASSIGN_OR_RETURN(
+        mc.lora, ResolveLora(mc.lora, mc, (ckpt / "config.json").string() + ": xtuner_lora"));
+  }
   if (!o.adapter_out.empty() && !mc.lora.enabled())
     return Status::Error("convert: --adapter-out: " + o.checkpoint +
                          " is not from a LoRA run (it has no adapters)");

@@ -108,11 +108,29 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
   return out;
 }
 
-// LoraSpec::expert_targets as PEFT's target_parameters ([] when none, as PEFT writes it).
+// LoraSpec::expert_targets as PEFT's target_parameters ([] when none).
 nlohmann::json PeftTargetParameters(const LoraSpec& spec) {
   nlohmann::json j = nlohmann::json::array();
   for (const std::string& p : spec.expert_targets) j.push_back("mlp.experts." + p);
   return j;
+}
+
+// An adapter config's target_parameters (absent or null: none), each a name; errors name `path`.
+Result<std::vector<std::string>> TargetParametersOf(const nlohmann::json& j,
+                                                    const std::string& path) {
+  std::vector<std::string> out;
+  const auto it = j.find("target_parameters");
+  if (it == j.end() || it->is_null()) return out;
+  const auto bad = [&] {
+    return Status::Error(path + ": target_parameters must be a list of names, not " +
+                         DumpJson(*it).substr(0, 200));
+  };
+  if (!it->is_array()) return bad();
+  for (const nlohmann::json& t : *it) {
+    if (!t.is_string()) return bad();
+    out.push_back(t.get<std::string>());
+  }
+  return out;
 }
 
 }  // namespace
@@ -175,7 +193,8 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
   const std::string key = what + ".target_modules";
   XT_ASSIGN_OR_RETURN(spec.expert_targets, ResolveExpertTargets(spec, cfg, what));
   if (spec.targets.empty() && spec.expert_targets.empty())
-    return Status::Error(key + " is empty: name the layers to adapt");
+    return Status::Error(key + " is empty (and so is " + what +
+                         ".target_parameters): name the layers to adapt");
   std::vector<std::string> out;
   for (const std::string& t : spec.targets) {
     if (t == "auto") {  // every layer the engine can adapt in this model
@@ -218,6 +237,13 @@ std::string LoraTargetsText(const LoraSpec& spec) {
   for (const std::string& t : spec.expert_targets)
     s += (s.empty() ? "" : ",") + ("mlp.experts." + t);
   return s;
+}
+
+int64_t ExpertAdapterParams(const ModelConfig& cfg) {
+  if (!cfg.lora.enabled()) return 0;
+  const int64_t r = cfg.lora.rank, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
+  return (cfg.lora.TargetsExperts("gate_up_proj") ? r * (H + 2 * I) : 0) +
+         (cfg.lora.TargetsExperts("down_proj") ? r * (I + H) : 0);
 }
 
 int64_t AdapterParams(const ParamLayout& layout) {
@@ -379,15 +405,7 @@ Result<LoraSpec> LoraSpecOfAdapter(const std::string& path, const ModelConfig& c
   XT_ASSIGN_OR_RETURN(const AdapterFiles f, FindAdapter(path));
   XT_ASSIGN_OR_RETURN(const nlohmann::json j, ReadAdapterConfig(f.config));
   LoraSpec spec = SettingsOf(j);
-  if (const auto tp = j.find("target_parameters"); tp != j.end() && !tp->is_null()) {
-    if (!tp->is_array())
-      return Status::Error(f.config + ": target_parameters must be a list of names");
-    for (const nlohmann::json& t : *tp) {
-      if (!t.is_string())
-        return Status::Error(f.config + ": target_parameters must be a list of names");
-      spec.expert_targets.push_back(t.get<std::string>());
-    }
-  }
+  XT_ASSIGN_OR_RETURN(spec.expert_targets, TargetParametersOf(j, f.config));
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
   for (const std::string& name : ckpt.names()) {
     const size_t at = name.rfind(".lora_");
@@ -422,13 +440,11 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
     return bad("use_rslora", std::string("is ") + (got.rslora ? "true" : "false") +
                                  ", but lora.rslora is " + (cfg.lora.rslora ? "true" : "false"));
 
-  std::vector<std::string> tp;
-  if (const auto it = j.find("target_parameters"); it != j.end() && it->is_array())
-    for (const nlohmann::json& t : *it)
-      if (t.is_string()) tp.push_back(t.get<std::string>());
-  LoraSpec tp_spec = cfg.lora;
+  XT_ASSIGN_OR_RETURN(const std::vector<std::string> tp, TargetParametersOf(j, f.config));
+  LoraSpec tp_spec;  // (dropout 0: the run's rate is the run's to check)
   tp_spec.expert_targets = tp;
-  XT_ASSIGN_OR_RETURN(tp_spec.expert_targets, ResolveExpertTargets(tp_spec, cfg, f.config));
+  XT_ASSIGN_OR_RETURN(tp_spec.expert_targets,
+                      ResolveExpertTargets(tp_spec, cfg, f.config + ": adapter"));
   if (tp_spec.expert_targets != cfg.lora.expert_targets)
     return bad("target_parameters", "is " + DumpJson(nlohmann::json(tp)) +
                                         ", but lora.target_parameters is " +

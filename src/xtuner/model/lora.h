@@ -42,6 +42,10 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
 // The layers `spec` adapts, for people: "q_proj,v_proj,mlp.experts.down_proj".
 std::string LoraTargetsText(const LoraSpec& spec);
 
+// Elements of one routed expert's adapters (LoraSpec::expert_targets; 0 without): as active
+// as the expert (model/params.h lays them out beside it).
+int64_t ExpertAdapterParams(const ModelConfig& cfg);
+
 // Elements of the adapters of `layout` (0 without LoRA): what a LoRA run trains.
 int64_t AdapterParams(const ParamLayout& layout);
 

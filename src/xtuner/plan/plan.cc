@@ -212,30 +212,46 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   r.local_params = shard(embed) + shard(head);
   int64_t largest = c.tie_word_embeddings ? head : std::max(embed, head);
   int64_t largest_layer = 0;
+  // LoRA on the routed experts: layer l's experts' adapters (all E experts'), laid out right
+  // before the experts' weights and sharded with them.
+  auto expert_adapters = [&](int64_t l) {
+    const LayerOffsets& o = layout.layers[l];
+    const int64_t first = o.gate_up_lora_a >= 0 ? o.gate_up_lora_a : o.down_lora_a;
+    return first >= 0 ? o.gate_up - first : int64_t(0);
+  };
+  int64_t expert_adapter_params = 0, local_expert_adapters = 0;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t end = l + 1 < L ? layout.layers[l + 1].ln1 : layout.final_norm;
     const int64_t span = end - layout.layers[l].ln1;
     const int64_t experts = c.layer_is_moe[l] ? c.num_experts * per_expert : 0;
-    const int64_t local_experts = experts / in.ep;  // E/ep experts, sharded over dp ranks
+    const int64_t adapters = expert_adapters(l);
+    const int64_t local_experts = experts / in.ep;    // E/ep experts, sharded over dp ranks
+    const int64_t local_adapters = adapters / in.ep;  // and their adapters with them
     r.expert_params += experts;
     r.local_expert_params += CeilDiv(local_experts, r.dp);
-    r.local_params += shard(span - experts) + CeilDiv(local_experts, r.dp);
-    largest = std::max(largest, span - experts + local_experts);
-    largest_layer = std::max(largest_layer, span - experts + local_experts);
+    r.local_params +=
+        shard(span - experts - adapters) + CeilDiv(local_experts + local_adapters, r.dp);
+    const int64_t layer = span - experts - adapters + local_experts + local_adapters;
+    largest = std::max(largest, layer);
+    largest_layer = std::max(largest_layer, layer);
+    expert_adapter_params += adapters;
+    local_expert_adapters += CeilDiv(local_adapters, r.dp);
   }
-  r.active_params =
-      MoeActiveParams(r.total_params, c.num_moe_layers(), c.num_experts, c.top_k, per_expert);
+  // (An expert's adapters are as active as the expert.)
+  r.active_params = MoeActiveParams(r.total_params, c.num_moe_layers(), c.num_experts, c.top_k,
+                                    per_expert + ExpertAdapterParams(c));
   r.matmul_params = r.active_params - (c.tie_word_embeddings ? 0 : V * H);
 
   // ---- state: fp32 parameters, gradients and AdamW's two moments, owned once over the mesh.
   // With LoRA only the adapters' gradients and moments are kept (the host allocates the whole
   // gradient shard but commits the adapters' pages only; a GPU holds the adapters' alone); the
-  // adapters are non-expert parameters, split over every rank.
+  // adapters are split over every rank, the routed experts' with their experts.
   r.trainable_params = r.total_params;
   r.local_trainable = r.local_params;
   if (c.lora.enabled()) {
     r.trainable_params = AdapterParams(layout);
-    r.local_trainable = CeilDiv(r.trainable_params, in.world);
+    r.local_trainable =
+        CeilDiv(r.trainable_params - expert_adapter_params, in.world) + local_expert_adapters;
   }
   r.weight_bytes = r.local_params * s.f32;
   r.grad_bytes = r.local_trainable * s.f32;
@@ -252,8 +268,11 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     int64_t layer_grads = largest_layer, head_grads = head, embed_grads = embed;
     if (c.lora.enabled()) {
       layer_grads = head_grads = embed_grads = 0;
-      for (int64_t l = 0; l < L; ++l)
-        layer_grads = std::max(layer_grads, layout.trainable(ParamLayout::LayerUnit(l)).size());
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t experts = expert_adapters(l);  // a rank's: its experts' only
+        layer_grads = std::max(layer_grads, layout.trainable(ParamLayout::LayerUnit(l)).size() -
+                                                experts + experts / in.ep);
+      }
     }
     const int64_t layer = largest_layer * s.act + layer_grads * s.f32;
     if (c.tie_word_embeddings) {
