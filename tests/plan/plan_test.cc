@@ -260,6 +260,7 @@ TEST(PlanSharding, LoraStateIsTheAdapters) {
   const PlanReport ep8 = MustPlan(in);
   EXPECT_EQ(ep8.local_trainable, (48 * attention + 7) / 8 + 48 * 16 * 16 * 6400);
   EXPECT_EQ(ep8.active_params - full.active_params, 48 * (attention + 8 * 16 * 6400));
+  EXPECT_EQ(ep8.expert_params - full.expert_params, 48 * 128 * 16 * 6400);  // counted with them
   in.world = in.ep = 1;
   in.model.lora.expert_targets.clear();
   // Dense layers (I 6144) with adapters on the MLP: beside its temporaries (3 T I, the larger

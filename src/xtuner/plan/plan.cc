@@ -227,8 +227,8 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     const int64_t adapters = expert_adapters(l);
     const int64_t local_experts = experts / in.ep;    // E/ep experts, sharded over dp ranks
     const int64_t local_adapters = adapters / in.ep;  // and their adapters with them
-    r.expert_params += experts;
-    r.local_expert_params += CeilDiv(local_experts, r.dp);
+    r.expert_params += experts + adapters;
+    r.local_expert_params += CeilDiv(local_experts + local_adapters, r.dp);
     r.local_params +=
         shard(span - experts - adapters) + CeilDiv(local_experts + local_adapters, r.dp);
     const int64_t layer = span - experts - adapters + local_experts + local_adapters;

@@ -62,7 +62,7 @@ struct PlanInputs {
 struct PlanReport {
   // Parameter counts (elements).
   int64_t total_params = 0;         // ParamLayout::total()
-  int64_t expert_params = 0;        // routed experts of every MoE layer
+  int64_t expert_params = 0;        // routed experts of every MoE layer (and their adapters)
   int64_t active_params = 0;        // MoeActiveParams: what one token passes through
   int64_t matmul_params = 0;        // active less the input-embedding lookup (when untied)
   int64_t local_params = 0;         // elements of the global slab this rank owns (the largest rank)
