@@ -313,12 +313,16 @@ std::vector<Case> Cases(double dropout) {
 }
 
 // Adapters on the routed experts (PEFT's target_parameters): both weights beside attention,
-// down_proj alone with nothing else, gate_up_proj alone beside latent attention.
+// down_proj alone with nothing else, gate_up_proj alone beside latent attention, and GPT-OSS's
+// by layer.
 std::vector<Case> ExpertCases() {
   return {Case{"qwen3_moe_tiny", "q_proj", 6.0, false, 0.0,
                "mlp.experts.gate_up_proj, mlp.experts.down_proj"},
           Case{"mixtral_tiny", "", 8.0, true, 0.0, "experts.down_proj"},
-          Case{"deepseek_v3_tiny", "q_a_proj", 8.0, false, 0.0, "gate_up_proj"}};
+          Case{"deepseek_v3_tiny", "q_a_proj", 8.0, false, 0.0, "gate_up_proj"},
+          // GPT-OSS (the clamped GLU, biases): one layer's gate_up, another's down
+          Case{"variants/gpt_oss_tiny", "auto", 8.0, false, 0.0,
+               "1.mlp.experts.gate_up_proj, 0.mlp.experts.down_proj"}};
 }
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {

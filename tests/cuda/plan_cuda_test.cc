@@ -96,7 +96,7 @@ TEST_P(PlanCuda, StepPeakAndActivationsAreThePlans) {
     configs.push_back({" LoRA", adapted});
     adapted.lora.dropout = 0.1;  // each adapter's input masked first (the batch has keys)
     configs.push_back({" LoRA dropout", adapted});
-    if (loaded->is_moe() && loaded->arch != Arch::kGptOss) {  // and on the routed experts
+    if (loaded->is_moe()) {  // and on the routed experts
       spec.expert_targets = {"gate_up_proj", "down_proj"};
       auto experts = ResolveLora(spec, *loaded, "lora");
       ASSERT_TRUE(experts.ok()) << experts.status().message();

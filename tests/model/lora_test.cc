@@ -194,7 +194,11 @@ const PeftCase kPeftCases[] = {{"qwen3_dense_all", "qwen3_dense_tiny", 28, 14},
                                // both layers' expert adapters: 1.7e-5 measured, the rest < 1e-5)
                                {"qwen3_moe_experts", "qwen3_moe_tiny", 16, 52, 3e-5},
                                {"mixtral_experts_down", "mixtral_tiny", 4, 8},
-                               {"deepseek_v3_experts", "deepseek_v3_tiny", 16, 38}};
+                               {"deepseek_v3_experts", "deepseek_v3_tiny", 16, 38},
+                               // GPT-OSS's (transposed, gate and up interleaved): one layer's
+                               // beside all-linear, as OpenAI's recipe; every layer's down_proj
+                               {"gpt_oss_experts_layer1", "variants/gpt_oss_tiny", 20, 10},
+                               {"gpt_oss_experts_down", "variants/gpt_oss_tiny", 8, 4}};
 
 class LoraPeft : public ::testing::TestWithParam<PeftCase> {};
 
@@ -386,8 +390,9 @@ TEST(LoraSpec, WhatCannotBeAdaptedIsRefusedByName) {
 }
 
 // PEFT's target_parameters: the experts' stacked weights by their whole name or a dotted suffix
-// of it that names every layer's, in model order, each once; none where there are no routed
-// experts it could mean, or with dropout (which PEFT's ParamWrapper refuses too).
+// of it, every layer's or one layer's (OpenAI's GPT-OSS recipe: "7.mlp.experts.gate_up_proj"),
+// every layer's first, then by layer, each once; none where there are no routed experts it
+// could mean, or with dropout (which PEFT's ParamWrapper refuses too).
 TEST(LoraSpec, ExpertTargetsAreTheExpertsStackedWeights) {
   using V = std::vector<std::string>;
   LoraSpec s = Spec({});
@@ -396,7 +401,17 @@ TEST(LoraSpec, ExpertTargetsAreTheExpertsStackedWeights) {
   ASSERT_TRUE(both.ok()) << both.status().message();
   EXPECT_EQ(both->expert_targets, (V{"gate_up_proj", "down_proj"}));
   EXPECT_TRUE(both->targets.empty());  // the experts alone
-  EXPECT_TRUE(both->TargetsExperts("down_proj"));
+  EXPECT_TRUE(both->TargetsExperts(1, "down_proj"));
+  s.expert_targets = {"model.layers.1.mlp.experts.down_proj", "0.mlp.experts.gate_up_proj",
+                      "layers.1.mlp.experts.gate_up_proj", "down_proj", "1.mlp.experts.down_proj"};
+  auto layers = ResolveLora(s, Config("qwen3_moe_tiny"), "lora");
+  ASSERT_TRUE(layers.ok()) << layers.status().message();
+  EXPECT_EQ(layers->expert_targets, (V{"down_proj", "0.gate_up_proj", "1.gate_up_proj"}));
+  EXPECT_TRUE(layers->TargetsExperts(0, "gate_up_proj"));
+  EXPECT_TRUE(layers->TargetsExperts(0, "down_proj"));
+  EXPECT_FALSE(ResolveLora(s, Config("qwen3_moe_tiny"), "lora")->TargetsExperts(2, "gate_up_proj"));
+  s.expert_targets = {"1.mlp.experts.down_proj"};
+  EXPECT_FALSE(ResolveLora(s, Config("qwen3_moe_tiny"), "lora")->TargetsExperts(0, "down_proj"));
   auto none = ResolveLora(Spec({"auto"}), Config("mixtral_tiny"), "lora");
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->expert_targets.empty());  // "auto" leaves the experts alone
@@ -412,9 +427,18 @@ TEST(LoraSpec, ExpertTargetsAreTheExpertsStackedWeights) {
     return s;
   };
   EXPECT_NE(msg(with({"down_proj"}), "qwen3_dense_tiny").find("it is dense"), std::string::npos);
-  EXPECT_NE(msg(with({"down_proj"}), "variants/gpt_oss_tiny").find("GPT-OSS"), std::string::npos);
-  for (const char* bad : {"layers.1.mlp.experts.down_proj", "w2", "experts.down_proj.weight",
-                          "shared_experts.gate_proj"})
+  EXPECT_EQ(msg(with({"1.mlp.experts.down_proj"}), "variants/gpt_oss_tiny"), "ok");
+  EXPECT_NE(msg(with({"7.mlp.experts.down_proj"}), "qwen3_moe_tiny")
+                .find("layer 7 is not in the model (it has 2 layers)"),
+            std::string::npos);
+  // deepseek_v3_tiny's layer 0 is dense (first_k_dense_replace 1)
+  LoraSpec dense_layer = with({"0.mlp.experts.down_proj"});
+  dense_layer.targets = {"q_a_proj"};
+  EXPECT_NE(msg(dense_layer, "deepseek_v3_tiny").find("layer 0 has no routed experts"),
+            std::string::npos);
+  for (const char* bad :
+       {"w2", "experts.down_proj.weight", "shared_experts.gate_proj", "x.mlp.experts.down_proj",
+        "1.experts.down_proj", "-1.mlp.experts.down_proj", "model.layers..mlp.experts.down_proj"})
     EXPECT_NE(msg(with({bad}), "qwen3_moe_tiny")
                   .find("lora.target_parameters: \"" + std::string(bad) + "\" is not"),
               std::string::npos)

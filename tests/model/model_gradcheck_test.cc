@@ -131,6 +131,11 @@ std::vector<Case> Cases() {
                   {"router_aux_loss_coef", 0.2}});
   cases.push_back({"gpt_oss_sinks_window_biases", oss, {}, 1});
   cases.push_back({"gpt_oss_lora_attention", oss, Lora(2, 4.0, false, {"auto"}), 1});
+  // ... and on its experts (their biases and clamped GLU), layer 1's gate_up and every layer's
+  // down, as OpenAI's recipe names them by layer.
+  cases.push_back({"gpt_oss_lora_experts_by_layer", oss,
+                   Lora(2, 4.0, false, {"q_proj"}, 0, {"1.mlp.experts.gate_up_proj", "down_proj"}),
+                   1});
   // LoRA's dropout: with the batch's noise keys fixed, the training pass is a smooth function of
   // the adapters, whose masked inputs and input gradients the checks cross.
   cases.push_back(

@@ -6,7 +6,8 @@ adapter gradient is non-zero). Writes:
   adapter_config.json, adapter_model.safetensors   as PEFT's save_pretrained writes them
                                                    (float32, the engine loads these);
   (cases with `params`: PEFT's target_parameters on the routed experts' stacked weights,
-  mlp.experts.gate_up_proj (E, 2I, H) and mlp.experts.down_proj (E, H, I))
+  mlp.experts.gate_up_proj (E, 2I, H) and mlp.experts.down_proj (E, H, I); GPT-OSS's
+  (E, H, 2I) gate and up interleaved, and (E, I, H))
   reference.safetensors (float64):
     input_ids, labels                the base fixture's batch;
     logits, loss, ce_loss            the PEFT model's forward (loss as the model returns it:
@@ -15,7 +16,8 @@ adapter gradient is non-zero). Writes:
                                      less "base_model.model." (every base weight is frozen);
     merged.<hub name>                every adapted weight after merge_and_unload (an expert's
                                      by its checkpoint's per-expert names, sliced from the
-                                     merged stacked weight).
+                                     merged stacked weight; GPT-OSS's stacked, as its
+                                     checkpoints hold them).
 Usage: /work/venv-ref/bin/python tools/reference/make_lora_reference.py [--out tests/data/lora]
 """
 import argparse
@@ -58,6 +60,17 @@ CASES = {
     "deepseek_v3_experts": dict(base="deepseek_v3_tiny", seed=7006, r=2, alpha=2,
                                 targets=["q_a_proj", "kv_b_proj"], params=["gate_up_proj"],
                                 rslora=False),
+    # GPT-OSS as OpenAI's cookbook adapts it: all-linear (its attention) and one layer's experts
+    # by layer index (its experts are stored transposed, gate and up interleaved)
+    "gpt_oss_experts_layer1": dict(base="variants/gpt_oss_tiny", seed=7007, r=2, alpha=4,
+                                   targets="all-linear",
+                                   params=["1.mlp.experts.gate_up_proj",
+                                           "1.mlp.experts.down_proj"],
+                                   rslora=False),
+    # every layer's down_proj alone (the wrapper not nested), rsLoRA
+    "gpt_oss_experts_down": dict(base="variants/gpt_oss_tiny", seed=7008, r=3, alpha=3,
+                                 targets=["q_proj"], params=["mlp.experts.down_proj"],
+                                 rslora=True),
 }
 
 PREFIX = "base_model.model."
@@ -142,10 +155,15 @@ def build(name, spec, out_root):
         ("mlp", ("gate_proj", "up_proj", "down_proj"))
     for p in spec.get("params") or []:
         for k in sd:
-            if not k.endswith(".mlp.experts." + p.rsplit(".", 1)[-1]):
+            if not k.endswith("." + p) or ".mlp.experts." not in k:  # PEFT's match
                 continue
             layer = k.split(".")[2]
             w = sd[k].detach()
+            if cfg.model_type == "gpt_oss":  # the hub stores them stacked, as merged here
+                assert k in hub, k
+                tensors["merged." + k] = w.clone()
+                modules.append(k)
+                continue
             for e in range(w.shape[0]):
                 x = f"model.layers.{layer}.{moe}.experts.{e}."
                 if p.endswith("gate_up_proj"):

@@ -57,8 +57,9 @@ struct LoraSpec {
   // with one is adapted. Checked and expanded by ResolveLora (model/lora.h).
   std::vector<std::string> targets;
   // PEFT's target_parameters on the routed experts' stacked weights: "gate_up_proj" (E, 2I, H)
-  // and/or "down_proj" (E, H, I), in that order; one adapter of rank `rank` per expert, as
-  // PEFT's ParamWrapper adds. Empty: the experts take none. Checked by ResolveLora.
+  // and/or "down_proj" (E, H, I) of every MoE layer, or "<l>.gate_up_proj" / "<l>.down_proj" of
+  // layer l alone; one adapter of rank `rank` per expert, as PEFT's ParamWrapper adds. Empty:
+  // the experts take none. Checked and ordered by ResolveLora (every layer's first).
   std::vector<std::string> expert_targets;
   // PEFT's lora_dropout: the probability, in [0, 1), that an element of an adapter's input is
   // dropped in training (Batch::noise draws the masks). A training setting, not part of the
@@ -70,7 +71,8 @@ struct LoraSpec {
   // goes with the scale, so that the masked input is the input's own values (exact in bf16 too).
   double dropout_scale() const { return scale() / (1.0 - dropout); }
   bool Targets(const std::string& module) const;
-  bool TargetsExperts(const std::string& param) const;  // "gate_up_proj" or "down_proj"
+  // Whether layer l's experts' `param` ("gate_up_proj" or "down_proj") takes adapters.
+  bool TargetsExperts(int64_t layer, const std::string& param) const;
 };
 
 struct ModelConfig {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -13,6 +14,7 @@
 #include "xtuner/core/rng.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/train/metrics_flops.h"
 
 namespace xt {
 
@@ -65,42 +67,83 @@ std::vector<ExpertAdapter> ExpertAdapters(const ParamLayout& layout, const Model
   return out;
 }
 
+// The row of PEFT's B (out, r * E) of row o of an expert's B here: the same, but GPT-OSS's
+// gate_up, whose gate and up outputs transformers interleaves (here: [gate | up] halves).
+int64_t PeftRow(const ModelConfig& cfg, const ExpertAdapter& x, int64_t o) {
+  if (cfg.arch != Arch::kGptOss || x.param != "gate_up_proj") return o;
+  const int64_t half = x.out / 2;
+  return o < half ? 2 * o : 2 * (o - half) + 1;
+}
+
 // PEFT's name (less "base_model.model.") of layer l's stacked adapter of the experts' `param`,
 // kind "lora_A" (E * r, in) or "lora_B" (out, E * r). PEFT nests one ParamWrapper per targeted
 // parameter in the experts module's parameter order, so with both targeted gate_up_proj's is
 // the inner one ("experts.base_layer.lora_A.weight") and down_proj's the outer.
 std::string PeftExpertName(const LoraSpec& spec, int64_t l, const std::string& param,
                            const std::string& kind) {
-  const bool inner = param == "gate_up_proj" && spec.TargetsExperts("down_proj");
+  const bool inner = param == "gate_up_proj" && spec.TargetsExperts(l, "down_proj");
   return "model.layers." + std::to_string(l) + ".mlp.experts." + (inner ? "base_layer." : "") +
          kind + ".weight";
 }
 
-// spec.expert_targets (PEFT's target_parameters) as "gate_up_proj" / "down_proj", model order,
-// each once. PEFT matches an entry against "model.layers.N.mlp.experts.gate_up_proj" by the
-// whole name or a dotted suffix: the suffixes that name every layer are taken.
+// spec.expert_targets (PEFT's target_parameters) as LoraSpec keeps them: "gate_up_proj" /
+// "down_proj" for every MoE layer, "<l>.gate_up_proj" for layer l's, each once, every layer's
+// first, then by layer, gate_up before down. PEFT matches an entry against
+// "model.layers.<l>.mlp.experts.gate_up_proj" by the whole name or a dotted suffix: an entry
+// is one of those suffixes, from the last part ("gate_up_proj") to the whole name.
 Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, const ModelConfig& cfg,
                                                       const std::string& what) {
   const std::string key = what + ".target_parameters";
-  std::vector<std::string> out;
+  const char* const kParams[] = {"gate_up_proj", "down_proj"};
+  std::vector<std::pair<int64_t, std::string>> found;  // (layer, or -1: every layer; param)
   for (const std::string& t : spec.expert_targets) {
-    std::string param;
-    for (const char* p : {"gate_up_proj", "down_proj"})
-      for (const std::string prefix : {"", "experts.", "mlp.experts."})
-        if (t == prefix + p) param = p;
-    if (param.empty())
+    std::string param, head;
+    for (const char* p : kParams)
+      if (t.size() >= std::strlen(p) &&
+          t.compare(t.size() - std::strlen(p), std::string::npos, p) == 0)
+        param = p, head = t.substr(0, t.size() - std::strlen(p));
+    // head: "", "experts.", "mlp.experts.", then "<l>.", "layers.<l>." or "model.layers.<l>."
+    // before "mlp.experts.".
+    int64_t layer = -1;
+    bool ok = !param.empty() && (head.empty() || head == "experts." || head == "mlp.experts.");
+    if (!param.empty() && !ok && head.size() > 12 &&
+        head.compare(head.size() - 12, 12, "mlp.experts.") == 0) {
+      std::string l = head.substr(0, head.size() - 12);
+      for (const char* prefix : {"model.layers.", "layers."})
+        if (l.rfind(prefix, 0) == 0) l = l.substr(std::strlen(prefix));
+      ok = l.size() > 1 && l.size() < 12 && l.back() == '.' &&
+           l.find_first_not_of("0123456789") == l.size() - 1;
+      if (ok) layer = std::stoll(l.substr(0, l.size() - 1));
+    }
+    if (!ok)
       return Status::Error(key + ": \"" + t +
                            "\" is not a routed experts' weight the engine adapts (it takes "
                            "mlp.experts.gate_up_proj and mlp.experts.down_proj, or their last "
-                           "one or two parts: every MoE layer's)");
-    if (!cfg.is_moe() || cfg.arch == Arch::kGptOss)
+                           "one or two parts, for every MoE layer; \"7.mlp.experts.down_proj\" "
+                           "for layer 7's)");
+    if (!cfg.is_moe())
+      return Status::Error(key + ": a " + cfg.model_type +
+                           " model has no routed experts (it is dense): leave it empty");
+    if (layer >= 0 && (layer >= cfg.num_layers || !cfg.layer_is_moe[layer]))
       return Status::Error(
-          key + ": a " + cfg.model_type + " model has no routed experts " +
-          (cfg.is_moe() ? "that take adapters (GPT-OSS's are not implemented)" : "(it is dense)") +
-          ": leave it empty");
-    if (std::find(out.begin(), out.end(), param) == out.end()) out.push_back(param);
+          key + ": \"" + t + "\": layer " + std::to_string(layer) +
+          (layer >= cfg.num_layers
+               ? " is not in the model (it has " + std::to_string(cfg.num_layers) + " layers)"
+               : " has no routed experts (a dense layer)"));
+    found.emplace_back(layer, param);
   }
-  if (out.size() == 2 && out[0] != "gate_up_proj") std::swap(out[0], out[1]);
+  // Every layer's first (-1 sorts first), then by layer; a layer's entry for a param every
+  // layer has is dropped.
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first
+                              : a.second == "gate_up_proj" && b.second != a.second;
+  });
+  std::vector<std::string> out;
+  for (const auto& [layer, param] : found) {
+    const std::string name = layer < 0 ? param : std::to_string(layer) + "." + param;
+    const bool every = layer >= 0 && std::find(out.begin(), out.end(), param) != out.end();
+    if (!every && std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  }
   if (!out.empty() && spec.dropout > 0)
     return Status::Error(what + ".dropout must be 0 with " + key +
                          ": an adapter on the experts' stacked weights has no input of its own "
@@ -108,10 +151,18 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
   return out;
 }
 
+// An entry of LoraSpec::expert_targets as PEFT names it: "mlp.experts.down_proj",
+// "7.mlp.experts.down_proj".
+std::string PeftTargetName(const std::string& t) {
+  const size_t dot = t.find('.');
+  return dot == std::string::npos ? "mlp.experts." + t
+                                  : t.substr(0, dot + 1) + "mlp.experts." + t.substr(dot + 1);
+}
+
 // LoraSpec::expert_targets as PEFT's target_parameters ([] when none).
 nlohmann::json PeftTargetParameters(const LoraSpec& spec) {
   nlohmann::json j = nlohmann::json::array();
-  for (const std::string& p : spec.expert_targets) j.push_back("mlp.experts." + p);
+  for (const std::string& t : spec.expert_targets) j.push_back(PeftTargetName(t));
   return j;
 }
 
@@ -143,8 +194,10 @@ bool LoraSpec::Targets(const std::string& module) const {
   return std::find(targets.begin(), targets.end(), module) != targets.end();
 }
 
-bool LoraSpec::TargetsExperts(const std::string& param) const {
-  return std::find(expert_targets.begin(), expert_targets.end(), param) != expert_targets.end();
+bool LoraSpec::TargetsExperts(int64_t layer, const std::string& param) const {
+  for (const std::string& t : expert_targets)
+    if (t == param || t == std::to_string(layer) + "." + param) return true;
+  return false;
 }
 
 std::vector<std::string> LoraTargetNames(const ModelConfig& cfg) {
@@ -234,16 +287,26 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
 std::string LoraTargetsText(const LoraSpec& spec) {
   std::string s;
   for (const std::string& t : spec.targets) s += (s.empty() ? "" : ",") + t;
-  for (const std::string& t : spec.expert_targets)
-    s += (s.empty() ? "" : ",") + ("mlp.experts." + t);
+  for (const std::string& t : spec.expert_targets) s += (s.empty() ? "" : ",") + PeftTargetName(t);
   return s;
 }
 
 int64_t ExpertAdapterParams(const ModelConfig& cfg) {
   if (!cfg.lora.enabled()) return 0;
   const int64_t r = cfg.lora.rank, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
-  return (cfg.lora.TargetsExperts("gate_up_proj") ? r * (H + 2 * I) : 0) +
-         (cfg.lora.TargetsExperts("down_proj") ? r * (I + H) : 0);
+  int64_t n = 0;
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    if (cfg.layer_is_moe[l])
+      n += cfg.num_experts * ((cfg.lora.TargetsExperts(l, "gate_up_proj") ? r * (H + 2 * I) : 0) +
+                              (cfg.lora.TargetsExperts(l, "down_proj") ? r * (I + H) : 0));
+  return n;
+}
+
+int64_t ActiveParams(const ModelConfig& cfg, int64_t total_params) {
+  const int64_t xa = ExpertAdapterParams(cfg);
+  return MoeActiveParams(total_params - xa, cfg.num_moe_layers(), cfg.num_experts, cfg.top_k,
+                         cfg.params_per_expert()) +
+         (cfg.num_experts > 0 ? xa / cfg.num_experts * cfg.top_k : 0);
 }
 
 int64_t AdapterParams(const ParamLayout& layout) {
@@ -475,7 +538,8 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
           std::copy(t.f32() + e * r * x.in, t.f32() + (e + 1) * r * x.in, mine.begin());
         } else {
           for (int64_t o = 0; o < x.out; ++o)
-            for (int64_t jj = 0; jj < r; ++jj) mine[o * r + jj] = t.f32()[o * r * E + jj * E + e];
+            for (int64_t jj = 0; jj < r; ++jj)
+              mine[o * r + jj] = t.f32()[PeftRow(cfg, x, o) * r * E + jj * E + e];
         }
         visit(*p, mine.data());
       }
@@ -567,7 +631,7 @@ std::vector<std::pair<std::string, Tensor>> PeftAdapterTensors(const ModelConfig
     for (int64_t e = 0; e < E; ++e)
       for (int64_t o = 0; o < x.out; ++o)
         for (int64_t j = 0; j < r; ++j)
-          b.f32()[o * r * E + j * E + e] = slab[x.b + (e * x.out + o) * r + j];
+          b.f32()[PeftRow(cfg, x, o) * r * E + j * E + e] = slab[x.b + (e * x.out + o) * r + j];
     tensors.emplace_back(PeftExpertName(cfg.lora, x.layer, x.param, "lora_B"), std::move(b));
   }
   return tensors;

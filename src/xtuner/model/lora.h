@@ -42,9 +42,14 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
 // The layers `spec` adapts, for people: "q_proj,v_proj,mlp.experts.down_proj".
 std::string LoraTargetsText(const LoraSpec& spec);
 
-// Elements of one routed expert's adapters (LoraSpec::expert_targets; 0 without): as active
-// as the expert (model/params.h lays them out beside it).
+// Elements of every routed expert's adapters (LoraSpec::expert_targets; 0 without), over all
+// layers and experts: each expert's are as active as the expert (a token passes through
+// top_k / num_experts of them).
 int64_t ExpertAdapterParams(const ModelConfig& cfg);
+
+// The parameters a token passes through (MoeActiveParams, train/metrics_flops.h) of a model with
+// config cfg and `total_params` in all, its experts' adapters counted as their experts are.
+int64_t ActiveParams(const ModelConfig& cfg, int64_t total_params);
 
 // Elements of the adapters of `layout` (0 without LoRA): what a LoRA run trains.
 int64_t AdapterParams(const ParamLayout& layout);

@@ -142,7 +142,7 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t first_expert, int64_t num
       // The experts' adapters (LoraSpec::expert_targets), each kind stacked over the experts.
       auto add_expert_adapter = [&](const char* param, int64_t out, int64_t in, int64_t* a,
                                     int64_t* b) {
-        if (!lora_ || !c.lora.TargetsExperts(param)) return;
+        if (!lora_ || !c.lora.TargetsExperts(l, param)) return;
         const int64_t r = c.lora.rank;
         for (const auto& [kind, rows, cols, at] :
              {std::tuple{"lora_A", r, in, a}, std::tuple{"lora_B", out, r, b}})

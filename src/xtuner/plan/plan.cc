@@ -237,9 +237,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     expert_adapter_params += adapters;
     local_expert_adapters += CeilDiv(local_adapters, r.dp);
   }
-  // (An expert's adapters are as active as the expert.)
-  r.active_params = MoeActiveParams(r.total_params, c.num_moe_layers(), c.num_experts, c.top_k,
-                                    per_expert + ExpertAdapterParams(c));
+  r.active_params = ActiveParams(c, r.total_params);
   r.matmul_params = r.active_params - (c.tie_word_embeddings ? 0 : V * H);
 
   // ---- state: fp32 parameters, gradients and AdamW's two moments, owned once over the mesh.

@@ -120,8 +120,9 @@ const std::vector<Key>& Schema() {
       {"lora.target_parameters", &C::lora_target_parameters,
        "PEFT's target_parameters: the routed experts' stacked weights to adapt, "
        "comma-separated: mlp.experts.gate_up_proj, mlp.experts.down_proj (or their last one or "
-       "two parts), one adapter of rank lora.rank per expert (Qwen3-MoE, Mixtral, DeepSeek-V3). "
-       "\"\": the experts take none."},
+       "two parts) for every MoE layer's, 7.mlp.experts.down_proj for layer 7's; one adapter of "
+       "rank lora.rank per expert (Qwen3-MoE, Mixtral, DeepSeek-V3, GPT-OSS). \"\": the experts "
+       "take none."},
       {"lora.rslora", &C::lora_rslora, "Rank-stabilised LoRA: the scale is alpha / sqrt(rank)."},
       {"lora.dropout", &C::lora_dropout,
        "PEFT's lora_dropout: the probability that an element of an adapter's input is dropped "

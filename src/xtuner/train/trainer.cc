@@ -343,9 +343,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
 
   // ---- summary
   const int64_t total_params = ParamLayout(mc).total();
-  const int64_t per_expert = mc.params_per_expert() + ExpertAdapterParams(mc);  // (and adapters)
-  const int64_t active =
-      MoeActiveParams(total_params, mc.num_moe_layers(), mc.num_experts, mc.top_k, per_expert);
+  const int64_t active = ActiveParams(mc, total_params);  // (experts' adapters as their experts)
   // Matmul parameters a token passes through: the active ones less the embedding lookup (the
   // lm_head is a matmul; with tied embeddings the one matrix serves as both).
   const int64_t matmul_params =
