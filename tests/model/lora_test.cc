@@ -399,19 +399,29 @@ TEST(LoraSpec, ExpertTargetsAreTheExpertsStackedWeights) {
   s.expert_targets = {"mlp.experts.down_proj", "gate_up_proj", "experts.gate_up_proj"};
   auto both = ResolveLora(s, Config("qwen3_moe_tiny"), "lora");
   ASSERT_TRUE(both.ok()) << both.status().message();
-  EXPECT_EQ(both->expert_targets, (V{"gate_up_proj", "down_proj"}));
+  EXPECT_EQ(both->expert_targets, (V{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
+  auto again = ResolveLora(*both, Config("qwen3_moe_tiny"), "lora");  // (convert re-resolves)
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->expert_targets, both->expert_targets);
   EXPECT_TRUE(both->targets.empty());  // the experts alone
   EXPECT_TRUE(both->TargetsExperts(1, "down_proj"));
-  s.expert_targets = {"model.layers.1.mlp.experts.down_proj", "0.mlp.experts.gate_up_proj",
-                      "layers.1.mlp.experts.gate_up_proj", "down_proj", "1.mlp.experts.down_proj"};
+  s.expert_targets = {"model.layers.1.mlp.experts.gate_up_proj", "1.mlp.experts.down_proj",
+                      "layers.1.mlp.experts.down_proj", "down_proj"};
   auto layers = ResolveLora(s, Config("qwen3_moe_tiny"), "lora");
   ASSERT_TRUE(layers.ok()) << layers.status().message();
-  EXPECT_EQ(layers->expert_targets, (V{"down_proj", "0.gate_up_proj", "1.gate_up_proj"}));
-  EXPECT_TRUE(layers->TargetsExperts(0, "gate_up_proj"));
+  EXPECT_EQ(layers->expert_targets, (V{"mlp.experts.down_proj", "1.mlp.experts.gate_up_proj"}));
+  EXPECT_FALSE(layers->TargetsExperts(0, "gate_up_proj"));
+  EXPECT_TRUE(layers->TargetsExperts(1, "gate_up_proj"));
   EXPECT_TRUE(layers->TargetsExperts(0, "down_proj"));
-  EXPECT_FALSE(ResolveLora(s, Config("qwen3_moe_tiny"), "lora")->TargetsExperts(2, "gate_up_proj"));
+  again = ResolveLora(*layers, Config("qwen3_moe_tiny"), "lora");
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->expert_targets, layers->expert_targets);
   s.expert_targets = {"1.mlp.experts.down_proj"};
   EXPECT_FALSE(ResolveLora(s, Config("qwen3_moe_tiny"), "lora")->TargetsExperts(0, "down_proj"));
+  // Every MoE layer named one by one is every layer: one spelling for each set of weights.
+  s.expert_targets = {"1.mlp.experts.down_proj", "0.mlp.experts.down_proj"};
+  EXPECT_EQ(ResolveLora(s, Config("qwen3_moe_tiny"), "lora")->expert_targets,
+            (V{"mlp.experts.down_proj"}));
   auto none = ResolveLora(Spec({"auto"}), Config("mixtral_tiny"), "lora");
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->expert_targets.empty());  // "auto" leaves the experts alone
@@ -438,7 +448,8 @@ TEST(LoraSpec, ExpertTargetsAreTheExpertsStackedWeights) {
             std::string::npos);
   for (const char* bad :
        {"w2", "experts.down_proj.weight", "shared_experts.gate_proj", "x.mlp.experts.down_proj",
-        "1.experts.down_proj", "-1.mlp.experts.down_proj", "model.layers..mlp.experts.down_proj"})
+        "1.experts.down_proj", "-1.mlp.experts.down_proj", "model.layers..mlp.experts.down_proj",
+        "01.mlp.experts.down_proj", "model.layers.layers.1.mlp.experts.down_proj"})
     EXPECT_NE(msg(with({bad}), "qwen3_moe_tiny")
                   .find("lora.target_parameters: \"" + std::string(bad) + "\" is not"),
               std::string::npos)
@@ -638,7 +649,8 @@ TEST(LoraAdapter, ExpertAdaptersReadIntoAnySliceOfTheExperts) {
   auto spec = LoraSpecOfAdapter(f, c);
   ASSERT_TRUE(spec.ok()) << spec.status().message();
   c.lora = *spec;
-  EXPECT_EQ(c.lora.expert_targets, (std::vector<std::string>{"gate_up_proj", "down_proj"}));
+  EXPECT_EQ(c.lora.expert_targets,
+            (std::vector<std::string>{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
   std::map<std::string, std::vector<float>> whole;
   ASSERT_TRUE(ReadLoraAdapter(f, c, ParamLayout(c), [&](const ParamInfo& p, const float* d) {
                 whole[p.name].assign(d, d + NumElements(p.shape));
@@ -655,7 +667,7 @@ TEST(LoraAdapter, ExpertAdaptersReadIntoAnySliceOfTheExperts) {
 
   // The run's target_parameters differ from the adapter's.
   ModelConfig other = c;
-  other.lora.expert_targets = {"down_proj"};
+  other.lora.expert_targets = {"mlp.experts.down_proj"};
   st = ReadLoraAdapter(f, other, ParamLayout(other), [](const ParamInfo&, const float*) {});
   EXPECT_NE(st.message().find("but lora.target_parameters is [\"mlp.experts.down_proj\"]"),
             std::string::npos)

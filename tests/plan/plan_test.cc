@@ -246,7 +246,7 @@ TEST(PlanSharding, LoraStateIsTheAdapters) {
   // scratch (z, dz (A, 16), dy (A, 1536) and dz A (A, 2048) over A = 8 T rows) adds to the
   // experts' phase.
   in.model.lora.dropout = 0;
-  in.model.lora.expert_targets = {"gate_up_proj", "down_proj"};
+  in.model.lora.expert_targets = {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"};
   const PlanReport experts = MustPlan(in);
   const int64_t attention = 16 * ((2048 + 4096) + 2 * (2048 + 512) + (4096 + 2048));
   EXPECT_EQ(experts.trainable_params, 48 * (attention + 128 * 16 * (2048 + 1536 + 768 + 2048)));

@@ -227,7 +227,8 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
   ASSERT_TRUE(mc.ok());
   auto lora = ReadCheckpointLora(r->last_checkpoint);
   ASSERT_TRUE(lora.ok()) << lora.status().message();
-  EXPECT_EQ(lora->expert_targets, (std::vector<std::string>{"gate_up_proj", "down_proj"}));
+  EXPECT_EQ(lora->expert_targets,
+            (std::vector<std::string>{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
   mc->lora = *lora;
   auto params = ReadCheckpointParams(r->last_checkpoint, *mc);
   ASSERT_TRUE(params.ok()) << params.status().message();
@@ -282,6 +283,28 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
 
   ExpectConvertGivesTheExport(r->last_checkpoint, r->export_dir, adapter,
                               testing::TempDir("lora_experts_convert"));
+}
+
+// One layer's experts (OpenAI's GPT-OSS recipe's form): the checkpoint keeps the targets as PEFT
+// names them, so convert and resume read them back.
+TEST(LoraTraining, OneLayersExpertAdaptersConvertAndResume) {
+  TrainConfig c = LoraRun("lora_layer_experts");
+  c.lora_target_parameters = "1.mlp.experts.down_proj";
+  c.checkpoint_every = 3;
+  c.export_at_end = true;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const nlohmann::json j = testing::JsonFile(r->last_checkpoint + "/config.json");
+  EXPECT_EQ(j["xtuner_lora"]["target_parameters"], nlohmann::json({"1.mlp.experts.down_proj"}));
+  ExpectConvertGivesTheExport(r->last_checkpoint, r->export_dir, r->export_dir + "-adapter",
+                              testing::TempDir("lora_layer_experts_convert"));
+  TrainConfig resumed = testing::ResumedRun(c, 3);
+  resumed.export_at_end = false;
+  auto rr = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(rr.ok()) << rr.status().message();
+  const std::vector<double> a = Losses(c.work_dir), b = Losses(resumed.work_dir);
+  ASSERT_EQ(b.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(b[i], a[3 + i]) << "step " << 4 + i;
 }
 
 // LoRA's dropout: its masks follow each row's place in the global batch, so a run with

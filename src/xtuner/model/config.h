@@ -56,10 +56,12 @@ struct LoraSpec {
   // MLA q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj): every linear layer whose name ends
   // with one is adapted. Checked and expanded by ResolveLora (model/lora.h).
   std::vector<std::string> targets;
-  // PEFT's target_parameters on the routed experts' stacked weights: "gate_up_proj" (E, 2I, H)
-  // and/or "down_proj" (E, H, I) of every MoE layer, or "<l>.gate_up_proj" / "<l>.down_proj" of
-  // layer l alone; one adapter of rank `rank` per expert, as PEFT's ParamWrapper adds. Empty:
-  // the experts take none. Checked and ordered by ResolveLora (every layer's first).
+  // PEFT's target_parameters on the routed experts' stacked weights: "mlp.experts.gate_up_proj"
+  // (E, 2I, H) and/or "mlp.experts.down_proj" (E, H, I) of every MoE layer, or
+  // "<l>.mlp.experts.gate_up_proj" ... of layer l alone; one adapter of rank `rank` per expert,
+  // as PEFT's ParamWrapper adds. Empty: the experts take none. ResolveLora takes PEFT's other
+  // spellings ("gate_up_proj", "layers.7.mlp.experts.down_proj") and orders them (every layer's
+  // first); its result resolves to itself.
   std::vector<std::string> expert_targets;
   // PEFT's lora_dropout: the probability, in [0, 1), that an element of an adapter's input is
   // dropped in training (Batch::noise draws the masks). A training setting, not part of the

@@ -86,9 +86,10 @@ std::string PeftExpertName(const LoraSpec& spec, int64_t l, const std::string& p
          kind + ".weight";
 }
 
-// spec.expert_targets (PEFT's target_parameters) as LoraSpec keeps them: "gate_up_proj" /
-// "down_proj" for every MoE layer, "<l>.gate_up_proj" for layer l's, each once, every layer's
-// first, then by layer, gate_up before down. PEFT matches an entry against
+// spec.expert_targets (PEFT's target_parameters) as LoraSpec keeps them, a form of their own
+// that reads back the same: "mlp.experts.gate_up_proj" / "mlp.experts.down_proj" for every MoE
+// layer, "<l>.mlp.experts.gate_up_proj" for layer l's, each once, every layer's first, then by
+// layer, gate_up before down. PEFT matches an entry against
 // "model.layers.<l>.mlp.experts.gate_up_proj" by the whole name or a dotted suffix: an entry
 // is one of those suffixes, from the last part ("gate_up_proj") to the whole name.
 Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, const ModelConfig& cfg,
@@ -108,11 +109,15 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
     bool ok = !param.empty() && (head.empty() || head == "experts." || head == "mlp.experts.");
     if (!param.empty() && !ok && head.size() > 12 &&
         head.compare(head.size() - 12, 12, "mlp.experts.") == 0) {
-      std::string l = head.substr(0, head.size() - 12);
-      for (const char* prefix : {"model.layers.", "layers."})
-        if (l.rfind(prefix, 0) == 0) l = l.substr(std::strlen(prefix));
+      std::string l = head.substr(0, head.size() - 12);  // "<l>." after one prefix at most
+      if (l.rfind("model.layers.", 0) == 0) {
+        l = l.substr(13);
+      } else if (l.rfind("layers.", 0) == 0) {
+        l = l.substr(7);
+      }
+      // PEFT matches the layer's index as written: "07" names no layer.
       ok = l.size() > 1 && l.size() < 12 && l.back() == '.' &&
-           l.find_first_not_of("0123456789") == l.size() - 1;
+           l.find_first_not_of("0123456789") == l.size() - 1 && (l[0] != '0' || l.size() == 2);
       if (ok) layer = std::stoll(l.substr(0, l.size() - 1));
     }
     if (!ok)
@@ -134,14 +139,23 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
   }
   // Every layer's first (-1 sorts first), then by layer; a layer's entry for a param every
   // layer has is dropped.
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+  // A param named for every MoE layer one by one is every layer's (one spelling for each set).
+  for (const char* p : kParams) {
+    int64_t named = 0;
+    for (int64_t l = 0; l < cfg.num_layers; ++l)
+      named += cfg.layer_is_moe[l] && std::find(found.begin(), found.end(),
+                                                std::make_pair(l, std::string(p))) != found.end();
+    if (named > 0 && named == cfg.num_moe_layers()) found.insert(found.begin(), {-1, p});
+  }
+  std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first < b.first
                               : a.second == "gate_up_proj" && b.second != a.second;
   });
   std::vector<std::string> out;
   for (const auto& [layer, param] : found) {
-    const std::string name = layer < 0 ? param : std::to_string(layer) + "." + param;
-    const bool every = layer >= 0 && std::find(out.begin(), out.end(), param) != out.end();
+    const std::string every_layer = "mlp.experts." + param;
+    const std::string name = layer < 0 ? every_layer : std::to_string(layer) + "." + every_layer;
+    const bool every = layer >= 0 && std::find(out.begin(), out.end(), every_layer) != out.end();
     if (!every && std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
   }
   if (!out.empty() && spec.dropout > 0)
@@ -151,18 +165,10 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
   return out;
 }
 
-// An entry of LoraSpec::expert_targets as PEFT names it: "mlp.experts.down_proj",
-// "7.mlp.experts.down_proj".
-std::string PeftTargetName(const std::string& t) {
-  const size_t dot = t.find('.');
-  return dot == std::string::npos ? "mlp.experts." + t
-                                  : t.substr(0, dot + 1) + "mlp.experts." + t.substr(dot + 1);
-}
-
 // LoraSpec::expert_targets as PEFT's target_parameters ([] when none).
 nlohmann::json PeftTargetParameters(const LoraSpec& spec) {
   nlohmann::json j = nlohmann::json::array();
-  for (const std::string& t : spec.expert_targets) j.push_back(PeftTargetName(t));
+  for (const std::string& t : spec.expert_targets) j.push_back(t);
   return j;
 }
 
@@ -196,7 +202,8 @@ bool LoraSpec::Targets(const std::string& module) const {
 
 bool LoraSpec::TargetsExperts(int64_t layer, const std::string& param) const {
   for (const std::string& t : expert_targets)
-    if (t == param || t == std::to_string(layer) + "." + param) return true;
+    if (t == "mlp.experts." + param || t == std::to_string(layer) + ".mlp.experts." + param)
+      return true;
   return false;
 }
 
@@ -287,7 +294,7 @@ Result<LoraSpec> ResolveLora(LoraSpec spec, const ModelConfig& cfg, const std::s
 std::string LoraTargetsText(const LoraSpec& spec) {
   std::string s;
   for (const std::string& t : spec.targets) s += (s.empty() ? "" : ",") + t;
-  for (const std::string& t : spec.expert_targets) s += (s.empty() ? "" : ",") + PeftTargetName(t);
+  for (const std::string& t : spec.expert_targets) s += (s.empty() ? "" : ",") + t;
   return s;
 }
 
@@ -525,8 +532,8 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
       const Shape shape = is_a ? Shape{E * r, x.in} : Shape{x.out, r * E};
       if (!ckpt.contains(name))
         return Status::Error(file + ": adapter has no tensor \"" + name + "\" (shape " +
-                             ShapeString(shape) + "), which lora.target_parameters (mlp.experts." +
-                             x.param + ") needs");
+                             ShapeString(shape) + "), which lora.target_parameters needs (layer " +
+                             std::to_string(x.layer) + "'s mlp.experts." + x.param + ")");
       XT_ASSIGN_OR_RETURN(Tensor t, ckpt.GetF32(name, shape));
       expert_names.push_back(name);
       std::vector<float> mine(is_a ? r * x.in : x.out * r);
