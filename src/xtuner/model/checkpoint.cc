@@ -181,17 +181,10 @@ Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType
       tensors.emplace_back(p.name, t.To(DType::BF16));
     }
   }
-  // GPT-OSS's experts, stacked; with adapters on them, from a copy with the adapters merged.
-  std::vector<float> merged_experts;
-  if (mc.arch == Arch::kGptOss && ExpertAdapterParams(mc) > 0) {
-    merged_experts.assign(slab, slab + model.layout().total());
-    for (const ParamInfo& p : params)
-      if (Tensor m; GptOssExpertOf(mc, p.name) && MergeLora(model.layout(), mc, slab, p, &m))
-        std::copy(m.f32(), m.f32() + m.numel(), merged_experts.begin() + p.offset);
-  }
+  // GPT-OSS's experts, stacked (with adapters on them, merged expert by expert).
+  const bool merge = mc.lora.enabled();
   for (auto& [name, t] : GptOssStackedExperts(
-           mc, model.layout(), merged_experts.empty() ? slab : merged_experts.data(),
-           dtype == ExportDType::kF32 ? DType::F32 : DType::BF16))
+           mc, model.layout(), slab, dtype == ExportDType::kF32 ? DType::F32 : DType::BF16, merge))
     tensors.emplace_back(name, std::move(t));
   XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
   nlohmann::json cfg = mc.ToJson();

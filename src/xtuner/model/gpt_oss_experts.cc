@@ -5,6 +5,7 @@
 #include <tuple>
 #include <vector>
 
+#include "xtuner/model/lora.h"
 #include "xtuner/model/mxfp4.h"
 
 namespace xt {
@@ -233,7 +234,8 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
 
 std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
                                                                  const ParamLayout& layout,
-                                                                 const float* slab, DType dtype) {
+                                                                 const float* slab, DType dtype,
+                                                                 bool merge_lora) {
   std::vector<std::pair<std::string, Tensor>> out;
   if (cfg.arch != Arch::kGptOss) return out;
   const int64_t E = cfg.num_experts, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
@@ -247,8 +249,14 @@ std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConf
                                      {GptOssExpertSlice::kDown, o.down, H * I},
                                      {GptOssExpertSlice::kDownBias, o.down_bias, H}}) {
       Tensor t = Tensor::Empty(DType::F32, StackedShape(cfg, kind));
-      for (int64_t e = 0; e < E; ++e)
-        Convert(kind, H, I, slab + offset + e * per, t.f32() + e * per, /*to_hub=*/true);
+      for (int64_t e = 0; e < E; ++e) {
+        const float* w = slab + offset + e * per;
+        Tensor merged;  // the expert's weight with its adapter merged, one at a time
+        const ParamInfo* info =
+            merge_lora ? layout.Find(prefix + std::to_string(e) + "." + kSuffix[kind]) : nullptr;
+        if (info && MergeLora(layout, cfg, slab, *info, &merged)) w = merged.f32();
+        Convert(kind, H, I, w, t.f32() + e * per, /*to_hub=*/true);
+      }
       out.emplace_back(prefix + kSuffix[kind], dtype == DType::F32 ? std::move(t) : t.To(dtype));
     }
   }

@@ -61,10 +61,12 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
 // (parameters or gradients, in the layout's offsets): (hub name, tensor in `dtype`, F32 or
 // BF16), layer by layer in the order gate_up_proj, gate_up_proj_bias, down_proj,
 // down_proj_bias. Each is converted as soon as it is built: beyond the result, one stacked fp32
-// tensor at a time.
+// tensor at a time. merge_lora: each expert's weight with its LoRA adapters (cfg.lora, the
+// routed experts') merged, as MergeLora (model/lora.h) merges it, one expert at a time.
 std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
                                                                  const ParamLayout& layout,
                                                                  const float* slab,
-                                                                 DType dtype = DType::F32);
+                                                                 DType dtype = DType::F32,
+                                                                 bool merge_lora = false);
 
 }  // namespace xt
