@@ -86,10 +86,10 @@ Status DebugDump(const std::string& model_dir, const std::string& batch_path,
       if (!p.frozen && !GptOssExpertOf(cfg, p.name))
         out.emplace_back("grad." + p.name, Tensor::Wrap(DType::F32, p.shape,
                                                         model->grads().f32() + p.offset, nullptr));
-  }
-  if (!cfg.lora.enabled())  // GPT-OSS's experts' gradients, stacked as the hub stores them
+    // GPT-OSS's experts' gradients, stacked as the hub stores them
     for (auto& [name, t] : GptOssStackedExperts(cfg, model->layout(), model->grads().f32()))
       out.emplace_back("grad." + name, std::move(t));
+  }
 
   if (batch_file.contains("packed.input_ids")) {
     Shape pshape, cshape;

@@ -67,12 +67,15 @@ std::vector<ExpertAdapter> ExpertAdapters(const ParamLayout& layout, const Model
   return out;
 }
 
-// The row of PEFT's B (out, r * E) of row o of an expert's B here: the same, but GPT-OSS's
-// gate_up, whose gate and up outputs transformers interleaves (here: [gate | up] halves).
-int64_t PeftRow(const ModelConfig& cfg, const ExpertAdapter& x, int64_t o) {
-  if (cfg.arch != Arch::kGptOss || x.param != "gate_up_proj") return o;
-  const int64_t half = x.out / 2;
-  return o < half ? 2 * o : 2 * (o - half) + 1;
+// Where expert e's B_e[o, j] (out, r) here is in PEFT's stacked B (out, r * E): at
+// [o', j * E + e], o' = o but for GPT-OSS's gate_up, whose gate and up outputs transformers
+// interleaves (here: [gate | up] halves).
+int64_t PeftBIndex(const ModelConfig& cfg, const ExpertAdapter& x, int64_t e, int64_t o,
+                   int64_t j) {
+  const int64_t E = cfg.num_experts, r = cfg.lora.rank, half = x.out / 2;
+  if (cfg.arch == Arch::kGptOss && x.param == "gate_up_proj")
+    o = o < half ? 2 * o : 2 * (o - half) + 1;
+  return o * r * E + j * E + e;
 }
 
 // PEFT's name (less "base_model.model.") of layer l's stacked adapter of the experts' `param`,
@@ -137,8 +140,6 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
                : " has no routed experts (a dense layer)"));
     found.emplace_back(layer, param);
   }
-  // Every layer's first (-1 sorts first), then by layer; a layer's entry for a param every
-  // layer has is dropped.
   // A param named for every MoE layer one by one is every layer's (one spelling for each set).
   for (const char* p : kParams) {
     int64_t named = 0;
@@ -147,6 +148,8 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
                                                 std::make_pair(l, std::string(p))) != found.end();
     if (named > 0 && named == cfg.num_moe_layers()) found.insert(found.begin(), {-1, p});
   }
+  // Every layer's first (-1 sorts first), then by layer; a layer's entry for a param every
+  // layer has is dropped.
   std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first < b.first
                               : a.second == "gate_up_proj" && b.second != a.second;
@@ -163,13 +166,6 @@ Result<std::vector<std::string>> ResolveExpertTargets(const LoraSpec& spec, cons
                          ": an adapter on the experts' stacked weights has no input of its own "
                          "to drop (PEFT's ParamWrapper refuses lora_dropout too)");
   return out;
-}
-
-// LoraSpec::expert_targets as PEFT's target_parameters ([] when none).
-nlohmann::json PeftTargetParameters(const LoraSpec& spec) {
-  nlohmann::json j = nlohmann::json::array();
-  for (const std::string& t : spec.expert_targets) j.push_back(t);
-  return j;
 }
 
 // An adapter config's target_parameters (absent or null: none), each a name; errors name `path`.
@@ -518,7 +514,7 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
   if (tp_spec.expert_targets != cfg.lora.expert_targets)
     return bad("target_parameters", "is " + DumpJson(nlohmann::json(tp)) +
                                         ", but lora.target_parameters is " +
-                                        DumpJson(PeftTargetParameters(cfg.lora)));
+                                        DumpJson(nlohmann::json(cfg.lora.expert_targets)));
 
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(f.weights));
   const std::string& file = f.weights;
@@ -546,7 +542,7 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
         } else {
           for (int64_t o = 0; o < x.out; ++o)
             for (int64_t jj = 0; jj < r; ++jj)
-              mine[o * r + jj] = t.f32()[PeftRow(cfg, x, o) * r * E + jj * E + e];
+              mine[o * r + jj] = t.f32()[PeftBIndex(cfg, x, e, o, jj)];
         }
         visit(*p, mine.data());
       }
@@ -572,7 +568,7 @@ Status ReadLoraAdapter(const std::string& path, const ModelConfig& cfg, const Pa
       return Status::Error(file + ": unexpected tensor \"" + name +
                            "\": no adapter of lora.target_modules (" + Join(cfg.lora.targets) +
                            ") or lora.target_parameters " +
-                           DumpJson(PeftTargetParameters(cfg.lora)) + " has that name");
+                           DumpJson(nlohmann::json(cfg.lora.expert_targets)) + " has that name");
   }
   return Status::OK();
 }
@@ -638,7 +634,7 @@ std::vector<std::pair<std::string, Tensor>> PeftAdapterTensors(const ModelConfig
     for (int64_t e = 0; e < E; ++e)
       for (int64_t o = 0; o < x.out; ++o)
         for (int64_t j = 0; j < r; ++j)
-          b.f32()[PeftRow(cfg, x, o) * r * E + j * E + e] = slab[x.b + (e * x.out + o) * r + j];
+          b.f32()[PeftBIndex(cfg, x, e, o, j)] = slab[x.b + (e * x.out + o) * r + j];
     tensors.emplace_back(PeftExpertName(cfg.lora, x.layer, x.param, "lora_B"), std::move(b));
   }
   return tensors;
@@ -661,7 +657,7 @@ Status SaveLoraAdapter(const ModelConfig& cfg, const ParamLayout& layout, const 
                       {"lora_dropout", cfg.lora.dropout},
                       {"use_rslora", cfg.lora.rslora},
                       {"target_modules", cfg.lora.targets},
-                      {"target_parameters", PeftTargetParameters(cfg.lora)},
+                      {"target_parameters", nlohmann::json(cfg.lora.expert_targets)},
                       {"bias", "none"},
                       {"fan_in_fan_out", false},
                       {"use_dora", false},
