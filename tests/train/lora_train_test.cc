@@ -74,6 +74,21 @@ void ExpectConvertGivesTheExport(const std::string& checkpoint, const std::strin
             Tensors(adapter + "/adapter_model.safetensors"));
 }
 
+// Resumes the 6-step run `run` from its step-3 checkpoint (exporting nothing): it repeats steps
+// 4-6 bit for bit. The resumed run's config.
+TrainConfig ExpectResumeRepeatsTheLastSteps(const TrainConfig& run) {
+  TrainConfig resumed = testing::ResumedRun(run, 3);
+  resumed.export_at_end = false;
+  auto r = RunTraining(resumed, nullptr);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  const std::vector<double> a = Losses(run.work_dir), b = Losses(resumed.work_dir);
+  EXPECT_EQ(a.size(), 6u);
+  EXPECT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < b.size() && 3 + i < a.size(); ++i)
+    EXPECT_EQ(b[i], a[3 + i]) << "step " << 4 + i;
+  return resumed;
+}
+
 TEST(LoraTraining, OnlyTheAdaptersTrainAndTheExportIsMergedWithItsAdapter) {
   TrainConfig c = LoraRun("lora_train");
   c.steps = 12;
@@ -212,11 +227,19 @@ TEST(LoraTraining, ResumeIsBitExactAndOtherLoraSettingsAreRefused) {
 // LoRA on the routed experts too (lora.target_parameters): only the adapters move, the export
 // merges them into each expert's gate_proj, up_proj and down_proj, resume is bit-exact (and
 // refuses other target_parameters), and `xtuner convert` gives the run's adapter back.
-TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
-  TrainConfig c = LoraRun("lora_experts");
-  c.lora_target_parameters = "mlp.experts.gate_up_proj,mlp.experts.down_proj";
+// A 6-step LoRA run with adapters on the routed experts' `target_parameters` too, exported at
+// the end, with a checkpoint at step 3.
+TrainConfig ExpertLoraRun(const std::string& tag, const std::string& target_parameters) {
+  TrainConfig c = LoraRun(tag);
+  c.lora_target_parameters = target_parameters;
   c.checkpoint_every = 3;
   c.export_at_end = true;
+  return c;
+}
+
+TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
+  const TrainConfig c =
+      ExpertLoraRun("lora_experts", "mlp.experts.gate_up_proj,mlp.experts.down_proj");
   auto r = RunTraining(c, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   const std::vector<double> losses = Losses(c.work_dir);
@@ -265,14 +288,7 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
             nlohmann::json({"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}));
   ExpectTheAdapterGivesTheExport(adapter, r->export_dir, c.tokenizer, "lora_experts_again");
 
-  TrainConfig resumed = testing::ResumedRun(c, 3);
-  resumed.export_at_end = false;
-  auto rr = RunTraining(resumed, nullptr);
-  ASSERT_TRUE(rr.ok()) << rr.status().message();
-  const std::vector<double> tail = Losses(resumed.work_dir);
-  ASSERT_EQ(tail.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(tail[i], losses[3 + i]) << "step " << 4 + i;
-  TrainConfig other = resumed;
+  TrainConfig other = ExpectResumeRepeatsTheLastSteps(c);
   other.work_dir = c.work_dir + "-other";
   other.lora_target_parameters = "mlp.experts.down_proj";
   testing::SeedResumeDir(c.work_dir, 3, other.work_dir);
@@ -288,23 +304,14 @@ TEST(LoraTraining, ExpertAdaptersTrainMergeResumeAndConvert) {
 // One layer's experts (OpenAI's GPT-OSS recipe's form): the checkpoint keeps the targets as PEFT
 // names them, so convert and resume read them back.
 TEST(LoraTraining, OneLayersExpertAdaptersConvertAndResume) {
-  TrainConfig c = LoraRun("lora_layer_experts");
-  c.lora_target_parameters = "1.mlp.experts.down_proj";
-  c.checkpoint_every = 3;
-  c.export_at_end = true;
+  const TrainConfig c = ExpertLoraRun("lora_layer_experts", "1.mlp.experts.down_proj");
   auto r = RunTraining(c, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   const nlohmann::json j = testing::JsonFile(r->last_checkpoint + "/config.json");
   EXPECT_EQ(j["xtuner_lora"]["target_parameters"], nlohmann::json({"1.mlp.experts.down_proj"}));
   ExpectConvertGivesTheExport(r->last_checkpoint, r->export_dir, r->export_dir + "-adapter",
                               testing::TempDir("lora_layer_experts_convert"));
-  TrainConfig resumed = testing::ResumedRun(c, 3);
-  resumed.export_at_end = false;
-  auto rr = RunTraining(resumed, nullptr);
-  ASSERT_TRUE(rr.ok()) << rr.status().message();
-  const std::vector<double> a = Losses(c.work_dir), b = Losses(resumed.work_dir);
-  ASSERT_EQ(b.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(b[i], a[3 + i]) << "step " << 4 + i;
+  ExpectResumeRepeatsTheLastSteps(c);
 }
 
 // LoRA's dropout: its masks follow each row's place in the global batch, so a run with
@@ -335,13 +342,7 @@ TEST(LoraTraining, DropoutIsTheSameForAnyMicroBatchSizeAndResumesExactly) {
   }
   EXPECT_GT(moved, 1e-3) << "the masks changed nothing";
 
-  TrainConfig resumed = testing::ResumedRun(two, 3);
-  resumed.export_at_end = false;
-  auto r = RunTraining(resumed, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  const std::vector<double> d = Losses(resumed.work_dir);
-  ASSERT_EQ(d.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(d[i], a[3 + i]) << "step " << 4 + i;
+  ExpectResumeRepeatsTheLastSteps(two);
 
   // The adapters the run exports, and the one xtuner convert gives back (from the run's
   // config.toml), record the rate.
