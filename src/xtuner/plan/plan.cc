@@ -219,7 +219,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     const int64_t first = o.gate_up_lora_a >= 0 ? o.gate_up_lora_a : o.down_lora_a;
     return first >= 0 ? o.gate_up - first : int64_t(0);
   };
-  int64_t expert_adapter_params = 0, local_expert_adapters = 0;
+  int64_t local_expert_adapters = 0;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t end = l + 1 < L ? layout.layers[l + 1].ln1 : layout.final_norm;
     const int64_t span = end - layout.layers[l].ln1;
@@ -234,7 +234,6 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     const int64_t layer = span - experts - adapters + local_experts + local_adapters;
     largest = std::max(largest, layer);
     largest_layer = std::max(largest_layer, layer);
-    expert_adapter_params += adapters;
     local_expert_adapters += CeilDiv(local_adapters, r.dp);
   }
   r.active_params = ActiveParams(c, r.total_params);
@@ -249,7 +248,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   if (c.lora.enabled()) {
     r.trainable_params = AdapterParams(layout);
     r.local_trainable =
-        CeilDiv(r.trainable_params - expert_adapter_params, in.world) + local_expert_adapters;
+        CeilDiv(r.trainable_params - ExpertAdapterParams(c), in.world) + local_expert_adapters;
   }
   r.weight_bytes = r.local_params * s.f32;
   r.grad_bytes = r.local_trainable * s.f32;
