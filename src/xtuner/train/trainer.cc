@@ -449,14 +449,15 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   }
   if (mc.lora.enabled()) {
     const int64_t trainable = AdapterParams(ParamLayout(mc));
-    const std::string targets = LoraTargetsText(mc.lora);
-    char line[256], dropout[32] = "";
+    // (The targets apart: one layer's experts each, they may run long.)
+    char head[96], dropout[32] = "", tail[64];
     if (mc.lora.dropout > 0)
       std::snprintf(dropout, sizeof dropout, ", dropout %g", mc.lora.dropout);
-    std::snprintf(line, sizeof line, "rank %lld, scale %g%s on %s: %.3g%% of the parameters train",
-                  (long long)mc.lora.rank, mc.lora.scale(), dropout, targets.c_str(),
+    std::snprintf(head, sizeof head, "rank %lld, scale %g%s on ", (long long)mc.lora.rank,
+                  mc.lora.scale(), dropout);
+    std::snprintf(tail, sizeof tail, ": %.3g%% of the parameters train",
                   100.0 * double(trainable) / double(total_params));
-    sum.extra.push_back({"run", "LoRA", line});
+    sum.extra.push_back({"run", "LoRA", head + LoraTargetsText(mc.lora) + tail});
   }
   sum.extra.push_back({"run", "steps", std::to_string(cfg.steps)});
   sum.extra.push_back({"run", "work dir", cfg.work_dir});
