@@ -4,8 +4,9 @@
 // weights, in fp32 (every layer recomputed too) and in bf16 (against the CPU's bf16 mode). The
 // targets cover a dense MLP's fused gate_up (two adapters on one weight), GQA with q/k norms,
 // GPT-OSS's biased projections with sinks and a window, and latent attention's five
-// projections or its plain q_proj; with LoRA's dropout, the CPU's masks. And the column op and
-// the dropout masks the adapters use, against their CPU twins.
+// projections or its plain q_proj; with LoRA's dropout, the CPU's masks. The frozen matmul
+// weights held in bf16 only (a LoRA run on one GPU) give the same bf16 steps. And the column op
+// and the dropout masks the adapters use, against their CPU twins.
 // Skipped (label `cuda`) where no GPU is present.
 #include <gtest/gtest.h>
 
@@ -20,10 +21,15 @@
 #include "util/testing.h"
 #include "xtuner/cuda/model_cuda.h"
 #include "xtuner/cuda/ops_cuda.h"
+#include "xtuner/cuda/shard_memory_cuda.h"
+#include "xtuner/cuda/sparse_slab.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/ops/dropout_mask.h"
 #include "xtuner/ops/ops.h"
+#include "xtuner/plan/frozen_bf16.h"
 
 namespace xt {
 namespace {
@@ -280,6 +286,75 @@ TEST_P(LoraCuda, Bf16FollowsTheCpuModelsBf16Mode) {
       EXPECT_LE(testing::RelError(g.data(), g32.data(), n), 1.5 * cpu_bf16_error + 1e-3)
           << fixture << ": the CPU's bf16 mode is " << cpu_bf16_error << " from fp32";
     }
+  }
+}
+
+// A LoRA run on one GPU holds its frozen matmul weights in bf16 only (plan/frozen_bf16.h): the
+// model over a one-rank ShardedParams whose fp32 parameters hold memory only outside them (their
+// addresses map nothing: in the emulator a read there faults) takes the same bf16 steps as over
+// its own fp32 slab, bit for bit (loss, every adapter's gradient), before and after the
+// adapters change (the other weights' bf16 copies made again around the ones held in bf16 only).
+TEST_P(LoraCuda, FrozenWeightsHeldInBf16OnlyGiveTheSameBf16Steps) {
+  const auto [fixture, targets, alpha, rslora, dropout, experts] = GetParam();
+  LoraModels m;
+  MakeLoraModels(fixture, targets, alpha, rslora, &m, dropout, experts);
+  if (HasFatalFailure()) return;
+  const ParamLayout& layout = m.cpu->layout();
+  const int64_t n = layout.total();
+  float* host = m.cpu->params().f32();
+  const SlabRanges bf16_only = Bf16OnlyRanges(layout);
+  ASSERT_GT(MappedBytes(bf16_only), n / 2) << fixture;  // the projections and experts, at least
+  const SlabRanges held = Fp32Ranges(n, bf16_only);
+  std::unique_ptr<Comm> world = MakeSingleComm();
+  std::unique_ptr<ShardMemory> memory = cuda::MakeDeviceShardMemory(nullptr);
+  ShardedParams shard(m.cfg, Mesh{}, world.get(), world.get(), memory.get(), held);
+  auto granule = cuda::SparseSlab::Granularity();
+  ASSERT_TRUE(granule.ok()) << granule.status().message();
+  EXPECT_EQ(memory->held_bytes(), MappedBytes(GranuleMappings(n, held, *granule)));
+#ifdef XTUNER_CUDA_EMU  // its granules (pages) are small enough to leave a tiny model's out
+  EXPECT_LT(memory->held_bytes(), 2 * n) << fixture << ": most of the slab is held";
+#endif
+  for (const auto& [at, k] : held)
+    ASSERT_EQ(cudaMemcpy(shard.params() + at, host + at, size_t(k) * 4, cudaMemcpyHostToDevice),
+              cudaSuccess);
+  auto over = cuda::CudaModel::CreateOver(m.cfg, &shard, nullptr);
+  ASSERT_TRUE(over.ok()) << over.status().message();
+  cuda::CudaModel& gpu = **over;
+  m.gpu->SetPrecision(cuda::GemmInput::kBf16);
+  gpu.SetPrecision(cuda::GemmInput::kBf16);
+  ASSERT_TRUE(gpu.HoldInBf16Only(bf16_only, host).ok());
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE(step == 0 ? "first step" : "after the adapters changed");
+    if (step == 1) {  // every adapter moved, on both sides, and their bf16 copies stale
+      for (const auto& [at, k] : shard.trainable_ranges())
+        for (int64_t i = at; i < at + k; ++i) host[i] += 0.01f;
+      for (const auto& [at, k] : held)
+        ASSERT_EQ(cudaMemcpy(shard.params() + at, host + at, size_t(k) * 4, cudaMemcpyHostToDevice),
+                  cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(m.gpu->params(), host, size_t(n) * 4, cudaMemcpyHostToDevice),
+                cudaSuccess);
+      gpu.ParamsChanged(false);
+    }
+    const Batch& b = m.batches[1];
+    ASSERT_TRUE(m.gpu->ZeroGrads().ok());
+    auto want = m.gpu->ForwardBackward(b);
+    ASSERT_TRUE(want.ok()) << want.status().message();
+    std::vector<float> want_g(n);
+    ASSERT_TRUE(m.gpu->CopyGradsToHost(want_g.data()).ok());
+    shard.ZeroGrads();
+    auto got = gpu.ForwardBackward(b);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_EQ(got->loss, want->loss) << fixture;
+    // The shard's gradients: what trains only, one range after another (compact on a GPU).
+    ASSERT_TRUE(shard.compact_grads());
+    std::vector<float> g(shard.trainable_floats());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(g.data(), shard.grads(), g.size() * 4, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    int64_t at_g = 0, differ = 0;
+    for (const auto& [at, k] : shard.trainable_ranges())
+      for (int64_t i = 0; i < k; ++i) differ += g[at_g++] != want_g[at + i];
+    EXPECT_EQ(differ, 0) << fixture << ": adapter gradients that differ";
   }
 }
 

@@ -15,8 +15,10 @@
 #include "cuda/cuda_test_util.h"
 #include "util/testing.h"
 #include "util/tiny_run.h"
+#include "xtuner/cuda/sparse_slab.h"
 #include "xtuner/cuda/train_backend_cuda.h"
 #include "xtuner/model/params.h"
+#include "xtuner/plan/frozen_bf16.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/trainer.h"
 
@@ -218,7 +220,9 @@ TEST_P(TrainCudaOnce, ALoraGpuRunFollowsTheCpuRunAndResumesExactly) {
 
 // A LoRA run in bf16 on the GPU (the adapters' products and attention on the tensor cores, the
 // weights' bf16 copies written by the update) follows the CPU's bf16 LoRA run, differs from the
-// GPU's fp32 one, and leaves the base weights exactly as loaded.
+// GPU's fp32 one, and leaves the base weights exactly as loaded. Its frozen matmul weights are
+// held in bf16 only (train.cuda_frozen_weights = "auto"): the run is the one that holds their
+// fp32 copy too ("fp32"), bit for bit, in less device memory by that copy.
 TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
   TrainConfig cpu16 = testing::LoraRun("gpu_lora_cpu16");
   cpu16.precision = "bf16";
@@ -228,7 +232,10 @@ TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
   TrainConfig gpu32 = gpu16;
   gpu32.work_dir = cpu16.work_dir + "-gpu32";
   gpu32.precision = "fp32";
-  for (const TrainConfig* c : {&cpu16, &gpu16, &gpu32}) {
+  TrainConfig held = gpu16;
+  held.work_dir = cpu16.work_dir + "-gpu16-fp32-held";
+  held.cuda_frozen_weights = "fp32";
+  for (const TrainConfig* c : {&cpu16, &gpu16, &gpu32, &held}) {
     auto r = RunTraining(*c, nullptr);
     ASSERT_TRUE(r.ok()) << r.status().message();
   }
@@ -237,7 +244,27 @@ TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
   EXPECT_GT(MostRelativeDifference(b16, Metric(gpu32.work_dir, "loss")), 1e-6)
       << "the GPU's bf16 LoRA run gave its fp32 losses: was bf16 used?";
   ModelConfig mc;
-  LoraParamsWithTheBaseUnmoved(gpu16.work_dir, &mc);
+  const std::vector<float> params = LoraParamsWithTheBaseUnmoved(gpu16.work_dir, &mc);
+  EXPECT_EQ(b16, Metric(held.work_dir, "loss"));
+  EXPECT_EQ(Metric(gpu16.work_dir, "grad_norm"), Metric(held.work_dir, "grad_norm"));
+  EXPECT_EQ(params, LoraParamsWithTheBaseUnmoved(held.work_dir, &mc));
+#ifdef XTUNER_CUDA_EMU
+  // Device memory, as the emulator counts it exactly: the fp32 parameters' allocation against the
+  // granules (pages) that hold what is not in bf16 only. (A GPU's pool reserves in larger steps,
+  // and its 2 MiB granules hold all of a tiny model.)
+  const int64_t n = ParamLayout(mc).total();
+  auto granule = cuda::SparseSlab::Granularity();
+  ASSERT_TRUE(granule.ok());
+  const int64_t unheld =
+      (4 * n + 255) / 256 * 256 -
+      MappedBytes(GranuleMappings(n, Fp32Ranges(n, Bf16OnlyRanges(ParamLayout(mc))), *granule));
+  const std::vector<double> peak = Metric(gpu16.work_dir, "peak_memory_bytes");
+  const std::vector<double> peak_held = Metric(held.work_dir, "peak_memory_bytes");
+  ASSERT_FALSE(peak.empty());
+  ASSERT_EQ(peak.size(), peak_held.size());
+  EXPECT_GT(unheld, 0) << "no fp32 parameter left out";  // (the tiny model: mostly embedding)
+  EXPECT_EQ(peak_held.back() - peak.back(), double(unheld));
+#endif
 }
 
 // The GPU's kernels use no atomics, so a resumed GPU run repeats the uninterrupted one.

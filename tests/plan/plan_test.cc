@@ -519,7 +519,8 @@ TEST(PlanCli, PrintsTheReportAndNamesBadInput) {
            {"--lora-rank 0 --lora-targets q_proj", "need --lora-rank > 0"},
            {"--lora-rank 0 --lora-target-parameters down_proj", "need --lora-rank > 0"},
            {"--lora-rank 8 --lora-target-parameters w2", "lora.target_parameters: \"w2\" is not"},
-           {"--lora-rank 8 --lora-dropout 1", "lora.dropout must be in [0, 1)"}}) {
+           {"--lora-rank 8 --lora-dropout 1", "lora.dropout must be in [0, 1)"},
+           {"--cuda-frozen-weights bf16", "--cuda-frozen-weights must be auto or fp32"}}) {
     run = testing::RunXtuner("plan --model " + cfg + " --seq 8 " + r.args);
     if (r.cli11) {
       EXPECT_NE(run.code, 0) << r.args;

@@ -152,8 +152,9 @@ TEST(TrainConfig, ValidationNamesTheKey) {
   EXPECT_TRUE(ValidateTrainConfig(c).ok());
 }
 
-// The GPU kernel choices: named values only, on train.device = "cuda" only, and the bf16-only
-// ones with train.precision = "bf16"; each error names the key.
+// The GPU kernel choices (and how a LoRA run's frozen weights are held): named values only, on
+// train.device = "cuda" only, and the bf16-only ones with train.precision = "bf16"; each error
+// names the key.
 TEST(TrainConfig, CudaKernelChoicesAreCheckedAgainstDeviceAndPrecision) {
   TrainConfig c;
   ASSERT_TRUE(ParseTrainConfig(kConfig, "cfg.toml", &c).ok());
@@ -187,6 +188,18 @@ TEST(TrainConfig, CudaKernelChoicesAreCheckedAgainstDeviceAndPrecision) {
   EXPECT_TRUE(ValidateTrainConfig(c).ok()) << message();  // fp32 per expert
   c.device = "cpu";
   EXPECT_NE(message().find("train.cuda_experts_gemm is for train.device = \"cuda\""),
+            std::string::npos)
+      << message();
+  // How a LoRA run's frozen weights are held: auto or fp32, on the GPU.
+  c.cuda_experts_gemm = "auto";
+  c.cuda_frozen_weights = "fp32";
+  EXPECT_NE(message().find("train.cuda_frozen_weights is for train.device = \"cuda\""),
+            std::string::npos)
+      << message();
+  c.device = "cuda";
+  EXPECT_TRUE(ValidateTrainConfig(c).ok()) << message();
+  c.cuda_frozen_weights = "bf16";
+  EXPECT_NE(message().find("train.cuda_frozen_weights must be auto or fp32, not \"bf16\""),
             std::string::npos)
       << message();
 }

@@ -1,7 +1,7 @@
 // xtuner plan --model CONFIG.json --seq N [--world W] [--ep E] [--recompute F]
 //              [--micro-batch-size B] [--precision fp32|bf16] [--device cpu|cuda]
 //              [--gpu-memory GiB] [--lora-rank R [--lora-targets T] [--lora-dropout P]
-//              [--lora-target-parameters P]] [--row]
+//              [--lora-target-parameters P]] [--cuda-frozen-weights auto|fp32] [--row]
 // Memory per rank and FLOPs per token of a training run, on paper (src/xtuner/plan/plan.h).
 #include "xtuner/plan/plan.h"
 
@@ -16,6 +16,7 @@ namespace {
 
 struct PlanArgs {
   std::string model, precision = "fp32", device = "cpu", lora_targets = "auto";
+  std::string frozen_weights = "auto";
   std::string lora_target_parameters;
   int64_t lora_rank = 0;
   double lora_dropout = 0;
@@ -40,6 +41,10 @@ Status RunPlan(PlanArgs o) {
   }
   XT_ASSIGN_OR_RETURN(o.in.precision, ParsePrecision(o.precision));
   XT_ASSIGN_OR_RETURN(o.in.device, ParseDevice(o.device));
+  if (o.frozen_weights != "auto" && o.frozen_weights != "fp32")
+    return Status::Error("plan: --cuda-frozen-weights must be auto or fp32, not \"" +
+                         o.frozen_weights + "\"");
+  o.in.frozen_bf16_only = o.frozen_weights == "auto";
   o.in.model_name = o.model;
   XT_ASSIGN_OR_RETURN(PlanReport r, Plan(o.in));
   if (o.row) {
@@ -90,6 +95,10 @@ void AddPlan(CLI::App& app) {
                   "lora.target_parameters, with --lora-rank: the routed experts' weights "
                   "(mlp.experts.gate_up_proj,mlp.experts.down_proj)")
       ->needs(rank);
+  cmd->add_option("--cuda-frozen-weights", o.frozen_weights,
+                  "train.cuda_frozen_weights: auto (a LoRA run in bf16 on one GPU holds its "
+                  "frozen matmul weights in bf16 only) or fp32")
+      ->capture_default_str();
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");
   cmd->add_flag("--header", o.header, "with --row: print the table header first");
   cmd->callback([] { Finish(RunPlan(o)); });

@@ -23,18 +23,38 @@ Bf16Mirror Bf16Copies::mirror() const {
   return {mirror_.get(), mirror_begin_, layout_.total()};
 }
 
+Status Bf16Copies::SetBf16Only(SlabRanges ranges) {
+  for (const auto& [at, n] : ranges)
+    if (!mirror_possible_ || at < mirror_begin_ || at + n > layout_.total())
+      return Status::Error("Bf16Copies: weights held in bf16 only outside the mirror");
+  bf16_only_ = std::move(ranges);
+  return Status::OK();
+}
+
+Status Bf16Copies::ReserveMirror(void* stream) {
+  return mirror_.Reserve(layout_.total() - mirror_begin_, stream);
+}
+
 Status Bf16Copies::Acquire(int64_t u, const float* p, void* stream) {
   const ParamUnit& r = layout_.units()[u];
   uint16_t* copy = nullptr;
   if (InMirror(u)) {
-    XT_RETURN_IF_ERROR(mirror_.Reserve(layout_.total() - mirror_begin_, stream));
+    XT_RETURN_IF_ERROR(ReserveMirror(stream));
     copy = mirror_.get() + (r.begin - mirror_begin_);
   } else {
     XT_RETURN_IF_ERROR(own_[u].Reserve(r.size(), stream));
     copy = own_[u].get();
   }
-  if (!valid_[u]) {
-    XT_RETURN_IF_ERROR(ToBf16(copy, p, r.size(), stream));
+  if (!valid_[u]) {  // the unit's fp32 parameters rounded, around the ranges held in bf16 only
+    int64_t at = r.begin;
+    for (const auto& [begin, n] : bf16_only_) {
+      if (begin + n <= at || begin >= r.end) continue;
+      if (begin > at)
+        XT_RETURN_IF_ERROR(ToBf16(copy + (at - r.begin), p + (at - r.begin), begin - at, stream));
+      at = std::min(r.end, begin + n);
+    }
+    if (r.end > at)
+      XT_RETURN_IF_ERROR(ToBf16(copy + (at - r.begin), p + (at - r.begin), r.end - at, stream));
     valid_[u] = 1;
   }
   live_.push_back({u, p, r.size(), copy});

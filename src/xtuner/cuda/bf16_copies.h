@@ -17,6 +17,7 @@
 #include "xtuner/cuda/device_array.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/model/params.h"
+#include "xtuner/plan/frozen_bf16.h"
 
 namespace xt::cuda {
 
@@ -29,6 +30,12 @@ class Bf16Copies {
   int64_t mirror_unit() const { return mirror_unit_; }
   // Whether the source holds every unit from mirror_unit() on (set once, with the source).
   void SetMirrorPossible(bool possible) { mirror_possible_ = possible; }
+  // With the mirror possible: the ranges of the slab (inside the mirror) whose parameters are
+  // held in bf16 only (plan/frozen_bf16.h). Their copies are the mirror's, written by the caller
+  // (after ReserveMirror) and never made from the fp32 parameters, which hold nothing there.
+  Status SetBf16Only(SlabRanges ranges);
+  // Allocates the mirror now (else at its first use).
+  Status ReserveMirror(void* stream);
   // The parameters changed: every copy is stale, or with mirror_written (an optimizer wrote the
   // whole mirror) every copy but the mirror's units'.
   void ParamsChanged(bool mirror_written);
@@ -51,6 +58,7 @@ class Bf16Copies {
   DeviceArray<uint16_t> mirror_;            // units mirror_unit_.. (allocated at first use)
   int64_t mirror_unit_ = 0, mirror_begin_ = 0;
   bool mirror_possible_ = false;
+  SlabRanges bf16_only_;
   std::vector<char> valid_;  // per unit: the copy matches the parameters
   struct Live {
     int64_t unit;

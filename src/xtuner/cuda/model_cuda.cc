@@ -227,6 +227,26 @@ Bf16Mirror CudaModel::bf16_mirror() const {
   return precision_ == GemmInput::kBf16 ? bf16_copies_->mirror() : Bf16Mirror{};
 }
 
+Status CudaModel::HoldInBf16Only(SlabRanges ranges, const float* host) {
+  if (precision_ != GemmInput::kBf16)
+    return Status::Error("CudaModel: weights held in bf16 only need bf16 mode");
+  XT_RETURN_IF_ERROR(bf16_copies_->SetBf16Only(ranges));
+  XT_RETURN_IF_ERROR(bf16_copies_->ReserveMirror(stream_));
+  const Bf16Mirror mirror = bf16_copies_->mirror();
+  constexpr int64_t kStage = int64_t(1) << 24;  // floats
+  DeviceArray<float> stage;
+  for (const auto& [at, n] : ranges)
+    for (int64_t i = 0; i < n; i += kStage) {
+      const int64_t k = std::min(kStage, n - i);
+      XT_RETURN_IF_ERROR(stage.Reserve(k, stream_));
+      XT_RETURN_IF_ERROR(Check(cudaMemcpyAsync(stage.get(), host + at + i, size_t(k) * 4,
+                                               cudaMemcpyHostToDevice, cudaStream_t(stream_)),
+                               "weights held in bf16 only"));
+      XT_RETURN_IF_ERROR(ToBf16(mirror.data + (at + i - mirror.begin), stage.get(), k, stream_));
+    }
+  return Check(cudaStreamSynchronize(cudaStream_t(stream_)), "weights held in bf16 only");
+}
+
 float* CudaModel::params() {
   bf16_copies_->ParamsChanged(false);
   return Slab(params_);

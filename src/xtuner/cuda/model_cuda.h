@@ -111,6 +111,12 @@ class CudaModel {
   // offsets are multiples of 8, as in real models; otherwise the experts' products go one per
   // expert).
   Bf16Mirror bf16_mirror() const;
+  // bf16 mode over a source that holds every unit (one GPU): the parameters in `ranges` (slab
+  // offsets: plan/frozen_bf16.h's Bf16OnlyRanges, frozen weights that enter matmuls only) are
+  // held in bf16 only. Their copies are rounded now from `host` (the slab's fp32 parameters on
+  // the host, layout().total() floats), staged through the device 64 MiB at a time, and kept;
+  // the source's fp32 parameters there are never read (they may hold no memory).
+  Status HoldInBf16Only(SlabRanges ranges, const float* host);
   // Device slabs (layout().total() floats each), Create's model only.
   // The writable slab: a call marks the bf16 copy of the weights (bf16 mode) stale, so the next
   // ForwardBackward makes it again (once per optimizer step, not per micro-batch).

@@ -5,9 +5,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
 
 #include "xtuner/cuda/device.h"
 #include "xtuner/cuda/loss_cuda.h"
+#include "xtuner/cuda/sparse_slab.h"
 
 namespace xt::cuda {
 namespace {
@@ -32,8 +36,28 @@ class DeviceMemory : public ShardMemory {
     }
     return static_cast<float*>(p);
   }
+  // A SparseSlab: mapped outside the stream's order, unmapped after the stream is done with it.
+  float* AllocHeld(int64_t n, const std::vector<std::pair<int64_t, int64_t>>& held,
+                   const char* what) override {
+    auto slab = SparseSlab::Create(std::max<int64_t>(n, 1), held);
+    if (!slab.ok())
+      Fail(
+          Status::Error(std::string("device memory for ") + what + ": " + slab.status().message()));
+    float* p = (*slab)->data();
+    held_bytes_ += (*slab)->held_bytes();
+    slabs_[p] = std::move(*slab);
+    return p;
+  }
+  int64_t held_bytes() const override { return held_bytes_; }
   void Free(float* p) override {
-    if (p) cudaFreeAsync(p, stream_);
+    auto it = slabs_.find(p);
+    if (it == slabs_.end()) {
+      if (p) cudaFreeAsync(p, stream_);
+      return;
+    }
+    Must(Check(cudaStreamSynchronize(stream_), "the stream before unmapping"));
+    held_bytes_ -= it->second->held_bytes();
+    slabs_.erase(it);
   }
   void Zero(float* p, int64_t n) override {
     if (n > 0) Must(Check(cudaMemsetAsync(p, 0, size_t(n) * sizeof(float), stream_), "zero"));
@@ -47,6 +71,8 @@ class DeviceMemory : public ShardMemory {
     if (!st.ok()) Fail(st);
   }
   cudaStream_t stream_;
+  std::map<float*, std::unique_ptr<SparseSlab>> slabs_;  // AllocHeld's, by data()
+  int64_t held_bytes_ = 0;
 };
 
 }  // namespace

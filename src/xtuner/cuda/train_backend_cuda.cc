@@ -22,6 +22,7 @@
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/optim/adamw_scalars.h"
+#include "xtuner/plan/frozen_bf16.h"
 #include "xtuner/plan/plan.h"
 
 namespace xt::cuda {
@@ -51,9 +52,10 @@ class CudaTrainBackend : public TrainBackend {
   int64_t recompute_layers() const override { return model_->recompute_layers(); }
   // This process's device memory at its high-water mark: everything it holds comes from the
   // device's memory pool (the shard, its gradients and moments, gathered units, activations,
-  // scratch, bf16 copies; CudaModel tells the pool to keep what is freed). Not counted: the CUDA
-  // context, NCCL's and the libraries' workspaces (a few hundred MiB). -1 (the host's figure)
-  // when the query fails.
+  // scratch, bf16 copies; CudaModel tells the pool to keep what is freed), and the parameters'
+  // mapped memory where they are held in part (a LoRA run's, its frozen weights in bf16 only).
+  // Not counted: the CUDA context, NCCL's and the libraries' workspaces (a few hundred MiB). -1
+  // (the host's figure) when the query fails.
   int64_t PeakMemoryBytes() const override {
     int device = 0;
     cudaMemPool_t pool;
@@ -62,7 +64,7 @@ class CudaTrainBackend : public TrainBackend {
         cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
         cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high) != cudaSuccess)
       return -1;
-    return int64_t(high);
+    return int64_t(high) + memory_->held_bytes();
   }
 
  private:
@@ -81,6 +83,9 @@ class CudaTrainBackend : public TrainBackend {
   std::unique_ptr<Comm> dp_, ep_;
   std::unique_ptr<ShardMemory> memory_;
   std::unique_ptr<ShardedParams> shard_;  // the host's shard, on the device
+  // Where the shard's fp32 parameters hold memory ((offset, n): all of it, or a LoRA run's
+  // without the frozen weights held in bf16 only), what is uploaded and synced back.
+  SlabRanges fp32_held_;
   std::unique_ptr<CudaModel> model_;
   // AdamW's moments (memory_) of what trains only: the shard's runs that are not frozen, in
   // order (the whole shard but in a LoRA run, whose frozen weights have none).
@@ -181,8 +186,16 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
     ep = b->ep_.get();
   }
   b->memory_ = MakeDeviceShardMemory(b->stream_);
-  b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get());
+  // A LoRA run in bf16 on one GPU: the frozen weights that enter matmuls only are held in bf16
+  // only (their fp32 parameters hold no memory; plan/frozen_bf16.h). One rank's shard is the
+  // whole model in its layout's order.
+  SlabRanges bf16_only;
+  if (HoldsFrozenInBf16Only(mc, args.bf16, ranks, args.cuda_frozen_weights != "fp32"))
+    bf16_only = Bf16OnlyRanges(ParamLayout(mc));
+  if (!bf16_only.empty()) b->fp32_held_ = Fp32Ranges(ParamLayout(mc).total(), bf16_only);
+  b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get(), b->fp32_held_);
   const int64_t n = b->shard_->shard_size();
+  if (bf16_only.empty()) b->fp32_held_ = {{0, n}};
   if (n != args.store->shard_size() || b->shard_->owned().size() != args.store->owned().size())
     return Status::Error("train.device = \"cuda\": the device shard differs from the host's");
   if (ranks == 1)
@@ -210,6 +223,13 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       return Status::Error("train.cuda_experts_gemm: \"" + args.cuda_experts_gemm +
                            "\" is not a path for " + (args.bf16 ? "bf16" : "fp32"));
     b->model_->SetExpertsPath(in, path);
+  }
+  if (!bf16_only.empty()) {
+    XT_RETURN_IF_ERROR(b->model_->HoldInBf16Only(bf16_only, args.store->params()));
+    char gb[32];
+    std::snprintf(gb, sizeof gb, "%.2f GiB", double(MappedBytes(bf16_only)) * 4 / double(1 << 30));
+    b->description_ +=
+        "; LoRA's frozen matmul weights in bf16 only (" + std::string(gb) + " of fp32 not held)";
   }
   // AdamW's runs over the shard (the host's ranges, in shard coordinates) and the moments of
   // those that train.
@@ -239,7 +259,9 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   b->v_ = b->memory_->Alloc(b->moment_floats_, "AdamW's exp_avg_sq");
   const size_t norm_parts = std::max<size_t>(1, b->shard_->trainable_ranges().size());
   XT_RETURN_IF_ERROR(Check(cudaMalloc(&b->sum_sq_, norm_parts * sizeof(double)), "gradient norm"));
-  XT_RETURN_IF_ERROR(b->Upload(b->shard_->params(), args.store->params(), n, "parameters"));
+  for (const auto& [at, k] : b->fp32_held_)
+    XT_RETURN_IF_ERROR(
+        b->Upload(b->shard_->params() + at, args.store->params() + at, k, "parameters"));
   for (const MomentRange& r : b->moments_) {
     XT_RETURN_IF_ERROR(
         b->Upload(b->m_ + r.at, args.adamw->exp_avg().f32() + r.shard, r.n, "exp_avg"));
@@ -363,10 +385,11 @@ Status CudaTrainBackend::AddToShard(const std::vector<ShardAdd>& adds) {
 }
 
 Status CudaTrainBackend::SyncToHost() {
-  const int64_t n = shard_->shard_size();
   Tensor m = args_.adamw->exp_avg(), v = args_.adamw->exp_avg_sq();
-  XT_RETURN_IF_ERROR(
-      Download(args_.store->params(), shard_->params(), n, "parameters to the host"));
+  // (The weights held in bf16 only are frozen: the host's are as they were uploaded.)
+  for (const auto& [at, k] : fp32_held_)
+    XT_RETURN_IF_ERROR(
+        Download(args_.store->params() + at, shard_->params() + at, k, "parameters to the host"));
   for (const MomentRange& r : moments_) {  // (the frozen weights' host moments stay zero)
     XT_RETURN_IF_ERROR(Download(m.f32() + r.shard, m_ + r.at, r.n, "exp_avg to the host"));
     XT_RETURN_IF_ERROR(Download(v.f32() + r.shard, v_ + r.at, r.n, "exp_avg_sq to the host"));

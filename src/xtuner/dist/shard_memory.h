@@ -11,6 +11,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace xt {
 
@@ -23,6 +25,17 @@ class ShardMemory {
     Zero(p, n);
     return p;
   }
+  // n floats of which only the `held` ranges ((offset, count), sorted and disjoint) hold memory:
+  // the rest are addresses that nothing may read or write (a LoRA run's frozen weights that a GPU
+  // holds in bf16 only, plan/frozen_bf16.h). Contents undefined; freed by Free. The default
+  // holds all of it (the host's).
+  virtual float* AllocHeld(int64_t n, const std::vector<std::pair<int64_t, int64_t>>& held,
+                           const char* what) {
+    (void)held;
+    return Alloc(n, what);
+  }
+  // The memory AllocHeld's live buffers hold, in bytes (0 where they are plain allocations).
+  virtual int64_t held_bytes() const { return 0; }
   virtual void Free(float* p) = 0;
   virtual void Zero(float* p, int64_t n) = 0;
   // dst (n) += src (n).

@@ -83,7 +83,8 @@ std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& c
 }
 
 ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
-                             ShardMemory* memory)
+                             ShardMemory* memory,
+                             const std::vector<std::pair<int64_t, int64_t>>& params_held)
     : layout_(cfg, mesh.first_expert(cfg), cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1),
       world_(world),
       dp_(dp),
@@ -141,11 +142,17 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
         at += p.train_counts[GroupOf(p).rank()];
       }
   }
-  params_ = memory_->AllocZeros(shard, "the parameters' shard");
-  grads_ = memory_->AllocZeros(compact_grads_ ? trains : shard, "the gradients' shard");
-  blank_.assign(units_.size(), 0);
   all_held_ = true;
   for (int64_t u = 0; u < int64_t(units_.size()); ++u) all_held_ = all_held_ && Held(u);
+  if (params_held.empty()) {
+    params_ = memory_->AllocZeros(shard, "the parameters' shard");
+  } else {  // (a gather would read the parts that hold nothing)
+    XT_CHECK(all_held_, "ShardedParams: parameters held in part on a rank that gathers");
+    params_ = memory_->AllocHeld(shard, params_held, "the parameters' shard (in part)");
+    for (const auto& [at, n] : params_held) memory_->Zero(params_ + at, n);
+  }
+  grads_ = memory_->AllocZeros(compact_grads_ ? trains : shard, "the gradients' shard");
+  blank_.assign(units_.size(), 0);
 }
 
 ShardedParams::~ShardedParams() {

@@ -46,8 +46,12 @@ class ShardedParams : public ParamSource {
   // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)); memory: where
   // the shard and the working buffers live, of the kind the Comms take. All three outlive this
   // object. Parameters and gradients start at zero.
+  // params_held (one rank only, which holds every unit whole): the ranges of the shard whose
+  // parameters hold memory (ShardMemory::AllocHeld); the others are never to be read (the model
+  // holds them otherwise). Empty: all of them.
   ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
-                ShardMemory* memory = HostShardMemory());
+                ShardMemory* memory = HostShardMemory(),
+                const std::vector<std::pair<int64_t, int64_t>>& params_held = {});
   ~ShardedParams() override;
   ShardedParams(const ShardedParams&) = delete;
   ShardedParams& operator=(const ShardedParams&) = delete;

@@ -12,6 +12,7 @@
 #include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
 #include "xtuner/plan/cuda_step.h"
+#include "xtuner/plan/frozen_bf16.h"
 #include "xtuner/train/metrics_flops.h"
 
 namespace xt {
@@ -251,6 +252,13 @@ Result<PlanReport> Plan(const PlanInputs& in) {
         CeilDiv(r.trainable_params - ExpertAdapterParams(c), in.world) + local_expert_adapters;
   }
   r.weight_bytes = r.local_params * s.f32;
+  if (cuda && HoldsFrozenInBf16Only(c, bf16, in.world, in.frozen_bf16_only)) {
+    // (cuda/train_backend_cuda.cc) the fp32 parameters in whole granules of mapped memory
+    const SlabRanges bf16_only = Bf16OnlyRanges(layout);
+    r.bf16_only_params = MappedBytes(bf16_only);
+    r.weight_bytes = MappedBytes(
+        GranuleMappings(layout.total(), Fp32Ranges(layout.total(), bf16_only), kGpuGranularity));
+  }
   r.grad_bytes = r.local_trainable * s.f32;
   r.optimizer_bytes = 2 * r.local_trainable * s.f32;
 
@@ -557,7 +565,9 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
   auto mrow = [&](const std::string& name, int64_t bytes) {
     o += "  " + Pad(name, 50) + Pad(size(bytes), 10, true) + "\n";
   };
-  mrow("weights (fp32 master, sharded)", r.weight_bytes);
+  mrow(r.bf16_only_params > 0 ? "weights (fp32; frozen matmul ones: bf16 only)"
+                              : "weights (fp32 master, sharded)",
+       r.weight_bytes);
   mrow(c.lora.enabled() ? "gradients (fp32, sharded: the adapters')" : "gradients (fp32, sharded)",
        r.grad_bytes);
   mrow(c.lora.enabled() ? "AdamW moments (fp32 m and v: the adapters')"

@@ -82,6 +82,9 @@ struct TrainBackendArgs {
   // train.cuda_attention and train.cuda_experts_gemm (validated; "auto": the backend's default).
   std::string cuda_attention = "auto";
   std::string cuda_experts_gemm = "auto";
+  // train.cuda_frozen_weights (validated): "fp32" keeps a LoRA run's frozen weights in fp32
+  // where "auto" lets a bf16 run on one GPU hold its matmuls' in bf16 only.
+  std::string cuda_frozen_weights = "auto";
 };
 
 using TrainBackendFactory = Result<std::unique_ptr<TrainBackend>> (*)(const TrainBackendArgs&);

@@ -91,6 +91,12 @@ const std::vector<Key>& Schema() {
        "experts' products. auto: cuBLAS's grouped GEMM where it takes the types, else "
        "xtuner's grouped kernel (bf16) or one GEMM per expert (fp32). xtuner-grouped needs "
        "train.precision = \"bf16\"."},
+      {"train.cuda_frozen_weights", &C::cuda_frozen_weights,
+       "auto | fp32: how train.device = \"cuda\" holds a LoRA run's frozen weights. auto: a LoRA "
+       "run in bf16 on one GPU holds those that enter matmuls only (the projections, the "
+       "experts, an untied lm_head) in bf16 only, without their fp32 copy (the same arithmetic: "
+       "bf16 matmuls read the bf16 copy), halving the base model's memory; fp32: keeps the fp32 "
+       "copy too. Other runs hold every weight in fp32."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "
@@ -454,9 +460,14 @@ Status ValidateTrainConfig(const TrainConfig& c) {
         "train.cuda_experts_gemm must be auto, cublas-grouped, xtuner-grouped or per-expert, not "
         "\"" +
         c.cuda_experts_gemm + "\"");
-  if (c.device != "cuda" && (c.cuda_attention != "auto" || c.cuda_experts_gemm != "auto"))
-    return err(std::string(c.cuda_attention != "auto" ? "train.cuda_attention"
-                                                      : "train.cuda_experts_gemm") +
+  if (c.cuda_frozen_weights != "auto" && c.cuda_frozen_weights != "fp32")
+    return err("train.cuda_frozen_weights must be auto or fp32, not \"" + c.cuda_frozen_weights +
+               "\"");
+  if (c.device != "cuda" && (c.cuda_attention != "auto" || c.cuda_experts_gemm != "auto" ||
+                             c.cuda_frozen_weights != "auto"))
+    return err(std::string(c.cuda_attention != "auto"      ? "train.cuda_attention"
+                           : c.cuda_experts_gemm != "auto" ? "train.cuda_experts_gemm"
+                                                           : "train.cuda_frozen_weights") +
                " is for train.device = \"cuda\" (train.device is \"" + c.device + "\")");
   if (c.cuda_attention != "auto" && c.precision != "bf16")
     return err(

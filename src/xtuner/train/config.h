@@ -50,8 +50,9 @@ struct TrainConfig {
   std::string device = "cpu";      // cpu | cuda (train/backend.h)
   // train.device = "cuda" only (auto: the engine's choice): the bf16 attention's kernels, and how
   // the experts' products run (cuda/attention_bf16.h, cuda/gemm_cuda.h).
-  std::string cuda_attention = "auto";     // auto | wmma | mma
-  std::string cuda_experts_gemm = "auto";  // auto | cublas-grouped | xtuner-grouped | per-expert
+  std::string cuda_attention = "auto";       // auto | wmma | mma
+  std::string cuda_experts_gemm = "auto";    // auto | cublas-grouped | xtuner-grouped | per-expert
+  std::string cuda_frozen_weights = "auto";  // auto | fp32
   // MoE balancing loss over the global batch (any mesh, any micro-batch size: the same loss) or
   // transformers' loss of each micro-batch, averaged.
   std::string aux_loss_scope = "global_batch";  // global_batch | micro_batch

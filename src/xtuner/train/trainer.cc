@@ -22,6 +22,7 @@
 #include "xtuner/optim/clip.h"
 #include "xtuner/optim/lr_schedule.h"
 #include "xtuner/optim/non_finite_guard.h"
+#include "xtuner/plan/frozen_bf16.h"
 #include "xtuner/plan/plan.h"
 #include "xtuner/train/backend.h"
 #include "xtuner/train/evaluate.h"
@@ -314,6 +315,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     ba.gpu_comm = cfg.gpu_comm;
     ba.cuda_attention = cfg.cuda_attention;
     ba.cuda_experts_gemm = cfg.cuda_experts_gemm;
+    ba.cuda_frozen_weights = cfg.cuda_frozen_weights;
     XT_ASSIGN_OR_RETURN(backend, MakeTrainBackend(cfg.device, ba));
   }
   if (lead) {
@@ -400,14 +402,21 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   } else {  // the device holds the host's shard (ZeRO-3 as on the CPU); the host keeps it too
     // fp32 params, grads and two moments of the shard; in bf16 mode one rank keeps a bf16 copy of
     // the whole model's weights, several make one per gathered unit (with the unit).
+    // A LoRA run's frozen matmul weights may be held in that copy only (plan/frozen_bf16.h).
     const bool whole_bf16 = cfg.precision == "bf16" && mesh.world == 1;
-    const double device_bytes = shard_bytes + (whole_bf16 ? 2.0 * double(total_params) : 0.0);
+    const int64_t bf16_only =
+        HoldsFrozenInBf16Only(mc, whole_bf16, mesh.world, cfg.cuda_frozen_weights != "fp32")
+            ? MappedBytes(Bf16OnlyRanges(ParamLayout(mc)))
+            : 0;
+    const double device_bytes =
+        shard_bytes - 4.0 * double(bf16_only) + (whole_bf16 ? 2.0 * double(total_params) : 0.0);
     sum.memory_estimate_bytes = int64_t(device_bytes);
     sum.extra.push_back(
         {"memory", "per " + cfg.device + " device",
          HumanBytes(device_bytes) + " params + grads + AdamW (fp32, " +
              (mesh.world == 1 ? std::string("the whole model") : std::string("ZeRO-3 shard")) +
              (whole_bf16 ? ", and a bf16 copy of the weights" : "") +
+             (bf16_only > 0 ? ", the frozen matmul weights' fp32 not held" : "") +
              (mc.lora.enabled() ? "; grads and AdamW of the adapters only" : "") +
              "), plus activations" + (mesh.world > 1 ? " and the units gathered" : "")});
     sum.extra.push_back({"memory", "per rank, host",

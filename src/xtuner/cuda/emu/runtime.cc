@@ -30,6 +30,7 @@ struct State {
   struct Allocation {
     size_t bytes;  // asked for
     bool pooled;   // from cudaMallocAsync: the memory pool's (its attributes count only these)
+    bool mapped;   // a virtual memory mapping (vmm.cc): cuMemUnmap's, not cudaFree's
   };
   std::map<const char*, Allocation> allocations;  // by base
   size_t in_use = 0;                              // the device's, every allocation (rounded)
@@ -73,7 +74,7 @@ cudaError_t Alloc(void** p, size_t bytes, bool pooled) {
   *p = q;
   if (q) {
     // The size asked for, not the rounded one: a copy past it fails (the device would not see it).
-    s.allocations[static_cast<const char*>(q)] = {bytes, pooled};
+    s.allocations[static_cast<const char*>(q)] = {bytes, pooled, false};
     s.in_use += size;
     if (pooled) {
       s.pool_in_use += size;
@@ -88,7 +89,7 @@ cudaError_t Free(void* p) {
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
   auto it = s.allocations.find(static_cast<const char*>(p));
-  if (it == s.allocations.end()) return FailLocked(s, cudaErrorInvalidValue);
+  if (it == s.allocations.end() || it->second.mapped) return FailLocked(s, cudaErrorInvalidValue);
   const size_t size = Rounded(it->second.bytes);
   s.in_use -= size;
   if (it->second.pooled) s.pool_in_use -= size;
@@ -146,6 +147,35 @@ bool IsDevice(const void* p, size_t bytes) {
   if (it == s.allocations.begin()) return false;
   --it;
   return c >= it->first && c + bytes <= it->first + it->second.bytes;
+}
+
+bool TakePhysical(size_t bytes) {
+  State& s = S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (bytes > kTotalBytes - s.in_use) return false;
+  s.in_use += bytes;
+  return true;
+}
+
+void GivePhysical(size_t bytes) {
+  State& s = S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.in_use -= bytes;
+}
+
+bool AddMapping(const void* p, size_t bytes) {
+  State& s = S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.allocations.insert({static_cast<const char*>(p), {bytes, false, true}}).second;
+}
+
+bool RemoveMapping(const void* p, size_t bytes) {
+  State& s = S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.allocations.find(static_cast<const char*>(p));
+  if (it == s.allocations.end() || !it->second.mapped || it->second.bytes != bytes) return false;
+  s.allocations.erase(it);
+  return true;
 }
 
 std::atomic<int64_t> g_host_waits{0};
