@@ -21,6 +21,8 @@ namespace {
 class SparseSlabCuda : public cudatest::CudaTest<int> {};
 
 TEST_P(SparseSlabCuda, HoldsItsRangesAndNothingElse) {
+  const Status supported = cuda::SparseSlab::Supported();  // (H100, H200 and the emulator)
+  ASSERT_TRUE(supported.ok()) << supported.message();
   auto g = cuda::SparseSlab::Granularity();
   ASSERT_TRUE(g.ok()) << g.status().message();
   ASSERT_GT(*g, 0);

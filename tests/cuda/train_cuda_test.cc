@@ -235,10 +235,19 @@ TEST_P(TrainCudaOnce, ALoraBf16GpuRunFollowsTheCpusBf16Run) {
   TrainConfig held = gpu16;
   held.work_dir = cpu16.work_dir + "-gpu16-fp32-held";
   held.cuda_frozen_weights = "fp32";
+  std::string summary;  // gpu16's run summary: its device line says what it holds
   for (const TrainConfig* c : {&cpu16, &gpu16, &gpu32, &held}) {
-    auto r = RunTraining(*c, nullptr);
+    char* buf = nullptr;
+    size_t size = 0;
+    std::FILE* log = open_memstream(&buf, &size);
+    auto r = RunTraining(*c, log);
+    std::fclose(log);
+    if (c == &gpu16) summary.assign(buf, size);
+    std::free(buf);
     ASSERT_TRUE(r.ok()) << r.status().message();
   }
+  EXPECT_NE(summary.find("LoRA's frozen matmul weights in bf16 only"), std::string::npos)
+      << summary;
   const std::vector<double> b16 = Metric(gpu16.work_dir, "loss");
   ExpectClose(b16, Metric(cpu16.work_dir, "loss"), 5e-3, "against the CPU's bf16");
   EXPECT_GT(MostRelativeDifference(b16, Metric(gpu32.work_dir, "loss")), 1e-6)

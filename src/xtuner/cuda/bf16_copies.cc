@@ -14,8 +14,10 @@ Bf16Copies::Bf16Copies(const ParamLayout& layout, bool tied)
       valid_(layout.units().size(), 0) {}
 
 void Bf16Copies::ParamsChanged(bool mirror_written) {
+  // (Only copies made before stay current: a unit the mirror covers but no pass has acquired
+  // yet holds nothing but what the optimizer wrote.)
   const bool kept = mirror_written && mirror_.size() > 0;
-  for (int64_t u = 0; u < int64_t(valid_.size()); ++u) valid_[u] = kept && InMirror(u);
+  for (int64_t u = 0; u < int64_t(valid_.size()); ++u) valid_[u] = kept && InMirror(u) && valid_[u];
 }
 
 Bf16Mirror Bf16Copies::mirror() const {

@@ -37,7 +37,7 @@ class Bf16Copies {
   // Allocates the mirror now (else at its first use).
   Status ReserveMirror(void* stream);
   // The parameters changed: every copy is stale, or with mirror_written (an optimizer wrote the
-  // whole mirror) every copy but the mirror's units'.
+  // whole mirror) every copy but the mirror's units' that were current.
   void ParamsChanged(bool mirror_written);
   // The mirror (null data before its first use).
   Bf16Mirror mirror() const;

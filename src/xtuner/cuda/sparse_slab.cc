@@ -13,6 +13,8 @@ namespace {
 
 // The driver's virtual memory calls, looked up once through the runtime.
 struct Driver {
+  CUresult (*device_get)(CUdevice*, int);
+  CUresult (*attribute)(int*, CUdevice_attribute, CUdevice);
   CUresult (*granularity)(size_t*, const CUmemAllocationProp*, CUmemAllocationGranularity_flags);
   CUresult (*reserve)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
   CUresult (*address_free)(CUdeviceptr, size_t);
@@ -30,9 +32,11 @@ Status Lookup(const char* name, F* f) {
   cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
   const cudaError_t err =
       cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found);
-  if (err != cudaSuccess || found != cudaDriverEntryPointSuccess || !p)
-    return Status::Error(std::string("CUDA's driver has no ") + name + " (" +
-                         cudaGetErrorString(err) + ")");
+  if (err != cudaSuccess)
+    return Status::Error(std::string("CUDA's driver entry point ") + name + ": " +
+                         cudaGetErrorString(err));
+  if (found != cudaDriverEntryPointSuccess || !p)
+    return Status::Error(std::string("CUDA's driver has no ") + name);
   *f = reinterpret_cast<F>(p);
   return Status::OK();
 }
@@ -40,6 +44,8 @@ Status Lookup(const char* name, F* f) {
 Result<const Driver*> Get() {
   static Driver d;
   static const Status st = [] {
+    XT_RETURN_IF_ERROR(Lookup("cuDeviceGet", &d.device_get));
+    XT_RETURN_IF_ERROR(Lookup("cuDeviceGetAttribute", &d.attribute));
     XT_RETURN_IF_ERROR(Lookup("cuMemGetAllocationGranularity", &d.granularity));
     XT_RETURN_IF_ERROR(Lookup("cuMemAddressReserve", &d.reserve));
     XT_RETURN_IF_ERROR(Lookup("cuMemAddressFree", &d.address_free));
@@ -73,6 +79,21 @@ Result<CUmemAllocationProp> DeviceProp() {
 }
 
 }  // namespace
+
+Status SparseSlab::Supported() {
+  XT_ASSIGN_OR_RETURN(const Driver* d, Get());
+  int device = 0;
+  XT_RETURN_IF_ERROR(Check(cudaGetDevice(&device), "device"));
+  CUdevice dev = 0;
+  int vmm = 0;
+  XT_RETURN_IF_ERROR(Ok(d->device_get(&dev, device), "cuDeviceGet"));
+  XT_RETURN_IF_ERROR(Ok(
+      d->attribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev), "query"));
+  if (!vmm)
+    return Status::Error("device " + std::to_string(device) +
+                         " does not support CUDA's virtual memory management");
+  return Status::OK();
+}
 
 Result<int64_t> SparseSlab::Granularity() {
   XT_ASSIGN_OR_RETURN(const Driver* d, Get());

@@ -19,6 +19,9 @@ namespace xt::cuda {
 
 class SparseSlab {
  public:
+  // OK where the current device and driver support virtual memory management, else an error
+  // saying what is missing.
+  static Status Supported();
   // The current device's granularity of mapped memory, in bytes.
   static Result<int64_t> Granularity();
   // n floats (n > 0) whose `held` ranges ((offset, count) in floats, sorted, disjoint, inside

@@ -18,6 +18,7 @@
 #include "xtuner/cuda/nccl_comm.h"
 #include "xtuner/cuda/ops_cuda.h"
 #include "xtuner/cuda/shard_memory_cuda.h"
+#include "xtuner/cuda/sparse_slab.h"
 #include "xtuner/cuda/staged_comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
@@ -190,8 +191,14 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   // only (their fp32 parameters hold no memory; plan/frozen_bf16.h). One rank's shard is the
   // whole model in its layout's order.
   SlabRanges bf16_only;
-  if (HoldsFrozenInBf16Only(mc, args.bf16, ranks, args.cuda_frozen_weights != "fp32"))
-    bf16_only = Bf16OnlyRanges(ParamLayout(mc));
+  std::string frozen_note;
+  if (HoldsFrozenInBf16Only(mc, args.bf16, ranks, args.cuda_frozen_weights != "fp32")) {
+    const Status vmm = SparseSlab::Supported();  // (else every weight in fp32, as before)
+    if (vmm.ok())
+      bf16_only = Bf16OnlyRanges(ParamLayout(mc));
+    else
+      frozen_note = "; LoRA's frozen weights in fp32 too (" + vmm.message() + ")";
+  }
   if (!bf16_only.empty()) b->fp32_held_ = Fp32Ranges(ParamLayout(mc).total(), bf16_only);
   b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get(), b->fp32_held_);
   const int64_t n = b->shard_->shard_size();
@@ -223,13 +230,6 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       return Status::Error("train.cuda_experts_gemm: \"" + args.cuda_experts_gemm +
                            "\" is not a path for " + (args.bf16 ? "bf16" : "fp32"));
     b->model_->SetExpertsPath(in, path);
-  }
-  if (!bf16_only.empty()) {
-    XT_RETURN_IF_ERROR(b->model_->HoldInBf16Only(bf16_only, args.store->params()));
-    char gb[32];
-    std::snprintf(gb, sizeof gb, "%.2f GiB", double(MappedBytes(bf16_only)) * 4 / double(1 << 30));
-    b->description_ +=
-        "; LoRA's frozen matmul weights in bf16 only (" + std::string(gb) + " of fp32 not held)";
   }
   // AdamW's runs over the shard (the host's ranges, in shard coordinates) and the moments of
   // those that train.
@@ -306,6 +306,16 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       b->description_ += "; free device memory unknown, the step's need not checked";
     }
   }
+  // The weights held in bf16 only, rounded into their copy (after the check above, which counts
+  // that copy among the step's needs, as the first step would make it otherwise).
+  if (!bf16_only.empty()) {
+    XT_RETURN_IF_ERROR(b->model_->HoldInBf16Only(bf16_only, args.store->params()));
+    char gb[32];
+    std::snprintf(gb, sizeof gb, "%.2f GiB", double(MappedBytes(bf16_only)) * 4 / double(1 << 30));
+    b->description_ +=
+        "; LoRA's frozen matmul weights in bf16 only (" + std::string(gb) + " of fp32 not held)";
+  }
+  b->description_ += frozen_note;
   return std::unique_ptr<TrainBackend>(std::move(b));
 }
 

@@ -1,9 +1,9 @@
 // The frozen weights a LoRA run on one GPU in bf16 holds in bf16 only (cuda/train_backend_cuda.cc;
 // `xtuner plan` counts the same). A bf16 CudaModel reads a matmul's weight only through its bf16
 // copy (cuda/step_products.cc), and a frozen weight never changes: its fp32 master would be read
-// once, to make that copy. So the fp32 parameters are held only outside these ranges (half the
-// memory of the base model's weights: Qwen3-30B-A3B's 61 GB instead of 122 GB + 61 GB), in
-// whole granules of mapped device memory (cuda/sparse_slab.h).
+// once, to make that copy. So the fp32 parameters are held only outside these ranges (a third
+// of the memory for the base model's weights: Qwen3-30B-A3B's 61 GB instead of 122 GB + 61 GB),
+// in whole granules of mapped device memory (cuda/sparse_slab.h).
 #pragma once
 
 #include <cstdint>

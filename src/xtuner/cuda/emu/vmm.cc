@@ -54,6 +54,20 @@ bool InReserved(Vmm& v, uintptr_t p, size_t size) {
   return p >= it->first && p + size <= it->first + it->second;
 }
 
+CUresult DeviceGet(CUdevice* device, int ordinal) {
+  if (!device || ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+  *device = 0;
+  return CUDA_SUCCESS;
+}
+
+// The one attribute asked: virtual memory management, supported.
+CUresult DeviceGetAttribute(int* value, CUdevice_attribute attr, CUdevice device) {
+  if (!value || device != 0 || attr != CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)
+    return CUDA_ERROR_INVALID_VALUE;
+  *value = 1;
+  return CUDA_SUCCESS;
+}
+
 CUresult GetGranularity(size_t* granularity, const CUmemAllocationProp* prop,
                         CUmemAllocationGranularity_flags) {
   if (!granularity || !prop) return CUDA_ERROR_INVALID_VALUE;
@@ -170,6 +184,8 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** funcPtr,
                                              cudaDriverEntryPointQueryResult* status) {
   if (!symbol || !funcPtr) return cudaErrorInvalidValue;
   static const std::map<std::string, void*> kEntries = {
+      {"cuDeviceGet", reinterpret_cast<void*>(&DeviceGet)},
+      {"cuDeviceGetAttribute", reinterpret_cast<void*>(&DeviceGetAttribute)},
       {"cuMemGetAllocationGranularity", reinterpret_cast<void*>(&GetGranularity)},
       {"cuMemAddressReserve", reinterpret_cast<void*>(&AddressReserve)},
       {"cuMemAddressFree", reinterpret_cast<void*>(&AddressFree)},
