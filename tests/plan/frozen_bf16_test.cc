@@ -139,6 +139,12 @@ TEST(FrozenBf16Plan, OneGpuHoldsTheFrozenMatmulWeightsInBf16Only) {
   EXPECT_EQ(fp32_held.total_bytes - bf16_only.total_bytes,
             fp32_held.weight_bytes - bf16_only.weight_bytes);
   EXPECT_GT(double(fp32_held.total_bytes - bf16_only.total_bytes), 112.0 * (1 << 30));
+  // The host keeps the whole fp32 model it uploads from and syncs back to (and the adapters'
+  // moments), with the GPU's copy in bf16 or not.
+  EXPECT_EQ(bf16_only.host_bytes, 4 * total + bf16_only.optimizer_bytes);
+  EXPECT_EQ(fp32_held.host_bytes, bf16_only.host_bytes);
+  EXPECT_NE(FormatPlan(in, bf16_only).find("host memory per rank: 113.89 GiB"), std::string::npos)
+      << FormatPlan(in, bf16_only);
   EXPECT_NE(FormatPlan(in, bf16_only).find("weights (fp32; frozen matmul ones: bf16 only)"),
             std::string::npos);
   // Where nothing is held in bf16 only: two GPUs (their units gathered from fp32 shards), fp32.
@@ -151,6 +157,7 @@ TEST(FrozenBf16Plan, OneGpuHoldsTheFrozenMatmulWeightsInBf16Only) {
   in.device = Device::kCpu;
   in.precision = Precision::kBf16;
   EXPECT_EQ(plan().bf16_only_params, 0);
+  EXPECT_EQ(plan().host_bytes, 0);  // (a CPU run's state is all in its table)
 }
 
 // `xtuner plan --cuda-frozen-weights auto|fp32` (train.cuda_frozen_weights): the weights' row.

@@ -318,6 +318,7 @@ Result<PlanReport> Plan(const PlanInputs& in) {
     r.step_peak_activation_bytes = m.peak_activation_bytes;
     r.total_bytes = r.weight_bytes + r.grad_bytes + r.optimizer_bytes + r.working_bytes +
                     r.copy_bytes + r.workspace_bytes + r.step_peak_bytes;
+    r.host_bytes = r.local_params * s.f32 + r.optimizer_bytes;
   } else {
     // Expert parallelism: the rows in flight besides those the layer keeps (the experts'
     // outputs before they go back in the forward; the received output gradients and the
@@ -618,6 +619,9 @@ std::string FormatPlan(const PlanInputs& in, const PlanReport& r) {
          size(std::min(r.loss_chunk_bytes, r.backward_scratch_bytes)) + un +
          " (never live with the " + (loss_larger ? "loss chunk" : "scratch") + ")\n";
   }
+  if (cuda)
+    o += "  host memory per rank: " + size(r.host_bytes) + un +
+         " (the fp32 parameters it uploads and syncs back, AdamW's moments)\n";
   o += std::string("  not counted: ") + (cuda ? "CUDA context, allocator fragmentation, " : "") +
        (in.world > 1 ? "NCCL buffers, " : "") + "routing imbalance\n";
 

@@ -99,6 +99,9 @@ struct PlanReport {
   int64_t step_peak_bytes = 0, step_peak_activation_bytes = 0;
   std::string step_peak_at;
   int64_t total_bytes = 0;
+  // kCuda: the host memory per rank beside the GPU: the fp32 parameters' shard it uploads and
+  // syncs back, and AdamW's moments of what trains (their pages written at a sync only).
+  int64_t host_bytes = 0;
 
   // Model FLOPs per token (metrics_flops.h): 6 * matmul_params, and with the causal attention
   // term for one document of `seq` tokens.

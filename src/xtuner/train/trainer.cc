@@ -33,6 +33,7 @@
 #include "xtuner/train/progress_format.h"
 #include "xtuner/train/progress_summary.h"
 #include "xtuner/train/router_bias.h"
+#include "xtuner/train/run_memory.h"
 #include "xtuner/train/tensorboard.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/train_data.h"
@@ -223,6 +224,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   std::unique_ptr<Comm> dp_group = world.Split(mesh.ep_rank, mesh.dp_rank);
   std::unique_ptr<Comm> ep_group = world.Split(mesh.dp_rank, mesh.ep_rank);
   ShardedParams store(mc, mesh, &world, dp_group.get());
+  const std::string host_warning = CheckHostState(store, cfg.device != "cpu", world);
+  if (!host_warning.empty() && log && lead)
+    std::fprintf(log, "warning: %s\n", host_warning.c_str());
   if (!cfg.load_from.empty()) {
     XT_RETURN_IF_ERROR(LoadHfShard(cfg.load_from, mc, store.owned(), store.params()));
   } else {
@@ -350,10 +354,6 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   // lm_head is a matmul; with tied embeddings the one matrix serves as both).
   const int64_t matmul_params =
       active - (mc.tie_word_embeddings ? 0 : mc.vocab_size * mc.hidden_size);
-  // fp32 parameters, gradients and two AdamW moments of the largest shard (a LoRA run's
-  // gradients and moments: only the adapters' pages are ever written).
-  double shard_bytes = 4.0 * double(store.shard_size()) + 12.0 * double(store.trainable_floats());
-  world.AllReduceMax(&shard_bytes, 1);
   RunSummary sum;
   sum.total_params = total_params;
   sum.active_params = active;
@@ -366,62 +366,12 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
       double(data.cache->num_masked_tokens()) / double(std::max<int64_t>(1, sum.tokens));
   sum.dropped = data.pack_stats.dropped;
   sum.truncated = data.pack_stats.truncated;
-  sum.memory_estimate_bytes = int64_t(shard_bytes);
   sum.extra.push_back(
       {"data", "rows",
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
   sum.extra.push_back({"data", "chat template", data.TemplateSummary(cfg)});
-  if (cfg.device == "cpu") {
-    sum.extra.push_back(
-        {"memory", "per rank",
-         HumanBytes(shard_bytes) + " params + grads + AdamW (fp32, ZeRO-3 shard" +
-             (mc.lora.enabled() ? "; grads and AdamW of the adapters only)" : ")")});
-    // The largest micro-batch on paper (xtuner plan) against the host memory available to each
-    // rank on this host (the least of any rank's): a warning where it cannot fit, naming the
-    // model.recompute that would (the kernel would kill the run, or it would swap).
-    const int64_t available = AvailableHostMemory();
-    const int on_host = RanksOnThisHost(world);
-    double least = available >= 0 ? -double(available / on_host) : 1.0;
-    world.AllReduceMax(&least, 1);
-    if (least <= 0) {
-      PlanInputs plan;
-      plan.model = mc;
-      plan.seq = cfg.max_length;
-      plan.micro_batch_size = cfg.micro_batch_size;
-      plan.world = mesh.world;
-      plan.ep = mesh.ep;
-      plan.recompute = cfg.recompute;
-      plan.precision = cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
-      std::string fits;
-      const Status st = CheckStepFits(plan, int64_t(-least), &fits);
-      sum.extra.push_back(
-          {"memory", "largest step", st.ok() ? fits : "may not fit: see the warning"});
-      if (!st.ok() && log) std::fprintf(log, "warning: %s\n", st.message().c_str());
-    }
-  } else {  // the device holds the host's shard (ZeRO-3 as on the CPU); the host keeps it too
-    // fp32 params, grads and two moments of the shard; in bf16 mode one rank keeps a bf16 copy of
-    // the whole model's weights, several make one per gathered unit (with the unit).
-    // A LoRA run's frozen matmul weights may be held in that copy only (plan/frozen_bf16.h).
-    const bool whole_bf16 = cfg.precision == "bf16" && mesh.world == 1;
-    const int64_t bf16_only =
-        HoldsFrozenInBf16Only(mc, whole_bf16, mesh.world, cfg.cuda_frozen_weights != "fp32")
-            ? MappedBytes(Bf16OnlyRanges(ParamLayout(mc)))
-            : 0;
-    const double device_bytes =
-        shard_bytes - 4.0 * double(bf16_only) + (whole_bf16 ? 2.0 * double(total_params) : 0.0);
-    sum.memory_estimate_bytes = int64_t(device_bytes);
-    sum.extra.push_back(
-        {"memory", "per " + cfg.device + " device",
-         HumanBytes(device_bytes) + " params + grads + AdamW (fp32, " +
-             (mesh.world == 1 ? std::string("the whole model") : std::string("ZeRO-3 shard")) +
-             (whole_bf16 ? ", and a bf16 copy of the weights" : "") +
-             (bf16_only > 0 ? ", the frozen matmul weights' fp32 not held" : "") +
-             (mc.lora.enabled() ? "; grads and AdamW of the adapters only" : "") +
-             "), plus activations" + (mesh.world > 1 ? " and the units gathered" : "")});
-    sum.extra.push_back({"memory", "per rank, host",
-                         HumanBytes(shard_bytes) + " params + grads + AdamW (the same shard)"});
-  }
+  AddMemorySummary(cfg, mc, mesh, store, world, log, &sum);
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});
   if (cfg.precision == "bf16")
