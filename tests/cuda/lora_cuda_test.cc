@@ -308,7 +308,10 @@ TEST_P(LoraCuda, FrozenWeightsHeldInBf16OnlyGiveTheSameBf16Steps) {
   const SlabRanges held = Fp32Ranges(n, bf16_only);
   std::unique_ptr<Comm> world = MakeSingleComm();
   std::unique_ptr<ShardMemory> memory = cuda::MakeDeviceShardMemory(nullptr);
-  ShardedParams shard(m.cfg, Mesh{}, world.get(), world.get(), memory.get(), held);
+  ShardedParams shard(m.cfg, Mesh{}, world.get(), world.get(), memory.get(), bf16_only);
+  EXPECT_EQ(shard.fp32_ranges(), held);  // (one rank: the shard is the slab)
+  EXPECT_EQ(shard.bf16_ranges(), bf16_only);
+  EXPECT_EQ(shard.params16(), nullptr);  // (the model holds their copy)
   auto granule = cuda::SparseSlab::Granularity();
   ASSERT_TRUE(granule.ok()) << granule.status().message();
   EXPECT_EQ(memory->held_bytes(), MappedBytes(GranuleMappings(n, held, *granule)));

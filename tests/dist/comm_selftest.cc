@@ -1,10 +1,13 @@
 // comm_selftest: run under mpirun (or alone: one rank); checks every collective of Comm against
 // values each rank can compute by itself, on awkward counts (zeros, uneven blocks), in the
 // world and in sub-groups, and ZeRO-3's folding of a LoRA run's gradients packed (as a GPU holds
-// them) against the same at shard offsets, on every mesh of the ranks. Prints "comm ok" from
+// them) against the same at shard offsets, and its gathers of units whose frozen matmul weights
+// are held in bf16 only, on every mesh of the ranks. Prints "comm ok" from
 // rank 0 and exits 0, or names the first mismatch and exits 1. Driven by tests/dist/comm_test.cc.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -14,6 +17,7 @@
 #include "xtuner/dist/expert_parallel.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
+#include "xtuner/plan/frozen_bf16.h"
 
 namespace xt {
 namespace {
@@ -189,6 +193,67 @@ void CheckPackedLoraGradients(Comm& world, int ep) {
   Expect(ok && at == packed.trainable_floats(), world, what);
 }
 
+// A LoRA run's frozen matmul weights held in bf16 only on mesh (world, ep): a ShardedParams over
+// CostlyZeros (bf16 buffers as a GPU's) with them in bf16 gathers every unit as one holding
+// them in fp32, bit for bit (the values are bf16 numbers), and its fp32 and bf16 ranges tile
+// the shard.
+void CheckBf16OnlyGathers(Comm& world, int ep) {
+  const std::string what = "bf16-only gathers (ep " + std::to_string(ep) + ")";
+  const nlohmann::json j = {{"model_type", "qwen3_moe"},
+                            {"vocab_size", 64},
+                            {"hidden_size", 16},
+                            {"num_hidden_layers", 2},
+                            {"num_attention_heads", 2},
+                            {"num_key_value_heads", 1},
+                            {"head_dim", 8},
+                            {"moe_intermediate_size", 8},
+                            {"num_experts", 4},
+                            {"num_experts_per_tok", 2},
+                            {"tie_word_embeddings", false}};
+  Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return;
+  cfg->lora.rank = 2;
+  cfg->lora.alpha = 4;
+  cfg->lora.targets = {"q_proj", "o_proj"};
+  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
+  if (!mesh.ok()) return;
+  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
+  testing::CostlyZeros costly;
+  ShardedParams plain(*cfg, *mesh, &world, dp.get());
+  const SlabRanges bf16_only = Bf16OnlyRanges(plain.layout());
+  ShardedParams halves(*cfg, *mesh, &world, dp.get(), &costly, bf16_only);
+  Expect(!bf16_only.empty() && !halves.bf16_ranges().empty(), world, what + ": ranges");
+  // Every element a bf16 number (8 significant bits) from its place in the whole model.
+  float* p = plain.params();
+  for (const OwnedRange& r : plain.owned())
+    for (int64_t i = 0; i < r.size; ++i) p[r.shard + i] = float((r.global + i) % 255 - 127) * 0.25f;
+  int64_t tiled = 0;
+  for (const auto& [at, n] : halves.fp32_ranges()) {
+    std::copy(p + at, p + at + n, halves.params() + at);
+    tiled += n;
+  }
+  for (const auto& [at, n] : halves.bf16_ranges()) {
+    for (int64_t i = at; i < at + n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, p + i, 4);
+      halves.params16()[i] = uint16_t(bits >> 16);
+    }
+    tiled += n;
+  }
+  Expect(tiled == plain.shard_size(), world, what + ": the ranges tile the shard");
+  bool ok = true;
+  const ParamLayout& layout = plain.layout();
+  for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {
+    const float* a = plain.Acquire(u);
+    const float* b = halves.Acquire(u);
+    ok = ok && std::memcmp(a, b, size_t(layout.units()[u].size()) * 4) == 0;
+    plain.Release(u);
+    halves.Release(u);
+  }
+  Expect(ok, world, what);
+}
+
 int Main() {
   std::unique_ptr<Comm> world = MakeWorldComm();
   CheckGroup(*world, "world");
@@ -199,6 +264,8 @@ int Main() {
   CheckGroup(*half, "split");
   CheckExpertExchange(*world);
   for (int ep : {1, 2, 4}) CheckPackedLoraGradients(*world, ep);
+  if (world->size() > 1)  // (one rank holds every unit whole: the model keeps the bf16 copies)
+    for (int ep : {1, 2}) CheckBf16OnlyGathers(*world, ep);
   double bad = failures;
   world->AllReduceSum(&bad, 1);
   if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());

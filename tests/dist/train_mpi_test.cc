@@ -503,6 +503,32 @@ void LoraGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& lor
   EXPECT_TRUE(fs::exists(dir + "/gpu/hf-adapter/adapter_model.safetensors"));
 }
 
+// A LoRA run in bf16 on 2 GPU ranks (dp 2, and ep 2) holds its frozen matmul weights in bf16 in
+// the shards (train.cuda_frozen_weights = "auto"; a gather widens them): the run that keeps them
+// in fp32 ("fp32"), bit for bit (losses and gradient norms), and the summary says which it did.
+void LoraBf16GpuMeshHoldsTheFrozenWeightsInBf16(const std::string& comm) {
+  const std::string dir = testing::TempDir("mpi_gpu_lora16");
+  const std::string sft = LoraSftOfABase(dir, kExpertLora);
+  if (::testing::Test::HasFailure()) return;
+  for (const char* ep : {"1", "2"}) {
+    SCOPED_TRACE(std::string("parallel.ep = ") + ep);
+    const std::string run =
+        " --set train.device=cuda --set train.precision=bf16 --set parallel.ep=" + std::string(ep) +
+        " --set parallel.gpu_comm=" + comm;
+    const std::string a = dir + "/bf16-" + ep, b = dir + "/fp32-" + ep;
+    CliRun r = Mpi(2, sft + a + run);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("LoRA's frozen matmul weights in bf16 only"), std::string::npos)
+        << r.output;
+    r = Mpi(2, sft + b + run + " --set train.cuda_frozen_weights=fp32");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output.find("in bf16 only"), std::string::npos) << r.output;
+    ASSERT_EQ(Losses(a).size(), 6u);
+    EXPECT_EQ(Losses(a), Losses(b));
+    EXPECT_EQ(testing::Metric(a, "grad_norm"), testing::Metric(b, "grad_norm"));
+  }
+}
+
 TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   const int gpus = VisibleGpus();
   if (gpus < 1) GTEST_SKIP() << "skipped: no GPU";
@@ -528,6 +554,7 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   ModelGpuMeshFollowsTheCpuRun(comm, "gpt_oss", testing::TinyGptOssConfig());
   LoraGpuMeshFollowsTheCpuRun(comm, " --lora-dropout 0.1");
   LoraGpuMeshFollowsTheCpuRun(comm, kExpertLora);  // the experts' adapters' grouped products
+  LoraBf16GpuMeshHoldsTheFrozenWeightsInBf16(comm);
 }
 
 // Distributed GPU training where no GPU is (this machine, CI): a named error on every rank

@@ -100,8 +100,9 @@ TEST(FrozenBf16Ranges, ComplementAndGranules) {
 
 // Qwen3-30B-A3B, LoRA rank 16 on attention, bf16 on one GPU: the fp32 weights are the embedding,
 // norms, routers and adapters, in whole 2 MiB granules; the plan's total drops by the rest
-// (113 GiB); on two GPUs, in fp32, or with train.cuda_frozen_weights = "fp32" nothing changes.
-TEST(FrozenBf16Plan, OneGpuHoldsTheFrozenMatmulWeightsInBf16Only) {
+// (113 GiB); on two GPUs each shard holds its frozen matmul weights in bf16; in fp32, or with
+// train.cuda_frozen_weights = "fp32", nothing changes.
+TEST(FrozenBf16Plan, GpusHoldTheFrozenMatmulWeightsInBf16Only) {
   auto cfg = ModelConfig::Load(testing::DataPath("../../examples/configs/qwen3-30b-a3b.json"));
   ASSERT_TRUE(cfg.ok()) << cfg.status().message();
   PlanInputs in;
@@ -147,10 +148,18 @@ TEST(FrozenBf16Plan, OneGpuHoldsTheFrozenMatmulWeightsInBf16Only) {
       << FormatPlan(in, bf16_only);
   EXPECT_NE(FormatPlan(in, bf16_only).find("weights (fp32; frozen matmul ones: bf16 only)"),
             std::string::npos);
-  // Where nothing is held in bf16 only: two GPUs (their units gathered from fp32 shards), fp32.
-  in.frozen_bf16_only = true;
+  // Two GPUs: each holds half the frozen matmul weights in bf16 in its shard (2 B each), the
+  // rest of its half in fp32; with the fp32 copy kept, 4 B each.
   in.world = 2;
-  EXPECT_EQ(plan().bf16_only_params, 0);
+  const PlanReport two_fp32 = plan();
+  in.frozen_bf16_only = true;
+  const PlanReport two = plan();
+  EXPECT_NEAR(double(two.bf16_only_params), double(matmul) / 2, 1e3);
+  EXPECT_EQ(two.weight_bytes,
+            4 * (two.local_params - two.bf16_only_params) + 2 * two.bf16_only_params);
+  EXPECT_EQ(two_fp32.weight_bytes, 4 * two_fp32.local_params);
+  EXPECT_EQ(two_fp32.total_bytes - two.total_bytes, 2 * two.bf16_only_params);
+  // Where nothing is held in bf16 only: fp32 matmuls; the CPU.
   in.world = 1;
   in.precision = Precision::kFp32;
   EXPECT_EQ(plan().bf16_only_params, 0);

@@ -96,7 +96,7 @@ void AddPlan(CLI::App& app) {
                   "(mlp.experts.gate_up_proj,mlp.experts.down_proj)")
       ->needs(rank);
   cmd->add_option("--cuda-frozen-weights", o.frozen_weights,
-                  "train.cuda_frozen_weights: auto (a LoRA run in bf16 on one GPU holds its "
+                  "train.cuda_frozen_weights: auto (a LoRA run in bf16 on GPUs holds its "
                   "frozen matmul weights in bf16 only) or fp32")
       ->capture_default_str();
   cmd->add_flag("--row", o.row, "print one Markdown table row instead of the report");

@@ -49,6 +49,11 @@ __global__ void ToBf16Kernel(__nv_bfloat16* dst, const float* src, int64_t n) {
     dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+__global__ void FromBf16Kernel(float* dst, const __nv_bfloat16* src, int64_t n) {
+  for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads())
+    dst[i] = __bfloat162float(src[i]);
+}
+
 // c (beta 0: assign, 1: accumulate) when K = 0: the empty sum.
 __global__ void ScaleKernel(float* c, int64_t n, float beta) {
   for (int64_t i = detail::GlobalThread(); i < n; i += detail::GridThreads())
@@ -62,6 +67,13 @@ Status ToBf16(void* dst, const float* src, int64_t n, void* stream) {
   XT_LAUNCH(ToBf16Kernel, detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream))
   (static_cast<__nv_bfloat16*>(dst), src, n);
   return Check(cudaGetLastError(), "ToBf16");
+}
+
+Status FromBf16(float* dst, const void* src, int64_t n, void* stream) {
+  if (n <= 0) return Status::OK();
+  XT_LAUNCH(FromBf16Kernel, detail::BlocksFor(n), detail::kThreads, 0, cudaStream_t(stream))
+  (dst, static_cast<const __nv_bfloat16*>(src), n);
+  return Check(cudaGetLastError(), "FromBf16");
 }
 
 Result<std::unique_ptr<Blas>> Blas::Create(void* stream) {

@@ -104,5 +104,7 @@ class Blas {
 // dst (n) = src (n) rounded to bf16 (nearest even; NaN stays NaN), as ops::gemm_bf16 rounds its
 // inputs. dst holds __nv_bfloat16.
 Status ToBf16(void* dst, const float* src, int64_t n, void* stream = nullptr);
+// dst (n) = src (n, __nv_bfloat16) widened to fp32 (exact).
+Status FromBf16(float* dst, const void* src, int64_t n, void* stream = nullptr);
 
 }  // namespace xt::cuda

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "xtuner/cuda/device.h"
+#include "xtuner/cuda/gemm_cuda.h"
 #include "xtuner/cuda/loss_cuda.h"
 #include "xtuner/cuda/sparse_slab.h"
 
@@ -49,6 +50,20 @@ class DeviceMemory : public ShardMemory {
     return p;
   }
   int64_t held_bytes() const override { return held_bytes_; }
+  void Copy(float* dst, const float* src, int64_t n) override {
+    if (n > 0)
+      Must(Check(
+          cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, stream_),
+          "copy"));
+  }
+  bool supports_bf16() const override { return true; }
+  uint16_t* AllocBf16(int64_t n, const char* what) override {
+    return reinterpret_cast<uint16_t*>(Alloc((n + 1) / 2, what));
+  }
+  void FreeBf16(uint16_t* p) override { Free(reinterpret_cast<float*>(p)); }
+  void WidenBf16(float* dst, const uint16_t* src, int64_t n) override {
+    if (n > 0) Must(FromBf16(dst, src, n, stream_));
+  }
   void Free(float* p) override {
     auto it = slabs_.find(p);
     if (it == slabs_.end()) {

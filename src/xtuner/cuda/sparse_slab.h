@@ -3,7 +3,7 @@
 // virtual memory management, cuMemAddressReserve / cuMemCreate / cuMemMap, reached through the
 // runtime's cudaGetDriverEntryPointByVersion so that nothing links libcuda). A read or write of
 // a part that holds no memory is an illegal address on the device and a fault in the emulator:
-// those addresses are names, not storage. Used for a LoRA run's fp32 parameters on one GPU, whose
+// those addresses are names, not storage. Used for a LoRA run's fp32 parameters on GPUs, whose
 // frozen matmul weights are held in bf16 only (cuda/train_backend_cuda.cc).
 // Memory is held in whole granules (2 MiB on current GPUs; the emulator's: the host's page).
 #pragma once

@@ -73,6 +73,8 @@ class CudaTrainBackend : public TrainBackend {
   // device (n) = host (n), queued on the stream.
   Status Upload(float* device, const float* host, int64_t n, const char* what);
   Status Download(float* host, const float* device, int64_t n, const char* what);
+  // device (n bf16) = host (n floats) rounded, staged through the device 64 MiB at a time.
+  Status UploadBf16(uint16_t* device, const float* host, int64_t n);
 
   TrainBackendArgs args_;
   std::string description_;
@@ -187,22 +189,22 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
     ep = b->ep_.get();
   }
   b->memory_ = MakeDeviceShardMemory(b->stream_);
-  // A LoRA run in bf16 on one GPU: the frozen weights that enter matmuls only are held in bf16
-  // only (their fp32 parameters hold no memory; plan/frozen_bf16.h). One rank's shard is the
-  // whole model in its layout's order.
+  // A LoRA run in bf16: the frozen weights that enter matmuls only are held in bf16 only (their
+  // fp32 parameters hold no memory; plan/frozen_bf16.h), in the model's copy on one GPU, in the
+  // shard beside the fp32 parameters over several (ranges of this rank's working layout).
   SlabRanges bf16_only;
   std::string frozen_note;
   if (HoldsFrozenInBf16Only(mc, args.bf16, ranks, args.cuda_frozen_weights != "fp32")) {
     const Status vmm = SparseSlab::Supported();  // (else every weight in fp32, as before)
     if (vmm.ok())
-      bf16_only = Bf16OnlyRanges(ParamLayout(mc));
+      bf16_only = Bf16OnlyRanges(
+          ParamLayout(mc, mesh.first_expert(mc), mc.is_moe() ? mesh.experts_per_rank(mc) : -1));
     else
       frozen_note = "; LoRA's frozen weights in fp32 too (" + vmm.message() + ")";
   }
-  if (!bf16_only.empty()) b->fp32_held_ = Fp32Ranges(ParamLayout(mc).total(), bf16_only);
-  b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get(), b->fp32_held_);
+  b->shard_ = std::make_unique<ShardedParams>(mc, mesh, world, dp, b->memory_.get(), bf16_only);
   const int64_t n = b->shard_->shard_size();
-  if (bf16_only.empty()) b->fp32_held_ = {{0, n}};
+  b->fp32_held_ = b->shard_->fp32_ranges();
   if (n != args.store->shard_size() || b->shard_->owned().size() != args.store->owned().size())
     return Status::Error("train.device = \"cuda\": the device shard differs from the host's");
   if (ranks == 1)
@@ -262,6 +264,9 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   for (const auto& [at, k] : b->fp32_held_)
     XT_RETURN_IF_ERROR(
         b->Upload(b->shard_->params() + at, args.store->params() + at, k, "parameters"));
+  if (b->shard_->params16())  // several GPUs: the shard's weights held in bf16 only, rounded
+    for (const auto& [at, k] : b->shard_->bf16_ranges())
+      XT_RETURN_IF_ERROR(b->UploadBf16(b->shard_->params16() + at, args.store->params() + at, k));
   for (const MomentRange& r : b->moments_) {
     XT_RETURN_IF_ERROR(
         b->Upload(b->m_ + r.at, args.adamw->exp_avg().f32() + r.shard, r.n, "exp_avg"));
@@ -306,14 +311,15 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
       b->description_ += "; free device memory unknown, the step's need not checked";
     }
   }
-  // The weights held in bf16 only, rounded into their copy (after the check above, which counts
-  // that copy among the step's needs, as the first step would make it otherwise).
+  // One GPU: the weights held in bf16 only, rounded into the model's copy (after the check above,
+  // which counts that copy among the step's needs, as the first step would make it otherwise).
   if (!bf16_only.empty()) {
-    XT_RETURN_IF_ERROR(b->model_->HoldInBf16Only(bf16_only, args.store->params()));
+    if (ranks == 1) XT_RETURN_IF_ERROR(b->model_->HoldInBf16Only(bf16_only, args.store->params()));
     char gb[32];
-    std::snprintf(gb, sizeof gb, "%.2f GiB", double(MappedBytes(bf16_only)) * 4 / double(1 << 30));
-    b->description_ +=
-        "; LoRA's frozen matmul weights in bf16 only (" + std::string(gb) + " of fp32 not held)";
+    std::snprintf(gb, sizeof gb, "%.2f GiB",
+                  double(MappedBytes(b->shard_->bf16_ranges())) * 4 / double(1 << 30));
+    b->description_ += "; LoRA's frozen matmul weights in bf16 only (" + std::string(gb) +
+                       " of fp32 not held" + (ranks > 1 ? ", the shard's in bf16)" : ")");
   }
   b->description_ += frozen_note;
   return std::unique_ptr<TrainBackend>(std::move(b));
@@ -324,6 +330,18 @@ Status CudaTrainBackend::Upload(float* device, const float* host, int64_t n, con
   return Check(
       cudaMemcpyAsync(device, host, size_t(n) * sizeof(float), cudaMemcpyHostToDevice, stream_),
       what);
+}
+
+Status CudaTrainBackend::UploadBf16(uint16_t* device, const float* host, int64_t n) {
+  constexpr int64_t kStage = int64_t(1) << 24;  // floats
+  DeviceArray<float> stage;
+  for (int64_t i = 0; i < n; i += kStage) {
+    const int64_t k = std::min(kStage, n - i);
+    XT_RETURN_IF_ERROR(stage.Reserve(k, stream_));
+    XT_RETURN_IF_ERROR(Upload(stage.get(), host + i, k, "parameters held in bf16"));
+    XT_RETURN_IF_ERROR(ToBf16(device + i, stage.get(), k, stream_));
+  }
+  return Status::OK();
 }
 
 Status CudaTrainBackend::Download(float* host, const float* device, int64_t n, const char* what) {

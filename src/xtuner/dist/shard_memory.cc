@@ -5,9 +5,20 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "xtuner/core/status.h"
 #include "xtuner/core/zero_pages.h"
 
 namespace xt {
+
+uint16_t* ShardMemory::AllocBf16(int64_t, const char* what) {
+  XT_CHECK(false, std::string("ShardMemory: no bf16 buffers here, for ") + what);
+  return nullptr;
+}
+void ShardMemory::FreeBf16(uint16_t* p) { XT_CHECK(!p, "ShardMemory: no bf16 buffers here"); }
+void ShardMemory::WidenBf16(float*, const uint16_t*, int64_t) {
+  XT_CHECK(false, "ShardMemory: no bf16 buffers here");
+}
+
 namespace {
 
 class HostMemory : public ShardMemory {
@@ -32,6 +43,7 @@ class HostMemory : public ShardMemory {
   void Add(float* dst, const float* src, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
+  void Copy(float* dst, const float* src, int64_t n) override { std::copy(src, src + n, dst); }
   bool zeros_are_free() const override { return true; }
 
  private:

@@ -36,10 +36,19 @@ class ShardMemory {
   }
   // The memory AllocHeld's live buffers hold, in bytes (0 where they are plain allocations).
   virtual int64_t held_bytes() const { return 0; }
+  // bf16 values (the frozen weights a GPU holds in bf16 only over several ranks): n of them,
+  // uninitialised; freed by FreeBf16; dst (n floats) = src widened (exact). Only where
+  // supports_bf16() (a device's); the host's end the job.
+  virtual bool supports_bf16() const { return false; }
+  virtual uint16_t* AllocBf16(int64_t n, const char* what);
+  virtual void FreeBf16(uint16_t* p);
+  virtual void WidenBf16(float* dst, const uint16_t* src, int64_t n);
   virtual void Free(float* p) = 0;
   virtual void Zero(float* p, int64_t n) = 0;
   // dst (n) += src (n).
   virtual void Add(float* dst, const float* src, int64_t n) = 0;
+  // dst (n) = src (n), bit for bit.
+  virtual void Copy(float* dst, const float* src, int64_t n) = 0;
   // Whether AllocZeros costs memory only where it is written (the host's fresh pages), so that
   // a buffer mostly never written (a LoRA run's frozen weights' gradients) is nearly free.
   virtual bool zeros_are_free() const { return false; }

@@ -84,7 +84,7 @@ std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& c
 
 ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
                              ShardMemory* memory,
-                             const std::vector<std::pair<int64_t, int64_t>>& params_held)
+                             const std::vector<std::pair<int64_t, int64_t>>& bf16_only)
     : layout_(cfg, mesh.first_expert(cfg), cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1),
       world_(world),
       dp_(dp),
@@ -123,6 +123,14 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
         trainable_.push_back({shard + p.train_lo, p.train_counts[i]});
       }
       p.grad_at = shard + p.train_lo;  // (compact: set below)
+      // This rank's chunk [w0, w1) of the working layout against the ranges held in bf16 only.
+      const int64_t w0 = unit_begin + p.work + int64_t(i) * c, w1 = w0 + p.counts[i];
+      for (const auto& [at, n] : bf16_only) {
+        const int64_t a = std::max(at, w0), b = std::min(at + n, w1);
+        if (a >= b) continue;
+        p.bf16.push_back({a - w0, b - a});
+        bf16_ranges_.push_back({shard + (a - w0), b - a});
+      }
       shard += p.counts[i];
       pieces.push_back(std::move(p));
     }
@@ -144,12 +152,25 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
   }
   all_held_ = true;
   for (int64_t u = 0; u < int64_t(units_.size()); ++u) all_held_ = all_held_ && Held(u);
-  if (params_held.empty()) {
+  // The fp32 parameters: all, or all but those held in bf16 only (a rank that gathers holds
+  // those in bf16 beside them).
+  int64_t at = 0;
+  for (const auto& [begin, n] : bf16_ranges_) {
+    if (begin > at) fp32_ranges_.push_back({at, begin - at});
+    at = begin + n;
+  }
+  if (shard > at) fp32_ranges_.push_back({at, shard - at});
+  if (bf16_ranges_.empty()) {
     params_ = memory_->AllocZeros(shard, "the parameters' shard");
-  } else {  // (a gather would read the parts that hold nothing)
-    XT_CHECK(all_held_, "ShardedParams: parameters held in part on a rank that gathers");
-    params_ = memory_->AllocHeld(shard, params_held, "the parameters' shard (in part)");
-    for (const auto& [at, n] : params_held) memory_->Zero(params_ + at, n);
+  } else {
+    params_ = memory_->AllocHeld(shard, fp32_ranges_, "the parameters' shard (in part)");
+    for (const auto& [begin, n] : fp32_ranges_) memory_->Zero(params_ + begin, n);
+    if (!all_held_) {  // (a held unit's parameters go to the model as they are: none here)
+      for (int64_t u = 0; u < int64_t(units_.size()); ++u)
+        XT_CHECK(!Held(u) || units_[u][0].bf16.empty(),
+                 "ShardedParams: bf16-only weights in a unit held whole on a rank that gathers");
+      params16_ = memory_->AllocBf16(shard, "the parameters' shard in bf16");
+    }
   }
   grads_ = memory_->AllocZeros(compact_grads_ ? trains : shard, "the gradients' shard");
   blank_.assign(units_.size(), 0);
@@ -160,6 +181,7 @@ ShardedParams::~ShardedParams() {
   for (auto& [unit, buf] : grad_bufs_) memory_->Free(buf.data);
   memory_->Free(params_);
   memory_->Free(grads_);
+  memory_->FreeBf16(params16_);
 }
 
 void ShardedParams::ZeroGrads() {
@@ -207,8 +229,28 @@ const float* ShardedParams::Acquire(int64_t unit) {
   if (it != gathered_.end()) return it->second.data;
   const Buffer buf = NewBuffer(layout_.units()[unit].size(), "a gathered unit of parameters");
   gathered_[unit] = buf;
-  for (const Piece& p : units_[unit])
-    GroupOf(p).AllGather(buf.data + p.work, params_ + p.shard, p.counts);
+  for (const Piece& p : units_[unit]) {
+    const float* send = params_ + p.shard;
+    float* widened = nullptr;  // this rank's chunk with its parts held in bf16 only widened
+    if (!p.bf16.empty()) {
+      const int64_t mine = p.counts[GroupOf(p).rank()];
+      widened = memory_->Alloc(mine, "a chunk of parameters widened from bf16");
+      int64_t at = 0;
+      auto copy = [&](int64_t to) {  // the fp32 parameters [at, to) of the chunk, as they are
+        if (to <= at) return;
+        memory_->Copy(widened + at, send + at, to - at);
+      };
+      for (const auto& [begin, n] : p.bf16) {
+        copy(begin);
+        memory_->WidenBf16(widened + begin, params16_ + p.shard + begin, n);
+        at = begin + n;
+      }
+      copy(mine);
+      send = widened;
+    }
+    GroupOf(p).AllGather(buf.data + p.work, send, p.counts);
+    if (widened) memory_->Free(widened);
+  }
   return buf.data;
 }
 

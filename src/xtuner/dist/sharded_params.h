@@ -46,12 +46,15 @@ class ShardedParams : public ParamSource {
   // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)); memory: where
   // the shard and the working buffers live, of the kind the Comms take. All three outlive this
   // object. Parameters and gradients start at zero.
-  // params_held (one rank only, which holds every unit whole): the ranges of the shard whose
-  // parameters hold memory (ShardMemory::AllocHeld); the others are never to be read (the model
-  // holds them otherwise). Empty: all of them.
+  // bf16_only: ranges (offset, n) of the working layout whose parameters are held in bf16 only
+  // (plan/frozen_bf16.h: a LoRA run's frozen matmul weights on GPUs). Their fp32 parameters hold
+  // no memory (ShardMemory::AllocHeld): where this rank holds every unit whole (one rank) the
+  // model keeps their bf16 copy itself and never reads them here; otherwise the shard keeps
+  // them in bf16 (params16(), filled by the caller) and a gather widens them to fp32 before it
+  // sends them. Empty: every parameter in fp32.
   ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
                 ShardMemory* memory = HostShardMemory(),
-                const std::vector<std::pair<int64_t, int64_t>>& params_held = {});
+                const std::vector<std::pair<int64_t, int64_t>>& bf16_only = {});
   ~ShardedParams() override;
   ShardedParams(const ShardedParams&) = delete;
   ShardedParams& operator=(const ShardedParams&) = delete;
@@ -68,6 +71,12 @@ class ShardedParams : public ParamSource {
   // only the trainable ranges', trainable_floats() floats, one range after another in shard
   // order.
   float* params() { return params_; }
+  // With bf16_only: the shard's ranges (offset, n) whose fp32 parameters hold memory, and those
+  // held in bf16 only (in params16() at the same offsets, where this rank gathers; else null).
+  // Without: the whole shard, and none.
+  const std::vector<std::pair<int64_t, int64_t>>& fp32_ranges() const { return fp32_ranges_; }
+  const std::vector<std::pair<int64_t, int64_t>>& bf16_ranges() const { return bf16_ranges_; }
+  uint16_t* params16() { return params16_; }
   float* grads();
   bool compact_grads() const { return compact_grads_; }
   // Sets the gradients to zero. Where this rank holds every unit whole (one rank), lazily: each
@@ -110,6 +119,8 @@ class ShardedParams : public ParamSource {
     int64_t train_begin = 0, train_lo = 0;
     std::vector<int64_t> train_counts;
     int64_t grad_at = 0;  // where this rank's part of that is in grads_
+    // This rank's chunk's parts held in bf16 only: (offset into the chunk, n).
+    std::vector<std::pair<int64_t, int64_t>> bf16;
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {
@@ -128,6 +139,8 @@ class ShardedParams : public ParamSource {
   int64_t shard_size_ = 0;
   float* params_ = nullptr;
   float* grads_ = nullptr;
+  uint16_t* params16_ = nullptr;
+  std::vector<std::pair<int64_t, int64_t>> fp32_ranges_, bf16_ranges_;
   std::map<int64_t, Buffer> gathered_, grad_bufs_;
   int64_t working_ = 0, peak_working_ = 0;
   bool all_held_ = false;

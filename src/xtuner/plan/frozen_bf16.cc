@@ -20,7 +20,7 @@ void Append(SlabRanges& out, int64_t at, int64_t n) {
 }  // namespace
 
 bool HoldsFrozenInBf16Only(const ModelConfig& cfg, bool bf16, int64_t ranks, bool allowed) {
-  return allowed && bf16 && ranks == 1 && cfg.lora.enabled();
+  return allowed && bf16 && ranks >= 1 && cfg.lora.enabled();
 }
 
 SlabRanges Bf16OnlyRanges(const ParamLayout& layout) {

@@ -1,9 +1,11 @@
-// The frozen weights a LoRA run on one GPU in bf16 holds in bf16 only (cuda/train_backend_cuda.cc;
+// The frozen weights a LoRA run on GPUs in bf16 holds in bf16 only (cuda/train_backend_cuda.cc;
 // `xtuner plan` counts the same). A bf16 CudaModel reads a matmul's weight only through its bf16
 // copy (cuda/step_products.cc), and a frozen weight never changes: its fp32 master would be read
-// once, to make that copy. So the fp32 parameters are held only outside these ranges (a third
-// of the memory for the base model's weights: Qwen3-30B-A3B's 61 GB instead of 122 GB + 61 GB),
-// in whole granules of mapped device memory (cuda/sparse_slab.h).
+// once, to make that copy. So the fp32 parameters are held only outside these ranges, in whole
+// granules of mapped device memory (cuda/sparse_slab.h): on one GPU the model's bf16 copy is
+// the only one (a third of the memory for the base model's weights: Qwen3-30B-A3B's 61 GB
+// instead of 122 GB + 61 GB); over several the shards keep them in bf16 and widen them to fp32
+// as a unit is gathered (dist/sharded_params.h; half the shard's memory).
 #pragma once
 
 #include <cstdint>
@@ -17,9 +19,10 @@ namespace xt {
 // (offset, count) ranges of a slab, in floats (or in bytes where said), sorted and disjoint.
 using SlabRanges = std::vector<std::pair<int64_t, int64_t>>;
 
-// Whether a GPU run holds frozen weights in bf16 only: a LoRA run (cfg.lora) in bf16 on one GPU,
-// unless train.cuda_frozen_weights = "fp32" (allowed false). A gathering rank reads every unit
-// from fp32 shards, so several GPUs hold their shards in fp32.
+// Whether a GPU run holds frozen weights in bf16 only: a LoRA run (cfg.lora) in bf16 on any
+// number of GPUs (`ranks`), unless train.cuda_frozen_weights = "fp32" (allowed false). One GPU
+// keeps them in its model's bf16 copy; several keep them in bf16 in their shards and widen a
+// chunk to fp32 as they gather it (dist/sharded_params.h).
 bool HoldsFrozenInBf16Only(const ModelConfig& cfg, bool bf16, int64_t ranks, bool allowed);
 
 // The frozen parameters of `layout` that enter only bf16 matmuls in a bf16 CudaModel: the

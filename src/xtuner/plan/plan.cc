@@ -253,11 +253,21 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   }
   r.weight_bytes = r.local_params * s.f32;
   if (cuda && HoldsFrozenInBf16Only(c, bf16, in.world, in.frozen_bf16_only)) {
-    // (cuda/train_backend_cuda.cc) the fp32 parameters in whole granules of mapped memory
+    // (cuda/train_backend_cuda.cc) one GPU: the fp32 parameters in whole granules of mapped
+    // memory, the rest in the bf16 copy counted below; several: a rank's share of the frozen
+    // matmul weights (about its share of the model: experts and the rest are split alike) in
+    // bf16 in its shard, the rest in fp32 (granules not counted: < 4 MiB a range it keeps).
     const SlabRanges bf16_only = Bf16OnlyRanges(layout);
-    r.bf16_only_params = MappedBytes(bf16_only);
-    r.weight_bytes = MappedBytes(
-        GranuleMappings(layout.total(), Fp32Ranges(layout.total(), bf16_only), kGpuGranularity));
+    const int64_t all = MappedBytes(bf16_only);
+    if (in.world == 1) {
+      r.bf16_only_params = all;
+      r.weight_bytes = MappedBytes(
+          GranuleMappings(layout.total(), Fp32Ranges(layout.total(), bf16_only), kGpuGranularity));
+    } else {
+      r.bf16_only_params =
+          int64_t(double(all) * double(r.local_params) / double(layout.total()) + 0.5);
+      r.weight_bytes = (r.local_params - r.bf16_only_params) * s.f32 + r.bf16_only_params * 2;
+    }
   }
   r.grad_bytes = r.local_trainable * s.f32;
   r.optimizer_bytes = 2 * r.local_trainable * s.f32;

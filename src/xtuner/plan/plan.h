@@ -56,7 +56,7 @@ struct PlanInputs {
   // compute capability 8.0 or newer); false: the fp32 kernels, which keep q, k, v and the output
   // in fp32.
   bool bf16_attention = true;
-  // cuda, bf16, LoRA, one GPU: the frozen weights that enter matmuls only held in bf16 only
+  // cuda, bf16, LoRA: the frozen weights that enter matmuls only held in bf16 only
   // (train.cuda_frozen_weights = "auto", plan/frozen_bf16.h); false: in fp32 too ("fp32").
   bool frozen_bf16_only = true;
   double gpu_memory_gib = 0;  // memory per rank in GiB (2^30 B); <= 0: no verdict
@@ -79,7 +79,8 @@ struct PlanReport {
 
   // Bytes per rank.
   int64_t weight_bytes = 0;  // fp32 parameters (master weights)
-  // Of the parameters, those held in bf16 only (frozen_bf16_only; elements, in the bf16 copy).
+  // Of this rank's parameters, those held in bf16 only (frozen_bf16_only; elements: in the
+  // bf16 copy on one GPU, in the shard on several; weight_bytes counts the latter).
   int64_t bf16_only_params = 0;
   int64_t grad_bytes = 0;       // fp32 gradients
   int64_t optimizer_bytes = 0;  // AdamW m and v, fp32

@@ -93,10 +93,11 @@ const std::vector<Key>& Schema() {
        "train.precision = \"bf16\"."},
       {"train.cuda_frozen_weights", &C::cuda_frozen_weights,
        "auto | fp32: how train.device = \"cuda\" holds a LoRA run's frozen weights. auto: a LoRA "
-       "run in bf16 on one GPU holds those that enter matmuls only (the projections, the "
-       "experts, an untied lm_head) in bf16 only, without their fp32 copy (the same arithmetic: "
-       "bf16 matmuls read the bf16 copy): 2 bytes a parameter instead of 6; fp32: keeps the "
-       "fp32 copy too. Other runs hold every weight in fp32."},
+       "run in bf16 holds those that enter matmuls only (the projections, the experts, an "
+       "untied lm_head) in bf16 only, without their fp32 copy (the same arithmetic: bf16 "
+       "matmuls read them rounded): one GPU 2 bytes a parameter instead of 6, several 2 instead "
+       "of 4 in their shards (widened as a unit is gathered); fp32: keeps the fp32 copy too. "
+       "Other runs hold every weight in fp32."},
       {"train.aux_loss_scope", &C::aux_loss_scope,
        "MoE balancing loss. global_batch: the loss of the whole global batch (router statistics "
        "pooled over micro-batches and ranks), the same for any mesh and micro_batch_size; a rank "
