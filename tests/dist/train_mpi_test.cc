@@ -1,26 +1,21 @@
 // Distributed training as a user runs it: `mpirun -np N xtuner train ...` on the demo model
 // (Qwen3-MoE, 4 experts, top-2, tied embeddings). The same global batch gives the same losses
-// on 1 rank and on 2 and 4 (dp only, ep only, dp x ep); a checkpoint of 4 ranks resumes on 2
-// and on 1; a rank that dies or fails ends the job with a message naming it, and the checkpoint
-// it was writing is not marked latest.
+// on 1 rank and on 2 and 4 (dp only, ep only, dp x ep), on CPUs and on GPUs; a checkpoint of 4
+// ranks resumes on 2 and on 1. (A rank that dies or fails: train_mpi_failures_test.cc.)
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "util/cli.h"
+#include "util/demo_mpi.h"
 #include "util/testing.h"
 #include "util/tiny_run.h"
 #include "xtuner/core/safetensors.h"
@@ -31,23 +26,9 @@ namespace {
 namespace fs = std::filesystem;
 using testing::CliRun;
 
-const std::string kRoot = testing::DataPath("../..");
-
-// 20 steps of 4 rows of 64 tokens, one row per micro-batch (the balancing loss is the global
-// batch's, so how the rows are cut into micro-batches does not change the loss either).
-std::string Args(const std::string& work_dir, int steps, const std::string& extra = "") {
-  return "train examples/demo.toml --set work_dir=" + work_dir +
-         " --set train.steps=" + std::to_string(steps) +
-         " --set schedule.warmup_steps=2 --set data.max_length=64"
-         " --set train.global_batch_size=4 --set train.micro_batch_size=1 --set log.every=5"
-         " --set eval.file= --set export.at_end=false " +
-         extra;
-}
-
-// `timeout`: a hung job fails the test instead of hanging it.
-CliRun Mpi(int np, const std::string& args) {
-  return testing::RunMpi(np, std::string("timeout -k 5 120 ") + XT_XTUNER_BIN, args, kRoot);
-}
+const std::string& kRoot = testing::DemoRoot();
+using testing::DemoArgs;
+using testing::DemoMpi;
 
 using testing::Losses;
 
@@ -63,7 +44,7 @@ void ExpectSameLosses(const std::vector<double>& want, const std::vector<double>
 const std::string& ReferenceDir() {
   static const std::string dir = [] {
     const std::string d = testing::TempDir("mpi_ref");
-    CliRun r = testing::RunXtuner(Args(d, 20), kRoot);
+    CliRun r = testing::RunXtuner(DemoArgs(d, 20), kRoot);
     EXPECT_EQ(r.code, 0) << r.output;
     return d;
   }();
@@ -84,7 +65,8 @@ class SameLoss : public ::testing::TestWithParam<MeshCase> {};
 TEST_P(SameLoss, AsOnOneRank) {
   const MeshCase c = GetParam();
   const std::string dir = testing::TempDir("mpi_eq");
-  CliRun r = Mpi(c.np, Args(dir, 20, "--set parallel.ep=" + std::to_string(c.ep) + " " + c.extra));
+  CliRun r =
+      DemoMpi(c.np, DemoArgs(dir, 20, "--set parallel.ep=" + std::to_string(c.ep) + " " + c.extra));
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string mesh = std::to_string(c.np) + " ranks = dp " + std::to_string(c.np / c.ep) +
                            " x ep " + std::to_string(c.ep);
@@ -115,10 +97,10 @@ TEST(Distributed, PerRankStateFallsAsOneOverRanks) {
     return at == std::string::npos ? -1.0
                                    : std::stod(out.substr(out.find_first_of("0123456789", at)));
   };
-  const double one = per_rank_mib(Mpi(1, Args(testing::TempDir("mem1"), 2)).output);
-  const double two = per_rank_mib(Mpi(2, Args(testing::TempDir("mem2"), 2)).output);
+  const double one = per_rank_mib(DemoMpi(1, DemoArgs(testing::TempDir("mem1"), 2)).output);
+  const double two = per_rank_mib(DemoMpi(2, DemoArgs(testing::TempDir("mem2"), 2)).output);
   const double four =
-      per_rank_mib(Mpi(4, Args(testing::TempDir("mem4"), 2, "--set parallel.ep=2")).output);
+      per_rank_mib(DemoMpi(4, DemoArgs(testing::TempDir("mem4"), 2, "--set parallel.ep=2")).output);
   ASSERT_GT(one, 0);
   EXPECT_NEAR(two, one / 2, 0.1 * one / 2);
   EXPECT_NEAR(four, one / 4, 0.1 * one / 4);
@@ -139,7 +121,7 @@ double MibAfter(const std::string& text, const std::string& key) {
 
 // xtuner plan's figures for 4 ranks (dp 2 x ep 2) agree with what the engine measures.
 TEST(Distributed, ThePlannerAgreesWithTheEngine) {
-  CliRun run = Mpi(4, Args(testing::TempDir("mpi_plan"), 2, "--set parallel.ep=2"));
+  CliRun run = DemoMpi(4, DemoArgs(testing::TempDir("mpi_plan"), 2, "--set parallel.ep=2"));
   ASSERT_EQ(run.code, 0) << run.output;
   CliRun plan =
       testing::RunXtuner("plan --model examples/demo/config.json --seq 64 --world 4 --ep 2", kRoot);
@@ -158,8 +140,8 @@ TEST(Distributed, ThePlannerAgreesWithTheEngine) {
 
 TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
   const std::string dir = testing::TempDir("mpi_resume");
-  CliRun r =
-      Mpi(4, Args(dir + "/four", 20,
+  CliRun r = DemoMpi(
+      4, DemoArgs(dir + "/four", 20,
                   "--set parallel.ep=2 --set checkpoint.every=10 --set checkpoint.keep_last=2"));
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string step10 = dir + "/four/checkpoints/step-00000010";
@@ -169,11 +151,11 @@ TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
     fs::create_directories(dir + "/" + run + "/checkpoints");
     fs::copy(step10, dir + "/" + run + "/checkpoints/step-00000010", fs::copy_options::recursive);
   }
-  r = Mpi(2, Args(dir + "/two", 20, "--resume auto --set parallel.ep=1"));
+  r = DemoMpi(2, DemoArgs(dir + "/two", 20, "--resume auto --set parallel.ep=1"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
   ExpectSameLosses(Reference(), Losses(dir + "/two"), 10);
-  r = testing::RunXtuner(Args(dir + "/one", 20, "--resume auto"), kRoot);
+  r = testing::RunXtuner(DemoArgs(dir + "/one", 20, "--resume auto"), kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(Reference(), Losses(dir + "/one"), 10);
   // And the 4-rank checkpoint converts to a Hugging Face model.
@@ -187,7 +169,7 @@ TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
 // with an export and an eval on rank 0 from the gathered model.
 TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   const std::string dir = testing::TempDir("mpi_sft");
-  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
+  CliRun r = testing::RunXtuner(DemoArgs(dir + "/base", 2) + " --set export.at_end=true", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string sft = "sft --load-from " + dir +
                           "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
@@ -196,7 +178,7 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
                           "--set eval.max_new_tokens=2 --work-dir ";
   r = testing::RunXtuner(sft + dir + "/one", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
-  r = Mpi(2, sft + dir + "/two --set parallel.ep=2");
+  r = DemoMpi(2, sft + dir + "/two --set parallel.ep=2");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("eval: "), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/two/hf/model.safetensors"));
@@ -213,7 +195,7 @@ const char kExpertLora[] =
 // its work dir.
 std::string LoraSftOfABase(const std::string& dir,
                            const std::string& lora = " --lora-dropout 0.1") {
-  CliRun r = testing::RunXtuner(Args(dir + "/base", 2) + " --set export.at_end=true", kRoot);
+  CliRun r = testing::RunXtuner(DemoArgs(dir + "/base", 2) + " --set export.at_end=true", kRoot);
   EXPECT_EQ(r.code, 0) << r.output;
   return "sft --load-from " + dir +
          "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
@@ -234,19 +216,19 @@ TEST(Distributed, LoraOnZeroAndExpertParallelRanksAsOnOne) {
   EXPECT_NE(r.output.find("dropout 0.1 on"), std::string::npos) << r.output;
   const std::vector<double> one = Losses(dir + "/one");
   ASSERT_EQ(one.size(), 6u);
-  r = Mpi(2, sft + dir + "/two");
+  r = DemoMpi(2, sft + dir + "/two");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/two"));
-  r = Mpi(4, sft + dir +
-                 "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
-                 "checkpoint.keep_last=2");
+  r = DemoMpi(4, sft + dir +
+                     "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
+                     "checkpoint.keep_last=2");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/four"));
   EXPECT_TRUE(fs::exists(dir + "/four/hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(dir + "/four/hf-adapter/adapter_model.safetensors"));
   // Its step-3 checkpoint (the adapters of 4 ranks) resumes on 2 ranks with the base's weights.
   testing::SeedResumeDir(dir + "/four", 3, dir + "/resumed");
-  r = Mpi(2, sft + dir + "/resumed --resume auto");
+  r = DemoMpi(2, sft + dir + "/resumed --resume auto");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
 }
@@ -265,9 +247,9 @@ TEST(Distributed, LoraOnTheExpertsOnExpertParallelRanksAsOnOne) {
       << r.output;
   const std::vector<double> one = Losses(dir + "/one");
   ASSERT_EQ(one.size(), 6u);
-  r = Mpi(4, sft + dir +
-                 "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
-                 "checkpoint.keep_last=2");
+  r = DemoMpi(4, sft + dir +
+                     "/four --set parallel.ep=2 --set checkpoint.every=3 --set "
+                     "checkpoint.keep_last=2");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/four"));
   auto mine = SafetensorsFile::Open(dir + "/one/hf-adapter/adapter_model.safetensors");
@@ -284,7 +266,7 @@ TEST(Distributed, LoraOnTheExpertsOnExpertParallelRanksAsOnOne) {
   }
   EXPECT_GT(experts, 0);
   testing::SeedResumeDir(dir + "/four", 3, dir + "/resumed");
-  r = Mpi(2, sft + dir + "/resumed --resume auto --set parallel.ep=2");
+  r = DemoMpi(2, sft + dir + "/resumed --resume auto --set parallel.ep=2");
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(one, Losses(dir + "/resumed"), 3);
 }
@@ -292,13 +274,13 @@ TEST(Distributed, LoraOnTheExpertsOnExpertParallelRanksAsOnOne) {
 // `steps` steps of the model `model` (--set arguments) on 1 rank, on 2 expert-parallel ranks and
 // on dp 2 x ep 2: the same losses. The single rank's output, for checks of its own.
 std::string ExpectExpertMeshesAsOnOne(const std::string& dir, const std::string& model, int steps) {
-  CliRun r = testing::RunXtuner(Args(dir + "/one", steps, model), kRoot);
+  CliRun r = testing::RunXtuner(DemoArgs(dir + "/one", steps, model), kRoot);
   EXPECT_EQ(r.code, 0) << r.output;
   const std::vector<double> one = Losses(dir + "/one");
   EXPECT_EQ(one.size(), size_t(steps));
   for (int np : {2, 4}) {
     const std::string run = dir + "/np" + std::to_string(np);
-    CliRun m = Mpi(np, Args(run, steps, model + " --set parallel.ep=2"));
+    CliRun m = DemoMpi(np, DemoArgs(run, steps, model + " --set parallel.ep=2"));
     EXPECT_EQ(m.code, 0) << m.output;
     ExpectSameLosses(one, Losses(run));
   }
@@ -334,22 +316,22 @@ TEST(Distributed, GptOssOnExpertParallelRanksAsOnOne) {
 TEST(Distributed, AGlobalBatchThatIsNotAMultipleOfTheRanksIsSplitUnevenly) {
   const std::string dir = testing::TempDir("mpi_uneven");
   const std::string six = "--set train.global_batch_size=6 ";
-  CliRun r = testing::RunXtuner(Args(dir + "/one", 8, six), kRoot);
+  CliRun r = testing::RunXtuner(DemoArgs(dir + "/one", 8, six), kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
   for (int ep : {2, 4}) {
     const std::string out = dir + "/ep" + std::to_string(ep);
-    r = Mpi(4, Args(out, 8,
-                    six + "--set parallel.ep=" + std::to_string(ep) +
-                        (ep == 4 ? " --set train.micro_batch_size=2" : "")));
+    r = DemoMpi(4, DemoArgs(out, 8,
+                            six + "--set parallel.ep=" + std::to_string(ep) +
+                                (ep == 4 ? " --set train.micro_batch_size=2" : "")));
     ASSERT_EQ(r.code, 0) << r.output;
     ExpectSameLosses(Losses(dir + "/one"), Losses(out));
     ExpectSameLosses(testing::Metric(dir + "/one", "aux_loss"), testing::Metric(out, "aux_loss"));
     ExpectSameLosses(testing::Metric(dir + "/one", "tokens"), testing::Metric(out, "tokens"));
   }
   const std::string two = "--set train.global_batch_size=2 ";
-  r = testing::RunXtuner(Args(dir + "/one2", 4, two), kRoot);
+  r = testing::RunXtuner(DemoArgs(dir + "/one2", 4, two), kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
-  r = Mpi(4, Args(dir + "/ep4_2", 4, two + "--set parallel.ep=4"));
+  r = DemoMpi(4, DemoArgs(dir + "/ep4_2", 4, two + "--set parallel.ep=4"));
   ASSERT_EQ(r.code, 0) << r.output;
   ExpectSameLosses(Losses(dir + "/one2"), Losses(dir + "/ep4_2"));
   ExpectSameLosses(testing::Metric(dir + "/one2", "aux_loss"),
@@ -358,11 +340,11 @@ TEST(Distributed, AGlobalBatchThatIsNotAMultipleOfTheRanksIsSplitUnevenly) {
 
 TEST(Distributed, AnImpossibleMeshIsAClearErrorBeforeAnyWork) {
   const std::string dir = testing::TempDir("mpi_mesh");
-  CliRun r = Mpi(2, Args(dir, 2, "--set parallel.ep=3"));
+  CliRun r = DemoMpi(2, DemoArgs(dir, 2, "--set parallel.ep=3"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("parallel.ep = 3 does not divide the 2 ranks"), std::string::npos)
       << r.output;
-  r = Mpi(4, Args(dir, 2, "--set parallel.ep=2 --set train.global_batch_size=5"));
+  r = DemoMpi(4, DemoArgs(dir, 2, "--set parallel.ep=2 --set train.global_batch_size=5"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("global_batch_size = 5 rows cannot be split evenly over the 2 "
                           "data-parallel groups (4 ranks = dp 2 x ep 2): make it a multiple of 2"),
@@ -422,8 +404,8 @@ void GpuMeshesFollowTheCpuRun(const std::string& comm, const CpuLosses& cpu) {
     const std::string extra = c.bf16 ? kBf16Args + std::string(" ") + c.extra : c.extra;
     const std::vector<double>& want = c.bf16 ? cpu.bf16 : cpu.fp32;
     const std::string dir = testing::TempDir("mpi_gpu_eq");
-    CliRun r =
-        Mpi(2, Args(dir, kGpuSteps,
+    CliRun r = DemoMpi(
+        2, DemoArgs(dir, kGpuSteps,
                     "--set train.device=cuda --set parallel.gpu_comm=" + comm + " " + extra));
     ASSERT_EQ(r.code, 0) << extra << "\n" << r.output;
     EXPECT_NE(r.output.find("ZeRO-3 over " + std::string(comm == "nccl" ? "NCCL" : "MPI")),
@@ -460,13 +442,13 @@ void ModelGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& na
   std::ofstream(dir + "/config.json") << config_json;
   const std::string model =
       " --set model.model_config=" + dir + "/config.json --set train.router_bias_update_speed=0.01";
-  CliRun cpu = testing::RunXtuner(Args(dir + "/cpu", 8, model), kRoot);
+  CliRun cpu = testing::RunXtuner(DemoArgs(dir + "/cpu", 8, model), kRoot);
   ASSERT_EQ(cpu.code, 0) << cpu.output;
-  CliRun gpu = Mpi(2, Args(dir + "/gpu", 8,
-                           model +
-                               " --set train.device=cuda --set parallel.ep=2 "
-                               "--set parallel.gpu_comm=" +
-                               comm));
+  CliRun gpu = DemoMpi(2, DemoArgs(dir + "/gpu", 8,
+                                   model +
+                                       " --set train.device=cuda --set parallel.ep=2 "
+                                       "--set parallel.gpu_comm=" +
+                                       comm));
   ASSERT_EQ(gpu.code, 0) << gpu.output;
   const std::vector<double> want = Losses(dir + "/cpu"), got = Losses(dir + "/gpu");
   ASSERT_EQ(want.size(), 8u);
@@ -485,9 +467,9 @@ void LoraGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& lor
   if (::testing::Test::HasFailure()) return;
   CliRun r = testing::RunXtuner(sft + dir + "/cpu", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
-  r = Mpi(2,
-          sft + dir +
-              "/gpu --set train.device=cuda --set parallel.ep=2 --set parallel.gpu_comm=" + comm);
+  r = DemoMpi(
+      2, sft + dir +
+             "/gpu --set train.device=cuda --set parallel.ep=2 --set parallel.gpu_comm=" + comm);
   ASSERT_EQ(r.code, 0) << r.output;
   const std::vector<double> want = Losses(dir + "/cpu"), got = Losses(dir + "/gpu");
   ASSERT_EQ(want.size(), 6u);
@@ -516,11 +498,11 @@ void LoraBf16GpuMeshHoldsTheFrozenWeightsInBf16(const std::string& comm) {
         " --set train.device=cuda --set train.precision=bf16 --set parallel.ep=" + std::string(ep) +
         " --set parallel.gpu_comm=" + comm;
     const std::string a = dir + "/bf16-" + ep, b = dir + "/fp32-" + ep;
-    CliRun r = Mpi(2, sft + a + run);
+    CliRun r = DemoMpi(2, sft + a + run);
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("LoRA's frozen matmul weights in bf16 only"), std::string::npos)
         << r.output;
-    r = Mpi(2, sft + b + run + " --set train.cuda_frozen_weights=fp32");
+    r = DemoMpi(2, sft + b + run + " --set train.cuda_frozen_weights=fp32");
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_EQ(r.output.find("in bf16 only"), std::string::npos) << r.output;
     ASSERT_EQ(Losses(a).size(), 6u);
@@ -535,7 +517,7 @@ TEST(Distributed, GpuMeshesFollowTheCpuRun) {
   CpuLosses cpu;  // the single-process CPU runs, fp32 and bf16
   for (bool bf16 : {false, true}) {
     const std::string dir = testing::TempDir("mpi_gpu_ref");
-    CliRun r = testing::RunXtuner(Args(dir, kGpuSteps, bf16 ? kBf16Args : ""), kRoot);
+    CliRun r = testing::RunXtuner(DemoArgs(dir, kGpuSteps, bf16 ? kBf16Args : ""), kRoot);
     ASSERT_EQ(r.code, 0) << r.output;
     std::vector<double>& losses = bf16 ? cpu.bf16 : cpu.fp32;
     losses = Losses(dir);
@@ -563,7 +545,7 @@ TEST(Distributed, GpuTrainingWithoutAGpuIsAClearErrorBeforeAnyWork) {
   if (VisibleGpus() > 0) GTEST_SKIP() << "skipped: a GPU is present, no error to see";
   const std::string dir = testing::TempDir("mpi_gpu");
   for (const char* mesh : {"", " --set parallel.ep=2"}) {  // ZeRO-3, and with expert parallelism
-    CliRun r = Mpi(2, Args(dir, 2, std::string("--set train.device=cuda") + mesh));
+    CliRun r = DemoMpi(2, DemoArgs(dir, 2, std::string("--set train.device=cuda") + mesh));
     EXPECT_NE(r.code, 0);
     EXPECT_TRUE(r.output.find("no usable CUDA device") != std::string::npos ||
                 r.output.find("built without that backend") != std::string::npos)
@@ -571,144 +553,6 @@ TEST(Distributed, GpuTrainingWithoutAGpuIsAClearErrorBeforeAnyWork) {
     EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
     EXPECT_FALSE(fs::exists(dir + "/cache"));
   }
-}
-
-bool FindStep20(const std::string& out) { return out.find("step 20/20") != std::string::npos; }
-
-// Rank 1 alone may not write more than 16 KiB: its first checkpoint shard is larger.
-std::string LimitRank1(bool ignore_signal) {
-  return std::string("sh -c '") + (ignore_signal ? "trap \"\" XFSZ; " : "") +
-         "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then ulimit -f 32; fi; exec timeout -k 5 120 " +
-         XT_XTUNER_BIN + " \"$@\"' xtuner";
-}
-
-TEST(Distributed, ARankKilledWhileSavingEndsTheJobAndLeavesNoLatest) {
-  const std::string dir = testing::TempDir("mpi_die_save");
-  // Rank 1 is killed by SIGXFSZ in the middle of writing its shard of step 2. (TCP between the
-  // ranks: the shared-memory transport's files would hit the limit first.)
-  CliRun r = testing::RunMpi(2, LimitRank1(false), Args(dir, 20, "--set checkpoint.every=2"), kRoot,
-                             "self,tcp");
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("process rank 1"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("File size limit exceeded"), std::string::npos) << r.output;
-  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
-  EXPECT_EQ(FindStep20(r.output), false) << r.output;
-}
-
-TEST(Distributed, ARankFailingToSaveEndsTheJobNamingItAndTheCause) {
-  const std::string dir = testing::TempDir("mpi_fail_save");
-  // The same full disk, but rank 1 sees the write fail (EFBIG) instead of being killed.
-  CliRun r = testing::RunMpi(2, LimitRank1(true), Args(dir, 20, "--set checkpoint.every=2"), kRoot,
-                             "self,tcp");
-  EXPECT_NE(r.code, 0) << r.output;
-  // Whichever rank ends the job first names rank 1 and its cause.
-  EXPECT_NE(r.output.find(": rank 1: cannot write"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("shard-00001-of-00002"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("earlier checkpoints are intact"), std::string::npos) << r.output;
-  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-00000002")) << r.output;
-}
-
-// A long job under mpirun, in the background: its pid (mpirun's), output into log.
-pid_t StartLongJob(const std::string& dir, const std::string& log) {
-  const pid_t mpirun = fork();
-  if (mpirun != 0) return mpirun;
-  std::freopen(log.c_str(), "w", stdout);
-  std::freopen(log.c_str(), "a", stderr);
-  if (chdir(kRoot.c_str()) != 0) _exit(99);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-  setenv("OMPI_MCA_btl", "self,vader", 1);
-  const std::string cmd = std::string("exec mpirun --oversubscribe -np 2 ") + XT_XTUNER_BIN + " " +
-                          Args(dir + "/run", 100000, "--set schedule.warmup_steps=1");
-  execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
-  _exit(98);
-}
-
-// Waits for the job's first step, then returns its ranks (mpirun's children).
-std::vector<pid_t> RanksAfterFirstStep(pid_t mpirun, const std::string& dir) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline && !fs::exists(dir + "/run/metrics.jsonl"))
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // mid-run
-  std::vector<pid_t> ranks;
-  FILE* p = popen(("pgrep -P " + std::to_string(mpirun)).c_str(), "r");
-  if (!p) return ranks;
-  for (long pid; std::fscanf(p, "%ld", &pid) == 1;) ranks.push_back(pid_t(pid));
-  pclose(p);
-  return ranks;
-}
-
-// Waits up to `limit` for mpirun; kills everything and returns false if it is still running.
-bool WaitFor(pid_t mpirun, const std::vector<pid_t>& ranks, std::chrono::seconds limit,
-             int* status) {
-  const auto t0 = std::chrono::steady_clock::now();
-  pid_t done = 0;
-  while ((done = waitpid(mpirun, status, WNOHANG)) == 0 &&
-         std::chrono::steady_clock::now() - t0 < limit)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (done != 0) return true;
-  kill(mpirun, SIGKILL);
-  for (pid_t r : ranks) kill(r, SIGKILL);
-  waitpid(mpirun, status, 0);
-  return false;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-TEST(Distributed, ARankKilledMidStepEndsTheJobWithinSeconds) {
-  const std::string dir = testing::TempDir("mpi_kill");
-  const pid_t mpirun = StartLongJob(dir, dir + "/log.txt");
-  ASSERT_GT(mpirun, 0);
-  const std::vector<pid_t> ranks = RanksAfterFirstStep(mpirun, dir);
-  ASSERT_EQ(ranks.size(), 2u);
-  const auto t_kill = std::chrono::steady_clock::now();
-  kill(ranks[1], SIGKILL);
-  int status = 0;
-  ASSERT_TRUE(WaitFor(mpirun, ranks, std::chrono::seconds(60), &status))
-      << "the job did not end within 60 s of a rank's death";
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_kill).count();
-  const std::string output = ReadAll(dir + "/log.txt");
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << output;
-  // mpirun names the first process it saw end: usually the killed one ("exited on signal 9
-  // (Killed)"), under load sometimes the other, aborted by MPI for its lost peer.
-  EXPECT_NE(output.find("mpirun noticed that process rank"), std::string::npos) << output;
-  EXPECT_NE(output.find("exited on signal"), std::string::npos) << output;
-  EXPECT_LT(seconds, 30) << output;
-  // The other rank is gone too within seconds (or a zombie waiting for init to reap it): mpirun
-  // may exit while it is still being killed.
-  auto alive = [&] {
-    std::ifstream stat("/proc/" + std::to_string(ranks[0]) + "/stat");
-    std::string pid, comm, state;
-    return bool(stat >> pid >> comm >> state) && state != "Z";
-  };
-  const auto t_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (alive() && std::chrono::steady_clock::now() < t_end)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(alive()) << "the other rank is still running 10 s after the job ended";
-}
-
-// Slurm's SIGTERM before a time limit reaches every rank: all stop after the same step, with a
-// checkpoint, and exit cleanly. (MPI's own threads must not take the signal.)
-TEST(Distributed, SigtermToTheRanksSavesACheckpointAndExitsCleanly) {
-  const std::string dir = testing::TempDir("mpi_term");
-  const pid_t mpirun = StartLongJob(dir, dir + "/log.txt");
-  ASSERT_GT(mpirun, 0);
-  const std::vector<pid_t> ranks = RanksAfterFirstStep(mpirun, dir);
-  ASSERT_EQ(ranks.size(), 2u);
-  for (pid_t r : ranks) kill(r, SIGTERM);
-  int status = 0;
-  ASSERT_TRUE(WaitFor(mpirun, ranks, std::chrono::seconds(60), &status));
-  const std::string output = ReadAll(dir + "/log.txt");
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
-  EXPECT_NE(output.find("interrupted at step"), std::string::npos) << output;
-  bool saved = false;
-  for (const auto& e : fs::directory_iterator(dir + "/run/checkpoints"))
-    saved |= fs::exists(e.path() / "shards.json") && fs::exists(e.path() / "trainer_state.json");
-  EXPECT_TRUE(saved) << output;
 }
 
 }  // namespace
