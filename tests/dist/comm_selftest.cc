@@ -144,12 +144,8 @@ void CheckExpertExchange(Comm& c) {
   Expect(ok, c, "ExpertCombine");
 }
 
-// A LoRA run's gradients on mesh (world, ep): each rank writes the same made-up gradients of
-// every unit (its rank in them) into two ShardedParams, one over host memory (gradients at
-// shard offsets) and one over CostlyZeros (packed, compact_grads); after GradsDone's
-// reduce-scatters the packed ones are the other's trainable ranges, bit for bit.
-void CheckPackedLoraGradients(Comm& world, int ep) {
-  const std::string what = "packed LoRA gradients (ep " + std::to_string(ep) + ")";
+// A tiny Qwen3-MoE (4 experts, untied) with rank-2 adapters on q_proj and o_proj.
+Result<ModelConfig> LoraConfig() {
   const nlohmann::json j = {{"model_type", "qwen3_moe"},
                             {"vocab_size", 64},
                             {"hidden_size", 16},
@@ -162,11 +158,22 @@ void CheckPackedLoraGradients(Comm& world, int ep) {
                             {"num_experts_per_tok", 2},
                             {"tie_word_embeddings", false}};
   Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
-  Expect(cfg.ok(), world, what + ": config");
-  if (!cfg.ok()) return;
+  if (!cfg.ok()) return cfg;
   cfg->lora.rank = 2;
   cfg->lora.alpha = 4;
   cfg->lora.targets = {"q_proj", "o_proj"};
+  return cfg;
+}
+
+// A LoRA run's gradients on mesh (world, ep): each rank writes the same made-up gradients of
+// every unit (its rank in them) into two ShardedParams, one over host memory (gradients at
+// shard offsets) and one over CostlyZeros (packed, compact_grads); after GradsDone's
+// reduce-scatters the packed ones are the other's trainable ranges, bit for bit.
+void CheckPackedLoraGradients(Comm& world, int ep) {
+  const std::string what = "packed LoRA gradients (ep " + std::to_string(ep) + ")";
+  Result<ModelConfig> cfg = LoraConfig();
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return;
   Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
   if (!mesh.ok()) return;  // (a mesh these ranks cannot make: nothing to check)
   std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
@@ -199,23 +206,9 @@ void CheckPackedLoraGradients(Comm& world, int ep) {
 // the shard.
 void CheckBf16OnlyGathers(Comm& world, int ep) {
   const std::string what = "bf16-only gathers (ep " + std::to_string(ep) + ")";
-  const nlohmann::json j = {{"model_type", "qwen3_moe"},
-                            {"vocab_size", 64},
-                            {"hidden_size", 16},
-                            {"num_hidden_layers", 2},
-                            {"num_attention_heads", 2},
-                            {"num_key_value_heads", 1},
-                            {"head_dim", 8},
-                            {"moe_intermediate_size", 8},
-                            {"num_experts", 4},
-                            {"num_experts_per_tok", 2},
-                            {"tie_word_embeddings", false}};
-  Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
+  Result<ModelConfig> cfg = LoraConfig();
   Expect(cfg.ok(), world, what + ": config");
   if (!cfg.ok()) return;
-  cfg->lora.rank = 2;
-  cfg->lora.alpha = 4;
-  cfg->lora.targets = {"q_proj", "o_proj"};
   Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
   if (!mesh.ok()) return;
   std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
