@@ -57,6 +57,21 @@ void CheckGroup(Comm& c, const std::string& name) {
       for (int i = 0; i < r; ++i) ok &= recv[at++] == Value(r, 0, i);
     Expect(ok, c, name + " AllGather");
   }
+  {  // all-gather in place: each rank's block already in its place in recv
+    std::vector<int64_t> counts(n);
+    int64_t total = 0, mine = 0;
+    for (int r = 0; r < n; ++r) {
+      if (r == me) mine = total;
+      total += counts[r] = r + 2;
+    }
+    std::vector<float> recv(total, -1);
+    for (int i = 0; i < me + 2; ++i) recv[mine + i] = Value(me, 1, i);
+    c.AllGather(recv.data(), recv.data() + mine, counts);
+    bool ok = true;
+    for (int r = 0, at = 0; r < n; ++r)
+      for (int i = 0; i < r + 2; ++i) ok &= recv[at++] == Value(r, 1, i);
+    Expect(ok, c, name + " AllGather in place");
+  }
   {  // gather to the last rank
     std::vector<int64_t> counts(n);
     int64_t total = 0;
@@ -226,15 +241,18 @@ void CheckBf16OnlyGathers(Comm& world, int ep) {
     std::copy(p + at, p + at + n, halves.params() + at);
     tiled += n;
   }
+  uint16_t* held16 = halves.params16();  // (the bf16 ranges one after another)
   for (const auto& [at, n] : halves.bf16_ranges()) {
     for (int64_t i = at; i < at + n; ++i) {
       uint32_t bits;
       std::memcpy(&bits, p + i, 4);
-      halves.params16()[i] = uint16_t(bits >> 16);
+      *held16++ = uint16_t(bits >> 16);
     }
     tiled += n;
   }
   Expect(tiled == plain.shard_size(), world, what + ": the ranges tile the shard");
+  Expect(costly.bf16_floats() == held16 - halves.params16(), world,
+         what + ": bf16 held for the bf16 ranges alone");
   bool ok = true;
   const ParamLayout& layout = plain.layout();
   for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {

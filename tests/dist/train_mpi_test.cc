@@ -487,7 +487,8 @@ void LoraGpuMeshFollowsTheCpuRun(const std::string& comm, const std::string& lor
 
 // A LoRA run in bf16 on 2 GPU ranks (dp 2, and ep 2) holds its frozen matmul weights in bf16 in
 // the shards (train.cuda_frozen_weights = "auto"; a gather widens them): the run that keeps them
-// in fp32 ("fp32"), bit for bit (losses and gradient norms), and the summary says which it did.
+// in fp32 ("fp32"), bit for bit (losses and gradient norms), in less device memory (the metrics'
+// peak), and the summary says which it did.
 void LoraBf16GpuMeshHoldsTheFrozenWeightsInBf16(const std::string& comm) {
   const std::string dir = testing::TempDir("mpi_gpu_lora16");
   const std::string sft = LoraSftOfABase(dir, kExpertLora);
@@ -502,12 +503,17 @@ void LoraBf16GpuMeshHoldsTheFrozenWeightsInBf16(const std::string& comm) {
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("LoRA's frozen matmul weights in bf16 only"), std::string::npos)
         << r.output;
+    EXPECT_NE(r.output.find("the frozen matmul weights in bf16"), std::string::npos) << r.output;
     r = DemoMpi(2, sft + b + run + " --set train.cuda_frozen_weights=fp32");
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_EQ(r.output.find("in bf16 only"), std::string::npos) << r.output;
     ASSERT_EQ(Losses(a).size(), 6u);
     EXPECT_EQ(Losses(a), Losses(b));
     EXPECT_EQ(testing::Metric(a, "grad_norm"), testing::Metric(b, "grad_norm"));
+    const std::vector<double> peak16 = testing::Metric(a, "peak_memory_bytes");
+    const std::vector<double> peak32 = testing::Metric(b, "peak_memory_bytes");
+    ASSERT_FALSE(peak16.empty() || peak32.empty());
+    EXPECT_LT(peak16.back(), peak32.back());
   }
 }
 

@@ -9,6 +9,8 @@
 
 #include "util/cli.h"
 #include "util/testing.h"
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/plan/plan.h"
 
@@ -149,16 +151,27 @@ TEST(FrozenBf16Plan, GpusHoldTheFrozenMatmulWeightsInBf16Only) {
   EXPECT_NE(FormatPlan(in, bf16_only).find("weights (fp32; frozen matmul ones: bf16 only)"),
             std::string::npos);
   // Two GPUs: each holds half the frozen matmul weights in bf16 in its shard (2 B each), the
-  // rest of its half in fp32; with the fp32 copy kept, 4 B each.
+  // rest of its half in fp32 in whole granules (rank 0's shard, as ShardedParams lays it out);
+  // with the fp32 copy kept, 4 B each.
   in.world = 2;
   const PlanReport two_fp32 = plan();
   in.frozen_bf16_only = true;
   const PlanReport two = plan();
-  EXPECT_NEAR(double(two.bf16_only_params), double(matmul) / 2, 1e3);
-  EXPECT_EQ(two.weight_bytes,
-            4 * (two.local_params - two.bf16_only_params) + 2 * two.bf16_only_params);
+  // (About half: rank 0's chunks start the layers, with their norms, routers and adapters.)
+  EXPECT_NEAR(double(two.bf16_only_params), double(matmul) / 2, 1e-3 * double(matmul));
+  auto mesh = MakeMesh(2, 0, 1, in.model);
+  ASSERT_TRUE(mesh.ok());
+  int64_t shard = 0;
+  const SlabRanges held16 = ShardBf16Ranges(in.model, *mesh, Bf16OnlyRanges(layout), &shard);
+  EXPECT_EQ(shard, two.local_params);
+  EXPECT_EQ(MappedBytes(held16), two.bf16_only_params);
+  const int64_t shard_fp32_ranges = int64_t(Fp32Ranges(shard, held16).size());
+  const int64_t exact = 4 * (two.local_params - two.bf16_only_params) + 2 * two.bf16_only_params;
+  EXPECT_GE(shard_fp32_ranges, 2 * 48);
+  EXPECT_GE(two.weight_bytes, exact);
+  EXPECT_LT(two.weight_bytes, exact + 2 * shard_fp32_ranges * kGpuGranularity);
   EXPECT_EQ(two_fp32.weight_bytes, 4 * two_fp32.local_params);
-  EXPECT_EQ(two_fp32.total_bytes - two.total_bytes, 2 * two.bf16_only_params);
+  EXPECT_EQ(two_fp32.total_bytes - two.total_bytes, two_fp32.weight_bytes - two.weight_bytes);
   // Where nothing is held in bf16 only: fp32 matmuls; the CPU.
   in.world = 1;
   in.precision = Precision::kFp32;

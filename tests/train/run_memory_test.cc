@@ -59,5 +59,36 @@ TEST(RunMemory, AWarningNamesTheNeedAndTheShare) {
   EXPECT_NE(gpu.find("which its GPU uploads from and syncs back to"), std::string::npos) << gpu;
 }
 
+// The run summary's GPU lines: the device's state less what it holds in bf16 only (2 B a float
+// in a bf16 copy of the whole model instead of 4 B in fp32 on one GPU), the host's parameters
+// and moments (a GPU run's host gradients are never written).
+TEST(RunMemory, TheGpuSummaryCountsTheWeightsHeldInBf16Only) {
+  std::unique_ptr<Comm> world = MakeSingleComm();
+  const ModelConfig mc = Tiny(/*lora=*/true);
+  ShardedParams store(mc, Mesh{}, world.get(), world.get());
+  const int64_t n = store.shard_size(), t = store.trainable_floats(), held = n / 2;
+  TrainConfig cfg;
+  cfg.device = "cuda";
+  cfg.precision = "bf16";
+  auto line = [](const RunSummary& s, const std::string& key) {
+    for (const auto& row : s.extra)
+      if (row.label == key) return row.value;
+    return std::string("(none)");
+  };
+  for (const int64_t bf16_only : {int64_t(0), held}) {
+    RunSummary sum;
+    AddMemorySummary(cfg, mc, Mesh{}, store, bf16_only, *world, nullptr, &sum);
+    const int64_t device = 4 * n + 12 * t - 4 * bf16_only + 2 * n;
+    EXPECT_EQ(sum.memory_estimate_bytes, device);
+    const std::string gpu = line(sum, "per cuda device"), host = line(sum, "per rank, host");
+    EXPECT_NE(gpu.find(HumanBytes(double(device))), std::string::npos) << gpu;
+    EXPECT_EQ(gpu.find("the frozen matmul weights' fp32 not held") != std::string::npos,
+              bf16_only > 0)
+        << gpu;
+    EXPECT_NE(host.find(HumanBytes(double(HostStateBytes(store, true)))), std::string::npos)
+        << host;
+  }
+}
+
 }  // namespace
 }  // namespace xt

@@ -20,8 +20,11 @@ class CostlyZeros : public ShardMemory {
   void Copy(float* dst, const float* src, int64_t n) override { host_->Copy(dst, src, n); }
   bool supports_bf16() const override { return true; }
   uint16_t* AllocBf16(int64_t n, const char*) override {
+    bf16_floats_ += n;
     return new uint16_t[size_t(n > 0 ? n : 1)];
   }
+  // Elements of every bf16 buffer allocated so far.
+  int64_t bf16_floats() const { return bf16_floats_; }
   void FreeBf16(uint16_t* p) override { delete[] p; }
   void WidenBf16(float* dst, const uint16_t* src, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) {
@@ -32,6 +35,7 @@ class CostlyZeros : public ShardMemory {
 
  private:
   ShardMemory* host_ = HostShardMemory();
+  int64_t bf16_floats_ = 0;
 };
 
 }  // namespace xt::testing

@@ -57,6 +57,7 @@ class CudaTrainBackend : public TrainBackend {
   // mapped memory where they are held in part (a LoRA run's, its frozen weights in bf16 only).
   // Not counted: the CUDA context, NCCL's and the libraries' workspaces (a few hundred MiB). -1
   // (the host's figure) when the query fails.
+  int64_t Bf16OnlyFloats() const override { return MappedBytes(shard_->bf16_ranges()); }
   int64_t PeakMemoryBytes() const override {
     int device = 0;
     cudaMemPool_t pool;
@@ -264,9 +265,13 @@ Result<std::unique_ptr<TrainBackend>> CudaTrainBackend::Create(const TrainBacken
   for (const auto& [at, k] : b->fp32_held_)
     XT_RETURN_IF_ERROR(
         b->Upload(b->shard_->params() + at, args.store->params() + at, k, "parameters"));
-  if (b->shard_->params16())  // several GPUs: the shard's weights held in bf16 only, rounded
-    for (const auto& [at, k] : b->shard_->bf16_ranges())
-      XT_RETURN_IF_ERROR(b->UploadBf16(b->shard_->params16() + at, args.store->params() + at, k));
+  if (b->shard_->params16()) {  // several GPUs: the shard's weights held in bf16 only, rounded
+    int64_t at16 = 0;
+    for (const auto& [at, k] : b->shard_->bf16_ranges()) {
+      XT_RETURN_IF_ERROR(b->UploadBf16(b->shard_->params16() + at16, args.store->params() + at, k));
+      at16 += k;
+    }
+  }
   for (const MomentRange& r : b->moments_) {
     XT_RETURN_IF_ERROR(
         b->Upload(b->m_ + r.at, args.adamw->exp_avg().f32() + r.shard, r.n, "exp_avg"));

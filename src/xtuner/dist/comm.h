@@ -29,6 +29,7 @@ class Comm {
   virtual void AllReduceMax(double* data, int64_t n) = 0;
 
   // recv (sum of counts) = every rank's send (counts[r] elements) concatenated in rank order.
+  // send may be this rank's own block of recv (in place); otherwise they must not overlap.
   virtual void AllGather(float* recv, const float* send, const std::vector<int64_t>& counts) = 0;
 
   // At `root` only: recv (sum of counts) = every rank's send (counts[r]) in rank order.

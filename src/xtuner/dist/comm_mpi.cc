@@ -62,7 +62,9 @@ class MpiComm : public Comm {
     XT_CHECK(int(counts.size()) == size_, "AllGather: one count per rank");
     std::vector<int> c, d;
     CountsAndDispls(counts, &c, &d);
-    MPI_Allgatherv(send, c[rank_], MPI_FLOAT, recv, c.data(), d.data(), MPI_FLOAT, comm_);
+    const bool in_place = send == recv + d[rank_];
+    MPI_Allgatherv(in_place ? MPI_IN_PLACE : send, c[rank_], MPI_FLOAT, recv, c.data(), d.data(),
+                   MPI_FLOAT, comm_);
   }
   void Gather(float* recv, const float* send, const std::vector<int64_t>& counts,
               int root) override {

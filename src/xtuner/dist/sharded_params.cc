@@ -45,7 +45,40 @@ std::vector<int64_t> Chunks(int64_t n, int g) {
   return counts;
 }
 
+// The parts of the working layout's [w0, w1) (a rank's chunk) inside `ranges` (sorted): (offset
+// from w0, n).
+std::vector<std::pair<int64_t, int64_t>> PartsIn(
+    int64_t w0, int64_t w1, const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& [at, n] : ranges) {
+    const int64_t a = std::max(at, w0), b = std::min(at + n, w1);
+    if (a < b) out.push_back({a - w0, b - a});
+  }
+  return out;
+}
+
 }  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> ShardBf16Ranges(
+    const ModelConfig& cfg, const Mesh& mesh,
+    const std::vector<std::pair<int64_t, int64_t>>& bf16_only, int64_t* shard_size) {
+  const ParamLayout work(cfg, mesh.first_expert(cfg),
+                         cfg.is_moe() ? mesh.experts_per_rank(cfg) : -1);
+  std::vector<std::pair<int64_t, int64_t>> out;
+  int64_t shard = 0;
+  const std::vector<std::vector<PiecePlan>> plans = PlanPieces(cfg, mesh, work);
+  for (size_t u = 0; u < plans.size(); ++u)
+    for (const PiecePlan& p : plans[u]) {
+      const int g = p.over_dp ? mesh.dp : mesh.world, i = p.over_dp ? mesh.dp_rank : mesh.rank;
+      const std::vector<int64_t> counts = Chunks(p.size, g);
+      const int64_t w0 = work.units()[u].begin + p.work + int64_t(i) * counts[0];
+      for (const auto& [at, n] : PartsIn(w0, w0 + counts[i], bf16_only))
+        out.push_back({shard + at, n});
+      shard += counts[i];
+    }
+  if (shard_size) *shard_size = shard;
+  return out;
+}
 
 std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh) {
   const ParamLayout work(cfg, mesh.first_expert(cfg),
@@ -92,7 +125,8 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
   XT_CHECK(world->size() == mesh.world && world->rank() == mesh.rank && dp->size() == mesh.dp &&
                dp->rank() == mesh.dp_rank,
            "ShardedParams: the groups do not match the mesh");
-  int64_t shard = 0;
+  int64_t shard = 0, held16 = 0;
+  if (!bf16_only.empty()) bf16_ranges_ = ShardBf16Ranges(cfg, mesh, bf16_only);
   const std::vector<std::vector<PiecePlan>> plans = PlanPieces(cfg, mesh, layout_);
   for (size_t u = 0; u < plans.size(); ++u) {
     // What trains, in the unit's coordinates.
@@ -123,13 +157,10 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
         trainable_.push_back({shard + p.train_lo, p.train_counts[i]});
       }
       p.grad_at = shard + p.train_lo;  // (compact: set below)
-      // This rank's chunk [w0, w1) of the working layout against the ranges held in bf16 only.
-      const int64_t w0 = unit_begin + p.work + int64_t(i) * c, w1 = w0 + p.counts[i];
-      for (const auto& [at, n] : bf16_only) {
-        const int64_t a = std::max(at, w0), b = std::min(at + n, w1);
-        if (a >= b) continue;
-        p.bf16.push_back({a - w0, b - a});
-        bf16_ranges_.push_back({shard + (a - w0), b - a});
+      // This rank's chunk's parts held in bf16 only, in params16_ in shard order.
+      for (const auto& [at, n] : PartsIn(shard, shard + p.counts[i], bf16_ranges_)) {
+        p.bf16.push_back({at, n, held16});
+        held16 += n;
       }
       shard += p.counts[i];
       pieces.push_back(std::move(p));
@@ -169,7 +200,7 @@ ShardedParams::ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* wor
       for (int64_t u = 0; u < int64_t(units_.size()); ++u)
         XT_CHECK(!Held(u) || units_[u][0].bf16.empty(),
                  "ShardedParams: bf16-only weights in a unit held whole on a rank that gathers");
-      params16_ = memory_->AllocBf16(shard, "the parameters' shard in bf16");
+      params16_ = memory_->AllocBf16(held16, "the parameters' shard held in bf16");
     }
   }
   grads_ = memory_->AllocZeros(compact_grads_ ? trains : shard, "the gradients' shard");
@@ -231,25 +262,25 @@ const float* ShardedParams::Acquire(int64_t unit) {
   gathered_[unit] = buf;
   for (const Piece& p : units_[unit]) {
     const float* send = params_ + p.shard;
-    float* widened = nullptr;  // this rank's chunk with its parts held in bf16 only widened
     if (!p.bf16.empty()) {
-      const int64_t mine = p.counts[GroupOf(p).rank()];
-      widened = memory_->Alloc(mine, "a chunk of parameters widened from bf16");
+      // This rank's chunk, its parts held in bf16 only widened, written where the gather puts
+      // it (the blocks before it are whole chunks); the gather then leaves it in place.
+      const int me = GroupOf(p).rank();
+      const int64_t mine = p.counts[me];
+      float* chunk = buf.data + p.work + int64_t(me) * p.counts[0];
       int64_t at = 0;
       auto copy = [&](int64_t to) {  // the fp32 parameters [at, to) of the chunk, as they are
-        if (to <= at) return;
-        memory_->Copy(widened + at, send + at, to - at);
+        if (to > at) memory_->Copy(chunk + at, send + at, to - at);
       };
-      for (const auto& [begin, n] : p.bf16) {
-        copy(begin);
-        memory_->WidenBf16(widened + begin, params16_ + p.shard + begin, n);
-        at = begin + n;
+      for (const Piece::Bf16Part& part : p.bf16) {
+        copy(part.at);
+        memory_->WidenBf16(chunk + part.at, params16_ + part.at16, part.n);
+        at = part.at + part.n;
       }
       copy(mine);
-      send = widened;
+      send = chunk;
     }
     GroupOf(p).AllGather(buf.data + p.work, send, p.counts);
-    if (widened) memory_->Free(widened);
   }
   return buf.data;
 }

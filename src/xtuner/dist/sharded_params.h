@@ -41,6 +41,13 @@ std::vector<OwnedRange> OwnedRanges(const ModelConfig& cfg, const Mesh& mesh);
 std::vector<std::vector<OwnedRange>> OwnedRangesOfEveryRank(const ModelConfig& cfg,
                                                             const Mesh& mesh);
 
+// The ranges (offset, n) of rank mesh.rank's shard that ShardedParams(cfg, mesh, ..., bf16_only)
+// holds in bf16 only, in shard order, and (shard_size, unless null) the shard's size. Needs no
+// memory or communication (`xtuner plan` counts a rank's weights with it).
+std::vector<std::pair<int64_t, int64_t>> ShardBf16Ranges(
+    const ModelConfig& cfg, const Mesh& mesh,
+    const std::vector<std::pair<int64_t, int64_t>>& bf16_only, int64_t* shard_size = nullptr);
+
 class ShardedParams : public ParamSource {
  public:
   // world: every rank; dp: this rank's dp group (world->Split(ep_rank, dp_rank)); memory: where
@@ -50,8 +57,9 @@ class ShardedParams : public ParamSource {
   // (plan/frozen_bf16.h: a LoRA run's frozen matmul weights on GPUs). Their fp32 parameters hold
   // no memory (ShardMemory::AllocHeld): where this rank holds every unit whole (one rank) the
   // model keeps their bf16 copy itself and never reads them here; otherwise the shard keeps
-  // them in bf16 (params16(), filled by the caller) and a gather widens them to fp32 before it
-  // sends them. Empty: every parameter in fp32.
+  // them in bf16 (params16(), filled by the caller) and a gather widens this rank's chunk of
+  // them into its place in the gathered unit (no other buffer) before the gather, in place.
+  // Empty: every parameter in fp32.
   ShardedParams(const ModelConfig& cfg, const Mesh& mesh, Comm* world, Comm* dp,
                 ShardMemory* memory = HostShardMemory(),
                 const std::vector<std::pair<int64_t, int64_t>>& bf16_only = {});
@@ -72,8 +80,9 @@ class ShardedParams : public ParamSource {
   // order.
   float* params() { return params_; }
   // With bf16_only: the shard's ranges (offset, n) whose fp32 parameters hold memory, and those
-  // held in bf16 only (in params16() at the same offsets, where this rank gathers; else null).
-  // Without: the whole shard, and none.
+  // held in bf16 only. Where this rank gathers, params16() holds the latter one after another,
+  // in the order of bf16_ranges() (their sum of n, 2 B each); else it is null. Without
+  // bf16_only: the whole shard, and none.
   const std::vector<std::pair<int64_t, int64_t>>& fp32_ranges() const { return fp32_ranges_; }
   const std::vector<std::pair<int64_t, int64_t>>& bf16_ranges() const { return bf16_ranges_; }
   uint16_t* params16() { return params16_; }
@@ -119,8 +128,12 @@ class ShardedParams : public ParamSource {
     int64_t train_begin = 0, train_lo = 0;
     std::vector<int64_t> train_counts;
     int64_t grad_at = 0;  // where this rank's part of that is in grads_
-    // This rank's chunk's parts held in bf16 only: (offset into the chunk, n).
-    std::vector<std::pair<int64_t, int64_t>> bf16;
+    // This rank's chunk's parts held in bf16 only: n floats at `at` in the chunk, at `at16` in
+    // params16_.
+    struct Bf16Part {
+      int64_t at = 0, n = 0, at16 = 0;
+    };
+    std::vector<Bf16Part> bf16;
   };
   Comm& GroupOf(const Piece& p) { return p.over_dp ? *dp_ : *world_; }
   struct Buffer {

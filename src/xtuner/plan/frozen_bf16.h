@@ -5,7 +5,7 @@
 // granules of mapped device memory (cuda/sparse_slab.h): on one GPU the model's bf16 copy is
 // the only one (a third of the memory for the base model's weights: Qwen3-30B-A3B's 61 GB
 // instead of 122 GB + 61 GB); over several the shards keep them in bf16 and widen them to fp32
-// as a unit is gathered (dist/sharded_params.h; half the shard's memory).
+// as a unit is gathered (dist/sharded_params.h; 2 B a parameter of them instead of 4).
 #pragma once
 
 #include <cstdint>

@@ -8,6 +8,8 @@
 #include <optional>
 #include <vector>
 
+#include "xtuner/dist/mesh.h"
+#include "xtuner/dist/sharded_params.h"
 #include "xtuner/loss/cross_entropy.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/model/params.h"
@@ -253,20 +255,22 @@ Result<PlanReport> Plan(const PlanInputs& in) {
   }
   r.weight_bytes = r.local_params * s.f32;
   if (cuda && HoldsFrozenInBf16Only(c, bf16, in.world, in.frozen_bf16_only)) {
-    // (cuda/train_backend_cuda.cc) one GPU: the fp32 parameters in whole granules of mapped
-    // memory, the rest in the bf16 copy counted below; several: a rank's share of the frozen
-    // matmul weights (about its share of the model: experts and the rest are split alike) in
-    // bf16 in its shard, the rest in fp32 (granules not counted: < 4 MiB a range it keeps).
-    const SlabRanges bf16_only = Bf16OnlyRanges(layout);
-    const int64_t all = MappedBytes(bf16_only);
+    // (cuda/train_backend_cuda.cc) the fp32 parameters in whole granules of mapped memory; one
+    // GPU: the rest in the bf16 copy counted below; several: rank 0's shard (its chunks are the
+    // largest), the rest in bf16 in it.
     if (in.world == 1) {
-      r.bf16_only_params = all;
+      const SlabRanges bf16_only = Bf16OnlyRanges(layout);
+      r.bf16_only_params = MappedBytes(bf16_only);
       r.weight_bytes = MappedBytes(
           GranuleMappings(layout.total(), Fp32Ranges(layout.total(), bf16_only), kGpuGranularity));
     } else {
-      r.bf16_only_params =
-          int64_t(double(all) * double(r.local_params) / double(layout.total()) + 0.5);
-      r.weight_bytes = (r.local_params - r.bf16_only_params) * s.f32 + r.bf16_only_params * 2;
+      XT_ASSIGN_OR_RETURN(const Mesh mesh, MakeMesh(int(in.world), 0, int(in.ep), c));
+      const ParamLayout work(c, mesh.first_expert(c), c.is_moe() ? mesh.experts_per_rank(c) : -1);
+      int64_t n = 0;
+      const SlabRanges held16 = ShardBf16Ranges(c, mesh, Bf16OnlyRanges(work), &n);
+      r.bf16_only_params = MappedBytes(held16);
+      r.weight_bytes = MappedBytes(GranuleMappings(n, Fp32Ranges(n, held16), kGpuGranularity)) +
+                       2 * r.bf16_only_params;
     }
   }
   r.grad_bytes = r.local_trainable * s.f32;

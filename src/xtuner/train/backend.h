@@ -59,6 +59,9 @@ class TrainBackend {
   // The memory figure of the metrics (peak_memory): the device memory's high-water mark, or -1 for
   // the host's peak resident memory (the CPU).
   virtual int64_t PeakMemoryBytes() const { return -1; }
+  // Floats of this rank's parameters the device holds in bf16 only, their fp32 not held (a LoRA
+  // run's frozen matmul weights on GPUs, plan/frozen_bf16.h); 0 where every one is held in fp32.
+  virtual int64_t Bf16OnlyFloats() const { return 0; }
 };
 
 // The host state a device backend starts from (and syncs back to), and how to run the model.

@@ -2,7 +2,6 @@
 
 #include "xtuner/dist/host_memory.h"
 #include "xtuner/model/params.h"
-#include "xtuner/plan/frozen_bf16.h"
 #include "xtuner/plan/plan.h"
 #include "xtuner/train/progress_format.h"
 
@@ -35,7 +34,8 @@ std::string CheckHostState(const ShardedParams& store, bool on_gpu, Comm& world)
 }
 
 void AddMemorySummary(const TrainConfig& cfg, const ModelConfig& mc, const Mesh& mesh,
-                      const ShardedParams& store, Comm& world, std::FILE* log, RunSummary* sum) {
+                      const ShardedParams& store, int64_t bf16_only, Comm& world, std::FILE* log,
+                      RunSummary* sum) {
   const int64_t total_params = ParamLayout(mc).total();
   // fp32 parameters, gradients and two AdamW moments of the largest shard (a LoRA run's
   // gradients and moments: only the adapters' pages are ever written).
@@ -72,29 +72,31 @@ void AddMemorySummary(const TrainConfig& cfg, const ModelConfig& mc, const Mesh&
   } else {  // the device holds the host's shard (ZeRO-3 as on the CPU); the host keeps it too
     // fp32 params, grads and two moments of the shard; in bf16 mode one rank keeps a bf16 copy of
     // the whole model's weights, several make one per gathered unit (with the unit).
-    // A LoRA run's frozen matmul weights may be held in that copy only, or over several GPUs in
-    // bf16 in the shard (about the rank's share of them; plan/frozen_bf16.h).
+    // A LoRA run's frozen matmul weights may be held in that copy only (their fp32 not held), or
+    // over several GPUs in bf16 in the shard (2 B a float instead of 4).
     const bool whole_bf16 = cfg.precision == "bf16" && mesh.world == 1;
-    const double bf16_only = HoldsFrozenInBf16Only(mc, cfg.precision == "bf16", mesh.world,
-                                                   cfg.cuda_frozen_weights != "fp32")
-                                 ? double(MappedBytes(Bf16OnlyRanges(ParamLayout(mc)))) *
-                                       double(store.shard_size()) / double(total_params)
-                                 : 0.0;
-    const double device_bytes = shard_bytes - (whole_bf16 ? 4.0 : 2.0) * bf16_only +
-                                (whole_bf16 ? 2.0 * double(total_params) : 0.0);
+    double device_bytes = 4.0 * double(store.shard_size()) +
+                          12.0 * double(store.trainable_floats()) -
+                          (whole_bf16 ? 4.0 : 2.0) * double(bf16_only) +
+                          (whole_bf16 ? 2.0 * double(total_params) : 0.0);
+    double host_bytes = double(HostStateBytes(store, /*on_gpu=*/true));
+    double held = double(bf16_only > 0);  // (whether any rank holds any in bf16 only)
+    world.AllReduceMax(&device_bytes, 1);
+    world.AllReduceMax(&host_bytes, 1);
+    world.AllReduceMax(&held, 1);
     sum->memory_estimate_bytes = int64_t(device_bytes);
     sum->extra.push_back(
         {"memory", "per " + cfg.device + " device",
          HumanBytes(device_bytes) + " params + grads + AdamW (fp32, " +
              (mesh.world == 1 ? std::string("the whole model") : std::string("ZeRO-3 shard")) +
              (whole_bf16 ? ", and a bf16 copy of the weights" : "") +
-             (bf16_only > 0 ? (whole_bf16 ? ", the frozen matmul weights' fp32 not held"
-                                          : ", the frozen matmul weights in bf16")
-                            : "") +
+             (held > 0 ? (whole_bf16 ? ", the frozen matmul weights' fp32 not held"
+                                     : ", the frozen matmul weights in bf16")
+                       : "") +
              (mc.lora.enabled() ? "; grads and AdamW of the adapters only" : "") +
              "), plus activations" + (mesh.world > 1 ? " and the units gathered" : "")});
     sum->extra.push_back({"memory", "per rank, host",
-                          HumanBytes(shard_bytes) + " params + grads + AdamW (the same shard)"});
+                          HumanBytes(host_bytes) + " params + AdamW (fp32, the same shard)"});
   }
 }
 

@@ -30,10 +30,13 @@ std::string HostStateWarning(int64_t need, int64_t share, bool on_gpu);
 // MemAvailable). The kernel would kill the run mid-load, or it would swap.
 std::string CheckHostState(const ShardedParams& store, bool on_gpu, Comm& world);
 
-// The run summary's memory lines and memory_estimate_bytes, for a run of `mc` (its total of
-// parameters) on `mesh` over `store`; on the CPU also the largest step against the host's
-// available memory, whose warning goes to `log` (a collective over `world`).
+// The run summary's memory lines and memory_estimate_bytes (the largest rank's), for a run of
+// `mc` (its total of parameters) on `mesh` over `store`, whose device holds `bf16_only` floats
+// of this rank's shard in bf16 only (TrainBackend::Bf16OnlyFloats); on the CPU also the largest
+// step against the host's available memory, whose warning goes to `log` (a collective over
+// `world`).
 void AddMemorySummary(const TrainConfig& cfg, const ModelConfig& mc, const Mesh& mesh,
-                      const ShardedParams& store, Comm& world, std::FILE* log, RunSummary* sum);
+                      const ShardedParams& store, int64_t bf16_only, Comm& world, std::FILE* log,
+                      RunSummary* sum);
 
 }  // namespace xt

@@ -371,7 +371,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
        std::to_string(data.num_rows()) + " of " + std::to_string(cfg.max_length) + " tokens"});
   sum.extra.push_back({"data", "cache", data.cache_report.rebuilt() ? "built" : "reused"});
   sum.extra.push_back({"data", "chat template", data.TemplateSummary(cfg)});
-  AddMemorySummary(cfg, mc, mesh, store, world, log, &sum);
+  AddMemorySummary(cfg, mc, mesh, store, backend->Bf16OnlyFloats(), world, log, &sum);
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});
   if (cfg.precision == "bf16")
