@@ -2,21 +2,29 @@
 // values each rank can compute by itself, on awkward counts (zeros, uneven blocks), in the
 // world and in sub-groups, and ZeRO-3's folding of a LoRA run's gradients packed (as a GPU holds
 // them) against the same at shard offsets, and its gathers of units whose frozen matmul weights
-// are held in bf16 only, on every mesh of the ranks. Prints "comm ok" from
+// are held in bf16 only, and the export that gathers a unit at a time, on every mesh of the
+// ranks. Prints "comm ok" from
 // rank 0 and exits 0, or names the first mismatch and exits 1. Driven by tests/dist/comm_test.cc.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "util/costly_zeros.h"
+#include "xtuner/core/file_util.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/expert_parallel.h"
 #include "xtuner/dist/mesh.h"
+#include "xtuner/dist/shard_io.h"
 #include "xtuner/dist/sharded_params.h"
+#include "xtuner/model/checkpoint.h"
 #include "xtuner/plan/frozen_bf16.h"
 
 namespace xt {
@@ -265,6 +273,120 @@ void CheckBf16OnlyGathers(Comm& world, int ep) {
   Expect(ok, world, what);
 }
 
+// A model of 17 MB in units of 4 MB or less (a LoRA run: q_proj and o_proj, and the experts).
+Result<ModelConfig> ExportConfig(bool lora) {
+  const nlohmann::json j = {{"model_type", "qwen3_moe"},
+                            {"vocab_size", 512},
+                            {"hidden_size", 256},
+                            {"num_hidden_layers", 4},
+                            {"num_attention_heads", 4},
+                            {"num_key_value_heads", 2},
+                            {"head_dim", 64},
+                            {"moe_intermediate_size", 128},
+                            {"num_experts", 8},
+                            {"num_experts_per_tok", 2},
+                            {"tie_word_embeddings", false}};
+  Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
+  if (!cfg.ok() || !lora) return cfg;
+  cfg->lora.rank = 4;
+  cfg->lora.alpha = 8;
+  cfg->lora.targets = {"q_proj", "o_proj"};
+  return cfg;
+}
+
+// Every file of directory a equals b's, byte for byte, and there are some.
+bool SameFiles(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(a)) names.push_back(e.path().filename().string());
+  int64_t count = 0;
+  for (const auto& e : fs::directory_iterator(b)) ++count;
+  bool same = !names.empty() && count == int64_t(names.size());
+  for (const std::string& n : names) {
+    Result<std::string> x = ReadFileToString(a + "/" + n), y = ReadFileToString(b + "/" + n);
+    same = same && x.ok() && y.ok() && *x == *y;
+  }
+  return same;
+}
+
+// The export that gathers a unit at a time (ShardedExportParams) on mesh (world, ep): on rank 0
+// each unit it loads is the whole model's (GatherWholeModel's); once every unit is loaded it
+// holds about one unit's pages, not the model's, and a LoRA run's adapters whole; the files
+// SaveHfModelFrom writes from it (fp32 and bf16, in shards of 1 MB) are those it writes from the
+// whole model.
+void CheckUnitExport(Comm& world, int ep, bool lora) {
+  const std::string what =
+      std::string("unit export (ep ") + std::to_string(ep) + (lora ? ", LoRA)" : ")");
+  Result<ModelConfig> cfg = ExportConfig(lora);
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return;
+  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
+  if (!mesh.ok()) return;
+  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
+  ShardedParams store(*cfg, *mesh, &world, dp.get());
+  for (const OwnedRange& r : store.owned())
+    for (int64_t i = 0; i < r.size; ++i)
+      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 1999.0f - 0.5f;
+  const std::unique_ptr<Transformer> whole =
+      GatherWholeModel(world, *cfg, *mesh, store.params(), store.shard_size());
+  const ParamLayout layout(*cfg);
+  {
+    ShardedExportParams ex(world, *cfg, *mesh, store.params(), store.shard_size());
+    if (world.rank() != 0) {
+      ex.Serve();
+    } else {
+      const float* want = whole->params().f32();
+      bool same = true;
+      int64_t largest = 0, kept = 0;
+      for (int64_t u = 0; u < int64_t(layout.units().size()); ++u) {
+        Expect(ex.Load(u).ok(), world, what + ": load");
+        const ParamUnit& unit = layout.units()[u];
+        same = same &&
+               std::memcmp(ex.slab() + unit.begin, want + unit.begin, size_t(unit.size()) * 4) == 0;
+        largest = std::max(largest, unit.size());
+      }
+      Expect(same, world, what + ": the units");
+      bool adapters = true;
+      for (int64_t u = 0; lora && u < int64_t(layout.units().size()); ++u) {
+        const ParamUnit& t = layout.trainable(u);
+        adapters =
+            adapters && std::memcmp(ex.slab() + t.begin, want + t.begin, size_t(t.size()) * 4) == 0;
+        kept += t.size();
+      }
+      Expect(adapters && (kept > 0) == lora, world, what + ": the adapters kept");
+      const size_t page = size_t(sysconf(_SC_PAGESIZE)), bytes = size_t(layout.total()) * 4;
+      std::vector<unsigned char> in((bytes + page - 1) / page);
+      Expect(mincore(const_cast<float*>(ex.slab()), bytes, in.data()) == 0, world, what);
+      int64_t resident = 0;
+      for (unsigned char c : in) resident += c & 1;
+      const int64_t bound = 4 * (largest + kept) + int64_t(page) * 2 * (layout.units().size() + 1);
+      Expect(ex.holds_all() || (resident * int64_t(page) <= bound && 2 * bound < int64_t(bytes)),
+             world, what + ": resident pages");  // (one rank: the slab is the shard)
+      ex.Done();
+    }
+  }
+  char tmp[] = "/tmp/xtuner_test_unit_export_XXXXXX";
+  const bool root = world.rank() == 0;
+  Expect(!root || mkdtemp(tmp) != nullptr, world, what + ": mkdtemp");
+  for (ExportDType dtype : {ExportDType::kF32, ExportDType::kBf16}) {
+    ShardedExportParams ex(world, *cfg, *mesh, store.params(), store.shard_size());
+    if (!root) {
+      ex.Serve();
+      continue;
+    }
+    const std::string a = std::string(tmp) + "/units", b = std::string(tmp) + "/whole";
+    SlabExportParams all(whole->params().f32());
+    Expect(SaveHfModelFrom(*cfg, layout, ex, a, dtype, 1 << 20).ok(), world, what + ": save");
+    ex.Done();
+    Expect(SaveHfModelFrom(*cfg, layout, all, b, dtype, 1 << 20).ok(), world, what + ": save");
+    Expect(SameFiles(a, b) && std::filesystem::exists(a + "/model.safetensors.index.json"), world,
+           what + ": the files");
+    std::filesystem::remove_all(a);
+    std::filesystem::remove_all(b);
+  }
+  if (root) std::filesystem::remove_all(tmp);
+}
+
 int Main() {
   std::unique_ptr<Comm> world = MakeWorldComm();
   CheckGroup(*world, "world");
@@ -277,6 +399,8 @@ int Main() {
   for (int ep : {1, 2, 4}) CheckPackedLoraGradients(*world, ep);
   if (world->size() > 1)  // (one rank holds every unit whole: the model keeps the bf16 copies)
     for (int ep : {1, 2}) CheckBf16OnlyGathers(*world, ep);
+  for (int ep : {1, 2})
+    for (bool lora : {false, true}) CheckUnitExport(*world, ep, lora);
   double bad = failures;
   world->AllReduceSum(&bad, 1);
   if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());

@@ -3,7 +3,6 @@
 // Turns a training checkpoint (work_dir/checkpoints/step-N) into a Hugging Face model directory;
 // a LoRA run's is merged, and --adapter-out also writes its adapter as PEFT saves one.
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 
 #include "cli/commands.h"
@@ -43,9 +42,9 @@ Status RunConvert(const ConvertArgs& o) {
   if (!o.base.empty() && !mc.lora.enabled())
     return Status::Error("convert: --base: " + o.checkpoint +
                          " is not from a LoRA run (it holds every weight)");
+  // The whole model's parameters (4 B each), written from where they are read.
   XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc, o.base));
-  auto model = std::make_unique<Transformer>(std::move(mc));
-  std::memcpy(model->params().f32(), params.data(), params.size() * sizeof(float));
+  const ParamLayout layout(mc);
   // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
   // the base model a LoRA adapter names.
   std::string tokenizer = o.tokenizer, base_model;
@@ -59,9 +58,9 @@ Status RunConvert(const ConvertArgs& o) {
     }
   }
   if (!o.adapter_out.empty())  // its lora_dropout: the checkpoint's run's
-    XT_RETURN_IF_ERROR(SaveLoraAdapter(model->config(), model->layout(), model->params().f32(),
-                                       o.adapter_out, base_model));
-  XT_RETURN_IF_ERROR(SaveHfModel(*model, o.out, dtype, size_t(o.shard_mb) << 20));
+    XT_RETURN_IF_ERROR(SaveLoraAdapter(mc, layout, params.data(), o.adapter_out, base_model));
+  SlabExportParams slab(params.data());
+  XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, slab, o.out, dtype, size_t(o.shard_mb) << 20));
   if (!tokenizer.empty()) {
     std::error_code ec;
     fs::copy_file(tokenizer, fs::path(o.out) / "tokenizer.json",

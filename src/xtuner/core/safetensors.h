@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -158,5 +159,38 @@ Status WriteSafetensors(const std::string& path,
 Status WriteSafetensorsSharded(const std::string& dir,
                                const std::vector<std::pair<std::string, Tensor>>& tensors,
                                size_t max_shard_bytes);
+
+// The same checkpoint, given a tensor at a time: it holds only the shard being filled. Add
+// takes the tensors in order; a shard full (the next tensor would take it past max_shard_bytes)
+// is written at once, as "model-0000i.partial.safetensors". Finish writes the last shard and, the
+// number of shards known, renames them model-0000i-of-0000N.safetensors (or writes
+// model.safetensors where there is one), writes the index and removes an earlier save's files as
+// WriteSafetensorsSharded does. A writer destroyed before Finish succeeds removes its partial
+// shards; the files of an earlier save are touched only by Finish.
+class SafetensorsShardWriter {
+ public:
+  SafetensorsShardWriter(std::string dir, size_t max_shard_bytes);
+  ~SafetensorsShardWriter();
+  SafetensorsShardWriter(const SafetensorsShardWriter&) = delete;
+  SafetensorsShardWriter& operator=(const SafetensorsShardWriter&) = delete;
+
+  // The checks of WriteSafetensorsSharded (names unique over every shard, valid UTF-8, not
+  // "__metadata__"; data present), then the tensor joins the current shard.
+  Status Add(std::string name, Tensor t);
+  Status Finish();
+
+ private:
+  Status Flush();  // the current shard, under its partial name
+
+  std::string dir_;
+  size_t max_shard_bytes_;
+  std::vector<std::pair<std::string, Tensor>> shard_;
+  size_t shard_bytes_ = 0;
+  uint64_t total_bytes_ = 0;
+  std::vector<std::string> partial_;             // shards written, in order
+  std::vector<std::vector<std::string>> names_;  // their tensors' names
+  std::set<std::string> seen_;
+  bool created_ = false, finished_ = false;
+};
 
 }  // namespace xt

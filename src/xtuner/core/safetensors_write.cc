@@ -119,47 +119,87 @@ Status WriteSafetensors(const std::string& path,
 Status WriteSafetensorsSharded(const std::string& dir,
                                const std::vector<std::pair<std::string, Tensor>>& tensors,
                                size_t max_shard_bytes) {
-  XT_RETURN_IF_ERROR(CheckTensorsToWrite(dir, tensors));
+  SafetensorsShardWriter writer(dir, max_shard_bytes);
+  for (const auto& [name, t] : tensors) XT_RETURN_IF_ERROR(writer.Add(name, t));
+  return writer.Finish();
+}
+
+SafetensorsShardWriter::SafetensorsShardWriter(std::string dir, size_t max_shard_bytes)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {}
+
+SafetensorsShardWriter::~SafetensorsShardWriter() {
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::Error("cannot create checkpoint directory '" + dir + "': " + ec.message());
+  if (!finished_)
+    for (const std::string& f : partial_) fs::remove(fs::path(dir_) / f, ec);
+}
 
-  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
-  size_t current = 0;
-  uint64_t total = 0;
-  for (const auto& kv : tensors) {
-    const size_t n = kv.second.nbytes();
-    if (!shards.back().empty() && current + n > max_shard_bytes) {
-      shards.emplace_back();
-      current = 0;
-    }
-    shards.back().push_back(kv);
-    current += n;
-    total += n;
+Status SafetensorsShardWriter::Add(std::string name, Tensor t) {
+  XT_RETURN_IF_ERROR(CheckTensorsToWrite(dir_, {{name, t}}));
+  if (!seen_.insert(name).second)
+    return Status::Error("writing '" + dir_ + "': tensor name '" + name + "' given twice");
+  const size_t n = t.nbytes();
+  if (!shard_.empty() && shard_bytes_ + n > max_shard_bytes_) XT_RETURN_IF_ERROR(Flush());
+  shard_.emplace_back(std::move(name), std::move(t));
+  shard_bytes_ += n;
+  total_bytes_ += n;
+  return Status::OK();
+}
+
+Status SafetensorsShardWriter::Flush() {
+  if (!created_) {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec)
+      return Status::Error("cannot create checkpoint directory '" + dir_ + "': " + ec.message());
+    created_ = true;
   }
+  char name[64];
+  std::snprintf(name, sizeof(name), "model-%05zu.partial.safetensors", partial_.size() + 1);
+  XT_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir_) / name).string(), shard_));
+  partial_.push_back(name);
+  names_.emplace_back();
+  for (const auto& kv : shard_) names_.back().push_back(kv.first);
+  shard_.clear();
+  shard_bytes_ = 0;
+  return Status::OK();
+}
 
-  const fs::path d(dir);
+Status SafetensorsShardWriter::Finish() {
+  XT_CHECK(!finished_, "SafetensorsShardWriter: Finish called twice");
+  const fs::path d(dir_);
   const std::string index_name = "model.safetensors.index.json";
   std::set<std::string> keep;
-  if (shards.size() == 1) {
+  if (partial_.empty()) {
+    std::error_code ec;
+    fs::create_directories(d, ec);
+    if (ec)
+      return Status::Error("cannot create checkpoint directory '" + dir_ + "': " + ec.message());
     keep.insert("model.safetensors");
-    XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shards[0]));
+    XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shard_));
   } else {
+    XT_RETURN_IF_ERROR(Flush());
     json weight_map = json::object();
-    const size_t count = shards.size();
+    const size_t count = partial_.size();
     for (size_t i = 0; i < count; ++i) {
       char name[64];
       std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, count);
+      std::error_code ec;
+      fs::rename(d / partial_[i], d / name, ec);
+      if (ec)
+        return Status::Error("cannot rename '" + (d / partial_[i]).string() + "' to '" +
+                             (d / name).string() + "': " + ec.message());
       keep.insert(name);
-      XT_RETURN_IF_ERROR(WriteSafetensors((d / name).string(), shards[i]));
-      for (const auto& kv : shards[i]) weight_map[kv.first] = name;
+      for (const std::string& t : names_[i]) weight_map[t] = name;
     }
-    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    partial_.clear();  // (renamed: no longer ours to remove)
+    json index = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", weight_map}};
     std::string text = DumpJson(index, 2) + "\n";
     keep.insert(index_name);
     XT_RETURN_IF_ERROR(
         WriteFileAtomically((d / index_name).string(), {{text.data(), text.size()}}));
+    SyncDirectory(dir_);
   }
+  finished_ = true;
 
   // Remove what an earlier save left and this one does not use.
   auto is_ours = [&](const std::string& f) {
@@ -174,12 +214,13 @@ Status WriteSafetensorsSharded(const std::string& dir,
     }
     return true;
   };
+  std::error_code ec;
   std::vector<fs::path> stale;
   for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
     std::string f = it->path().filename().string();
     if (is_ours(f) && !keep.count(f)) stale.push_back(it->path());
   }
-  if (ec) return Status::Error("cannot list checkpoint directory '" + dir + "': " + ec.message());
+  if (ec) return Status::Error("cannot list checkpoint directory '" + dir_ + "': " + ec.message());
   // The index first: once it is gone, a directory with a new model.safetensors is consistent.
   std::sort(stale.begin(), stale.end(), [&](const fs::path& a, const fs::path& b) {
     return (a.filename() == index_name) > (b.filename() == index_name);

@@ -1,6 +1,7 @@
 #include "xtuner/core/zero_pages.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +29,16 @@ void CopyIntoZeros(float* dst, const float* src, int64_t n) {
     for (int64_t j = 0; j < k && zero; ++j) zero = src[i + j] == 0.0f && !std::signbit(src[i + j]);
     if (!zero) std::memcpy(dst + i, src + i, size_t(k) * sizeof(float));
   }
+}
+
+void ReleasePages(float* p, int64_t n) {
+  if (n <= 0) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p + n) / page * page;
+  if (end > begin)
+    XT_CHECK(madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) == 0,
+             "ReleasePages: madvise failed");
 }
 
 }  // namespace xt

@@ -17,4 +17,8 @@ std::shared_ptr<float> AllocZeroPages(int64_t n, const char* what);
 // dst's pages there stay uncommitted.
 void CopyIntoZeros(float* dst, const float* src, int64_t n);
 
+// The whole pages inside [p, p + n) of a buffer of AllocZeroPages go back to the kernel: they
+// read zeros again and take no memory until written. The partial pages at the ends are kept.
+void ReleasePages(float* p, int64_t n);
+
 }  // namespace xt

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 
+#include "xtuner/core/zero_pages.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/init.h"
 #include "xtuner/model/lora.h"
@@ -50,44 +51,126 @@ Status LoadLoraShard(const std::string& path, const ModelConfig& cfg,
   return ReadLoraAdapter(path, cfg, ParamLayout(cfg), IntoShard(owned, shard));
 }
 
-std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
-                                              const float* shard, int64_t shard_size) {
-  const std::vector<std::vector<OwnedRange>> ranges = OwnedRangesOfEveryRank(cfg, mesh);
-  std::vector<int64_t> sizes(mesh.world, 0);
+namespace {
+
+// Rank 0: every rank r's shard elements [from[r], to[r]) (a run of its shard; ranges: every
+// rank's OwnedRanges) at their global offsets in `slab`. In rounds: round k carries elements
+// [k * chunk, (k + 1) * chunk) of every rank's run, and all counts of a round together stay
+// below 2^26 (so any size fits MPI's int counts, and rank 0's receive buffer stays 256 MiB).
+void GatherIntoSlab(Comm& world, const std::vector<std::vector<OwnedRange>>& ranges,
+                    const std::vector<int64_t>& from, const std::vector<int64_t>& to,
+                    const float* shard, float* slab) {
+  const int n = world.size(), me = world.rank();
   int64_t largest = 0;
-  for (int r = 0; r < mesh.world; ++r) {
-    for (const OwnedRange& o : ranges[r]) sizes[r] += o.size;
-    largest = std::max(largest, sizes[r]);
-  }
-  XT_CHECK(sizes[mesh.rank] == shard_size, "GatherWholeModel: shard size mismatch");
-  // Round k carries elements [k * chunk, (k + 1) * chunk) of every shard; all counts of a round
-  // together stay below 2^30 (and the receive buffer no larger than the largest shard needs:
-  // it is zero-filled, 4 GiB at the cap).
-  const int64_t chunk = std::max<int64_t>(1, std::min(largest, (int64_t(1) << 30) / mesh.world));
-  const bool root = world.rank() == 0;
-  std::unique_ptr<Transformer> model = root ? std::make_unique<Transformer>(cfg) : nullptr;
-  float* whole = root ? model->params().f32() : nullptr;
-  std::vector<float> got(root ? chunk * mesh.world : 0);
-  std::vector<int64_t> counts(mesh.world);
-  for (int64_t begin = 0; begin < largest; begin += chunk) {
-    for (int r = 0; r < mesh.world; ++r)
-      counts[r] = std::clamp<int64_t>(sizes[r] - begin, 0, chunk);
-    world.Gather(got.data(), shard + std::min(begin, shard_size), counts, 0);
+  for (int r = 0; r < n; ++r) largest = std::max(largest, to[r] - from[r]);
+  const int64_t chunk = std::max<int64_t>(1, std::min(largest, (int64_t(1) << 26) / n));
+  const bool root = me == 0;
+  std::vector<float> got(root ? chunk * n : 0);
+  std::vector<int64_t> counts(n);
+  for (int64_t k = 0; k < largest; k += chunk) {
+    for (int r = 0; r < n; ++r) counts[r] = std::clamp<int64_t>(to[r] - from[r] - k, 0, chunk);
+    world.Gather(got.data(), shard + std::min(from[me] + k, to[me]), counts, 0);
     if (!root) continue;
     int64_t at = 0;
-    for (int r = 0; r < mesh.world; ++r) {
-      // Shard elements [begin, begin + counts[r]) of rank r, to their places in the slab.
+    for (int r = 0; r < n; ++r) {
+      // Shard elements [lo, lo + counts[r]) of rank r, to their places in the slab.
+      const int64_t lo = from[r] + k;
       for (const OwnedRange& o : ranges[r]) {
-        const int64_t lo = std::max(begin, o.shard),
-                      hi = std::min(begin + counts[r], o.shard + o.size);
-        if (lo < hi)
-          std::memcpy(whole + o.global + (lo - o.shard), got.data() + at + (lo - begin),
-                      size_t(hi - lo) * sizeof(float));
+        const int64_t a = std::max(lo, o.shard), b = std::min(lo + counts[r], o.shard + o.size);
+        if (a < b)
+          std::memcpy(slab + o.global + (a - o.shard), got.data() + at + (a - lo),
+                      size_t(b - a) * sizeof(float));
       }
       at += counts[r];
     }
   }
+}
+
+}  // namespace
+
+std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
+                                              const float* shard, int64_t shard_size) {
+  const std::vector<std::vector<OwnedRange>> ranges = OwnedRangesOfEveryRank(cfg, mesh);
+  std::vector<int64_t> from(mesh.world, 0), to(mesh.world, 0);
+  for (int r = 0; r < mesh.world; ++r)
+    for (const OwnedRange& o : ranges[r]) to[r] += o.size;
+  XT_CHECK(to[mesh.rank] == shard_size, "GatherWholeModel: shard size mismatch");
+  std::unique_ptr<Transformer> model =
+      world.rank() == 0 ? std::make_unique<Transformer>(cfg) : nullptr;
+  GatherIntoSlab(world, ranges, from, to, shard, model ? model->params().f32() : nullptr);
   return model;
+}
+
+ShardedExportParams::ShardedExportParams(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
+                                         const float* shard, int64_t shard_size)
+    : world_(world),
+      keep_adapters_(cfg.lora.enabled()),
+      layout_(cfg),
+      ranges_(OwnedRangesOfEveryRank(cfg, mesh)),
+      shard_(shard) {
+  int64_t mine = 0;
+  for (const OwnedRange& o : ranges_[world.rank()]) mine += o.size;
+  XT_CHECK(mine == shard_size, "ShardedExportParams: shard size mismatch");
+  if (world.size() == 1) {
+    slab_ = shard;  // (one rank: the shard is the slab)
+  } else if (world.rank() == 0) {
+    pages_ = AllocZeroPages(layout_.total(), "the export's slab");
+    slab_ = pages_.get();
+  }
+}
+
+ShardedExportParams::~ShardedExportParams() { Done(); }
+
+void ShardedExportParams::Done() {
+  if (done_ || world_.size() == 1 || world_.rank() != 0) return;
+  done_ = true;
+  int64_t stop = -1;
+  world_.Broadcast(&stop, sizeof stop, 0);
+}
+
+Status ShardedExportParams::Load(int64_t unit) {
+  XT_CHECK(world_.rank() == 0 && !done_, "ShardedExportParams::Load: rank 0's, before Done");
+  if (world_.size() == 1) return Status::OK();
+  if (loaded_ >= 0) {  // its pages back, but for the adapters a LoRA run keeps
+    const ParamUnit& u = layout_.units()[loaded_];
+    const ParamUnit keep = keep_adapters_ ? layout_.trainable(loaded_) : ParamUnit{u.end, u.end};
+    ReleasePages(pages_.get() + u.begin, keep.begin - u.begin);
+    ReleasePages(pages_.get() + keep.end, u.end - keep.end);
+  }
+  world_.Broadcast(&unit, sizeof unit, 0);
+  Gather(unit);
+  loaded_ = unit;
+  return Status::OK();
+}
+
+void ShardedExportParams::Serve() {
+  XT_CHECK(world_.rank() != 0, "ShardedExportParams::Serve: not rank 0's");
+  for (;;) {
+    int64_t unit = -1;
+    world_.Broadcast(&unit, sizeof unit, 0);
+    if (unit < 0) return;
+    Gather(unit);
+  }
+}
+
+void ShardedExportParams::Gather(int64_t unit) {
+  // Each rank's part of the unit is one run of its shard (a unit's pieces follow each other).
+  const ParamUnit& u = layout_.units()[unit];
+  const int n = world_.size();
+  std::vector<int64_t> from(n), to(n);
+  for (int r = 0; r < n; ++r) {
+    int64_t lo = -1, hi = -1, sum = 0;
+    ForEachOverlap(ranges_[r], u.begin, u.end - u.begin, [&](int64_t at, int64_t, int64_t k) {
+      if (lo < 0) lo = at;
+      hi = at + k;
+      sum += k;
+    });
+    XT_CHECK(sum == std::max<int64_t>(0, hi - lo),
+             "ShardedExportParams: a unit's part is not one run");
+    from[r] = lo < 0 ? 0 : lo;
+    to[r] = lo < 0 ? 0 : hi;
+  }
+  GatherIntoSlab(world_, ranges_, from, to, shard_, pages_.get());
 }
 
 }  // namespace xt

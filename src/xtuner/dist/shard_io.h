@@ -11,6 +11,7 @@
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
+#include "xtuner/model/checkpoint.h"
 #include "xtuner/model/config.h"
 #include "xtuner/model/transformer.h"
 
@@ -45,5 +46,40 @@ Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
 // in rounds of bounded size, so any model size fits MPI's int counts, straight into the model.
 std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
                                               const float* shard, int64_t shard_size);
+
+// A model sharded over `world` (this rank's `shard`, as ShardedParams lays it out), exported by
+// rank 0 a unit at a time (SaveHfModelFrom): rank 0's Load(u) gathers unit u from every rank
+// into a slab of zero pages (model/params.h offsets), and gives back the pages of the unit it
+// loaded before, all but a LoRA run's adapters (the adapter's export reads them after). So rank
+// 0 holds one unit of the model, not the model. Every other rank calls Serve, which takes part
+// in each gather rank 0 asks for, until rank 0 calls Done (also on destruction). One rank: the
+// slab is the shard, holding every unit.
+class ShardedExportParams : public ExportParams {
+ public:
+  ShardedExportParams(Comm& world, const ModelConfig& cfg, const Mesh& mesh, const float* shard,
+                      int64_t shard_size);
+  ~ShardedExportParams() override;
+  ShardedExportParams(const ShardedExportParams&) = delete;
+  ShardedExportParams& operator=(const ShardedExportParams&) = delete;
+
+  const float* slab() const override { return slab_; }
+  Status Load(int64_t unit) override;  // rank 0
+  bool holds_all() const override { return world_.size() == 1; }
+  void Serve();  // every rank but 0
+  void Done();   // rank 0
+
+ private:
+  void Gather(int64_t unit);
+
+  Comm& world_;
+  const bool keep_adapters_;  // (a LoRA run)
+  const ParamLayout layout_;
+  const std::vector<std::vector<OwnedRange>> ranges_;  // every rank's
+  const float* shard_;
+  std::shared_ptr<float> pages_;  // rank 0's slab, where it gathers
+  const float* slab_ = nullptr;
+  int64_t loaded_ = -1;
+  bool done_ = false;
+};
 
 }  // namespace xt

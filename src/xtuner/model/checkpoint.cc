@@ -147,46 +147,61 @@ Status ExportSupports(const ModelConfig& cfg, ExportDType dtype) {
 
 Status SaveHfModel(const Transformer& model, const std::string& dir, ExportDType dtype,
                    size_t max_shard_bytes) {
-  XT_RETURN_IF_ERROR(ExportSupports(model.config(), dtype));
+  SlabExportParams whole(model.params().f32());
+  return SaveHfModelFrom(model.config(), model.layout(), whole, dir, dtype, max_shard_bytes);
+}
+
+Status SaveHfModelFrom(const ModelConfig& mc, const ParamLayout& layout, ExportParams& source,
+                       const std::string& dir, ExportDType dtype, size_t max_shard_bytes) {
+  XT_RETURN_IF_ERROR(ExportSupports(mc, dtype));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::Error(dir + ": cannot create directory: " + ec.message());
-  const ModelConfig& mc = model.config();
   const int64_t bm = mc.fp8_weights ? mc.fp8_block[0] : 128;
   const int64_t bn = mc.fp8_weights ? mc.fp8_block[1] : 128;
   Fp8ExportPlan fp8;
-  if (dtype == ExportDType::kFp8) fp8 = PlanFp8Export(model.layout(), bm, bn);
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  const float* slab = model.params().f32();
-  const std::vector<ParamInfo>& params = model.layout().params();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const ParamInfo& p = params[i];
-    if (p.lora) continue;                      // merged into their weights
-    if (GptOssExpertOf(mc, p.name)) continue;  // stacked below
-    Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
-    if (Tensor merged; mc.lora.enabled() && MergeLora(model.layout(), mc, slab, p, &merged))
-      t = merged;
-    // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
-    // per-step moves would round away in bf16).
-    if (dtype == ExportDType::kF32 || p.no_grad) {
-      tensors.emplace_back(p.name, t);
-    } else if (dtype == ExportDType::kFp8 && fp8.quantize[i]) {
-      Tensor codes = Tensor::Empty(DType::F8E4M3, p.shape);
-      Tensor scale = Tensor::Empty(DType::F32, {p.shape[0] / bm, p.shape[1] / bn});
-      XT_RETURN_IF_ERROR(QuantizeFp8(p.name, t.f32(), p.shape[0], p.shape[1], bm, bn,
-                                     static_cast<uint8_t*>(codes.data()), scale.f32()));
-      tensors.emplace_back(p.name, std::move(codes));
-      tensors.emplace_back(p.name + "_scale_inv", std::move(scale));
-    } else {
-      tensors.emplace_back(p.name, t.To(DType::BF16));
-    }
-  }
-  // GPT-OSS's experts, stacked (with adapters on them, merged expert by expert).
+  if (dtype == ExportDType::kFp8) fp8 = PlanFp8Export(layout, bm, bn);
   const bool merge = mc.lora.enabled();
-  for (auto& [name, t] : GptOssStackedExperts(
-           mc, model.layout(), slab, dtype == ExportDType::kF32 ? DType::F32 : DType::BF16, merge))
-    tensors.emplace_back(name, std::move(t));
-  XT_RETURN_IF_ERROR(WriteSafetensorsSharded(dir, tensors, max_shard_bytes));
+  SafetensorsShardWriter writer(dir, max_shard_bytes);
+  const std::vector<ParamInfo>& params = layout.params();
+  const int64_t units = int64_t(layout.units().size());
+  size_t i = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    XT_RETURN_IF_ERROR(source.Load(u));
+    const float* slab = source.slab();
+    // The unit's parameters (the last unit: the rest).
+    for (; i < params.size() && (u + 1 == units || params[i].offset < layout.units()[u + 1].begin);
+         ++i) {
+      const ParamInfo& p = params[i];
+      if (p.lora) continue;                      // merged into their weights
+      if (GptOssExpertOf(mc, p.name)) continue;  // stacked below
+      Tensor t = Tensor::Wrap(DType::F32, p.shape, const_cast<float*>(slab + p.offset), nullptr);
+      if (Tensor merged; merge && MergeLora(layout, mc, slab, p, &merged)) t = merged;
+      // Buffers stay F32 (transformers keeps DeepSeek-V3's correction bias in fp32: its small
+      // per-step moves would round away in bf16). A view of the slab outlives its unit only
+      // where the slab holds every unit.
+      if (dtype == ExportDType::kF32 || p.no_grad) {
+        XT_RETURN_IF_ERROR(
+            writer.Add(p.name, t.data() == slab + p.offset && !source.holds_all() ? t.Clone() : t));
+      } else if (dtype == ExportDType::kFp8 && fp8.quantize[i]) {
+        Tensor codes = Tensor::Empty(DType::F8E4M3, p.shape);
+        Tensor scale = Tensor::Empty(DType::F32, {p.shape[0] / bm, p.shape[1] / bn});
+        XT_RETURN_IF_ERROR(QuantizeFp8(p.name, t.f32(), p.shape[0], p.shape[1], bm, bn,
+                                       static_cast<uint8_t*>(codes.data()), scale.f32()));
+        XT_RETURN_IF_ERROR(writer.Add(p.name, std::move(codes)));
+        XT_RETURN_IF_ERROR(writer.Add(p.name + "_scale_inv", std::move(scale)));
+      } else {
+        XT_RETURN_IF_ERROR(writer.Add(p.name, t.To(DType::BF16)));
+      }
+    }
+    // GPT-OSS's experts of the layer, stacked (with adapters on them, merged expert by expert).
+    if (u >= ParamLayout::LayerUnit(0) && u < layout.head_unit())
+      for (auto& [name, t] : GptOssStackedExperts(
+               mc, layout, slab, dtype == ExportDType::kF32 ? DType::F32 : DType::BF16, merge,
+               u - ParamLayout::LayerUnit(0)))
+        XT_RETURN_IF_ERROR(writer.Add(name, std::move(t)));
+  }
+  XT_RETURN_IF_ERROR(writer.Finish());
   nlohmann::json cfg = mc.ToJson();
   cfg["dtype"] = dtype == ExportDType::kF32 ? "float32" : "bfloat16";
   if (fp8.any) cfg["quantization_config"] = Fp8QuantizationConfig(bm, bn, fp8.not_converted);

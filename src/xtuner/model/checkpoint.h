@@ -64,4 +64,34 @@ Status ExportSupports(const ModelConfig& cfg, ExportDType dtype);
 Status SaveHfModel(const Transformer& model, const std::string& dir,
                    ExportDType dtype = ExportDType::kF32, size_t max_shard_bytes = size_t(5) << 30);
 
+// Where SaveHfModelFrom reads the parameters: slab(), in the offsets of the whole model's layout,
+// of which unit u's parameters (ParamLayout::units) hold their values from Load(u) until the
+// next Load; or every unit's, always, where holds_all().
+class ExportParams {
+ public:
+  virtual ~ExportParams() = default;
+  virtual const float* slab() const = 0;
+  virtual Status Load(int64_t unit) = 0;
+  virtual bool holds_all() const { return false; }
+};
+
+// A whole model's slab (every unit, always).
+class SlabExportParams : public ExportParams {
+ public:
+  explicit SlabExportParams(const float* slab) : slab_(slab) {}
+  const float* slab() const override { return slab_; }
+  Status Load(int64_t) override { return Status::OK(); }
+  bool holds_all() const override { return true; }
+
+ private:
+  const float* slab_;
+};
+
+// SaveHfModel of a model of config `mc` and layout `layout` (the whole model's), whose
+// parameters `params` gives: it loads every unit once, in order, and holds, beyond the unit,
+// the output shard being filled (SafetensorsShardWriter). The tensors go out unit by unit (a
+// GPT-OSS layer's stacked experts after its other tensors).
+Status SaveHfModelFrom(const ModelConfig& mc, const ParamLayout& layout, ExportParams& params,
+                       const std::string& dir, ExportDType dtype, size_t max_shard_bytes);
+
 }  // namespace xt

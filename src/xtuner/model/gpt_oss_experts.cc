@@ -235,13 +235,13 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
 std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
                                                                  const ParamLayout& layout,
                                                                  const float* slab, DType dtype,
-                                                                 bool merge_lora) {
+                                                                 bool merge_lora, int64_t layer) {
   std::vector<std::pair<std::string, Tensor>> out;
   if (cfg.arch != Arch::kGptOss) return out;
   const int64_t E = cfg.num_experts, H = cfg.hidden_size, I = cfg.moe_intermediate_size;
   XT_CHECK(layout.expert_begin == 0 && layout.expert_count == E,
            "GptOssStackedExperts needs the whole model's layout");
-  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+  for (int64_t l = layer >= 0 ? layer : 0; l < (layer >= 0 ? layer + 1 : cfg.num_layers); ++l) {
     const LayerOffsets& o = layout.layers[l];
     const std::string prefix = "model.layers." + std::to_string(l) + ".mlp.experts.";
     for (auto [kind, offset, per] : {std::tuple{GptOssExpertSlice::kGateUp, o.gate_up, 2 * I * H},

@@ -63,10 +63,9 @@ Result<Tensor> ReadGptOssExpert(const SafetensorsCheckpoint& ckpt, const ModelCo
 // down_proj_bias. Each is converted as soon as it is built: beyond the result, one stacked fp32
 // tensor at a time. merge_lora: each expert's weight with its LoRA adapters (cfg.lora, the
 // routed experts') merged, as MergeLora (model/lora.h) merges it, one expert at a time.
-std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(const ModelConfig& cfg,
-                                                                 const ParamLayout& layout,
-                                                                 const float* slab,
-                                                                 DType dtype = DType::F32,
-                                                                 bool merge_lora = false);
+// layer >= 0: that layer's alone, and only its part of `slab` is read.
+std::vector<std::pair<std::string, Tensor>> GptOssStackedExperts(
+    const ModelConfig& cfg, const ParamLayout& layout, const float* slab, DType dtype = DType::F32,
+    bool merge_lora = false, int64_t layer = -1);
 
 }  // namespace xt

@@ -93,13 +93,16 @@ Status ReplaceDirectory(const std::string& dir, const std::string& what,
   return Status::OK();
 }
 
-// Writes an HF export (config, weights, tokenizer files) into `dir`, replacing it whole; a LoRA
-// run's adapter as PEFT saves it into "<dir>-adapter" too.
-Status ExportModel(const TrainConfig& cfg, const Transformer& model, const TrainData& data,
-                   const std::string& dir) {
+// Writes an HF export (config, weights, tokenizer files) of the model of config `mc` whose
+// parameters `params` gives into `dir`, replacing it whole; a LoRA run's adapter as PEFT saves
+// it into "<dir>-adapter" too (from params.slab() after the model: its adapters stay).
+Status ExportModel(const TrainConfig& cfg, const ModelConfig& mc, ExportParams& params,
+                   const TrainData& data, const std::string& dir) {
+  const ParamLayout layout(mc);
   XT_RETURN_IF_ERROR(ReplaceDirectory(dir, "export", [&](const fs::path& tmp) {
     XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(cfg.export_dtype, "export.dtype"));
-    XT_RETURN_IF_ERROR(SaveHfModel(model, tmp.string(), dtype, size_t(cfg.export_shard_mb) << 20));
+    XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, params, tmp.string(), dtype,
+                                       size_t(cfg.export_shard_mb) << 20));
     const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
     // The tokenizer's files, its chat template, and the base model's generation settings
     // (generation_config.json: transformers' generate reads its eos_token_id).
@@ -116,20 +119,25 @@ Status ExportModel(const TrainConfig& cfg, const Transformer& model, const Train
     }
     return Status::OK();
   }));
-  if (!model.config().lora.enabled()) return Status::OK();
+  if (!mc.lora.enabled()) return Status::OK();
   return ReplaceDirectory(dir + "-adapter", "adapter export", [&](const fs::path& tmp) {
-    return SaveLoraAdapter(model.config(), model.layout(), model.params().f32(), tmp.string(),
+    return SaveLoraAdapter(mc, layout, params.slab(), tmp.string(),
                            fs::absolute(cfg.load_from).lexically_normal().string());
   });
 }
 
-// The export every rank takes part in: the whole model is gathered to rank 0, which writes it.
+// The export every rank takes part in: rank 0 writes it, gathering the model a unit at a time
+// (ShardedExportParams). An error is rank 0's.
 Status Export(const TrainConfig& cfg, Comm& world, const ModelConfig& mc, const Mesh& mesh,
               ShardedParams& store, const TrainData& data, const std::string& dir) {
-  std::unique_ptr<Transformer> full =
-      GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
-  if (!full) return Status::OK();
-  return ExportModel(cfg, *full, data, dir);
+  ShardedExportParams params(world, mc, mesh, store.params(), store.shard_size());
+  if (world.rank() != 0) {
+    params.Serve();
+    return Status::OK();
+  }
+  const Status st = ExportModel(cfg, mc, params, data, dir);
+  params.Done();
+  return st;
 }
 
 // Sums balancing statistics over the ranks (every rank holds E experts' worth, possibly empty).
@@ -636,17 +644,26 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     return result;
   }
   if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
-  // The whole model, on rank 0, for the export and the eval (save() above synced the host).
-  std::unique_ptr<Transformer> whole =
-      GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
+  // (save() above synced the host.) The eval runs the whole model on rank 0, which then exports
+  // it from there; an export alone gathers it a unit at a time.
+  const std::string export_dir = (fs::path(cfg.work_dir) / "hf").string();
+  std::unique_ptr<Transformer> whole;
+  if (!cfg.eval_file.empty()) {
+    whole = GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
+  } else {
+    XT_RETURN_IF_ERROR(Export(cfg, world, mc, mesh, store, data, export_dir));
+  }
   if (!lead) return result;
-  Transformer& full = *whole;
+  if (whole && cfg.export_at_end) {
+    SlabExportParams params(whole->params().f32());
+    XT_RETURN_IF_ERROR(ExportModel(cfg, mc, params, data, export_dir));
+  }
   if (cfg.export_at_end) {
-    result.export_dir = (fs::path(cfg.work_dir) / "hf").string();
-    XT_RETURN_IF_ERROR(ExportModel(cfg, full, data, result.export_dir));
+    result.export_dir = export_dir;
     if (log) std::fprintf(log, "exported the model to %s\n", result.export_dir.c_str());
   }
   if (!cfg.eval_file.empty()) {
+    Transformer& full = *whole;
     XT_ASSIGN_OR_RETURN(EvalReport report, Evaluate(full, *data.tokenizer, *data.chat_template,
                                                     cfg.eval_file, cfg.eval_max_new_tokens, log));
     result.eval_accuracy = report.accuracy();

@@ -1,0 +1,105 @@
+// core/safetensors.h: SafetensorsShardWriter, the sharded checkpoint given a tensor at a time
+// (an export that never holds the whole model): it holds only the shard being filled, writes
+// what WriteSafetensorsSharded writes, and leaves an earlier save alone until Finish.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "util/testing.h"
+#include "xtuner/core/file_util.h"
+#include "xtuner/core/safetensors.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+
+// n floats valued v, over memory `owner` keeps (its use count says who holds the tensor).
+Tensor Owned(std::shared_ptr<std::vector<float>>* owner, int64_t n, float v) {
+  *owner = std::make_shared<std::vector<float>>(size_t(n), v);
+  return Tensor::Wrap(DType::F32, {n}, (*owner)->data(), *owner);
+}
+
+std::vector<std::string> Files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// 40 floats (160 B) per tensor, 300 B a shard: one tensor a shard. The first shard is on disk,
+// and the writer lets go of its tensor, as soon as the second tensor comes.
+TEST(SafetensorsShardWriter, HoldsOnlyTheShardBeingFilled) {
+  const std::string dir = testing::TempDir("st_writer") + "/out";
+  std::shared_ptr<std::vector<float>> a, b, c;
+  SafetensorsShardWriter writer(dir, 300);
+  ASSERT_TRUE(writer.Add("a", Owned(&a, 40, 1)).ok());
+  EXPECT_EQ(a.use_count(), 2);  // (here and in the writer)
+  ASSERT_TRUE(writer.Add("b", Owned(&b, 40, 2)).ok());
+  EXPECT_EQ(a.use_count(), 1);
+  EXPECT_EQ(b.use_count(), 2);
+  EXPECT_EQ(Files(dir), std::vector<std::string>{"model-00001.partial.safetensors"});
+  ASSERT_TRUE(writer.Add("c", Owned(&c, 40, 3)).ok());
+  ASSERT_TRUE(writer.Finish().ok());
+  EXPECT_EQ(Files(dir), (std::vector<std::string>{
+                            "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                            "model-00003-of-00003.safetensors", "model.safetensors.index.json"}));
+  // What WriteSafetensorsSharded writes of the same tensors, byte for byte.
+  const std::string again = testing::TempDir("st_writer_again");
+  ASSERT_TRUE(WriteSafetensorsSharded(again,
+                                      {{"a", Tensor::Wrap(DType::F32, {40}, a->data(), a)},
+                                       {"b", Tensor::Wrap(DType::F32, {40}, b->data(), b)},
+                                       {"c", Tensor::Wrap(DType::F32, {40}, c->data(), c)}},
+                                      300)
+                  .ok());
+  for (const std::string& f : Files(dir)) {
+    auto x = ReadFileToString(dir + "/" + f), y = ReadFileToString(again + "/" + f);
+    ASSERT_TRUE(x.ok() && y.ok()) << f;
+    EXPECT_EQ(*x, *y) << f;
+  }
+  auto ck = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(ck.ok()) << ck.status().message();
+  auto got = ck->Get("b");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->f32()[39], 2.0f);
+}
+
+// A writer that stops before Finish (an error part-way, say) removes its partial shards and
+// leaves the earlier save whole; Finish then replaces it.
+TEST(SafetensorsShardWriter, AnEarlierSaveStandsUntilFinish) {
+  const std::string dir = testing::TempDir("st_writer_earlier");
+  std::shared_ptr<std::vector<float>> x, y, z;
+  ASSERT_TRUE(WriteSafetensorsSharded(dir, {{"old", Owned(&x, 4, 7)}}, 300).ok());
+  const auto before = ReadFileToString(dir + "/model.safetensors");
+  ASSERT_TRUE(before.ok());
+  {
+    SafetensorsShardWriter writer(dir, 300);
+    ASSERT_TRUE(writer.Add("a", Owned(&y, 40, 1)).ok());
+    ASSERT_TRUE(writer.Add("b", Owned(&z, 40, 2)).ok());
+    EXPECT_EQ(Files(dir),
+              (std::vector<std::string>{"model-00001.partial.safetensors", "model.safetensors"}));
+    // The same name again, in another shard: refused, naming it.
+    const Status twice = writer.Add("a", Owned(&y, 4, 1));
+    EXPECT_NE(twice.message().find("tensor name 'a' given twice"), std::string::npos)
+        << twice.message();
+    const Status empty = writer.Add("none", Tensor());
+    EXPECT_NE(empty.message().find("tensor 'none' has no data"), std::string::npos)
+        << empty.message();
+  }
+  EXPECT_EQ(Files(dir), std::vector<std::string>{"model.safetensors"});
+  EXPECT_EQ(*ReadFileToString(dir + "/model.safetensors"), *before);
+  SafetensorsShardWriter writer(dir, 300);
+  ASSERT_TRUE(writer.Add("a", Owned(&y, 40, 1)).ok());
+  ASSERT_TRUE(writer.Add("b", Owned(&z, 40, 2)).ok());
+  ASSERT_TRUE(writer.Finish().ok());
+  EXPECT_EQ(Files(dir), (std::vector<std::string>{"model-00001-of-00002.safetensors",
+                                                  "model-00002-of-00002.safetensors",
+                                                  "model.safetensors.index.json"}));
+}
+
+}  // namespace
+}  // namespace xt
