@@ -15,6 +15,11 @@ perf_counter. Rank 0 prints key=value lines:
   peak_rss_mib          max over ranks of ru_maxrss
   tokens_per_s          N * R * seq / median step time over steps 2..S
   torch, transformers   versions
+With --export DIR, after the steps the model is written to DIR as a user of FSDP2 writes a
+Hugging Face model: get_model_state_dict(full_state_dict=True, cpu_offload=True) gathers it to
+rank 0, whose save_pretrained writes it (fp32, in shards of --max-shard-size). Then also:
+  rank0_rss_before_export_mib, rank0_rss_after_export_mib   rank 0's ru_maxrss around it
+  export_s              seconds of the export (gather + write)
 """
 import argparse
 import os
@@ -68,12 +73,31 @@ def shard(model, world):
         return FSDP(model, auto_wrap_policy=policy, device_id=None, use_orig_params=True), "fsdp1"
 
 
+def export(model, out, max_shard_size, rank):
+    """The full state dict on rank 0 (in CPU memory), written there by save_pretrained."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    sd = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        size = int(max_shard_size) if max_shard_size.isdigit() else max_shard_size
+        model.save_pretrained(out, state_dict=sd, max_shard_size=size)
+    del sd
+    dist.barrier()
+    return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, help="a Qwen3-MoE config.json")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--rows-per-rank", type=int, default=1)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--export", default="", help="write the trained model here (see above)")
+    ap.add_argument("--max-shard-size", default="5GB",
+                    help="save_pretrained's: bytes, or e.g. 200MB")
     args = ap.parse_args()
     assert args.steps >= 2, "need at least 2 steps (step 1 is the warm-up)"
 
@@ -108,6 +132,9 @@ def main():
             sb = state_bytes(model, opt)
     med = statistics.median(times[1:])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.export:
+        export_s = export(model, args.export, args.max_shard_size, rank)
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     stats = torch.tensor([sb, rss], dtype=torch.float64)
     dist.all_reduce(stats, op=dist.ReduceOp.MAX)
@@ -119,6 +146,10 @@ def main():
         print(f"peak_rss_mib={stats[1] / 2**20:.1f}")
         print(f"tokens_per_s={world * args.rows_per_rank * args.seq / float(medt[0]):.3f}")
         print(f"torch={torch.__version__}\ntransformers={transformers.__version__}")
+        if args.export:
+            print(f"rank0_rss_before_export_mib={rss / 2**20:.1f}")
+            print(f"rank0_rss_after_export_mib={rss_after / 2**20:.1f}")
+            print(f"export_s={export_s:.2f}")
     dist.destroy_process_group()
 
 

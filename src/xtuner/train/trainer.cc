@@ -647,6 +647,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   // (save() above synced the host.) The eval runs the whole model on rank 0, which then exports
   // it from there; an export alone gathers it a unit at a time.
   const std::string export_dir = (fs::path(cfg.work_dir) / "hf").string();
+  const auto t_export = std::chrono::steady_clock::now();
   std::unique_ptr<Transformer> whole;
   if (!cfg.eval_file.empty()) {
     whole = GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
@@ -660,7 +661,9 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   }
   if (cfg.export_at_end) {
     result.export_dir = export_dir;
-    if (log) std::fprintf(log, "exported the model to %s\n", result.export_dir.c_str());
+    if (log)
+      std::fprintf(log, "exported the model to %s (%.1f s)\n", result.export_dir.c_str(),
+                   seconds_since(t_export));
   }
   if (!cfg.eval_file.empty()) {
     Transformer& full = *whole;
