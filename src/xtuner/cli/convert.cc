@@ -42,8 +42,9 @@ Status RunConvert(const ConvertArgs& o) {
   if (!o.base.empty() && !mc.lora.enabled())
     return Status::Error("convert: --base: " + o.checkpoint +
                          " is not from a LoRA run (it holds every weight)");
-  // The whole model's parameters (4 B each), written from where they are read.
-  XT_ASSIGN_OR_RETURN(std::vector<float> params, ReadCheckpointParams(ckpt.string(), mc, o.base));
+  // The model read a unit at a time, as it is written (one unit held, not the model).
+  XT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointExportParams> params,
+                      CheckpointExportParams::Open(ckpt.string(), mc, o.base));
   const ParamLayout layout(mc);
   // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
   // the base model a LoRA adapter names.
@@ -57,10 +58,9 @@ Status RunConvert(const ConvertArgs& o) {
         base_model = fs::absolute(cfg.load_from).lexically_normal().string();
     }
   }
-  if (!o.adapter_out.empty())  // its lora_dropout: the checkpoint's run's
-    XT_RETURN_IF_ERROR(SaveLoraAdapter(mc, layout, params.data(), o.adapter_out, base_model));
-  SlabExportParams slab(params.data());
-  XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, slab, o.out, dtype, size_t(o.shard_mb) << 20));
+  XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, *params, o.out, dtype, size_t(o.shard_mb) << 20));
+  if (!o.adapter_out.empty())  // (the adapters stay in the slab); its lora_dropout: the run's
+    XT_RETURN_IF_ERROR(SaveLoraAdapter(mc, layout, params->slab(), o.adapter_out, base_model));
   if (!tokenizer.empty()) {
     std::error_code ec;
     fs::copy_file(tokenizer, fs::path(o.out) / "tokenizer.json",

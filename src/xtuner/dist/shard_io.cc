@@ -101,6 +101,13 @@ std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cf
   return model;
 }
 
+void ReleaseUnitPages(float* slab, const ParamLayout& layout, int64_t unit, bool keep_trainable) {
+  const ParamUnit& u = layout.units()[unit];
+  const ParamUnit keep = keep_trainable ? layout.trainable(unit) : ParamUnit{u.end, u.end};
+  ReleasePages(slab + u.begin, keep.begin - u.begin);
+  ReleasePages(slab + keep.end, u.end - keep.end);
+}
+
 ShardedExportParams::ShardedExportParams(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
                                          const float* shard, int64_t shard_size)
     : world_(world),
@@ -131,12 +138,7 @@ void ShardedExportParams::Done() {
 Status ShardedExportParams::Load(int64_t unit) {
   XT_CHECK(world_.rank() == 0 && !done_, "ShardedExportParams::Load: rank 0's, before Done");
   if (world_.size() == 1) return Status::OK();
-  if (loaded_ >= 0) {  // its pages back, but for the adapters a LoRA run keeps
-    const ParamUnit& u = layout_.units()[loaded_];
-    const ParamUnit keep = keep_adapters_ ? layout_.trainable(loaded_) : ParamUnit{u.end, u.end};
-    ReleasePages(pages_.get() + u.begin, keep.begin - u.begin);
-    ReleasePages(pages_.get() + keep.end, u.end - keep.end);
-  }
+  if (loaded_ >= 0) ReleaseUnitPages(pages_.get(), layout_, loaded_, keep_adapters_);
   world_.Broadcast(&unit, sizeof unit, 0);
   Gather(unit);
   loaded_ = unit;

@@ -47,6 +47,10 @@ Status LoadHfShard(const std::string& path, const ModelConfig& cfg,
 std::unique_ptr<Transformer> GatherWholeModel(Comm& world, const ModelConfig& cfg, const Mesh& mesh,
                                               const float* shard, int64_t shard_size);
 
+// Gives back the pages (ReleasePages) of unit `unit` of `layout` in `slab` (the whole model's, of
+// zero pages), but for what trains in it where keep_trainable (a LoRA run's adapters).
+void ReleaseUnitPages(float* slab, const ParamLayout& layout, int64_t unit, bool keep_trainable);
+
 // A model sharded over `world` (this rank's `shard`, as ShardedParams lays it out), exported by
 // rank 0 a unit at a time (SaveHfModelFrom): rank 0's Load(u) gathers unit u from every rank
 // into a slab of zero pages (model/params.h offsets), and gives back the pages of the unit it

@@ -41,10 +41,12 @@ bool IsMtpLayerTensor(const std::string& name, const ModelConfig& cfg) {
 }  // namespace
 
 Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
-                     const std::function<void(const ParamInfo&, const float*)>& visit) {
+                     const std::function<void(const ParamInfo&, const float*)>& visit,
+                     const std::function<bool(const ParamInfo&)>& only) {
   XT_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(path));
   for (const ParamInfo& p : layout.params()) {
     if (p.lora) continue;  // LoRA adapters come from an adapter or their initialisation
+    if (only && !only(p)) continue;
     if (!ckpt.contains(p.name) && !GptOssExpertOf(cfg, p.name))
       return Status::Error(path + ": checkpoint has no tensor \"" + p.name + "\" (shape " +
                            ShapeString(p.shape) + ") that a " + cfg.model_type +

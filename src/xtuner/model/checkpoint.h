@@ -30,9 +30,11 @@ Result<std::string> HfWeightsFingerprint(const std::string& path);
 Status LoadHfWeights(Transformer* model, const std::string& path);
 
 // The same checks, for the parameters of `layout` (of a model with config `cfg`): calls
-// visit(info, data) with each tensor as fp32 (numel of info.shape), in layout order.
+// visit(info, data) with each tensor as fp32 (numel of info.shape), in layout order; with
+// `only`, of those parameters only for which only(info) holds (the others are not read).
 Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const ParamLayout& layout,
-                     const std::function<void(const ParamInfo&, const float*)>& visit);
+                     const std::function<void(const ParamInfo&, const float*)>& visit,
+                     const std::function<bool(const ParamInfo&)>& only = nullptr);
 
 // config.json from `dir`, then its weights; with `adapter` (a PEFT LoRA adapter directory) the
 // model also holds that adapter (ModelConfig::lora from LoraSpecOfAdapter, model/lora.h).

@@ -393,6 +393,29 @@ Result<LoraSpec> ReadCheckpointLora(const std::string& dir) {
   return spec;
 }
 
+namespace {
+
+// A LoRA checkpoint's base model (base_dir where given, else the one it names), checked by its
+// fingerprint.
+Result<std::string> CheckedLoraBase(const std::string& dir, const std::string& base_dir) {
+  const fs::path state = fs::path(dir) / "trainer_state.json";
+  XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(state));
+  std::string base, want;
+  XT_RETURN_IF_ERROR(ReadLoraBase(j, state.string(), &base, &want));
+  if (!base_dir.empty()) base = base_dir;
+  Result<std::string> got = HfWeightsFingerprint(base);
+  if (!got.ok())
+    return got.status().With(dir + ": this LoRA checkpoint holds the adapters only; its base " +
+                             "model " + base + " (model.load_from) is needed (one moved " +
+                             "elsewhere: xtuner convert --base DIR)");
+  if (*got != want)
+    return Status::Error(dir + ": the base model " + base + " is not this LoRA run's (" +
+                         "fingerprint " + *got + ", the run's " + want + ")");
+  return base;
+}
+
+}  // namespace
+
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg,
                                                 const std::string& base_dir) {
   const ParamLayout layout(cfg);
@@ -400,19 +423,7 @@ Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const Mo
   std::vector<float> params(total);
   const std::vector<OwnedRange> whole = {{0, total, 0}};
   if (cfg.lora.enabled()) {  // the frozen weights: the base's
-    const fs::path state = fs::path(dir) / "trainer_state.json";
-    XT_ASSIGN_OR_RETURN(nlohmann::json j, ReadJson(state));
-    std::string base, want;
-    XT_RETURN_IF_ERROR(ReadLoraBase(j, state.string(), &base, &want));
-    if (!base_dir.empty()) base = base_dir;
-    Result<std::string> got = HfWeightsFingerprint(base);
-    if (!got.ok())
-      return got.status().With(dir + ": this LoRA checkpoint holds the adapters only; its base " +
-                               "model " + base + " (model.load_from) is needed (one moved " +
-                               "elsewhere: xtuner convert --base DIR)");
-    if (*got != want)
-      return Status::Error(dir + ": the base model " + base + " is not this LoRA run's (" +
-                           "fingerprint " + *got + ", the run's " + want + ")");
+    XT_ASSIGN_OR_RETURN(const std::string base, CheckedLoraBase(dir, base_dir));
     XT_RETURN_IF_ERROR(ReadHfWeights(base, cfg, layout, [&](const ParamInfo& p, const float* w) {
       std::memcpy(params.data() + p.offset, w, NumElements(p.shape) * sizeof(float));
     }));
@@ -420,6 +431,41 @@ Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const Mo
   XT_RETURN_IF_ERROR(
       ReadShards(fs::path(dir), cfg, TrainableOwned(cfg, whole), params.data(), nullptr, nullptr));
   return params;
+}
+
+CheckpointExportParams::CheckpointExportParams(std::string dir, std::string base,
+                                               const ModelConfig& cfg)
+    : dir_(std::move(dir)), base_(std::move(base)), cfg_(cfg), layout_(cfg) {
+  slab_ = AllocZeroPages(layout_.total(), "the checkpoint's model");
+}
+
+Result<std::unique_ptr<CheckpointExportParams>> CheckpointExportParams::Open(
+    const std::string& dir, const ModelConfig& cfg, const std::string& base_dir) {
+  std::string base;
+  if (cfg.lora.enabled()) {
+    XT_ASSIGN_OR_RETURN(base, CheckedLoraBase(dir, base_dir));
+  }
+  return std::unique_ptr<CheckpointExportParams>(new CheckpointExportParams(dir, base, cfg));
+}
+
+Status CheckpointExportParams::Load(int64_t unit) {
+  if (loaded_ >= 0) ReleaseUnitPages(slab_.get(), layout_, loaded_, cfg_.lora.enabled());
+  loaded_ = -1;
+  const ParamUnit& u = layout_.units()[unit];
+  float* slab = slab_.get();
+  if (cfg_.lora.enabled()) {  // the frozen weights: the base's
+    XT_RETURN_IF_ERROR(ReadHfWeights(
+        base_, cfg_, layout_,
+        [&](const ParamInfo& p, const float* w) {
+          std::memcpy(slab + p.offset, w, NumElements(p.shape) * sizeof(float));
+        },
+        [&](const ParamInfo& p) { return p.offset >= u.begin && p.offset < u.end; }));
+  }
+  const std::vector<OwnedRange> range = {{u.begin, u.size(), u.begin}};
+  XT_RETURN_IF_ERROR(
+      ReadShards(fs::path(dir_), cfg_, TrainableOwned(cfg_, range), slab, nullptr, nullptr));
+  loaded_ = unit;
+  return Status::OK();
 }
 
 }  // namespace xt

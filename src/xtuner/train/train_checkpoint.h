@@ -27,6 +27,7 @@
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
 #include "xtuner/dist/sharded_params.h"
+#include "xtuner/model/checkpoint.h"
 #include "xtuner/model/config.h"
 #include "xtuner/optim/adamw.h"
 
@@ -76,5 +77,28 @@ Result<LoraSpec> ReadCheckpointLora(const std::string& dir);
 // or not the run's base by fingerprint, and its adapters).
 Result<std::vector<float>> ReadCheckpointParams(const std::string& dir, const ModelConfig& cfg,
                                                 const std::string& base_dir = "");
+
+// The same parameters a unit at a time, for an export (SaveHfModelFrom; `xtuner convert`): Load(u)
+// reads unit u (a LoRA run's: the base's weights of it and its adapters) into a slab of zero
+// pages and gives back the pages of the unit read before, all but a LoRA run's adapters (which
+// SaveLoraAdapter reads from slab() after). So it holds one unit of the model, not the model.
+// Open checks what ReadCheckpointParams checks before it reads (the base's fingerprint).
+class CheckpointExportParams : public ExportParams {
+ public:
+  static Result<std::unique_ptr<CheckpointExportParams>> Open(const std::string& dir,
+                                                              const ModelConfig& cfg,
+                                                              const std::string& base_dir = "");
+  const float* slab() const override { return slab_.get(); }
+  Status Load(int64_t unit) override;
+
+ private:
+  CheckpointExportParams(std::string dir, std::string base, const ModelConfig& cfg);
+
+  std::string dir_, base_;  // base_: a LoRA run's base model
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  std::shared_ptr<float> slab_;
+  int64_t loaded_ = -1;
+};
 
 }  // namespace xt
