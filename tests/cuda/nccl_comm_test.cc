@@ -39,9 +39,12 @@ TEST_P(NcclCommTest, OneRankCollectivesAreCopies) {
   c.Gather(s.p, a.p, counts, 0);
   c.ReduceScatterSum(t.p, a.p, counts);
   c.AllToAll(r.p, counts, a.p, counts);
+  DeviceVec<float> in_place(x);
+  c.AllGather(in_place.p, in_place.p, counts);  // (this rank's block already in place)
   cudatest::Sync();
   EXPECT_EQ(a.Host(), x);
   EXPECT_EQ(g.Host(), x);
+  EXPECT_EQ(in_place.Host(), x);
   EXPECT_EQ(s.Host(), x);
   EXPECT_EQ(t.Host(), x);
   EXPECT_EQ(r.Host(), x);

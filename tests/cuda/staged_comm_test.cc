@@ -40,9 +40,13 @@ TEST_P(StagedCommTest, OneRankCollectivesAreCopiesAfterTheQueuedWork) {
   c->Gather(s.p, a.p, counts, 0);
   c->ReduceScatterSum(t.p, a.p, counts);
   c->AllToAll(r.p, counts, a.p, counts);
+  DeviceVec<float> in_place(zeros);
+  ASSERT_TRUE(cuda::AddInPlace(in_place.p, a.p, n, stream).ok());  // queued before the gather
+  c->AllGather(in_place.p, in_place.p, counts);  // (this rank's block already in place)
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   EXPECT_EQ(a.Host(), twice);
   EXPECT_EQ(g.Host(), twice);
+  EXPECT_EQ(in_place.Host(), twice);
   EXPECT_EQ(s.Host(), twice);
   EXPECT_EQ(t.Host(), twice);
   EXPECT_EQ(r.Host(), twice);

@@ -152,7 +152,8 @@ Status WriteSafetensors(const std::string& path,
 // model-00001-of-0000N.safetensors ... plus model.safetensors.index.json
 // ({"metadata": {"total_size": <tensor bytes>}, "weight_map": {name: file}}), written last.
 // Then files of an earlier save that the new one does not use (model.safetensors, the index,
-// model-*-of-*.safetensors shards) are removed, so Open() sees only the new checkpoint.
+// model-*-of-*.safetensors shards, and model-*.partial.safetensors shards a killed save left)
+// are removed, so Open() sees only the new checkpoint.
 //
 // Each file is written atomically, but the set is not: a crash part-way can leave a mix. For an
 // all-or-nothing save, write into a fresh directory and rename it into place.

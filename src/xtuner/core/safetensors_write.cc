@@ -204,6 +204,11 @@ Status SafetensorsShardWriter::Finish() {
   // Remove what an earlier save left and this one does not use.
   auto is_ours = [&](const std::string& f) {
     if (f == "model.safetensors" || f == index_name) return true;
+    // model-NNNNN.partial.safetensors: a shard a killed writer left
+    if (f.size() == 31 && f.compare(0, 6, "model-") == 0 &&
+        f.compare(11, 20, ".partial.safetensors") == 0)
+      return std::all_of(f.begin() + 6, f.begin() + 11,
+                         [](char c) { return c >= '0' && c <= '9'; });
     // model-NNNNN-of-NNNNN.safetensors
     if (f.size() != 32 || f.compare(0, 6, "model-") != 0 || f.compare(11, 4, "-of-") != 0 ||
         f.compare(20, 12, ".safetensors") != 0) {

@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "xtuner/core/status.h"
 #include "xtuner/dist/comm.h"
@@ -62,9 +63,10 @@ class MpiComm : public Comm {
     XT_CHECK(int(counts.size()) == size_, "AllGather: one count per rank");
     std::vector<int> c, d;
     CountsAndDispls(counts, &c, &d);
-    const bool in_place = send == recv + d[rank_];
-    MPI_Allgatherv(in_place ? MPI_IN_PLACE : send, c[rank_], MPI_FLOAT, recv, c.data(), d.data(),
-                   MPI_FLOAT, comm_);
+    // In place on every rank (MPI wants all ranks or none): the others' blocks copied first.
+    if (send != recv + d[rank_] && c[rank_] > 0)
+      std::memcpy(recv + d[rank_], send, size_t(c[rank_]) * sizeof(float));
+    MPI_Allgatherv(MPI_IN_PLACE, c[rank_], MPI_FLOAT, recv, c.data(), d.data(), MPI_FLOAT, comm_);
   }
   void Gather(float* recv, const float* send, const std::vector<int64_t>& counts,
               int root) override {
