@@ -17,23 +17,8 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 RANKS=${RANKS:-"1 2 4"}
 SHARD_MB=${SHARD_MB:-200}
-source bench/peer_venv.sh
-cmake -S . -B "$BUILD" > /dev/null
-cmake --build "$BUILD" --target xtuner -j2 > /dev/null
-
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
-cat > "$OUT/config.json" <<'JSON'
-{"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 1024,
- "intermediate_size": 2048, "moe_intermediate_size": 512, "num_hidden_layers": 8,
- "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 16,
- "num_experts_per_tok": 2, "norm_topk_prob": true, "vocab_size": 3008,
- "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000,
- "tie_word_embeddings": false, "decoder_sparse_step": 1, "mlp_only_layers": [],
- "router_aux_loss_coef": 0.001, "output_router_logits": false, "hidden_act": "silu"}
-JSON
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+source bench/dist_common.sh
+qwen3_moe_config "$OUT/config.json" 1024 2048 512 8 8 4 128 16 2
 ROWS=""
 for np in $RANKS; do
   for export in false true; do

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "util/costly_zeros.h"
+#include "util/export_model.h"
 #include "xtuner/core/file_util.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/expert_parallel.h"
@@ -273,20 +274,9 @@ void CheckBf16OnlyGathers(Comm& world, int ep) {
   Expect(ok, world, what);
 }
 
-// A model of 17 MB in units of 4 MB or less (a LoRA run: q_proj and o_proj, and the experts).
+// The export tests' model (util/export_model.h); a LoRA run: q_proj and o_proj.
 Result<ModelConfig> ExportConfig(bool lora) {
-  const nlohmann::json j = {{"model_type", "qwen3_moe"},
-                            {"vocab_size", 512},
-                            {"hidden_size", 256},
-                            {"num_hidden_layers", 4},
-                            {"num_attention_heads", 4},
-                            {"num_key_value_heads", 2},
-                            {"head_dim", 64},
-                            {"moe_intermediate_size", 128},
-                            {"num_experts", 8},
-                            {"num_experts_per_tok", 2},
-                            {"tie_word_embeddings", false}};
-  Result<ModelConfig> cfg = ModelConfig::FromJson(j, "selftest");
+  Result<ModelConfig> cfg = ModelConfig::FromJson(testing::ExportModelJson(), "selftest");
   if (!cfg.ok() || !lora) return cfg;
   cfg->lora.rank = 4;
   cfg->lora.alpha = 8;

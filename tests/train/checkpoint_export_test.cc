@@ -7,10 +7,10 @@
 
 #include <cstring>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "util/export_model.h"
 #include "util/testing.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/mesh.h"
@@ -22,20 +22,8 @@
 namespace xt {
 namespace {
 
-// A Qwen3-MoE of 17 MB in units of 4 MB or less.
 ModelConfig Model() {
-  const nlohmann::json j = {{"model_type", "qwen3_moe"},
-                            {"vocab_size", 512},
-                            {"hidden_size", 256},
-                            {"num_hidden_layers", 4},
-                            {"num_attention_heads", 4},
-                            {"num_key_value_heads", 2},
-                            {"head_dim", 64},
-                            {"moe_intermediate_size", 128},
-                            {"num_experts", 8},
-                            {"num_experts_per_tok", 2},
-                            {"tie_word_embeddings", false}};
-  auto cfg = ModelConfig::FromJson(j, "test");
+  auto cfg = ModelConfig::FromJson(testing::ExportModelJson(), "test");
   EXPECT_TRUE(cfg.ok()) << cfg.status().message();
   return cfg.ok() ? *cfg : ModelConfig();
 }
