@@ -181,7 +181,8 @@ class SafetensorsShardWriter {
   Status Finish();
 
  private:
-  Status Flush();  // the current shard, under its partial name
+  Status Flush();    // the current shard, under its partial name
+  Status MakeDir();  // dir_, once
 
   std::string dir_;
   size_t max_shard_bytes_;

@@ -145,14 +145,18 @@ Status SafetensorsShardWriter::Add(std::string name, Tensor t) {
   return Status::OK();
 }
 
+Status SafetensorsShardWriter::MakeDir() {
+  if (created_) return Status::OK();
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec)
+    return Status::Error("cannot create checkpoint directory '" + dir_ + "': " + ec.message());
+  created_ = true;
+  return Status::OK();
+}
+
 Status SafetensorsShardWriter::Flush() {
-  if (!created_) {
-    std::error_code ec;
-    fs::create_directories(dir_, ec);
-    if (ec)
-      return Status::Error("cannot create checkpoint directory '" + dir_ + "': " + ec.message());
-    created_ = true;
-  }
+  XT_RETURN_IF_ERROR(MakeDir());
   char name[64];
   std::snprintf(name, sizeof(name), "model-%05zu.partial.safetensors", partial_.size() + 1);
   XT_RETURN_IF_ERROR(WriteSafetensors((fs::path(dir_) / name).string(), shard_));
@@ -170,10 +174,7 @@ Status SafetensorsShardWriter::Finish() {
   const std::string index_name = "model.safetensors.index.json";
   std::set<std::string> keep;
   if (partial_.empty()) {
-    std::error_code ec;
-    fs::create_directories(d, ec);
-    if (ec)
-      return Status::Error("cannot create checkpoint directory '" + dir_ + "': " + ec.message());
+    XT_RETURN_IF_ERROR(MakeDir());
     keep.insert("model.safetensors");
     XT_RETURN_IF_ERROR(WriteSafetensors((d / "model.safetensors").string(), shard_));
   } else {

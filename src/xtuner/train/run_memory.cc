@@ -75,15 +75,13 @@ void AddMemorySummary(const TrainConfig& cfg, const ModelConfig& mc, const Mesh&
     // A LoRA run's frozen matmul weights may be held in that copy only (their fp32 not held), or
     // over several GPUs in bf16 in the shard (2 B a float instead of 4).
     const bool whole_bf16 = cfg.precision == "bf16" && mesh.world == 1;
-    double device_bytes = 4.0 * double(store.shard_size()) +
-                          12.0 * double(store.trainable_floats()) -
+    // The largest rank's device and host bytes, and whether any rank holds any in bf16 only.
+    double most[3] = {4.0 * double(store.shard_size()) + 12.0 * double(store.trainable_floats()) -
                           (whole_bf16 ? 4.0 : 2.0) * double(bf16_only) +
-                          (whole_bf16 ? 2.0 * double(total_params) : 0.0);
-    double host_bytes = double(HostStateBytes(store, /*on_gpu=*/true));
-    double held = double(bf16_only > 0);  // (whether any rank holds any in bf16 only)
-    world.AllReduceMax(&device_bytes, 1);
-    world.AllReduceMax(&host_bytes, 1);
-    world.AllReduceMax(&held, 1);
+                          (whole_bf16 ? 2.0 * double(total_params) : 0.0),
+                      double(HostStateBytes(store, /*on_gpu=*/true)), double(bf16_only > 0)};
+    world.AllReduceMax(most, 3);
+    const double device_bytes = most[0], host_bytes = most[1], held = most[2];
     sum->memory_estimate_bytes = int64_t(device_bytes);
     sum->extra.push_back(
         {"memory", "per " + cfg.device + " device",
