@@ -118,6 +118,14 @@ TEST(TrainCli, ClearErrorsBeforeAnyWork) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/no/data.jsonl: no such dataset file"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir + "/metrics.jsonl"));
+  // A bad eval file fails before the training, not after it.
+  std::ofstream(dir + "/eval.jsonl") << "{\"prompt\": \"a\", \"answer\": \"a\"}\n{\"prompt\": 2}\n";
+  r = Xtuner(TinyDemoArgs(dir + "/run", 3) + " --set eval.file=" + dir + "/eval.jsonl");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("eval.jsonl:2: expected {\"prompt\": string, \"answer\": string}"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/run/metrics.jsonl"));
 }
 
 // Ctrl-C and Slurm's SIGTERM both stop after the step with a checkpoint and exit status 0.

@@ -2,8 +2,8 @@
 // values each rank can compute by itself, on awkward counts (zeros, uneven blocks), in the
 // world and in sub-groups, and ZeRO-3's folding of a LoRA run's gradients packed (as a GPU holds
 // them) against the same at shard offsets, and its gathers of units whose frozen matmul weights
-// are held in bf16 only, and the export that gathers a unit at a time, on every mesh of the
-// ranks. Prints "comm ok" from
+// are held in bf16 only, and the export that gathers a unit at a time, and generation over the
+// shards, on every mesh of the ranks. Prints "comm ok" from
 // rank 0 and exits 0, or names the first mismatch and exits 1. Driven by tests/dist/comm_test.cc.
 #include <sys/mman.h>
 #include <unistd.h>
@@ -26,6 +26,7 @@
 #include "xtuner/dist/shard_io.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
+#include "xtuner/model/generate.h"
 #include "xtuner/plan/frozen_bf16.h"
 
 namespace xt {
@@ -377,6 +378,53 @@ void CheckUnitExport(Comm& world, int ep, bool lora) {
   if (root) std::filesystem::remove_all(tmp);
 }
 
+// GenerateMany over a model sharded on mesh (world, ep), from every rank, gives each prompt's
+// Generate on the whole model. 5 prompts in batches of 2: on 2 to 4 ranks some ranks have none
+// left while others decode, and keep step.
+void CheckShardedGenerate(Comm& world, int ep, bool lora) {
+  const std::string what =
+      std::string("sharded generate (ep ") + std::to_string(ep) + (lora ? ", LoRA)" : ")");
+  Result<ModelConfig> cfg = ExportConfig(lora);
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return;
+  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
+  if (!mesh.ok()) return;
+  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
+  std::unique_ptr<Comm> ep_group = world.Split(mesh->dp_rank, mesh->ep_rank);
+  ShardedParams store(*cfg, *mesh, &world, dp.get());
+  for (const OwnedRange& r : store.owned())
+    for (int64_t i = 0; i < r.size; ++i)
+      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 19990.0f - 0.05f;
+  const std::unique_ptr<Transformer> whole =
+      GatherWholeModel(world, *cfg, *mesh, store.params(), store.shard_size());
+  Transformer sharded(*cfg, &store, mesh->first_expert(*cfg), mesh->experts_per_rank(*cfg),
+                      ep_group.get());
+  const std::vector<std::vector<int32_t>> prompts = {
+      {1, 2, 3}, {7}, {40, 41, 42, 43, 44, 45}, {9, 9}, {100, 3}};
+  GenerateOptions o;
+  o.max_new_tokens = 4;
+  int32_t stop = 0;  // ends one prompt at once (the whole model is rank 0's)
+  if (whole) stop = Generate(*whole, prompts[3], o)->front();
+  world.Broadcast(&stop, sizeof stop, 0);
+  o.stop_ids = {stop};
+  Result<std::vector<std::vector<int32_t>>> got = GenerateMany(sharded, world, prompts, o, 2);
+  Expect(got.ok() && got->size() == prompts.size(), world, what);
+  if (!got.ok() || got->size() != prompts.size()) return;
+  bool same = true;
+  double digest = 0;  // of the outputs, the same on every rank
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    for (size_t t = 0; t < (*got)[i].size(); ++t) digest += double((*got)[i][t]) * (7 * i + t + 1);
+    digest += 1000.0 * double((*got)[i].size());
+    if (!whole) continue;
+    Result<std::vector<int32_t>> want = Generate(*whole, prompts[i], o);
+    same = same && want.ok() && *want == (*got)[i] && !want->empty();
+  }
+  Expect(same, world, what + ": the outputs");
+  double most[2] = {digest, -digest};
+  world.AllReduceMax(most, 2);
+  Expect(most[0] == digest && -most[1] == digest, world, what + ": the outputs on every rank");
+}
+
 int Main() {
   std::unique_ptr<Comm> world = MakeWorldComm();
   CheckGroup(*world, "world");
@@ -390,7 +438,10 @@ int Main() {
   if (world->size() > 1)  // (one rank holds every unit whole: the model keeps the bf16 copies)
     for (int ep : {1, 2}) CheckBf16OnlyGathers(*world, ep);
   for (int ep : {1, 2})
-    for (bool lora : {false, true}) CheckUnitExport(*world, ep, lora);
+    for (bool lora : {false, true}) {
+      CheckUnitExport(*world, ep, lora);
+      CheckShardedGenerate(*world, ep, lora);
+    }
   double bad = failures;
   world->AllReduceSum(&bad, 1);
   if (world->rank() == 0 && bad == 0) std::printf("comm ok on %d ranks\n", world->size());

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -165,8 +166,17 @@ TEST(Distributed, ACheckpointOfFourRanksResumesOnTwoAndOne) {
   EXPECT_TRUE(fs::exists(dir + "/hf/model.safetensors"));
 }
 
+// The eval's lines of a run's output: its five examples and its accuracy.
+std::vector<std::string> EvalLines(const std::string& output) {
+  std::vector<std::string> lines;
+  std::istringstream in(output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("eval: ", 0) == 0 || line.rfind("  eval: ", 0) == 0) lines.push_back(line);
+  return lines;
+}
+
 // sft from a Hugging Face model: each rank loads only its shard (and its experts); the run ends
-// with an export and an eval on rank 0 from the gathered model.
+// with an export and an eval over the shards, whose answers are those of one process.
 TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
   const std::string dir = testing::TempDir("mpi_sft");
   CliRun r = testing::RunXtuner(DemoArgs(dir + "/base", 2) + " --set export.at_end=true", kRoot);
@@ -175,12 +185,14 @@ TEST(Distributed, SftFromAnHfModelOnTwoExpertParallelRanksAsOnOne) {
                           "/base/hf --dataset examples/demo/train.jsonl --chat-template chatml "
                           "--steps 6 --max-length 64 --global-batch-size 4 --lr 1e-3 --set "
                           "schedule.warmup_steps=1 --set eval.file=examples/demo/eval.jsonl "
-                          "--set eval.max_new_tokens=2 --work-dir ";
+                          "--set eval.max_new_tokens=4 --work-dir ";
   r = testing::RunXtuner(sft + dir + "/one", kRoot);
   ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<std::string> one = EvalLines(r.output);
+  ASSERT_EQ(one.size(), 6u) << r.output;
   r = DemoMpi(2, sft + dir + "/two --set parallel.ep=2");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("eval: "), std::string::npos) << r.output;
+  EXPECT_EQ(EvalLines(r.output), one) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/two/hf/model.safetensors"));
   ExpectSameLosses(Losses(dir + "/one"), Losses(dir + "/two"));
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "xtuner/core/status.h"
+#include "xtuner/dist/comm.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt {
@@ -27,6 +28,15 @@ struct GenerateOptions {
 // Errors: empty prompt, ids outside the vocabulary, bad options.
 Result<std::vector<int32_t>> Generate(Transformer& model, const std::vector<int32_t>& prompt,
                                       const GenerateOptions& options);
+
+// Generate(model, prompts[i], options) for every i, shared over the ranks of `world`, which all
+// call it with the same prompts: rank r runs prompts r, r + W, ... (W ranks), `batch` of them
+// decoded together (Transformer::ForwardCachedMany), so a model sharded over the ranks (ZeRO-3,
+// expert parallelism) is gathered once per decoding step of a batch, never whole. Every rank
+// returns every output. Errors as Generate's (the first bad prompt named), before anything runs.
+Result<std::vector<std::vector<int32_t>>> GenerateMany(
+    Transformer& model, Comm& world, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerateOptions& options, int64_t batch = 16);
 
 // Picks the next token from logits (V) as the options say; `rng_state` advances.
 int32_t SampleToken(const std::vector<float>& logits, const GenerateOptions& options,

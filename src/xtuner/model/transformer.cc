@@ -114,7 +114,7 @@ void Transformer::ComputeRope(const Batch& b, Acts* a) const {
 // Grouped-query attention of layer l: a->attn (T, Hq * D) from a->h1 (q/k RMSNorm when the
 // model has it, RoPE, causal attention within each document or over the cache).
 void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts,
-                             LayerActs* a, KvCache* cache) {
+                             LayerActs* a, KvCache* const* caches) {
   const LayerOffsets& o = layout_.layers[l];
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_heads, Hkv = cfg_.num_kv_heads;
@@ -141,7 +141,7 @@ void Transformer::GqaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   ops::rope_forward(a->q.data(), acts->cos.data(), acts->sin.data(), T, Hq, D);
   ops::rope_forward(a->k.data(), acts->cos.data(), acts->sin.data(), T, Hkv, D);
   a->attn.resize(T * Hq * D);
-  Attend(l, P, b, Hkv, a->attn.data(), a, cache);
+  Attend(l, P, b, Hkv, a->attn.data(), a, caches);
 }
 
 ops::AttentionExtras Transformer::Extras(int64_t l, const UnitParams& P) const {
@@ -152,14 +152,18 @@ ops::AttentionExtras Transformer::Extras(int64_t l, const UnitParams& P) const {
 }
 
 void Transformer::Attend(int64_t l, const UnitParams& P, const Batch& b, int64_t Hkv, float* out,
-                         LayerActs* a, KvCache* cache) {
+                         LayerActs* a, KvCache* const* caches) {
   const int64_t T = b.num_tokens(), Hq = cfg_.num_heads, D = cfg_.head_dim;
   const float scale = float(cfg_.softmax_scale());
-  if (cache) {
-    std::copy(a->k.begin(), a->k.end(), cache->k[l].data() + cache->length * Hkv * D);
-    std::copy(a->v.begin(), a->v.end(), cache->v[l].data() + cache->length * Hkv * D);
-    ops::attention_cached_forward(out, a->q.data(), cache->k[l].data(), cache->v[l].data(),
-                                  cache->length, T, Hq, Hkv, D, scale, Extras(l, P));
+  if (caches) {
+    for (int64_t s = 0; s < b.num_docs(); ++s) {  // document s: rows [t0, t0 + n)
+      KvCache& c = *caches[s];
+      const int64_t t0 = b.cu_seqlens[s], n = b.cu_seqlens[s + 1] - t0;
+      std::copy_n(a->k.data() + t0 * Hkv * D, n * Hkv * D, c.k[l].data() + c.length * Hkv * D);
+      std::copy_n(a->v.data() + t0 * Hkv * D, n * Hkv * D, c.v[l].data() + c.length * Hkv * D);
+      ops::attention_cached_forward(out + t0 * Hq * D, a->q.data() + t0 * Hq * D, c.k[l].data(),
+                                    c.v[l].data(), c.length, n, Hq, Hkv, D, scale, Extras(l, P));
+    }
   } else {
     a->lse.resize(T * Hq);
     ops::attention_forward(out, a->lse.data(), a->q.data(), a->k.data(), a->v.data(),
@@ -168,7 +172,7 @@ void Transformer::Attend(int64_t l, const UnitParams& P, const Batch& b, int64_t
 }
 
 void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in,
-                               float* x_out, Acts* acts, KvCache* cache) {
+                               float* x_out, Acts* acts, KvCache* const* caches) {
   const LayerOffsets& o = layout_.layers[l];
   LayerActs& a = acts->layers[l];
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads;
@@ -180,9 +184,9 @@ void Transformer::LayerForward(int64_t l, const UnitParams& P, const Batch& b, c
   a.rstd1.resize(T);
   ops::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x_in, P(o.ln1), T, H, eps);
   if (cfg_.mla) {
-    MlaForward(l, P, b, acts, &a, cache);
+    MlaForward(l, P, b, acts, &a, caches);
   } else {
-    GqaForward(l, P, b, acts, &a, cache);
+    GqaForward(l, P, b, acts, &a, caches);
   }
   const int64_t Dv = cfg_.value_dim();
   a.x_mid.resize(T * H);
@@ -418,16 +422,33 @@ KvCache Transformer::NewKvCache(int64_t capacity) const {
 }
 
 Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvCache* cache) {
-  const int64_t T = int64_t(ids.size()), H = cfg_.hidden_size, V = cfg_.vocab_size;
-  if (T == 0) return Status::Error("generate: no tokens to run");
-  if (cache->length + T > cache->capacity)
-    return Status::Error("generate: " + std::to_string(cache->length + T) +
-                         " positions exceed the KV cache of " + std::to_string(cache->capacity));
-  Batch b;
-  b.ids = ids;
-  b.cu_seqlens = {0, int32_t(T)};
+  XT_ASSIGN_OR_RETURN(vector<vector<float>> logits, ForwardCachedMany({ids}, {cache}));
+  return std::move(logits[0]);
+}
+
+Result<vector<vector<float>>> Transformer::ForwardCachedMany(const vector<vector<int32_t>>& ids,
+                                                             const vector<KvCache*>& caches) {
+  const int64_t S = int64_t(ids.size()), H = cfg_.hidden_size, V = cfg_.vocab_size;
+  if (S == 0 || caches.size() != ids.size())
+    return Status::Error("generate: " + std::to_string(S) + " sequences and " +
+                         std::to_string(caches.size()) + " caches (one each, at least one)");
+  Batch b;  // sequence s: document s, at positions after its cache's
+  b.cu_seqlens = {0};
+  for (int64_t s = 0; s < S; ++s) {
+    const std::string which = S > 1 ? "sequence " + std::to_string(s) + ": " : "";
+    if (!caches[s]) return Status::Error("generate: " + which + "no KV cache");
+    const int64_t n = int64_t(ids[s].size()), past = caches[s]->length;
+    if (n == 0) return Status::Error("generate: " + which + "no tokens to run");
+    if (past + n > caches[s]->capacity)
+      return Status::Error("generate: " + which + std::to_string(past + n) +
+                           " positions exceed the KV cache of " +
+                           std::to_string(caches[s]->capacity));
+    b.ids.insert(b.ids.end(), ids[s].begin(), ids[s].end());
+    for (int64_t t = 0; t < n; ++t) b.positions.push_back(int32_t(past + t));
+    b.cu_seqlens.push_back(int32_t(b.ids.size()));
+  }
+  const int64_t T = b.num_tokens();
   b.targets.assign(T, kIgnoreIndex);
-  for (int64_t t = 0; t < T; ++t) b.positions.push_back(int32_t(cache->length + t));
   XT_RETURN_IF_ERROR(b.Validate(V));
   noise_ = nullptr;  // no dropout in generation
   Acts acts;
@@ -440,22 +461,29 @@ Result<vector<float>> Transformer::ForwardCached(const vector<int32_t>& ids, KvC
     source_->Release(0);
   }
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    LayerForward(l, Acquire(ParamLayout::LayerUnit(l)), b, x.data(), y.data(), &acts, cache);
+    LayerForward(l, Acquire(ParamLayout::LayerUnit(l)), b, x.data(), y.data(), &acts,
+                 caches.data());
     source_->Release(ParamLayout::LayerUnit(l));
     acts.layers[l] = LayerActs();
     x.swap(y);
   }
-  cache->length += T;
-  vector<float> h(H), rstd(1), logits(V);
+  vector<float> last(S * H), h(S * H), rstd(S), logits(S * V);
+  for (int64_t s = 0; s < S; ++s) {
+    caches[s]->length += b.cu_seqlens[s + 1] - b.cu_seqlens[s];
+    std::copy_n(x.data() + (b.cu_seqlens[s + 1] - 1) * H, H, last.data() + s * H);
+  }
   const bool tied = cfg_.tie_word_embeddings;
   const UnitParams P = Acquire(layout_.head_unit());
   const UnitParams P_lm = tied ? Acquire(0) : P;
-  ops::rmsnorm_forward(h.data(), rstd.data(), x.data() + (T - 1) * H, P(layout_.final_norm), 1, H,
+  ops::rmsnorm_forward(h.data(), rstd.data(), last.data(), P(layout_.final_norm), S, H,
                        float(cfg_.rms_norm_eps));
-  lm_head_logits(logits.data(), h.data(), P_lm(layout_.lm_head), 1, H, V);
+  lm_head_logits(logits.data(), h.data(), P_lm(layout_.lm_head), S, H, V);
   source_->Release(layout_.head_unit());
   if (tied) source_->Release(0);
-  return logits;
+  vector<vector<float>> out(S);
+  for (int64_t s = 0; s < S; ++s)
+    out[s].assign(logits.begin() + s * V, logits.begin() + (s + 1) * V);
+  return out;
 }
 
 Result<LossInfo> Transformer::ForwardBackward(const Batch& b, double ce_weight, double aux_weight,

@@ -108,6 +108,13 @@ class Transformer {
   // the cache and returns the logits (V) of the last one. Error if the cache would overflow or an
   // id is outside the vocabulary.
   Result<std::vector<float>> ForwardCached(const std::vector<int32_t>& ids, KvCache* cache);
+  // Several sequences at once, each over its own cache: sequence s runs ids[s] as
+  // ForwardCached(ids[s], caches[s]) would and the s-th logits (V) are its last token's. Each
+  // unit is acquired once for all of them, so under ZeRO-3 and expert parallelism the call is
+  // collective, like the forward: every rank calls it, each with its own sequences (at least
+  // one). Errors as ForwardCached's, naming the sequence, before anything runs.
+  Result<std::vector<std::vector<float>>> ForwardCachedMany(
+      const std::vector<std::vector<int32_t>>& ids, const std::vector<KvCache*>& caches);
 
  private:
   struct Acts;
@@ -121,27 +128,29 @@ class Transformer {
   Linear Lin(int64_t l, const UnitParams& P, const UnitGrads* G, int64_t weight) const;
 
   void ComputeRope(const Batch& b, Acts* a) const;
-  // With a cache (generation), the layer appends its keys and values and attends over them.
+  // With caches (generation: one per document of b), the layer appends each document's keys
+  // and values to its cache and attends over it.
   void LayerForward(int64_t l, const UnitParams& P, const Batch& b, const float* x_in, float* x_out,
-                    Acts* a, KvCache* cache = nullptr);
+                    Acts* a, KvCache* const* caches = nullptr);
   void LayerBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b, float* dx,
                      Acts* a, const double* dprob_e);
   // Grouped-query attention of layer l: a->attn (T, Hq * D) from a->h1; its backward assigns
   // dh1 (T, H) from dattn.
   void GqaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,
-                  KvCache* cache);
+                  KvCache* const* caches);
   void GqaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
                    const float* dattn, float* dh1, Acts* acts, LayerActs* a);
   // out (T, Hq, D) = attention of a->q over a->k, a->v (Hkv heads of D): causal within each
-  // document (a->lse kept for the backward), or over the cache after appending a->k, a->v.
+  // document (a->lse kept for the backward), or each document over its cache after appending
+  // its rows of a->k, a->v.
   void Attend(int64_t l, const UnitParams& P, const Batch& b, int64_t Hkv, float* out, LayerActs* a,
-              KvCache* cache);
+              KvCache* const* caches);
   // Layer l's attention sinks and sliding window (GPT-OSS; none for the other models).
   ops::AttentionExtras Extras(int64_t l, const UnitParams& P) const;
   // Multi-head latent attention of layer l: a->attn (T, Hq * v_head_dim) from a->h1; its
   // backward assigns dh1 (T, H) from dattn.
   void MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts, LayerActs* a,
-                  KvCache* cache);
+                  KvCache* const* caches);
   void MlaBackward(int64_t l, const UnitParams& P, const UnitGrads& G, const Batch& b,
                    const float* dattn, float* dh1, Acts* acts, LayerActs* a);
   // The MoE block of layer l: y (T, H) from h2 (T, H); its backward adds into dh2.

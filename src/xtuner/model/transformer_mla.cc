@@ -20,7 +20,7 @@ namespace xt {
 using ops::ColumnOrder;
 
 void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Acts* acts,
-                             LayerActs* a, KvCache* cache) {
+                             LayerActs* a, KvCache* const* caches) {
   const LayerOffsets& o = layout_.layers[l];
   const int64_t T = b.num_tokens(), H = cfg_.hidden_size, Hq = cfg_.num_heads, D = cfg_.head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dr = cfg_.qk_rope_head_dim, dv = cfg_.v_head_dim;
@@ -68,7 +68,7 @@ void Transformer::MlaForward(int64_t l, const UnitParams& P, const Batch& b, Act
   ops::copy_columns(a->k.data(), D, dn, kr.data(), dr, 0, T * Hq, dr, ColumnOrder::kSame, Hq);
 
   vector<float> out(T * Hq * D);
-  Attend(l, P, b, Hq, out.data(), a, cache);
+  Attend(l, P, b, Hq, out.data(), a, caches);
   a->attn.resize(T * Hq * dv);
   ops::copy_columns(a->attn.data(), dv, 0, out.data(), D, 0, T * Hq, dv, ColumnOrder::kSame);
 }

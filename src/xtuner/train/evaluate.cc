@@ -11,26 +11,19 @@
 namespace xt {
 
 namespace {
+
 std::string Trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
   if (b == std::string::npos) return "";
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
-}  // namespace
 
-Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
-                            const ChatTemplate& chat_template, const std::string& path,
-                            int64_t max_new_tokens, std::FILE* log) {
+// The file's items, every line checked.
+Result<std::vector<EvalItem>> ReadEvalItems(const std::string& path, const Tokenizer& tokenizer,
+                                            const ChatTemplate& chat_template) {
   std::ifstream in(path);
   if (!in) return Status::Error(path + ": cannot open the eval file");
-  XT_ASSIGN_OR_RETURN(std::string eot, EndOfTurnToken(chat_template.name()));
-  const auto eot_id = tokenizer.TokenToId(eot);
-  if (!eot_id) return Status::Error(tokenizer.source() + ": no token " + eot + " to stop at");
-  GenerateOptions go;
-  go.max_new_tokens = max_new_tokens;
-  for (const std::string& stop : StopTokens(chat_template.name()))
-    if (auto id = tokenizer.TokenToId(stop)) go.stop_ids.push_back(*id);
-  EvalReport report;
+  std::vector<EvalItem> items;
   std::string line;
   int64_t lineno = 0;
   while (std::getline(in, line)) {
@@ -43,27 +36,64 @@ Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
     if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
         !j.contains("answer") || !j["answer"].is_string())
       return Status::Error(where + "expected {\"prompt\": string, \"answer\": string}");
+    EvalItem item;
+    item.prompt = j["prompt"].get<std::string>();
+    item.answer = j["answer"].get<std::string>();
     Conversation c;
     Message user;
     user.role = "user";
-    user.content = j["prompt"].get<std::string>();
+    user.content = item.prompt;
     c.messages.push_back(user);
-    XT_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
-                        EncodeGenerationPrompt(chat_template, tokenizer, c));
-    XT_ASSIGN_OR_RETURN(std::vector<int32_t> out, Generate(model, prompt, go));
+    Result<std::vector<int32_t>> ids = EncodeGenerationPrompt(chat_template, tokenizer, c);
+    if (!ids.ok()) return Status::Error(where + ids.status().message());
+    item.ids = std::move(*ids);
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+}  // namespace
+
+Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
+                            const ChatTemplate& chat_template, int64_t max_new_tokens) {
+  if (max_new_tokens < 0) return Status::Error("eval.max_new_tokens must be >= 0");
+  XT_ASSIGN_OR_RETURN(std::string eot, EndOfTurnToken(chat_template.name()));
+  if (!tokenizer.TokenToId(eot))
+    return Status::Error(tokenizer.source() + ": no token " + eot + " to stop at");
+  EvalSet set;
+  set.path = path;
+  set.options.max_new_tokens = max_new_tokens;
+  for (const std::string& stop : StopTokens(chat_template.name()))
+    if (auto id = tokenizer.TokenToId(stop)) set.options.stop_ids.push_back(*id);
+  XT_ASSIGN_OR_RETURN(set.items, ReadEvalItems(path, tokenizer, chat_template));
+  return set;
+}
+
+Result<EvalReport> Evaluate(Transformer& model, Comm& world, const EvalSet& set,
+                            const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                            std::FILE* log) {
+  const GenerateOptions& go = set.options;
+  const std::vector<EvalItem>& items = set.items;
+  std::vector<std::vector<int32_t>> prompts;
+  for (const EvalItem& item : items) prompts.push_back(item.ids);
+  XT_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> answers,
+                      GenerateMany(model, world, prompts, go, kEvalBatch));
+  EvalReport report;
+  for (size_t i = 0; i < items.size(); ++i) {
+    std::vector<int32_t>& out = answers[i];
     if (!out.empty() && std::count(go.stop_ids.begin(), go.stop_ids.end(), out.back()))
       out.pop_back();
     XT_ASSIGN_OR_RETURN(std::string text, DecodeAnswer(chat_template, tokenizer, out));
-    const bool ok = Trim(text) == Trim(j["answer"].get<std::string>());
+    const bool ok = Trim(text) == Trim(items[i].answer);
     report.total += 1;
     report.correct += ok;
     if (log && report.total <= 5)
-      std::fprintf(log, "  eval: %s -> %s (%s)\n", user.content.c_str(), Trim(text).c_str(),
-                   ok ? "right" : ("expected " + j["answer"].get<std::string>()).c_str());
+      std::fprintf(log, "  eval: %s -> %s (%s)\n", items[i].prompt.c_str(), Trim(text).c_str(),
+                   ok ? "right" : ("expected " + items[i].answer).c_str());
   }
   if (log)
     std::fprintf(log, "eval: %lld / %lld right, accuracy %.1f%% (%s)\n", (long long)report.correct,
-                 (long long)report.total, 100.0 * report.accuracy(), path.c_str());
+                 (long long)report.total, 100.0 * report.accuracy(), set.path.c_str());
   return report;
 }
 

@@ -7,10 +7,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "xtuner/core/status.h"
 #include "xtuner/data/chat_template.h"
 #include "xtuner/data/tokenizer.h"
+#include "xtuner/dist/comm.h"
+#include "xtuner/model/generate.h"
 #include "xtuner/model/transformer.h"
 
 namespace xt {
@@ -20,10 +23,30 @@ struct EvalReport {
   double accuracy() const { return total ? double(correct) / double(total) : 0.0; }
 };
 
-// Prints a few examples and the accuracy to `log`. Errors: the file missing or a line that is
-// not {"prompt": string, "answer": string} (named "path:line: ...").
-Result<EvalReport> Evaluate(Transformer& model, const Tokenizer& tokenizer,
-                            const ChatTemplate& chat_template, const std::string& path,
-                            int64_t max_new_tokens, std::FILE* log);
+// An eval file read and checked (before training, so that a bad one fails at once): its items'
+// prompts through the chat template, and the decoding options.
+struct EvalItem {
+  std::string prompt, answer;
+  std::vector<int32_t> ids;  // the prompt as a user turn, through the chat template
+};
+struct EvalSet {
+  std::string path;
+  std::vector<EvalItem> items;
+  GenerateOptions options;  // greedy, max_new_tokens, the template's stop tokens
+};
+
+// Errors: the file missing, a line that is not {"prompt": string, "answer": string} (named
+// "path:line: ..."), a tokenizer without the template's end-of-turn token, max_new_tokens < 0.
+Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
+                            const ChatTemplate& chat_template, int64_t max_new_tokens);
+
+// Answers every item and prints a few examples and the accuracy to `log` (may be null).
+// Collective over `world`, whose ranks all call it with the same set: the prompts are answered
+// by GenerateMany (model/generate.h), kEvalBatch at a time on each rank, so a model sharded over
+// the ranks is never gathered whole. Every rank returns the same report.
+inline constexpr int64_t kEvalBatch = 16;
+Result<EvalReport> Evaluate(Transformer& model, Comm& world, const EvalSet& set,
+                            const Tokenizer& tokenizer, const ChatTemplate& chat_template,
+                            std::FILE* log);
 
 }  // namespace xt

@@ -258,6 +258,11 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   if (lead) world.Barrier();
   XT_RETURN_IF_ERROR(data_or.status());
   TrainData data = std::move(*data_or);
+  EvalSet eval_set;  // read now: a bad eval file fails before the training, not after it
+  if (!cfg.eval_file.empty()) {
+    XT_ASSIGN_OR_RETURN(eval_set, ReadEvalSet(cfg.eval_file, *data.tokenizer, *data.chat_template,
+                                              cfg.eval_max_new_tokens));
+  }
   if (stop_requested()) return interrupted();
   SamplerOptions so;
   so.global_batch_rows = cfg.global_batch_size;
@@ -644,31 +649,20 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
     return result;
   }
   if (!cfg.export_at_end && cfg.eval_file.empty()) return result;
-  // (save() above synced the host.) The eval runs the whole model on rank 0, which then exports
-  // it from there; an export alone gathers it a unit at a time.
-  const std::string export_dir = (fs::path(cfg.work_dir) / "hf").string();
-  const auto t_export = std::chrono::steady_clock::now();
-  std::unique_ptr<Transformer> whole;
-  if (!cfg.eval_file.empty()) {
-    whole = GatherWholeModel(world, mc, mesh, store.params(), store.shard_size());
-  } else {
-    XT_RETURN_IF_ERROR(Export(cfg, world, mc, mesh, store, data, export_dir));
-  }
-  if (!lead) return result;
-  if (whole && cfg.export_at_end) {
-    SlabExportParams params(whole->params().f32());
-    XT_RETURN_IF_ERROR(ExportModel(cfg, mc, params, data, export_dir));
-  }
+  // (save() above synced the host.) Both run on every rank over the shards: the export gathers
+  // the model a unit at a time to rank 0, the eval once per decoding step of a batch.
   if (cfg.export_at_end) {
+    const std::string export_dir = (fs::path(cfg.work_dir) / "hf").string();
+    const auto t_export = std::chrono::steady_clock::now();
+    XT_RETURN_IF_ERROR(Export(cfg, world, mc, mesh, store, data, export_dir));
     result.export_dir = export_dir;
     if (log)
-      std::fprintf(log, "exported the model to %s (%.1f s)\n", result.export_dir.c_str(),
+      std::fprintf(log, "exported the model to %s (%.1f s)\n", export_dir.c_str(),
                    seconds_since(t_export));
   }
   if (!cfg.eval_file.empty()) {
-    Transformer& full = *whole;
-    XT_ASSIGN_OR_RETURN(EvalReport report, Evaluate(full, *data.tokenizer, *data.chat_template,
-                                                    cfg.eval_file, cfg.eval_max_new_tokens, log));
+    XT_ASSIGN_OR_RETURN(EvalReport report,
+                        Evaluate(m, world, eval_set, *data.tokenizer, *data.chat_template, log));
     result.eval_accuracy = report.accuracy();
   }
   return result;
