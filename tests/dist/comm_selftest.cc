@@ -380,7 +380,7 @@ void CheckUnitExport(Comm& world, int ep, bool lora) {
 
 // GenerateMany over a model sharded on mesh (world, ep), from every rank, gives each prompt's
 // Generate on the whole model. 5 prompts in batches of 2: on 2 to 4 ranks some ranks have none
-// left while others decode, and keep step.
+// left while others decode, and keep step; one prompt: some ranks have none at all.
 void CheckShardedGenerate(Comm& world, int ep, bool lora) {
   const std::string what =
       std::string("sharded generate (ep ") + std::to_string(ep) + (lora ? ", LoRA)" : ")");
@@ -394,7 +394,7 @@ void CheckShardedGenerate(Comm& world, int ep, bool lora) {
   ShardedParams store(*cfg, *mesh, &world, dp.get());
   for (const OwnedRange& r : store.owned())
     for (int64_t i = 0; i < r.size; ++i)
-      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 19990.0f - 0.05f;
+      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 3998.0f - 0.25f;
   const std::unique_ptr<Transformer> whole =
       GatherWholeModel(world, *cfg, *mesh, store.params(), store.shard_size());
   Transformer sharded(*cfg, &store, mesh->first_expert(*cfg), mesh->experts_per_rank(*cfg),
@@ -423,6 +423,14 @@ void CheckShardedGenerate(Comm& world, int ep, bool lora) {
   double most[2] = {digest, -digest};
   world.AllReduceMax(most, 2);
   Expect(most[0] == digest && -most[1] == digest, world, what + ": the outputs on every rank");
+  // One prompt (ranks with none at all), and no tokens to generate.
+  got = GenerateMany(sharded, world, {prompts[2]}, o, 2);
+  Expect(got.ok() && got->size() == 1 && (!whole || *Generate(*whole, prompts[2], o) == got->at(0)),
+         world, what + ": one prompt");
+  o.max_new_tokens = 0;
+  got = GenerateMany(sharded, world, prompts, o, 2);
+  Expect(got.ok() && *got == std::vector<std::vector<int32_t>>(prompts.size()), world,
+         what + ": no tokens");
 }
 
 int Main() {

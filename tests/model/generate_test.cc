@@ -107,6 +107,8 @@ TEST(Generate, ManySequencesErrorsNameTheSequence) {
       std::string::npos);
   EXPECT_NE(message({{1}, {1 << 30}}, {&a, &b}).find("outside the vocabulary"), std::string::npos);
   EXPECT_NE(message({{1}, {2}}, {&a, nullptr}).find("sequence 1: no KV cache"), std::string::npos);
+  EXPECT_NE(message({{1}, {2}}, {&a, &a}).find("sequence 1: its KV cache is an earlier"),
+            std::string::npos);
   EXPECT_EQ(a.length, 0);  // nothing ran
   EXPECT_EQ(b.length, 0);
 }

@@ -87,7 +87,7 @@ TEST(Evaluate, ScoresEachAnswerAsGenerateGivesItAlone) {
   out.close();
   EXPECT_NE(texts[0], texts[1]);  // (the answers differ: a wrong one is not right by chance)
   Log log;
-  Result<EvalSet> set = ReadEvalSet(path, d.tokenizer, d.chat, 5);
+  Result<EvalSet> set = ReadEvalSet(path, d.tokenizer, d.chat, 5, d.model->config().vocab_size);
   ASSERT_TRUE(set.ok()) << set.status().message();
   EXPECT_EQ(set->options.stop_ids, go.stop_ids);
   Result<EvalReport> report = Evaluate(*d.model, *one, *set, d.tokenizer, d.chat, log.f);
@@ -104,9 +104,10 @@ TEST(Evaluate, ScoresEachAnswerAsGenerateGivesItAlone) {
 TEST(Evaluate, BadFilesAreErrorsNamingTheLine) {
   Demo d = MakeDemo();
   const std::string dir = testing::TempDir("evaluate_bad");
+  int64_t vocab = d.model->config().vocab_size;
   auto error = [&](const std::string& name, const std::string& content, int64_t max_new = 4) {
     if (!content.empty()) std::ofstream(dir + "/" + name) << content;
-    Result<EvalSet> r = ReadEvalSet(dir + "/" + name, d.tokenizer, d.chat, max_new);
+    Result<EvalSet> r = ReadEvalSet(dir + "/" + name, d.tokenizer, d.chat, max_new, vocab);
     return r.ok() ? std::string("ok") : r.status().message();
   };
   EXPECT_NE(error("none.jsonl", "").find("none.jsonl: cannot open the eval file"),
@@ -120,6 +121,28 @@ TEST(Evaluate, BadFilesAreErrorsNamingTheLine) {
             std::string::npos);
   EXPECT_EQ(error("d.jsonl", good), "ok");
   EXPECT_NE(error("d.jsonl", good, -1).find("eval.max_new_tokens must be >= 0"), std::string::npos);
+  vocab = 40;  // a model smaller than the tokenizer
+  EXPECT_NE(error("d.jsonl", good).find("d.jsonl:1: the prompt has token "), std::string::npos);
+  EXPECT_NE(error("d.jsonl", good).find("outside the model's vocabulary of 40"), std::string::npos);
+}
+
+// The prompts decoded together: as many as kEvalBatch, fewer where their KV caches would not
+// fit kEvalCacheBytes, and at least one.
+TEST(Evaluate, BatchFollowsTheKvCacheSize) {
+  ModelConfig cfg = *ModelConfig::Load(kDemo + "/config.json");
+  EvalSet set;
+  set.items.resize(3);
+  set.items[1].ids.assign(100, 1);  // the longest prompt
+  set.options.max_new_tokens = 28;
+  EXPECT_EQ(EvalBatchSize(cfg, set), kEvalBatch);  // 2 layers of 2 x 24: 96 KiB a prompt
+  cfg.num_layers = 8;  // 8 layers of DeepSeek-V3's caches (its MLA keeps 128 heads of 192)
+  cfg.num_kv_heads = 128;
+  cfg.head_dim = 192;
+  const double per_prompt = 8.0 * 128 * 8 * 128 * 192;  // 201 MB
+  EXPECT_EQ(EvalBatchSize(cfg, set), int64_t(kEvalCacheBytes / per_prompt));
+  EXPECT_EQ(EvalBatchSize(cfg, set), 10);
+  set.options.max_new_tokens = 4000;
+  EXPECT_EQ(EvalBatchSize(cfg, set), 1);
 }
 
 }  // namespace

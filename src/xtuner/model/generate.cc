@@ -143,6 +143,7 @@ Result<vector<vector<int32_t>>> GenerateMany(Transformer& model, Comm& world,
   // then its tokens; zero where another rank ran it, so that a sum shares them.
   const int64_t W = world.size(), rank = world.rank(), row = 1 + o.max_new_tokens;
   const int64_t per_rank = (N + W - 1) / W;
+  batch = std::min(batch, std::max<int64_t>(per_rank, 1));
   vector<vector<int32_t>> out(N);
   KvCache scratch = model.NewKvCache(1);
   for (int64_t first = 0; first < per_rank; first += batch) {
@@ -150,14 +151,15 @@ Result<vector<vector<int32_t>>> GenerateMany(Transformer& model, Comm& world,
     for (int64_t j = first; j < std::min(per_rank, first + batch); ++j)
       if (j * W + rank < N) mine.push_back(&prompts[j * W + rank]);
     const vector<vector<int32_t>> got = DecodeTogether(model, world, mine, o, &scratch);
-    vector<double> shared(batch * W * row, 0.0);
+    const int64_t items = (std::min(per_rank, first + batch) - first) * W;
+    vector<double> shared(items * row, 0.0);
     for (size_t s = 0; s < got.size(); ++s) {
       double* a = shared.data() + (int64_t(s) * W + rank) * row;  // item (first + s) W + rank
       a[0] = double(got[s].size());
       std::copy(got[s].begin(), got[s].end(), a + 1);
     }
     world.AllReduceSum(shared.data(), int64_t(shared.size()));
-    for (int64_t k = 0; k < batch * W && first * W + k < N; ++k) {
+    for (int64_t k = 0; k < items && first * W + k < N; ++k) {
       const double* a = shared.data() + k * row;
       out[first * W + k].assign(a + 1, a + 1 + int64_t(a[0]));
     }

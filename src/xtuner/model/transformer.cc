@@ -437,6 +437,8 @@ Result<vector<vector<float>>> Transformer::ForwardCachedMany(const vector<vector
   for (int64_t s = 0; s < S; ++s) {
     const std::string which = S > 1 ? "sequence " + std::to_string(s) + ": " : "";
     if (!caches[s]) return Status::Error("generate: " + which + "no KV cache");
+    if (std::find(caches.begin(), caches.begin() + s, caches[s]) != caches.begin() + s)
+      return Status::Error("generate: " + which + "its KV cache is an earlier sequence's");
     const int64_t n = int64_t(ids[s].size()), past = caches[s]->length;
     if (n == 0) return Status::Error("generate: " + which + "no tokens to run");
     if (past + n > caches[s]->capacity)

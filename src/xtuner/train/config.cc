@@ -176,7 +176,8 @@ const std::vector<Key>& Schema() {
       {"log.peak_tflops", &C::peak_tflops,
        "Peak TFLOP/s of the hardware, for MFU (0: report no MFU)."},
       {"eval.file", &C::eval_file,
-       "JSONL of {\"prompt\", \"answer\"}: after training, greedy answers are scored."},
+       "JSONL of {\"prompt\", \"answer\"}, checked before training (every rank reads it); "
+       "after training, greedy answers are scored."},
       {"eval.max_new_tokens", &C::eval_max_new_tokens, "Tokens generated per eval prompt."},
   };
   return keys;

@@ -20,7 +20,7 @@ std::string Trim(const std::string& s) {
 
 // The file's items, every line checked.
 Result<std::vector<EvalItem>> ReadEvalItems(const std::string& path, const Tokenizer& tokenizer,
-                                            const ChatTemplate& chat_template) {
+                                            const ChatTemplate& chat_template, int64_t vocab_size) {
   std::ifstream in(path);
   if (!in) return Status::Error(path + ": cannot open the eval file");
   std::vector<EvalItem> items;
@@ -46,6 +46,10 @@ Result<std::vector<EvalItem>> ReadEvalItems(const std::string& path, const Token
     c.messages.push_back(user);
     Result<std::vector<int32_t>> ids = EncodeGenerationPrompt(chat_template, tokenizer, c);
     if (!ids.ok()) return Status::Error(where + ids.status().message());
+    for (int32_t id : *ids)
+      if (id < 0 || id >= vocab_size)
+        return Status::Error(where + "the prompt has token " + std::to_string(id) +
+                             ", outside the model's vocabulary of " + std::to_string(vocab_size));
     item.ids = std::move(*ids);
     items.push_back(std::move(item));
   }
@@ -55,7 +59,8 @@ Result<std::vector<EvalItem>> ReadEvalItems(const std::string& path, const Token
 }  // namespace
 
 Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
-                            const ChatTemplate& chat_template, int64_t max_new_tokens) {
+                            const ChatTemplate& chat_template, int64_t max_new_tokens,
+                            int64_t vocab_size) {
   if (max_new_tokens < 0) return Status::Error("eval.max_new_tokens must be >= 0");
   XT_ASSIGN_OR_RETURN(std::string eot, EndOfTurnToken(chat_template.name()));
   if (!tokenizer.TokenToId(eot))
@@ -65,8 +70,16 @@ Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
   set.options.max_new_tokens = max_new_tokens;
   for (const std::string& stop : StopTokens(chat_template.name()))
     if (auto id = tokenizer.TokenToId(stop)) set.options.stop_ids.push_back(*id);
-  XT_ASSIGN_OR_RETURN(set.items, ReadEvalItems(path, tokenizer, chat_template));
+  XT_ASSIGN_OR_RETURN(set.items, ReadEvalItems(path, tokenizer, chat_template, vocab_size));
   return set;
+}
+
+int64_t EvalBatchSize(const ModelConfig& cfg, const EvalSet& set) {
+  size_t longest = 0;
+  for (const EvalItem& item : set.items) longest = std::max(longest, item.ids.size());
+  const double per_prompt = 8.0 * double(int64_t(longest) + set.options.max_new_tokens) *
+                            double(cfg.num_layers * cfg.num_kv_heads * cfg.head_dim);
+  return std::clamp<int64_t>(int64_t(kEvalCacheBytes / per_prompt), 1, kEvalBatch);
 }
 
 Result<EvalReport> Evaluate(Transformer& model, Comm& world, const EvalSet& set,
@@ -77,7 +90,7 @@ Result<EvalReport> Evaluate(Transformer& model, Comm& world, const EvalSet& set,
   std::vector<std::vector<int32_t>> prompts;
   for (const EvalItem& item : items) prompts.push_back(item.ids);
   XT_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> answers,
-                      GenerateMany(model, world, prompts, go, kEvalBatch));
+                      GenerateMany(model, world, prompts, go, EvalBatchSize(model.config(), set)));
   EvalReport report;
   for (size_t i = 0; i < items.size(); ++i) {
     std::vector<int32_t>& out = answers[i];

@@ -35,16 +35,24 @@ struct EvalSet {
   GenerateOptions options;  // greedy, max_new_tokens, the template's stop tokens
 };
 
-// Errors: the file missing, a line that is not {"prompt": string, "answer": string} (named
-// "path:line: ..."), a tokenizer without the template's end-of-turn token, max_new_tokens < 0.
+// Errors: the file missing, a line that is not {"prompt": string, "answer": string} or whose
+// prompt has a token outside the model's vocabulary (named "path:line: ..."), a tokenizer
+// without the template's end-of-turn token, max_new_tokens < 0.
 Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
-                            const ChatTemplate& chat_template, int64_t max_new_tokens);
+                            const ChatTemplate& chat_template, int64_t max_new_tokens,
+                            int64_t vocab_size);
+
+// How many prompts a rank decodes together: kEvalBatch, fewer where their KV caches (fp32 keys
+// and values of the longest prompt and its answer, every layer) would pass kEvalCacheBytes, and
+// at least one.
+inline constexpr int64_t kEvalBatch = 16;
+inline constexpr double kEvalCacheBytes = 2.0 * (1 << 30);
+int64_t EvalBatchSize(const ModelConfig& cfg, const EvalSet& set);
 
 // Answers every item and prints a few examples and the accuracy to `log` (may be null).
 // Collective over `world`, whose ranks all call it with the same set: the prompts are answered
-// by GenerateMany (model/generate.h), kEvalBatch at a time on each rank, so a model sharded over
-// the ranks is never gathered whole. Every rank returns the same report.
-inline constexpr int64_t kEvalBatch = 16;
+// by GenerateMany (model/generate.h), EvalBatchSize at a time on each rank, so a model sharded
+// over the ranks is never gathered whole. Every rank returns the same report.
 Result<EvalReport> Evaluate(Transformer& model, Comm& world, const EvalSet& set,
                             const Tokenizer& tokenizer, const ChatTemplate& chat_template,
                             std::FILE* log);

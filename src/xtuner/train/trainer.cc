@@ -261,7 +261,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   EvalSet eval_set;  // read now: a bad eval file fails before the training, not after it
   if (!cfg.eval_file.empty()) {
     XT_ASSIGN_OR_RETURN(eval_set, ReadEvalSet(cfg.eval_file, *data.tokenizer, *data.chat_template,
-                                              cfg.eval_max_new_tokens));
+                                              cfg.eval_max_new_tokens, mc.vocab_size));
   }
   if (stop_requested()) return interrupted();
   SamplerOptions so;
