@@ -300,6 +300,37 @@ bool SameFiles(const std::string& a, const std::string& b) {
   return same;
 }
 
+// The export model (ExportConfig) sharded on mesh (world, ep), each parameter set from its
+// global index (in [-scale, scale)), and the whole model gathered on rank 0 (null on the
+// others). Null where the mesh does not fit the ranks.
+struct ShardedModel {
+  ModelConfig cfg;
+  Mesh mesh;
+  std::unique_ptr<Comm> dp, ep;
+  std::unique_ptr<ShardedParams> store;
+  std::unique_ptr<Transformer> whole;
+};
+std::unique_ptr<ShardedModel> MakeShardedModel(Comm& world, int ep, bool lora, float scale,
+                                               const std::string& what) {
+  Result<ModelConfig> cfg = ExportConfig(lora);
+  Expect(cfg.ok(), world, what + ": config");
+  if (!cfg.ok()) return nullptr;
+  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
+  if (!mesh.ok()) return nullptr;
+  auto m = std::make_unique<ShardedModel>();
+  m->cfg = *cfg;
+  m->mesh = *mesh;
+  m->dp = world.Split(mesh->ep_rank, mesh->dp_rank);
+  m->ep = world.Split(mesh->dp_rank, mesh->ep_rank);
+  m->store = std::make_unique<ShardedParams>(m->cfg, m->mesh, &world, m->dp.get());
+  for (const OwnedRange& r : m->store->owned())
+    for (int64_t i = 0; i < r.size; ++i)
+      m->store->params()[r.shard + i] =
+          (float((r.global + i) * 7919 % 1999 + 1) / 1999.0f - 0.5f) * 2 * scale;
+  m->whole = GatherWholeModel(world, m->cfg, m->mesh, m->store->params(), m->store->shard_size());
+  return m;
+}
+
 // The export that gathers a unit at a time (ShardedExportParams) on mesh (world, ep): on rank 0
 // each unit it loads is the whole model's (GatherWholeModel's); once every unit is loaded it
 // holds about one unit's pages, not the model's, and a LoRA run's adapters whole; the files
@@ -308,21 +339,15 @@ bool SameFiles(const std::string& a, const std::string& b) {
 void CheckUnitExport(Comm& world, int ep, bool lora) {
   const std::string what =
       std::string("unit export (ep ") + std::to_string(ep) + (lora ? ", LoRA)" : ")");
-  Result<ModelConfig> cfg = ExportConfig(lora);
-  Expect(cfg.ok(), world, what + ": config");
-  if (!cfg.ok()) return;
-  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
-  if (!mesh.ok()) return;
-  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
-  ShardedParams store(*cfg, *mesh, &world, dp.get());
-  for (const OwnedRange& r : store.owned())
-    for (int64_t i = 0; i < r.size; ++i)
-      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 1999.0f - 0.5f;
-  const std::unique_ptr<Transformer> whole =
-      GatherWholeModel(world, *cfg, *mesh, store.params(), store.shard_size());
-  const ParamLayout layout(*cfg);
+  const std::unique_ptr<ShardedModel> m = MakeShardedModel(world, ep, lora, 0.5f, what);
+  if (!m) return;
+  const ModelConfig& cfg = m->cfg;
+  const Mesh& mesh = m->mesh;
+  ShardedParams& store = *m->store;
+  const Transformer* whole = m->whole.get();
+  const ParamLayout layout(cfg);
   {
-    ShardedExportParams ex(world, *cfg, *mesh, store.params(), store.shard_size());
+    ShardedExportParams ex(world, cfg, mesh, store.params(), store.shard_size());
     if (world.rank() != 0) {
       ex.Serve();
     } else {
@@ -360,16 +385,16 @@ void CheckUnitExport(Comm& world, int ep, bool lora) {
   const bool root = world.rank() == 0;
   Expect(!root || mkdtemp(tmp) != nullptr, world, what + ": mkdtemp");
   for (ExportDType dtype : {ExportDType::kF32, ExportDType::kBf16}) {
-    ShardedExportParams ex(world, *cfg, *mesh, store.params(), store.shard_size());
+    ShardedExportParams ex(world, cfg, mesh, store.params(), store.shard_size());
     if (!root) {
       ex.Serve();
       continue;
     }
     const std::string a = std::string(tmp) + "/units", b = std::string(tmp) + "/whole";
     SlabExportParams all(whole->params().f32());
-    Expect(SaveHfModelFrom(*cfg, layout, ex, a, dtype, 1 << 20).ok(), world, what + ": save");
+    Expect(SaveHfModelFrom(cfg, layout, ex, a, dtype, 1 << 20).ok(), world, what + ": save");
     ex.Done();
-    Expect(SaveHfModelFrom(*cfg, layout, all, b, dtype, 1 << 20).ok(), world, what + ": save");
+    Expect(SaveHfModelFrom(cfg, layout, all, b, dtype, 1 << 20).ok(), world, what + ": save");
     Expect(SameFiles(a, b) && std::filesystem::exists(a + "/model.safetensors.index.json"), world,
            what + ": the files");
     std::filesystem::remove_all(a);
@@ -384,21 +409,11 @@ void CheckUnitExport(Comm& world, int ep, bool lora) {
 void CheckShardedGenerate(Comm& world, int ep, bool lora) {
   const std::string what =
       std::string("sharded generate (ep ") + std::to_string(ep) + (lora ? ", LoRA)" : ")");
-  Result<ModelConfig> cfg = ExportConfig(lora);
-  Expect(cfg.ok(), world, what + ": config");
-  if (!cfg.ok()) return;
-  Result<Mesh> mesh = MakeMesh(world.size(), world.rank(), ep, *cfg);
-  if (!mesh.ok()) return;
-  std::unique_ptr<Comm> dp = world.Split(mesh->ep_rank, mesh->dp_rank);
-  std::unique_ptr<Comm> ep_group = world.Split(mesh->dp_rank, mesh->ep_rank);
-  ShardedParams store(*cfg, *mesh, &world, dp.get());
-  for (const OwnedRange& r : store.owned())
-    for (int64_t i = 0; i < r.size; ++i)
-      store.params()[r.shard + i] = float((r.global + i) * 7919 % 1999 + 1) / 3998.0f - 0.25f;
-  const std::unique_ptr<Transformer> whole =
-      GatherWholeModel(world, *cfg, *mesh, store.params(), store.shard_size());
-  Transformer sharded(*cfg, &store, mesh->first_expert(*cfg), mesh->experts_per_rank(*cfg),
-                      ep_group.get());
+  const std::unique_ptr<ShardedModel> m = MakeShardedModel(world, ep, lora, 0.25f, what);
+  if (!m) return;
+  Transformer* whole = m->whole.get();
+  Transformer sharded(m->cfg, m->store.get(), m->mesh.first_expert(m->cfg),
+                      m->mesh.experts_per_rank(m->cfg), m->ep.get());
   const std::vector<std::vector<int32_t>> prompts = {
       {1, 2, 3}, {7}, {40, 41, 42, 43, 44, 45}, {9, 9}, {100, 3}};
   GenerateOptions o;
