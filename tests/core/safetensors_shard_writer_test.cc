@@ -1,6 +1,7 @@
 // core/safetensors.h: SafetensorsShardWriter, the sharded checkpoint given a tensor at a time
 // (an export that never holds the whole model): it holds only the shard being filled, writes
-// what WriteSafetensorsSharded writes, and leaves an earlier save alone until Finish.
+// what WriteSafetensorsSharded writes, and leaves an earlier save alone until Finish (and, when
+// Finish fails part-way, no index over a mix of saves).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -101,6 +102,49 @@ TEST(SafetensorsShardWriter, AnEarlierSaveStandsUntilFinish) {
   EXPECT_EQ(Files(dir), (std::vector<std::string>{"model-00001-of-00002.safetensors",
                                                   "model-00002-of-00002.safetensors",
                                                   "model.safetensors.index.json"}));
+}
+
+// A Finish whose rename fails part-way (here a directory stands where a shard goes): an earlier
+// save none of whose files it renamed over still loads; one it renamed over has no index left,
+// so loading it fails instead of reading a mix of old and new shards.
+TEST(SafetensorsShardWriter, AFinishFailingPartWayLeavesNoIndexOverAMix) {
+  std::shared_ptr<std::vector<float>> x, y, z, w;
+  auto three_shards = [&](SafetensorsShardWriter* writer) {
+    for (const char* name : {"a", "b", "c"}) ASSERT_TRUE(writer->Add(name, Owned(&y, 40, 1)).ok());
+  };
+  // An earlier save in two shards; the new one's second shard blocked.
+  const std::string dir = testing::TempDir("st_writer_blocked");
+  ASSERT_TRUE(
+      WriteSafetensorsSharded(dir, {{"old1", Owned(&x, 40, 7)}, {"old2", Owned(&w, 40, 8)}}, 300)
+          .ok());
+  fs::create_directories(dir + "/model-00002-of-00003.safetensors/in");
+  {
+    SafetensorsShardWriter writer(dir, 300);
+    three_shards(&writer);
+    const Status st = writer.Finish();
+    EXPECT_NE(st.message().find("cannot rename"), std::string::npos) << st.message();
+  }
+  auto ck = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(ck.ok()) << ck.status().message();
+  ASSERT_TRUE(ck->Get("old2").ok());
+  EXPECT_EQ(ck->Get("old2")->f32()[0], 8.0f);
+  // An earlier save in three shards, its second blocked: the new first shard replaces the old.
+  const std::string over = testing::TempDir("st_writer_over");
+  ASSERT_TRUE(
+      WriteSafetensorsSharded(
+          over,
+          {{"old1", Owned(&x, 40, 7)}, {"old2", Owned(&w, 40, 8)}, {"old3", Owned(&z, 40, 9)}}, 300)
+          .ok());
+  ASSERT_TRUE(fs::exists(over + "/model.safetensors.index.json"));
+  fs::remove(over + "/model-00002-of-00003.safetensors");
+  fs::create_directories(over + "/model-00002-of-00003.safetensors/in");
+  {
+    SafetensorsShardWriter writer(over, 300);
+    three_shards(&writer);
+    EXPECT_FALSE(writer.Finish().ok());
+  }
+  EXPECT_FALSE(fs::exists(over + "/model.safetensors.index.json"));
+  EXPECT_FALSE(SafetensorsCheckpoint::Open(over).ok());
 }
 
 }  // namespace

@@ -181,10 +181,25 @@ Status SafetensorsShardWriter::Finish() {
     XT_RETURN_IF_ERROR(Flush());
     json weight_map = json::object();
     const size_t count = partial_.size();
-    for (size_t i = 0; i < count; ++i) {
+    auto shard_name = [&](size_t i) {
       char name[64];
       std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, count);
-      std::error_code ec;
+      return std::string(name);
+    };
+    // Where a shard is renamed over an earlier save's file of the same name, that save's index
+    // goes first: a rename failing part-way then leaves no index over a mix of old and new
+    // shards (loading fails, loudly). Where no name is taken, the earlier save stands whole
+    // until the new index is written.
+    std::error_code ec;
+    for (size_t i = 0; i < count; ++i) {
+      if (!fs::is_regular_file(d / shard_name(i), ec)) continue;
+      if (!fs::remove(d / index_name, ec) && ec)
+        return Status::Error("cannot remove the earlier index '" + (d / index_name).string() +
+                             "': " + ec.message());
+      break;
+    }
+    for (size_t i = 0; i < count; ++i) {
+      const std::string name = shard_name(i);
       fs::rename(d / partial_[i], d / name, ec);
       if (ec)
         return Status::Error("cannot rename '" + (d / partial_[i]).string() + "' to '" +
