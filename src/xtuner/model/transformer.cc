@@ -415,7 +415,7 @@ Result<LossInfo> Transformer::Run(const Batch& b, bool backward, double ce_weigh
 KvCache Transformer::NewKvCache(int64_t capacity) const {
   KvCache c;
   c.capacity = capacity;
-  const size_t n = size_t(capacity * cfg_.num_kv_heads * cfg_.head_dim);
+  const size_t n = size_t(KvCacheLayerFloats(cfg_, capacity));
   c.k.assign(cfg_.num_layers, vector<float>(n));
   c.v.assign(cfg_.num_layers, vector<float>(n));
   return c;
@@ -434,17 +434,20 @@ Result<vector<vector<float>>> Transformer::ForwardCachedMany(const vector<vector
                          std::to_string(caches.size()) + " caches (one each, at least one)");
   Batch b;  // sequence s: document s, at positions after its cache's
   b.cu_seqlens = {0};
+  // "generate: [sequence s: ]what", the sequence named where there are several.
+  auto error = [&](int64_t s, const std::string& what) {
+    return Status::Error("generate: " + (S > 1 ? "sequence " + std::to_string(s) + ": " : "") +
+                         what);
+  };
   for (int64_t s = 0; s < S; ++s) {
-    const std::string which = S > 1 ? "sequence " + std::to_string(s) + ": " : "";
-    if (!caches[s]) return Status::Error("generate: " + which + "no KV cache");
+    if (!caches[s]) return error(s, "no KV cache");
     if (std::find(caches.begin(), caches.begin() + s, caches[s]) != caches.begin() + s)
-      return Status::Error("generate: " + which + "its KV cache is an earlier sequence's");
+      return error(s, "its KV cache is an earlier sequence's");
     const int64_t n = int64_t(ids[s].size()), past = caches[s]->length;
-    if (n == 0) return Status::Error("generate: " + which + "no tokens to run");
+    if (n == 0) return error(s, "no tokens to run");
     if (past + n > caches[s]->capacity)
-      return Status::Error("generate: " + which + std::to_string(past + n) +
-                           " positions exceed the KV cache of " +
-                           std::to_string(caches[s]->capacity));
+      return error(s, std::to_string(past + n) + " positions exceed the KV cache of " +
+                          std::to_string(caches[s]->capacity));
     b.ids.insert(b.ids.end(), ids[s].begin(), ids[s].end());
     for (int64_t t = 0; t < n; ++t) b.positions.push_back(int32_t(past + t));
     b.cu_seqlens.push_back(int32_t(b.ids.size()));

@@ -53,6 +53,11 @@ struct KvCache {
   std::vector<std::vector<float>> k, v;  // per layer: (capacity, Hkv, D)
 };
 
+// The floats of one layer's keys (or values) in a KvCache of `capacity` positions: capacity Hkv D.
+inline int64_t KvCacheLayerFloats(const ModelConfig& cfg, int64_t capacity) {
+  return capacity * cfg.num_kv_heads * cfg.head_dim;
+}
+
 // Called between a micro-batch's forward and its backward with the micro-batch's own balancing
 // statistics; returns the statistics whose balancing loss the backward differentiates. Returning
 // those of the whole global batch (summed over micro-batches and ranks) makes the balancing loss

@@ -77,8 +77,9 @@ Result<EvalSet> ReadEvalSet(const std::string& path, const Tokenizer& tokenizer,
 int64_t EvalBatchSize(const ModelConfig& cfg, const EvalSet& set) {
   size_t longest = 0;
   for (const EvalItem& item : set.items) longest = std::max(longest, item.ids.size());
-  const double per_prompt = 8.0 * double(int64_t(longest) + set.options.max_new_tokens) *
-                            double(cfg.num_layers * cfg.num_kv_heads * cfg.head_dim);
+  const int64_t capacity = int64_t(longest) + set.options.max_new_tokens;
+  const double per_prompt =  // keys and values, fp32, every layer
+      8.0 * double(cfg.num_layers) * double(KvCacheLayerFloats(cfg, capacity));
   return std::clamp<int64_t>(int64_t(kEvalCacheBytes / per_prompt), 1, kEvalBatch);
 }
 
