@@ -27,11 +27,14 @@ CliRun RunXtuner(const std::string& args, const std::string& cwd) {
 }
 
 CliRun RunMpi(int np, const std::string& program, const std::string& args, const std::string& cwd,
-              const std::string& btl) {
-  // One OpenMP thread per rank (the ranks share the machine's cores); local transports only, so
-  // no network probing in containers.
-  return Run("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=" + btl +
-                 " mpirun --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE -np " +
+              const std::string& btl, int omp_threads) {
+  // One OpenMP thread per rank by default (the ranks share the machine's cores); local transports
+  // only, so no network probing in containers.
+  const std::string threads =
+      omp_threads > 0 ? "-x OMP_NUM_THREADS=" + std::to_string(omp_threads) : std::string();
+  return Run(std::string(omp_threads > 0 ? "" : "env -u OMP_NUM_THREADS ") +
+                 "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=" + btl +
+                 " mpirun --oversubscribe " + threads + " -x OMP_WAIT_POLICY=PASSIVE -np " +
                  std::to_string(np) + " " + program + " " + args + " 2>&1",
              cwd);
 }

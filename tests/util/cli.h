@@ -16,7 +16,9 @@ CliRun RunXtuner(const std::string& args, const std::string& cwd = "");
 // Runs `mpirun -np N PROGRAM ARGS` (oversubscribed: more ranks than cores is fine; allowed as
 // root), through /bin/sh, in `cwd` when given. PROGRAM is a path to a binary. `btl`: Open MPI's
 // transports between the ranks (self,tcp avoids the shared-memory files that self,vader makes).
+// `omp_threads`: each rank's OMP_NUM_THREADS; 0 leaves it unset, as a user who never set it.
 CliRun RunMpi(int np, const std::string& program, const std::string& args,
-              const std::string& cwd = "", const std::string& btl = "self,vader");
+              const std::string& cwd = "", const std::string& btl = "self,vader",
+              int omp_threads = 1);
 
 }  // namespace xt::testing

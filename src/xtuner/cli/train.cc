@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/stop_signals.h"
 #include "xtuner/dist/comm.h"
+#include "xtuner/dist/node_cpus.h"
 #include "xtuner/train/trainer.h"
 
 namespace xt::cli {
@@ -23,6 +24,7 @@ Status RunTrain(TrainConfig cfg, const std::vector<std::string>& overrides) {
   ClearStopRequest();
   StopSignals stop(RequestStop);
   std::unique_ptr<Comm> world = MakeWorldComm();
+  ShareNodeCpus();  // without OMP_NUM_THREADS, N ranks on a node would run N x its cores' threads
   Result<TrainResult> result = RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());
   if (!result.ok() && world->size() > 1) {
     std::fflush(stdout);

@@ -12,6 +12,7 @@
 #include "xtuner/data/sampler.h"
 #include "xtuner/dist/comm.h"
 #include "xtuner/dist/host_memory.h"
+#include "xtuner/dist/node_cpus.h"
 #include "xtuner/dist/shard_io.h"
 #include "xtuner/dist/sharded_params.h"
 #include "xtuner/model/checkpoint.h"
@@ -387,6 +388,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   AddMemorySummary(cfg, mc, mesh, store, backend->Bf16OnlyFloats(), world, log, &sum);
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});
+  sum.extra.push_back({"run", "threads", DescribeThreads(world.size())});
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
   // A balancing loss: the softmax routers' (DeepSeek-V3 balances by its bias instead).
