@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -290,8 +291,7 @@ bool SameFiles(const std::string& a, const std::string& b) {
   namespace fs = std::filesystem;
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(a)) names.push_back(e.path().filename().string());
-  int64_t count = 0;
-  for (const auto& e : fs::directory_iterator(b)) ++count;
+  const auto count = std::distance(fs::directory_iterator(b), fs::directory_iterator());
   bool same = !names.empty() && count == int64_t(names.size());
   for (const std::string& n : names) {
     Result<std::string> x = ReadFileToString(a + "/" + n), y = ReadFileToString(b + "/" + n);

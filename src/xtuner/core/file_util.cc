@@ -87,4 +87,26 @@ void SyncDirectory(const std::string& dir) {
   }
 }
 
+Status SwapInDirectory(const std::string& from, const std::string& to) {
+  const std::string parent = fs::path(to).parent_path().string();
+  std::error_code ec;
+  if (fs::symlink_status(to, ec).type() != fs::file_type::not_found) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+      SyncDirectory(parent);
+      fs::remove_all(from, ec);
+      return Status::OK();
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+      return Status::Error("cannot exchange '" + from + "' and '" + to + "': " + Errno());
+    fs::remove_all(to, ec);
+    if (ec)
+      return Status::Error("cannot remove '" + to + "' to put '" + from +
+                           "' there: " + ec.message());
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    return Status::Error("cannot rename '" + from + "' to '" + to + "': " + Errno());
+  SyncDirectory(parent);
+  return Status::OK();
+}
+
 }  // namespace xt

@@ -78,7 +78,8 @@ std::vector<DecayRange> ShardDecayRanges(const ModelConfig& mc,
   return out;
 }
 
-// Fills `dir` whole or not at all: `write` fills "<dir>.tmp", which then replaces `dir`.
+// Fills `dir` whole or not at all: `write` fills "<dir>.tmp", which then replaces `dir` in one step
+// (SwapInDirectory).
 Status ReplaceDirectory(const std::string& dir, const std::string& what,
                         const std::function<Status(const fs::path& tmp)>& write) {
   const fs::path tmp = dir + ".tmp";
@@ -88,10 +89,7 @@ Status ReplaceDirectory(const std::string& dir, const std::string& what,
     fs::remove_all(tmp, ec);
     return st.With(what + " to " + dir + " failed");
   }
-  fs::remove_all(dir, ec);
-  fs::rename(tmp, dir, ec);
-  if (ec) return Status::Error(dir + ": rename failed: " + ec.message());
-  return Status::OK();
+  return SwapInDirectory(tmp.string(), dir);
 }
 
 // Writes an HF export (config, weights, tokenizer files) of the model of config `mc` whose

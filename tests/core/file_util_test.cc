@@ -1,0 +1,88 @@
+// SwapInDirectory: a directory put in place of another in one step.
+#include "xtuner/core/file_util.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "util/testing.h"
+
+namespace xt {
+namespace {
+
+namespace fs = std::filesystem;
+
+void WriteText(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  ASSERT_TRUE(WriteFileAtomically(p.string(), text).ok());
+}
+
+std::string Text(const fs::path& p) {
+  Result<std::string> r = ReadFileToString(p.string());
+  return r.ok() ? *r : "(" + r.status().message() + ")";
+}
+
+TEST(SwapInDirectory, ReplacesTheOldDirectoryWholeAndRemovesIt) {
+  const fs::path root = testing::TempDir("swap_in_replace");
+  WriteText(root / "out" / "a.txt", "old a");
+  WriteText(root / "out" / "only_old.txt", "old");
+  WriteText(root / "out.tmp" / "a.txt", "new a");
+  WriteText(root / "out.tmp" / "sub" / "b.txt", "new b");
+  ASSERT_TRUE(SwapInDirectory((root / "out.tmp").string(), (root / "out").string()).ok());
+  EXPECT_EQ(Text(root / "out" / "a.txt"), "new a");
+  EXPECT_EQ(Text(root / "out" / "sub" / "b.txt"), "new b");
+  EXPECT_FALSE(fs::exists(root / "out" / "only_old.txt"));
+  EXPECT_FALSE(fs::exists(root / "out.tmp"));
+}
+
+// A reader looking the whole time never finds the directory absent (a removal followed by a
+// rename would leave it absent for a moment, which this loop sees within a few swaps).
+TEST(SwapInDirectory, ThereIsNoMomentWithoutADirectory) {
+  const fs::path root = testing::TempDir("swap_in_watch");
+  WriteText(root / "out" / "a.txt", "0");
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> looks{0}, misses{0};
+  std::thread reader([&] {
+    while (!done.load()) {
+      looks++;
+      if (!fs::exists(root / "out" / "a.txt")) misses++;
+    }
+  });
+  for (int i = 1; i <= 200; ++i) {
+    WriteText(root / "out.tmp" / "a.txt", std::to_string(i));
+    ASSERT_TRUE(SwapInDirectory((root / "out.tmp").string(), (root / "out").string()).ok());
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(misses.load(), 0) << "of " << looks.load() << " looks";
+  EXPECT_EQ(Text(root / "out" / "a.txt"), "200");
+}
+
+TEST(SwapInDirectory, MovesInWhereThereWasNone) {
+  const fs::path root = testing::TempDir("swap_in_new");
+  WriteText(root / "out.tmp" / "a.txt", "new a");
+  ASSERT_TRUE(SwapInDirectory((root / "out.tmp").string(), (root / "out").string()).ok());
+  EXPECT_EQ(Text(root / "out" / "a.txt"), "new a");
+  EXPECT_FALSE(fs::exists(root / "out.tmp"));
+}
+
+TEST(SwapInDirectory, AMissingSourceIsAnErrorThatLeavesTheOldOne) {
+  const fs::path root = testing::TempDir("swap_in_missing");
+  WriteText(root / "out" / "a.txt", "old a");
+  Status st = SwapInDirectory((root / "absent").string(), (root / "out").string());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find((root / "absent").string()), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find((root / "out").string()), std::string::npos) << st.message();
+  EXPECT_EQ(Text(root / "out" / "a.txt"), "old a");
+  // Nothing at either place: still an error, naming both.
+  st = SwapInDirectory((root / "absent").string(), (root / "none").string());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find((root / "none").string()), std::string::npos) << st.message();
+}
+
+}  // namespace
+}  // namespace xt
