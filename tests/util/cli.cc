@@ -22,6 +22,8 @@ CliRun Run(std::string cmd, const std::string& cwd) {
 
 }  // namespace
 
+CliRun RunShell(const std::string& command, const std::string& cwd) { return Run(command, cwd); }
+
 CliRun RunXtuner(const std::string& args, const std::string& cwd) {
   return Run(std::string(XT_XTUNER_BIN) + " " + args + " 2>&1", cwd);
 }

@@ -10,6 +10,9 @@ struct CliRun {
   std::string output;  // stdout and stderr together
 };
 
+// Runs `command` through /bin/sh (stderr not captured unless it redirects it), in `cwd` when given.
+CliRun RunShell(const std::string& command, const std::string& cwd = "");
+
 // Runs `xtuner ARGS` through /bin/sh (so ARGS may quote and redirect), in `cwd` when given.
 CliRun RunXtuner(const std::string& args, const std::string& cwd = "");
 

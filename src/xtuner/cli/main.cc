@@ -4,12 +4,14 @@
 
 #include "cli/commands.h"
 #include "xtuner/core/allocator.h"
+#include "xtuner/dist/node_cpus.h"
 #ifdef XTUNER_WITH_CUDA
 #include "xtuner/cuda/train_backend_cuda.h"
 #endif
 
 int main(int argc, char** argv) {
   xt::ConfigureAllocatorForTraining();
+  xt::ChooseCpuThreads();  // one process; under mpirun, `train` chooses once MPI is up
 #ifdef XTUNER_WITH_CUDA
   xt::cuda::RegisterCudaTrainBackend();  // train.device = "cuda"
 #endif

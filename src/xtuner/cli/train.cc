@@ -24,7 +24,7 @@ Status RunTrain(TrainConfig cfg, const std::vector<std::string>& overrides) {
   ClearStopRequest();
   StopSignals stop(RequestStop);
   std::unique_ptr<Comm> world = MakeWorldComm();
-  ShareNodeCpus();  // without OMP_NUM_THREADS, N ranks on a node would run N x its cores' threads
+  ChooseCpuThreads();  // without OMP_NUM_THREADS: the node's CPUs shared among its ranks
   Result<TrainResult> result = RunTraining(cfg, world->rank() == 0 ? stdout : nullptr, world.get());
   if (!result.ok() && world->size() > 1) {
     std::fflush(stdout);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -13,12 +14,24 @@ namespace xt {
 namespace fs = std::filesystem;
 
 namespace {
+
 std::string Errno() { return std::strerror(errno); }
+
+// Where `p` names, its directory's symlinks resolved but not its last part's ("out/" is "out").
+fs::path Place(const std::string& p, std::error_code* ec) {
+  fs::path a = fs::absolute(p, *ec).lexically_normal();
+  if (!a.has_filename()) a = a.parent_path();
+  return fs::weakly_canonical(a.parent_path(), *ec) / a.filename();
+}
+
 }  // namespace
 
 Result<std::string> ReadFileToString(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Error(path + ": cannot open: " + Errno());
+  if (fd < 0) {
+    const std::string why = Errno();
+    return Status::Error(path + ": cannot open: " + why);
+  }
   std::string text;
   char buf[1 << 16];
   for (;;) {
@@ -41,9 +54,13 @@ Result<std::string> ReadFileToString(const std::string& path) {
 Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::Error("cannot create '" + tmp + "': " + Errno());
+  if (fd < 0) {
+    const std::string why = Errno();
+    return Status::Error("cannot create '" + tmp + "': " + why);
+  }
   auto fail = [&](const std::string& what) {
-    std::string msg = what + " '" + tmp + "': " + Errno();
+    const std::string why = Errno();  // before anything else can change errno
+    std::string msg = what + " '" + tmp + "': " + why;
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
     return Status::Error(msg + " (writing '" + path + "')");
@@ -67,7 +84,8 @@ Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& ch
   fd = -1;
   if (rc != 0) return fail("cannot close");
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + Errno();
+    const std::string why = Errno();
+    std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + why;
     ::unlink(tmp.c_str());
     return Status::Error(msg);
   }
@@ -88,23 +106,36 @@ void SyncDirectory(const std::string& dir) {
 }
 
 Status SwapInDirectory(const std::string& from, const std::string& to) {
+  std::error_code ec, ec_to;
+  const fs::path f = Place(from, &ec), t = Place(to, &ec_to);
+  if (!ec) ec = ec_to;
+  const auto inside = [](const fs::path& a, const fs::path& b) {  // a is b or below it
+    return std::mismatch(a.begin(), a.end(), b.begin(), b.end()).second == b.end();
+  };
+  if (ec || inside(f, t) || inside(t, f))
+    return Status::Error("cannot put '" + from + "' at '" + to +
+                         "': " + (ec ? ec.message() : "one is the other or inside it"));
   const std::string parent = fs::path(to).parent_path().string();
-  std::error_code ec;
   if (fs::symlink_status(to, ec).type() != fs::file_type::not_found) {
-    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    const int rc = ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE);
+    const int err = errno;
+    if (rc == 0) {
       SyncDirectory(parent);
       fs::remove_all(from, ec);
       return Status::OK();
     }
-    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
-      return Status::Error("cannot exchange '" + from + "' and '" + to + "': " + Errno());
+    if (err != EINVAL && err != ENOSYS && err != EOPNOTSUPP)
+      return Status::Error("cannot exchange '" + from + "' and '" + to +
+                           "': " + std::strerror(err));
     fs::remove_all(to, ec);
     if (ec)
       return Status::Error("cannot remove '" + to + "' to put '" + from +
                            "' there: " + ec.message());
   }
-  if (::rename(from.c_str(), to.c_str()) != 0)
-    return Status::Error("cannot rename '" + from + "' to '" + to + "': " + Errno());
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    const int err = errno;
+    return Status::Error("cannot rename '" + from + "' to '" + to + "': " + std::strerror(err));
+  }
   SyncDirectory(parent);
   return Status::OK();
 }

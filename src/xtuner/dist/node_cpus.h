@@ -1,8 +1,11 @@
-// How many OpenMP threads a rank runs when several ranks share a node. OpenMP's default is every
-// CPU a process may run on, so N ranks on one node without OMP_NUM_THREADS (mpirun
-// --oversubscribe or --bind-to none, srun without --cpus-per-task) ran N times as many threads as
-// cores, several times slower than one thread a core. torchrun answers this by setting one thread
-// a rank; xtuner shares the node's CPUs among its ranks instead.
+// How many OpenMP threads xtuner runs where the user has not said (OMP_NUM_THREADS unset). OpenMP's
+// default is every CPU the process may run on, which oversubscribes the cores twice over:
+//  - N ranks on one node (mpirun --oversubscribe or --bind-to none, srun without
+//    --cpus-per-task) each ran one thread a CPU, several times slower than one thread a core;
+//  - a container with a CPU quota (docker --cpus, a Kubernetes CPU limit) ran one thread for each
+//    of the host's CPUs, throttled to the quota.
+// torchrun answers the first by setting one thread a rank; xtuner shares the node's CPUs, capped by
+// the quota, among its ranks instead.
 #pragma once
 
 #include <string>
@@ -14,15 +17,26 @@ namespace xt {
 // node's CPUs, at most the rank's own, at least one.
 int SharedThreadsPerRank(int rank_cpus, int node_cpus, int ranks_on_node);
 
-// Under an MPI launcher (after MakeWorldComm; a collective over MPI_COMM_WORLD) with
-// OMP_NUM_THREADS unset: sets OpenMP's thread count of the calling thread (xtuner's only thread
-// that starts parallel work) to SharedThreadsPerRank of this node's ranks. Otherwise (one process,
-// or a user's OMP_NUM_THREADS) nothing changes.
-void ShareNodeCpus();
+// The CPUs this process's cgroup may use, rounded up: the smallest quota from its cgroup (named in
+// `self`) up to `root`, in cgroup v1's cpu/.../cpu.cfs_quota_us over cpu.cfs_period_us, or else
+// v2's
+// .../cpu.max ("200000 100000": 2). 0 where there is no quota ("max", -1) or nothing can be read.
+int CgroupCpuQuota(const std::string& root = "/sys/fs/cgroup",
+                   const std::string& self = "/proc/self/cgroup");
+
+// Sets OpenMP's thread count of the calling thread (xtuner's only thread that starts parallel work)
+// where OMP_NUM_THREADS is unset or empty:
+//  - under an MPI launcher, once MPI is initialized (after MakeWorldComm; a collective over
+//    MPI_COMM_WORLD in which every rank takes part, whatever its own environment):
+//    SharedThreadsPerRank over the ranks of this node, its CPUs capped by the quota;
+//  - one process: the CPUs it may run on capped by the quota.
+// Under a launcher before MPI is initialized it does nothing (call it again after). Calling it
+// twice gives the same count.
+void ChooseCpuThreads();
 
 // The calling thread's OpenMP thread count and where it came from, for a run's summary:
-// "2 a rank (OMP_NUM_THREADS)", "1 a rank (the node's CPUs shared by its ranks; OMP_NUM_THREADS
-// sets it)" where there are several ranks (`world_size`), else "8 (OpenMP's default: ...)".
-std::string DescribeThreads(int world_size);
+// "2 (OMP_NUM_THREADS)", "1 a rank (2 CPUs on this node shared by its 2 ranks; OMP_NUM_THREADS
+// sets it)", "2 (the CPU quota of this cgroup; ...)", "8 (the CPUs this process may run on; ...)".
+std::string DescribeThreads();
 
 }  // namespace xt

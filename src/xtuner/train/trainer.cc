@@ -386,7 +386,7 @@ Result<TrainResult> RunTraining(const TrainConfig& cfg, std::FILE* log, Comm* wo
   AddMemorySummary(cfg, mc, mesh, store, backend->Bf16OnlyFloats(), world, log, &sum);
   sum.extra.push_back({"run", "mesh", mesh.ToString()});
   sum.extra.push_back({"run", "device", backend->Describe()});
-  sum.extra.push_back({"run", "threads", DescribeThreads(world.size())});
+  sum.extra.push_back({"run", "threads", DescribeThreads()});
   if (cfg.precision == "bf16")
     sum.extra.push_back({"run", "precision", "bf16 matmuls (fp32 sums, weights and state)"});
   // A balancing loss: the softmax routers' (DeepSeek-V3 balances by its bias instead).
