@@ -116,6 +116,29 @@ TEST(SwapInDirectory, TheSameDirectoryOrOneInsideTheOtherIsRefusedAndKept) {
   }
 }
 
+// A symlink to a directory is not a directory to put in place: removing the old one, then where it
+// stood, would remove what the link pointed to. Nothing moves.
+TEST(SwapInDirectory, ASymlinkToPutInPlaceIsRefused) {
+  const fs::path root = testing::TempDir("swap_in_from_link");
+  WriteText(root / "out" / "sub" / "new.txt", "new");
+  fs::create_directory_symlink(root / "out" / "sub", root / "link");
+  const Status st = SwapInDirectory((root / "link").string(), (root / "out").string());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("is not a directory"), std::string::npos) << st.message();
+  EXPECT_EQ(Text(root / "out" / "sub" / "new.txt"), "new");
+  EXPECT_TRUE(fs::is_symlink(root / "link"));
+}
+
+TEST(SwapInDirectory, ATrailingSlashNamesTheSameDirectory) {
+  const fs::path root = testing::TempDir("swap_in_slash");
+  WriteText(root / "out" / "a.txt", "old a");
+  WriteText(root / "out.tmp" / "a.txt", "new a");
+  ASSERT_TRUE(
+      SwapInDirectory((root / "out.tmp").string() + "/", (root / "out").string() + "/").ok());
+  EXPECT_EQ(Text(root / "out" / "a.txt"), "new a");
+  EXPECT_FALSE(fs::exists(root / "out.tmp"));
+}
+
 // A file or a symlink at `to` is replaced itself; a symlink's target stays.
 TEST(SwapInDirectory, AFileOrASymlinkThereIsReplacedItself) {
   const fs::path root = testing::TempDir("swap_in_file");

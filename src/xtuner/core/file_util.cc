@@ -115,7 +115,11 @@ Status SwapInDirectory(const std::string& from, const std::string& to) {
   if (ec || inside(f, t) || inside(t, f))
     return Status::Error("cannot put '" + from + "' at '" + to +
                          "': " + (ec ? ec.message() : "one is the other or inside it"));
-  const std::string parent = fs::path(to).parent_path().string();
+  // A directory itself: a symlink moved in would be removed below with what it points to.
+  if (fs::symlink_status(from, ec).type() != fs::file_type::directory)
+    return Status::Error("cannot put '" + from + "' at '" + to + "': '" + from +
+                         "' is not a directory");
+  const std::string parent = t.parent_path().string();
   if (fs::symlink_status(to, ec).type() != fs::file_type::not_found) {
     const int rc = ::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE);
     const int err = errno;

@@ -30,14 +30,15 @@ Result<std::string> ReadFileToString(const std::string& path);
 // fsync of a directory, so a rename inside it survives a power cut (best effort).
 void SyncDirectory(const std::string& dir);
 
-// Puts the directory `from` at `to` (absent, or a directory it replaces; a file or a symlink there
-// is replaced itself, not what it points to). Where `to` exists the two are exchanged in one step
-// (renameat2's RENAME_EXCHANGE), so that a crash at any moment leaves at `to` the old one or the
-// new one, and the old one, then at `from`, is removed (best effort: one left there is the
-// caller's to clear). A file system that cannot exchange has the old one removed first: for a
-// moment `to` is absent, the new one still at `from`. Syncing the files inside `from` is the
-// caller's part. Errors name both paths and leave the new one at `from`; `from` and `to` the same
-// directory, or one inside the other, is an error that touches neither.
+// Puts the directory `from` (a directory itself, not a symlink) at `to` (absent, or a directory
+// it replaces; a file or a symlink there is replaced itself, not what it points to). Where `to`
+// exists the two are exchanged in one step (renameat2's RENAME_EXCHANGE), so that a crash at any
+// moment leaves at `to` the old one or the new one, and the old one, then at `from`, is removed
+// (best effort: one left there is the caller's to clear). A file system that cannot exchange has
+// the old one removed first: for a moment `to` is absent, the new one still at `from`. Syncing the
+// files inside `from` is the caller's part. Errors name both paths and leave the new one at
+// `from`; `from` and `to` the same directory, or one inside the other, or `from` not a directory,
+// is an error that touches neither.
 Status SwapInDirectory(const std::string& from, const std::string& to);
 
 }  // namespace xt

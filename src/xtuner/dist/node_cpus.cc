@@ -141,7 +141,9 @@ void ChooseCpuThreads() {
     const int node_cpus = capped(Count(node));
     omp_set_num_threads(SharedThreadsPerRank(rank_cpus, node_cpus, ranks));
     g_source = std::to_string(node_cpus) + " CPUs on this node shared by its " +
-               std::to_string(ranks) + " ranks; OMP_NUM_THREADS sets it";
+               std::to_string(ranks) + " ranks" +
+               (node_cpus < Count(node) ? ", capped by the cgroup's CPU quota" : "") +
+               "; OMP_NUM_THREADS sets it";
     return;
   }
   omp_set_num_threads(std::max(1, rank_cpus));

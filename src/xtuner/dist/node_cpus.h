@@ -17,10 +17,11 @@ namespace xt {
 // node's CPUs, at most the rank's own, at least one.
 int SharedThreadsPerRank(int rank_cpus, int node_cpus, int ranks_on_node);
 
-// The CPUs this process's cgroup may use, rounded up: the smallest quota from its cgroup (named in
-// `self`) up to `root`, in cgroup v1's cpu/.../cpu.cfs_quota_us over cpu.cfs_period_us, or else
-// v2's
-// .../cpu.max ("200000 100000": 2). 0 where there is no quota ("max", -1) or nothing can be read.
+// The CPUs this process's cgroup may use, rounded up (a quota of 1.5 CPUs is 2): the smallest quota
+// from its cgroup (named in `self`) up to `root`, in cgroup v1's cpu.cfs_quota_us over
+// cpu.cfs_period_us (the cpu controller's hierarchy at `root`/cpu, where systemd and container
+// runtimes link it), or else v2's cpu.max ("200000 100000": 2). 0 where there is no quota ("max",
+// -1) or nothing can be read.
 int CgroupCpuQuota(const std::string& root = "/sys/fs/cgroup",
                    const std::string& self = "/proc/self/cgroup");
 
@@ -35,8 +36,9 @@ int CgroupCpuQuota(const std::string& root = "/sys/fs/cgroup",
 void ChooseCpuThreads();
 
 // The calling thread's OpenMP thread count and where it came from, for a run's summary:
-// "2 (OMP_NUM_THREADS)", "1 a rank (2 CPUs on this node shared by its 2 ranks; OMP_NUM_THREADS
-// sets it)", "2 (the CPU quota of this cgroup; ...)", "8 (the CPUs this process may run on; ...)".
+// "2 (OMP_NUM_THREADS)", "1 (2 CPUs on this node shared by its 2 ranks; OMP_NUM_THREADS sets it)"
+// (", capped by the cgroup's CPU quota" after "ranks" where the quota lowered them), "2 (the CPU
+// quota of this cgroup; ...)", "8 (the CPUs this process may run on; ...)".
 std::string DescribeThreads();
 
 }  // namespace xt
