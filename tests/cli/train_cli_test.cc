@@ -14,6 +14,7 @@
 
 #include "util/cli.h"
 #include "util/testing.h"
+#include "xtuner/core/file_util.h"
 
 namespace xt {
 namespace {
@@ -49,6 +50,11 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
              "--max-new-tokens 3");
   EXPECT_EQ(r.code, 0) << r.output;
 
+  // What transformers reads beside a model's weights: the chat template and the generation
+  // settings; each export of a run from this model carries them.
+  std::ofstream(dir + "/demo/hf/chat_template.jinja") << "{{ messages[0]['content'] }}";
+  std::ofstream(dir + "/demo/hf/generation_config.json") << R"({"eos_token_id": [1, 2]})";
+
   // sft on the exported checkpoint (its tokenizer.json is found beside the weights).
   r = Xtuner("sft --load-from " + dir +
              "/demo/hf --dataset examples/demo/train.jsonl "
@@ -66,6 +72,35 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/converted/tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir + "/converted/model.safetensors"));
+
+  // The sft run's checkpoint converts with its base model's files, as its own export would.
+  r = Xtuner("convert --checkpoint " + dir + "/sft/checkpoints/step-00000002 --out " + dir +
+             "/converted_sft");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto read = [](const std::string& path) {
+    Result<std::string> text = ReadFileToString(path);
+    return text.ok() ? *text : text.status().message();
+  };
+  for (const char* f : {"tokenizer.json", "chat_template.jinja", "generation_config.json"}) {
+    ASSERT_TRUE(fs::exists(dir + "/converted_sft/" + f)) << f;
+    EXPECT_EQ(read(dir + "/converted_sft/" + f), read(dir + "/demo/hf/" + f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/converted_sft.converting"));
+
+  // A new directory appears whole or not at all: a failure after the weights (a tokenizer that
+  // cannot be copied) leaves none, nor the partial one. An existing directory is written into, and
+  // its other files stay.
+  const std::string sft_step = dir + "/sft/checkpoints/step-00000002";
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/failed --tokenizer " + dir);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("cannot copy"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir + "/failed"));
+  EXPECT_FALSE(fs::exists(dir + "/failed.converting"));
+  std::ofstream(dir + "/converted_sft/NOTES.md") << "mine";
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/converted_sft/");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(read(dir + "/converted_sft/NOTES.md"), "mine");
+  EXPECT_TRUE(fs::exists(dir + "/converted_sft/model.safetensors"));
 }
 
 // A model from an FP8 config (blocks of 32 x 32 here) exports FP8 in those blocks, from the run

@@ -6,9 +6,11 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "xtuner/core/file_util.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/train/config.h"
+#include "xtuner/train/export_files.h"
 #include "xtuner/train/train_checkpoint.h"
 #include "xtuner/train/train_data.h"
 
@@ -58,19 +60,25 @@ Status RunConvert(const ConvertArgs& o) {
         base_model = fs::absolute(cfg.load_from).lexically_normal().string();
     }
   }
-  XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, *params, o.out, dtype, size_t(o.shard_mb) << 20));
+  if (!tokenizer.empty() && !fs::exists(tokenizer))
+    return Status::Error(tokenizer + ": cannot copy the tokenizer: no such file");
+  // A new directory is written whole or not at all: into "<out>.converting", then put in place.
+  // An existing one is written into: each file replaced atomically, other files kept.
+  fs::path out = fs::path(o.out).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "out/"
+  const bool fresh = !fs::exists(out);
+  const std::string dir = fresh ? out.string() + ".converting" : out.string();
+  std::error_code ec;
+  if (fresh) fs::remove_all(dir, ec);  // a killed convert's
+  Status st = SaveHfModelFrom(mc, layout, *params, dir, dtype, size_t(o.shard_mb) << 20);
+  // The tokenizer's files, its chat template and the base model's generation settings, as the
+  // run's own export has them.
+  if (st.ok()) st = CopyExportFiles(tokenizer, o.base.empty() ? base_model : o.base, dir);
+  if (st.ok() && fresh) st = SwapInDirectory(dir, out.string());
+  if (!st.ok() && fresh) fs::remove_all(dir, ec);
+  XT_RETURN_IF_ERROR(st);
   if (!o.adapter_out.empty())  // (the adapters stay in the slab); its lora_dropout: the run's
     XT_RETURN_IF_ERROR(SaveLoraAdapter(mc, layout, params->slab(), o.adapter_out, base_model));
-  if (!tokenizer.empty()) {
-    std::error_code ec;
-    fs::copy_file(tokenizer, fs::path(o.out) / "tokenizer.json",
-                  fs::copy_options::overwrite_existing, ec);
-    if (ec) return Status::Error(tokenizer + ": cannot copy the tokenizer: " + ec.message());
-    const fs::path tc = fs::path(tokenizer).parent_path() / "tokenizer_config.json";
-    if (fs::exists(tc))
-      fs::copy_file(tc, fs::path(o.out) / "tokenizer_config.json",
-                    fs::copy_options::overwrite_existing, ec);
-  }
   std::printf("converted %s -> %s (%s%s)\n", o.checkpoint.c_str(), o.out.c_str(), o.dtype.c_str(),
               tokenizer.empty() ? ", no tokenizer found: pass --tokenizer" : ", with tokenizer");
   return Status::OK();

@@ -27,6 +27,7 @@
 #include "xtuner/plan/plan.h"
 #include "xtuner/train/backend.h"
 #include "xtuner/train/evaluate.h"
+#include "xtuner/train/export_files.h"
 #include "xtuner/train/metrics.h"
 #include "xtuner/train/metrics_flops.h"
 #include "xtuner/train/metrics_jsonl.h"
@@ -102,21 +103,7 @@ Status ExportModel(const TrainConfig& cfg, const ModelConfig& mc, ExportParams& 
     XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(cfg.export_dtype, "export.dtype"));
     XT_RETURN_IF_ERROR(SaveHfModelFrom(mc, layout, params, tmp.string(), dtype,
                                        size_t(cfg.export_shard_mb) << 20));
-    const fs::path tok_dir = fs::path(data.tokenizer_path).parent_path();
-    // The tokenizer's files, its chat template, and the base model's generation settings
-    // (generation_config.json: transformers' generate reads its eos_token_id).
-    const fs::path model_dir = cfg.load_from.empty() ? fs::path() : fs::path(cfg.load_from);
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                          "chat_template.jinja", "generation_config.json"}) {
-      const fs::path src = f == std::string("tokenizer.json") ? fs::path(data.tokenizer_path)
-                           : f == std::string("generation_config.json") ? model_dir / f
-                                                                        : tok_dir / f;
-      if (f == std::string("generation_config.json") && model_dir.empty()) continue;
-      std::error_code ec;
-      if (fs::exists(src)) fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
-      if (ec) return Status::Error((tmp / f).string() + ": " + ec.message());
-    }
-    return Status::OK();
+    return CopyExportFiles(data.tokenizer_path, cfg.load_from, tmp.string());
   }));
   if (!mc.lora.enabled()) return Status::OK();
   return ReplaceDirectory(dir + "-adapter", "adapter export", [&](const fs::path& tmp) {
