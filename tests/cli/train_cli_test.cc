@@ -1,5 +1,6 @@
 // xtuner train / sft / generate / convert as a user runs them, and Ctrl-C during training.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,9 +51,7 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
              "--max-new-tokens 3");
   EXPECT_EQ(r.code, 0) << r.output;
 
-  // What transformers reads beside a model's weights: the chat template and the generation
-  // settings; each export of a run from this model carries them.
-  std::ofstream(dir + "/demo/hf/chat_template.jinja") << "{{ messages[0]['content'] }}";
+  // The base model's generation settings, which transformers' generate reads beside the weights.
   std::ofstream(dir + "/demo/hf/generation_config.json") << R"({"eos_token_id": [1, 2]})";
 
   // sft on the exported checkpoint (its tokenizer.json is found beside the weights).
@@ -73,31 +72,61 @@ TEST(TrainCli, TrainExportGenerateSftConvert) {
   EXPECT_TRUE(fs::exists(dir + "/converted/tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir + "/converted/model.safetensors"));
 
-  // The sft run's checkpoint converts with its base model's files, as its own export would.
-  r = Xtuner("convert --checkpoint " + dir + "/sft/checkpoints/step-00000002 --out " + dir +
-             "/converted_sft");
+  // The sft run's checkpoint converts with the files transformers reads beside the weights:
+  // those beside its tokenizer (here a directory of its own, given by --tokenizer) and its base
+  // model's generation settings. A new directory (spelled with a trailing slash) appears whole.
+  const std::string tok = dir + "/tok", sft_step = dir + "/sft/checkpoints/step-00000002";
+  fs::create_directories(tok);
+  fs::copy_file(dir + "/demo/hf/tokenizer.json", tok + "/tokenizer.json");
+  std::ofstream(tok + "/chat_template.jinja") << "{{ messages[0]['content'] }}";
+  std::ofstream(tok + "/tokenizer_config.json") << R"({"model_max_length": 64})";
+  std::ofstream(tok + "/special_tokens_map.json") << R"({"eos_token": "<|im_end|>"})";
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/converted_sft/ --tokenizer " +
+             tok);
   ASSERT_EQ(r.code, 0) << r.output;
   const auto read = [](const std::string& path) {
     Result<std::string> text = ReadFileToString(path);
     return text.ok() ? *text : text.status().message();
   };
-  for (const char* f : {"tokenizer.json", "chat_template.jinja", "generation_config.json"}) {
+  for (const char* f : {"tokenizer.json", "chat_template.jinja", "tokenizer_config.json",
+                        "special_tokens_map.json", "generation_config.json"}) {
+    const std::string from =
+        f == std::string("generation_config.json") ? dir + "/demo/hf/" : tok + "/";
     ASSERT_TRUE(fs::exists(dir + "/converted_sft/" + f)) << f;
-    EXPECT_EQ(read(dir + "/converted_sft/" + f), read(dir + "/demo/hf/" + f)) << f;
+    EXPECT_EQ(read(dir + "/converted_sft/" + f), read(from + f)) << f;
   }
   EXPECT_FALSE(fs::exists(dir + "/converted_sft.converting"));
+  EXPECT_FALSE(fs::exists(dir + "/converted_sft/.xtuner-converting"));
 
-  // A new directory appears whole or not at all: a failure after the weights (a tokenizer that
-  // cannot be copied) leaves none, nor the partial one. An existing directory is written into, and
-  // its other files stay.
-  const std::string sft_step = dir + "/sft/checkpoints/step-00000002";
-  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/failed --tokenizer " + dir);
+  // A failure after the weights (a tokenizer that cannot be copied: a pipe) leaves no new
+  // directory, nor the partial one.
+  ASSERT_EQ(mkfifo((dir + "/pipe.json").c_str(), 0600), 0);
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/failed --tokenizer " + dir +
+             "/pipe.json");
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("cannot copy"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("convert to " + dir + "/failed: " + dir + "/pipe.json: cannot copy"),
+            std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(dir + "/failed"));
   EXPECT_FALSE(fs::exists(dir + "/failed.converting"));
+  // A killed convert's partial directory is cleared; a directory of that name that is not one is
+  // an error that keeps it.
+  fs::create_directories(dir + "/mine.converting");
+  std::ofstream(dir + "/mine.converting/keep.txt") << "mine";
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/mine");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("is not an unfinished convert's output"), std::string::npos) << r.output;
+  EXPECT_EQ(read(dir + "/mine.converting/keep.txt"), "mine");
+  std::ofstream(dir + "/mine.converting/.xtuner-converting");
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/mine");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/mine/model.safetensors"));
+  EXPECT_FALSE(fs::exists(dir + "/mine.converting"));
+
+  // An existing directory is written into, and its other files stay.
   std::ofstream(dir + "/converted_sft/NOTES.md") << "mine";
-  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/converted_sft/");
+  fs::remove(dir + "/converted_sft/model.safetensors");
+  r = Xtuner("convert --checkpoint " + sft_step + " --out " + dir + "/converted_sft");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(read(dir + "/converted_sft/NOTES.md"), "mine");
   EXPECT_TRUE(fs::exists(dir + "/converted_sft/model.safetensors"));

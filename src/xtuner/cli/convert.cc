@@ -25,6 +25,26 @@ struct ConvertArgs {
   int64_t shard_mb = 5000;
 };
 
+// Marks "<out>.converting" as convert's own, so that a killed convert's is cleared and nothing
+// else.
+constexpr const char* kConvertingMark = ".xtuner-converting";
+
+// An empty `dir` holding the mark: a killed convert's is cleared; any other directory there is an
+// error that leaves it.
+Status StartConverting(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    if (!fs::exists(fs::path(dir) / kConvertingMark, ec))
+      return Status::Error(dir + " exists and is not an unfinished convert's output: move it away");
+    fs::remove_all(dir, ec);
+    if (ec)
+      return Status::Error(dir + ": cannot remove a killed convert's output: " + ec.message());
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return Status::Error(dir + ": cannot create: " + ec.message());
+  return WriteFileAtomically((fs::path(dir) / kConvertingMark).string(), "");
+}
+
 Status RunConvert(const ConvertArgs& o) {
   XT_ASSIGN_OR_RETURN(ExportDType dtype, ParseExportDType(o.dtype, "convert: --dtype"));
   fs::path ckpt = fs::path(o.checkpoint).lexically_normal();
@@ -60,23 +80,30 @@ Status RunConvert(const ConvertArgs& o) {
         base_model = fs::absolute(cfg.load_from).lexically_normal().string();
     }
   }
+  // A LoRA run's base that has moved (--base) holds its tokenizer where the recorded one is gone.
+  if (o.tokenizer.empty() && !o.base.empty() && !tokenizer.empty() && !fs::exists(tokenizer) &&
+      fs::exists(fs::path(o.base) / "tokenizer.json"))
+    tokenizer = (fs::path(o.base) / "tokenizer.json").string();
   if (!tokenizer.empty() && !fs::exists(tokenizer))
-    return Status::Error(tokenizer + ": cannot copy the tokenizer: no such file");
+    return Status::Error(tokenizer +
+                         ": cannot copy the tokenizer: no such file (pass --tokenizer)");
   // A new directory is written whole or not at all: into "<out>.converting", then put in place.
   // An existing one is written into: each file replaced atomically, other files kept.
   fs::path out = fs::path(o.out).lexically_normal();
   if (out.filename().empty()) out = out.parent_path();  // "out/"
   const bool fresh = !fs::exists(out);
   const std::string dir = fresh ? out.string() + ".converting" : out.string();
-  std::error_code ec;
-  if (fresh) fs::remove_all(dir, ec);  // a killed convert's
+  if (fresh) XT_RETURN_IF_ERROR(StartConverting(dir));
   Status st = SaveHfModelFrom(mc, layout, *params, dir, dtype, size_t(o.shard_mb) << 20);
   // The tokenizer's files, its chat template and the base model's generation settings, as the
   // run's own export has them.
   if (st.ok()) st = CopyExportFiles(tokenizer, o.base.empty() ? base_model : o.base, dir);
+  std::error_code ec;
+  if (st.ok() && fresh && !fs::remove(fs::path(dir) / kConvertingMark, ec))
+    st = Status::Error(dir + ": cannot remove " + kConvertingMark + ": " + ec.message());
   if (st.ok() && fresh) st = SwapInDirectory(dir, out.string());
   if (!st.ok() && fresh) fs::remove_all(dir, ec);
-  XT_RETURN_IF_ERROR(st);
+  if (!st.ok()) return st.With("convert to " + out.string());
   if (!o.adapter_out.empty())  // (the adapters stay in the slab); its lora_dropout: the run's
     XT_RETURN_IF_ERROR(SaveLoraAdapter(mc, layout, params->slab(), o.adapter_out, base_model));
   std::printf("converted %s -> %s (%s%s)\n", o.checkpoint.c_str(), o.out.c_str(), o.dtype.c_str(),
