@@ -15,6 +15,7 @@
 
 #include "util/testing.h"
 #include "util/tiny_run.h"
+#include "xtuner/core/file_util.h"
 #include "xtuner/core/json.h"
 #include "xtuner/core/safetensors.h"
 #include "xtuner/data/chat_template.h"
@@ -258,6 +259,23 @@ TEST(Trainer, GptOssTrainsOnHarmonyChatsAndResumes) {
             "data.reasoning_effort (\"low\") is an option of the harmony chat template; the chat "
             "template is chatml");
   EXPECT_FALSE(fs::exists(chatml.work_dir + "/metrics.jsonl"));
+}
+
+// data.tokenizer may name a model's directory, as Hugging Face's from_pretrained takes one: its
+// tokenizer.json is used, and exported.
+TEST(Trainer, ATokenizerDirectoryMeansItsTokenizerJson) {
+  TrainConfig c = TinyRun("tokenizer_dir");
+  const std::string file = c.tokenizer;
+  c.tokenizer = fs::path(file).parent_path().string();
+  c.steps = 1;
+  c.export_at_end = true;
+  auto r = RunTraining(c, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  auto exported = ReadFileToString(r->export_dir + "/tokenizer.json");
+  auto source = ReadFileToString(file);
+  ASSERT_TRUE(exported.ok()) << exported.status().message();
+  ASSERT_TRUE(source.ok());
+  EXPECT_EQ(*exported, *source);
 }
 
 // A run from a Hugging Face model exports what transformers' generate reads besides the weights:

@@ -77,7 +77,8 @@ void AddSft(CLI::App& app) {
                   "chatml|qwen3|llama3|llama3.1|deepseek-v3|harmony|auto")
       ->required();
   cmd->add_option("--work-dir", cfg.work_dir, "output directory")->required();
-  cmd->add_option("--tokenizer", cfg.tokenizer, "tokenizer.json (default: DIR/tokenizer.json)");
+  cmd->add_option("--tokenizer", cfg.tokenizer,
+                  "tokenizer.json, or a directory holding one (default: DIR/tokenizer.json)");
   cmd->add_option("--steps", cfg.steps, "optimizer steps")->capture_default_str();
   cmd->add_option("--lr", cfg.lr, "peak learning rate")->capture_default_str();
   cmd->add_option("--max-length", cfg.max_length, "tokens per packed row")->capture_default_str();

@@ -44,7 +44,8 @@ const std::vector<Key>& Schema() {
        "the run checks its largest micro-batch before the first step and, where it cannot fit, "
        "names it (train.device = \"cuda\": an error; cpu: a warning)."},
       {"data.tokenizer", &C::tokenizer,
-       "tokenizer.json; default: tokenizer.json beside the model's config.json."},
+       "tokenizer.json, or a directory holding one (a Hugging Face model's); default: "
+       "tokenizer.json beside the model's config.json."},
       {"data.chat_template", &C::chat_template,
        "chatml | qwen3 | llama3 | llama3.1 | deepseek-v3 | harmony (GPT-OSS) | auto (recognised "
        "from tokenizer_config.json)."},

@@ -13,6 +13,9 @@ namespace xt {
 namespace fs = std::filesystem;
 
 std::string TokenizerPathFor(const TrainConfig& cfg) {
+  std::error_code ec;
+  if (!cfg.tokenizer.empty() && fs::is_directory(cfg.tokenizer, ec))  // a model's directory
+    return (fs::path(cfg.tokenizer) / "tokenizer.json").string();
   if (!cfg.tokenizer.empty()) return cfg.tokenizer;
   fs::path model =
       cfg.load_from.empty() ? fs::path(cfg.model_config).parent_path() : fs::path(cfg.load_from);

@@ -36,7 +36,8 @@ struct TrainData {
   std::string TemplateSummary(const TrainConfig& cfg) const;
 };
 
-// The tokenizer.json a config uses: data.tokenizer, or the one beside the model.
+// The tokenizer.json a config uses: data.tokenizer (the tokenizer.json in it where it is a
+// directory), or the one beside the model.
 std::string TokenizerPathFor(const TrainConfig& cfg);
 
 // Loads the tokenizer and template, then the cache (building it from the datasets when needed,
