@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "xtuner/core/file_util.h"
+#include "xtuner/data/tokenizer.h"
 #include "xtuner/model/checkpoint.h"
 #include "xtuner/model/lora.h"
 #include "xtuner/train/config.h"
@@ -70,7 +71,7 @@ Status RunConvert(const ConvertArgs& o) {
   const ParamLayout layout(mc);
   // The tokenizer (given, or the one the run's config.toml names: work_dir/config.toml) and
   // the base model a LoRA adapter names.
-  std::string tokenizer = o.tokenizer, base_model;
+  std::string tokenizer = o.tokenizer.empty() ? "" : TokenizerJsonPath(o.tokenizer), base_model;
   const fs::path run_config = ckpt.parent_path().parent_path() / "config.toml";
   if (fs::exists(run_config)) {
     TrainConfig cfg;

@@ -142,9 +142,14 @@ Status Tokenizer::Impl::LoadAddedTokens(const nlohmann::json& list) {
   return Status::OK();
 }
 
+std::string TokenizerJsonPath(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return path;
+  return (std::filesystem::path(path) / "tokenizer.json").string();
+}
+
 Result<Tokenizer> Tokenizer::FromFile(const std::string& path) {
-  std::string file = path;
-  if (std::filesystem::is_directory(path)) file = (std::filesystem::path(path) / "tokenizer.json");
+  const std::string file = TokenizerJsonPath(path);
   XT_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(file));
   return FromJson(text, file);
 }

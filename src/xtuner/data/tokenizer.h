@@ -17,6 +17,10 @@
 
 namespace xt {
 
+// The tokenizer.json that `path` names: `path` itself, or the tokenizer.json in it where it is a
+// directory (a Hugging Face model's, as from_pretrained takes one).
+std::string TokenizerJsonPath(const std::string& path);
+
 class Tokenizer {
  public:
   // `path` is a tokenizer.json file or a directory holding one.

@@ -12,12 +12,8 @@ Status CopyExportFiles(const std::string& tokenizer_json, const std::string& bas
                        const std::string& out_dir) {
   std::vector<std::pair<fs::path, const char*>> files;  // source, name in out_dir
   if (!tokenizer_json.empty()) {
-    std::error_code ec;
-    const bool dir = fs::is_directory(tokenizer_json, ec);  // a model's directory
-    const fs::path tok_dir =
-        dir ? fs::path(tokenizer_json) : fs::path(tokenizer_json).parent_path();
-    files.push_back(
-        {dir ? tok_dir / "tokenizer.json" : fs::path(tokenizer_json), "tokenizer.json"});
+    const fs::path tok_dir = fs::path(tokenizer_json).parent_path();
+    files.push_back({tokenizer_json, "tokenizer.json"});
     for (const char* f :
          {"tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"})
       files.push_back({tok_dir / f, f});

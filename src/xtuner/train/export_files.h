@@ -10,9 +10,8 @@
 namespace xt {
 
 // Copies into `out_dir` (which exists), replacing files there:
-//  - `tokenizer_json` as tokenizer.json (or, where it is a directory, the tokenizer.json in it),
-//    and tokenizer_config.json, special_tokens_map.json and chat_template.jinja from beside it
-//    (transformers 5 keeps the chat template in that file);
+//  - `tokenizer_json` as tokenizer.json, and tokenizer_config.json, special_tokens_map.json and
+//    chat_template.jinja from beside it (transformers 5 keeps the chat template in that file);
 //  - `base_model`'s generation_config.json (transformers' generate reads its eos_token_id).
 // An empty path, or a file that is absent, is skipped; a copy that fails is an error naming the
 // file.

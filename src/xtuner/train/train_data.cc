@@ -13,10 +13,7 @@ namespace xt {
 namespace fs = std::filesystem;
 
 std::string TokenizerPathFor(const TrainConfig& cfg) {
-  std::error_code ec;
-  if (!cfg.tokenizer.empty() && fs::is_directory(cfg.tokenizer, ec))  // a model's directory
-    return (fs::path(cfg.tokenizer) / "tokenizer.json").string();
-  if (!cfg.tokenizer.empty()) return cfg.tokenizer;
+  if (!cfg.tokenizer.empty()) return TokenizerJsonPath(cfg.tokenizer);
   fs::path model =
       cfg.load_from.empty() ? fs::path(cfg.model_config).parent_path() : fs::path(cfg.load_from);
   return (model / "tokenizer.json").string();
@@ -28,9 +25,8 @@ namespace {
 Result<ChatTemplate> TemplateFor(const TrainConfig& cfg, const std::string& tokenizer_path) {
   std::string name = cfg.chat_template;
   if (name == "auto") {
-    fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path)
-                                                    : fs::path(tokenizer_path).parent_path();
-    const std::string tc = (dir / "tokenizer_config.json").string();
+    const std::string tc =
+        (fs::path(tokenizer_path).parent_path() / "tokenizer_config.json").string();
     if (!fs::exists(tc)) {
       std::string names;
       for (const std::string& n : ChatTemplate::Names()) names += (names.empty() ? "" : ", ") + n;
