@@ -117,8 +117,6 @@ void ChooseCpuThreads() {
   if (mpi && !initialized) return;
   std::vector<uint8_t> mine, node;
   const bool known = AffinityBytes(&mine);
-  const int quota = CgroupCpuQuota();
-  const auto capped = [&](int cpus) { return quota > 0 ? std::min(cpus, quota) : cpus; };
   int ranks = 1;
   if (mpi) {  // every rank takes part, whatever its own environment, so that none waits alone
     MPI_Comm local;
@@ -136,20 +134,21 @@ void ChooseCpuThreads() {
     g_source = "OpenMP's default; OMP_NUM_THREADS sets it";
     return;
   }
-  const int rank_cpus = capped(Count(mine));
+  const int quota = CgroupCpuQuota();
+  const auto capped = [&](int cpus) { return quota > 0 ? std::min(cpus, quota) : cpus; };
+  const int own = Count(mine), rank_cpus = capped(own);
   if (ranks > 1) {
-    const int node_cpus = capped(Count(node));
+    const int all = Count(node), node_cpus = capped(all);
     omp_set_num_threads(SharedThreadsPerRank(rank_cpus, node_cpus, ranks));
     g_source = std::to_string(node_cpus) + " CPUs on this node shared by its " +
                std::to_string(ranks) + " ranks" +
-               (node_cpus < Count(node) ? ", capped by the cgroup's CPU quota" : "") +
+               (node_cpus < all ? ", capped by the cgroup's CPU quota" : "") +
                "; OMP_NUM_THREADS sets it";
     return;
   }
   omp_set_num_threads(std::max(1, rank_cpus));
-  g_source = quota > 0 && quota < Count(mine)
-                 ? "the CPU quota of this cgroup; OMP_NUM_THREADS sets it"
-                 : "the CPUs this process may run on; OMP_NUM_THREADS sets it";
+  g_source = rank_cpus < own ? "the CPU quota of this cgroup; OMP_NUM_THREADS sets it"
+                             : "the CPUs this process may run on; OMP_NUM_THREADS sets it";
 }
 
 std::string DescribeThreads() {
