@@ -13,6 +13,9 @@ if [ -z "${CMAKE_GENERATOR:-}" ] && command -v ninja > /dev/null; then export CM
 if command -v ccache > /dev/null; then
   mkdir -p "$BUILD_DIR"
   export CCACHE_DIR=${CCACHE_DIR:-$(cd "$BUILD_DIR" && pwd)/ccache}
+  # Paths under the checkout hashed as relative ones: a unity source (build*/.../unity_0_cxx.cxx)
+  # has the same text in both build directories, and is then served from the cache too.
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
   export CMAKE_C_COMPILER_LAUNCHER=${CMAKE_C_COMPILER_LAUNCHER-ccache}
   export CMAKE_CXX_COMPILER_LAUNCHER=${CMAKE_CXX_COMPILER_LAUNCHER-ccache}
 fi

@@ -15,8 +15,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string Errno() { return std::strerror(errno); }
-
 // Where `p` names, its directory's symlinks resolved but not its last part's ("out/" is "out").
 fs::path Place(const std::string& p, std::error_code* ec) {
   fs::path a = fs::absolute(p, *ec).lexically_normal();
@@ -26,10 +24,12 @@ fs::path Place(const std::string& p, std::error_code* ec) {
 
 }  // namespace
 
+std::string ErrnoText() { return std::strerror(errno); }
+
 Result<std::string> ReadFileToString(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    const std::string why = Errno();
+    const std::string why = ErrnoText();
     return Status::Error(path + ": cannot open: " + why);
   }
   std::string text;
@@ -38,7 +38,7 @@ Result<std::string> ReadFileToString(const std::string& path) {
     const ssize_t n = ::read(fd, buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      const std::string why = errno == EISDIR ? "is a directory" : "read error: " + Errno();
+      const std::string why = errno == EISDIR ? "is a directory" : "read error: " + ErrnoText();
       ::close(fd);
       return Status::Error(path + ": " + why);
     }
@@ -55,11 +55,11 @@ Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& ch
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    const std::string why = Errno();
+    const std::string why = ErrnoText();
     return Status::Error("cannot create '" + tmp + "': " + why);
   }
   auto fail = [&](const std::string& what) {
-    const std::string why = Errno();  // before anything else can change errno
+    const std::string why = ErrnoText();  // before anything else can change errno
     std::string msg = what + " '" + tmp + "': " + why;
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
@@ -84,7 +84,7 @@ Status WriteFileAtomically(const std::string& path, const std::vector<Chunk>& ch
   fd = -1;
   if (rc != 0) return fail("cannot close");
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = Errno();
+    const std::string why = ErrnoText();
     std::string msg = "cannot rename '" + tmp + "' to '" + path + "': " + why;
     ::unlink(tmp.c_str());
     return Status::Error(msg);

@@ -27,6 +27,10 @@ Status WriteFileAtomically(const std::string& path, std::string_view bytes);
 // stream's `in >> rdbuf` would read a directory or a failed read as empty or truncated text.)
 Result<std::string> ReadFileToString(const std::string& path);
 
+// The system's message for errno as it is now (strerror): call it before anything that may
+// change errno.
+std::string ErrnoText();
+
 // fsync of a directory, so a rename inside it survives a power cut (best effort).
 void SyncDirectory(const std::string& dir);
 

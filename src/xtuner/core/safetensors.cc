@@ -398,15 +398,6 @@ Result<std::vector<double>> SafetensorsFile::GetF64(const std::string& name,
 
 // ------------------------------------------------------------------------ SafetensorsCheckpoint
 
-namespace {
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
 SafetensorsCheckpoint SafetensorsCheckpoint::FromFile(SafetensorsFile file) {
   SafetensorsCheckpoint ckpt;
   ckpt.path_ = file.path();
@@ -430,7 +421,7 @@ Result<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& pat
       return Status::Error("checkpoint directory '" + path_or_dir +
                            "' holds neither model.safetensors.index.json nor model.safetensors");
     }
-  } else if (EndsWith(path_or_dir, ".index.json")) {
+  } else if (path_or_dir.ends_with(".index.json")) {
     index_path = p;
   } else {
     single_path = p;

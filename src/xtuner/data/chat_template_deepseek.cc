@@ -26,7 +26,7 @@ namespace xt {
 
 namespace {
 
-const char kBos[] = "<｜begin▁of▁sentence｜>";
+const char kBeginOfSentence[] = "<｜begin▁of▁sentence｜>";
 const char kEos[] = "<｜end▁of▁sentence｜>";
 const char kUser[] = "<｜User｜>";
 const char kAssistant[] = "<｜Assistant｜>";
@@ -49,7 +49,7 @@ Status RenderDeepseekV3(const Conversation& conv, const std::vector<bool>& train
     system += m.content;
     first_system = false;
   }
-  out->Prompt(kBos);
+  out->Prompt(kBeginOfSentence);
   out->Prompt(system);
 
   bool is_tool = false, is_output_first = true;
@@ -97,7 +97,7 @@ const ChatTemplateSpec& DeepseekV3Spec() {
   static const ChatTemplateSpec spec{
       "deepseek-v3",
       RenderDeepseekV3,
-      {kBos, kEos, kUser, kAssistant},
+      {kBeginOfSentence, kEos, kUser, kAssistant},
       {"<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
        "<｜tool▁call▁end｜>", "<｜tool▁sep｜>", "<｜tool▁outputs▁begin｜>",
        "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"},

@@ -63,7 +63,7 @@ bool Truthy(const ordered_json* v) {
 }
 
 // Jinja's `spec.key` on a JSON value: the member, or nullptr (undefined).
-const ordered_json* Member(const ordered_json& spec, const char* key) {
+const ordered_json* FindMember(const ordered_json& spec, const char* key) {
   if (!spec.is_object()) return nullptr;
   auto it = spec.find(key);
   return it == spec.end() ? nullptr : &*it;
@@ -103,7 +103,7 @@ Result<std::string> Join(const ordered_json& list, const std::string& sep,
 
 // Whether `name` is in the schema's "required" list.
 Result<bool> Required(const ordered_json& spec, const std::string& name, const std::string& where) {
-  const ordered_json* req = Member(spec, "required");
+  const ordered_json* req = FindMember(spec, "required");
   if (!Truthy(req)) return false;
   if (!req->is_array())
     return Status::Error(kName + " chat template: " + where + ".required must be an array");
@@ -115,7 +115,7 @@ Result<bool> Required(const ordered_json& spec, const std::string& name, const s
 // The schema's "properties" when the source iterates them: nullptr when there are none, an
 // error when they are not an object.
 Result<const ordered_json*> Properties(const ordered_json& spec, const std::string& where) {
-  const ordered_json* props = Member(spec, "properties");
+  const ordered_json* props = FindMember(spec, "properties");
   if (!Truthy(props)) return nullptr;
   if (!props->is_object())
     return Status::Error(kName + " chat template: " + where + ".properties must be an object");
@@ -125,13 +125,13 @@ Result<const ordered_json*> Properties(const ordered_json& spec, const std::stri
 // The source's render_typescript_type macro: a JSON schema as a TypeScript type. `where` names
 // the schema in errors.
 Result<std::string> TypeScript(const ordered_json& spec, const std::string& where) {
-  const ordered_json* type = Member(spec, "type");
-  const bool nullable = Truthy(Member(spec, "nullable"));
+  const ordered_json* type = FindMember(spec, "type");
+  const bool nullable = Truthy(FindMember(spec, "nullable"));
   if (IsString(type, "array")) {
-    const ordered_json* items = Member(spec, "items");
+    const ordered_json* items = FindMember(spec, "items");
     std::string t = "any[]";
     if (Truthy(items)) {
-      const ordered_json* it = Member(*items, "type");
+      const ordered_json* it = FindMember(*items, "type");
       if (IsString(it, "string")) {
         t = "string[]";
       } else if (IsString(it, "number") || IsString(it, "integer")) {
@@ -149,7 +149,7 @@ Result<std::string> TypeScript(const ordered_json& spec, const std::string& wher
     if (type->size() == 1) return Join(*type, "", where + ".type");
     return Join(*type, " | ", where + ".type");
   }
-  if (const ordered_json* one_of = Member(spec, "oneOf"); Truthy(one_of)) {
+  if (const ordered_json* one_of = FindMember(spec, "oneOf"); Truthy(one_of)) {
     if (!one_of->is_array())
       return Status::Error(kName + " chat template: " + where + ".oneOf must be an array");
     // The source means to print "any" for a union with objects, but its flag is set inside a
@@ -160,18 +160,18 @@ Result<std::string> TypeScript(const ordered_json& spec, const std::string& wher
       const std::string vw = where + ".oneOf[" + std::to_string(k) + "]";
       XT_ASSIGN_OR_RETURN(std::string t, TypeScript(v, vw));
       s += t;
-      if (const ordered_json* d = Member(v, "description"); Truthy(d)) {
+      if (const ordered_json* d = FindMember(v, "description"); Truthy(d)) {
         XT_ASSIGN_OR_RETURN(std::string text, Text(d, vw + ".description"));
         s += "// " + text;
       }
-      if (const ordered_json* d = Member(v, "default"))
+      if (const ordered_json* d = FindMember(v, "default"))
         s += std::string(20, ' ') + "// default: " + PyJsonDumps(*d);
       if (k + 1 < one_of->size()) s += " | \n";
     }
     return s;
   }
   if (IsString(type, "string")) {
-    if (const ordered_json* e = Member(spec, "enum"); Truthy(e)) {
+    if (const ordered_json* e = FindMember(spec, "enum"); Truthy(e)) {
       if (!e->is_array())
         return Status::Error(kName + " chat template: " + where + ".enum must be an array");
       XT_ASSIGN_OR_RETURN(std::string j, Join(*e, "\" | \"", where + ".enum"));
@@ -203,12 +203,12 @@ Result<std::string> ToolNamespace(const ordered_json& tools) {
   std::string s = "## functions\n\nnamespace functions {\n\n";
   for (size_t i = 0; i < tools.size(); ++i) {
     const std::string where = "tools[" + std::to_string(i) + "]";
-    const ordered_json* fn = Member(tools[i], "function");
+    const ordered_json* fn = FindMember(tools[i], "function");
     if (!fn || !fn->is_object())
       return Status::Error(kName + " chat template: " + where +
                            " has no \"function\" object, which the template reads");
-    const ordered_json* desc = Member(*fn, "description");
-    const ordered_json* name = Member(*fn, "name");
+    const ordered_json* desc = FindMember(*fn, "description");
+    const ordered_json* name = FindMember(*fn, "name");
     if (!desc || !name)
       return Status::Error(kName + " chat template: " + where + ".function has no " +
                            (name ? "\"description\"" : "\"name\"") +
@@ -216,7 +216,7 @@ Result<std::string> ToolNamespace(const ordered_json& tools) {
     XT_ASSIGN_OR_RETURN(std::string d, Text(desc, where + ".function.description"));
     XT_ASSIGN_OR_RETURN(std::string n, Text(name, where + ".function.name"));
     s += "// " + d + "\ntype " + n + " = ";
-    const ordered_json* params = Member(*fn, "parameters");
+    const ordered_json* params = FindMember(*fn, "parameters");
     const std::string params_where = where + ".function.parameters";
     const ordered_json* props = nullptr;
     if (Truthy(params) && params->is_object()) {
@@ -229,18 +229,18 @@ Result<std::string> ToolNamespace(const ordered_json& tools) {
     s += "(_: {\n";
     for (const auto& [pname, spec] : props->items()) {
       const std::string pw = params_where + ".properties." + pname;
-      if (const ordered_json* pd = Member(spec, "description"); Truthy(pd)) {
+      if (const ordered_json* pd = FindMember(spec, "description"); Truthy(pd)) {
         XT_ASSIGN_OR_RETURN(std::string text, Text(pd, pw + ".description"));
         s += "// " + text + "\n";
       }
       XT_ASSIGN_OR_RETURN(std::string t, TypeScript(spec, pw));
       XT_ASSIGN_OR_RETURN(bool required, Required(*params, pname, params_where));
       s += pname + (required ? "" : "?") + ": " + t;
-      if (const ordered_json* def = Member(spec, "default")) {
-        if (Truthy(Member(spec, "enum"))) {
+      if (const ordered_json* def = FindMember(spec, "default")) {
+        if (Truthy(FindMember(spec, "enum"))) {
           XT_ASSIGN_OR_RETURN(std::string text, Text(def, pw + ".default (of an enum)"));
           s += ", // default: " + text;
-        } else if (Truthy(Member(spec, "oneOf"))) {
+        } else if (Truthy(FindMember(spec, "oneOf"))) {
           XT_ASSIGN_OR_RETURN(std::string text, Text(def, pw + ".default (of a oneOf)"));
           s += "// default: " + text;
         } else {

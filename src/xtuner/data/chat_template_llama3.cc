@@ -34,7 +34,7 @@ namespace xt {
 
 namespace {
 
-const char kBos[] = "<|begin_of_text|>";
+const char kBeginOfText[] = "<|begin_of_text|>";
 const char kEot[] = "<|eot_id|>";
 
 std::string Header(const std::string& role) {
@@ -51,7 +51,7 @@ void PlainTurn(const Message& m, bool trained, SegmentWriter* out) {
 Status RenderLlama3(const Conversation& conv, const std::vector<bool>& trained,
                     const ChatTemplateOptions& /*options*/, SegmentWriter* out) {
   const std::string kName = "llama3";
-  out->Prompt(kBos);
+  out->Prompt(kBeginOfText);
   for (size_t i = 0; i < conv.messages.size(); ++i) {
     const Message& m = conv.messages[i];
     if (!m.thinking.empty()) {
@@ -77,7 +77,7 @@ Status RenderLlama31(const Conversation& conv, const std::vector<bool>& trained,
     system_message = std::string(PyStrip(ms[0].content));
     i = 1;
   }
-  out->Prompt(std::string(kBos) + Header("system"));
+  out->Prompt(std::string(kBeginOfText) + Header("system"));
   if (tools) out->Prompt("Environment: ipython\n");
   out->Prompt("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
   out->Prompt(system_message + kEot);
@@ -144,7 +144,7 @@ const ChatTemplateSpec& Llama3Spec() {
   static const ChatTemplateSpec spec{
       "llama3",
       RenderLlama3,
-      {kBos, "<|start_header_id|>", "<|end_header_id|>", kEot},
+      {kBeginOfText, "<|start_header_id|>", "<|end_header_id|>", kEot},
       {},
       {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "bos_token",
        "message['content'] | trim"},
@@ -157,7 +157,7 @@ const ChatTemplateSpec& Llama31Spec() {
   static const ChatTemplateSpec spec{
       "llama3.1",
       RenderLlama31,
-      {kBos, "<|start_header_id|>", "<|end_header_id|>", kEot},
+      {kBeginOfText, "<|start_header_id|>", "<|end_header_id|>", kEot},
       {},
       {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "bos_token",
        "Cutting Knowledge Date: December 2023", "26 Jul 2024", "tools_in_user_message",

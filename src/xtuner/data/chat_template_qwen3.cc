@@ -26,18 +26,13 @@ namespace xt {
 
 namespace {
 
-bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-bool EndsWith(std::string_view s, std::string_view p) {
-  return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
-}
-
 // Index of the last user message that is a real query (not only a tool response), scanning
 // from the end as the template does; the last index when there is none.
 size_t LastQueryIndex(const std::vector<Message>& ms) {
   for (size_t k = ms.size(); k-- > 0;) {
     const Message& m = ms[k];
     if (m.role == "user" &&
-        !(StartsWith(m.content, "<tool_response>") && EndsWith(m.content, "</tool_response>"))) {
+        !(m.content.starts_with("<tool_response>") && m.content.ends_with("</tool_response>"))) {
       return k;
     }
   }

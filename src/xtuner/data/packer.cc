@@ -8,8 +8,6 @@ namespace xt {
 
 namespace {
 
-constexpr int32_t kIgnore = -100;
-
 // Uniform in [0, bound] (bound < 2^63), by rejection: draws at or above the largest multiple of
 // (bound + 1) that fits in 2^64 are discarded, so every value is exactly equally likely.
 uint64_t UniformUpTo(std::mt19937_64& rng, uint64_t bound) {
@@ -87,7 +85,7 @@ PackedRow BuildRowImpl(const PackPlan& plan, int64_t r, int64_t num_samples, Get
   const int64_t pad = cap - int64_t(row.input_ids.size());
   if (pad > 0) {
     row.input_ids.insert(row.input_ids.end(), size_t(pad), plan.options.pad_id);
-    row.labels.insert(row.labels.end(), size_t(pad), kIgnore);
+    row.labels.insert(row.labels.end(), size_t(pad), kIgnoredLabel);
     for (int64_t t = 0; t < pad; ++t) row.position_ids.push_back(int32_t(t));
     row.cu_seqlens.push_back(cap);
     row.sample_index.push_back(-1);

@@ -1,7 +1,5 @@
 #include "xtuner/data/token_cache.h"
 
-#include "xtuner/core/mapped_file.h"
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -14,6 +12,9 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+
+#include "xtuner/core/file_util.h"
+#include "xtuner/core/mapped_file.h"
 
 namespace xt {
 
@@ -33,7 +34,6 @@ constexpr char kEndMagic[8] = {'X', 'T', 'T', 'O', 'K', 'E', 'N', 'D'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 128;
 constexpr size_t kTrailerBytes = 16;
-constexpr int32_t kIgnore = -100;
 
 // Header field offsets.
 constexpr size_t kOffMagic = 0;         // char[8]
@@ -60,8 +60,6 @@ void Put(uint8_t* p, size_t off, T v) {
   std::memcpy(p + off, &v, sizeof(T));
 }
 
-std::string Errno() { return std::strerror(errno); }
-
 std::string Hex64(uint64_t v) {
   char s[17];
   std::snprintf(s, sizeof(s), "%016llx", static_cast<unsigned long long>(v));
@@ -75,7 +73,7 @@ Status WriteAll(int fd, const void* data, size_t n) {
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
       if (w == 0) errno = EIO;
-      return Status::Error(Errno());
+      return Status::Error(ErrnoText());
     }
     p += w;
     n -= size_t(w);
@@ -90,7 +88,7 @@ Status PWriteAll(int fd, const void* data, size_t n, off_t at) {
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
       if (w == 0) errno = EIO;
-      return Status::Error(Errno());
+      return Status::Error(ErrnoText());
     }
     p += w;
     n -= size_t(w);
@@ -133,10 +131,10 @@ CacheKeyBuilder& CacheKeyBuilder::AddBytes(std::string_view name, std::string_vi
 Status CacheKeyBuilder::AddFile(std::string_view name, const std::string& path) {
   if (!state_->poisoned.empty()) return Status::Error(state_->poisoned);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Error("cache key: cannot open '" + path + "': " + Errno());
+  if (fd < 0) return Status::Error("cache key: cannot open '" + path + "': " + ErrnoText());
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    std::string err = Errno();
+    std::string err = ErrnoText();
     ::close(fd);
     return Status::Error("cache key: cannot stat '" + path + "': " + err);
   }
@@ -156,7 +154,7 @@ Status CacheKeyBuilder::AddFile(std::string_view name, const std::string& path) 
     ssize_t r = ::read(fd, buf.data(), buf.size());
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
-      error = "cache key: cannot read '" + path + "': " + Errno();
+      error = "cache key: cannot read '" + path + "': " + ErrnoText();
       break;
     }
     if (r == 0) break;
@@ -416,7 +414,7 @@ Result<TokenCacheWriter> TokenCacheWriter::Create(const std::string& path, const
   s->tmp = path + ".tmp." + std::to_string(::getpid()) + "." + Hex64(nonce);
   s->fd = ::open(s->tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (s->fd < 0) {
-    std::string err = Errno();
+    std::string err = ErrnoText();
     s->tmp.clear();  // not ours to remove
     return Status::Error("writing token cache '" + path +
                          "': cannot create a temporary file: " + err);
@@ -448,11 +446,11 @@ Status TokenCacheWriter::Add(std::span<const int32_t> input_ids, std::span<const
       return bad("has token id " + std::to_string(input_ids[i]) + " at position " +
                  std::to_string(i));
     }
-    if (labels[i] < 0 && labels[i] != kIgnore) {
+    if (labels[i] < 0 && labels[i] != kIgnoredLabel) {
       return bad("has label " + std::to_string(labels[i]) + " at position " + std::to_string(i) +
                  " (labels are token ids or -100)");
     }
-    masked += labels[i] == kIgnore;
+    masked += labels[i] == kIgnoredLabel;
   }
   XT_RETURN_IF_ERROR(s.Append(input_ids.data(), input_ids.size_bytes()));
   XT_RETURN_IF_ERROR(s.Append(labels.data(), labels.size_bytes()));
@@ -491,12 +489,12 @@ Status TokenCacheWriter::Commit() {
   if (Status w = PWriteAll(s.fd, header, sizeof(header), 0); !w.ok()) {
     return s.Error("cannot write the header: " + w.message());
   }
-  if (::fsync(s.fd) != 0) return s.Error("cannot fsync: " + Errno());
+  if (::fsync(s.fd) != 0) return s.Error("cannot fsync: " + ErrnoText());
   int rc = ::close(s.fd);
   s.fd = -1;
-  if (rc != 0) return s.Error("cannot close: " + Errno());
+  if (rc != 0) return s.Error("cannot close: " + ErrnoText());
   if (::rename(s.tmp.c_str(), s.path.c_str()) != 0) {
-    return s.Error("cannot rename into place: " + Errno());
+    return s.Error("cannot rename into place: " + ErrnoText());
   }
   s.committed = true;
   s.finished = true;

@@ -10,14 +10,14 @@ namespace xt::tok {
 
 namespace {
 
-constexpr const char* kSupported =
+constexpr const char* kSupportedDecoders =
     "ByteLevel, Metaspace, ByteFallback, Fuse, Strip, Replace, BPEDecoder, Sequence";
 
 using Tokens = std::vector<std::string>;
 
 // Tokens written in GPT-2's byte alphabet back to bytes (a token with another character is
 // taken as is), then the bytes as UTF-8 with U+FFFD for what is invalid: one token.
-class ByteLevel : public Decoder {
+class ByteLevelDecoder : public Decoder {
  public:
   void DecodeChain(Tokens* tokens) const override {
     std::string bytes;
@@ -44,9 +44,11 @@ class ByteLevel : public Decoder {
 
 // The replacement character becomes a space, except in the first token when a prefix space
 // was added at encoding time (prepend_scheme other than "never").
-class Metaspace : public Decoder {
+class MetaspaceDecoder : public Decoder {
  public:
-  Metaspace(uint32_t rep, bool strip_first) : strip_first_(strip_first) { AppendUtf8(rep, &rep_); }
+  MetaspaceDecoder(uint32_t rep, bool strip_first) : strip_first_(strip_first) {
+    AppendUtf8(rep, &rep_);
+  }
   void DecodeChain(Tokens* tokens) const override {
     for (size_t i = 0; i < tokens->size(); ++i) {
       std::string& t = (*tokens)[i];
@@ -70,7 +72,7 @@ class Metaspace : public Decoder {
 
 // Runs of <0xHH> tokens become the text of their bytes, or one U+FFFD per byte when the run is
 // not valid UTF-8.
-class ByteFallback : public Decoder {
+class ByteFallbackDecoder : public Decoder {
  public:
   void DecodeChain(Tokens* tokens) const override {
     Tokens out;
@@ -116,7 +118,7 @@ class ByteFallback : public Decoder {
   }
 };
 
-class Fuse : public Decoder {
+class FuseDecoder : public Decoder {
  public:
   void DecodeChain(Tokens* tokens) const override {
     std::string all;
@@ -126,9 +128,9 @@ class Fuse : public Decoder {
 };
 
 // Removes up to `start` leading and `stop` trailing copies of a character from each token.
-class Strip : public Decoder {
+class StripDecoder : public Decoder {
  public:
-  Strip(uint32_t c, size_t start, size_t stop) : c_(c), start_(start), stop_(stop) {}
+  StripDecoder(uint32_t c, size_t start, size_t stop) : c_(c), start_(start), stop_(stop) {}
   void DecodeChain(Tokens* tokens) const override {
     for (std::string& t : *tokens) {
       std::vector<uint32_t> chars;
@@ -155,9 +157,10 @@ class Strip : public Decoder {
   size_t start_, stop_;
 };
 
-class Replace : public Decoder {
+class ReplaceDecoder : public Decoder {
  public:
-  Replace(Regex re, std::string content) : re_(std::move(re)), content_(std::move(content)) {}
+  ReplaceDecoder(Regex re, std::string content)
+      : re_(std::move(re)), content_(std::move(content)) {}
   void DecodeChain(Tokens* tokens) const override {
     std::vector<Span> spans;
     for (std::string& t : *tokens) {
@@ -204,9 +207,10 @@ class BpeDecoder : public Decoder {
   std::string suffix_;
 };
 
-class Sequence : public Decoder {
+class SequenceDecoder : public Decoder {
  public:
-  explicit Sequence(std::vector<std::unique_ptr<Decoder>> parts) : parts_(std::move(parts)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
+      : parts_(std::move(parts)) {}
   void DecodeChain(Tokens* tokens) const override {
     for (const auto& p : parts_) p->DecodeChain(tokens);
   }
@@ -220,12 +224,12 @@ class Sequence : public Decoder {
 Result<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& j) {
   using Ptr = std::unique_ptr<Decoder>;
   if (j.is_null()) return Ptr();
-  if (!j.is_object()) return NotImplemented("decoder", j, kSupported);
+  if (!j.is_object()) return NotImplemented("decoder", j, kSupportedDecoders);
   const std::string type = TypeOf(j);
   const std::string where = "decoder " + type;
-  if (type == "ByteLevel") return Ptr(new ByteLevel());
-  if (type == "ByteFallback") return Ptr(new ByteFallback());
-  if (type == "Fuse") return Ptr(new Fuse());
+  if (type == "ByteLevel") return Ptr(new ByteLevelDecoder());
+  if (type == "ByteFallback") return Ptr(new ByteFallbackDecoder());
+  if (type == "Fuse") return Ptr(new FuseDecoder());
   if (type == "Metaspace") {
     XT_ASSIGN_OR_RETURN(uint32_t rep, CharField(j, "replacement", where));
     XT_ASSIGN_OR_RETURN(std::string scheme,
@@ -234,19 +238,19 @@ Result<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& j) {
     if (scheme != "always" && scheme != "never" && scheme != "first") {
       return Status::Error(where + ": unknown prepend_scheme \"" + scheme + "\"");
     }
-    return Ptr(new Metaspace(rep, add_prefix_space && scheme != "never"));
+    return Ptr(new MetaspaceDecoder(rep, add_prefix_space && scheme != "never"));
   }
   if (type == "Strip") {
     XT_ASSIGN_OR_RETURN(uint32_t c, CharField(j, "content", where));
     XT_ASSIGN_OR_RETURN(int64_t start, Field<int64_t>(j, "start", where, 0));
     XT_ASSIGN_OR_RETURN(int64_t stop, Field<int64_t>(j, "stop", where, 0));
     if (start < 0 || stop < 0) return Status::Error(where + ": start and stop must be >= 0");
-    return Ptr(new Strip(c, static_cast<size_t>(start), static_cast<size_t>(stop)));
+    return Ptr(new StripDecoder(c, static_cast<size_t>(start), static_cast<size_t>(stop)));
   }
   if (type == "Replace") {
     XT_ASSIGN_OR_RETURN(Regex re, PatternField(j, where));
     XT_ASSIGN_OR_RETURN(std::string content, RequiredField<std::string>(j, "content", where));
-    return Ptr(new Replace(std::move(re), std::move(content)));
+    return Ptr(new ReplaceDecoder(std::move(re), std::move(content)));
   }
   if (type == "BPEDecoder") {
     XT_ASSIGN_OR_RETURN(std::string suffix, Field<std::string>(j, "suffix", where, "</w>"));
@@ -260,9 +264,9 @@ Result<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& j) {
       XT_ASSIGN_OR_RETURN(Ptr p, ParseDecoder(sub));
       if (p) parts.push_back(std::move(p));
     }
-    return Ptr(new Sequence(std::move(parts)));
+    return Ptr(new SequenceDecoder(std::move(parts)));
   }
-  return NotImplemented("decoder", j, kSupported);
+  return NotImplemented("decoder", j, kSupportedDecoders);
 }
 
 }  // namespace xt::tok

@@ -13,12 +13,12 @@ namespace xt::tok {
 
 namespace {
 
-constexpr const char* kSupported =
+constexpr const char* kSupportedNormalizers =
     "NFC, NFD, NFKC, NFKD, Lowercase, Strip, Replace, Prepend, Sequence";
 
-class UnicodeForm : public Normalizer {
+class UnicodeFormNormalizer : public Normalizer {
  public:
-  explicit UnicodeForm(int options) : options_(options) {}
+  explicit UnicodeFormNormalizer(int options) : options_(options) {}
   void Apply(std::string* s, std::string* tmp) const override {
     UnicodeNormalize(*s, options_, tmp);
     s->swap(*tmp);
@@ -28,7 +28,7 @@ class UnicodeForm : public Normalizer {
   int options_;
 };
 
-class Lowercase : public Normalizer {
+class LowercaseNormalizer : public Normalizer {
  public:
   void Apply(std::string* s, std::string* tmp) const override {
     tmp->clear();
@@ -48,9 +48,9 @@ class Lowercase : public Normalizer {
 };
 
 // Trims White_Space characters from either end.
-class Strip : public Normalizer {
+class StripNormalizer : public Normalizer {
  public:
-  Strip(bool left, bool right) : left_(left), right_(right) {}
+  StripNormalizer(bool left, bool right) : left_(left), right_(right) {}
   void Apply(std::string* s, std::string* tmp) const override {
     size_t a = 0, b = s->size();
     while (left_ && a < b) {
@@ -72,9 +72,10 @@ class Strip : public Normalizer {
 };
 
 // Every match of the pattern becomes `content`.
-class Replace : public Normalizer {
+class ReplaceNormalizer : public Normalizer {
  public:
-  Replace(Regex re, std::string content) : re_(std::move(re)), content_(std::move(content)) {}
+  ReplaceNormalizer(Regex re, std::string content)
+      : re_(std::move(re)), content_(std::move(content)) {}
   void Apply(std::string* s, std::string* tmp) const override {
     thread_local std::vector<Span> spans;
     spans.clear();
@@ -95,9 +96,9 @@ class Replace : public Normalizer {
   std::string content_;
 };
 
-class Prepend : public Normalizer {
+class PrependNormalizer : public Normalizer {
  public:
-  explicit Prepend(std::string prefix) : prefix_(std::move(prefix)) {}
+  explicit PrependNormalizer(std::string prefix) : prefix_(std::move(prefix)) {}
   void Apply(std::string* s, std::string* tmp) const override {
     if (!s->empty()) s->insert(0, prefix_);
   }
@@ -106,9 +107,10 @@ class Prepend : public Normalizer {
   std::string prefix_;
 };
 
-class Sequence : public Normalizer {
+class SequenceNormalizer : public Normalizer {
  public:
-  explicit Sequence(std::vector<std::unique_ptr<Normalizer>> parts) : parts_(std::move(parts)) {}
+  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts)
+      : parts_(std::move(parts)) {}
   void Apply(std::string* s, std::string* tmp) const override {
     for (const auto& p : parts_) p->Apply(s, tmp);
   }
@@ -163,31 +165,35 @@ void UnicodeNormalize(std::string_view in, int options, std::string* out) {
 
 Result<std::unique_ptr<Normalizer>> ParseNormalizer(const nlohmann::json& j) {
   if (j.is_null()) return std::unique_ptr<Normalizer>();
-  if (!j.is_object()) return NotImplemented("normalizer", j, kSupported);
+  if (!j.is_object()) return NotImplemented("normalizer", j, kSupportedNormalizers);
   const std::string type = TypeOf(j);
   const std::string where = "normalizer " + type;
-  if (type == "NFC") return std::unique_ptr<Normalizer>(new UnicodeForm(UTF8PROC_COMPOSE));
-  if (type == "NFD") return std::unique_ptr<Normalizer>(new UnicodeForm(UTF8PROC_DECOMPOSE));
+  if (type == "NFC")
+    return std::unique_ptr<Normalizer>(new UnicodeFormNormalizer(UTF8PROC_COMPOSE));
+  if (type == "NFD")
+    return std::unique_ptr<Normalizer>(new UnicodeFormNormalizer(UTF8PROC_DECOMPOSE));
   if (type == "NFKC") {
-    return std::unique_ptr<Normalizer>(new UnicodeForm(UTF8PROC_COMPOSE | UTF8PROC_COMPAT));
+    return std::unique_ptr<Normalizer>(
+        new UnicodeFormNormalizer(UTF8PROC_COMPOSE | UTF8PROC_COMPAT));
   }
   if (type == "NFKD") {
-    return std::unique_ptr<Normalizer>(new UnicodeForm(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT));
+    return std::unique_ptr<Normalizer>(
+        new UnicodeFormNormalizer(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT));
   }
-  if (type == "Lowercase") return std::unique_ptr<Normalizer>(new Lowercase());
+  if (type == "Lowercase") return std::unique_ptr<Normalizer>(new LowercaseNormalizer());
   if (type == "Strip") {
     XT_ASSIGN_OR_RETURN(bool left, Field<bool>(j, "strip_left", where, true));
     XT_ASSIGN_OR_RETURN(bool right, Field<bool>(j, "strip_right", where, true));
-    return std::unique_ptr<Normalizer>(new Strip(left, right));
+    return std::unique_ptr<Normalizer>(new StripNormalizer(left, right));
   }
   if (type == "Replace") {
     XT_ASSIGN_OR_RETURN(Regex re, PatternField(j, where));
     XT_ASSIGN_OR_RETURN(std::string content, RequiredField<std::string>(j, "content", where));
-    return std::unique_ptr<Normalizer>(new Replace(std::move(re), std::move(content)));
+    return std::unique_ptr<Normalizer>(new ReplaceNormalizer(std::move(re), std::move(content)));
   }
   if (type == "Prepend") {
     XT_ASSIGN_OR_RETURN(std::string prefix, RequiredField<std::string>(j, "prepend", where));
-    return std::unique_ptr<Normalizer>(new Prepend(std::move(prefix)));
+    return std::unique_ptr<Normalizer>(new PrependNormalizer(std::move(prefix)));
   }
   if (type == "Sequence") {
     auto it = j.find("normalizers");
@@ -197,9 +203,9 @@ Result<std::unique_ptr<Normalizer>> ParseNormalizer(const nlohmann::json& j) {
       XT_ASSIGN_OR_RETURN(auto p, ParseNormalizer(sub));
       if (p) parts.push_back(std::move(p));
     }
-    return std::unique_ptr<Normalizer>(new Sequence(std::move(parts)));
+    return std::unique_ptr<Normalizer>(new SequenceNormalizer(std::move(parts)));
   }
-  return NotImplemented("normalizer", j, kSupported);
+  return NotImplemented("normalizer", j, kSupportedNormalizers);
 }
 
 }  // namespace xt::tok

@@ -9,7 +9,7 @@ namespace xt::tok {
 
 namespace {
 
-constexpr const char* kSupported =
+constexpr const char* kSupportedPostProcessors =
     "TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel, Sequence";
 
 // The id of a [token, id] pair ("cls", "sep" of Bert/RobertaProcessing).
@@ -59,7 +59,7 @@ Status ParseTemplate(const nlohmann::json& j, PostProcessor* p, const std::strin
 Result<PostProcessor> PostProcessor::Parse(const nlohmann::json& j) {
   PostProcessor p;
   if (j.is_null()) return p;
-  if (!j.is_object()) return NotImplemented("post_processor", j, kSupported);
+  if (!j.is_object()) return NotImplemented("post_processor", j, kSupportedPostProcessors);
   const std::string type = TypeOf(j);
   const std::string where = "post_processor " + type;
   if (type == "ByteLevel") return p;
@@ -86,7 +86,7 @@ Result<PostProcessor> PostProcessor::Parse(const nlohmann::json& j) {
     }
     return p;
   }
-  return NotImplemented("post_processor", j, kSupported);
+  return NotImplemented("post_processor", j, kSupportedPostProcessors);
 }
 
 }  // namespace xt::tok

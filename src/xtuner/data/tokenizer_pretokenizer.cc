@@ -10,7 +10,7 @@ namespace xt::tok {
 
 namespace {
 
-constexpr const char* kSupported =
+constexpr const char* kSupportedPreTokenizers =
     "Split, ByteLevel, Digits, Metaspace, Whitespace, WhitespaceSplit, Punctuation, "
     "BertPreTokenizer, Sequence";
 
@@ -223,7 +223,7 @@ const Regex& Gpt2Regex() {
 Status ParseStages(const nlohmann::json& j, std::vector<std::unique_ptr<Stage>>* out,
                    std::vector<bool>* is_byte_level) {
   if (j.is_null()) return Status::OK();
-  if (!j.is_object()) return NotImplemented("pre_tokenizer", j, kSupported);
+  if (!j.is_object()) return NotImplemented("pre_tokenizer", j, kSupportedPreTokenizers);
   const std::string type = TypeOf(j);
   const std::string where = "pre_tokenizer " + type;
   auto push = [&](std::unique_ptr<Stage> s, bool byte_level = false) {
@@ -278,7 +278,7 @@ Status ParseStages(const nlohmann::json& j, std::vector<std::unique_ptr<Stage>>*
     push(MakeCharSplit(IsWhiteSpace, SplitBehavior::kRemoved));
     push(MakeCharSplit(IsPunctuation, SplitBehavior::kIsolated));
   } else {
-    return NotImplemented("pre_tokenizer", j, kSupported);
+    return NotImplemented("pre_tokenizer", j, kSupportedPreTokenizers);
   }
   return Status::OK();
 }

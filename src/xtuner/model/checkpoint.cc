@@ -21,11 +21,6 @@ namespace xt {
 namespace fs = std::filesystem;
 
 namespace {
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // DeepSeek-V3's multi-token-prediction layers (model.layers.L .. L + n - 1 after the L decoder
 // layers) ride along in its checkpoints; transformers skips them on load, and so do we.
 bool IsMtpLayerTensor(const std::string& name, const ModelConfig& cfg) {
@@ -65,7 +60,7 @@ Status ReadHfWeights(const std::string& path, const ModelConfig& cfg, const Para
     // (GPT-OSS's per-expert layout names are the engine's own: not in its checkpoints.)
     if (whole.Find(name) && !GptOssExpertOf(cfg, name)) continue;
     if (IsGptOssStackedExpertTensor(cfg, name)) continue;
-    if (EndsWith(name, "rotary_emb.inv_freq") || IsMtpLayerTensor(name, cfg)) continue;
+    if (name.ends_with("rotary_emb.inv_freq") || IsMtpLayerTensor(name, cfg)) continue;
     if (IsFp8Companion(ckpt, name)) continue;  // consumed with its weight, or unused
     if (name == "lm_head.weight" && cfg.tie_word_embeddings) continue;
     return Status::Error(ckpt.FileOf(name) + ": unexpected tensor \"" + name +

@@ -14,11 +14,6 @@ namespace xt {
 
 namespace {
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // "...proj.weight" -> "...proj.weight_scale_inv" (transformers' _scale_pattern_for).
 std::string ScaleName(const std::string& weight) { return weight + "_scale_inv"; }
 
@@ -80,7 +75,7 @@ Result<Tensor> ReadWeightF32(const SafetensorsCheckpoint& ckpt, const std::strin
   const std::string scale_name = ScaleName(name);
   if (!ckpt.contains(scale_name)) {
     const std::string per_tensor = name.substr(0, name.size() - 6) + "weight_scale";
-    if (EndsWith(name, "weight") && ckpt.contains(per_tensor))
+    if (name.ends_with("weight") && ckpt.contains(per_tensor))
       return Status::Error(where + " is F8_E4M3 with a per-tensor scale \"" + per_tensor +
                            "\": per-tensor FP8 scales are not implemented (supported: block "
                            "scales, \"" +
@@ -144,9 +139,9 @@ Status QuantizeFp8(const std::string& name, const float* w, int64_t rows, int64_
 }
 
 bool Fp8Exportable(const ParamInfo& p, int64_t bm, int64_t bn) {
-  if (p.shape.size() != 2 || p.no_grad || p.lora || !EndsWith(p.name, ".weight")) return false;
+  if (p.shape.size() != 2 || p.no_grad || p.lora || !p.name.ends_with(".weight")) return false;
   if (p.name == "lm_head.weight" || p.name.find("embed_tokens") != std::string::npos) return false;
-  if (EndsWith(p.name, "mlp.gate.weight") || EndsWith(p.name, "block_sparse_moe.gate.weight"))
+  if (p.name.ends_with("mlp.gate.weight") || p.name.ends_with("block_sparse_moe.gate.weight"))
     return false;  // routers
   return p.shape[0] % bm == 0 && p.shape[1] % bn == 0;
 }
@@ -198,7 +193,7 @@ nlohmann::json Fp8QuantizationConfig(int64_t bm, int64_t bn,
 
 bool IsFp8Companion(const SafetensorsCheckpoint& ckpt, const std::string& name) {
   for (const char* suffix : {"weight_scale_inv", "activation_scale", "input_scale"}) {
-    if (!EndsWith(name, suffix)) continue;
+    if (!name.ends_with(suffix)) continue;
     const std::string weight = name.substr(0, name.size() - std::string(suffix).size()) + "weight";
     Result<SafetensorsInfo> info = ckpt.Info(weight);  // an error where there is no such weight
     return info.ok() && info->dtype == "F8_E4M3";

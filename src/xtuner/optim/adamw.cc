@@ -6,17 +6,12 @@
 #include <cstring>
 #include <string>
 
+#include "xtuner/core/format.h"
 #include "xtuner/core/zero_pages.h"
 #include "xtuner/optim/adamw_scalars.h"
 
 namespace xt {
 namespace {
-
-std::string Num(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", x);
-  return buf;
-}
 
 std::string RangeString(const DecayRange& r) {
   char buf[64];  // (not "[" + std::to_string(...): g++ 12 warns falsely on it, PR 105329)
@@ -25,16 +20,12 @@ std::string RangeString(const DecayRange& r) {
   return buf;
 }
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 Status ValidateAdamWConfig(const AdamWConfig& c) {
   auto bad = [](const char* field, double v, const char* want) {
-    return Status::Error(std::string("AdamW: ") + field + " = " + Num(v) + ", expected " + want);
+    return Status::Error(std::string("AdamW: ") + field + " = " + FormatG(v) + ", expected " +
+                         want);
   };
   if (!(c.beta1 >= 0 && c.beta1 < 1)) return bad("beta1", c.beta1, "a value in [0, 1)");
   if (!(c.beta2 >= 0 && c.beta2 < 1)) return bad("beta2", c.beta2, "a value in [0, 1)");
@@ -48,7 +39,7 @@ std::vector<DecayRange> DefaultDecayRanges(const ParamLayout& layout) {
   std::vector<DecayRange> out;
   for (const ParamInfo& p : layout.params()) {
     DecayRange r{p.offset, NumElements(p.shape),
-                 !(p.is_norm || p.is_bias || p.no_grad || EndsWith(p.name, ".bias")), p.frozen};
+                 !(p.is_norm || p.is_bias || p.no_grad || p.name.ends_with(".bias")), p.frozen};
     if (!out.empty() && out.back().weight_decay == r.weight_decay &&
         out.back().frozen == r.frozen && out.back().offset + out.back().numel == r.offset) {
       out.back().numel += r.numel;
@@ -136,9 +127,9 @@ void UpdateChunk(float* __restrict p, const float* __restrict g, float* __restri
 }  // namespace
 
 void AdamW::Step(float* params, const float* grads, double lr, float grad_scale) {
-  XT_CHECK(lr >= 0 && std::isfinite(lr), "AdamW::Step: lr = " + Num(lr));
+  XT_CHECK(lr >= 0 && std::isfinite(lr), "AdamW::Step: lr = " + FormatG(lr));
   XT_CHECK(grad_scale >= 0 && std::isfinite(grad_scale),
-           "AdamW::Step: grad_scale = " + Num(grad_scale));
+           "AdamW::Step: grad_scale = " + FormatG(grad_scale));
   ++step_;
   float* m = m_.f32();
   float* v = v_.f32();

@@ -5,14 +5,10 @@
 #include <cstdio>
 #include <numbers>
 
+#include "xtuner/core/format.h"
+
 namespace xt {
 namespace {
-
-std::string Num(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", x);
-  return buf;
-}
 
 Status Bad(const std::string& what) { return Status::Error("lr schedule: " + what); }
 
@@ -37,22 +33,22 @@ const char* LrScheduleTypeName(LrScheduleType type) {
 }
 
 Result<LrSchedule> LrSchedule::Create(const LrScheduleConfig& c) {
-  if (!(c.lr >= 0 && std::isfinite(c.lr))) return Bad("lr = " + Num(c.lr) + " must be >= 0");
+  if (!(c.lr >= 0 && std::isfinite(c.lr))) return Bad("lr = " + FormatG(c.lr) + " must be >= 0");
   if (!(c.min_lr >= 0 && std::isfinite(c.min_lr)))
-    return Bad("min_lr = " + Num(c.min_lr) + " must be >= 0");
+    return Bad("min_lr = " + FormatG(c.min_lr) + " must be >= 0");
   if (c.min_lr > c.lr)
-    return Bad("min_lr = " + Num(c.min_lr) + " is larger than lr = " + Num(c.lr));
+    return Bad("min_lr = " + FormatG(c.min_lr) + " is larger than lr = " + FormatG(c.lr));
   if (c.total_steps < 1)
     return Bad("total_steps = " + std::to_string(c.total_steps) + " must be >= 1");
   if (c.warmup_steps < 0)
     return Bad("warmup_steps = " + std::to_string(c.warmup_steps) + " must be >= 0");
   if (!(c.warmup_ratio >= 0 && c.warmup_ratio <= 1))
-    return Bad("warmup_ratio = " + Num(c.warmup_ratio) + " must be in [0, 1]");
+    return Bad("warmup_ratio = " + FormatG(c.warmup_ratio) + " must be in [0, 1]");
   if (c.warmup_steps > 0 && c.warmup_ratio > 0)
     return Bad("set warmup_steps (" + std::to_string(c.warmup_steps) + ") or warmup_ratio (" +
-               Num(c.warmup_ratio) + "), not both");
+               FormatG(c.warmup_ratio) + "), not both");
   if (!(c.warmup_start_factor >= 0 && c.warmup_start_factor <= 1))
-    return Bad("warmup_start_factor = " + Num(c.warmup_start_factor) + " must be in [0, 1]");
+    return Bad("warmup_start_factor = " + FormatG(c.warmup_start_factor) + " must be in [0, 1]");
   LrSchedule s;
   s.cfg_ = c;
   s.warmup_steps_ = c.warmup_steps > 0 ? c.warmup_steps

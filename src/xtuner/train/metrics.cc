@@ -11,7 +11,7 @@ namespace {
 
 using nlohmann::json;
 
-json Num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
+json FiniteOrNull(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
 Status ReadDouble(const json& j, const char* key, const std::string& source, double* out) {
   auto it = j.find(key);
@@ -43,23 +43,23 @@ Status ReadInt(const json& j, const char* key, const std::string& source, int64_
 json ToJson(const StepMetrics& m) {
   json j = json::object();
   j["step"] = m.step;
-  j["loss"] = Num(m.loss);
-  j["ce_loss"] = Num(m.ce_loss);
-  j["aux_loss"] = Num(m.aux_loss);
-  j["grad_norm"] = Num(m.grad_norm);
-  j["lr"] = Num(m.lr);
+  j["loss"] = FiniteOrNull(m.loss);
+  j["ce_loss"] = FiniteOrNull(m.ce_loss);
+  j["aux_loss"] = FiniteOrNull(m.aux_loss);
+  j["grad_norm"] = FiniteOrNull(m.grad_norm);
+  j["lr"] = FiniteOrNull(m.lr);
   j["tokens"] = m.tokens;
-  j["tokens_per_s"] = Num(m.tokens_per_s);
-  j["tflops"] = Num(m.tflops);
-  j["mfu"] = Num(m.mfu);
-  j["max_expert_violation"] = Num(m.max_expert_violation);
-  j["max_expert_violation_worst"] = Num(m.max_expert_violation_worst);
+  j["tokens_per_s"] = FiniteOrNull(m.tokens_per_s);
+  j["tflops"] = FiniteOrNull(m.tflops);
+  j["mfu"] = FiniteOrNull(m.mfu);
+  j["max_expert_violation"] = FiniteOrNull(m.max_expert_violation);
+  j["max_expert_violation_worst"] = FiniteOrNull(m.max_expert_violation_worst);
   j["tokens_per_expert"] = m.tokens_per_expert;
   j["peak_memory_bytes"] = m.peak_memory_bytes;
-  j["masked_fraction"] = Num(m.masked_fraction);
+  j["masked_fraction"] = FiniteOrNull(m.masked_fraction);
   j["skipped"] = m.skipped;
-  j["step_time_s"] = Num(m.step_time_s);
-  j["elapsed_s"] = Num(m.elapsed_s);
+  j["step_time_s"] = FiniteOrNull(m.step_time_s);
+  j["elapsed_s"] = FiniteOrNull(m.elapsed_s);
   return j;
 }
 

@@ -13,8 +13,6 @@ namespace xt {
 
 namespace {
 
-std::string Errno() { return std::strerror(errno); }
-
 // The step of one metrics line, or nullopt when the line is not a metrics record.
 std::optional<int64_t> StepOf(const std::string& line) {
   const Result<nlohmann::json> j = ParseJson(line);
@@ -60,7 +58,7 @@ Result<std::unique_ptr<MetricsJsonl>> MetricsJsonl::Open(const std::string& path
                                                          int64_t after_step) {
   XT_RETURN_IF_ERROR(TruncateAfterStep(path, after_step));
   std::FILE* f = std::fopen(path.c_str(), "ab");
-  if (!f) return Status::Error(path + ": cannot open for appending: " + Errno());
+  if (!f) return Status::Error(path + ": cannot open for appending: " + ErrnoText());
   return std::unique_ptr<MetricsJsonl>(new MetricsJsonl(path, f));
 }
 
@@ -69,7 +67,7 @@ MetricsJsonl::~MetricsJsonl() { std::fclose(f_); }
 Status MetricsJsonl::Append(const StepMetrics& m) {
   const std::string line = DumpJson(ToJson(m)) + "\n";
   if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0) {
-    const std::string err = Errno();
+    const std::string err = ErrnoText();
     std::clearerr(f_);
     return Status::Error(path_ + ": cannot write the metrics of step " + std::to_string(m.step) +
                          ": " + err);
